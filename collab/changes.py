@@ -1,0 +1,496 @@
+"""ChangeSet: CodeMirror 6's change algebra in pure Python, counted in UTF-16 units.
+
+What lives here: parsing and validating ChangeSetJSON, `map`, `compose`,
+`map_pos` and `to_json`, with results identical (section for section) to
+`@codemirror/state`, because clients compare nothing but clientIDs and must
+reach the same text as the server. What never lives here: I/O, clocks, the
+document store. The server's document text is `collab.text.Text`; applying to
+a plain `str` (`apply_to_str`) is for history and tests.
+
+Representation, as in CodeMirror: `sections` is a flat list of pairs
+`[len, ins, len, ins, ...]`. `ins == -1` keeps `len` units; `ins >= 0`
+replaces `len` units with `ins` units of new text, held in `inserted[k]` for
+pair `k` ("" where nothing is inserted). Inserted text is a Python str whose
+lines are joined by "\\n"; its UTF-16 length is `ins`.
+
+The algebra (tested with hypothesis and against CodeMirror in Node):
+  * `a.compose(b)` applies like `a` then `b` (b.length == a.new_length);
+  * for `a`, `b` on the same document, `a.compose(b.map(a))` and
+    `b.compose(a.map(b, True))` produce the same document: `before=True`
+    puts this set's insertions before the other's at the same position;
+  * `map_pos` follows a position through the changes, `assoc` choosing the
+    side of an insertion made exactly at the position.
+"""
+
+from __future__ import annotations
+
+from .errors import ChangeError
+
+KEEP = -1
+
+
+def utf16_len(s: str) -> int:
+    """Length of `s` in UTF-16 code units (what JavaScript's .length says)."""
+    if s.isascii():
+        return len(s)
+    return len(s.encode("utf-16-le", "surrogatepass")) >> 1
+
+
+def slice16(s: str, start: int, end: int | None = None) -> str:
+    """`s[start:end]` with UTF-16 offsets (JavaScript's String.slice)."""
+    if s.isascii() or len(s) == utf16_len(s):
+        return s[start:end]
+    raw = s.encode("utf-16-le", "surrogatepass")
+    return raw[2 * start: None if end is None else 2 * end].decode("utf-16-le", "surrogatepass")
+
+
+def _text_length(lines: list, where: int) -> tuple[str, int]:
+    """Join validated insert lines; reject non-strings, CR/LF and lone surrogates."""
+    for line in lines:
+        if type(line) is not str:
+            raise ChangeError(f"item {where}: inserted lines must be strings, got {type(line).__name__}")
+        if "\n" in line or "\r" in line:
+            raise ChangeError(f"item {where}: an inserted line contains a line break (CR or LF)")
+    text = lines[0] if len(lines) == 1 else "\n".join(lines)
+    if text.isascii():
+        return text, len(text)
+    try:
+        return text, len(text.encode("utf-16-le")) >> 1
+    except UnicodeEncodeError:
+        raise ChangeError(f"item {where}: inserted text contains a lone surrogate") from None
+
+
+class ChangeSet:
+    """An immutable set of changes to a document of `length` UTF-16 units."""
+
+    __slots__ = ("sections", "inserted", "length", "new_length")
+
+    def __init__(self, sections: list[int], inserted: list[str],
+                 length: int | None = None, new_length: int | None = None):
+        # Trusted constructor: callers pass consistent lists (from_json validates)
+        # and, when they have them at hand, the two lengths.
+        self.sections = sections
+        self.inserted = inserted
+        if length is None or new_length is None:
+            length = new_length = 0
+            for i in range(0, len(sections), 2):
+                n, ins = sections[i], sections[i + 1]
+                length += n
+                new_length += n if ins < 0 else ins
+        self.length = length
+        self.new_length = new_length
+
+    # ---------------------------------------------------------------- JSON
+
+    @classmethod
+    def from_json(cls, value) -> "ChangeSet":
+        """Parse ChangeSetJSON, keeping its sections exactly as given (as CodeMirror does).
+
+        Stricter than CodeMirror: lengths must be non-negative integers (not
+        bools or floats), inserted lines strings without CR/LF or lone
+        surrogates. Whether the set fits a document is checked when applying.
+        """
+        if type(value) is not list:
+            raise ChangeError(f"changes must be a list, got {type(value).__name__}")
+        sections: list[int] = []
+        inserted: list[str] = []
+        length = new_length = 0
+        for i, part in enumerate(value):
+            kind = type(part)
+            if kind is int:
+                if part < 0:
+                    raise ChangeError(f"item {i}: negative length {part}")
+                sections += (part, KEEP)
+                inserted.append("")
+                length += part
+                new_length += part
+            elif kind is list:
+                if not part:
+                    raise ChangeError(f"item {i}: empty replacement, expected [deleted, ...lines]")
+                deleted = part[0]
+                if type(deleted) is not int:
+                    raise ChangeError(f"item {i}: deleted length must be an integer, got {type(deleted).__name__}")
+                if deleted < 0:
+                    raise ChangeError(f"item {i}: negative deleted length {deleted}")
+                length += deleted
+                if len(part) == 1:
+                    sections += (deleted, 0)
+                    inserted.append("")
+                    continue
+                line = part[1]
+                if len(part) == 2 and type(line) is str and line.isascii() and "\n" not in line and "\r" not in line:
+                    text, n = line, len(line)  # the common case: one plain line
+                else:
+                    text, n = _text_length(part[1:], i)
+                sections += (deleted, n)
+                inserted.append(text)
+                new_length += n
+            else:
+                raise ChangeError(f"item {i}: expected a length or a [deleted, ...lines] list, got {kind.__name__}")
+        return cls(sections, inserted, length, new_length)
+
+    def to_json(self) -> list:
+        """CodeMirror's ChangeSet.toJSON()."""
+        out: list = []
+        sections, inserted = self.sections, self.inserted
+        for i in range(0, len(sections), 2):
+            n, ins = sections[i], sections[i + 1]
+            if ins < 0:
+                out.append(n)
+            elif ins == 0:
+                out.append([n])
+            else:
+                out.append([n, *inserted[i >> 1].split("\n")])
+        return out
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, ChangeSet) and self.sections == other.sections
+                and self.to_json() == other.to_json())
+
+    def __hash__(self):  # pragma: no cover - sets are not hashed
+        raise TypeError("ChangeSet is not hashable")
+
+    def __repr__(self) -> str:
+        return f"ChangeSet({self.to_json()!r})"
+
+    @classmethod
+    def empty(cls, length: int) -> "ChangeSet":
+        return cls([length, KEEP] if length else [], [""] if length else [])
+
+    @property
+    def is_empty(self) -> bool:
+        s = self.sections
+        return not s or (len(s) == 2 and s[1] < 0)
+
+    def changes(self):
+        """Yield (fromA, toA, text) for every replaced range, in document order."""
+        pos = 0
+        sections, inserted = self.sections, self.inserted
+        for i in range(0, len(sections), 2):
+            n, ins = sections[i], sections[i + 1]
+            if ins >= 0 and (n or ins):
+                yield pos, pos + n, inserted[i >> 1]
+            pos += n
+
+    def counts(self) -> tuple[int, int]:
+        """(inserted, deleted) UTF-16 units, for history summaries."""
+        ins_total = del_total = 0
+        sections = self.sections
+        for i in range(0, len(sections), 2):
+            if sections[i + 1] >= 0:
+                del_total += sections[i]
+                ins_total += sections[i + 1]
+        return ins_total, del_total
+
+    # ------------------------------------------------------------- applying
+
+    def apply_to_str(self, text: str) -> str:
+        """The text after these changes; refuses a wrong length or a cut surrogate pair."""
+        doc_len = utf16_len(text)
+        if doc_len != self.length:
+            raise ChangeError(f"changes are for a document of length {self.length}, this one has {doc_len}")
+        if text.isascii() or len(text) == doc_len:
+            pieces, last = [], 0
+            for start, end, ins in self.changes():
+                pieces.append(text[last:start])
+                pieces.append(ins)
+                last = end
+            pieces.append(text[last:])
+            return "".join(pieces)
+        raw = text.encode("utf-16-le", "surrogatepass")
+        pieces_b, last = [], 0
+        for start, end, ins in self.changes():
+            for p in (start, end):
+                if 0 < p < doc_len and 0xDC00 <= int.from_bytes(raw[2 * p:2 * p + 2], "little") <= 0xDFFF:
+                    raise ChangeError(f"a change at position {p} cuts a surrogate pair in half")
+            pieces_b.append(raw[2 * last:2 * start])
+            pieces_b.append(ins.encode("utf-16-le", "surrogatepass"))
+            last = end
+        pieces_b.append(raw[2 * last:])
+        return b"".join(pieces_b).decode("utf-16-le", "surrogatepass")
+
+    # ------------------------------------------------------------ positions
+
+    def map_pos(self, pos: int, assoc: int = -1) -> int:
+        """Where `pos` ends up after the changes (CodeMirror's MapMode.Simple).
+
+        A position inside a replaced range moves to its start when `assoc < 0`
+        and to its end otherwise; at an insertion point `assoc` picks the side.
+        """
+        pos_a = pos_b = 0
+        sections = self.sections
+        for i in range(0, len(sections), 2):
+            n, ins = sections[i], sections[i + 1]
+            end_a = pos_a + n
+            if ins < 0:
+                if end_a > pos:
+                    return pos_b + (pos - pos_a)
+                pos_b += n
+            else:
+                if end_a > pos or (end_a == pos and assoc < 0 and not n):
+                    return pos_b if (pos == pos_a or assoc < 0) else pos_b + ins
+                pos_b += ins
+            pos_a = end_a
+        if pos > pos_a:
+            raise ChangeError(f"position {pos} is out of range for changes of length {pos_a}")
+        return pos_b
+
+    # ------------------------------------------------------------- algebra
+
+    # The shortcuts below (returning a set unchanged, un-normalised, when the
+    # other is empty) are CodeMirror's; they decide whether the JSON of a
+    # result is normalised, so they are kept exactly.
+
+    def map(self, other: "ChangeSet", before: bool = False) -> "ChangeSet":
+        """These changes moved over `other` (both apply to the same document)."""
+        return self if other.is_empty else _map(self, other, before, True)
+
+    def map_desc(self, other: "ChangeSet", before: bool = False) -> "ChangeSet":
+        """CodeMirror's ChangeSet.mapDesc: keeps the text and never short-cuts."""
+        return _map(self, other, before, True)
+
+    def compose(self, other: "ChangeSet") -> "ChangeSet":
+        """One set equivalent to applying self, then `other`."""
+        if self.is_empty:
+            return other
+        return self if other.is_empty else _compose(self, other, True)
+
+    def compose_desc(self, other: "ChangeSet") -> "ChangeSet":
+        """Like `compose` but the result carries no text (CodeMirror's composeDesc)."""
+        if self.is_empty:
+            return other
+        return self if other.is_empty else _compose(self, other, False)
+
+
+class ChangeDesc(ChangeSet):
+    """A change set without its inserted text (CodeMirror's ChangeDesc): positions only.
+
+    Used while rebasing, where only the shape of the accepted changes matters.
+    """
+
+    __slots__ = ()
+
+    def map_desc(self, other: ChangeSet, before: bool = False) -> "ChangeDesc":
+        return self if other.is_empty else _map(self, other, before, False)
+
+    def to_json(self) -> list:
+        raise TypeError("a ChangeDesc has no text to serialise")
+
+
+# ---------------------------------------------------------------------------
+# Building results. Both algorithms append sections through `_add_section`,
+# which merges neighbours the way CodeMirror does, so that our JSON equals
+# theirs section for section.
+
+
+def _add_section(sections: list[int], n: int, ins: int, force_join: bool = False) -> None:
+    if n == 0 and ins <= 0:
+        return
+    last = len(sections) - 2
+    if last >= 0 and ins <= 0 and ins == sections[last + 1]:
+        sections[last] += n
+    elif last >= 0 and n == 0 and sections[last] == 0:
+        sections[last + 1] += ins
+    elif force_join:
+        sections[last] += n
+        sections[last + 1] += ins
+    else:
+        sections += (n, ins)
+
+
+def _add_insert(values: list[str], sections: list[int], text: str) -> None:
+    """Attach `text` to the last section (appending if that section already has text)."""
+    if not text:
+        return
+    index = (len(sections) - 2) >> 1
+    if index < len(values):
+        values[-1] += text
+    else:
+        values.extend([""] * (index - len(values)))
+        values.append(text)
+
+
+def _finish(sections: list[int], values: list[str] | None) -> ChangeSet:
+    count = len(sections) >> 1
+    if values is None:
+        return ChangeDesc(sections, [""] * count)
+    if len(values) < count:
+        values.extend([""] * (count - len(values)))
+    return ChangeSet(sections, values)
+
+
+class _Cursor:
+    """Walks the sections of a set; `off` is how far into the current one we are.
+
+    `i` is the index just past the current pair (so pairs are told apart by
+    `i`); `ins == -2` means the walk is done.
+    """
+
+    __slots__ = ("sections", "inserted", "i", "len", "ins", "off")
+
+    def __init__(self, cs: ChangeSet):
+        self.sections = cs.sections
+        self.inserted = cs.inserted
+        self.i = 0
+        self.next()
+
+    def next(self) -> None:
+        s = self.sections
+        if self.i < len(s):
+            self.len = s[self.i]
+            self.ins = s[self.i + 1]
+            self.i += 2
+        else:
+            self.len = 0
+            self.ins = -2
+        self.off = 0
+
+    @property
+    def done(self) -> bool:
+        return self.ins == -2
+
+    @property
+    def len2(self) -> int:
+        return self.len if self.ins < 0 else self.ins
+
+    @property
+    def text(self) -> str:
+        return self.inserted[(self.i - 2) >> 1] if self.i >= 2 else ""
+
+    def text_bit(self, n: int) -> str:
+        return slice16(self.text, self.off, self.off + n)
+
+    def forward(self, n: int) -> None:
+        if n == self.len:
+            self.next()
+        else:
+            self.len -= n
+            self.off += n
+
+    def forward2(self, n: int) -> None:
+        if self.ins == -1:
+            self.forward(n)
+        elif n == self.ins:
+            self.next()
+        else:
+            self.ins -= n
+            self.off += n
+
+
+def _mismatch(a: ChangeSet, b: ChangeSet, what: str) -> ChangeError:
+    return ChangeError(f"cannot {what} change sets of lengths {a.length} and {b.length} / {b.new_length}")
+
+
+def _map(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> ChangeSet:
+    """Move `a` over `b`: ranges `b` deleted vanish from `a`, `b`'s insertions are kept.
+
+    Changes are ordered by start position, then by length; at one position an
+    insertion of `b` comes first unless `before` is set. `inserted` remembers
+    which of `a`'s sections has already been emitted, so a replaced range of
+    `a` split by `b` inserts its text only once.
+    """
+    if a.length != b.length:
+        raise ChangeError(f"cannot map changes of length {a.length} over changes of length {b.length}")
+    sections: list[int] = []
+    values: list[str] | None = [] if with_text else None
+    ca, cb = _Cursor(a), _Cursor(b)
+    inserted = -1
+    while True:
+        if (ca.done and cb.len) or (cb.done and ca.len):
+            raise _mismatch(a, b, "map")
+        if ca.ins == -1 and cb.ins == -1:
+            # Both keep: copy the common stretch.
+            n = min(ca.len, cb.len)
+            _add_section(sections, n, KEEP)
+            ca.forward(n)
+            cb.forward(n)
+        elif cb.ins >= 0 and (ca.ins < 0 or inserted == ca.i or
+                              (ca.off == 0 and (cb.len < ca.len or (cb.len == ca.len and not before)))):
+            # A change of b comes first: its result is kept text for us;
+            # the parts of a it covers disappear (their insertions survive).
+            n = cb.len
+            _add_section(sections, cb.ins, KEEP)
+            while n:
+                piece = min(ca.len, n)
+                if ca.ins >= 0 and inserted < ca.i and ca.len <= piece:
+                    _add_section(sections, 0, ca.ins)
+                    if values is not None:
+                        _add_insert(values, sections, ca.text)
+                    inserted = ca.i
+                ca.forward(piece)
+                n -= piece
+            cb.next()
+        elif ca.ins >= 0:
+            # A change of a: it covers b's kept text and b's pure deletions
+            # up to the next change of b that inserts.
+            n, left = 0, ca.len
+            while left:
+                if cb.ins == -1:
+                    piece = min(left, cb.len)
+                    n += piece
+                    left -= piece
+                    cb.forward(piece)
+                elif cb.ins == 0 and cb.len < left:
+                    left -= cb.len
+                    cb.next()
+                else:
+                    break
+            _add_section(sections, n, ca.ins if inserted < ca.i else 0)
+            if values is not None and inserted < ca.i:
+                _add_insert(values, sections, ca.text)
+            inserted = ca.i
+            ca.forward(ca.len - left)
+        elif ca.done and cb.done:
+            return _finish(sections, values)
+        else:
+            raise _mismatch(a, b, "map")
+
+
+def _compose(a: ChangeSet, b: ChangeSet, with_text: bool) -> ChangeSet:
+    """`a` then `b` as one set: walk a's output against b's input.
+
+    `open` joins consecutive pieces that belong to one replaced range into
+    one section, as CodeMirror does.
+    """
+    if a.new_length != b.length:
+        raise ChangeError(f"cannot compose changes producing length {a.new_length} "
+                          f"with changes of length {b.length}")
+    sections: list[int] = []
+    values: list[str] | None = [] if with_text else None
+    ca, cb = _Cursor(a), _Cursor(b)
+    open_ = False
+    while True:
+        if ca.done and cb.done:
+            return _finish(sections, values)
+        if ca.ins == 0:
+            # A deletion in a: nothing of it reaches b.
+            _add_section(sections, ca.len, 0, open_)
+            ca.next()
+        elif cb.len == 0 and not cb.done:
+            # A pure insertion in b.
+            _add_section(sections, 0, cb.ins, open_)
+            if values is not None:
+                _add_insert(values, sections, cb.text)
+            cb.next()
+        elif ca.done or cb.done:
+            raise ChangeError(f"cannot compose changes producing length {a.new_length} "
+                              f"with changes of length {b.length}")
+        else:
+            n = min(ca.len2, cb.len)
+            before_len = len(sections)
+            if ca.ins == -1:
+                ins_b = -1 if cb.ins == -1 else (0 if cb.off else cb.ins)
+                _add_section(sections, n, ins_b, open_)
+                if values is not None and ins_b:
+                    _add_insert(values, sections, cb.text)
+            elif cb.ins == -1:
+                _add_section(sections, 0 if ca.off else ca.len, n, open_)
+                if values is not None:
+                    _add_insert(values, sections, ca.text_bit(n))
+            else:
+                _add_section(sections, 0 if ca.off else ca.len, 0 if cb.off else cb.ins, open_)
+                if values is not None and not cb.off:
+                    _add_insert(values, sections, cb.text)
+            open_ = (ca.ins > n or (cb.ins >= 0 and cb.len > n)) and (open_ or len(sections) > before_len)
+            ca.forward2(n)
+            cb.forward(n)

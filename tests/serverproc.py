@@ -1,0 +1,120 @@
+"""Run the collab server as a real subprocess for end-to-end, durability and browser tests.
+
+Why a subprocess and not aiohttp's in-process test server: these tests kill the
+server with SIGKILL, restart it on the same database, and point Node clients
+and Chromium at it, so it must be a separate process with a real port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """One `python -m collab serve` on 127.0.0.1 with its own database file.
+
+    `start()` blocks until `/healthz` answers 200 (or raises with the server's
+    output); `kill()` sends SIGKILL; `stop()` sends SIGTERM and waits;
+    `restart()` starts it again on the same port and database.
+    """
+
+    def __init__(self, db: Path, port: int | None = None, extra_args: list[str] | None = None,
+                 log_path: Path | None = None):
+        self.db = Path(db)
+        self.port = port or free_port()
+        self.extra_args = list(extra_args or [])
+        self.log_path = log_path or self.db.with_suffix(".log")
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "ServerProcess":
+        self._log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--db", str(self.db), *self.extra_args],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"server did not become healthy in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, exactly like a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._close_log()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait: the graceful path (commits flushed, clients closed with 1001)."""
+        code = 0
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise
+        self._close_log()
+        return code
+
+    def restart(self) -> "ServerProcess":
+        self.kill()
+        return self.start()
+
+    def _close_log(self) -> None:
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+def get_json(url: str):
+    import json
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
