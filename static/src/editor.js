@@ -1,0 +1,270 @@
+// The editor page /d/{doc}: header (status, people, identity), the editor,
+// and the dialogs.  Syncing lives in sync.js, cursors in presence.js.
+
+import { sendableUpdates, getSyncedVersion } from "@codemirror/collab";
+import { CollabSession } from "./sync.js";
+import { PendingStore } from "./pending.js";
+import { editorSetup, followColorScheme } from "./setup.js";
+import { loadUser, saveUser, COLORS, cleanName, safeColor, newClientID, DOC_NAME_RE } from "./identity.js";
+
+const $ = (sel) => document.querySelector(sel);
+
+function docNameFromPath() {
+  const m = /^\/d\/([^/]+)\/?$/.exec(location.pathname);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+function tokenQuery() {
+  const token = new URLSearchParams(location.search).get("token");
+  return token ? `?token=${encodeURIComponent(token)}` : "";
+}
+
+// ---- messages -----------------------------------------------------------------
+
+let toastTimer = null;
+function showError(text) {
+  const box = $("#messages");
+  const item = document.createElement("div");
+  item.className = "message";
+  item.setAttribute("role", "alert");
+  item.textContent = text;
+  const close = item.appendChild(document.createElement("button"));
+  close.type = "button";
+  close.className = "message-close";
+  close.setAttribute("aria-label", "Dismiss");
+  close.textContent = "×";
+  close.onclick = () => item.remove();
+  box.appendChild(item);
+  while (box.children.length > 4) box.firstChild.remove();
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { for (const m of [...box.children]) m.remove(); }, 12000);
+}
+
+// ---- status ------------------------------------------------------------------------
+
+const STATUS_TEXT = {
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting",
+  offline: "Offline",
+  stopped: "Not syncing",
+};
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+let statusTick = null;
+function renderStatus(info) {
+  const el = $("#status");
+  el.dataset.state = info.state;
+  el.dataset.pending = String(info.pending);
+  let text = STATUS_TEXT[info.state];
+  if (info.state === "reconnecting" && info.retryAt) {
+    const secs = Math.max(0, Math.ceil((info.retryAt - Date.now()) / 1000));
+    text += secs > 0 ? ` in ${secs}s` : "…";
+  }
+  if (info.role === "view") text += " · view only";
+  const pending = info.pending
+    ? `${plural(info.pending, "edit")} not yet saved`
+    : info.state === "connected" ? "all changes saved" : "";
+  $("#status-text").textContent = text;
+  $("#status-pending").textContent = pending;
+  el.title = info.stopped || (info.pending && info.state !== "connected"
+    ? "Your edits are kept in this browser and sent when the connection is back."
+    : "");
+  $("#reconnect").hidden = !(info.state === "reconnecting" || info.state === "stopped" || info.state === "offline");
+  clearTimeout(statusTick);
+  if (info.state === "reconnecting" && info.retryAt) statusTick = setTimeout(() => renderStatus(session.statusInfo()), 500);
+}
+
+// ---- people --------------------------------------------------------------------------
+
+function personChip(name, color, you) {
+  const li = document.createElement("li");
+  li.className = "person" + (you ? " person-you" : "");
+  li.style.setProperty("--peer-color", safeColor(color));
+  li.title = you ? `${name} (you)` : name;
+  const dot = li.appendChild(document.createElement("span"));
+  dot.className = "person-dot";
+  dot.textContent = (name.trim()[0] || "?").toUpperCase();
+  const label = li.appendChild(document.createElement("span"));
+  label.className = "person-name";
+  label.textContent = you ? `${name} (you)` : name;
+  return li;
+}
+
+function renderPeople(list) {
+  const ul = $("#people");
+  ul.textContent = "";
+  ul.appendChild(personChip(user.name, user.color, true));
+  for (const p of list) {
+    const li = ul.appendChild(personChip(p.name, p.color, false));
+    li.dataset.session = p.session;
+  }
+  $("#people-count").textContent = list.length ? `${list.length + 1} here` : "only you";
+}
+
+// ---- identity dialog -------------------------------------------------------------------
+
+function openIdentity() {
+  const dlg = $("#identity");
+  const input = $("#identity-name");
+  input.value = user.name;
+  const swatches = $("#identity-colors");
+  swatches.textContent = "";
+  for (const c of COLORS) {
+    const label = swatches.appendChild(document.createElement("label"));
+    label.className = "swatch";
+    label.style.setProperty("--peer-color", c);
+    const radio = label.appendChild(document.createElement("input"));
+    radio.type = "radio";
+    radio.name = "color";
+    radio.value = c;
+    radio.checked = c === user.color;
+    radio.setAttribute("aria-label", c);
+  }
+  dlg.showModal();
+  input.select();
+}
+
+function applyIdentity(ev) {
+  ev.preventDefault();
+  const color = $("#identity-colors input:checked")?.value || user.color;
+  user = { name: cleanName($("#identity-name").value), color: safeColor(color) };
+  saveUser(user);
+  renderMe();
+  $("#identity").close();
+  session.setUser(user);
+  renderPeople(session.peerList());
+}
+
+function renderMe() {
+  const me = $("#me");
+  me.style.setProperty("--peer-color", user.color);
+  $("#me-name").textContent = user.name;
+}
+
+// ---- rescue ----------------------------------------------------------------------------
+
+function showRescue({ text, count, fragments }) {
+  try { localStorage.setItem(`collab:rescue:${docName}`, JSON.stringify({ text, savedAt: Date.now() })); } catch (_) { /* best effort */ }
+  $("#rescue-intro").textContent = fragments
+    ? `${plural(count, "unsent edit")} could not be merged, and the text they were based on was not stored. These are the pieces of text you typed; copy what you need.`
+    : `The server could no longer merge your ${plural(count, "unsent edit")} (it does not have the version they were based on any more). The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back.`;
+  $("#rescue-text").value = text;
+  const dlg = $("#rescue");
+  if (!dlg.open) dlg.showModal();
+}
+
+async function copyRescue() {
+  const ta = $("#rescue-text");
+  try {
+    await navigator.clipboard.writeText(ta.value);
+  } catch (_) {
+    ta.select();
+    document.execCommand("copy");
+  }
+  $("#rescue-copy").textContent = "Copied";
+}
+
+// ---- boot ------------------------------------------------------------------------------------
+
+const docName = docNameFromPath();
+let user = loadUser();
+let session = null;
+
+async function boot() {
+  if (!docName || !DOC_NAME_RE.test(docName)) {
+    $("#doc-name").textContent = "Invalid document name";
+    showError("A document name may only contain letters, digits, '-' and '_' (up to 100).");
+    return;
+  }
+  document.title = `${docName} · collab`;
+  $("#doc-name").textContent = docName;
+  $("#home").href = `/${tokenQuery()}`;
+  renderMe();
+
+  const store = new PendingStore(docName);
+  let restore = null;
+  for (const rec of await store.orphans()) {
+    if (await store.claim(rec.clientID)) { restore = rec; break; }
+  }
+  let clientID = restore ? restore.clientID : null;
+  while (!clientID) {
+    const id = newClientID();
+    if (await store.claim(id)) clientID = id;
+  }
+
+  const wsProto = location.protocol === "https:" ? "wss:" : "ws:";
+  session = new CollabSession({
+    docName,
+    wsUrl: `${wsProto}//${location.host}/ws/${encodeURIComponent(docName)}${tokenQuery()}`,
+    parent: $("#editor"),
+    extensions: editorSetup(),
+    user,
+    store,
+    clientID,
+    restore,
+    on: {
+      status: renderStatus,
+      error: showError,
+      rescue: showRescue,
+      peers: renderPeople,
+      role: () => renderStatus(session.statusInfo()),
+    },
+  });
+  renderPeople([]);
+  renderStatus(session.statusInfo());
+  try {
+    const kept = JSON.parse(localStorage.getItem(`collab:rescue:${docName}`));
+    if (kept && typeof kept.text === "string" && !$("#rescue").open) {
+      $("#rescue-intro").textContent = "Text rescued earlier from edits the server could not merge. Copy what you need, then dismiss it.";
+      $("#rescue-text").value = kept.text;
+      $("#rescue").showModal();
+    }
+  } catch (_) { /* nothing kept */ }
+  followColorScheme(() => session.view);
+
+  window.addEventListener("beforeunload", (ev) => {
+    if (session.pendingCount() > 0) {
+      session.savePending();
+      ev.preventDefault();
+      ev.returnValue = "";
+    }
+  });
+  window.addEventListener("pagehide", () => {
+    session.savePending();
+    store.release();
+  });
+  window.addEventListener("pageshow", (ev) => { if (ev.persisted) store.beat(); });
+
+  // A small hook for the browser tests and for debugging from the console.
+  window.__collab = {
+    session,
+    get view() { return session.view; },
+    get clientID() { return session.clientID; },
+    get status() { return session.statusInfo(); },
+    get statusLog() { return session.statusLog.slice(); },
+    get pending() { return session.pendingCount(); },
+    get version() { return session.view ? getSyncedVersion(session.view.state) : null; },
+    get unconfirmed() { return session.view ? sendableUpdates(session.view.state).length : 0; },
+    peers: () => session.peerList(),
+  };
+  document.body.dataset.ready = "true";
+}
+
+$("#me").addEventListener("click", openIdentity);
+$("#identity-form").addEventListener("submit", applyIdentity);
+$("#identity-cancel").addEventListener("click", () => $("#identity").close());
+$("#rescue-copy").addEventListener("click", copyRescue);
+$("#rescue-close").addEventListener("click", () => {
+  $("#rescue").close();
+  localStorage.removeItem(`collab:rescue:${docName}`);
+});
+$("#reconnect").addEventListener("click", () => session && session.reconnectNow());
+
+boot().catch((e) => {
+  console.error(e);
+  showError(`The editor failed to start: ${e.message}`);
+});

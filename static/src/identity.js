@@ -1,0 +1,78 @@
+// Who this person is (name and colour), remembered in localStorage, plus the
+// random readable names used for new documents.  No DOM, no network.
+
+const USER_KEY = "collab:user";
+
+export const COLORS = [
+  "#e5484d", "#f76b15", "#d6a100", "#30a46c", "#12a594",
+  "#0090ff", "#3e63dd", "#8e4ec6", "#d6409f", "#7c6f64",
+];
+
+const ADJECTIVES = [
+  "amber", "brave", "calm", "clever", "curious", "eager", "gentle", "happy",
+  "jolly", "kind", "lively", "lucky", "merry", "nimble", "quiet", "rapid",
+  "sunny", "swift", "tidy", "witty", "bold", "bright", "cosy", "fuzzy",
+];
+const ANIMALS = [
+  "otter", "badger", "heron", "lynx", "panda", "falcon", "koala", "marten",
+  "puffin", "robin", "seal", "tapir", "walrus", "wombat", "yak", "zebra",
+  "beaver", "crane", "gecko", "ibis", "lemur", "moose", "newt", "owl",
+];
+
+function pick(list) {
+  return list[Math.floor(Math.random() * list.length)];
+}
+
+function cap(word) {
+  return word[0].toUpperCase() + word.slice(1);
+}
+
+/** A pleasant random identity, e.g. {name: "Curious Otter", color: "#0090ff"}. */
+export function randomUser() {
+  return { name: `${cap(pick(ADJECTIVES))} ${cap(pick(ANIMALS))}`, color: pick(COLORS) };
+}
+
+/** A readable document name such as "swift-heron-42" (matches the server's name rule). */
+export function randomDocName() {
+  return `${pick(ADJECTIVES)}-${pick(ANIMALS)}-${Math.floor(Math.random() * 90) + 10}`;
+}
+
+export const DOC_NAME_RE = /^[A-Za-z0-9_-]{1,100}$/;
+
+/** Accept only colours the browser understands, so a peer cannot inject CSS. */
+export function safeColor(color) {
+  if (typeof color === "string" && /^#[0-9a-fA-F]{3,8}$/.test(color)) return color;
+  if (typeof color === "string" && typeof CSS !== "undefined" && CSS.supports("color", color)
+      && !/[;{}()]/.test(color)) return color;
+  return "#888888";
+}
+
+export function cleanName(name) {
+  const s = String(name ?? "").replace(/\s+/g, " ").trim().slice(0, 40);
+  return s || "Anonymous";
+}
+
+/** The remembered user, created (and stored) on first use. */
+export function loadUser() {
+  try {
+    const u = JSON.parse(localStorage.getItem(USER_KEY));
+    if (u && typeof u.name === "string" && typeof u.color === "string")
+      return { name: cleanName(u.name), color: safeColor(u.color) };
+  } catch (_) { /* fall through to a new identity */ }
+  const u = randomUser();
+  saveUser(u);
+  return u;
+}
+
+export function saveUser(user) {
+  try {
+    localStorage.setItem(USER_KEY, JSON.stringify({ name: cleanName(user.name), color: safeColor(user.color) }));
+  } catch (_) { /* storage full or disabled: the identity just isn't remembered */ }
+}
+
+/** A random client ID: fresh for every page (two tabs never share one). */
+export function newClientID() {
+  const bytes = new Uint8Array(9);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(36).padStart(2, "0")).join("").slice(0, 16);
+}

@@ -1,0 +1,142 @@
+// Unconfirmed edits kept in localStorage so that they survive a reload, a
+// closed tab or a crash, and are pushed the next time the document is opened.
+//
+// Per document and per client ID (one tab = one client ID) two keys:
+//   collab:pending:<doc>:<clientID>  {clientID, version, updates: [ChangeSetJSON], savedAt}
+//   collab:base:<doc>:<clientID>     {version, text}: the text at `version`
+// `updates` are the tab's unconfirmed updates, oldest first, based on
+// `version`.  They are re-pushed with the same client ID, so the server's
+// de-duplication (rebaseUpdates skips updates of that client it already
+// accepted) makes a re-push of already-accepted edits harmless.
+//
+// A record belongs to the live tab that writes it.  Another page may adopt a
+// record only when that tab is gone: with the Web Locks API (secure contexts,
+// including 127.0.0.1/localhost) each tab holds the lock "collab:<clientID>"
+// for its lifetime; without it, a heartbeat key that the tab removes on
+// pagehide and refreshes every few seconds.
+
+const PENDING = "collab:pending:";
+const BASE = "collab:base:";
+const ALIVE = "collab:alive:";
+const HEARTBEAT_MS = 5000;
+const STALE_MS = 120000; // background tabs may only run timers once a minute
+
+function read(key) {
+  try {
+    return JSON.parse(localStorage.getItem(key));
+  } catch (_) {
+    return null;
+  }
+}
+
+export class PendingStore {
+  constructor(docName) {
+    this.doc = docName;
+    this.clientID = null;
+    this.baseVersion = null; // version of the base text last written
+    this.heartbeat = null;
+    this.lastError = null;
+  }
+
+  pendingKey(id) { return `${PENDING}${this.doc}:${id}`; }
+  baseKey(id) { return `${BASE}${this.doc}:${id}`; }
+
+  /** Records of this document that no live tab owns, newest first. */
+  async orphans() {
+    const prefix = `${PENDING}${this.doc}:`;
+    const ids = [];
+    for (let i = 0; i < localStorage.length; i++) {
+      const key = localStorage.key(i);
+      if (key && key.startsWith(prefix)) ids.push(key.slice(prefix.length));
+    }
+    let held = null;
+    if (navigator.locks) {
+      try {
+        const q = await navigator.locks.query();
+        held = new Set([...(q.held || []), ...(q.pending || [])].map((l) => l.name));
+      } catch (_) { held = null; }
+    }
+    const out = [];
+    for (const id of ids) {
+      if (held ? held.has(`collab:${id}`) : this.aliveElsewhere(id)) continue;
+      const rec = read(this.pendingKey(id));
+      if (!rec || !Array.isArray(rec.updates) || typeof rec.version !== "number") {
+        localStorage.removeItem(this.pendingKey(id));
+        localStorage.removeItem(this.baseKey(id));
+        continue;
+      }
+      const base = read(this.baseKey(id));
+      out.push({ ...rec, clientID: id, base: base && base.version === rec.version ? base.text : null });
+    }
+    out.sort((a, b) => (b.savedAt || 0) - (a.savedAt || 0));
+    return out;
+  }
+
+  aliveElsewhere(id) {
+    const t = Number(localStorage.getItem(ALIVE + id));
+    return t > 0 && Date.now() - t < STALE_MS;
+  }
+
+  /** Take ownership of `id` (our own fresh ID or an adopted one). Resolves false if another tab got it first. */
+  async claim(id) {
+    if (navigator.locks) {
+      const got = await new Promise((resolve) => {
+        navigator.locks.request(`collab:${id}`, { ifAvailable: true }, (lock) => {
+          resolve(!!lock);
+          return lock ? new Promise(() => {}) : undefined; // hold until the page goes away
+        }).catch(() => resolve(false));
+      });
+      if (!got) return false;
+    } else if (this.aliveElsewhere(id)) {
+      return false;
+    }
+    this.clientID = id;
+    this.baseVersion = null;
+    this.beat();
+    if (!this.heartbeat) this.heartbeat = setInterval(() => this.beat(), HEARTBEAT_MS);
+    return true;
+  }
+
+  beat() {
+    if (!this.clientID || navigator.locks) return;
+    try { localStorage.setItem(ALIVE + this.clientID, String(Date.now())); } catch (_) { /* ignore */ }
+  }
+
+  /** Called on pagehide: a reload or a new tab may adopt our record at once. */
+  release() {
+    if (this.clientID) localStorage.removeItem(ALIVE + this.clientID);
+  }
+
+  /** Store the unconfirmed updates (ChangeSets) based on `version`, whose text is `baseText()`. */
+  save(version, updates, baseText) {
+    const id = this.clientID;
+    if (!id) return;
+    try {
+      if (!updates.length) {
+        localStorage.removeItem(this.pendingKey(id));
+        localStorage.removeItem(this.baseKey(id));
+        this.baseVersion = null;
+      } else {
+        if (this.baseVersion !== version) {
+          localStorage.setItem(this.baseKey(id), JSON.stringify({ version, text: baseText() }));
+          this.baseVersion = version;
+        }
+        localStorage.setItem(this.pendingKey(id), JSON.stringify({
+          clientID: id, version, savedAt: Date.now(),
+          updates: updates.map((u) => u.changes.toJSON()),
+        }));
+      }
+      this.lastError = null;
+    } catch (e) {
+      // Quota exceeded: the edits are still on screen and will be sent; they
+      // just would not survive a closed tab.  The page shows this.
+      this.lastError = e;
+    }
+  }
+
+  /** Forget an adopted record (after its edits were confirmed or rescued). */
+  drop(id) {
+    localStorage.removeItem(this.pendingKey(id));
+    localStorage.removeItem(this.baseKey(id));
+  }
+}

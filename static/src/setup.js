@@ -1,0 +1,79 @@
+// The editor's features: everything CodeMirror brings except syncing.
+
+import { EditorState, Compartment, Prec } from "@codemirror/state";
+import {
+  EditorView, keymap, lineNumbers, highlightActiveLine, highlightActiveLineGutter,
+  highlightSpecialChars, drawSelection, dropCursor, rectangularSelection, crosshairCursor,
+} from "@codemirror/view";
+import { defaultKeymap, history, historyKeymap, indentWithTab } from "@codemirror/commands";
+import { syntaxHighlighting, bracketMatching, indentOnInput, foldGutter, foldKeymap, LanguageSupport } from "@codemirror/language";
+import { search, searchKeymap, highlightSelectionMatches } from "@codemirror/search";
+import { markdownLanguage, markdownKeymap } from "@codemirror/lang-markdown";
+import { tagHighlighter, tags as t } from "@lezer/highlight";
+
+// Markdown (and the HTML/code inside it) to CSS classes; colours live in
+// style.css so the light and dark palettes are plain CSS.
+const highlighter = tagHighlighter([
+  { tag: t.heading1, class: "tok-heading tok-h1" },
+  { tag: t.heading2, class: "tok-heading tok-h2" },
+  { tag: t.heading3, class: "tok-heading tok-h3" },
+  { tag: t.heading, class: "tok-heading" },
+  { tag: t.emphasis, class: "tok-emphasis" },
+  { tag: t.strong, class: "tok-strong" },
+  { tag: t.strikethrough, class: "tok-strike" },
+  { tag: [t.link, t.url], class: "tok-link" },
+  { tag: t.monospace, class: "tok-code" },
+  { tag: t.quote, class: "tok-quote" },
+  { tag: t.list, class: "tok-list" },
+  { tag: [t.processingInstruction, t.contentSeparator], class: "tok-mark" },
+  { tag: [t.keyword, t.tagName], class: "tok-keyword" },
+  { tag: [t.string, t.attributeValue], class: "tok-string" },
+  { tag: [t.number, t.bool, t.atom], class: "tok-number" },
+  { tag: [t.comment, t.meta], class: "tok-comment" },
+  { tag: [t.attributeName, t.propertyName], class: "tok-property" },
+  { tag: t.invalid, class: "tok-invalid" },
+]);
+
+const dark = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
+const themeConf = new Compartment();
+
+function themeFor(isDark) {
+  return EditorView.darkTheme.of(isDark);
+}
+
+/** Follow the system's light/dark setting in a live view. */
+export function followColorScheme(getView) {
+  if (!dark) return;
+  dark.addEventListener("change", () => {
+    const view = getView();
+    if (view) view.dispatch({ effects: themeConf.reconfigure(themeFor(dark.matches)) });
+  });
+}
+
+export function editorSetup() {
+  return [
+    lineNumbers(),
+    highlightActiveLineGutter(),
+    highlightSpecialChars(),
+    history(),
+    foldGutter(),
+    drawSelection(),
+    dropCursor(),
+    EditorState.allowMultipleSelections.of(true),
+    indentOnInput(),
+    syntaxHighlighting(highlighter),
+    bracketMatching(),
+    rectangularSelection(),
+    crosshairCursor(),
+    highlightActiveLine(),
+    highlightSelectionMatches(),
+    search({ top: true }),
+    EditorView.lineWrapping,
+    // GitHub-flavoured Markdown without the nested HTML/JS/CSS parsers that
+    // markdown() would bundle (they triple the bundle for little gain).
+    new LanguageSupport(markdownLanguage, [Prec.high(keymap.of(markdownKeymap))]),
+    keymap.of([...defaultKeymap, ...searchKeymap, ...historyKeymap, ...foldKeymap, indentWithTab]),
+    themeConf.of(themeFor(!!(dark && dark.matches))),
+    EditorView.contentAttributes.of({ spellcheck: "true", "aria-label": "Document text" }),
+  ];
+}

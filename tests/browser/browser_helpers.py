@@ -1,0 +1,69 @@
+"""Helpers for the browser tests (pages, typing, waiting for convergence)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+
+def set_user(ctx, name: str, color: str) -> None:
+    """Give a context a fixed identity before its pages load."""
+    ctx.add_init_script(
+        "try { if (!localStorage.getItem('collab:user')) localStorage.setItem('collab:user', "
+        + json.dumps(json.dumps({"name": name, "color": color})) + ") } catch (e) {}")
+
+
+def open_editor(ctx, base_url: str, doc: str, connected: bool = True):
+    page = ctx.new_page()
+    page.on("dialog", lambda d: d.accept())  # the "unsaved edits" beforeunload prompt
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.collab_errors = errors
+    page.goto(f"{base_url}/d/{doc}")
+    page.wait_for_selector("body[data-ready=true]")
+    if connected:
+        wait_status(page, "connected")
+    return page
+
+
+def wait_status(page, state: str, timeout: float = 20000) -> None:
+    page.wait_for_function("s => window.__collab && window.__collab.status.state === s", arg=state,
+                           timeout=timeout)
+
+
+def doc_text(page) -> str:
+    return page.evaluate("() => window.__collab.view.state.doc.toString()")
+
+
+def focus_end(page) -> None:
+    """Click into the editor and put the caret at the very end."""
+    page.click(".cm-content")
+    page.keyboard.press("Control+End")
+
+
+def set_cursor(page, pos: int) -> None:
+    page.click(".cm-content")
+    page.evaluate("p => { const v = window.__collab.view; v.dispatch({selection: {anchor: p}}); v.focus(); }", pos)
+
+
+def server_doc(base_url: str, doc: str) -> dict:
+    with urllib.request.urlopen(f"{base_url}/api/docs/{doc}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def wait_synced(pages, base_url: str, doc: str, timeout: float = 20.0) -> str:
+    """Wait until every page has nothing unconfirmed and shows the server's text; return it."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        server = server_doc(base_url, doc)
+        states = [p.evaluate("() => ({text: window.__collab.view.state.doc.toString(),"
+                             " pending: window.__collab.pending, version: window.__collab.version})")
+                  for p in pages]
+        last = (server, states)
+        if all(s["pending"] == 0 and s["version"] == server["version"] and s["text"] == server["doc"]
+               for s in states):
+            return server["doc"]
+        time.sleep(0.1)
+    raise AssertionError(f"pages did not converge with the server: {last!r}")
