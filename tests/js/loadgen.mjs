@@ -1,0 +1,426 @@
+// Load generator for bench/load.py: headless clients against a running collab server.
+//
+// Modes (each prints one JSON object on stdout and exits by itself):
+//   typing     N full @codemirror/collab clients typing R edits/s each into one doc;
+//              edit-to-peer latency percentiles.
+//   throughput N lightweight clients, each pushing one single-edit update and the next
+//              right after its ack; accepted updates/s and server CPU per 1,000 updates.
+//   idle       C connections over D documents that say hello and then sit idle;
+//              server RSS per connection.
+//   trace      one full client replays an editing trace (josephg/editing-traces format),
+//              batching its unconfirmed edits into each push while one is in flight.
+//
+// Server CPU and memory come from /proc/<--server-pid>/{stat,status}, read here at
+// the exact start and end of each measurement window.
+//
+// Keeping the client cheap: one Node process, no per-frame logging, the
+// throughput/idle clients keep only (version, length) instead of an EditorState.
+
+import { performance } from 'node:perf_hooks';
+import { readFileSync } from 'node:fs';
+import { gunzipSync } from 'node:zlib';
+import WebSocket from 'ws';
+import { CollabClient, SUBPROTOCOL, makeRng, parseArgs, sleep, fetchDoc, snapPos, newLengthOf } from './client.mjs';
+
+// ---- server process probes ---------------------------------------------------
+
+function procCpuMs(pid, clkTck) {
+  if (!pid) return null;
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // fields[0] is field 3 (state); utime is field 14, stime field 15.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / clkTck;
+}
+
+function procMemKB(pid) {
+  if (!pid) return null;
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const get = (k) => Number((status.match(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm')) || [])[1]);
+  return { rssKB: get('VmRSS'), hwmKB: get('VmHWM') };
+}
+
+function percentiles(samples) {
+  const s = Float64Array.from(samples).sort();
+  const at = (p) => (s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : null);
+  const mean = s.length ? s.reduce((a, b) => a + b, 0) / s.length : null;
+  const r3 = (x) => (x === null ? null : Math.round(x * 1000) / 1000);
+  return { count: s.length, p50: r3(at(0.5)), p95: r3(at(0.95)), p99: r3(at(0.99)), max: r3(s.length ? s[s.length - 1] : null), mean: r3(mean) };
+}
+
+const clientProblems = (clients) => clients.flatMap((c) => [
+  ...c.violations, ...c.errors.map((e) => `${c.clientID}: error ${JSON.stringify(e)}`),
+  ...c.closes.map((e) => `${c.clientID}: closed ${JSON.stringify(e)}`)]);
+
+// ---- typing: latency ------------------------------------------------------------
+
+async function typing(a) {
+  const n = Number(a.clients ?? 10);
+  const rate = Number(a.rate ?? 5);
+  const durationMs = Number(a.duration ?? 20000);
+  const warmupMs = Number(a.warmup ?? 2000);
+  const doc = a.doc ?? 'typing';
+  const rng = makeRng(Number(a.seed ?? 7));
+  const byId = new Map();
+  const latencies = [];
+  let measuring = false;
+  const onUpdates = (peer, from, updates, now) => {
+    for (const u of updates) {
+      if (u.clientID === peer.clientID) continue;
+      const sender = byId.get(u.clientID);
+      if (!sender) continue;
+      const k = (peer.seenFrom.get(u.clientID) ?? 0);
+      peer.seenFrom.set(u.clientID, k + 1);
+      const t = sender.editTimes[k];
+      if (measuring && t !== undefined && t >= sender.measureFrom) latencies.push(now - t);
+    }
+  };
+  const clients = [];
+  for (let i = 0; i < n; i++) {
+    const c = new CollabClient({ url: a.url, doc, clientID: `typist-${i}`, rng: makeRng(Math.floor(rng() * 2 ** 32)),
+      record: false, autoReconnect: false, onUpdates });
+    c.editTimes = [];
+    c.seenFrom = new Map();
+    c.measureFrom = Infinity;
+    c.cursor = 0;
+    byId.set(c.clientID, c);
+    clients.push(c);
+  }
+  for (const c of clients) await c.start();
+  // A peer counts a sender's k-th update from the moment it joined; all joined at once, before any edit.
+  const period = 1000 / rate;
+  const timers = [];
+  const type = (c) => {
+    const doc = c.state.doc;
+    c.cursor = snapPos(doc, Math.min(c.cursor, doc.length));
+    let spec;
+    if (c.rng() < 0.1 && c.cursor > 0) {
+      spec = { from: snapPos(doc, c.cursor - 1), to: c.cursor };
+      c.cursor = spec.from;
+    } else {
+      const ch = c.rng() < 0.15 ? (c.rng() < 0.3 ? '\n' : ' ') : String.fromCharCode(97 + Math.floor(c.rng() * 26));
+      spec = { from: c.cursor, insert: ch };
+      c.cursor += 1;
+    }
+    c.editTimes.push(performance.now());
+    c.edit(spec);
+  };
+  for (const c of clients) {
+    // Each typist starts at its own spot, so edits spread over the document.
+    c.cursor = Math.floor(c.rng() * 50);
+    timers.push(setTimeout(() => timers.push(setInterval(() => type(c), period)), c.rng() * period));
+  }
+  const pid = Number(a['server-pid'] || 0);
+  const clk = Number(a['clk-tck'] || 100);
+  await sleep(warmupMs);
+  measuring = true;
+  const t0 = performance.now();
+  for (const c of clients) c.measureFrom = t0;
+  const v0 = clients[0].version();
+  const cpu0 = procCpuMs(pid, clk);
+  const ucpu0 = process.cpuUsage();
+  await sleep(durationMs);
+  const t1 = performance.now();
+  const cpu1 = procCpuMs(pid, clk);
+  const ucpu1 = process.cpuUsage(ucpu0);
+  const v1 = clients[0].version();
+  for (const t of timers) { clearTimeout(t); clearInterval(t); }
+  // Let the last edits arrive, then make sure everyone agrees.
+  const deadline = performance.now() + 10000;
+  let server = null;
+  while (performance.now() < deadline) {
+    await sleep(50);
+    if (clients.some((c) => c.pending() || c.inFlight)) continue;
+    server = await fetchDoc(a.url, doc);
+    if (clients.every((c) => c.version() === server.version)) break;
+  }
+  const windowS = (t1 - t0) / 1000;
+  const texts = new Set(clients.map((c) => c.text()));
+  const result = {
+    mode: 'typing', clients: n, ratePerClient: rate, windowS,
+    edits: clients.reduce((s, c) => s + c.editTimes.length, 0),
+    acceptedInWindow: v1 - v0, acceptedPerS: (v1 - v0) / windowS,
+    latencyMs: percentiles(latencies),
+    serverCpuMs: cpu1 !== null ? cpu1 - cpu0 : null,
+    serverCpuPct: cpu1 !== null ? ((cpu1 - cpu0) / (t1 - t0)) * 100 : null,
+    clientCpuPct: ((ucpu1.user + ucpu1.system) / 1000 / (t1 - t0)) * 100,
+    serverMem: procMemKB(pid),
+    converged: texts.size === 1 && server !== null && server.doc === clients[0].text(),
+    finalVersion: server && server.version,
+    problems: clientProblems(clients).slice(0, 20),
+  };
+  for (const c of clients) c.close();
+  return result;
+}
+
+// ---- lightweight client for throughput and idle ----------------------------------
+
+/** Speaks collab.v1 keeping only the synced version and the document length. */
+class LiteClient {
+  constructor(url, doc, clientID, rng) {
+    this.url = url;
+    this.doc = doc;
+    this.clientID = clientID;
+    this.rng = rng;
+    this.version = null;
+    this.length = 0;
+    this.inFlight = false;
+    this.pushing = false;
+    this.onAck = null;
+    this.onFrame = null;
+    this.problems = [];
+  }
+
+  start() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(`${this.url}/ws/${this.doc}`, SUBPROTOCOL, { perMessageDeflate: false, handshakeTimeout: 20000 });
+      this.ws = ws;
+      ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', clientID: this.clientID, version: null,
+        user: { name: this.clientID, color: '#888888' } })));
+      ws.on('error', (e) => { this.problems.push(`socket error ${e.message}`); reject(e); });
+      ws.on('close', (code) => { if (!this.closing) this.problems.push(`closed ${code}`); });
+      ws.on('message', (data) => {
+        const m = JSON.parse(data.toString());
+        if (m.type === 'welcome') {
+          this.version = m.version;
+          this.length = m.doc.length;
+          resolve(m);
+        } else if (m.type === 'updates') {
+          if (m.from !== this.version) this.problems.push(`updates from ${m.from} at ${this.version}`);
+          let own = 0;
+          for (const u of m.updates) {
+            this.length = newLengthOf(u.changes);
+            if (u.clientID === this.clientID) own++;
+          }
+          this.version = m.from + m.updates.length;
+          if (this.onFrame) this.onFrame(this, m);
+          if (own && this.inFlight) {
+            this.inFlight = false;
+            if (this.onAck) this.onAck(this);
+          }
+        } else if (m.type === 'error') {
+          this.problems.push(`error ${m.code}: ${m.message}`);
+          if (this.inFlight) setTimeout(() => { this.inFlight = false; if (this.onAck) this.onAck(this); }, 50);
+        }
+      });
+    });
+  }
+
+  /** One update with one single-character insertion at a random position of the synced document. */
+  pushOne() {
+    const p = Math.floor(this.rng() * (this.length + 1));
+    const changes = [];
+    if (p) changes.push(p);
+    changes.push([0, 'x']);
+    if (this.length - p) changes.push(this.length - p);
+    this.inFlight = true;
+    this.ws.send(`{"type":"push","version":${this.version},"updates":[{"clientID":"${this.clientID}","changes":${JSON.stringify(changes)}}]}`);
+  }
+
+  close() {
+    this.closing = true;
+    this.ws.close(1000);
+  }
+}
+
+// ---- throughput ------------------------------------------------------------------
+
+async function throughput(a) {
+  const n = Number(a.clients ?? 4);
+  const durationMs = Number(a.duration ?? 10000);
+  const warmupMs = Number(a.warmup ?? 2000);
+  const doc = a.doc ?? 'throughput';
+  const pid = Number(a['server-pid'] || 0);
+  const clk = Number(a['clk-tck'] || 100);
+  const rng = makeRng(Number(a.seed ?? 11));
+  const clients = [];
+  for (let i = 0; i < n; i++) clients.push(new LiteClient(a.url, doc, `pusher-${i}`, makeRng(Math.floor(rng() * 2 ** 32))));
+  for (const c of clients) await c.start();
+  let running = true;
+  const pushes = new Array(n).fill(0);
+  clients.forEach((c, i) => {
+    c.onAck = () => { if (running) { pushes[i]++; c.pushOne(); } };
+  });
+  // Acknowledgement latency of client 0 (push sent -> own update back), for information.
+  const ackLat = [];
+  let sentAt = 0;
+  let measuring = false;
+  const c0 = clients[0];
+  const origPush = c0.pushOne.bind(c0);
+  c0.pushOne = () => { sentAt = performance.now(); origPush(); };
+  const prevAck = c0.onAck;
+  c0.onAck = (c) => { if (measuring) ackLat.push(performance.now() - sentAt); prevAck(c); };
+  for (const c of clients) c.pushOne();
+  await sleep(warmupMs);
+  measuring = true;
+  const t0 = performance.now();
+  const v0 = c0.version;
+  const cpu0 = procCpuMs(pid, clk);
+  const ucpu0 = process.cpuUsage();
+  await sleep(durationMs);
+  const t1 = performance.now();
+  const v1 = c0.version;
+  const cpu1 = procCpuMs(pid, clk);
+  const ucpu1 = process.cpuUsage(ucpu0);
+  running = false;
+  measuring = false;
+  await sleep(300);
+  const server = await fetchDoc(a.url, doc);
+  const accepted = v1 - v0;
+  const windowS = (t1 - t0) / 1000;
+  const result = {
+    mode: 'throughput', clients: n, windowS,
+    acceptedInWindow: accepted, acceptedPerS: accepted / windowS,
+    serverCpuMs: cpu1 !== null ? cpu1 - cpu0 : null,
+    serverCpuMsPer1000: cpu1 !== null ? ((cpu1 - cpu0) / accepted) * 1000 : null,
+    serverCpuPct: cpu1 !== null ? ((cpu1 - cpu0) / (t1 - t0)) * 100 : null,
+    clientCpuPct: ((ucpu1.user + ucpu1.system) / 1000 / (t1 - t0)) * 100,
+    ackLatencyMs: percentiles(ackLat),
+    serverMem: procMemKB(pid),
+    finalVersion: server.version,
+    lengthsAgree: clients.every((c) => c.length === server.doc.length) && server.doc.length === server.version,
+    problems: clients.flatMap((c) => c.problems).slice(0, 20),
+  };
+  for (const c of clients) c.close();
+  return result;
+}
+
+// ---- idle connections: memory per connection ----------------------------------
+
+async function openMany(specs, concurrency) {
+  const out = [];
+  let next = 0;
+  const problems = [];
+  async function worker() {
+    while (next < specs.length) {
+      const [doc, id] = specs[next++];
+      const c = new LiteClient(null, doc, id, null);
+      c.url = specs.url;
+      try {
+        await c.start();
+        out.push(c);
+      } catch (e) {
+        problems.push(`${id}: ${e.message}`);
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return { clients: out, problems };
+}
+
+async function idle(a) {
+  const conns = Number(a.conns ?? 2000);
+  const docs = Number(a.docs ?? 200);
+  const settleMs = Number(a.settle ?? 2000);
+  const pid = Number(a['server-pid'] || 0);
+  const mem0 = procMemKB(pid);
+  const first = [];
+  const rest = [];
+  for (let i = 0; i < conns; i++) (i < docs ? first : rest).push([`idle-${i % docs}`, `idler-${i}`]);
+  first.url = a.url;
+  rest.url = a.url;
+  const t0 = performance.now();
+  const r1 = await openMany(first, 50);
+  await sleep(settleMs);
+  const mem1 = procMemKB(pid);
+  const r2 = await openMany(rest, 50);
+  const openMs = performance.now() - t0;
+  await sleep(settleMs);
+  const mem2 = procMemKB(pid);
+  const all = [...r1.clients, ...r2.clients];
+  const problems = [...r1.problems, ...r2.problems, ...all.flatMap((c) => c.problems)];
+  const result = {
+    mode: 'idle', connections: all.length, docs, openMs: Math.round(openMs),
+    memKB: { baseline: mem0, oneConnPerDoc: mem1, all: mem2 },
+    perConnKB: mem2 && (mem2.rssKB - mem0.rssKB) / all.length,
+    marginalPerConnKB: mem2 && (mem2.rssKB - mem1.rssKB) / r2.clients.length,
+    problems: problems.slice(0, 20), problemCount: problems.length,
+  };
+  for (const c of all) c.close();
+  await sleep(200);
+  return result;
+}
+
+// ---- trace replay -------------------------------------------------------------------
+
+async function trace(a) {
+  const file = a.file;
+  const doc = a.doc ?? 'trace';
+  const chunk = Number(a.chunk ?? 100);
+  const maxPush = Number(a['max-push'] ?? 1000);
+  const pid = Number(a['server-pid'] || 0);
+  const clk = Number(a['clk-tck'] || 100);
+  const data = JSON.parse(gunzipSync(readFileSync(file)).toString('utf8'));
+  const patches = [];
+  for (const t of data.txns) for (const p of t.patches) patches.push(p);
+  const astral = /[\u{10000}-\u{10FFFF}]/u;
+  let anyAstral = astral.test(data.startContent) || patches.some((p) => astral.test(p[2]));
+  const c = new CollabClient({ url: a.url, doc, clientID: 'trace-replayer', record: false, autoReconnect: false, maxPushUpdates: maxPush });
+  await c.start();
+  if (data.startContent) c.edit({ from: 0, insert: data.startContent });
+  // Code point position -> UTF-16 offset. Only needed when astral characters occur.
+  const toUtf16 = (doc, cp) => {
+    if (!anyAstral) return cp;
+    let units = 0;
+    let points = 0;
+    for (const ch of doc.toString()) {
+      if (points === cp) break;
+      units += ch.length;
+      points++;
+    }
+    return units;
+  };
+  const cpu0 = procCpuMs(pid, clk);
+  const ucpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  let applied = 0;
+  while (applied < patches.length) {
+    const end = Math.min(patches.length, applied + chunk);
+    for (; applied < end; applied++) {
+      const [pos, del, ins] = patches[applied];
+      const d = c.state.doc;
+      const from = toUtf16(d, pos);
+      const to = del ? (anyAstral ? from + [...d.sliceString(from, from + 2 * del)].slice(0, del).join('').length : from + del) : from;
+      c.edit({ from, to, insert: ins });
+    }
+    await new Promise((r) => setImmediate(r));
+  }
+  const appliedMs = performance.now() - t0;
+  while (c.pending() || c.inFlight) {
+    await sleep(1);
+    if (performance.now() - t0 > 600000) throw new Error('trace replay did not finish in 10 minutes');
+  }
+  const t1 = performance.now();
+  const cpu1 = procCpuMs(pid, clk);
+  const ucpu1 = process.cpuUsage(ucpu0);
+  const server = await fetchDoc(a.url, doc);
+  const result = {
+    mode: 'trace', file, edits: patches.length, totalMs: t1 - t0, clientApplyMs: appliedMs,
+    pushes: c.stats.pushes, updatesPerPush: c.stats.pushedUpdates / c.stats.pushes,
+    acceptedPerS: server.version / ((t1 - t0) / 1000),
+    finalVersion: server.version,
+    clientTextMatches: c.text() === data.endContent,
+    serverTextMatches: server.doc === data.endContent,
+    serverCpuMs: cpu1 !== null ? cpu1 - cpu0 : null,
+    clientCpuMs: (ucpu1.user + ucpu1.system) / 1000,
+    serverMem: procMemKB(pid),
+    problems: clientProblems([c]).slice(0, 20),
+  };
+  c.close();
+  return result;
+}
+
+async function main() {
+  const a = parseArgs(process.argv.slice(2));
+  const mode = a._[0];
+  if (!a.url) throw new Error('need --url ws://127.0.0.1:PORT');
+  const run = { typing, throughput, idle, trace }[mode];
+  if (!run) throw new Error(`unknown mode ${mode}: typing | throughput | idle | trace`);
+  const result = await run(a);
+  process.stdout.write(JSON.stringify(result) + '\n');
+  process.exit(0);
+}
+
+main().catch((e) => {
+  process.stderr.write(`${e.stack || e}\n`);
+  process.exit(2);
+});
