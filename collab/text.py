@@ -167,3 +167,20 @@ class Text:
             if not pieces:  # the cursor's chunk vanished: restart from the top
                 self._at = self._at_pos = 0
         self.length += delta
+
+    def invert(self, changes: ChangeSet) -> ChangeSet:
+        """The changes that undo `changes` on this text (before it is applied)."""
+        sections: list[int] = []
+        inserted: list[str] = []
+        s = changes.sections
+        pos = 0
+        for k in range(0, len(s), 2):
+            n, ins = s[k], s[k + 1]
+            if ins < 0:
+                sections += (n, -1)
+                inserted.append("")
+            else:
+                sections += (ins, n)
+                inserted.append(self.slice(pos, pos + n))
+            pos += n
+        return ChangeSet(sections, inserted, changes.new_length, changes.length)

@@ -1,0 +1,50 @@
+"""create_app(settings): wiring only. Store and rooms live in AppKeys; the
+store opens and closes in a cleanup context; shutdown flushes every pending
+commit and closes clients with 1001 before the store closes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from . import ws
+from .api import Api, error_middleware
+from .room import Rooms
+from .settings import Settings
+from .store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+ROOMS = web.AppKey("rooms", Rooms)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_frame)
+    app[SETTINGS] = settings
+    store = Store(settings.db, synchronous=settings.sync.upper(), snapshot_every=settings.snapshot_every,
+                  keep=settings.keep_updates)
+    rooms = Rooms(settings, store)
+    app[STORE] = store
+    app[ROOMS] = rooms
+
+    async def storage(app: web.Application):
+        await store.open()
+        yield
+        await store.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await rooms.shutdown()
+
+    async def ws_route(request: web.Request) -> web.StreamResponse:
+        return await ws.handle(request, settings, rooms)
+
+    app.cleanup_ctx.append(storage)
+    app.on_shutdown.append(on_shutdown)
+    api = Api(store, rooms, Path(settings.static_dir))
+    app.router.add_routes(api.routes())
+    app.router.add_get("/ws/{doc}", ws_route)
+    dist = Path(settings.static_dir) / "dist"
+    dist.mkdir(parents=True, exist_ok=True)
+    app.router.add_static("/static", dist)
+    return app

@@ -1,0 +1,179 @@
+"""Wire messages of protocol v1 (../shared/protocol.md): parse, validate, build.
+
+What lives here: turning an untrusted frame into a checked message object,
+with a ProtocolError carrying the right code for anything else, and turning
+server events into frame bytes. What never lives here: state, sockets.
+Frames are built as bytes once and sent as-is to every connection.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from .changes import ChangeSet
+from .errors import CLOSE_PROTOCOL, ChangeError, ProtocolError
+from .rebase import Update
+from .sequencer import Accepted
+
+SUBPROTOCOL = "collab.v1"
+DOC_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_COLOR = re.compile(r"^#(?:[0-9A-Fa-f]{3}|[0-9A-Fa-f]{4}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})$")
+MAX_CLIENT_ID = 128
+MAX_NAME = 100
+DEFAULT_USER = {"name": "Anonymous", "color": "#888888"}
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    client_id: str
+    version: int | None
+    user: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    version: int
+    updates: list[Update]
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    version: int
+    ranges: list[tuple[int, int]]
+
+
+def valid_doc_name(name: str) -> bool:
+    return bool(DOC_NAME.match(name))
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def parse(data: bytes | str, max_updates: int = 1000, max_ranges: int = 100) -> Hello | Push | Presence:
+    """One client frame, checked; raises ProtocolError with the protocol's code."""
+    try:
+        msg = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("bad-json", f"frame is not valid JSON: {exc}") from None
+    if type(msg) is not dict:
+        raise ProtocolError("bad-message", f"a frame must be a JSON object, got {type(msg).__name__}")
+    kind = msg.get("type")
+    if kind == "push":
+        return _push(msg, max_updates)
+    if kind == "presence":
+        return _presence(msg, max_ranges)
+    if kind == "hello":
+        return _hello(msg)
+    if type(kind) is not str:
+        raise ProtocolError("bad-message", "a frame needs a string \"type\"")
+    raise ProtocolError("bad-message", f"unknown frame type {kind!r}")
+
+
+def _hello(msg: dict) -> Hello:
+    client_id = msg.get("clientID")
+    if type(client_id) is not str or not 0 < len(client_id) <= MAX_CLIENT_ID:
+        raise ProtocolError("bad-message", f"hello.clientID must be a string of 1-{MAX_CLIENT_ID} characters",
+                            close=CLOSE_PROTOCOL)
+    version = msg.get("version")
+    if version is not None and not _is_count(version):
+        raise ProtocolError("bad-message", f"hello.version must be null or a non-negative integer, got {version!r}",
+                            close=CLOSE_PROTOCOL)
+    user = msg.get("user", DEFAULT_USER)
+    if type(user) is not dict:
+        raise ProtocolError("bad-message", "hello.user must be an object {name, color}", close=CLOSE_PROTOCOL)
+    name = user.get("name", DEFAULT_USER["name"])
+    color = user.get("color", DEFAULT_USER["color"])
+    if type(name) is not str or len(name) > MAX_NAME:
+        raise ProtocolError("bad-message", f"hello.user.name must be a string of at most {MAX_NAME} characters",
+                            close=CLOSE_PROTOCOL)
+    if type(color) is not str or not _COLOR.match(color):
+        raise ProtocolError("bad-message", "hello.user.color must be a hex colour like #3366ff",
+                            close=CLOSE_PROTOCOL)
+    return Hello(client_id, version, {"name": name.strip() or DEFAULT_USER["name"], "color": color})
+
+
+def _push(msg: dict, max_updates: int) -> Push:
+    version = msg.get("version")
+    if not _is_count(version):
+        raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {version!r}")
+    raw = msg.get("updates")
+    if type(raw) is not list:
+        raise ProtocolError("bad-message", "push.updates must be a list of {clientID, changes}")
+    if len(raw) > max_updates:
+        raise ProtocolError("too-large", f"a push may carry at most {max_updates} updates, this one has {len(raw)}")
+    updates = []
+    for k, item in enumerate(raw):
+        if type(item) is not dict:
+            raise ProtocolError("bad-message", f"push.updates[{k}] must be an object {{clientID, changes}}")
+        client_id = item.get("clientID")
+        if type(client_id) is not str:
+            raise ProtocolError("bad-message", f"push.updates[{k}].clientID must be a string")
+        if "changes" not in item:
+            raise ProtocolError("bad-message", f"push.updates[{k}] has no changes")
+        try:
+            changes = ChangeSet.from_json(item["changes"])
+        except ChangeError as exc:
+            raise ChangeError(f"push.updates[{k}].changes: {exc.message}") from None
+        updates.append(Update(client_id, changes))
+    return Push(version, updates)
+
+
+def _presence(msg: dict, max_ranges: int) -> Presence:
+    version = msg.get("version")
+    if not _is_count(version):
+        raise ProtocolError("bad-message", f"presence.version must be a non-negative integer, got {version!r}")
+    raw = msg.get("ranges")
+    if type(raw) is not list:
+        raise ProtocolError("bad-message", "presence.ranges must be a list of {anchor, head}")
+    if len(raw) > max_ranges:
+        raise ProtocolError("too-large", f"a presence may carry at most {max_ranges} ranges")
+    ranges = []
+    for k, r in enumerate(raw):
+        if type(r) is not dict or not _is_count(r.get("anchor")) or not _is_count(r.get("head")):
+            raise ProtocolError("bad-message", f"presence.ranges[{k}] must be {{anchor, head}} "
+                                "with non-negative integers")
+        ranges.append((r["anchor"], r["head"]))
+    return Presence(version, ranges)
+
+
+# --------------------------------------------------------------------- frames
+
+def _update_json(update: Update) -> dict:
+    return {"clientID": update.client_id, "changes": update.changes.to_json()}
+
+
+def welcome(session: str, role: str, version: int, peers: list[dict], *,
+            doc: str | None = None, since: int | None = None, updates: list[Update] | None = None) -> bytes:
+    frame = {"type": "welcome", "session": session, "role": role, "version": version, "peers": peers}
+    if doc is not None:
+        frame["doc"] = doc
+    else:
+        frame["from"] = since
+        frame["updates"] = [_update_json(u) for u in updates or ()]
+    return orjson.dumps(frame)
+
+
+def updates_frame(batch: list[Accepted]) -> bytes:
+    return orjson.dumps({"type": "updates", "from": batch[0].version - 1,
+                         "updates": [_update_json(e.update) for e in batch]})
+
+
+def presence_object(session: str, user: dict, version: int, ranges: list[tuple[int, int]]) -> dict:
+    return {"type": "presence", "session": session, "user": user, "version": version,
+            "ranges": [{"anchor": a, "head": h} for a, h in ranges]}
+
+
+def presence_frame(session: str, user: dict, version: int, ranges: list[tuple[int, int]]) -> bytes:
+    return orjson.dumps(presence_object(session, user, version, ranges))
+
+
+def leave_frame(session: str) -> bytes:
+    return orjson.dumps({"type": "leave", "session": session})
+
+
+def error_frame(code: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "code": code, "message": message})

@@ -1,0 +1,369 @@
+"""Room: one open document with its connections; Rooms: the registry of open documents.
+
+What lives here: the asynchronous life around a Sequencer: joining (welcome),
+pushes, the commit loop that hands accepted updates to the store and
+broadcasts them only after COMMIT, presence coalescing, leaving, unloading an
+idle document, and flushing on shutdown. Frames arrive already parsed
+(protocol.py) and leave as bytes through each Peer's own queue, so one slow
+reader never delays the others.
+
+Rules that always hold:
+  * a peer is sent updates in version order without gaps, starting at the
+    version of its welcome; presence it receives is mapped to a version it
+    has already been sent;
+  * nothing is broadcast before the store's transaction committed;
+  * if a commit fails, the room is discarded (peers closed with 1011, state
+    reloaded from disk on the next join): clients re-push what was not acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+
+from aiohttp import WSMsgType, web
+
+from . import protocol
+from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_REPLACED, ProtocolError
+from .sequencer import NeedHistory, Sequencer
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("collab")
+
+CLOSE_TRY_AGAIN = 1013  # too far behind: reconnect later and resume
+
+
+class Peer:
+    """One WebSocket connection: identity, last presence, and its outbound queue."""
+
+    __slots__ = ("ws", "session", "client_id", "user", "role", "remote", "queue", "queued",
+                 "limit", "writer", "closed", "presence", "presence_sent", "presence_timer", "room")
+
+    def __init__(self, ws: web.WebSocketResponse, client_id: str, user: dict, role: str,
+                 remote: str, limit: int):
+        self.ws = ws
+        self.session = secrets.token_urlsafe(9)
+        self.client_id = client_id
+        self.user = user
+        self.role = role
+        self.remote = remote
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.limit = limit
+        self.writer: asyncio.Task | None = None
+        self.closed = False
+        self.presence: tuple[int, list[tuple[int, int]]] | None = None  # (version, ranges)
+        self.presence_sent = 0.0
+        self.presence_timer: asyncio.TimerHandle | None = None
+        self.room: Room | None = None
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; a peer whose unsent bytes pass the limit is disconnected."""
+        if self.closed:
+            return
+        self.queue.append(frame)
+        self.queued += len(frame)
+        if self.queued + self.ws_buffered() > self.limit:
+            log.info("closing %s: %d bytes unsent, over the limit", self.session, self.queued)
+            self.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
+            return
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def ws_buffered(self) -> int:
+        transport = self.ws._req.transport if self.ws._req is not None else None
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue and not self.closed:
+                frame = self.queue.popleft()
+                self.queued -= len(frame)
+                await self.ws.send_frame(frame, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            self.closed = True
+        finally:
+            self.writer = None
+
+    def close(self, code: int, message: str) -> None:
+        """Close soon (after the frames already queued are written)."""
+        if self.closed:
+            return
+        self.closed = True
+        asyncio.get_running_loop().create_task(self._close(code, message))
+
+    async def _close(self, code: int, message: str) -> None:
+        try:
+            while self.queue:
+                frame = self.queue.popleft()
+                await self.ws.send_frame(frame, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            pass
+        self.queue.clear()
+        try:
+            await self.ws.close(code=code, message=message.encode()[:120])
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+class Room:
+    def __init__(self, rooms: "Rooms", doc_id: int, name: str, seq: Sequencer, snapshot_version: int):
+        self.rooms = rooms
+        self.settings = rooms.settings
+        self.store = rooms.store
+        self.doc_id = doc_id
+        self.name = name
+        self.seq = seq
+        self.last_snapshot = snapshot_version
+        self.peers: dict[str, Peer] = {}
+        self.by_client: dict[str, Peer] = {}
+        self.committer: asyncio.Task | None = None
+        self.unload_timer: asyncio.TimerHandle | None = None
+        self.broken = False
+
+    # ------------------------------------------------------------- joining
+
+    async def join(self, peer: Peer, hello: protocol.Hello) -> None:
+        """Register `peer` and send its welcome (resume when possible, else the full text)."""
+        history = None
+        want = hello.version
+        if want is not None and want < self.seq.log_from:
+            history = await self.store.updates(self.doc_id, want, self.seq.log_from)
+        if self.broken:
+            raise ProtocolError("internal", "document is being reloaded; reconnect", close=CLOSE_INTERNAL)
+        # From here to the end: no await, so no broadcast can slip between
+        # the welcome's version and the peer's registration.
+        old = self.by_client.get(hello.client_id)
+        if old is not None:
+            self._remove(old)
+            old.close(CLOSE_REPLACED, "replaced by a newer connection with the same clientID")
+        version = self.seq.committed_version
+        peers = [self._presence_object(p) for p in self.peers.values() if p.presence]
+        updates = None
+        if want is not None and want <= version:
+            try:
+                updates = self.seq.updates_since(want, version, history)
+            except NeedHistory:
+                updates = None  # compacted away, or the log moved on meanwhile: full text
+        if updates is not None:
+            frame = protocol.welcome(peer.session, peer.role, version, [p for p in peers if p],
+                                     since=want, updates=updates)
+        else:
+            frame = protocol.welcome(peer.session, peer.role, version, [p for p in peers if p],
+                                     doc=self.seq.committed_text())
+        peer.room = self
+        self.peers[peer.session] = peer
+        self.by_client[peer.client_id] = peer
+        if self.unload_timer is not None:
+            self.unload_timer.cancel()
+            self.unload_timer = None
+        peer.send(frame)
+
+    # -------------------------------------------------------------- pushes
+
+    async def push(self, peer: Peer, msg: protocol.Push) -> None:
+        if peer.role != "edit":
+            raise ProtocolError("read-only", "this session may only view the document")
+        now = time.time()
+        history = None
+        for _ in range(3):
+            try:
+                accepted = self.seq.push(peer.client_id, msg.version, msg.updates,
+                                         peer.user["name"], now, history)
+                break
+            except NeedHistory as need:
+                history = await self.store.updates(self.doc_id, need.since, need.until)
+                if len(history) < need.until - need.since:
+                    raise ProtocolError("bad-version", f"version {msg.version} is too old to rebase "
+                                        "(its history was compacted); reconnect with hello") from None
+                if self.broken or peer.closed:
+                    return
+        else:
+            raise ProtocolError("bad-version", "the document moved on too fast; push again")
+        if accepted and self.committer is None:
+            self.committer = asyncio.get_running_loop().create_task(self._commit_loop())
+
+    async def _commit_loop(self) -> None:
+        """Write whatever was accepted since the last commit; broadcast it once durable."""
+        try:
+            while True:
+                batch = self.seq.take_pending()
+                if not batch:
+                    return
+                last = batch[-1].version
+                snapshot = None
+                if last - self.last_snapshot >= self.settings.snapshot_every and last == self.seq.version:
+                    snapshot = (last, str(self.seq.text))
+                try:
+                    await self.store.append(self.doc_id, batch, self.seq.text.length
+                                            if last == self.seq.version else
+                                            batch[-1].update.changes.new_length, snapshot)
+                except Exception:
+                    log.exception("commit failed for document %s; reloading it from disk", self.name)
+                    self._fail()
+                    return
+                self.seq.committed(last)
+                if snapshot:
+                    self.last_snapshot = last
+                self.rooms.accepted_total += len(batch)
+                frame = protocol.updates_frame(batch)
+                for p in list(self.peers.values()):
+                    p.send(frame)
+        finally:
+            self.committer = None
+
+    def _fail(self) -> None:
+        self.broken = True
+        self.rooms.forget(self)
+        for p in list(self.peers.values()):
+            p.close(CLOSE_INTERNAL, "storage error; reconnect")
+        self.peers.clear()
+        self.by_client.clear()
+
+    # ------------------------------------------------------------ presence
+
+    def presence(self, peer: Peer, msg: protocol.Presence) -> None:
+        """Remember `peer`'s selection and pass it on, at most every presence_interval."""
+        if msg.version > self.seq.committed_version:
+            raise ProtocolError("bad-version", f"presence is at version {msg.version}, but the document "
+                                f"is at version {self.seq.committed_version}")
+        limit = self.seq.length_at(msg.version) if msg.version >= self.seq.log_from else None
+        if limit is None:
+            return  # too old to map: a newer one will follow
+        ranges = [(min(a, limit), min(h, limit)) for a, h in msg.ranges]
+        peer.presence = (msg.version, ranges)
+        if peer.presence_timer is not None:
+            return  # a send is already scheduled; it will carry the newest ranges
+        wait = peer.presence_sent + self.settings.presence_interval - time.monotonic()
+        if wait <= 0:
+            self._send_presence(peer)
+        else:
+            peer.presence_timer = asyncio.get_running_loop().call_later(wait, self._send_presence, peer)
+
+    def _presence_object(self, peer: Peer) -> dict | None:
+        version, ranges = peer.presence
+        target = self.seq.committed_version
+        mapped = self.seq.map_ranges(ranges, version, target)
+        if mapped is None:
+            peer.presence = None
+            return None
+        peer.presence = (target, mapped)
+        return protocol.presence_object(peer.session, peer.user, target, mapped)
+
+    def _send_presence(self, peer: Peer) -> None:
+        peer.presence_timer = None
+        if peer.closed or peer.presence is None or peer.session not in self.peers:
+            return
+        peer.presence_sent = time.monotonic()
+        obj = self._presence_object(peer)
+        if obj is None:
+            return
+        frame = protocol.orjson.dumps(obj)
+        for p in self.peers.values():
+            if p is not peer:
+                p.send(frame)
+
+    # ------------------------------------------------------------- leaving
+
+    def leave(self, peer: Peer) -> None:
+        if self.peers.get(peer.session) is not peer:
+            return
+        self._remove(peer)
+        if not self.peers and not self.broken:
+            self.unload_timer = asyncio.get_running_loop().call_later(
+                self.settings.unload_after, lambda: asyncio.ensure_future(self.rooms.unload(self)))
+
+    def _remove(self, peer: Peer) -> None:
+        self.peers.pop(peer.session, None)
+        if self.by_client.get(peer.client_id) is peer:
+            del self.by_client[peer.client_id]
+        if peer.presence_timer is not None:
+            peer.presence_timer.cancel()
+            peer.presence_timer = None
+        frame = protocol.leave_frame(peer.session)
+        for p in self.peers.values():
+            p.send(frame)
+
+    async def flush(self) -> None:
+        """Wait until everything accepted is durable, then snapshot if there is news."""
+        while self.committer is not None:
+            await asyncio.shield(self.committer)
+        if not self.broken and self.seq.committed_version > self.last_snapshot:
+            version = self.seq.committed_version
+            await self.store.write_snapshot(self.doc_id, version, self.seq.committed_text())
+            self.last_snapshot = version
+
+
+class Rooms:
+    """The open documents of this process, loaded on first join and unloaded when idle."""
+
+    def __init__(self, settings: Settings, store: Store):
+        self.settings = settings
+        self.store = store
+        self.rooms: dict[str, Room] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self.accepted_total = 0
+        self.closing = False
+
+    async def get(self, name: str, create: bool = True) -> Room | None:
+        while True:
+            room = self.rooms.get(name)
+            if room is not None:
+                return room
+            pending = self._loading.get(name)
+            if pending is None:
+                break
+            await asyncio.shield(pending)
+        fut = asyncio.get_running_loop().create_future()
+        self._loading[name] = fut
+        try:
+            loaded = await self.store.load(name)
+            if loaded is None:
+                if not create:
+                    return None
+                await self.store.create_document(name)
+                loaded = await self.store.load(name)
+            seq = Sequencer(loaded.text, loaded.version, loaded.log, keep=self.settings.keep_updates,
+                            max_length=self.settings.max_doc)
+            room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version)
+            self.rooms[name] = room
+            return room
+        finally:
+            del self._loading[name]
+            fut.set_result(None)
+
+    def forget(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+
+    async def unload(self, room: Room) -> None:
+        """Unload an idle document: flush its commits and write a snapshot first."""
+        if room.peers or self.rooms.get(room.name) is not room:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._loading[room.name] = fut  # joins wait until the room is safely gone
+        try:
+            await room.flush()
+        except Exception:
+            log.exception("snapshot of document %s failed while unloading", room.name)
+        finally:
+            if not room.peers:
+                self.forget(room)
+            del self._loading[room.name]
+            fut.set_result(None)
+
+    async def shutdown(self) -> None:
+        """Graceful stop: finish the commits in flight, then close every client with 1001."""
+        self.closing = True
+        for room in list(self.rooms.values()):
+            try:
+                await room.flush()
+            except Exception:
+                log.exception("flushing document %s at shutdown failed", room.name)
+            for p in list(room.peers.values()):
+                p.close(CLOSE_GOING_AWAY, "server shutting down")
+        await asyncio.sleep(0)

@@ -1,0 +1,206 @@
+"""Sequencer: the single authority that orders one document's updates.
+
+What lives here: deciding whether a push is acceptable, rebasing it over what
+was accepted since its version, giving each update its version, keeping the
+recent log for rebases, resumes and presence mapping, and tracking which
+versions are durable. What never lives here: sockets, SQL, clocks, `await`.
+The room (room.py) feeds it pushes, hands `take_pending()` to the store, and
+reports back with `committed()`; only committed updates are ever broadcast.
+
+Rules that always hold:
+  * `text` is the document at `version` (the head), which includes updates
+    accepted but not yet committed; `committed_version <= version`;
+  * `log[k]` is the update that produced version `log_from + k + 1`, and
+    `log_from + len(log) == version`;
+  * a push is all or nothing: if any of its updates is refused, the text and
+    log are exactly as before;
+  * versions are contiguous and never reused. If a commit fails the room
+    throws this sequencer away and reloads from disk, so nothing that was not
+    durable is ever shown to anyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .changes import ChangeSet
+from .errors import ChangeError, ProtocolError
+from .rebase import Update, rebase_updates
+from .text import Text
+
+
+@dataclass(slots=True)
+class Accepted:
+    """An update with its place in history: it produced `version`."""
+
+    version: int
+    update: Update
+    author: str
+    time: float
+    inverse: ChangeSet | None = None  # undoes the update; kept only until it is durable
+
+
+class NeedHistory(Exception):
+    """The push or resume reaches back before the in-memory log: load `since..log_from` and retry."""
+
+    def __init__(self, since: int, until: int):
+        super().__init__(since, until)
+        self.since = since
+        self.until = until
+
+
+class Sequencer:
+    def __init__(self, text: str, version: int, log: list[Update] | None = None,
+                 keep: int = 2000, max_length: int | None = None):
+        log = list(log or [])
+        self.text = Text(text)
+        self.version = version
+        self.committed_version = version
+        self.log: list[Update] = log
+        self.log_from = version - len(log)
+        self.keep = keep
+        self.max_length = max_length
+        self.pending: list[Accepted] = []  # accepted, not yet durable, in version order
+        self._taken = 0                    # how many of `pending` the store is writing
+
+    # ---------------------------------------------------------------- reads
+
+    def length_at(self, version: int) -> int:
+        if version == self.version:
+            return self.text.length
+        return self.log[version - self.log_from].changes.length
+
+    def updates_since(self, version: int, until: int | None = None,
+                      history: list[Update] | None = None) -> list[Update]:
+        """Committed updates from `version` up to `until` (default: committed head).
+
+        `history` supplies updates older than the in-memory log (loaded from
+        the store by the caller after a NeedHistory).
+        """
+        until = self.committed_version if until is None else until
+        if version < self.log_from:
+            if history is None or len(history) < self.log_from - version:
+                raise NeedHistory(version, self.log_from)
+            older = history[:self.log_from - version]
+            return older + self.log[:until - self.log_from]
+        return self.log[version - self.log_from:until - self.log_from]
+
+    # ---------------------------------------------------------------- pushes
+
+    def push(self, client_id: str, version, updates: list[Update], author: str, time: float,
+             history: list[Update] | None = None) -> list[Accepted]:
+        """Accept a batch made on top of `version`; return what it became, with versions.
+
+        Raises ProtocolError (`bad-version`, `bad-message`, `bad-changes`,
+        `too-large`) and leaves everything unchanged, or NeedHistory when the
+        base version is older than the in-memory log.
+        """
+        if type(version) is not int or version < 0:
+            raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {version!r}")
+        if version > self.version:
+            raise ProtocolError("bad-version", f"push is based on version {version}, "
+                                f"but the document is at version {self.version}")
+        for k, u in enumerate(updates):
+            if u.client_id != client_id:
+                raise ProtocolError("bad-message", f"update {k} has clientID {u.client_id!r}, "
+                                    f"but this session is {client_id!r}")
+        if not updates:
+            return []
+        over = self.updates_since(version, self.version, history)
+        expected = over[0].changes.length if over else self.text.length
+        for k, u in enumerate(updates):
+            if u.changes.length != expected:
+                raise ChangeError(f"update {k} applies to a document of length {u.changes.length}, "
+                                  f"but at that point the document has length {expected}")
+            expected = u.changes.new_length
+
+        rebased = rebase_updates(updates, over)
+        if rebased and rebased[0].changes.length != self.text.length:
+            # Only possible when re-pushed updates differ from the accepted ones.
+            raise ChangeError("re-pushed updates do not match the updates accepted from this client")
+        if self.max_length is not None:
+            final = rebased[-1].changes.new_length if rebased else self.text.length
+            if final > self.max_length:
+                raise ProtocolError("too-large", f"the document would grow to {final} characters, "
+                                    f"over the limit of {self.max_length}")
+        inverses = self._apply_all(rebased)
+
+        accepted = []
+        for u, inverse in zip(rebased, inverses):
+            self.version += 1
+            self.log.append(u)
+            entry = Accepted(self.version, u, author, time, inverse)
+            self.pending.append(entry)
+            accepted.append(entry)
+        return accepted
+
+    def _apply_all(self, updates: list[Update]) -> list[ChangeSet]:
+        """Apply every update to the head text, or none of them; return their inverses."""
+        undo: list[ChangeSet] = []
+        try:
+            for u in updates:
+                inverse = self.text.invert(u.changes)
+                self.text.apply(u.changes)
+                undo.append(inverse)
+        except ChangeError:
+            for inverse in reversed(undo):
+                self.text.apply(inverse)
+            raise
+        return undo
+
+    # ------------------------------------------------------------ durability
+
+    def committed_text(self) -> str:
+        """The text at `committed_version` (what may be shown: it is durable)."""
+        if not self.pending:
+            return str(self.text)
+        doc = self.text.copy()  # copies the chunk list, not the text
+        for entry in reversed(self.pending):
+            doc.apply(entry.inverse)
+        return str(doc)
+
+    def take_pending(self) -> list[Accepted]:
+        """The accepted updates not yet handed to the store, in version order."""
+        batch = self.pending[self._taken:]
+        self._taken = len(self.pending)
+        return batch
+
+    def committed(self, version: int) -> None:
+        """Everything up to `version` is durable; trim the log to `keep` entries."""
+        self.committed_version = max(self.committed_version, version)
+        done = 0
+        while done < len(self.pending) and self.pending[done].version <= version:
+            done += 1
+        del self.pending[:done]
+        self._taken -= done
+        excess = len(self.log) - self.keep
+        if excess > 0:
+            # Never drop uncommitted entries: they are not readable from disk yet.
+            excess = min(excess, self.committed_version - self.log_from)
+            if excess > 0:
+                del self.log[:excess]
+                self.log_from += excess
+
+    # -------------------------------------------------------------- presence
+
+    def map_ranges(self, ranges: list[tuple[int, int]], since: int, until: int) -> list[tuple[int, int]] | None:
+        """Selection ranges at version `since` moved to version `until`; None if too old to map."""
+        if since == until:
+            return ranges
+        if since < self.log_from:
+            return None
+        out = []
+        steps = self.log[since - self.log_from:until - self.log_from]
+        for anchor, head in ranges:
+            for u in steps:
+                # Like CodeMirror's SelectionRange.map: a cursor or a range
+                # keeps its inner side (anchor/head each map with assoc -1 at
+                # the start of a range and +1 at its end).
+                if anchor == head:
+                    anchor = head = u.changes.map_pos(anchor, -1)
+                elif anchor < head:
+                    anchor, head = u.changes.map_pos(anchor, 1), u.changes.map_pos(head, -1)
+                else:
+                    anchor, head = u.changes.map_pos(anchor, -1), u.changes.map_pos(head, 1)
+            out.append((anchor, head))
+        return out

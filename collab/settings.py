@@ -1,0 +1,111 @@
+"""Settings: every option and limit of the server, declared once.
+
+Each field has a default, a help text and an environment variable
+(`COLLAB_<NAME>`); the command line (`collab serve --name value`) overrides
+the environment, which overrides the default. A test checks that every
+setting is documented in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _opt(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(8080, "TCP port to listen on")
+    db: str = _opt("./data/collab.db", "SQLite database file (created with its folder if missing)")
+    sync: str = _opt("full", "SQLite synchronous mode: 'full' survives power loss, 'normal' "
+                     "survives a crash of the server process only", choices=("full", "normal"))
+    snapshot_every: int = _opt(1000, "write a full-text snapshot at least every N updates of a document")
+    keep_updates: int = _opt(2000, "updates per open document kept in memory for rebases and resumes "
+                             "(older ones are read from disk when needed)")
+    unload_after: float = _opt(30.0, "seconds a document stays in memory after its last connection leaves")
+    heartbeat: float = _opt(20.0, "seconds between WebSocket pings; a peer that misses a pong is dropped")
+    hello_timeout: float = _opt(10.0, "seconds a new connection has to send its hello")
+    max_frame: int = _opt(1 << 20, "largest WebSocket frame accepted, in bytes (close 1009 above it)")
+    max_doc: int = _opt(10 << 20, "largest document, in UTF-16 units of text (pushes beyond: too-large)")
+    max_updates: int = _opt(1000, "most updates in one push")
+    max_ranges: int = _opt(100, "most selection ranges in one presence frame")
+    presence_interval: float = _opt(0.05, "minimum seconds between two presence frames of one person "
+                                    "sent to peers (faster ones are coalesced)")
+    send_buffer: int = _opt(8 << 20, "bytes queued for a connection that does not read before it is "
+                            "closed (it resumes from its version when it reconnects)")
+    static_dir: str = _opt(str(ROOT / "static"), "folder with index.html, editor.html and dist/")
+    log_json: bool = _opt(False, "log JSON lines instead of plain text")
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            key = "COLLAB_" + f.name.upper()
+            if key in environ:
+                values[f.name] = _convert(f, environ[key], key)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f"{f.metadata['help']} (env COLLAB_{f.name.upper()}, default {f.default!r})"
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=None, help=help_text)
+            else:
+                parser.add_argument(flag, dest=f.name, default=None, help=help_text,
+                                    type=_TYPES[f.type], choices=f.metadata.get("choices"))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: dict | None = None) -> "Settings":
+        given = {f.name: getattr(args, f.name) for f in fields(cls)
+                 if getattr(args, f.name, None) is not None}
+        return cls.from_env(environ, **given)
+
+    def __post_init__(self):
+        problems = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float", int, float) and value < 0:
+                problems.append(f"{f.name} must not be negative (got {value})")
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                problems.append(f"{f.name} must be one of {', '.join(choices)} (got {value!r})")
+        if not 0 < self.port < 65536 and self.port != 0:
+            problems.append(f"port must be 1-65535 (got {self.port})")
+        if self.snapshot_every < 1:
+            problems.append("snapshot_every must be at least 1")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
+    def but(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+
+_TYPES = {"str": str, "int": int, "float": float, str: str, int: int, float: float}
+
+
+def _convert(f, raw: str, key: str):
+    kind = f.type
+    try:
+        if kind in ("bool", bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return _TYPES[kind](raw)
+    except ValueError:
+        raise ValueError(f"{key}={raw!r} is not a valid {kind}") from None

@@ -1,0 +1,142 @@
+"""The WebSocket adapter for /ws/{doc}: frames in, room calls, frames out.
+
+What lives here: the upgrade (subprotocol collab.v1, aiohttp's ping/pong
+heartbeat, frame size limit), the hello deadline, converting every
+ProtocolError into an `error` frame (and a close when it carries one), and
+leaving the room however the connection ends. What never lives here: document
+state or ordering decisions (room.py, sequencer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import protocol
+from .errors import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ProtocolError
+from .room import Peer, Rooms
+from .settings import Settings
+
+log = logging.getLogger("collab")
+
+
+def client_address(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return peer[0] if peer else "?"
+
+
+async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.StreamResponse:
+    name = request.match_info["doc"]
+    if not protocol.valid_doc_name(name):
+        raise ProtocolError("bad-request", "document names are 1-100 letters, digits, '-' or '_'")
+    ws = web.WebSocketResponse(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None,
+                               max_msg_size=settings.max_frame, compress=False)
+    await ws.prepare(request)
+    remote = client_address(request)
+    peer: Peer | None = None
+    try:
+        hello = await _receive_hello(ws, settings)
+        if hello is None:
+            return ws
+        if rooms.closing:
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+            return ws
+        peer = Peer(ws, hello.client_id, hello.user, "edit", remote, settings.send_buffer)
+        room = await rooms.get(name)
+        await room.join(peer, hello)
+        log.info("open doc=%s session=%s client=%s addr=%s", name, peer.session, hello.client_id, remote)
+        async for msg in ws:
+            if peer.closed:
+                break
+            if msg.type == WSMsgType.TEXT:
+                await _frame(peer, msg.data, settings)
+            elif msg.type == WSMsgType.BINARY:
+                _refuse(peer, ProtocolError("bad-message", "frames must be UTF-8 JSON text frames"))
+            elif msg.type == WSMsgType.ERROR:
+                await _frame_error(ws, peer)
+                break
+    except ProtocolError as exc:
+        await _close_with(ws, exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("connection to doc=%s failed", name)
+        await ws.close(code=CLOSE_INTERNAL, message=b"internal error")
+    finally:
+        if peer is not None:
+            peer.closed = True
+            if peer.room is not None:
+                peer.room.leave(peer)
+            log.info("close doc=%s session=%s code=%s", name, peer.session, ws.close_code)
+    return ws
+
+
+async def _receive_hello(ws: web.WebSocketResponse, settings: Settings) -> protocol.Hello | None:
+    try:
+        msg = await ws.receive(timeout=settings.hello_timeout)
+    except asyncio.TimeoutError:
+        await ws.close(code=CLOSE_PROTOCOL, message=b"no hello")
+        return None
+    if msg.type == WSMsgType.ERROR:
+        await _frame_error(ws, None)
+        return None
+    if msg.type != WSMsgType.TEXT:
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return None
+        raise ProtocolError("bad-message", "the first frame must be a JSON hello", close=CLOSE_PROTOCOL)
+    try:
+        frame = protocol.parse(msg.data, settings.max_updates, settings.max_ranges)
+    except ProtocolError as exc:
+        raise ProtocolError(exc.code, exc.message, close=CLOSE_PROTOCOL) from None
+    if not isinstance(frame, protocol.Hello):
+        raise ProtocolError("bad-message", "the first frame must be hello", close=CLOSE_PROTOCOL)
+    return frame
+
+
+async def _frame(peer: Peer, data: str, settings: Settings) -> None:
+    room = peer.room
+    try:
+        msg = protocol.parse(data, settings.max_updates, settings.max_ranges)
+        if isinstance(msg, protocol.Push):
+            await room.push(peer, msg)
+        elif isinstance(msg, protocol.Presence):
+            room.presence(peer, msg)
+        else:
+            raise ProtocolError("bad-message", "hello was already received on this connection")
+    except ProtocolError as exc:
+        _refuse(peer, exc)
+
+
+def _refuse(peer: Peer, exc: ProtocolError) -> None:
+    if exc.code != "internal":
+        peer.send(protocol.error_frame(exc.code, exc.message))
+    if exc.close is not None:
+        peer.close(exc.close, exc.message)
+
+
+async def _close_with(ws: web.WebSocketResponse, exc: ProtocolError) -> None:
+    if ws.closed:
+        return
+    try:
+        if exc.code != "internal":
+            await ws.send_frame(protocol.error_frame(exc.code, exc.message), WSMsgType.TEXT)
+        await ws.close(code=exc.close or CLOSE_PROTOCOL, message=exc.message.encode()[:120])
+    except (ConnectionError, RuntimeError):
+        pass
+
+
+def _error_close(ws: web.WebSocketResponse) -> int:
+    exc = ws.exception()
+    code = getattr(exc, "code", None)
+    return CLOSE_TOO_BIG if code == WSCloseCode.MESSAGE_TOO_BIG else CLOSE_PROTOCOL
+
+
+async def _frame_error(ws: web.WebSocketResponse, peer: Peer | None) -> None:
+    """A frame aiohttp could not read (too large, bad UTF-8, bad framing): say why, then close."""
+    code = _error_close(ws)
+    error = ("too-large", "frame over the server's size limit") if code == CLOSE_TOO_BIG else \
+        ("bad-message", f"unreadable frame: {ws.exception()}")
+    log.info("frame error session=%s: %s", peer.session if peer else "-", ws.exception())
+    await _close_with(ws, ProtocolError(*error, close=code))
