@@ -61,10 +61,16 @@ def apply_migrations(conn: sqlite3.Connection, directory: Path = MIGRATIONS_DIR)
         if number in done:
             continue
         sql = path.read_text()
-        # executescript commits first, so BEGIN/COMMIT make script + record atomic.
-        conn.executescript(
-            f"BEGIN IMMEDIATE;\n{sql}\n;INSERT INTO schema_version(version, name, applied) "
-            f"VALUES ({number}, '{path.name}', {time.time()});\nCOMMIT;")
+        # executescript commits first, so BEGIN/COMMIT make script + record atomic;
+        # a failing statement leaves the transaction open, so roll it back.
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\n;INSERT INTO schema_version(version, name, applied) "
+                f"VALUES ({number}, '{path.name}', {time.time()});\nCOMMIT;")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         applied.append(path.name)
     return applied
 

@@ -1,0 +1,130 @@
+"""The sequencer's decisions, without an event loop: ordering, rebase, dedup, atomicity, durability."""
+
+from __future__ import annotations
+
+import pytest
+
+from collab.changes import ChangeSet
+from collab.errors import ProtocolError
+from collab.rebase import Update
+from collab.sequencer import NeedHistory, Sequencer
+
+
+def U(client, changes):
+    return Update(client, ChangeSet.from_json(changes))
+
+
+def texts(seq):
+    return str(seq.text), seq.committed_text()
+
+
+def test_versions_are_contiguous_and_rebased():
+    s = Sequencer("hello", 10)
+    a = s.push("A", 10, [U("A", [5, [0, " world"]])], "ann", 1.0)
+    b = s.push("B", 10, [U("B", [[0, "Oh, "], 5])], "bob", 2.0)
+    assert [e.version for e in a + b] == [11, 12]
+    assert b[0].update.changes.to_json() == [[0, "Oh, "], 11]
+    assert str(s.text) == "Oh, hello world"
+    assert (a[0].author, b[0].time) == ("ann", 2.0)
+
+
+def test_concurrent_inserts_at_one_position_order_like_codemirror():
+    # The later push goes after the earlier one at the same position
+    # (mapped with before=False over the accepted change).
+    s = Sequencer("ab", 0)
+    s.push("A", 0, [U("A", [1, [0, "X"], 1])], "", 0)
+    s.push("B", 0, [U("B", [1, [0, "Y"], 1])], "", 0)
+    assert str(s.text) == "aXYb"
+
+
+def test_repushed_updates_are_not_applied_twice():
+    s = Sequencer("", 0)
+    s.push("A", 0, [U("A", [[0, "one"]])], "", 0)
+    s.push("B", 0, [U("B", [[0, "two "]])], "", 0)
+    # A lost its ack and pushes again from version 0, plus a new update.
+    s.push("A", 0, [U("A", [[0, "one"]]), U("A", [3, [0, "!"]])], "", 0)
+    # B's concurrent insert at 0 went after A's; A's "!" (at the end of its
+    # "one") is mapped over B's insertion at that same point and goes after it.
+    assert str(s.text) == "onetwo !"
+    assert s.version == 3
+
+
+def test_refusals_leave_everything_unchanged():
+    s = Sequencer("abc", 1)
+    before = (str(s.text), s.version, list(s.log), list(s.pending))
+    cases = [
+        ("A", 5, [U("A", [3, [0, "x"]])], "bad-version"),
+        ("A", 1, [U("B", [3, [0, "x"]])], "bad-message"),
+        ("A", 1, [U("A", [4, [0, "x"]])], "bad-changes"),
+        ("A", 1, [U("A", [3, [0, "x"]]), U("A", [3, [0, "y"]])], "bad-changes"),
+        ("A", 1, [U("A", [3, [0, "😀"]]), U("A", [4, [0, "y"], 1])], "bad-changes"),  # cuts the emoji
+        ("A", "1", [U("A", [3, [0, "x"]])], "bad-message"),
+    ]
+    for client, version, updates, code in cases:
+        with pytest.raises(ProtocolError) as err:
+            s.push(client, version, updates, "", 0)
+        assert err.value.code == code, (updates, err.value)
+        assert (str(s.text), s.version, list(s.log), list(s.pending)) == before
+
+
+def test_document_size_limit():
+    s = Sequencer("abc", 0, max_length=5)
+    s.push("A", 0, [U("A", [3, [0, "de"]])], "", 0)
+    with pytest.raises(ProtocolError) as err:
+        s.push("A", 1, [U("A", [5, [0, "f"]])], "", 0)
+    assert err.value.code == "too-large"
+    s.push("A", 1, [U("A", [[1], 4])], "", 0)  # shrinking is always fine
+    assert str(s.text) == "bcde"
+
+
+def test_committed_text_hides_what_is_not_durable():
+    s = Sequencer("abc", 0)
+    s.push("A", 0, [U("A", [3, [0, "d"]])], "", 0)
+    batch = s.take_pending()
+    s.push("A", 1, [U("A", [[1], 3])], "", 0)
+    assert texts(s) == ("bcd", "abc")
+    s.committed(batch[-1].version)
+    assert texts(s) == ("bcd", "abcd")
+    assert [e.version for e in s.take_pending()] == [2]
+    s.committed(2)
+    assert texts(s) == ("bcd", "bcd") and s.committed_version == 2 and not s.pending
+
+
+def test_log_is_trimmed_and_older_versions_need_history():
+    s = Sequencer("", 0, keep=3)
+    history = []
+    for k in range(6):
+        e = s.push("A", k, [U("A", [k, [0, "x"]])], "", 0)
+        history += [x.update for x in e]
+        s.take_pending()
+        s.committed(k + 1)
+    assert (s.log_from, len(s.log)) == (3, 3)
+    with pytest.raises(NeedHistory) as need:
+        s.push("B", 1, [U("B", [[0, "y"], 1])], "", 0)
+    assert (need.value.since, need.value.until) == (1, 3)
+    s.push("B", 1, [U("B", [[0, "y"], 1])], "", 0, history=history[1:3])
+    assert str(s.text) == "yxxxxxx"
+    assert s.updates_since(4) == history[4:]
+
+
+def test_uncommitted_entries_are_never_trimmed():
+    s = Sequencer("", 0, keep=1)
+    for k in range(4):
+        s.push("A", k, [U("A", [k, [0, "x"]])], "", 0)
+    s.committed(0)
+    assert len(s.log) == 4  # nothing durable yet: all stay
+    s.take_pending()
+    s.committed(2)
+    assert (s.log_from, len(s.log)) == (2, 2)
+
+
+def test_presence_ranges_follow_the_text():
+    s = Sequencer("hello world", 0)
+    s.push("A", 0, [U("A", [[0, ">> "], 11])], "", 0)
+    s.push("A", 1, [U("A", [[3], 11])], "", 0)
+    s.push("B", 1, [U("B", [[0, "## "], 14])], "", 0)  # rebased over A's first update
+    # A cursor at 5 and a selection 6..11 ("world") at version 0:
+    assert s.map_ranges([(5, 5), (6, 11), (11, 6)], 0, 3) == [(8, 8), (9, 14), (14, 9)]
+    s.take_pending()
+    s.committed(3)
+    assert s.map_ranges([(0, 0)], 3, 3) == [(0, 0)]
