@@ -103,7 +103,16 @@ export class CollabSession {
     }
 
     this.onOnline = () => { if (!this.ws && !this.stopped) this.reconnectNow(); else this.emitStatus(); };
-    this.onOffline = () => this.emitStatus();
+    // A dropped network often leaves the socket half-open for minutes: when
+    // the browser says it went offline, close it and keep retrying (a
+    // server on this very machine is still reachable and reconnects at once).
+    this.onOffline = () => {
+      if (this.ws && !this.stopped) {
+        this.dropSocket();
+        this.scheduleReconnect();
+      }
+      this.emitStatus();
+    };
     window.addEventListener("online", this.onOnline);
     window.addEventListener("offline", this.onOffline);
     this.connect();

@@ -16,7 +16,14 @@ def set_user(ctx, name: str, color: str) -> None:
 
 def open_editor(ctx, base_url: str, doc: str, connected: bool = True):
     page = ctx.new_page()
-    page.on("dialog", lambda d: d.accept())  # the "unsaved edits" beforeunload prompt
+    dialogs = []
+
+    def on_dialog(d):  # the "unsaved edits" beforeunload prompt: note it, then leave
+        dialogs.append(d.type)
+        d.accept()
+
+    page.on("dialog", on_dialog)
+    page.collab_dialogs = dialogs
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.collab_errors = errors
@@ -67,3 +74,23 @@ def wait_synced(pages, base_url: str, doc: str, timeout: float = 20.0) -> str:
             return server["doc"]
         time.sleep(0.1)
     raise AssertionError(f"pages did not converge with the server: {last!r}")
+
+
+def line_end(page, line: int) -> int:
+    """Position of the end of 1-based `line` in the page's editor."""
+    return page.evaluate("n => window.__collab.view.state.doc.line(n).to", line)
+
+
+def status_log(page) -> list[str]:
+    """The connection states the page went through, in order (consecutive repeats collapsed)."""
+    return page.evaluate("() => window.__collab.statusLog")
+
+
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,148 @@
+"""Connection life: offline typing, server restarts, closed tabs, lost server state.
+
+Two ways to lose the server are used, both as a person meets them:
+  - the browser goes offline (Playwright's set_offline: navigator.onLine
+    turns false, the 'offline' event fires, new connections fail);
+  - the server is stopped (SIGTERM, clients get close code 1001) and started
+    again on the same database.
+The reload case is a closed tab: while the server is down the page cannot be
+loaded again (nothing caches it), so a person who closes the tab opens it
+again once the server is back; the page then finds the unconfirmed edits in
+localStorage, with the version they are based on and the client ID they
+were made under, and pushes them.
+"""
+
+from pathlib import Path
+
+from browser_helpers import (open_editor, set_cursor, wait_synced, doc_text, wait_status,
+                             line_end, status_log, wait_until)
+from serverproc import ServerProcess
+
+DOC = "offline-doc"
+
+
+def test_offline_typing_arrives(server, contexts):
+    ca = contexts()
+    a = open_editor(ca, server.url, DOC)
+    b = open_editor(contexts(), server.url, DOC)
+    a.click(".cm-content")
+    a.keyboard.type("shared first line")
+    a.keyboard.press("Enter")
+    a.keyboard.type("shared second line")
+    wait_synced([a, b], server.url, DOC)
+
+    ca.set_offline(True)
+    wait_status(a, "offline")
+    set_cursor(a, line_end(a, 1))
+    a.keyboard.type(" + typed offline by A")
+    a.keyboard.press("Enter")
+    a.keyboard.type("a whole new line while offline")
+    a.keyboard.press("Backspace")
+    a.keyboard.press("Backspace")
+    # Meanwhile B edits the same lines online.
+    set_cursor(b, line_end(b, 2))
+    b.keyboard.type(" + B was online")
+    set_cursor(b, 0)
+    b.keyboard.type(">> ")
+    b.wait_for_function("() => window.__collab.pending === 0")
+
+    # A still shows its text, counts its unsent edits, and says it is offline.
+    assert "a whole new line while offli" in doc_text(a)
+    assert "B was online" not in doc_text(a)
+    assert a.evaluate("() => window.__collab.pending") > 0
+    assert a.get_attribute("#status", "data-state") == "offline"
+    assert "not yet saved" in a.inner_text("#status")
+
+    ca.set_offline(False)
+    text = wait_synced([a, b], server.url, DOC)
+    assert text == (">> shared first line + typed offline by A\n"
+                    "a whole new line while offli\n"
+                    "shared second line + B was online")
+    wait_status(a, "connected")
+    log = status_log(a)
+    assert log[-1] == "connected" and "offline" in log
+    assert log.index("offline") > log.index("connected")
+
+
+def test_server_restart_while_typing(server, contexts):
+    a = open_editor(contexts(), server.url, DOC)
+    b = open_editor(contexts(), server.url, DOC)
+    a.click(".cm-content")
+    a.keyboard.type("before the restart")
+    wait_synced([a, b], server.url, DOC)
+
+    server.stop()  # graceful: clients get 1001 and start reconnecting
+    wait_status(a, "reconnecting")
+    wait_status(b, "reconnecting")
+    a.keyboard.type(" / A while down")
+    set_cursor(b, 0)
+    b.keyboard.type("B while down / ")
+    assert a.evaluate("() => window.__collab.pending") > 0
+    assert "not yet saved" in a.inner_text("#status")
+
+    server.start()
+    text = wait_synced([a, b], server.url, DOC)
+    assert text == "B while down / before the restart / A while down"
+    assert status_log(a)[-3:] == ["connected", "reconnecting", "connected"]
+
+
+def test_closed_tab_edits_arrive_on_next_open(server, contexts):
+    ca = contexts()
+    a = open_editor(ca, server.url, DOC)
+    b = open_editor(contexts(), server.url, DOC)
+    a.click(".cm-content")
+    a.keyboard.type("saved part.")
+    wait_synced([a, b], server.url, DOC)
+    client_id = a.evaluate("() => window.__collab.clientID")
+
+    server.stop()
+    wait_status(a, "reconnecting")
+    a.keyboard.type(" Typed while the server was down,")
+    a.keyboard.press("Enter")
+    a.keyboard.type("then the tab was closed.")
+    assert a.evaluate("() => window.__collab.pending") > 0
+
+    # Closing the tab asks "leave site?" because edits are unconfirmed.
+    a.close(run_before_unload=True)
+    wait_until(a.is_closed)
+    assert a.collab_dialogs == ["beforeunload"]
+
+    # The edits wait in this browser's storage, under the same client ID.
+    stored = [item["name"] for origin in ca.storage_state()["origins"] for item in origin["localStorage"]]
+    assert f"collab:pending:{DOC}:{client_id}" in stored
+
+    server.start()
+    wait_status(b, "connected")
+    a2 = open_editor(ca, server.url, DOC)
+    text = wait_synced([a2, b], server.url, DOC)
+    assert text == "saved part. Typed while the server was down,\nthen the tab was closed."
+    assert a2.evaluate("() => window.__collab.clientID") == client_id
+    stored = [item["name"] for origin in ca.storage_state()["origins"] for item in origin["localStorage"]]
+    assert not any(name.startswith("collab:pending:") for name in stored)
+
+
+def test_lost_server_state_rescues_unsent_text(server, contexts, tmp_path):
+    a = open_editor(contexts(), server.url, DOC)
+    a.click(".cm-content")
+    a.keyboard.type("text the server will forget")
+    wait_synced([a], server.url, DOC)
+    server.stop()
+    wait_status(a, "reconnecting")
+    a.keyboard.type(" and my unsent sentence")
+
+    # A new, empty server on the same address: it cannot resume from A's version.
+    fresh = ServerProcess(Path(tmp_path) / "fresh.db", port=server.port)
+    fresh.start()
+    try:
+        wait_status(a, "connected")
+        a.wait_for_selector("#rescue[open]")
+        rescued = a.input_value("#rescue-text")
+        assert rescued == "text the server will forget and my unsent sentence"
+        assert "could no longer merge" in a.inner_text("#rescue-intro")
+        # The editor now shows the server's text, and nothing is pending.
+        assert a.evaluate("() => window.__collab.pending") == 0
+        assert doc_text(a) == ""
+        a.click("#rescue-close")
+        a.wait_for_selector("#rescue:not([open])", state="attached")
+    finally:
+        fresh.kill()
