@@ -9,6 +9,7 @@ which is logged with its traceback and answered as 500 `internal`).
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 import orjson
@@ -16,6 +17,8 @@ from aiohttp import web
 
 from . import protocol
 from .errors import HTTP_STATUS, ProtocolError
+from .history import diff_changes
+from .rebase import Update
 from .room import Rooms
 from .store import Store
 
@@ -49,6 +52,66 @@ async def error_middleware(request: web.Request, handler):
         return error_response(500, "internal", "internal server error")
 
 
+_ADJECTIVES = ("amber", "brisk", "calm", "clever", "crisp", "gentle", "golden", "happy", "lucky", "mellow",
+               "merry", "nimble", "quiet", "rapid", "silver", "sunny", "swift", "tidy", "vivid", "witty")
+_NOUNS = ("badger", "brook", "cedar", "comet", "falcon", "fern", "harbor", "lantern", "maple", "meadow",
+          "otter", "pebble", "river", "robin", "sparrow", "spruce", "summit", "thistle", "willow", "wren")
+
+
+def readable_name() -> str:
+    """A random document name people can read out loud, like 'quiet-otter-42'."""
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(90) + 10}"
+
+
+def _int_param(raw, what: str, default: int | None, low: int, high: int | None) -> int:
+    """A non-negative integer within [low, high]; 400 bad-request otherwise.
+
+    `raw` is a query-string or path value (str, digits only) or a JSON value
+    (which must be a JSON integer: "1" in a body is refused).
+    """
+    if raw is None:
+        if default is None:
+            raise ProtocolError("bad-request", f"{what} is required")
+        return default
+    if isinstance(raw, _Text):
+        if not raw.isdigit() or len(raw) > 18:
+            raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {str(raw)!r}")
+        raw = int(raw)
+    if type(raw) is not int:
+        raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {raw!r}")
+    if raw < low:
+        raise ProtocolError("bad-request", f"{what} must be at least {low}, got {raw}")
+    if high is not None and raw > high:
+        raise ProtocolError("bad-request", f"{what} {raw} is beyond the latest version {high}")
+    return raw
+
+
+class _Text(str):
+    """Marks a value that came from the URL (so digits in a string are a number)."""
+
+
+def _query(request: web.Request, key: str):
+    value = request.query.get(key)
+    return None if value is None else _Text(value)
+
+
+async def _json_body(request: web.Request) -> dict:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad-request", "the request body must be a JSON object") from None
+    if type(body) is not dict:
+        raise ProtocolError("bad-request", "the request body must be a JSON object")
+    return body
+
+
+def _author(body: dict) -> str:
+    who = body.get("author", "someone")
+    if type(who) is not str or len(who) > protocol.MAX_NAME:
+        raise ProtocolError("bad-request", f"author must be a string of at most {protocol.MAX_NAME} characters")
+    return who.strip() or "someone"
+
+
 def doc_name(request: web.Request) -> str:
     name = request.match_info["doc"]
     if not protocol.valid_doc_name(name):
@@ -68,6 +131,12 @@ class Api:
             web.get("/d/{doc}", self.editor_page),
             web.get("/api/docs", self.list_docs),
             web.get("/api/docs/{doc}", self.get_doc),
+            web.get("/api/docs/{doc}/history", self.history),
+            web.get("/api/docs/{doc}/versions/{version}", self.version_text),
+            web.post("/api/docs/{doc}/restore", self.restore),
+            web.post("/api/docs/{doc}/fork", self.fork),
+            web.get("/api/docs/{doc}/authors", self.authors),
+            web.get("/api/docs/{doc}/export", self.export),
             web.get("/healthz", self.healthz),
         ]
 
@@ -107,6 +176,92 @@ class Api:
         name = doc_name(request)
         version, text = await self.current(name)
         return json_response({"name": name, "version": version, "doc": text})
+
+    # --------------------------------------------------------------- history
+
+    async def _info(self, name: str) -> dict:
+        info = await self.store.document(name)
+        if info is None:
+            raise ProtocolError("not-found", f"no document named {name!r}")
+        room = self.rooms.rooms.get(name)
+        if room is not None and not room.broken:
+            info["version"] = room.seq.committed_version  # disk may lag memory by a commit
+        return info
+
+    async def _text_at(self, info: dict, version: int) -> str:
+        room = self.rooms.rooms.get(info["name"])
+        if room is not None and not room.broken and version == room.seq.committed_version:
+            return room.seq.committed_text()
+        return await self.store.text_at(info["id"], version)
+
+    async def history(self, request: web.Request) -> web.Response:
+        info = await self._info(doc_name(request))
+        before = _int_param(_query(request, "before"), "before", info["version"] + 1, 0, None)
+        limit = _int_param(_query(request, "limit"), "limit", 100, 1, 1000)
+        entries = await self.store.history(info["id"], before, limit)
+        return json_response({"entries": entries})
+
+    async def version_text(self, request: web.Request) -> web.Response:
+        info = await self._info(doc_name(request))
+        version = _int_param(_Text(request.match_info["version"]), "version", None, 0, info["version"])
+        return json_response({"version": version, "doc": await self._text_at(info, version)})
+
+    async def export(self, request: web.Request) -> web.Response:
+        name = doc_name(request)
+        info = await self._info(name)
+        version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
+        text = await self._text_at(info, version)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{name}-v{version}.txt"'})
+
+    async def authors(self, request: web.Request) -> web.Response:
+        info = await self._info(doc_name(request))
+        version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
+        authorship = await self.store.authorship(info["id"], version)
+        return json_response({"version": version, "spans": authorship.spans()})
+
+    async def restore(self, request: web.Request) -> web.Response:
+        """One ordinary update turning the current text into the text at `version` (a minimal diff)."""
+        name = doc_name(request)
+        body = await _json_body(request)
+        info = await self._info(name)
+        version = _int_param(body.get("version"), "version", None, 0, info["version"])
+        who = _author(body)
+        old = await self.store.text_at(info["id"], version)
+        room = await self.rooms.get(name, create=False)
+        if room is None:
+            raise ProtocolError("not-found", f"no document named {name!r}")
+        try:
+            base = room.seq.committed_version
+            changes = diff_changes(room.seq.committed_text(), old)
+            update = Update(f"restore-{secrets.token_hex(6)}", changes)
+            new_version = await room.submit(update.client_id, base, [update], who, restored_from=version)
+        finally:
+            room.release()
+        return json_response({"version": new_version})
+
+    async def fork(self, request: web.Request) -> web.Response:
+        name = doc_name(request)
+        body = await _json_body(request)
+        info = await self._info(name)
+        version = _int_param(body.get("version"), "version", info["version"], 0, info["version"])
+        new_name = body.get("name")
+        if new_name is None:
+            new_name = await self._free_name()
+        elif type(new_name) is not str or not protocol.valid_doc_name(new_name):
+            raise ProtocolError("bad-request", "name must be 1-100 letters, digits, '-' or '_'")
+        elif await self.store.document(new_name) is not None:
+            return error_response(409, "bad-request", f"a document named {new_name!r} already exists")
+        text = await self._text_at(info, version)
+        await self.store.create_document(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
+        return json_response({"name": new_name}, status=201)
+
+    async def _free_name(self) -> str:
+        for _ in range(20):
+            candidate = readable_name()
+            if await self.store.document(candidate) is None:
+                return candidate
+        return secrets.token_hex(8)
 
     async def healthz(self, request: web.Request) -> web.Response:
         await self.store.ping()

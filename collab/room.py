@@ -124,6 +124,7 @@ class Room:
         self.committer: asyncio.Task | None = None
         self.unload_timer: asyncio.TimerHandle | None = None
         self.broken = False
+        self._durable_waiters: list[tuple[int, asyncio.Future]] = []
 
     # ------------------------------------------------------------- joining
 
@@ -187,6 +188,34 @@ class Room:
         if accepted and self.committer is None:
             self.committer = asyncio.get_running_loop().create_task(self._commit_loop())
 
+    async def submit(self, client_id: str, version: int, updates: list, author: str,
+                     restored_from: int | None = None) -> int:
+        """A server-made push (a restore): sequenced like any other; returns its version once durable."""
+        accepted = self.seq.push(client_id, version, updates, author, time.time())
+        if not accepted:
+            return self.seq.committed_version
+        for entry in accepted:
+            entry.restored_from = restored_from
+        if self.committer is None:
+            self.committer = asyncio.get_running_loop().create_task(self._commit_loop())
+        fut = asyncio.get_running_loop().create_future()
+        self._durable_waiters.append((accepted[-1].version, fut))
+        await fut
+        return accepted[-1].version
+
+    def _wake_durable(self, error: Exception | None = None) -> None:
+        keep = []
+        for version, fut in self._durable_waiters:
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            elif version <= self.seq.committed_version:
+                fut.set_result(None)
+            else:
+                keep.append((version, fut))
+        self._durable_waiters = keep
+
     async def _commit_loop(self) -> None:
         """Write whatever was accepted since the last commit; broadcast it once durable."""
         try:
@@ -213,11 +242,14 @@ class Room:
                 frame = protocol.updates_frame(batch)
                 for p in list(self.peers.values()):
                     p.send(frame)
+                if self._durable_waiters:
+                    self._wake_durable()
         finally:
             self.committer = None
 
     def _fail(self) -> None:
         self.broken = True
+        self._wake_durable(RuntimeError("the document could not be saved"))
         self.rooms.forget(self)
         for p in list(self.peers.values()):
             p.close(CLOSE_INTERNAL, "storage error; reconnect")
@@ -273,7 +305,11 @@ class Room:
         if self.peers.get(peer.session) is not peer:
             return
         self._remove(peer)
-        if not self.peers and not self.broken:
+        self.release()
+
+    def release(self) -> None:
+        """Schedule unloading if nobody is connected (after joins leave, or after an API call)."""
+        if not self.peers and not self.broken and self.unload_timer is None:
             self.unload_timer = asyncio.get_running_loop().call_later(
                 self.settings.unload_after, lambda: asyncio.ensure_future(self.rooms.unload(self)))
 
@@ -342,6 +378,7 @@ class Rooms:
 
     async def unload(self, room: Room) -> None:
         """Unload an idle document: flush its commits and write a snapshot first."""
+        room.unload_timer = None
         if room.peers or self.rooms.get(room.name) is not room:
             return
         fut = asyncio.get_running_loop().create_future()

@@ -38,6 +38,7 @@ class Accepted:
     author: str
     time: float
     inverse: ChangeSet | None = None  # undoes the update; kept only until it is durable
+    restored_from: int | None = None  # set when the update restores an older version
 
 
 class NeedHistory(Exception):

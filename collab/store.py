@@ -28,6 +28,7 @@ import aiosqlite
 import orjson
 
 from .changes import ChangeSet
+from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
 from .text import Text
@@ -102,11 +103,15 @@ class Loaded:
     snapshot_version: int      # newest snapshot at or below `version`
 
 
+_INSERT_UPDATE = ("INSERT INTO updates(doc_id, version, client_id, author, time, changes, inserted, deleted, "
+                  "restored_from) VALUES (?,?,?,?,?,?,?,?,?)")
+
+
 def _update_row(doc_id: int, entry: Accepted) -> tuple:
     changes = entry.update.changes
     inserted, deleted = changes.counts()
     return (doc_id, entry.version, entry.update.client_id, entry.author, entry.time,
-            orjson.dumps(changes.to_json()).decode(), inserted, deleted)
+            orjson.dumps(changes.to_json()).decode(), inserted, deleted, entry.restored_from)
 
 
 def _parse_update(client_id: str, changes: str) -> Update:
@@ -200,7 +205,7 @@ class Store:
             if text:
                 changes = ChangeSet.from_json([[0, *text.split("\n")]])
                 entry = Accepted(1, Update(client_id, changes), author, now)
-                conn.execute("INSERT INTO updates VALUES (?,?,?,?,?,?,?,?)", _update_row(doc_id, entry))
+                conn.execute(_INSERT_UPDATE, _update_row(doc_id, entry))
                 conn.execute("UPDATE documents SET version = 1, length = ? WHERE id = ?",
                              (changes.new_length, doc_id))
             return doc_id
@@ -214,7 +219,7 @@ class Store:
         last = entries[-1]
 
         def fn(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT INTO updates VALUES (?,?,?,?,?,?,?,?)", rows)
+            conn.executemany(_INSERT_UPDATE, rows)
             cur = conn.execute("UPDATE documents SET version = ?, length = ?, updated = ? "
                                "WHERE id = ? AND version = ?",
                                (last.version, length, last.time, doc_id, entries[0].version - 1))
@@ -309,6 +314,54 @@ class Store:
             return str(doc)
 
         return await self._read(fn)
+
+
+    async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
+        """Update summaries with version < `before`, newest first."""
+        def fn(conn: sqlite3.Connection) -> list[dict]:
+            rows = conn.execute("SELECT version, client_id, author, time, inserted, deleted, restored_from "
+                                "FROM updates WHERE doc_id = ? AND version < ? ORDER BY version DESC LIMIT ?",
+                                (doc_id, before, limit)).fetchall()
+            out = []
+            for v, c, a, t, i, d, r in rows:
+                entry = {"version": v, "clientID": c, "author": a, "time": t, "inserted": i, "deleted": d}
+                if r is not None:
+                    entry["restored"] = r
+                out.append(entry)
+            return out
+
+        return await self._read(fn)
+
+    async def authorship(self, doc_id: int, version: int) -> Authorship:
+        """Who wrote each character of the text at `version` (cached every snapshot_every versions)."""
+        every = self.snapshot_every
+
+        def fn(conn: sqlite3.Connection):
+            row = conn.execute("SELECT version, spans FROM authorship WHERE doc_id = ? AND version <= ? "
+                               "ORDER BY version DESC LIMIT 1", (doc_id, version)).fetchone()
+            start, spans = (row[0], orjson.loads(row[1])) if row else (0, [])
+            authors = Authorship([(n, a) for n, a in spans])
+            new_cache = []
+            rows = conn.execute("SELECT version, author, changes FROM updates "
+                                "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                                (doc_id, start, version))
+            expect = start
+            for v, author, changes in rows:
+                expect += 1
+                if v != expect:
+                    raise RuntimeError(f"update {expect} of document {doc_id} is missing (compacted)")
+                authors.apply(ChangeSet.from_json(orjson.loads(changes)), author)
+                if v % every == 0:
+                    new_cache.append((doc_id, v, orjson.dumps(authors.to_list()).decode()))
+            if expect != version:
+                raise RuntimeError(f"updates of document {doc_id} end before version {version}")
+            return authors, new_cache
+
+        authors, new_cache = await self._read(fn)
+        if new_cache:
+            await self._write(lambda conn: conn.executemany(
+                "INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)", new_cache))
+        return authors
 
 
 def _insert_snapshot(conn: sqlite3.Connection, doc_id: int, version: int, text: str) -> None:

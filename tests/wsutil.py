@@ -35,9 +35,9 @@ async def send(ws, frame) -> None:
     await ws.send_str(frame if isinstance(frame, str) else orjson.dumps(frame).decode())
 
 
-async def join(client, doc: str, client_id: str, version=None):
+async def join(client, doc: str, client_id: str, version=None, user=None):
     ws = await connect(client, doc)
-    await send(ws, {"type": "hello", "clientID": client_id, "version": version, "user": USER})
+    await send(ws, {"type": "hello", "clientID": client_id, "version": version, "user": user or USER})
     welcome = await recv_type(ws, "welcome")
     return ws, welcome
 

@@ -1,0 +1,189 @@
+"""History API: every version readable, paging complete, restore as a live change, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from collab.app import create_app
+from collab.changes import ChangeSet, utf16_len
+from collab.settings import Settings
+from wsutil import join, push, recv_type
+
+
+@pytest.fixture
+async def client(aiohttp_client, tmp_path):
+    settings = Settings(db=str(tmp_path / "h.db"), snapshot_every=37, unload_after=60)
+    return await aiohttp_client(create_app(settings))
+
+
+class Editor:
+    """A minimal client: tracks the text at every version from `updates` frames."""
+
+    def __init__(self, ws, client_id, welcome):
+        self.ws, self.id = ws, client_id
+        self.version = welcome["version"]
+        self.text = welcome.get("doc", "")
+        self.seen = {self.version: self.text}
+
+    async def absorb(self, until_version):
+        while self.version < until_version:
+            frame = await recv_type(self.ws, "updates")
+            assert frame["from"] == self.version
+            for u in frame["updates"]:
+                self.text = ChangeSet.from_json(u["changes"]).apply_to_str(self.text)
+                self.version += 1
+                self.seen[self.version] = self.text
+
+    def random_edit(self, rnd):
+        t = self.text
+        pos = rnd.randint(0, len(t))
+        cut = rnd.randint(0, min(5, len(t) - pos)) if rnd.random() < 0.3 else 0
+        ins = rnd.choice(["a", "bc", " word", "😀", "\n", "é", ""]) or "x"
+        head, mid, tail = utf16_len(t[:pos]), utf16_len(t[pos:pos + cut]), utf16_len(t[pos + cut:])
+        return ([head] if head else []) + [[mid, *ins.split("\n")]] + ([tail] if tail else [])
+
+
+async def make_history(client, doc="h", edits=500, seed=7):
+    rnd = random.Random(seed)
+    editors = []
+    for k in range(3):
+        ws, welcome = await join(client, doc, f"client{k}")
+        editors.append(Editor(ws, f"client{k}", welcome))
+    done = 0
+    while done < edits:
+        # Several clients push on top of what they have (often stale: rebased by the server).
+        burst = rnd.sample(editors, rnd.randint(1, 3))
+        for e in burst:
+            await push(e.ws, e.version, e.id, e.random_edit(rnd))
+        done += len(burst)
+        for e in editors:
+            await e.absorb(done)
+    return editors
+
+
+async def test_every_version_and_paging(client):
+    editors = await make_history(client)
+    seen = editors[0].seen
+    assert all(e.seen == seen for e in editors)
+    latest = max(seen)
+    assert latest == 500
+    for v in sorted(random.Random(1).sample(range(0, latest + 1), 60)) + [0, latest]:
+        resp = await client.get(f"/api/docs/h/versions/{v}")
+        assert resp.status == 200
+        assert await resp.json() == {"version": v, "doc": seen[v]}
+    # Paging newest first covers every version exactly once.
+    versions, before = [], None
+    while True:
+        url = "/api/docs/h/history?limit=33" + (f"&before={before}" if before is not None else "")
+        entries = (await (await client.get(url)).json())["entries"]
+        if not entries:
+            break
+        assert [e["version"] for e in entries] == sorted((e["version"] for e in entries), reverse=True)
+        versions += [e["version"] for e in entries]
+        before = entries[-1]["version"]
+    assert sorted(versions) == list(range(1, latest + 1)) and len(versions) == latest
+    entry = (await (await client.get("/api/docs/h/history?limit=1")).json())["entries"][0]
+    assert set(entry) >= {"version", "clientID", "author", "time", "inserted", "deleted"}
+    assert entry["clientID"].startswith("client")
+    export = await client.get("/api/docs/h/export?version=250")
+    assert export.headers["Content-Type"].startswith("text/plain") and "charset=utf-8" in export.headers["Content-Type"]
+    assert await export.text() == seen[250]
+    assert "attachment" in export.headers["Content-Disposition"]
+
+
+async def test_restore_is_a_live_minimal_change_and_can_be_undone(client):
+    editors = await make_history(client, edits=60)
+    e = editors[0]
+    current, old_version = e.text, 20
+    resp = await client.post("/api/docs/h/restore", json={"version": old_version, "author": "Ann"})
+    assert resp.status == 200
+    restored_version = (await resp.json())["version"]
+    assert restored_version == e.version + 1
+    for ed in editors:  # everyone receives it live, like any update
+        await ed.absorb(restored_version)
+        assert ed.text == e.seen[old_version]
+    # One update, and a minimal one: it does not delete and re-insert everything.
+    entry = (await (await client.get("/api/docs/h/history?limit=1")).json())["entries"][0]
+    assert entry["version"] == restored_version and entry["restored"] == old_version
+    assert entry["author"] == "Ann"
+    assert entry["deleted"] < utf16_len(current) or not current
+    assert (await (await client.get("/api/docs/h")).json())["doc"] == e.seen[old_version]
+    # Undo the restore by restoring the version before it.
+    resp = await client.post("/api/docs/h/restore", json={"version": restored_version - 1})
+    back = (await resp.json())["version"]
+    await e.absorb(back)
+    assert e.text == current
+    assert (await (await client.get("/api/docs/h")).json()) == {"name": "h", "version": back, "doc": current}
+
+
+async def test_restore_keeps_concurrent_edits(client):
+    ws, welcome = await join(client, "r", "w")
+    e = Editor(ws, "w", welcome)
+    await push(ws, 0, "w", [[0, "first line"]])
+    await e.absorb(1)
+    await push(ws, 1, "w", [10, [0, "", "second line"]])
+    await e.absorb(2)
+    # Restore version 1 while an edit based on version 2 is in flight.
+    await push(ws, 2, "w", [[0, ">> "], 22])
+    resp = await client.post("/api/docs/r/restore", json={"version": 1})
+    assert resp.status == 200
+    await e.absorb(4)
+    assert e.text == ">> first line"
+
+
+async def test_fork_and_authors(client):
+    a, wa = await join(client, "f", "alice", user={"name": "Alice", "color": "#aa0000"})
+    b, wb = await join(client, "f", "bob", user={"name": "Bob", "color": "#0000aa"})
+    await push(a, 0, "alice", [[0, "hello"]])
+    await recv_type(a, "updates"), await recv_type(b, "updates")
+    await push(b, 1, "bob", [5, [0, " 😀world"]])
+    await recv_type(a, "updates"), await recv_type(b, "updates")
+    resp = await client.get("/api/docs/f/authors")
+    spans = (await resp.json())["spans"]
+    assert [(s["from"], s["to"]) for s in spans] == [(0, 5), (5, 13)]
+    assert [s["author"] for s in spans] == ["Alice", "Bob"]
+    assert (await (await client.get("/api/docs/f/authors?version=1")).json())["spans"] == [
+        {"from": 0, "to": 5, "author": "Alice"}]
+    resp = await client.post("/api/docs/f/fork", json={"version": 1, "name": "f-copy"})
+    assert resp.status == 201 and (await resp.json()) == {"name": "f-copy"}
+    assert (await (await client.get("/api/docs/f-copy")).json())["doc"] == "hello"
+    resp = await client.post("/api/docs/f/fork", json={"version": 1, "name": "f-copy"})
+    assert resp.status == 409 and (await resp.json())["error"]["code"] == "bad-request"
+    resp = await client.post("/api/docs/f/fork", json={})
+    name = (await resp.json())["name"]
+    assert (await (await client.get(f"/api/docs/{name}")).json())["doc"] == "hello 😀world"
+
+
+@pytest.mark.parametrize("method, url, body, status, code", [
+    ("get", "/api/docs/e/versions/-1", None, 400, "bad-request"),
+    ("get", "/api/docs/e/versions/99", None, 400, "bad-request"),
+    ("get", "/api/docs/e/versions/two", None, 400, "bad-request"),
+    ("get", "/api/docs/e/versions/1.5", None, 400, "bad-request"),
+    ("get", "/api/docs/e/history?before=x", None, 400, "bad-request"),
+    ("get", "/api/docs/e/history?limit=0", None, 400, "bad-request"),
+    ("get", "/api/docs/e/history?limit=100000", None, 400, "bad-request"),
+    ("get", "/api/docs/e/export?version=-3", None, 400, "bad-request"),
+    ("get", "/api/docs/e/authors?version=50", None, 400, "bad-request"),
+    ("post", "/api/docs/e/restore", {"version": 9}, 400, "bad-request"),
+    ("post", "/api/docs/e/restore", {"version": "1"}, 400, "bad-request"),
+    ("post", "/api/docs/e/restore", {}, 400, "bad-request"),
+    ("post", "/api/docs/e/restore", [1], 400, "bad-request"),
+    ("post", "/api/docs/e/fork", {"name": "no spaces"}, 400, "bad-request"),
+    ("get", "/api/docs/missing/versions/0", None, 404, "not-found"),
+    ("get", "/api/docs/missing/history", None, 404, "not-found"),
+    ("post", "/api/docs/missing/restore", {"version": 0}, 404, "not-found"),
+    ("get", "/api/docs/missing/export", None, 404, "not-found"),
+    ("get", "/api/docs/missing/authors", None, 404, "not-found"),
+])
+async def test_bad_requests_answer_the_error_shape(client, method, url, body, status, code):
+    ws, _ = await join(client, "e", "x")
+    await push(ws, 0, "x", [[0, "text"]])
+    await recv_type(ws, "updates")
+    resp = await getattr(client, method)(url, **({"json": body} if body is not None else {}))
+    assert resp.status == status
+    payload = await resp.json()
+    assert payload["error"]["code"] == code and payload["error"]["message"]
+    assert (await (await client.get("/api/docs/e")).json()) == {"name": "e", "version": 1, "doc": "text"}
