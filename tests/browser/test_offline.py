@@ -15,7 +15,7 @@ were made under, and pushes them.
 from pathlib import Path
 
 from browser_helpers import (open_editor, set_cursor, wait_synced, doc_text, wait_status,
-                             line_end, status_log, wait_until)
+                             line_end, status_log)
 from serverproc import ServerProcess
 
 DOC = "offline-doc"
@@ -103,8 +103,8 @@ def test_closed_tab_edits_arrive_on_next_open(server, contexts):
     assert a.evaluate("() => window.__collab.pending") > 0
 
     # Closing the tab asks "leave site?" because edits are unconfirmed.
-    a.close(run_before_unload=True)
-    wait_until(a.is_closed)
+    with a.expect_event("close"):
+        a.close(run_before_unload=True)
     assert a.collab_dialogs == ["beforeunload"]
 
     # The edits wait in this browser's storage, under the same client ID.
