@@ -396,7 +396,7 @@ def _map(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> ChangeSet
     ca, cb = _Cursor(a), _Cursor(b)
     inserted = -1
     while True:
-        if (ca.done and cb.len) or (cb.done and ca.len):
+        if (ca.ins == -2 and cb.len) or (cb.ins == -2 and ca.len):
             raise _mismatch(a, b, "map")
         if ca.ins == -1 and cb.ins == -1:
             # Both keep: copy the common stretch.
@@ -440,7 +440,7 @@ def _map(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> ChangeSet
                 _add_insert(values, sections, ca.text)
             inserted = ca.i
             ca.forward(ca.len - left)
-        elif ca.done and cb.done:
+        elif ca.ins == -2 and cb.ins == -2:
             return _finish(sections, values)
         else:
             raise _mismatch(a, b, "map")
@@ -460,23 +460,23 @@ def _compose(a: ChangeSet, b: ChangeSet, with_text: bool) -> ChangeSet:
     ca, cb = _Cursor(a), _Cursor(b)
     open_ = False
     while True:
-        if ca.done and cb.done:
+        if ca.ins == -2 and cb.ins == -2:
             return _finish(sections, values)
         if ca.ins == 0:
             # A deletion in a: nothing of it reaches b.
             _add_section(sections, ca.len, 0, open_)
             ca.next()
-        elif cb.len == 0 and not cb.done:
+        elif cb.len == 0 and cb.ins != -2:
             # A pure insertion in b.
             _add_section(sections, 0, cb.ins, open_)
             if values is not None:
                 _add_insert(values, sections, cb.text)
             cb.next()
-        elif ca.done or cb.done:
+        elif ca.ins == -2 or cb.ins == -2:
             raise ChangeError(f"cannot compose changes producing length {a.new_length} "
                               f"with changes of length {b.length}")
         else:
-            n = min(ca.len2, cb.len)
+            n = min(ca.len if ca.ins < 0 else ca.ins, cb.len)
             before_len = len(sections)
             if ca.ins == -1:
                 ins_b = -1 if cb.ins == -1 else (0 if cb.off else cb.ins)

@@ -25,8 +25,10 @@ class Settings:
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8080, "TCP port to listen on")
     db: str = _opt("./data/collab.db", "SQLite database file (created with its folder if missing)")
-    sync: str = _opt("full", "SQLite synchronous mode: 'full' survives power loss, 'normal' "
-                     "survives a crash of the server process only", choices=("full", "normal"))
+    sync: str = _opt("normal", "SQLite synchronous mode (WAL): both commit before an update is "
+                     "acknowledged, so both survive a crash or kill of the server; 'full' also "
+                     "fsyncs every commit and survives power loss, at a cost in throughput",
+                     choices=("full", "normal"))
     snapshot_every: int = _opt(1000, "write a full-text snapshot at least every N updates of a document")
     keep_updates: int = _opt(2000, "updates per open document kept in memory for rebases and resumes "
                              "(older ones are read from disk when needed)")

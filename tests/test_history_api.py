@@ -126,10 +126,12 @@ async def test_restore_keeps_concurrent_edits(client):
     await e.absorb(1)
     await push(ws, 1, "w", [10, [0, "", "second line"]])
     await e.absorb(2)
-    # Restore version 1 while an edit based on version 2 is in flight.
-    await push(ws, 2, "w", [[0, ">> "], 22])
+    # The client made an edit on version 2 that the server has not seen yet
+    # (unconfirmed); meanwhile someone restores version 1. The edit, pushed
+    # after the restore, is rebased over it and survives.
     resp = await client.post("/api/docs/r/restore", json={"version": 1})
-    assert resp.status == 200
+    assert resp.status == 200 and (await resp.json())["version"] == 3
+    await push(ws, 2, "w", [[0, ">> "], 22])
     await e.absorb(4)
     assert e.text == ">> first line"
 
