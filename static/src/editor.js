@@ -4,6 +4,7 @@
 import { sendableUpdates, getSyncedVersion } from "@codemirror/collab";
 import { CollabSession } from "./sync.js";
 import { PendingStore } from "./pending.js";
+import { flushRecord } from "./flush.js";
 import { editorSetup, followColorScheme } from "./setup.js";
 import { loadUser, saveUser, COLORS, cleanName, safeColor, newClientID, DOC_NAME_RE } from "./identity.js";
 
@@ -148,12 +149,16 @@ function renderMe() {
 // ---- rescue ----------------------------------------------------------------------------
 
 function showRescue({ text, count, fragments }) {
-  try { localStorage.setItem(`collab:rescue:${docName}`, JSON.stringify({ text, savedAt: Date.now() })); } catch (_) { /* best effort */ }
+  const dlg = $("#rescue");
+  const ta = $("#rescue-text");
   $("#rescue-intro").textContent = fragments
     ? `${plural(count, "unsent edit")} could not be merged, and the text they were based on was not stored. These are the pieces of text you typed; copy what you need.`
     : `The server could no longer merge your ${plural(count, "unsent edit")} (it does not have the version they were based on any more). The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back.`;
-  $("#rescue-text").value = text;
-  const dlg = $("#rescue");
+  ta.value = dlg.open && ta.value ? `${ta.value}\n\n----\n\n${text}` : text;
+  // Kept until dismissed, so closing the tab does not lose it either.
+  try {
+    localStorage.setItem(`collab:rescue:${docName}`, JSON.stringify({ text: ta.value, savedAt: Date.now() }));
+  } catch (_) { /* best effort: the dialog shows it now */ }
   if (!dlg.open) dlg.showModal();
 }
 
@@ -187,8 +192,13 @@ async function boot() {
 
   const store = new PendingStore(docName);
   let restore = null;
+  const extras = []; // more closed tabs' edits: sent over their own connection
   for (const rec of await store.orphans()) {
-    if (await store.claim(rec.clientID)) { restore = rec; break; }
+    if (!restore) {
+      if (await store.claim(rec.clientID)) restore = rec;
+    } else if (await store.acquire(rec.clientID)) {
+      extras.push(rec);
+    }
   }
   let clientID = restore ? restore.clientID : null;
   while (!clientID) {
@@ -197,9 +207,20 @@ async function boot() {
   }
 
   const wsProto = location.protocol === "https:" ? "wss:" : "ws:";
+  const wsUrl = `${wsProto}//${location.host}/ws/${encodeURIComponent(docName)}${tokenQuery()}`;
+  let flushing = false;
+  const flushExtras = async () => {
+    if (flushing || !extras.length) return;
+    flushing = true;
+    for (const rec of extras.slice()) {
+      const result = await flushRecord({ wsUrl, rec, user, store, rescue: showRescue });
+      if (result !== "failed") extras.splice(extras.indexOf(rec), 1);
+    }
+    flushing = false;
+  };
   session = new CollabSession({
     docName,
-    wsUrl: `${wsProto}//${location.host}/ws/${encodeURIComponent(docName)}${tokenQuery()}`,
+    wsUrl,
     parent: $("#editor"),
     extensions: editorSetup(),
     user,
@@ -207,7 +228,10 @@ async function boot() {
     clientID,
     restore,
     on: {
-      status: renderStatus,
+      status: (info) => {
+        renderStatus(info);
+        if (info.state === "connected") flushExtras();
+      },
       error: showError,
       rescue: showRescue,
       peers: renderPeople,

@@ -35,6 +35,7 @@ export class PendingStore {
     this.clientID = null;
     this.baseVersion = null; // version of the base text last written
     this.heartbeat = null;
+    this.held = new Set(); // IDs this page holds (heartbeat fallback only)
     this.lastError = null;
   }
 
@@ -79,17 +80,7 @@ export class PendingStore {
 
   /** Take ownership of `id` (our own fresh ID or an adopted one). Resolves false if another tab got it first. */
   async claim(id) {
-    if (navigator.locks) {
-      const got = await new Promise((resolve) => {
-        navigator.locks.request(`collab:${id}`, { ifAvailable: true }, (lock) => {
-          resolve(!!lock);
-          return lock ? new Promise(() => {}) : undefined; // hold until the page goes away
-        }).catch(() => resolve(false));
-      });
-      if (!got) return false;
-    } else if (this.aliveElsewhere(id)) {
-      return false;
-    }
+    if (!(await this.acquire(id))) return false;
     this.clientID = id;
     this.baseVersion = null;
     this.beat();
@@ -97,14 +88,34 @@ export class PendingStore {
     return true;
   }
 
-  beat() {
-    if (!this.clientID || navigator.locks) return;
-    try { localStorage.setItem(ALIVE + this.clientID, String(Date.now())); } catch (_) { /* ignore */ }
+  /** Hold `id` for this page's lifetime so that no other page adopts it too. */
+  async acquire(id) {
+    if (navigator.locks) {
+      const got = await new Promise((resolve) => {
+        navigator.locks.request(`collab:${id}`, { ifAvailable: true }, (lock) => {
+          resolve(!!lock);
+          return lock ? new Promise(() => {}) : undefined; // hold until the page goes away
+        }).catch(() => resolve(false));
+      });
+      return got;
+    }
+    if (this.aliveElsewhere(id)) return false;
+    this.held.add(id);
+    this.beat();
+    return true;
   }
 
-  /** Called on pagehide: a reload or a new tab may adopt our record at once. */
+  beat() {
+    if (navigator.locks) return;
+    const now = String(Date.now());
+    for (const id of this.held) {
+      try { localStorage.setItem(ALIVE + id, now); } catch (_) { /* ignore */ }
+    }
+  }
+
+  /** Called on pagehide: a reload or a new tab may adopt our records at once. */
   release() {
-    if (this.clientID) localStorage.removeItem(ALIVE + this.clientID);
+    for (const id of this.held) localStorage.removeItem(ALIVE + id);
   }
 
   /** Store the unconfirmed updates (ChangeSets) based on `version`, whose text is `baseText()`. */

@@ -366,11 +366,23 @@ export class CollabSession {
 
   onError(msg) {
     const text = ERROR_TEXT[msg.code] || "The server reported an error.";
-    this.on.error(msg.message ? `${text} (${msg.code}: ${msg.message})` : `${text} (${msg.code})`);
+    const words = msg.message ? `${text} (${msg.code}: ${msg.message})` : `${text} (${msg.code})`;
+    // bad-version is recovered from below by resuming; everything else is shown.
+    if (msg.code === "bad-version") console.warn("collab:", words);
+    else this.on.error(words);
     if (!this.welcomed && msg.code === "bad-version") {
       // The server does not have the version we resume from (its data was
       // reset?): ask for the whole document; unconfirmed edits go to rescue.
       this.needFullDoc = true;
+      this.dropSocket();
+      this.scheduleReconnect(true);
+      return;
+    }
+    if (msg.code === "bad-version" && this.inflight) {
+      // Our push was based on a version the server can no longer rebase
+      // from (or it was too busy): resume with a fresh hello, which either
+      // brings the missing updates (then we push again) or the whole text
+      // (then the unconfirmed edits go to the rescue dialog).
       this.dropSocket();
       this.scheduleReconnect(true);
       return;

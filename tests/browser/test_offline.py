@@ -146,3 +146,37 @@ def test_lost_server_state_rescues_unsent_text(server, contexts, tmp_path):
         a.wait_for_selector("#rescue:not([open])", state="attached")
     finally:
         fresh.kill()
+
+
+def test_two_closed_tabs_both_arrive(server, contexts):
+    """Two tabs of one browser (two client IDs) both closed with unsent edits: one open sends both."""
+    ca = contexts()
+    a1 = open_editor(ca, server.url, DOC)
+    a2 = open_editor(ca, server.url, DOC)
+    assert a1.evaluate("() => window.__collab.clientID") != a2.evaluate("() => window.__collab.clientID")
+    a1.click(".cm-content")
+    a1.keyboard.type("top")
+    a1.keyboard.press("Enter")
+    a1.keyboard.type("bottom")
+    wait_synced([a1, a2], server.url, DOC)
+
+    server.stop()
+    wait_status(a1, "reconnecting")
+    wait_status(a2, "reconnecting")
+    set_cursor(a1, line_end(a1, 1))
+    a1.keyboard.type(" (tab one)")
+    set_cursor(a2, line_end(a2, 2))
+    a2.keyboard.type(" (tab two)")
+    for page in (a1, a2):
+        with page.expect_event("close"):
+            page.close(run_before_unload=True)
+
+    server.start()
+    a3 = open_editor(ca, server.url, DOC)
+    b = open_editor(contexts(), server.url, DOC)
+    # The second tab's edits come over their own short connection, then reach both editors.
+    b.wait_for_function("() => window.__collab.view.state.doc.toString().includes('(tab two)')")
+    text = wait_synced([a3, b], server.url, DOC)
+    assert text == "top (tab one)\nbottom (tab two)"
+    stored = [item["name"] for origin in ca.storage_state()["origins"] for item in origin["localStorage"]]
+    assert not any(name.startswith("collab:pending:") for name in stored)

@@ -90,6 +90,17 @@ def test_remote_caret_follows(server, contexts):
     b.wait_for_function("() => [...document.querySelectorAll('#people .person')]"
                         ".some(li => li.textContent.includes('Alice'))")
 
+    # The name label fades after a few idle seconds and comes back on hover.
+    label_opacity = "() => Number(getComputedStyle(document.querySelector('.cm-remote-label')).opacity)"
+    b.wait_for_function(f"() => ({label_opacity})() < 0.05", timeout=8000)
+    box = b.query_selector(".cm-remote-caret").bounding_box()
+    b.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    b.wait_for_function(f"() => ({label_opacity})() === 1")
+    b.mouse.move(1, 1)
+    # ... and shows again by itself when A moves.
+    a.keyboard.press("ArrowRight")
+    b.wait_for_function(f"() => ({label_opacity})() > 0.9")
+
     # A leaves: B drops the caret.
     a.close()
     b.wait_for_function("() => document.querySelectorAll('.cm-remote-caret').length === 0")
