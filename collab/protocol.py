@@ -158,8 +158,10 @@ def welcome(session: str, role: str, version: int, peers: list[dict], *,
 
 
 def updates_frame(batch: list[Accepted]) -> bytes:
-    return orjson.dumps({"type": "updates", "from": batch[0].version - 1,
-                         "updates": [_update_json(e.update) for e in batch]})
+    """The `updates` frame, assembled from each entry's already-serialised changes."""
+    parts = [b'{"clientID":%s,"changes":%s}' % (orjson.dumps(e.update.client_id), e.changes_json)
+             for e in batch]
+    return b'{"type":"updates","from":%d,"updates":[%s]}' % (batch[0].version - 1, b",".join(parts))
 
 
 def presence_object(session: str, user: dict, version: int, ranges: list[tuple[int, int]]) -> dict:

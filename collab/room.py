@@ -30,11 +30,47 @@ from . import protocol
 from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_REPLACED, ProtocolError
 from .sequencer import NeedHistory, Sequencer
 from .settings import Settings
-from .store import Store
+from .store import Store, append_fn
 
 log = logging.getLogger("collab")
 
 CLOSE_TRY_AGAIN = 1013  # too far behind: reconnect later and resume
+
+
+async def _finish(coro, fut) -> None:
+    """Drive the rest of a coroutine that `_write_now` started, as a Task would.
+
+    The coroutine suspended on `fut`; wait for it, then resume the coroutine,
+    which reads the future's outcome itself, until it returns.
+    """
+    while True:
+        try:
+            if fut is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([fut])
+        except asyncio.CancelledError:
+            coro.close()
+            raise
+        try:
+            fut = coro.send(None)
+        except StopIteration:
+            return
+
+
+def _write_now(coro):
+    """Run `ws.send_frame(...)` up to its first suspension, without a task.
+
+    aiohttp writes an uncompressed frame synchronously and suspends only when
+    the transport asks for back-pressure, so this usually finishes at once and
+    returns None: the frame leaves in the same loop iteration as the commit
+    that produced it. Otherwise it returns a coroutine finishing the write.
+    """
+    try:
+        fut = coro.send(None)
+    except StopIteration:
+        return None
+    return _finish(coro, fut)
 
 
 class Peer:
@@ -62,8 +98,21 @@ class Peer:
         self.room: Room | None = None
 
     def send(self, frame: bytes) -> None:
-        """Queue a frame; a peer whose unsent bytes pass the limit is disconnected."""
+        """Write a frame now if the socket takes it, else queue it for the drain task.
+
+        A peer whose unsent bytes pass the limit is disconnected: it will
+        reconnect and resume from its version, and server memory stays bounded.
+        """
         if self.closed:
+            return
+        if self.writer is None and not self.queue:
+            try:
+                rest = _write_now(self.ws.send_frame(frame, WSMsgType.TEXT))
+            except (ConnectionError, RuntimeError):
+                self.closed = True
+                return
+            if rest is not None:  # back-pressure: the rest of this write, then the queue
+                self.writer = asyncio.get_running_loop().create_task(self._drain(rest))
             return
         self.queue.append(frame)
         self.queued += len(frame)
@@ -78,8 +127,10 @@ class Peer:
         transport = self.ws._req.transport if self.ws._req is not None else None
         return transport.get_write_buffer_size() if transport is not None else 0
 
-    async def _drain(self) -> None:
+    async def _drain(self, unfinished=None) -> None:
         try:
+            if unfinished is not None:
+                await unfinished
             while self.queue and not self.closed:
                 frame = self.queue.popleft()
                 self.queued -= len(frame)
@@ -121,7 +172,6 @@ class Room:
         self.last_snapshot = snapshot_version
         self.peers: dict[str, Peer] = {}
         self.by_client: dict[str, Peer] = {}
-        self.committer: asyncio.Task | None = None
         self.unload_timer: asyncio.TimerHandle | None = None
         self.broken = False
         self._durable_waiters: list[tuple[int, asyncio.Future]] = []
@@ -185,8 +235,8 @@ class Room:
                     return
         else:
             raise ProtocolError("bad-version", "the document moved on too fast; push again")
-        if accepted and self.committer is None:
-            self.committer = asyncio.get_running_loop().create_task(self._commit_loop())
+        if accepted:
+            self.store.schedule(self)
 
     async def submit(self, client_id: str, version: int, updates: list, author: str,
                      restored_from: int | None = None) -> int:
@@ -196,12 +246,19 @@ class Room:
             return self.seq.committed_version
         for entry in accepted:
             entry.restored_from = restored_from
-        if self.committer is None:
-            self.committer = asyncio.get_running_loop().create_task(self._commit_loop())
-        fut = asyncio.get_running_loop().create_future()
-        self._durable_waiters.append((accepted[-1].version, fut))
-        await fut
+        self.store.schedule(self)
+        await self.durable(accepted[-1].version)
         return accepted[-1].version
+
+    async def durable(self, version: int) -> None:
+        """Return once `version` is committed (raises if the document could not be saved)."""
+        if version <= self.seq.committed_version:
+            return
+        if self.broken:
+            raise RuntimeError("the document could not be saved")
+        fut = asyncio.get_running_loop().create_future()
+        self._durable_waiters.append((version, fut))
+        await fut
 
     def _wake_durable(self, error: Exception | None = None) -> None:
         keep = []
@@ -216,36 +273,39 @@ class Room:
                 keep.append((version, fut))
         self._durable_waiters = keep
 
-    async def _commit_loop(self) -> None:
-        """Write whatever was accepted since the last commit; broadcast it once durable."""
-        try:
-            while True:
-                batch = self.seq.take_pending()
-                if not batch:
-                    return
-                last = batch[-1].version
-                snapshot = None
-                if last - self.last_snapshot >= self.settings.snapshot_every and last == self.seq.version:
-                    snapshot = (last, str(self.seq.text))
-                try:
-                    await self.store.append(self.doc_id, batch, self.seq.text.length
-                                            if last == self.seq.version else
-                                            batch[-1].update.changes.new_length, snapshot)
-                except Exception:
-                    log.exception("commit failed for document %s; reloading it from disk", self.name)
-                    self._fail()
-                    return
-                self.seq.committed(last)
-                if snapshot:
-                    self.last_snapshot = last
-                self.rooms.accepted_total += len(batch)
-                frame = protocol.updates_frame(batch)
-                for p in list(self.peers.values()):
-                    p.send(frame)
-                if self._durable_waiters:
-                    self._wake_durable()
-        finally:
-            self.committer = None
+    # --- the store pulls our pending updates (store.CommitSource) ---
+
+    def take_commit(self):
+        """Everything accepted and not yet handed over, as one write for the next transaction."""
+        batch = self.seq.take_pending()
+        if not batch or self.broken:
+            return None
+        last = batch[-1].version
+        snapshot = None
+        if last - self.last_snapshot >= self.settings.snapshot_every and last == self.seq.version:
+            snapshot = (last, str(self.seq.text))  # the head is exactly `last` right now
+        length = batch[-1].update.changes.new_length
+        return append_fn(self.doc_id, batch, length, snapshot), (batch, snapshot)
+
+    def commit_done(self, token, error: BaseException | None) -> None:
+        """The batch is durable: broadcast it (that is the acknowledgement). Or it failed: reload."""
+        if self.broken:
+            return
+        if error is not None:
+            log.error("commit failed for document %s (%s); reloading it from disk", self.name, error)
+            self._fail()
+            return
+        batch, snapshot = token
+        last = batch[-1].version
+        self.seq.committed(last)
+        if snapshot:
+            self.last_snapshot = last
+        self.rooms.accepted_total += len(batch)
+        frame = protocol.updates_frame(batch)
+        for p in self.peers.values():
+            p.send(frame)
+        if self._durable_waiters:
+            self._wake_durable()
 
     def _fail(self) -> None:
         self.broken = True
@@ -326,8 +386,7 @@ class Room:
 
     async def flush(self) -> None:
         """Wait until everything accepted is durable, then snapshot if there is news."""
-        while self.committer is not None:
-            await asyncio.shield(self.committer)
+        await self.durable(self.seq.version)
         if not self.broken and self.seq.committed_version > self.last_snapshot:
             version = self.seq.committed_version
             await self.store.write_snapshot(self.doc_id, version, self.seq.committed_text())

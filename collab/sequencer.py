@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
 from .changes import ChangeSet
 from .errors import ChangeError, ProtocolError
 from .rebase import Update, rebase_updates
@@ -39,6 +41,13 @@ class Accepted:
     time: float
     inverse: ChangeSet | None = None  # undoes the update; kept only until it is durable
     restored_from: int | None = None  # set when the update restores an older version
+    _json: bytes | None = None  # the changes as ChangeSetJSON, serialised once for disk and wire
+
+    @property
+    def changes_json(self) -> bytes:
+        if self._json is None:
+            self._json = orjson.dumps(self.update.changes.to_json())
+        return self._json
 
 
 class NeedHistory(Exception):

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import aiosqlite
 import orjson
@@ -111,7 +111,7 @@ def _update_row(doc_id: int, entry: Accepted) -> tuple:
     changes = entry.update.changes
     inserted, deleted = changes.counts()
     return (doc_id, entry.version, entry.update.client_id, entry.author, entry.time,
-            orjson.dumps(changes.to_json()).decode(), inserted, deleted, entry.restored_from)
+            entry.changes_json.decode(), inserted, deleted, entry.restored_from)
 
 
 def _parse_update(client_id: str, changes: str) -> Update:
@@ -128,6 +128,7 @@ class Store:
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._queue: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future]] = []
+        self._sources: dict[int, CommitSource] = {}
         self._writer: asyncio.Task | None = None
         self.commits = 0  # transactions committed (for metrics and tests)
 
@@ -159,24 +160,54 @@ class Store:
             raise RuntimeError("store is closed")
         fut = asyncio.get_running_loop().create_future()
         self._queue.append((fn, fut))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._wake_writer()
         return await fut
 
+    def schedule(self, source: "CommitSource") -> None:
+        """`source` has updates to make durable: the next transaction takes them from it.
+
+        Pull, not push: the writer asks each waiting source for everything it
+        has at the moment a transaction starts, so updates that arrive while
+        one commits all go into the next (group commit), and the source hears
+        back in the same loop iteration that the commit finished.
+        """
+        if self._w is None:
+            source.commit_done(None, RuntimeError("store is closed"))
+            return
+        self._sources[id(source)] = source
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
     async def _write_loop(self) -> None:
-        while self._queue:
+        while self._queue or self._sources:
             batch, self._queue = self._queue, []
+            sources, self._sources = list(self._sources.values()), {}
+            taken = []
+            for source in sources:
+                work = source.take_commit()
+                if work is not None:
+                    taken.append((source, work))
+            fns = [fn for fn, _ in batch] + [fn for _, (fn, _) in taken]
+            if not fns:
+                continue
             try:
-                results = await self._w._execute(self._transaction, self._w._conn, [fn for fn, _ in batch])
+                results = await self._w._execute(self._transaction, self._w._conn, fns)
             except Exception as exc:  # the whole group failed; every caller learns it
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
+                for source, (_, token) in taken:
+                    source.commit_done(token, exc)
                 continue
             self.commits += 1
             for (_, fut), result in zip(batch, results):
                 if not fut.done():
                     fut.set_result(result)
+            for source, (_, token) in taken:
+                source.commit_done(token, None)
 
     @staticmethod
     def _transaction(conn: sqlite3.Connection, fns: list) -> list:
@@ -215,21 +246,7 @@ class Store:
     async def append(self, doc_id: int, entries: list[Accepted], length: int,
                      snapshot: tuple[int, str] | None = None) -> None:
         """Make `entries` durable (one row per version) and move the document's head."""
-        rows = [_update_row(doc_id, e) for e in entries]
-        last = entries[-1]
-
-        def fn(conn: sqlite3.Connection) -> None:
-            conn.executemany(_INSERT_UPDATE, rows)
-            cur = conn.execute("UPDATE documents SET version = ?, length = ?, updated = ? "
-                               "WHERE id = ? AND version = ?",
-                               (last.version, length, last.time, doc_id, entries[0].version - 1))
-            if cur.rowcount != 1:
-                raise RuntimeError(f"document {doc_id} is not at version {entries[0].version - 1}: "
-                                   "two writers, or a lost batch")
-            if snapshot is not None:
-                _insert_snapshot(conn, doc_id, *snapshot)
-
-        await self._write(fn)
+        await self._write(append_fn(doc_id, entries, length, snapshot))
 
     async def ping(self) -> None:
         """Prove the database can take a write transaction right now."""
@@ -362,6 +379,38 @@ class Store:
             await self._write(lambda conn: conn.executemany(
                 "INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)", new_cache))
         return authors
+
+
+def append_fn(doc_id: int, entries: list[Accepted], length: int,
+              snapshot: tuple[int, str] | None = None) -> Callable[[sqlite3.Connection], None]:
+    """The write that makes `entries` durable, for a group transaction.
+
+    Refuses (and so rolls back the whole group) if the document is not at the
+    version just before the first entry: that would mean two writers.
+    """
+    rows = [_update_row(doc_id, e) for e in entries]
+    last = entries[-1]
+
+    def fn(conn: sqlite3.Connection) -> None:
+        conn.executemany(_INSERT_UPDATE, rows)
+        cur = conn.execute("UPDATE documents SET version = ?, length = ?, updated = ? "
+                           "WHERE id = ? AND version = ?",
+                           (last.version, length, last.time, doc_id, entries[0].version - 1))
+        if cur.rowcount != 1:
+            raise RuntimeError(f"document {doc_id} is not at version {entries[0].version - 1}: "
+                               "two writers, or a lost batch")
+        if snapshot is not None:
+            _insert_snapshot(conn, doc_id, *snapshot)
+
+    return fn
+
+
+class CommitSource(Protocol):
+    """What `Store.schedule` needs from a document: its pending write, and a reply."""
+
+    def take_commit(self) -> tuple[Callable[[sqlite3.Connection], object], object] | None: ...
+
+    def commit_done(self, token: object, error: BaseException | None) -> None: ...
 
 
 def _insert_snapshot(conn: sqlite3.Connection, doc_id: int, version: int, text: str) -> None:
