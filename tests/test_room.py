@@ -1,0 +1,123 @@
+"""Room behaviour over real WebSockets: presence coalescing and mapping, unloading, old versions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from collab.app import ROOMS, STORE, create_app
+from collab.settings import Settings
+from wsutil import join, push, recv, recv_type, send
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(db=str(tmp_path / "r.db"), keep_updates=5, snapshot_every=4, unload_after=0.2,
+                    presence_interval=0.05)
+
+
+@pytest.fixture
+async def app_client(aiohttp_client, settings):
+    app = create_app(settings)
+    return app, await aiohttp_client(app)
+
+
+async def type_chars(ws, client_id, start_version, count, peer=None):
+    """Push `count` one-character updates, each after the previous ack."""
+    v = start_version
+    for k in range(count):
+        await push(ws, v, client_id, ([v] if v else []) + [[0, "x"]])
+        ack = await recv_type(ws, "updates")
+        v = ack["from"] + len(ack["updates"])
+        if peer is not None:
+            await recv_type(peer, "updates")
+    return v
+
+
+async def test_presence_is_coalesced_to_about_20_per_second(app_client):
+    app, client = app_client
+    a, _ = await join(client, "p", "A")
+    b, _ = await join(client, "p", "B")
+    await push(a, 0, "A", [[0, "0123456789"]])
+    await recv_type(a, "updates"), await recv_type(b, "updates")
+    start = time.monotonic()
+    for k in range(100):  # a very fast typist: 100 selection changes in ~0.5 s
+        await send(a, {"type": "presence", "version": 1, "ranges": [{"anchor": k % 10, "head": k % 10}]})
+        await asyncio.sleep(0.005)
+    elapsed = time.monotonic() - start
+    await asyncio.sleep(0.1)
+    frames = []
+    while True:
+        try:
+            frames.append(await recv(b, timeout=0.2))
+        except asyncio.TimeoutError:
+            break
+    assert all(f["type"] == "presence" for f in frames)
+    assert 2 <= len(frames) <= elapsed * 20 + 3, (len(frames), elapsed)
+    # The newest selection always arrives last.
+    assert frames[-1]["ranges"] == [{"anchor": 9, "head": 9}]
+    assert frames[-1]["user"] == {"name": "Tester", "color": "#3366ff"}
+
+
+async def test_presence_is_mapped_to_the_version_peers_have(app_client):
+    app, client = app_client
+    a, _ = await join(client, "m", "A")
+    b, _ = await join(client, "m", "B")
+    await push(a, 0, "A", [[0, "hello world"]])
+    await recv_type(a, "updates"), await recv_type(b, "updates")
+    await push(b, 1, "B", [[0, ">> "], 11])
+    await recv_type(a, "updates"), await recv_type(b, "updates")
+    # A still thinks in version 1: its cursor after "hello" is 5.
+    await send(a, {"type": "presence", "version": 1, "ranges": [{"anchor": 5, "head": 5}]})
+    frame = await recv_type(b, "presence")
+    assert frame["version"] == 2 and frame["ranges"] == [{"anchor": 8, "head": 8}]
+    # A newcomer gets it in its welcome, at the welcome's version.
+    c, welcome = await join(client, "m", "C")
+    assert [(p["version"], p["ranges"]) for p in welcome["peers"]] == [(2, [{"anchor": 8, "head": 8}])]
+    # Leaving drops the cursor everywhere.
+    await a.close()
+    assert (await recv_type(b, "leave"))["session"] == frame["session"]
+
+
+async def test_idle_document_unloads_with_a_snapshot_and_reloads(app_client):
+    app, client = app_client
+    a, _ = await join(client, "u", "A")
+    version = await type_chars(a, "A", 0, 6)
+    await a.close()
+    rooms = app[ROOMS]
+    for _ in range(100):
+        if "u" not in rooms.rooms:
+            break
+        await asyncio.sleep(0.02)
+    assert "u" not in rooms.rooms
+    loaded = await app[STORE].load("u")
+    assert (loaded.version, loaded.snapshot_version, loaded.text) == (6, 6, "x" * 6)
+    b, welcome = await join(client, "u", "B")
+    assert (welcome["version"], welcome["doc"]) == (version, "x" * 6)
+
+
+async def test_resume_and_push_from_before_the_memory_log(app_client):
+    app, client = app_client
+    a, _ = await join(client, "o", "A")
+    await type_chars(a, "A", 0, 12)  # keep_updates=5: versions 1..7 are only on disk
+    room = app[ROOMS].rooms["o"]
+    assert room.seq.log_from > 2
+    # Resume from version 2: the missed updates come from disk.
+    b, welcome = await join(client, "o", "B", version=2)
+    assert welcome["from"] == 2 and len(welcome["updates"]) == 10
+    # A push based on version 2 is rebased over 10 updates, 5 of them read from disk.
+    await push(b, 2, "B", [[0, "B"], 2])
+    ack = await recv_type(b, "updates")
+    assert ack["from"] == 12 and ack["updates"][0]["changes"] == [[0, "B"], 12]
+    resp = await client.get("/api/docs/o")
+    assert (await resp.json())["doc"] == "B" + "x" * 12
+
+
+async def test_resume_from_a_future_version_gets_the_full_text(app_client):
+    app, client = app_client
+    a, _ = await join(client, "f", "A")
+    await type_chars(a, "A", 0, 2)
+    b, welcome = await join(client, "f", "B", version=50)
+    assert "from" not in welcome and (welcome["version"], welcome["doc"]) == (2, "xx")
