@@ -45,6 +45,12 @@ class Settings:
                             "closed (it resumes from its version when it reconnects)")
     static_dir: str = _opt(str(ROOT / "static"), "folder with index.html, editor.html and dist/")
     log_json: bool = _opt(False, "log JSON lines instead of plain text")
+    cert: str = _opt("", "TLS certificate file (PEM): serve HTTPS and WSS directly")
+    key: str = _opt("", "TLS private key file (PEM) for --cert")
+    trusted_proxy: str = _opt("", "comma-separated addresses of reverse proxies whose "
+                              "X-Forwarded-For/-Proto headers are believed")
+    keep_history: int = _opt(0, "for `collab compact`: update rows kept per document "
+                             "(older versions stay readable at snapshot granularity); 0 keeps all")
 
     @classmethod
     def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":
@@ -88,6 +94,8 @@ class Settings:
             problems.append(f"port must be 1-65535 (got {self.port})")
         if self.snapshot_every < 1:
             problems.append("snapshot_every must be at least 1")
+        if bool(self.cert) != bool(self.key):
+            problems.append("--cert and --key go together")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 
