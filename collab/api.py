@@ -36,20 +36,30 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return json_response({"error": {"code": code, "message": message}}, status)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except ProtocolError as exc:
-        return error_response(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _HTTP_CODES.get(exc.status, "internal" if exc.status >= 500 else "bad-request")
-        return error_response(exc.status, code, exc.reason or code)
-    except Exception:
-        log.exception("error in %s %s", request.method, request.path)
-        return error_response(500, "internal", "internal server error")
+def error_middleware(errors_counter=None):
+    """The one place HTTP errors become `{"error": {code, message}}` (and are counted by code)."""
+
+    def answer(status: int, code: str, message: str) -> web.Response:
+        if errors_counter is not None:
+            errors_counter.labels(code).inc()
+        return error_response(status, code, message)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except ProtocolError as exc:
+            return answer(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _HTTP_CODES.get(exc.status, "internal" if exc.status >= 500 else "bad-request")
+            return answer(exc.status, code, exc.reason or code)
+        except Exception:
+            log.exception("error in %s %s", request.method, request.path)
+            return answer(500, "internal", "internal server error")
+
+    return middleware
 
 
 _ADJECTIVES = ("amber", "brisk", "calm", "clever", "crisp", "gentle", "golden", "happy", "lucky", "mellow",

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import ws
+from . import status, ws
 from .api import Api, error_middleware
+from .metrics import Metrics
 from .room import Rooms
 from .settings import Settings
 from .store import Store
@@ -17,16 +18,19 @@ from .store import Store
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 ROOMS = web.AppKey("rooms", Rooms)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_frame)
+    metrics = Metrics()
+    app = web.Application(middlewares=[error_middleware(metrics.errors)], client_max_size=settings.max_frame)
     app[SETTINGS] = settings
     store = Store(settings.db, synchronous=settings.sync.upper(), snapshot_every=settings.snapshot_every,
                   keep=settings.keep_updates)
-    rooms = Rooms(settings, store)
+    rooms = Rooms(settings, store, metrics)
     app[STORE] = store
     app[ROOMS] = rooms
+    app[METRICS] = metrics
 
     async def storage(app: web.Application):
         await store.open()
@@ -44,6 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     api = Api(store, rooms, Path(settings.static_dir))
     app.router.add_routes(api.routes())
     app.router.add_get("/ws/{doc}", ws_route)
+    app.router.add_routes(status.routes(metrics))
     dist = Path(settings.static_dir) / "dist"
     dist.mkdir(parents=True, exist_ok=True)
     app.router.add_static("/static", dist)

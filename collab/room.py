@@ -27,6 +27,7 @@ from collections import deque
 from aiohttp import WSMsgType, web
 
 from . import protocol
+from .metrics import Metrics
 from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_REPLACED, ProtocolError
 from .sequencer import NeedHistory, Sequencer
 from .settings import Settings
@@ -77,10 +78,11 @@ class Peer:
     """One WebSocket connection: identity, last presence, and its outbound queue."""
 
     __slots__ = ("ws", "session", "client_id", "user", "role", "remote", "queue", "queued",
-                 "limit", "writer", "closed", "presence", "presence_sent", "presence_timer", "room")
+                 "limit", "writer", "closed", "presence", "presence_sent", "presence_timer", "room",
+                 "bytes_out")
 
     def __init__(self, ws: web.WebSocketResponse, client_id: str, user: dict, role: str,
-                 remote: str, limit: int):
+                 remote: str, limit: int, bytes_out=None):
         self.ws = ws
         self.session = secrets.token_urlsafe(9)
         self.client_id = client_id
@@ -96,6 +98,7 @@ class Peer:
         self.presence_sent = 0.0
         self.presence_timer: asyncio.TimerHandle | None = None
         self.room: Room | None = None
+        self.bytes_out = bytes_out  # a prometheus Counter, or None
 
     def send(self, frame: bytes) -> None:
         """Write a frame now if the socket takes it, else queue it for the drain task.
@@ -105,6 +108,8 @@ class Peer:
         """
         if self.closed:
             return
+        if self.bytes_out is not None:
+            self.bytes_out.inc(len(frame))
         if self.writer is None and not self.queue:
             try:
                 rest = _write_now(self.ws.send_frame(frame, WSMsgType.TEXT))
@@ -220,6 +225,7 @@ class Room:
         if peer.role != "edit":
             raise ProtocolError("read-only", "this session may only view the document")
         now = time.time()
+        behind = self.seq.version - msg.version
         history = None
         for _ in range(3):
             try:
@@ -236,6 +242,7 @@ class Room:
         else:
             raise ProtocolError("bad-version", "the document moved on too fast; push again")
         if accepted:
+            self.rooms.metrics.rebase_distance.observe(max(0, behind))
             self.store.schedule(self)
 
     async def submit(self, client_id: str, version: int, updates: list, author: str,
@@ -285,7 +292,7 @@ class Room:
         if last - self.last_snapshot >= self.settings.snapshot_every and last == self.seq.version:
             snapshot = (last, str(self.seq.text))  # the head is exactly `last` right now
         length = batch[-1].update.changes.new_length
-        return append_fn(self.doc_id, batch, length, snapshot), (batch, snapshot)
+        return append_fn(self.doc_id, batch, length, snapshot), (batch, snapshot, time.perf_counter())
 
     def commit_done(self, token, error: BaseException | None) -> None:
         """The batch is durable: broadcast it (that is the acknowledgement). Or it failed: reload."""
@@ -295,15 +302,20 @@ class Room:
             log.error("commit failed for document %s (%s); reloading it from disk", self.name, error)
             self._fail()
             return
-        batch, snapshot = token
+        batch, snapshot, started = token
+        metrics = self.rooms.metrics
+        now = time.perf_counter()
+        metrics.commit_seconds.observe(now - started)
+        metrics.commit_batch.observe(len(batch))
+        metrics.accepted.inc(len(batch))
         last = batch[-1].version
         self.seq.committed(last)
         if snapshot:
             self.last_snapshot = last
-        self.rooms.accepted_total += len(batch)
         frame = protocol.updates_frame(batch)
         for p in self.peers.values():
             p.send(frame)
+        metrics.fanout_seconds.observe(time.perf_counter() - now)
         if self._durable_waiters:
             self._wake_durable()
 
@@ -396,12 +408,12 @@ class Room:
 class Rooms:
     """The open documents of this process, loaded on first join and unloaded when idle."""
 
-    def __init__(self, settings: Settings, store: Store):
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics | None = None):
         self.settings = settings
         self.store = store
+        self.metrics = metrics or Metrics()
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future] = {}
-        self.accepted_total = 0
         self.closing = False
 
     async def get(self, name: str, create: bool = True) -> Room | None:
@@ -426,6 +438,7 @@ class Rooms:
                             max_length=self.settings.max_doc)
             room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version)
             self.rooms[name] = room
+            self.metrics.documents.set(len(self.rooms))
             return room
         finally:
             del self._loading[name]
@@ -434,6 +447,7 @@ class Rooms:
     def forget(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self.metrics.documents.set(len(self.rooms))
 
     async def unload(self, room: Room) -> None:
         """Unload an idle document: flush its commits and write a snapshot first."""

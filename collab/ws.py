@@ -22,9 +22,21 @@ from .settings import Settings
 log = logging.getLogger("collab")
 
 
-def client_address(request: web.Request) -> str:
+def client_address(request: web.Request, trusted: frozenset[str]) -> str:
+    """The client's address: the socket's peer, or X-Forwarded-For when that peer is a trusted proxy.
+
+    The header is read right to left, skipping our own trusted proxies, so a
+    client cannot pretend to be someone else by sending the header itself.
+    """
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    return peer[0] if peer else "?"
+    address = peer[0] if peer else "?"
+    if address not in trusted:
+        return address
+    hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop
+    return address
 
 
 async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.StreamResponse:
@@ -34,7 +46,9 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
     ws = web.WebSocketResponse(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None,
                                max_msg_size=settings.max_frame, compress=False)
     await ws.prepare(request)
-    remote = client_address(request)
+    remote = client_address(request, trusted_proxies(settings))
+    metrics = rooms.metrics
+    metrics.connections.inc()
     peer: Peer | None = None
     try:
         hello = await _receive_hello(ws, settings)
@@ -43,7 +57,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
         if rooms.closing:
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
             return ws
-        peer = Peer(ws, hello.client_id, hello.user, "edit", remote, settings.send_buffer)
+        peer = Peer(ws, hello.client_id, hello.user, "edit", remote, settings.send_buffer, metrics.bytes_out)
         room = await rooms.get(name)
         await room.join(peer, hello)
         log.info("open doc=%s session=%s client=%s addr=%s", name, peer.session, hello.client_id, remote)
@@ -51,6 +65,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
             if peer.closed:
                 break
             if msg.type == WSMsgType.TEXT:
+                metrics.bytes_in.inc(len(msg.data))
                 await _frame(peer, msg.data, settings)
             elif msg.type == WSMsgType.BINARY:
                 _refuse(peer, ProtocolError("bad-message", "frames must be UTF-8 JSON text frames"))
@@ -58,6 +73,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
                 await _frame_error(ws, peer)
                 break
     except ProtocolError as exc:
+        _count(metrics, exc, name, peer)
         await _close_with(ws, exc)
     except asyncio.CancelledError:
         raise
@@ -65,6 +81,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
         log.exception("connection to doc=%s failed", name)
         await ws.close(code=CLOSE_INTERNAL, message=b"internal error")
     finally:
+        metrics.connections.dec()
         if peer is not None:
             peer.closed = True
             if peer.room is not None:
@@ -109,7 +126,21 @@ async def _frame(peer: Peer, data: str, settings: Settings) -> None:
         _refuse(peer, exc)
 
 
+def trusted_proxies(settings: Settings) -> frozenset[str]:
+    return frozenset(a.strip() for a in settings.trusted_proxy.split(",") if a.strip())
+
+
+def _count(metrics, exc: ProtocolError, doc: str, peer: Peer | None) -> None:
+    """Count and log a refusal: its code only, never the frame's contents."""
+    metrics.errors.labels(exc.code).inc()
+    log.info("error doc=%s session=%s code=%s%s", doc, peer.session if peer else "-", exc.code,
+             f" close={exc.close}" if exc.close else "")
+
+
 def _refuse(peer: Peer, exc: ProtocolError) -> None:
+    room = peer.room
+    if room is not None:
+        _count(room.rooms.metrics, exc, room.name, peer)
     if exc.code != "internal":
         peer.send(protocol.error_frame(exc.code, exc.message))
     if exc.close is not None:
