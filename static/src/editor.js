@@ -252,13 +252,13 @@ async function boot() {
 
   window.addEventListener("beforeunload", (ev) => {
     if (session.pendingCount() > 0) {
-      session.savePending();
+      session.savePending(true);
       ev.preventDefault();
       ev.returnValue = "";
     }
   });
   window.addEventListener("pagehide", () => {
-    session.savePending();
+    session.savePending(true);
     store.release();
   });
   window.addEventListener("pageshow", (ev) => { if (ev.persisted) store.beat(); });

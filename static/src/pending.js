@@ -118,6 +118,11 @@ export class PendingStore {
     for (const id of this.held) localStorage.removeItem(ALIVE + id);
   }
 
+  /** Whether this page has a record stored now. */
+  hasRecord() {
+    return this.baseVersion !== null;
+  }
+
   /** Store the unconfirmed updates (ChangeSets) based on `version`, whose text is `baseText()`. */
   save(version, updates, baseText) {
     const id = this.clientID;

@@ -23,6 +23,8 @@ const PRESENCE_INTERVAL_MS = 50; // at most 20 presence frames a second
 const LOG_LIMIT = 5000; // recent accepted changes kept to map late presence
 const PUSH_MAX_UPDATES = 500; // one push frame carries at most this many updates
 const PUSH_MAX_CHARS = 512 * 1024;
+const BASE_WRITE_INTERVAL_MS = 1000;
+const RECORD_LINGER_MS = 2000;
 
 const CLOSE_REASONS = {
   1008: "The server refused the connection: the access token is missing or invalid.",
@@ -88,6 +90,8 @@ export class CollabSession {
     this.roleConf = new Compartment();
     this.statusLog = [];
     this.lastStatus = null;
+    this.saveTimer = null;
+    this.lastBaseWrite = 0;
 
     const r = opts.restore;
     if (r && typeof r.base === "string") {
@@ -166,10 +170,37 @@ export class CollabSession {
     if (u.selectionSet || u.docChanged) this.schedulePresence();
   }
 
-  savePending() {
+  /**
+   * Mirror the unconfirmed updates to localStorage.  Cheap while the synced
+   * version stands still (offline typing writes only the small update
+   * list).  When it moves while edits are unconfirmed, the whole base text
+   * must be rewritten: that happens at most once a second, and the record
+   * of a moment ago stays consistent meanwhile (re-pushing updates that were
+   * confirmed since is harmless: the server skips them by client ID).  An
+   * emptied record is removed after a short pause, so that steady typing
+   * does not rewrite the base on every keystroke.  `force` (pagehide) writes
+   * at once.
+   */
+  savePending(force = false) {
     if (!this.view) return;
     const st = this.view.state;
-    this.store.save(getSyncedVersion(st), sendableUpdates(st), () => this.syncedDoc.toString());
+    const version = getSyncedVersion(st);
+    const updates = sendableUpdates(st);
+    clearTimeout(this.saveTimer);
+    this.saveTimer = null;
+    const later = (ms, then) => { this.saveTimer = setTimeout(() => { this.saveTimer = null; this.savePending(then); }, ms); };
+    if (!updates.length) {
+      if (force || !this.store.hasRecord()) this.store.save(version, updates, null);
+      else later(RECORD_LINGER_MS, true);
+      return;
+    }
+    const rewritesBase = this.store.baseVersion !== version;
+    if (rewritesBase && !force && this.store.hasRecord()) {
+      const wait = this.lastBaseWrite + BASE_WRITE_INTERVAL_MS - Date.now();
+      if (wait > 0) return later(wait, true);
+    }
+    this.store.save(version, updates, () => this.syncedDoc.toString());
+    if (rewritesBase) this.lastBaseWrite = Date.now();
   }
 
   // ---- connection -----------------------------------------------------------

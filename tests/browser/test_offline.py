@@ -15,7 +15,7 @@ were made under, and pushes them.
 from pathlib import Path
 
 from browser_helpers import (open_editor, set_cursor, wait_synced, doc_text, wait_status,
-                             line_end, status_log)
+                             line_end, status_log, wait_until)
 from serverproc import ServerProcess
 
 DOC = "offline-doc"
@@ -108,8 +108,7 @@ def test_closed_tab_edits_arrive_on_next_open(server, contexts):
     assert a.collab_dialogs == ["beforeunload"]
 
     # The edits wait in this browser's storage, under the same client ID.
-    stored = [item["name"] for origin in ca.storage_state()["origins"] for item in origin["localStorage"]]
-    assert f"collab:pending:{DOC}:{client_id}" in stored
+    assert f"collab:pending:{DOC}:{client_id}" in stored_keys(ca)
 
     server.start()
     wait_status(b, "connected")
@@ -117,8 +116,9 @@ def test_closed_tab_edits_arrive_on_next_open(server, contexts):
     text = wait_synced([a2, b], server.url, DOC)
     assert text == "saved part. Typed while the server was down,\nthen the tab was closed."
     assert a2.evaluate("() => window.__collab.clientID") == client_id
-    stored = [item["name"] for origin in ca.storage_state()["origins"] for item in origin["localStorage"]]
-    assert not any(name.startswith("collab:pending:") for name in stored)
+    # Once confirmed, the stored copy is removed (after a short linger).
+    wait_until(lambda: not any(k.startswith("collab:pending:") for k in stored_keys(ca)),
+               what="the stored edits to be removed")
 
 
 def test_lost_server_state_rescues_unsent_text(server, contexts, tmp_path):
@@ -178,5 +178,59 @@ def test_two_closed_tabs_both_arrive(server, contexts):
     b.wait_for_function("() => window.__collab.view.state.doc.toString().includes('(tab two)')")
     text = wait_synced([a3, b], server.url, DOC)
     assert text == "top (tab one)\nbottom (tab two)"
-    stored = [item["name"] for origin in ca.storage_state()["origins"] for item in origin["localStorage"]]
-    assert not any(name.startswith("collab:pending:") for name in stored)
+    # Once confirmed, the stored copy is removed (after a short linger).
+    wait_until(lambda: not any(k.startswith("collab:pending:") for k in stored_keys(ca)),
+               what="the stored edits to be removed")
+
+
+def test_reload_while_disconnected_keeps_edits(server, contexts):
+    """A real reload: the page is served, but its WebSocket cannot get through.
+
+    Playwright's route_web_socket refuses the page's connections while
+    `blocked` is set (the HTTP page and assets still load), like a proxy that
+    drops WebSockets or a server whose WebSocket side is down.  Edits typed
+    then survive the reload: the reloaded page shows them at once, from
+    localStorage, before any connection, and pushes them once it gets through.
+    """
+    ca = contexts()
+    blocked = {"on": False}
+
+    def route(ws):
+        if blocked["on"]:
+            ws.close(code=1011, reason="blocked by the test")
+        else:
+            ws.connect_to_server()
+
+    ca.route_web_socket("**/ws/**", route)
+    a = open_editor(ca, server.url, DOC)
+    b = open_editor(contexts(), server.url, DOC)
+    a.click(".cm-content")
+    a.keyboard.type("confirmed.")
+    wait_synced([a, b], server.url, DOC)
+
+    blocked["on"] = True
+    ca.set_offline(True)  # drops the current connection; new ones are now refused
+    wait_status(a, "offline")
+    ca.set_offline(False)
+    wait_status(a, "reconnecting")
+    a.keyboard.type(" Typed, then reloaded.")
+    assert a.evaluate("() => window.__collab.pending") > 0
+
+    a.reload()
+    a.wait_for_selector("body[data-ready=true]")
+    assert a.collab_dialogs == ["beforeunload"]
+    # Shown right away from the browser's storage, still unconfirmed.
+    assert doc_text(a) == "confirmed. Typed, then reloaded."
+    assert a.evaluate("() => window.__collab.pending") > 0
+    assert a.get_attribute("#status", "data-state") in ("connecting", "reconnecting")
+    assert doc_text(b) == "confirmed."
+
+    blocked["on"] = False
+    wait_status(a, "reconnecting")
+    a.click("#reconnect")  # "Retry now" instead of waiting for the next backoff step
+    text = wait_synced([a, b], server.url, DOC)
+    assert text == "confirmed. Typed, then reloaded."
+
+
+def stored_keys(ctx):
+    return [item["name"] for origin in ctx.storage_state()["origins"] for item in origin["localStorage"]]
