@@ -103,3 +103,29 @@ def fake_request(peer: str, forwarded: str | None):
 ])
 def test_forwarded_for_only_from_trusted_proxies(peer, forwarded, trusted, expected):
     assert client_address(fake_request(peer, forwarded), frozenset(trusted)) == expected
+
+
+async def test_logs_have_connections_and_errors_but_no_text(client, caplog):
+    import json
+    import logging
+
+    from collab.logs import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="collab")
+    a, _ = await join(client, "logs", "A")
+    await push(a, 0, "A", [[0, "SECRET-TEXT"]])
+    await recv_type(a, "updates")
+    await push(a, 1, "A", [99, [0, "MORE-SECRET"]])
+    assert (await recv_type(a, "error"))["code"] == "bad-changes"
+    await a.close()
+    for _ in range(50):
+        if any("close doc=logs" in r.getMessage() for r in caplog.records):
+            break
+        await __import__("asyncio").sleep(0.02)
+    messages = [r.getMessage() for r in caplog.records if r.name == "collab"]
+    assert any(m.startswith("open doc=logs") for m in messages)
+    assert any(m.startswith("close doc=logs") for m in messages)
+    assert any("code=bad-changes" in m for m in messages)
+    assert not any("SECRET" in m for m in messages)
+    line = JsonFormatter().format(caplog.records[-1])
+    assert set(json.loads(line)) >= {"time", "level", "logger", "message"}
