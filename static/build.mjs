@@ -3,7 +3,7 @@
 // timestamps, no source maps, a fixed target; CI rebuilds and compares.
 
 import { build } from "esbuild";
-import { rmSync, mkdirSync } from "node:fs";
+import { rmSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -13,7 +13,25 @@ const out = join(here, "dist");
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
 
+// The server sends `Content-Security-Policy: style-src 'self'`, which blocks
+// the <style> element CodeMirror (style-mod) injects into a document.  Its
+// other path, a constructed stylesheet in document.adoptedStyleSheets, is
+// CSSOM and not subject to style-src; style-mod takes it only for shadow
+// roots, so take it for documents too.  Fails loudly if style-mod changes.
+const adoptStyles = {
+  name: "style-mod-adopted-sheets",
+  setup(b) {
+    b.onLoad({ filter: /style-mod[\\/]src[\\/]style-mod\.js$/ }, (args) => {
+      const from = "if (!root.head && root.adoptedStyleSheets && win.CSSStyleSheet) {";
+      const src = readFileSync(args.path, "utf8");
+      if (!src.includes(from)) throw new Error(`style-mod changed: cannot find "${from}" in ${args.path}`);
+      return { contents: src.replace(from, "if (root.adoptedStyleSheets && win.CSSStyleSheet) {"), loader: "js" };
+    });
+  },
+};
+
 await build({
+  plugins: [adoptStyles],
   absWorkingDir: here,
   entryPoints: {
     editor: "src/editor.js",

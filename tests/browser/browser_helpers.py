@@ -27,6 +27,9 @@ def open_editor(ctx, base_url: str, doc: str, connected: bool = True):
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.collab_errors = errors
+    csp = []  # the server's Content-Security-Policy must not block anything the page does
+    page.on("console", lambda m: csp.append(m.text) if "Content Security Policy" in m.text else None)
+    page.csp_violations = csp
     page.goto(f"{base_url}/d/{doc}")
     page.wait_for_selector("body[data-ready=true]")
     if connected:

@@ -106,6 +106,7 @@ def test_three_people_converge(server, contexts):
     assert len(lines) == 4 + PASTE.count("\n") + 1
     for p in (a, b, c):
         assert p.collab_errors == []
+        assert p.csp_violations == []
 
 
 def doc_length(page):

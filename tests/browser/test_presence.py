@@ -32,10 +32,10 @@ def caret_pos(page):
 def wait_caret_at(b, pos, timeout=10000):
     """Wait until B draws exactly one remote caret at `pos` (B's coordinates); return the geometry."""
     b.wait_for_function(
-        "([pos, src]) => { const g = eval(src)(pos); return g.count === 1 && g.want"
+        f"pos => {{ const g = ({CARET_GEOMETRY})(pos); return g.count === 1 && g.want"
         " && Math.abs(g.left - g.want.left) <= 2 && Math.abs(g.top - g.want.top) <= 3"
         " && Math.abs(g.bottom - g.want.bottom) <= 3; }",
-        arg=[pos, CARET_GEOMETRY], timeout=timeout)
+        arg=pos, timeout=timeout)
     return b.evaluate(CARET_GEOMETRY, pos)
 
 
@@ -104,3 +104,4 @@ def test_remote_caret_follows(server, contexts):
     # A leaves: B drops the caret.
     a.close()
     b.wait_for_function("() => document.querySelectorAll('.cm-remote-caret').length === 0")
+    assert b.csp_violations == []
