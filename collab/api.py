@@ -129,18 +129,60 @@ def doc_name(request: web.Request) -> str:
     return name
 
 
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+       "form-action 'self'; frame-ancestors 'none'")
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler):
+    """Every answer: no sniffing, no referrer (tokens live in URLs), no framing, scripts from us only."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    if not response.prepared:
+        h = response.headers
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("Referrer-Policy", "no-referrer")
+        h.setdefault("Content-Security-Policy", CSP)
+        h.setdefault("X-Frame-Options", "DENY")
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+def token_of(request: web.Request) -> str | None:
+    """The access token: `?token=` (links, WebSockets) or `Authorization: Bearer` (scripts)."""
+    token = request.query.get("token")
+    if token:
+        return token
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
 class Api:
     def __init__(self, store: Store, rooms: Rooms, static_dir: Path):
         self.store = store
         self.rooms = rooms
+        self.access = rooms.access
         self.static_dir = Path(static_dir)
+
+    async def allow(self, request: web.Request, need: str, doc: str | None = None) -> str:
+        """Check the request's token for `need` access (to `doc`); returns the role it grants."""
+        salt = await self.rooms.salt_of(doc) if doc is not None and self.access.enabled else None
+        return self.access.require(token_of(request), need, doc, salt)
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/", self.index_page),
             web.get("/d/{doc}", self.editor_page),
             web.get("/api/docs", self.list_docs),
+            web.post("/api/docs", self.create_doc),
             web.get("/api/docs/{doc}", self.get_doc),
+            web.delete("/api/docs/{doc}", self.delete_doc),
+            web.get("/api/docs/{doc}/links", self.links),
+            web.post("/api/docs/{doc}/links/reset", self.reset_links),
             web.get("/api/docs/{doc}/history", self.history),
             web.get("/api/docs/{doc}/versions/{version}", self.version_text),
             web.post("/api/docs/{doc}/restore", self.restore),
@@ -159,15 +201,21 @@ class Api:
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     async def index_page(self, request: web.Request) -> web.StreamResponse:
+        await self.allow(request, "admin")
         return self._page("index.html")
 
     async def editor_page(self, request: web.Request) -> web.StreamResponse:
-        doc_name(request)
+        name = doc_name(request)
+        if await self.store.document(name) is None:
+            await self.allow(request, "admin")  # opening a new document creates it
+        else:
+            await self.allow(request, "view", name)
         return self._page("editor.html")
 
     # ------------------------------------------------------------------- API
 
     async def list_docs(self, request: web.Request) -> web.Response:
+        await self.allow(request, "admin")
         docs = await self.store.list_documents()
         return json_response({"docs": [{"name": d["name"], "version": d["version"], "updated": d["updated"],
                                         "length": d["length"]} for d in docs]})
@@ -184,6 +232,7 @@ class Api:
 
     async def get_doc(self, request: web.Request) -> web.Response:
         name = doc_name(request)
+        await self.allow(request, "view", name)
         version, text = await self.current(name)
         return json_response({"name": name, "version": version, "doc": text})
 
@@ -206,6 +255,7 @@ class Api:
 
     async def history(self, request: web.Request) -> web.Response:
         info = await self._info(doc_name(request))
+        await self.allow(request, "view", info["name"])
         before = _int_param(_query(request, "before"), "before", info["version"] + 1, 0, None)
         limit = _int_param(_query(request, "limit"), "limit", 100, 1, 1000)
         entries = await self.store.history(info["id"], before, limit)
@@ -213,12 +263,14 @@ class Api:
 
     async def version_text(self, request: web.Request) -> web.Response:
         info = await self._info(doc_name(request))
+        await self.allow(request, "view", info["name"])
         version = _int_param(_Text(request.match_info["version"]), "version", None, 0, info["version"])
         return json_response({"version": version, "doc": await self._text_at(info, version)})
 
     async def export(self, request: web.Request) -> web.Response:
         name = doc_name(request)
         info = await self._info(name)
+        await self.allow(request, "view", name)
         version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
         text = await self._text_at(info, version)
         return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={
@@ -226,6 +278,7 @@ class Api:
 
     async def authors(self, request: web.Request) -> web.Response:
         info = await self._info(doc_name(request))
+        await self.allow(request, "view", info["name"])
         version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
         authorship = await self.store.authorship(info["id"], version)
         return json_response({"version": version, "spans": authorship.spans()})
@@ -233,8 +286,9 @@ class Api:
     async def restore(self, request: web.Request) -> web.Response:
         """One ordinary update turning the current text into the text at `version` (a minimal diff)."""
         name = doc_name(request)
-        body = await _json_body(request)
         info = await self._info(name)
+        await self.allow(request, "edit", name)
+        body = await _json_body(request)
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
         who = _author(body)
         old = await self.store.text_at(info["id"], version)
@@ -252,8 +306,9 @@ class Api:
 
     async def fork(self, request: web.Request) -> web.Response:
         name = doc_name(request)
-        body = await _json_body(request)
         info = await self._info(name)
+        await self.allow(request, "edit", name)
+        body = await _json_body(request)
         version = _int_param(body.get("version"), "version", info["version"], 0, info["version"])
         new_name = body.get("name")
         if new_name is None:
@@ -264,7 +319,60 @@ class Api:
             return error_response(409, "bad-request", f"a document named {new_name!r} already exists")
         text = await self._text_at(info, version)
         await self.store.create_document(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
-        return json_response({"name": new_name}, status=201)
+        return json_response({"name": new_name, **await self._links(new_name)}, status=201)
+
+    # ---------------------------------------------------- access management
+
+    async def _links(self, name: str) -> dict:
+        """Share links of a document (only when access control is on)."""
+        if not self.access.enabled:
+            return {}
+        salt = await self.rooms.salt_of(name)
+        return {"links": {role: f"/d/{name}?token={self.access.doc_token(name, role, salt)}"
+                          for role in ("edit", "view")}}
+
+    async def links(self, request: web.Request) -> web.Response:
+        name = doc_name(request)
+        await self._info(name)
+        await self.allow(request, "edit", name)
+        return json_response(await self._links(name) or {"links": None})
+
+    async def reset_links(self, request: web.Request) -> web.Response:
+        """New salt: every old edit and view link stops working; their sessions are closed (1008)."""
+        name = doc_name(request)
+        info = await self._info(name)
+        await self.allow(request, "edit", name)
+        salt = await self.store.new_salt(info["id"])
+        room = self.rooms.rooms.get(name)
+        if room is not None:
+            room.salt = salt
+            room.revoke(everyone=False, reason="the share links of this document were reset")
+        return json_response(await self._links(name) or {"links": None})
+
+    async def create_doc(self, request: web.Request) -> web.Response:
+        await self.allow(request, "admin")
+        body = await _json_body(request)
+        name = body.get("name")
+        if name is None:
+            name = await self._free_name()
+        elif type(name) is not str or not protocol.valid_doc_name(name):
+            raise ProtocolError("bad-request", "name must be 1-100 letters, digits, '-' or '_'")
+        elif await self.store.document(name) is not None:
+            return error_response(409, "bad-request", f"a document named {name!r} already exists")
+        await self.store.create_document(name)
+        return json_response({"name": name, **await self._links(name)}, status=201)
+
+    async def delete_doc(self, request: web.Request) -> web.Response:
+        await self.allow(request, "admin")
+        name = doc_name(request)
+        info = await self._info(name)
+        room = self.rooms.rooms.get(name)
+        if room is not None:
+            room.revoke(everyone=True, reason="this document was deleted")
+            await room.flush()
+            self.rooms.forget(room)
+        await self.store.delete_document(info["id"])
+        return json_response({"deleted": name})
 
     async def _free_name(self) -> str:
         for _ in range(20):

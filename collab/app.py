@@ -9,7 +9,8 @@ from pathlib import Path
 from aiohttp import web
 
 from . import status, ws
-from .api import Api, error_middleware
+from .access import Access
+from .api import Api, error_middleware, security_headers
 from .metrics import Metrics
 from .room import Rooms
 from .settings import Settings
@@ -23,11 +24,12 @@ METRICS = web.AppKey("metrics", Metrics)
 
 def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
-    app = web.Application(middlewares=[error_middleware(metrics.errors)], client_max_size=settings.max_frame)
+    app = web.Application(middlewares=[security_headers, error_middleware(metrics.errors)],
+                          client_max_size=settings.max_frame)
     app[SETTINGS] = settings
     store = Store(settings.db, synchronous=settings.sync.upper(), snapshot_every=settings.snapshot_every,
                   keep=settings.keep_updates)
-    rooms = Rooms(settings, store, metrics)
+    rooms = Rooms(settings, store, metrics, Access(settings.load_secret()))
     app[STORE] = store
     app[ROOMS] = rooms
     app[METRICS] = metrics

@@ -1,4 +1,8 @@
-"""The `collab` command: serve, migrate."""
+"""The `collab` command: serve, migrate, and the admin commands (admin.py).
+
+Every subcommand takes every setting (`--db`, `--sync`, ... or COLLAB_*), so
+an admin command run next to the server reads the same environment.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +24,30 @@ def _logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def tls_context(settings: Settings):
+    """The server's TLS context for --cert/--key, or None to serve plain HTTP."""
+    if not settings.cert:
+        return None
+    import ssl
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or newer
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(settings.cert, settings.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"collab: cannot use --cert {settings.cert} --key {settings.key}: {exc}") from None
+    return context
+
+
 def serve(settings: Settings) -> None:
     from aiohttp import web
 
     from .app import create_app
     _logging(settings)
+    ssl_context = tls_context(settings)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"{'https' if ssl_context else 'http'}://{host}:{settings.port}"
     web.run_app(create_app(settings), host=settings.host, port=settings.port, shutdown_timeout=10,
-                print=lambda _: print(f"collab: listening on http://{settings.host}:{settings.port}", flush=True),
+                ssl_context=ssl_context, print=lambda _: print(f"collab: listening on {url}", flush=True),
                 access_log=None)
 
 
@@ -41,18 +62,52 @@ def migrate(settings: Settings) -> None:
     print(f"collab: {settings.db}: " + (f"applied {', '.join(applied)}" if applied else "schema up to date"))
 
 
+COMMANDS = (
+    ("serve", "run the server"),
+    ("migrate", "apply database migrations and exit"),
+    ("backup", "copy the database to FILE, consistently, while the server runs"),
+    ("export", "write every document's current text to DIR/name.txt"),
+    ("import", "create a document from each DIR/name.txt whose name is not taken"),
+    ("compact", "drop update rows older than --keep-history per document (snapshots stay)"),
+    ("docs", "list documents: name, version, length, last update"),
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="collab", description="Self-hosted real-time collaborative editor")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("serve", "run the server"), ("migrate", "apply database migrations and exit")):
-        p = sub.add_parser(name, help=help_text)
+    parsers = {}
+    for name, help_text in COMMANDS:
+        parsers[name] = p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "backup":
+            p.add_argument("file", metavar="FILE", help="where to write the copy (a new SQLite file)")
+            p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+        elif name in ("export", "import"):
+            p.add_argument("dir", metavar="DIR", help="folder of name.txt files")
         Settings.add_arguments(p)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_args(args)
     except ValueError as exc:
-        parser.error(str(exc))
-    {"serve": serve, "migrate": migrate}[args.command](settings)
+        parsers[args.command].error(str(exc))
+    if args.command == "serve":
+        return serve(settings)
+    if args.command == "migrate":
+        return migrate(settings)
+    from . import admin
+    run = {
+        "backup": lambda: admin.backup(settings, args.file, force=args.force),
+        "export": lambda: admin.export(settings, args.dir),
+        "import": lambda: admin.import_(settings, args.dir),
+        "compact": lambda: admin.compact(settings),
+        "docs": lambda: admin.docs(settings),
+    }[args.command]
+    try:
+        status = run()
+    except admin.AdminError as exc:
+        print(f"collab {args.command}: error: {exc}", file=sys.stderr)
+        status = 1
+    sys.exit(status)
 
 
 if __name__ == "__main__":

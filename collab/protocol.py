@@ -115,7 +115,7 @@ def _push(msg: dict, max_updates: int) -> Push:
         if "changes" not in item:
             raise ProtocolError("bad-message", f"push.updates[{k}] has no changes")
         try:
-            changes = ChangeSet.from_json(item["changes"])
+            changes = ChangeSet.from_json(item["changes"]).normalized()
         except ChangeError as exc:
             raise ChangeError(f"push.updates[{k}].changes: {exc.message}") from None
         updates.append(Update(client_id, changes))

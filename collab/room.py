@@ -27,8 +27,9 @@ from collections import deque
 from aiohttp import WSMsgType, web
 
 from . import protocol
+from .access import Access
 from .metrics import Metrics
-from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_REPLACED, ProtocolError
+from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_REPLACED, ProtocolError
 from .sequencer import NeedHistory, Sequencer
 from .settings import Settings
 from .store import Store, append_fn
@@ -79,7 +80,7 @@ class Peer:
 
     __slots__ = ("ws", "session", "client_id", "user", "role", "remote", "queue", "queued",
                  "limit", "writer", "closed", "presence", "presence_sent", "presence_timer", "room",
-                 "bytes_out")
+                 "bytes_out", "admin")
 
     def __init__(self, ws: web.WebSocketResponse, client_id: str, user: dict, role: str,
                  remote: str, limit: int, bytes_out=None):
@@ -99,6 +100,7 @@ class Peer:
         self.presence_timer: asyncio.TimerHandle | None = None
         self.room: Room | None = None
         self.bytes_out = bytes_out  # a prometheus Counter, or None
+        self.admin = False  # came with the admin token (survives a reset of the share links)
 
     def send(self, frame: bytes) -> None:
         """Write a frame now if the socket takes it, else queue it for the drain task.
@@ -167,8 +169,10 @@ class Peer:
 
 
 class Room:
-    def __init__(self, rooms: "Rooms", doc_id: int, name: str, seq: Sequencer, snapshot_version: int):
+    def __init__(self, rooms: "Rooms", doc_id: int, name: str, seq: Sequencer, snapshot_version: int,
+                 salt: str = ""):
         self.rooms = rooms
+        self.salt = salt
         self.settings = rooms.settings
         self.store = rooms.store
         self.doc_id = doc_id
@@ -319,6 +323,13 @@ class Room:
         if self._durable_waiters:
             self._wake_durable()
 
+    def revoke(self, everyone: bool, reason: str) -> None:
+        """Close the sessions whose access just ended (all, or all but the admin's), with 1008."""
+        for p in list(self.peers.values()):
+            if everyone or not p.admin:
+                self._remove(p)
+                p.close(CLOSE_POLICY, reason)
+
     def _fail(self) -> None:
         self.broken = True
         self._wake_durable(RuntimeError("the document could not be saved"))
@@ -408,10 +419,13 @@ class Room:
 class Rooms:
     """The open documents of this process, loaded on first join and unloaded when idle."""
 
-    def __init__(self, settings: Settings, store: Store, metrics: Metrics | None = None):
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics | None = None,
+                 access: Access | None = None):
         self.settings = settings
         self.store = store
         self.metrics = metrics or Metrics()
+        self.access = access or Access(None)
+        self.per_address: dict[str, int] = {}
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self.closing = False
@@ -436,7 +450,7 @@ class Rooms:
                 loaded = await self.store.load(name)
             seq = Sequencer(loaded.text, loaded.version, loaded.log, keep=self.settings.keep_updates,
                             max_length=self.settings.max_doc)
-            room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version)
+            room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version, loaded.salt)
             self.rooms[name] = room
             self.metrics.documents.set(len(self.rooms))
             return room
@@ -465,6 +479,14 @@ class Rooms:
                 self.forget(room)
             del self._loading[room.name]
             fut.set_result(None)
+
+    async def salt_of(self, name: str) -> str | None:
+        """The document's current salt (None if it does not exist)."""
+        room = self.rooms.get(name)
+        if room is not None and not room.broken:
+            return room.salt
+        info = await self.store.document(name)
+        return info["salt"] if info else None
 
     async def shutdown(self) -> None:
         """Graceful stop: finish the commits in flight, then close every client with 1001."""

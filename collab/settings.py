@@ -45,6 +45,15 @@ class Settings:
                             "closed (it resumes from its version when it reconnects)")
     static_dir: str = _opt(str(ROOT / "static"), "folder with index.html, editor.html and dist/")
     log_json: bool = _opt(False, "log JSON lines instead of plain text")
+    secret: str = _opt("", "secret that signs access tokens; with it (or --secret-file) access control is on, "
+                       "without it the server is a personal instance on 127.0.0.1 only")
+    secret_file: str = _opt("", "file holding the secret (./run.sh --public creates one on first start)")
+    allow_origin: str = _opt("", "comma-separated extra origins (https://host:port) allowed to open "
+                             "WebSockets besides the server's own")
+    rate: float = _opt(100.0, "frames per second one connection may send on average (token bucket)")
+    burst: int = _opt(500, "frames one connection may send at once above the average rate")
+    max_conns_per_doc: int = _opt(200, "most connections to one document")
+    max_conns_per_addr: int = _opt(100, "most connections from one client address")
     cert: str = _opt("", "TLS certificate file (PEM): serve HTTPS and WSS directly")
     key: str = _opt("", "TLS private key file (PEM) for --cert")
     trusted_proxy: str = _opt("", "comma-separated addresses of reverse proxies whose "
@@ -94,10 +103,26 @@ class Settings:
             problems.append(f"port must be 1-65535 (got {self.port})")
         if self.snapshot_every < 1:
             problems.append("snapshot_every must be at least 1")
+        if self.rate <= 0 or self.burst < 1:
+            problems.append("rate must be positive and burst at least 1")
         if bool(self.cert) != bool(self.key):
             problems.append("--cert and --key go together")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
+
+    def load_secret(self) -> bytes | None:
+        """The signing secret, from --secret or --secret-file; None for an open personal instance."""
+        if self.secret:
+            return self.secret.encode()
+        if self.secret_file:
+            try:
+                value = Path(self.secret_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read the secret file {self.secret_file}: {exc.strerror}") from None
+            if len(value) < 16:
+                raise ValueError(f"the secret in {self.secret_file} is too short (16 characters at least)")
+            return value.encode()
+        return None
 
     def but(self, **changes) -> "Settings":
         return replace(self, **changes)

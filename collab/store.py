@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ class Loaded:
     text: str
     log: list[Update]          # the last updates, ending at `version`
     snapshot_version: int      # newest snapshot at or below `version`
+    salt: str = ""             # signs this document's share links
 
 
 _INSERT_UPDATE = ("INSERT INTO updates(doc_id, version, client_id, author, time, changes, inserted, deleted, "
@@ -225,13 +227,14 @@ class Store:
     async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "") -> int:
         """Make a document (idempotent); with `text`, it starts with one update inserting it."""
         now = time.time()
+        salt = secrets.token_urlsafe(12)
 
         def fn(conn: sqlite3.Connection) -> int:
             row = conn.execute("SELECT id FROM documents WHERE name = ?", (name,)).fetchone()
             if row:
                 return row[0]
-            cur = conn.execute("INSERT INTO documents(name, version, length, created, updated) "
-                               "VALUES (?, 0, 0, ?, ?)", (name, now, now))
+            cur = conn.execute("INSERT INTO documents(name, version, length, created, updated, salt) "
+                               "VALUES (?, 0, 0, ?, ?, ?)", (name, now, now, salt))
             doc_id = cur.lastrowid
             if text:
                 changes = ChangeSet.from_json([[0, *text.split("\n")]])
@@ -247,6 +250,21 @@ class Store:
                      snapshot: tuple[int, str] | None = None) -> None:
         """Make `entries` durable (one row per version) and move the document's head."""
         await self._write(append_fn(doc_id, entries, length, snapshot))
+
+    async def new_salt(self, doc_id: int) -> str:
+        """Give the document a new salt: every share link made before stops working."""
+        salt = secrets.token_urlsafe(12)
+        await self._write(lambda conn: conn.execute("UPDATE documents SET salt = ? WHERE id = ?", (salt, doc_id)))
+        return salt
+
+    async def delete_document(self, doc_id: int) -> None:
+        """Remove a document with its whole history."""
+        def fn(conn: sqlite3.Connection) -> None:
+            for table in ("updates", "snapshots", "authorship"):
+                conn.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))
+            conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+
+        await self._write(fn)
 
     async def ping(self) -> None:
         """Prove the database can take a write transaction right now."""
@@ -265,10 +283,10 @@ class Store:
         keep = self.keep
 
         def fn(conn: sqlite3.Connection) -> Loaded | None:
-            row = conn.execute("SELECT id, version FROM documents WHERE name = ?", (name,)).fetchone()
+            row = conn.execute("SELECT id, version, salt FROM documents WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return None
-            doc_id, version = row
+            doc_id, version, salt = row
             snap_version, text = _snapshot_at(conn, doc_id, version)
             start = min(snap_version, max(0, version - keep))
             rows = conn.execute("SELECT version, client_id, changes FROM updates "
@@ -281,7 +299,7 @@ class Store:
             doc = Text(text)
             for u in log[snap_version - log_from:]:
                 doc.apply(u.changes)
-            return Loaded(doc_id, name, version, str(doc), log[-keep:] if keep else [], snap_version)
+            return Loaded(doc_id, name, version, str(doc), log[-keep:] if keep else [], snap_version, salt)
 
         return await self._read(fn)
 
@@ -308,11 +326,11 @@ class Store:
 
     async def document(self, name: str) -> dict | None:
         def fn(conn: sqlite3.Connection) -> dict | None:
-            row = conn.execute("SELECT id, name, version, length, updated, created FROM documents "
+            row = conn.execute("SELECT id, name, version, length, updated, created, salt FROM documents "
                                "WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return None
-            return dict(zip(("id", "name", "version", "length", "updated", "created"), row))
+            return dict(zip(("id", "name", "version", "length", "updated", "created", "salt"), row))
 
         return await self._read(fn)
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import protocol
-from .errors import CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ProtocolError
+from .access import origin_allowed
+from .errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG, ProtocolError
 from .room import Peer, Rooms
 from .settings import Settings
 
@@ -43,29 +45,42 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
     name = request.match_info["doc"]
     if not protocol.valid_doc_name(name):
         raise ProtocolError("bad-request", "document names are 1-100 letters, digits, '-' or '_'")
+    trusted = trusted_proxies(settings)
+    if not origin_allowed(request.headers.get("Origin"), own_origin(request, trusted), allowed_origins(settings)):
+        raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
+    remote = client_address(request, trusted)
+    _check_capacity(rooms, settings, name, remote)
     ws = web.WebSocketResponse(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None,
                                max_msg_size=settings.max_frame, compress=False)
     await ws.prepare(request)
-    remote = client_address(request, trusted_proxies(settings))
     metrics = rooms.metrics
     metrics.connections.inc()
+    rooms.per_address[remote] = rooms.per_address.get(remote, 0) + 1
     peer: Peer | None = None
     try:
+        grant = rooms.access.role(request.query.get("token"), name, await rooms.salt_of(name))
         hello = await _receive_hello(ws, settings)
         if hello is None:
             return ws
         if rooms.closing:
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
             return ws
-        peer = Peer(ws, hello.client_id, hello.user, "edit", remote, settings.send_buffer, metrics.bytes_out)
+        role = "view" if grant == "view" else "edit"
+        peer = Peer(ws, hello.client_id, hello.user, role, remote, settings.send_buffer, metrics.bytes_out)
+        peer.admin = grant == "admin"
         room = await rooms.get(name)
         await room.join(peer, hello)
-        log.info("open doc=%s session=%s client=%s addr=%s", name, peer.session, hello.client_id, remote)
+        log.info("open doc=%s session=%s client=%s role=%s addr=%s", name, peer.session, hello.client_id,
+                 role, remote)
+        bucket = TokenBucket(settings.rate, settings.burst)
         async for msg in ws:
             if peer.closed:
                 break
             if msg.type == WSMsgType.TEXT:
                 metrics.bytes_in.inc(len(msg.data))
+                if not bucket.take(time.monotonic()):
+                    _refuse(peer, bucket.refusal())
+                    continue
                 await _frame(peer, msg.data, settings)
             elif msg.type == WSMsgType.BINARY:
                 _refuse(peer, ProtocolError("bad-message", "frames must be UTF-8 JSON text frames"))
@@ -82,6 +97,11 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
         await ws.close(code=CLOSE_INTERNAL, message=b"internal error")
     finally:
         metrics.connections.dec()
+        left = rooms.per_address.get(remote, 1) - 1
+        if left > 0:
+            rooms.per_address[remote] = left
+        else:
+            rooms.per_address.pop(remote, None)
         if peer is not None:
             peer.closed = True
             if peer.room is not None:
@@ -126,6 +146,56 @@ async def _frame(peer: Peer, data: str, settings: Settings) -> None:
         _refuse(peer, exc)
 
 
+class TokenBucket:
+    """`rate` frames a second on average, `burst` at once; persistent excess ends the connection."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "refused")
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.refused = 0
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused = max(0, self.refused - 1)
+            return True
+        self.refused += 1
+        return False
+
+    def refusal(self) -> ProtocolError:
+        if self.refused > self.burst:  # ignored our errors for a whole burst's worth of frames
+            return ProtocolError("rate-limited", "persistently over the rate limit", close=CLOSE_RATE_LIMITED)
+        return ProtocolError("rate-limited", f"over {self.rate:g} frames a second; this frame was dropped")
+
+
+def _check_capacity(rooms: Rooms, settings: Settings, name: str, remote: str) -> None:
+    room = rooms.rooms.get(name)
+    if room is not None and len(room.peers) >= settings.max_conns_per_doc:
+        raise ProtocolError("rate-limited", f"document {name!r} has {settings.max_conns_per_doc} connections, "
+                            "the most allowed")
+    if rooms.per_address.get(remote, 0) >= settings.max_conns_per_addr:
+        raise ProtocolError("rate-limited", f"{settings.max_conns_per_addr} connections from one address "
+                            "is the most allowed")
+
+
+def own_origin(request: web.Request, trusted: frozenset[str]) -> str:
+    """This server's origin as the browser sees it (scheme from a trusted proxy if there is one)."""
+    scheme = request.scheme
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if peer and peer[0] in trusted:
+        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
+    return f"{scheme}://{request.host}"
+
+
+def allowed_origins(settings: Settings) -> frozenset[str]:
+    return frozenset(o.strip().rstrip("/").lower() for o in settings.allow_origin.split(",") if o.strip())
+
+
 def trusted_proxies(settings: Settings) -> frozenset[str]:
     return frozenset(a.strip() for a in settings.trusted_proxy.split(",") if a.strip())
 
@@ -150,6 +220,8 @@ def _refuse(peer: Peer, exc: ProtocolError) -> None:
 async def _close_with(ws: web.WebSocketResponse, exc: ProtocolError) -> None:
     if ws.closed:
         return
+    if exc.code in ("unauthorized", "forbidden") and exc.close is None:
+        exc = ProtocolError(exc.code, exc.message, close=CLOSE_POLICY)
     try:
         if exc.code != "internal":
             await ws.send_frame(protocol.error_frame(exc.code, exc.message), WSMsgType.TEXT)

@@ -31,6 +31,10 @@ class ServerProcess:
     `start()` blocks until `/healthz` answers 200 (or raises with the server's
     output); `kill()` sends SIGKILL; `stop()` sends SIGTERM and waits;
     `restart()` starts it again on the same port and database.
+
+    These servers carry synthetic load (clients pushing as fast as they are
+    acknowledged), so the per-connection rate limit is raised unless a test
+    passes its own `--rate`; the limit itself is tested in-process.
     """
 
     def __init__(self, db: Path, port: int | None = None, extra_args: list[str] | None = None,
@@ -38,6 +42,8 @@ class ServerProcess:
         self.db = Path(db)
         self.port = port or free_port()
         self.extra_args = list(extra_args or [])
+        if "--rate" not in self.extra_args:
+            self.extra_args += ["--rate", "1000000", "--burst", "1000000"]
         self.log_path = log_path or self.db.with_suffix(".log")
         self.proc: subprocess.Popen | None = None
         self._log = None
