@@ -1,0 +1,293 @@
+"""The deployment as documented: docs/nginx-collab.conf under a real nginx, TLS both ways, the systemd unit.
+
+nginx runs in the foreground as a child of the test, with its own prefix,
+pid and logs under tmp_path, listening on random 127.0.0.1 ports; its site
+is docs/nginx-collab.conf itself with only ports and certificate paths
+substituted (each substitution must match exactly once, so the test breaks
+instead of silently testing something else when the file changes). A
+self-signed certificate made with openssl is trusted by the clients
+(NODE_EXTRA_CA_CERTS for Node, an SSL context for Python), so TLS is
+verified, not switched off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client as httpclient
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from conftest import JS_DIR
+from serverproc import ROOT, ServerProcess, free_port, get_json
+
+DOCS = ROOT / "docs"
+NGINX = "/usr/sbin/nginx"
+PROXY_ADDRESS = "127.0.0.2"  # nginx connects to collab from here, so forwarded addresses are visible
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.fail("openssl is not installed: these tests need it for a self-signed certificate "
+                    "(Debian: apt-get install openssl)")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert,
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+def tls_client_context(cert: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cert))
+
+
+def site_config(backend_port: int, http_port: int, https_port: int, cert: Path, key: Path) -> str:
+    """docs/nginx-collab.conf with our ports and certificate; each line substituted must occur exactly once."""
+    text = (DOCS / "nginx-collab.conf").read_text()
+    for old, new in [
+        ("listen 80;", f"listen 127.0.0.1:{http_port};"),
+        ("listen [::]:80;", ""),
+        ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
+        ("listen [::]:443 ssl;", ""),
+        ("server 127.0.0.1:8080;", f"server 127.0.0.1:{backend_port};"),
+        ("ssl_certificate     /etc/letsencrypt/live/collab.example.com/fullchain.pem;", f"ssl_certificate {cert};"),
+        ("ssl_certificate_key /etc/letsencrypt/live/collab.example.com/privkey.pem;", f"ssl_certificate_key {key};"),
+    ]:
+        lines = [line for line in text.splitlines() if line.strip() == old]
+        assert len(lines) == 1, f"docs/nginx-collab.conf should have the line {old!r} exactly once"
+        text = text.replace(lines[0], lines[0].replace(old, new))
+    return text
+
+
+class Nginx:
+    """A foreground nginx (master + one worker) with everything under `prefix`."""
+
+    def __init__(self, prefix: Path, site: str):
+        self.prefix = prefix
+        for sub in ("tmp", "logs"):
+            (prefix / sub).mkdir(parents=True, exist_ok=True)
+        (prefix / "collab.conf").write_text(site)
+        temp = "\n".join(f"    {kind}_temp_path {prefix}/tmp/{kind};"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (prefix / "nginx.conf").write_text(f"""
+{"user root root;" if os.geteuid() == 0 else ""}
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {prefix}/logs/access.log;
+{temp}
+    proxy_bind {PROXY_ADDRESS};
+    include {prefix}/collab.conf;
+}}
+""")
+        self.proc: subprocess.Popen | None = None
+
+    def command(self, *extra: str) -> list[str]:
+        return [NGINX, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-e",
+                str(self.prefix / "logs" / "error.log"), *extra]
+
+    def start(self, port: int) -> "Nginx":
+        if not os.path.exists(NGINX):
+            pytest.fail(f"{NGINX} is missing: the deployment test runs the documented config under a real "
+                        "nginx (Debian: apt-get install nginx)")
+        check = subprocess.run(self.command("-t"), capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, f"nginx -t refuses the documented config:\n{check.stderr}"
+        self.log = open(self.prefix / "logs" / "stdout.log", "wb")
+        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"nginx exited:\n{self.errors()}"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"nginx did not listen on {port}:\n{self.errors()}")
+
+    def errors(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in (self.prefix / "logs").glob("*.log"))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc:
+            self.log.close()
+
+
+def fuzz(node: str, url: str, doc: str, cert: Path, seed: int) -> dict:
+    """Two headless @codemirror/collab clients editing `doc` at `url` until they converge."""
+    env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(cert))
+    run = subprocess.run(
+        [node, "client.mjs", "fuzz", "--url", url, "--doc", doc, "--clients", "2", "--duration", "2500",
+         "--seed", str(seed), "--delay", "20", "--reconnects", "1", "--interval", "15,40", "--settle", "15000"],
+        cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=45)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(run.stdout)
+    problems = [x for c in r["clients"] for x in c["violations"] + [f"error {e}" for e in c["errors"]]]
+    assert problems == [] and not r["conflicts"], problems[:10]
+    assert r["ok"], f"no convergence: clients at {r['versions']}, server {r['server']}"
+    assert r["texts"][0] == r["texts"][1] and r["totalLocalEdits"] > 50, r["totalLocalEdits"]
+    for c in r["clients"]:
+        assert c["stats"]["connects"] >= 2 and c["stats"]["ownAcked"] > 0, c  # edited, reconnected, resumed
+    return r
+
+
+async def hello_through(url: str, doc: str, origin: str | None, ctx: ssl.SSLContext):
+    """Open a WebSocket like a browser page at `origin` would; the welcome, or the HTTP refusal status."""
+    headers = {"Origin": origin} if origin else {}
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.ws_connect(f"{url}/ws/{doc}", protocols=("collab.v1",), headers=headers,
+                                       ssl=ctx) as ws:
+                await ws.send_json({"type": "hello", "clientID": "browser-like", "version": None,
+                                    "user": {"name": "b", "color": "#000000"}})
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                return json.loads(msg.data)
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+
+
+def test_two_editors_through_nginx_with_tls(tmp_path, node, certificate):
+    cert, key = certificate
+    server = ServerProcess(tmp_path / "collab.db", extra_args=["--trusted-proxy", PROXY_ADDRESS])
+    http_port, https_port = free_port(), free_port()
+    nginx = Nginx(tmp_path / "nginx", site_config(server.port, http_port, https_port, cert, key))
+    try:
+        server.start()
+        nginx.start(https_port)
+        ctx = tls_client_context(cert)
+        front = f"https://127.0.0.1:{https_port}"
+
+        # Pages and the API come through, port 80 only redirects.
+        with urllib.request.urlopen(f"{front}/healthz", context=ctx, timeout=10) as r:
+            assert r.status == 200
+        req = urllib.request.Request(f"http://127.0.0.1:{http_port}/d/notes")
+        opener = urllib.request.build_opener(NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(req, timeout=10)
+        assert redirect.value.code == 301 and redirect.value.headers["Location"] == "https://127.0.0.1/d/notes"
+
+        first = asyncio.run(hello_through(f"wss://127.0.0.1:{https_port}", "through-nginx", None, ctx))
+        assert isinstance(first, dict) and first["type"] == "welcome", f"no WebSocket through nginx: {first}"
+        r = fuzz(node, f"wss://127.0.0.1:{https_port}", "through-nginx", cert, seed=3)
+        served = get_json(f"{server.url}/api/docs/through-nginx")  # straight from collab, not via nginx
+        assert served["doc"] == r["texts"][0] and served["version"] == r["versions"][0]
+
+        # A browser page of this site may connect through the proxy (Host and X-Forwarded-Proto are
+        # passed on, so collab recognises its own https origin); a page of another site may not.
+        welcome = asyncio.run(hello_through(f"wss://127.0.0.1:{https_port}", "through-nginx",
+                                            f"https://127.0.0.1:{https_port}", ctx))
+        assert isinstance(welcome, dict) and welcome["type"] == "welcome", welcome
+        assert welcome["doc"] == served["doc"]
+        refused = asyncio.run(hello_through(f"wss://127.0.0.1:{https_port}", "through-nginx",
+                                            "https://evil.example", ctx))
+        assert refused == 403, refused
+
+        # collab saw the clients' own address (from X-Forwarded-For, nginx being a trusted proxy),
+        # not the proxy's.
+        opens = [line for line in server.log().splitlines() if "through-nginx" in line and "open" in line]
+        assert opens and all(re.search(r"addr\W+127\.0\.0\.1\b", line) for line in opens), opens[:5]
+        assert not any(PROXY_ADDRESS in line for line in opens)
+        assert "through-nginx" in (tmp_path / "nginx" / "logs" / "access.log").read_text()
+    finally:
+        nginx.stop()
+        server.kill()
+    assert server.proc.returncode == -signal.SIGKILL, "collab ran to the end of the test"
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_two_editors_over_wss_served_by_collab_itself(tmp_path, node, certificate):
+    cert, key = certificate
+    server = ServerProcess(tmp_path / "collab.db", extra_args=["--cert", str(cert), "--key", str(key)])
+    ctx = tls_client_context(cert)
+    try:
+        _start_tls(server, ctx)
+        assert f"collab: listening on https://127.0.0.1:{server.port}" in server.log()
+        r = fuzz(node, f"wss://127.0.0.1:{server.port}", "direct-tls", cert, seed=4)
+        with urllib.request.urlopen(f"https://127.0.0.1:{server.port}/api/docs/direct-tls", context=ctx,
+                                    timeout=10) as resp:
+            served = json.loads(resp.read())
+        assert (served["version"], served["doc"]) == (r["versions"][0], r["texts"][0])
+        # Only TLS on that port: plain HTTP gets no answer.
+        with pytest.raises((urllib.error.URLError, ConnectionError, httpclient.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5).read()
+    finally:
+        server.kill()
+
+
+def _start_tls(server: ServerProcess, ctx: ssl.SSLContext, timeout: float = 20) -> None:
+    """ServerProcess.start for a server that speaks only HTTPS: wait for /healthz over TLS."""
+    server._log = open(server.log_path, "ab")
+    server.proc = subprocess.Popen(
+        [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(server.port),
+         "--db", str(server.db), *server.extra_args],
+        cwd=ROOT, stdout=server._log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.proc.poll() is None, f"server exited:\n{server.log()}"
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{server.port}/healthz", context=ctx, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"the TLS server did not become healthy:\n{server.log()}")
+
+
+def test_bad_certificate_is_a_clear_startup_error(tmp_path):
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    run = subprocess.run([sys.executable, "-m", "collab", "serve", "--port", str(free_port()),
+                          "--db", str(tmp_path / "c.db"), "--cert", str(tmp_path / "cert.pem"),
+                          "--key", str(tmp_path / "missing.pem")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert run.returncode != 0 and "cannot use --cert" in run.stderr, run.stderr
+
+
+def test_systemd_unit_is_valid_and_uses_real_settings(tmp_path):
+    from collab.settings import Settings
+    unit = (DOCS / "collab.service").read_text()
+    env = dict(re.findall(r"^Environment=(COLLAB_[A-Z_]+)=(.*)$", unit, re.M))
+    known = {f"COLLAB_{name.upper()}" for name in Settings.__dataclass_fields__}
+    assert env and set(env) <= known, set(env) - known
+    settings = Settings.from_env(env)  # the values parse and pass validation
+    assert settings.trusted_proxy == "127.0.0.1" and settings.host == "127.0.0.1"
+    (start,) = re.findall(r"^ExecStart=(.*)$", unit, re.M)
+    assert start.split()[1:] == ["-m", "collab", "serve"], start
+    # The nginx site proxies to the address the unit listens on.
+    assert f"server {settings.host}:{settings.port};" in (DOCS / "nginx-collab.conf").read_text()
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:
+        pytest.fail("systemd-analyze is missing (Debian package systemd): it checks docs/collab.service")
+    local = tmp_path / "collab.service"
+    local.write_text(unit.replace("/opt/collab/.venv/bin/python", sys.executable))
+    run = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "collab.service" not in run.stderr, run.stderr
