@@ -269,7 +269,7 @@ async def _compact(settings: Settings, keep: int) -> list[tuple[str, int, int, b
                 text = await store.text_at(info["id"], boundary)
                 try:
                     spans = (await store.authorship(info["id"], boundary)).to_list()
-                except RuntimeError:  # history below was compacted before authorship was cached
+                except (RuntimeError, LookupError):  # compacted before authorship was cached
                     spans = None
                 rows = await asyncio.to_thread(_compact_document, conn, info["id"], boundary, text, spans)
                 results.append((info["name"], boundary, rows, spans is not None))

@@ -1,0 +1,382 @@
+"""Admin commands against a real server and database: docs, export/import, backup under load, compact.
+
+Every command runs as `python -m collab ...` in a subprocess, as a person
+would run it, next to a live `collab serve` on the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import aiohttp
+import pytest
+
+from collab.changes import ChangeSet, utf16_len
+from collab.store import Store
+from conftest import JS_DIR
+from serverproc import ROOT, ServerProcess, get_json
+from test_durability import apply_changes
+
+USER = {"name": "Admin test", "color": "#336699"}
+
+
+def collab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collab", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, f"{result.args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    procs = []
+
+    def start(*extra: str, db=None) -> ServerProcess:
+        proc = ServerProcess(db or tmp_path / "collab.db", extra_args=list(extra))
+        procs.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in procs:
+        proc.kill()
+
+
+class Scribe:
+    """One editor over a real WebSocket: one update at a time, each awaited until acknowledged.
+
+    Keeps the text at every version it saw (`texts`), computed from the
+    updates the server broadcast.
+    """
+
+    def __init__(self, ws, client_id: str, welcome: dict):
+        self.ws, self.id = ws, client_id
+        self.version = welcome["version"]
+        self.text = welcome.get("doc", "")
+        self.texts = {self.version: self.text}
+
+    @classmethod
+    async def join(cls, http: aiohttp.ClientSession, ws_url: str, doc: str, client_id: str, version=None):
+        ws = await http.ws_connect(f"{ws_url}/ws/{doc}", protocols=("collab.v1",), max_msg_size=0)
+        await ws.send_json({"type": "hello", "clientID": client_id, "version": version, "user": USER})
+        return cls(ws, client_id, await cls._next(ws, "welcome"))
+
+    @staticmethod
+    async def _next(ws, kind: str) -> dict:
+        while True:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
+            frame = json.loads(msg.data)
+            if frame["type"] == kind:
+                return frame
+            assert frame["type"] in ("presence", "leave"), frame
+
+    async def edit(self, changes: list) -> None:
+        await self.ws.send_json({"type": "push", "version": self.version,
+                                 "updates": [{"clientID": self.id, "changes": changes}]})
+        while True:
+            frame = await self._next(self.ws, "updates")
+            assert frame["from"] == self.version, frame
+            for u in frame["updates"]:
+                self.text = ChangeSet.from_json(u["changes"]).apply_to_str(self.text)
+                self.version += 1
+                self.texts[self.version] = self.text
+            if any(u["clientID"] == self.id for u in frame["updates"]):
+                return
+
+    async def insert_at_end(self, text: str) -> None:
+        n = utf16_len(self.text)
+        await self.edit(([n] if n else []) + [[0, *text.split("\n")]])
+
+    def random_edit(self, rnd: random.Random) -> list:
+        t = self.text
+        pos = rnd.randint(0, len(t))
+        cut = rnd.randint(0, min(5, len(t) - pos)) if rnd.random() < 0.3 else 0
+        ins = rnd.choice(["a", "bc", " word", "😀", "\n", "é", "中"])
+        head, mid, tail = utf16_len(t[:pos]), utf16_len(t[pos:pos + cut]), utf16_len(t[pos + cut:])
+        return ([head] if head else []) + [[mid, *ins.split("\n")]] + ([tail] if tail else [])
+
+
+FIXED = {
+    "unicode": ["héllo wörld\n", "中文 😀👍🏽 𝄞\n", "e\u0301 ok"],
+    "blank-lines": ["\n\nx\n", "\n\n"],
+    "Mixed_Case-9": ["no newline at the end"],
+}
+
+
+async def make_documents(ws_url: str, random_edits: int = 150) -> dict[str, str]:
+    """Documents with awkward content and one with a long random history; returns name -> text."""
+    rnd = random.Random(5)
+    texts = {}
+    async with aiohttp.ClientSession() as http:
+        s = await Scribe.join(http, ws_url, "notes", "scribe-notes")
+        for _ in range(random_edits):
+            await s.edit(s.random_edit(rnd))
+        texts["notes"] = s.text
+        for name, pieces in FIXED.items():
+            s = await Scribe.join(http, ws_url, name, f"scribe-{name}")
+            for piece in pieces:
+                await s.insert_at_end(piece)
+            texts[name] = s.text
+            assert s.text == "".join(pieces)
+        s = await Scribe.join(http, ws_url, "empty", "scribe-empty")
+        texts["empty"] = ""
+    return texts
+
+
+async def read_all(db) -> dict[str, tuple[int, str]]:
+    store = Store(db)
+    await store.open()
+    try:
+        out = {}
+        for d in await store.list_documents():
+            info = await store.document(d["name"])
+            out[d["name"]] = (info["version"], await store.text_at(info["id"], info["version"]))
+        return out
+    finally:
+        await store.close()
+
+
+# ----------------------------------------------------------- export / import
+
+def test_docs_export_and_import_reproduce_every_document(start_server, tmp_path):
+    server = start_server()
+    texts = asyncio.run(make_documents(server.ws_url))
+
+    listing = ok(collab("docs", "--db", server.db)).splitlines()
+    assert listing[0].split()[:3] == ["name", "version", "length"]
+    rows = {line.split()[0]: line.split() for line in listing[1:]}
+    assert set(rows) == set(texts)
+    for name, text in texts.items():
+        info = get_json(f"{server.url}/api/docs/{name}")
+        assert rows[name][1:3] == [str(info["version"]), str(utf16_len(text))], rows[name]
+        assert time.strptime(" ".join(rows[name][3:5]), "%Y-%m-%d %H:%M:%S")
+
+    out = tmp_path / "export"
+    assert "exported 5 documents" in ok(collab("export", out, "--db", server.db))  # while the server runs
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.txt" for n in texts)
+    for name, text in texts.items():
+        assert (out / f"{name}.txt").read_bytes() == text.encode("utf-8"), name
+
+    fresh = tmp_path / "fresh" / "new.db"
+    assert "imported 5 documents" in ok(collab("import", out, "--db", fresh))
+    imported = asyncio.run(read_all(fresh))
+    assert {n: t for n, (_, t) in imported.items()} == texts
+    assert {n: v for n, (v, _) in imported.items()} == {n: (1 if t else 0) for n, t in texts.items()}
+
+    # A server on the imported database serves them; history shows one update by "import".
+    other = start_server(db=fresh)
+    for name, text in texts.items():
+        assert get_json(f"{other.url}/api/docs/{name}")["doc"] == text
+    entry = get_json(f"{other.url}/api/docs/notes/history")["entries"]
+    assert [(e["version"], e["author"]) for e in entry] == [(1, "import")]
+
+
+def test_import_refuses_clashes_and_bad_files(start_server, tmp_path):
+    server = start_server()
+    texts = asyncio.run(make_documents(server.ws_url, random_edits=20))
+    out = tmp_path / "export"
+    ok(collab("export", out, "--db", server.db))
+    before = asyncio.run(read_all(server.db))
+
+    (out / "bad name.txt").write_text("spaces are not allowed in names")
+    (out / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (out / "crlf.txt").write_bytes(b"one\r\ntwo\rthree\n")
+    (out / "README.md").write_text("not a document")
+    result = collab("import", out, "--db", server.db)  # into the live database
+    assert result.returncode == 1, result
+    for name in texts:
+        assert f"{name}.txt: a document named {name!r} exists already" in result.stderr
+    assert "'bad name' is not a document name" in result.stderr
+    assert "latin1.txt: not UTF-8" in result.stderr
+    assert "skipped README.md" in result.stderr
+    assert "imported 1 documents" in result.stdout and "refused 7" in result.stdout
+
+    after = asyncio.run(read_all(server.db))
+    assert after.pop("crlf") == (1, "one\ntwo\nthree\n")
+    assert after == before, "clashing documents were left exactly as they were"
+    assert get_json(f"{server.url}/api/docs/crlf")["doc"] == "one\ntwo\nthree\n"
+
+    missing = collab("export", tmp_path / "x", "--db", tmp_path / "nope.db")
+    assert missing.returncode == 1 and "no database at" in missing.stderr
+    assert not (tmp_path / "nope.db").exists()
+
+
+# --------------------------------------------------------------------- backup
+
+LOAD_MS = 6000
+
+
+def test_backup_during_continuous_edits_is_consistent(start_server, node, tmp_path):
+    server = start_server()
+    texts = asyncio.run(make_documents(server.ws_url, random_edits=30))
+    record = tmp_path / "acked.json"
+    load = subprocess.Popen(
+        [node, "client.mjs", "fuzz", "--url", server.ws_url, "--doc", "busy", "--clients", "3",
+         "--duration", str(LOAD_MS), "--seed", "11", "--delay", "0", "--reconnects", "0",
+         "--interval", "15,30", "--settle", "20000", "--record-out", str(record)],
+        cwd=JS_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    backups = []
+    try:
+        time.sleep(1.0)
+        for k in range(3):
+            path = tmp_path / f"backup-{k}.db"
+            assert "integrity ok" in ok(collab("backup", path, "--db", server.db))
+            backups.append(path)
+            time.sleep(0.5)
+        out, err = load.communicate(timeout=LOAD_MS / 1000 + 30)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    assert load.returncode == 0, err[-3000:]
+    r = json.loads(out)
+    assert r["ok"] and not r["conflicts"], (r["versions"], r["server"], [c["violations"][:3] + c["errors"][:3] for c in r["clients"]])
+    final = get_json(f"{server.url}/api/docs/busy")
+    acked = {int(v): u for v, u in json.loads(record.read_text()).items()}
+    assert set(acked) == set(range(1, final["version"] + 1))
+
+    seen_versions = []
+    for path in backups:
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",), "a self-contained file"
+        (version,) = conn.execute("SELECT version FROM documents WHERE name = 'busy'").fetchone()
+        rows = conn.execute("SELECT version, client_id, changes FROM updates WHERE doc_id = "
+                            "(SELECT id FROM documents WHERE name = 'busy') ORDER BY version").fetchall()
+        conn.close()
+        # The copy holds exactly the acknowledged updates 1..version: one moment of the server's history.
+        assert [v for v, _, _ in rows] == list(range(1, version + 1)), path
+        for v, client_id, changes in rows:
+            assert {"clientID": client_id, "changes": json.loads(changes)} == acked[v], (path, v)
+        text16 = b""
+        for v in range(1, version + 1):
+            text16 = apply_changes(text16, acked[v]["changes"])
+        copied = asyncio.run(read_all(path))
+        assert copied["busy"] == (version, text16.decode("utf-16-le")), path
+        assert {n: t for n, (_, t) in copied.items() if n != "busy"} == texts
+        seen_versions.append(version)
+    assert 0 < seen_versions[0] <= seen_versions[1] <= seen_versions[2] < final["version"], \
+        f"backups were taken while the edits went on: {seen_versions} < {final['version']}"
+
+    refused = collab("backup", backups[0], "--db", server.db)
+    assert refused.returncode == 1 and "pass --force" in refused.stderr
+    ok(collab("backup", backups[0], "--db", server.db, "--force"))
+    assert asyncio.run(read_all(backups[0]))["busy"] == (final["version"], final["doc"])
+
+
+# -------------------------------------------------------------------- compact
+
+def snapshot_versions(db, doc: str) -> list[int]:
+    conn = sqlite3.connect(db)
+    try:
+        return [v for (v,) in conn.execute("SELECT version FROM snapshots WHERE doc_id = "
+                                           "(SELECT id FROM documents WHERE name = ?) ORDER BY version", (doc,))]
+    finally:
+        conn.close()
+
+
+def get_status(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def version_text(server: ServerProcess, doc: str, v: int) -> tuple[int, dict]:
+    status, body = get_status(f"{server.url}/api/docs/{doc}/versions/{v}")
+    return status, json.loads(body)
+
+
+async def scribble(ws_url: str, doc: str, edits: int, seed: int, texts: dict[int, str]) -> None:
+    rnd = random.Random(seed)
+    async with aiohttp.ClientSession() as http:
+        s = await Scribe.join(http, ws_url, doc, f"scribe-{seed}")
+        assert s.text == texts.get(s.version, ""), "resumed where the last run ended"
+        for _ in range(edits):
+            await s.edit(s.random_edit(rnd))
+        texts.update(s.texts)
+        await s.ws.close()
+
+
+async def welcome_for(ws_url: str, doc: str, version: int) -> tuple[dict, dict | None]:
+    """The welcome for a hello resuming at `version`, and the reply to a push based on it."""
+    async with aiohttp.ClientSession() as http:
+        s = await Scribe.join(http, ws_url, doc, "old-laptop", version=version)
+        await s.ws.send_json({"type": "push", "version": version,
+                              "updates": [{"clientID": "old-laptop", "changes": [[0, "x"], 1]}]})
+        reply = await Scribe._next(s.ws, "error")
+        await s.ws.close()
+    return s.texts, reply
+
+
+def test_compact_keeps_current_text_boundary_and_snapshots(start_server, tmp_path):
+    server = start_server("--snapshot-every", "40")
+    texts: dict[int, str] = {}
+    asyncio.run(scribble(server.ws_url, "doc", 300, 1, texts))
+    asyncio.run(scribble(server.ws_url, "small", 20, 2, {}))
+    snaps = snapshot_versions(server.db, "doc")
+    assert snaps == [40, 80, 120, 160, 200, 240, 280], snaps
+
+    assert "nothing to do" in ok(collab("compact", "--db", server.db))  # keep-history 0 keeps all
+    out = ok(collab("compact", "--db", server.db, "--keep-history", "75"))  # online: the server runs
+    assert "doc: dropped 225 updates up to version 225, snapshot kept at 225" in out, out
+    assert "small:" not in out, "a document with fewer updates than the window is left alone"
+    assert snapshot_versions(server.db, "doc") == sorted(snaps + [225])
+
+    def check(boundary: int, latest: int, readable_below: list[int]) -> None:
+        assert get_json(f"{server.url}/api/docs/doc") == {"name": "doc", "version": latest, "doc": texts[latest]}
+        for v in readable_below + list(range(boundary, latest + 1)):
+            assert version_text(server, "doc", v) == (200, {"version": v, "doc": texts[v]}), v
+        hist = get_json(f"{server.url}/api/docs/doc/history?limit=1000")["entries"]
+        assert [e["version"] for e in hist] == list(range(latest, boundary, -1))
+        for v in (boundary, latest):
+            spans = get_json(f"{server.url}/api/docs/doc/authors?version={v}")["spans"]
+            assert spans[-1]["to"] == utf16_len(texts[v]) and spans[0]["from"] == 0
+
+    check(225, 300, snaps[:-2])
+    assert version_text(server, "doc", 100)[0] != 200, "compacted away (the exact answer: the test below)"
+    assert ok(collab("compact", "--db", server.db, "--keep-history", "75")).endswith(
+        "compacted 0 documents, 0 updates dropped, keeping 75 per document\n"), "a second run finds nothing"
+
+    # The server restarts from the compacted database and goes on; a second compaction moves the boundary.
+    server.kill()
+    server.start()
+    check(225, 300, snaps[:-2])
+    welcome, reply = asyncio.run(welcome_for(server.ws_url, "doc", 10))
+    assert welcome == {300: texts[300]}, "a resume from a compacted version gets the full text"
+    assert reply["code"] == "bad-version" and "compacted" in reply["message"], reply
+    asyncio.run(scribble(server.ws_url, "doc", 60, 3, texts))
+    out = ok(collab("compact", "--db", server.db, "--keep-history", "75"))
+    assert "doc: dropped 60 updates up to version 285" in out, out
+    check(285, 360, sorted(snaps + [225]))
+    assert server.proc.poll() is None
+
+
+def test_compacted_version_is_a_clear_not_found(start_server):
+    """A version whose rows were compacted away (and that has no snapshot) answers 404 not-found,
+    naming the nearest versions that can still be read."""
+    server = start_server("--snapshot-every", "20")
+    texts: dict[int, str] = {}
+    asyncio.run(scribble(server.ws_url, "doc", 70, 4, texts))
+    ok(collab("compact", "--db", server.db, "--keep-history", "25"))  # boundary 45; snapshots 20, 40, 60
+    for v in (20, 40, 45, 46, 70):
+        assert version_text(server, "doc", v) == (200, {"version": v, "doc": texts[v]})
+    status, body = version_text(server, "doc", 30)
+    assert status == 404, (status, body)
+    assert body["error"]["code"] == "not-found"
+    assert body["error"]["message"] == "version 30 was compacted away; the nearest readable versions are 20 and 40"
+    for path in ("export?version=30", "authors?version=30"):  # every route reading old versions says the same
+        status, _ = get_status(f"{server.url}/api/docs/doc/{path}")
+        assert status == 404, path
