@@ -239,7 +239,7 @@ def compact(settings: Settings) -> int:
     readable (snapshot B plus the kept rows), and versions below B only where
     a snapshot was stored (every --snapshot-every updates and whenever the
     document was unloaded). Safe while the server runs: the server only ever
-    adds rows above V.
+    adds rows above V, and the rows go in short transactions (COMPACT_CHUNK).
     """
     keep = settings.keep_history
     if keep <= 0:
@@ -293,11 +293,19 @@ def _has_updates_through(conn: sqlite3.Connection, doc_id: int, boundary: int) -
                         (doc_id, boundary)).fetchone() is not None
 
 
+COMPACT_CHUNK = 5000  # update rows deleted per transaction: the server's writer never waits long
+
+
 def _compact_document(conn: sqlite3.Connection, doc_id: int, boundary: int, text: str,
                       spans: list | None) -> int:
-    """One transaction: make sure snapshot `boundary` exists (and matches), then drop rows <= boundary."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    """Make sure snapshot `boundary` exists (and matches the log), then drop rows <= boundary.
+
+    The snapshot commits first, so every later state is safe to stop in: the
+    deletes then go oldest first in short transactions, and whatever subset of
+    them has committed, the current text and every version >= boundary read
+    exactly as before.
+    """
+    with _transaction(conn):
         conn.execute("INSERT OR IGNORE INTO snapshots(doc_id, version, text, time) VALUES (?,?,?,?)",
                      (doc_id, boundary, text, time.time()))
         stored = conn.execute("SELECT text FROM snapshots WHERE doc_id = ? AND version = ?",
@@ -308,13 +316,26 @@ def _compact_document(conn: sqlite3.Connection, doc_id: int, boundary: int, text
         if spans is not None:
             conn.execute("INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)",
                          (doc_id, boundary, orjson.dumps(spans).decode()))
-        rows = conn.execute("DELETE FROM updates WHERE doc_id = ? AND version <= ?",
-                            (doc_id, boundary)).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return rows
+    (low,) = conn.execute("SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()
+    dropped = 0
+    while low is not None and low <= boundary:
+        upto = min(boundary, low + COMPACT_CHUNK - 1)
+        with _transaction(conn):
+            dropped += conn.execute("DELETE FROM updates WHERE doc_id = ? AND version <= ?",
+                                    (doc_id, upto)).rowcount
+        low = upto + 1
+    return dropped
+
+
+class _transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, exc, tb):
+        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 # -------------------------------------------------------------------- docs

@@ -154,9 +154,9 @@ class ChangeSet:
         return f"ChangeSet({self.to_json()!r})"
 
     def normalized(self) -> "ChangeSet":
-        """The same changes with empty sections dropped and neighbours merged.
+        """The same changes with empty sections dropped and like neighbours merged.
 
-        CodeMirror's own constructors always produce this form; `fromJSON`
+        Sets that CodeMirror builds are left exactly as they are; `fromJSON`
         keeps whatever it is given, and its compose/map misbehave on some
         un-normalised sets (e.g. a zero-length keep: [0, 3] composed with
         [[2, "xy"], 1] inserts "xy" twice). The server normalises what clients
@@ -166,11 +166,10 @@ class ChangeSet:
         values: list[str] = []
         s, texts = self.sections, self.inserted
         for i in range(0, len(s), 2):
-            n, ins = s[i], s[i + 1]
-            # An insertion right after a deletion is one replacement, as ChangeSet.of makes it.
-            join = n == 0 and ins > 0 and len(sections) >= 2 and sections[-1] == 0
-            _add_section(sections, n, ins, join)
-            if ins > 0:
+            # No forced joins: a deletion followed by an insertion stays two
+            # sections, since merging them would move tie-breaks and positions.
+            _add_section(sections, s[i], s[i + 1])
+            if s[i + 1] > 0:
                 _add_insert(values, sections, texts[i >> 1])
         return _finish(sections, values)
 

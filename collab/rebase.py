@@ -12,6 +12,15 @@ turn) gives different tie-breaks for insertions at one position and diverges
 in about 15% of random three-peer runs, and can make a stock client crash on
 a length mismatch. Do not "simplify" this.
 
+Frames: a stock client runs `receiveUpdates` once per `updates` frame it
+receives, so its unconfirmed changes are mapped over each frame's
+composition in turn, and map(compose(a, b)) is not always map(a) then map(b)
+(insertions at one point can swap). So the server rebases a push group by
+group, along the very frame boundaries that connection receives
+(`rebase_in_frames`); with a single group this is exactly `rebaseUpdates`.
+Without it, stock clients diverged in 13-23 of 80 simulated runs with
+WebSocket-like delivery.
+
 Deduplication: a client that reconnects may push again updates the server
 already accepted (their acknowledgement was lost). Walking the accepted
 updates in order, each one whose clientID equals the clientID of the next
@@ -58,3 +67,16 @@ def rebase_updates(updates: list[Update], over: list[Update]) -> list[Update]:
         changes = changes.map_desc(update.changes, True)
         result.append(Update(update.client_id, mapped))
     return result
+
+
+def rebase_in_frames(updates: list[Update], over: list[Update], ends: list[int]) -> list[Update]:
+    """`rebase_updates` applied group by group: `over[:ends[0]]`, `over[ends[0]:ends[1]]`, ...
+
+    `ends` are offsets into `over` (strictly increasing, inside it) where one
+    frame the client receives ends and the next begins.
+    """
+    start = 0
+    for end in [*ends, len(over)]:
+        updates = rebase_updates(updates, over[start:end])
+        start = end
+    return updates

@@ -80,7 +80,7 @@ class Peer:
 
     __slots__ = ("ws", "session", "client_id", "user", "role", "remote", "queue", "queued",
                  "limit", "writer", "closed", "presence", "presence_sent", "presence_timer", "room",
-                 "bytes_out", "admin")
+                 "bytes_out", "admin", "welcome_version", "welcome_from")
 
     def __init__(self, ws: web.WebSocketResponse, client_id: str, user: dict, role: str,
                  remote: str, limit: int, bytes_out=None):
@@ -101,6 +101,8 @@ class Peer:
         self.room: Room | None = None
         self.bytes_out = bytes_out  # a prometheus Counter, or None
         self.admin = False  # came with the admin token (survives a reset of the share links)
+        self.welcome_version = 0   # the version its welcome brought it to
+        self.welcome_from: int | None = None  # where a resuming welcome's updates began
 
     def send(self, frame: bytes) -> None:
         """Write a frame now if the socket takes it, else queue it for the drain task.
@@ -184,6 +186,7 @@ class Room:
         self.unload_timer: asyncio.TimerHandle | None = None
         self.broken = False
         self._durable_waiters: list[tuple[int, asyncio.Future]] = []
+        self.frame_ends: list[int] = []  # last version of each `updates` frame broadcast (recent ones)
 
     # ------------------------------------------------------------- joining
 
@@ -215,6 +218,8 @@ class Room:
         else:
             frame = protocol.welcome(peer.session, peer.role, version, [p for p in peers if p],
                                      doc=self.seq.committed_text())
+        peer.welcome_version = version
+        peer.welcome_from = want if updates is not None else None
         peer.room = self
         self.peers[peer.session] = peer
         self.by_client[peer.client_id] = peer
@@ -234,7 +239,7 @@ class Room:
         for _ in range(3):
             try:
                 accepted = self.seq.push(peer.client_id, msg.version, msg.updates,
-                                         peer.user["name"], now, history)
+                                         peer.user["name"], now, history, self.frames_for(peer, msg.version))
                 break
             except NeedHistory as need:
                 history = await self.store.updates(self.doc_id, need.since, need.until)
@@ -248,6 +253,21 @@ class Room:
         if accepted:
             self.rooms.metrics.rebase_distance.observe(max(0, behind))
             self.store.schedule(self)
+
+    def frames_for(self, peer: Peer, version: int) -> list[int]:
+        """Where the frames `peer` gets after `version` end: its welcome, each broadcast, the batch
+        being committed; the updates after that share one frame with this push."""
+        ends = []
+        if version < peer.welcome_version:
+            if peer.welcome_from is not None and version < peer.welcome_from:
+                ends.append(peer.welcome_from)
+            ends.append(peer.welcome_version)
+        after = max(version, peer.welcome_version)
+        ends += [e for e in self.frame_ends if e > after]
+        in_flight = self.seq.in_flight_end()
+        if in_flight is not None:
+            ends.append(in_flight)
+        return ends
 
     async def submit(self, client_id: str, version: int, updates: list, author: str,
                      restored_from: int | None = None) -> int:
@@ -316,6 +336,9 @@ class Room:
         self.seq.committed(last)
         if snapshot:
             self.last_snapshot = last
+        self.frame_ends.append(last)
+        if len(self.frame_ends) > 2 * self.settings.keep_updates:
+            del self.frame_ends[:len(self.frame_ends) - self.settings.keep_updates]
         frame = protocol.updates_frame(batch)
         for p in self.peers.values():
             p.send(frame)

@@ -27,7 +27,7 @@ import orjson
 
 from .changes import ChangeSet
 from .errors import ChangeError, ProtocolError
-from .rebase import Update, rebase_updates
+from .rebase import Update, rebase_in_frames
 from .text import Text
 
 
@@ -98,8 +98,12 @@ class Sequencer:
     # ---------------------------------------------------------------- pushes
 
     def push(self, client_id: str, version, updates: list[Update], author: str, time: float,
-             history: list[Update] | None = None) -> list[Accepted]:
+             history: list[Update] | None = None, frames: list[int] | None = None) -> list[Accepted]:
         """Accept a batch made on top of `version`; return what it became, with versions.
+
+        `frames` are the versions (between `version` and the head) at which
+        the frames this client receives end: the push is rebased frame by
+        frame, as the client itself will do (rebase.rebase_in_frames).
 
         Raises ProtocolError (`bad-version`, `bad-message`, `bad-changes`,
         `too-large`) and leaves everything unchanged, or NeedHistory when the
@@ -124,7 +128,8 @@ class Sequencer:
                                   f"but at that point the document has length {expected}")
             expected = u.changes.new_length
 
-        rebased = rebase_updates(updates, over)
+        ends = [f - version for f in frames or () if version < f < self.version]
+        rebased = rebase_in_frames(updates, over, sorted(set(ends)))
         if rebased and rebased[0].changes.length != self.text.length:
             # Only possible when re-pushed updates differ from the accepted ones.
             raise ChangeError("re-pushed updates do not match the updates accepted from this client")
@@ -159,6 +164,10 @@ class Sequencer:
         return undo
 
     # ------------------------------------------------------------ durability
+
+    def in_flight_end(self) -> int | None:
+        """The last version of the batch the store is writing now (its frame ends there)."""
+        return self.pending[self._taken - 1].version if self._taken else None
 
     def committed_text(self) -> str:
         """The text at `committed_version` (what may be shown: it is durable)."""

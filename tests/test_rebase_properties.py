@@ -1,7 +1,7 @@
 """Many peers, one authority built on rebase_updates, one fake network.
 
 The authority keeps the accepted updates; a push made at version v becomes
-`rebase_updates(pushed, accepted[v:])`, appended. Peers are a port of
+`rebase_in_frames(pushed, accepted[v:], frames)`, appended. Peers are a port of
 @codemirror/collab's client side (`receiveUpdates`: own updates recognised by
 clientID, in order; unconfirmed updates mapped over the composed remote
 changes). Hypothesis picks the interleaving: edits, pushes, re-pushes of
@@ -12,14 +12,13 @@ Two network models:
     it is sent, and a peer receives all it lacks in one call. Peers must
     converge, whatever the edits.
   * "network", a WebSocket server: pushes wait in flight and are handled in
-    any order, each accepted batch is its own frame. Insert-only edits must
-    converge with nothing lost or duplicated. With deletions, CodeMirror's
-    algorithm itself lets a peer diverge when the updates its pending push is
-    rebased over reach it in two frames (test_split_frames_diverge): the peer
-    maps its change step by step, the authority over the composition, and
-    `x.map(a.compose(b))` != `x.map(a).map(b)` for an insertion where `a`
-    deleted and `b` inserted. Those tests are marked xfail(strict) until the
-    server does something about it.
+    any order, each accepted batch is its own frame. A peer maps its pending
+    changes frame by frame, and `x.map(a.compose(b))` != `x.map(a).map(b)`
+    for an insertion where `a` deleted and `b` inserted, so rebasing over the
+    composition (CodeMirror's rebaseUpdates as is) diverges; the authority
+    here rebases along the frames the pushing peer receives, as the server
+    does (rebase_in_frames), and every run must converge
+    (test_split_frames_converge is the smallest case).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from hypothesis import strategies as st
 
 import casegen as cg
 from collab.changes import ChangeError, ChangeSet
-from collab.rebase import Update, rebase_updates
+from collab.rebase import Update, rebase_in_frames, rebase_updates
 
 
 def wire(update: Update) -> Update:
@@ -51,10 +50,15 @@ class Authority:
     def text(self) -> str:
         return self.history[-1]
 
-    def push(self, version: int, updates: list[Update]) -> tuple[int, list[Update]] | None:
+    def push(self, version: int, updates: list[Update],
+             frames: list[int] | None = None) -> tuple[int, list[Update]] | None:
+        """Rebase like the server: frame by frame along `frames` (the ends of the frames the
+        pushing peer receives), or over everything at once when there are none."""
         if version > len(self.accepted):
             return None                          # bad-version
-        result = rebase_updates([wire(u) for u in updates], self.accepted[version:])
+        head = len(self.accepted)
+        ends = sorted({f - version for f in frames or () if version < f < head})
+        result = rebase_in_frames([wire(u) for u in updates], self.accepted[version:], ends)
         start = len(self.accepted)
         for u in result:
             self.history.append(u.changes.apply_to_str(self.text))
@@ -71,6 +75,7 @@ class Peer:
         self.version = 0
         self.unconfirmed: list[ChangeSet] = []
         self.inbox: list[tuple[int, list[Update]]] = []
+        self.frame_ends: list[int] = []          # where each frame sent to this peer ends
         self.connected = True
 
     def edit(self, changes: ChangeSet) -> None:
@@ -130,12 +135,13 @@ class Sim:
         else:
             self.inflight.append((peer, peer.version, sendable))
 
-    def handle(self, version: int, updates: list[Update]) -> None:
-        done = self.auth.push(version, updates)
+    def handle(self, version: int, updates: list[Update], peer: Peer | None = None) -> None:
+        done = self.auth.push(version, updates, peer.frame_ends if peer is not None else None)
         if done and done[1]:
             for p in self.peers:
                 if p.connected:
                     p.inbox.append(done)
+                    p.frame_ends.append(done[0] + len(done[1]))
 
     def deliver(self, peer: Peer) -> None:
         if self.mode == "cm":
@@ -149,12 +155,14 @@ class Sim:
     def disconnect(self, peer: Peer, rng: random.Random) -> None:
         peer.connected = False
         peer.inbox.clear()
+        peer.frame_ends = [e for e in peer.frame_ends if e <= peer.version]
         if rng.random() < 0.5:                   # its pushes are lost, or still arrive
             self.inflight = [p for p in self.inflight if p[0] is not peer]
 
     def reconnect(self, peer: Peer, rng: random.Random) -> None:
         peer.connected = True
         peer.inbox.append((peer.version, self.auth.accepted[peer.version:]))
+        peer.frame_ends.append(len(self.auth.accepted))
         if rng.random() < 0.7:
             self.push(peer)                      # resend everything unconfirmed
 
@@ -170,7 +178,7 @@ class Sim:
         elif kind < 70:
             if self.inflight:
                 p, version, updates = self.inflight.pop(rng.randrange(len(self.inflight)))
-                self.handle(version, updates)
+                self.handle(version, updates, p)
         elif kind < 94:
             if peer.inbox:
                 self.deliver(peer)
@@ -189,8 +197,8 @@ class Sim:
                 self.reconnect(peer, rng)
         for _ in range(100):
             while self.inflight:
-                _, version, updates = self.inflight.pop(rng.randrange(len(self.inflight)))
-                self.handle(version, updates)
+                p, version, updates = self.inflight.pop(rng.randrange(len(self.inflight)))
+                self.handle(version, updates, p)
             for peer in self.peers:
                 while peer.inbox:
                     self.deliver(peer)
@@ -292,10 +300,6 @@ def test_random_edits_converge_cm_model(doc, steps):
     sim.assert_converged()
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, ChangeError), reason=(
-    "CodeMirror's rebaseUpdates maps a push over the composition of what it missed, while a "
-    "stock peer that got those updates in several frames mapped step by step: they can disagree "
-    "on where an insertion goes (see test_split_frames_diverge)"))
 @settings(max_examples=300, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow])
 @given(doc=st.sampled_from(["", "a", "hello 😀 world", "x\n𝒳y"]), steps=actions)
@@ -307,37 +311,44 @@ def test_random_edits_converge_network(doc, steps):
     sim.assert_converged()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="CodeMirror's own algorithm diverges here (checked in Node)")
-def test_split_frames_diverge():
-    """The smallest divergence, scripted; real CodeMirror peers end the same way.
+def handle_next(sim: Sim) -> None:
+    peer, version, updates = sim.inflight.pop()
+    sim.handle(version, updates, peer)
+
+
+def test_split_frames_converge():
+    """The smallest case where rebasing over the composition diverges, scripted.
 
     Text "a". A deletes it (v1). B inserts "Y" into the empty text (v2). C,
     still at v0, inserts "Z" before "a" and pushes; before the authority
-    handles that push, C receives v1 and v2 as two frames. The authority
-    rebases C's push over v1+v2 composed ("ZY"); C mapped its change over v1,
-    then v2 ("YZ").
+    handles that push, C receives v1 and v2 as two frames. Over v1+v2
+    composed, CodeMirror's rebaseUpdates gives "ZY" while C (mapping over v1,
+    then v2) has "YZ" (checked with real CodeMirror in Node). Rebasing frame
+    by frame, as the server does, everyone ends with C's "YZ".
     """
     sim = Sim("network", "a", 3, None)
     a, b, c = sim.peers
     a.edit(ChangeSet.from_json([[1]]))
     sim.push(a)
-    sim.handle(*sim.inflight.pop()[1:])
+    handle_next(sim)
     sim.deliver(a)
     sim.deliver(b)
     b.edit(ChangeSet.from_json([[0, "Y"]]))
     sim.push(b)
-    sim.handle(*sim.inflight.pop()[1:])
+    handle_next(sim)
     c.edit(ChangeSet.from_json([[0, "Z"], 1]))
     sim.push(c)
     c.receive_frame(*c.inbox.pop(0))              # frame v0..v1
     c.receive_frame(*c.inbox.pop(0))              # frame v1..v2
-    sim.handle(*sim.inflight.pop()[1:])           # now C's push: v3
+    handle_next(sim)           # now C's push: v3
     for peer in sim.peers:
         while peer.inbox:
             peer.receive_frame(*peer.inbox.pop(0))
-    assert sim.auth.text == "ZY"
-    assert [p.doc for p in sim.peers] == ["ZY", "ZY", "ZY"]   # C has "YZ"
+    assert sim.auth.text == "YZ"
+    assert [p.doc for p in sim.peers] == ["YZ", "YZ", "YZ"]
+    # The composed rebase (one frame) is what CodeMirror's reference authority does: "ZY".
+    composed = rebase_updates([Update("p2", ChangeSet.from_json([[0, "Z"], 1]))], sim.auth.accepted[:2])
+    assert composed[0].changes.apply_to_str(sim.auth.history[2]) == "ZY"
 
 
 # --------------------------------------------------------- rebase_updates
