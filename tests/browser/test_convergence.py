@@ -11,7 +11,7 @@ interleave the two people's characters: that is CodeMirror's rebase rule for
 ties, so there the test checks order and count, not contiguity.)
 """
 
-from browser_helpers import open_editor, set_cursor, wait_synced, doc_text, line_end
+from .browser_helpers import open_editor, set_cursor, wait_synced, doc_text, line_end
 
 DOC = "three-way"
 

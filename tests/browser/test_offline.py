@@ -14,7 +14,7 @@ were made under, and pushes them.
 
 from pathlib import Path
 
-from browser_helpers import (open_editor, set_cursor, wait_synced, doc_text, wait_status,
+from .browser_helpers import (open_editor, set_cursor, wait_synced, doc_text, wait_status,
                              line_end, status_log, wait_until)
 from serverproc import ServerProcess
 

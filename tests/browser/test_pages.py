@@ -2,7 +2,7 @@
 
 import re
 
-from browser_helpers import open_editor, set_user, wait_synced, server_doc, wait_status
+from .browser_helpers import open_editor, set_user, wait_synced, server_doc, wait_status
 
 
 def test_landing_lists_documents_and_creates_new(server, contexts):

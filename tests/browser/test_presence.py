@@ -5,7 +5,7 @@ sit at the screen coordinates that B's own editor gives (coordsAtPos) for
 A's actual caret position, after A moves and after B types in front of it.
 """
 
-from browser_helpers import open_editor, set_cursor, set_user, wait_synced, line_end
+from .browser_helpers import open_editor, set_cursor, set_user, wait_synced, line_end
 
 DOC = "carets"
 

@@ -8,7 +8,7 @@ static/screenshot.png, the picture the README shows.
 import os
 import shutil
 
-from browser_helpers import open_editor, set_user, wait_synced, set_cursor
+from .browser_helpers import open_editor, set_user, wait_synced, set_cursor
 from serverproc import ROOT
 
 TEXT = """# Release notes

@@ -1,4 +1,4 @@
-from browser_helpers import open_editor, focus_end, wait_synced, doc_text
+from .browser_helpers import open_editor, focus_end, wait_synced, doc_text
 
 
 def test_type_and_sync(server, contexts):

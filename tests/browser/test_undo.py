@@ -1,6 +1,6 @@
 """Undo is personal: Ctrl-Z takes back this person's own last change only."""
 
-from browser_helpers import open_editor, set_cursor, wait_synced, doc_text, line_end
+from .browser_helpers import open_editor, set_cursor, wait_synced, doc_text, line_end
 
 
 def test_undo_only_own_changes(server, contexts):
