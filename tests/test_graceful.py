@@ -25,7 +25,7 @@ from serverproc import get_json
 from test_durability import apply_changes, history_versions, server_log
 
 STOPS = 2
-LOAD_MS = 7000
+LOAD_MS = 8000
 
 
 def head_and_snapshot(db) -> tuple[int, int]:
@@ -51,7 +51,7 @@ def test_sigterm_under_load_loses_nothing_and_clients_come_back(server, node, tm
     heads = []
     try:
         for _ in range(STOPS):
-            time.sleep(rng.uniform(1.5, 2.0))  # long enough for every client to be back and typing
+            time.sleep(rng.uniform(1.2, 1.6))  # long enough for every client to be back and typing
             t0 = time.monotonic()
             code = server.stop(timeout=15)
             took = time.monotonic() - t0
