@@ -233,7 +233,7 @@ def compact(settings: Settings) -> int:
     """Drop each document's update rows older than its newest `keep_history`.
 
     With V the document's version and B = V - keep_history, the rows of
-    versions 1..B go. First, in the same transaction, a snapshot of the text
+    versions 1..B go. First, in a transaction of its own, a snapshot of the text
     at B (and who wrote it, for the authors view) is stored if there is none,
     so afterwards: the current text and every version >= B are exactly
     readable (snapshot B plus the kept rows), and versions below B only where

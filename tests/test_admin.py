@@ -241,7 +241,8 @@ def test_backup_during_continuous_edits_is_consistent(start_server, node, tmp_pa
             load.wait()
     assert load.returncode == 0, err[-3000:]
     r = json.loads(out)
-    assert r["ok"] and not r["conflicts"], (r["versions"], r["server"], [c["violations"][:3] + c["errors"][:3] for c in r["clients"]])
+    problems = [c["violations"][:3] + c["errors"][:3] for c in r["clients"]]
+    assert r["ok"] and not r["conflicts"], (r["versions"], r["server"], problems)
     final = get_json(f"{server.url}/api/docs/busy")
     acked = {int(v): u for v, u in json.loads(record.read_text()).items()}
     assert set(acked) == set(range(1, final["version"] + 1))
