@@ -17,14 +17,15 @@
 // CLI (prints one JSON object on stdout):
 //   node client.mjs fuzz --url ws://127.0.0.1:PORT --doc NAME [--clients 5]
 //        [--duration 4000] [--seed 1] [--delay 30] [--reconnects 1]
-//        [--interval 5,40] [--settle 20000] [--record-out FILE]
+//        [--interval 5,40] [--offline MS] [--edits mixed|inserts] [--settle 20000]
+//        [--record-out FILE]
 //   node client.mjs show --url ws://127.0.0.1:PORT --doc NAME [--version V]
 
 import { performance } from 'node:perf_hooks';
-import { writeFileSync } from 'node:fs';
+import { writeFileSync, appendFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import WebSocket from 'ws';
-import { EditorState, ChangeSet } from '@codemirror/state';
+import { EditorState, ChangeSet, Text } from '@codemirror/state';
 import { collab, receiveUpdates, sendableUpdates, getSyncedVersion } from '@codemirror/collab';
 
 export const SUBPROTOCOL = 'collab.v1';
@@ -92,8 +93,19 @@ export function snapPos(doc, pos) {
 const PIECES = ['a', 'b', 'c', 'x', 'y', ' ', ' ', 'word', '\n', '\n', 'é', 'ß', '中文',
   '😀', '𝄞', '👍🏽', 'a\nb', '\n\n', '🙂z'];
 
-/** A random change spec valid for `state.doc`: insert, delete or replace, never splitting a surrogate pair. */
-export function randomChange(state, rng) {
+/**
+ * A random change spec valid for `state.doc`, never splitting a surrogate pair.
+ * `edits`: "mixed" (inserts, deletes, replaces) or "inserts" (insertions only).
+ *
+ * Why "inserts" exists: with deletions, CodeMirror's mapping depends on how the
+ * mapped-over changes are grouped (x.map(a.compose(b)) differs from
+ * x.map(a).map(b) when a deletion collapses a range at which another insert
+ * lands). A client maps its unconfirmed edits frame by frame while
+ * rebaseUpdates maps a push over everything since its version in one piece, so
+ * with deletions a stock client and a plain rebaseUpdates authority can
+ * diverge. Insertions alone map the same under any grouping.
+ */
+export function randomChange(state, rng, edits = 'mixed') {
   const doc = state.doc;
   const len = doc.length;
   const randomText = () => {
@@ -104,7 +116,7 @@ export function randomChange(state, rng) {
   };
   const one = (lo, hi) => {
     const from = snapPos(doc, randInt(rng, lo, hi));
-    const r = rng();
+    const r = edits === 'inserts' ? 0 : rng();
     if (r < 0.6 || from >= hi) return { from, insert: randomText() };
     const to = snapPos(doc, Math.min(hi, from + randInt(rng, 1, 12)));
     if (to <= from) return { from, insert: randomText() };
@@ -143,7 +155,7 @@ export class CollabClient {
    * @param {number} [o.outDelay] max random delay (ms) before sending a frame
    * @param {boolean} [o.record]  keep every update seen (version -> update) in `acked`
    * @param {boolean} [o.autoReconnect] reconnect (with backoff) when the socket drops
-   * @param {number} [o.maxPushUpdates] cap on updates per push frame
+   * @param {number} [o.maxPushUpdates] cap on updates per push frame (default 500)
    * @param {function} [o.onUpdates] (client, from, updates, nowMs) after updates are applied
    */
   constructor(o) {
@@ -154,8 +166,14 @@ export class CollabClient {
     this.rng = o.rng ?? Math.random;
     this.record = o.record ?? true;
     this.autoReconnect = o.autoReconnect ?? true;
-    this.maxPushUpdates = o.maxPushUpdates ?? Infinity;
+    // The server refuses pushes over its --max-updates (default 1000) with too-large;
+    // after a long offline spell a stock client would push them all at once.
+    this.maxPushUpdates = o.maxPushUpdates ?? 500;
     this.onUpdates = o.onUpdates ?? null;
+    // Debug aid (COLLAB_CLIENT_DEBUG=1): keep the synced text and check our own pushes against it.
+    this.debug = o.debug ?? Boolean(process.env.COLLAB_CLIENT_DEBUG);
+    this.syncedDoc = null;
+    this.lastPush = null;
     this.state = null;
     this.ws = null;
     this.gen = 0;             // connection generation; frames of older sockets are ignored
@@ -232,7 +250,7 @@ export class CollabClient {
    * unconfirmed updates are re-pushed after the welcome. With `waitClose` the
    * new socket opens only after the old one finished closing.
    */
-  async forceReconnect({ waitClose = true } = {}) {
+  async forceReconnect({ waitClose = true, offlineMs = 0 } = {}) {
     const old = this.ws;
     this.gen++;
     this.connected = false;
@@ -243,6 +261,12 @@ export class CollabClient {
       const closed = new Promise((resolve) => { old.once('close', resolve); setTimeout(resolve, 1000); });
       old.close(1000, 'reconnect');
       if (waitClose) await closed;
+    }
+    if (offlineMs) {
+      // Stay offline for a while (edits pile up unconfirmed), like a laptop losing its network.
+      const gen = this.gen;
+      await sleep(offlineMs);
+      if (gen !== this.gen) return;
     }
     if (this.closed) return;
     const p = this.nextWelcome();
@@ -279,6 +303,7 @@ export class CollabClient {
 
   _open() {
     if (this.closed) return;
+    clearTimeout(this.reconnectTimer);
     const gen = ++this.gen;
     this.connected = false;
     this.inFlight = 0;
@@ -328,7 +353,41 @@ export class CollabClient {
     this.inFlight = n;
     this.stats.pushes++;
     this.stats.pushedUpdates += n;
-    this._send({ type: 'push', version: getSyncedVersion(this.state), updates });
+    const frame = { type: 'push', version: getSyncedVersion(this.state), updates };
+    if (this.debug) this._checkOwnPush(frame, ups.slice(0, n));
+    this._send(frame);
+  }
+
+  _splitsPair() {
+    let doc = this.syncedDoc;
+    let bad = false;
+    for (const u of sendableUpdates(this.state)) {
+      u.changes.iterChanges((fromA, toA) => {
+        for (const p of [fromA, toA]) {
+          if (p > 0 && p < doc.length && isHighSurrogate(doc.sliceString(p - 1, p).charCodeAt(0))) bad = true;
+        }
+      });
+      doc = u.changes.apply(doc);
+    }
+    return bad;
+  }
+
+  _checkOwnPush(frame, ups) {
+    this.lastPush = frame;
+    if (process.env.COLLAB_CLIENT_DEBUG_DIR) {
+      appendFileSync(`${process.env.COLLAB_CLIENT_DEBUG_DIR}/pushes-${this.clientID}.jsonl`, JSON.stringify({ t: performance.now(), ...frame }) + '\n');
+    }
+    let doc = this.syncedDoc;
+    for (const u of ups) {
+      u.changes.iterChanges((fromA, toA) => {
+        for (const p of [fromA, toA]) {
+          if (p > 0 && p < doc.length && isHighSurrogate(doc.sliceString(p - 1, p).charCodeAt(0))) {
+            this._violation(`own push at version ${frame.version} cuts a surrogate pair at ${p}: ${JSON.stringify(u.changes.toJSON()).slice(0, 300)}`);
+          }
+        }
+      });
+      doc = u.changes.apply(doc);
+    }
   }
 
   // ---- frames from the server --------------------------------------------
@@ -359,6 +418,7 @@ export class CollabClient {
     if (!Array.isArray(m.peers)) this._violation('welcome.peers is not a list');
     if (typeof m.doc === 'string') {
       this.stats.welcomesDoc++;
+      if (this.debug) this.syncedDoc = Text.of(m.doc.split('\n'));
       if (this.state === null) {
         this.state = this._makeState(m.doc, m.version);
       } else {
@@ -432,7 +492,18 @@ export class CollabClient {
     const before = sendableUpdates(this.state).length;
     try {
       const parsed = fresh.map((u) => ({ clientID: u.clientID, changes: ChangeSet.fromJSON(u.changes) }));
+      const dbgBefore = this.debug && !this.dumped ? { synced: this.syncedDoc.toString(), syncedVersion: synced,
+        unconfirmed: sendableUpdates(this.state).map((u) => u.changes.toJSON()), received: fresh,
+        local: this.state.doc.toString() } : null;
       this.state = receiveUpdates(this.state, parsed).state;
+      if (this.debug) {
+        for (const u of parsed) this.syncedDoc = u.changes.apply(this.syncedDoc);
+        if (dbgBefore && this._splitsPair()) {
+          this.dumped = true;
+          writeFileSync(`${process.env.COLLAB_CLIENT_DEBUG_DIR || '/tmp'}/split-${this.clientID}.json`, JSON.stringify({ clientID: this.clientID, ...dbgBefore,
+            after: sendableUpdates(this.state).map((u) => u.changes.toJSON()) }));
+        }
+      }
     } catch (e) {
       this._violation(`cannot apply updates from ${synced}: ${e.message}`);
       this.forceReconnect({ waitClose: false });
@@ -478,7 +549,8 @@ export class CollabClient {
   }
 
   _onError(m) {
-    this.errors.push({ code: m.code, message: m.message, t: Math.round(performance.now()) });
+    this.errors.push({ code: m.code, message: m.message, t: Math.round(performance.now()),
+      ...(this.debug ? { lastPush: JSON.stringify(this.lastPush).slice(0, 2000) } : {}) });
     // We cannot tell which frame was refused; if it was the push, nothing will
     // come back for it, so allow a retry (duplicates are deduplicated by clientID).
     if (this.inFlight) {
@@ -542,7 +614,7 @@ export async function settle(clients, url, doc, timeoutMs) {
  */
 export async function runFuzz(opts) {
   const { url, doc, clients: n = 5, duration = 4000, seed = 1, delay = 30, reconnects = 1,
-    interval = [5, 40], settleMs = 20000 } = opts;
+    interval = [5, 40], settleMs = 20000, offline = 0, edits = 'mixed' } = opts;
   const master = makeRng(seed);
   const clients = [];
   for (let i = 0; i < n; i++) {
@@ -563,11 +635,11 @@ export async function runFuzz(opts) {
       await sleep(randInt(rng, interval[0], interval[1]));
       if (reconnectAt.length && performance.now() >= reconnectAt[0]) {
         reconnectAt.shift();
-        c.forceReconnect({ waitClose: rng() < 0.5 }).catch(() => {});
+        c.forceReconnect({ waitClose: rng() < 0.5, offlineMs: rng() < 0.5 ? randInt(rng, 0, offline) : 0 }).catch(() => {});
         continue;
       }
       if (rng() < 0.1) c.randomPresence();
-      else if (c.state) c.edit(randomChange(c.state, rng));
+      else if (c.state) c.edit(randomChange(c.state, rng, edits));
     }
   });
   await Promise.all(loops);
@@ -613,6 +685,7 @@ async function main() {
       reconnects: Number(args.reconnects ?? 1),
       interval: String(args.interval ?? '5,40').split(',').map(Number),
       settleMs: Number(args.settle ?? 20000), recordOut: args['record-out'],
+      offline: Number(args.offline ?? 0), edits: args.edits ?? 'mixed',
     });
   } else if (cmd === 'show') {
     const c = new CollabClient({ url: args.url, doc: args.doc, clientID: `show-${process.pid}`, autoReconnect: false });
@@ -622,8 +695,8 @@ async function main() {
   } else {
     throw new Error(`unknown command ${cmd}: use fuzz or show`);
   }
-  process.stdout.write(JSON.stringify(result) + '\n');
-  process.exit(0);
+  // Exit only once stdout is flushed: a pipe is written asynchronously.
+  process.stdout.write(JSON.stringify(result) + '\n', () => process.exit(0));
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

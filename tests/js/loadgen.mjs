@@ -416,8 +416,8 @@ async function main() {
   const run = { typing, throughput, idle, trace }[mode];
   if (!run) throw new Error(`unknown mode ${mode}: typing | throughput | idle | trace`);
   const result = await run(a);
-  process.stdout.write(JSON.stringify(result) + '\n');
-  process.exit(0);
+  // Exit only once stdout is flushed: a pipe is written asynchronously.
+  process.stdout.write(JSON.stringify(result) + '\n', () => process.exit(0));
 }
 
 main().catch((e) => {
