@@ -20,7 +20,7 @@ from .errors import HTTP_STATUS, ProtocolError
 from .history import diff_changes
 from .rebase import Update
 from .room import Rooms
-from .store import Store
+from .store import Store, VersionCompacted
 
 log = logging.getLogger("collab")
 
@@ -251,7 +251,10 @@ class Api:
         room = self.rooms.rooms.get(info["name"])
         if room is not None and not room.broken and version == room.seq.committed_version:
             return room.seq.committed_text()
-        return await self.store.text_at(info["id"], version)
+        try:
+            return await self.store.text_at(info["id"], version)
+        except VersionCompacted as exc:
+            raise ProtocolError("not-found", str(exc)) from None
 
     async def history(self, request: web.Request) -> web.Response:
         info = await self._info(doc_name(request))
@@ -280,7 +283,10 @@ class Api:
         info = await self._info(doc_name(request))
         await self.allow(request, "view", info["name"])
         version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
-        authorship = await self.store.authorship(info["id"], version)
+        try:
+            authorship = await self.store.authorship(info["id"], version)
+        except VersionCompacted as exc:
+            raise ProtocolError("not-found", f"authorship: {exc}") from None
         return json_response({"version": version, "spans": authorship.spans()})
 
     async def restore(self, request: web.Request) -> web.Response:
@@ -291,7 +297,7 @@ class Api:
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
         who = _author(body)
-        old = await self.store.text_at(info["id"], version)
+        old = await self._text_at(info, version)
         room = await self.rooms.get(name, create=False)
         if room is None:
             raise ProtocolError("not-found", f"no document named {name!r}")

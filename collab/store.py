@@ -90,6 +90,22 @@ def _pragmas(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.execute("PRAGMA foreign_keys=ON")
 
 
+class VersionCompacted(LookupError):
+    """The update rows needed to rebuild `version` were compacted away (and no snapshot is there)."""
+
+    def __init__(self, version: int, below: int | None, above: int | None):
+        near = " and ".join(str(v) for v in (below, above) if v is not None)
+        super().__init__(f"version {version} was compacted away"
+                         + (f"; the nearest readable versions are {near}" if near else ""))
+        self.version, self.below, self.above = version, below, above
+
+
+def _compacted(conn: sqlite3.Connection, doc_id: int, version: int, below: int | None) -> VersionCompacted:
+    row = conn.execute("SELECT MIN(version) FROM snapshots WHERE doc_id = ? AND version > ?",
+                       (doc_id, version)).fetchone()
+    return VersionCompacted(version, below, row[0] if row else None)
+
+
 # ---------------------------------------------------------------- data shapes
 
 @dataclass(slots=True)
@@ -342,7 +358,7 @@ class Store:
                                 "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
                                 (doc_id, snap_version, version)).fetchall()
             if len(rows) != version - snap_version:
-                raise RuntimeError(f"updates {snap_version + 1}..{version} of document {doc_id} are incomplete")
+                raise _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
             doc = Text(text)
             for _, client_id, changes in rows:
                 doc.apply(ChangeSet.from_json(orjson.loads(changes)))
@@ -384,12 +400,12 @@ class Store:
             for v, author, changes in rows:
                 expect += 1
                 if v != expect:
-                    raise RuntimeError(f"update {expect} of document {doc_id} is missing (compacted)")
+                    raise _compacted(conn, doc_id, version, start or None)
                 authors.apply(ChangeSet.from_json(orjson.loads(changes)), author)
                 if v % every == 0:
                     new_cache.append((doc_id, v, orjson.dumps(authors.to_list()).decode()))
             if expect != version:
-                raise RuntimeError(f"updates of document {doc_id} end before version {version}")
+                raise _compacted(conn, doc_id, version, start or None)
             return authors, new_cache
 
         authors, new_cache = await self._read(fn)
