@@ -77,10 +77,9 @@ def history_versions(url: str, doc: str) -> list[tuple[int, str]]:
 
 
 def test_acknowledged_updates_survive_sigkill(server, node, tmp_path):
-    # Insertions only: the kills make clients pile up hundreds of offline edits,
-    # and with deletions CodeMirror's grouping-dependent mapping could make a
-    # client diverge for reasons that have nothing to do with durability
-    # (test_e2e_convergence covers that). Durability is about bytes kept.
+    # Mixed edits: the kills make clients pile up hundreds of offline edits that
+    # come back as big pushes over big welcomes, which also exercises the
+    # frame-by-frame rebase (a composed rebase made clients diverge here).
     seed = int(os.environ.get("COLLAB_SEED", random.randrange(1, 2**31)))
     ctx = f"(seed {seed})"
     rng = random.Random(seed)
@@ -89,7 +88,7 @@ def test_acknowledged_updates_survive_sigkill(server, node, tmp_path):
     load = subprocess.Popen(
         [node, "client.mjs", "fuzz", "--url", server.ws_url, "--doc", doc, "--clients", "4",
          "--duration", str(LOAD_MS), "--seed", str(seed), "--delay", "0", "--reconnects", "0",
-         "--interval", "2,5", "--edits", "inserts", "--settle", "25000", "--record-out", str(record_path)],
+         "--interval", "2,5", "--edits", "mixed", "--settle", "25000", "--record-out", str(record_path)],
         cwd=JS_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)
