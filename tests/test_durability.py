@@ -21,9 +21,9 @@ import time
 
 import aiohttp
 
-from conftest import JS_DIR
-from serverproc import get_json
+from serverproc import ROOT, get_json
 
+JS_DIR = ROOT / "tests" / "js"
 KILLS = 3
 LOAD_MS = 7000
 
@@ -55,7 +55,8 @@ async def server_log(ws_url: str, doc: str) -> tuple[int, list[dict]]:
                 frame = json.loads(msg.data)
                 if frame["type"] == "welcome":
                     break
-    assert "doc" not in frame, "a resume from version 0 was answered with the full text: the update log cannot be checked"
+    assert "doc" not in frame, ("a resume from version 0 was answered with the full text: "
+                                "the update log cannot be checked")
     assert frame["from"] == 0 and frame["version"] == len(frame["updates"]), {k: frame[k] for k in ("from", "version")}
     return frame["version"], frame["updates"]
 

@@ -19,9 +19,9 @@ import subprocess
 import aiohttp
 import pytest
 
-from conftest import JS_DIR
-from serverproc import get_json
+from serverproc import ROOT, get_json
 
+JS_DIR = ROOT / "tests" / "js"
 WS_PROTOCOL = "collab.v1"
 RECV_TIMEOUT = 5.0
 
@@ -66,7 +66,8 @@ def test_five_headless_clients_converge_through_reconnects_and_a_restart(server,
         f"stock clients diverged into {len(set(texts))} different texts {ctx}; "
         f"first problems: {problems(r)[:3]}")
     assert problems(r) == [], ctx
-    assert r["ok"], f"clients did not settle on the server's version {ctx}: versions {r['versions']}, server {r['server']}"
+    assert r["ok"], (f"clients did not settle on the server's version {ctx}: "
+                     f"versions {r['versions']}, server {r['server']}")
     for c in r["clients"]:
         # Each client really went through a forced reconnect and resumed with from+updates.
         assert c["stats"]["connects"] >= 2 and c["stats"]["welcomesResume"] >= 1, c

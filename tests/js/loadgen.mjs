@@ -329,7 +329,7 @@ async function idle(a) {
   const all = [...r1.clients, ...r2.clients];
   const problems = [...r1.problems, ...r2.problems, ...all.flatMap((c) => c.problems)];
   const result = {
-    mode: 'idle', connections: all.length, docs, openMs: Math.round(openMs),
+    mode: 'idle', connections: all.length, expected: conns, docs, openMs: Math.round(openMs),
     memKB: { baseline: mem0, oneConnPerDoc: mem1, all: mem2 },
     perConnKB: mem2 && (mem2.rssKB - mem0.rssKB) / all.length,
     marginalPerConnKB: mem2 && (mem2.rssKB - mem1.rssKB) / r2.clients.length,
@@ -346,7 +346,7 @@ async function trace(a) {
   const file = a.file;
   const doc = a.doc ?? 'trace';
   const chunk = Number(a.chunk ?? 100);
-  const maxPush = Number(a['max-push'] ?? 1000);
+  const maxPush = Number(a['max-push'] ?? 250);
   const pid = Number(a['server-pid'] || 0);
   const clk = Number(a['clk-tck'] || 100);
   const data = JSON.parse(gunzipSync(readFileSync(file)).toString('utf8'));
@@ -354,7 +354,13 @@ async function trace(a) {
   for (const t of data.txns) for (const p of t.patches) patches.push(p);
   const astral = /[\u{10000}-\u{10FFFF}]/u;
   let anyAstral = astral.test(data.startContent) || patches.some((p) => astral.test(p[2]));
-  const c = new CollabClient({ url: a.url, doc, clientID: 'trace-replayer', record: false, autoReconnect: false, maxPushUpdates: maxPush });
+  // Backpressure: a person never outruns the server, a replay loop does. Stop
+  // applying edits while this many are unconfirmed (CodeMirror's unconfirmed
+  // list is copied on every local edit, so it must stay short).
+  const maxPending = Number(a['max-pending'] ?? 2 * maxPush);
+  let wake = null;
+  const c = new CollabClient({ url: a.url, doc, clientID: 'trace-replayer', record: false, autoReconnect: false,
+    maxPushUpdates: maxPush, onUpdates: () => { if (wake) { const w = wake; wake = null; w(); } } });
   await c.start();
   if (data.startContent) c.edit({ from: 0, insert: data.startContent });
   // Code point position -> UTF-16 offset. Only needed when astral characters occur.
@@ -374,6 +380,7 @@ async function trace(a) {
   const t0 = performance.now();
   let applied = 0;
   while (applied < patches.length) {
+    while (c.pending() >= maxPending) await new Promise((r) => { wake = r; });
     const end = Math.min(patches.length, applied + chunk);
     for (; applied < end; applied++) {
       const [pos, del, ins] = patches[applied];
@@ -395,7 +402,7 @@ async function trace(a) {
   const server = await fetchDoc(a.url, doc);
   const result = {
     mode: 'trace', file, edits: patches.length, totalMs: t1 - t0, clientApplyMs: appliedMs,
-    pushes: c.stats.pushes, updatesPerPush: c.stats.pushedUpdates / c.stats.pushes,
+    pushes: c.stats.pushes, updatesPerPush: c.stats.pushedUpdates / c.stats.pushes, maxPush, maxPending, chunk,
     acceptedPerS: server.version / ((t1 - t0) / 1000),
     finalVersion: server.version,
     clientTextMatches: c.text() === data.endContent,
