@@ -14,6 +14,12 @@
 // - Network faults are simulated in-process: optional random delays on frames
 //   in both directions (order preserved, like TCP), forced reconnects.
 //
+// Debugging a divergence: COLLAB_CLIENT_DEBUG=1 keeps the synced text beside the
+// state and flags own pushes that cut a surrogate pair (the usual first sign
+// that a client's view drifted from the server's); with COLLAB_CLIENT_DEBUG_DIR
+// set it also logs every push to DIR/pushes-<clientID>.jsonl and dumps the first
+// receive after which the unconfirmed edits no longer fit (DIR/split-<clientID>.json).
+//
 // CLI (prints one JSON object on stdout):
 //   node client.mjs fuzz --url ws://127.0.0.1:PORT --doc NAME [--clients 5]
 //        [--duration 4000] [--seed 1] [--delay 30] [--reconnects 1]
