@@ -1,15 +1,18 @@
-"""Connection life: offline typing, server restarts, closed tabs, lost server state.
+"""Connection life: offline typing, server restarts, reloads, closed tabs, lost server state.
 
-Two ways to lose the server are used, both as a person meets them:
+Ways to lose the server, each as a person meets it:
   - the browser goes offline (Playwright's set_offline: navigator.onLine
     turns false, the 'offline' event fires, new connections fail);
   - the server is stopped (SIGTERM, clients get close code 1001) and started
-    again on the same database.
-The reload case is a closed tab: while the server is down the page cannot be
-loaded again (nothing caches it), so a person who closes the tab opens it
-again once the server is back; the page then finds the unconfirmed edits in
-localStorage, with the version they are based on and the client ID they
-were made under, and pushes them.
+    again on the same database;
+  - the page is served but its WebSocket cannot get through
+    (route_web_socket refuses it), and the person reloads the page;
+  - the server is down and the person closes the tab: while it is down the
+    page cannot be loaded again (nothing caches it), so they open it again
+    once the server is back.
+In the last two the reloaded/reopened page finds the unconfirmed edits in
+localStorage, with the version they are based on and the client ID they were
+made under, shows them at once and pushes them.
 """
 
 from pathlib import Path

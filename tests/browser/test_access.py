@@ -1,0 +1,49 @@
+"""With access control on: a view link shows the live text but cannot change it."""
+
+import json
+import urllib.request
+
+from collab.access import Access
+from serverproc import ServerProcess
+
+from .browser_helpers import open_editor, wait_synced, doc_text
+
+SECRET = "browser-test-secret-0123456789abcdef"
+
+
+def test_view_link_is_read_only(tmp_path, contexts):
+    srv = ServerProcess(tmp_path / "acl.db", extra_args=["--secret", SECRET])
+    srv.start()
+    try:
+        admin = Access(SECRET.encode()).admin_token()
+        editor = open_editor(contexts(), srv.url, f"plan?token={admin}")
+        editor.click(".cm-content")
+        editor.keyboard.type("only editors write here")
+        with urllib.request.urlopen(f"{srv.url}/api/docs/plan/links?token={admin}", timeout=10) as r:
+            links = json.loads(r.read())["links"]
+
+        viewer = open_editor(contexts(), srv.url, links["view"].removeprefix("/d/"))
+        assert "view only" in viewer.inner_text("#status")
+        viewer.wait_for_function("() => window.__collab.view.state.doc.toString() === 'only editors write here'")
+        viewer.click(".cm-content")
+        viewer.keyboard.type("sneaky")
+        viewer.keyboard.press("Backspace")
+        assert doc_text(viewer) == "only editors write here"
+        assert viewer.evaluate("() => window.__collab.pending") == 0
+
+        # Live: the editor's next words reach the viewer.
+        editor.keyboard.type(", live")
+        viewer.wait_for_function("() => window.__collab.view.state.doc.toString().endsWith(', live')")
+
+        # "Reset links" makes the view token invalid: the page says so in words and stops retrying.
+        req = urllib.request.Request(f"{srv.url}/api/docs/plan/links/reset?token={admin}", method="POST",
+                                     data=b"{}", headers={"content-type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).close()
+        viewer_ctx = viewer.context
+        viewer_ctx.set_offline(True)  # in case the server keeps the open connection: reconnect
+        viewer_ctx.set_offline(False)
+        viewer.wait_for_function("() => window.__collab.status.state === 'stopped'")
+        assert "token" in viewer.inner_text("#messages").lower()
+        assert "Not syncing" in viewer.inner_text("#status")
+    finally:
+        srv.kill()
