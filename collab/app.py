@@ -10,7 +10,7 @@ from aiohttp import web
 
 from . import status, ws
 from .access import Access
-from .api import Api, error_middleware, security_headers
+from .api import Api, error_middleware, security_headers, token_of
 from .metrics import Metrics
 from .room import Rooms
 from .settings import Settings
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> web.Application:
     api = Api(store, rooms, Path(settings.static_dir))
     app.router.add_routes(api.routes())
     app.router.add_get("/ws/{doc}", ws_route)
-    app.router.add_routes(status.routes(metrics))
+    app.router.add_routes(status.routes(metrics, lambda request: rooms.access.require(token_of(request), "admin")))
     dist = Path(settings.static_dir) / "dist"
     dist.mkdir(parents=True, exist_ok=True)
     app.router.add_static("/static", dist)

@@ -80,7 +80,7 @@ class Peer:
 
     __slots__ = ("ws", "session", "client_id", "user", "role", "remote", "queue", "queued",
                  "limit", "writer", "closed", "presence", "presence_sent", "presence_timer", "room",
-                 "bytes_out", "admin", "welcome_version", "welcome_from")
+                 "bytes_out", "admin", "welcome_version", "welcome_from", "closer")
 
     def __init__(self, ws: web.WebSocketResponse, client_id: str, user: dict, role: str,
                  remote: str, limit: int, bytes_out=None):
@@ -103,6 +103,7 @@ class Peer:
         self.admin = False  # came with the admin token (survives a reset of the share links)
         self.welcome_version = 0   # the version its welcome brought it to
         self.welcome_from: int | None = None  # where a resuming welcome's updates began
+        self.closer: asyncio.Task | None = None  # our close handshake, once we decided to close
 
     def send(self, frame: bytes) -> None:
         """Write a frame now if the socket takes it, else queue it for the drain task.
@@ -154,7 +155,7 @@ class Peer:
         if self.closed:
             return
         self.closed = True
-        asyncio.get_running_loop().create_task(self._close(code, message))
+        self.closer = asyncio.get_running_loop().create_task(self._close(code, message))
 
     async def _close(self, code: int, message: str) -> None:
         try:

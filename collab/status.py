@@ -34,7 +34,8 @@ function show(figures) {
   }));
 }
 function connect() {
-  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/status/ws");
+  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/status/ws"
+                           + location.search);
   ws.onopen = () => { state.textContent = "live"; };
   ws.onmessage = (e) => show(JSON.parse(e.data));
   ws.onclose = () => { state.textContent = "reconnecting…"; setTimeout(connect, 2000); };
@@ -45,18 +46,23 @@ connect();
 _HEADERS = {"Cache-Control": "no-cache"}
 
 
-def routes(metrics: Metrics, interval: float = 1.0) -> list[web.RouteDef]:
+def routes(metrics: Metrics, guard, interval: float = 1.0) -> list[web.RouteDef]:
+    """`guard(request)` raises unless the request may see the figures (the admin, with access control on)."""
+
     async def metrics_page(request: web.Request) -> web.Response:
+        guard(request)
         return web.Response(body=metrics.render(), headers={
             "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def status_page(request: web.Request) -> web.Response:
+        guard(request)
         return web.Response(text=STATUS_PAGE, content_type="text/html", headers=_HEADERS)
 
     async def status_script(request: web.Request) -> web.Response:
         return web.Response(text=STATUS_SCRIPT, content_type="application/javascript", headers=_HEADERS)
 
     async def status_ws(request: web.Request) -> web.WebSocketResponse:
+        guard(request)
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
 

@@ -96,6 +96,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
         log.exception("connection to doc=%s failed", name)
         await ws.close(code=CLOSE_INTERNAL, message=b"internal error")
     finally:
+        if peer is not None and peer.closer is not None:
+            await asyncio.shield(peer.closer)  # let our close code reach the client first
         metrics.connections.dec()
         left = rooms.per_address.get(remote, 1) - 1
         if left > 0:

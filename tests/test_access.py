@@ -1,0 +1,257 @@
+"""Access control and abuse resistance: tokens, share links, origins, headers, limits, back-pressure.
+
+Each test checks the refusal and that nothing stored changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from aiohttp import WSMsgType
+
+from collab.access import Access
+from collab.app import ROOMS, create_app
+from collab.settings import Settings
+from wsutil import USER, closed, recv, recv_type, send
+
+SECRET = "correct horse battery staple"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(db=str(tmp_path / "a.db"), secret=SECRET, rate=20, burst=10, max_conns_per_doc=3,
+                    max_conns_per_addr=5, unload_after=60)
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings):
+    return await aiohttp_client(create_app(settings))
+
+
+ADMIN = Access(SECRET.encode()).admin_token()
+
+
+async def make_doc(client, name="doc", text="hello"):
+    """Create a document as the admin, type `text` into it; return its share links' tokens."""
+    resp = await client.post("/api/docs", json={"name": name}, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert resp.status == 201, await resp.text()
+    links = (await resp.json())["links"]
+    tokens = {role: url.split("token=")[1] for role, url in links.items()}
+    ws, _ = await hello(client, name, tokens["edit"], "setup")
+    await send(ws, {"type": "push", "version": 0, "updates": [{"clientID": "setup", "changes": [[0, text]]}]})
+    await recv_type(ws, "updates")
+    await ws.close()
+    return tokens
+
+
+async def hello(client, doc, token, client_id, headers=None):
+    url = f"/ws/{doc}" + (f"?token={token}" if token is not None else "")
+    ws = await client.ws_connect(url, protocols=["collab.v1"], headers=headers or {})
+    await send(ws, {"type": "hello", "clientID": client_id, "version": None, "user": USER})
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    if msg.type != WSMsgType.TEXT:
+        return ws, None
+    return ws, orjson.loads(msg.data)
+
+
+async def stored(client, doc="doc"):
+    resp = await client.get(f"/api/docs/{doc}", headers={"Authorization": f"Bearer {ADMIN}"})
+    return (await resp.json())["doc"]
+
+
+async def test_pages_and_api_need_a_token(client):
+    tokens = await make_doc(client)
+    for path in ("/", "/api/docs", "/api/docs/doc", "/api/docs/doc/history", "/d/doc", "/metrics"):
+        resp = await client.get(path)
+        assert resp.status == 401, path
+        assert (await resp.json())["error"]["code"] == "unauthorized"
+        resp = await client.get(path + ("&" if "?" in path else "?") + "token=e" + "x" * 32)
+        assert resp.status == 403, path
+        assert (await resp.json())["error"]["code"] == "forbidden"
+    assert (await client.get(f"/d/doc?token={tokens['view']}")).status == 200
+    assert (await client.get(f"/api/docs/doc?token={tokens['view']}")).status == 200
+    assert (await client.get(f"/?token={ADMIN}")).status == 200
+    assert (await client.get("/healthz")).status == 200  # health checks need no token
+
+
+async def test_websocket_without_or_with_a_wrong_token_closes_1008(client):
+    tokens = await make_doc(client)
+    await make_doc(client, "other", "secret plans")
+    other = (await (await client.get(f"/api/docs/other/links?token={ADMIN}")).json())["links"]
+    other_edit = other["edit"].split("token=")[1]
+    cases = [None, "nonsense", "e" + "A" * 32, other_edit]  # none, garbage, forged, another document's
+    for token in cases:
+        ws, frame = await hello(client, "doc", token, "intruder")
+        assert frame is None or frame["type"] == "error"
+        code, _ = await closed(ws)
+        assert code == 1008, token
+    assert await stored(client) == "hello"
+    # A token for one document gives nothing on another, over HTTP too.
+    resp = await client.get(f"/api/docs/doc/versions/1?token={other_edit}")
+    assert resp.status == 403
+    ws, welcome = await hello(client, "doc", tokens["edit"], "friend")
+    assert welcome["type"] == "welcome" and welcome["role"] == "edit" and welcome["doc"] == "hello"
+
+
+async def test_view_token_reads_but_cannot_push(client):
+    tokens = await make_doc(client)
+    viewer, welcome = await hello(client, "doc", tokens["view"], "viewer")
+    assert welcome["role"] == "view" and welcome["doc"] == "hello"
+    editor, _ = await hello(client, "doc", tokens["edit"], "editor")
+    await send(viewer, {"type": "push", "version": 1, "updates": [{"clientID": "viewer", "changes": [5, [0, "!"]]}]})
+    assert (await recv_type(viewer, "error"))["code"] == "read-only"
+    # Its presence is still shown to the others.
+    await send(viewer, {"type": "presence", "version": 1, "ranges": [{"anchor": 2, "head": 2}]})
+    assert (await recv_type(editor, "presence"))["ranges"] == [{"anchor": 2, "head": 2}]
+    # View holders see no share links and cannot restore or fork.
+    for method, path in (("get", "/api/docs/doc/links"), ("post", "/api/docs/doc/links/reset"),
+                         ("post", "/api/docs/doc/restore"), ("post", "/api/docs/doc/fork")):
+        resp = await getattr(client, method)(f"{path}?token={tokens['view']}", json={"version": 0})
+        assert resp.status == 403, path
+    assert await stored(client) == "hello"
+
+
+async def test_reset_links_invalidates_old_tokens_and_sessions(client):
+    tokens = await make_doc(client)
+    old_session, _ = await hello(client, "doc", tokens["edit"], "old")
+    admin_session, _ = await hello(client, "doc", ADMIN, "admin")
+    resp = await client.post(f"/api/docs/doc/links/reset?token={tokens['edit']}")
+    assert resp.status == 200
+    new = {r: u.split("token=")[1] for r, u in (await resp.json())["links"].items()}
+    assert new["edit"] != tokens["edit"] and new["view"] != tokens["view"]
+    assert (await closed(old_session))[0] == 1008
+    for token in tokens.values():
+        assert (await client.get(f"/api/docs/doc?token={token}")).status == 403
+        ws, _ = await hello(client, "doc", token, "late")
+        assert (await closed(ws))[0] == 1008
+    ws, welcome = await hello(client, "doc", new["edit"], "fresh")
+    assert welcome["doc"] == "hello"
+    await send(admin_session, {"type": "presence", "version": 1, "ranges": []})  # the admin stays connected
+    assert not admin_session.closed
+
+
+async def test_admin_lists_creates_and_deletes(client):
+    await make_doc(client, "one")
+    await make_doc(client, "two")
+    docs = (await (await client.get(f"/api/docs?token={ADMIN}")).json())["docs"]
+    assert sorted(d["name"] for d in docs) == ["one", "two"]
+    tokens = await make_doc(client, "three")
+    ws, _ = await hello(client, "three", tokens["edit"], "x")
+    resp = await client.delete(f"/api/docs/three?token={tokens['edit']}")
+    assert resp.status == 403  # only the admin deletes
+    resp = await client.delete(f"/api/docs/three?token={ADMIN}")
+    assert resp.status == 200
+    assert (await closed(ws))[0] == 1008
+    assert (await client.get(f"/api/docs/three?token={ADMIN}")).status == 404
+    # Only the admin can make a document by opening it.
+    ws, _ = await hello(client, "brand-new", tokens["edit"], "y")
+    assert (await closed(ws))[0] == 1008
+    assert (await client.get(f"/api/docs/brand-new?token={ADMIN}")).status == 404
+
+
+async def test_foreign_origin_is_refused(client):
+    tokens = await make_doc(client)
+    with pytest.raises(Exception) as refused:
+        await client.ws_connect(f"/ws/doc?token={tokens['edit']}", protocols=["collab.v1"],
+                                headers={"Origin": "https://evil.example"})
+    assert "403" in str(refused.value)
+    own = f"http://{client.server.host}:{client.server.port}"
+    ws, welcome = await hello(client, "doc", tokens["edit"], "same-site", headers={"Origin": own})
+    assert welcome["type"] == "welcome"
+    assert await stored(client) == "hello"
+
+
+async def test_allowed_extra_origin(aiohttp_client, tmp_path):
+    client = await aiohttp_client(create_app(Settings(db=str(tmp_path / "o.db"),
+                                                      allow_origin="https://editor.example.org")))
+    ws, welcome = await hello(client, "d", None, "c", headers={"Origin": "https://editor.example.org"})
+    assert welcome["type"] == "welcome"
+    with pytest.raises(Exception):
+        await client.ws_connect("/ws/d", protocols=["collab.v1"], headers={"Origin": "https://other.example"})
+
+
+async def test_security_headers(client):
+    resp = await client.get(f"/d/doc?token={ADMIN}")
+    h = resp.headers
+    assert h["Referrer-Policy"] == "no-referrer"
+    assert h["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in h["Content-Security-Policy"]
+    assert "script-src 'self'" in h["Content-Security-Policy"]
+    assert "style-src 'self'" in h["Content-Security-Policy"]
+    assert (await client.get("/api/docs")).headers["Referrer-Policy"] == "no-referrer"  # errors too
+
+
+async def test_rate_limit_then_4429(client):
+    tokens = await make_doc(client)
+    ws, _ = await hello(client, "doc", tokens["edit"], "flood")
+    other, _ = await hello(client, "doc", tokens["edit"], "calm")
+    for _ in range(40):  # burst 10, rate 20/s: most of these are refused
+        await send(ws, {"type": "presence", "version": 1, "ranges": [{"anchor": 0, "head": 0}]})
+    codes = []
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        if msg.type != WSMsgType.TEXT:
+            break
+        frame = orjson.loads(msg.data)
+        if frame["type"] == "error":
+            codes.append(frame["code"])
+    assert codes and set(codes) == {"rate-limited"}
+    assert msg.type == WSMsgType.CLOSE and msg.data == 4429
+    # The calm client is unaffected and nothing was stored.
+    await send(other, {"type": "push", "version": 1, "updates": [{"clientID": "calm", "changes": [5, [0, "!"]]}]})
+    assert (await recv_type(other, "updates"))["from"] == 1
+    assert await stored(client) == "hello!"
+
+
+async def test_connection_limits(client):
+    tokens = await make_doc(client)
+    sockets = []
+    for k in range(3):  # max_conns_per_doc = 3
+        ws, welcome = await hello(client, "doc", tokens["edit"], f"c{k}")
+        assert welcome["type"] == "welcome"
+        sockets.append(ws)
+    resp = await client.get(f"/ws/doc?token={tokens['edit']}", headers={
+        "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert resp.status == 429 and (await resp.json())["error"]["code"] == "rate-limited"
+    # Per address: 5 in all from 127.0.0.1 (3 on doc, 2 more elsewhere, then refused).
+    await make_doc(client, "elsewhere")
+    ws4, _ = await hello(client, "elsewhere", ADMIN, "e1")
+    ws5, _ = await hello(client, "elsewhere", ADMIN, "e2")
+    with pytest.raises(Exception) as refused:
+        await client.ws_connect(f"/ws/elsewhere?token={ADMIN}", protocols=["collab.v1"])
+    assert "429" in str(refused.value)
+    await sockets[0].close()
+    await asyncio.sleep(0.1)
+    ws6, welcome = await hello(client, "elsewhere", ADMIN, "e3")  # a slot came free
+    assert welcome["type"] == "welcome"
+
+
+async def test_a_client_that_does_not_read_is_cut_off(aiohttp_client, tmp_path):
+    """Back-pressure: a peer that never reads is closed once its unsent bytes pass the bound."""
+    settings = Settings(db=str(tmp_path / "b.db"), send_buffer=256 * 1024, rate=1e6, burst=10**6,
+                        max_frame=1 << 20)
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    sleeper = await client.ws_connect("/ws/flood", protocols=["collab.v1"])
+    await send(sleeper, {"type": "hello", "clientID": "sleeper", "version": None, "user": USER})
+    writer, _ = await hello(client, "flood", None, "writer")
+    # Stop reading on the sleeper's socket: pause its transport so the server's writes back up.
+    sleeper._response.connection.transport.pause_reading()
+    room = app[ROOMS].rooms["flood"]
+    sleeper_peer = next(p for p in room.peers.values() if p.client_id == "sleeper")
+    version, chunk = 0, "x" * 20000
+    for k in range(400):  # 8 MB of updates in all
+        await send(writer, {"type": "push", "version": version,
+                            "updates": [{"clientID": "writer", "changes": ([version * 20000] if version else [])
+                                         + [[0, chunk]]}]})
+        ack = await recv_type(writer, "updates")
+        version = ack["from"] + 1
+        if sleeper_peer.closed:
+            break
+    assert sleeper_peer.closed, "the non-reading peer was never cut off"
+    assert sleeper_peer.queued <= settings.send_buffer + 64 * 1024
+    # The writer is unaffected.
+    assert not writer.closed
