@@ -4,6 +4,9 @@
 #   ./run.sh [--host H] [--port P] [--db FILE] [any `collab serve` option]
 #       creates .venv if missing, installs collab, applies migrations, serves
 #       (defaults 127.0.0.1:8080 and ./data/collab.db; COLLAB_* variables work too)
+#   ./run.sh --public [options]
+#       the same for a team: listens on all interfaces with access control on,
+#       the secret kept in ./data/secret (made on first start); prints the admin link
 #   ./run.sh test [pytest arguments]
 #       installs everything the tests need (Python test extras, the Node
 #       packages of tests/js and static/, Debian's chromium when missing and
@@ -18,7 +21,8 @@ say() { printf 'run.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
 ensure_venv() {
-    local extras="$1" stamp="$VENV/.installed$extras" want
+    local extras="$1"
+    local stamp="$VENV/.installed$extras" want
     if [ ! -x "$PY" ]; then
         command -v python3 >/dev/null || die "python3 (3.11 or newer) is needed"
         python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python 3.11 or newer is needed"
@@ -47,22 +51,43 @@ ensure_node_packages() {
     done
 }
 
-ensure_chromium() {
-    [ -x /usr/bin/chromium ] && return
+# Debian packages the tests drive: chromium (browser tests), nginx and openssl
+# (the reverse-proxy and TLS tests), systemd (systemd-analyze checks the unit file).
+TEST_PACKAGES="chromium:/usr/bin/chromium nginx:/usr/sbin/nginx openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze"
+
+ensure_test_packages() {
+    local missing="" entry
+    for entry in $TEST_PACKAGES; do
+        [ -x "${entry#*:}" ] || missing="$missing ${entry%%:*}"
+    done
+    [ -z "$missing" ] && return
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing Debian's chromium for the browser tests"
+        say "installing Debian packages for the tests:$missing"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     fi
-    [ -x /usr/bin/chromium ] || die "the browser tests need /usr/bin/chromium (Debian: apt-get install chromium)"
+    for entry in $TEST_PACKAGES; do
+        [ -x "${entry#*:}" ] || die "the tests need ${entry#*:} (Debian: apt-get install ${entry%%:*})"
+    done
 }
 
 if [ "${1:-}" = "test" ]; then
     shift
     ensure_venv "[test]"
     ensure_node_packages
-    ensure_chromium
+    ensure_test_packages
     exec "$PY" -m pytest "$@"
+fi
+
+if [ "${1:-}" = "--public" ]; then
+    shift
+    secret_file="${COLLAB_SECRET_FILE:-./data/secret}"
+    if [ -z "${COLLAB_SECRET:-}" ] && [ ! -s "$secret_file" ]; then
+        mkdir -p "$(dirname "$secret_file")"
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > "$secret_file")
+        say "made a new secret in $secret_file (keep it; it signs every share link)"
+    fi
+    set -- --host "${COLLAB_HOST:-0.0.0.0}" --secret-file "$secret_file" "$@"
 fi
 
 ensure_venv ""

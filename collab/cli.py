@@ -42,13 +42,37 @@ def serve(settings: Settings) -> None:
     from aiohttp import web
 
     from .app import create_app
+    from .access import Access
+    secret = settings.load_secret()
+    if secret is None and not is_loopback(settings.host):
+        raise SystemExit(f"collab: refusing to listen on {settings.host} with no access control: give a "
+                         "secret (--secret, COLLAB_SECRET or --secret-file; ./run.sh --public makes one), "
+                         "or listen on 127.0.0.1")
     _logging(settings)
     ssl_context = tls_context(settings)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"{'https' if ssl_context else 'http'}://{host}:{settings.port}"
+
+    def announce(_):
+        print(f"collab: listening on {url}", flush=True)
+        if secret is not None:
+            # On the console only (never in the logs): the way in for whoever started the server.
+            shown = url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
+            print(f"collab: access control is on; admin link: {shown}/?token={Access(secret).admin_token()}",
+                  flush=True)
+
     web.run_app(create_app(settings), host=settings.host, port=settings.port, shutdown_timeout=10,
-                ssl_context=ssl_context, print=lambda _: print(f"collab: listening on {url}", flush=True),
-                access_log=None)
+                ssl_context=ssl_context, print=announce, access_log=None)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def migrate(settings: Settings) -> None:
