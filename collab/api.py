@@ -316,13 +316,7 @@ class Api:
         await self.allow(request, "edit", name)
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", info["version"], 0, info["version"])
-        new_name = body.get("name")
-        if new_name is None:
-            new_name = await self._free_name()
-        elif type(new_name) is not str or not protocol.valid_doc_name(new_name):
-            raise ProtocolError("bad-request", "name must be 1-100 letters, digits, '-' or '_'")
-        elif await self.store.document(new_name) is not None:
-            return error_response(409, "bad-request", f"a document named {new_name!r} already exists")
+        new_name = await self._new_name(body)
         text = await self._text_at(info, version)
         await self.store.create_document(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
         return json_response({"name": new_name, **await self._links(new_name)}, status=201)
@@ -357,14 +351,7 @@ class Api:
 
     async def create_doc(self, request: web.Request) -> web.Response:
         await self.allow(request, "admin")
-        body = await _json_body(request)
-        name = body.get("name")
-        if name is None:
-            name = await self._free_name()
-        elif type(name) is not str or not protocol.valid_doc_name(name):
-            raise ProtocolError("bad-request", "name must be 1-100 letters, digits, '-' or '_'")
-        elif await self.store.document(name) is not None:
-            return error_response(409, "bad-request", f"a document named {name!r} already exists")
+        name = await self._new_name(await _json_body(request))
         await self.store.create_document(name)
         return json_response({"name": name, **await self._links(name)}, status=201)
 
@@ -379,6 +366,17 @@ class Api:
             self.rooms.forget(room)
         await self.store.delete_document(info["id"])
         return json_response({"deleted": name})
+
+    async def _new_name(self, body: dict) -> str:
+        """The body's "name" for a new document (409 if taken), or a fresh readable one."""
+        name = body.get("name")
+        if name is None:
+            return await self._free_name()
+        if type(name) is not str or not protocol.valid_doc_name(name):
+            raise ProtocolError("bad-request", "name must be 1-100 letters, digits, '-' or '_'")
+        if await self.store.document(name) is not None:
+            raise web.HTTPConflict(reason=f"a document named {name!r} already exists")
+        return name
 
     async def _free_name(self) -> str:
         for _ in range(20):

@@ -305,9 +305,7 @@ class Store:
             doc_id, version, salt = row
             snap_version, text = _snapshot_at(conn, doc_id, version)
             start = min(snap_version, max(0, version - keep))
-            rows = conn.execute("SELECT version, client_id, changes FROM updates "
-                                "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                                (doc_id, start, version)).fetchall()
+            rows = _update_rows(conn, doc_id, start, version)
             log = _contiguous_tail(rows, version)
             log_from = version - len(log)
             if log_from > snap_version:
@@ -322,9 +320,7 @@ class Store:
     async def updates(self, doc_id: int, since: int, until: int) -> list[Update]:
         """Updates producing versions since+1 .. until (fewer if history was compacted away)."""
         def fn(conn: sqlite3.Connection) -> list[Update]:
-            rows = conn.execute("SELECT version, client_id, changes FROM updates "
-                                "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                                (doc_id, since, until)).fetchall()
+            rows = _update_rows(conn, doc_id, since, until)
             if not rows or rows[0][0] != since + 1:
                 return []
             return [_parse_update(c, ch) for _, c, ch in rows]
@@ -354,9 +350,7 @@ class Store:
         """The text at `version`: the newest snapshot at or below it plus the updates after it."""
         def fn(conn: sqlite3.Connection) -> str:
             snap_version, text = _snapshot_at(conn, doc_id, version)
-            rows = conn.execute("SELECT version, client_id, changes FROM updates "
-                                "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                                (doc_id, snap_version, version)).fetchall()
+            rows = _update_rows(conn, doc_id, snap_version, version)
             if len(rows) != version - snap_version:
                 raise _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
             doc = Text(text)
@@ -365,7 +359,6 @@ class Store:
             return str(doc)
 
         return await self._read(fn)
-
 
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
         """Update summaries with version < `before`, newest first."""
@@ -445,6 +438,13 @@ class CommitSource(Protocol):
     def take_commit(self) -> tuple[Callable[[sqlite3.Connection], object], object] | None: ...
 
     def commit_done(self, token: object, error: BaseException | None) -> None: ...
+
+
+def _update_rows(conn: sqlite3.Connection, doc_id: int, after: int, upto: int) -> list[tuple]:
+    """(version, client_id, changes) of the updates producing versions after+1 .. upto, in order."""
+    return conn.execute("SELECT version, client_id, changes FROM updates "
+                        "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                        (doc_id, after, upto)).fetchall()
 
 
 def _insert_snapshot(conn: sqlite3.Connection, doc_id: int, version: int, text: str) -> None:
