@@ -146,6 +146,51 @@ function renderMe() {
   $("#me-name").textContent = user.name;
 }
 
+// ---- share ------------------------------------------------------------------------------
+
+/** The edit and view links when the server uses access tokens, else this page's address. */
+async function openShare() {
+  const box = $("#share-links");
+  box.textContent = "Loading…";
+  $("#share-dialog").showModal();
+  let entries = [{ label: "Anyone with this link can open the document", url: location.href }];
+  try {
+    const r = await fetch(`/api/docs/${encodeURIComponent(docName)}/links${tokenQuery()}`);
+    const data = r.ok ? await r.json() : null;
+    if (data && data.links) {
+      entries = [
+        { label: "Can edit", url: new URL(data.links.edit, location.href).href },
+        { label: "Can only read", url: new URL(data.links.view, location.href).href },
+      ];
+    }
+  } catch (_) { /* fall back to this page's address */ }
+  box.textContent = "";
+  for (const { label, url } of entries) {
+    const row = box.appendChild(document.createElement("div"));
+    row.className = "share-row";
+    const title = row.appendChild(document.createElement("label"));
+    title.textContent = label;
+    const line = row.appendChild(document.createElement("div"));
+    line.className = "share-line";
+    const input = line.appendChild(document.createElement("input"));
+    input.readOnly = true;
+    input.value = url;
+    input.addEventListener("focus", () => input.select());
+    const copy = line.appendChild(document.createElement("button"));
+    copy.type = "button";
+    copy.textContent = "Copy";
+    copy.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(url);
+      } catch (_) {
+        input.select();
+        document.execCommand("copy");
+      }
+      copy.textContent = "Copied";
+    });
+  }
+}
+
 // ---- rescue ----------------------------------------------------------------------------
 
 function showRescue({ text, count, fragments }) {
@@ -279,6 +324,21 @@ async function boot() {
 }
 
 $("#me").addEventListener("click", openIdentity);
+$("#share").addEventListener("click", openShare);
+$("#share-close").addEventListener("click", () => $("#share-dialog").close());
+for (const id of ["#share-dialog", "#identity", "#rescue"]) {
+  $(id).addEventListener("close", () => {
+    // Back to the editor, with the caret where it was (focusing alone may
+    // let the browser put the DOM caret at the start).
+    const view = session && session.view;
+    if (!view) return;
+    setTimeout(() => {
+      const selection = view.state.selection;
+      view.focus();
+      view.dispatch({ selection });
+    }, 0);
+  });
+}
 $("#identity-form").addEventListener("submit", applyIdentity);
 $("#identity-cancel").addEventListener("click", () => $("#identity").close());
 $("#rescue-copy").addEventListener("click", copyRescue);

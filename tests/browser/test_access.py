@@ -22,6 +22,16 @@ def test_view_link_is_read_only(tmp_path, contexts):
         with urllib.request.urlopen(f"{srv.url}/api/docs/plan/links?token={admin}", timeout=10) as r:
             links = json.loads(r.read())["links"]
 
+        # The Share dialog offers exactly these two links.
+        editor.click("#share")
+        editor.wait_for_selector("#share-links .share-row:nth-child(2)")
+        shown = editor.eval_on_selector_all("#share-links input", "els => els.map(e => e.value)")
+        assert shown == [srv.url + links["edit"], srv.url + links["view"]]
+        editor.click("#share-close")
+        # Closing gives the focus back to the editor, caret where it was.
+        editor.wait_for_function("() => window.__collab.view.hasFocus")
+        assert editor.evaluate("() => window.__collab.view.state.selection.main.head") == len("only editors write here")
+
         viewer = open_editor(contexts(), srv.url, links["view"].removeprefix("/d/"))
         assert "view only" in viewer.inner_text("#status")
         viewer.wait_for_function("() => window.__collab.view.state.doc.toString() === 'only editors write here'")
