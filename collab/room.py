@@ -19,6 +19,7 @@ Rules that always hold:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import secrets
 import time
@@ -264,7 +265,7 @@ class Room:
                 ends.append(peer.welcome_from)
             ends.append(peer.welcome_version)
         after = max(version, peer.welcome_version)
-        ends += [e for e in self.frame_ends if e > after]
+        ends += self.frame_ends[bisect.bisect_right(self.frame_ends, after):]  # ascending
         in_flight = self.seq.in_flight_end()
         if in_flight is not None:
             ends.append(in_flight)
