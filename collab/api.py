@@ -8,6 +8,7 @@ which is logged with its traceback and answered as 500 `internal`).
 
 from __future__ import annotations
 
+import html
 import logging
 import secrets
 from pathlib import Path
@@ -36,12 +37,32 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return json_response({"error": {"code": code, "message": message}}, status)
 
 
-def error_middleware(errors_counter=None):
-    """The one place HTTP errors become `{"error": {code, message}}` (and are counted by code)."""
+_ERROR_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>collab: {title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><h1>{title}</h1><p>{message}</p><p><a href="/">collab</a></p></body></html>
+"""
+_PAGE_TITLES = {401: "This link needs an access token", 403: "This link does not give access here",
+                404: "Not found", 400: "Bad address"}
 
-    def answer(status: int, code: str, message: str) -> web.Response:
+
+def _is_page(request: web.Request) -> bool:
+    return request.method == "GET" and (request.path == "/" or request.path.startswith("/d/"))
+
+
+def error_middleware(errors_counter=None):
+    """The one place HTTP errors become `{"error": {code, message}}` (and are counted by code).
+
+    A person following a link to a page gets the same answer as a short HTML page.
+    """
+
+    def answer(request: web.Request, status: int, code: str, message: str) -> web.Response:
         if errors_counter is not None:
             errors_counter.labels(code).inc()
+        if _is_page(request):
+            title = _PAGE_TITLES.get(status, "Something went wrong")
+            return web.Response(status=status, content_type="text/html", text=_ERROR_PAGE.format(
+                title=html.escape(title), message=html.escape(message)))
         return error_response(status, code, message)
 
     @web.middleware
@@ -49,15 +70,15 @@ def error_middleware(errors_counter=None):
         try:
             return await handler(request)
         except ProtocolError as exc:
-            return answer(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
+            return answer(request, HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             code = _HTTP_CODES.get(exc.status, "internal" if exc.status >= 500 else "bad-request")
-            return answer(exc.status, code, exc.reason or code)
+            return answer(request, exc.status, code, exc.reason or code)
         except Exception:
             log.exception("error in %s %s", request.method, request.path)
-            return answer(500, "internal", "internal server error")
+            return answer(request, 500, "internal", "internal server error")
 
     return middleware
 

@@ -63,13 +63,19 @@ async def stored(client, doc="doc"):
 
 async def test_pages_and_api_need_a_token(client):
     tokens = await make_doc(client)
-    for path in ("/", "/api/docs", "/api/docs/doc", "/api/docs/doc/history", "/d/doc", "/metrics"):
+    for path in ("/api/docs", "/api/docs/doc", "/api/docs/doc/history", "/metrics"):
         resp = await client.get(path)
         assert resp.status == 401, path
         assert (await resp.json())["error"]["code"] == "unauthorized"
         resp = await client.get(path + ("&" if "?" in path else "?") + "token=e" + "x" * 32)
         assert resp.status == 403, path
         assert (await resp.json())["error"]["code"] == "forbidden"
+    for path in ("/", "/d/doc"):  # pages answer people in HTML
+        resp = await client.get(path)
+        assert resp.status == 401 and resp.content_type == "text/html", path
+        assert "needs an access token" in await resp.text()
+        resp = await client.get(path + "?token=<script>")
+        assert resp.status == 403 and "<script>" not in await resp.text(), path
     assert (await client.get(f"/d/doc?token={tokens['view']}")).status == 200
     assert (await client.get(f"/api/docs/doc?token={tokens['view']}")).status == 200
     assert (await client.get(f"/?token={ADMIN}")).status == 200
