@@ -6,6 +6,8 @@ import { CollabSession } from "./sync.js";
 import { PendingStore } from "./pending.js";
 import { flushRecord } from "./flush.js";
 import { editorSetup, followColorScheme } from "./setup.js";
+import { EditorView } from "@codemirror/view";
+import { HistoryPanel } from "./history.js";
 import { loadUser, saveUser, COLORS, cleanName, safeColor, newClientID, DOC_NAME_RE } from "./identity.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -223,6 +225,7 @@ async function copyRescue() {
 const docName = docNameFromPath();
 let user = loadUser();
 let session = null;
+let historyPanel = null;
 
 async function boot() {
   if (!docName || !DOC_NAME_RE.test(docName)) {
@@ -267,7 +270,9 @@ async function boot() {
     docName,
     wsUrl,
     parent: $("#editor"),
-    extensions: editorSetup(),
+    extensions: [editorSetup(), EditorView.updateListener.of((u) => {
+      if (historyPanel && (u.docChanged || u.transactions.length)) historyPanel.liveChanged();
+    })],
     user,
     store,
     clientID,
@@ -283,6 +288,14 @@ async function boot() {
       role: () => renderStatus(session.statusInfo()),
     },
   });
+  historyPanel = new HistoryPanel({
+    docName,
+    getView: () => session.view,
+    getUser: () => user,
+    getRole: () => session.role,
+    showError,
+  });
+  $("#history-toggle").addEventListener("click", () => historyPanel.toggle());
   renderPeople([]);
   renderStatus(session.statusInfo());
   try {
@@ -319,6 +332,7 @@ async function boot() {
     get version() { return session.view ? getSyncedVersion(session.view.state) : null; },
     get unconfirmed() { return session.view ? sendableUpdates(session.view.state).length : 0; },
     peers: () => session.peerList(),
+    history: historyPanel,
   };
   document.body.dataset.ready = "true";
 }

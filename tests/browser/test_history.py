@@ -1,0 +1,255 @@
+"""The History panel: sessions, scrubbing, restore while someone types, fork, download, authorship.
+
+The restore test is the important one: A restores an old version from the
+panel while B keeps typing.  B's outgoing pushes are held back in the page
+(WebSocket.send is wrapped) for the moment of the restore, so B certainly
+has unconfirmed edits when the restore arrives: they must be rebased over it,
+survive, and reach the server afterwards.  A second restore is then made
+with nothing held back, B typing all along.
+"""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+from .browser_helpers import open_editor, set_user, set_cursor, wait_synced, line_end, server_doc
+from serverproc import ROOT
+
+# Holds the page's "push" frames while window.__hold.on; release() sends them in order.
+HOLD_PUSHES = """
+(() => {
+  const send = WebSocket.prototype.send;
+  const held = [];
+  window.__hold = {
+    on: false, held,
+    release() {
+      this.on = false;
+      for (const [ws, data] of held.splice(0)) if (ws.readyState === 1) send.call(ws, data);
+    },
+  };
+  WebSocket.prototype.send = function (data) {
+    if (window.__hold.on && typeof data === "string" && data.includes('"type":"push"')) {
+      held.push([this, data]);
+      return;
+    }
+    return send.call(this, data);
+  };
+})();
+"""
+
+
+def api(base_url, path):
+    with urllib.request.urlopen(f"{base_url}{path}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def type_text(page, text):
+    for i, line in enumerate(text.split("\n")):
+        if i:
+            page.keyboard.press("Enter")
+        if line:
+            page.keyboard.type(line)
+
+
+def info(page):
+    return page.evaluate("() => window.__collab.history.info")
+
+
+def wait_shown(page, version, mode="changes"):
+    page.wait_for_function(
+        "([v, m]) => { const h = document.querySelector('#history');"
+        " return h.dataset.state === 'ready' && h.dataset.shown === String(v) && h.dataset.mode === m; }",
+        arg=[version, mode])
+
+
+def scrub(page, versions):
+    """Move the slider through `versions` as fast as the page takes input events."""
+    page.evaluate("""vs => { const s = document.querySelector('#history-slider');
+        for (const v of vs) { s.value = String(v); s.dispatchEvent(new Event('input', {bubbles: true})); } }""",
+                  versions)
+
+
+def test_restore_while_another_person_types(server, contexts):
+    doc = "hist-restore"
+    ca, cb = contexts(), contexts()
+    set_user(ca, "Alice", "#e5484d")
+    set_user(cb, "Bob", "#0090ff")
+    cb.add_init_script(HOLD_PUSHES)
+    a = open_editor(ca, server.url, doc)
+    b = open_editor(cb, server.url, doc)
+
+    a.click(".cm-content")
+    type_text(a, "Alpha one\nAlpha two\nAlpha three")
+    old_text = wait_synced([a, b], server.url, doc)
+    old_version = server_doc(server.url, doc)["version"]
+
+    set_cursor(b, line_end(b, 2))
+    b.keyboard.type(" and Bob's change")
+    b.keyboard.press("Enter")
+    b.keyboard.type("Bob line")
+    for _ in range(3):
+        b.keyboard.press("Backspace")
+    wait_synced([a, b], server.url, doc)
+
+    # A opens the panel and picks the end of its own first session.
+    a.click("#history-toggle")
+    a.click(f"#history-sessions li[data-to='{old_version}']")
+    wait_shown(a, old_version)
+    assert info(a)["text"] == old_text == api(server.url, f"/api/docs/{doc}/versions/{old_version}")["doc"]
+
+    # B types at the end of line 1, its pushes held: everything it types is unconfirmed.
+    set_cursor(b, line_end(b, 1))
+    b.evaluate("window.__hold.on = true")
+    typed = "[B1"
+    b.keyboard.type(typed)
+    assert b.evaluate("window.__collab.unconfirmed") > 0
+    a.click("#history-restore")
+    stream = iter("abcdefghijklmnopqrstuvwxyz" * 20)
+    deadline = time.monotonic() + 15
+    restored = None
+    while True:  # keep typing until the restore has reached B
+        ch = next(stream)
+        b.keyboard.type(ch)
+        typed += ch
+        restored = restored or info(a)["lastRestore"]
+        if restored and b.evaluate("window.__collab.version") >= restored["version"]:
+            break
+        assert time.monotonic() < deadline, "the restore did not reach B"
+    assert restored["from"] == old_version
+    assert b.evaluate("window.__collab.unconfirmed") > 0  # B's edits were rebased over the restore
+    b.keyboard.type("-after")
+    typed += "-after"
+    b.evaluate("window.__hold.release()")
+    b.keyboard.type("]")
+    typed += "]"
+    text = wait_synced([a, b], server.url, doc)
+    assert text == old_text.replace("Alpha one", "Alpha one" + typed, 1)
+    assert "Bob line" not in text
+
+    # Undo the restore (restore the version just before it) while B types, nothing held.
+    before_restore = restored["version"] - 1
+    before_text = api(server.url, f"/api/docs/{doc}/versions/{before_restore}")["doc"]
+    assert "Bob's change" in before_text
+    scrub(a, [before_restore])
+    wait_shown(a, before_restore)
+    set_cursor(b, line_end(b, 3))  # the end of "Alpha three", a line both versions have
+    typed2 = "<"
+    b.keyboard.type(typed2)
+    a.click("#history-restore")
+    stream = iter("0123456789" * 50)
+    deadline = time.monotonic() + 15
+    while True:
+        ch = next(stream)
+        b.keyboard.type(ch)
+        typed2 += ch
+        second = info(a)["lastRestore"]
+        if second and second["from"] == before_restore and b.evaluate("window.__collab.version") >= second["version"]:
+            break
+        assert time.monotonic() < deadline, "the second restore did not reach B"
+    tail = "".join(next(stream) for _ in range(5)) + ">"
+    b.keyboard.type(tail)
+    typed2 += tail
+    text = wait_synced([a, b], server.url, doc)
+    assert text == server_doc(server.url, doc)["doc"]
+    # The text before the first restore is back, plus what B typed that the
+    # restore had not yet seen: a tail of B's typing, ending with all it typed afterwards.
+    p = before_text.index("Alpha three") + len("Alpha three")
+    kept = text[p:len(text) - (len(before_text) - p)]
+    assert text[:p] == before_text[:p] and text[p + len(kept):] == before_text[p:], (text, before_text)
+    assert typed2.endswith(kept) and kept.endswith(tail), (kept, typed2)
+    assert a.collab_errors == [] and b.collab_errors == []
+    assert a.csp_violations == [] and b.csp_violations == []
+
+
+def test_panel_sessions_scrub_download_authors_fork(server, contexts):
+    doc = "hist-tour"
+    ca, cb = contexts(), contexts()
+    set_user(ca, "Alice", "#e5484d")
+    set_user(cb, "Bob", "#0090ff")
+    a = open_editor(ca, server.url, doc)
+    b = open_editor(cb, server.url, doc)
+    a.click(".cm-content")
+    type_text(a, "Hello from Alice\n")
+    wait_synced([a, b], server.url, doc)
+    set_cursor(b, line_end(b, 2))
+    b.keyboard.type("Bob was here!!!")
+    for _ in range(3):
+        b.keyboard.press("Backspace")
+    wait_synced([a, b], server.url, doc)
+    bob_end = server_doc(server.url, doc)["version"]
+    set_cursor(a, line_end(a, 2))
+    type_text(a, "\nAlice again")
+    wait_synced([a, b], server.url, doc)
+    head = server_doc(server.url, doc)["version"]
+
+    # Sessions: newest first, grouped by author, with the counts the API gives.
+    entries = api(server.url, f"/api/docs/{doc}/history?limit=1000")["entries"]
+    expected = []
+    for e in sorted(entries, key=lambda e: e["version"]):
+        if expected and expected[-1][0] == e["author"]:
+            expected[-1][1] += e["inserted"]
+            expected[-1][2] += e["deleted"]
+        else:
+            expected.append([e["author"], e["inserted"], e["deleted"]])
+    expected.reverse()
+    assert [x[0] for x in expected] == ["Alice", "Bob", "Alice"]
+    a.click("#history-toggle")
+    a.wait_for_function("n => document.querySelectorAll('#history-sessions .history-session').length === n",
+                        arg=len(expected))
+    rows = a.evaluate("""() => [...document.querySelectorAll('#history-sessions .history-session')].map(li => [
+        li.querySelector('.history-author').textContent,
+        li.querySelector('.count-ins').textContent, li.querySelector('.count-del').textContent])""")
+    assert rows == [[n, f"+{i}", f"−{d}"] for n, i, d in expected]
+    assert expected[1][2] == 3  # Bob's backspaces
+
+    # Scrub fast through every version, ending at Bob's last one: only that is shown.
+    scrub(a, list(range(head, 0, -1)) + list(range(1, bob_end + 1)))
+    wait_shown(a, bob_end)
+    bob_text = api(server.url, f"/api/docs/{doc}/versions/{bob_end}")["doc"]
+    assert info(a)["text"] == bob_text == "Hello from Alice\nBob was here"
+    a.wait_for_timeout(400)  # no late answer for another position replaces it
+    assert info(a)["shown"] == bob_end and info(a)["text"] == bob_text
+    # Differences from the current text: Alice's later line shows as added.
+    added = a.evaluate("() => [...document.querySelectorAll('#history-preview .cm-hist-ins')].map(e => e.textContent).join('')")
+    assert added == "\nAlice again"
+
+    # Download: that version's text.
+    with a.expect_download() as dl:
+        a.click("#history-download")
+    with open(dl.value.path(), encoding="utf-8") as f:
+        assert f.read() == bob_text
+
+    # Authorship: each character coloured by who wrote it; two authors, two colours.
+    a.check("input[name=history-mode][value=authors]")
+    wait_shown(a, bob_end, "authors")
+    colours = a.evaluate("""() => Object.fromEntries([...document.querySelectorAll('#history-preview [data-author]')]
+        .map(e => [e.dataset.author, getComputedStyle(e).backgroundColor]))""")
+    assert set(colours) == {"Alice", "Bob"}
+    assert colours["Alice"] != colours["Bob"]
+    marked = a.evaluate("""() => [...document.querySelectorAll('#history-preview [data-author=Bob]')]
+        .map(e => e.textContent).join('')""")
+    assert marked == "Bob was here"
+
+    # Fork: a new document with that version's text opens in a new tab.
+    with ca.expect_page() as new_page:
+        a.click("#history-fork")
+    fork = new_page.value
+    fork.wait_for_url("**/d/**")
+    fork.wait_for_function("() => window.__collab && window.__collab.status.state === 'connected'")
+    name = fork.url.split("/d/")[1].split("?")[0]
+    assert name != doc
+    assert fork.evaluate("() => window.__collab.view.state.doc.toString()") == bob_text
+    assert server_doc(server.url, name)["doc"] == bob_text
+
+    # A compacted-away version: the panel says so in words (the server's 404 message).
+    out = subprocess.run([sys.executable, "-m", "collab", "compact", "--db", str(server.db), "--keep-history", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    a.check("input[name=history-mode][value=changes]")
+    scrub(a, [2])
+    a.wait_for_function("() => document.querySelector('#history').dataset.state === 'error'")
+    error = a.inner_text("#history-error")
+    assert error.startswith("Version 2 cannot be shown: ") and "compacted" in error, error
+    assert a.collab_errors == [] and a.csp_violations == []
