@@ -16,8 +16,8 @@ import { diffText } from "./diff.js";
 const PAGE = 200; // history entries per request
 const SESSION_GAP_S = 5 * 60; // a pause this long starts a new session
 const SCRUB_DEBOUNCE_MS = 120;
-const CURRENT_DEBOUNCE_MS = 250;
-const NEWER_DEBOUNCE_MS = 800;
+const CURRENT_DEBOUNCE_MS = 250; // the diff against the live text, at most this often
+const NEWER_DEBOUNCE_MS = 800; // new sessions while the panel is open, at most this often
 const CACHE = 60; // version texts kept
 const AUTHOR_COLORS = 10; // .ac0 … .ac9 in style.css
 const WIDGET_MAX = 4000; // inserted text shown in the preview, at most
@@ -261,8 +261,9 @@ export class HistoryPanel {
   /** Called by the editor on every transaction of the live view. */
   liveChanged() {
     if (!this.isOpen) return;
-    clearTimeout(this.currentTimer);
-    this.currentTimer = setTimeout(() => this.followLive(), CURRENT_DEBOUNCE_MS);
+    // At most every CURRENT_DEBOUNCE_MS, also while someone types non-stop.
+    if (this.currentTimer) return;
+    this.currentTimer = setTimeout(() => { this.currentTimer = null; this.followLive(); }, CURRENT_DEBOUNCE_MS);
   }
 
   followLive() {
@@ -274,8 +275,9 @@ export class HistoryPanel {
       this.head = head;
       this.slider.max = String(head);
       this.renderLabel();
-      clearTimeout(this.newerTimer);
-      this.newerTimer = setTimeout(() => this.loadNewer(), NEWER_DEBOUNCE_MS);
+      if (!this.newerTimer) {
+        this.newerTimer = setTimeout(() => { this.newerTimer = null; this.loadNewer(); }, NEWER_DEBOUNCE_MS);
+      }
     }
     if (this.shown && this.mode === "changes") this.renderPreview(false);
   }

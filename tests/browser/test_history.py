@@ -126,7 +126,10 @@ def test_restore_while_another_person_types(server, contexts):
     typed += "]"
     text = wait_synced([a, b], server.url, doc)
     assert text == old_text.replace("Alpha one", "Alpha one" + typed, 1)
-    assert "Bob line" not in text
+    assert "Bob's change" not in text
+    # A's open panel follows the live document: the restore is a session of its own.
+    a.wait_for_selector(f"#history-sessions .history-session[data-to='{restored['version']}'] "
+                        f">> text=restored version {old_version}")
 
     # Undo the restore (restore the version just before it) while B types, nothing held.
     before_restore = restored["version"] - 1
@@ -204,9 +207,13 @@ def test_panel_sessions_scrub_download_authors_fork(server, contexts):
     assert rows == [[n, f"+{i}", f"−{d}"] for n, i, d in expected]
     assert expected[1][2] == 3  # Bob's backspaces
 
-    # Scrub fast through every version, ending at Bob's last one: only that is shown.
+    # Scrub fast through every version, ending at Bob's last one: only that is
+    # fetched (debounced) and shown.
+    requested = []
+    a.on("request", lambda r: requested.append(r.url) if "/versions/" in r.url else None)
     scrub(a, list(range(head, 0, -1)) + list(range(1, bob_end + 1)))
     wait_shown(a, bob_end)
+    assert [u.split("/versions/")[1] for u in requested] == [str(bob_end)]
     bob_text = api(server.url, f"/api/docs/{doc}/versions/{bob_end}")["doc"]
     assert info(a)["text"] == bob_text == "Hello from Alice\nBob was here"
     a.wait_for_timeout(400)  # no late answer for another position replaces it
@@ -253,3 +260,81 @@ def test_panel_sessions_scrub_download_authors_fork(server, contexts):
     error = a.inner_text("#history-error")
     assert error.startswith("Version 2 cannot be shown: ") and "compacted" in error, error
     assert a.collab_errors == [] and a.csp_violations == []
+
+
+def test_long_history_pages_in(server, contexts):
+    """More entries than one page: the list asks for older ones as it is shown."""
+    doc = "hist-long"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a = open_editor(ctx, server.url, doc)
+    a.click(".cm-content")
+    text = ("the quick brown fox jumps over the lazy dog " * 6)[:250]
+    a.keyboard.type(text)
+    wait_synced([a], server.url, doc)
+    head = server_doc(server.url, doc)["version"]
+    assert head > 200  # one update a keystroke: more than a page (200)
+    pages = []
+    a.on("request", lambda r: pages.append(r.url) if "/history" in r.url else None)
+    a.click("#history-toggle")
+    a.wait_for_selector("#history-sessions .history-session[data-from='1']")
+    rows = a.evaluate("""() => [...document.querySelectorAll('#history-sessions .history-session')].map(li =>
+        [li.dataset.from, li.dataset.to, li.querySelector('.count-ins').textContent])""")
+    assert rows == [["1", str(head), f"+{len(text)}"]]
+    assert len(pages) >= 2 and "before=" in pages[-1]
+    assert a.is_hidden("#history-older")
+
+
+SECRET = "history-test-secret-0123456789abcdef"
+
+
+def test_history_with_access_tokens(tmp_path, contexts):
+    """With access control on, the panel passes the page's token on; fork opens the new document's edit link."""
+    from collab.access import Access
+    from serverproc import ServerProcess
+
+    srv = ServerProcess(tmp_path / "acl.db", extra_args=["--secret", SECRET])
+    srv.start()
+    try:
+        admin = Access(SECRET.encode()).admin_token()
+        first = open_editor(contexts(), srv.url, f"plans?token={admin}")
+        first.click(".cm-content")
+        first.keyboard.type("version one")
+        wait_synced([first], srv.url, f"plans?token={admin}")
+        with urllib.request.urlopen(f"{srv.url}/api/docs/plans/links?token={admin}", timeout=10) as r:
+            links = json.loads(r.read())["links"]
+
+        ctx = contexts()
+        editor = open_editor(ctx, srv.url, links["edit"].removeprefix("/d/"))
+        editor.click(".cm-content")
+        editor.keyboard.press("Control+End")
+        editor.keyboard.type(", then more")
+        wait_synced([editor], srv.url, f"plans?token={admin}")
+        editor.click("#history-toggle")
+        v1 = len("version one")
+        scrub(editor, [v1])
+        wait_shown(editor, v1)
+        assert info(editor)["text"] == "version one"
+        with editor.expect_download() as dl:
+            editor.click("#history-download")
+        with open(dl.value.path(), encoding="utf-8") as f:
+            assert f.read() == "version one"
+        with ctx.expect_page() as new_page:
+            editor.click("#history-fork")
+        fork = new_page.value
+        fork.wait_for_function("() => window.__collab && window.__collab.status.state === 'connected'")
+        assert "token=" in fork.url and "token=" + admin not in fork.url  # the new document's own edit link
+        assert fork.evaluate("() => window.__collab.view.state.doc.toString()") == "version one"
+        assert "view only" not in fork.inner_text("#status")
+
+        # A view link can look through the history but not restore or fork.
+        viewer = open_editor(contexts(), srv.url, links["view"].removeprefix("/d/"))
+        viewer.click("#history-toggle")
+        scrub(viewer, [v1])
+        wait_shown(viewer, v1)
+        assert info(viewer)["text"] == "version one"
+        assert viewer.is_hidden("#history-restore") and viewer.is_hidden("#history-fork")
+        for p in (first, editor, viewer):
+            assert p.collab_errors == [] and p.csp_violations == []
+    finally:
+        srv.kill()
