@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from . import protocol
-from .errors import HTTP_STATUS, ProtocolError
+from .errors import HTTP_STATUS, ProtocolError, brief
 from .history import diff_changes
 from .rebase import Update
 from .room import Rooms
@@ -106,10 +106,10 @@ def _int_param(raw, what: str, default: int | None, low: int, high: int | None) 
         return default
     if isinstance(raw, _Text):
         if not raw.isdigit() or len(raw) > 18:
-            raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {str(raw)!r}")
+            raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {brief(str(raw))}")
         raw = int(raw)
     if type(raw) is not int:
-        raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {raw!r}")
+        raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {brief(raw)}")
     if raw < low:
         raise ProtocolError("bad-request", f"{what} must be at least {low}, got {raw}")
     if high is not None and raw > high:

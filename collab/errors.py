@@ -37,6 +37,22 @@ HTTP_STATUS = {
 }
 
 
+def brief(value, limit: int = 40) -> str:
+    """A short, safe description of an untrusted value for an error message.
+
+    Never `repr` what a client sent: a list nested a thousand deep makes repr
+    raise RecursionError, and a megabyte string would be echoed back whole.
+    """
+    if value is None or type(value) in (bool, int, float):
+        text = repr(value)
+        return text if len(text) <= limit else text[:limit] + "…"
+    if type(value) is str:
+        return repr(value[:limit]) + ("…" if len(value) > limit else "")
+    if type(value) in (list, dict):
+        return f"a {'list' if type(value) is list else 'object'} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
 class ProtocolError(Exception):
     """The peer sent something we refuse; `code` is the protocol's error code.
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import orjson
 
 from .changes import ChangeSet
-from .errors import CLOSE_PROTOCOL, ChangeError, ProtocolError
+from .errors import CLOSE_PROTOCOL, ChangeError, ProtocolError, brief
 from .rebase import Update
 from .sequencer import Accepted
 
@@ -70,7 +70,7 @@ def parse(data: bytes | str, max_updates: int = 1000, max_ranges: int = 100) -> 
         return _hello(msg)
     if type(kind) is not str:
         raise ProtocolError("bad-message", "a frame needs a string \"type\"")
-    raise ProtocolError("bad-message", f"unknown frame type {kind!r}")
+    raise ProtocolError("bad-message", f"unknown frame type {brief(kind)}")
 
 
 def _hello(msg: dict) -> Hello:
@@ -80,7 +80,7 @@ def _hello(msg: dict) -> Hello:
                             close=CLOSE_PROTOCOL)
     version = msg.get("version")
     if version is not None and not _is_count(version):
-        raise ProtocolError("bad-message", f"hello.version must be null or a non-negative integer, got {version!r}",
+        raise ProtocolError("bad-message", f"hello.version must be null or a non-negative integer, got {brief(version)}",
                             close=CLOSE_PROTOCOL)
     user = msg.get("user", DEFAULT_USER)
     if type(user) is not dict:
@@ -99,7 +99,7 @@ def _hello(msg: dict) -> Hello:
 def _push(msg: dict, max_updates: int) -> Push:
     version = msg.get("version")
     if not _is_count(version):
-        raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {version!r}")
+        raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {brief(version)}")
     raw = msg.get("updates")
     if type(raw) is not list:
         raise ProtocolError("bad-message", "push.updates must be a list of {clientID, changes}")
@@ -125,7 +125,7 @@ def _push(msg: dict, max_updates: int) -> Push:
 def _presence(msg: dict, max_ranges: int) -> Presence:
     version = msg.get("version")
     if not _is_count(version):
-        raise ProtocolError("bad-message", f"presence.version must be a non-negative integer, got {version!r}")
+        raise ProtocolError("bad-message", f"presence.version must be a non-negative integer, got {brief(version)}")
     raw = msg.get("ranges")
     if type(raw) is not list:
         raise ProtocolError("bad-message", "presence.ranges must be a list of {anchor, head}")

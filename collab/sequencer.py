@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import orjson
 
 from .changes import ChangeSet
-from .errors import ChangeError, ProtocolError
+from .errors import ChangeError, ProtocolError, brief
 from .rebase import Update, rebase_in_frames
 from .text import Text
 
@@ -110,13 +110,13 @@ class Sequencer:
         base version is older than the in-memory log.
         """
         if type(version) is not int or version < 0:
-            raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {version!r}")
+            raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {brief(version)}")
         if version > self.version:
             raise ProtocolError("bad-version", f"push is based on version {version}, "
                                 f"but the document is at version {self.version}")
         for k, u in enumerate(updates):
             if u.client_id != client_id:
-                raise ProtocolError("bad-message", f"update {k} has clientID {u.client_id!r}, "
+                raise ProtocolError("bad-message", f"update {k} has clientID {brief(u.client_id)}, "
                                     f"but this session is {client_id!r}")
         if not updates:
             return []

@@ -89,11 +89,15 @@ async def test_bad_json(client):
     {"type": "presence", "version": 1, "ranges": [{"anchor": -1, "head": 0}]},
     {"type": "presence", "version": 1, "ranges": "all"},
     {"type": "hello", "clientID": "A", "version": None},
+    {"type": "presence", "version": [[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]], "ranges": []},
+    '{"type": "push", "version": ' + "[" * 1000 + "]" * 1000 + ', "updates": []}',  # found by the fuzzer
+    {"type": "push", "version": "v" * 100_000, "updates": []},
 ])
 async def test_bad_message(client, frame):
     a, b = await setup_pair(client)
-    await send(a, orjson.dumps(frame).decode())
-    await expect_error(a, "bad-message")
+    await send(a, frame if isinstance(frame, str) else orjson.dumps(frame).decode())
+    error = await expect_error(a, "bad-message")
+    assert len(error["message"]) < 300  # never echoes what was sent at length
     assert await stored(client) == {"name": "d", "version": 1, "doc": "abc"}
     await still_served(client, a, "A", 1)
     await still_served(client, b, "B", 2)
