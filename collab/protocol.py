@@ -179,3 +179,16 @@ def leave_frame(session: str) -> bytes:
 
 def error_frame(code: str, message: str) -> bytes:
     return orjson.dumps({"type": "error", "code": code, "message": message})
+
+
+MAX_CLOSE_REASON = 123  # bytes: a close frame's payload is at most 125, two of them the code
+
+
+def close_reason(message: str) -> bytes:
+    """`message` as a close frame's reason: at most 123 bytes and still valid UTF-8.
+
+    Cutting the encoded bytes blindly can split a character (an error message
+    may quote a client's emoji); the client must then fail the connection as
+    invalid UTF-8, and sees 1007 or 1006 instead of our close code.
+    """
+    return message.encode()[:MAX_CLOSE_REASON].decode("utf-8", "ignore").encode()

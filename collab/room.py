@@ -38,6 +38,7 @@ from .store import Store, append_fn
 log = logging.getLogger("collab")
 
 CLOSE_TRY_AGAIN = 1013  # too far behind: reconnect later and resume
+INTERRUPT = "collab: the connection is closing"  # Peer.close cancelling a handler's receive()
 
 
 async def _finish(coro, fut) -> None:
@@ -81,7 +82,8 @@ class Peer:
 
     __slots__ = ("ws", "session", "client_id", "user", "role", "remote", "queue", "queued",
                  "limit", "writer", "closed", "presence", "presence_sent", "presence_timer", "room",
-                 "bytes_out", "admin", "welcome_version", "welcome_from", "closer")
+                 "bytes_out", "admin", "welcome_version", "welcome_from", "handler", "receiving",
+                 "close_code", "close_message")
 
     def __init__(self, ws: web.WebSocketResponse, client_id: str, user: dict, role: str,
                  remote: str, limit: int, bytes_out=None):
@@ -104,7 +106,10 @@ class Peer:
         self.admin = False  # came with the admin token (survives a reset of the share links)
         self.welcome_version = 0   # the version its welcome brought it to
         self.welcome_from: int | None = None  # where a resuming welcome's updates began
-        self.closer: asyncio.Task | None = None  # our close handshake, once we decided to close
+        self.handler = asyncio.current_task()  # the ws.py task that reads this connection
+        self.receiving = False  # that task is waiting in ws.receive()
+        self.close_code: int | None = None  # set once we decided to end the connection
+        self.close_message = ""
 
     def send(self, frame: bytes) -> None:
         """Write a frame now if the socket takes it, else queue it for the drain task.
@@ -134,8 +139,11 @@ class Peer:
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._drain())
 
+    def _transport(self):
+        return self.ws._req.transport if self.ws._req is not None else None
+
     def ws_buffered(self) -> int:
-        transport = self.ws._req.transport if self.ws._req is not None else None
+        transport = self._transport()
         return transport.get_write_buffer_size() if transport is not None else 0
 
     async def _drain(self, unfinished=None) -> None:
@@ -152,24 +160,50 @@ class Peer:
             self.writer = None
 
     def close(self, code: int, message: str) -> None:
-        """Close soon (after the frames already queued are written)."""
+        """End the connection: the handler task sends what is queued, then the close frame.
+
+        Any task may decide to close (a takeover, a revoked link, back-pressure,
+        shutdown), but only the handler task may run the closing handshake. If
+        another task called `ws.close()` while the handler waits in
+        `receive()`, aiohttp would drop the TCP connection at once instead of
+        reading until the client's close frame; the frames the client still
+        had in flight would then be answered with a reset, and the client would
+        never read our error or close code (it sees 1006). So a handler waiting
+        in `receive()` is interrupted, and `finish` does the rest from there.
+        """
         if self.closed:
             return
         self.closed = True
-        self.closer = asyncio.get_running_loop().create_task(self._close(code, message))
+        self.close_code, self.close_message = code, message
+        if code == CLOSE_TRY_AGAIN:  # it will resume from its version; what it has not read is moot
+            self.queue.clear()
+            self.queued = 0
+        if self.receiving and self.handler is not None:
+            self.handler.cancel(msg=INTERRUPT)
 
-    async def _close(self, code: int, message: str) -> None:
+    async def finish(self, timeout: float) -> None:
+        """Run the closing handshake decided by `close` (from the handler task, after `receive()` returned).
+
+        Within `timeout` seconds: the frames still queued, the close frame,
+        then reading (and dropping) whatever the client still sends until its
+        own close frame. A client that reads nothing is cut off after that.
+        """
+        if self.close_code is None:
+            return
         try:
-            while self.queue:
-                frame = self.queue.popleft()
-                await self.ws.send_frame(frame, WSMsgType.TEXT)
+            async with asyncio.timeout(timeout):
+                if self.writer is not None:
+                    await asyncio.wait([self.writer])  # it stops after the frame it is writing
+                while self.queue:
+                    await self.ws.send_frame(self.queue.popleft(), WSMsgType.TEXT)
+                await self.ws.close(code=self.close_code, message=protocol.close_reason(self.close_message))
         except (ConnectionError, RuntimeError):
             pass
+        except TimeoutError:
+            transport = self._transport()
+            if transport is not None:
+                transport.abort()
         self.queue.clear()
-        try:
-            await self.ws.close(code=code, message=message.encode()[:120])
-        except (ConnectionError, RuntimeError):
-            pass
 
 
 class Room:

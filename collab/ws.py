@@ -18,10 +18,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from . import protocol
 from .access import origin_allowed
 from .errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG, ProtocolError
-from .room import Peer, Rooms
+from .room import INTERRUPT, Peer, Rooms
 from .settings import Settings
 
 log = logging.getLogger("collab")
+
+CLOSE_TIMEOUT = 5.0  # seconds a closing handshake may take before the connection is cut
 
 
 def client_address(request: web.Request, trusted: frozenset[str]) -> str:
@@ -50,8 +52,12 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
         raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
     remote = client_address(request, trusted)
     _check_capacity(rooms, settings, name, remote)
+    # decode_text=False: text frames arrive as bytes and orjson checks their
+    # UTF-8, so a frame that is not UTF-8 is answered with bad-json like any
+    # other unreadable frame, instead of aiohttp failing the connection (1007).
     ws = web.WebSocketResponse(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None,
-                               max_msg_size=settings.max_frame, compress=False)
+                               max_msg_size=settings.max_frame, compress=False, decode_text=False,
+                               timeout=CLOSE_TIMEOUT)
     await ws.prepare(request)
     metrics = rooms.metrics
     metrics.connections.inc()
@@ -73,8 +79,9 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
         log.info("open doc=%s session=%s client=%s role=%s addr=%s", name, peer.session, hello.client_id,
                  role, remote)
         bucket = TokenBucket(settings.rate, settings.burst)
-        async for msg in ws:
-            if peer.closed:
+        while not peer.closed:
+            msg = await _receive(ws, peer)
+            if msg is None:
                 break
             if msg.type == WSMsgType.TEXT:
                 metrics.bytes_in.inc(len(msg.data))
@@ -87,6 +94,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
             elif msg.type == WSMsgType.ERROR:
                 await _frame_error(ws, peer)
                 break
+            else:  # the client closed, or the connection is gone
+                break
     except ProtocolError as exc:
         _count(metrics, exc, name, peer)
         await _close_with(ws, exc)
@@ -96,20 +105,38 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
         log.exception("connection to doc=%s failed", name)
         await ws.close(code=CLOSE_INTERNAL, message=b"internal error")
     finally:
-        if peer is not None and peer.closer is not None:
-            await asyncio.shield(peer.closer)  # let our close code reach the client first
-        metrics.connections.dec()
-        left = rooms.per_address.get(remote, 1) - 1
-        if left > 0:
-            rooms.per_address[remote] = left
-        else:
-            rooms.per_address.pop(remote, None)
-        if peer is not None:
-            peer.closed = True
-            if peer.room is not None:
-                peer.room.leave(peer)
-            log.info("close doc=%s session=%s code=%s", name, peer.session, ws.close_code)
+        try:
+            if peer is not None and peer.close_code is not None:
+                # Our close code must reach the client; aiohttp may cancel this
+                # task once the transport is gone, so the handshake runs shielded.
+                await asyncio.shield(peer.finish(CLOSE_TIMEOUT))
+        finally:
+            metrics.connections.dec()
+            left = rooms.per_address.get(remote, 1) - 1
+            if left > 0:
+                rooms.per_address[remote] = left
+            else:
+                rooms.per_address.pop(remote, None)
+            if peer is not None:
+                peer.closed = True
+                if peer.room is not None:
+                    peer.room.leave(peer)
+                log.info("close doc=%s session=%s code=%s", name, peer.session, ws.close_code)
     return ws
+
+
+async def _receive(ws: web.WebSocketResponse, peer: Peer):
+    """The next frame, or None when `Peer.close` interrupted the wait (see there why)."""
+    peer.receiving = True
+    try:
+        return await ws.receive()
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if not (peer.closed and exc.args == (INTERRUPT,)) or task.uncancel() > 0:
+            raise  # a real cancellation (the server is stopping), not our own interrupt
+        return None
+    finally:
+        peer.receiving = False
 
 
 async def _receive_hello(ws: web.WebSocketResponse, settings: Settings) -> protocol.Hello | None:
@@ -134,7 +161,7 @@ async def _receive_hello(ws: web.WebSocketResponse, settings: Settings) -> proto
     return frame
 
 
-async def _frame(peer: Peer, data: str, settings: Settings) -> None:
+async def _frame(peer: Peer, data: bytes, settings: Settings) -> None:
     room = peer.room
     try:
         msg = protocol.parse(data, settings.max_updates, settings.max_ranges)
@@ -227,7 +254,7 @@ async def _close_with(ws: web.WebSocketResponse, exc: ProtocolError) -> None:
     try:
         if exc.code != "internal":
             await ws.send_frame(protocol.error_frame(exc.code, exc.message), WSMsgType.TEXT)
-        await ws.close(code=exc.close or CLOSE_PROTOCOL, message=exc.message.encode()[:120])
+        await ws.close(code=exc.close or CLOSE_PROTOCOL, message=protocol.close_reason(exc.message))
     except (ConnectionError, RuntimeError):
         pass
 

@@ -749,7 +749,7 @@ KINDS = st.sampled_from(["clean-push"] * 9 + ["clean-presence"] * 3 + ["push"] *
 LONG_SIZES = st.sampled_from(["5000", "30000", "half", "almost"])
 LONG_UNITS = st.sampled_from(["x", "é", "😀", "\\"])
 LONG_WHERE = st.sampled_from(["insert", "clientID", "type", "version"])
-CLOSING_UTF8 = st.sampled_from([b"\xff", b'{"type":"push","x":"\xc3"}', b'"\xed\xa0\x80"', b"\xc0\xaf",
+BAD_UTF8 = st.sampled_from([b"\xff", b'{"type":"push","x":"\xc3"}', b'"\xed\xa0\x80"', b"\xc0\xaf",
                                 b'{"type":"\xf4\x90\x80\x80"}', b"abc\x80"])
 FIRST_KIND = st.sampled_from(["frame"] * 6 + ["badhello"] * 3 + ["closing"])
 
@@ -807,14 +807,14 @@ def frame_strategies(limits: Limits):
 
     @st.composite
     def closing_frame(draw) -> Frame:
-        """A frame the transport refuses: over max_frame (1009) or text that is not UTF-8."""
+        """A frame over max_frame (the transport refuses it: 1009) or a text frame that is not UTF-8."""
         if draw(st.booleans()):
             n = limits.max_frame + draw(over)
             inner = draw(st.sampled_from(["x", "😀"]))
             text = ('{"type":"push","version":0,"updates":[{"clientID":"fuzz","changes":[[0,"'
                     + inner * (n // len(inner.encode())) + '"]]}]}')
             return Frame("oversize", text)
-        return Frame("bad-utf8", draw(CLOSING_UTF8), bad_utf8=True)
+        return Frame("bad-utf8", draw(BAD_UTF8), bad_utf8=True)
 
     a_frames, closing_frames = a_frame(), closing_frame()
 
@@ -865,13 +865,11 @@ def _is_count(v) -> bool:
 
 def judge(frame: Frame, ctx: Ctx, first: bool = False) -> Expect:
     """What the server may answer to `frame` (on a fresh connection when `first`)."""
-    if frame.bad_utf8:
-        # 4000 is the protocol's "protocol violation"; see test_invalid_utf8_closes_with_a_protocol_code
-        # for the 1007 the server sends today.
-        return Expect(frozenset({OK, "bad-message"}), frozenset({4000, 1007}), must_close=True)
     if len(frame.payload()) > ctx.limits.max_frame:
         return Expect(frozenset({OK, "too-large"}), frozenset({1009}), must_close=True)
     closes = frozenset({4000}) if first else frozenset()
+    if frame.bad_utf8:  # unreadable JSON like any other, not a transport failure
+        return Expect(frozenset({"bad-json"}), closes, must_close=first)
     if frame.binary:
         return Expect(frozenset({"bad-message"}), closes, must_close=first)
     if frame.not_json or "invalid" in raw_kinds(frame.value):

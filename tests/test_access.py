@@ -13,6 +13,7 @@ from aiohttp import WSMsgType
 
 from collab.access import Access
 from collab.app import ROOMS, create_app
+from collab import ws as ws_module
 from collab.settings import Settings
 from wsutil import USER, closed, recv, recv_type, send
 
@@ -235,8 +236,8 @@ async def test_connection_limits(client):
     assert welcome["type"] == "welcome"
 
 
-async def test_a_client_that_does_not_read_is_cut_off(aiohttp_client, tmp_path):
-    """Back-pressure: a peer that never reads is closed once its unsent bytes pass the bound."""
+async def flood_a_sleeper(aiohttp_client, tmp_path):
+    """A client that stops reading while another pushes 20 KB updates until the server cuts it off."""
     settings = Settings(db=str(tmp_path / "b.db"), send_buffer=256 * 1024, rate=1e6, burst=10**6,
                         max_frame=1 << 20)
     app = create_app(settings)
@@ -259,5 +260,31 @@ async def test_a_client_that_does_not_read_is_cut_off(aiohttp_client, tmp_path):
             break
     assert sleeper_peer.closed, "the non-reading peer was never cut off"
     assert sleeper_peer.queued <= settings.send_buffer + 64 * 1024
-    # The writer is unaffected.
-    assert not writer.closed
+    assert not writer.closed  # the writer is unaffected
+    return app, room, sleeper
+
+
+async def test_a_client_that_does_not_read_is_cut_off(aiohttp_client, tmp_path):
+    """Back-pressure: a peer that never reads is closed once its unsent bytes pass the bound."""
+    app, room, sleeper = await flood_a_sleeper(aiohttp_client, tmp_path)
+    # Once the sleeper reads again it finds the frames that were already on their way, then 1013.
+    sleeper._response.connection.transport.resume_reading()
+    while (msg := await asyncio.wait_for(sleeper.receive(), 10)).type == WSMsgType.TEXT:
+        assert orjson.loads(msg.data)["type"] in ("welcome", "updates", "presence")
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1013)
+
+
+async def test_a_client_that_never_reads_again_is_dropped(aiohttp_client, tmp_path, monkeypatch):
+    """If the cut-off client never reads again, the closing handshake cannot finish: after
+    CLOSE_TIMEOUT the server drops the socket and forgets the connection, holding nothing for it."""
+    monkeypatch.setattr(ws_module, "CLOSE_TIMEOUT", 0.5)
+    app, room, sleeper = await flood_a_sleeper(aiohttp_client, tmp_path)
+    for _ in range(50):
+        if [p.client_id for p in room.peers.values()] == ["writer"] and app[ROOMS].per_address == {"127.0.0.1": 1}:
+            break
+        await asyncio.sleep(0.1)
+    assert [p.client_id for p in room.peers.values()] == ["writer"]
+    assert app[ROOMS].per_address == {"127.0.0.1": 1}
+    sleeper._response.connection.transport.resume_reading()  # it finds the connection reset
+    while (await asyncio.wait_for(sleeper.receive(), 10)).type == WSMsgType.TEXT:
+        pass
