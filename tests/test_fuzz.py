@@ -958,31 +958,6 @@ async def test_first_frame_that_is_not_utf8_is_bad_json_then_4000(client, caplog
     _no_errors_logged(caplog)
 
 
-async def test_flood_is_rate_limited_then_closed_4429(aiohttp_client, tmp_path, caplog):
-    """A client sending far over the rate: each frame is answered (its own error or rate-limited), then 4429."""
-    client = await aiohttp_client(create_app(Settings(db=str(tmp_path / "f.db"), rate=20.0, burst=30)))
-    a, _ = await join(client, "flood", "A")
-    b, _ = await join(client, "flood", "B")
-    try:
-        for k in range(300):
-            await send(a, {"type": "junk", "k": k})
-    except ConnectionError:
-        pass  # the server already closed
-    codes = []
-    while True:
-        msg = await a.receive(timeout=5)
-        if msg.type != WSMsgType.TEXT:
-            break
-        frame = orjson.loads(msg.data)
-        assert frame["type"] == "error", frame
-        codes.append(frame["code"])
-    assert msg.type == WSMsgType.CLOSE and msg.data == 4429, (msg.type, msg.data)
-    assert set(codes) == {"bad-message", "rate-limited"}, codes
-    assert 30 <= codes.count("bad-message") <= 40 and codes[:30] == ["bad-message"] * 30
-    await _still_served(b, "B")
-    _no_errors_logged(caplog)
-
-
 async def _write_without_reading(ws, during=None) -> None:
     """Send presence frames for about 0.2 s without reading (blocking the loop between writes on
     purpose); `during` runs after the third write."""
@@ -997,15 +972,34 @@ async def _write_without_reading(ws, during=None) -> None:
 
 
 async def _errors_then_close(ws) -> tuple[list[str], int]:
+    """The codes of the error frames `ws` reads until it closes (nothing else may come), and the close code."""
     codes = []
     while True:
         msg = await ws.receive(timeout=5)
         if msg.type != WSMsgType.TEXT:
             break
         frame = orjson.loads(msg.data)
-        if frame["type"] == "error":
-            codes.append(frame["code"])
+        assert frame["type"] == "error", frame
+        codes.append(frame["code"])
     return codes, (msg.data if msg.type == WSMsgType.CLOSE else ws.close_code)
+
+
+async def test_flood_is_rate_limited_then_closed_4429(aiohttp_client, tmp_path, caplog):
+    """A client sending far over the rate: each frame is answered (its own error or rate-limited), then 4429."""
+    client = await aiohttp_client(create_app(Settings(db=str(tmp_path / "f.db"), rate=20.0, burst=30)))
+    a, _ = await join(client, "flood", "A")
+    b, _ = await join(client, "flood", "B")
+    try:
+        for k in range(300):
+            await send(a, {"type": "junk", "k": k})
+    except ConnectionError:
+        pass  # the server already closed
+    codes, code = await _errors_then_close(a)
+    assert code == 4429
+    assert set(codes) == {"bad-message", "rate-limited"}, codes
+    assert 30 <= codes.count("bad-message") <= 40 and codes[:30] == ["bad-message"] * 30
+    await _still_served(b, "B")
+    _no_errors_logged(caplog)
 
 
 async def test_close_code_reaches_a_client_that_is_still_sending(server):
