@@ -27,7 +27,8 @@ are identical, with contiguous versions.
 `test_fuzz_in_process` is the big run (>= 10,000 fuzz frames, in-process);
 `test_fuzz_subprocess` a smaller one against `python -m collab serve`, whose
 log file must hold no traceback and no ERROR line. FUZZ_EXAMPLES scales the
-in-process run (e.g. FUZZ_EXAMPLES=2000 for a long local hunt). A failure
+in-process run (e.g. FUZZ_EXAMPLES=2000 for a long local hunt), and
+FUZZ_SUBPROCESS_EXAMPLES the other (600 keep the server's RSS near 55 MB). A failure
 reports the first failing example as it happened (a live server is not
 replayable) with the last steps of its document.
 
@@ -74,7 +75,7 @@ LINES = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_chara
 DOCS = 6  # examples take turns on a few documents, so histories grow long (trimmed logs, snapshots, reloads)
 FRAMES_PER_EXAMPLE = int(os.environ.get("FUZZ_FRAMES", "50"))
 IN_PROCESS_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "210"))
-SUBPROCESS_EXAMPLES = 24
+SUBPROCESS_EXAMPLES = int(os.environ.get("FUZZ_SUBPROCESS_EXAMPLES", "24"))
 TIMEOUT = 10.0
 # Hypothesis raises the recursion limit while a test runs; the server must meet frames with the limit
 # it has in production (a frame nested ~1000 deep is exactly where that matters).
