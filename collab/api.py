@@ -182,6 +182,9 @@ def token_of(request: web.Request) -> str | None:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
 
+LIMITS_PLACEHOLDER = "<!--collab:limits-->"
+
+
 class Api:
     def __init__(self, store: Store, rooms: Rooms, static_dir: Path):
         self.store = store
@@ -231,7 +234,17 @@ class Api:
             await self.allow(request, "admin")  # opening a new document creates it
         else:
             await self.allow(request, "view", name)
-        return self._page("editor.html")
+        path = self.static_dir / "editor.html"
+        if not path.is_file():
+            raise ProtocolError("not-found", f"editor.html is missing from {self.static_dir}")
+        # The editor refuses, as the person makes it, an edit this server could
+        # never take (a frame over --max-frame, a document over --max-doc):
+        # otherwise it would be pushed, refused and pushed again for ever.
+        settings = self.rooms.settings
+        limits = (f'<meta name="collab-max-frame" content="{settings.max_frame}">'
+                  f'<meta name="collab-max-doc" content="{settings.max_doc}">')
+        html = path.read_text(encoding="utf-8").replace(LIMITS_PLACEHOLDER, limits, 1)
+        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
     # ------------------------------------------------------------------- API
 

@@ -190,6 +190,18 @@ async def test_security_headers(client):
     assert (await client.get("/api/docs")).headers["Referrer-Policy"] == "no-referrer"  # errors too
 
 
+async def test_editor_page_carries_the_servers_limits(aiohttp_client, tmp_path):
+    """The editor refuses edits the server could never take, so the page says what the limits are."""
+    client = await aiohttp_client(create_app(Settings(db=str(tmp_path / "p.db"), max_frame=65536, max_doc=30000)))
+    resp = await client.get("/d/doc")
+    html = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert '<meta name="collab-max-frame" content="65536">' in html
+    assert '<meta name="collab-max-doc" content="30000">' in html
+    assert "<!--collab:limits-->" not in html
+    assert resp.headers["Cache-Control"] == "no-cache"
+
+
 async def test_rate_limit_then_4429(client):
     tokens = await make_doc(client)
     ws, _ = await hello(client, "doc", tokens["edit"], "flood")

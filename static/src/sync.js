@@ -22,7 +22,8 @@ const BACKOFF_MAX_MS = 10000;
 const PRESENCE_INTERVAL_MS = 50; // at most 20 presence frames a second
 const LOG_LIMIT = 5000; // recent accepted changes kept to map late presence
 const PUSH_MAX_UPDATES = 500; // one push frame carries at most this many updates
-const PUSH_MAX_CHARS = 512 * 1024;
+const PUSH_MAX_BYTES = 512 * 1024; // and at most this much changes JSON (UTF-8), below the server's limit
+const FRAME_OVERHEAD = 1024; // bytes of a push frame around its changes (type, version, clientIDs)
 const BASE_WRITE_INTERVAL_MS = 1000;
 const RECORD_LINGER_MS = 2000;
 
@@ -44,6 +45,58 @@ export const ERROR_TEXT = {
   "rate-limited": "Too many edits too quickly; the server asked to slow down.",
 };
 
+/** The server's limits, from the editor page's <meta> tags (defaults: the server's own). */
+export function pageLimits() {
+  const read = (name, fallback) => {
+    const el = document.querySelector(`meta[name="${name}"]`);
+    const n = el ? Number(el.content) : NaN;
+    return Number.isFinite(n) && n > 0 ? n : fallback;
+  };
+  return { maxFrame: read("collab-max-frame", 1 << 20), maxDoc: read("collab-max-doc", 10 << 20) };
+}
+
+/** Bytes of `s` in UTF-8 (a surrogate pair is 4, each half counted 2). */
+export function utf8Length(s) {
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x80) n += c < 0x800 || (c >= 0xd800 && c < 0xe000) ? 1 : 2;
+  }
+  return n;
+}
+
+function sizeText(bytes) {
+  return bytes >= 1 << 20 ? `${(bytes / (1 << 20)).toFixed(1)} MB` : `${Math.ceil(bytes / 1024)} KB`;
+}
+
+/**
+ * Refuse, as it is made, a local edit the server could never take: one
+ * whose update alone would not fit in a push frame, or one that grows the
+ * document past the server's limit. Sent anyway, it would be refused (or
+ * the connection closed with 1009), pushed again on reconnect, and hold
+ * back every later edit for ever. Remote updates are not filtered
+ * (receiveUpdates dispatches with filter: false), nor are edits restored
+ * from storage (already made).
+ */
+export function sizeGuard(limits, refuse) {
+  const budget = limits.maxFrame - FRAME_OVERHEAD; // an update that big is pushed alone
+  return EditorState.transactionFilter.of((tr) => {
+    if (!tr.docChanged || tr.isUserEvent("input.restore")) return tr;
+    if (tr.newDoc.length > limits.maxDoc && tr.newDoc.length > tr.startState.doc.length) {
+      refuse(`That edit was not made: the document would grow to ${tr.newDoc.length.toLocaleString()} ` +
+        `characters, and this server keeps documents of at most ${limits.maxDoc.toLocaleString()}.`);
+      return [];
+    }
+    const bytes = utf8Length(JSON.stringify(tr.changes.toJSON()));
+    if (bytes > budget) {
+      refuse(`That edit was not made: it is ${sizeText(bytes)}, and this server takes at most ` +
+        `${sizeText(budget)} in one edit. Paste it in smaller parts.`);
+      return [];
+    }
+    return tr;
+  });
+}
+
 function toUpdates(list) {
   return list.map((u) => ({ clientID: String(u.clientID), changes: ChangeSet.fromJSON(u.changes) }));
 }
@@ -56,7 +109,8 @@ export class CollabSession {
   /**
    * docName, wsUrl, parent (DOM node), extensions (editor setup), user
    * {name, color}, store (PendingStore, already claimed for clientID),
-   * clientID, restore (an adopted pending record or null), and callbacks in
+   * clientID, restore (an adopted pending record or null), limits ({maxFrame,
+   * maxDoc}; default: the page's), and callbacks in
    * `on`: status(info), error(text), rescue({text, count, reason}),
    * peers(list), role(role).
    */
@@ -66,6 +120,7 @@ export class CollabSession {
       extensions: opts.extensions, user: opts.user, store: opts.store,
       clientID: opts.clientID, on: opts.on,
     });
+    this.limits = opts.limits || pageLimits();
     this.view = null;
     this.ws = null;
     this.welcomed = false;
@@ -141,6 +196,7 @@ export class CollabSession {
       extensions: [
         this.extensions,
         collab({ startVersion: version, clientID: this.clientID }),
+        sizeGuard(this.limits, (text) => this.on.error(text)),
         presence(),
         this.roleConf.of(this.roleExtension()),
         EditorView.updateListener.of((u) => this.afterUpdate(u)),
@@ -445,10 +501,11 @@ export class CollabSession {
     if (!all.length) return;
     const updates = [];
     let size = 0;
+    const budget = Math.min(PUSH_MAX_BYTES, this.limits.maxFrame - FRAME_OVERHEAD);
     for (const u of all) {
       const json = { clientID: u.clientID, changes: u.changes.toJSON() };
-      size += JSON.stringify(json.changes).length;
-      if (updates.length && (updates.length >= PUSH_MAX_UPDATES || size > PUSH_MAX_CHARS)) break;
+      size += utf8Length(JSON.stringify(json.changes));
+      if (updates.length && (updates.length >= PUSH_MAX_UPDATES || size > budget)) break;
       updates.push(json);
     }
     if (this.send({ type: "push", version: getSyncedVersion(this.view.state), updates })) {
