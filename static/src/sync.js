@@ -22,7 +22,7 @@ const BACKOFF_MAX_MS = 10000;
 const PRESENCE_INTERVAL_MS = 50; // at most 20 presence frames a second
 const LOG_LIMIT = 5000; // recent accepted changes kept to map late presence
 const PUSH_MAX_UPDATES = 500; // one push frame carries at most this many updates
-const PUSH_MAX_BYTES = 512 * 1024; // and at most this much changes JSON (UTF-8), below the server's limit
+const PUSH_MAX_BYTES = 512 * 1024; // and at most this much of their JSON (UTF-8), below the server's limit
 const FRAME_OVERHEAD = 1024; // bytes of a push frame around its changes (type, version, clientIDs)
 const BASE_WRITE_INTERVAL_MS = 1000;
 const RECORD_LINGER_MS = 2000;
@@ -504,7 +504,7 @@ export class CollabSession {
     const budget = Math.min(PUSH_MAX_BYTES, this.limits.maxFrame - FRAME_OVERHEAD);
     for (const u of all) {
       const json = { clientID: u.clientID, changes: u.changes.toJSON() };
-      size += utf8Length(JSON.stringify(json.changes));
+      size += utf8Length(JSON.stringify(json)) + 1; // the update as it goes on the wire, and its comma
       if (updates.length && (updates.length >= PUSH_MAX_UPDATES || size > budget)) break;
       updates.push(json);
     }
