@@ -23,7 +23,7 @@ from collab.changes import ChangeSet, utf16_len
 from collab.store import Store
 from conftest import JS_DIR
 from serverproc import ROOT, ServerProcess, get_json
-from test_durability import apply_changes
+from loadclients import apply_changes
 
 USER = {"name": "Admin test", "color": "#336699"}
 

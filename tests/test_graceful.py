@@ -12,17 +12,13 @@ versions are contiguous, everyone converged.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
 import sqlite3
-import subprocess
 import time
 
-from conftest import JS_DIR
-from serverproc import get_json
-from test_durability import apply_changes, history_versions, server_log
+from loadclients import check_server_log, client_report, fuzz_clients
 
 STOPS = 2
 LOAD_MS = 8000
@@ -40,16 +36,12 @@ def head_and_snapshot(db) -> tuple[int, int]:
 
 def test_sigterm_under_load_loses_nothing_and_clients_come_back(server, node, tmp_path):
     seed = int(os.environ.get("COLLAB_SEED", random.randrange(1, 2**31)))
-    ctx = f"(seed {seed})"
+    ctx = f"across SIGTERM (seed {seed})"
     rng = random.Random(seed)
     record = tmp_path / "acked.json"
-    load = subprocess.Popen(
-        [node, "client.mjs", "fuzz", "--url", server.ws_url, "--doc", "restarts", "--clients", "4",
-         "--duration", str(LOAD_MS), "--seed", str(seed), "--delay", "0", "--reconnects", "0",
-         "--interval", "15,30", "--settle", "20000", "--record-out", str(record)],
-        cwd=JS_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     heads = []
-    try:
+    with fuzz_clients(node, server.ws_url, "restarts", seed, LOAD_MS, "--interval", "15,30",
+                      "--settle", "20000", "--record-out", str(record)) as load:
         for _ in range(STOPS):
             time.sleep(rng.uniform(1.2, 1.6))  # long enough for every client to be back and typing
             t0 = time.monotonic()
@@ -63,18 +55,8 @@ def test_sigterm_under_load_loses_nothing_and_clients_come_back(server, node, tm
                 f"the shutdown flush did not run {ctx}")
             heads.append(version)
             server.start()
-        out, err = load.communicate(timeout=LOAD_MS / 1000 + 35)
-    finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait()
-    assert load.returncode == 0, err[-4000:]
-    r = json.loads(out)
-
-    issues = list(r["conflicts"])
+        r, issues = client_report(load, timeout=LOAD_MS / 1000 + 35)
     for c in r["clients"]:
-        issues += c["violations"] + [f"{c['clientID']}: error {e}" for e in c["errors"]]
-        issues += [f"{c['clientID']}: full-text welcome dropped local state {x}" for x in c["resets"]]
         going_away = [x for x in c["closes"] if x["code"] == 1001]
         assert len(going_away) == STOPS, f"{c['clientID']} closes {c['closes']} {ctx}"
         assert all(x["reason"] == "server shutting down" for x in going_away), going_away
@@ -87,13 +69,4 @@ def test_sigterm_under_load_loses_nothing_and_clients_come_back(server, node, tm
     assert heads[0] < heads[-1] < max(recorded), f"edits went on across the restarts: {heads}, {max(recorded)}"
     server.stop()
     server.start()
-    version, log = asyncio.run(server_log(server.ws_url, "restarts"))
-    assert set(recorded) == set(range(1, version + 1)), f"every version seen, none missing {ctx}"
-    lost = [v for v, u in sorted(recorded.items()) if log[v - 1] != u]
-    assert not lost, f"acknowledged updates changed or lost across SIGTERM, first at {lost[0]} {ctx}"
-    text16 = b""
-    for u in log:
-        text16 = apply_changes(text16, u["changes"])
-    served = get_json(f"{server.url}/api/docs/restarts")
-    assert (served["version"], served["doc"]) == (version, text16.decode("utf-16-le")) == (version, r["texts"][0])
-    assert [v for v, _ in history_versions(server.url, "restarts")] == list(range(1, version + 1))
+    check_server_log(server, "restarts", recorded, r["texts"][0], ctx)
