@@ -96,15 +96,21 @@ def _hello(msg: dict) -> Hello:
     return Hello(client_id, version, {"name": name.strip() or DEFAULT_USER["name"], "color": color})
 
 
-def _push(msg: dict, max_updates: int) -> Push:
+def _version_and_list(msg: dict, kind: str, field: str, shape: str, limit: int) -> tuple[int, list]:
+    """The `version` and the list in `field` that push and presence frames both carry, checked."""
     version = msg.get("version")
     if not _is_count(version):
-        raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {brief(version)}")
-    raw = msg.get("updates")
+        raise ProtocolError("bad-message", f"{kind}.version must be a non-negative integer, got {brief(version)}")
+    raw = msg.get(field)
     if type(raw) is not list:
-        raise ProtocolError("bad-message", "push.updates must be a list of {clientID, changes}")
-    if len(raw) > max_updates:
-        raise ProtocolError("too-large", f"a push may carry at most {max_updates} updates, this one has {len(raw)}")
+        raise ProtocolError("bad-message", f"{kind}.{field} must be a list of {shape}")
+    if len(raw) > limit:
+        raise ProtocolError("too-large", f"a {kind} may carry at most {limit} {field}, this one has {len(raw)}")
+    return version, raw
+
+
+def _push(msg: dict, max_updates: int) -> Push:
+    version, raw = _version_and_list(msg, "push", "updates", "{clientID, changes}", max_updates)
     updates = []
     for k, item in enumerate(raw):
         if type(item) is not dict:
@@ -123,14 +129,7 @@ def _push(msg: dict, max_updates: int) -> Push:
 
 
 def _presence(msg: dict, max_ranges: int) -> Presence:
-    version = msg.get("version")
-    if not _is_count(version):
-        raise ProtocolError("bad-message", f"presence.version must be a non-negative integer, got {brief(version)}")
-    raw = msg.get("ranges")
-    if type(raw) is not list:
-        raise ProtocolError("bad-message", "presence.ranges must be a list of {anchor, head}")
-    if len(raw) > max_ranges:
-        raise ProtocolError("too-large", f"a presence may carry at most {max_ranges} ranges")
+    version, raw = _version_and_list(msg, "presence", "ranges", "{anchor, head}", max_ranges)
     ranges = []
     for k, r in enumerate(raw):
         if type(r) is not dict or not _is_count(r.get("anchor")) or not _is_count(r.get("head")):
