@@ -218,11 +218,15 @@ class Api:
 
     # ----------------------------------------------------------------- pages
 
-    def _page(self, filename: str) -> web.StreamResponse:
+    def _page(self, filename: str, fill: str | None = None) -> web.StreamResponse:
+        """A page from static/; `fill` replaces its LIMITS_PLACEHOLDER when given."""
         path = self.static_dir / filename
         if not path.is_file():
             raise ProtocolError("not-found", f"{filename} is missing from {self.static_dir}")
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        if fill is None:
+            return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        html = path.read_text(encoding="utf-8").replace(LIMITS_PLACEHOLDER, fill, 1)
+        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
     async def index_page(self, request: web.Request) -> web.StreamResponse:
         await self.allow(request, "admin")
@@ -234,17 +238,13 @@ class Api:
             await self.allow(request, "admin")  # opening a new document creates it
         else:
             await self.allow(request, "view", name)
-        path = self.static_dir / "editor.html"
-        if not path.is_file():
-            raise ProtocolError("not-found", f"editor.html is missing from {self.static_dir}")
         # The editor refuses, as the person makes it, an edit this server could
         # never take (a frame over --max-frame, a document over --max-doc):
         # otherwise it would be pushed, refused and pushed again for ever.
         settings = self.rooms.settings
         limits = (f'<meta name="collab-max-frame" content="{settings.max_frame}">'
                   f'<meta name="collab-max-doc" content="{settings.max_doc}">')
-        html = path.read_text(encoding="utf-8").replace(LIMITS_PLACEHOLDER, limits, 1)
-        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
+        return self._page("editor.html", fill=limits)
 
     # ------------------------------------------------------------------- API
 
