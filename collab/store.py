@@ -28,19 +28,21 @@ from typing import Callable, Protocol
 import aiosqlite
 import orjson
 
+from . import resources
+
 from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
 from .text import Text
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
 
 
 # ------------------------------------------------------------------ migrations
 
-def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:
+def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
+    directory = resources.migrations_dir() if directory is None else directory
     found = []
     for path in sorted(directory.glob("*.sql")):
         m = _MIGRATION_NAME.match(path.name)
@@ -53,7 +55,7 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:
     return found
 
 
-def apply_migrations(conn: sqlite3.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+def apply_migrations(conn: sqlite3.Connection, directory: Path | None = None) -> list[str]:
     """Apply the migrations not yet recorded in `schema_version`, each in its own transaction."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                  "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
