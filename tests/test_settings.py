@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
-from collab.settings import ROOT, Settings
+from collab.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_setting_is_documented_in_the_readme():
@@ -22,10 +25,10 @@ def test_environment_and_flags():
     Settings.add_arguments(parser)
     args = parser.parse_args(["--port", "9001", "--log-json"])
     s = Settings.from_args(args, environ={"COLLAB_PORT": "7000", "COLLAB_MAX_FRAME": "5000",
-                                          "COLLAB_SYNC": "normal"})
+                                          "COLLAB_SYNC": "full"})
     assert s.port == 9001           # the flag wins over the environment
     assert s.max_frame == 5000      # the environment wins over the default
-    assert s.sync == "normal"
+    assert s.sync == "full"         # not the default, so the variable was read
     assert s.log_json is True
     assert s.host == "127.0.0.1"
 
