@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from .resources import ResourceMissing
 from .settings import Settings
 
 
@@ -97,8 +98,19 @@ COMMANDS = (
 )
 
 
+def version() -> str:
+    """The installed distribution's version (package metadata); a bare checkout has none."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+    try:
+        return dist_version("collab")
+    except PackageNotFoundError:
+        return "unknown (not installed: run `pip install .`)"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="collab", description="Self-hosted real-time collaborative editor")
+    parser.add_argument("--version", action="version", version=f"collab {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     parsers = {}
     for name, help_text in COMMANDS:
@@ -114,6 +126,13 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_args(args)
     except ValueError as exc:
         parsers[args.command].error(str(exc))
+    try:
+        _run(args, settings)
+    except ResourceMissing as exc:  # an incomplete installation: say so, without a traceback
+        raise SystemExit(f"collab {args.command}: error: {exc}") from None
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "serve":
         return serve(settings)
     if args.command == "migrate":
