@@ -5,7 +5,8 @@ Usage (from the repository root):
     .venv/bin/python bench/load.py typing       # a) 10 typists, edit-to-peer latency
     .venv/bin/python bench/load.py throughput   # b) 4 clients pushing flat out: durable updates/s
     .venv/bin/python bench/load.py idle         # c) 2,000 idle connections: RSS per connection
-    .venv/bin/python bench/load.py trace        # d) automerge-paper trace through the server
+    .venv/bin/python bench/load.py trace        # d) an editing trace through the server
+                                                #    (automerge-paper, or --trace PATH)
     .venv/bin/python bench/load.py all          # all four, one after the other
 
 Each benchmark starts its own `python -m collab serve` on 127.0.0.1 with a
@@ -30,11 +31,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from serverproc import ServerProcess  # noqa: E402
+from trace_replay import WHERE_TO_GET, add_trace_argument  # noqa: E402
 
 LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
-TRACE = ROOT.parent / "shared" / "traces" / "automerge-paper.json.gz"
 
 # Server options per benchmark. The per-connection token bucket (default 100
 # frames/s) and the per-address connection cap (default 100) protect a public
@@ -58,7 +60,7 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def run_bench(name: str, node: str, extra: list[str], timeout: float) -> dict:
+def run_bench(name: str, node: str, extra: list[str], timeout: float, trace: Path) -> dict:
     spec = BENCHES[name]
     tmp = Path(tempfile.mkdtemp(prefix=f"collab-bench-{name}-"))
     server = ServerProcess(tmp / "bench.db", extra_args=spec["server"])
@@ -68,7 +70,7 @@ def run_bench(name: str, node: str, extra: list[str], timeout: float) -> dict:
         args = [node, str(LOADGEN), name, "--url", server.ws_url, "--server-pid", str(pid),
                 "--clk-tck", str(os.sysconf("SC_CLK_TCK")), *extra]
         if name == "trace":
-            args += ["--file", str(TRACE)]
+            args += ["--file", str(trace)]
         proc = subprocess.run(args, cwd=LOADGEN.parent, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"loadgen {name} failed:\n{proc.stderr[-3000:]}\nserver log:\n{server.log()[-3000:]}")
@@ -158,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bench", choices=[*BENCHES, "all"])
     p.add_argument("--duration", type=float, help="seconds of measurement (typing default 20, throughput 10)")
     p.add_argument("--json", action="store_true", help="also print the raw results as JSON")
+    add_trace_argument(p)
     a = p.parse_args(argv)
+    if a.bench in ("trace", "all") and not a.trace.is_file():
+        print(f"no trace at {a.trace}: {WHERE_TO_GET}", file=sys.stderr)
+        return 2
     node = shutil.which("node")
     if not node:
         print("node is not installed", file=sys.stderr)
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = []
         if a.duration and name in ("typing", "throughput"):
             extra += ["--duration", str(int(a.duration * 1000))]
-        r = run_bench(name, node, extra, timeout=900)
+        r = run_bench(name, node, extra, timeout=900, trace=a.trace.resolve())
         text, ok = report(r)
         print(text, flush=True)
         print(flush=True)

@@ -5,7 +5,11 @@ the timed loop then does what the server does per update: parse the JSON
 (orjson), validate it into a ChangeSet, check it against the document and apply
 it to the server's chunked Text. The final text must equal `endContent`.
 
-    .venv/bin/python bench/trace_replay.py [../shared/traces/automerge-paper.json.gz] [--repeat 3]
+    .venv/bin/python bench/trace_replay.py [--trace PATH] [--repeat 3]
+
+The default trace, automerge-paper, ships in bench/traces/ (see its README for
+the attribution); others in the same format, such as seph-blog1, are in
+sequential_traces/ of https://github.com/josephg/editing-traces.
 """
 
 from __future__ import annotations
@@ -24,10 +28,20 @@ sys.path.insert(0, str(ROOT))
 from collab.changes import ChangeSet, utf16_len  # noqa: E402
 from collab.text import Text  # noqa: E402
 
-DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "automerge-paper.json.gz"
+DEFAULT_TRACE = ROOT / "bench" / "traces" / "automerge-paper.json.gz"
+WHERE_TO_GET = ("editing traces in this format (seph-blog1.json.gz and others) are in sequential_traces/ "
+                "of https://github.com/josephg/editing-traces")
+
+
+def add_trace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE, metavar="PATH",
+                        help=f"gzip'd JSON editing trace (default: bench/traces/{DEFAULT_TRACE.name}; "
+                        f"{WHERE_TO_GET})")
 
 
 def load_trace(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise SystemExit(f"no trace at {path}: {WHERE_TO_GET}")
     with gzip.open(path, "rb") as f:
         return orjson.loads(f.read())
 
@@ -77,10 +91,10 @@ def replay(frames: list[bytes], start: str) -> tuple[float, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("trace", nargs="?", default=str(DEFAULT_TRACE))
+    add_trace_argument(ap)
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported")
     args = ap.parse_args()
-    trace = load_trace(Path(args.trace))
+    trace = load_trace(args.trace)
     frames = trace_to_frames(trace)
     best = None
     for _ in range(args.repeat):
