@@ -1,6 +1,6 @@
 """Frames for the WebSocket fuzzer (tests/test_fuzz.py): generation and an oracle.
 
-Nothing here imports `collab`. The oracle is written from ../shared/protocol.md:
+Nothing here imports `collab`. The oracle is written from docs/protocol.md:
 it says which answers a frame may get (error codes, "ok" for no error, close
 codes), so the fuzzer checks the server against the contract rather than
 against its own code. Where the contract leaves the choice open (which of two
