@@ -8,10 +8,7 @@ Rules that always hold:
   * the server may be running. Everything here goes through SQLite's own
     locking: in WAL mode readers never block the server's writer, and the few
     writes here are short transactions that wait at most `busy_timeout` for it;
-  * documents are read and created through `Store` methods. The only SQL of
-    its own is admin-only maintenance, kept in the marked section at the end:
-    the backup summary, and the compaction transaction next to the invariant
-    it must keep;
+  * everything goes through the store's interface (storage.py): no SQL here;
   * nothing here makes a database by accident: every command but `import`
     refuses a --db that does not exist;
   * a failure leaves what was there before: backups and exported files appear
@@ -25,16 +22,15 @@ import os
 import sqlite3
 import sys
 import time
-from contextlib import asynccontextmanager, closing
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-import orjson
 
 from . import protocol
 from .changes import utf16_len
 from .settings import Settings
-from .store import Store, connect_sync
+from .store import Store
 
 
 class AdminError(Exception):
@@ -111,26 +107,23 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
     tmp.unlink(missing_ok=True)
     started = time.monotonic()
     try:
-        src = sqlite3.connect(src_path.resolve().as_uri() + "?mode=rw", uri=True)
-        with closing(src), closing(sqlite3.connect(tmp)) as dst:
-            src.execute("PRAGMA busy_timeout=5000")
-            src.backup(dst)  # pages=-1: everything in one step, so one consistent moment
-            dst.execute("PRAGMA journal_mode=DELETE")
-            check = [row[0] for row in dst.execute("PRAGMA integrity_check")]
-            if check != ["ok"]:
-                raise AdminError(f"the copy failed its integrity check: {'; '.join(check[:5])}")
-            documents, updates = _backup_summary(dst)
+        documents, updates = asyncio.run(_backup(settings, tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest_path)
         _fsync_dir(dest_path.parent)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, RuntimeError) as exc:
         raise AdminError(f"backup of {src_path} failed: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     _say(f"backed up {src_path} to {dest_path} in {time.monotonic() - started:.1f}s: {documents} documents, "
          f"{updates} updates in total, {dest_path.stat().st_size} bytes, integrity ok")
     return 0
+
+
+async def _backup(settings: Settings, dest: Path) -> tuple[int, int]:
+    async with _store(settings) as store:
+        return await store.backup(dest)
 
 
 # ------------------------------------------------------------------ export
@@ -258,84 +251,24 @@ def compact(settings: Settings) -> int:
 
 async def _compact(settings: Settings, keep: int) -> list[tuple[str, int, int, bool]]:
     results = []
-    conn = connect_sync(settings.db, settings.sync.upper())
-    try:
-        async with _store(settings) as store:
-            for entry in await store.list_documents():
-                info = await store.document(entry["name"])
-                boundary = info["version"] - keep
-                if boundary <= 0 or not _has_updates_through(conn, info["id"], boundary):
-                    continue
-                text = await store.text_at(info["id"], boundary)
-                try:
-                    spans = (await store.authorship(info["id"], boundary)).to_list()
-                except (RuntimeError, LookupError):  # compacted before authorship was cached
-                    spans = None
-                rows = await asyncio.to_thread(_compact_document, conn, info["id"], boundary, text, spans)
-                results.append((info["name"], boundary, rows, spans is not None))
-    finally:
-        conn.close()
+    async with _store(settings) as store:
+        for entry in await store.list_documents():
+            info = await store.document(entry["name"])
+            boundary = info["version"] - keep
+            oldest = await store.oldest_update(info["id"])
+            if boundary <= 0 or oldest is None or oldest > boundary:
+                continue
+            text = await store.text_at(info["id"], boundary)
+            try:
+                spans = (await store.authorship(info["id"], boundary)).to_list()
+            except (RuntimeError, LookupError):  # compacted before authorship was cached
+                spans = None
+            try:
+                rows = await store.compact(info["id"], boundary, text, spans)
+            except RuntimeError as exc:
+                raise AdminError(str(exc)) from None
+            results.append((info["name"], boundary, rows, spans is not None))
     return results
-
-
-# ------------------------------------------ admin-only maintenance SQL
-#
-# Kept here, not in store.py, because only these commands ever run it. The
-# invariant it keeps is the store's: any readable version is one snapshot
-# plus the contiguous update rows after it (store.text_at).
-
-def _backup_summary(conn: sqlite3.Connection) -> tuple[int, int]:
-    return conn.execute("SELECT COUNT(*), COALESCE(SUM(version), 0) FROM documents").fetchone()
-
-
-def _has_updates_through(conn: sqlite3.Connection, doc_id: int, boundary: int) -> bool:
-    return conn.execute("SELECT 1 FROM updates WHERE doc_id = ? AND version <= ? LIMIT 1",
-                        (doc_id, boundary)).fetchone() is not None
-
-
-COMPACT_CHUNK = 5000  # update rows deleted per transaction: the server's writer never waits long
-
-
-def _compact_document(conn: sqlite3.Connection, doc_id: int, boundary: int, text: str,
-                      spans: list | None) -> int:
-    """Make sure snapshot `boundary` exists (and matches the log), then drop rows <= boundary.
-
-    The snapshot commits first, so every later state is safe to stop in: the
-    deletes then go oldest first in short transactions, and whatever subset of
-    them has committed, the current text and every version >= boundary read
-    exactly as before.
-    """
-    with _transaction(conn):
-        conn.execute("INSERT OR IGNORE INTO snapshots(doc_id, version, text, time) VALUES (?,?,?,?)",
-                     (doc_id, boundary, text, time.time()))
-        stored = conn.execute("SELECT text FROM snapshots WHERE doc_id = ? AND version = ?",
-                              (doc_id, boundary)).fetchone()[0]
-        if stored != text:
-            raise AdminError(f"document {doc_id}: the stored snapshot of version {boundary} differs from "
-                             "its update log; nothing was compacted (restore from a backup?)")
-        if spans is not None:
-            conn.execute("INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)",
-                         (doc_id, boundary, orjson.dumps(spans).decode()))
-    (low,) = conn.execute("SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()
-    dropped = 0
-    while low is not None and low <= boundary:
-        upto = min(boundary, low + COMPACT_CHUNK - 1)
-        with _transaction(conn):
-            dropped += conn.execute("DELETE FROM updates WHERE doc_id = ? AND version <= ?",
-                                    (doc_id, upto)).rowcount
-        low = upto + 1
-    return dropped
-
-
-class _transaction:
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind, exc, tb):
-        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 # -------------------------------------------------------------------- docs

@@ -17,16 +17,14 @@ import orjson
 from aiohttp import web
 
 from . import protocol
-from .errors import HTTP_STATUS, ProtocolError, brief
-from .history import diff_changes
-from .rebase import Update
+from .errors import CollabError, ProtocolError, ServerError, brief
 from .room import Rooms
-from .store import Store, VersionCompacted
+from .storage import NameTaken, Storage, VersionCompacted
 
 log = logging.getLogger("collab")
 
 _HTTP_CODES = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
-               405: "bad-request", 413: "too-large", 429: "rate-limited"}
+               405: "bad-request", 409: "conflict", 413: "too-large", 429: "rate-limited", 503: "unavailable"}
 
 
 def json_response(data, status: int = 200) -> web.Response:
@@ -69,8 +67,8 @@ def error_middleware(errors_counter=None):
     async def middleware(request: web.Request, handler):
         try:
             return await handler(request)
-        except ProtocolError as exc:
-            return answer(request, HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
+        except CollabError as exc:
+            return answer(request, exc.status, exc.code, exc.message)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -94,7 +92,8 @@ def readable_name() -> str:
     return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(90) + 10}"
 
 
-def _int_param(raw, what: str, default: int | None, low: int, high: int | None) -> int:
+def _int_param(raw, what: str, default: int | None, low: int, high: int | None,
+               beyond: str = "the latest version") -> int:
     """A non-negative integer within [low, high]; 400 bad-request otherwise.
 
     `raw` is a query-string or path value (str, digits only) or a JSON value
@@ -105,7 +104,7 @@ def _int_param(raw, what: str, default: int | None, low: int, high: int | None) 
             raise ProtocolError("bad-request", f"{what} is required")
         return default
     if isinstance(raw, _Text):
-        if not raw.isdigit() or len(raw) > 18:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {brief(str(raw))}")
         raw = int(raw)
     if type(raw) is not int:
@@ -113,7 +112,7 @@ def _int_param(raw, what: str, default: int | None, low: int, high: int | None) 
     if raw < low:
         raise ProtocolError("bad-request", f"{what} must be at least {low}, got {raw}")
     if high is not None and raw > high:
-        raise ProtocolError("bad-request", f"{what} {raw} is beyond the latest version {high}")
+        raise ProtocolError("bad-request", f"{what} {raw} is beyond {beyond} {high}")
     return raw
 
 
@@ -144,10 +143,7 @@ def _author(body: dict) -> str:
 
 
 def doc_name(request: web.Request) -> str:
-    name = request.match_info["doc"]
-    if not protocol.valid_doc_name(name):
-        raise ProtocolError("bad-request", "document names are 1-100 letters, digits, '-' or '_'")
-    return name
+    return protocol.doc_name(request.match_info["doc"])
 
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -183,17 +179,25 @@ def token_of(request: web.Request) -> str | None:
 
 
 LIMITS_PLACEHOLDER = "<!--collab:limits-->"
+MAX_HISTORY_PAGE = 1000  # entries one /history page holds at most
 
 
 class Api:
-    def __init__(self, store: Store, rooms: Rooms, static_dir: Path):
+    """The HTTP routes. Documents are reached through `Rooms` (open ones live in memory) and the store."""
+
+    def __init__(self, store: Storage, rooms: Rooms, static_dir: Path):
         self.store = store
         self.rooms = rooms
         self.access = rooms.access
         self.static_dir = Path(static_dir)
 
     async def allow(self, request: web.Request, need: str, doc: str | None = None) -> str:
-        """Check the request's token for `need` access (to `doc`); returns the role it grants."""
+        """Check the request's token for `need` access (to `doc`); returns the role it grants.
+
+        Checked before anything is looked up, so a token that gives no access
+        learns nothing, not even whether a document of that name exists (a
+        missing document has no salt, so only the admin token passes).
+        """
         salt = await self.rooms.salt_of(doc) if doc is not None and self.access.enabled else None
         return self.access.require(token_of(request), need, doc, salt)
 
@@ -234,16 +238,13 @@ class Api:
 
     async def editor_page(self, request: web.Request) -> web.StreamResponse:
         name = doc_name(request)
-        if await self.store.document(name) is None:
-            await self.allow(request, "admin")  # opening a new document creates it
-        else:
-            await self.allow(request, "view", name)
+        await self.allow(request, "view", name)  # a new document: only the admin may make it
         # The editor refuses, as the person makes it, an edit this server could
-        # never take (a frame over --max-frame, a document over --max-doc):
-        # otherwise it would be pushed, refused and pushed again for ever.
-        settings = self.rooms.settings
-        limits = (f'<meta name="collab-max-frame" content="{settings.max_frame}">'
-                  f'<meta name="collab-max-doc" content="{settings.max_doc}">')
+        # never take (a frame over --max-frame, a document over --max-doc), and
+        # splits its pushes under --max-updates; the welcome frame repeats these.
+        limits = "".join(f'<meta name="collab-{key}" content="{value}">' for key, value in (
+            ("max-frame", self.rooms.limits["maxFrame"]), ("max-doc", self.rooms.limits["maxDoc"]),
+            ("max-updates", self.rooms.limits["maxUpdates"]), ("max-ranges", self.rooms.limits["maxRanges"])))
         return self._page("editor.html", fill=limits)
 
     # ------------------------------------------------------------------- API
@@ -254,68 +255,42 @@ class Api:
         return json_response({"docs": [{"name": d["name"], "version": d["version"], "updated": d["updated"],
                                         "length": d["length"]} for d in docs]})
 
-    async def current(self, name: str) -> tuple[int, str]:
-        """(version, text) of a document: from memory when it is open, else from disk."""
-        room = self.rooms.rooms.get(name)
-        if room is not None and not room.broken:
-            return room.seq.committed_version, room.seq.committed_text()
-        info = await self.store.document(name)
-        if info is None:
-            raise ProtocolError("not-found", f"no document named {name!r}")
-        return info["version"], await self.store.text_at(info["id"], info["version"])
+    async def _doc(self, request: web.Request, need: str) -> dict:
+        """The document the route names, after checking the token for `need` access to it."""
+        name = doc_name(request)
+        await self.allow(request, need, name)
+        return await self.rooms.info(name)
 
     async def get_doc(self, request: web.Request) -> web.Response:
         name = doc_name(request)
         await self.allow(request, "view", name)
-        version, text = await self.current(name)
+        version, text = await self.rooms.current(name)
         return json_response({"name": name, "version": version, "doc": text})
 
     # --------------------------------------------------------------- history
 
-    async def _info(self, name: str) -> dict:
-        info = await self.store.document(name)
-        if info is None:
-            raise ProtocolError("not-found", f"no document named {name!r}")
-        room = self.rooms.rooms.get(name)
-        if room is not None and not room.broken:
-            info["version"] = room.seq.committed_version  # disk may lag memory by a commit
-        return info
-
-    async def _text_at(self, info: dict, version: int) -> str:
-        room = self.rooms.rooms.get(info["name"])
-        if room is not None and not room.broken and version == room.seq.committed_version:
-            return room.seq.committed_text()
-        try:
-            return await self.store.text_at(info["id"], version)
-        except VersionCompacted as exc:
-            raise ProtocolError("not-found", str(exc)) from None
-
     async def history(self, request: web.Request) -> web.Response:
-        info = await self._info(doc_name(request))
-        await self.allow(request, "view", info["name"])
+        info = await self._doc(request, "view")
         before = _int_param(_query(request, "before"), "before", info["version"] + 1, 0, None)
-        limit = _int_param(_query(request, "limit"), "limit", 100, 1, 1000)
+        limit = _int_param(_query(request, "limit"), "limit", 100, 1, MAX_HISTORY_PAGE,
+                           beyond="the most entries one page holds,")
         entries = await self.store.history(info["id"], before, limit)
         return json_response({"entries": entries})
 
     async def version_text(self, request: web.Request) -> web.Response:
-        info = await self._info(doc_name(request))
-        await self.allow(request, "view", info["name"])
+        info = await self._doc(request, "view")
         version = _int_param(_Text(request.match_info["version"]), "version", None, 0, info["version"])
-        return json_response({"version": version, "doc": await self._text_at(info, version)})
+        return json_response({"version": version, "doc": await self.rooms.text_at(info, version)})
 
     async def export(self, request: web.Request) -> web.Response:
-        name = doc_name(request)
-        info = await self._info(name)
-        await self.allow(request, "view", name)
+        info = await self._doc(request, "view")
         version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
-        text = await self._text_at(info, version)
+        text = await self.rooms.text_at(info, version)
         return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={
-            "Content-Disposition": f'attachment; filename="{name}-v{version}.txt"'})
+            "Content-Disposition": f'attachment; filename="{info["name"]}-v{version}.txt"'})
 
     async def authors(self, request: web.Request) -> web.Response:
-        info = await self._info(doc_name(request))
-        await self.allow(request, "view", info["name"])
+        info = await self._doc(request, "view")
         version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
         try:
             authorship = await self.store.authorship(info["id"], version)
@@ -325,34 +300,20 @@ class Api:
 
     async def restore(self, request: web.Request) -> web.Response:
         """One ordinary update turning the current text into the text at `version` (a minimal diff)."""
-        name = doc_name(request)
-        info = await self._info(name)
-        await self.allow(request, "edit", name)
+        info = await self._doc(request, "edit")
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
-        who = _author(body)
-        old = await self._text_at(info, version)
-        room = await self.rooms.get(name, create=False)
-        if room is None:
-            raise ProtocolError("not-found", f"no document named {name!r}")
-        try:
-            base = room.seq.committed_version
-            changes = diff_changes(room.seq.committed_text(), old)
-            update = Update(f"restore-{secrets.token_hex(6)}", changes)
-            new_version = await room.submit(update.client_id, base, [update], who, restored_from=version)
-        finally:
-            room.release()
+        new_version = await self.rooms.restore(info["name"], version, _author(body))
         return json_response({"version": new_version})
 
     async def fork(self, request: web.Request) -> web.Response:
-        name = doc_name(request)
-        info = await self._info(name)
-        await self.allow(request, "edit", name)
+        info = await self._doc(request, "edit")
+        name = info["name"]
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", info["version"], 0, info["version"])
         new_name = await self._new_name(body)
-        text = await self._text_at(info, version)
-        await self.store.create_document(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
+        text = await self.rooms.text_at(info, version)
+        await self._create(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
         return json_response({"name": new_name, **await self._links(new_name)}, status=201)
 
     # ---------------------------------------------------- access management
@@ -366,50 +327,41 @@ class Api:
                           for role in ("edit", "view")}}
 
     async def links(self, request: web.Request) -> web.Response:
-        name = doc_name(request)
-        await self._info(name)
-        await self.allow(request, "edit", name)
-        return json_response(await self._links(name) or {"links": None})
+        info = await self._doc(request, "edit")
+        return json_response(await self._links(info["name"]) or {"links": None})
 
     async def reset_links(self, request: web.Request) -> web.Response:
         """New salt: every old edit and view link stops working; their sessions are closed (1008)."""
-        name = doc_name(request)
-        info = await self._info(name)
-        await self.allow(request, "edit", name)
-        salt = await self.store.new_salt(info["id"])
-        room = self.rooms.rooms.get(name)
-        if room is not None:
-            room.salt = salt
-            room.revoke(everyone=False, reason="the share links of this document were reset")
-        return json_response(await self._links(name) or {"links": None})
+        info = await self._doc(request, "edit")
+        await self.rooms.reset_links(info["name"])
+        return json_response(await self._links(info["name"]) or {"links": None})
 
     async def create_doc(self, request: web.Request) -> web.Response:
         await self.allow(request, "admin")
         name = await self._new_name(await _json_body(request))
-        await self.store.create_document(name)
+        await self._create(name)
         return json_response({"name": name, **await self._links(name)}, status=201)
 
     async def delete_doc(self, request: web.Request) -> web.Response:
-        await self.allow(request, "admin")
-        name = doc_name(request)
-        info = await self._info(name)
-        room = self.rooms.rooms.get(name)
-        if room is not None:
-            room.revoke(everyone=True, reason="this document was deleted")
-            await room.flush()
-            self.rooms.forget(room)
-        await self.store.delete_document(info["id"])
-        return json_response({"deleted": name})
+        info = await self._doc(request, "admin")
+        await self.rooms.delete(info["name"])
+        return json_response({"deleted": info["name"]})
+
+    async def _create(self, name: str, text: str = "", **who) -> None:
+        try:
+            await self.store.create_document(name, text, exist_ok=False, **who)
+        except NameTaken:
+            raise ProtocolError("conflict", f"a document named {name!r} already exists") from None
 
     async def _new_name(self, body: dict) -> str:
-        """The body's "name" for a new document (409 if taken), or a fresh readable one."""
+        """The body's "name" for a new document (409 conflict if taken), or a fresh readable one."""
         name = body.get("name")
         if name is None:
             return await self._free_name()
         if type(name) is not str or not protocol.valid_doc_name(name):
             raise ProtocolError("bad-request", "name must be 1-100 letters, digits, '-' or '_'")
         if await self.store.document(name) is not None:
-            raise web.HTTPConflict(reason=f"a document named {name!r} already exists")
+            raise ProtocolError("conflict", f"a document named {name!r} already exists")
         return name
 
     async def _free_name(self) -> str:
@@ -420,5 +372,9 @@ class Api:
         return secrets.token_hex(8)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        await self.store.ping()
-        return json_response({"ok": True, "documents_open": len(self.rooms.rooms)})
+        try:
+            await self.store.ping()
+        except Exception as exc:
+            log.warning("health check: the database cannot take a write: %s", exc)
+            raise ServerError("the database cannot take a write right now") from None
+        return json_response({"ok": True, "documents_open": self.rooms.open_count()})

@@ -1,4 +1,4 @@
-"""create_app(settings): wiring only. Store and rooms live in AppKeys; the
+"""create_app(settings): wiring only. Store, rooms and metrics live in AppKeys; the
 store opens and closes in a cleanup context; shutdown flushes every pending
 commit and closes clients with 1001 before the store closes."""
 
@@ -14,12 +14,14 @@ from .api import Api, error_middleware, security_headers, token_of
 from .metrics import Metrics
 from .room import Rooms
 from .settings import Settings
+from .storage import Storage
 from .store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", Store)
+STORE = web.AppKey("store", Storage)
 ROOMS = web.AppKey("rooms", Rooms)
 METRICS = web.AppKey("metrics", Metrics)
+ADMISSION = web.AppKey("admission", ws.Admission)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -28,11 +30,13 @@ def create_app(settings: Settings) -> web.Application:
                           client_max_size=settings.max_frame)
     app[SETTINGS] = settings
     store = Store(settings.db, synchronous=settings.sync.upper(), snapshot_every=settings.snapshot_every,
-                  keep=settings.keep_updates)
+                  keep=settings.keep_updates, exclusive=True)
     rooms = Rooms(settings, store, metrics, Access(settings.load_secret()))
+    admission = ws.Admission(settings, rooms)
     app[STORE] = store
     app[ROOMS] = rooms
     app[METRICS] = metrics
+    app[ADMISSION] = admission
 
     async def storage(app: web.Application):
         await store.open()
@@ -43,14 +47,15 @@ def create_app(settings: Settings) -> web.Application:
         await rooms.shutdown()
 
     async def ws_route(request: web.Request) -> web.StreamResponse:
-        return await ws.handle(request, settings, rooms)
+        return await ws.handle(request, settings, rooms, admission)
 
     app.cleanup_ctx.append(storage)
     app.on_shutdown.append(on_shutdown)
     api = Api(store, rooms, Path(settings.static_dir))
     app.router.add_routes(api.routes())
     app.router.add_get("/ws/{doc}", ws_route)
-    app.router.add_routes(status.routes(metrics, lambda request: rooms.access.require(token_of(request), "admin")))
+    app.router.add_routes(status.routes(metrics, lambda request: rooms.access.require(token_of(request), "admin"),
+                                        heartbeat=settings.heartbeat))
     dist = Path(settings.static_dir) / "dist"
     dist.mkdir(parents=True, exist_ok=True)
     app.router.add_static("/static", dist)

@@ -173,10 +173,6 @@ class ChangeSet:
                 _add_insert(values, sections, texts[i >> 1])
         return _finish(sections, values)
 
-    @classmethod
-    def empty(cls, length: int) -> "ChangeSet":
-        return cls([length, KEEP] if length else [], [""] if length else [])
-
     @property
     def is_empty(self) -> bool:
         s = self.sections
@@ -266,7 +262,15 @@ class ChangeSet:
         return self if other.is_empty else _map(self, other, before, True)
 
     def map_desc(self, other: "ChangeSet", before: bool = False) -> "ChangeSet":
-        """CodeMirror's ChangeSet.mapDesc: keeps the text and never short-cuts."""
+        """`map` without its shortcut: CodeMirror's `ChangeSet.mapDesc` override.
+
+        In @codemirror/state a ChangeSet's `mapDesc(other, before)` is
+        `mapSet(this, other, before, true)`: it keeps the inserted text (so the
+        result is still a ChangeSet) and, unlike `map` and the base class's
+        `ChangeDesc.mapDesc`, it maps even when `other` is empty (which
+        normalises the result). `before` means: these changes happened
+        first, so at one position they go before `other`'s insertions.
+        """
         return _map(self, other, before, True)
 
     def compose(self, other: "ChangeSet") -> "ChangeSet":
@@ -368,10 +372,6 @@ class _Cursor:
     @property
     def done(self) -> bool:
         return self.ins == -2
-
-    @property
-    def len2(self) -> int:
-        return self.len if self.ins < 0 else self.ins
 
     @property
     def text(self) -> str:

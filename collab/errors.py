@@ -1,40 +1,76 @@
-"""The one error type that crosses module boundaries.
+"""Every error and close code of collab, in one table, and the exceptions that carry them.
 
-Rules: every refusal of outside input is a `ProtocolError` carrying a protocol
-code from `../shared/protocol.md` (`bad-json`, `bad-message`, `bad-changes`,
-`bad-version`, `read-only`, `too-large`, `rate-limited`, and for HTTP
-`not-found`, `bad-request`, `unauthorized`, `forbidden`) and, when the
-connection must end, a WebSocket close code. The adapters (ws.py, api.py)
-convert it to a frame or a JSON response in exactly one place each; a bare
-KeyError or TypeError reaching a client is a bug.
+Rules that always hold:
+  * a refusal is raised as an exception whose `code` is a key of `CODES`; the
+    table gives its HTTP status, the WebSocket close code when the refusal
+    ends a connection by itself, who was wrong, and what it means;
+  * who was wrong decides the class: `ProtocolError` when the peer sent
+    something we refuse (its fault: fix the request), `ServerError` when we
+    cannot do it right now (storage failed, the document is reloading: try
+    again). Both are `CollabError`;
+  * each adapter converts them in exactly one place: ws.py `refuse` into an
+    `error` frame (and a close when the error carries one), api.py's
+    `error_middleware` into `{"error": {"code", "message"}}`. A bare KeyError
+    or TypeError reaching a client is a bug (answered as `internal`);
+  * docs/protocol.md, the README and the browser's core (static/src/core.js)
+    list exactly these codes; tests/test_error_table.py checks it.
 """
 
 from __future__ import annotations
 
-# WebSocket close codes of the protocol.
+from dataclasses import dataclass
+
+# WebSocket close codes.
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
 CLOSE_PROTOCOL = 4000
 CLOSE_REPLACED = 4001
 CLOSE_RATE_LIMITED = 4429
 
-# HTTP status for each code when it is answered over HTTP.
-HTTP_STATUS = {
-    "bad-json": 400,
-    "bad-message": 400,
-    "bad-request": 400,
-    "bad-changes": 400,
-    "bad-version": 400,
-    "read-only": 403,
-    "forbidden": 403,
-    "unauthorized": 401,
-    "not-found": 404,
-    "too-large": 413,
-    "rate-limited": 429,
-    "internal": 500,
+CLOSE_CODES: dict[int, str] = {
+    CLOSE_GOING_AWAY: "the server is shutting down or restarting: reconnect",
+    CLOSE_POLICY: "the access token is missing, invalid or revoked: do not reconnect with it",
+    CLOSE_TOO_BIG: "a frame was over the server's size limit",
+    CLOSE_INTERNAL: "the server could not save or load the document: reconnect after a pause",
+    CLOSE_TRY_AGAIN: "the connection fell too far behind reading: reconnect and resume",
+    CLOSE_PROTOCOL: "protocol violation (for example a first frame that is not hello)",
+    CLOSE_REPLACED: "replaced by a newer connection of the same client",
+    CLOSE_RATE_LIMITED: "persistently over the rate limit: reconnect more slowly",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    name: str
+    http: int
+    close: int | None  # closes the connection by itself (None: the connection stays open)
+    peer: bool         # True: the peer was wrong; False: we were (try again later)
+    meaning: str
+
+
+CODES: dict[str, Code] = {c.name: c for c in (
+    Code("bad-json", 400, None, True, "the frame or body is not JSON (or a text frame is not UTF-8)"),
+    Code("bad-message", 400, None, True, "wrong or missing fields in a frame (close 4000 before hello)"),
+    Code("bad-changes", 400, None, True, "invalid ChangeSetJSON, wrong length, a split surrogate pair "
+                                         "or a line break inside a line"),
+    Code("bad-version", 400, None, True, "the version is in the future, or too old to rebase"),
+    Code("read-only", 403, None, True, "this session or token may only view the document"),
+    Code("too-large", 413, None, True, "a frame, push or document over the server's limit"),
+    Code("rate-limited", 429, None, True, "too many frames, requests or connections; slow down"),
+    Code("bad-request", 400, None, True, "a bad HTTP parameter or body"),
+    Code("unauthorized", 401, CLOSE_POLICY, True, "an access token is needed"),
+    Code("forbidden", 403, CLOSE_POLICY, True, "the token does not give this access (or was revoked)"),
+    Code("not-found", 404, None, True, "no such document, version or page"),
+    Code("conflict", 409, None, True, "the name is taken"),
+    Code("unavailable", 503, CLOSE_INTERNAL, False, "the server cannot save or load this right now "
+                                                    "(storage failed, the document is reloading); try again"),
+    Code("internal", 500, CLOSE_INTERNAL, False, "a bug on the server's side"),
+)}
+
+HTTP_STATUS: dict[str, int] = {name: c.http for name, c in CODES.items()}
 
 
 def brief(value, limit: int = 40) -> str:
@@ -53,21 +89,38 @@ def brief(value, limit: int = 40) -> str:
     return f"a {type(value).__name__}"
 
 
-class ProtocolError(Exception):
-    """The peer sent something we refuse; `code` is the protocol's error code.
-
-    `close` is set when the refusal also ends the connection (for example 4000
-    for a frame before `hello`); otherwise the connection stays open.
-    """
+class CollabError(Exception):
+    """A refusal with a code from `CODES`; `close` is set when it also ends the connection."""
 
     def __init__(self, code: str, message: str, close: int | None = None):
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
         self.close = close
 
+    @property
+    def status(self) -> int:
+        return CODES[self.code].http
+
     def __repr__(self) -> str:
-        return f"ProtocolError({self.code!r}, {self.message!r}, close={self.close!r})"
+        return f"{type(self).__name__}({self.code!r}, {self.message!r}, close={self.close!r})"
+
+
+class ProtocolError(CollabError):
+    """The peer sent something we refuse (a bad frame, a bad request, a bad token)."""
+
+
+class ServerError(CollabError):
+    """We cannot do it right now: storage failed or the document is reloading (try again).
+
+    Over WebSocket it always ends the connection (1011) so the client reconnects
+    and resumes from what is durable.
+    """
+
+    def __init__(self, message: str, code: str = "unavailable", close: int | None = None):
+        super().__init__(code, message, close=CODES[code].close if close is None else close)
 
 
 class ChangeError(ProtocolError):

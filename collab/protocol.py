@@ -1,4 +1,4 @@
-"""Wire messages of protocol v1 (../shared/protocol.md): parse, validate, build.
+"""Wire messages of protocol v1 (docs/protocol.md): parse, validate, build.
 
 What lives here: turning an untrusted frame into a checked message object,
 with a ProtocolError carrying the right code for anything else, and turning
@@ -19,7 +19,7 @@ from .rebase import Update
 from .sequencer import Accepted
 
 SUBPROTOCOL = "collab.v1"
-DOC_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+DOC_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _COLOR = re.compile(r"^#(?:[0-9A-Fa-f]{3}|[0-9A-Fa-f]{4}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})$")
 MAX_CLIENT_ID = 128
 MAX_NAME = 100
@@ -46,7 +46,14 @@ class Presence:
 
 
 def valid_doc_name(name: str) -> bool:
-    return bool(DOC_NAME.match(name))
+    return bool(DOC_NAME.fullmatch(name))
+
+
+def doc_name(name: str) -> str:
+    """`name` if it is a document name, else bad-request (names are 1-100 of A-Z a-z 0-9 - _)."""
+    if not valid_doc_name(name):
+        raise ProtocolError("bad-request", "document names are 1-100 letters, digits, '-' or '_'")
+    return name
 
 
 def _is_count(value) -> bool:
@@ -145,9 +152,15 @@ def _update_json(update: Update) -> dict:
     return {"clientID": update.client_id, "changes": update.changes.to_json()}
 
 
-def welcome(session: str, role: str, version: int, peers: list[dict], *,
+def welcome(session: str, role: str, version: int, peers: list[dict], limits: dict, *,
             doc: str | None = None, since: int | None = None, updates: list[Update] | None = None) -> bytes:
-    frame = {"type": "welcome", "session": session, "role": role, "version": version, "peers": peers}
+    """The reply to hello: the full `doc`, or the updates `since` a version (a resume).
+
+    `limits` ({maxFrame, maxDoc, maxUpdates, maxRanges}) tells the client what
+    the server accepts, so it can split its pushes; a stock client ignores it.
+    """
+    frame = {"type": "welcome", "session": session, "role": role, "version": version, "peers": peers,
+             "limits": limits}
     if doc is not None:
         frame["doc"] = doc
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import resources
@@ -123,9 +123,6 @@ class Settings:
                 raise ValueError(f"the secret in {self.secret_file} is too short (16 characters at least)")
             return value.encode()
         return None
-
-    def but(self, **changes) -> "Settings":
-        return replace(self, **changes)
 
 
 _TYPES = {"str": str, "int": int, "float": float, str: str, int: int, float: float}

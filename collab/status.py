@@ -46,7 +46,7 @@ connect();
 _HEADERS = {"Cache-Control": "no-cache"}
 
 
-def routes(metrics: Metrics, guard, interval: float = 1.0) -> list[web.RouteDef]:
+def routes(metrics: Metrics, guard, interval: float = 1.0, heartbeat: float = 20.0) -> list[web.RouteDef]:
     """`guard(request)` raises unless the request may see the figures (the admin, with access control on)."""
 
     async def metrics_page(request: web.Request) -> web.Response:
@@ -63,7 +63,7 @@ def routes(metrics: Metrics, guard, interval: float = 1.0) -> list[web.RouteDef]
 
     async def status_ws(request: web.Request) -> web.WebSocketResponse:
         guard(request)
-        ws = web.WebSocketResponse(heartbeat=20)
+        ws = web.WebSocketResponse(heartbeat=heartbeat or None)
         await ws.prepare(request)
 
         async def reader():  # only to notice the close

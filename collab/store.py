@@ -1,54 +1,68 @@
-"""Store: every SQL statement of collab, the migrations runner and the one writer.
+"""The SQLite store: every SQL statement collab runs on SQLite, its migrations and its one writer.
 
-Rules that always hold:
-  * one writer connection, and every write goes through its queue
-    (`_write`); whatever is queued while a transaction runs is committed
-    together in the next one (group commit, across documents). A caller's
-    `await` returns only after COMMIT returned, so the sequencer can ack;
-  * a document's `documents.version` and its update rows change in the same
-    transaction, so the log is contiguous from the first kept version;
-  * reads use a second connection; in WAL mode they never block the writer
-    and never see a half-written batch;
-  * snapshots (the full text at some version) are written at least every
-    `snapshot_every` updates and when a document unloads, so any version is
-    one snapshot plus at most `snapshot_every` updates away.
+The interface and its rules are in storage.py; this backend keeps them so:
+  * one writer connection in a thread of its own, and every write goes through
+    its queue: whatever is queued or `schedule`d while a transaction runs is
+    committed together in the next one (group commit, across documents). Each
+    queued write and each `Commit` runs inside a SAVEPOINT, so one that fails
+    (or a commit whose document moved: `VersionConflict`) is undone alone and
+    the rest of the group still commits. A caller hears back only after
+    COMMIT returned;
+  * reads run on a small pool of reader connections in their own threads; in
+    WAL mode they never block the writer, never see a half-written batch, and
+    one slow read does not hold up the others;
+  * SQLite is for one process: `open` takes an exclusive lock on `<db>.lock`,
+    so a second server on the same file stops with a clear message (admin
+    commands do not take it: they are short and go through SQLite's locking).
+Threads are plain `sqlite3` connections driven by `loop.run_in_executor`: the
+writer must run a whole group transaction in one hop to the thread, which no
+public aiosqlite call can do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
-import aiosqlite
 import orjson
 
 from . import resources
-
 from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
+from .storage import (Commit, CommitSource, Loaded, NameTaken, VersionCompacted, VersionConflict)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
+READERS = 3  # reader connections (threads)
 
 
 # ------------------------------------------------------------------ migrations
 
 def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
-    directory = resources.migrations_dir() if directory is None else directory
+    """The numbered migrations in `directory`; raises if it is missing, empty or has gaps."""
+    directory = resources.migrations_dir("sqlite") if directory is None else Path(directory)
+    if not directory.is_dir():
+        raise RuntimeError(f"the migrations folder {directory} does not exist: the installation is incomplete")
     found = []
     for path in sorted(directory.glob("*.sql")):
         m = _MIGRATION_NAME.match(path.name)
         if not m:
             raise RuntimeError(f"migration file {path.name!r} is not named NNN_name.sql")
         found.append((int(m.group(1)), path))
+    if not found:
+        raise RuntimeError(f"the migrations folder {directory} holds no NNN_name.sql files: "
+                           "the installation is incomplete")
     numbers = [n for n, _ in found]
     if numbers != list(range(1, len(numbers) + 1)):
         raise RuntimeError(f"migrations must be numbered 001, 002, ... without gaps; found {numbers}")
@@ -57,11 +71,16 @@ def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
 
 def apply_migrations(conn: sqlite3.Connection, directory: Path | None = None) -> list[str]:
     """Apply the migrations not yet recorded in `schema_version`, each in its own transaction."""
+    files = migration_files(directory)
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                  "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
     done = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
+    newest = max(n for n, _ in files)
+    if done and max(done) > newest:
+        raise RuntimeError(f"the database has schema version {max(done)}, newer than this collab knows "
+                           f"({newest}): upgrade collab")
     applied = []
-    for number, path in migration_files(directory):
+    for number, path in files:
         if number in done:
             continue
         sql = path.read_text()
@@ -81,47 +100,24 @@ def apply_migrations(conn: sqlite3.Connection, directory: Path | None = None) ->
 
 def connect_sync(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    _pragmas(conn, synchronous)
-    return conn
-
-
-def _pragmas(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA foreign_keys=ON")
+    return conn
 
 
-class VersionCompacted(LookupError):
-    """The update rows needed to rebuild `version` were compacted away (and no snapshot is there)."""
-
-    def __init__(self, version: int, below: int | None, above: int | None):
-        near = " and ".join(str(v) for v in (below, above) if v is not None)
-        super().__init__(f"version {version} was compacted away"
-                         + (f"; the nearest readable versions are {near}" if near else ""))
-        self.version, self.below, self.above = version, below, above
-
-
-def _compacted(conn: sqlite3.Connection, doc_id: int, version: int, below: int | None) -> VersionCompacted:
-    row = conn.execute("SELECT MIN(version) FROM snapshots WHERE doc_id = ? AND version > ?",
-                       (doc_id, version)).fetchone()
-    return VersionCompacted(version, below, row[0] if row else None)
+def migrate(path: str | Path, synchronous: str = "FULL") -> list[str]:
+    """Create the database file (and its folder) if needed and apply pending migrations."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = connect_sync(path, synchronous)
+    try:
+        return apply_migrations(conn)
+    finally:
+        conn.close()
 
 
-# ---------------------------------------------------------------- data shapes
-
-@dataclass(slots=True)
-class Loaded:
-    """A document as read from disk: enough to start its sequencer."""
-
-    doc_id: int
-    name: str
-    version: int
-    text: str
-    log: list[Update]          # the last updates, ending at `version`
-    snapshot_version: int      # newest snapshot at or below `version`
-    salt: str = ""             # signs this document's share links
-
+# ------------------------------------------------------------------ rows
 
 _INSERT_UPDATE = ("INSERT INTO updates(doc_id, version, client_id, author, time, changes, inserted, deleted, "
                   "restored_from) VALUES (?,?,?,?,?,?,?,?,?)")
@@ -138,15 +134,126 @@ def _parse_update(client_id: str, changes: str) -> Update:
     return Update(client_id, ChangeSet.from_json(orjson.loads(changes)))
 
 
+def _update_rows(conn: sqlite3.Connection, doc_id: int, after: int, upto: int) -> list[tuple]:
+    """(version, client_id, changes) of the updates producing versions after+1 .. upto, in order."""
+    return conn.execute("SELECT version, client_id, changes FROM updates "
+                        "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                        (doc_id, after, upto)).fetchall()
+
+
+def _insert_snapshot(conn: sqlite3.Connection, doc_id: int, version: int, text: str) -> None:
+    conn.execute("INSERT OR IGNORE INTO snapshots(doc_id, version, text, time) VALUES (?,?,?,?)",
+                 (doc_id, version, text, time.time()))
+
+
+def _snapshot_at(conn: sqlite3.Connection, doc_id: int, version: int) -> tuple[int, str]:
+    row = conn.execute("SELECT version, text FROM snapshots WHERE doc_id = ? AND version <= ? "
+                       "ORDER BY version DESC LIMIT 1", (doc_id, version)).fetchone()
+    return (row[0], row[1]) if row else (0, "")
+
+
+def _compacted(conn: sqlite3.Connection, doc_id: int, version: int, below: int | None) -> VersionCompacted:
+    row = conn.execute("SELECT MIN(version) FROM snapshots WHERE doc_id = ? AND version > ?",
+                       (doc_id, version)).fetchone()
+    return VersionCompacted(version, below, row[0] if row else None)
+
+
+def _contiguous_tail(rows: list, version: int) -> list[Update]:
+    """Parse the rows that form an unbroken run ending at `version`."""
+    start = len(rows)
+    expect = version
+    while start > 0 and rows[start - 1][0] == expect:
+        start -= 1
+        expect -= 1
+    return [_parse_update(c, ch) for _, c, ch in rows[start:]]
+
+
+def _write_commit(conn: sqlite3.Connection, commit: Commit) -> None:
+    """Make `commit` durable, or raise VersionConflict having written nothing."""
+    row = conn.execute("SELECT version FROM documents WHERE id = ?", (commit.doc_id,)).fetchone()
+    if row is None or row[0] != commit.base:
+        raise VersionConflict(commit.doc_id, commit.base, row[0] if row else None)
+    conn.executemany(_INSERT_UPDATE, [_update_row(commit.doc_id, e) for e in commit.entries])
+    conn.execute("UPDATE documents SET version = ?, length = ?, updated = ? WHERE id = ?",
+                 (commit.version, commit.length, commit.entries[-1].time, commit.doc_id))
+    if commit.snapshot is not None:
+        _insert_snapshot(conn, commit.doc_id, *commit.snapshot)
+
+
+def _group_transaction(conn: sqlite3.Connection, work: list[Callable[[sqlite3.Connection], object]]) -> list:
+    """Run every function of `work` in one transaction, each in a savepoint of its own.
+
+    Returns one (ok, result-or-exception) per function: a function that
+    raises is rolled back alone. If COMMIT itself fails, the whole group
+    raises and nothing is written.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    out = []
+    try:
+        for fn in work:
+            conn.execute("SAVEPOINT w")
+            try:
+                result = fn(conn)
+            except Exception as exc:  # noqa: BLE001 - handed back to that caller
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+                out.append((False, exc))
+            else:
+                conn.execute("RELEASE w")
+                out.append((True, result))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+class _Connections:
+    """`size` SQLite connections, each used by one thread of a pool: `run(fn)` calls fn(conn) there."""
+
+    def __init__(self, path: str, synchronous: str, size: int, name: str):
+        self.path, self.synchronous = path, synchronous
+        self.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
+        self.local = threading.local()
+        self.all: list[sqlite3.Connection] = []
+        self.lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = connect_sync(self.path, self.synchronous)
+            with self.lock:
+                self.all.append(conn)
+        return conn
+
+    def _call(self, fn, args):
+        return fn(self._conn(), *args)
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._call, fn, args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        with self.lock:
+            for conn in self.all:
+                conn.close()
+            self.all.clear()
+
+
 class Store:
+    """SQLite backend of `storage.Storage`."""
+
     def __init__(self, path: str | Path, synchronous: str = "FULL", snapshot_every: int = 1000,
-                 keep: int = 2000):
+                 keep: int = 2000, exclusive: bool = False):
         self.path = str(path)
         self.synchronous = synchronous
         self.snapshot_every = snapshot_every
         self.keep = keep
-        self._w: aiosqlite.Connection | None = None
-        self._r: aiosqlite.Connection | None = None
+        self.exclusive = exclusive
+        self._w: _Connections | None = None
+        self._r: _Connections | None = None
+        self._lock_fd: int | None = None
         self._queue: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future]] = []
         self._sources: dict[int, CommitSource] = {}
         self._writer: asyncio.Task | None = None
@@ -156,26 +263,40 @@ class Store:
 
     async def open(self) -> "Store":
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._w = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._w._execute(_pragmas, self._w._conn, self.synchronous)
-        await self._w._execute(apply_migrations, self._w._conn)
-        self._r = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._r._execute(_pragmas, self._r._conn, self.synchronous)
+        if self.exclusive:
+            self._lock()
+        self._w = _Connections(self.path, self.synchronous, 1, "collab-sqlite-writer")
+        await self._w.run(apply_migrations)
+        self._r = _Connections(self.path, self.synchronous, READERS, "collab-sqlite-reader")
         return self
 
+    def _lock(self) -> None:
+        lock_path = self.path + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"another collab server is already serving {self.path} (it holds {lock_path}); "
+                               "SQLite is for one process: stop it, or use PostgreSQL for several") from None
+        self._lock_fd = fd
+
     async def close(self) -> None:
-        """Finish queued writes, then close both connections."""
+        """Finish queued writes, then close every connection."""
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
-        for conn in (self._r, self._w):
-            if conn is not None:
-                await conn.close()
+        for conns in (self._r, self._w):
+            if conns is not None:
+                await asyncio.get_running_loop().run_in_executor(None, conns.close)
         self._r = self._w = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # --------------------------------------------------------------- writer
 
     async def _write(self, fn: Callable[[sqlite3.Connection], object]):
-        """Run `fn(conn)` inside the next group transaction; return after COMMIT."""
+        """Run `fn(conn)` inside the next group transaction; return its result after COMMIT."""
         if self._w is None:
             raise RuntimeError("store is closed")
         fut = asyncio.get_running_loop().create_future()
@@ -183,7 +304,7 @@ class Store:
         self._wake_writer()
         return await fut
 
-    def schedule(self, source: "CommitSource") -> None:
+    def schedule(self, source: CommitSource) -> None:
         """`source` has updates to make durable: the next transaction takes them from it.
 
         Pull, not push: the writer asks each waiting source for everything it
@@ -192,8 +313,7 @@ class Store:
         back in the same loop iteration that the commit finished.
         """
         if self._w is None:
-            source.commit_done(None, RuntimeError("store is closed"))
-            return
+            raise RuntimeError("store is closed")
         self._sources[id(source)] = source
         self._wake_writer()
 
@@ -207,67 +327,52 @@ class Store:
             sources, self._sources = list(self._sources.values()), {}
             taken = []
             for source in sources:
-                work = source.take_commit()
-                if work is not None:
-                    taken.append((source, work))
-            fns = [fn for fn, _ in batch] + [fn for _, (fn, _) in taken]
-            if not fns:
+                commit = source.take_commit()
+                if commit is not None:
+                    taken.append((source, commit))
+            work = [fn for fn, _ in batch] + [_commit_fn(c) for _, c in taken]
+            if not work:
                 continue
             try:
-                results = await self._w._execute(self._transaction, self._w._conn, fns)
+                outcomes = await self._w.run(_group_transaction, work)
             except Exception as exc:  # the whole group failed; every caller learns it
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                for source, (_, token) in taken:
-                    source.commit_done(token, exc)
-                continue
-            self.commits += 1
-            for (_, fut), result in zip(batch, results):
+                outcomes = [(False, exc)] * len(work)
+            else:
+                self.commits += 1
+            for (_, fut), (ok, value) in zip(batch, outcomes):
                 if not fut.done():
-                    fut.set_result(result)
-            for source, (_, token) in taken:
-                source.commit_done(token, None)
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, fns: list) -> list:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            results = [fn(conn) for fn in fns]
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return results
+                    fut.set_result(value) if ok else fut.set_exception(value)
+            for (source, commit), (ok, value) in zip(taken, outcomes[len(batch):]):
+                source.commit_done(commit, None if ok else value)
 
     # ---------------------------------------------------------------- writes
 
-    async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "") -> int:
-        """Make a document (idempotent); with `text`, it starts with one update inserting it."""
+    async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "",
+                              exist_ok: bool = True) -> int:
+        """Make a document; with `text`, it starts with one update inserting it.
+
+        A name that exists already gives that document's id back unchanged,
+        or raises NameTaken when `exist_ok` is false.
+        """
         now = time.time()
         salt = secrets.token_urlsafe(12)
 
         def fn(conn: sqlite3.Connection) -> int:
             row = conn.execute("SELECT id FROM documents WHERE name = ?", (name,)).fetchone()
             if row:
+                if not exist_ok:
+                    raise NameTaken(f"a document named {name!r} already exists")
                 return row[0]
             cur = conn.execute("INSERT INTO documents(name, version, length, created, updated, salt) "
                                "VALUES (?, 0, 0, ?, ?, ?)", (name, now, now, salt))
             doc_id = cur.lastrowid
             if text:
                 changes = ChangeSet.from_json([[0, *text.split("\n")]])
-                entry = Accepted(1, Update(client_id, changes), author, now)
-                conn.execute(_INSERT_UPDATE, _update_row(doc_id, entry))
-                conn.execute("UPDATE documents SET version = 1, length = ? WHERE id = ?",
-                             (changes.new_length, doc_id))
+                _write_commit(conn, Commit(doc_id, 0, [Accepted(1, Update(client_id, changes), author, now)],
+                                           changes.new_length))
             return doc_id
 
         return await self._write(fn)
-
-    async def append(self, doc_id: int, entries: list[Accepted], length: int,
-                     snapshot: tuple[int, str] | None = None) -> None:
-        """Make `entries` durable (one row per version) and move the document's head."""
-        await self._write(append_fn(doc_id, entries, length, snapshot))
 
     async def new_salt(self, doc_id: int) -> str:
         """Give the document a new salt: every share link made before stops working."""
@@ -291,10 +396,43 @@ class Store:
     async def write_snapshot(self, doc_id: int, version: int, text: str) -> None:
         await self._write(lambda conn: _insert_snapshot(conn, doc_id, version, text))
 
+    COMPACT_CHUNK = 5000  # update rows deleted per transaction: the writer never waits long
+
+    async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None) -> int:
+        """Keep a snapshot (and authorship) at `boundary`, then drop the update rows up to it.
+
+        The snapshot commits first, so every later state is safe to stop in:
+        the deletes then go oldest first in short transactions, and whatever
+        subset of them has committed, the current text and every version >=
+        boundary read exactly as before. Returns the rows dropped.
+        """
+        def keep_boundary(conn: sqlite3.Connection) -> int | None:
+            _insert_snapshot(conn, doc_id, boundary, text)
+            stored = conn.execute("SELECT text FROM snapshots WHERE doc_id = ? AND version = ?",
+                                  (doc_id, boundary)).fetchone()[0]
+            if stored != text:
+                raise RuntimeError(f"document {doc_id}: the stored snapshot of version {boundary} differs "
+                                   "from its update log; nothing was compacted (restore from a backup?)")
+            if spans is not None:
+                conn.execute("INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)",
+                             (doc_id, boundary, orjson.dumps(spans).decode()))
+            return conn.execute("SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()[0]
+
+        low = await self._write(keep_boundary)
+        dropped = 0
+        while low is not None and low <= boundary:
+            upto = min(boundary, low + self.COMPACT_CHUNK - 1)
+            dropped += await self._write(lambda conn, upto=upto: conn.execute(
+                "DELETE FROM updates WHERE doc_id = ? AND version <= ?", (doc_id, upto)).rowcount)
+            low = upto + 1
+        return dropped
+
     # ----------------------------------------------------------------- reads
 
     async def _read(self, fn):
-        return await self._r._execute(fn, self._r._conn)
+        if self._r is None:
+            raise RuntimeError("store is closed")
+        return await self._r.run(fn)
 
     async def load(self, name: str) -> Loaded | None:
         """The document's head text and its last `keep` updates; None if it does not exist."""
@@ -378,6 +516,11 @@ class Store:
 
         return await self._read(fn)
 
+    async def oldest_update(self, doc_id: int) -> int | None:
+        """The lowest version whose update row is still stored (None if there is none)."""
+        return (await self._read(lambda conn: conn.execute(
+            "SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()))[0]
+
     async def authorship(self, doc_id: int, version: int) -> Authorship:
         """Who wrote each character of the text at `version` (cached every snapshot_every versions)."""
         every = self.snapshot_every
@@ -409,62 +552,28 @@ class Store:
                 "INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)", new_cache))
         return authors
 
+    async def backup(self, dest: Path) -> tuple[int, int]:
+        """Write a consistent copy of the whole database to `dest`; returns (documents, updates).
 
-def append_fn(doc_id: int, entries: list[Accepted], length: int,
-              snapshot: tuple[int, str] | None = None) -> Callable[[sqlite3.Connection], None]:
-    """The write that makes `entries` durable, for a group transaction.
+        One step of SQLite's online backup, which reads every page inside one
+        read transaction: the copy is the database exactly as of one commit,
+        even while the server keeps committing. The copy is switched to a
+        rollback journal (one self-contained file) and integrity-checked.
+        """
+        def fn(conn: sqlite3.Connection) -> tuple[int, int]:
+            dst = sqlite3.connect(str(dest))
+            try:
+                conn.backup(dst)  # pages=-1: everything in one step, so one consistent moment
+                dst.execute("PRAGMA journal_mode=DELETE")
+                check = [row[0] for row in dst.execute("PRAGMA integrity_check")]
+                if check != ["ok"]:
+                    raise RuntimeError(f"the copy failed its integrity check: {'; '.join(check[:5])}")
+                return dst.execute("SELECT COUNT(*), COALESCE(SUM(version), 0) FROM documents").fetchone()
+            finally:
+                dst.close()
 
-    Refuses (and so rolls back the whole group) if the document is not at the
-    version just before the first entry: that would mean two writers.
-    """
-    rows = [_update_row(doc_id, e) for e in entries]
-    last = entries[-1]
-
-    def fn(conn: sqlite3.Connection) -> None:
-        conn.executemany(_INSERT_UPDATE, rows)
-        cur = conn.execute("UPDATE documents SET version = ?, length = ?, updated = ? "
-                           "WHERE id = ? AND version = ?",
-                           (last.version, length, last.time, doc_id, entries[0].version - 1))
-        if cur.rowcount != 1:
-            raise RuntimeError(f"document {doc_id} is not at version {entries[0].version - 1}: "
-                               "two writers, or a lost batch")
-        if snapshot is not None:
-            _insert_snapshot(conn, doc_id, *snapshot)
-
-    return fn
+        return tuple(await self._read(fn))
 
 
-class CommitSource(Protocol):
-    """What `Store.schedule` needs from a document: its pending write, and a reply."""
-
-    def take_commit(self) -> tuple[Callable[[sqlite3.Connection], object], object] | None: ...
-
-    def commit_done(self, token: object, error: BaseException | None) -> None: ...
-
-
-def _update_rows(conn: sqlite3.Connection, doc_id: int, after: int, upto: int) -> list[tuple]:
-    """(version, client_id, changes) of the updates producing versions after+1 .. upto, in order."""
-    return conn.execute("SELECT version, client_id, changes FROM updates "
-                        "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                        (doc_id, after, upto)).fetchall()
-
-
-def _insert_snapshot(conn: sqlite3.Connection, doc_id: int, version: int, text: str) -> None:
-    conn.execute("INSERT OR IGNORE INTO snapshots(doc_id, version, text, time) VALUES (?,?,?,?)",
-                 (doc_id, version, text, time.time()))
-
-
-def _snapshot_at(conn: sqlite3.Connection, doc_id: int, version: int) -> tuple[int, str]:
-    row = conn.execute("SELECT version, text FROM snapshots WHERE doc_id = ? AND version <= ? "
-                       "ORDER BY version DESC LIMIT 1", (doc_id, version)).fetchone()
-    return (row[0], row[1]) if row else (0, "")
-
-
-def _contiguous_tail(rows: list, version: int) -> list[Update]:
-    """Parse the rows that form an unbroken run ending at `version`."""
-    start = len(rows)
-    expect = version
-    while start > 0 and rows[start - 1][0] == expect:
-        start -= 1
-        expect -= 1
-    return [_parse_update(c, ch) for _, c, ch in rows[start:]]
+def _commit_fn(commit: Commit) -> Callable[[sqlite3.Connection], None]:
+    return lambda conn: _write_commit(conn, commit)

@@ -1,10 +1,12 @@
 """The WebSocket adapter for /ws/{doc}: frames in, room calls, frames out.
 
 What lives here: the upgrade (subprotocol collab.v1, aiohttp's ping/pong
-heartbeat, frame size limit), the hello deadline, converting every
-ProtocolError into an `error` frame (and a close when it carries one), and
-leaving the room however the connection ends. What never lives here: document
-state or ordering decisions (room.py, sequencer.py).
+heartbeat, frame size limit, origin and connection limits), the hello
+deadline, the rate limit, and `refuse`, the one place a refusal becomes an
+`error` frame (and a close when it carries one): the twin of api.py's
+`error_middleware`. What never lives here: document state or ordering
+decisions (room.py, sequencer.py). Access is decided at `hello` against the
+document's current share-link salt, inside `Rooms.join`, not at the upgrade.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import protocol
 from .access import origin_allowed
-from .errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG, ProtocolError
-from .room import INTERRUPT, Peer, Rooms
+from .errors import (CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG, CODES, CollabError,
+                     ProtocolError, ServerError)
+from .peer import INTERRUPT, Peer
+from .room import Member, Rooms
 from .settings import Settings
 
 log = logging.getLogger("collab")
@@ -43,15 +47,42 @@ def client_address(request: web.Request, trusted: frozenset[str]) -> str:
     return address
 
 
-async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.StreamResponse:
-    name = request.match_info["doc"]
-    if not protocol.valid_doc_name(name):
-        raise ProtocolError("bad-request", "document names are 1-100 letters, digits, '-' or '_'")
+class Admission:
+    """Who may open another connection: per-document and per-address counts against their limits."""
+
+    def __init__(self, settings: Settings, rooms: Rooms):
+        self.settings = settings
+        self.rooms = rooms
+        self.per_address: dict[str, int] = {}
+
+    def check(self, name: str, remote: str) -> None:
+        s = self.settings
+        if self.rooms.connections(name) >= s.max_conns_per_doc:
+            raise ProtocolError("rate-limited", f"document {name!r} has {s.max_conns_per_doc} connections, "
+                                "the most allowed")
+        if self.per_address.get(remote, 0) >= s.max_conns_per_addr:
+            raise ProtocolError("rate-limited", f"{s.max_conns_per_addr} connections from one address "
+                                "is the most allowed")
+
+    def enter(self, remote: str) -> None:
+        self.per_address[remote] = self.per_address.get(remote, 0) + 1
+
+    def leave(self, remote: str) -> None:
+        left = self.per_address.get(remote, 1) - 1
+        if left > 0:
+            self.per_address[remote] = left
+        else:
+            self.per_address.pop(remote, None)
+
+
+async def handle(request: web.Request, settings: Settings, rooms: Rooms, admission: Admission) -> web.StreamResponse:
+    name = protocol.doc_name(request.match_info["doc"])
     trusted = trusted_proxies(settings)
     if not origin_allowed(request.headers.get("Origin"), own_origin(request, trusted), allowed_origins(settings)):
         raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
     remote = client_address(request, trusted)
-    _check_capacity(rooms, settings, name, remote)
+    admission.check(name, remote)
+    token = request.query.get("token")
     # decode_text=False: text frames arrive as bytes and orjson checks their
     # UTF-8, so a frame that is not UTF-8 is answered with bad-json like any
     # other unreadable frame, instead of aiohttp failing the connection (1007).
@@ -61,68 +92,68 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms) -> web.
     await ws.prepare(request)
     metrics = rooms.metrics
     metrics.connections.inc()
-    rooms.per_address[remote] = rooms.per_address.get(remote, 0) + 1
-    peer: Peer | None = None
+    admission.enter(remote)
+    peer = Peer(ws, request.transport, "", protocol.DEFAULT_USER, "view", remote, settings.send_buffer,
+                metrics.bytes_out)
+    member: Member | None = None
+    rooms.arrive(name, peer)
     try:
-        grant = rooms.access.role(request.query.get("token"), name, await rooms.salt_of(name))
-        hello = await _receive_hello(ws, settings)
-        if hello is None:
-            return ws
-        if rooms.closing:
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-            return ws
-        role = "view" if grant == "view" else "edit"
-        peer = Peer(ws, hello.client_id, hello.user, role, remote, settings.send_buffer, metrics.bytes_out)
-        peer.admin = grant == "admin"
-        room = await rooms.get(name)
-        await room.join(peer, hello)
-        log.info("open doc=%s session=%s client=%s role=%s addr=%s", name, peer.session, hello.client_id,
-                 role, remote)
-        bucket = TokenBucket(settings.rate, settings.burst)
-        while not peer.closed:
-            msg = await _receive(ws, peer)
-            if msg is None:
-                break
-            if msg.type == WSMsgType.TEXT:
-                metrics.bytes_in.inc(len(msg.data))
-                if not bucket.take(time.monotonic()):
-                    _refuse(peer, bucket.refusal())
-                    continue
-                await _frame(peer, msg.data, settings)
-            elif msg.type == WSMsgType.BINARY:
-                _refuse(peer, ProtocolError("bad-message", "frames must be UTF-8 JSON text frames"))
-            elif msg.type == WSMsgType.ERROR:
-                await _frame_error(ws, peer)
-                break
-            else:  # the client closed, or the connection is gone
-                break
-    except ProtocolError as exc:
-        _count(metrics, exc, name, peer)
-        await _close_with(ws, exc)
+        hello = await _receive_hello(ws, peer, settings)
+        if hello is not None:
+            if rooms.closing:
+                raise ServerError("server shutting down", close=CLOSE_GOING_AWAY)
+            peer.client_id, peer.user = hello.client_id, hello.user
+            member = await rooms.join(name, peer, hello, token)
+            log.info("open doc=%s session=%s client=%s role=%s addr=%s", name, peer.session, hello.client_id,
+                     peer.role, remote)
+            await _serve(ws, peer, member, settings)
+    except CollabError as exc:
+        refuse(peer, exc, name, metrics)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("connection to doc=%s failed", name)
-        await ws.close(code=CLOSE_INTERNAL, message=b"internal error")
+        refuse(peer, ServerError("internal error", "internal"), name, metrics)
     finally:
+        rooms.depart(name, peer)
         try:
-            if peer is not None and peer.close_code is not None:
-                # Our close code must reach the client; aiohttp may cancel this
-                # task once the transport is gone, so the handshake runs shielded.
-                await asyncio.shield(peer.finish(CLOSE_TIMEOUT))
+            # Our close code must reach the client; aiohttp may cancel this
+            # task once the transport is gone, so the handshake runs shielded.
+            await asyncio.shield(peer.finish(CLOSE_TIMEOUT))
         finally:
             metrics.connections.dec()
-            left = rooms.per_address.get(remote, 1) - 1
-            if left > 0:
-                rooms.per_address[remote] = left
-            else:
-                rooms.per_address.pop(remote, None)
-            if peer is not None:
-                peer.closed = True
-                if peer.room is not None:
-                    peer.room.leave(peer)
+            admission.leave(remote)
+            peer.closed = True
+            if member is not None:
+                member.room.leave(member)
                 log.info("close doc=%s session=%s code=%s", name, peer.session, ws.close_code)
     return ws
+
+
+async def _serve(ws: web.WebSocketResponse, peer: Peer, member: Member, settings: Settings) -> None:
+    """Read frames until the connection ends; each one is handled before the next is read."""
+    bucket = TokenBucket(settings.rate, settings.burst)
+    metrics = member.room.rooms.metrics
+    while not peer.closed:
+        msg = await _receive(ws, peer)
+        if msg is None:
+            return
+        if msg.type == WSMsgType.TEXT:
+            metrics.bytes_in.inc(len(msg.data))
+            if not bucket.take(time.monotonic()):
+                refuse(peer, bucket.refusal(), member.room.name, metrics)
+                continue
+            try:
+                await _frame(member, msg.data, settings)
+            except CollabError as exc:
+                refuse(peer, exc, member.room.name, metrics)
+        elif msg.type == WSMsgType.BINARY:
+            refuse(peer, ProtocolError("bad-message", "frames must be UTF-8 JSON text frames"), member.room.name, metrics)
+        elif msg.type == WSMsgType.ERROR:
+            refuse(peer, _frame_error(ws), member.room.name, metrics)
+            return
+        else:  # the client closed, or the connection is gone
+            return
 
 
 async def _receive(ws: web.WebSocketResponse, peer: Peer):
@@ -139,15 +170,18 @@ async def _receive(ws: web.WebSocketResponse, peer: Peer):
         peer.receiving = False
 
 
-async def _receive_hello(ws: web.WebSocketResponse, settings: Settings) -> protocol.Hello | None:
+async def _receive_hello(ws: web.WebSocketResponse, peer: Peer, settings: Settings) -> protocol.Hello | None:
+    """The hello frame; None if the connection ended first (or was closed while waiting)."""
+    peer.receiving = True
     try:
-        msg = await ws.receive(timeout=settings.hello_timeout)
-    except asyncio.TimeoutError:
-        await ws.close(code=CLOSE_PROTOCOL, message=b"no hello")
+        async with asyncio.timeout(settings.hello_timeout):
+            msg = await _receive(ws, peer)
+    except TimeoutError:
+        raise ProtocolError("bad-message", "no hello", close=CLOSE_PROTOCOL) from None
+    if msg is None:
         return None
     if msg.type == WSMsgType.ERROR:
-        await _frame_error(ws, None)
-        return None
+        raise _frame_error(ws)
     if msg.type != WSMsgType.TEXT:
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return None
@@ -161,18 +195,32 @@ async def _receive_hello(ws: web.WebSocketResponse, settings: Settings) -> proto
     return frame
 
 
-async def _frame(peer: Peer, data: bytes, settings: Settings) -> None:
-    room = peer.room
-    try:
-        msg = protocol.parse(data, settings.max_updates, settings.max_ranges)
-        if isinstance(msg, protocol.Push):
-            await room.push(peer, msg)
-        elif isinstance(msg, protocol.Presence):
-            room.presence(peer, msg)
-        else:
-            raise ProtocolError("bad-message", "hello was already received on this connection")
-    except ProtocolError as exc:
-        _refuse(peer, exc)
+async def _frame(member: Member, data: bytes, settings: Settings) -> None:
+    msg = protocol.parse(data, settings.max_updates, settings.max_ranges)
+    if isinstance(msg, protocol.Push):
+        await member.room.push(member, msg)
+    elif isinstance(msg, protocol.Presence):
+        member.room.presence(member, msg)
+    else:
+        raise ProtocolError("bad-message", "hello was already received on this connection")
+
+
+def refuse(peer: Peer, exc: CollabError, doc: str, metrics) -> None:
+    """The one place a refusal is answered over a WebSocket: counted, logged, an `error` frame, maybe a close.
+
+    The close code is the error's own (a frame before hello: 4000; over the
+    rate limit for good: 4429; ...) or else the table's for codes that always
+    end a connection (unauthorized/forbidden 1008, unavailable/internal 1011).
+    Logs carry the code, never the frame's contents.
+    """
+    if peer.closed:
+        return
+    close = exc.close if exc.close is not None else CODES[exc.code].close
+    metrics.errors.labels(exc.code).inc()
+    log.info("error doc=%s session=%s code=%s%s", doc, peer.session, exc.code, f" close={close}" if close else "")
+    peer.send(protocol.error_frame(exc.code, exc.message))
+    if close:
+        peer.close(close, exc.message)
 
 
 class TokenBucket:
@@ -202,16 +250,6 @@ class TokenBucket:
         return ProtocolError("rate-limited", f"over {self.rate:g} frames a second; this frame was dropped")
 
 
-def _check_capacity(rooms: Rooms, settings: Settings, name: str, remote: str) -> None:
-    room = rooms.rooms.get(name)
-    if room is not None and len(room.peers) >= settings.max_conns_per_doc:
-        raise ProtocolError("rate-limited", f"document {name!r} has {settings.max_conns_per_doc} connections, "
-                            "the most allowed")
-    if rooms.per_address.get(remote, 0) >= settings.max_conns_per_addr:
-        raise ProtocolError("rate-limited", f"{settings.max_conns_per_addr} connections from one address "
-                            "is the most allowed")
-
-
 def own_origin(request: web.Request, trusted: frozenset[str]) -> str:
     """This server's origin as the browser sees it (scheme from a trusted proxy if there is one)."""
     scheme = request.scheme
@@ -229,46 +267,9 @@ def trusted_proxies(settings: Settings) -> frozenset[str]:
     return frozenset(a.strip() for a in settings.trusted_proxy.split(",") if a.strip())
 
 
-def _count(metrics, exc: ProtocolError, doc: str, peer: Peer | None) -> None:
-    """Count and log a refusal: its code only, never the frame's contents."""
-    metrics.errors.labels(exc.code).inc()
-    log.info("error doc=%s session=%s code=%s%s", doc, peer.session if peer else "-", exc.code,
-             f" close={exc.close}" if exc.close else "")
-
-
-def _refuse(peer: Peer, exc: ProtocolError) -> None:
-    room = peer.room
-    if room is not None:
-        _count(room.rooms.metrics, exc, room.name, peer)
-    if exc.code != "internal":
-        peer.send(protocol.error_frame(exc.code, exc.message))
-    if exc.close is not None:
-        peer.close(exc.close, exc.message)
-
-
-async def _close_with(ws: web.WebSocketResponse, exc: ProtocolError) -> None:
-    if ws.closed:
-        return
-    if exc.code in ("unauthorized", "forbidden") and exc.close is None:
-        exc = ProtocolError(exc.code, exc.message, close=CLOSE_POLICY)
-    try:
-        if exc.code != "internal":
-            await ws.send_frame(protocol.error_frame(exc.code, exc.message), WSMsgType.TEXT)
-        await ws.close(code=exc.close or CLOSE_PROTOCOL, message=protocol.close_reason(exc.message))
-    except (ConnectionError, RuntimeError):
-        pass
-
-
-def _error_close(ws: web.WebSocketResponse) -> int:
+def _frame_error(ws: web.WebSocketResponse) -> ProtocolError:
+    """A frame aiohttp could not read (too large, bad framing): the refusal, and the close it needs."""
     exc = ws.exception()
-    code = getattr(exc, "code", None)
-    return CLOSE_TOO_BIG if code == WSCloseCode.MESSAGE_TOO_BIG else CLOSE_PROTOCOL
-
-
-async def _frame_error(ws: web.WebSocketResponse, peer: Peer | None) -> None:
-    """A frame aiohttp could not read (too large, bad UTF-8, bad framing): say why, then close."""
-    code = _error_close(ws)
-    error = ("too-large", "frame over the server's size limit") if code == CLOSE_TOO_BIG else \
-        ("bad-message", f"unreadable frame: {ws.exception()}")
-    log.info("frame error session=%s: %s", peer.session if peer else "-", ws.exception())
-    await _close_with(ws, ProtocolError(*error, close=code))
+    if getattr(exc, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
+        return ProtocolError("too-large", "frame over the server's size limit", close=CLOSE_TOO_BIG)
+    return ProtocolError("bad-message", f"unreadable frame: {exc}", close=CLOSE_PROTOCOL)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from collab.access import Access
-from collab.app import ROOMS, create_app
+from collab.app import ADMISSION, ROOMS, create_app
 from collab import ws as ws_module
 from collab.settings import Settings
 from wsutil import USER, closed, recv, recv_type, send
@@ -260,7 +260,7 @@ async def flood_a_sleeper(aiohttp_client, tmp_path):
     # Stop reading on the sleeper's socket: pause its transport so the server's writes back up.
     sleeper._response.connection.transport.pause_reading()
     room = app[ROOMS].rooms["flood"]
-    sleeper_peer = next(p for p in room.peers.values() if p.client_id == "sleeper")
+    sleeper_peer = next(m.conn for m in room.members.values() if m.conn.client_id == "sleeper")
     version, chunk = 0, "x" * 20000
     for k in range(400):  # 8 MB of updates in all
         await send(writer, {"type": "push", "version": version,
@@ -292,11 +292,11 @@ async def test_a_client_that_never_reads_again_is_dropped(aiohttp_client, tmp_pa
     monkeypatch.setattr(ws_module, "CLOSE_TIMEOUT", 0.5)
     app, room, sleeper = await flood_a_sleeper(aiohttp_client, tmp_path)
     for _ in range(50):
-        if [p.client_id for p in room.peers.values()] == ["writer"] and app[ROOMS].per_address == {"127.0.0.1": 1}:
+        if [m.conn.client_id for m in room.members.values()] == ["writer"] and app[ADMISSION].per_address == {"127.0.0.1": 1}:
             break
         await asyncio.sleep(0.1)
-    assert [p.client_id for p in room.peers.values()] == ["writer"]
-    assert app[ROOMS].per_address == {"127.0.0.1": 1}
+    assert [m.conn.client_id for m in room.members.values()] == ["writer"]
+    assert app[ADMISSION].per_address == {"127.0.0.1": 1}
     sleeper._response.connection.transport.resume_reading()  # it finds the connection reset
     while (await asyncio.wait_for(sleeper.receive(), 10)).type == WSMsgType.TEXT:
         pass

@@ -372,7 +372,7 @@ def test_compact_in_small_chunks_is_the_same(start_server, monkeypatch, capsys):
     server = start_server("--snapshot-every", "1000")
     texts: dict[int, str] = {}
     asyncio.run(scribble(server.ws_url, "doc", 100, 5, texts))
-    monkeypatch.setattr(admin, "COMPACT_CHUNK", 7)
+    monkeypatch.setattr(Store, "COMPACT_CHUNK", 7)
     assert admin.compact(Settings(db=str(server.db), keep_history=30)) == 0
     assert "doc: dropped 70 updates up to version 70" in capsys.readouterr().out
     assert snapshot_versions(server.db, "doc") == [70]

@@ -153,10 +153,25 @@ async def test_fork_and_authors(client):
     assert resp.status == 201 and (await resp.json()) == {"name": "f-copy"}
     assert (await (await client.get("/api/docs/f-copy")).json())["doc"] == "hello"
     resp = await client.post("/api/docs/f/fork", json={"version": 1, "name": "f-copy"})
-    assert resp.status == 409 and (await resp.json())["error"]["code"] == "bad-request"
+    assert resp.status == 409 and (await resp.json())["error"]["code"] == "conflict"
     resp = await client.post("/api/docs/f/fork", json={})
     name = (await resp.json())["name"]
     assert (await (await client.get(f"/api/docs/{name}")).json())["doc"] == "hello 😀world"
+
+
+@pytest.mark.parametrize("url, says", [
+    ("/api/docs/e/history?limit=100000", "limit 100000 is beyond the most entries one page holds, 1000"),
+    ("/api/docs/e/versions/99", "version 99 is beyond the latest version 1"),
+    ("/api/docs/e/versions/%C2%B2", "version must be a non-negative integer"),  # '²' passes str.isdigit()
+    ("/api/docs/e/history?before=%E2%91%A0", "before must be a non-negative integer"),  # '①' too
+])
+async def test_bad_numbers_say_what_is_wrong_with_them(client, url, says):
+    ws, _ = await join(client, "e", "x")
+    await push(ws, 0, "x", [[0, "text"]])
+    await recv_type(ws, "updates")
+    resp = await client.get(url)
+    assert resp.status == 400
+    assert says in (await resp.json())["error"]["message"]
 
 
 @pytest.mark.parametrize("method, url, body, status, code", [

@@ -159,8 +159,8 @@ async def test_read_only_session_cannot_push(client):
     """No access control is configured here, so a view session is made directly on the room."""
     a, b = await setup_pair(client)
     room = client.server.app[ROOMS].rooms["d"]
-    viewer = next(p for p in room.peers.values() if p.client_id == "A")
-    viewer.role = "view"
+    viewer = next(m for m in room.members.values() if m.conn.client_id == "A")
+    viewer.conn.role = "view"
     await push(a, 1, "A", [3, [0, "x"]])
     await expect_error(a, "read-only")
     with pytest.raises(ProtocolError) as err:

@@ -1,0 +1,32 @@
+"""Handing a store commits the way a room does (storage.CommitSource), for the storage tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+from collab.storage import Commit
+
+
+class OneCommit:
+    """A CommitSource with one commit to give; `await source.done` returns once it committed (or raises)."""
+
+    def __init__(self, commit: Commit):
+        self.commit = commit
+        self.done = asyncio.get_running_loop().create_future()
+
+    def take_commit(self) -> Commit | None:
+        commit, self.commit = self.commit, None
+        return commit
+
+    def commit_done(self, commit: Commit, error: BaseException | None) -> None:
+        if error is None:
+            self.done.set_result(commit.version)
+        else:
+            self.done.set_exception(error)
+
+
+async def commit(store, doc_id: int, entries, length: int, snapshot=None) -> int:
+    """Make `entries` durable through `store.schedule`, as a room would; returns the new version."""
+    source = OneCommit(Commit(doc_id, entries[0].version - 1, list(entries), length, snapshot))
+    store.schedule(source)
+    return await source.done
