@@ -121,7 +121,7 @@ def planted(tmp_path: Path) -> Path:
         "# x\n[guide](docs/guide.md), [web](https://example.com/a.md), [here](#x), [gone](docs/missing.md)\n"
         "![shot](static/screenshot.png)\n\n```\n[in code](nowhere.md)\n```\n"
         "[escape](../../etc/passwd)\n[ref]: docs/also-missing.md\n")
-    (root / "a.py").write_text("# the contract: " + "../" + "shared/protocol.md\nx = 1\n")
+    (root / "a.py").write_text("# the contract: " + "../" + "shared" + "/protocol.md\nx = 1\n")
     (root / "b.mjs").write_text("const p = '/" + "work/main/x';\nconst q = '/workers/ok';\n")
     (root / "c.md").write_text("from `" + "shared" + "/traces` next door\n")
     (root / "fine.txt").write_text("ok: docs/protocol.md, /tmp/x, framework/shared/, sharedlib/\n")
