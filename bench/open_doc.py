@@ -8,7 +8,7 @@ then times:
     updates after it, replay them, and build the sequencer with its recent log;
   * version reconstruction: the text at random versions (snapshot + replay).
 
-    .venv/bin/python bench/open_doc.py [--updates 100000] [--snapshot-every 1000]
+    .venv/bin/python bench/open_doc.py [--updates 100000] [--snapshot-every 1000] [--trace PATH]
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from collab.changes import ChangeSet  # noqa: E402
 from collab.rebase import Update  # noqa: E402
 from collab.sequencer import Accepted, Sequencer  # noqa: E402
 from collab.store import Store  # noqa: E402
 from collab.text import Text  # noqa: E402
-from trace_replay import DEFAULT_TRACE, load_trace, trace_to_frames  # noqa: E402
+from storeutil import commit  # noqa: E402
+from trace_replay import add_trace_argument, load_trace, trace_to_frames  # noqa: E402
 
 
 async def build(path: Path, frames: list[bytes], snapshot_every: int, keep: int) -> tuple[int, list[int]]:
@@ -50,7 +52,7 @@ async def build(path: Path, frames: list[bytes], snapshot_every: int, keep: int)
             snap = None
             if version - last_snap >= snapshot_every:
                 snap, last_snap = (version, str(text)), version
-            await store.append(doc_id, batch, text.length, snap)
+            await commit(store, doc_id, batch, text.length, snap)
             batch = []
     await store.close()
     return doc_id, [version]
@@ -87,8 +89,9 @@ def main() -> None:
     ap.add_argument("--snapshot-every", type=int, default=1000)
     ap.add_argument("--keep", type=int, default=2000)
     ap.add_argument("--samples", type=int, default=200)
+    add_trace_argument(ap)
     args = ap.parse_args()
-    frames = trace_to_frames(load_trace(DEFAULT_TRACE))[:args.updates]
+    frames = trace_to_frames(load_trace(args.trace))[:args.updates]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
         t0 = time.perf_counter()
