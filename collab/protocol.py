@@ -20,7 +20,7 @@ from .sequencer import Accepted
 
 SUBPROTOCOL = "collab.v1"
 DOC_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
-_COLOR = re.compile(r"^#(?:[0-9A-Fa-f]{3}|[0-9A-Fa-f]{4}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})$")
+_COLOR = re.compile(r"#(?:[0-9A-Fa-f]{3}|[0-9A-Fa-f]{4}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})")
 MAX_CLIENT_ID = 128
 MAX_NAME = 100
 DEFAULT_USER = {"name": "Anonymous", "color": "#888888"}
@@ -97,7 +97,7 @@ def _hello(msg: dict) -> Hello:
     if type(name) is not str or len(name) > MAX_NAME:
         raise ProtocolError("bad-message", f"hello.user.name must be a string of at most {MAX_NAME} characters",
                             close=CLOSE_PROTOCOL)
-    if type(color) is not str or not _COLOR.match(color):
+    if type(color) is not str or not _COLOR.fullmatch(color):
         raise ProtocolError("bad-message", "hello.user.color must be a hex colour like #3366ff",
                             close=CLOSE_PROTOCOL)
     return Hello(client_id, version, {"name": name.strip() or DEFAULT_USER["name"], "color": color})

@@ -1,0 +1,169 @@
+"""Rooms in memory: fake connections (no sockets), an injected clock, a real store in a temp folder.
+
+What a room promises, checked without a WebSocket: the welcome, broadcast only
+after commit, the same frame to every member, a failed commit (another writer
+got there first) closing everyone with 1011 and a clean reload, revocation at
+hello and on reset, and a shutdown that waits for the unloads it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from collab import protocol
+from collab.access import Access
+from collab.changes import ChangeSet
+from collab.errors import CLOSE_INTERNAL, CLOSE_POLICY, ProtocolError
+from collab.rebase import Update
+from collab.room import Rooms
+from collab.sequencer import Accepted
+from collab.settings import Settings
+from collab.store import Store
+from storeutil import commit
+
+
+class FakeConn:
+    """A connection that records what the room sends it."""
+
+    def __init__(self, client_id: str, name: str = "Ann"):
+        self.session = f"s-{client_id}"
+        self.client_id = client_id
+        self.user = {"name": name, "color": "#123456"}
+        self.role = "view"
+        self.admin = False
+        self.closed = False
+        self.frames: list[dict] = []
+        self.closed_with: tuple[int, str] | None = None
+
+    def send(self, frame: bytes) -> None:
+        if not self.closed:
+            self.frames.append(orjson.loads(frame))
+
+    def close(self, code: int, message: str) -> None:
+        if not self.closed:
+            self.closed, self.closed_with = True, (code, message)
+
+    def of(self, kind: str) -> list[dict]:
+        return [f for f in self.frames if f["type"] == kind]
+
+
+def hello(client_id: str, version=None) -> protocol.Hello:
+    return protocol.Hello(client_id, version, {"name": client_id, "color": "#123456"})
+
+
+def push_msg(version: int, client_id: str, changes) -> protocol.Push:
+    return protocol.Push(version, [Update(client_id, ChangeSet.from_json(changes))])
+
+
+@pytest.fixture
+async def world(tmp_path):
+    settings = Settings(db=str(tmp_path / "m.db"), unload_after=0.0, snapshot_every=50)
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store, clock=lambda: 1234.5)
+    yield settings, store, rooms
+    await rooms.shutdown()
+    await store.close()
+
+
+async def settle(rooms: Rooms, name: str) -> None:
+    room = rooms.rooms[name]
+    await room.durable(room.seq.version)
+
+
+async def test_welcome_then_updates_only_after_commit_with_the_injected_clock(world):
+    settings, store, rooms = world
+    a, b = FakeConn("a"), FakeConn("b")
+    ma = await rooms.join("doc", a, hello("a"), token=None)
+    await rooms.join("doc", b, hello("b"), token=None)
+    welcome = a.of("welcome")[0]
+    assert (welcome["version"], welcome["doc"], welcome["role"]) == (0, "", "edit")
+    assert welcome["limits"] == {"maxFrame": settings.max_frame, "maxDoc": settings.max_doc,
+                                 "maxUpdates": settings.max_updates, "maxRanges": settings.max_ranges}
+    await ma.room.push(ma, push_msg(0, "a", [[0, "hi"]]))
+    assert a.of("updates") == [] and b.of("updates") == []  # accepted, not yet durable: nothing sent
+    await settle(rooms, "doc")
+    assert a.of("updates") == b.of("updates") == [{"type": "updates", "from": 0,
+                                                   "updates": [{"clientID": "a", "changes": [[0, "hi"]]}]}]
+    info = await store.document("doc")
+    assert (await store.history(info["id"], 10, 10))[0]["time"] == 1234.5
+
+
+async def test_a_commit_that_lost_the_race_closes_everyone_with_1011_and_the_room_reloads(world, tmp_path):
+    settings, store, rooms = world
+    a = FakeConn("a")
+    ma = await rooms.join("doc", a, hello("a"), token=None)
+    # Another writer (a second store on the same file, as a second process would be) commits version 1.
+    other = await Store(settings.db).open()
+    info = await other.document("doc")
+    await commit(other, info["id"], [Accepted(1, Update("z", ChangeSet.from_json([[0, "zz"]])), "Zed", 1.0)], 2)
+    await other.close()
+    await ma.room.push(ma, push_msg(0, "a", [[0, "hi"]]))
+    for _ in range(200):
+        if a.closed:
+            break
+        await asyncio.sleep(0.005)
+    assert a.closed_with[0] == CLOSE_INTERNAL
+    assert a.of("updates") == []  # the refused update was never acknowledged
+    assert "doc" not in rooms.rooms
+    b = FakeConn("b")
+    await rooms.join("doc", b, hello("b"), token=None)
+    assert b.of("welcome")[0]["doc"] == "zz"  # reloaded from the store: one line of history
+
+
+async def test_access_is_decided_at_hello_and_a_reset_closes_members_and_waiting_sockets(tmp_path):
+    settings = Settings(db=str(tmp_path / "a.db"))
+    store = await Store(settings.db).open()
+    access = Access(b"0123456789abcdef0123")
+    rooms = Rooms(settings, store, access=access)
+    with pytest.raises(ProtocolError) as err:  # a view link cannot make a document that does not exist
+        await rooms.join("doc", FakeConn("v"), hello("v"), token=access.doc_token("doc", "view", ""))
+    assert err.value.code == "forbidden" and await store.document("doc") is None
+    admin = FakeConn("admin")
+    await rooms.join("doc", admin, hello("admin"), token=access.admin_token())
+    salt = await rooms.salt_of("doc")
+    viewer, editor, waiting = FakeConn("v"), FakeConn("e"), FakeConn("w")
+    await rooms.join("doc", viewer, hello("v"), token=access.doc_token("doc", "view", salt))
+    await rooms.join("doc", editor, hello("e"), token=access.doc_token("doc", "edit", salt))
+    assert (viewer.role, editor.role, admin.role, admin.admin) == ("view", "edit", "edit", True)
+    rooms.arrive("doc", waiting)  # a socket that has not said hello yet
+    await rooms.reset_links("doc")
+    assert viewer.closed_with[0] == editor.closed_with[0] == waiting.closed_with[0] == CLOSE_POLICY
+    assert not admin.closed
+    late = FakeConn("late")  # its token was made before the reset
+    with pytest.raises(ProtocolError) as err:
+        await rooms.join("doc", late, hello("late"), token=access.doc_token("doc", "edit", salt))
+    assert err.value.code == "forbidden"
+    await rooms.shutdown()
+    await store.close()
+
+
+async def test_shutdown_waits_for_the_unloads_it_started(world, monkeypatch):
+    settings, store, rooms = world
+    write_snapshot, calls = store.write_snapshot, []
+
+    async def slow_first_snapshot(*args):  # the unload's snapshot is still being written at shutdown
+        calls.append(args)
+        if len(calls) == 1:
+            await asyncio.sleep(0.3)
+        await write_snapshot(*args)
+
+    monkeypatch.setattr(store, "write_snapshot", slow_first_snapshot)
+    a = FakeConn("a")
+    ma = await rooms.join("doc", a, hello("a"), token=None)
+    await ma.room.push(ma, push_msg(0, "a", [[0, "hi"]]))
+    ma.room.leave(ma)  # unload_after=0: the unload starts on the next loop turn
+    for _ in range(100):
+        if calls:
+            break
+        await asyncio.sleep(0.001)
+    assert calls, "the unload did not start"
+    await rooms.shutdown()
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
+               and "unload" in repr(t.get_coro())]
+    assert pending == []
+    info = await store.document("doc")
+    assert info["version"] == 1
+    assert await store.text_at(info["id"], 1) == "hi"
