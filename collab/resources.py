@@ -5,16 +5,16 @@ Rules that always hold:
     `importlib.resources`): a wheel, `pip install .` or a zip install carry
     them as `collab/migrations/<backend>/` and `collab/static/` (pyproject.toml
     maps the top-level `migrations/` and `static/` folders there);
-  * only when the package carries none of them, and the folder above the
+  * only when the package does not carry a folder, and the folder above the
     package is collab's own source tree (it holds collab's pyproject.toml),
-    the top-level folders of that tree are used: running from a checkout,
-    and `pip install -e .`;
+    that tree's top-level folder is used: running from a checkout, and
+    `pip install -e .`;
   * what is returned is a real directory on disk (aiohttp's static routes and
     FileResponse need one). Package data that is not on disk (a zip install)
     is copied once into a temporary folder that is removed at exit;
-  * a migrations folder that is missing or holds no `*.sql` file raises
-    `ResourceMissing` naming where it looked, so a server never starts on an
-    empty schema.
+  * a migrations folder that is missing or holds no `*.sql` file, or a
+    static folder that is missing, raises `ResourceMissing` naming where it
+    looked, so a server never starts on an empty schema.
 """
 
 from __future__ import annotations
@@ -42,18 +42,20 @@ def migrations_dir(backend: str = "sqlite") -> Path:
     found, looked = _find("migrations", backend)
     if found is None or not any(found.glob("*.sql")):
         where = found if found is not None else " and ".join(looked)
-        raise ResourceMissing(
-            f"no {backend} migrations (*.sql) in {where}: this collab installation is incomplete "
-            "(the package data migrations/ is missing; reinstall collab)")
+        raise ResourceMissing(f"no {backend} migrations (*.sql) in {where}: this collab installation "
+                              "is incomplete (reinstall it, or run it from a complete checkout)")
     return found
 
 
 def static_dir() -> Path:
-    """The folder holding index.html, editor.html and dist/ (checked when a page is served)."""
+    """The folder holding index.html, editor.html and dist/; raises ResourceMissing if it is nowhere.
+
+    Its files are checked when a page is served (api.py answers 404 naming the missing file).
+    """
     found, looked = _find("static")
     if found is None:
-        raise ResourceMissing(f"no static pages folder in {' or '.join(looked)}: this collab "
-                              "installation is incomplete (reinstall collab)")
+        raise ResourceMissing(f"no static pages folder in {' or '.join(looked)}: this collab installation "
+                              "is incomplete (reinstall it, or run it from a complete checkout)")
     return found
 
 
