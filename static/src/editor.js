@@ -1,8 +1,8 @@
 // The editor page /d/{doc}: header (status, people, identity), the editor,
-// and the dialogs.  Syncing lives in sync.js, cursors in presence.js.
+// and the dialogs.  Syncing lives in sync.js (around the protocol core,
+// core.js), cursors in presence.js.
 
-import { sendableUpdates, getSyncedVersion } from "@codemirror/collab";
-import { CollabSession } from "./sync.js";
+import { CollabSession, pageLimits } from "./sync.js";
 import { PendingStore } from "./pending.js";
 import { flushRecord } from "./flush.js";
 import { editorSetup, followColorScheme } from "./setup.js";
@@ -261,7 +261,7 @@ async function boot() {
     if (flushing || !extras.length) return;
     flushing = true;
     for (const rec of extras.slice()) {
-      const result = await flushRecord({ wsUrl, rec, user, store, rescue: showRescue });
+      const result = await flushRecord({ wsUrl, rec, user, store, rescue: showRescue, limits: pageLimits() });
       if (result !== "failed") extras.splice(extras.indexOf(rec), 1);
     }
     flushing = false;
@@ -329,8 +329,8 @@ async function boot() {
     get status() { return session.statusInfo(); },
     get statusLog() { return session.statusLog.slice(); },
     get pending() { return session.pendingCount(); },
-    get version() { return session.view ? getSyncedVersion(session.view.state) : null; },
-    get unconfirmed() { return session.view ? sendableUpdates(session.view.state).length : 0; },
+    get version() { return session.core.version; },
+    get unconfirmed() { return session.core.unconfirmed.length; },
     peers: () => session.peerList(),
     history: historyPanel,
   };

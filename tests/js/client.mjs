@@ -1,40 +1,43 @@
-// Headless @codemirror/collab client speaking the collab.v1 wire protocol
-// (/work/shared/protocol.md), plus a CLI that runs several of them at once.
+// Headless collab client for the tests and benchmarks: the editor page's own
+// protocol core (static/src/core.js) driven from Node over the `ws` package,
+// plus fault simulation, random edits and a CLI that runs several at once.
+// The wire contract is docs/protocol.md in this repository.
 //
 // What always holds here:
-// - The document state is a real EditorState with the real collab() extension;
-//   updates from the server go through receiveUpdates(), local edits through
-//   state.update(), pushes carry getSyncedVersion()/sendableUpdates(). This is
-//   what the browser editor does, minus the view.
-// - At most one push is in flight per client. The next push goes out once all
-//   updates of the previous one came back in `updates` frames (their
-//   acknowledgement), or right after a (re)connect's welcome.
-// - Everything the server says is checked against the protocol; anything off
-//   is recorded in `violations` (never thrown), so a test can print it.
+// - Every protocol decision (hello and resume, what to push and when, one
+//   receiveUpdates per frame, acknowledgements, presence mapping, error and
+//   close codes, backoff) is the core Session's: the code the browser runs.
+//   This module owns the socket, the clock, the faults and the record of
+//   what was seen; it has no EditorView (the core's state is the editor).
+// - Every CodeMirror class used here comes through core.js, so the process
+//   holds one copy of @codemirror/state (static/node_modules'); two copies
+//   break instanceof checks and facets. (oracle.mjs, a separate process,
+//   uses tests/js's own copy.)
+// - Everything the server says that the protocol does not allow is recorded
+//   in `violations` (never thrown), so a test can print it.
 // - Network faults are simulated in-process: optional random delays on frames
 //   in both directions (order preserved, like TCP), forced reconnects.
 //
-// Debugging a divergence: COLLAB_CLIENT_DEBUG=1 keeps the synced text beside the
-// state and flags own pushes that cut a surrogate pair (the usual first sign
-// that a client's view drifted from the server's); with COLLAB_CLIENT_DEBUG_DIR
-// set it also logs every push to DIR/pushes-<clientID>.jsonl and dumps the first
-// receive after which the unconfirmed edits no longer fit (DIR/split-<clientID>.json).
+// Debugging a divergence: COLLAB_CLIENT_DEBUG=1 flags own pushes that cut a
+// surrogate pair of the synced text (the usual first sign that a client's
+// view drifted from the server's); with COLLAB_CLIENT_DEBUG_DIR set it also
+// logs every push to DIR/pushes-<clientID>.jsonl and dumps the first receive
+// after which the unconfirmed edits no longer fit (DIR/split-<clientID>.json).
 //
 // CLI (prints one JSON object on stdout):
 //   node client.mjs fuzz --url ws://127.0.0.1:PORT --doc NAME [--clients 5]
 //        [--duration 4000] [--seed 1] [--delay 30] [--reconnects 1]
 //        [--interval 5,40] [--offline MS] [--edits mixed|inserts] [--settle 20000]
 //        [--record-out FILE]
-//   node client.mjs show --url ws://127.0.0.1:PORT --doc NAME [--version V]
+//   node client.mjs show --url ws://127.0.0.1:PORT --doc NAME
 
 import { performance } from 'node:perf_hooks';
 import { writeFileSync, appendFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import WebSocket from 'ws';
-import { EditorState, ChangeSet, Text } from '@codemirror/state';
-import { collab, receiveUpdates, sendableUpdates, getSyncedVersion } from '@codemirror/collab';
+import { Session, SUBPROTOCOL, EditorState, EditorSelection, ChangeSet } from '../../static/src/core.js';
 
-export const SUBPROTOCOL = 'collab.v1';
+export { SUBPROTOCOL };
 
 /** Small seeded PRNG (mulberry32): returns floats in [0, 1). */
 export function makeRng(seed) {
@@ -136,17 +139,18 @@ export function randomChange(state, rng, edits = 'mixed') {
   return one(0, len);
 }
 
-/** Length of the document an update's ChangeSetJSON produces, given the length it applies to. */
-export function newLengthOf(changes) {
-  let len = 0;
-  for (const part of changes) {
-    if (typeof part === 'number') len += part;
-    else {
-      for (let i = 1; i < part.length; i++) len += part[i].length;
-      if (part.length > 2) len += part.length - 2;
-    }
+/** Positions in `doc` (synced text) where `changes` (ChangeSets applied in turn) cut a surrogate pair. */
+function splitPairs(doc, changes) {
+  const cuts = [];
+  for (const ch of changes) {
+    ch.iterChanges((fromA, toA) => {
+      for (const p of [fromA, toA]) {
+        if (p > 0 && p < doc.length && isHighSurrogate(doc.sliceString(p - 1, p).charCodeAt(0))) cuts.push(p);
+      }
+    });
+    doc = ch.apply(doc);
   }
-  return len;
+  return cuts;
 }
 
 export class CollabClient {
@@ -156,12 +160,12 @@ export class CollabClient {
    * @param {string} o.doc       document name
    * @param {string} o.clientID
    * @param {object} [o.user]    {name, color}
-   * @param {function} [o.rng]
+   * @param {function} [o.rng]   also the core's backoff jitter
    * @param {number} [o.inDelay]  max random delay (ms) before handling a received frame
    * @param {number} [o.outDelay] max random delay (ms) before sending a frame
    * @param {boolean} [o.record]  keep every update seen (version -> update) in `acked`
-   * @param {boolean} [o.autoReconnect] reconnect (with backoff) when the socket drops
-   * @param {number} [o.maxPushUpdates] cap on updates per push frame (default 500)
+   * @param {boolean} [o.autoReconnect] reconnect (as the core says) when the server or network closes the socket
+   * @param {number} [o.maxPushUpdates] cap on updates per push frame, below the server's maxUpdates
    * @param {function} [o.onUpdates] (client, from, updates, nowMs) after updates are applied
    */
   constructor(o) {
@@ -172,39 +176,35 @@ export class CollabClient {
     this.rng = o.rng ?? Math.random;
     this.record = o.record ?? true;
     this.autoReconnect = o.autoReconnect ?? true;
-    // The server refuses pushes over its --max-updates (default 1000) with too-large;
-    // after a long offline spell a stock client would push them all at once.
-    this.maxPushUpdates = o.maxPushUpdates ?? 500;
     this.onUpdates = o.onUpdates ?? null;
-    // Debug aid (COLLAB_CLIENT_DEBUG=1): keep the synced text and check our own pushes against it.
     this.debug = o.debug ?? Boolean(process.env.COLLAB_CLIENT_DEBUG);
-    this.syncedDoc = null;
-    this.lastPush = null;
-    this.state = null;
+    this.core = new Session({
+      clientID: o.clientID, user: this.user, random: this.rng, maxPushUpdates: o.maxPushUpdates,
+      extensions: [EditorState.allowMultipleSelections.of(true)],
+      // A test wants a quick comeback; the browser waits longer (the core's defaults).
+      backoff: { base: 20, max: 500, soon: 10, soonJitter: 20 },
+      // Presence at most 10 times a second (the browser: 20): these clients
+      // type far faster than a person, and their pushes already come close
+      // to the server's frame rate limit.
+      presenceInterval: 100,
+      pushRetry: { base: 100, max: 1000 },
+    });
     this.ws = null;
-    this.gen = 0;             // connection generation; frames of older sockets are ignored
-    this.connected = false;   // welcome received on the current socket
+    this.gen = 0;             // socket generation; frames and events of older sockets are ignored
     this.closed = false;      // close() called: no more reconnects
-    this.inFlight = 0;        // updates of the current push not yet seen back
-    this.session = null;
-    this.role = null;
-    this.helloVersion = null;
-    this.backoff = 20;
     this.reconnectTimer = null;
-    this.retryTimer = null;
+    this.wakeTimer = null;
+    this.wakeAt = null;
+    this.lastPush = null;
+    this.dumped = false;
     this.acked = new Map();   // version -> {clientID, changes}: every update seen from the server
-    this.lengthAt = new Map(); // synced version -> synced doc length (recent ones), for presence checks
     this.violations = [];
     this.errors = [];
     this.closes = [];
     this.resets = [];
     this.welcomeWaiters = [];
-    this.stats = {
-      connects: 0, welcomesDoc: 0, welcomesResume: 0, resumedUpdates: 0, pushes: 0,
-      pushedUpdates: 0, ownAcked: 0, receivedUpdates: 0, localEdits: 0,
-      presenceSent: 0, presenceReceived: 0, leaves: 0,
-    };
-    this.inLine = new DelayLine(this.rng, o.inDelay ?? 0, ([gen, text]) => this._handle(gen, text));
+    this.counts = { connects: 0, localEdits: 0 };
+    this.inLine = new DelayLine(this.rng, o.inDelay ?? 0, ([gen, data]) => this._deliver(gen, data));
     this.outLine = new DelayLine(this.rng, o.outDelay ?? 0, ([gen, text]) => {
       if (gen === this.gen && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(text);
     });
@@ -224,49 +224,47 @@ export class CollabClient {
     return new Promise((resolve, reject) => this.welcomeWaiters.push({ resolve, reject }));
   }
 
-  text() { return this.state ? this.state.doc.toString() : null; }
-  version() { return this.state ? getSyncedVersion(this.state) : null; }
-  pending() { return this.state ? sendableUpdates(this.state).length : 0; }
+  get state() { return this.core.state; }
+  get connected() { return this.core.welcomed; }
+  get inFlight() { return this.core.inflight; }
+  get stats() { return { ...this.counts, ...this.core.stats }; }
 
-  /** Applies a local edit (a ChangeSpec), then pushes if nothing is in flight. */
+  text() { return this.core.state ? this.core.state.doc.toString() : null; }
+  version() { return this.core.version; }
+  pending() { return this.core.pending; }
+
+  /** Applies a local edit (a ChangeSpec); the core pushes it when nothing is in flight. */
   edit(spec) {
-    if (!this.state) throw new Error('edit before the first welcome');
-    this.state = this.state.update({ changes: spec }).state;
-    this.stats.localEdits++;
-    this._maybePush();
+    if (!this.core.state) throw new Error('edit before the first welcome');
+    this.counts.localEdits++;
+    this._changed(this.core.state.update({ changes: spec }).state);
   }
 
-  /** Sends a random presence; only when nothing is unconfirmed, so positions are as of the synced version. */
+  /** Selects 1-3 random ranges; the core sends them as presence (mapped back to the synced version). */
   randomPresence() {
-    if (!this.connected || this.pending()) return false;
-    const doc = this.state.doc;
+    const state = this.core.state;
+    if (!state) return false;
+    const doc = state.doc;
     const ranges = [];
-    const n = randInt(this.rng, 0, 2);
+    const n = randInt(this.rng, 1, 3);
     for (let i = 0; i < n; i++) {
-      ranges.push({ anchor: snapPos(doc, randInt(this.rng, 0, doc.length)),
-        head: snapPos(doc, randInt(this.rng, 0, doc.length)) });
+      ranges.push(EditorSelection.range(snapPos(doc, randInt(this.rng, 0, doc.length)),
+        snapPos(doc, randInt(this.rng, 0, doc.length))));
     }
-    this._send({ type: 'presence', version: this.version(), ranges });
-    this.stats.presenceSent++;
+    this._changed(state.update({ selection: EditorSelection.create(ranges) }).state);
     return true;
   }
 
   /**
-   * Drops the socket and connects again with hello.version = synced version;
-   * unconfirmed updates are re-pushed after the welcome. With `waitClose` the
-   * new socket opens only after the old one finished closing.
+   * Drops the socket and connects again: the core says hello at its synced
+   * version and pushes what is unconfirmed after the welcome. With
+   * `waitClose` the new socket opens only after the old one finished closing.
    */
   async forceReconnect({ waitClose = true, offlineMs = 0 } = {}) {
-    const old = this.ws;
-    this.gen++;
-    this.connected = false;
-    this.inFlight = 0;
-    this.inLine.clear();
-    this.outLine.clear();
-    if (old && old.readyState !== WebSocket.CLOSED) {
-      const closed = new Promise((resolve) => { old.once('close', resolve); setTimeout(resolve, 1000); });
-      old.close(1000, 'reconnect');
-      if (waitClose) await closed;
+    clearTimeout(this.reconnectTimer);
+    const old = this._dropSocket('reconnect');
+    if (old && waitClose) {
+      await new Promise((resolve) => { old.once('close', resolve); setTimeout(resolve, 1000); });
     }
     if (offlineMs) {
       // Stay offline for a while (edits pile up unconfirmed), like a laptop losing its network.
@@ -283,13 +281,10 @@ export class CollabClient {
   /** Stops for good: closes the socket, cancels timers. */
   close() {
     this.closed = true;
-    this.gen++;
-    this.connected = false;
-    this.inLine.clear();
-    this.outLine.clear();
     clearTimeout(this.reconnectTimer);
-    clearTimeout(this.retryTimer);
-    if (this.ws && this.ws.readyState !== WebSocket.CLOSED) this.ws.close(1000, 'bye');
+    clearTimeout(this.wakeTimer);
+    this.wakeTimer = null;
+    this._dropSocket('bye');
     for (const w of this.welcomeWaiters.splice(0)) w.reject(new Error('client closed'));
   }
 
@@ -301,7 +296,7 @@ export class CollabClient {
     };
   }
 
-  // ---- connection ------------------------------------------------------
+  // ---- the socket ------------------------------------------------------
 
   _violation(msg) {
     this.violations.push(`${this.clientID}: ${msg}`);
@@ -311,260 +306,140 @@ export class CollabClient {
     if (this.closed) return;
     clearTimeout(this.reconnectTimer);
     const gen = ++this.gen;
-    this.connected = false;
-    this.inFlight = 0;
-    this.stats.connects++;
+    this.counts.connects++;
     const ws = new WebSocket(`${this.url}/ws/${encodeURIComponent(this.doc)}`, SUBPROTOCOL,
       { perMessageDeflate: false, handshakeTimeout: 5000 });
     this.ws = ws;
     ws.on('open', () => {
       if (gen !== this.gen) return;
       if (ws.protocol !== SUBPROTOCOL) this._violation(`server selected subprotocol ${JSON.stringify(ws.protocol)}`);
-      this.helloVersion = this.state ? getSyncedVersion(this.state) : null;
-      ws.send(JSON.stringify({ type: 'hello', clientID: this.clientID, version: this.helloVersion, user: this.user }));
+      this._run(this.core.opened(performance.now()));
     });
     ws.on('message', (data, isBinary) => {
       if (gen !== this.gen) return;
-      if (isBinary) this._violation('binary frame from server');
-      this.inLine.push([gen, data.toString()]);
+      this.inLine.push([gen, isBinary ? data : data.toString()]); // the core refuses a binary frame
     });
     ws.on('error', (err) => { this.lastSocketError = err.message; });
     ws.on('close', (code, reason) => {
       if (gen !== this.gen) return;
       this.closes.push({ code, reason: reason.toString(), t: Math.round(performance.now()) });
       if (code === 4001) this._violation('closed with 4001 although no other connection used this clientID');
-      this.connected = false;
-      this.inFlight = 0;
+      this.ws = null;
       this.inLine.clear();
       this.outLine.clear();
-      if (!this.closed && this.autoReconnect) {
+      const step = this.core.closed(code, reason.toString(), performance.now());
+      if (!this.autoReconnect) step.reconnect = null;
+      this._run(step);
+    });
+  }
+
+  /** Forgets the current socket (its frames and events are ignored from now on) and closes it; returns it. */
+  _dropSocket(why) {
+    const ws = this.ws;
+    this.gen++;
+    this.ws = null;
+    this.inLine.clear();
+    this.outLine.clear();
+    this._run(this.core.disconnected());
+    if (ws && ws.readyState !== WebSocket.CLOSED) ws.close(1000, why);
+    return ws;
+  }
+
+  _deliver(gen, data) {
+    if (gen !== this.gen) return;
+    const before = this.debug && !this.dumped && this.core.state ? {
+      synced: this.core.syncedDoc.toString(), syncedVersion: this.core.version,
+      unconfirmed: this.core.unconfirmed.map((u) => u.changes.toJSON()), local: this.text(), received: String(data),
+    } : null;
+    this._run(this.core.receive(data, performance.now()));
+    if (before && this.core.state && splitPairs(this.core.syncedDoc, this.core.unconfirmed.map((u) => u.changes)).length) {
+      this.dumped = true;
+      writeFileSync(`${process.env.COLLAB_CLIENT_DEBUG_DIR || '/tmp'}/split-${this.clientID}.json`, JSON.stringify({
+        clientID: this.clientID, ...before, after: this.core.unconfirmed.map((u) => u.changes.toJSON()) }));
+    }
+  }
+
+  _changed(state) {
+    this._run(this.core.changed(state, performance.now()));
+  }
+
+  /** Carries out what the core decided. */
+  _run(step) {
+    for (const frame of step.send) {
+      if (this.debug && frame.type === 'push') this._checkOwnPush(frame);
+      this.outLine.push([this.gen, JSON.stringify(frame)]);
+    }
+    // step.transaction needs nothing here: the core's state already includes it (no view to update).
+    for (const e of step.events) this._onEvent(e);
+    if (step.stop !== null) {
+      this._dropSocket('stop');
+    } else if (step.reconnect) {
+      this._dropSocket('resync');
+      if (!this.closed) {
         clearTimeout(this.reconnectTimer);
-        this.reconnectTimer = setTimeout(() => this._open(), this.backoff);
-        this.backoff = Math.min(500, this.backoff * 2);
+        this.reconnectTimer = setTimeout(() => this._open(), step.reconnect.delay);
+      }
+    }
+    if (step.wakeAt !== null) this._wake(step.wakeAt);
+  }
+
+  _wake(at) {
+    if (this.closed || (this.wakeTimer && this.wakeAt <= at)) return;
+    clearTimeout(this.wakeTimer);
+    this.wakeAt = at;
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = null;
+      this._run(this.core.tick(performance.now()));
+    }, Math.max(0, at - performance.now()));
+  }
+
+  _onEvent(e) {
+    switch (e.type) {
+      case 'welcome':
+        for (const w of this.welcomeWaiters.splice(0)) w.resolve(e.frame);
+        break;
+      case 'updates':
+        if (this.record) this._record(e.from, e.updates);
+        if (this.onUpdates && e.fresh.length) {
+          this.onUpdates(this, e.from + e.updates.length - e.fresh.length, e.fresh, performance.now());
+        }
+        break;
+      case 'error':
+        this.errors.push({ code: e.code, message: e.message, t: Math.round(performance.now()),
+          ...(this.debug ? { lastPush: JSON.stringify(this.lastPush).slice(0, 2000) } : {}) });
+        break;
+      case 'problem':
+        this._violation(e.text);
+        break;
+      case 'reset':
+        this.resets.push({ synced: e.synced, version: e.version, droppedUnconfirmed: e.dropped });
+        break;
+      default:
+        break; // notice, rescue, role, peer, leave, peers-cleared: nothing to keep
+    }
+  }
+
+  /** Every version must mean the same update each time it is seen. */
+  _record(from, updates) {
+    updates.forEach((u, i) => {
+      const v = from + i + 1;
+      const seen = this.acked.get(v);
+      if (!seen) {
+        this.acked.set(v, { clientID: u.clientID, changes: u.changes });
+      } else if (seen.clientID !== u.clientID || JSON.stringify(seen.changes) !== JSON.stringify(u.changes)) {
+        this._violation(`version ${v} seen twice with different content: ${JSON.stringify(seen)} vs ${JSON.stringify(u)}`);
       }
     });
   }
 
-  _send(frame) {
-    this.outLine.push([this.gen, JSON.stringify(frame)]);
-  }
-
-  _maybePush() {
-    if (!this.connected || this.inFlight || !this.state || this.role === 'view') return;
-    const ups = sendableUpdates(this.state);
-    if (!ups.length) return;
-    const n = Math.min(ups.length, this.maxPushUpdates);
-    const updates = new Array(n);
-    for (let i = 0; i < n; i++) updates[i] = { clientID: this.clientID, changes: ups[i].changes.toJSON() };
-    this.inFlight = n;
-    this.stats.pushes++;
-    this.stats.pushedUpdates += n;
-    const frame = { type: 'push', version: getSyncedVersion(this.state), updates };
-    if (this.debug) this._checkOwnPush(frame, ups.slice(0, n));
-    this._send(frame);
-  }
-
-  _splitsPair() {
-    let doc = this.syncedDoc;
-    let bad = false;
-    for (const u of sendableUpdates(this.state)) {
-      u.changes.iterChanges((fromA, toA) => {
-        for (const p of [fromA, toA]) {
-          if (p > 0 && p < doc.length && isHighSurrogate(doc.sliceString(p - 1, p).charCodeAt(0))) bad = true;
-        }
-      });
-      doc = u.changes.apply(doc);
-    }
-    return bad;
-  }
-
-  _checkOwnPush(frame, ups) {
+  _checkOwnPush(frame) {
     this.lastPush = frame;
     if (process.env.COLLAB_CLIENT_DEBUG_DIR) {
-      appendFileSync(`${process.env.COLLAB_CLIENT_DEBUG_DIR}/pushes-${this.clientID}.jsonl`, JSON.stringify({ t: performance.now(), ...frame }) + '\n');
+      appendFileSync(`${process.env.COLLAB_CLIENT_DEBUG_DIR}/pushes-${this.clientID}.jsonl`,
+        JSON.stringify({ t: performance.now(), ...frame }) + '\n');
     }
-    let doc = this.syncedDoc;
-    for (const u of ups) {
-      u.changes.iterChanges((fromA, toA) => {
-        for (const p of [fromA, toA]) {
-          if (p > 0 && p < doc.length && isHighSurrogate(doc.sliceString(p - 1, p).charCodeAt(0))) {
-            this._violation(`own push at version ${frame.version} cuts a surrogate pair at ${p}: ${JSON.stringify(u.changes.toJSON()).slice(0, 300)}`);
-          }
-        }
-      });
-      doc = u.changes.apply(doc);
-    }
-  }
-
-  // ---- frames from the server --------------------------------------------
-
-  _handle(gen, text) {
-    if (gen !== this.gen) return;
-    let m;
-    try { m = JSON.parse(text); } catch { return this._violation(`non-JSON frame ${text.slice(0, 100)}`); }
-    if (!m || typeof m !== 'object') return this._violation(`frame is not an object: ${text.slice(0, 100)}`);
-    switch (m.type) {
-      case 'welcome': return this._onWelcome(m);
-      case 'updates': return this._onUpdates(m);
-      case 'presence': return this._onPresence(m);
-      case 'leave': this.stats.leaves++; return;
-      case 'error': return this._onError(m);
-      default: return this._violation(`unknown frame type ${JSON.stringify(m.type)}`);
-    }
-  }
-
-  _makeState(doc, version) {
-    return EditorState.create({ doc, extensions: [collab({ startVersion: version, clientID: this.clientID })] });
-  }
-
-  _onWelcome(m) {
-    if (this.connected) return this._violation('second welcome on one connection');
-    if (!Number.isInteger(m.version) || m.version < 0) return this._violation(`welcome.version ${m.version}`);
-    if (m.role !== 'edit' && m.role !== 'view') this._violation(`welcome.role ${JSON.stringify(m.role)}`);
-    if (!Array.isArray(m.peers)) this._violation('welcome.peers is not a list');
-    if (typeof m.doc === 'string') {
-      this.stats.welcomesDoc++;
-      if (this.debug) this.syncedDoc = Text.of(m.doc.split('\n'));
-      if (this.state === null) {
-        this.state = this._makeState(m.doc, m.version);
-      } else {
-        // Full text on a resume: allowed when the server no longer holds the updates.
-        const synced = getSyncedVersion(this.state);
-        const pending = this.pending();
-        if (!(m.version === synced && pending === 0 && m.doc === this.text())) {
-          this.resets.push({ synced, version: m.version, droppedUnconfirmed: pending });
-          this.state = this._makeState(m.doc, m.version);
-        }
-      }
-    } else if (Number.isInteger(m.from) && Array.isArray(m.updates)) {
-      this.stats.welcomesResume++;
-      this.stats.resumedUpdates += m.updates.length;
-      if (this.state === null) return this._violation('welcome with from+updates after hello version null');
-      if (m.from !== this.helloVersion) this._violation(`welcome.from ${m.from} != hello.version ${this.helloVersion}`);
-      if (m.version !== m.from + m.updates.length) this._violation(`welcome.version ${m.version} != from ${m.from} + ${m.updates.length} updates`);
-      if (!this._applyUpdates(m.from, m.updates)) return;
-    } else {
-      return this._violation(`welcome has neither doc nor from+updates: ${JSON.stringify(m).slice(0, 200)}`);
-    }
-    if (getSyncedVersion(this.state) !== m.version) {
-      this._violation(`after welcome synced version ${getSyncedVersion(this.state)} != welcome.version ${m.version}`);
-    }
-    this._noteLength();
-    this.session = m.session;
-    this.role = m.role;
-    this.connected = true;
-    this.backoff = 20;
-    for (const w of this.welcomeWaiters.splice(0)) w.resolve(m);
-    this._maybePush();
-  }
-
-  _onUpdates(m) {
-    if (!this.connected) return this._violation('updates before welcome');
-    if (!Number.isInteger(m.from) || !Array.isArray(m.updates)) return this._violation(`bad updates frame ${JSON.stringify(m).slice(0, 200)}`);
-    if (!m.updates.length) this._violation(`empty updates frame from ${m.from}`);
-    this._applyUpdates(m.from, m.updates);
-  }
-
-  /** Applies server updates starting at version `from`; returns false if the client had to give up on this socket. */
-  _applyUpdates(from, updates) {
-    const synced = getSyncedVersion(this.state);
-    if (from > synced) {
-      this._violation(`gap: updates from ${from} but synced version is ${synced}`);
-      this.forceReconnect({ waitClose: false });
-      return false;
-    }
-    if (from < synced) this._violation(`overlap: updates from ${from} but synced version is ${synced}`);
-    for (let i = 0; i < updates.length; i++) {
-      const u = updates[i];
-      if (!u || typeof u.clientID !== 'string' || !Array.isArray(u.changes)) {
-        this._violation(`malformed update at version ${from + i + 1}: ${JSON.stringify(u).slice(0, 200)}`);
-        this.forceReconnect({ waitClose: false });
-        return false;
-      }
-      if (this.record) {
-        const v = from + i + 1;
-        const seen = this.acked.get(v);
-        if (seen) {
-          if (seen.clientID !== u.clientID || JSON.stringify(seen.changes) !== JSON.stringify(u.changes)) {
-            this._violation(`version ${v} seen twice with different content: ${JSON.stringify(seen)} vs ${JSON.stringify(u)}`);
-          }
-        } else {
-          this.acked.set(v, { clientID: u.clientID, changes: u.changes });
-        }
-      }
-    }
-    const fresh = from < synced ? updates.slice(synced - from) : updates;
-    if (!fresh.length) return true;
-    const before = sendableUpdates(this.state).length;
-    try {
-      const parsed = fresh.map((u) => ({ clientID: u.clientID, changes: ChangeSet.fromJSON(u.changes) }));
-      const dbgBefore = this.debug && !this.dumped ? { synced: this.syncedDoc.toString(), syncedVersion: synced,
-        unconfirmed: sendableUpdates(this.state).map((u) => u.changes.toJSON()), received: fresh,
-        local: this.state.doc.toString() } : null;
-      this.state = receiveUpdates(this.state, parsed).state;
-      if (this.debug) {
-        for (const u of parsed) this.syncedDoc = u.changes.apply(this.syncedDoc);
-        if (dbgBefore && this._splitsPair()) {
-          this.dumped = true;
-          writeFileSync(`${process.env.COLLAB_CLIENT_DEBUG_DIR || '/tmp'}/split-${this.clientID}.json`, JSON.stringify({ clientID: this.clientID, ...dbgBefore,
-            after: sendableUpdates(this.state).map((u) => u.changes.toJSON()) }));
-        }
-      }
-    } catch (e) {
-      this._violation(`cannot apply updates from ${synced}: ${e.message}`);
-      this.forceReconnect({ waitClose: false });
-      return false;
-    }
-    this.stats.receivedUpdates += fresh.length;
-    const own = before - sendableUpdates(this.state).length;
-    if (own > 0) {
-      this.stats.ownAcked += own;
-      this.inFlight = Math.max(0, this.inFlight - own);
-    }
-    this._noteLength();
-    if (this.onUpdates) this.onUpdates(this, synced, fresh, performance.now());
-    if (!this.inFlight) this._maybePush();
-    return true;
-  }
-
-  _noteLength() {
-    let len = this.state.doc.length;
-    for (const u of sendableUpdates(this.state)) len -= u.changes.newLength - u.changes.length;
-    const v = getSyncedVersion(this.state);
-    this.lengthAt.set(v, len);
-    this.lengthAt.delete(v - 2000);
-  }
-
-  _onPresence(m) {
-    this.stats.presenceReceived++;
-    if (!this.connected) return this._violation('presence before welcome');
-    const synced = getSyncedVersion(this.state);
-    if (!Number.isInteger(m.version) || m.version > synced) {
-      return this._violation(`presence at version ${m.version} but only ${synced} updates were sent`);
-    }
-    if (m.session === this.session) this._violation('received own presence');
-    if (!Array.isArray(m.ranges)) return this._violation('presence.ranges is not a list');
-    const len = this.lengthAt.get(m.version);
-    if (len === undefined) return;
-    for (const r of m.ranges) {
-      if (!(Number.isInteger(r.anchor) && Number.isInteger(r.head) && r.anchor >= 0 && r.head >= 0 &&
-            r.anchor <= len && r.head <= len)) {
-        this._violation(`presence range ${JSON.stringify(r)} outside doc of length ${len} at version ${m.version}`);
-      }
-    }
-  }
-
-  _onError(m) {
-    this.errors.push({ code: m.code, message: m.message, t: Math.round(performance.now()),
-      ...(this.debug ? { lastPush: JSON.stringify(this.lastPush).slice(0, 2000) } : {}) });
-    // We cannot tell which frame was refused; if it was the push, nothing will
-    // come back for it, so allow a retry (duplicates are deduplicated by clientID).
-    if (this.inFlight) {
-      clearTimeout(this.retryTimer);
-      this.retryTimer = setTimeout(() => {
-        if (this.inFlight) { this.inFlight = 0; this._maybePush(); }
-      }, m.code === 'rate-limited' ? 500 : 100);
-    }
+    const cuts = splitPairs(this.core.syncedDoc, frame.updates.map((u) => ChangeSet.fromJSON(u.changes)));
+    if (cuts.length) this._violation(`own push at version ${frame.version} cuts a surrogate pair at ${cuts[0]}`);
   }
 }
 

@@ -15,12 +15,16 @@
 //
 // Keeping the client cheap: one Node process, no per-frame logging, the
 // throughput/idle clients keep only (version, length) instead of an EditorState.
+// The typing and trace clients are client.mjs's, around the editor's protocol
+// core (static/src/core.js); the lightweight ones build and check their
+// frames with that core's frame module.
 
 import { performance } from 'node:perf_hooks';
 import { readFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import WebSocket from 'ws';
-import { CollabClient, SUBPROTOCOL, makeRng, parseArgs, sleep, fetchDoc, snapPos, newLengthOf } from './client.mjs';
+import { CollabClient, makeRng, parseArgs, sleep, fetchDoc, snapPos } from './client.mjs';
+import { SUBPROTOCOL, hello, push, parseServerFrame } from '../../static/src/core.js';
 
 // ---- server process probes ---------------------------------------------------
 
@@ -154,6 +158,19 @@ async function typing(a) {
 
 // ---- lightweight client for throughput and idle ----------------------------------
 
+/** Length of the document an update's ChangeSetJSON produces (cheaper than parsing it into a ChangeSet). */
+function newLengthOf(changes) {
+  let len = 0;
+  for (const part of changes) {
+    if (typeof part === 'number') len += part;
+    else {
+      for (let i = 1; i < part.length; i++) len += part[i].length;
+      if (part.length > 2) len += part.length - 2;
+    }
+  }
+  return len;
+}
+
 /** Speaks collab.v1 keeping only the synced version and the document length. */
 class LiteClient {
   constructor(url, doc, clientID, rng) {
@@ -174,12 +191,17 @@ class LiteClient {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(`${this.url}/ws/${this.doc}`, SUBPROTOCOL, { perMessageDeflate: false, handshakeTimeout: 20000 });
       this.ws = ws;
-      ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', clientID: this.clientID, version: null,
-        user: { name: this.clientID, color: '#888888' } })));
+      ws.on('open', () => ws.send(JSON.stringify(hello(this.clientID, null, { name: this.clientID, color: '#888888' }))));
       ws.on('error', (e) => { this.problems.push(`socket error ${e.message}`); reject(e); });
       ws.on('close', (code) => { if (!this.closing) this.problems.push(`closed ${code}`); });
       ws.on('message', (data) => {
-        const m = JSON.parse(data.toString());
+        let m;
+        try {
+          m = parseServerFrame(data.toString());
+        } catch (e) {
+          this.problems.push(e.message);
+          return;
+        }
         if (m.type === 'welcome') {
           this.version = m.version;
           this.length = m.doc.length;
@@ -213,7 +235,7 @@ class LiteClient {
     changes.push([0, 'x']);
     if (this.length - p) changes.push(this.length - p);
     this.inFlight = true;
-    this.ws.send(`{"type":"push","version":${this.version},"updates":[{"clientID":"${this.clientID}","changes":${JSON.stringify(changes)}}]}`);
+    this.ws.send(JSON.stringify(push(this.version, [{ clientID: this.clientID, changes }])));
   }
 
   close() {

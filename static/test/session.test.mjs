@@ -1,0 +1,341 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Session, EditorSelection, EditorState, ChangeSet } from '../src/core.js';
+import {
+  welcome, resumeWelcome, updates, upd, error, presenceFrame, welcomed, edit, sent, events,
+} from './helpers.mjs';
+
+test('hello asks for the whole text first, then resumes from the synced version', () => {
+  const s = new Session({ clientID: 'A', user: { name: 'Ann', color: '#123456' } });
+  assert.deepEqual(s.opened(0).send, [{ type: 'hello', clientID: 'A', version: null, user: { name: 'Ann', color: '#123456' } }]);
+  const step = s.receive(welcome({ doc: 'hello', version: 7 }), 0);
+  assert.equal(step.replaced, true);
+  assert.equal(s.state.doc.toString(), 'hello');
+  assert.equal(s.version, 7);
+  assert.ok(s.welcomed);
+  assert.deepEqual(events(step, 'role'), [{ type: 'role', role: 'edit' }]);
+  s.closed(1006, '', 10);
+  assert.equal(s.welcomed, false);
+  assert.equal(s.opened(20).send[0].version, 7);
+});
+
+test('welcome -> push; one push in flight; the ack lets the rest go, rebased on the new version', () => {
+  const [s] = welcomed({ doc: 'ab', version: 3 });
+  const first = edit(s, { from: 2, insert: 'c' });
+  assert.deepEqual(sent(first, 'push'), [{ type: 'push', version: 3, updates: [upd('A', [2, [0, 'c']])] }]);
+  assert.equal(s.inflight, 1);
+  assert.deepEqual(sent(edit(s, { from: 0, insert: '>' }), 'push'), [], 'nothing while a push is in flight');
+  assert.deepEqual(sent(edit(s, { from: 4, insert: '!' }), 'push'), []);
+  assert.equal(s.pending, 3);
+  const ack = s.receive(updates(3, [upd('A', [2, [0, 'c']])]), 1100);
+  assert.ok(ack.transaction, 'the frame is one transaction to dispatch');
+  assert.equal(ack.transaction.state, s.state);
+  assert.equal(s.version, 4);
+  assert.deepEqual(sent(ack, 'push'), [{ type: 'push', version: 4, updates: [upd('A', [[0, '>'], 3]), upd('A', [4, [0, '!']])] }]);
+  assert.equal(s.inflight, 2);
+  assert.deepEqual(events(ack, 'updates')[0].own, 1);
+  s.receive(updates(4, [upd('A', [[0, '>'], 3]), upd('A', [4, [0, '!']])]), 1200);
+  assert.equal(s.inflight, 0);
+  assert.equal(s.pending, 0);
+  assert.equal(s.syncedDoc.toString(), '>abc!');
+  assert.deepEqual(s.stats.ownAcked, 3);
+});
+
+test('updates of one frame are received in one receiveUpdates call and rebase what is unconfirmed', () => {
+  const [s] = welcomed({ doc: 'abc', version: 0 });
+  edit(s, { from: 3, insert: 'X' }); // in flight
+  edit(s, { from: 0, insert: 'Y' }); // waiting
+  // Two peers' updates in one frame: our updates move over both.
+  const step = s.receive(updates(0, [upd('B', [1, [0, '1'], 2]), upd('C', [[1], 3])]), 1100);
+  assert.equal(s.syncedDoc.toString(), '1bc');
+  assert.equal(s.state.doc.toString(), 'Y1bcX');
+  assert.equal(step.transaction.changes.toJSON().length > 0, true);
+  assert.deepEqual(s.unconfirmed.map((u) => u.changes.toJSON()), [[3, [0, 'X']], [[0, 'Y'], 4]]);
+  assert.deepEqual(sent(step, 'push'), [], 'the first push is still in flight');
+  // The server rebased our push the same way and acknowledges it.
+  const ack = s.receive(updates(2, [upd('A', [3, [0, 'X']])]), 1200);
+  assert.deepEqual(sent(ack, 'push')[0], { type: 'push', version: 3, updates: [upd('A', [[0, 'Y'], 4])] });
+});
+
+test('a reconnect drops the push in flight; the resume skips what the server already has and pushes the rest', () => {
+  const [s] = welcomed({ doc: '', version: 0 });
+  edit(s, { from: 0, insert: 'a' });
+  edit(s, { from: 1, insert: 'b' });
+  const closed = s.closed(1006, '', 2000);
+  assert.ok(closed.reconnect && closed.reconnect.delay > 0);
+  assert.equal(s.inflight, 0);
+  assert.deepEqual(s.opened(2100).send[0].version, 0);
+  // The first push got in before the connection dropped; someone else typed too.
+  const step = s.receive(resumeWelcome(0, [upd('A', [[0, 'a']]), upd('B', [1, [0, 'Z']])]), 2200);
+  assert.equal(s.version, 2);
+  // Ours goes after the other insertion at the same place (receiveUpdates maps ours second).
+  assert.deepEqual(sent(step, 'push'), [{ type: 'push', version: 2, updates: [upd('A', [2, [0, 'b']])] }]);
+  assert.equal(s.state.doc.toString(), 'aZb');
+  assert.equal(s.stats.welcomesResume, 1);
+});
+
+test('a whole text while edits are unconfirmed: state replaced, the edits rescued', () => {
+  const [s] = welcomed({ doc: 'base', version: 5 });
+  edit(s, { from: 4, insert: ' mine' });
+  s.closed(1001, 'server shutting down', 3000);
+  s.opened(3100);
+  const step = s.receive(welcome({ doc: 'fresh', version: 1 }), 3200);
+  assert.equal(step.replaced, true);
+  assert.deepEqual(events(step, 'rescue'), [{ type: 'rescue', text: 'base mine', count: 1, fragments: false }]);
+  assert.deepEqual(events(step, 'reset'), [{ type: 'reset', synced: 5, version: 1, dropped: 1 }]);
+  assert.equal(s.state.doc.toString(), 'fresh');
+  assert.equal(s.pending, 0);
+});
+
+test('a whole text equal to ours keeps the state', () => {
+  const [s] = welcomed({ doc: 'same', version: 2 });
+  const before = s.state;
+  s.closed(1013, '', 0);
+  s.opened(0);
+  const step = s.receive(welcome({ doc: 'same', version: 2 }), 0);
+  assert.equal(step.replaced, false);
+  assert.equal(s.state, before);
+  assert.deepEqual(events(step, 'reset'), []);
+});
+
+test('our presence is mapped back to the synced version, capped at maxRanges with the main range first', () => {
+  const [s] = welcomed({ doc: '0123456789', version: 4, limits: { maxRanges: 2 } });
+  edit(s, { from: 0, insert: 'abc' }); // unconfirmed: the server does not know it yet
+  const sel = EditorSelection.create([
+    EditorSelection.range(1, 2), EditorSelection.range(5, 6), EditorSelection.cursor(9),
+  ], 2);
+  const state = s.state.update({ selection: sel }).state;
+  assert.equal(state.selection.ranges.length, 1, 'no multiple selections without the facet');
+  const [m] = welcomed({ doc: '0123456789', version: 4, limits: { maxRanges: 2 } },
+    { extensions: [EditorState.allowMultipleSelections.of(true)] });
+  edit(m, { from: 0, insert: 'abc' });
+  const step = m.changed(m.state.update({ selection: sel }).state, 5000);
+  assert.deepEqual(sent(step, 'presence'), [{ type: 'presence', version: 4, ranges: [{ anchor: 6, head: 6 }, { anchor: 0, head: 0 }] }]);
+  // Not sent again while nothing changed; sent again at most every 50 ms.
+  assert.deepEqual(sent(m.tick(5100), 'presence'), []);
+  const moved = m.changed(m.state.update({ selection: EditorSelection.cursor(12) }).state, 5010);
+  assert.deepEqual(sent(moved, 'presence'), []);
+  assert.equal(moved.wakeAt, 5050);
+  assert.deepEqual(sent(m.tick(5050), 'presence'), [{ type: 'presence', version: 4, ranges: [{ anchor: 9, head: 9 }] }]);
+});
+
+test('presence limit: the page\'s meta tag when the welcome has none, else the default 100', () => {
+  const ext = { extensions: [EditorState.allowMultipleSelections.of(true)] };
+  const many = EditorSelection.create(Array.from({ length: 150 }, (_, i) => EditorSelection.cursor(i)));
+  const [a] = welcomed({ doc: 'x'.repeat(200) }, { ...ext, limits: { maxRanges: 5 } });
+  assert.equal(sent(a.changed(a.state.update({ selection: many }).state, 9000), 'presence')[0].ranges.length, 5);
+  const [b] = welcomed({ doc: 'x'.repeat(200) }, ext);
+  assert.equal(sent(b.changed(b.state.update({ selection: many }).state, 9000), 'presence')[0].ranges.length, 100);
+  const [c] = welcomed({ doc: 'x'.repeat(200), limits: { maxRanges: 120 } }, { ...ext, limits: { maxRanges: 5 } });
+  assert.equal(sent(c.changed(c.state.update({ selection: many }).state, 9000), 'presence')[0].ranges.length, 120);
+});
+
+test('a peer\'s presence is mapped forward through what we received since and our own edits', () => {
+  const [s] = welcomed({ doc: 'abcdef', version: 0 });
+  s.receive(updates(0, [upd('B', [[0, 'XY'], 6])]), 100); // synced: XYabcdef
+  edit(s, { from: 0, insert: '123' }); // local: 123XYabcdef
+  const step = s.receive(presenceFrame('p', 0, [{ anchor: 3, head: 6 }]), 200);
+  assert.deepEqual(events(step, 'peer'), [{
+    type: 'peer', session: 'p', user: { name: 'P', color: '#123456' }, ranges: [{ anchor: 8, head: 11 }],
+  }]);
+  const now = s.receive(presenceFrame('p', 1, [{ anchor: 0, head: 8 }]), 210);
+  // At the place of our own unconfirmed insertion a peer's position stays before it.
+  assert.deepEqual(events(now, 'peer')[0].ranges, [{ anchor: 0, head: 11 }]);
+  assert.deepEqual(events(s.receive(JSON.stringify({ type: 'leave', session: 'p' }), 220), 'leave'), [{ type: 'leave', session: 'p' }]);
+});
+
+test('presence the protocol does not allow is a problem, not an exception', () => {
+  const [s] = welcomed({ doc: 'abc', version: 2, session: 'me' });
+  assert.match(events(s.receive(presenceFrame('p', 3, []), 0), 'problem')[0].text, /version 3/);
+  assert.match(events(s.receive(presenceFrame('me', 2, []), 0), 'problem')[0].text, /own presence/);
+  const out = s.receive(presenceFrame('p', 2, [{ anchor: 9, head: 1 }]), 0);
+  assert.match(events(out, 'problem')[0].text, /outside the text of length 3/);
+  assert.deepEqual(events(out, 'peer')[0].ranges, [{ anchor: 3, head: 1 }], 'clamped');
+});
+
+test('close codes: reconnect at once, back off, slow down, or stop and say why', () => {
+  const s = new Session({ clientID: 'A', random: () => 0, backoff: { base: 100, max: 10000, soon: 5, soonJitter: 10 } });
+  const delay = (code) => {
+    s.opened(0);
+    const step = s.closed(code, 'why', 0);
+    return step.stop !== null ? 'stop' : step.reconnect.delay;
+  };
+  assert.equal(delay(1001), 5, 'first retry after a restart: at once');
+  assert.equal(delay(1001), 100, 'then backoff (base * 2^1, jitter 0.5)');
+  assert.equal(delay(1006), 200);
+  assert.equal(delay(1011), 400);
+  s.opened(0);
+  s.receive(welcome(), 0); // a welcome resets the backoff
+  assert.equal(delay(1013), 5);
+  assert.equal(delay(4429), 800, 'rate-limited: backoff as if four attempts had failed');
+  const stop = (() => { s.opened(0); return s.closed(4001, '', 0); })();
+  assert.equal(stop.reconnect, null);
+  assert.match(stop.stop, /another tab/);
+  assert.equal(s.stopped, stop.stop);
+  assert.deepEqual(events(stop, 'notice').map((e) => e.text), [stop.stop]);
+  s.restart();
+  assert.equal(s.stopped, null);
+  s.opened(0);
+  assert.match(s.closed(1008, 'token revoked', 0).stop, /access token/);
+  s.restart();
+  s.opened(0);
+  const tooBig = s.closed(1009, 'frame over the limit', 0);
+  assert.deepEqual(events(tooBig, 'notice').map((e) => e.text), ['The server closed the connection: a message was too large. (frame over the limit)']);
+  assert.ok(tooBig.reconnect);
+});
+
+test('an error frame while a push is in flight: pushed again after a pause', () => {
+  const [s] = welcomed({ doc: '', version: 0 }, { pushRetry: { base: 1000, max: 8000 }, random: () => 1 });
+  edit(s, { from: 0, insert: 'a' }, 0);
+  const refused = s.receive(error('rate-limited', 'slow down'), 100);
+  assert.deepEqual(events(refused, 'error'), [{
+    type: 'error', code: 'rate-limited', message: 'slow down', quiet: false,
+    text: 'Too many edits too quickly; the server asked to slow down. (rate-limited: slow down)',
+  }]);
+  assert.equal(s.inflight, 0);
+  assert.equal(refused.wakeAt, 1100);
+  assert.deepEqual(sent(s.tick(500), 'push'), []);
+  assert.deepEqual(sent(edit(s, { from: 1, insert: 'b' }, 600), 'push'), [], 'still pausing');
+  const again = s.tick(1100);
+  assert.deepEqual(sent(again, 'push')[0].updates.length, 2);
+  assert.equal(s.receive(error('too-large'), 1200).wakeAt, 3200, 'the pause doubles');
+});
+
+test('bad-version before the welcome asks for the whole text; with a push in flight it resumes', () => {
+  const s = new Session({ clientID: 'A', random: () => 0 });
+  s.opened(0);
+  s.receive(welcome({ doc: 'x', version: 4 }), 0);
+  s.closed(1006, '', 0);
+  s.opened(0);
+  const before = s.receive(error('bad-version', 'future'), 0);
+  assert.equal(events(before, 'error')[0].quiet, true);
+  assert.ok(before.reconnect);
+  assert.equal(s.opened(0).send[0].version, null);
+  s.receive(welcome({ doc: 'x', version: 4 }), 0);
+  edit(s, { from: 1, insert: 'y' });
+  const during = s.receive(error('bad-version', 'too old'), 0);
+  assert.ok(during.reconnect);
+  assert.equal(s.opened(0).send[0].version, 4, 'a resume, not the whole text');
+});
+
+test('a missed frame asks for a resume; updates that do not apply ask for the whole text', () => {
+  const [s] = welcomed({ doc: 'abc', version: 2 });
+  const gap = s.receive(updates(3, [upd('B', [[0, 'x'], 3])]), 0);
+  assert.match(events(gap, 'problem')[0].text, /missed updates/);
+  assert.ok(gap.reconnect);
+  assert.equal(s.receive(updates(2, [upd('B', [[0, 'x'], 3])]), 0).transaction, null, 'frames of a dropped connection are ignored');
+  assert.equal(s.opened(0).send[0].version, 2);
+  s.receive(resumeWelcome(2, []), 0);
+  const bad = s.receive(updates(2, [upd('B', [[0, 'x'], 30])]), 0);
+  assert.match(events(bad, 'problem')[0].text, /cannot apply/);
+  assert.ok(bad.reconnect);
+  assert.equal(s.state.doc.toString(), 'abc', 'nothing applied');
+  assert.equal(s.opened(0).send[0].version, null);
+});
+
+test('a malformed updates frame is a problem and a resync; a malformed presence is only a problem', () => {
+  const [s] = welcomed({ doc: '', version: 0 });
+  const p = s.receive(JSON.stringify({ type: 'presence', session: 'x' }), 0);
+  assert.equal(events(p, 'problem').length, 1);
+  assert.equal(p.reconnect, null);
+  const u = s.receive(JSON.stringify({ type: 'updates', from: 'zero', updates: [] }), 0);
+  assert.equal(events(u, 'problem').length, 1);
+  assert.ok(u.reconnect);
+});
+
+test('a view-only session never pushes', () => {
+  const [s] = welcomed({ doc: '', version: 0, role: 'view' });
+  assert.equal(s.role, 'view');
+  assert.deepEqual(sent(edit(s, { from: 0, insert: 'a' }), 'push'), []);
+});
+
+test('the welcome\'s limits split a backlog into pushes', () => {
+  const limits = { maxUpdates: 2, maxFrame: 1 << 20, maxDoc: 100, maxRanges: 1 };
+  const [s] = welcomed({ doc: '', version: 0, limits }, { limits: { maxUpdates: 50 } });
+  assert.deepEqual(s.limits, { maxFrame: 1 << 20, maxDoc: 100, maxUpdates: 2, maxRanges: 1 });
+  s.closed(1006, '', 0);
+  for (let i = 0; i < 5; i++) edit(s, { from: i, insert: String(i) });
+  s.opened(0);
+  let step = s.receive(resumeWelcome(0, [], { limits }), 0);
+  const sizes = [];
+  for (let v = 0; sent(step, 'push').length; ) {
+    const [p] = sent(step, 'push');
+    sizes.push(p.updates.length);
+    step = s.receive(updates(v, p.updates), 0);
+    v += p.updates.length;
+  }
+  assert.deepEqual(sizes, [2, 2, 1]);
+  assert.equal(s.syncedDoc.toString(), '01234');
+  // A welcome without limits: the page's again.
+  s.closed(1006, '', 0);
+  s.opened(0);
+  s.receive(resumeWelcome(5, []), 0);
+  assert.equal(s.limits.maxUpdates, 50);
+});
+
+test('restored edits with their base text are shown at once and pushed after a resume', () => {
+  const rec = { version: 3, base: 'abc', updates: [[3, [0, 'd']], [[0, '>'], 4]] };
+  const s = new Session({ clientID: 'A', restore: rec });
+  assert.equal(s.state.doc.toString(), '>abcd');
+  assert.equal(s.pending, 2);
+  assert.equal(s.opened(0).send[0].version, 3);
+  const step = s.receive(resumeWelcome(3, [upd('A', [3, [0, 'd']])]), 0);
+  assert.deepEqual(sent(step, 'push'), [{ type: 'push', version: 4, updates: [upd('A', [[0, '>'], 4])] }]);
+});
+
+test('restored edits without a base: the whole text, then the typed pieces rescued', () => {
+  const s = new Session({ clientID: 'A', restore: { version: 3, base: null, updates: [[3, [0, 'd', 'e']]] } });
+  assert.equal(s.state, null);
+  assert.equal(s.pending, 1);
+  assert.equal(s.opened(0).send[0].version, null);
+  const step = s.receive(welcome({ doc: 'zzz', version: 9 }), 0);
+  assert.deepEqual(events(step, 'rescue'), [{ type: 'rescue', text: 'd\ne', count: 1, fragments: true }]);
+  assert.equal(s.pending, 0);
+});
+
+test('a blind restore (closed-tab flush) rebases and pushes edits whose base text is unknown', () => {
+  const s = new Session({ clientID: 'T', presence: false, restore: { version: 1, base: null, updates: [[2, [0, '!']]] }, blindRestore: true });
+  assert.equal(s.opened(0).send[0].version, 1);
+  const step = s.receive(resumeWelcome(1, [upd('B', [[0, 'xy'], 2])]), 0);
+  assert.deepEqual(step.send, [{ type: 'push', version: 2, updates: [upd('T', [4, [0, '!']])] }], 'no presence');
+  s.receive(updates(2, [upd('T', [4, [0, '!']])]), 0);
+  assert.equal(s.pending, 0);
+  // If the server cannot resume, only the typed text can be rescued.
+  const t = new Session({ clientID: 'T', restore: { version: 1, base: null, updates: [[2, [0, '!']]] }, blindRestore: true });
+  t.opened(0);
+  assert.deepEqual(events(t.receive(welcome({ doc: 'other', version: 0 }), 0), 'rescue'),
+    [{ type: 'rescue', text: '!', count: 1, fragments: true }]);
+});
+
+test('welcome checks: from must be hello.version, version must add up, one welcome per connection', () => {
+  const [s] = welcomed({ doc: 'a', version: 1 });
+  s.closed(1006, '', 0);
+  s.opened(0);
+  const step = s.receive(resumeWelcome(0, [upd('B', [[0, 'x'], 0])], { version: 5 }), 0);
+  const problems = events(step, 'problem').map((e) => e.text).join(' | ');
+  assert.match(problems, /welcome.from 0 is not hello.version 1/);
+  assert.match(problems, /welcome.version 5/);
+  assert.match(events(s.receive(welcome({ doc: 'a' }), 0), 'problem')[0].text, /second welcome/);
+});
+
+test('peers come with the welcome and are cleared when the connection ends', () => {
+  const peer = { type: 'presence', session: 'p', user: { name: 'P', color: '#000' }, version: 2, ranges: [{ anchor: 1, head: 1 }] };
+  const [s, step] = welcomed({ doc: 'ab', version: 2, peers: [peer] });
+  assert.deepEqual(events(step, 'peer')[0].ranges, [{ anchor: 1, head: 1 }]);
+  assert.deepEqual(events(s.closed(1006, '', 0), 'peers-cleared'), [{ type: 'peers-cleared' }]);
+  assert.deepEqual(events(s.disconnected(), 'peers-cleared'), []);
+});
+
+test('unknown and non-JSON frames are problems', () => {
+  const [s] = welcomed();
+  assert.equal(events(s.receive('nope', 0), 'problem').length, 1);
+  assert.equal(events(s.receive('{"type":"surprise"}', 0), 'problem').length, 1);
+  assert.equal(events(s.receive(Buffer.from('{}'), 0), 'problem').length, 1);
+  assert.ok(s.welcomed);
+});
+
+test('ChangeSets stay one class: what the core returns is what core.js exports', () => {
+  const [s] = welcomed({ doc: 'a', version: 0 });
+  edit(s, { from: 1, insert: 'b' });
+  assert.ok(s.unconfirmed[0].changes instanceof ChangeSet);
+});
