@@ -139,7 +139,7 @@ def _author(body: dict) -> str:
     who = body.get("author", "someone")
     if type(who) is not str or len(who) > protocol.MAX_NAME:
         raise ProtocolError("bad-request", f"author must be a string of at most {protocol.MAX_NAME} characters")
-    return who.strip() or "someone"
+    return protocol.clean_name(who, "someone")
 
 
 def doc_name(request: web.Request) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import status, ws
+from . import resources, status, ws
 from .access import Access
 from .api import Api, error_middleware, security_headers, token_of
 from .metrics import Metrics
@@ -51,12 +51,11 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(storage)
     app.on_shutdown.append(on_shutdown)
-    api = Api(store, rooms, Path(settings.static_dir))
+    static = Path(settings.static_dir) if settings.static_dir else resources.static_dir()
+    api = Api(store, rooms, static)
     app.router.add_routes(api.routes())
     app.router.add_get("/ws/{doc}", ws_route)
     app.router.add_routes(status.routes(metrics, lambda request: rooms.access.require(token_of(request), "admin"),
                                         heartbeat=settings.heartbeat))
-    dist = Path(settings.static_dir) / "dist"
-    dist.mkdir(parents=True, exist_ok=True)
-    app.router.add_static("/static", dist)
+    app.router.add_static("/static", static / "dist")
     return app

@@ -65,8 +65,9 @@ CODES: dict[str, Code] = {c.name: c for c in (
     Code("forbidden", 403, CLOSE_POLICY, True, "the token does not give this access (or was revoked)"),
     Code("not-found", 404, None, True, "no such document, version or page"),
     Code("conflict", 409, None, True, "the name is taken"),
-    Code("unavailable", 503, CLOSE_INTERNAL, False, "the server cannot save or load this right now "
-                                                    "(storage failed, the document is reloading); try again"),
+    Code("unavailable", 503, None, False, "the server cannot take this right now (storage failed or "
+                                          "is nearly full, the document is reloading, the server is busy); "
+                                          "try again later"),
     Code("internal", 500, CLOSE_INTERNAL, False, "a bug on the server's side"),
 )}
 
@@ -113,10 +114,11 @@ class ProtocolError(CollabError):
 
 
 class ServerError(CollabError):
-    """We cannot do it right now: storage failed or the document is reloading (try again).
+    """We cannot do it right now: storage failed or is nearly full, the document is reloading (try again).
 
-    Over WebSocket it always ends the connection (1011) so the client reconnects
-    and resumes from what is durable.
+    `close` ends the WebSocket too (1011 when the document must be reloaded, so
+    the client reconnects and resumes from what is durable); without it the
+    connection stays open and the client retries the refused push later.
     """
 
     def __init__(self, message: str, code: str = "unavailable", close: int | None = None):

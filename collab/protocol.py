@@ -9,6 +9,7 @@ Frames are built as bytes once and sent as-is to every connection.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import orjson
@@ -56,6 +57,18 @@ def doc_name(name: str) -> str:
     return name
 
 
+def clean_name(raw: str, default: str) -> str:
+    """A person's name as shown to others: NFC, no control or format characters, spaces collapsed.
+
+    Format characters (Unicode category Cf) include bidirectional overrides
+    and zero-width characters, which could make a name look like another or
+    reverse the text around it; control characters (Cc) include line breaks.
+    """
+    text = unicodedata.normalize("NFC", raw)
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf"))
+    return " ".join(text.split()) or default
+
+
 def _is_count(value) -> bool:
     return type(value) is int and value >= 0
 
@@ -100,7 +113,7 @@ def _hello(msg: dict) -> Hello:
     if type(color) is not str or not _COLOR.fullmatch(color):
         raise ProtocolError("bad-message", "hello.user.color must be a hex colour like #3366ff",
                             close=CLOSE_PROTOCOL)
-    return Hello(client_id, version, {"name": name.strip() or DEFAULT_USER["name"], "color": color})
+    return Hello(client_id, version, {"name": clean_name(name, DEFAULT_USER["name"]), "color": color})
 
 
 def _version_and_list(msg: dict, kind: str, field: str, shape: str, limit: int) -> tuple[int, list]:
@@ -131,6 +144,9 @@ def _push(msg: dict, max_updates: int) -> Push:
             changes = ChangeSet.from_json(item["changes"]).normalized()
         except ChangeError as exc:
             raise ChangeError(f"push.updates[{k}].changes: {exc.message}") from None
+        if any("\x00" in text for text in changes.inserted):
+            # PostgreSQL's text cannot hold U+0000; refused here so both backends store the same.
+            raise ChangeError(f"push.updates[{k}].changes: inserted text may not contain U+0000")
         updates.append(Update(client_id, changes))
     return Push(version, updates)
 

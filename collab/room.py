@@ -32,7 +32,8 @@ from typing import Callable, Protocol
 
 from . import protocol
 from .access import Access
-from .errors import (CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_REPLACED, ProtocolError, ServerError)
+from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_REPLACED, ProtocolError,
+                     ServerError)
 from .history import diff_changes
 from .metrics import Metrics
 from .rebase import Update
@@ -113,7 +114,7 @@ class Room:
         if want is not None and want < self.seq.log_from:
             history = await self.store.updates(self.doc_id, want, self.seq.log_from)
         if self.broken:
-            raise ServerError("the document is being reloaded; reconnect")
+            raise ServerError("the document is being reloaded; reconnect", close=CLOSE_INTERNAL)
         if self.deleted:
             raise ProtocolError("not-found", f"document {self.name!r} was deleted")
         # From here to the end: no await, so no broadcast (or reset) can slip
@@ -278,9 +279,8 @@ class Room:
         self.broken = True
         self._wake_durable(ServerError("the document could not be saved"))
         self.rooms.forget(self)
-        error = ServerError("storage error; reconnect")
         for m in list(self.members.values()):
-            m.conn.close(error.close, error.message)
+            m.conn.close(CLOSE_INTERNAL, "storage error; reconnect")
         self.members.clear()
         self.by_client.clear()
 

@@ -135,7 +135,7 @@ class Sequencer:
             raise ChangeError("re-pushed updates do not match the updates accepted from this client")
         if self.max_length is not None:
             final = rebased[-1].changes.new_length if rebased else self.text.length
-            if final > self.max_length:
+            if final > self.max_length and final > self.text.length:  # shrinking is always allowed
                 raise ProtocolError("too-large", f"the document would grow to {final} characters, "
                                     f"over the limit of {self.max_length}")
         inverses = self._apply_all(rebased)

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import resources
 
 
 def _opt(default, help: str, **meta):
@@ -43,7 +42,8 @@ class Settings:
                                     "sent to peers (faster ones are coalesced)")
     send_buffer: int = _opt(8 << 20, "bytes queued for a connection that does not read before it is "
                             "closed (it resumes from its version when it reconnects)")
-    static_dir: str = _opt(str(resources.static_dir()), "folder with index.html, editor.html and dist/")
+    static_dir: str = _opt("", "folder with index.html, editor.html and dist/ (default: the pages "
+                           "installed with collab)")
     log_json: bool = _opt(False, "log JSON lines instead of plain text")
     secret: str = _opt("", "secret that signs access tokens; with it (or --secret-file) access control is on, "
                        "without it the server is a personal instance on 127.0.0.1 only")

@@ -108,6 +108,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
                      peer.role, remote)
             await _serve(ws, peer, member, settings)
     except CollabError as exc:
+        if member is None and exc.close is None:  # refused at hello: the connection has nothing to do
+            exc.close = CODES[exc.code].close or CLOSE_PROTOCOL
         refuse(peer, exc, name, metrics)
     except asyncio.CancelledError:
         raise

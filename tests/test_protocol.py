@@ -41,6 +41,10 @@ CASES = [
     (with_(HELLO, user=DROP), ("hello", "c1", None, protocol.DEFAULT_USER)),
     (with_(HELLO, user={"name": "  ", "color": "#112233"}), ("hello", "c1", None,
                                                              {"name": "Anonymous", "color": "#112233"})),
+    (with_(HELLO, user={"name": "Ann\u202e\u200bevil\n", "color": "#abc"}),  # bidi override, zero width
+     ("hello", "c1", None, {"name": "Annevil", "color": "#abc"})),
+    (with_(HELLO, user={"name": "Cafe\u0301   au  lait", "color": "#abc"}),  # NFC, spaces collapsed
+     ("hello", "c1", None, {"name": "Caf\u00e9 au lait", "color": "#abc"})),
     (with_(HELLO, clientID=""), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID="x" * 129), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID=5), ("bad-message", CLOSE_PROTOCOL)),
@@ -64,6 +68,8 @@ CASES = [
     (b'{"type":"push","version":0,"updates":[{"clientID":"c1"}]}', ("bad-message", None)),
     (b'{"type":"push","version":0,"updates":[{"clientID":"c1","changes":[[0,"a\\nb"]]}]}', ("bad-changes", None)),
     (b'{"type":"push","version":0,"updates":[{"clientID":"c1","changes":[-1]}]}', ("bad-changes", None)),
+    (b'{"type":"push","version":0,"updates":[{"clientID":"c1","changes":[[0,"a\\u0000b"]]}]}',
+     ("bad-changes", None)),  # U+0000: PostgreSQL text cannot hold it, so neither backend takes it
     (b'{"type":"push","version":0,"updates":[{"clientID":"c1","changes":{}}]}', ("bad-changes", None)),
     (orjson.dumps({"type": "push", "version": 0, "updates": [{"clientID": "c", "changes": []}] * 3}),
      ("too-large", None)),  # max_updates is 2 in this table

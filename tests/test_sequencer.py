@@ -128,3 +128,15 @@ def test_presence_ranges_follow_the_text():
     s.take_pending()
     s.committed(3)
     assert s.map_ranges([(0, 0)], 3, 3) == [(0, 0)]
+
+
+def test_a_document_over_a_lowered_limit_can_still_shrink():
+    """--max-doc lowered below a document's size: deletions go through, growth does not."""
+    seq = Sequencer("x" * 10, 3, max_length=5)
+    accepted = seq.push("c", 3, [Update("c", ChangeSet.from_json([[4], 6]))], "a", 0.0)
+    assert [e.version for e in accepted] == [4] and seq.text.length == 6
+    with pytest.raises(ProtocolError) as err:
+        seq.push("c", 4, [Update("c", ChangeSet.from_json([[1, "yy"], 5]))], "a", 0.0)
+    assert err.value.code == "too-large"
+    seq.push("c", 4, [Update("c", ChangeSet.from_json([[2, "y"], 4]))], "a", 0.0)  # 6 -> 5: fine
+    assert str(seq.text) == "yxxxx"
