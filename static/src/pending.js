@@ -2,12 +2,14 @@
 // closed tab or a crash, and are pushed the next time the document is opened.
 //
 // Per document and per client ID (one tab = one client ID) two keys:
-//   collab:pending:<doc>:<clientID>  {clientID, version, updates: [ChangeSetJSON], savedAt}
+//   collab:pending:<doc>:<clientID>  {clientID, version, updates: [ChangeSetJSON], savedAt, resumeKey}
 //   collab:base:<doc>:<clientID>     {version, text}: the text at `version`
 // `updates` are the tab's unconfirmed updates, oldest first, based on
 // `version`.  They are re-pushed with the same client ID, so the server's
 // de-duplication (rebaseUpdates skips updates of that client it already
-// accepted) makes a re-push of already-accepted edits harmless.
+// accepted) makes a re-push of already-accepted edits harmless.  `resumeKey`
+// (from the server's last welcome to that client ID, when it gave one) lets
+// the page that adopts the record prove the client ID is its own.
 //
 // A record belongs to the live tab that writes it.  Another page may adopt a
 // record only when that tab is gone: with the Web Locks API (secure contexts,
@@ -124,7 +126,7 @@ export class PendingStore {
   }
 
   /** Store the unconfirmed updates (ChangeSets) based on `version`, whose text is `baseText()`. */
-  save(version, updates, baseText) {
+  save(version, updates, baseText, resumeKey = null) {
     const id = this.clientID;
     if (!id) return;
     try {
@@ -140,6 +142,7 @@ export class PendingStore {
         localStorage.setItem(this.pendingKey(id), JSON.stringify({
           clientID: id, version, savedAt: Date.now(),
           updates: updates.map((u) => u.changes.toJSON()),
+          ...(typeof resumeKey === "string" ? { resumeKey } : {}),
         }));
       }
       this.lastError = null;

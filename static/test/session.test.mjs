@@ -339,3 +339,26 @@ test('ChangeSets stay one class: what the core returns is what core.js exports',
   edit(s, { from: 1, insert: 'b' });
   assert.ok(s.unconfirmed[0].changes instanceof ChangeSet);
 });
+
+test('every hello carries the resumeKey of the last welcome (or of a restored record)', () => {
+  const [s] = welcomed({ doc: 'a', version: 1, resumeKey: 'k1' });
+  s.closed(1006, '', 0);
+  assert.equal(s.opened(0).send[0].resumeKey, 'k1');
+  s.receive(resumeWelcome(1, [], { resumeKey: 'k2' }), 0);
+  s.closed(1001, '', 0);
+  assert.equal(s.opened(0).send[0].resumeKey, 'k2');
+  const fresh = new Session({ clientID: 'B' });
+  assert.equal('resumeKey' in fresh.opened(0).send[0], false, 'no key: no field');
+  const restored = new Session({ clientID: 'T', restore: { version: 0, base: '', updates: [[[0, 'x']]], resumeKey: 'kt' } });
+  assert.equal(restored.opened(0).send[0].resumeKey, 'kt');
+  assert.match(events(restored.receive(welcome({ resumeKey: 5 }), 0), 'problem')[0].text, /resumeKey/);
+});
+
+test('a presences frame (one per tick, for everyone) moves each peer and skips our own cursor', () => {
+  const [s] = welcomed({ doc: 'abcdef', version: 0, session: 'me' });
+  const peer = (session, anchor) => ({ type: 'presence', session, user: { name: session, color: '#000' }, version: 0, ranges: [{ anchor, head: anchor }] });
+  const step = s.receive(JSON.stringify({ type: 'presences', peers: [peer('p', 1), peer('me', 2), peer('q', 3)] }), 0);
+  assert.deepEqual(events(step, 'peer').map((e) => [e.session, e.ranges[0].anchor]), [['p', 1], ['q', 3]]);
+  assert.deepEqual(events(step, 'problem'), []);
+  assert.equal(events(s.receive(JSON.stringify({ type: 'presences', peers: [{}] }), 0), 'problem').length, 1);
+});

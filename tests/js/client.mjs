@@ -167,6 +167,7 @@ export class CollabClient {
    * @param {boolean} [o.autoReconnect] reconnect (as the core says) when the server or network closes the socket
    * @param {number} [o.maxPushUpdates] cap on updates per push frame, below the server's maxUpdates
    * @param {function} [o.onUpdates] (client, from, updates, nowMs) after updates are applied
+   * @param {boolean} [o.presence] send our selection as the browser does (default true)
    */
   constructor(o) {
     this.url = o.url;
@@ -180,6 +181,7 @@ export class CollabClient {
     this.debug = o.debug ?? Boolean(process.env.COLLAB_CLIENT_DEBUG);
     this.core = new Session({
       clientID: o.clientID, user: this.user, random: this.rng, maxPushUpdates: o.maxPushUpdates,
+      presence: o.presence ?? true,
       extensions: [EditorState.allowMultipleSelections.of(true)],
       // A test wants a quick comeback; the browser waits longer (the core's defaults).
       backoff: { base: 20, max: 500, soon: 10, soonJitter: 20 },

@@ -2,7 +2,8 @@
 //
 // Modes (each prints one JSON object on stdout and exits by itself):
 //   typing     N full @codemirror/collab clients typing R edits/s each into one doc;
-//              edit-to-peer latency percentiles.
+//              edit-to-peer latency percentiles. Without presence frames unless
+//              --presence on (the editor sends its caret after edits and acks).
 //   throughput N lightweight clients, each pushing one single-edit update and the next
 //              right after its ack; accepted updates/s and server CPU per 1,000 updates.
 //   idle       C connections over D documents that say hello and then sit idle;
@@ -81,7 +82,7 @@ async function typing(a) {
   const clients = [];
   for (let i = 0; i < n; i++) {
     const c = new CollabClient({ url: a.url, doc, clientID: `typist-${i}`, rng: makeRng(Math.floor(rng() * 2 ** 32)),
-      record: false, autoReconnect: false, onUpdates });
+      record: false, autoReconnect: false, onUpdates, presence: a.presence === 'on' });
     c.editTimes = [];
     c.seenFrom = new Map();
     c.measureFrom = Infinity;
@@ -381,7 +382,7 @@ async function trace(a) {
   // list is copied on every local edit, so it must stay short).
   const maxPending = Number(a['max-pending'] ?? 2 * maxPush);
   let wake = null;
-  const c = new CollabClient({ url: a.url, doc, clientID: 'trace-replayer', record: false, autoReconnect: false,
+  const c = new CollabClient({ url: a.url, doc, clientID: 'trace-replayer', record: false, autoReconnect: false, presence: false,
     maxPushUpdates: maxPush, onUpdates: () => { if (wake) { const w = wake; wake = null; w(); } } });
   await c.start();
   if (data.startContent) c.edit({ from: 0, insert: data.startContent });

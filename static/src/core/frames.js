@@ -11,7 +11,10 @@
 
 export const SUBPROTOCOL = "collab.v1";
 
-export const hello = (clientID, version, user) => ({ type: "hello", clientID, version, user });
+/** `resumeKey` (from our last welcome) proves to the server that we are the client that used `clientID` before. */
+export const hello = (clientID, version, user, resumeKey = null) => (typeof resumeKey === "string"
+  ? { type: "hello", clientID, version, user, resumeKey }
+  : { type: "hello", clientID, version, user });
 export const push = (version, updates) => ({ type: "push", version, updates });
 export const presence = (version, ranges) => ({ type: "presence", version, ranges });
 
@@ -71,6 +74,7 @@ const CHECKS = {
       need(isObject(p), "welcome", `peers[${i}] must be a presence object`);
       checkPresence(p, "welcome.peers");
     });
+    need(m.resumeKey === undefined || typeof m.resumeKey === "string", "welcome", "resumeKey must be a string");
     if (m.limits !== undefined) {
       need(isObject(m.limits), "welcome", "limits must be an object");
       for (const [k, v] of Object.entries(m.limits)) {
@@ -87,6 +91,14 @@ const CHECKS = {
     checkUpdates(m.updates, "updates");
   },
   presence: (m) => checkPresence(m),
+  // [extension] the cursors that moved in one tick, one frame for every connection (ours included).
+  presences(m) {
+    need(Array.isArray(m.peers), "presences", "peers must be a list");
+    m.peers.forEach((p, i) => {
+      need(isObject(p), "presences", `peers[${i}] must be a presence object`);
+      checkPresence(p, "presences.peers");
+    });
+  },
   leave(m) {
     need(typeof m.session === "string", "leave", "session must be a string");
   },

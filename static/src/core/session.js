@@ -18,6 +18,8 @@
 //  - The updates of one frame go through one receiveUpdates call, as with a
 //    stock @codemirror/collab client: the server rebases a push over what the
 //    connection received frame by frame, and mapping depends on grouping.
+//  - Every hello carries the resumeKey of the last welcome (when the server
+//    gave one): the proof that this clientID is ours.
 //  - At most one push is in flight, split to the server's limits (limits.js).
 //    It is acknowledged when that many of our own updates came back; a
 //    closed connection drops it, and after the next welcome everything still
@@ -100,7 +102,9 @@ export class Session {
    * (only lengths matter for that) instead of asking for the whole text;
    * presence (default true): send our selection; presenceInterval (ms);
    * backoff {base, max, soon, soonJitter} and pushRetry {base, max} (ms);
-   * maxPushUpdates (a cap below the server's); random () => [0, 1).
+   * maxPushUpdates (a cap below the server's); random () => [0, 1);
+   * resumeKey: the key of an earlier welcome for this clientID (a restored
+   * record's, else this one), sent with every hello.
    */
   constructor(o) {
     this.clientID = String(o.clientID);
@@ -123,6 +127,7 @@ export class Session {
     this.phase = "closed"; // "closed" | "hello" (sent, no welcome yet) | "open" (welcomed)
     this.helloVersion = null;
     this.sessionId = null; // ours, from the welcome
+    this.resumeKey = o.resumeKey ?? (o.restore && o.restore.resumeKey) ?? null; // proof that clientID is ours
     this.role = null;
     this.inflight = 0;
     this.pushFailures = 0;
@@ -163,7 +168,7 @@ export class Session {
     this.phase = "hello";
     this.inflight = 0;
     this.helloVersion = this.needFullDoc || !this.state ? null : this.version;
-    step.send.push(hello(this.clientID, this.helloVersion, this.user));
+    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey));
     return step;
   }
 
@@ -196,6 +201,11 @@ export class Session {
         this.stats.presenceReceived++;
         if (this.phase !== "open") this.problem(step, "a presence frame before the welcome");
         else this.onPresence(m, step);
+        break;
+      case "presences": // one frame for every connection: our own cursor may be in it
+        this.stats.presenceReceived += m.peers.length;
+        if (this.phase !== "open") this.problem(step, "a presences frame before the welcome");
+        else for (const p of m.peers) if (p.session !== this.sessionId) this.onPresence(p, step);
         break;
       case "leave":
         this.stats.leaves++;
@@ -283,6 +293,7 @@ export class Session {
     }
     this.limits = resolveLimits(m.limits, this.pageLimits);
     this.sessionId = m.session;
+    if (typeof m.resumeKey === "string") this.resumeKey = m.resumeKey;
     if (m.role !== this.role) {
       this.role = m.role; // before a new state is made: its extensions may depend on it
       step.events.push({ type: "role", role: m.role });
