@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from . import protocol
+from . import httpguard, protocol
 from .errors import CollabError, ProtocolError, ServerError, brief
 from .room import Rooms
 from .storage import NameTaken, Storage, VersionCompacted
@@ -301,19 +301,23 @@ class Api:
     async def restore(self, request: web.Request) -> web.Response:
         """One ordinary update turning the current text into the text at `version` (a minimal diff)."""
         info = await self._doc(request, "edit")
+        httpguard.limit_writes(request, token_of(request))
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
         new_version = await self.rooms.restore(info["name"], version, _author(body))
         return json_response({"version": new_version})
 
     async def fork(self, request: web.Request) -> web.Response:
-        info = await self._doc(request, "edit")
+        """A new document from a version of this one: creating, so the admin's (like POST /api/docs)."""
+        info = await self._doc(request, "admin")
+        httpguard.limit_writes(request, token_of(request))
         name = info["name"]
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", info["version"], 0, info["version"])
         new_name = await self._new_name(body)
         text = await self.rooms.text_at(info, version)
-        await self._create(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
+        async with httpguard.one_more_document(request, self.store):
+            await self._create(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
         return json_response({"name": new_name, **await self._links(new_name)}, status=201)
 
     # ---------------------------------------------------- access management
@@ -331,15 +335,16 @@ class Api:
         return json_response(await self._links(info["name"]) or {"links": None})
 
     async def reset_links(self, request: web.Request) -> web.Response:
-        """New salt: every old edit and view link stops working; their sessions are closed (1008)."""
-        info = await self._doc(request, "edit")
+        """New salt: every old edit and view link stops working; their sessions are closed (1008). The admin's."""
+        info = await self._doc(request, "admin")
         await self.rooms.reset_links(info["name"])
         return json_response(await self._links(info["name"]) or {"links": None})
 
     async def create_doc(self, request: web.Request) -> web.Response:
         await self.allow(request, "admin")
         name = await self._new_name(await _json_body(request))
-        await self._create(name)
+        async with httpguard.one_more_document(request, self.store):
+            await self._create(name)
         return json_response({"name": name, **await self._links(name)}, status=201)
 
     async def delete_doc(self, request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import resources, status, ws
+from . import httpguard, resources, status, ws
 from .access import Access
 from .api import Api, error_middleware, security_headers, token_of
 from .metrics import Metrics
@@ -26,9 +26,12 @@ ADMISSION = web.AppKey("admission", ws.Admission)
 
 def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
-    app = web.Application(middlewares=[security_headers, error_middleware(metrics.errors)],
+    # The guard runs inside error_middleware, so its refusals get the one error shape.
+    guard = httpguard.middleware(settings, access_control=settings.load_secret() is not None)
+    app = web.Application(middlewares=[security_headers, error_middleware(metrics.errors), guard],
                           client_max_size=settings.max_frame)
     app[SETTINGS] = settings
+    httpguard.install(app, settings)
     store = Store(settings.db, synchronous=settings.sync.upper(), snapshot_every=settings.snapshot_every,
                   keep=settings.keep_updates, exclusive=True)
     rooms = Rooms(settings, store, metrics, Access(settings.load_secret()))
@@ -56,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(api.routes())
     app.router.add_get("/ws/{doc}", ws_route)
     app.router.add_routes(status.routes(metrics, lambda request: rooms.access.require(token_of(request), "admin"),
-                                        heartbeat=settings.heartbeat))
+                                        heartbeat=settings.heartbeat, origin_ok=httpguard.origin_check(settings),
+                                        max_sockets=settings.max_status_conns))
     app.router.add_static("/static", static / "dist")
     return app

@@ -23,6 +23,8 @@ def _logging(settings: Settings) -> None:
     else:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from .httpguard import install_flood_filters
+    install_flood_filters()  # out of file descriptors or under attack: one line a minute, not a flood
 
 
 def tls_context(settings: Settings):
@@ -40,7 +42,7 @@ def tls_context(settings: Settings):
 
 
 def serve(settings: Settings) -> None:
-    from aiohttp import web
+    import asyncio
 
     from .app import create_app
     from .access import Access
@@ -54,16 +56,92 @@ def serve(settings: Settings) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"{'https' if ssl_context else 'http'}://{host}:{settings.port}"
 
-    def announce(_):
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # a setting only the app can check (--allow-host)
+        raise SystemExit(f"collab: {exc}") from None
+
+    def announce():
         print(f"collab: listening on {url}", flush=True)
         if secret is not None:
-            # On the console only (never in the logs): the way in for whoever started the server.
+            # Never in the logs (stdout may be the journal): in a file only this user can read, and
+            # on the console when there is one.
             shown = url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
-            print(f"collab: access control is on; admin link: {shown}/?token={Access(secret).admin_token()}",
-                  flush=True)
+            link = f"{shown}/?token={Access(secret).admin_token()}"
+            path = admin_link_file(settings)
+            try:
+                write_private(path, link + "\n")
+                print(f"collab: access control is on; the admin link is in {path} (readable by this user only)",
+                      flush=True)
+            except OSError as exc:
+                print(f"collab: access control is on; cannot write the admin link to {path}: {exc.strerror}",
+                      flush=True)
+            if sys.stdout.isatty():
+                print(f"collab: admin link: {link}", flush=True)
 
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, shutdown_timeout=10,
-                ssl_context=ssl_context, print=announce, access_log=None)
+    asyncio.run(_listen(app, settings, ssl_context, announce))
+
+
+async def _listen(app, settings: Settings, ssl_context, announce) -> None:
+    """Serve `app` until SIGINT or SIGTERM, then shut down gracefully (what web.run_app does), through
+    httpguard.Listener: the connection cap and the request-head deadline."""
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    from . import httpguard
+    log = logging.getLogger("collab")
+    soft = httpguard.raise_open_file_limit(settings.max_connections)
+    if settings.max_connections and soft < settings.max_connections + httpguard.FILES_BESIDES_CONNECTIONS:
+        log.warning("the open-file limit is %d, too low for --max-connections %d: connections beyond about %d "
+                    "will fail (raise it: ulimit -n, or LimitNOFILE= in the systemd unit)", soft,
+                    settings.max_connections, max(0, soft - httpguard.FILES_BESIDES_CONNECTIONS))
+    timeout = settings.header_timeout
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10,
+                           **({"keepalive_timeout": timeout} if timeout else {}))
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    listener = httpguard.Listener(runner.server, timeout, settings.max_connections)
+    tls = {"ssl": ssl_context, "ssl_handshake_timeout": timeout or None} if ssl_context else {}
+    server = await loop.create_server(listener, settings.host, settings.port, backlog=512, **tls)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    announce()
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+def admin_link_file(settings: Settings):
+    """Where the admin link is written: next to the secret file, else next to the database."""
+    from pathlib import Path
+    if settings.secret_file:
+        return Path(settings.secret_file).parent / "admin-link"
+    if "://" not in settings.db:
+        return Path(settings.db).parent / "admin-link"
+    return Path("admin-link")
+
+
+def write_private(path, text: str) -> None:
+    """Write `text` to `path` with mode 0600, replacing it whole (never through a symlink)."""
+    import os
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
 
 
 def is_loopback(host: str) -> bool:

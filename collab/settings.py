@@ -58,6 +58,20 @@ class Settings:
     key: str = _opt("", "TLS private key file (PEM) for --cert")
     trusted_proxy: str = _opt("", "comma-separated addresses of reverse proxies whose "
                               "X-Forwarded-For/-Proto headers are believed")
+    allow_host: str = _opt("", "comma-separated host names served (name, name:port, or * for any) "
+                           "besides 127.0.0.1, localhost and [::1] on the server's port; with access control "
+                           "on and none given, every name is served")
+    header_timeout: float = _opt(15.0, "seconds a client has to send a complete request head (and the body "
+                                 "of a request that changes something); idle keep-alive connections close "
+                                 "after it too; 0: no limit")
+    max_connections: int = _opt(4096, "most open TCP connections, HTTP and WebSocket together (more are "
+                                "answered 503 and closed); 0: no limit")
+    max_status_conns: int = _opt(16, "most /status/ws connections at once")
+    max_documents: int = _opt(10000, "most documents the server keeps: creating or forking more is refused "
+                              "(too-large)")
+    write_rate: float = _opt(30.0, "forks and restores per minute one token, and one client address, may "
+                             "make on average (beyond: 429 rate-limited with Retry-After); 0: no limit")
+    write_burst: int = _opt(10, "forks and restores one token or address may make at once above --write-rate")
     keep_history: int = _opt(0, "for `collab compact`: update rows kept per document "
                              "(older versions stay readable at snapshot granularity); 0 keeps all")
 

@@ -1,4 +1,9 @@
-"""/metrics (Prometheus text) and /status: the same figures live over a WebSocket."""
+"""/metrics (Prometheus text) and /status: the same figures live over a WebSocket.
+
+/status/ws takes the same guard as the pages (the admin, with access control on),
+refuses pages of other sites (`origin_ok`, 403) and holds at most `max_sockets`
+connections at once (429 beyond).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import asyncio
 import orjson
 from aiohttp import WSMsgType, web
 
+from .errors import ProtocolError
 from .metrics import Metrics
 
 STATUS_PAGE = """<!doctype html>
@@ -46,8 +52,11 @@ connect();
 _HEADERS = {"Cache-Control": "no-cache"}
 
 
-def routes(metrics: Metrics, guard, interval: float = 1.0, heartbeat: float = 20.0) -> list[web.RouteDef]:
-    """`guard(request)` raises unless the request may see the figures (the admin, with access control on)."""
+def routes(metrics: Metrics, guard, interval: float = 1.0, heartbeat: float = 20.0,
+           origin_ok=lambda request: True, max_sockets: int = 16) -> list[web.RouteDef]:
+    """`guard(request)` raises unless the request may see the figures (the admin, with access control on);
+    `origin_ok(request)` says whether a WebSocket's page (if any) is one of ours."""
+    sockets = 0
 
     async def metrics_page(request: web.Request) -> web.Response:
         guard(request)
@@ -62,7 +71,19 @@ def routes(metrics: Metrics, guard, interval: float = 1.0, heartbeat: float = 20
         return web.Response(text=STATUS_SCRIPT, content_type="application/javascript", headers=_HEADERS)
 
     async def status_ws(request: web.Request) -> web.WebSocketResponse:
+        nonlocal sockets
         guard(request)
+        if not origin_ok(request):
+            raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
+        if sockets >= max_sockets:
+            raise ProtocolError("rate-limited", f"{max_sockets} status connections are open, the most allowed")
+        sockets += 1
+        try:
+            return await _stream(request)
+        finally:
+            sockets -= 1
+
+    async def _stream(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=heartbeat or None)
         await ws.prepare(request)
 
