@@ -58,9 +58,15 @@ def tls_client_context(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
 
-def site_config(backend_port: int, http_port: int, https_port: int, cert: Path, key: Path) -> str:
-    """docs/nginx-collab.conf with our ports and certificate; each line substituted must occur exactly once."""
+SITE_LOG = "/var/log/nginx/collab.access.log"
+
+
+def site_config(backend_port: int, http_port: int, https_port: int, cert: Path, key: Path, logs: Path) -> str:
+    """docs/nginx-collab.conf with our ports, certificate and log folder; each line substituted must occur
+    exactly once, the site's access log once in each of its two server blocks."""
     text = (DOCS / "nginx-collab.conf").read_text()
+    assert text.count(f"access_log {SITE_LOG} ") == 2, f"both server blocks should log to {SITE_LOG}"
+    text = text.replace(SITE_LOG, str(logs / "collab.access.log"))
     for old, new in [
         ("listen 80;", f"listen 127.0.0.1:{http_port};"),
         ("listen [::]:80;", ""),
@@ -174,9 +180,12 @@ async def hello_through(url: str, doc: str, origin: str | None, ctx: ssl.SSLCont
 
 def test_two_editors_through_nginx_with_tls(tmp_path, node, certificate):
     cert, key = certificate
-    server = ServerProcess(tmp_path / "collab.db", extra_args=["--trusted-proxy", PROXY_ADDRESS])
     http_port, https_port = free_port(), free_port()
-    nginx = Nginx(tmp_path / "nginx", site_config(server.port, http_port, https_port, cert, key))
+    # The browser's Host is nginx's address, not collab's: named with --allow-host as the docs say.
+    server = ServerProcess(tmp_path / "collab.db", extra_args=["--trusted-proxy", PROXY_ADDRESS,
+                                                                "--allow-host", f"127.0.0.1:{https_port}"])
+    nginx = Nginx(tmp_path / "nginx", site_config(server.port, http_port, https_port, cert, key,
+                                                  tmp_path / "nginx" / "logs"))
     try:
         server.start()
         nginx.start(https_port)
@@ -213,7 +222,7 @@ def test_two_editors_through_nginx_with_tls(tmp_path, node, certificate):
         opens = [line for line in server.log().splitlines() if "through-nginx" in line and "open" in line]
         assert opens and all(re.search(r"addr\W+127\.0\.0\.1\b", line) for line in opens), opens[:5]
         assert not any(PROXY_ADDRESS in line for line in opens)
-        assert "through-nginx" in (tmp_path / "nginx" / "logs" / "access.log").read_text()
+        assert "through-nginx" in (tmp_path / "nginx" / "logs" / "collab.access.log").read_text()
     finally:
         nginx.stop()
         server.kill()
@@ -261,6 +270,116 @@ def _start_tls(server: ServerProcess, ctx: ssl.SSLContext, timeout: float = 20) 
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"the TLS server did not become healthy:\n{server.log()}")
+
+
+SECRET = "deploy test secret, long enough to sign"
+
+
+def test_logs_hold_no_token(tmp_path, certificate):
+    """Admin, edit and view tokens go through nginx in query strings; neither nginx's access log nor
+    collab's output holds one (the site logs $uri, not $request)."""
+    from collab.access import Access
+    cert, key = certificate
+    http_port, https_port = free_port(), free_port()
+    server = ServerProcess(tmp_path / "collab.db", extra_args=[
+        "--secret", SECRET, "--trusted-proxy", PROXY_ADDRESS, "--allow-host", f"127.0.0.1:{https_port}"])
+    logs = tmp_path / "nginx" / "logs"
+    nginx = Nginx(tmp_path / "nginx", site_config(server.port, http_port, https_port, cert, key, logs))
+    admin = Access(SECRET.encode()).admin_token()
+    try:
+        server.start()
+        nginx.start(https_port)
+        ctx = tls_client_context(cert)
+        front = f"https://127.0.0.1:{https_port}"
+
+        def call(path: str, body: dict | None = None) -> int:
+            req = urllib.request.Request(front + path, data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"},
+                                         method="GET" if body is None else "POST")
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                    r.read()
+                    return r.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert call(f"/api/docs?token={admin}", {"name": "plans"}) == 201
+        with urllib.request.urlopen(f"{front}/api/docs/plans/links?token={admin}", context=ctx, timeout=10) as r:
+            links = json.loads(r.read())["links"]
+        edit, view = (links[role].split("token=")[1] for role in ("edit", "view"))
+        tokens = {"admin": admin, "edit": edit, "view": view}
+        assert call(f"/?token={admin}") == 200
+        assert call(f"/d/plans?token={edit}") == 200
+        assert call(f"/d/plans?token={view}") == 200
+        assert call(f"/api/docs/plans/history?token={view}") == 200
+        assert call(f"/api/docs/plans/restore?token={edit}", {"version": 0}) == 200
+        assert call(f"/api/docs/plans/restore?token={view}", {"version": 0}) == 403
+        welcome = asyncio.run(hello_through(f"wss://127.0.0.1:{https_port}", f"plans?token={edit}", None, ctx))
+        assert isinstance(welcome, dict) and welcome["type"] == "welcome", welcome
+        opener = urllib.request.build_opener(NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirect:  # port 80 logs too
+            opener.open(f"http://127.0.0.1:{http_port}/d/plans?token={view}", timeout=10)
+        assert redirect.value.code == 301
+    finally:
+        nginx.stop()
+        server.kill()
+    access = (logs / "collab.access.log").read_text()
+    for path in ("GET /d/plans", "POST /api/docs/plans/restore", "GET /ws/plans", "GET /api/docs/plans/links"):
+        assert path in access, f"{path!r} is missing from the access log:\n{access}"
+    logged = {"nginx's access log": access, "collab's output": server.log()}
+    default_log = logs / "access.log"  # nginx.conf's own access_log: the site's replaces it
+    logged["nginx.conf's access log"] = default_log.read_text() if default_log.exists() else ""
+    for where, text in logged.items():
+        assert "token=" not in text, where
+        for role, token in tokens.items():
+            assert token not in text, f"the {role} token is in {where}"
+
+
+def test_admin_link_goes_to_a_private_file_and_only_to_a_terminal(tmp_path):
+    from collab.access import Access
+    secret = tmp_path / "data" / "secret"
+    secret.parent.mkdir()
+    secret.write_text(SECRET + "\n")
+    link_file = secret.parent / "admin-link"
+    link_file.write_text("stale")
+    link_file.chmod(0o644)  # a file left with a looser mode is replaced, not reused
+    admin = Access(SECRET.encode()).admin_token()
+    server = ServerProcess(tmp_path / "collab.db", extra_args=["--secret-file", str(secret)])
+    try:
+        server.start()
+        expected = f"http://127.0.0.1:{server.port}/?token={admin}"
+        assert link_file.read_text() == expected + "\n"
+        assert link_file.stat().st_mode & 0o777 == 0o600
+        output = server.log()
+        assert f"the admin link is in {link_file}" in output, output
+        assert admin not in output  # stdout is a file here (as under systemd): no token in it
+        with urllib.request.urlopen(expected, timeout=10) as r:
+            assert r.status == 200
+    finally:
+        server.kill()
+
+    # On a terminal, the link is printed as well.
+    import pty
+    port = free_port()
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "collab", "serve", "--port", str(port), "--db",
+                             str(tmp_path / "tty.db"), "--secret-file", str(secret)],
+                            cwd=ROOT, stdin=child_fd, stdout=child_fd, stderr=child_fd)
+    os.close(child_fd)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"admin link: " not in seen or not seen.endswith(b"\n"):
+            assert time.monotonic() < deadline and proc.poll() is None, seen.decode(errors="replace")
+            try:
+                seen += os.read(main_fd, 4096)
+            except OSError:
+                break
+    finally:
+        proc.kill()
+        proc.wait(10)
+        os.close(main_fd)
+    assert f"admin link: http://127.0.0.1:{port}/?token={admin}".encode() in seen, seen
 
 
 def test_bad_certificate_is_a_clear_startup_error(tmp_path):
