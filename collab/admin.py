@@ -1,16 +1,22 @@
-"""Admin commands: `collab backup | export | import | compact | docs`.
+"""Admin commands: `collab backup | export | import | compact | docs | copy`.
 
 What lives here: maintenance a person runs from a shell, next to a running
 server or instead of one. Each command is a function `(settings, ...) -> exit
 status` that prints one line per thing worth knowing; `cli.py` only parses.
 
 Rules that always hold:
-  * the server may be running. Everything here goes through SQLite's own
-    locking: in WAL mode readers never block the server's writer, and the few
-    writes here are short transactions that wait at most `busy_timeout` for it;
-  * everything goes through the store's interface (storage.py): no SQL here;
+  * the server may be running. On SQLite everything goes through SQLite's own
+    locking (in WAL mode readers never block the server's writer, and the few
+    writes here are short transactions that wait at most `busy_timeout` for
+    it); on PostgreSQL, through its transactions and the store's row locks;
+  * everything goes through the store's interface (storage.py): no SQL here,
+    and the same command works on either backend;
   * nothing here makes a database by accident: every command but `import`
-    refuses a --db that does not exist;
+    (and the target of `copy`) refuses a --db that does not exist, a SQLite
+    file or a PostgreSQL database alike (collab never creates PostgreSQL
+    databases: `createdb` does);
+  * a database is named by `storage.describe`: a URL's password never
+    appears in what a command prints;
   * a failure leaves what was there before: backups and exported files appear
     under their final names only once complete (written aside, then renamed).
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sqlite3
 import sys
 import time
@@ -27,10 +34,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-from . import protocol
+from . import protocol, transfer
 from .changes import utf16_len
 from .settings import Settings
-from .store import Store
+from .storage import StorageUnavailable, database_exists, describe, is_postgres, store_at, store_for
 
 
 class AdminError(Exception):
@@ -45,18 +52,26 @@ def _warn(message: str) -> None:
     print(f"collab: {message}", file=sys.stderr, flush=True)
 
 
-def _existing_db(settings: Settings) -> Path:
-    path = Path(settings.db)
-    if not path.is_file():
-        raise AdminError(f"no database at {path} (give --db or COLLAB_DB)")
-    return path
+def _require_database(db: str) -> None:
+    """Raise AdminError unless the database `db` exists (a SQLite file, a PostgreSQL database)."""
+    try:
+        there = database_exists(db)
+    except StorageUnavailable as exc:
+        raise AdminError(str(exc)) from None
+    if not there:
+        hint = "create it first (createdb), " if is_postgres(db) else ""
+        raise AdminError(f"no database at {describe(db)} ({hint}give --db or COLLAB_DB)")
+
+
+def _existing_db(settings: Settings) -> str:
+    _require_database(settings.db)
+    return describe(settings.db)
 
 
 @asynccontextmanager
 async def _store(settings: Settings):
-    """An open Store on settings.db (pending migrations are applied, as `serve` would)."""
-    store = Store(settings.db, synchronous=settings.sync.upper(), snapshot_every=settings.snapshot_every,
-                  keep=0)
+    """An open store on settings.db (pending migrations are applied, as `serve` would)."""
+    store = store_for(settings, keep=0)
     await store.open()
     try:
         yield store
@@ -87,18 +102,20 @@ def _fsync_dir(path: Path) -> None:
 # ------------------------------------------------------------------ backup
 
 def backup(settings: Settings, dest: str, force: bool = False) -> int:
-    """A consistent copy of the whole database, taken online with SQLite's backup API.
+    """A consistent copy of the whole database in one SQLite file, taken online.
 
-    The copy is one step of `sqlite3_backup`, which reads every page inside
-    one read transaction: it is the database exactly as of one commit, even
-    while the server keeps committing (in WAL mode the server is not blocked).
-    The copy is written next to FILE, checked with `PRAGMA integrity_check`,
-    switched to an ordinary rollback journal (one self-contained file), and
-    only then renamed to FILE.
+    SQLite: one step of `sqlite3_backup`, which reads every page inside one
+    read transaction. PostgreSQL: every row read inside one REPEATABLE READ
+    transaction and written into a new SQLite database (pg_dump makes
+    PostgreSQL's own backups). Either way the copy is the database exactly as
+    of one commit, even while the server keeps committing, and `collab serve
+    --db FILE` serves it. The copy is written next to FILE, checked with
+    `PRAGMA integrity_check`, switched to an ordinary rollback journal (one
+    self-contained file), and only then renamed to FILE.
     """
-    src_path = _existing_db(settings)
+    src_name = _existing_db(settings)
     dest_path = Path(dest)
-    if dest_path.resolve() == src_path.resolve():
+    if not is_postgres(settings.db) and dest_path.resolve() == Path(settings.db).resolve():
         raise AdminError(f"the backup file {dest_path} is the database itself")
     if dest_path.exists() and not force:
         raise AdminError(f"{dest_path} exists; pass --force to replace it")
@@ -112,11 +129,11 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
             os.fsync(f.fileno())
         os.replace(tmp, dest_path)
         _fsync_dir(dest_path.parent)
-    except (sqlite3.Error, RuntimeError) as exc:
-        raise AdminError(f"backup of {src_path} failed: {exc}") from None
+    except (sqlite3.Error, RuntimeError, OSError, ValueError) as exc:
+        raise AdminError(f"backup of {src_name} failed: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    _say(f"backed up {src_path} to {dest_path} in {time.monotonic() - started:.1f}s: {documents} documents, "
+    _say(f"backed up {src_name} to {dest_path} in {time.monotonic() - started:.1f}s: {documents} documents, "
          f"{updates} updates in total, {dest_path.stat().st_size} bytes, integrity ok")
     return 0
 
@@ -175,7 +192,7 @@ def import_(settings: Settings, directory: str) -> int:
         _warn(f"skipped {name}: only name.txt files are imported")
     for line in refused:
         _warn(f"refused {line}")
-    _say(f"imported {len(created)} documents from {src} into {settings.db}"
+    _say(f"imported {len(created)} documents from {src} into {describe(settings.db)}"
          + (f"; refused {len(refused)} (see above)" if refused else ""))
     return 1 if refused else 0
 
@@ -190,6 +207,8 @@ def _read_document_file(path: Path, max_doc: int) -> str:
     except UnicodeDecodeError as exc:
         raise AdminError(f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x00" in text:
+        raise AdminError(f"{path.name}: holds U+0000 (a NUL character), which a document may not hold")
     if utf16_len(text) > max_doc:
         raise AdminError(f"{path.name}: {utf16_len(text)} characters is more than --max-doc {max_doc}")
     return text
@@ -278,7 +297,7 @@ def docs(settings: Settings) -> int:
     _existing_db(settings)
     entries = asyncio.run(_list(settings))
     if not entries:
-        _say(f"{settings.db}: no documents")
+        _say(f"{describe(settings.db)}: no documents")
         return 0
     width = max(4, *(len(e["name"]) for e in entries))
     print(f"{'name':<{width}}  {'version':>9}  {'length':>10}  updated (UTC)")
@@ -291,3 +310,69 @@ def docs(settings: Settings) -> int:
 async def _list(settings: Settings) -> list[dict]:
     async with _store(settings) as store:
         return await store.list_documents()
+
+
+# -------------------------------------------------------------------- copy
+
+def copy(settings: Settings, source: str, target: str) -> int:
+    """Copy every document, whole, from database SOURCE into the empty database TARGET, then check it.
+
+    Each of SOURCE and TARGET is a SQLite file or a PostgreSQL URL, so an
+    install moves from one backend to the other. Everything a document is
+    goes across: its update log (whole history, authors and times), its
+    snapshots and authorship cache, and its share-link salt, so links made
+    before the move keep working. SOURCE is read from one consistent moment
+    (a server may go on running on it; what it commits after that moment is
+    not copied). TARGET must hold no document (a SQLite file is created if
+    missing; a PostgreSQL database must exist). Afterwards every document's
+    version, salt, newest history and current text, and a sample of older
+    versions, are read back from both and compared.
+    """
+    if describe(source) == describe(target) and (is_postgres(source)
+                                                 or Path(source).resolve() == Path(target).resolve()):
+        raise AdminError("SOURCE and TARGET are the same database")
+    _require_database(source)
+    if is_postgres(target):
+        _require_database(target)
+    started = time.monotonic()
+    copied, problems, compared = asyncio.run(_copy(settings, source, target))
+    updates = sum(c.rows["updates"] for c in copied)
+    snapshots = sum(c.rows["snapshots"] for c in copied)
+    authorship = sum(c.rows["authorship"] for c in copied)
+    for line in problems:
+        _warn(f"copy check: {line}")
+    if problems:
+        raise AdminError(f"the copy in {describe(target)} does not match {describe(source)} "
+                         f"({len(problems)} problems, see above); do not switch to it")
+    _say(f"copied {len(copied)} documents ({updates} updates, {snapshots} snapshots, {authorship} authorship "
+         f"entries, share-link salts) from {describe(source)} to {describe(target)} in "
+         f"{time.monotonic() - started:.1f}s; checked: every version and current text equal, "
+         f"{compared} versions read back from both")
+    return 0
+
+
+async def _copy(settings: Settings, source: str, target: str):
+    options = {"synchronous": settings.sync, "snapshot_every": settings.snapshot_every, "keep": 0}
+    src = await store_at(source, **options).open()
+    try:
+        dst = await store_at(target, **options).open()
+        try:
+            if await dst.list_documents():
+                raise AdminError(f"{describe(target)} already holds documents: copy only into an empty database")
+
+            def progress(c: transfer.Copied) -> None:
+                _say(f"{c.name}: version {c.version}, {c.rows['updates']} updates, {c.rows['snapshots']} "
+                     f"snapshots, {c.rows['authorship']} authorship entries")
+
+            async with src.view() as view:
+                try:
+                    copied = await transfer.copy_view(view, dst, progress)
+                except ValueError as exc:  # a value the target cannot hold (PostgreSQL and U+0000)
+                    raise AdminError(f"cannot copy into {describe(target)}: {exc}; it now holds part of the "
+                                     "copy: empty it before trying again") from None
+            problems, compared = await transfer.verify(src, dst, copied, rng=random.Random(len(copied)))
+            return copied, problems, compared
+        finally:
+            await dst.close()
+    finally:
+        await src.close()

@@ -14,8 +14,7 @@ from .api import Api, error_middleware, security_headers, token_of
 from .metrics import Metrics
 from .room import Rooms
 from .settings import Settings
-from .storage import Storage
-from .store import Store
+from .storage import Storage, store_for
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Storage)
@@ -32,8 +31,7 @@ def create_app(settings: Settings) -> web.Application:
                           client_max_size=settings.max_frame)
     app[SETTINGS] = settings
     httpguard.install(app, settings)
-    store = Store(settings.db, synchronous=settings.sync.upper(), snapshot_every=settings.snapshot_every,
-                  keep=settings.keep_updates, exclusive=True)
+    store = store_for(settings, exclusive=True)  # SQLite file or PostgreSQL URL (storage.py)
     rooms = Rooms(settings, store, metrics, Access(settings.load_secret()))
     admission = ws.Admission(settings, rooms)
     app[STORE] = store

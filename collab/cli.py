@@ -12,6 +12,7 @@ import sys
 
 from .resources import ResourceMissing
 from .settings import Settings
+from .storage import StorageUnavailable
 
 
 def _logging(settings: Settings) -> None:
@@ -155,14 +156,12 @@ def is_loopback(host: str) -> bool:
 
 
 def migrate(settings: Settings) -> None:
-    from pathlib import Path
-
-    from .store import apply_migrations, connect_sync
-    Path(settings.db).parent.mkdir(parents=True, exist_ok=True)
-    conn = connect_sync(settings.db, settings.sync.upper())
-    applied = apply_migrations(conn)
-    conn.close()
-    print(f"collab: {settings.db}: " + (f"applied {', '.join(applied)}" if applied else "schema up to date"))
+    """Create the database's schema or bring it up to date (SQLite: the file too; PostgreSQL: the database
+    must exist). Safe when several processes run it at once on PostgreSQL (an advisory lock)."""
+    from . import storage
+    applied = storage.migrate(settings.db, settings.sync)
+    print(f"collab: {storage.describe(settings.db)}: "
+          + (f"applied {', '.join(applied)}" if applied else "schema up to date"))
 
 
 COMMANDS = (
@@ -173,6 +172,8 @@ COMMANDS = (
     ("import", "create a document from each DIR/name.txt whose name is not taken"),
     ("compact", "drop update rows older than --keep-history per document (snapshots stay)"),
     ("docs", "list documents: name, version, length, last update"),
+    ("copy", "copy every document with its whole history from database SOURCE into the empty database TARGET "
+             "(SQLite files or PostgreSQL URLs), then check the copy"),
 )
 
 
@@ -198,6 +199,11 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--force", action="store_true", help="replace FILE if it exists")
         elif name in ("export", "import"):
             p.add_argument("dir", metavar="DIR", help="folder of name.txt files")
+        elif name == "copy":
+            p.add_argument("source", metavar="SOURCE", help="database to copy from (a SQLite file or a "
+                           "postgresql:// URL)")
+            p.add_argument("target", metavar="TARGET", help="empty database to copy into (a SQLite file, "
+                           "created if missing, or the URL of an existing PostgreSQL database)")
         Settings.add_arguments(p)
     args = parser.parse_args(argv)
     try:
@@ -206,8 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         parsers[args.command].error(str(exc))
     try:
         _run(args, settings)
-    except ResourceMissing as exc:  # an incomplete installation: say so, without a traceback
-        raise SystemExit(f"collab {args.command}: error: {exc}") from None
+    except (ResourceMissing, StorageUnavailable) as exc:  # an incomplete installation, a database that cannot
+        raise SystemExit(f"collab {args.command}: error: {exc}") from None  # be reached: say so, no traceback
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:
@@ -222,6 +228,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         "import": lambda: admin.import_(settings, args.dir),
         "compact": lambda: admin.compact(settings),
         "docs": lambda: admin.docs(settings),
+        "copy": lambda: admin.copy(settings, args.source, args.target),
     }[args.command]
     try:
         status = run()

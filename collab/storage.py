@@ -1,10 +1,18 @@
 """The storage interface: what rooms, the HTTP API, history and the admin commands may ask of a store.
 
 What lives here: the data shapes that cross into a store (`Commit`) and out of
-it (`Loaded`, `DocInfo`), the errors a store raises with a meaning of their own
-(`VersionCompacted`, `VersionConflict`, `NameTaken`), the `Storage` protocol
-every backend implements, and `CommitSource`, what a document must offer the
-store's writer. What never lives here: SQL (each backend owns its own), sockets.
+it (`Loaded`, rows of `COPY_TABLES`), the errors a store raises with a meaning
+of their own (`VersionCompacted`, `VersionConflict`, `NameTaken`,
+`StorageUnavailable`), the `Storage` protocol every backend implements,
+`CommitSource` (what a document must offer the store's writer), and the one
+place that turns a `--db` value into a backend: `store_for`, `migrate`,
+`database_exists`, and `describe`, which is how a database is named in every
+message. What never lives here: SQL (each backend owns its own), sockets.
+
+Backends: a file path is SQLite (store.py, the embedded default); a
+`postgresql://` or `postgres://` URL is PostgreSQL (store_pg.py). A URL's
+password never leaves this process: messages name the database with
+`describe(db)` and pass foreign error text through `redact(text, db)`.
 
 Rules every backend keeps:
   * callers hand a store data, never statements;
@@ -23,13 +31,28 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+# What a copy moves besides the documents table, per table: the columns of each
+# row, in the order `StorageView.rows` returns them and `add_rows` takes them.
+COPY_TABLES: dict[str, tuple[str, ...]] = {
+    "updates": ("version", "client_id", "author", "time", "changes", "inserted", "deleted", "restored_from"),
+    "snapshots": ("version", "text", "time"),
+    "authorship": ("version", "spans"),
+}
+# A document row as `StorageView.documents` returns it and `add_document` takes it.
+DOCUMENT_FIELDS = ("id", "name", "version", "length", "created", "updated", "salt")
 
 
 @dataclass(slots=True)
@@ -83,6 +106,10 @@ class NameTaken(ValueError):
     """A document with that name exists already."""
 
 
+class StorageUnavailable(RuntimeError):
+    """The database cannot be reached or refused the connection; the message names it without a password."""
+
+
 class CommitSource(Protocol):
     """What `Storage.schedule` needs from a document: its pending commit, and a reply."""
 
@@ -91,8 +118,17 @@ class CommitSource(Protocol):
     def commit_done(self, commit: Commit, error: BaseException | None) -> None: ...
 
 
+class StorageView(Protocol):
+    """One consistent moment of a whole store (`Storage.view()`): what copies and backups read."""
+
+    async def documents(self) -> list[dict]: ...  # DOCUMENT_FIELDS, by id
+
+    async def rows(self, doc_id: int, table: str, after: int, limit: int) -> list[tuple]: ...
+    # up to `limit` rows of `table` (a COPY_TABLES key) with version > after, by version
+
+
 class Storage(Protocol):
-    """Every backend: SQLite (store_sqlite.SqliteStore) is the embedded default."""
+    """Every backend: SQLite (store.Store) is the embedded default, PostgreSQL (store_pg.PgStore) the shared one."""
 
     async def open(self) -> "Storage": ...
 
@@ -132,3 +168,109 @@ class Storage(Protocol):
     async def oldest_update(self, doc_id: int) -> int | None: ...
 
     async def backup(self, dest: Path) -> tuple[int, int]: ...
+
+    # copies
+    def view(self) -> AbstractAsyncContextManager[StorageView]: ...
+
+    async def add_document(self, info: dict) -> int: ...  # NameTaken if the name exists; returns the new id
+
+    async def add_rows(self, doc_id: int, table: str, rows: list[tuple]) -> None: ...
+
+
+# ------------------------------------------------------------------ choosing a backend
+
+_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(db: str) -> bool:
+    """Whether `db` (a --db value) names a PostgreSQL database rather than a SQLite file."""
+    return str(db).lower().startswith(_SCHEMES)
+
+
+def describe(db: str | Path) -> str:
+    """`db` as it may appear in messages and logs: a URL with its password replaced by ***."""
+    db = str(db)
+    if not is_postgres(db):
+        return db
+    try:
+        parts = urlsplit(db)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            netloc = f"{user}{':***' if colon else ''}@{hostport}"
+        query = "&".join(f"{k}=***" if k.lower() in ("password", "passfile", "sslpassword") else f"{k}={v}"
+                         for k, v in parse_qsl(parts.query, keep_blank_values=True))
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+    except ValueError:
+        return f"{db.split(':', 1)[0]}://(a URL that cannot be read)"
+
+
+def _passwords(db: str) -> list[str]:
+    """Every spelling of the secrets in `db`, longest first (for `redact`)."""
+    if not is_postgres(db):
+        return []
+    found = []
+    netloc = db.split("://", 1)[1].split("/", 1)[0]
+    if "@" in netloc:
+        userinfo = netloc.rpartition("@")[0]
+        if ":" in userinfo:
+            found.append(userinfo.partition(":")[2])
+    if "?" in db:
+        found += [v for k, v in parse_qsl(db.split("?", 1)[1], keep_blank_values=True)
+                  if k.lower() in ("password", "sslpassword")]
+    spelled = {p for raw in found for p in (raw, unquote(raw)) if p}
+    return sorted(spelled, key=len, reverse=True)
+
+
+def redact(text: str, db: str | Path) -> str:
+    """`text` (an error message from a driver, say) with the database's password replaced by ***."""
+    text = str(text)
+    for secret in _passwords(str(db)):
+        text = text.replace(secret, "***")
+    return text
+
+
+def store_at(db: str | Path, *, synchronous: str = "NORMAL", snapshot_every: int = 1000, keep: int = 2000,
+             exclusive: bool = False) -> "Storage":
+    """An unopened store for `db`: a PostgreSQL URL or a SQLite file path.
+
+    `synchronous` is SQLite's; `exclusive` is SQLite's one-server lock
+    (PostgreSQL is made for several processes and ignores it).
+    """
+    if is_postgres(str(db)):
+        from .store_pg import PgStore
+        return PgStore(str(db), snapshot_every=snapshot_every, keep=keep)
+    from .store import Store
+    return Store(db, synchronous=synchronous.upper(), snapshot_every=snapshot_every, keep=keep,
+                 exclusive=exclusive)
+
+
+def store_for(settings: "Settings", *, keep: int | None = None, exclusive: bool = False) -> "Storage":
+    """An unopened store for `settings.db`, with the settings' options (`keep` updates per loaded document)."""
+    return store_at(settings.db, synchronous=settings.sync, snapshot_every=settings.snapshot_every,
+                    keep=settings.keep_updates if keep is None else keep, exclusive=exclusive)
+
+
+def migrate(db: str | Path, synchronous: str = "NORMAL") -> list[str]:
+    """Create the schema or bring it up to date (SQLite: creating the file); returns the migrations applied."""
+    if is_postgres(str(db)):
+        import asyncio
+
+        from . import store_pg
+        return asyncio.run(store_pg.migrate(str(db)))
+    from . import store
+    return store.migrate(db, synchronous.upper())
+
+
+def database_exists(db: str | Path) -> bool:
+    """Whether `db` is there to be opened (a file; a database the PostgreSQL server has).
+
+    Raises StorageUnavailable when a PostgreSQL server cannot be asked.
+    """
+    if is_postgres(str(db)):
+        import asyncio
+
+        from . import store_pg
+        return asyncio.run(store_pg.database_exists(str(db)))
+    return Path(db).is_file()

@@ -30,6 +30,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +41,8 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
-from .storage import (Commit, CommitSource, Loaded, NameTaken, VersionCompacted, VersionConflict)
+from .storage import (COPY_TABLES, DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, VersionCompacted,
+                      VersionConflict)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -522,35 +524,43 @@ class Store:
             "SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()))[0]
 
     async def authorship(self, doc_id: int, version: int) -> Authorship:
-        """Who wrote each character of the text at `version` (cached every snapshot_every versions)."""
-        every = self.snapshot_every
+        """Who wrote each character of the text at `version`: compute.authorship replays the update
+        rows off the event loop; this hands it the SQL (checkpoints in the authorship table)."""
+        from . import compute  # the replay and its caching policy live there, for every store
 
-        def fn(conn: sqlite3.Connection):
-            row = conn.execute("SELECT version, spans FROM authorship WHERE doc_id = ? AND version <= ? "
-                               "ORDER BY version DESC LIMIT 1", (doc_id, version)).fetchone()
-            start, spans = (row[0], orjson.loads(row[1])) if row else (0, [])
-            authors = Authorship([(n, a) for n, a in spans])
-            new_cache = []
-            rows = conn.execute("SELECT version, author, changes FROM updates "
-                                "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                                (doc_id, start, version))
-            expect = start
-            for v, author, changes in rows:
-                expect += 1
-                if v != expect:
-                    raise _compacted(conn, doc_id, version, start or None)
-                authors.apply(ChangeSet.from_json(orjson.loads(changes)), author)
-                if v % every == 0:
-                    new_cache.append((doc_id, v, orjson.dumps(authors.to_list()).decode()))
-            if expect != version:
-                raise _compacted(conn, doc_id, version, start or None)
-            return authors, new_cache
+        def checkpoint(conn: sqlite3.Connection, at: int) -> tuple[float | None, int]:
+            created = conn.execute("SELECT created FROM documents WHERE id = ?", (doc_id,)).fetchone()
+            row = conn.execute("SELECT MAX(version) FROM authorship WHERE doc_id = ? AND version <= ?",
+                               (doc_id, at)).fetchone()
+            return (created[0] if created else None), row[0] or 0
 
-        authors, new_cache = await self._read(fn)
-        if new_cache:
-            await self._write(lambda conn: conn.executemany(
-                "INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)", new_cache))
-        return authors
+        def spans_at(conn: sqlite3.Connection, at: int) -> list:
+            return orjson.loads(conn.execute("SELECT spans FROM authorship WHERE doc_id = ? AND version = ?",
+                                             (doc_id, at)).fetchone()[0])
+
+        def rows(conn: sqlite3.Connection, after: int, upto: int, max_bytes: int) -> list:
+            out, size = [], 0
+            for row in conn.execute("SELECT version, author, changes FROM updates "
+                                    "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                                    (doc_id, after, upto)):
+                if row[0] != after + len(out) + 1:
+                    break
+                out.append(row)
+                size += len(row[2])
+                if size >= max_bytes:
+                    return out
+            if len(out) != upto - after:
+                raise _compacted(conn, doc_id, version, after or None)
+            return out
+
+        return await compute.authorship(
+            self, doc_id, version, self.snapshot_every,
+            checkpoint=lambda at: self._read(lambda conn: checkpoint(conn, at)),
+            spans_at=lambda at: self._read(lambda conn: spans_at(conn, at)),
+            rows=lambda after, upto, max_bytes: self._read(lambda conn: rows(conn, after, upto, max_bytes)),
+            save=lambda found: self._write(lambda conn: conn.executemany(
+                "INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)",
+                [(doc_id, v, spans) for v, spans in found])))
 
     async def backup(self, dest: Path) -> tuple[int, int]:
         """Write a consistent copy of the whole database to `dest`; returns (documents, updates).
@@ -564,15 +574,84 @@ class Store:
             dst = sqlite3.connect(str(dest))
             try:
                 conn.backup(dst)  # pages=-1: everything in one step, so one consistent moment
-                dst.execute("PRAGMA journal_mode=DELETE")
-                check = [row[0] for row in dst.execute("PRAGMA integrity_check")]
-                if check != ["ok"]:
-                    raise RuntimeError(f"the copy failed its integrity check: {'; '.join(check[:5])}")
-                return dst.execute("SELECT COUNT(*), COALESCE(SUM(version), 0) FROM documents").fetchone()
             finally:
                 dst.close()
+            return seal_file(dest)
 
         return tuple(await self._read(fn))
+
+    # ---------------------------------------------------------------- copies
+
+    @asynccontextmanager
+    async def view(self):
+        """One consistent moment of the whole database: one read transaction on a connection of its own."""
+        if self._r is None:
+            raise RuntimeError("store is closed")
+
+        def begin(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN")  # in WAL mode a read transaction sees one commit from its first SELECT on
+            conn.execute("SELECT COUNT(*) FROM documents").fetchone()
+
+        def end(conn: sqlite3.Connection) -> None:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+        conns = _Connections(self.path, self.synchronous, 1, "collab-sqlite-view")
+        try:
+            await conns.run(begin)
+            yield _SqliteView(conns)
+        finally:
+            await conns.run(end)
+            await asyncio.get_running_loop().run_in_executor(None, conns.close)
+
+    async def add_document(self, info: dict) -> int:
+        """A copied document's row, as given (name, version, length, created, updated, salt); its new id."""
+        def fn(conn: sqlite3.Connection) -> int:
+            if conn.execute("SELECT 1 FROM documents WHERE name = ?", (info["name"],)).fetchone():
+                raise NameTaken(f"a document named {info['name']!r} already exists")
+            return conn.execute("INSERT INTO documents(name, version, length, created, updated, salt) "
+                                "VALUES (?,?,?,?,?,?)", tuple(info[k] for k in DOCUMENT_FIELDS[1:])).lastrowid
+
+        return await self._write(fn)
+
+    async def add_rows(self, doc_id: int, table: str, rows: list[tuple]) -> None:
+        """Copied rows of `table` (columns as in storage.COPY_TABLES), inserted as given."""
+        columns = COPY_TABLES[table]
+        sql = (f"INSERT INTO {table}(doc_id, {', '.join(columns)}) "
+               f"VALUES ({', '.join('?' * (len(columns) + 1))})")
+        await self._write(lambda conn: conn.executemany(sql, [(doc_id, *row) for row in rows]))
+
+
+class _SqliteView:
+    """`StorageView` over one connection inside one read transaction."""
+
+    def __init__(self, conns: _Connections):
+        self.conns = conns
+
+    async def documents(self) -> list[dict]:
+        return await self.conns.run(lambda conn: [dict(zip(DOCUMENT_FIELDS, row)) for row in conn.execute(
+            f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")])
+
+    async def rows(self, doc_id: int, table: str, after: int, limit: int) -> list[tuple]:
+        sql = (f"SELECT {', '.join(COPY_TABLES[table])} FROM {table} WHERE doc_id = ? AND version > ? "
+               "ORDER BY version LIMIT ?")
+        return await self.conns.run(lambda conn: conn.execute(sql, (doc_id, after, limit)).fetchall())
+
+
+def seal_file(path: str | Path) -> tuple[int, int]:
+    """Make the SQLite file at `path` one self-contained file (rollback journal) and check its integrity.
+
+    Returns (documents, sum of their versions); raises RuntimeError if the check fails.
+    """
+    conn = sqlite3.connect(str(path))
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        check = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        if check != ["ok"]:
+            raise RuntimeError(f"the copy failed its integrity check: {'; '.join(check[:5])}")
+        return conn.execute("SELECT COUNT(*), COALESCE(SUM(version), 0) FROM documents").fetchone()
+    finally:
+        conn.close()
 
 
 def _commit_fn(commit: Commit) -> Callable[[sqlite3.Connection], None]:

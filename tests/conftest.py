@@ -1,4 +1,13 @@
-"""Shared fixtures: a real server subprocess per test (`server`), and the Node test tools."""
+"""Shared fixtures: a real server subprocess per test (`server`), the database it runs on (`db`), and the Node tools.
+
+Backends: a test that takes `db` (or `server`) runs on SQLite unless it is
+parametrised with `BOTH_BACKENDS` (`@BOTH_BACKENDS` on a test, or
+`pytestmark = BOTH_BACKENDS` in a module whose every test takes `db`); then it
+runs once per backend with the same assertions. PostgreSQL runs as one real
+server per test session (`pg_server`, started on first use), with one fresh
+database per test. A test that cannot start PostgreSQL fails; it is never
+skipped.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +20,44 @@ import pytest
 from serverproc import ROOT, ServerProcess
 
 JS_DIR = ROOT / "tests" / "js"
+BACKENDS = ("sqlite", "postgres")
+BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server for the whole session (tests get a database each: `db`)."""
+    from pgserver import PgServer, PgUnavailable
+    try:
+        pg = PgServer().start()
+    except PgUnavailable as exc:
+        pytest.fail(f"cannot start PostgreSQL for the tests: {exc}")
+    yield pg
+    pg.destroy()
 
 
 @pytest.fixture
-def server(tmp_path):
+def backend(request) -> str:
+    """"sqlite" unless the test is parametrised over BACKENDS."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def db(backend, tmp_path, request) -> str:
+    """A fresh, empty database: a SQLite file path, or the URL of a new database on the session's PostgreSQL."""
+    if backend == "sqlite":
+        yield str(tmp_path / "collab.db")
+        return
+    pg = request.getfixturevalue("pg_server")
+    name = pg.create_database()
+    yield pg.url(name)
+    pg.drop_database(name)
+
+
+@pytest.fixture
+def server(db, tmp_path):
     """A running server on a fresh database; killed at the end of the test."""
-    proc = ServerProcess(tmp_path / "collab.db")
+    proc = ServerProcess(db, log_path=tmp_path / "server.log")
     proc.start()
     yield proc
     proc.kill()

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -26,7 +27,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """One `python -m collab serve` on 127.0.0.1 with its own database file.
+    """One `python -m collab serve` on 127.0.0.1 with its own database (a SQLite file or a PostgreSQL URL).
 
     `start()` blocks until `/healthz` answers 200 (or raises with the server's
     output); `kill()` sends SIGKILL; `stop()` sends SIGTERM and waits;
@@ -37,14 +38,21 @@ class ServerProcess:
     passes its own `--rate`; the limit itself is tested in-process.
     """
 
-    def __init__(self, db: Path, port: int | None = None, extra_args: list[str] | None = None,
+    def __init__(self, db: Path | str, port: int | None = None, extra_args: list[str] | None = None,
                  log_path: Path | None = None):
-        self.db = Path(db)
+        # A SQLite file (its log beside it) or a PostgreSQL URL (then give log_path, or a temporary file is used).
+        url = "://" in str(db)
+        self.db = str(db) if url else Path(db)
         self.port = port or free_port()
         self.extra_args = list(extra_args or [])
         if "--rate" not in self.extra_args:
             self.extra_args += ["--rate", "1000000", "--burst", "1000000"]
-        self.log_path = log_path or self.db.with_suffix(".log")
+        if log_path is None and url:
+            fd, log_path = tempfile.mkstemp(prefix="collab-server-", suffix=".log")
+            os.close(fd)
+        elif log_path is None:
+            log_path = self.db.with_suffix(".log")
+        self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
         self._log = None
 

@@ -1,8 +1,10 @@
-"""Handing a store commits the way a room does (storage.CommitSource), for the storage tests."""
+"""Handing a store commits the way a room does (storage.CommitSource), for the storage tests; raw SQL for setups."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from urllib.parse import urlsplit
 
 from collab.storage import Commit
 
@@ -30,3 +32,16 @@ async def commit(store, doc_id: int, entries, length: int, snapshot=None) -> int
     source = OneCommit(Commit(doc_id, entries[0].version - 1, list(entries), length, snapshot))
     store.schedule(source)
     return await source.done
+
+
+def raw_sql(db: str, statement: str, pg=None) -> str:
+    """Run one statement on `db` behind the store's back (to plant a problem); `pg` is the PgServer of a URL."""
+    if "://" in db:
+        return pg.sql(statement, db=urlsplit(db).path.lstrip("/"))
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(statement).fetchall()
+        conn.commit()
+        return "\n".join("|".join(map(str, r)) for r in rows)
+    finally:
+        conn.close()

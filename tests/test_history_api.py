@@ -10,12 +10,16 @@ import pytest
 from collab.app import create_app
 from collab.changes import ChangeSet, utf16_len
 from collab.settings import Settings
+from conftest import BOTH_BACKENDS
 from wsutil import join, push, recv_type
 
 
+pytestmark = BOTH_BACKENDS  # every test runs on SQLite and on PostgreSQL
+
+
 @pytest.fixture
-async def client(aiohttp_client, tmp_path):
-    settings = Settings(db=str(tmp_path / "h.db"), snapshot_every=37, unload_after=60)
+async def client(aiohttp_client, db):
+    settings = Settings(db=db, snapshot_every=37, unload_after=60)
     return await aiohttp_client(create_app(settings))
 
 

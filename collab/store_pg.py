@@ -1,0 +1,793 @@
+"""The PostgreSQL store: every SQL statement collab runs on PostgreSQL, its migrations and its one writer.
+
+Driver: asyncpg. It speaks PostgreSQL's binary protocol from compiled code and
+keeps each connection's prepared statements, so a group commit costs this
+process little CPU; CPU per acknowledged edit is what the performance work
+(issue 13) is measured by. psycopg 3 with its pool is the alternative; collab
+uses one driver, not both.
+
+The interface and its rules are in storage.py; this backend keeps them so:
+  * one writer connection (application_name `collab-writer`): whatever is
+    queued or `schedule`d while a transaction runs is committed together in
+    the next one (group commit, across documents);
+  * a transaction first takes every lock it will need, in one global order:
+    advisory locks on the names of documents it creates (by key), then the
+    rows of every document it touches (`SELECT ... ORDER BY id FOR UPDATE`).
+    Nothing waits after that, so two processes never deadlock. A `Commit`
+    whose document's locked version is not `Commit.base` is refused alone with
+    `VersionConflict` and the others still commit: the fence that keeps the
+    log one line whatever the number of writers (several processes, issue 12);
+  * the accepted commits are written by one statement (rows through `unnest`).
+    Queued writes (create, salt, delete, snapshot, compaction chunk, copy rows)
+    run in a SAVEPOINT each, so one that fails fails alone. If the one
+    statement fails (a row that should not be there, a value PostgreSQL
+    refuses), the transaction is rolled back and run again with a savepoint
+    per commit, so only the commit at fault hears of it;
+  * a caller hears back only after COMMIT returned. An error of the
+    connection (killed, server restarting) fails every caller of the
+    transaction, even during COMMIT, whose outcome is then unknown: a room
+    reloads from the database, which is the truth, and the next transaction
+    opens a new connection. `ping` (/healthz) goes through the same writer, so
+    it fails while the database is unreachable and succeeds again after;
+  * reads use a pool (application_name `collab-reader`); a read of several
+    statements runs in one REPEATABLE READ READ ONLY transaction, and a read
+    that meets a dead pooled connection is tried again on a new one;
+  * `text` cannot hold U+0000. Update rows hold ChangeSetJSON, where it is
+    escaped; a snapshot, copied row, client id or author holding it is refused
+    with ValueError before anything is written, never stored altered;
+  * migrations (migrations/postgres/) run under a session advisory lock, so
+    several processes starting at once apply each exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import zlib
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Awaitable, Callable, Iterable
+
+import asyncpg
+import orjson
+
+from . import resources
+from .changes import ChangeSet
+from .history import Authorship
+from .rebase import Update
+from .sequencer import Accepted
+from .storage import (COPY_TABLES, DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, StorageUnavailable,
+                      VersionCompacted, VersionConflict, describe, redact)
+from .text import Text
+
+READERS = 4             # pooled reader connections
+CONNECT_TIMEOUT = 5.0   # seconds to open a connection (/healthz answers within about this)
+COMMAND_TIMEOUT = 60.0  # seconds one statement may take before its connection is given up
+MIGRATION_LOCK = 0x636F6C6C61626D69  # session advisory lock key held while migrating
+NAME_LOCKS = 0x636F6C6C              # advisory lock class of document names being created
+
+Write = Callable[[asyncpg.Connection], Awaitable[object]]
+
+
+# ------------------------------------------------------------------ errors
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """An error of the connection or the server, not of a statement: the transaction's outcome is unknown."""
+    if isinstance(exc, asyncpg.PostgresError):
+        # 08 connection, 57 operator intervention (shutdown, terminated, cancelled), 53 resources, 58 system
+        return (getattr(exc, "sqlstate", None) or "")[:2] in ("08", "57", "53", "58")
+    return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, StorageUnavailable))
+
+
+def _unavailable(url: str, exc: BaseException, doing: str) -> StorageUnavailable:
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    reason = redact(str(exc) or type(exc).__name__, url)
+    return StorageUnavailable(f"the PostgreSQL database {describe(url)} is unavailable ({doing}): {reason}")
+
+
+async def _connect(url: str, name: str) -> asyncpg.Connection:
+    """A new connection named `name` in pg_stat_activity; StorageUnavailable (password-free) when it fails."""
+    try:
+        return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT,
+                                     server_settings={"application_name": name})
+    except asyncpg.InvalidCatalogNameError:
+        raise StorageUnavailable(f"the PostgreSQL database {describe(url)} does not exist "
+                                 "(create it first, e.g. with createdb)") from None
+    except Exception as exc:  # noqa: BLE001 - every way of failing to connect is "unavailable"
+        raise _unavailable(url, exc, "connecting") from None
+
+
+# ------------------------------------------------------------------ migrations
+
+def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
+    from .store import migration_files as numbered
+    return numbered(resources.migrations_dir("postgres") if directory is None else Path(directory))
+
+
+async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
+    """Apply the migrations not yet in `schema_version`, each in its own transaction, under an advisory lock."""
+    files = migration_files(directory)
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                           "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied DOUBLE PRECISION NOT NULL)")
+        done = {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
+        newest = max(n for n, _ in files)
+        if done and max(done) > newest:
+            raise RuntimeError(f"the database has schema version {max(done)}, newer than this collab knows "
+                               f"({newest}): upgrade collab")
+        applied = []
+        for number, path in files:
+            if number in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_version (version, name, applied) VALUES ($1, $2, $3)",
+                                   number, path.name, time.time())
+            applied.append(path.name)
+        return applied
+    finally:
+        if not conn.is_closed():
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply pending migrations to the database at `url` (which must exist)."""
+    conn = await _connect(url, "collab-migrate")
+    try:
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
+async def database_exists(url: str) -> bool:
+    try:
+        conn = await _connect(url, "collab-admin")
+    except StorageUnavailable as exc:
+        if "does not exist" in str(exc):
+            return False
+        raise
+    await conn.close()
+    return True
+
+
+# ------------------------------------------------------------------ statements
+
+_LOCK_DOCUMENTS = "SELECT id, version FROM documents WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+
+# One statement writes every accepted commit of a transaction: their update
+# rows, the documents' new heads and any snapshots (data-modifying CTEs).
+_WRITE_COMMITS = """
+WITH u AS (
+    INSERT INTO updates (doc_id, version, client_id, author, time, changes, inserted, deleted, restored_from)
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::float8[], $6::text[],
+                         $7::bigint[], $8::bigint[], $9::bigint[])
+), d AS (
+    UPDATE documents AS doc SET version = h.version, length = h.length, updated = h.updated
+    FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::float8[]) AS h(id, version, length, updated)
+    WHERE doc.id = h.id
+), s AS (
+    INSERT INTO snapshots (doc_id, version, text, time)
+    SELECT * FROM unnest($14::bigint[], $15::bigint[], $16::text[], $17::float8[])
+    ON CONFLICT DO NOTHING
+)
+SELECT 1
+"""
+
+_INSERT_SNAPSHOT = ("INSERT INTO snapshots (doc_id, version, text, time) VALUES ($1, $2, $3, $4) "
+                    "ON CONFLICT DO NOTHING")
+_SNAPSHOT_AT = ("SELECT version, text FROM snapshots WHERE doc_id = $1 AND version <= $2 "
+                "ORDER BY version DESC LIMIT 1")
+_UPDATE_ROWS = ("SELECT version, client_id, changes FROM updates "
+                "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version")
+
+_COPY_READ = {
+    "updates": "SELECT version, client_id, author, time, changes, inserted, deleted, restored_from FROM updates "
+               "WHERE doc_id = $1 AND version > $2 ORDER BY version LIMIT $3",
+    "snapshots": "SELECT version, text, time FROM snapshots WHERE doc_id = $1 AND version > $2 "
+                 "ORDER BY version LIMIT $3",
+    "authorship": "SELECT version, spans FROM authorship WHERE doc_id = $1 AND version > $2 "
+                  "ORDER BY version LIMIT $3",
+}
+_COPY_WRITE = {
+    "updates": "INSERT INTO updates (doc_id, version, client_id, author, time, changes, inserted, deleted, "
+               "restored_from) SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::float8[], "
+               "$6::text[], $7::bigint[], $8::bigint[], $9::bigint[])",
+    "snapshots": "INSERT INTO snapshots (doc_id, version, text, time) "
+                 "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::float8[])",
+    "authorship": "INSERT INTO authorship (doc_id, version, spans) SELECT $1, * FROM unnest($2::bigint[], $3::text[])",
+}
+_COPY_KINDS = {  # how each column is normalised before it is sent (SQLite's columns are loosely typed)
+    "updates": (int, str, str, float, str, int, int, lambda v: None if v is None else int(v)),
+    "snapshots": (int, str, float),
+    "authorship": (int, str),
+}
+
+
+def _name_key(name: str) -> int:
+    """The advisory lock key of a document name (a signed 32-bit number; collisions only serialise more)."""
+    key = zlib.crc32(name.encode("utf-8", "surrogatepass"))
+    return key - (1 << 32) if key >= 1 << 31 else key
+
+
+def _refuse_nul(what: str, *texts: str) -> None:
+    for text in texts:
+        if "\x00" in text:
+            raise ValueError(f"{what} holds U+0000, which PostgreSQL text cannot store; nothing was written")
+
+
+def _check_commit(commit: Commit) -> None:
+    for e in commit.entries:
+        if "\x00" in e.author or "\x00" in e.update.client_id:
+            _refuse_nul(f"document {commit.doc_id} version {e.version} (client id or author)",
+                        e.author, e.update.client_id)
+    if commit.snapshot is not None:
+        _refuse_nul(f"the snapshot of document {commit.doc_id} at version {commit.snapshot[0]}", commit.snapshot[1])
+
+
+async def _write_commits(conn: asyncpg.Connection, commits: list[Commit]) -> None:
+    """Insert every commit's update rows, move the documents' heads, store the snapshots: one statement."""
+    doc, ver, cid, author, when, changes, ins, dels, restored = [], [], [], [], [], [], [], [], []
+    heads: dict[int, tuple[int, int, float]] = {}
+    s_doc, s_ver, s_text, s_time = [], [], [], []
+    now = time.time()
+    for c in commits:
+        d = c.doc_id
+        for e in c.entries:
+            i, x = e.update.changes.counts()
+            doc.append(d)
+            ver.append(e.version)
+            cid.append(e.update.client_id)
+            author.append(e.author)
+            when.append(e.time)
+            changes.append(e.changes_json.decode())
+            ins.append(i)
+            dels.append(x)
+            restored.append(e.restored_from)
+        heads[d] = (c.version, c.length, c.entries[-1].time)  # two commits of one document: the later wins
+        if c.snapshot is not None:
+            s_doc.append(d)
+            s_ver.append(c.snapshot[0])
+            s_text.append(c.snapshot[1])
+            s_time.append(now)
+    await conn.execute(_WRITE_COMMITS, doc, ver, cid, author, when, changes, ins, dels, restored,
+                       list(heads), [h[0] for h in heads.values()], [h[1] for h in heads.values()],
+                       [h[2] for h in heads.values()], s_doc, s_ver, s_text, s_time)
+
+
+def _parse_update(client_id: str, changes: str) -> Update:
+    return Update(client_id, ChangeSet.from_json(orjson.loads(changes)))
+
+
+def _contiguous_tail(rows: list, version: int) -> list[Update]:
+    """Parse the rows that form an unbroken run ending at `version`."""
+    start = len(rows)
+    expect = version
+    while start > 0 and rows[start - 1][0] == expect:
+        start -= 1
+        expect -= 1
+    return [_parse_update(r[1], r[2]) for r in rows[start:]]
+
+
+async def _snapshot_at(conn: asyncpg.Connection, doc_id: int, version: int) -> tuple[int, str]:
+    row = await conn.fetchrow(_SNAPSHOT_AT, doc_id, version)
+    return (row[0], row[1]) if row else (0, "")
+
+
+async def _compacted(conn: asyncpg.Connection, doc_id: int, version: int, below: int | None) -> VersionCompacted:
+    above = await conn.fetchval("SELECT MIN(version) FROM snapshots WHERE doc_id = $1 AND version > $2",
+                                doc_id, version)
+    return VersionCompacted(version, below, above)
+
+
+class _Queued:
+    """A write waiting for the next transaction: what it locks, what it does, who waits for it."""
+
+    __slots__ = ("fn", "fut", "doc_ids", "names")
+
+    def __init__(self, fn: Write, fut: asyncio.Future, doc_ids: Iterable[int], names: Iterable[str]):
+        self.fn, self.fut, self.doc_ids, self.names = fn, fut, tuple(doc_ids), tuple(names)
+
+
+class _PgView:
+    """`StorageView` over one connection inside a REPEATABLE READ READ ONLY transaction."""
+
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    async def documents(self) -> list[dict]:
+        rows = await self.conn.fetch(f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")
+        return [dict(zip(DOCUMENT_FIELDS, row)) for row in rows]
+
+    async def rows(self, doc_id: int, table: str, after: int, limit: int) -> list[tuple]:
+        return [tuple(r) for r in await self.conn.fetch(_COPY_READ[table], doc_id, after, limit)]
+
+
+class PgStore:
+    """PostgreSQL backend of `storage.Storage`."""
+
+    def __init__(self, url: str, snapshot_every: int = 1000, keep: int = 2000, readers: int = READERS):
+        self.url = url
+        self.snapshot_every = snapshot_every
+        self.keep = keep
+        self.readers = readers
+        self._pool: asyncpg.Pool | None = None
+        self._w: asyncpg.Connection | None = None
+        self._open = False
+        self._queue: list[_Queued] = []
+        self._sources: dict[int, CommitSource] = {}
+        self._writer: asyncio.Task | None = None
+        self.commits = 0      # transactions committed (for tests and benchmarks)
+        self.reconnects = 0   # writer connections opened after the first
+        self.retries = 0      # transactions run again with a savepoint per commit (a statement failed)
+
+    def __repr__(self) -> str:
+        return f"PgStore({describe(self.url)!r})"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> "PgStore":
+        self._w = await _connect(self.url, "collab-writer")
+        try:
+            await apply_migrations(self._w)
+        except Exception as exc:
+            await self._w.close()
+            self._w = None
+            if _is_connection_error(exc):
+                raise _unavailable(self.url, exc, "migrating") from None
+            raise
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self.readers, timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT, server_settings={"application_name": "collab-reader"})
+        except Exception as exc:  # noqa: BLE001
+            await self._w.close()
+            self._w = None
+            raise _unavailable(self.url, exc, "opening the reader pool") from None
+        self._open = True
+        return self
+
+    async def close(self) -> None:
+        """Finish queued writes, then close every connection."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+        self._open = False
+        if self._w is not None:
+            self._w.terminate() if self._w.is_closed() else await self._close_quietly(self._w)
+            self._w = None
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 10)
+            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                self._pool.terminate()
+            self._pool = None
+
+    @staticmethod
+    async def _close_quietly(conn: asyncpg.Connection) -> None:
+        try:
+            await asyncio.wait_for(conn.close(), 5)
+        except Exception:  # noqa: BLE001 - closing a connection that is going anyway
+            conn.terminate()
+
+    # --------------------------------------------------------------- writer
+
+    async def _write(self, fn: Write, doc_ids: Iterable[int] = (), names: Iterable[str] = ()):
+        """Run `fn(conn)` inside the next group transaction; return its result after COMMIT.
+
+        `doc_ids` and `names` are every document row it touches and every
+        name it creates: the transaction locks them first (see the header).
+        """
+        if not self._open:
+            raise RuntimeError("store is closed")
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(fn, fut, doc_ids, names))
+        self._wake_writer()
+        return await fut
+
+    def schedule(self, source: CommitSource) -> None:
+        """`source` has updates to make durable: the next transaction takes them from it (see store.Store)."""
+        if not self._open:
+            raise RuntimeError("store is closed")
+        self._sources[id(source)] = source
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        while self._queue or self._sources:
+            batch, self._queue = self._queue, []
+            sources, self._sources = list(self._sources.values()), {}
+            taken = []
+            for source in sources:
+                commit = source.take_commit()
+                if commit is not None:
+                    taken.append((source, commit))
+            if not batch and not taken:
+                continue
+            try:
+                outcomes = await self._group(batch, [c for _, c in taken])
+            except Exception as exc:  # the whole group failed (or its outcome is unknown); every caller learns it
+                error = _unavailable(self.url, exc, "committing") if _is_connection_error(exc) else exc
+                outcomes = [(False, error)] * (len(batch) + len(taken))
+            else:
+                self.commits += 1
+            for q, (ok, value) in zip(batch, outcomes):
+                if not q.fut.done():
+                    q.fut.set_result(value) if ok else q.fut.set_exception(value)
+            for (source, commit), (ok, value) in zip(taken, outcomes[len(batch):]):
+                source.commit_done(commit, None if ok else value)
+
+    async def _writer_connection(self) -> asyncpg.Connection:
+        if self._w is None or self._w.is_closed():
+            if self._w is not None:
+                self._w.terminate()
+                self._w = None
+            self._w = await _connect(self.url, "collab-writer")
+            self.reconnects += 1
+        return self._w
+
+    async def _group(self, batch: list[_Queued], commits: list[Commit]) -> list[tuple[bool, object]]:
+        conn = await self._writer_connection()
+        try:
+            try:
+                return await self._transaction(conn, batch, commits, careful=False)
+            except Exception as exc:
+                if _is_connection_error(exc):
+                    raise
+                # One statement carried every commit and failed: again, one savepoint per commit.
+                self.retries += 1
+                return await self._transaction(conn, batch, commits, careful=True)
+        except BaseException:
+            if self._w is conn and not conn.is_closed() and conn.is_in_transaction():
+                conn.terminate()  # its state is unknown: the next transaction opens a new connection
+            raise
+
+    async def _transaction(self, conn: asyncpg.Connection, batch: list[_Queued], commits: list[Commit],
+                           careful: bool) -> list[tuple[bool, object]]:
+        out: list[tuple[bool, object]] = []
+        await conn.execute("BEGIN")
+        try:
+            for key in sorted({_name_key(n) for q in batch for n in q.names}):
+                await conn.execute("SELECT pg_advisory_xact_lock($1::int, $2::int)", NAME_LOCKS, key)
+            ids = sorted({i for q in batch for i in q.doc_ids} | {c.doc_id for c in commits})
+            versions = {r[0]: r[1] for r in await conn.fetch(_LOCK_DOCUMENTS, ids)} if ids else {}
+            for q in batch:
+                out.append(await self._savepoint(conn, q.fn))
+            if batch and commits and any(q.doc_ids for q in batch):
+                ids = [c.doc_id for c in commits]  # the writes above may have moved or deleted them
+                versions = {r[0]: r[1] for r in await conn.fetch(
+                    "SELECT id, version FROM documents WHERE id = ANY($1::bigint[])", ids)}
+            out += await (self._commits_careful if careful else self._commits_at_once)(conn, commits, versions)
+            await conn.execute("COMMIT")
+        except BaseException:
+            if not conn.is_closed() and conn.is_in_transaction():
+                try:
+                    await conn.execute("ROLLBACK")
+                except Exception:  # noqa: BLE001 - the caller drops this connection anyway
+                    conn.terminate()
+            raise
+        return out
+
+    @staticmethod
+    async def _savepoint(conn: asyncpg.Connection, fn: Write) -> tuple[bool, object]:
+        await conn.execute("SAVEPOINT w")
+        try:
+            result = await fn(conn)
+        except Exception as exc:  # noqa: BLE001 - handed back to that caller
+            if _is_connection_error(exc):
+                raise
+            await conn.execute("ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w")
+            return False, exc
+        await conn.execute("RELEASE SAVEPOINT w")
+        return True, result
+
+    @staticmethod
+    def _admit(commit: Commit, versions: dict[int, int]) -> BaseException | None:
+        found = versions.get(commit.doc_id)
+        if found != commit.base:
+            return VersionConflict(commit.doc_id, commit.base, found)
+        try:
+            _check_commit(commit)
+        except ValueError as exc:
+            return exc
+        return None
+
+    async def _commits_at_once(self, conn, commits: list[Commit], versions: dict[int, int]) -> list:
+        out, ok = [], []
+        for c in commits:
+            refused = self._admit(c, versions)
+            if refused is None:
+                versions[c.doc_id] = c.version
+                ok.append(c)
+            out.append((refused is None, refused))
+        if ok:
+            await _write_commits(conn, ok)
+        return out
+
+    async def _commits_careful(self, conn, commits: list[Commit], versions: dict[int, int]) -> list:
+        out = []
+        for c in commits:
+            refused = self._admit(c, versions)
+            if refused is None:
+                ok, refused = await self._savepoint(conn, lambda conn, c=c: _write_commits(conn, [c]))
+                if ok:
+                    versions[c.doc_id] = c.version
+                    refused = None
+            out.append((refused is None, refused))
+        return out
+
+    # ---------------------------------------------------------------- writes
+
+    async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "",
+                              exist_ok: bool = True) -> int:
+        """Make a document; with `text`, it starts with one update inserting it.
+
+        A name that exists already gives that document's id back unchanged,
+        or raises NameTaken when `exist_ok` is false.
+        """
+        _refuse_nul(f"document {name!r} (author or client id)", author, client_id)
+        now = time.time()
+        salt = secrets.token_urlsafe(12)
+
+        async def fn(conn: asyncpg.Connection) -> int:
+            doc_id = await conn.fetchval(
+                "INSERT INTO documents (name, version, length, created, updated, salt) VALUES ($1, 0, 0, $2, $2, $3) "
+                "ON CONFLICT (name) DO NOTHING RETURNING id", name, now, salt)
+            if doc_id is None:
+                if not exist_ok:
+                    raise NameTaken(f"a document named {name!r} already exists")
+                return await conn.fetchval("SELECT id FROM documents WHERE name = $1", name)
+            if text:
+                changes = ChangeSet.from_json([[0, *text.split("\n")]])
+                await _write_commits(conn, [Commit(doc_id, 0, [Accepted(1, Update(client_id, changes), author, now)],
+                                                   changes.new_length)])
+            return doc_id
+
+        return await self._write(fn, names=(name,))
+
+    async def new_salt(self, doc_id: int) -> str:
+        """Give the document a new salt: every share link made before stops working."""
+        salt = secrets.token_urlsafe(12)
+        await self._write(lambda conn: conn.execute("UPDATE documents SET salt = $1 WHERE id = $2", salt, doc_id),
+                          doc_ids=(doc_id,))
+        return salt
+
+    async def delete_document(self, doc_id: int) -> None:
+        """Remove a document with its whole history (its rows go by ON DELETE CASCADE)."""
+        await self._write(lambda conn: conn.execute("DELETE FROM documents WHERE id = $1", doc_id), doc_ids=(doc_id,))
+
+    async def ping(self) -> None:
+        """Prove the database can take a write transaction right now (through the writer, like every write)."""
+        async def fn(conn: asyncpg.Connection) -> None:
+            if await conn.fetchval("SELECT current_setting('transaction_read_only')") == "on":
+                raise RuntimeError("the database is read-only (a standby?)")
+
+        await self._write(fn)
+
+    async def write_snapshot(self, doc_id: int, version: int, text: str) -> None:
+        _refuse_nul(f"the snapshot of document {doc_id} at version {version}", text)
+        await self._write(lambda conn: conn.execute(_INSERT_SNAPSHOT, doc_id, version, text, time.time()),
+                          doc_ids=(doc_id,))
+
+    COMPACT_CHUNK = 5000  # update rows deleted per transaction: the writer never waits long
+
+    async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None) -> int:
+        """Keep a snapshot (and authorship) at `boundary`, then drop the update rows up to it (see store.Store)."""
+        _refuse_nul(f"the snapshot of document {doc_id} at version {boundary}", text)
+
+        async def keep_boundary(conn: asyncpg.Connection) -> int | None:
+            await conn.execute(_INSERT_SNAPSHOT, doc_id, boundary, text, time.time())
+            stored = await conn.fetchval("SELECT text FROM snapshots WHERE doc_id = $1 AND version = $2",
+                                         doc_id, boundary)
+            if stored != text:
+                raise RuntimeError(f"document {doc_id}: the stored snapshot of version {boundary} differs "
+                                   "from its update log; nothing was compacted (restore from a backup?)")
+            if spans is not None:
+                await conn.execute("INSERT INTO authorship (doc_id, version, spans) VALUES ($1, $2, $3) "
+                                   "ON CONFLICT DO NOTHING", doc_id, boundary, orjson.dumps(spans).decode())
+            return await conn.fetchval("SELECT MIN(version) FROM updates WHERE doc_id = $1", doc_id)
+
+        low = await self._write(keep_boundary, doc_ids=(doc_id,))
+        dropped = 0
+        while low is not None and low <= boundary:
+            upto = min(boundary, low + self.COMPACT_CHUNK - 1)
+            status = await self._write(lambda conn, upto=upto: conn.execute(
+                "DELETE FROM updates WHERE doc_id = $1 AND version <= $2", doc_id, upto), doc_ids=(doc_id,))
+            dropped += int(status.rsplit(" ", 1)[-1])
+            low = upto + 1
+        return dropped
+
+    # ----------------------------------------------------------------- reads
+
+    async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable], snapshot: bool = False):
+        """`fn(conn)` on a pooled connection (in one REPEATABLE READ transaction with `snapshot`)."""
+        for attempt in range(3):
+            pool = self._pool
+            if pool is None or not self._open:
+                raise RuntimeError("store is closed")
+            try:
+                async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                    if not snapshot:
+                        return await fn(conn)
+                    async with conn.transaction(isolation="repeatable_read", readonly=True):
+                        return await fn(conn)
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    raise
+                if attempt == 2:  # a dead pooled connection is replaced on the next acquire
+                    raise _unavailable(self.url, exc, "reading") from None
+
+    async def load(self, name: str) -> Loaded | None:
+        """The document's head text and its last `keep` updates; None if it does not exist."""
+        keep = self.keep
+
+        async def fn(conn: asyncpg.Connection) -> Loaded | None:
+            row = await conn.fetchrow("SELECT id, version, salt FROM documents WHERE name = $1", name)
+            if row is None:
+                return None
+            doc_id, version, salt = row
+            snap_version, text = await _snapshot_at(conn, doc_id, version)
+            start = min(snap_version, max(0, version - keep))
+            rows = await conn.fetch(_UPDATE_ROWS, doc_id, start, version)
+            log = _contiguous_tail(rows, version)
+            log_from = version - len(log)
+            if log_from > snap_version:
+                raise RuntimeError(f"document {name!r}: updates {snap_version + 1}..{log_from} are missing")
+            doc = Text(text)
+            for u in log[snap_version - log_from:]:
+                doc.apply(u.changes)
+            return Loaded(doc_id, name, version, str(doc), log[-keep:] if keep else [], snap_version, salt)
+
+        return await self._read(fn, snapshot=True)
+
+    async def updates(self, doc_id: int, since: int, until: int) -> list[Update]:
+        """Updates producing versions since+1 .. until (fewer if history was compacted away)."""
+        async def fn(conn: asyncpg.Connection) -> list[Update]:
+            rows = await conn.fetch(_UPDATE_ROWS, doc_id, since, until)
+            if not rows or rows[0][0] != since + 1:
+                return []
+            return [_parse_update(r[1], r[2]) for r in rows]
+
+        return await self._read(fn)
+
+    async def list_documents(self) -> list[dict]:
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT name, version, length, updated, created FROM documents ORDER BY updated DESC, name"))
+        return [{"name": n, "version": v, "length": ln, "updated": u, "created": c} for n, v, ln, u, c in rows]
+
+    async def document(self, name: str) -> dict | None:
+        row = await self._read(lambda conn: conn.fetchrow(
+            "SELECT id, name, version, length, updated, created, salt FROM documents WHERE name = $1", name))
+        return None if row is None else dict(zip(("id", "name", "version", "length", "updated", "created", "salt"),
+                                                  row))
+
+    async def text_at(self, doc_id: int, version: int) -> str:
+        """The text at `version`: the newest snapshot at or below it plus the updates after it."""
+        async def fn(conn: asyncpg.Connection) -> str:
+            snap_version, text = await _snapshot_at(conn, doc_id, version)
+            rows = await conn.fetch(_UPDATE_ROWS, doc_id, snap_version, version)
+            if len(rows) != version - snap_version:
+                raise await _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
+            doc = Text(text)
+            for r in rows:
+                doc.apply(ChangeSet.from_json(orjson.loads(r[2])))
+            return str(doc)
+
+        return await self._read(fn, snapshot=True)
+
+    async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
+        """Update summaries with version < `before`, newest first."""
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT version, client_id, author, time, inserted, deleted, restored_from FROM updates "
+            "WHERE doc_id = $1 AND version < $2 ORDER BY version DESC LIMIT $3", doc_id, before, limit))
+        out = []
+        for v, c, a, t, i, d, r in rows:
+            entry = {"version": v, "clientID": c, "author": a, "time": t, "inserted": i, "deleted": d}
+            if r is not None:
+                entry["restored"] = r
+            out.append(entry)
+        return out
+
+    async def oldest_update(self, doc_id: int) -> int | None:
+        """The lowest version whose update row is still stored (None if there is none)."""
+        return await self._read(lambda conn: conn.fetchval("SELECT MIN(version) FROM updates WHERE doc_id = $1",
+                                                           doc_id))
+
+    async def authorship(self, doc_id: int, version: int) -> Authorship:
+        """Who wrote each character of the text at `version` (cached every snapshot_every versions)."""
+        every = self.snapshot_every
+
+        async def fn(conn: asyncpg.Connection):
+            row = await conn.fetchrow("SELECT version, spans FROM authorship WHERE doc_id = $1 AND version <= $2 "
+                                      "ORDER BY version DESC LIMIT 1", doc_id, version)
+            start, spans = (row[0], orjson.loads(row[1])) if row else (0, [])
+            authors = Authorship([(n, a) for n, a in spans])
+            new_cache = []
+            rows = await conn.fetch("SELECT version, author, changes FROM updates "
+                                    "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
+                                    doc_id, start, version)
+            expect = start
+            for v, author, changes in rows:
+                expect += 1
+                if v != expect:
+                    raise await _compacted(conn, doc_id, version, start or None)
+                authors.apply(ChangeSet.from_json(orjson.loads(changes)), author)
+                if v % every == 0:
+                    new_cache.append((v, orjson.dumps(authors.to_list()).decode()))
+            if expect != version:
+                raise await _compacted(conn, doc_id, version, start or None)
+            return authors, new_cache
+
+        authors, new_cache = await self._read(fn, snapshot=True)
+        if new_cache:
+            await self._write(lambda conn: conn.execute(
+                "INSERT INTO authorship (doc_id, version, spans) SELECT $1, * FROM unnest($2::bigint[], $3::text[]) "
+                "ON CONFLICT DO NOTHING", doc_id, [v for v, _ in new_cache], [s for _, s in new_cache]),
+                doc_ids=(doc_id,))
+        return authors
+
+    # ---------------------------------------------------------------- copies
+
+    @asynccontextmanager
+    async def view(self):
+        """One consistent moment of the whole database: a REPEATABLE READ READ ONLY transaction."""
+        if self._pool is None or not self._open:
+            raise RuntimeError("store is closed")
+        try:
+            conn = await self._pool.acquire(timeout=CONNECT_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001
+            raise _unavailable(self.url, exc, "reading") from None
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                await conn.fetchval("SELECT count(*) FROM documents")  # the snapshot is taken at the first query
+                yield _PgView(conn)
+        finally:
+            await self._pool.release(conn)
+
+    async def add_document(self, info: dict) -> int:
+        """A copied document's row, as given (name, version, length, created, updated, salt); its new id."""
+        name = info["name"]
+
+        async def fn(conn: asyncpg.Connection) -> int:
+            doc_id = await conn.fetchval(
+                "INSERT INTO documents (name, version, length, created, updated, salt) VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT (name) DO NOTHING RETURNING id", name, int(info["version"]), int(info["length"]),
+                float(info["created"]), float(info["updated"]), str(info["salt"]))
+            if doc_id is None:
+                raise NameTaken(f"a document named {name!r} already exists")
+            return doc_id
+
+        return await self._write(fn, names=(name,))
+
+    async def add_rows(self, doc_id: int, table: str, rows: list[tuple]) -> None:
+        """Copied rows of `table` (columns as in storage.COPY_TABLES), inserted as given."""
+        kinds = _COPY_KINDS[table]
+        columns: list[list] = [[] for _ in kinds]
+        for row in rows:
+            for column, kind, value in zip(columns, kinds, row):
+                if kind is str and "\x00" in value:
+                    _refuse_nul(f"document {doc_id}: {table} row of version {row[0]}", value)
+                column.append(kind(value))
+        await self._write(lambda conn: conn.execute(_COPY_WRITE[table], doc_id, *columns), doc_ids=(doc_id,))
+
+    async def backup(self, dest: Path) -> tuple[int, int]:
+        """One consistent moment of the database copied into a new SQLite file `dest`; (documents, updates).
+
+        The copy is read inside one REPEATABLE READ transaction, written
+        through the SQLite store, then made one self-contained file and
+        integrity-checked: `collab serve --db dest` serves it as it was.
+        For PostgreSQL's own backups use pg_dump.
+        """
+        from .store import Store, seal_file
+        from .transfer import copy_view
+        target = await Store(dest, synchronous="OFF", snapshot_every=self.snapshot_every, keep=0).open()
+        try:
+            async with self.view() as view:
+                await copy_view(view, target)
+        finally:
+            await target.close()
+        return await asyncio.get_running_loop().run_in_executor(None, seal_file, Path(dest))
