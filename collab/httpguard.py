@@ -105,10 +105,10 @@ class HostPolicy:
         return cls(frozenset(names), any_host=access_control and not names)
 
     def allows(self, host: str | None, local_port: int | None, secure: bool) -> bool:
+        if not host:  # HTTP/1.1 requires one (and aiohttp would look the machine's name up instead)
+            return False
         if self.any_host:
             return True
-        if not host:
-            return False
         try:
             name, port = split_host(host)
         except ValueError:

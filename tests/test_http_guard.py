@@ -58,6 +58,7 @@ def test_host_policy_configured_names_and_the_access_control_default():
     assert HostPolicy.parse("", access_control=True).allows("anything.example", 1, False)
     assert not HostPolicy.parse("", access_control=False).allows("anything.example", 1, False)
     assert HostPolicy.parse("*", access_control=False).allows("anything.example", 1, False)
+    assert not HostPolicy.parse("*", access_control=True).allows(None, 1, False)  # a Host is required
     with pytest.raises(ValueError, match="--allow-host"):
         HostPolicy.parse("good.example, http://bad.example/", access_control=False)
 
