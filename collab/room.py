@@ -25,16 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
+import hmac
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from typing import Callable, Protocol
+
+import orjson
 
 from . import protocol
 from .access import Access
-from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_REPLACED, ProtocolError,
-                     ServerError)
+from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED,
+                     ProtocolError, ServerError)
 from .history import diff_changes
+from .limits import DiskGuard, TokenBucket
 from .metrics import Metrics
 from .rebase import Update
 from .sequencer import NeedHistory, Sequencer
@@ -52,6 +58,8 @@ class Connection(Protocol):
     user: dict
     role: str       # "edit" or "view"
     admin: bool     # came with the admin token
+    remote: str     # the client's address
+    token: str | None  # the access token it came with (None on a personal instance)
     closed: bool
 
     def send(self, frame: bytes) -> None: ...
@@ -59,20 +67,21 @@ class Connection(Protocol):
     def close(self, code: int, message: str) -> None: ...
 
 
+MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, address) is remembered
+
+
 class Member:
     """A connection inside a room: what the room remembers about it."""
 
-    __slots__ = ("conn", "room", "presence", "presence_sent", "presence_timer", "welcome_version",
-                 "welcome_from")
+    __slots__ = ("conn", "room", "presence", "welcome_version", "welcome_from", "bucket")
 
-    def __init__(self, conn: Connection, room: "Room"):
+    def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket):
         self.conn = conn
         self.room = room
         self.presence: tuple[int, list[tuple[int, int]]] | None = None  # (version, ranges)
-        self.presence_sent = 0.0
-        self.presence_timer: asyncio.TimerHandle | None = None
         self.welcome_version = 0   # the version its welcome brought it to
         self.welcome_from: int | None = None  # where a resuming welcome's updates began
+        self.bucket = bucket       # updates it may still push (--update-rate)
 
     @property
     def session(self) -> str:
@@ -92,6 +101,16 @@ class Room:
         self.last_snapshot = snapshot_version
         self.members: dict[str, Member] = {}
         self.by_client: dict[str, Member] = {}
+        self.viewers = 0  # members with role "view" (they get updates with hidden clientIDs)
+        # clientID -> (resume key, token hash, address): who may take over that clientID (4001)
+        self.owners: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+        self.dirty: dict[str, Member] = {}  # members whose cursor moved since the last presence frame
+        self.presence_timer: asyncio.TimerHandle | None = None
+        self.presence_sent = 0.0
+        settings = self.settings
+        self.bucket = TokenBucket(settings.doc_update_rate, settings.doc_update_burst, rooms.now())
+        self.replay_bytes = 0  # bytes of update JSON committed since the last snapshot
+        self._doc_json: tuple[int, bytes] | None = None  # (version, the committed text as a JSON string)
         self.unload_timer: asyncio.TimerHandle | None = None
         self.broken = False
         self.deleted = False
@@ -120,6 +139,7 @@ class Room:
         # From here to the end: no await, so no broadcast (or reset) can slip
         # between the welcome's version and the member's registration.
         authorize(self.salt)
+        resume_key = self._claim(conn, hello)
         old = self.by_client.get(hello.client_id)
         if old is not None:
             self._remove(old)
@@ -133,21 +153,59 @@ class Room:
             except NeedHistory:
                 updates = None  # compacted away, or the log moved on meanwhile: full text
         limits = self.rooms.limits
+        hide = self.rooms.hide if conn.role == "view" else None
         if updates is not None:
-            frame = protocol.welcome(conn.session, conn.role, version, peers, limits, since=want, updates=updates)
+            frame = protocol.welcome(conn.session, conn.role, version, peers, limits, resume_key,
+                                     since=want, updates=updates, hide=hide)
         else:
-            frame = protocol.welcome(conn.session, conn.role, version, peers, limits,
-                                     doc=self.seq.committed_text())
-        member = Member(conn, self)
+            frame = protocol.welcome(conn.session, conn.role, version, peers, limits, resume_key,
+                                     doc_json=self._committed_json())
+        settings = self.settings
+        member = Member(conn, self, TokenBucket(settings.update_rate, settings.update_burst, self.rooms.now()))
         member.welcome_version = version
         member.welcome_from = want if updates is not None else None
         self.members[conn.session] = member
         self.by_client[conn.client_id] = member
+        self.viewers += conn.role == "view"
         if self.unload_timer is not None:
             self.unload_timer.cancel()
             self.unload_timer = None
         conn.send(frame)
         return member
+
+    def _claim(self, conn: Connection, hello: protocol.Hello) -> str:
+        """Check that `conn` may speak for its clientID; returns the resume key for its welcome.
+
+        A clientID seen before in this document (connected now or not) belongs
+        to whoever first used it: another connection may take it over (4001
+        for the old one) only with that client's resume key, or with the same
+        token from the same address (a reload of the same page). Otherwise
+        anyone who read a clientID could cut its owner off, or push in its
+        name and make its own pushes look already accepted.
+        """
+        token = hashlib.sha256(conn.token.encode()).hexdigest() if conn.token else ""
+        owner = self.owners.get(hello.client_id)
+        if owner is not None:
+            key, owner_token, owner_remote = owner
+            proven = (hello.resume_key is not None and hmac.compare_digest(hello.resume_key.encode(), key.encode())) \
+                or (owner_token == token and owner_remote == conn.remote)
+            if not proven:
+                raise ProtocolError("conflict", "this clientID is in use by another client; a client that "
+                                    "reconnects sends the resumeKey of its last welcome", close=CLOSE_PROTOCOL)
+            self.owners.move_to_end(hello.client_id)
+        else:
+            key = secrets.token_urlsafe(18)
+            while len(self.owners) >= MAX_OWNERS:
+                self.owners.popitem(last=False)
+        self.owners[hello.client_id] = (key, token, conn.remote)
+        return key
+
+    def _committed_json(self) -> bytes:
+        """The committed text as a JSON string, made once per version (every welcome shares it)."""
+        version = self.seq.committed_version
+        if self._doc_json is None or self._doc_json[0] != version:
+            self._doc_json = (version, orjson.dumps(self.seq.committed_text()))
+        return self._doc_json[1]
 
     # -------------------------------------------------------------- pushes
 
@@ -155,6 +213,10 @@ class Room:
         conn = member.conn
         if conn.role != "edit":
             raise ProtocolError("read-only", "this session may only view the document")
+        if not self.rooms.disk.ok():
+            raise ServerError("the server's disk is nearly full, so edits are not saved for now; "
+                              "push again later")
+        self._spend(member, len(msg.updates))
         now = self.rooms.clock()
         behind = self.seq.version - msg.version
         history = None
@@ -175,6 +237,19 @@ class Room:
         if accepted:
             self.rooms.metrics.rebase_distance.observe(max(0, behind))
             self.store.schedule(self)
+
+    def _spend(self, member: Member, n: int) -> None:
+        """Take `n` updates from the member's and the document's budgets, or refuse the push (rate-limited)."""
+        if not n:
+            return
+        now = self.rooms.now()
+        if not member.bucket.take(now, n):
+            raise ProtocolError("rate-limited", f"more than {self.settings.update_rate:g} updates a second from "
+                                f"this connection; push again in {member.bucket.wait(n):.1f} s")
+        if not self.bucket.take(now, n):
+            member.bucket.tokens += n  # not spent after all
+            raise ProtocolError("rate-limited", f"this document takes at most {self.settings.doc_update_rate:g} "
+                                f"updates a second; push again in {self.bucket.wait(n):.1f} s")
 
     def frames_for(self, member: Member, version: int) -> list[int]:
         """Where the frames `member` gets after `version` end: its welcome, each broadcast, the batch
@@ -233,10 +308,11 @@ class Room:
         batch = self.seq.take_pending()
         if not batch or self.broken:
             return None
-        last = batch[-1].version
+        last = batch[-1].version  # == self.seq.version: take_pending took everything
         snapshot = None
-        if last - self.last_snapshot >= self.settings.snapshot_every and last == self.seq.version:
-            snapshot = (last, str(self.seq.text))  # the head is exactly `last` right now
+        replay = self.replay_bytes + sum(len(e.changes_json) for e in batch)
+        if replay >= max(self.settings.snapshot_ratio * self.seq.text.length, self.settings.snapshot_min_bytes):
+            snapshot = (last, str(self.seq.text))
         self._commit_started = time.perf_counter()
         return Commit(self.doc_id, batch[0].version - 1, batch, batch[-1].update.changes.new_length, snapshot)
 
@@ -258,12 +334,16 @@ class Room:
         self.seq.committed(last)
         if commit.snapshot:
             self.last_snapshot = last
+            self.replay_bytes = 0
+        else:
+            self.replay_bytes += sum(len(e.changes_json) for e in batch)
         self.frame_ends.append(last)
         if len(self.frame_ends) > 2 * self.settings.keep_updates:
             del self.frame_ends[:len(self.frame_ends) - self.settings.keep_updates]
         frame = protocol.updates_frame(batch)
+        hidden = protocol.updates_frame(batch, self.rooms.hide) if self.viewers else frame
         for m in self.members.values():
-            m.conn.send(frame)
+            m.conn.send(hidden if m.conn.role == "view" else frame)
         metrics.fanout_seconds.observe(time.perf_counter() - now)
         if self._durable_waiters:
             self._wake_durable()
@@ -287,23 +367,29 @@ class Room:
     # ------------------------------------------------------------ presence
 
     def presence(self, member: Member, msg: protocol.Presence) -> None:
-        """Remember `member`'s selection and pass it on, at most every presence_interval."""
+        """Remember `member`'s selection; it goes out with the next presence frame of this document.
+
+        Presence is batched per document: at most one frame per
+        `presence_interval` (a tick), carrying every cursor that moved in it (at
+        most `presence_batch`; the rest wait for the next tick), the same
+        frame for every member. So a flood of cursor moves costs one frame per
+        member per tick, not one per sender per member, and nothing when nobody moves.
+        """
         if msg.version > self.seq.committed_version:
             raise ProtocolError("bad-version", f"presence is at version {msg.version}, but the document "
                                 f"is at version {self.seq.committed_version}")
         limit = self.seq.length_at(msg.version) if msg.version >= self.seq.log_from else None
         if limit is None:
             return  # too old to map: a newer one will follow
-        ranges = [(min(a, limit), min(h, limit)) for a, h in msg.ranges]
-        member.presence = (msg.version, ranges)
-        if member.presence_timer is not None:
-            return  # a send is already scheduled; it will carry the newest ranges
-        loop = asyncio.get_running_loop()
-        wait = member.presence_sent + self.settings.presence_interval - loop.time()
-        if wait <= 0:
-            self._send_presence(member)
-        else:
-            member.presence_timer = loop.call_later(wait, self._send_presence, member)
+        member.presence = (msg.version, [(min(a, limit), min(h, limit)) for a, h in msg.ranges])
+        self.dirty[member.session] = member
+        if self.presence_timer is None:
+            loop = asyncio.get_running_loop()
+            wait = self.presence_sent + self.settings.presence_interval - loop.time()
+            if wait <= 0:
+                self._flush_presence()
+            else:
+                self.presence_timer = loop.call_later(wait, self._flush_presence)
 
     def _mapped_presence(self, member: Member) -> tuple[int, list[tuple[int, int]]] | None:
         """`member`'s presence mapped to the committed version (None, and forgotten, if too old to map)."""
@@ -317,18 +403,25 @@ class Room:
         mapped = self._mapped_presence(member)
         return None if mapped is None else protocol.presence_object(member.session, member.conn.user, *mapped)
 
-    def _send_presence(self, member: Member) -> None:
-        member.presence_timer = None
-        if member.conn.closed or member.presence is None or self.members.get(member.session) is not member:
-            return
-        member.presence_sent = asyncio.get_running_loop().time()
-        mapped = self._mapped_presence(member)
-        if mapped is None:
-            return
-        frame = protocol.presence_frame(member.session, member.conn.user, *mapped)
-        for m in self.members.values():
-            if m is not member:
+    def _flush_presence(self) -> None:
+        """Send the cursors that moved since the last tick: one frame, to every member."""
+        loop = asyncio.get_running_loop()
+        self.presence_timer = None
+        self.presence_sent = loop.time()
+        peers = []
+        while self.dirty and len(peers) < self.settings.presence_batch:
+            session = next(iter(self.dirty))
+            member = self.dirty.pop(session)
+            if member.presence is not None and self.members.get(session) is member and not member.conn.closed:
+                obj = self._presence_object(member)
+                if obj is not None:
+                    peers.append(obj)
+        if peers:
+            frame = protocol.presences_frame(peers)
+            for m in self.members.values():
                 m.conn.send(frame)
+        if self.dirty:
+            self.presence_timer = loop.call_later(self.settings.presence_interval, self._flush_presence)
 
     # ------------------------------------------------------------- leaving
 
@@ -345,12 +438,11 @@ class Room:
                 self.settings.unload_after, self.rooms.unload_later, self)
 
     def _remove(self, member: Member) -> None:
-        self.members.pop(member.session, None)
+        if self.members.pop(member.session, None) is member:
+            self.viewers -= member.conn.role == "view"
         if self.by_client.get(member.conn.client_id) is member:
             del self.by_client[member.conn.client_id]
-        if member.presence_timer is not None:
-            member.presence_timer.cancel()
-            member.presence_timer = None
+        self.dirty.pop(member.session, None)
         frame = protocol.leave_frame(member.session)
         for m in self.members.values():
             m.conn.send(frame)
@@ -372,12 +464,17 @@ class Rooms:
     """
 
     def __init__(self, settings: Settings, store: Storage, metrics: Metrics | None = None,
-                 access: Access | None = None, clock: Callable[[], float] = time.time):
+                 access: Access | None = None, clock: Callable[[], float] = time.time,
+                 now: Callable[[], float] = time.monotonic, disk: DiskGuard | None = None):
         self.settings = settings
         self.store = store
         self.metrics = metrics or Metrics()
         self.access = access or Access(None)
-        self.clock = clock
+        self.clock = clock  # wall time: when updates were made (history)
+        self.now = now      # monotonic: rate limits
+        self.disk = disk or DiskGuard(None, 0)
+        # Hidden clientIDs for view sessions: a keyed hash, the same in every process of one secret.
+        self._hide_key = hashlib.sha256(b"collab clientID\0" + (self.access.secret or secrets.token_bytes(32))).digest()
         self.limits = {"maxFrame": settings.max_frame, "maxDoc": settings.max_doc,
                        "maxUpdates": settings.max_updates, "maxRanges": settings.max_ranges}
         self.rooms: dict[str, Room] = {}
@@ -390,6 +487,14 @@ class Rooms:
 
     def open_count(self) -> int:
         return len(self.rooms)
+
+    def may_only_view(self, token: str | None) -> bool:
+        """Whether `token` looks like a view link (a guess for connection slots; hello decides)."""
+        return self.access.enabled and bool(token) and token[0] == "v"
+
+    def hide(self, client_id: str) -> str:
+        """What a view session sees instead of a clientID: stable, but not the clientID itself."""
+        return "h" + hmac.new(self._hide_key, client_id.encode(), hashlib.sha256).hexdigest()[:20]
 
     def connections(self, name: str) -> int:
         room = self.rooms.get(name)

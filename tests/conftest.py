@@ -55,6 +55,30 @@ def db(backend, tmp_path, request) -> str:
 
 
 @pytest.fixture
+def make_db(backend, tmp_path, request):
+    """make_db(name, exists=True) -> another database of the test's backend, fresh and empty.
+
+    SQLite: a path in a new folder (the file is not made: collab makes it).
+    PostgreSQL: the URL of a new empty database, or with exists=False of one
+    that does not exist.
+    """
+    made = []
+
+    def make(name: str = "other", exists: bool = True) -> str:
+        if backend == "sqlite":
+            return str(tmp_path / name / f"{name}.db")
+        pg = request.getfixturevalue("pg_server")
+        if not exists:
+            return pg.url(f"missing_{name}")
+        made.append(pg.create_database())
+        return pg.url(made[-1])
+
+    yield make
+    for name in made:
+        request.getfixturevalue("pg_server").drop_database(name)
+
+
+@pytest.fixture
 def server(db, tmp_path):
     """A running server on a fresh database; killed at the end of the test."""
     proc = ServerProcess(db, log_path=tmp_path / "server.log")

@@ -1,7 +1,9 @@
 """Admin commands against a real server and database: docs, export/import, backup under load, compact.
 
 Every command runs as `python -m collab ...` in a subprocess, as a person
-would run it, next to a live `collab serve` on the same database.
+would run it, next to a live `collab serve` on the same database. Every test
+runs on SQLite and on PostgreSQL (conftest.BOTH_BACKENDS) with the same
+assertions; backups are SQLite files on both.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import aiohttp
 import pytest
 
 from collab.changes import ChangeSet, utf16_len
-from collab.store import Store
-from conftest import JS_DIR
+from collab.storage import database_exists, store_at
+from conftest import BOTH_BACKENDS, JS_DIR
 from serverproc import ROOT, ServerProcess, get_json
 from loadclients import apply_changes
 
 USER = {"name": "Admin test", "color": "#336699"}
+pytestmark = BOTH_BACKENDS
 
 
 def collab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -39,11 +42,11 @@ def ok(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture
-def start_server(tmp_path):
+def start_server(tmp_path, db):
     procs = []
 
-    def start(*extra: str, db=None) -> ServerProcess:
-        proc = ServerProcess(db or tmp_path / "collab.db", extra_args=list(extra))
+    def start(*extra: str, db=db) -> ServerProcess:
+        proc = ServerProcess(db, extra_args=list(extra), log_path=tmp_path / f"server-{len(procs)}.log")
         procs.append(proc)
         return proc.start()
 
@@ -135,7 +138,7 @@ async def make_documents(ws_url: str, random_edits: int = 150) -> dict[str, str]
 
 
 async def read_all(db) -> dict[str, tuple[int, str]]:
-    store = Store(db)
+    store = store_at(db)
     await store.open()
     try:
         out = {}
@@ -149,7 +152,7 @@ async def read_all(db) -> dict[str, tuple[int, str]]:
 
 # ----------------------------------------------------------- export / import
 
-def test_docs_export_and_import_reproduce_every_document(start_server, tmp_path):
+def test_docs_export_and_import_reproduce_every_document(start_server, tmp_path, make_db):
     server = start_server()
     texts = asyncio.run(make_documents(server.ws_url))
 
@@ -168,7 +171,7 @@ def test_docs_export_and_import_reproduce_every_document(start_server, tmp_path)
     for name, text in texts.items():
         assert (out / f"{name}.txt").read_bytes() == text.encode("utf-8"), name
 
-    fresh = tmp_path / "fresh" / "new.db"
+    fresh = make_db("fresh")
     assert "imported 5 documents" in ok(collab("import", out, "--db", fresh))
     imported = asyncio.run(read_all(fresh))
     assert {n: t for n, (_, t) in imported.items()} == texts
@@ -182,7 +185,7 @@ def test_docs_export_and_import_reproduce_every_document(start_server, tmp_path)
     assert [(e["version"], e["author"]) for e in entry] == [(1, "import")]
 
 
-def test_import_refuses_clashes_and_bad_files(start_server, tmp_path):
+def test_import_refuses_clashes_and_bad_files(start_server, tmp_path, make_db):
     server = start_server()
     texts = asyncio.run(make_documents(server.ws_url, random_edits=20))
     out = tmp_path / "export"
@@ -207,9 +210,10 @@ def test_import_refuses_clashes_and_bad_files(start_server, tmp_path):
     assert after == before, "clashing documents were left exactly as they were"
     assert get_json(f"{server.url}/api/docs/crlf")["doc"] == "one\ntwo\nthree\n"
 
-    missing = collab("export", tmp_path / "x", "--db", tmp_path / "nope.db")
+    nope = make_db("nope", exists=False)
+    missing = collab("export", tmp_path / "x", "--db", nope)
     assert missing.returncode == 1 and "no database at" in missing.stderr
-    assert not (tmp_path / "nope.db").exists()
+    assert not database_exists(nope)
 
 
 # --------------------------------------------------------------------- backup
@@ -279,12 +283,17 @@ def test_backup_during_continuous_edits_is_consistent(start_server, node, tmp_pa
 # -------------------------------------------------------------------- compact
 
 def snapshot_versions(db, doc: str) -> list[int]:
-    conn = sqlite3.connect(db)
-    try:
-        return [v for (v,) in conn.execute("SELECT version FROM snapshots WHERE doc_id = "
-                                           "(SELECT id FROM documents WHERE name = ?) ORDER BY version", (doc,))]
-    finally:
-        conn.close()
+    """The versions `doc` has snapshots of, read through the storage interface (either backend)."""
+    async def read() -> list[int]:
+        store = await store_at(db).open()
+        try:
+            async with store.view() as view:
+                doc_id = next(d["id"] for d in await view.documents() if d["name"] == doc)
+                return [row[0] for row in await view.rows(doc_id, "snapshots", -1, 100000)]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def get_status(url: str) -> tuple[int, bytes]:
@@ -372,7 +381,7 @@ def test_compact_in_small_chunks_is_the_same(start_server, monkeypatch, capsys):
     server = start_server("--snapshot-every", "1000")
     texts: dict[int, str] = {}
     asyncio.run(scribble(server.ws_url, "doc", 100, 5, texts))
-    monkeypatch.setattr(Store, "COMPACT_CHUNK", 7)
+    monkeypatch.setattr(type(store_at(server.db)), "COMPACT_CHUNK", 7)
     assert admin.compact(Settings(db=str(server.db), keep_history=30)) == 0
     assert "doc: dropped 70 updates up to version 70" in capsys.readouterr().out
     assert snapshot_versions(server.db, "doc") == [70]

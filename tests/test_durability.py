@@ -7,7 +7,8 @@ socket drops. Each records every update it saw in a welcome or `updates` frame
 SIGKILL a few times and restarts it on the same database. At the end the
 server's own log, read back with `hello` at version 0, must contain every
 recorded update identically at its version, with versions contiguous from 1,
-and replaying it must give the served text.
+and replaying it must give the served text. It runs on SQLite and on
+PostgreSQL (conftest.BOTH_BACKENDS): the server dies, the database stays.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import os
 import random
 import time
 
+from conftest import BOTH_BACKENDS
 from loadclients import check_server_log, client_report, fuzz_clients
 
 KILLS = 3
 LOAD_MS = 7000
 
 
+@BOTH_BACKENDS
 def test_acknowledged_updates_survive_sigkill(server, node, tmp_path):
     # Mixed edits: the kills make clients pile up hundreds of offline edits that
     # come back as big pushes over big welcomes, which also exercises the

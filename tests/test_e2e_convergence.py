@@ -6,6 +6,7 @@ What these tests rely on:
   the browser editor, not for a re-implementation of it.
 - The protocol cases (resume, re-push) are driven from Python with raw frames,
   so the exact frames the server sends can be asserted.
+- Every test runs on SQLite and on PostgreSQL (conftest.BOTH_BACKENDS).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import subprocess
 import aiohttp
 import pytest
 
+from conftest import BOTH_BACKENDS
 from serverproc import ROOT, get_json
+
+pytestmark = BOTH_BACKENDS
 
 JS_DIR = ROOT / "tests" / "js"
 WS_PROTOCOL = "collab.v1"
