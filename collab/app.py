@@ -11,6 +11,7 @@ from aiohttp import web
 from . import httpguard, resources, status, ws
 from .access import Access
 from .api import Api, error_middleware, security_headers, token_of
+from .limits import DiskGuard
 from .metrics import Metrics
 from .room import Rooms
 from .settings import Settings
@@ -32,7 +33,9 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     httpguard.install(app, settings)
     store = store_for(settings, exclusive=True)  # SQLite file or PostgreSQL URL (storage.py)
-    rooms = Rooms(settings, store, metrics, Access(settings.load_secret()))
+    # The free-disk guard watches the SQLite file's filesystem (a PostgreSQL server watches its own).
+    disk = DiskGuard(None if "://" in settings.db else Path(settings.db).resolve().parent, settings.min_free_disk)
+    rooms = Rooms(settings, store, metrics, Access(settings.load_secret()), disk=disk)
     admission = ws.Admission(settings, rooms)
     app[STORE] = store
     app[ROOMS] = rooms

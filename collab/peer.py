@@ -1,16 +1,30 @@
 """Peer: one WebSocket connection's outbound side (the WebSocket adapter's half of a room member).
 
 What lives here: the connection's identity as the room sees it, its own
-outbound queue (so one slow reader never delays the others), back-pressure
-(a peer whose unsent bytes pass its limit is closed with 1013 and resumes
-later), and the closing handshake. What never lives here: document state.
+outbound queue (so one slow reader never delays the others), back-pressure,
+writing text frames, and the closing handshake. What never lives here:
+document state.
 
 Rules that always hold:
   * frames leave in the order `send` was called, each exactly once, until the
     peer is closed; after that nothing more is sent but what was queued;
+  * memory per connection is bounded. A frame is written only while the
+    socket's own buffer is under HIGH_WATER; a large frame (a welcome with a
+    big document) goes out as a fragmented WebSocket message, one FRAGMENT at
+    a time, reading its parts in place (the document's JSON is shared by
+    every welcome of that version, never copied per connection). Queued small
+    frames count against `limit` (--send-buffer) and, across all peers,
+    against the `Outbox` budget; over either, the peer is closed with 1013
+    and resumes from its version when it reconnects. A peer that takes
+    nothing for `send_timeout` seconds while data waits is closed the same way;
   * only the handler task (ws.py) runs the closing handshake; any other task
     that decides to close a peer interrupts the handler's `receive()` instead
     (see `close`).
+
+Frames are written to the connection's transport directly (RFC 6455 server
+frames: no mask, no compression), because aiohttp's writer cannot fragment a
+message; control frames aiohttp writes itself (ping, pong, close) may come
+between fragments, which the RFC allows.
 """
 
 from __future__ import annotations
@@ -18,9 +32,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import struct
 from collections import deque
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from . import protocol
 from .errors import CLOSE_TRY_AGAIN
@@ -28,53 +43,64 @@ from .errors import CLOSE_TRY_AGAIN
 log = logging.getLogger("collab")
 
 INTERRUPT = "collab: the connection is closing"  # Peer.close cancelling a handler's receive()
+FRAGMENT = 64 * 1024     # bytes: frames above this go out as a fragmented message, a fragment at a time
+HIGH_WATER = 256 * 1024  # bytes in the socket's buffer above which nothing more is written yet
+
+_TEXT, _CONTINUATION = 0x1, 0x0
 
 
-async def _finish(coro, fut) -> None:
-    """Drive the rest of a coroutine that `_write_now` started, as a Task would.
-
-    The coroutine suspended on `fut`; wait for it, then resume the coroutine,
-    which reads the future's outcome itself, until it returns.
-    """
-    while True:
-        try:
-            if fut is None:
-                await asyncio.sleep(0)
-            else:
-                await asyncio.wait([fut])
-        except asyncio.CancelledError:
-            coro.close()
-            raise
-        try:
-            fut = coro.send(None)
-        except StopIteration:
-            return
+def frame_header(opcode: int, fin: bool, length: int) -> bytes:
+    """An unmasked (server) WebSocket frame header."""
+    first = (0x80 if fin else 0) | opcode
+    if length < 126:
+        return struct.pack("!BB", first, length)
+    if length < 1 << 16:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
 
 
-def _write_now(coro):
-    """Run `ws.send_frame(...)` up to its first suspension, without a task.
+def frame_size(frame: bytes | tuple[bytes, ...]) -> int:
+    return len(frame) if type(frame) is bytes else sum(len(p) for p in frame)
 
-    aiohttp writes an uncompressed frame synchronously and suspends only when
-    the transport asks for back-pressure, so this usually finishes at once and
-    returns None: the frame leaves in the same loop iteration as the commit
-    that produced it. Otherwise it returns a coroutine finishing the write.
-    """
-    try:
-        fut = coro.send(None)
-    except StopIteration:
-        return None
-    return _finish(coro, fut)
+
+def _fragments(parts: tuple[bytes, ...], size: int):
+    """The concatenation of `parts`, in pieces of at most `size` bytes (memoryviews: no copy of big parts)."""
+    piece: list = []
+    room = size
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            take = view[:room]
+            piece.append(take)
+            view = view[len(take):]
+            room -= len(take)
+            if room == 0:
+                yield piece
+                piece, room = [], size
+    if piece:
+        yield piece
+
+
+class Outbox:
+    """What every peer of the process has queued, against one budget (--max-buffered)."""
+
+    __slots__ = ("budget", "queued")
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.queued = 0
 
 
 class Peer:
     """One WebSocket connection: who it is, and its outbound queue."""
 
-    __slots__ = ("ws", "transport", "session", "client_id", "user", "role", "admin", "remote", "queue",
-                 "queued", "limit", "writer", "closed", "bytes_out", "handler", "receiving", "close_code",
-                 "close_message")
+    __slots__ = ("ws", "transport", "session", "client_id", "user", "role", "admin", "remote", "token",
+                 "queue", "queued", "limit", "outbox", "send_timeout", "writer", "closed", "bytes_out",
+                 "handler", "receiving", "close_code", "close_message", "resume_key", "midmessage")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, client_id: str,
-                 user: dict, role: str, remote: str, limit: int, bytes_out=None, admin: bool = False):
+                 user: dict, role: str, remote: str, limit: int, bytes_out=None, admin: bool = False,
+                 outbox: Outbox | None = None, send_timeout: float = 30.0, token: str | None = None):
         self.ws = ws
         self.transport = transport
         self.session = secrets.token_urlsafe(9)
@@ -83,9 +109,13 @@ class Peer:
         self.role = role
         self.admin = admin  # came with the admin token (survives a reset of the share links)
         self.remote = remote
-        self.queue: deque[bytes] = deque()
-        self.queued = 0
+        self.token = token
+        self.resume_key: str | None = None  # proof of this client, from its hello
+        self.queue: deque = deque()
+        self.queued = 0  # bytes of queued frames not yet handed to the socket
         self.limit = limit
+        self.outbox = outbox or Outbox(1 << 62)
+        self.send_timeout = send_timeout
         self.writer: asyncio.Task | None = None
         self.closed = False
         self.bytes_out = bytes_out  # a prometheus Counter, or None
@@ -93,29 +123,31 @@ class Peer:
         self.receiving = False  # that task is waiting in ws.receive()
         self.close_code: int | None = None  # set once we decided to end the connection
         self.close_message = ""
+        self.midmessage = False  # a fragmented message is partly written: no other data frame may start
 
-    def send(self, frame: bytes) -> None:
-        """Write a frame now if the socket takes it, else queue it for the drain task.
+    # ---------------------------------------------------------------- sending
 
-        A peer whose unsent bytes pass the limit is disconnected: it will
-        reconnect and resume from its version, and server memory stays bounded.
+    def send(self, frame: bytes | tuple[bytes, ...]) -> None:
+        """Send a text frame (bytes, or parts to be joined): now if the socket takes it, else queue it.
+
+        A peer whose queued bytes pass its limit, or the process's budget, is
+        disconnected (1013): it reconnects and resumes from its version.
         """
         if self.closed:
             return
+        size = frame_size(frame)
         if self.bytes_out is not None:
-            self.bytes_out.inc(len(frame))
-        if self.writer is None and not self.queue:
-            try:
-                rest = _write_now(self.ws.send_frame(frame, WSMsgType.TEXT))
-            except (ConnectionError, RuntimeError):
-                self.closed = True
-                return
-            if rest is not None:  # back-pressure: the rest of this write, then the queue
-                self.writer = asyncio.get_running_loop().create_task(self._drain(rest))
+            self.bytes_out.inc(size)
+        if self.writer is None and not self.queue and size <= FRAGMENT and self.buffered() < HIGH_WATER:
+            self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
             return
         self.queue.append(frame)
-        self.queued += len(frame)
-        if self.queued + self.buffered() > self.limit:
+        self.queued += size
+        self.outbox.queued += size
+        # One frame alone may be larger than the limit (a welcome with a big document: it goes out a
+        # fragment at a time); anything queued behind it counts.
+        if len(self.queue) > 1 and (self.queued + self.buffered() > self.limit
+                                    or self.outbox.queued > self.outbox.budget):
             log.info("closing %s: %d bytes unsent, over the limit", self.session, self.queued)
             self.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
             return
@@ -126,18 +158,75 @@ class Peer:
         """Bytes the transport holds that the kernel has not taken yet."""
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
-    async def _drain(self, unfinished=None) -> None:
+    def _write(self, opcode: int, fin: bool, payload) -> None:
+        """One frame to the socket; `payload` is bytes or a list of byte pieces."""
+        if self.transport is None or self.transport.is_closing():
+            self.closed = True
+            return
+        if type(payload) is bytes:
+            self.transport.write(frame_header(opcode, fin, len(payload)) + payload)
+        else:
+            self.transport.writelines([frame_header(opcode, fin, sum(len(p) for p in payload)), *payload])
+
+    async def _room_to_write(self, below: int) -> None:
+        """Wait until the socket's buffer is under `below`; close the peer if it takes nothing for send_timeout."""
+        wait, stalled, last = 0.002, 0.0, self.buffered()
+        while self.buffered() >= below and not self.closed:
+            await asyncio.sleep(wait)
+            now = self.buffered()
+            if now < last:
+                stalled, wait = 0.0, 0.002
+            else:
+                stalled += wait
+                wait = min(wait * 2, 0.1)
+                if stalled >= self.send_timeout:
+                    log.info("closing %s: it read nothing for %.0f s", self.session, stalled)
+                    self.close(CLOSE_TRY_AGAIN, "not reading; reconnect to resume")
+            last = now
+
+    async def _drain(self) -> None:
         try:
-            if unfinished is not None:
-                await unfinished
             while self.queue and not self.closed:
-                frame = self.queue.popleft()
-                self.queued -= len(frame)
-                await self.ws.send_frame(frame, WSMsgType.TEXT)
+                frame = self.queue[0]
+                size = frame_size(frame)
+                if size <= FRAGMENT:
+                    await self._room_to_write(HIGH_WATER)
+                    if self.closed:
+                        break
+                    self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
+                    self._dequeued(size)
+                else:
+                    await self._write_fragmented(frame if type(frame) is tuple else (frame,))
+                    if self.closed:
+                        break
+                    self._dequeued(size)
+                self.queue.popleft()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             self.closed = True
         finally:
             self.writer = None
+
+    async def _write_fragmented(self, parts: tuple[bytes, ...]) -> None:
+        opcode = _TEXT
+        pieces = _fragments(parts, FRAGMENT)
+        piece = next(pieces)
+        for following in pieces:
+            await self._room_to_write(FRAGMENT)
+            if self.closed:
+                return
+            self._write(opcode, False, piece)
+            self.midmessage = True
+            opcode, piece = _CONTINUATION, following
+        await self._room_to_write(FRAGMENT)
+        if not self.closed:
+            self._write(opcode, True, piece)
+            self.midmessage = False
+
+    def _dequeued(self, size: int) -> None:
+        self.queued -= size
+        self.outbox.queued -= size
+
+    # ---------------------------------------------------------------- closing
 
     def close(self, code: int, message: str) -> None:
         """End the connection: the handler task sends what is queued, then the close frame.
@@ -156,30 +245,40 @@ class Peer:
         self.closed = True
         self.close_code, self.close_message = code, message
         if code == CLOSE_TRY_AGAIN:  # it will resume from its version; what it has not read is moot
-            self.queue.clear()
-            self.queued = 0
+            self._drop_queue()
         if self.receiving and self.handler is not None:
             self.handler.cancel(msg=INTERRUPT)
+
+    def _drop_queue(self) -> None:
+        for frame in self.queue:
+            self._dequeued(frame_size(frame))
+        self.queue.clear()
 
     async def finish(self, timeout: float) -> None:
         """Run the closing handshake decided by `close` (from the handler task, after `receive()` returned).
 
-        Within `timeout` seconds: the frames still queued, the close frame,
-        then reading (and dropping) whatever the client still sends until its
-        own close frame. A client that reads nothing is cut off after that.
+        Within `timeout` seconds: the small frames still queued (an error frame
+        saying why, say; a large frame not yet sent is dropped: the connection
+        is ending), the close frame, then reading (and dropping) whatever the
+        client still sends until its own close frame. A client that reads
+        nothing is cut off after that. Whatever happens, the queue is released.
         """
-        if self.close_code is None:
-            return
         try:
+            if self.close_code is None:
+                return
+            if self.writer is not None:
+                self.writer.cancel()  # it may be waiting for room in the socket; nothing is half-written
+                await asyncio.wait([self.writer])
+            for frame in self.queue if not self.midmessage else ():
+                if frame_size(frame) <= FRAGMENT:  # a large frame not yet started is dropped
+                    self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
+            self._drop_queue()
             async with asyncio.timeout(timeout):
-                if self.writer is not None:
-                    await asyncio.wait([self.writer])  # it stops after the frame it is writing
-                while self.queue:
-                    await self.ws.send_frame(self.queue.popleft(), WSMsgType.TEXT)
                 await self.ws.close(code=self.close_code, message=protocol.close_reason(self.close_message))
         except (ConnectionError, RuntimeError):
             pass
         except TimeoutError:
             if self.transport is not None:
                 self.transport.abort()
-        self.queue.clear()
+        finally:
+            self._drop_queue()

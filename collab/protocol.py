@@ -32,6 +32,7 @@ class Hello:
     client_id: str
     version: int | None
     user: dict
+    resume_key: str | None = None  # the key a previous welcome gave this clientID: proof it is the same client
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,11 @@ def _hello(msg: dict) -> Hello:
     if type(color) is not str or not _COLOR.fullmatch(color):
         raise ProtocolError("bad-message", "hello.user.color must be a hex colour like #3366ff",
                             close=CLOSE_PROTOCOL)
-    return Hello(client_id, version, {"name": clean_name(name, DEFAULT_USER["name"]), "color": color})
+    resume_key = msg.get("resumeKey")
+    if resume_key is not None and (type(resume_key) is not str or not 0 < len(resume_key) <= MAX_CLIENT_ID):
+        raise ProtocolError("bad-message", f"hello.resumeKey must be a string of 1-{MAX_CLIENT_ID} characters",
+                            close=CLOSE_PROTOCOL)
+    return Hello(client_id, version, {"name": clean_name(name, DEFAULT_USER["name"]), "color": color}, resume_key)
 
 
 def _version_and_list(msg: dict, kind: str, field: str, shape: str, limit: int) -> tuple[int, list]:
@@ -164,31 +169,41 @@ def _presence(msg: dict, max_ranges: int) -> Presence:
 
 # --------------------------------------------------------------------- frames
 
-def _update_json(update: Update) -> dict:
-    return {"clientID": update.client_id, "changes": update.changes.to_json()}
+def _update_json(update: Update, hide=None) -> dict:
+    client_id = update.client_id if hide is None else hide(update.client_id)
+    return {"clientID": client_id, "changes": update.changes.to_json()}
 
 
-def welcome(session: str, role: str, version: int, peers: list[dict], limits: dict, *,
-            doc: str | None = None, since: int | None = None, updates: list[Update] | None = None) -> bytes:
-    """The reply to hello: the full `doc`, or the updates `since` a version (a resume).
+def welcome(session: str, role: str, version: int, peers: list[dict], limits: dict, resume_key: str, *,
+            doc_json: bytes | None = None, since: int | None = None, updates: list[Update] | None = None,
+            hide=None) -> bytes | tuple[bytes, bytes, bytes]:
+    """The reply to hello: the full document, or the updates `since` a version (a resume).
 
-    `limits` ({maxFrame, maxDoc, maxUpdates, maxRanges}) tells the client what
-    the server accepts, so it can split its pushes; a stock client ignores it.
+    `doc_json` is the document already serialised as a JSON string (shared by
+    every welcome of that version): the frame is then returned as three parts
+    (head, document, tail) that the connection writes in place. `limits`
+    ({maxFrame, maxDoc, maxUpdates, maxRanges}) tells the client what the
+    server accepts; `resume_key` is the client's proof for its next hello;
+    `hide` replaces the clientIDs of resumed updates (view sessions never see
+    other people's clientIDs). A stock client ignores the extra fields.
     """
     frame = {"type": "welcome", "session": session, "role": role, "version": version, "peers": peers,
-             "limits": limits}
-    if doc is not None:
-        frame["doc"] = doc
-    else:
-        frame["from"] = since
-        frame["updates"] = [_update_json(u) for u in updates or ()]
+             "limits": limits, "resumeKey": resume_key}
+    if doc_json is not None:
+        return orjson.dumps(frame)[:-1] + b',"doc":', doc_json, b"}"
+    frame["from"] = since
+    frame["updates"] = [_update_json(u, hide) for u in updates or ()]
     return orjson.dumps(frame)
 
 
-def updates_frame(batch: list[Accepted]) -> bytes:
-    """The `updates` frame, assembled from each entry's already-serialised changes."""
-    parts = [b'{"clientID":%s,"changes":%s}' % (orjson.dumps(e.update.client_id), e.changes_json)
-             for e in batch]
+def updates_frame(batch: list[Accepted], hide=None) -> bytes:
+    """The `updates` frame, assembled from each entry's already-serialised changes.
+
+    With `hide`, every clientID is replaced by `hide(clientID)` (the frame view sessions get).
+    """
+    parts = [b'{"clientID":%s,"changes":%s}' % (
+        orjson.dumps(e.update.client_id if hide is None else hide(e.update.client_id)), e.changes_json)
+        for e in batch]
     return b'{"type":"updates","from":%d,"updates":[%s]}' % (batch[0].version - 1, b",".join(parts))
 
 
@@ -197,8 +212,9 @@ def presence_object(session: str, user: dict, version: int, ranges: list[tuple[i
             "ranges": [{"anchor": a, "head": h} for a, h in ranges]}
 
 
-def presence_frame(session: str, user: dict, version: int, ranges: list[tuple[int, int]]) -> bytes:
-    return orjson.dumps(presence_object(session, user, version, ranges))
+def presences_frame(peers: list[dict]) -> bytes:
+    """Every cursor that moved in one tick (presence objects), the same frame for every connection."""
+    return orjson.dumps({"type": "presences", "peers": peers})
 
 
 def leave_frame(session: str) -> bytes:

@@ -38,10 +38,29 @@ class Settings:
     max_doc: int = _opt(10 << 20, "largest document, in UTF-16 units of text (pushes beyond: too-large)")
     max_updates: int = _opt(1000, "most updates in one push")
     max_ranges: int = _opt(100, "most selection ranges in one presence frame")
-    presence_interval: float = _opt(0.05, "minimum seconds between two presence frames of one person "
-                                    "sent to peers (faster ones are coalesced)")
+    presence_interval: float = _opt(0.05, "seconds between two presence frames of a document: the "
+                                    "cursor moves of that tick go out together, one frame per connection")
+    presence_batch: int = _opt(64, "most people's cursor moves one presence frame carries (the rest go "
+                                "in the next tick)")
     send_buffer: int = _opt(8 << 20, "bytes queued for a connection that does not read before it is "
                             "closed (it resumes from its version when it reconnects)")
+    send_timeout: float = _opt(30.0, "seconds a connection may take nothing while data waits for it "
+                               "before it is closed (it resumes when it reconnects)")
+    max_buffered: int = _opt(256 << 20, "bytes queued for all connections together; a connection that "
+                             "would pass it is closed (it resumes when it reconnects)")
+    update_rate: float = _opt(200.0, "updates per second one connection may push on average "
+                              "(pushes beyond: rate-limited)")
+    update_burst: int = _opt(2000, "updates one connection may push at once above --update-rate")
+    doc_update_rate: float = _opt(1000.0, "updates per second one document accepts on average, "
+                                  "from everyone together (bounds how fast its history grows)")
+    doc_update_burst: int = _opt(5000, "updates one document accepts at once above --doc-update-rate")
+    snapshot_ratio: float = _opt(1.0, "write a full-text snapshot when the updates since the last one add "
+                                 "up to this many times the document's size (so snapshots take at most "
+                                 "about this share of the history's bytes, plus one document)")
+    snapshot_min_bytes: int = _opt(64 << 10, "but never before the updates since the last snapshot add "
+                                   "up to this many bytes")
+    min_free_disk: int = _opt(200 << 20, "bytes that must stay free on the SQLite database's filesystem; "
+                              "below it edits and new documents are refused (unavailable), reads go on")
     static_dir: str = _opt("", "folder with index.html, editor.html and dist/ (default: the pages "
                            "installed with collab)")
     log_json: bool = _opt(False, "log JSON lines instead of plain text")
@@ -52,7 +71,9 @@ class Settings:
                              "WebSockets besides the server's own")
     rate: float = _opt(100.0, "frames per second one connection may send on average (token bucket)")
     burst: int = _opt(500, "frames one connection may send at once above the average rate")
-    max_conns_per_doc: int = _opt(200, "most connections to one document")
+    max_conns_per_doc: int = _opt(200, "most connections to one document (in each process)")
+    reserved_edit_slots: int = _opt(40, "of --max-conns-per-doc, connections kept for people who may edit "
+                                    "(at most half of them; view-only sessions get the rest)")
     max_conns_per_addr: int = _opt(100, "most connections from one client address")
     cert: str = _opt("", "TLS certificate file (PEM): serve HTTPS and WSS directly")
     key: str = _opt("", "TLS private key file (PEM) for --cert")
@@ -119,6 +140,14 @@ class Settings:
             problems.append("snapshot_every must be at least 1")
         if self.rate <= 0 or self.burst < 1:
             problems.append("rate must be positive and burst at least 1")
+        if self.update_rate <= 0 or self.update_burst < self.max_updates:
+            problems.append("update_rate must be positive and update_burst at least max_updates "
+                            "(a full push must be able to pass)")
+        if self.doc_update_rate <= 0 or self.doc_update_burst < self.max_updates:
+            problems.append("doc_update_rate must be positive and doc_update_burst at least max_updates")
+        if self.presence_batch < 1:
+            problems.append("presence_batch must be at least 1")
+
         if bool(self.cert) != bool(self.key):
             problems.append("--cert and --key go together")
         if problems:

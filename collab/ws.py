@@ -19,9 +19,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import protocol
 from .access import origin_allowed
+from .limits import TokenBucket
 from .errors import (CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG, CODES, CollabError,
                      ProtocolError, ServerError)
-from .peer import INTERRUPT, Peer
+from .peer import INTERRUPT, Outbox, Peer
 from .room import Member, Rooms
 from .settings import Settings
 
@@ -54,12 +55,15 @@ class Admission:
         self.settings = settings
         self.rooms = rooms
         self.per_address: dict[str, int] = {}
+        self.outbox = Outbox(settings.max_buffered)  # what all connections have queued, against one budget
 
-    def check(self, name: str, remote: str) -> None:
+    def check(self, name: str, remote: str, viewer: bool) -> None:
+        """Refuse (429) a connection over a limit; view sessions leave --reserved-edit-slots to editors."""
         s = self.settings
-        if self.rooms.connections(name) >= s.max_conns_per_doc:
-            raise ProtocolError("rate-limited", f"document {name!r} has {s.max_conns_per_doc} connections, "
-                                "the most allowed")
+        cap = s.max_conns_per_doc - (min(s.reserved_edit_slots, s.max_conns_per_doc // 2) if viewer else 0)
+        if self.rooms.connections(name) >= cap:
+            raise ProtocolError("rate-limited", f"document {name!r} has {cap} connections, "
+                                "the most allowed" + (" for view-only sessions" if viewer else ""))
         if self.per_address.get(remote, 0) >= s.max_conns_per_addr:
             raise ProtocolError("rate-limited", f"{s.max_conns_per_addr} connections from one address "
                                 "is the most allowed")
@@ -81,8 +85,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
     if not origin_allowed(request.headers.get("Origin"), own_origin(request, trusted), allowed_origins(settings)):
         raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
     remote = client_address(request, trusted)
-    admission.check(name, remote)
     token = request.query.get("token")
+    admission.check(name, remote, viewer=rooms.may_only_view(token))
     # decode_text=False: text frames arrive as bytes and orjson checks their
     # UTF-8, so a frame that is not UTF-8 is answered with bad-json like any
     # other unreadable frame, instead of aiohttp failing the connection (1007).
@@ -94,7 +98,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
     metrics.connections.inc()
     admission.enter(remote)
     peer = Peer(ws, request.transport, "", protocol.DEFAULT_USER, "view", remote, settings.send_buffer,
-                metrics.bytes_out)
+                metrics.bytes_out, outbox=admission.outbox, send_timeout=settings.send_timeout, token=token)
     member: Member | None = None
     rooms.arrive(name, peer)
     try:
@@ -134,7 +138,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
 
 async def _serve(ws: web.WebSocketResponse, peer: Peer, member: Member, settings: Settings) -> None:
     """Read frames until the connection ends; each one is handled before the next is read."""
-    bucket = TokenBucket(settings.rate, settings.burst)
+    bucket = TokenBucket(settings.rate, settings.burst)  # frames; persistent excess ends the connection
     metrics = member.room.rooms.metrics
     while not peer.closed:
         msg = await _receive(ws, peer)
@@ -143,7 +147,7 @@ async def _serve(ws: web.WebSocketResponse, peer: Peer, member: Member, settings
         if msg.type == WSMsgType.TEXT:
             metrics.bytes_in.inc(len(msg.data))
             if not bucket.take(time.monotonic()):
-                refuse(peer, bucket.refusal(), member.room.name, metrics)
+                refuse(peer, _over_rate(bucket, settings), member.room.name, metrics)
                 continue
             try:
                 await _frame(member, msg.data, settings)
@@ -225,31 +229,10 @@ def refuse(peer: Peer, exc: CollabError, doc: str, metrics) -> None:
         peer.close(close, exc.message)
 
 
-class TokenBucket:
-    """`rate` frames a second on average, `burst` at once; persistent excess ends the connection."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp", "refused")
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self.refused = 0
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.refused = max(0, self.refused - 1)
-            return True
-        self.refused += 1
-        return False
-
-    def refusal(self) -> ProtocolError:
-        if self.refused > self.burst:  # ignored our errors for a whole burst's worth of frames
-            return ProtocolError("rate-limited", "persistently over the rate limit", close=CLOSE_RATE_LIMITED)
-        return ProtocolError("rate-limited", f"over {self.rate:g} frames a second; this frame was dropped")
+def _over_rate(bucket: TokenBucket, settings: Settings) -> ProtocolError:
+    if bucket.refused > settings.burst:  # ignored our errors for a whole burst's worth of frames
+        return ProtocolError("rate-limited", "persistently over the rate limit", close=CLOSE_RATE_LIMITED)
+    return ProtocolError("rate-limited", f"over {settings.rate:g} frames a second; this frame was dropped")
 
 
 def own_origin(request: web.Request, trusted: frozenset[str]) -> str:

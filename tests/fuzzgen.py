@@ -90,8 +90,8 @@ def parse_changes(value) -> list[tuple[int, str | None]] | None:
             if not item or type(item[0]) is not int or item[0] < 0:
                 return None
             lines = item[1:]
-            if any(type(line) is not str or "\n" in line or "\r" in line for line in lines):
-                return None
+            if any(type(line) is not str or "\n" in line or "\r" in line or "\x00" in line for line in lines):
+                return None  # U+0000 is refused too (PostgreSQL's text cannot hold it)
             out.append((item[0], "\n".join(lines)))
         else:
             return None

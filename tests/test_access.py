@@ -111,7 +111,7 @@ async def test_view_token_reads_but_cannot_push(client):
     assert (await recv_type(viewer, "error"))["code"] == "read-only"
     # Its presence is still shown to the others.
     await send(viewer, {"type": "presence", "version": 1, "ranges": [{"anchor": 2, "head": 2}]})
-    assert (await recv_type(editor, "presence"))["ranges"] == [{"anchor": 2, "head": 2}]
+    assert (await recv_type(editor, "presences"))["peers"][0]["ranges"] == [{"anchor": 2, "head": 2}]
     # View holders see no share links and cannot restore or fork.
     for method, path in (("get", "/api/docs/doc/links"), ("post", "/api/docs/doc/links/reset"),
                          ("post", "/api/docs/doc/restore"), ("post", "/api/docs/doc/fork")):
@@ -282,7 +282,7 @@ async def test_a_client_that_does_not_read_is_cut_off(aiohttp_client, tmp_path):
     # Once the sleeper reads again it finds the frames that were already on their way, then 1013.
     sleeper._response.connection.transport.resume_reading()
     while (msg := await asyncio.wait_for(sleeper.receive(), 10)).type == WSMsgType.TEXT:
-        assert orjson.loads(msg.data)["type"] in ("welcome", "updates", "presence")
+        assert orjson.loads(msg.data)["type"] in ("welcome", "updates", "presences")
     assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1013)
 
 

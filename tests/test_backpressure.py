@@ -47,7 +47,7 @@ async def flood(url: str) -> tuple[int, bool]:
                 frame = orjson.loads((await writer.receive(timeout=20)).data)
                 if frame["type"] == "updates" and frame["updates"][-1]["clientID"] == "writer":
                     break
-                assert frame["type"] in ("presence", "leave"), frame
+                assert frame["type"] in ("presences", "leave"), frame
             version, length = frame["from"] + len(frame["updates"]), CHUNK
         sleeper._response.connection.transport.resume_reading()
         closed_with = None

@@ -45,6 +45,9 @@ CASES = [
      ("hello", "c1", None, {"name": "Annevil", "color": "#abc"})),
     (with_(HELLO, user={"name": "Cafe\u0301   au  lait", "color": "#abc"}),  # NFC, spaces collapsed
      ("hello", "c1", None, {"name": "Caf\u00e9 au lait", "color": "#abc"})),
+    (with_(HELLO, resumeKey="k1"), ("hello", "c1", None, {"name": "Ann", "color": "#abc"})),
+    (with_(HELLO, resumeKey=7), ("bad-message", CLOSE_PROTOCOL)),
+    (with_(HELLO, resumeKey=""), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID=""), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID="x" * 129), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID=5), ("bad-message", CLOSE_PROTOCOL)),
@@ -117,20 +120,27 @@ def test_document_names(name, ok):
 
 def test_built_frames_read_back():
     limits = {"maxFrame": 10, "maxDoc": 20, "maxUpdates": 3, "maxRanges": 4}
-    full = orjson.loads(protocol.welcome("s1", "edit", 4, [], limits, doc="text"))
-    assert full == {"type": "welcome", "session": "s1", "role": "edit", "version": 4, "peers": [],
-                    "limits": limits, "doc": "text"}
+    parts = protocol.welcome("s1", "edit", 4, [], limits, "key1", doc_json=orjson.dumps("te\"xt"))
+    assert type(parts) is tuple and parts[1] == b'"te\\"xt"'  # the document's JSON is a part of its own
+    assert orjson.loads(b"".join(parts)) == {"type": "welcome", "session": "s1", "role": "edit", "version": 4,
+                                             "peers": [], "limits": limits, "resumeKey": "key1", "doc": 'te"xt'}
     one = Update("c1", ChangeSet.from_json([[0, "a", "b"]]))
-    resume = orjson.loads(protocol.welcome("s2", "view", 5, [], limits, since=4, updates=[one]))
+    resume = orjson.loads(protocol.welcome("s2", "edit", 5, [], limits, "k", since=4, updates=[one]))
     assert (resume["from"], resume["updates"], "doc" in resume) == (4, [{"clientID": "c1",
                                                                           "changes": [[0, "a", "b"]]}], False)
+    hidden = orjson.loads(protocol.welcome("s2", "view", 5, [], limits, "k", since=4, updates=[one],
+                                           hide=lambda c: "h-" + c))
+    assert hidden["updates"] == [{"clientID": "h-c1", "changes": [[0, "a", "b"]]}]
     batch = [Accepted(5, one, "Ann", 1.0), Accepted(6, Update("c\"2", ChangeSet.from_json([3, [0, "😀"]])), "B", 2.0)]
     assert orjson.loads(protocol.updates_frame(batch)) == {
         "type": "updates", "from": 4,
         "updates": [{"clientID": "c1", "changes": [[0, "a", "b"]]}, {"clientID": "c\"2", "changes": [3, [0, "😀"]]}]}
-    assert orjson.loads(protocol.presence_frame("s1", {"name": "A", "color": "#fff"}, 3, [(1, 2)])) == {
+    assert [u["clientID"] for u in orjson.loads(protocol.updates_frame(batch, lambda c: "x" + c))["updates"]] == [
+        "xc1", "xc\"2"]
+    peer = protocol.presence_object("s1", {"name": "A", "color": "#fff"}, 3, [(1, 2)])
+    assert orjson.loads(protocol.presences_frame([peer])) == {"type": "presences", "peers": [{
         "type": "presence", "session": "s1", "user": {"name": "A", "color": "#fff"}, "version": 3,
-        "ranges": [{"anchor": 1, "head": 2}]}
+        "ranges": [{"anchor": 1, "head": 2}]}]}
     assert orjson.loads(protocol.leave_frame("s1")) == {"type": "leave", "session": "s1"}
     assert orjson.loads(protocol.error_frame("read-only", "no")) == {"type": "error", "code": "read-only",
                                                                       "message": "no"}

@@ -54,11 +54,11 @@ async def test_presence_is_coalesced_to_about_20_per_second(app_client):
             frames.append(await recv(b, timeout=0.2))
         except asyncio.TimeoutError:
             break
-    assert all(f["type"] == "presence" for f in frames)
+    assert all(f["type"] == "presences" and len(f["peers"]) == 1 for f in frames)
     assert 2 <= len(frames) <= elapsed * 20 + 3, (len(frames), elapsed)
     # The newest selection always arrives last.
-    assert frames[-1]["ranges"] == [{"anchor": 9, "head": 9}]
-    assert frames[-1]["user"] == {"name": "Tester", "color": "#3366ff"}
+    assert frames[-1]["peers"][0]["ranges"] == [{"anchor": 9, "head": 9}]
+    assert frames[-1]["peers"][0]["user"] == {"name": "Tester", "color": "#3366ff"}
 
 
 async def test_presence_is_mapped_to_the_version_peers_have(app_client):
@@ -71,7 +71,7 @@ async def test_presence_is_mapped_to_the_version_peers_have(app_client):
     await recv_type(a, "updates"), await recv_type(b, "updates")
     # A still thinks in version 1: its cursor after "hello" is 5.
     await send(a, {"type": "presence", "version": 1, "ranges": [{"anchor": 5, "head": 5}]})
-    frame = await recv_type(b, "presence")
+    frame = (await recv_type(b, "presences"))["peers"][0]
     assert frame["version"] == 2 and frame["ranges"] == [{"anchor": 8, "head": 8}]
     # A newcomer gets it in its welcome, at the welcome's version.
     c, welcome = await join(client, "m", "C")

@@ -34,13 +34,15 @@ class FakeConn:
         self.user = {"name": name, "color": "#123456"}
         self.role = "view"
         self.admin = False
+        self.remote = "127.0.0.1"
+        self.token = None
         self.closed = False
         self.frames: list[dict] = []
         self.closed_with: tuple[int, str] | None = None
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes | tuple[bytes, ...]) -> None:
         if not self.closed:
-            self.frames.append(orjson.loads(frame))
+            self.frames.append(orjson.loads(frame if type(frame) is bytes else b"".join(frame)))
 
     def close(self, code: int, message: str) -> None:
         if not self.closed:

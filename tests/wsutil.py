@@ -27,7 +27,7 @@ async def recv_type(ws, kind: str, timeout: float = 5.0) -> dict:
         frame = await recv(ws, timeout)
         if frame["type"] == kind:
             return frame
-        if frame["type"] not in ("presence", "leave"):
+        if frame["type"] not in ("presences", "leave"):
             raise AssertionError(f"expected {kind}, got {frame}")
 
 
