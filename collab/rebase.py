@@ -16,10 +16,15 @@ Frames: a stock client runs `receiveUpdates` once per `updates` frame it
 receives, so its unconfirmed changes are mapped over each frame's
 composition in turn, and map(compose(a, b)) is not always map(a) then map(b)
 (insertions at one point can swap). So the server rebases a push group by
-group, along the very frame boundaries that connection receives
-(`rebase_in_frames`); with a single group this is exactly `rebaseUpdates`.
-Without it, stock clients diverged in 13-23 of 80 simulated runs with
-WebSocket-like delivery.
+group, along the frames the client will apply (`rebase_in_frames`); with a
+single group this is exactly `rebaseUpdates`. Without it, stock clients
+diverged in 13-23 of 80 simulated runs with WebSocket-like delivery.
+"The frames the client will apply" must hold even when its connection drops
+before it read them: the frames are the same for every connection (one per
+commit, sequencer.py), so a resume must send what a client missed in those
+same frames (`Sequencer.frames_since`). A push rebased along the frames its lost connection was sent, then
+resumed as one composed welcome, drifted in about 4% of simulated runs with
+real CodeMirror clients.
 
 Deduplication: a client that reconnects may push again updates the server
 already accepted (their acknowledgement was lost). Walking the accepted
@@ -73,7 +78,8 @@ def rebase_in_frames(updates: list[Update], over: list[Update], ends: list[int])
     """`rebase_updates` applied group by group: `over[:ends[0]]`, `over[ends[0]:ends[1]]`, ...
 
     `ends` are offsets into `over` (strictly increasing, inside it) where one
-    frame the client receives ends and the next begins.
+    frame the client receives ends and the next begins; the caller must send
+    the client exactly these frames, on any connection, resumes included.
     """
     start = 0
     for end in [*ends, len(over)]:

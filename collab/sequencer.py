@@ -2,10 +2,11 @@
 
 What lives here: deciding whether a push is acceptable, rebasing it over what
 was accepted since its version, giving each update its version, keeping the
-recent log for rebases, resumes and presence mapping, and tracking which
-versions are durable. What never lives here: sockets, SQL, clocks, `await`.
-The room (room.py) feeds it pushes, hands `take_pending()` to the store, and
-reports back with `committed()`; only committed updates are ever broadcast.
+recent log for rebases, resumes and presence mapping, tracking which
+versions are durable, and where the `updates` frames end. What never lives
+here: sockets, SQL, clocks, `await`. The room (room.py) feeds it pushes,
+hands `take_pending()` to the store, reports back with `committed()` and
+broadcasts that batch as one frame; only committed updates are ever broadcast.
 
 Rules that always hold:
   * `text` is the document at `version` (the head), which includes updates
@@ -16,11 +17,25 @@ Rules that always hold:
     log are exactly as before;
   * versions are contiguous and never reused. If a commit fails the room
     throws this sequencer away and reloads from disk, so nothing that was not
-    durable is ever shown to anyone.
+    durable is ever shown to anyone;
+  * `frame_ends` are the ends of the `updates` frames, the same for every
+    connection: each `committed(v)` is one frame ending at v (the room
+    broadcasts that batch as one frame), listed ascending from the version
+    this sequencer was loaded at (the oldest dropped once there are more
+    than 2 * keep). A push is rebased
+    frame by frame along them (`push_frames`, rebase.rebase_in_frames),
+    which is what a stock client computes only if it is sent exactly those
+    frames: on the connection that pushed or, if that one dropped before the
+    client read them, in the resume. So a resume must go out in those same
+    frames (`frames_since`), never composed into one welcome: a push rebased
+    along two frames its connection lost, then resumed as one group, is
+    mapped differently by the client (tests/test_rebase_properties.py,
+    test_resume_keeps_the_frames_a_lost_connection_was_sent).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import orjson
@@ -61,7 +76,14 @@ class NeedHistory(Exception):
 
 class Sequencer:
     def __init__(self, text: str, version: int, log: list[Update] | None = None,
-                 keep: int = 2000, max_length: int | None = None):
+                 keep: int = 2000, max_length: int | None = None, frame_ends: list[int] | None = None):
+        """`frame_ends`: where the frames of the loaded history ended, if the store kept them.
+
+        Without them the history before `version` counts as one frame: exact
+        for every push made from now on, but a client that lost the
+        acknowledgement of an update pushed before the reload may have had it
+        rebased along frames that a resume can no longer reproduce.
+        """
         log = list(log or [])
         self.text = Text(text)
         self.version = version
@@ -72,6 +94,7 @@ class Sequencer:
         self.max_length = max_length
         self.pending: list[Accepted] = []  # accepted, not yet durable, in version order
         self._taken = 0                    # how many of `pending` the store is writing
+        self.frame_ends = sorted({e for e in frame_ends or () if 0 < e < version} | {version})
 
     # ---------------------------------------------------------------- reads
 
@@ -95,15 +118,54 @@ class Sequencer:
             return older + self.log[:until - self.log_from]
         return self.log[version - self.log_from:until - self.log_from]
 
+    def frames_since(self, version: int, until: int | None = None,
+                     history: list[Update] | None = None) -> list[tuple[int, list[Update]]]:
+        """`updates_since(version, until)` cut where the frames were broadcast: [(from, updates), ...].
+
+        This is how a resume must reach a client: the welcome carries the
+        first group, each further one goes out as its own `updates` frame,
+        before anything newer. Empty if there is nothing to send.
+        """
+        until = self.committed_version if until is None else until
+        updates = self.updates_since(version, until, history)
+        groups, start = [], version
+        for end in [*self._ends_between(version, until), until]:
+            if end > start:
+                groups.append((start, updates[start - version:end - version]))
+            start = end
+        return groups
+
+    def _ends_between(self, since: int, until: int) -> list[int]:
+        """The known frame ends strictly between `since` and `until`, ascending."""
+        lo = bisect.bisect_right(self.frame_ends, since)
+        hi = bisect.bisect_left(self.frame_ends, until)
+        return self.frame_ends[lo:hi]
+
+    def push_frames(self, version: int) -> list[int]:
+        """Where the frames a push based on `version` is moved over end (versions, ascending).
+
+        The broadcast frames after `version`, then the batch the store is
+        writing now (it will be one frame); what was accepted after that shares
+        the next frame with this push, so it is the last group.
+        """
+        ends = self._ends_between(version, self.version)
+        in_flight = self.in_flight_end()
+        if in_flight is not None and version < in_flight < self.version:
+            ends.append(in_flight)
+        return ends
+
     # ---------------------------------------------------------------- pushes
 
     def push(self, client_id: str, version, updates: list[Update], author: str, time: float,
              history: list[Update] | None = None, frames: list[int] | None = None) -> list[Accepted]:
         """Accept a batch made on top of `version`; return what it became, with versions.
 
-        `frames` are the versions (between `version` and the head) at which
-        the frames this client receives end: the push is rebased frame by
-        frame, as the client itself will do (rebase.rebase_in_frames).
+        The push is rebased frame by frame, as the client itself will do
+        (rebase.rebase_in_frames), along `push_frames(version)`: the frames
+        every connection is sent and every resume is cut into. `frames`
+        overrides them (versions where this connection's frames end); it
+        exists for a room that still composes a resume into one welcome, and
+        is only right as long as that connection never drops.
 
         Raises ProtocolError (`bad-version`, `bad-message`, `bad-changes`,
         `too-large`) and leaves everything unchanged, or NeedHistory when the
@@ -128,7 +190,9 @@ class Sequencer:
                                   f"but at that point the document has length {expected}")
             expected = u.changes.new_length
 
-        ends = [f - version for f in frames or () if version < f < self.version]
+        if frames is None:
+            frames = self.push_frames(version)
+        ends = [f - version for f in frames if version < f < self.version]
         rebased = rebase_in_frames(updates, over, sorted(set(ends)))
         if rebased and rebased[0].changes.length != self.text.length:
             # Only possible when re-pushed updates differ from the accepted ones.
@@ -185,7 +249,11 @@ class Sequencer:
         return batch
 
     def committed(self, version: int) -> None:
-        """Everything up to `version` is durable; trim the log to `keep` entries."""
+        """Everything up to `version` is durable and goes out as one frame; trim the log to `keep` entries."""
+        if version > self.frame_ends[-1]:
+            self.frame_ends.append(version)  # the batch is broadcast as one frame ending here
+            if len(self.frame_ends) > 2 * self.keep:
+                del self.frame_ends[:len(self.frame_ends) - self.keep]
         self.committed_version = max(self.committed_version, version)
         done = 0
         while done < len(self.pending) and self.pending[done].version <= version:

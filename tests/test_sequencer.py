@@ -140,3 +140,77 @@ def test_a_document_over_a_lowered_limit_can_still_shrink():
     assert err.value.code == "too-large"
     seq.push("c", 4, [Update("c", ChangeSet.from_json([[2, "y"], 4]))], "a", 0.0)  # 6 -> 5: fine
     assert str(seq.text) == "yxxxx"
+
+
+def commit(s):
+    """The store writes everything pending as one batch; it is broadcast as one frame."""
+    batch = s.take_pending()
+    s.committed(batch[-1].version)
+
+
+def test_each_commit_is_one_frame_and_a_resume_is_cut_the_same_way():
+    s = Sequencer("", 0)
+    s.push("A", 0, [U("A", [[0, "a"]])], "", 0)
+    commit(s)                                                   # frame v0..v1
+    s.push("B", 1, [U("B", [1, [0, "b"]])], "", 0)
+    s.push("C", 2, [U("C", [2, [0, "c"]]), U("C", [3, [0, "d"]])], "", 0)
+    commit(s)                                                   # frame v1..v4
+    s.push("A", 4, [U("A", [4, [0, "e"]])], "", 0)              # pending: not sent, not in a resume
+    assert s.frame_ends == [0, 1, 4]
+    log = s.log
+    assert s.frames_since(0) == [(0, log[0:1]), (1, log[1:4])]
+    assert s.frames_since(1) == [(1, log[1:4])]
+    assert s.frames_since(2) == [(2, log[2:4])]                 # not a frame end: the rest of that frame
+    assert s.frames_since(4) == []
+    commit(s)
+    assert s.frames_since(0, 5) == [(0, log[0:1]), (1, log[1:4]), (4, log[4:5])]
+
+
+def test_a_push_is_rebased_along_the_frames_every_connection_is_sent():
+    """C's push missed two frames: it is moved over them one by one, as C's client will be.
+
+    Over their composition it would come out "ZY" (CodeMirror's rebaseUpdates
+    as is); C maps "Z" over v1, then over v2, and has "YZ". Whether C reads
+    those frames on the connection it pushed on or, after that one dropped,
+    in its resume (frames_since), it is sent exactly those two frames.
+    """
+    s = Sequencer("a", 0)
+    s.push("A", 0, [U("A", [[1]])], "", 0)
+    commit(s)
+    s.push("B", 1, [U("B", [[0, "Y"]])], "", 0)
+    commit(s)
+    assert s.push_frames(0) == [1]
+    s.push("C", 0, [U("C", [[0, "Z"], 1])], "", 0)
+    assert str(s.text) == "YZ"
+    commit(s)
+    assert [len(u) for _, u in s.frames_since(0)] == [1, 1, 1]
+    composed = Sequencer("a", 0)
+    composed.push("A", 0, [U("A", [[1]])], "", 0)
+    composed.push("B", 1, [U("B", [[0, "Y"]])], "", 0)
+    composed.push("C", 0, [U("C", [[0, "Z"], 1])], "", 0, frames=[])   # one group
+    assert str(composed.text) == "ZY"
+
+
+def test_the_batch_being_written_is_a_frame_and_what_follows_shares_the_push_frame():
+    s = Sequencer("", 0)
+    s.push("A", 0, [U("A", [[0, "a"]])], "", 0)
+    commit(s)                                                   # v0..v1 broadcast
+    s.push("A", 1, [U("A", [1, [0, "b"]])], "", 0)
+    s.take_pending()                                            # v1..v2 being written
+    s.push("B", 2, [U("B", [2, [0, "c"]])], "", 0)              # v3: pending, will share a frame
+    assert s.push_frames(0) == [1, 2]
+    assert s.push_frames(1) == [2]
+    assert s.push_frames(2) == [] and s.push_frames(3) == []
+    assert s.frames_since(0) == [(0, s.log[0:1])]               # only what is durable
+
+
+def test_frame_ends_come_from_the_store_and_old_ones_are_dropped():
+    s = Sequencer("x" * 10, 10, frame_ends=[3, 7, 12, 0], keep=2)
+    assert s.frame_ends == [3, 7, 10]
+    s.committed(10)                                             # nothing new: no frame
+    assert s.frame_ends == [3, 7, 10]
+    for k in range(10, 16):
+        s.push("A", k, [U("A", [k, [0, "x"]])], "", 0)
+        commit(s)
+    assert s.frame_ends[-1] == 16 and len(s.frame_ends) <= 4
+    assert s.frame_ends == sorted(s.frame_ends)
