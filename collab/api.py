@@ -19,7 +19,7 @@ from aiohttp import web
 from . import httpguard, protocol
 from .errors import CollabError, ProtocolError, ServerError, brief
 from .room import Rooms
-from .storage import NameTaken, Storage, VersionCompacted
+from .storage import Storage, VersionCompacted
 
 log = logging.getLogger("collab")
 
@@ -270,11 +270,16 @@ class Api:
     # --------------------------------------------------------------- history
 
     async def history(self, request: web.Request) -> web.Response:
-        info = await self._doc(request, "view")
+        name = doc_name(request)
+        role = await self.allow(request, "view", name)
+        info = await self.rooms.info(name)
         before = _int_param(_query(request, "before"), "before", info["version"] + 1, 0, None)
         limit = _int_param(_query(request, "limit"), "limit", 100, 1, MAX_HISTORY_PAGE,
                            beyond="the most entries one page holds,")
         entries = await self.store.history(info["id"], before, limit)
+        if role == "view":  # a view link never learns anyone's clientID (it would let it pose as them)
+            for entry in entries:
+                entry["clientID"] = self.rooms.hide(entry["clientID"])
         return json_response({"entries": entries})
 
     async def version_text(self, request: web.Request) -> web.Response:
@@ -316,8 +321,7 @@ class Api:
         version = _int_param(body.get("version"), "version", info["version"], 0, info["version"])
         new_name = await self._new_name(body)
         text = await self.rooms.text_at(info, version)
-        async with httpguard.one_more_document(request, self.store):
-            await self._create(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
+        await self.rooms.create(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
         return json_response({"name": new_name, **await self._links(new_name)}, status=201)
 
     # ---------------------------------------------------- access management
@@ -343,20 +347,13 @@ class Api:
     async def create_doc(self, request: web.Request) -> web.Response:
         await self.allow(request, "admin")
         name = await self._new_name(await _json_body(request))
-        async with httpguard.one_more_document(request, self.store):
-            await self._create(name)
+        await self.rooms.create(name)
         return json_response({"name": name, **await self._links(name)}, status=201)
 
     async def delete_doc(self, request: web.Request) -> web.Response:
         info = await self._doc(request, "admin")
         await self.rooms.delete(info["name"])
         return json_response({"deleted": info["name"]})
-
-    async def _create(self, name: str, text: str = "", **who) -> None:
-        try:
-            await self.store.create_document(name, text, exist_ok=False, **who)
-        except NameTaken:
-            raise ProtocolError("conflict", f"a document named {name!r} already exists") from None
 
     async def _new_name(self, body: dict) -> str:
         """The body's "name" for a new document (409 conflict if taken), or a fresh readable one."""

@@ -24,8 +24,7 @@ Pure cores (no I/O, clocks passed in):
     traceback, with the count of those it held back.
 
 Adapters: `middleware` (Host, state changes, and the request body read under a deadline),
-`limit_writes` and `add_retry_after` (429 with Retry-After), `DocumentQuota` (--max-documents),
-`Listener` (the protocol factory `collab serve` listens with: the connection cap and the
+`limit_writes` and `add_retry_after` (429 with Retry-After), `Listener` (the protocol factory `collab serve` listens with: the connection cap and the
 head deadline), `raise_open_file_limit`.
 
 Rules: every refusal is a `ProtocolError`, answered by api.py's error_middleware; the head
@@ -41,7 +40,6 @@ import math
 import resource
 import time
 from collections.abc import Callable, Iterable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -319,32 +317,6 @@ async def add_retry_after(request: web.BaseRequest, response: web.StreamResponse
         response.headers["Retry-After"] = str(seconds)
 
 
-class DocumentQuota:
-    """At most `limit` documents, checked where HTTP creates them; creations wait for one another,
-    so two at once cannot both pass the count."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.lock = asyncio.Lock()
-
-    @asynccontextmanager
-    async def one_more(self, store):
-        async with self.lock:
-            count = len(await store.list_documents())
-            if count >= self.limit:
-                raise ProtocolError("too-large", f"this server holds {count} documents, the most it keeps "
-                                    f"(--max-documents {self.limit}); delete some before making new ones")
-            yield
-
-
-DOC_QUOTA = web.AppKey("doc_quota", DocumentQuota)
-
-
-def one_more_document(request: web.Request, store):
-    """`async with httpguard.one_more_document(request, store): <create it>`."""
-    return request.app[DOC_QUOTA].one_more(store)
-
-
 SETTINGS_KEY = web.AppKey("guard_settings", Settings)
 
 
@@ -352,7 +324,6 @@ def install(app: web.Application, settings: Settings) -> None:
     """What the adapters above need from the app (create_app calls this)."""
     app[SETTINGS_KEY] = settings
     app[WRITE_LIMITER] = write_limiter(settings)
-    app[DOC_QUOTA] = DocumentQuota(settings.max_documents)
     app.on_response_prepare.append(add_retry_after)
 
 

@@ -45,7 +45,7 @@ from .metrics import Metrics
 from .rebase import Update
 from .sequencer import NeedHistory, Sequencer
 from .settings import Settings
-from .storage import Commit, Storage, VersionCompacted
+from .storage import Commit, NameTaken, Storage, TooManyDocuments, VersionCompacted
 
 log = logging.getLogger("collab")
 
@@ -520,7 +520,7 @@ class Rooms:
             if loaded is None:
                 if not create:
                     return None
-                await self.store.create_document(name)
+                await self.create(name, exist_ok=True)
                 loaded = await self.store.load(name)
             seq = Sequencer(loaded.text, loaded.version, loaded.log, keep=self.settings.keep_updates,
                             max_length=self.settings.max_doc)
@@ -547,6 +547,23 @@ class Rooms:
         for conn in list(self._waiting.get(name, ())):
             if everyone or not conn.admin:
                 conn.close(CLOSE_POLICY, reason)
+
+    async def create(self, name: str, text: str = "", author: str = "", client_id: str = "",
+                     exist_ok: bool = False) -> int:
+        """Make a document (with `text` as its first update): the one way documents come to be.
+
+        Refused while the disk is nearly full (unavailable), past --max-documents
+        (too-large), and for a taken name unless `exist_ok` (conflict).
+        """
+        if not self.disk.ok():
+            raise ServerError("the server's disk is nearly full, so no document can be made for now")
+        try:
+            return await self.store.create_document(name, text, author=author, client_id=client_id,
+                                                    exist_ok=exist_ok, max_documents=self.settings.max_documents)
+        except NameTaken:
+            raise ProtocolError("conflict", f"a document named {name!r} already exists") from None
+        except TooManyDocuments as exc:
+            raise ProtocolError("too-large", str(exc)) from None
 
     async def join(self, name: str, conn: Connection, hello: protocol.Hello, token: str | None) -> Member:
         """`conn` joins document `name` with the rights `token` gives now; its welcome is sent.

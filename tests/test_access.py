@@ -124,7 +124,9 @@ async def test_reset_links_invalidates_old_tokens_and_sessions(client):
     tokens = await make_doc(client)
     old_session, _ = await hello(client, "doc", tokens["edit"], "old")
     admin_session, _ = await hello(client, "doc", ADMIN, "admin")
-    resp = await client.post(f"/api/docs/doc/links/reset?token={tokens['edit']}")
+    resp = await client.post(f"/api/docs/doc/links/reset?token={tokens['edit']}", json={})
+    assert resp.status == 403  # an edit link cannot cut everyone else off (issue 10, finding 9)
+    resp = await client.post(f"/api/docs/doc/links/reset?token={ADMIN}", json={})
     assert resp.status == 200
     new = {r: u.split("token=")[1] for r, u in (await resp.json())["links"].items()}
     assert new["edit"] != tokens["edit"] and new["view"] != tokens["view"]
