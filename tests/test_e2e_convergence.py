@@ -122,7 +122,7 @@ class Session:
             msg = await asyncio.wait_for(self.ws.receive(), timeout)
             assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg}"
             frame = json.loads(msg.data)
-            if frame["type"] in ("presence", "leave"):
+            if frame["type"] in ("presences", "leave"):
                 continue
             assert frame["type"] == want, f"expected {want}, got {frame}"
             return frame
@@ -132,7 +132,7 @@ class Session:
         try:
             while True:
                 msg = await asyncio.wait_for(self.ws.receive(), seconds)
-                if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] in ("presence", "leave"):
+                if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] in ("presences", "leave"):
                     continue
                 pytest.fail(f"unexpected frame {msg}")
         except asyncio.TimeoutError:

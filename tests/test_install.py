@@ -98,7 +98,8 @@ def _wheel_version(wheel: Path) -> str:
 def test_the_wheel_carries_migrations_and_pages_and_nothing_else_of_static(built):
     names = set(zipfile.ZipFile(built["wheel"]).namelist())
     migrations = {n.removeprefix("collab/migrations/") for n in names if n.startswith("collab/migrations/")}
-    assert migrations == {f"sqlite/{p.name}" for p in (ROOT / "migrations" / "sqlite").glob("*.sql")}
+    assert migrations == {f"{p.parent.name}/{p.name}" for p in (ROOT / "migrations").glob("*/*.sql")}
+    assert {m.split("/")[0] for m in migrations} == {"sqlite", "postgres"}
     assert migrations, "no migrations in the wheel"
     static = {n.removeprefix("collab/static/") for n in names if n.startswith("collab/static/")}
     expected = PAGES | {p.relative_to(ROOT / "static").as_posix()
