@@ -297,11 +297,13 @@ class Api:
     async def authors(self, request: web.Request) -> web.Response:
         info = await self._doc(request, "view")
         version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
+        from . import compute  # replay and JSON are built off the event loop
         try:
             authorship = await self.store.authorship(info["id"], version)
         except VersionCompacted as exc:
             raise ProtocolError("not-found", f"authorship: {exc}") from None
-        return json_response({"version": version, "spans": authorship.spans()})
+        spans = await compute.authors_json(authorship)
+        return web.Response(body=b'{"version":%d,"spans":%s}' % (version, spans), content_type="application/json")
 
     async def restore(self, request: web.Request) -> web.Response:
         """One ordinary update turning the current text into the text at `version` (a minimal diff)."""

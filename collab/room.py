@@ -635,9 +635,11 @@ class Rooms:
         room = await self._get(name, create=False)
         if room is None:
             raise ProtocolError("not-found", f"no document named {name!r}")
+        from . import compute  # the diff runs in a worker process, never on the event loop
         try:
+            # Diffed against the text at `base`; edits committed meanwhile are rebased over by submit.
             base = room.seq.committed_version
-            changes = diff_changes(room.seq.committed_text(), old)
+            changes = await compute.restore_changes(room.seq.committed_text(), old)
             update = Update(f"restore-{secrets.token_hex(6)}", changes)
             return await room.submit(update.client_id, base, [update], author, restored_from=version)
         finally:

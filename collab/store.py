@@ -534,9 +534,9 @@ class Store:
                                (doc_id, at)).fetchone()
             return (created[0] if created else None), row[0] or 0
 
-        def spans_at(conn: sqlite3.Connection, at: int) -> list:
-            return orjson.loads(conn.execute("SELECT spans FROM authorship WHERE doc_id = ? AND version = ?",
-                                             (doc_id, at)).fetchone()[0])
+        def spans_at(conn: sqlite3.Connection, at: int) -> str:
+            return conn.execute("SELECT spans FROM authorship WHERE doc_id = ? AND version = ?",
+                                (doc_id, at)).fetchone()[0]
 
         def rows(conn: sqlite3.Connection, after: int, upto: int, max_bytes: int) -> list:
             out, size = [], 0

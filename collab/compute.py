@@ -1,0 +1,398 @@
+"""Expensive pure computations, run off the event loop under a budget: the runner and its two jobs.
+
+Rules that always hold:
+  * the event loop never runs a restore diff or an authorship replay; they
+    run in worker processes (`Pool`), not in threads of the server: a
+    pure-Python thread holds the GIL in 5 ms slices and the loop (and the
+    store's threads) wait for it at every socket or SQLite call. Measured on
+    32,000 interleaved insertions: the replay in a thread paused the loop up
+    to 77 ms (and, in the store's reader thread, held other documents' acks
+    up to 260 ms and reads up to 480 ms); in a worker process the loop's
+    worst pause stays under 10 ms, as when idle;
+  * spans stay JSON bytes in the server process and are parsed only in
+    workers: millions of small lists held by a cache make every full garbage
+    collection pause the loop (100-200 ms pauses, measured, before this rule);
+  * budgets, each refused cleanly and never by stalling the server:
+      - at most WORKERS jobs run and QUEUE wait; one more is refused at once
+        (`unavailable`, 503, "busy");
+      - a job has `timeout` seconds from the moment it was asked for, waiting
+        included; past it its worker process is killed and the caller hears
+        `unavailable` (503) saying what ran out of time;
+      - a worker may use WORKER_MEMORY bytes of address space; beyond it the
+        job fails with `too-large` (413);
+  * a restore diff is bounded by construction (history.diff_changes stops its
+    searches at a cutoff and replaces what is left whole: about a second of
+    work at most), so a restore is refused only when the workers are busy or
+    the machine is so loaded that DIFF_TIMEOUT passes; the document is then
+    unchanged;
+  * an /authors request replays at most AUTHORS_CHUNK update rows (or
+    AUTHORS_CHUNK_BYTES of them) per job from the nearest cached spans; each
+    job's result is kept (in memory, and in the store at checkpoints spaced
+    by their size), so a request that runs out of AUTHORS_TIMEOUT is refused
+    with 503 and the next one goes on from where it stopped; the answer's
+    JSON is built in a worker too, and one of more than AUTHORS_MAX_RUNS runs
+    (about 12 MB) is refused with 413;
+  * workers are fresh interpreters (not copies of the server with its sockets
+    and threads) at a lower CPU priority, started on first use and kept; each
+    ends on its own when the server's end of its pipe closes, so none
+    outlives the server.
+What never lives here: SQL (each store hands over closures that read and
+write its own tables), the algorithms themselves (history.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+import pickle
+import resource
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Awaitable, Callable, Hashable
+
+from .changes import ChangeSet
+from .errors import ProtocolError, ServerError
+from .history import Authorship, diff_changes, replay, spans_json
+
+WORKERS = 1                 # worker processes (the server's other core stays with the event loop)
+QUEUE = 8                   # jobs that may wait for a worker; more are refused (busy)
+WORKER_MEMORY = 2 << 30     # bytes of address space one worker may use
+WORKER_NICE = 10            # workers run at a lower CPU priority than the server
+DIFF_TIMEOUT = 15.0         # seconds for one restore diff, waiting included
+AUTHORS_TIMEOUT = 15.0      # seconds for one /authors request, waiting included
+AUTHORS_CHUNK = 5_000       # update rows replayed per job
+AUTHORS_CHUNK_BYTES = 8 << 20  # ... and at most this many bytes of them
+AUTHORS_MAX_RUNS = 200_000  # runs one /authors answer may hold
+AUTHORS_SPACING = 4         # stored checkpoints at least runs / 4 versions apart (about 4 runs per update)
+CACHE_BYTES = 64 << 20      # bytes of spans JSON the authorship cache keeps in memory (per store)
+
+
+class Busy(ServerError):
+    """Every worker is taken and the queue is full."""
+
+
+class Overrun(ServerError):
+    """A job ran out of its time budget (its worker was killed)."""
+
+
+# --------------------------------------------------------------------- runner
+#
+# A worker is `python -c "import collab.compute; collab.compute.worker_main()"`
+# talking length-prefixed pickles over its stdin and stdout (both ends are
+# ours: nothing from outside is ever unpickled). Not multiprocessing: its
+# children import the parent's __main__ script again, whatever embeds collab.
+
+_HEADER = struct.Struct("!Q")
+
+
+def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
+    chunks, left = [], n
+    while left:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            raise EOFError("the other end closed")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _send(fd: int, value) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_all(fd, _HEADER.pack(len(data)) + data)
+
+
+def _receive(fd: int, deadline: float | None = None):
+    (n,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
+    return pickle.loads(_read_exact(fd, n, deadline))
+
+
+def worker_main() -> None:  # pragma: no cover - runs in the worker process
+    """A worker's life: take (fn, args), answer (status, value), until the server's end closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    try:
+        os.nice(WORKER_NICE)  # a core shared with the event loop goes to the loop first
+    except OSError:
+        pass
+    memory = int(os.environ.get("COLLAB_WORKER_MEMORY", WORKER_MEMORY))
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    except (ValueError, OSError):
+        pass
+    out = os.dup(1)
+    os.dup2(2, 1)  # a stray print goes to stderr, never into the answers
+    while True:
+        try:
+            fn, args = _receive(0)
+        except (EOFError, OSError):
+            return
+        try:
+            answer = ("ok", fn(*args))
+        except MemoryError:
+            answer = ("memory", "")
+        except Exception as exc:  # noqa: BLE001 - a bug: reported to the caller, who raises it
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        try:
+            _send(out, answer)
+        except MemoryError:
+            _send(out, ("memory", ""))
+        except (EOFError, OSError):
+            return
+
+
+class _Worker:
+    def __init__(self, memory: int):
+        import collab
+        root = os.path.dirname(os.path.dirname(os.path.abspath(collab.__file__)))
+        env = dict(os.environ, COLLAB_WORKER_MEMORY=str(memory),
+                   PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import collab.compute as c; c.worker_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+
+    def call(self, fn, args, deadline: float, what: str):
+        """fn(*args) in this worker; raises Overrun (the caller then kills it) past `deadline`."""
+        _send(self.proc.stdin.fileno(), (fn, args))
+        try:
+            status, value = _receive(self.proc.stdout.fileno(), deadline)
+        except TimeoutError:
+            raise Overrun(f"{what} ran out of its time budget; try again later") from None
+        if status == "memory":
+            raise ProtocolError("too-large", f"{what} needs more memory than a worker may use "
+                                             f"({WORKER_MEMORY >> 20} MB)")
+        if status == "error":
+            raise RuntimeError(f"{what} failed in its worker: {value}")
+        return value
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+class Pool:
+    """Runs picklable pure functions in worker processes, each job under a time budget.
+
+    `run` may be awaited from any event loop; a caller that is cancelled does
+    not cancel the job, which still ends by its deadline.
+    """
+
+    def __init__(self, workers: int = WORKERS, queue: int = QUEUE, memory: int = WORKER_MEMORY):
+        self.workers, self.queue, self.memory = workers, queue, memory
+        self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collab-compute")
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+        self.pending = 0  # jobs asked for and not finished
+        self.started = 0  # worker processes started (for tests)
+        self.killed = 0   # worker processes killed for running out of time (for tests)
+
+    async def run(self, fn: Callable, *args, timeout: float, what: str = "the computation"):
+        with self._lock:
+            if self.pending >= self.workers + self.queue:
+                raise Busy(f"the server is busy with {self.pending} history computations; "
+                           "try again in a moment")
+            self.pending += 1
+        deadline = time.monotonic() + timeout
+        try:
+            fut = asyncio.get_running_loop().run_in_executor(self._threads, self._call, fn, args, deadline, what)
+        except BaseException:
+            with self._lock:
+                self.pending -= 1
+            raise
+        return await fut
+
+    def _call(self, fn, args, deadline: float, what: str):  # in one of our threads
+        try:
+            if time.monotonic() >= deadline:
+                raise Overrun(f"{what} waited too long for a worker; the server is busy, try again later")
+            with self._lock:
+                worker = self._idle.pop() if self._idle else None
+            if worker is None:
+                worker = _Worker(self.memory)
+                self.started += 1
+            try:
+                result = worker.call(fn, args, deadline, what)
+            except Overrun:
+                self.killed += 1
+                worker.kill()
+                raise
+            except (EOFError, OSError) as exc:  # the worker died (killed from outside, or out of memory)
+                worker.kill()
+                raise ServerError(f"{what} failed: its worker process ended ({exc})") from None
+            except BaseException:
+                with self._lock:
+                    self._idle.append(worker)  # the job raised, the worker answered: it is fine
+                raise
+            with self._lock:
+                self._idle.append(worker)
+            return result
+        finally:
+            with self._lock:
+                self.pending -= 1
+
+    def close(self) -> None:
+        """Stop every idle worker (running jobs end by their deadline)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.kill()
+
+
+_pool: Pool | None = None
+_pool_lock = threading.Lock()
+
+
+def pool() -> Pool:
+    """The process's pool, started on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = Pool()
+        return _pool
+
+
+# -------------------------------------------------------------- restore diff
+
+async def restore_changes(current: str, target: str) -> ChangeSet:
+    """The ChangeSet turning `current` into `target` (history.diff_changes), computed in a worker."""
+    return await pool().run(diff_changes, current, target, timeout=DIFF_TIMEOUT, what="the restore diff")
+
+
+# ---------------------------------------------------------------- authorship
+
+class AuthorshipCache:
+    """Spans (stored JSON, as bytes) by (document, version), least recently used dropped first,
+    at most `max_bytes` in all."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[tuple, tuple[bytes, int]] = OrderedDict()
+        self._versions: dict[Hashable, list[int]] = {}
+
+    def best(self, doc: Hashable, version: int) -> tuple[int, bytes, int] | None:
+        """The newest cached (version, spans, runs) at or below `version`."""
+        versions = self._versions.get(doc)
+        if not versions:
+            return None
+        i = bisect.bisect_right(versions, version)
+        if i == 0:
+            return None
+        key = (doc, versions[i - 1])
+        self._entries.move_to_end(key)
+        return (versions[i - 1], *self._entries[key])
+
+    def put(self, doc: Hashable, version: int, spans: bytes, runs: int) -> None:
+        key = (doc, version)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return
+        if len(spans) > self.max_bytes:
+            return
+        self._entries[key] = (spans, runs)
+        bisect.insort(self._versions.setdefault(doc, []), version)
+        self.size += len(spans)
+        while self.size > self.max_bytes:
+            (old_doc, old_version), (old_spans, _) = self._entries.popitem(last=False)
+            versions = self._versions[old_doc]
+            versions.pop(bisect.bisect_left(versions, old_version))
+            if not versions:
+                del self._versions[old_doc]
+            self.size -= len(old_spans)
+
+
+_caches: "weakref.WeakKeyDictionary[object, AuthorshipCache]" = weakref.WeakKeyDictionary()
+
+
+def authorship_cache(owner: object) -> AuthorshipCache:
+    """The cache kept for `owner` (a store): it lives as long as the store does."""
+    cache = _caches.get(owner)
+    if cache is None:
+        cache = _caches[owner] = AuthorshipCache()
+    return cache
+
+
+Rows = list[tuple[int, str, str]]  # (version, author, stored ChangeSetJSON text)
+
+
+async def authorship(owner: object, doc_id: int, version: int, every: int, *,
+                     checkpoint: Callable[[int], Awaitable[tuple[Hashable, int]]],
+                     spans_at: Callable[[int], Awaitable[str | bytes]],
+                     rows: Callable[[int, int, int], Awaitable[Rows]],
+                     save: Callable[[list[tuple[int, str]]], Awaitable[None]]) -> Authorship:
+    """Who wrote each character at `version`: the replay loop and its caching, for any store.
+
+    The store hands over four closures over its own tables:
+      checkpoint(version) -> (identity, v): something that tells this document
+          from a later one with the same id (SQLite: its creation time), and the
+          newest stored checkpoint v <= version (0 if none);
+      spans_at(v) -> the stored spans JSON of checkpoint v, as stored (not parsed);
+      rows(after, upto, max_bytes) -> the update rows after+1 .., contiguous,
+          at least one, stopping early only past max_bytes; raises
+          VersionCompacted if one of after+1 .. upto is gone;
+      save([(v, spans JSON), ...]) -> stores checkpoints (existing ones kept).
+    The replay starts from the newest of the cached and stored spans, runs in
+    the worker pool chunk by chunk, and caches every chunk's end. The spans
+    stay JSON bytes in this process: they are parsed only in workers.
+    """
+    deadline = time.monotonic() + AUTHORS_TIMEOUT
+    identity, stored = await checkpoint(version)
+    doc = (doc_id, identity)
+    cache = authorship_cache(owner)
+    hit = cache.best(doc, version)
+    runs = None
+    if hit is not None and hit[0] >= stored:
+        start, spans, runs = hit
+    else:
+        start, spans = stored, (await spans_at(stored) if stored else b"[]")
+    saved = stored
+
+    def time_left() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Overrun(f"the authorship of version {version} is still being computed (done up to version "
+                          f"{start}, from {stored}); ask again to continue")
+        return left
+
+    while start < version:
+        time_left()
+        batch = await rows(start, min(version, start + AUTHORS_CHUNK), AUTHORS_CHUNK_BYTES)
+        spans, checkpoints, runs = await pool().run(replay, spans, batch, every, saved, AUTHORS_SPACING,
+                                                    timeout=time_left(), what="the authorship replay")
+        if checkpoints:
+            await save(checkpoints)
+            saved = checkpoints[-1][0]
+        start = batch[-1][0]
+        cache.put(doc, start, spans, runs)
+    authors = Authorship.from_json(spans, runs)
+    if runs is not None and runs > AUTHORS_MAX_RUNS:
+        raise ProtocolError("too-large", f"the authorship of version {version} has {runs:,} runs; "
+                                         f"one answer holds at most {AUTHORS_MAX_RUNS:,}")
+    return authors
+
+
+async def authors_json(authors: Authorship) -> bytes:
+    """The /authors spans as JSON ([{"from", "to", "author"}, ...]), built in a worker when large."""
+    stored = authors.to_json()
+    if len(stored) <= 32 << 10:
+        return spans_json(stored)
+    return await pool().run(spans_json, stored, timeout=AUTHORS_TIMEOUT, what="the authors answer")
