@@ -96,10 +96,14 @@ _HEADER = struct.Struct("!Q")
 
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
     chunks, left = [], n
+    poller = None
+    if deadline is not None:
+        poller = select.poll()  # not select.select: a busy server's descriptors pass FD_SETSIZE
+        poller.register(fd, select.POLLIN)
     while left:
-        if deadline is not None:
+        if poller is not None:
             wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+            if wait <= 0 or not poller.poll(wait * 1000):
                 raise TimeoutError
         chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
