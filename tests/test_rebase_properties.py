@@ -309,7 +309,7 @@ class Sim:
 
 actions = st.lists(st.tuples(st.integers(0, 99), st.integers(0, 2), st.integers(0, 2**32 - 1)), min_size=20, max_size=100)
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-NETWORK_EXAMPLES = int(os.environ.get("COLLAB_NETWORK_EXAMPLES", "600"))
+NETWORK_EXAMPLES = int(os.environ.get("COLLAB_NETWORK_EXAMPLES", "500"))
 
 
 # ------------------------------------------------------- insert-only markers
