@@ -207,6 +207,11 @@ def updates_frame(batch: list[Accepted], hide=None) -> bytes:
     return b'{"type":"updates","from":%d,"updates":[%s]}' % (batch[0].version - 1, b",".join(parts))
 
 
+def resumed_frame(start: int, updates: list[Update], hide=None) -> bytes:
+    """An `updates` frame from version `start` out of the log (a resume's frames after its welcome)."""
+    return orjson.dumps({"type": "updates", "from": start, "updates": [_update_json(u, hide) for u in updates]})
+
+
 def presence_object(session: str, user: dict, version: int, ranges: list[tuple[int, int]]) -> dict:
     return {"type": "presence", "session": session, "user": user, "version": version,
             "ranges": [{"anchor": a, "head": h} for a, h in ranges]}

@@ -24,7 +24,6 @@ Rules that always hold:
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hashlib
 import hmac
 import logging
@@ -73,14 +72,12 @@ MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, addr
 class Member:
     """A connection inside a room: what the room remembers about it."""
 
-    __slots__ = ("conn", "room", "presence", "welcome_version", "welcome_from", "bucket")
+    __slots__ = ("conn", "room", "presence", "bucket")
 
     def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket):
         self.conn = conn
         self.room = room
         self.presence: tuple[int, list[tuple[int, int]]] | None = None  # (version, ranges)
-        self.welcome_version = 0   # the version its welcome brought it to
-        self.welcome_from: int | None = None  # where a resuming welcome's updates began
         self.bucket = bucket       # updates it may still push (--update-rate)
 
     @property
@@ -116,7 +113,6 @@ class Room:
         self.deleted = False
         self._durable_waiters: list[tuple[int, asyncio.Future]] = []
         self._commit_started = 0.0
-        self.frame_ends: list[int] = []  # last version of each `updates` frame broadcast (recent ones)
 
     # ------------------------------------------------------------- joining
 
@@ -146,24 +142,28 @@ class Room:
             old.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same clientID")
         version = self.seq.committed_version
         peers = [obj for obj in (self._presence_object(m) for m in self.members.values() if m.presence) if obj]
-        updates = None
+        frames = None
         if want is not None and want <= version:
             try:
-                updates = self.seq.updates_since(want, version, history)
+                # A resume goes out in the frames those updates were broadcast in
+                # (sequencer.py): pushes were rebased along them, lost or not.
+                frames = self.seq.frames_since(want, version, history)
             except NeedHistory:
-                updates = None  # compacted away, or the log moved on meanwhile: full text
+                frames = None  # compacted away, or the log moved on meanwhile: full text
         limits = self.rooms.limits
         hide = self.rooms.hide if conn.role == "view" else None
-        if updates is not None:
-            frame = protocol.welcome(conn.session, conn.role, version, peers, limits, resume_key,
-                                     since=want, updates=updates, hide=hide)
+        later: list = []
+        if frames is not None:
+            first = frames[0][1] if frames else []
+            later = frames[1:]
+            # Presence objects are at `version`: with frames still to come they follow them.
+            frame = protocol.welcome(conn.session, conn.role, want + len(first), [] if later else peers, limits,
+                                     resume_key, since=want, updates=first, hide=hide)
         else:
             frame = protocol.welcome(conn.session, conn.role, version, peers, limits, resume_key,
                                      doc_json=self._committed_json())
         settings = self.settings
         member = Member(conn, self, TokenBucket(settings.update_rate, settings.update_burst, self.rooms.now()))
-        member.welcome_version = version
-        member.welcome_from = want if updates is not None else None
         self.members[conn.session] = member
         self.by_client[conn.client_id] = member
         self.viewers += conn.role == "view"
@@ -171,6 +171,10 @@ class Room:
             self.unload_timer.cancel()
             self.unload_timer = None
         conn.send(frame)
+        for start, updates in later:
+            conn.send(protocol.resumed_frame(start, updates, hide))
+        if later and peers:
+            conn.send(protocol.presences_frame(peers))
         return member
 
     def _claim(self, conn: Connection, hello: protocol.Hello) -> str:
@@ -223,7 +227,7 @@ class Room:
         for _ in range(3):
             try:
                 accepted = self.seq.push(conn.client_id, msg.version, msg.updates, conn.user["name"], now,
-                                         history, self.frames_for(member, msg.version))
+                                         history)
                 break
             except NeedHistory as need:
                 history = await self.store.updates(self.doc_id, need.since, need.until)
@@ -250,21 +254,6 @@ class Room:
             member.bucket.tokens += n  # not spent after all
             raise ProtocolError("rate-limited", f"this document takes at most {self.settings.doc_update_rate:g} "
                                 f"updates a second; push again in {self.bucket.wait(n):.1f} s")
-
-    def frames_for(self, member: Member, version: int) -> list[int]:
-        """Where the frames `member` gets after `version` end: its welcome, each broadcast, the batch
-        being committed; the updates after that share one frame with this push."""
-        ends = []
-        if version < member.welcome_version:
-            if member.welcome_from is not None and version < member.welcome_from:
-                ends.append(member.welcome_from)
-            ends.append(member.welcome_version)
-        after = max(version, member.welcome_version)
-        ends += self.frame_ends[bisect.bisect_right(self.frame_ends, after):]  # ascending
-        in_flight = self.seq.in_flight_end()
-        if in_flight is not None:
-            ends.append(in_flight)
-        return ends
 
     async def submit(self, client_id: str, version: int, updates: list[Update], author: str,
                      restored_from: int | None = None) -> int:
@@ -337,9 +326,6 @@ class Room:
             self.replay_bytes = 0
         else:
             self.replay_bytes += sum(len(e.changes_json) for e in batch)
-        self.frame_ends.append(last)
-        if len(self.frame_ends) > 2 * self.settings.keep_updates:
-            del self.frame_ends[:len(self.frame_ends) - self.settings.keep_updates]
         frame = protocol.updates_frame(batch)
         hidden = protocol.updates_frame(batch, self.rooms.hide) if self.viewers else frame
         for m in self.members.values():
