@@ -12,11 +12,13 @@ Rules that always hold:
     socket's own buffer is under HIGH_WATER; a large frame (a welcome with a
     big document) goes out as a fragmented WebSocket message, one FRAGMENT at
     a time, reading its parts in place (the document's JSON is shared by
-    every welcome of that version, never copied per connection). Queued small
-    frames count against `limit` (--send-buffer) and, across all peers,
-    against the `Outbox` budget; over either, the peer is closed with 1013
-    and resumes from its version when it reconnects. A peer that takes
-    nothing for `send_timeout` seconds while data waits is closed the same way;
+    every welcome of that version, never copied per connection). What queued
+    frames cost this peer alone (`frame_cost`: not the shared document)
+    counts against `limit` (--send-buffer; the frame at the head of the queue
+    may be larger on its own) and, across all peers, against the `Outbox`
+    budget; over either, the peer is closed with 1013 and resumes from its
+    version when it reconnects. A peer that takes nothing for `send_timeout`
+    seconds while data waits is closed the same way;
   * only the handler task (ws.py) runs the closing handshake; any other task
     that decides to close a peer interrupts the handler's `receive()` instead
     (see `close`).
@@ -61,6 +63,18 @@ def frame_header(opcode: int, fin: bool, length: int) -> bytes:
 
 def frame_size(frame: bytes | tuple[bytes, ...]) -> int:
     return len(frame) if type(frame) is bytes else sum(len(p) for p in frame)
+
+
+def frame_cost(frame: bytes | tuple[bytes, ...]) -> int:
+    """The memory a queued frame holds for this peer alone.
+
+    A frame given as parts is (head, shared, tail): its middle part (a
+    document's JSON) is shared by every frame that carries it, so it costs
+    this peer nothing.
+    """
+    if type(frame) is bytes:
+        return len(frame)
+    return len(frame[0]) + len(frame[-1]) if len(frame) == 3 else sum(len(p) for p in frame)
 
 
 def _fragments(parts: tuple[bytes, ...], size: int):
@@ -112,7 +126,7 @@ class Peer:
         self.token = token
         self.resume_key: str | None = None  # proof of this client, from its hello
         self.queue: deque = deque()
-        self.queued = 0  # bytes of queued frames not yet handed to the socket
+        self.queued = 0  # what queued frames cost this peer (frame_cost), not yet handed to the socket
         self.limit = limit
         self.outbox = outbox or Outbox(1 << 62)
         self.send_timeout = send_timeout
@@ -138,16 +152,18 @@ class Peer:
         size = frame_size(frame)
         if self.bytes_out is not None:
             self.bytes_out.inc(size)
+        cost = frame_cost(frame)
         if self.writer is None and not self.queue and size <= FRAGMENT and self.buffered() < HIGH_WATER:
             self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
             return
         self.queue.append(frame)
-        self.queued += size
-        self.outbox.queued += size
-        # One frame alone may be larger than the limit (a welcome with a big document: it goes out a
-        # fragment at a time); anything queued behind it counts.
-        if len(self.queue) > 1 and (self.queued + self.buffered() > self.limit
-                                    or self.outbox.queued > self.outbox.budget):
+        self.queued += cost
+        self.outbox.queued += cost
+        # The frame at the head of the queue may be larger than the limit on its own (it goes out a
+        # fragment at a time): what is queued behind it counts. A peer that does not read it is
+        # closed by the send timeout instead.
+        behind = self.queued - frame_cost(self.queue[0])
+        if behind + self.buffered() > self.limit or self.outbox.queued > self.outbox.budget:
             log.info("closing %s: %d bytes unsent, over the limit", self.session, self.queued)
             self.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
             return
@@ -194,12 +210,11 @@ class Peer:
                     if self.closed:
                         break
                     self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
-                    self._dequeued(size)
                 else:
                     await self._write_fragmented(frame if type(frame) is tuple else (frame,))
                     if self.closed:
                         break
-                    self._dequeued(size)
+                self._dequeued(frame_cost(frame))
                 self.queue.popleft()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             self.closed = True
@@ -222,9 +237,9 @@ class Peer:
             self._write(opcode, True, piece)
             self.midmessage = False
 
-    def _dequeued(self, size: int) -> None:
-        self.queued -= size
-        self.outbox.queued -= size
+    def _dequeued(self, cost: int) -> None:
+        self.queued -= cost
+        self.outbox.queued -= cost
 
     # ---------------------------------------------------------------- closing
 
@@ -251,7 +266,7 @@ class Peer:
 
     def _drop_queue(self) -> None:
         for frame in self.queue:
-            self._dequeued(frame_size(frame))
+            self._dequeued(frame_cost(frame))
         self.queue.clear()
 
     async def finish(self, timeout: float) -> None:

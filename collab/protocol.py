@@ -96,9 +96,9 @@ def parse(data: bytes | str, max_updates: int = 1000, max_ranges: int = 100) -> 
 
 def _hello(msg: dict) -> Hello:
     client_id = msg.get("clientID")
-    if type(client_id) is not str or not 0 < len(client_id) <= MAX_CLIENT_ID:
-        raise ProtocolError("bad-message", f"hello.clientID must be a string of 1-{MAX_CLIENT_ID} characters",
-                            close=CLOSE_PROTOCOL)
+    if type(client_id) is not str or not 0 < len(client_id) <= MAX_CLIENT_ID or "\x00" in client_id:
+        raise ProtocolError("bad-message", f"hello.clientID must be a string of 1-{MAX_CLIENT_ID} characters "
+                            "(no U+0000)", close=CLOSE_PROTOCOL)
     version = msg.get("version")
     if version is not None and not _is_count(version):
         raise ProtocolError("bad-message", f"hello.version must be null or a non-negative integer, got {brief(version)}",

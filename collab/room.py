@@ -258,6 +258,8 @@ class Room:
     async def submit(self, client_id: str, version: int, updates: list[Update], author: str,
                      restored_from: int | None = None) -> int:
         """A server-made push (a restore): sequenced like any other; returns its version once durable."""
+        if not self.rooms.disk.ok():
+            raise ServerError("the server's disk is nearly full, so nothing can be saved for now")
         accepted = self.seq.push(client_id, version, updates, author, self.rooms.clock())
         if not accepted:
             return self.seq.committed_version

@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from . import protocol
 from .access import origin_allowed
 from .limits import TokenBucket
-from .errors import (CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG, CODES, CollabError,
+from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG, CODES, CollabError,
                      ProtocolError, ServerError)
 from .peer import INTERRUPT, Outbox, Peer
 from .room import Member, Rooms
@@ -113,7 +113,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
             await _serve(ws, peer, member, settings)
     except CollabError as exc:
         if member is None and exc.close is None:  # refused at hello: the connection has nothing to do
-            exc.close = CODES[exc.code].close or CLOSE_PROTOCOL
+            code = CODES[exc.code]
+            exc.close = code.close or (CLOSE_PROTOCOL if code.peer else CLOSE_INTERNAL)
         refuse(peer, exc, name, metrics)
     except asyncio.CancelledError:
         raise

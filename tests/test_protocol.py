@@ -51,6 +51,7 @@ CASES = [
     (with_(HELLO, clientID=""), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID="x" * 129), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID=5), ("bad-message", CLOSE_PROTOCOL)),
+    (with_(HELLO, clientID="a\u0000b"), ("bad-message", CLOSE_PROTOCOL)),  # PostgreSQL text cannot hold it
     (with_(HELLO, version=-1), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, version=1.5), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, version=True), ("bad-message", CLOSE_PROTOCOL)),
