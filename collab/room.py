@@ -38,7 +38,6 @@ from . import protocol
 from .access import Access
 from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED,
                      ProtocolError, ServerError)
-from .history import diff_changes
 from .limits import DiskGuard, TokenBucket
 from .metrics import Metrics
 from .rebase import Update
