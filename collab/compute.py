@@ -66,7 +66,7 @@ from .history import Authorship, diff_changes, replay, spans_json
 WORKERS = 1                 # worker processes (the server's other core stays with the event loop)
 QUEUE = 8                   # jobs that may wait for a worker; more are refused (busy)
 WORKER_MEMORY = 2 << 30     # bytes of address space one worker may use
-WORKER_NICE = 10            # workers run at a lower CPU priority than the server
+WORKER_NICE = 10            # workers run (and start) at a lower CPU priority than the server
 DIFF_TIMEOUT = 15.0         # seconds for one restore diff, waiting included
 AUTHORS_TIMEOUT = 15.0      # seconds for one /authors request, waiting included
 AUTHORS_CHUNK = 5_000       # update rows replayed per job
@@ -132,10 +132,6 @@ def _receive(fd: int, deadline: float | None = None):
 def worker_main() -> None:  # pragma: no cover - runs in the worker process
     """A worker's life: take (fn, args), answer (status, value), until the server's end closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    try:
-        os.nice(WORKER_NICE)  # a core shared with the event loop goes to the loop first
-    except OSError:
-        pass
     memory = int(os.environ.get("COLLAB_WORKER_MEMORY", WORKER_MEMORY))
     try:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -169,7 +165,7 @@ class _Worker:
         env = dict(os.environ, COLLAB_WORKER_MEMORY=str(memory),
                    PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import collab.compute as c; c.worker_main()"],
+            [sys.executable, "-c", f"import os; os.nice({WORKER_NICE}); import collab.compute as c; c.worker_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
 
     def call(self, fn, args, deadline: float, what: str):

@@ -539,17 +539,18 @@ class Store:
                                 (doc_id, at)).fetchone()[0]
 
         def rows(conn: sqlite3.Connection, after: int, upto: int, max_bytes: int) -> list:
+            cursor = conn.execute("SELECT version, author, changes FROM updates "
+                                  "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                                  (doc_id, after, upto))
             out, size = [], 0
-            for row in conn.execute("SELECT version, author, changes FROM updates "
-                                    "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                                    (doc_id, after, upto)):
-                if row[0] != after + len(out) + 1:
+            while size < max_bytes:  # in batches: little Python per row, so the loop keeps the GIL
+                batch = cursor.fetchmany(64)
+                if not batch:
                     break
-                out.append(row)
-                size += len(row[2])
-                if size >= max_bytes:
-                    return out
-            if len(out) != upto - after:
+                out += batch
+                size += sum(len(row[2]) for row in batch)
+            # Versions are unique and ordered, so the last one says whether any is missing.
+            if not out or out[-1][0] != after + len(out) or (size < max_bytes and len(out) != upto - after):
                 raise _compacted(conn, doc_id, version, after or None)
             return out
 
