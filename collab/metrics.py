@@ -29,6 +29,10 @@ class Metrics:
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r)
         self.fanout_seconds = Histogram("collab_broadcast_seconds", "Time to hand one batch to every peer",
                                         buckets=_FAST, registry=r)
+        self.conflicts = Counter("collab_conflicts", "Commits lost to another process that committed the "
+                                 "same document first (pushes sequenced again)", registry=r)
+        self.catchup_reads = Counter("collab_catchup_reads", "Reads of updates other processes committed "
+                                     "(after a lost commit, a gap, or a check)", registry=r)
         self.errors = Counter("collab_protocol_errors", "Refused frames and requests, by error code",
                               ["code"], registry=r)
         self.bytes_in = Counter("collab_bytes_in", "WebSocket payload bytes received", registry=r)

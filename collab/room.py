@@ -37,13 +37,13 @@ import orjson
 from . import protocol
 from .access import Access
 from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED,
-                     ProtocolError, ServerError)
+                     ChangeError, ProtocolError, ServerError)
 from .limits import DiskGuard, TokenBucket
 from .metrics import Metrics
 from .rebase import Update
 from .sequencer import NeedHistory, Sequencer
 from .settings import Settings
-from .storage import Commit, NameTaken, Storage, TooManyDocuments, VersionCompacted
+from .storage import Commit, NameTaken, Storage, TooManyDocuments, VersionCompacted, VersionConflict
 
 log = logging.getLogger("collab")
 
@@ -66,6 +66,31 @@ class Connection(Protocol):
 
 
 MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, address) is remembered
+MAX_LOST_ROUNDS = 4  # commits in a row lost to another writer before the room gives up and reloads
+_NO_END = 1 << 62   # "up to the newest version" in store reads
+
+
+class Original:
+    """A push as it arrived, kept until what it became is durable, so it can be sequenced again.
+
+    When another writer commits first, what this push became is taken back
+    (it was never broadcast) and the push itself, not its rebased form, is
+    rebased again over the other writer's updates.
+    """
+
+    __slots__ = ("member", "client_id", "version", "updates", "author", "time", "restored_from", "last", "done")
+
+    def __init__(self, member: "Member | None", client_id: str, version: int, updates: list[Update], author: str,
+                 time: float, restored_from: int | None = None, done: asyncio.Future | None = None):
+        self.member = member            # None for a server-made push (a restore)
+        self.client_id = client_id
+        self.version = version
+        self.updates = updates
+        self.author = author
+        self.time = time
+        self.restored_from = restored_from
+        self.last = 0                   # the last version it produced, once sequenced
+        self.done = done                # resolved with `last` once durable (server-made pushes wait on it)
 
 
 class Member:
@@ -110,8 +135,16 @@ class Room:
         self.unload_timer: asyncio.TimerHandle | None = None
         self.broken = False
         self.deleted = False
-        self._durable_waiters: list[tuple[int, asyncio.Future]] = []
+        self.originals: list[Original] = []  # pushes accepted and not yet durable, in order
+        self._settled = asyncio.Event()      # set while `originals` is empty
+        self._settled.set()
+        self._in_flight: Commit | None = None
         self._commit_started = 0.0
+        self._lost = 0                        # commits lost to another writer in a row
+        self._ready = asyncio.Event()        # clear while another writer's updates are being caught up
+        self._ready.set()
+        self._catching: asyncio.Task | None = None
+        self._news = False                    # another writer committed while we were catching up
 
     # ------------------------------------------------------------- joining
 
@@ -220,26 +253,38 @@ class Room:
             raise ServerError("the server's disk is nearly full, so edits are not saved for now; "
                               "push again later")
         self._spend(member, len(msg.updates))
-        now = self.rooms.clock()
+        if not self._ready.is_set():
+            await self._ready.wait()  # another writer's updates first
         behind = self.seq.version - msg.version
+        original = Original(member, conn.client_id, msg.version, msg.updates, conn.user["name"], self.rooms.clock())
+        if await self._sequence(original):
+            self.rooms.metrics.rebase_distance.observe(max(0, behind))
+            self.store.schedule(self)
+
+    async def _sequence(self, o: Original) -> bool:
+        """Hand `o` to the sequencer (reading older history if it needs it); whether it produced updates."""
         history = None
         for _ in range(3):
             try:
-                accepted = self.seq.push(conn.client_id, msg.version, msg.updates, conn.user["name"], now,
-                                         history)
+                accepted = self.seq.push(o.client_id, o.version, o.updates, o.author, o.time, history)
                 break
             except NeedHistory as need:
                 history = await self.store.updates(self.doc_id, need.since, need.until)
                 if len(history) < need.until - need.since:
-                    raise ProtocolError("bad-version", f"version {msg.version} is too old to rebase "
+                    raise ProtocolError("bad-version", f"version {o.version} is too old to rebase "
                                         "(its history was compacted); reconnect with hello") from None
-                if self.broken or conn.closed:
-                    return
+                if self.broken or (o.member is not None and o.member.conn.closed and not self.originals):
+                    return False
         else:
             raise ProtocolError("bad-version", "the document moved on too fast; push again")
-        if accepted:
-            self.rooms.metrics.rebase_distance.observe(max(0, behind))
-            self.store.schedule(self)
+        if not accepted:
+            return False
+        for entry in accepted:
+            entry.restored_from = o.restored_from
+        o.last = accepted[-1].version
+        self.originals.append(o)
+        self._settled.clear()
+        return True
 
     def _spend(self, member: Member, n: int) -> None:
         """Take `n` updates from the member's and the document's budgets, or refuse the push (rate-limited)."""
@@ -259,44 +304,30 @@ class Room:
         """A server-made push (a restore): sequenced like any other; returns its version once durable."""
         if not self.rooms.disk.ok():
             raise ServerError("the server's disk is nearly full, so nothing can be saved for now")
-        accepted = self.seq.push(client_id, version, updates, author, self.rooms.clock())
-        if not accepted:
+        if not self._ready.is_set():
+            await self._ready.wait()
+        done = asyncio.get_running_loop().create_future()
+        original = Original(None, client_id, version, updates, author, self.rooms.clock(), restored_from, done)
+        if not await self._sequence(original):
             return self.seq.committed_version
-        for entry in accepted:
-            entry.restored_from = restored_from
         self.store.schedule(self)
-        await self.durable(accepted[-1].version)
-        return accepted[-1].version
+        return await done
 
-    async def durable(self, version: int) -> None:
-        """Return once `version` is committed (raises ServerError if the document could not be saved)."""
-        if version <= self.seq.committed_version:
-            return
+    async def settled(self) -> None:
+        """Return once every push accepted so far is durable (raises ServerError if it cannot be saved)."""
+        while self.originals and not self.broken:
+            await self._settled.wait()
         if self.broken:
             raise ServerError("the document could not be saved")
-        fut = asyncio.get_running_loop().create_future()
-        self._durable_waiters.append((version, fut))
-        await fut
-
-    def _wake_durable(self, error: Exception | None = None) -> None:
-        keep = []
-        for version, fut in self._durable_waiters:
-            if fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(error)
-            elif version <= self.seq.committed_version:
-                fut.set_result(None)
-            else:
-                keep.append((version, fut))
-        self._durable_waiters = keep
 
     # --- the store pulls our pending updates (storage.CommitSource) ---
 
     def take_commit(self) -> Commit | None:
         """Everything accepted and not yet handed over, as one commit for the next transaction."""
+        if self.broken or not self._ready.is_set():
+            return None
         batch = self.seq.take_pending()
-        if not batch or self.broken:
+        if not batch:
             return None
         last = batch[-1].version  # == self.seq.version: take_pending took everything
         snapshot = None
@@ -304,16 +335,32 @@ class Room:
         if replay >= max(self.settings.snapshot_ratio * self.seq.text.length, self.settings.snapshot_min_bytes):
             snapshot = (last, str(self.seq.text))
         self._commit_started = time.perf_counter()
-        return Commit(self.doc_id, batch[0].version - 1, batch, batch[-1].update.changes.new_length, snapshot)
+        self._in_flight = Commit(self.doc_id, batch[0].version - 1, batch, batch[-1].update.changes.new_length,
+                                 snapshot)
+        return self._in_flight
 
     def commit_done(self, commit: Commit, error: BaseException | None) -> None:
-        """The batch is durable: broadcast it (that is the acknowledgement). Or it failed: reload."""
+        """The batch is durable: broadcast it (that is the acknowledgement). Or another writer got there
+        first: catch up and sequence the pushes again. Or it failed: reload."""
+        self._in_flight = None
         if self.broken:
+            return
+        if isinstance(error, VersionConflict):
+            self.seq.returned()
+            self._lost += 1
+            self.rooms.metrics.conflicts.inc()
+            if self._lost > MAX_LOST_ROUNDS:
+                log.warning("document %s lost %d commits in a row to other writers; reloading it", self.name,
+                            self._lost)
+                self._fail()
+            else:
+                self.catch_up()
             return
         if error is not None:
             log.error("commit failed for document %s (%s); reloading it from the store", self.name, error)
             self._fail()
             return
+        self._lost = 0
         batch = commit.entries
         metrics = self.rooms.metrics
         now = time.perf_counter()
@@ -332,8 +379,105 @@ class Room:
         for m in self.members.values():
             m.conn.send(hidden if m.conn.role == "view" else frame)
         metrics.fanout_seconds.observe(time.perf_counter() - now)
-        if self._durable_waiters:
-            self._wake_durable()
+        self.rooms.published(self, last - len(batch), [e.update for e in batch])
+        k = 0
+        while k < len(self.originals) and self.originals[k].last <= last:
+            o = self.originals[k]
+            if o.done is not None and not o.done.done():
+                o.done.set_result(o.last)
+            k += 1
+        del self.originals[:k]
+        if not self.originals:
+            self._settled.set()
+        if self._news and self._catching is None:
+            self.catch_up()  # news came while this batch was being written
+
+    # ------------------------------------------------- other writers' updates
+
+    def remote(self, start: int, updates: list[Update]) -> None:
+        """Another process committed `updates` from version `start` (news from the bus, at most once)."""
+        head = self.seq.committed_version
+        if self.broken or start + len(updates) <= head:
+            return  # already known
+        if (start == head and self._ready.is_set() and self._in_flight is None and not self.seq.pending
+                and self._catching is None):
+            try:
+                self._apply_committed(start, updates, [])
+                return
+            except ChangeError as exc:
+                log.error("document %s: another writer's updates do not fit (%s); reloading", self.name, exc)
+                self._fail()
+                return
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Another writer committed (or may have): read what we missed, then sequence our pushes again."""
+        if self.broken:
+            return
+        self._ready.clear()  # no push is sequenced and no commit taken until this is done
+        if self._catching is None:
+            self._catching = self.rooms.spawn(self._catch_up())
+        else:
+            self._news = True
+
+    async def _catch_up(self) -> None:
+        waiting = False  # for the commit in flight: its commit_done starts us again
+        try:
+            while True:
+                self._news = False
+                if self._in_flight is not None:
+                    self._news = waiting = True
+                    return
+                undone = self.seq.rollback()
+                head = self.seq.committed_version
+                updates = await self.store.updates(self.doc_id, head, _NO_END)
+                if self.broken:
+                    return
+                self.rooms.metrics.catchup_reads.inc()
+                if updates:
+                    self._apply_committed(head, updates, [])
+                originals, self.originals = self.originals, []
+                for o in originals:
+                    try:
+                        await self._sequence(o)
+                    except ProtocolError as exc:
+                        self._refused(o, exc)
+                if not self.originals:
+                    self._settled.set()
+                if undone or self.seq.pending:
+                    log.info("document %s: %d updates of other writers caught up, %d pushes sequenced again",
+                             self.name, len(updates), len(originals))
+                if not self._news:
+                    break
+        except ChangeError as exc:
+            log.error("document %s: the updates read back do not fit (%s); reloading", self.name, exc)
+            self._fail()
+        except Exception:
+            log.exception("catching up document %s failed; reloading it", self.name)
+            self._fail()
+        finally:
+            self._catching = None
+            if not self.broken and not waiting:
+                self._ready.set()
+                if self.seq.pending:
+                    self.store.schedule(self)
+
+    def _apply_committed(self, start: int, updates: list[Update], ends: list[int]) -> None:
+        """Updates another writer committed, applied and sent to every member in that writer's frames."""
+        self.seq.catch_up(updates, ends)
+        hide = self.rooms.hide
+        for lo, group in self.seq.frames_since(start):
+            frame = protocol.resumed_frame(lo, group)
+            hidden = protocol.resumed_frame(lo, group, hide) if self.viewers else frame
+            for m in self.members.values():
+                m.conn.send(hidden if m.conn.role == "view" else frame)
+
+    def _refused(self, o: Original, exc: ProtocolError) -> None:
+        """A push that no longer fits after another writer's updates: its client is told, as any refusal."""
+        if o.done is not None and not o.done.done():
+            o.done.set_exception(exc)
+        elif o.member is not None and not o.member.conn.closed:
+            o.member.conn.send(protocol.error_frame(exc.code, exc.message))
 
     def revoke(self, everyone: bool, reason: str) -> None:
         """Close the sessions whose access just ended (all, or all but the admin's), with 1008."""
@@ -344,7 +488,11 @@ class Room:
 
     def _fail(self) -> None:
         self.broken = True
-        self._wake_durable(ServerError("the document could not be saved"))
+        for o in self.originals:
+            if o.done is not None and not o.done.done():
+                o.done.set_exception(ServerError("the document could not be saved"))
+        self._settled.set()
+        self._ready.set()
         self.rooms.forget(self)
         for m in list(self.members.values()):
             m.conn.close(CLOSE_INTERNAL, "storage error; reconnect")
@@ -436,7 +584,7 @@ class Room:
 
     async def flush(self) -> None:
         """Wait until everything accepted is durable, then snapshot if there is news."""
-        await self.durable(self.seq.version)
+        await self.settled()
         if not self.broken and self.seq.committed_version > self.last_snapshot:
             version = self.seq.committed_version
             await self.store.write_snapshot(self.doc_id, version, self.seq.committed_text())
@@ -460,6 +608,7 @@ class Rooms:
         self.clock = clock  # wall time: when updates were made (history)
         self.now = now      # monotonic: rate limits
         self.disk = disk or DiskGuard(None, 0)
+        self.bus = None     # other processes (cluster.py), when there are any
         # Hidden clientIDs for view sessions: a keyed hash, the same in every process of one secret.
         self._hide_key = hashlib.sha256(b"collab clientID\0" + (self.access.secret or secrets.token_bytes(32))).digest()
         self.limits = {"maxFrame": settings.max_frame, "maxDoc": settings.max_doc,
@@ -474,6 +623,18 @@ class Rooms:
 
     def open_count(self) -> int:
         return len(self.rooms)
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Run `coro` in a task the registry holds (shutdown waits for it)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def published(self, room: Room, start: int, updates: list[Update]) -> None:
+        """`room` committed `updates` from version `start`: other processes hear of it (the bus)."""
+        if self.bus is not None:
+            self.bus.publish_updates(room.name, start, updates)
 
     def may_only_view(self, token: str | None) -> bool:
         """Whether `token` looks like a view link (a guess for connection slots; hello decides)."""
@@ -664,9 +825,7 @@ class Rooms:
 
     def unload_later(self, room: Room) -> None:
         """Start unloading `room` in a task the registry holds (shutdown waits for it)."""
-        task = asyncio.get_running_loop().create_task(self.unload(room))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self.unload(room))
 
     async def unload(self, room: Room) -> None:
         """Unload an idle document: flush its commits and write a snapshot first."""

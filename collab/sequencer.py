@@ -268,6 +268,49 @@ class Sequencer:
                 del self.log[:excess]
                 self.log_from += excess
 
+    # ------------------------------------------------------ another writer
+
+    def returned(self) -> None:
+        """The store gave back the batch it was writing, unwritten (another writer was first)."""
+        self._taken = 0
+
+    def rollback(self) -> list[Accepted]:
+        """Undo every accepted update that is not durable (none may be with the store); return them.
+
+        For when another writer committed first (the store refused our
+        commit): what we accepted was never broadcast, so it is taken back,
+        the other writer's updates are applied (`catch_up`), and the original
+        pushes are sequenced again.
+        """
+        if self._taken:
+            raise RuntimeError("rollback while the store is writing a batch")
+        undone, self.pending = self.pending, []
+        for entry in reversed(undone):
+            self.text.apply(entry.inverse)
+        if undone:
+            del self.log[len(self.log) - len(undone):]
+            self.version -= len(undone)
+        return undone
+
+    def catch_up(self, updates: list[Update], ends: list[int] = ()) -> None:
+        """Apply `updates`, committed by another writer after `committed_version` (nothing may be pending).
+
+        `ends` are the versions, inside that range, where the other writer's
+        frames ended; the last update always ends one. Raises ChangeError,
+        changing nothing, if they do not fit the text (the room then reloads).
+        """
+        if self.pending:
+            raise RuntimeError("catch_up with updates of our own pending")
+        inverses = self._apply_all(updates)
+        del inverses
+        start = self.version
+        self.log.extend(updates)
+        self.version += len(updates)
+        for end in sorted(e for e in ends if start < e < self.version):
+            if end > self.frame_ends[-1]:
+                self.frame_ends.append(end)
+        self.committed(self.version)
+
     # -------------------------------------------------------------- presence
 
     def map_ranges(self, ranges: list[tuple[int, int]], since: int, until: int) -> list[tuple[int, int]] | None:

@@ -71,8 +71,7 @@ async def world(tmp_path):
 
 
 async def settle(rooms: Rooms, name: str) -> None:
-    room = rooms.rooms[name]
-    await room.durable(room.seq.version)
+    await rooms.rooms[name].settled()
 
 
 async def test_welcome_then_updates_only_after_commit_with_the_injected_clock(world):
@@ -93,26 +92,61 @@ async def test_welcome_then_updates_only_after_commit_with_the_injected_clock(wo
     assert (await store.history(info["id"], 10, 10))[0]["time"] == 1234.5
 
 
-async def test_a_commit_that_lost_the_race_closes_everyone_with_1011_and_the_room_reloads(world, tmp_path):
+async def test_a_commit_that_lost_the_race_catches_up_and_sequences_the_push_again(world):
+    """Another writer (a second store on the same file, as a second process would be) commits version 1
+    first: our commit of the push is refused, nothing of it was sent; the room reads version 1, sends
+    it to its members in one frame, rebases the original push over it and commits it as version 2."""
     settings, store, rooms = world
-    a = FakeConn("a")
+    a, b = FakeConn("a"), FakeConn("b")
     ma = await rooms.join("doc", a, hello("a"), token=None)
-    # Another writer (a second store on the same file, as a second process would be) commits version 1.
+    await rooms.join("doc", b, hello("b"), token=None)
     other = await Store(settings.db).open()
     info = await other.document("doc")
     await commit(other, info["id"], [Accepted(1, Update("z", ChangeSet.from_json([[0, "zz"]])), "Zed", 1.0)], 2)
-    await other.close()
     await ma.room.push(ma, push_msg(0, "a", [[0, "hi"]]))
-    for _ in range(200):
+    await settle(rooms, "doc")
+    for conn in (a, b):
+        assert not conn.closed
+        assert conn.of("updates") == [
+            {"type": "updates", "from": 0, "updates": [{"clientID": "z", "changes": [[0, "zz"]]}]},
+            {"type": "updates", "from": 1, "updates": [{"clientID": "a", "changes": [2, [0, "hi"]]}]}]
+    assert rooms.metrics.conflicts._value.get() == 1
+    assert await other.text_at(info["id"], 2) == "zzhi"  # rebased after the earlier insertion, as CodeMirror does
+    await other.close()
+
+
+async def test_a_room_that_keeps_losing_to_another_writer_reloads(world):
+    """After MAX_LOST_ROUNDS lost commits in a row the room gives up: 1011, and the next join reloads."""
+    from collab import room as room_module
+    settings, store, rooms = world
+    a = FakeConn("a")
+    ma = await rooms.join("doc", a, hello("a"), token=None)
+    room = ma.room
+    other = await Store(settings.db).open()
+    info = await other.document("doc")
+    original_updates = store.updates
+
+    async def updates_then_another_commit(doc_id, since, until):  # the other writer wins every round
+        got = await original_updates(doc_id, since, until)
+        head = since + len(got)
+        await commit(other, info["id"], [Accepted(head + 1, Update("z", ChangeSet.from_json(
+            [[0, "z"]] + ([head] if head else []))), "Zed", 1.0)], head + 1)
+        return got
+
+    store.updates = updates_then_another_commit
+    await commit(other, info["id"], [Accepted(1, Update("z", ChangeSet.from_json([[0, "z"]])), "Zed", 1.0)], 1)
+    await room.push(ma, push_msg(0, "a", [[0, "hi"]]))
+    for _ in range(400):
         if a.closed:
             break
         await asyncio.sleep(0.005)
     assert a.closed_with[0] == CLOSE_INTERNAL
-    assert a.of("updates") == []  # the refused update was never acknowledged
-    assert "doc" not in rooms.rooms
+    assert rooms.metrics.conflicts._value.get() == room_module.MAX_LOST_ROUNDS + 1
+    store.updates = original_updates
     b = FakeConn("b")
     await rooms.join("doc", b, hello("b"), token=None)
-    assert b.of("welcome")[0]["doc"] == "zz"  # reloaded from the store: one line of history
+    assert b.of("welcome")[0]["doc"] == "z" * (room_module.MAX_LOST_ROUNDS + 1)  # one, then one per catch-up
+    await other.close()
 
 
 async def test_access_is_decided_at_hello_and_a_reset_closes_members_and_waiting_sockets(tmp_path):

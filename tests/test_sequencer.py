@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from collab.changes import ChangeSet
-from collab.errors import ProtocolError
+from collab.errors import ChangeError, ProtocolError
 from collab.rebase import Update
 from collab.sequencer import NeedHistory, Sequencer
 
@@ -214,3 +214,30 @@ def test_frame_ends_come_from_the_store_and_old_ones_are_dropped():
         commit(s)
     assert s.frame_ends[-1] == 16 and len(s.frame_ends) <= 4
     assert s.frame_ends == sorted(s.frame_ends)
+
+
+def test_rollback_takes_back_what_is_not_durable_and_catch_up_applies_another_writers_updates():
+    seq = Sequencer("abc", 5)
+    seq.push("c", 5, [Update("c", ChangeSet.from_json([3, [0, "X"]]))], "a", 0.0)
+    seq.take_pending()
+    seq.committed(6)                                  # durable: stays
+    seq.push("c", 6, [Update("c", ChangeSet.from_json([[0, "1"], 4]))], "a", 0.0)
+    seq.push("c", 7, [Update("c", ChangeSet.from_json([[0, "2"], 5]))], "a", 0.0)
+    assert (str(seq.text), seq.version) == ("21abcX", 8)
+    undone = seq.rollback()
+    assert [e.version for e in undone] == [7, 8]
+    assert (str(seq.text), seq.version, seq.committed_version, len(seq.log)) == ("abcX", 6, 6, 1)
+    other = [Update("o", ChangeSet.from_json([[0, "o"], 4])), Update("o", ChangeSet.from_json([5, [0, "p"]]))]
+    seq.catch_up(other, ends=[7])
+    assert (str(seq.text), seq.version, seq.committed_version) == ("oabcXp", 8, 8)
+    assert seq.frames_since(6) == [(6, other[:1]), (7, other[1:])]  # the other writer's frames
+    # A push made before all this (at 6) is rebased over the other writer's updates, frame by frame.
+    accepted = seq.push("c", 6, [Update("c", ChangeSet.from_json([[0, "1"], 4]))], "a", 0.0)
+    assert str(seq.text) in ("o1abcXp", "1oabcXp") and accepted[0].version == 9
+    seq.take_pending()
+    with pytest.raises(RuntimeError):
+        seq.rollback()                                 # the store is writing it
+    seq.committed(9)
+    with pytest.raises(ChangeError):                  # updates that do not fit change nothing
+        seq.catch_up([Update("o", ChangeSet.from_json([[0, "z"], 99]))])
+    assert seq.version == 9
