@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .errors import ServerError
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
@@ -106,8 +107,26 @@ class NameTaken(ValueError):
     """A document with that name exists already."""
 
 
-class StorageUnavailable(RuntimeError):
-    """The database cannot be reached or refused the connection; the message names it without a password."""
+class TooManyDocuments(RuntimeError):
+    """The store holds `limit` documents already (create_document's `max_documents`)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the server holds {limit} documents, the most it keeps (--max-documents {limit}); "
+                         "delete some before making new ones")
+        self.limit = limit
+
+
+class StorageUnavailable(ServerError, RuntimeError):
+    """The database cannot be reached or refused the connection.
+
+    `str(exc)` says which database and why, without its password (for logs and
+    commands); clients get only `exc.message` with the code `unavailable`
+    (HTTP 503, an error frame): where the database lives is not theirs to know.
+    """
+
+    def __init__(self, detail: str):
+        super().__init__("the database cannot be reached right now; try again later")
+        self.args = (detail,)
 
 
 class CommitSource(Protocol):
@@ -138,7 +157,7 @@ class Storage(Protocol):
     def schedule(self, source: CommitSource) -> None: ...
 
     async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "",
-                              exist_ok: bool = True) -> int: ...
+                              exist_ok: bool = True, max_documents: int | None = None) -> int: ...
 
     async def new_salt(self, doc_id: int) -> str: ...
 

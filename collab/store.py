@@ -41,8 +41,8 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
-from .storage import (COPY_TABLES, DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, VersionCompacted,
-                      VersionConflict)
+from .storage import (COPY_TABLES, DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, TooManyDocuments,
+                      VersionCompacted, VersionConflict)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -350,11 +350,14 @@ class Store:
     # ---------------------------------------------------------------- writes
 
     async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "",
-                              exist_ok: bool = True) -> int:
+                              exist_ok: bool = True, max_documents: int | None = None) -> int:
         """Make a document; with `text`, it starts with one update inserting it.
 
         A name that exists already gives that document's id back unchanged,
-        or raises NameTaken when `exist_ok` is false.
+        or raises NameTaken when `exist_ok` is false. With `max_documents`, a
+        new document is refused (TooManyDocuments) when that many exist: the
+        count and the insert are one transaction, so creations at once cannot
+        both pass.
         """
         now = time.time()
         salt = secrets.token_urlsafe(12)
@@ -365,6 +368,9 @@ class Store:
                 if not exist_ok:
                     raise NameTaken(f"a document named {name!r} already exists")
                 return row[0]
+            if max_documents is not None and \
+                    conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0] >= max_documents:
+                raise TooManyDocuments(max_documents)
             cur = conn.execute("INSERT INTO documents(name, version, length, created, updated, salt) "
                                "VALUES (?, 0, 0, ?, ?, ?)", (name, now, now, salt))
             doc_id = cur.lastrowid
