@@ -529,6 +529,18 @@ class Store:
         return (await self._read(lambda conn: conn.execute(
             "SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()))[0]
 
+    async def heads(self, doc_ids: list[int]) -> dict[int, int]:
+        """The committed version of each of these documents (one query; deleted ones are missing)."""
+        def fn(conn: sqlite3.Connection) -> dict[int, int]:
+            out = {}
+            for k in range(0, len(doc_ids), 500):
+                chunk = doc_ids[k:k + 500]
+                out.update(conn.execute(f"SELECT id, version FROM documents WHERE id IN ({','.join('?' * len(chunk))})",
+                                        chunk).fetchall())
+            return out
+
+        return await self._read(fn) if doc_ids else {}
+
     async def authorship(self, doc_id: int, version: int) -> Authorship:
         """Who wrote each character of the text at `version`: compute.authorship replays the update
         rows off the event loop; this hands it the SQL (checkpoints in the authorship table)."""
