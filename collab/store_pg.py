@@ -57,15 +57,19 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
-from .storage import (COPY_TABLES, DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, StorageUnavailable,
-                      VersionCompacted, VersionConflict, describe, redact)
+from .storage import (DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, StorageUnavailable,
+                      TooManyDocuments, VersionCompacted, VersionConflict, describe, redact)
 from .text import Text
 
 READERS = 4             # pooled reader connections
-CONNECT_TIMEOUT = 5.0   # seconds to open a connection (/healthz answers within about this)
+CONNECT_TIMEOUT = 15.0  # seconds to open a connection: a refused one fails at once (/healthz says 503 at
+#                        once); this is for a host that does not answer, and long enough that a busy event
+#                        loop (seconds of rebasing after a reload) does not fail a connection that was fine
+RECONNECT_DELAY = (0.1, 1.0)  # seconds between failed attempts to open the writer's connection (doubling)
 COMMAND_TIMEOUT = 60.0  # seconds one statement may take before its connection is given up
 MIGRATION_LOCK = 0x636F6C6C61626D69  # session advisory lock key held while migrating
-NAME_LOCKS = 0x636F6C6C              # advisory lock class of document names being created
+NAME_LOCKS = 0x636F6C6C              # advisory lock class of document names being created ...
+COUNT_KEY = -(1 << 31)               # ... and its key held while counting documents before making one
 
 Write = Callable[[asyncpg.Connection], Awaitable[object]]
 
@@ -77,7 +81,10 @@ def _is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         # 08 connection, 57 operator intervention (shutdown, terminated, cancelled), 53 resources, 58 system
         return (getattr(exc, "sqlstate", None) or "")[:2] in ("08", "57", "53", "58")
-    return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, StorageUnavailable))
+    if isinstance(exc, asyncpg.InterfaceError):  # "connection is closed", "another operation is in progress"...
+        return not isinstance(exc, ValueError)   # ... but not a value the driver refused to send (DataError)
+    return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.exceptions.InternalClientError,
+                            StorageUnavailable))
 
 
 def _unavailable(url: str, exc: BaseException, doing: str) -> StorageUnavailable:
@@ -285,10 +292,10 @@ async def _compacted(conn: asyncpg.Connection, doc_id: int, version: int, below:
 class _Queued:
     """A write waiting for the next transaction: what it locks, what it does, who waits for it."""
 
-    __slots__ = ("fn", "fut", "doc_ids", "names")
+    __slots__ = ("fn", "fut", "doc_ids", "keys")
 
-    def __init__(self, fn: Write, fut: asyncio.Future, doc_ids: Iterable[int], names: Iterable[str]):
-        self.fn, self.fut, self.doc_ids, self.names = fn, fut, tuple(doc_ids), tuple(names)
+    def __init__(self, fn: Write, fut: asyncio.Future, doc_ids: Iterable[int], keys: Iterable[int]):
+        self.fn, self.fut, self.doc_ids, self.keys = fn, fut, tuple(doc_ids), tuple(keys)
 
 
 class _PgView:
@@ -322,6 +329,8 @@ class PgStore:
         self.commits = 0      # transactions committed (for tests and benchmarks)
         self.reconnects = 0   # writer connections opened after the first
         self.retries = 0      # transactions run again with a savepoint per commit (a statement failed)
+        self._retry_at = 0.0  # loop time before which the writer does not try to connect again
+        self._delay = RECONNECT_DELAY[0]
 
     def __repr__(self) -> str:
         return f"PgStore({describe(self.url)!r})"
@@ -373,16 +382,18 @@ class PgStore:
 
     # --------------------------------------------------------------- writer
 
-    async def _write(self, fn: Write, doc_ids: Iterable[int] = (), names: Iterable[str] = ()):
+    async def _write(self, fn: Write, doc_ids: Iterable[int] = (), names: Iterable[str] = (), count: bool = False):
         """Run `fn(conn)` inside the next group transaction; return its result after COMMIT.
 
         `doc_ids` and `names` are every document row it touches and every
-        name it creates: the transaction locks them first (see the header).
+        name it creates, `count` whether it counts the documents: the
+        transaction takes those locks first (see the header).
         """
         if not self._open:
             raise RuntimeError("store is closed")
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(fn, fut, doc_ids, names))
+        keys = [_name_key(n) for n in names] + ([COUNT_KEY] if count else [])
+        self._queue.append(_Queued(fn, fut, doc_ids, keys))
         self._wake_writer()
         return await fut
 
@@ -422,36 +433,82 @@ class PgStore:
                 source.commit_done(commit, None if ok else value)
 
     async def _writer_connection(self) -> asyncpg.Connection:
+        """The writer's connection, opened again if it is gone.
+
+        After a failed attempt the next one waits a little (RECONNECT_DELAY,
+        doubling): a database that is down is not hammered, and asyncio runs
+        the clean-up of the failed attempt's socket first (in CPython a
+        cancelled `sock_connect` unregisters its descriptor a loop iteration
+        late, and a connection opened at once on the same descriptor number
+        then never hears back).
+        """
         if self._w is None or self._w.is_closed():
             if self._w is not None:
                 self._w.terminate()
                 self._w = None
-            self._w = await _connect(self.url, "collab-writer")
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, self._retry_at - loop.time()))
+            try:
+                self._w = await _connect(self.url, "collab-writer")
+            except BaseException:
+                self._retry_at = loop.time() + self._delay
+                self._delay = min(2 * self._delay, RECONNECT_DELAY[1])
+                raise
+            self._delay = RECONNECT_DELAY[0]
             self.reconnects += 1
         return self._w
 
-    async def _group(self, batch: list[_Queued], commits: list[Commit]) -> list[tuple[bool, object]]:
+    async def _begin(self) -> asyncpg.Connection:
+        """BEGIN on the writer connection. A connection that died while idle (the server restarted, it was
+        killed) fails here, before anything was written: then once more on a new connection."""
         conn = await self._writer_connection()
         try:
+            await conn.execute("BEGIN")
+        except Exception:  # noqa: BLE001 - whatever it was, nothing was written: a new connection
+            conn.terminate()
+            conn = await self._writer_connection()
             try:
-                return await self._transaction(conn, batch, commits, careful=False)
-            except Exception as exc:
-                if _is_connection_error(exc):
-                    raise
-                # One statement carried every commit and failed: again, one savepoint per commit.
-                self.retries += 1
-                return await self._transaction(conn, batch, commits, careful=True)
-        except BaseException:
-            if self._w is conn and not conn.is_closed() and conn.is_in_transaction():
-                conn.terminate()  # its state is unknown: the next transaction opens a new connection
+                await conn.execute("BEGIN")
+            except BaseException:
+                conn.terminate()
+                raise
+        return conn
+
+    @staticmethod
+    async def _end_failed(conn: asyncpg.Connection, exc: BaseException) -> None:
+        """After a transaction failed: ROLLBACK if the connection is sound (a statement failed), else drop it."""
+        if conn.is_closed():
+            return
+        if isinstance(exc, Exception) and not _is_connection_error(exc):
+            try:
+                await asyncio.wait_for(conn.execute("ROLLBACK"), CONNECT_TIMEOUT)
+                return
+            except BaseException:  # noqa: BLE001 - then its state is unknown after all
+                pass
+        conn.terminate()  # the next transaction opens a new connection
+
+    async def _group(self, batch: list[_Queued], commits: list[Commit]) -> list[tuple[bool, object]]:
+        conn = await self._begin()
+        try:
+            return await self._transaction(conn, batch, commits, careful=False)
+        except Exception as exc:
+            if _is_connection_error(exc) or conn.is_closed():
+                raise
+        # One statement carried every commit and failed (rolled back): again, one savepoint per commit.
+        self.retries += 1
+        try:
+            await conn.execute("BEGIN")
+        except BaseException as exc:
+            await self._end_failed(conn, exc)
             raise
+        return await self._transaction(conn, batch, commits, careful=True)
 
     async def _transaction(self, conn: asyncpg.Connection, batch: list[_Queued], commits: list[Commit],
                            careful: bool) -> list[tuple[bool, object]]:
+        """The rest of a transaction the caller began: locks, queued writes, commits, COMMIT."""
         out: list[tuple[bool, object]] = []
-        await conn.execute("BEGIN")
         try:
-            for key in sorted({_name_key(n) for q in batch for n in q.names}):
+            for key in sorted({k for q in batch for k in q.keys}):
                 await conn.execute("SELECT pg_advisory_xact_lock($1::int, $2::int)", NAME_LOCKS, key)
             ids = sorted({i for q in batch for i in q.doc_ids} | {c.doc_id for c in commits})
             versions = {r[0]: r[1] for r in await conn.fetch(_LOCK_DOCUMENTS, ids)} if ids else {}
@@ -463,12 +520,8 @@ class PgStore:
                     "SELECT id, version FROM documents WHERE id = ANY($1::bigint[])", ids)}
             out += await (self._commits_careful if careful else self._commits_at_once)(conn, commits, versions)
             await conn.execute("COMMIT")
-        except BaseException:
-            if not conn.is_closed() and conn.is_in_transaction():
-                try:
-                    await conn.execute("ROLLBACK")
-                except Exception:  # noqa: BLE001 - the caller drops this connection anyway
-                    conn.terminate()
+        except BaseException as exc:
+            await self._end_failed(conn, exc)
             raise
         return out
 
@@ -523,17 +576,24 @@ class PgStore:
     # ---------------------------------------------------------------- writes
 
     async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "",
-                              exist_ok: bool = True) -> int:
+                              exist_ok: bool = True, max_documents: int | None = None) -> int:
         """Make a document; with `text`, it starts with one update inserting it.
 
         A name that exists already gives that document's id back unchanged,
-        or raises NameTaken when `exist_ok` is false.
+        or raises NameTaken when `exist_ok` is false. With `max_documents`, a
+        new document is refused (TooManyDocuments) when that many exist; the
+        transaction holds the counting lock (COUNT_KEY) from its start, so
+        count-and-insert is one step for every process sharing the database.
         """
         _refuse_nul(f"document {name!r} (author or client id)", author, client_id)
         now = time.time()
         salt = secrets.token_urlsafe(12)
 
         async def fn(conn: asyncpg.Connection) -> int:
+            if max_documents is not None:
+                if await conn.fetchval("SELECT id FROM documents WHERE name = $1", name) is None and \
+                        await conn.fetchval("SELECT COUNT(*) FROM documents") >= max_documents:
+                    raise TooManyDocuments(max_documents)
             doc_id = await conn.fetchval(
                 "INSERT INTO documents (name, version, length, created, updated, salt) VALUES ($1, 0, 0, $2, $2, $3) "
                 "ON CONFLICT (name) DO NOTHING RETURNING id", name, now, salt)
@@ -547,7 +607,7 @@ class PgStore:
                                                    changes.new_length)])
             return doc_id
 
-        return await self._write(fn, names=(name,))
+        return await self._write(fn, names=(name,), count=max_documents is not None)
 
     async def new_salt(self, doc_id: int) -> str:
         """Give the document a new salt: every share link made before stops working."""
@@ -620,6 +680,7 @@ class PgStore:
                     raise
                 if attempt == 2:  # a dead pooled connection is replaced on the next acquire
                     raise _unavailable(self.url, exc, "reading") from None
+                await asyncio.sleep(RECONNECT_DELAY[0] * (attempt + 1))  # see _writer_connection
 
     async def load(self, name: str) -> Loaded | None:
         """The document's head text and its last `keep` updates; None if it does not exist."""
@@ -697,38 +758,51 @@ class PgStore:
         return await self._read(lambda conn: conn.fetchval("SELECT MIN(version) FROM updates WHERE doc_id = $1",
                                                            doc_id))
 
+    async def heads(self, doc_ids: list[int]) -> dict[int, int]:
+        """The committed version of each of these documents (one query; deleted ones are missing)."""
+        if not doc_ids:
+            return {}
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT id, version FROM documents WHERE id = ANY($1::bigint[])", list(doc_ids)))
+        return {row[0]: row[1] for row in rows}
+
     async def authorship(self, doc_id: int, version: int) -> Authorship:
-        """Who wrote each character of the text at `version` (cached every snapshot_every versions)."""
-        every = self.snapshot_every
+        """Who wrote each character of the text at `version`: compute.authorship replays the update
+        rows off the event loop; this hands it the SQL (checkpoints in the authorship table), as store.Store."""
+        from . import compute  # the replay and its caching policy live there, for every store
 
-        async def fn(conn: asyncpg.Connection):
-            row = await conn.fetchrow("SELECT version, spans FROM authorship WHERE doc_id = $1 AND version <= $2 "
-                                      "ORDER BY version DESC LIMIT 1", doc_id, version)
-            start, spans = (row[0], orjson.loads(row[1])) if row else (0, [])
-            authors = Authorship([(n, a) for n, a in spans])
-            new_cache = []
-            rows = await conn.fetch("SELECT version, author, changes FROM updates "
-                                    "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
-                                    doc_id, start, version)
-            expect = start
-            for v, author, changes in rows:
-                expect += 1
-                if v != expect:
-                    raise await _compacted(conn, doc_id, version, start or None)
-                authors.apply(ChangeSet.from_json(orjson.loads(changes)), author)
-                if v % every == 0:
-                    new_cache.append((v, orjson.dumps(authors.to_list()).decode()))
-            if expect != version:
-                raise await _compacted(conn, doc_id, version, start or None)
-            return authors, new_cache
+        async def checkpoint(conn: asyncpg.Connection, at: int) -> tuple[float | None, int]:
+            created = await conn.fetchval("SELECT created FROM documents WHERE id = $1", doc_id)
+            stored = await conn.fetchval("SELECT MAX(version) FROM authorship WHERE doc_id = $1 AND version <= $2",
+                                         doc_id, at)
+            return created, stored or 0
 
-        authors, new_cache = await self._read(fn, snapshot=True)
-        if new_cache:
-            await self._write(lambda conn: conn.execute(
+        async def rows(conn: asyncpg.Connection, after: int, upto: int, max_bytes: int) -> list:
+            out, size = [], 0
+            for row in await conn.fetch("SELECT version, author, changes FROM updates "
+                                        "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
+                                        doc_id, after, upto):
+                if row[0] != after + len(out) + 1:
+                    break
+                out.append(tuple(row))
+                size += len(row[2])
+                if size >= max_bytes:
+                    return out
+            if len(out) != upto - after:
+                raise await _compacted(conn, doc_id, version, after or None)
+            return out
+
+        return await compute.authorship(
+            self, doc_id, version, self.snapshot_every,
+            checkpoint=lambda at: self._read(lambda conn: checkpoint(conn, at), snapshot=True),
+            spans_at=lambda at: self._read(lambda conn: conn.fetchval(
+                "SELECT spans FROM authorship WHERE doc_id = $1 AND version = $2", doc_id, at)),
+            rows=lambda after, upto, max_bytes: self._read(lambda conn: rows(conn, after, upto, max_bytes),
+                                                           snapshot=True),
+            save=lambda found: self._write(lambda conn: conn.execute(
                 "INSERT INTO authorship (doc_id, version, spans) SELECT $1, * FROM unnest($2::bigint[], $3::text[]) "
-                "ON CONFLICT DO NOTHING", doc_id, [v for v, _ in new_cache], [s for _, s in new_cache]),
-                doc_ids=(doc_id,))
-        return authors
+                "ON CONFLICT DO NOTHING", doc_id, [v for v, _ in found], [spans for _, spans in found]),
+                doc_ids=(doc_id,)))
 
     # ---------------------------------------------------------------- copies
 

@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .storage import COPY_TABLES, Storage, StorageView, VersionCompacted
+from .storage import COPY_TABLES, Storage, StorageUnavailable, StorageView, VersionCompacted
 
 CHUNK = 2000
 
@@ -77,11 +77,16 @@ async def copy_view(view: StorageView, target: Storage,
     return copied
 
 
-async def _read(store: Storage, doc_id: int, version: int) -> str | None:
+async def _read(store: Storage, doc_id: int, version: int) -> tuple[str, str | None]:
+    """("text", the text at `version`), ("compacted", None), or ("unreadable", why)."""
     try:
-        return await store.text_at(doc_id, version)
+        return "text", await store.text_at(doc_id, version)
     except VersionCompacted:
-        return None
+        return "compacted", None
+    except StorageUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a log that does not replay: a difference to report
+        return "unreadable", f"{type(exc).__name__}: {exc}"
 
 
 async def verify(source: Storage, target: Storage, copied: list[Copied], samples: int = 8,
@@ -106,7 +111,9 @@ async def verify(source: Storage, target: Storage, copied: list[Copied], samples
         others = [v for v in c.readable if v != c.version]
         for v in [c.version, *rng.sample(others, min(samples, len(others)))]:
             compared += 1
-            if await _read(source, c.source_id, v) != await _read(target, info["id"], v):
-                problems.append(f"{c.name}: version {v} reads differently in the copy")
+            theirs, ours = await _read(source, c.source_id, v), await _read(target, info["id"], v)
+            if theirs != ours:
+                why = f" ({ours[1]})" if ours[0] == "unreadable" else ""
+                problems.append(f"{c.name}: version {v} reads differently in the copy{why}")
                 break
     return problems, compared

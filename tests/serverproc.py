@@ -65,6 +65,11 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> "ServerProcess":
+        """Start the process and return at once (several servers starting together: then `wait_ready`)."""
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
@@ -72,6 +77,10 @@ class ServerProcess:
              "--port", str(self.port), "--db", str(self.db), *self.extra_args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> "ServerProcess":
+        """Block until /healthz answers 200 (raises with the server's output if it exits or times out)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 from urllib.parse import urlsplit
 
+from collab.changes import ChangeSet, utf16_len
+from collab.rebase import Update
+from collab.sequencer import Accepted
 from collab.storage import Commit
 
 
@@ -45,3 +49,21 @@ def raw_sql(db: str, statement: str, pg=None) -> str:
         return "\n".join("|".join(map(str, r)) for r in rows)
     finally:
         conn.close()
+
+
+def random_edits(n, seed=1):
+    """n random updates on a growing text, with the text after each."""
+    rnd = random.Random(seed)
+    text, out = "", []
+    for v in range(1, n + 1):
+        pos = rnd.randint(0, len(text))
+        cut = rnd.randint(0, min(3, len(text) - pos))
+        ins = rnd.choice(["a", "bc", "😀", "\n", "", "héllo"])
+        if not ins and not cut:
+            ins = "z"
+        changes = ChangeSet.from_json(([utf16_len(text[:pos])] if pos else [])
+                                      + [[utf16_len(text[pos:pos + cut]), *ins.split("\n")]]
+                                      + ([utf16_len(text[pos + cut:])] if pos + cut < len(text) else []))
+        text = text[:pos] + ins + text[pos + cut:]
+        out.append((Accepted(v, Update(f"c{v % 3}", changes), f"user{v % 3}", 1000.0 + v), text))
+    return out

@@ -9,7 +9,6 @@ own are in test_pg_store.py.
 from __future__ import annotations
 
 import asyncio
-import random
 import sqlite3
 
 import pytest
@@ -20,7 +19,7 @@ from collab.sequencer import Accepted
 from collab.storage import COPY_TABLES, NameTaken, VersionCompacted, VersionConflict, store_at
 from collab.store import Store, apply_migrations, connect_sync, migration_files
 from conftest import BOTH_BACKENDS
-from storeutil import commit, raw_sql
+from storeutil import commit, random_edits, raw_sql
 
 
 @pytest.fixture
@@ -59,24 +58,6 @@ def test_a_failing_migration_changes_nothing(tmp_path):
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "a" in tables and "b" not in tables
     assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1]
-
-
-def random_edits(n, seed=1):
-    """n random updates on a growing text, with the text after each."""
-    rnd = random.Random(seed)
-    text, out = "", []
-    for v in range(1, n + 1):
-        pos = rnd.randint(0, len(text))
-        cut = rnd.randint(0, min(3, len(text) - pos))
-        ins = rnd.choice(["a", "bc", "😀", "\n", "", "héllo"])
-        if not ins and not cut:
-            ins = "z"
-        changes = ChangeSet.from_json(([utf16_len(text[:pos])] if pos else [])
-                                      + [[utf16_len(text[pos:pos + cut]), *ins.split("\n")]]
-                                      + ([utf16_len(text[pos + cut:])] if pos + cut < len(text) else []))
-        text = text[:pos] + ins + text[pos + cut:]
-        out.append((Accepted(v, Update(f"c{v % 3}", changes), f"user{v % 3}", 1000.0 + v), text))
-    return out
 
 
 @BOTH_BACKENDS
@@ -307,6 +288,8 @@ async def test_two_writers_on_one_database_never_fork_the_log_nor_deadlock(open_
             else:
                 assert isinstance(result, VersionConflict) and (result.expected, result.found) == (r, r + 1), result
         assert len(wins[d1]) == len(wins[d2]) == r + 1, (r, results)
+    assert await one.heads([d1, d2, 999]) == {d1: 25, d2: 25}, "heads: the committed versions, the missing left out"
+    assert await one.heads([]) == {}
     for d in (d1, d2):
         assert [u.client_id for u in await two.updates(d, 0, 25)] == wins[d]
         assert (await two.load(f"d{1 if d == d1 else 2}")).version == 25

@@ -1,0 +1,194 @@
+"""`collab copy`: moving an install between SQLite and PostgreSQL, whole, and checked.
+
+The round trip SQLite -> PostgreSQL -> SQLite on a database with several
+documents, long histories, a compacted one, astral characters, a restore, an
+authorship cache and a reset salt: afterwards every version of every document
+reads the same in all three, every row is there, and share links made before
+the move open the document on a server running on the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+from collab import transfer
+from collab.access import Access
+from collab.changes import ChangeSet, utf16_len
+from collab.rebase import Update
+from collab.sequencer import Accepted
+from collab.storage import COPY_TABLES, VersionCompacted, store_at
+from serverproc import ROOT, ServerProcess
+from storeutil import commit, random_edits, raw_sql
+
+SECRET = "copy-test-secret-0123456789"
+
+
+def collab(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collab", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+async def build(path: str) -> dict[str, int]:
+    """The source database; returns each document's version."""
+    store = await store_at(path, snapshot_every=50).open()
+    try:
+        for name, n, seed in (("long", 700, 1), ("compacted", 300, 2), ("short", 40, 3)):
+            doc = await store.create_document(name)
+            edits = random_edits(n, seed)
+            for k in range(0, n, 7):
+                batch = [e for e, _ in edits[k:k + 7]]
+                v = batch[-1].version
+                snap = (v, edits[v - 1][1]) if v // 50 != (v - len(batch)) // 50 else None
+                await commit(store, doc, batch, utf16_len(edits[v - 1][1]), snap)
+            if name == "compacted":
+                spans = (await store.authorship(doc, 220)).to_list()
+                assert await store.compact(doc, 220, edits[219][1], spans) == 220
+            if name == "long":
+                await store.authorship(doc, 700)  # fills the authorship cache at its checkpoints
+        astral = await store.create_document("astral", "𝄞 music 😀\n中文 e\u0301", author="ann", client_id="a1")
+        text = "𝄞 music 😀\n中文 e\u0301"
+        restored = Accepted(2, Update("restore-1", ChangeSet.from_json([[0, "👍🏽"], utf16_len(text)])), "bob", 5.5,
+                            restored_from=1)
+        await commit(store, astral, [restored], utf16_len(text) + 4)
+        await store.new_salt(astral)  # the links made before the reset stay dead, the new ones live
+        await store.create_document("empty")
+        return {d["name"]: d["version"] for d in await store.list_documents()}
+    finally:
+        await store.close()
+
+
+async def dump(db: str) -> dict:
+    """Everything a store holds, through its interface: document rows (ids aside) and every copied table."""
+    store = await store_at(db).open()
+    try:
+        out = {}
+        async with store.view() as view:
+            for doc in await view.documents():
+                rows = {t: await view.rows(doc["id"], t, -1, 1_000_000) for t in COPY_TABLES}
+                out[doc["name"]] = ({k: v for k, v in doc.items() if k != "id"},
+                                    {t: [tuple(r) for r in rs] for t, rs in rows.items()})
+        return out
+    finally:
+        await store.close()
+
+
+async def every_version(db: str) -> dict[tuple[str, int], str | None]:
+    """The text of every version of every document (None where compacted away), through ordinary reads."""
+    store = await store_at(db).open()
+    try:
+        out = {}
+        for d in await store.list_documents():
+            info = await store.document(d["name"])
+            for v in range(info["version"] + 1):
+                try:
+                    out[d["name"], v] = await store.text_at(info["id"], v)
+                except VersionCompacted:
+                    out[d["name"], v] = None
+        return out
+    finally:
+        await store.close()
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_copy_round_trip_sqlite_postgres_sqlite(tmp_path, pg_server):
+    source = str(tmp_path / "source.db")
+    versions = asyncio.run(build(source))
+    assert versions == {"long": 700, "compacted": 300, "short": 40, "astral": 2, "empty": 0}
+    before = asyncio.run(dump(source))
+    salts = {name: doc["salt"] for name, (doc, _) in before.items()}
+    pg = pg_server.url(pg_server.create_database())
+    back = str(tmp_path / "back" / "back.db")
+
+    there = collab("copy", source, pg)
+    assert there.returncode == 0, there.stderr
+    assert "copied 5 documents (" in there.stdout and "every version and current text equal" in there.stdout
+    assert "long: version 700, 700 updates" in there.stdout
+    assert "compacted: version 300, 80 updates" in there.stdout
+    again = collab("copy", source, pg)
+    assert again.returncode == 1 and "already holds documents" in again.stderr
+    home = collab("copy", pg, back)
+    assert home.returncode == 0, home.stderr
+    for out in (there, again, home):
+        assert pg_server.password not in out.stdout + out.stderr
+
+    texts = asyncio.run(every_version(source))
+    assert sum(t is None for t in texts.values()) > 100, "the compacted document has unreadable versions"
+    assert texts["astral", 2] == "👍🏽𝄞 music 😀\n中文 e\u0301"
+    assert asyncio.run(every_version(pg)) == texts
+    assert asyncio.run(every_version(back)) == texts
+    assert asyncio.run(dump(pg)) == before
+    assert asyncio.run(dump(back)) == before
+    assert before["long"][1]["authorship"], "the authorship cache was filled, and copied"
+    assert [r[7] for r in before["astral"][1]["updates"]] == [None, 1], "restored_from is copied"
+
+    # Share links made on the source open the document on servers running on either copy.
+    access = Access(SECRET.encode())
+    for db in (pg, back):
+        server = ServerProcess(db, extra_args=["--secret", SECRET], log_path=tmp_path / "server.log").start()
+        try:
+            for name, salt in salts.items():
+                token = access.doc_token(name, "edit", salt)
+                assert status(f"{server.url}/api/docs/{name}?token={token}") == 200, (db, name)
+            stale = access.doc_token("astral", "edit", "an-older-salt")
+            assert status(f"{server.url}/api/docs/astral?token={stale}") in (401, 403)
+        finally:
+            server.kill()
+
+
+def test_the_copy_check_finds_a_difference(tmp_path, pg_server):
+    """transfer.verify is the check `collab copy` runs: a copy that differs from its source is reported."""
+    source = str(tmp_path / "source.db")
+    asyncio.run(build(source))
+    name = pg_server.create_database()
+    target = pg_server.url(name)
+
+    async def run() -> tuple[list[str], list[str]]:
+        src, dst = await store_at(source).open(), await store_at(target).open()
+        try:
+            async with src.view() as view:
+                copied = await transfer.copy_view(view, dst)
+            clean, _ = await transfer.verify(src, dst, copied, samples=1000)
+            doc = next(c for c in copied if c.name == "short")
+            raw_sql(target, "UPDATE updates SET changes = '[[0,\"!\"],' || substr(changes, 2) "
+                            f"WHERE doc_id = {doc.target_id} AND version = 5", pg_server)
+            broken, _ = await transfer.verify(src, dst, copied, samples=1000, rng=random.Random(1))
+            return clean, broken
+        finally:
+            await src.close()
+            await dst.close()
+
+    clean, broken = asyncio.run(run())
+    assert clean == []
+    assert broken and all(p.startswith("short: ") for p in broken), broken
+
+
+def test_copy_refuses_what_postgres_cannot_hold_and_a_missing_source(tmp_path, pg_server):
+    source = str(tmp_path / "nul.db")
+
+    async def make() -> None:
+        store = await store_at(source).open()
+        doc = await store.create_document("nul", "a\x00b")
+        await store.write_snapshot(doc, 1, "a\x00b")
+        await store.close()
+
+    asyncio.run(make())
+    target = pg_server.url(pg_server.create_database())
+    result = collab("copy", source, target)
+    assert result.returncode == 1 and "U+0000" in result.stderr, result
+    missing = collab("copy", tmp_path / "nothing.db", str(tmp_path / "to.db"))
+    assert missing.returncode == 1 and "no database at" in missing.stderr
+    assert not (tmp_path / "to.db").exists()
+    nodb = collab("copy", source, pg_server.url("no_such_database"))
+    assert nodb.returncode == 1 and "no database at" in nodb.stderr and pg_server.password not in nodb.stderr

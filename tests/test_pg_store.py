@@ -1,0 +1,129 @@
+"""PostgreSQL's own storage rules (the shared contract is test_store.py): U+0000, the pool, migrations.
+
+PostgreSQL `text` cannot hold U+0000: the store must refuse it with a clear
+error and write nothing, never store something else instead. Reads must
+survive their pooled connections being killed. Migrations are recorded, run
+under an advisory lock, and refuse a schema newer than the code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from collab import store_pg
+from collab.changes import ChangeSet
+from collab.rebase import Update
+from collab.sequencer import Accepted
+from collab.storage import store_at
+from serverproc import ROOT, ServerProcess
+from storeutil import commit
+
+
+@pytest.fixture
+def url(pg_server):
+    name = pg_server.create_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+def dbname(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def edit(version: int, client: str, author: str, text: str = "x", length: int = 0) -> Accepted:
+    return Accepted(version, Update(client, ChangeSet.from_json([[0, text]] + ([length] if length else []))),
+                    author, 1.0 + version)
+
+
+async def test_u0000_is_refused_clearly_and_nothing_is_written(url):
+    store = await store_at(url).open()
+    try:
+        a, b = await store.create_document("a"), await store.create_document("b")
+        # Inside update rows it is escaped ChangeSetJSON: stored and read back exactly.
+        assert await commit(store, a, [edit(1, "c", "ann", "x\x00y")], 3) == 1
+        assert await store.text_at(a, 1) == "x\x00y"
+        with pytest.raises(ValueError, match="U\\+0000"):
+            await store.write_snapshot(a, 1, "x\x00y")
+        async with store.view() as view:
+            assert await view.rows(a, "snapshots", -1, 10) == []
+        # A commit whose author holds it is refused alone; the other commit of the transaction is written.
+        results = await asyncio.gather(commit(store, a, [edit(2, "c", "bad\x00name", "z", 3)], 4),
+                                       commit(store, b, [edit(1, "c", "fine")], 1), return_exceptions=True)
+        assert isinstance(results[0], ValueError) and "U+0000" in str(results[0]), results
+        assert results[1] == 1
+        assert (await store.document("a"))["version"] == 1 and (await store.document("b"))["version"] == 1
+        with pytest.raises(ValueError, match="U\\+0000"):
+            await store.create_document("c", "text", author="x\x00")
+        assert await store.document("c") is None
+        with pytest.raises(ValueError, match="U\\+0000"):
+            await store.add_rows(b, "snapshots", [(1, "x\x00", 1.0)])
+    finally:
+        await store.close()
+
+
+async def test_reads_and_writes_survive_their_connections_being_killed(url, pg_server):
+    store = await store_at(url).open()
+    try:
+        doc = await store.create_document("doc", "hello")
+        assert (await store.load("doc")).text == "hello"
+        for name in ("collab-reader", "collab-writer"):
+            assert pg_server.terminate(dbname(url), name) >= 1, name
+        await asyncio.sleep(0.2)
+        assert (await store.load("doc")).text == "hello"           # a new pooled connection
+        assert await commit(store, doc, [edit(2, "c", "ann", "!", 5)], 6) == 2  # a new writer, no error
+        assert await store.text_at(doc, 2) == "!hello"
+        assert store.reconnects == 1
+    finally:
+        await store.close()
+
+
+async def test_a_failing_migration_changes_nothing_and_a_newer_schema_is_refused(url, tmp_path):
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "001_ok.sql").write_text("CREATE TABLE a (x INTEGER);")
+    (folder / "002_bad.sql").write_text("CREATE TABLE b (x INTEGER); INSERT INTO nowhere VALUES (1);")
+    conn = await asyncpg.connect(url)
+    try:
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await store_pg.apply_migrations(conn, folder)
+        tables = {r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert tables == {"a", "schema_version"}
+        assert [r[0] for r in await conn.fetch("SELECT version FROM schema_version")] == [1]
+        assert not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), "lock released"
+        (folder / "002_bad.sql").write_text("CREATE TABLE b (x INTEGER);")
+        assert await store_pg.apply_migrations(conn, folder) == ["002_bad.sql"]
+        assert await store_pg.apply_migrations(conn, folder) == []
+        await conn.execute("INSERT INTO schema_version VALUES (99, '099_future.sql', 0)")
+        with pytest.raises(RuntimeError, match="newer than this collab knows"):
+            await store_pg.apply_migrations(conn, folder)
+    finally:
+        await conn.close()
+
+
+def test_several_migrators_and_servers_started_at_once_on_an_empty_database(url, pg_server, tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-m", "collab", "migrate", "--db", url], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, outs
+    said = sorted(out.strip().split(": ", 2)[-1] for out, _ in outs)
+    assert said == ["applied 001_init.sql"] + ["schema up to date"] * 5, said
+    assert pg_server.sql("SELECT version FROM schema_version", db=dbname(url)).split() == ["1"]
+
+    other = pg_server.create_database()
+    servers = [ServerProcess(pg_server.url(other), log_path=tmp_path / f"s{k}.log") for k in range(3)]
+    try:
+        for s in servers:  # started together: each migrates, or waits for the lock, on the empty database
+            s.launch()
+        for s in servers:
+            s.wait_ready(30)
+        assert pg_server.sql("SELECT version FROM schema_version", db=other).split() == ["1"]
+    finally:
+        for s in servers:
+            s.kill()
+        pg_server.drop_database(other)
