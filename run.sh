@@ -52,13 +52,21 @@ ensure_node_packages() {
 }
 
 # Debian packages the tests drive: chromium (browser tests), nginx and openssl
-# (the reverse-proxy and TLS tests), systemd (systemd-analyze checks the unit file).
-TEST_PACKAGES="chromium:/usr/bin/chromium nginx:/usr/sbin/nginx openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze"
+# (the reverse-proxy and TLS tests), systemd (systemd-analyze checks the unit file),
+# postgresql (the PostgreSQL backend's tests start their own server; any version).
+# Each entry is package:path, and the path may be a glob.
+TEST_PACKAGES="chromium:/usr/bin/chromium nginx:/usr/sbin/nginx openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze postgresql:/usr/lib/postgresql/*/bin/initdb"
+
+have() {  # have GLOB: some file matching GLOB is executable
+    local path
+    for path in $1; do [ -x "$path" ] && return 0; done
+    return 1
+}
 
 ensure_test_packages() {
     local missing="" entry
     for entry in $TEST_PACKAGES; do
-        [ -x "${entry#*:}" ] || missing="$missing ${entry%%:*}"
+        have "${entry#*:}" || missing="$missing ${entry%%:*}"
     done
     [ -z "$missing" ] && return
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -67,7 +75,7 @@ ensure_test_packages() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     fi
     for entry in $TEST_PACKAGES; do
-        [ -x "${entry#*:}" ] || die "the tests need ${entry#*:} (Debian: apt-get install ${entry%%:*})"
+        have "${entry#*:}" || die "the tests need ${entry#*:} (Debian: apt-get install ${entry%%:*})"
     done
 }
 
