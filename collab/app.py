@@ -10,6 +10,7 @@ from aiohttp import web
 
 from . import httpguard, resources, status, ws
 from .access import Access
+from .cluster import Cluster
 from .api import Api, error_middleware, security_headers, token_of
 from .limits import DiskGuard
 from .metrics import Metrics
@@ -37,6 +38,9 @@ def create_app(settings: Settings) -> web.Application:
     disk = DiskGuard(None if "://" in settings.db else Path(settings.db).resolve().parent, settings.min_free_disk)
     rooms = Rooms(settings, store, metrics, Access(settings.load_secret()), disk=disk)
     admission = ws.Admission(settings, rooms)
+    if "://" in settings.db:  # a shared database: other processes may serve the same documents
+        rooms.cluster = Cluster(rooms, settings.redis, settings.check_every, settings.poll_every,
+                                settings.presence_republish, settings.presence_expiry)
     app[STORE] = store
     app[ROOMS] = rooms
     app[METRICS] = metrics
@@ -44,7 +48,11 @@ def create_app(settings: Settings) -> web.Application:
 
     async def storage(app: web.Application):
         await store.open()
+        if rooms.cluster is not None:
+            await rooms.cluster.start()
         yield
+        if rooms.cluster is not None:
+            await rooms.cluster.stop()
         await store.close()
 
     async def on_shutdown(app: web.Application) -> None:

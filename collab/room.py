@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import random
 import secrets
 import time
 from collections import OrderedDict
@@ -66,7 +67,7 @@ class Connection(Protocol):
 
 
 MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, address) is remembered
-MAX_LOST_ROUNDS = 4  # commits in a row lost to another writer before the room gives up and reloads
+MAX_LOST_ROUNDS = 16  # commits in a row lost to another writer before the room gives up and reloads
 _NO_END = 1 << 62   # "up to the newest version" in store reads
 
 
@@ -126,6 +127,9 @@ class Room:
         # clientID -> (resume key, token hash, address): who may take over that clientID (4001)
         self.owners: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
         self.dirty: dict[str, Member] = {}  # members whose cursor moved since the last presence frame
+        # Other processes' sessions (cluster.py): session -> [process, user, version, ranges, last news]
+        self.remote_peers: dict[str, list] = {}
+        self.remote_dirty: set[str] = set()  # their cursors that moved since the last presence frame
         self.presence_timer: asyncio.TimerHandle | None = None
         self.presence_sent = 0.0
         settings = self.settings
@@ -168,12 +172,17 @@ class Room:
         # between the welcome's version and the member's registration.
         authorize(self.salt)
         resume_key = self._claim(conn, hello)
+        cluster = self.rooms.cluster
+        if cluster is not None:  # a connection of this client at another process closes, if this is it
+            cluster.publish_takeover(self.name, hello.client_id, {
+                "key": hello.resume_key, "t": self.owners[hello.client_id][1], "a": conn.remote})
         old = self.by_client.get(hello.client_id)
         if old is not None:
             self._remove(old)
             old.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same clientID")
         version = self.seq.committed_version
         peers = [obj for obj in (self._presence_object(m) for m in self.members.values() if m.presence) if obj]
+        peers += [obj for obj in map(self._remote_object, list(self.remote_peers)) if obj]
         frames = None
         if want is not None and want <= version:
             try:
@@ -379,7 +388,10 @@ class Room:
         for m in self.members.values():
             m.conn.send(hidden if m.conn.role == "view" else frame)
         metrics.fanout_seconds.observe(time.perf_counter() - now)
-        self.rooms.published(self, last - len(batch), [e.update for e in batch])
+        if self.rooms.cluster is not None:
+            self.rooms.cluster.publish_updates(self.name, frame)
+        if self.remote_dirty:
+            self._schedule_presence()  # cursors held until we had their version
         k = 0
         while k < len(self.originals) and self.originals[k].last <= last:
             o = self.originals[k]
@@ -399,8 +411,10 @@ class Room:
         head = self.seq.committed_version
         if self.broken or start + len(updates) <= head:
             return  # already known
-        if (start == head and self._ready.is_set() and self._in_flight is None and not self.seq.pending
-                and self._catching is None):
+        idle = self._ready.is_set() and self._in_flight is None and self._catching is None
+        if start > head and idle:
+            self.rooms.metrics.bus_gaps.inc()  # a message was lost (or came late): read what we missed
+        if start == head and idle and not self.seq.pending:
             try:
                 self._apply_committed(start, updates, [])
                 return
@@ -428,6 +442,13 @@ class Room:
                 if self._in_flight is not None:
                     self._news = waiting = True
                     return
+                if self._lost > 1:
+                    # Losing again and again to a writer as busy as we are: step aside for a moment,
+                    # a random one, so two processes do not keep colliding in lockstep.
+                    await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2 ** self._lost)))
+                    if self._in_flight is not None or self.broken:
+                        self._news = waiting = self._in_flight is not None
+                        return
                 undone = self.seq.rollback()
                 head = self.seq.committed_version
                 updates = await self.store.updates(self.doc_id, head, _NO_END)
@@ -465,6 +486,8 @@ class Room:
     def _apply_committed(self, start: int, updates: list[Update], ends: list[int]) -> None:
         """Updates another writer committed, applied and sent to every member in that writer's frames."""
         self.seq.catch_up(updates, ends)
+        if self.remote_dirty:
+            self._schedule_presence()
         hide = self.rooms.hide
         for lo, group in self.seq.frames_since(start):
             frame = protocol.resumed_frame(lo, group)
@@ -518,6 +541,9 @@ class Room:
             return  # too old to map: a newer one will follow
         member.presence = (msg.version, [(min(a, limit), min(h, limit)) for a, h in msg.ranges])
         self.dirty[member.session] = member
+        self._schedule_presence()
+
+    def _schedule_presence(self) -> None:
         if self.presence_timer is None:
             loop = asyncio.get_running_loop()
             wait = self.presence_sent + self.settings.presence_interval - loop.time()
@@ -539,24 +565,112 @@ class Room:
         return None if mapped is None else protocol.presence_object(member.session, member.conn.user, *mapped)
 
     def _flush_presence(self) -> None:
-        """Send the cursors that moved since the last tick: one frame, to every member."""
+        """Send the cursors that moved since the last tick: one frame, to every member.
+
+        Our own members' moves also go to the other processes (cluster.py);
+        theirs arrive in `remote_presence` and go out here like ours, once we
+        have the version they are at (until then they wait).
+        """
         loop = asyncio.get_running_loop()
         self.presence_timer = None
         self.presence_sent = loop.time()
+        budget = self.settings.presence_batch
         peers = []
-        while self.dirty and len(peers) < self.settings.presence_batch:
+        while self.dirty and len(peers) < budget:
             session = next(iter(self.dirty))
             member = self.dirty.pop(session)
             if member.presence is not None and self.members.get(session) is member and not member.conn.closed:
                 obj = self._presence_object(member)
                 if obj is not None:
                     peers.append(obj)
+        if peers and self.rooms.cluster is not None:
+            self.rooms.cluster.publish_presence(self.name, peers)
+        held = set()
+        while self.remote_dirty and len(peers) < budget:
+            session = self.remote_dirty.pop()
+            entry = self.remote_peers.get(session)
+            if entry is None:
+                continue
+            if entry[2] > self.seq.committed_version:
+                held.add(session)  # at a version we have not caught up with yet
+                continue
+            obj = self._remote_object(session)
+            if obj is not None:
+                peers.append(obj)
+        self.remote_dirty |= held
         if peers:
             frame = protocol.presences_frame(peers)
             for m in self.members.values():
                 m.conn.send(frame)
-        if self.dirty:
+        if self.dirty or len(self.remote_dirty) > len(held):
             self.presence_timer = loop.call_later(self.settings.presence_interval, self._flush_presence)
+
+    def local_presence(self) -> list[dict]:
+        """Our own members' cursors (for the periodic republish to other processes)."""
+        return [obj for obj in (self._presence_object(m) for m in self.members.values() if m.presence) if obj]
+
+    def _remote_object(self, session: str) -> dict | None:
+        """Another process's session's cursor, mapped to our committed version (None: not yet, or too old)."""
+        entry = self.remote_peers.get(session)
+        if entry is None or entry[2] > self.seq.committed_version:
+            return None
+        mapped = self.seq.map_ranges(entry[3], entry[2], self.seq.committed_version)
+        if mapped is None:
+            return None
+        entry[2], entry[3] = self.seq.committed_version, mapped
+        return protocol.presence_object(session, entry[1], entry[2], mapped)
+
+    def remote_presence(self, process: str, peers: list, now: float) -> None:
+        """Cursors of another process's sessions (news: checked like any frame from outside)."""
+        for p in peers:
+            try:
+                session, user, version = p["session"], p["user"], p["version"]
+                ranges = [(r["anchor"], r["head"]) for r in p["ranges"]][:self.settings.max_ranges]
+                if type(session) is not str or type(user) is not dict or type(version) is not int or not all(
+                        type(a) is int and type(h) is int and a >= 0 and h >= 0 for a, h in ranges):
+                    continue
+            except (KeyError, TypeError):
+                continue
+            if session in self.members:
+                continue
+            if version <= self.seq.committed_version:
+                limit = self.seq.length_at(version) if version >= self.seq.log_from else None
+                if limit is None:
+                    continue
+                ranges = [(min(a, limit), min(h, limit)) for a, h in ranges]
+            self.remote_peers[session] = [process, {"name": str(user.get("name", ""))[:protocol.MAX_NAME],
+                                                    "color": str(user.get("color", "#888888"))[:9]},
+                                          version, ranges, now]
+            self.remote_dirty.add(session)
+        if self.remote_dirty:
+            self._schedule_presence()
+
+    def remote_leave(self, sessions: list) -> None:
+        """Another process's sessions ended: their cursors leave here too."""
+        for session in sessions:
+            if type(session) is str and self.remote_peers.pop(session, None) is not None:
+                self.remote_dirty.discard(session)
+                frame = protocol.leave_frame(session)
+                for m in self.members.values():
+                    m.conn.send(frame)
+
+    def expire_remote(self, before: float) -> None:
+        """Forget other processes' cursors with no news since `before` (their process may be gone)."""
+        self.remote_leave([s for s, entry in self.remote_peers.items() if entry[4] < before])
+
+    def taken_elsewhere(self, client_id, proof: dict) -> None:
+        """A connection at another process took `client_id`: ours closes (4001) if that one proved it is it."""
+        member = self.by_client.get(client_id) if type(client_id) is str else None
+        owner = self.owners.get(client_id) if member is not None else None
+        if owner is None:
+            return
+        key, token, remote = owner
+        given = proof.get("key")
+        proven = (type(given) is str and hmac.compare_digest(given.encode(), key.encode())) \
+            or (proof.get("t") == token and proof.get("a") == remote)
+        if proven:
+            self._remove(member)
+            member.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same clientID")
 
     # ------------------------------------------------------------- leaving
 
@@ -578,6 +692,8 @@ class Room:
         if self.by_client.get(member.conn.client_id) is member:
             del self.by_client[member.conn.client_id]
         self.dirty.pop(member.session, None)
+        if self.rooms.cluster is not None:
+            self.rooms.cluster.publish_leave(self.name, [member.session])
         frame = protocol.leave_frame(member.session)
         for m in self.members.values():
             m.conn.send(frame)
@@ -608,7 +724,7 @@ class Rooms:
         self.clock = clock  # wall time: when updates were made (history)
         self.now = now      # monotonic: rate limits
         self.disk = disk or DiskGuard(None, 0)
-        self.bus = None     # other processes (cluster.py), when there are any
+        self.cluster = None  # the other processes (cluster.Cluster), on a shared database
         # Hidden clientIDs for view sessions: a keyed hash, the same in every process of one secret.
         self._hide_key = hashlib.sha256(b"collab clientID\0" + (self.access.secret or secrets.token_bytes(32))).digest()
         self.limits = {"maxFrame": settings.max_frame, "maxDoc": settings.max_doc,
@@ -631,10 +747,21 @@ class Rooms:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def published(self, room: Room, start: int, updates: list[Update]) -> None:
-        """`room` committed `updates` from version `start`: other processes hear of it (the bus)."""
-        if self.bus is not None:
-            self.bus.publish_updates(room.name, start, updates)
+    async def revoked_elsewhere(self, name: str, deleted: bool) -> None:
+        """Another process reset the document's links (or deleted it): our sessions end as theirs did."""
+        room = self.rooms.get(name)
+        if deleted:
+            self._close_waiting(name, everyone=True, reason="this document was deleted")
+            if room is not None and not room.deleted:
+                room.deleted = True
+                room.revoke(everyone=True, reason="this document was deleted")
+                self.forget(room)
+            return
+        info = await self.store.document(name)
+        if room is not None and info is not None and info["salt"] != room.salt:
+            room.salt = info["salt"]
+            room.revoke(everyone=False, reason="the share links of this document were reset")
+        self._close_waiting(name, everyone=False, reason="the share links of this document were reset")
 
     def may_only_view(self, token: str | None) -> bool:
         """Whether `token` looks like a view link (a guess for connection slots; hello decides)."""
@@ -664,6 +791,8 @@ class Rooms:
         fut = asyncio.get_running_loop().create_future()
         self._loading[name] = fut
         try:
+            if self.cluster is not None:
+                await self.cluster.watch(name)  # before the load: nothing committed after it is missed
             loaded = await self.store.load(name)
             if loaded is None:
                 if not create:
@@ -802,6 +931,8 @@ class Rooms:
             room.salt = salt
             room.revoke(everyone=False, reason="the share links of this document were reset")
         self._close_waiting(name, everyone=False, reason="the share links of this document were reset")
+        if self.cluster is not None:
+            self.cluster.publish_revoke(name, deleted=False)
         return salt
 
     async def delete(self, name: str) -> None:
@@ -815,6 +946,8 @@ class Rooms:
             await room.flush()
             self.forget(room)
         await self.store.delete_document(info["id"])
+        if self.cluster is not None:
+            self.cluster.publish_revoke(name, deleted=True)
 
     # ------------------------------------------------------------ unloading
 
@@ -822,6 +955,8 @@ class Rooms:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self.metrics.documents.set(len(self.rooms))
+            if self.cluster is not None and room.name not in self._loading:
+                self.cluster.unwatch(room.name)
 
     def unload_later(self, room: Room) -> None:
         """Start unloading `room` in a task the registry holds (shutdown waits for it)."""

@@ -93,6 +93,17 @@ class Settings:
     write_rate: float = _opt(30.0, "forks and restores per minute one token, and one client address, may "
                              "make on average (beyond: 429 rate-limited with Retry-After); 0: no limit")
     write_burst: int = _opt(10, "forks and restores one token or address may make at once above --write-rate")
+    redis: str = _opt("", "redis://host:port/db of a Redis server that several collab processes on one "
+                      "PostgreSQL database use to tell one another of updates and cursors at once "
+                      "(without it they poll the database); never holds any of your data")
+    check_every: float = _opt(3.0, "with several processes: seconds between checks of every open "
+                              "document against the database while Redis is up")
+    poll_every: float = _opt(0.3, "with several processes: seconds between those checks while Redis is "
+                             "unreachable or not configured")
+    presence_republish: float = _opt(10.0, "with several processes: seconds between two republications of "
+                                     "this process's cursors")
+    presence_expiry: float = _opt(30.0, "with several processes: seconds after which another process's "
+                                  "cursors are dropped when no news of them came (their process is gone)")
     keep_history: int = _opt(0, "for `collab compact`: update rows kept per document "
                              "(older versions stay readable at snapshot granularity); 0 keeps all")
 
@@ -145,6 +156,15 @@ class Settings:
                             "(a full push must be able to pass)")
         if self.doc_update_rate <= 0 or self.doc_update_burst < self.max_updates:
             problems.append("doc_update_rate must be positive and doc_update_burst at least max_updates")
+        if self.redis and "://" not in self.db:
+            problems.append("--redis is for several processes on one PostgreSQL database (--db postgresql://...); "
+                            "a SQLite database is served by one process")
+        if self.redis and not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            problems.append("redis must be a redis:// (or rediss://, unix://) URL")
+        if self.poll_every <= 0 or self.check_every <= 0:
+            problems.append("poll_every and check_every must be positive")
+        if self.presence_expiry <= self.presence_republish:
+            problems.append("presence_expiry must be longer than presence_republish")
         if self.presence_batch < 1:
             problems.append("presence_batch must be at least 1")
 

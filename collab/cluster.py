@@ -1,0 +1,362 @@
+"""Cluster: the other collab processes serving the same documents (one PostgreSQL, optionally Redis).
+
+What lives here: telling other processes what this one committed and who is
+where (Redis pub/sub, one channel per document), hearing the same from them,
+and checking every open document against the database. What never lives
+here: ordering decisions or durability. Each room (room.py) decides what to
+do with news: apply it, or read what it missed.
+
+Rules that always hold:
+  * correctness never depends on this module: the database commit is the
+    fence (storage.py) and every message here is news that may be lost,
+    duplicated or late (pub/sub is at most once). A room that hears of a
+    version it has not seen reads the missing updates from the database;
+  * messages are published only after COMMIT returned (Rooms.published is
+    called from commit_done), by one publisher task, in commit order;
+  * one subscriber connection listens to the channels of the open
+    documents; a room subscribes before it loads from the database;
+  * every open document is checked against the database every
+    `--check-every` seconds (a lost *last* message must not leave a room
+    behind for ever), every `--poll-every` seconds while Redis is
+    unreachable or not configured; every Redis (re)connection, including
+    the silent re-subscription redis-py does, triggers a check of all;
+  * presence: each process is the authority for its own sessions, publishes
+    their cursor moves as it sends them, republishes them all every
+    `--presence-republish` seconds, and forgets another process's cursors
+    `--presence-expiry` seconds after their last news (a killed process's
+    cursors disappear: `leave`). Graceful shutdown publishes `leave`;
+  * Redis holds no state of ours: it may be empty, restarted or gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+
+from .changes import ChangeSet
+from .errors import ChangeError
+from .rebase import Update
+
+if TYPE_CHECKING:
+    from .room import Rooms
+
+log = logging.getLogger("collab.cluster")
+
+PREFIX = "collab:doc:"  # one channel per document: PREFIX + name
+QUEUE_LIMIT = 10000     # messages waiting for the publisher; beyond it they are dropped (news, not data)
+
+
+def channel(name: str) -> str:
+    return PREFIX + name
+
+
+class Cluster:
+    """This process's view of the others. `url` None: no Redis, the database is polled."""
+
+    def __init__(self, rooms: "Rooms", url: str | None, check_every: float = 3.0, poll_every: float = 0.3,
+                 republish: float = 10.0, expiry: float = 30.0):
+        self.rooms = rooms
+        self.url = url or None
+        self.id = secrets.token_hex(6)  # this process, in every message it sends
+        self.check_every = check_every
+        self.poll_every = poll_every
+        self.republish = republish
+        self.expiry = expiry
+        self.up = False
+        self._publisher_client = None
+        self._pubsub = None
+        self._channels: set[str] = set()     # what we want to hear
+        self._confirmed: set[str] = set()    # subscriptions Redis confirmed on the current connection
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
+        self._tasks: list[asyncio.Task] = []
+        self._check_now = asyncio.Event()
+        self._stopping = False
+        metrics = rooms.metrics
+        self.m_up = metrics.bus_up
+        self.m_received, self.m_published = metrics.bus_received, metrics.bus_published
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._check_loop()))
+        self._tasks.append(loop.create_task(self._presence_loop()))
+        if self.url:
+            self._tasks.append(loop.create_task(self._read_loop()))
+            self._tasks.append(loop.create_task(self._publish_loop()))
+
+    async def stop(self) -> None:
+        """Say goodbye for our sessions (their cursors leave everywhere now), then close."""
+        self._stopping = True
+        if self.url and self.up:
+            for room in list(self.rooms.rooms.values()):
+                sessions = list(room.members)
+                if sessions:
+                    self._send(room.name, {"k": "l", "s": sessions})
+            try:
+                await asyncio.wait_for(self._drain(), 2.0)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for client in (self._pubsub, self._publisher_client):
+            if client is not None:
+                try:
+                    await client.aclose()
+                except Exception:  # noqa: BLE001 - closing anyway
+                    pass
+
+    async def _drain(self) -> None:
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------- rooms call
+
+    async def watch(self, name: str) -> None:
+        """Hear about `name` (called before the room loads, so nothing committed after the load is missed)."""
+        ch = channel(name)
+        self._channels.add(ch)
+        if self._pubsub is not None and self.up:
+            try:
+                await self._pubsub.subscribe(ch)
+            except Exception as exc:  # noqa: BLE001 - the reader notices and reconnects
+                log.info("subscribing to %s failed: %s", name, exc)
+
+    def unwatch(self, name: str) -> None:
+        ch = channel(name)
+        self._channels.discard(ch)
+        self._confirmed.discard(ch)
+        if self._pubsub is not None and self.up:
+            asyncio.get_running_loop().create_task(self._unsubscribe(ch))
+
+    async def _unsubscribe(self, ch: str) -> None:
+        try:
+            if ch not in self._channels:
+                await self._pubsub.unsubscribe(ch)
+        except Exception:  # noqa: BLE001 - a stale subscription only brings messages we ignore
+            pass
+
+    def publish_updates(self, name: str, frame: bytes) -> None:
+        """The `updates` frame of a commit, as sent to our own members (already COMMITted)."""
+        if self.url:
+            self._queue_raw(name, b'{"k":"u","p":"%s","m":%s}' % (self.id.encode(), frame))
+
+    def publish_presence(self, name: str, peers: list[dict]) -> None:
+        if self.url and peers:
+            self._send(name, {"k": "p", "peers": peers})
+
+    def publish_leave(self, name: str, sessions: list[str]) -> None:
+        if self.url and sessions:
+            self._send(name, {"k": "l", "s": sessions})
+
+    def publish_takeover(self, name: str, client_id: str, proof: dict) -> None:
+        """A connection here took `client_id`: the one at another process closes (4001) if the proof holds."""
+        if self.url:
+            self._send(name, {"k": "t", "c": client_id, **proof})
+
+    def publish_revoke(self, name: str, deleted: bool) -> None:
+        """Links reset (or the document deleted) here: sessions elsewhere end too (1008)."""
+        if self.url:
+            self._send(name, {"k": "r", "deleted": deleted})
+
+    def _send(self, name: str, message: dict) -> None:
+        message["p"] = self.id
+        self._queue_raw(name, orjson.dumps(message))
+
+    def _queue_raw(self, name: str, payload: bytes) -> None:
+        try:
+            self._queue.put_nowait((channel(name), payload))
+        except asyncio.QueueFull:
+            log.warning("cluster: %d messages wait for Redis; dropping (the database checks catch up)",
+                        QUEUE_LIMIT)
+
+    # --------------------------------------------------------------- Redis
+
+    def _client(self, **options):
+        import redis.asyncio as redis
+        return redis.Redis.from_url(self.url, socket_connect_timeout=2.0, **options)
+
+    def _set_up(self, up: bool) -> None:
+        if up != self.up:
+            log.warning("cluster: Redis is %s", "reachable again" if up else
+                        f"unreachable; polling the database every {self.poll_every:g} s")
+        self.up = up
+        self.m_up.set(1 if up else 0)
+        if up:
+            self._check_now.set()  # whatever was said while we were away, read it
+
+    async def _publish_loop(self) -> None:
+        """The one publisher: messages go out in the order they were queued (commit order)."""
+        backoff = 0.1
+        while True:
+            ch, payload = await self._queue.get()
+            while True:
+                try:
+                    if self._publisher_client is None:
+                        self._publisher_client = self._client(socket_timeout=2.0)
+                    await self._publisher_client.publish(ch, payload)
+                    self.m_published.inc()
+                    backoff = 0.1
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - Redis down: drop it, the checks catch up
+                    log.debug("cluster: publish failed: %s", exc)
+                    self._set_up(False)
+                    client, self._publisher_client = self._publisher_client, None
+                    if client is not None:
+                        try:
+                            await client.aclose()
+                        except Exception:  # noqa: BLE001
+                            pass
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    break  # at most once: this message is dropped
+
+    async def _read_loop(self) -> None:
+        """The one subscriber connection: read, notice reconnects, hand news to rooms."""
+        backoff = 0.1
+        while True:
+            try:
+                if self._pubsub is None:
+                    await self._connect()
+                    backoff = 0.1
+                message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if message is not None:
+                    self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - anything: start over on a fresh connection
+                if not self._stopping:
+                    log.debug("cluster: subscriber failed: %s", exc)
+                self._set_up(False)
+                pubsub, self._pubsub = self._pubsub, None
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except Exception:  # noqa: BLE001
+                        pass
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _connect(self) -> None:
+        client = self._client(socket_timeout=None)
+        pubsub = client.pubsub()
+        self._confirmed.clear()
+        await pubsub.subscribe(PREFIX + "\0hello")  # a connection with at least one subscription
+        for ch in list(self._channels):
+            await pubsub.subscribe(ch)
+        self._pubsub = pubsub
+        self._set_up(True)
+
+    def _on_message(self, message: dict) -> None:
+        kind = message.get("type")
+        ch = message.get("channel")
+        ch = ch.decode() if isinstance(ch, bytes) else ch
+        if kind == "subscribe":
+            if ch in self._confirmed:
+                # redis-py reconnected and subscribed again by itself: we missed what came meanwhile.
+                log.info("cluster: the Redis connection was renewed; checking every document")
+                self._check_now.set()
+            self._confirmed.add(ch)
+            return
+        if kind != "message" or not ch or not ch.startswith(PREFIX):
+            return
+        self.m_received.inc()
+        try:
+            self._handle(ch[len(PREFIX):], orjson.loads(message["data"]))
+        except Exception:  # noqa: BLE001 - a message we cannot read is a lost message
+            log.exception("cluster: a message on %s could not be handled", ch)
+
+    def _handle(self, name: str, msg: dict) -> None:
+        if type(msg) is not dict or msg.get("p") == self.id:
+            return  # our own echo
+        room = self.rooms.rooms.get(name)
+        kind = msg.get("k")
+        if kind == "r":
+            self.rooms.spawn(self.rooms.revoked_elsewhere(name, bool(msg.get("deleted"))))
+        if room is None or room.broken:
+            return
+        if kind == "u":
+            frame = msg["m"]
+            start = frame["from"]
+            try:
+                updates = [Update(u["clientID"], ChangeSet.from_json(u["changes"])) for u in frame["updates"]]
+            except (ChangeError, KeyError, TypeError):
+                room.catch_up()
+                return
+            room.remote(start, updates)
+        elif kind == "p":
+            room.remote_presence(msg["p"], msg.get("peers") or [], time.monotonic())
+        elif kind == "l":
+            room.remote_leave(msg.get("s") or [])
+        elif kind == "t":
+            room.taken_elsewhere(msg.get("c"), msg)
+
+    # ------------------------------------------------------------- checks
+
+    async def _check_loop(self) -> None:
+        """Every open document against the database: fast while Redis is away, slowly when it is up."""
+        while True:
+            interval = self.check_every if self.up else self.poll_every
+            try:
+                await asyncio.wait_for(self._check_now.wait(), interval)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+            self._check_now.clear()
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database may be away too; try again
+                log.debug("cluster: check failed: %s", exc)
+            if self.url and self.up and self._publisher_client is not None:
+                try:
+                    await asyncio.wait_for(self._publisher_client.ping(), 1.0)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - paused or gone: poll until it answers again
+                    self._set_up(False)
+                    client, self._publisher_client = self._publisher_client, None
+                    pubsub, self._pubsub = self._pubsub, None
+                    for c in (client, pubsub):
+                        if c is not None:
+                            try:
+                                await c.aclose()
+                            except Exception:  # noqa: BLE001
+                                pass
+
+    async def check(self) -> None:
+        """Read the database's version of every open document; a room behind it catches up."""
+        rooms = [r for r in self.rooms.rooms.values() if not r.broken]
+        if not rooms:
+            return
+        heads = await self.rooms.store.heads([r.doc_id for r in rooms])
+        for room in rooms:
+            head = heads.get(room.doc_id)
+            if head is None:
+                self.rooms.spawn(self.rooms.revoked_elsewhere(room.name, True))
+            elif head > room.seq.committed_version and not room.broken:
+                room.catch_up()
+
+    async def _presence_loop(self) -> None:
+        """Republish our cursors every `republish` s; forget other processes' after `expiry` s of silence."""
+        tick = min(self.republish, self.expiry / 3)
+        last_republish = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for room in list(self.rooms.rooms.values()):
+                room.expire_remote(now - self.expiry)
+            if now - last_republish >= self.republish:
+                last_republish = now
+                for room in list(self.rooms.rooms.values()):
+                    peers = room.local_presence()
+                    if peers:
+                        self.publish_presence(room.name, peers)
