@@ -162,8 +162,13 @@ class Room:
         """
         history = None
         want = hello.version
-        if want is not None and want < self.seq.log_from:
+        for _ in range(5):  # the log may be trimmed while we read: read until the history reaches it
+            if want is None or want >= self.seq.log_from or (history is not None and
+                                                             len(history) >= self.seq.log_from - want):
+                break
             history = await self.store.updates(self.doc_id, want, self.seq.log_from)
+            if len(history) < self.seq.log_from - want and not history:
+                break  # compacted away: the full text it is
         if self.broken:
             raise ServerError("the document is being reloaded; reconnect", close=CLOSE_INTERNAL)
         if self.deleted:

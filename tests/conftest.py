@@ -89,10 +89,12 @@ def server(db, tmp_path):
 
 @pytest.fixture(scope="session")
 def node() -> str:
-    """Path to node, with tests/js/node_modules installed; fails loudly otherwise."""
+    """Path to node, with the Node packages of tests/js and static/ installed (client.mjs loads the
+    shared client core from static/src, and CodeMirror from static/node_modules); fails loudly otherwise."""
     exe = shutil.which("node")
     if not exe:
         pytest.fail("node is not installed: the differential and client tests need it (run ./run.sh test)")
-    if not (JS_DIR / "node_modules" / "@codemirror" / "collab").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True)
+    for folder in (JS_DIR, ROOT / "static"):
+        if not (folder / "node_modules" / "@codemirror" / "collab").is_dir():
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, check=True)
     return exe
