@@ -18,6 +18,16 @@
 // - Network faults are simulated in-process: optional random delays on frames
 //   in both directions (order preserved, like TCP), forced reconnects.
 //
+// Several servers (collab processes sharing one database): give `urls`
+// instead of `url`. The first connection goes to a random one of them and
+// every reconnect to another one (random among the rest), as a browser behind
+// a load balancer without affinity would. Each connection is recorded (url,
+// session, open/welcome/close times in epoch ms, close code), and the adapter
+// checks on its own that every connection's `updates` continue exactly where
+// its welcome or previous frame ended (besides the core's checks). The
+// sessions whose cursors are shown are mirrored (`shown`), so a test can see
+// another process's sessions appear and `leave`.
+//
 // Debugging a divergence: COLLAB_CLIENT_DEBUG=1 flags own pushes that cut a
 // surrogate pair of the synced text (the usual first sign that a client's
 // view drifted from the server's); with COLLAB_CLIENT_DEBUG_DIR set it also
@@ -29,7 +39,21 @@
 //        [--duration 4000] [--seed 1] [--delay 30] [--reconnects 1]
 //        [--interval 5,40] [--offline MS] [--edits mixed|inserts] [--settle 20000]
 //        [--record-out FILE]
+//        [--urls ws://A,ws://B,...] [--events FILE] [--linger MS]
 //   node client.mjs show --url ws://127.0.0.1:PORT --doc NAME
+//
+// --urls: the clients connect to these servers (each connection a random one,
+//   every reconnect another); the settle waits until every one of them serves
+//   the clients' version and text (`servers` in the output). --url, if also
+//   given, is only where the final text is read (default: the first of --urls).
+// --events FILE: JSON lines as things happen (flushed every 100 ms): every
+//   connection (`open`, `welcome` with its session, `close`), every
+//   acknowledgement of an own update (`ack`: version and changes), and the
+//   shown cursors (`show`, `hide` on leave, `clear` when a welcome replaces
+//   them). Each line has `t` (epoch ms) and `client`.
+// --linger MS: after the settle, stay connected (no edits) for up to MS, or
+//   until a line arrives on stdin, before reporting: for cursors that must
+//   `leave` later, e.g. when another server died.
 
 import { performance } from 'node:perf_hooks';
 import { writeFileSync, appendFileSync } from 'node:fs';
@@ -157,6 +181,9 @@ export class CollabClient {
   /**
    * @param {object} o
    * @param {string} o.url       ws://host:port (no path)
+   * @param {string[]} [o.urls]  several servers instead: each connection picks one, every reconnect another
+   * @param {function} [o.urlRng] the random source for those picks (default: rng)
+   * @param {function} [o.onLog] (entry) for each connection, acknowledgement and shown-cursor change
    * @param {string} o.doc       document name
    * @param {string} o.clientID
    * @param {object} [o.user]    {name, color}
@@ -170,7 +197,8 @@ export class CollabClient {
    * @param {boolean} [o.presence] send our selection as the browser does (default true)
    */
   constructor(o) {
-    this.url = o.url;
+    this.urls = o.urls && o.urls.length ? [...o.urls] : null;
+    this.url = o.url ?? (this.urls ? this.urls[0] : undefined);
     this.doc = o.doc;
     this.clientID = o.clientID;
     this.user = o.user ?? { name: o.clientID, color: '#3366cc' };
@@ -178,6 +206,8 @@ export class CollabClient {
     this.record = o.record ?? true;
     this.autoReconnect = o.autoReconnect ?? true;
     this.onUpdates = o.onUpdates ?? null;
+    this.urlRng = o.urlRng ?? this.rng;
+    this.onLog = o.onLog ?? null;
     this.debug = o.debug ?? Boolean(process.env.COLLAB_CLIENT_DEBUG);
     this.core = new Session({
       clientID: o.clientID, user: this.user, random: this.rng, maxPushUpdates: o.maxPushUpdates,
@@ -206,6 +236,9 @@ export class CollabClient {
     this.resets = [];
     this.welcomeWaiters = [];
     this.counts = { connects: 0, localEdits: 0 };
+    this.connections = [];    // one record per socket: {url, opened, session, welcomed, version, closed, code}
+    this.conn = null;         // the current socket's record
+    this.shown = new Set();   // sessions whose cursor is shown (mirrors the core's peers)
     this.inLine = new DelayLine(this.rng, o.inDelay ?? 0, ([gen, data]) => this._deliver(gen, data));
     this.outLine = new DelayLine(this.rng, o.outDelay ?? 0, ([gen, text]) => {
       if (gen === this.gen && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(text);
@@ -295,6 +328,7 @@ export class CollabClient {
       clientID: this.clientID, version: this.version(), pending: this.pending(),
       connected: this.connected, stats: this.stats, violations: this.violations,
       errors: this.errors, closes: this.closes, resets: this.resets,
+      url: this.url, connections: this.connections.map(({ version, ...c }) => c), shown: [...this.shown],
     };
   }
 
@@ -304,11 +338,36 @@ export class CollabClient {
     this.violations.push(`${this.clientID}: ${msg}`);
   }
 
+  /** The server for a new connection: any of `urls` the first time, then one other than the last. */
+  _pickUrl() {
+    if (!this.urls || this.urls.length === 1) return this.url;
+    if (!this.connections.length) return this.urls[Math.floor(this.urlRng() * this.urls.length)];
+    const others = this.urls.filter((u) => u !== this.url);
+    return others[Math.floor(this.urlRng() * others.length)];
+  }
+
+  _log(entry) {
+    if (this.onLog) this.onLog({ t: Date.now(), client: this.clientID, ...entry });
+  }
+
+  /** Marks the current socket's record closed (once). */
+  _endConn(code) {
+    const c = this.conn;
+    if (!c || c.closed) return;
+    c.closed = Date.now();
+    c.code = code;
+    this._log({ type: 'close', url: c.url, session: c.session, code });
+  }
+
   _open() {
     if (this.closed) return;
     clearTimeout(this.reconnectTimer);
     const gen = ++this.gen;
     this.counts.connects++;
+    this.url = this._pickUrl();
+    this.conn = { url: this.url, opened: Date.now(), session: null, welcomed: null, version: null, closed: null, code: null };
+    this.connections.push(this.conn);
+    this._log({ type: 'open', url: this.url });
     const ws = new WebSocket(`${this.url}/ws/${encodeURIComponent(this.doc)}`, SUBPROTOCOL,
       { perMessageDeflate: false, handshakeTimeout: 5000 });
     this.ws = ws;
@@ -325,6 +384,7 @@ export class CollabClient {
     ws.on('close', (code, reason) => {
       if (gen !== this.gen) return;
       this.closes.push({ code, reason: reason.toString(), t: Math.round(performance.now()) });
+      this._endConn(code);
       if (code === 4001) this._violation('closed with 4001 although no other connection used this clientID');
       this.ws = null;
       this.inLine.clear();
@@ -338,6 +398,7 @@ export class CollabClient {
   /** Forgets the current socket (its frames and events are ignored from now on) and closes it; returns it. */
   _dropSocket(why) {
     const ws = this.ws;
+    if (ws) this._endConn(why);
     this.gen++;
     this.ws = null;
     this.inLine.clear();
@@ -398,10 +459,22 @@ export class CollabClient {
   _onEvent(e) {
     switch (e.type) {
       case 'welcome':
+        if (this.conn) {
+          Object.assign(this.conn, { session: e.frame.session, welcomed: Date.now(), version: e.frame.version });
+          this._log({ type: 'welcome', url: this.conn.url, session: e.frame.session, version: e.frame.version,
+            from: e.frame.from ?? null });
+        }
         for (const w of this.welcomeWaiters.splice(0)) w.resolve(e.frame);
         break;
       case 'updates':
+        this._checkContiguous(e.from, e.updates.length);
         if (this.record) this._record(e.from, e.updates);
+        if (e.own && this.onLog) {
+          const start = e.from + e.updates.length - e.fresh.length;
+          e.fresh.forEach((u, i) => {
+            if (u.clientID === this.clientID) this._log({ type: 'ack', version: start + i + 1, changes: u.changes });
+          });
+        }
         if (this.onUpdates && e.fresh.length) {
           this.onUpdates(this, e.from + e.updates.length - e.fresh.length, e.fresh, performance.now());
         }
@@ -416,9 +489,36 @@ export class CollabClient {
       case 'reset':
         this.resets.push({ synced: e.synced, version: e.version, droppedUnconfirmed: e.dropped });
         break;
+      case 'peer':
+        if (!this.shown.has(e.session)) {
+          this.shown.add(e.session);
+          this._log({ type: 'show', session: e.session });
+        }
+        break;
+      case 'leave':
+        if (this.shown.delete(e.session)) this._log({ type: 'hide', session: e.session });
+        break;
+      case 'peers-cleared':
+        if (this.shown.size) this._log({ type: 'clear', sessions: [...this.shown] });
+        this.shown.clear();
+        break;
       default:
-        break; // notice, rescue, role, peer, leave, peers-cleared: nothing to keep
+        break; // notice, rescue, role: nothing to keep
     }
+  }
+
+  /**
+   * The adapter's own check that this connection's versions are contiguous:
+   * after the welcome, each frame starts where the previous one ended. (The
+   * resumed updates of a welcome come before its event and are the core's to check.)
+   */
+  _checkContiguous(from, n) {
+    const c = this.conn;
+    if (!c || c.welcomed === null) return;
+    if (from !== c.version) {
+      this._violation(`connection to ${c.url} (session ${c.session}): updates from ${from} after version ${c.version}`);
+    }
+    c.version = Math.max(c.version, from + n);
   }
 
   /** Every version must mean the same update each time it is seen. */
@@ -473,22 +573,64 @@ export async function fetchDoc(wsUrl, doc) {
   return r.json();
 }
 
-/** Waits until every client is connected with nothing unconfirmed and all sit at the server's version. */
-export async function settle(clients, url, doc, timeoutMs) {
+/**
+ * Waits until every client is connected with nothing unconfirmed and all sit at the server's version.
+ * With `urls` (several servers), every one of them must serve that version and the same text
+ * (`servers`: what each served last).
+ */
+export async function settle(clients, url, doc, timeoutMs, urls = null) {
   const deadline = performance.now() + timeoutMs;
   let last = null;
+  let servers = null;
   while (performance.now() < deadline) {
     if (clients.every((c) => c.connected && c.pending() === 0 && c.inFlight === 0)) {
       try {
         last = await fetchDoc(url, doc);
-        if (clients.every((c) => c.version() === last.version)) return { ok: true, server: last };
+        if (urls) servers = await Promise.all(urls.map((u) => fetchDoc(u, doc).catch((e) => ({ error: e.message }))));
+        const agree = !servers || servers.every((s) => s.version === last.version && s.doc === last.doc);
+        if (agree && clients.every((c) => c.version() === last.version)) {
+          return { ok: true, server: last, ...(servers ? { servers } : {}) };
+        }
       } catch (e) {
         last = { error: e.message };
       }
     }
     await sleep(50);
   }
-  return { ok: false, server: last };
+  return { ok: false, server: last, ...(servers ? { servers } : {}) };
+}
+
+/** JSON lines appended to `file`, written out every 100 ms (and by flush()). */
+export class EventLog {
+  constructor(file) {
+    this.file = file;
+    this.buf = [];
+    writeFileSync(file, '');
+    this.timer = setInterval(() => this.flush(), 100);
+  }
+
+  add(entry) { this.buf.push(JSON.stringify(entry)); }
+
+  flush() {
+    if (!this.buf.length) return;
+    appendFileSync(this.file, this.buf.join('\n') + '\n');
+    this.buf = [];
+  }
+
+  close() {
+    clearInterval(this.timer);
+    this.flush();
+  }
+}
+
+/** Resolves after `ms`, or earlier when a line arrives on stdin. */
+function lingerFor(ms) {
+  return new Promise((resolve) => {
+    const done = () => { clearTimeout(timer); process.stdin.off('data', done); process.stdin.pause(); resolve(); };
+    const timer = setTimeout(done, ms);
+    process.stdin.on('data', done);
+    process.stdin.resume();
+  });
 }
 
 /**
@@ -496,8 +638,10 @@ export async function settle(clients, url, doc, timeoutMs) {
  * delays and `reconnects` forced reconnects; then they stop and settle.
  */
 export async function runFuzz(opts) {
-  const { url, doc, clients: n = 5, duration = 4000, seed = 1, delay = 30, reconnects = 1,
-    interval = [5, 40], settleMs = 20000, offline = 0, edits = 'mixed' } = opts;
+  const { doc, clients: n = 5, duration = 4000, seed = 1, delay = 30, reconnects = 1,
+    interval = [5, 40], settleMs = 20000, offline = 0, edits = 'mixed', urls = null, lingerMs = 0 } = opts;
+  const url = opts.url ?? (urls ? urls[0] : undefined);
+  const log = opts.eventsOut ? new EventLog(opts.eventsOut) : null;
   const master = makeRng(seed);
   const clients = [];
   for (let i = 0; i < n; i++) {
@@ -505,6 +649,8 @@ export async function runFuzz(opts) {
       url, doc, clientID: `c${seed}-${i}-${Math.floor(master() * 1e9).toString(36)}`,
       user: { name: `fuzz ${i}`, color: '#' + Math.floor(master() * 0xffffff).toString(16).padStart(6, '0') },
       rng: makeRng(Math.floor(master() * 2 ** 32)), inDelay: delay, outDelay: delay,
+      ...(urls ? { urls, urlRng: makeRng(Math.floor(master() * 2 ** 32)) } : {}),
+      ...(log ? { onLog: (entry) => log.add(entry) } : {}),
     }));
   }
   const t0 = performance.now();
@@ -527,7 +673,8 @@ export async function runFuzz(opts) {
   });
   await Promise.all(loops);
   const editedMs = performance.now() - t0;
-  const settled = await settle(clients, url, doc, settleMs);
+  const settled = await settle(clients, url, doc, settleMs, urls);
+  if (lingerMs) await lingerFor(lingerMs);
   const texts = clients.map((c) => c.text());
   // Every version must have meant the same update to every client that saw it.
   const merged = new Map();
@@ -542,6 +689,7 @@ export async function runFuzz(opts) {
   }
   const result = {
     ok: settled.ok, editedMs: Math.round(editedMs), server: settled.server,
+    ...(settled.servers ? { servers: settled.servers } : {}),
     versions: clients.map((c) => c.version()), texts,
     clients: clients.map((c) => c.summary()), conflicts,
     totalLocalEdits: clients.reduce((a, c) => a + c.stats.localEdits, 0),
@@ -552,17 +700,20 @@ export async function runFuzz(opts) {
     writeFileSync(opts.recordOut, JSON.stringify(rec));
   }
   for (const c of clients) c.close();
+  if (log) log.close();
   return result;
 }
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const cmd = args._[0];
-  if (!args.url || !args.doc) throw new Error('need --url ws://127.0.0.1:PORT and --doc NAME');
+  const urls = args.urls ? String(args.urls).split(',').filter(Boolean) : null;
+  if (!(args.url || urls) || !args.doc) throw new Error('need --url ws://127.0.0.1:PORT (or --urls A,B,...) and --doc NAME');
   let result;
   if (cmd === 'fuzz') {
     result = await runFuzz({
-      url: args.url, doc: args.doc,
+      url: args.url, urls, doc: args.doc,
+      eventsOut: args.events, lingerMs: Number(args.linger ?? 0),
       clients: Number(args.clients ?? 5), duration: Number(args.duration ?? 4000),
       seed: Number(args.seed ?? 1), delay: Number(args.delay ?? 30),
       reconnects: Number(args.reconnects ?? 1),
@@ -571,7 +722,7 @@ async function main() {
       offline: Number(args.offline ?? 0), edits: args.edits ?? 'mixed',
     });
   } else if (cmd === 'show') {
-    const c = new CollabClient({ url: args.url, doc: args.doc, clientID: `show-${process.pid}`, autoReconnect: false });
+    const c = new CollabClient({ url: args.url ?? urls[0], doc: args.doc, clientID: `show-${process.pid}`, autoReconnect: false });
     await c.start();
     result = { version: c.version(), text: c.text(), summary: c.summary() };
     c.close();
