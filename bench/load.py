@@ -7,14 +7,27 @@ Usage (from the repository root):
     .venv/bin/python bench/load.py idle         # c) 2,000 idle connections: RSS per connection
     .venv/bin/python bench/load.py trace        # d) an editing trace through the server
                                                 #    (automerge-paper, or --trace PATH)
-    .venv/bin/python bench/load.py all          # all four, one after the other
+    .venv/bin/python bench/load.py docs         # e) 200 documents x 2 clients pushing flat out
+    .venv/bin/python bench/load.py all          # a) to e), one after the other
+    .venv/bin/python bench/load.py compare --db sqlite,postgres
+                                                # the backends side by side: e) with 1 x 4 and
+                                                # 200 x 2 clients, commit latency, typing p99
+
+Every mode takes `--db`: a comma-separated list of databases to run it on,
+each `sqlite` (a temporary file; `sqlite:full` with --sync full), `postgres`
+(a temporary PostgreSQL server started here from Debian's binaries, fsync
+on; `postgres:async` with synchronous_commit off), a SQLite file path or a
+`postgresql://` URL (then PostgreSQL's own CPU is not measured). Default:
+`sqlite`.
 
 Each benchmark starts its own `python -m collab serve` on 127.0.0.1 with a
-temporary database, runs tests/js/loadgen.mjs against it, prints a report with
-the target, stops the server and removes the database. Server CPU comes from
-/proc/<pid>/stat and memory from /proc/<pid>/status, read by the load
-generator at the exact edges of the measurement window. Nothing here is a
-pass/fail test: the exit status is 0 unless a run broke (errors, divergence).
+fresh database, runs tests/js/loadgen.mjs (or bench/pushers.mjs) against it,
+prints a report with the target, stops the server and removes the database.
+Server CPU comes from /proc/<pid>/stat and memory from /proc/<pid>/status,
+read by the load generator at the exact edges of the measurement window;
+PostgreSQL's CPU is its postmaster's (with its reaped children) plus every
+live child's, read at the same edges. Nothing here is a pass/fail test: the
+exit status is 0 unless a run broke (errors, divergence).
 """
 
 from __future__ import annotations
@@ -22,11 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +52,11 @@ from serverproc import ServerProcess  # noqa: E402
 from trace_replay import WHERE_TO_GET, add_trace_argument  # noqa: E402
 
 LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
+PUSHERS = ROOT / "bench" / "pushers.mjs"
+# A benchmark that *is* one busy client per connection lifts every per-connection and
+# per-document rate limit (they protect a public server from one client), and says so.
+UNLIMITED = ["--rate", "1000000", "--burst", "1000000", "--update-rate", "1000000", "--update-burst", "1000000",
+             "--doc-update-rate", "1000000", "--doc-update-burst", "1000000"]
 
 # Server options per benchmark. The per-connection token bucket (default 100
 # frames/s) and the per-address connection cap (default 100) protect a public
@@ -44,13 +64,43 @@ LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
 # connections from 127.0.0.1 lifts them, and says so in the report.
 BENCHES = {
     "typing": {"server": [], "target": "edit-to-peer p99 < 10 ms"},
-    "throughput": {"server": ["--rate", "1000000", "--burst", "1000000"],
-                   "target": ">= 3,500 durable updates/s"},
+    "throughput": {"server": UNLIMITED, "target": ">= 3,500 durable updates/s"},
     "idle": {"server": ["--max-conns-per-addr", "100000", "--max-conns-per-doc", "100000"],
              "target": "< 30 KB RSS per connection"},
-    "trace": {"server": ["--rate", "1000000", "--burst", "1000000"],
-              "target": "final text == endContent"},
+    "trace": {"server": UNLIMITED, "target": "final text == endContent"},
+    "docs": {"server": UNLIMITED + ["--max-conns-per-addr", "100000", "--max-conns-per-doc", "100000"],
+             "target": "PostgreSQL within 1.5x of SQLite's server CPU per update"},
 }
+
+
+class Database:
+    """One --db entry: where a benchmark's server stores its documents, made fresh for each run."""
+
+    def __init__(self, spec: str, stack: ExitStack):
+        self.spec, self.pg, self.url, self.path, self.server_args = spec, None, None, None, []
+        kind, _, option = spec.partition(":")
+        if kind == "sqlite":
+            self.label = "SQLite" + (" (--sync full)" if option == "full" else "")
+            if option == "full":
+                self.server_args = ["--sync", "full"]
+        elif kind == "postgres" and "://" not in spec:
+            from pgserver import PgServer
+            settings = {"synchronous_commit": "off"} if option == "async" else {}
+            self.pg = stack.enter_context(PgServer(fsync=True, settings=settings))
+            self.label = "PostgreSQL" + (" (synchronous_commit off)" if option == "async" else "")
+        elif "://" in spec:
+            from collab.storage import describe
+            self.url, self.label = spec, describe(spec)
+        else:
+            self.path, self.label = Path(spec), spec
+
+    def fresh(self, tmp: Path) -> str:
+        """A database for one run (a temporary file, or a new database on the temporary server)."""
+        if self.pg is not None:
+            return self.pg.url(self.pg.create_database("bench"))
+        if self.url is not None:
+            return self.url
+        return str(self.path) if self.path is not None else str(tmp / "bench.db")
 
 
 def raise_nofile() -> None:
@@ -60,27 +110,58 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def run_bench(name: str, node: str, extra: list[str], timeout: float, trace: Path) -> dict:
+def run_bench(name: str, node: str, extra: list[str], timeout: float, trace: Path, db: Database) -> dict:
     spec = BENCHES[name]
     tmp = Path(tempfile.mkdtemp(prefix=f"collab-bench-{name}-"))
-    server = ServerProcess(tmp / "bench.db", extra_args=spec["server"])
+    server = ServerProcess(db.fresh(tmp), extra_args=spec["server"] + db.server_args, log_path=tmp / "server.log")
     try:
-        server.start()
+        server.start(timeout=60)
         pid = server.proc.pid
-        args = [node, str(LOADGEN), name, "--url", server.ws_url, "--server-pid", str(pid),
-                "--clk-tck", str(os.sysconf("SC_CLK_TCK")), *extra]
+        common = ["--url", server.ws_url, "--server-pid", str(pid), "--clk-tck", str(os.sysconf("SC_CLK_TCK"))]
+        if name == "docs":
+            args = [node, str(PUSHERS), *common, *extra]
+            if db.pg is not None:
+                args += ["--pg-pid", str(db.pg.pid)]
+        else:
+            args = [node, str(LOADGEN), name, *common, *extra]
         if name == "trace":
             args += ["--file", str(trace)]
         proc = subprocess.run(args, cwd=LOADGEN.parent, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise RuntimeError(f"loadgen {name} failed:\n{proc.stderr[-3000:]}\nserver log:\n{server.log()[-3000:]}")
+            raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}\nserver log:\n{server.log()[-3000:]}")
         result = json.loads(proc.stdout)
-        result["serverArgs"] = spec["server"]
+        result["serverArgs"] = spec["server"] + db.server_args
         result["target"] = spec["target"]
+        result["db"] = db.label
         return result
     finally:
         server.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def histogram(text: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts {le: count} of a Prometheus histogram in /metrics text."""
+    out = {}
+    for le, count in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} ([0-9.e+]+)$', text, re.M):
+        out[float("inf") if le == "+Inf" else float(le)] = float(count)
+    return out
+
+
+def quantile(before: dict, after: dict, q: float) -> float | None:
+    """The q-quantile of what was observed between two readings (linear within a bucket, like PromQL)."""
+    edges = sorted(after)
+    counts = [after[e] - before.get(e, 0.0) for e in edges]
+    total = counts[-1] if counts else 0
+    if not total:
+        return None
+    rank, low, below = q * total, 0.0, 0.0
+    for edge, cum in zip(edges, counts):
+        if cum >= rank:
+            if edge == float("inf"):
+                return low
+            return low + (edge - low) * ((rank - below) / (cum - below) if cum > below else 1.0)
+        low, below = edge, cum
+    return low
 
 
 def fmt(x, unit="", nd=1):
@@ -96,7 +177,8 @@ def mb(kb):
 def report(r: dict) -> tuple[str, bool]:
     """Human-readable report and whether the run itself was sound (no errors, texts agree)."""
     mode = r["mode"]
-    lines = [f"== {mode}  (target: {r['target']}; server options: {' '.join(r['serverArgs']) or 'defaults'})"]
+    lines = [f"== {mode} on {r['db']}  (target: {r['target']}; server options: "
+             f"{' '.join(r['serverArgs']) or 'defaults'})"]
     problems = r.get("problems") or []
     ok = not problems
     mem = r.get("serverMem") or {}
@@ -150,15 +232,82 @@ def report(r: dict) -> tuple[str, bool]:
             f"text == endContent client {r['clientTextMatches']}, server {r['serverTextMatches']}",
         ]
         ok = ok and r["clientTextMatches"] and r["serverTextMatches"]
+    elif mode == "docs":
+        add_docs_figures(r)
+        lines += [
+            f"documents {r['docs']} x {r['perDoc']} clients, window {fmt(r['windowS'], ' s')}",
+            f"durable updates/s  {fmt(r['acceptedPerS'], '', 0)}  ({r['accepted']:,} accepted in the window)",
+            f"server CPU         {fmt(r['serverCpuMsPer1000'], ' ms')} per 1,000 updates "
+            f"({fmt(r['serverCpuPct'], '%')} of one core); client CPU {fmt(r['clientCpuPct'], '%')}",
+            f"PostgreSQL CPU     {fmt(r['pgCpuMsPer1000'], ' ms')} per 1,000 updates "
+            f"({fmt(r['pgCpuPct'], '%')} of one core)",
+            f"commit ms          p50 {fmt(r['commitP50'], '', 2)}  p99 {fmt(r['commitP99'], '', 2)}  "
+            f"(server's collab_commit_seconds, {r['commits']:,} commits of a document)",
+        ]
     if problems:
         lines.append(f"PROBLEMS ({len(problems)}): " + "; ".join(problems[:5]))
     return "\n".join(lines), ok
 
 
+def add_docs_figures(r: dict) -> None:
+    """Per-1,000-update CPU and commit latency percentiles of a `docs` run (in place)."""
+    ms = r["windowS"] * 1000
+    n = r["accepted"] or 1
+    for key, cpu in (("server", r["serverCpuMs"]), ("pg", r["pgCpuMs"])):
+        r[f"{key}CpuMsPer1000"] = cpu / n * 1000 if cpu is not None else None
+        r[f"{key}CpuPct"] = cpu / ms * 100 if cpu is not None else None
+    r["clientCpuPct"] = r["clientCpuMs"] / ms * 100
+    before = histogram(r.pop("metricsBefore"), "collab_commit_seconds")
+    after = histogram(r.pop("metricsAfter"), "collab_commit_seconds")
+    r["commits"] = int(after.get(float("inf"), 0) - before.get(float("inf"), 0))
+    for q in (50, 99):
+        value = quantile(before, after, q / 100)
+        r[f"commitP{q}"] = value * 1000 if value is not None else None
+
+
+def compare_table(rows: list[tuple[str, dict]]) -> str:
+    """The backends side by side: one column per database."""
+    labels = list(dict.fromkeys(label for label, _ in rows))
+    by = {(label, key): r for label, r in rows for key in [r["key"]]}
+    lines = [f"{'':34}" + "".join(f"{label[:26]:>28}" for label in labels)]
+
+    def line(title: str, key: str, pick) -> None:
+        cells = []
+        for label in labels:
+            r = by.get((label, key))
+            cells.append(pick(r) if r is not None else "n/a")
+        lines.append(f"{title:34}" + "".join(f"{c:>28}" for c in cells))
+
+    for key, what in (("1x4", "1 document x 4 clients"), ("200x2", "200 documents x 2 clients")):
+        lines.append(what)
+        line("  durable updates/s", key, lambda r: fmt(r["acceptedPerS"], "", 0))
+        line("  server CPU ms / 1,000 updates", key, lambda r: fmt(r["serverCpuMsPer1000"]))
+        line("  PostgreSQL CPU ms / 1,000", key, lambda r: fmt(r["pgCpuMsPer1000"]))
+        line("  commit ms p50 / p99", key, lambda r: f"{fmt(r['commitP50'], '', 2)} / {fmt(r['commitP99'], '', 2)}")
+    lines.append("typing (10 typists, one document)")
+    line("  edit-to-peer ms p50 / p99", "typing",
+         lambda r: f"{fmt(r['latencyMs']['p50'], '', 2)} / {fmt(r['latencyMs']['p99'], '', 2)}")
+    line("  server CPU % of one core", "typing", lambda r: fmt(r["serverCpuPct"], "%"))
+    sqlite = next((label for label in labels if label.startswith("SQLite")), None)
+    for label in labels:
+        if label.startswith("PostgreSQL") and sqlite:
+            for key in ("1x4", "200x2"):
+                a, b = by.get((sqlite, key)), by.get((label, key))
+                if a and b and a["serverCpuMsPer1000"] and b["serverCpuMsPer1000"]:
+                    lines.append(f"{label} / {sqlite}, server CPU per update ({key}): "
+                                 f"{b['serverCpuMsPer1000'] / a['serverCpuMsPer1000']:.2f}x (target <= 1.5x)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("bench", choices=[*BENCHES, "all"])
-    p.add_argument("--duration", type=float, help="seconds of measurement (typing default 20, throughput 10)")
+    p.add_argument("bench", choices=[*BENCHES, "all", "compare"])
+    p.add_argument("--duration", type=float, help="seconds of measurement (typing default 20, throughput and "
+                   "docs 10)")
+    p.add_argument("--db", default="sqlite", help="comma-separated databases: sqlite, sqlite:full, postgres, "
+                   "postgres:async, a SQLite file or a postgresql:// URL (default sqlite)")
+    p.add_argument("--docs", type=int, default=200, help="documents for `docs` (default 200)")
+    p.add_argument("--per-doc", type=int, default=2, help="clients per document for `docs` (default 2)")
     p.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     add_trace_argument(p)
     a = p.parse_args(argv)
@@ -172,21 +321,35 @@ def main(argv: list[str] | None = None) -> int:
     if not (LOADGEN.parent / "node_modules" / "@codemirror" / "collab").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=LOADGEN.parent, check=True)
     raise_nofile()
-    names = list(BENCHES) if a.bench == "all" else [a.bench]
+    if a.bench == "compare":
+        runs = [("docs", "1x4", ["--docs", "1", "--per-doc", "4"]), ("docs", "200x2", ["--docs", "200", "--per-doc", "2"]),
+                ("typing", "typing", [])]
+    elif a.bench == "all":
+        runs = [(name, name, []) for name in BENCHES]
+    else:
+        runs = [(a.bench, a.bench, [])]
     all_ok = True
     results = []
-    for name in names:
-        extra = []
-        if a.duration and name in ("typing", "throughput"):
-            extra += ["--duration", str(int(a.duration * 1000))]
-        r = run_bench(name, node, extra, timeout=900, trace=a.trace.resolve())
-        text, ok = report(r)
-        print(text, flush=True)
-        print(flush=True)
-        all_ok &= ok
-        results.append(r)
+    with ExitStack() as stack:
+        databases = [Database(spec.strip(), stack) for spec in a.db.split(",") if spec.strip()]
+        for db in databases:
+            for name, key, extra in runs:
+                extra = list(extra)
+                if name == "docs" and a.bench != "compare":
+                    extra += ["--docs", str(a.docs), "--per-doc", str(a.per_doc)]
+                if a.duration and name in ("typing", "throughput", "docs"):
+                    extra += ["--duration", str(int(a.duration * 1000))]
+                r = run_bench(name, node, extra, timeout=900, trace=a.trace.resolve(), db=db)
+                r["key"] = key
+                text, ok = report(r)
+                print(f"[{db.label}] " + text, flush=True)
+                print(flush=True)
+                all_ok &= ok
+                results.append((db.label, r))
+    if a.bench == "compare":
+        print(compare_table(results), flush=True)
     if a.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps([r for _, r in results], indent=1))
     return 0 if all_ok else 1
 
 

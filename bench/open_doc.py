@@ -9,6 +9,12 @@ then times:
   * version reconstruction: the text at random versions (snapshot + replay).
 
     .venv/bin/python bench/open_doc.py [--updates 100000] [--snapshot-every 1000] [--trace PATH]
+                                       [--db sqlite|postgres|FILE|postgresql://...[,...]]
+
+`--db` is a comma-separated list of databases, each measured in turn:
+`sqlite` (a temporary file, the default), `postgres` (a temporary PostgreSQL
+server started here from Debian's binaries), a SQLite file path or a
+`postgresql://` URL of an empty database.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import orjson
@@ -32,14 +39,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 from collab.changes import ChangeSet  # noqa: E402
 from collab.rebase import Update  # noqa: E402
 from collab.sequencer import Accepted, Sequencer  # noqa: E402
-from collab.store import Store  # noqa: E402
+from collab.storage import describe, store_at  # noqa: E402
 from collab.text import Text  # noqa: E402
 from storeutil import commit  # noqa: E402
 from trace_replay import add_trace_argument, load_trace, trace_to_frames  # noqa: E402
 
 
-async def build(path: Path, frames: list[bytes], snapshot_every: int, keep: int) -> tuple[int, list[int]]:
-    store = await Store(path, snapshot_every=snapshot_every, keep=keep).open()
+async def build(db: str, frames: list[bytes], snapshot_every: int, keep: int) -> tuple[int, list[int]]:
+    store = await store_at(db, snapshot_every=snapshot_every, keep=keep).open()
     doc_id = await store.create_document("big")
     text = Text()
     batch, version, last_snap, t = [], 0, 0, 1.7e9
@@ -58,9 +65,9 @@ async def build(path: Path, frames: list[bytes], snapshot_every: int, keep: int)
     return doc_id, [version]
 
 
-async def measure(path: Path, doc_id: int, versions: int, snapshot_every: int, keep: int,
+async def measure(db: str, doc_id: int, versions: int, snapshot_every: int, keep: int,
                   samples: int) -> None:
-    store = await Store(path, snapshot_every=snapshot_every, keep=keep).open()
+    store = await store_at(db, snapshot_every=snapshot_every, keep=keep).open()
     opens = []
     for _ in range(5):
         t0 = time.perf_counter()
@@ -89,16 +96,29 @@ def main() -> None:
     ap.add_argument("--snapshot-every", type=int, default=1000)
     ap.add_argument("--keep", type=int, default=2000)
     ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--db", default="sqlite", help="comma-separated: sqlite, postgres, a SQLite file or a "
+                    "postgresql:// URL of an empty database (default sqlite)")
     add_trace_argument(ap)
     args = ap.parse_args()
     frames = trace_to_frames(load_trace(args.trace))[:args.updates]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.db"
-        t0 = time.perf_counter()
-        doc_id, _ = asyncio.run(build(path, frames, args.snapshot_every, args.keep))
-        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
-        print(f"built {len(frames):,} updates in {time.perf_counter() - t0:.1f} s; database {size / 1e6:.1f} MB")
-        asyncio.run(measure(path, doc_id, len(frames), args.snapshot_every, args.keep, args.samples))
+    for spec in (s.strip() for s in args.db.split(",") if s.strip()):
+        with ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            if spec == "postgres":
+                from pgserver import PgServer
+                pg = stack.enter_context(PgServer(fsync=True))
+                db, label = pg.url(pg.create_database("bench")), "PostgreSQL (temporary server)"
+            elif spec == "sqlite":
+                db, label = str(tmp / "bench.db"), "SQLite (temporary file)"
+            else:
+                db, label = spec, describe(spec)
+            print(f"== {label}")
+            t0 = time.perf_counter()
+            doc_id, _ = asyncio.run(build(db, frames, args.snapshot_every, args.keep))
+            size = (f"; database {sum(p.stat().st_size for p in tmp.iterdir()) / 1e6:.1f} MB"
+                    if spec == "sqlite" else "")
+            print(f"built {len(frames):,} updates in {time.perf_counter() - t0:.1f} s{size}")
+            asyncio.run(measure(db, doc_id, len(frames), args.snapshot_every, args.keep, args.samples))
 
 
 if __name__ == "__main__":
