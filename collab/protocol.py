@@ -23,6 +23,7 @@ SUBPROTOCOL = "collab.v1"
 DOC_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _COLOR = re.compile(r"#(?:[0-9A-Fa-f]{3}|[0-9A-Fa-f]{4}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})")
 MAX_CLIENT_ID = 128
+_PERSON = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_NAME = 100
 DEFAULT_USER = {"name": "Anonymous", "color": "#888888"}
 
@@ -114,11 +115,18 @@ def _hello(msg: dict) -> Hello:
     if type(color) is not str or not _COLOR.fullmatch(color):
         raise ProtocolError("bad-message", "hello.user.color must be a hex colour like #3366ff",
                             close=CLOSE_PROTOCOL)
+    person = msg.get("person")
+    if person is not None and (type(person) is not str or not _PERSON.fullmatch(person)):
+        raise ProtocolError("bad-message", "hello.person must be 1-64 letters, digits, '-' or '_'",
+                            close=CLOSE_PROTOCOL)
     resume_key = msg.get("resumeKey")
     if resume_key is not None and (type(resume_key) is not str or not 0 < len(resume_key) <= MAX_CLIENT_ID):
         raise ProtocolError("bad-message", f"hello.resumeKey must be a string of 1-{MAX_CLIENT_ID} characters",
                             close=CLOSE_PROTOCOL)
-    return Hello(client_id, version, {"name": clean_name(name, DEFAULT_USER["name"]), "color": color}, resume_key)
+    user = {"name": clean_name(name, DEFAULT_USER["name"]), "color": color}
+    if person is not None:
+        user["person"] = person  # one person in several tabs is one entry in everyone's list
+    return Hello(client_id, version, user, resume_key)
 
 
 def _version_and_list(msg: dict, kind: str, field: str, shape: str, limit: int) -> tuple[int, list]:

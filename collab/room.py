@@ -79,7 +79,8 @@ class Original:
     rebased again over the other writer's updates.
     """
 
-    __slots__ = ("member", "client_id", "version", "updates", "author", "time", "restored_from", "last", "done")
+    __slots__ = ("member", "client_id", "version", "updates", "author", "time", "restored_from", "last", "done",
+                 "person", "color")
 
     def __init__(self, member: "Member | None", client_id: str, version: int, updates: list[Update], author: str,
                  time: float, restored_from: int | None = None, done: asyncio.Future | None = None):
@@ -92,6 +93,8 @@ class Original:
         self.restored_from = restored_from
         self.last = 0                   # the last version it produced, once sequenced
         self.done = done                # resolved with `last` once durable (server-made pushes wait on it)
+        self.person = member.conn.user.get("person") if member is not None else None
+        self.color = member.conn.user.get("color") if member is not None else None
 
 
 class Member:
@@ -280,7 +283,8 @@ class Room:
         history = None
         for _ in range(3):
             try:
-                accepted = self.seq.push(o.client_id, o.version, o.updates, o.author, o.time, history)
+                accepted = self.seq.push(o.client_id, o.version, o.updates, o.author, o.time, history,
+                                         person=o.person, color=o.color)
                 break
             except NeedHistory as need:
                 history = await self.store.updates(self.doc_id, need.since, need.until)
@@ -643,9 +647,10 @@ class Room:
                 if limit is None:
                     continue
                 ranges = [(min(a, limit), min(h, limit)) for a, h in ranges]
-            self.remote_peers[session] = [process, {"name": str(user.get("name", ""))[:protocol.MAX_NAME],
-                                                    "color": str(user.get("color", "#888888"))[:9]},
-                                          version, ranges, now]
+            shown = {"name": str(user.get("name", ""))[:protocol.MAX_NAME], "color": str(user.get("color", "#888888"))[:9]}
+            if type(user.get("person")) is str:
+                shown["person"] = user["person"][:64]
+            self.remote_peers[session] = [process, shown, version, ranges, now]
             self.remote_dirty.add(session)
         if self.remote_dirty:
             self._schedule_presence()
@@ -805,7 +810,7 @@ class Rooms:
                 await self.create(name, exist_ok=True)
                 loaded = await self.store.load(name)
             seq = Sequencer(loaded.text, loaded.version, loaded.log, keep=self.settings.keep_updates,
-                            max_length=self.settings.max_doc)
+                            max_length=self.settings.max_doc, frame_ends=loaded.frame_ends)
             room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version, loaded.salt)
             self.rooms[name] = room
             self.metrics.documents.set(len(self.rooms))

@@ -56,6 +56,8 @@ class Accepted:
     time: float
     inverse: ChangeSet | None = None  # undoes the update; kept only until it is durable
     restored_from: int | None = None  # set when the update restores an older version
+    person: str | None = None         # the stable id of who made it (hello.person), when given
+    color: str | None = None          # the colour they chose
     _json: bytes | None = None  # the changes as ChangeSetJSON, serialised once for disk and wire
 
     @property
@@ -157,7 +159,8 @@ class Sequencer:
     # ---------------------------------------------------------------- pushes
 
     def push(self, client_id: str, version, updates: list[Update], author: str, time: float,
-             history: list[Update] | None = None, frames: list[int] | None = None) -> list[Accepted]:
+             history: list[Update] | None = None, frames: list[int] | None = None,
+             person: str | None = None, color: str | None = None) -> list[Accepted]:
         """Accept a batch made on top of `version`; return what it became, with versions.
 
         The push is rebased frame by frame, as the client itself will do
@@ -208,7 +211,7 @@ class Sequencer:
         for u, inverse in zip(rebased, inverses):
             self.version += 1
             self.log.append(u)
-            entry = Accepted(self.version, u, author, time, inverse)
+            entry = Accepted(self.version, u, author, time, inverse, person=person, color=color)
             self.pending.append(entry)
             accepted.append(entry)
         return accepted

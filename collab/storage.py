@@ -32,7 +32,7 @@ Rules every backend keeps:
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 # What a copy moves besides the documents table, per table: the columns of each
 # row, in the order `StorageView.rows` returns them and `add_rows` takes them.
 COPY_TABLES: dict[str, tuple[str, ...]] = {
-    "updates": ("version", "client_id", "author", "time", "changes", "inserted", "deleted", "restored_from"),
+    "updates": ("version", "client_id", "author", "time", "changes", "inserted", "deleted", "restored_from",
+                "frame_end", "person", "color"),
+    "checkpoints": ("version", "name", "author", "time"),
     "snapshots": ("version", "text", "time"),
     "authorship": ("version", "spans"),
 }
@@ -82,6 +84,21 @@ class Loaded:
     log: list[Update]          # the last updates, ending at `version`
     snapshot_version: int      # newest snapshot at or below `version`
     salt: str = ""             # signs this document's share links
+    frame_ends: list[int] = field(default_factory=list)  # where the log's frames ended (below `version`)
+
+
+def history_entry(version: int, client_id: str, author: str, time: float, inserted: int, deleted: int,
+                  restored_from: int | None, person: str | None, color: str | None) -> dict:
+    """One update's summary as the history API gives it (the same from every backend)."""
+    entry = {"version": version, "clientID": client_id, "author": author, "time": time, "inserted": inserted,
+             "deleted": deleted}
+    if restored_from is not None:
+        entry["restored"] = restored_from
+    if person is not None:
+        entry["person"] = person
+    if color is not None:
+        entry["color"] = color
+    return entry
 
 
 class VersionCompacted(LookupError):
@@ -185,6 +202,14 @@ class Storage(Protocol):
     async def authorship(self, doc_id: int, version: int) -> Authorship: ...
 
     async def oldest_update(self, doc_id: int) -> int | None: ...
+
+    async def rename_document(self, doc_id: int, new_name: str) -> str: ...
+
+    async def renamed_to(self, name: str) -> str | None: ...
+
+    async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str) -> None: ...
+
+    async def checkpoints(self, doc_id: int) -> list[dict]: ...
 
     async def heads(self, doc_ids: list[int]) -> dict[int, int]: ...
 

@@ -42,7 +42,7 @@ from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, TooManyDocuments,
-                      VersionCompacted, VersionConflict)
+                      VersionCompacted, VersionConflict, history_entry)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -122,14 +122,15 @@ def migrate(path: str | Path, synchronous: str = "FULL") -> list[str]:
 # ------------------------------------------------------------------ rows
 
 _INSERT_UPDATE = ("INSERT INTO updates(doc_id, version, client_id, author, time, changes, inserted, deleted, "
-                  "restored_from) VALUES (?,?,?,?,?,?,?,?,?)")
+                  "restored_from, frame_end, person, color) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
-def _update_row(doc_id: int, entry: Accepted) -> tuple:
+def _update_row(doc_id: int, entry: Accepted, frame_end: bool) -> tuple:
     changes = entry.update.changes
     inserted, deleted = changes.counts()
     return (doc_id, entry.version, entry.update.client_id, entry.author, entry.time,
-            entry.changes_json.decode(), inserted, deleted, entry.restored_from)
+            entry.changes_json.decode(), inserted, deleted, entry.restored_from, int(frame_end),
+            entry.person, entry.color)
 
 
 def _parse_update(client_id: str, changes: str) -> Update:
@@ -175,7 +176,8 @@ def _write_commit(conn: sqlite3.Connection, commit: Commit) -> None:
     row = conn.execute("SELECT version FROM documents WHERE id = ?", (commit.doc_id,)).fetchone()
     if row is None or row[0] != commit.base:
         raise VersionConflict(commit.doc_id, commit.base, row[0] if row else None)
-    conn.executemany(_INSERT_UPDATE, [_update_row(commit.doc_id, e) for e in commit.entries])
+    last = commit.entries[-1]  # a commit is broadcast as one frame: it ends there
+    conn.executemany(_INSERT_UPDATE, [_update_row(commit.doc_id, e, e is last) for e in commit.entries])
     conn.execute("UPDATE documents SET version = ?, length = ?, updated = ? WHERE id = ?",
                  (commit.version, commit.length, commit.entries[-1].time, commit.doc_id))
     if commit.snapshot is not None:
@@ -391,7 +393,7 @@ class Store:
     async def delete_document(self, doc_id: int) -> None:
         """Remove a document with its whole history."""
         def fn(conn: sqlite3.Connection) -> None:
-            for table in ("updates", "snapshots", "authorship"):
+            for table in ("updates", "snapshots", "authorship", "checkpoints", "renamed"):
                 conn.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))
             conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
 
@@ -461,7 +463,11 @@ class Store:
             doc = Text(text)
             for u in log[snap_version - log_from:]:
                 doc.apply(u.changes)
-            return Loaded(doc_id, name, version, str(doc), log[-keep:] if keep else [], snap_version, salt)
+            log = log[-keep:] if keep else []
+            ends = [v for (v,) in conn.execute(
+                "SELECT version FROM updates WHERE doc_id = ? AND version > ? AND version < ? AND frame_end = 1",
+                (doc_id, version - len(log), version))]
+            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends)
 
         return await self._read(fn)
 
@@ -511,18 +517,50 @@ class Store:
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
         """Update summaries with version < `before`, newest first."""
         def fn(conn: sqlite3.Connection) -> list[dict]:
-            rows = conn.execute("SELECT version, client_id, author, time, inserted, deleted, restored_from "
-                                "FROM updates WHERE doc_id = ? AND version < ? ORDER BY version DESC LIMIT ?",
-                                (doc_id, before, limit)).fetchall()
-            out = []
-            for v, c, a, t, i, d, r in rows:
-                entry = {"version": v, "clientID": c, "author": a, "time": t, "inserted": i, "deleted": d}
-                if r is not None:
-                    entry["restored"] = r
-                out.append(entry)
-            return out
+            rows = conn.execute("SELECT version, client_id, author, time, inserted, deleted, restored_from, "
+                                "person, color FROM updates WHERE doc_id = ? AND version < ? "
+                                "ORDER BY version DESC LIMIT ?", (doc_id, before, limit)).fetchall()
+            return [history_entry(*row) for row in rows]
 
         return await self._read(fn)
+
+    async def rename_document(self, doc_id: int, new_name: str) -> str:
+        """Give the document a new name (NameTaken if it is someone's); the old one is remembered."""
+        def fn(conn: sqlite3.Connection) -> str:
+            if conn.execute("SELECT 1 FROM documents WHERE name = ?", (new_name,)).fetchone():
+                raise NameTaken(f"a document named {new_name!r} already exists")
+            (old,) = conn.execute("SELECT name FROM documents WHERE id = ?", (doc_id,)).fetchone()
+            conn.execute("UPDATE documents SET name = ? WHERE id = ?", (new_name, doc_id))
+            conn.execute("DELETE FROM renamed WHERE name = ?", (new_name,))
+            conn.execute("INSERT OR REPLACE INTO renamed(name, doc_id, time) VALUES (?, ?, ?)",
+                         (old, doc_id, time.time()))
+            return old
+
+        return await self._write(fn)
+
+    async def renamed_to(self, name: str) -> str | None:
+        """The name the document once called `name` has now (None if there was none)."""
+        row = await self._read(lambda conn: conn.execute(
+            "SELECT d.name FROM renamed r JOIN documents d ON d.id = r.doc_id WHERE r.name = ?", (name,)).fetchone())
+        return row[0] if row else None
+
+    async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str) -> None:
+        """Name `version` (a checkpoint shown in the history), or with `name` None take the name away."""
+        def fn(conn: sqlite3.Connection) -> None:
+            if name is None:
+                conn.execute("DELETE FROM checkpoints WHERE doc_id = ? AND version = ?", (doc_id, version))
+            else:
+                conn.execute("INSERT OR REPLACE INTO checkpoints(doc_id, version, name, author, time) "
+                             "VALUES (?,?,?,?,?)", (doc_id, version, name, author, time.time()))
+
+        await self._write(fn)
+
+    async def checkpoints(self, doc_id: int) -> list[dict]:
+        """Every named version of the document, oldest first."""
+        rows = await self._read(lambda conn: conn.execute(
+            "SELECT version, name, author, time FROM checkpoints WHERE doc_id = ? ORDER BY version",
+            (doc_id,)).fetchall())
+        return [{"version": v, "name": n, "author": a, "time": t} for v, n, a, t in rows]
 
     async def oldest_update(self, doc_id: int) -> int | None:
         """The lowest version whose update row is still stored (None if there is none)."""

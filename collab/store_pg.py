@@ -17,12 +17,15 @@ The interface and its rules are in storage.py; this backend keeps them so:
     whose document's locked version is not `Commit.base` is refused alone with
     `VersionConflict` and the others still commit: the fence that keeps the
     log one line whatever the number of writers (several processes, issue 12);
-  * the accepted commits are written by one statement (rows through `unnest`).
-    Queued writes (create, salt, delete, snapshot, compaction chunk, copy rows)
-    run in a SAVEPOINT each, so one that fails fails alone. If the one
-    statement fails (a row that should not be there, a value PostgreSQL
-    refuses), the transaction is rolled back and run again with a savepoint
-    per commit, so only the commit at fault hears of it;
+  * a group of commits alone is one statement in autocommit (_COMMIT_GROUP:
+    lock, check, write; one round trip, rows through `unnest`). With queued
+    writes (create, salt, delete, snapshot, compaction chunk, copy rows) the
+    group is an explicit transaction: locks first, a SAVEPOINT per queued
+    write so one that fails fails alone, then the commits in one statement.
+    If a statement carrying several commits fails (a row that should not be
+    there, a value PostgreSQL refuses), nothing of it was written and the
+    group runs again with a savepoint per commit, so only the commit at fault
+    hears of it;
   * a caller hears back only after COMMIT returned. An error of the
     connection (killed, server restarting) fails every caller of the
     transaction, even during COMMIT, whose outcome is then unknown: a room
@@ -58,7 +61,7 @@ from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
 from .storage import (DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, StorageUnavailable,
-                      TooManyDocuments, VersionCompacted, VersionConflict, describe, redact)
+                      TooManyDocuments, VersionCompacted, VersionConflict, describe, history_entry, redact)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -168,9 +171,10 @@ _LOCK_DOCUMENTS = "SELECT id, version FROM documents WHERE id = ANY($1::bigint[]
 # rows, the documents' new heads and any snapshots (data-modifying CTEs).
 _WRITE_COMMITS = """
 WITH u AS (
-    INSERT INTO updates (doc_id, version, client_id, author, time, changes, inserted, deleted, restored_from)
+    INSERT INTO updates (doc_id, version, client_id, author, time, changes, inserted, deleted, restored_from,
+                         frame_end, person, color)
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::float8[], $6::text[],
-                         $7::bigint[], $8::bigint[], $9::bigint[])
+                         $7::bigint[], $8::bigint[], $9::bigint[], $18::bool[], $19::text[], $20::text[])
 ), d AS (
     UPDATE documents AS doc SET version = h.version, length = h.length, updated = h.updated
     FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::float8[]) AS h(id, version, length, updated)
@@ -183,6 +187,37 @@ WITH u AS (
 SELECT 1
 """
 
+# A group of commits alone (no queued write) is this one statement in autocommit: its own
+# transaction, one round trip. It locks the documents' rows in id order, and writes the
+# commits whose document is at their base; it returns each locked row's version as found,
+# so the caller knows which commits were refused (VersionConflict).
+_COMMIT_GROUP = """
+WITH locked AS (
+    SELECT id, version FROM documents WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
+), ok AS (
+    SELECT c.id FROM unnest($1::bigint[], $2::bigint[]) AS c(id, base) JOIN locked USING (id)
+    WHERE locked.version = c.base
+), u AS (
+    INSERT INTO updates (doc_id, version, client_id, author, time, changes, inserted, deleted, restored_from,
+                         frame_end, person, color)
+    SELECT * FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::float8[], $8::text[],
+                         $9::bigint[], $10::bigint[], $11::bigint[], $20::bool[], $21::text[], $22::text[])
+        AS r(doc_id, version, client_id, author, time, changes, inserted, deleted, restored_from,
+             frame_end, person, color)
+    WHERE r.doc_id IN (SELECT id FROM ok)
+), d AS (
+    UPDATE documents AS doc SET version = h.version, length = h.length, updated = h.updated
+    FROM unnest($12::bigint[], $13::bigint[], $14::bigint[], $15::float8[]) AS h(id, version, length, updated)
+    WHERE doc.id = h.id AND h.id IN (SELECT id FROM ok)
+), s AS (
+    INSERT INTO snapshots (doc_id, version, text, time)
+    SELECT * FROM unnest($16::bigint[], $17::bigint[], $18::text[], $19::float8[]) AS x(doc_id, version, text, time)
+    WHERE x.doc_id IN (SELECT id FROM ok)
+    ON CONFLICT DO NOTHING
+)
+SELECT id, version FROM locked
+"""
+
 _INSERT_SNAPSHOT = ("INSERT INTO snapshots (doc_id, version, text, time) VALUES ($1, $2, $3, $4) "
                     "ON CONFLICT DO NOTHING")
 _SNAPSHOT_AT = ("SELECT version, text FROM snapshots WHERE doc_id = $1 AND version <= $2 "
@@ -191,8 +226,10 @@ _UPDATE_ROWS = ("SELECT version, client_id, changes FROM updates "
                 "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version")
 
 _COPY_READ = {
-    "updates": "SELECT version, client_id, author, time, changes, inserted, deleted, restored_from FROM updates "
-               "WHERE doc_id = $1 AND version > $2 ORDER BY version LIMIT $3",
+    "updates": "SELECT version, client_id, author, time, changes, inserted, deleted, restored_from, frame_end, "
+               "person, color FROM updates WHERE doc_id = $1 AND version > $2 ORDER BY version LIMIT $3",
+    "checkpoints": "SELECT version, name, author, time FROM checkpoints WHERE doc_id = $1 AND version > $2 "
+                   "ORDER BY version LIMIT $3",
     "snapshots": "SELECT version, text, time FROM snapshots WHERE doc_id = $1 AND version > $2 "
                  "ORDER BY version LIMIT $3",
     "authorship": "SELECT version, spans FROM authorship WHERE doc_id = $1 AND version > $2 "
@@ -200,14 +237,19 @@ _COPY_READ = {
 }
 _COPY_WRITE = {
     "updates": "INSERT INTO updates (doc_id, version, client_id, author, time, changes, inserted, deleted, "
-               "restored_from) SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::float8[], "
-               "$6::text[], $7::bigint[], $8::bigint[], $9::bigint[])",
+               "restored_from, frame_end, person, color) SELECT $1, * FROM unnest($2::bigint[], $3::text[], "
+               "$4::text[], $5::float8[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bool[], "
+               "$11::text[], $12::text[])",
+    "checkpoints": "INSERT INTO checkpoints (doc_id, version, name, author, time) "
+                   "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::float8[])",
     "snapshots": "INSERT INTO snapshots (doc_id, version, text, time) "
                  "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::float8[])",
     "authorship": "INSERT INTO authorship (doc_id, version, spans) SELECT $1, * FROM unnest($2::bigint[], $3::text[])",
 }
 _COPY_KINDS = {  # how each column is normalised before it is sent (SQLite's columns are loosely typed)
-    "updates": (int, str, str, float, str, int, int, lambda v: None if v is None else int(v)),
+    "updates": (int, str, str, float, str, int, int, lambda v: None if v is None else int(v), bool,
+                lambda v: None if v is None else str(v), lambda v: None if v is None else str(v)),
+    "checkpoints": (int, str, str, float),
     "snapshots": (int, str, float),
     "authorship": (int, str),
 }
@@ -234,9 +276,11 @@ def _check_commit(commit: Commit) -> None:
         _refuse_nul(f"the snapshot of document {commit.doc_id} at version {commit.snapshot[0]}", commit.snapshot[1])
 
 
-async def _write_commits(conn: asyncpg.Connection, commits: list[Commit]) -> None:
-    """Insert every commit's update rows, move the documents' heads, store the snapshots: one statement."""
+def _commit_arrays(commits: list[Commit]) -> list[list]:
+    """The 20 arrays of _WRITE_COMMITS ($1..$20, and $3..$22 of _COMMIT_GROUP): update rows, heads, snapshots,
+    then the update rows' frame ends, person ids and colours."""
     doc, ver, cid, author, when, changes, ins, dels, restored = [], [], [], [], [], [], [], [], []
+    frame_end, person, color = [], [], []
     heads: dict[int, tuple[int, int, float]] = {}
     s_doc, s_ver, s_text, s_time = [], [], [], []
     now = time.time()
@@ -253,15 +297,23 @@ async def _write_commits(conn: asyncpg.Connection, commits: list[Commit]) -> Non
             ins.append(i)
             dels.append(x)
             restored.append(e.restored_from)
+            frame_end.append(e is c.entries[-1])  # a commit is broadcast as one frame: it ends there
+            person.append(e.person)
+            color.append(e.color)
         heads[d] = (c.version, c.length, c.entries[-1].time)  # two commits of one document: the later wins
         if c.snapshot is not None:
             s_doc.append(d)
             s_ver.append(c.snapshot[0])
             s_text.append(c.snapshot[1])
             s_time.append(now)
-    await conn.execute(_WRITE_COMMITS, doc, ver, cid, author, when, changes, ins, dels, restored,
-                       list(heads), [h[0] for h in heads.values()], [h[1] for h in heads.values()],
-                       [h[2] for h in heads.values()], s_doc, s_ver, s_text, s_time)
+    return [doc, ver, cid, author, when, changes, ins, dels, restored,
+            list(heads), [h[0] for h in heads.values()], [h[1] for h in heads.values()],
+            [h[2] for h in heads.values()], s_doc, s_ver, s_text, s_time, frame_end, person, color]
+
+
+async def _write_commits(conn: asyncpg.Connection, commits: list[Commit]) -> None:
+    """Insert every commit's update rows, move the documents' heads, store the snapshots: one statement."""
+    await conn.execute(_WRITE_COMMITS, *_commit_arrays(commits))
 
 
 def _parse_update(client_id: str, changes: str) -> Update:
@@ -458,6 +510,45 @@ class PgStore:
             self.reconnects += 1
         return self._w
 
+    async def _commit_group(self, commits: list[Commit]) -> list[tuple[bool, object]]:
+        """Commits of distinct documents, and nothing else: _COMMIT_GROUP, one statement, one round trip.
+
+        A connection found unusable before the statement was sent (closed, or
+        left mid-operation by a kill) is replaced and the statement sent again;
+        one that fails once the statement is out is an unknown outcome (raised).
+        """
+        out: list[tuple[bool, object] | None] = []
+        for c in commits:  # refused here: nothing of them is sent
+            try:
+                _check_commit(c)
+                out.append(None)
+            except ValueError as exc:
+                out.append((False, exc))
+        sent = [c for c, o in zip(commits, out) if o is None]
+        if sent:
+            args = ([c.doc_id for c in sent], [c.base for c in sent], *_commit_arrays(sent))
+            conn = await self._writer_connection()
+            try:
+                rows = await conn.fetch(_COMMIT_GROUP, *args)
+            except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+                if isinstance(exc, ValueError):  # a value the driver refused: a statement error
+                    raise
+                conn.terminate()  # refused before anything was sent: a new connection, once
+                conn = await self._writer_connection()
+                rows = await conn.fetch(_COMMIT_GROUP, *args)
+            except BaseException as exc:
+                if not conn.is_closed() and (not isinstance(exc, Exception) or _is_connection_error(exc)):
+                    conn.terminate()  # its state is unknown: the next transaction opens a new connection
+                raise
+            found = {r[0]: r[1] for r in rows}
+            it = iter(sent)
+            for k, o in enumerate(out):
+                if o is None:
+                    c = next(it)
+                    v = found.get(c.doc_id)
+                    out[k] = (True, None) if v == c.base else (False, VersionConflict(c.doc_id, c.base, v))
+        return out
+
     async def _begin(self) -> asyncpg.Connection:
         """BEGIN on the writer connection. A connection that died while idle (the server restarted, it was
         killed) fails here, before anything was written: then once more on a new connection."""
@@ -488,19 +579,31 @@ class PgStore:
         conn.terminate()  # the next transaction opens a new connection
 
     async def _group(self, batch: list[_Queued], commits: list[Commit]) -> list[tuple[bool, object]]:
+        careful = False
+        if not batch and len({c.doc_id for c in commits}) == len(commits):
+            try:
+                return await self._commit_group(commits)
+            except Exception as exc:
+                if _is_connection_error(exc):
+                    raise
+            # A value PostgreSQL refused, a row that should not be there: nothing was written (one
+            # statement). Again in a transaction that gives each commit a savepoint of its own.
+            self.retries += 1
+            careful = True
         conn = await self._begin()
-        try:
-            return await self._transaction(conn, batch, commits, careful=False)
-        except Exception as exc:
-            if _is_connection_error(exc) or conn.is_closed():
+        if not careful:
+            try:
+                return await self._transaction(conn, batch, commits, careful=False)
+            except Exception as exc:
+                if _is_connection_error(exc) or conn.is_closed():
+                    raise
+            # One statement carried every commit and failed (rolled back): again, one savepoint per commit.
+            self.retries += 1
+            try:
+                await conn.execute("BEGIN")
+            except BaseException as exc:
+                await self._end_failed(conn, exc)
                 raise
-        # One statement carried every commit and failed (rolled back): again, one savepoint per commit.
-        self.retries += 1
-        try:
-            await conn.execute("BEGIN")
-        except BaseException as exc:
-            await self._end_failed(conn, exc)
-            raise
         return await self._transaction(conn, batch, commits, careful=True)
 
     async def _transaction(self, conn: asyncpg.Connection, batch: list[_Queued], commits: list[Commit],
@@ -701,7 +804,11 @@ class PgStore:
             doc = Text(text)
             for u in log[snap_version - log_from:]:
                 doc.apply(u.changes)
-            return Loaded(doc_id, name, version, str(doc), log[-keep:] if keep else [], snap_version, salt)
+            log = log[-keep:] if keep else []
+            ends = [r[0] for r in await conn.fetch(
+                "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end",
+                doc_id, version - len(log), version)]
+            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends)
 
         return await self._read(fn, snapshot=True)
 
@@ -743,15 +850,47 @@ class PgStore:
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
         """Update summaries with version < `before`, newest first."""
         rows = await self._read(lambda conn: conn.fetch(
-            "SELECT version, client_id, author, time, inserted, deleted, restored_from FROM updates "
+            "SELECT version, client_id, author, time, inserted, deleted, restored_from, person, color FROM updates "
             "WHERE doc_id = $1 AND version < $2 ORDER BY version DESC LIMIT $3", doc_id, before, limit))
-        out = []
-        for v, c, a, t, i, d, r in rows:
-            entry = {"version": v, "clientID": c, "author": a, "time": t, "inserted": i, "deleted": d}
-            if r is not None:
-                entry["restored"] = r
-            out.append(entry)
-        return out
+        return [history_entry(*row) for row in rows]
+
+    async def rename_document(self, doc_id: int, new_name: str) -> str:
+        """Give the document a new name (NameTaken if it is someone's); the old one is remembered."""
+        async def fn(conn: asyncpg.Connection) -> str:
+            if await conn.fetchval("SELECT 1 FROM documents WHERE name = $1", new_name):
+                raise NameTaken(f"a document named {new_name!r} already exists")
+            old = await conn.fetchval("SELECT name FROM documents WHERE id = $1", doc_id)
+            await conn.execute("UPDATE documents SET name = $1 WHERE id = $2", new_name, doc_id)
+            await conn.execute("DELETE FROM renamed WHERE name = $1", new_name)
+            await conn.execute("INSERT INTO renamed (name, doc_id, time) VALUES ($1, $2, $3) "
+                               "ON CONFLICT (name) DO UPDATE SET doc_id = excluded.doc_id, time = excluded.time",
+                               old, doc_id, time.time())
+            return old
+
+        return await self._write(fn, names=(new_name,), doc_ids=(doc_id,))
+
+    async def renamed_to(self, name: str) -> str | None:
+        """The name the document once called `name` has now (None if there was none)."""
+        return await self._read(lambda conn: conn.fetchval(
+            "SELECT d.name FROM renamed r JOIN documents d ON d.id = r.doc_id WHERE r.name = $1", name))
+
+    async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str) -> None:
+        """Name `version` (a checkpoint shown in the history), or with `name` None take the name away."""
+        if name is None:
+            await self._write(lambda conn: conn.execute(
+                "DELETE FROM checkpoints WHERE doc_id = $1 AND version = $2", doc_id, version), doc_ids=(doc_id,))
+            return
+        _refuse_nul("a checkpoint's name or author", name, author)
+        await self._write(lambda conn: conn.execute(
+            "INSERT INTO checkpoints (doc_id, version, name, author, time) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (doc_id, version) DO UPDATE SET name = excluded.name, author = excluded.author, "
+            "time = excluded.time", doc_id, version, name, author, time.time()), doc_ids=(doc_id,))
+
+    async def checkpoints(self, doc_id: int) -> list[dict]:
+        """Every named version of the document, oldest first."""
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT version, name, author, time FROM checkpoints WHERE doc_id = $1 ORDER BY version", doc_id))
+        return [{"version": v, "name": n, "author": a, "time": t} for v, n, a, t in rows]
 
     async def oldest_update(self, doc_id: int) -> int | None:
         """The lowest version whose update row is still stored (None if there is none)."""

@@ -89,7 +89,12 @@ def apply_changes(text16: bytes, changes: list) -> bytes:
 
 
 async def server_log(ws_url: str, doc: str) -> tuple[int, list[dict]]:
-    """All updates the server holds for `doc`, via a resume from version 0."""
+    """All updates the server holds for `doc`, via a resume from version 0.
+
+    A resume comes in the frames the updates were broadcast in (docs/protocol.md): the welcome
+    carries the first, `updates` frames the rest, up to the head the HTTP API reports.
+    """
+    head = get_json(ws_url.replace("ws://", "http://", 1) + f"/api/docs/{doc}")["version"]
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(f"{ws_url}/ws/{doc}", protocols=("collab.v1",), max_msg_size=0) as ws:
             await ws.send_str(json.dumps({"type": "hello", "clientID": "durability-check", "version": 0,
@@ -99,10 +104,18 @@ async def server_log(ws_url: str, doc: str) -> tuple[int, list[dict]]:
                 frame = json.loads(msg.data)
                 if frame["type"] == "welcome":
                     break
-    assert "doc" not in frame, ("a resume from version 0 was answered with the full text: "
-                                "the update log cannot be checked")
-    assert frame["from"] == 0 and frame["version"] == len(frame["updates"]), {k: frame[k] for k in ("from", "version")}
-    return frame["version"], frame["updates"]
+            assert "doc" not in frame, ("a resume from version 0 was answered with the full text: "
+                                        "the update log cannot be checked")
+            assert frame["from"] == 0 and frame["version"] == len(frame["updates"]), {
+                k: frame[k] for k in ("from", "version")}
+            updates = list(frame["updates"])
+            while len(updates) < head:
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                frame = json.loads(msg.data)
+                if frame["type"] == "updates":
+                    assert frame["from"] == len(updates), (frame["from"], len(updates))
+                    updates += frame["updates"]
+    return len(updates), updates
 
 
 def history_versions(url: str, doc: str) -> list[tuple[int, str]]:

@@ -319,3 +319,35 @@ def test_migrations_that_cannot_be_found_fail_loudly(tmp_path, layout):
     with pytest.raises(RuntimeError, match="installation is incomplete"):
         apply_migrations(conn, folder)
     assert conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall() == []
+
+
+@BOTH_BACKENDS
+async def test_frame_ends_people_checkpoints_and_renames_are_kept(open_store):
+    """Each commit ends a frame (a resume after a reload is cut there); who made an update, named
+    versions and old names read back the same from every backend."""
+    store = await open_store(keep=100)
+    doc_id = await store.create_document("framed")
+    edits = random_edits(6)
+    for entry, _ in edits:
+        entry.person, entry.color = f"p-{entry.version % 2}", "#123456"
+    for lo, hi in ((0, 2), (2, 3), (3, 6)):  # three commits: frames end at 2, 3 and 6
+        await commit(store, doc_id, [e for e, _ in edits[lo:hi]], utf16_len(edits[hi - 1][1]))
+    loaded = await store.load("framed")
+    assert loaded.frame_ends == [2, 3]  # below the head (the head always ends one)
+    history = await store.history(doc_id, 10, 10)
+    assert [(e["version"], e.get("person"), e.get("color")) for e in history][:2] == [
+        (6, "p-0", "#123456"), (5, "p-1", "#123456")]
+    await store.set_checkpoint(doc_id, 3, "first draft", "Ann")
+    await store.set_checkpoint(doc_id, 5, "second", "Bob")
+    await store.set_checkpoint(doc_id, 5, None, "Bob")
+    assert [(c["version"], c["name"], c["author"]) for c in await store.checkpoints(doc_id)] == [
+        (3, "first draft", "Ann")]
+    assert await store.rename_document(doc_id, "renamed") == "framed"
+    assert await store.renamed_to("framed") == "renamed"
+    assert (await store.document("renamed"))["id"] == doc_id and await store.document("framed") is None
+    await store.create_document("taken")
+    with pytest.raises(NameTaken):
+        await store.rename_document(doc_id, "taken")
+    await store.delete_document(doc_id)
+    assert await store.renamed_to("framed") is None
+    await store.close()
