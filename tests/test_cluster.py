@@ -150,6 +150,7 @@ class Fuzz:
         out, err = self.proc.communicate(timeout=timeout)
         assert self.proc.returncode == 0, f"client.mjs fuzz on {self.doc} failed:\n{err[-4000:]}"
         self.result = json.loads(out)
+        (self.events_path.parent / f"result-{self.doc}.json").write_text(out)  # kept for a failure's post-mortem
         return self.result
 
     def kill(self) -> None:

@@ -335,7 +335,8 @@ export class CollabClient {
   // ---- the socket ------------------------------------------------------
 
   _violation(msg) {
-    this.violations.push(`${this.clientID}: ${msg}`);
+    const where = this.inFrame ? ` (in a ${this.inFrame} frame from ${this.url})` : '';
+    this.violations.push(`${this.clientID}: ${msg}${where}`);
   }
 
   /** The server for a new connection: any of `urls` the first time, then one other than the last. */
@@ -414,7 +415,9 @@ export class CollabClient {
       synced: this.core.syncedDoc.toString(), syncedVersion: this.core.version,
       unconfirmed: this.core.unconfirmed.map((u) => u.changes.toJSON()), local: this.text(), received: String(data),
     } : null;
+    this.inFrame = typeof data === 'string' ? (/"type"\s*:\s*"(\w+)"/.exec(data.slice(0, 60)) || [])[1] ?? '?' : 'binary';
     this._run(this.core.receive(data, performance.now()));
+    this.inFrame = null;
     if (before && this.core.state && splitPairs(this.core.syncedDoc, this.core.unconfirmed.map((u) => u.changes)).length) {
       this.dumped = true;
       writeFileSync(`${process.env.COLLAB_CLIENT_DEBUG_DIR || '/tmp'}/split-${this.clientID}.json`, JSON.stringify({
