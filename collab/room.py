@@ -465,7 +465,12 @@ class Room:
                     return
                 self.rooms.metrics.catchup_reads.inc()
                 if updates:
-                    self._apply_committed(head, updates, [])
+                    # Sent in the frames the other writer broadcast them in (every process cuts the
+                    # same frames, so a push rebased along them here matches a resume anywhere).
+                    ends = await self.store.frame_ends(self.doc_id, head, head + len(updates))
+                    if self.broken:
+                        return
+                    self._apply_committed(head, updates, ends)
                 originals, self.originals = self.originals, []
                 for o in originals:
                     try:

@@ -567,6 +567,12 @@ class Store:
         return (await self._read(lambda conn: conn.execute(
             "SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()))[0]
 
+    async def frame_ends(self, doc_id: int, since: int, until: int) -> list[int]:
+        """The versions strictly between `since` and `until` where a commit (a frame) ended."""
+        return [v for (v,) in await self._read(lambda conn: conn.execute(
+            "SELECT version FROM updates WHERE doc_id = ? AND version > ? AND version < ? AND frame_end = 1 "
+            "ORDER BY version", (doc_id, since, until)).fetchall())]
+
     async def heads(self, doc_ids: list[int]) -> dict[int, int]:
         """The committed version of each of these documents (one query; deleted ones are missing)."""
         def fn(conn: sqlite3.Connection) -> dict[int, int]:

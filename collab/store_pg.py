@@ -897,6 +897,13 @@ class PgStore:
         return await self._read(lambda conn: conn.fetchval("SELECT MIN(version) FROM updates WHERE doc_id = $1",
                                                            doc_id))
 
+    async def frame_ends(self, doc_id: int, since: int, until: int) -> list[int]:
+        """The versions strictly between `since` and `until` where a commit (a frame) ended."""
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end "
+            "ORDER BY version", doc_id, since, until))
+        return [r[0] for r in rows]
+
     async def heads(self, doc_ids: list[int]) -> dict[int, int]:
         """The committed version of each of these documents (one query; deleted ones are missing)."""
         if not doc_ids:

@@ -334,6 +334,7 @@ async def test_frame_ends_people_checkpoints_and_renames_are_kept(open_store):
         await commit(store, doc_id, [e for e, _ in edits[lo:hi]], utf16_len(edits[hi - 1][1]))
     loaded = await store.load("framed")
     assert loaded.frame_ends == [2, 3]  # below the head (the head always ends one)
+    assert await store.frame_ends(doc_id, 0, 6) == [2, 3] and await store.frame_ends(doc_id, 2, 6) == [3]
     history = await store.history(doc_id, 10, 10)
     assert [(e["version"], e.get("person"), e.get("color")) for e in history][:2] == [
         (6, "p-0", "#123456"), (5, "p-1", "#123456")]
