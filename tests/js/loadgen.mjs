@@ -14,6 +14,22 @@
 // Server CPU and memory come from /proc/<--server-pid>/{stat,status}, read here at
 // the exact start and end of each measurement window.
 //
+// Several servers (bench/cluster.py: collab processes behind nginx, PostgreSQL,
+// Redis), for typing and throughput:
+//   --urls A,B,...   instead of --url: typing puts client i on URL i mod n (an even
+//                    split; latencies are reported apart for sender and receiver on
+//                    the same URL and on different ones), throughput puts each client
+//                    on a random one (no affinity)
+//   --docs D         throughput only: the clients spread over D documents
+//                    (`<doc>-0` ... `<doc>-(D-1)`, client i on document i mod D);
+//                    accepted updates are then counted from each client's own acks
+//   --cpu NAME:PID[+],...  CPU (utime + stime, ms and % of one core) of each named
+//                    process over the window, summed per NAME; `+` adds its children
+//                    (live ones, and those reaped during the window through its
+//                    cutime/cstime): for postgres, nginx and collab's workers
+//   --metrics URL,...  the /metrics of each server read at both edges of the window;
+//                    the differences of the collab_* counters, summed over servers
+//
 // Keeping the client cheap: one Node process, no per-frame logging, the
 // throughput/idle clients keep only (version, length) instead of an EditorState.
 // The typing and trace clients are client.mjs's, around the editor's protocol
@@ -21,7 +37,7 @@
 // frames with that core's frame module.
 
 import { performance } from 'node:perf_hooks';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import WebSocket from 'ws';
 import { CollabClient, makeRng, parseArgs, sleep, fetchDoc, snapPos } from './client.mjs';
@@ -44,6 +60,82 @@ function procMemKB(pid) {
   return { rssKB: get('VmRSS'), hwmKB: get('VmHWM') };
 }
 
+/** /proc/<pid>/stat fields from field 3 (state) on, or null once the process is gone. */
+function statFields(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+/** utime + stime (ms) of `pid`; with `tree`, plus its reaped children's and every live child's. */
+function cpuTreeMs(pid, clk, tree) {
+  const f = statFields(pid);
+  if (!f) return 0;
+  let ticks = Number(f[11]) + Number(f[12]);
+  if (tree) {
+    ticks += Number(f[13]) + Number(f[14]); // cutime, cstime: children already reaped
+    for (const name of readdirSync('/proc')) {
+      if (!/^\d+$/.test(name)) continue;
+      const c = statFields(name);
+      if (c && Number(c[1]) === pid) ticks += Number(c[11]) + Number(c[12]);
+    }
+  }
+  return (ticks * 1000) / clk;
+}
+
+/** --cpu "collab:12+,collab:13+,redis:14" -> [{name, pid, tree}] */
+function parseCpu(spec) {
+  if (!spec) return [];
+  return String(spec).split(',').filter(Boolean).map((item) => {
+    const [name, p] = item.split(':');
+    return { name, pid: Number(p.replace('+', '')), tree: p.endsWith('+') };
+  });
+}
+
+function cpuSnapshot(groups, clk) {
+  const out = {};
+  for (const g of groups) out[g.name] = (out[g.name] ?? 0) + cpuTreeMs(g.pid, clk, g.tree);
+  return out;
+}
+
+function cpuReport(before, after, windowMs) {
+  const out = {};
+  for (const k of Object.keys(before)) {
+    const ms = after[k] - before[k];
+    out[k] = { ms: Math.round(ms), pct: Math.round((ms / windowMs) * 1000) / 10 };
+  }
+  return out;
+}
+
+/** The collab_* counters (samples ending in _total) of every server in `urls`, summed. */
+async function countersOf(urls) {
+  if (!urls || !urls.length) return null;
+  const sum = {};
+  await Promise.all(urls.map(async (u) => {
+    const text = await (await fetch(u)).text();
+    for (const line of text.split('\n')) {
+      const m = /^(collab_\w+_total)(?:\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+      if (m) sum[m[1]] = (sum[m[1]] ?? 0) + Number(m[2]);
+    }
+  }));
+  return sum;
+}
+
+function counterDeltas(before, after, windowMs) {
+  if (!before || !after) return null;
+  const out = {};
+  for (const k of Object.keys(after)) {
+    const d = after[k] - (before[k] ?? 0);
+    out[k.replace(/^collab_/, '').replace(/_total$/, '')] = { count: d, perS: Math.round((d / windowMs) * 1e4) / 10 };
+  }
+  return out;
+}
+
+const listOf = (x) => (x ? String(x).split(',').filter(Boolean) : null);
+
 function percentiles(samples) {
   const s = Float64Array.from(samples).sort();
   const at = (p) => (s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : null);
@@ -65,8 +157,11 @@ async function typing(a) {
   const warmupMs = Number(a.warmup ?? 2000);
   const doc = a.doc ?? 'typing';
   const rng = makeRng(Number(a.seed ?? 7));
+  const urls = listOf(a.urls);
   const byId = new Map();
   const latencies = [];
+  const same = [];   // with --urls: sender and receiver on one server
+  const cross = [];  // and on different ones
   let measuring = false;
   const onUpdates = (peer, from, updates, now) => {
     for (const u of updates) {
@@ -76,12 +171,15 @@ async function typing(a) {
       const k = (peer.seenFrom.get(u.clientID) ?? 0);
       peer.seenFrom.set(u.clientID, k + 1);
       const t = sender.editTimes[k];
-      if (measuring && t !== undefined && t >= sender.measureFrom) latencies.push(now - t);
+      if (measuring && t !== undefined && t >= sender.measureFrom) {
+        latencies.push(now - t);
+        if (urls) (sender.url === peer.url ? same : cross).push(now - t);
+      }
     }
   };
   const clients = [];
   for (let i = 0; i < n; i++) {
-    const c = new CollabClient({ url: a.url, doc, clientID: `typist-${i}`, rng: makeRng(Math.floor(rng() * 2 ** 32)),
+    const c = new CollabClient({ url: urls ? urls[i % urls.length] : a.url, doc, clientID: `typist-${i}`, rng: makeRng(Math.floor(rng() * 2 ** 32)),
       record: false, autoReconnect: false, onUpdates, presence: a.presence === 'on' });
     c.editTimes = [];
     c.seenFrom = new Map();
@@ -116,17 +214,23 @@ async function typing(a) {
   }
   const pid = Number(a['server-pid'] || 0);
   const clk = Number(a['clk-tck'] || 100);
+  const groups = parseCpu(a.cpu);
+  const metricUrls = listOf(a.metrics);
   await sleep(warmupMs);
+  const m0 = await countersOf(metricUrls);
   measuring = true;
   const t0 = performance.now();
   for (const c of clients) c.measureFrom = t0;
   const v0 = clients[0].version();
   const cpu0 = procCpuMs(pid, clk);
+  const g0 = cpuSnapshot(groups, clk);
   const ucpu0 = process.cpuUsage();
   await sleep(durationMs);
   const t1 = performance.now();
   const cpu1 = procCpuMs(pid, clk);
+  const g1 = cpuSnapshot(groups, clk);
   const ucpu1 = process.cpuUsage(ucpu0);
+  const m1 = await countersOf(metricUrls);
   const v1 = clients[0].version();
   for (const t of timers) { clearTimeout(t); clearInterval(t); }
   // Let the last edits arrive, then make sure everyone agrees.
@@ -153,6 +257,14 @@ async function typing(a) {
     finalVersion: server && server.version,
     problems: clientProblems(clients).slice(0, 20),
   };
+  if (urls) {
+    Object.assign(result, { urls, latencyMsSameServer: percentiles(same), latencyMsCrossServer: percentiles(cross) });
+    // Every server must serve what the clients converged on.
+    const served = await Promise.all(urls.map((u) => fetchDoc(u, doc).catch((e) => ({ error: e.message }))));
+    result.converged = result.converged && served.every((x) => x.version === server.version && x.doc === server.doc);
+  }
+  if (groups.length) result.cpu = cpuReport(g0, g1, t1 - t0);
+  if (metricUrls) result.counters = counterDeltas(m0, m1, t1 - t0);
   for (const c of clients) c.close();
   return result;
 }
@@ -222,7 +334,7 @@ class LiteClient {
           }
         } else if (m.type === 'error') {
           this.problems.push(`error ${m.code}: ${m.message}`);
-          if (this.inFlight) setTimeout(() => { this.inFlight = false; if (this.onAck) this.onAck(this); }, 50);
+          if (this.inFlight) setTimeout(() => { this.inFlight = false; if (this.onAck) this.onAck(this, true); }, 50);
         }
       });
     });
@@ -252,43 +364,79 @@ async function throughput(a) {
   const durationMs = Number(a.duration ?? 10000);
   const warmupMs = Number(a.warmup ?? 2000);
   const doc = a.doc ?? 'throughput';
+  const ndocs = Number(a.docs ?? 1);
+  const docOf = (i) => (ndocs > 1 ? `${doc}-${i % ndocs}` : doc);
+  const urls = listOf(a.urls);
   const pid = Number(a['server-pid'] || 0);
   const clk = Number(a['clk-tck'] || 100);
+  const groups = parseCpu(a.cpu);
+  const metricUrls = listOf(a.metrics);
   const rng = makeRng(Number(a.seed ?? 11));
   const clients = [];
-  for (let i = 0; i < n; i++) clients.push(new LiteClient(a.url, doc, `pusher-${i}`, makeRng(Math.floor(rng() * 2 ** 32))));
-  for (const c of clients) await c.start();
+  for (let i = 0; i < n; i++) {
+    const url = urls ? urls[Math.floor(rng() * urls.length)] : a.url;
+    clients.push(new LiteClient(url, docOf(i), `pusher-${i}`, makeRng(Math.floor(rng() * 2 ** 32))));
+  }
+  // Connect a few at a time (hundreds of handshakes at once only measure the accept queue).
+  for (let i = 0; i < clients.length; i += 20) await Promise.all(clients.slice(i, i + 20).map((c) => c.start()));
   let running = true;
-  const pushes = new Array(n).fill(0);
-  clients.forEach((c, i) => {
-    c.onAck = () => { if (running) { pushes[i]++; c.pushOne(); } };
-  });
-  // Acknowledgement latency of client 0 (push sent -> own update back), for information.
-  const ackLat = [];
-  let sentAt = 0;
   let measuring = false;
-  const c0 = clients[0];
-  const origPush = c0.pushOne.bind(c0);
-  c0.pushOne = () => { sentAt = performance.now(); origPush(); };
-  const prevAck = c0.onAck;
-  c0.onAck = (c) => { if (measuring) ackLat.push(performance.now() - sentAt); prevAck(c); };
-  for (const c of clients) c.pushOne();
+  const pushes = new Array(n).fill(0);
+  const acked = new Array(n).fill(0);  // own acknowledgements inside the window
+  // Acknowledgement latency (push sent -> own update back): client 0's, and every client's.
+  const ackLat = [];
+  const ackLatAll = [];
+  clients.forEach((c, i) => {
+    c.onAck = (_, refused = false) => {
+      if (measuring && !refused) {
+        acked[i]++;
+        const lat = performance.now() - c.sentAt;
+        ackLatAll.push(lat);
+        if (i === 0) ackLat.push(lat);
+      }
+      if (running) { pushes[i]++; c.sentAt = performance.now(); c.pushOne(); }
+    };
+  });
+  for (const c of clients) { c.sentAt = performance.now(); c.pushOne(); }
   await sleep(warmupMs);
+  const m0 = await countersOf(metricUrls);
   measuring = true;
   const t0 = performance.now();
+  const c0 = clients[0];
   const v0 = c0.version;
   const cpu0 = procCpuMs(pid, clk);
+  const g0 = cpuSnapshot(groups, clk);
   const ucpu0 = process.cpuUsage();
   await sleep(durationMs);
   const t1 = performance.now();
   const v1 = c0.version;
   const cpu1 = procCpuMs(pid, clk);
+  const g1 = cpuSnapshot(groups, clk);
   const ucpu1 = process.cpuUsage(ucpu0);
-  running = false;
   measuring = false;
+  running = false;
+  const m1 = await countersOf(metricUrls);
+  // Let the pushes in flight come back (bounded), then compare every document with its clients.
+  const quiet = performance.now() + 10000;
+  while (clients.some((c) => c.inFlight) && performance.now() < quiet) await sleep(20);
   await sleep(300);
-  const server = await fetchDoc(a.url, doc);
-  const accepted = v1 - v0;
+  const byDoc = new Map();
+  for (const c of clients) (byDoc.get(c.doc) ?? byDoc.set(c.doc, []).get(c.doc)).push(c);
+  let lengthsAgree = true;
+  let server = null;
+  const names = [...byDoc.keys()];
+  for (let i = 0; i < names.length; i += 20) {
+    await Promise.all(names.slice(i, i + 20).map(async (name) => {
+      const cs = byDoc.get(name);
+      const got = await fetchDoc(cs[0].url, name);
+      if (name === c0.doc) server = got;
+      // Every update inserts one character: the length is the version.
+      if (!(cs.every((c) => c.length === got.doc.length && c.version === got.version) && got.doc.length === got.version)) {
+        lengthsAgree = false;
+      }
+    }));
+  }
+  const accepted = ndocs > 1 ? acked.reduce((x, y) => x + y, 0) : v1 - v0;
   const windowS = (t1 - t0) / 1000;
   const result = {
     mode: 'throughput', clients: n, windowS,
@@ -300,9 +448,17 @@ async function throughput(a) {
     ackLatencyMs: percentiles(ackLat),
     serverMem: procMemKB(pid),
     finalVersion: server.version,
-    lengthsAgree: clients.every((c) => c.length === server.doc.length) && server.doc.length === server.version,
+    lengthsAgree,
     problems: clients.flatMap((c) => c.problems).slice(0, 20),
   };
+  if (ndocs > 1 || urls) {
+    result.docs = ndocs;
+    result.ackLatencyAllMs = percentiles(ackLatAll);
+    result.finalVersions = names.length;
+  }
+  if (urls) result.urls = urls;
+  if (groups.length) result.cpu = cpuReport(g0, g1, t1 - t0);
+  if (metricUrls) result.counters = counterDeltas(m0, m1, t1 - t0);
   for (const c of clients) c.close();
   return result;
 }
@@ -442,7 +598,8 @@ async function trace(a) {
 async function main() {
   const a = parseArgs(process.argv.slice(2));
   const mode = a._[0];
-  if (!a.url) throw new Error('need --url ws://127.0.0.1:PORT');
+  if (!a.url && a.urls) a.url = listOf(a.urls)[0];
+  if (!a.url) throw new Error('need --url ws://127.0.0.1:PORT (or --urls A,B,...)');
   const run = { typing, throughput, idle, trace }[mode];
   if (!run) throw new Error(`unknown mode ${mode}: typing | throughput | idle | trace`);
   const result = await run(a);
