@@ -334,7 +334,7 @@ class Cluster:
 
     async def check(self) -> None:
         """Read the database's version of every open document; a room behind it catches up."""
-        rooms = [r for r in self.rooms.rooms.values() if not r.broken]
+        rooms = [r for r in self.rooms.rooms.values() if not r.broken and r.doc_id is not None]
         if not rooms:
             return
         heads = await self.rooms.store.heads([r.doc_id for r in rooms])

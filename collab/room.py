@@ -44,7 +44,7 @@ from .metrics import Metrics
 from .rebase import Update
 from .sequencer import NeedHistory, Sequencer
 from .settings import Settings
-from .storage import Commit, NameTaken, Storage, TooManyDocuments, VersionCompacted, VersionConflict
+from .storage import Commit, Loaded, NameTaken, Storage, TooManyDocuments, VersionCompacted, VersionConflict
 
 log = logging.getLogger("collab")
 
@@ -152,6 +152,7 @@ class Room:
         self._ready.set()
         self._catching: asyncio.Task | None = None
         self._news = False                    # another writer committed while we were catching up
+        self._birth: asyncio.Future | None = None  # the creation of an unborn document (doc_id None)
 
     # ------------------------------------------------------------- joining
 
@@ -270,6 +271,8 @@ class Room:
             raise ServerError("the server's disk is nearly full, so edits are not saved for now; "
                               "push again later")
         self._spend(member, len(msg.updates))
+        if self.doc_id is None:
+            await self._be_born()
         if not self._ready.is_set():
             await self._ready.wait()  # another writer's updates first
         behind = self.seq.version - msg.version
@@ -277,6 +280,26 @@ class Room:
         if await self._sequence(original):
             self.rooms.metrics.rebase_distance.observe(max(0, behind))
             self.store.schedule(self)
+
+    async def _be_born(self) -> None:
+        """The first edit of a document nobody made yet: make it now (once, whoever pushes at the same time).
+
+        Refused like any creation (--max-documents, a nearly full disk); if
+        another process made it meanwhile, our first commit loses to its
+        updates and catches up as any other.
+        """
+        if self._birth is None:
+            self._birth = asyncio.ensure_future(self.rooms.create(self.name, exist_ok=True))
+        try:
+            doc_id = await asyncio.shield(self._birth)
+        except BaseException:
+            if self._birth.done():
+                self._birth = None  # let a later push try again
+            raise
+        if self.doc_id is None:
+            info = await self.store.document(self.name)
+            self.salt = info["salt"] if info else self.salt
+            self.doc_id = doc_id
 
     async def _sequence(self, o: Original) -> bool:
         """Hand `o` to the sequencer (reading older history if it needs it); whether it produced updates."""
@@ -791,8 +814,9 @@ class Rooms:
         return len(room.members) if room is not None else 0
 
     def _open(self, name: str) -> Room | None:
+        """The open, born room of `name` (an unborn one is no document yet: its name leads nowhere)."""
         room = self.rooms.get(name)
-        return room if room is not None and not room.broken else None
+        return room if room is not None and not room.broken and room.doc_id is not None else None
 
     async def _get(self, name: str, create: bool) -> Room | None:
         while True:
@@ -812,8 +836,8 @@ class Rooms:
             if loaded is None:
                 if not create:
                     return None
-                await self.create(name, exist_ok=True)
-                loaded = await self.store.load(name)
+                # Unborn: a document comes to be at its first edit (Room._be_born), not at a visit.
+                loaded = Loaded(None, name, 0, "", [], 0, "")
             seq = Sequencer(loaded.text, loaded.version, loaded.log, keep=self.settings.keep_updates,
                             max_length=self.settings.max_doc, frame_ends=loaded.frame_ends)
             room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version, loaded.salt)
@@ -949,6 +973,24 @@ class Rooms:
         if self.cluster is not None:
             self.cluster.publish_revoke(name, deleted=False)
         return salt
+
+    async def rename(self, name: str, new_name: str) -> None:
+        """Give the document a new name: its sessions end (1008, saying the new name) and reconnect there."""
+        info = await self.info(name)
+        try:
+            await self.store.rename_document(info["id"], new_name)
+        except NameTaken:
+            raise ProtocolError("conflict", f"a document named {new_name!r} already exists") from None
+        reason = f"this document was renamed to {new_name}"
+        self._close_waiting(name, everyone=True, reason=reason)
+        room = self.rooms.get(name)
+        if room is not None:
+            room.deleted = True  # no new joins under the old name
+            room.revoke(everyone=True, reason=reason)
+            await room.flush()
+            self.forget(room)
+        if self.cluster is not None:
+            self.cluster.publish_revoke(name, deleted=True)
 
     async def delete(self, name: str) -> None:
         """Close every session of the document, then remove it with its whole history."""

@@ -87,6 +87,9 @@ class Loaded:
     frame_ends: list[int] = field(default_factory=list)  # where the log's frames ended (below `version`)
 
 
+PERSON_KEY = "\x1f"  # authorship keys: PERSON_KEY + person id, else the author's name (never holds it: Cc)
+
+
 def history_entry(version: int, client_id: str, author: str, time: float, inserted: int, deleted: int,
                   restored_from: int | None, person: str | None, color: str | None) -> dict:
     """One update's summary as the history API gives it (the same from every backend)."""
@@ -214,6 +217,8 @@ class Storage(Protocol):
     async def heads(self, doc_ids: list[int]) -> dict[int, int]: ...
 
     async def frame_ends(self, doc_id: int, since: int, until: int) -> list[int]: ...
+
+    async def people(self, doc_id: int) -> dict[str, dict]: ...
 
     async def backup(self, dest: Path) -> tuple[int, int]: ...
 

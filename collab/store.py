@@ -41,8 +41,8 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
-from .storage import (COPY_TABLES, DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, TooManyDocuments,
-                      VersionCompacted, VersionConflict, history_entry)
+from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, CommitSource, Loaded, NameTaken,
+                      TooManyDocuments, VersionCompacted, VersionConflict, history_entry)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -567,6 +567,14 @@ class Store:
         return (await self._read(lambda conn: conn.execute(
             "SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()))[0]
 
+    async def people(self, doc_id: int) -> dict[str, dict]:
+        """Each person who edited the document: the name and colour of their latest update."""
+        rows = await self._read(lambda conn: conn.execute(
+            "SELECT u.person, u.author, u.color FROM updates u JOIN (SELECT person, MAX(version) AS v FROM updates "
+            "WHERE doc_id = ? AND person IS NOT NULL GROUP BY person) last ON last.person = u.person "
+            "AND last.v = u.version WHERE u.doc_id = ?", (doc_id, doc_id)).fetchall())
+        return {person: {"name": name, "color": color} for person, name, color in rows}
+
     async def frame_ends(self, doc_id: int, since: int, until: int) -> list[int]:
         """The versions strictly between `since` and `until` where a commit (a frame) ended."""
         return [v for (v,) in await self._read(lambda conn: conn.execute(
@@ -601,9 +609,10 @@ class Store:
                                 (doc_id, at)).fetchone()[0]
 
         def rows(conn: sqlite3.Connection, after: int, upto: int, max_bytes: int) -> list:
-            cursor = conn.execute("SELECT version, author, changes FROM updates "
+            # Who: the person id when the update has one, else the name (updates made before person ids).
+            cursor = conn.execute("SELECT version, COALESCE(? || person, author), changes FROM updates "
                                   "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                                  (doc_id, after, upto))
+                                  (PERSON_KEY, doc_id, after, upto))
             out, size = [], 0
             while size < max_bytes:  # in batches: little Python per row, so the loop keeps the GIL
                 batch = cursor.fetchmany(64)

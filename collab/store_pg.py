@@ -60,8 +60,8 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
-from .storage import (DOCUMENT_FIELDS, Commit, CommitSource, Loaded, NameTaken, StorageUnavailable,
-                      TooManyDocuments, VersionCompacted, VersionConflict, describe, history_entry, redact)
+from .storage import (DOCUMENT_FIELDS, PERSON_KEY, Commit, CommitSource, describe, history_entry, Loaded, NameTaken,
+                      redact, StorageUnavailable, TooManyDocuments, VersionCompacted, VersionConflict)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -897,6 +897,13 @@ class PgStore:
         return await self._read(lambda conn: conn.fetchval("SELECT MIN(version) FROM updates WHERE doc_id = $1",
                                                            doc_id))
 
+    async def people(self, doc_id: int) -> dict[str, dict]:
+        """Each person who edited the document: the name and colour of their latest update."""
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT DISTINCT ON (person) person, author, color FROM updates WHERE doc_id = $1 AND person IS NOT NULL "
+            "ORDER BY person, version DESC", doc_id))
+        return {person: {"name": name, "color": color} for person, name, color in rows}
+
     async def frame_ends(self, doc_id: int, since: int, until: int) -> list[int]:
         """The versions strictly between `since` and `until` where a commit (a frame) ended."""
         rows = await self._read(lambda conn: conn.fetch(
@@ -925,9 +932,10 @@ class PgStore:
 
         async def rows(conn: asyncpg.Connection, after: int, upto: int, max_bytes: int) -> list:
             out, size = [], 0
-            for row in await conn.fetch("SELECT version, author, changes FROM updates "
+            # Who: the person id when the update has one, else the name (updates made before person ids).
+            for row in await conn.fetch("SELECT version, COALESCE($4 || person, author), changes FROM updates "
                                         "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
-                                        doc_id, after, upto):
+                                        doc_id, after, upto, PERSON_KEY):
                 if row[0] != after + len(out) + 1:
                     break
                 out.append(tuple(row))

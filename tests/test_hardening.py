@@ -382,16 +382,19 @@ async def test_view_sessions_cannot_fill_a_document_so_editors_get_in(aiohttp_cl
 
 
 async def test_joining_a_new_document_counts_against_max_documents(aiohttp_client, tmp_path):
-    """Documents come to be through one door (Rooms.create): a join past --max-documents is refused."""
+    """Documents come to be through one door (Rooms.create), at their first edit: past --max-documents
+    that edit is refused (the visit itself made nothing)."""
     app = create_app(Settings(db=str(tmp_path / "cap.db"), max_documents=2))
     client = await aiohttp_client(app)
-    for name in ("one", "two"):
+    for name in ("one", "two", "three"):
         ws, frame = await hello(client, name, "", f"c-{name}")
         assert frame["type"] == "welcome"
-    ws, frame = await hello(client, "three", "", "c-three")
+        await send(ws, {"type": "push", "version": 0, "updates": [{"clientID": f"c-{name}", "changes": [[0, "x"]]}]})
+        frame = await recv(ws)
+        if name != "three":
+            assert frame["type"] == "updates"
     assert (frame["type"], frame["code"]) == ("error", "too-large")
     assert "--max-documents 2" in frame["message"]
-    assert (await closed(ws))[0] == CLOSE_PROTOCOL
     resp = await client.post("/api/docs/one/fork", json={"name": "four"})
     assert resp.status == 413
     assert sorted(d["name"] for d in (await (await client.get("/api/docs")).json())["docs"]) == ["one", "two"]
@@ -420,7 +423,10 @@ async def test_a_nearly_full_disk_refuses_writes_cleanly_and_reads_go_on(aiohttp
     assert (await (await client.get("/api/docs/doc")).json())["doc"] == "kept"
     assert (await client.post("/api/docs/doc/restore", json={"version": 0})).status == 503
     assert (await client.post("/api/docs", json={"name": "new"})).status == 503
-    other, frame = await hello(client, "new-doc", "", "n")  # joining would make a document
+    other, frame = await hello(client, "new-doc", "", "n")  # a visit makes nothing; the first edit would
+    assert frame["type"] == "welcome"
+    await send(other, {"type": "push", "version": 0, "updates": [{"clientID": "n", "changes": [[0, "new"]]}]})
+    frame = await recv(other)
     assert (frame["type"], frame["code"]) == ("error", "unavailable")
-    assert (await closed(other))[0] == 1011  # ours, not a protocol violation: reconnect later
+    assert (await (await client.get("/api/docs/new-doc")).json())["error"]["code"] == "not-found"
     assert (await (await client.get("/api/docs/doc")).json())["doc"] == "kept"

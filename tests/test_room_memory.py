@@ -76,6 +76,7 @@ async def settle(rooms: Rooms, name: str) -> None:
 
 async def test_welcome_then_updates_only_after_commit_with_the_injected_clock(world):
     settings, store, rooms = world
+    assert await store.document("doc") is None
     a, b = FakeConn("a"), FakeConn("b")
     ma = await rooms.join("doc", a, hello("a"), token=None)
     await rooms.join("doc", b, hello("b"), token=None)
@@ -88,7 +89,7 @@ async def test_welcome_then_updates_only_after_commit_with_the_injected_clock(wo
     await settle(rooms, "doc")
     assert a.of("updates") == b.of("updates") == [{"type": "updates", "from": 0,
                                                    "updates": [{"clientID": "a", "changes": [[0, "hi"]]}]}]
-    info = await store.document("doc")
+    info = await store.document("doc")  # it came to be at the first edit, not at the joins
     assert (await store.history(info["id"], 10, 10))[0]["time"] == 1234.5
 
 
@@ -97,6 +98,7 @@ async def test_a_commit_that_lost_the_race_catches_up_and_sequences_the_push_aga
     first: our commit of the push is refused, nothing of it was sent; the room reads version 1, sends
     it to its members in one frame, rebases the original push over it and commits it as version 2."""
     settings, store, rooms = world
+    await store.create_document("doc")
     a, b = FakeConn("a"), FakeConn("b")
     ma = await rooms.join("doc", a, hello("a"), token=None)
     await rooms.join("doc", b, hello("b"), token=None)
@@ -119,6 +121,7 @@ async def test_a_room_that_keeps_losing_to_another_writer_reloads(world):
     """After MAX_LOST_ROUNDS lost commits in a row the room gives up: 1011, and the next join reloads."""
     from collab import room as room_module
     settings, store, rooms = world
+    await store.create_document("doc")
     a = FakeConn("a")
     ma = await rooms.join("doc", a, hello("a"), token=None)
     room = ma.room
@@ -158,7 +161,9 @@ async def test_access_is_decided_at_hello_and_a_reset_closes_members_and_waiting
         await rooms.join("doc", FakeConn("v"), hello("v"), token=access.doc_token("doc", "view", ""))
     assert err.value.code == "forbidden" and await store.document("doc") is None
     admin = FakeConn("admin")
-    await rooms.join("doc", admin, hello("admin"), token=access.admin_token())
+    ma = await rooms.join("doc", admin, hello("admin"), token=access.admin_token())
+    await ma.room.push(ma, push_msg(0, "admin", [[0, "made"]]))  # the first edit makes it
+    await ma.room.settled()
     salt = await rooms.salt_of("doc")
     viewer, editor, waiting = FakeConn("v"), FakeConn("e"), FakeConn("w")
     await rooms.join("doc", viewer, hello("v"), token=access.doc_token("doc", "view", salt))
