@@ -55,10 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from clusterproc import Cluster, ClusterNginx, RedisServer, self_signed  # noqa: E402
+from clusterproc import Cluster, ClusterNginx, RedisServer, free_port, self_signed  # noqa: E402
 from load import UNLIMITED, fmt, raise_nofile  # noqa: E402
 from pgserver import PgServer  # noqa: E402
-from serverproc import free_port  # noqa: E402
 
 LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
 # 400 connections from 127.0.0.1 (through nginx) and no per-connection rate limits: the load is
@@ -162,8 +161,15 @@ def counters_line(r: dict) -> str:
     c = r.get("counters") or {}
     pick = [("conflicts", "conflicts"), ("catchup_reads", "catch-up reads"), ("bus_gaps", "gaps"),
             ("bus_published", "published"), ("bus_received", "received")]
-    return "per second        " + ", ".join(f"{label} {c[k]['perS']:,.1f}" for k, label in pick if k in c) + \
+    line = "per second        " + ", ".join(f"{label} {c[k]['perS']:,.1f}" for k, label in pick if k in c) + \
         f"; reloads after lost rounds {r['reloads']}"
+    commits = c.get("commit_seconds_count", {}).get("count")
+    if commits:
+        mean = c["commit_seconds_sum"]["count"] / commits * 1000
+        batch = c["commit_batch_size_sum"]["count"] / c["commit_batch_size_count"]["count"]
+        line += (f"\ncommits           {c['commit_seconds_count']['perS']:,.0f}/s, mean {mean:.1f} ms from taking a batch "
+                 f"to COMMIT, {batch:.1f} updates per document per commit")
+    return line
 
 
 def report(r: dict) -> tuple[str, bool]:

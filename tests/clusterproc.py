@@ -35,7 +35,24 @@ import time
 import urllib.request
 from pathlib import Path
 
-from serverproc import ROOT, ServerProcess, free_port
+from serverproc import ROOT, ServerProcess
+
+_given: set[int] = set()
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now and never handed out before by this process.
+
+    (serverproc.free_port binds port 0 and closes it, so two calls in a row
+    may return the same port: two collab processes of one cluster would then
+    race for it, and the loser's /healthz would be answered by the winner.)"""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
 
 DOCS = ROOT / "docs"
 NGINX = "/usr/sbin/nginx"
@@ -174,7 +191,7 @@ class Cluster:
         args = list(extra_args or [])
         if redis_url:
             args += ["--redis", redis_url]
-        self.procs = [ServerProcess(db_url, extra_args=args, log_path=self.logs / f"collab{i}.log")
+        self.procs = [ServerProcess(db_url, port=free_port(), extra_args=args, log_path=self.logs / f"collab{i}.log")
                       for i in range(n)]
 
     def __len__(self) -> int:
@@ -202,6 +219,9 @@ class Cluster:
         try:
             for p in self.procs:
                 wait_ready(p, timeout)
+            for p in self.procs:  # each answered on its own port, and none lost a race for it since
+                if p.proc.poll() is not None or f"listening on http://127.0.0.1:{p.port}" not in p.log():
+                    raise RuntimeError(f"collab on {p.port} is not the one listening there:\n{p.log()[-3000:]}")
         except BaseException:
             self.kill()
             raise

@@ -50,11 +50,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from clusterproc import (CLUSTER_SITE, Cluster, ClusterNginx, RedisServer, metrics, self_signed,
+from clusterproc import (CLUSTER_SITE, Cluster, ClusterNginx, RedisServer, free_port, metrics, self_signed,
                          terminate_backends)
 from conftest import JS_DIR
 from loadclients import apply_changes, history_versions
-from serverproc import ROOT, free_port, get_json
+from serverproc import ROOT, get_json
 
 WS_PROTOCOL = "collab.v1"
 BUS_METRICS = ("collab_conflicts_total", "collab_catchup_reads_total", "collab_bus_up", "collab_bus_gaps_total",
@@ -88,10 +88,17 @@ def redis(tmp_path):
     server.stop()
 
 
+ARTIFACTS = ROOT / "test-artifacts" / "cluster"
+
+
 @pytest.fixture
-def cluster(pg_server, database, redis, tmp_path):
-    """Three processes with --redis, started together on an empty database; killed at the end."""
+def cluster(pg_server, database, redis, tmp_path, request):
+    """Three processes with --redis, started together on an empty database; killed at the end.
+
+    When the test failed, its folder (every process's log, the clients' events and reports, nginx's
+    logs) is copied to test-artifacts/cluster/<test>/ (gitignored) for the post-mortem."""
     made = []
+    failed_before = request.session.testsfailed
 
     def make(n: int = 3, extra: list[str] | None = None) -> Cluster:
         c = Cluster(pg_server.url(database), n, redis_url=redis.url, logs=tmp_path / "logs", extra_args=extra)
@@ -101,6 +108,11 @@ def cluster(pg_server, database, redis, tmp_path):
     yield make
     for c in made:
         c.kill()
+    if request.session.testsfailed > failed_before:  # the call's report is in before teardown runs
+        keep = ARTIFACTS / request.node.name
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(tmp_path, keep, ignore=shutil.ignore_patterns("tls", "tmp", "*.pem"), dirs_exist_ok=True)
+        print(f"\nthe failed test's logs and client events are in {keep}")
 
 
 # ------------------------------------------------------------ the clients

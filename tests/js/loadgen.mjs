@@ -28,7 +28,8 @@
 //                    (live ones, and those reaped during the window through its
 //                    cutime/cstime): for postgres, nginx and collab's workers
 //   --metrics URL,...  the /metrics of each server read at both edges of the window;
-//                    the differences of the collab_* counters, summed over servers
+//                    the differences of the collab_* counters (and of histograms'
+//                    _sum and _count), summed over servers
 //
 // Keeping the client cheap: one Node process, no per-frame logging, the
 // throughput/idle clients keep only (version, length) instead of an EditorState.
@@ -110,14 +111,14 @@ function cpuReport(before, after, windowMs) {
   return out;
 }
 
-/** The collab_* counters (samples ending in _total) of every server in `urls`, summed. */
+/** The collab_* counters (samples ending in _total, and histograms' _sum and _count) of every server in `urls`, summed. */
 async function countersOf(urls) {
   if (!urls || !urls.length) return null;
   const sum = {};
   await Promise.all(urls.map(async (u) => {
     const text = await (await fetch(u)).text();
     for (const line of text.split('\n')) {
-      const m = /^(collab_\w+_total)(?:\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+      const m = /^(collab_\w+_(?:total|sum|count))(?:\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
       if (m) sum[m[1]] = (sum[m[1]] ?? 0) + Number(m[2]);
     }
   }));
