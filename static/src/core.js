@@ -13,9 +13,9 @@
 // @codemirror/state as the core: two copies in one process break
 // instanceof checks and facets.
 
-export { ERROR_CODES, CLOSE_CODES, errorText, closeEntry } from "./core/codes.js";
+export { ERROR_CODES, CLOSE_CODES, ACCESS_ENDS, errorText, closeEntry, accessEndText, renamedTo } from "./core/codes.js";
 export { DEFAULT_LIMITS, FRAME_OVERHEAD, resolveLimits, utf8Length, fitPush, sizeGuard } from "./core/limits.js";
-export { SUBPROTOCOL, hello, push, presence, parseServerFrame, FrameError, brief } from "./core/frames.js";
+export { SUBPROTOCOL, hello, push, presence, parseServerFrame, FrameError, brief, RESTORE_PREFIX, restoreOf } from "./core/frames.js";
 export { Session, Step, textOf, insertedText } from "./core/session.js";
 
 export { EditorState, EditorSelection, ChangeSet, Text, Transaction } from "@codemirror/state";

@@ -176,7 +176,12 @@ test('close codes: reconnect at once, back off, slow down, or stop and say why',
   s.restart();
   assert.equal(s.stopped, null);
   s.opened(0);
-  assert.match(s.closed(1008, 'token revoked', 0).stop, /access token/);
+  const revoked = s.closed(1008, 'the share links of this document were reset', 0);
+  assert.match(revoked.stop, /links were reset.*Ask the person who shared it for a new link/);
+  assert.match(revoked.stop, /The server said: the share links of this document were reset\.\)$/);
+  assert.equal(revoked.reconnect, null, 'a revoked link is never retried');
+  assert.deepEqual(events(revoked, 'access').map((e) => [e.code, e.reason]), [[null, 'the share links of this document were reset']]);
+  assert.deepEqual(events(revoked, 'notice'), [], 'one message, not two');
   s.restart();
   s.opened(0);
   const tooBig = s.closed(1009, 'frame over the limit', 0);
@@ -361,4 +366,76 @@ test('a presences frame (one per tick, for everyone) moves each peer and skips o
   assert.deepEqual(events(step, 'peer').map((e) => [e.session, e.ranges[0].anchor]), [['p', 1], ['q', 3]]);
   assert.deepEqual(events(step, 'problem'), []);
   assert.equal(events(s.receive(JSON.stringify({ type: 'presences', peers: [{}] }), 0), 'problem').length, 1);
+});
+
+test('a refused hello (forbidden, then 1008) is one access event that says the link was revoked', () => {
+  const s = new Session({ clientID: 'A' });
+  s.opened(0);
+  const refused = s.receive(error('forbidden', 'this token does not give access here'), 0);
+  assert.equal(events(refused, 'error')[0].quiet, true, 'the close that follows says it');
+  const closed = s.closed(1008, 'this token does not give access here', 0);
+  const [ended] = events(closed, 'access');
+  assert.equal(ended.code, 'forbidden');
+  assert.match(ended.text, /^This link does not open this document: it was revoked/);
+  assert.match(ended.text, /new link/);
+  assert.equal(s.stopped, ended.text);
+  assert.equal(closed.reconnect, null);
+  const t = new Session({ clientID: 'B' });
+  t.opened(0);
+  t.receive(error('unauthorized', 'no token'), 0);
+  assert.match(events(t.closed(1008, '', 0), 'access')[0].text, /^This document needs a link with an access token\./);
+  // An error frame on an earlier connection does not colour a later close.
+  const u = new Session({ clientID: 'C', random: () => 0 });
+  u.opened(0);
+  u.receive(error('forbidden'), 0);
+  u.closed(1006, '', 0);
+  u.opened(0);
+  assert.equal(events(u.closed(1008, '', 0), 'access')[0].code, null);
+});
+
+test('an update made by a restore is a restore event, with the text it removed, for every session', () => {
+  const [s] = welcomed({ doc: 'old text', version: 1 });
+  s.receive(updates(1, [upd('B', [8, [0, ' and Bob\'s new words']])]), 0);
+  edit(s, { from: 0, insert: '>' }); // unconfirmed when the restore comes
+  const step = s.receive(updates(2, [
+    upd('restore-1a2b3c', [8, [20]]),
+    upd('B', [8, [0, '!']]),
+  ]), 0);
+  const [r] = events(step, 'restore');
+  assert.deepEqual(r, {
+    type: 'restore', version: 3, restored: null, author: null,
+    removed: " and Bob's new words", removedLength: 20, inserted: 0, mine: true,
+  });
+  assert.equal(s.state.doc.toString(), '>old text!', 'the unconfirmed edit survives, rebased');
+  // The [extension] restore object names the version and the person, and marks a hidden clientID.
+  const [v] = welcomed({ doc: 'abc', version: 5, role: 'view' });
+  const seen = v.receive(updates(5, [{ clientID: 'h0123', changes: [[1, 'x'], 2], restore: { version: 2, author: 'Alice' } }]), 0);
+  assert.deepEqual(events(seen, 'restore').map((e) => [e.version, e.restored, e.author, e.removed, e.inserted, e.mine]),
+    [[6, 2, 'Alice', 'a', 1, false]]);
+  // Ordinary updates are not restores; a malformed restore object is refused as a frame.
+  assert.deepEqual(events(v.receive(updates(6, [upd('restorer', [3, [0, '.']])]), 0), 'restore'), []);
+  const bad = v.receive(updates(7, [{ clientID: 'x', changes: [4], restore: 'yes' }]), 0);
+  assert.match(events(bad, 'problem')[0].text, /restore must be/);
+  // A restore in a resuming welcome (it happened while this page was away) is told too.
+  const w = new Session({ clientID: 'A', random: () => 0.5 });
+  w.opened(0);
+  w.receive(welcome({ doc: 'keep this', version: 0 }), 0);
+  w.closed(1006, '', 0);
+  w.opened(0);
+  const back = w.receive(JSON.stringify({ type: 'welcome', session: 's2', role: 'edit', version: 1, peers: [], from: 0,
+    updates: [upd('restore-ff', [4, [5]])] }), 0);
+  assert.deepEqual(events(back, 'restore').map((e) => e.removed), [' this']);
+});
+
+test('a rename closes 1008 saying the new name: a renamed event, not a revoked link', () => {
+  const [s] = welcomed({ doc: 'x', version: 1 });
+  const step = s.closed(1008, 'this document was renamed to new-name_2', 0);
+  assert.deepEqual(events(step, 'renamed').map((e) => e.to), ['new-name_2']);
+  assert.deepEqual(events(step, 'access'), []);
+  assert.equal(step.reconnect, null);
+  // Anything else after "renamed to" is no name: an ordinary end of access.
+  const [t] = welcomed({ doc: 'x', version: 1 });
+  assert.deepEqual(events(t.closed(1008, 'this document was renamed to ../etc', 0), 'renamed'), []);
+  const [u] = welcomed({ doc: 'x', version: 1 });
+  assert.deepEqual(events(u.closed(1001, 'this document was renamed to a', 0), 'renamed'), [], 'only a 1008 says it');
 });

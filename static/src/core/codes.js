@@ -5,6 +5,8 @@
 //  - the keys are exactly the server's table (collab/errors.py CODES and
 //    CLOSE_CODES); tests/test_js_core.py compares them;
 //  - `text` is user-facing: a sentence for the page, never a debug string;
+//  - a 1008 close ends access: its sentence says why (ACCESS_ENDS, from the
+//    error frame before it) and that a new link is needed, never "retry";
 //  - a close code's `then` is the whole reconnect policy: "reconnect" (at
 //    once the first time, then with backoff), "backoff", "slow" (backoff as
 //    if several attempts had failed already) or "stop" (wait for the person).
@@ -32,7 +34,7 @@ export const ERROR_CODES = {
 /** WebSocket close codes: the sentence for the page, whether to show it, and what to do next. */
 export const CLOSE_CODES = {
   1001: { text: "The server is restarting.", notify: false, then: "reconnect" },
-  1008: { text: "The server refused the connection: the access token is missing, invalid or revoked.",
+  1008: { text: "This link no longer opens this document: its share links were reset, or the document was deleted. Ask the person who shared it for a new link.",
     notify: true, then: "stop" },
   1009: { text: "The server closed the connection: a message was too large.", notify: true, then: "backoff" },
   1011: { text: "The server could not save or load the document; reconnecting after a pause.",
@@ -48,6 +50,36 @@ export const CLOSE_CODES = {
 const has = (table, key) => Object.prototype.hasOwnProperty.call(table, key);
 
 const UNKNOWN_CLOSE = { text: "The connection to the server was lost.", notify: false, then: "backoff" };
+
+/**
+ * Why access ended, from the `error` frame that came before a 1008 close
+ * (a refused `hello`): the sentence says what happened and what to do next.
+ * A 1008 without one (links reset or the document deleted during the
+ * session) takes the close table's sentence.
+ */
+export const ACCESS_ENDS = {
+  unauthorized: "This document needs a link with an access token. Ask the person who shared it for an edit or view link.",
+  forbidden: "This link does not open this document: it was revoked (the document's share links were reset), or it belongs to another document. Ask the person who shared it for a new link.",
+};
+
+/**
+ * The reason of the 1008 close that ends every session of a renamed
+ * document (collab/room.py, Rooms.rename): the document lives on under the
+ * new name, so a client goes there instead of stopping.
+ */
+export const RENAMED_REASON = /^this document was renamed to ([A-Za-z0-9_-]{1,100})$/;
+
+/** The new name a close announces (1008 with RENAMED_REASON), or null. */
+export function renamedTo(code, reason) {
+  const m = code === 1008 ? RENAMED_REASON.exec(reason || "") : null;
+  return m ? m[1] : null;
+}
+
+/** The sentence for the end of access: after error `code` (or none), closed with the server's `reason`. */
+export function accessEndText(code, reason) {
+  const text = has(ACCESS_ENDS, code) ? ACCESS_ENDS[code] : CLOSE_CODES[1008].text;
+  return reason ? `${text} (The server said: ${reason}.)` : text;
+}
 
 /** The page's sentence for an `error` frame: the meaning, then the server's own words and code. */
 export function errorText(code, message) {

@@ -50,7 +50,33 @@ function checkUpdates(list, type) {
   list.forEach((u, i) => {
     need(isObject(u) && typeof u.clientID === "string" && Array.isArray(u.changes), type,
       `updates[${i}] must be {clientID: string, changes: list}, got ${brief(u)}`);
+    if (u.restore !== undefined) {
+      const r = u.restore;
+      need(isObject(r) && (r.version === undefined || isCount(r.version))
+        && (r.author === undefined || typeof r.author === "string"), type,
+      `updates[${i}].restore must be {version, author}, got ${brief(r)}`);
+    }
   });
+}
+
+/** The clientID prefix of the updates the server makes for a restore (POST /api/docs/{doc}/restore). */
+export const RESTORE_PREFIX = "restore-";
+
+/**
+ * Whether an update (as received) was made by a restore, and what the frame
+ * says of it: null for an ordinary update, else {restored, author} (the
+ * version whose text it brought back and who restored; null when the frame
+ * does not say). Known by the clientID the server gives restores, or by the
+ * [extension] `restore` object (which view sessions, whose clientIDs are
+ * hidden, need).
+ */
+export function restoreOf(update) {
+  const r = update.restore;
+  if (!isObject(r) && !update.clientID.startsWith(RESTORE_PREFIX)) return null;
+  return {
+    restored: isObject(r) && isCount(r.version) ? r.version : null,
+    author: isObject(r) && typeof r.author === "string" ? r.author : null,
+  };
 }
 
 function checkPresence(m, type = "presence") {

@@ -30,6 +30,12 @@
 //    `state` are local. Presence is converted here only: ours is mapped back
 //    through the unconfirmed updates, a peer's forward through what we
 //    received since its version and then through the unconfirmed updates.
+//  - Every update a restore made is an event of its own (`restore`), with
+//    the text it removed, to every session that receives it: a restore
+//    replaces everyone's text, so nobody may lose words without being told.
+//  - A 1008 close ends access for good (no reconnect, no "retry"): one
+//    `access` event says why, from the error frame before it, if any; or,
+//    when its reason says the document was renamed, a `renamed` event.
 //  - Anything the server sends that the protocol does not allow is a
 //    `problem` event, never an exception. When it leaves the document in
 //    doubt the Step asks for a reconnect: a resume when a frame went missing,
@@ -37,9 +43,9 @@
 
 import { EditorState, ChangeSet, Text } from "@codemirror/state";
 import { collab, receiveUpdates, sendableUpdates, getSyncedVersion } from "@codemirror/collab";
-import { hello, push, presence, parseServerFrame, FrameError } from "./frames.js";
+import { hello, push, presence, parseServerFrame, FrameError, restoreOf } from "./frames.js";
 import { resolveLimits, fitPush } from "./limits.js";
-import { errorText, closeEntry } from "./codes.js";
+import { errorText, closeEntry, accessEndText, renamedTo } from "./codes.js";
 
 const LOG_LIMIT = 5000; // recent accepted changes kept to map late presence
 const PRESENCE_INTERVAL_MS = 50; // at most 20 presence frames a second
@@ -58,6 +64,19 @@ export function insertedText(changes) {
   return pieces.join("\n");
 }
 
+/** The `restore` event of an update made by a restore: `changes` applied to `doc` made `version`. */
+function restoreEvent(restore, changes, doc, version, mine) {
+  const pieces = [];
+  let removedLength = 0, inserted = 0;
+  changes.iterChanges((fromA, toA, _fromB, _toB, ins) => {
+    if (toA > fromA) pieces.push(doc.sliceString(fromA, toA));
+    removedLength += toA - fromA;
+    inserted += ins.length;
+  });
+  return { type: "restore", version, restored: restore.restored, author: restore.author,
+    removed: pieces.join("\n…\n"), removedLength, inserted, mine };
+}
+
 /**
  * What one input produced. The adapter sends `send` in order, dispatches
  * `transaction`, installs Session.state when `replaced`, hands `events` to
@@ -74,7 +93,15 @@ export function insertedText(changes) {
  * could not take back: show them) | {type: "reset", synced, version,
  * dropped} (a whole text replaced our state) | {type: "role", role} |
  * {type: "peer", session, user, ranges} (ranges in local positions) |
- * {type: "leave", session} | {type: "peers-cleared"}.
+ * {type: "leave", session} | {type: "peers-cleared"} | {type: "restore",
+ * version, restored, author, removed, removedLength, inserted, mine} (an
+ * update made by a restore: the version it made, the version it brought
+ * back and who restored when the frame says so (else null), the text it
+ * removed (pieces joined by "\n…\n"), and whether this session had
+ * unconfirmed edits then) | {type: "access", code, reason, text} (a 1008
+ * close: access ended; `code` the error frame's before it, or null) |
+ * {type: "renamed", to, text} (a 1008 close saying the document was renamed:
+ * open it under `to`).
  */
 export class Step {
   constructor() {
@@ -142,6 +169,7 @@ export class Session {
     this.lastPresence = null;
     this.lastPresenceAt = -Infinity;
     this.peers = new Map(); // session -> user
+    this.lastErrorCode = null; // of the last error frame on this connection (a 1008 close says why with it)
     this.stats = {
       welcomesDoc: 0, welcomesResume: 0, resumedUpdates: 0, pushes: 0, pushedUpdates: 0, ownAcked: 0,
       receivedUpdates: 0, presenceSent: 0, presenceReceived: 0, leaves: 0,
@@ -221,8 +249,24 @@ export class Session {
   /** The server (or the network) closed the connection with `code`: reconnect, or stop. */
   closed(code, reason, _now) {
     const step = new Step();
+    const lastError = this.lastErrorCode;
     this.endConnection(step);
     const entry = closeEntry(code);
+    const to = renamedTo(code, reason);
+    if (to !== null) { // the document lives on under another name: the adapter goes there
+      const text = `This document was renamed to “${to}”.`;
+      this.stopped = text;
+      step.stop = text;
+      step.events.push({ type: "renamed", to, text });
+      return step;
+    }
+    if (code === 1008) { // access ended: say why, and that only a new link helps
+      const text = accessEndText(lastError, reason);
+      this.stopped = text;
+      step.stop = text;
+      step.events.push({ type: "access", code: lastError, reason: reason || "", text });
+      return step;
+    }
     if (entry.then === "stop") {
       this.stopped = entry.text;
       step.stop = entry.text;
@@ -366,6 +410,7 @@ export class Session {
     if (from < synced) this.problem(step, `a frame from version ${from} overlaps the synced version ${synced}`);
     const fresh = updates.slice(synced - from);
     let own = 0;
+    const restores = [];
     if (fresh.length) {
       const before = sendableUpdates(this.state).length;
       let doc = this.syncedDoc;
@@ -373,7 +418,11 @@ export class Session {
       let tr;
       try {
         parsed = fresh.map((u) => ({ clientID: u.clientID, changes: ChangeSet.fromJSON(u.changes) }));
-        for (const u of parsed) doc = u.changes.apply(doc);
+        parsed.forEach((u, i) => {
+          const restore = restoreOf(fresh[i]);
+          if (restore) restores.push(restoreEvent(restore, u.changes, doc, synced + i + 1, before > 0));
+          doc = u.changes.apply(doc);
+        });
         tr = receiveUpdates(this.state, parsed);
         this.state = tr.state;
       } catch (e) {
@@ -399,6 +448,7 @@ export class Session {
       }
     }
     step.events.push({ type: "updates", from, updates, fresh, own });
+    step.events.push(...restores);
     return true;
   }
 
@@ -428,8 +478,11 @@ export class Session {
 
   onError(m, step, now) {
     const badVersion = m.code === "bad-version";
+    this.lastErrorCode = m.code;
+    // unauthorized and forbidden always close 1008, whose `access` event says it in full.
+    const closing = m.code === "unauthorized" || m.code === "forbidden";
     step.events.push({ type: "error", code: m.code, message: m.message ?? "", text: errorText(m.code, m.message),
-      quiet: badVersion });
+      quiet: badVersion || closing });
     if (badVersion && this.phase !== "open") {
       // The server cannot resume from our version (its data was reset?):
       // ask for the whole text; unconfirmed edits go to the rescue.
@@ -559,6 +612,7 @@ export class Session {
 
   endConnection(step) {
     this.phase = "closed";
+    this.lastErrorCode = null;
     this.inflight = 0;
     this.clearPeers(step);
   }
