@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import secrets
 from pathlib import Path
 
@@ -36,16 +37,35 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 
 _ERROR_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>collab: {title}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><h1>{title}</h1><p>{message}</p><p><a href="/">collab</a></p></body></html>
+<html lang="en"><head><meta charset="utf-8"><title>{title} · collab</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><meta name="color-scheme" content="light dark">
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/style.css"></head>
+<body class="landing error-page"><header class="bar"><span class="brand">collab</span></header>
+<main class="page"><h1>{title}</h1><p class="error-next">{next}</p>
+<p class="note">The server said: {message} ({status} {code})</p></main></body></html>
 """
 _PAGE_TITLES = {401: "This link needs an access token", 403: "This link does not give access here",
-                404: "Not found", 400: "Bad address"}
+                404: "Nothing here", 400: "Bad address", 429: "Too many requests"}
+_PAGE_NEXT = {  # what the person can do next; plain text (escaped)
+    401: "Open the document with the link you were given: it ends in ?token=…. "
+         "If you run this server, open its admin link (collab printed it when it started).",
+    403: "This link may have been revoked (when a document's links are reset, the old ones stop working), "
+         "or it belongs to another document. Ask the person who shared it for a new link.",
+    404: "Check the address. Documents are at /d/ and their name; the link you were given opens yours.",
+    400: "Check the address: a document name is 1 to 100 letters, digits, '-' or '_'.",
+    429: "Wait a moment, then reload the page.",
+}
+_NEXT_LATER = "Reload the page in a moment. If it goes on, tell the person who runs this server."
 
 
 def _is_page(request: web.Request) -> bool:
-    return request.method == "GET" and (request.path == "/" or request.path.startswith("/d/"))
+    """A person's browser asking for a page: the pages, and any GET outside /api/ and /static/ that accepts HTML."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    path = request.path
+    if path == "/" or path.startswith("/d/"):
+        return True
+    return not path.startswith(("/api/", "/static/", "/ws/")) and "text/html" in request.headers.get("Accept", "")
 
 
 def error_middleware(errors_counter=None):
@@ -60,7 +80,8 @@ def error_middleware(errors_counter=None):
         if _is_page(request):
             title = _PAGE_TITLES.get(status, "Something went wrong")
             return web.Response(status=status, content_type="text/html", text=_ERROR_PAGE.format(
-                title=html.escape(title), message=html.escape(message)))
+                title=html.escape(title), message=html.escape(message), status=status, code=html.escape(code),
+                next=html.escape(_PAGE_NEXT.get(status, _NEXT_LATER))))
         return error_response(status, code, message)
 
     @web.middleware
@@ -180,6 +201,26 @@ def token_of(request: web.Request) -> str | None:
 
 LIMITS_PLACEHOLDER = "<!--collab:limits-->"
 MAX_HISTORY_PAGE = 1000  # entries one /history page holds at most
+_HASHED = re.compile(r"[A-Za-z0-9_]+-[A-Z0-9]{8}\.(?:js|css)")  # static/build.mjs: name-HASH.ext
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+async def static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """/static/ answers: a hashed name never changes, so browsers keep it a year; other names are revalidated.
+
+    aiohttp's FileResponse sends the build's .br or .gz copy to a browser that
+    takes it (Content-Encoding); Vary: Accept-Encoding goes on every script
+    and stylesheet, compressed or not, so no cache hands one browser's
+    variant to another.
+    """
+    if not request.path.startswith("/static/") or response.status not in (200, 304):
+        return
+    name = request.path.rsplit("/", 1)[-1]
+    response.headers["Cache-Control"] = IMMUTABLE if _HASHED.fullmatch(name) else "no-cache"
+    if name.endswith((".js", ".css")) and "Accept-Encoding" not in response.headers.get("Vary", ""):
+        response.headers.add("Vary", "Accept-Encoding")
+
+
 
 
 class Api:
@@ -222,23 +263,34 @@ class Api:
 
     # ----------------------------------------------------------------- pages
 
-    def _page(self, filename: str, fill: str | None = None) -> web.StreamResponse:
-        """A page from static/; `fill` replaces its LIMITS_PLACEHOLDER when given."""
-        path = self.static_dir / filename
+    def _page(self, filename: str, fill: str = "") -> web.StreamResponse:
+        """A page as static/build.mjs wrote it to dist/ (naming hashed files); `fill` goes at LIMITS_PLACEHOLDER."""
+        path = self.static_dir / "dist" / filename
         if not path.is_file():
-            raise ProtocolError("not-found", f"{filename} is missing from {self.static_dir}")
-        if fill is None:
-            return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
-        html = path.read_text(encoding="utf-8").replace(LIMITS_PLACEHOLDER, fill, 1)
+            raise ProtocolError("not-found", f"dist/{filename} is missing from {self.static_dir} (static/build.mjs)")
+        access = f'<meta name="collab-access" content="{"tokens" if self.access.enabled else "open"}">'
+        html = path.read_text(encoding="utf-8").replace(LIMITS_PLACEHOLDER, access + fill, 1)
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
+    async def page_access(self, request: web.Request, need: str, doc: str | None = None) -> None:
+        """A page is a shell: all it shows comes from the API and the WebSocket, which check the token.
+
+        So a page without `?token=` is served: the admin's tab keeps the admin
+        token out of the address bar (static/src/auth.js) and sends it in
+        headers, and a person without a token reads on the page how to get in.
+        A token in the address is checked, so a wrong or revoked link gets an
+        error page that says so.
+        """
+        if request.query.get("token"):
+            await self.allow(request, need, doc)
+
     async def index_page(self, request: web.Request) -> web.StreamResponse:
-        await self.allow(request, "admin")
+        await self.page_access(request, "admin")
         return self._page("index.html")
 
     async def editor_page(self, request: web.Request) -> web.StreamResponse:
         name = doc_name(request)
-        await self.allow(request, "view", name)  # a new document: only the admin may make it
+        await self.page_access(request, "view", name)  # a new document: only the admin may make it (at hello)
         # The editor refuses, as the person makes it, an edit this server could
         # never take (a frame over --max-frame, a document over --max-doc), and
         # splits its pushes under --max-updates; the welcome frame repeats these.

@@ -11,7 +11,7 @@ from aiohttp import web
 from . import httpguard, resources, status, ws
 from .access import Access
 from .cluster import Cluster
-from .api import Api, error_middleware, security_headers, token_of
+from .api import Api, error_middleware, security_headers, static_headers, token_of
 from .limits import DiskGuard
 from .metrics import Metrics
 from .room import Rooms
@@ -70,5 +70,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(status.routes(metrics, lambda request: rooms.access.require(token_of(request), "admin"),
                                         heartbeat=settings.heartbeat, origin_ok=httpguard.origin_check(settings),
                                         max_sockets=settings.max_status_conns))
-    app.router.add_static("/static", static / "dist")
+    app.router.add_static("/static", static / "dist")  # the build's .br/.gz copies go to browsers that take them
+    app.on_response_prepare.append(static_headers)  # hashed names cached for a year, Vary: Accept-Encoding
     return app

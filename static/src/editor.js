@@ -1,14 +1,21 @@
 // The editor page /d/{doc}: header (status, people, identity), the editor,
-// and the dialogs.  Syncing lives in sync.js (around the protocol core,
-// core.js), cursors in presence.js.
+// the notices and the dialogs.  Syncing lives in sync.js (around the
+// protocol core, core.js), cursors in presence.js, the Share dialog in
+// share.js, lasting notices in notices.js, the token in auth.js (imported
+// first: it takes an admin token out of the address before anything runs).
 
+import { socketQuery, isAdmin, accessControl, adminToken, pageTokenKind } from "./auth.js";
 import { CollabSession, pageLimits } from "./sync.js";
 import { PendingStore } from "./pending.js";
 import { flushRecord } from "./flush.js";
 import { editorSetup, followColorScheme } from "./setup.js";
 import { EditorView } from "@codemirror/view";
 import { HistoryPanel } from "./history.js";
-import { loadUser, saveUser, COLORS, cleanName, safeColor, newClientID, DOC_NAME_RE } from "./identity.js";
+import { ShareDialog } from "./share.js";
+import { ShortcutHelp } from "./shortcuts.js";
+import { showNotice, setNoticeText } from "./notices.js";
+import { restoreVersion, wasOwnRestore, historyEntry } from "./docapi.js";
+import { loadUser, saveUser, COLORS, cleanName, safeColor, inkFor, newClientID, DOC_NAME_RE } from "./identity.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -17,9 +24,15 @@ function docNameFromPath() {
   return m ? decodeURIComponent(m[1]) : null;
 }
 
-function tokenQuery() {
-  const token = new URLSearchParams(location.search).get("token");
-  return token ? `?token=${encodeURIComponent(token)}` : "";
+/** The "collab" logo: a link to the document list for those who may see it, plain text for everyone else (an edit or view link would meet a refusal there). */
+function renderHome() {
+  const home = $("#home");
+  if (isAdmin) return;
+  const span = document.createElement("span");
+  span.id = "home";
+  span.className = "brand";
+  span.textContent = home.textContent;
+  home.replaceWith(span);
 }
 
 // ---- messages -----------------------------------------------------------------
@@ -76,7 +89,9 @@ function renderStatus(info) {
   el.title = info.stopped || (info.pending && info.state !== "connected"
     ? "Your edits are kept in this browser and sent when the connection is back."
     : "");
-  $("#reconnect").hidden = !(info.state === "reconnecting" || info.state === "stopped" || info.state === "offline");
+  // Retrying helps after a lost connection, never after a revoked link (only a new link does).
+  $("#reconnect").hidden = info.accessEnded !== null
+    || !(info.state === "reconnecting" || info.state === "stopped" || info.state === "offline");
   clearTimeout(statusTick);
   if (info.state === "reconnecting" && info.retryAt) statusTick = setTimeout(() => renderStatus(session.statusInfo()), 500);
 }
@@ -87,6 +102,7 @@ function personChip(name, color, you) {
   const li = document.createElement("li");
   li.className = "person" + (you ? " person-you" : "");
   li.style.setProperty("--peer-color", safeColor(color));
+  li.style.setProperty("--peer-ink", inkFor(safeColor(color)));
   li.title = you ? `${name} (you)` : name;
   const dot = li.appendChild(document.createElement("span"));
   dot.className = "person-dot";
@@ -145,52 +161,110 @@ function applyIdentity(ev) {
 function renderMe() {
   const me = $("#me");
   me.style.setProperty("--peer-color", user.color);
+  me.style.setProperty("--peer-ink", inkFor(user.color));
   $("#me-name").textContent = user.name;
 }
 
-// ---- share ------------------------------------------------------------------------------
+// ---- notices: restores, a link that stopped working, the admin's hint ---------------------
 
-/** The edit and view links when the server uses access tokens, else this page's address. */
-async function openShare() {
-  const box = $("#share-links");
-  box.textContent = "Loading…";
-  $("#share-dialog").showModal();
-  let entries = [{ label: "Anyone with this link can open the document", url: location.href }];
-  try {
-    const r = await fetch(`/api/docs/${encodeURIComponent(docName)}/links${tokenQuery()}`);
-    const data = r.ok ? await r.json() : null;
-    if (data && data.links) {
-      entries = [
-        { label: "Can edit", url: new URL(data.links.edit, location.href).href },
-        { label: "Can only read", url: new URL(data.links.view, location.href).href },
-      ];
-    }
-  } catch (_) { /* fall back to this page's address */ }
-  box.textContent = "";
-  for (const { label, url } of entries) {
-    const row = box.appendChild(document.createElement("div"));
-    row.className = "share-row";
-    const title = row.appendChild(document.createElement("label"));
-    title.textContent = label;
-    const line = row.appendChild(document.createElement("div"));
-    line.className = "share-line";
-    const input = line.appendChild(document.createElement("input"));
-    input.readOnly = true;
-    input.value = url;
-    input.addEventListener("focus", () => input.select());
-    const copy = line.appendChild(document.createElement("button"));
-    copy.type = "button";
-    copy.textContent = "Copy";
-    copy.addEventListener("click", async () => {
-      try {
-        await navigator.clipboard.writeText(url);
-      } catch (_) {
-        input.select();
-        document.execCommand("copy");
+function fmtClock(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+/**
+ * Someone restored an earlier version: everyone's text was replaced. Say
+ * who and which version, what it removed (to copy), and offer to see it in
+ * History or to undo it (restore the version before the restore).
+ */
+async function onRestore(e) {
+  if (await wasOwnRestore(e.version)) return; // the History panel already says so
+  let { author, restored } = e;
+  let time = null;
+  if (author === null || restored === null) {
+    try {
+      const entry = await historyEntry(docName, e.version);
+      if (entry) {
+        author = author ?? entry.author;
+        restored = restored ?? (typeof entry.restored === "number" ? entry.restored : null);
+        time = entry.time;
       }
-      copy.textContent = "Copied";
-    });
+    } catch (_) { /* said without the details */ }
   }
+  const who = author || "Someone";
+  const which = restored !== null ? `version ${restored}` : "an earlier version";
+  const removed = e.removedLength;
+  const text = removed
+    ? `The text is now as it was at ${which}: ${plural(removed, "character")} written since were removed from everyone’s screen${e.mine ? ", and your latest words may be among them" : ""}. Your edits that were still on their way were kept.`
+    : `The text is now as it was at ${which}; nothing was removed.`;
+  const canUndo = session.role !== "view" && session.accessEnded === null;
+  const actions = [{
+    id: "see", label: "See what changed", run: () => historyPanel.openAt(e.version - 1),
+  }];
+  if (canUndo) actions.unshift({ id: "undo", label: "Undo the restore", primary: true, run: (el, button) => undoRestore(e, el, button) });
+  showNotice({
+    kind: "restore", role: "alert", key: `restore-${e.version}`,
+    title: `${who} restored ${which}${time ? ` at ${fmtClock(time)}` : ""}.`,
+    text,
+    details: removed ? { summary: `Show the removed text (${plural(removed, "character")})`, text: e.removed } : null,
+    actions,
+  });
+}
+
+async function undoRestore(e, el, button) {
+  const head = session.core.version;
+  const later = head - e.version;
+  if (later > 0 && button.dataset.confirm !== "yes") {
+    button.dataset.confirm = "yes";
+    button.textContent = "Undo anyway";
+    setNoticeText(el, `${plural(later, "edit")} came after the restore. Undoing brings back version ${e.version - 1} as a whole, so ${later === 1 ? "it is" : "they are"} undone too.`);
+    return;
+  }
+  button.disabled = true;
+  try {
+    const made = await restoreVersion(docName, e.version - 1, user.name);
+    setNoticeText(el, `Undone: version ${e.version - 1} is back (now version ${made}).`);
+    button.remove();
+  } catch (err) {
+    button.disabled = false;
+    setNoticeText(el, `Could not undo the restore: ${err.message}`);
+  }
+}
+
+/** Access ended for good (links reset, document deleted): say so, and keep what was typed within reach. */
+function onAccessEnded(text) {
+  const pending = session.pendingCount();
+  showNotice({
+    kind: "access", role: "alert", key: "access", dismissible: false, title: "This link no longer works.",
+    text: pending ? `${text} ${plural(pending, "edit")} of yours could not be saved; copy the text before you leave.` : text,
+    actions: pending ? [{ id: "copy-text", label: "Copy your text", primary: true, run: () => showRescue({
+      text: session.view.state.doc.toString(), count: pending, fragments: false }) }] : [],
+  });
+}
+
+/**
+ * The document was renamed: its unsent edits move with it, and the page
+ * opens it under the new name. An edit or view link reloads its own address
+ * (the server sends it on to the new name with a token for it); the admin
+ * and a personal instance go straight there.
+ */
+function onRenamed(to, text) {
+  showNotice({ kind: "hint", key: "renamed", dismissible: false, text: `${text} Opening it there…` });
+  session.savePending(true);
+  store.moveTo(to);
+  store.release();
+  leaving = true;
+  const tokenLink = pageTokenKind === "edit" || pageTokenKind === "view";
+  setTimeout(() => location.replace(tokenLink ? location.href : `/d/${encodeURIComponent(to)}`), 600);
+}
+
+/** The admin opened a document: the people to write with get its edit or view link, from Share. */
+function adminHint() {
+  if (!accessControl || !adminToken || pageTokenKind !== "admin") return;
+  showNotice({
+    kind: "hint", key: "share-hint",
+    text: "To write together, send people this document’s edit or view link from Share. Those links open only this document.",
+    actions: [{ id: "share", label: "Share", run: (el) => { el.remove(); share.open(); } }],
+  });
 }
 
 // ---- rescue ----------------------------------------------------------------------------
@@ -226,6 +300,9 @@ const docName = docNameFromPath();
 let user = loadUser();
 let session = null;
 let historyPanel = null;
+let share = null;
+let store = null;
+let leaving = false; // the page is going to the document's new name: no "unsaved edits" prompt
 
 async function boot() {
   if (!docName || !DOC_NAME_RE.test(docName)) {
@@ -235,10 +312,9 @@ async function boot() {
   }
   document.title = `${docName} · collab`;
   $("#doc-name").textContent = docName;
-  $("#home").href = `/${tokenQuery()}`;
   renderMe();
 
-  const store = new PendingStore(docName);
+  store = new PendingStore(docName);
   let restore = null;
   const extras = []; // more closed tabs' edits: sent over their own connection
   for (const rec of await store.orphans()) {
@@ -255,7 +331,7 @@ async function boot() {
   }
 
   const wsProto = location.protocol === "https:" ? "wss:" : "ws:";
-  const wsUrl = `${wsProto}//${location.host}/ws/${encodeURIComponent(docName)}${tokenQuery()}`;
+  const wsUrl = `${wsProto}//${location.host}/ws/${encodeURIComponent(docName)}${socketQuery()}`;
   let flushing = false;
   const flushExtras = async () => {
     if (flushing || !extras.length) return;
@@ -286,6 +362,9 @@ async function boot() {
       rescue: showRescue,
       peers: renderPeople,
       role: () => renderStatus(session.statusInfo()),
+      restore: (e) => { onRestore(e).catch((err) => console.error(err)); },
+      access: onAccessEnded,
+      renamed: onRenamed,
     },
   });
   historyPanel = new HistoryPanel({
@@ -296,6 +375,9 @@ async function boot() {
     showError,
   });
   $("#history-toggle").addEventListener("click", () => historyPanel.toggle());
+  share = new ShareDialog({ docName, getRole: () => session.role });
+  $("#share").addEventListener("click", () => share.open());
+  adminHint();
   renderPeople([]);
   renderStatus(session.statusInfo());
   try {
@@ -309,7 +391,7 @@ async function boot() {
   followColorScheme(() => session.view);
 
   window.addEventListener("beforeunload", (ev) => {
-    if (session.pendingCount() > 0) {
+    if (session.pendingCount() > 0 && !leaving) {
       session.savePending(true);
       ev.preventDefault();
       ev.returnValue = "";
@@ -337,10 +419,10 @@ async function boot() {
   document.body.dataset.ready = "true";
 }
 
+renderHome();
+new ShortcutHelp();
 $("#me").addEventListener("click", openIdentity);
-$("#share").addEventListener("click", openShare);
-$("#share-close").addEventListener("click", () => $("#share-dialog").close());
-for (const id of ["#share-dialog", "#identity", "#rescue"]) {
+for (const id of ["#share-dialog", "#identity", "#rescue", "#shortcuts"]) {
   $(id).addEventListener("close", () => {
     // Back to the editor, with the caret where it was (focusing alone may
     // let the browser put the DOM caret at the start).

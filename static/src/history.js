@@ -1,7 +1,8 @@
 // The History panel: a timeline of editing sessions (paged in lazily from
 // GET /api/docs/{doc}/history), a slider over versions, a read-only preview
 // of the chosen version with its differences from the current text (or who
-// wrote each character), and Restore / Copy to a new document / Download.
+// wrote each character), and Restore / Copy to a new document (the admin's) /
+// Download. Requests carry the token in a header (docapi.js, auth.js).
 //
 // Scrubbing stays responsive: the label follows the slider at once, text
 // and authorship are fetched after a short pause, in-flight requests for
@@ -12,6 +13,8 @@ import { EditorState, StateField, StateEffect, RangeSetBuilder } from "@codemirr
 import { EditorView, Decoration, WidgetType, lineNumbers } from "@codemirror/view";
 import { getSyncedVersion } from "@codemirror/collab";
 import { diffText } from "./diff.js";
+import { api, apiUrl, restoreVersion, download } from "./docapi.js";
+import { isAdmin } from "./auth.js";
 
 const PAGE = 200; // history entries per request
 const SESSION_GAP_S = 5 * 60; // a pause this long starts a new session
@@ -32,38 +35,6 @@ export function authorSlot(name) {
     h = Math.imul(h, 0x01000193) >>> 0;
   }
   return h % AUTHOR_COLORS;
-}
-
-function token() {
-  return new URLSearchParams(location.search).get("token");
-}
-
-function apiUrl(docName, tail, params = {}) {
-  const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) q.set(k, String(v));
-  const t = token();
-  if (t) q.set("token", t);
-  const s = q.toString();
-  return `/api/docs/${encodeURIComponent(docName)}${tail}${s ? `?${s}` : ""}`;
-}
-
-class ApiError extends Error {}
-
-async function api(url, init) {
-  let r;
-  try {
-    r = await fetch(url, init);
-  } catch (e) {
-    if (e.name === "AbortError") throw e;
-    throw new ApiError("The server could not be reached.");
-  }
-  if (r.ok) return r;
-  let message = `${r.status} ${r.statusText}`;
-  try {
-    const body = await r.json();
-    if (body && body.error && body.error.message) message = body.error.message;
-  } catch (_) { /* not JSON */ }
-  throw new ApiError(message);
 }
 
 function fmtTime(seconds, withDate) {
@@ -199,6 +170,10 @@ export class HistoryPanel {
     }
     $("#history-restore").addEventListener("click", () => this.restore());
     $("#history-fork").addEventListener("click", () => this.fork());
+    $("#history-download").addEventListener("click", (ev) => {
+      ev.preventDefault();
+      this.download();
+    });
     this.list.addEventListener("click", (ev) => {
       const item = ev.target.closest("[data-to]");
       if (item) this.select(Number(item.dataset.to));
@@ -216,6 +191,13 @@ export class HistoryPanel {
 
   toggle() {
     if (this.isOpen) this.close(); else this.open();
+  }
+
+  /** Open the panel on `version`, comparing it with the current text (a restore notice's "see it in History"). */
+  openAt(version) {
+    if (!this.isOpen) this.open();
+    this.setMode("changes");
+    this.select(version);
   }
 
   open() {
@@ -283,9 +265,8 @@ export class HistoryPanel {
   }
 
   renderRole() {
-    const view = this.getRole() === "view";
-    $("#history-restore").hidden = view;
-    $("#history-fork").hidden = view;
+    $("#history-restore").hidden = this.getRole() === "view";
+    $("#history-fork").hidden = !isAdmin; // a fork creates a document: the admin's (docs/protocol.md)
   }
 
   // ---- the session list ----
@@ -354,24 +335,22 @@ export class HistoryPanel {
       li.dataset.from = String(s.from);
       li.dataset.to = String(s.to);
       li.dataset.author = s.author;
-      li.tabIndex = 0;
-      li.setAttribute("role", "button");
-      li.addEventListener("keydown", (ev) => {
-        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); this.select(s.to); }
-      });
-      const dot = li.appendChild(document.createElement("span"));
+      const item = li.appendChild(document.createElement("button"));
+      item.type = "button";
+      item.className = "history-session-button";
+      const dot = item.appendChild(document.createElement("span"));
       dot.className = `author-dot ac${authorSlot(s.author)}`;
       dot.setAttribute("aria-hidden", "true");
-      const who = li.appendChild(document.createElement("span"));
+      const who = item.appendChild(document.createElement("span"));
       who.className = "history-author";
       who.textContent = s.author;
-      const when = li.appendChild(document.createElement("time"));
+      const when = item.appendChild(document.createElement("time"));
       when.className = "history-time";
       const withDate = now - s.end > 20 * 3600;
       when.textContent = s.start === s.end || fmtTime(s.start, withDate) === fmtTime(s.end, withDate)
         ? fmtTime(s.end, withDate) : `${fmtTime(s.start, withDate)}–${fmtTime(s.end, false)}`;
       when.dateTime = new Date(s.end * 1000).toISOString();
-      const counts = li.appendChild(document.createElement("span"));
+      const counts = item.appendChild(document.createElement("span"));
       counts.className = "history-counts";
       const ins = counts.appendChild(document.createElement("span"));
       ins.className = "count-ins";
@@ -379,11 +358,11 @@ export class HistoryPanel {
       const del = counts.appendChild(document.createElement("span"));
       del.className = "count-del";
       del.textContent = `−${s.deleted}`;
-      const what = li.appendChild(document.createElement("span"));
+      const what = item.appendChild(document.createElement("span"));
       what.className = "history-versions";
       what.textContent = (s.restored !== null ? `restored version ${s.restored} · ` : "")
         + (s.from === s.to ? `version ${s.to}` : `versions ${s.from}–${s.to}`);
-      li.title = `${s.author}: ${s.count} edit${s.count === 1 ? "" : "s"}, ${s.inserted} characters inserted, ${s.deleted} deleted. Click to see the text after it.`;
+      item.title = `${s.author}: ${s.count} edit${s.count === 1 ? "" : "s"}, ${s.inserted} characters inserted, ${s.deleted} deleted. Click to see the text after it.`;
     }
     if (!this.sessions.length && !this.hasOlder) {
       const li = list.appendChild(document.createElement("li"));
@@ -399,7 +378,7 @@ export class HistoryPanel {
     for (const li of this.list.querySelectorAll(".history-session")) {
       const on = this.selected !== null && Number(li.dataset.from) <= this.selected && this.selected <= Number(li.dataset.to);
       li.classList.toggle("selected", on);
-      li.setAttribute("aria-pressed", on ? "true" : "false");
+      li.firstChild.setAttribute("aria-pressed", on ? "true" : "false");
     }
   }
 
@@ -413,9 +392,6 @@ export class HistoryPanel {
     this.slider.value = String(version);
     this.renderLabel();
     this.markSelected();
-    const dl = $("#history-download");
-    dl.href = apiUrl(this.docName, "/export", { version });
-    dl.setAttribute("download", `${this.docName}-v${version}.txt`);
     this.root.dataset.state = "loading";
     if (this.abort) this.abort.abort();
     clearTimeout(this.scrubTimer);
@@ -531,14 +507,9 @@ export class HistoryPanel {
     button.disabled = true;
     this.note(`Restoring version ${version}…`);
     try {
-      const r = await api(apiUrl(this.docName, "/restore"), {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ version, author: this.getUser().name }),
-      });
-      const data = await r.json();
-      this.lastRestore = { from: version, version: data.version };
-      this.note(`Restored version ${version}: the text is now version ${data.version}. To undo, restore version ${data.version - 1}.`);
+      const made = await restoreVersion(this.docName, version, this.getUser().name);
+      this.lastRestore = { from: version, version: made };
+      this.note(`Restored version ${version}: the text is now version ${made}. To undo, restore version ${made - 1}.`);
     } catch (e) {
       this.note("");
       this.setError(`Could not restore version ${version}: ${e.message}`);
@@ -559,9 +530,7 @@ export class HistoryPanel {
     this.note(`Copying version ${version} to a new document…`);
     try {
       const r = await api(apiUrl(this.docName, "/fork"), {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ version, author: this.getUser().name }),
+        method: "POST", admin: true, json: { version, author: this.getUser().name },
       });
       const data = await r.json();
       const url = data.links && data.links.edit ? data.links.edit : `/d/${encodeURIComponent(data.name)}`;
@@ -579,6 +548,16 @@ export class HistoryPanel {
       this.showError(`Could not copy version ${version}: ${e.message}`);
     } finally {
       button.disabled = false;
+    }
+  }
+
+  async download() {
+    const version = this.selected;
+    if (version === null) return;
+    try {
+      await download(apiUrl(this.docName, "/export", { version }), `${this.docName}-v${version}.txt`);
+    } catch (e) {
+      this.setError(`Could not download version ${version}: ${e.message}`);
     }
   }
 

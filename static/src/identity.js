@@ -47,6 +47,20 @@ export function safeColor(color) {
   return "#888888";
 }
 
+/** Black or white, whichever reads better on `color` (a #hex colour; others get white): text on a person's colour. */
+export function inkFor(color) {
+  const m = /^#([0-9a-f]{3,4}|[0-9a-f]{6}|[0-9a-f]{8})$/i.exec(color || "");
+  if (!m) return "#ffffff";
+  let hex = m[1];
+  if (hex.length <= 4) hex = [...hex.slice(0, 3)].map((c) => c + c).join("");
+  const lin = (i) => {
+    const c = parseInt(hex.slice(i, i + 2), 16) / 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  };
+  const l = 0.2126 * lin(0) + 0.7152 * lin(2) + 0.0722 * lin(4);
+  return (1.05 / (l + 0.05)) >= (l + 0.05) / 0.05 ? "#ffffff" : "#000000"; // the higher contrast ratio
+}
+
 export function cleanName(name) {
   const s = String(name ?? "").replace(/\s+/g, " ").trim().slice(0, 40);
   return s || "Anonymous";

@@ -1,13 +1,17 @@
-// The landing page /: the list of documents and "New document".
+// The landing page /: the list of documents (searchable; rename and delete
+// on each row) and "New document". The admin's page: with access tokens the
+// list needs the admin token, which auth.js keeps in this tab (never in the
+// address); without it the page says how to get in instead of failing.
 
+import { accessControl } from "./auth.js";
+import { api, getJSON, apiUrl, ApiError } from "./docapi.js";
 import { randomDocName, DOC_NAME_RE } from "./identity.js";
 
 const $ = (sel) => document.querySelector(sel);
-const token = new URLSearchParams(location.search).get("token");
-const tokenQuery = token ? `?token=${encodeURIComponent(token)}` : "";
 
+/** A document's address: no token in it (this tab's admin token travels in headers and sessionStorage). */
 function docUrl(name) {
-  return `/d/${encodeURIComponent(name)}${tokenQuery}`;
+  return `/d/${encodeURIComponent(name)}`;
 }
 
 const UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400], ["hour", 3600], ["minute", 60]];
@@ -32,45 +36,174 @@ export function size(length) {
   return `${(length / 1e6).toFixed(1)}M characters`;
 }
 
-async function loadDocs() {
-  const body = $("#docs tbody");
+/**
+ * The rename, in words. The server answers {name, links} and sends links
+ * made for the old name on to the new one (collab/api.py, rename); an
+ * answer with "oldLinksWork": false would say they stopped working.
+ */
+export function renamedText(oldName, data) {
+  const base = `Renamed “${oldName}” to “${data.name}”.`;
+  if (data.oldLinksWork === false) return `${base} Links with the old name no longer work: send people the new links (Share, in the document).`;
+  return `${base} Links with the old name keep working: they lead to the new name. People who had it open were taken there.`;
+}
+
+let docs = [];
+
+// ---- the list --------------------------------------------------------------------
+
+function needsAdmin(e) {
+  $("#admin-only").hidden = true;
+  $("#docs").hidden = true;
   const note = $("#docs-note");
-  let docs;
+  note.className = "note note-error";
+  note.textContent = e.status === 401
+    ? "This server shows its documents only to its admin. If you run it, open its admin link: collab printed it when it started, and keeps it in the file admin-link (/var/lib/collab/admin-link with the systemd unit). To open a document, use the edit or view link someone shared with you."
+    : `This link cannot list the documents (${e.message}). To open a document, use the edit or view link someone shared with you.`;
+}
+
+async function loadDocs() {
+  const note = $("#docs-note");
   try {
-    const r = await fetch(`/api/docs${tokenQuery}`, { headers: { accept: "application/json" } });
-    const data = await r.json().catch(() => null);
-    if (!r.ok) throw new Error(data?.error?.message || `HTTP ${r.status}`);
-    docs = data.docs || [];
+    docs = (await getJSON("/api/docs", { headers: { accept: "application/json" } })).docs || [];
   } catch (e) {
+    if (e instanceof ApiError && (e.status === 401 || e.status === 403)) return needsAdmin(e);
     note.textContent = `Could not load the documents: ${e.message}`;
     note.className = "note note-error";
     return;
   }
   docs.sort((a, b) => (b.updated || 0) - (a.updated || 0));
-  body.textContent = "";
-  for (const d of docs) {
-    const tr = body.appendChild(document.createElement("tr"));
-    const nameCell = tr.appendChild(document.createElement("td"));
-    const a = nameCell.appendChild(document.createElement("a"));
-    a.href = docUrl(d.name);
-    a.textContent = d.name;
-    const when = tr.appendChild(document.createElement("td"));
-    if (d.updated) {
-      const t = when.appendChild(document.createElement("time"));
-      const date = new Date(d.updated * 1000);
-      t.dateTime = date.toISOString();
-      t.title = date.toLocaleString();
-      t.textContent = ago(d.updated);
-    }
-    const sz = tr.appendChild(document.createElement("td"));
-    sz.className = "num";
-    sz.textContent = size(d.length);
-    sz.title = typeof d.version === "number" ? `${d.version} edits` : "";
-  }
-  note.textContent = docs.length ? "" : "No documents yet. Start one with “New document”.";
-  note.className = "note";
-  $("#docs").hidden = !docs.length;
+  $("#doc-search").hidden = docs.length < 2;
+  render();
 }
+
+function render() {
+  const body = $("#docs tbody");
+  const note = $("#docs-note");
+  const query = $("#doc-search").value.trim().toLowerCase();
+  const shown = query ? docs.filter((d) => d.name.toLowerCase().includes(query)) : docs;
+  body.textContent = "";
+  for (const d of shown) body.appendChild(row(d));
+  note.className = "note";
+  if (!docs.length) note.textContent = "No documents yet. Start one with “New document”.";
+  else if (!shown.length) note.textContent = `No document name contains “${$("#doc-search").value.trim()}”.`;
+  else note.textContent = query ? `${shown.length} of ${docs.length} documents` : "";
+  $("#docs").hidden = !shown.length;
+}
+
+function row(d) {
+  const tr = document.createElement("tr");
+  tr.dataset.name = d.name;
+  const nameCell = tr.appendChild(document.createElement("td"));
+  nameCell.className = "doc-name-cell";
+  const a = nameCell.appendChild(document.createElement("a"));
+  a.href = docUrl(d.name);
+  a.textContent = d.name;
+  const when = tr.appendChild(document.createElement("td"));
+  when.className = "doc-when";
+  if (d.updated) {
+    const t = when.appendChild(document.createElement("time"));
+    const date = new Date(d.updated * 1000);
+    t.dateTime = date.toISOString();
+    t.title = date.toLocaleString();
+    t.textContent = ago(d.updated);
+  }
+  const sz = tr.appendChild(document.createElement("td"));
+  sz.className = "num doc-size";
+  sz.textContent = size(d.length);
+  sz.title = typeof d.version === "number" ? `${d.version} edits` : "";
+  const acts = tr.appendChild(document.createElement("td"));
+  acts.className = "doc-actions";
+  const rename = acts.appendChild(document.createElement("button"));
+  rename.type = "button";
+  rename.className = "link";
+  rename.dataset.action = "rename";
+  rename.textContent = "Rename";
+  rename.setAttribute("aria-label", `Rename ${d.name}`);
+  rename.addEventListener("click", () => askRename(d.name));
+  const del = acts.appendChild(document.createElement("button"));
+  del.type = "button";
+  del.className = "link danger-link";
+  del.dataset.action = "delete";
+  del.textContent = "Delete";
+  del.setAttribute("aria-label", `Delete ${d.name}`);
+  del.addEventListener("click", () => askDelete(d.name));
+  return tr;
+}
+
+function listNote(text, error = false) {
+  const note = $("#list-note");
+  note.textContent = text;
+  note.className = error ? "note note-error" : "note";
+}
+
+// ---- rename --------------------------------------------------------------------
+
+let renaming = null;
+
+function askRename(name) {
+  renaming = name;
+  $("#rename-title").textContent = `Rename “${name}”`;
+  $("#rename-name").value = name;
+  $("#rename-error").textContent = "";
+  $("#rename-dialog").showModal();
+  $("#rename-name").select();
+}
+
+async function rename(ev) {
+  ev.preventDefault();
+  const name = $("#rename-name").value.trim();
+  if (!DOC_NAME_RE.test(name)) {
+    $("#rename-error").textContent = "Use letters, digits, “-” and “_” only (up to 100).";
+    return;
+  }
+  if (name === renaming) {
+    $("#rename-dialog").close();
+    return;
+  }
+  const save = $("#rename-save");
+  save.disabled = true;
+  try {
+    const r = await api(apiUrl(renaming, "/rename"), { method: "POST", admin: true, json: { name } });
+    const data = await r.json();
+    $("#rename-dialog").close();
+    listNote(renamedText(renaming, data));
+    await loadDocs();
+  } catch (e) {
+    $("#rename-error").textContent = `Could not rename: ${e.message}`;
+  } finally {
+    save.disabled = false;
+  }
+}
+
+// ---- delete --------------------------------------------------------------------
+
+let deleting = null;
+
+function askDelete(name) {
+  deleting = name;
+  $("#delete-title").textContent = `Delete “${name}”?`;
+  $("#delete-text").textContent = `Its text and its whole history are removed for everyone, and its links stop working: people who have it open are cut off. This cannot be undone.`;
+  $("#delete-error").textContent = "";
+  $("#delete-dialog").showModal();
+  $("#delete-cancel").focus();
+}
+
+async function remove() {
+  const button = $("#delete-confirm");
+  button.disabled = true;
+  try {
+    await api(apiUrl(deleting), { method: "DELETE", admin: true });
+    $("#delete-dialog").close();
+    listNote(`Deleted “${deleting}”.`);
+    await loadDocs();
+  } catch (e) {
+    $("#delete-error").textContent = `Could not delete: ${e.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- new document ----------------------------------------------------------------
 
 function newDocument(ev) {
   ev.preventDefault();
@@ -86,6 +219,12 @@ function newDocument(ev) {
 
 $("#new-form").addEventListener("submit", newDocument);
 $("#new-name").addEventListener("input", () => { $("#new-error").textContent = ""; });
+$("#doc-search").addEventListener("input", render);
+$("#rename-form").addEventListener("submit", rename);
+$("#rename-cancel").addEventListener("click", () => $("#rename-dialog").close());
+$("#delete-cancel").addEventListener("click", () => $("#delete-dialog").close());
+$("#delete-confirm").addEventListener("click", remove);
 const suggested = randomDocName();
 $("#new-name").placeholder = suggested;
-loadDocs();
+document.body.dataset.access = accessControl ? "tokens" : "open";
+loadDocs().finally(() => { document.body.dataset.ready = "true"; });

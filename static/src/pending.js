@@ -153,6 +153,25 @@ export class PendingStore {
     }
   }
 
+  /** The document was renamed (same document, same versions): its records move to the new name, for the page that opens it there. */
+  moveTo(newName) {
+    const moves = [];
+    for (const prefix of [PENDING, BASE]) {
+      const from = `${prefix}${this.doc}:`;
+      for (let i = 0; i < localStorage.length; i++) {
+        const key = localStorage.key(i);
+        if (key && key.startsWith(from)) moves.push([key, `${prefix}${newName}:${key.slice(from.length)}`]);
+      }
+    }
+    for (const [from, to] of moves) {
+      try {
+        localStorage.setItem(to, localStorage.getItem(from));
+        localStorage.removeItem(from);
+      } catch (_) { /* storage full: the record stays under the old name */ }
+    }
+    this.doc = newName;
+  }
+
   /** Forget an adopted record (after its edits were confirmed or rescued). */
   drop(id) {
     localStorage.removeItem(this.pendingKey(id));

@@ -5,7 +5,7 @@
 
 import { StateField, StateEffect, EditorSelection } from "@codemirror/state";
 import { EditorView, layer, RectangleMarker } from "@codemirror/view";
-import { safeColor, cleanName } from "./identity.js";
+import { safeColor, cleanName, inkFor } from "./identity.js";
 
 /** {session, user: {name, color}, ranges: [{anchor, head}]}: set one peer (ranges in local coordinates). */
 export const setPeer = StateEffect.define({
@@ -79,6 +79,7 @@ class CaretMarker {
     caret.style.top = `${this.top}px`;
     caret.style.height = `${this.height}px`;
     caret.style.setProperty("--peer-color", this.color);
+    caret.style.setProperty("--peer-ink", inkFor(this.color));
     caret.title = this.name;
     caret.firstChild.textContent = this.name;
     // Near the top of the document the label goes below the line.

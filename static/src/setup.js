@@ -1,4 +1,6 @@
-// The editor's features: everything CodeMirror brings except syncing.
+// The editor's features: everything CodeMirror brings except syncing. No
+// fold gutter (it put a chevron on every wrapped paragraph); sections under a
+// heading still fold from the keyboard (foldKeymap, listed in shortcuts.js).
 
 import { EditorState, Compartment, Prec } from "@codemirror/state";
 import {
@@ -6,7 +8,7 @@ import {
   highlightSpecialChars, drawSelection, dropCursor, rectangularSelection, crosshairCursor,
 } from "@codemirror/view";
 import { defaultKeymap, history, historyKeymap, indentWithTab } from "@codemirror/commands";
-import { syntaxHighlighting, bracketMatching, indentOnInput, foldGutter, foldKeymap, LanguageSupport } from "@codemirror/language";
+import { syntaxHighlighting, bracketMatching, indentOnInput, foldKeymap, LanguageSupport } from "@codemirror/language";
 import { search, searchKeymap, highlightSelectionMatches } from "@codemirror/search";
 import { markdownLanguage, markdownKeymap } from "@codemirror/lang-markdown";
 import { tagHighlighter, tags as t } from "@lezer/highlight";
@@ -56,7 +58,6 @@ export function editorSetup() {
     highlightActiveLineGutter(),
     highlightSpecialChars(),
     history(),
-    foldGutter(),
     drawSelection(),
     dropCursor(),
     EditorState.allowMultipleSelections.of(true),
@@ -74,6 +75,6 @@ export function editorSetup() {
     new LanguageSupport(markdownLanguage, [Prec.high(keymap.of(markdownKeymap))]),
     keymap.of([...defaultKeymap, ...searchKeymap, ...historyKeymap, ...foldKeymap, indentWithTab]),
     themeConf.of(themeFor(!!(dark && dark.matches))),
-    EditorView.contentAttributes.of({ spellcheck: "true", "aria-label": "Document text" }),
+    EditorView.contentAttributes.of({ spellcheck: "true", "aria-label": "Document text", "aria-describedby": "editor-keys" }),
   ];
 }

@@ -42,7 +42,11 @@ export class CollabSession {
    * {name, color}, store (PendingStore, already claimed for clientID),
    * clientID, restore (an adopted pending record or null), limits (default:
    * the page's), and callbacks in `on`: status(info), error(text),
-   * rescue({text, count, fragments}), peers(list), role(role).
+   * rescue({text, count, fragments}), peers(list), role(role),
+   * restore(event) (an update made by a restore: the core's `restore`
+   * event), access(text) (access ended for good: the link was revoked or
+   * the document deleted; the editor is read-only from then on),
+   * renamed(to, text) (the document now has the name `to`).
    */
   constructor(opts) {
     Object.assign(this, {
@@ -56,6 +60,7 @@ export class CollabSession {
     this.wakeTimer = null;
     this.wakeAt = null;
     this.roleConf = new Compartment();
+    this.accessEnded = null;
     this.statusLog = [];
     this.lastStatus = null;
     this.saveTimer = null;
@@ -111,7 +116,7 @@ export class CollabSession {
   }
 
   roleExtension() {
-    const ro = this.role === "view";
+    const ro = this.role === "view" || this.accessEnded !== null;
     return [EditorState.readOnly.of(ro), EditorView.editable.of(!ro)];
   }
 
@@ -189,6 +194,14 @@ export class CollabSession {
       case "notice": this.on.error(e.text); break;
       case "problem": console.warn("collab: the server broke the protocol:", e.text); break;
       case "rescue": this.on.rescue({ text: e.text, count: e.count, fragments: e.fragments }); break;
+      case "restore": if (this.on.restore) this.on.restore(e); break;
+      case "renamed": if (this.on.renamed) this.on.renamed(e.to, e.text); else this.on.error(e.text); break;
+      case "access":
+        this.accessEnded = e.text;
+        if (this.view) this.view.dispatch({ effects: this.roleConf.reconfigure(this.roleExtension()) });
+        if (this.on.access) this.on.access(e.text);
+        else this.on.error(e.text);
+        break;
       case "role":
         if (this.view) this.view.dispatch({ effects: this.roleConf.reconfigure(this.roleExtension()) });
         this.on.role(e.role);
@@ -284,6 +297,7 @@ export class CollabSession {
   }
 
   reconnectNow() {
+    if (this.accessEnded !== null) return; // this page's link no longer opens the document: nothing to retry
     this.core.restart();
     this.dropSocket();
     this.connect();
@@ -305,12 +319,13 @@ export class CollabSession {
     else if (!navigator.onLine) state = "offline";
     else if (!core.everWelcomed && core.attempt === 0) state = "connecting";
     else state = "reconnecting";
-    return { state, pending: this.pendingCount(), retryAt: this.retryAt, stopped: core.stopped, role: this.role };
+    return { state, pending: this.pendingCount(), retryAt: this.retryAt, stopped: core.stopped, role: this.role,
+      accessEnded: this.accessEnded };
   }
 
   emitStatus() {
     const info = this.statusInfo();
-    const key = `${info.state}/${info.pending}/${info.retryAt}/${info.role}`;
+    const key = `${info.state}/${info.pending}/${info.retryAt}/${info.role}/${info.accessEnded !== null}`;
     if (key === this.lastStatus) return;
     this.lastStatus = key;
     if (!this.statusLog.length || this.statusLog[this.statusLog.length - 1] !== info.state) this.statusLog.push(info.state);

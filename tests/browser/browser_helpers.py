@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 
 
@@ -58,8 +59,14 @@ def set_cursor(page, pos: int) -> None:
 
 
 def server_doc(base_url: str, doc: str) -> dict:
-    with urllib.request.urlopen(f"{base_url}/api/docs/{doc}", timeout=10) as r:
-        return json.loads(r.read())
+    """The server's text and version; a document that does not exist yet (it comes to be at its first edit) is empty at 0."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/api/docs/{doc}", timeout=10) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            raise
+        return {"name": doc.split("?")[0], "version": 0, "doc": "", "exists": False}
 
 
 def wait_synced(pages, base_url: str, doc: str, timeout: float = 20.0) -> str:
@@ -97,3 +104,42 @@ def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+SECRET = "browser-team-secret-0123456789abcdef"
+
+
+def team_server(tmp_path, name: str = "team"):
+    """A server with access control on (a secret): returns (ServerProcess, admin token); kill() it when done."""
+    from collab.access import Access
+    from serverproc import ServerProcess
+
+    srv = ServerProcess(tmp_path / f"{name}.db", extra_args=["--secret", SECRET])
+    srv.start()
+    return srv, Access(SECRET.encode()).admin_token()
+
+
+def watch_page(page):
+    """Collect a page's script errors and Content-Security-Policy violations (as open_editor does)."""
+    page.collab_errors = []
+    page.on("pageerror", lambda e: page.collab_errors.append(str(e)))
+    page.csp_violations = []
+    page.on("console", lambda m: page.csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
+    return page
+
+
+def api_json(base_url: str, path: str, token: str | None = None, method: str = "GET", body: dict | None = None):
+    """A call of the HTTP API with the token in a header; returns (status, parsed JSON body)."""
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(base_url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")

@@ -53,7 +53,9 @@ def test_view_link_is_read_only(tmp_path, contexts):
         viewer_ctx.set_offline(True)  # in case the server keeps the open connection: reconnect
         viewer_ctx.set_offline(False)
         viewer.wait_for_function("() => window.__collab.status.state === 'stopped'")
-        assert "token" in viewer.inner_text("#messages").lower()
+        notice = viewer.wait_for_selector(".notice-access")
+        assert "links were reset" in notice.inner_text() and "new link" in notice.inner_text()
         assert "Not syncing" in viewer.inner_text("#status")
+        assert viewer.is_hidden("#reconnect")  # retrying a revoked link can never work
     finally:
         srv.kill()

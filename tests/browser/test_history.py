@@ -289,7 +289,7 @@ SECRET = "history-test-secret-0123456789abcdef"
 
 
 def test_history_with_access_tokens(tmp_path, contexts):
-    """With access control on, the panel passes the page's token on; fork opens the new document's edit link."""
+    """With access control on, the panel sends the page's token; fork is the admin's and opens the new document's edit link."""
     from collab.access import Access
     from serverproc import ServerProcess
 
@@ -319,8 +319,14 @@ def test_history_with_access_tokens(tmp_path, contexts):
             editor.click("#history-download")
         with open(dl.value.path(), encoding="utf-8") as f:
             assert f.read() == "version one"
-        with ctx.expect_page() as new_page:
-            editor.click("#history-fork")
+        assert editor.is_hidden("#history-fork")  # creating a document is the admin's
+        assert editor.is_visible("#history-restore")
+
+        first.click("#history-toggle")
+        scrub(first, [v1])
+        wait_shown(first, v1)
+        with first.context.expect_page() as new_page:
+            first.click("#history-fork")
         fork = new_page.value
         fork.wait_for_function("() => window.__collab && window.__collab.status.state === 'connected'")
         assert "token=" in fork.url and "token=" + admin not in fork.url  # the new document's own edit link

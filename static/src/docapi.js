@@ -1,0 +1,107 @@
+// The HTTP API as the pages call it (docs/protocol.md, "HTTP API"): URLs,
+// the token in a header (auth.js), errors as ApiError with the server's own
+// words, and restores, whose versions this page remembers so that it can
+// tell its own restores from other people's.
+//
+// What always holds here:
+//  - no URL built here carries a token: requests send it in a header;
+//  - state-changing requests send JSON with Content-Type: application/json
+//    (the server refuses anything else: httpguard);
+//  - a restore made from this page is known as ours before the version it
+//    made is looked at (`wasOwnRestore` waits for restores still in flight).
+
+import { authFetch, adminToken, withAuth } from "./auth.js";
+
+export class ApiError extends Error {
+  constructor(message, status = 0, code = "") {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** `/api/docs/{doc}{tail}?params` (no token: it goes in a header). */
+export function apiUrl(docName, tail = "", params = {}) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) q.set(k, String(v));
+  const s = q.toString();
+  return `/api/docs/${encodeURIComponent(docName)}${tail}${s ? `?${s}` : ""}`;
+}
+
+/** fetch with the page's token (or the admin's, `admin: true`); resolves to the Response when ok, else throws ApiError. */
+export async function api(url, init = {}) {
+  const { admin, json, ...rest } = init;
+  const req = json === undefined ? rest : {
+    ...rest,
+    headers: { ...(rest.headers || {}), "Content-Type": "application/json" },
+    body: JSON.stringify(json),
+  };
+  let r;
+  try {
+    r = admin && adminToken ? await fetch(url, withAuth(req, adminToken)) : await authFetch(url, req);
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new ApiError("The server could not be reached.");
+  }
+  if (r.ok) return r;
+  let message = `${r.status} ${r.statusText}`;
+  let code = "";
+  try {
+    const body = await r.json();
+    if (body && body.error && body.error.message) message = body.error.message;
+    if (body && body.error && body.error.code) code = body.error.code;
+  } catch (_) { /* not JSON */ }
+  throw new ApiError(message, r.status, code);
+}
+
+/** GET and parse JSON. */
+export async function getJSON(url, init) {
+  return (await api(url, init)).json();
+}
+
+// ---- restores -----------------------------------------------------------------
+
+const ownVersions = new Set();
+const inFlight = new Set();
+
+/** POST /restore: a new update bringing back the text of `version`; resolves to the new version. */
+export async function restoreVersion(docName, version, author) {
+  const call = (async () => {
+    const r = await api(apiUrl(docName, "/restore"), { method: "POST", json: { version, author } });
+    const data = await r.json();
+    ownVersions.add(data.version);
+    return data.version;
+  })();
+  inFlight.add(call);
+  try {
+    return await call;
+  } finally {
+    inFlight.delete(call);
+  }
+}
+
+/** Whether the update that made `version` came from a restore this page asked for. */
+export async function wasOwnRestore(version) {
+  await Promise.allSettled([...inFlight]);
+  return ownVersions.has(version);
+}
+
+/** One history entry (the update that made `version`), or null. */
+export async function historyEntry(docName, version) {
+  const { entries } = await getJSON(apiUrl(docName, "/history", { before: version + 1, limit: 1 }));
+  return entries && entries[0] && entries[0].version === version ? entries[0] : null;
+}
+
+/** Download `url` (fetched with the token) as `filename`: a link's href could not carry the header. */
+export async function download(url, filename) {
+  const blob = await (await api(url)).blob();
+  const href = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = href;
+  a.download = filename;
+  a.hidden = true;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(href), 10000);
+}
