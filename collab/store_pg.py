@@ -30,8 +30,12 @@ The interface and its rules are in storage.py; this backend keeps them so:
     connection (killed, server restarting) fails every caller of the
     transaction, even during COMMIT, whose outcome is then unknown: a room
     reloads from the database, which is the truth, and the next transaction
-    opens a new connection. `ping` (/healthz) goes through the same writer, so
-    it fails while the database is unreachable and succeeds again after;
+    opens a new connection. A connection found unusable before anything was
+    sent (closed while idle: killed, the server restarted) is replaced at once
+    and the transaction goes on; new connections are tried with a short,
+    doubling pause after a failed one. `ping` (/healthz) goes through the same
+    writer, so it fails while the database is unreachable and succeeds again
+    after;
   * reads use a pool (application_name `collab-reader`); a read of several
     statements runs in one REPEATABLE READ READ ONLY transaction, and a read
     that meets a dead pooled connection is tried again on a new one;
