@@ -96,7 +96,8 @@ def cluster(pg_server, database, redis, tmp_path, request):
     """Three processes with --redis, started together on an empty database; killed at the end.
 
     When the test failed, its folder (every process's log, the clients' events and reports, nginx's
-    logs) is copied to test-artifacts/cluster/<test>/ (gitignored) for the post-mortem."""
+    logs) and the database's update log (updates.tsv) are copied to test-artifacts/cluster/<test>/
+    (gitignored) for the post-mortem."""
     made = []
     failed_before = request.session.testsfailed
 
@@ -112,6 +113,9 @@ def cluster(pg_server, database, redis, tmp_path, request):
         keep = ARTIFACTS / request.node.name
         shutil.rmtree(keep, ignore_errors=True)
         shutil.copytree(tmp_path, keep, ignore=shutil.ignore_patterns("tls", "tmp", "*.pem"), dirs_exist_ok=True)
+        (keep / "updates.tsv").write_text(pg_server.sql(
+            "SELECT d.name, u.version, u.client_id, u.changes FROM updates u JOIN documents d ON d.id = u.doc_id "
+            "ORDER BY d.name, u.version", db=database).replace("|", "\t"))
         print(f"\nthe failed test's logs and client events are in {keep}")
 
 

@@ -335,7 +335,11 @@ export class CollabClient {
   // ---- the socket ------------------------------------------------------
 
   _violation(msg) {
-    const where = this.inFrame ? ` (in a ${this.inFrame} frame from ${this.url})` : '';
+    let where = this.inFrame ? ` (in a ${this.inFrame} frame from ${this.url})` : '';
+    if (this.inFrame === 'updates' && this.inData) {
+      // The frame that did not fit, for the post-mortem (the client recorded nothing of it).
+      where += ` frame ${this.inData.slice(0, 600)}; synced text length ${this.core.syncedDoc?.length}`;
+    }
     this.violations.push(`${this.clientID}: ${msg}${where}`);
   }
 
@@ -416,8 +420,9 @@ export class CollabClient {
       unconfirmed: this.core.unconfirmed.map((u) => u.changes.toJSON()), local: this.text(), received: String(data),
     } : null;
     this.inFrame = typeof data === 'string' ? (/"type"\s*:\s*"(\w+)"/.exec(data.slice(0, 60)) || [])[1] ?? '?' : 'binary';
+    this.inData = typeof data === 'string' ? data : null;
     this._run(this.core.receive(data, performance.now()));
-    this.inFrame = null;
+    this.inFrame = this.inData = null;
     if (before && this.core.state && splitPairs(this.core.syncedDoc, this.core.unconfirmed.map((u) => u.changes)).length) {
       this.dumped = true;
       writeFileSync(`${process.env.COLLAB_CLIENT_DEBUG_DIR || '/tmp'}/split-${this.clientID}.json`, JSON.stringify({
