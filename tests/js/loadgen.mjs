@@ -423,20 +423,31 @@ async function throughput(a) {
   await sleep(300);
   const byDoc = new Map();
   for (const c of clients) (byDoc.get(c.doc) ?? byDoc.set(c.doc, []).get(c.doc)).push(c);
-  let lengthsAgree = true;
+  // Every update inserts one character: the length is the version. With several servers a
+  // document's news may take a moment to reach the one answering, so disagreement is retried
+  // for up to 5 s before it counts.
   let server = null;
-  const names = [...byDoc.keys()];
-  for (let i = 0; i < names.length; i += 20) {
-    await Promise.all(names.slice(i, i + 20).map(async (name) => {
-      const cs = byDoc.get(name);
-      const got = await fetchDoc(cs[0].url, name);
-      if (name === c0.doc) server = got;
-      // Every update inserts one character: the length is the version.
-      if (!(cs.every((c) => c.length === got.doc.length && c.version === got.version) && got.doc.length === got.version)) {
-        lengthsAgree = false;
-      }
-    }));
+  let names = [...byDoc.keys()];
+  let disagree = [];
+  const agreeBy = performance.now() + 5000;
+  for (;;) {
+    disagree = [];
+    for (let i = 0; i < names.length; i += 20) {
+      await Promise.all(names.slice(i, i + 20).map(async (name) => {
+        const cs = byDoc.get(name);
+        const got = await fetchDoc(cs[0].url, name);
+        if (name === c0.doc) server = got;
+        if (!(cs.every((c) => c.length === got.doc.length && c.version === got.version) && got.doc.length === got.version)) {
+          disagree.push({ doc: name, server: [got.version, got.doc.length], clients: cs.map((c) => [c.version, c.length]) });
+        }
+      }));
+    }
+    if (!disagree.length || performance.now() > agreeBy) break;
+    names = disagree.map((d) => d.doc);
+    await sleep(250);
   }
+  const lengthsAgree = !disagree.length;
+  const disagreement = disagree.slice(0, 5).map((d) => `${d.doc}: served (version, length) ${d.server}, clients ${JSON.stringify(d.clients)}`);
   const accepted = ndocs > 1 ? acked.reduce((x, y) => x + y, 0) : v1 - v0;
   const windowS = (t1 - t0) / 1000;
   const result = {
@@ -450,7 +461,7 @@ async function throughput(a) {
     serverMem: procMemKB(pid),
     finalVersion: server.version,
     lengthsAgree,
-    problems: clients.flatMap((c) => c.problems).slice(0, 20),
+    problems: [...disagreement, ...clients.flatMap((c) => c.problems)].slice(0, 20),
   };
   if (ndocs > 1 || urls) {
     result.docs = ndocs;
