@@ -257,14 +257,22 @@ function onRenamed(to, text) {
   setTimeout(() => location.replace(tokenLink ? location.href : `/d/${encodeURIComponent(to)}`), 600);
 }
 
-/** The admin opened a document: the people to write with get its edit or view link, from Share. */
+const HINT_KEY = "collab:hint:share"; // set once the admin took the hint (opened Share or dismissed it)
+
+/** The admin opened a document: the people to write with get its edit or view link, from Share (said until taken). */
 function adminHint() {
   if (!accessControl || !adminToken || pageTokenKind !== "admin") return;
-  showNotice({
+  try {
+    if (localStorage.getItem(HINT_KEY)) return;
+  } catch (_) { /* no storage: say it */ }
+  const taken = () => { try { localStorage.setItem(HINT_KEY, "1"); } catch (_) { /* said again next time */ } };
+  const el = showNotice({
     kind: "hint", key: "share-hint",
     text: "To write together, send people this document’s edit or view link from Share. Those links open only this document.",
-    actions: [{ id: "share", label: "Share", run: (el) => { el.remove(); share.open(); } }],
+    actions: [{ id: "share", label: "Share", run: (notice) => { notice.remove(); taken(); share.open(); } }],
   });
+  el.querySelector("[data-action=dismiss]").addEventListener("click", taken);
+  $("#share").addEventListener("click", () => { el.remove(); taken(); }, { once: true });
 }
 
 // ---- rescue ----------------------------------------------------------------------------
