@@ -27,6 +27,7 @@ from __future__ import annotations
 from .errors import ChangeError
 
 KEEP = -1
+_new = object.__new__
 
 
 def utf16_len(s: str) -> int:
@@ -90,6 +91,38 @@ class ChangeSet:
         bools or floats), inserted lines strings without CR/LF or lone
         surrogates. Whether the set fits a document is checked when applying.
         """
+        # Fast path, a keystroke: `[n, [d, "line"], m]` with one plain ASCII line,
+        # or a deletion `[n, [d], m]`. Exactly what the general parser below
+        # builds for these shapes; anything else, or anything doubtful, goes there.
+        if type(value) is list and len(value) == 3:
+            before, part, after = value
+            if type(before) is int and type(after) is int and type(part) is list and before >= 0 and after >= 0:
+                k = len(part)
+                if k == 2:
+                    deleted, line = part
+                    if (type(deleted) is int and type(line) is str and deleted >= 0 and line.isascii()
+                            and "\n" not in line and "\r" not in line):
+                        n = len(line)
+                        cs = _new(cls)  # __init__ skipped: the fields are set right here
+                        cs.sections = [before, KEEP, deleted, n, after, KEEP]
+                        cs.inserted = ["", line, ""]
+                        cs.length = before + deleted + after
+                        cs.new_length = before + n + after
+                        return cs
+                elif k == 1:
+                    deleted = part[0]
+                    if type(deleted) is int and deleted >= 0:
+                        cs = _new(cls)
+                        cs.sections = [before, KEEP, deleted, 0, after, KEEP]
+                        cs.inserted = ["", "", ""]
+                        cs.length = before + deleted + after
+                        cs.new_length = before + after
+                        return cs
+        return cls._parse(value)
+
+    @classmethod
+    def _parse(cls, value) -> "ChangeSet":
+        """The general parser behind `from_json`."""
         if type(value) is not list:
             raise ChangeError(f"changes must be a list, got {type(value).__name__}")
         sections: list[int] = []
@@ -131,8 +164,17 @@ class ChangeSet:
 
     def to_json(self) -> list:
         """CodeMirror's ChangeSet.toJSON()."""
-        out: list = []
         sections, inserted = self.sections, self.inserted
+        if len(sections) == 6 and sections[1] == KEEP and sections[5] == KEEP and sections[3] >= 0:
+            # Fast path: one replacement between two keeps (what typing makes).
+            n = sections[2]
+            return [sections[0], [n, *inserted[1].split("\n")] if sections[3] else [n], sections[4]]
+        return self._to_json()
+
+    def _to_json(self) -> list:
+        """The general serialiser behind `to_json`."""
+        sections, inserted = self.sections, self.inserted
+        out: list = []
         for i in range(0, len(sections), 2):
             n, ins = sections[i], sections[i + 1]
             if ins < 0:
@@ -162,9 +204,18 @@ class ChangeSet:
         [[2, "xy"], 1] inserts "xy" twice). The server normalises what clients
         push, so such sets never reach a rebase.
         """
+        s, texts = self.sections, self.inserted
+        if len(s) == 6 and s[1] == KEEP and s[5] == KEEP and s[3] >= 0 and s[0] and s[4] and (s[2] or s[3]):
+            # Fast path: one non-empty replacement between two non-empty keeps
+            # is normalised already (`_normalized` would rebuild it as it is).
+            return self
+        return self._normalized()
+
+    def _normalized(self) -> "ChangeSet":
+        """The general normaliser behind `normalized`."""
+        s, texts = self.sections, self.inserted
         sections: list[int] = []
         values: list[str] = []
-        s, texts = self.sections, self.inserted
         for i in range(0, len(s), 2):
             # No forced joins: a deletion followed by an insertion stays two
             # sections, since merging them would move tie-breaks and positions.

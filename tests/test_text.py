@@ -2,7 +2,7 @@
 
 With a chunk size of a few code points every edit crosses chunk boundaries,
 splits and merges chunks, and moves the remembered cursor back and forth, so
-the property covers what a 2,048-code-point chunk only reaches on big
+the property covers what a 512-code-point chunk only reaches on big
 documents.
 """
 

@@ -1,0 +1,151 @@
+"""The keystroke fast paths of collab/changes.py and collab/text.py, against their general paths.
+
+`ChangeSet.from_json`, `to_json`, `normalized` and `Text.apply`, `invert`
+take a shortcut for one replacement between two keeps (`[n, [d, "x"], m]`,
+what typing sends) and hand everything else to `_parse`, `_to_json`,
+`_normalized`, `_apply`, `_invert`. Each shortcut must be invisible: the same
+result (field for field, the text's chunks and cursor included) or the same
+ChangeError as the general path, for well-formed and malformed input alike.
+The inputs are built around the shortcut's shape, with the values that must
+make it step aside (bools, negatives, line breaks, non-ASCII and astral text,
+lone surrogates, positions inside a surrogate pair, chunk edges).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from collab import text as text_module
+from collab.changes import ChangeError, ChangeSet, utf16_len
+from collab.text import Text
+
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+counts = st.one_of(st.integers(0, 6), st.integers(-2, -1), st.booleans(), st.just(1.0), st.just("1"), st.none())
+lines = st.one_of(
+    st.sampled_from(["", "x", "ab", " ", "\t", "é", "中", "😀", "a\nb", "\r", "\x00", "\ud800", "a\ud83d"]),
+    st.text(max_size=3), st.integers(0, 2), st.none())
+parts = st.one_of(st.lists(st.one_of(counts, lines), max_size=4),
+                  st.tuples(counts).map(list), st.tuples(counts, lines).map(list),
+                  st.tuples(counts, lines, lines).map(list))
+small = st.integers(0, 3)
+good_lines = st.sampled_from(["", "x", "ab", " ", "é", "😀", "\t"])
+keystrokes = st.tuples(small, st.one_of(st.tuples(small).map(list), st.tuples(small, good_lines).map(list),
+                                        st.tuples(small, good_lines, good_lines).map(list)), small).map(list)
+values = st.one_of(
+    keystrokes,  # the shortcut's shape, well-formed (zero lengths included)
+    st.tuples(counts, parts, counts).map(list),  # the shortcut's shape, good or bad
+    st.lists(st.one_of(counts, parts), max_size=4),
+    st.sampled_from([None, 3, "x", (1, [0, "x"], 2), {"a": 1}]),
+)
+
+
+def outcome(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except ChangeError as exc:
+        return ("error", exc.message)
+
+
+def fields(cs: ChangeSet) -> tuple:
+    return type(cs), cs.sections, cs.inserted, cs.length, cs.new_length
+
+
+@SETTINGS
+@given(values)
+@example([3, [1, "x"], 2])
+@example([0, [0], 0])
+@example([True, [0, "x"], 1])
+@example([1, [0, "a\nb"], 1])
+@example([1, [0, "\ud800"], 1])
+def test_from_json_equals_the_general_parser(value):
+    fast, general = outcome(ChangeSet.from_json, value), outcome(ChangeSet._parse, value)
+    if fast[0] == "ok" and general[0] == "ok":
+        assert fields(fast[1]) == fields(general[1])
+    else:
+        assert fast == general
+
+
+@SETTINGS
+@given(values)
+@example([1, [0, "x"], 0])
+@example([0, [1, "x"], 1])
+@example([1, [0], 1])
+@example([1, [0, ""], 1])
+def test_to_json_and_normalized_equal_their_general_paths(value):
+    try:
+        cs = ChangeSet._parse(value)
+    except ChangeError:
+        return
+    assert cs.to_json() == cs._to_json()
+    assert fields(cs.normalized()) == fields(cs._normalized())
+
+
+# ------------------------------------------------------------------ Text
+
+# Documents with astral characters (so positions can cut pairs and chunks are
+# "wide"), accented letters and line breaks; inserts that do and do not keep
+# a chunk narrow.
+DOC_CHARS = "aaaabbbcc  é中😀\n"
+INSERTS = ["x", "ab", "", "é", "😀", "a\nb", "\t", "xyz" * 5]
+
+
+def state(doc: Text) -> tuple:
+    return doc.chunks, doc.sizes, doc.length, doc.wide, doc._at, doc._at_pos
+
+
+def keystroke(rng: random.Random, length: int) -> list:
+    """`[n, [d, ...lines], m]` on a document of `length` UTF-16 units (any n, d: they may cut a pair)."""
+    start = rng.randint(0, length)
+    deleted = rng.choice([0, 0, 1, 1, 2, rng.randint(0, length - start)]) if length > start else 0
+    deleted = min(deleted, length - start)
+    text = rng.choice(INSERTS)
+    return [start, [deleted, *text.split("\n")] if text else [deleted], length - start - deleted]
+
+
+@pytest.mark.parametrize("chunk", [3, 8, 64])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_text_apply_and_invert_equal_their_general_paths(monkeypatch, chunk, seed):
+    monkeypatch.setattr(text_module, "CHUNK", chunk)
+    rng = random.Random(seed)
+    plain = "".join(rng.choice(DOC_CHARS) for _ in range(rng.randint(0, 4 * chunk)))
+    if rng.random() < 0.5:
+        plain = plain.replace("😀", "a")  # a narrow document: no chunk is wide
+    fast, general = Text(plain), Text(plain)
+    for _ in range(40):
+        if rng.random() < 0.2:  # move both cursors somewhere else (a peer typing elsewhere)
+            pos = rng.randint(0, fast.length)
+            fast._locate(pos)
+            general._locate(pos)
+        js = keystroke(rng, fast.length)
+        cs = ChangeSet.from_json(js)
+        # On copies: invert reads the text, and where it leaves the cursor (a
+        # hint for the next lookup, never visible) may differ.
+        inverse, want_inverse = outcome(fast.copy().invert, cs), outcome(general.copy()._invert, cs)
+        assert inverse[0] == want_inverse[0]
+        assert fields(inverse[1]) == fields(want_inverse[1]) if inverse[0] == "ok" else inverse == want_inverse
+        got = outcome(fast.apply, cs)
+        want = outcome(general._apply, cs.sections, cs.inserted)
+        assert got == want, js
+        assert state(fast) == state(general), js
+        assert str(fast) == str(general)
+        if got[0] == "ok":
+            plain = cs.apply_to_str(plain)
+        assert str(fast) == plain and fast.length == utf16_len(plain)
+
+
+def test_a_keystroke_is_applied_where_the_cursor_is_and_elsewhere(monkeypatch):
+    monkeypatch.setattr(text_module, "CHUNK", 4)
+    doc = Text("abcdefghijklmnop")  # chunks of 4
+    doc.apply(ChangeSet.from_json([2, [0, "X"], 14]))   # in the cursor's chunk
+    doc.apply(ChangeSet.from_json([15, [1, "Y"], 1]))   # in another chunk
+    doc.apply(ChangeSet.from_json([4, [0, "Z"], 13]))   # at a chunk's edge
+    doc.apply(ChangeSet.from_json([18, [0, "!"], 0]))   # at the very end
+    assert str(doc) == "abXcZdefghijklmnYp!"
+    with pytest.raises(ChangeError, match="length"):
+        doc.apply(ChangeSet.from_json([1, [0, "x"], 1]))
+    assert str(doc) == "abXcZdefghijklmnYp!"
