@@ -193,9 +193,10 @@ async function onRestore(e) {
   const who = author || "Someone";
   const which = restored !== null ? `version ${restored}` : "an earlier version";
   const removed = e.removedLength;
-  const text = removed
-    ? `The text is now as it was at ${which}: ${plural(removed, "character")} written since were removed from everyone’s screen${e.mine ? ", and your latest words may be among them" : ""}. Your edits that were still on their way were kept.`
-    : `The text is now as it was at ${which}; nothing was removed.`;
+  const text = (removed
+    ? `The text is now as it was at ${which}: ${plural(removed, "character")} written since were removed from everyone’s screen.`
+    : `The text is now as it was at ${which}; nothing was removed.`)
+    + (e.mine ? " What you typed while it happened was kept; your words from before may be among the removed ones." : "");
   const canUndo = session.role !== "view" && session.accessEnded === null;
   const actions = [{
     id: "see", label: "See what changed", run: () => historyPanel.openAt(e.version - 1),

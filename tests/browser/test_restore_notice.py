@@ -18,7 +18,7 @@ from .browser_helpers import open_editor, server_doc, set_user, wait_synced
 from .test_history import info, scrub, wait_shown
 
 
-def test_restore_notice_and_undo(server, contexts):
+def test_restore_notice_and_undo(server, contexts, artifacts):
     doc = "restore-notice"
     people = {}
     for name, color in (("Alice", "#e5484d"), ("Bob", "#0090ff"), ("Carol", "#30a46c")):
@@ -63,6 +63,7 @@ def test_restore_notice_and_undo(server, contexts):
     assert bob.inner_text(".notice-restore .notice-title").startswith(f"Alice restored version {before}")
     bob.click(".notice-restore summary")
     assert sentence in bob.inner_text(".notice-restore .notice-removed")
+    bob.screenshot(path=str(artifacts / "restore-notice.png"))
     # Carol, who typed nothing, is told too; Alice, who restored, is not.
     carol.wait_for_selector(".notice-restore")
     assert f"Alice restored version {before}" in carol.inner_text(".notice-restore .notice-title")
