@@ -12,6 +12,10 @@ Usage (from the repository root):
     .venv/bin/python bench/load.py compare --db sqlite,postgres
                                                 # the backends side by side: e) with 1 x 4 and
                                                 # 200 x 2 clients, commit latency, typing p99
+    .venv/bin/python bench/load.py compare-reference [--rounds 3] [--loops asyncio,uvloop]
+                                                # collab against CodeMirror's own authority
+                                                # (bench/reference.mjs), alternately, every
+                                                # figure as collab / reference
 
 Every mode takes `--db`: a comma-separated list of databases to run it on,
 each `sqlite` (a temporary file; `sqlite:full` with --sync full), `postgres`
@@ -38,9 +42,12 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -48,11 +55,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serverproc import ServerProcess  # noqa: E402
+from serverproc import ServerProcess, free_port  # noqa: E402
 from trace_replay import WHERE_TO_GET, add_trace_argument  # noqa: E402
 
 LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
 PUSHERS = ROOT / "bench" / "pushers.mjs"
+REFERENCE = ROOT / "bench" / "reference.mjs"
+UVLOOP_LAUNCHER = ROOT / "bench" / "serve_uvloop.py"
 # A benchmark that *is* one busy client per connection lifts every per-connection and
 # per-document rate limit (they protect a public server from one client), and says so.
 UNLIMITED = ["--rate", "1000000", "--burst", "1000000", "--update-rate", "1000000", "--update-burst", "1000000",
@@ -299,9 +308,195 @@ def compare_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- compare-reference
+#
+# collab and CodeMirror's own authority (bench/reference.mjs: @codemirror/collab's
+# rebaseUpdates in one Node process, in memory, nothing durable) under the same load
+# generator, one after the other in every round (the order flips each round), so
+# that a noisy machine slows both alike. Each figure is reported as the median over
+# the rounds with its range, and as the ratio collab / reference taken within each
+# round (paired), then its median and range.
+
+REFERENCE_WORKLOADS = {
+    # key: (title, loadgen mode, loadgen arguments, collab server arguments)
+    "push4": ("4 clients pushing as fast as acknowledged, one document", "throughput", ["--clients", "4"],
+              UNLIMITED),
+    "docs20x5": ("20 documents x 5 typists x 2 edits/s", "typing",
+                 ["--docs", "20", "--clients", "100", "--rate", "2"], ["--max-conns-per-addr", "100000"]),
+    "typing10": ("10 typists x 5 edits/s on one document", "typing", [], []),
+    "idle10k": ("10,000 idle connections over 1,000 documents", "idle",
+                ["--conns", "10000", "--docs", "1000", "--check", "--settle", "3000"],
+                ["--max-conns-per-addr", "100000", "--max-conns-per-doc", "100000", "--max-connections", "100000"]),
+}
+
+
+class LaunchedServer(ServerProcess):
+    """A collab server started through a launcher script (bench/serve_uvloop.py) instead of `-m collab`."""
+
+    def __init__(self, launcher: Path, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.launcher = launcher
+
+    def launch(self) -> "LaunchedServer":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(self.launcher), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--db", str(self.db), *self.extra_args],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        return self
+
+
+class ReferenceServer:
+    """bench/reference.mjs on a free port of 127.0.0.1; started when /healthz answers."""
+
+    def __init__(self, node: str, log_path: Path):
+        self.node, self.log_path, self.port, self.proc = node, log_path, free_port(), None
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> "ReferenceServer":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([self.node, str(REFERENCE), "--port", str(self.port)], cwd=ROOT,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"reference exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"reference did not answer in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def run_loadgen(server, mode: str, node: str, extra: list[str], timeout: float) -> dict:
+    """tests/js/loadgen.mjs `mode` against a started server (collab or the reference)."""
+    args = [node, str(LOADGEN), mode, "--url", server.ws_url, "--server-pid", str(server.proc.pid),
+            "--clk-tck", str(os.sysconf("SC_CLK_TCK")), *extra]
+    proc = subprocess.run(args, cwd=LOADGEN.parent, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}\nserver log:\n{server.log()[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+def reference_figures(key: str, r: dict) -> tuple[dict, list[str]]:
+    """The figures of one run ({name: value}, lower is better unless the name says /s) and what broke."""
+    problems = list(r.get("problems") or [])
+    if r["mode"] == "throughput":
+        figures = {"edits/s": r["acceptedPerS"], "CPU-ms / 1,000 edits": r["serverCpuMsPer1000"],
+                   "push->ack p99 ms": r["ackLatencyMs"]["p99"]}
+        if not r["lengthsAgree"]:
+            problems.append("lengths disagree")
+    elif r["mode"] == "typing":
+        n = r["acceptedInWindow"] or 1
+        figures = {"CPU-ms / 1,000 edits": r["serverCpuMs"] / n * 1000, "edits/s": r["acceptedPerS"],
+                   "edit-to-peer p50 ms": r["latencyMs"]["p50"], "edit-to-peer p99 ms": r["latencyMs"]["p99"]}
+        if not r["converged"]:
+            problems.append("did not converge")
+    else:
+        served = r.get("served") or {}
+        figures = {"KB / connection": r["perConnKB"], "marginal KB / connection": r["marginalPerConnKB"],
+                   "pongs": served.get("pongs"), "ping round ms": served.get("pingMs"),
+                   "edit reached": served.get("editReached"), "edit to all ms": served.get("editMs")}
+        if r["connections"] != r["expected"] or not served.get("all"):
+            problems.append(f"not all served: {r['connections']:,} of {r['expected']:,} open, "
+                            f"{served.get('pongs')} pongs, edit reached {served.get('editReached')}")
+    return figures, problems
+
+
+def spread(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    med = statistics.median(values)
+    nd = 0 if abs(med) >= 100 else (1 if abs(med) >= 10 else 2)
+    return f"{med:,.{nd}f} ({min(values):,.{nd}f}-{max(values):,.{nd}f})"
+
+
+def compare_reference(a, node: str) -> tuple[list[dict], bool]:
+    """Every workload of `--only` on collab (each --db x --loops) and on the reference, alternately, `--rounds` times."""
+    keys = [k.strip() for k in a.only.split(",") if k.strip()]
+    for k in keys:
+        if k not in REFERENCE_WORKLOADS:
+            raise SystemExit(f"--only: unknown workload {k} (one of {', '.join(REFERENCE_WORKLOADS)})")
+    loops = [x.strip() for x in a.loops.split(",") if x.strip()]
+    all_ok, rows = True, []
+    with ExitStack() as stack:
+        dbs = [Database(spec.strip(), stack) for spec in a.db.split(",") if spec.strip()]
+        variants = [(f"collab {db.label}" + (f" {loop}" if len(loops) > 1 or loop != "asyncio" else ""), db, loop)
+                    for db in dbs for loop in loops]
+        for key in keys:
+            title, mode, extra, server_args = REFERENCE_WORKLOADS[key]
+            extra = list(extra)
+            if a.duration and mode in ("typing", "throughput"):
+                extra += ["--duration", str(int(a.duration * 1000))]
+            runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+            runs["reference"] = []
+            for rnd in range(a.rounds):
+                order = [*variants, ("reference", None, None)]
+                if rnd % 2:
+                    order.reverse()
+                for name, db, loop in order:
+                    tmp = Path(tempfile.mkdtemp(prefix=f"collab-vs-{key}-"))
+                    try:
+                        if db is None:
+                            server = ReferenceServer(node, tmp / "reference.log").start()
+                        else:
+                            cls_args = (db.fresh(tmp),)
+                            kw = dict(extra_args=server_args + db.server_args, log_path=tmp / "server.log")
+                            server = (LaunchedServer(UVLOOP_LAUNCHER, *cls_args, **kw) if loop == "uvloop"
+                                      else ServerProcess(*cls_args, **kw))
+                            server.start(timeout=60)
+                        try:
+                            r = run_loadgen(server, mode, node, extra, timeout=900)
+                        finally:
+                            server.kill()
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    figures, problems = reference_figures(key, r)
+                    runs[name].append({"figures": figures, "problems": problems, "raw": r})
+                    all_ok &= not problems
+                    shown = "; ".join(f"{f} {fmt(v, '', 2)}" for f, v in figures.items())
+                    print(f"  [{key} round {rnd + 1}/{a.rounds}] {name}: {shown}"
+                          + (f"  PROBLEMS: {'; '.join(problems[:3])}" if problems else ""), flush=True)
+            rows.append({"key": key, "title": title, "runs": runs})
+            print(reference_table([rows[-1]], a.rounds), flush=True)
+            print(flush=True)
+    return rows, all_ok
+
+
+def reference_table(rows: list[dict], rounds: int) -> str:
+    """Per workload and figure: each side's median (range) over the rounds, and collab / reference per round."""
+    lines = []
+    for row in rows:
+        ref = row["runs"]["reference"]
+        lines.append(f"== {row['title']} ({rounds} rounds; median (min-max))")
+        for name, runs in row["runs"].items():
+            if name == "reference":
+                continue
+            lines.append(f"  {'':26}{name[:30]:>32}{'reference':>26}{'collab / reference':>24}")
+            for figure in runs[0]["figures"]:
+                ours = [x["figures"][figure] for x in runs]
+                theirs = [x["figures"][figure] for x in ref]
+                ratios = [o / t for o, t in zip(ours, theirs) if o is not None and t]
+                lines.append(f"  {figure:26}{spread(ours):>32}{spread(theirs):>26}"
+                             f"{(spread(ratios) + 'x') if ratios else 'n/a':>24}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("bench", choices=[*BENCHES, "all", "compare"])
+    p.add_argument("bench", choices=[*BENCHES, "all", "compare", "compare-reference"])
     p.add_argument("--duration", type=float, help="seconds of measurement (typing default 20, throughput and "
                    "docs 10)")
     p.add_argument("--db", default="sqlite", help="comma-separated databases: sqlite, sqlite:full, postgres, "
@@ -309,6 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", type=int, default=200, help="documents for `docs` (default 200)")
     p.add_argument("--per-doc", type=int, default=2, help="clients per document for `docs` (default 2)")
     p.add_argument("--json", action="store_true", help="also print the raw results as JSON")
+    p.add_argument("--rounds", type=int, default=3, help="compare-reference: rounds, each running collab and "
+                   "the reference once per workload (default 3)")
+    p.add_argument("--only", default=",".join(REFERENCE_WORKLOADS), help="compare-reference: comma-separated "
+                   f"workloads (default all: {', '.join(REFERENCE_WORKLOADS)})")
+    p.add_argument("--loops", default="asyncio", help="compare-reference: collab's event loops, comma-separated "
+                   "(asyncio, uvloop: through bench/serve_uvloop.py; default asyncio)")
     add_trace_argument(p)
     a = p.parse_args(argv)
     if a.bench in ("trace", "all") and not a.trace.is_file():
@@ -321,6 +522,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (LOADGEN.parent / "node_modules" / "@codemirror" / "collab").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=LOADGEN.parent, check=True)
     raise_nofile()
+    if a.bench == "compare-reference":
+        rows, ok = compare_reference(a, node)
+        print("== summary: collab / reference per round, median (min-max)")
+        print(reference_table(rows, a.rounds), flush=True)
+        if a.json:
+            print(json.dumps(rows, indent=1))
+        return 0 if ok else 1
     if a.bench == "compare":
         runs = [("docs", "1x4", ["--docs", "1", "--per-doc", "4"]), ("docs", "200x2", ["--docs", "200", "--per-doc", "2"]),
                 ("typing", "typing", [])]

@@ -4,10 +4,14 @@
 //   typing     N full @codemirror/collab clients typing R edits/s each into one doc;
 //              edit-to-peer latency percentiles. Without presence frames unless
 //              --presence on (the editor sends its caret after edits and acks).
+//              --docs D spreads them over D documents (`<doc>-0` ... `<doc>-(D-1)`,
+//              client i on document i mod D); acceptedInWindow then sums them all.
 //   throughput N lightweight clients, each pushing one single-edit update and the next
 //              right after its ack; accepted updates/s and server CPU per 1,000 updates.
 //   idle       C connections over D documents that say hello and then sit idle;
-//              server RSS per connection.
+//              server RSS per connection. --check: then prove every one is still
+//              served: a WebSocket ping to each (its pong counted), and one edit
+//              pushed into each document that must reach every connection of it.
 //   trace      one full client replays an editing trace (josephg/editing-traces format),
 //              batching its unconfirmed edits into each push while one is in flight.
 //
@@ -157,6 +161,8 @@ async function typing(a) {
   const durationMs = Number(a.duration ?? 20000);
   const warmupMs = Number(a.warmup ?? 2000);
   const doc = a.doc ?? 'typing';
+  const ndocs = Number(a.docs ?? 1);
+  const docOf = (i) => (ndocs > 1 ? `${doc}-${i % ndocs}` : doc);
   const rng = makeRng(Number(a.seed ?? 7));
   const urls = listOf(a.urls);
   const byId = new Map();
@@ -180,7 +186,7 @@ async function typing(a) {
   };
   const clients = [];
   for (let i = 0; i < n; i++) {
-    const c = new CollabClient({ url: urls ? urls[i % urls.length] : a.url, doc, clientID: `typist-${i}`, rng: makeRng(Math.floor(rng() * 2 ** 32)),
+    const c = new CollabClient({ url: urls ? urls[i % urls.length] : a.url, doc: docOf(i), clientID: `typist-${i}`, rng: makeRng(Math.floor(rng() * 2 ** 32)),
       record: false, autoReconnect: false, onUpdates, presence: a.presence === 'on' });
     c.editTimes = [];
     c.seenFrom = new Map();
@@ -223,6 +229,9 @@ async function typing(a) {
   const t0 = performance.now();
   for (const c of clients) c.measureFrom = t0;
   const v0 = clients[0].version();
+  // With --docs, one client per document tells that document's version.
+  const heads = clients.slice(0, Math.min(ndocs, n));
+  const hv0 = heads.map((c) => c.version());
   const cpu0 = procCpuMs(pid, clk);
   const g0 = cpuSnapshot(groups, clk);
   const ucpu0 = process.cpuUsage();
@@ -233,6 +242,7 @@ async function typing(a) {
   const ucpu1 = process.cpuUsage(ucpu0);
   const m1 = await countersOf(metricUrls);
   const v1 = clients[0].version();
+  const hv1 = heads.map((c) => c.version());
   for (const t of timers) { clearTimeout(t); clearInterval(t); }
   // Let the last edits arrive, then make sure everyone agrees.
   const deadline = performance.now() + 10000;
@@ -240,11 +250,11 @@ async function typing(a) {
   while (performance.now() < deadline) {
     await sleep(50);
     if (clients.some((c) => c.pending() || c.inFlight)) continue;
-    server = await fetchDoc(a.url, doc);
-    if (clients.every((c) => c.version() === server.version)) break;
+    server = await fetchDoc(a.url, docOf(0));
+    if (clients.every((c, i) => i % ndocs || c.version() === server.version)) break;
   }
   const windowS = (t1 - t0) / 1000;
-  const texts = new Set(clients.map((c) => c.text()));
+  const texts = new Set(clients.filter((_, i) => i % ndocs === 0).map((c) => c.text()));
   const result = {
     mode: 'typing', clients: n, ratePerClient: rate, windowS,
     edits: clients.reduce((s, c) => s + c.editTimes.length, 0),
@@ -258,6 +268,22 @@ async function typing(a) {
     finalVersion: server && server.version,
     problems: clientProblems(clients).slice(0, 20),
   };
+  if (ndocs > 1) {
+    // Every document: its clients agree with the server (the loop above waited for document 0).
+    result.docs = ndocs;
+    result.acceptedInWindow = hv1.reduce((x, v, k) => x + v - hv0[k], 0);
+    result.acceptedPerS = result.acceptedInWindow / windowS;
+    for (let k = 0; k < ndocs && k < n; k++) {
+      const cs = clients.filter((_, i) => i % ndocs === k);
+      let got = null;
+      for (let tries = 0; tries < 100; tries++) {
+        got = await fetchDoc(a.url, docOf(k));
+        if (!cs.some((c) => c.pending() || c.inFlight) && cs.every((c) => c.version() === got.version)) break;
+        await sleep(50);
+      }
+      if (!cs.every((c) => c.version() === got.version && c.text() === got.doc)) result.converged = false;
+    }
+  }
   if (urls) {
     Object.assign(result, { urls, latencyMsSameServer: percentiles(same), latencyMsCrossServer: percentiles(cross) });
     // Every server must serve what the clients converged on.
@@ -498,6 +524,36 @@ async function openMany(specs, concurrency) {
   return { clients: out, problems };
 }
 
+/**
+ * Whether idle connections are all still served: a ping to every one (each pong
+ * counted), then one edit pushed into each document by its first connection,
+ * which must reach every connection of that document (its version moves on by one).
+ */
+async function stillServed(all, timeoutMs) {
+  const t0 = performance.now();
+  let pongs = 0;
+  await Promise.all(all.map((c) => new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    c.ws.once('pong', () => { pongs++; clearTimeout(timer); resolve(); });
+    c.ws.ping();
+  })));
+  const pingMs = performance.now() - t0;
+  const byDoc = new Map();
+  for (const c of all) (byDoc.get(c.doc) ?? byDoc.set(c.doc, []).get(c.doc)).push(c);
+  const want = new Map(all.map((c) => [c, c.version + 1]));
+  const t1 = performance.now();
+  const editors = [...byDoc.values()].map((cs) => cs[0]);
+  // A few documents at a time, as people would: 1,000 first edits at once only measure a queue.
+  for (let i = 0; i < editors.length; i += 50) {
+    for (const c of editors.slice(i, i + 50)) { c.rng ??= makeRng(i + 1); c.pushOne(); }
+    while (editors.slice(i, i + 50).some((c) => c.version < want.get(c)) && performance.now() - t1 < timeoutMs) await sleep(5);
+  }
+  while (all.some((c) => c.version < want.get(c)) && performance.now() - t1 < timeoutMs) await sleep(20);
+  const reached = all.filter((c) => c.version === want.get(c)).length;
+  return { connections: all.length, pongs, pingMs: Math.round(pingMs), documents: byDoc.size, editReached: reached,
+    editMs: Math.round(performance.now() - t1), all: pongs === all.length && reached === all.length };
+}
+
 async function idle(a) {
   const conns = Number(a.conns ?? 2000);
   const docs = Number(a.docs ?? 200);
@@ -518,6 +574,7 @@ async function idle(a) {
   await sleep(settleMs);
   const mem2 = procMemKB(pid);
   const all = [...r1.clients, ...r2.clients];
+  const served = a.check ? await stillServed(all, Number(a['check-timeout'] ?? 60000)) : null;
   const problems = [...r1.problems, ...r2.problems, ...all.flatMap((c) => c.problems)];
   const result = {
     mode: 'idle', connections: all.length, expected: conns, docs, openMs: Math.round(openMs),
@@ -526,6 +583,7 @@ async function idle(a) {
     marginalPerConnKB: mem2 && (mem2.rssKB - mem1.rssKB) / r2.clients.length,
     problems: problems.slice(0, 20), problemCount: problems.length,
   };
+  if (served) result.served = served;
   for (const c of all) c.close();
   await sleep(200);
   return result;
