@@ -20,7 +20,7 @@ from aiohttp import web
 from . import httpguard, protocol
 from .errors import CollabError, ProtocolError, ServerError, brief
 from .room import Rooms
-from .storage import Storage, VersionCompacted
+from .storage import PERSON_KEY, Storage, VersionCompacted
 
 log = logging.getLogger("collab")
 
@@ -221,6 +221,7 @@ async def static_headers(request: web.Request, response: web.StreamResponse) -> 
         response.headers.add("Vary", "Accept-Encoding")
 
 
+_EXPORTS = {"txt": "text/plain", "md": "text/markdown"}
 
 
 class Api:
@@ -258,6 +259,9 @@ class Api:
             web.post("/api/docs/{doc}/fork", self.fork),
             web.get("/api/docs/{doc}/authors", self.authors),
             web.get("/api/docs/{doc}/export", self.export),
+            web.post("/api/docs/{doc}/rename", self.rename),
+            web.get("/api/docs/{doc}/checkpoints", self.checkpoints),
+            web.post("/api/docs/{doc}/checkpoints", self.set_checkpoint),
             web.get("/healthz", self.healthz),
         ]
 
@@ -290,6 +294,9 @@ class Api:
 
     async def editor_page(self, request: web.Request) -> web.StreamResponse:
         name = doc_name(request)
+        moved = await self._renamed(request, name)
+        if moved is not None:
+            raise web.HTTPFound(moved)
         await self.page_access(request, "view", name)  # a new document: only the admin may make it (at hello)
         # The editor refuses, as the person makes it, an edit this server could
         # never take (a frame over --max-frame, a document over --max-doc), and
@@ -340,11 +347,60 @@ class Api:
         return json_response({"version": version, "doc": await self.rooms.text_at(info, version)})
 
     async def export(self, request: web.Request) -> web.Response:
+        """The text at a version as a download: `format=txt` (default) or `md` (the same text, as Markdown)."""
         info = await self._doc(request, "view")
         version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
+        kind = request.query.get("format", "txt")
+        if kind not in _EXPORTS:
+            raise ProtocolError("bad-request", f"format must be one of {', '.join(_EXPORTS)}, got {brief(kind)}")
         text = await self.rooms.text_at(info, version)
-        return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={
-            "Content-Disposition": f'attachment; filename="{info["name"]}-v{version}.txt"'})
+        return web.Response(text=text, content_type=_EXPORTS[kind], charset="utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{info["name"]}-v{version}.{kind}"'})
+
+    async def rename(self, request: web.Request) -> web.Response:
+        """A new name for the document (admin): share links made before keep working, redirected (see _renamed)."""
+        info = await self._doc(request, "admin")
+        body = await _json_body(request)
+        new_name = body.get("name")
+        if type(new_name) is not str or not protocol.valid_doc_name(new_name):
+            raise ProtocolError("bad-request", "name must be 1-100 letters, digits, '-' or '_'")
+        await self.rooms.rename(info["name"], new_name)
+        return json_response({"name": new_name, **await self._links(new_name)})
+
+    async def _renamed(self, request: web.Request, name: str) -> str | None:
+        """Where a link to a renamed document goes now: its new address, with a token for the same role
+        under the new name when the old link's token was good for the old one (None: not renamed)."""
+        if await self.store.document(name) is not None:
+            return None
+        new = await self.store.renamed_to(name)
+        if new is None:
+            return None
+        token = token_of(request)
+        if not self.access.enabled or not token:  # a page is a shell: without a token, just the new address
+            return f"/d/{new}"
+        salt = await self.rooms.salt_of(new)
+        role = self.access.role(token, name, salt)  # the old link's token, as it was for the old name
+        if role == "admin":
+            return f"/d/{new}"
+        return f"/d/{new}?token={self.access.doc_token(new, role, salt)}"
+
+    async def checkpoints(self, request: web.Request) -> web.Response:
+        info = await self._doc(request, "view")
+        return json_response({"checkpoints": await self.store.checkpoints(info["id"])})
+
+    async def set_checkpoint(self, request: web.Request) -> web.Response:
+        """Name a version {"version", "name"} (a checkpoint in the history); "name": null takes it away."""
+        info = await self._doc(request, "edit")
+        body = await _json_body(request)
+        version = _int_param(body.get("version"), "version", None, 0, info["version"])
+        label = body.get("name")
+        if label is not None:
+            if type(label) is not str or len(label) > protocol.MAX_NAME:
+                raise ProtocolError("bad-request", f"name must be a string of at most {protocol.MAX_NAME} "
+                                    "characters, or null")
+            label = protocol.clean_name(label, "") or None
+        await self.store.set_checkpoint(info["id"], version, label, _author(body))
+        return json_response({"checkpoints": await self.store.checkpoints(info["id"])})
 
     async def authors(self, request: web.Request) -> web.Response:
         info = await self._doc(request, "view")
@@ -355,7 +411,10 @@ class Api:
         except VersionCompacted as exc:
             raise ProtocolError("not-found", f"authorship: {exc}") from None
         spans = await compute.authors_json(authorship)
-        return web.Response(body=b'{"version":%d,"spans":%s}' % (version, spans), content_type="application/json")
+        # A span's author is a name, or PERSON_KEY and a person id; people gives those their latest name and colour.
+        people = {PERSON_KEY + person: who for person, who in (await self.store.people(info["id"])).items()}
+        return web.Response(body=b'{"version":%d,"spans":%s,"people":%s}' % (version, spans, orjson.dumps(people)),
+                            content_type="application/json")
 
     async def restore(self, request: web.Request) -> web.Response:
         """One ordinary update turning the current text into the text at `version` (a minimal diff)."""

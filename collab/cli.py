@@ -124,7 +124,7 @@ def admin_link_file(settings: Settings):
         return Path(settings.secret_file).parent / "admin-link"
     if "://" not in settings.db:
         return Path(settings.db).parent / "admin-link"
-    return Path("admin-link")
+    return Path("data") / "admin-link"  # a PostgreSQL URL: beside ./data/secret, as ./run.sh --public keeps it
 
 
 def write_private(path, text: str) -> None:

@@ -208,9 +208,13 @@ def updates_frame(batch: list[Accepted], hide=None) -> bytes:
     """The `updates` frame, assembled from each entry's already-serialised changes.
 
     With `hide`, every clientID is replaced by `hide(clientID)` (the frame view sessions get).
+    An update made by a restore also says so: `"restore": {"version", "author"}` (an extension:
+    everyone, view sessions included, can tell people what a restore did).
     """
-    parts = [b'{"clientID":%s,"changes":%s}' % (
-        orjson.dumps(e.update.client_id if hide is None else hide(e.update.client_id)), e.changes_json)
+    parts = [b'{"clientID":%s,"changes":%s%s}' % (
+        orjson.dumps(e.update.client_id if hide is None else hide(e.update.client_id)), e.changes_json,
+        b"" if e.restored_from is None else
+        b',"restore":%s' % orjson.dumps({"version": e.restored_from, "author": e.author}))
         for e in batch]
     return b'{"type":"updates","from":%d,"updates":[%s]}' % (batch[0].version - 1, b",".join(parts))
 

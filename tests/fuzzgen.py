@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import re
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
@@ -637,7 +638,7 @@ BAD_IDS = st.sampled_from(["", None, 7, [], {}, ["fuzz"]])
 BAD_USERS = st.sampled_from(["Ann", 5, [], True])
 BAD_NAMES = st.sampled_from([5, None, [], {}, "x" * 500])
 BAD_COLORS = st.sampled_from(["red", "#12", "#1234567", "", 3, None, "red;background:url(x)", "#gggggg"])
-client_ids = st.text(min_size=1, max_size=40).filter(lambda c: c not in (ME, GOOD))
+client_ids = st.text(min_size=1, max_size=40).filter(lambda c: c not in (ME, GOOD) and "\x00" not in c)  # U+0000: refused
 
 
 @st.composite
@@ -914,7 +915,12 @@ def _judge_first(value, ctx: Ctx) -> Expect:
 def hello_ok(value: dict) -> tuple[bool, bool]:
     """(valid, borderline): borderline hellos are over limits the protocol leaves to the server."""
     cid = value.get("clientID")
-    if type(cid) is not str or not cid:
+    if type(cid) is not str or not cid or "\x00" in cid:
+        return False, False
+    person, key = value.get("person"), value.get("resumeKey")
+    if person is not None and (type(person) is not str or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", person)):
+        return False, False
+    if key is not None and (type(key) is not str or not 0 < len(key) <= 128):
         return False, False
     version = value.get("version")
     if version is not None and not _is_count(version):

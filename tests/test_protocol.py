@@ -138,6 +138,8 @@ def test_built_frames_read_back():
         "updates": [{"clientID": "c1", "changes": [[0, "a", "b"]]}, {"clientID": "c\"2", "changes": [3, [0, "😀"]]}]}
     assert [u["clientID"] for u in orjson.loads(protocol.updates_frame(batch, lambda c: "x" + c))["updates"]] == [
         "xc1", "xc\"2"]
+    batch[1].restored_from = 2
+    assert orjson.loads(protocol.updates_frame(batch))["updates"][1]["restore"] == {"version": 2, "author": "B"}
     peer = protocol.presence_object("s1", {"name": "A", "color": "#fff"}, 3, [(1, 2)])
     assert orjson.loads(protocol.presences_frame([peer])) == {"type": "presences", "peers": [{
         "type": "presence", "session": "s1", "user": {"name": "A", "color": "#fff"}, "version": 3,
