@@ -100,13 +100,14 @@ class Original:
 class Member:
     """A connection inside a room: what the room remembers about it."""
 
-    __slots__ = ("conn", "room", "presence", "bucket")
+    __slots__ = ("conn", "room", "presence", "bucket", "joined")
 
     def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket):
         self.conn = conn
         self.room = room
         self.presence: tuple[int, list[tuple[int, int]]] | None = None  # (version, ranges)
         self.bucket = bucket       # updates it may still push (--update-rate)
+        self.joined = room.rooms.clock()  # when (a takeover at another process before this does not end it)
 
     @property
     def session(self) -> str:
@@ -166,6 +167,14 @@ class Room:
         """
         history = None
         want = hello.version
+        if want is not None and want > self.seq.committed_version and self.rooms.cluster is not None:
+            # The client was acknowledged up to `want` (by another process): that much is durable, so
+            # read it before welcoming, rather than answer a version the client is past with the whole text.
+            self.catch_up()
+            for _ in range(100):
+                if self.seq.committed_version >= want or self.broken:
+                    break
+                await asyncio.sleep(0.02)
         for _ in range(5):  # the log may be trimmed while we read: read until the history reaches it
             if want is None or want >= self.seq.log_from or (history is not None and
                                                              len(history) >= self.seq.log_from - want):
@@ -184,7 +193,8 @@ class Room:
         cluster = self.rooms.cluster
         if cluster is not None:  # a connection of this client at another process closes, if this is it
             cluster.publish_takeover(self.name, hello.client_id, {
-                "key": hello.resume_key, "t": self.owners[hello.client_id][1], "a": conn.remote})
+                "key": hello.resume_key, "t": self.owners[hello.client_id][1], "a": conn.remote,
+                "at": self.rooms.clock()})
         old = self.by_client.get(hello.client_id)
         if old is not None:
             self._remove(old)
@@ -523,14 +533,14 @@ class Room:
     def _apply_committed(self, start: int, updates: list[Update], ends: list[int]) -> None:
         """Updates another writer committed, applied and sent to every member in that writer's frames."""
         self.seq.catch_up(updates, ends)
-        if self.remote_dirty:
-            self._schedule_presence()
         hide = self.rooms.hide
         for lo, group in self.seq.frames_since(start):
             frame = protocol.resumed_frame(lo, group)
             hidden = protocol.resumed_frame(lo, group, hide) if self.viewers else frame
             for m in self.members.values():
                 m.conn.send(hidden if m.conn.role == "view" else frame)
+        if self.remote_dirty:
+            self._schedule_presence()  # cursors held until we had their version (after the updates: never before)
 
     def _refused(self, o: Original, exc: ProtocolError) -> None:
         """A push that no longer fits after another writer's updates: its client is told, as any refusal."""
@@ -700,8 +710,9 @@ class Room:
         """A connection at another process took `client_id`: ours closes (4001) if that one proved it is it."""
         member = self.by_client.get(client_id) if type(client_id) is str else None
         owner = self.owners.get(client_id) if member is not None else None
-        if owner is None:
-            return
+        at = proof.get("at")
+        if owner is None or (type(at) in (int, float) and member.joined >= at):
+            return  # none here, or ours came later than that one (the news was late): ours stays
         key, token, remote = owner
         given = proof.get("key")
         proven = (type(given) is str and hmac.compare_digest(given.encode(), key.encode())) \
