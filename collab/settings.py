@@ -23,7 +23,8 @@ def _opt(default, help: str, **meta):
 class Settings:
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8080, "TCP port to listen on")
-    db: str = _opt("./data/collab.db", "SQLite database file (created with its folder if missing)")
+    db: str = _opt("./data/collab.db", "SQLite database file (created with its folder if missing), or a "
+                   "postgresql://user:password@host:port/dbname URL (the database must exist)")
     sync: str = _opt("normal", "SQLite synchronous mode (WAL): both commit before an update is "
                      "acknowledged, so both survive a crash or kill of the server; 'full' also "
                      "fsyncs every commit and survives power loss, at a cost in throughput",
