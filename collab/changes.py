@@ -394,58 +394,14 @@ def _finish(sections: list[int], values: list[str] | None) -> ChangeSet:
     return ChangeSet(sections, values)
 
 
-class _Cursor:
-    """Walks the sections of a set; `off` is how far into the current one we are.
-
-    `i` is the index just past the current pair (so pairs are told apart by
-    `i`); `ins == -2` means the walk is done.
-    """
-
-    __slots__ = ("sections", "inserted", "i", "len", "ins", "off")
-
-    def __init__(self, cs: ChangeSet):
-        self.sections = cs.sections
-        self.inserted = cs.inserted
-        self.i = 0
-        self.next()
-
-    def next(self) -> None:
-        s = self.sections
-        if self.i < len(s):
-            self.len = s[self.i]
-            self.ins = s[self.i + 1]
-            self.i += 2
-        else:
-            self.len = 0
-            self.ins = -2
-        self.off = 0
-
-    @property
-    def done(self) -> bool:
-        return self.ins == -2
-
-    @property
-    def text(self) -> str:
-        return self.inserted[(self.i - 2) >> 1] if self.i >= 2 else ""
-
-    def text_bit(self, n: int) -> str:
-        return slice16(self.text, self.off, self.off + n)
-
-    def forward(self, n: int) -> None:
-        if n == self.len:
-            self.next()
-        else:
-            self.len -= n
-            self.off += n
-
-    def forward2(self, n: int) -> None:
-        if self.ins == -1:
-            self.forward(n)
-        elif n == self.ins:
-            self.next()
-        else:
-            self.ins -= n
-            self.off += n
+# Both algorithms walk two sets side by side with a cursor on each, kept in
+# local variables (a cursor object with methods cost a third of a rebase):
+#   i*   index just past the current pair (pairs are told apart by it)
+#   *len, *ins  what is left of the current pair; ins == -2: the walk is done
+#   *off how far into the current pair we are (into its text, for an insertion)
+# "next" below loads the following pair:
+#   if i < n: len, ins = s[i], s[i + 1]; i += 2  else: len, ins = 0, -2;  off = 0
+# "forward(k)": if k == len: next  else: len -= k; off += k
 
 
 def _mismatch(a: ChangeSet, b: ChangeSet, what: str) -> ChangeError:
@@ -464,54 +420,115 @@ def _map(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> ChangeSet
         raise ChangeError(f"cannot map changes of length {a.length} over changes of length {b.length}")
     sections: list[int] = []
     values: list[str] | None = [] if with_text else None
-    ca, cb = _Cursor(a), _Cursor(b)
+    sa, ta, sb = a.sections, a.inserted, b.sections
+    na, nb = len(sa), len(sb)
+    if na:
+        alen, ains, ia = sa[0], sa[1], 2
+    else:
+        alen, ains, ia = 0, -2, 0
+    if nb:
+        blen, bins, ib = sb[0], sb[1], 2
+    else:
+        blen, bins, ib = 0, -2, 0
+    aoff = 0
     inserted = -1
+    add = _add_section
     while True:
-        if (ca.ins == -2 and cb.len) or (cb.ins == -2 and ca.len):
+        if (ains == -2 and blen) or (bins == -2 and alen):
             raise _mismatch(a, b, "map")
-        if ca.ins == -1 and cb.ins == -1:
+        if ains == -1 and bins == -1:
             # Both keep: copy the common stretch.
-            n = min(ca.len, cb.len)
-            _add_section(sections, n, KEEP)
-            ca.forward(n)
-            cb.forward(n)
-        elif cb.ins >= 0 and (ca.ins < 0 or inserted == ca.i or
-                              (ca.off == 0 and (cb.len < ca.len or (cb.len == ca.len and not before)))):
+            n = alen if alen < blen else blen
+            add(sections, n, KEEP)
+            if n == alen:
+                if ia < na:
+                    alen, ains = sa[ia], sa[ia + 1]
+                    ia += 2
+                else:
+                    alen, ains = 0, -2
+                aoff = 0
+            else:
+                alen -= n
+                aoff += n
+            if n == blen:
+                if ib < nb:
+                    blen, bins = sb[ib], sb[ib + 1]
+                    ib += 2
+                else:
+                    blen, bins = 0, -2
+            else:
+                blen -= n
+        elif bins >= 0 and (ains < 0 or inserted == ia or
+                            (aoff == 0 and (blen < alen or (blen == alen and not before)))):
             # A change of b comes first: its result is kept text for us;
             # the parts of a it covers disappear (their insertions survive).
-            n = cb.len
-            _add_section(sections, cb.ins, KEEP)
+            n = blen
+            add(sections, bins, KEEP)
             while n:
-                piece = min(ca.len, n)
-                if ca.ins >= 0 and inserted < ca.i and ca.len <= piece:
-                    _add_section(sections, 0, ca.ins)
+                piece = alen if alen < n else n
+                if ains >= 0 and inserted < ia and alen <= piece:
+                    add(sections, 0, ains)
                     if values is not None:
-                        _add_insert(values, sections, ca.text)
-                    inserted = ca.i
-                ca.forward(piece)
+                        _add_insert(values, sections, ta[(ia - 2) >> 1] if ia >= 2 else "")
+                    inserted = ia
+                if piece == alen:
+                    if ia < na:
+                        alen, ains = sa[ia], sa[ia + 1]
+                        ia += 2
+                    else:
+                        alen, ains = 0, -2
+                    aoff = 0
+                else:
+                    alen -= piece
+                    aoff += piece
                 n -= piece
-            cb.next()
-        elif ca.ins >= 0:
+            if ib < nb:
+                blen, bins = sb[ib], sb[ib + 1]
+                ib += 2
+            else:
+                blen, bins = 0, -2
+        elif ains >= 0:
             # A change of a: it covers b's kept text and b's pure deletions
             # up to the next change of b that inserts.
-            n, left = 0, ca.len
+            n, left = 0, alen
             while left:
-                if cb.ins == -1:
-                    piece = min(left, cb.len)
+                if bins == -1:
+                    piece = left if left < blen else blen
                     n += piece
                     left -= piece
-                    cb.forward(piece)
-                elif cb.ins == 0 and cb.len < left:
-                    left -= cb.len
-                    cb.next()
+                    if piece == blen:
+                        if ib < nb:
+                            blen, bins = sb[ib], sb[ib + 1]
+                            ib += 2
+                        else:
+                            blen, bins = 0, -2
+                    else:
+                        blen -= piece
+                elif bins == 0 and blen < left:
+                    left -= blen
+                    if ib < nb:
+                        blen, bins = sb[ib], sb[ib + 1]
+                        ib += 2
+                    else:
+                        blen, bins = 0, -2
                 else:
                     break
-            _add_section(sections, n, ca.ins if inserted < ca.i else 0)
-            if values is not None and inserted < ca.i:
-                _add_insert(values, sections, ca.text)
-            inserted = ca.i
-            ca.forward(ca.len - left)
-        elif ca.ins == -2 and cb.ins == -2:
+            add(sections, n, ains if inserted < ia else 0)
+            if values is not None and inserted < ia:
+                _add_insert(values, sections, ta[(ia - 2) >> 1] if ia >= 2 else "")
+            inserted = ia
+            k = alen - left
+            if k == alen:
+                if ia < na:
+                    alen, ains = sa[ia], sa[ia + 1]
+                    ia += 2
+                else:
+                    alen, ains = 0, -2
+                aoff = 0
+            else:
+                alen -= k
+                aoff += k
+        elif ains == -2 and bins == -2:
             return _finish(sections, values)
         else:
             raise _mismatch(a, b, "map")
@@ -528,40 +545,93 @@ def _compose(a: ChangeSet, b: ChangeSet, with_text: bool) -> ChangeSet:
                           f"with changes of length {b.length}")
     sections: list[int] = []
     values: list[str] | None = [] if with_text else None
-    ca, cb = _Cursor(a), _Cursor(b)
+    sa, ta, sb, tb = a.sections, a.inserted, b.sections, b.inserted
+    na, nb = len(sa), len(sb)
+    if na:
+        alen, ains, ia = sa[0], sa[1], 2
+    else:
+        alen, ains, ia = 0, -2, 0
+    if nb:
+        blen, bins, ib = sb[0], sb[1], 2
+    else:
+        blen, bins, ib = 0, -2, 0
+    aoff = boff = 0
     open_ = False
+    add = _add_section
     while True:
-        if ca.ins == -2 and cb.ins == -2:
+        if ains == -2 and bins == -2:
             return _finish(sections, values)
-        if ca.ins == 0:
+        if ains == 0:
             # A deletion in a: nothing of it reaches b.
-            _add_section(sections, ca.len, 0, open_)
-            ca.next()
-        elif cb.len == 0 and cb.ins != -2:
+            add(sections, alen, 0, open_)
+            if ia < na:
+                alen, ains = sa[ia], sa[ia + 1]
+                ia += 2
+            else:
+                alen, ains = 0, -2
+            aoff = 0
+        elif blen == 0 and bins != -2:
             # A pure insertion in b.
-            _add_section(sections, 0, cb.ins, open_)
+            add(sections, 0, bins, open_)
             if values is not None:
-                _add_insert(values, sections, cb.text)
-            cb.next()
-        elif ca.ins == -2 or cb.ins == -2:
+                _add_insert(values, sections, tb[(ib - 2) >> 1] if ib >= 2 else "")
+            if ib < nb:
+                blen, bins = sb[ib], sb[ib + 1]
+                ib += 2
+            else:
+                blen, bins = 0, -2
+            boff = 0
+        elif ains == -2 or bins == -2:
             raise ChangeError(f"cannot compose changes producing length {a.new_length} "
                               f"with changes of length {b.length}")
         else:
-            n = min(ca.len if ca.ins < 0 else ca.ins, cb.len)
+            n = alen if ains < 0 else ains
+            if blen < n:
+                n = blen
             before_len = len(sections)
-            if ca.ins == -1:
-                ins_b = -1 if cb.ins == -1 else (0 if cb.off else cb.ins)
-                _add_section(sections, n, ins_b, open_)
+            if ains == -1:
+                ins_b = -1 if bins == -1 else (0 if boff else bins)
+                add(sections, n, ins_b, open_)
                 if values is not None and ins_b:
-                    _add_insert(values, sections, cb.text)
-            elif cb.ins == -1:
-                _add_section(sections, 0 if ca.off else ca.len, n, open_)
+                    _add_insert(values, sections, tb[(ib - 2) >> 1] if ib >= 2 else "")
+            elif bins == -1:
+                add(sections, 0 if aoff else alen, n, open_)
                 if values is not None:
-                    _add_insert(values, sections, ca.text_bit(n))
+                    _add_insert(values, sections, slice16(ta[(ia - 2) >> 1] if ia >= 2 else "", aoff, aoff + n))
             else:
-                _add_section(sections, 0 if ca.off else ca.len, 0 if cb.off else cb.ins, open_)
-                if values is not None and not cb.off:
-                    _add_insert(values, sections, cb.text)
-            open_ = (ca.ins > n or (cb.ins >= 0 and cb.len > n)) and (open_ or len(sections) > before_len)
-            ca.forward2(n)
-            cb.forward(n)
+                add(sections, 0 if aoff else alen, 0 if boff else bins, open_)
+                if values is not None and not boff:
+                    _add_insert(values, sections, tb[(ib - 2) >> 1] if ib >= 2 else "")
+            open_ = (ains > n or (bins >= 0 and blen > n)) and (open_ or len(sections) > before_len)
+            # a moves on by n of its output: its kept length, or its inserted length.
+            if ains == -1:
+                if n == alen:
+                    if ia < na:
+                        alen, ains = sa[ia], sa[ia + 1]
+                        ia += 2
+                    else:
+                        alen, ains = 0, -2
+                    aoff = 0
+                else:
+                    alen -= n
+                    aoff += n
+            elif n == ains:
+                if ia < na:
+                    alen, ains = sa[ia], sa[ia + 1]
+                    ia += 2
+                else:
+                    alen, ains = 0, -2
+                aoff = 0
+            else:
+                ains -= n
+                aoff += n
+            if n == blen:
+                if ib < nb:
+                    blen, bins = sb[ib], sb[ib + 1]
+                    ib += 2
+                else:
+                    blen, bins = 0, -2
+                boff = 0
+            else:
+                blen -= n
+                boff += n
