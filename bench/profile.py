@@ -1,0 +1,206 @@
+"""Where a collab server's time goes under the 4-pusher workload, thread by thread (py-spy).
+
+    .venv/bin/python bench/profile.py [--duration 10] [--rate 250] [--top 20] [--loop asyncio|uvloop]
+                                      [--db sqlite] [--raw FILE]
+
+Starts `python -m collab serve` (or bench/serve_uvloop.py with `--loop
+uvloop`) on a fresh database with the rate limits lifted, drives it with
+tests/js/loadgen.mjs `throughput` (4 clients, each pushing the next edit as
+soon as its own comes back), and after the warm-up attaches py-spy to the
+server's own pid (the Popen child, never py-spy's nor the launcher's):
+`py-spy record --pid PID --threads --idle -f raw`. Each raw line is one
+stack, its first frame the thread (`thread (TID): NAME`), so samples are
+grouped by thread: the event loop (MainThread) and the SQLite writer
+(collab-sqlite-writer_0) apart, readers and others after them.
+
+With --idle every thread is sampled whether it runs or waits. A sample whose
+innermost frame is a known wait (the event loop's selector, a thread pool
+worker waiting for work, `Runner.run` under uvloop whose loop is native) is
+counted as waiting; the tables rank the other, busy, samples:
+
+  * self: the innermost frame (function and file, line numbers merged);
+  * inclusive: every function on the stack, once per sample;
+  * by file: self samples summed per source file.
+
+Shares are of that thread's busy samples. Each thread's CPU time over the
+same window, from /proc/PID/task/TID/stat, is printed beside it (py-spy
+pauses the process to read each stack, which slows it a little: the
+throughput figures printed here are under the profiler).
+
+Needs py-spy in the venv (`.venv/bin/pip install py-spy`) and the right to
+ptrace the server (root, or kernel.yama.ptrace_scope 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from contextlib import ExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from load import LOADGEN, UNLIMITED, UVLOOP_LAUNCHER, Database, LaunchedServer  # noqa: E402
+from serverproc import ServerProcess  # noqa: E402
+
+# Innermost frames that mean "waiting, not working" (names as py-spy prints them).
+WAITS = {"EpollSelector.select", "PollSelector.select", "SelectSelector.select", "_worker", "Runner.run",
+         "Condition.wait", "Event.wait", "Thread.join", "_wait_for_tstate_lock", "Queue.get"}
+THREAD = re.compile(r"^thread \((\d+)\): ?(.*)$")
+FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
+
+
+def parse_raw(text: str) -> dict[str, dict]:
+    """py-spy raw output -> {thread label: {"tid", "samples", "wait": Counter, "self", "incl", "files"}}."""
+    threads: dict[str, dict] = {}
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        m = THREAD.match(frames[0])
+        if not m:
+            continue
+        tid, name = m.group(1), m.group(2) or "?"
+        t = threads.setdefault(f"{name} ({tid})", {"tid": int(tid), "name": name, "samples": 0, "wait": Counter(),
+                                                    "self": Counter(), "incl": Counter(), "files": Counter()})
+        n = int(count)
+        t["samples"] += n
+        calls = [FRAME.match(f) for f in frames[1:]]
+        funcs = [(c.group(1), c.group(2)) if c else (f, "?") for c, f in zip(calls, frames[1:])]
+        if not funcs:
+            continue
+        leaf = funcs[-1]
+        if leaf[0] in WAITS:
+            t["wait"][f"{leaf[0]} ({leaf[1]})"] += n
+            continue
+        t["self"][f"{leaf[0]} ({leaf[1]})"] += n
+        t["files"][leaf[1]] += n
+        for f in set(funcs):
+            t["incl"][f"{f[0]} ({f[1]})"] += n
+    return threads
+
+
+def thread_cpu_ms(pid: int) -> dict[int, float]:
+    """utime + stime (ms) of every thread of `pid`, from /proc."""
+    clk = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) * 1000 / clk
+    return out
+
+
+def report(threads: dict[str, dict], cpu: dict[int, float], window_s: float, top: int) -> str:
+    order = sorted(threads.values(), key=lambda t: (t["name"] != "MainThread", "writer" not in t["name"],
+                                                    -(t["samples"] - sum(t["wait"].values()))))
+    total_busy = sum(t["samples"] - sum(t["wait"].values()) for t in threads.values()) or 1
+    lines = []
+    quiet = []
+    for t in order:
+        busy = t["samples"] - sum(t["wait"].values())
+        label = "event loop" if t["name"] == "MainThread" else t["name"]
+        cpu_ms = cpu.get(t["tid"])
+        head = (f"== {label} (tid {t['tid']}): {t['samples']:,} samples, busy {busy:,} "
+                f"({busy / (t['samples'] or 1):.0%} of its samples, {busy / total_busy:.0%} of all busy samples); "
+                f"CPU {cpu_ms:,.0f} ms in {window_s:.1f} s ({cpu_ms / window_s / 10:.0f}% of a core)"
+                if cpu_ms is not None else f"== {label} (tid {t['tid']}): {t['samples']:,} samples, busy {busy:,}")
+        if busy < max(5, 0.01 * total_busy):
+            quiet.append(f"{label}: {busy} busy of {t['samples']:,}")
+            continue
+        lines.append(head)
+        waits = ", ".join(f"{k} {v / t['samples']:.0%}" for k, v in t["wait"].most_common(3))
+        lines.append(f"   waiting: {waits or 'never'}")
+        # The frames on every busy stack (the thread's trunk: runpy, run_forever...) say nothing.
+        incl = Counter({k: v for k, v in t["incl"].items() if v < busy})
+        for title, counter in (("self", t["self"]), ("inclusive, frames on every stack left out", incl),
+                               ("self, by file", t["files"])):
+            lines.append(f"   -- {title} (share of this thread's busy samples)")
+            for name, n in counter.most_common(top):
+                lines.append(f"   {n / busy:6.1%}  {n:6,}  {name}")
+        lines.append("")
+    if quiet:
+        lines.append("== mostly waiting: " + "; ".join(quiet))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=10, help="seconds sampled (default 10)")
+    p.add_argument("--warmup", type=float, default=2, help="seconds of load before sampling (default 2)")
+    p.add_argument("--rate", type=int, default=250, help="samples per second per thread (default 250)")
+    p.add_argument("--top", type=int, default=20, help="rows per table (default 20)")
+    p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    p.add_argument("--db", default="sqlite", help="one database spec as in bench/load.py (default sqlite)")
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--raw", type=Path, help="also keep py-spy's raw output here")
+    a = p.parse_args(argv)
+    pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    node = shutil.which("node")
+    if not pyspy or not node:
+        print("needs py-spy (.venv/bin/pip install py-spy) and node", file=sys.stderr)
+        return 2
+    with ExitStack() as stack:
+        db = Database(a.db, stack)
+        tmp = Path(tempfile.mkdtemp(prefix="collab-profile-"))
+        stack.callback(shutil.rmtree, tmp, True)
+        kw = dict(extra_args=UNLIMITED + db.server_args, log_path=tmp / "server.log")
+        server = (LaunchedServer(UVLOOP_LAUNCHER, db.fresh(tmp), **kw) if a.loop == "uvloop"
+                  else ServerProcess(db.fresh(tmp), **kw))
+        server.start(timeout=60)
+        stack.callback(server.kill)
+        pid = server.proc.pid  # the interpreter running the server itself (the launcher runs in it too)
+        load_ms = int((a.warmup + a.duration + 2) * 1000)
+        gen = subprocess.Popen([node, str(LOADGEN), "throughput", "--url", server.ws_url, "--server-pid", str(pid),
+                                "--clients", str(a.clients), "--warmup", "1000", "--duration", str(load_ms),
+                                "--clk-tck", str(os.sysconf("SC_CLK_TCK"))],
+                               cwd=LOADGEN.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stack.callback(lambda: gen.poll() is None and gen.kill())
+        time.sleep(1 + a.warmup)
+        raw = tmp / "raw.txt"
+        cpu0, t0 = thread_cpu_ms(pid), time.monotonic()
+        spy = subprocess.run([pyspy, "record", "--pid", str(pid), "--threads", "--idle", "-f", "raw",
+                              "-r", str(a.rate), "-d", str(int(a.duration)), "-o", str(raw)],
+                             capture_output=True, text=True)
+        cpu1, window = thread_cpu_ms(pid), time.monotonic() - t0
+        if spy.returncode != 0 or not raw.exists():
+            print(f"py-spy failed ({spy.returncode}):\n{spy.stdout}\n{spy.stderr}", file=sys.stderr)
+            return 1
+        out, err = gen.communicate(timeout=load_ms / 1000 + 60)
+        if gen.returncode != 0:
+            print(f"load generator failed:\n{err[-2000:]}", file=sys.stderr)
+            return 1
+        r = json.loads(out)
+        text = raw.read_text()
+        if a.raw:
+            a.raw.write_text(text)
+        threads = parse_raw(text)
+        cpu = {tid: cpu1[tid] - cpu0.get(tid, 0.0) for tid in cpu1}
+        print(f"collab on {db.label}, {a.loop} loop, server pid {pid}; {a.clients} pushers; py-spy at {a.rate} Hz "
+              f"for {a.duration:.0f} s")
+        print(f"under the profiler: {r['acceptedPerS']:,.0f} durable edits/s, server CPU "
+              f"{r['serverCpuMsPer1000']:,.0f} ms per 1,000 edits, {r['serverCpuPct']:.0f}% of a core, "
+              f"problems: {r['problems'] or 'none'}")
+        print(f"threads' CPU in the sampled window: {sum(cpu.values()):,.0f} ms "
+              f"({', '.join(f'{tid}: {ms:,.0f}' for tid, ms in sorted(cpu.items(), key=lambda x: -x[1]) if ms)})")
+        print()
+        print(report(threads, cpu, window, a.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
