@@ -8,7 +8,9 @@ Usage (from the repository root):
     .venv/bin/python bench/cluster.py typing       # c) 10 typists on one document over 2 processes,
                                                    #    with Redis and with Redis stopped
 Options: --duration S (measurement window, default 10 s; typing 15 s), --plain (nginx
-without TLS), --json (also print the raw results).
+without TLS), --repeat N (the throughput and scatter runs N times each, interleaved, then
+their medians: on a machine shared with other work one run says little), --json (also
+print the raw results).
 
 Every run starts its own deployment on 127.0.0.1 (tests/clusterproc.py) on a
 fresh database of one PostgreSQL server (Debian's binaries, fsync on, as
@@ -119,6 +121,7 @@ class Deployment:
 def run(pg: PgServer, node: str, name: str, n: int, mode: str, args: list[str], tls: bool, duration: float,
         balance: str | None = None, redis_down: bool = False, direct: bool = False) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"collab-bench-cluster-{name}-"))
+    load_before = os.getloadavg()[0]
     try:
         with Deployment(pg, n, tmp, tls, balance) as d:
             if redis_down:
@@ -130,7 +133,8 @@ def run(pg: PgServer, node: str, name: str, n: int, mode: str, args: list[str], 
                           timeout=duration + 180)
             reloads = sum(p.log().count("in a row to other writers; reloading") for p in d.cluster.procs)
         r.update(name=name, processes=n, tls=tls, balance=balance or "hash $collab_doc consistent",
-                 redisDown=redis_down, direct=direct, reloads=reloads)
+                 redisDown=redis_down, direct=direct, reloads=reloads,
+                 machineLoad=[round(load_before, 1), round(os.getloadavg()[0], 1)])
         return r
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -167,8 +171,8 @@ def counters_line(r: dict) -> str:
     if commits:
         mean = c["commit_seconds_sum"]["count"] / commits * 1000
         batch = c["commit_batch_size_sum"]["count"] / c["commit_batch_size_count"]["count"]
-        line += (f"\ncommits           {c['commit_seconds_count']['perS']:,.0f}/s, mean {mean:.1f} ms from taking a batch "
-                 f"to COMMIT, {batch:.1f} updates per document per commit")
+        line += (f"\ncommits           {c['commit_seconds_count']['perS']:,.0f} document commits/s (a batch commits many "
+                 f"documents at once), {batch:.1f} updates each; mean {mean:.1f} ms from taking a batch to its COMMIT")
     return line
 
 
@@ -201,9 +205,28 @@ def report(r: dict) -> tuple[str, bool]:
             f"converged         {r['converged']} at version {r['finalVersion']}",
         ]
         ok = ok and r["converged"]
+    before, after = r["machineLoad"]
+    lines.append(f"machine load      {before} before, {after} after (1-minute load average; this run's own "
+                 f"processes included: anything else running skews the figures)")
     if problems:
         lines.append(f"PROBLEMS ({len(problems)}): " + "; ".join(problems[:5]))
     return "\n".join(lines), ok
+
+
+def medians(results: list[dict]) -> str:
+    """One line per repeated configuration: the median and the range of its durable updates/s."""
+    from statistics import median
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r["mode"] == "throughput":
+            groups.setdefault(f"{r['name']}, {r['processes']} process(es), {r['balance']}", []).append(r)
+    lines = ["== medians"]
+    for label, rs in groups.items():
+        ups = sorted(r["acceptedPerS"] for r in rs)
+        conflicts = median((r.get("counters") or {}).get("conflicts", {}).get("perS", 0.0) for r in rs)
+        lines.append(f"{label}: durable updates/s median {median(ups):,.0f} (runs {', '.join(f'{u:,.0f}' for u in ups)}), "
+                     f"conflicts/s median {conflicts:,.1f}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("which", nargs="?", default="all", choices=["all", "throughput", "scatter", "typing"])
     p.add_argument("--duration", type=float, help="seconds of measurement (default 10; typing 15)")
     p.add_argument("--plain", action="store_true", help="nginx without TLS")
+    p.add_argument("--repeat", type=int, default=1, help="run throughput and scatter N times each, interleaved")
     p.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     a = p.parse_args(argv)
     node = shutil.which("node")
@@ -225,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     typing = ["--clients", "10", "--rate", "5", "--doc", "typing", "--warmup", "3000"]
     dur = a.duration or 10.0
     plan = []
-    if a.which in ("all", "throughput"):
-        plan += [("throughput", 1, "throughput", push, dict()), ("throughput", 2, "throughput", push, dict())]
-    if a.which in ("all", "scatter"):
-        plan += [("scatter", 2, "throughput", push, dict(balance="random;"))]
+    for _ in range(max(1, a.repeat)):
+        if a.which in ("all", "throughput"):
+            plan += [("throughput", 1, "throughput", push, dict()), ("throughput", 2, "throughput", push, dict())]
+        if a.which in ("all", "scatter"):
+            plan += [("scatter", 2, "throughput", push, dict(balance="random;"))]
     if a.which in ("all", "typing"):
         plan += [("typing", 2, "typing", typing, dict(direct=True)),
                  ("typing", 2, "typing", typing, dict(direct=True, redis_down=True))]
@@ -240,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             print(text + "\n", flush=True)
             all_ok &= ok
             results.append(r)
+    if a.repeat > 1:
+        print(medians(results))
     if a.json:
         print(json.dumps(results, indent=1))
     return 0 if all_ok else 1
