@@ -41,7 +41,7 @@ from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTO
                      ChangeError, ProtocolError, ServerError)
 from .limits import DiskGuard, TokenBucket
 from .metrics import Metrics
-from .rebase import Update
+from .rebase import Update, rebase_updates
 from .sequencer import NeedHistory, Sequencer
 from .settings import Settings
 from .storage import Commit, Loaded, NameTaken, Storage, TooManyDocuments, VersionCompacted, VersionConflict
@@ -68,7 +68,21 @@ class Connection(Protocol):
 
 MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, address) is remembered
 MAX_LOST_ROUNDS = 16  # commits in a row lost to another writer before the room gives up and reloads
+HEAVY_REBASE = 20_000  # pushed updates x versions behind above which the rebase takes turns with the loop
+TURN = 0.005           # seconds of that rebase between two turns of the event loop
 _NO_END = 1 << 62   # "up to the newest version" in store reads
+
+
+async def _rebase_taking_turns(updates: list[Update], over: list[Update], ends: list[int]) -> list[Update]:
+    """rebase.rebase_in_frames, group by group, letting the event loop run every TURN seconds."""
+    start, turn_ends = 0, time.perf_counter() + TURN
+    for end in [*ends, len(over)]:
+        updates = rebase_updates(updates, over[start:end])
+        start = end
+        if time.perf_counter() > turn_ends:
+            await asyncio.sleep(0)
+            turn_ends = time.perf_counter() + TURN
+    return updates
 
 
 class Original:
@@ -312,11 +326,26 @@ class Room:
             self.doc_id = doc_id
 
     async def _sequence(self, o: Original) -> bool:
-        """Hand `o` to the sequencer (reading older history if it needs it); whether it produced updates."""
+        """Hand `o` to the sequencer (reading older history if it needs it); whether it produced updates.
+
+        A push far behind (more than HEAVY_REBASE update-frame pairs: a client
+        back from a long time offline) is first rebased up to the committed
+        head a frame group at a time, giving the event loop a turn every few
+        milliseconds, so every other document goes on meanwhile (a thread would
+        not do: it holds the GIL in slices long enough to stall the loop); the
+        sequencer then finishes it from there as usual.
+        """
         history = None
+        version, updates = o.version, o.updates
         for _ in range(3):
             try:
-                accepted = self.seq.push(o.client_id, o.version, o.updates, o.author, o.time, history,
+                if len(updates) * (self.seq.committed_version - version) > HEAVY_REBASE:
+                    base, over, ends = self.seq.committed_part(o.client_id, version, updates, history)
+                    updates = await _rebase_taking_turns(updates, over, ends)
+                    version, history = base, None
+                    if self.broken:
+                        return False
+                accepted = self.seq.push(o.client_id, version, updates, o.author, o.time, history,
                                          person=o.person, color=o.color)
                 break
             except NeedHistory as need:

@@ -216,6 +216,34 @@ class Sequencer:
             accepted.append(entry)
         return accepted
 
+    def committed_part(self, client_id: str, version: int, updates: list[Update],
+                       history: list[Update] | None = None) -> tuple[int, list[Update], list[int]]:
+        """The part of a late push's rebase that only needs durable history, to run elsewhere.
+
+        Returns (base, over, ends): `rebase.rebase_in_frames(updates, over, ends)`
+        gives the push moved up to `base` (the committed version, a frame
+        end), which `push(client_id, base, those, ...)` then finishes exactly
+        as a push at `version` would have: the rebase goes frame by frame, so
+        stopping at a frame end and going on from there changes nothing. It
+        checks what `push` checks first (raises the same errors, or NeedHistory).
+        """
+        if version > self.committed_version:
+            raise ProtocolError("bad-version", f"push is based on version {version}, "
+                                f"but the document is at version {self.committed_version}")
+        for k, u in enumerate(updates):
+            if u.client_id != client_id:
+                raise ProtocolError("bad-message", f"update {k} has clientID {brief(u.client_id)}, "
+                                    f"but this session is {client_id!r}")
+        base = self.committed_version
+        over = self.updates_since(version, base, history)
+        expected = over[0].changes.length if over else self.text.length
+        for k, u in enumerate(updates):
+            if u.changes.length != expected:
+                raise ChangeError(f"update {k} applies to a document of length {u.changes.length}, "
+                                  f"but at that point the document has length {expected}")
+            expected = u.changes.new_length
+        return base, over, [e - version for e in self._ends_between(version, base)]
+
     def _apply_all(self, updates: list[Update]) -> list[ChangeSet]:
         """Apply every update to the head text, or none of them; return their inverses."""
         undo: list[ChangeSet] = []

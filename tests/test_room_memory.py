@@ -9,6 +9,7 @@ hello and on reset, and a shutdown that waits for the unloads it started.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
@@ -208,3 +209,56 @@ async def test_shutdown_waits_for_the_unloads_it_started(world, monkeypatch):
     info = await store.document("doc")
     assert info["version"] == 1
     assert await store.text_at(info["id"], 1) == "hi"
+
+
+async def test_a_push_far_behind_is_rebased_off_the_event_loop(world):
+    """A client back after a long time offline pushes 300 updates based on a version 1,000 frames old:
+    rebased in one go on the loop that froze every document for about 5-9 s on this machine. Now
+    the event loop keeps turning (measured by a ticker), and the result is the same."""
+    import random
+    settings, store, rooms = world
+    rng = random.Random(5)
+    w = FakeConn("w")
+    mw = await rooms.join("doc", w, hello("w"), token=None)
+    room = mw.room
+    await room.push(mw, push_msg(0, "w", [[0, "x" * 2000]]))
+    await room.settled()
+    base = room.seq.committed_version
+    for _ in range(1000):  # 1,000 commits by someone else: 1,000 frames
+        length = room.seq.text.length
+        p = rng.randint(0, length)
+        await room.push(mw, push_msg(room.seq.version, "w", ([p] if p else []) + [[0, "o"]]
+                                     + ([length - p] if length - p else [])))
+        await room.settled()
+    late = FakeConn("late")
+    ml = await rooms.join("doc", late, hello("late"), token=None)
+    ml.bucket.tokens = 10 ** 6
+    length, changes = 2000, []
+    for _ in range(300):
+        p = rng.randint(0, length)
+        changes.append(([p] if p else []) + [[0, "m"]] + ([length - p] if length - p else []))
+        length += 1
+    msg = protocol.Push(base, [Update("late", ChangeSet.from_json(c)) for c in changes])
+    gaps, stop = [], asyncio.Event()
+
+    async def ticker():
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0.02)  # the ticker is running
+    started = time.perf_counter()
+    await room.push(ml, msg)
+    await room.settled()
+    took = time.perf_counter() - started
+    stop.set()
+    await tick
+    acked = [f for f in late.of("updates") if f["updates"] and f["updates"][-1]["clientID"] == "late"]
+    assert sum(len(f["updates"]) for f in acked) == 300
+    assert str(room.seq.text).count("m") == 300 and room.seq.text.length == 2000 + 1000 + 300
+    assert took > 0.3, "not a heavy push after all: the test measures nothing"
+    assert max(gaps) < 0.2, f"the event loop stood still for {max(gaps):.2f} s (the rebase took {took:.1f} s)"

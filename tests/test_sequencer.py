@@ -241,3 +241,59 @@ def test_rollback_takes_back_what_is_not_durable_and_catch_up_applies_another_wr
     with pytest.raises(ChangeError):                  # updates that do not fit change nothing
         seq.catch_up([Update("o", ChangeSet.from_json([[0, "z"], 99]))])
     assert seq.version == 9
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_late_push_rebased_in_two_steps_is_the_same_as_in_one(seed):
+    """committed_part + rebase_in_frames elsewhere + push at the committed head == push at the old version
+    (what the room does with a push far behind, off the event loop), re-pushes of updates already
+    accepted (a lost acknowledgement) included."""
+    import copy
+    import random
+    from collab.rebase import rebase_in_frames
+    rng = random.Random(seed)
+
+    def edit(length, who):
+        p = rng.randint(0, length)
+        d = rng.randint(0, min(2, length - p))
+        ins = rng.choice(["", "a", "bc", "é"]) or ("z" if not d else "")
+        return Update(who, ChangeSet.from_json(([p] if p else []) + [[d, *ins.split("\n")]]
+                                               + ([length - p - d] if length - p - d else [])))
+
+    def commit_batch(seq, who, updates):
+        seq.push(who, seq.version, updates, who, 0.0)
+        seq.take_pending()
+        seq.committed(seq.version)
+
+    def others(seq, n):
+        for _ in range(n):
+            who = rng.choice("ab")
+            batch, length = [], seq.text.length
+            for _ in range(rng.randint(1, 3)):
+                batch.append(edit(length, who))
+                length = batch[-1].changes.new_length
+            commit_batch(seq, who, batch)
+
+    seq = Sequencer("hello world", 0)
+    others(seq, rng.randint(0, 5))
+    base_version, length = seq.committed_version, seq.text.length
+    mine = []
+    for _ in range(rng.randint(1, 4)):
+        mine.append(edit(length, "me"))
+        length = mine[-1].changes.new_length
+    if rng.random() < 0.5:  # the first of them were accepted already, their ack lost
+        others(seq, rng.randint(0, 3))
+        k = rng.randint(1, len(mine))
+        seq.push("me", base_version, mine[:k], "me", 0.0)
+        seq.take_pending()
+        seq.committed(seq.version)
+    others(seq, rng.randint(1, 6))
+    if rng.random() < 0.5:  # something accepted and not yet durable on top
+        seq.push("a", seq.version, [edit(seq.text.length, "a")], "a", 0.0)
+    one, two = copy.deepcopy(seq), copy.deepcopy(seq)
+    direct = one.push("me", base_version, mine, "me", 0.0)
+    base, over, ends = two.committed_part("me", base_version, mine)
+    stepped = two.push("me", base, rebase_in_frames(mine, over, ends), "me", 0.0)
+    assert [(e.version, e.update.changes.to_json()) for e in direct] == \
+        [(e.version, e.update.changes.to_json()) for e in stepped]
+    assert str(one.text) == str(two.text)
