@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import httpguard, resources, status, ws
+from . import compute, httpguard, resources, status, ws
 from .access import Access
 from .cluster import Cluster
 from .api import Api, error_middleware, security_headers, static_headers, token_of
@@ -38,6 +38,8 @@ def create_app(settings: Settings) -> web.Application:
     disk = DiskGuard(None if "://" in settings.db else Path(settings.db).resolve().parent, settings.min_free_disk)
     rooms = Rooms(settings, store, metrics, Access(settings.load_secret()), disk=disk)
     admission = ws.Admission(settings, rooms)
+    compute.configure(settings.history_workers, settings.history_queue, settings.history_memory,
+                      settings.history_timeout, settings.authors_max_runs)
     if "://" in settings.db:  # a shared database: other processes may serve the same documents
         rooms.cluster = Cluster(rooms, settings.redis, settings.check_every, settings.poll_every,
                                 settings.presence_republish, settings.presence_expiry)

@@ -261,12 +261,20 @@ _pool: Pool | None = None
 _pool_lock = threading.Lock()
 
 
+def configure(workers: int, queue: int, memory: int, timeout: float, max_runs: int) -> None:
+    """The budgets from the server's settings (--history-*); before the pool starts."""
+    global WORKERS, QUEUE, WORKER_MEMORY, DIFF_TIMEOUT, AUTHORS_TIMEOUT, AUTHORS_MAX_RUNS
+    WORKERS, QUEUE, WORKER_MEMORY = workers, queue, memory
+    DIFF_TIMEOUT = AUTHORS_TIMEOUT = timeout
+    AUTHORS_MAX_RUNS = max_runs
+
+
 def pool() -> Pool:
     """The process's pool, started on first use."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = Pool()
+            _pool = Pool(WORKERS, QUEUE, WORKER_MEMORY)
         return _pool
 
 

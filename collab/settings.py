@@ -94,6 +94,15 @@ class Settings:
     write_rate: float = _opt(30.0, "forks and restores per minute one token, and one client address, may "
                              "make on average (beyond: 429 rate-limited with Retry-After); 0: no limit")
     write_burst: int = _opt(10, "forks and restores one token or address may make at once above --write-rate")
+    history_workers: int = _opt(1, "worker processes that compute restore diffs and authorship, off the "
+                                "event loop")
+    history_queue: int = _opt(8, "restore diffs and authorship requests that may wait for a worker; more "
+                              "are refused (unavailable)")
+    history_timeout: float = _opt(15.0, "seconds one restore diff or authorship request may take, waiting "
+                                  "included (unavailable after; an authorship request asked again goes on "
+                                  "where it stopped)")
+    history_memory: int = _opt(2 << 30, "bytes of memory one history worker may use (too-large beyond)")
+    authors_max_runs: int = _opt(200_000, "most author runs one /authors answer holds (too-large beyond)")
     redis: str = _opt("", "redis://host:port/db of a Redis server that several collab processes on one "
                       "PostgreSQL database use to tell one another of updates and cursors at once "
                       "(without it they poll the database); never holds any of your data")
@@ -166,6 +175,8 @@ class Settings:
             problems.append("poll_every and check_every must be positive")
         if self.presence_expiry <= self.presence_republish:
             problems.append("presence_expiry must be longer than presence_republish")
+        if self.history_workers < 1 or self.history_timeout <= 0:
+            problems.append("history_workers must be at least 1 and history_timeout positive")
         if self.presence_batch < 1:
             problems.append("presence_batch must be at least 1")
 
