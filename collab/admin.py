@@ -36,6 +36,7 @@ from pathlib import Path
 
 from . import protocol, transfer
 from .changes import utf16_len
+from .errors import CollabError
 from .settings import Settings
 from .storage import StorageUnavailable, database_exists, describe, is_postgres, store_at, store_for
 
@@ -280,7 +281,7 @@ async def _compact(settings: Settings, keep: int) -> list[tuple[str, int, int, b
             text = await store.text_at(info["id"], boundary)
             try:
                 spans = (await store.authorship(info["id"], boundary)).to_list()
-            except (RuntimeError, LookupError):  # compacted before authorship was cached
+            except (RuntimeError, LookupError, CollabError):  # compacted before it was cached, or over budget
                 spans = None
             try:
                 rows = await store.compact(info["id"], boundary, text, spans)
