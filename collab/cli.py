@@ -80,6 +80,9 @@ def serve(settings: Settings) -> None:
             if sys.stdout.isatty():
                 print(f"collab: admin link: {link}", flush=True)
 
+    if settings.loop == "uvloop":
+        import uvloop  # what aiohttp recommends: less CPU per frame (bench/README.md has the figures)
+        uvloop.install()
     asyncio.run(_listen(app, settings, ssl_context, announce))
 
 

@@ -65,6 +65,7 @@ class Settings:
     static_dir: str = _opt("", "folder with index.html, editor.html and dist/ (default: the pages "
                            "installed with collab)")
     log_json: bool = _opt(False, "log JSON lines instead of plain text")
+    loop: str = _opt("uvloop", "event loop: uvloop (faster) or asyncio (Python's own)", choices=("uvloop", "asyncio"))
     secret: str = _opt("", "secret that signs access tokens; with it (or --secret-file) access control is on, "
                        "without it the server is a personal instance on 127.0.0.1 only")
     secret_file: str = _opt("", "file holding the secret (./run.sh --public creates one on first start)")
