@@ -326,6 +326,36 @@ def backend_ports(pid: int, pg_port: int) -> set[int]:
     return ports
 
 
+class BusyWriterKiller:
+    """Ends collab process `pid`'s connection named `application_name` whenever it is in the middle of
+    something (a statement running, or inside a transaction), through `conn`, an asyncpg connection
+    as collab's own role (a role may end its own sessions).
+
+    Which process a backend serves is found from its client port (/proc, `backend_ports`), read again
+    only when a backend with a port not seen before appears: /proc/net/tcp lists the whole machine's
+    sockets and can be long."""
+
+    def __init__(self, conn, dbname: str, pid: int, pg_port: int, application_name: str):
+        self.conn, self.dbname, self.pid, self.pg_port, self.name = conn, dbname, pid, pg_port, application_name
+        self.ours: set[int] = set()
+        self.theirs: set[int] = set()
+        self.polls = 0
+
+    async def poll(self) -> int:
+        """One look; how many connections were ended."""
+        self.polls += 1
+        rows = await self.conn.fetch("SELECT pid, client_port, state FROM pg_stat_activity "
+                                     "WHERE datname = $1 AND application_name = $2", self.dbname, self.name)
+        if any(r["client_port"] not in self.ours | self.theirs for r in rows):
+            mine = backend_ports(self.pid, self.pg_port)
+            for r in rows:
+                (self.ours if r["client_port"] in mine else self.theirs).add(r["client_port"])
+        busy = [r["pid"] for r in rows if r["client_port"] in self.ours and r["state"] != "idle"]
+        if not busy:
+            return 0
+        return await self.conn.fetchval("SELECT count(pg_terminate_backend(p)) FROM unnest($1::int[]) AS p", busy)
+
+
 def terminate_backends(pg, dbname: str, pid: int, application_name: str) -> int:
     """pg_terminate_backend the connections of collab process `pid` named `application_name`; how many."""
     ports = backend_ports(pid, pg.port)

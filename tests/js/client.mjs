@@ -583,8 +583,9 @@ export async function fetchDoc(wsUrl, doc) {
 
 /**
  * Waits until every client is connected with nothing unconfirmed and all sit at the server's version.
- * With `urls` (several servers), every one of them must serve that version and the same text
- * (`servers`: what each served last).
+ * With `urls` (several servers), every one of them that answers must serve that version and the
+ * same text (`servers`: what each served last, or its error: a server may have been killed), and
+ * `server` is the first that answers.
  */
 export async function settle(clients, url, doc, timeoutMs, urls = null) {
   const deadline = performance.now() + timeoutMs;
@@ -593,9 +594,15 @@ export async function settle(clients, url, doc, timeoutMs, urls = null) {
   while (performance.now() < deadline) {
     if (clients.every((c) => c.connected && c.pending() === 0 && c.inFlight === 0)) {
       try {
-        last = await fetchDoc(url, doc);
-        if (urls) servers = await Promise.all(urls.map((u) => fetchDoc(u, doc).catch((e) => ({ error: e.message }))));
-        const agree = !servers || servers.every((s) => s.version === last.version && s.doc === last.doc);
+        let agree = true;
+        if (urls) {
+          servers = await Promise.all(urls.map((u) => fetchDoc(u, doc).catch((e) => ({ error: e.message }))));
+          const answering = servers.filter((s) => !s.error);
+          last = answering[0] ?? { error: 'no server answers' };
+          agree = answering.length > 0 && answering.every((s) => s.version === last.version && s.doc === last.doc);
+        } else {
+          last = await fetchDoc(url, doc);
+        }
         if (agree && clients.every((c) => c.version() === last.version)) {
           return { ok: true, server: last, ...(servers ? { servers } : {}) };
         }
