@@ -5,7 +5,14 @@ the timed loop then does what the server does per update: parse the JSON
 (orjson), validate it into a ChangeSet, check it against the document and apply
 it to the server's chunked Text. The final text must equal `endContent`.
 
-    .venv/bin/python bench/trace_replay.py [--trace PATH] [--repeat 3]
+    .venv/bin/python bench/trace_replay.py [--trace PATH] [--repeat 3] [--against DIR]
+
+The rate is given by wall time and by the process's CPU time (on a shared
+machine the second moves less). `--against DIR` times another copy of the
+engine in the same run, alternately with this one: DIR holds a `collab`
+package (for instance `git archive <commit> collab | tar -x -C DIR`), whose
+`changes` and `text` modules are loaded under another name; the ratio of the
+two is taken within each repeat.
 
 The default trace, automerge-paper, ships in bench/traces/ (see its README for
 the attribution); others in the same format, such as seph-blog1, are in
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -78,33 +87,63 @@ def trace_to_frames(trace: dict) -> list[bytes]:
     return frames
 
 
-def replay(frames: list[bytes], start: str) -> tuple[float, str]:
-    loads, from_json = orjson.loads, ChangeSet.from_json
-    text = Text(start)
+def replay(frames: list[bytes], start: str, change_set=ChangeSet, text_class=Text) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, final text) of one replay."""
+    loads, from_json = orjson.loads, change_set.from_json
+    text = text_class(start)
     apply = text.apply
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for frame in frames:
         apply(from_json(loads(frame)))
-    elapsed = time.perf_counter() - t0
-    return elapsed, str(text)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return elapsed, cpu, str(text)
+
+
+def load_engine(folder: Path):
+    """(ChangeSet, Text) of the `collab` package in `folder`, imported as `collab_against`."""
+    init = Path(folder) / "collab" / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--against: no collab package in {folder}")
+    spec = importlib.util.spec_from_file_location("collab_against", init, submodule_search_locations=[str(init.parent)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["collab_against"] = package
+    spec.loader.exec_module(package)
+    changes = importlib.import_module("collab_against.changes")
+    text = importlib.import_module("collab_against.text")
+    return changes.ChangeSet, text.Text
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_trace_argument(ap)
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported")
+    ap.add_argument("--against", type=Path, metavar="DIR", help="also time the collab package in DIR, alternately")
     args = ap.parse_args()
     trace = load_trace(args.trace)
     frames = trace_to_frames(trace)
-    best = None
-    for _ in range(args.repeat):
-        elapsed, final = replay(frames, trace["startContent"])
-        if final != trace["endContent"]:
-            raise SystemExit("FAIL: final text differs from endContent")
-        best = elapsed if best is None else min(best, elapsed)
+    engines = {"this": (ChangeSet, Text)}
+    if args.against:
+        engines[str(args.against)] = load_engine(args.against)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
+    for k in range(args.repeat):
+        for name in (list(engines) if k % 2 == 0 else list(reversed(engines))):
+            elapsed, cpu, final = replay(frames, trace["startContent"], *engines[name])
+            if final != trace["endContent"]:
+                raise SystemExit(f"FAIL: final text differs from endContent ({name})")
+            runs[name].append((elapsed, cpu))
+    n = len(frames)
     print(f"trace: {Path(args.trace).name}")
-    print(f"edits: {len(frames):,}  final length: {len(trace['endContent']):,} chars  final text == endContent: yes")
-    print(f"best of {args.repeat}: {best:.3f} s  ->  {len(frames) / best:,.0f} edits/s (parse + validate + apply)")
+    print(f"edits: {n:,}  final length: {len(trace['endContent']):,} chars  final text == endContent: yes")
+    for name, times in runs.items():
+        best = min(t for t, _ in times)
+        best_cpu = min(c for _, c in times)
+        label = "" if len(runs) == 1 else f"{name}: "
+        print(f"{label}best of {args.repeat}: {best:.3f} s  ->  {n / best:,.0f} edits/s (parse + validate + apply); "
+              f"by CPU time {n / best_cpu:,.0f} edits/s, median {n / statistics.median(c for _, c in times):,.0f}")
+    if args.against:
+        ratios = [o[1] / t[1] for t, o in zip(runs["this"], runs[str(args.against)])]
+        print(f"this / {args.against}, by CPU time within each repeat: {statistics.median(ratios):.2f}x faster "
+              f"(range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
