@@ -359,6 +359,30 @@ test('every hello carries the resumeKey of the last welcome (or of a restored re
   assert.match(events(restored.receive(welcome({ resumeKey: 5 }), 0), 'problem')[0].text, /resumeKey/);
 });
 
+test('every hello carries the person id (hello.person) when it is a valid one, and never a bad one', () => {
+  const s = new Session({ clientID: 'A', user: { name: 'Ann', color: '#123456' }, person: 'p_Ann-01' });
+  assert.deepEqual(s.opened(0).send, [{
+    type: 'hello', clientID: 'A', version: null, user: { name: 'Ann', color: '#123456' }, person: 'p_Ann-01',
+  }]);
+  s.receive(welcome({ doc: 'x', version: 1 }), 0);
+  s.closed(1006, '', 0);
+  s.user = { name: 'Annie', color: '#654321' }; // a rename: a new name, the same person
+  const again = s.opened(0).send[0];
+  assert.equal(again.person, 'p_Ann-01');
+  assert.equal(again.user.name, 'Annie');
+  for (const bad of ['', 'has space', 'x'.repeat(65), 'é', 42, null, undefined]) {
+    const t = new Session({ clientID: 'B', person: bad });
+    assert.equal('person' in t.opened(0).send[0], false, JSON.stringify(bad));
+  }
+  assert.equal(new Session({ clientID: 'C', person: 'x'.repeat(64) }).opened(0).send[0].person, 'x'.repeat(64));
+});
+
+test('a peer\'s person id reaches the page with its presence', () => {
+  const [s] = welcomed({ doc: 'abc', version: 0, session: 'me' });
+  const step = s.receive(presenceFrame('p', 0, [{ anchor: 1, head: 1 }], { name: 'P', color: '#123456', person: 'pp' }), 0);
+  assert.deepEqual(events(step, 'peer')[0].user, { name: 'P', color: '#123456', person: 'pp' });
+});
+
 test('a presences frame (one per tick, for everyone) moves each peer and skips our own cursor', () => {
   const [s] = welcomed({ doc: 'abcdef', version: 0, session: 'me' });
   const peer = (session, anchor) => ({ type: 'presence', session, user: { name: session, color: '#000' }, version: 0, ranges: [{ anchor, head: anchor }] });

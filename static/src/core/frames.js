@@ -11,10 +11,24 @@
 
 export const SUBPROTOCOL = "collab.v1";
 
-/** `resumeKey` (from our last welcome) proves to the server that we are the client that used `clientID` before. */
-export const hello = (clientID, version, user, resumeKey = null) => (typeof resumeKey === "string"
-  ? { type: "hello", clientID, version, user, resumeKey }
-  : { type: "hello", clientID, version, user });
+/** A person id as hello.person takes it: 1 to 64 letters, digits, "-" or "_". */
+export const PERSON_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** Whether `person` is a person id hello.person may carry. */
+export const isPersonId = (person) => typeof person === "string" && PERSON_RE.test(person);
+
+/**
+ * `resumeKey` (from our last welcome) proves to the server that we are the
+ * client that used `clientID` before. `person` is the person's stable id
+ * ([extension] hello.person): sent only when it is one the protocol allows,
+ * so a bad one from storage costs the attribution, never the connection.
+ */
+export const hello = (clientID, version, user, resumeKey = null, person = null) => {
+  const frame = { type: "hello", clientID, version, user };
+  if (typeof resumeKey === "string") frame.resumeKey = resumeKey;
+  if (isPersonId(person)) frame.person = person;
+  return frame;
+};
 export const push = (version, updates) => ({ type: "push", version, updates });
 export const presence = (version, ranges) => ({ type: "presence", version, ranges });
 

@@ -19,7 +19,9 @@
 //    stock @codemirror/collab client: the server rebases a push over what the
 //    connection received frame by frame, and mapping depends on grouping.
 //  - Every hello carries the resumeKey of the last welcome (when the server
-//    gave one): the proof that this clientID is ours.
+//    gave one): the proof that this clientID is ours; and the person id,
+//    when the session has a valid one (never an invalid one: the server
+//    would refuse the hello).
 //  - At most one push is in flight, split to the server's limits (limits.js).
 //    It is acknowledged when that many of our own updates came back; a
 //    closed connection drops it, and after the next welcome everything still
@@ -43,7 +45,7 @@
 
 import { EditorState, ChangeSet, Text } from "@codemirror/state";
 import { collab, receiveUpdates, sendableUpdates, getSyncedVersion } from "@codemirror/collab";
-import { hello, push, presence, parseServerFrame, FrameError, restoreOf } from "./frames.js";
+import { hello, push, presence, parseServerFrame, FrameError, restoreOf, isPersonId } from "./frames.js";
 import { resolveLimits, fitPush } from "./limits.js";
 import { errorText, closeEntry, accessEndText, renamedTo } from "./codes.js";
 
@@ -131,11 +133,14 @@ export class Session {
    * backoff {base, max, soon, soonJitter} and pushRetry {base, max} (ms);
    * maxPushUpdates (a cap below the server's); random () => [0, 1);
    * resumeKey: the key of an earlier welcome for this clientID (a restored
-   * record's, else this one), sent with every hello.
+   * record's, else this one), sent with every hello; person: the person's
+   * stable id (hello.person: one person in several tabs, and their edits
+   * across renames, are one person to the others and in the history).
    */
   constructor(o) {
     this.clientID = String(o.clientID);
     this.user = o.user ?? { name: this.clientID, color: "#888888" };
+    this.person = isPersonId(o.person) ? o.person : null;
     this.pageLimits = o.limits ?? null;
     this.limits = resolveLimits(this.pageLimits);
     this.extensions = o.extensions ?? [];
@@ -196,7 +201,7 @@ export class Session {
     this.phase = "hello";
     this.inflight = 0;
     this.helloVersion = this.needFullDoc || !this.state ? null : this.version;
-    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey));
+    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person));
     return step;
   }
 
