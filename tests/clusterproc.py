@@ -326,34 +326,46 @@ def backend_ports(pid: int, pg_port: int) -> set[int]:
     return ports
 
 
-class BusyWriterKiller:
-    """Ends collab process `pid`'s connection named `application_name` whenever it is in the middle of
-    something (a statement running, or inside a transaction), through `conn`, an asyncpg connection
-    as collab's own role (a role may end its own sessions).
+class WriterKiller:
+    """Ends collab process `pid`'s connection named `application_name` in the middle of a commit,
+    through `conn`, an asyncpg connection as collab's own role (a role may end its own sessions).
 
-    Which process a backend serves is found from its client port (/proc, `backend_ports`), read again
-    only when a backend with a port not seen before appears: /proc/net/tcp lists the whole machine's
-    sockets and can be long."""
+    A commit is one short statement, so catching it running is luck; instead `kill_mid_commit`
+    holds the row locks of some documents for a moment (SELECT ... FOR UPDATE in a transaction of
+    its own), waits until the process's writer is blocked on them, its commit statement sent and
+    not answered, ends that connection, and lets go of the locks. Which process a backend serves
+    is found from its client port (/proc, `backend_ports`), read again only for ports not seen
+    before: /proc/net/tcp lists the whole machine's sockets and can be long."""
 
     def __init__(self, conn, dbname: str, pid: int, pg_port: int, application_name: str):
         self.conn, self.dbname, self.pid, self.pg_port, self.name = conn, dbname, pid, pg_port, application_name
         self.ours: set[int] = set()
         self.theirs: set[int] = set()
-        self.polls = 0
 
-    async def poll(self) -> int:
-        """One look; how many connections were ended."""
-        self.polls += 1
-        rows = await self.conn.fetch("SELECT pid, client_port, state FROM pg_stat_activity "
+    async def _backends(self) -> list:
+        rows = await self.conn.fetch("SELECT pid, client_port, state, wait_event_type FROM pg_stat_activity "
                                      "WHERE datname = $1 AND application_name = $2", self.dbname, self.name)
         if any(r["client_port"] not in self.ours | self.theirs for r in rows):
             mine = backend_ports(self.pid, self.pg_port)
             for r in rows:
                 (self.ours if r["client_port"] in mine else self.theirs).add(r["client_port"])
-        busy = [r["pid"] for r in rows if r["client_port"] in self.ours and r["state"] != "idle"]
-        if not busy:
-            return 0
-        return await self.conn.fetchval("SELECT count(pg_terminate_backend(p)) FROM unnest($1::int[]) AS p", busy)
+        return [r for r in rows if r["client_port"] in self.ours]
+
+    async def kill_mid_commit(self, names: list[str], wait: float = 2.0) -> int:
+        """1 if the process's writer was caught waiting on `names`' rows and ended, else 0."""
+        import asyncio
+        async with self.conn.transaction():
+            locked = await self.conn.fetch("SELECT id FROM documents WHERE name = ANY($1::text[]) FOR UPDATE", names)
+            if not locked:
+                return 0
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                blocked = [r["pid"] for r in await self._backends() if r["wait_event_type"] == "Lock"]
+                if blocked:
+                    return await self.conn.fetchval("SELECT count(pg_terminate_backend(p)) FROM unnest($1::int[]) p",
+                                                    blocked)
+                await asyncio.sleep(0.005)
+        return 0
 
 
 def terminate_backends(pg, dbname: str, pid: int, application_name: str) -> int:

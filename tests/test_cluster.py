@@ -51,7 +51,7 @@ import aiohttp
 import pytest
 
 from clusterproc import (CLUSTER_SITE, Cluster, ClusterNginx, RedisServer, free_port, metrics, self_signed,
-                         BusyWriterKiller)
+                         WriterKiller)
 from conftest import JS_DIR
 from loadclients import apply_changes, history_versions
 from serverproc import ROOT, get_json
@@ -289,12 +289,15 @@ def test_scatter_clients_converge_across_processes(cluster, node, tmp_path):
     for f in fuzzes:
         r = check_document(f, c.procs, ctx)
         assert len(r["texts"][0]) > 100 and r["totalLocalEdits"] > 200, (r["totalLocalEdits"], ctx)
+        moved = 0
         for cl in r["clients"]:
             urls = [x["url"] for x in cl["connections"]]
             assert len(urls) >= 4 and all(a != b for a, b in zip(urls, urls[1:])), (
                 f"{cl['clientID']} should have reconnected to another process each time: {urls}")
-            welcomed = {x["url"] for x in cl["connections"] if x["welcomed"] is not None}
-            assert len(welcomed) >= 2 and cl["stats"]["welcomesResume"] >= 1, (cl["stats"], cl["connections"])
+            # (A forced reconnect may come before the welcome on a busy machine: count the welcomed ones.)
+            moved += len({x["url"] for x in cl["connections"] if x["welcomed"] is not None}) >= 2
+        assert moved >= 3, f"{f.doc}: only {moved} clients were welcomed by two processes or more"
+        assert sum(cl["stats"]["welcomesResume"] for cl in r["clients"]) >= 5, "resumes at other processes"
         assert processes_used(r) == set(c.ws_urls), "every process served this document"
         overlap = writers_at_once(r)
         assert overlap >= 2, f"{f.doc}: at most {overlap} processes had writers at one time"
@@ -743,27 +746,26 @@ def test_writer_connection_killed_on_one_process_while_others_write(cluster, pg_
     c = cluster()
     victim = c.procs[0]
     accepted_before = [metrics(p.url).get("collab_updates_accepted_total", 0.0) for p in c.procs]
-    # The victim is listed three times: most connections are its, so its writer is often busy.
-    urls = [victim.ws_url, victim.ws_url, *c.ws_urls]
+    # The victim is listed twice: about half the connections are its.
+    urls = [victim.ws_url, *c.ws_urls]
     fuzzes = [Fuzz(node, urls, f"pgkill{i}", seed + i, tmp_path, clients=4, duration=10000, reconnects=2,
-                   interval="2,15") for i in range(2)]
+                   interval="5,25") for i in range(2)]
 
     async def kill_mid_batch() -> int:
-        """For up to 8 s: whenever the victim's writer is inside a transaction, end its connection
-        (a kill may still land just after the COMMIT: until two commits failed on the victim)."""
+        """For 7 s: hold a document's row locks until the victim's writer waits on them with its commit
+        sent, end that connection, let go; again after a moment. The other processes wait on the locks
+        too, and commit as soon as they are released."""
         conn = await asyncpg.connect(pg_server.url(database))
-        killer = BusyWriterKiller(conn, database, victim.proc.pid, pg_server.port, "collab-writer")
+        killer = WriterKiller(conn, database, victim.proc.pid, pg_server.port, "collab-writer")
         kills = 0
         try:
             await asyncio.sleep(1.0)
-            deadline = time.monotonic() + 8.0
-            while time.monotonic() < deadline and victim.log().count("commit failed for document") < 2:
-                killed = await killer.poll()
-                kills += killed
-                await asyncio.sleep(rng.uniform(0.2, 0.4) if killed else 0)
+            deadline = time.monotonic() + 7.0
+            while time.monotonic() < deadline:
+                kills += await killer.kill_mid_commit([f.doc for f in fuzzes])
+                await asyncio.sleep(rng.uniform(0.4, 0.8))
         finally:
             await conn.close()
-        print(f"looked {killer.polls} times for the victim's writer mid-batch")
         return kills
 
     try:
@@ -774,7 +776,8 @@ def test_writer_connection_killed_on_one_process_while_others_write(cluster, pg_
         for f in fuzzes:
             f.kill()
     failed = victim.log().count("commit failed for document")
-    assert failed >= 1, f"no kill landed in the middle of the victim's batch ({kills} kills of its busy writer) {ctx}"
+    assert kills >= 2, f"the victim's writer was caught waiting on its commit only {kills} times"
+    assert failed >= 1, f"{kills} kills of the victim's writer in the middle of a commit, yet no commit failed {ctx}"
     assert all(p.proc.poll() is None for p in c.procs), "every process kept running"
     others = [p.log().count("commit failed for document") for p in c.procs[1:]]
     assert others == [0, 0], f"only the victim's connection was killed, yet the others failed commits: {others}"
@@ -782,7 +785,7 @@ def test_writer_connection_killed_on_one_process_while_others_write(cluster, pg_
         check_document(f, c.procs, ctx)
     accepted = [metrics(p.url).get("collab_updates_accepted_total", 0.0) - b for p, b in zip(c.procs, accepted_before)]
     assert all(a > 0 for a in accepted), f"every process committed updates during the run: {accepted}"
-    print(f"pg writer killed mid-batch {kills} times, {failed} commits failed on the victim; accepted per process "
+    print(f"pg writer killed in the middle of a commit {kills} times, {failed} commits failed on the victim; accepted per process "
           f"{accepted} {ctx}")
 
 
