@@ -130,32 +130,33 @@ class Text:
             raise ChangeError(f"changes are for a document of length {changes.length}, "
                               f"this one has {self.length}")
         sections, inserted = changes.sections, changes.inserted
-        if len(sections) == 6 and sections[1] == -1 and sections[5] == -1 and sections[3] >= 0:
-            # Fast path, a keystroke: one replacement between two keeps.
-            start = sections[0]
-            deleted = sections[2]
-            text = inserted[1]
-            if not (deleted or text):
-                return
-            chunks, sizes = self.chunks, self.sizes
-            i, cstart = self._at, self._at_pos
-            first, size = chunks[i], sizes[i]
-            off = start - cstart
-            # Inside the cursor's chunk, where `_locate` would find it (a position
-            # at a chunk's end belongs to the next chunk, but in the last one);
-            # a chunk without astral characters has no pair to cut, and ASCII
-            # text keeps it so.
-            if (0 <= off and off + deleted <= size and (off < size or i == len(sizes) - 1)
-                    and len(first) == size and text.isascii()):
-                merged = first[:off] + text + first[off + deleted:]
-                if len(merged) <= 2 * CHUNK and (merged or len(chunks) == 1):
-                    chunks[i] = merged
-                    sizes[i] = len(merged)
-                    self.length += len(text) - deleted
+        if len(sections) == 6:
+            start, keep, deleted, ins, _, keep_after = sections
+            if keep == -1 and keep_after == -1 and ins >= 0:
+                # Fast path, a keystroke: one replacement between two keeps.
+                if not (deleted or ins):
                     return
-            if not self.wide:
-                self._replace(start, start + deleted, text)
-                return
+                text = inserted[1]
+                chunks, sizes = self.chunks, self.sizes
+                i = self._at
+                first, size = chunks[i], sizes[i]
+                off = start - self._at_pos
+                # Inside the cursor's chunk, where `_locate` would find it (a
+                # position at a chunk's end belongs to the next chunk, but in
+                # the last one); a chunk without astral characters has no pair
+                # to cut, and ASCII text keeps it so.
+                if (0 <= off and off + deleted <= size and (off < size or i == len(sizes) - 1)
+                        and len(first) == size and text.isascii()):
+                    merged = first[:off] + text + first[off + deleted:]
+                    n = len(merged)
+                    if n <= 2 * CHUNK and (n or len(chunks) == 1):
+                        chunks[i] = merged
+                        sizes[i] = n
+                        self.length += n - size
+                        return
+                if not self.wide:
+                    self._replace(start, start + deleted, text)
+                    return
         self._apply(sections, inserted)
 
     def _apply(self, sections: list[int], inserted: list[str]) -> None:
