@@ -4,8 +4,11 @@
 //
 // What it writes:
 //  - the bundles and the stylesheet under names with their content's hash
-//    (editor-XXXXXXXX.js, index-…, style-….css): the server lets browsers
-//    keep those for a year (collab/api.py, static_headers);
+//    (editor-XXXXXXXX.js, index-…, style-….css), and the chunks they import
+//    (chunk-XXXXXXXX.js: code both pages share, and the Markdown renderer,
+//    which the editor loads only when the preview opens or a web page is
+//    exported): the server lets browsers keep those for a year
+//    (collab/api.py, static_headers);
 //  - the pages index.html and editor.html from the ones in static/, naming
 //    those files (the server serves the pages from dist/; a page that names
 //    a /static/ file the build did not make fails the build);
@@ -46,6 +49,8 @@ const adoptStyles = {
 const result = await build({
   plugins: [adoptStyles],
   entryNames: "[name]-[hash]",
+  chunkNames: "[name]-[hash]", // code both pages share, and what a page loads later (the Markdown renderer)
+  splitting: true,
   metafile: true,
   absWorkingDir: here,
   entryPoints: {

@@ -1,11 +1,13 @@
 // A small text diff for the history panel: lines first (Myers' O(ND)
-// algorithm), then characters inside each changed block of lines.  Result:
-// [[op, text]], op 0 = in both, -1 = only in `a`, 1 = only in `b`;
-// the 0 and -1 pieces spell `a`, the 0 and 1 pieces spell `b`.
+// algorithm), then words inside each changed block of lines, so that a
+// changed word reads as the old word struck out and the new one added
+// ("item" -> "entry"), never letter by letter.  Pure: no DOM.
+//
+// Result: [[op, text]], op 0 = in both, -1 = only in `a`, 1 = only in `b`;
+// the 0 and -1 pieces spell `a`, the 0 and 1 pieces spell `b`; between two
+// pieces in both, what was removed comes before what was added.
 
 const MAX_LINE_D = 2000; // beyond this many line edits: one big replacement
-const MAX_CHAR_BLOCK = 20000; // character diff only for changed blocks up to this size
-const MAX_CHAR_D = 1000;
 
 /** Myers' diff of two arrays; returns [[op, count]] runs, or null if more than maxD edits. */
 function myers(a, b, maxD) {
@@ -69,27 +71,68 @@ function pushPiece(out, op, text) {
   else out.push([op, text]);
 }
 
-function charDiff(out, a, b) {
+// Words: runs of letters, digits and marks (and "_"), runs of white space,
+// and every other character on its own (a code point: never half a pair).
+const TOKEN = /[\p{L}\p{N}\p{M}_]+|\s+|[^]/gu;
+const MAX_WORD_BLOCK = 20000; // word diff only for changed blocks up to this many words
+const MAX_WORD_D = 1000;
+const GLUE = /^[^\p{L}\p{N}\p{M}_]{1,2}$/u; // one or two spaces or marks between two changes: part of the change
+
+function tokens(s) {
+  return s.match(TOKEN) || [];
+}
+
+/** Word differences of the block `a` -> `b` onto `out`. */
+function wordDiff(out, a, b) {
+  const ta = tokens(a), tb = tokens(b);
   // Common prefix and suffix first: most edits are small.
   let p = 0;
-  while (p < a.length && p < b.length && a[p] === b[p]) p++;
+  while (p < ta.length && p < tb.length && ta[p] === tb[p]) p++;
   let s = 0;
-  while (s < a.length - p && s < b.length - p && a[a.length - 1 - s] === b[b.length - 1 - s]) s++;
-  pushPiece(out, 0, a.slice(0, p));
-  const am = a.slice(p, a.length - s), bm = b.slice(p, b.length - s);
-  const runs = am.length + bm.length <= MAX_CHAR_BLOCK ? myers(am, bm, MAX_CHAR_D) : null;
+  while (s < ta.length - p && s < tb.length - p && ta[ta.length - 1 - s] === tb[tb.length - 1 - s]) s++;
+  pushPiece(out, 0, ta.slice(0, p).join(""));
+  const am = ta.slice(p, ta.length - s), bm = tb.slice(p, tb.length - s);
+  const ids = new Map();
+  const id = (w) => {
+    let n = ids.get(w);
+    if (n === undefined) ids.set(w, (n = ids.size));
+    return n;
+  };
+  const runs = am.length + bm.length <= MAX_WORD_BLOCK ? myers(am.map(id), bm.map(id), MAX_WORD_D) : null;
+  const block = [];
   if (!runs) {
-    pushPiece(out, -1, am);
-    pushPiece(out, 1, bm);
+    block.push([-1, am.join("")], [1, bm.join("")]);
   } else {
     let i = 0, j = 0;
     for (const [op, count] of runs) {
-      if (op === 0) { pushPiece(out, 0, am.slice(i, i + count)); i += count; j += count; }
-      else if (op === -1) { pushPiece(out, -1, am.slice(i, i + count)); i += count; }
-      else { pushPiece(out, 1, bm.slice(j, j + count)); j += count; }
+      if (op === 0) { block.push([0, am.slice(i, i + count).join("")]); i += count; j += count; }
+      else if (op === -1) { block.push([-1, am.slice(i, i + count).join("")]); i += count; }
+      else { block.push([1, bm.slice(j, j + count).join("")]); j += count; }
     }
   }
-  pushPiece(out, 0, a.slice(a.length - s));
+  // A space or a comma left standing between two changed words splits one
+  // change in two: it goes into the change (removed and added again).
+  for (let k = 1; k < block.length - 1; k++) {
+    if (block[k][0] === 0 && block[k - 1][0] !== 0 && block[k + 1][0] !== 0 && GLUE.test(block[k][1])) {
+      block.splice(k, 1, [-1, block[k][1]], [1, block[k][1]]);
+    }
+  }
+  // Within a change, everything removed first, then everything added.
+  let dels = "", ins = "";
+  const flush = () => {
+    pushPiece(out, -1, dels);
+    pushPiece(out, 1, ins);
+    dels = ins = "";
+  };
+  for (const [op, text] of block) {
+    if (op === 0) {
+      flush();
+      pushPiece(out, 0, text);
+    } else if (op === -1) dels += text;
+    else ins += text;
+  }
+  flush();
+  pushPiece(out, 0, ta.slice(ta.length - s).join(""));
 }
 
 /** Differences between texts `a` and `b` as [[op, text]]. */
@@ -109,12 +152,12 @@ export function diffText(a, b) {
   const ia = la.map(id), ib = lb.map(id);
   const runs = myers(ia, ib, MAX_LINE_D);
   if (!runs) {
-    charDiff(out, a, b);
+    wordDiff(out, a, b);
     return out;
   }
   let i = 0, j = 0, delA = "", insB = "";
   const flush = () => {
-    if (delA || insB) charDiff(out, delA, insB);
+    if (delA || insB) wordDiff(out, delA, insB);
     delA = insB = "";
   };
   for (const [op, count] of runs) {

@@ -94,7 +94,11 @@ export async function historyEntry(docName, version) {
 
 /** Download `url` (fetched with the token) as `filename`: a link's href could not carry the header. */
 export async function download(url, filename) {
-  const blob = await (await api(url)).blob();
+  saveBlob(await (await api(url)).blob(), filename);
+}
+
+/** Save `blob` as a download named `filename`. */
+export function saveBlob(blob, filename) {
   const href = URL.createObjectURL(blob);
   const a = document.createElement("a");
   a.href = href;

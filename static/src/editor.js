@@ -1,8 +1,10 @@
 // The editor page /d/{doc}: header (status, people, identity), the editor,
 // the notices and the dialogs.  Syncing lives in sync.js (around the
-// protocol core, core.js), cursors in presence.js, the Share dialog in
-// share.js, lasting notices in notices.js, the token in auth.js (imported
-// first: it takes an admin token out of the address before anything runs).
+// protocol core, core.js), cursors in presence.js, the people list's rules
+// in people.js, the Markdown preview in preview.js, downloads in export.js,
+// the Share dialog in share.js, lasting notices in notices.js, the token in
+// auth.js (imported first: it takes an admin token out of the address
+// before anything runs).
 
 import { socketQuery, isAdmin, accessControl, adminToken, pageTokenKind } from "./auth.js";
 import { CollabSession, pageLimits } from "./sync.js";
@@ -14,8 +16,13 @@ import { HistoryPanel } from "./history.js";
 import { ShareDialog } from "./share.js";
 import { ShortcutHelp } from "./shortcuts.js";
 import { showNotice, setNoticeText } from "./notices.js";
-import { restoreVersion, wasOwnRestore, historyEntry } from "./docapi.js";
-import { loadUser, saveUser, COLORS, cleanName, safeColor, inkFor, newClientID, DOC_NAME_RE } from "./identity.js";
+import { restoreVersion, wasOwnRestore, historyEntry, getJSON, apiUrl } from "./docapi.js";
+import { MarkdownPreview } from "./preview.js";
+import { exportDocument } from "./export.js";
+import { peopleHere } from "./people.js";
+import {
+  loadUser, saveUser, loadPerson, USER_KEY, COLORS, cleanName, safeColor, inkFor, newClientID, DOC_NAME_RE,
+} from "./identity.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -113,15 +120,26 @@ function personChip(name, color, you) {
   return li;
 }
 
+let peopleNames = ""; // the names and colours of the people here, as last rendered
+
+/** The people here, one entry per person (people.js): two tabs of one person are one entry; our own other tabs are us. */
 function renderPeople(list) {
+  const { others, myTabs } = peopleHere(list, person);
   const ul = $("#people");
   ul.textContent = "";
-  ul.appendChild(personChip(user.name, user.color, true));
-  for (const p of list) {
+  const me = ul.appendChild(personChip(user.name, user.color, true));
+  if (myTabs) me.title = `${user.name} (you, here in ${myTabs + 1} tabs)`;
+  for (const p of others) {
     const li = ul.appendChild(personChip(p.name, p.color, false));
-    li.dataset.session = p.session;
+    li.dataset.sessions = p.sessions.join(" ");
+    if (p.person) li.dataset.person = p.person;
+    if (p.sessions.length > 1) li.title = `${p.name} (in ${p.sessions.length} tabs)`;
   }
-  $("#people-count").textContent = list.length ? `${list.length + 1} here` : "only you";
+  $("#people-count").textContent = others.length ? `${others.length + 1} here` : "only you";
+  // History names people as they are now: tell it when a name or colour changed (not at every cursor move).
+  const names = JSON.stringify([[person, user.name, user.color], ...others.map((p) => [p.person, p.name, p.color])]);
+  if (names !== peopleNames && historyPanel) historyPanel.peopleChanged();
+  peopleNames = names;
 }
 
 // ---- identity dialog -------------------------------------------------------------------
@@ -152,8 +170,14 @@ function applyIdentity(ev) {
   const color = $("#identity-colors input:checked")?.value || user.color;
   user = { name: cleanName($("#identity-name").value), color: safeColor(color) };
   saveUser(user);
-  renderMe();
   $("#identity").close();
+  identityChanged();
+}
+
+/** A new name or colour (from the dialog, or from this person's other tab): everyone learns it from a new hello. */
+function identityChanged() {
+  renderMe();
+  if (!session) return;
   session.setUser(user);
   renderPeople(session.peerList());
 }
@@ -209,6 +233,37 @@ async function onRestore(e) {
     details: removed ? { summary: `Show the removed text (${plural(removed, "character")})`, text: e.removed } : null,
     actions,
   });
+}
+
+// ---- export ------------------------------------------------------------------------------
+
+/** The Export dialog: the text at the synced version as .txt or .md (the server's), or a web page made here. */
+function openExport() {
+  const version = session.core.version;
+  const dlg = $("#export-dialog");
+  $("#export-intro").textContent = version === null
+    ? "The text is still loading."
+    : `The text as the server has it now: version ${version}${session.pendingCount() ? " (your edits still on their way are not in it yet)" : ""}.`;
+  $("#export-note").textContent = "";
+  dlg.dataset.version = String(version);
+  if (!dlg.open) dlg.showModal();
+}
+
+async function runExport(format) {
+  const dlg = $("#export-dialog");
+  const version = Number(dlg.dataset.version);
+  if (!Number.isSafeInteger(version)) return;
+  const text = session.core.version === version ? session.core.syncedDoc.toString() : null;
+  $("#export-note").textContent = "Preparing the download…";
+  try {
+    await exportDocument({
+      docName, version, format,
+      getText: async () => text ?? (await getJSON(apiUrl(docName, `/versions/${version}`))).doc,
+    });
+    $("#export-note").textContent = `Downloaded version ${version} as ${format === "html" ? "a web page" : `.${format}`}.`;
+  } catch (e) {
+    $("#export-note").textContent = `Could not export: ${e.message}`;
+  }
 }
 
 async function undoRestore(e, el, button) {
@@ -307,8 +362,10 @@ async function copyRescue() {
 
 const docName = docNameFromPath();
 let user = loadUser();
+const person = loadPerson(); // this browser's stable person id (hello.person)
 let session = null;
 let historyPanel = null;
+let preview = null;
 let share = null;
 let store = null;
 let leaving = false; // the page is going to the document's new name: no "unsaved edits" prompt
@@ -346,7 +403,7 @@ async function boot() {
     if (flushing || !extras.length) return;
     flushing = true;
     for (const rec of extras.slice()) {
-      const result = await flushRecord({ wsUrl, rec, user, store, rescue: showRescue, limits: pageLimits() });
+      const result = await flushRecord({ wsUrl, rec, user, person, store, rescue: showRescue, limits: pageLimits() });
       if (result !== "failed") extras.splice(extras.indexOf(rec), 1);
     }
     flushing = false;
@@ -357,8 +414,10 @@ async function boot() {
     parent: $("#editor"),
     extensions: [editorSetup(), EditorView.updateListener.of((u) => {
       if (historyPanel && (u.docChanged || u.transactions.length)) historyPanel.liveChanged();
+      if (preview && u.docChanged) preview.liveChanged();
     })],
     user,
+    person,
     store,
     clientID,
     restore,
@@ -381,9 +440,12 @@ async function boot() {
     getView: () => session.view,
     getUser: () => user,
     getRole: () => session.role,
+    getPeople: () => [...session.peerList(), { person, name: user.name, color: user.color }],
     showError,
   });
   $("#history-toggle").addEventListener("click", () => historyPanel.toggle());
+  preview = new MarkdownPreview({ getView: () => session.view });
+  $("#export").addEventListener("click", openExport);
   share = new ShareDialog({ docName, getRole: () => session.role });
   $("#share").addEventListener("click", () => share.open());
   adminHint();
@@ -423,7 +485,9 @@ async function boot() {
     get version() { return session.core.version; },
     get unconfirmed() { return session.core.unconfirmed.length; },
     peers: () => session.peerList(),
+    person,
     history: historyPanel,
+    preview,
   };
   document.body.dataset.ready = "true";
 }
@@ -431,7 +495,7 @@ async function boot() {
 renderHome();
 new ShortcutHelp();
 $("#me").addEventListener("click", openIdentity);
-for (const id of ["#share-dialog", "#identity", "#rescue", "#shortcuts"]) {
+for (const id of ["#share-dialog", "#identity", "#rescue", "#shortcuts", "#export-dialog"]) {
   $(id).addEventListener("close", () => {
     // Back to the editor, with the caret where it was (focusing alone may
     // let the browser put the DOM caret at the start).
@@ -445,6 +509,18 @@ for (const id of ["#share-dialog", "#identity", "#rescue", "#shortcuts"]) {
   });
 }
 $("#identity-form").addEventListener("submit", applyIdentity);
+// This person renamed themselves in another tab: this tab takes the new name too (one person, one name).
+window.addEventListener("storage", (ev) => {
+  if (ev.key !== USER_KEY) return;
+  const next = loadUser();
+  if (next.name === user.name && next.color === user.color) return;
+  user = next;
+  identityChanged();
+});
+for (const b of document.querySelectorAll("#export-dialog [data-format]")) {
+  b.addEventListener("click", () => runExport(b.dataset.format));
+}
+$("#export-close").addEventListener("click", () => $("#export-dialog").close());
 $("#identity-cancel").addEventListener("click", () => $("#identity").close());
 $("#rescue-copy").addEventListener("click", copyRescue);
 $("#rescue-close").addEventListener("click", () => {

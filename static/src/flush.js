@@ -17,17 +17,17 @@ import { Session, SUBPROTOCOL } from "./core.js";
 const TIMEOUT_MS = 20000;
 
 /**
- * rec: {clientID, version, updates: [ChangeSetJSON], base}; limits: the
- * page's; resolves to "sent", "rescued" (the server could not resume:
+ * rec: {clientID, version, updates: [ChangeSetJSON], base}; user and
+ * person: who sends them (this page's person); limits: the page's; resolves to "sent", "rescued" (the server could not resume:
  * `rescue` was called with the text) or "failed" (the record stays for a
  * later page).
  */
-export function flushRecord({ wsUrl, rec, user, store, rescue, limits }) {
+export function flushRecord({ wsUrl, rec, user, person, store, rescue, limits }) {
   return new Promise((resolve) => {
     let core;
     let ws;
     try {
-      core = new Session({ clientID: rec.clientID, user, limits, restore: rec, blindRestore: true, presence: false });
+      core = new Session({ clientID: rec.clientID, user, person, limits, restore: rec, blindRestore: true, presence: false });
       ws = new WebSocket(wsUrl, SUBPROTOCOL);
     } catch (e) {
       console.warn("collab: cannot send the edits of a closed tab:", e);

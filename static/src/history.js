@@ -1,41 +1,42 @@
 // The History panel: a timeline of editing sessions (paged in lazily from
-// GET /api/docs/{doc}/history), a slider over versions, a read-only preview
-// of the chosen version with its differences from the current text (or who
-// wrote each character), and Restore / Copy to a new document (the admin's) /
-// Download. Requests carry the token in a header (docapi.js, auth.js).
+// GET /api/docs/{doc}/history) with the named versions between them, a
+// slider that moves by session (or by single edit, on demand), a read-only
+// preview of the chosen version with its differences from the current text
+// word by word (or who wrote each character), and Restore / Name this
+// version / Copy to a new document (the admin's) / Download (.txt, .md or a
+// web page). Requests carry the token in a header (docapi.js, auth.js).
 //
-// Scrubbing stays responsive: the label follows the slider at once, text
-// and authorship are fetched after a short pause, in-flight requests for
-// positions left behind are aborted, and an answer for any position but the
-// current one is dropped.
+// What always holds here:
+//  - People are told apart by their person id (hello.person) and shown
+//    with their current name and chosen colour (timeline.js): a rename does
+//    not split a person in two, and two people with one name stay two.
+//    Updates made without a person id are attributed by name, as before.
+//  - Sessions end at a pause in the document, not at a change of author
+//    (timeline.js).
+//  - Scrubbing stays responsive: the label follows the slider at once, text
+//    and authorship are fetched after a short pause, in-flight requests for
+//    positions left behind are aborted, and an answer for any position but
+//    the current one is dropped.
 
 import { EditorState, StateField, StateEffect, RangeSetBuilder } from "@codemirror/state";
 import { EditorView, Decoration, WidgetType, lineNumbers } from "@codemirror/view";
 import { getSyncedVersion } from "@codemirror/collab";
 import { diffText } from "./diff.js";
-import { api, apiUrl, restoreVersion, download } from "./docapi.js";
+import { api, apiUrl, getJSON, restoreVersion } from "./docapi.js";
 import { isAdmin } from "./auth.js";
+import { groupSessions, sliderStops, nearestStop, resolvePeople, authorKey, SESSION_GAP_S } from "./timeline.js";
+import { colorClass } from "./colors.js";
+import { exportDocument } from "./export.js";
 
 const PAGE = 200; // history entries per request
-const SESSION_GAP_S = 5 * 60; // a pause this long starts a new session
 const SCRUB_DEBOUNCE_MS = 120;
 const CURRENT_DEBOUNCE_MS = 250; // the diff against the live text, at most this often
 const NEWER_DEBOUNCE_MS = 800; // new sessions while the panel is open, at most this often
 const CACHE = 60; // version texts kept
-const AUTHOR_COLORS = 10; // .ac0 … .ac9 in style.css
 const WIDGET_MAX = 4000; // inserted text shown in the preview, at most
+const MAX_NAME = 100; // a version's name (the server's limit)
 
 const $ = (sel) => document.querySelector(sel);
-
-/** A stable colour slot for an author's name (FNV-1a). */
-export function authorSlot(name) {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < name.length; i++) {
-    h ^= name.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h % AUTHOR_COLORS;
-}
 
 function fmtTime(seconds, withDate) {
   const d = new Date(seconds * 1000);
@@ -44,29 +45,21 @@ function fmtTime(seconds, withDate) {
   return `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
 }
 
-/** Entries (any order) to sessions, newest first. */
-export function groupSessions(entries) {
-  const asc = [...entries].sort((x, y) => x.version - y.version);
-  const out = [];
-  let cur = null;
-  for (const e of asc) {
-    const restored = e.restored !== undefined && e.restored !== null;
-    if (cur && !restored && !cur.restored && cur.author === e.author
-        && e.version === cur.to + 1 && e.time - cur.end < SESSION_GAP_S) {
-      cur.to = e.version;
-      cur.end = e.time;
-      cur.inserted += e.inserted;
-      cur.deleted += e.deleted;
-      cur.count++;
-    } else {
-      cur = {
-        author: e.author, from: e.version, to: e.version, start: e.time, end: e.time,
-        inserted: e.inserted, deleted: e.deleted, count: 1, restored: restored ? e.restored : null,
-      };
-      out.push(cur);
-    }
-  }
-  return out.reverse();
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+/** A dot in a person's colour and their name. */
+function personLabel(who, className) {
+  const span = document.createElement("span");
+  span.className = className;
+  span.dataset.person = who.person || "";
+  span.dataset.author = who.name;
+  const dot = span.appendChild(document.createElement("span"));
+  dot.className = `author-dot ${colorClass(who.color)}`;
+  dot.setAttribute("aria-hidden", "true");
+  span.appendChild(document.createElement("span")).textContent = who.name;
+  return span;
 }
 
 // ---- the preview's decorations --------------------------------------------------
@@ -117,7 +110,8 @@ function diffDecorations(versionText, currentText) {
   return { deco: builder.finish(), added, removed };
 }
 
-function authorDecorations(spans, length) {
+/** Marks for who wrote what: `spans` [{from, to, author (a key)}], `people` key -> {name, color, person}. */
+function authorDecorations(spans, length, people) {
   const builder = new RangeSetBuilder();
   const marks = new Map();
   for (const s of spans) {
@@ -125,9 +119,10 @@ function authorDecorations(spans, length) {
     if (to <= from) continue;
     let mark = marks.get(s.author);
     if (!mark) {
+      const who = people.get(s.author) || { name: s.author, color: null, person: null };
       mark = Decoration.mark({
-        class: `cm-author ac${authorSlot(s.author)}`,
-        attributes: { "data-author": s.author, title: s.author },
+        class: `cm-author ${colorClass(who.color)}`,
+        attributes: { "data-author": who.name, "data-person": who.person || "", title: who.name },
       });
       marks.set(s.author, mark);
     }
@@ -139,7 +134,11 @@ function authorDecorations(spans, length) {
 // ---- the panel --------------------------------------------------------------------
 
 export class HistoryPanel {
-  /** opts: docName, getView() (the live editor), getUser(), getRole(), showError(text). */
+  /**
+   * opts: docName, getView() (the live editor), getUser(), getRole(),
+   * getPeople() (the people here now, this page's own person included:
+   * [{person, name, color}]), showError(text).
+   */
   constructor(opts) {
     Object.assign(this, opts);
     this.root = $("#history");
@@ -153,6 +152,13 @@ export class HistoryPanel {
     this.head = 0;
     this.selected = null;
     this.mode = "changes";
+    this.fine = false; // the slider moves by single edits, not by session
+    this.gap = SESSION_GAP_S; // seconds of quiet that end a session (tests shorten it)
+    this.stops = [0];
+    this.sessions = [];
+    this.checkpoints = []; // [{version, name, author, time}], oldest first
+    this.known = {}; // person keys -> {name, color}, from /authors
+    this.peopleNow = null; // who is who, as of the last renderSessions
     this.texts = new Map(); // version -> text (a small LRU)
     this.authors = new Map(); // version -> spans
     this.seq = 0;
@@ -164,7 +170,11 @@ export class HistoryPanel {
     this.preview = null;
 
     $("#history-close").addEventListener("click", () => this.close());
-    this.slider.addEventListener("input", () => this.select(Number(this.slider.value)));
+    this.slider.addEventListener("input", () => this.slid());
+    $("#history-fine").addEventListener("change", (ev) => {
+      this.fine = ev.target.checked;
+      this.renderSlider();
+    });
     for (const r of document.querySelectorAll("input[name=history-mode]")) {
       r.addEventListener("change", () => { if (r.checked) this.setMode(r.value); });
     }
@@ -174,6 +184,13 @@ export class HistoryPanel {
       ev.preventDefault();
       this.download();
     });
+    $("#history-name").addEventListener("click", () => this.openNameForm());
+    $("#history-name-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      this.saveName($("#history-name-input").value);
+    });
+    $("#history-name-remove").addEventListener("click", () => this.saveName(null));
+    $("#history-name-cancel").addEventListener("click", () => this.closeNameForm());
     this.list.addEventListener("click", (ev) => {
       const item = ev.target.closest("[data-to]");
       if (item) this.select(Number(item.dataset.to));
@@ -225,7 +242,9 @@ export class HistoryPanel {
     this.oldest = null;
     this.hasOlder = true;
     this.loadingOlder = null;
+    this.closeNameForm();
     this.renderSessions();
+    this.loadCheckpoints();
     this.loadOlder();
     this.select(this.selected === null || this.selected > this.head ? this.head : this.selected);
   }
@@ -248,6 +267,14 @@ export class HistoryPanel {
     this.currentTimer = setTimeout(() => { this.currentTimer = null; this.followLive(); }, CURRENT_DEBOUNCE_MS);
   }
 
+  /** The people here changed (a name, a colour, someone came): names in the panel are current ones. */
+  peopleChanged() {
+    if (!this.isOpen) return;
+    this.renderSessions();
+    this.renderLabel();
+    if (this.shown && this.shown.mode === "authors") this.renderPreview(false);
+  }
+
   followLive() {
     const view = this.getView();
     if (!this.isOpen || !view) return;
@@ -255,7 +282,7 @@ export class HistoryPanel {
     const head = getSyncedVersion(view.state);
     if (head !== this.head) {
       this.head = head;
-      this.slider.max = String(head);
+      this.renderSlider();
       this.renderLabel();
       if (!this.newerTimer) {
         this.newerTimer = setTimeout(() => { this.newerTimer = null; this.loadNewer(); }, NEWER_DEBOUNCE_MS);
@@ -265,8 +292,16 @@ export class HistoryPanel {
   }
 
   renderRole() {
-    $("#history-restore").hidden = this.getRole() === "view";
+    const viewer = this.getRole() === "view";
+    $("#history-restore").hidden = viewer;
+    $("#history-name").hidden = viewer; // naming a version takes edit rights
+    if (viewer) this.closeNameForm();
     $("#history-fork").hidden = !isAdmin; // a fork creates a document: the admin's (docs/protocol.md)
+  }
+
+  /** Who is who now: the entries loaded, what /authors said, the people here. */
+  people() {
+    return resolvePeople({ entries: this.entries.values(), known: this.known, live: this.getPeople() });
   }
 
   // ---- the session list ----
@@ -322,28 +357,63 @@ export class HistoryPanel {
     } catch (e) {
       this.setError(`Could not load the history: ${e.message}`);
     }
+    this.loadCheckpoints(); // someone may have named a version meanwhile
+  }
+
+  async loadCheckpoints() {
+    try {
+      const { checkpoints } = await getJSON(apiUrl(this.docName, "/checkpoints"));
+      if (!this.isOpen || !Array.isArray(checkpoints)) return;
+      this.setCheckpoints(checkpoints);
+    } catch (e) {
+      this.setError(`Could not load the named versions: ${e.message}`);
+    }
+  }
+
+  setCheckpoints(list) {
+    this.checkpoints = list.filter((c) => c && Number.isSafeInteger(c.version) && typeof c.name === "string")
+      .sort((a, b) => a.version - b.version);
+    this.renderSessions();
+    this.renderLabel();
+  }
+
+  checkpointAt(version) {
+    return this.checkpoints.find((c) => c.version === version) || null;
   }
 
   renderSessions() {
-    this.sessions = groupSessions(this.entries.values());
+    const people = this.people();
+    this.peopleNow = people; // for the label, which follows every move of the slider
+    this.sessions = groupSessions(this.entries.values(), {
+      gap: this.gap, checkpoints: this.checkpoints.map((c) => c.version),
+    });
     const list = this.list;
     list.textContent = "";
     const now = Date.now() / 1000;
+    // Named versions go between the sessions, above the session they end (the list is newest first).
+    const floor = this.hasOlder ? (this.oldest === null ? Infinity : this.oldest - 1) : 0;
+    const marks = this.checkpoints.filter((c) => c.version >= floor && c.version <= this.head).reverse();
+    let m = 0;
+    const marksDownTo = (v) => {
+      while (m < marks.length && marks[m].version >= v) this.renderCheckpoint(list, marks[m++], people, now);
+    };
     for (const s of this.sessions) {
+      marksDownTo(s.to);
       const li = list.appendChild(document.createElement("li"));
       li.className = "history-session";
       li.dataset.from = String(s.from);
       li.dataset.to = String(s.to);
-      li.dataset.author = s.author;
       const item = li.appendChild(document.createElement("button"));
       item.type = "button";
       item.className = "history-session-button";
-      const dot = item.appendChild(document.createElement("span"));
-      dot.className = `author-dot ac${authorSlot(s.author)}`;
-      dot.setAttribute("aria-hidden", "true");
       const who = item.appendChild(document.createElement("span"));
-      who.className = "history-author";
-      who.textContent = s.author;
+      who.className = "history-people";
+      const names = [];
+      for (const p of s.people) {
+        const person = people.get(p.key) || { name: p.key, color: null, person: null };
+        who.appendChild(personLabel(person, "history-person"));
+        names.push(`${person.name} (${plural(p.count, "edit")})`);
+      }
       const when = item.appendChild(document.createElement("time"));
       when.className = "history-time";
       const withDate = now - s.end > 20 * 3600;
@@ -362,21 +432,48 @@ export class HistoryPanel {
       what.className = "history-versions";
       what.textContent = (s.restored !== null ? `restored version ${s.restored} · ` : "")
         + (s.from === s.to ? `version ${s.to}` : `versions ${s.from}–${s.to}`);
-      item.title = `${s.author}: ${s.count} edit${s.count === 1 ? "" : "s"}, ${s.inserted} characters inserted, ${s.deleted} deleted. Click to see the text after it.`;
+      item.title = `${names.join(", ")}: ${s.inserted} characters inserted, ${s.deleted} deleted. Click to see the text after it.`;
     }
-    if (!this.sessions.length && !this.hasOlder) {
+    marksDownTo(floor);
+    if (!this.sessions.length && !this.hasOlder && !marks.length) {
       const li = list.appendChild(document.createElement("li"));
       li.className = "history-empty";
       li.textContent = "No edits yet.";
     }
     const older = $("#history-older");
     older.hidden = !this.hasOlder;
+    this.renderSlider();
     this.markSelected();
   }
 
+  renderCheckpoint(list, c, people, now) {
+    const li = list.appendChild(document.createElement("li"));
+    li.className = "history-checkpoint";
+    li.dataset.to = String(c.version);
+    li.dataset.version = String(c.version);
+    const item = li.appendChild(document.createElement("button"));
+    item.type = "button";
+    item.className = "history-checkpoint-button";
+    const flag = item.appendChild(document.createElement("span"));
+    flag.className = "checkpoint-flag";
+    flag.setAttribute("aria-hidden", "true");
+    flag.textContent = "⚑";
+    const name = item.appendChild(document.createElement("span"));
+    name.className = "checkpoint-name";
+    name.textContent = c.name;
+    const what = item.appendChild(document.createElement("span"));
+    what.className = "history-versions";
+    const by = typeof c.author === "string" && c.author ? ` · named by ${c.author}` : "";
+    const at = typeof c.time === "number" ? ` · ${fmtTime(c.time, now - c.time > 20 * 3600)}` : "";
+    what.textContent = `version ${c.version}${by}${at}`;
+    item.title = `The version named “${c.name}”. Click to see it.`;
+  }
+
   markSelected() {
-    for (const li of this.list.querySelectorAll(".history-session")) {
-      const on = this.selected !== null && Number(li.dataset.from) <= this.selected && this.selected <= Number(li.dataset.to);
+    for (const li of this.list.querySelectorAll(".history-session, .history-checkpoint")) {
+      const on = this.selected !== null && (li.classList.contains("history-checkpoint")
+        ? Number(li.dataset.version) === this.selected
+        : Number(li.dataset.from) <= this.selected && this.selected <= Number(li.dataset.to));
       li.classList.toggle("selected", on);
       li.firstChild.setAttribute("aria-pressed", on ? "true" : "false");
     }
@@ -384,14 +481,38 @@ export class HistoryPanel {
 
   // ---- choosing a version ----
 
+  /** The slider: by session (its stops), or by single edit when fine steps are on. */
+  renderSlider() {
+    this.stops = sliderStops(this.sessions, this.head, this.checkpoints.map((c) => c.version));
+    const selected = this.selected === null ? this.head : this.selected;
+    if (this.fine) {
+      this.slider.max = String(this.head);
+      this.slider.value = String(selected);
+    } else {
+      this.slider.max = String(this.stops.length - 1);
+      this.slider.value = String(nearestStop(this.stops, selected));
+    }
+    this.root.dataset.steps = this.fine ? "edits" : "sessions";
+  }
+
+  slid() {
+    const i = Number(this.slider.value);
+    if (this.fine) {
+      this.select(i);
+      return;
+    }
+    this.select(this.stops[Math.max(0, Math.min(this.stops.length - 1, i))] ?? 0);
+    if (i === 0 && this.hasOlder) this.loadOlder(); // the far end: older sessions may bring more stops
+  }
+
   select(version) {
     if (!this.isOpen) return;
     version = Math.max(0, Math.min(this.head, version | 0));
     this.selected = version;
-    this.slider.max = String(this.head);
-    this.slider.value = String(version);
+    this.renderSlider();
     this.renderLabel();
     this.markSelected();
+    this.closeNameForm();
     this.root.dataset.state = "loading";
     if (this.abort) this.abort.abort();
     clearTimeout(this.scrubTimer);
@@ -401,16 +522,23 @@ export class HistoryPanel {
   renderLabel() {
     const v = this.selected;
     const label = $("#history-label");
+    const nameButton = $("#history-name");
     if (v === null) { label.textContent = ""; return; }
     const parts = [`Version ${v} of ${this.head}`];
+    const named = this.checkpointAt(v);
+    if (named) parts.push(`“${named.name}”`);
     const e = this.entries.get(v);
     if (v === this.head) parts.push("the current text");
     if (e) {
+      const who = (this.peopleNow || this.people()).get(authorKey(e));
+      const name = who ? who.name : e.author;
       parts.push(e.restored !== undefined && e.restored !== null
-        ? `${e.author} restored version ${e.restored}` : `by ${e.author}`);
+        ? `${name} restored version ${e.restored}` : `by ${name}`);
       parts.push(fmtTime(e.time, Date.now() / 1000 - e.time > 20 * 3600));
     } else if (v === 0) parts.push("before the first edit");
     label.textContent = parts.join(" · ");
+    this.slider.setAttribute("aria-valuetext", label.textContent);
+    nameButton.textContent = named ? "Rename this version" : "Name this version";
   }
 
   setMode(mode) {
@@ -419,33 +547,43 @@ export class HistoryPanel {
     if (this.selected !== null) this.select(this.selected);
   }
 
+  /** The text at `version` (cached). */
+  async textAt(version, signal) {
+    let text = this.texts.get(version);
+    if (text === undefined) {
+      const r = await api(apiUrl(this.docName, `/versions/${version}`), { signal });
+      text = (await r.json()).doc;
+      this.texts.set(version, text);
+      if (this.texts.size > CACHE) this.texts.delete(this.texts.keys().next().value);
+    }
+    return text;
+  }
+
   async load(version) {
     const seq = ++this.seq;
     const ctrl = new AbortController();
     this.abort = ctrl;
     const mode = this.mode;
     try {
-      let text = this.texts.get(version);
-      if (text === undefined) {
-        const r = await api(apiUrl(this.docName, `/versions/${version}`), { signal: ctrl.signal });
-        text = (await r.json()).doc;
-        this.texts.set(version, text);
-        if (this.texts.size > CACHE) this.texts.delete(this.texts.keys().next().value);
-      }
+      const text = await this.textAt(version, ctrl.signal);
       let spans = null;
       if (mode === "authors") {
-        spans = this.authors.get(version);
-        if (!spans) {
+        let got = this.authors.get(version);
+        if (!got) {
           const r = await api(apiUrl(this.docName, "/authors", { version }), { signal: ctrl.signal });
-          spans = (await r.json()).spans;
-          this.authors.set(version, spans);
+          const body = await r.json();
+          got = { spans: body.spans, people: body.people && typeof body.people === "object" ? body.people : {} };
+          this.authors.set(version, got);
           if (this.authors.size > CACHE) this.authors.delete(this.authors.keys().next().value);
         }
+        spans = got.spans;
+        this.known = { ...this.known, ...got.people };
       }
       if (seq !== this.seq || version !== this.selected || mode !== this.mode || !this.isOpen) return; // stale
       this.setError(null);
       this.shown = { version, text, spans, mode };
       this.renderPreview(true);
+      if (mode === "authors") this.renderSessions(); // /authors may have told newer names
     } catch (e) {
       if (e.name === "AbortError" || seq !== this.seq) return;
       this.shown = null;
@@ -459,28 +597,24 @@ export class HistoryPanel {
     const view = this.preview;
     const changes = newText || view.state.doc.length !== text.length || view.state.doc.toString() !== text
       ? { from: 0, to: view.state.doc.length, insert: text } : undefined;
-    let deco, legend = "";
+    let deco;
     const legendBox = $("#history-legend");
     legendBox.textContent = "";
     if (mode === "authors") {
-      const made = authorDecorations(spans || [], text.length);
+      const people = this.people();
+      const made = authorDecorations(spans || [], text.length, people);
       deco = made.deco;
-      for (const name of made.authors) {
-        const item = legendBox.appendChild(document.createElement("span"));
-        item.className = "legend-item";
-        const dot = item.appendChild(document.createElement("span"));
-        dot.className = `author-dot ac${authorSlot(name)}`;
-        item.appendChild(document.createTextNode(name));
+      for (const key of made.authors) {
+        legendBox.appendChild(personLabel(people.get(key) || { name: key, color: null, person: null }, "legend-item"));
       }
     } else {
       const live = this.getView();
       const current = live ? live.state.doc.toString() : text;
       const made = diffDecorations(text, current);
       deco = made.deco;
-      legend = made.added || made.removed
-        ? `Compared with the current text: ${made.removed} characters removed since (red), ${made.added} added since (green).`
+      legendBox.textContent = made.added || made.removed
+        ? `Compared with the current text: ${made.removed} characters removed since (struck out), ${made.added} added since (green).`
         : "Same as the current text.";
-      legendBox.textContent = legend;
     }
     view.dispatch({ changes, effects: setDecos.of(deco) });
     this.root.dataset.shown = String(version);
@@ -496,6 +630,53 @@ export class HistoryPanel {
 
   note(text) {
     $("#history-note").textContent = text;
+  }
+
+  // ---- naming a version ----
+
+  openNameForm() {
+    const version = this.selected;
+    if (version === null) return;
+    const named = this.checkpointAt(version);
+    $("#history-name-version").textContent = String(version);
+    const input = $("#history-name-input");
+    input.value = named ? named.name : "";
+    input.maxLength = MAX_NAME;
+    $("#history-name-remove").hidden = !named;
+    $("#history-name-form").hidden = false;
+    input.focus();
+    input.select();
+  }
+
+  closeNameForm() {
+    const form = $("#history-name-form");
+    if (form) form.hidden = true;
+  }
+
+  /** Name the selected version (`name` null: take its name away). */
+  async saveName(name) {
+    const version = this.selected;
+    if (version === null) return;
+    const clean = name === null ? null : String(name).replace(/\s+/g, " ").trim().slice(0, MAX_NAME);
+    if (clean === "") {
+      $("#history-name-input").focus();
+      return;
+    }
+    const form = $("#history-name-form");
+    for (const b of form.querySelectorAll("button")) b.disabled = true;
+    try {
+      const r = await api(apiUrl(this.docName, "/checkpoints"), {
+        method: "POST", json: { version, name: clean, author: this.getUser().name },
+      });
+      const { checkpoints } = await r.json();
+      this.closeNameForm();
+      if (Array.isArray(checkpoints)) this.setCheckpoints(checkpoints);
+      this.note(clean === null ? `Version ${version} no longer has a name.` : `Version ${version} is now named “${clean}”.`);
+    } catch (e) {
+      this.setError(`Could not name version ${version}: ${e.message}`);
+    } finally {
+      for (const b of form.querySelectorAll("button")) b.disabled = false;
+    }
   }
 
   // ---- actions ----
@@ -551,11 +732,13 @@ export class HistoryPanel {
     }
   }
 
+  /** Download the selected version as plain text, Markdown (the server's) or a web page (made here). */
   async download() {
     const version = this.selected;
     if (version === null) return;
+    const format = $("#history-format").value;
     try {
-      await download(apiUrl(this.docName, "/export", { version }), `${this.docName}-v${version}.txt`);
+      await exportDocument({ docName: this.docName, version, format, getText: () => this.textAt(version) });
     } catch (e) {
       this.setError(`Could not download version ${version}: ${e.message}`);
     }
@@ -564,10 +747,12 @@ export class HistoryPanel {
   /** For tests and debugging. */
   get info() {
     return {
-      open: this.isOpen, head: this.head, selected: this.selected, mode: this.mode,
+      open: this.isOpen, head: this.head, selected: this.selected, mode: this.mode, fine: this.fine,
       shown: this.shown ? this.shown.version : null,
       text: this.preview ? this.preview.state.doc.toString() : null,
-      sessions: this.sessions ? this.sessions.map((s) => ({ ...s })) : [],
+      sessions: this.sessions ? this.sessions.map((s) => ({ ...s, people: s.people.map((p) => ({ ...p })) })) : [],
+      stops: this.stops.slice(),
+      checkpoints: this.checkpoints.map((c) => ({ ...c })),
       lastRestore: this.lastRestore || null,
     };
   }

@@ -1,7 +1,17 @@
-// Who this person is (name and colour), remembered in localStorage, plus the
-// random readable names used for new documents.  No DOM, no network.
+// Who this person is (name and colour, and a stable random person id),
+// remembered in localStorage, plus the random readable names used for new
+// documents.  No DOM, no network.
+//
+// The person id is made once per browser profile and never changes: the
+// name and colour may change at any time, the id is what keeps a person one
+// person (two tabs, a rename) for the others and in the history. It is not
+// a secret: anyone in the document sees it in presence frames.
 
-const USER_KEY = "collab:user";
+import { isPersonId } from "./core/frames.js";
+
+/** The localStorage key of the name and colour (other tabs of this person watch it). */
+export const USER_KEY = "collab:user";
+const PERSON_KEY = "collab:person";
 
 export const COLORS = [
   "#e5484d", "#f76b15", "#d6a100", "#30a46c", "#12a594",
@@ -89,4 +99,25 @@ export function newClientID() {
   const bytes = new Uint8Array(9);
   crypto.getRandomValues(bytes);
   return Array.from(bytes, (b) => b.toString(36).padStart(2, "0")).join("").slice(0, 16);
+}
+
+/** A random person id: 22 characters of [A-Za-z0-9_-] (132 random bits). */
+export function newPersonID() {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  const bytes = new Uint8Array(22);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => alphabet[b & 63]).join("");
+}
+
+/** This browser's person id, made (and stored) on first use; without storage, one for this page only. */
+export function loadPerson() {
+  try {
+    const stored = localStorage.getItem(PERSON_KEY);
+    if (isPersonId(stored)) return stored;
+  } catch (_) { /* no storage: a fresh id below */ }
+  const id = newPersonID();
+  try {
+    localStorage.setItem(PERSON_KEY, id);
+  } catch (_) { /* not remembered: this page is a person of its own */ }
+  return id;
 }

@@ -6,8 +6,9 @@
 import { StateField, StateEffect, EditorSelection } from "@codemirror/state";
 import { EditorView, layer, RectangleMarker } from "@codemirror/view";
 import { safeColor, cleanName, inkFor } from "./identity.js";
+import { isPersonId } from "./core/frames.js";
 
-/** {session, user: {name, color}, ranges: [{anchor, head}]}: set one peer (ranges in local coordinates). */
+/** {session, user: {name, color, person?}, ranges: [{anchor, head}]}: set one peer (ranges in local coordinates). */
 export const setPeer = StateEffect.define({
   map: (p, mapping) => ({ ...p, ranges: mapRanges(p.ranges, mapping) }),
 });
@@ -37,7 +38,10 @@ export const peersField = StateField.define({
         const clamp = (n) => Math.max(0, Math.min(len, n | 0));
         next.set(e.value.session, {
           session: e.value.session,
-          user: { name: cleanName(e.value.user?.name), color: safeColor(e.value.user?.color) },
+          user: {
+            name: cleanName(e.value.user?.name), color: safeColor(e.value.user?.color),
+            person: isPersonId(e.value.user?.person) ? e.value.user.person : null,
+          },
           ranges: e.value.ranges.map((r) => ({ anchor: clamp(r.anchor), head: clamp(r.head) })),
           stamp: ++stamps, // a new stamp shows the name label again
         });

@@ -39,7 +39,7 @@ export function pageLimits() {
 export class CollabSession {
   /**
    * docName, wsUrl, parent (DOM node), extensions (editor setup), user
-   * {name, color}, store (PendingStore, already claimed for clientID),
+   * {name, color}, person (the stable person id, sent in every hello), store (PendingStore, already claimed for clientID),
    * clientID, restore (an adopted pending record or null), limits (default:
    * the page's), and callbacks in `on`: status(info), error(text),
    * rescue({text, count, fragments}), peers(list), role(role),
@@ -66,7 +66,7 @@ export class CollabSession {
     this.saveTimer = null;
     this.lastBaseWrite = 0;
     this.core = new Session({
-      clientID: opts.clientID, user: opts.user, limits: opts.limits || pageLimits(), restore: opts.restore,
+      clientID: opts.clientID, user: opts.user, person: opts.person, limits: opts.limits || pageLimits(), restore: opts.restore,
       extensions: () => this.stateExtensions(),
     });
     if (this.core.state) this.mount(); // restored edits are shown at once
@@ -99,7 +99,10 @@ export class CollabSession {
 
   peerList() {
     const peers = this.view ? this.view.state.field(peersField) : new Map();
-    return [...peers.values()].map((p) => ({ session: p.session, name: p.user.name, color: p.user.color, ranges: p.ranges }));
+    return [...peers.values()].map((p) => ({
+      session: p.session, name: p.user.name, color: p.user.color, person: p.user.person, ranges: p.ranges,
+      stamp: p.stamp,
+    }));
   }
 
   // ---- the editor ---------------------------------------------------------------

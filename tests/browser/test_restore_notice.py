@@ -8,13 +8,18 @@ document (a second click confirms when edits came after the restore: the
 undo brings back the version before it as a whole). Carol, who only
 watches, is told too; Alice, who restored, gets no notice (her History
 panel says it), until Bob's undo, which is a restore like any other.
+
+A viewer (a view link, whose updates frames hide clientIDs) is told who
+restored which version from the frame's `restore` object alone: its page
+may not even read the history.
 """
 
 from __future__ import annotations
 
 import time
 
-from .browser_helpers import open_editor, server_doc, set_user, wait_synced
+from .browser_helpers import (api_json, open_editor, server_doc, set_user, team_server, wait_status, wait_synced,
+                              watch_page)
 from .test_history import info, scrub, wait_shown
 
 
@@ -90,3 +95,45 @@ def test_restore_notice_and_undo(server, contexts, artifacts):
     assert "Bob restored version" in alice.inner_text(".notice-restore .notice-title")
     for p in (alice, bob, carol):
         assert p.collab_errors == [] and p.csp_violations == []
+
+
+def test_a_viewer_is_told_from_the_frame(tmp_path, contexts):
+    srv, admin = team_server(tmp_path, "viewer-restore")
+    try:
+        doc = "viewed"
+        ca = contexts()
+        set_user(ca, "Alice", "#e5484d")
+        alice = open_editor(ca, srv.url, f"{doc}?token={admin}")
+        alice.click(".cm-content")
+        alice.keyboard.type("Plan: ")
+        wait_synced([alice], srv.url, f"{doc}?token={admin}")
+        before = alice.evaluate("window.__collab.version")
+        alice.keyboard.type("more words.")
+        wait_synced([alice], srv.url, f"{doc}?token={admin}")
+        _, links = api_json(srv.url, f"/api/docs/{doc}/links", admin)
+
+        cv = contexts()
+        set_user(cv, "Carol", "#30a46c")
+        viewer = watch_page(cv.new_page())
+        asked = []
+        # The viewer's page may not read the history: what it says must come from the updates frame.
+        viewer.route("**/history*", lambda route: (asked.append(route.request.url), route.abort()))
+        viewer.goto(srv.url + links["links"]["view"])
+        viewer.wait_for_selector("body[data-ready=true]")
+        wait_status(viewer, "connected")
+        assert viewer.evaluate("window.__collab.session.role") == "view"
+
+        alice.click("#history-toggle")
+        scrub(alice, [before])
+        wait_shown(alice, before)
+        alice.click("#history-restore")
+        viewer.wait_for_selector(".notice-restore")
+        viewer.wait_for_function("() => document.querySelector('.notice-restore .notice-title').textContent"
+                                 f".startsWith('Alice restored version {before}')")
+        assert viewer.query_selector(".notice-restore [data-action=undo]") is None  # a viewer cannot undo
+        viewer.click(".notice-restore summary")
+        assert "more words." in viewer.inner_text(".notice-restore .notice-removed")
+        assert asked == []
+        assert viewer.collab_errors == [] and viewer.csp_violations == []
+    finally:
+        srv.kill()

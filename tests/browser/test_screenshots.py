@@ -1,4 +1,5 @@
-"""Three people editing one document, photographed at 1280 px and 390 px, light and dark.
+"""Three people editing one document, photographed at 1280 px and 390 px, light and dark; History
+(with a named version) and the Markdown preview at 1280 px.
 
 The pictures go to test-artifacts/ (gitignored). With
 COLLAB_UPDATE_SCREENSHOT=1 they are also copied to docs/screenshots/, the
@@ -11,7 +12,7 @@ import os
 import shutil
 import struct
 
-from .browser_helpers import open_editor, set_user, wait_synced, set_cursor
+from .browser_helpers import api_json, open_editor, set_user, wait_synced, set_cursor
 from serverproc import ROOT
 
 TEXT = """# Release notes
@@ -61,6 +62,8 @@ def test_screenshots_wide_and_narrow(server, contexts, artifacts):
     ada.click(".cm-content")
     ada.evaluate("t => { const v = window.__collab.view; v.dispatch({changes: {from: 0, insert: t}}); }", TEXT)
     wait_synced(pages, server.url, doc)
+    api_json(server.url, f"/api/docs/{doc}/checkpoints", method="POST",
+             body={"version": 1, "name": "First draft", "author": "Ada"})
     # Grace selects a word, Linus sits in a list item, Ada types at the end of a line.
     start = TEXT.index("everyone")
     grace.click(".cm-content")
@@ -76,8 +79,13 @@ def test_screenshots_wide_and_narrow(server, contexts, artifacts):
     ada.click("#history-toggle")
     ada.click("input[value=authors]")
     ada.wait_for_selector("#history[data-state=ready][data-mode=authors]")
+    ada.wait_for_selector("#history-sessions .history-checkpoint")
     shoot(ada, artifacts, "history-1280", WIDE)
     ada.click("#history-close")
+    ada.click("#preview-toggle")
+    ada.wait_for_selector("#preview-body h2")
+    shoot(ada, artifacts, "preview-1280", WIDE)
+    ada.click("#preview-close")
 
     for scheme, size, name in (("dark", WIDE, "editor-1280-dark"), ("light", NARROW, "editor-390"),
                                ("dark", NARROW, "editor-390-dark")):
