@@ -8,7 +8,8 @@ Authorization header, never in their URL (only the WebSocket, whose URL no
 address bar shows, has it as ?token=). Nothing on any page (text, links,
 inputs) contains the admin token, and the hints point to the Share dialog's
 edit and view links. An edit link keeps its token in the address: that link
-is the capability meant to be shared.
+is the capability meant to be shared. The /status page keeps no token in its
+address either, and its styles obey the server's Content-Security-Policy.
 """
 
 from __future__ import annotations
@@ -112,6 +113,32 @@ def test_admin_token_leaves_the_address_bar(tmp_path, contexts):
         stranger.wait_for_selector("body[data-ready=true]")
         assert "admin link" in stranger.inner_text("#docs-note")
         assert stranger.is_hidden("#new-form")
+        assert stranger.collab_errors == [] and stranger.csp_violations == []
+
+        # /status too: opened with the admin link, the token leaves the address for this tab's
+        # session, the figures stream in over the WebSocket, and its styles obey the policy.
+        status = watch_page(contexts().new_page())
+        response = status.goto(f"{srv.url}/status?token={admin}")
+        assert response.status == 200
+        status.wait_for_function("() => document.querySelector('#state').textContent === 'live'"
+                                 " && document.querySelectorAll('#figures tr').length > 5")
+        assert status.url == f"{srv.url}/status" and leaks(status, admin) == []
+        assert status.evaluate("() => sessionStorage.getItem('collab:admin-token')") == admin
+        assert status.evaluate("() => getComputedStyle(document.querySelector('td.v')).textAlign") == "right"
+        status.reload()  # from this tab's session, token-free
+        status.wait_for_function("() => document.querySelector('#state').textContent === 'live'")
+        assert status.url == f"{srv.url}/status" and leaks(status, admin) == []
+        assert status.collab_errors == [] and status.csp_violations == []
+        # The admin's tab that opened the documents reaches it without a token in the address.
+        page.goto(f"{srv.url}/status")
+        page.wait_for_function("() => document.querySelector('#state').textContent === 'live'")
+        assert page.url == f"{srv.url}/status" and leaks(page, admin) == []
+        # Without the token the page says how to get in and shows no figures; a wrong token is refused.
+        stranger.goto(f"{srv.url}/status")
+        stranger.wait_for_function("() => document.querySelector('#state').dataset.state === 'refused'")
+        assert "admin link" in stranger.inner_text("#state")
+        assert stranger.query_selector("#figures tr") is None
+        assert stranger.goto(f"{srv.url}/status?token=a-wrong-token").status == 403
         assert stranger.collab_errors == [] and stranger.csp_violations == []
     finally:
         srv.kill()
