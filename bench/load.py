@@ -12,7 +12,7 @@ Usage (from the repository root):
     .venv/bin/python bench/load.py compare --db sqlite,postgres
                                                 # the backends side by side: e) with 1 x 4 and
                                                 # 200 x 2 clients, commit latency, typing p99
-    .venv/bin/python bench/load.py compare-reference [--rounds 3] [--loops asyncio,uvloop]
+    .venv/bin/python bench/load.py compare-reference [--rounds 3] [--loops uvloop,asyncio]
                                                 # collab against CodeMirror's own authority
                                                 # (bench/reference.mjs), alternately, every
                                                 # figure as collab / reference
@@ -61,7 +61,6 @@ from trace_replay import WHERE_TO_GET, add_trace_argument  # noqa: E402
 LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
 PUSHERS = ROOT / "bench" / "pushers.mjs"
 REFERENCE = ROOT / "bench" / "reference.mjs"
-UVLOOP_LAUNCHER = ROOT / "bench" / "serve_uvloop.py"
 # A benchmark that *is* one busy client per connection lifts every per-connection and
 # per-document rate limit (they protect a public server from one client), and says so.
 UNLIMITED = ["--rate", "1000000", "--burst", "1000000", "--update-rate", "1000000", "--update-burst", "1000000",
@@ -330,22 +329,6 @@ REFERENCE_WORKLOADS = {
 }
 
 
-class LaunchedServer(ServerProcess):
-    """A collab server started through a launcher script (bench/serve_uvloop.py) instead of `-m collab`."""
-
-    def __init__(self, launcher: Path, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.launcher = launcher
-
-    def launch(self) -> "LaunchedServer":
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(self.launcher), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--db", str(self.db), *self.extra_args],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        return self
-
-
 class ReferenceServer:
     """bench/reference.mjs on a free port of 127.0.0.1; started when /healthz answers."""
 
@@ -429,12 +412,11 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
     for k in keys:
         if k not in REFERENCE_WORKLOADS:
             raise SystemExit(f"--only: unknown workload {k} (one of {', '.join(REFERENCE_WORKLOADS)})")
-    loops = [x.strip() for x in a.loops.split(",") if x.strip()]
+    loops = [x.strip() for x in a.loops.split(",") if x.strip()] or [None]
     all_ok, rows = True, []
     with ExitStack() as stack:
         dbs = [Database(spec.strip(), stack) for spec in a.db.split(",") if spec.strip()]
-        variants = [(f"collab {db.label}" + (f" {loop}" if len(loops) > 1 or loop != "asyncio" else ""), db, loop)
-                    for db in dbs for loop in loops]
+        variants = [(f"collab {db.label}" + (f" {loop}" if loop else ""), db, loop) for db in dbs for loop in loops]
         for key in keys:
             title, mode, extra, server_args = REFERENCE_WORKLOADS[key]
             extra = list(extra)
@@ -452,10 +434,9 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
                         if db is None:
                             server = ReferenceServer(node, tmp / "reference.log").start()
                         else:
-                            cls_args = (db.fresh(tmp),)
-                            kw = dict(extra_args=server_args + db.server_args, log_path=tmp / "server.log")
-                            server = (LaunchedServer(UVLOOP_LAUNCHER, *cls_args, **kw) if loop == "uvloop"
-                                      else ServerProcess(*cls_args, **kw))
+                            loop_args = ["--loop", loop] if loop else []
+                            server = ServerProcess(db.fresh(tmp), extra_args=server_args + db.server_args + loop_args,
+                                                   log_path=tmp / "server.log")
                             server.start(timeout=60)
                         try:
                             r = run_loadgen(server, mode, node, extra, timeout=900)
@@ -508,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                    "the reference once per workload (default 3)")
     p.add_argument("--only", default=",".join(REFERENCE_WORKLOADS), help="compare-reference: comma-separated "
                    f"workloads (default all: {', '.join(REFERENCE_WORKLOADS)})")
-    p.add_argument("--loops", default="asyncio", help="compare-reference: collab's event loops, comma-separated "
-                   "(asyncio, uvloop: through bench/serve_uvloop.py; default asyncio)")
+    p.add_argument("--loops", default="", help="compare-reference: collab's event loops (its --loop), "
+                   "comma-separated, each a column: uvloop, asyncio (default: the server's default only)")
     add_trace_argument(p)
     a = p.parse_args(argv)
     if a.bench in ("trace", "all") and not a.trace.is_file():

@@ -1,10 +1,10 @@
 """Where a collab server's time goes under the 4-pusher workload, thread by thread (py-spy).
 
-    .venv/bin/python bench/profile.py [--duration 10] [--rate 250] [--top 20] [--loop asyncio|uvloop]
+    .venv/bin/python bench/profile.py [--duration 10] [--rate 250] [--top 20] [--loop uvloop|asyncio]
                                       [--db sqlite] [--raw FILE]
 
-Starts `python -m collab serve` (or bench/serve_uvloop.py with `--loop
-uvloop`) on a fresh database with the rate limits lifted, drives it with
+Starts `python -m collab serve` (its `--loop` if given) on a fresh
+database with the rate limits lifted, drives it with
 tests/js/loadgen.mjs `throughput` (4 clients, each pushing the next edit as
 soon as its own comes back), and after the warm-up attaches py-spy to the
 server's own pid (the Popen child, never py-spy's nor the launcher's):
@@ -15,7 +15,7 @@ grouped by thread: the event loop (MainThread) and the SQLite writer
 
 With --idle every thread is sampled whether it runs or waits. A sample whose
 innermost frame is a known wait (the event loop's selector, a thread pool
-worker waiting for work, `Runner.run` under uvloop whose loop is native) is
+worker waiting for work, `Runner.run` under uvloop, whose loop is native) is
 counted as waiting; the tables rank the other, busy, samples:
 
   * self: the innermost frame (function and file, line numbers merged);
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from load import LOADGEN, UNLIMITED, UVLOOP_LAUNCHER, Database, LaunchedServer  # noqa: E402
+from load import LOADGEN, UNLIMITED, Database  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 
 # Innermost frames that mean "waiting, not working" (names as py-spy prints them).
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2, help="seconds of load before sampling (default 2)")
     p.add_argument("--rate", type=int, default=250, help="samples per second per thread (default 250)")
     p.add_argument("--top", type=int, default=20, help="rows per table (default 20)")
-    p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    p.add_argument("--loop", choices=["asyncio", "uvloop"], help="the server's --loop (default: its default)")
     p.add_argument("--db", default="sqlite", help="one database spec as in bench/load.py (default sqlite)")
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--raw", type=Path, help="also keep py-spy's raw output here")
@@ -158,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         db = Database(a.db, stack)
         tmp = Path(tempfile.mkdtemp(prefix="collab-profile-"))
         stack.callback(shutil.rmtree, tmp, True)
-        kw = dict(extra_args=UNLIMITED + db.server_args, log_path=tmp / "server.log")
-        server = (LaunchedServer(UVLOOP_LAUNCHER, db.fresh(tmp), **kw) if a.loop == "uvloop"
-                  else ServerProcess(db.fresh(tmp), **kw))
+        loop_args = ["--loop", a.loop] if a.loop else []
+        server = ServerProcess(db.fresh(tmp), extra_args=UNLIMITED + db.server_args + loop_args,
+                               log_path=tmp / "server.log")
         server.start(timeout=60)
         stack.callback(server.kill)
-        pid = server.proc.pid  # the interpreter running the server itself (the launcher runs in it too)
+        pid = server.proc.pid  # the interpreter running the server itself (py-spy gets this pid, not its own)
         load_ms = int((a.warmup + a.duration + 2) * 1000)
         gen = subprocess.Popen([node, str(LOADGEN), "throughput", "--url", server.ws_url, "--server-pid", str(pid),
                                 "--clients", str(a.clients), "--warmup", "1000", "--duration", str(load_ms),
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             a.raw.write_text(text)
         threads = parse_raw(text)
         cpu = {tid: cpu1[tid] - cpu0.get(tid, 0.0) for tid in cpu1}
-        print(f"collab on {db.label}, {a.loop} loop, server pid {pid}; {a.clients} pushers; py-spy at {a.rate} Hz "
+        print(f"collab on {db.label}, {a.loop or 'default'} loop, server pid {pid}; {a.clients} pushers; py-spy at {a.rate} Hz "
               f"for {a.duration:.0f} s")
         print(f"under the profiler: {r['acceptedPerS']:,.0f} durable edits/s, server CPU "
               f"{r['serverCpuMsPer1000']:,.0f} ms per 1,000 edits, {r['serverCpuPct']:.0f}% of a core, "
