@@ -298,12 +298,15 @@ export class CollabClient {
   async forceReconnect({ waitClose = true, offlineMs = 0 } = {}) {
     clearTimeout(this.reconnectTimer);
     const old = this._dropSocket('reconnect');
+    // Whatever opened or dropped a socket while we wait (another forced reconnect, the core's own
+    // reconnect) wins: this one then gives up, so one socket is ever open and each gets a hello.
+    const gen = this.gen;
     if (old && waitClose) {
       await new Promise((resolve) => { old.once('close', resolve); setTimeout(resolve, 1000); });
+      if (gen !== this.gen) return;
     }
     if (offlineMs) {
       // Stay offline for a while (edits pile up unconfirmed), like a laptop losing its network.
-      const gen = this.gen;
       await sleep(offlineMs);
       if (gen !== this.gen) return;
     }
@@ -367,6 +370,7 @@ export class CollabClient {
   _open() {
     if (this.closed) return;
     clearTimeout(this.reconnectTimer);
+    if (this.ws) this._dropSocket('replaced'); // never two sockets: the core would not say hello on the second
     const gen = ++this.gen;
     this.counts.connects++;
     this.url = this._pickUrl();
