@@ -292,7 +292,8 @@ def test_scatter_clients_converge_across_processes(cluster, node, tmp_path):
         moved = 0
         for cl in r["clients"]:
             urls = [x["url"] for x in cl["connections"]]
-            assert len(urls) >= 4 and all(a != b for a, b in zip(urls, urls[1:])), (
+            # (Three forced reconnects each; two close together count as one.)
+            assert len(urls) >= 3 and all(a != b for a, b in zip(urls, urls[1:])), (
                 f"{cl['clientID']} should have reconnected to another process each time: {urls}")
             # (A forced reconnect may come before the welcome on a busy machine: count the welcomed ones.)
             moved += len({x["url"] for x in cl["connections"] if x["welcomed"] is not None}) >= 2
