@@ -422,7 +422,12 @@ class Api:
         httpguard.limit_writes(request, token_of(request))
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
-        new_version = await self.rooms.restore(info["name"], version, _author(body))
+        person, color = body.get("person"), body.get("color")
+        if person is not None and (type(person) is not str or not protocol.valid_person(person)):
+            raise ProtocolError("bad-request", "person must be 1-64 letters, digits, '-' or '_'")
+        if color is not None and (type(color) is not str or not protocol.valid_color(color)):
+            raise ProtocolError("bad-request", "color must be a hex colour like #3366ff")
+        new_version = await self.rooms.restore(info["name"], version, _author(body), person, color)
         return json_response({"version": new_version})
 
     async def fork(self, request: web.Request) -> web.Response:

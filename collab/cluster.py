@@ -58,7 +58,7 @@ def channel(name: str) -> str:
 class Cluster:
     """This process's view of the others. `url` None: no Redis, the database is polled."""
 
-    def __init__(self, rooms: "Rooms", url: str | None, check_every: float = 3.0, poll_every: float = 0.3,
+    def __init__(self, rooms: "Rooms", url: str | None, check_every: float = 1.0, poll_every: float = 0.3,
                  republish: float = 10.0, expiry: float = 30.0):
         self.rooms = rooms
         self.url = url or None
@@ -216,7 +216,7 @@ class Cluster:
                         except Exception:  # noqa: BLE001
                             pass
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    backoff = min(backoff * 2, 0.5)
                     break  # at most once: this message is dropped
 
     async def _read_loop(self) -> None:
@@ -243,7 +243,7 @@ class Cluster:
                     except Exception:  # noqa: BLE001
                         pass
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.5)
 
     async def _connect(self) -> None:
         client = self._client(socket_timeout=None)

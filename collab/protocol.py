@@ -52,6 +52,14 @@ def valid_doc_name(name: str) -> bool:
     return bool(DOC_NAME.fullmatch(name))
 
 
+def valid_person(person: str) -> bool:
+    return bool(_PERSON.fullmatch(person))
+
+
+def valid_color(color: str) -> bool:
+    return bool(_COLOR.fullmatch(color))
+
+
 def doc_name(name: str) -> str:
     """`name` if it is a document name, else bad-request (names are 1-100 of A-Z a-z 0-9 - _)."""
     if not valid_doc_name(name):

@@ -380,7 +380,7 @@ class Room:
                                 f"updates a second; push again in {self.bucket.wait(n):.1f} s")
 
     async def submit(self, client_id: str, version: int, updates: list[Update], author: str,
-                     restored_from: int | None = None) -> int:
+                     restored_from: int | None = None, person: str | None = None, color: str | None = None) -> int:
         """A server-made push (a restore): sequenced like any other; returns its version once durable."""
         if not self.rooms.disk.ok():
             raise ServerError("the server's disk is nearly full, so nothing can be saved for now")
@@ -388,6 +388,7 @@ class Room:
             await self._ready.wait()
         done = asyncio.get_running_loop().create_future()
         original = Original(None, client_id, version, updates, author, self.rooms.clock(), restored_from, done)
+        original.person, original.color = person, color
         if not await self._sequence(original):
             return self.seq.committed_version
         self.store.schedule(self)
@@ -984,7 +985,8 @@ class Rooms:
 
     # -------------------------------------------------------------- changes
 
-    async def restore(self, name: str, version: int, author: str) -> int:
+    async def restore(self, name: str, version: int, author: str, person: str | None = None,
+                      color: str | None = None) -> int:
         """One ordinary update turning the current text into the text at `version`; its new version."""
         info = await self.info(name)
         old = await self.text_at(info, version)
@@ -997,7 +999,8 @@ class Rooms:
             base = room.seq.committed_version
             changes = await compute.restore_changes(room.seq.committed_text(), old)
             update = Update(f"restore-{secrets.token_hex(6)}", changes)
-            return await room.submit(update.client_id, base, [update], author, restored_from=version)
+            return await room.submit(update.client_id, base, [update], author, restored_from=version,
+                                     person=person, color=color)
         finally:
             room.release()
 

@@ -107,8 +107,9 @@ class Settings:
     redis: str = _opt("", "redis://host:port/db of a Redis server that several collab processes on one "
                       "PostgreSQL database use to tell one another of updates and cursors at once "
                       "(without it they poll the database); never holds any of your data")
-    check_every: float = _opt(3.0, "with several processes: seconds between checks of every open "
-                              "document against the database while Redis is up")
+    check_every: float = _opt(1.0, "with several processes: seconds between checks of every open "
+                              "document against the database while Redis is up (one query for all of them: "
+                              "a message Redis lost is read from the database within this)")
     poll_every: float = _opt(0.3, "with several processes: seconds between those checks while Redis is "
                              "unreachable or not configured")
     presence_republish: float = _opt(10.0, "with several processes: seconds between two republications of "

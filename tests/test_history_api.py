@@ -208,3 +208,16 @@ async def test_bad_requests_answer_the_error_shape(client, method, url, body, st
     payload = await resp.json()
     assert payload["error"]["code"] == code and payload["error"]["message"]
     assert (await (await client.get("/api/docs/e")).json()) == {"name": "e", "version": 1, "doc": "text"}
+
+
+async def test_a_restore_can_name_its_person(client):
+    ws, _ = await join(client, "rp", "x")
+    await push(ws, 0, "x", [[0, "one"]])
+    await recv_type(ws, "updates")
+    resp = await client.post("/api/docs/rp/restore", json={"version": 0, "author": "Ann", "person": "ann-1",
+                                                          "color": "#112233"})
+    assert resp.status == 200, await resp.text()
+    entry = (await (await client.get("/api/docs/rp/history?limit=1")).json())["entries"][0]
+    assert (entry["author"], entry["person"], entry["color"], entry["restored"]) == ("Ann", "ann-1", "#112233", 0)
+    for bad in ({"version": 0, "person": "no spaces"}, {"version": 0, "color": "red"}):
+        assert (await client.post("/api/docs/rp/restore", json=bad)).status == 400
