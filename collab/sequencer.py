@@ -176,23 +176,10 @@ class Sequencer:
         """
         if type(version) is not int or version < 0:
             raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {brief(version)}")
-        if version > self.version:
-            raise ProtocolError("bad-version", f"push is based on version {version}, "
-                                f"but the document is at version {self.version}")
-        for k, u in enumerate(updates):
-            if u.client_id != client_id:
-                raise ProtocolError("bad-message", f"update {k} has clientID {brief(u.client_id)}, "
-                                    f"but this session is {client_id!r}")
         if not updates:
+            self._check(client_id, version, updates, self.version)
             return []
-        over = self.updates_since(version, self.version, history)
-        expected = over[0].changes.length if over else self.text.length
-        for k, u in enumerate(updates):
-            if u.changes.length != expected:
-                raise ChangeError(f"update {k} applies to a document of length {u.changes.length}, "
-                                  f"but at that point the document has length {expected}")
-            expected = u.changes.new_length
-
+        over = self._check(client_id, version, updates, self.version, history)
         if frames is None:
             frames = self.push_frames(version)
         ends = [f - version for f in frames if version < f < self.version]
@@ -227,22 +214,31 @@ class Sequencer:
         stopping at a frame end and going on from there changes nothing. It
         checks what `push` checks first (raises the same errors, or NeedHistory).
         """
-        if version > self.committed_version:
+        base = self.committed_version
+        over = self._check(client_id, version, updates, base, history)
+        return base, over, [e - version for e in self._ends_between(version, base)]
+
+    def _check(self, client_id: str, version: int, updates: list[Update], until: int,
+               history: list[Update] | None = None) -> list[Update]:
+        """What push and committed_part refuse: a future version, another clientID, lengths that do not
+        chain from the text at `version`. Returns the updates accepted since `version` up to `until`."""
+        if version > until:
             raise ProtocolError("bad-version", f"push is based on version {version}, "
-                                f"but the document is at version {self.committed_version}")
+                                f"but the document is at version {until}")
         for k, u in enumerate(updates):
             if u.client_id != client_id:
                 raise ProtocolError("bad-message", f"update {k} has clientID {brief(u.client_id)}, "
                                     f"but this session is {client_id!r}")
-        base = self.committed_version
-        over = self.updates_since(version, base, history)
-        expected = over[0].changes.length if over else self.text.length
+        if not updates:
+            return []
+        over = self.updates_since(version, until, history)
+        expected = over[0].changes.length if over else self.length_at(until)
         for k, u in enumerate(updates):
             if u.changes.length != expected:
                 raise ChangeError(f"update {k} applies to a document of length {u.changes.length}, "
                                   f"but at that point the document has length {expected}")
             expected = u.changes.new_length
-        return base, over, [e - version for e in self._ends_between(version, base)]
+        return over
 
     def _apply_all(self, updates: list[Update]) -> list[ChangeSet]:
         """Apply every update to the head text, or none of them; return their inverses."""

@@ -31,12 +31,16 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import orjson
+
+from .changes import ChangeSet
 from .errors import ServerError
 from .history import Authorship
 from .rebase import Update
@@ -147,6 +151,74 @@ class StorageUnavailable(ServerError, RuntimeError):
     def __init__(self, detail: str):
         super().__init__("the database cannot be reached right now; try again later")
         self.args = (detail,)
+
+
+def parse_update(client_id: str, changes: str) -> Update:
+    """An update as a store keeps it (its ChangeSetJSON as text) made an Update again."""
+    return Update(client_id, ChangeSet.from_json(orjson.loads(changes)))
+
+
+def contiguous_tail(rows: list, version: int) -> list[Update]:
+    """Of (version, client_id, changes) rows in version order, the unbroken run ending at `version`, parsed."""
+    start = len(rows)
+    expect = version
+    while start > 0 and rows[start - 1][0] == expect:
+        start -= 1
+        expect -= 1
+    return [parse_update(row[1], row[2]) for row in rows[start:]]
+
+
+class GroupWriter:
+    """The part of a store's one writer that every backend shares: what waits for the next transaction.
+
+    Queued writes (`_enqueue`) and documents with updates to make durable
+    (`schedule`) wait; the backend's `_write_loop` takes them all at the start
+    of each transaction (`_take`): everything that arrived while one
+    transaction ran goes into the next (group commit, across documents).
+    """
+
+    def _init_writer(self) -> None:
+        self._queue: list = []
+        self._sources: dict[int, CommitSource] = {}
+        self._writer: asyncio.Task | None = None
+
+    def _writer_open(self) -> bool:
+        raise NotImplementedError
+
+    def schedule(self, source: "CommitSource") -> None:
+        """`source` has updates to make durable: the next transaction takes them from it.
+
+        Pull, not push: the writer asks each waiting source for everything it
+        has at the moment a transaction starts, so updates that arrive while
+        one commits all go into the next (group commit), and the source hears
+        back in the same loop iteration that the commit finished.
+        """
+        if not self._writer_open():
+            raise RuntimeError("store is closed")
+        self._sources[id(source)] = source
+        self._wake_writer()
+
+    def _enqueue(self, item) -> None:
+        self._queue.append(item)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _take(self) -> tuple[list, list[tuple["CommitSource", Commit]]]:
+        """What waits now: the queued writes, and each waiting source's commit (if it has one)."""
+        batch, self._queue = self._queue, []
+        sources, self._sources = list(self._sources.values()), {}
+        taken = []
+        for source in sources:
+            commit = source.take_commit()
+            if commit is not None:
+                taken.append((source, commit))
+        return batch, taken
+
+    async def _write_loop(self) -> None:
+        raise NotImplementedError
 
 
 class CommitSource(Protocol):

@@ -41,8 +41,9 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
-from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, CommitSource, Loaded, NameTaken,
-                      TooManyDocuments, VersionCompacted, VersionConflict, history_entry)
+from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Loaded, NameTaken,
+                      TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail, history_entry,
+                      parse_update)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -133,10 +134,6 @@ def _update_row(doc_id: int, entry: Accepted, frame_end: bool) -> tuple:
             entry.person, entry.color)
 
 
-def _parse_update(client_id: str, changes: str) -> Update:
-    return Update(client_id, ChangeSet.from_json(orjson.loads(changes)))
-
-
 def _update_rows(conn: sqlite3.Connection, doc_id: int, after: int, upto: int) -> list[tuple]:
     """(version, client_id, changes) of the updates producing versions after+1 .. upto, in order."""
     return conn.execute("SELECT version, client_id, changes FROM updates "
@@ -159,16 +156,6 @@ def _compacted(conn: sqlite3.Connection, doc_id: int, version: int, below: int |
     row = conn.execute("SELECT MIN(version) FROM snapshots WHERE doc_id = ? AND version > ?",
                        (doc_id, version)).fetchone()
     return VersionCompacted(version, below, row[0] if row else None)
-
-
-def _contiguous_tail(rows: list, version: int) -> list[Update]:
-    """Parse the rows that form an unbroken run ending at `version`."""
-    start = len(rows)
-    expect = version
-    while start > 0 and rows[start - 1][0] == expect:
-        start -= 1
-        expect -= 1
-    return [_parse_update(c, ch) for _, c, ch in rows[start:]]
 
 
 def _write_commit(conn: sqlite3.Connection, commit: Commit) -> None:
@@ -245,7 +232,7 @@ class _Connections:
             self.all.clear()
 
 
-class Store:
+class Store(GroupWriter):
     """SQLite backend of `storage.Storage`."""
 
     def __init__(self, path: str | Path, synchronous: str = "FULL", snapshot_every: int = 1000,
@@ -258,9 +245,7 @@ class Store:
         self._w: _Connections | None = None
         self._r: _Connections | None = None
         self._lock_fd: int | None = None
-        self._queue: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future]] = []
-        self._sources: dict[int, CommitSource] = {}
-        self._writer: asyncio.Task | None = None
+        self._init_writer()  # storage.GroupWriter: queued writes (fn, future) and waiting documents
         self.commits = 0  # transactions committed (for metrics and tests)
 
     # ------------------------------------------------------------ lifecycle
@@ -304,36 +289,15 @@ class Store:
         if self._w is None:
             raise RuntimeError("store is closed")
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, fut))
-        self._wake_writer()
+        self._enqueue((fn, fut))
         return await fut
 
-    def schedule(self, source: CommitSource) -> None:
-        """`source` has updates to make durable: the next transaction takes them from it.
-
-        Pull, not push: the writer asks each waiting source for everything it
-        has at the moment a transaction starts, so updates that arrive while
-        one commits all go into the next (group commit), and the source hears
-        back in the same loop iteration that the commit finished.
-        """
-        if self._w is None:
-            raise RuntimeError("store is closed")
-        self._sources[id(source)] = source
-        self._wake_writer()
-
-    def _wake_writer(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+    def _writer_open(self) -> bool:
+        return self._w is not None
 
     async def _write_loop(self) -> None:
         while self._queue or self._sources:
-            batch, self._queue = self._queue, []
-            sources, self._sources = list(self._sources.values()), {}
-            taken = []
-            for source in sources:
-                commit = source.take_commit()
-                if commit is not None:
-                    taken.append((source, commit))
+            batch, taken = self._take()
             work = [fn for fn, _ in batch] + [_commit_fn(c) for _, c in taken]
             if not work:
                 continue
@@ -456,7 +420,7 @@ class Store:
             snap_version, text = _snapshot_at(conn, doc_id, version)
             start = min(snap_version, max(0, version - keep))
             rows = _update_rows(conn, doc_id, start, version)
-            log = _contiguous_tail(rows, version)
+            log = contiguous_tail(rows, version)
             log_from = version - len(log)
             if log_from > snap_version:
                 raise RuntimeError(f"document {name!r}: updates {snap_version + 1}..{log_from} are missing")
@@ -477,7 +441,7 @@ class Store:
             rows = _update_rows(conn, doc_id, since, until)
             if not rows or rows[0][0] != since + 1:
                 return []
-            return [_parse_update(c, ch) for _, c, ch in rows]
+            return [parse_update(c, ch) for _, c, ch in rows]
 
         return await self._read(fn)
 

@@ -64,8 +64,9 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
-from .storage import (DOCUMENT_FIELDS, PERSON_KEY, Commit, CommitSource, describe, history_entry, Loaded, NameTaken,
-                      redact, StorageUnavailable, TooManyDocuments, VersionCompacted, VersionConflict)
+from .storage import (DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter, history_entry,
+                      Loaded, NameTaken, parse_update, redact, StorageUnavailable, TooManyDocuments,
+                      VersionCompacted, VersionConflict)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -320,20 +321,6 @@ async def _write_commits(conn: asyncpg.Connection, commits: list[Commit]) -> Non
     await conn.execute(_WRITE_COMMITS, *_commit_arrays(commits))
 
 
-def _parse_update(client_id: str, changes: str) -> Update:
-    return Update(client_id, ChangeSet.from_json(orjson.loads(changes)))
-
-
-def _contiguous_tail(rows: list, version: int) -> list[Update]:
-    """Parse the rows that form an unbroken run ending at `version`."""
-    start = len(rows)
-    expect = version
-    while start > 0 and rows[start - 1][0] == expect:
-        start -= 1
-        expect -= 1
-    return [_parse_update(r[1], r[2]) for r in rows[start:]]
-
-
 async def _snapshot_at(conn: asyncpg.Connection, doc_id: int, version: int) -> tuple[int, str]:
     row = await conn.fetchrow(_SNAPSHOT_AT, doc_id, version)
     return (row[0], row[1]) if row else (0, "")
@@ -368,7 +355,7 @@ class _PgView:
         return [tuple(r) for r in await self.conn.fetch(_COPY_READ[table], doc_id, after, limit)]
 
 
-class PgStore:
+class PgStore(GroupWriter):
     """PostgreSQL backend of `storage.Storage`."""
 
     def __init__(self, url: str, snapshot_every: int = 1000, keep: int = 2000, readers: int = READERS):
@@ -379,9 +366,7 @@ class PgStore:
         self._pool: asyncpg.Pool | None = None
         self._w: asyncpg.Connection | None = None
         self._open = False
-        self._queue: list[_Queued] = []
-        self._sources: dict[int, CommitSource] = {}
-        self._writer: asyncio.Task | None = None
+        self._init_writer()  # storage.GroupWriter: queued writes (_Queued) and waiting documents
         self.commits = 0      # transactions committed (for tests and benchmarks)
         self.reconnects = 0   # writer connections opened after the first
         self.retries = 0      # transactions run again with a savepoint per commit (a statement failed)
@@ -449,30 +434,15 @@ class PgStore:
             raise RuntimeError("store is closed")
         fut = asyncio.get_running_loop().create_future()
         keys = [_name_key(n) for n in names] + ([COUNT_KEY] if count else [])
-        self._queue.append(_Queued(fn, fut, doc_ids, keys))
-        self._wake_writer()
+        self._enqueue(_Queued(fn, fut, doc_ids, keys))
         return await fut
 
-    def schedule(self, source: CommitSource) -> None:
-        """`source` has updates to make durable: the next transaction takes them from it (see store.Store)."""
-        if not self._open:
-            raise RuntimeError("store is closed")
-        self._sources[id(source)] = source
-        self._wake_writer()
-
-    def _wake_writer(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+    def _writer_open(self) -> bool:
+        return self._open
 
     async def _write_loop(self) -> None:
         while self._queue or self._sources:
-            batch, self._queue = self._queue, []
-            sources, self._sources = list(self._sources.values()), {}
-            taken = []
-            for source in sources:
-                commit = source.take_commit()
-                if commit is not None:
-                    taken.append((source, commit))
+            batch, taken = self._take()
             if not batch and not taken:
                 continue
             try:
@@ -801,7 +771,7 @@ class PgStore:
             snap_version, text = await _snapshot_at(conn, doc_id, version)
             start = min(snap_version, max(0, version - keep))
             rows = await conn.fetch(_UPDATE_ROWS, doc_id, start, version)
-            log = _contiguous_tail(rows, version)
+            log = contiguous_tail(rows, version)
             log_from = version - len(log)
             if log_from > snap_version:
                 raise RuntimeError(f"document {name!r}: updates {snap_version + 1}..{log_from} are missing")
@@ -822,7 +792,7 @@ class PgStore:
             rows = await conn.fetch(_UPDATE_ROWS, doc_id, since, until)
             if not rows or rows[0][0] != since + 1:
                 return []
-            return [_parse_update(r[1], r[2]) for r in rows]
+            return [parse_update(r[1], r[2]) for r in rows]
 
         return await self._read(fn)
 
