@@ -109,8 +109,10 @@ def test_people_are_persons_not_names_or_tabs(server, contexts):
     a1.click("#identity-colors input[value='#8e4ec6']")
     a1.click("#identity button[type=submit]")
     a2.wait_for_function("() => document.querySelector('#me-name').textContent === 'Alicia'")
+    # A rename is a new hello (the tab reconnects): wait until both of her tabs are back under the new name.
     b.wait_for_function("() => JSON.stringify([...document.querySelectorAll('#people .person:not(.person-you)')]"
-                        ".map(li => li.querySelector('.person-name').textContent).sort()) === '[\"Alicia\",\"Bob\"]'")
+                        ".map(li => [li.querySelector('.person-name').textContent,"
+                        " li.dataset.sessions.split(' ').length]).sort()) === '[[\"Alicia\",2],[\"Bob\",1]]'")
     assert sorted(others(b)) == [["Alicia", 2], ["Bob", 1]]
     type_at_end(a2, "Alicia two.")
     text = wait_synced([a1, a2, b, c], server.url, doc)
