@@ -204,7 +204,7 @@ class ChangeSet:
         [[2, "xy"], 1] inserts "xy" twice). The server normalises what clients
         push, so such sets never reach a rebase.
         """
-        s, texts = self.sections, self.inserted
+        s = self.sections
         if len(s) == 6 and s[1] == KEEP and s[5] == KEEP and s[3] >= 0 and s[0] and s[4] and (s[2] or s[3]):
             # Fast path: one non-empty replacement between two non-empty keeps
             # is normalised already (`_normalized` would rebuild it as it is).
