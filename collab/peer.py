@@ -24,9 +24,14 @@ Rules that always hold:
     (see `close`).
 
 Frames are written to the connection's transport directly (RFC 6455 server
-frames: no mask, no compression), because aiohttp's writer cannot fragment a
-message; control frames aiohttp writes itself (ping, pong, close) may come
-between fragments, which the RFC allows.
+frames: no mask), because aiohttp's writer cannot fragment a message; control
+frames aiohttp writes itself (ping, pong, close) may come between fragments,
+which the RFC allows. When permessage-deflate was agreed (deflate.py), a frame
+of `deflate_min` bytes or more goes out compressed (RSV1 on its first fragment
+only), smaller ones never: up to INLINE_DEFLATE bytes it is compressed at once
+on the loop; a larger one is compressed by the writer task in a worker thread,
+and a shared part (a document's JSON) only once for every peer (`SharedDeflate`).
+What a queued frame costs (`frame_cost`) is counted on the frame as queued.
 """
 
 from __future__ import annotations
@@ -35,11 +40,11 @@ import asyncio
 import logging
 import secrets
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 
 from aiohttp import web
 
-from . import protocol
+from . import deflate, protocol
 from .errors import CLOSE_TRY_AGAIN
 
 log = logging.getLogger("collab")
@@ -47,8 +52,10 @@ log = logging.getLogger("collab")
 INTERRUPT = "collab: the connection is closing"  # Peer.close cancelling a handler's receive()
 FRAGMENT = 64 * 1024     # bytes: frames above this go out as a fragmented message, a fragment at a time
 HIGH_WATER = 256 * 1024  # bytes in the socket's buffer above which nothing more is written yet
+INLINE_DEFLATE = 16 * 1024  # bytes: a frame up to this is compressed on the loop (well under a millisecond)
+NO_DEFLATE = 1 << 62  # deflate_min of a peer that never compresses
 
-_TEXT, _CONTINUATION = 0x1, 0x0
+_TEXT, _CONTINUATION, _RSV1 = 0x1, 0x0, 0x40
 
 
 def frame_header(opcode: int, fin: bool, length: int) -> bytes:
@@ -95,6 +102,38 @@ def _fragments(parts: tuple[bytes, ...], size: int):
         yield piece
 
 
+class SharedDeflate:
+    """Compressed copies of parts shared by many frames (a document's JSON), each made once, in a worker thread.
+
+    Keyed by the part object itself (held while cached: its id stays unique),
+    and by window; at most `budget` bytes of parts are held, oldest dropped
+    first. Every peer that needs a part while it is being compressed waits for
+    the same result.
+    """
+
+    def __init__(self, budget: int = 64 << 20):
+        self.budget = budget
+        self.held = 0
+        self.entries: OrderedDict[tuple[int, int], tuple[bytes, asyncio.Future]] = OrderedDict()
+
+    async def get(self, part: bytes, wbits: int) -> bytes:
+        key = (id(part), wbits)
+        entry = self.entries.get(key)
+        if entry is None or entry[0] is not part:
+            future = asyncio.get_running_loop().run_in_executor(None, deflate.chunk, part, wbits)
+            entry = self.entries[key] = (part, future)
+            self.held += len(part)
+            while self.held > self.budget and len(self.entries) > 1:
+                old, _ = self.entries.popitem(last=False)[1]
+                self.held -= len(old)
+        else:
+            self.entries.move_to_end(key)
+        return await asyncio.shield(entry[1])  # one peer giving up does not cancel it for the others
+
+
+SHARED_DEFLATE = SharedDeflate()
+
+
 class Outbox:
     """What every peer of the process has queued, against one budget (--max-buffered)."""
 
@@ -108,13 +147,15 @@ class Outbox:
 class Peer:
     """One WebSocket connection: who it is, and its outbound queue."""
 
-    __slots__ = ("ws", "transport", "session", "client_id", "user", "role", "admin", "remote", "token",
-                 "queue", "queued", "limit", "outbox", "send_timeout", "writer", "closed", "bytes_out",
-                 "handler", "receiving", "close_code", "close_message", "resume_key", "midmessage")
+    __slots__ = ("admin", "bytes_out", "client_id", "close_code", "close_message", "closed", "deflate_min",
+                 "deflate_wbits", "handler", "limit", "midmessage", "outbox", "queue", "queued", "receiving",
+                 "remote", "resume_key", "role", "send_timeout", "session", "token", "transport", "user",
+                 "writer", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, client_id: str,
                  user: dict, role: str, remote: str, limit: int, bytes_out=None, admin: bool = False,
-                 outbox: Outbox | None = None, send_timeout: float = 30.0, token: str | None = None):
+                 outbox: Outbox | None = None, send_timeout: float = 30.0, token: str | None = None,
+                 deflate_min: int = NO_DEFLATE, deflate_wbits: int = 15):
         self.ws = ws
         self.transport = transport
         self.session = secrets.token_urlsafe(9)
@@ -138,6 +179,8 @@ class Peer:
         self.close_code: int | None = None  # set once we decided to end the connection
         self.close_message = ""
         self.midmessage = False  # a fragmented message is partly written: no other data frame may start
+        self.deflate_min = deflate_min  # frames of this many bytes or more go out compressed
+        self.deflate_wbits = deflate_wbits  # the window the client lets us use
 
     # ---------------------------------------------------------------- sending
 
@@ -154,8 +197,13 @@ class Peer:
             self.bytes_out.inc(size)
         cost = frame_cost(frame)
         if self.writer is None and not self.queue and size <= FRAGMENT and self.buffered() < HIGH_WATER:
-            self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
-            return
+            if size < self.deflate_min:
+                self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
+                return
+            if size <= INLINE_DEFLATE:
+                self._write(_TEXT | _RSV1, True,
+                            deflate.message(frame if type(frame) is tuple else (frame,), self.deflate_wbits))
+                return
         self.queue.append(frame)
         self.queued += cost
         self.outbox.queued += cost
@@ -205,13 +253,19 @@ class Peer:
             while self.queue and not self.closed:
                 frame = self.queue[0]
                 size = frame_size(frame)
+                parts, opcode = frame if type(frame) is tuple else (frame,), _TEXT
+                if size >= self.deflate_min:
+                    parts, opcode = await self._deflated(parts, size), _TEXT | _RSV1
+                    size = frame_size(parts)
+                    if self.closed:
+                        break
                 if size <= FRAGMENT:
                     await self._room_to_write(HIGH_WATER)
                     if self.closed:
                         break
-                    self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
+                    self._write(opcode, True, parts[0] if len(parts) == 1 else b"".join(parts))
                 else:
-                    await self._write_fragmented(frame if type(frame) is tuple else (frame,))
+                    await self._write_fragmented(parts, opcode)
                     if self.closed:
                         break
                 self._dequeued(frame_cost(frame))
@@ -221,8 +275,18 @@ class Peer:
         finally:
             self.writer = None
 
-    async def _write_fragmented(self, parts: tuple[bytes, ...]) -> None:
-        opcode = _TEXT
+    async def _deflated(self, parts: tuple[bytes, ...], size: int) -> tuple[bytes, ...]:
+        """The compressed payload of a message, as parts: off the loop when large, a shared part only once."""
+        wbits = self.deflate_wbits
+        if size <= INLINE_DEFLATE:
+            return (deflate.message(parts, wbits),)
+        if len(parts) == 3:  # (head, shared, tail): see frame_cost
+            return deflate.chunk(parts[0], wbits), await SHARED_DEFLATE.get(parts[1], wbits), \
+                deflate.last(parts[2], wbits)
+        return (await asyncio.get_running_loop().run_in_executor(None, deflate.message, parts, wbits),)
+
+    async def _write_fragmented(self, parts: tuple[bytes, ...], opcode: int = _TEXT) -> None:
+        """One message a fragment at a time; `opcode` (with RSV1 if compressed) goes on the first fragment only."""
         pieces = _fragments(parts, FRAGMENT)
         piece = next(pieces)
         for following in pieces:

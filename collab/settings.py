@@ -37,6 +37,11 @@ class Settings:
     hello_timeout: float = _opt(10.0, "seconds a new connection has to send its hello")
     max_frame: int = _opt(1 << 20, "largest WebSocket frame accepted, in bytes (close 1009 above it)")
     max_doc: int = _opt(10 << 20, "largest document, in UTF-16 units of text (pushes beyond: too-large)")
+    ws_compress: bool = _opt(True, "permessage-deflate on WebSockets whose client offers it: frames of "
+                             "--ws-compress-threshold bytes or more go out compressed (a welcome with a large "
+                             "document, a long resume), smaller ones never; clients may compress what they send")
+    ws_compress_threshold: int = _opt(1024, "smallest outgoing WebSocket frame, in bytes, that is compressed "
+                                      "when permessage-deflate is on (keystroke frames are about 100 bytes)")
     max_updates: int = _opt(1000, "most updates in one push")
     max_ranges: int = _opt(100, "most selection ranges in one presence frame")
     presence_interval: float = _opt(0.05, "seconds between two presence frames of a document: the "

@@ -1,7 +1,8 @@
 """The WebSocket adapter for /ws/{doc}: frames in, room calls, frames out.
 
 What lives here: the upgrade (subprotocol collab.v1, aiohttp's ping/pong
-heartbeat, frame size limit, origin and connection limits), the hello
+heartbeat, frame size limit, origin and connection limits, permessage-deflate
+negotiated by deflate.py instead of aiohttp: see `Socket`), the hello
 deadline, the rate limit, and `refuse`, the one place a refusal becomes an
 `error` frame (and a close when it carries one): the twin of api.py's
 `error_middleware`. What never lives here: document state or ordering
@@ -14,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
+from aiohttp._websocket import reader_py
+from aiohttp.streams import DEFAULT_CHUNK_SIZE  # what aiohttp's own _post_start uses
 
-from . import protocol
+from . import deflate, protocol
 from .access import origin_allowed
 from .limits import TokenBucket
 from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG, CODES, CollabError,
                      ProtocolError, ServerError)
-from .peer import INTERRUPT, Outbox, Peer
+from .peer import INTERRUPT, NO_DEFLATE, Outbox, Peer
 from .room import Member, Rooms
 from .settings import Settings
 
@@ -46,6 +50,71 @@ def client_address(request: web.Request, trusted: frozenset[str]) -> str:
         if hop not in trusted:
             return hop
     return address
+
+
+class _InflatingReader(reader_py.WebSocketReader):
+    """aiohttp's frame reader, inflating compressed messages with our per-message `deflate.Inflater`.
+
+    aiohttp's own reader keeps one 15-bit zlib stream per connection from its
+    first compressed frame on (about 40 KB that stays while the connection is
+    idle); ours keeps none. It is aiohttp's pure-Python reader (the compiled
+    one does not let the decompressor be chosen), used only on connections
+    that agreed permessage-deflate.
+    """
+
+    def __init__(self, queue, max_msg_size: int, decode_text: bool, client_wbits: int):
+        super().__init__(queue, max_msg_size, compress=True, decode_text=decode_text)
+        self._decompressobj = _Inflater(client_wbits)
+
+
+class _Inflater(deflate.Inflater):
+    """A message that does not inflate is a protocol error (close 1002), like any other unreadable frame."""
+
+    __slots__ = ()
+
+    def decompress_sync(self, data: bytes, max_length: int = 0) -> bytes:
+        try:
+            return super().decompress_sync(data, max_length)
+        except zlib.error as exc:
+            raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, f"the message does not inflate: {exc}") from None
+
+
+class Socket(web.WebSocketResponse):
+    """aiohttp's WebSocketResponse, with permessage-deflate negotiated by deflate.py (`agreement`).
+
+    aiohttp's own negotiation keeps a per-connection compression context both
+    ways; ours agrees no context takeover either way and a small client window,
+    and inflates with `_InflatingReader`. What we send, Peer compresses itself;
+    aiohttp writes only control frames here, which are never compressed.
+    """
+
+    def __init__(self, *, compress_offers: bool, **kwargs):
+        super().__init__(compress=False, **kwargs)
+        self.compress_offers = compress_offers
+        self.agreement: deflate.Agreement | None = None
+
+    def _handshake(self, request):
+        headers, protocol, _, _ = super()._handshake(request)  # compress=False: no extension from aiohttp
+        if self.compress_offers:
+            self.agreement = deflate.negotiate(request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS))
+        if self.agreement is None:
+            return headers, protocol, 0, False
+        headers[hdrs.SEC_WEBSOCKET_EXTENSIONS] = self.agreement.response
+        return headers, protocol, self.agreement.server_wbits, True
+
+    def _post_start(self, request, protocol, writer) -> None:
+        if self.agreement is None:
+            return super()._post_start(request, protocol, writer)
+        # aiohttp 3.14's _post_start, with our reader
+        self._ws_protocol = protocol
+        self._writer = writer
+        self._reset_heartbeat()
+        self._reader = reader_py.WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
+        self._parser = _InflatingReader(self._reader, self._max_msg_size, self._decode_text,
+                                        self.agreement.client_wbits)
+        request.protocol.set_parser(self._parser,
+                                    data_received_cb=None if self._heartbeat is None else self._on_data_received)
+        request.protocol.keep_alive(False)
 
 
 class Admission:
@@ -90,15 +159,18 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
     # decode_text=False: text frames arrive as bytes and orjson checks their
     # UTF-8, so a frame that is not UTF-8 is answered with bad-json like any
     # other unreadable frame, instead of aiohttp failing the connection (1007).
-    ws = web.WebSocketResponse(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None,
-                               max_msg_size=settings.max_frame, compress=False, decode_text=False,
-                               timeout=CLOSE_TIMEOUT)
+    ws = Socket(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None,
+                max_msg_size=settings.max_frame, compress_offers=settings.ws_compress, decode_text=False,
+                timeout=CLOSE_TIMEOUT)
     await ws.prepare(request)
+    agreed = ws.agreement
     metrics = rooms.metrics
     metrics.connections.inc()
     admission.enter(remote)
     peer = Peer(ws, request.transport, "", protocol.DEFAULT_USER, "view", remote, settings.send_buffer,
-                metrics.bytes_out, outbox=admission.outbox, send_timeout=settings.send_timeout, token=token)
+                metrics.bytes_out, outbox=admission.outbox, send_timeout=settings.send_timeout, token=token,
+                deflate_min=settings.ws_compress_threshold if agreed else NO_DEFLATE,
+                deflate_wbits=agreed.server_wbits if agreed else 15)
     member: Member | None = None
     rooms.arrive(name, peer)
     try:
