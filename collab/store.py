@@ -1,13 +1,23 @@
 """The SQLite store: every SQL statement collab runs on SQLite, its migrations and its one writer.
 
 The interface and its rules are in storage.py; this backend keeps them so:
-  * one writer connection in a thread of its own, and every write goes through
-    its queue: whatever is queued or `schedule`d while a transaction runs is
-    committed together in the next one (group commit, across documents). Each
-    queued write and each `Commit` runs inside a SAVEPOINT, so one that fails
-    (or a commit whose document moved: `VersionConflict`) is undone alone and
-    the rest of the group still commits. A caller hears back only after
-    COMMIT returned;
+  * one writer, and every write goes through its queue: whatever is queued or
+    `schedule`d while a transaction runs is committed together in the next one
+    (group commit, across documents), one transaction at a time. Each queued
+    write and each `Commit` runs inside a SAVEPOINT, so one that fails (or a
+    commit whose document moved: `VersionConflict`) is undone alone and the
+    rest of the group still commits. A caller hears back only after COMMIT
+    returned;
+  * a transaction runs on the writer connection in a thread of its own, except
+    a small group of updates with `--sync normal` (or off): that COMMIT is an
+    append to the WAL file with no fsync, cheaper than the hop to a thread, so
+    it runs on the event loop itself when the group has no queued writes, no
+    snapshot and at most INLINE_BYTES of changes and INLINE_ROWS updates. Its
+    connection never waits for a lock (busy_timeout 0: a lock held elsewhere,
+    an admin command's, sends the group to the thread instead) and never
+    checkpoints inside a COMMIT: every CHECKPOINT_EVERY of its commits, the
+    writer thread checkpoints the WAL (PASSIVE: it never blocks the writer),
+    so the WAL stays about as small as SQLite's own autocheckpoint keeps it;
   * reads run on a small pool of reader connections in their own threads; in
     WAL mode they never block the writer, never see a half-written batch, and
     one slow read does not hold up the others;
@@ -48,6 +58,9 @@ from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
 READERS = 3  # reader connections (threads)
+INLINE_BYTES = 64 * 1024  # a group of updates up to this size (and INLINE_ROWS) may commit on the event loop
+INLINE_ROWS = 256
+CHECKPOINT_EVERY = 200  # commits on the event loop between two checkpoints (about 1,000 WAL pages at most)
 
 
 # ------------------------------------------------------------------ migrations
@@ -171,14 +184,16 @@ def _write_commit(conn: sqlite3.Connection, commit: Commit) -> None:
         _insert_snapshot(conn, commit.doc_id, *commit.snapshot)
 
 
-def _group_transaction(conn: sqlite3.Connection, work: list[Callable[[sqlite3.Connection], object]]) -> list:
+def _group_transaction(conn: sqlite3.Connection, work: list[Callable[[sqlite3.Connection], object]],
+                       begun: bool = False) -> list:
     """Run every function of `work` in one transaction, each in a savepoint of its own.
 
     Returns one (ok, result-or-exception) per function: a function that
     raises is rolled back alone. If COMMIT itself fails, the whole group
-    raises and nothing is written.
+    raises and nothing is written. `begun`: the caller ran BEGIN IMMEDIATE.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    if not begun:
+        conn.execute("BEGIN IMMEDIATE")
     out = []
     try:
         for fn in work:
@@ -268,6 +283,9 @@ class Store(GroupWriter):
         self.keep = keep
         self.exclusive = exclusive
         self._w: _Connections | None = None
+        self._inline: sqlite3.Connection | None = None  # the event loop's writer connection (--sync normal/off)
+        self._inline_commits = 0  # since the last checkpoint
+        self._checkpoint: asyncio.Task | None = None
         self._r: _Connections | None = None
         self._lock_fd: int | None = None
         self._init_writer()  # storage.GroupWriter: queued writes (fn, future) and waiting documents
@@ -281,6 +299,10 @@ class Store(GroupWriter):
             self._lock()
         self._w = _Connections(self.path, self.synchronous, 1, "collab-sqlite-writer")
         await self._w.run(apply_migrations)
+        if self.synchronous.upper() in ("NORMAL", "OFF"):
+            self._inline = connect_sync(self.path, self.synchronous)
+            self._inline.execute("PRAGMA busy_timeout=0")
+            self._inline.execute("PRAGMA wal_autocheckpoint=0")
         self._r = _Connections(self.path, self.synchronous, READERS, "collab-sqlite-reader")
         return self
 
@@ -299,6 +321,11 @@ class Store(GroupWriter):
         """Finish queued writes, then close every connection."""
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         for conns in (self._r, self._w):
             if conns is not None:
                 await asyncio.get_running_loop().run_in_executor(None, conns.close)
@@ -327,7 +354,11 @@ class Store(GroupWriter):
             if not work:
                 continue
             try:
-                outcomes = await self._w.run(_group_transaction, work)
+                outcomes = self._commit_inline(batch, taken, work)
+                if outcomes is None:
+                    outcomes = await self._w.run(_group_transaction, work)
+                else:
+                    await asyncio.sleep(0)  # let what came in meanwhile join the next group
             except Exception as exc:  # the whole group failed; every caller learns it
                 outcomes = [(False, exc)] * len(work)
             else:
@@ -337,6 +368,29 @@ class Store(GroupWriter):
                     fut.set_result(value) if ok else fut.set_exception(value)
             for (source, commit), (ok, value) in zip(taken, outcomes[len(batch):]):
                 source.commit_done(commit, None if ok else value)
+
+    def _commit_inline(self, batch: list, taken: list, work: list) -> list | None:
+        """The group's outcomes if it was small enough to commit here, on the event loop; else None."""
+        if self._inline is None or batch:
+            return None
+        size = rows = 0
+        for _, commit in taken:
+            if commit.snapshot is not None:
+                return None
+            rows += len(commit.entries)
+            size += sum(len(e.changes_json) for e in commit.entries)
+        if size > INLINE_BYTES or rows > INLINE_ROWS:
+            return None
+        try:
+            self._inline.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return None  # the database is locked elsewhere: the thread waits for it, not the event loop
+        outcomes = _group_transaction(self._inline, work, begun=True)
+        self._inline_commits += 1
+        if self._inline_commits >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
+            self._inline_commits = 0
+            self._checkpoint = asyncio.get_running_loop().create_task(self._w.run(_checkpoint))
+        return outcomes
 
     # ---------------------------------------------------------------- writes
 
@@ -713,6 +767,11 @@ def seal_file(path: str | Path) -> tuple[int, int]:
         return conn.execute("SELECT COUNT(*), COALESCE(SUM(version), 0) FROM documents").fetchone()
     finally:
         conn.close()
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL back into the database file without blocking the writer (the writer thread runs it)."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
 
 def _commit_fn(commit: Commit) -> Callable[[sqlite3.Connection], None]:

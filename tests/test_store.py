@@ -352,3 +352,60 @@ async def test_frame_ends_people_checkpoints_and_renames_are_kept(open_store):
     await store.delete_document(doc_id)
     assert await store.renamed_to("framed") is None
     await store.close()
+
+
+# ------------------------------------------------------ commits on the event loop (--sync normal)
+
+async def test_small_commits_on_the_event_loop_keep_the_wal_checkpointed(tmp_path):
+    """1,500 one-update commits (each small enough to commit on the event loop, which never checkpoints
+    inside a COMMIT): the writer thread's checkpoints keep the WAL file near SQLite's own bound (1,000
+    pages, 4 MB) instead of growing with every commit, and everything reads back."""
+    path = tmp_path / "wal.db"
+    store = await Store(path, synchronous="NORMAL").open()
+    try:
+        doc_id = await store.create_document("w")
+        edits = random_edits(1500, seed=7)
+        for (entry, _), k in zip(edits, range(len(edits))):
+            await commit(store, doc_id, [entry], utf16_len(edits[k][1]))
+        await store._checkpoint  # the last one requested, if it still runs
+        loaded = await store.load("w")
+        assert loaded.version == 1500 and loaded.text == edits[-1][1]
+    finally:
+        await store.close()
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size < 6 * 1024 * 1024
+
+
+async def test_a_database_locked_elsewhere_never_stalls_the_event_loop(tmp_path):
+    """Another connection (an admin command) holds the write lock for a second: the commit waits for
+    it in the writer thread, not on the event loop, and lands once the lock is released."""
+    path = tmp_path / "locked.db"
+    store = await Store(path, synchronous="NORMAL").open()
+    try:
+        doc_id = await store.create_document("l")
+        (entry, text), = random_edits(1)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        gaps, stop = [], asyncio.Event()
+
+        async def ticker():
+            last = asyncio.get_running_loop().time()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = asyncio.get_running_loop().time()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.create_task(ticker())
+        pending = asyncio.create_task(commit(store, doc_id, [entry], utf16_len(text)))
+        await asyncio.sleep(1.0)
+        assert not pending.done()  # it waits for the lock
+        other.execute("COMMIT")
+        other.close()
+        assert await asyncio.wait_for(pending, 10) == 1
+        stop.set()
+        await ticking
+        assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+        assert (await store.load("l")).text == text
+    finally:
+        await store.close()
