@@ -1,7 +1,7 @@
 """Where a collab server's time goes under the 4-pusher workload, thread by thread (py-spy).
 
     .venv/bin/python bench/profile.py [--duration 10] [--rate 250] [--top 20] [--loop uvloop|asyncio]
-                                      [--db sqlite] [--raw FILE]
+                                      [--db sqlite] [--raw FILE] [--workload push4|docs20x5]
 
 Starts `python -m collab serve` (its `--loop` if given) on a fresh
 database with the rate limits lifted, drives it with
@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop", choices=["asyncio", "uvloop"], help="the server's --loop (default: its default)")
     p.add_argument("--db", default="sqlite", help="one database spec as in bench/load.py (default sqlite)")
     p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--workload", choices=["push4", "docs20x5"], default="push4",
+                   help="push4: --clients pushing as fast as acknowledged (default); docs20x5: 20 documents x 5 "
+                        "typists x 2 edits/s (bench/load.py compare-reference's docs20x5)")
     p.add_argument("--raw", type=Path, help="also keep py-spy's raw output here")
     a = p.parse_args(argv)
     pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -165,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(server.kill)
         pid = server.proc.pid  # the interpreter running the server itself (py-spy gets this pid, not its own)
         load_ms = int((a.warmup + a.duration + 2) * 1000)
-        gen = subprocess.Popen([node, str(LOADGEN), "throughput", "--url", server.ws_url, "--server-pid", str(pid),
-                                "--clients", str(a.clients), "--warmup", "1000", "--duration", str(load_ms),
+        load = (["throughput", "--clients", str(a.clients)] if a.workload == "push4" else
+                ["typing", "--docs", "20", "--clients", "100", "--rate", "2"])
+        gen = subprocess.Popen([node, str(LOADGEN), *load, "--url", server.ws_url, "--server-pid", str(pid),
+                                "--warmup", "1000", "--duration", str(load_ms),
                                 "--clk-tck", str(os.sysconf("SC_CLK_TCK"))],
                                cwd=LOADGEN.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stack.callback(lambda: gen.poll() is None and gen.kill())
@@ -190,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             a.raw.write_text(text)
         threads = parse_raw(text)
         cpu = {tid: cpu1[tid] - cpu0.get(tid, 0.0) for tid in cpu1}
-        print(f"collab on {db.label}, {a.loop or 'default'} loop, server pid {pid}; {a.clients} pushers; py-spy at {a.rate} Hz "
+        who = f"{a.clients} pushers" if a.workload == "push4" else "20 documents x 5 typists x 2 edits/s"
+        print(f"collab on {db.label}, {a.loop or 'default'} loop, server pid {pid}; {who}; py-spy at {a.rate} Hz "
               f"for {a.duration:.0f} s")
+        per_1000 = r.get("serverCpuMsPer1000") or (r["serverCpuMs"] or 0) / max(1, r["acceptedInWindow"]) * 1000
         print(f"under the profiler: {r['acceptedPerS']:,.0f} durable edits/s, server CPU "
-              f"{r['serverCpuMsPer1000']:,.0f} ms per 1,000 edits, {r['serverCpuPct']:.0f}% of a core, "
+              f"{per_1000:,.0f} ms per 1,000 edits, {r['serverCpuPct']:.0f}% of a core, "
               f"problems: {r['problems'] or 'none'}")
         print(f"threads' CPU in the sampled window: {sum(cpu.values()):,.0f} ms "
               f"({', '.join(f'{tid}: {ms:,.0f}' for tid, ms in sorted(cpu.items(), key=lambda x: -x[1]) if ms)})")
