@@ -173,13 +173,13 @@ def _compacted(conn: sqlite3.Connection, doc_id: int, version: int, below: int |
 
 def _write_commit(conn: sqlite3.Connection, commit: Commit) -> None:
     """Make `commit` durable, or raise VersionConflict having written nothing."""
-    row = conn.execute("SELECT version FROM documents WHERE id = ?", (commit.doc_id,)).fetchone()
-    if row is None or row[0] != commit.base:
-        raise VersionConflict(commit.doc_id, commit.base, row[0] if row else None)
     last = commit.entries[-1]  # a commit is broadcast as one frame: it ends there
+    moved = conn.execute("UPDATE documents SET version = ?, length = ?, updated = ? WHERE id = ? AND version = ?",
+                         (commit.version, commit.length, last.time, commit.doc_id, commit.base)).rowcount
+    if moved != 1:  # nothing written: the document is not at the commit's base
+        row = conn.execute("SELECT version FROM documents WHERE id = ?", (commit.doc_id,)).fetchone()
+        raise VersionConflict(commit.doc_id, commit.base, row[0] if row else None)
     conn.executemany(_INSERT_UPDATE, [_update_row(commit.doc_id, e, e is last) for e in commit.entries])
-    conn.execute("UPDATE documents SET version = ?, length = ?, updated = ? WHERE id = ?",
-                 (commit.version, commit.length, commit.entries[-1].time, commit.doc_id))
     if commit.snapshot is not None:
         _insert_snapshot(conn, commit.doc_id, *commit.snapshot)
 
@@ -191,11 +191,21 @@ def _group_transaction(conn: sqlite3.Connection, work: list[Callable[[sqlite3.Co
     Returns one (ok, result-or-exception) per function: a function that
     raises is rolled back alone. If COMMIT itself fails, the whole group
     raises and nothing is written. `begun`: the caller ran BEGIN IMMEDIATE.
+    A group of one needs no savepoint: if it raises, the transaction is
+    rolled back whole, which undoes the same.
     """
     if not begun:
         conn.execute("BEGIN IMMEDIATE")
     out = []
     try:
+        if len(work) == 1:
+            try:
+                out.append((True, work[0](conn)))
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                conn.execute("ROLLBACK")
+                return [(False, exc)]
+            conn.execute("COMMIT")
+            return out
         for fn in work:
             conn.execute("SAVEPOINT w")
             try:
