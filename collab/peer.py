@@ -56,6 +56,7 @@ INLINE_DEFLATE = 16 * 1024  # bytes: a frame up to this is compressed on the loo
 NO_DEFLATE = 1 << 62  # deflate_min of a peer that never compresses
 
 _TEXT, _CONTINUATION, _RSV1 = 0x1, 0x0, 0x40
+_NO_QUEUE = ()  # the queue of a peer with nothing queued: a deque is made when a frame must wait (600 bytes)
 
 
 def frame_header(opcode: int, fin: bool, length: int) -> bytes:
@@ -149,8 +150,8 @@ class Peer:
 
     __slots__ = ("admin", "bytes_out", "client_id", "close_code", "close_message", "closed", "deflate_min",
                  "deflate_wbits", "handler", "limit", "midmessage", "outbox", "queue", "queued", "receiving",
-                 "remote", "resume_key", "role", "send_timeout", "session", "token", "transport", "user",
-                 "writer", "ws")
+                 "remote", "resume_key", "role", "send_timeout", "session", "silent", "token", "transport",
+                 "user", "writer", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, client_id: str,
                  user: dict, role: str, remote: str, limit: int, bytes_out=None, admin: bool = False,
@@ -166,7 +167,7 @@ class Peer:
         self.remote = remote
         self.token = token
         self.resume_key: str | None = None  # proof of this client, from its hello
-        self.queue: deque = deque()
+        self.queue: deque | tuple = _NO_QUEUE
         self.queued = 0  # what queued frames cost this peer (frame_cost), not yet handed to the socket
         self.limit = limit
         self.outbox = outbox or Outbox(1 << 62)
@@ -181,6 +182,7 @@ class Peer:
         self.midmessage = False  # a fragmented message is partly written: no other data frame may start
         self.deflate_min = deflate_min  # frames of this many bytes or more go out compressed
         self.deflate_wbits = deflate_wbits  # the window the client lets us use
+        self.silent = 0  # heartbeat rounds since the client last sent anything (ws.Heartbeat)
 
     # ---------------------------------------------------------------- sending
 
@@ -204,6 +206,8 @@ class Peer:
                 self._write(_TEXT | _RSV1, True,
                             deflate.message(frame if type(frame) is tuple else (frame,), self.deflate_wbits))
                 return
+        if self.queue is _NO_QUEUE:
+            self.queue = deque()
         self.queue.append(frame)
         self.queued += cost
         self.outbox.queued += cost
@@ -274,6 +278,8 @@ class Peer:
             self.closed = True
         finally:
             self.writer = None
+            if not self.queue:
+                self.queue = _NO_QUEUE
 
     async def _deflated(self, parts: tuple[bytes, ...], size: int) -> tuple[bytes, ...]:
         """The compressed payload of a message, as parts: off the loop when large, a shared part only once."""
@@ -331,7 +337,7 @@ class Peer:
     def _drop_queue(self) -> None:
         for frame in self.queue:
             self._dequeued(frame_cost(frame))
-        self.queue.clear()
+        self.queue = _NO_QUEUE
 
     async def finish(self, timeout: float) -> None:
         """Run the closing handshake decided by `close` (from the handler task, after `receive()` returned).

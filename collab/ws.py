@@ -1,8 +1,9 @@
 """The WebSocket adapter for /ws/{doc}: frames in, room calls, frames out.
 
-What lives here: the upgrade (subprotocol collab.v1, aiohttp's ping/pong
-heartbeat, frame size limit, origin and connection limits, permessage-deflate
-negotiated by deflate.py instead of aiohttp: see `Socket`), the hello
+What lives here: the upgrade (subprotocol collab.v1, frame size limit, origin
+and connection limits, permessage-deflate negotiated by deflate.py instead of
+aiohttp: see `Socket`), the ping/pong heartbeat (`Heartbeat`: one timer for
+every connection, not aiohttp's timer per connection), the hello
 deadline, the rate limit, and `refuse`, the one place a refusal becomes an
 `error` frame (and a close when it carries one): the twin of api.py's
 `error_middleware`. What never lives here: document state or ordering
@@ -13,12 +14,16 @@ document's current share-link salt, inside `Rooms.join`, not at the upgrade.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 import time
 import zlib
+from urllib.parse import parse_qsl
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
 from aiohttp._websocket import reader_py
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.streams import DEFAULT_CHUNK_SIZE  # what aiohttp's own _post_start uses
 
 from . import deflate, protocol
@@ -79,8 +84,13 @@ class _Inflater(deflate.Inflater):
             raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, f"the message does not inflate: {exc}") from None
 
 
+_RANDOM_BITS = functools.partial(random.Random().getrandbits, 32)
+_BACKGROUND_SENDS: set = set()
+
+
 class Socket(web.WebSocketResponse):
-    """aiohttp's WebSocketResponse, with permessage-deflate negotiated by deflate.py (`agreement`).
+    """aiohttp's WebSocketResponse, with permessage-deflate negotiated by deflate.py (`agreement`), and
+    without aiohttp's heartbeat (`Heartbeat` pings; any data received marks the peer heard).
 
     aiohttp's own negotiation keeps a per-connection compression context both
     ways; ours agrees no context takeover either way and a small client window,
@@ -89,9 +99,10 @@ class Socket(web.WebSocketResponse):
     """
 
     def __init__(self, *, compress_offers: bool, **kwargs):
-        super().__init__(compress=False, **kwargs)
+        super().__init__(compress=False, heartbeat=None, **kwargs)
         self.compress_offers = compress_offers
         self.agreement: deflate.Agreement | None = None
+        self.peer: Peer | None = None
 
     def _handshake(self, request):
         headers, protocol, _, _ = super()._handshake(request)  # compress=False: no extension from aiohttp
@@ -100,21 +111,76 @@ class Socket(web.WebSocketResponse):
         if self.agreement is None:
             return headers, protocol, 0, False
         headers[hdrs.SEC_WEBSOCKET_EXTENSIONS] = self.agreement.response
-        return headers, protocol, self.agreement.server_wbits, True
+        return headers, protocol, 0, False  # 0: aiohttp's writer compresses nothing (it writes control frames)
 
     def _post_start(self, request, protocol, writer) -> None:
-        if self.agreement is None:
-            return super()._post_start(request, protocol, writer)
-        # aiohttp 3.14's _post_start, with our reader
+        # aiohttp 3.14's _post_start, with our reader when compressed and our heartbeat's data callback
         self._ws_protocol = protocol
         self._writer = writer
-        self._reset_heartbeat()
-        self._reader = reader_py.WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
-        self._parser = _InflatingReader(self._reader, self._max_msg_size, self._decode_text,
-                                        self.agreement.client_wbits)
-        request.protocol.set_parser(self._parser,
-                                    data_received_cb=None if self._heartbeat is None else self._on_data_received)
+        # What every writer of ours would hold alike, shared (about 500 bytes less per connection): the
+        # random bits that mask client frames (a server's never are; aiohttp's default draws them from
+        # one shared Random too) and the set of its background sends (only compressed ones; ours compresses
+        # nothing).
+        writer.get_random_bits, writer._background_tasks = _RANDOM_BITS, _BACKGROUND_SENDS
+        if self.agreement is None:
+            self._reader = WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
+            self._parser = WebSocketReader(self._reader, self._max_msg_size, compress=False,
+                                           decode_text=self._decode_text)
+        else:
+            self._reader = reader_py.WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
+            self._parser = _InflatingReader(self._reader, self._max_msg_size, self._decode_text,
+                                            self.agreement.client_wbits)
+        request.protocol.set_parser(self._parser, data_received_cb=self._heard)
         request.protocol.keep_alive(False)
+
+    def _heard(self) -> None:
+        """Data came in (a pong, a frame): the connection is alive."""
+        if self.peer is not None:
+            self.peer.silent = 0
+
+
+class Heartbeat:
+    """The ping/pong heartbeat of every WebSocket connection of the process, from one timer.
+
+    Every half --heartbeat, each connection's `silent` count goes up by one
+    (any data received sets it back to 0, `Socket._heard`): a connection
+    silent for --heartbeat seconds (count 2) gets a ping; one still silent half
+    a heartbeat later (count 3: no pong) is cut off, which ends its handler.
+    aiohttp's own heartbeat keeps a timer per connection and schedules a call
+    for every chunk received.
+    """
+
+    PING = b"\x89\x00"  # an unmasked ping frame with no payload
+
+    def __init__(self, interval: float):
+        self.step = interval / 2
+        self.peers: set[Peer] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, peer: Peer) -> None:
+        if self.step <= 0:
+            return
+        self.peers.add(peer)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.step, self._round)
+
+    def discard(self, peer: Peer) -> None:
+        self.peers.discard(peer)
+
+    def _round(self) -> None:
+        self.timer = None
+        for peer in tuple(self.peers):
+            transport = peer.transport
+            if transport is None or transport.is_closing():
+                continue
+            peer.silent += 1
+            if peer.silent == 2:
+                transport.write(self.PING)
+            elif peer.silent > 2:
+                log.info("dropping session=%s: no pong within %.1f s", peer.session, self.step)
+                transport.abort()
+        if self.peers:
+            self.timer = asyncio.get_running_loop().call_later(self.step, self._round)
 
 
 class Admission:
@@ -125,6 +191,8 @@ class Admission:
         self.rooms = rooms
         self.per_address: dict[str, int] = {}
         self.outbox = Outbox(settings.max_buffered)  # what all connections have queued, against one budget
+        self.heartbeat = Heartbeat(settings.heartbeat)
+        self.trusted = trusted_proxies(settings)  # made once: a handler's locals live as long as its connection
 
     def check(self, name: str, remote: str, viewer: bool) -> None:
         """Refuse (429) a connection over a limit; view sessions leave --reserved-edit-slots to editors."""
@@ -149,18 +217,19 @@ class Admission:
 
 
 async def handle(request: web.Request, settings: Settings, rooms: Rooms, admission: Admission) -> web.StreamResponse:
+    # This coroutine lives as long as its connection: what its locals hold (and what aiohttp caches on the
+    # request) is memory per connection, so it keeps only what the connection needs.
     name = protocol.doc_name(request.match_info["doc"])
-    trusted = trusted_proxies(settings)
-    if not origin_allowed(request.headers.get("Origin"), own_origin(request, trusted), allowed_origins(settings)):
+    if not origin_allowed(request.headers.get("Origin"), own_origin(request, admission.trusted),
+                          allowed_origins(settings)):
         raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
-    remote = client_address(request, trusted)
-    token = request.query.get("token")
+    remote = client_address(request, admission.trusted)
+    token = query_token(request.query_string)
     admission.check(name, remote, viewer=rooms.may_only_view(token))
     # decode_text=False: text frames arrive as bytes and orjson checks their
     # UTF-8, so a frame that is not UTF-8 is answered with bad-json like any
     # other unreadable frame, instead of aiohttp failing the connection (1007).
-    ws = Socket(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None,
-                max_msg_size=settings.max_frame, compress_offers=settings.ws_compress, decode_text=False,
+    ws = Socket(protocols=(protocol.SUBPROTOCOL,), max_msg_size=settings.max_frame, compress_offers=settings.ws_compress, decode_text=False,
                 timeout=CLOSE_TIMEOUT)
     await ws.prepare(request)
     agreed = ws.agreement
@@ -171,6 +240,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
                 metrics.bytes_out, outbox=admission.outbox, send_timeout=settings.send_timeout, token=token,
                 deflate_min=settings.ws_compress_threshold if agreed else NO_DEFLATE,
                 deflate_wbits=agreed.server_wbits if agreed else 15)
+    ws.peer = peer
+    admission.heartbeat.add(peer)
     member: Member | None = None
     rooms.arrive(name, peer)
     try:
@@ -180,8 +251,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
                 raise ServerError("server shutting down", close=CLOSE_GOING_AWAY)
             peer.client_id, peer.user = hello.client_id, hello.user
             member = await rooms.join(name, peer, hello, token)
-            log.info("open doc=%s session=%s client=%s role=%s addr=%s", name, peer.session, hello.client_id,
-                     peer.role, remote)
+            hello = None  # nothing more of it is needed
+            _log_open(name, peer)
             await _serve(ws, peer, member, settings)
     except CollabError as exc:
         if member is None and exc.close is None:  # refused at hello: the connection has nothing to do
@@ -194,6 +265,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
         log.exception("connection to doc=%s failed", name)
         refuse(peer, ServerError("internal error", "internal"), name, metrics)
     finally:
+        admission.heartbeat.discard(peer)
         rooms.depart(name, peer)
         try:
             # Our close code must reach the client; aiohttp may cancel this
@@ -214,9 +286,15 @@ async def _serve(ws: web.WebSocketResponse, peer: Peer, member: Member, settings
     bucket = TokenBucket(settings.rate, settings.burst)  # frames; persistent excess ends the connection
     metrics = member.room.rooms.metrics
     while not peer.closed:
-        msg = await _receive(ws, peer)
-        if msg is None:
-            return
+        peer.receiving = True  # _receive inline: one coroutine less per connection while it waits
+        try:
+            msg = await ws.receive()
+        except asyncio.CancelledError as exc:
+            if _interrupted(peer, exc):
+                return
+            raise
+        finally:
+            peer.receiving = False
         if msg.type == WSMsgType.TEXT:
             metrics.bytes_in.inc(len(msg.data))
             if not bucket.take(time.monotonic()):
@@ -241,12 +319,33 @@ async def _receive(ws: web.WebSocketResponse, peer: Peer):
     try:
         return await ws.receive()
     except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if not (peer.closed and exc.args == (INTERRUPT,)) or task.uncancel() > 0:
-            raise  # a real cancellation (the server is stopping), not our own interrupt
-        return None
+        if _interrupted(peer, exc):
+            return None
+        raise
     finally:
         peer.receiving = False
+
+
+def _interrupted(peer: Peer, exc: asyncio.CancelledError) -> bool:
+    """Whether a cancelled receive() was `Peer.close`'s interrupt (else: a real cancellation, the server
+    is stopping)."""
+    return peer.closed and exc.args == (INTERRUPT,) and asyncio.current_task().uncancel() == 0
+
+
+def _log_open(name: str, peer: Peer) -> None:
+    # From a plain function: logging looks up its caller's frame, and the frame object it makes for the
+    # handler's coroutine would stay as long as the connection (about 400 bytes each).
+    log.info("open doc=%s session=%s client=%s role=%s addr=%s", name, peer.session, peer.client_id, peer.role,
+             peer.remote)
+
+
+def query_token(query_string: str) -> str | None:
+    """The first `token` of a query string, as request.query.get("token") gives it (without caching the
+    parsed query on the request for as long as the connection lasts)."""
+    for key, value in parse_qsl(query_string, keep_blank_values=True):
+        if key == "token":
+            return value
+    return None
 
 
 async def _receive_hello(ws: web.WebSocketResponse, peer: Peer, settings: Settings) -> protocol.Hello | None:
