@@ -67,10 +67,11 @@ def rebase_updates(updates: list[Update], over: list[Update]) -> list[Update]:
     if changes is None:
         return updates
     result = []
-    for update in updates:
-        mapped = update.changes.map(changes)
-        changes = changes.map_desc(update.changes, True)
-        result.append(Update(update.client_id, mapped))
+    last = len(updates) - 1
+    for k, update in enumerate(updates):
+        result.append(Update(update.client_id, update.changes.map(changes)))
+        if k < last:  # what the next update moves over (after the last one nothing does)
+            changes = changes.map_desc(update.changes, True)
     return result
 
 
