@@ -28,9 +28,18 @@ from aiohttp.streams import DEFAULT_CHUNK_SIZE  # what aiohttp's own _post_start
 
 from . import deflate, protocol
 from .access import origin_allowed
+from .errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_PROTOCOL,
+    CLOSE_RATE_LIMITED,
+    CLOSE_TOO_BIG,
+    CODES,
+    CollabError,
+    ProtocolError,
+    ServerError,
+)
 from .limits import TokenBucket
-from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_PROTOCOL, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG, CODES, CollabError,
-                     ProtocolError, ServerError)
 from .peer import INTERRUPT, NO_DEFLATE, Outbox, Peer
 from .room import Member, Rooms
 from .settings import Settings
