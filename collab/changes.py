@@ -418,9 +418,39 @@ def _map(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> ChangeSet
     """
     if a.length != b.length:
         raise ChangeError(f"cannot map changes of length {a.length} over changes of length {b.length}")
+    sa, sb = a.sections, b.sections
+    if (len(sa) == 6 and len(sb) == 6 and sa[1] == KEEP and sa[5] == KEEP and sb[1] == KEEP and sb[5] == KEEP
+            and sa[3] >= 0 and sb[3] >= 0 and sa[0] and sa[4] and sb[0] and sb[4]
+            and (sa[2] or sa[3]) and (sb[2] or sb[3])):
+        # Fast path, two keystrokes apart: each one non-empty replacement
+        # between two non-empty keeps, with kept text between them (no tie to
+        # break). What the walk below builds: a's replacement, shifted by b's
+        # when b's comes first, in the keeps that remain.
+        pa, da, ia = sa[0], sa[2], sa[3]
+        pb, db, ib = sb[0], sb[2], sb[3]
+        shift = ib - db
+        if pa + da < pb:
+            sections = [pa, KEEP, da, ia, a.length - pa - da + shift, KEEP]
+        elif pb + db < pa:
+            sections = [pa + shift, KEEP, da, ia, sa[4], KEEP]
+        else:
+            sections = None
+        if sections is not None:
+            cs = _new(ChangeSet if with_text else ChangeDesc)
+            cs.sections = sections
+            cs.inserted = ["", a.inserted[1], ""] if with_text else ["", "", ""]
+            cs.length = b.new_length
+            cs.new_length = b.new_length - da + ia
+            return cs
+    return _map_walk(a, b, before, with_text)
+
+
+def _map_walk(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> ChangeSet:
+    """The general `_map` (lengths checked by the caller): both sets walked side by side."""
+    sa, sb = a.sections, b.sections
     sections: list[int] = []
     values: list[str] | None = [] if with_text else None
-    sa, ta, sb = a.sections, a.inserted, b.sections
+    ta = a.inserted
     na, nb = len(sa), len(sb)
     if na:
         alen, ains, ia = sa[0], sa[1], 2

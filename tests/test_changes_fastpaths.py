@@ -1,9 +1,9 @@
 """The keystroke fast paths of collab/changes.py and collab/text.py, against their general paths.
 
-`ChangeSet.from_json`, `to_json`, `normalized` and `Text.apply`, `invert`
-take a shortcut for one replacement between two keeps (`[n, [d, "x"], m]`,
-what typing sends) and hand everything else to `_parse`, `_to_json`,
-`_normalized`, `_apply`, `_invert`. Each shortcut must be invisible: the same
+`ChangeSet.from_json`, `to_json`, `normalized`, `_map` and `Text.apply`,
+`invert` take a shortcut for one replacement between two keeps
+(`[n, [d, "x"], m]`, what typing sends) and hand everything else to `_parse`,
+`_to_json`, `_normalized`, `_map_walk`, `_apply`, `_invert`. Each shortcut must be invisible: the same
 result (field for field, the text's chunks and cursor included) or the same
 ChangeError as the general path, for well-formed and malformed input alike.
 The inputs are built around the shortcut's shape, with the values that must
@@ -149,3 +149,39 @@ def test_a_keystroke_is_applied_where_the_cursor_is_and_elsewhere(monkeypatch):
     with pytest.raises(ChangeError, match="length"):
         doc.apply(ChangeSet.from_json([1, [0, "x"], 1]))
     assert str(doc) == "abXcZdefghijklmnYp!"
+
+
+# ---- map: two keystrokes apart ------------------------------------------------------------------
+
+def one_edit(length: int, at: int, deleted: int, text: str) -> ChangeSet:
+    """One replacement of `deleted` units at `at` by `text`, in a document of `length`, as a client's JSON."""
+    head = [at] if at else []
+    tail = [length - at - deleted] if length - at - deleted else []
+    return ChangeSet.from_json([*head, [deleted, *text.split("\n")], *tail])
+
+
+@st.composite
+def keystroke_pairs(draw):
+    length = draw(st.integers(0, 12))
+    out = []
+    for _ in range(2):
+        at = draw(st.integers(0, length))
+        deleted = draw(st.integers(0, min(3, length - at)))
+        out.append(one_edit(length, at, deleted, draw(st.sampled_from(["", "x", "ab", "😀", "a\nb"]))))
+    return out
+
+
+@SETTINGS
+@given(keystroke_pairs(), st.booleans())
+@example([one_edit(10, 2, 0, "x"), one_edit(10, 5, 1, "yz")], False)  # a before b
+@example([one_edit(10, 6, 1, "x"), one_edit(10, 2, 2, "")], True)    # a after b
+@example([one_edit(10, 3, 0, "x"), one_edit(10, 3, 0, "y")], False)  # a tie: the walk decides
+@example([one_edit(10, 3, 2, "x"), one_edit(10, 5, 0, "y")], False)  # touching: the walk decides
+def test_map_of_two_keystrokes_is_the_walk(pair, before):
+    """`_map`'s shortcut for two separate keystrokes gives what the general walk gives, field for field,
+    for map (with text) and map_desc of a ChangeDesc (without), whichever comes first."""
+    from collab.changes import ChangeDesc, _map, _map_walk
+    a, b = pair
+    for with_text in (True, False):
+        left = a if with_text else ChangeDesc(a.sections, a.inserted, a.length, a.new_length)
+        assert fields(_map(left, b, before, with_text)) == fields(_map_walk(left, b, before, with_text))
