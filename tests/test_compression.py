@@ -18,9 +18,9 @@ import zlib
 import aiohttp
 import orjson
 import pytest
+from serverproc import ServerProcess
 
 from collab import deflate
-from serverproc import ServerProcess
 
 OFFER = "permessage-deflate; client_max_window_bits"  # what Chromium offers
 TAIL = b"\x00\x00\xff\xff"
@@ -122,7 +122,7 @@ class Raw:
     async def closed(self, timeout: float = 10.0) -> int:
         """The close code the server sent (frames before it are skipped)."""
         while True:
-            fin, rsv1, opcode, payload = await self.frame(timeout)
+            _, _, opcode, payload = await self.frame(timeout)
             if opcode == 0x8:
                 return struct.unpack("!H", payload[:2])[0]
 

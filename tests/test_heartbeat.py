@@ -9,7 +9,6 @@ import time
 import aiohttp
 import orjson
 import pytest
-
 from serverproc import ServerProcess
 from test_compression import Raw
 
@@ -48,7 +47,7 @@ async def test_a_connection_that_answers_no_ping_is_cut_off_and_others_stay(serv
         pinged = False
         while True:  # read what comes, never answer: a ping, then the end of the connection
             try:
-                fin, rsv1, opcode, payload = await mute.frame(timeout=5 * HEARTBEAT)
+                _, _, opcode, _ = await mute.frame(timeout=5 * HEARTBEAT)
             except asyncio.IncompleteReadError:
                 break
             pinged |= opcode == 0x9

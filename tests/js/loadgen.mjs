@@ -12,6 +12,8 @@
 //              server RSS per connection. --check: then prove every one is still
 //              served: a WebSocket ping to each (its pong counted), and one edit
 //              pushed into each document that must reach every connection of it.
+//              --compress: the clients offer permessage-deflate and compress every frame
+//              they send, hello included (as Chromium does), to measure what that costs.
 //   trace      one full client replays an editing trace (josephg/editing-traces format),
 //              batching its unconfirmed edits into each push while one is in flight.
 //
@@ -325,11 +327,13 @@ class LiteClient {
     this.onAck = null;
     this.onFrame = null;
     this.problems = [];
+    this.compress = false; // offer permessage-deflate and compress every frame sent (threshold 0, as Chromium)
   }
 
   start() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(`${this.url}/ws/${this.doc}`, SUBPROTOCOL, { perMessageDeflate: false, handshakeTimeout: 20000 });
+      const perMessageDeflate = this.compress ? { threshold: 0 } : false;
+      const ws = new WebSocket(`${this.url}/ws/${this.doc}`, SUBPROTOCOL, { perMessageDeflate, handshakeTimeout: 20000 });
       this.ws = ws;
       ws.on('open', () => ws.send(JSON.stringify(hello(this.clientID, null, { name: this.clientID, color: '#888888' }))));
       ws.on('error', (e) => { this.problems.push(`socket error ${e.message}`); reject(e); });
@@ -512,6 +516,7 @@ async function openMany(specs, concurrency) {
       const [doc, id] = specs[next++];
       const c = new LiteClient(null, doc, id, null);
       c.url = specs.url;
+      c.compress = Boolean(specs.compress);
       try {
         await c.start();
         out.push(c);
@@ -565,6 +570,7 @@ async function idle(a) {
   for (let i = 0; i < conns; i++) (i < docs ? first : rest).push([`idle-${i % docs}`, `idler-${i}`]);
   first.url = a.url;
   rest.url = a.url;
+  first.compress = rest.compress = Boolean(a.compress);
   const t0 = performance.now();
   const r1 = await openMany(first, 50);
   await sleep(settleMs);
@@ -578,6 +584,7 @@ async function idle(a) {
   const problems = [...r1.problems, ...r2.problems, ...all.flatMap((c) => c.problems)];
   const result = {
     mode: 'idle', connections: all.length, expected: conns, docs, openMs: Math.round(openMs),
+    compressed: all.filter((c) => c.ws.extensions && String(c.ws.extensions).includes('permessage-deflate')).length,
     memKB: { baseline: mem0, oneConnPerDoc: mem1, all: mem2 },
     perConnKB: mem2 && (mem2.rssKB - mem0.rssKB) / all.length,
     marginalPerConnKB: mem2 && (mem2.rssKB - mem1.rssKB) / r2.clients.length,
