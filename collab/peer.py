@@ -107,9 +107,10 @@ class SharedDeflate:
     """Compressed copies of parts shared by many frames (a document's JSON), each made once, in a worker thread.
 
     Keyed by the part object itself (held while cached: its id stays unique),
-    and by window; at most `budget` bytes of parts are held, oldest dropped
-    first. Every peer that needs a part while it is being compressed waits for
-    the same result.
+    and by window; at most `budget` bytes of parts are held (with their
+    compressed copies, smaller), oldest dropped first. Every peer that needs a
+    part while it is being compressed waits for the same result; a compression
+    that failed is tried again by the next peer that needs it.
     """
 
     def __init__(self, budget: int = 64 << 20):
@@ -120,7 +121,9 @@ class SharedDeflate:
     async def get(self, part: bytes, wbits: int) -> bytes:
         key = (id(part), wbits)
         entry = self.entries.get(key)
-        if entry is None or entry[0] is not part:
+        if entry is None or entry[0] is not part or (entry[1].done() and (entry[1].cancelled() or entry[1].exception())):
+            if entry is not None:
+                self.held -= len(self.entries.pop(key)[0])
             future = asyncio.get_running_loop().run_in_executor(None, deflate.chunk, part, wbits)
             entry = self.entries[key] = (part, future)
             self.held += len(part)

@@ -151,12 +151,12 @@ class Socket(web.WebSocketResponse):
 class Heartbeat:
     """The ping/pong heartbeat of every WebSocket connection of the process, from one timer.
 
-    Every half --heartbeat, each connection's `silent` count goes up by one
-    (any data received sets it back to 0, `Socket._heard`): a connection
-    silent for --heartbeat seconds (count 2) gets a ping; one still silent half
-    a heartbeat later (count 3: no pong) is cut off, which ends its handler.
-    aiohttp's own heartbeat keeps a timer per connection and schedules a call
-    for every chunk received.
+    Every half --heartbeat (a round), each connection's `silent` count goes
+    up by one; any data received sets it back to 0 (`Socket._heard`). A
+    connection silent for two rounds (between half a heartbeat and one) gets a
+    ping; one still silent at the next round (no pong within half a heartbeat)
+    is cut off, which ends its handler. aiohttp's own heartbeat keeps a timer
+    per connection and schedules a call for every chunk received.
     """
 
     PING = b"\x89\x00"  # an unmasked ping frame with no payload
@@ -275,6 +275,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
         refuse(peer, ServerError("internal error", "internal"), name, metrics)
     finally:
         admission.heartbeat.discard(peer)
+        ws.peer = None
         rooms.depart(name, peer)
         try:
             # Our close code must reach the client; aiohttp may cancel this
