@@ -29,8 +29,9 @@ frames aiohttp writes itself (ping, pong, close) may come between fragments,
 which the RFC allows. When permessage-deflate was agreed (deflate.py), a frame
 of `deflate_min` bytes or more goes out compressed (RSV1 on its first fragment
 only), smaller ones never: up to INLINE_DEFLATE bytes it is compressed at once
-on the loop; a larger one is compressed by the writer task in a worker thread,
-and a shared part (a document's JSON) only once for every peer (`SharedDeflate`).
+on the loop; a larger one is compressed by the writer task in a worker thread.
+A frame sent to many peers (a broadcast) and a shared part (a document's JSON)
+are compressed once for all of them (`_deflate_inline`, `SharedDeflate`).
 What a queued frame costs (`frame_cost`) is counted on the frame as queued.
 """
 
@@ -136,6 +137,22 @@ class SharedDeflate:
 
 
 SHARED_DEFLATE = SharedDeflate()
+_RECENT: OrderedDict[tuple[int, int], tuple[object, bytes]] = OrderedDict()  # see _deflate_inline
+
+
+def _deflate_inline(frame: bytes | tuple[bytes, ...], wbits: int) -> bytes:
+    """A small frame's compressed payload, on the loop. A broadcast hands the same frame object to every
+    peer in turn (and a second one, clientIDs hidden, to view-only peers): the last few are remembered
+    (held, so their ids stay unique), and each is compressed once."""
+    key = (id(frame), wbits)
+    hit = _RECENT.get(key)
+    if hit is not None and hit[0] is frame:
+        return hit[1]
+    payload = deflate.message(frame if type(frame) is tuple else (frame,), wbits)
+    _RECENT[key] = (frame, payload)
+    if len(_RECENT) > 4:
+        _RECENT.popitem(last=False)
+    return payload
 
 
 class Outbox:
@@ -206,8 +223,7 @@ class Peer:
                 self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
                 return
             if size <= INLINE_DEFLATE:
-                self._write(_TEXT | _RSV1, True,
-                            deflate.message(frame if type(frame) is tuple else (frame,), self.deflate_wbits))
+                self._write(_TEXT | _RSV1, True, _deflate_inline(frame, self.deflate_wbits))
                 return
         if self.queue is _NO_QUEUE:
             self.queue = deque()
@@ -262,7 +278,7 @@ class Peer:
                 size = frame_size(frame)
                 parts, opcode = frame if type(frame) is tuple else (frame,), _TEXT
                 if size >= self.deflate_min:
-                    parts, opcode = await self._deflated(parts, size), _TEXT | _RSV1
+                    parts, opcode = await self._deflated(frame, size), _TEXT | _RSV1
                     size = frame_size(parts)
                     if self.closed:
                         break
@@ -284,15 +300,17 @@ class Peer:
             if not self.queue:
                 self.queue = _NO_QUEUE
 
-    async def _deflated(self, parts: tuple[bytes, ...], size: int) -> tuple[bytes, ...]:
-        """The compressed payload of a message, as parts: off the loop when large, a shared part only once."""
+    async def _deflated(self, frame: bytes | tuple[bytes, ...], size: int) -> tuple[bytes, ...]:
+        """The compressed payload of a message, as parts: off the loop when large, once for every peer."""
         wbits = self.deflate_wbits
         if size <= INLINE_DEFLATE:
-            return (deflate.message(parts, wbits),)
-        if len(parts) == 3:  # (head, shared, tail): see frame_cost
-            return deflate.chunk(parts[0], wbits), await SHARED_DEFLATE.get(parts[1], wbits), \
-                deflate.last(parts[2], wbits)
-        return (await asyncio.get_running_loop().run_in_executor(None, deflate.message, parts, wbits),)
+            return (_deflate_inline(frame, wbits),)
+        if type(frame) is bytes:  # a large broadcast, or one peer's long resume
+            return ((await SHARED_DEFLATE.get(frame, wbits))[:-4],)
+        if len(frame) == 3:  # (head, shared, tail): see frame_cost
+            return deflate.chunk(frame[0], wbits), await SHARED_DEFLATE.get(frame[1], wbits), \
+                deflate.last(frame[2], wbits)
+        return (await asyncio.get_running_loop().run_in_executor(None, deflate.message, frame, wbits),)
 
     async def _write_fragmented(self, parts: tuple[bytes, ...], opcode: int = _TEXT) -> None:
         """One message a fragment at a time; `opcode` (with RSV1 if compressed) goes on the first fragment only."""

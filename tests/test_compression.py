@@ -381,3 +381,21 @@ async def test_compression_off_answers_no_extension(tmp_path):
         welcome, compressed, _ = await c.typed("welcome")
         assert not compressed and welcome["version"] == version
         c.close()
+
+
+@pytest.mark.parametrize("size", [5_000, 150_000])  # compressed on the loop, in a worker thread
+async def test_a_paste_broadcast_reaches_every_peer_compressed_once_and_right(server, size):
+    doc = f"paste{size}"
+    version = await make_doc(server, doc, "start")
+    readers = [await Raw.open(server.port, doc) for _ in range(3)] + [await Raw.open(server.port, doc, None)]
+    for i, r in enumerate(readers):
+        r.hello(f"r{i}")
+        await r.typed("welcome")
+    paste = words(size, size + 1)
+    readers[-1].send_json({"type": "push", "version": version,
+                           "updates": [{"clientID": "r3", "changes": [5, [0, paste]]}]})
+    for i, r in enumerate(readers):
+        updates, compressed, _ = await r.typed("updates")
+        assert compressed == (i < 3)
+        assert updates["from"] == version and updates["updates"][0]["changes"] == [5, [0, paste]]
+        r.close()
