@@ -116,7 +116,8 @@ class Socket(web.WebSocketResponse):
     def _handshake(self, request):
         headers, protocol, _, _ = super()._handshake(request)  # compress=False: no extension from aiohttp
         if self.compress_offers:
-            self.agreement = deflate.negotiate(request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS))
+            # several header lines are one comma-separated list (RFC 7230 section 3.2.2)
+            self.agreement = deflate.negotiate(",".join(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ())))
         if self.agreement is None:
             return headers, protocol, 0, False
         headers[hdrs.SEC_WEBSOCKET_EXTENSIONS] = self.agreement.response

@@ -204,7 +204,10 @@ async def test_handshake_agrees_only_when_offered(server):
     assert plain.extension is None
     declined = await Raw.open(server.port, "hs", extensions="permessage-deflate; bogus_param")
     assert declined.extension is None
-    for c in (offered, plain, declined):
+    # two header lines are one list: the second line's offer is the first acceptable one
+    two = await Raw.open(server.port, "hs", extensions=f"x-unknown\r\nSec-WebSocket-Extensions: {OFFER}")
+    assert two.extension == deflate.negotiate(OFFER).response
+    for c in (offered, plain, declined, two):
         c.close()
 
 
