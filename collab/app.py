@@ -4,6 +4,7 @@ commit and closes clients with 1001 before the store closes."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from aiohttp import web
@@ -60,15 +61,13 @@ def create_app(settings: Settings) -> web.Application:
     async def on_shutdown(app: web.Application) -> None:
         await rooms.shutdown()
 
-    async def ws_route(request: web.Request) -> web.StreamResponse:
-        return await ws.handle(request, settings, rooms, admission)
-
     app.cleanup_ctx.append(storage)
     app.on_shutdown.append(on_shutdown)
     static = Path(settings.static_dir) if settings.static_dir else resources.static_dir()
     api = Api(store, rooms, static)
     app.router.add_routes(api.routes())
-    app.router.add_get("/ws/{doc}", ws_route)
+    # A partial, not a wrapper coroutine: that one's frame would live as long as each connection.
+    app.router.add_get("/ws/{doc}", functools.partial(ws.handle, settings=settings, rooms=rooms, admission=admission))
     app.router.add_routes(status.routes(metrics, lambda request: rooms.access.require(token_of(request), "admin"),
                                         heartbeat=settings.heartbeat, origin_ok=httpguard.origin_check(settings),
                                         max_sockets=settings.max_status_conns))

@@ -170,7 +170,7 @@ class Peer:
 
     __slots__ = ("admin", "bytes_out", "client_id", "close_code", "close_message", "closed", "deflate_min",
                  "deflate_wbits", "handler", "limit", "midmessage", "outbox", "queue", "queued", "receiving",
-                 "remote", "resume_key", "role", "send_timeout", "session", "silent", "token", "transport",
+                 "remote", "resume_key", "role", "send_timeout", "session", "token", "transport",
                  "user", "writer", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, client_id: str,
@@ -202,7 +202,6 @@ class Peer:
         self.midmessage = False  # a fragmented message is partly written: no other data frame may start
         self.deflate_min = deflate_min  # frames of this many bytes or more go out compressed
         self.deflate_wbits = deflate_wbits  # the window the client lets us use
-        self.silent = 0  # heartbeat rounds since the client last sent anything (ws.Heartbeat)
 
     # ---------------------------------------------------------------- sending
 

@@ -2,8 +2,7 @@
 
 What lives here: the upgrade (subprotocol collab.v1, frame size limit, origin
 and connection limits, permessage-deflate negotiated by deflate.py instead of
-aiohttp: see `Socket`), the ping/pong heartbeat (`Heartbeat`: one timer for
-every connection, not aiohttp's timer per connection), the hello
+aiohttp: see `Socket`), aiohttp's ping/pong heartbeat, the hello
 deadline, the rate limit, and `refuse`, the one place a refusal becomes an
 `error` frame (and a close when it carries one): the twin of api.py's
 `error_middleware`. What never lives here: document state or ordering
@@ -98,20 +97,22 @@ _BACKGROUND_SENDS: set = set()
 
 
 class Socket(web.WebSocketResponse):
-    """aiohttp's WebSocketResponse, with permessage-deflate negotiated by deflate.py (`agreement`), and
-    without aiohttp's heartbeat (`Heartbeat` pings; any data received marks the peer heard).
+    """aiohttp's WebSocketResponse (its heartbeat included), with permessage-deflate negotiated by
+    deflate.py (`agreement`).
 
     aiohttp's own negotiation keeps a per-connection compression context both
     ways; ours agrees no context takeover either way and a small client window,
     and inflates with `_InflatingReader`. What we send, Peer compresses itself;
     aiohttp writes only control frames here, which are never compressed.
+    This overrides two private methods of aiohttp 3.14's WebSocketResponse
+    (`_handshake`, `_post_start`): pyproject.toml keeps aiohttp below 3.15 for
+    it, and tests/test_compression.py and test_heartbeat.py fail if they change.
     """
 
     def __init__(self, *, compress_offers: bool, **kwargs):
-        super().__init__(compress=False, heartbeat=None, **kwargs)
+        super().__init__(compress=False, **kwargs)
         self.compress_offers = compress_offers
         self.agreement: deflate.Agreement | None = None
-        self.peer: Peer | None = None
 
     def _handshake(self, request):
         headers, protocol, _, _ = super()._handshake(request)  # compress=False: no extension from aiohttp
@@ -124,9 +125,10 @@ class Socket(web.WebSocketResponse):
         return headers, protocol, 0, False  # 0: aiohttp's writer compresses nothing (it writes control frames)
 
     def _post_start(self, request, protocol, writer) -> None:
-        # aiohttp 3.14's _post_start, with our reader when compressed and our heartbeat's data callback
+        # aiohttp 3.14's _post_start, with our reader when compressed
         self._ws_protocol = protocol
         self._writer = writer
+        self._reset_heartbeat()
         # What every writer of ours would hold alike, shared (about 500 bytes less per connection): the
         # random bits that mask client frames (a server's never are; aiohttp's default draws them from
         # one shared Random too) and the set of its background sends (only compressed ones; ours compresses
@@ -140,57 +142,9 @@ class Socket(web.WebSocketResponse):
             self._reader = reader_py.WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
             self._parser = _InflatingReader(self._reader, self._max_msg_size, self._decode_text,
                                             self.agreement.client_wbits)
-        request.protocol.set_parser(self._parser, data_received_cb=self._heard)
+        request.protocol.set_parser(self._parser,
+                                    data_received_cb=None if self._heartbeat is None else self._on_data_received)
         request.protocol.keep_alive(False)
-
-    def _heard(self) -> None:
-        """Data came in (a pong, a frame): the connection is alive."""
-        if self.peer is not None:
-            self.peer.silent = 0
-
-
-class Heartbeat:
-    """The ping/pong heartbeat of every WebSocket connection of the process, from one timer.
-
-    Every half --heartbeat (a round), each connection's `silent` count goes
-    up by one; any data received sets it back to 0 (`Socket._heard`). A
-    connection silent for two rounds (between half a heartbeat and one) gets a
-    ping; one still silent at the next round (no pong within half a heartbeat)
-    is cut off, which ends its handler. aiohttp's own heartbeat keeps a timer
-    per connection and schedules a call for every chunk received.
-    """
-
-    PING = b"\x89\x00"  # an unmasked ping frame with no payload
-
-    def __init__(self, interval: float):
-        self.step = interval / 2
-        self.peers: set[Peer] = set()
-        self.timer: asyncio.TimerHandle | None = None
-
-    def add(self, peer: Peer) -> None:
-        if self.step <= 0:
-            return
-        self.peers.add(peer)
-        if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(self.step, self._round)
-
-    def discard(self, peer: Peer) -> None:
-        self.peers.discard(peer)
-
-    def _round(self) -> None:
-        self.timer = None
-        for peer in tuple(self.peers):
-            transport = peer.transport
-            if transport is None or transport.is_closing():
-                continue
-            peer.silent += 1
-            if peer.silent == 2:
-                transport.write(self.PING)
-            elif peer.silent > 2:
-                log.info("dropping session=%s: no pong within %.1f s", peer.session, self.step)
-                transport.abort()
-        if self.peers:
-            self.timer = asyncio.get_running_loop().call_later(self.step, self._round)
 
 
 class Admission:
@@ -201,7 +155,6 @@ class Admission:
         self.rooms = rooms
         self.per_address: dict[str, int] = {}
         self.outbox = Outbox(settings.max_buffered)  # what all connections have queued, against one budget
-        self.heartbeat = Heartbeat(settings.heartbeat)
         self.trusted = trusted_proxies(settings)  # made once: a handler's locals live as long as its connection
 
     def check(self, name: str, remote: str, viewer: bool) -> None:
@@ -239,8 +192,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
     # decode_text=False: text frames arrive as bytes and orjson checks their
     # UTF-8, so a frame that is not UTF-8 is answered with bad-json like any
     # other unreadable frame, instead of aiohttp failing the connection (1007).
-    ws = Socket(protocols=(protocol.SUBPROTOCOL,), max_msg_size=settings.max_frame, compress_offers=settings.ws_compress, decode_text=False,
-                timeout=CLOSE_TIMEOUT)
+    ws = Socket(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None, max_msg_size=settings.max_frame,
+                compress_offers=settings.ws_compress, decode_text=False, timeout=CLOSE_TIMEOUT)
     await ws.prepare(request)
     agreed = ws.agreement
     metrics = rooms.metrics
@@ -250,8 +203,6 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
                 metrics.bytes_out, outbox=admission.outbox, send_timeout=settings.send_timeout, token=token,
                 deflate_min=settings.ws_compress_threshold if agreed else NO_DEFLATE,
                 deflate_wbits=agreed.server_wbits if agreed else 15)
-    ws.peer = peer
-    admission.heartbeat.add(peer)
     member: Member | None = None
     rooms.arrive(name, peer)
     try:
@@ -275,8 +226,6 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
         log.exception("connection to doc=%s failed", name)
         refuse(peer, ServerError("internal error", "internal"), name, metrics)
     finally:
-        admission.heartbeat.discard(peer)
-        ws.peer = None
         rooms.depart(name, peer)
         try:
             # Our close code must reach the client; aiohttp may cancel this
@@ -318,6 +267,9 @@ async def _serve(ws: web.WebSocketResponse, peer: Peer, member: Member, settings
         elif msg.type == WSMsgType.BINARY:
             refuse(peer, ProtocolError("bad-message", "frames must be UTF-8 JSON text frames"), member.room.name, metrics)
         elif msg.type == WSMsgType.ERROR:
+            if isinstance(ws.exception(), asyncio.TimeoutError):  # aiohttp's heartbeat: no pong came back
+                log.info("dropping session=%s: %s", peer.session, ws.exception())
+                return
             refuse(peer, _frame_error(ws), member.room.name, metrics)
             return
         else:  # the client closed, or the connection is gone

@@ -1,5 +1,5 @@
-"""ws.Heartbeat against a real server: one timer pings every silent connection; one that answers
-nothing is cut off, one that answers (or talks) stays and is still served."""
+"""The heartbeat (aiohttp's, through ws.Socket) against a real server: a silent connection is pinged; one
+that answers nothing is cut off, one that answers (or talks) stays and is still served."""
 
 from __future__ import annotations
 
@@ -64,4 +64,4 @@ async def test_a_connection_that_answers_no_ping_is_cut_off_and_others_stay(serv
             frame = orjson.loads((await asyncio.wait_for(inbox.get(), 5)).data)
         assert frame["from"] == welcome["version"]
         reader.cancel()
-    assert "no pong" in server.log()
+    assert "No PONG received" in server.log()
