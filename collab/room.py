@@ -116,12 +116,15 @@ class Member:
 
     __slots__ = ("conn", "room", "presence", "bucket", "joined")
 
-    def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket):
+    def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket, joined: float):
         self.conn = conn
         self.room = room
         self.presence: tuple[int, list[tuple[int, int]]] | None = None  # (version, ranges)
         self.bucket = bucket       # updates it may still push (--update-rate)
-        self.joined = room.rooms.clock()  # when (a takeover at another process before this does not end it)
+        # When its hello came: a client says hello again only once it gave up its older connection, so
+        # of two connections of one client the later hello is the one in use, whichever welcome went
+        # out first (a takeover from a connection whose hello came before this one does not end it).
+        self.joined = joined
 
     @property
     def session(self) -> str:
@@ -172,13 +175,16 @@ class Room:
     # ------------------------------------------------------------- joining
 
     async def join(self, conn: Connection, hello: protocol.Hello,
-                   authorize: Callable[[str], None] = lambda salt: None) -> Member:
+                   authorize: Callable[[str], None] = lambda salt: None, at: float | None = None) -> Member:
         """Register `conn` and send its welcome (resume when possible, else the full text).
 
         `authorize(salt)` decides the connection's rights against the current
         salt (raising to refuse it); it runs after the last await, so no link
-        reset can slip between the check and the registration.
+        reset can slip between the check and the registration. `at`: when the
+        hello came (default: now). A connection of the same client whose hello
+        came later, already here, wins: this one is refused with 4001.
         """
+        at = self.rooms.clock() if at is None else at
         history = None
         want = hello.version
         if want is not None and want > self.seq.committed_version and self.rooms.cluster is not None:
@@ -203,13 +209,15 @@ class Room:
         # From here to the end: no await, so no broadcast (or reset) can slip
         # between the welcome's version and the member's registration.
         authorize(self.salt)
+        old = self.by_client.get(hello.client_id)
+        if old is not None and old.joined > at:
+            raise ProtocolError("conflict", "a newer connection of this client came first",
+                                close=CLOSE_REPLACED)
         resume_key = self._claim(conn, hello)
         cluster = self.rooms.cluster
         if cluster is not None:  # a connection of this client at another process closes, if this is it
             cluster.publish_takeover(self.name, hello.client_id, {
-                "key": hello.resume_key, "t": self.owners[hello.client_id][1], "a": conn.remote,
-                "at": self.rooms.clock()})
-        old = self.by_client.get(hello.client_id)
+                "key": hello.resume_key, "t": self.owners[hello.client_id][1], "a": conn.remote, "at": at})
         if old is not None:
             self._remove(old)
             old.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same clientID")
@@ -237,7 +245,7 @@ class Room:
             frame = protocol.welcome(conn.session, conn.role, version, peers, limits, resume_key,
                                      doc_json=self._committed_json())
         settings = self.settings
-        member = Member(conn, self, TokenBucket(settings.update_rate, settings.update_burst, self.rooms.now()))
+        member = Member(conn, self, TokenBucket(settings.update_rate, settings.update_burst, self.rooms.now()), at)
         self.members[conn.session] = member
         self.by_client[conn.client_id] = member
         self.viewers += conn.role == "view"
@@ -931,6 +939,7 @@ class Rooms:
         refused. Only a token that may create documents (the admin's, or
         anyone on a personal instance) makes a missing document.
         """
+        at = self.clock()  # when the hello came (Room.join: of two connections of one client, the later wins)
         room = await self._get(name, create=False)
         if room is None:
             if self.access.enabled and self.access.role(token) != "admin":
@@ -942,7 +951,7 @@ class Rooms:
             conn.role = "view" if role == "view" else "edit"
             conn.admin = role == "admin"
 
-        return await room.join(conn, hello, authorize)
+        return await room.join(conn, hello, authorize, at)
 
     async def info(self, name: str) -> dict:
         """The document's row (id, name, version, length, updated, created, salt); version as committed now.

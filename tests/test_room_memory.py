@@ -266,3 +266,23 @@ async def test_a_push_far_behind_is_rebased_off_the_event_loop(world):
     assert str(room.seq.text).count("m") == 300 and room.seq.text.length == 2000 + 1000 + 300
     assert took > 0.3, "not a heavy push after all: the test measures nothing"
     assert max(gaps) < 0.2, f"the event loop stood still for {max(gaps):.2f} s (the rebase took {took:.1f} s)"
+
+
+async def test_of_two_connections_of_one_client_the_later_hello_stays_whichever_welcome_is_first(world):
+    """A client gave up a connection whose join was slow (its hello at t=1) and said hello again on a new
+    one (t=2), welcomed first. When the old join finishes, it is the one refused (4001), not the new one;
+    a takeover published by it (at t=1) does not end the new one either. A hello later than the member
+    replaces it as before."""
+    from collab.errors import CLOSE_REPLACED
+    settings, store, rooms = world
+    new, old, newest = FakeConn("c"), FakeConn("c"), FakeConn("c")
+    room = (await rooms.join("d", FakeConn("other"), hello("other"), token=None)).room
+    member = await room.join(new, hello("c"), at=2.0)
+    with pytest.raises(ProtocolError) as refused:
+        await room.join(old, hello("c"), at=1.0)
+    assert (refused.value.code, refused.value.close) == ("conflict", CLOSE_REPLACED)
+    assert not new.closed and room.by_client["c"] is member
+    room.taken_elsewhere("c", {"t": "", "a": "127.0.0.1", "at": 1.0})  # news from the stale connection
+    assert not new.closed
+    await room.join(newest, hello("c"), at=3.0)
+    assert new.closed_with[0] == CLOSE_REPLACED and not newest.closed
