@@ -16,8 +16,9 @@ The interface and its rules are in storage.py; this backend keeps them so:
     connection never waits for a lock (busy_timeout 0: a lock held elsewhere,
     an admin command's, sends the group to the thread instead) and never
     checkpoints inside a COMMIT: every CHECKPOINT_EVERY of its commits, the
-    writer thread checkpoints the WAL (PASSIVE: it never blocks the writer),
-    so the WAL stays about as small as SQLite's own autocheckpoint keeps it;
+    writer thread checkpoints the WAL (RESTART: the next commit starts the
+    WAL over; commits meanwhile wait for it in the writer thread), so the WAL
+    stays about as small as SQLite's own autocheckpoint keeps it;
   * reads run on a small pool of reader connections in their own threads; in
     WAL mode they never block the writer, never see a half-written batch, and
     one slow read does not hold up the others;
@@ -780,8 +781,16 @@ def seal_file(path: str | Path) -> tuple[int, int]:
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy the WAL back into the database file without blocking the writer (the writer thread runs it)."""
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    """Copy the WAL back into the database file and make the next write start it over (the writer thread).
+
+    RESTART, not PASSIVE: a passive checkpoint never catches up with commits
+    that go on meanwhile, so the WAL would never start over and grew without
+    end. RESTART holds writers off while it runs (as SQLite's own
+    autocheckpoint does inside a COMMIT): a commit due meanwhile finds the
+    database busy and waits in the writer thread, behind it, never on the
+    event loop.
+    """
+    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
 
 
 def _commit_fn(commit: Commit) -> Callable[[sqlite3.Connection], None]:
