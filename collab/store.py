@@ -62,6 +62,7 @@ READERS = 3  # reader connections (threads)
 INLINE_BYTES = 64 * 1024  # a group of updates up to this size (and INLINE_ROWS) may commit on the event loop
 INLINE_ROWS = 256
 CHECKPOINT_EVERY = 200  # commits on the event loop between two checkpoints (about 1,000 WAL pages at most)
+CHECKPOINT_WAIT_MS = 50  # how long a checkpoint waits for readers (and holds writers off) before it gives up
 
 
 # ------------------------------------------------------------------ migrations
@@ -788,9 +789,15 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
     end. RESTART holds writers off while it runs (as SQLite's own
     autocheckpoint does inside a COMMIT): a commit due meanwhile finds the
     database busy and waits in the writer thread, behind it, never on the
-    event loop.
+    event loop. It waits at most CHECKPOINT_WAIT_MS for readers (a long read,
+    a backup) before it gives up until next time, so they never hold writers
+    off longer than that.
     """
-    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    finally:
+        conn.execute("PRAGMA busy_timeout=5000")
 
 
 def _commit_fn(commit: Commit) -> Callable[[sqlite3.Connection], None]:
