@@ -3,11 +3,11 @@
 The interface and its rules are in storage.py; this backend keeps them so:
   * one writer, and every write goes through its queue: whatever is queued or
     `schedule`d while a transaction runs is committed together in the next one
-    (group commit, across documents), one transaction at a time. Each queued
-    write and each `Commit` runs inside a SAVEPOINT, so one that fails (or a
-    commit whose document moved: `VersionConflict`) is undone alone and the
-    rest of the group still commits. A caller hears back only after COMMIT
-    returned;
+    (group commit, across documents), one transaction at a time. In a group
+    of several, each queued write and each `Commit` runs inside a SAVEPOINT,
+    so one that fails (or a commit whose document moved: `VersionConflict`)
+    is undone alone and the rest of the group still commits. A caller hears
+    back only after COMMIT returned;
   * a transaction runs on the writer connection in a thread of its own, except
     a small group of updates with `--sync normal` (or off): that COMMIT is an
     append to the WAL file with no fsync, cheaper than the hop to a thread, so
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import queue
 import re
@@ -58,6 +59,7 @@ from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWri
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
+log = logging.getLogger("collab")
 READERS = 3  # reader connections (threads)
 INLINE_BYTES = 64 * 1024  # a group of updates up to this size (and INLINE_ROWS) may commit on the event loop
 INLINE_ROWS = 256
@@ -401,8 +403,14 @@ class Store(GroupWriter):
         self._inline_commits += 1
         if self._inline_commits >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
             self._inline_commits = 0
-            self._checkpoint = asyncio.get_running_loop().create_task(self._w.run(_checkpoint))
+            self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint())
         return outcomes
+
+    async def _run_checkpoint(self) -> None:
+        try:
+            await self._w.run(_checkpoint)
+        except Exception as exc:  # noqa: BLE001 - the next one tries again; commits are not affected
+            log.warning("WAL checkpoint failed: %s", exc)
 
     # ---------------------------------------------------------------- writes
 
