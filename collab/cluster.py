@@ -186,10 +186,13 @@ class Cluster:
         if up != self.up:
             log.warning("cluster: Redis is %s", "reachable again" if up else
                         f"unreachable; polling the database every {self.poll_every:g} s")
+        changed = up != self.up
         self.up = up
         self.m_up.set(1 if up else 0)
-        if up:
-            self._check_now.set()  # whatever was said while we were away, read it
+        if up or changed:
+            # Up: whatever was said while we were away, read it. Down: start polling now, not at the
+            # end of the slower check interval the loop is waiting out (news may be lost from here on).
+            self._check_now.set()
 
     async def _publish_loop(self) -> None:
         """The one publisher: messages go out in the order they were queued (commit order)."""
