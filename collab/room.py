@@ -418,15 +418,13 @@ class Room:
         batch = self.seq.take_pending()
         if not batch:
             return None
-        last = batch[-1].version  # == self.seq.version: take_pending took everything
-        snapshot = None
-        replay = self.replay_bytes + sum(len(e.changes_json) for e in batch)
-        if replay >= max(self.settings.snapshot_ratio * self.seq.text.length, self.settings.snapshot_min_bytes):
-            snapshot = (last, str(self.seq.text))
+        commit = Commit(self.doc_id, batch[0].version - 1, batch, batch[-1].update.changes.new_length)
+        if self.replay_bytes + commit.size >= max(self.settings.snapshot_ratio * self.seq.text.length,
+                                                  self.settings.snapshot_min_bytes):
+            commit.snapshot = (commit.version, str(self.seq.text))  # the head: take_pending took everything
         self._commit_started = time.perf_counter()
-        self._in_flight = Commit(self.doc_id, batch[0].version - 1, batch, batch[-1].update.changes.new_length,
-                                 snapshot)
-        return self._in_flight
+        self._in_flight = commit
+        return commit
 
     def commit_done(self, commit: Commit, error: BaseException | None) -> None:
         """The batch is durable: broadcast it (that is the acknowledgement). Or another writer got there
@@ -462,7 +460,7 @@ class Room:
             self.last_snapshot = last
             self.replay_bytes = 0
         else:
-            self.replay_bytes += sum(len(e.changes_json) for e in batch)
+            self.replay_bytes += commit.size
         frame = protocol.updates_frame(batch)
         hidden = protocol.updates_frame(batch, self.rooms.hide) if self.viewers else frame
         for m in self.members.values():

@@ -71,6 +71,10 @@ class Commit:
     entries: list[Accepted]              # contiguous versions base+1 ..
     length: int                          # UTF-16 length of the text after the last entry
     snapshot: tuple[int, str] | None = None  # (version, full text) to store with it
+    size: int = field(init=False)        # bytes of the entries' ChangeSetJSON (what a replay reads)
+
+    def __post_init__(self) -> None:
+        self.size = sum(len(e.changes_json) for e in self.entries)
 
     @property
     def version(self) -> int:

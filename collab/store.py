@@ -336,7 +336,7 @@ class Store(GroupWriter):
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
         if self._checkpoint is not None:
-            await asyncio.gather(self._checkpoint, return_exceptions=True)
+            await self._checkpoint  # it logs its own failure
         if self._inline is not None:
             self._inline.close()
             self._inline = None
@@ -392,7 +392,7 @@ class Store(GroupWriter):
             if commit.snapshot is not None:
                 return None
             rows += len(commit.entries)
-            size += sum(len(e.changes_json) for e in commit.entries)
+            size += commit.size
         if size > INLINE_BYTES or rows > INLINE_ROWS:
             return None
         try:
