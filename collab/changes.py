@@ -204,10 +204,8 @@ class ChangeSet:
         [[2, "xy"], 1] inserts "xy" twice). The server normalises what clients
         push, so such sets never reach a rebase.
         """
-        s = self.sections
-        if len(s) == 6 and s[1] == KEEP and s[5] == KEEP and s[3] >= 0 and s[0] and s[4] and (s[2] or s[3]):
-            # Fast path: one non-empty replacement between two non-empty keeps
-            # is normalised already (`_normalized` would rebuild it as it is).
+        if _one_replacement(self.sections):
+            # Fast path: a keystroke is normalised already (`_normalized` would rebuild it as it is).
             return self
         return self._normalized()
 
@@ -404,6 +402,12 @@ def _finish(sections: list[int], values: list[str] | None) -> ChangeSet:
 # "forward(k)": if k == len: next  else: len -= k; off += k
 
 
+def _one_replacement(s: list[int]) -> bool:
+    """Whether `sections` are a keystroke: one non-empty replacement between two non-empty keeps."""
+    return (len(s) == 6 and s[1] == KEEP and s[5] == KEEP and s[3] >= 0 and s[0] > 0 and s[4] > 0
+            and (s[2] > 0 or s[3] > 0))
+
+
 def _mismatch(a: ChangeSet, b: ChangeSet, what: str) -> ChangeError:
     return ChangeError(f"cannot {what} change sets of lengths {a.length} and {b.length} / {b.new_length}")
 
@@ -419,11 +423,8 @@ def _map(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> ChangeSet
     if a.length != b.length:
         raise ChangeError(f"cannot map changes of length {a.length} over changes of length {b.length}")
     sa, sb = a.sections, b.sections
-    if (len(sa) == 6 and len(sb) == 6 and sa[1] == KEEP and sa[5] == KEEP and sb[1] == KEEP and sb[5] == KEEP
-            and sa[3] >= 0 and sb[3] >= 0 and sa[0] and sa[4] and sb[0] and sb[4]
-            and (sa[2] or sa[3]) and (sb[2] or sb[3])):
-        # Fast path, two keystrokes apart: each one non-empty replacement
-        # between two non-empty keeps, with kept text between them (no tie to
+    if _one_replacement(sa) and _one_replacement(sb):
+        # Fast path, two keystrokes apart, with kept text between them (no tie to
         # break). What the walk below builds: a's replacement, shifted by b's
         # when b's comes first, in the keeps that remain.
         pa, da, ia = sa[0], sa[2], sa[3]
