@@ -105,12 +105,7 @@ class Cluster:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for client in (self._pubsub, self._publisher_client):
-            if client is not None:
-                try:
-                    await client.aclose()
-                except Exception:  # noqa: BLE001 - closing anyway
-                    pass
+        await _close_quietly(self._pubsub, self._publisher_client)
 
     async def _drain(self) -> None:
         while not self._queue.empty():
@@ -213,11 +208,7 @@ class Cluster:
                     log.debug("cluster: publish failed: %s", exc)
                     self._set_up(False)
                     client, self._publisher_client = self._publisher_client, None
-                    if client is not None:
-                        try:
-                            await client.aclose()
-                        except Exception:  # noqa: BLE001
-                            pass
+                    await _close_quietly(client)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 0.5)
                     break  # at most once: this message is dropped
@@ -240,11 +231,7 @@ class Cluster:
                     log.debug("cluster: subscriber failed: %s", exc)
                 self._set_up(False)
                 pubsub, self._pubsub = self._pubsub, None
-                if pubsub is not None:
-                    try:
-                        await pubsub.aclose()
-                    except Exception:  # noqa: BLE001
-                        pass
+                await _close_quietly(pubsub)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
 
@@ -328,12 +315,7 @@ class Cluster:
                     self._set_up(False)
                     client, self._publisher_client = self._publisher_client, None
                     pubsub, self._pubsub = self._pubsub, None
-                    for c in (client, pubsub):
-                        if c is not None:
-                            try:
-                                await c.aclose()
-                            except Exception:  # noqa: BLE001
-                                pass
+                    await _close_quietly(client, pubsub)
 
     async def check(self) -> None:
         """Read the database's version of every open document; a room behind it catches up."""
@@ -363,3 +345,13 @@ class Cluster:
                     peers = room.local_presence()
                     if peers:
                         self.publish_presence(room.name, peers)
+
+
+async def _close_quietly(*clients) -> None:
+    """Close Redis clients (or pub/subs) that may be broken already; None and any error are skipped."""
+    for client in clients:
+        if client is not None:
+            try:
+                await client.aclose()
+            except Exception:  # noqa: BLE001 - it is being dropped anyway
+                pass
