@@ -25,7 +25,9 @@ AXE = ROOT / "static" / "node_modules" / "axe-core" / "axe.min.js"
 # checked as people read them) or at rest, faded ("faded").
 RUN_AXE = """async (labels) => {
     for (const a of document.getAnimations()) {
-      if (labels === 'shown') { a.pause(); a.currentTime = 0; } else a.finish();
+      // An endless one (the status dot's pulse while reconnecting) has no end to finish at: held at its start.
+      const endless = a.effect && a.effect.getComputedTiming().endTime === Infinity;
+      if (labels === 'shown' || endless) { a.pause(); a.currentTime = 0; } else a.finish();
     }
     const r = await axe.run(document, {resultTypes: ['violations']});
     return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
