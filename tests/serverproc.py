@@ -70,6 +70,10 @@ class ServerProcess:
 
     def launch(self) -> "ServerProcess":
         """Start the process and return at once (several servers starting together: then `wait_ready`)."""
+        if self.proc is not None and self.proc.poll() is None:
+            # A second one would lose the port to the first and exit, while the first, no longer
+            # held here, outlived the test.
+            raise RuntimeError(f"server already running (pid {self.proc.pid}): stop or kill it first")
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(

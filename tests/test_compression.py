@@ -29,7 +29,6 @@ TAIL = b"\x00\x00\xff\xff"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with ServerProcess(tmp_path_factory.mktemp("compress") / "c.db", extra_args=["--max-frame", "400000"]) as s:
-        s.start()
         yield s
 
 
@@ -376,7 +375,6 @@ async def test_aiohttp_client_with_compression(server):
 
 async def test_compression_off_answers_no_extension(tmp_path):
     with ServerProcess(tmp_path / "off.db", extra_args=["--no-ws-compress"]) as s:
-        s.start()
         version = await make_doc(s, "off", words(50_000, 5))
         c = await Raw.open(s.port, "off")
         assert c.extension is None

@@ -18,7 +18,6 @@ HEARTBEAT = 0.6
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with ServerProcess(tmp_path_factory.mktemp("hb") / "h.db", extra_args=["--heartbeat", str(HEARTBEAT)]) as s:
-        s.start()
         yield s
 
 
