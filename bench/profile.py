@@ -15,7 +15,8 @@ grouped by thread: the event loop (MainThread) and the SQLite writer
 
 With --idle every thread is sampled whether it runs or waits. A sample whose
 innermost frame is a known wait (the event loop's selector, a thread pool
-worker waiting for work, `Runner.run` under uvloop, whose loop is native) is
+worker waiting for work, a SQLite thread of store.py waiting in its job
+queue's native `get`, `Runner.run` under uvloop, whose loop is native) is
 counted as waiting; the tables rank the other, busy, samples:
 
   * self: the innermost frame (function and file, line numbers merged);
@@ -55,7 +56,8 @@ from serverproc import ServerProcess  # noqa: E402
 
 # Innermost frames that mean "waiting, not working" (names as py-spy prints them).
 WAITS = {"EpollSelector.select", "PollSelector.select", "SelectSelector.select", "_worker", "Runner.run",
-         "Condition.wait", "Event.wait", "Thread.join", "_wait_for_tstate_lock", "Queue.get"}
+         "Condition.wait", "Event.wait", "Thread.join", "_wait_for_tstate_lock", "Queue.get",
+         "_Connections._serve"}  # store.py's SQLite threads: a job runs in frames below it, so its own are waits
 THREAD = re.compile(r"^thread \((\d+)\): ?(.*)$")
 FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 
