@@ -2,8 +2,10 @@
 
 The interface and its rules are in storage.py; this backend keeps them so:
   * one writer, and every write goes through its queue: whatever is queued or
-    `schedule`d while a transaction runs is committed together in the next one
-    (group commit, across documents), one transaction at a time. In a group
+    `schedule`d while a transaction runs, or in the few event-loop turns
+    before it starts (storage.GroupWriter._gather), is committed together in
+    the next one (group commit, across documents), one transaction at a
+    time. In a group
     of several, each queued write and each `Commit` runs inside a SAVEPOINT,
     so one that fails (or a commit whose document moved: `VersionConflict`)
     is undone alone and the rest of the group still commits. A caller hears
@@ -363,6 +365,7 @@ class Store(GroupWriter):
 
     async def _write_loop(self) -> None:
         while self._queue or self._sources:
+            await self._gather()
             batch, taken = self._take()
             work = [fn for fn, _ in batch] + [_commit_fn(c) for _, c in taken]
             if not work:
@@ -371,8 +374,6 @@ class Store(GroupWriter):
                 outcomes = self._commit_inline(batch, taken, work)
                 if outcomes is None:
                     outcomes = await self._w.run(_group_transaction, work)
-                else:
-                    await asyncio.sleep(0)  # let what came in meanwhile join the next group
             except Exception as exc:  # the whole group failed; every caller learns it
                 outcomes = [(False, exc)] * len(work)
             else:

@@ -8,8 +8,9 @@ uses one driver, not both.
 
 The interface and its rules are in storage.py; this backend keeps them so:
   * one writer connection (application_name `collab-writer`): whatever is
-    queued or `schedule`d while a transaction runs is committed together in
-    the next one (group commit, across documents);
+    queued or `schedule`d while a transaction runs, or in the few event-loop
+    turns before it starts (storage.GroupWriter._gather), is committed
+    together in the next one (group commit, across documents);
   * a transaction first takes every lock it will need, in one global order:
     advisory locks on the names of documents it creates (by key), then the
     rows of every document it touches (`SELECT ... ORDER BY id FOR UPDATE`).
@@ -442,6 +443,7 @@ class PgStore(GroupWriter):
 
     async def _write_loop(self) -> None:
         while self._queue or self._sources:
+            await self._gather()
             batch, taken = self._take()
             if not batch and not taken:
                 continue

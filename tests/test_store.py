@@ -16,10 +16,10 @@ import pytest
 from collab.changes import ChangeSet, utf16_len
 from collab.rebase import Update
 from collab.sequencer import Accepted
-from collab.storage import COPY_TABLES, NameTaken, VersionCompacted, VersionConflict, store_at
+from collab.storage import COPY_TABLES, GATHER_TURNS, Commit, NameTaken, VersionCompacted, VersionConflict, store_at
 from collab.store import Store, apply_migrations, connect_sync, migration_files
 from conftest import BOTH_BACKENDS
-from storeutil import commit, random_edits, raw_sql
+from storeutil import OneCommit, commit, random_edits, raw_sql
 
 
 @pytest.fixture
@@ -91,6 +91,25 @@ async def test_concurrent_appends_share_transactions(open_store):
     assert store.commits - commits_before < 20  # grouped
     docs = await store.list_documents()
     assert sorted(d["version"] for d in docs) == [1] * 20
+    await store.close()
+
+
+@BOTH_BACKENDS
+async def test_commits_scheduled_a_turn_apart_share_a_transaction(open_store):
+    # Clients answering one broadcast push a few event-loop turns apart; the writer lets the loop turn
+    # (GATHER_TURNS) before it takes a group, so their updates commit together.
+    assert GATHER_TURNS >= 2
+    store = await open_store()
+    one = ChangeSet.from_json([[0, "x"]])
+    a, b = [await store.create_document(n) for n in "ab"]
+    before = store.commits
+    first = OneCommit(Commit(a, 0, [Accepted(1, Update("c", one), "u", 1.0)], 1))
+    second = OneCommit(Commit(b, 0, [Accepted(1, Update("c", one), "u", 1.0)], 1))
+    store.schedule(first)
+    await asyncio.sleep(0)  # the writer's first turn
+    store.schedule(second)
+    assert await asyncio.gather(first.done, second.done) == [1, 1]
+    assert store.commits - before == 1
     await store.close()
 
 
