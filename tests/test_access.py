@@ -15,7 +15,7 @@ from collab.access import Access
 from collab.app import ADMISSION, ROOMS, create_app
 from collab import ws as ws_module
 from collab.settings import Settings
-from wsutil import USER, closed, recv, recv_type, send
+from wsutil import USER, closed, recv_type, send
 
 SECRET = "correct horse battery staple"
 

@@ -297,7 +297,7 @@ def test_non_reading_view_sessions_on_a_large_document_hold_no_memory(tmp_path):
                 for s in sleepers:
                     s._response.connection.transport.resume_reading()
                 for s in sleepers[:5]:
-                    while (msg := await s.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT:
+                    while (await s.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT:
                         pass
                     codes.append(s.close_code)
                 return base, peak, after, codes

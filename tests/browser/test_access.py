@@ -6,7 +6,7 @@ import urllib.request
 from collab.access import Access
 from serverproc import ServerProcess
 
-from .browser_helpers import open_editor, wait_synced, doc_text
+from .browser_helpers import doc_text, open_editor
 
 SECRET = "browser-test-secret-0123456789abcdef"
 
