@@ -5,11 +5,10 @@ The interface and its rules are in storage.py; this backend keeps them so:
     `schedule`d while a transaction runs, or in the few event-loop turns
     before it starts (storage.GroupWriter._gather), is committed together in
     the next one (group commit, across documents), one transaction at a
-    time. In a group
-    of several, each queued write and each `Commit` runs inside a SAVEPOINT,
-    so one that fails (or a commit whose document moved: `VersionConflict`)
-    is undone alone and the rest of the group still commits. A caller hears
-    back only after COMMIT returned;
+    time. In a group of several, each queued write and each `Commit` runs
+    inside a SAVEPOINT, so one that fails (or a commit whose document moved:
+    `VersionConflict`) is undone alone and the rest of the group still
+    commits. A caller hears back only after COMMIT returned;
   * a transaction runs on the writer connection in a thread of its own, except
     a small group of updates with `--sync normal` (or off): that COMMIT is an
     append to the WAL file with no fsync, cheaper than the hop to a thread, so
