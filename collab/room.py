@@ -307,6 +307,10 @@ class Room:
             await self._be_born()
         if not self._ready.is_set():
             await self._ready.wait()  # another writer's updates first
+        if conn.closed:
+            # The connection is ending (shutdown, a takeover, too far behind): this push was never
+            # acknowledged, so its client pushes it again when it is back.
+            return
         behind = self.seq.version - msg.version
         original = Original(member, conn.client_id, msg.version, msg.updates, conn.user["name"], self.rooms.clock())
         if await self._sequence(original):
@@ -792,6 +796,13 @@ class Room:
             self.last_snapshot = version
 
 
+async def _flush_at_shutdown(room: Room) -> None:
+    try:
+        await room.flush()
+    except Exception:
+        log.exception("flushing document %s at shutdown failed", room.name)
+
+
 class Rooms:
     """The open documents of this process, loaded on first join and unloaded when idle.
 
@@ -1093,12 +1104,13 @@ class Rooms:
             if room.unload_timer is not None:
                 room.unload_timer.cancel()
                 room.unload_timer = None
-            try:
-                await room.flush()
-            except Exception:
-                log.exception("flushing document %s at shutdown failed", room.name)
+            # Everything pushed so far made durable (and acknowledged); then no more is read from the
+            # members, and what they pushed meanwhile is made durable too, with the last snapshot at the
+            # head. Their pushes that came too late were never acknowledged: they come again after a restart.
+            await _flush_at_shutdown(room)
             for m in list(room.members.values()):
                 m.conn.close(CLOSE_GOING_AWAY, "server shutting down")
+            await _flush_at_shutdown(room)
         if self._tasks:
             await asyncio.wait(list(self._tasks))
         await asyncio.sleep(0)

@@ -211,6 +211,44 @@ async def test_shutdown_waits_for_the_unloads_it_started(world, monkeypatch):
     assert await store.text_at(info["id"], 1) == "hi"
 
 
+async def test_a_push_during_the_shutdown_flush_is_durable_and_in_the_last_snapshot(world, monkeypatch):
+    # Members may still push while the shutdown writes a document's snapshot; what they pushed is made
+    # durable too and the last snapshot is at the head (a restart replays nothing).
+    settings, store, rooms = world
+    a = FakeConn("a")
+    ma = await rooms.join("doc", a, hello("a"), token=None)
+    await ma.room.push(ma, push_msg(0, "a", [[0, "hi"]]))
+    await settle(rooms, "doc")
+    write_snapshot, late = store.write_snapshot, []
+
+    async def snapshot_with_a_push_meanwhile(*args):
+        if not late:
+            late.append(asyncio.ensure_future(ma.room.push(ma, push_msg(1, "a", [2, [0, "!"]]))))
+            await asyncio.sleep(0)  # the push is sequenced while the snapshot waits for the writer
+        await write_snapshot(*args)
+
+    monkeypatch.setattr(store, "write_snapshot", snapshot_with_a_push_meanwhile)
+    await rooms.shutdown()
+    await asyncio.gather(*late)
+    loaded = await store.load("doc")
+    assert (loaded.version, loaded.text, loaded.snapshot_version) == (2, "hi!", 2)
+    assert a.closed_with[0] == 1001
+
+
+async def test_a_push_read_after_its_connection_was_closed_is_dropped(world):
+    # Never acknowledged, so its client pushes it again when it is back (a takeover, a shutdown).
+    settings, store, rooms = world
+    a = FakeConn("a")
+    ma = await rooms.join("doc", a, hello("a"), token=None)
+    await ma.room.push(ma, push_msg(0, "a", [[0, "hi"]]))
+    await settle(rooms, "doc")
+    a.close(1001, "server shutting down")
+    await ma.room.push(ma, push_msg(1, "a", [2, [0, "!"]]))
+    await settle(rooms, "doc")
+    assert ma.room.seq.version == 1
+    assert (await store.document("doc"))["version"] == 1
+
+
 async def test_a_push_far_behind_is_rebased_off_the_event_loop(world):
     """A client back after a long time offline pushes 300 updates based on a version 1,000 frames old:
     rebased in one go on the loop that froze every document for about 5-9 s on this machine. Now
