@@ -25,8 +25,11 @@ counted as waiting; the tables rank the other, busy, samples:
 
 Shares are of that thread's busy samples. Each thread's CPU time over the
 same window, from /proc/PID/task/TID/stat, is printed beside it (py-spy
-pauses the process to read each stack, which slows it a little: the
-throughput figures printed here are under the profiler).
+pauses the process to read each stack, which slows it: the throughput
+figures printed here are under the profiler; push4, whose writer lets the
+event loop turn before each commit, runs at a fifth to a quarter of its speed so.
+`--nonblocking` reads the stacks without pausing: the load runs at full
+speed, and a sample may now and then mix two moments).
 
 Needs py-spy in the venv (`.venv/bin/pip install py-spy`) and the right to
 ptrace the server (root, or kernel.yama.ptrace_scope 0).
@@ -153,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="push4: --clients pushing as fast as acknowledged (default); docs20x5: 20 documents x 5 "
                         "typists x 2 edits/s (bench/load.py compare-reference's docs20x5)")
     p.add_argument("--raw", type=Path, help="also keep py-spy's raw output here")
+    p.add_argument("--nonblocking", action="store_true",
+                   help="py-spy reads the stacks without pausing the server (full speed, samples a little less exact)")
     a = p.parse_args(argv)
     pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     node = shutil.which("node")
@@ -181,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         raw = tmp / "raw.txt"
         cpu0, t0 = thread_cpu_ms(pid), time.monotonic()
         spy = subprocess.run([pyspy, "record", "--pid", str(pid), "--threads", "--idle", "-f", "raw",
-                              "-r", str(a.rate), "-d", str(int(a.duration)), "-o", str(raw)],
+                              "-r", str(a.rate), "-d", str(int(a.duration)), "-o", str(raw),
+                              *(["--nonblocking"] if a.nonblocking else [])],
                              capture_output=True, text=True)
         cpu1, window = thread_cpu_ms(pid), time.monotonic() - t0
         if spy.returncode != 0 or not raw.exists():
