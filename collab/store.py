@@ -65,6 +65,7 @@ READERS = 3  # reader connections (threads)
 INLINE_BYTES = 64 * 1024  # a group of updates up to this size (and INLINE_ROWS) may commit on the event loop
 INLINE_ROWS = 256
 CHECKPOINT_EVERY = 200  # commits on the event loop between two checkpoints (about 1,000 WAL pages at most)
+BUSY_TIMEOUT_MS = 5000  # how long a connection waits for a lock held elsewhere (but the inline one's: 0)
 CHECKPOINT_WAIT_MS = 50  # how long a checkpoint waits for readers (and holds writers off) before it gives up
 
 
@@ -123,7 +124,7 @@ def connect_sync(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connect
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
@@ -805,7 +806,7 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
     try:
         conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
     finally:
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _commit_fn(commit: Commit) -> Callable[[sqlite3.Connection], None]:

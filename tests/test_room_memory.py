@@ -17,7 +17,7 @@ import pytest
 from collab import protocol
 from collab.access import Access
 from collab.changes import ChangeSet
-from collab.errors import CLOSE_INTERNAL, CLOSE_POLICY, ProtocolError
+from collab.errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_REPLACED, ProtocolError
 from collab.rebase import Update
 from collab.room import Rooms
 from collab.sequencer import Accepted
@@ -311,7 +311,6 @@ async def test_of_two_connections_of_one_client_the_later_hello_stays_whichever_
     one (t=2), welcomed first. When the old join finishes, it is the one refused (4001), not the new one;
     a takeover published by it (at t=1) does not end the new one either. A hello later than the member
     replaces it as before."""
-    from collab.errors import CLOSE_REPLACED
     settings, store, rooms = world
     new, old, newest = FakeConn("c"), FakeConn("c"), FakeConn("c")
     room = (await rooms.join("d", FakeConn("other"), hello("other"), token=None)).room
