@@ -25,6 +25,7 @@ _COLOR = re.compile(r"#(?:[0-9A-Fa-f]{3}|[0-9A-Fa-f]{4}|[0-9A-Fa-f]{6}|[0-9A-Fa-
 MAX_CLIENT_ID = 128
 _PERSON = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_NAME = 100
+MAX_OPENED = 2 ** 53 - 1  # hello.opened: what a JavaScript number holds exactly
 DEFAULT_USER = {"name": "Anonymous", "color": "#888888"}
 
 
@@ -34,6 +35,7 @@ class Hello:
     version: int | None
     user: dict
     resume_key: str | None = None  # the key a previous welcome gave this clientID: proof it is the same client
+    opened: int | None = None  # grows with each connection the client opens: of two, the larger is the newer
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +133,14 @@ def _hello(msg: dict) -> Hello:
     if resume_key is not None and (type(resume_key) is not str or not 0 < len(resume_key) <= MAX_CLIENT_ID):
         raise ProtocolError("bad-message", f"hello.resumeKey must be a string of 1-{MAX_CLIENT_ID} characters",
                             close=CLOSE_PROTOCOL)
+    opened = msg.get("opened")
+    if opened is not None and not (_is_count(opened) and opened <= MAX_OPENED):
+        raise ProtocolError("bad-message", f"hello.opened must be an integer from 0 to {MAX_OPENED}, "
+                            f"got {brief(opened)}", close=CLOSE_PROTOCOL)
     user = {"name": clean_name(name, DEFAULT_USER["name"]), "color": color}
     if person is not None:
         user["person"] = person  # one person in several tabs is one entry in everyone's list
-    return Hello(client_id, version, user, resume_key)
+    return Hello(client_id, version, user, resume_key, opened)
 
 
 def _version_and_list(msg: dict, kind: str, field: str, shape: str, limit: int) -> tuple[int, list]:

@@ -114,21 +114,36 @@ class Original:
 class Member:
     """A connection inside a room: what the room remembers about it."""
 
-    __slots__ = ("conn", "room", "presence", "bucket", "joined")
+    __slots__ = ("conn", "room", "presence", "bucket", "joined", "opened")
 
-    def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket, joined: float):
+    def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket, joined: float,
+                 opened: int | None = None):
         self.conn = conn
         self.room = room
         self.presence: tuple[int, list[tuple[int, int]]] | None = None  # (version, ranges)
         self.bucket = bucket       # updates it may still push (--update-rate)
-        # When its hello came: a client says hello again only once it gave up its older connection, so
-        # of two connections of one client the later hello is the one in use, whichever welcome went
-        # out first (a takeover from a connection whose hello came before this one does not end it).
+        # Which of two connections of one client is the one in use (see newer_connection): its
+        # hello.opened, and when its hello came.
         self.joined = joined
+        self.opened = opened
 
     @property
     def session(self) -> str:
         return self.conn.session
+
+
+def newer_connection(opened: int | None, at: float, than_opened: int | None, than_at: float) -> bool:
+    """Whether a connection of a client (hello.opened, hello received `at`) is newer than another of it.
+
+    A client says hello again only once it gave up its older connection, so
+    the newer one is the one in use, whichever welcome went out first. By the
+    client's own `opened` when both hellos carry one: the order it opened
+    them in, whatever a busy process or the network did to when their hellos
+    were read. Else by when the server received each hello.
+    """
+    if opened is not None and than_opened is not None and opened != than_opened:
+        return opened > than_opened
+    return at > than_at
 
 
 class Room:
@@ -181,8 +196,8 @@ class Room:
         `authorize(salt)` decides the connection's rights against the current
         salt (raising to refuse it); it runs after the last await, so no link
         reset can slip between the check and the registration. `at`: when the
-        hello came (default: now). A connection of the same client whose hello
-        came later, already here, wins: this one is refused with 4001.
+        hello came (default: now). A newer connection of the same client
+        (`newer_connection`), already here, wins: this one is refused with 4001.
         """
         at = self.rooms.clock() if at is None else at
         history = None
@@ -210,14 +225,15 @@ class Room:
         # between the welcome's version and the member's registration.
         authorize(self.salt)
         old = self.by_client.get(hello.client_id)
-        if old is not None and old.joined > at:
+        if old is not None and newer_connection(old.opened, old.joined, hello.opened, at):
             raise ProtocolError("conflict", "a newer connection of this client came first",
                                 close=CLOSE_REPLACED)
         resume_key = self._claim(conn, hello)
         cluster = self.rooms.cluster
         if cluster is not None:  # a connection of this client at another process closes, if this is it
             cluster.publish_takeover(self.name, hello.client_id, {
-                "key": hello.resume_key, "t": self.owners[hello.client_id][1], "a": conn.remote, "at": at})
+                "key": hello.resume_key, "t": self.owners[hello.client_id][1], "a": conn.remote, "at": at,
+                "o": hello.opened})
         if old is not None:
             self._remove(old)
             old.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same clientID")
@@ -245,7 +261,8 @@ class Room:
             frame = protocol.welcome(conn.session, conn.role, version, peers, limits, resume_key,
                                      doc_json=self._committed_json())
         settings = self.settings
-        member = Member(conn, self, TokenBucket(settings.update_rate, settings.update_burst, self.rooms.now()), at)
+        member = Member(conn, self, TokenBucket(settings.update_rate, settings.update_burst, self.rooms.now()), at,
+                        hello.opened)
         self.members[conn.session] = member
         self.by_client[conn.client_id] = member
         self.viewers += conn.role == "view"
@@ -750,9 +767,10 @@ class Room:
         """A connection at another process took `client_id`: ours closes (4001) if that one proved it is it."""
         member = self.by_client.get(client_id) if type(client_id) is str else None
         owner = self.owners.get(client_id) if member is not None else None
-        at = proof.get("at")
-        if owner is None or (type(at) in (int, float) and member.joined >= at):
-            return  # none here, or ours came later than that one (the news was late): ours stays
+        at, opened = proof.get("at"), proof.get("o")
+        if owner is None or (type(at) in (int, float) and not newer_connection(
+                opened if type(opened) is int else None, at, member.opened, member.joined)):
+            return  # none here, or ours is the newer one (the news was late): ours stays
         key, token, remote = owner
         given = proof.get("key")
         proven = (type(given) is str and hmac.compare_digest(given.encode(), key.encode())) \
@@ -948,7 +966,7 @@ class Rooms:
         refused. Only a token that may create documents (the admin's, or
         anyone on a personal instance) makes a missing document.
         """
-        at = self.clock()  # when the hello came (Room.join: of two connections of one client, the later wins)
+        at = self.clock()  # when the hello came (Room.join: of two connections of one client, the newer wins)
         room = await self._get(name, create=False)
         if room is None:
             if self.access.enabled and self.access.role(token) != "admin":

@@ -48,6 +48,13 @@ CASES = [
     (with_(HELLO, resumeKey="k1"), ("hello", "c1", None, {"name": "Ann", "color": "#abc"})),
     (with_(HELLO, resumeKey=7), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, resumeKey=""), ("bad-message", CLOSE_PROTOCOL)),
+    (with_(HELLO, opened=1764121234567), ("hello", "c1", None, {"name": "Ann", "color": "#abc"})),
+    (with_(HELLO, opened=0), ("hello", "c1", None, {"name": "Ann", "color": "#abc"})),
+    (with_(HELLO, opened=-1), ("bad-message", CLOSE_PROTOCOL)),
+    (with_(HELLO, opened=2 ** 53), ("bad-message", CLOSE_PROTOCOL)),  # past what a JS number holds exactly
+    (with_(HELLO, opened=1.5), ("bad-message", CLOSE_PROTOCOL)),
+    (with_(HELLO, opened="7"), ("bad-message", CLOSE_PROTOCOL)),
+    (with_(HELLO, opened=True), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID=""), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID="x" * 129), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID=5), ("bad-message", CLOSE_PROTOCOL)),
@@ -104,6 +111,12 @@ def test_frames_parse_or_are_refused_with_their_code(raw, expected):
             protocol.parse(raw, max_updates=2, max_ranges=2)
         assert (err.value.code, err.value.close) == expected
         assert err.value.message and len(err.value.message) < 300
+
+
+def test_hello_keeps_its_opened_and_resume_key():
+    h = protocol.parse(with_(HELLO, opened=1764121234567, resumeKey="k1"))
+    assert (h.opened, h.resume_key) == (1764121234567, "k1")
+    assert protocol.parse(orjson.dumps(HELLO)).opened is None
 
 
 @pytest.mark.parametrize("name, ok", [

@@ -53,8 +53,8 @@ class FakeConn:
         return [f for f in self.frames if f["type"] == kind]
 
 
-def hello(client_id: str, version=None) -> protocol.Hello:
-    return protocol.Hello(client_id, version, {"name": client_id, "color": "#123456"})
+def hello(client_id: str, version=None, opened: int | None = None) -> protocol.Hello:
+    return protocol.Hello(client_id, version, {"name": client_id, "color": "#123456"}, None, opened)
 
 
 def push_msg(version: int, client_id: str, changes) -> protocol.Push:
@@ -323,3 +323,26 @@ async def test_of_two_connections_of_one_client_the_later_hello_stays_whichever_
     assert not new.closed
     await room.join(newest, hello("c"), at=3.0)
     assert new.closed_with[0] == CLOSE_REPLACED and not newest.closed
+
+
+async def test_a_client_that_numbers_its_connections_is_ordered_by_them_not_by_when_hellos_were_read(world):
+    """The race a busy process makes: the client gave up connection 5 and opened 6; 6's hello was read
+    first (at=2, here or at another process), 5's late (at=3). Both carry hello.opened, so 5 is the
+    older one whatever the server's clock says: refused here with 4001, and its takeover news does not
+    end 6 either. A hello with a larger opened replaces 6, and one without falls back to the clock."""
+    settings, store, rooms = world
+    six, five, seven, plain = FakeConn("c"), FakeConn("c"), FakeConn("c"), FakeConn("c")
+    room = (await rooms.join("d", FakeConn("other"), hello("other"), token=None)).room
+    member = await room.join(six, hello("c", opened=6), at=2.0)
+    with pytest.raises(ProtocolError) as refused:
+        await room.join(five, hello("c", opened=5), at=3.0)
+    assert (refused.value.code, refused.value.close) == ("conflict", CLOSE_REPLACED)
+    assert not six.closed and room.by_client["c"] is member
+    room.taken_elsewhere("c", {"t": "", "a": "127.0.0.1", "at": 3.0, "o": 5})  # 5's news, from elsewhere
+    assert not six.closed and room.by_client["c"] is member
+    room.taken_elsewhere("c", {"t": "", "a": "127.0.0.1", "at": 1.0, "o": 7})  # 7 elsewhere, read early
+    assert six.closed_with[0] == CLOSE_REPLACED
+    latest = await room.join(seven, hello("c", opened=8), at=1.5)
+    assert not seven.closed and room.by_client["c"] is latest
+    await room.join(plain, hello("c"), at=4.0)  # no opened: by the clock
+    assert seven.closed_with[0] == CLOSE_REPLACED and not plain.closed

@@ -15,6 +15,11 @@ function refused(input, frameType, pattern) {
 
 test('builders make the protocol\'s client frames', () => {
   assert.deepEqual(hello('A', null, { name: 'n', color: '#000' }), { type: 'hello', clientID: 'A', version: null, user: { name: 'n', color: '#000' } });
+  assert.deepEqual(hello('A', 2, { name: 'n', color: '#000' }, 'k', 'p1', 1_764_000_000_000),
+    { type: 'hello', clientID: 'A', version: 2, user: { name: 'n', color: '#000' }, resumeKey: 'k', person: 'p1', opened: 1_764_000_000_000 });
+  for (const bad of [-1, 1.5, 2 ** 53, '7', null]) {
+    assert.equal('opened' in hello('A', null, { name: 'n', color: '#000' }, null, null, bad), false, String(bad));
+  }
   assert.deepEqual(push(3, []), { type: 'push', version: 3, updates: [] });
   assert.deepEqual(presence(3, [{ anchor: 1, head: 2 }]), { type: 'presence', version: 3, ranges: [{ anchor: 1, head: 2 }] });
 });

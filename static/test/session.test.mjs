@@ -6,8 +6,8 @@ import {
 } from './helpers.mjs';
 
 test('hello asks for the whole text first, then resumes from the synced version', () => {
-  const s = new Session({ clientID: 'A', user: { name: 'Ann', color: '#123456' } });
-  assert.deepEqual(s.opened(0).send, [{ type: 'hello', clientID: 'A', version: null, user: { name: 'Ann', color: '#123456' } }]);
+  const s = new Session({ clientID: 'A', user: { name: 'Ann', color: '#123456' }, epoch: 1000 });
+  assert.deepEqual(s.opened(0).send, [{ type: 'hello', clientID: 'A', version: null, user: { name: 'Ann', color: '#123456' }, opened: 1000 }]);
   const step = s.receive(welcome({ doc: 'hello', version: 7 }), 0);
   assert.equal(step.replaced, true);
   assert.equal(s.state.doc.toString(), 'hello');
@@ -359,10 +359,25 @@ test('every hello carries the resumeKey of the last welcome (or of a restored re
   assert.match(events(restored.receive(welcome({ resumeKey: 5 }), 0), 'problem')[0].text, /resumeKey/);
 });
 
+test('every hello carries opened: the wall clock in ms, always more than the last hello of this session', () => {
+  const s = new Session({ clientID: 'A', epoch: 1_764_000_000_000.7 });
+  const openedAt = (now) => { s.closed(1006, '', now); return s.opened(now).send[0].opened; };
+  assert.equal(s.opened(5.5).send[0].opened, 1_764_000_000_006);
+  assert.equal(openedAt(5.9), 1_764_000_000_007, 'the clock did not move on a whole ms: one more');
+  assert.equal(openedAt(2), 1_764_000_000_008, 'the clock went back: still one more');
+  assert.equal(openedAt(3000), 1_764_000_003_000);
+  const later = new Session({ clientID: 'A', epoch: 1_764_000_004_000 }); // a later page with the same clientID
+  assert.ok(later.opened(0).send[0].opened > 1_764_000_003_000);
+  const defaulted = new Session({ clientID: 'B' }); // performance.timeOrigin: a wall-clock time
+  const stamp = defaulted.opened(performance.now()).send[0].opened;
+  assert.ok(Number.isSafeInteger(stamp) && Math.abs(stamp - Date.now()) < 60_000, String(stamp));
+});
+
 test('every hello carries the person id (hello.person) when it is a valid one, and never a bad one', () => {
-  const s = new Session({ clientID: 'A', user: { name: 'Ann', color: '#123456' }, person: 'p_Ann-01' });
+  const s = new Session({ clientID: 'A', user: { name: 'Ann', color: '#123456' }, person: 'p_Ann-01', epoch: 0 });
   assert.deepEqual(s.opened(0).send, [{
     type: 'hello', clientID: 'A', version: null, user: { name: 'Ann', color: '#123456' }, person: 'p_Ann-01',
+    opened: 0,
   }]);
   s.receive(welcome({ doc: 'x', version: 1 }), 0);
   s.closed(1006, '', 0);

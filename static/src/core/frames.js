@@ -22,11 +22,15 @@ export const isPersonId = (person) => typeof person === "string" && PERSON_RE.te
  * client that used `clientID` before. `person` is the person's stable id
  * ([extension] hello.person): sent only when it is one the protocol allows,
  * so a bad one from storage costs the attribution, never the connection.
+ * `opened` ([extension] hello.opened) grows with every connection the client
+ * opens: of two connections of one clientID the server keeps the one with
+ * the larger, whichever hello it read first.
  */
-export const hello = (clientID, version, user, resumeKey = null, person = null) => {
+export const hello = (clientID, version, user, resumeKey = null, person = null, opened = null) => {
   const frame = { type: "hello", clientID, version, user };
   if (typeof resumeKey === "string") frame.resumeKey = resumeKey;
   if (isPersonId(person)) frame.person = person;
+  if (Number.isSafeInteger(opened) && opened >= 0) frame.opened = opened;
   return frame;
 };
 export const push = (version, updates) => ({ type: "push", version, updates });

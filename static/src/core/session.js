@@ -19,9 +19,12 @@
 //    stock @codemirror/collab client: the server rebases a push over what the
 //    connection received frame by frame, and mapping depends on grouping.
 //  - Every hello carries the resumeKey of the last welcome (when the server
-//    gave one): the proof that this clientID is ours; and the person id,
-//    when the session has a valid one (never an invalid one: the server
-//    would refuse the hello).
+//    gave one): the proof that this clientID is ours; the person id, when
+//    the session has a valid one (never an invalid one: the server would
+//    refuse the hello); and `opened`, larger than any earlier hello's of
+//    this session: the wall clock in whole milliseconds (epoch + now), or
+//    one more than the last when the clock did not move on. Of two
+//    connections of one clientID the server keeps the one opened last.
 //  - At most one push is in flight, split to the server's limits (limits.js).
 //    It is acknowledged when that many of our own updates came back; a
 //    closed connection drops it, and after the next welcome everything still
@@ -135,7 +138,10 @@ export class Session {
    * resumeKey: the key of an earlier welcome for this clientID (a restored
    * record's, else this one), sent with every hello; person: the person's
    * stable id (hello.person: one person in several tabs, and their edits
-   * across renames, are one person to the others and in the history).
+   * across renames, are one person to the others and in the history);
+   * epoch: the wall-clock time in ms when `now` was 0 (default
+   * performance.timeOrigin), so that hello.opened orders this session's
+   * connections after those of an earlier page with the same clientID.
    */
   constructor(o) {
     this.clientID = String(o.clientID);
@@ -165,6 +171,8 @@ export class Session {
     this.pushFailures = 0;
     this.pushNotBefore = 0;
     this.attempt = 0; // reconnects since the last welcome
+    this.epoch = o.epoch ?? globalThis.performance?.timeOrigin ?? 0;
+    this.lastOpened = -1; // hello.opened of our last hello
     this.everWelcomed = false;
     this.needFullDoc = false;
     this.stopped = null; // the reason, while we will not reconnect by ourselves
@@ -196,12 +204,13 @@ export class Session {
   // ---- inputs ------------------------------------------------------------------
 
   /** The connection is open: say hello (resuming from the synced version when we have a text we trust). */
-  opened(_now) {
+  opened(now) {
     const step = new Step();
     this.phase = "hello";
     this.inflight = 0;
     this.helloVersion = this.needFullDoc || !this.state ? null : this.version;
-    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person));
+    this.lastOpened = Math.max(this.lastOpened + 1, Math.floor(this.epoch + now));
+    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person, this.lastOpened));
     return step;
   }
 
