@@ -209,7 +209,8 @@ export class Session {
     this.phase = "hello";
     this.inflight = 0;
     this.helloVersion = this.needFullDoc || !this.state ? null : this.version;
-    this.lastOpened = Math.max(this.lastOpened + 1, Math.floor(this.epoch + now));
+    const clock = Math.floor(this.epoch + now);
+    this.lastOpened = Number.isFinite(clock) ? Math.max(this.lastOpened + 1, clock) : this.lastOpened + 1;
     step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person, this.lastOpened));
     return step;
   }
