@@ -17,9 +17,10 @@ The interface and its rules are in storage.py; this backend keeps them so:
     connection never waits for a lock (busy_timeout 0: a lock held elsewhere,
     an admin command's, sends the group to the thread instead) and never
     checkpoints inside a COMMIT: every CHECKPOINT_EVERY of its commits, the
-    writer thread checkpoints the WAL (RESTART: the next commit starts the
-    WAL over; commits meanwhile wait for it in the writer thread), so the WAL
-    stays about as small as SQLite's own autocheckpoint keeps it;
+    writer thread checkpoints the WAL (PASSIVE while commits go on, then
+    RESTART for what they added: the next commit starts the WAL over; commits
+    during the RESTART wait for it in the writer thread), so the WAL stays
+    about as small as SQLite's own autocheckpoint keeps it;
   * reads run on a small pool of reader connections in their own threads; in
     WAL mode they never block the writer, never see a half-written batch, and
     one slow read does not hold up the others;
@@ -793,15 +794,20 @@ def seal_file(path: str | Path) -> tuple[int, int]:
 def _checkpoint(conn: sqlite3.Connection) -> None:
     """Copy the WAL back into the database file and make the next write start it over (the writer thread).
 
-    RESTART, not PASSIVE: a passive checkpoint never catches up with commits
-    that go on meanwhile, so the WAL would never start over and grew without
-    end. RESTART holds writers off while it runs (as SQLite's own
-    autocheckpoint does inside a COMMIT): a commit due meanwhile finds the
-    database busy and waits in the writer thread, behind it, never on the
-    event loop. It waits at most CHECKPOINT_WAIT_MS for readers (a long read,
-    a backup) before it gives up until next time, so they never hold writers
-    off longer than that.
+    First PASSIVE, which copies what the WAL holds (and syncs the database
+    file) while commits go on. Then RESTART: a passive checkpoint never
+    catches up with commits that go on meanwhile, so the WAL would never
+    start over and grew without end. RESTART holds writers off while it runs
+    (as SQLite's own autocheckpoint does inside a COMMIT), but after the
+    passive pass it has only the commits made during that pass to copy: a
+    fraction of a millisecond instead of the whole copy (4 to 8 ms every 200
+    commits here, which showed in the typing latency's p99). A commit due
+    meanwhile finds the database busy and waits in the writer thread, behind
+    it, never on the event loop. RESTART waits at most CHECKPOINT_WAIT_MS for
+    readers (a long read, a backup) before it gives up until next time, so
+    they never hold writers off longer than that.
     """
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
     try:
         conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()

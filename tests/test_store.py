@@ -435,6 +435,68 @@ async def test_a_database_locked_elsewhere_never_stalls_the_event_loop(tmp_path)
         await store.close()
 
 
+def test_a_checkpoint_holds_writers_off_only_for_what_came_during_its_copy(tmp_path):
+    """The writer thread's checkpoint copies a WAL of 6,000 pages back while another connection writes
+    every few ms without waiting for locks (busy_timeout 0, as the event loop's connection does). Its
+    writes go through during the copy (PASSIVE first), and are held off only while the RESTART copies
+    what they added; a RESTART alone holds every writer off for the whole copy. The checkpoint still
+    starts the WAL over."""
+    import threading
+
+    from collab import store as store_module
+    path = tmp_path / "ckpt.db"
+    conn = connect_sync(path, "NORMAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, data BLOB)")
+    conn.execute("CREATE TABLE small(id INTEGER PRIMARY KEY, n INTEGER)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO big(data) VALUES (?)", ((bytes(4000),) for _ in range(6000)))
+    conn.execute("COMMIT")
+    other = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA busy_timeout=0")
+    other.execute("PRAGMA wal_autocheckpoint=0")
+    other.execute("INSERT INTO small(n) VALUES (0)")  # its first statement (the schema read) is done
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run_checkpoint():
+        try:
+            store_module._checkpoint(conn)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failure.append(exc)
+        finally:
+            done.set()
+
+    writes, longest = 1, 0.0
+    worker = threading.Thread(target=run_checkpoint)
+    started = last = time.monotonic()
+    worker.start()
+    while not done.is_set():
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # held off
+            time.sleep(0.0005)
+            continue
+        other.execute("INSERT INTO small(n) VALUES (?)", (writes,))
+        other.execute("COMMIT")
+        writes += 1
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+        time.sleep(0.002)  # commits come a few ms apart, as people type
+    took = time.monotonic() - started
+    longest = max(longest, time.monotonic() - last)
+    worker.join()
+    assert not failure, failure
+    assert longest < 0.6 * took, (f"writers were held off for {longest * 1000:.0f} ms of the {took * 1000:.0f} ms "
+                                  f"the checkpoint took ({writes - 1} writes meanwhile)")
+    other.execute("INSERT INTO small(n) VALUES (-1)")  # the first write after it starts the WAL over
+    busy, frames, _ = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames < 10, f"the WAL did not start over: {frames} frames after one small write"
+    assert other.execute("SELECT COUNT(*) FROM small").fetchone() == (writes + 1,)
+    other.close()
+    conn.close()
+
+
 async def test_a_long_read_never_holds_commits_off_behind_a_checkpoint(tmp_path):
     """A reader keeps a read transaction open (a backup, say) while 450 commits go on the event loop
     (two checkpoints due): each checkpoint waits for it only briefly and gives up, so no commit waits
