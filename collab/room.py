@@ -67,6 +67,7 @@ class Connection(Protocol):
 
 
 MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, address) is remembered
+OPENED_WINDOW = 10.0  # seconds: two hellos of one client read closer than this are ordered by hello.opened
 MAX_LOST_ROUNDS = 16  # commits in a row lost to another writer before the room gives up and reloads
 HEAVY_REBASE = 20_000  # pushed updates x versions behind above which the rebase takes turns with the loop
 TURN = 0.005           # seconds of that rebase between two turns of the event loop
@@ -137,11 +138,15 @@ def newer_connection(opened: int | None, at: float, than_opened: int | None, tha
 
     A client says hello again only once it gave up its older connection, so
     the newer one is the one in use, whichever welcome went out first. By the
-    client's own `opened` when both hellos carry one: the order it opened
-    them in, whatever a busy process or the network did to when their hellos
-    were read. Else by when the server received each hello.
+    client's own `opened` when both hellos carry one and were received within
+    OPENED_WINDOW of each other: the order it opened them in, whatever a busy
+    process or the network did to when their hellos were read. Else by when
+    the server received each hello (hellos further apart are not the race
+    `opened` is for, and the client's clock may have been set back between
+    them: a page reloaded after that must still win over its old socket).
     """
-    if opened is not None and than_opened is not None and opened != than_opened:
+    if (opened is not None and than_opened is not None and opened != than_opened
+            and abs(at - than_at) <= OPENED_WINDOW):
         return opened > than_opened
     return at > than_at
 
@@ -225,10 +230,7 @@ class Room:
         # between the welcome's version and the member's registration.
         authorize(self.salt)
         old = self.by_client.get(hello.client_id)
-        if old is not None and newer_connection(old.opened, old.joined, hello.opened, at):
-            raise ProtocolError("conflict", "a newer connection of this client came first",
-                                close=CLOSE_REPLACED)
-        resume_key = self._claim(conn, hello)
+        resume_key = self._claim(conn, hello, old, at)
         cluster = self.rooms.cluster
         if cluster is not None:  # a connection of this client at another process closes, if this is it
             cluster.publish_takeover(self.name, hello.client_id, {
@@ -276,7 +278,7 @@ class Room:
             conn.send(protocol.presences_frame(peers))
         return member
 
-    def _claim(self, conn: Connection, hello: protocol.Hello) -> str:
+    def _claim(self, conn: Connection, hello: protocol.Hello, old: Member | None, at: float) -> str:
         """Check that `conn` may speak for its clientID; returns the resume key for its welcome.
 
         A clientID seen before in this document (connected now or not) belongs
@@ -284,7 +286,9 @@ class Room:
         for the old one) only with that client's resume key, or with the same
         token from the same address (a reload of the same page). Otherwise
         anyone who read a clientID could cut its owner off, or push in its
-        name and make its own pushes look already accepted.
+        name and make its own pushes look already accepted. A proven hello
+        (received `at`) that is older than the client's connection here, `old`
+        (`newer_connection`), is refused with 4001: the client gave it up.
         """
         token = hashlib.sha256(conn.token.encode()).hexdigest() if conn.token else ""
         owner = self.owners.get(hello.client_id)
@@ -295,6 +299,9 @@ class Room:
             if not proven:
                 raise ProtocolError("conflict", "this clientID is in use by another client; a client that "
                                     "reconnects sends the resumeKey of its last welcome", close=CLOSE_PROTOCOL)
+        if old is not None and newer_connection(old.opened, old.joined, hello.opened, at):
+            raise ProtocolError("conflict", "a newer connection of this client came first", close=CLOSE_REPLACED)
+        if owner is not None:
             self.owners.move_to_end(hello.client_id)
         else:
             key = secrets.token_urlsafe(18)

@@ -633,7 +633,9 @@ clean_push, clean_presence = _clean_push(), _clean_presence()
 COLORS = ["#3366ff", "#abc", "#ABCD", "#00ff0080", "#000000"]
 HELLO_VERSIONS = st.one_of(st.none(), past, future, edge_ints.filter(lambda i: i >= 0))
 USERS = st.builds(lambda n, c: {"name": n, "color": c}, st.text(max_size=30), st.sampled_from(COLORS))
-BROKEN = st.sampled_from(["cid", "version", "user", "name", "color"])
+BROKEN = st.sampled_from(["cid", "version", "user", "name", "color", "opened"])
+GOOD_OPENED = st.one_of(st.just(0), st.integers(min_value=0, max_value=2 ** 53 - 1))
+BAD_OPENED = st.sampled_from([-1, 1.5, "7", True, 2 ** 53, [], {}])
 BAD_IDS = st.sampled_from(["", None, 7, [], {}, ["fuzz"]])
 BAD_USERS = st.sampled_from(["Ann", 5, [], True])
 BAD_NAMES = st.sampled_from([5, None, [], {}, "x" * 500])
@@ -647,6 +649,8 @@ def _hello_value(draw, valid: bool):
     value = {"type": "hello", "clientID": draw(client_ids), "version": draw(HELLO_VERSIONS)}
     if draw(st.booleans()):
         value["user"] = draw(USERS)
+    if draw(st.booleans()):
+        value["opened"] = draw(GOOD_OPENED)
     if valid:
         return value
     broken = draw(BROKEN)
@@ -658,6 +662,8 @@ def _hello_value(draw, valid: bool):
         value["user"] = draw(BAD_USERS)
     elif broken == "name":
         value["user"] = {"name": draw(BAD_NAMES), "color": "#123456"}
+    elif broken == "opened":
+        value["opened"] = draw(BAD_OPENED)
     else:
         value["user"] = {"name": "x", "color": draw(BAD_COLORS)}
     return value
@@ -921,6 +927,9 @@ def hello_ok(value: dict) -> tuple[bool, bool]:
     if person is not None and (type(person) is not str or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", person)):
         return False, False
     if key is not None and (type(key) is not str or not 0 < len(key) <= 128):
+        return False, False
+    opened = value.get("opened")
+    if opened is not None and not (_is_count(opened) and opened <= 2 ** 53 - 1):
         return False, False
     version = value.get("version")
     if version is not None and not _is_count(version):

@@ -17,9 +17,9 @@ import pytest
 from collab import protocol
 from collab.access import Access
 from collab.changes import ChangeSet
-from collab.errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_REPLACED, ProtocolError
+from collab.errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED, ProtocolError
 from collab.rebase import Update
-from collab.room import Rooms
+from collab.room import OPENED_WINDOW, Rooms
 from collab.sequencer import Accepted
 from collab.settings import Settings
 from collab.store import Store
@@ -346,3 +346,22 @@ async def test_a_client_that_numbers_its_connections_is_ordered_by_them_not_by_w
     assert not seven.closed and room.by_client["c"] is latest
     await room.join(plain, hello("c"), at=4.0)  # no opened: by the clock
     assert seven.closed_with[0] == CLOSE_REPLACED and not plain.closed
+
+
+async def test_opened_orders_only_hellos_read_close_together_and_only_proven_ones(world):
+    """hello.opened decides only between hellos read within OPENED_WINDOW of each other: a page
+    reloaded long after, with its clock set back meanwhile (a smaller opened), still takes over its
+    old socket. A hello without proof is refused as before (conflict, 4000), whatever its opened."""
+    settings, store, rooms = world
+    room = (await rooms.join("d", FakeConn("other"), hello("other"), token=None)).room
+    old, stranger, reloaded = FakeConn("c"), FakeConn("c"), FakeConn("c")
+    await room.join(old, hello("c", opened=5_000), at=100.0)
+    stranger.remote = "10.0.0.9"  # another address, no resume key: no proof
+    with pytest.raises(ProtocolError) as refused:
+        await room.join(stranger, hello("c", opened=1), at=100.5)
+    assert (refused.value.code, refused.value.close) == ("conflict", CLOSE_PROTOCOL) and not old.closed
+    late = 100.0 + OPENED_WINDOW + 1
+    member = await room.join(reloaded, hello("c", opened=4_000), at=late)
+    assert old.closed_with[0] == CLOSE_REPLACED and room.by_client["c"] is member and not reloaded.closed
+    room.taken_elsewhere("c", {"t": "", "a": "127.0.0.1", "at": late + OPENED_WINDOW + 1, "o": 3_000})
+    assert reloaded.closed_with[0] == CLOSE_REPLACED  # far apart: by when they were read

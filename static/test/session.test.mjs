@@ -367,6 +367,10 @@ test('every hello carries opened: the wall clock in ms, always more than the las
   assert.equal(openedAt(2), 1_764_000_000_008, 'the clock went back: still one more');
   assert.equal(openedAt(3000), 1_764_000_003_000);
   assert.equal(openedAt(NaN), 1_764_000_003_001, 'no time from the adapter: still one more');
+  const noClock = new Session({ clientID: 'C', epoch: 1_764_000_000_000 });
+  assert.equal('opened' in noClock.opened(NaN).send[0], false, 'no time at all yet: no opened');
+  noClock.closed(1006, '', 0);
+  assert.equal(noClock.opened(7).send[0].opened, 1_764_000_000_007);
   const later = new Session({ clientID: 'A', epoch: 1_764_000_004_000 }); // a later page with the same clientID
   assert.ok(later.opened(0).send[0].opened > 1_764_000_003_000);
   const defaulted = new Session({ clientID: 'B' }); // performance.timeOrigin: a wall-clock time

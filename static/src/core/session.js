@@ -140,8 +140,9 @@ export class Session {
    * stable id (hello.person: one person in several tabs, and their edits
    * across renames, are one person to the others and in the history);
    * epoch: the wall-clock time in ms when `now` was 0 (default
-   * performance.timeOrigin), so that hello.opened orders this session's
-   * connections after those of an earlier page with the same clientID.
+   * performance.timeOrigin; without one, no hello.opened is sent), so that
+   * hello.opened orders this session's connections after those of an
+   * earlier page with the same clientID.
    */
   constructor(o) {
     this.clientID = String(o.clientID);
@@ -171,8 +172,8 @@ export class Session {
     this.pushFailures = 0;
     this.pushNotBefore = 0;
     this.attempt = 0; // reconnects since the last welcome
-    this.epoch = o.epoch ?? globalThis.performance?.timeOrigin ?? 0;
-    this.lastOpened = -1; // hello.opened of our last hello
+    this.epoch = o.epoch ?? globalThis.performance?.timeOrigin ?? null; // null: no hello.opened
+    this.lastOpened = -1; // hello.opened of our last hello (-1: none sent yet)
     this.everWelcomed = false;
     this.needFullDoc = false;
     this.stopped = null; // the reason, while we will not reconnect by ourselves
@@ -209,9 +210,11 @@ export class Session {
     this.phase = "hello";
     this.inflight = 0;
     this.helloVersion = this.needFullDoc || !this.state ? null : this.version;
-    const clock = Math.floor(this.epoch + now);
-    this.lastOpened = Number.isFinite(clock) ? Math.max(this.lastOpened + 1, clock) : this.lastOpened + 1;
-    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person, this.lastOpened));
+    const clock = this.epoch === null ? NaN : Math.floor(this.epoch + now);
+    if (Number.isFinite(clock)) this.lastOpened = Math.max(this.lastOpened + 1, clock);
+    else if (this.lastOpened >= 0) this.lastOpened += 1; // no clock now: still after the last one
+    const opened = this.lastOpened >= 0 ? this.lastOpened : null; // never a clock: the server uses its own
+    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person, opened));
     return step;
   }
 
