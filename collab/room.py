@@ -151,6 +151,14 @@ def newer_connection(opened: int | None, at: float, than_opened: int | None, tha
     return at > than_at
 
 
+def proves_owner(owner: tuple[str, str, str], key, token, remote) -> bool:
+    """Whether a resume key, or a token hash from an address, proves to be `owner` (its resume key, token
+    hash and address): the client that first used the clientID (Room._claim, Room.taken_elsewhere)."""
+    owner_key, owner_token, owner_remote = owner
+    return (type(key) is str and hmac.compare_digest(key.encode(), owner_key.encode())) \
+        or (token == owner_token and remote == owner_remote)
+
+
 class Room:
     def __init__(self, rooms: "Rooms", doc_id: int, name: str, seq: Sequencer, snapshot_version: int,
                  salt: str = ""):
@@ -293,10 +301,8 @@ class Room:
         token = hashlib.sha256(conn.token.encode()).hexdigest() if conn.token else ""
         owner = self.owners.get(hello.client_id)
         if owner is not None:
-            key, owner_token, owner_remote = owner
-            proven = (hello.resume_key is not None and hmac.compare_digest(hello.resume_key.encode(), key.encode())) \
-                or (owner_token == token and owner_remote == conn.remote)
-            if not proven:
+            key = owner[0]
+            if not proves_owner(owner, hello.resume_key, token, conn.remote):
                 raise ProtocolError("conflict", "this clientID is in use by another client; a client that "
                                     "reconnects sends the resumeKey of its last welcome", close=CLOSE_PROTOCOL)
         if old is not None and newer_connection(old.opened, old.joined, hello.opened, at):
@@ -778,11 +784,7 @@ class Room:
         if owner is None or (type(at) in (int, float) and not newer_connection(
                 opened if type(opened) is int else None, at, member.opened, member.joined)):
             return  # none here, or ours is the newer one (the news was late): ours stays
-        key, token, remote = owner
-        given = proof.get("key")
-        proven = (type(given) is str and hmac.compare_digest(given.encode(), key.encode())) \
-            or (proof.get("t") == token and proof.get("a") == remote)
-        if proven:
+        if proves_owner(owner, proof.get("key"), proof.get("t"), proof.get("a")):
             self._remove(member)
             member.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same clientID")
 

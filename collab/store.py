@@ -803,11 +803,11 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
     when there were some, the WAL and the database file to sync again):
     nothing when none came, a few ms when some did, instead of the whole
     copy (4 to 13 ms every 200 commits here, which showed in the typing
-    latency's p99). A commit due
-    meanwhile finds the database busy and waits in the writer thread, behind
-    it, never on the event loop. RESTART waits at most CHECKPOINT_WAIT_MS for
-    readers (a long read, a backup) before it gives up until next time, so
-    they never hold writers off longer than that.
+    latency's p99). A commit due meanwhile finds the database busy and waits
+    in the writer thread, behind it, never on the event loop. RESTART waits
+    at most CHECKPOINT_WAIT_MS for readers (a long read, a backup) before it
+    gives up until next time, so they never hold writers off longer than
+    that.
     """
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")

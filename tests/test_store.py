@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 
 import pytest
 
+from collab import store as store_module
 from collab.changes import ChangeSet, utf16_len
 from collab.rebase import Update
 from collab.sequencer import Accepted
@@ -441,9 +443,6 @@ def test_a_checkpoint_holds_writers_off_only_for_what_came_during_its_copy(tmp_p
     writes go through during the copy (PASSIVE first), and are held off only while the RESTART copies
     what they added; a RESTART alone holds every writer off for the whole copy. The checkpoint still
     starts the WAL over."""
-    import threading
-
-    from collab import store as store_module
     path = tmp_path / "ckpt.db"
     conn = connect_sync(path, "NORMAL")
     conn.execute("PRAGMA wal_autocheckpoint=0")
