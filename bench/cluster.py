@@ -58,10 +58,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from clusterproc import Cluster, ClusterNginx, RedisServer, free_port, self_signed  # noqa: E402
-from load import UNLIMITED, fmt, raise_nofile  # noqa: E402
+from load import LOADGEN, UNLIMITED, fmt, loadgen_node, raise_nofile  # noqa: E402
 from pgserver import PgServer  # noqa: E402
 
-LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
 # 400 connections from 127.0.0.1 (through nginx) and no per-connection rate limits: the load is
 # the point. The per-document limits are lifted too (two pushers flat out pass 1,000 updates/s).
 SERVER_ARGS = UNLIMITED + ["--max-conns-per-addr", "100000", "--max-conns-per-doc", "100000",
@@ -237,12 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="run throughput and scatter N times each, interleaved")
     p.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     a = p.parse_args(argv)
-    node = shutil.which("node")
+    node = loadgen_node()
     if not node:
         print("node is not installed", file=sys.stderr)
         return 2
-    if not (LOADGEN.parent / "node_modules" / "@codemirror" / "collab").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=LOADGEN.parent, check=True)
     raise_nofile()
     tls = not a.plain
     push = ["--clients", "400", "--docs", "200", "--doc", "bench", "--warmup", "3000"]

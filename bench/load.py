@@ -46,8 +46,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -55,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serverproc import ServerProcess, free_port  # noqa: E402
+from serverproc import ServerProcess, free_port, wait_healthy  # noqa: E402
 from trace_replay import WHERE_TO_GET, add_trace_argument  # noqa: E402
 
 LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
@@ -109,6 +107,15 @@ class Database:
         if self.url is not None:
             return self.url
         return str(self.path) if self.path is not None else str(tmp / "bench.db")
+
+
+def loadgen_node() -> str | None:
+    """node's path, with the load generator's packages installed (`npm ci` from its lockfile); None
+    without node."""
+    node = shutil.which("node")
+    if node and not (LOADGEN.parent / "node_modules" / "@codemirror" / "collab").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=LOADGEN.parent, check=True)
+    return node
 
 
 def raise_nofile() -> None:
@@ -334,24 +341,13 @@ class ReferenceServer:
 
     def __init__(self, node: str, log_path: Path):
         self.node, self.log_path, self.port, self.proc = node, log_path, free_port(), None
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.url, self.ws_url = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> "ReferenceServer":
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([self.node, str(REFERENCE), "--port", str(self.port)], cwd=ROOT,
                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"reference exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"reference did not answer in {timeout}s:\n{self.log()}")
+        return wait_healthy(self, "the reference", timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -496,12 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.bench in ("trace", "all") and not a.trace.is_file():
         print(f"no trace at {a.trace}: {WHERE_TO_GET}", file=sys.stderr)
         return 2
-    node = shutil.which("node")
+    node = loadgen_node()
     if not node:
         print("node is not installed", file=sys.stderr)
         return 2
-    if not (LOADGEN.parent / "node_modules" / "@codemirror" / "collab").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=LOADGEN.parent, check=True)
     raise_nofile()
     if a.bench == "compare-reference":
         rows, ok = compare_reference(a, node)

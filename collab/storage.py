@@ -7,7 +7,9 @@ of their own (`VersionCompacted`, `VersionConflict`, `NameTaken`,
 `CommitSource` (what a document must offer the store's writer), and the one
 place that turns a `--db` value into a backend: `store_for`, `migrate`,
 `database_exists`, and `describe`, which is how a database is named in every
-message. What never lives here: SQL (each backend owns its own), sockets.
+message; and which numbered migrations a database still needs
+(`pending_migrations`, for both backends). What never lives here: SQL (each
+backend owns its own), sockets.
 
 Backends: a file path is SQLite (store.py, the embedded default); a
 `postgresql://` or `postgres://` URL is PostgreSQL (store_pg.py). A URL's
@@ -375,6 +377,16 @@ def redact(text: str, db: str | Path) -> str:
     for secret in _passwords(str(db)):
         text = text.replace(secret, "***")
     return text
+
+
+def pending_migrations(files: list[tuple[int, Path]], done: set[int]) -> list[tuple[int, Path]]:
+    """Of `files` (from `migration_files`), those not yet in `done`, the versions a database records as
+    applied; raises if the database is newer than every file (a newer collab migrated it)."""
+    newest = max(n for n, _ in files)
+    if done and max(done) > newest:
+        raise RuntimeError(f"the database has schema version {max(done)}, newer than this collab knows "
+                           f"({newest}): upgrade collab")
+    return [(number, path) for number, path in files if number not in done]
 
 
 def store_at(db: str | Path, *, synchronous: str = "NORMAL", snapshot_every: int = 1000, keep: int = 2000,

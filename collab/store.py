@@ -57,7 +57,7 @@ from .rebase import Update
 from .sequencer import Accepted
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Loaded, NameTaken,
                       TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail, history_entry,
-                      parse_update)
+                      parse_update, pending_migrations)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -98,14 +98,8 @@ def apply_migrations(conn: sqlite3.Connection, directory: Path | None = None) ->
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                  "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
     done = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
-    newest = max(n for n, _ in files)
-    if done and max(done) > newest:
-        raise RuntimeError(f"the database has schema version {max(done)}, newer than this collab knows "
-                           f"({newest}): upgrade collab")
     applied = []
-    for number, path in files:
-        if number in done:
-            continue
+    for number, path in pending_migrations(files, done):
         sql = path.read_text()
         # executescript commits first, so BEGIN/COMMIT make script + record atomic;
         # a failing statement leaves the transaction open, so roll it back.

@@ -66,8 +66,8 @@ from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
 from .storage import (DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter, history_entry,
-                      Loaded, NameTaken, parse_update, redact, StorageUnavailable, TooManyDocuments,
-                      VersionCompacted, VersionConflict)
+                      Loaded, NameTaken, parse_update, pending_migrations, redact, StorageUnavailable,
+                      TooManyDocuments, VersionCompacted, VersionConflict)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -130,14 +130,8 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied DOUBLE PRECISION NOT NULL)")
         done = {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
-        newest = max(n for n, _ in files)
-        if done and max(done) > newest:
-            raise RuntimeError(f"the database has schema version {max(done)}, newer than this collab knows "
-                               f"({newest}): upgrade collab")
         applied = []
-        for number, path in files:
-            if number in done:
-                continue
+        for number, path in pending_migrations(files, done):
             async with conn.transaction():
                 await conn.execute(path.read_text())
                 await conn.execute("INSERT INTO schema_version (version, name, applied) VALUES ($1, $2, $3)",

@@ -29,33 +29,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from serverproc import ROOT, ServerProcess
-
-_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now and never handed out before by this process.
-
-    (serverproc.free_port binds port 0 and closes it, so two calls in a row
-    may return the same port: two collab processes of one cluster would then
-    race for it, and the loser's /healthz would be answered by the winner.)"""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _given:
-            _given.add(port)
-            return port
+from nginxproc import NginxProcess
+from serverproc import ROOT, ServerProcess, free_port
 
 DOCS = ROOT / "docs"
-NGINX = "/usr/sbin/nginx"
 REDIS = "/usr/bin/redis-server"
 CLUSTER_SITE = DOCS / "nginx-collab-cluster.conf"
 SITE_LOG = "/var/log/nginx/collab.access.log"
@@ -215,10 +197,10 @@ class Cluster:
     def start(self, timeout: float = 40.0) -> "Cluster":
         """All processes at the same moment (migrations race on an empty database), then wait for each."""
         for p in self.procs:
-            launch(p)
+            p.launch()
         try:
             for p in self.procs:
-                wait_ready(p, timeout)
+                p.wait_ready(timeout)
             for p in self.procs:  # each answered on its own port, and none lost a race for it since
                 if p.proc.poll() is not None or f"listening on http://127.0.0.1:{p.port}" not in p.log():
                     raise RuntimeError(f"collab on {p.port} is not the one listening there:\n{p.log()[-3000:]}")
@@ -251,33 +233,6 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.kill()
-
-
-def launch(proc: ServerProcess) -> ServerProcess:
-    """Start `proc` without waiting (several servers coming up together)."""
-    proc._log = open(proc.log_path, "ab")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc.proc = subprocess.Popen(
-        [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(proc.port),
-         "--db", str(proc.db), *proc.extra_args],
-        cwd=ROOT, stdout=proc._log, stderr=subprocess.STDOUT, env=env)
-    return proc
-
-
-def wait_ready(proc: ServerProcess, timeout: float = 20.0) -> ServerProcess:
-    """Block until `proc`'s /healthz answers 200 (raises with its output if it exits or times out)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"server on {proc.port} exited with {proc.proc.returncode}:\n{proc.log()[-4000:]}")
-        try:
-            with urllib.request.urlopen(proc.url + "/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"server on {proc.port} did not become healthy in {timeout}s:\n{proc.log()[-4000:]}")
 
 
 def metrics(url: str, timeout: float = 10.0) -> dict[str, float]:
@@ -429,36 +384,16 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-class ClusterNginx:
+class ClusterNginx(NginxProcess):
     """A foreground nginx (master + `workers` workers) with the cluster site and everything under `prefix`."""
 
     def __init__(self, prefix: Path, backend_ports_: list[int], cert: Path, key: Path, tls: bool = True,
                  balance: str | None = None, workers: int = 1, port: int | None = None):
-        self.prefix = Path(prefix)
         self.http_port, self.port = free_port(), port or free_port()
         self.tls = tls
-        for sub in ("tmp", "logs"):
-            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
-        site = cluster_site(backend_ports_, self.http_port, self.port, cert, key, self.prefix / "logs", tls=tls,
+        site = cluster_site(backend_ports_, self.http_port, self.port, cert, key, Path(prefix) / "logs", tls=tls,
                             balance=balance)
-        (self.prefix / "collab.conf").write_text(site)
-        temp = "\n".join(f"    {kind}_temp_path {self.prefix}/tmp/{kind};"
-                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        (self.prefix / "nginx.conf").write_text(f"""
-{"user root root;" if os.geteuid() == 0 else ""}
-worker_processes {workers};
-daemon off;
-pid {self.prefix}/nginx.pid;
-error_log {self.prefix}/logs/error.log info;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {self.prefix}/logs/access.log;
-{temp}
-    include {self.prefix}/collab.conf;
-}}
-""")
-        self.proc: subprocess.Popen | None = None
-        self._out = None
+        super().__init__(prefix, site, workers=workers, connections=4096)
 
     @property
     def url(self) -> str:
@@ -468,30 +403,8 @@ http {{
     def ws_url(self) -> str:
         return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
 
-    def command(self, *extra: str) -> list[str]:
-        return [NGINX, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-e",
-                str(self.prefix / "logs" / "error.log"), *extra]
-
     def start(self, timeout: float = 15.0) -> "ClusterNginx":
-        if not os.path.exists(NGINX):
-            raise RuntimeError(f"{NGINX} is missing (Debian: apt-get install nginx)")
-        check = subprocess.run(self.command("-t"), capture_output=True, text=True, timeout=30)
-        if check.returncode != 0:
-            raise RuntimeError(f"nginx -t refuses docs/nginx-collab-cluster.conf:\n{check.stderr}")
-        self._out = open(self.prefix / "logs" / "stdout.log", "wb")
-        self.proc = subprocess.Popen(self.command(), stdout=self._out, stderr=subprocess.STDOUT)
-
-        def listening() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited:\n{self.errors()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return True
-            except OSError:
-                return False
-
-        _wait(listening, timeout, f"nginx listening on {self.port}")
-        return self
+        return super().start(self.port, timeout)
 
     def pids(self) -> list[int]:
         """The master and its workers (for CPU accounting)."""
@@ -506,21 +419,6 @@ http {{
             return (self.prefix / "logs" / "collab.access.log").read_text(errors="replace")
         except OSError:
             return ""
-
-    def errors(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in (self.prefix / "logs").glob("*.log"))
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self._out:
-            self._out.close()
-            self._out = None
 
     def __enter__(self) -> "ClusterNginx":
         return self.start()

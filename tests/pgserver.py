@@ -27,23 +27,18 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from serverproc import free_port
 
 USER = "collab"
 
 
 class PgUnavailable(RuntimeError):
     """PostgreSQL cannot be started here; the message says what is missing."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bin_dir() -> Path:

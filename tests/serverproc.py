@@ -20,10 +20,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now and never handed out before by this process.
+
+    (Binding port 0 and closing it alone, two calls in a row may return the
+    same port: two servers started together would then race for it, and the
+    loser's /healthz would be answered by the winner.)"""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
+
+
+def wait_healthy(server, what: str, timeout: float):
+    """`server` (with `proc`, a Popen; `url`; `log()`; `kill()`) once its /healthz answers 200. Raises with
+    the tail of its output if it exits first or does not answer in `timeout` seconds (then it is killed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {server.proc.returncode}:\n{server.log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(server.url + "/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.05)
+    server.kill()
+    raise RuntimeError(f"{what} did not become healthy in {timeout}s:\n{server.log()[-4000:]}")
 
 
 class ServerProcess:
@@ -85,18 +114,7 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 20.0) -> "ServerProcess":
         """Block until /healthz answers 200 (raises with the server's output if it exits or times out)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"server did not become healthy in {timeout}s:\n{self.log()}")
+        return wait_healthy(self, f"server on {self.port}", timeout)
 
     def log(self) -> str:
         try:

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,10 +31,10 @@ import aiohttp
 import pytest
 
 from conftest import JS_DIR
+from nginxproc import NginxProcess
 from serverproc import ROOT, ServerProcess, free_port, get_json
 
 DOCS = ROOT / "docs"
-NGINX = "/usr/sbin/nginx"
 PROXY_ADDRESS = "127.0.0.2"  # nginx connects to collab from here, so forwarded addresses are visible
 
 
@@ -82,67 +81,9 @@ def site_config(backend_port: int, http_port: int, https_port: int, cert: Path, 
     return text
 
 
-class Nginx:
-    """A foreground nginx (master + one worker) with everything under `prefix`."""
-
-    def __init__(self, prefix: Path, site: str):
-        self.prefix = prefix
-        for sub in ("tmp", "logs"):
-            (prefix / sub).mkdir(parents=True, exist_ok=True)
-        (prefix / "collab.conf").write_text(site)
-        temp = "\n".join(f"    {kind}_temp_path {prefix}/tmp/{kind};"
-                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        (prefix / "nginx.conf").write_text(f"""
-{"user root root;" if os.geteuid() == 0 else ""}
-worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {prefix}/logs/access.log;
-{temp}
-    proxy_bind {PROXY_ADDRESS};
-    include {prefix}/collab.conf;
-}}
-""")
-        self.proc: subprocess.Popen | None = None
-
-    def command(self, *extra: str) -> list[str]:
-        return [NGINX, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-e",
-                str(self.prefix / "logs" / "error.log"), *extra]
-
-    def start(self, port: int) -> "Nginx":
-        if not os.path.exists(NGINX):
-            pytest.fail(f"{NGINX} is missing: the deployment test runs the documented config under a real "
-                        "nginx (Debian: apt-get install nginx)")
-        check = subprocess.run(self.command("-t"), capture_output=True, text=True, timeout=30)
-        assert check.returncode == 0, f"nginx -t refuses the documented config:\n{check.stderr}"
-        self.log = open(self.prefix / "logs" / "stdout.log", "wb")
-        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"nginx exited:\n{self.errors()}"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"nginx did not listen on {port}:\n{self.errors()}")
-
-    def errors(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in (self.prefix / "logs").glob("*.log"))
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc:
-            self.log.close()
+def nginx(prefix: Path, site: str) -> NginxProcess:
+    """A foreground nginx serving `site`; it connects to collab from PROXY_ADDRESS."""
+    return NginxProcess(prefix, site, http_extra=f"proxy_bind {PROXY_ADDRESS};")
 
 
 def fuzz(node: str, url: str, doc: str, cert: Path, seed: int) -> dict:
@@ -184,11 +125,11 @@ def test_two_editors_through_nginx_with_tls(tmp_path, node, certificate):
     # The browser's Host is nginx's address, not collab's: named with --allow-host as the docs say.
     server = ServerProcess(tmp_path / "collab.db", extra_args=["--trusted-proxy", PROXY_ADDRESS,
                                                                 "--allow-host", f"127.0.0.1:{https_port}"])
-    nginx = Nginx(tmp_path / "nginx", site_config(server.port, http_port, https_port, cert, key,
+    proxy = nginx(tmp_path / "nginx", site_config(server.port, http_port, https_port, cert, key,
                                                   tmp_path / "nginx" / "logs"))
     try:
         server.start()
-        nginx.start(https_port)
+        proxy.start(https_port)
         ctx = tls_client_context(cert)
         front = f"https://127.0.0.1:{https_port}"
 
@@ -224,7 +165,7 @@ def test_two_editors_through_nginx_with_tls(tmp_path, node, certificate):
         assert not any(PROXY_ADDRESS in line for line in opens)
         assert "through-nginx" in (tmp_path / "nginx" / "logs" / "collab.access.log").read_text()
     finally:
-        nginx.stop()
+        proxy.stop()
         server.kill()
     assert server.proc.returncode == -signal.SIGKILL, "collab ran to the end of the test"
 
@@ -284,11 +225,11 @@ def test_logs_hold_no_token(tmp_path, certificate):
     server = ServerProcess(tmp_path / "collab.db", extra_args=[
         "--secret", SECRET, "--trusted-proxy", PROXY_ADDRESS, "--allow-host", f"127.0.0.1:{https_port}"])
     logs = tmp_path / "nginx" / "logs"
-    nginx = Nginx(tmp_path / "nginx", site_config(server.port, http_port, https_port, cert, key, logs))
+    proxy = nginx(tmp_path / "nginx", site_config(server.port, http_port, https_port, cert, key, logs))
     admin = Access(SECRET.encode()).admin_token()
     try:
         server.start()
-        nginx.start(https_port)
+        proxy.start(https_port)
         ctx = tls_client_context(cert)
         front = f"https://127.0.0.1:{https_port}"
 
@@ -321,7 +262,7 @@ def test_logs_hold_no_token(tmp_path, certificate):
             opener.open(f"http://127.0.0.1:{http_port}/d/plans?token={view}", timeout=10)
         assert redirect.value.code == 301
     finally:
-        nginx.stop()
+        proxy.stop()
         server.kill()
     access = (logs / "collab.access.log").read_text()
     for path in ("GET /d/plans", "POST /api/docs/plans/restore", "GET /ws/plans", "GET /api/docs/plans/links"):

@@ -63,6 +63,21 @@ def test_a_failing_migration_changes_nothing(tmp_path):
     assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1]
 
 
+def test_a_database_newer_than_this_collab_is_refused_and_left_alone(tmp_path):
+    mig = tmp_path / "migs"
+    mig.mkdir()
+    (mig / "001_ok.sql").write_text("CREATE TABLE a (x INTEGER);")
+    conn = connect_sync(tmp_path / "m.db")
+    assert apply_migrations(conn, mig) == ["001_ok.sql"]
+    with conn:
+        conn.execute("INSERT INTO schema_version VALUES (3, '003_future.sql', 0)")
+    (mig / "002_next.sql").write_text("CREATE TABLE b (x INTEGER);")
+    with pytest.raises(RuntimeError, match="schema version 3, newer than this collab knows \\(2\\)"):
+        apply_migrations(conn, mig)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "b" not in tables, "a migration ran against a database newer than the code"
+
+
 @BOTH_BACKENDS
 async def test_append_load_and_every_version(open_store):
     store = await open_store(snapshot_every=10, keep=7)
