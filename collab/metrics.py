@@ -107,8 +107,8 @@ class Metrics:
         self.bus_published = Counter("collab_bus_published", "Messages published to other processes", registry=r)
         self.errors = Counter("collab_protocol_errors", "Refused frames and requests, by error code",
                               ["code"], registry=r)
-        self.bytes_in = hot.add(Tally("collab_bytes_in", "WebSocket payload bytes received"))
-        self.bytes_out = hot.add(Tally("collab_bytes_out", "WebSocket payload bytes sent"))
+        self.bytes_in = hot.add(Tally("collab_bytes_in", "WebSocket message bytes received (after decompression)"))
+        self.bytes_out = hot.add(Tally("collab_bytes_out", "WebSocket message bytes sent (before compression)"))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
