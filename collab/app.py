@@ -30,7 +30,7 @@ def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     # The guard runs inside error_middleware, so its refusals get the one error shape.
     guard = httpguard.middleware(settings, access_control=settings.load_secret() is not None)
-    app = web.Application(middlewares=[security_headers, error_middleware(metrics.errors), guard],
+    app = web.Application(middlewares=[error_middleware(metrics.errors), guard],
                           client_max_size=settings.max_frame)
     app[SETTINGS] = settings
     httpguard.install(app, settings)
@@ -72,5 +72,6 @@ def create_app(settings: Settings) -> web.Application:
                                         heartbeat=settings.heartbeat, origin_ok=httpguard.origin_check(settings),
                                         max_sockets=settings.max_status_conns))
     app.router.add_static("/static", static / "dist")  # the build's .br/.gz copies go to browsers that take them
+    app.on_response_prepare.append(security_headers)  # on every answer (errors too) but a WebSocket's 101
     app.on_response_prepare.append(static_headers)  # hashed names cached for a year, Vary: Accept-Encoding
     return app

@@ -190,6 +190,7 @@ async def test_security_headers(client):
     assert "script-src 'self'" in h["Content-Security-Policy"]
     assert "style-src 'self'" in h["Content-Security-Policy"]
     assert (await client.get("/api/docs")).headers["Referrer-Policy"] == "no-referrer"  # errors too
+    assert (await client.get("/no/such/route")).headers["X-Frame-Options"] == "DENY"  # the router's 404
 
 
 async def test_editor_page_carries_the_servers_limits(aiohttp_client, tmp_path):
