@@ -300,14 +300,13 @@ class Room:
         """
         token = hashlib.sha256(conn.token.encode()).hexdigest() if conn.token else ""
         owner = self.owners.get(hello.client_id)
-        if owner is not None:
-            key = owner[0]
-            if not proves_owner(owner, hello.resume_key, token, conn.remote):
-                raise ProtocolError("conflict", "this clientID is in use by another client; a client that "
-                                    "reconnects sends the resumeKey of its last welcome", close=CLOSE_PROTOCOL)
+        if owner is not None and not proves_owner(owner, hello.resume_key, token, conn.remote):
+            raise ProtocolError("conflict", "this clientID is in use by another client; a client that "
+                                "reconnects sends the resumeKey of its last welcome", close=CLOSE_PROTOCOL)
         if old is not None and newer_connection(old.opened, old.joined, hello.opened, at):
             raise ProtocolError("conflict", "a newer connection of this client came first", close=CLOSE_REPLACED)
         if owner is not None:
+            key = owner[0]
             self.owners.move_to_end(hello.client_id)
         else:
             key = secrets.token_urlsafe(18)
