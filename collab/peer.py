@@ -369,11 +369,12 @@ class Peer:
         nothing is cut off after that. Whatever happens, the queue is released.
         """
         try:
-            if self.close_code is None:
-                return
+            self.closed = True  # the client closed, or we did: nothing more is queued
             if self.writer is not None:
                 self.writer.cancel()  # it may be waiting for room in the socket; nothing is half-written
                 await asyncio.wait([self.writer])
+            if self.close_code is None:
+                return
             for frame in self.queue if not self.midmessage else ():
                 if frame_size(frame) <= FRAGMENT:  # a large frame not yet started is dropped
                     self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
