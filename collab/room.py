@@ -74,6 +74,16 @@ TURN = 0.005           # seconds of that rebase between two turns of the event l
 _NO_END = 1 << 62   # "up to the newest version" in store reads
 
 
+def check_cap(settings: Settings, name: str, sessions: int, viewer: bool) -> None:
+    """Refuse (rate-limited) one more session of a document that has `sessions` welcomed ones, over
+    --max-conns-per-doc; view sessions leave --reserved-edit-slots (at most half) to editors."""
+    cap = settings.max_conns_per_doc - (min(settings.reserved_edit_slots, settings.max_conns_per_doc // 2)
+                                        if viewer else 0)
+    if sessions >= cap:
+        raise ProtocolError("rate-limited", f"document {name!r} has {cap} connections, "
+                            "the most allowed" + (" for view-only sessions" if viewer else ""))
+
+
 async def _rebase_taking_turns(updates: list[Update], over: list[Update], ends: list[int]) -> list[Update]:
     """rebase.rebase_in_frames, group by group, letting the event loop run every TURN seconds."""
     start, turn_ends = 0, time.perf_counter() + TURN
@@ -238,6 +248,8 @@ class Room:
         # between the welcome's version and the member's registration.
         authorize(self.salt)
         old = self.by_client.get(hello.client_id)
+        # Checked at the handshake too, but sockets opened at once all passed it: counted here for good.
+        check_cap(self.settings, self.name, len(self.members) - (old is not None), conn.role == "view")
         resume_key = self._claim(conn, hello, old, at)
         cluster = self.rooms.cluster
         if cluster is not None:  # a connection of this client at another process closes, if this is it
@@ -893,9 +905,10 @@ class Rooms:
         """What a view session sees instead of a clientID: stable, but not the clientID itself."""
         return "h" + hmac.new(self._hide_key, client_id.encode(), hashlib.sha256).hexdigest()[:20]
 
-    def connections(self, name: str) -> int:
+    def check_cap(self, name: str, viewer: bool) -> None:
+        """`check_cap` for a socket about to open (Room.join checks again when it registers it)."""
         room = self.rooms.get(name)
-        return len(room.members) if room is not None else 0
+        check_cap(self.settings, name, len(room.members) if room is not None else 0, viewer)
 
     def _open(self, name: str) -> Room | None:
         """The open, born room of `name` (an unborn one is no document yet: its name leads nowhere)."""

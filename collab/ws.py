@@ -148,7 +148,14 @@ class Socket(web.WebSocketResponse):
 
 
 class Admission:
-    """Who may open another connection: per-document and per-address counts against their limits."""
+    """Who may open another connection: per-document and per-address counts against their limits.
+
+    An address's connection counts from the moment it passes `check` (`enter`,
+    with no await between) until it ends (`leave`): connections opened at once
+    cannot all pass the check before any of them is counted. A document's count
+    is of its welcomed sessions, checked here first and again by `Room.join`
+    when it registers one (`room.check_cap`).
+    """
 
     def __init__(self, settings: Settings, rooms: Rooms):
         self.settings = settings
@@ -160,10 +167,7 @@ class Admission:
     def check(self, name: str, remote: str, viewer: bool) -> None:
         """Refuse (429) a connection over a limit; view sessions leave --reserved-edit-slots to editors."""
         s = self.settings
-        cap = s.max_conns_per_doc - (min(s.reserved_edit_slots, s.max_conns_per_doc // 2) if viewer else 0)
-        if self.rooms.connections(name) >= cap:
-            raise ProtocolError("rate-limited", f"document {name!r} has {cap} connections, "
-                                "the most allowed" + (" for view-only sessions" if viewer else ""))
+        self.rooms.check_cap(name, viewer)
         if self.per_address.get(remote, 0) >= s.max_conns_per_addr:
             raise ProtocolError("rate-limited", f"{s.max_conns_per_addr} connections from one address "
                                 "is the most allowed")
@@ -189,16 +193,21 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
     remote = client_address(request, admission.trusted)
     token = query_token(request.query_string)
     admission.check(name, remote, viewer=rooms.may_only_view(token))
-    # decode_text=False: text frames arrive as bytes and orjson checks their
-    # UTF-8, so a frame that is not UTF-8 is answered with bad-json like any
-    # other unreadable frame, instead of aiohttp failing the connection (1007).
-    ws = Socket(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None, max_msg_size=settings.max_frame,
-                compress_offers=settings.ws_compress, decode_text=False, timeout=CLOSE_TIMEOUT)
-    await ws.prepare(request)
+    admission.enter(remote)
+    try:
+        # decode_text=False: text frames arrive as bytes and orjson checks their
+        # UTF-8, so a frame that is not UTF-8 is answered with bad-json like any
+        # other unreadable frame, instead of aiohttp failing the connection (1007).
+        ws = Socket(protocols=(protocol.SUBPROTOCOL,), heartbeat=settings.heartbeat or None,
+                    max_msg_size=settings.max_frame, compress_offers=settings.ws_compress, decode_text=False,
+                    timeout=CLOSE_TIMEOUT)
+        await ws.prepare(request)
+    except BaseException:
+        admission.leave(remote)
+        raise
     agreed = ws.agreement
     metrics = rooms.metrics
     metrics.connections.inc()
-    admission.enter(remote)
     peer = Peer(ws, request.transport, "", protocol.DEFAULT_USER, "view", remote, settings.send_buffer,
                 metrics.bytes_out, outbox=admission.outbox, send_timeout=settings.send_timeout, token=token,
                 deflate_min=settings.ws_compress_threshold if agreed else NO_DEFLATE,

@@ -378,7 +378,23 @@ async def test_view_sessions_cannot_fill_a_document_so_editors_get_in(aiohttp_cl
         ws, frame = await hello(client, "doc", tokens["edit"], f"e{k}")
         assert frame["type"] == "welcome"
         editors.append(ws)
-    assert app[ROOMS].connections("doc") == 10
+    assert len(app[ROOMS].rooms["doc"].members) == 10
+
+
+async def test_the_document_cap_holds_when_sessions_arrive_at_once(aiohttp_client, tmp_path):
+    """Was: --max-conns-per-doc (welcomed sessions) was checked only at the handshake, so sockets
+    opened at once all passed it, and then all of them joined."""
+    app = create_app(Settings(db=str(tmp_path / "cap.db"), max_conns_per_doc=4, max_conns_per_addr=100))
+    client = await aiohttp_client(app)
+    sockets = [await client.ws_connect("/ws/doc", protocols=["collab.v1"]) for _ in range(7)]  # nobody in yet
+    for k, ws in enumerate(sockets):
+        await send(ws, {"type": "hello", "clientID": f"c{k}", "version": None, "user": USER})
+    frames = [await recv(ws) for ws in sockets]
+    assert sorted(f["type"] for f in frames) == ["error"] * 3 + ["welcome"] * 4, frames
+    assert {f["code"] for f in frames if f["type"] == "error"} == {"rate-limited"}
+    assert len(app[ROOMS].rooms["doc"].members) == 4
+    for ws in sockets:
+        await ws.close()
 
 
 async def test_joining_a_new_document_counts_against_max_documents(aiohttp_client, tmp_path):
