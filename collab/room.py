@@ -18,7 +18,10 @@ Rules that always hold:
     reloaded from the store on the next join): clients re-push what was not
     acknowledged, and the sequencer's de-duplication keeps it exactly once;
   * the HTTP and WebSocket adapters reach documents only through `Rooms`'
-    public methods and a member's room's `push`, `presence` and `leave`.
+    public methods and a member's room's `push`, `presence` and `leave`;
+  * a room is unloaded (forgotten, and no longer heard about on the bus) only
+    with no members and nothing holding it (`hold`: a join or a restore
+    under way); a join refused after the room loaded leaves it to unload.
 """
 
 from __future__ import annotations
@@ -196,6 +199,7 @@ class Room:
         self.replay_bytes = 0  # bytes of update JSON committed since the last snapshot
         self._doc_json: tuple[int, bytes] | None = None  # (version, the committed text as a JSON string)
         self.unload_timer: asyncio.TimerHandle | None = None
+        self.holds = 0  # joins and API calls under way (hold/unhold): the room is not unloaded meanwhile
         self.broken = False
         self.deleted = False
         self.originals: list[Original] = []  # pushes accepted and not yet durable, in order
@@ -807,9 +811,25 @@ class Room:
         self._remove(member)
         self.release()
 
+    def hold(self) -> None:
+        """A join or an API call uses the room across awaits: it stays loaded until `unhold`.
+
+        Without this, an idle room's unload could forget it while a join waits
+        for history (the member would then sit in a room nobody else joins),
+        or while a restore is diffed (its update would reach nobody).
+        """
+        self.holds += 1
+        if self.unload_timer is not None:
+            self.unload_timer.cancel()
+            self.unload_timer = None
+
+    def unhold(self) -> None:
+        self.holds -= 1
+        self.release()
+
     def release(self) -> None:
-        """Schedule unloading if nobody is connected (after members leave, or after an API call)."""
-        if not self.members and not self.broken and self.unload_timer is None:
+        """Schedule unloading if nobody is connected and nothing holds the room."""
+        if not self.members and not self.holds and not self.broken and self.unload_timer is None:
             self.unload_timer = asyncio.get_running_loop().call_later(
                 self.settings.unload_after, self.rooms.unload_later, self)
 
@@ -999,7 +1019,11 @@ class Rooms:
             conn.role = "view" if role == "view" else "edit"
             conn.admin = role == "admin"
 
-        return await room.join(conn, hello, authorize, at)
+        room.hold()  # a refused join leaves it to unload; an accepted one is a member
+        try:
+            return await room.join(conn, hello, authorize, at)
+        finally:
+            room.unhold()
 
     async def info(self, name: str) -> dict:
         """The document's row (id, name, version, length, updated, created, salt); version as committed now.
@@ -1051,6 +1075,7 @@ class Rooms:
         if room is None:
             raise ProtocolError("not-found", f"no document named {name!r}")
         from . import compute  # the diff runs in a worker process, never on the event loop
+        room.hold()
         try:
             # Diffed against the text at `base`; edits committed meanwhile are rebased over by submit.
             base = room.seq.committed_version
@@ -1059,7 +1084,7 @@ class Rooms:
             return await room.submit(update.client_id, base, [update], author, restored_from=version,
                                      person=person, color=color)
         finally:
-            room.release()
+            room.unhold()
 
     async def reset_links(self, name: str) -> str:
         """A new salt for the document: old share links stop working and their sessions close (1008)."""
@@ -1122,7 +1147,7 @@ class Rooms:
     async def unload(self, room: Room) -> None:
         """Unload an idle document: flush its commits and write a snapshot first."""
         room.unload_timer = None
-        if room.members or self.rooms.get(room.name) is not room:
+        if room.members or room.holds or self.rooms.get(room.name) is not room:
             return
         fut = asyncio.get_running_loop().create_future()
         self._loading[room.name] = fut  # joins wait until the room is safely gone
@@ -1131,9 +1156,9 @@ class Rooms:
         except Exception:
             log.exception("snapshot of document %s failed while unloading", room.name)
         finally:
-            if not room.members:
+            del self._loading[room.name]  # first: forget unwatches only a name nobody is loading
+            if not room.members and not room.holds:
                 self.forget(room)
-            del self._loading[room.name]
             fut.set_result(None)
 
     async def shutdown(self) -> None:

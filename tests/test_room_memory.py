@@ -365,3 +365,95 @@ async def test_opened_orders_only_hellos_read_close_together_and_only_proven_one
     assert old.closed_with[0] == CLOSE_REPLACED and room.by_client["c"] is member and not reloaded.closed
     room.taken_elsewhere("c", {"t": "", "a": "127.0.0.1", "at": late + OPENED_WINDOW + 1, "o": 3_000})
     assert reloaded.closed_with[0] == CLOSE_REPLACED  # far apart: by when they were read
+
+# ---------------------------------------------------------------- races and leaks (found in review)
+
+class FakeCluster:
+    """The bus as a room registry sees it: which documents it hears about; the rest is a no-op."""
+
+    def __init__(self):
+        self.watched: set[str] = set()
+
+    async def watch(self, name: str) -> None:
+        self.watched.add(name)
+
+    def unwatch(self, name: str) -> None:
+        self.watched.discard(name)
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+async def _until(predicate, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        await asyncio.sleep(0.001)
+
+
+async def _typed(room, member, count: int) -> None:
+    """`count` one-character pushes by `member`, each made durable before the next."""
+    for v in range(count):
+        await room.push(member, push_msg(v, member.conn.client_id, ([v] if v else []) + [[0, "x"]]))
+        await room.settled()
+
+
+async def test_a_refused_join_does_not_keep_the_document_loaded(tmp_path):
+    """Was: a join refused after the room was loaded (a bad token) left it loaded with no unload timer,
+    so anyone could load every document into memory by guessing names."""
+    settings = Settings(db=str(tmp_path / "m.db"), unload_after=0.0)
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store, access=Access(b"s" * 32))
+    try:
+        for k in range(3):
+            await store.create_document(f"d{k}", text="x" * 1000)
+            with pytest.raises(ProtocolError) as refused:
+                await rooms.join(f"d{k}", FakeConn("a"), hello("a"), token="ebogus")
+            assert refused.value.code == "forbidden"
+        await asyncio.sleep(0.2)
+        assert rooms.rooms == {}
+    finally:
+        await rooms.shutdown()
+        await store.close()
+
+
+async def test_unloading_a_room_stops_hearing_about_it_on_the_bus(world):
+    """Was: the unload forgot the room while its own loading entry stood, which kept the bus
+    subscription: every document a process ever opened stayed subscribed."""
+    settings, store, rooms = world
+    rooms.cluster = FakeCluster()
+    for k in range(3):
+        member = await rooms.join(f"d{k}", FakeConn("a"), hello("a"), token=None)
+        assert f"d{k}" in rooms.cluster.watched
+        member.room.leave(member)
+    await asyncio.sleep(0.2)
+    assert rooms.rooms == {} and rooms.cluster.watched == set()
+
+
+async def test_a_join_waiting_for_history_keeps_its_room_from_unloading(tmp_path):
+    """Was: the last member left (unload timer), a resume that had to read older history from the store
+    waited, the room unloaded meanwhile, and the join registered in the forgotten room: the next
+    member loaded a second one, and the first never heard of its edits."""
+    settings = Settings(db=str(tmp_path / "m.db"), unload_after=0.0, keep_updates=5)
+    store = await Store(settings.db, keep=5).open()
+    rooms = Rooms(settings, store, clock=lambda: 1.0)
+    try:
+        await store.create_document("doc")
+        a = FakeConn("a")
+        member = await rooms.join("doc", a, hello("a"), token=None)
+        room = member.room
+        await _typed(room, member, 12)
+        await room.flush()  # the snapshot is at the head: an unload has nothing left to wait for
+        room.leave(member)
+        b = FakeConn("b")
+        resumed = await rooms.join("doc", b, hello("b", version=2), token=None)  # older than the log
+        assert rooms.rooms.get("doc") is resumed.room
+        c = FakeConn("c")
+        other = await rooms.join("doc", c, hello("c"), token=None)
+        assert other.room is resumed.room
+        await other.room.push(other, push_msg(12, "c", [[0, "C"], 12]))
+        await other.room.settled()
+        assert [f["from"] for f in b.of("updates")][-1] == 12
+    finally:
+        await rooms.shutdown()
+        await store.close()
