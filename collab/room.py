@@ -21,7 +21,9 @@ Rules that always hold:
     public methods and a member's room's `push`, `presence` and `leave`;
   * a room is unloaded (forgotten, and no longer heard about on the bus) only
     with no members and nothing holding it (`hold`: a join or a restore
-    under way); a join refused after the room loaded leaves it to unload.
+    under way); a join refused after the room loaded leaves it to unload;
+  * the sequencer takes a push only while no catch-up runs (`_ready`), and
+    `settled` waits for a catch-up's pushes too.
 """
 
 from __future__ import annotations
@@ -351,7 +353,7 @@ class Room:
         if self.doc_id is None:
             await self._be_born()
         if not self._ready.is_set():
-            await self._ready.wait()  # another writer's updates first
+            await self._until_ready()  # another writer's updates first
         if conn.closed:
             # The connection is ending (shutdown, a takeover, too far behind): this push was never
             # acknowledged, so its client pushes it again when it is back.
@@ -382,8 +384,13 @@ class Room:
             self.salt = info["salt"] if info else self.salt
             self.doc_id = doc_id
 
-    async def _sequence(self, o: Original) -> bool:
+    async def _sequence(self, o: Original, catching: bool = False) -> bool:
         """Hand `o` to the sequencer (reading older history if it needs it); whether it produced updates.
+
+        The sequencer takes it only while no catch-up runs (`_ready`), unless
+        this is the catch-up sequencing its pushes again (`catching`): one that
+        began while this push waited for history or took turns rolled the
+        sequencer back and moves it on, so the push waits for it to end.
 
         A push far behind (more than HEAVY_REBASE update-frame pairs: a client
         back from a long time offline) is first rebased up to the committed
@@ -400,6 +407,10 @@ class Room:
                     base, over, ends = self.seq.committed_part(o.client_id, version, updates, history)
                     updates = await _rebase_taking_turns(updates, over, ends)
                     version, history = base, None
+                    if self.broken:
+                        return False
+                if not catching and not self._ready.is_set():
+                    await self._until_ready()
                     if self.broken:
                         return False
                 accepted = self.seq.push(o.client_id, version, updates, o.author, o.time, history,
@@ -423,6 +434,11 @@ class Room:
         self._settled.clear()
         return True
 
+    async def _until_ready(self) -> None:
+        """Wait until no catch-up runs (one may begin again between its end and this task's turn)."""
+        while not self._ready.is_set():
+            await self._ready.wait()
+
     def _spend(self, member: Member, n: int) -> None:
         """Take `n` updates from the member's and the document's budgets, or refuse the push (rate-limited)."""
         if not n:
@@ -441,20 +457,25 @@ class Room:
         """A server-made push (a restore): sequenced like any other; returns its version once durable."""
         if not self.rooms.disk.ok():
             raise ServerError("the server's disk is nearly full, so nothing can be saved for now")
-        if not self._ready.is_set():
-            await self._ready.wait()
+        await self._until_ready()
         done = asyncio.get_running_loop().create_future()
         original = Original(None, client_id, version, updates, author, self.rooms.clock(), restored_from, done)
         original.person, original.color = person, color
-        if not await self._sequence(original):
+        sequenced = not self.broken and await self._sequence(original)
+        if self.broken:  # it failed meanwhile: nothing would ever commit this
+            raise ServerError("the document could not be saved; try again")
+        if not sequenced:
             return self.seq.committed_version
         self.store.schedule(self)
         return await done
 
     async def settled(self) -> None:
         """Return once every push accepted so far is durable (raises ServerError if it cannot be saved)."""
-        while self.originals and not self.broken:
-            await self._settled.wait()
+        while (self.originals or self._catching is not None) and not self.broken:
+            if self._catching is not None:  # it holds pushes out of `originals` while it sequences them again
+                await asyncio.wait([self._catching])
+            else:
+                await self._settled.wait()
         if self.broken:
             raise ServerError("the document could not be saved")
 
@@ -590,11 +611,14 @@ class Room:
                         return
                     self._apply_committed(head, updates, ends)
                 originals, self.originals = self.originals, []
-                for o in originals:
+                for k, o in enumerate(originals):
                     try:
-                        await self._sequence(o)
+                        await self._sequence(o, catching=True)
                     except ProtocolError as exc:
                         self._refused(o, exc)
+                    except BaseException:
+                        self.originals += originals[k:]  # not sequenced again: _fail tells their senders
+                        raise
                 if not self.originals:
                     self._settled.set()
                 if undone or self.seq.pending:
