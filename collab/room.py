@@ -692,10 +692,10 @@ class Room:
         if msg.version > self.seq.committed_version:
             raise ProtocolError("bad-version", f"presence is at version {msg.version}, but the document "
                                 f"is at version {self.seq.committed_version}")
-        limit = self.seq.length_at(msg.version) if msg.version >= self.seq.log_from else None
-        if limit is None:
+        ranges = self._clamped(msg.version, msg.ranges)
+        if ranges is None:
             return  # too old to map: a newer one will follow
-        member.presence = (msg.version, [(min(a, limit), min(h, limit)) for a, h in msg.ranges])
+        member.presence = (msg.version, ranges)
         self.dirty[member.session] = member
         self._schedule_presence()
 
@@ -761,6 +761,13 @@ class Room:
         if self.dirty or len(self.remote_dirty) > len(held):
             self.presence_timer = loop.call_later(self.settings.presence_interval, self._flush_presence)
 
+    def _clamped(self, version: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
+        """Selection ranges at committed `version`, kept inside its text; None if it is too old to know."""
+        if version < self.seq.log_from:
+            return None
+        limit = self.seq.length_at(version)
+        return [(min(a, limit), min(h, limit)) for a, h in ranges]
+
     def local_presence(self) -> list[dict]:
         """Our own members' cursors (for the periodic republish to other processes)."""
         return [obj for obj in (self._presence_object(m) for m in self.members.values() if m.presence) if obj]
@@ -770,7 +777,8 @@ class Room:
         entry = self.remote_peers.get(session)
         if entry is None or entry[2] > self.seq.committed_version:
             return None
-        mapped = self.seq.map_ranges(entry[3], entry[2], self.seq.committed_version)
+        ranges = self._clamped(entry[2], entry[3])  # it may have come at a version we had not reached then
+        mapped = None if ranges is None else self.seq.map_ranges(ranges, entry[2], self.seq.committed_version)
         if mapped is None:
             return None
         entry[2], entry[3] = self.seq.committed_version, mapped
@@ -790,10 +798,9 @@ class Room:
             if session in self.members:
                 continue
             if version <= self.seq.committed_version:
-                limit = self.seq.length_at(version) if version >= self.seq.log_from else None
-                if limit is None:
+                ranges = self._clamped(version, ranges)
+                if ranges is None:
                     continue
-                ranges = [(min(a, limit), min(h, limit)) for a, h in ranges]
             shown = {"name": str(user.get("name", ""))[:protocol.MAX_NAME], "color": str(user.get("color", "#888888"))[:9]}
             if type(user.get("person")) is str:
                 shown["person"] = user["person"][:64]

@@ -525,6 +525,26 @@ async def test_a_push_that_waited_for_history_waits_out_a_catch_up_begun_meanwhi
         await store.close()
 
 
+async def test_another_process_cursor_at_a_future_version_is_kept_inside_the_text(world):
+    """Was: a cursor from another process at a version we had not reached was kept unclamped; once we
+    reached it, mapping it raised (joins refused with bad-changes, the commit's fan-out broken) or,
+    at exactly that version, it went out past the end of the text (a stock client throws on that)."""
+    settings, store, rooms = world
+    member = await rooms.join("doc", FakeConn("a"), hello("a"), token=None)
+    room = member.room
+    room.remote_presence("other", [{"session": "x", "user": {"name": "X"}, "version": 1,
+                                    "ranges": [{"anchor": 1000, "head": 1000}]}], 0.0)
+    for version in (0, 1):  # reached exactly, then passed
+        await room.push(member, push_msg(version, "a", [[0, "hi"]] + ([2] if version else [])))
+        await asyncio.wait_for(room.settled(), 2.0)
+        b = FakeConn(f"b{version}")
+        await rooms.join("doc", b, hello(f"b{version}"), token=None)
+        [welcome] = b.of("welcome")
+        length = room.seq.text.length
+        [cursor] = [p for p in welcome["peers"] if p["session"] == "x"]
+        assert all(0 <= r[k] <= length for r in cursor["ranges"] for k in ("anchor", "head")), (cursor, length)
+
+
 async def test_settled_waits_for_the_pushes_a_catch_up_is_sequencing_again(tmp_path):
     """Was: a catch-up takes the pending pushes out of `originals` while it sequences them again, and
     settled() (a flush: unloading, shutdown) returned while one of them still waited for history."""
