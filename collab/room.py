@@ -453,11 +453,20 @@ class Room:
                                 f"updates a second; push again in {self.bucket.wait(n):.1f} s")
 
     async def submit(self, client_id: str, version: int, updates: list[Update], author: str,
-                     restored_from: int | None = None, person: str | None = None, color: str | None = None) -> int:
-        """A server-made push (a restore): sequenced like any other; returns its version once durable."""
+                     restored_from: int | None = None, person: str | None = None, color: str | None = None,
+                     authorize: Callable[[str], None] | None = None) -> int:
+        """A server-made push (a restore): sequenced like any other; returns its version once durable.
+
+        `authorize(salt)`, if given, runs after the wait for a catch-up, right
+        before the push is sequenced (raising refuses it).
+        """
         if not self.rooms.disk.ok():
             raise ServerError("the server's disk is nearly full, so nothing can be saved for now")
         await self._until_ready()
+        if self.deleted:
+            raise ProtocolError("not-found", f"document {self.name!r} was deleted")
+        if authorize is not None:
+            authorize(self.salt)
         done = asyncio.get_running_loop().create_future()
         original = Original(None, client_id, version, updates, author, self.rooms.clock(), restored_from, done)
         original.person, original.color = person, color
@@ -1098,8 +1107,13 @@ class Rooms:
     # -------------------------------------------------------------- changes
 
     async def restore(self, name: str, version: int, author: str, person: str | None = None,
-                      color: str | None = None) -> int:
-        """One ordinary update turning the current text into the text at `version`; its new version."""
+                      color: str | None = None, authorize: Callable[[str], None] | None = None) -> int:
+        """One ordinary update turning the current text into the text at `version`; its new version.
+
+        `authorize(salt)` checks the caller's rights again against the current
+        salt just before the update is sequenced (the diff takes a while: a
+        link reset meanwhile refuses the restore), as `join` does.
+        """
         info = await self.info(name)
         old = await self.text_at(info, version)
         room = await self._get(name, create=False)
@@ -1113,7 +1127,7 @@ class Rooms:
             changes = await compute.restore_changes(room.seq.committed_text(), old)
             update = Update(f"restore-{secrets.token_hex(6)}", changes)
             return await room.submit(update.client_id, base, [update], author, restored_from=version,
-                                     person=person, color=color)
+                                     person=person, color=color, authorize=authorize)
         finally:
             room.unhold()
 

@@ -141,6 +141,34 @@ async def test_reset_links_invalidates_old_tokens_and_sessions(client):
     assert not admin_session.closed
 
 
+async def test_a_restore_under_way_when_the_links_are_reset_is_refused(client, monkeypatch):
+    """Was: the edit token was checked when the restore began, not when its diff was ready: a restore
+    running while the admin reset the links still changed the document with the revoked link."""
+    from collab import compute
+    tokens = await make_doc(client, text="hello")
+    ws, _ = await hello(client, "doc", tokens["edit"], "typist")
+    await send(ws, {"type": "push", "version": 1, "updates": [{"clientID": "typist", "changes": [5, [0, " world"]]}]})
+    await recv_type(ws, "updates")
+    await ws.close()
+    diffed, go_on, diff = asyncio.Event(), asyncio.Event(), compute.restore_changes
+
+    async def slow_diff(current, target):
+        diffed.set()
+        await go_on.wait()
+        return await diff(current, target)
+
+    monkeypatch.setattr(compute, "restore_changes", slow_diff)
+    restore = asyncio.ensure_future(client.post("/api/docs/doc/restore", json={"version": 1},
+                                                headers={"Authorization": f"Bearer {tokens['edit']}"}))
+    await asyncio.wait_for(diffed.wait(), 5)
+    resp = await client.post("/api/docs/doc/links/reset", json={}, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert resp.status == 200
+    go_on.set()
+    resp = await restore
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden"
+    assert await stored(client) == "hello world"
+
+
 async def test_admin_lists_creates_and_deletes(client):
     await make_doc(client, "one")
     await make_doc(client, "two")
