@@ -61,7 +61,7 @@ from typing import Awaitable, Callable, Hashable
 
 from .changes import ChangeSet
 from .errors import ProtocolError, ServerError
-from .history import Authorship, diff_changes, replay, spans_json
+from .history import Authorship, diff_changes, replay, run_count, spans_json
 
 WORKERS = 1                 # worker processes (the server's other core stays with the event loop)
 QUEUE = 8                   # jobs that may wait for a worker; more are refused (busy)
@@ -391,6 +391,10 @@ async def authorship(owner: object, doc_id: int, version: int, every: int, *,
             saved = checkpoints[-1][0]
         start = batch[-1][0]
         cache.put(doc, start, spans, runs)
+    if runs is None and len(spans) > 7 * AUTHORS_MAX_RUNS:
+        # The stored spans of this very version, nothing replayed: their count is not known. A run takes
+        # 7 bytes of JSON at least ([1,""] and a comma), so only spans this long can hold too many.
+        runs = await pool().run(run_count, spans, timeout=time_left(), what="the authorship count")
     authors = Authorship.from_json(spans, runs)
     if runs is not None and runs > AUTHORS_MAX_RUNS:
         raise ProtocolError("too-large", f"the authorship of version {version} has {runs:,} runs; "

@@ -522,6 +522,11 @@ class Authorship:
         return f"Authorship({self.to_list()!r})"
 
 
+def run_count(runs: bytes | str) -> int:
+    """How many runs the stored runs JSON holds."""
+    return len(orjson.loads(runs))
+
+
 def spans_json(runs: bytes) -> bytes:
     """The /authors answer's spans, [{"from", "to", "author"}, ...], as JSON, from the stored runs JSON."""
     return orjson.dumps(Authorship.from_json(runs).spans())

@@ -13,6 +13,7 @@ unchanged.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import orjson
@@ -420,6 +421,24 @@ async def test_authors_answers_runs_and_refuses_cleanly_over_its_budgets(client,
     await nap
     resp = await client.get("/api/docs/d/authors?version=23")
     assert resp.status == 200 and len((await resp.json())["spans"]) == 23
+
+
+async def test_authors_at_a_stored_checkpoint_is_refused_over_its_budget_too(client, monkeypatch, tmp_path):
+    """Was: asked for exactly a version whose spans were stored (a checkpoint), nothing was replayed, the
+    run count stayed unknown, and the answer went out however many runs it held."""
+    version = await two_authors(client)
+    assert (await client.get("/api/docs/d/authors")).status == 200  # the replay stores checkpoints
+    with sqlite3.connect(tmp_path / "h.db") as db:
+        stored = [v for (v,) in db.execute("SELECT version FROM authorship ORDER BY version")]
+    assert [v for v in stored if 4 < v < version], stored
+    monkeypatch.setattr(compute, "AUTHORS_MAX_RUNS", 3)
+    for v in stored:
+        if 4 < v < version:
+            resp = await client.get(f"/api/docs/d/authors?version={v}")
+            assert resp.status == 413, (v, await resp.text())
+            assert f"has {v} runs" in (await resp.json())["error"]["message"]
+    resp = await client.get("/api/docs/d/authors?version=3")  # within the budget: answered
+    assert resp.status == 200 and len((await resp.json())["spans"]) == 3
 
 
 async def test_a_refused_restore_leaves_the_document_as_it_was(client, small_pool, monkeypatch):
