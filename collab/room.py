@@ -986,6 +986,7 @@ class Rooms:
             await asyncio.shield(pending)
         fut = asyncio.get_running_loop().create_future()
         self._loading[name] = fut
+        room = None
         try:
             if self.cluster is not None:
                 await self.cluster.watch(name)  # before the load: nothing committed after it is missed
@@ -1003,6 +1004,8 @@ class Rooms:
             return room
         finally:
             del self._loading[name]
+            if room is None and self.cluster is not None:
+                self.cluster.unwatch(name)  # no such document (or the load failed): nothing to hear about
             fut.set_result(None)
 
     def arrive(self, name: str, conn: Connection) -> None:

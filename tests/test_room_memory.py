@@ -431,6 +431,25 @@ async def test_unloading_a_room_stops_hearing_about_it_on_the_bus(world):
     assert rooms.rooms == {} and rooms.cluster.watched == set()
 
 
+async def test_asking_for_a_document_that_does_not_exist_leaves_no_bus_subscription(tmp_path):
+    """Was: the registry subscribed to a document's channel before loading it, and kept the
+    subscription when there was no such document: any hello for a made-up name, without a valid
+    token, added one for good."""
+    settings = Settings(db=str(tmp_path / "m.db"), unload_after=0.0)
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store, access=Access(b"s" * 32))
+    rooms.cluster = FakeCluster()
+    try:
+        for k in range(3):
+            with pytest.raises(ProtocolError) as refused:
+                await rooms.join(f"made-up-{k}", FakeConn("a"), hello("a"), token="ebogus")
+            assert refused.value.code == "forbidden"
+        assert rooms.rooms == {} and rooms.cluster.watched == set()
+    finally:
+        await rooms.shutdown()
+        await store.close()
+
+
 async def test_a_join_waiting_for_history_keeps_its_room_from_unloading(tmp_path):
     """Was: the last member left (unload timer), a resume that had to read older history from the store
     waited, the room unloaded meanwhile, and the join registered in the forgotten room: the next
