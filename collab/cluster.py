@@ -207,8 +207,11 @@ class Cluster:
                 except Exception as exc:  # noqa: BLE001 - Redis down: drop it, the checks catch up
                     log.debug("cluster: publish failed: %s", exc)
                     self._set_up(False)
+                    # The subscriber goes too: only its reconnection says Redis is back (up), and while
+                    # we are down nothing else asks (the check loop pings only while up).
                     client, self._publisher_client = self._publisher_client, None
-                    await _close_quietly(client)
+                    pubsub, self._pubsub = self._pubsub, None
+                    await _close_quietly(client, pubsub)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 0.5)
                     break  # at most once: this message is dropped
@@ -240,8 +243,16 @@ class Cluster:
         pubsub = client.pubsub()
         self._confirmed.clear()
         await pubsub.subscribe(PREFIX + "\0hello")  # a connection with at least one subscription
-        for ch in list(self._channels):
-            await pubsub.subscribe(ch)
+        subscribed: set[str] = set()
+        while True:  # rooms open (watch) and close (unwatch) meanwhile, seeing no pubsub yet: until it holds
+            missing, stale = self._channels - subscribed, subscribed - self._channels
+            if not missing and not stale:
+                break
+            for ch in missing:
+                await pubsub.subscribe(ch)
+            if stale:
+                await pubsub.unsubscribe(*stale)
+            subscribed = (subscribed | missing) - stale
         self._pubsub = pubsub
         self._set_up(True)
 
@@ -318,16 +329,22 @@ class Cluster:
                     await _close_quietly(client, pubsub)
 
     async def check(self) -> None:
-        """Read the database's version of every open document; a room behind it catches up."""
+        """Read the database's head of every open document: a room behind it catches up, and one whose
+        links were reset, or that was deleted or renamed, elsewhere ends its sessions as the news would
+        have (the news is at most once: this is what makes it sure, with Redis or without)."""
         rooms = [r for r in self.rooms.rooms.values() if not r.broken and r.doc_id is not None]
         if not rooms:
             return
         heads = await self.rooms.store.heads([r.doc_id for r in rooms])
         for room in rooms:
             head = heads.get(room.doc_id)
-            if head is None:
+            if head is None or head[2] != room.name:
                 self.rooms.spawn(self.rooms.revoked_elsewhere(room.name, True))
-            elif head > room.seq.committed_version and not room.broken:
+                continue
+            version, salt, _ = head
+            if salt != room.salt:
+                self.rooms.spawn(self.rooms.revoked_elsewhere(room.name, False))
+            if version > room.seq.committed_version and not room.broken:
                 room.catch_up()
 
     async def _presence_loop(self) -> None:

@@ -640,14 +640,14 @@ class Store(GroupWriter):
             "SELECT version FROM updates WHERE doc_id = ? AND version > ? AND version < ? AND frame_end = 1 "
             "ORDER BY version", (doc_id, since, until)).fetchall())]
 
-    async def heads(self, doc_ids: list[int]) -> dict[int, int]:
-        """The committed version of each of these documents (one query; deleted ones are missing)."""
-        def fn(conn: sqlite3.Connection) -> dict[int, int]:
+    async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:
+        """(committed version, salt, name) of each of these documents (deleted ones are missing)."""
+        def fn(conn: sqlite3.Connection) -> dict[int, tuple[int, str, str]]:
             out = {}
             for k in range(0, len(doc_ids), 500):
                 chunk = doc_ids[k:k + 500]
-                out.update(conn.execute(f"SELECT id, version FROM documents WHERE id IN ({','.join('?' * len(chunk))})",
-                                        chunk).fetchall())
+                out.update((row[0], row[1:]) for row in conn.execute(
+                    f"SELECT id, version, salt, name FROM documents WHERE id IN ({','.join('?' * len(chunk))})", chunk))
             return out
 
         return await self._read(fn) if doc_ids else {}

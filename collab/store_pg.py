@@ -881,13 +881,13 @@ class PgStore(GroupWriter):
             "ORDER BY version", doc_id, since, until))
         return [r[0] for r in rows]
 
-    async def heads(self, doc_ids: list[int]) -> dict[int, int]:
-        """The committed version of each of these documents (one query; deleted ones are missing)."""
+    async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:
+        """(committed version, salt, name) of each of these documents (one query; deleted ones are missing)."""
         if not doc_ids:
             return {}
         rows = await self._read(lambda conn: conn.fetch(
-            "SELECT id, version FROM documents WHERE id = ANY($1::bigint[])", list(doc_ids)))
-        return {row[0]: row[1] for row in rows}
+            "SELECT id, version, salt, name FROM documents WHERE id = ANY($1::bigint[])", list(doc_ids)))
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
     async def authorship(self, doc_id: int, version: int) -> Authorship:
         """Who wrote each character of the text at `version`: compute.authorship replays the update

@@ -325,7 +325,9 @@ async def test_two_writers_on_one_database_never_fork_the_log_nor_deadlock(open_
             else:
                 assert isinstance(result, VersionConflict) and (result.expected, result.found) == (r, r + 1), result
         assert len(wins[d1]) == len(wins[d2]) == r + 1, (r, results)
-    assert await one.heads([d1, d2, 999]) == {d1: 25, d2: 25}, "heads: the committed versions, the missing left out"
+    heads = await one.heads([d1, d2, 999])
+    assert {k: v[0] for k, v in heads.items()} == {d1: 25, d2: 25}, "heads: the committed versions, the missing left out"
+    assert [heads[d][1:] for d in (d1, d2)] == [((await one.document(n))["salt"], n) for n in ("d1", "d2")], heads
     assert await one.heads([]) == {}
     for d in (d1, d2):
         assert [u.client_id for u in await two.updates(d, 0, 25)] == wins[d]

@@ -1,0 +1,151 @@
+"""cluster.Cluster in one process: the database check, and the Redis connections' own state.
+
+Two registries (`Rooms`) on one SQLite file stand for two processes on one
+database (SQLite is enough for what is checked here: `Cluster.check` reads
+heads, whatever the store); a real `redis-server` (tests/clusterproc.py) where
+the bus itself is tested. The cluster tests (test_cluster.py) run the same
+code in real processes on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from clusterproc import RedisServer
+from collab.access import Access
+from collab.cluster import Cluster, channel
+from collab.errors import CLOSE_POLICY, ProtocolError
+from collab.room import Rooms
+from collab.settings import Settings
+from collab.store import Store
+from test_room_memory import FakeConn, hello
+
+SECRET = b"a secret for the bus tests"
+
+
+async def until(predicate, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def two(tmp_path):
+    """Two registries ("processes") on one database; the second has a Cluster without Redis."""
+    settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0, secret=SECRET.decode())
+    stores = [await Store(settings.db).open(), await Store(settings.db).open()]
+    here, there = (Rooms(settings, store, access=Access(SECRET)) for store in stores)
+    there.cluster = Cluster(there, None)
+    yield here, there
+    for rooms, store in zip((here, there), stores):
+        await rooms.shutdown()
+        await store.close()
+
+
+async def test_links_reset_elsewhere_end_the_sessions_here_by_the_database_check_alone(two):
+    """Was: the check compared versions only, so a link reset at another process reached this one only
+    by its Redis message (none without --redis; a lost one with it): sessions of the revoked link
+    stayed, and new joins with it were let in for as long as the document stayed open here."""
+    here, there = two
+    await here.create("doc", "hello")
+    salt = (await here.store.document("doc"))["salt"]
+    old_link = here.access.doc_token("doc", "edit", salt)
+    conn = FakeConn("a")
+    await there.join("doc", conn, hello("a"), token=old_link)
+    await here.reset_links("doc")  # at the other process; its news never comes
+    await there.cluster.check()
+    await until(lambda: conn.closed, "the session's end")
+    assert conn.closed_with[0] == CLOSE_POLICY
+    with pytest.raises(ProtocolError) as refused:
+        await there.join("doc", FakeConn("b"), hello("b"), token=old_link)
+    assert refused.value.code == "forbidden"
+
+
+async def test_a_document_renamed_elsewhere_closes_here_and_its_old_name_is_free(two):
+    """Was: the check knew documents by id, and a rename elsewhere went unnoticed here without its
+    news: this process went on serving the document under its old name."""
+    here, there = two
+    await here.create("old", "hello")
+    admin = here.access.admin_token()
+    conn = FakeConn("a")
+    member = await there.join("old", conn, hello("a"), token=admin)
+    await here.rename("old", "new")
+    await there.cluster.check()
+    await until(lambda: conn.closed, "the session's end")
+    assert conn.closed_with[0] == CLOSE_POLICY and there.rooms.get("old") is not member.room
+    assert channel("old") not in there.cluster._channels
+
+
+@pytest.fixture
+async def bus(tmp_path):
+    """A Cluster on a real Redis, over a registry on a SQLite file; started, stopped at the end."""
+    redis = RedisServer(workdir=tmp_path / "redis").start()
+    settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0)
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store)
+    cluster = rooms.cluster = Cluster(rooms, redis.url, check_every=0.2, poll_every=0.1)
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+        await rooms.shutdown()
+        await store.close()
+        redis.stop()
+
+
+class BrokenPublisher:
+    """A publisher connection that fails (a Redis that stalled past the publisher's timeout, say)."""
+
+    async def publish(self, *args):
+        raise ConnectionError("stalled")
+
+    async def aclose(self):
+        pass
+
+
+async def test_a_failed_publish_does_not_leave_the_bus_down_while_redis_answers(bus):
+    """Was: a failed publish set the bus down, and only the subscriber's reconnection set it up again;
+    a subscriber that stayed healthy never reconnected, and the check loop pings only while up: the
+    bus stayed down for good (rooms opened later were never subscribed, collab_bus_up stayed 0)."""
+    await bus.start()
+    await until(lambda: bus.up, "the bus coming up")
+    bus._publisher_client = BrokenPublisher()
+    bus.publish_leave("doc", ["s"])
+    await until(lambda: not bus.up, "the failed publish being noticed")
+    await until(lambda: bus.up, "the bus coming up again", timeout=10)
+
+
+async def test_a_room_opened_while_the_subscriber_connects_is_subscribed(bus):
+    """Was: the subscriber's (re)connection subscribed a snapshot of the channels and published its
+    pubsub only afterwards; a room opened meanwhile saw no pubsub, only added its channel, and was
+    never subscribed until the next reconnection."""
+    await bus.watch("first")
+    client = bus._client
+
+    def hooked(**options):
+        made = client(**options)
+        make_pubsub = made.pubsub
+
+        def pubsub():
+            ps = make_pubsub()
+            subscribe = ps.subscribe
+
+            async def subscribing(*channels):
+                await subscribe(*channels)
+                if channel("first") in channels:
+                    await bus.watch("late")  # a room opens while the connection is being set up
+
+            ps.subscribe = subscribing
+            return ps
+
+        made.pubsub = pubsub
+        return made
+
+    bus._client = hooked
+    await bus._connect()
+    subscribed = {ch.decode() if isinstance(ch, bytes) else ch for ch in bus._pubsub.channels}
+    assert {channel("first"), channel("late")} <= subscribed, subscribed
