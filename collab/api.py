@@ -391,6 +391,9 @@ class Api:
     async def set_checkpoint(self, request: web.Request) -> web.Response:
         """Name a version {"version", "name"} (a checkpoint in the history); "name": null takes it away."""
         info = await self._doc(request, "edit")
+        httpguard.limit_writes(request, token_of(request))
+        if not self.rooms.disk.ok():
+            raise ServerError("the server's disk is nearly full, so nothing can be saved for now")
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
         label = body.get("name")

@@ -439,6 +439,8 @@ async def test_a_nearly_full_disk_refuses_writes_cleanly_and_reads_go_on(aiohttp
     assert (await (await client.get("/api/docs/doc")).json())["doc"] == "kept"
     assert (await client.post("/api/docs/doc/restore", json={"version": 0})).status == 503
     assert (await client.post("/api/docs", json={"name": "new"})).status == 503
+    assert (await client.post("/api/docs/doc/checkpoints", json={"version": 1, "name": "n"})).status == 503
+    assert (await (await client.get("/api/docs/doc/checkpoints")).json())["checkpoints"] == []
     other, frame = await hello(client, "new-doc", "", "n")  # a visit makes nothing; the first edit would
     assert frame["type"] == "welcome"
     await send(other, {"type": "push", "version": 0, "updates": [{"clientID": "n", "changes": [[0, "new"]]}]})

@@ -295,7 +295,7 @@ async def test_fork_and_restore_are_rate_limited_per_token_and_per_address(aioht
     settings = settings_for(tmp_path, secret=SECRET, write_rate=6, write_burst=2, trusted_proxy="127.0.0.1")
     client = await aiohttp_client(create_app(settings))
     edit = {}
-    for name in ("t", "a1", "a2", "a3"):
+    for name in ("t", "a1", "a2", "a3", "c"):
         edit[name] = (await make(client, name, ADMIN))["links"]["edit"].split("token=")[1]
 
     async def restore(doc, address):
@@ -315,6 +315,10 @@ async def test_fork_and_restore_are_rate_limited_per_token_and_per_address(aioht
                                    headers={"X-Forwarded-For": "10.0.2.1"})).status for _ in range(3)]
     assert statuses == [201, 201, 429]
     assert (await restore("a3", "10.0.3.1")).status == 200  # other buckets are untouched
+    # Naming versions too (was: not limited at all, each answer the whole list).
+    statuses = [(await client.post(f"/api/docs/c/checkpoints?token={edit['c']}", json={"version": 0, "name": f"n{k}"},
+                                   headers={"X-Forwarded-For": "10.0.4.1"})).status for k in range(3)]
+    assert statuses == [200, 200, 429]
 
 
 async def test_status_ws_checks_the_origin_and_caps_connections(aiohttp_client, tmp_path):
