@@ -35,15 +35,18 @@ class Copied:
     version: int
     salt: str
     rows: dict[str, int] = field(default_factory=dict)       # rows copied per table
-    readable: list[int] = field(default_factory=list)        # versions a sample may read (see readable_versions)
+    first_update: int | None = None  # the oldest kept update row's version (None: no rows)
+    snapshots: list[int] = field(default_factory=list)       # the versions of its snapshots (one per many updates)
 
 
-def readable_versions(version: int, first_update: int | None, snapshots: list[int]) -> list[int]:
-    """Versions that must read back: the head, every snapshot, and everything the kept update rows rebuild."""
-    out = set(snapshots) | {version}
-    if first_update is not None:
-        out |= set(range(first_update - 1, version + 1))
-    return sorted(v for v in out if 0 <= v <= version)
+def sample_readable(c: Copied, k: int, rng: random.Random) -> list[int]:
+    """Up to `k` distinct versions below the head that must read back, drawn evenly: every snapshot, and
+    everything the kept update rows rebuild. The kept range is never listed (a long history would hold
+    a Python int per version): a draw is an index into it, or into the snapshots outside it."""
+    lo = max(0, c.first_update - 1) if c.first_update is not None else c.version
+    extra = sorted({v for v in c.snapshots if 0 <= v < c.version and not lo <= v < c.version})
+    span = c.version - lo
+    return [lo + i if i < span else extra[i - span] for i in rng.sample(range(span + len(extra)), min(k, span + len(extra)))]
 
 
 async def copy_view(view: StorageView, target: Storage,
@@ -53,7 +56,7 @@ async def copy_view(view: StorageView, target: Storage,
     for doc in await view.documents():
         new_id = await target.add_document(doc)
         c = Copied(doc["name"], doc["id"], new_id, doc["version"], doc["salt"])
-        first_update, snapshots = None, []
+        first_update, snapshots = None, []  # what reads back: the kept update rows' range, and snapshots
         for table in COPY_TABLES:
             after, count = -1, 0
             while True:
@@ -70,7 +73,7 @@ async def copy_view(view: StorageView, target: Storage,
                 if len(rows) < CHUNK:
                     break
             c.rows[table] = count
-        c.readable = readable_versions(c.version, first_update, snapshots)
+        c.first_update, c.snapshots = first_update, snapshots
         copied.append(c)
         if progress is not None:
             progress(c)
@@ -108,8 +111,7 @@ async def verify(source: Storage, target: Storage, copied: list[Copied], samples
         newest = (await source.history(c.source_id, c.version + 1, 50), await target.history(info["id"], c.version + 1, 50))
         if newest[0] != newest[1]:
             problems.append(f"{c.name}: its newest history entries differ")
-        others = [v for v in c.readable if v != c.version]
-        for v in [c.version, *rng.sample(others, min(samples, len(others)))]:
+        for v in [c.version, *sample_readable(c, samples, rng)]:
             compared += 1
             theirs, ours = await _read(source, c.source_id, v), await _read(target, info["id"], v)
             if theirs != ours:

@@ -192,3 +192,22 @@ def test_copy_refuses_what_postgres_cannot_hold_and_a_missing_source(tmp_path, p
     assert not (tmp_path / "to.db").exists()
     nodb = collab("copy", source, pg_server.url("no_such_database"))
     assert nodb.returncode == 1 and "no database at" in nodb.stderr and pg_server.password not in nodb.stderr
+
+
+def test_the_versions_verify_samples_are_drawn_without_listing_the_history():
+    """What verify may sample: the versions below the head that the kept update rows rebuild, and every
+    snapshot. Was: the whole kept range was listed per document (a Python int per version, all of
+    them held until verify), so memory grew with the total history, against this module's rule."""
+    rng = random.Random(7)
+    for _ in range(2000):
+        version = rng.randrange(0, 40)
+        first = rng.choice([None, *range(1, version + 2)])
+        snapshots = [rng.randrange(-1, version + 2) for _ in range(rng.randrange(0, 5))]
+        c = transfer.Copied("d", 1, 2, version, "s", first_update=first, snapshots=snapshots)
+        kept = set(range(first - 1, version)) if first is not None else set()
+        population = sorted(kept | {v for v in snapshots if 0 <= v < version})
+        assert sorted(transfer.sample_readable(c, 10**6, random.Random(0))) == population
+        few = transfer.sample_readable(c, 3, random.Random(0))
+        assert len(set(few)) == len(few) == min(3, len(population)) and set(few) <= set(population)
+    huge = transfer.Copied("d", 1, 2, 10**15, "s", first_update=1, snapshots=[0, 10**9])
+    assert len(set(transfer.sample_readable(huge, 8, rng))) == 8
