@@ -137,10 +137,10 @@ class Cluster:
         except Exception:  # noqa: BLE001 - a stale subscription only brings messages we ignore
             pass
 
-    def publish_updates(self, name: str, frame: bytes) -> None:
+    def publish_updates(self, name: str, doc_id: int, frame: bytes) -> None:
         """The `updates` frame of a commit, as sent to our own members (already COMMITted)."""
         if self.url:
-            self._queue_raw(name, b'{"k":"u","p":"%s","m":%s}' % (self.id.encode(), frame))
+            self._queue_raw(name, b'{"k":"u","p":"%s","d":%d,"m":%s}' % (self.id.encode(), doc_id, frame))
 
     def publish_presence(self, name: str, peers: list[dict]) -> None:
         if self.url and peers:
@@ -155,10 +155,10 @@ class Cluster:
         if self.url:
             self._send(name, {"k": "t", "c": client_id, **proof})
 
-    def publish_revoke(self, name: str, deleted: bool) -> None:
+    def publish_revoke(self, name: str, doc_id: int, deleted: bool) -> None:
         """Links reset (or the document deleted) here: sessions elsewhere end too (1008)."""
         if self.url:
-            self._send(name, {"k": "r", "deleted": deleted})
+            self._send(name, {"k": "r", "d": doc_id, "deleted": deleted})
 
     def _send(self, name: str, message: dict) -> None:
         message["p"] = self.id
@@ -280,6 +280,12 @@ class Cluster:
             return  # our own echo
         room = self.rooms.rooms.get(name)
         kind = msg.get("k")
+        if kind in ("u", "r") and "d" in msg and room is not None and room.doc_id is not None \
+                and msg["d"] != room.doc_id:
+            # Another document of that name: ours was deleted or renamed elsewhere and the news is not
+            # here yet, or another deployment shares this Redis. Not ours to apply: the database says.
+            self._check_now.set()
+            return
         if kind == "r":
             self.rooms.spawn(self.rooms.revoked_elsewhere(name, bool(msg.get("deleted"))))
         if room is None or room.broken:

@@ -546,7 +546,7 @@ class Room:
             m.conn.send(hidden if m.conn.role == "view" else frame)
         metrics.fanout_seconds.observe(time.perf_counter() - now)
         if self.rooms.cluster is not None:
-            self.rooms.cluster.publish_updates(self.name, frame)
+            self.rooms.cluster.publish_updates(self.name, self.doc_id, frame)
         if self.remote_dirty:
             self._schedule_presence()  # cursors held until we had their version
         k = 0
@@ -1144,7 +1144,7 @@ class Rooms:
             room.revoke(everyone=False, reason="the share links of this document were reset")
         self._close_waiting(name, everyone=False, reason="the share links of this document were reset")
         if self.cluster is not None:
-            self.cluster.publish_revoke(name, deleted=False)
+            self.cluster.publish_revoke(name, info["id"], deleted=False)
         return salt
 
     async def rename(self, name: str, new_name: str) -> None:
@@ -1163,7 +1163,7 @@ class Rooms:
             await room.flush()
             self.forget(room)
         if self.cluster is not None:
-            self.cluster.publish_revoke(name, deleted=True)
+            self.cluster.publish_revoke(name, info["id"], deleted=True)
 
     async def delete(self, name: str) -> None:
         """Close every session of the document, then remove it with its whole history."""
@@ -1177,7 +1177,7 @@ class Rooms:
             self.forget(room)
         await self.store.delete_document(info["id"])
         if self.cluster is not None:
-            self.cluster.publish_revoke(name, deleted=True)
+            self.cluster.publish_revoke(name, info["id"], deleted=True)
 
     # ------------------------------------------------------------ unloading
 

@@ -149,3 +149,23 @@ async def test_a_room_opened_while_the_subscriber_connects_is_subscribed(bus):
     await bus._connect()
     subscribed = {ch.decode() if isinstance(ch, bytes) else ch for ch in bus._pubsub.channels}
     assert {channel("first"), channel("late")} <= subscribed, subscribed
+
+
+async def test_news_for_another_document_of_the_same_name_is_left_to_the_database(two):
+    """Was: news of updates and revocations named the document only: news from a process still serving
+    a document deleted or renamed here (or from another deployment on the same Redis) was applied to
+    ours, another text's updates broadcast to our editors."""
+    here, there = two
+    await here.create("doc", "hello")
+    admin = here.access.admin_token()
+    conn = FakeConn("a")
+    member = await there.join("doc", conn, hello("a"), token=admin)
+    room, doc_id = member.room, member.room.doc_id
+    foreign = {"from": room.seq.committed_version, "updates": [{"clientID": "x", "changes": [[0, "XX"], 5]}]}
+    there.cluster._handle("doc", {"k": "u", "p": "elsewhere", "d": doc_id + 1, "m": foreign})
+    there.cluster._handle("doc", {"k": "r", "p": "elsewhere", "d": doc_id + 1, "deleted": True})
+    await asyncio.sleep(0.05)
+    assert room.seq.committed_text() == "hello" and not conn.of("updates") and not conn.closed
+    assert there.cluster._check_now.is_set()
+    there.cluster._handle("doc", {"k": "u", "p": "elsewhere", "d": doc_id, "m": foreign})  # ours: applied
+    assert room.seq.committed_text() == "XXhello" and conn.of("updates")
