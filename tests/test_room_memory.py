@@ -9,6 +9,7 @@ hello and on reset, and a shutdown that waits for the unloads it started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import orjson
@@ -492,56 +493,65 @@ async def test_a_restore_into_a_room_that_failed_is_refused_not_left_waiting(wor
         await asyncio.wait_for(room.submit("restore-x", 1, [update], "admin"), 2.0)
 
 
-async def test_a_push_that_waited_for_history_waits_out_a_catch_up_begun_meanwhile(tmp_path):
-    """Was: a push reading older history from the store, and a catch-up (news of another writer's
-    commit) begun meanwhile: the push was sequenced on the rolled-back sequencer, the catch-up then
-    found updates of our own pending and the room failed (everyone closed with 1011)."""
+@contextlib.asynccontextmanager
+async def _overtaken(tmp_path):
+    """A room keeping 5 updates in memory, where a typed 12 and b joined; then another writer committed
+    version 13 behind its back. Yields (store, room, (a, its member), (b, its member))."""
     settings = Settings(db=str(tmp_path / "m.db"), unload_after=60.0, keep_updates=5)
     store = await Store(settings.db, keep=5).open()
     rooms = Rooms(settings, store, clock=lambda: 1.0)
     other = await Store(settings.db).open()
-    gates: list[asyncio.Event] = []
     try:
         await store.create_document("doc")
         a, b = FakeConn("a"), FakeConn("b")
         ma = await rooms.join("doc", a, hello("a"), token=None)
         mb = await rooms.join("doc", b, hello("b"), token=None)
-        room = ma.room
-        await _typed(room, ma, 12)
-        assert room.seq.log_from > 2
-        info = await other.document("doc")  # another writer commits version 13
+        await _typed(ma.room, ma, 12)
+        assert ma.room.seq.log_from > 2
+        info = await other.document("doc")
         await commit(other, info["id"], [Accepted(13, Update("z", ChangeSet.from_json([[0, "z"], 12])), "Z", 1.0)], 13)
-        # The first two history reads (the push's, then the catch-up's) wait for the test to let them go.
-        read = store.updates
-
-        async def gated(*args):
-            if len(gates) < 2:
-                gate = asyncio.Event()
-                gates.append(gate)
-                await gate.wait()
-            return await read(*args)
-
-        store.updates = gated
-        push = asyncio.ensure_future(room.push(mb, push_msg(2, "b", [[0, "B"], 2])))
-        await _until(lambda: len(gates) == 1, "the push's history read")
-        room.catch_up()  # the news arrives while the push waits for its history
-        await _until(lambda: len(gates) == 2, "the catch-up's read")
-        gates[0].set()  # the push has its history first...
-        await asyncio.sleep(0.05)
-        gates[1].set()  # ...then the catch-up reads what the other writer committed
-        await push
-        await room.settled()
-        assert not room.broken and a.closed_with is None and b.closed_with is None
-        assert room.seq.committed_version == 14
-        text = room.seq.committed_text()
-        assert text == "zB" + "x" * 12, text  # the pushed insertion moved after the one committed first
-        assert b.of("updates")[-1]["from"] == 13 and b.of("updates")[-1]["updates"][0]["clientID"] == "b"
+        yield store, ma.room, (a, ma), (b, mb)
     finally:
-        for gate in gates:
-            gate.set()  # a failed test lets the reads go, or the shutdown below would wait for them
         await other.close()
         await rooms.shutdown()
         await store.close()
+
+
+async def test_a_push_that_waited_for_history_waits_out_a_catch_up_begun_meanwhile(tmp_path):
+    """Was: a push reading older history from the store, and a catch-up (news of another writer's
+    commit) begun meanwhile: the push was sequenced on the rolled-back sequencer, the catch-up then
+    found updates of our own pending and the room failed (everyone closed with 1011)."""
+    gates: list[asyncio.Event] = []
+    async with _overtaken(tmp_path) as (store, room, (a, ma), (b, mb)):
+        try:
+            # The first two history reads (the push's, then the catch-up's) wait for the test to let them go.
+            read = store.updates
+
+            async def gated(*args):
+                if len(gates) < 2:
+                    gate = asyncio.Event()
+                    gates.append(gate)
+                    await gate.wait()
+                return await read(*args)
+
+            store.updates = gated
+            push = asyncio.ensure_future(room.push(mb, push_msg(2, "b", [[0, "B"], 2])))
+            await _until(lambda: len(gates) == 1, "the push's history read")
+            room.catch_up()  # the news arrives while the push waits for its history
+            await _until(lambda: len(gates) == 2, "the catch-up's read")
+            gates[0].set()  # the push has its history first...
+            await asyncio.sleep(0.05)
+            gates[1].set()  # ...then the catch-up reads what the other writer committed
+            await push
+            await room.settled()
+            assert not room.broken and a.closed_with is None and b.closed_with is None
+            assert room.seq.committed_version == 14
+            text = room.seq.committed_text()
+            assert text == "zB" + "x" * 12, text  # the pushed insertion moved after the one committed first
+            assert b.of("updates")[-1]["from"] == 13 and b.of("updates")[-1]["updates"][0]["clientID"] == "b"
+        finally:
+            for gate in gates:
+                gate.set()  # a failed test lets the reads go, or the shutdown would wait for them
 
 
 async def test_another_process_cursor_at_a_future_version_is_kept_inside_the_text(world):
@@ -567,40 +577,26 @@ async def test_another_process_cursor_at_a_future_version_is_kept_inside_the_tex
 async def test_settled_waits_for_the_pushes_a_catch_up_is_sequencing_again(tmp_path):
     """Was: a catch-up takes the pending pushes out of `originals` while it sequences them again, and
     settled() (a flush: unloading, shutdown) returned while one of them still waited for history."""
-    settings = Settings(db=str(tmp_path / "m.db"), unload_after=60.0, keep_updates=5)
-    store = await Store(settings.db, keep=5).open()
-    rooms = Rooms(settings, store, clock=lambda: 1.0)
-    other = await Store(settings.db).open()
     gate = asyncio.Event()
-    try:
-        await store.create_document("doc")
-        a, b = FakeConn("a"), FakeConn("b")
-        ma = await rooms.join("doc", a, hello("a"), token=None)
-        mb = await rooms.join("doc", b, hello("b"), token=None)
-        room = ma.room
-        await _typed(room, ma, 12)
-        info = await other.document("doc")  # another writer commits version 13: our next commit loses
-        await commit(other, info["id"], [Accepted(13, Update("z", ChangeSet.from_json([[0, "z"], 12])), "Z", 1.0)], 13)
-        # The third history read is the catch-up's, sequencing b's push (based on version 2) again.
-        read, reads = store.updates, []
+    async with _overtaken(tmp_path) as (store, room, (a, ma), (b, mb)):
+        try:
+            # The third history read is the catch-up's, sequencing b's push (based on version 2) again.
+            read, reads = store.updates, []
 
-        async def gated(*args):
-            reads.append(args)
-            if len(reads) == 3:
-                await gate.wait()
-            return await read(*args)
+            async def gated(*args):
+                reads.append(args)
+                if len(reads) == 3:
+                    await gate.wait()
+                return await read(*args)
 
-        store.updates = gated
-        await room.push(mb, push_msg(2, "b", [[0, "B"], 2]))
-        await _until(lambda: len(reads) == 3, "the catch-up's history read")
-        waiting = asyncio.ensure_future(room.settled())
-        await asyncio.sleep(0.05)
-        assert not waiting.done(), "settled() returned while a push was still being sequenced again"
-        gate.set()
-        await asyncio.wait_for(waiting, 2.0)
-        assert room.seq.committed_version == 14 and room.seq.committed_text() == "zB" + "x" * 12
-    finally:
-        gate.set()  # a failed test lets the read go, or the shutdown below would wait for it
-        await other.close()
-        await rooms.shutdown()
-        await store.close()
+            store.updates = gated
+            await room.push(mb, push_msg(2, "b", [[0, "B"], 2]))  # our commit loses to version 13
+            await _until(lambda: len(reads) == 3, "the catch-up's history read")
+            waiting = asyncio.ensure_future(room.settled())
+            await asyncio.sleep(0.05)
+            assert not waiting.done(), "settled() returned while a push was still being sequenced again"
+            gate.set()
+            await asyncio.wait_for(waiting, 2.0)
+            assert room.seq.committed_version == 14 and room.seq.committed_text() == "zB" + "x" * 12
+        finally:
+            gate.set()  # a failed test lets the read go, or the shutdown would wait for it
