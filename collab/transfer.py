@@ -45,8 +45,8 @@ def sample_readable(c: Copied, k: int, rng: random.Random) -> list[int]:
     a Python int per version): a draw is an index into it, or into the snapshots outside it."""
     lo = max(0, c.first_update - 1) if c.first_update is not None else c.version
     extra = sorted({v for v in c.snapshots if 0 <= v < c.version and not lo <= v < c.version})
-    span = c.version - lo
-    return [lo + i if i < span else extra[i - span] for i in rng.sample(range(span + len(extra)), min(k, span + len(extra)))]
+    span, n = c.version - lo, c.version - lo + len(extra)
+    return [lo + i if i < span else extra[i - span] for i in rng.sample(range(n), min(k, n))]
 
 
 async def copy_view(view: StorageView, target: Storage,
