@@ -357,7 +357,8 @@ def test_through_nginx_with_the_hash_config(cluster, node, tmp_path):
             r = check_document(f, c.procs, ctx)
             updates += r["versions"][0]
             for cl in r["clients"]:
-                assert cl["stats"]["connects"] >= 3 and cl["stats"]["welcomesResume"] >= 1, cl["stats"]
+                # Two forced reconnects each; two close together count as one (as in the scatter test).
+                assert cl["stats"]["connects"] >= 2 and cl["stats"]["welcomesResume"] >= 1, cl["stats"]
         assert updates > 400, f"too little load to mean anything: {updates} updates"
         assert conflicts <= max(2, updates // 500), (
             f"{conflicts:.0f} lost commits for {updates} updates through the hash config: documents were not "
