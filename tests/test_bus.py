@@ -10,7 +10,6 @@ code in real processes on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -21,16 +20,9 @@ from collab.errors import CLOSE_POLICY, ProtocolError
 from collab.room import Rooms
 from collab.settings import Settings
 from collab.store import Store
-from test_room_memory import FakeConn, hello
+from test_room_memory import FakeConn, hello, until
 
 SECRET = b"a secret for the bus tests"
-
-
-async def until(predicate, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

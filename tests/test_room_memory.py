@@ -386,7 +386,8 @@ class FakeCluster:
         return lambda *args, **kwargs: None
 
 
-async def _until(predicate, what: str, timeout: float = 5.0) -> None:
+async def until(predicate, what: str, timeout: float = 5.0) -> None:
+    """Wait (a millisecond a look) until `predicate()` holds; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
@@ -536,9 +537,9 @@ async def test_a_push_that_waited_for_history_waits_out_a_catch_up_begun_meanwhi
 
             store.updates = gated
             push = asyncio.ensure_future(room.push(mb, push_msg(2, "b", [[0, "B"], 2])))
-            await _until(lambda: len(gates) == 1, "the push's history read")
+            await until(lambda: len(gates) == 1, "the push's history read")
             room.catch_up()  # the news arrives while the push waits for its history
-            await _until(lambda: len(gates) == 2, "the catch-up's read")
+            await until(lambda: len(gates) == 2, "the catch-up's read")
             gates[0].set()  # the push has its history first...
             await asyncio.sleep(0.05)
             gates[1].set()  # ...then the catch-up reads what the other writer committed
@@ -591,7 +592,7 @@ async def test_settled_waits_for_the_pushes_a_catch_up_is_sequencing_again(tmp_p
 
             store.updates = gated
             await room.push(mb, push_msg(2, "b", [[0, "B"], 2]))  # our commit loses to version 13
-            await _until(lambda: len(reads) == 3, "the catch-up's history read")
+            await until(lambda: len(reads) == 3, "the catch-up's history read")
             waiting = asyncio.ensure_future(room.settled())
             await asyncio.sleep(0.05)
             assert not waiting.done(), "settled() returned while a push was still being sequenced again"
