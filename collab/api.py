@@ -422,8 +422,8 @@ class Api:
     async def restore(self, request: web.Request) -> web.Response:
         """One ordinary update turning the current text into the text at `version` (a minimal diff)."""
         info = await self._doc(request, "edit")
-        name = info["name"]
-        httpguard.limit_writes(request, token_of(request))
+        name, token = info["name"], token_of(request)
+        httpguard.limit_writes(request, token)
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
         person, color = body.get("person"), body.get("color")
@@ -431,7 +431,7 @@ class Api:
             raise ProtocolError("bad-request", "person must be 1-64 letters, digits, '-' or '_'")
         if color is not None and (type(color) is not str or not protocol.valid_color(color)):
             raise ProtocolError("bad-request", "color must be a hex colour like #3366ff")
-        token = token_of(request)  # checked again when the diff is ready: a link reset meanwhile refuses it
+        # The token is checked again when the diff is ready: a link reset meanwhile refuses the restore.
         new_version = await self.rooms.restore(name, version, _author(body), person, color,
                                                authorize=lambda salt: self.access.require(token, "edit", name, salt))
         return json_response({"version": new_version})
