@@ -404,15 +404,17 @@ class PgStore(GroupWriter):
             self._w = None
         if self._pool is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), 10)
-            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                async with asyncio.timeout(10):
+                    await self._pool.close()
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 self._pool.terminate()
             self._pool = None
 
     @staticmethod
     async def _close_quietly(conn: asyncpg.Connection) -> None:
         try:
-            await asyncio.wait_for(conn.close(), 5)
+            async with asyncio.timeout(5):
+                await conn.close()
         except Exception:  # noqa: BLE001 - closing a connection that is going anyway
             conn.terminate()
 
@@ -542,7 +544,8 @@ class PgStore(GroupWriter):
             return
         if isinstance(exc, Exception) and not _is_connection_error(exc):
             try:
-                await asyncio.wait_for(conn.execute("ROLLBACK"), CONNECT_TIMEOUT)
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await conn.execute("ROLLBACK")
                 return
             except BaseException:  # noqa: BLE001 - then its state is unknown after all
                 pass

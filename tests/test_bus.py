@@ -15,7 +15,7 @@ import pytest
 
 from clusterproc import RedisServer
 from collab.access import Access
-from collab.cluster import Cluster, channel
+from collab.cluster import STOP_TIMEOUT, Cluster, channel
 from collab.errors import CLOSE_POLICY, ProtocolError
 from collab.room import Rooms
 from collab.settings import Settings
@@ -70,6 +70,26 @@ async def test_a_document_renamed_elsewhere_closes_here_and_its_old_name_is_free
     await until(lambda: conn.closed, "the session's end")
     assert conn.closed_with[0] == CLOSE_POLICY and there.rooms.get("old") is not member.room
     assert channel("old") not in there.cluster._channels
+
+
+async def test_stop_ends_every_loop_even_when_a_check_was_just_asked_for(tmp_path):
+    """Was: the check loop waited with asyncio.wait_for, whose Python 3.11 version drops a cancel that
+    comes as the awaited event is set: stop() just after the bus came up (which asks for a check)
+    waited for that loop for ever (CI hung so, in the teardown of the failed-publish test below)."""
+    settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0)
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store)
+    cluster = rooms.cluster = Cluster(rooms, None, check_every=60.0, poll_every=60.0)
+    try:
+        await cluster.start()
+        await asyncio.sleep(0.05)  # the check loop waits for its event
+        cluster._check_now.set()  # as the bus coming up does...
+        async with asyncio.timeout(STOP_TIMEOUT + 5):
+            await cluster.stop()  # ...and stop cancels in the same turn of the loop
+        assert all(task.done() for task in cluster._tasks), cluster._tasks
+    finally:
+        await rooms.shutdown()
+        await store.close()
 
 
 @pytest.fixture
