@@ -494,6 +494,14 @@ class Room:
         """Everything accepted and not yet handed over, as one commit for the next transaction."""
         if self.broken or not self._ready.is_set():
             return None
+        try:
+            return self._take_commit()
+        except Exception:  # a bug: this document starts again from the store, its pushers resend
+            log.exception("document %s: taking its pending updates failed; reloading it", self.name)
+            self._fail()
+            return None
+
+    def _take_commit(self) -> Commit | None:
         batch = self.seq.take_pending()
         if not batch:
             return None
@@ -508,6 +516,13 @@ class Room:
     def commit_done(self, commit: Commit, error: BaseException | None) -> None:
         """The batch is durable: broadcast it (that is the acknowledgement). Or another writer got there
         first: catch up and sequence the pushes again. Or it failed: reload."""
+        try:
+            self._commit_done(commit, error)
+        except Exception:  # a bug: what is durable is durable; this document starts again from the store
+            log.exception("document %s: handling its commit failed; reloading it", self.name)
+            self._fail()
+
+    def _commit_done(self, commit: Commit, error: BaseException | None) -> None:
         self._in_flight = None
         if self.broken:
             return

@@ -34,6 +34,7 @@ Rules every backend keeps:
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ from .sequencer import Accepted
 
 if TYPE_CHECKING:
     from .settings import Settings
+
+log = logging.getLogger("collab.storage")
 
 # What a copy moves besides the documents table, per table: the columns of each
 # row, in the order `StorageView.rows` returns them and `add_rows` takes them.
@@ -235,10 +238,23 @@ class GroupWriter:
         sources, self._sources = list(self._sources.values()), {}
         taken = []
         for source in sources:
-            commit = source.take_commit()
+            try:
+                commit = source.take_commit()
+            except Exception:  # a bug in one document: the writer goes on with the others
+                log.exception("taking a document's pending commit failed; it is left out")
+                continue
             if commit is not None:
                 taken.append((source, commit))
         return batch, taken
+
+    @staticmethod
+    def _answer(taken: list[tuple["CommitSource", Commit]], outcomes: list[tuple[bool, object]]) -> None:
+        """Tell each source how its commit went (`outcomes` in `taken`'s order)."""
+        for (source, commit), (ok, value) in zip(taken, outcomes):
+            try:
+                source.commit_done(commit, None if ok else value)
+            except Exception:  # a bug in one document: the others still hear, and the writer goes on
+                log.exception("document %d: handling the outcome of its commit failed", commit.doc_id)
 
     async def _write_loop(self) -> None:
         raise NotImplementedError

@@ -376,8 +376,7 @@ class Store(GroupWriter):
             for (_, fut), (ok, value) in zip(batch, outcomes):
                 if not fut.done():
                     fut.set_result(value) if ok else fut.set_exception(value)
-            for (source, commit), (ok, value) in zip(taken, outcomes[len(batch):]):
-                source.commit_done(commit, None if ok else value)
+            self._answer(taken, outcomes[len(batch):])
 
     def _commit_inline(self, batch: list, taken: list, work: list) -> list | None:
         """The group's outcomes if it was small enough to commit here, on the event loop; else None."""

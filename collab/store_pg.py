@@ -453,8 +453,7 @@ class PgStore(GroupWriter):
             for q, (ok, value) in zip(batch, outcomes):
                 if not q.fut.done():
                     q.fut.set_result(value) if ok else q.fut.set_exception(value)
-            for (source, commit), (ok, value) in zip(taken, outcomes[len(batch):]):
-                source.commit_done(commit, None if ok else value)
+            self._answer(taken, outcomes[len(batch):])
 
     async def _writer_connection(self) -> asyncpg.Connection:
         """The writer's connection, opened again if it is gone.

@@ -154,6 +154,47 @@ async def test_a_room_that_keeps_losing_to_another_writer_reloads(world):
     await other.close()
 
 
+@pytest.mark.parametrize("fails_in", ["take", "done"])
+async def test_a_bug_in_the_commit_path_reloads_the_document_and_loses_nothing(world, monkeypatch, fails_in):
+    """Was: an exception in Room.take_commit or Room.commit_done (a bug) left the document half-way: its
+    pusher never heard, nothing later of it was committed, and the store's writer loop ended there."""
+    settings, store, rooms = world
+    a, b = FakeConn("a"), FakeConn("b")
+    ma = await rooms.join("doc", a, hello("a"), token=None)
+    await rooms.join("doc", b, hello("b"), token=None)
+    room = ma.room
+    await room.push(ma, push_msg(0, "a", [[0, "hello"]]))
+    await room.settled()
+    failed = []
+
+    def once(real):
+        def failing(*args, **kwargs):
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("a bug")
+            return real(*args, **kwargs)
+        return failing
+
+    if fails_in == "take":
+        monkeypatch.setattr(room.seq, "take_pending", once(room.seq.take_pending))
+    else:
+        monkeypatch.setattr(protocol, "updates_frame", once(protocol.updates_frame))
+    async with asyncio.timeout(10):
+        await room.push(ma, push_msg(1, "a", [5, [0, " world"]]))
+        with pytest.raises(ServerError):
+            await room.settled()
+    assert failed and room.broken
+    assert a.closed_with[0] == b.closed_with[0] == CLOSE_INTERNAL  # they reconnect, and resend if unheard
+    c = FakeConn("c")
+    mc = await rooms.join("doc", c, hello("c"), token=None)
+    durable = "hello world" if fails_in == "done" else "hello"  # committed before the bug, or never taken
+    assert mc.room is not room and c.of("welcome")[0]["doc"] == durable
+    async with asyncio.timeout(10):
+        await mc.room.push(mc, push_msg(mc.room.seq.version, "c", [len(durable), [0, "!"]]))
+        await mc.room.settled()
+    assert (await store.load("doc")).text == durable + "!"
+
+
 async def test_access_is_decided_at_hello_and_a_reset_closes_members_and_waiting_sockets(tmp_path):
     settings = Settings(db=str(tmp_path / "a.db"))
     store = await Store(settings.db).open()

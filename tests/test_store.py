@@ -185,6 +185,47 @@ async def test_a_failing_write_is_undone_alone(open_store):
     await store.close()
 
 
+class BuggySource(OneCommit):
+    """A document whose own code fails (a bug) when the writer takes its commit, or hears how it went."""
+
+    def __init__(self, commit: Commit, fails_in: str):
+        super().__init__(commit)
+        self.fails_in = fails_in
+
+    def take_commit(self) -> Commit | None:
+        if self.fails_in == "take":
+            raise RuntimeError("a bug in take_commit")
+        return super().take_commit()
+
+    def commit_done(self, commit: Commit, error: BaseException | None) -> None:
+        if self.fails_in == "done":
+            self.done.set_result("heard")
+            raise RuntimeError("a bug in commit_done")
+        super().commit_done(commit, error)
+
+
+@BOTH_BACKENDS
+async def test_a_document_whose_code_fails_in_the_writer_leaves_the_others_and_the_writer_working(
+        open_store, caplog):
+    """Was: an exception from one source's take_commit or commit_done ended the writer's loop: the
+    documents after it in that group never heard of their commits (their pushers never acknowledged),
+    though the writer started again for later ones."""
+    store = await open_store()
+    ids = [await store.create_document(n) for n in "abcd"]
+    one = ChangeSet.from_json([[0, "x"]])
+    sources = [BuggySource(Commit(i, 0, [Accepted(1, Update("c", one), "u", 1.0)], 1), fails)
+               for i, fails in zip(ids, ("take", "done", "none", "none"))]
+    for source in sources:
+        store.schedule(source)
+    async with asyncio.timeout(10):
+        assert await asyncio.gather(*(s.done for s in sources[1:])) == ["heard", 1, 1]
+        assert await commit(store, ids[2], [Accepted(2, Update("c", one), "u", 1.0)], 1) == 2  # still writing
+    assert {d["name"]: d["version"] for d in await store.list_documents()} == {"a": 0, "b": 1, "c": 2, "d": 1}
+    assert not sources[0].done.done()
+    assert "taking a document's pending commit failed" in caplog.text
+    assert f"document {ids[1]}: handling the outcome of its commit failed" in caplog.text
+
+
 def one_edit(version: int, client: str, text: str = "x", length: int = 0) -> Accepted:
     """An update inserting `text` at the start of a document of `length` UTF-16 units."""
     return Accepted(version, Update(client, ChangeSet.from_json([[0, text]] + ([length] if length else []))),
