@@ -11,8 +11,12 @@ skipped.
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import shutil
 import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -21,6 +25,38 @@ from serverproc import ROOT, ServerProcess
 JS_DIR = ROOT / "tests" / "js"
 BACKENDS = ("sqlite", "postgres")
 BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+
+
+# A test that runs over pyproject's `timeout` (300 s) fails, with its stack, and the run goes on
+# (pytest-timeout). But pytest-timeout, like pytest's own faulthandler timer, stops its clock once a
+# test has failed, and a teardown can hang after a failure too: a test still not done after
+# HANG_LIMIT seconds ends the whole run, its name and every thread's stack printed, rather than
+# stall CI until CI's own limit. (Servers the session started are then left to the machine.)
+HANG_LIMIT = 600.0
+_stderr_fd: int | None = None
+
+
+def pytest_configure(config) -> None:
+    global _stderr_fd
+    _stderr_fd = os.dup(sys.stderr.fileno())  # the terminal's, before output capture takes fd 2
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    watchdog = threading.Timer(HANG_LIMIT, _hung, (item.nodeid,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return (yield)
+    finally:
+        watchdog.cancel()
+
+
+def _hung(nodeid: str) -> None:
+    os.write(_stderr_fd, f"\n\n{nodeid} is still not done after {HANG_LIMIT:g} s (set-up, test and teardown): "
+                         "ending the run. Every thread's stack:\n".encode())
+    faulthandler.dump_traceback(file=_stderr_fd, all_threads=True)
+    os._exit(3)
 
 
 @pytest.fixture(scope="session")
