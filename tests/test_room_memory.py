@@ -345,7 +345,10 @@ async def test_a_push_far_behind_is_rebased_off_the_event_loop(world):
     assert sum(len(f["updates"]) for f in acked) == 300
     assert str(room.seq.text).count("m") == 300 and room.seq.text.length == 2000 + 1000 + 300
     assert took > 0.3, "not a heavy push after all: the test measures nothing"
-    assert max(gaps) < 0.2, f"the event loop stood still for {max(gaps):.2f} s (the rebase took {took:.1f} s)"
+    # On the loop, the longest gap was the whole rebase; off it, about 0.02 s here. A busy machine
+    # slows both: the bound grows with the rebase's own time.
+    assert max(gaps) < max(0.2, took / 4), \
+        f"the event loop stood still for {max(gaps):.2f} s (the rebase took {took:.1f} s)"
 
 
 async def test_of_two_connections_of_one_client_the_later_hello_stays_whichever_welcome_is_first(world):
