@@ -205,8 +205,7 @@ class Room:
         self.broken = False
         self.deleted = False
         self.originals: list[Original] = []  # pushes accepted and not yet durable, in order
-        self._settled = asyncio.Event()      # set while `originals` is empty
-        self._settled.set()
+        self._progress: asyncio.Future | None = None  # what `settled` waits on: resolved by _progressed
         self._in_flight: Commit | None = None
         self._commit_started = 0.0
         self._lost = 0                        # commits lost to another writer in a row
@@ -431,7 +430,6 @@ class Room:
             entry.restored_from = o.restored_from
         o.last = accepted[-1].version
         self.originals.append(o)
-        self._settled.clear()
         return True
 
     async def _until_ready(self) -> None:
@@ -479,14 +477,31 @@ class Room:
         return await done
 
     async def settled(self) -> None:
-        """Return once every push accepted so far is durable (raises ServerError if it cannot be saved)."""
-        while (self.originals or self._catching is not None) and not self.broken:
+        """Return once every push accepted so far is durable, or refused (raises ServerError if the
+        document cannot be saved). Pushes accepted meanwhile are not waited for: while anyone types
+        there may never be a moment with none pending, and unload and shutdown flush with this."""
+        last = None  # the last push accepted so far; they become durable in order
+        while not self.broken:
             if self._catching is not None:  # it holds pushes out of `originals` while it sequences them again
                 await asyncio.wait([self._catching])
-            else:
-                await self._settled.wait()
+                continue
+            if last is None:
+                if not self.originals:
+                    break
+                last = self.originals[-1]
+            elif not any(o is last for o in self.originals):
+                break
+            if self._progress is None:
+                self._progress = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._progress)  # shared: one waiter cancelled does not cancel the others
         if self.broken:
             raise ServerError("the document could not be saved")
+
+    def _progressed(self) -> None:
+        """Wake the `settled` waiters: a commit finished, a catch-up ended, or the room failed."""
+        progress, self._progress = self._progress, None
+        if progress is not None and not progress.done():
+            progress.set_result(None)
 
     # --- the store pulls our pending updates (storage.CommitSource) ---
 
@@ -571,8 +586,7 @@ class Room:
                 o.done.set_result(o.last)
             k += 1
         del self.originals[:k]
-        if not self.originals:
-            self._settled.set()
+        self._progressed()
         if self._news and self._catching is None:
             self.catch_up()  # news came while this batch was being written
 
@@ -643,8 +657,6 @@ class Room:
                     except BaseException:
                         self.originals += originals[k:]  # not sequenced again: _fail tells their senders
                         raise
-                if not self.originals:
-                    self._settled.set()
                 if undone or self.seq.pending:
                     log.info("document %s: %d updates of other writers caught up, %d pushes sequenced again",
                              self.name, len(updates), len(originals))
@@ -658,6 +670,7 @@ class Room:
             self._fail()
         finally:
             self._catching = None
+            self._progressed()
             if not self.broken and not waiting:
                 self._ready.set()
                 if self.seq.pending:
@@ -694,7 +707,7 @@ class Room:
         for o in self.originals:
             if o.done is not None and not o.done.done():
                 o.done.set_exception(ServerError("the document could not be saved"))
-        self._settled.set()
+        self._progressed()
         self._ready.set()
         self.rooms.forget(self)
         for m in list(self.members.values()):

@@ -18,12 +18,12 @@ import pytest
 from collab import protocol
 from collab.access import Access
 from collab.changes import ChangeSet
-from collab.errors import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED, ProtocolError, ServerError
+from collab.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED, ProtocolError, ServerError
 from collab.rebase import Update
 from collab.room import OPENED_WINDOW, Rooms
 from collab.sequencer import Accepted
 from collab.settings import Settings
-from collab.store import Store
+from collab.store import Store, _group_transaction
 from storeutil import commit
 
 
@@ -617,6 +617,45 @@ async def test_another_process_cursor_at_a_future_version_is_kept_inside_the_tex
         length = room.seq.text.length
         [cursor] = [p for p in welcome["peers"] if p["session"] == "x"]
         assert all(0 <= r[k] <= length for r in cursor["ranges"] for k in ("anchor", "head")), (cursor, length)
+
+
+async def test_settled_and_shutdown_end_while_someone_keeps_typing(tmp_path):
+    """Was: settled() (the flush of unloading and of shutdown) returned only at a moment when no push
+    at all was pending; a typist whose next keystroke landed while each commit was in flight kept it
+    waiting, and a graceful shutdown (members are closed only after the first flush) never ended.
+    Now it waits for the pushes accepted when it was called, and no others."""
+    unlimited = dict(update_rate=1e9, update_burst=10 ** 9, doc_update_rate=1e9, doc_update_burst=10 ** 9)
+    settings = Settings(db=str(tmp_path / "t.db"), unload_after=0.0, **unlimited)
+    store = await Store(settings.db).open()  # synchronous=FULL: every commit runs in the writer thread
+    rooms = Rooms(settings, store)
+    a = FakeConn("a")
+    ma = await rooms.join("doc", a, hello("a"), token=None)
+    room = ma.room
+    run = store._w.run
+
+    def keystroke() -> protocol.Push:
+        length = room.seq.text.length
+        return push_msg(room.seq.version, "a", [[0, "x"]] + ([length] if length else []))
+
+    async def typing_meanwhile(fn, *args):
+        if fn is _group_transaction and not a.closed:
+            asyncio.ensure_future(room.push(ma, keystroke()))  # lands while this transaction runs
+        return await run(fn, *args)
+
+    store._w.run = typing_meanwhile
+    try:
+        await room.push(ma, keystroke())
+        async with asyncio.timeout(10):
+            await room.settled()
+        assert room.seq.committed_version >= 1 and room.originals, "the typist went on meanwhile"
+        async with asyncio.timeout(10):
+            await rooms.shutdown()
+        assert a.closed_with[0] == CLOSE_GOING_AWAY
+        assert (await store.load("doc")).version == room.seq.committed_version == room.seq.version > 1
+    finally:
+        store._w.run = run
+        await rooms.shutdown()
+        await store.close()
 
 
 async def test_settled_waits_for_the_pushes_a_catch_up_is_sequencing_again(tmp_path):
