@@ -1031,10 +1031,9 @@ class Rooms:
             self.metrics.documents.set(len(self.rooms))
             return room
         finally:
-            del self._loading[name]
+            self._loaded(name, fut)
             if room is None and self.cluster is not None:
                 self.cluster.unwatch(name)  # no such document (or the load failed): nothing to hear about
-            fut.set_result(None)
 
     def arrive(self, name: str, conn: Connection) -> None:
         """`conn` opened a socket to `name` and has not joined yet (it is closed on reset or delete)."""
@@ -1223,8 +1222,8 @@ class Rooms:
     async def unload(self, room: Room) -> None:
         """Unload an idle document: flush its commits and write a snapshot first."""
         room.unload_timer = None
-        if room.members or room.holds or self.rooms.get(room.name) is not room:
-            return
+        if room.members or room.holds or self.rooms.get(room.name) is not room or room.name in self._loading:
+            return  # in use, gone, or being unloaded already (a join held and let go of it meanwhile)
         fut = asyncio.get_running_loop().create_future()
         self._loading[room.name] = fut  # joins wait until the room is safely gone
         try:
@@ -1232,10 +1231,15 @@ class Rooms:
         except Exception:
             log.exception("snapshot of document %s failed while unloading", room.name)
         finally:
-            del self._loading[room.name]  # first: forget unwatches only a name nobody is loading
+            self._loaded(room.name, fut)  # first: forget unwatches only a name nobody is loading
             if not room.members and not room.holds:
                 self.forget(room)
-            fut.set_result(None)
+
+    def _loaded(self, name: str, fut: asyncio.Future) -> None:
+        """A load or unload of `name` ended: its entry goes (only its own) and the joins waiting go on."""
+        if self._loading.get(name) is fut:
+            del self._loading[name]
+        fut.set_result(None)
 
     async def shutdown(self) -> None:
         """Graceful stop: finish the commits and unloads in flight, then close every client with 1001."""

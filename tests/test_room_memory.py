@@ -658,6 +658,58 @@ async def test_settled_and_shutdown_end_while_someone_keeps_typing(tmp_path):
         await store.close()
 
 
+async def test_an_unload_and_a_load_of_one_name_never_take_each_others_place(tmp_path):
+    """Was: a join refused while the room was unloading held and let go of it, which began a second
+    unload over the first; each ended by deleting whatever entry the name had in `_loading`. The
+    second one deleted the entry of a load begun meanwhile: that load failed (KeyError) and the
+    join waiting for it waited for ever."""
+    settings = Settings(db=str(tmp_path / "u.db"), unload_after=0.0)
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store, access=Access(b"0123456789abcdef0123"))
+    await store.create_document("doc")
+    snapshot_gates, load_gate = [], asyncio.Event()
+    write_snapshot, load = store.write_snapshot, store.load
+
+    async def gated_snapshot(*args):
+        gate = asyncio.Event()
+        snapshot_gates.append(gate)
+        await gate.wait()
+        await write_snapshot(*args)
+
+    async def gated_load(name):
+        await load_gate.wait()
+        return await load(name)
+
+    store.write_snapshot = gated_snapshot
+    try:
+        room = await rooms._get("doc", create=False)
+        await room.submit("c", 0, [Update("c", ChangeSet.from_json([[0, "hi"]]))], "x")
+        room.release()  # unloads at once (unload_after=0); its snapshot waits at the gate
+        await until(lambda: len(snapshot_gates) == 1, "the unload's snapshot")
+        with pytest.raises(ProtocolError):
+            await rooms.join("doc", FakeConn("r"), hello("r"), token="not a token")  # holds it, lets go
+        await asyncio.sleep(0.05)  # (was: a second unload began here)
+        snapshot_gates[0].set()
+        await until(lambda: rooms.rooms.get("doc") is None, "the end of the unload")
+        store.load = gated_load
+        first = asyncio.ensure_future(rooms._get("doc", create=False))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(rooms._get("doc", create=False))  # waits for the first's load
+        await asyncio.sleep(0.01)
+        for gate in snapshot_gates:
+            gate.set()  # (was: the second unload ended here and took the load's entry)
+        await asyncio.sleep(0.05)
+        load_gate.set()
+        async with asyncio.timeout(5):
+            loaded = await asyncio.gather(first, second)
+        assert loaded[0] is loaded[1] is rooms.rooms["doc"] and str(loaded[0].seq.text) == "hi"
+    finally:
+        for gate in (*snapshot_gates, load_gate):
+            gate.set()
+        await rooms.shutdown()
+        await store.close()
+
+
 async def test_settled_waits_for_the_pushes_a_catch_up_is_sequencing_again(tmp_path):
     """Was: a catch-up takes the pending pushes out of `originals` while it sequences them again, and
     settled() (a flush: unloading, shutdown) returned while one of them still waited for history."""
