@@ -337,10 +337,12 @@ class Store(GroupWriter):
         if self._inline is not None:
             self._inline.close()
             self._inline = None
-        for conns in (self._r, self._w):
+        # Closed from here on (a read or write asked for later fails at once), then each thread
+        # finishes the jobs queued before its stop mark, which nothing can follow any more.
+        threads, self._r, self._w = (self._r, self._w), None, None
+        for conns in threads:
             if conns is not None:
                 await asyncio.get_running_loop().run_in_executor(None, conns.close)
-        self._r = self._w = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

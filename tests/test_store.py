@@ -377,6 +377,19 @@ async def test_two_writers_on_one_database_never_fork_the_log_nor_deadlock(open_
     assert getattr(one, "retries", 0) == getattr(two, "retries", 0) == 0
 
 
+async def test_a_read_asked_for_while_the_store_closes_is_refused_not_left_waiting(tmp_path):
+    """Was: while close() waited for the reader threads, a read could still be queued, behind their stop
+    marks: no thread ever ran it, and its caller waited for ever."""
+    store = await Store(tmp_path / "c.db").open()
+    await store.create_document("x")
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)  # close() is under way: it waits for the threads
+    async with asyncio.timeout(5):
+        with pytest.raises(RuntimeError, match="store is closed"):
+            await store.document("x")
+        await closing
+
+
 async def test_a_second_server_on_one_sqlite_file_is_refused(tmp_path):
     first = await Store(tmp_path / "one.db", exclusive=True).open()
     with pytest.raises(RuntimeError, match="another collab server is already serving"):
