@@ -480,17 +480,18 @@ class Room:
         """Return once every push accepted so far is durable, or refused (raises ServerError if the
         document cannot be saved). Pushes accepted meanwhile are not waited for: while anyone types
         there may never be a moment with none pending, and unload and shutdown flush with this."""
-        last = None  # the last push accepted so far; they become durable in order
+        waiting: list[Original] | None = None  # those pushes (held: their ids stay theirs)
         while not self.broken:
             if self._catching is not None:  # it holds pushes out of `originals` while it sequences them again
                 await asyncio.wait([self._catching])
                 continue
-            if last is None:
+            if waiting is None:
                 if not self.originals:
                     break
-                last = self.originals[-1]
-            elif not any(o is last for o in self.originals):
-                break
+                waiting = list(self.originals)
+                ids = {id(o) for o in waiting}
+            elif not any(id(o) in ids for o in self.originals):
+                break  # not only the last: a catch-up may refuse any of them and keep the others
             if self._progress is None:
                 self._progress = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._progress)  # shared: one waiter cancelled does not cancel the others
@@ -533,7 +534,8 @@ class Room:
         first: catch up and sequence the pushes again. Or it failed: reload."""
         try:
             self._commit_done(commit, error)
-        except Exception:  # a bug: what is durable is durable; this document starts again from the store
+        except Exception:  # a bug: this document starts again from the store; what is durable stays
+            # (a restore that was may still be told it failed)
             log.exception("document %s: handling its commit failed; reloading it", self.name)
             self._fail()
 

@@ -658,6 +658,35 @@ async def test_settled_and_shutdown_end_while_someone_keeps_typing(tmp_path):
         await store.close()
 
 
+async def test_settled_waits_for_every_earlier_push_when_a_catch_up_refuses_the_last(tmp_path):
+    """Was (in this stop's first version of settled): it waited for the last push accepted before it,
+    taking them to become durable in order; a catch-up refused that one (too large now) and kept an
+    earlier one, and settled() returned with it still pending (an unload would then forget the room
+    before its commit)."""
+    settings = Settings(db=str(tmp_path / "r.db"), unload_after=60.0, max_doc=10)
+    store = await Store(settings.db).open()
+    other = await Store(settings.db).open()
+    rooms = Rooms(settings, store)
+    try:
+        await store.create_document("doc")
+        a, b = FakeConn("a"), FakeConn("b")
+        ma = await rooms.join("doc", a, hello("a"), token=None)
+        mb = await rooms.join("doc", b, hello("b"), token=None)
+        room = ma.room
+        info = await other.document("doc")
+        await commit(other, info["id"], [Accepted(1, Update("z", ChangeSet.from_json([[0, "zzzzzz"]])), "Z", 1.0)], 6)
+        await room.push(ma, push_msg(0, "a", [[0, "ab"]]))  # fits after the other writer's six...
+        await room.push(mb, push_msg(0, "b", [[0, "cde"]]))  # ...this one no more (max_doc=10)
+        async with asyncio.timeout(10):
+            await room.settled()
+        assert not room.originals and room.seq.committed_text() == "zzzzzzab"
+        assert [f["code"] for f in b.of("error")] == ["too-large"] and not a.of("error")
+    finally:
+        await rooms.shutdown()
+        await store.close()
+        await other.close()
+
+
 async def test_an_unload_and_a_load_of_one_name_never_take_each_others_place(tmp_path):
     """Was: a join refused while the room was unloading held and let go of it, which began a second
     unload over the first; each ended by deleting whatever entry the name had in `_loading`. The
