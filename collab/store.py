@@ -330,10 +330,13 @@ class Store(GroupWriter):
 
     async def close(self) -> None:
         """Finish queued writes, then close every connection."""
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
-        if self._checkpoint is not None:
-            await self._checkpoint  # it logs its own failure
+        while True:  # a write asked for while one of these ran starts the writer again
+            if self._writer is not None and not self._writer.done():
+                await asyncio.shield(self._writer)
+            elif self._checkpoint is not None and not self._checkpoint.done():
+                await self._checkpoint  # it logs its own failure
+            else:
+                break
         if self._inline is not None:
             self._inline.close()
             self._inline = None

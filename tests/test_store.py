@@ -390,6 +390,27 @@ async def test_a_read_asked_for_while_the_store_closes_is_refused_not_left_waiti
         await closing
 
 
+async def test_writes_asked_for_while_the_store_closes_are_finished_first(tmp_path):
+    """Was: close() looked for a running writer before it waited for a WAL checkpoint, never after; a
+    write asked for meanwhile started the writer again, and its next group found the writer's
+    threads gone (an AttributeError for every caller in it; their documents reloaded)."""
+    store = await Store(tmp_path / "c.db").open()
+    await store.create_document("x")
+    store._checkpoint = asyncio.ensure_future(asyncio.sleep(0.05))  # a checkpoint under way as close begins
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)
+    slow = asyncio.ensure_future(store._write(lambda conn: time.sleep(0.2)))  # a group in the thread
+    await asyncio.sleep(0.01)
+    queued = asyncio.ensure_future(store.create_document("y"))  # the next group
+    async with asyncio.timeout(10):
+        await slow
+        assert type(await queued) is int
+        await closing
+    store = await Store(tmp_path / "c.db").open()
+    assert sorted(d["name"] for d in await store.list_documents()) == ["x", "y"]
+    await store.close()
+
+
 async def test_a_second_server_on_one_sqlite_file_is_refused(tmp_path):
     first = await Store(tmp_path / "one.db", exclusive=True).open()
     with pytest.raises(RuntimeError, match="another collab server is already serving"):
