@@ -30,20 +30,27 @@ BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 # A test that runs over pyproject's `timeout` (300 s) fails, with its stack, and the run goes on
 # (pytest-timeout). But pytest-timeout, like pytest's own faulthandler timer, stops its clock once a
 # test has failed, and a teardown can hang after a failure too: a test still not done after
-# HANG_LIMIT seconds ends the whole run, its name and every thread's stack printed, rather than
-# stall CI until CI's own limit. (Servers the session started are then left to the machine.)
+# HANG_LIMIT seconds (or twice `--timeout N`, if more; none with `--timeout 0`) ends the whole run,
+# its name and every thread's stack printed, rather than stall CI until CI's own limit. (Servers
+# the session started are then left to the machine.)
 HANG_LIMIT = 600.0
 _stderr_fd: int | None = None
+_hang_limit: float | None = None
 
 
 def pytest_configure(config) -> None:
-    global _stderr_fd
+    global _stderr_fd, _hang_limit
     _stderr_fd = os.dup(sys.stderr.fileno())  # the terminal's, before output capture takes fd 2
+    given = config.getoption("timeout", None)
+    timeout = float(given if given is not None else config.getini("timeout") or 0)
+    _hang_limit = max(HANG_LIMIT, 2 * timeout) if timeout > 0 else None
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    watchdog = threading.Timer(HANG_LIMIT, _hung, (item.nodeid,))
+    if _hang_limit is None:
+        return (yield)
+    watchdog = threading.Timer(_hang_limit, _hung, (item.nodeid,))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -53,7 +60,7 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def _hung(nodeid: str) -> None:
-    os.write(_stderr_fd, f"\n\n{nodeid} is still not done after {HANG_LIMIT:g} s (set-up, test and teardown): "
+    os.write(_stderr_fd, f"\n\n{nodeid} is still not done after {_hang_limit:g} s (set-up, test and teardown): "
                          "ending the run. Every thread's stack:\n".encode())
     faulthandler.dump_traceback(file=_stderr_fd, all_threads=True)
     os._exit(3)
