@@ -20,7 +20,7 @@ from collab.errors import CLOSE_POLICY, ProtocolError
 from collab.room import Rooms
 from collab.settings import Settings
 from collab.store import Store
-from test_room_memory import FakeConn, hello, until
+from test_room_memory import FakeConn, hello, registry, until
 
 SECRET = b"a secret for the bus tests"
 
@@ -76,20 +76,14 @@ async def test_stop_ends_every_loop_even_when_a_check_was_just_asked_for(tmp_pat
     """Was: the check loop waited with asyncio.wait_for, whose Python 3.11 version drops a cancel that
     comes as the awaited event is set: stop() just after the bus came up (which asks for a check)
     waited for that loop for ever (CI hung so, in the teardown of the failed-publish test below)."""
-    settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0)
-    store = await Store(settings.db).open()
-    rooms = Rooms(settings, store)
-    cluster = rooms.cluster = Cluster(rooms, None, check_every=60.0, poll_every=60.0)
-    try:
+    async with registry(tmp_path, unload_after=60.0) as (store, rooms):
+        cluster = rooms.cluster = Cluster(rooms, None, check_every=60.0, poll_every=60.0)
         await cluster.start()
         await asyncio.sleep(0.05)  # the check loop waits for its event
         cluster._check_now.set()  # as the bus coming up does...
         async with asyncio.timeout(STOP_TIMEOUT + 5):
             await cluster.stop()  # ...and stop cancels in the same turn of the loop
         assert all(task.done() for task in cluster._tasks), cluster._tasks
-    finally:
-        await rooms.shutdown()
-        await store.close()
 
 
 @pytest.fixture

@@ -62,14 +62,23 @@ def push_msg(version: int, client_id: str, changes) -> protocol.Push:
     return protocol.Push(version, [Update(client_id, ChangeSet.from_json(changes))])
 
 
+@contextlib.asynccontextmanager
+async def registry(tmp_path, access: Access | None = None, clock=time.time, **options):
+    """A registry on a fresh SQLite file, with these settings; yields (store, rooms), both closed after."""
+    settings = Settings(db=str(tmp_path / "m.db"), **options)
+    store = await Store(settings.db, keep=settings.keep_updates).open()
+    rooms = Rooms(settings, store, access=access, clock=clock)
+    try:
+        yield store, rooms
+    finally:
+        await rooms.shutdown()
+        await store.close()
+
+
 @pytest.fixture
 async def world(tmp_path):
-    settings = Settings(db=str(tmp_path / "m.db"), unload_after=0.0, snapshot_every=50)
-    store = await Store(settings.db).open()
-    rooms = Rooms(settings, store, clock=lambda: 1234.5)
-    yield settings, store, rooms
-    await rooms.shutdown()
-    await store.close()
+    async with registry(tmp_path, clock=lambda: 1234.5, unload_after=0.0, snapshot_every=50) as (store, rooms):
+        yield rooms.settings, store, rooms
 
 
 async def settle(rooms: Rooms, name: str) -> None:
@@ -196,32 +205,28 @@ async def test_a_bug_in_the_commit_path_reloads_the_document_and_loses_nothing(w
 
 
 async def test_access_is_decided_at_hello_and_a_reset_closes_members_and_waiting_sockets(tmp_path):
-    settings = Settings(db=str(tmp_path / "a.db"))
-    store = await Store(settings.db).open()
     access = Access(b"0123456789abcdef0123")
-    rooms = Rooms(settings, store, access=access)
-    with pytest.raises(ProtocolError) as err:  # a view link cannot make a document that does not exist
-        await rooms.join("doc", FakeConn("v"), hello("v"), token=access.doc_token("doc", "view", ""))
-    assert err.value.code == "forbidden" and await store.document("doc") is None
-    admin = FakeConn("admin")
-    ma = await rooms.join("doc", admin, hello("admin"), token=access.admin_token())
-    await ma.room.push(ma, push_msg(0, "admin", [[0, "made"]]))  # the first edit makes it
-    await ma.room.settled()
-    salt = await rooms.salt_of("doc")
-    viewer, editor, waiting = FakeConn("v"), FakeConn("e"), FakeConn("w")
-    await rooms.join("doc", viewer, hello("v"), token=access.doc_token("doc", "view", salt))
-    await rooms.join("doc", editor, hello("e"), token=access.doc_token("doc", "edit", salt))
-    assert (viewer.role, editor.role, admin.role, admin.admin) == ("view", "edit", "edit", True)
-    rooms.arrive("doc", waiting)  # a socket that has not said hello yet
-    await rooms.reset_links("doc")
-    assert viewer.closed_with[0] == editor.closed_with[0] == waiting.closed_with[0] == CLOSE_POLICY
-    assert not admin.closed
-    late = FakeConn("late")  # its token was made before the reset
-    with pytest.raises(ProtocolError) as err:
-        await rooms.join("doc", late, hello("late"), token=access.doc_token("doc", "edit", salt))
-    assert err.value.code == "forbidden"
-    await rooms.shutdown()
-    await store.close()
+    async with registry(tmp_path, access=access) as (store, rooms):
+        with pytest.raises(ProtocolError) as err:  # a view link cannot make a document that does not exist
+            await rooms.join("doc", FakeConn("v"), hello("v"), token=access.doc_token("doc", "view", ""))
+        assert err.value.code == "forbidden" and await store.document("doc") is None
+        admin = FakeConn("admin")
+        ma = await rooms.join("doc", admin, hello("admin"), token=access.admin_token())
+        await ma.room.push(ma, push_msg(0, "admin", [[0, "made"]]))  # the first edit makes it
+        await ma.room.settled()
+        salt = await rooms.salt_of("doc")
+        viewer, editor, waiting = FakeConn("v"), FakeConn("e"), FakeConn("w")
+        await rooms.join("doc", viewer, hello("v"), token=access.doc_token("doc", "view", salt))
+        await rooms.join("doc", editor, hello("e"), token=access.doc_token("doc", "edit", salt))
+        assert (viewer.role, editor.role, admin.role, admin.admin) == ("view", "edit", "edit", True)
+        rooms.arrive("doc", waiting)  # a socket that has not said hello yet
+        await rooms.reset_links("doc")
+        assert viewer.closed_with[0] == editor.closed_with[0] == waiting.closed_with[0] == CLOSE_POLICY
+        assert not admin.closed
+        late = FakeConn("late")  # its token was made before the reset
+        with pytest.raises(ProtocolError) as err:
+            await rooms.join("doc", late, hello("late"), token=access.doc_token("doc", "edit", salt))
+        assert err.value.code == "forbidden"
 
 
 async def test_shutdown_waits_for_the_unloads_it_started(world, monkeypatch):
@@ -448,10 +453,7 @@ async def _typed(room, member, count: int) -> None:
 async def test_a_refused_join_does_not_keep_the_document_loaded(tmp_path):
     """Was: a join refused after the room was loaded (a bad token) left it loaded with no unload timer,
     so anyone could load every document into memory by guessing names."""
-    settings = Settings(db=str(tmp_path / "m.db"), unload_after=0.0)
-    store = await Store(settings.db).open()
-    rooms = Rooms(settings, store, access=Access(b"s" * 32))
-    try:
+    async with registry(tmp_path, access=Access(b"s" * 32), unload_after=0.0) as (store, rooms):
         for k in range(3):
             await store.create_document(f"d{k}", text="x" * 1000)
             with pytest.raises(ProtocolError) as refused:
@@ -459,9 +461,6 @@ async def test_a_refused_join_does_not_keep_the_document_loaded(tmp_path):
             assert refused.value.code == "forbidden"
         await asyncio.sleep(0.2)
         assert rooms.rooms == {}
-    finally:
-        await rooms.shutdown()
-        await store.close()
 
 
 async def test_unloading_a_room_stops_hearing_about_it_on_the_bus(world):
@@ -481,29 +480,20 @@ async def test_asking_for_a_document_that_does_not_exist_leaves_no_bus_subscript
     """Was: the registry subscribed to a document's channel before loading it, and kept the
     subscription when there was no such document: any hello for a made-up name, without a valid
     token, added one for good."""
-    settings = Settings(db=str(tmp_path / "m.db"), unload_after=0.0)
-    store = await Store(settings.db).open()
-    rooms = Rooms(settings, store, access=Access(b"s" * 32))
-    rooms.cluster = FakeCluster()
-    try:
+    async with registry(tmp_path, access=Access(b"s" * 32), unload_after=0.0) as (store, rooms):
+        rooms.cluster = FakeCluster()
         for k in range(3):
             with pytest.raises(ProtocolError) as refused:
                 await rooms.join(f"made-up-{k}", FakeConn("a"), hello("a"), token="ebogus")
             assert refused.value.code == "forbidden"
         assert rooms.rooms == {} and rooms.cluster.watched == set()
-    finally:
-        await rooms.shutdown()
-        await store.close()
 
 
 async def test_a_join_waiting_for_history_keeps_its_room_from_unloading(tmp_path):
     """Was: the last member left (unload timer), a resume that had to read older history from the store
     waited, the room unloaded meanwhile, and the join registered in the forgotten room: the next
     member loaded a second one, and the first never heard of its edits."""
-    settings = Settings(db=str(tmp_path / "m.db"), unload_after=0.0, keep_updates=5)
-    store = await Store(settings.db, keep=5).open()
-    rooms = Rooms(settings, store, clock=lambda: 1.0)
-    try:
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=0.0, keep_updates=5) as (store, rooms):
         await store.create_document("doc")
         a = FakeConn("a")
         member = await rooms.join("doc", a, hello("a"), token=None)
@@ -520,9 +510,6 @@ async def test_a_join_waiting_for_history_keeps_its_room_from_unloading(tmp_path
         await other.room.push(other, push_msg(12, "c", [[0, "C"], 12]))
         await other.room.settled()
         assert [f["from"] for f in b.of("updates")][-1] == 12
-    finally:
-        await rooms.shutdown()
-        await store.close()
 
 
 async def test_a_restore_into_a_room_that_failed_is_refused_not_left_waiting(world):
@@ -542,24 +529,21 @@ async def test_a_restore_into_a_room_that_failed_is_refused_not_left_waiting(wor
 async def _overtaken(tmp_path):
     """A room keeping 5 updates in memory, where a typed 12 and b joined; then another writer committed
     version 13 behind its back. Yields (store, room, (a, its member), (b, its member))."""
-    settings = Settings(db=str(tmp_path / "m.db"), unload_after=60.0, keep_updates=5)
-    store = await Store(settings.db, keep=5).open()
-    rooms = Rooms(settings, store, clock=lambda: 1.0)
-    other = await Store(settings.db).open()
-    try:
-        await store.create_document("doc")
-        a, b = FakeConn("a"), FakeConn("b")
-        ma = await rooms.join("doc", a, hello("a"), token=None)
-        mb = await rooms.join("doc", b, hello("b"), token=None)
-        await _typed(ma.room, ma, 12)
-        assert ma.room.seq.log_from > 2
-        info = await other.document("doc")
-        await commit(other, info["id"], [Accepted(13, Update("z", ChangeSet.from_json([[0, "z"], 12])), "Z", 1.0)], 13)
-        yield store, ma.room, (a, ma), (b, mb)
-    finally:
-        await other.close()
-        await rooms.shutdown()
-        await store.close()
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
+        other = await Store(store.path).open()
+        try:
+            await store.create_document("doc")
+            a, b = FakeConn("a"), FakeConn("b")
+            ma = await rooms.join("doc", a, hello("a"), token=None)
+            mb = await rooms.join("doc", b, hello("b"), token=None)
+            await _typed(ma.room, ma, 12)
+            assert ma.room.seq.log_from > 2
+            info = await other.document("doc")
+            await commit(other, info["id"],
+                         [Accepted(13, Update("z", ChangeSet.from_json([[0, "z"], 12])), "Z", 1.0)], 13)
+            yield store, ma.room, (a, ma), (b, mb)
+        finally:
+            await other.close()
 
 
 async def test_a_push_that_waited_for_history_waits_out_a_catch_up_begun_meanwhile(tmp_path):
@@ -625,37 +609,34 @@ async def test_settled_and_shutdown_end_while_someone_keeps_typing(tmp_path):
     waiting, and a graceful shutdown (members are closed only after the first flush) never ended.
     Now it waits for the pushes accepted when it was called, and no others."""
     unlimited = dict(update_rate=1e9, update_burst=10 ** 9, doc_update_rate=1e9, doc_update_burst=10 ** 9)
-    settings = Settings(db=str(tmp_path / "t.db"), unload_after=0.0, **unlimited)
-    store = await Store(settings.db).open()  # synchronous=FULL: every commit runs in the writer thread
-    rooms = Rooms(settings, store)
-    a = FakeConn("a")
-    ma = await rooms.join("doc", a, hello("a"), token=None)
-    room = ma.room
-    run = store._w.run
+    # The store is opened with synchronous=FULL: every commit runs in the writer thread.
+    async with registry(tmp_path, unload_after=0.0, **unlimited) as (store, rooms):
+        a = FakeConn("a")
+        ma = await rooms.join("doc", a, hello("a"), token=None)
+        room = ma.room
+        run = store._w.run
 
-    def keystroke() -> protocol.Push:
-        length = room.seq.text.length
-        return push_msg(room.seq.version, "a", [[0, "x"]] + ([length] if length else []))
+        def keystroke() -> protocol.Push:
+            length = room.seq.text.length
+            return push_msg(room.seq.version, "a", [[0, "x"]] + ([length] if length else []))
 
-    async def typing_meanwhile(fn, *args):
-        if fn is _group_transaction and not a.closed:
-            asyncio.ensure_future(room.push(ma, keystroke()))  # lands while this transaction runs
-        return await run(fn, *args)
+        async def typing_meanwhile(fn, *args):
+            if fn is _group_transaction and not a.closed:
+                asyncio.ensure_future(room.push(ma, keystroke()))  # lands while this transaction runs
+            return await run(fn, *args)
 
-    store._w.run = typing_meanwhile
-    try:
-        await room.push(ma, keystroke())
-        async with asyncio.timeout(10):
-            await room.settled()
-        assert room.seq.committed_version >= 1 and room.originals, "the typist went on meanwhile"
-        async with asyncio.timeout(10):
-            await rooms.shutdown()
-        assert a.closed_with[0] == CLOSE_GOING_AWAY
-        assert (await store.load("doc")).version == room.seq.committed_version == room.seq.version > 1
-    finally:
-        store._w.run = run
-        await rooms.shutdown()
-        await store.close()
+        store._w.run = typing_meanwhile
+        try:
+            await room.push(ma, keystroke())
+            async with asyncio.timeout(10):
+                await room.settled()
+            assert room.seq.committed_version >= 1 and room.originals, "the typist went on meanwhile"
+            async with asyncio.timeout(10):
+                await rooms.shutdown()
+            assert a.closed_with[0] == CLOSE_GOING_AWAY
+            assert (await store.load("doc")).version == room.seq.committed_version == room.seq.version > 1
+        finally:
+            store._w.run = run
 
 
 async def test_settled_waits_for_every_earlier_push_when_a_catch_up_refuses_the_last(tmp_path):
@@ -663,28 +644,25 @@ async def test_settled_waits_for_every_earlier_push_when_a_catch_up_refuses_the_
     taking them to become durable in order; a catch-up refused that one (too large now) and kept an
     earlier one, and settled() returned with it still pending (an unload would then forget the room
     before its commit)."""
-    settings = Settings(db=str(tmp_path / "r.db"), unload_after=60.0, max_doc=10)
-    store = await Store(settings.db).open()
-    other = await Store(settings.db).open()
-    rooms = Rooms(settings, store)
-    try:
+    async with registry(tmp_path, unload_after=60.0, max_doc=10) as (store, rooms):
         await store.create_document("doc")
         a, b = FakeConn("a"), FakeConn("b")
         ma = await rooms.join("doc", a, hello("a"), token=None)
         mb = await rooms.join("doc", b, hello("b"), token=None)
         room = ma.room
-        info = await other.document("doc")
-        await commit(other, info["id"], [Accepted(1, Update("z", ChangeSet.from_json([[0, "zzzzzz"]])), "Z", 1.0)], 6)
+        other = await Store(store.path).open()
+        try:
+            info = await other.document("doc")
+            await commit(other, info["id"],
+                         [Accepted(1, Update("z", ChangeSet.from_json([[0, "zzzzzz"]])), "Z", 1.0)], 6)
+        finally:
+            await other.close()
         await room.push(ma, push_msg(0, "a", [[0, "ab"]]))  # fits after the other writer's six...
         await room.push(mb, push_msg(0, "b", [[0, "cde"]]))  # ...this one no more (max_doc=10)
         async with asyncio.timeout(10):
             await room.settled()
         assert not room.originals and room.seq.committed_text() == "zzzzzzab"
         assert [f["code"] for f in b.of("error")] == ["too-large"] and not a.of("error")
-    finally:
-        await rooms.shutdown()
-        await store.close()
-        await other.close()
 
 
 async def test_an_unload_and_a_load_of_one_name_never_take_each_others_place(tmp_path):
@@ -692,51 +670,47 @@ async def test_an_unload_and_a_load_of_one_name_never_take_each_others_place(tmp
     unload over the first; each ended by deleting whatever entry the name had in `_loading`. The
     second one deleted the entry of a load begun meanwhile: that load failed (KeyError) and the
     join waiting for it waited for ever."""
-    settings = Settings(db=str(tmp_path / "u.db"), unload_after=0.0)
-    store = await Store(settings.db).open()
-    rooms = Rooms(settings, store, access=Access(b"0123456789abcdef0123"))
-    await store.create_document("doc")
-    snapshot_gates, load_gate = [], asyncio.Event()
-    write_snapshot, load = store.write_snapshot, store.load
+    async with registry(tmp_path, access=Access(b"0123456789abcdef0123"), unload_after=0.0) as (store, rooms):
+        await store.create_document("doc")
+        snapshot_gates, load_gate = [], asyncio.Event()
+        write_snapshot, load = store.write_snapshot, store.load
 
-    async def gated_snapshot(*args):
-        gate = asyncio.Event()
-        snapshot_gates.append(gate)
-        await gate.wait()
-        await write_snapshot(*args)
+        async def gated_snapshot(*args):
+            gate = asyncio.Event()
+            snapshot_gates.append(gate)
+            await gate.wait()
+            await write_snapshot(*args)
 
-    async def gated_load(name):
-        await load_gate.wait()
-        return await load(name)
+        async def gated_load(name):
+            await load_gate.wait()
+            return await load(name)
 
-    store.write_snapshot = gated_snapshot
-    try:
-        room = await rooms._get("doc", create=False)
-        await room.submit("c", 0, [Update("c", ChangeSet.from_json([[0, "hi"]]))], "x")
-        room.release()  # unloads at once (unload_after=0); its snapshot waits at the gate
-        await until(lambda: len(snapshot_gates) == 1, "the unload's snapshot")
-        with pytest.raises(ProtocolError):
-            await rooms.join("doc", FakeConn("r"), hello("r"), token="not a token")  # holds it, lets go
-        await asyncio.sleep(0.05)  # (was: a second unload began here)
-        snapshot_gates[0].set()
-        await until(lambda: rooms.rooms.get("doc") is None, "the end of the unload")
-        store.load = gated_load
-        first = asyncio.ensure_future(rooms._get("doc", create=False))
-        await asyncio.sleep(0.01)
-        second = asyncio.ensure_future(rooms._get("doc", create=False))  # waits for the first's load
-        await asyncio.sleep(0.01)
-        for gate in snapshot_gates:
-            gate.set()  # (was: the second unload ended here and took the load's entry)
-        await asyncio.sleep(0.05)
-        load_gate.set()
-        async with asyncio.timeout(5):
-            loaded = await asyncio.gather(first, second)
-        assert loaded[0] is loaded[1] is rooms.rooms["doc"] and str(loaded[0].seq.text) == "hi"
-    finally:
-        for gate in (*snapshot_gates, load_gate):
-            gate.set()
-        await rooms.shutdown()
-        await store.close()
+        store.write_snapshot = gated_snapshot
+        try:
+            room = await rooms._get("doc", create=False)
+            await room.submit("c", 0, [Update("c", ChangeSet.from_json([[0, "hi"]]))], "x")
+            room.release()  # unloads at once (unload_after=0); its snapshot waits at the gate
+            await until(lambda: len(snapshot_gates) == 1, "the unload's snapshot")
+            with pytest.raises(ProtocolError):
+                await rooms.join("doc", FakeConn("r"), hello("r"), token="not a token")  # holds it, lets go
+            await asyncio.sleep(0.05)  # (was: a second unload began here)
+            snapshot_gates[0].set()
+            await until(lambda: rooms.rooms.get("doc") is None, "the end of the unload")
+            store.load = gated_load
+            first = asyncio.ensure_future(rooms._get("doc", create=False))
+            await asyncio.sleep(0.01)
+            second = asyncio.ensure_future(rooms._get("doc", create=False))  # waits for the first's load
+            await asyncio.sleep(0.01)
+            for gate in snapshot_gates:
+                gate.set()  # (was: the second unload ended here and took the load's entry)
+            await asyncio.sleep(0.05)
+            load_gate.set()
+            async with asyncio.timeout(5):
+                loaded = await asyncio.gather(first, second)
+            assert loaded[0] is loaded[1] is rooms.rooms["doc"] and str(loaded[0].seq.text) == "hi"
+        finally:
+            for gate in (*snapshot_gates, load_gate):
+                gate.set()
 
 
 async def test_settled_waits_for_the_pushes_a_catch_up_is_sequencing_again(tmp_path):
