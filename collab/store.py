@@ -23,7 +23,9 @@ The interface and its rules are in storage.py; this backend keeps them so:
     about as small as SQLite's own autocheckpoint keeps it;
   * reads run on a small pool of reader connections in their own threads; in
     WAL mode they never block the writer, never see a half-written batch, and
-    one slow read does not hold up the others;
+    one slow read does not hold up the others. Each read is one read
+    transaction, so its statements see one commit (`collab compact` or an
+    admin command may commit between two of them);
   * SQLite is for one process: `open` takes an exclusive lock on `<db>.lock`,
     so a second server on the same file stops with a clear message (admin
     commands do not take it: they are short and go through SQLite's locking).
@@ -277,6 +279,17 @@ class _Connections:
             thread.join()
 
 
+def _in_one_read(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], object]):
+    # A deferred BEGIN: in WAL mode the read transaction takes its snapshot at the first SELECT and
+    # holds it to the end; it never blocks a writer (a checkpoint only stops short of what it reads).
+    conn.execute("BEGIN")
+    try:
+        return fn(conn)
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
 def _settle(fut: asyncio.Future, outcome: tuple[bool, object]) -> None:
     if not fut.done():
         ok, value = outcome
@@ -503,9 +516,11 @@ class Store(GroupWriter):
     # ----------------------------------------------------------------- reads
 
     async def _read(self, fn):
+        """fn(conn) on a reader thread, in one read transaction: its statements all see one commit, even
+        with `collab compact` or another writer committing between them."""
         if self._r is None:
             raise RuntimeError("store is closed")
-        return await self._r.run(fn)
+        return await self._r.run(_in_one_read, fn)
 
     async def load(self, name: str) -> Loaded | None:
         """The document's head text and its last `keep` updates; None if it does not exist."""

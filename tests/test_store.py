@@ -612,3 +612,46 @@ async def test_a_long_read_never_holds_commits_off_behind_a_checkpoint(tmp_path)
     finally:
         reader.close()
         await store.close()
+
+
+async def test_a_read_sees_one_commit_even_when_compact_commits_between_its_statements(tmp_path, monkeypatch):
+    """`collab compact` (another process) commits between the statements of one read: it writes a
+    snapshot at 30 and deletes updates 1..30 just after `load` or `text_at` read their snapshot. Each
+    read is one read transaction, so it still sees the rows it began with and answers as before the
+    compaction, instead of "updates 1..30 are missing" or "compacted away"."""
+    path = tmp_path / "compact.db"
+    store = await Store(path, synchronous="NORMAL", snapshot_every=1000, keep=5).open()
+    try:
+        texts = {}  # doc id -> the text after each update
+        for name, seed in (("c", 11), ("d", 12)):
+            doc_id = await store.create_document(name)
+            edits = random_edits(50, seed=seed)
+            for entry, text in edits:
+                await commit(store, doc_id, [entry], utf16_len(text))
+            texts[doc_id] = [text for _, text in edits]
+        c, d = texts
+        original, compacted = store_module._snapshot_at, []
+
+        def snapshot_then_compact_elsewhere(conn, doc_id, version):
+            found = original(conn, doc_id, version)
+            other = connect_sync(path, "NORMAL")  # as `collab compact` does, from its own connection
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                store_module._insert_snapshot(other, doc_id, 30, texts[doc_id][29])
+                compacted.append(other.execute("DELETE FROM updates WHERE doc_id = ? AND version <= 30",
+                                               (doc_id,)).rowcount)
+                other.execute("COMMIT")
+            finally:
+                other.close()
+            return found
+
+        monkeypatch.setattr(store_module, "_snapshot_at", snapshot_then_compact_elsewhere)
+        loaded = await store.load("c")
+        assert (loaded.version, loaded.text, loaded.snapshot_version) == (50, texts[c][-1], 0)
+        assert await store.text_at(d, 35) == texts[d][34]
+        assert compacted == [30, 30], "each compaction ran between the statements of one read"
+        monkeypatch.setattr(store_module, "_snapshot_at", original)
+        assert (await store.load("c")).snapshot_version == 30, "the next read sees the compaction"
+        assert await store.text_at(d, 35) == texts[d][34]
+    finally:
+        await store.close()
