@@ -20,6 +20,8 @@ Rules that always hold:
         `unavailable` (503) saying what ran out of time;
       - a worker may use WORKER_MEMORY bytes of address space; beyond it the
         job fails with `too-large` (413);
+      - a worker that cannot be started (no file descriptor, process or
+        memory left) or that dies answers `unavailable` (503), not a 500;
   * a restore diff is bounded by construction (history.diff_changes stops its
     searches at a cutoff and replaces what is left whole: about a second of
     work at most), so a restore is refused only when the workers are busy or
@@ -162,6 +164,7 @@ class _Worker:
     def __init__(self, memory: int):
         import collab
         root = os.path.dirname(os.path.dirname(os.path.abspath(collab.__file__)))
+        self.memory = memory
         env = dict(os.environ, COLLAB_WORKER_MEMORY=str(memory),
                    PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
         self.proc = subprocess.Popen(
@@ -177,7 +180,7 @@ class _Worker:
             raise Overrun(f"{what} ran out of its time budget; try again later") from None
         if status == "memory":
             raise ProtocolError("too-large", f"{what} needs more memory than a worker may use "
-                                             f"({WORKER_MEMORY >> 20} MB)")
+                                             f"({self.memory >> 20} MB)")
         if status == "error":
             raise RuntimeError(f"{what} failed in its worker: {value}")
         return value
@@ -227,7 +230,10 @@ class Pool:
             with self._lock:
                 worker = self._idle.pop() if self._idle else None
             if worker is None:
-                worker = _Worker(self.memory)
+                try:
+                    worker = _Worker(self.memory)
+                except OSError as exc:  # out of file descriptors, processes or memory: try again later
+                    raise ServerError(f"{what} could not start a worker process ({exc}); try again later") from None
                 self.started += 1
             try:
                 result = worker.call(fn, args, deadline, what)

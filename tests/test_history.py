@@ -13,6 +13,7 @@ unchanged.
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 import time
 
@@ -330,6 +331,29 @@ async def test_a_worker_out_of_memory_answers_too_large_and_a_bug_answers_its_er
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         await pool.run(divmod, 1, 0, timeout=20)
     assert await pool.run(sum, [5], timeout=20) == 5
+
+
+async def test_a_worker_that_cannot_start_answers_unavailable_and_the_pool_recovers(small_pool, monkeypatch):
+    """No file descriptor left (EMFILE) when a worker process is started: the caller hears 503 with why,
+    nothing is counted as running, and the next job, with descriptors back, runs."""
+    pool = small_pool(memory=400 << 20)
+    real_popen = compute.subprocess.Popen
+
+    def no_descriptors(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(compute.subprocess, "Popen", no_descriptors)
+    with pytest.raises(CollabError) as caught:
+        await pool.run(sum, [1], timeout=20, what="the sum")
+    assert (caught.value.code, caught.value.status) == ("unavailable", 503)
+    assert "the sum could not start a worker process" in caught.value.message
+    assert "Too many open files" in caught.value.message
+    assert (pool.pending, pool.started) == (0, 0)
+    monkeypatch.setattr(compute.subprocess, "Popen", real_popen)
+    assert await pool.run(sum, [1, 2], timeout=20) == 3 and pool.started == 1
+    with pytest.raises(CollabError) as caught:  # the message names this pool's limit, not the default's
+        await pool.run(bytearray, 2 << 30, timeout=20, what="the hog")
+    assert caught.value.code == "too-large" and "(400 MB)" in caught.value.message
 
 
 def test_the_cache_keeps_the_newest_version_below_and_drops_the_least_recently_used():
