@@ -535,9 +535,12 @@ class Room:
         try:
             self._commit_done(commit, error)
         except Exception:  # a bug: this document starts again from the store; what is durable stays
-            # (a restore that was may still be told it failed)
             log.exception("document %s: handling its commit failed; reloading it", self.name)
-            self._fail()
+            try:
+                if error is None:  # a restore that was saved is told so, not that it failed
+                    self._durable_until(commit.version)
+            finally:
+                self._fail()
 
     def _commit_done(self, commit: Commit, error: BaseException | None) -> None:
         self._in_flight = None
@@ -581,6 +584,13 @@ class Room:
             self.rooms.cluster.publish_updates(self.name, self.doc_id, frame)
         if self.remote_dirty:
             self._schedule_presence()  # cursors held until we had their version
+        self._durable_until(last)
+        self._progressed()
+        if self._news and self._catching is None:
+            self.catch_up()  # news came while this batch was being written
+
+    def _durable_until(self, last: int) -> None:
+        """The pushes whose updates are all at or below version `last` are durable: answer their waiters."""
         k = 0
         while k < len(self.originals) and self.originals[k].last <= last:
             o = self.originals[k]
@@ -588,9 +598,6 @@ class Room:
                 o.done.set_result(o.last)
             k += 1
         del self.originals[:k]
-        self._progressed()
-        if self._news and self._catching is None:
-            self.catch_up()  # news came while this batch was being written
 
     # ------------------------------------------------- other writers' updates
 

@@ -204,6 +204,32 @@ async def test_a_bug_in_the_commit_path_reloads_the_document_and_loses_nothing(w
     assert (await store.load("doc")).text == durable + "!"
 
 
+async def test_a_restore_saved_before_a_bug_in_the_commit_path_is_told_it_was_saved(world, monkeypatch):
+    """Was: a bug in Room.commit_done after the store had committed a restore failed the document, and the
+    restore's caller heard "could not be saved" although the restore was durable (and stays so)."""
+    settings, store, rooms = world
+    a = FakeConn("a")
+    ma = await rooms.join("doc", a, hello("a"), token=None)
+    await ma.room.push(ma, push_msg(0, "a", [[0, "hello"]]))
+    await ma.room.push(ma, push_msg(1, "a", [5, [0, " world"]]))
+    await ma.room.settled()
+    real, failed = protocol.updates_frame, []
+
+    def failing(*args, **kwargs):  # the broadcast is built after the commit: the restore is durable
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "updates_frame", failing)
+    async with asyncio.timeout(20):
+        version = await rooms.restore("doc", 1, "admin")
+    assert failed and ma.room.broken and a.closed_with[0] == CLOSE_INTERNAL
+    assert version == 3
+    loaded = await store.load("doc")
+    assert (loaded.version, loaded.text) == (3, "hello")
+
+
 async def test_access_is_decided_at_hello_and_a_reset_closes_members_and_waiting_sockets(tmp_path):
     access = Access(b"0123456789abcdef0123")
     async with registry(tmp_path, access=access) as (store, rooms):
