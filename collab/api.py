@@ -20,7 +20,7 @@ from aiohttp import web
 from . import httpguard, protocol
 from .errors import CollabError, ProtocolError, ServerError, brief
 from .room import Rooms
-from .storage import PERSON_KEY, Storage, VersionCompacted
+from .storage import PERSON_KEY, Storage, TooManyCheckpoints, VersionCompacted
 
 log = logging.getLogger("collab")
 
@@ -402,7 +402,11 @@ class Api:
                 raise ProtocolError("bad-request", f"name must be a string of at most {protocol.MAX_NAME} "
                                     "characters, or null")
             label = protocol.clean_name(label, "") or None
-        await self.store.set_checkpoint(info["id"], version, label, _author(body))
+        try:
+            await self.store.set_checkpoint(info["id"], version, label, _author(body),
+                                            max_checkpoints=self.rooms.settings.max_checkpoints)
+        except TooManyCheckpoints as exc:
+            raise ProtocolError("too-large", str(exc)) from None
         return json_response({"checkpoints": await self.store.checkpoints(info["id"])})
 
     async def authors(self, request: web.Request) -> web.Response:

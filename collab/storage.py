@@ -2,7 +2,7 @@
 
 What lives here: the data shapes that cross into a store (`Commit`) and out of
 it (`Loaded`, rows of `COPY_TABLES`), the errors a store raises with a meaning
-of their own (`VersionCompacted`, `VersionConflict`, `NameTaken`,
+of their own (`VersionCompacted`, `VersionConflict`, `NameTaken`, `TooManyDocuments`, `TooManyCheckpoints`,
 `StorageUnavailable`), the `Storage` protocol every backend implements,
 `CommitSource` (what a document must offer the store's writer), and the one
 place that turns a `--db` value into a backend: `store_for`, `migrate`,
@@ -148,6 +148,15 @@ class TooManyDocuments(RuntimeError):
     def __init__(self, limit: int):
         super().__init__(f"the server holds {limit} documents, the most it keeps (--max-documents {limit}); "
                          "delete some before making new ones")
+        self.limit = limit
+
+
+class TooManyCheckpoints(RuntimeError):
+    """The document has `limit` named versions already (set_checkpoint's `max_checkpoints`)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"this document has {limit} named versions, the most it keeps (--max-checkpoints "
+                         f"{limit}); take a name away before naming another version")
         self.limit = limit
 
 
@@ -321,7 +330,8 @@ class Storage(Protocol):
 
     async def renamed_to(self, name: str) -> str | None: ...
 
-    async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str) -> None: ...
+    async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
+                             max_checkpoints: int | None = None) -> None: ...  # TooManyCheckpoints past it
 
     async def checkpoints(self, doc_id: int) -> list[dict]: ...
 

@@ -58,8 +58,8 @@ from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Loaded, NameTaken,
-                      TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail, history_entry,
-                      parse_update, pending_migrations)
+                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail,
+                      history_entry, parse_update, pending_migrations)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -622,12 +622,18 @@ class Store(GroupWriter):
             "SELECT d.name FROM renamed r JOIN documents d ON d.id = r.doc_id WHERE r.name = ?", (name,)).fetchone())
         return row[0] if row else None
 
-    async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str) -> None:
-        """Name `version` (a checkpoint shown in the history), or with `name` None take the name away."""
+    async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
+                             max_checkpoints: int | None = None) -> None:
+        """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.
+        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are."""
         def fn(conn: sqlite3.Connection) -> None:
             if name is None:
                 conn.execute("DELETE FROM checkpoints WHERE doc_id = ? AND version = ?", (doc_id, version))
             else:
+                if max_checkpoints is not None and conn.execute(
+                        "SELECT COUNT(*) FROM checkpoints WHERE doc_id = ? AND version != ?",
+                        (doc_id, version)).fetchone()[0] >= max_checkpoints:
+                    raise TooManyCheckpoints(max_checkpoints)
                 conn.execute("INSERT OR REPLACE INTO checkpoints(doc_id, version, name, author, time) "
                              "VALUES (?,?,?,?,?)", (doc_id, version, name, author, time.time()))
 

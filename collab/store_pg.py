@@ -67,7 +67,7 @@ from .rebase import Update
 from .sequencer import Accepted
 from .storage import (DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter, history_entry,
                       Loaded, NameTaken, parse_update, pending_migrations, redact, StorageUnavailable,
-                      TooManyDocuments, VersionCompacted, VersionConflict)
+                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -846,17 +846,28 @@ class PgStore(GroupWriter):
         return await self._read(lambda conn: conn.fetchval(
             "SELECT d.name FROM renamed r JOIN documents d ON d.id = r.doc_id WHERE r.name = $1", name))
 
-    async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str) -> None:
-        """Name `version` (a checkpoint shown in the history), or with `name` None take the name away."""
+    async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
+                             max_checkpoints: int | None = None) -> None:
+        """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.
+        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are; the
+        transaction holds the document's row lock, so count-and-insert is one step for every process."""
         if name is None:
             await self._write(lambda conn: conn.execute(
                 "DELETE FROM checkpoints WHERE doc_id = $1 AND version = $2", doc_id, version), doc_ids=(doc_id,))
             return
         _refuse_nul("a checkpoint's name or author", name, author)
-        await self._write(lambda conn: conn.execute(
-            "INSERT INTO checkpoints (doc_id, version, name, author, time) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT (doc_id, version) DO UPDATE SET name = excluded.name, author = excluded.author, "
-            "time = excluded.time", doc_id, version, name, author, time.time()), doc_ids=(doc_id,))
+
+        async def fn(conn: asyncpg.Connection) -> None:
+            if max_checkpoints is not None and await conn.fetchval(
+                    "SELECT COUNT(*) FROM checkpoints WHERE doc_id = $1 AND version <> $2",
+                    doc_id, version) >= max_checkpoints:
+                raise TooManyCheckpoints(max_checkpoints)
+            await conn.execute(
+                "INSERT INTO checkpoints (doc_id, version, name, author, time) VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT (doc_id, version) DO UPDATE SET name = excluded.name, author = excluded.author, "
+                "time = excluded.time", doc_id, version, name, author, time.time())
+
+        await self._write(fn, doc_ids=(doc_id,))
 
     async def checkpoints(self, doc_id: int) -> list[dict]:
         """Every named version of the document, oldest first."""

@@ -416,6 +416,32 @@ async def test_joining_a_new_document_counts_against_max_documents(aiohttp_clien
     assert sorted(d["name"] for d in (await (await client.get("/api/docs")).json())["docs"]) == ["one", "two"]
 
 
+async def test_named_versions_per_document_stop_at_max_checkpoints(aiohttp_client, tmp_path):
+    """Named versions are bounded per document: past --max-checkpoints naming another version is 413 with
+    why; renaming a named one and taking a name away still work, and then a new one may be named."""
+    app = create_app(Settings(db=str(tmp_path / "cp.db"), max_checkpoints=2, write_rate=0))
+    client = await aiohttp_client(app)
+    ws, frame = await hello(client, "doc", "", "c")
+    for v in range(4):
+        await send(ws, {"type": "push", "version": v, "updates": [{"clientID": "c", "changes": [v, [0, "x"]]}]})
+        await recv_type(ws, "updates")
+
+    async def name(version, label):
+        resp = await client.post("/api/docs/doc/checkpoints", json={"version": version, "name": label})
+        return resp.status, await resp.json()
+
+    assert (await name(1, "one"))[0] == 200 and (await name(2, "two"))[0] == 200
+    status, body = await name(3, "three")
+    assert (status, body["error"]["code"]) == (413, "too-large")
+    assert "--max-checkpoints 2" in body["error"]["message"]
+    status, body = await name(2, "second")  # a version already named may be renamed
+    assert status == 200 and [c["name"] for c in body["checkpoints"]] == ["one", "second"]
+    assert (await name(1, None))[0] == 200
+    status, body = await name(3, "three")
+    assert status == 200 and [(c["version"], c["name"]) for c in body["checkpoints"]] == [(2, "second"), (3, "three")]
+    await ws.close()
+
+
 # ------------------------------------------------- finding 2: the free-disk low-water mark
 
 async def test_a_nearly_full_disk_refuses_writes_cleanly_and_reads_go_on(aiohttp_client, tmp_path):

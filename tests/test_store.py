@@ -19,7 +19,8 @@ from collab import store as store_module
 from collab.changes import ChangeSet, utf16_len
 from collab.rebase import Update
 from collab.sequencer import Accepted
-from collab.storage import COPY_TABLES, GATHER_TURNS, Commit, NameTaken, VersionCompacted, VersionConflict, store_at
+from collab.storage import (COPY_TABLES, GATHER_TURNS, Commit, NameTaken, TooManyCheckpoints, VersionCompacted,
+                            VersionConflict, store_at)
 from collab.store import Store, apply_migrations, connect_sync, migration_files
 from conftest import BOTH_BACKENDS
 from storeutil import OneCommit, commit, random_edits, raw_sql
@@ -457,6 +458,14 @@ async def test_frame_ends_people_checkpoints_and_renames_are_kept(open_store):
     await store.set_checkpoint(doc_id, 5, None, "Bob")
     assert [(c["version"], c["name"], c["author"]) for c in await store.checkpoints(doc_id)] == [
         (3, "first draft", "Ann")]
+    await store.set_checkpoint(doc_id, 4, "fourth", "Ann", max_checkpoints=2)
+    await store.set_checkpoint(doc_id, 4, "4th", "Ann", max_checkpoints=2)  # renaming one counts no more
+    with pytest.raises(TooManyCheckpoints) as err:
+        await store.set_checkpoint(doc_id, 6, "sixth", "Ann", max_checkpoints=2)
+    assert err.value.limit == 2
+    await store.set_checkpoint(doc_id, 6, "sixth", "Ann")  # no limit given: none applies
+    assert [(c["version"], c["name"]) for c in await store.checkpoints(doc_id)] == [
+        (3, "first draft"), (4, "4th"), (6, "sixth")]
     assert await store.rename_document(doc_id, "renamed") == "framed"
     assert await store.renamed_to("framed") == "renamed"
     assert (await store.document("renamed"))["id"] == doc_id and await store.document("framed") is None
