@@ -2,8 +2,9 @@
 
 What lives here: the data shapes that cross into a store (`Commit`) and out of
 it (`Loaded`, rows of `COPY_TABLES`), the errors a store raises with a meaning
-of their own (`VersionCompacted`, `VersionConflict`, `NameTaken`, `TooManyDocuments`, `TooManyCheckpoints`,
-`StorageUnavailable`), the `Storage` protocol every backend implements,
+of their own (`VersionCompacted`, `VersionConflict`, `NameTaken`,
+`TooManyDocuments`, `TooManyCheckpoints`, `StorageUnavailable`), the
+`Storage` protocol every backend implements,
 `CommitSource` (what a document must offer the store's writer), and the one
 place that turns a `--db` value into a backend: `store_for`, `migrate`,
 `database_exists`, and `describe`, which is how a database is named in every
