@@ -26,6 +26,11 @@ The interface and its rules are in storage.py; this backend keeps them so:
     one slow read does not hold up the others. Each read is one read
     transaction, so its statements see one commit (`collab compact` or an
     admin command may commit between two of them);
+  * a read or queued write that fails because the database cannot be used
+    right now (locked past BUSY_TIMEOUT_MS, an I/O error, no file descriptor
+    to open it, a full disk) raises StorageUnavailable (503 `unavailable`,
+    one warning logged per UNAVAILABLE_LOG_EVERY seconds); any other SQLite
+    error is a bug and stays one (500, logged with its traceback);
   * SQLite is for one process: `open` takes an exclusive lock on `<db>.lock`,
     so a second server on the same file stops with a clear message (admin
     commands do not take it: they are short and go through SQLite's locking).
@@ -58,8 +63,8 @@ from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Loaded, NameTaken,
-                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail,
-                      history_entry, parse_update, pending_migrations)
+                      StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict,
+                      contiguous_tail, history_entry, parse_update, pending_migrations)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -70,6 +75,11 @@ INLINE_ROWS = 256
 CHECKPOINT_EVERY = 200  # commits on the event loop between two checkpoints (about 1,000 WAL pages at most)
 BUSY_TIMEOUT_MS = 5000  # how long a connection waits for a lock held elsewhere (but the inline one's: 0)
 CHECKPOINT_WAIT_MS = 50  # how long a checkpoint waits for readers (and holds writers off) before it gives up
+UNAVAILABLE_LOG_EVERY = 10.0  # seconds between two warnings that the database cannot be used
+# SQLite's primary result codes that say the database cannot be used right now (503), not that our SQL is wrong.
+_UNAVAILABLE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
+                                sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL, sqlite3.SQLITE_NOMEM,
+                                sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_READONLY})
 
 
 # ------------------------------------------------------------------ migrations
@@ -314,6 +324,7 @@ class Store(GroupWriter):
         self._lock_fd: int | None = None
         self._init_writer()  # storage.GroupWriter: queued writes (fn, future) and waiting documents
         self.commits = 0  # transactions committed (for metrics and tests)
+        self._quiet_until = 0.0  # no warning of an unusable database is logged before this (monotonic)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -371,7 +382,29 @@ class Store(GroupWriter):
             raise RuntimeError("store is closed")
         fut = asyncio.get_running_loop().create_future()
         self._enqueue((fn, fut))
-        return await fut
+        try:
+            return await fut
+        except sqlite3.Error as exc:
+            unavailable = self._unavailable(exc, "writing")
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+    def _unavailable(self, exc: sqlite3.Error, doing: str) -> StorageUnavailable | None:
+        """StorageUnavailable (503 `unavailable`) for an error of the database's state rather than of our
+        SQL: locked past the busy timeout, an I/O error, a file that cannot be opened (out of file
+        descriptors), a full disk, no memory. None for the rest (a bug: it stays a 500, logged with its
+        traceback). One warning is logged per UNAVAILABLE_LOG_EVERY seconds, not one per request."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF not in _UNAVAILABLE_CODES:
+            return None
+        detail = (f"the SQLite database {self.path} cannot be used right now ({doing}): {exc} "
+                  f"({exc.sqlite_errorname})")
+        now = time.monotonic()
+        if now >= self._quiet_until:
+            self._quiet_until = now + UNAVAILABLE_LOG_EVERY
+            log.warning("%s", detail)
+        return StorageUnavailable(detail)
 
     def _writer_open(self) -> bool:
         return self._w is not None
@@ -520,7 +553,13 @@ class Store(GroupWriter):
         with `collab compact` or another writer committing between them."""
         if self._r is None:
             raise RuntimeError("store is closed")
-        return await self._r.run(_in_one_read, fn)
+        try:
+            return await self._r.run(_in_one_read, fn)
+        except sqlite3.Error as exc:
+            unavailable = self._unavailable(exc, "reading")
+            if unavailable is None:
+                raise
+            raise unavailable from exc
 
     async def load(self, name: str) -> Loaded | None:
         """The document's head text and its last `keep` updates; None if it does not exist."""

@@ -9,6 +9,7 @@ own are in test_pg_store.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -16,11 +17,13 @@ import time
 import pytest
 
 from collab import store as store_module
+from collab.app import create_app
 from collab.changes import ChangeSet, utf16_len
 from collab.rebase import Update
 from collab.sequencer import Accepted
-from collab.storage import (COPY_TABLES, GATHER_TURNS, Commit, NameTaken, TooManyCheckpoints, VersionCompacted,
-                            VersionConflict, store_at)
+from collab.settings import Settings
+from collab.storage import (COPY_TABLES, GATHER_TURNS, Commit, NameTaken, StorageUnavailable, TooManyCheckpoints,
+                            VersionCompacted, VersionConflict, store_at)
 from collab.store import Store, apply_migrations, connect_sync, migration_files
 from conftest import BOTH_BACKENDS
 from storeutil import OneCommit, commit, random_edits, raw_sql
@@ -664,3 +667,57 @@ async def test_a_read_sees_one_commit_even_when_compact_commits_between_its_stat
         assert await store.text_at(d, 35) == texts[d][34]
     finally:
         await store.close()
+
+
+def _hold_write_lock(path) -> sqlite3.Connection:
+    """Another process's connection holding SQLite's write lock (a transaction left open, as a long admin
+    command's would be). WAL readers go on; writers wait for it."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE documents SET updated = updated")
+    return other
+
+
+async def test_a_database_locked_past_the_busy_timeout_is_unavailable_not_a_bug(tmp_path, monkeypatch, caplog):
+    """Another process holds the write lock for longer than the busy timeout: a queued write (and a read
+    that would need the lock) raise StorageUnavailable (503 `unavailable`, the path not in the client's
+    message), one warning is logged for both, plain reads go on, and once the lock is gone writes work
+    again. An error in SQL of ours stays an error (a bug, 500)."""
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 100)
+    path = tmp_path / "busy.db"
+    store = await Store(path, synchronous="NORMAL").open()
+    try:
+        await store.create_document("doc")
+        other = _hold_write_lock(path)
+        with caplog.at_level(logging.WARNING, logger="collab"):
+            with pytest.raises(StorageUnavailable) as err:
+                await store.create_document("new")
+            assert (err.value.code, err.value.status) == ("unavailable", 503)
+            assert str(path) not in err.value.message and "SQLITE_BUSY" in str(err.value)
+            with pytest.raises(StorageUnavailable):
+                await store._read(lambda conn: conn.execute("UPDATE documents SET updated = updated"))
+        assert len([r for r in caplog.records if "cannot be used right now" in r.getMessage()]) == 1
+        assert (await store.load("doc")).version == 0  # WAL: reading never waits for a writer
+        other.close()
+        await store.create_document("new")
+        assert (await store.document("new")) is not None
+        with pytest.raises(sqlite3.OperationalError, match="no such column"):
+            await store._read(lambda conn: conn.execute("SELECT nope FROM documents").fetchall())
+    finally:
+        await store.close()
+
+
+async def test_the_api_answers_503_while_the_database_is_locked_elsewhere(tmp_path, monkeypatch, aiohttp_client):
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 100)
+    db = tmp_path / "api.db"
+    client = await aiohttp_client(create_app(Settings(db=str(db))))
+    assert (await client.post("/api/docs", json={"name": "doc"})).status == 201
+    other = _hold_write_lock(db)
+    try:
+        resp = await client.post("/api/docs", json={"name": "two"})
+        assert resp.status == 503, await resp.text()
+        assert (await resp.json())["error"]["code"] == "unavailable"
+        assert (await client.get("/api/docs/doc")).status == 200
+    finally:
+        other.close()
+    assert (await client.post("/api/docs", json={"name": "two"})).status == 201
