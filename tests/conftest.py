@@ -30,9 +30,10 @@ BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 # A test that runs over pyproject's `timeout` (300 s) fails, with its stack, and the run goes on
 # (pytest-timeout). But pytest-timeout, like pytest's own faulthandler timer, stops its clock once a
 # test has failed, and a teardown can hang after a failure too: a test still not done after
-# HANG_LIMIT seconds (or twice `--timeout N`, if more; none with `--timeout 0`) ends the whole run,
-# its name and every thread's stack printed, rather than stall CI until CI's own limit. (Servers
-# the session started are then left to the machine.)
+# HANG_LIMIT seconds (or twice `--timeout N`, or twice the test's own `timeout` mark, whichever is
+# more; none with `--timeout 0`) ends the whole run, its name and every thread's stack printed,
+# rather than stall CI until CI's own limit. (Servers the session started are then left to the
+# machine.)
 HANG_LIMIT = 600.0
 _stderr_fd: int | None = None
 _hang_limit: float | None = None
@@ -50,7 +51,11 @@ def pytest_configure(config) -> None:
 def pytest_runtest_protocol(item, nextitem):
     if _hang_limit is None:
         return (yield)
-    watchdog = threading.Timer(_hang_limit, _hung, (item.nodeid,))
+    limit = _hang_limit
+    mark = item.get_closest_marker("timeout")
+    if mark is not None and mark.args and float(mark.args[0]) > 0:
+        limit = max(limit, 2 * float(mark.args[0]))
+    watchdog = threading.Timer(limit, _hung, (item.nodeid, limit))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -59,8 +64,8 @@ def pytest_runtest_protocol(item, nextitem):
         watchdog.cancel()
 
 
-def _hung(nodeid: str) -> None:
-    os.write(_stderr_fd, f"\n\n{nodeid} is still not done after {_hang_limit:g} s (set-up, test and teardown): "
+def _hung(nodeid: str, limit: float) -> None:
+    os.write(_stderr_fd, f"\n\n{nodeid} is still not done after {limit:g} s (set-up, test and teardown): "
                          "ending the run. Every thread's stack:\n".encode())
     faulthandler.dump_traceback(file=_stderr_fd, all_threads=True)
     os._exit(3)

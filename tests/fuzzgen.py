@@ -166,6 +166,11 @@ class Raw:
     def __repr__(self) -> str:
         return f"Raw({self.text[:40]!r}{'...' if len(self.text) > 40 else ''})"
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        # Hypothesis prints drawn values with its own printer, which walks a dataclass's fields: `value`
+        # nested 1,000 deep overflowed the stack and a RecursionError hid the example's real failure.
+        printer.text(repr(self))
+
 
 def encode(value, ascii: bool = False) -> str:
     if isinstance(value, Raw):

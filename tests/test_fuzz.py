@@ -54,11 +54,12 @@ import pytest
 from aiohttp import ClientSession, WSMsgType
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
+from hypothesis.vendor.pretty import pretty
 
 from collab.app import create_app
 from collab.settings import Settings
 from fuzzgen import (BARRIER, CLOSE_CODES, CODES, GOOD, ME, OK, Ctx, Expect, Frame, Limits, Template, apply_json,
-                     boundaries, canonical, fractions, frame_strategies, hello_value, judge, make_frame,
+                     boundaries, canonical, deep, fractions, frame_strategies, hello_value, judge, make_frame,
                      parse_changes, resolve, u16)
 from serverproc import ServerProcess
 from wsutil import closed, connect, join, push, recv, recv_type, send
@@ -76,6 +77,12 @@ DOCS = 6  # examples take turns on a few documents, so histories grow long (trim
 FRAMES_PER_EXAMPLE = int(os.environ.get("FUZZ_FRAMES", "50"))
 IN_PROCESS_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "210"))
 SUBPROCESS_EXAMPLES = int(os.environ.get("FUZZ_SUBPROCESS_EXAMPLES", "24"))
+
+
+def time_limit(examples: int) -> float:
+    """pytest-timeout's limit for a run of `examples` (about 0.3 s each here): pyproject's 300 s, or more
+    for a longer hunt, so that FUZZ_EXAMPLES=2000 runs to its end."""
+    return max(300.0, 1.5 * examples)
 TIMEOUT = 10.0
 # Hypothesis raises the recursion limit while a test runs; the server must meet frames with the limit
 # it has in production (a frame nested ~1000 deep is exactly where that matters).
@@ -830,6 +837,7 @@ def report(name: str, stats: dict, seconds: float) -> None:
     print(f"  seconds per step: { {k: round(v, 2) for k, v in sorted(stats['time'].items())} }")
 
 
+@pytest.mark.timeout(time_limit(IN_PROCESS_EXAMPLES))
 def test_fuzz_in_process(tmp_path):
     """The big run: >= 10,000 fuzz frames at an in-process server, and nothing logged at ERROR."""
     recorder = LogRecorder()
@@ -855,6 +863,7 @@ def test_fuzz_in_process(tmp_path):
         assert stats["frames"] >= 10_000, stats["frames"]
 
 
+@pytest.mark.timeout(time_limit(SUBPROCESS_EXAMPLES))
 def test_fuzz_subprocess(tmp_path):
     """A smaller run against `python -m collab serve`: its log must hold no traceback and no ERROR line."""
     args = []
@@ -1074,3 +1083,11 @@ async def test_close_reason_is_valid_utf8(client, caplog, after_hello):
     assert answer["type"] == "error" and answer["code"] == "bad-message", answer
     assert (await closed(ws))[0] == 4000
     _no_errors_logged(caplog)
+
+
+def test_a_deep_frame_prints_in_a_failure_report():
+    """Hypothesis prints what an example drew when it reports a failure. Was: a frame holding JSON
+    nested 1,000 deep overflowed the stack of its printer, and a RecursionError hid the real failure
+    (seen when a long hunt ran into pytest-timeout)."""
+    assert pretty(deep(1000)).startswith("Raw('[[[[")
+    assert pretty([deep(5000, obj=True)]).startswith("[Raw('{\"a\":")
