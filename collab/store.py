@@ -29,8 +29,8 @@ The interface and its rules are in storage.py; this backend keeps them so:
   * a read or queued write that fails because the database cannot be used
     right now (locked past BUSY_TIMEOUT_MS, an I/O error, no file descriptor
     to open it, a full disk) raises StorageUnavailable (503 `unavailable`,
-    one warning logged per UNAVAILABLE_LOG_EVERY seconds); any other SQLite
-    error is a bug and stays one (500, logged with its traceback);
+    at most one warning logged per UNAVAILABLE_LOG_EVERY seconds); any other
+    SQLite error is a bug and stays one (500, logged with its traceback);
   * SQLite is for one process: `open` takes an exclusive lock on `<db>.lock`,
     so a second server on the same file stops with a clear message (admin
     commands do not take it: they are short and go through SQLite's locking).
@@ -77,9 +77,10 @@ BUSY_TIMEOUT_MS = 5000  # how long a connection waits for a lock held elsewhere 
 CHECKPOINT_WAIT_MS = 50  # how long a checkpoint waits for readers (and holds writers off) before it gives up
 UNAVAILABLE_LOG_EVERY = 10.0  # seconds between two warnings that the database cannot be used
 # SQLite's primary result codes that say the database cannot be used right now (503), not that our SQL is wrong.
-_UNAVAILABLE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
-                                sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL, sqlite3.SQLITE_NOMEM,
-                                sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_READONLY})
+# (Not SQLITE_LOCKED: without a shared cache it only comes from a conflict within one connection, a bug.)
+_UNAVAILABLE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN,
+                                sqlite3.SQLITE_FULL, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_PROTOCOL,
+                                sqlite3.SQLITE_READONLY})
 
 
 # ------------------------------------------------------------------ migrations
@@ -291,13 +292,28 @@ class _Connections:
 
 def _in_one_read(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], object]):
     # A deferred BEGIN: in WAL mode the read transaction takes its snapshot at the first SELECT and
-    # holds it to the end; it never blocks a writer (a checkpoint only stops short of what it reads).
+    # holds it until it ends. It never blocks a commit, but a checkpoint cannot restart the WAL past
+    # it (it waits CHECKPOINT_WAIT_MS, then gives up until the next one), so a read that goes on in
+    # Python after its last SELECT (a replay) ends it first: `_end_read`.
+    if conn.in_transaction:  # left open by a ROLLBACK that failed: never read in a stale snapshot
+        conn.execute("ROLLBACK")
     conn.execute("BEGIN")
     try:
-        return fn(conn)
-    finally:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        result = fn(conn)
+    except BaseException:
+        try:
+            _end_read(conn)
+        except sqlite3.Error:
+            pass  # fn's own error is the one to report; the next read ends this transaction
+        raise
+    _end_read(conn)
+    return result
+
+
+def _end_read(conn: sqlite3.Connection) -> None:
+    """End the read transaction `_in_one_read` began, once everything has been SELECTed."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _settle(fut: asyncio.Future, outcome: tuple[bool, object]) -> None:
@@ -394,7 +410,7 @@ class Store(GroupWriter):
         """StorageUnavailable (503 `unavailable`) for an error of the database's state rather than of our
         SQL: locked past the busy timeout, an I/O error, a file that cannot be opened (out of file
         descriptors), a full disk, no memory. None for the rest (a bug: it stays a 500, logged with its
-        traceback). One warning is logged per UNAVAILABLE_LOG_EVERY seconds, not one per request."""
+        traceback). At most one warning is logged per UNAVAILABLE_LOG_EVERY seconds, not one per request."""
         code = getattr(exc, "sqlite_errorcode", None)
         if code is None or code & 0xFF not in _UNAVAILABLE_CODES:
             return None
@@ -577,13 +593,14 @@ class Store(GroupWriter):
             log_from = version - len(log)
             if log_from > snap_version:
                 raise RuntimeError(f"document {name!r}: updates {snap_version + 1}..{log_from} are missing")
-            doc = Text(text)
-            for u in log[snap_version - log_from:]:
-                doc.apply(u.changes)
-            log = log[-keep:] if keep else []
+            replay, log = log[snap_version - log_from:], (log[-keep:] if keep else [])
             ends = [v for (v,) in conn.execute(
                 "SELECT version FROM updates WHERE doc_id = ? AND version > ? AND version < ? AND frame_end = 1",
                 (doc_id, version - len(log), version))]
+            _end_read(conn)
+            doc = Text(text)
+            for u in replay:
+                doc.apply(u.changes)
             return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends)
 
         return await self._read(fn)
@@ -624,6 +641,7 @@ class Store(GroupWriter):
             rows = _update_rows(conn, doc_id, snap_version, version)
             if len(rows) != version - snap_version:
                 raise _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
+            _end_read(conn)
             doc = Text(text)
             for _, client_id, changes in rows:
                 doc.apply(ChangeSet.from_json(orjson.loads(changes)))
@@ -664,15 +682,18 @@ class Store(GroupWriter):
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
                              max_checkpoints: int | None = None) -> None:
         """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.
-        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are."""
+        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are; renaming
+        a named one never is."""
         def fn(conn: sqlite3.Connection) -> None:
             if name is None:
                 conn.execute("DELETE FROM checkpoints WHERE doc_id = ? AND version = ?", (doc_id, version))
             else:
-                if max_checkpoints is not None and conn.execute(
-                        "SELECT COUNT(*) FROM checkpoints WHERE doc_id = ? AND version != ?",
-                        (doc_id, version)).fetchone()[0] >= max_checkpoints:
-                    raise TooManyCheckpoints(max_checkpoints)
+                named = conn.execute("SELECT 1 FROM checkpoints WHERE doc_id = ? AND version = ?",
+                                     (doc_id, version)).fetchone()
+                if max_checkpoints is not None and named is None:
+                    count = conn.execute("SELECT COUNT(*) FROM checkpoints WHERE doc_id = ?", (doc_id,)).fetchone()[0]
+                    if count >= max_checkpoints:
+                        raise TooManyCheckpoints(max_checkpoints, count)
                 conn.execute("INSERT OR REPLACE INTO checkpoints(doc_id, version, name, author, time) "
                              "VALUES (?,?,?,?,?)", (doc_id, version, name, author, time.time()))
 

@@ -465,10 +465,15 @@ async def test_frame_ends_people_checkpoints_and_renames_are_kept(open_store):
     await store.set_checkpoint(doc_id, 4, "4th", "Ann", max_checkpoints=2)  # renaming one counts no more
     with pytest.raises(TooManyCheckpoints) as err:
         await store.set_checkpoint(doc_id, 6, "sixth", "Ann", max_checkpoints=2)
-    assert err.value.limit == 2
+    assert (err.value.limit, err.value.count) == (2, 2)
     await store.set_checkpoint(doc_id, 6, "sixth", "Ann")  # no limit given: none applies
+    # Over a limit lowered afterwards: a named version may still be renamed, a new one not.
+    await store.set_checkpoint(doc_id, 3, "first", "Ann", max_checkpoints=2)
+    with pytest.raises(TooManyCheckpoints) as err:
+        await store.set_checkpoint(doc_id, 5, "fifth", "Ann", max_checkpoints=2)
+    assert "has 3 named versions and keeps at most 2" in str(err.value)
     assert [(c["version"], c["name"]) for c in await store.checkpoints(doc_id)] == [
-        (3, "first draft"), (4, "4th"), (6, "sixth")]
+        (3, "first"), (4, "4th"), (6, "sixth")]
     assert await store.rename_document(doc_id, "renamed") == "framed"
     assert await store.renamed_to("framed") == "renamed"
     assert (await store.document("renamed"))["id"] == doc_id and await store.document("framed") is None
@@ -721,3 +726,37 @@ async def test_the_api_answers_503_while_the_database_is_locked_elsewhere(tmp_pa
     finally:
         other.close()
     assert (await client.post("/api/docs", json={"name": "two"})).status == 201
+
+
+async def test_a_load_lets_its_snapshot_go_before_it_replays(tmp_path, monkeypatch):
+    """`load` and `text_at` end their read transaction once everything is SELECTed, before the replay in
+    Python: while a read transaction is open, a checkpoint cannot restart the WAL (it gives up after
+    CHECKPOINT_WAIT_MS), so a long replay held the WAL's restart off for its whole length."""
+    path = tmp_path / "replay.db"
+    store = await Store(path, synchronous="NORMAL", snapshot_every=1000, keep=5).open()
+    try:
+        doc_id = await store.create_document("r")
+        edits = random_edits(30, seed=4)
+        for entry, text in edits:
+            await commit(store, doc_id, [entry], utf16_len(text))
+        busy = []
+
+        class Watched(store_module.Text):
+            def apply(self, changes):
+                if not busy:  # the first update replayed: can a checkpoint restart the WAL right now?
+                    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+                    try:
+                        busy.append(other.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0])
+                    finally:
+                        other.close()
+                return super().apply(changes)
+
+        monkeypatch.setattr(store_module, "Text", Watched)
+        assert (await store.load("r")).text == edits[-1][1]
+        assert await store.text_at(doc_id, 20) == edits[19][1]
+        assert busy == [0], "a checkpoint found the read transaction still open during the replay"
+        busy.clear()
+        assert await store.text_at(doc_id, 20) == edits[19][1]
+        assert busy == [0]
+    finally:
+        await store.close()
