@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-from . import protocol, transfer
+from . import compute, protocol, transfer
 from .changes import utf16_len
 from .errors import CollabError
 from .settings import Settings
@@ -281,6 +281,10 @@ async def _compact(settings: Settings, keep: int) -> list[tuple[str, int, int, b
             text = await store.text_at(info["id"], boundary)
             try:
                 spans = (await store.authorship(info["id"], boundary)).to_list()
+            except (StorageUnavailable, compute.NoWorker) as exc:
+                # A passing failure: dropping the rows without the spans would lose the authors view for good.
+                raise AdminError(f"{info['name']}: {exc}; nothing of it was compacted, run the command "
+                                 "again later") from None
             except (RuntimeError, LookupError, CollabError):  # compacted before it was cached, or over budget
                 spans = None
             try:

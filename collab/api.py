@@ -404,7 +404,7 @@ class Api:
             label = protocol.clean_name(label, "") or None
         try:
             await self.store.set_checkpoint(info["id"], version, label, _author(body),
-                                            max_checkpoints=self.rooms.settings.max_checkpoints)
+                                            max_checkpoints=self.rooms.settings.max_checkpoints or None)
         except TooManyCheckpoints as exc:
             raise ProtocolError("too-large", str(exc)) from None
         return json_response({"checkpoints": await self.store.checkpoints(info["id"])})

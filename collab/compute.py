@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import os
 import pickle
 import resource
@@ -64,6 +65,8 @@ from typing import Awaitable, Callable, Hashable
 from .changes import ChangeSet
 from .errors import ProtocolError, ServerError
 from .history import Authorship, diff_changes, replay, run_count, spans_json
+
+log = logging.getLogger("collab")
 
 WORKERS = 1                 # worker processes (the server's other core stays with the event loop)
 QUEUE = 8                   # jobs that may wait for a worker; more are refused (busy)
@@ -84,6 +87,10 @@ class Busy(ServerError):
 
 class Overrun(ServerError):
     """A job ran out of its time budget (its worker was killed)."""
+
+
+class NoWorker(ServerError):
+    """No worker process could be started (out of file descriptors, processes or memory)."""
 
 
 # --------------------------------------------------------------------- runner
@@ -233,7 +240,9 @@ class Pool:
                 try:
                     worker = _Worker(self.memory)
                 except OSError as exc:  # out of file descriptors, processes or memory: try again later
-                    raise ServerError(f"{what} could not start a worker process ({exc}); try again later") from None
+                    log.warning("could not start a history worker process: %s", exc)
+                    reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__  # no paths for clients
+                    raise NoWorker(f"{what} could not start a worker process ({reason}); try again later") from None
                 self.started += 1
             try:
                 result = worker.call(fn, args, deadline, what)

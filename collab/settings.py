@@ -98,7 +98,7 @@ class Settings:
     max_documents: int = _opt(10000, "most documents the server keeps: creating or forking more is refused "
                               "(too-large)")
     max_checkpoints: int = _opt(1000, "most named versions (checkpoints) one document keeps: naming one more "
-                                "is refused (too-large) until a name is taken away")
+                                "is refused (too-large) until a name is taken away; 0: no limit")
     write_rate: float = _opt(30.0, "forks, restores and checkpoint names per minute one token, and one client "
                              "address, may make on average (beyond: 429 rate-limited with Retry-After); 0: no limit")
     write_burst: int = _opt(10, "forks, restores and checkpoint names one token or address may make at once "

@@ -153,12 +153,12 @@ class TooManyDocuments(RuntimeError):
 
 
 class TooManyCheckpoints(RuntimeError):
-    """The document has `limit` named versions already (set_checkpoint's `max_checkpoints`)."""
+    """The document has `count` named versions, `limit` or more (set_checkpoint's `max_checkpoints`)."""
 
-    def __init__(self, limit: int):
-        super().__init__(f"this document has {limit} named versions, the most it keeps (--max-checkpoints "
-                         f"{limit}); take a name away before naming another version")
-        self.limit = limit
+    def __init__(self, limit: int, count: int):
+        super().__init__(f"this document has {count} named versions and keeps at most {limit} "
+                         f"(--max-checkpoints {limit}); take a name away before naming another version")
+        self.limit, self.count = limit, count
 
 
 class StorageUnavailable(ServerError, RuntimeError):

@@ -849,8 +849,9 @@ class PgStore(GroupWriter):
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
                              max_checkpoints: int | None = None) -> None:
         """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.
-        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are; the
-        transaction holds the document's row lock, so count-and-insert is one step for every process."""
+        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are; renaming
+        a named one never is. The transaction holds the document's row lock, so count-and-insert is one
+        step for every process."""
         if name is None:
             await self._write(lambda conn: conn.execute(
                 "DELETE FROM checkpoints WHERE doc_id = $1 AND version = $2", doc_id, version), doc_ids=(doc_id,))
@@ -859,9 +860,10 @@ class PgStore(GroupWriter):
 
         async def fn(conn: asyncpg.Connection) -> None:
             if max_checkpoints is not None and await conn.fetchval(
-                    "SELECT COUNT(*) FROM checkpoints WHERE doc_id = $1 AND version <> $2",
-                    doc_id, version) >= max_checkpoints:
-                raise TooManyCheckpoints(max_checkpoints)
+                    "SELECT 1 FROM checkpoints WHERE doc_id = $1 AND version = $2", doc_id, version) is None:
+                count = await conn.fetchval("SELECT COUNT(*) FROM checkpoints WHERE doc_id = $1", doc_id)
+                if count >= max_checkpoints:
+                    raise TooManyCheckpoints(max_checkpoints, count)
             await conn.execute(
                 "INSERT INTO checkpoints (doc_id, version, name, author, time) VALUES ($1, $2, $3, $4, $5) "
                 "ON CONFLICT (doc_id, version) DO UPDATE SET name = excluded.name, author = excluded.author, "

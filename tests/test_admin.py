@@ -418,3 +418,42 @@ def test_compacted_version_is_a_clear_not_found(start_server):
     for path in (f"export?version={gone}", f"authors?version={gone}"):  # every route reading old versions says the same
         status, _ = get_status(f"{server.url}/api/docs/doc/{path}")
         assert status == 404, path
+
+
+@pytest.mark.parametrize("failure", ["no worker", "database busy"])
+def test_compact_stops_and_drops_nothing_when_authorship_fails_for_now(db, monkeypatch, failure):
+    """Was: any failure to compute the authorship at the boundary let compaction go on without it, so a
+    passing one (no worker process could start, the database unusable for a moment) lost the
+    document's authors view for good. Now the command stops, drops nothing, and says to run it again."""
+    from collab import admin, compute
+    from collab.settings import Settings
+    from collab.storage import StorageUnavailable
+    from storeutil import commit, random_edits
+
+    async def fill():
+        store = await store_at(db).open()
+        doc_id = await store.create_document("doc")
+        for entry, text in random_edits(40, seed=2):
+            await commit(store, doc_id, [entry], utf16_len(text))
+        await store.close()
+        return doc_id, type(store)
+
+    doc_id, backend_class = asyncio.run(fill())
+
+    async def fails(self, doc, version):
+        if failure == "no worker":
+            raise compute.NoWorker("the authorship could not start a worker process (Too many open files)")
+        raise StorageUnavailable("the database cannot be used right now (reading): database is locked")
+
+    monkeypatch.setattr(backend_class, "authorship", fails)
+    with pytest.raises(admin.AdminError, match="nothing of it was compacted, run the command again later"):
+        admin.compact(Settings(db=db, keep_history=10))
+
+    async def oldest():
+        store = await store_at(db).open()
+        try:
+            return await store.oldest_update(doc_id)
+        finally:
+            await store.close()
+
+    assert asyncio.run(oldest()) == 1, "no update row was dropped"

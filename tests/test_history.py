@@ -343,7 +343,7 @@ async def test_a_worker_that_cannot_start_answers_unavailable_and_the_pool_recov
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(compute.subprocess, "Popen", no_descriptors)
-    with pytest.raises(CollabError) as caught:
+    with pytest.raises(compute.NoWorker) as caught:
         await pool.run(sum, [1], timeout=20, what="the sum")
     assert (caught.value.code, caught.value.status) == ("unavailable", 503)
     assert "the sum could not start a worker process" in caught.value.message
