@@ -235,7 +235,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     }[args.command]
     try:
         status = run()
-    except (admin.AdminError, StorageUnavailable) as exc:  # the latter: says which database, and why
+    except admin.AdminError as exc:
         print(f"collab {args.command}: error: {exc}", file=sys.stderr)
         status = 1
     sys.exit(status)
