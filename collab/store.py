@@ -51,7 +51,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -398,29 +398,29 @@ class Store(GroupWriter):
             raise RuntimeError("store is closed")
         fut = asyncio.get_running_loop().create_future()
         self._enqueue((fn, fut))
-        try:
+        with self._unavailable("writing"):
             return await fut
-        except sqlite3.Error as exc:
-            unavailable = self._unavailable(exc, "writing")
-            if unavailable is None:
-                raise
-            raise unavailable from exc
 
-    def _unavailable(self, exc: sqlite3.Error, doing: str) -> StorageUnavailable | None:
-        """StorageUnavailable (503 `unavailable`) for an error of the database's state rather than of our
-        SQL: locked past the busy timeout, an I/O error, a file that cannot be opened (out of file
-        descriptors), a full disk, no memory. None for the rest (a bug: it stays a 500, logged with its
-        traceback). At most one warning is logged per UNAVAILABLE_LOG_EVERY seconds, not one per request."""
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is None or code & 0xFF not in _UNAVAILABLE_CODES:
-            return None
-        detail = (f"the SQLite database {self.path} cannot be used right now ({doing}): {exc} "
-                  f"({exc.sqlite_errorname})")
-        now = time.monotonic()
-        if now >= self._quiet_until:
-            self._quiet_until = now + UNAVAILABLE_LOG_EVERY
-            log.warning("%s", detail)
-        return StorageUnavailable(detail)
+    @contextmanager
+    def _unavailable(self, doing: str):
+        """SQLite errors of the database's state rather than of our SQL (locked past the busy timeout, an
+        I/O error, a file that cannot be opened for want of file descriptors, a full disk, no memory)
+        leave as StorageUnavailable (503 `unavailable`); the rest as they are (a bug: a 500, logged with
+        its traceback). At most one warning is logged per UNAVAILABLE_LOG_EVERY seconds, not one per
+        request."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is None or code & 0xFF not in _UNAVAILABLE_CODES:
+                raise
+            detail = (f"the SQLite database {self.path} cannot be used right now ({doing}): {exc} "
+                      f"({exc.sqlite_errorname})")
+            now = time.monotonic()
+            if now >= self._quiet_until:
+                self._quiet_until = now + UNAVAILABLE_LOG_EVERY
+                log.warning("%s", detail)
+            raise StorageUnavailable(detail) from exc
 
     def _writer_open(self) -> bool:
         return self._w is not None
@@ -569,13 +569,8 @@ class Store(GroupWriter):
         with `collab compact` or another writer committing between them."""
         if self._r is None:
             raise RuntimeError("store is closed")
-        try:
+        with self._unavailable("reading"):
             return await self._r.run(_in_one_read, fn)
-        except sqlite3.Error as exc:
-            unavailable = self._unavailable(exc, "reading")
-            if unavailable is None:
-                raise
-            raise unavailable from exc
 
     async def load(self, name: str) -> Loaded | None:
         """The document's head text and its last `keep` updates; None if it does not exist."""
@@ -688,9 +683,9 @@ class Store(GroupWriter):
             if name is None:
                 conn.execute("DELETE FROM checkpoints WHERE doc_id = ? AND version = ?", (doc_id, version))
             else:
-                named = conn.execute("SELECT 1 FROM checkpoints WHERE doc_id = ? AND version = ?",
-                                     (doc_id, version)).fetchone()
-                if max_checkpoints is not None and named is None:
+                if max_checkpoints is not None and conn.execute(
+                        "SELECT 1 FROM checkpoints WHERE doc_id = ? AND version = ?",
+                        (doc_id, version)).fetchone() is None:
                     count = conn.execute("SELECT COUNT(*) FROM checkpoints WHERE doc_id = ?", (doc_id,)).fetchone()[0]
                     if count >= max_checkpoints:
                         raise TooManyCheckpoints(max_checkpoints, count)
