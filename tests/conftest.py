@@ -31,9 +31,10 @@ BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 # (pytest-timeout). But pytest-timeout, like pytest's own faulthandler timer, stops its clock once a
 # test has failed, and a teardown can hang after a failure too: a test still not done after
 # HANG_LIMIT seconds (or twice `--timeout N`, or twice the test's own `timeout` mark, whichever is
-# more; none with `--timeout 0`) ends the whole run, its name and every thread's stack printed,
-# rather than stall CI until CI's own limit. (Servers the session started are then left to the
-# machine.)
+# more; none with `--timeout 0`) ends the process running it, its name and every thread's stack
+# printed, rather than stall CI until CI's own limit: under pytest-xdist (pyproject's `-n 2`), that
+# worker, which xdist reports as a failure of the test and replaces; with `-n 0`, the whole run, with
+# exit status 3. (Servers that process started are then left to the machine.)
 HANG_LIMIT = 600.0
 _stderr_fd: int | None = None
 _hang_limit: float | None = None
@@ -66,7 +67,7 @@ def pytest_runtest_protocol(item, nextitem):
 
 def _hung(nodeid: str, limit: float) -> None:
     os.write(_stderr_fd, f"\n\n{nodeid} is still not done after {limit:g} s (set-up, test and teardown): "
-                         "ending the run. Every thread's stack:\n".encode())
+                         "ending its process. Every thread's stack:\n".encode())
     faulthandler.dump_traceback(file=_stderr_fd, all_threads=True)
     os._exit(3)
 

@@ -8,6 +8,7 @@ and Chromium at it, so it must be a separate process with a real port.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,21 +22,47 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 _given: set[int] = set()
+# Under pytest-xdist, worker N of K takes only ports equal to N modulo K, so two workers never hand out
+# the same port either. Ports are drawn from 20000 up to the ephemeral range, where the kernel never
+# puts the local end of an outgoing connection, and above every port browsers and Node's fetch refuse
+# (the Fetch standard's "bad ports", 10080 the highest). Binding port 0 would not do: Linux hands out
+# even ports first.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_random = random.Random()
+
+
+def _ports_below_ephemeral() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(20000, max(low, 30000))
+
+
+_PORTS = _ports_below_ephemeral()
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 now and never handed out before by this process.
+    """A port free on 127.0.0.1 now and never handed out before by this process (nor by another
+    pytest-xdist worker of the run).
 
-    (Binding port 0 and closing it alone, two calls in a row may return the
+    (Checking that a port is free alone, two calls in a row may return the
     same port: two servers started together would then race for it, and the
     loser's /healthz would be answered by the winner.)"""
-    while True:
+    for _ in range(10000):
+        port = _random.randrange(_PORTS.start + _WORKER, _PORTS.stop, _WORKERS)
+        if port in _given:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _given:
-            _given.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port found in {_PORTS}")
 
 
 def wait_healthy(server, what: str, timeout: float):
@@ -69,7 +96,8 @@ class ServerProcess:
 
     def __init__(self, db: Path | str, port: int | None = None, extra_args: list[str] | None = None,
                  log_path: Path | None = None):
-        # A SQLite file (its log beside it) or a PostgreSQL URL (then give log_path, or a temporary file is used).
+        # A SQLite file (its log beside it) or a PostgreSQL URL (then give log_path, or one in a new temporary folder
+        # is used). The server runs in its log's folder.
         url = "://" in str(db)
         self.db = str(db) if url else Path(db)
         self.port = port or free_port()
@@ -77,8 +105,7 @@ class ServerProcess:
         if "--rate" not in self.extra_args:
             self.extra_args += ["--rate", "1000000", "--burst", "1000000"]
         if log_path is None and url:
-            fd, log_path = tempfile.mkstemp(prefix="collab-server-", suffix=".log")
-            os.close(fd)
+            log_path = Path(tempfile.mkdtemp(prefix="collab-server-")) / "server.log"
         elif log_path is None:
             log_path = self.db.with_suffix(".log")
         self.log_path = Path(log_path)
@@ -108,7 +135,9 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1",
              "--port", str(self.port), "--db", str(self.db), *self.extra_args],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            # in the folder of its log, not the checkout: what a server writes by a relative path
+            # (./data/admin-link, with a PostgreSQL URL and access control on) stays out of the checkout
+            cwd=self.log_path.parent, stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         return self
 
