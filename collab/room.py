@@ -45,11 +45,13 @@ from .access import Access
 from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED,
                      ChangeError, ProtocolError, ServerError)
 from .limits import DiskGuard, TokenBucket
+from .logs import Throttle
 from .metrics import Metrics
 from .rebase import Update, rebase_updates
 from .sequencer import NeedHistory, Sequencer
 from .settings import Settings
-from .storage import Commit, Loaded, NameTaken, Storage, TooManyDocuments, VersionCompacted, VersionConflict
+from .storage import (Commit, Loaded, NameTaken, Storage, StorageUnavailable, TooManyDocuments, VersionCompacted,
+                      VersionConflict)
 
 log = logging.getLogger("collab")
 
@@ -558,7 +560,11 @@ class Room:
                 self.catch_up()
             return
         if error is not None:
-            log.error("commit failed for document %s (%s); reloading it from the store", self.name, error)
+            if isinstance(error, StorageUnavailable):
+                self.rooms.unavailable.warning(log, "commit failed for document %s (%s); reloading it from the store",
+                                               self.name, error)
+            else:
+                log.error("commit failed for document %s (%s); reloading it from the store", self.name, error)
             self._fail()
             return
         self._lost = 0
@@ -673,6 +679,9 @@ class Room:
                     break
         except ChangeError as exc:
             log.error("document %s: the updates read back do not fit (%s); reloading", self.name, exc)
+            self._fail()
+        except StorageUnavailable as exc:
+            self.rooms.unavailable.warning(log, "catching up document %s failed (%s); reloading it", self.name, exc)
             self._fail()
         except Exception:
             log.exception("catching up document %s failed; reloading it", self.name)
@@ -965,6 +974,9 @@ class Rooms:
         self._tasks: set[asyncio.Task] = set()
         self._waiting: dict[str, set[Connection]] = {}  # sockets before their hello, by document
         self.closing = False
+        # While the database cannot be used, every open document fails alike: one line now and then
+        # says so, not one per document and attempt.
+        self.unavailable = Throttle()
 
     # ------------------------------------------------------------- lookups
 

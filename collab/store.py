@@ -60,6 +60,7 @@ import orjson
 from . import resources
 from .changes import ChangeSet
 from .history import Authorship
+from .logs import QUIET_FOR, Throttle
 from .rebase import Update
 from .sequencer import Accepted
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Loaded, NameTaken,
@@ -75,7 +76,7 @@ INLINE_ROWS = 256
 CHECKPOINT_EVERY = 200  # commits on the event loop between two checkpoints (about 1,000 WAL pages at most)
 BUSY_TIMEOUT_MS = 5000  # how long a connection waits for a lock held elsewhere (but the inline one's: 0)
 CHECKPOINT_WAIT_MS = 50  # how long a checkpoint waits for readers (and holds writers off) before it gives up
-UNAVAILABLE_LOG_EVERY = 10.0  # seconds between two warnings that the database cannot be used
+UNAVAILABLE_LOG_EVERY = QUIET_FOR  # seconds between two warnings that the database cannot be used
 # SQLite's primary result codes that say the database cannot be used right now (503), not that our SQL is wrong.
 # (Not SQLITE_LOCKED: without a shared cache it only comes from a conflict within one connection, a bug.)
 _UNAVAILABLE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN,
@@ -340,7 +341,7 @@ class Store(GroupWriter):
         self._lock_fd: int | None = None
         self._init_writer()  # storage.GroupWriter: queued writes (fn, future) and waiting documents
         self.commits = 0  # transactions committed (for metrics and tests)
-        self._quiet_until = 0.0  # no warning of an unusable database is logged before this (monotonic)
+        self._unavailable_warnings = Throttle(UNAVAILABLE_LOG_EVERY)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -403,24 +404,30 @@ class Store(GroupWriter):
 
     @contextmanager
     def _unavailable(self, doing: str):
-        """SQLite errors of the database's state rather than of our SQL (locked past the busy timeout, an
-        I/O error, a file that cannot be opened for want of file descriptors, a full disk, no memory)
-        leave as StorageUnavailable (503 `unavailable`); the rest as they are (a bug: a 500, logged with
-        its traceback). At most one warning is logged per UNAVAILABLE_LOG_EVERY seconds, not one per
-        request."""
+        """SQLite errors of the database's state rather than of our SQL leave as StorageUnavailable
+        (`_as_unavailable`); the rest as they are."""
         try:
             yield
         except sqlite3.Error as exc:
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code is None or code & 0xFF not in _UNAVAILABLE_CODES:
+            unavailable = self._as_unavailable(exc, doing)
+            if unavailable is None:
                 raise
-            detail = (f"the SQLite database {self.path} cannot be used right now ({doing}): {exc} "
-                      f"({exc.sqlite_errorname})")
-            now = time.monotonic()
-            if now >= self._quiet_until:
-                self._quiet_until = now + UNAVAILABLE_LOG_EVERY
-                log.warning("%s", detail)
-            raise StorageUnavailable(detail) from exc
+            raise unavailable from exc
+
+    def _as_unavailable(self, exc: BaseException, doing: str) -> StorageUnavailable | None:
+        """StorageUnavailable (503 `unavailable`) for an SQLite error of the database's state rather than
+        of our SQL (locked past the busy timeout, an I/O error, a file that cannot be opened for want of
+        file descriptors, a full disk, no memory); None for any other error (a bug: a 500, logged with
+        its traceback). At most one warning is logged per UNAVAILABLE_LOG_EVERY seconds, not one per
+        request."""
+        code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+        if code is None or code & 0xFF not in _UNAVAILABLE_CODES:
+            return None
+        detail = f"the SQLite database {self.path} cannot be used right now ({doing}): {exc} ({exc.sqlite_errorname})"
+        self._unavailable_warnings.warning(log, "%s", detail)
+        unavailable = StorageUnavailable(detail)
+        unavailable.__cause__ = exc
+        return unavailable
 
     def _writer_open(self) -> bool:
         return self._w is not None
@@ -437,13 +444,17 @@ class Store(GroupWriter):
                 if outcomes is None:
                     outcomes = await self._w.run(_group_transaction, work)
             except Exception as exc:  # the whole group failed; every caller learns it
-                outcomes = [(False, exc)] * len(work)
+                outcomes = [(False, self._as_unavailable(exc, "committing") or exc)] * len(work)
             else:
                 self.commits += 1
             for (_, fut), (ok, value) in zip(batch, outcomes):
                 if not fut.done():
                     fut.set_result(value) if ok else fut.set_exception(value)
-            self._answer(taken, outcomes[len(batch):])
+            answers = outcomes[len(batch):]
+            if not all(ok for ok, _ in answers):  # a document's commit failed alone (a full disk, say)
+                answers = [(ok, value if ok else self._as_unavailable(value, "committing") or value)
+                           for ok, value in answers]
+            self._answer(taken, answers)
 
     def _commit_inline(self, batch: list, taken: list, work: list) -> list | None:
         """The group's outcomes if it was small enough to commit here, on the event loop; else None."""

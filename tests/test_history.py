@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import sqlite3
 import time
 
@@ -333,9 +334,11 @@ async def test_a_worker_out_of_memory_answers_too_large_and_a_bug_answers_its_er
     assert await pool.run(sum, [5], timeout=20) == 5
 
 
-async def test_a_worker_that_cannot_start_answers_unavailable_and_the_pool_recovers(small_pool, monkeypatch):
-    """No file descriptor left (EMFILE) when a worker process is started: the caller hears 503 with why,
-    nothing is counted as running, and the next job, with descriptors back, runs."""
+async def test_a_worker_that_cannot_start_answers_unavailable_and_the_pool_recovers(small_pool, monkeypatch,
+                                                                                    caplog):
+    """No file descriptor left (EMFILE) when a worker process is started: the caller hears 503 with why
+    (every time; the log, once), nothing is counted as running, and the next job, with descriptors back,
+    runs."""
     pool = small_pool(memory=400 << 20)
     real_popen = compute.subprocess.Popen
 
@@ -343,12 +346,15 @@ async def test_a_worker_that_cannot_start_answers_unavailable_and_the_pool_recov
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(compute.subprocess, "Popen", no_descriptors)
-    with pytest.raises(compute.NoWorker) as caught:
-        await pool.run(sum, [1], timeout=20, what="the sum")
+    with caplog.at_level(logging.WARNING, logger="collab"):
+        for _ in range(3):
+            with pytest.raises(compute.NoWorker) as caught:
+                await pool.run(sum, [1], timeout=20, what="the sum")
     assert (caught.value.code, caught.value.status) == ("unavailable", 503)
     assert "the sum could not start a worker process" in caught.value.message
     assert "Too many open files" in caught.value.message
     assert (pool.pending, pool.started) == (0, 0)
+    assert len([r for r in caplog.records if "could not start a history worker" in r.getMessage()]) == 1
     monkeypatch.setattr(compute.subprocess, "Popen", real_popen)
     assert await pool.run(sum, [1, 2], timeout=20) == 3 and pool.started == 1
     with pytest.raises(CollabError) as caught:  # the message names this pool's limit, not the default's

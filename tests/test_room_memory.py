@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import orjson
@@ -23,6 +24,7 @@ from collab.rebase import Update
 from collab.room import OPENED_WINDOW, Rooms
 from collab.sequencer import Accepted
 from collab.settings import Settings
+from collab.storage import StorageUnavailable
 from collab.store import Store, _group_transaction
 from storeutil import commit
 
@@ -549,6 +551,31 @@ async def test_a_restore_into_a_room_that_failed_is_refused_not_left_waiting(wor
     update = Update("restore-x", ChangeSet.from_json([[0, "R"], 1]))
     with pytest.raises(ServerError):
         await asyncio.wait_for(room.submit("restore-x", 1, [update], "admin"), 2.0)
+
+
+async def test_catch_ups_that_cannot_read_the_database_reload_their_documents_and_say_so_once(world, monkeypatch,
+                                                                                              caplog):
+    """Another process committed, as the bus says, but the database cannot be read right now: every
+    document concerned reloads (1011: its members come back and resend), and the log says it once, as a
+    warning without a traceback, not once per document. (Was: a traceback per document.)"""
+    settings, store, rooms = world
+    conns = [FakeConn(name) for name in ("a", "b", "c")]
+    members = [await rooms.join(f"doc-{c.client_id}", c, hello(c.client_id), token=None) for c in conns]
+
+    async def unavailable(*args, **kwargs):
+        raise StorageUnavailable("the database is down (test)")
+
+    monkeypatch.setattr(store, "updates", unavailable)
+    with caplog.at_level(logging.WARNING, logger="collab"):
+        for m in members:
+            m.room.catch_up()
+        async with asyncio.timeout(5):
+            while not all(m.room.broken for m in members):
+                await asyncio.sleep(0.01)
+    assert [c.closed_with[0] for c in conns] == [CLOSE_INTERNAL] * 3
+    said = [r for r in caplog.records if "catching up document" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING and said[0].exc_info is None
+    assert "the database is down (test)" in said[0].getMessage()
 
 
 @contextlib.asynccontextmanager

@@ -712,7 +712,10 @@ async def test_a_database_locked_past_the_busy_timeout_is_unavailable_not_a_bug(
         await store.close()
 
 
-async def test_the_api_answers_503_while_the_database_is_locked_elsewhere(tmp_path, monkeypatch, aiohttp_client):
+async def test_the_api_answers_503_while_the_database_is_locked_elsewhere(tmp_path, monkeypatch, aiohttp_client,
+                                                                         caplog):
+    """503 `unavailable` for what needs a write, reads go on; the health check fails as often as it is
+    asked, but says so in the log once, not once a request."""
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 100)
     db = tmp_path / "api.db"
     client = await aiohttp_client(create_app(Settings(db=str(db))))
@@ -723,9 +726,57 @@ async def test_the_api_answers_503_while_the_database_is_locked_elsewhere(tmp_pa
         assert resp.status == 503, await resp.text()
         assert (await resp.json())["error"]["code"] == "unavailable"
         assert (await client.get("/api/docs/doc")).status == 200
+        with caplog.at_level(logging.WARNING, logger="collab"):
+            assert [(await client.get("/healthz")).status for _ in range(3)] == [503] * 3
+        assert len([r for r in caplog.records if r.getMessage().startswith("health check")]) == 1
     finally:
         other.close()
     assert (await client.post("/api/docs", json={"name": "two"})).status == 201
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_documents_whose_commits_fail_on_a_locked_database_reload_and_say_so_once(tmp_path, monkeypatch,
+                                                                                      caplog):
+    """Every open document being typed into while the database is locked elsewhere fails its commit
+    alike: each reloads (its members are closed with 1011 and resend), the pushers hear 'could not be
+    saved', and the log says it once, as a warning that the database cannot be used, not one error
+    per document. (Was: the raw SQLite error, logged as an error by every document.)"""
+    from collab.errors import CLOSE_INTERNAL, ServerError
+    from collab.room import Rooms
+    from test_room_memory import FakeConn, hello, push_msg
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 100)
+    settings = Settings(db=str(tmp_path / "locked.db"))
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store)
+    try:
+        members = []
+        for name in ("one", "two", "three"):
+            await store.create_document(name)
+            conn = FakeConn(name)
+            members.append((conn, await rooms.join(name, conn, hello(name), token=None)))
+        other = _hold_write_lock(settings.db)
+        try:
+            with caplog.at_level(logging.WARNING, logger="collab"):
+                for conn, member in members:
+                    await member.room.push(member, push_msg(0, conn.client_id, [[0, "hi"]]))
+                for _, member in members:
+                    with pytest.raises(ServerError, match="could not be saved"):
+                        await member.room.settled()
+        finally:
+            other.close()
+        assert all(conn.closed_with[0] == CLOSE_INTERNAL and member.room.broken for conn, member in members)
+        failed = [r for r in caplog.records if "commit failed for document" in r.getMessage()]
+        assert len(failed) == 1 and failed[0].levelno == logging.WARNING and failed[0].exc_info is None
+        assert "cannot be used right now" in failed[0].getMessage()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        again = FakeConn("again")  # the lock gone, the document opens and takes the push
+        member = await rooms.join("one", again, hello("again"), token=None)
+        await member.room.push(member, push_msg(0, "again", [[0, "ok"]]))
+        await member.room.settled()
+        assert (await store.load("one")).text == "ok"
+    finally:
+        await rooms.shutdown()
+        await store.close()
 
 
 async def test_a_load_lets_its_snapshot_go_before_it_replays(tmp_path, monkeypatch):
