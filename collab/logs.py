@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 import orjson
 
@@ -27,18 +28,19 @@ class Throttle:
     between are counted, and the next line logged says how many there were. Safe to share between
     threads (it is called only when something fails, so its lock costs nothing that matters)."""
 
-    __slots__ = ("every", "_quiet_until", "_left_out", "_lock")
+    __slots__ = ("every", "_clock", "_quiet_until", "_left_out", "_lock")
 
-    def __init__(self, every: float = QUIET_FOR):
+    def __init__(self, every: float = QUIET_FOR, clock: Callable[[], float] = time.monotonic):
         self.every = every
-        self._quiet_until = 0.0  # monotonic
+        self._clock = clock
+        self._quiet_until = float("-inf")
         self._left_out = 0
         self._lock = threading.Lock()
 
     def warning(self, logger: logging.Logger, msg: str, *args) -> bool:
         """Log `msg % args` as a warning unless one was logged less than `every` seconds ago; True if logged."""
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             if now < self._quiet_until:
                 self._left_out += 1
                 return False

@@ -98,6 +98,9 @@ class Metrics:
                                              _FAST))
         self.conflicts = Counter("collab_conflicts", "Commits lost to another process that committed the "
                                  "same document first (pushes sequenced again)", registry=r)
+        self.commit_failures = Counter("collab_commit_failures", "Commits of a document that failed (it reloads; "
+                                       "its pushers resend), by reason: `unavailable` (the database cannot be "
+                                       "used right now) or `error`", ["reason"], registry=r)
         self.catchup_reads = Counter("collab_catchup_reads", "Reads of updates other processes committed "
                                      "(after a lost commit, a gap, or a check)", registry=r)
         self.bus_up = Gauge("collab_bus_up", "1 while Redis (--redis) is reachable", registry=r)

@@ -561,9 +561,11 @@ class Room:
             return
         if error is not None:
             if isinstance(error, StorageUnavailable):
+                self.rooms.metrics.commit_failures.labels("unavailable").inc()
                 self.rooms.unavailable.warning(log, "commit failed for document %s (%s); reloading it from the store",
                                                self.name, error)
             else:
+                self.rooms.metrics.commit_failures.labels("error").inc()
                 log.error("commit failed for document %s (%s); reloading it from the store", self.name, error)
             self._fail()
             return

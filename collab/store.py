@@ -26,11 +26,12 @@ The interface and its rules are in storage.py; this backend keeps them so:
     one slow read does not hold up the others. Each read is one read
     transaction, so its statements see one commit (`collab compact` or an
     admin command may commit between two of them);
-  * a read or queued write that fails because the database cannot be used
-    right now (locked past BUSY_TIMEOUT_MS, an I/O error, no file descriptor
-    to open it, a full disk) raises StorageUnavailable (503 `unavailable`,
-    at most one warning logged per UNAVAILABLE_LOG_EVERY seconds); any other
-    SQLite error is a bug and stays one (500, logged with its traceback);
+  * a read, queued write or document commit that fails because the database
+    cannot be used right now (locked past BUSY_TIMEOUT_MS, an I/O error, no
+    file descriptor to open it, a full disk) raises or is answered with
+    StorageUnavailable (503 `unavailable`, at most one warning logged per
+    UNAVAILABLE_LOG_EVERY seconds); any other SQLite error is a bug and stays
+    one (500, logged with its traceback);
   * SQLite is for one process: `open` takes an exclusive lock on `<db>.lock`,
     so a second server on the same file stops with a clear message (admin
     commands do not take it: they are short and go through SQLite's locking).
@@ -207,7 +208,10 @@ def _group_transaction(conn: sqlite3.Connection, work: list[Callable[[sqlite3.Co
     raises is rolled back alone. If COMMIT itself fails, the whole group
     raises and nothing is written. `begun`: the caller ran BEGIN IMMEDIATE.
     A group of one needs no savepoint: if it raises, the transaction is
-    rolled back whole, which undoes the same.
+    rolled back whole, which undoes the same. After a full disk or an I/O
+    error SQLite may have rolled the whole transaction back itself: then that
+    error is the whole group's (raised, not hidden behind the failure of our
+    own ROLLBACK).
     """
     if not begun:
         conn.execute("BEGIN IMMEDIATE")
@@ -217,7 +221,8 @@ def _group_transaction(conn: sqlite3.Connection, work: list[Callable[[sqlite3.Co
             try:
                 out.append((True, work[0](conn)))
             except Exception as exc:  # noqa: BLE001 - handed back to the caller
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 return [(False, exc)]
             conn.execute("COMMIT")
             return out
@@ -226,6 +231,8 @@ def _group_transaction(conn: sqlite3.Connection, work: list[Callable[[sqlite3.Co
             try:
                 result = fn(conn)
             except Exception as exc:  # noqa: BLE001 - handed back to that caller
+                if not conn.in_transaction:
+                    raise  # SQLite rolled back everything: what the others did before is gone too
                 conn.execute("ROLLBACK TO w")
                 conn.execute("RELEASE w")
                 out.append((False, exc))

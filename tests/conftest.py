@@ -135,6 +135,19 @@ def server(db, tmp_path):
     proc.kill()
 
 
+def install_node_packages() -> None:
+    """`npm ci` in tests/js and static/ where their packages are missing (./run.sh test installs them first)."""
+    for folder in (JS_DIR, ROOT / "static"):
+        if not (folder / "node_modules" / "@codemirror" / "collab").is_dir():
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, check=True)
+
+
+def pytest_sessionstart(session) -> None:
+    # Once, before pytest-xdist starts its workers: two `npm ci` in one folder at once would break each other.
+    if not hasattr(session.config, "workerinput") and shutil.which("npm"):
+        install_node_packages()
+
+
 @pytest.fixture(scope="session")
 def node() -> str:
     """Path to node, with the Node packages of tests/js and static/ installed (client.mjs loads the
@@ -142,7 +155,5 @@ def node() -> str:
     exe = shutil.which("node")
     if not exe:
         pytest.fail("node is not installed: the differential and client tests need it (run ./run.sh test)")
-    for folder in (JS_DIR, ROOT / "static"):
-        if not (folder / "node_modules" / "@codemirror" / "collab").is_dir():
-            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, check=True)
+    install_node_packages()
     return exe

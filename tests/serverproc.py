@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _given: set[int] = set()
 # Under pytest-xdist, worker N of K takes only ports equal to N modulo K, so two workers never hand out
-# the same port either. Ports are drawn from 20000 up to the ephemeral range, where the kernel never
-# puts the local end of an outgoing connection, and above every port browsers and Node's fetch refuse
-# (the Fetch standard's "bad ports", 10080 the highest). Binding port 0 would not do: Linux hands out
-# even ports first.
+# the same port either (a worker that replaces an ended one is numbered on: gw2 takes gw0's ports).
+# Ports are drawn from 20000 up to the ephemeral range (32768 by Linux's default; at least up to
+# 30000), where the kernel puts no local end of an outgoing connection, and above every port browsers
+# and Node's fetch refuse (the Fetch standard's "bad ports", 10080 the highest). Binding port 0 would
+# not do: Linux hands out even ports first.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) % _WORKERS
 _random = random.Random()
 
 
@@ -131,7 +132,9 @@ class ServerProcess:
             # held here, outlived the test.
             raise RuntimeError(f"server already running (pid {self.proc.pid}): stop or kill it first")
         self._log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # the checkout's collab, whatever the venv has installed (the server does not run in the checkout)
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1",
              "--port", str(self.port), "--db", str(self.db), *self.extra_args],

@@ -29,6 +29,7 @@ import pytest
 
 from collab import errors
 from collab.errors import Code
+from conftest import install_node_packages
 from serverproc import ROOT
 
 PROTOCOL = ROOT / "docs" / "protocol.md"
@@ -103,8 +104,7 @@ def js_tables() -> tuple[list[str], list[int]]:
     node = shutil.which("node")
     if not node:
         pytest.fail("node is not installed: this test reads the JS core's tables (run ./run.sh test)")
-    if not (ROOT / "static" / "node_modules" / "@codemirror" / "collab").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=ROOT / "static", check=True)
+    install_node_packages()
     script = ("import { ERROR_CODES, CLOSE_CODES } from './static/src/core.js';"
               "console.log(JSON.stringify({errors: Object.keys(ERROR_CODES), closes: Object.keys(CLOSE_CODES)}));")
     proc = subprocess.run([node, "--input-type=module", "-e", script], cwd=ROOT, capture_output=True,

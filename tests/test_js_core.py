@@ -17,6 +17,7 @@ import subprocess
 import pytest
 
 from collab import errors
+from conftest import install_node_packages
 from serverproc import ROOT
 
 STATIC = ROOT / "static"
@@ -29,8 +30,7 @@ def node_static() -> str:
     exe = shutil.which("node")
     if not exe:
         pytest.fail("node is not installed: the JS core tests need it (run ./run.sh test)")
-    if not (STATIC / "node_modules" / "@codemirror" / "collab").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=STATIC, check=True)
+    install_node_packages()
     return exe
 
 

@@ -7,10 +7,9 @@ import logging
 from collab import logs
 
 
-def test_a_throttle_logs_once_per_period_and_counts_what_it_left_out(monkeypatch, caplog):
+def test_a_throttle_logs_once_per_period_and_counts_what_it_left_out(caplog):
     now = [100.0]
-    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
-    throttle = logs.Throttle(10.0)
+    throttle = logs.Throttle(10.0, clock=lambda: now[0])
     log = logging.getLogger("collab.test")
     with caplog.at_level(logging.WARNING, logger="collab.test"):
         assert throttle.warning(log, "down: %s", "a")

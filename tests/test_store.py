@@ -769,11 +769,76 @@ async def test_documents_whose_commits_fail_on_a_locked_database_reload_and_say_
         assert len(failed) == 1 and failed[0].levelno == logging.WARNING and failed[0].exc_info is None
         assert "cannot be used right now" in failed[0].getMessage()
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert rooms.metrics.commit_failures.labels("unavailable")._value.get() == 3
         again = FakeConn("again")  # the lock gone, the document opens and takes the push
         member = await rooms.join("one", again, hello("again"), token=None)
         await member.room.push(member, push_msg(0, "again", [[0, "ok"]]))
         await member.room.settled()
         assert (await store.load("one")).text == "ok"
+    finally:
+        await rooms.shutdown()
+        await store.close()
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_a_group_that_fills_the_database_fails_with_the_full_disk_not_with_our_rollback(tmp_path, size):
+    """SQLite rolls a whole transaction back itself when the disk fills during a statement. Was: our own
+    ROLLBACK (or ROLLBACK TO) then failed, and its plain SQLITE_ERROR ('no transaction is active', 'no
+    such savepoint') hid the full disk, a 500 instead of a 503."""
+    conn = sqlite3.connect(tmp_path / "full.db", isolation_level=None)
+    conn.execute("CREATE TABLE t(x)")
+    conn.execute("PRAGMA max_page_count=20")  # the disk, as this connection sees it, holds 20 pages
+
+    def small(c):
+        c.execute("INSERT INTO t VALUES (?)", (b"x" * 100,))
+
+    def big(c):
+        c.execute("INSERT INTO t VALUES (?)", (b"x" * 200_000,))
+
+    if size == 1:
+        [(ok, error)] = store_module._group_transaction(conn, [big])
+        assert not ok
+    else:
+        with pytest.raises(sqlite3.OperationalError) as raised:  # the others' work is gone too: all fail
+            store_module._group_transaction(conn, [small, big, small])
+        error = raised.value
+    assert error.sqlite_errorname == "SQLITE_FULL"
+    assert not conn.in_transaction and conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert store_module._group_transaction(conn, [small]) == [(True, None)]  # and the connection goes on
+
+
+async def test_documents_whose_commits_fill_the_database_reload_and_queued_writes_answer_503(tmp_path, caplog):
+    """The same through the store's writer: a full database is `unavailable` for documents' commits (said
+    once, counted by the metric) and for a queued write, not a bug."""
+    from collab.errors import ServerError
+    from collab.room import Rooms
+    from test_room_memory import FakeConn, hello, push_msg
+    settings = Settings(db=str(tmp_path / "full.db"))
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store)
+    try:
+        ids = [await store.create_document(name) for name in ("one", "two")]
+        members = []
+        for name in ("one", "two"):
+            conn = FakeConn(name)
+            members.append((conn, await rooms.join(name, conn, hello(name), token=None)))
+        pages = await store._w.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        limit = f"PRAGMA max_page_count={pages + 2}"  # on both writer connections: the loop's and the thread's
+        store._inline.execute(limit).fetchone()
+        await store._w.run(lambda c: c.execute(limit).fetchone())
+        with caplog.at_level(logging.WARNING, logger="collab"):
+            for conn, member in members:
+                await member.room.push(member, push_msg(0, conn.client_id, [[0, "x" * 20_000]]))
+            for _, member in members:
+                with pytest.raises(ServerError, match="could not be saved"):
+                    await member.room.settled()
+            with pytest.raises(StorageUnavailable, match="SQLITE_FULL"):
+                await store.write_snapshot(ids[0], 0, "y" * 50_000)
+        assert all(member.room.broken for _, member in members)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        said = [r.getMessage() for r in caplog.records if "commit failed for document" in r.getMessage()]
+        assert len(said) == 1 and "SQLITE_FULL" in said[0]
+        assert rooms.metrics.commit_failures.labels("unavailable")._value.get() == 2
     finally:
         await rooms.shutdown()
         await store.close()
