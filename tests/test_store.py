@@ -807,14 +807,16 @@ def test_a_group_that_fills_the_database_fails_with_the_full_disk_not_with_our_r
     assert store_module._group_transaction(conn, [small]) == [(True, None)]  # and the connection goes on
 
 
-async def test_documents_whose_commits_fill_the_database_reload_and_queued_writes_answer_503(tmp_path, caplog):
+@pytest.mark.parametrize("sync", ["NORMAL", "FULL"])  # small commits on the event loop's connection, or all in the thread
+async def test_documents_whose_commits_fill_the_database_reload_and_queued_writes_answer_503(tmp_path, caplog,
+                                                                                           sync):
     """The same through the store's writer: a full database is `unavailable` for documents' commits (said
     once, counted by the metric) and for a queued write, not a bug."""
     from collab.errors import ServerError
     from collab.room import Rooms
     from test_room_memory import FakeConn, hello, push_msg
     settings = Settings(db=str(tmp_path / "full.db"))
-    store = await Store(settings.db).open()
+    store = await Store(settings.db, synchronous=sync).open()
     rooms = Rooms(settings, store)
     try:
         ids = [await store.create_document(name) for name in ("one", "two")]
@@ -824,7 +826,8 @@ async def test_documents_whose_commits_fill_the_database_reload_and_queued_write
             members.append((conn, await rooms.join(name, conn, hello(name), token=None)))
         pages = await store._w.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
         limit = f"PRAGMA max_page_count={pages + 2}"  # on both writer connections: the loop's and the thread's
-        store._inline.execute(limit).fetchone()
+        if store._inline is not None:
+            store._inline.execute(limit).fetchone()
         await store._w.run(lambda c: c.execute(limit).fetchone())
         with caplog.at_level(logging.WARNING, logger="collab"):
             for conn, member in members:
