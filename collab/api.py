@@ -233,7 +233,7 @@ class Api:
         self.rooms = rooms
         self.access = rooms.access
         self.static_dir = Path(static_dir)
-        self._health_warnings = Throttle()  # a load balancer asks every few seconds: not a line each time
+        self._health_warnings = Throttle(log)  # a load balancer asks every few seconds: not a line each time
 
     async def allow(self, request: web.Request, need: str, doc: str | None = None) -> str:
         """Check the request's token for `need` access (to `doc`); returns the role it grants.
@@ -507,6 +507,6 @@ class Api:
         try:
             await self.store.ping()
         except Exception as exc:
-            self._health_warnings.warning(log, "health check: the database cannot take a write: %s", exc)
+            self._health_warnings.warning("health check: the database cannot take a write: %s", exc)
             raise ServerError("the database cannot take a write right now") from None
         return json_response({"ok": True, "documents_open": self.rooms.open_count()})

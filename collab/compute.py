@@ -215,7 +215,7 @@ class Pool:
         self.pending = 0  # jobs asked for and not finished
         self.started = 0  # worker processes started (for tests)
         self.killed = 0   # worker processes killed for running out of time (for tests)
-        self._start_failures = Throttle()  # one warning now and then while workers cannot be started
+        self._start_failures = Throttle(log)  # one warning now and then while workers cannot be started
 
     async def run(self, fn: Callable, *args, timeout: float, what: str = "the computation"):
         with self._lock:
@@ -242,7 +242,7 @@ class Pool:
                 try:
                     worker = _Worker(self.memory)
                 except OSError as exc:  # out of file descriptors, processes or memory: try again later
-                    self._start_failures.warning(log, "could not start a history worker process: %s", exc)
+                    self._start_failures.warning("could not start a history worker process: %s", exc)
                     reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__  # no paths for clients
                     raise NoWorker(f"{what} could not start a worker process ({reason}); try again later") from None
                 self.started += 1

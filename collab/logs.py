@@ -24,20 +24,22 @@ class JsonFormatter(logging.Formatter):
 
 
 class Throttle:
-    """`warning(logger, msg, *args)` logs at most one line per `every` seconds; the lines left out in
-    between are counted, and the next line logged says how many there were. Safe to share between
+    """`warning(msg, *args)` logs to `logger` at most one line per `every` seconds; the lines left out
+    in between are counted, and the next line logged says how many there were. Safe to share between
     threads (it is called only when something fails, so its lock costs nothing that matters)."""
 
-    __slots__ = ("every", "_clock", "_quiet_until", "_left_out", "_lock")
+    __slots__ = ("logger", "every", "_clock", "_quiet_until", "_left_out", "_lock")
 
-    def __init__(self, every: float = QUIET_FOR, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, logger: logging.Logger, every: float = QUIET_FOR,
+                 clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
         self.every = every
         self._clock = clock
         self._quiet_until = float("-inf")
         self._left_out = 0
         self._lock = threading.Lock()
 
-    def warning(self, logger: logging.Logger, msg: str, *args) -> bool:
+    def warning(self, msg: str, *args) -> bool:
         """Log `msg % args` as a warning unless one was logged less than `every` seconds ago; True if logged."""
         with self._lock:
             now = self._clock()
@@ -48,5 +50,5 @@ class Throttle:
             left_out, self._left_out = self._left_out, 0
         if left_out:
             msg, args = msg + " (and %d more like it since the last one, not logged)", (*args, left_out)
-        logger.warning(msg, *args)
+        self.logger.warning(msg, *args)
         return True

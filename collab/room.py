@@ -560,13 +560,10 @@ class Room:
                 self.catch_up()
             return
         if error is not None:
-            if isinstance(error, StorageUnavailable):
-                self.rooms.metrics.commit_failures.labels("unavailable").inc()
-                self.rooms.unavailable.warning(log, "commit failed for document %s (%s); reloading it from the store",
-                                               self.name, error)
-            else:
-                self.rooms.metrics.commit_failures.labels("error").inc()
-                log.error("commit failed for document %s (%s); reloading it from the store", self.name, error)
+            unavailable = isinstance(error, StorageUnavailable)  # every open document alike: said now and then
+            self.rooms.metrics.commit_failures.labels("unavailable" if unavailable else "error").inc()
+            say = self.rooms.unavailable.warning if unavailable else log.error
+            say("commit failed for document %s (%s); reloading it from the store", self.name, error)
             self._fail()
             return
         self._lost = 0
@@ -683,7 +680,7 @@ class Room:
             log.error("document %s: the updates read back do not fit (%s); reloading", self.name, exc)
             self._fail()
         except StorageUnavailable as exc:
-            self.rooms.unavailable.warning(log, "catching up document %s failed (%s); reloading it", self.name, exc)
+            self.rooms.unavailable.warning("catching up document %s failed (%s); reloading it", self.name, exc)
             self._fail()
         except Exception:
             log.exception("catching up document %s failed; reloading it", self.name)
@@ -978,7 +975,7 @@ class Rooms:
         self.closing = False
         # While the database cannot be used, every open document fails alike: one line now and then
         # says so, not one per document and attempt.
-        self.unavailable = Throttle()
+        self.unavailable = Throttle(log)
 
     # ------------------------------------------------------------- lookups
 

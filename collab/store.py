@@ -348,7 +348,7 @@ class Store(GroupWriter):
         self._lock_fd: int | None = None
         self._init_writer()  # storage.GroupWriter: queued writes (fn, future) and waiting documents
         self.commits = 0  # transactions committed (for metrics and tests)
-        self._unavailable_warnings = Throttle(UNAVAILABLE_LOG_EVERY)
+        self._unavailable_warnings = Throttle(log, UNAVAILABLE_LOG_EVERY)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -431,7 +431,7 @@ class Store(GroupWriter):
         if code is None or code & 0xFF not in _UNAVAILABLE_CODES:
             return None
         detail = f"the SQLite database {self.path} cannot be used right now ({doing}): {exc} ({exc.sqlite_errorname})"
-        self._unavailable_warnings.warning(log, "%s", detail)
+        self._unavailable_warnings.warning("%s", detail)
         unavailable = StorageUnavailable(detail)
         unavailable.__cause__ = exc
         return unavailable
