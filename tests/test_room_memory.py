@@ -65,10 +65,10 @@ def push_msg(version: int, client_id: str, changes) -> protocol.Push:
 
 
 @contextlib.asynccontextmanager
-async def registry(tmp_path, access: Access | None = None, clock=time.time, **options):
+async def registry(tmp_path, access: Access | None = None, clock=time.time, synchronous: str = "FULL", **options):
     """A registry on a fresh SQLite file, with these settings; yields (store, rooms), both closed after."""
     settings = Settings(db=str(tmp_path / "m.db"), **options)
-    store = await Store(settings.db, keep=settings.keep_updates).open()
+    store = await Store(settings.db, synchronous=synchronous, keep=settings.keep_updates).open()
     rooms = Rooms(settings, store, access=access, clock=clock)
     try:
         yield store, rooms

@@ -19,6 +19,7 @@ import pytest
 from collab import store as store_module
 from collab.app import create_app
 from collab.changes import ChangeSet, utf16_len
+from collab.errors import CLOSE_INTERNAL, ServerError
 from collab.rebase import Update
 from collab.sequencer import Accepted
 from collab.settings import Settings
@@ -27,6 +28,7 @@ from collab.storage import (COPY_TABLES, GATHER_TURNS, Commit, NameTaken, Storag
 from collab.store import Store, apply_migrations, connect_sync, migration_files
 from conftest import BOTH_BACKENDS
 from storeutil import OneCommit, commit, random_edits, raw_sql
+from test_room_memory import FakeConn, hello, push_msg, registry
 
 
 @pytest.fixture
@@ -741,20 +743,14 @@ async def test_documents_whose_commits_fail_on_a_locked_database_reload_and_say_
     alike: each reloads (its members are closed with 1011 and resend), the pushers hear 'could not be
     saved', and the log says it once, as a warning that the database cannot be used, not one error
     per document. (Was: the raw SQLite error, logged as an error by every document.)"""
-    from collab.errors import CLOSE_INTERNAL, ServerError
-    from collab.room import Rooms
-    from test_room_memory import FakeConn, hello, push_msg
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 100)
-    settings = Settings(db=str(tmp_path / "locked.db"))
-    store = await Store(settings.db).open()
-    rooms = Rooms(settings, store)
-    try:
+    async with registry(tmp_path) as (store, rooms):
         members = []
         for name in ("one", "two", "three"):
             await store.create_document(name)
             conn = FakeConn(name)
             members.append((conn, await rooms.join(name, conn, hello(name), token=None)))
-        other = _hold_write_lock(settings.db)
+        other = _hold_write_lock(store.path)
         try:
             with caplog.at_level(logging.WARNING, logger="collab"):
                 for conn, member in members:
@@ -775,9 +771,6 @@ async def test_documents_whose_commits_fail_on_a_locked_database_reload_and_say_
         await member.room.push(member, push_msg(0, "again", [[0, "ok"]]))
         await member.room.settled()
         assert (await store.load("one")).text == "ok"
-    finally:
-        await rooms.shutdown()
-        await store.close()
 
 
 @pytest.mark.parametrize("size", [1, 3])
@@ -812,13 +805,7 @@ async def test_documents_whose_commits_fill_the_database_reload_and_queued_write
                                                                                            sync):
     """The same through the store's writer: a full database is `unavailable` for documents' commits (said
     once, counted by the metric) and for a queued write, not a bug."""
-    from collab.errors import ServerError
-    from collab.room import Rooms
-    from test_room_memory import FakeConn, hello, push_msg
-    settings = Settings(db=str(tmp_path / "full.db"))
-    store = await Store(settings.db, synchronous=sync).open()
-    rooms = Rooms(settings, store)
-    try:
+    async with registry(tmp_path, synchronous=sync) as (store, rooms):
         ids = [await store.create_document(name) for name in ("one", "two")]
         members = []
         for name in ("one", "two"):
@@ -842,9 +829,6 @@ async def test_documents_whose_commits_fill_the_database_reload_and_queued_write
         said = [r.getMessage() for r in caplog.records if "commit failed for document" in r.getMessage()]
         assert len(said) == 1 and "SQLITE_FULL" in said[0]
         assert rooms.metrics.commit_failures.labels("unavailable")._value.get() == 2
-    finally:
-        await rooms.shutdown()
-        await store.close()
 
 
 async def test_a_load_lets_its_snapshot_go_before_it_replays(tmp_path, monkeypatch):
