@@ -127,6 +127,7 @@ class World:
         self.a_versions: list[int] = []             # versions made by the fuzzing client
         self.welcomes: list[tuple[int, str, str]] = []   # (version, doc, who) to check once known
         self.trace: list[str] = []                  # what happened, for the failure report
+        self.unsettled = False                      # an example on it ended before its final settle
 
     @property
     def head(self) -> int:
@@ -298,8 +299,9 @@ class Fuzzer:
         self.effect_sessions: set[str] = set()
         self.good_pushed = self.good_refused = 0
         t0 = time.perf_counter()
-        # The fuzzer resumes from the last version seen, so the model learns what an earlier
-        # example left in flight (hypothesis may end an example at any draw).
+        # The fuzzer resumes from the last version seen. An earlier example that hypothesis ended at
+        # a draw (before its final settle) may have left pushes in flight that the resume does not
+        # show yet (accepted, not yet durable): the model learns of them by a settle first.
         a = await self.join(world, doc, ME, "fuzz", version=world.head if world.head else None)
         b = await self.join(world, doc, GOOD, "good")
         reader = asyncio.ensure_future(self.good_reader(b))
@@ -311,6 +313,9 @@ class Fuzzer:
                 frame = orjson.loads((await self.receive(a.ws, "the barrier's error")).data)
                 assert frame["type"] == "error" and frame["code"] == "bad-message", frame
                 self.barrier_message = frame["message"]
+            if world.unsettled:
+                await self.settle()
+            world.unsettled = True  # until this example's final settle
             # Every draw below depends on earlier draws only, never on what the server did: see
             # fuzzgen's templates. `planned` counts frames drawn; stats["frames"] those sent.
             planned = 0
@@ -326,6 +331,7 @@ class Fuzzer:
                     reader.result()
             t0 = time.perf_counter()
             await self.final_checks()
+            world.unsettled = False
             self.stats["time"]["final"] = self.stats["time"].get("final", 0.0) + time.perf_counter() - t0
         except Failure as exc:
             trace = "\n  ".join(world.trace[-40:])
