@@ -14,7 +14,7 @@
 // instanceof checks and facets.
 
 export { ERROR_CODES, CLOSE_CODES, ACCESS_ENDS, errorText, closeEntry, accessEndText, renamedTo } from "./core/codes.js";
-export { DEFAULT_LIMITS, FRAME_OVERHEAD, resolveLimits, utf8Length, fitPush, sizeGuard } from "./core/limits.js";
+export { DEFAULT_LIMITS, FRAME_OVERHEAD, resolveLimits, utf8Length, fitPush, sizeGuard, textGuard, sendableText, sendableChanges } from "./core/limits.js";
 export { SUBPROTOCOL, hello, push, presence, parseServerFrame, FrameError, brief, RESTORE_PREFIX, restoreOf, PERSON_RE, isPersonId } from "./core/frames.js";
 export { Session, Step, textOf, insertedText } from "./core/session.js";
 

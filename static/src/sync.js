@@ -15,7 +15,7 @@
 
 import { Compartment, EditorState } from "@codemirror/state";
 import { EditorView } from "@codemirror/view";
-import { Session, SUBPROTOCOL, sizeGuard, sendableUpdates, getSyncedVersion } from "./core.js";
+import { Session, SUBPROTOCOL, sizeGuard, textGuard, sendableUpdates, getSyncedVersion } from "./core.js";
 import { presence, setPeer, removePeer, clearPeers, peersField } from "./presence.js";
 
 const BASE_WRITE_INTERVAL_MS = 1000;
@@ -112,6 +112,7 @@ export class CollabSession {
     return [
       this.extensions,
       sizeGuard(() => this.core.limits, (text) => this.on.error(text)),
+      textGuard(),
       presence(),
       this.roleConf.of(this.roleExtension()),
       EditorView.updateListener.of((u) => this.afterUpdate(u)),

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   DEFAULT_LIMITS, FRAME_OVERHEAD, resolveLimits, utf8Length, fitPush, sizeGuard, push, EditorState, ChangeSet,
+  textGuard, sendableText, sendableChanges, EditorSelection,
 } from '../src/core.js';
 
 const bytes = (s) => Buffer.byteLength(s, 'utf8');
@@ -87,4 +88,38 @@ test('the size guard refuses an edit no frame could carry, and growth past maxDo
   state = state.update({ changes: { from: 0, to: 1, insert: '' } }).state;
   assert.equal(state.doc.length, before + 1999);
   assert.equal(said.length, 2);
+});
+
+test('the text guard replaces U+0000 and lone surrogates in local edits by U+FFFD, lengths and selection kept', () => {
+  let state = EditorState.create({ doc: 'ab', extensions: textGuard() });
+  // A paste with a NUL and both kinds of lone surrogate; a whole pair stays.
+  const tr = state.update({ changes: { from: 1, insert: 'x\u0000y\ud83dz\ude00\ud83d\ude00\nw' },
+    selection: EditorSelection.cursor(12), userEvent: 'input.paste', scrollIntoView: true });
+  assert.equal(tr.newDoc.toString(), 'ax\ufffdy\ufffdz\ufffd\ud83d\ude00\nwb');
+  assert.equal(tr.newSelection.main.head, 12);
+  assert.ok(tr.isUserEvent('input.paste'));
+  assert.ok(tr.scrollIntoView);
+  state = tr.state;
+  // What goes on the wire is valid: no NUL, no lone surrogate once JSON-encoded.
+  assert.doesNotMatch(JSON.stringify(tr.changes.toJSON()), /\\u0000|\\ud8|\\udc|\\ude/);
+  // Several changes in one transaction, a deletion among them; clean edits pass as they were made.
+  const multi = state.update({ changes: [{ from: 0, to: 1, insert: '\u0000' }, { from: 3, insert: 'ok' }] });
+  assert.equal(multi.newDoc.toString(), '\ufffdx\ufffdoky\ufffdz\ufffd\ud83d\ude00\nwb');
+  const clean = state.update({ changes: { from: 0, insert: 'fine 😀' } });
+  assert.equal(clean.newDoc.toString(), 'fine 😀' + state.doc.toString());
+  // An insertion that completes a pair with the text beside it is still half a pair on the wire.
+  const half = EditorState.create({ doc: '\ude00', extensions: textGuard() }).update({ changes: { from: 0, insert: '\ud83d' } });
+  assert.equal(half.newDoc.toString(), '\ufffd\ude00');
+});
+
+test('sendableText and sendableChanges clean a stored record, keeping every length', () => {
+  assert.equal(sendableText('plain'), 'plain');
+  assert.equal(sendableText('\u0000\udfff\ud800'), '\ufffd\ufffd\ufffd');
+  const json = [2, [0, 'a\u0000', 'b'], 1, [3], [1, '\ud83d']];
+  const cleaned = sendableChanges(json);
+  assert.deepEqual(cleaned, [2, [0, 'a\ufffd', 'b'], 1, [3], [1, '\ufffd']]);
+  const a = ChangeSet.fromJSON(json);
+  const b = ChangeSet.fromJSON(cleaned);
+  assert.equal(b.length, a.length);
+  assert.equal(b.newLength, a.newLength);
 });

@@ -288,6 +288,16 @@ test('restored edits with their base text are shown at once and pushed after a r
   assert.deepEqual(sent(step, 'push'), [{ type: 'push', version: 4, updates: [upd('A', [[0, '>'], 4])] }]);
 });
 
+test('a restored record holding U+0000 (kept before the text guard) is pushed with U+FFFD instead', () => {
+  const rec = { version: 3, base: 'abc', updates: [[3, [0, 'd\u0000']], [[0, '\ud83d'], 5]] };
+  const s = new Session({ clientID: 'A', restore: rec });
+  assert.equal(s.state.doc.toString(), '\ufffdabcd\ufffd');
+  s.opened(0);
+  const step = s.receive(resumeWelcome(3, []), 0);
+  assert.deepEqual(sent(step, 'push'), [{ type: 'push', version: 3,
+    updates: [upd('A', [3, [0, 'd\ufffd']]), upd('A', [[0, '\ufffd'], 5])] }]);
+});
+
 test('restored edits without a base: the whole text, then the typed pieces rescued', () => {
   const s = new Session({ clientID: 'A', restore: { version: 3, base: null, updates: [[3, [0, 'd', 'e']]] } });
   assert.equal(s.state, null);

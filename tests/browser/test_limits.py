@@ -91,3 +91,19 @@ def test_an_edit_that_would_grow_the_document_too_far_is_refused(small_server, c
     paste(a, "c" * 5_000)  # still fits
     text = wait_synced([a, b], small_server.url, DOC)
     assert text == "c" * 5_000 + "a" * 20_000
+
+
+def test_a_pasted_nul_is_saved_as_a_replacement_character_and_holds_nothing_back(small_server, contexts):
+    """The server refuses U+0000 for good (bad-changes): a pasted one must not stall every later edit."""
+    a = open_editor(clipboard_context(contexts), small_server.url, DOC)
+    b = open_editor(contexts(), small_server.url, DOC)
+    focus_end(a)
+    a.keyboard.type("ok.")
+    wait_synced([a, b], small_server.url, DOC)
+    paste(a, " pasted\x00thing")
+    a.keyboard.insert_text(" typed\x00in")  # text input (an IME, a drop) as well as a paste
+    a.keyboard.type(" and afterwards")
+    want = "ok. pasted\ufffdthing typed\ufffdin and afterwards"
+    assert wait_synced([a, b], small_server.url, DOC) == want
+    assert a.evaluate("() => window.__collab.pending") == 0
+    assert messages(a) == []

@@ -10,9 +10,11 @@
 //    maxUpdates, and (unless its first update alone is too big) is under
 //    maxFrame bytes of UTF-8 exactly as JSON.stringify writes it;
 //  - sizes of text on the wire are UTF-8 bytes; document lengths are UTF-16
-//    units (as the server counts them).
+//    units (as the server counts them);
+//  - no local edit inserts U+0000 or half a surrogate pair (textGuard), which
+//    the server refuses (bad-changes, bad-json) for good.
 
-import { EditorState } from "@codemirror/state";
+import { EditorState, Transaction } from "@codemirror/state";
 
 /** The protocol's defaults: bytes per frame, UTF-16 units per document, updates per push, ranges per presence. */
 export const DEFAULT_LIMITS = Object.freeze({ maxFrame: 1 << 20, maxDoc: 10 << 20, maxUpdates: 1000, maxRanges: 100 });
@@ -93,5 +95,53 @@ export function sizeGuard(getLimits, refuse) {
       return [];
     }
     return tr;
+  });
+}
+
+// U+0000, or one half of a surrogate pair without the other (JavaScript strings can hold either).
+const UNSENDABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const UNSENDABLE_ALL = new RegExp(UNSENDABLE.source, "g");
+
+/** `text` with every unsendable unit replaced by U+FFFD (one UTF-16 unit for one: lengths stay). */
+export function sendableText(text) {
+  return UNSENDABLE.test(text) ? text.replace(UNSENDABLE_ALL, "\ufffd") : text;
+}
+
+/** ChangeSetJSON with `sendableText` applied to every inserted line (a record kept before textGuard). */
+export function sendableChanges(json) {
+  return Array.isArray(json)
+    ? json.map((part) => (Array.isArray(part) ? [part[0], ...part.slice(1).map((l) => (typeof l === "string" ? sendableText(l) : l))] : part))
+    : json;
+}
+
+/**
+ * Replace, as it is made, what the server would refuse in inserted text:
+ * U+0000 (PostgreSQL's text cannot hold it) and a lone surrogate (not
+ * Unicode), each by U+FFFD. A pasted NUL refused by the server would be
+ * pushed again on every reconnect and hold back every later edit for ever;
+ * the replacement has the same length, so the selection and effects stay as
+ * they were. Edits restored from storage are cleaned as they are read
+ * (`sendableChanges`, session.js); remote updates are not filtered (filter: false).
+ */
+export function textGuard() {
+  return EditorState.transactionFilter.of((tr) => {
+    if (!tr.docChanged) return tr;
+    let bad = false;
+    tr.changes.iterChanges((_fa, _ta, _fb, _tb, inserted) => {
+      if (!bad && inserted.length && UNSENDABLE.test(inserted.toString())) bad = true;
+    });
+    if (!bad) return tr;
+    const changes = [];
+    tr.changes.iterChanges((from, to, _fb, _tb, inserted) => {
+      changes.push({ from, to, insert: sendableText(inserted.toString()) });
+    });
+    const userEvent = tr.annotation(Transaction.userEvent);
+    return {
+      changes, selection: tr.selection, effects: tr.effects, scrollIntoView: tr.scrollIntoView,
+      annotations: [
+        ...(userEvent === undefined ? [] : [Transaction.userEvent.of(userEvent)]),
+        ...(tr.annotation(Transaction.addToHistory) === false ? [Transaction.addToHistory.of(false)] : []),
+      ],
+    };
   });
 }

@@ -49,7 +49,7 @@
 import { EditorState, ChangeSet, Text } from "@codemirror/state";
 import { collab, receiveUpdates, sendableUpdates, getSyncedVersion } from "@codemirror/collab";
 import { hello, push, presence, parseServerFrame, FrameError, restoreOf, isPersonId } from "./frames.js";
-import { resolveLimits, fitPush } from "./limits.js";
+import { resolveLimits, fitPush, sendableChanges } from "./limits.js";
 import { errorText, closeEntry, accessEndText, renamedTo } from "./codes.js";
 
 const LOG_LIMIT = 5000; // recent accepted changes kept to map late presence
@@ -578,7 +578,8 @@ export class Session {
   // ---- helpers ------------------------------------------------------------------------------------
 
   restore(rec, blind) {
-    const changes = (rec.updates || []).map((json) => ChangeSet.fromJSON(json));
+    // Cleaned of what the server refuses for good (a record kept before textGuard): lengths stay.
+    const changes = (rec.updates || []).map((json) => ChangeSet.fromJSON(sendableChanges(json)));
     if (typeof rec.base === "string" || (blind && changes.length)) {
       this.baseUnknown = typeof rec.base !== "string";
       this.createState(this.baseUnknown ? " ".repeat(changes[0].length) : rec.base, rec.version);
