@@ -189,6 +189,27 @@ test('close codes: reconnect at once, back off, slow down, or stop and say why',
   assert.ok(tooBig.reconnect);
 });
 
+test('a server that welcomes but cannot save our edits (1011 each time) is retried with growing pauses', () => {
+  const s = new Session({ clientID: 'A', random: () => 0, backoff: { base: 100, max: 1600, soon: 5, soonJitter: 10 } });
+  s.opened(0);
+  s.receive(welcome({ doc: 'ab', version: 1 }), 0);
+  assert.equal(sent(edit(s, { from: 2, insert: '!' }, 0), 'push').length, 1);
+  const delays = [s.closed(1011, 'the document could not be saved', 0).reconnect.delay];
+  for (let i = 0; i < 5; i++) {
+    s.opened(0);
+    const pushes = sent(s.receive(resumeWelcome(1, []), 0), 'push');
+    assert.equal(pushes.length, 1, 'the edit is pushed after each welcome');
+    delays.push(s.closed(1011, 'the document could not be saved', 0).reconnect.delay);
+  }
+  assert.deepEqual(delays, [50, 100, 200, 400, 800, 800], 'not back to the first pause after every welcome');
+  // Once the server takes the edit, the backoff starts over.
+  s.opened(0);
+  const step = s.receive(resumeWelcome(1, [upd('A', [2, [0, '!']])]), 0);
+  assert.equal(s.pending, 0);
+  assert.deepEqual(sent(step, 'push'), []);
+  assert.equal(s.closed(1011, '', 0).reconnect.delay, 50);
+});
+
 test('an error frame while a push is in flight: pushed again after a pause', () => {
   const [s] = welcomed({ doc: '', version: 0 }, { pushRetry: { base: 1000, max: 8000 }, random: () => 1 });
   edit(s, { from: 0, insert: 'a' }, 0);

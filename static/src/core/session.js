@@ -171,7 +171,7 @@ export class Session {
     this.inflight = 0;
     this.pushFailures = 0;
     this.pushNotBefore = 0;
-    this.attempt = 0; // reconnects since the last welcome
+    this.attempt = 0; // reconnects since the last welcome with nothing waiting, or our last acknowledgement
     this.epoch = o.epoch ?? globalThis.performance?.timeOrigin ?? null; // null: no hello.opened
     this.lastOpened = -1; // hello.opened of our last hello (-1: none sent yet)
     this.everWelcomed = false;
@@ -382,7 +382,10 @@ export class Session {
     }
     this.phase = "open";
     this.everWelcomed = true;
-    this.attempt = 0;
+    // A welcome resets the backoff only with nothing of ours waiting: with edits waiting it does
+    // not show the server can take them (a commit failing each time closes with 1011 right after
+    // the welcome, and reconnecting at once then loops); their acknowledgement resets it.
+    if (this.pending === 0) this.attempt = 0;
     this.pushFailures = 0;
     this.pushNotBefore = 0;
     this.needFullDoc = false;
@@ -462,6 +465,7 @@ export class Session {
         this.stats.ownAcked += own;
         this.inflight = Math.max(0, this.inflight - own);
         this.pushFailures = 0;
+        this.attempt = 0;
         this.presenceDue = true; // our caret, mapped back through them before, is exact now
       }
     }
