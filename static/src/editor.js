@@ -333,12 +333,14 @@ function adminHint() {
 
 // ---- rescue ----------------------------------------------------------------------------
 
-function showRescue({ text, count, fragments }) {
+function showRescue({ text, count, fragments, older = false }) {
   const dlg = $("#rescue");
   const ta = $("#rescue-text");
-  $("#rescue-intro").textContent = fragments
-    ? `${plural(count, "unsent edit")} could not be merged, and the text they were based on was not stored. These are the pieces of text you typed; copy what you need.`
-    : `The server could no longer merge your ${plural(count, "unsent edit")} (it does not have the version they were based on any more). The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back.`;
+  $("#rescue-intro").textContent = older
+    ? "The server's copy of this document is older than the one this page had (it was restored from a backup, or deleted and made again), so what you saw as saved is not on the server any more. The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back."
+    : fragments
+      ? `${plural(count, "unsent edit")} could not be merged, and the text they were based on was not stored. These are the pieces of text you typed; copy what you need.`
+      : `The server could no longer merge your ${plural(count, "unsent edit")} (it does not have the version they were based on any more). The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back.`;
   ta.value = dlg.open && ta.value ? `${ta.value}\n\n----\n\n${text}` : text;
   // Kept until dismissed, so closing the tab does not lose it either.
   try {

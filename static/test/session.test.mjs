@@ -319,6 +319,26 @@ test('a restored record holding U+0000 (kept before the text guard) is pushed wi
     updates: [upd('A', [3, [0, 'd\ufffd']]), upd('A', [[0, '\ufffd'], 5])] }]);
 });
 
+test('a whole text older than ours (a server restored from a backup, a document made again) rescues ours', () => {
+  const [s] = welcomed({ doc: 'hello world', version: 5 });
+  const back = (doc, version) => {
+    s.closed(1001, '', 0);
+    s.opened(0);
+    return s.receive(welcome({ doc, version }), 0);
+  };
+  let step = back('hello', 3);
+  assert.equal(s.state.doc.toString(), 'hello');
+  assert.deepEqual(events(step, 'rescue'), [{ type: 'rescue', text: 'hello world', count: 0, fragments: false, older: true }]);
+  step = back('other', 3); // another text at our version
+  assert.deepEqual(events(step, 'rescue').map((e) => [e.text, e.older]), [['hello', true]]);
+  step = back('other', 3); // the same text at our version: nothing lost
+  assert.deepEqual(events(step, 'rescue'), []);
+  step = back('other and more', 9); // newer (our history was compacted away): ours is part of it
+  assert.deepEqual(events(step, 'rescue'), []);
+  step = back('', 0); // deleted while we were away, and made again by this hello
+  assert.deepEqual(events(step, 'rescue').map((e) => e.text), ['other and more']);
+});
+
 test('restored edits without a base: the whole text, then the typed pieces rescued', () => {
   const s = new Session({ clientID: 'A', restore: { version: 3, base: null, updates: [[3, [0, 'd', 'e']]] } });
   assert.equal(s.state, null);

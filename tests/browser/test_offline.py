@@ -151,6 +151,28 @@ def test_lost_server_state_rescues_unsent_text(server, contexts, tmp_path):
         fresh.kill()
 
 
+def test_a_server_older_than_the_page_rescues_the_saved_text(server, contexts, tmp_path):
+    """Nothing unsent, but the server went back (restored from a backup; here, a new empty one): the text
+    the page showed as saved is offered back, not silently replaced."""
+    a = open_editor(contexts(), server.url, DOC)
+    a.click(".cm-content")
+    a.keyboard.type("an hour of saved work")
+    wait_synced([a], server.url, DOC)
+    server.stop()
+    wait_status(a, "reconnecting")
+    fresh = ServerProcess(Path(tmp_path) / "backup.db", port=server.port)
+    fresh.start()
+    try:
+        wait_status(a, "connected")
+        a.wait_for_selector("#rescue[open]")
+        assert a.input_value("#rescue-text") == "an hour of saved work"
+        assert "older than the one this page had" in a.inner_text("#rescue-intro")
+        assert doc_text(a) == ""
+        assert a.evaluate("() => window.__collab.pending") == 0
+    finally:
+        fresh.kill()
+
+
 def test_two_closed_tabs_both_arrive(server, contexts):
     """Two tabs of one browser (two client IDs) both closed with unsent edits: one open sends both."""
     ca = contexts()

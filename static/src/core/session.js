@@ -94,8 +94,9 @@ function restoreEvent(restore, changes, doc, version, mine) {
  * {type: "error", code, message, text, quiet} (an error frame; `quiet` when
  * recovered from without the person) | {type: "notice", text} (a close worth
  * telling) | {type: "problem", text} (the server broke the protocol) |
- * {type: "rescue", text, count, fragments} (unconfirmed edits the server
- * could not take back: show them) | {type: "reset", synced, version,
+ * {type: "rescue", text, count, fragments, older} (unconfirmed edits the server
+ * could not take back: show them; `older`: no edits, but the server's text
+ * went back to an older one, or another one at our version, and this was ours) | {type: "reset", synced, version,
  * dropped} (a whole text replaced our state) | {type: "role", role} |
  * {type: "peer", session, user, ranges} (ranges in local positions) |
  * {type: "leave", session} | {type: "peers-cleared"} | {type: "restore",
@@ -411,6 +412,10 @@ export class Session {
         : { text: st.doc.toString(), count: mine.length, fragments: false };
     } else if (this.orphans && this.orphans.length) {
       rescue = { text: insertedText(this.orphans), count: this.orphans.length, fragments: true };
+    } else if (st && !this.baseUnknown && (version < this.version || version === this.version)) {
+      // The server's text is older than what we had confirmed (restored from a backup; deleted and
+      // made again), or another text at our version: what we showed as saved is not there any more.
+      rescue = { text: st.doc.toString(), count: 0, fragments: false, older: true };
     }
     if (st) step.events.push({ type: "reset", synced: this.version, version, dropped: mine.length });
     this.orphans = null;
