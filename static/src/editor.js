@@ -94,7 +94,9 @@ function renderStatus(info) {
   $("#status-text").textContent = text;
   $("#status-pending").textContent = pending;
   el.title = info.stopped || (info.pending && info.state !== "connected"
-    ? "Your edits are kept in this browser and sent when the connection is back."
+    ? (info.storageFull
+      ? "This browser's storage is full: your edits are sent when the connection is back if this tab stays open."
+      : "Your edits are kept in this browser and sent when the connection is back.")
     : "");
   // Retrying helps after a lost connection, never after a revoked link (only a new link does).
   $("#reconnect").hidden = info.accessEnded !== null

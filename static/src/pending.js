@@ -148,7 +148,7 @@ export class PendingStore {
       this.lastError = null;
     } catch (e) {
       // Quota exceeded: the edits are still on screen and will be sent; they
-      // just would not survive a closed tab.  The page shows this.
+      // just would not survive a closed tab.  The page says so (sync.js storageChecked).
       this.lastError = e;
     }
   }

@@ -63,6 +63,7 @@ export class CollabSession {
     this.accessEnded = null;
     this.statusLog = [];
     this.lastStatus = null;
+    this.storageFull = false; // the store could not keep our unsent edits at its last save
     this.saveTimer = null;
     this.lastBaseWrite = 0;
     this.core = new Session({
@@ -169,6 +170,19 @@ export class CollabSession {
     }
     this.store.save(version, updates, () => this.core.syncedDoc.toString(), this.core.resumeKey);
     if (rewritesBase) this.lastBaseWrite = Date.now();
+    this.storageChecked();
+  }
+
+  /** Say once when the browser's storage refuses our unsent edits (and again after it took them once more). */
+  storageChecked() {
+    const full = this.store.lastError != null;
+    if (full === this.storageFull) return;
+    this.storageFull = full;
+    if (full) {
+      this.on.error("This browser's storage is full, so edits not yet saved are not kept in it: they are sent " +
+        "while this tab stays open, but would be lost if it closed. Free some space for this site to keep them.");
+    }
+    this.emitStatus();
   }
 
   // ---- carrying out the core's steps ------------------------------------------------
@@ -324,12 +338,12 @@ export class CollabSession {
     else if (!core.everWelcomed && core.attempt === 0) state = "connecting";
     else state = "reconnecting";
     return { state, pending: this.pendingCount(), retryAt: this.retryAt, stopped: core.stopped, role: this.role,
-      accessEnded: this.accessEnded };
+      accessEnded: this.accessEnded, storageFull: Boolean(this.storageFull) };
   }
 
   emitStatus() {
     const info = this.statusInfo();
-    const key = `${info.state}/${info.pending}/${info.retryAt}/${info.role}/${info.accessEnded !== null}`;
+    const key = `${info.state}/${info.pending}/${info.retryAt}/${info.role}/${info.accessEnded !== null}/${info.storageFull}`;
     if (key === this.lastStatus) return;
     this.lastStatus = key;
     if (!this.statusLog.length || this.statusLog[this.statusLog.length - 1] !== info.state) this.statusLog.push(info.state);

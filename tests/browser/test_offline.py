@@ -173,6 +173,35 @@ def test_a_server_older_than_the_page_rescues_the_saved_text(server, contexts, t
         fresh.kill()
 
 
+FILL_STORAGE = """() => {
+  for (const size of [256 * 1024, 1024, 1]) {
+    const chunk = 'x'.repeat(size);
+    try { for (let i = 0; ; i++) localStorage.setItem(`filler-${size}-${i}`, chunk); } catch (e) { /* full */ }
+  }
+}"""
+
+
+def test_a_full_browser_storage_is_said_not_hidden(server, contexts):
+    """Unsent edits that localStorage cannot keep: the page says so (a closed tab would lose them)."""
+    a = open_editor(contexts(), server.url, DOC)
+    a.click(".cm-content")
+    a.keyboard.type("saved.")
+    wait_synced([a], server.url, DOC)
+    a.evaluate(FILL_STORAGE)
+    server.stop()
+    wait_status(a, "reconnecting")
+    a.keyboard.type(" typed while the server was down")
+    wait_until(lambda: any("storage is full" in m for m in a.locator("#messages .message").all_inner_texts()),
+               what="the warning")
+    wait_until(lambda: "storage is full" in (a.get_attribute("#status", "title") or ""), what="the status tooltip")
+    assert len([m for m in a.locator("#messages .message").all_inner_texts() if "storage is full" in m]) == 1
+    a.evaluate("() => { for (const k of Object.keys(localStorage)) if (k.startsWith('filler-')) localStorage.removeItem(k); }")
+    a.keyboard.type(".")  # the next save keeps them again
+    wait_until(lambda: "kept in this browser" in (a.get_attribute("#status", "title") or ""), what="the tooltip back")
+    server.start()
+    assert wait_synced([a], server.url, DOC) == "saved. typed while the server was down."
+
+
 def test_two_closed_tabs_both_arrive(server, contexts):
     """Two tabs of one browser (two client IDs) both closed with unsent edits: one open sends both."""
     ca = contexts()
