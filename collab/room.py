@@ -970,6 +970,9 @@ class Rooms:
                        "maxUpdates": settings.max_updates, "maxRanges": settings.max_ranges}
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future] = {}
+        # Names a creation, reset, rename or delete changed in the store while a load of them ran: that
+        # load read the document before (no document, its old salt, or one that is gone): it reads again.
+        self._stale: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._waiting: dict[str, set[Connection]] = {}  # sockets before their hello, by document
         self.closing = False
@@ -1038,7 +1041,11 @@ class Rooms:
         try:
             if self.cluster is not None:
                 await self.cluster.watch(name)  # before the load: nothing committed after it is missed
-            loaded = await self.store.load(name)
+            while True:
+                self._stale.discard(name)
+                loaded = await self.store.load(name)
+                if name not in self._stale:
+                    break
             if loaded is None:
                 if not create:
                     return None
@@ -1051,6 +1058,7 @@ class Rooms:
             self.metrics.documents.set(len(self.rooms))
             return room
         finally:
+            self._stale.discard(name)
             self._loaded(name, fut)
             if room is None and self.cluster is not None:
                 self.cluster.unwatch(name)  # no such document (or the load failed): nothing to hear about
@@ -1081,12 +1089,21 @@ class Rooms:
         if not self.disk.ok():
             raise ServerError("the server's disk is nearly full, so no document can be made for now")
         try:
-            return await self.store.create_document(name, text, author=author, client_id=client_id,
-                                                    exist_ok=exist_ok, max_documents=self.settings.max_documents)
+            doc_id = await self.store.create_document(name, text, author=author, client_id=client_id,
+                                                      exist_ok=exist_ok, max_documents=self.settings.max_documents)
         except NameTaken:
             raise ProtocolError("conflict", f"a document named {name!r} already exists") from None
         except TooManyDocuments as exc:
             raise ProtocolError("too-large", str(exc)) from None
+        self._changed(name)  # a load that found no document reads again
+        room = self.rooms.get(name)
+        if room is not None and room.doc_id is None:
+            # Open before it existed (an admin's editor on a new name): its links are the new document's
+            # from now on, not those of no salt. Its first edit makes it born (Room._be_born).
+            info = await self.store.document(name)
+            if info is not None and room.doc_id is None:
+                room.salt = info["salt"]
+        return doc_id
 
     async def join(self, name: str, conn: Connection, hello: protocol.Hello, token: str | None) -> Member:
         """`conn` joins document `name` with the rights `token` gives now; its welcome is sent.
@@ -1185,6 +1202,7 @@ class Rooms:
         """A new salt for the document: old share links stop working and their sessions close (1008)."""
         info = await self.info(name)
         salt = await self.store.new_salt(info["id"])
+        self._changed(name)
         room = self.rooms.get(name)
         if room is not None:
             room.salt = salt
@@ -1201,6 +1219,7 @@ class Rooms:
             await self.store.rename_document(info["id"], new_name)
         except NameTaken:
             raise ProtocolError("conflict", f"a document named {new_name!r} already exists") from None
+        self._changed(name)
         reason = f"this document was renamed to {new_name}"
         self._close_waiting(name, everyone=True, reason=reason)
         room = self.rooms.get(name)
@@ -1223,8 +1242,25 @@ class Rooms:
             await room.flush()
             self.forget(room)
         await self.store.delete_document(info["id"])
+        self._changed(name)
+        late = self.rooms.get(name)
+        if late is not None and late is not room:  # a join loaded it while the delete ran
+            late.deleted = True
+            late.revoke(everyone=True, reason="this document was deleted")
+            late._fail()  # nothing of it is written any more (it has no document); forgotten
+        self._close_waiting(name, everyone=True, reason="this document was deleted")
         if self.cluster is not None:
             self.cluster.publish_revoke(name, info["id"], deleted=True)
+
+    def _changed(self, name: str) -> None:
+        """A creation, reset, rename or delete of `name` is in the store: a load of it under way reads it again.
+
+        Called with no await between the store's write and the caller's look
+        at `self.rooms`: a load that ended before it is a room the caller
+        sees; one that ends after it reads the document again.
+        """
+        if name in self._loading:
+            self._stale.add(name)
 
     # ------------------------------------------------------------ unloading
 

@@ -331,3 +331,85 @@ async def test_a_client_that_never_reads_again_is_dropped(aiohttp_client, tmp_pa
     sleeper._response.connection.transport.resume_reading()  # it finds the connection reset
     while (await asyncio.wait_for(sleeper.receive(), 10)).type == WSMsgType.TEXT:
         pass
+
+
+async def _load_held(client, monkeypatch):
+    """Make the next store.load of a document read it, then wait for `go_on` (a big document's replay)."""
+    store = client.server.app[ROOMS].store
+    real_load, read, go_on = store.load, asyncio.Event(), asyncio.Event()
+
+    async def held_load(name):
+        loaded = await real_load(name)  # the row (its salt, or the document at all) is read here
+        read.set()
+        await go_on.wait()
+        return loaded
+
+    monkeypatch.setattr(store, "load", held_load)
+    return read, go_on
+
+
+async def _unloaded(client, name="doc"):
+    rooms = client.server.app[ROOMS]
+    await rooms.unload(rooms.rooms[name])
+    assert name not in rooms.rooms
+
+
+@pytest.mark.parametrize("change", ["reset", "rename", "delete"])
+async def test_a_document_loading_while_its_links_are_reset_or_it_is_renamed_or_deleted_reads_it_again(
+        client, monkeypatch, change):
+    """Was: a join that loaded the document while the admin reset its links, renamed or deleted it
+    published a room made from what it had read before: the old links went on working (WebSocket and
+    HTTP), the old name stayed open and writable, the deleted document came back."""
+    tokens = await make_doc(client, text="hello")
+    await _unloaded(client)
+    read, go_on = await _load_held(client, monkeypatch)
+    joining = asyncio.ensure_future(hello(client, "doc", tokens["edit"], "early"))
+    await asyncio.wait_for(read.wait(), 5)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    if change == "reset":
+        resp = await client.post("/api/docs/doc/links/reset", json={}, headers=auth)
+    elif change == "rename":
+        resp = await client.post("/api/docs/doc/rename", json={"name": "doc2"}, headers=auth)
+    else:
+        resp = await client.delete("/api/docs/doc", headers=auth)
+    assert resp.status in (200, 204), await resp.text()
+    new_links = (await resp.json())["links"] if change == "reset" else None
+    go_on.set()
+    ws, first = await joining
+    assert first is None or first.get("code") == "forbidden", first
+    assert (await closed(ws))[0] == 1008
+    monkeypatch.undo()
+    late, frame = await hello(client, "doc", tokens["edit"], "late")
+    assert frame is not None and frame.get("code") == "forbidden", frame
+    assert (await closed(late))[0] == 1008
+    resp = await client.get(f"/api/docs/doc?token={tokens['view']}")
+    assert resp.status in (403, 404), await resp.text()
+    rooms = client.server.app[ROOMS]
+    if change == "reset":  # the room that loaded has the new salt: the new links work
+        ws, frame = await hello(client, "doc", new_links["edit"].split("token=")[1], "new")
+        assert frame["type"] == "welcome" and frame["doc"] == "hello", frame
+        await ws.close()
+    else:
+        assert "doc" not in rooms.rooms or rooms.rooms["doc"].doc_id is None
+    if change == "rename":
+        assert (await client.get("/api/docs/doc2", headers=auth)).status == 200
+
+
+async def test_the_links_of_a_document_made_while_its_name_is_open_work_at_once(client):
+    """Was: the admin's editor open on a new name held a room with no salt; the document then made
+    through the API handed out links that hello refused (forbidden, 1008: do not come back) until
+    someone typed."""
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    admin, frame = await hello(client, "plan", ADMIN, "admin")
+    assert frame["type"] == "welcome"
+    resp = await client.post("/api/docs", json={"name": "plan"}, headers=auth)
+    assert resp.status == 201, await resp.text()
+    tokens = {role: url.split("token=")[1] for role, url in (await resp.json())["links"].items()}
+    for role in ("edit", "view"):
+        ws, frame = await hello(client, "plan", tokens[role], role)
+        assert frame["type"] == "welcome" and frame["role"] == role, frame
+        await ws.close()
+    await send(admin, {"type": "push", "version": 0, "updates": [{"clientID": "admin", "changes": [[0, "made"]]}]})
+    await recv_type(admin, "updates")
+    ws, frame = await hello(client, "plan", tokens["edit"], "after")
+    assert frame["type"] == "welcome" and frame["doc"] == "made", frame
