@@ -38,12 +38,18 @@ def clipboard_context(contexts):
     return contexts(permissions=["clipboard-read", "clipboard-write"])
 
 
-def test_an_edit_bigger_than_a_frame_is_refused_in_words(small_server, contexts):
-    a = open_editor(clipboard_context(contexts), small_server.url, DOC)
-    b = open_editor(contexts(), small_server.url, DOC)
+def two_editors(server, contexts, start: str):
+    """A (who may paste) and B on DOC, once A's `start` reached both."""
+    a = open_editor(clipboard_context(contexts), server.url, DOC)
+    b = open_editor(contexts(), server.url, DOC)
     focus_end(a)
-    a.keyboard.type("start ")
-    wait_synced([a, b], small_server.url, DOC)
+    a.keyboard.type(start)
+    wait_synced([a, b], server.url, DOC)
+    return a, b
+
+
+def test_an_edit_bigger_than_a_frame_is_refused_in_words(small_server, contexts):
+    a, b = two_editors(small_server, contexts, "start ")
 
     paste(a, "x" * 100_000)  # 100 KB
     wait_until(lambda: len(messages(a)) == 1, what="the refusal")
@@ -95,11 +101,7 @@ def test_an_edit_that_would_grow_the_document_too_far_is_refused(small_server, c
 
 def test_a_pasted_nul_is_saved_as_a_replacement_character_and_holds_nothing_back(small_server, contexts):
     """The server refuses U+0000 for good (bad-changes): a pasted one must not stall every later edit."""
-    a = open_editor(clipboard_context(contexts), small_server.url, DOC)
-    b = open_editor(contexts(), small_server.url, DOC)
-    focus_end(a)
-    a.keyboard.type("ok.")
-    wait_synced([a, b], small_server.url, DOC)
+    a, b = two_editors(small_server, contexts, "ok.")
     paste(a, " pasted\x00thing")
     a.keyboard.insert_text(" typed\x00in")  # text input (an IME, a drop) as well as a paste
     a.keyboard.type(" and afterwards")

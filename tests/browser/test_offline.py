@@ -17,6 +17,8 @@ made under, shows them at once and pushes them.
 
 from pathlib import Path
 
+import pytest
+
 from .browser_helpers import (open_editor, set_cursor, wait_synced, doc_text, wait_status,
                              line_end, status_log, wait_until)
 from serverproc import ServerProcess
@@ -124,14 +126,21 @@ def test_closed_tab_edits_arrive_on_next_open(server, contexts):
                what="the stored edits to be removed")
 
 
-def test_lost_server_state_rescues_unsent_text(server, contexts, tmp_path):
+@pytest.mark.parametrize("unsent, intro", [
+    (" and my unsent sentence", "could no longer merge"),
+    # Nothing unsent, but the server went back (restored from a backup): the text the page showed as
+    # saved is offered back, not silently replaced.
+    ("", "older than the one this page had"),
+])
+def test_lost_server_state_rescues_the_text(server, contexts, tmp_path, unsent, intro):
     a = open_editor(contexts(), server.url, DOC)
     a.click(".cm-content")
     a.keyboard.type("text the server will forget")
     wait_synced([a], server.url, DOC)
     server.stop()
     wait_status(a, "reconnecting")
-    a.keyboard.type(" and my unsent sentence")
+    if unsent:
+        a.keyboard.type(unsent)
 
     # A new, empty server on the same address: it cannot resume from A's version.
     fresh = ServerProcess(Path(tmp_path) / "fresh.db", port=server.port)
@@ -140,35 +149,13 @@ def test_lost_server_state_rescues_unsent_text(server, contexts, tmp_path):
         wait_status(a, "connected")
         a.wait_for_selector("#rescue[open]")
         rescued = a.input_value("#rescue-text")
-        assert rescued == "text the server will forget and my unsent sentence"
-        assert "could no longer merge" in a.inner_text("#rescue-intro")
+        assert rescued == "text the server will forget" + unsent
+        assert intro in a.inner_text("#rescue-intro")
         # The editor now shows the server's text, and nothing is pending.
         assert a.evaluate("() => window.__collab.pending") == 0
         assert doc_text(a) == ""
         a.click("#rescue-close")
         a.wait_for_selector("#rescue:not([open])", state="attached")
-    finally:
-        fresh.kill()
-
-
-def test_a_server_older_than_the_page_rescues_the_saved_text(server, contexts, tmp_path):
-    """Nothing unsent, but the server went back (restored from a backup; here, a new empty one): the text
-    the page showed as saved is offered back, not silently replaced."""
-    a = open_editor(contexts(), server.url, DOC)
-    a.click(".cm-content")
-    a.keyboard.type("an hour of saved work")
-    wait_synced([a], server.url, DOC)
-    server.stop()
-    wait_status(a, "reconnecting")
-    fresh = ServerProcess(Path(tmp_path) / "backup.db", port=server.port)
-    fresh.start()
-    try:
-        wait_status(a, "connected")
-        a.wait_for_selector("#rescue[open]")
-        assert a.input_value("#rescue-text") == "an hour of saved work"
-        assert "older than the one this page had" in a.inner_text("#rescue-intro")
-        assert doc_text(a) == ""
-        assert a.evaluate("() => window.__collab.pending") == 0
     finally:
         fresh.kill()
 
