@@ -655,6 +655,8 @@ class Room:
                 if self.broken:
                     return
                 self.rooms.metrics.catchup_reads.inc()
+                if not updates and await self._history_gone(head):
+                    return
                 if updates:
                     # Sent in the frames the other writer broadcast them in (every process cuts the
                     # same frames, so a push rebased along them here matches a resume anywhere).
@@ -692,6 +694,18 @@ class Room:
                 self._ready.set()
                 if self.seq.pending:
                     self.store.schedule(self)
+
+    async def _history_gone(self, head: int) -> bool:
+        """Whether a catch-up that read nothing after `head` did so because the store is further on and
+        the updates between were compacted away (`collab compact` while this room was behind): then the
+        room reloads (its members reconnect and resume from the store), instead of serving `head` for good."""
+        info = await self.store.document(self.name)
+        if self.broken or info is None or info["id"] != self.doc_id or info["version"] <= head:
+            return False
+        log.warning("document %s: the updates after version %d were compacted away before this process read "
+                    "them (the store is at %d); reloading it", self.name, head, info["version"])
+        self._fail()
+        return True
 
     def _apply_committed(self, start: int, updates: list[Update], ends: list[int]) -> None:
         """Updates another writer committed, applied and sent to every member in that writer's frames."""

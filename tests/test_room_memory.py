@@ -792,3 +792,25 @@ async def test_settled_waits_for_the_pushes_a_catch_up_is_sequencing_again(tmp_p
             assert room.seq.committed_version == 14 and room.seq.committed_text() == "zB" + "x" * 12
         finally:
             gate.set()  # a failed test lets the read go, or the shutdown would wait for it
+
+
+async def test_a_catch_up_that_finds_its_history_compacted_away_reloads_the_document(tmp_path, caplog):
+    """Was: a room behind the store (news missed, or not read yet) when `collab compact` dropped the
+    updates it had not read: its catch-up read nothing and took that for nothing new, so the room
+    served its old version for good (new members were welcomed with it, its members never heard more)."""
+    async with _overtaken(tmp_path) as (store, room, (a, ma), (b, mb)):
+        other = await Store(store.path).open()
+        try:
+            head_text = "z" + room.seq.committed_text()  # version 13, the other writer's
+            assert await other.compact((await other.document("doc"))["id"], 13, head_text, None) > 0
+        finally:
+            await other.close()
+        caplog.set_level(logging.WARNING, "collab")
+        room.catch_up()
+        await until(lambda: room.broken, "the room to give up its old state")
+        assert a.closed_with[0] == CLOSE_INTERNAL and b.closed_with[0] == CLOSE_INTERNAL
+        assert "compacted away" in caplog.text
+        c = FakeConn("c")
+        mc = await room.rooms.join("doc", c, hello("c"), token=None)
+        assert mc.room is not room and mc.room.seq.version == 13
+        assert mc.room.seq.committed_text() == head_text
