@@ -385,6 +385,14 @@ class Room:
             self.salt = info["salt"] if info else self.salt
             self.doc_id = doc_id
 
+    def born_elsewhere(self, doc_id: int, salt: str) -> None:
+        """The document this unborn room stands for was made meanwhile (through the API, or by another
+        process): the room is that document now, with its links, and catches up with its text."""
+        if self.doc_id is not None or self.broken:
+            return
+        self.doc_id, self.salt = doc_id, salt
+        self.catch_up()
+
     async def _sequence(self, o: Original, catching: bool = False) -> bool:
         """Hand `o` to the sequencer (reading older history if it needs it); whether it produced updates.
 
@@ -1111,12 +1119,10 @@ class Rooms:
             raise ProtocolError("too-large", str(exc)) from None
         self._changed(name)  # a load that found no document reads again
         room = self.rooms.get(name)
-        if room is not None and room.doc_id is None:
-            # Open before it existed (an admin's editor on a new name): its links are the new document's
-            # from now on, not those of no salt. Its first edit makes it born (Room._be_born).
+        if room is not None and room.doc_id is None:  # open before it existed (an admin's editor on a new name)
             info = await self.store.document(name)
-            if info is not None and room.doc_id is None:
-                room.salt = info["salt"]
+            if info is not None:
+                room.born_elsewhere(info["id"], info["salt"])
         return doc_id
 
     async def join(self, name: str, conn: Connection, hello: protocol.Hello, token: str | None) -> Member:

@@ -814,3 +814,23 @@ async def test_a_catch_up_that_finds_its_history_compacted_away_reloads_the_docu
         mc = await room.rooms.join("doc", c, hello("c"), token=None)
         assert mc.room is not room and mc.room.seq.version == 13
         assert mc.room.seq.committed_text() == head_text
+
+
+async def test_a_room_open_before_its_document_was_made_becomes_that_document(tmp_path):
+    """Was: an editor open on a new name (an unborn room) when the document was made through the API
+    with text went on showing it empty at version 0, and welcomed everyone with that, until someone
+    typed there (the push then lost to the store and caught up)."""
+    async with registry(tmp_path, clock=lambda: 1.0) as (store, rooms):
+        a = FakeConn("a")
+        ma = await rooms.join("plan", a, hello("a"), token=None)
+        assert ma.room.doc_id is None and a.of("welcome")[0]["version"] == 0
+        doc_id = await rooms.create("plan", text="agenda")
+        await until(lambda: a.of("updates"), "the made document's text at the open editor")
+        assert ma.room.doc_id == doc_id and ma.room.seq.committed_text() == "agenda"
+        assert ma.room.salt == (await store.document("plan"))["salt"]
+        b = FakeConn("b")
+        mb = await rooms.join("plan", b, hello("b"), token=None)
+        assert mb.room is ma.room and b.of("welcome")[0]["doc"] == "agenda"
+        await ma.room.push(ma, push_msg(1, "a", [6, [0, "!"]]))
+        await ma.room.settled()
+        assert (await store.document("plan"))["version"] == 2
