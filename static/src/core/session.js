@@ -412,7 +412,7 @@ export class Session {
         : { text: st.doc.toString(), count: mine.length, fragments: false };
     } else if (this.orphans && this.orphans.length) {
       rescue = { text: insertedText(this.orphans), count: this.orphans.length, fragments: true };
-    } else if (st && !this.baseUnknown && (version < this.version || version === this.version)) {
+    } else if (st && !this.baseUnknown && version <= this.version) {
       // The server's text is older than what we had confirmed (restored from a backup; deleted and
       // made again), or another text at our version: what we showed as saved is not there any more.
       rescue = { text: st.doc.toString(), count: 0, fragments: false, older: true };
