@@ -710,6 +710,11 @@ class Room:
         info = await self.store.document(self.name)
         if self.broken or info is None or info["id"] != self.doc_id or info["version"] <= head:
             return False
+        # The store was at `version` when read, so version head+1 was committed before: its row is there
+        # unless compacted. One there now was committed after our first read (not a gap): read again.
+        if await self.store.updates(self.doc_id, head, head + 1) or self.broken:
+            self._news = True
+            return False
         log.warning("document %s: the updates after version %d were compacted away before this process read "
                     "them (the store is at %d); reloading it", self.name, head, info["version"])
         self._fail()

@@ -834,3 +834,33 @@ async def test_a_room_open_before_its_document_was_made_becomes_that_document(tm
         await ma.room.push(ma, push_msg(1, "a", [6, [0, "!"]]))
         await ma.room.settled()
         assert (await store.document("plan"))["version"] == 2
+
+
+async def test_a_catch_up_that_read_nothing_just_before_another_writer_committed_goes_on(tmp_path):
+    """The check above must not take a commit that lands between a catch-up's two reads (nothing after
+    its version, then the document's row already further on) for compacted history: the room reads again
+    and stays, its members are sent the update, nobody is closed (found by CI's Redis outage test)."""
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0) as (store, rooms):
+        other = await Store(store.path).open()
+        try:
+            await store.create_document("doc")
+            a = FakeConn("a")
+            ma = await rooms.join("doc", a, hello("a"), token=None)
+            await _typed(ma.room, ma, 3)
+            doc_id = (await other.document("doc"))["id"]
+            read = store.updates
+
+            async def then_another_writer(doc, since, until):
+                got = await read(doc, since, until)
+                if not got and since == 3:
+                    store.updates = read
+                    await commit(other, doc_id, [Accepted(4, Update("z", ChangeSet.from_json([[0, "z"], 3])), "Z", 1.0)], 4)
+                return got
+
+            store.updates = then_another_writer
+            ma.room.catch_up()
+            await until(lambda: ma.room.seq.committed_version == 4, "the other writer's update")
+            assert not ma.room.broken and not a.closed
+            assert a.of("updates")[-1]["updates"][0]["clientID"] == "z"
+        finally:
+            await other.close()
