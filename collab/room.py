@@ -368,9 +368,10 @@ class Room:
     async def _be_born(self) -> None:
         """The first edit of a document nobody made yet: make it now (once, whoever pushes at the same time).
 
-        Refused like any creation (--max-documents, a nearly full disk); if
-        another process made it meanwhile, our first commit loses to its
-        updates and catches up as any other.
+        Refused like any creation (--max-documents, a nearly full disk).
+        `Rooms.create` makes the room open under this name that document
+        (`born_elsewhere`: if another process made it meanwhile, with text,
+        the room catches up with it first).
         """
         if self._birth is None:
             self._birth = asyncio.ensure_future(self.rooms.create(self.name, exist_ok=True))
@@ -380,10 +381,9 @@ class Room:
             if self._birth.done():
                 self._birth = None  # let a later push try again
             raise
-        if self.doc_id is None:
+        if self.doc_id is None:  # this room was no longer the one open under its name
             info = await self.store.document(self.name)
-            self.salt = info["salt"] if info else self.salt
-            self.doc_id = doc_id
+            self.born_elsewhere(doc_id, info["salt"] if info else self.salt)
 
     def born_elsewhere(self, doc_id: int, salt: str) -> None:
         """The document this unborn room stands for was made meanwhile (through the API, or by another
