@@ -334,20 +334,28 @@ REFERENCE_WORKLOADS = {
                 ["--conns", "10000", "--docs", "1000", "--check", "--settle", "3000"],
                 ["--max-conns-per-addr", "100000", "--max-conns-per-doc", "100000", "--max-connections", "100000"]),
 }
+# Memory workloads also run bench/aiohttp_floor.py: what aiohttp itself holds per idle WebSocket
+# connection (its request pipeline, a WebSocketResponse with collab's heartbeat, uvloop), the part of
+# collab's figure that is not collab's own.
+FLOOR = ROOT / "bench" / "aiohttp_floor.py"
+FLOOR_NAME = "aiohttp floor"
+FLOOR_WORKLOADS = {"idle10k"}
 
 
 class ReferenceServer:
-    """bench/reference.mjs on a free port of 127.0.0.1; started when /healthz answers."""
+    """bench/reference.mjs (or another `command` given `--port`) on a free port of 127.0.0.1; started when
+    /healthz answers."""
 
-    def __init__(self, node: str, log_path: Path):
-        self.node, self.log_path, self.port, self.proc = node, log_path, free_port(), None
+    def __init__(self, node: str, log_path: Path, command: list[str] | None = None, what: str = "the reference"):
+        self.command, self.what = command or [node, str(REFERENCE)], what
+        self.log_path, self.port, self.proc = log_path, free_port(), None
         self.url, self.ws_url = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> "ReferenceServer":
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([self.node, str(REFERENCE), "--port", str(self.port)], cwd=ROOT,
+            self.proc = subprocess.Popen([*self.command, "--port", str(self.port)], cwd=ROOT,
                                          stdout=log, stderr=subprocess.STDOUT)
-        return wait_healthy(self, "the reference", timeout)
+        return wait_healthy(self, self.what, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -418,16 +426,20 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
             extra = list(extra)
             if a.duration and mode in ("typing", "throughput"):
                 extra += ["--duration", str(int(a.duration * 1000))]
-            runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+            floor = [(FLOOR_NAME, None, None)] if key in FLOOR_WORKLOADS else []
+            runs: dict[str, list[dict]] = {name: [] for name, _, _ in [*variants, *floor]}
             runs["reference"] = []
             for rnd in range(a.rounds):
-                order = [*variants, ("reference", None, None)]
+                order = [*variants, *floor, ("reference", None, None)]
                 if rnd % 2:
                     order.reverse()
                 for name, db, loop in order:
                     tmp = Path(tempfile.mkdtemp(prefix=f"collab-vs-{key}-"))
                     try:
-                        if db is None:
+                        if name == FLOOR_NAME:
+                            server = ReferenceServer(node, tmp / "floor.log", [sys.executable, str(FLOOR)],
+                                                     "bench/aiohttp_floor.py").start()
+                        elif db is None:
                             server = ReferenceServer(node, tmp / "reference.log").start()
                         else:
                             loop_args = ["--loop", loop] if loop else []
@@ -461,7 +473,7 @@ def reference_table(rows: list[dict], rounds: int) -> str:
         for name, runs in row["runs"].items():
             if name == "reference":
                 continue
-            lines.append(f"  {'':26}{name[:30]:>32}{'reference':>26}{'collab / reference':>24}")
+            lines.append(f"  {'':26}{name[:30]:>32}{'reference':>26}{'ratio to reference':>24}")
             for figure in runs[0]["figures"]:
                 ours = [x["figures"][figure] for x in runs]
                 theirs = [x["figures"][figure] for x in ref]
