@@ -1021,6 +1021,7 @@ class Rooms:
 
     async def revoked_elsewhere(self, name: str, deleted: bool) -> None:
         """Another process reset the document's links (or deleted it): our sessions end as theirs did."""
+        self._changed(name)  # in the store already: a load of it under way here reads it again
         room = self.rooms.get(name)
         if deleted:
             self._close_waiting(name, everyone=True, reason="this document was deleted")

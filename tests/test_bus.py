@@ -72,6 +72,47 @@ async def test_a_document_renamed_elsewhere_closes_here_and_its_old_name_is_free
     assert channel("old") not in there.cluster._channels
 
 
+@pytest.mark.parametrize("deleted", [False, True], ids=["reset", "deleted"])
+async def test_a_document_loading_here_when_news_of_its_links_reset_or_its_delete_comes_reads_it_again(
+        two, monkeypatch, deleted):
+    """Was: a join here that had read the document before another process reset its links (or deleted
+    it) made its room from that read when the news came during the load: the old link was welcomed,
+    here and for every later join, until the next database check (the deleted document came back
+    until then)."""
+    here, there = two
+    await here.create("doc", "hello")
+    info = await here.store.document("doc")
+    old_link = here.access.doc_token("doc", "edit", info["salt"])
+    real_load, read, go_on = there.store.load, asyncio.Event(), asyncio.Event()
+
+    async def held_load(name):
+        loaded = await real_load(name)  # the row (its salt, or the document at all) is read here
+        read.set()
+        await go_on.wait()
+        return loaded
+
+    monkeypatch.setattr(there.store, "load", held_load)
+    early = FakeConn("early")
+    joining = asyncio.ensure_future(there.join("doc", early, hello("early"), token=old_link))
+    await asyncio.wait_for(read.wait(), 5)
+    if deleted:
+        await here.delete("doc")
+    else:
+        await here.reset_links("doc")
+    there.cluster._handle("doc", {"k": "r", "p": "elsewhere", "d": info["id"], "deleted": deleted})  # its news
+    await asyncio.sleep(0.05)
+    go_on.set()
+    with pytest.raises(ProtocolError) as refused:
+        await joining
+    assert refused.value.code == "forbidden"  # as at the process that made the change, deleted or not
+    monkeypatch.undo()
+    for rooms in (there, here):
+        with pytest.raises(ProtocolError) as refused:
+            await rooms.join("doc", FakeConn("late"), hello("late"), token=old_link)
+        assert refused.value.code == "forbidden"
+    assert ("doc" in there.rooms) is not deleted
+
+
 async def test_stop_ends_every_loop_even_when_a_check_was_just_asked_for(tmp_path):
     """Was: the check loop waited with asyncio.wait_for, whose Python 3.11 version drops a cancel that
     comes as the awaited event is set: stop() just after the bus came up (which asks for a check)
