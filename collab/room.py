@@ -224,12 +224,16 @@ class Room:
         """Register `conn` and send its welcome (resume when possible, else the full text).
 
         `authorize(salt)` decides the connection's rights against the current
-        salt (raising to refuse it); it runs after the last await, so no link
-        reset can slip between the check and the registration. `at`: when the
+        salt (raising to refuse it); it runs before anything is read for the
+        connection, and again after the last await, so no link reset can slip
+        between the check and the registration. `at`: when the
         hello came (default: now). A newer connection of the same client
         (`newer_connection`), already here, wins: this one is refused with 4001.
         """
         at = self.rooms.clock() if at is None else at
+        # Checked first as well: nothing is read for a connection its token does not let in (a resume
+        # from far back reads the whole history since then, into memory).
+        authorize(self.salt)
         history = None
         want = hello.version
         if want is not None and want > self.seq.committed_version and self.rooms.cluster is not None:

@@ -491,6 +491,38 @@ async def test_a_refused_join_does_not_keep_the_document_loaded(tmp_path):
         assert rooms.rooms == {}
 
 
+async def test_a_refused_hello_from_far_back_reads_no_history(tmp_path, monkeypatch):
+    """Was: a hello resuming from a version before the room's log read every update since then into
+    memory before its token was checked: anyone knowing a name could make the server hold a whole
+    history per connection (a reviewer's 200,000 updates: 46 -> 448 MB of RSS from four sockets)."""
+    access = Access(b"s" * 32)
+    async with registry(tmp_path, access=access, unload_after=60.0, keep_updates=10) as (store, rooms):
+        await rooms.create("doc", "x")
+        admin = await rooms.join("doc", FakeConn("a"), hello("a"), token=access.admin_token())
+        seq = admin.room.seq
+        for _ in range(40):
+            await admin.room.push(admin, push_msg(seq.committed_version, "a", [[0, "y"], len(seq.committed_text())]))
+            await settle(rooms, "doc")
+        assert admin.room.seq.log_from > 0  # a resume from 0 needs the store
+        reads = []
+        real_updates = store.updates
+
+        async def counted(*args, **kwargs):
+            reads.append(args)
+            return await real_updates(*args, **kwargs)
+
+        monkeypatch.setattr(store, "updates", counted)
+        for token in (None, "ebogus", access.doc_token("other", "edit", "salt")):
+            with pytest.raises(ProtocolError) as refused:
+                await rooms.join("doc", FakeConn("z"), hello("z", version=0), token=token)
+            assert refused.value.code in ("unauthorized", "forbidden")
+        assert reads == []
+        salt = (await store.document("doc"))["salt"]
+        viewer = FakeConn("v")
+        await rooms.join("doc", viewer, hello("v", version=0), token=access.doc_token("doc", "view", salt))
+        assert len(reads) == 1 and viewer.of("welcome")[0]["from"] == 0  # a valid link still resumes
+
+
 async def test_unloading_a_room_stops_hearing_about_it_on_the_bus(world):
     """Was: the unload forgot the room while its own loading entry stood, which kept the bus
     subscription: every document a process ever opened stayed subscribed."""
