@@ -39,7 +39,10 @@ The interface and its rules are in storage.py; this backend keeps them so:
     after;
   * reads use a pool (application_name `collab-reader`); a read of several
     statements runs in one REPEATABLE READ READ ONLY transaction, and a read
-    that meets a dead pooled connection is tried again on a new one;
+    that meets a dead pooled connection is tried again on a new one. What a
+    read of a whole history costs beyond the fetch (parsing its updates,
+    replaying them onto a snapshot: `load`, `text_at`) runs in a thread, as
+    SQLite's reads do, never on the event loop;
   * `text` cannot hold U+0000. Update rows hold ChangeSetJSON, where it is
     escaped; a snapshot, copied row, client id or author holding it is refused
     with ValueError before anything is written, never stored altered;
@@ -761,7 +764,7 @@ class PgStore(GroupWriter):
         """The document's head text and its last `keep` updates; None if it does not exist."""
         keep = self.keep
 
-        async def fn(conn: asyncpg.Connection) -> Loaded | None:
+        async def fn(conn: asyncpg.Connection):
             row = await conn.fetchrow("SELECT id, version, salt FROM documents WHERE name = $1", name)
             if row is None:
                 return None
@@ -769,6 +772,16 @@ class PgStore(GroupWriter):
             snap_version, text = await _snapshot_at(conn, doc_id, version)
             start = min(snap_version, max(0, version - keep))
             rows = await conn.fetch(_UPDATE_ROWS, doc_id, start, version)
+            ends = [r[0] for r in await conn.fetch(
+                "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end",
+                doc_id, start, version)]
+            return doc_id, version, salt, snap_version, text, rows, ends
+
+        read = await self._read(fn, snapshot=True)
+        if read is None:
+            return None
+
+        def replay(doc_id, version, salt, snap_version, text, rows, ends) -> Loaded:
             log = contiguous_tail(rows, version)
             log_from = version - len(log)
             if log_from > snap_version:
@@ -777,12 +790,10 @@ class PgStore(GroupWriter):
             for u in log[snap_version - log_from:]:
                 doc.apply(u.changes)
             log = log[-keep:] if keep else []
-            ends = [r[0] for r in await conn.fetch(
-                "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end",
-                doc_id, version - len(log), version)]
-            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends)
+            log_from = version - len(log)
+            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, [v for v in ends if v > log_from])
 
-        return await self._read(fn, snapshot=True)
+        return await asyncio.to_thread(replay, *read)  # parsing and replaying a long history: off the loop
 
     async def updates(self, doc_id: int, since: int, until: int) -> list[Update]:
         """Updates producing versions since+1 .. until (fewer if history was compacted away)."""
@@ -807,17 +818,20 @@ class PgStore(GroupWriter):
 
     async def text_at(self, doc_id: int, version: int) -> str:
         """The text at `version`: the newest snapshot at or below it plus the updates after it."""
-        async def fn(conn: asyncpg.Connection) -> str:
+        async def fn(conn: asyncpg.Connection):
             snap_version, text = await _snapshot_at(conn, doc_id, version)
             rows = await conn.fetch(_UPDATE_ROWS, doc_id, snap_version, version)
             if len(rows) != version - snap_version:
                 raise await _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
+            return text, rows
+
+        def replay(text: str, rows) -> str:
             doc = Text(text)
             for r in rows:
                 doc.apply(ChangeSet.from_json(orjson.loads(r[2])))
             return str(doc)
 
-        return await self._read(fn, snapshot=True)
+        return await asyncio.to_thread(replay, *await self._read(fn, snapshot=True))  # off the loop
 
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
         """Update summaries with version < `before`, newest first."""

@@ -106,6 +106,30 @@ async def test_append_load_and_every_version(open_store):
 
 
 @BOTH_BACKENDS
+async def test_replaying_a_history_never_runs_on_the_event_loop(open_store, monkeypatch):
+    """Was (PostgreSQL): load and text_at replayed the updates after a snapshot on the event loop, so
+    opening an old version of a long document stalled every connection of the process (a reviewer's
+    80,000 updates of a 2 MB document: 2.9 s without an acknowledgement anywhere)."""
+    from collab.text import Text
+    store = await open_store(keep=5)
+    doc_id = await store.create_document("doc")
+    edits = random_edits(30)
+    for k in range(0, 30, 3):
+        await commit(store, doc_id, [e for e, _ in edits[k:k + 3]], utf16_len(edits[k + 2][1]))
+    threads, real_apply = [], Text.apply
+
+    def apply(self, changes):
+        threads.append(threading.get_ident())
+        return real_apply(self, changes)
+
+    monkeypatch.setattr(Text, "apply", apply)
+    loaded = await store.load("doc")
+    assert loaded.text == edits[-1][1] and len(loaded.log) == 5
+    assert await store.text_at(doc_id, 17) == edits[16][1]
+    assert len(threads) >= 47 and threading.get_ident() not in threads  # replayed, and never here
+
+
+@BOTH_BACKENDS
 async def test_concurrent_appends_share_transactions(open_store):
     store = await open_store()
     ids = [await store.create_document(f"d{k}") for k in range(20)]
