@@ -45,6 +45,11 @@ from .errors import ChangeError, ProtocolError, brief
 from .rebase import Update, rebase_in_frames
 from .text import Text
 
+# Presence: the most work mapping one selection may take (its ranges x the length of the section lists
+# of the changes it moves over, two numbers a section; at most about 50 ns each, so a few milliseconds),
+# beyond which it counts as too old to map. A cursor or two behind a thousand keystrokes is a few thousand.
+MAP_BUDGET = 50_000
+
 
 @dataclass(slots=True)
 class Accepted:
@@ -341,13 +346,23 @@ class Sequencer:
     # -------------------------------------------------------------- presence
 
     def map_ranges(self, ranges: list[tuple[int, int]], since: int, until: int) -> list[tuple[int, int]] | None:
-        """Selection ranges at version `since` moved to version `until`; None if too old to map."""
+        """Selection ranges at version `since` moved to version `until`; None if too old to map.
+
+        Too old: before the log, or more than MAP_BUDGET steps of work behind
+        (a range over one number of a change's sections; mapping walks them).
+        """
         if since == until:
             return ranges
         if since < self.log_from:
             return None
         out = []
         steps = self.log[since - self.log_from:until - self.log_from]
+        if ranges:
+            room = MAP_BUDGET // len(ranges)
+            for u in steps:
+                room -= len(u.changes.sections)
+                if room < 0:
+                    return None
         for anchor, head in ranges:
             for u in steps:
                 # Like CodeMirror's SelectionRange.map: a cursor or a range

@@ -7,7 +7,7 @@ import pytest
 from collab.changes import ChangeSet
 from collab.errors import ChangeError, ProtocolError
 from collab.rebase import Update
-from collab.sequencer import NeedHistory, Sequencer
+from collab.sequencer import MAP_BUDGET, NeedHistory, Sequencer
 
 
 def U(client, changes):
@@ -128,6 +128,20 @@ def test_presence_ranges_follow_the_text():
     s.take_pending()
     s.committed(3)
     assert s.map_ranges([(0, 0)], 3, 3) == [(0, 0)]
+
+
+def test_a_selection_too_costly_to_map_counts_as_too_old():
+    """Was: a presence at an old version was mapped over every change since then, range by range and
+    section by section, on the event loop: 100 ranges behind one change of 100,000 sections stalled the
+    process 0.85 s per frame (view links may send presence)."""
+    n = 10_000
+    s = Sequencer("x" * n, 0)
+    s.push("A", 0, [U("A", [x for _ in range(n) for x in (1, [0, "a"])])], "", 0)  # "xaxa...": 40,000 numbers
+    s.push("A", 1, [U("A", [[0, "b"], 2 * n])], "", 0)  # "b" in front: 4 numbers
+    assert s.map_ranges([(3, 3)], 0, 2) == [(6, 6)]  # 1 x 40,004: within the budget ("xaxa|" after "b")
+    assert s.map_ranges([(3, 3), (5, 6)], 0, 2) is None  # 2 x 40,004: over it
+    assert s.map_ranges([(3, 3), (5, 6)], 1, 2) == [(4, 4), (6, 7)]  # over the small change alone: mapped
+    assert MAP_BUDGET == 50_000  # what docs/protocol.md says
 
 
 def test_a_document_over_a_lowered_limit_can_still_shrink():
