@@ -250,8 +250,10 @@ def compact(settings: Settings) -> int:
     at B (and who wrote it, for the authors view) is stored if there is none,
     so afterwards: the current text and every version >= B are exactly
     readable (snapshot B plus the kept rows), and versions below B only where
-    a snapshot was stored (every --snapshot-every updates and whenever the
-    document was unloaded). Safe while the server runs: the server only ever
+    a snapshot was stored (by --snapshot-ratio, and whenever the document was
+    unloaded). A document renamed or deleted meanwhile, or whose authorship
+    takes longer than --history-timeout to rebuild, is left as it was and
+    said (the latter makes the exit status 1). Safe while the server runs: the server only ever
     adds rows above V, and the rows go in short transactions (COMPACT_CHUNK).
     """
     keep = settings.keep_history
@@ -260,39 +262,66 @@ def compact(settings: Settings) -> int:
         return 0
     _existing_db(settings)
     results = asyncio.run(_compact(settings, keep))
-    dropped = 0
-    for name, boundary, rows, authors in results:
+    dropped = compacted = 0
+    for name, boundary, rows, note in results:
+        if boundary is None:
+            _say(f"{name}: {note}")
+            continue
         dropped += rows
-        note = "" if authors else " (authorship could not be rebuilt; the authors view stays unavailable)"
+        compacted += 1
         _say(f"{name}: dropped {rows} updates up to version {boundary}, snapshot kept at {boundary}{note}")
-    _say(f"compacted {len(results)} documents, {dropped} updates dropped, keeping {keep} per document")
-    return 0
+    skipped = sum(boundary is None for _, boundary, _, _ in results)
+    _say(f"compacted {compacted} documents, {dropped} updates dropped, keeping {keep} per document"
+         + (f"; {skipped} left as they were (above)" if skipped else ""))
+    return 1 if any(note.startswith(_TOO_SLOW) for _, boundary, _, note in results if boundary is None) else 0
 
 
-async def _compact(settings: Settings, keep: int) -> list[tuple[str, int, int, bool]]:
+_TOO_SLOW = "left as it was: who wrote what"
+
+
+async def _compact(settings: Settings, keep: int) -> list[tuple[str, int | None, int, str]]:
+    """(name, boundary, rows dropped, note) per document compacted; boundary None: left as it was, and why."""
+    compute.configure(settings.history_workers, settings.history_queue, settings.history_memory,
+                      settings.history_timeout, settings.authors_max_runs)
     results = []
     async with _store(settings) as store:
         for entry in await store.list_documents():
             info = await store.document(entry["name"])
-            boundary = info["version"] - keep
-            oldest = await store.oldest_update(info["id"])
-            if boundary <= 0 or oldest is None or oldest > boundary:
-                continue
-            text = await store.text_at(info["id"], boundary)
+            if info is None:
+                continue  # deleted, or renamed (then it is compacted under its new name by the next run)
             try:
-                spans = (await store.authorship(info["id"], boundary)).to_list()
-            except (StorageUnavailable, compute.NoWorker) as exc:
-                # A passing failure: dropping the rows without the spans would lose the authors view for good.
-                raise AdminError(f"{info['name']}: {exc}; nothing of it was compacted, run the command "
-                                 "again later") from None
-            except (RuntimeError, LookupError, CollabError):  # compacted before it was cached, or over budget
-                spans = None
-            try:
-                rows = await store.compact(info["id"], boundary, text, spans)
-            except RuntimeError as exc:
-                raise AdminError(str(exc)) from None
-            results.append((info["name"], boundary, rows, spans is not None))
+                results += await _compact_one(store, info, keep)
+            except Exception:
+                now = await store.document(info["name"])
+                if now is not None and now["id"] == info["id"]:
+                    raise
+                results.append((info["name"], None, 0, "left as it was: deleted or renamed while it was compacted"))
     return results
+
+
+async def _compact_one(store, info: dict, keep: int) -> list[tuple[str, int | None, int, str]]:
+    boundary = info["version"] - keep
+    oldest = await store.oldest_update(info["id"])
+    if boundary <= 0 or oldest is None or oldest > boundary:
+        return []
+    text = await store.text_at(info["id"], boundary)
+    try:
+        spans = (await store.authorship(info["id"], boundary)).to_list()
+    except (StorageUnavailable, compute.NoWorker) as exc:
+        # A passing failure: dropping the rows without the spans would lose the authors view for good.
+        raise AdminError(f"{info['name']}: {exc}; nothing of it was compacted, run the command "
+                         "again later") from None
+    except (compute.Overrun, compute.Busy) as exc:  # over the time budget: the same, for this document
+        return [(info["name"], None, 0, f"{_TOO_SLOW} took longer to rebuild than --history-timeout allows "
+                 f"({exc}); its history is kept: run again with a larger --history-timeout")]
+    except (RuntimeError, LookupError, CollabError):  # compacted before it was cached: it cannot be had
+        spans = None
+    try:
+        rows = await store.compact(info["id"], boundary, text, spans)
+    except RuntimeError as exc:
+        raise AdminError(str(exc)) from None
+    note = "" if spans is not None else " (authorship could not be rebuilt; the authors view stays unavailable)"
+    return [(info["name"], boundary, rows, note)]
 
 
 # -------------------------------------------------------------------- docs

@@ -29,7 +29,8 @@ class Settings:
                      "acknowledged, so both survive a crash or kill of the server; 'full' also "
                      "fsyncs every commit and survives power loss, at a cost in throughput",
                      choices=("full", "normal"))
-    snapshot_every: int = _opt(1000, "write a full-text snapshot at least every N updates of a document")
+    snapshot_every: int = _opt(1000, "updates between the authorship checkpoints kept for the History's authors view "
+                                "(full-text snapshots follow --snapshot-ratio)")
     keep_updates: int = _opt(2000, "updates per open document kept in memory for rebases and resumes "
                              "(older ones are read from disk when needed)")
     unload_after: float = _opt(30.0, "seconds a document stays in memory after its last connection leaves")

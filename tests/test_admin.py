@@ -457,3 +457,91 @@ def test_compact_stops_and_drops_nothing_when_authorship_fails_for_now(db, monke
             await store.close()
 
     assert asyncio.run(oldest()) == 1, "no update row was dropped"
+
+
+def _filled(db: str, names=("doc",), edits: int = 40):
+    """Documents `names` with `edits` updates each; returns their ids and the store's class."""
+    from storeutil import commit, random_edits
+
+    async def fill():
+        store = await store_at(db).open()
+        ids = []
+        for name in names:
+            ids.append(await store.create_document(name))
+            for entry, text in random_edits(edits, seed=2):
+                await commit(store, ids[-1], [entry], utf16_len(text))
+        await store.close()
+        return ids, type(store)
+
+    return asyncio.run(fill())
+
+
+def _oldest(db: str, doc_id: int):
+    async def oldest():
+        store = await store_at(db).open()
+        try:
+            return await store.oldest_update(doc_id)
+        finally:
+            await store.close()
+
+    return asyncio.run(oldest())
+
+
+def test_compact_keeps_a_document_whose_authorship_is_over_the_time_budget(db, monkeypatch, capsys):
+    """Was: authorship over --history-timeout (compute.Overrun, a CollabError) was taken for history that
+    cannot be had: the rows went without it and the document's authors view was lost for good, when a
+    larger budget would have kept it. compact also ignored --history-timeout (15 s whatever was given)."""
+    from collab import admin, compute
+    from collab.settings import Settings
+
+    (doc_id, other_id), backend_class = _filled(db, ("doc", "other"))
+    real, budgets = backend_class.authorship, []
+
+    async def slow_for_doc(self, doc, version):
+        budgets.append(compute.AUTHORS_TIMEOUT)
+        if doc == doc_id:
+            raise compute.Overrun("who wrote what took longer than 7s")
+        return await real(self, doc, version)
+
+    monkeypatch.setattr(backend_class, "authorship", slow_for_doc)
+    assert admin.compact(Settings(db=db, keep_history=10, history_timeout=7.0)) == 1
+    out = capsys.readouterr().out
+    assert "doc: left as it was: who wrote what took longer to rebuild than --history-timeout allows" in out
+    assert budgets == [7.0, 7.0]
+    assert _oldest(db, doc_id) == 1, "no update row of it was dropped"
+    assert _oldest(db, other_id) == 31, "the other document was compacted"
+
+
+@pytest.mark.parametrize("change", ["rename", "delete"])
+def test_compact_leaves_a_document_renamed_or_deleted_meanwhile_and_goes_on(db, monkeypatch, capsys, change):
+    """Was: a document renamed after compact listed the documents, or deleted while compact worked on it,
+    stopped the whole command with a traceback (a TypeError on the missing row, a foreign-key failure
+    writing the boundary's snapshot), the other documents left uncompacted."""
+    from collab import admin
+    from collab.settings import Settings
+
+    (a_id, b_id), backend_class = _filled(db, ("a", "b"))
+    real_list, real_text_at = backend_class.list_documents, backend_class.text_at
+
+    async def listed_then_renamed(self):
+        listed = await real_list(self)
+        await self.rename_document(a_id, "a2")
+        return listed
+
+    async def deleted_meanwhile(self, doc, version):
+        text = await real_text_at(self, doc, version)
+        if doc == a_id:
+            await self.delete_document(a_id)
+        return text
+
+    if change == "rename":
+        monkeypatch.setattr(backend_class, "list_documents", listed_then_renamed)
+    else:
+        monkeypatch.setattr(backend_class, "text_at", deleted_meanwhile)
+    assert admin.compact(Settings(db=db, keep_history=10)) == 0
+    out = capsys.readouterr().out
+    assert _oldest(db, b_id) == 31, "the next document was compacted"
+    if change == "rename":
+        assert _oldest(db, a_id) == 1 and "a:" not in out  # the next run compacts it as a2
+    else:
+        assert "a: left as it was: deleted or renamed while it was compacted" in out
