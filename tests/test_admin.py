@@ -428,17 +428,8 @@ def test_compact_stops_and_drops_nothing_when_authorship_fails_for_now(db, monke
     from collab import admin, compute
     from collab.settings import Settings
     from collab.storage import StorageUnavailable
-    from storeutil import commit, random_edits
 
-    async def fill():
-        store = await store_at(db).open()
-        doc_id = await store.create_document("doc")
-        for entry, text in random_edits(40, seed=2):
-            await commit(store, doc_id, [entry], utf16_len(text))
-        await store.close()
-        return doc_id, type(store)
-
-    doc_id, backend_class = asyncio.run(fill())
+    (doc_id,), backend_class = _filled(db)
 
     async def fails(self, doc, version):
         if failure == "no worker":
@@ -448,15 +439,7 @@ def test_compact_stops_and_drops_nothing_when_authorship_fails_for_now(db, monke
     monkeypatch.setattr(backend_class, "authorship", fails)
     with pytest.raises(admin.AdminError, match="nothing of it was compacted, run the command again later"):
         admin.compact(Settings(db=db, keep_history=10))
-
-    async def oldest():
-        store = await store_at(db).open()
-        try:
-            return await store.oldest_update(doc_id)
-        finally:
-            await store.close()
-
-    assert asyncio.run(oldest()) == 1, "no update row was dropped"
+    assert _oldest(db, doc_id) == 1, "no update row was dropped"
 
 
 def _filled(db: str, names=("doc",), edits: int = 40):
