@@ -251,10 +251,11 @@ def compact(settings: Settings) -> int:
     so afterwards: the current text and every version >= B are exactly
     readable (snapshot B plus the kept rows), and versions below B only where
     a snapshot was stored (by --snapshot-ratio, and whenever the document was
-    unloaded). A document renamed or deleted meanwhile, or whose authorship
-    takes longer than --history-timeout to rebuild, is left as it was and
-    said (the latter makes the exit status 1). Safe while the server runs: the server only ever
-    adds rows above V, and the rows go in short transactions (COMPACT_CHUNK).
+    unloaded). Safe while the server runs: the server only ever adds rows above
+    V, and the rows go in short transactions (COMPACT_CHUNK). A document
+    renamed or deleted meanwhile, or whose authorship takes longer than
+    --history-timeout to rebuild, is left as it was and said (the latter makes
+    the exit status 1).
     """
     keep = settings.keep_history
     if keep <= 0:
