@@ -347,9 +347,7 @@ class Cluster:
         have (the news is at most once: this is what makes it sure, with Redis or without). A room open
         on a name no document had yet becomes that document once one is made elsewhere."""
         for room in [r for r in self.rooms.rooms.values() if not r.broken and r.doc_id is None]:
-            info = await self.rooms.store.document(room.name)  # unborn here: was it made elsewhere?
-            if info is not None:
-                room.born_elsewhere(info["id"], info["salt"])
+            await room.find_document()  # unborn here: was it made elsewhere?
         rooms = [r for r in self.rooms.rooms.values() if not r.broken and r.doc_id is not None]
         if not rooms:
             return

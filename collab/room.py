@@ -389,6 +389,13 @@ class Room:
             info = await self.store.document(self.name)
             self.born_elsewhere(doc_id, info["salt"] if info else self.salt)
 
+    async def find_document(self) -> None:
+        """An unborn room: if its name has a document now (made through the API, or by another process),
+        it becomes that document (`born_elsewhere`)."""
+        info = await self.store.document(self.name)
+        if info is not None:
+            self.born_elsewhere(info["id"], info["salt"])
+
     def born_elsewhere(self, doc_id: int, salt: str) -> None:
         """The document this unborn room stands for was made meanwhile (through the API, or by another
         process): the room is that document now, with its links, and catches up with its text."""
@@ -1130,9 +1137,7 @@ class Rooms:
         self._changed(name)  # a load that found no document reads again
         room = self.rooms.get(name)
         if room is not None and room.doc_id is None:  # open before it existed (an admin's editor on a new name)
-            info = await self.store.document(name)
-            if info is not None:
-                room.born_elsewhere(info["id"], info["salt"])
+            await room.find_document()
         return doc_id
 
     async def join(self, name: str, conn: Connection, hello: protocol.Hello, token: str | None) -> Member:
