@@ -263,18 +263,20 @@ def compact(settings: Settings) -> int:
         return 0
     _existing_db(settings)
     results = asyncio.run(_compact(settings, keep))
-    dropped = compacted = 0
+    dropped = compacted = skipped = 0
+    too_slow = False
     for name, boundary, rows, note in results:
         if boundary is None:
             _say(f"{name}: {note}")
+            skipped += 1
+            too_slow |= note.startswith(_TOO_SLOW)
             continue
         dropped += rows
         compacted += 1
         _say(f"{name}: dropped {rows} updates up to version {boundary}, snapshot kept at {boundary}{note}")
-    skipped = sum(boundary is None for _, boundary, _, _ in results)
     _say(f"compacted {compacted} documents, {dropped} updates dropped, keeping {keep} per document"
          + (f"; {skipped} left as they were (above)" if skipped else ""))
-    return 1 if any(note.startswith(_TOO_SLOW) for _, boundary, _, note in results if boundary is None) else 0
+    return 1 if too_slow else 0
 
 
 _TOO_SLOW = "left as it was: who wrote what"
