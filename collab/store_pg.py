@@ -772,9 +772,11 @@ class PgStore(GroupWriter):
             snap_version, text = await _snapshot_at(conn, doc_id, version)
             start = min(snap_version, max(0, version - keep))
             rows = await conn.fetch(_UPDATE_ROWS, doc_id, start, version)
+            # The log keeps at most `keep` updates, so its frame ends are above version - keep (the rest
+            # are left out once its length is known, off the loop).
             ends = [r[0] for r in await conn.fetch(
                 "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end",
-                doc_id, start, version)]
+                doc_id, max(start, version - keep), version)]
             return doc_id, version, salt, snap_version, text, rows, ends
 
         read = await self._read(fn, snapshot=True)
