@@ -47,7 +47,7 @@ from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTO
 from .limits import DiskGuard, TokenBucket
 from .logs import Throttle
 from .metrics import Metrics
-from .rebase import Update, rebase_updates
+from .rebase import Update, rebase_in_frames_steps
 from .sequencer import NeedHistory, Sequencer
 from .settings import Settings
 from .storage import (Commit, Loaded, NameTaken, Storage, StorageUnavailable, TooManyDocuments, VersionCompacted,
@@ -76,7 +76,8 @@ class Connection(Protocol):
 MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, address) is remembered
 OPENED_WINDOW = 10.0  # seconds: two hellos of one client read closer than this are ordered by hello.opened
 MAX_LOST_ROUNDS = 16  # commits in a row lost to another writer before the room gives up and reloads
-HEAVY_REBASE = 20_000  # pushed updates x versions behind above which the rebase takes turns with the loop
+HEAVY_REBASE = 20_000  # rebase work (rebase.rebase_work: a few ms) above which it takes turns with the loop
+HEAVY_ROUNDS = 4       # times a push waits for commits, or rebases taking turns, before it goes on regardless
 TURN = 0.005           # seconds of that rebase between two turns of the event loop
 _NO_END = 1 << 62   # "up to the newest version" in store reads
 
@@ -92,15 +93,18 @@ def check_cap(settings: Settings, name: str, sessions: int, viewer: bool) -> Non
 
 
 async def _rebase_taking_turns(updates: list[Update], over: list[Update], ends: list[int]) -> list[Update]:
-    """rebase.rebase_in_frames, group by group, letting the event loop run every TURN seconds."""
-    start, turn_ends = 0, time.perf_counter() + TURN
-    for end in [*ends, len(over)]:
-        updates = rebase_updates(updates, over[start:end])
-        start = end
-        if time.perf_counter() > turn_ends:
-            await asyncio.sleep(0)
-            turn_ends = time.perf_counter() + TURN
-    return updates
+    """rebase.rebase_in_frames, a step at a time (one update composed or mapped), letting the event loop
+    run every TURN seconds."""
+    steps = rebase_in_frames_steps(updates, over, ends)
+    turn_ends = time.perf_counter() + TURN
+    try:
+        while True:
+            next(steps)
+            if time.perf_counter() > turn_ends:
+                await asyncio.sleep(0)
+                turn_ends = time.perf_counter() + TURN
+    except StopIteration as done:
+        return done.value
 
 
 class Original:
@@ -412,21 +416,35 @@ class Room:
         began while this push waited for history or took turns rolled the
         sequencer back and moves it on, so the push waits for it to end.
 
-        A push far behind (more than HEAVY_REBASE update-frame pairs: a client
-        back from a long time offline) is first rebased up to the committed
-        head a frame group at a time, giving the event loop a turn every few
-        milliseconds, so every other document goes on meanwhile (a thread would
-        not do: it holds the GIL in slices long enough to stall the loop); the
-        sequencer then finishes it from there as usual.
+        A push whose rebase is more work than HEAVY_REBASE (rebase.rebase_work:
+        a client back from a long time offline, a keystroke behind one frame of
+        thousands of updates or one update of a hundred thousand sections) is
+        first rebased up to the committed head a step at a time, giving the
+        event loop a turn every few milliseconds, so every other document goes
+        on meanwhile (a thread would not do: it holds the GIL in slices long
+        enough to stall the loop); the sequencer then finishes it from there
+        as usual. If the heavy part is over updates not yet durable, it first
+        waits for their commit (not while a catch-up sequences it: that
+        commit waits for the catch-up). At most HEAVY_ROUNDS such rounds.
         """
         history = None
         version, updates = o.version, o.updates
+        rounds = 0
         for _ in range(3):
             try:
-                if len(updates) * (self.seq.committed_version - version) > HEAVY_REBASE:
-                    base, over, ends = self.seq.committed_part(o.client_id, version, updates, history)
-                    updates = await _rebase_taking_turns(updates, over, ends)
-                    version, history = base, None
+                while rounds < HEAVY_ROUNDS:
+                    committed_work, pending_work = self.seq.rebase_work(version, updates, history)
+                    if committed_work + pending_work <= HEAVY_REBASE:
+                        break
+                    rounds += 1
+                    if pending_work > HEAVY_REBASE and not catching:
+                        await self._until_committed(self.seq.version)
+                    elif committed_work:
+                        base, over, ends = self.seq.committed_part(o.client_id, version, updates, history)
+                        updates = await _rebase_taking_turns(updates, over, ends)
+                        version, history = base, None
+                    else:
+                        break
                     if self.broken:
                         return False
                 if not catching and not self._ready.is_set():
@@ -452,6 +470,13 @@ class Room:
         o.last = accepted[-1].version
         self.originals.append(o)
         return True
+
+    async def _until_committed(self, version: int) -> None:
+        """Wait until `version` is durable, or taken back (another writer committed first), or the room failed."""
+        while not self.broken and self.seq.committed_version < version <= self.seq.version:
+            if self._progress is None:
+                self._progress = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._progress)
 
     async def _until_ready(self) -> None:
         """Wait until no catch-up runs (one may begin again between its end and this task's turn)."""

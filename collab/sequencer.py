@@ -42,7 +42,7 @@ import orjson
 
 from .changes import ChangeSet
 from .errors import ChangeError, ProtocolError, brief
-from .rebase import Update, rebase_in_frames
+from .rebase import Update, rebase_in_frames, rebase_work
 from .text import Text
 
 # Presence: the most work mapping one selection may take (its ranges x the length of the section lists
@@ -222,6 +222,21 @@ class Sequencer:
         base = self.committed_version
         over = self._check(client_id, version, updates, base, history)
         return base, over, [e - version for e in self._ends_between(version, base)]
+
+    def rebase_work(self, version, updates: list[Update],
+                    history: list[Update] | None = None) -> tuple[int, int]:
+        """How much work rebasing a push at `version` is (rebase.rebase_work): (the part up to the
+        committed head, the part over what is accepted but not yet durable). (0, 0) for a push that
+        `push` refuses before any rebase; NeedHistory as `push` raises it."""
+        if type(version) is not int or not 0 <= version <= self.version or not updates:
+            return 0, 0
+        committed, base = 0, self.committed_version
+        if version < base:
+            over = self.updates_since(version, base, history)
+            committed = rebase_work(updates, over, [e - version for e in self._ends_between(version, base)])
+            version = base
+        ends = [f - version for f in self.push_frames(version) if version < f < self.version]
+        return committed, rebase_work(updates, self.log[version - self.log_from:], ends)
 
     def _check(self, client_id: str, version: int, updates: list[Update], until: int,
                history: list[Update] | None = None) -> list[Update]:

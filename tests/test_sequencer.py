@@ -311,3 +311,26 @@ def test_a_late_push_rebased_in_two_steps_is_the_same_as_in_one(seed):
     assert [(e.version, e.update.changes.to_json()) for e in direct] == \
         [(e.version, e.update.changes.to_json()) for e in stepped]
     assert str(one.text) == str(two.text)
+
+
+def test_rebase_work_splits_what_is_durable_from_what_is_not_and_counts_sections():
+    """rebase_work is what the room judges a push's rebase by (taking turns with the event loop above
+    HEAVY_REBASE): it grows with the sections of the changes moved over, not with their number, is split
+    at the committed head, and is nothing for a push the sequencer refuses before any rebase."""
+    seq = Sequencer("x" * 100, 0)
+    keystroke = Update("a", ChangeSet.from_json([50, [0, "o"], 50]))
+    seq.push("a", 0, [keystroke], "a", 0.0)
+    seq.take_pending()
+    seq.committed(1)
+    wide = Update("a", ChangeSet.from_json([x for _ in range(101) for x in (1, [0, "w"])]))
+    seq.push("a", 1, [wide], "a", 0.0)  # accepted, not yet durable
+    mine = [Update("b", ChangeSet.from_json([10, [0, "m"], 90]))]
+    committed, pending = seq.rebase_work(0, mine, None)
+    assert 0 < committed < 50 < 400 < pending  # 6 numbers of sections behind, then 404
+    assert seq.rebase_work(1, mine * 0, None) == (0, 0)
+    assert seq.rebase_work(1, [Update("b", ChangeSet.from_json([101, [0, "m"]]))], None)[0] == 0
+    for bad in (-1, 3, "1", None, 1.0):
+        assert seq.rebase_work(bad, mine, None) == (0, 0)
+    seq.take_pending()
+    seq.committed(2)
+    assert seq.rebase_work(0, mine, None) == (committed + pending, 0)
