@@ -70,6 +70,8 @@ def rebase_in_frames(updates: list[Update], over: list[Update], ends: list[int])
     frame the client receives ends and the next begins; the caller must send
     the client exactly these frames, on any connection, resumes included.
     """
+    if not over or not updates:
+        return updates
     return _run(rebase_in_frames_steps(updates, over, ends))
 
 

@@ -228,8 +228,8 @@ class Sequencer:
         """How much work rebasing a push at `version` is (rebase.rebase_work): (the part up to the
         committed head, the part over what is accepted but not yet durable). (0, 0) for a push that
         `push` refuses before any rebase; NeedHistory as `push` raises it."""
-        if type(version) is not int or not 0 <= version <= self.version or not updates:
-            return 0, 0
+        if type(version) is not int or not 0 <= version < self.version or not updates:
+            return 0, 0  # at the head (the common case), nothing to rebase over
         committed, base = 0, self.committed_version
         if version < base:
             over = self.updates_since(version, base, history)
