@@ -33,9 +33,12 @@ def check_invariants(doc: Text) -> None:
     assert all(len(c) <= 2 * text_module.CHUNK for c in doc.chunks)
 
 
+@pytest.mark.parametrize("bulk", ["edit by edit", "in one pass"])
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 25), flavour=st.sampled_from(FLAVOURS))
-def test_applying_to_text_equals_applying_to_a_string(tiny_chunks, seed, steps, flavour):
+def test_applying_to_text_equals_applying_to_a_string(tiny_chunks, monkeypatch, bulk, seed, steps, flavour):
+    # "in one pass": every change of two edits or more goes the way a replace-all does (Text.BULK)
+    monkeypatch.setattr(text_module, "BULK", 10 ** 9 if bulk == "edit by edit" else 1)
     rng = random.Random(seed)
     plain = rand_doc(rng)
     doc = Text(plain)
