@@ -1,7 +1,7 @@
 """The keystroke fast paths of collab/changes.py and collab/text.py, against their general paths.
 
-`ChangeSet.from_json`, `to_json`, `normalized`, `_map` and `Text.apply`,
-`invert` take a shortcut for one replacement between two keeps
+`ChangeSet.from_json`, `to_json`, `normalized` (also for any set already
+normal), `_map` and `Text.apply`, `invert` take a shortcut for one replacement between two keeps
 (`[n, [d, "x"], m]`, what typing sends) and hand everything else to `_parse`,
 `_to_json`, `_normalized`, `_map_walk`, `_apply`, `_invert`. Each shortcut must be invisible: the same
 result (field for field, the text's chunks and cursor included) or the same
@@ -81,6 +81,21 @@ def test_to_json_and_normalized_equal_their_general_paths(value):
     except ChangeError:
         return
     assert cs.to_json() == cs._to_json()
+    assert fields(cs.normalized()) == fields(cs._normalized())
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2)).map(list),
+                          st.tuples(st.integers(0, 2), st.sampled_from(["", "x", "😀"])).map(list)), max_size=12))
+@example([1, 1])
+@example([[0, "x"], [0, "y"]])
+@example([[1], [1], 2])
+@example([1, [1, "x"], [0, "y"], 1])
+def test_normalized_returns_a_set_as_it_is_exactly_when_the_rebuild_would(value):
+    """`normalized` returns a set unchanged when its sections would all be kept as they are (`_is_normal`,
+    a scan instead of a rebuild: a 1 MiB replace-all pays it on the event loop); on longer sets, with
+    zero lengths, neighbouring keeps, deletions and insertions, it equals the rebuild."""
+    cs = ChangeSet._parse(value)
     assert fields(cs.normalized()) == fields(cs._normalized())
 
 
