@@ -356,14 +356,16 @@ def copy(settings: Settings, source: str, target: str) -> int:
 
     Each of SOURCE and TARGET is a SQLite file or a PostgreSQL URL, so an
     install moves from one backend to the other. Everything a document is
-    goes across: its update log (whole history, authors and times), its
-    snapshots and authorship cache, and its share-link salt, so links made
-    before the move keep working. SOURCE is read from one consistent moment
-    (a server may go on running on it; what it commits after that moment is
-    not copied). TARGET must hold no document (a SQLite file is created if
-    missing; a PostgreSQL database must exist). Afterwards every document's
-    version, salt, newest history and current text, and a sample of older
-    versions, are read back from both and compared.
+    goes across: its update log (whole history, authors and times), its named
+    versions, snapshots and authorship cache, its share-link salt, so links
+    made before the move keep working, and its old names, so links to a name
+    it had before a rename still lead to it. SOURCE is read from one
+    consistent moment (a server may go on running on it; what it commits
+    after that moment is not copied). TARGET must hold no document (a SQLite
+    file is created if missing; a PostgreSQL database must exist). Afterwards
+    every document's version, salt, newest history and current text, and a
+    sample of older versions, are read back from both and compared, and its
+    old names must lead to it in TARGET.
     """
     if describe(source) == describe(target) and (is_postgres(source)
                                                  or Path(source).resolve() == Path(target).resolve()):
@@ -376,13 +378,14 @@ def copy(settings: Settings, source: str, target: str) -> int:
     updates = sum(c.rows["updates"] for c in copied)
     snapshots = sum(c.rows["snapshots"] for c in copied)
     authorship = sum(c.rows["authorship"] for c in copied)
+    old_names = sum(c.rows["renamed"] for c in copied)
     for line in problems:
         _warn(f"copy check: {line}")
     if problems:
         raise AdminError(f"the copy in {describe(target)} does not match {describe(source)} "
                          f"({len(problems)} problems, see above); do not switch to it")
     _say(f"copied {len(copied)} documents ({updates} updates, {snapshots} snapshots, {authorship} authorship "
-         f"entries, share-link salts) from {describe(source)} to {describe(target)} in "
+         f"entries, {old_names} old names, share-link salts) from {describe(source)} to {describe(target)} in "
          f"{time.monotonic() - started:.1f}s; checked: every version and current text equal, "
          f"{compared} versions read back from both")
     return 0
@@ -399,7 +402,8 @@ async def _copy(settings: Settings, source: str, target: str):
 
             def progress(c: transfer.Copied) -> None:
                 _say(f"{c.name}: version {c.version}, {c.rows['updates']} updates, {c.rows['snapshots']} "
-                     f"snapshots, {c.rows['authorship']} authorship entries")
+                     f"snapshots, {c.rows['authorship']} authorship entries"
+                     + (f", {c.rows['renamed']} old names" if c.rows["renamed"] else ""))
 
             async with src.view() as view:
                 try:

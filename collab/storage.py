@@ -57,12 +57,16 @@ log = logging.getLogger("collab.storage")
 
 # What a copy moves besides the documents table, per table: the columns of each
 # row, in the order `StorageView.rows` returns them and `add_rows` takes them.
+# The first column is the table's key within a document (unique there): rows
+# come in its order, and a copy pages on by it. Every table is keyed by version
+# but `renamed`, a document's old names, keyed by name.
 COPY_TABLES: dict[str, tuple[str, ...]] = {
     "updates": ("version", "client_id", "author", "time", "changes", "inserted", "deleted", "restored_from",
                 "frame_end", "person", "color"),
     "checkpoints": ("version", "name", "author", "time"),
     "snapshots": ("version", "text", "time"),
     "authorship": ("version", "spans"),
+    "renamed": ("name", "time"),
 }
 # A document row as `StorageView.documents` returns it and `add_document` takes it.
 DOCUMENT_FIELDS = ("id", "name", "version", "length", "created", "updated", "salt")
@@ -283,8 +287,9 @@ class StorageView(Protocol):
 
     async def documents(self) -> list[dict]: ...  # DOCUMENT_FIELDS, by id
 
-    async def rows(self, doc_id: int, table: str, after: int, limit: int) -> list[tuple]: ...
-    # up to `limit` rows of `table` (a COPY_TABLES key) with version > after, by version
+    async def rows(self, doc_id: int, table: str, after: int | str, limit: int) -> list[tuple]: ...
+    # up to `limit` rows of `table` (a COPY_TABLES key) whose key (its first column) is above `after`, the key
+    # of the last row read (-1: from the first row, whatever the key), in key order
 
 
 class Storage(Protocol):

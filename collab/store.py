@@ -861,10 +861,13 @@ class _SqliteView:
         return await self.conns.run(lambda conn: [dict(zip(DOCUMENT_FIELDS, row)) for row in conn.execute(
             f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")])
 
-    async def rows(self, doc_id: int, table: str, after: int, limit: int) -> list[tuple]:
-        sql = (f"SELECT {', '.join(COPY_TABLES[table])} FROM {table} WHERE doc_id = ? AND version > ? "
-               "ORDER BY version LIMIT ?")
-        return await self.conns.run(lambda conn: conn.execute(sql, (doc_id, after, limit)).fetchall())
+    async def rows(self, doc_id: int, table: str, after: int | str, limit: int) -> list[tuple]:
+        columns = COPY_TABLES[table]
+        key, first = columns[0], after == -1
+        sql = (f"SELECT {', '.join(columns)} FROM {table} WHERE doc_id = ?{'' if first else f' AND {key} > ?'} "
+               f"ORDER BY {key} LIMIT ?")
+        args = (doc_id, limit) if first else (doc_id, after, limit)
+        return await self.conns.run(lambda conn: conn.execute(sql, args).fetchall())
 
 
 def seal_file(path: str | Path) -> tuple[int, int]:

@@ -68,9 +68,9 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted
-from .storage import (DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter, history_entry,
-                      Loaded, NameTaken, parse_update, pending_migrations, redact, StorageUnavailable,
-                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
+from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter,
+                      history_entry, Loaded, NameTaken, parse_update, pending_migrations, redact,
+                      StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -228,16 +228,17 @@ _SNAPSHOT_AT = ("SELECT version, text FROM snapshots WHERE doc_id = $1 AND versi
 _UPDATE_ROWS = ("SELECT version, client_id, changes FROM updates "
                 "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version")
 
-_COPY_READ = {
-    "updates": "SELECT version, client_id, author, time, changes, inserted, deleted, restored_from, frame_end, "
-               "person, color FROM updates WHERE doc_id = $1 AND version > $2 ORDER BY version LIMIT $3",
-    "checkpoints": "SELECT version, name, author, time FROM checkpoints WHERE doc_id = $1 AND version > $2 "
-                   "ORDER BY version LIMIT $3",
-    "snapshots": "SELECT version, text, time FROM snapshots WHERE doc_id = $1 AND version > $2 "
-                 "ORDER BY version LIMIT $3",
-    "authorship": "SELECT version, spans FROM authorship WHERE doc_id = $1 AND version > $2 "
-                  "ORDER BY version LIMIT $3",
-}
+def _copy_read(table: str, first: bool) -> str:
+    """The query of one page of a copied table (`_PgView.rows`): $1 the document, then (unless `first`)
+    the key to read on from, then the most rows."""
+    columns = COPY_TABLES[table]
+    key = columns[0]
+    after = "" if first else f" AND {key} > $2"
+    return (f"SELECT {', '.join(columns)} FROM {table} WHERE doc_id = $1{after} "
+            f"ORDER BY {key} LIMIT ${2 if first else 3}")
+
+
+_COPY_READ = {(table, first): _copy_read(table, first) for table in COPY_TABLES for first in (True, False)}
 _COPY_WRITE = {
     "updates": "INSERT INTO updates (doc_id, version, client_id, author, time, changes, inserted, deleted, "
                "restored_from, frame_end, person, color) SELECT $1, * FROM unnest($2::bigint[], $3::text[], "
@@ -248,6 +249,7 @@ _COPY_WRITE = {
     "snapshots": "INSERT INTO snapshots (doc_id, version, text, time) "
                  "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::float8[])",
     "authorship": "INSERT INTO authorship (doc_id, version, spans) SELECT $1, * FROM unnest($2::bigint[], $3::text[])",
+    "renamed": "INSERT INTO renamed (doc_id, name, time) SELECT $1, * FROM unnest($2::text[], $3::float8[])",
 }
 _COPY_KINDS = {  # how each column is normalised before it is sent (SQLite's columns are loosely typed)
     "updates": (int, str, str, float, str, int, int, lambda v: None if v is None else int(v), bool,
@@ -255,6 +257,7 @@ _COPY_KINDS = {  # how each column is normalised before it is sent (SQLite's col
     "checkpoints": (int, str, str, float),
     "snapshots": (int, str, float),
     "authorship": (int, str),
+    "renamed": (str, float),
 }
 
 
@@ -349,8 +352,10 @@ class _PgView:
         rows = await self.conn.fetch(f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")
         return [dict(zip(DOCUMENT_FIELDS, row)) for row in rows]
 
-    async def rows(self, doc_id: int, table: str, after: int, limit: int) -> list[tuple]:
-        return [tuple(r) for r in await self.conn.fetch(_COPY_READ[table], doc_id, after, limit)]
+    async def rows(self, doc_id: int, table: str, after: int | str, limit: int) -> list[tuple]:
+        first = after == -1
+        args = (doc_id, limit) if first else (doc_id, after, limit)
+        return [tuple(r) for r in await self.conn.fetch(_COPY_READ[table, first], *args)]
 
 
 class PgStore(GroupWriter):
@@ -999,7 +1004,7 @@ class PgStore(GroupWriter):
         for row in rows:
             for column, kind, value in zip(columns, kinds, row):
                 if kind is str and "\x00" in value:
-                    _refuse_nul(f"document {doc_id}: {table} row of version {row[0]}", value)
+                    _refuse_nul(f"document {doc_id}: {table} row of {COPY_TABLES[table][0]} {row[0]!r}", value)
                 column.append(kind(value))
         await self._write(lambda conn: conn.execute(_COPY_WRITE[table], doc_id, *columns), doc_ids=(doc_id,))
 

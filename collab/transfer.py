@@ -7,11 +7,14 @@ Rules that always hold:
     server goes on writing to it;
   * a document's row goes first, as it is (version, length, times and the
     salt, so share links made before the move keep working), then its update
-    rows, snapshots and authorship cache, in chunks of CHUNK rows: memory
-    stays bounded however long a history is;
+    rows, named versions, snapshots, authorship cache and old names (the
+    `renamed` rows: links to a name it had before lead to it), every table of
+    COPY_TABLES, in chunks of CHUNK rows: memory stays bounded however long a
+    history is;
   * `verify` reads both stores back through their ordinary reads: every
     document's version, salt, oldest kept update, newest history entries and
-    current text, and the text at a sample of older versions, must be equal.
+    current text, and the text at a sample of older versions, must be equal,
+    and each of its old names must lead to it in the copy.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Copied:
     rows: dict[str, int] = field(default_factory=dict)       # rows copied per table
     first_update: int | None = None  # the oldest kept update row's version (None: no rows)
     snapshots: list[int] = field(default_factory=list)       # the versions of its snapshots (one per many updates)
+    renamed: list[str] = field(default_factory=list)         # its old names (one per rename)
 
 
 def sample_readable(c: Copied, k: int, rng: random.Random) -> list[int]:
@@ -68,6 +72,8 @@ async def copy_view(view: StorageView, target: Storage,
                     first_update = rows[0][0]
                 elif table == "snapshots":
                     snapshots += [r[0] for r in rows]
+                elif table == "renamed":
+                    c.renamed += [r[0] for r in rows]
                 count += len(rows)
                 after = rows[-1][0]
                 if len(rows) < CHUNK:
@@ -111,6 +117,10 @@ async def verify(source: Storage, target: Storage, copied: list[Copied], samples
         newest = (await source.history(c.source_id, c.version + 1, 50), await target.history(info["id"], c.version + 1, 50))
         if newest[0] != newest[1]:
             problems.append(f"{c.name}: its newest history entries differ")
+        for old in c.renamed:
+            if (now := await target.renamed_to(old)) != c.name:
+                problems.append(f"{c.name}: its old name {old!r} leads to "
+                                f"{'nothing' if now is None else repr(now)} in the copy")
         for v in [c.version, *sample_readable(c, samples, rng)]:
             compared += 1
             theirs, ours = await _read(source, c.source_id, v), await _read(target, info["id"], v)

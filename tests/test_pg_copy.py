@@ -1,10 +1,12 @@
-"""`collab copy`: moving an install between SQLite and PostgreSQL, whole, and checked.
+"""`collab copy` and PostgreSQL backups (transfer.copy_view): moving an install between stores, whole, and checked.
 
 The round trip SQLite -> PostgreSQL -> SQLite on a database with several
 documents, long histories, a compacted one, astral characters, a restore, an
-authorship cache and a reset salt: afterwards every version of every document
-reads the same in all three, every row is there, and share links made before
-the move open the document on a server running on the copy.
+authorship cache, a reset salt and a renamed document: afterwards every
+version of every document reads the same in all three, every row is there,
+share links made before the move open the document on a server running on the
+copy, and links to a document's old names lead to it. On each backend: old
+names follow a copy and a backup.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collab.changes import ChangeSet, utf16_len
 from collab.rebase import Update
 from collab.sequencer import Accepted
 from collab.storage import COPY_TABLES, VersionCompacted, store_at
+from conftest import BOTH_BACKENDS
 from serverproc import ROOT, ServerProcess
 from storeutil import commit, random_edits, raw_sql
 
@@ -57,6 +60,9 @@ async def build(path: str) -> dict[str, int]:
         await commit(store, astral, [restored], utf16_len(text) + 4)
         await store.new_salt(astral)  # the links made before the reset stay dead, the new ones live
         await store.create_document("empty")
+        draft = await store.create_document("draft", "a plan")
+        await store.rename_document(draft, "plan")
+        await store.rename_document(draft, "final")  # old links to "draft" and "plan" lead to "final"
         return {d["name"]: d["version"] for d in await store.list_documents()}
     finally:
         await store.close()
@@ -102,10 +108,24 @@ def status(url: str) -> int:
         return exc.code
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def redirect(url: str) -> tuple[int, str | None]:
+    """(status, Location) of a GET, redirects not followed."""
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(url, timeout=10) as r:
+            return r.status, r.headers.get("Location")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Location")
+
+
 def test_copy_round_trip_sqlite_postgres_sqlite(tmp_path, pg_server):
     source = str(tmp_path / "source.db")
     versions = asyncio.run(build(source))
-    assert versions == {"long": 700, "compacted": 300, "short": 40, "astral": 2, "empty": 0}
+    assert versions == {"long": 700, "compacted": 300, "short": 40, "astral": 2, "empty": 0, "final": 1}
     before = asyncio.run(dump(source))
     salts = {name: doc["salt"] for name, (doc, _) in before.items()}
     pg = pg_server.url(pg_server.create_database())
@@ -113,9 +133,11 @@ def test_copy_round_trip_sqlite_postgres_sqlite(tmp_path, pg_server):
 
     there = collab("copy", source, pg)
     assert there.returncode == 0, there.stderr
-    assert "copied 5 documents (" in there.stdout and "every version and current text equal" in there.stdout
+    assert "copied 6 documents (" in there.stdout and "every version and current text equal" in there.stdout
     assert "long: version 700, 700 updates" in there.stdout
     assert "compacted: version 300, 80 updates" in there.stdout
+    assert "final: version 1, 1 updates, 0 snapshots, 0 authorship entries, 2 old names\n" in there.stdout
+    assert "entries, 2 old names, share-link salts)" in there.stdout
     again = collab("copy", source, pg)
     assert again.returncode == 1 and "already holds documents" in again.stderr
     home = collab("copy", pg, back)
@@ -143,6 +165,11 @@ def test_copy_round_trip_sqlite_postgres_sqlite(tmp_path, pg_server):
                 assert status(f"{server.url}/api/docs/{name}?token={token}") == 200, (db, name)
             stale = access.doc_token("astral", "edit", "an-older-salt")
             assert status(f"{server.url}/api/docs/astral?token={stale}") in (401, 403)
+            # A link to an old name of a renamed document leads to it (was: not found on the copy).
+            for old in ("draft", "plan"):
+                token = access.doc_token(old, "edit", salts["final"])
+                assert redirect(f"{server.url}/d/{old}?token={token}") == (
+                    302, f"/d/final?token={access.doc_token('final', 'edit', salts['final'])}"), (db, old)
         finally:
             server.kill()
 
@@ -211,3 +238,88 @@ def test_the_versions_verify_samples_are_drawn_without_listing_the_history():
         assert len(set(few)) == len(few) == min(3, len(population)) and set(few) <= set(population)
     huge = transfer.Copied("d", 1, 2, 10**15, "s", first_update=1, snapshots=[0, 10**9])
     assert len(set(transfer.sample_readable(huge, 8, rng))) == 8
+
+
+# ------------------------------------------------------------------ on each backend
+
+def run_with(db: str, fn):
+    """asyncio.run(fn(store)) on an open store at `db`."""
+    async def go():
+        store = await store_at(db, snapshot_every=50).open()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+async def renamed_twice(store) -> None:
+    """"draft" renamed "plan" then "final", "old-notes" renamed "notes", and a document never renamed."""
+    draft = await store.create_document("draft", "a plan")
+    await store.rename_document(draft, "plan")
+    await store.rename_document(draft, "final")
+    notes = await store.create_document("old-notes", "notes")
+    await store.rename_document(notes, "notes")
+    await store.create_document("plain")
+
+
+OLD_NAMES = {"draft": "final", "plan": "final", "old-notes": "notes", "plain": None, "final": None}
+
+
+@BOTH_BACKENDS
+def test_old_names_of_renamed_documents_follow_a_copy_and_a_backup(db, make_db, backend, pg_server, tmp_path):
+    """A renamed document's old names (the `renamed` rows, storage.COPY_TABLES) go with it, and verify
+    checks them. Was: they were left behind, and old links to it found nothing on the copy or backup."""
+    run_with(db, renamed_twice)
+    target = make_db("copy")
+
+    async def read_old_names(store) -> dict:
+        return {old: await store.renamed_to(old) for old in OLD_NAMES}
+
+    async def copy(src) -> tuple[list, list[str]]:
+        dst = await store_at(target).open()
+        try:
+            async with src.view() as view:
+                copied = await transfer.copy_view(view, dst)
+            return copied, (await transfer.verify(src, dst, copied))[0]
+        finally:
+            await dst.close()
+
+    copied, problems = run_with(db, copy)
+    assert run_with(db, read_old_names) == OLD_NAMES
+    assert run_with(target, read_old_names) == OLD_NAMES
+    assert problems == []
+    assert {c.name: sorted(c.renamed) for c in copied} == {"final": ["draft", "plan"], "notes": ["old-notes"],
+                                                          "plain": []}
+    assert {c.name: c.rows["renamed"] for c in copied} == {"final": 2, "notes": 1, "plain": 0}
+    backup = tmp_path / "backup.db"
+    run_with(db, lambda store: store.backup(backup))  # PostgreSQL: through copy_view into a SQLite file
+    assert run_with(str(backup), read_old_names) == OLD_NAMES
+
+    async def check_again(src) -> list[str]:
+        dst = await store_at(target).open()
+        try:
+            return (await transfer.verify(src, dst, copied))[0]
+        finally:
+            await dst.close()
+
+    final = next(c for c in copied if c.name == "final")
+    raw_sql(target, f"DELETE FROM renamed WHERE name = 'plan' AND doc_id = {final.target_id}", pg_server)
+    assert run_with(db, check_again) == ["final: its old name 'plan' leads to nothing in the copy"]
+
+
+@BOTH_BACKENDS
+def test_copied_tables_page_by_their_key_and_old_names_by_name(db, backend):
+    """view.rows pages every copied table by its first column: versions, and names for `renamed`."""
+    run_with(db, renamed_twice)
+
+    async def read(store) -> list:
+        async with store.view() as view:
+            doc = next(d["id"] for d in await view.documents() if d["name"] == "final")
+            first = await view.rows(doc, "renamed", -1, 1)
+            return [first, await view.rows(doc, "renamed", first[-1][0], 5), await view.rows(doc, "renamed", -1, 5)]
+
+    first, rest, every = run_with(db, read)
+    assert [r[0] for r in first] == ["draft"] and [r[0] for r in rest] == ["plan"]
+    assert first + rest == every and all(type(r[1]) is float for r in every)
