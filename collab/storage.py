@@ -287,9 +287,13 @@ class StorageView(Protocol):
 
     async def documents(self) -> list[dict]: ...  # DOCUMENT_FIELDS, by id
 
-    async def rows(self, doc_id: int, table: str, after: int | str, limit: int) -> list[tuple]: ...
+    async def rows(self, doc_id: int, table: str, after: int | str, limit: int,
+                   max_bytes: int | None = None) -> list[tuple]: ...
     # up to `limit` rows of `table` (a COPY_TABLES key) whose key (its first column) is above `after`, the key
-    # of the last row read (-1: from the first row, whatever the key), in key order
+    # of the last row read (-1: from the first row, whatever the key), in key order. With `max_bytes`, the row
+    # that brings the page's text (its str values: characters, or their bytes, never fewer) to max_bytes is
+    # its last: a page holds at least one row, and less than max_bytes characters before its last row. So
+    # a page shorter than `limit` may not be the last: an empty one is.
 
 
 class Storage(Protocol):

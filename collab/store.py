@@ -861,13 +861,28 @@ class _SqliteView:
         return await self.conns.run(lambda conn: [dict(zip(DOCUMENT_FIELDS, row)) for row in conn.execute(
             f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")])
 
-    async def rows(self, doc_id: int, table: str, after: int | str, limit: int) -> list[tuple]:
+    async def rows(self, doc_id: int, table: str, after: int | str, limit: int,
+                   max_bytes: int | None = None) -> list[tuple]:
         columns = COPY_TABLES[table]
         key, first = columns[0], after == -1
         sql = (f"SELECT {', '.join(columns)} FROM {table} WHERE doc_id = ?{'' if first else f' AND {key} > ?'} "
                f"ORDER BY {key} LIMIT ?")
         args = (doc_id, limit) if first else (doc_id, after, limit)
-        return await self.conns.run(lambda conn: conn.execute(sql, args).fetchall())
+
+        def fn(conn: sqlite3.Connection) -> list[tuple]:
+            cursor = conn.execute(sql, args)
+            if max_bytes is None:
+                return cursor.fetchall()
+            out, size = [], 0
+            for row in cursor:  # a row at a time: none past the one that brings the text to max_bytes is read
+                out.append(row)
+                size += sum(len(value) for value in row if isinstance(value, (str, bytes)))  # characters
+                if size >= max_bytes:
+                    break
+            cursor.close()
+            return out
+
+        return await self.conns.run(fn)
 
 
 def seal_file(path: str | Path) -> tuple[int, int]:

@@ -228,17 +228,47 @@ _SNAPSHOT_AT = ("SELECT version, text FROM snapshots WHERE doc_id = $1 AND versi
 _UPDATE_ROWS = ("SELECT version, client_id, changes FROM updates "
                 "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version")
 
-def _copy_read(table: str, first: bool) -> str:
+
+def _int_or_none(v) -> int | None:
+    return None if v is None else int(v)
+
+
+def _str_or_none(v) -> str | None:
+    return None if v is None else str(v)
+
+
+_COPY_KINDS = {  # how each column is normalised before it is sent (SQLite's columns are loosely typed)
+    "updates": (int, str, str, float, str, int, int, _int_or_none, bool, _str_or_none, _str_or_none),
+    "checkpoints": (int, str, str, float),
+    "snapshots": (int, str, float),
+    "authorship": (int, str),
+    "renamed": (str, float),
+}
+
+
+def _copy_read(table: str, first: bool, bounded: bool) -> str:
     """The query of one page of a copied table (`_PgView.rows`): $1 the document, then (unless `first`)
-    the key to read on from, then the most rows."""
+    the key to read on from, the most rows and (if `bounded`) the most bytes of text.
+
+    Bounded, the page is cut in the database: a running sum of the octet_length of its text columns
+    (a toasted value's is in its header: nothing is decompressed to count it) finds the last row
+    whose predecessors hold less than the bound, and only the rows up to it are read and sent."""
     columns = COPY_TABLES[table]
     key = columns[0]
-    after = "" if first else f" AND {key} > $2"
-    return (f"SELECT {', '.join(columns)} FROM {table} WHERE doc_id = $1{after} "
-            f"ORDER BY {key} LIMIT ${2 if first else 3}")
+    where = "doc_id = $1" + ("" if first else f" AND {key} > $2")
+    n = 2 if first else 3
+    page = f"SELECT {', '.join(columns)} FROM {table} WHERE {where}"
+    if not bounded:
+        return f"{page} ORDER BY {key} LIMIT ${n}"
+    size = " + ".join(f"coalesce(octet_length({column}), 0)" for column, kind in zip(columns, _COPY_KINDS[table])
+                      if kind in (str, _str_or_none))
+    return (f"{page} AND {key} <= (SELECT max({key}) FROM (SELECT {key}, sum({size}) OVER (ORDER BY {key} "
+            f"ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before FROM {table} WHERE {where} "
+            f"ORDER BY {key} LIMIT ${n}) page WHERE before IS NULL OR before < ${n + 1}) ORDER BY {key}")
 
 
-_COPY_READ = {(table, first): _copy_read(table, first) for table in COPY_TABLES for first in (True, False)}
+_COPY_READ = {(table, first, bounded): _copy_read(table, first, bounded)
+              for table in COPY_TABLES for first in (True, False) for bounded in (True, False)}
 _COPY_WRITE = {
     "updates": "INSERT INTO updates (doc_id, version, client_id, author, time, changes, inserted, deleted, "
                "restored_from, frame_end, person, color) SELECT $1, * FROM unnest($2::bigint[], $3::text[], "
@@ -250,14 +280,6 @@ _COPY_WRITE = {
                  "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::float8[])",
     "authorship": "INSERT INTO authorship (doc_id, version, spans) SELECT $1, * FROM unnest($2::bigint[], $3::text[])",
     "renamed": "INSERT INTO renamed (doc_id, name, time) SELECT $1, * FROM unnest($2::text[], $3::float8[])",
-}
-_COPY_KINDS = {  # how each column is normalised before it is sent (SQLite's columns are loosely typed)
-    "updates": (int, str, str, float, str, int, int, lambda v: None if v is None else int(v), bool,
-                lambda v: None if v is None else str(v), lambda v: None if v is None else str(v)),
-    "checkpoints": (int, str, str, float),
-    "snapshots": (int, str, float),
-    "authorship": (int, str),
-    "renamed": (str, float),
 }
 
 
@@ -352,10 +374,11 @@ class _PgView:
         rows = await self.conn.fetch(f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")
         return [dict(zip(DOCUMENT_FIELDS, row)) for row in rows]
 
-    async def rows(self, doc_id: int, table: str, after: int | str, limit: int) -> list[tuple]:
-        first = after == -1
-        args = (doc_id, limit) if first else (doc_id, after, limit)
-        return [tuple(r) for r in await self.conn.fetch(_COPY_READ[table, first], *args)]
+    async def rows(self, doc_id: int, table: str, after: int | str, limit: int,
+                   max_bytes: int | None = None) -> list[tuple]:
+        first, bounded = after == -1, max_bytes is not None
+        args = (doc_id, *(() if first else (after,)), limit, *((max_bytes,) if bounded else ()))
+        return [tuple(r) for r in await self.conn.fetch(_COPY_READ[table, first, bounded], *args)]
 
 
 class PgStore(GroupWriter):

@@ -9,8 +9,11 @@ Rules that always hold:
     salt, so share links made before the move keep working), then its update
     rows, named versions, snapshots, authorship cache and old names (the
     `renamed` rows: links to a name it had before lead to it), every table of
-    COPY_TABLES, in chunks of CHUNK rows: memory stays bounded however long a
-    history is;
+    COPY_TABLES, a page at a time: CHUNK rows, or fewer once their text
+    reaches CHUNK_BYTES (StorageView.rows' max_bytes). Memory stays bounded
+    however long a history is and however large the texts in it: a page
+    holds at most CHUNK_BYTES of text and one row more (a document's every
+    snapshot is a whole text);
   * `verify` reads both stores back through their ordinary reads: every
     document's version, salt, oldest kept update, newest history entries and
     current text, and the text at a sample of older versions, must be equal,
@@ -25,7 +28,8 @@ from typing import Callable
 
 from .storage import COPY_TABLES, Storage, StorageUnavailable, StorageView, VersionCompacted
 
-CHUNK = 2000
+CHUNK = 2000           # rows read and written at a time, at most
+CHUNK_BYTES = 4 << 20  # characters of text read and written at a time, at most (and one row more)
 
 
 @dataclass
@@ -64,7 +68,7 @@ async def copy_view(view: StorageView, target: Storage,
         for table in COPY_TABLES:
             after, count = -1, 0
             while True:
-                rows = await view.rows(doc["id"], table, after, CHUNK)
+                rows = await view.rows(doc["id"], table, after, CHUNK, max_bytes=CHUNK_BYTES)
                 if not rows:
                     break
                 await target.add_rows(new_id, table, rows)
@@ -75,9 +79,7 @@ async def copy_view(view: StorageView, target: Storage,
                 elif table == "renamed":
                     c.renamed += [r[0] for r in rows]
                 count += len(rows)
-                after = rows[-1][0]
-                if len(rows) < CHUNK:
-                    break
+                after = rows[-1][0]  # a page under CHUNK rows may have been cut by CHUNK_BYTES: only an empty one ends
             c.rows[table] = count
         c.first_update, c.snapshots = first_update, snapshots
         copied.append(c)

@@ -6,7 +6,8 @@ authorship cache, a reset salt and a renamed document: afterwards every
 version of every document reads the same in all three, every row is there,
 share links made before the move open the document on a server running on the
 copy, and links to a document's old names lead to it. On each backend: old
-names follow a copy and a backup.
+names follow a copy and a backup, and a copy reads a bounded amount of text at
+a time however large a document's snapshots are.
 """
 
 from __future__ import annotations
@@ -323,3 +324,93 @@ def test_copied_tables_page_by_their_key_and_old_names_by_name(db, backend):
     first, rest, every = run_with(db, read)
     assert [r[0] for r in first] == ["draft"] and [r[0] for r in rest] == ["plan"]
     assert first + rest == every and all(type(r[1]) is float for r in every)
+
+
+def big_snapshots(n: int, size: int):
+    """A store function: "big", n versions of about `size` characters with a snapshot of each, and "small"."""
+    async def make(store) -> None:
+        text = "a" * (size - n + 1)
+        doc = await store.create_document("big", text)
+        await store.write_snapshot(doc, 1, text)
+        for v in range(2, n + 1):
+            edit = Accepted(v, Update("c", ChangeSet.from_json([[0, "a"], len(text)])), "ann", 1.0 + v)
+            text = "a" + text
+            await commit(store, doc, [edit], len(text), (v, text))
+        await store.create_document("small", "x")
+
+    return make
+
+
+class Recording:
+    """A StorageView that records the rows of each page it hands out, per table."""
+
+    def __init__(self, view):
+        self.view, self.pages = view, {}
+
+    async def documents(self):
+        return await self.view.documents()
+
+    async def rows(self, doc_id, table, after, *args, **kwargs):
+        rows = await self.view.rows(doc_id, table, after, *args, **kwargs)
+        self.pages.setdefault(table, []).append(rows)
+        return rows
+
+
+def text_of(row) -> int:
+    return sum(len(v) for v in row if isinstance(v, str))
+
+
+@BOTH_BACKENDS
+def test_a_copy_reads_a_bounded_amount_of_text_at_a_time(db, make_db, backend, monkeypatch):
+    """copy_view reads at most CHUNK rows or CHUNK_BYTES of text per page (one row past it at most), so
+    memory does not grow with snapshots x document size. Was: CHUNK (2000) rows whatever their size,
+    every snapshot of a document held at once."""
+    monkeypatch.setattr(transfer, "CHUNK_BYTES", 100_000, raising=False)
+    run_with(db, big_snapshots(12, 40_000))
+    target = make_db("copy")
+
+    async def copy(src) -> tuple[Recording, list, list[str]]:
+        dst = await store_at(target).open()
+        try:
+            async with src.view() as view:
+                recording = Recording(view)
+                copied = await transfer.copy_view(recording, dst)
+            problems, _ = await transfer.verify(src, dst, copied, samples=100)
+            return recording, copied, problems
+        finally:
+            await dst.close()
+
+    recording, copied, problems = run_with(db, copy)
+    snapshot_pages = [p for p in recording.pages["snapshots"] if p]
+    assert len(snapshot_pages) > 1, "the snapshots of one document were read in one page"
+    assert [len(p) for p in snapshot_pages] == [3, 3, 3, 3], "40,000 characters a row: the third passes 100,000"
+    for table, pages in recording.pages.items():
+        for page in pages:
+            assert sum(map(text_of, page[:-1])) < 100_000, (table, [text_of(r) for r in page])
+    assert problems == []
+    big = next(c for c in copied if c.name == "big")
+    assert (big.version, big.rows["snapshots"], big.rows["updates"], big.snapshots) == (12, 12, 12, list(range(1, 13)))
+    assert asyncio.run(dump(target)) == asyncio.run(dump(db))
+
+
+@BOTH_BACKENDS
+def test_a_page_of_rows_stops_at_max_bytes_of_text(db, backend):
+    """view.rows(..., max_bytes): the row that brings a page's text to max_bytes is its last; a page has at
+    least one row; without max_bytes only `limit` counts; paging on by key reads every row once."""
+    run_with(db, big_snapshots(12, 40_000))
+
+    async def read(store) -> dict:
+        async with store.view() as view:
+            doc = next(d["id"] for d in await view.documents() if d["name"] == "big")
+            pages, after = [], -1
+            while page := await view.rows(doc, "snapshots", after, 5, max_bytes=100_000):
+                pages.append([r[0] for r in page])
+                after = page[-1][0]
+            return {"pages": pages, "one": await view.rows(doc, "snapshots", 4, 5, max_bytes=1),
+                    "limit": [r[0] for r in await view.rows(doc, "snapshots", -1, 5)],
+                    "all": [r[0] for r in await view.rows(doc, "snapshots", -1, 100, max_bytes=10**9)]}
+
+    got = run_with(db, read)
+    assert got["pages"] == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
+    assert [r[0] for r in got["one"]] == [5] and text_of(got["one"][0]) > 1
+    assert got["limit"] == [1, 2, 3, 4, 5] and got["all"] == list(range(1, 13))
