@@ -116,18 +116,20 @@ def rebase_in_frames_steps(updates: list[Update], over: list[Update],
     return updates
 
 
-def rebase_work(updates: list[Update], over: list[Update], ends: list[int]) -> int:
+def rebase_work(updates: list[Update], over: list[Update], ends: list[int], own: bool = True) -> int:
     """About how much work `rebase_in_frames(updates, over, ends)` is, in section numbers walked.
 
     Per frame group: composing its updates walks the composition so far at
     each step (so one group of many updates costs the square of their
     length), then each pushed update is mapped over the composition and the
     composition over it. Measured at 120-520 ns a unit on this code (more for
-    long section lists), so 10,000 units is a few milliseconds.
+    long section lists), so 10,000 units is a few milliseconds. `own=False`
+    leaves out the walks of the pushed updates' own sections (one per group):
+    the part that the size of `over` makes.
     """
     if not over or not updates:
         return 0
-    pushed = sum(len(u.changes.sections) for u in updates)
+    pushed = sum(len(u.changes.sections) for u in updates) if own else 0
     work, start = 0, 0
     for end in [*ends, len(over)]:
         composed = 0

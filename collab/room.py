@@ -77,7 +77,7 @@ MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, addr
 OPENED_WINDOW = 10.0  # seconds: two hellos of one client read closer than this are ordered by hello.opened
 MAX_LOST_ROUNDS = 16  # commits in a row lost to another writer before the room gives up and reloads
 HEAVY_REBASE = 20_000  # rebase work (rebase.rebase_work: a few ms) above which it takes turns with the loop
-HEAVY_ROUNDS = 4       # times a push waits for commits, or rebases taking turns, before it goes on regardless
+HEAVY_ROUNDS = 4       # times a push waits for commits before it goes on regardless (and rounds, twice that)
 TURN = 0.005           # seconds of that rebase between two turns of the event loop
 TURN_ROUNDS = 8        # rounds of the event loop each turn gives (a request needs several: read, handle, write)
 _NO_END = 1 << 62   # "up to the newest version" in store reads
@@ -428,29 +428,34 @@ class Room:
         event loop a turn every few milliseconds, so every other document goes
         on meanwhile (a thread would not do: it holds the GIL in slices long
         enough to stall the loop); the sequencer then finishes it from there
-        as usual. If the heavy part is over updates not yet durable, it first
-        waits for their commit (not while a catch-up sequences it: that
-        commit waits for the catch-up). At most HEAVY_ROUNDS such rounds.
+        as usual. The durable part goes first (it also uses up the history
+        read for it, which later commits would make too short). If what is
+        left is heavy because of updates not yet durable, it waits for their
+        commit (at most HEAVY_ROUNDS times; never while a catch-up sequences
+        it, as that commit waits for the catch-up) and goes round again. A
+        push whose connection closed meanwhile is dropped (never acknowledged,
+        its client pushes it again).
         """
         history = None
         version, updates = o.version, o.updates
-        rounds = 0
+        rounds = waits = 0
         for _ in range(3):
             try:
-                while rounds < HEAVY_ROUNDS:
+                while rounds < 2 * HEAVY_ROUNDS:
                     committed_work, pending_work = self.seq.rebase_work(version, updates, history)
                     if committed_work + pending_work <= HEAVY_REBASE:
                         break
                     rounds += 1
-                    if pending_work > HEAVY_REBASE and not catching:
-                        await self._until_committed(self.seq.version)
-                    elif committed_work:
+                    if committed_work:
                         base, over, ends = self.seq.committed_part(o.client_id, version, updates, history)
                         updates = await _rebase_taking_turns(updates, over, ends)
                         version, history = base, None
+                    elif pending_work > HEAVY_REBASE and not catching and waits < HEAVY_ROUNDS:
+                        waits += 1
+                        await self._until_committed(self.seq.version)
                     else:
                         break
-                    if self.broken:
+                    if self.broken or (not catching and o.member is not None and o.member.conn.closed):
                         return False
                 if not catching and not self._ready.is_set():
                     await self._until_ready()

@@ -226,8 +226,10 @@ class Sequencer:
     def rebase_work(self, version, updates: list[Update],
                     history: list[Update] | None = None) -> tuple[int, int]:
         """How much work rebasing a push at `version` is (rebase.rebase_work): (the part up to the
-        committed head, the part over what is accepted but not yet durable). (0, 0) for a push that
-        `push` refuses before any rebase; NeedHistory as `push` raises it."""
+        committed head, the part over what is accepted but not yet durable). The second leaves out
+        the walks of the push's own sections: waiting for that part's commit, to take it in turns,
+        splits only what the updates moved over make. (0, 0) for a push at or past the head or of no
+        updates; NeedHistory as `push` raises it. Other refusals are `push`'s to find."""
         if type(version) is not int or not 0 <= version < self.version or not updates:
             return 0, 0  # at the head (the common case), nothing to rebase over
         committed, base = 0, self.committed_version
@@ -236,7 +238,7 @@ class Sequencer:
             committed = rebase_work(updates, over, [e - version for e in self._ends_between(version, base)])
             version = base
         ends = [f - version for f in self.push_frames(version) if version < f < self.version]
-        return committed, rebase_work(updates, self.log[version - self.log_from:], ends)
+        return committed, rebase_work(updates, self.log[version - self.log_from:], ends, own=False)
 
     def _check(self, client_id: str, version: int, updates: list[Update], until: int,
                history: list[Update] | None = None) -> list[Update]:

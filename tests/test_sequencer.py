@@ -316,7 +316,8 @@ def test_a_late_push_rebased_in_two_steps_is_the_same_as_in_one(seed):
 def test_rebase_work_splits_what_is_durable_from_what_is_not_and_counts_sections():
     """rebase_work is what the room judges a push's rebase by (taking turns with the event loop above
     HEAVY_REBASE): it grows with the sections of the changes moved over, not with their number, is split
-    at the committed head, and is nothing for a push the sequencer refuses before any rebase."""
+    at the committed head (the pending part without the walks of the push's own sections, which waiting
+    for a commit does not split), and is nothing for a push at or past the head."""
     seq = Sequencer("x" * 100, 0)
     keystroke = Update("a", ChangeSet.from_json([50, [0, "o"], 50]))
     seq.push("a", 0, [keystroke], "a", 0.0)
@@ -333,4 +334,5 @@ def test_rebase_work_splits_what_is_durable_from_what_is_not_and_counts_sections
         assert seq.rebase_work(bad, mine, None) == (0, 0)
     seq.take_pending()
     seq.committed(2)
-    assert seq.rebase_work(0, mine, None) == (committed + pending, 0)
+    # Durable now, the second frame counts in full: with the walk of the push's own sections over it.
+    assert seq.rebase_work(0, mine, None) == (committed + pending + len(mine[0].changes.sections), 0)
