@@ -37,8 +37,10 @@ def check_invariants(doc: Text) -> None:
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 25), flavour=st.sampled_from(FLAVOURS))
 def test_applying_to_text_equals_applying_to_a_string(tiny_chunks, monkeypatch, bulk, seed, steps, flavour):
-    # "in one pass": every change of two edits or more goes the way a replace-all does (Text.BULK)
-    monkeypatch.setattr(text_module, "BULK", 10 ** 9 if bulk == "edit by edit" else 1)
+    # "in one pass": every change of two places or more goes the way a replace-all does, while no
+    # astral character is in the text (Text._in_one_pass)
+    monkeypatch.setattr(Text, "_in_one_pass", (lambda self, places: False) if bulk == "edit by edit"
+                        else (lambda self, places: places > 1 and not self.wide))
     rng = random.Random(seed)
     plain = rand_doc(rng)
     doc = Text(plain)
