@@ -425,27 +425,34 @@ async def _longest_stretch(monkeypatch):
         most[0] = max(most[0], count[0])
 
 
+async def _editors(rooms: Rooms, text: str, *client_ids: str) -> tuple:
+    """Editors of "doc" with their update budgets lifted (and the document's), the first of whom has typed
+    `text`, durable now: (room, connections, members)."""
+    conns = [FakeConn(c) for c in client_ids]
+    members = [await rooms.join("doc", conn, hello(conn.client_id), token=None) for conn in conns]
+    for m in members:
+        m.bucket.tokens = 10 ** 6
+    room = members[0].room
+    room.bucket.tokens = 10 ** 6
+    await room.push(members[0], push_msg(0, client_ids[0], [[0, text]]))
+    await room.settled()
+    return room, conns, members
+
+
 @pytest.mark.parametrize("shape", ["one frame of many updates", "one update of many sections",
                                    "over updates not yet durable"])
 async def test_a_push_whose_rebase_is_heavy_gives_the_event_loop_turns(world, monkeypatch, shape):
     """A reviewer's finding: a push's rebase cost was judged by updates x versions behind, but the work
     is in the changes' sections. One keystroke behind a frame of 1,000 keystrokes (a push of the most
     allowed; composing them is quadratic) or 30 behind one update of 20,000 sections ran on the loop
-    in one go (about 0.4 s each here; a 100-keystroke push behind 100,000 sections stalled a server 7.3 s), and so did one over
-    updates accepted but not yet durable. Now at most a step or two runs between two turns of the
-    loop, and the result is what the sequencer computes in one go."""
+    in one go (about 0.4 s each here; a 100-keystroke push behind 100,000 sections stalled a server
+    7.3 s), and so did one over updates accepted but not yet durable. Now at most a step or two runs
+    between two turns of the loop, and the result is what the sequencer computes in one go."""
     import random
     from collab.sequencer import Sequencer
     settings, store, rooms = world
     rng = random.Random(7)
-    a, b = FakeConn("a"), FakeConn("b")
-    ma = await rooms.join("doc", a, hello("a"), token=None)
-    mb = await rooms.join("doc", b, hello("b"), token=None)
-    ma.bucket.tokens = mb.bucket.tokens = 10 ** 6
-    room = ma.room
-    room.bucket.tokens = 10 ** 6
-    await room.push(ma, push_msg(0, "a", [[0, "x" * 10_000]]))
-    await room.settled()
+    room, (a, b), (ma, mb) = await _editors(rooms, "x" * 10_000, "a", "b")
     base = room.seq.committed_version
     if shape == "one update of many sections":
         theirs = [Update("a", ChangeSet.from_json([x for _ in range(10_000) for x in (1, [0, "a"])]))]
@@ -477,14 +484,7 @@ async def test_a_heavy_push_far_behind_is_accepted_while_someone_types(tmp_path)
     moved on too fast"), again at every retry. The durable part is rebased first now, using it up."""
     from collab.errors import ProtocolError as Refused
     async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
-        a, b = FakeConn("a"), FakeConn("b")
-        ma = await rooms.join("doc", a, hello("a"), token=None)
-        mb = await rooms.join("doc", b, hello("b"), token=None)
-        ma.bucket.tokens = mb.bucket.tokens = 10 ** 6
-        room = ma.room
-        room.bucket.tokens = 10 ** 6
-        await room.push(ma, push_msg(0, "a", [[0, "x" * 30_000]]))
-        await room.settled()
+        room, (a, b), (ma, mb) = await _editors(rooms, "x" * 30_000, "a", "b")
         for k in range(12):
             await room.push(ma, push_msg(room.seq.version, "a", [k, [0, "k"], 30_000]))
             await room.settled()
@@ -522,15 +522,7 @@ async def test_a_heavy_push_takes_turns_even_when_someone_keeps_updates_pending(
     import random
     settings, store, rooms = world
     rng = random.Random(7)
-    a, b, c = FakeConn("a"), FakeConn("b"), FakeConn("c")
-    members = [await rooms.join("doc", conn, hello(conn.client_id), token=None) for conn in (a, b, c)]
-    for m in members:
-        m.bucket.tokens = 10 ** 6
-    ma, mb, mc = members
-    room = ma.room
-    room.bucket.tokens = 10 ** 6
-    await room.push(ma, push_msg(0, "a", [[0, "x" * 10_000]]))
-    await room.settled()
+    room, _, (ma, mb, mc) = await _editors(rooms, "x" * 10_000, "a", "b", "c")
     base = room.seq.committed_version
     await room.push(ma, protocol.Push(base, _keystrokes(rng, "a", 10_000, 1000, "o")))
     await room.settled()
@@ -559,14 +551,7 @@ async def test_a_heavy_push_whose_connection_closes_while_it_waits_is_dropped(wo
     import random
     settings, store, rooms = world
     rng = random.Random(3)
-    a, b = FakeConn("a"), FakeConn("b")
-    ma = await rooms.join("doc", a, hello("a"), token=None)
-    mb = await rooms.join("doc", b, hello("b"), token=None)
-    ma.bucket.tokens = mb.bucket.tokens = 10 ** 6
-    room = ma.room
-    room.bucket.tokens = 10 ** 6
-    await room.push(ma, push_msg(0, "a", [[0, "x" * 10_000]]))
-    await room.settled()
+    room, (a, b), (ma, mb) = await _editors(rooms, "x" * 10_000, "a", "b")
     base = room.seq.version
     await room.push(ma, protocol.Push(base, _keystrokes(rng, "a", 10_000, 1000, "o")))  # not yet durable
     assert room.seq.rebase_work(base, _keystrokes(rng, "b", 10_000, 30, "m"))[1] > 20_000
