@@ -216,7 +216,7 @@ class Room:
         self.broken = False
         self.deleted = False
         self.originals: list[Original] = []  # pushes accepted and not yet durable, in order
-        self._progress: asyncio.Future | None = None  # what `settled` waits on: resolved by _progressed
+        self._progress: asyncio.Future | None = None  # what `_next_progress` waits on: resolved by _progressed
         self._in_flight: Commit | None = None
         self._commit_started = 0.0
         self._lost = 0                        # commits lost to another writer in a row
@@ -484,9 +484,7 @@ class Room:
     async def _until_committed(self, version: int) -> None:
         """Wait until `version` is durable, or taken back (another writer committed first), or the room failed."""
         while not self.broken and self.seq.committed_version < version <= self.seq.version:
-            if self._progress is None:
-                self._progress = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._progress)
+            await self._next_progress()
 
     async def _until_ready(self) -> None:
         """Wait until no catch-up runs (one may begin again between its end and this task's turn)."""
@@ -548,11 +546,15 @@ class Room:
                 ids = {id(o) for o in waiting}
             elif not any(id(o) in ids for o in self.originals):
                 break  # not only the last: a catch-up may refuse any of them and keep the others
-            if self._progress is None:
-                self._progress = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._progress)  # shared: one waiter cancelled does not cancel the others
+            await self._next_progress()
         if self.broken:
             raise ServerError("the document could not be saved")
+
+    async def _next_progress(self) -> None:
+        """Wait for the next `_progressed`: a commit finished, a catch-up ended, or the room failed."""
+        if self._progress is None:
+            self._progress = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._progress)  # shared: one waiter cancelled does not cancel the others
 
     def _progressed(self) -> None:
         """Wake the `settled` waiters: a commit finished, a catch-up ended, or the room failed."""
