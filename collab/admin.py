@@ -293,20 +293,23 @@ async def _compact(settings: Settings, keep: int) -> list[tuple[str, int | None,
             if info is None:
                 continue  # deleted, or renamed (then it is compacted under its new name by the next run)
             try:
-                results += await _compact_one(store, info, keep)
+                result = await _compact_one(store, info, keep)
             except Exception:
                 now = await store.document(info["name"])
                 if now is not None and now["id"] == info["id"]:
                     raise
-                results.append((info["name"], None, 0, "left as it was: deleted or renamed while it was compacted"))
+                result = (info["name"], None, 0, "left as it was: deleted or renamed while it was compacted")
+            if result is not None:
+                results.append(result)
     return results
 
 
-async def _compact_one(store, info: dict, keep: int) -> list[tuple[str, int | None, int, str]]:
+async def _compact_one(store, info: dict, keep: int) -> tuple[str, int | None, int, str] | None:
+    """One document's line of `_compact` (None: nothing to drop)."""
     boundary = info["version"] - keep
     oldest = await store.oldest_update(info["id"])
     if boundary <= 0 or oldest is None or oldest > boundary:
-        return []
+        return None
     text = await store.text_at(info["id"], boundary)
     try:
         spans = (await store.authorship(info["id"], boundary)).to_list()
@@ -315,8 +318,8 @@ async def _compact_one(store, info: dict, keep: int) -> list[tuple[str, int | No
         raise AdminError(f"{info['name']}: {exc}; nothing of it was compacted, run the command "
                          "again later") from None
     except (compute.Overrun, compute.Busy) as exc:  # over the time budget: the same, for this document
-        return [(info["name"], None, 0, f"{_TOO_SLOW} took longer to rebuild than --history-timeout allows "
-                 f"({exc}); its history is kept: run again with a larger --history-timeout")]
+        return (info["name"], None, 0, f"{_TOO_SLOW} took longer to rebuild than --history-timeout allows "
+                f"({exc}); its history is kept: run again with a larger --history-timeout")
     except (RuntimeError, LookupError, CollabError):  # compacted before it was cached: it cannot be had
         spans = None
     try:
@@ -324,7 +327,7 @@ async def _compact_one(store, info: dict, keep: int) -> list[tuple[str, int | No
     except RuntimeError as exc:
         raise AdminError(str(exc)) from None
     note = "" if spans is not None else " (authorship could not be rebuilt; the authors view stays unavailable)"
-    return [(info["name"], boundary, rows, note)]
+    return info["name"], boundary, rows, note
 
 
 # -------------------------------------------------------------------- docs
