@@ -255,10 +255,10 @@ class Room:
                 await asyncio.sleep(0.02)
         for _ in range(5):  # the log may be trimmed while we read: read until the history reaches it
             if want is None or want >= self.seq.log_from or (history is not None and
-                                                             len(history) >= self.seq.log_from - want):
+                                                             len(history.updates) >= self.seq.log_from - want):
                 break
             history = await self.store.updates(self.doc_id, want, self.seq.log_from)
-            if len(history) < self.seq.log_from - want and not history:
+            if not history.updates:
                 break  # compacted away: the full text it is
         if self.broken:
             raise ServerError("the document is being reloaded; reconnect", close=CLOSE_INTERNAL)
@@ -466,7 +466,7 @@ class Room:
                 break
             except NeedHistory as need:
                 history = await self.store.updates(self.doc_id, need.since, need.until)
-                if len(history) < need.until - need.since:
+                if len(history.updates) < need.until - need.since:
                     raise ProtocolError("bad-version", f"version {o.version} is too old to rebase "
                                         "(its history was compacted); reconnect with hello") from None
                 if self.broken or (o.member is not None and o.member.conn.closed and not self.originals):
@@ -707,7 +707,8 @@ class Room:
                         return
                 undone = self.seq.rollback()
                 head = self.seq.committed_version
-                updates = await self.store.updates(self.doc_id, head, _NO_END)
+                news = await self.store.updates(self.doc_id, head, _NO_END)
+                updates = news.updates
                 if self.broken:
                     return
                 self.rooms.metrics.catchup_reads.inc()
@@ -716,10 +717,7 @@ class Room:
                 if updates:
                     # Sent in the frames the other writer broadcast them in (every process cuts the
                     # same frames, so a push rebased along them here matches a resume anywhere).
-                    ends = await self.store.frame_ends(self.doc_id, head, head + len(updates))
-                    if self.broken:
-                        return
-                    self._apply_committed(head, updates, ends)
+                    self._apply_committed(head, updates, news.ends)
                 originals, self.originals = self.originals, []
                 for k, o in enumerate(originals):
                     try:
@@ -760,7 +758,7 @@ class Room:
             return False
         # The store was at `version` when read, so version head+1 was committed before: its row is there
         # unless compacted. One there now was committed after our first read (not a gap): read again.
-        if await self.store.updates(self.doc_id, head, head + 1) or self.broken:
+        if (await self.store.updates(self.doc_id, head, head + 1)).updates or self.broken:
             self._news = True
             return False
         log.warning("document %s: the updates after version %d were compacted away before this process read "

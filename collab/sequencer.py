@@ -22,7 +22,8 @@ Rules that always hold:
     connection: each `committed(v)` is one frame ending at v (the room
     broadcasts that batch as one frame), listed ascending from the version
     this sequencer was loaded at (the oldest dropped once there are more
-    than 2 * keep). A push is rebased
+    than 2 * keep; older ones come with the history read from the store,
+    `History.ends`). A push is rebased
     frame by frame along them (`push_frames`, rebase.rebase_in_frames),
     which is what a stock client computes only if it is sent exactly those
     frames: on the connection that pushed or, if that one dropped before the
@@ -72,6 +73,21 @@ class Accepted:
         return self._json
 
 
+@dataclass(slots=True)
+class History:
+    """Committed updates read back from the store, for a push or resume reaching back before the log.
+
+    `updates[k]` produced version `since + k + 1`; `ends` are the versions
+    among them where a frame ended (the store keeps that with each update),
+    so a push or resume that far back is still cut into the frames every
+    connection was sent, even where `Sequencer.frame_ends` no longer reaches.
+    """
+
+    since: int
+    updates: list[Update]
+    ends: list[int]
+
+
 class NeedHistory(Exception):
     """The push or resume reaches back before the in-memory log: load `since..log_from` and retry."""
 
@@ -111,7 +127,7 @@ class Sequencer:
         return self.log[version - self.log_from].changes.length
 
     def updates_since(self, version: int, until: int | None = None,
-                      history: list[Update] | None = None) -> list[Update]:
+                      history: History | None = None) -> list[Update]:
         """Committed updates from `version` up to `until` (default: committed head).
 
         `history` supplies updates older than the in-memory log (loaded from
@@ -119,14 +135,15 @@ class Sequencer:
         """
         until = self.committed_version if until is None else until
         if version < self.log_from:
-            if history is None or len(history) < self.log_from - version:
+            if history is None or history.since > version or \
+                    history.since + len(history.updates) < self.log_from:
                 raise NeedHistory(version, self.log_from)
-            older = history[:self.log_from - version]
+            older = history.updates[version - history.since:self.log_from - history.since]
             return older + self.log[:until - self.log_from]
         return self.log[version - self.log_from:until - self.log_from]
 
     def frames_since(self, version: int, until: int | None = None,
-                     history: list[Update] | None = None) -> list[tuple[int, list[Update]]]:
+                     history: History | None = None) -> list[tuple[int, list[Update]]]:
         """`updates_since(version, until)` cut where the frames were broadcast: [(from, updates), ...].
 
         This is how a resume must reach a client: the welcome carries the
@@ -136,26 +153,30 @@ class Sequencer:
         until = self.committed_version if until is None else until
         updates = self.updates_since(version, until, history)
         groups, start = [], version
-        for end in [*self._ends_between(version, until), until]:
+        for end in [*self._ends_between(version, until, history), until]:
             if end > start:
                 groups.append((start, updates[start - version:end - version]))
             start = end
         return groups
 
-    def _ends_between(self, since: int, until: int) -> list[int]:
-        """The known frame ends strictly between `since` and `until`, ascending."""
+    def _ends_between(self, since: int, until: int, history: History | None = None) -> list[int]:
+        """The known frame ends strictly between `since` and `until`, ascending (those `history` read
+        from the store included)."""
         lo = bisect.bisect_right(self.frame_ends, since)
         hi = bisect.bisect_left(self.frame_ends, until)
-        return self.frame_ends[lo:hi]
+        ends = self.frame_ends[lo:hi]
+        if history is not None and history.ends:
+            ends = sorted(set(ends).union(e for e in history.ends if since < e < until))
+        return ends
 
-    def push_frames(self, version: int) -> list[int]:
+    def push_frames(self, version: int, history: History | None = None) -> list[int]:
         """Where the frames a push based on `version` is moved over end (versions, ascending).
 
         The broadcast frames after `version`, then the batch the store is
         writing now (it will be one frame); what was accepted after that shares
         the next frame with this push, so it is the last group.
         """
-        ends = self._ends_between(version, self.version)
+        ends = self._ends_between(version, self.version, history)
         in_flight = self.in_flight_end()
         if in_flight is not None and version < in_flight < self.version:
             ends.append(in_flight)
@@ -164,7 +185,7 @@ class Sequencer:
     # ---------------------------------------------------------------- pushes
 
     def push(self, client_id: str, version, updates: list[Update], author: str, time: float,
-             history: list[Update] | None = None, frames: list[int] | None = None,
+             history: History | None = None, frames: list[int] | None = None,
              person: str | None = None, color: str | None = None) -> list[Accepted]:
         """Accept a batch made on top of `version`; return what it became, with versions.
 
@@ -186,7 +207,7 @@ class Sequencer:
             return []
         over = self._check(client_id, version, updates, self.version, history)
         if frames is None:
-            frames = self.push_frames(version)
+            frames = self.push_frames(version, history)
         ends = [f - version for f in frames if version < f < self.version]
         rebased = rebase_in_frames(updates, over, sorted(set(ends)))
         if rebased and rebased[0].changes.length != self.text.length:
@@ -209,7 +230,7 @@ class Sequencer:
         return accepted
 
     def committed_part(self, client_id: str, version: int, updates: list[Update],
-                       history: list[Update] | None = None) -> tuple[int, list[Update], list[int]]:
+                       history: History | None = None) -> tuple[int, list[Update], list[int]]:
         """The part of a late push's rebase that only needs durable history, to run elsewhere.
 
         Returns (base, over, ends): `rebase.rebase_in_frames(updates, over, ends)`
@@ -221,10 +242,10 @@ class Sequencer:
         """
         base = self.committed_version
         over = self._check(client_id, version, updates, base, history)
-        return base, over, [e - version for e in self._ends_between(version, base)]
+        return base, over, [e - version for e in self._ends_between(version, base, history)]
 
     def rebase_work(self, version, updates: list[Update],
-                    history: list[Update] | None = None) -> tuple[int, int]:
+                    history: History | None = None) -> tuple[int, int]:
         """How much work rebasing a push at `version` is (rebase.rebase_work): (the part up to the
         committed head, the part over what is accepted but not yet durable). The second leaves out
         the walks of the push's own sections: waiting for that part's commit, to take it in turns,
@@ -235,13 +256,13 @@ class Sequencer:
         committed, base = 0, self.committed_version
         if version < base:
             over = self.updates_since(version, base, history)
-            committed = rebase_work(updates, over, [e - version for e in self._ends_between(version, base)])
+            committed = rebase_work(updates, over, [e - version for e in self._ends_between(version, base, history)])
             version = base
         ends = [f - version for f in self.push_frames(version) if version < f < self.version]
         return committed, rebase_work(updates, self.log[version - self.log_from:], ends, own=False)
 
     def _check(self, client_id: str, version: int, updates: list[Update], until: int,
-               history: list[Update] | None = None) -> list[Update]:
+               history: History | None = None) -> list[Update]:
         """What push and committed_part refuse: a future version, another clientID, lengths that do not
         chain from the text at `version`. Returns the updates accepted since `version` up to `until`."""
         if version > until:

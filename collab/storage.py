@@ -48,7 +48,7 @@ from .changes import ChangeSet
 from .errors import ServerError
 from .history import Authorship
 from .rebase import Update
-from .sequencer import Accepted
+from .sequencer import Accepted, History
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -181,6 +181,14 @@ class StorageUnavailable(ServerError, RuntimeError):
 def parse_update(client_id: str, changes: str) -> Update:
     """An update as a store keeps it (its ChangeSetJSON as text) made an Update again."""
     return Update(client_id, ChangeSet.from_json(orjson.loads(changes)))
+
+
+def history_of(since: int, rows: list) -> History:
+    """(version, client_id, changes, frame_end) rows in version order, from since+1 on, as a History
+    (empty if since+1 is not among them: compacted away)."""
+    if not rows or rows[0][0] != since + 1:
+        return History(since, [], [])
+    return History(since, [parse_update(row[1], row[2]) for row in rows], [row[0] for row in rows if row[3]])
 
 
 def contiguous_tail(rows: list, version: int) -> list[Update]:
@@ -322,7 +330,7 @@ class Storage(Protocol):
     # reads
     async def load(self, name: str) -> Loaded | None: ...
 
-    async def updates(self, doc_id: int, since: int, until: int) -> list[Update]: ...
+    async def updates(self, doc_id: int, since: int, until: int) -> History: ...
 
     async def list_documents(self) -> list[dict]: ...
 
@@ -347,7 +355,6 @@ class Storage(Protocol):
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]: ...  # (version, salt, name)
 
-    async def frame_ends(self, doc_id: int, since: int, until: int) -> list[int]: ...
 
     async def people(self, doc_id: int) -> dict[str, dict]: ...
 

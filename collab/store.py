@@ -63,10 +63,10 @@ from .changes import ChangeSet
 from .history import Authorship
 from .logs import QUIET_FOR, Throttle
 from .rebase import Update
-from .sequencer import Accepted
+from .sequencer import Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Loaded, NameTaken,
                       StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict,
-                      contiguous_tail, history_entry, parse_update, pending_migrations)
+                      contiguous_tail, history_entry, history_of, pending_migrations)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -618,13 +618,14 @@ class Store(GroupWriter):
 
         return await self._read(fn)
 
-    async def updates(self, doc_id: int, since: int, until: int) -> list[Update]:
-        """Updates producing versions since+1 .. until (fewer if history was compacted away)."""
-        def fn(conn: sqlite3.Connection) -> list[Update]:
-            rows = _update_rows(conn, doc_id, since, until)
-            if not rows or rows[0][0] != since + 1:
-                return []
-            return [parse_update(c, ch) for _, c, ch in rows]
+    async def updates(self, doc_id: int, since: int, until: int) -> History:
+        """Updates producing versions since+1 .. until (fewer if history was compacted away: none if
+        since+1 is gone), with their frame ends."""
+        def fn(conn: sqlite3.Connection) -> History:
+            rows = conn.execute("SELECT version, client_id, changes, frame_end FROM updates "
+                                "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                                (doc_id, since, until)).fetchall()
+            return history_of(since, rows)
 
         return await self._read(fn)
 
@@ -731,12 +732,6 @@ class Store(GroupWriter):
             "WHERE doc_id = ? AND person IS NOT NULL GROUP BY person) last ON last.person = u.person "
             "AND last.v = u.version WHERE u.doc_id = ?", (doc_id, doc_id)).fetchall())
         return {person: {"name": name, "color": color} for person, name, color in rows}
-
-    async def frame_ends(self, doc_id: int, since: int, until: int) -> list[int]:
-        """The versions strictly between `since` and `until` where a commit (a frame) ended."""
-        return [v for (v,) in await self._read(lambda conn: conn.execute(
-            "SELECT version FROM updates WHERE doc_id = ? AND version > ? AND version < ? AND frame_end = 1 "
-            "ORDER BY version", (doc_id, since, until)).fetchall())]
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:
         """(committed version, salt, name) of each of these documents (deleted ones are missing)."""

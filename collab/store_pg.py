@@ -67,9 +67,9 @@ from . import resources
 from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
-from .sequencer import Accepted
+from .sequencer import Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter,
-                      history_entry, Loaded, NameTaken, parse_update, pending_migrations, redact,
+                      history_entry, history_of, Loaded, NameTaken, pending_migrations, redact,
                       StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
 from .text import Text
 
@@ -825,13 +825,13 @@ class PgStore(GroupWriter):
 
         return await asyncio.to_thread(replay, *read)  # parsing and replaying a long history: off the loop
 
-    async def updates(self, doc_id: int, since: int, until: int) -> list[Update]:
-        """Updates producing versions since+1 .. until (fewer if history was compacted away)."""
-        async def fn(conn: asyncpg.Connection) -> list[Update]:
-            rows = await conn.fetch(_UPDATE_ROWS, doc_id, since, until)
-            if not rows or rows[0][0] != since + 1:
-                return []
-            return [parse_update(r[1], r[2]) for r in rows]
+    async def updates(self, doc_id: int, since: int, until: int) -> History:
+        """Updates producing versions since+1 .. until (fewer if history was compacted away: none if
+        since+1 is gone), with their frame ends."""
+        async def fn(conn: asyncpg.Connection) -> History:
+            return history_of(since, await conn.fetch(
+                "SELECT version, client_id, changes, frame_end FROM updates "
+                "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version", doc_id, since, until))
 
         return await self._read(fn)
 
@@ -932,13 +932,6 @@ class PgStore(GroupWriter):
             "SELECT DISTINCT ON (person) person, author, color FROM updates WHERE doc_id = $1 AND person IS NOT NULL "
             "ORDER BY person, version DESC", doc_id))
         return {person: {"name": name, "color": color} for person, name, color in rows}
-
-    async def frame_ends(self, doc_id: int, since: int, until: int) -> list[int]:
-        """The versions strictly between `since` and `until` where a commit (a frame) ended."""
-        rows = await self._read(lambda conn: conn.fetch(
-            "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end "
-            "ORDER BY version", doc_id, since, until))
-        return [r[0] for r in rows]
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:
         """(committed version, salt, name) of each of these documents (one query; deleted ones are missing)."""

@@ -107,12 +107,12 @@ async def test_resume_and_push_from_before_the_memory_log(app_client):
     # Resume from version 2: the missed updates come from disk.
     b, welcome = await join(client, "o", "B", version=2)
     assert welcome["from"] == 2
-    # ... in the frames they were broadcast in (the oldest known end is where the first one stops).
+    # ... in the frames they were broadcast in: one each, also where the room no longer remembers
+    # where they ended (the store does).
     frames = [welcome]
     while frames[-1]["from"] + len(frames[-1]["updates"]) < 12:
         frames.append(await recv_type(b, "updates"))
-    assert sum(len(f["updates"]) for f in frames) == 10
-    assert all(len(f["updates"]) == 1 for f in frames[1:])
+    assert [(f["from"], len(f["updates"])) for f in frames] == [(v, 1) for v in range(2, 12)]
     # A push based on version 2 is rebased over 10 updates, 5 of them read from disk.
     await push(b, 2, "B", [[0, "B"], 2])
     ack = await recv_type(b, "updates")
@@ -129,17 +129,53 @@ async def test_resume_from_a_future_version_gets_the_full_text(app_client):
     assert "from" not in welcome and (welcome["version"], welcome["doc"]) == (2, "xx")
 
 
-async def test_a_resume_replays_the_frames_a_lost_connection_was_sent(app_client, node):
-    """C's push is rebased along two frames C's connection was sent but C never read; C resumes.
-
-    The resume must come in those same frames: a real @codemirror/collab
-    client fed them ends with the server's text, while fed them composed into
-    one welcome it ends with "ZY" against the server's "YZ", silently.
-    """
+def _client_ends_with(node: str, edit: list, frames: list[dict], client_id: str) -> dict:
+    """What a real @codemirror/collab client ends with (its text, its unconfirmed updates) that made
+    `edit` and was then fed `frames` (welcome or updates frames), in order."""
     import json
     import subprocess
     from pathlib import Path
 
+    actions = [{"edit": 0, "changes": edit}]
+    actions += [{"receive": 0, "updates": [{**u, "clientID": "p0" if u["clientID"] == client_id else u["clientID"]}
+                                           for u in f["updates"]]} for f in frames]
+    actions.append({"report": 0})
+    oracle = Path(__file__).resolve().parent / "js" / "oracle.mjs"
+    replay = {"doc": "a", "peers": 1, "actions": actions}
+    out = subprocess.run([node, str(oracle)], input=json.dumps({"replays": [replay]}), capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)["replays"][0]["reports"][0]
+
+
+async def _type_at_start(ws, client_id: str, version: int, length: int, count: int, peer=None) -> int:
+    """Push `count` updates inserting "x" at the start of a text of `length`, each after the previous
+    acknowledgement (each its own frame); the version after them."""
+    for k in range(count):
+        await push(ws, version + k, client_id, [[0, "x"], length + k] if length + k else [[0, "x"]])
+        await recv_type(ws, "updates")
+        if peer is not None:
+            await recv_type(peer, "updates")
+    return version + count
+
+
+async def _frames_until(ws, first: dict | None, version: int) -> list[dict]:
+    """`first` (a welcome, or None) and the updates frames after it, until they reach `version`."""
+    frames = [first] if first is not None else [await recv_type(ws, "updates")]
+    while frames[-1]["from"] + len(frames[-1]["updates"]) < version:
+        frames.append(await recv_type(ws, "updates"))
+    return frames
+
+
+@pytest.mark.parametrize("later", [0, 12], ids=["the room remembers the frames", "only the store does"])
+async def test_a_resume_replays_the_frames_a_lost_connection_was_sent(app_client, node, later):
+    """C's push is rebased along two frames C's connection was sent but C never read; C resumes.
+
+    The resume must come in those same frames: a real @codemirror/collab
+    client fed them ends with the server's text, while fed them composed into
+    one welcome it ends with "ZY" against the server's "YZ", silently. With
+    `later` frames typed before C is back, the room no longer holds where
+    those two ended (keep_updates=5): the resume reads it from the store.
+    """
     app, client = app_client
     a, _ = await join(client, "lost", "A")
     await push(a, 0, "A", [[0, "a"]])
@@ -153,18 +189,36 @@ async def test_a_resume_replays_the_frames_a_lost_connection_was_sent(app_client
     await push(c, 1, "C", [[0, "Z"], 1])               # C has read neither
     assert (await recv_type(a, "updates"))["updates"][0]["changes"] == [1, [0, "Z"]]
     await c.close()                                    # and never will
+    head = await _type_at_start(a, "A", 4, 2, later)
+    assert later == 0 or app[ROOMS].rooms["lost"].seq.frame_ends[0] > 3
     c, welcome = await join(client, "lost", "C", version=1)
-    frames = [welcome]
-    while frames[-1]["from"] + len(frames[-1]["updates"]) < 4:
-        frames.append(await recv_type(c, "updates"))
-    assert [(f["from"], len(f["updates"])) for f in frames] == [(1, 1), (2, 1), (3, 1)]
-    actions = [{"edit": 0, "changes": [[0, "Z"], 1]}]
-    actions += [{"receive": 0, "updates": [{**u, "clientID": "p0" if u["clientID"] == "C" else u["clientID"]}
-                                           for u in f["updates"]]} for f in frames]
-    actions.append({"report": 0})
-    oracle = Path(__file__).resolve().parent / "js" / "oracle.mjs"
-    out = subprocess.run([node, str(oracle)], input=json.dumps({"replays": [{"doc": "a", "peers": 1, "actions": actions}]}),
-                         capture_output=True, text=True, check=True)
-    report = json.loads(out.stdout)["replays"][0]["reports"][0]
+    frames = await _frames_until(c, welcome, head)
+    assert [(f["from"], len(f["updates"])) for f in frames] == [(v, 1) for v in range(1, head)]
+    report = _client_ends_with(node, [[0, "Z"], 1], frames, "C")
     resp = await client.get("/api/docs/lost")
-    assert (await resp.json())["doc"] == report["doc"] == "YZ" and not report["unconfirmed"]
+    assert (await resp.json())["doc"] == report["doc"] == "x" * later + "YZ" and not report["unconfirmed"]
+
+
+async def test_a_push_from_before_the_memory_log_is_rebased_along_the_frames_its_connection_was_sent(app_client,
+                                                                                                     node):
+    """C pushes at version 1 after two frames that map its edit differently apart than composed, and
+    twelve more, so the room no longer holds where those two ended (keep_updates=5): the rebase reads
+    that from the store, and C's client, fed what its connection was sent, ends with the server's text."""
+    app, client = app_client
+    a, _ = await join(client, "late", "A")
+    await push(a, 0, "A", [[0, "a"]])
+    await recv_type(a, "updates")
+    b, _ = await join(client, "late", "B")
+    c, _ = await join(client, "late", "C")
+    await push(a, 1, "A", [[1]])                       # v2
+    await recv_type(a, "updates"), await recv_type(b, "updates")
+    await push(b, 2, "B", [[0, "Y"]])                  # v3
+    await recv_type(a, "updates"), await recv_type(b, "updates")
+    await _type_at_start(a, "A", 3, 1, 12, peer=b)     # v4 .. v15; C reads none of it yet
+    assert app[ROOMS].rooms["late"].seq.frame_ends[0] > 3 and app[ROOMS].rooms["late"].seq.log_from > 1
+    await push(c, 1, "C", [[0, "Z"], 1])
+    frames = await _frames_until(c, None, 16)
+    assert [(f["from"], len(f["updates"])) for f in frames] == [(v, 1) for v in range(1, 16)]
+    report = _client_ends_with(node, [[0, "Z"], 1], frames, "C")
+    resp = await client.get("/api/docs/late")
+    assert (await resp.json())["doc"] == report["doc"] == "x" * 12 + "YZ" and not report["unconfirmed"]

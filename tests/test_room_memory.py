@@ -144,7 +144,7 @@ async def test_a_room_that_keeps_losing_to_another_writer_reloads(world):
 
     async def updates_then_another_commit(doc_id, since, until):  # the other writer wins every round
         got = await original_updates(doc_id, since, until)
-        head = since + len(got)
+        head = since + len(got.updates)
         await commit(other, info["id"], [Accepted(head + 1, Update("z", ChangeSet.from_json(
             [[0, "z"]] + ([head] if head else []))), "Zed", 1.0)], head + 1)
         return got
@@ -1066,7 +1066,7 @@ async def test_a_catch_up_that_read_nothing_just_before_another_writer_committed
 
             async def then_another_writer(doc, since, until):
                 got = await read(doc, since, until)
-                if not got and since == 3:
+                if not got.updates and since == 3:
                     store.updates = read
                     await commit(other, doc_id, [Accepted(4, Update("z", ChangeSet.from_json([[0, "z"], 3])), "Z", 1.0)], 4)
                 return got

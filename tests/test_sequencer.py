@@ -7,7 +7,7 @@ import pytest
 from collab.changes import ChangeSet
 from collab.errors import ChangeError, ProtocolError
 from collab.rebase import Update
-from collab.sequencer import MAP_BUDGET, NeedHistory, Sequencer
+from collab.sequencer import MAP_BUDGET, History, NeedHistory, Sequencer
 
 
 def U(client, changes):
@@ -102,7 +102,7 @@ def test_log_is_trimmed_and_older_versions_need_history():
     with pytest.raises(NeedHistory) as need:
         s.push("B", 1, [U("B", [[0, "y"], 1])], "", 0)
     assert (need.value.since, need.value.until) == (1, 3)
-    s.push("B", 1, [U("B", [[0, "y"], 1])], "", 0, history=history[1:3])
+    s.push("B", 1, [U("B", [[0, "y"], 1])], "", 0, history=History(1, history[1:3], []))
     assert str(s.text) == "yxxxxxx"
     assert s.updates_since(4) == history[4:]
 
@@ -228,6 +228,24 @@ def test_frame_ends_come_from_the_store_and_old_ones_are_dropped():
         commit(s)
     assert s.frame_ends[-1] == 16 and len(s.frame_ends) <= 4
     assert s.frame_ends == sorted(s.frame_ends)
+
+
+def test_history_read_from_the_store_brings_the_frame_ends_the_sequencer_dropped():
+    s = Sequencer("", 0, keep=2)
+    history = []
+    for k in range(8):                                          # eight frames of one update each
+        history += [e.update for e in s.push("A", k, [U("A", [k, [0, "x"]] if k else [[0, "x"]])], "", 0)]
+        commit(s)
+    assert s.log_from == 6 and s.frame_ends[0] > 2              # where frames 1..4 ended is forgotten
+    with pytest.raises(NeedHistory):
+        s.frames_since(1)
+    read = History(0, history[:6], [1, 2, 3, 4, 5, 6])          # as the store gives it: from version 0
+    assert s.frames_since(1, history=read) == [(v, [history[v]]) for v in range(1, 8)]
+    assert s.push_frames(1, read) == [2, 3, 4, 5, 6, 7]
+    base, over, ends = s.committed_part("B", 1, [U("B", [[0, "y"], 1])], read)
+    assert (base, over, ends) == (8, history[1:], [1, 2, 3, 4, 5, 6])
+    with pytest.raises(NeedHistory):                            # a history that starts too late is no use
+        s.frames_since(1, history=History(2, history[2:6], [3, 4, 5, 6]))
 
 
 def test_rollback_takes_back_what_is_not_durable_and_catch_up_applies_another_writers_updates():

@@ -101,7 +101,7 @@ async def test_append_load_and_every_version(open_store):
         assert await store.text_at(doc_id, v) == ("" if v == 0 else edits[v - 1][1])
     info = await store.document("doc")
     assert (info["version"], info["length"]) == (60, utf16_len(edits[-1][1]))
-    assert await store.updates(doc_id, 55, 60) == [e.update for e, _ in edits[55:60]]
+    assert (await store.updates(doc_id, 55, 60)).updates == [e.update for e, _ in edits[55:60]]
     await store.close()
 
 
@@ -169,7 +169,7 @@ async def test_append_refuses_a_gap(open_store):
     with pytest.raises(VersionConflict, match="is at version 0, not 1"):
         await commit(store, doc_id, [Accepted(2, Update("c", one), "u", 1.0)], 1)
     assert (await store.document("doc"))["version"] == 0
-    assert await store.updates(doc_id, 0, 5) == []
+    assert (await store.updates(doc_id, 0, 5)).updates == []
     await store.close()
 
 
@@ -199,7 +199,7 @@ async def test_a_conflicting_commit_is_refused_alone_and_the_rest_of_the_group_c
     assert isinstance(results[1], VersionConflict) and (results[1].expected, results[1].found) == (2, 0)
     assert store.commits - commits_before == 1  # one transaction carried all three
     assert {d["name"]: d["version"] for d in await store.list_documents()} == {"a": 1, "b": 0, "c": 1}
-    assert await store.updates(b, 0, 5) == []
+    assert (await store.updates(b, 0, 5)).updates == []
     await store.close()
 
 
@@ -279,7 +279,7 @@ async def test_a_row_that_should_not_be_there_fails_only_its_commit(open_store, 
     assert store.commits - before == 1
     assert {d["name"]: d["version"] for d in await store.list_documents()} == {"a": 1, "b": 0, "c": 1}
     assert await store.text_at(a, 1) == await store.text_at(c, 1) == "x"
-    assert [u.client_id for u in await store.updates(b, 0, 1)] == ["ghost"], "the planted row is left alone"
+    assert [u.client_id for u in (await store.updates(b, 0, 1)).updates] == ["ghost"], "the planted row is left alone"
 
 
 @BOTH_BACKENDS
@@ -312,7 +312,7 @@ async def test_salts_snapshots_history_authorship_and_delete(open_store):
     assert await store.oldest_update(doc) == 1
     await store.delete_document(doc)
     assert await store.document("doc") is None and await store.load("doc") is None
-    assert await store.updates(doc, 0, 9) == [] and await store.oldest_update(doc) is None
+    assert (await store.updates(doc, 0, 9)).updates == [] and await store.oldest_update(doc) is None
     assert [d["name"] for d in await store.list_documents()] == ["other"]
     assert await store.text_at(other, 1) == "keep me"
     await store.ping()
@@ -339,8 +339,9 @@ async def test_compaction_keeps_the_boundary_and_names_the_nearest_readable_vers
     with pytest.raises(VersionCompacted):
         await store.authorship(doc, 25)
     assert (await store.authorship(doc, 30)).to_list() == spans
-    assert await store.updates(doc, 20, 35) == [], "compacted rows are not handed out as if complete"
-    assert [u.client_id for u in await store.updates(doc, 30, 33)] == [e.update.client_id for e, _ in edits[30:33]]
+    assert (await store.updates(doc, 20, 35)).updates == [], "compacted rows are not handed out as if complete"
+    kept = (await store.updates(doc, 30, 33)).updates
+    assert [u.client_id for u in kept] == [e.update.client_id for e, _ in edits[30:33]]
     loaded = await store.load("doc")
     assert (loaded.version, loaded.text) == (50, edits[-1][1])
     assert await store.compact(doc, 30, edits[29][1], spans) == 0, "a second run finds nothing"
@@ -401,7 +402,7 @@ async def test_two_writers_on_one_database_never_fork_the_log_nor_deadlock(open_
     assert [heads[d][1:] for d in (d1, d2)] == [((await one.document(n))["salt"], n) for n in ("d1", "d2")], heads
     assert await one.heads([]) == {}
     for d in (d1, d2):
-        assert [u.client_id for u in await two.updates(d, 0, 25)] == wins[d]
+        assert [u.client_id for u in (await two.updates(d, 0, 25)).updates] == wins[d]
         assert (await two.load(f"d{1 if d == d1 else 2}")).version == 25
     # PostgreSQL: the row locks decided every race; no statement failed on a duplicate row and was retried.
     assert getattr(one, "retries", 0) == getattr(two, "retries", 0) == 0
@@ -478,7 +479,8 @@ async def test_frame_ends_people_checkpoints_and_renames_are_kept(open_store):
         await commit(store, doc_id, [e for e, _ in edits[lo:hi]], utf16_len(edits[hi - 1][1]))
     loaded = await store.load("framed")
     assert loaded.frame_ends == [2, 3]  # below the head (the head always ends one)
-    assert await store.frame_ends(doc_id, 0, 6) == [2, 3] and await store.frame_ends(doc_id, 2, 6) == [3]
+    read = await store.updates(doc_id, 0, 6)
+    assert (read.since, read.ends) == (0, [2, 3, 6]) and (await store.updates(doc_id, 2, 5)).ends == [3]
     history = await store.history(doc_id, 10, 10)
     assert [(e["version"], e.get("person"), e.get("color")) for e in history][:2] == [
         (6, "p-0", "#123456"), (5, "p-1", "#123456")]
