@@ -254,12 +254,25 @@ class Peer:
         else:
             self.transport.writelines([frame_header(opcode, fin, sum(len(p) for p in payload)), *payload])
 
-    async def _room_to_write(self, below: int) -> None:
-        """Wait until the socket's buffer is under `below`; close the peer if it takes nothing for send_timeout."""
-        wait, stalled, last = 0.002, 0.0, self.buffered()
-        while self.buffered() >= below and not self.closed:
+    def backlog(self) -> int:
+        """Bytes sent to this peer that the client has not taken yet (queued here, or in the socket's buffer)."""
+        return self.queued + self.buffered()
+
+    async def drained(self, below: int) -> None:
+        """Return once less than `below` bytes wait for the client (queued here, or in the socket's
+        buffer), or the peer is closed: closed (1013) if it takes nothing for send_timeout seconds."""
+        await self._room_to_write(below, queued=True)
+
+    async def _room_to_write(self, below: int, queued: bool = False) -> None:
+        """Wait until the socket's buffer (with `queued`, and this peer's queue) is under `below`; close
+        the peer if it takes nothing for send_timeout."""
+        def waiting() -> int:
+            return self.backlog() if queued else self.buffered()
+
+        wait, stalled, last = 0.002, 0.0, waiting()
+        while waiting() >= below and not self.closed:
             await asyncio.sleep(wait)
-            now = self.buffered()
+            now = waiting()
             if now < last:
                 stalled, wait = 0.0, 0.002
             else:

@@ -12,7 +12,9 @@ a room runs in memory with fake connections.
 Rules that always hold:
   * a member is sent updates in version order without gaps, starting at the
     version of its welcome; presence it receives is mapped to a version it
-    has already been sent;
+    has already been sent. A long resume goes out a page at a time as the
+    client reads it (`_resume`), broadcasts skipping that member until the
+    last page, so what one resume holds in memory is bounded (RESUME_PAGE);
   * nothing is broadcast before the store's transaction committed;
   * if a commit fails, the room is discarded (members closed with 1011, state
     reloaded from the store on the next join): clients re-push what was not
@@ -35,20 +37,20 @@ import logging
 import random
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Callable, Protocol
 
 import orjson
 
 from . import protocol
 from .access import Access
-from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED,
+from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_TRY_AGAIN,
                      ChangeError, ProtocolError, ServerError)
 from .limits import DiskGuard, TokenBucket
 from .logs import Throttle
 from .metrics import Metrics
 from .rebase import Update, rebase_in_frames_steps
-from .sequencer import NeedHistory, Sequencer
+from .sequencer import History, NeedHistory, Sequencer
 from .settings import Settings
 from .storage import (Commit, Loaded, NameTaken, Storage, StorageUnavailable, TooManyDocuments, VersionCompacted,
                       VersionConflict)
@@ -72,6 +74,10 @@ class Connection(Protocol):
 
     def close(self, code: int, message: str) -> None: ...
 
+    def backlog(self) -> int: ...  # bytes sent that the client has not taken yet
+
+    async def drained(self, below: int) -> None: ...  # returns once backlog() < below, or it is closed
+
 
 MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, address) is remembered
 OPENED_WINDOW = 10.0  # seconds: two hellos of one client read closer than this are ordered by hello.opened
@@ -81,6 +87,8 @@ HEAVY_ROUNDS = 4       # times a push waits for commits before it goes on regard
 TURN = 0.005           # seconds of that rebase between two turns of the event loop
 TURN_ROUNDS = 8        # rounds of the event loop each turn gives (a request needs several: read, handle, write)
 _NO_END = 1 << 62   # "up to the newest version" in store reads
+RESUME_PAGE = 1000            # updates of a resume sent at once (the welcome's and each further page)
+RESUME_PAGE_BYTES = 1 << 20   # and at most about this much of their changes read from the store at once
 
 
 def check_cap(settings: Settings, name: str, sessions: int, viewer: bool) -> None:
@@ -141,7 +149,7 @@ class Original:
 class Member:
     """A connection inside a room: what the room remembers about it."""
 
-    __slots__ = ("conn", "room", "presence", "bucket", "joined", "opened")
+    __slots__ = ("conn", "room", "presence", "bucket", "joined", "opened", "resume")
 
     def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket, joined: float,
                  opened: int | None = None):
@@ -153,6 +161,7 @@ class Member:
         # hello.opened, and when its hello came.
         self.joined = joined
         self.opened = opened
+        self.resume: asyncio.Task | None = None  # sending the rest of a long resume: broadcasts skip it
 
     @property
     def session(self) -> str:
@@ -253,11 +262,10 @@ class Room:
                 if self.seq.committed_version >= want or self.broken:
                     break
                 await asyncio.sleep(0.02)
-        for _ in range(5):  # the log may be trimmed while we read: read until the history reaches it
-            if want is None or want >= self.seq.log_from or (history is not None and
-                                                             len(history.updates) >= self.seq.log_from - want):
+        for _ in range(5):  # read until the first frame is whole in what we have (the log moves on meanwhile)
+            if want is None or want >= self.seq.committed_version or self.seq.frames_from(want, history, 1):
                 break
-            history = await self.store.updates(self.doc_id, want, self.seq.log_from)
+            history = await self._history_page(want, history)
             if not history.updates:
                 break  # compacted away: the full text it is
         if self.broken:
@@ -280,25 +288,24 @@ class Room:
             self._remove(old)
             old.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same clientID")
         version = self.seq.committed_version
-        peers = [obj for obj in (self._presence_object(m) for m in self.members.values() if m.presence) if obj]
-        peers += [obj for obj in map(self._remote_object, list(self.remote_peers)) if obj]
+        peers = self._cursors()
         frames = None
         if want is not None and want <= version:
-            try:
-                # A resume goes out in the frames those updates were broadcast in
-                # (sequencer.py): pushes were rebased along them, lost or not.
-                frames = self.seq.frames_since(want, version, history)
-            except NeedHistory:
+            # A resume goes out in the frames those updates were broadcast in
+            # (sequencer.py): pushes were rebased along them, lost or not. The
+            # welcome carries the first, `_resume` sends the rest.
+            frames = self.seq.frames_from(want, history, 1)
+            if not frames and want < version:
                 frames = None  # compacted away, or the log moved on meanwhile: full text
         limits = self.rooms.limits
-        hide = self.rooms.hide if conn.role == "view" else None
-        later: list = []
+        sent = version
         if frames is not None:
             first = frames[0][1] if frames else []
-            later = frames[1:]
+            sent = want + len(first)
             # Presence objects are at `version`: with frames still to come they follow them.
-            frame = protocol.welcome(conn.session, conn.role, want + len(first), [] if later else peers, limits,
-                                     resume_key, since=want, updates=first, hide=hide)
+            frame = protocol.welcome(conn.session, conn.role, sent, [] if sent < version else peers, limits,
+                                     resume_key, since=want, updates=first,
+                                     hide=self.rooms.hide if conn.role == "view" else None)
         else:
             frame = protocol.welcome(conn.session, conn.role, version, peers, limits, resume_key,
                                      doc_json=self._committed_json())
@@ -312,11 +319,80 @@ class Room:
             self.unload_timer.cancel()
             self.unload_timer = None
         conn.send(frame)
-        for start, updates in later:
-            conn.send(protocol.resumed_frame(start, updates, hide))
-        if later and peers:
-            conn.send(protocol.presences_frame(peers))
+        if sent < version:
+            member.resume = self.rooms.spawn(self._resume(member, sent, history))
         return member
+
+    def _cursors(self, leaving_out: Member | None = None) -> list[dict]:
+        """Every cursor known here, ours and other processes', mapped to the committed version."""
+        peers = [obj for obj in (self._presence_object(m) for m in self.members.values()
+                                 if m.presence and m is not leaving_out) if obj]
+        return peers + [obj for obj in map(self._remote_object, list(self.remote_peers)) if obj]
+
+    async def _history_page(self, since: int, history: History | None) -> History:
+        """Stored updates from version `since` on, for a resume: RESUME_PAGE of them, at most about
+        RESUME_PAGE_BYTES, up to the in-memory log. If `history` read from there already and held no
+        whole frame (one commit may hold more), twice as many as it held, whatever their size: a frame
+        goes out whole."""
+        count, size = RESUME_PAGE, RESUME_PAGE_BYTES
+        if history is not None and history.since == since:
+            count, size = 2 * len(history.updates), None
+        return await self.store.updates(self.doc_id, since, min(self.seq.log_from, since + count), size)
+
+    async def _resume(self, member: Member, version: int, history: History | None) -> None:
+        """Send `member` the rest of its resume, from `version` on, in its frames, as the client takes
+        them: a frame goes out while nothing sent before waits (the socket takes them as they come),
+        out of pages of RESUME_PAGE updates (read from the store when they are older than the log,
+        RESUME_PAGE_BYTES at most). So memory stays bounded however far back it resumes (a page, and
+        one frame waiting), and a client is never closed (1013) for what was sent to it at once (it
+        would come back for the same). Broadcasts skip the member meanwhile
+        (`_broadcast`): what is committed while it runs is part of the resume, and its last frame goes
+        out in the same step that ends the skipping, so the member misses nothing and gets nothing
+        twice. Then the cursors. A resume that cannot go on (its history compacted away meanwhile, the
+        store unavailable) closes the connection (1013): the client resumes from what it got."""
+        conn = member.conn
+        hide = self.rooms.hide if conn.role == "view" else None
+        frames: deque = deque()  # the page being sent (committed: still right after any await)
+        try:
+            while True:
+                await conn.drained(1)
+                if conn.closed or self.broken or self.members.get(conn.session) is not member:
+                    return
+                if not frames:
+                    if history is not None and version >= history.since + len(history.updates):
+                        history = None  # all sent
+                    frames.extend(self.seq.frames_from(version, history, RESUME_PAGE))
+                    if not frames:
+                        history = await self._history_page(version, history)
+                        if not history.updates:
+                            conn.close(CLOSE_TRY_AGAIN, "the history of this resume was compacted away; reconnect")
+                            return
+                        continue
+                while frames:
+                    start, updates = frames.popleft()
+                    conn.send(protocol.resumed_frame(start, updates, hide))
+                    version = start + len(updates)
+                    if conn.backlog():
+                        break
+                if not frames and version >= self.seq.committed_version:
+                    member.resume = None
+                    peers = self._cursors(leaving_out=member)
+                    if peers:
+                        conn.send(protocol.presences_frame(peers))
+                    return
+        except Exception as exc:  # noqa: BLE001 - the client resumes from what it got
+            if isinstance(exc, StorageUnavailable):
+                self.rooms.unavailable.warning("resuming session %s of %s failed: %s", conn.session, self.name, exc)
+            else:
+                log.exception("resuming session %s of %s failed", conn.session, self.name)
+            conn.close(CLOSE_TRY_AGAIN, "the resume could not be read; reconnect")
+
+    def _broadcast(self, frame: bytes, hidden: bytes | None = None) -> None:
+        """`frame` to every member (`hidden` to view sessions, if given), but those still being sent a
+        long resume (`_resume`): it reaches them there, in its place."""
+        for m in self.members.values():
+            if m.resume is None:
+                m.conn.send(hidden if hidden is not None and m.conn.role == "view" else frame)
 
     def _claim(self, conn: Connection, hello: protocol.Hello, old: Member | None, at: float) -> str:
         """Check that `conn` may speak for its clientID; returns the resume key for its welcome.
@@ -637,9 +713,7 @@ class Room:
         else:
             self.replay_bytes += commit.size
         frame = protocol.updates_frame(batch)
-        hidden = protocol.updates_frame(batch, self.rooms.hide) if self.viewers else frame
-        for m in self.members.values():
-            m.conn.send(hidden if m.conn.role == "view" else frame)
+        self._broadcast(frame, protocol.updates_frame(batch, self.rooms.hide) if self.viewers else None)
         metrics.fanout_seconds.observe(time.perf_counter() - now)
         if self.rooms.cluster is not None:
             self.rooms.cluster.publish_updates(self.name, self.doc_id, frame)
@@ -771,10 +845,8 @@ class Room:
         self.seq.catch_up(updates, ends)
         hide = self.rooms.hide
         for lo, group in self.seq.frames_since(start):
-            frame = protocol.resumed_frame(lo, group)
-            hidden = protocol.resumed_frame(lo, group, hide) if self.viewers else frame
-            for m in self.members.values():
-                m.conn.send(hidden if m.conn.role == "view" else frame)
+            self._broadcast(protocol.resumed_frame(lo, group),
+                            protocol.resumed_frame(lo, group, hide) if self.viewers else None)
         if self.remote_dirty:
             self._schedule_presence()  # cursors held until we had their version (after the updates: never before)
 
@@ -882,9 +954,7 @@ class Room:
                 peers.append(obj)
         self.remote_dirty |= held
         if peers:
-            frame = protocol.presences_frame(peers)
-            for m in self.members.values():
-                m.conn.send(frame)
+            self._broadcast(protocol.presences_frame(peers))
         if self.dirty or len(self.remote_dirty) > len(held):
             self.presence_timer = loop.call_later(self.settings.presence_interval, self._flush_presence)
 
@@ -941,9 +1011,7 @@ class Room:
         for session in sessions:
             if type(session) is str and self.remote_peers.pop(session, None) is not None:
                 self.remote_dirty.discard(session)
-                frame = protocol.leave_frame(session)
-                for m in self.members.values():
-                    m.conn.send(frame)
+                self._broadcast(protocol.leave_frame(session))
 
     def expire_remote(self, before: float) -> None:
         """Forget other processes' cursors with no news since `before` (their process may be gone)."""
@@ -999,9 +1067,7 @@ class Room:
         self.dirty.pop(member.session, None)
         if self.rooms.cluster is not None:
             self.rooms.cluster.publish_leave(self.name, [member.session])
-        frame = protocol.leave_frame(member.session)
-        for m in self.members.values():
-            m.conn.send(frame)
+        self._broadcast(protocol.leave_frame(member.session))
 
     async def flush(self) -> None:
         """Wait until everything accepted is durable, then snapshot if there is news."""

@@ -159,6 +159,38 @@ class Sequencer:
             start = end
         return groups
 
+    def frames_from(self, version: int, history: History | None = None,
+                    limit: int = 0) -> list[tuple[int, list[Update]]]:
+        """The committed frames from `version` on, [(from, updates), ...], as `frames_since` cuts them,
+        but only as far as the in-memory log and `history` reach without a gap, whole frames only, and
+        none after the one that brings them to `limit` updates or more (0: no limit).
+
+        This is how a long resume goes out a part at a time (room.py). Empty
+        when there is nothing after `version`, or when not even the first
+        frame is whole in what is known: the caller reads (more) history from
+        `version` on.
+        """
+        head = self.committed_version
+        if version >= head:
+            return []
+        if version >= self.log_from:
+            reach, known = head, self.log[version - self.log_from:head - self.log_from]
+        elif history is None or not history.since <= version < history.since + len(history.updates):
+            return []
+        elif history.since + len(history.updates) >= self.log_from:
+            reach = head
+            known = history.updates[version - history.since:self.log_from - history.since]
+            known += self.log[:head - self.log_from]
+        else:
+            reach, known = history.since + len(history.updates), history.updates[version - history.since:]
+        groups, start = [], version
+        for end in [*self._ends_between(version, head, history), head]:
+            if end > reach or (limit and start - version >= limit):
+                break
+            groups.append((start, known[start - version:end - version]))
+            start = end
+        return groups
+
     def _ends_between(self, since: int, until: int, history: History | None = None) -> list[int]:
         """The known frame ends strictly between `since` and `until`, ascending (those `history` read
         from the store included)."""
@@ -323,7 +355,7 @@ class Sequencer:
         if version > self.frame_ends[-1]:
             self.frame_ends.append(version)  # the batch is broadcast as one frame ending here
             if len(self.frame_ends) > 2 * self.keep:
-                del self.frame_ends[:len(self.frame_ends) - self.keep]
+                del self.frame_ends[:len(self.frame_ends) - max(self.keep, 1)]  # the head's stays
         self.committed_version = max(self.committed_version, version)
         done = 0
         while done < len(self.pending) and self.pending[done].version <= version:

@@ -618,13 +618,24 @@ class Store(GroupWriter):
 
         return await self._read(fn)
 
-    async def updates(self, doc_id: int, since: int, until: int) -> History:
+    async def updates(self, doc_id: int, since: int, until: int, max_bytes: int | None = None) -> History:
         """Updates producing versions since+1 .. until (fewer if history was compacted away: none if
-        since+1 is gone), with their frame ends."""
+        since+1 is gone), with their frame ends. With `max_bytes`, the one that brings their
+        ChangeSetJSON to that many bytes (UTF-8) is the last (at least one is read)."""
         def fn(conn: sqlite3.Connection) -> History:
-            rows = conn.execute("SELECT version, client_id, changes, frame_end FROM updates "
-                                "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                                (doc_id, since, until)).fetchall()
+            if max_bytes is None:
+                return history_of(since, conn.execute(
+                    "SELECT version, client_id, changes, frame_end FROM updates "
+                    "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                    (doc_id, since, until)).fetchall())
+            rows, size = [], 0
+            for row in conn.execute("SELECT version, client_id, changes, frame_end, length(CAST(changes AS BLOB)) "
+                                    "FROM updates WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                                    (doc_id, since, until)):
+                rows.append(row)  # a row at a time: none past the one that brings them to max_bytes is read
+                size += row[4]
+                if size >= max_bytes:
+                    break
             return history_of(since, rows)
 
         return await self._read(fn)

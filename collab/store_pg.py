@@ -225,6 +225,13 @@ _INSERT_SNAPSHOT = ("INSERT INTO snapshots (doc_id, version, text, time) VALUES 
                     "ON CONFLICT DO NOTHING")
 _SNAPSHOT_AT = ("SELECT version, text FROM snapshots WHERE doc_id = $1 AND version <= $2 "
                 "ORDER BY version DESC LIMIT 1")
+_HISTORY = ("SELECT version, client_id, changes, frame_end FROM updates "
+            "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version")
+_HISTORY_PAGE = ("SELECT version, client_id, changes, frame_end FROM updates WHERE doc_id = $1 AND version > $2 "
+                 "AND version <= (SELECT max(version) FROM (SELECT version, sum(octet_length(changes)) OVER "
+                 "(ORDER BY version ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before FROM updates "
+                 "WHERE doc_id = $1 AND version > $2 AND version <= $3) page WHERE before IS NULL OR before < $4) "
+                 "ORDER BY version")
 _UPDATE_ROWS = ("SELECT version, client_id, changes FROM updates "
                 "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version")
 
@@ -825,13 +832,15 @@ class PgStore(GroupWriter):
 
         return await asyncio.to_thread(replay, *read)  # parsing and replaying a long history: off the loop
 
-    async def updates(self, doc_id: int, since: int, until: int) -> History:
+    async def updates(self, doc_id: int, since: int, until: int, max_bytes: int | None = None) -> History:
         """Updates producing versions since+1 .. until (fewer if history was compacted away: none if
-        since+1 is gone), with their frame ends."""
+        since+1 is gone), with their frame ends. With `max_bytes`, the one that brings their
+        ChangeSetJSON to that many bytes is the last (at least one is read; cut in the database, as
+        `_copy_read` cuts a page)."""
         async def fn(conn: asyncpg.Connection) -> History:
-            return history_of(since, await conn.fetch(
-                "SELECT version, client_id, changes, frame_end FROM updates "
-                "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version", doc_id, since, until))
+            if max_bytes is None:
+                return history_of(since, await conn.fetch(_HISTORY, doc_id, since, until))
+            return history_of(since, await conn.fetch(_HISTORY_PAGE, doc_id, since, until, max_bytes))
 
         return await self._read(fn)
 

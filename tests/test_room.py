@@ -222,3 +222,18 @@ async def test_a_push_from_before_the_memory_log_is_rebased_along_the_frames_its
     report = _client_ends_with(node, [[0, "Z"], 1], frames, "C")
     resp = await client.get("/api/docs/late")
     assert (await resp.json())["doc"] == report["doc"] == "x" * 12 + "YZ" and not report["unconfirmed"]
+
+
+async def test_a_resume_many_times_the_send_buffer_reaches_a_client_in_one_connection(aiohttp_client, tmp_path):
+    """Sent all at once, a resume of more than fits in the socket and --send-buffer closed the client
+    (1013) before it read anything; now it goes a page at a time as the client reads."""
+    settings = Settings(db=str(tmp_path / "big.db"), keep_updates=5, send_buffer=64 << 10)
+    client = await aiohttp_client(create_app(settings))
+    a, _ = await join(client, "big", "A")
+    chunk = "y" * 100_000
+    for v in range(100):                               # 10 MB of history, a frame per update
+        await push(a, v, "A", [[0, chunk]] + ([v * len(chunk)] if v else []))
+        await recv_type(a, "updates")
+    b, welcome = await join(client, "big", "B", version=0)
+    frames = await _frames_until(b, welcome, 100)
+    assert [(f["from"], len(f["updates"])) for f in frames] == [(v, 1) for v in range(100)]

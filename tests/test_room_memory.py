@@ -43,6 +43,8 @@ class FakeConn:
         self.closed = False
         self.frames: list[dict] = []
         self.closed_with: tuple[int, str] | None = None
+        self.reading = asyncio.Event()
+        self.reading.set()
 
     def send(self, frame: bytes | tuple[bytes, ...]) -> None:
         if not self.closed:
@@ -51,6 +53,13 @@ class FakeConn:
     def close(self, code: int, message: str) -> None:
         if not self.closed:
             self.closed, self.closed_with = True, (code, message)
+
+    def backlog(self) -> int:
+        return 0 if self.reading.is_set() else 1 << 30
+
+    async def drained(self, below: int) -> None:
+        """Everything sent is taken at once, unless a test holds this up with `reading`."""
+        await self.reading.wait()
 
     def of(self, kind: str) -> list[dict]:
         return [f for f in self.frames if f["type"] == kind]
@@ -1078,3 +1087,63 @@ async def test_a_catch_up_that_read_nothing_just_before_another_writer_committed
             assert a.of("updates")[-1]["updates"][0]["clientID"] == "z"
         finally:
             await other.close()
+
+
+async def test_a_long_resume_goes_out_a_page_at_a_time_as_the_client_reads_it(tmp_path, monkeypatch):
+    """A resume from far back read its whole history into memory and sent it all at once (a client
+    that could not take it all was closed, 1013, and came back for the same). Now the welcome carries
+    its first frame, and the rest goes as the client takes it, read from the store a page (RESUME_PAGE
+    updates) at a time; broadcasts skip it meanwhile, and it still gets every update once, in the
+    frames they were broadcast in, then the broadcasts again."""
+    from collab import room as room_module
+    monkeypatch.setattr(room_module, "RESUME_PAGE", 10)
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
+        room, (a,), (ma,) = await _editors(rooms, "x", "a")
+
+        async def keystrokes(count: int) -> None:
+            for _ in range(count):  # each its own frame
+                await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
+                await room.settled()
+
+        await keystrokes(60)                                  # versions 2..61
+        reads, real = [], store.updates
+
+        async def updates(doc_id, since, until, max_bytes=None):
+            out = await real(doc_id, since, until, max_bytes)
+            reads.append(len(out.updates))
+            return out
+
+        store.updates = updates
+        c = FakeConn("c")
+        c.reading.clear()                                     # c takes nothing yet
+        mc = await rooms.join("doc", c, hello("c", version=1), token=None)
+
+        def received() -> list[tuple[int, int]]:
+            return [(f["from"], len(f["updates"])) for f in c.frames if f["type"] in ("welcome", "updates")]
+
+        assert received() == [(1, 1)] and c.frames[0]["peers"] == []
+        await keystrokes(3)                                   # versions 62..64, while c's resume waits
+        assert received() == [(1, 1)] and mc.resume is not None
+        c.reading.set()
+        await until(lambda: mc.resume is None, "the rest of the resume")
+        assert received() == [(v, 1) for v in range(1, 64)]
+        assert reads and max(reads) <= 10, reads              # the history was read a page at a time
+        await keystrokes(1)                                   # and broadcasts reach c again
+        assert received()[-1] == (64, 1) and not c.closed
+        assert str(room.seq.text) == "k" * 64 + "x"
+
+
+async def test_a_server_that_keeps_no_updates_in_memory_still_serves(tmp_path):
+    """--keep-updates 0 is allowed (every rebase and resume reads the store), but the sequencer then
+    forgot even the newest frame end and failed at a document's second commit: every push reloaded it."""
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=0) as (store, rooms):
+        room, (a, b), (ma, mb) = await _editors(rooms, "x", "a", "b")
+        for _ in range(5):
+            await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
+            await room.settled()
+        await room.push(mb, push_msg(2, "b", [1, [0, "b"], 1]))   # late: rebased over history read back
+        await room.settled()
+        c = FakeConn("c")
+        await rooms.join("doc", c, hello("c", version=1), token=None)
+        await until(lambda: sum(len(f["updates"]) for f in c.frames if "updates" in f) == 6, "the resume")
+        assert not room.broken and not a.closed and str(room.seq.text) == "kkkkkbx"

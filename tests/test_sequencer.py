@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collab.changes import ChangeSet
 from collab.errors import ChangeError, ProtocolError
@@ -246,6 +248,43 @@ def test_history_read_from_the_store_brings_the_frame_ends_the_sequencer_dropped
     assert (base, over, ends) == (8, history[1:], [1, 2, 3, 4, 5, 6])
     with pytest.raises(NeedHistory):                            # a history that starts too late is no use
         s.frames_since(1, history=History(2, history[2:6], [3, 4, 5, 6]))
+
+
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=25), st.integers(0, 6), st.integers(1, 5),
+       st.integers(1, 7), st.data())
+@settings(max_examples=150, deadline=None)
+def test_a_resume_read_a_page_at_a_time_is_the_frames_a_resume_in_one_go_gets(sizes, keep, limit, page, data):
+    """frames_from, asked again from where the last answer ended and given pages of history of any
+    length (as room._resume reads them), yields exactly frames_since's frames: none split, none merged.
+    (keep=0 found that the sequencer dropped even the head's frame end, then failed at the next commit.)"""
+    s = Sequencer("", 0, keep=keep)
+    stored: list[Update] = []
+    ends: list[int] = []
+    for size in sizes:  # one commit (a frame) of `size` updates
+        for _ in range(size):
+            stored += [e.update for e in s.push("A", s.version, [U("A", [[0, "x"], s.text.length]
+                                                                    if s.text.length else [[0, "x"]])], "", 0)]
+        commit(s)
+        ends.append(s.version)
+    head = s.version
+    start = data.draw(st.integers(0, head))
+    whole = History(0, stored, ends)
+    expected = s.frames_since(start, head, whole)
+    got, version, history = [], start, None
+    for _ in range(4 * head + 4):
+        if version >= head:
+            break
+        frames = s.frames_from(version, history, limit)
+        if not frames:  # a page of stored updates from `version` on, of any length, or twice the last if it
+            # was from there too (it held no whole frame: so room._history_page reads)
+            again = history is not None and history.since == version
+            until = min(head, version + (2 * len(history.updates) if again else data.draw(st.integers(1, page))))
+            history = History(version, stored[version:until], [e for e in ends if version < e <= until])
+            continue
+        assert sum(len(u) for _, u in frames[:-1]) < limit  # none after the one that reaches the limit
+        got += frames
+        version = frames[-1][0] + len(frames[-1][1])
+    assert got == expected
 
 
 def test_rollback_takes_back_what_is_not_durable_and_catch_up_applies_another_writers_updates():

@@ -481,6 +481,12 @@ async def test_frame_ends_people_checkpoints_and_renames_are_kept(open_store):
     assert loaded.frame_ends == [2, 3]  # below the head (the head always ends one)
     read = await store.updates(doc_id, 0, 6)
     assert (read.since, read.ends) == (0, [2, 3, 6]) and (await store.updates(doc_id, 2, 5)).ends == [3]
+    # A page bounded by bytes of ChangeSetJSON ends with the update that reaches the bound (one at least).
+    sizes = [len(e.changes_json) for e, _ in edits]
+    for since, bound, count in ((0, 1, 1), (1, sizes[1] + 1, 2), (0, sum(sizes[:3]), 3), (2, 10 ** 6, 4)):
+        page = await store.updates(doc_id, since, 6, max_bytes=bound)
+        assert (page.since, page.updates) == (since, [e.update for e, _ in edits[since:since + count]]), bound
+        assert page.ends == [v for v in (2, 3, 6) if since < v <= since + count]
     history = await store.history(doc_id, 10, 10)
     assert [(e["version"], e.get("person"), e.get("color")) for e in history][:2] == [
         (6, "p-0", "#123456"), (5, "p-1", "#123456")]
