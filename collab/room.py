@@ -12,9 +12,10 @@ a room runs in memory with fake connections.
 Rules that always hold:
   * a member is sent updates in version order without gaps, starting at the
     version of its welcome; presence it receives is mapped to a version it
-    has already been sent. A long resume goes out a page at a time as the
-    client reads it (`_resume`), broadcasts skipping that member until the
-    last page, so what one resume holds in memory is bounded (RESUME_PAGE);
+    has already been sent. A resume's frames after its welcome go out as
+    the client reads them (`_resume`), broadcasts skipping that member until
+    the last, so what one resume holds in memory is bounded (a page of
+    RESUME_PAGE updates, and one frame waiting);
   * nothing is broadcast before the store's transaction committed;
   * if a commit fails, the room is discarded (members closed with 1011, state
     reloaded from the store on the next join): clients re-push what was not
@@ -87,7 +88,7 @@ HEAVY_ROUNDS = 4       # times a push waits for commits before it goes on regard
 TURN = 0.005           # seconds of that rebase between two turns of the event loop
 TURN_ROUNDS = 8        # rounds of the event loop each turn gives (a request needs several: read, handle, write)
 _NO_END = 1 << 62   # "up to the newest version" in store reads
-RESUME_PAGE = 1000            # updates of a resume sent at once (the welcome's and each further page)
+RESUME_PAGE = 1000            # updates of a resume taken at once from the log or the store (a page)
 RESUME_PAGE_BYTES = 1 << 20   # and at most about this much of their changes read from the store at once
 
 
