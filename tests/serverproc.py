@@ -96,7 +96,7 @@ class ServerProcess:
     """
 
     def __init__(self, db: Path | str, port: int | None = None, extra_args: list[str] | None = None,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, checkout: Path | None = None):
         # A SQLite file (its log beside it) or a PostgreSQL URL (then give log_path, or one in a new temporary folder
         # is used). The server runs in its log's folder.
         url = "://" in str(db)
@@ -110,6 +110,7 @@ class ServerProcess:
         elif log_path is None:
             log_path = self.db.with_suffix(".log")
         self.log_path = Path(log_path)
+        self.checkout = Path(checkout or ROOT)  # whose collab package runs (benchmarks compare another commit's)
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -134,7 +135,7 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         # the checkout's collab, whatever the venv has installed (the server does not run in the checkout)
         env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+                   PYTHONPATH=os.pathsep.join(p for p in (str(self.checkout), os.environ.get("PYTHONPATH")) if p))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1",
              "--port", str(self.port), "--db", str(self.db), *self.extra_args],
