@@ -491,7 +491,10 @@ class Room:
         self.catch_up()
 
     async def _sequence(self, o: Original, catching: bool = False) -> bool:
-        """Hand `o` to the sequencer (reading older history if it needs it); whether it produced updates.
+        """Hand `o` to the sequencer; whether it produced updates.
+
+        A push from further back than the in-memory log is first moved up to
+        it over history read from the store a page at a time (`_moved_up`).
 
         The sequencer takes it only while no catch-up runs (`_ready`), unless
         this is the catch-up sequencing its pushes again (`catching`): one that
@@ -505,49 +508,45 @@ class Room:
         event loop a turn every few milliseconds, so every other document goes
         on meanwhile (a thread would not do: it holds the GIL in slices long
         enough to stall the loop); the sequencer then finishes it from there
-        as usual. The durable part goes first (it also uses up the history
-        read for it, which later commits would make too short). If what is
+        as usual. The durable part goes first. If what is
         left is heavy because of updates not yet durable, it waits for their
         commit (at most HEAVY_ROUNDS times; never while a catch-up sequences
         it, as that commit waits for the catch-up) and goes round again. A
         push whose connection closed meanwhile is dropped (never acknowledged,
         its client pushes it again).
         """
-        history = None
         version, updates = o.version, o.updates
         rounds = waits = 0
         for _ in range(3):
             try:
                 while rounds < 2 * HEAVY_ROUNDS:
-                    committed_work, pending_work = self.seq.rebase_work(version, updates, history)
+                    committed_work, pending_work = self.seq.rebase_work(version, updates)
                     if committed_work + pending_work <= HEAVY_REBASE:
                         break
                     rounds += 1
                     if committed_work:
-                        base, over, ends = self.seq.committed_part(o.client_id, version, updates, history)
+                        base, over, ends = self.seq.committed_part(o.client_id, version, updates)
                         updates = await _rebase_taking_turns(updates, over, ends)
-                        version, history = base, None
+                        version = base
                     elif pending_work > HEAVY_REBASE and not catching and waits < HEAVY_ROUNDS:
                         waits += 1
                         await self._until_committed(self.seq.version)
                     else:
                         break
-                    if self.broken or (not catching and o.member is not None and o.member.conn.closed):
+                    if self._dropped(o, catching):
                         return False
                 if not catching and not self._ready.is_set():
                     await self._until_ready()
                     if self.broken:
                         return False
-                accepted = self.seq.push(o.client_id, version, updates, o.author, o.time, history,
+                accepted = self.seq.push(o.client_id, version, updates, o.author, o.time,
                                          person=o.person, color=o.color)
                 break
-            except NeedHistory as need:
-                history = await self.store.updates(self.doc_id, need.since, need.until)
-                if len(history.updates) < need.until - need.since:
-                    raise ProtocolError("bad-version", f"version {o.version} is too old to rebase "
-                                        "(its history was compacted); reconnect with hello") from None
-                if self.broken or (o.member is not None and o.member.conn.closed and not self.originals):
+            except NeedHistory:
+                moved = await self._moved_up(o, version, updates, catching)
+                if moved is None:
                     return False
+                version, updates = moved
         else:
             raise ProtocolError("bad-version", "the document moved on too fast; push again")
         if not accepted:
@@ -557,6 +556,35 @@ class Room:
         o.last = accepted[-1].version
         self.originals.append(o)
         return True
+
+    async def _moved_up(self, o: Original, version: int, updates: list[Update],
+                        catching: bool) -> tuple[int, list[Update]] | None:
+        """A push from further back than the in-memory log, moved up to it over history read from the
+        store a page at a time (`_history_page`), rebased along each page's frames in turns with the
+        event loop (`committed_part` with a limit): memory stays bounded however far back it is.
+        Returns (version, updates) moved up, or None if the push is dropped meanwhile (`_dropped`)."""
+        history = None
+        while version < self.seq.log_from:
+            history = await self._history_page(version, history)
+            if not history.updates:
+                raise ProtocolError("bad-version", f"version {o.version} is too old to rebase "
+                                    "(its history was compacted); reconnect with hello")
+            if self._dropped(o, catching):
+                return None
+            try:
+                base, over, ends = self.seq.committed_part(o.client_id, version, updates, history, RESUME_PAGE)
+            except NeedHistory:
+                continue  # not one whole frame in that page: a longer one
+            updates = await _rebase_taking_turns(updates, over, ends)
+            version = base
+            if self._dropped(o, catching):
+                return None
+        return version, updates
+
+    def _dropped(self, o: Original, catching: bool) -> bool:
+        """Whether a push that waited is given up: the room failed, or its connection closed (never
+        acknowledged, its client pushes it again; not while a catch-up sequences it again)."""
+        return self.broken or (not catching and o.member is not None and o.member.conn.closed)
 
     async def _until_committed(self, version: int) -> None:
         """Wait until `version` is durable, or taken back (another writer committed first), or the room failed."""

@@ -262,7 +262,7 @@ class Sequencer:
         return accepted
 
     def committed_part(self, client_id: str, version: int, updates: list[Update],
-                       history: History | None = None) -> tuple[int, list[Update], list[int]]:
+                       history: History | None = None, limit: int = 0) -> tuple[int, list[Update], list[int]]:
         """The part of a late push's rebase that only needs durable history, to run elsewhere.
 
         Returns (base, over, ends): `rebase.rebase_in_frames(updates, over, ends)`
@@ -271,10 +271,22 @@ class Sequencer:
         as a push at `version` would have: the rebase goes frame by frame, so
         stopping at a frame end and going on from there changes nothing. It
         checks what `push` checks first (raises the same errors, or NeedHistory).
+
+        With `limit`, `base` is only as far as the whole frames of about
+        `limit` updates that the log and `history` hold from `version` on
+        (`frames_from`): a push from further back than the log is moved up a
+        page of history at a time (NeedHistory if not one frame is whole).
         """
-        base = self.committed_version
-        over = self._check(client_id, version, updates, base, history)
-        return base, over, [e - version for e in self._ends_between(version, base, history)]
+        if not limit:
+            base = self.committed_version
+            over = self._check(client_id, version, updates, base, history)
+            return base, over, [e - version for e in self._ends_between(version, base, history)]
+        frames = self.frames_from(version, history, limit)
+        if not frames:
+            raise NeedHistory(version, self.log_from)
+        base = frames[-1][0] + len(frames[-1][1])
+        over = self._check(client_id, version, updates, base, over=[u for _, group in frames for u in group])
+        return base, over, [start - version for start, _ in frames[1:]]
 
     def rebase_work(self, version, updates: list[Update],
                     history: History | None = None) -> tuple[int, int]:
@@ -294,9 +306,10 @@ class Sequencer:
         return committed, rebase_work(updates, self.log[version - self.log_from:], ends, own=False)
 
     def _check(self, client_id: str, version: int, updates: list[Update], until: int,
-               history: History | None = None) -> list[Update]:
+               history: History | None = None, over: list[Update] | None = None) -> list[Update]:
         """What push and committed_part refuse: a future version, another clientID, lengths that do not
-        chain from the text at `version`. Returns the updates accepted since `version` up to `until`."""
+        chain from the text at `version`. Returns the updates accepted since `version` up to `until`
+        (`over`, if the caller has them)."""
         if version > until:
             raise ProtocolError("bad-version", f"push is based on version {version}, "
                                 f"but the document is at version {until}")
@@ -306,7 +319,8 @@ class Sequencer:
                                     f"but this session is {client_id!r}")
         if not updates:
             return []
-        over = self.updates_since(version, until, history)
+        if over is None:
+            over = self.updates_since(version, until, history)
         expected = over[0].changes.length if over else self.length_at(until)
         for k, u in enumerate(updates):
             if u.changes.length != expected:
