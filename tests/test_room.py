@@ -166,6 +166,21 @@ async def _frames_until(ws, first: dict | None, version: int) -> list[dict]:
     return frames
 
 
+async def _two_frames_c_does_not_read(client, doc: str) -> tuple:
+    """A, B and C in `doc` at version 1 (text "a"), then two frames that map an edit of C's at version 1
+    differently apart than composed: A deletes the "a" (v2), B types "Y" (v3). A and B read them."""
+    a, _ = await join(client, doc, "A")
+    await push(a, 0, "A", [[0, "a"]])
+    await recv_type(a, "updates")
+    b, _ = await join(client, doc, "B")
+    c, _ = await join(client, doc, "C")
+    await push(a, 1, "A", [[1]])                       # v2
+    await recv_type(a, "updates"), await recv_type(b, "updates")
+    await push(b, 2, "B", [[0, "Y"]])                  # v3
+    await recv_type(a, "updates"), await recv_type(b, "updates")
+    return a, b, c
+
+
 @pytest.mark.parametrize("later", [0, 12], ids=["the room remembers the frames", "only the store does"])
 async def test_a_resume_replays_the_frames_a_lost_connection_was_sent(app_client, node, later):
     """C's push is rebased along two frames C's connection was sent but C never read; C resumes.
@@ -177,15 +192,7 @@ async def test_a_resume_replays_the_frames_a_lost_connection_was_sent(app_client
     those two ended (keep_updates=5): the resume reads it from the store.
     """
     app, client = app_client
-    a, _ = await join(client, "lost", "A")
-    await push(a, 0, "A", [[0, "a"]])
-    await recv_type(a, "updates")
-    b, _ = await join(client, "lost", "B")
-    c, _ = await join(client, "lost", "C")
-    await push(a, 1, "A", [[1]])                       # v2, sent to C
-    await recv_type(a, "updates"), await recv_type(b, "updates")
-    await push(b, 2, "B", [[0, "Y"]])                  # v3, sent to C
-    await recv_type(a, "updates"), await recv_type(b, "updates")
+    a, b, c = await _two_frames_c_does_not_read(client, "lost")
     await push(c, 1, "C", [[0, "Z"], 1])               # C has read neither
     assert (await recv_type(a, "updates"))["updates"][0]["changes"] == [1, [0, "Z"]]
     await c.close()                                    # and never will
@@ -205,15 +212,7 @@ async def test_a_push_from_before_the_memory_log_is_rebased_along_the_frames_its
     twelve more, so the room no longer holds where those two ended (keep_updates=5): the rebase reads
     that from the store, and C's client, fed what its connection was sent, ends with the server's text."""
     app, client = app_client
-    a, _ = await join(client, "late", "A")
-    await push(a, 0, "A", [[0, "a"]])
-    await recv_type(a, "updates")
-    b, _ = await join(client, "late", "B")
-    c, _ = await join(client, "late", "C")
-    await push(a, 1, "A", [[1]])                       # v2
-    await recv_type(a, "updates"), await recv_type(b, "updates")
-    await push(b, 2, "B", [[0, "Y"]])                  # v3
-    await recv_type(a, "updates"), await recv_type(b, "updates")
+    a, b, c = await _two_frames_c_does_not_read(client, "late")
     await _type_at_start(a, "A", 3, 1, 12, peer=b)     # v4 .. v15; C reads none of it yet
     assert app[ROOMS].rooms["late"].seq.frame_ends[0] > 3 and app[ROOMS].rooms["late"].seq.log_from > 1
     await push(c, 1, "C", [[0, "Z"], 1])

@@ -1089,6 +1089,19 @@ async def test_a_catch_up_that_read_nothing_just_before_another_writer_committed
             await other.close()
 
 
+def _counting_reads(store) -> list[int]:
+    """From now on, how many updates each `store.updates` call read (the list fills as they come)."""
+    reads, real = [], store.updates
+
+    async def updates(doc_id, since, until, max_bytes=None):
+        out = await real(doc_id, since, until, max_bytes)
+        reads.append(len(out.updates))
+        return out
+
+    store.updates = updates
+    return reads
+
+
 async def test_a_long_resume_goes_out_a_page_at_a_time_as_the_client_reads_it(tmp_path, monkeypatch):
     """A resume from far back read its whole history into memory and sent it all at once (a client
     that could not take it all was closed, 1013, and came back for the same). Now the welcome carries
@@ -1106,14 +1119,7 @@ async def test_a_long_resume_goes_out_a_page_at_a_time_as_the_client_reads_it(tm
                 await room.settled()
 
         await keystrokes(60)                                  # versions 2..61
-        reads, real = [], store.updates
-
-        async def updates(doc_id, since, until, max_bytes=None):
-            out = await real(doc_id, since, until, max_bytes)
-            reads.append(len(out.updates))
-            return out
-
-        store.updates = updates
+        reads = _counting_reads(store)
         c = FakeConn("c")
         c.reading.clear()                                     # c takes nothing yet
         mc = await rooms.join("doc", c, hello("c", version=1), token=None)
@@ -1173,14 +1179,7 @@ async def test_a_push_far_behind_is_moved_up_over_history_read_a_page_at_a_time(
             expected.committed(expected.take_pending()[-1].version)
             await room.push(ma, msg)
             await room.settled()
-        reads, real = [], store.updates
-
-        async def updates(doc_id, since, until, max_bytes=None):
-            out = await real(doc_id, since, until, max_bytes)
-            reads.append(len(out.updates))
-            return out
-
-        store.updates = updates
+        reads = _counting_reads(store)
         late = [[1, [0, "B"]], [2, [0, "b"]]]                 # b, still at version 1, types two characters
         expected.push("b", 1, [Update("b", ChangeSet.from_json(c)) for c in late], "", 0)
         await room.push(mb, protocol.Push(1, [Update("b", ChangeSet.from_json(c)) for c in late]))
