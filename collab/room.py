@@ -13,9 +13,10 @@ Rules that always hold:
   * a member is sent updates in version order without gaps, starting at the
     version of its welcome; presence it receives is mapped to a version it
     has already been sent. A resume's frames after its welcome go out as
-    the client reads them (`_resume`), broadcasts skipping that member until
-    the last, so what one resume holds in memory is bounded (a page of
-    RESUME_PAGE updates, and one frame waiting);
+    the client reads them (`_resume`), read a page at a time, while what is
+    broadcast meanwhile waits for them (held, counted against
+    --send-buffer like a queue), so what one resume holds in memory is
+    bounded;
   * nothing is broadcast before the store's transaction committed;
   * if a commit fails, the room is discarded (members closed with 1011, state
     reloaded from the store on the next join): clients re-push what was not
@@ -51,7 +52,7 @@ from .limits import DiskGuard, TokenBucket
 from .logs import Throttle
 from .metrics import Metrics
 from .rebase import Update, rebase_in_frames_steps
-from .sequencer import History, NeedHistory, Sequencer
+from .sequencer import History, NeedHistory, Sequencer, cut_frames
 from .settings import Settings
 from .storage import (Commit, Loaded, NameTaken, Storage, StorageUnavailable, TooManyDocuments, VersionCompacted,
                       VersionConflict)
@@ -150,7 +151,7 @@ class Original:
 class Member:
     """A connection inside a room: what the room remembers about it."""
 
-    __slots__ = ("conn", "room", "presence", "bucket", "joined", "opened", "resume")
+    __slots__ = ("conn", "room", "presence", "bucket", "joined", "opened", "held", "held_size")
 
     def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket, joined: float,
                  opened: int | None = None):
@@ -162,7 +163,8 @@ class Member:
         # hello.opened, and when its hello came.
         self.joined = joined
         self.opened = opened
-        self.resume: asyncio.Task | None = None  # sending the rest of a long resume: broadcasts skip it
+        self.held: list[bytes] | None = None  # while the rest of its resume goes out: what is broadcast meanwhile
+        self.held_size = 0
 
     @property
     def session(self) -> str:
@@ -251,7 +253,7 @@ class Room:
         """
         at = self.rooms.clock() if at is None else at
         # Checked first as well: nothing is read for a connection its token does not let in (a resume
-        # from far back reads the whole history since then, into memory).
+        # from far back reads history from the store).
         authorize(self.salt)
         history = None
         want = hello.version
@@ -273,6 +275,8 @@ class Room:
             raise ServerError("the document is being reloaded; reconnect", close=CLOSE_INTERNAL)
         if self.deleted:
             raise ProtocolError("not-found", f"document {self.name!r} was deleted")
+        if self.rooms.closing:  # shutdown closed every member already, or is about to wait for them
+            raise ServerError("server shutting down", close=CLOSE_GOING_AWAY)
         # From here to the end: no await, so no broadcast (or reset) can slip
         # between the welcome's version and the member's registration.
         authorize(self.salt)
@@ -321,7 +325,8 @@ class Room:
             self.unload_timer = None
         conn.send(frame)
         if sent < version:
-            member.resume = self.rooms.spawn(self._resume(member, sent, history))
+            member.held = []
+            self.rooms.spawn(self._resume(member, sent, version, history, peers))
         return member
 
     def _cursors(self, leaving_out: Member | None = None) -> list[dict]:
@@ -340,29 +345,31 @@ class Room:
             count, size = 2 * len(history.updates), None
         return await self.store.updates(self.doc_id, since, min(self.seq.log_from, since + count), size)
 
-    async def _resume(self, member: Member, version: int, history: History | None) -> None:
-        """Send `member` the rest of its resume, from `version` on, in its frames, as the client takes
-        them: a frame goes out while nothing sent before waits (the socket takes them as they come),
-        out of pages of RESUME_PAGE updates (read from the store when they are older than the log,
-        RESUME_PAGE_BYTES at most). So memory stays bounded however far back it resumes (a page, and
-        one frame waiting), and a client is never closed (1013) for what was sent to it at once (it
-        would come back for the same). Broadcasts skip the member meanwhile
-        (`_broadcast`): what is committed while it runs is part of the resume, and its last frame goes
-        out in the same step that ends the skipping, so the member misses nothing and gets nothing
-        twice. Then the cursors. A resume that cannot go on (its history compacted away meanwhile, the
-        store unavailable) closes the connection (1013): the client resumes from what it got."""
+    async def _resume(self, member: Member, version: int, until: int, history: History | None,
+                      peers: list[dict]) -> None:
+        """Send `member` the rest of its resume, from `version` to `until` (the version of its welcome's
+        moment), in its frames, as the client takes them: a frame goes out while nothing sent before
+        waits (the socket takes them as they come), out of pages of RESUME_PAGE updates (read from the
+        store when they are older than the log, about RESUME_PAGE_BYTES at most; a frame is read whole
+        however large). Then the cursors as they were at `until` (a welcome's `peers`), then what was
+        broadcast meanwhile (`_broadcast` held it for the member, as it was sent to everyone, restores
+        marked), and the member gets broadcasts again. So memory stays bounded however far back it
+        resumes (a page, and what is held: over --send-buffer the member is closed, 1013, as a
+        connection too far behind), and a client is not closed for what was sent to it at once (it
+        would come back for the same). A resume that cannot go on (its history compacted away
+        meanwhile, the store unavailable) closes the connection (1013): it resumes from what it got."""
         conn = member.conn
         hide = self.rooms.hide if conn.role == "view" else None
         frames: deque = deque()  # the page being sent (committed: still right after any await)
         try:
-            while True:
+            while version < until:
                 await conn.drained(1)
                 if conn.closed or self.broken or self.members.get(conn.session) is not member:
                     return
                 if not frames:
                     if history is not None and version >= history.since + len(history.updates):
                         history = None  # all sent
-                    frames.extend(self.seq.frames_from(version, history, RESUME_PAGE))
+                    frames.extend(self.seq.frames_from(version, history, RESUME_PAGE, until))
                     if not frames:
                         history = await self._history_page(version, history)
                         if not history.updates:
@@ -375,12 +382,14 @@ class Room:
                     version = start + len(updates)
                     if conn.backlog():
                         break
-                if not frames and version >= self.seq.committed_version:
-                    member.resume = None
-                    peers = self._cursors(leaving_out=member)
-                    if peers:
-                        conn.send(protocol.presences_frame(peers))
-                    return
+            await conn.drained(1)  # what was held goes out at once: into an empty queue
+            if conn.closed or self.broken or self.members.get(conn.session) is not member:
+                return
+            if peers:
+                conn.send(protocol.presences_frame(peers))
+            held, member.held = member.held, None
+            for frame in held:
+                conn.send(frame)
         except Exception as exc:  # noqa: BLE001 - the client resumes from what it got
             if isinstance(exc, StorageUnavailable):
                 self.rooms.unavailable.warning("resuming session %s of %s failed: %s", conn.session, self.name, exc)
@@ -389,11 +398,18 @@ class Room:
             conn.close(CLOSE_TRY_AGAIN, "the resume could not be read; reconnect")
 
     def _broadcast(self, frame: bytes, hidden: bytes | None = None) -> None:
-        """`frame` to every member (`hidden` to view sessions, if given), but those still being sent a
-        long resume (`_resume`): it reaches them there, in its place."""
+        """`frame` to every member (`hidden` to view sessions, if given); to a member whose resume is
+        still going out (`_resume`), once that is done."""
         for m in self.members.values():
-            if m.resume is None:
-                m.conn.send(hidden if hidden is not None and m.conn.role == "view" else frame)
+            out = hidden if hidden is not None and m.conn.role == "view" else frame
+            if m.held is None:
+                m.conn.send(out)
+            elif not m.conn.closed:
+                m.held.append(out)
+                m.held_size += len(out)
+                if m.held_size > self.settings.send_buffer:
+                    m.held, m.held_size = [], 0
+                    m.conn.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
 
     def _claim(self, conn: Connection, hello: protocol.Hello, old: Member | None, at: float) -> str:
         """Check that `conn` may speak for its clientID; returns the resume key for its welcome.
@@ -871,9 +887,10 @@ class Room:
 
     def _apply_committed(self, start: int, updates: list[Update], ends: list[int]) -> None:
         """Updates another writer committed, applied and sent to every member in that writer's frames."""
+        frames = cut_frames(start, updates, ends)  # before catch_up: it may trim them out of the log
         self.seq.catch_up(updates, ends)
         hide = self.rooms.hide
-        for lo, group in self.seq.frames_since(start):
+        for lo, group in frames:
             self._broadcast(protocol.resumed_frame(lo, group),
                             protocol.resumed_frame(lo, group, hide) if self.viewers else None)
         if self.remote_dirty:

@@ -28,7 +28,8 @@ Rules that always hold:
     which is what a stock client computes only if it is sent exactly those
     frames: on the connection that pushed or, if that one dropped before the
     client read them, in the resume. So a resume must go out in those same
-    frames (`frames_since`), never composed into one welcome: a push rebased
+    frames (`frames_since`; `frames_from` a page at a time), never composed
+    into one welcome: a push rebased
     along two frames its connection lost, then resumed as one group, is
     mapped differently by the client (tests/test_rebase_properties.py,
     test_resume_keeps_the_frames_a_lost_connection_was_sent).
@@ -86,6 +87,18 @@ class History:
     since: int
     updates: list[Update]
     ends: list[int]
+
+
+def cut_frames(start: int, updates: list[Update], ends) -> list[tuple[int, list[Update]]]:
+    """`updates` (producing versions start+1 ..) cut into frames [(from, updates), ...] after each version
+    of `ends` (ascending; those outside them are left out); the last frame ends with them."""
+    stop = start + len(updates)
+    groups, lo = [], start
+    for end in [*(e for e in ends if start < e < stop), stop]:
+        if end > lo:
+            groups.append((lo, updates[lo - start:end - start]))
+            lo = end
+    return groups
 
 
 class NeedHistory(Exception):
@@ -151,26 +164,22 @@ class Sequencer:
         before anything newer. Empty if there is nothing to send.
         """
         until = self.committed_version if until is None else until
-        updates = self.updates_since(version, until, history)
-        groups, start = [], version
-        for end in [*self._ends_between(version, until, history), until]:
-            if end > start:
-                groups.append((start, updates[start - version:end - version]))
-            start = end
-        return groups
+        return cut_frames(version, self.updates_since(version, until, history),
+                          self._ends_between(version, until, history))
 
-    def frames_from(self, version: int, history: History | None = None,
-                    limit: int = 0) -> list[tuple[int, list[Update]]]:
-        """The committed frames from `version` on, [(from, updates), ...], as `frames_since` cuts them,
-        but only as far as the in-memory log and `history` reach without a gap, whole frames only, and
-        none after the one that brings them to `limit` updates or more (0: no limit).
+    def frames_from(self, version: int, history: History | None = None, limit: int = 0,
+                    until: int | None = None) -> list[tuple[int, list[Update]]]:
+        """The committed frames from `version` up to `until` (a frame end; default: the committed head),
+        [(from, updates), ...], as `frames_since` cuts them, but only as far as the in-memory log and
+        `history` reach without a gap, whole frames only, and none after the one that brings them to
+        `limit` updates or more (0: no limit).
 
         This is how a long resume goes out a part at a time (room.py). Empty
         when there is nothing after `version`, or when not even the first
         frame is whole in what is known: the caller reads (more) history from
         `version` on.
         """
-        head = self.committed_version
+        head = self.committed_version if until is None else until
         if version >= head:
             return []
         if version >= self.log_from:

@@ -58,8 +58,9 @@ class FakeConn:
         return 0 if self.reading.is_set() else 1 << 30
 
     async def drained(self, below: int) -> None:
-        """Everything sent is taken at once, unless a test holds this up with `reading`."""
-        await self.reading.wait()
+        """Everything sent is taken at once, unless a test holds this up with `reading` (until closed)."""
+        while not self.reading.is_set() and not self.closed:
+            await asyncio.sleep(0.001)
 
     def of(self, kind: str) -> list[dict]:
         return [f for f in self.frames if f["type"] == kind]
@@ -1129,9 +1130,9 @@ async def test_a_long_resume_goes_out_a_page_at_a_time_as_the_client_reads_it(tm
 
         assert received() == [(1, 1)] and c.frames[0]["peers"] == []
         await keystrokes(3)                                   # versions 62..64, while c's resume waits
-        assert received() == [(1, 1)] and mc.resume is not None
+        assert received() == [(1, 1)] and mc.held is not None
         c.reading.set()
-        await until(lambda: mc.resume is None, "the rest of the resume")
+        await until(lambda: mc.held is None, "the rest of the resume")
         assert received() == [(v, 1) for v in range(1, 64)]
         assert reads and max(reads) <= 10, reads              # the history was read a page at a time
         await keystrokes(1)                                   # and broadcasts reach c again
@@ -1186,3 +1187,107 @@ async def test_a_push_far_behind_is_moved_up_over_history_read_a_page_at_a_time(
         await room.settled()
         assert str(room.seq.text) == str(expected.text)
         assert reads and max(reads) <= 10 and len(reads) >= 5, reads
+
+
+async def test_what_is_broadcast_during_a_resume_reaches_the_member_after_it_as_broadcast(tmp_path):
+    """A reviewer's repro: frames committed while a member's resume went out reached it through the
+    resume, as frames read from the log, which carry no "restore" marker: a view session (clientIDs
+    hidden, so no "restore-" prefix either) could not tell that someone restored an old version. What
+    is broadcast meanwhile is held for the member now and sent, as broadcast, after its resume."""
+    access = Access(b"0123456789abcdef0123")
+    async with registry(tmp_path, access=access, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
+        admin = FakeConn("admin")
+        ma = await rooms.join("doc", admin, hello("admin"), token=access.admin_token())
+        room = ma.room
+        ma.bucket.tokens = room.bucket.tokens = 10 ** 6
+        for v in range(11):
+            await room.push(ma, push_msg(v, "admin", [[0, "k"], v] if v else [[0, "x"]]))
+            await room.settled()
+        salt = await rooms.salt_of("doc")
+        live, resuming = FakeConn("live"), FakeConn("res")
+        await rooms.join("doc", live, hello("live"), token=access.doc_token("doc", "view", salt))
+        resuming.reading.clear()
+        mr = await rooms.join("doc", resuming, hello("res", version=1), token=access.doc_token("doc", "view", salt))
+        version = await rooms.restore("doc", 1, "admin")
+        assert [f["from"] for f in resuming.of("updates")] == []  # held while its resume waits
+        resuming.reading.set()
+        await until(lambda: mr.held is None, "the end of the resume")
+        restored = [u for c in (live, resuming) for f in c.of("updates") if f["from"] == version - 1
+                    for u in f["updates"]]
+        assert len(restored) == 2 and all(u.get("restore") == {"version": 1, "author": "admin"} for u in restored)
+        got = [(f["from"], len(f["updates"])) for f in [resuming.of("welcome")[0], *resuming.of("updates")]]
+        assert got == [(v, 1) for v in range(1, version)]
+
+
+async def test_a_member_that_reads_too_slowly_during_its_resume_is_closed_to_resume_again(tmp_path):
+    """What is held for a resuming member counts against --send-buffer, as a queue would: a member
+    that does not read while others type is closed (1013) and resumes later from where it got to,
+    instead of holding ever more."""
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5,
+                        send_buffer=2_000) as (store, rooms):
+        room, (a,), (ma,) = await _editors(rooms, "x", "a")
+        for _ in range(10):
+            await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
+            await room.settled()
+        c = FakeConn("c")
+        c.reading.clear()
+        mc = await rooms.join("doc", c, hello("c", version=1), token=None)
+        typed = 0
+        while not c.closed and typed < 100:
+            await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
+            await room.settled()
+            typed += 1
+        assert c.closed_with[0] == 1013 and 10 < typed < 100 and mc.held_size <= 2_000
+
+
+async def test_a_join_that_ends_after_shutdown_began_is_refused(tmp_path, monkeypatch):
+    """A reviewer's repro: a join that was reading history when shutdown began registered its member
+    after shutdown had closed every member; nobody closed it, and its resume went on."""
+    from collab import room as room_module
+    monkeypatch.setattr(room_module, "RESUME_PAGE", 10)
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
+        room, (a,), (ma,) = await _editors(rooms, "x", "a")
+        for _ in range(30):
+            await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
+            await room.settled()
+        gate, hit, real = asyncio.Event(), asyncio.Event(), store.updates
+
+        async def gated(doc_id, since, until_, max_bytes=None):
+            hit.set()
+            await gate.wait()
+            return await real(doc_id, since, until_, max_bytes)
+
+        store.updates = gated
+        c = FakeConn("c")
+        joining = asyncio.ensure_future(rooms.join("doc", c, hello("c", version=1), token=None))
+        await hit.wait()                                      # the join reads its first page of history
+        stopping = asyncio.ensure_future(rooms.shutdown())
+        await until(lambda: a.closed, "shutdown closing the members")
+        gate.set()
+        with pytest.raises(ServerError) as refused:
+            await joining
+        assert refused.value.close == CLOSE_GOING_AWAY and c.session not in room.members
+        await asyncio.wait_for(stopping, 5)
+
+
+@pytest.mark.parametrize("path", ["a catch-up", "the bus"])
+async def test_news_of_another_writer_longer_than_the_log_keeps_reaches_every_member(tmp_path, path):
+    """A reviewer's repro: the frames of another writer's updates were cut from the log after applying
+    them, which had trimmed them out if they were more than --keep-updates: a catch-up then reloaded
+    the room (every member closed, 1011), news from the bus moved the sequencer on and sent nothing."""
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=0) as (store, rooms):
+        room, (a, b), (ma, mb) = await _editors(rooms, "x", "a", "b")
+        z = Update("z", ChangeSet.from_json([[0, "z"], 1]))
+        if path == "the bus":
+            room.remote(1, [z])
+        else:
+            other = await Store(rooms.settings.db).open()
+            try:
+                await commit(other, room.doc_id, [Accepted(2, z, "Zed", 1.0)], 2)
+            finally:
+                await other.close()
+            await room.push(ma, push_msg(1, "a", [1, [0, "a"]]))  # loses the race to it: a catch-up
+            await room.settled()
+        await until(lambda: any(u["clientID"] == "z" for f in b.of("updates") for u in f["updates"]), "z's update")
+        assert not room.broken and not a.closed and not b.closed
+        assert [f["from"] for f in b.of("updates")][-2:] == ([1, 2] if path == "a catch-up" else [0, 1])
