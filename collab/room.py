@@ -91,6 +91,8 @@ TURN_ROUNDS = 8        # rounds of the event loop each turn gives (a request nee
 _NO_END = 1 << 62   # "up to the newest version" in store reads
 RESUME_PAGE = 1000            # updates of a resume taken at once from the log or the store (a page)
 RESUME_PAGE_BYTES = 1 << 20   # and at most about this much of their changes read from the store at once
+HISTORY_SLOTS = 8             # pages of history read from the store that the whole process holds at once
+RESUME_HOLD = 1.0             # seconds a resume keeps its page (and slot) while its client takes what was sent
 
 
 def check_cap(settings: Settings, name: str, sessions: int, viewer: bool) -> None:
@@ -268,7 +270,8 @@ class Room:
         for _ in range(5):  # read until the first frame is whole in what we have (the log moves on meanwhile)
             if want is None or want >= self.seq.committed_version or self.seq.frames_from(want, history, 1):
                 break
-            history = await self._history_page(want, history)
+            async with self.rooms.history_slots:
+                history = await self._history_page(want, history)
             if not history.updates:
                 break  # compacted away: the full text it is
         if self.broken:
@@ -326,7 +329,7 @@ class Room:
         conn.send(frame)
         if sent < version:
             member.held = []
-            self.rooms.spawn(self._resume(member, sent, version, history, peers))
+            self.rooms.spawn(self._resume(member, sent, version, peers))
         return member
 
     def _cursors(self, leaving_out: Member | None = None) -> list[dict]:
@@ -345,8 +348,7 @@ class Room:
             count, size = 2 * len(history.updates), None
         return await self.store.updates(self.doc_id, since, min(self.seq.log_from, since + count), size)
 
-    async def _resume(self, member: Member, version: int, until: int, history: History | None,
-                      peers: list[dict]) -> None:
+    async def _resume(self, member: Member, version: int, until: int, peers: list[dict]) -> None:
         """Send `member` the rest of its resume, from `version` to `until` (the version of its welcome's
         moment), in its frames, as the client takes them: a frame goes out while nothing sent before
         waits (the socket takes them as they come), out of pages of RESUME_PAGE updates (read from the
@@ -357,21 +359,44 @@ class Room:
         resumes (a page, and what is held: over --send-buffer the member is closed, 1013, as a
         connection too far behind), and a client is not closed for what was sent to it at once (it
         would come back for the same). A resume that cannot go on (its history compacted away
-        meanwhile, the store unavailable) closes the connection (1013): it resumes from what it got."""
+        meanwhile, the store unavailable) closes the connection (1013): it resumes from what it got.
+
+        A page read from the store is held with one of the process's HISTORY_SLOTS: a resume waits for
+        one before it reads, and lets go of its page and slot when its client has taken nothing more
+        for RESUME_HOLD seconds (it reads the page again when the client has), so however many clients
+        resume from far back at once, and however slowly they read, at most that many pages are held."""
         conn = member.conn
         hide = self.rooms.hide if conn.role == "view" else None
         frames: deque = deque()  # the page being sent (committed: still right after any await)
+        history: History | None = None
+        slots = self.rooms.history_slots
         try:
             while version < until:
+                if history is not None and conn.backlog():
+                    try:
+                        async with asyncio.timeout(RESUME_HOLD):
+                            await conn.drained(1)
+                    except TimeoutError:  # a slow reader: its page goes, read again when it has taken this
+                        history = None
+                        frames.clear()
+                        slots.release()
                 await conn.drained(1)
                 if conn.closed or self.broken or self.members.get(conn.session) is not member:
                     return
                 if not frames:
                     if history is not None and version >= history.since + len(history.updates):
                         history = None  # all sent
+                        slots.release()
                     frames.extend(self.seq.frames_from(version, history, RESUME_PAGE, until))
                     if not frames:
-                        history = await self._history_page(version, history)
+                        if history is None:
+                            await slots.acquire()
+                        try:
+                            history = await self._history_page(version, history)
+                        except BaseException:
+                            history = None
+                            slots.release()
+                            raise
                         if not history.updates:
                             conn.close(CLOSE_TRY_AGAIN, "the history of this resume was compacted away; reconnect")
                             return
@@ -396,6 +421,9 @@ class Room:
             else:
                 log.exception("resuming session %s of %s failed", conn.session, self.name)
             conn.close(CLOSE_TRY_AGAIN, "the resume could not be read; reconnect")
+        finally:
+            if history is not None:
+                slots.release()
 
     def _broadcast(self, frame: bytes, hidden: bytes | None = None) -> None:
         """`frame` to every member (`hidden` to view sessions, if given); to a member whose resume is
@@ -581,18 +609,19 @@ class Room:
         Returns (version, updates) moved up, or None if the push is dropped meanwhile (`_dropped`)."""
         history = None
         while version < self.seq.log_from:
-            history = await self._history_page(version, history)
-            if not history.updates:
-                raise ProtocolError("bad-version", f"version {o.version} is too old to rebase "
-                                    "(its history was compacted); reconnect with hello")
-            if self._dropped(o, catching):
-                return None
-            try:
-                base, over, ends = self.seq.committed_part(o.client_id, version, updates, history, RESUME_PAGE)
-            except NeedHistory:
-                continue  # not one whole frame in that page: a longer one
-            updates = await _rebase_taking_turns(updates, over, ends)
-            version = base
+            async with self.rooms.history_slots:  # its page is held with one (see _resume)
+                history = await self._history_page(version, history)
+                if not history.updates:
+                    raise ProtocolError("bad-version", f"version {o.version} is too old to rebase "
+                                        "(its history was compacted); reconnect with hello")
+                if self._dropped(o, catching):
+                    return None
+                try:
+                    base, over, ends = self.seq.committed_part(o.client_id, version, updates, history, RESUME_PAGE)
+                except NeedHistory:
+                    continue  # not one whole frame in that page: a longer one
+                updates = await _rebase_taking_turns(updates, over, ends)
+                version, history, over = base, None, []
             if self._dropped(o, catching):
                 return None
         return version, updates
@@ -1159,6 +1188,7 @@ class Rooms:
         # load read the document before (no document, its old salt, or one that is gone): it reads again.
         self._stale: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        self.history_slots = asyncio.Semaphore(HISTORY_SLOTS)  # pages of history held at once (Room._resume)
         self._waiting: dict[str, set[Connection]] = {}  # sockets before their hello, by document
         self.closing = False
         # While the database cannot be used, every open document fails alike: one line now and then

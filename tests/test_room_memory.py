@@ -1291,3 +1291,59 @@ async def test_news_of_another_writer_longer_than_the_log_keeps_reaches_every_me
         await until(lambda: any(u["clientID"] == "z" for f in b.of("updates") for u in f["updates"]), "z's update")
         assert not room.broken and not a.closed and not b.closed
         assert [f["from"] for f in b.of("updates")][-2:] == ([1, 2] if path == "a catch-up" else [0, 1])
+
+
+async def test_pages_of_history_held_at_once_are_bounded_however_many_resume_and_however_slowly(tmp_path,
+                                                                                                monkeypatch):
+    """Each far resume held a page of history read from the store as long as its client took to read
+    it: many clients resuming at once, or slowly, held as many pages. A page is held with one of the
+    process's HISTORY_SLOTS now, and let go of when the client has taken nothing for RESUME_HOLD."""
+    from collab import room as room_module
+    monkeypatch.setattr(room_module, "RESUME_PAGE", 10)
+    monkeypatch.setattr(room_module, "HISTORY_SLOTS", 2)
+    monkeypatch.setattr(room_module, "RESUME_HOLD", 0.05)
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
+        room, (a,), (ma,) = await _editors(rooms, "x", "a")
+        for _ in range(60):
+            await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
+            await room.settled()
+        reading = most = 0
+        real = store.updates
+
+        async def updates(doc_id, since, until_, max_bytes=None):
+            nonlocal reading, most
+            reading += 1
+            most = max(most, reading)
+            try:
+                await asyncio.sleep(0.005)
+                return await real(doc_id, since, until_, max_bytes)
+            finally:
+                reading -= 1
+
+        store.updates = updates
+
+        class Stalling(FakeConn):
+            """Takes `takes` frames, then nothing until `reading` is set again."""
+            takes = 1 << 30
+
+            def send(self, frame) -> None:
+                super().send(frame)
+                self.takes -= 1
+                if self.takes <= 0:
+                    self.reading.clear()
+
+        slow = Stalling("slow")
+        slow.takes = 3                                        # the welcome and two frames of its first page
+        ms = await rooms.join("doc", slow, hello("slow", version=1), token=None)
+        await until(lambda: not slow.reading.is_set(), "the slow client stalling")
+        await asyncio.sleep(0.2)                              # past RESUME_HOLD: it let go of its page
+        assert ms.held is not None and rooms.history_slots._value == 2
+        conns = [FakeConn(f"c{k}") for k in range(8)]
+        members = [await rooms.join("doc", c, hello(c.client_id, version=1), token=None) for c in conns]
+        slow.takes = 1 << 30
+        slow.reading.set()
+        await until(lambda: all(m.held is None for m in [ms, *members]), "every resume")
+        for c in [slow, *conns]:
+            got = [(f["from"], len(f["updates"])) for f in c.frames if f["type"] in ("welcome", "updates")]
+            assert got == [(v, 1) for v in range(1, 61)], c.client_id
+        assert most <= 2 and rooms.history_slots._value == 2
