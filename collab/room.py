@@ -165,7 +165,7 @@ class Member:
         # hello.opened, and when its hello came.
         self.joined = joined
         self.opened = opened
-        self.held: list[bytes] | None = None  # while the rest of its resume goes out: what is broadcast meanwhile
+        self.held: deque | None = None  # while the rest of its resume goes out: what is broadcast meanwhile
         self.held_size = 0
 
     @property
@@ -328,7 +328,7 @@ class Room:
             self.unload_timer = None
         conn.send(frame)
         if sent < version:
-            member.held = []
+            member.held = deque()
             self.rooms.spawn(self._resume(member, sent, version, peers))
         return member
 
@@ -339,8 +339,8 @@ class Room:
         return peers + [obj for obj in map(self._remote_object, list(self.remote_peers)) if obj]
 
     async def _history_page(self, since: int, history: History | None) -> History:
-        """Stored updates from version `since` on, for a resume: RESUME_PAGE of them, at most about
-        RESUME_PAGE_BYTES, up to the in-memory log. If `history` read from there already and held no
+        """Stored updates from version `since` on, for a resume or a far push: RESUME_PAGE of them, at
+        most about RESUME_PAGE_BYTES, up to the in-memory log. If `history` read from there already and held no
         whole frame (one commit may hold more), twice as many as it held, whatever their size: a frame
         goes out whole."""
         count, size = RESUME_PAGE, RESUME_PAGE_BYTES
@@ -407,14 +407,21 @@ class Room:
                     version = start + len(updates)
                     if conn.backlog():
                         break
-            await conn.drained(1)  # what was held goes out at once: into an empty queue
+            await conn.drained(1)
             if conn.closed or self.broken or self.members.get(conn.session) is not member:
                 return
             if peers:
                 conn.send(protocol.presences_frame(peers))
-            held, member.held = member.held, None
-            for frame in held:
+            held = member.held  # paced like the resume: what is broadcast meanwhile joins it
+            while held:
+                if conn.backlog():
+                    await conn.drained(1)
+                    if conn.closed or self.broken or self.members.get(conn.session) is not member:
+                        return
+                frame = held.popleft()
+                member.held_size -= len(frame)
                 conn.send(frame)
+            member.held = None
         except Exception as exc:  # noqa: BLE001 - the client resumes from what it got
             if isinstance(exc, StorageUnavailable):
                 self.rooms.unavailable.warning("resuming session %s of %s failed: %s", conn.session, self.name, exc)
@@ -436,7 +443,7 @@ class Room:
                 m.held.append(out)
                 m.held_size += len(out)
                 if m.held_size > self.settings.send_buffer:
-                    m.held, m.held_size = [], 0
+                    m.held, m.held_size = deque(), 0
                     m.conn.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
 
     def _claim(self, conn: Connection, hello: protocol.Hello, old: Member | None, at: float) -> str:
@@ -609,6 +616,8 @@ class Room:
         Returns (version, updates) moved up, or None if the push is dropped meanwhile (`_dropped`)."""
         history = None
         while version < self.seq.log_from:
+            if not updates:  # every one of them was accepted already (a client pushing again): nothing to move
+                return self.seq.log_from, updates
             async with self.rooms.history_slots:  # its page is held with one (see _resume)
                 history = await self._history_page(version, history)
                 if not history.updates:

@@ -102,7 +102,8 @@ def cut_frames(start: int, updates: list[Update], ends) -> list[tuple[int, list[
 
 
 class NeedHistory(Exception):
-    """The push or resume reaches back before the in-memory log: load `since..log_from` and retry."""
+    """The push or resume reaches back before the in-memory log: read `since..log_from` (or a page of
+    it) from the store and retry with it."""
 
     def __init__(self, since: int, until: int):
         super().__init__(since, until)
