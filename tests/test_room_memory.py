@@ -1090,6 +1090,14 @@ async def test_a_catch_up_that_read_nothing_just_before_another_writer_committed
             await other.close()
 
 
+async def _typed_at_start(room, member, count: int) -> None:
+    """`count` pushes by `member` of a "k" at the start of the text, each made durable (its own frame) before
+    the next."""
+    for _ in range(count):
+        await room.push(member, push_msg(room.seq.version, member.conn.client_id, [[0, "k"], room.seq.text.length]))
+        await room.settled()
+
+
 def _counting_reads(store) -> list[int]:
     """From now on, how many updates each `store.updates` call read (the list fills as they come)."""
     reads, real = [], store.updates
@@ -1113,13 +1121,7 @@ async def test_a_long_resume_goes_out_a_page_at_a_time_as_the_client_reads_it(tm
     monkeypatch.setattr(room_module, "RESUME_PAGE", 10)
     async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
         room, (a,), (ma,) = await _editors(rooms, "x", "a")
-
-        async def keystrokes(count: int) -> None:
-            for _ in range(count):  # each its own frame
-                await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
-                await room.settled()
-
-        await keystrokes(60)                                  # versions 2..61
+        await _typed_at_start(room, ma, 60)                   # versions 2..61
         reads = _counting_reads(store)
         c = FakeConn("c")
         c.reading.clear()                                     # c takes nothing yet
@@ -1129,13 +1131,13 @@ async def test_a_long_resume_goes_out_a_page_at_a_time_as_the_client_reads_it(tm
             return [(f["from"], len(f["updates"])) for f in c.frames if f["type"] in ("welcome", "updates")]
 
         assert received() == [(1, 1)] and c.frames[0]["peers"] == []
-        await keystrokes(3)                                   # versions 62..64, while c's resume waits
+        await _typed_at_start(room, ma, 3)                    # versions 62..64, while c's resume waits
         assert received() == [(1, 1)] and mc.held is not None
         c.reading.set()
         await until(lambda: mc.held is None, "the rest of the resume")
         assert received() == [(v, 1) for v in range(1, 64)]
         assert reads and max(reads) <= 10, reads              # the history was read a page at a time
-        await keystrokes(1)                                   # and broadcasts reach c again
+        await _typed_at_start(room, ma, 1)                    # and broadcasts reach c again
         assert received()[-1] == (64, 1) and not c.closed
         assert str(room.seq.text) == "k" * 64 + "x"
 
@@ -1145,9 +1147,7 @@ async def test_a_server_that_keeps_no_updates_in_memory_still_serves(tmp_path):
     forgot even the newest frame end and failed at a document's second commit: every push reloaded it."""
     async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=0) as (store, rooms):
         room, (a, b), (ma, mb) = await _editors(rooms, "x", "a", "b")
-        for _ in range(5):
-            await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
-            await room.settled()
+        await _typed_at_start(room, ma, 5)
         await room.push(mb, push_msg(2, "b", [1, [0, "b"], 1]))   # late: rebased over history read back
         await room.settled()
         c = FakeConn("c")
@@ -1226,9 +1226,7 @@ async def test_a_member_that_reads_too_slowly_during_its_resume_is_closed_to_res
     async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5,
                         send_buffer=2_000) as (store, rooms):
         room, (a,), (ma,) = await _editors(rooms, "x", "a")
-        for _ in range(10):
-            await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
-            await room.settled()
+        await _typed_at_start(room, ma, 10)
         c = FakeConn("c")
         c.reading.clear()
         mc = await rooms.join("doc", c, hello("c", version=1), token=None)
@@ -1247,9 +1245,7 @@ async def test_a_join_that_ends_after_shutdown_began_is_refused(tmp_path, monkey
     monkeypatch.setattr(room_module, "RESUME_PAGE", 10)
     async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
         room, (a,), (ma,) = await _editors(rooms, "x", "a")
-        for _ in range(30):
-            await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
-            await room.settled()
+        await _typed_at_start(room, ma, 30)
         gate, hit, real = asyncio.Event(), asyncio.Event(), store.updates
 
         async def gated(doc_id, since, until_, max_bytes=None):
@@ -1304,9 +1300,7 @@ async def test_pages_of_history_held_at_once_are_bounded_however_many_resume_and
     monkeypatch.setattr(room_module, "RESUME_HOLD", 0.05)
     async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
         room, (a,), (ma,) = await _editors(rooms, "x", "a")
-        for _ in range(60):
-            await room.push(ma, push_msg(room.seq.version, "a", [[0, "k"], room.seq.text.length]))
-            await room.settled()
+        await _typed_at_start(room, ma, 60)
         reading = most = 0
         real = store.updates
 
@@ -1347,3 +1341,57 @@ async def test_pages_of_history_held_at_once_are_bounded_however_many_resume_and
             got = [(f["from"], len(f["updates"])) for f in c.frames if f["type"] in ("welcome", "updates")]
             assert got == [(v, 1) for v in range(1, 61)], c.client_id
         assert most <= 2 and rooms.history_slots._value == 2
+
+
+def _inserted(rng, who: str, length: int, char: str) -> Update:
+    at = rng.randint(0, length)
+    return Update(who, ChangeSet.from_json(([at] if at else []) + [[0, char]] + ([length - at] if length - at else [])))
+
+
+@pytest.mark.parametrize("seed", range(15))
+@pytest.mark.parametrize("keep", [0, 3])
+async def test_a_far_push_moved_up_page_by_page_is_what_one_sequencer_with_all_history_makes(tmp_path,
+                                                                                            monkeypatch, seed, keep):
+    """(A reviewer's test.) b, at version 1, pushes what it typed again and again, as a client that never
+    read its acknowledgements (some already accepted, spread over pages), while a types frames of one to
+    three updates; then once more, maybe with one more. Moved up a page of 4 at a time, the result is what
+    a sequencer holding the whole stored history, with its frame ends, computes in one go."""
+    import random
+
+    from collab.sequencer import Sequencer
+    from collab import room as room_module
+    monkeypatch.setattr(room_module, "RESUME_PAGE", 4)
+    rng = random.Random(seed)
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=keep) as (store, rooms):
+        room, (a, b), (ma, mb) = await _editors(rooms, "x", "a", "b")
+        mine: list[Update] = []                               # b's, all made at version 1 (length 1)
+        for _ in range(25):
+            if rng.random() < 0.2 and len(mine) < 4:
+                mine.append(_inserted(rng, "b", 1 + len(mine), "B"))
+                await room.push(mb, protocol.Push(1, list(mine)))
+            else:
+                length, theirs = room.seq.text.length, []
+                for j in range(rng.choice([1, 1, 2, 3])):
+                    theirs.append(_inserted(rng, "a", length + j, "abc"[j]))
+                await room.push(ma, protocol.Push(room.seq.version, theirs))
+            if rng.random() < 0.6:
+                await room.settled()
+        await room.settled()
+        if rng.random() < 0.5 or not mine:
+            mine.append(_inserted(rng, "b", 1 + len(mine), "Z"))
+        head = room.seq.committed_version
+        stored = await store.updates(room.doc_id, 0, head)
+        expected = Sequencer(await store.text_at(room.doc_id, head), head, log=stored.updates, keep=10 ** 9,
+                             frame_ends=stored.ends)
+        try:
+            expected.push("b", 1, list(mine), "", 0)
+            want = str(expected.text)
+        except ProtocolError as exc:
+            want = exc.code
+        try:
+            await room.push(mb, protocol.Push(1, list(mine)))
+            await room.settled()
+            got = str(room.seq.text)
+        except ProtocolError as exc:
+            got = exc.code
+        assert got == want
