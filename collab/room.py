@@ -332,11 +332,9 @@ class Room:
             self.rooms.spawn(self._resume(member, sent, version, peers))
         return member
 
-    def _cursors(self, leaving_out: Member | None = None) -> list[dict]:
+    def _cursors(self) -> list[dict]:
         """Every cursor known here, ours and other processes', mapped to the committed version."""
-        peers = [obj for obj in (self._presence_object(m) for m in self.members.values()
-                                 if m.presence and m is not leaving_out) if obj]
-        return peers + [obj for obj in map(self._remote_object, list(self.remote_peers)) if obj]
+        return self.local_presence() + [obj for obj in map(self._remote_object, list(self.remote_peers)) if obj]
 
     async def _history_page(self, since: int, history: History | None) -> History:
         """Stored updates from version `since` on, for a resume or a far push: RESUME_PAGE of them, at
@@ -370,6 +368,10 @@ class Room:
         frames: deque = deque()  # the page being sent (committed: still right after any await)
         history: History | None = None
         slots = self.rooms.history_slots
+
+        def gone() -> bool:  # after an await: nothing more is sent
+            return conn.closed or self.broken or self.members.get(conn.session) is not member
+
         try:
             while version < until:
                 if history is not None and conn.backlog():
@@ -381,7 +383,7 @@ class Room:
                         frames.clear()
                         slots.release()
                 await conn.drained(1)
-                if conn.closed or self.broken or self.members.get(conn.session) is not member:
+                if gone():
                     return
                 if not frames:
                     if history is not None and version >= history.since + len(history.updates):
@@ -408,7 +410,7 @@ class Room:
                     if conn.backlog():
                         break
             await conn.drained(1)
-            if conn.closed or self.broken or self.members.get(conn.session) is not member:
+            if gone():
                 return
             if peers:
                 conn.send(protocol.presences_frame(peers))
@@ -416,7 +418,7 @@ class Room:
             while held:
                 if conn.backlog():
                     await conn.drained(1)
-                    if conn.closed or self.broken or self.members.get(conn.session) is not member:
+                    if gone():
                         return
                 frame = held.popleft()
                 member.held_size -= len(frame)

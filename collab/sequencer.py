@@ -162,7 +162,8 @@ class Sequencer:
 
         This is how a resume must reach a client: the welcome carries the
         first group, each further one goes out as its own `updates` frame,
-        before anything newer. Empty if there is nothing to send.
+        before anything newer (room.py sends them a page at a time:
+        `frames_from`, which cuts the same). Empty if there is nothing to send.
         """
         until = self.committed_version if until is None else until
         return cut_frames(version, self.updates_since(version, until, history),

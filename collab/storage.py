@@ -355,7 +355,6 @@ class Storage(Protocol):
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]: ...  # (version, salt, name)
 
-
     async def people(self, doc_id: int) -> dict[str, dict]: ...
 
     async def backup(self, dest: Path) -> tuple[int, int]: ...

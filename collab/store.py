@@ -163,6 +163,19 @@ def _update_row(doc_id: int, entry: Accepted, frame_end: bool) -> tuple:
             entry.person, entry.color)
 
 
+def _rows_up_to(cursor: sqlite3.Cursor, max_bytes: int, size: Callable[[tuple], int]) -> list[tuple]:
+    """The rows of `cursor` up to the one that brings their `size` to `max_bytes` (one at least); no
+    row past it is read, and the cursor is closed."""
+    out, total = [], 0
+    for row in cursor:
+        out.append(row)
+        total += size(row)
+        if total >= max_bytes:
+            break
+    cursor.close()
+    return out
+
+
 def _update_rows(conn: sqlite3.Connection, doc_id: int, after: int, upto: int) -> list[tuple]:
     """(version, client_id, changes) of the updates producing versions after+1 .. upto, in order."""
     return conn.execute("SELECT version, client_id, changes FROM updates "
@@ -623,20 +636,13 @@ class Store(GroupWriter):
         since+1 is gone), with their frame ends. With `max_bytes`, the one that brings their
         ChangeSetJSON to that many bytes (UTF-8) is the last (at least one is read)."""
         def fn(conn: sqlite3.Connection) -> History:
-            if max_bytes is None:
-                return history_of(since, conn.execute(
-                    "SELECT version, client_id, changes, frame_end FROM updates "
-                    "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                    (doc_id, since, until)).fetchall())
-            rows, size = [], 0
-            for row in conn.execute("SELECT version, client_id, changes, frame_end, length(CAST(changes AS BLOB)) "
-                                    "FROM updates WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
-                                    (doc_id, since, until)):
-                rows.append(row)  # a row at a time: none past the one that brings them to max_bytes is read
-                size += row[4]
-                if size >= max_bytes:
-                    break
-            return history_of(since, rows)
+            cursor = conn.execute(
+                "SELECT version, client_id, changes, frame_end" + ("" if max_bytes is None else
+                                                                   ", length(CAST(changes AS BLOB))")
+                + " FROM updates WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                (doc_id, since, until))
+            return history_of(since, cursor.fetchall() if max_bytes is None else
+                              _rows_up_to(cursor, max_bytes, lambda row: row[4]))
 
         return await self._read(fn)
 
@@ -879,14 +885,8 @@ class _SqliteView:
             cursor = conn.execute(sql, args)
             if max_bytes is None:
                 return cursor.fetchall()
-            out, size = [], 0
-            for row in cursor:  # a row at a time: none past the one that brings the text to max_bytes is read
-                out.append(row)
-                size += sum(len(value) for value in row if isinstance(value, (str, bytes)))  # characters
-                if size >= max_bytes:
-                    break
-            cursor.close()
-            return out
+            return _rows_up_to(cursor, max_bytes,  # characters of the text
+                               lambda row: sum(len(value) for value in row if isinstance(value, (str, bytes))))
 
         return await self.conns.run(fn)
 
