@@ -38,7 +38,8 @@ from . import compute, protocol, transfer
 from .changes import utf16_len
 from .errors import CollabError
 from .settings import Settings
-from .storage import StorageUnavailable, database_exists, describe, is_postgres, store_at, store_for
+from .storage import (Kept, NamedWhileCompacting, StorageUnavailable, VersionCompacted, database_exists, describe,
+                      is_postgres, store_at, store_for)
 
 
 class AdminError(Exception):
@@ -247,15 +248,17 @@ def compact(settings: Settings) -> int:
 
     With V the document's version and B = V - keep_history, the rows of
     versions 1..B go. First, in a transaction of its own, a snapshot of the text
-    at B (and who wrote it, for the authors view) is stored if there is none,
-    so afterwards: the current text and every version >= B are exactly
-    readable (snapshot B plus the kept rows), and versions below B only where
-    a snapshot was stored (by --snapshot-ratio, and whenever the document was
-    unloaded). Safe while the server runs: the server only ever adds rows above
-    V, and the rows go in short transactions (COMPACT_CHUNK). A document
-    renamed or deleted meanwhile, or whose authorship takes longer than
-    --history-timeout to rebuild, is left as it was and said (the latter makes
-    the exit status 1).
+    at B and at every named version below it (and who wrote each, for the
+    authors view) is stored if there is none, so afterwards: the current text,
+    every version >= B and every named version are exactly readable, and the
+    other versions below B only where a snapshot was stored (by
+    --snapshot-ratio, and whenever the document was unloaded). Safe while the
+    server runs: the server only ever adds rows above V, the rows go in short
+    transactions (COMPACT_CHUNK), and a version named meanwhile stops the
+    deletes before the rows it needs. A document renamed or deleted meanwhile,
+    or whose authorship takes longer than --history-timeout to rebuild, is left
+    as it was and said (the latter, and a version named meanwhile, make the
+    exit status 1: run it again).
     """
     keep = settings.keep_history
     if keep <= 0:
@@ -264,22 +267,27 @@ def compact(settings: Settings) -> int:
     _existing_db(settings)
     results = asyncio.run(_compact(settings, keep))
     dropped = compacted = skipped = 0
-    too_slow = False
+    again = False
     for name, boundary, rows, note in results:
+        dropped += rows
         if boundary is None:
             _say(f"{name}: {note}")
             skipped += 1
-            too_slow |= note.startswith(_TOO_SLOW)
+            again |= note.startswith((_TOO_SLOW, _NAMED_MEANWHILE))
             continue
-        dropped += rows
         compacted += 1
         _say(f"{name}: dropped {rows} updates up to version {boundary}, snapshot kept at {boundary}{note}")
     _say(f"compacted {compacted} documents, {dropped} updates dropped, keeping {keep} per document"
          + (f"; {skipped} left as they were (above)" if skipped else ""))
-    return 1 if too_slow else 0
+    return 1 if again else 0
 
 
 _TOO_SLOW = "left as it was: who wrote what"
+_NAMED_MEANWHILE = "left partly compacted:"
+
+
+class _LeftAsItWas(Exception):
+    """One document of `_compact` is not compacted this time; the message says why."""
 
 
 async def _compact(settings: Settings, keep: int) -> list[tuple[str, int | None, int, str]]:
@@ -310,24 +318,44 @@ async def _compact_one(store, info: dict, keep: int) -> tuple[str, int | None, i
     oldest = await store.oldest_update(info["id"])
     if boundary <= 0 or oldest is None or oldest > boundary:
         return None
-    text = await store.text_at(info["id"], boundary)
     try:
-        spans = (await store.authorship(info["id"], boundary)).to_list()
+        at_boundary = await _kept(store, info, boundary)
+        named = []
+        for checkpoint in await store.checkpoints(info["id"]):
+            if oldest <= checkpoint["version"] < boundary:  # below `oldest`, only its own snapshot can be read
+                try:
+                    named.append(await _kept(store, info, checkpoint["version"]))
+                except VersionCompacted:  # unreadable already (a compaction that was stopped): nothing to keep
+                    pass
+    except _LeftAsItWas as exc:
+        return info["name"], None, 0, str(exc)
+    try:
+        rows = await store.compact(info["id"], boundary, at_boundary.text, at_boundary.spans, named)
+    except NamedWhileCompacting as exc:
+        return info["name"], None, exc.dropped, f"{_NAMED_MEANWHILE} {exc}"
+    except RuntimeError as exc:
+        raise AdminError(str(exc)) from None
+    note = f" and at the {len(named)} named versions below it" if named else ""
+    if any(k.spans is None for k in (at_boundary, *named)):
+        note += " (authorship could not be rebuilt; the authors view stays unavailable there)"
+    return info["name"], boundary, rows, note
+
+
+async def _kept(store, info: dict, version: int) -> Kept:
+    """The text at `version` and who wrote it (spans None when that cannot be had any more)."""
+    text = await store.text_at(info["id"], version)
+    try:
+        spans = (await store.authorship(info["id"], version)).to_list()
     except (StorageUnavailable, compute.NoWorker) as exc:
         # A passing failure: dropping the rows without the spans would lose the authors view for good.
         raise AdminError(f"{info['name']}: {exc}; nothing of it was compacted, run the command "
                          "again later") from None
     except (compute.Overrun, compute.Busy) as exc:  # over the time budget: the same, for this document
-        return (info["name"], None, 0, f"{_TOO_SLOW} took longer to rebuild than --history-timeout allows "
-                f"({exc}); its history is kept: run again with a larger --history-timeout")
+        raise _LeftAsItWas(f"{_TOO_SLOW} took longer to rebuild than --history-timeout allows (at version "
+                           f"{version}: {exc}); its history is kept: run again with a larger --history-timeout")
     except (RuntimeError, LookupError, CollabError):  # compacted before it was cached: it cannot be had
         spans = None
-    try:
-        rows = await store.compact(info["id"], boundary, text, spans)
-    except RuntimeError as exc:
-        raise AdminError(str(exc)) from None
-    note = "" if spans is not None else " (authorship could not be rebuilt; the authors view stays unavailable)"
-    return info["name"], boundary, rows, note
+    return Kept(version, text, spans)
 
 
 # -------------------------------------------------------------------- docs

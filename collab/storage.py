@@ -3,7 +3,8 @@
 What lives here: the data shapes that cross into a store (`Commit`) and out of
 it (`Loaded`, rows of `COPY_TABLES`), the errors a store raises with a meaning
 of their own (`VersionCompacted`, `VersionConflict`, `NameTaken`,
-`TooManyDocuments`, `TooManyCheckpoints`, `StorageUnavailable`), the
+`TooManyDocuments`, `TooManyCheckpoints`, `NamedWhileCompacting`,
+`StorageUnavailable`), the
 `Storage` protocol every backend implements,
 `CommitSource` (what a document must offer the store's writer), and the one
 place that turns a `--db` value into a backend: `store_for`, `migrate`,
@@ -29,7 +30,11 @@ Rules every backend keeps:
     stays one contiguous line whatever the number of writers;
   * any readable version is one snapshot plus the contiguous update rows
     after it; snapshots are written when the room asks (`Commit.snapshot`,
-    `write_snapshot`).
+    `write_snapshot`);
+  * update rows go only oldest first (`compact`), so those stored are one
+    contiguous run up to the head; a version is named (`set_checkpoint`)
+    only while it is readable, and `compact` drops no row a named version
+    needs before that version has a snapshot of its own.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import logging
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
@@ -163,6 +168,25 @@ class TooManyCheckpoints(RuntimeError):
         super().__init__(f"this document has {count} named versions and keeps at most {limit} "
                          f"(--max-checkpoints {limit}); take a name away before naming another version")
         self.limit, self.count = limit, count
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A version `compact` keeps readable below its boundary: a named one (a checkpoint), with its
+    text and, when it could be rebuilt, who wrote what (authorship spans)."""
+    version: int
+    text: str
+    spans: list | None
+
+
+class NamedWhileCompacting(RuntimeError):
+    """`compact` stopped before dropping the update rows that `version`, named after the compaction read
+    the document's checkpoints, needs; `dropped` rows had gone by then. Running it again keeps it."""
+
+    def __init__(self, doc_id: int, version: int, dropped: int):
+        super().__init__(f"version {version} was named while document {doc_id} was compacted; "
+                         f"{dropped} update rows were dropped before it, the rest are kept: run the command again")
+        self.version, self.dropped = version, dropped
 
 
 class StorageUnavailable(ServerError, RuntimeError):
@@ -325,7 +349,8 @@ class Storage(Protocol):
 
     async def ping(self) -> None: ...
 
-    async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None) -> int: ...
+    async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None,
+                      named: Sequence[Kept] = ()) -> int: ...  # NamedWhileCompacting
 
     # reads
     async def load(self, name: str) -> Loaded | None: ...
@@ -349,7 +374,7 @@ class Storage(Protocol):
     async def renamed_to(self, name: str) -> str | None: ...
 
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
-                             max_checkpoints: int | None = None) -> None: ...  # TooManyCheckpoints past it
+                             max_checkpoints: int | None = None) -> None: ...  # TooManyCheckpoints, VersionCompacted
 
     async def checkpoints(self, doc_id: int) -> list[dict]: ...
 

@@ -54,7 +54,7 @@ import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import orjson
 
@@ -64,9 +64,9 @@ from .history import Authorship
 from .logs import QUIET_FOR, Throttle
 from .rebase import Update
 from .sequencer import Accepted, History
-from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Loaded, NameTaken,
-                      StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict,
-                      contiguous_tail, history_entry, history_of, pending_migrations)
+from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Kept, Loaded,
+                      NamedWhileCompacting, NameTaken, StorageUnavailable, TooManyCheckpoints, TooManyDocuments,
+                      VersionCompacted, VersionConflict, contiguous_tail, history_entry, history_of, pending_migrations)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -192,6 +192,36 @@ def _snapshot_at(conn: sqlite3.Connection, doc_id: int, version: int) -> tuple[i
     row = conn.execute("SELECT version, text FROM snapshots WHERE doc_id = ? AND version <= ? "
                        "ORDER BY version DESC LIMIT 1", (doc_id, version)).fetchone()
     return (row[0], row[1]) if row else (0, "")
+
+
+def _keep_version(conn: sqlite3.Connection, doc_id: int, kept: Kept) -> None:
+    """A snapshot (and authorship, if given) at `kept.version` for `compact`; a snapshot already there must
+    be the same text."""
+    _insert_snapshot(conn, doc_id, kept.version, kept.text)
+    stored = conn.execute("SELECT text FROM snapshots WHERE doc_id = ? AND version = ?",
+                          (doc_id, kept.version)).fetchone()[0]
+    if stored != kept.text:
+        raise RuntimeError(f"document {doc_id}: the stored snapshot of version {kept.version} differs "
+                           "from its update log; nothing was compacted (restore from a backup?)")
+    if kept.spans is not None:
+        conn.execute("INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)",
+                     (doc_id, kept.version, orjson.dumps(kept.spans).decode()))
+
+
+# A named version at or above `low` and below the boundary that has no snapshot of its own (compact).
+_NAMED_WITHOUT_SNAPSHOT = (
+    "SELECT MIN(c.version) FROM checkpoints c WHERE c.doc_id = ? AND c.version >= ? AND c.version < ? "
+    "AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.doc_id = c.doc_id AND s.version = c.version)")
+
+
+def _readable(conn: sqlite3.Connection, doc_id: int, version: int) -> None:
+    """Raise VersionCompacted unless `version` (at most the head) can be rebuilt: its newest snapshot is
+    itself, or the row after that snapshot is stored (stored rows are one run up to the head)."""
+    snap = conn.execute("SELECT MAX(version) FROM snapshots WHERE doc_id = ? AND version <= ?",
+                        (doc_id, version)).fetchone()[0] or 0
+    if snap < version and conn.execute("SELECT 1 FROM updates WHERE doc_id = ? AND version = ?",
+                                       (doc_id, snap + 1)).fetchone() is None:
+        raise _compacted(conn, doc_id, version, snap or None)
 
 
 def _compacted(conn: sqlite3.Connection, doc_id: int, version: int, below: int | None) -> VersionCompacted:
@@ -564,32 +594,36 @@ class Store(GroupWriter):
 
     COMPACT_CHUNK = 5000  # update rows deleted per transaction: the writer never waits long
 
-    async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None) -> int:
-        """Keep a snapshot (and authorship) at `boundary`, then drop the update rows up to it.
+    async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None,
+                      named: Sequence[Kept] = ()) -> int:
+        """Keep a snapshot (and authorship) at `boundary` and at each `named` version below it, then drop
+        the update rows up to `boundary`.
 
-        The snapshot commits first, so every later state is safe to stop in:
+        The snapshots commit first, so every later state is safe to stop in:
         the deletes then go oldest first in short transactions, and whatever
-        subset of them has committed, the current text and every version >=
-        boundary read exactly as before. Returns the rows dropped.
+        subset of them has committed, the current text, every version >=
+        boundary and every named version read exactly as before. A version
+        named after the caller read the checkpoints (the server runs) stops
+        the deletes before the first row it needs (NamedWhileCompacting).
+        Returns the rows dropped.
         """
-        def keep_boundary(conn: sqlite3.Connection) -> int | None:
-            _insert_snapshot(conn, doc_id, boundary, text)
-            stored = conn.execute("SELECT text FROM snapshots WHERE doc_id = ? AND version = ?",
-                                  (doc_id, boundary)).fetchone()[0]
-            if stored != text:
-                raise RuntimeError(f"document {doc_id}: the stored snapshot of version {boundary} differs "
-                                   "from its update log; nothing was compacted (restore from a backup?)")
-            if spans is not None:
-                conn.execute("INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)",
-                             (doc_id, boundary, orjson.dumps(spans).decode()))
+        def keep(conn: sqlite3.Connection) -> int | None:
+            for kept in (Kept(boundary, text, spans), *named):
+                _keep_version(conn, doc_id, kept)
             return conn.execute("SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()[0]
 
-        low = await self._write(keep_boundary)
+        def drop(conn: sqlite3.Connection, low: int, upto: int, dropped: int) -> int:
+            unkept = conn.execute(_NAMED_WITHOUT_SNAPSHOT, (doc_id, low, boundary)).fetchone()[0]
+            if unkept is not None:
+                raise NamedWhileCompacting(doc_id, unkept, dropped)
+            return conn.execute("DELETE FROM updates WHERE doc_id = ? AND version <= ?", (doc_id, upto)).rowcount
+
+        low = await self._write(keep)
         dropped = 0
         while low is not None and low <= boundary:
             upto = min(boundary, low + self.COMPACT_CHUNK - 1)
-            dropped += await self._write(lambda conn, upto=upto: conn.execute(
-                "DELETE FROM updates WHERE doc_id = ? AND version <= ?", (doc_id, upto)).rowcount)
+            dropped += await self._write(lambda conn, low=low, upto=upto, dropped=dropped:
+                                         drop(conn, low, upto, dropped))
             low = upto + 1
         return dropped
 
@@ -713,17 +747,17 @@ class Store(GroupWriter):
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
                              max_checkpoints: int | None = None) -> None:
         """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.
-        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are; renaming
-        a named one never is."""
+        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are, and
+        (VersionCompacted) when it was compacted away; renaming a named one never is."""
         def fn(conn: sqlite3.Connection) -> None:
             if name is None:
                 conn.execute("DELETE FROM checkpoints WHERE doc_id = ? AND version = ?", (doc_id, version))
             else:
-                if max_checkpoints is not None and conn.execute(
-                        "SELECT 1 FROM checkpoints WHERE doc_id = ? AND version = ?",
-                        (doc_id, version)).fetchone() is None:
+                if conn.execute("SELECT 1 FROM checkpoints WHERE doc_id = ? AND version = ?",
+                                (doc_id, version)).fetchone() is None:
+                    _readable(conn, doc_id, version)
                     count = conn.execute("SELECT COUNT(*) FROM checkpoints WHERE doc_id = ?", (doc_id,)).fetchone()[0]
-                    if count >= max_checkpoints:
+                    if max_checkpoints is not None and count >= max_checkpoints:
                         raise TooManyCheckpoints(max_checkpoints, count)
                 conn.execute("INSERT OR REPLACE INTO checkpoints(doc_id, version, name, author, time) "
                              "VALUES (?,?,?,?,?)", (doc_id, version, name, author, time.time()))

@@ -58,7 +58,7 @@ import time
 import zlib
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Sequence
 
 import asyncpg
 import orjson
@@ -69,7 +69,7 @@ from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter,
-                      history_entry, history_of, Loaded, NameTaken, pending_migrations, redact,
+                      history_entry, history_of, Kept, Loaded, NamedWhileCompacting, NameTaken, pending_migrations, redact,
                       StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
 from .text import Text
 
@@ -354,6 +354,36 @@ async def _write_commits(conn: asyncpg.Connection, commits: list[Commit]) -> Non
 async def _snapshot_at(conn: asyncpg.Connection, doc_id: int, version: int) -> tuple[int, str]:
     row = await conn.fetchrow(_SNAPSHOT_AT, doc_id, version)
     return (row[0], row[1]) if row else (0, "")
+
+
+async def _keep_version(conn: asyncpg.Connection, doc_id: int, kept: Kept) -> None:
+    """A snapshot (and authorship, if given) at `kept.version` for `compact`; a snapshot already there must
+    be the same text."""
+    await conn.execute(_INSERT_SNAPSHOT, doc_id, kept.version, kept.text, time.time())
+    stored = await conn.fetchval("SELECT text FROM snapshots WHERE doc_id = $1 AND version = $2",
+                                 doc_id, kept.version)
+    if stored != kept.text:
+        raise RuntimeError(f"document {doc_id}: the stored snapshot of version {kept.version} differs "
+                           "from its update log; nothing was compacted (restore from a backup?)")
+    if kept.spans is not None:
+        await conn.execute("INSERT INTO authorship (doc_id, version, spans) VALUES ($1, $2, $3) "
+                           "ON CONFLICT DO NOTHING", doc_id, kept.version, orjson.dumps(kept.spans).decode())
+
+
+# A named version at or above `low` and below the boundary that has no snapshot of its own (compact).
+_NAMED_WITHOUT_SNAPSHOT = (
+    "SELECT MIN(c.version) FROM checkpoints c WHERE c.doc_id = $1 AND c.version >= $2 AND c.version < $3 "
+    "AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.doc_id = c.doc_id AND s.version = c.version)")
+
+
+async def _readable(conn: asyncpg.Connection, doc_id: int, version: int) -> None:
+    """Raise VersionCompacted unless `version` (at most the head) can be rebuilt: its newest snapshot is
+    itself, or the row after that snapshot is stored (stored rows are one run up to the head)."""
+    snap = await conn.fetchval("SELECT MAX(version) FROM snapshots WHERE doc_id = $1 AND version <= $2",
+                               doc_id, version) or 0
+    if snap < version and await conn.fetchval("SELECT 1 FROM updates WHERE doc_id = $1 AND version = $2",
+                                              doc_id, snap + 1) is None:
+        raise await _compacted(conn, doc_id, version, snap or None)
 
 
 async def _compacted(conn: asyncpg.Connection, doc_id: int, version: int, below: int | None) -> VersionCompacted:
@@ -748,29 +778,32 @@ class PgStore(GroupWriter):
 
     COMPACT_CHUNK = 5000  # update rows deleted per transaction: the writer never waits long
 
-    async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None) -> int:
-        """Keep a snapshot (and authorship) at `boundary`, then drop the update rows up to it (see store.Store)."""
-        _refuse_nul(f"the snapshot of document {doc_id} at version {boundary}", text)
+    async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None,
+                      named: Sequence[Kept] = ()) -> int:
+        """Keep a snapshot (and authorship) at `boundary` and at each `named` version below it, then drop
+        the update rows up to `boundary` (see store.Store)."""
+        kept = (Kept(boundary, text, spans), *named)
+        for k in kept:
+            _refuse_nul(f"the snapshot of document {doc_id} at version {k.version}", k.text)
 
-        async def keep_boundary(conn: asyncpg.Connection) -> int | None:
-            await conn.execute(_INSERT_SNAPSHOT, doc_id, boundary, text, time.time())
-            stored = await conn.fetchval("SELECT text FROM snapshots WHERE doc_id = $1 AND version = $2",
-                                         doc_id, boundary)
-            if stored != text:
-                raise RuntimeError(f"document {doc_id}: the stored snapshot of version {boundary} differs "
-                                   "from its update log; nothing was compacted (restore from a backup?)")
-            if spans is not None:
-                await conn.execute("INSERT INTO authorship (doc_id, version, spans) VALUES ($1, $2, $3) "
-                                   "ON CONFLICT DO NOTHING", doc_id, boundary, orjson.dumps(spans).decode())
+        async def keep(conn: asyncpg.Connection) -> int | None:
+            for k in kept:
+                await _keep_version(conn, doc_id, k)
             return await conn.fetchval("SELECT MIN(version) FROM updates WHERE doc_id = $1", doc_id)
 
-        low = await self._write(keep_boundary, doc_ids=(doc_id,))
+        async def drop(conn: asyncpg.Connection, low: int, upto: int, dropped: int) -> int:
+            unkept = await conn.fetchval(_NAMED_WITHOUT_SNAPSHOT, doc_id, low, boundary)
+            if unkept is not None:
+                raise NamedWhileCompacting(doc_id, unkept, dropped)
+            status = await conn.execute("DELETE FROM updates WHERE doc_id = $1 AND version <= $2", doc_id, upto)
+            return int(status.rsplit(" ", 1)[-1])
+
+        low = await self._write(keep, doc_ids=(doc_id,))
         dropped = 0
         while low is not None and low <= boundary:
             upto = min(boundary, low + self.COMPACT_CHUNK - 1)
-            status = await self._write(lambda conn, upto=upto: conn.execute(
-                "DELETE FROM updates WHERE doc_id = $1 AND version <= $2", doc_id, upto), doc_ids=(doc_id,))
-            dropped += int(status.rsplit(" ", 1)[-1])
+            dropped += await self._write(lambda conn, low=low, upto=upto, dropped=dropped:
+                                         drop(conn, low, upto, dropped), doc_ids=(doc_id,))
             low = upto + 1
         return dropped
 
@@ -902,8 +935,8 @@ class PgStore(GroupWriter):
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
                              max_checkpoints: int | None = None) -> None:
         """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.
-        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are; renaming
-        a named one never is. The transaction holds the document's row lock, so count-and-insert is one
+        Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are, and
+        (VersionCompacted) when it was compacted away; renaming a named one never is. The transaction holds the document's row lock, so count-and-insert is one
         step for every process."""
         if name is None:
             await self._write(lambda conn: conn.execute(
@@ -912,10 +945,11 @@ class PgStore(GroupWriter):
         _refuse_nul("a checkpoint's name or author", name, author)
 
         async def fn(conn: asyncpg.Connection) -> None:
-            if max_checkpoints is not None and await conn.fetchval(
-                    "SELECT 1 FROM checkpoints WHERE doc_id = $1 AND version = $2", doc_id, version) is None:
+            if await conn.fetchval("SELECT 1 FROM checkpoints WHERE doc_id = $1 AND version = $2",
+                                   doc_id, version) is None:
+                await _readable(conn, doc_id, version)
                 count = await conn.fetchval("SELECT COUNT(*) FROM checkpoints WHERE doc_id = $1", doc_id)
-                if count >= max_checkpoints:
+                if max_checkpoints is not None and count >= max_checkpoints:
                     raise TooManyCheckpoints(max_checkpoints, count)
             await conn.execute(
                 "INSERT INTO checkpoints (doc_id, version, name, author, time) VALUES ($1, $2, $3, $4, $5) "

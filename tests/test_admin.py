@@ -418,6 +418,14 @@ def test_compacted_version_is_a_clear_not_found(start_server):
     for path in (f"export?version={gone}", f"authors?version={gone}"):  # every route reading old versions says the same
         status, _ = get_status(f"{server.url}/api/docs/doc/{path}")
         assert status == 404, path
+    naming = urllib.request.Request(f"{server.url}/api/docs/doc/checkpoints", method="POST",
+                                    data=json.dumps({"version": gone, "name": "too late"}).encode(),
+                                    headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(naming, timeout=10)
+        raise AssertionError("a compacted version was named")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404 and json.loads(exc.read())["error"]["message"] == body["error"]["message"]
 
 
 @pytest.mark.parametrize("failure", ["no worker", "database busy"])
@@ -493,6 +501,91 @@ def test_compact_keeps_a_document_whose_authorship_is_over_the_time_budget(db, m
     assert budgets == [7.0, 7.0]
     assert _oldest(db, doc_id) == 1, "no update row of it was dropped"
     assert _oldest(db, other_id) == 31, "the other document was compacted"
+
+
+def _on_store(db: str, fn):
+    """fn(store) on a store opened on `db` for it."""
+    async def run():
+        store = await store_at(db).open()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def test_compact_keeps_every_named_version_readable_and_a_compacted_one_cannot_be_named(db, capsys):
+    """Was: compaction kept only its boundary and the snapshots already there, so a named version below
+    the boundary (a checkpoint someone made to come back to) could no longer be opened, restored or
+    shown with its authors; and a version already compacted away could still be named."""
+    from collab import admin
+    from collab.settings import Settings
+    from collab.storage import VersionCompacted
+
+    (doc_id,), _ = _filled(db)  # 40 updates; keep 10: boundary 30
+    named = (3, 12, 29, 35)
+
+    async def name_and_read(store):
+        for v in named:
+            await store.set_checkpoint(doc_id, v, f"v{v}", "ann")
+        return ({v: await store.text_at(doc_id, v) for v in range(41)},
+                {v: (await store.authorship(doc_id, v)).to_list() for v in named})
+
+    texts, authors = _on_store(db, name_and_read)
+    assert admin.compact(Settings(db=db, keep_history=10)) == 0
+    out = capsys.readouterr().out
+    assert "doc: dropped 30 updates up to version 30, snapshot kept at 30 and at the 3 named versions below it" \
+        in out, out
+
+    async def after(store):
+        for v in (*named, *range(30, 41)):
+            assert await store.text_at(doc_id, v) == texts[v], v
+        for v in named:
+            assert (await store.authorship(doc_id, v)).to_list() == authors[v], v
+        with pytest.raises(VersionCompacted, match="version 13 was compacted away; the nearest readable "
+                                                   "versions are 12 and 29"):
+            await store.text_at(doc_id, 13)
+        with pytest.raises(VersionCompacted, match="version 13 was compacted away"):
+            await store.set_checkpoint(doc_id, 13, "too late", "ann")
+        await store.set_checkpoint(doc_id, 12, "renamed", "bob")  # renaming a named version always works
+        await store.set_checkpoint(doc_id, 31, "fine", "bob")  # above the boundary: readable
+        return [(c["version"], c["name"]) for c in await store.checkpoints(doc_id)]
+
+    assert _on_store(db, after) == [(3, "v3"), (12, "renamed"), (29, "v29"), (31, "fine"), (35, "v35")]
+
+
+def test_a_version_named_while_compact_runs_stops_the_deletes_before_its_rows(db, monkeypatch, capsys):
+    """A version named after compact read the checkpoints (the server runs) has no snapshot of its own:
+    the deletes stop before the first row it needs (here the first: no snapshot is below it), say so,
+    exit 1, and the next run keeps it."""
+    from collab import admin
+    from collab.settings import Settings
+
+    (doc_id,), backend_class = _filled(db)
+
+    async def name_and_read(store):
+        texts = {v: await store.text_at(doc_id, v) for v in range(41)}
+        await store.set_checkpoint(doc_id, 12, "named meanwhile", "ann")
+        return texts
+
+    texts = _on_store(db, name_and_read)
+    real = backend_class.checkpoints
+    monkeypatch.setattr(backend_class, "checkpoints", lambda self, doc: asyncio.sleep(0, []))  # read before it
+    assert admin.compact(Settings(db=db, keep_history=10)) == 1
+    out = capsys.readouterr().out
+    assert (f"doc: left partly compacted: version 12 was named while document {doc_id} was compacted; "
+            "0 update rows were dropped before it, the rest are kept: run the command again") in out, out
+    assert _oldest(db, doc_id) == 1, "it needs every row from 1 (it has no snapshot below it)"
+    assert _on_store(db, lambda store: store.text_at(doc_id, 12)) == texts[12]
+
+    monkeypatch.setattr(backend_class, "checkpoints", real)
+    assert admin.compact(Settings(db=db, keep_history=10)) == 0
+    assert "doc: dropped 30 updates up to version 30, snapshot kept at 30 and at the 1 named versions below it" \
+        in capsys.readouterr().out
+    assert _oldest(db, doc_id) == 31
+    for v in (12, 30, 40):
+        assert _on_store(db, lambda store, v=v: store.text_at(doc_id, v)) == texts[v]
 
 
 @pytest.mark.parametrize("change", ["rename", "delete"])
