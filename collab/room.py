@@ -27,7 +27,8 @@ Rules that always hold:
     with no members and nothing holding it (`hold`: a join or a restore
     under way); a join refused after the room loaded leaves it to unload;
   * the sequencer takes a push only while no catch-up runs (`_ready`), and
-    `settled` waits for a catch-up's pushes too.
+    `settled` waits for a catch-up's pushes too; a catch-up reads what other
+    writers committed a page of whole frames at a time (`_news_after`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ HEAVY_REBASE = 20_000  # rebase work (rebase.rebase_work: a few ms) above which 
 HEAVY_ROUNDS = 4       # times a push waits for commits before it goes on regardless (and rounds, twice that)
 TURN = 0.005           # seconds of that rebase between two turns of the event loop
 TURN_ROUNDS = 8        # rounds of the event loop each turn gives (a request needs several: read, handle, write)
-_NO_END = 1 << 62   # "up to the newest version" in store reads
 RESUME_PAGE = 1000            # updates of a resume taken at once from the log or the store (a page)
 RESUME_PAGE_BYTES = 1 << 20   # and at most about this much of their changes read from the store at once
 HISTORY_SLOTS = 8             # pages of history read from the store that the whole process holds at once
@@ -866,17 +866,21 @@ class Room:
                         return
                 undone = self.seq.rollback()
                 head = self.seq.committed_version
-                news = await self.store.updates(self.doc_id, head, _NO_END)
-                updates = news.updates
-                if self.broken:
-                    return
-                self.rooms.metrics.catchup_reads.inc()
-                if not updates and await self._history_gone(head):
-                    return
-                if updates:
+                caught, more = 0, True
+                while more:  # a page at a time: however long this process was cut off, memory stays bounded
+                    news, more = await self._news_after(head)
+                    if self.broken:
+                        return
+                    self.rooms.metrics.catchup_reads.inc()
+                    if not news.updates:
+                        if not caught and await self._history_gone(head):
+                            return
+                        break
                     # Sent in the frames the other writer broadcast them in (every process cuts the
                     # same frames, so a push rebased along them here matches a resume anywhere).
-                    self._apply_committed(head, updates, news.ends)
+                    self._apply_committed(head, news.updates, news.ends)
+                    caught += len(news.updates)
+                    head = self.seq.committed_version
                 originals, self.originals = self.originals, []
                 for k, o in enumerate(originals):
                     try:
@@ -888,7 +892,7 @@ class Room:
                         raise
                 if undone or self.seq.pending:
                     log.info("document %s: %d updates of other writers caught up, %d pushes sequenced again",
-                             self.name, len(updates), len(originals))
+                             self.name, caught, len(originals))
                 if not self._news:
                     break
         except ChangeError as exc:
@@ -907,6 +911,21 @@ class Room:
                 self._ready.set()
                 if self.seq.pending:
                     self.store.schedule(self)
+
+    async def _news_after(self, head: int) -> tuple[History, bool]:
+        """What other writers committed after `head`, in whole frames: RESUME_PAGE updates at most, about
+        RESUME_PAGE_BYTES (a frame is read whole however large); and whether more may follow."""
+        count, size = RESUME_PAGE, RESUME_PAGE_BYTES
+        while True:
+            news = await self.store.updates(self.doc_id, head, head + count, size)
+            got = len(news.updates)
+            more = got == count or news.cut
+            if not more or (news.ends and news.ends[-1] == head + got):
+                return news, more  # a read that stopped short reached the head: a frame's end
+            if news.ends:  # the page's last frame goes on past it: read from its start next time
+                upto = news.ends[-1] - head
+                return History(head, news.updates[:upto], news.ends), True
+            count, size = 2 * got, None  # no whole frame in the page: twice as many, whatever their size
 
     async def _history_gone(self, head: int) -> bool:
         """Whether a catch-up that read nothing after `head` did so because the store is further on and

@@ -82,11 +82,13 @@ class History:
     among them where a frame ended (the store keeps that with each update),
     so a push or resume that far back is still cut into the frames every
     connection was sent, even where `Sequencer.frame_ends` no longer reaches.
+    `cut`: a read bounded in bytes stopped there, so more may follow.
     """
 
     since: int
     updates: list[Update]
     ends: list[int]
+    cut: bool = False
 
 
 def cut_frames(start: int, updates: list[Update], ends) -> list[tuple[int, list[Update]]]:

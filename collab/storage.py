@@ -207,12 +207,14 @@ def parse_update(client_id: str, changes: str) -> Update:
     return Update(client_id, ChangeSet.from_json(orjson.loads(changes)))
 
 
-def history_of(since: int, rows: list) -> History:
-    """(version, client_id, changes, frame_end) rows in version order, from since+1 on, as a History
-    (empty if since+1 is not among them: compacted away)."""
+def history_of(since: int, rows: list, max_bytes: int | None = None) -> History:
+    """(version, client_id, changes, frame_end[, bytes of changes]) rows in version order, from since+1
+    on, as a History (empty if since+1 is not among them: compacted away); cut if their bytes reach
+    `max_bytes` (the bound the read stopped at)."""
     if not rows or rows[0][0] != since + 1:
         return History(since, [], [])
-    return History(since, [parse_update(row[1], row[2]) for row in rows], [row[0] for row in rows if row[3]])
+    cut = max_bytes is not None and sum(row[4] for row in rows) >= max_bytes
+    return History(since, [parse_update(row[1], row[2]) for row in rows], [row[0] for row in rows if row[3]], cut)
 
 
 def contiguous_tail(rows: list, version: int) -> list[Update]:

@@ -676,7 +676,7 @@ class Store(GroupWriter):
                 + " FROM updates WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
                 (doc_id, since, until))
             return history_of(since, cursor.fetchall() if max_bytes is None else
-                              _rows_up_to(cursor, max_bytes, lambda row: row[4]))
+                              _rows_up_to(cursor, max_bytes, lambda row: row[4]), max_bytes)
 
         return await self._read(fn)
 

@@ -227,7 +227,8 @@ _SNAPSHOT_AT = ("SELECT version, text FROM snapshots WHERE doc_id = $1 AND versi
                 "ORDER BY version DESC LIMIT 1")
 _HISTORY = ("SELECT version, client_id, changes, frame_end FROM updates "
             "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version")
-_HISTORY_PAGE = ("SELECT version, client_id, changes, frame_end FROM updates WHERE doc_id = $1 AND version > $2 "
+_HISTORY_PAGE = ("SELECT version, client_id, changes, frame_end, octet_length(changes) FROM updates "
+                 "WHERE doc_id = $1 AND version > $2 "
                  "AND version <= (SELECT max(version) FROM (SELECT version, sum(octet_length(changes)) OVER "
                  "(ORDER BY version ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before FROM updates "
                  "WHERE doc_id = $1 AND version > $2 AND version <= $3) page WHERE before IS NULL OR before < $4) "
@@ -873,7 +874,7 @@ class PgStore(GroupWriter):
         async def fn(conn: asyncpg.Connection) -> History:
             if max_bytes is None:
                 return history_of(since, await conn.fetch(_HISTORY, doc_id, since, until))
-            return history_of(since, await conn.fetch(_HISTORY_PAGE, doc_id, since, until, max_bytes))
+            return history_of(since, await conn.fetch(_HISTORY_PAGE, doc_id, since, until, max_bytes), max_bytes)
 
         return await self._read(fn)
 

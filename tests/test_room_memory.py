@@ -152,8 +152,8 @@ async def test_a_room_that_keeps_losing_to_another_writer_reloads(world):
     info = await other.document("doc")
     original_updates = store.updates
 
-    async def updates_then_another_commit(doc_id, since, until):  # the other writer wins every round
-        got = await original_updates(doc_id, since, until)
+    async def updates_then_another_commit(doc_id, since, until, max_bytes=None):  # the other writer wins each round
+        got = await original_updates(doc_id, since, until, max_bytes)
         head = since + len(got.updates)
         await commit(other, info["id"], [Accepted(head + 1, Update("z", ChangeSet.from_json(
             [[0, "z"]] + ([head] if head else []))), "Zed", 1.0)], head + 1)
@@ -1074,8 +1074,8 @@ async def test_a_catch_up_that_read_nothing_just_before_another_writer_committed
             doc_id = (await other.document("doc"))["id"]
             read = store.updates
 
-            async def then_another_writer(doc, since, until):
-                got = await read(doc, since, until)
+            async def then_another_writer(doc, since, until, max_bytes=None):
+                got = await read(doc, since, until, max_bytes)
                 if not got.updates and since == 3:
                     store.updates = read
                     await commit(other, doc_id, [Accepted(4, Update("z", ChangeSet.from_json([[0, "z"], 3])), "Z", 1.0)], 4)
@@ -1287,6 +1287,38 @@ async def test_news_of_another_writer_longer_than_the_log_keeps_reaches_every_me
         await until(lambda: any(u["clientID"] == "z" for f in b.of("updates") for u in f["updates"]), "z's update")
         assert not room.broken and not a.closed and not b.closed
         assert [f["from"] for f in b.of("updates")][-2:] == ([1, 2] if path == "a catch-up" else [0, 1])
+
+
+async def test_a_long_catch_up_reads_a_page_at_a_time_and_sends_the_other_writers_frames(tmp_path, monkeypatch):
+    """A catch-up read everything another writer committed since the room's head at once: after a long
+    partition, that whole history in memory. It reads pages now (RESUME_PAGE updates, about
+    RESUME_PAGE_BYTES, a frame read whole however large), and every member still gets exactly the
+    frames the other writer broadcast, then the push that lost the race, moved up over them."""
+    from collab import room as room_module
+    monkeypatch.setattr(room_module, "RESUME_PAGE", 7)
+    monkeypatch.setattr(room_module, "RESUME_PAGE_BYTES", 60)  # about five one-letter updates
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0) as (store, rooms):
+        room, (a, b), (ma, mb) = await _editors(rooms, "x", "a", "b")
+        frames, version, other = [], 1, await Store(rooms.settings.db).open()
+        try:
+            for k in range(40):  # commits (frames) of 1, 2, 3 and 9 updates: some longer than a page
+                size = (1, 2, 3, 9)[k % 4]
+                entries = [Accepted(version + i + 1, Update("z", ChangeSet.from_json([[0, "z"], version + i])),
+                                    "Zed", 1.0) for i in range(size)]
+                await commit(other, room.doc_id, entries, version + size)
+                frames.append((version, size))
+                version += size
+        finally:
+            await other.close()
+        reads = _counting_reads(store)
+        await room.push(ma, push_msg(1, "a", [1, [0, "a"]]))  # loses the race to them: a catch-up
+        await room.settled()
+        await until(lambda: any(u["clientID"] == "a" for f in b.of("updates")[1:] for u in f["updates"]),
+                    "a's push after the catch-up")
+        assert not room.broken and not a.closed and not b.closed
+        assert [(f["from"], len(f["updates"])) for f in b.of("updates")] == [(0, 1), *frames, (version, 1)]
+        assert max(reads) <= 2 * 9 and len(reads) >= version // 7, reads
+        assert str(room.seq.text) == "z" * (version - 1) + "xa"
 
 
 async def test_pages_of_history_held_at_once_are_bounded_however_many_resume_and_however_slowly(tmp_path,

@@ -487,6 +487,8 @@ async def test_frame_ends_people_checkpoints_and_renames_are_kept(open_store):
         page = await store.updates(doc_id, since, 6, max_bytes=bound)
         assert (page.since, page.updates) == (since, [e.update for e, _ in edits[since:since + count]]), bound
         assert page.ends == [v for v in (2, 3, 6) if since < v <= since + count]
+        assert page.cut == (sum(sizes[since:since + count]) >= bound), "whether the byte bound stopped it"
+    assert not (await store.updates(doc_id, 0, 6)).cut, "a read without a byte bound is never cut"
     history = await store.history(doc_id, 10, 10)
     assert [(e["version"], e.get("person"), e.get("color")) for e in history][:2] == [
         (6, "p-0", "#123456"), (5, "p-1", "#123456")]
