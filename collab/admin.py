@@ -266,24 +266,27 @@ def compact(settings: Settings) -> int:
         return 0
     _existing_db(settings)
     results = asyncio.run(_compact(settings, keep))
-    dropped = compacted = skipped = 0
+    dropped = compacted = partly = skipped = 0
     again = False
     for name, boundary, rows, note in results:
         dropped += rows
         if boundary is None:
             _say(f"{name}: {note}")
-            skipped += 1
-            again |= note.startswith((_TOO_SLOW, _NAMED_MEANWHILE))
+            partly += note.startswith(_NAMED_MEANWHILE)
+            skipped += not note.startswith(_NAMED_MEANWHILE)
+            again |= note.startswith((_TOO_SLOW, _NAMED_MEANWHILE, _UNREADABLE))
             continue
         compacted += 1
         _say(f"{name}: dropped {rows} updates up to version {boundary}, snapshot kept at {boundary}{note}")
     _say(f"compacted {compacted} documents, {dropped} updates dropped, keeping {keep} per document"
+         + (f"; {partly} partly compacted (above)" if partly else "")
          + (f"; {skipped} left as they were (above)" if skipped else ""))
     return 1 if again else 0
 
 
 _TOO_SLOW = "left as it was: who wrote what"
 _NAMED_MEANWHILE = "left partly compacted:"
+_UNREADABLE = "left as it was: version"
 
 
 class _LeftAsItWas(Exception):
@@ -320,13 +323,12 @@ async def _compact_one(store, info: dict, keep: int) -> tuple[str, int | None, i
         return None
     try:
         at_boundary = await _kept(store, info, boundary)
-        named = []
-        for checkpoint in await store.checkpoints(info["id"]):
-            if oldest <= checkpoint["version"] < boundary:  # below `oldest`, only its own snapshot can be read
-                try:
-                    named.append(await _kept(store, info, checkpoint["version"]))
-                except VersionCompacted:  # unreadable already (a compaction that was stopped): nothing to keep
-                    pass
+        named = await _named_below(store, info, oldest, boundary)
+    except VersionCompacted as exc:  # the boundary: an earlier run stopped part way, its boundary further on
+        keep_at_most = "a smaller --keep-history" if exc.above is None else \
+            f"--keep-history {info['version'] - exc.above} or less (a snapshot is at version {exc.above})"
+        return (info["name"], None, 0, f"{_UNREADABLE} {boundary} cannot be read any more ({exc}): an "
+                f"earlier run stopped part way; finish it with {keep_at_most}")
     except _LeftAsItWas as exc:
         return info["name"], None, 0, str(exc)
     try:
@@ -339,6 +341,19 @@ async def _compact_one(store, info: dict, keep: int) -> tuple[str, int | None, i
     if any(k.spans is None for k in (at_boundary, *named)):
         note += " (authorship could not be rebuilt; the authors view stays unavailable there)"
     return info["name"], boundary, rows, note
+
+
+async def _named_below(store, info: dict, oldest: int, boundary: int) -> list[Kept]:
+    """What `compact` keeps of each named version from `oldest` (below it, only its own snapshot can be
+    read) up to `boundary`; one unreadable already (a run that stopped part way) has nothing to keep."""
+    named = []
+    for checkpoint in await store.checkpoints(info["id"]):
+        if oldest <= checkpoint["version"] < boundary:
+            try:
+                named.append(await _kept(store, info, checkpoint["version"]))
+            except VersionCompacted:
+                pass
+    return named
 
 
 async def _kept(store, info: dict, version: int) -> Kept:

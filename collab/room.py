@@ -872,8 +872,8 @@ class Room:
                     if self.broken:
                         return
                     self.rooms.metrics.catchup_reads.inc()
-                    if not news.updates:
-                        if not caught and await self._history_gone(head):
+                    if not news.updates:  # at the head, or (even after a page) compacted away meanwhile
+                        if await self._history_gone(head):
                             return
                         break
                     # Sent in the frames the other writer broadcast them in (every process cuts the

@@ -183,8 +183,8 @@ class NamedWhileCompacting(RuntimeError):
     """`compact` stopped before dropping the update rows that `version`, named after the compaction read
     the document's checkpoints, needs; `dropped` rows had gone by then. Running it again keeps it."""
 
-    def __init__(self, doc_id: int, version: int, dropped: int):
-        super().__init__(f"version {version} was named while document {doc_id} was compacted; "
+    def __init__(self, version: int, dropped: int):
+        super().__init__(f"version {version} was named while the document was compacted; "
                          f"{dropped} update rows were dropped before it, the rest are kept: run the command again")
         self.version, self.dropped = version, dropped
 

@@ -208,10 +208,15 @@ def _keep_version(conn: sqlite3.Connection, doc_id: int, kept: Kept) -> None:
                      (doc_id, kept.version, orjson.dumps(kept.spans).decode()))
 
 
-# A named version at or above `low` and below the boundary that has no snapshot of its own (compact).
-_NAMED_WITHOUT_SNAPSHOT = (
-    "SELECT MIN(c.version) FROM checkpoints c WHERE c.doc_id = ? AND c.version >= ? AND c.version < ? "
-    "AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.doc_id = c.doc_id AND s.version = c.version)")
+# For compact: the first named version below the boundary that deleting the rows from `low` to `upto`
+# would make unreadable: it is read from its newest snapshot (below it, none at it) plus rows that are
+# all still stored (the snapshot is at low - 1 or later) and some of them go (it is before upto).
+# Parameters: doc_id, low, boundary, low, upto.
+_NAMED_LOSING_ROWS = (
+    "SELECT MIN(version) FROM (SELECT c.version, (SELECT COALESCE(MAX(s.version), 0) FROM snapshots s "
+    "WHERE s.doc_id = c.doc_id AND s.version <= c.version) AS snap FROM checkpoints c "
+    "WHERE c.doc_id = ? AND c.version >= ? AND c.version < ?) named "
+    "WHERE snap < version AND snap >= ? - 1 AND snap < ?")
 
 
 def _readable(conn: sqlite3.Connection, doc_id: int, version: int) -> None:
@@ -613,9 +618,9 @@ class Store(GroupWriter):
             return conn.execute("SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()[0]
 
         def drop(conn: sqlite3.Connection, low: int, upto: int, dropped: int) -> int:
-            unkept = conn.execute(_NAMED_WITHOUT_SNAPSHOT, (doc_id, low, boundary)).fetchone()[0]
+            unkept = conn.execute(_NAMED_LOSING_ROWS, (doc_id, low, boundary, low, upto)).fetchone()[0]
             if unkept is not None:
-                raise NamedWhileCompacting(doc_id, unkept, dropped)
+                raise NamedWhileCompacting(unkept, dropped)
             return conn.execute("DELETE FROM updates WHERE doc_id = ? AND version <= ?", (doc_id, upto)).rowcount
 
         low = await self._write(keep)

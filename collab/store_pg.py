@@ -371,10 +371,13 @@ async def _keep_version(conn: asyncpg.Connection, doc_id: int, kept: Kept) -> No
                            "ON CONFLICT DO NOTHING", doc_id, kept.version, orjson.dumps(kept.spans).decode())
 
 
-# A named version at or above `low` and below the boundary that has no snapshot of its own (compact).
-_NAMED_WITHOUT_SNAPSHOT = (
-    "SELECT MIN(c.version) FROM checkpoints c WHERE c.doc_id = $1 AND c.version >= $2 AND c.version < $3 "
-    "AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.doc_id = c.doc_id AND s.version = c.version)")
+# For compact: the first named version below the boundary that deleting the rows from `low` ($2) to
+# `upto` ($4) would make unreadable (see store.py's _NAMED_LOSING_ROWS).
+_NAMED_LOSING_ROWS = (
+    "SELECT MIN(version) FROM (SELECT c.version, (SELECT COALESCE(MAX(s.version), 0) FROM snapshots s "
+    "WHERE s.doc_id = c.doc_id AND s.version <= c.version) AS snap FROM checkpoints c "
+    "WHERE c.doc_id = $1 AND c.version >= $2 AND c.version < $3) named "
+    "WHERE snap < version AND snap >= $2 - 1 AND snap < $4")
 
 
 async def _readable(conn: asyncpg.Connection, doc_id: int, version: int) -> None:
@@ -793,9 +796,9 @@ class PgStore(GroupWriter):
             return await conn.fetchval("SELECT MIN(version) FROM updates WHERE doc_id = $1", doc_id)
 
         async def drop(conn: asyncpg.Connection, low: int, upto: int, dropped: int) -> int:
-            unkept = await conn.fetchval(_NAMED_WITHOUT_SNAPSHOT, doc_id, low, boundary)
+            unkept = await conn.fetchval(_NAMED_LOSING_ROWS, doc_id, low, boundary, upto)
             if unkept is not None:
-                raise NamedWhileCompacting(doc_id, unkept, dropped)
+                raise NamedWhileCompacting(unkept, dropped)
             status = await conn.execute("DELETE FROM updates WHERE doc_id = $1 AND version <= $2", doc_id, upto)
             return int(status.rsplit(" ", 1)[-1])
 

@@ -574,8 +574,9 @@ def test_a_version_named_while_compact_runs_stops_the_deletes_before_its_rows(db
     monkeypatch.setattr(backend_class, "checkpoints", lambda self, doc: asyncio.sleep(0, []))  # read before it
     assert admin.compact(Settings(db=db, keep_history=10)) == 1
     out = capsys.readouterr().out
-    assert (f"doc: left partly compacted: version 12 was named while document {doc_id} was compacted; "
+    assert ("doc: left partly compacted: version 12 was named while the document was compacted; "
             "0 update rows were dropped before it, the rest are kept: run the command again") in out, out
+    assert out.endswith("1 partly compacted (above)\n"), out
     assert _oldest(db, doc_id) == 1, "it needs every row from 1 (it has no snapshot below it)"
     assert _on_store(db, lambda store: store.text_at(doc_id, 12)) == texts[12]
 
@@ -585,6 +586,43 @@ def test_a_version_named_while_compact_runs_stops_the_deletes_before_its_rows(db
         in capsys.readouterr().out
     assert _oldest(db, doc_id) == 31
     for v in (12, 30, 40):
+        assert _on_store(db, lambda store, v=v: store.text_at(doc_id, v)) == texts[v]
+
+
+def test_compact_after_a_run_that_stopped_part_way(db, capsys):
+    """A run that stopped part way (before this version of collab: deletes interrupted, a version named
+    that compaction had already made unreadable) left a document whose rows from 1 are gone, a snapshot
+    at its boundary, and a named version nobody can read. A reviewer's repros: that named version
+    stopped every later run (exit 1, "run the command again", forever), and a later boundary inside
+    the gone rows crashed the command with a traceback."""
+    from collab import admin
+    from collab.settings import Settings
+    from collab.storage import VersionCompacted
+
+    (doc_id,), _ = _filled(db)  # 40 updates
+
+    async def stopped_part_way(store):
+        texts = {v: await store.text_at(doc_id, v) for v in range(41)}
+        await store.write_snapshot(doc_id, 20, texts[20])  # the stopped run's boundary
+        await store.set_checkpoint(doc_id, 15, "named back then", "ann")
+        await store._write(lambda conn: conn.execute(f"DELETE FROM updates WHERE doc_id = {doc_id} AND version <= 10"),
+                           **({"doc_ids": (doc_id,)} if "://" in db else {}))
+        with pytest.raises(VersionCompacted):
+            await store.text_at(doc_id, 15)
+        return texts
+
+    texts = _on_store(db, stopped_part_way)
+    assert admin.compact(Settings(db=db, keep_history=25)) == 1  # boundary 15: inside what is gone
+    out = capsys.readouterr().out
+    assert ("doc: left as it was: version 15 cannot be read any more (version 15 was compacted away; the "
+            "nearest readable versions are 0 and 20): an earlier run stopped part way; finish it with "
+            "--keep-history 20 or less (a snapshot is at version 20)") in out, out
+    assert _oldest(db, doc_id) == 11
+
+    assert admin.compact(Settings(db=db, keep_history=10)) == 0  # boundary 30: past the unreadable name
+    assert "doc: dropped 20 updates up to version 30, snapshot kept at 30" in capsys.readouterr().out
+    assert _oldest(db, doc_id) == 31
+    for v in (20, 30, 40):
         assert _on_store(db, lambda store, v=v: store.text_at(doc_id, v)) == texts[v]
 
 

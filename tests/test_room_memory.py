@@ -1321,6 +1321,45 @@ async def test_a_long_catch_up_reads_a_page_at_a_time_and_sends_the_other_writer
         assert str(room.seq.text) == "z" * (version - 1) + "xa"
 
 
+async def test_a_catch_up_whose_next_page_was_compacted_away_reloads_the_document(tmp_path, monkeypatch):
+    """A reviewer's repro: `collab compact` landing between two pages of a catch-up left the room at the
+    end of the first page, silently behind (not broken, nobody closed), until the next push. An empty
+    page after others is checked like a first one: the room reloads (1011) and its clients resume."""
+    import sqlite3
+    from collab import room as room_module
+    monkeypatch.setattr(room_module, "RESUME_PAGE", 7)
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0) as (store, rooms):
+        room, (a, b), (ma, mb) = await _editors(rooms, "x", "a", "b")
+        other, version = await Store(rooms.settings.db).open(), 1
+        try:
+            for _ in range(40):
+                await commit(other, room.doc_id, [Accepted(version + 1, Update("z", ChangeSet.from_json(
+                    [[0, "z"], version])), "Zed", 1.0)], version + 1)
+                version += 1
+        finally:
+            await other.close()
+        read, pages = store.updates, []
+
+        async def then_compacted(doc, since, until_, max_bytes=None):
+            got = await read(doc, since, until_, max_bytes)
+            pages.append(len(got.updates))
+            if len(pages) == 1:  # `collab compact --keep-history 5` lands right after the first page
+                db = sqlite3.connect(rooms.settings.db)
+                db.execute("INSERT INTO snapshots(doc_id, version, text, time) VALUES (?, 36, ?, 0)",
+                           (doc, "z" * 35 + "x"))
+                db.execute("DELETE FROM updates WHERE doc_id = ? AND version <= 36", (doc,))
+                db.commit()
+                db.close()
+            return got
+
+        store.updates = then_compacted
+        room.catch_up()
+        with contextlib.suppress(ServerError):  # raised once the room is discarded
+            await room.settled()
+        assert pages[:2] == [7, 0] and room.broken and a.closed_with[0] == CLOSE_INTERNAL, \
+            (pages, room.seq.committed_version, room.broken)
+
+
 async def test_pages_of_history_held_at_once_are_bounded_however_many_resume_and_however_slowly(tmp_path,
                                                                                                 monkeypatch):
     """Each far resume held a page of history read from the store as long as its client took to read
