@@ -1219,6 +1219,58 @@ async def test_what_is_broadcast_during_a_resume_reaches_the_member_after_it_as_
         assert got == [(v, 1) for v in range(1, version)]
 
 
+class ReadsAFrameAtATime(FakeConn):
+    """A socket whose client takes one frame per millisecond while `reading`: `backlog` is what it has not
+    taken yet; `unread_at_send` what was still waiting when each frame was sent."""
+
+    def __init__(self, client_id: str):
+        super().__init__(client_id)
+        self.unread, self.unread_at_send = 0, []
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(0.001)
+            if self.reading.is_set():
+                self.unread = max(0, self.unread - 1)
+
+    def send(self, frame) -> None:
+        if not self.closed:
+            self.unread_at_send.append(self.unread)
+            self.unread += 1
+        super().send(frame)
+
+    def backlog(self) -> int:
+        return self.unread
+
+    async def drained(self, below: int) -> None:
+        while self.unread >= below and not self.closed:
+            await asyncio.sleep(0.001)
+
+
+async def test_what_was_held_during_a_resume_goes_out_as_the_client_reads_it(tmp_path):
+    """What was broadcast while a member's resume went out is sent after it paced like the resume, a
+    frame while nothing sent before waits: all at once, near --send-buffer, it would close (1013) a
+    client that had kept up."""
+    async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0, keep_updates=5) as (store, rooms):
+        room, (a,), (ma,) = await _editors(rooms, "x", "a")
+        await _typed_at_start(room, ma, 10)
+        c = ReadsAFrameAtATime("c")
+        c.reading.clear()                                     # it takes its welcome only later
+        try:
+            mc = await rooms.join("doc", c, hello("c", version=1), token=None)
+            await _typed_at_start(room, ma, 20)               # held for it
+            assert len(mc.held) == 20
+            c.reading.set()
+            await until(lambda: mc.held is None and c.unread == 0, "the resume and what was held")
+            assert [(f["from"], len(f["updates"])) for f in [c.of("welcome")[0], *c.of("updates")]] == \
+                [(v, 1) for v in range(1, 31)]
+            assert c.unread_at_send == [0] * len(c.frames), c.unread_at_send
+        finally:
+            c.close(1000, "done")
+            await c.reader
+
+
 async def test_a_member_that_reads_too_slowly_during_its_resume_is_closed_to_resume_again(tmp_path):
     """What is held for a resuming member counts against --send-buffer, as a queue would: a member
     that does not read while others type is closed (1013) and resumes later from where it got to,
