@@ -42,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -158,9 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", type=Path, help="also keep py-spy's raw output here")
     p.add_argument("--nonblocking", action="store_true",
                    help="py-spy reads the stacks without pausing the server (full speed, samples a little less exact)")
+    p.add_argument("--cpu", action="store_true",
+                   help="no py-spy: the thread CPU time spent inside a few steps of the server (bench/cpu_hooks.py), "
+                        "per edit; at full speed, and a step's time spent preempted is not counted")
     a = p.parse_args(argv)
     pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     node = shutil.which("node")
+    if a.cpu and node:
+        return cpu_split(a, node)
     if not pyspy or not node:
         print("needs py-spy (.venv/bin/pip install py-spy) and node", file=sys.stderr)
         return 2
@@ -214,6 +220,66 @@ def main(argv: list[str] | None = None) -> int:
               f"({', '.join(f'{tid}: {ms:,.0f}' for tid, ms in sorted(cpu.items(), key=lambda x: -x[1]) if ms)})")
         print()
         print(report(threads, cpu, window, a.top))
+    return 0
+
+
+def cpu_split(a: argparse.Namespace, node: str) -> int:
+    """--cpu: the load against a server whose steps are timed in thread CPU (bench/cpu_hooks.py)."""
+    with ExitStack() as stack:
+        db = Database(a.db, stack)
+        tmp = Path(tempfile.mkdtemp(prefix="collab-cpu-"))
+        stack.callback(shutil.rmtree, tmp, True)
+        (tmp / "hooks").mkdir()
+        (tmp / "hooks" / "sitecustomize.py").write_text("import cpu_hooks  # noqa: F401\n")
+        dumps = tmp / "cpu.jsonl"
+        saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "COLLAB_CPU_HOOKS")}
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp / "hooks"), str(ROOT / "bench"),
+                                                                saved["PYTHONPATH"]) if p)
+        os.environ["COLLAB_CPU_HOOKS"] = str(dumps)
+        try:
+            loop_args = ["--loop", a.loop] if a.loop else []
+            server = ServerProcess(db.fresh(tmp), extra_args=UNLIMITED + db.server_args + loop_args,
+                                   log_path=tmp / "server.log")
+            server.start(timeout=60)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        stack.callback(server.kill)
+        pid = server.proc.pid
+        load_ms = int((a.warmup + a.duration + 2) * 1000)
+        load = (["throughput", "--clients", str(a.clients)] if a.workload == "push4" else
+                ["typing", "--docs", "20", "--clients", "100", "--rate", "2"])
+        gen = subprocess.Popen([node, str(LOADGEN), *load, "--url", server.ws_url, "--server-pid", str(pid),
+                                "--warmup", "1000", "--duration", str(load_ms),
+                                "--clk-tck", str(os.sysconf("SC_CLK_TCK"))],
+                               cwd=LOADGEN.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stack.callback(lambda: gen.poll() is None and gen.kill())
+        time.sleep(1 + a.warmup)
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(a.duration)
+        os.kill(pid, signal.SIGUSR1)
+        out, err = gen.communicate(timeout=load_ms / 1000 + 60)
+        if gen.returncode != 0:
+            print(f"load generator failed:\n{err[-2000:]}", file=sys.stderr)
+            return 1
+        lines = [json.loads(line) for line in dumps.read_text().splitlines()]
+        if len(lines) != 2:
+            print(f"expected two CPU dumps from the server, got {len(lines)} (see {tmp / 'server.log'})", file=sys.stderr)
+            return 1
+        before, after = lines
+        edits = after["steps"]["sequencing a push (Sequencer.push)"]["calls"] - \
+            before["steps"]["sequencing a push (Sequencer.push)"]["calls"]
+        total = after["process_cpu_s"] - before["process_cpu_s"]
+        who = f"{a.clients} pushers" if a.workload == "push4" else "20 documents x 5 typists x 2 edits/s"
+        print(f"collab on {db.label}, {a.loop or 'default'} loop; {who}; {a.duration:.0f} s window, "
+              f"{edits:,} pushes sequenced, load generator: {json.loads(out)['problems'] or 'no problems'}")
+        print(f"server CPU in the window: {total * 1000:,.0f} ms, {total / max(edits, 1) * 1e6:,.0f} us per push")
+        print(f"{'step (inclusive; steps nest)':64s} {'calls/push':>10s} {'us/push':>8s} {'share':>6s}")
+        for label, now in after["steps"].items():
+            cpu = now["cpu_s"] - before["steps"][label]["cpu_s"]
+            calls = now["calls"] - before["steps"][label]["calls"]
+            print(f"{label:64s} {calls / max(edits, 1):10.2f} {cpu / max(edits, 1) * 1e6:8.1f} "
+                  f"{cpu / total if total else 0:6.1%}")
     return 0
 
 
