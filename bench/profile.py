@@ -264,7 +264,8 @@ def cpu_split(a: argparse.Namespace, node: str) -> int:
             return 1
         lines = [json.loads(line) for line in dumps.read_text().splitlines()]
         if len(lines) != 2:
-            print(f"expected two CPU dumps from the server, got {len(lines)} (see {tmp / 'server.log'})", file=sys.stderr)
+            print(f"expected two CPU dumps from the server, got {len(lines)} (see {tmp / 'server.log'})",
+                  file=sys.stderr)
             return 1
         before, after = lines
         edits = after["steps"]["sequencing a push (Sequencer.push)"]["calls"] - \

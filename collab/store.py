@@ -761,9 +761,11 @@ class Store(GroupWriter):
                 if conn.execute("SELECT 1 FROM checkpoints WHERE doc_id = ? AND version = ?",
                                 (doc_id, version)).fetchone() is None:
                     _readable(conn, doc_id, version)
-                    count = conn.execute("SELECT COUNT(*) FROM checkpoints WHERE doc_id = ?", (doc_id,)).fetchone()[0]
-                    if max_checkpoints is not None and count >= max_checkpoints:
-                        raise TooManyCheckpoints(max_checkpoints, count)
+                    if max_checkpoints is not None:
+                        count = conn.execute("SELECT COUNT(*) FROM checkpoints WHERE doc_id = ?",
+                                             (doc_id,)).fetchone()[0]
+                        if count >= max_checkpoints:
+                            raise TooManyCheckpoints(max_checkpoints, count)
                 conn.execute("INSERT OR REPLACE INTO checkpoints(doc_id, version, name, author, time) "
                              "VALUES (?,?,?,?,?)", (doc_id, version, name, author, time.time()))
 

@@ -69,8 +69,8 @@ from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter,
-                      history_entry, history_of, Kept, Loaded, NamedWhileCompacting, NameTaken, pending_migrations, redact,
-                      StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
+                      history_entry, history_of, Kept, Loaded, NamedWhileCompacting, NameTaken, pending_migrations,
+                      redact, StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -940,8 +940,9 @@ class PgStore(GroupWriter):
                              max_checkpoints: int | None = None) -> None:
         """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.
         Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are, and
-        (VersionCompacted) when it was compacted away; renaming a named one never is. The transaction holds the document's row lock, so count-and-insert is one
-        step for every process."""
+        (VersionCompacted) when it was compacted away; renaming a named one never is. The transaction
+        holds the document's row lock, so check-count-and-insert is one step for every process (and for
+        `compact`, whose deletes take the same lock)."""
         if name is None:
             await self._write(lambda conn: conn.execute(
                 "DELETE FROM checkpoints WHERE doc_id = $1 AND version = $2", doc_id, version), doc_ids=(doc_id,))
@@ -952,9 +953,10 @@ class PgStore(GroupWriter):
             if await conn.fetchval("SELECT 1 FROM checkpoints WHERE doc_id = $1 AND version = $2",
                                    doc_id, version) is None:
                 await _readable(conn, doc_id, version)
-                count = await conn.fetchval("SELECT COUNT(*) FROM checkpoints WHERE doc_id = $1", doc_id)
-                if max_checkpoints is not None and count >= max_checkpoints:
-                    raise TooManyCheckpoints(max_checkpoints, count)
+                if max_checkpoints is not None:
+                    count = await conn.fetchval("SELECT COUNT(*) FROM checkpoints WHERE doc_id = $1", doc_id)
+                    if count >= max_checkpoints:
+                        raise TooManyCheckpoints(max_checkpoints, count)
             await conn.execute(
                 "INSERT INTO checkpoints (doc_id, version, name, author, time) VALUES ($1, $2, $3, $4, $5) "
                 "ON CONFLICT (doc_id, version) DO UPDATE SET name = excluded.name, author = excluded.author, "
