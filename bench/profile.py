@@ -174,21 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         db = Database(a.db, stack)
         tmp = Path(tempfile.mkdtemp(prefix="collab-profile-"))
         stack.callback(shutil.rmtree, tmp, True)
-        loop_args = ["--loop", a.loop] if a.loop else []
-        server = ServerProcess(db.fresh(tmp), extra_args=UNLIMITED + db.server_args + loop_args,
-                               log_path=tmp / "server.log")
-        server.start(timeout=60)
-        stack.callback(server.kill)
-        pid = server.proc.pid  # the interpreter running the server itself (py-spy gets this pid, not its own)
-        load_ms = int((a.warmup + a.duration + 2) * 1000)
-        load = (["throughput", "--clients", str(a.clients)] if a.workload == "push4" else
-                ["typing", "--docs", "20", "--clients", "100", "--rate", "2"])
-        gen = subprocess.Popen([node, str(LOADGEN), *load, "--url", server.ws_url, "--server-pid", str(pid),
-                                "--warmup", "1000", "--duration", str(load_ms),
-                                "--clk-tck", str(os.sysconf("SC_CLK_TCK"))],
-                               cwd=LOADGEN.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        stack.callback(lambda: gen.poll() is None and gen.kill())
-        time.sleep(1 + a.warmup)
+        pid, gen, load_ms = _loaded_server(a, node, db, tmp, stack)
         raw = tmp / "raw.txt"
         cpu0, t0 = thread_cpu_ms(pid), time.monotonic()
         spy = subprocess.run([pyspy, "record", "--pid", str(pid), "--threads", "--idle", "-f", "raw",
@@ -223,6 +209,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _loaded_server(a: argparse.Namespace, node: str, db: Database, tmp: Path,
+                   stack: ExitStack) -> tuple[int, subprocess.Popen, int]:
+    """A fresh server under the workload, after the warm-up: (its pid, the load generator, the load's ms).
+    The pid is the interpreter running the server itself (py-spy gets this pid, not its own)."""
+    loop_args = ["--loop", a.loop] if a.loop else []
+    server = ServerProcess(db.fresh(tmp), extra_args=UNLIMITED + db.server_args + loop_args,
+                           log_path=tmp / "server.log")
+    server.start(timeout=60)
+    stack.callback(server.kill)
+    pid = server.proc.pid
+    load_ms = int((a.warmup + a.duration + 2) * 1000)
+    load = (["throughput", "--clients", str(a.clients)] if a.workload == "push4" else
+            ["typing", "--docs", "20", "--clients", "100", "--rate", "2"])
+    gen = subprocess.Popen([node, str(LOADGEN), *load, "--url", server.ws_url, "--server-pid", str(pid),
+                            "--warmup", "1000", "--duration", str(load_ms),
+                            "--clk-tck", str(os.sysconf("SC_CLK_TCK"))],
+                           cwd=LOADGEN.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stack.callback(lambda: gen.poll() is None and gen.kill())
+    time.sleep(1 + a.warmup)
+    return pid, gen, load_ms
+
+
 def cpu_split(a: argparse.Namespace, node: str) -> int:
     """--cpu: the load against a server whose steps are timed in thread CPU (bench/cpu_hooks.py)."""
     with ExitStack() as stack:
@@ -237,24 +245,10 @@ def cpu_split(a: argparse.Namespace, node: str) -> int:
                                                                 saved["PYTHONPATH"]) if p)
         os.environ["COLLAB_CPU_HOOKS"] = str(dumps)
         try:
-            loop_args = ["--loop", a.loop] if a.loop else []
-            server = ServerProcess(db.fresh(tmp), extra_args=UNLIMITED + db.server_args + loop_args,
-                                   log_path=tmp / "server.log")
-            server.start(timeout=60)
+            pid, gen, load_ms = _loaded_server(a, node, db, tmp, stack)
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        stack.callback(server.kill)
-        pid = server.proc.pid
-        load_ms = int((a.warmup + a.duration + 2) * 1000)
-        load = (["throughput", "--clients", str(a.clients)] if a.workload == "push4" else
-                ["typing", "--docs", "20", "--clients", "100", "--rate", "2"])
-        gen = subprocess.Popen([node, str(LOADGEN), *load, "--url", server.ws_url, "--server-pid", str(pid),
-                                "--warmup", "1000", "--duration", str(load_ms),
-                                "--clk-tck", str(os.sysconf("SC_CLK_TCK"))],
-                               cwd=LOADGEN.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        stack.callback(lambda: gen.poll() is None and gen.kill())
-        time.sleep(1 + a.warmup)
         os.kill(pid, signal.SIGUSR1)
         time.sleep(a.duration)
         os.kill(pid, signal.SIGUSR1)
