@@ -153,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop", choices=["asyncio", "uvloop"], help="the server's --loop (default: its default)")
     p.add_argument("--db", default="sqlite", help="one database spec as in bench/load.py (default sqlite)")
     p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--workload", choices=["push4", "docs20x5"], default="push4",
+    p.add_argument("--workload", choices=["push4", "docs20x5", "idle"], default="push4",
                    help="push4: --clients pushing as fast as acknowledged (default); docs20x5: 20 documents x 5 "
-                        "typists x 2 edits/s (bench/load.py compare-reference's docs20x5)")
+                        "typists x 2 edits/s (bench/load.py compare-reference's docs20x5); idle (with --cpu only): "
+                        "--conns connections over --conns/10 documents open, sit, get a ping and an edit each "
+                        "(compare-reference's idle10k), the window being the whole run")
+    p.add_argument("--conns", type=int, default=10000, help="connections of --workload idle (default 10000)")
     p.add_argument("--raw", type=Path, help="also keep py-spy's raw output here")
     p.add_argument("--nonblocking", action="store_true",
                    help="py-spy reads the stacks without pausing the server (full speed, samples a little less exact)")
@@ -167,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     node = shutil.which("node")
     if a.cpu and node:
         return cpu_split(a, node)
+    if a.workload == "idle":
+        print("--workload idle is for --cpu", file=sys.stderr)
+        return 2
     if not pyspy or not node:
         print("needs py-spy (.venv/bin/pip install py-spy) and node", file=sys.stderr)
         return 2
@@ -209,26 +215,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _server(a: argparse.Namespace, db: Database, tmp: Path, stack: ExitStack) -> ServerProcess:
+    """A fresh server for the workload, started (killed when `stack` closes)."""
+    loop_args = ["--loop", a.loop] if a.loop else []
+    limits = (["--max-conns-per-addr", "100000", "--max-conns-per-doc", "100000", "--max-connections", "100000"]
+              if a.workload == "idle" else [])
+    server = ServerProcess(db.fresh(tmp), extra_args=UNLIMITED + db.server_args + loop_args + limits,
+                           log_path=tmp / "server.log")
+    server.start(timeout=60)
+    stack.callback(server.kill)
+    return server
+
+
+def _load(a: argparse.Namespace, node: str, server: ServerProcess, stack: ExitStack) -> tuple[subprocess.Popen, int]:
+    """The workload's load generator against `server`: (the process, the most ms it should run)."""
+    load_ms = int((a.warmup + a.duration + 2) * 1000)
+    if a.workload == "idle":
+        load, load_ms = ["idle", "--conns", str(a.conns), "--docs", str(max(1, a.conns // 10)), "--check",
+                         "--settle", "2000"], 600_000
+    else:
+        load = (["throughput", "--clients", str(a.clients)] if a.workload == "push4" else
+                ["typing", "--docs", "20", "--clients", "100", "--rate", "2"])
+        load += ["--warmup", "1000", "--duration", str(load_ms)]
+    gen = subprocess.Popen([node, str(LOADGEN), *load, "--url", server.ws_url, "--server-pid", str(server.proc.pid),
+                            "--clk-tck", str(os.sysconf("SC_CLK_TCK"))],
+                           cwd=LOADGEN.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stack.callback(lambda: gen.poll() is None and gen.kill())
+    return gen, load_ms
+
+
 def _loaded_server(a: argparse.Namespace, node: str, db: Database, tmp: Path,
                    stack: ExitStack) -> tuple[int, subprocess.Popen, int]:
     """A fresh server under the workload, after the warm-up: (its pid, the load generator, the load's ms).
     The pid is the interpreter running the server itself (py-spy gets this pid, not its own)."""
-    loop_args = ["--loop", a.loop] if a.loop else []
-    server = ServerProcess(db.fresh(tmp), extra_args=UNLIMITED + db.server_args + loop_args,
-                           log_path=tmp / "server.log")
-    server.start(timeout=60)
-    stack.callback(server.kill)
-    pid = server.proc.pid
-    load_ms = int((a.warmup + a.duration + 2) * 1000)
-    load = (["throughput", "--clients", str(a.clients)] if a.workload == "push4" else
-            ["typing", "--docs", "20", "--clients", "100", "--rate", "2"])
-    gen = subprocess.Popen([node, str(LOADGEN), *load, "--url", server.ws_url, "--server-pid", str(pid),
-                            "--warmup", "1000", "--duration", str(load_ms),
-                            "--clk-tck", str(os.sysconf("SC_CLK_TCK"))],
-                           cwd=LOADGEN.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stack.callback(lambda: gen.poll() is None and gen.kill())
+    server = _server(a, db, tmp, stack)
+    gen, load_ms = _load(a, node, server, stack)
     time.sleep(1 + a.warmup)
-    return pid, gen, load_ms
+    return server.proc.pid, gen, load_ms
 
 
 def cpu_split(a: argparse.Namespace, node: str) -> int:
@@ -245,14 +268,24 @@ def cpu_split(a: argparse.Namespace, node: str) -> int:
                                                                 saved["PYTHONPATH"]) if p)
         os.environ["COLLAB_CPU_HOOKS"] = str(dumps)
         try:
-            pid, gen, load_ms = _loaded_server(a, node, db, tmp, stack)
+            if a.workload == "idle":  # the window is the whole run: connecting, sitting, the checks
+                server = _server(a, db, tmp, stack)
+                pid = server.proc.pid
+                os.kill(pid, signal.SIGUSR1)
+                gen, load_ms = _load(a, node, server, stack)
+            else:
+                pid, gen, load_ms = _loaded_server(a, node, db, tmp, stack)
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        os.kill(pid, signal.SIGUSR1)
-        time.sleep(a.duration)
-        os.kill(pid, signal.SIGUSR1)
+        if a.workload != "idle":
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(a.duration)
+            os.kill(pid, signal.SIGUSR1)
         out, err = gen.communicate(timeout=load_ms / 1000 + 60)
+        if a.workload == "idle":
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(0.5)
         if gen.returncode != 0:
             print(f"load generator failed:\n{err[-2000:]}", file=sys.stderr)
             return 1
@@ -265,9 +298,13 @@ def cpu_split(a: argparse.Namespace, node: str) -> int:
         edits = after["steps"]["sequencing a push (Sequencer.push)"]["calls"] - \
             before["steps"]["sequencing a push (Sequencer.push)"]["calls"]
         total = after["process_cpu_s"] - before["process_cpu_s"]
-        who = f"{a.clients} pushers" if a.workload == "push4" else "20 documents x 5 typists x 2 edits/s"
-        print(f"collab on {db.label}, {a.loop or 'default'} loop; {who}; {a.duration:.0f} s window, "
-              f"{edits:,} pushes sequenced, load generator: {json.loads(out)['problems'] or 'no problems'}")
+        r = json.loads(out)
+        who = {"push4": f"{a.clients} pushers", "docs20x5": "20 documents x 5 typists x 2 edits/s",
+               "idle": f"{a.conns:,} idle connections over {max(1, a.conns // 10):,} documents"}[a.workload]
+        window = "the whole run" if a.workload == "idle" else f"{a.duration:.0f} s window"
+        print(f"collab on {db.label}, {a.loop or 'default'} loop; {who}; {window}, "
+              f"{edits:,} pushes sequenced, load generator: {r['problems'] or 'no problems'}"
+              + (f"; served: {r['served']}" if "served" in r else ""))
         print(f"server CPU in the window: {total * 1000:,.0f} ms, {total / max(edits, 1) * 1e6:,.0f} us per push")
         print(f"{'step (inclusive; steps nest)':64s} {'calls/push':>10s} {'us/push':>8s} {'share':>6s}")
         for label, now in after["steps"].items():
@@ -275,6 +312,12 @@ def cpu_split(a: argparse.Namespace, node: str) -> int:
             calls = now["calls"] - before["steps"][label]["calls"]
             print(f"{label:64s} {calls / max(edits, 1):10.2f} {cpu / max(edits, 1) * 1e6:8.1f} "
                   f"{cpu / total if total else 0:6.1%}")
+        print("cyclic GC pauses (the process runs nothing else meanwhile):")
+        for g, now in after["gc"].items():
+            count = now["count"] - before["gc"][g]["count"]
+            spent = now["total_s"] - before["gc"][g]["total_s"]
+            print(f"  generation {g}: {count:,} collections, {spent * 1000:,.0f} ms in all, the longest since the "
+                  f"server started {now['max_s'] * 1000:,.1f} ms")
     return 0
 
 
