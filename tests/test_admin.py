@@ -286,18 +286,26 @@ def test_backup_during_continuous_edits_is_consistent(start_server, node, tmp_pa
 
 # -------------------------------------------------------------------- compact
 
-def snapshot_versions(db, doc: str) -> list[int]:
-    """The versions `doc` has snapshots of, read through the storage interface (either backend)."""
-    async def read() -> list[int]:
+def _on_store(db: str, fn):
+    """fn(store) on a store opened on `db` for it."""
+    async def run():
         store = await store_at(db).open()
         try:
-            async with store.view() as view:
-                doc_id = next(d["id"] for d in await view.documents() if d["name"] == doc)
-                return [row[0] for row in await view.rows(doc_id, "snapshots", -1, 100000)]
+            return await fn(store)
         finally:
             await store.close()
 
-    return asyncio.run(read())
+    return asyncio.run(run())
+
+
+def snapshot_versions(db, doc: str) -> list[int]:
+    """The versions `doc` has snapshots of, read through the storage interface (either backend)."""
+    async def read(store) -> list[int]:
+        async with store.view() as view:
+            doc_id = next(d["id"] for d in await view.documents() if d["name"] == doc)
+            return [row[0] for row in await view.rows(doc_id, "snapshots", -1, 100000)]
+
+    return _on_store(db, read)
 
 
 def get_status(url: str) -> tuple[int, bytes]:
@@ -468,14 +476,7 @@ def _filled(db: str, names=("doc",), edits: int = 40):
 
 
 def _oldest(db: str, doc_id: int):
-    async def oldest():
-        store = await store_at(db).open()
-        try:
-            return await store.oldest_update(doc_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(oldest())
+    return _on_store(db, lambda store: store.oldest_update(doc_id))
 
 
 def test_compact_keeps_a_document_whose_authorship_is_over_the_time_budget(db, monkeypatch, capsys):
@@ -501,18 +502,6 @@ def test_compact_keeps_a_document_whose_authorship_is_over_the_time_budget(db, m
     assert budgets == [7.0, 7.0]
     assert _oldest(db, doc_id) == 1, "no update row of it was dropped"
     assert _oldest(db, other_id) == 31, "the other document was compacted"
-
-
-def _on_store(db: str, fn):
-    """fn(store) on a store opened on `db` for it."""
-    async def run():
-        store = await store_at(db).open()
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 def test_compact_keeps_every_named_version_readable_and_a_compacted_one_cannot_be_named(db, capsys):
