@@ -1344,6 +1344,22 @@ async def test_news_of_another_writer_longer_than_the_log_keeps_reaches_every_me
         assert [f["from"] for f in b.of("updates")][-2:] == ([1, 2] if path == "a catch-up" else [0, 1])
 
 
+async def _another_writer_types(rooms: Rooms, doc_id: int, version: int, sizes: list[int]) -> list[tuple[int, int]]:
+    """Another writer (its own store on the same file) commits a "z" at the start of the text, one commit
+    (a frame) of each of `sizes` updates, from `version` on; returns the frames as (from, updates)."""
+    frames, other = [], await Store(rooms.settings.db).open()
+    try:
+        for size in sizes:
+            entries = [Accepted(version + i + 1, Update("z", ChangeSet.from_json([[0, "z"], version + i])),
+                                "Zed", 1.0) for i in range(size)]
+            await commit(other, doc_id, entries, version + size)
+            frames.append((version, size))
+            version += size
+    finally:
+        await other.close()
+    return frames
+
+
 async def test_a_long_catch_up_reads_a_page_at_a_time_and_sends_the_other_writers_frames(tmp_path, monkeypatch):
     """A catch-up read everything another writer committed since the room's head at once: after a long
     partition, that whole history in memory. It reads pages now (RESUME_PAGE updates, about
@@ -1354,17 +1370,9 @@ async def test_a_long_catch_up_reads_a_page_at_a_time_and_sends_the_other_writer
     monkeypatch.setattr(room_module, "RESUME_PAGE_BYTES", 60)  # about five one-letter updates
     async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0) as (store, rooms):
         room, (a, b), (ma, mb) = await _editors(rooms, "x", "a", "b")
-        frames, version, other = [], 1, await Store(rooms.settings.db).open()
-        try:
-            for k in range(40):  # commits (frames) of 1, 2, 3 and 9 updates: some longer than a page
-                size = (1, 2, 3, 9)[k % 4]
-                entries = [Accepted(version + i + 1, Update("z", ChangeSet.from_json([[0, "z"], version + i])),
-                                    "Zed", 1.0) for i in range(size)]
-                await commit(other, room.doc_id, entries, version + size)
-                frames.append((version, size))
-                version += size
-        finally:
-            await other.close()
+        # commits (frames) of 1, 2, 3 and 9 updates: some longer than a page
+        frames = await _another_writer_types(rooms, room.doc_id, 1, [(1, 2, 3, 9)[k % 4] for k in range(40)])
+        version = frames[-1][0] + frames[-1][1]
         reads = _counting_reads(store)
         await room.push(ma, push_msg(1, "a", [1, [0, "a"]]))  # loses the race to them: a catch-up
         await room.settled()
@@ -1385,14 +1393,7 @@ async def test_a_catch_up_whose_next_page_was_compacted_away_reloads_the_documen
     monkeypatch.setattr(room_module, "RESUME_PAGE", 7)
     async with registry(tmp_path, clock=lambda: 1.0, unload_after=60.0) as (store, rooms):
         room, (a, b), (ma, mb) = await _editors(rooms, "x", "a", "b")
-        other, version = await Store(rooms.settings.db).open(), 1
-        try:
-            for _ in range(40):
-                await commit(other, room.doc_id, [Accepted(version + 1, Update("z", ChangeSet.from_json(
-                    [[0, "z"], version])), "Zed", 1.0)], version + 1)
-                version += 1
-        finally:
-            await other.close()
+        await _another_writer_types(rooms, room.doc_id, 1, [1] * 40)
         read, pages = store.updates, []
 
         async def then_compacted(doc, since, until_, max_bytes=None):
