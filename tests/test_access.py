@@ -12,6 +12,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from collab.access import Access
+from collab.errors import ProtocolError
 from collab.app import ADMISSION, ROOMS, create_app
 from collab import ws as ws_module
 from collab.settings import Settings
@@ -413,3 +414,20 @@ async def test_the_links_of_a_document_made_while_its_name_is_open_work_at_once(
     await recv_type(admin, "updates")
     ws, frame = await hello(client, "plan", tokens["edit"], "after")
     assert frame["type"] == "welcome" and frame["doc"] == "made", frame
+
+
+async def test_a_token_header_that_is_not_utf8_is_refused_not_a_server_error(client):
+    """aiohttp hands undecodable header bytes on as lone surrogates; such a token is simply not a token."""
+    await make_doc(client)
+    for token in (b"a\xff\xfe", b"e" + b"\xc3" * 40, "\u00e9t\u00e9".encode()):
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(b"GET /api/docs/doc HTTP/1.1\r\nHost: " + f"{client.server.host}:{client.server.port}".encode()
+                     + b"\r\nAuthorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 403"), (token, head)
+        assert orjson.loads(body)["error"]["code"] == "forbidden", body
+    with pytest.raises(ProtocolError) as refused:
+        Access(SECRET.encode()).role("a\udcff\udcfe", "doc", "salt")
+    assert refused.value.code == "forbidden"
