@@ -1341,11 +1341,16 @@ class Rooms:
             raise ProtocolError("conflict", f"a document named {name!r} already exists") from None
         except TooManyDocuments as exc:
             raise ProtocolError("too-large", str(exc)) from None
-        self._changed(name)  # a load that found no document reads again
-        room = self.rooms.get(name)
-        if room is not None and room.doc_id is None:  # open before it existed (an admin's editor on a new name)
-            await room.find_document()
+        await self._named(name)
         return doc_id
+
+    async def _named(self, name: str) -> None:
+        """A document now has `name` (made, or renamed to it): a load that found none reads again, and a
+        room open on the name before it had a document (an admin's editor on a new name) becomes it."""
+        self._changed(name)
+        room = self.rooms.get(name)
+        if room is not None and room.doc_id is None:
+            await room.find_document()
 
     async def join(self, name: str, conn: Connection, hello: protocol.Hello, token: str | None) -> Member:
         """`conn` joins document `name` with the rights `token` gives now; its welcome is sent.
@@ -1462,6 +1467,7 @@ class Rooms:
         except NameTaken:
             raise ProtocolError("conflict", f"a document named {new_name!r} already exists") from None
         self._changed(name)
+        await self._named(new_name)
         reason = f"this document was renamed to {new_name}"
         self._close_waiting(name, everyone=True, reason=reason)
         room = self.rooms.get(name)

@@ -396,24 +396,37 @@ async def test_a_document_loading_while_its_links_are_reset_or_it_is_renamed_or_
         assert (await client.get("/api/docs/doc2", headers=auth)).status == 200
 
 
-async def test_the_links_of_a_document_made_while_its_name_is_open_work_at_once(client):
+@pytest.mark.parametrize("how", ["made", "renamed"])
+async def test_the_links_of_a_document_made_while_its_name_is_open_work_at_once(client, how):
     """Was: the admin's editor open on a new name held a room with no salt; the document then made
     through the API handed out links that hello refused (forbidden, 1008: do not come back) until
-    someone typed."""
+    someone typed. A document renamed onto that name was worse: the room stayed unborn, so its links
+    were refused and the admin's editor showed it empty."""
     auth = {"Authorization": f"Bearer {ADMIN}"}
     admin, frame = await hello(client, "plan", ADMIN, "admin")
     assert frame["type"] == "welcome"
-    resp = await client.post("/api/docs", json={"name": "plan"}, headers=auth)
-    assert resp.status == 201, await resp.text()
+    if how == "made":
+        resp = await client.post("/api/docs", json={"name": "plan"}, headers=auth)
+        assert resp.status == 201, await resp.text()
+        text = ""
+    else:
+        await make_doc(client, "old", "typed before")
+        resp = await client.post("/api/docs/old/rename", json={"name": "plan"}, headers=auth)
+        assert resp.status == 200, await resp.text()
+        text = "typed before"
     tokens = {role: url.split("token=")[1] for role, url in (await resp.json())["links"].items()}
     for role in ("edit", "view"):
         ws, frame = await hello(client, "plan", tokens[role], role)
-        assert frame["type"] == "welcome" and frame["role"] == role, frame
+        assert frame["type"] == "welcome" and frame["role"] == role and frame["doc"] == text, frame
         await ws.close()
-    await send(admin, {"type": "push", "version": 0, "updates": [{"clientID": "admin", "changes": [[0, "made"]]}]})
+    theirs = await recv_type(admin, "updates") if text else None  # the admin's editor catches up with the text
+    assert theirs is None or theirs["from"] == 0, theirs
+    version = 1 if text else 0
+    await send(admin, {"type": "push", "version": version,
+                       "updates": [{"clientID": "admin", "changes": [len(text), [0, " made"]]}]})
     await recv_type(admin, "updates")
     ws, frame = await hello(client, "plan", tokens["edit"], "after")
-    assert frame["type"] == "welcome" and frame["doc"] == "made", frame
+    assert frame["type"] == "welcome" and frame["doc"] == text + " made", frame
 
 
 async def test_a_token_header_that_is_not_utf8_is_refused_not_a_server_error(client):
