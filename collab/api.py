@@ -150,8 +150,8 @@ def _query(request: web.Request, key: str):
 async def _json_body(request: web.Request) -> dict:
     try:
         body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise ProtocolError("bad-request", "the request body must be a JSON object") from None
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("bad-json", f"the request body is not JSON: {exc}") from None
     if type(body) is not dict:
         raise ProtocolError("bad-request", "the request body must be a JSON object")
     return body
@@ -403,7 +403,9 @@ class Api:
             if type(label) is not str or len(label) > protocol.MAX_NAME:
                 raise ProtocolError("bad-request", f"name must be a string of at most {protocol.MAX_NAME} "
                                     "characters, or null")
-            label = protocol.clean_name(label, "") or None
+            label = protocol.clean_name(label, "")
+            if not label:  # only `null` takes a name away
+                raise ProtocolError("bad-request", "name must have a visible character (null takes the name away)")
         try:
             await self.store.set_checkpoint(info["id"], version, label, _author(body),
                                             max_checkpoints=self.rooms.settings.max_checkpoints or None)

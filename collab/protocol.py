@@ -75,10 +75,12 @@ def clean_name(raw: str, default: str) -> str:
     Format characters (Unicode category Cf) include bidirectional overrides
     and zero-width characters, which could make a name look like another or
     reverse the text around it; control characters (Cc) include line breaks.
+    At most MAX_NAME characters come out, whatever went in: NFC can make a
+    name longer (U+FB2C is three characters), so the result is cut there.
     """
     text = unicodedata.normalize("NFC", raw)
     text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf"))
-    return " ".join(text.split()) or default
+    return " ".join(text.split())[:MAX_NAME].rstrip() or default
 
 
 def _is_count(value) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import unicodedata
 
 import aiohttp
 import orjson
@@ -439,6 +440,38 @@ async def test_named_versions_per_document_stop_at_max_checkpoints(aiohttp_clien
     assert (await name(1, None))[0] == 200
     status, body = await name(3, "three")
     assert status == 200 and [(c["version"], c["name"]) for c in body["checkpoints"]] == [(2, "second"), (3, "three")]
+    await ws.close()
+
+
+async def test_a_checkpoint_name_is_visible_at_most_100_characters_and_only_null_takes_it_away(aiohttp_client, tmp_path):
+    """Was: a name that normalised to nothing ("   ", a zero-width space) silently took the version's name away,
+    and the 100-character limit was checked before NFC, so 100 x U+FB2C was stored as 300 characters. And a
+    body that is not JSON was bad-request, where the error table says bad-json."""
+    client = await aiohttp_client(create_app(Settings(db=str(tmp_path / "cp.db"), write_rate=0)))
+    ws, frame = await hello(client, "doc", "", "c")
+    await send(ws, {"type": "push", "version": 0, "updates": [{"clientID": "c", "changes": [[0, "x"]]}]})
+    await recv_type(ws, "updates")
+
+    async def name(label, author=None):
+        body = {"version": 1, "name": label} | ({"author": author} if author is not None else {})
+        resp = await client.post("/api/docs/doc/checkpoints", json=body)
+        return resp.status, await resp.json()
+
+    assert (await name("release 1"))[0] == 200
+    for blank in ("   ", "\u200b", " \u200b\u202e \n"):
+        status, body = await name(blank)
+        assert (status, body["error"]["code"]) == (400, "bad-request"), (blank, body)
+    checkpoints = (await (await client.get("/api/docs/doc/checkpoints")).json())["checkpoints"]
+    assert [c["name"] for c in checkpoints] == ["release 1"]
+    status, body = await name("\ufb2c" * 100, author="\ufb2c" * 100)
+    assert status == 200, body
+    (stored,) = body["checkpoints"]
+    assert stored["name"] == unicodedata.normalize("NFC", "\ufb2c" * 100)[:100], len(stored["name"])
+    assert len(stored["author"]) == 100
+    assert (await name(None))[0] == 200
+    assert (await (await client.get("/api/docs/doc/checkpoints")).json())["checkpoints"] == []
+    resp = await client.post("/api/docs/doc/checkpoints", data=b"{version: 1", headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "bad-json"
     await ws.close()
 
 
