@@ -494,7 +494,10 @@ class Room:
             raise ServerError("the server's disk is nearly full, so edits are not saved for now; "
                               "push again later")
         self._spend(member, len(msg.updates))
-        if self.doc_id is None:
+        if self.doc_id is None:  # only a push that would be accepted makes the document
+            self.seq.check_unborn(conn.client_id, msg.version, msg.updates)
+            if not msg.updates:
+                return
             await self._be_born()
         if not self._ready.is_set():
             await self._until_ready()  # another writer's updates first

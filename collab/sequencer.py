@@ -258,11 +258,7 @@ class Sequencer:
         if rebased and rebased[0].changes.length != self.text.length:
             # Only possible when re-pushed updates differ from the accepted ones.
             raise ChangeError("re-pushed updates do not match the updates accepted from this client")
-        if self.max_length is not None:
-            final = rebased[-1].changes.new_length if rebased else self.text.length
-            if final > self.max_length and final > self.text.length:  # shrinking is always allowed
-                raise ProtocolError("too-large", f"the document would grow to {final} characters, "
-                                    f"over the limit of {self.max_length}")
+        self._check_length(rebased[-1].changes.new_length if rebased else self.text.length)
         inverses = self._apply_all(rebased)
 
         accepted = []
@@ -317,6 +313,23 @@ class Sequencer:
             version = base
         ends = [f - version for f in self.push_frames(version) if version < f < self.version]
         return committed, rebase_work(updates, self.log[version - self.log_from:], ends, own=False)
+
+    def check_unborn(self, client_id: str, version, updates: list[Update]) -> None:
+        """Raise what `push` would refuse of this push (`bad-version`, `bad-message`, `bad-changes`,
+        `too-large`), changing nothing, while nothing was accepted yet (version 0: nothing to rebase
+        over): a document is made only by a push it will take."""
+        if type(version) is not int or version < 0:
+            raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {brief(version)}")
+        self._check(client_id, version, updates, self.version)
+        if updates:
+            self._check_length(updates[-1].changes.new_length)
+
+    def _check_length(self, final: int) -> None:
+        """too-large if the text would end longer than max_length (and longer than now: shrinking is
+        always allowed)."""
+        if self.max_length is not None and final > self.max_length and final > self.text.length:
+            raise ProtocolError("too-large", f"the document would grow to {final} characters, "
+                                f"over the limit of {self.max_length}")
 
     def _check(self, client_id: str, version: int, updates: list[Update], until: int,
                history: History | None = None, over: list[Update] | None = None) -> list[Update]:

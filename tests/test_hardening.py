@@ -417,6 +417,28 @@ async def test_joining_a_new_document_counts_against_max_documents(aiohttp_clien
     assert sorted(d["name"] for d in (await (await client.get("/api/docs")).json())["docs"]) == ["one", "two"]
 
 
+async def test_only_a_push_the_server_takes_makes_a_document(aiohttp_client, tmp_path):
+    """Was: any push to a name with no document made it before the push was checked, so an empty push, a
+    refused one, or one from the future made a document for good (listed, counted by --max-documents)."""
+    client = await aiohttp_client(create_app(Settings(db=str(tmp_path / "made.db"), max_doc=10)))
+    ws, frame = await hello(client, "fresh", "", "c")
+    assert frame["type"] == "welcome" and frame["version"] == 0
+    refused = [({"version": 3, "updates": [{"clientID": "c", "changes": [[0, "x"]]}]}, "bad-version"),
+               ({"version": 0, "updates": [{"clientID": "someone", "changes": [[0, "x"]]}]}, "bad-message"),
+               ({"version": 0, "updates": [{"clientID": "c", "changes": [5, [0, "x"]]}]}, "bad-changes"),
+               ({"version": 0, "updates": [{"clientID": "c", "changes": [[0, "x" * 11]]}]}, "too-large")]
+    await send(ws, {"type": "push", "version": 0, "updates": []})  # nothing, and no answer
+    for push, code in refused:
+        await send(ws, {"type": "push"} | push)
+        frame = await recv(ws)
+        assert (frame["type"], frame.get("code")) == ("error", code), (push, frame)
+    assert (await (await client.get("/api/docs")).json())["docs"] == []
+    await send(ws, {"type": "push", "version": 0, "updates": [{"clientID": "c", "changes": [[0, "x"]]}]})
+    assert (await recv(ws))["type"] == "updates"
+    assert [d["name"] for d in (await (await client.get("/api/docs")).json())["docs"]] == ["fresh"]
+    await ws.close()
+
+
 async def test_named_versions_per_document_stop_at_max_checkpoints(aiohttp_client, tmp_path):
     """Named versions are bounded per document: past --max-checkpoints naming another version is 413 with
     why; renaming a named one and taking a name away still work, and then a new one may be named."""
