@@ -472,10 +472,20 @@ class Room:
             self.owners.move_to_end(hello.client_id)
         else:
             key = secrets.token_urlsafe(18)
-            while len(self.owners) >= MAX_OWNERS:
-                self.owners.popitem(last=False)
+            self._forget_owners()
         self.owners[hello.client_id] = (key, token, conn.remote)
         return key
+
+    def _forget_owners(self) -> None:
+        """Make room for one more owner: forget the least recently seen whose clientID is not connected
+        now (a connected one stays, else 4096 hellos could take a client's clientID from under it; they
+        are at most --max-conns-per-doc, so the memory stays bounded)."""
+        for _ in range(len(self.owners)):
+            if len(self.owners) < MAX_OWNERS:
+                return
+            client_id, proof = self.owners.popitem(last=False)
+            if client_id in self.by_client:
+                self.owners[client_id] = proof  # still connected: to the back of the line
 
     def _committed_json(self) -> bytes:
         """The committed text as a JSON string, made once per version (every welcome shares it)."""

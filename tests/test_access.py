@@ -14,6 +14,7 @@ from aiohttp import WSMsgType
 from collab.access import Access
 from collab.errors import ProtocolError
 from collab.app import ADMISSION, ROOMS, create_app
+from collab import room as room_module
 from collab import ws as ws_module
 from collab.settings import Settings
 from wsutil import USER, closed, recv_type, send
@@ -444,3 +445,23 @@ async def test_a_token_header_that_is_not_utf8_is_refused_not_a_server_error(cli
     with pytest.raises(ProtocolError) as refused:
         Access(SECRET.encode()).role("a\udcff\udcfe", "doc", "salt")
     assert refused.value.code == "forbidden"
+
+
+async def test_a_connected_clients_id_is_never_forgotten_so_no_one_else_can_take_it(client, monkeypatch):
+    """Was: past MAX_OWNERS other clientIDs the least recently seen owner was forgotten even while
+    connected, so another token could then take its clientID (4001 for the owner) and lock it out."""
+    monkeypatch.setattr(room_module, "MAX_OWNERS", 4)
+    tokens = await make_doc(client)
+    victim, frame = await hello(client, "doc", ADMIN, "victim")
+    assert frame["type"] == "welcome"
+    for k in range(12):  # other clientIDs, each connected and gone
+        ws, frame = await hello(client, "doc", tokens["edit"], f"x{k}")
+        assert frame["type"] == "welcome", frame
+        await ws.close()
+    thief, frame = await hello(client, "doc", tokens["edit"], "victim")
+    assert (frame["type"], frame["code"]) == ("error", "conflict"), frame
+    assert len(client.app[ROOMS].rooms["doc"].owners) == 4  # the rest were forgotten
+    await victim.close()
+    again, frame = await hello(client, "doc", ADMIN, "victim")  # its owner, back
+    assert frame["type"] == "welcome"
+    await again.close()
