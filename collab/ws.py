@@ -264,17 +264,17 @@ async def _serve(ws: web.WebSocketResponse, peer: Peer, member: Member, settings
             raise
         finally:
             peer.receiving = False
-        if msg.type == WSMsgType.TEXT:
+        if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:  # every data frame counts for the rate
             metrics.bytes_in.inc(len(msg.data))
             if not bucket.take(time.monotonic()):
                 refuse(peer, _over_rate(bucket, settings), member.room.name, metrics)
                 continue
             try:
+                if msg.type == WSMsgType.BINARY:
+                    raise ProtocolError("bad-message", "frames must be UTF-8 JSON text frames")
                 await _frame(member, msg.data, settings)
             except CollabError as exc:
                 refuse(peer, exc, member.room.name, metrics)
-        elif msg.type == WSMsgType.BINARY:
-            refuse(peer, ProtocolError("bad-message", "frames must be UTF-8 JSON text frames"), member.room.name, metrics)
         elif msg.type == WSMsgType.ERROR:
             if isinstance(ws.exception(), asyncio.TimeoutError):  # aiohttp's heartbeat: no pong came back
                 log.info("dropping session=%s: %s", peer.session, ws.exception())
