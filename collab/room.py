@@ -981,6 +981,7 @@ class Room:
             if everyone or not m.conn.admin:
                 self._remove(m)
                 m.conn.close(CLOSE_POLICY, reason)
+        self.release()  # their leave() finds them gone: unloading is scheduled here
 
     def _fail(self) -> None:
         self.broken = True
@@ -1146,6 +1147,7 @@ class Room:
         if proves_owner(owner, proof.get("key"), proof.get("t"), proof.get("a")):
             self._remove(member)
             member.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same clientID")
+            self.release()
 
     # ------------------------------------------------------------- leaving
 

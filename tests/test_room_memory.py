@@ -267,6 +267,36 @@ async def test_access_is_decided_at_hello_and_a_reset_closes_members_and_waiting
         assert err.value.code == "forbidden"
 
 
+async def test_a_room_whose_members_were_all_revoked_or_taken_elsewhere_unloads(tmp_path):
+    """Was: revoke() (a links reset) and taken_elsewhere() (another process's connection of the client)
+    removed members without scheduling the unload, and each one's leave() then found it gone: a room
+    left empty that way stayed in memory for good."""
+    access = Access(b"0123456789abcdef0123")
+    async with registry(tmp_path, access=access, unload_after=0.0) as (store, rooms):
+        admin = FakeConn("admin")
+        ma = await rooms.join("doc", admin, hello("admin"), token=access.admin_token())
+        await ma.room.push(ma, push_msg(0, "admin", [[0, "made"]]))
+        await ma.room.settled()
+        ma.room.leave(ma)
+        salt = await rooms.salt_of("doc")
+        for how in ("reset", "taken"):
+            conn = FakeConn("e")
+            member = await rooms.join("doc", conn, hello("e"), token=access.doc_token("doc", "edit", salt))
+            room = member.room
+            if how == "reset":
+                salt = await rooms.reset_links("doc")
+            else:
+                key, token, remote = room.owners["e"]
+                room.taken_elsewhere("e", {"key": key, "t": token, "a": remote})
+            assert conn.closed
+            room.leave(member)  # the handler's, once the socket is closed
+            for _ in range(100):
+                if "doc" not in rooms.rooms:
+                    break
+                await asyncio.sleep(0.01)
+            assert "doc" not in rooms.rooms, how
+
+
 async def test_shutdown_waits_for_the_unloads_it_started(world, monkeypatch):
     settings, store, rooms = world
     write_snapshot, calls = store.write_snapshot, []
