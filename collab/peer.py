@@ -16,7 +16,8 @@ Rules that always hold:
     frames cost this peer alone (`frame_cost`: not the shared document)
     counts against `limit` (--send-buffer; the frame at the head of the queue
     may be larger on its own) and, across all peers, against the `Outbox`
-    budget; over either, the peer is closed with 1013 and resumes from its
+    budget, which also counts each shared document queued frames hold once;
+    over either, the peer is closed with 1013 and resumes from its
     version when it reconnects. A peer that takes nothing for `send_timeout`
     seconds while data waits is closed the same way;
   * only the handler task (ws.py) runs the closing handshake; any other task
@@ -156,13 +157,41 @@ def _deflate_inline(frame: bytes | tuple[bytes, ...], wbits: int) -> bytes:
 
 
 class Outbox:
-    """What every peer of the process has queued, against one budget (--max-buffered)."""
+    """What every peer of the process has queued, against one budget (--max-buffered).
 
-    __slots__ = ("budget", "queued")
+    Each queued frame's own cost (`frame_cost`), and each shared part (a
+    document's JSON) once, however many queued frames share it: welcomes of
+    versions the room has moved on from hold theirs, and nothing else does.
+    """
+
+    __slots__ = ("budget", "queued", "_shared")
 
     def __init__(self, budget: int):
         self.budget = budget
         self.queued = 0
+        self._shared: dict[int, int] = {}  # id of a shared part -> queued frames holding it (they keep it alive)
+
+    def hold(self, frame: bytes | tuple[bytes, ...]) -> None:
+        """A frame was queued: its cost, and its shared part if no other queued frame holds that yet."""
+        self.queued += frame_cost(frame)
+        if type(frame) is tuple and len(frame) == 3:
+            key = id(frame[1])
+            held = self._shared.get(key, 0)
+            if not held:
+                self.queued += len(frame[1])
+            self._shared[key] = held + 1
+
+    def let_go(self, frame: bytes | tuple[bytes, ...]) -> None:
+        """A queued frame was sent or dropped."""
+        self.queued -= frame_cost(frame)
+        if type(frame) is tuple and len(frame) == 3:
+            key = id(frame[1])
+            held = self._shared[key] - 1
+            if held:
+                self._shared[key] = held
+            else:
+                del self._shared[key]
+                self.queued -= len(frame[1])
 
 
 class Peer:
@@ -216,7 +245,6 @@ class Peer:
         size = frame_size(frame)
         if self.bytes_out is not None:
             self.bytes_out.inc(size)
-        cost = frame_cost(frame)
         if self.writer is None and not self.queue and size <= FRAGMENT and self.buffered() < HIGH_WATER:
             if size < self.deflate_min:
                 self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
@@ -227,8 +255,8 @@ class Peer:
         if self.queue is _NO_QUEUE:
             self.queue = deque()
         self.queue.append(frame)
-        self.queued += cost
-        self.outbox.queued += cost
+        self.queued += frame_cost(frame)
+        self.outbox.hold(frame)
         # The frame at the head of the queue may be larger than the limit on its own (it goes out a
         # fragment at a time): what is queued behind it counts. A peer that does not read it is
         # closed by the send timeout instead.
@@ -303,7 +331,7 @@ class Peer:
                     await self._write_fragmented(parts, opcode)
                     if self.closed:
                         break
-                self._dequeued(frame_cost(frame))
+                self._dequeued(frame)
                 self.queue.popleft()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             self.closed = True
@@ -340,9 +368,9 @@ class Peer:
             self._write(opcode, True, piece)
             self.midmessage = False
 
-    def _dequeued(self, cost: int) -> None:
-        self.queued -= cost
-        self.outbox.queued -= cost
+    def _dequeued(self, frame: bytes | tuple[bytes, ...]) -> None:
+        self.queued -= frame_cost(frame)
+        self.outbox.let_go(frame)
 
     # ---------------------------------------------------------------- closing
 
@@ -369,7 +397,7 @@ class Peer:
 
     def _drop_queue(self) -> None:
         for frame in self.queue:
-            self._dequeued(frame_cost(frame))
+            self._dequeued(frame)
         self.queue = _NO_QUEUE
 
     async def finish(self, timeout: float) -> None:

@@ -44,3 +44,30 @@ async def test_a_writer_woken_after_the_client_closed_writes_nothing_and_counts_
     await asyncio.sleep(0.2)
     assert (peer.queued, outbox.queued, transport.written, peer.writer) == (0, 0, [], None)
     assert peer.closed
+
+
+async def test_documents_held_by_queued_welcomes_count_once_each_against_the_process_budget():
+    """Was: a welcome's document JSON (shared by every welcome of its version) counted nowhere, so welcomes
+    of ever-new versions queued for clients that do not read each held a copy of the document unbounded
+    by --max-buffered. Now each document queued frames hold counts once, however many frames share it."""
+    outbox = Outbox(10_000)
+    transports = [FakeTransport(buffered=HIGH_WATER + 1) for _ in range(4)]
+    peers = [Peer(None, t, f"c{k}", {}, "edit", "127.0.0.1", 1 << 20, outbox=outbox)
+             for k, t in enumerate(transports)]
+    v1, v2 = b'"' + b"a" * 3000 + b'"', b'"' + b"b" * 3000 + b'"'
+    peers[0].send((b'{"type":"welcome","doc":', v1, b"}"))
+    peers[1].send((b'{"type":"welcome","doc":', v1, b"}"))  # the same version: the same bytes, counted once
+    await asyncio.sleep(0.01)
+    assert outbox.queued == 2 * (24 + 1) + len(v1)
+    assert peers[0].queued == peers[1].queued == 25  # a peer's own share stays what it alone holds
+    peers[2].send((b'{"type":"welcome","doc":', v2, b"}"))  # a later version: another copy
+    await asyncio.sleep(0.01)
+    assert outbox.queued == 3 * 25 + len(v1) + len(v2)
+    peers[3].send((b'{"type":"welcome","doc":', b'"' + b"c" * 4000 + b'"', b"}"))  # over the budget: 1013
+    assert peers[3].closed and peers[3].close_code == 1013 and not any(p.closed for p in peers[:3])
+    assert outbox.queued == 3 * 25 + len(v1) + len(v2)
+    for transport in transports:
+        transport.buffered = 0
+    await asyncio.sleep(0.3)
+    assert outbox.queued == 0 and [p.queued for p in peers[:3]] == [0, 0, 0]
+    assert [len(t.written) for t in transports[:3]] == [1, 1, 1]
