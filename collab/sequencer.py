@@ -12,7 +12,9 @@ Rules that always hold:
   * `text` is the document at `version` (the head), which includes updates
     accepted but not yet committed; `committed_version <= version`;
   * `log[k]` is the update that produced version `log_from + k + 1`, and
-    `log_from + len(log) == version`;
+    `log_from + len(log) == version`; once committed, the log keeps at most
+    `keep` updates and `keep_bytes` of their changes (`weight`), and older
+    ones are read from the store when needed (`NeedHistory`);
   * a push is all or nothing: if any of its updates is refused, the text and
     log are exactly as before;
   * versions are contiguous and never reused. If a commit fails the room
@@ -103,6 +105,16 @@ def cut_frames(start: int, updates: list[Update], ends) -> list[tuple[int, list[
     return groups
 
 
+KEEP_BYTES = 16 * 1024 * 1024  # the in-memory log keeps at most `keep` updates and about this much of their changes
+
+
+def weight(u: Update) -> int:
+    """About what an update's changes take as ChangeSetJSON (and so, give or take, in memory): the log's
+    measure against KEEP_BYTES."""
+    c = u.changes
+    return 4 * len(c.sections) + sum(map(len, c.inserted))
+
+
 class NeedHistory(Exception):
     """The push or resume reaches back before the in-memory log: read `since..log_from` (or a page of
     it) from the store and retry with it."""
@@ -115,7 +127,8 @@ class NeedHistory(Exception):
 
 class Sequencer:
     def __init__(self, text: str, version: int, log: list[Update] | None = None,
-                 keep: int = 2000, max_length: int | None = None, frame_ends: list[int] | None = None):
+                 keep: int = 2000, max_length: int | None = None, frame_ends: list[int] | None = None,
+                 keep_bytes: int = KEEP_BYTES):
         """`frame_ends`: where the frames of the loaded history ended, if the store kept them.
 
         Without them the history before `version` counts as one frame: exact
@@ -129,11 +142,14 @@ class Sequencer:
         self.committed_version = version
         self.log: list[Update] = log
         self.log_from = version - len(log)
+        self.log_bytes = sum(map(weight, log))
         self.keep = keep
+        self.keep_bytes = keep_bytes
         self.max_length = max_length
         self.pending: list[Accepted] = []  # accepted, not yet durable, in version order
         self._taken = 0                    # how many of `pending` the store is writing
         self.frame_ends = sorted({e for e in frame_ends or () if 0 < e < version} | {version})
+        self._trim()
 
     # ---------------------------------------------------------------- reads
 
@@ -265,6 +281,7 @@ class Sequencer:
         for u, inverse in zip(rebased, inverses):
             self.version += 1
             self.log.append(u)
+            self.log_bytes += weight(u)
             entry = Accepted(self.version, u, author, time, inverse, person=person, color=color)
             self.pending.append(entry)
             accepted.append(entry)
@@ -402,13 +419,21 @@ class Sequencer:
             done += 1
         del self.pending[:done]
         self._taken -= done
-        excess = len(self.log) - self.keep
-        if excess > 0:
-            # Never drop uncommitted entries: they are not readable from disk yet.
-            excess = min(excess, self.committed_version - self.log_from)
-            if excess > 0:
-                del self.log[:excess]
-                self.log_from += excess
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest committed log entries past `keep` updates or `keep_bytes` of changes (never an
+        uncommitted one: it is not readable from disk yet)."""
+        durable = self.committed_version - self.log_from
+        drop = min(max(0, len(self.log) - self.keep), durable)
+        left = self.log_bytes - sum(map(weight, self.log[:drop]))
+        while left > self.keep_bytes and drop < durable:
+            left -= weight(self.log[drop])
+            drop += 1
+        if drop:
+            del self.log[:drop]
+            self.log_from += drop
+            self.log_bytes = left
 
     # ------------------------------------------------------ another writer
 
@@ -430,6 +455,7 @@ class Sequencer:
         for entry in reversed(undone):
             self.text.apply(entry.inverse)
         if undone:
+            self.log_bytes -= sum(map(weight, self.log[len(self.log) - len(undone):]))
             del self.log[len(self.log) - len(undone):]
             self.version -= len(undone)
         return undone
@@ -447,6 +473,7 @@ class Sequencer:
         del inverses
         start = self.version
         self.log.extend(updates)
+        self.log_bytes += sum(map(weight, updates))
         self.version += len(updates)
         for end in sorted(e for e in ends if start < e < self.version):
             if end > self.frame_ends[-1]:

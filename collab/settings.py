@@ -31,8 +31,8 @@ class Settings:
                      choices=("full", "normal"))
     snapshot_every: int = _opt(1000, "updates between the authorship checkpoints kept for the History's authors view "
                                 "(full-text snapshots follow --snapshot-ratio)")
-    keep_updates: int = _opt(2000, "updates per open document kept in memory for rebases and resumes "
-                             "(older ones are read from disk when needed)")
+    keep_updates: int = _opt(2000, "updates per open document kept in memory for rebases and resumes, and "
+                             "at most 16 MiB of their changes (older ones are read from disk when needed)")
     unload_after: float = _opt(30.0, "seconds a document stays in memory after its last connection leaves")
     heartbeat: float = _opt(20.0, "seconds between WebSocket pings; a peer that misses a pong is dropped")
     hello_timeout: float = _opt(10.0, "seconds a new connection has to send its hello")

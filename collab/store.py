@@ -63,7 +63,7 @@ from .changes import ChangeSet
 from .history import Authorship
 from .logs import QUIET_FOR, Throttle
 from .rebase import Update
-from .sequencer import Accepted, History
+from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Kept, Loaded,
                       NamedWhileCompacting, NameTaken, StorageUnavailable, TooManyCheckpoints, TooManyDocuments,
                       VersionCompacted, VersionConflict, contiguous_tail, history_entry, history_of, pending_migrations)
@@ -181,6 +181,16 @@ def _update_rows(conn: sqlite3.Connection, doc_id: int, after: int, upto: int) -
     return conn.execute("SELECT version, client_id, changes FROM updates "
                         "WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
                         (doc_id, after, upto)).fetchall()
+
+
+def _log_start(conn: sqlite3.Connection, doc_id: int, version: int, keep: int) -> int:
+    """Where a loaded document's in-memory log starts: at most `keep` updates before `version`, and no
+    further back than KEEP_BYTES of their ChangeSetJSON reach (sequencer.py: the log's bounds)."""
+    start = max(0, version - keep)
+    row = conn.execute("SELECT max(version) FROM (SELECT version, sum(length(CAST(changes AS BLOB))) OVER "
+                       "(ORDER BY version DESC) AS newer FROM updates WHERE doc_id = ? AND version > ? "
+                       "AND version <= ?) WHERE newer > ?", (doc_id, start, version, KEEP_BYTES)).fetchone()
+    return start if row[0] is None else row[0]
 
 
 def _insert_snapshot(conn: sqlite3.Connection, doc_id: int, version: int, text: str) -> None:
@@ -652,13 +662,13 @@ class Store(GroupWriter):
                 return None
             doc_id, version, salt = row
             snap_version, text = _snapshot_at(conn, doc_id, version)
-            start = min(snap_version, max(0, version - keep))
-            rows = _update_rows(conn, doc_id, start, version)
+            in_log = version - _log_start(conn, doc_id, version, keep)
+            rows = _update_rows(conn, doc_id, min(snap_version, version - in_log), version)
             log = contiguous_tail(rows, version)
             log_from = version - len(log)
             if log_from > snap_version:
                 raise RuntimeError(f"document {name!r}: updates {snap_version + 1}..{log_from} are missing")
-            replay, log = log[snap_version - log_from:], (log[-keep:] if keep else [])
+            replay, log = log[snap_version - log_from:], (log[max(0, len(log) - in_log):] if in_log else [])
             ends = [v for (v,) in conn.execute(
                 "SELECT version FROM updates WHERE doc_id = ? AND version > ? AND version < ? AND frame_end = 1",
                 (doc_id, version - len(log), version))]

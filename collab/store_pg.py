@@ -67,7 +67,7 @@ from . import resources
 from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
-from .sequencer import Accepted, History
+from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter,
                       history_entry, history_of, Kept, Loaded, NamedWhileCompacting, NameTaken, pending_migrations,
                       redact, StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
@@ -842,20 +842,24 @@ class PgStore(GroupWriter):
                 return None
             doc_id, version, salt = row
             snap_version, text = await _snapshot_at(conn, doc_id, version)
-            start = min(snap_version, max(0, version - keep))
-            rows = await conn.fetch(_UPDATE_ROWS, doc_id, start, version)
-            # The log keeps at most `keep` updates, so its frame ends are above version - keep (the rest
-            # are left out once its length is known, off the loop).
+            # The log keeps at most `keep` updates and KEEP_BYTES of their ChangeSetJSON (sequencer.py).
+            log_start = max(0, version - keep)
+            heavy = await conn.fetchval(
+                "SELECT max(version) FROM (SELECT version, sum(octet_length(changes)) OVER (ORDER BY version "
+                "DESC) AS newer FROM updates WHERE doc_id = $1 AND version > $2 AND version <= $3) AS tail "
+                "WHERE newer > $4", doc_id, log_start, version, KEEP_BYTES)
+            log_start = log_start if heavy is None else heavy
+            rows = await conn.fetch(_UPDATE_ROWS, doc_id, min(snap_version, log_start), version)
             ends = [r[0] for r in await conn.fetch(
                 "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end",
-                doc_id, max(start, version - keep), version)]
-            return doc_id, version, salt, snap_version, text, rows, ends
+                doc_id, log_start, version)]
+            return doc_id, version, salt, snap_version, text, rows, ends, version - log_start
 
         read = await self._read(fn, snapshot=True)
         if read is None:
             return None
 
-        def replay(doc_id, version, salt, snap_version, text, rows, ends) -> Loaded:
+        def replay(doc_id, version, salt, snap_version, text, rows, ends, in_log) -> Loaded:
             log = contiguous_tail(rows, version)
             log_from = version - len(log)
             if log_from > snap_version:
@@ -863,7 +867,7 @@ class PgStore(GroupWriter):
             doc = Text(text)
             for u in log[snap_version - log_from:]:
                 doc.apply(u.changes)
-            log = log[-keep:] if keep else []
+            log = log[max(0, len(log) - in_log):] if in_log else []
             log_from = version - len(log)
             return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, [v for v in ends if v > log_from])
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from collab.changes import ChangeSet
 from collab.errors import ChangeError, ProtocolError
 from collab.rebase import Update
-from collab.sequencer import MAP_BUDGET, History, NeedHistory, Sequencer
+from collab.sequencer import MAP_BUDGET, History, NeedHistory, Sequencer, weight
 
 
 def U(client, changes):
@@ -107,6 +107,32 @@ def test_log_is_trimmed_and_older_versions_need_history():
     s.push("B", 1, [U("B", [[0, "y"], 1])], "", 0, history=History(1, history[1:3], []))
     assert str(s.text) == "yxxxxxx"
     assert s.updates_since(4) == history[4:]
+
+
+def test_the_log_keeps_a_bounded_weight_of_changes_too():
+    """Was: only `keep` updates bounded the log, each up to a frame's size: a client inserting and deleting
+    a large text over and over kept about `keep` x maxFrame of it in memory, whatever the document's length."""
+    s = Sequencer("", 0, keep=1000, keep_bytes=10_000)
+    history = []
+    for k in range(20):  # 3,000 characters in, then out again
+        big = s.push("A", 2 * k, [U("A", [[0, "x" * 3000]])], "", 0)
+        gone = s.push("A", 2 * k + 1, [U("A", [[3000]])], "", 0)
+        history += [x.update for x in big + gone]
+        s.take_pending()
+        s.committed(2 * k + 2)
+        assert s.log_bytes == sum(map(weight, s.log)) <= 10_000
+    assert s.log_from > 30 and s.log_bytes > 6000  # what fits stays
+    with pytest.raises(NeedHistory):
+        s.push("B", 1, [U("B", [[0, "y"], 3000])], "", 0)
+    s.push("B", 1, [U("B", [[0, "y"], 3000])], "", 0, history=History(1, history[1:s.log_from], []))
+    assert str(s.text) == "y"
+    loaded = Sequencer("", 40, history, keep=1000, keep_bytes=10_000)  # a loaded log is held to it as well
+    assert loaded.log_from == s.log_from and loaded.log_bytes <= 10_000
+    s.push("A", 40, [U("A", [[0, "z" * 20_000]])], "", 0)  # one update over the budget alone
+    assert s.log_bytes > 10_000  # kept while it is not durable
+    s.take_pending()
+    s.committed(42)
+    assert (s.log, s.log_from, s.log_bytes) == ([], 42, 0)
 
 
 def test_uncommitted_entries_are_never_trimmed():

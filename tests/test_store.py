@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 
+import orjson
 import pytest
 
 from collab import store as store_module
@@ -103,6 +104,28 @@ async def test_append_load_and_every_version(open_store):
     assert (info["version"], info["length"]) == (60, utf16_len(edits[-1][1]))
     assert (await store.updates(doc_id, 55, 60)).updates == [e.update for e, _ in edits[55:60]]
     await store.close()
+
+
+@BOTH_BACKENDS
+async def test_a_loaded_log_holds_at_most_keep_bytes_of_changes(open_store, monkeypatch):
+    """Was: a load read the last `keep` updates whatever their size (up to a frame each), so a document
+    whose text was pasted in and cut out over and over loaded about `keep` x maxFrame into memory."""
+    from collab import store_pg
+    for module in (store_module, store_pg):
+        monkeypatch.setattr(module, "KEEP_BYTES", 10_000)
+    store = await open_store(keep=1000)
+    doc_id = await store.create_document("doc")
+    edits = []
+    for v in range(1, 41):  # 3,000 characters in, then out again
+        changes = ChangeSet.from_json([[0, "x" * 3000]] if v % 2 else [[3000]])
+        edits.append(Accepted(v, Update("c", changes), "c", 1000.0 + v))
+    for k in range(0, 40, 2):
+        await commit(store, doc_id, edits[k:k + 2], 0, (40, "") if k == 38 else None)
+    loaded = await store.load("doc")
+    assert (loaded.version, loaded.text) == (40, "")
+    json_bytes = [len(orjson.dumps(u.changes.to_json())) for u in loaded.log]
+    assert 3 <= len(loaded.log) < 10 and sum(json_bytes) <= 10_000 < sum(json_bytes) + 3008, json_bytes
+    assert loaded.log == [e.update for e in edits[40 - len(loaded.log):]]
 
 
 @BOTH_BACKENDS
