@@ -1,17 +1,23 @@
-"""Limits on how fast and how much: token buckets and the free-disk guard. No I/O but one statvfs.
+"""Limits on how fast and how much: token buckets, gates and the free-disk guard. No I/O but one statvfs.
 
 Rules that always hold:
   * a `TokenBucket` allows `rate` units a second on average and `burst` at
     once; `take(n, now)` is all or nothing, and the clock is passed in;
+  * a `Gate` lets `running` callers in at once and `waiting` more wait in
+    line; one more is refused at once (`unavailable`), never queued;
   * a `DiskGuard` answers from a reading at most `every` seconds old, so
     checking it on every push costs a comparison.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import time
 from pathlib import Path
+
+from .errors import ServerError
 
 
 class TokenBucket:
@@ -38,6 +44,31 @@ class TokenBucket:
     def wait(self, n: float = 1) -> float:
         """Seconds until `n` units would be there (as of the last `take`)."""
         return max(0.0, (n - self.tokens) / self.rate)
+
+
+class Gate:
+    """At most `running` at once and `waiting` more in line, for work that holds a shared resource (a
+    reader connection) long enough that a crowd of it would starve everything else using it."""
+
+    def __init__(self, running: int, waiting: int, busy: str):
+        self._slots = asyncio.Semaphore(running)
+        self.waiting_max = waiting
+        self.waiting = 0
+        self.busy = busy  # the message of a refusal
+
+    @contextlib.asynccontextmanager
+    async def enter(self):
+        if self._slots.locked() and self.waiting >= self.waiting_max:
+            raise ServerError(self.busy)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 class DiskGuard:

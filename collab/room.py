@@ -49,7 +49,7 @@ from . import protocol
 from .access import Access
 from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_TRY_AGAIN,
                      ChangeError, ProtocolError, ServerError)
-from .limits import DiskGuard, TokenBucket
+from .limits import DiskGuard, Gate, TokenBucket
 from .logs import Throttle
 from .metrics import Metrics
 from .rebase import Update, rebase_in_frames_steps
@@ -92,6 +92,8 @@ TURN_ROUNDS = 8        # rounds of the event loop each turn gives (a request nee
 RESUME_PAGE = 1000            # updates of a resume taken at once from the log or the store (a page)
 RESUME_PAGE_BYTES = 1 << 20   # and at most about this much of their changes read from the store at once
 HISTORY_SLOTS = 8             # pages of history read from the store that the whole process holds at once
+REBUILDS_RUNNING = 2          # texts of versions rebuilt from the store at once (of 3 SQLite readers, 4 PostgreSQL)
+REBUILDS_WAITING = 32         # and waiting for their turn; one more is refused (503 unavailable)
 RESUME_HOLD = 1.0             # seconds a resume keeps its page (and slot) while its client takes what was sent
 
 
@@ -1234,6 +1236,10 @@ class Rooms:
         self._stale: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self.history_slots = asyncio.Semaphore(HISTORY_SLOTS)  # pages of history held at once (Room._resume)
+        # Texts rebuilt from the store (a snapshot and the updates after it) hold a reader connection for
+        # a while: a crowd of them must leave readers to loads and joins.
+        self.rebuilds = Gate(REBUILDS_RUNNING, REBUILDS_WAITING, "too many versions of documents are being "
+                             "read right now; try again in a moment")
         self._waiting: dict[str, set[Connection]] = {}  # sockets before their hello, by document
         self.closing = False
         # While the database cannot be used, every open document fails alike: one line now and then
@@ -1413,15 +1419,18 @@ class Rooms:
         if room is not None:
             return room.seq.committed_version, room.seq.committed_text()
         info = await self.info(name)
-        return info["version"], await self.store.text_at(info["id"], info["version"])
+        async with self.rebuilds.enter():
+            return info["version"], await self.store.text_at(info["id"], info["version"])
 
     async def text_at(self, info: dict, version: int) -> str:
-        """The text of document `info` at `version` (not-found if compacted away)."""
+        """The text of document `info` at `version` (not-found if compacted away; unavailable while
+        REBUILDS_RUNNING others are rebuilt and REBUILDS_WAITING wait)."""
         room = self._open(info["name"])
         if room is not None and version == room.seq.committed_version:
             return room.seq.committed_text()
         try:
-            return await self.store.text_at(info["id"], version)
+            async with self.rebuilds.enter():
+                return await self.store.text_at(info["id"], version)
         except VersionCompacted as exc:
             raise ProtocolError("not-found", str(exc)) from None
 

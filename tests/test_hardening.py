@@ -18,11 +18,13 @@ import aiohttp
 import orjson
 import pytest
 
+from collab import room as room_module
 from collab.access import Access
 from collab.app import ROOMS, create_app
 from collab.errors import CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED
 from collab.settings import Settings
 from serverproc import ServerProcess
+from test_room_memory import until
 from wsutil import USER, closed, recv, recv_type, send
 
 SECRET = "a secret for the hardening tests"
@@ -437,6 +439,51 @@ async def test_only_a_push_the_server_takes_makes_a_document(aiohttp_client, tmp
     assert (await recv(ws))["type"] == "updates"
     assert [d["name"] for d in (await (await client.get("/api/docs")).json())["docs"]] == ["fresh"]
     await ws.close()
+
+
+async def test_versions_rebuilt_from_the_store_wait_in_a_bounded_line_and_the_rest_are_refused(
+        aiohttp_client, tmp_path, monkeypatch):
+    """Was: every request for an old version (any view link may ask) rebuilt its text on the store's
+    few reader connections with no bound on how many at once or in line, so a crowd of them held up
+    every load and join behind it (a reviewer: a join took 14 s). Now REBUILDS_RUNNING run at once,
+    REBUILDS_WAITING wait, and one more is 503 unavailable at once."""
+    monkeypatch.setattr(room_module, "REBUILDS_RUNNING", 2)
+    monkeypatch.setattr(room_module, "REBUILDS_WAITING", 3)
+    app = create_app(Settings(db=str(tmp_path / "r.db")))
+    client = await aiohttp_client(app)
+    ws, frame = await hello(client, "doc", "", "c")
+    for v in range(3):
+        await send(ws, {"type": "push", "version": v, "updates": [{"clientID": "c", "changes": [v, [0, "x"]]}]})
+        await recv_type(ws, "updates")
+    store = app[ROOMS].store
+    rebuild, running, most, go = store.text_at, [0], [0], asyncio.Event()
+
+    async def held_rebuild(doc_id, version):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            await go.wait()
+            return await rebuild(doc_id, version)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(store, "text_at", held_rebuild)
+
+    async def read():
+        resp = await client.get("/api/docs/doc/versions/1")
+        return resp.status, await resp.json()
+
+    reads = [asyncio.ensure_future(read()) for _ in range(9)]
+    await until(lambda: sum(r.done() for r in reads) == 4, "four refusals")
+    refused = [r.result() for r in reads if r.done()]
+    assert all(status == 503 and body["error"]["code"] == "unavailable" for status, body in refused), refused
+    other, frame = await hello(client, "another", "", "d")  # loads and joins do not wait in that line
+    assert frame["type"] == "welcome"
+    go.set()
+    answered = await asyncio.gather(*(r for r in reads if not r.done()))
+    assert answered == [(200, {"version": 1, "doc": "x"})] * 5 and most[0] == 2
+    await ws.close()
+    await other.close()
 
 
 async def test_named_versions_per_document_stop_at_max_checkpoints(aiohttp_client, tmp_path):
