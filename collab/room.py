@@ -92,6 +92,7 @@ TURN_ROUNDS = 8        # rounds of the event loop each turn gives (a request nee
 RESUME_PAGE = 1000            # updates of a resume taken at once from the log or the store (a page)
 RESUME_PAGE_BYTES = 1 << 20   # and at most about this much of their changes read from the store at once
 HISTORY_SLOTS = 8             # pages of history read from the store that the whole process holds at once
+SECTIONS_PER_UPDATE = 100     # sections of a push's changes that count as one update against the budgets
 REBUILDS_RUNNING = 2          # texts of versions rebuilt from the store at once (of 3 SQLite readers, 4 PostgreSQL)
 REBUILDS_WAITING = 32         # and waiting for their turn; one more is refused (503 unavailable)
 RESUME_HOLD = 1.0             # seconds a resume keeps its page (and slot) while its client takes what was sent
@@ -505,7 +506,7 @@ class Room:
         if not self.rooms.disk.ok():
             raise ServerError("the server's disk is nearly full, so edits are not saved for now; "
                               "push again later")
-        self._spend(member, len(msg.updates))
+        self._spend(member, self._cost(msg.updates))
         if self.doc_id is None:  # only a push that would be accepted makes the document
             self.seq.check_unborn(conn.client_id, msg.version, msg.updates)
             if not msg.updates:
@@ -666,6 +667,14 @@ class Room:
         """Wait until no catch-up runs (one may begin again between its end and this task's turn)."""
         while not self._ready.is_set():
             await self._ready.wait()
+
+    def _cost(self, updates: list[Update]) -> int:
+        """What a push takes from the update budgets: one per update, or one per SECTIONS_PER_UPDATE
+        sections of their changes if that is more (parsing and applying a push of a hundred thousand
+        places holds the event loop about as long as a thousand keystrokes), but never more than
+        --max-updates, so every push the server would take can be taken."""
+        sections = sum(len(u.changes.sections) for u in updates) // 2
+        return min(max(len(updates), sections // SECTIONS_PER_UPDATE), self.settings.max_updates)
 
     def _spend(self, member: Member, n: int) -> None:
         """Take `n` updates from the member's and the document's budgets, or refuse the push (rate-limited)."""

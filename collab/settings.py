@@ -56,7 +56,8 @@ class Settings:
     max_buffered: int = _opt(256 << 20, "bytes queued for all connections together; a connection that "
                              "would pass it is closed (it resumes when it reconnects)")
     update_rate: float = _opt(200.0, "updates per second one connection may push on average "
-                              "(pushes beyond: rate-limited)")
+                              "(pushes beyond: rate-limited; an update of many places counts one per 100 "
+                              "of them)")
     update_burst: int = _opt(2000, "updates one connection may push at once above --update-rate")
     doc_update_rate: float = _opt(1000.0, "updates per second one document accepts on average, "
                                   "from everyone together (bounds how fast its history grows)")

@@ -486,6 +486,30 @@ async def test_versions_rebuilt_from_the_store_wait_in_a_bounded_line_and_the_re
     await other.close()
 
 
+async def test_a_push_of_many_places_takes_from_the_update_budget_by_its_size(aiohttp_client, tmp_path):
+    """Was: a push took one unit per update whatever its size, so one client could send frame after frame
+    of a hundred thousand places (each about 0.3 s of the event loop to parse and apply) within the
+    budget meant for keystrokes. Now it costs one unit per 100 sections, at most --max-updates."""
+    client = await aiohttp_client(create_app(Settings(db=str(tmp_path / "w.db"), update_rate=1, update_burst=1000,
+                                                      max_updates=1000)))
+    ws, frame = await hello(client, "doc", "", "c")
+    await send(ws, {"type": "push", "version": 0, "updates": [{"clientID": "c", "changes": [[0, "a" * 30_000]]}]})
+    await recv_type(ws, "updates")
+    wide = [[0, "x"], 1] * 30_000  # 60,000 sections: 600 units
+
+    async def push(version, changes):
+        await send(ws, {"type": "push", "version": version, "updates": [{"clientID": "c", "changes": changes}]})
+        return await recv(ws)
+
+    assert (await push(1, wide))["type"] == "updates"  # 1 + 600 of the burst's 1,000
+    frame = await push(2, [60_000, [0, "y"]])
+    assert frame["type"] == "updates"  # a keystroke still costs one
+    frame = await push(3, [[0, "x"], 1] * 60_001)  # 120,002 sections: at most --max-updates, 1,000
+    assert (frame["type"], frame["code"]) == ("error", "rate-limited") and "push again in" in frame["message"]
+    assert (await (await client.get("/api/docs/doc")).json())["version"] == 3
+    await ws.close()
+
+
 async def test_named_versions_per_document_stop_at_max_checkpoints(aiohttp_client, tmp_path):
     """Named versions are bounded per document: past --max-checkpoints naming another version is 413 with
     why; renaming a named one and taking a name away still work, and then a new one may be named."""
