@@ -1500,7 +1500,6 @@ class Rooms:
         except NameTaken:
             raise ProtocolError("conflict", f"a document named {new_name!r} already exists") from None
         self._changed(name)
-        await self._named(new_name)
         reason = f"this document was renamed to {new_name}"
         self._close_waiting(name, everyone=True, reason=reason)
         room = self.rooms.get(name)
@@ -1509,6 +1508,7 @@ class Rooms:
             room.revoke(everyone=True, reason=reason)
             await room.flush()
             self.forget(room)
+        await self._named(new_name)  # once the old name's room wrote its last update
         if self.cluster is not None:
             self.cluster.publish_revoke(name, info["id"], deleted=True)
 
