@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from . import protocol
 from .changes import ChangeSet
 from .errors import ChangeError
+from .logs import Throttle
 from .rebase import Update
 
 if TYPE_CHECKING:
@@ -49,7 +51,13 @@ log = logging.getLogger("collab.cluster")
 
 PREFIX = "collab:doc:"  # one channel per document: PREFIX + name
 QUEUE_LIMIT = 10000     # messages waiting for the publisher; beyond it they are dropped (news, not data)
+QUEUE_BYTES = 16 << 20  # and bytes of them (an `updates` frame may be a whole --max-frame)
 STOP_TIMEOUT = 5.0      # seconds stop() waits for its cancelled tasks to end
+
+
+def _name_or_none(value) -> str | None:
+    """A document name from a message (a rename's new name), or None if it is not one."""
+    return value if type(value) is str and protocol.valid_doc_name(value) else None
 
 
 def channel(name: str) -> str:
@@ -74,6 +82,8 @@ class Cluster:
         self._channels: set[str] = set()     # what we want to hear
         self._confirmed: set[str] = set()    # subscriptions Redis confirmed on the current connection
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
+        self._queued_bytes = 0
+        self._dropping = Throttle(log)  # one warning a minute while messages are dropped, not one each
         self._tasks: list[asyncio.Task] = []
         self._check_now = asyncio.Event()
         self._stopping = False
@@ -133,7 +143,7 @@ class Cluster:
         self._channels.discard(ch)
         self._confirmed.discard(ch)
         if self._pubsub is not None and self.up:
-            asyncio.get_running_loop().create_task(self._unsubscribe(ch))
+            self.rooms.spawn(self._unsubscribe(ch))
 
     async def _unsubscribe(self, ch: str) -> None:
         try:
@@ -143,8 +153,9 @@ class Cluster:
             pass
 
     def publish_updates(self, name: str, doc_id: int, frame: bytes) -> None:
-        """The `updates` frame of a commit, as sent to our own members (already COMMITted)."""
-        if self.url:
+        """The `updates` frame of a commit, as sent to our own members (already COMMITted). Not while
+        Redis is down: it would only wait to be dropped, and the database checks bring it anyway."""
+        if self.url and self.up:
             self._queue_raw(name, b'{"k":"u","p":"%s","d":%d,"m":%s}' % (self.id.encode(), doc_id, frame))
 
     def publish_presence(self, name: str, peers: list[dict]) -> None:
@@ -160,21 +171,23 @@ class Cluster:
         if self.url:
             self._send(name, {"k": "t", "c": client_id, **proof})
 
-    def publish_revoke(self, name: str, doc_id: int, deleted: bool) -> None:
-        """Links reset (or the document deleted) here: sessions elsewhere end too (1008)."""
+    def publish_revoke(self, name: str, doc_id: int, deleted: bool, renamed_to: str | None = None) -> None:
+        """Links reset (or the document deleted, or renamed `renamed_to`) here: sessions elsewhere end too
+        (1008, saying why)."""
         if self.url:
-            self._send(name, {"k": "r", "d": doc_id, "deleted": deleted})
+            self._send(name, {"k": "r", "d": doc_id, "deleted": deleted} | ({"to": renamed_to} if renamed_to else {}))
 
     def _send(self, name: str, message: dict) -> None:
         message["p"] = self.id
         self._queue_raw(name, orjson.dumps(message))
 
     def _queue_raw(self, name: str, payload: bytes) -> None:
-        try:
-            self._queue.put_nowait((channel(name), payload))
-        except asyncio.QueueFull:
-            log.warning("cluster: %d messages wait for Redis; dropping (the database checks catch up)",
-                        QUEUE_LIMIT)
+        if self._queued_bytes + len(payload) > QUEUE_BYTES or self._queue.full():
+            self._dropping.warning("cluster: %d messages (%d bytes) wait for Redis; dropping more (the "
+                                   "database checks catch up)", self._queue.qsize(), self._queued_bytes)
+            return
+        self._queue.put_nowait((channel(name), payload))
+        self._queued_bytes += len(payload)
 
     # --------------------------------------------------------------- Redis
 
@@ -199,6 +212,7 @@ class Cluster:
         backoff = 0.1
         while True:
             ch, payload = await self._queue.get()
+            self._queued_bytes -= len(payload)
             while True:
                 try:
                     if self._publisher_client is None:
@@ -292,7 +306,7 @@ class Cluster:
             self._check_now.set()
             return
         if kind == "r":
-            self.rooms.spawn(self.rooms.revoked_elsewhere(name, bool(msg.get("deleted"))))
+            self.rooms.spawn(self.rooms.revoked_elsewhere(name, bool(msg.get("deleted")), _name_or_none(msg.get("to"))))
         if room is None or room.broken:
             return
         if kind == "u":
@@ -354,8 +368,8 @@ class Cluster:
         heads = await self.rooms.store.heads([r.doc_id for r in rooms])
         for room in rooms:
             head = heads.get(room.doc_id)
-            if head is None or head[2] != room.name:
-                self.rooms.spawn(self.rooms.revoked_elsewhere(room.name, True))
+            if head is None or head[2] != room.name:  # deleted, or renamed (to head[2])
+                self.rooms.spawn(self.rooms.revoked_elsewhere(room.name, True, None if head is None else head[2]))
                 continue
             version, salt, _ = head
             if salt != room.salt:

@@ -1002,6 +1002,8 @@ class Room:
         self._progressed()
         self._ready.set()
         self.rooms.forget(self)
+        if self.rooms.cluster is not None:  # their cursors leave the other processes now, as on any close
+            self.rooms.cluster.publish_leave(self.name, list(self.members))
         for m in list(self.members.values()):
             m.conn.close(CLOSE_INTERNAL, "storage error; reconnect")
         self.members.clear()
@@ -1209,6 +1211,11 @@ class Room:
             self.last_snapshot = version
 
 
+def renamed_reason(new_name: str) -> str:
+    """The close reason of a renamed document's sessions: the editor moves to the new name (codes.js)."""
+    return f"this document was renamed to {new_name}"
+
+
 async def _flush_at_shutdown(room: Room) -> None:
     try:
         await room.flush()
@@ -1267,18 +1274,25 @@ class Rooms:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def revoked_elsewhere(self, name: str, deleted: bool) -> None:
-        """Another process reset the document's links (or deleted it): our sessions end as theirs did."""
+    async def revoked_elsewhere(self, name: str, deleted: bool, renamed_to: str | None = None) -> None:
+        """Another process reset the document's links, or deleted or renamed it (`renamed_to`): our
+        sessions end as theirs did."""
         self._changed(name)  # in the store already: a load of it under way here reads it again
         room = self.rooms.get(name)
         if deleted:
-            self._close_waiting(name, everyone=True, reason="this document was deleted")
+            reason = "this document was deleted" if renamed_to is None else renamed_reason(renamed_to)
+            self._close_waiting(name, everyone=True, reason=reason)
             if room is not None and not room.deleted:
                 room.deleted = True
-                room.revoke(everyone=True, reason="this document was deleted")
+                room.revoke(everyone=True, reason=reason)
                 self.forget(room)
             return
-        info = await self.store.document(name)
+        try:
+            info = await self.store.document(name)
+        except StorageUnavailable as exc:  # the next check (--check-every) sees the new salt and tries again
+            self.unavailable.warning("reading document %s after its links were reset elsewhere failed (%s)",
+                                     name, exc)
+            return
         if room is not None and info is not None and info["salt"] != room.salt:
             room.salt = info["salt"]
             room.revoke(everyone=False, reason="the share links of this document were reset")
@@ -1500,7 +1514,7 @@ class Rooms:
         except NameTaken:
             raise ProtocolError("conflict", f"a document named {new_name!r} already exists") from None
         self._changed(name)
-        reason = f"this document was renamed to {new_name}"
+        reason = renamed_reason(new_name)
         self._close_waiting(name, everyone=True, reason=reason)
         room = self.rooms.get(name)
         if room is not None:
@@ -1510,7 +1524,7 @@ class Rooms:
             self.forget(room)
         await self._named(new_name)  # once the old name's room wrote its last update
         if self.cluster is not None:
-            self.cluster.publish_revoke(name, info["id"], deleted=True)
+            self.cluster.publish_revoke(name, info["id"], deleted=True, renamed_to=new_name)
 
     async def delete(self, name: str) -> None:
         """Close every session of the document, then remove it with its whole history."""

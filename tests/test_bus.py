@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from clusterproc import RedisServer
@@ -57,18 +58,28 @@ async def test_links_reset_elsewhere_end_the_sessions_here_by_the_database_check
     assert refused.value.code == "forbidden"
 
 
-async def test_a_document_renamed_elsewhere_closes_here_and_its_old_name_is_free(two):
+@pytest.mark.parametrize("news", ["check", "message"])
+async def test_a_document_renamed_elsewhere_closes_here_saying_its_new_name_and_its_old_name_is_free(two, news):
     """Was: the check knew documents by id, and a rename elsewhere went unnoticed here without its
-    news: this process went on serving the document under its old name."""
+    news: this process went on serving the document under its old name. Then both the check and the
+    news closed the sessions here saying the document was deleted, so the editors here did not follow
+    it to its new name (and said their unsent edits were lost), as the ones at the renaming process do."""
     here, there = two
     await here.create("old", "hello")
+    doc_id = (await here.store.document("old"))["id"]
     admin = here.access.admin_token()
     conn = FakeConn("a")
     member = await there.join("old", conn, hello("a"), token=admin)
+    waiting = FakeConn("w")
+    there.arrive("old", waiting)  # a socket that has not said hello yet
     await here.rename("old", "new")
-    await there.cluster.check()
-    await until(lambda: conn.closed, "the session's end")
-    assert conn.closed_with[0] == CLOSE_POLICY and there.rooms.get("old") is not member.room
+    if news == "check":
+        await there.cluster.check()
+    else:
+        there.cluster._handle("old", {"k": "r", "p": "elsewhere", "d": doc_id, "deleted": True, "to": "new"})
+    await until(lambda: conn.closed and waiting.closed, "the sessions' end")
+    assert conn.closed_with == waiting.closed_with == (CLOSE_POLICY, "this document was renamed to new")
+    assert there.rooms.get("old") is not member.room
     assert channel("old") not in there.cluster._channels
 
 
@@ -216,3 +227,45 @@ async def test_news_for_another_document_of_the_same_name_is_left_to_the_databas
     assert there.cluster._check_now.is_set()
     there.cluster._handle("doc", {"k": "u", "p": "elsewhere", "d": doc_id, "m": foreign})  # ours: applied
     assert room.seq.committed_text() == "XXhello" and conn.of("updates")
+
+
+async def test_a_room_that_fails_says_its_sessions_left_to_the_other_processes(two):
+    """Was: a room that failed (a storage error) closed its sessions with 1011 and cleared them without
+    publishing `leave`, so the other processes showed their cursors until --presence-expiry (30-40 s),
+    beside the same people's new sessions once they were back."""
+    here, there = two
+    await here.create("doc", "hello")
+    there.cluster = Cluster(there, "redis://127.0.0.1:9/0")  # never started: what it would publish stays queued
+    there.cluster.up = True
+    conns = [FakeConn("a"), FakeConn("b")]
+    members = [await there.join("doc", conn, hello(conn.client_id), token=here.access.admin_token())
+               for conn in conns]
+    while not there.cluster._queue.empty():
+        there.cluster._queue.get_nowait()
+    members[0].room._fail()
+    published = []
+    while not there.cluster._queue.empty():
+        published.append(orjson.loads(there.cluster._queue.get_nowait()[1]))
+    assert [m for m in published if m["k"] == "l"] == [{"k": "l", "s": [m.conn.session for m in members],
+                                                        "p": there.cluster.id}]
+    assert all(conn.closed for conn in conns)
+
+
+async def test_while_redis_is_down_no_updates_wait_to_be_published_and_the_rest_wait_bounded_in_bytes(
+        two, monkeypatch):
+    """Was: every commit's whole `updates` frame waited in the publish queue while Redis did not answer,
+    bounded by QUEUE_LIMIT messages (of up to --max-frame each: about 10 GB), and each one dropped past
+    it logged a warning of its own."""
+    from collab import cluster as cluster_module
+    monkeypatch.setattr(cluster_module, "QUEUE_BYTES", 10_000)
+    _, there = two
+    bus = Cluster(there, "redis://127.0.0.1:9/0")  # never started: its queue only fills
+    bus.publish_updates("doc", 1, b'{"type":"updates"}')
+    assert bus._queue.empty()  # down: the database checks bring updates to the others
+    bus.up = True
+    bus.publish_updates("doc", 1, b'{"x":"' + b"y" * 6000 + b'"}')
+    assert bus._queue.qsize() == 1 and bus._queued_bytes > 6000
+    for _ in range(5):
+        bus.publish_updates("doc", 1, b'{"x":"' + b"y" * 6000 + b'"}')  # over 10,000 bytes: dropped
+    bus.publish_leave("doc", ["s1"])  # small news still fits
+    assert bus._queue.qsize() == 2 and bus._queued_bytes <= 10_000
