@@ -1,6 +1,7 @@
 """HTTP routes: pages, the document API, health. JSON in and out; one error shape.
 
-Every error leaves through `error_middleware` as
+Every error leaves through `error_answer` (called by `error_middleware`, and
+by ws.handle for a WebSocket refused before its upgrade) as
 `{"error": {"code", "message"}}` with the status the protocol gives the code,
 whatever raised it (a ProtocolError, an aiohttp HTTP exception, or a bug,
 which is logged with its traceback and answered as 500 `internal`).
@@ -69,13 +70,24 @@ def _is_page(request: web.Request) -> bool:
     return not path.startswith(("/api/", "/static/", "/ws/")) and "text/html" in request.headers.get("Accept", "")
 
 
-def error_middleware(errors_counter=None):
-    """The one place HTTP errors become `{"error": {code, message}}` (and are counted by code).
+def error_answer(errors_counter=None):
+    """`answer(request, exc)`: the one place an error becomes `{"error": {code, message}}` (counted by
+    code), or a short HTML page for a person following a link to a page. `exc` is a CollabError, an
+    aiohttp HTTPException of status 400 or more (others are re-raised), or anything else: a bug, logged
+    and answered 500 `internal`."""
 
-    A person following a link to a page gets the same answer as a short HTML page.
-    """
-
-    def answer(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    def answer(request: web.Request, exc: BaseException) -> web.Response:
+        if isinstance(exc, CollabError):
+            status, code, message = exc.status, exc.code, exc.message
+        elif isinstance(exc, web.HTTPException):
+            if exc.status < 400:
+                raise exc
+            status = exc.status
+            code = _HTTP_CODES.get(status, "internal" if status >= 500 else "bad-request")
+            message = exc.reason or code
+        else:
+            log.error("error in %s %s", request.method, request.path, exc_info=exc)
+            status, code, message = 500, "internal", "internal server error"
         if errors_counter is not None:
             errors_counter.labels(code).inc()
         if _is_page(request):
@@ -85,22 +97,38 @@ def error_middleware(errors_counter=None):
                 next=html.escape(_PAGE_NEXT.get(status, _NEXT_LATER))))
         return error_response(status, code, message)
 
-    @web.middleware
-    async def middleware(request: web.Request, handler):
+    return answer
+
+
+def error_middleware(answer, sockets: str = "/ws/"):
+    """Every error of a request is answered by `answer` (error_answer).
+
+    But for a WebSocket under `sockets`: its handler's coroutine is handed to aiohttp as it is, not
+    awaited in one of ours, which would live (about 300 bytes) as long as the connection. Its refusals
+    before the upgrade are answered by the handler itself (ws.handle, with the same `answer`); the
+    ones of the middlewares after this one (the guard's, which check synchronously) are caught here.
+    """
+
+    async def answered(request: web.Request, handler):
         try:
             return await handler(request)
-        except CollabError as exc:
-            return answer(request, exc.status, exc.code, exc.message)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code = _HTTP_CODES.get(exc.status, "internal" if exc.status >= 500 else "bad-request")
-            return answer(request, exc.status, code, exc.reason or code)
-        except Exception:
-            log.exception("error in %s %s", request.method, request.path)
-            return answer(request, 500, "internal", "internal server error")
+        except Exception as exc:  # noqa: BLE001 - every error gets the one shape (a bug: 500, logged)
+            return answer(request, exc)
+
+    @web.middleware
+    def middleware(request: web.Request, handler):
+        if not request.path.startswith(sockets):
+            return answered(request, handler)
+        try:
+            return handler(request)
+        except Exception as exc:  # noqa: BLE001 - as in answered()
+            return _ready(answer(request, exc))
 
     return middleware
+
+
+async def _ready(response: web.StreamResponse) -> web.StreamResponse:
+    return response
 
 
 _ADJECTIVES = ("amber", "brisk", "calm", "clever", "crisp", "gentle", "golden", "happy", "lucky", "mellow",

@@ -12,7 +12,7 @@ from aiohttp import web
 from . import compute, httpguard, resources, status, ws
 from .access import Access
 from .cluster import Cluster
-from .api import Api, error_middleware, security_headers, static_headers, token_of
+from .api import Api, error_answer, error_middleware, security_headers, static_headers, token_of
 from .limits import DiskGuard
 from .metrics import Metrics
 from .room import Rooms
@@ -30,7 +30,8 @@ def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     # The guard runs inside error_middleware, so its refusals get the one error shape.
     guard = httpguard.middleware(settings, access_control=settings.load_secret() is not None)
-    app = web.Application(middlewares=[error_middleware(metrics.errors), guard],
+    answer = error_answer(metrics.errors)
+    app = web.Application(middlewares=[error_middleware(answer), guard],
                           client_max_size=settings.max_frame)
     app[SETTINGS] = settings
     httpguard.install(app, settings)
@@ -67,7 +68,8 @@ def create_app(settings: Settings) -> web.Application:
     api = Api(store, rooms, static)
     app.router.add_routes(api.routes())
     # A partial, not a wrapper coroutine: that one's frame would live as long as each connection.
-    app.router.add_get("/ws/{doc}", functools.partial(ws.handle, settings=settings, rooms=rooms, admission=admission))
+    app.router.add_get("/ws/{doc}", functools.partial(ws.handle, settings=settings, rooms=rooms, admission=admission,
+                                                      answer=answer))
     app.router.add_routes(status.routes(metrics, lambda request: rooms.access.require(token_of(request), "admin"),
                                         heartbeat=settings.heartbeat, origin_ok=httpguard.origin_check(settings),
                                         max_sockets=settings.max_status_conns))

@@ -259,26 +259,32 @@ def middleware(settings: Settings, access_control: bool):
     extra = allowed_origins(settings)
     deadline = settings.header_timeout or None
 
+    async def state_change(request: web.Request, handler):
+        refusal = state_change_refusal(request.method, request.content_type, request.body_exists,
+                                       request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
+                                       own_origin(request, trusted), extra)
+        if refusal is not None:
+            raise refusal
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(deadline):
+                    await request.read()  # kept by aiohttp: the handler reads it again
+            except TimeoutError:
+                raise ProtocolError("bad-request", f"the request body did not arrive within {deadline:g} s") \
+                    from None
+        return await handler(request)
+
     @web.middleware
-    async def guard(request: web.Request, handler):
+    def guard(request: web.Request, handler):
+        # Not a coroutine: a safe request's handler is handed on as it is (a WebSocket's lives as long as
+        # its connection, and a coroutine of ours around it would too).
         host = request.headers.get("Host")
         if not hosts.allows(host, _local_port(request), request.secure):
             raise ProtocolError("bad-request", f"this server does not answer to the host name {brief(host)} "
                                 "(see --allow-host)")
         if request.method not in SAFE_METHODS:
-            refusal = state_change_refusal(request.method, request.content_type, request.body_exists,
-                                           request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
-                                           own_origin(request, trusted), extra)
-            if refusal is not None:
-                raise refusal
-            if request.body_exists:
-                try:
-                    async with asyncio.timeout(deadline):
-                        await request.read()  # kept by aiohttp: the handler reads it again
-                except TimeoutError:
-                    raise ProtocolError("bad-request", f"the request body did not arrive within {deadline:g} s") \
-                        from None
-        return await handler(request)
+            return state_change(request, handler)
+        return handler(request)
 
     return guard
 

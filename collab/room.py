@@ -1395,6 +1395,7 @@ class Rooms:
         room = self.rooms.get(name)
         if room is not None and room.doc_id is None:
             await room.find_document()
+            await room._until_ready()  # caught up with the text: a join from now on is welcomed to it
 
     async def join(self, name: str, conn: Connection, hello: protocol.Hello, token: str | None) -> Member:
         """`conn` joins document `name` with the rights `token` gives now; its welcome is sent.

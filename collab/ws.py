@@ -18,6 +18,7 @@ import logging
 import random
 import time
 import zlib
+from typing import Callable
 from urllib.parse import parse_qsl
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
@@ -183,16 +184,21 @@ class Admission:
             self.per_address.pop(remote, None)
 
 
-async def handle(request: web.Request, settings: Settings, rooms: Rooms, admission: Admission) -> web.StreamResponse:
+async def handle(request: web.Request, settings: Settings, rooms: Rooms, admission: Admission,
+                 answer: Callable[[web.Request, BaseException], web.StreamResponse]) -> web.StreamResponse:
     # This coroutine lives as long as its connection: what its locals hold (and what aiohttp caches on the
-    # request) is memory per connection, so it keeps only what the connection needs.
-    name = protocol.doc_name(request.match_info["doc"])
-    if not origin_allowed(request.headers.get("Origin"), own_origin(request, admission.trusted),
-                          allowed_origins(settings)):
-        raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
-    remote = client_address(request, admission.trusted)
-    token = query_token(request.query_string)
-    admission.check(name, remote, viewer=rooms.may_only_view(token))
+    # request) is memory per connection, so it keeps only what the connection needs. Nothing of ours
+    # awaits it (api.error_middleware): a refusal before the upgrade is answered here, by `answer`.
+    try:
+        name = protocol.doc_name(request.match_info["doc"])
+        if not origin_allowed(request.headers.get("Origin"), own_origin(request, admission.trusted),
+                              allowed_origins(settings)):
+            raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
+        remote = client_address(request, admission.trusted)
+        token = query_token(request.query_string)
+        admission.check(name, remote, viewer=rooms.may_only_view(token))
+    except Exception as exc:  # noqa: BLE001 - every refusal (a bug: 500, logged) in the one error shape
+        return answer(request, exc)
     admission.enter(remote)
     try:
         # decode_text=False: text frames arrive as bytes and orjson checks their
@@ -202,6 +208,9 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
                     max_msg_size=settings.max_frame, compress_offers=settings.ws_compress, decode_text=False,
                     timeout=CLOSE_TIMEOUT)
         await ws.prepare(request)
+    except Exception as exc:  # noqa: BLE001 - not a WebSocket request, say (aiohttp's 400), in our shape
+        admission.leave(remote)
+        return answer(request, exc)
     except BaseException:
         admission.leave(remote)
         raise
