@@ -1409,6 +1409,9 @@ class Rooms:
         at = self.clock()  # when the hello came (Room.join: of two connections of one client, the newer wins)
         room = await self._get(name, create=False)
         if room is None:
+            moved = await self.store.renamed_to(name)
+            if moved is not None:  # a page from before a rename: it follows the document, as live ones did
+                raise ProtocolError("not-found", renamed_reason(moved), close=CLOSE_POLICY)
             if self.access.enabled and self.access.role(token) != "admin":
                 raise ProtocolError("forbidden", "this token does not give access here")
             room = await self._get(name, create=True)

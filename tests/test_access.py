@@ -470,3 +470,19 @@ async def test_a_connected_clients_id_is_never_forgotten_so_no_one_else_can_take
     again, frame = await hello(client, "doc", ADMIN, "victim")  # its owner, back
     assert frame["type"] == "welcome"
     await again.close()
+
+
+async def test_a_hello_on_a_renamed_documents_old_name_is_told_its_new_name(client):
+    """Was: a page that was offline while its document was renamed reconnected to the old name: the admin
+    (or anyone, on a personal instance) was welcomed to a new empty document there, which its next
+    keystroke made (the document split in two, the unsent edits sent to the rescue dialog); an edit link
+    was refused as if revoked. Now the hello gets what the live sessions got: 1008 naming the new name."""
+    tokens = await make_doc(client, "old", "hello")
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert (await client.post("/api/docs/old/rename", json={"name": "new"}, headers=auth)).status == 200
+    for token in (ADMIN, tokens["edit"], tokens["view"], None):  # as GET /d/old tells anyone the new address
+        ws, frame = await hello(client, "old", token, "back")
+        assert (frame["type"], frame["code"]) == ("error", "not-found"), frame
+        assert await closed(ws) == (1008, "this document was renamed to new")
+    docs = (await (await client.get("/api/docs", headers=auth)).json())["docs"]
+    assert [d["name"] for d in docs] == ["new"]
