@@ -291,6 +291,7 @@ class Api:
             web.get("/api/docs/{doc}/export", self.export),
             web.post("/api/docs/{doc}/rename", self.rename),
             web.get("/api/docs/{doc}/checkpoints", self.checkpoints),
+            web.get("/api/docs/{doc}/former-names", self.former_names),
             web.post("/api/docs/{doc}/checkpoints", self.set_checkpoint),
             web.get("/healthz", self.healthz),
         ]
@@ -413,6 +414,12 @@ class Api:
         if role == "admin":
             return f"/d/{new}"
         return f"/d/{new}?token={self.access.doc_token(new, role, salt)}"
+
+    async def former_names(self, request: web.Request) -> web.Response:
+        """The names the document had before its renames (the editor adopts edits kept under them)."""
+        info = await self._doc(request, "view")
+        return json_response({"names": [{"name": name, "until": until}
+                                        for name, until in await self.store.former_names(info["id"])]})
 
     async def checkpoints(self, request: web.Request) -> web.Response:
         info = await self._doc(request, "view")

@@ -375,6 +375,11 @@ class Storage(Protocol):
 
     async def renamed_to(self, name: str) -> str | None: ...
 
+    async def former_names(self, doc_id: int, limit: int = 20) -> list[tuple[str, float]]:
+        """(name, when it was left) of the names the document had before, newest first, at most `limit`;
+        only those no document has now (another document's since is not this one's)."""
+        ...
+
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
                              max_checkpoints: int | None = None) -> None: ...  # TooManyCheckpoints, VersionCompacted
 

@@ -759,6 +759,13 @@ class Store(GroupWriter):
             "SELECT d.name FROM renamed r JOIN documents d ON d.id = r.doc_id WHERE r.name = ?", (name,)).fetchone())
         return row[0] if row else None
 
+    async def former_names(self, doc_id: int, limit: int = 20) -> list[tuple[str, float]]:
+        rows = await self._read(lambda conn: conn.execute(
+            "SELECT r.name, r.time FROM renamed r WHERE r.doc_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM documents d WHERE d.name = r.name) ORDER BY r.time DESC LIMIT ?",
+            (doc_id, limit)).fetchall())
+        return [(name, when) for name, when in rows]
+
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
                              max_checkpoints: int | None = None) -> None:
         """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.

@@ -940,6 +940,12 @@ class PgStore(GroupWriter):
         return await self._read(lambda conn: conn.fetchval(
             "SELECT d.name FROM renamed r JOIN documents d ON d.id = r.doc_id WHERE r.name = $1", name))
 
+    async def former_names(self, doc_id: int, limit: int = 20) -> list[tuple[str, float]]:
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT r.name, r.time FROM renamed r WHERE r.doc_id = $1 AND NOT EXISTS "
+            "(SELECT 1 FROM documents d WHERE d.name = r.name) ORDER BY r.time DESC LIMIT $2", doc_id, limit))
+        return [(r[0], float(r[1])) for r in rows]
+
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
                              max_checkpoints: int | None = None) -> None:
         """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.

@@ -925,3 +925,17 @@ async def test_a_load_lets_its_snapshot_go_before_it_replays(tmp_path, monkeypat
         assert busy == [0]
     finally:
         await store.close()
+
+
+@BOTH_BACKENDS
+async def test_former_names_are_the_documents_own_old_names_that_no_document_has_now(open_store):
+    store = await open_store()
+    doc_id = await store.create_document("a")
+    await store.rename_document(doc_id, "b")
+    await store.rename_document(doc_id, "c")
+    formers = await store.former_names(doc_id)
+    assert [name for name, _ in formers] == ["b", "a"] and formers[0][1] >= formers[1][1] > 0
+    other = await store.create_document("a")  # the name taken again: edits kept under it are that one's
+    assert [name for name, _ in await store.former_names(doc_id)] == ["b"]
+    assert await store.former_names(other) == []
+    assert [name for name, _ in await store.former_names(doc_id, limit=1)] == ["b"]

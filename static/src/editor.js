@@ -300,6 +300,25 @@ function onAccessEnded(text) {
 }
 
 /**
+ * Edits this browser kept under a name this document had before a rename (a tab closed, or stopped,
+ * while it was renamed) are this document's: they move to its name before the page looks for them.
+ * Asked of the server only when there are records of other names at all; offline, next time.
+ */
+async function adoptRenamed(store) {
+  const others = store.otherDocs();
+  if (!others.size) return;
+  let names;
+  try {
+    names = (await getJSON(apiUrl(store.doc, "/former-names"))).names;
+  } catch (_) {
+    return; // offline, no such document yet, or no access: nothing to adopt now
+  }
+  for (const { name, until } of Array.isArray(names) ? names : []) {
+    if (others.has(name) && typeof until === "number") await store.adoptFrom(name, until * 1000);
+  }
+}
+
+/**
  * The document was renamed: its unsent edits move with it, and the page
  * opens it under the new name. An edit or view link reloads its own address
  * (the server sends it on to the new name with a token for it); the admin
@@ -385,6 +404,7 @@ async function boot() {
   renderMe();
 
   store = new PendingStore(docName);
+  await adoptRenamed(store);
   let restore = null;
   const extras = []; // more closed tabs' edits: sent over their own connection
   for (const rec of await store.orphans()) {
@@ -403,6 +423,14 @@ async function boot() {
   const wsProto = location.protocol === "https:" ? "wss:" : "ws:";
   const wsUrl = `${wsProto}//${location.host}/ws/${encodeURIComponent(docName)}${socketQuery()}`;
   let flushing = false;
+  // A tab of this document closed with unsent edits while this page was open (the server was down,
+  // say): its record is adopted on the next connection, not left until some later page opens.
+  const adoptClosedTabs = async () => {
+    for (const rec of await store.orphans()) {
+      if (rec.clientID !== clientID && !extras.some((e) => e.clientID === rec.clientID)
+          && await store.acquire(rec.clientID)) extras.push(rec);
+    }
+  };
   const flushExtras = async () => {
     if (flushing || !extras.length) return;
     flushing = true;
@@ -428,7 +456,7 @@ async function boot() {
     on: {
       status: (info) => {
         renderStatus(info);
-        if (info.state === "connected") flushExtras();
+        if (info.state === "connected") adoptClosedTabs().then(flushExtras, flushExtras);
       },
       error: showError,
       rescue: showRescue,

@@ -16,6 +16,11 @@
 // including 127.0.0.1/localhost) each tab holds the lock "collab:<clientID>"
 // for its lifetime; without it, a heartbeat key that the tab removes on
 // pagehide and refreshes every few seconds.
+//
+// A document renamed meanwhile takes its records with it: a live tab moves
+// its own when it hears of the rename (`moveTo`); the next page of the
+// document moves those left under a former name (`adoptFrom`, with the
+// names the server says it had).
 
 const PENDING = "collab:pending:";
 const BASE = "collab:base:";
@@ -26,6 +31,17 @@ const STALE_MS = 120000; // background tabs may only run timers once a minute
 function read(key) {
   try {
     return JSON.parse(localStorage.getItem(key));
+  } catch (_) {
+    return null;
+  }
+}
+
+/** The names of the Web Locks held or asked for in this browser (null without the Web Locks API). */
+async function heldLocks() {
+  if (!navigator.locks) return null;
+  try {
+    const q = await navigator.locks.query();
+    return new Set([...(q.held || []), ...(q.pending || [])].map((l) => l.name));
   } catch (_) {
     return null;
   }
@@ -52,13 +68,7 @@ export class PendingStore {
       const key = localStorage.key(i);
       if (key && key.startsWith(prefix)) ids.push(key.slice(prefix.length));
     }
-    let held = null;
-    if (navigator.locks) {
-      try {
-        const q = await navigator.locks.query();
-        held = new Set([...(q.held || []), ...(q.pending || [])].map((l) => l.name));
-      } catch (_) { held = null; }
-    }
+    const held = await heldLocks();
     const out = [];
     for (const id of ids) {
       if (held ? held.has(`collab:${id}`) : this.aliveElsewhere(id)) continue;
@@ -73,6 +83,46 @@ export class PendingStore {
     }
     out.sort((a, b) => (b.savedAt || 0) - (a.savedAt || 0));
     return out;
+  }
+
+  /** Names of the other documents this browser keeps records of. */
+  otherDocs() {
+    const docs = new Set();
+    for (let i = 0; i < localStorage.length; i++) {
+      const key = localStorage.key(i);
+      if (!key || !key.startsWith(PENDING)) continue;
+      const doc = key.slice(PENDING.length, key.indexOf(":", PENDING.length)); // names hold no ':'
+      if (doc && doc !== this.doc) docs.add(doc);
+    }
+    return docs;
+  }
+
+  /**
+   * This document was called `name` until `untilMs` (it was renamed since): the records kept under
+   * that name before then are its own, and move here (with their base texts), but for those a live
+   * tab still writes (it moves them itself when it hears of the rename).
+   */
+  async adoptFrom(name, untilMs) {
+    const from = `${PENDING}${name}:`;
+    const held = await heldLocks();
+    const ids = [];
+    for (let i = 0; i < localStorage.length; i++) {
+      const key = localStorage.key(i);
+      if (key && key.startsWith(from)) ids.push(key.slice(from.length));
+    }
+    for (const id of ids) {
+      if (held ? held.has(`collab:${id}`) : this.aliveElsewhere(id)) continue;
+      const rec = read(`${from}${id}`);
+      if (!rec || !((rec.savedAt || 0) < untilMs)) continue;
+      for (const prefix of [PENDING, BASE]) {
+        const value = localStorage.getItem(`${prefix}${name}:${id}`);
+        if (value === null) continue;
+        try {
+          localStorage.setItem(`${prefix}${this.doc}:${id}`, value);
+          localStorage.removeItem(`${prefix}${name}:${id}`);
+        } catch (_) { /* storage full: it stays under the old name for a later page */ }
+      }
+    }
   }
 
   aliveElsewhere(id) {

@@ -15,6 +15,8 @@ localStorage, with the version they are based on and the client ID they were
 made under, shows them at once and pushes them.
 """
 
+import json
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -275,3 +277,56 @@ def test_reload_while_disconnected_keeps_edits(server, contexts):
 
 def stored_keys(ctx):
     return [item["name"] for origin in ctx.storage_state()["origins"] for item in origin["localStorage"]]
+
+
+def test_a_tab_closed_with_unsent_edits_is_sent_by_a_tab_of_the_document_still_open(server, contexts):
+    """Was: records were looked for only when a page opened, so a tab closed with unsent edits (the
+    server down) while another tab of the document stayed open left them in storage, while the open
+    tab said all changes were saved, until some later page of the document opened."""
+    doc = "closed-beside-open"
+    ca = contexts()
+    a1 = open_editor(ca, server.url, doc)
+    a2 = open_editor(ca, server.url, doc)
+    a1.click(".cm-content")
+    a1.keyboard.type("shared")
+    wait_synced([a1, a2], server.url, doc)
+    server.stop()
+    wait_status(a1, "reconnecting")
+    wait_status(a2, "reconnecting")
+    set_cursor(a1, line_end(a1, 1))
+    a1.keyboard.type(" (from the closed tab)")
+    with a1.expect_event("close"):
+        a1.close(run_before_unload=True)
+    server.start()
+    a2.wait_for_function("() => window.__collab.view.state.doc.toString().includes('(from the closed tab)')")
+    assert wait_synced([a2], server.url, doc) == "shared (from the closed tab)"
+    wait_until(lambda: not any(k.startswith("collab:pending:") for k in stored_keys(ca)),
+               what="the stored edits to be removed")
+
+
+def test_edits_kept_under_a_documents_old_name_reach_it_after_a_rename(server, contexts):
+    """Was: a tab closed with unsent edits, then its document renamed: the records stayed under the old
+    name, which no page reads again (/d/old goes to /d/new), and the new page said all was saved."""
+    ca = contexts()
+    a = open_editor(ca, server.url, "name-before")
+    a.click(".cm-content")
+    a.keyboard.type("saved.")
+    wait_synced([a], server.url, "name-before")
+    server.stop()
+    wait_status(a, "reconnecting")
+    a.keyboard.type(" Typed while it was down.")
+    with a.expect_event("close"):
+        a.close(run_before_unload=True)
+    assert any(k.startswith("collab:pending:name-before:") for k in stored_keys(ca))
+    server.start()
+    request = urllib.request.Request(f"{server.url}/api/docs/name-before/rename", method="POST",
+                                     data=json.dumps({"name": "name-after"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+    again = open_editor(ca, server.url, "name-before")  # an old link: sent on to the new name
+    assert again.url.endswith("/d/name-after")
+    again.wait_for_function("() => window.__collab.view.state.doc.toString().includes('Typed while it was down.')")
+    assert wait_synced([again], server.url, "name-after") == "saved. Typed while it was down."
+    wait_until(lambda: not any(k.startswith("collab:pending:") for k in stored_keys(ca)),
+               what="the stored edits to be removed")
