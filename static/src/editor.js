@@ -362,8 +362,14 @@ function showRescue({ text, count, fragments, older = false }) {
     : fragments
       ? `${plural(count, "unsent edit")} could not be merged, and the text they were based on was not stored. These are the pieces of text you typed; copy what you need.`
       : `The server could no longer merge your ${plural(count, "unsent edit")} (it does not have the version they were based on any more). The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back.`;
-  ta.value = dlg.open && ta.value ? `${ta.value}\n\n----\n\n${text}` : text;
-  // Kept until dismissed, so closing the tab does not lose it either.
+  // Added to what is kept from earlier rescues until the person dismisses them (closing the dialog
+  // with Escape keeps them), so closing the tab or a second rescue does not lose it either.
+  let kept = dlg.open ? ta.value : "";
+  try {
+    const stored = JSON.parse(localStorage.getItem(`collab:rescue:${docName}`));
+    if (stored && typeof stored.text === "string" && stored.text) kept = stored.text;
+  } catch (_) { /* nothing readable kept */ }
+  ta.value = kept ? `${kept}\n\n----\n\n${text}` : text;
   try {
     localStorage.setItem(`collab:rescue:${docName}`, JSON.stringify({ text: ta.value, savedAt: Date.now() }));
   } catch (_) { /* best effort: the dialog shows it now */ }

@@ -162,6 +162,37 @@ def test_lost_server_state_rescues_the_text(server, contexts, tmp_path, unsent, 
         fresh.kill()
 
 
+def test_a_second_rescue_keeps_the_first_one_closed_with_escape(server, contexts, tmp_path):
+    """Was: closing the rescue dialog with Escape (not "dismiss") kept its text for later, but the next
+    rescue on the page replaced it with its own: the first rescued text was gone."""
+    a = open_editor(contexts(), server.url, DOC)
+    a.click(".cm-content")
+    a.keyboard.type("first")
+    wait_synced([a], server.url, DOC)
+    server.stop()
+    wait_status(a, "reconnecting")
+    for k, unsent in enumerate([" one", " two"]):
+        a.keyboard.type(unsent)
+        fresh = ServerProcess(Path(tmp_path) / f"fresh{k}.db", port=server.port)  # it knows nothing of A's
+        fresh.start()
+        try:
+            wait_status(a, "connected")
+            a.wait_for_selector("#rescue[open]")
+            if k == 0:
+                a.keyboard.press("Escape")
+                a.wait_for_selector("#rescue:not([open])", state="attached")
+                a.keyboard.type("second")
+                wait_synced([a], fresh.url, DOC)
+        finally:
+            fresh.kill()
+        if k == 0:
+            wait_status(a, "reconnecting")
+    rescued = a.input_value("#rescue-text")
+    assert rescued.startswith("first one") and rescued.endswith("second two"), rescued
+    kept = a.evaluate("d => JSON.parse(localStorage.getItem('collab:rescue:' + d)).text", DOC)
+    assert kept == rescued
+
+
 FILL_STORAGE = """() => {
   for (const size of [256 * 1024, 1024, 1]) {
     const chunk = 'x'.repeat(size);
