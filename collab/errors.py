@@ -93,13 +93,14 @@ def brief(value, limit: int = 40) -> str:
 class CollabError(Exception):
     """A refusal with a code from `CODES`; `close` is set when it also ends the connection."""
 
-    def __init__(self, code: str, message: str, close: int | None = None):
+    def __init__(self, code: str, message: str, close: int | None = None, retry_after: float | None = None):
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
         self.close = close
+        self.retry_after = retry_after  # seconds before the same request can succeed (a budget refilling)
 
     @property
     def status(self) -> int:

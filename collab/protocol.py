@@ -254,8 +254,11 @@ def leave_frame(session: str) -> bytes:
     return orjson.dumps({"type": "leave", "session": session})
 
 
-def error_frame(code: str, message: str) -> bytes:
-    return orjson.dumps({"type": "error", "code": code, "message": message})
+def error_frame(code: str, message: str, retry_after: float | None = None) -> bytes:
+    frame = {"type": "error", "code": code, "message": message}
+    if retry_after is not None:
+        frame["retryAfter"] = round(retry_after, 3)
+    return orjson.dumps(frame)
 
 
 MAX_CLOSE_REASON = 123  # bytes: a close frame's payload is at most 125, two of them the code

@@ -682,12 +682,14 @@ class Room:
             return
         now = self.rooms.now()
         if not member.bucket.take(now, n):
+            wait = member.bucket.wait(n)
             raise ProtocolError("rate-limited", f"more than {self.settings.update_rate:g} updates a second from "
-                                f"this connection; push again in {member.bucket.wait(n):.1f} s")
+                                f"this connection; push again in {wait:.1f} s", retry_after=wait)
         if not self.bucket.take(now, n):
             member.bucket.tokens += n  # not spent after all
+            wait = self.bucket.wait(n)
             raise ProtocolError("rate-limited", f"this document takes at most {self.settings.doc_update_rate:g} "
-                                f"updates a second; push again in {self.bucket.wait(n):.1f} s")
+                                f"updates a second; push again in {wait:.1f} s", retry_after=wait)
 
     async def submit(self, client_id: str, version: int, updates: list[Update], author: str,
                      restored_from: int | None = None, person: str | None = None, color: str | None = None,
@@ -984,7 +986,7 @@ class Room:
         if o.done is not None and not o.done.done():
             o.done.set_exception(exc)
         elif o.member is not None and not o.member.conn.closed:
-            o.member.conn.send(protocol.error_frame(exc.code, exc.message))
+            o.member.conn.send(protocol.error_frame(exc.code, exc.message, exc.retry_after))
 
     def revoke(self, everyone: bool, reason: str) -> None:
         """Close the sessions whose access just ended (all, or all but the admin's), with 1008."""

@@ -377,7 +377,7 @@ def refuse(peer: Peer, exc: CollabError, doc: str, metrics) -> None:
     close = exc.close if exc.close is not None else CODES[exc.code].close
     metrics.errors.labels(exc.code).inc()
     log.info("error doc=%s session=%s code=%s%s", doc, peer.session, exc.code, f" close={close}" if close else "")
-    peer.send(protocol.error_frame(exc.code, exc.message))
+    peer.send(protocol.error_frame(exc.code, exc.message, exc.retry_after))
     if close:
         peer.close(close, exc.message)
 

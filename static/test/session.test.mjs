@@ -227,6 +227,18 @@ test('an error frame while a push is in flight: pushed again after a pause', () 
   assert.equal(s.receive(error('too-large'), 1200).wakeAt, 3200, 'the pause doubles');
 });
 
+test('a refusal saying when the push fits again (retryAfter) is not pushed again before then', () => {
+  const [s] = welcomed({ doc: '', version: 0 }, { pushRetry: { base: 1000, max: 8000 }, random: () => 1 });
+  const refusal = (retryAfter) => JSON.stringify({ type: 'error', code: 'rate-limited', message: 'wait', retryAfter });
+  edit(s, { from: 0, insert: 'a' }, 0);
+  assert.equal(s.receive(refusal(7.3), 100).wakeAt, 7400, 'the server\'s 7.3 s, not the first pause of 1 s');
+  assert.deepEqual(sent(s.tick(5000), 'push'), []);
+  assert.equal(sent(s.tick(7400), 'push').length, 1);
+  assert.equal(s.receive(refusal(0.2), 7500).wakeAt, 9500, 'a pause longer than the hint stays (the second: 2 s)');
+  assert.equal(sent(s.tick(9500), 'push').length, 1);
+  assert.equal(s.receive(refusal('soon'), 9600).wakeAt, 13600, 'a hint that is not a number is no hint (4 s)');
+});
+
 test('bad-version before the welcome asks for the whole text; with a push in flight it resumes', () => {
   const s = new Session({ clientID: 'A', random: () => 0 });
   s.opened(0);

@@ -527,7 +527,9 @@ export class Session {
       this.inflight = 0;
       this.pushFailures++;
       const pause = Math.min(this.pushRetry.max, this.pushRetry.base * 2 ** (this.pushFailures - 1));
-      this.pushNotBefore = now + pause * (0.5 + 0.5 * this.random());
+      // A budget refilling says when the push fits again (retryAfter, seconds): not before then.
+      const told = typeof m.retryAfter === "number" && m.retryAfter > 0 ? Math.min(m.retryAfter, 3600) * 1000 : 0;
+      this.pushNotBefore = now + Math.max(told, pause * (0.5 + 0.5 * this.random()));
       step.wake(this.pushNotBefore);
     }
   }
