@@ -27,6 +27,7 @@ const BASE = "collab:base:";
 const ALIVE = "collab:alive:";
 const HEARTBEAT_MS = 5000;
 const STALE_MS = 120000; // background tabs may only run timers once a minute
+const CONFIRM_MS = 150; // without Web Locks: how long a page waits for a rival's mark before it keeps an ID
 
 function read(key) {
   try {
@@ -54,6 +55,7 @@ export class PendingStore {
     this.baseVersion = null; // version of the base text last written
     this.heartbeat = null;
     this.held = new Set(); // IDs this page holds (heartbeat fallback only)
+    this.page = Math.random().toString(36).slice(2, 12); // this page's mark on what it holds (fallback only)
     this.lastError = null;
   }
 
@@ -126,8 +128,8 @@ export class PendingStore {
   }
 
   aliveElsewhere(id) {
-    const t = Number(localStorage.getItem(ALIVE + id));
-    return t > 0 && Date.now() - t < STALE_MS;
+    const [t, page] = (localStorage.getItem(ALIVE + id) || "").split(":");
+    return Number(t) > 0 && Date.now() - Number(t) < STALE_MS && page !== this.page;
   }
 
   /** Take ownership of `id` (our own fresh ID or an adopted one). Resolves false if another tab got it first. */
@@ -151,15 +153,23 @@ export class PendingStore {
       });
       return got;
     }
+    // Without locks, two pages may both see `id` free and both take it: each writes its own mark, waits
+    // for the other's write to land, and keeps `id` only if the mark left is its own.
     if (this.aliveElsewhere(id)) return false;
     this.held.add(id);
+    this.beat();
+    await new Promise((resolve) => setTimeout(resolve, CONFIRM_MS));
+    if (this.aliveElsewhere(id)) {
+      this.held.delete(id);
+      return false;
+    }
     this.beat();
     return true;
   }
 
   beat() {
     if (navigator.locks) return;
-    const now = String(Date.now());
+    const now = `${Date.now()}:${this.page}`;
     for (const id of this.held) {
       try { localStorage.setItem(ALIVE + id, now); } catch (_) { /* ignore */ }
     }
@@ -167,7 +177,9 @@ export class PendingStore {
 
   /** Called on pagehide: a reload or a new tab may adopt our records at once. */
   release() {
-    for (const id of this.held) localStorage.removeItem(ALIVE + id);
+    for (const id of this.held) {
+      if ((localStorage.getItem(ALIVE + id) || "").endsWith(`:${this.page}`)) localStorage.removeItem(ALIVE + id);
+    }
   }
 
   /** Whether this page has a record stored now. */
