@@ -24,6 +24,7 @@ Rules that always hold:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sqlite3
@@ -38,8 +39,8 @@ from . import compute, protocol, transfer
 from .changes import utf16_len
 from .errors import CollabError
 from .settings import Settings
-from .storage import (Kept, NamedWhileCompacting, StorageUnavailable, VersionCompacted, database_exists, describe,
-                      is_postgres, store_at, store_for)
+from .storage import (Kept, NamedWhileCompacting, NotOurs, StorageUnavailable, TooManyDocuments, VersionCompacted,
+                      check_sqlite_file, database_exists, describe, is_postgres, store_at, store_for)
 
 
 class AdminError(Exception):
@@ -54,15 +55,21 @@ def _warn(message: str) -> None:
     print(f"collab: {message}", file=sys.stderr, flush=True)
 
 
-def _require_database(db: str) -> None:
-    """Raise AdminError unless the database `db` exists (a SQLite file, a PostgreSQL database)."""
+def _require_database(db: str, which: str = "give --db or COLLAB_DB") -> None:
+    """Raise AdminError unless the database `db` exists (a SQLite file, a PostgreSQL database) and, for
+    SQLite, is collab's or empty (a command never writes its tables into another program's database)."""
     try:
         there = database_exists(db)
     except StorageUnavailable as exc:
         raise AdminError(str(exc)) from None
     if not there:
         hint = "create it first (createdb), " if is_postgres(db) else ""
-        raise AdminError(f"no database at {describe(db)} ({hint}give --db or COLLAB_DB)")
+        raise AdminError(f"no database at {describe(db)} ({hint}{which})")
+    if not is_postgres(db):
+        try:
+            check_sqlite_file(db)
+        except NotOurs as exc:
+            raise AdminError(str(exc)) from None
 
 
 def _existing_db(settings: Settings) -> str:
@@ -121,11 +128,11 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
         raise AdminError(f"the backup file {dest_path} is the database itself")
     if dest_path.exists() and not force:
         raise AdminError(f"{dest_path} exists; pass --force to replace it")
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest_path.with_name(f".{dest_path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
     started = time.monotonic()
     try:
+        dest_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
         documents, updates = asyncio.run(_backup(settings, tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -134,9 +141,10 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
     except (sqlite3.Error, RuntimeError, OSError, ValueError) as exc:
         raise AdminError(f"backup of {src_name} failed: {exc}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a folder that could not be made holds no copy to remove
+            tmp.unlink(missing_ok=True)
     _say(f"backed up {src_name} to {dest_path} in {time.monotonic() - started:.1f}s: {documents} documents, "
-         f"{updates} updates in total, {dest_path.stat().st_size} bytes, integrity ok")
+         f"{updates} updates, {dest_path.stat().st_size} bytes, integrity ok")
     return 0
 
 
@@ -155,23 +163,37 @@ def export(settings: Settings, directory: str) -> int:
     """
     _existing_db(settings)
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    count, total = asyncio.run(_export(settings, out))
-    _fsync_dir(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        count, total, gone = asyncio.run(_export(settings, out))
+        _fsync_dir(out)
+    except OSError as exc:
+        raise AdminError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    for name in gone:
+        _warn(f"left out {name}: renamed or deleted while the export ran")
     _say(f"exported {count} documents ({total} characters) to {out}")
     return 0
 
 
-async def _export(settings: Settings, out: Path) -> tuple[int, int]:
+async def _export(settings: Settings, out: Path) -> tuple[int, int, list[str]]:
     count = total = 0
+    gone = []
     async with _store(settings) as store:
         for entry in await store.list_documents():
             info = await store.document(entry["name"])
-            text = await store.text_at(info["id"], info["version"])
+            text = None
+            if info is not None:  # else renamed or deleted since the list was read
+                try:
+                    text = await store.text_at(info["id"], info["version"])
+                except VersionCompacted:  # deleted in between: its rows went
+                    pass
+            if text is None:
+                gone.append(entry["name"])
+                continue
             _write_atomically(out / f"{info['name']}.txt", text.encode("utf-8"))
             count += 1
             total += len(text)
-    return count, total
+    return count, total, gone
 
 
 # ------------------------------------------------------------------ import
@@ -187,16 +209,19 @@ def import_(settings: Settings, directory: str) -> int:
     src = Path(directory)
     if not src.is_dir():
         raise AdminError(f"{src} is not a directory")
-    files = sorted(p for p in src.iterdir() if p.suffix == ".txt" and p.is_file())
-    skipped = sorted(p.name for p in src.iterdir() if p.suffix != ".txt" and not p.name.startswith("."))
+    entries = sorted(p for p in src.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.suffix == ".txt" and p.is_file()]
+    skipped = [(p.name, "only name.txt files are imported" if p.suffix != ".txt" else "not a regular file")
+               for p in entries if p not in files]
     created, refused = asyncio.run(_import(settings, files))
-    for name in skipped:
-        _warn(f"skipped {name}: only name.txt files are imported")
+    for name, why in skipped:
+        _warn(f"skipped {name}: {why}")
     for line in refused:
         _warn(f"refused {line}")
     _say(f"imported {len(created)} documents from {src} into {describe(settings.db)}"
-         + (f"; refused {len(refused)} (see above)" if refused else ""))
-    return 1 if refused else 0
+         + (f"; refused {len(refused)}" if refused else "") + (f"; skipped {len(skipped)}" if skipped else "")
+         + (" (see above)" if refused or skipped else ""))
+    return 1 if refused or skipped else 0
 
 
 def _read_document_file(path: Path, max_doc: int) -> str:
@@ -208,6 +233,7 @@ def _read_document_file(path: Path, max_doc: int) -> str:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise AdminError(f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = text.removeprefix("\ufeff")  # a byte order mark says the file is UTF-8; it is not text
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if "\x00" in text:
         raise AdminError(f"{path.name}: holds U+0000 (a NUL character), which a document may not hold")
@@ -229,7 +255,12 @@ async def _import(settings: Settings, files: list[Path]) -> tuple[list[str], lis
             if await store.document(name) is not None:
                 refused.append(f"{path.name}: a document named {name!r} exists already (left as it is)")
                 continue
-            doc_id = await store.create_document(name, text, author="import", client_id="import")
+            try:
+                doc_id = await store.create_document(name, text, author="import", client_id="import",
+                                                     max_documents=settings.max_documents or None)
+            except TooManyDocuments as exc:
+                refused.append(f"{path.name}: {exc}")
+                continue
             # create_document returns an existing document unchanged: if someone made this one
             # in the instant since the check above, say so rather than claim it was imported.
             info = await store.document(name)
@@ -417,9 +448,11 @@ def copy(settings: Settings, source: str, target: str) -> int:
     if describe(source) == describe(target) and (is_postgres(source)
                                                  or Path(source).resolve() == Path(target).resolve()):
         raise AdminError("SOURCE and TARGET are the same database")
-    _require_database(source)
+    _require_database(source, "check SOURCE")
     if is_postgres(target):
-        _require_database(target)
+        _require_database(target, "check TARGET")
+    elif Path(target).exists():
+        _require_database(target, "check TARGET")
     started = time.monotonic()
     copied, problems, compared = asyncio.run(_copy(settings, source, target))
     updates = sum(c.rows["updates"] for c in copied)

@@ -12,7 +12,7 @@ import sys
 
 from .resources import ResourceMissing
 from .settings import Settings
-from .storage import StorageUnavailable
+from .storage import AlreadyServing, DatabaseTooNew, NotOurs, StorageUnavailable
 
 
 def _logging(settings: Settings) -> None:
@@ -47,7 +47,13 @@ def serve(settings: Settings) -> None:
 
     from .app import create_app
     from .access import Access
-    secret = settings.load_secret()
+    try:
+        secret = settings.load_secret()
+    except ValueError as exc:  # a secret file that is missing, or a secret too short
+        raise SystemExit(f"collab: {exc}") from None
+    from . import storage
+    if not storage.is_postgres(settings.db) and storage.database_exists(settings.db):
+        storage.check_sqlite_file(settings.db)  # NotOurs: another program's database is left alone
     if secret is None and not is_loopback(settings.host):
         raise SystemExit(f"collab: refusing to listen on {settings.host} with no access control: give a "
                          "secret (--secret, COLLAB_SECRET or --secret-file; ./run.sh --public makes one), "
@@ -108,7 +114,12 @@ async def _listen(app, settings: Settings, ssl_context, announce) -> None:
     loop = asyncio.get_running_loop()
     listener = httpguard.Listener(runner.server, timeout, settings.max_connections)
     tls = {"ssl": ssl_context, "ssl_handshake_timeout": timeout or None} if ssl_context else {}
-    server = await loop.create_server(listener, settings.host, settings.port, backlog=512, **tls)
+    try:
+        server = await loop.create_server(listener, settings.host, settings.port, backlog=512, **tls)
+    except OSError as exc:  # the port is taken, the address is not this machine's, ...
+        await runner.cleanup()
+        raise SystemExit(f"collab: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") \
+            from None
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -162,6 +173,8 @@ def migrate(settings: Settings) -> None:
     """Create the database's schema or bring it up to date (SQLite: the file too; PostgreSQL: the database
     must exist). Safe when several processes run it at once on PostgreSQL (an advisory lock)."""
     from . import storage
+    if not storage.is_postgres(settings.db) and storage.database_exists(settings.db):
+        storage.check_sqlite_file(settings.db)  # NotOurs: another program's database is left alone
     applied = storage.migrate(settings.db, settings.sync)
     print(f"collab: {storage.describe(settings.db)}: "
           + (f"applied {', '.join(applied)}" if applied else "schema up to date"))
@@ -213,10 +226,16 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_args(args)
     except ValueError as exc:
         parsers[args.command].error(str(exc))
+    import sqlite3
     try:
         _run(args, settings)
-    except (ResourceMissing, StorageUnavailable) as exc:  # an incomplete installation, a database that cannot
-        raise SystemExit(f"collab {args.command}: error: {exc}") from None  # be reached: say so, no traceback
+    except (ResourceMissing, StorageUnavailable, DatabaseTooNew, NotOurs, AlreadyServing) as exc:
+        # An incomplete installation, a database that cannot be reached, is newer than this collab, is not
+        # ours, or is served already: say so, no traceback.
+        raise SystemExit(f"collab {args.command}: error: {exc}") from None
+    except sqlite3.DatabaseError as exc:  # not a database file, a folder, a file it may not open
+        raise SystemExit(f"collab {args.command}: error: cannot use the SQLite database {settings.db}: {exc}") \
+            from None
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:

@@ -453,12 +453,40 @@ def redact(text: str, db: str | Path) -> str:
     return text
 
 
+class DatabaseTooNew(RuntimeError):
+    """The database was migrated by a newer collab than this one."""
+
+
+class AlreadyServing(RuntimeError):
+    """Another collab server holds this SQLite database (one server per file)."""
+
+
+class NotOurs(RuntimeError):
+    """A SQLite file that is not a database, or a database with tables that are not collab's."""
+
+
+def check_sqlite_file(path: str | Path) -> None:
+    """Raise NotOurs unless `path` is an empty SQLite file or one collab made (read, never written)."""
+    import sqlite3
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise NotOurs(f"{path} is not a SQLite database ({exc})") from None
+    if tables and "schema_version" not in tables:
+        raise NotOurs(f"{path} is a SQLite database of something else (tables {', '.join(sorted(tables)[:5])}); "
+                      "collab leaves it alone")
+
+
 def pending_migrations(files: list[tuple[int, Path]], done: set[int]) -> list[tuple[int, Path]]:
     """Of `files` (from `migration_files`), those not yet in `done`, the versions a database records as
     applied; raises if the database is newer than every file (a newer collab migrated it)."""
     newest = max(n for n, _ in files)
     if done and max(done) > newest:
-        raise RuntimeError(f"the database has schema version {max(done)}, newer than this collab knows "
+        raise DatabaseTooNew(f"the database has schema version {max(done)}, newer than this collab knows "
                            f"({newest}): upgrade collab")
     return [(number, path) for number, path in files if number not in done]
 

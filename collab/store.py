@@ -64,7 +64,7 @@ from .history import Authorship
 from .logs import QUIET_FOR, Throttle
 from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
-from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Kept, Loaded,
+from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Kept, Loaded,
                       NamedWhileCompacting, NameTaken, StorageUnavailable, TooManyCheckpoints, TooManyDocuments,
                       VersionCompacted, VersionConflict, contiguous_tail, history_entry, history_of, pending_migrations)
 from .text import Text
@@ -430,7 +430,7 @@ class Store(GroupWriter):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RuntimeError(f"another collab server is already serving {self.path} (it holds {lock_path}); "
+            raise AlreadyServing(f"another collab server is already serving {self.path} (it holds {lock_path}); "
                                "SQLite is for one process: stop it, or use PostgreSQL for several") from None
         self._lock_fd = fd
 
@@ -952,7 +952,7 @@ class _SqliteView:
 def seal_file(path: str | Path) -> tuple[int, int]:
     """Make the SQLite file at `path` one self-contained file (rollback journal) and check its integrity.
 
-    Returns (documents, sum of their versions); raises RuntimeError if the check fails.
+    Returns (documents, update rows); raises RuntimeError if the check fails.
     """
     conn = sqlite3.connect(str(path))
     try:
@@ -960,7 +960,8 @@ def seal_file(path: str | Path) -> tuple[int, int]:
         check = [row[0] for row in conn.execute("PRAGMA integrity_check")]
         if check != ["ok"]:
             raise RuntimeError(f"the copy failed its integrity check: {'; '.join(check[:5])}")
-        return conn.execute("SELECT COUNT(*), COALESCE(SUM(version), 0) FROM documents").fetchone()
+        return (conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+                conn.execute("SELECT COUNT(*) FROM updates").fetchone()[0])
     finally:
         conn.close()
 

@@ -648,3 +648,29 @@ def test_compact_leaves_a_document_renamed_or_deleted_meanwhile_and_goes_on(db, 
         assert _oldest(db, a_id) == 1 and "a:" not in out  # the next run compacts it as a2
     else:
         assert "a: left as it was: deleted or renamed while it was compacted" in out
+
+
+@pytest.mark.parametrize("change", ["rename", "delete"])
+def test_export_leaves_out_a_document_renamed_or_deleted_meanwhile_and_goes_on(db, monkeypatch, capsys, tmp_path,
+                                                                              change):
+    """Was: a document renamed or deleted after export listed the documents stopped the whole export with
+    a TypeError traceback, the other documents not written."""
+    from collab import admin
+    from collab.settings import Settings
+
+    (a_id, _), backend_class = _filled(db, ("a", "b"), edits=5)
+    real_list = backend_class.list_documents
+
+    async def listed_then_changed(self):
+        listed = await real_list(self)
+        if change == "rename":
+            await self.rename_document(a_id, "a2")
+        else:
+            await self.delete_document(a_id)
+        return listed
+
+    monkeypatch.setattr(backend_class, "list_documents", listed_then_changed)
+    assert admin.export(Settings(db=db), str(tmp_path / "out")) == 0
+    captured = capsys.readouterr()
+    assert "left out a: renamed or deleted while the export ran" in captured.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.txt"]

@@ -1,0 +1,130 @@
+"""Commands given what they cannot use say so in one line and exit 1, without a traceback, and touch nothing.
+
+Each runs as `python -m collab ...` in a subprocess, as a person would run it (SQLite files: what a
+wrong path or a wrong file can be; PostgreSQL's own refusals are in test_admin.py and test_pg_*.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from serverproc import ROOT, ServerProcess, free_port
+
+
+def collab(*args, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collab", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def refused(result: subprocess.CompletedProcess, words: str) -> None:
+    assert result.returncode == 1, (result.args, result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and words in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def tables(path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+
+
+def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tmp_path):
+    """Was: every command (even `docs`, which only lists) wrote collab's tables into any SQLite file it was
+    pointed at, switched it to WAL, and said "no documents"."""
+    foreign = tmp_path / "foreign.sqlite"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    before = foreign.read_bytes()
+    for args in (["docs"], ["migrate"], ["export", tmp_path / "out"], ["compact", "--keep-history", 5],
+                 ["backup", tmp_path / "b.db"],
+                 ["serve", "--port", free_port()]):
+        refused(collab(*args, "--db", foreign), "a SQLite database of something else")
+    refused(collab("copy", foreign, tmp_path / "target.db"), "a SQLite database of something else")
+    assert foreign.read_bytes() == before and tables(foreign) == {"t"}
+
+
+@pytest.mark.parametrize("what", ["text file", "folder", "newer collab"])
+def test_a_database_collab_cannot_use_is_one_line(tmp_path, what):
+    """Was: a file that is not a database, a folder, or a database a newer collab migrated stopped each
+    command with a traceback."""
+    db = tmp_path / "x.db"
+    if what == "text file":
+        db.write_text("hello, not a database\n")
+        words = "is not a SQLite database"
+    elif what == "folder":  # not a database file: `docs` finds none, `migrate` cannot make one there
+        db.mkdir()
+        refused(collab("docs", "--db", db), "no database at")
+        refused(collab("migrate", "--db", db), "cannot use the SQLite database")
+        return
+    else:
+        assert collab("migrate", "--db", db).returncode == 0
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO schema_version(version, name, applied) VALUES (99, '099_future', 0)")
+        conn.commit()
+        conn.close()
+        words = "newer than this collab knows"
+    for args in (["migrate"], ["docs"]):
+        refused(collab(*args, "--db", db), words)
+    refused(collab("copy", db, tmp_path / "t.db"), words)
+
+
+def test_serve_says_what_is_wrong_in_one_line(tmp_path):
+    """Was: a missing secret file, a second server on one SQLite file, or a port in use: a traceback."""
+    port = free_port()
+    result = collab("serve", "--db", tmp_path / "a.db", "--port", port, "--secret-file", tmp_path / "nope")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot read the secret file" in result.stderr
+    server = ServerProcess(tmp_path / "a.db", log_path=tmp_path / "server.log").start()
+    try:
+        second = collab("serve", "--db", tmp_path / "a.db", "--port", free_port(), timeout=30)
+        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+        assert "another collab server is already serving" in second.stderr
+        taken = collab("serve", "--db", tmp_path / "b.db", "--port", server.port, timeout=30)
+        assert taken.returncode == 1 and "Traceback" not in taken.stderr, taken.stderr
+        assert f"cannot listen on 127.0.0.1:{server.port}" in taken.stderr
+    finally:
+        server.kill()
+
+
+def test_export_and_backup_say_when_they_cannot_write(tmp_path):
+    db = tmp_path / "a.db"
+    assert collab("migrate", "--db", db).returncode == 0
+    (tmp_path / "file").write_text("x")
+    refused(collab("export", tmp_path / "file", "--db", db), "cannot write to")
+    refused(collab("backup", tmp_path / "file" / "sub" / "b.db", "--db", db), "backup of")
+
+
+def test_import_holds_to_max_documents_strips_a_byte_order_mark_and_counts_what_it_skipped(tmp_path):
+    """Was: import made documents past --max-documents, kept a UTF-8 byte order mark as text, and exited 0
+    with files left out (a Notes.TXT, a folder named x.txt)."""
+    db = tmp_path / "a.db"
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "bom.txt").write_bytes(b"\xef\xbb\xbfbom file")
+    for name in ("one", "two", "three"):
+        (src / f"{name}.txt").write_text(name)
+    (src / "folder.txt").mkdir()
+    (src / "Notes.TXT").write_text("upper-case suffix")
+    result = collab("import", src, "--db", db, "--max-documents", 3)
+    assert result.returncode == 1, result
+    assert "skipped folder.txt: not a regular file" in result.stderr and "skipped Notes.TXT" in result.stderr
+    assert "imported 3 documents" in result.stdout and "refused 1" in result.stdout, result.stdout
+    assert "--max-documents" in result.stderr
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0] == 3
+        (changes,) = conn.execute("SELECT u.changes FROM updates u JOIN documents d ON d.id = u.doc_id "
+                                  "WHERE d.name = 'bom'").fetchone()
+    finally:
+        conn.close()
+    assert changes == '[[0,"bom file"]]'
+    backup = collab("backup", tmp_path / "b.db", "--db", db)
+    assert backup.returncode == 0 and "3 documents, 3 updates" in backup.stdout, backup.stdout
