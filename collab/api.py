@@ -117,8 +117,8 @@ def error_middleware(answer, sockets: str = "/ws/"):
 
     @web.middleware
     def middleware(request: web.Request, handler):
-        if not request.path.startswith(sockets):
-            return answered(request, handler)
+        if not request.path.startswith(sockets) or getattr(request.match_info, "http_exception", None) is not None:
+            return answered(request, handler)  # (an address under `sockets` no route takes: a 404 of ours)
         try:
             return handler(request)
         except Exception as exc:  # noqa: BLE001 - as in answered()

@@ -271,3 +271,19 @@ async def test_shutdown_closes_1001_after_flushing(aiohttp_client, settings):
     assert (await closed(a))[0] == 1001
     assert (await closed(b))[0] == 1001
     assert await stored(client) == {"name": "d", "version": 2, "doc": "abcx"}
+
+
+async def test_refusals_of_a_websocket_address_before_the_upgrade_keep_the_one_error_shape(aiohttp_client, tmp_path):
+    """The error middleware hands a WebSocket's handler on without awaiting it (its coroutine would live
+    as long as the connection), so the handler answers its own refusals: they must keep the JSON shape,
+    as must an address under /ws/ that no route takes."""
+    client = await aiohttp_client(create_app(Settings(db=str(tmp_path / "a.db"))))
+    for path, status, code in (("/ws/a/b", 404, "not-found"), ("/ws/bad%20name", 400, "bad-request"),
+                               ("/ws/doc", 400, "bad-request")):  # the last: not a WebSocket request
+        resp = await client.get(path)
+        body = await resp.json()
+        assert (resp.status, body["error"]["code"]) == (status, code), (path, body)
+    resp = await client.get("/ws/doc", headers={"Origin": "https://elsewhere.example", "Connection": "Upgrade",
+                                                "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                                                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert (resp.status, (await resp.json())["error"]["code"]) == (403, "forbidden")
