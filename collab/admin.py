@@ -40,7 +40,7 @@ from .changes import utf16_len
 from .errors import CollabError
 from .settings import Settings
 from .storage import (Kept, NamedWhileCompacting, NotOurs, StorageUnavailable, TooManyDocuments, VersionCompacted,
-                      check_sqlite_file, database_exists, describe, is_postgres, store_at, store_for)
+                      check_ours, database_exists, describe, is_postgres, store_at, store_for)
 
 
 class AdminError(Exception):
@@ -65,11 +65,10 @@ def _require_database(db: str, which: str = "give --db or COLLAB_DB") -> None:
     if not there:
         hint = "create it first (createdb), " if is_postgres(db) else ""
         raise AdminError(f"no database at {describe(db)} ({hint}{which})")
-    if not is_postgres(db):
-        try:
-            check_sqlite_file(db)
-        except NotOurs as exc:
-            raise AdminError(str(exc)) from None
+    try:
+        check_ours(db)
+    except (NotOurs, StorageUnavailable) as exc:
+        raise AdminError(str(exc)) from None
 
 
 def _existing_db(settings: Settings) -> str:

@@ -465,6 +465,21 @@ class NotOurs(RuntimeError):
     """A SQLite file that is not a database, or a database with tables that are not collab's."""
 
 
+def check_ours(db: str | Path) -> None:
+    """Raise NotOurs unless the existing database `db` is empty or collab's (read, never written): a
+    command never writes collab's tables into another program's database. StorageUnavailable if a
+    PostgreSQL server cannot be asked."""
+    if not is_postgres(str(db)):
+        return check_sqlite_file(db)
+    import asyncio
+
+    from . import store_pg
+    tables = asyncio.run(store_pg.foreign_tables(str(db)))
+    if tables:
+        raise NotOurs(f"{describe(db)} is a database of something else (tables {', '.join(tables[:5])}); "
+                      "collab leaves it alone")
+
+
 def check_sqlite_file(path: str | Path) -> None:
     """Raise NotOurs unless `path` is an empty SQLite file or one collab made (read, never written)."""
     import sqlite3

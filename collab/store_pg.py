@@ -166,6 +166,19 @@ async def database_exists(url: str) -> bool:
     return True
 
 
+async def foreign_tables(url: str) -> list[str]:
+    """The tables of the database's schema if it holds tables but no `schema_version` (another program's
+    database); [] for an empty database or collab's."""
+    conn = await _connect(url, "collab-admin")
+    try:
+        rows = await conn.fetch("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')")  # theirs too
+    finally:
+        await conn.close()
+    names = {row[0] for row in rows}
+    return sorted(names) if names and "schema_version" not in names else []
+
+
 # ------------------------------------------------------------------ statements
 
 _LOCK_DOCUMENTS = "SELECT id, version FROM documents WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"

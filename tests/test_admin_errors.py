@@ -128,3 +128,19 @@ def test_import_holds_to_max_documents_strips_a_byte_order_mark_and_counts_what_
     assert changes == '[[0,"bom file"]]'
     backup = collab("backup", tmp_path / "b.db", "--db", db)
     assert backup.returncode == 0 and "3 documents, 3 updates" in backup.stdout, backup.stdout
+
+
+def test_another_programs_postgresql_database_is_refused_and_left_as_it_was(pg_server):
+    """As for SQLite files: a PostgreSQL database with tables of its own and no schema_version is refused
+    by every command and by serve, and nothing is written into it."""
+    name = pg_server.create_database()
+    try:
+        pg_server.sql("CREATE TABLE t (x int)", db=name)
+        url = pg_server.url(name)
+        for args in (["docs"], ["migrate"], ["compact", "--keep-history", 5], ["serve", "--port", free_port()]):
+            refused(collab(*args, "--db", url), "a database of something else")
+        listed = pg_server.sql("SELECT string_agg(table_name, ',') FROM information_schema.tables "
+                               "WHERE table_schema = 'public'", db=name)
+        assert listed.strip() == "t", listed
+    finally:
+        pg_server.drop_database(name)
