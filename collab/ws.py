@@ -385,7 +385,9 @@ def refuse(peer: Peer, exc: CollabError, doc: str, metrics) -> None:
 def _over_rate(bucket: TokenBucket, settings: Settings) -> ProtocolError:
     if bucket.refused > settings.burst:  # ignored our errors for a whole burst's worth of frames
         return ProtocolError("rate-limited", "persistently over the rate limit", close=CLOSE_RATE_LIMITED)
-    return ProtocolError("rate-limited", f"over {settings.rate:g} frames a second; this frame was dropped")
+    wait = bucket.wait()
+    return ProtocolError("rate-limited", f"over {settings.rate:g} frames a second; this frame was dropped",
+                         retry_after=wait)
 
 
 def own_origin(request: web.Request, trusted: frozenset[str]) -> str:

@@ -246,7 +246,7 @@ async def test_rate_limit_then_4429(client, frames):
             await ws.send_bytes(b"x")
         else:
             await send(ws, {"type": "presence", "version": 1, "ranges": [{"anchor": 0, "head": 0}]})
-    codes = []
+    codes, retry_after = [], []
     while True:
         msg = await asyncio.wait_for(ws.receive(), 5)
         if msg.type != WSMsgType.TEXT:
@@ -254,7 +254,10 @@ async def test_rate_limit_then_4429(client, frames):
         frame = orjson.loads(msg.data)
         if frame["type"] == "error":
             codes.append(frame["code"])
+            if frame["code"] == "rate-limited" and "retryAfter" in frame:
+                retry_after.append(frame["retryAfter"])
     assert "rate-limited" in codes and set(codes) <= {"rate-limited", "bad-message" if frames == "binary" else ""}
+    assert retry_after and all(0 < r <= 0.05 for r in retry_after), retry_after  # 20 frames/s: a turn in 1/20 s
     assert msg.type == WSMsgType.CLOSE and msg.data == 4429
     # The calm client is unaffected and nothing was stored.
     await send(other, {"type": "push", "version": 1, "updates": [{"clientID": "calm", "changes": [5, [0, "!"]]}]})
