@@ -76,7 +76,7 @@ WORKER_NICE = 10            # workers run (and start) at a lower CPU priority th
 DIFF_TIMEOUT = 15.0         # seconds for one restore diff, waiting included
 AUTHORS_TIMEOUT = 15.0      # seconds for one /authors request, waiting included
 AUTHORS_CHUNK = 5_000       # update rows replayed per job
-AUTHORS_CHUNK_BYTES = 8 << 20  # ... and at most this many bytes of them
+AUTHORS_CHUNK_BYTES = 2 << 20  # ... and at most this many bytes of them (a chunk must end within the budget)
 AUTHORS_MAX_RUNS = 200_000  # runs one /authors answer may hold
 AUTHORS_SPACING = 4         # stored checkpoints at least runs / 4 versions apart (about 4 runs per update)
 CACHE_BYTES = 64 << 20      # bytes of spans JSON the authorship cache keeps in memory (per store)
@@ -153,6 +153,11 @@ def worker_main() -> None:  # pragma: no cover - runs in the worker process
         try:
             fn, args = _receive(0)
         except (EOFError, OSError):
+            return
+        except MemoryError:
+            fn = None
+        if fn is None:  # reading the job alone went over the memory limit (freed by now): said so, and it ends
+            _send(out, ("memory", ""))
             return
         try:
             answer = ("ok", fn(*args))
@@ -238,6 +243,9 @@ class Pool:
                 raise Overrun(f"{what} waited too long for a worker; the server is busy, try again later")
             with self._lock:
                 worker = self._idle.pop() if self._idle else None
+                while worker is not None and worker.proc.poll() is not None:  # it died while idle (killed)
+                    worker.kill()
+                    worker = self._idle.pop() if self._idle else None
             if worker is None:
                 try:
                     worker = _Worker(self.memory)

@@ -825,11 +825,21 @@ class Store(GroupWriter):
         rows off the event loop; this hands it the SQL (checkpoints in the authorship table)."""
         from . import compute  # the replay and its caching policy live there, for every store
 
+        born: list = [None]  # the document's creation time: SQLite gives a deleted newest document's id again
+
         def checkpoint(conn: sqlite3.Connection, at: int) -> tuple[float | None, int]:
             created = conn.execute("SELECT created FROM documents WHERE id = ?", (doc_id,)).fetchone()
             row = conn.execute("SELECT MAX(version) FROM authorship WHERE doc_id = ? AND version <= ?",
                                (doc_id, at)).fetchone()
-            return (created[0] if created else None), row[0] or 0
+            born[0] = created[0] if created else None
+            return born[0], row[0] or 0
+
+        def save(conn: sqlite3.Connection, found: list) -> None:
+            # Only for the document the replay began with: deleted meanwhile and its id given to a new one,
+            # these spans are not the new one's.
+            conn.executemany("INSERT OR IGNORE INTO authorship(doc_id, version, spans) SELECT ?, ?, ? "
+                             "WHERE EXISTS (SELECT 1 FROM documents WHERE id = ? AND created = ?)",
+                             [(doc_id, v, spans, doc_id, born[0]) for v, spans in found])
 
         def spans_at(conn: sqlite3.Connection, at: int) -> str:
             return conn.execute("SELECT spans FROM authorship WHERE doc_id = ? AND version = ?",
@@ -857,9 +867,7 @@ class Store(GroupWriter):
             checkpoint=lambda at: self._read(lambda conn: checkpoint(conn, at)),
             spans_at=lambda at: self._read(lambda conn: spans_at(conn, at)),
             rows=lambda after, upto, max_bytes: self._read(lambda conn: rows(conn, after, upto, max_bytes)),
-            save=lambda found: self._write(lambda conn: conn.executemany(
-                "INSERT OR IGNORE INTO authorship(doc_id, version, spans) VALUES (?,?,?)",
-                [(doc_id, v, spans) for v, spans in found])))
+            save=lambda found: self._write(lambda conn: save(conn, found)))
 
     async def backup(self, dest: Path) -> tuple[int, int]:
         """Write a consistent copy of the whole database to `dest`; returns (documents, updates).

@@ -334,6 +334,17 @@ async def test_a_worker_out_of_memory_answers_too_large_and_a_bug_answers_its_er
     assert await pool.run(sum, [5], timeout=20) == 5
 
 
+async def test_an_idle_worker_that_died_is_replaced_not_handed_the_next_job(small_pool):
+    """Was: a worker killed while idle (the OOM killer, an operator) was handed the next job, which failed
+    with 503 "its worker process ended (Broken pipe)"."""
+    pool = small_pool()
+    assert await pool.run(sum, [1, 2], timeout=20) == 3
+    (idle,) = pool._idle
+    idle.proc.kill()
+    idle.proc.wait()
+    assert await pool.run(sum, [3, 4], timeout=20) == 7 and pool.started == 2
+
+
 async def test_a_worker_that_cannot_start_answers_unavailable_and_the_pool_recovers(small_pool, monkeypatch,
                                                                                     caplog):
     """No file descriptor left (EMFILE) when a worker process is started: the caller hears 503 with why
@@ -504,6 +515,41 @@ async def test_authorship_of_a_new_document_with_a_reused_id_is_its_own(client):
     for v in range(4):
         await push(ws, v, "carol", [v, [0, "y"]] if v else [[0, "y"]])
         await recv_type(ws, "updates")
+    new = await store.document("new")
+    assert new["id"] == old["id"]
+    assert (await store.authorship(new["id"], 4)).to_list() == [[4, "Carol"]]
+
+
+async def test_a_replay_whose_document_was_deleted_and_its_id_reused_stores_nothing_for_the_new_one(
+        client, monkeypatch):
+    """Was (SQLite): a replay of a document deleted while it ran, its id given to a new document, stored
+    its checkpoints under that id: the new document's /authors then began from another's spans, for good."""
+    from collab.app import ROOMS, STORE
+    store, rooms = client.server.app[STORE], client.server.app[ROOMS]
+    monkeypatch.setattr(store, "snapshot_every", 1)  # a checkpoint at every version: there is one to store
+    await two_authors(client, doc="old", rounds=4)
+    old = await store.document("old")
+    real = compute.authorship
+
+    async def deleted_and_remade_first(owner, doc_id, version, every, **io):
+        real_save = io["save"]
+        remade = []
+
+        async def save(found):  # the old document's spans, computed: it goes, and its id comes back
+            if not remade:
+                remade.append(True)
+                await rooms.delete("old")
+                ws, _ = await join(client, "new", "carol", user={"name": "Carol", "color": "#00aa00"})
+                for v in range(4):
+                    await push(ws, v, "carol", [v, [0, "y"]] if v else [[0, "y"]])
+                    await recv_type(ws, "updates")
+            return await real_save(found)
+
+        return await real(owner, doc_id, version, every, **{**io, "save": save})
+
+    monkeypatch.setattr(compute, "authorship", deleted_and_remade_first)
+    await store.authorship(old["id"], 4)  # what it answers about a deleted document does not matter
+    monkeypatch.setattr(compute, "authorship", real)
     new = await store.document("new")
     assert new["id"] == old["id"]
     assert (await store.authorship(new["id"], 4)).to_list() == [[4, "Carol"]]
