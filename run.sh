@@ -3,7 +3,8 @@
 #
 #   ./run.sh [--host H] [--port P] [--db FILE] [any `collab serve` option]
 #       creates .venv if missing, installs collab, applies migrations, serves
-#       (defaults 127.0.0.1:8080 and ./data/collab.db; COLLAB_* variables work too)
+#       (defaults 127.0.0.1:8080 and ./data/collab.db; COLLAB_* variables work too; relative paths
+#       are taken from this folder, wherever run.sh is called from)
 #   ./run.sh --public [options]
 #       the same for a team: listens on all interfaces with access control on,
 #       the secret kept in ./data/secret (made on first start); prints the admin link
@@ -90,14 +91,35 @@ fi
 
 if [ "${1:-}" = "--public" ]; then
     shift
+    # A secret given on the command line wins, as in the environment: a --secret is used as it is, and
+    # the file of a --secret-file is made if it is missing (not ./data/secret beside it).
     secret_file="${COLLAB_SECRET_FILE:-./data/secret}"
-    if [ -z "${COLLAB_SECRET:-}" ] && [ ! -s "$secret_file" ]; then
+    given_secret="${COLLAB_SECRET:-}"
+    prev=""
+    for arg in "$@"; do
+        case "$prev" in
+            --secret) given_secret="$arg" ;;
+            --secret-file) secret_file="$arg" ;;
+        esac
+        case "$arg" in
+            --secret=*) given_secret="${arg#--secret=}" ;;
+            --secret-file=*) secret_file="${arg#--secret-file=}" ;;
+        esac
+        prev="$arg"
+    done
+    if [ -z "$given_secret" ] && [ ! -s "$secret_file" ]; then
         mkdir -p "$(dirname "$secret_file")"
         (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > "$secret_file")
         say "made a new secret in $secret_file (keep it; it signs every share link)"
     fi
-    set -- --host "${COLLAB_HOST:-0.0.0.0}" --secret-file "$secret_file" "$@"
+    if [ -z "$given_secret" ]; then
+        set -- --host "${COLLAB_HOST:-0.0.0.0}" --secret-file "$secret_file" "$@"
+    else
+        set -- --host "${COLLAB_HOST:-0.0.0.0}" "$@"
+    fi
 fi
+
+umask 077  # the database and its folder: readable by this user only, like the secret
 
 ensure_venv ""
 "$PY" -m collab migrate "$@"

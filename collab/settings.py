@@ -69,8 +69,8 @@ class Settings:
                                    "up to this many bytes")
     min_free_disk: int = _opt(200 << 20, "bytes that must stay free on the SQLite database's filesystem; "
                               "below it edits and new documents are refused (unavailable), reads go on")
-    static_dir: str = _opt("", "folder with index.html, editor.html and dist/ (default: the pages "
-                           "installed with collab)")
+    static_dir: str = _opt("", "a static/ folder as static/build.mjs leaves it: dist/ with index.html, "
+                           "editor.html and the bundles (default: the pages installed with collab)")
     log_json: bool = _opt(False, "log JSON lines instead of plain text")
     loop: str = _opt("uvloop", "event loop: uvloop (faster) or asyncio (Python's own)", choices=("uvloop", "asyncio"))
     secret: str = _opt("", "secret that signs access tokens; with it (or --secret-file) access control is on, "
@@ -171,6 +171,8 @@ class Settings:
             problems.append(f"port must be 1-65535 (got {self.port})")
         if self.snapshot_every < 1:
             problems.append("snapshot_every must be at least 1")
+        if self.secret and len(self.secret) < 16:  # as for --secret-file: a short secret is guessed
+            problems.append("secret must be 16 characters at least")
         if self.rate <= 0 or self.burst < 1:
             problems.append("rate must be positive and burst at least 1")
         if self.update_rate <= 0 or self.update_burst < self.max_updates:

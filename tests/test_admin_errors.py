@@ -82,6 +82,8 @@ def test_serve_says_what_is_wrong_in_one_line(tmp_path):
     result = collab("serve", "--db", tmp_path / "a.db", "--port", port, "--secret-file", tmp_path / "nope")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "cannot read the secret file" in result.stderr
+    short = collab("serve", "--db", tmp_path / "a.db", "--port", port, "--secret", "short")
+    assert short.returncode == 2 and "secret must be 16 characters at least" in short.stderr, short.stderr
     server = ServerProcess(tmp_path / "a.db", log_path=tmp_path / "server.log").start()
     try:
         second = collab("serve", "--db", tmp_path / "a.db", "--port", free_port(), timeout=30)
