@@ -297,6 +297,7 @@ async def flood_a_sleeper(aiohttp_client, tmp_path):
     client = await aiohttp_client(app)
     sleeper = await client.ws_connect("/ws/flood", protocols=["collab.v1"])
     await send(sleeper, {"type": "hello", "clientID": "sleeper", "version": None, "user": USER})
+    await recv_type(sleeper, "welcome")  # a member before anyone writes (its hello is handled in its own task)
     writer, _ = await hello(client, "flood", None, "writer")
     # Stop reading on the sleeper's socket: pause its transport so the server's writes back up.
     sleeper._response.connection.transport.pause_reading()

@@ -821,7 +821,8 @@ def test_systemd_template_unit_is_valid_and_uses_real_settings(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if not analyze:
         pytest.fail("systemd-analyze is missing (Debian package systemd): it checks docs/collab@.service")
-    (tmp_path / "collab@.service").write_text(unit.replace("/opt/collab/.venv/bin/python", sys.executable))
+    (tmp_path / "collab@.service").write_text(unit.replace("/opt/collab/.venv/bin/collab",
+                                                           str(Path(sys.executable).parent / "collab")))
     run = subprocess.run([analyze, "verify", str(tmp_path / "collab@8081.service")], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0 and "collab@" not in run.stderr, run.stderr

@@ -341,13 +341,13 @@ def test_systemd_unit_is_valid_and_uses_real_settings(tmp_path):
     settings = Settings.from_env(env)  # the values parse and pass validation
     assert settings.trusted_proxy == "127.0.0.1" and settings.host == "127.0.0.1"
     (start,) = re.findall(r"^ExecStart=(.*)$", unit, re.M)
-    assert start.split()[1:] == ["-m", "collab", "serve"], start
+    assert start.split() == ["/opt/collab/.venv/bin/collab", "serve"], start  # the installed package's
     # The nginx site proxies to the address the unit listens on.
     assert f"server {settings.host}:{settings.port};" in (DOCS / "nginx-collab.conf").read_text()
     analyze = shutil.which("systemd-analyze")
     if not analyze:
         pytest.fail("systemd-analyze is missing (Debian package systemd): it checks docs/collab.service")
     local = tmp_path / "collab.service"
-    local.write_text(unit.replace("/opt/collab/.venv/bin/python", sys.executable))
+    local.write_text(unit.replace("/opt/collab/.venv/bin/collab", str(Path(sys.executable).parent / "collab")))
     run = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "collab.service" not in run.stderr, run.stderr
