@@ -52,8 +52,7 @@ def serve(settings: Settings) -> None:
     except ValueError as exc:  # a secret file that is missing, or a secret too short
         raise SystemExit(f"collab: {exc}") from None
     from . import storage
-    if storage.database_exists(settings.db):
-        storage.check_ours(settings.db)  # NotOurs: another program's database is left alone
+    storage.check_ours(settings.db)  # NotOurs: another program's database is left alone
     if secret is None and not is_loopback(settings.host):
         raise SystemExit(f"collab: refusing to listen on {settings.host} with no access control: give a "
                          "secret (--secret, COLLAB_SECRET or --secret-file; ./run.sh --public makes one), "
@@ -173,8 +172,7 @@ def migrate(settings: Settings) -> None:
     """Create the database's schema or bring it up to date (SQLite: the file too; PostgreSQL: the database
     must exist). Safe when several processes run it at once on PostgreSQL (an advisory lock)."""
     from . import storage
-    if storage.database_exists(settings.db):
-        storage.check_ours(settings.db)  # NotOurs: another program's database is left alone
+    storage.check_ours(settings.db)  # NotOurs: another program's database is left alone
     applied = storage.migrate(settings.db, settings.sync)
     print(f"collab: {storage.describe(settings.db)}: "
           + (f"applied {', '.join(applied)}" if applied else "schema up to date"))

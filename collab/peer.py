@@ -171,9 +171,10 @@ class Outbox:
         self.queued = 0
         self._shared: dict[int, int] = {}  # id of a shared part -> queued frames holding it (they keep it alive)
 
-    def hold(self, frame: bytes | tuple[bytes, ...]) -> None:
-        """A frame was queued: its cost, and its shared part if no other queued frame holds that yet."""
-        self.queued += frame_cost(frame)
+    def hold(self, frame: bytes | tuple[bytes, ...], cost: int) -> None:
+        """A frame was queued: its `cost` (frame_cost), and its shared part if no other queued frame holds
+        that yet."""
+        self.queued += cost
         if type(frame) is tuple and len(frame) == 3:
             key = id(frame[1])
             held = self._shared.get(key, 0)
@@ -181,9 +182,9 @@ class Outbox:
                 self.queued += len(frame[1])
             self._shared[key] = held + 1
 
-    def let_go(self, frame: bytes | tuple[bytes, ...]) -> None:
-        """A queued frame was sent or dropped."""
-        self.queued -= frame_cost(frame)
+    def let_go(self, frame: bytes | tuple[bytes, ...], cost: int) -> None:
+        """A queued frame of `cost` (frame_cost) was sent or dropped."""
+        self.queued -= cost
         if type(frame) is tuple and len(frame) == 3:
             key = id(frame[1])
             held = self._shared[key] - 1
@@ -255,8 +256,9 @@ class Peer:
         if self.queue is _NO_QUEUE:
             self.queue = deque()
         self.queue.append(frame)
-        self.queued += frame_cost(frame)
-        self.outbox.hold(frame)
+        cost = frame_cost(frame)
+        self.queued += cost
+        self.outbox.hold(frame, cost)
         # The frame at the head of the queue may be larger than the limit on its own (it goes out a
         # fragment at a time): what is queued behind it counts. A peer that does not read it is
         # closed by the send timeout instead.
@@ -369,8 +371,9 @@ class Peer:
             self.midmessage = False
 
     def _dequeued(self, frame: bytes | tuple[bytes, ...]) -> None:
-        self.queued -= frame_cost(frame)
-        self.outbox.let_go(frame)
+        cost = frame_cost(frame)
+        self.queued -= cost
+        self.outbox.let_go(frame, cost)
 
     # ---------------------------------------------------------------- closing
 

@@ -115,6 +115,12 @@ def weight(u: Update) -> int:
     return 4 * len(c.sections) + sum(map(len, c.inserted))
 
 
+def _check_version(version) -> None:
+    """bad-message unless a push's `version` is a non-negative integer."""
+    if type(version) is not int or version < 0:
+        raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {brief(version)}")
+
+
 class NeedHistory(Exception):
     """The push or resume reaches back before the in-memory log: read `since..log_from` (or a page of
     it) from the store and retry with it."""
@@ -261,8 +267,7 @@ class Sequencer:
         `too-large`) and leaves everything unchanged, or NeedHistory when the
         base version is older than the in-memory log.
         """
-        if type(version) is not int or version < 0:
-            raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {brief(version)}")
+        _check_version(version)
         if not updates:
             self._check(client_id, version, updates, self.version)
             return []
@@ -335,8 +340,7 @@ class Sequencer:
         """Raise what `push` would refuse of this push (`bad-version`, `bad-message`, `bad-changes`,
         `too-large`), changing nothing, while nothing was accepted yet (version 0: nothing to rebase
         over): a document is made only by a push it will take."""
-        if type(version) is not int or version < 0:
-            raise ProtocolError("bad-message", f"push.version must be a non-negative integer, got {brief(version)}")
+        _check_version(version)
         self._check(client_id, version, updates, self.version)
         if updates:
             self._check_length(updates[-1].changes.new_length)

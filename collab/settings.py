@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+MIN_SECRET = 16  # characters of a secret, from --secret or a secret file: a shorter one is guessed
 
 
 def _opt(default, help: str, **meta):
@@ -171,8 +172,8 @@ class Settings:
             problems.append(f"port must be 1-65535 (got {self.port})")
         if self.snapshot_every < 1:
             problems.append("snapshot_every must be at least 1")
-        if self.secret and len(self.secret) < 16:  # as for --secret-file: a short secret is guessed
-            problems.append("secret must be 16 characters at least")
+        if self.secret and len(self.secret) < MIN_SECRET:  # as for --secret-file: a short secret is guessed
+            problems.append(f"secret must be {MIN_SECRET} characters at least")
         if self.rate <= 0 or self.burst < 1:
             problems.append("rate must be positive and burst at least 1")
         if self.update_rate <= 0 or self.update_burst < self.max_updates:
@@ -208,8 +209,8 @@ class Settings:
                 value = Path(self.secret_file).read_text().strip()
             except OSError as exc:
                 raise ValueError(f"cannot read the secret file {self.secret_file}: {exc.strerror}") from None
-            if len(value) < 16:
-                raise ValueError(f"the secret in {self.secret_file} is too short (16 characters at least)")
+            if len(value) < MIN_SECRET:
+                raise ValueError(f"the secret in {self.secret_file} is too short ({MIN_SECRET} characters at least)")
             return value.encode()
         return None
 

@@ -466,34 +466,35 @@ class NotOurs(RuntimeError):
 
 
 def check_ours(db: str | Path) -> None:
-    """Raise NotOurs unless the existing database `db` is empty or collab's (read, never written): a
-    command never writes collab's tables into another program's database. StorageUnavailable if a
-    PostgreSQL server cannot be asked."""
-    if not is_postgres(str(db)):
-        return check_sqlite_file(db)
-    import asyncio
+    """Raise NotOurs if `db` holds tables but no `schema_version`: another program's database (or, for
+    SQLite, a file that is not a database), which no command writes collab's tables into. Read, never
+    written; a database that is not there yet passes. StorageUnavailable if a PostgreSQL server cannot
+    be asked."""
+    if is_postgres(str(db)):
+        import asyncio
 
-    from . import store_pg
-    tables = asyncio.run(store_pg.foreign_tables(str(db)))
-    if tables:
-        raise NotOurs(f"{describe(db)} is a database of something else (tables {', '.join(tables[:5])}); "
+        from . import store_pg
+        tables, kind = asyncio.run(store_pg.tables(str(db))), "a database"
+    else:
+        tables, kind = _sqlite_tables(Path(db)), "a SQLite database"
+    if tables and "schema_version" not in tables:
+        raise NotOurs(f"{describe(db)} is {kind} of something else (tables {', '.join(sorted(tables)[:5])}); "
                       "collab leaves it alone")
 
 
-def check_sqlite_file(path: str | Path) -> None:
-    """Raise NotOurs unless `path` is an empty SQLite file or one collab made (read, never written)."""
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of the SQLite file at `path` (none if there is no file); NotOurs if it is not a database."""
     import sqlite3
+    if not path.is_file():
+        return set()
     try:
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         raise NotOurs(f"{path} is not a SQLite database ({exc})") from None
-    if tables and "schema_version" not in tables:
-        raise NotOurs(f"{path} is a SQLite database of something else (tables {', '.join(sorted(tables)[:5])}); "
-                      "collab leaves it alone")
 
 
 def pending_migrations(files: list[tuple[int, Path]], done: set[int]) -> list[tuple[int, Path]]:

@@ -155,28 +155,36 @@ async def migrate(url: str) -> list[str]:
         await conn.close()
 
 
-async def database_exists(url: str) -> bool:
+async def _connect_if_there(url: str) -> asyncpg.Connection | None:
+    """A connection for a command, or None if the database does not exist."""
     try:
-        conn = await _connect(url, "collab-admin")
+        return await _connect(url, "collab-admin")
     except StorageUnavailable as exc:
         if "does not exist" in str(exc):
-            return False
+            return None
         raise
+
+
+async def database_exists(url: str) -> bool:
+    conn = await _connect_if_there(url)
+    if conn is None:
+        return False
     await conn.close()
     return True
 
 
-async def foreign_tables(url: str) -> list[str]:
-    """The tables of the database's schema if it holds tables but no `schema_version` (another program's
-    database); [] for an empty database or collab's."""
-    conn = await _connect(url, "collab-admin")
+async def tables(url: str) -> set[str]:
+    """The tables of the database's schema, whoever owns them (pg_class shows them all); none if the
+    database does not exist."""
+    conn = await _connect_if_there(url)
+    if conn is None:
+        return set()
     try:
         rows = await conn.fetch("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                                "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')")  # theirs too
+                                "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')")
     finally:
         await conn.close()
-    names = {row[0] for row in rows}
-    return sorted(names) if names and "schema_version" not in names else []
+    return {row[0] for row in rows}
 
 
 # ------------------------------------------------------------------ statements
