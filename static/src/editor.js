@@ -366,12 +366,12 @@ function showRescue({ text, count, fragments, older = false }) {
   // with Escape keeps them), so closing the tab or a second rescue does not lose it either.
   let kept = dlg.open ? ta.value : "";
   try {
-    const stored = JSON.parse(localStorage.getItem(`collab:rescue:${docName}`));
+    const stored = JSON.parse(localStorage.getItem(RESCUE_KEY));
     if (stored && typeof stored.text === "string" && stored.text) kept = stored.text;
   } catch (_) { /* nothing readable kept */ }
   ta.value = kept ? `${kept}\n\n----\n\n${text}` : text;
   try {
-    localStorage.setItem(`collab:rescue:${docName}`, JSON.stringify({ text: ta.value, savedAt: Date.now() }));
+    localStorage.setItem(RESCUE_KEY, JSON.stringify({ text: ta.value, savedAt: Date.now() }));
   } catch (_) { /* best effort: the dialog shows it now */ }
   if (!dlg.open) dlg.showModal();
 }
@@ -390,6 +390,7 @@ async function copyRescue() {
 // ---- boot ------------------------------------------------------------------------------------
 
 const docName = docNameFromPath();
+const RESCUE_KEY = `collab:rescue:${docName}`; // rescued text, kept until the person dismisses it
 let user = loadUser();
 const person = loadPerson(); // this browser's stable person id (hello.person)
 let session = null;
@@ -490,7 +491,7 @@ async function boot() {
   renderPeople([]);
   renderStatus(session.statusInfo());
   try {
-    const kept = JSON.parse(localStorage.getItem(`collab:rescue:${docName}`));
+    const kept = JSON.parse(localStorage.getItem(RESCUE_KEY));
     if (kept && typeof kept.text === "string" && !$("#rescue").open) {
       $("#rescue-intro").textContent = "Text rescued earlier from edits the server could not merge. Copy what you need, then dismiss it.";
       $("#rescue-text").value = kept.text;
@@ -563,7 +564,7 @@ $("#identity-cancel").addEventListener("click", () => $("#identity").close());
 $("#rescue-copy").addEventListener("click", copyRescue);
 $("#rescue-close").addEventListener("click", () => {
   $("#rescue").close();
-  localStorage.removeItem(`collab:rescue:${docName}`);
+  localStorage.removeItem(RESCUE_KEY);
 });
 $("#reconnect").addEventListener("click", () => session && session.reconnectNow());
 

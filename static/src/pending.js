@@ -37,6 +37,29 @@ function read(key) {
   }
 }
 
+/** The client IDs with a `prefix` record (PENDING or BASE) of document `doc`. */
+function recordIDs(prefix, doc) {
+  const start = `${prefix}${doc}:`;
+  const ids = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const key = localStorage.key(i);
+    if (key && key.startsWith(start)) ids.push(key.slice(start.length));
+  }
+  return ids;
+}
+
+/** Move client `id`'s records (its updates and its base text) from document `from` to document `to`. */
+function moveRecord(from, to, id) {
+  for (const prefix of [PENDING, BASE]) {
+    const value = localStorage.getItem(`${prefix}${from}:${id}`);
+    if (value === null) continue;
+    try {
+      localStorage.setItem(`${prefix}${to}:${id}`, value);
+      localStorage.removeItem(`${prefix}${from}:${id}`);
+    } catch (_) { /* storage full: the record stays under the old name */ }
+  }
+}
+
 /** The names of the Web Locks held or asked for in this browser (null without the Web Locks API). */
 async function heldLocks() {
   if (!navigator.locks) return null;
@@ -64,16 +87,10 @@ export class PendingStore {
 
   /** Records of this document that no live tab owns, newest first. */
   async orphans() {
-    const prefix = `${PENDING}${this.doc}:`;
-    const ids = [];
-    for (let i = 0; i < localStorage.length; i++) {
-      const key = localStorage.key(i);
-      if (key && key.startsWith(prefix)) ids.push(key.slice(prefix.length));
-    }
     const held = await heldLocks();
     const out = [];
-    for (const id of ids) {
-      if (held ? held.has(`collab:${id}`) : this.aliveElsewhere(id)) continue;
+    for (const id of recordIDs(PENDING, this.doc)) {
+      if (this.ownedElsewhere(held, id)) continue;
       const rec = read(this.pendingKey(id));
       if (!rec || !Array.isArray(rec.updates) || typeof rec.version !== "number") {
         localStorage.removeItem(this.pendingKey(id));
@@ -105,26 +122,17 @@ export class PendingStore {
    * tab still writes (it moves them itself when it hears of the rename).
    */
   async adoptFrom(name, untilMs) {
-    const from = `${PENDING}${name}:`;
     const held = await heldLocks();
-    const ids = [];
-    for (let i = 0; i < localStorage.length; i++) {
-      const key = localStorage.key(i);
-      if (key && key.startsWith(from)) ids.push(key.slice(from.length));
+    for (const id of recordIDs(PENDING, name)) {
+      if (this.ownedElsewhere(held, id)) continue;
+      const rec = read(`${PENDING}${name}:${id}`);
+      if (rec && (rec.savedAt || 0) < untilMs) moveRecord(name, this.doc, id);
     }
-    for (const id of ids) {
-      if (held ? held.has(`collab:${id}`) : this.aliveElsewhere(id)) continue;
-      const rec = read(`${from}${id}`);
-      if (!rec || !((rec.savedAt || 0) < untilMs)) continue;
-      for (const prefix of [PENDING, BASE]) {
-        const value = localStorage.getItem(`${prefix}${name}:${id}`);
-        if (value === null) continue;
-        try {
-          localStorage.setItem(`${prefix}${this.doc}:${id}`, value);
-          localStorage.removeItem(`${prefix}${name}:${id}`);
-        } catch (_) { /* storage full: it stays under the old name for a later page */ }
-      }
-    }
+  }
+
+  /** Whether a live page owns `id`: it holds its Web Lock (`held`, from heldLocks), or without them, its mark is fresh. */
+  ownedElsewhere(held, id) {
+    return held ? held.has(`collab:${id}`) : this.aliveElsewhere(id);
   }
 
   aliveElsewhere(id) {
@@ -217,19 +225,8 @@ export class PendingStore {
 
   /** The document was renamed (same document, same versions): its records move to the new name, for the page that opens it there. */
   moveTo(newName) {
-    const moves = [];
-    for (const prefix of [PENDING, BASE]) {
-      const from = `${prefix}${this.doc}:`;
-      for (let i = 0; i < localStorage.length; i++) {
-        const key = localStorage.key(i);
-        if (key && key.startsWith(from)) moves.push([key, `${prefix}${newName}:${key.slice(from.length)}`]);
-      }
-    }
-    for (const [from, to] of moves) {
-      try {
-        localStorage.setItem(to, localStorage.getItem(from));
-        localStorage.removeItem(from);
-      } catch (_) { /* storage full: the record stays under the old name */ }
+    for (const id of new Set([...recordIDs(PENDING, this.doc), ...recordIDs(BASE, this.doc)])) {
+      moveRecord(this.doc, newName, id);
     }
     this.doc = newName;
   }
