@@ -110,6 +110,8 @@ class Socket(web.WebSocketResponse):
     it, and tests/test_compression.py and test_heartbeat.py fail if they change.
     """
 
+    __slots__ = ("compress_offers", "agreement")
+
     def __init__(self, *, compress_offers: bool, **kwargs):
         super().__init__(compress=False, **kwargs)
         self.compress_offers = compress_offers
@@ -146,6 +148,10 @@ class Socket(web.WebSocketResponse):
         request.protocol.set_parser(self._parser,
                                     data_received_cb=None if self._heartbeat is None else self._on_data_received)
         request.protocol.keep_alive(False)
+        # The HTTP parser is done: aiohttp 3.14 feeds it only before an upgrade, or after one it declined
+        # (no WebSocket parser set), and drops it itself when the connection is lost. Dropped now, not then:
+        # it held the upgrade request's header lines as long as the connection (about 1.2 KB).
+        request.protocol._parser = None
 
 
 class Admission:
@@ -232,7 +238,30 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
             member = await rooms.join(name, peer, hello, token)
             hello = None  # nothing more of it is needed
             _log_open(name, peer)
-            await _serve(ws, peer, member, settings)
+            # Frames until the connection ends, each handled before the next is read. Inline, not a
+            # coroutine of its own: its frame would live as long as the connection (about 250 bytes).
+            bucket = TokenBucket(settings.rate, settings.burst)  # frames; persistent excess ends the connection
+            while not peer.closed:
+                peer.receiving = True  # _receive inline too, for the same reason
+                try:
+                    msg = await ws.receive()
+                except asyncio.CancelledError as exc:
+                    if _interrupted(peer, exc):
+                        break
+                    raise
+                finally:
+                    peer.receiving = False
+                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+                    await _data_frame(msg, member, bucket, settings)
+                    msg = None  # not kept while the next one is awaited (a frame may be a megabyte)
+                elif msg.type == WSMsgType.ERROR:
+                    if isinstance(ws.exception(), asyncio.TimeoutError):  # aiohttp's heartbeat: no pong came back
+                        log.info("dropping session=%s: %s", peer.session, ws.exception())
+                    else:
+                        refuse(peer, _frame_error(ws), member.room.name, metrics)
+                    break
+                else:  # the client closed, or the connection is gone
+                    break
     except CollabError as exc:
         if member is None and exc.close is None:  # refused at hello: the connection has nothing to do
             code = CODES[exc.code]
@@ -259,39 +288,21 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
     return ws
 
 
-async def _serve(ws: web.WebSocketResponse, peer: Peer, member: Member, settings: Settings) -> None:
-    """Read frames until the connection ends; each one is handled before the next is read."""
-    bucket = TokenBucket(settings.rate, settings.burst)  # frames; persistent excess ends the connection
-    metrics = member.room.rooms.metrics
-    while not peer.closed:
-        peer.receiving = True  # _receive inline: one coroutine less per connection while it waits
-        try:
-            msg = await ws.receive()
-        except asyncio.CancelledError as exc:
-            if _interrupted(peer, exc):
-                return
-            raise
-        finally:
-            peer.receiving = False
-        if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:  # every data frame counts for the rate
-            metrics.bytes_in.inc(len(msg.data))
-            if not bucket.take(time.monotonic()):
-                refuse(peer, _over_rate(bucket, settings), member.room.name, metrics)
-                continue
-            try:
-                if msg.type == WSMsgType.BINARY:
-                    raise ProtocolError("bad-message", "frames must be UTF-8 JSON text frames")
-                await _frame(member, msg.data, settings)
-            except CollabError as exc:
-                refuse(peer, exc, member.room.name, metrics)
-        elif msg.type == WSMsgType.ERROR:
-            if isinstance(ws.exception(), asyncio.TimeoutError):  # aiohttp's heartbeat: no pong came back
-                log.info("dropping session=%s: %s", peer.session, ws.exception())
-                return
-            refuse(peer, _frame_error(ws), member.room.name, metrics)
-            return
-        else:  # the client closed, or the connection is gone
-            return
+async def _data_frame(msg, member: Member, bucket: TokenBucket, settings: Settings) -> None:
+    """A text or binary frame from a welcomed client: counted against the frame rate, then handled (a
+    refusal is answered with an error frame, and a close when it carries one)."""
+    room, peer = member.room, member.conn
+    metrics = room.rooms.metrics
+    metrics.bytes_in.inc(len(msg.data))  # every data frame counts for the rate
+    if not bucket.take(time.monotonic()):
+        refuse(peer, _over_rate(bucket, settings), room.name, metrics)
+        return
+    try:
+        if msg.type == WSMsgType.BINARY:
+            raise ProtocolError("bad-message", "frames must be UTF-8 JSON text frames")
+        await _frame(member, msg.data, settings)
+    except CollabError as exc:
+        refuse(peer, exc, room.name, metrics)
 
 
 async def _receive(ws: web.WebSocketResponse, peer: Peer):
