@@ -152,6 +152,7 @@ class Socket(web.WebSocketResponse):
         # (no WebSocket parser set), and drops it itself when the connection is lost. Dropped now, not then:
         # it held the upgrade request's header lines as long as the connection (about 1.2 KB).
         request.protocol._parser = None
+        request._cache.clear()  # what the request's properties computed so far (recomputed if asked again)
 
 
 class Admission:

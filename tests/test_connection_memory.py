@@ -59,6 +59,7 @@ async def test_a_welcomed_connection_keeps_no_http_parser_nor_its_last_frame_and
     # aiohttp's HTTP parser (with the upgrade request's header lines) is let go once the socket speaks
     # WebSocket; aiohttp itself only drops it when the connection is lost
     assert ws._req.protocol._parser is None
+    assert not ws._req._cache  # nor what the request's properties computed before it (the URL, the headers' view)
     # ws.Socket's own attributes are slots: on CPython a 31st attribute in a WebSocketResponse's __dict__
     # makes it stop sharing its keys with the class's other instances (296 -> 1,584 bytes each)
     assert "agreement" not in vars(ws) and "compress_offers" not in vars(ws)
