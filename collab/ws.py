@@ -301,7 +301,13 @@ async def _data_frame(msg, member: Member, bucket: TokenBucket, settings: Settin
     try:
         if msg.type == WSMsgType.BINARY:
             raise ProtocolError("bad-message", "frames must be UTF-8 JSON text frames")
-        await _frame(member, msg.data, settings)
+        frame = protocol.parse(msg.data, settings.max_updates, settings.max_ranges)
+        if isinstance(frame, protocol.Push):
+            await room.push(member, frame)
+        elif isinstance(frame, protocol.Presence):
+            room.presence(member, frame)
+        else:
+            raise ProtocolError("bad-message", "hello was already received on this connection")
     except CollabError as exc:
         refuse(peer, exc, room.name, metrics)
 
@@ -364,16 +370,6 @@ async def _receive_hello(ws: web.WebSocketResponse, peer: Peer, settings: Settin
     if not isinstance(frame, protocol.Hello):
         raise ProtocolError("bad-message", "the first frame must be hello", close=CLOSE_PROTOCOL)
     return frame
-
-
-async def _frame(member: Member, data: bytes, settings: Settings) -> None:
-    msg = protocol.parse(data, settings.max_updates, settings.max_ranges)
-    if isinstance(msg, protocol.Push):
-        await member.room.push(member, msg)
-    elif isinstance(msg, protocol.Presence):
-        member.room.presence(member, msg)
-    else:
-        raise ProtocolError("bad-message", "hello was already received on this connection")
 
 
 def refuse(peer: Peer, exc: CollabError, doc: str, metrics) -> None:
