@@ -21,7 +21,7 @@ from collab.access import Access
 from collab.changes import ChangeSet
 from collab.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED, ProtocolError, ServerError
 from collab.rebase import Update
-from collab.room import OPENED_WINDOW, Rooms
+from collab.room import OPENED_WINDOW, Room, Rooms
 from collab.sequencer import Accepted
 from collab.settings import Settings
 from collab.storage import StorageUnavailable
@@ -517,7 +517,7 @@ async def test_a_push_whose_rebase_is_heavy_gives_the_event_loop_turns(world, mo
     assert most[0] <= 3, f"{most[0]} compositions or mappings ran without a turn of the event loop"
 
 
-async def test_a_heavy_push_far_behind_is_accepted_while_someone_types(tmp_path):
+async def test_a_heavy_push_far_behind_is_accepted_while_someone_types(tmp_path, monkeypatch):
     """A reviewer's repro: a push behind the in-memory log (its history read from the store) whose rebase
     was heavy over updates not yet durable waited for their commit first; each commit trimmed the log,
     the history read was then too short, and after three reads the push was refused ("the document
@@ -534,17 +534,18 @@ async def test_a_heavy_push_far_behind_is_accepted_while_someone_types(tmp_path)
             typed.append(room.seq.version)
             await room.push(ma, push_msg(room.seq.version, "a", [[0, "t"], room.seq.text.length]))
 
-        real_updates, real_wait = store.updates, room._until_committed
+        real_updates, real_wait = store.updates, Room._until_committed
 
         async def updates(*args):
             out = await real_updates(*args)
             await keystroke()
             return out
 
-        async def until_committed(version):
-            await real_wait(version)
+        async def until_committed(self, version):
+            await real_wait(self, version)
             await keystroke()
-        store.updates, room._until_committed = updates, until_committed
+        store.updates = updates
+        monkeypatch.setattr(Room, "_until_committed", until_committed)  # a Room has slots: patched on its class
         wide = Update("b", ChangeSet.from_json([x for _ in range(10_001) for x in (1, [0, "w"])] + [19_999]))
         try:
             await room.push(mb, protocol.Push(1, [wide]))
@@ -570,12 +571,12 @@ async def test_a_heavy_push_takes_turns_even_when_someone_keeps_updates_pending(
 
     async def typist():  # c has 7 keystrokes not yet durable, at every look
         await room.push(mc, protocol.Push(room.seq.version, _keystrokes(rng, "c", room.seq.text.length, 7, "c")))
-    real_wait = room._until_committed
+    real_wait = Room._until_committed
 
-    async def until_committed(version):
-        await real_wait(version)
+    async def until_committed(self, version):
+        await real_wait(self, version)
         await typist()
-    monkeypatch.setattr(room, "_until_committed", until_committed)
+    monkeypatch.setattr(Room, "_until_committed", until_committed)  # a Room has slots: patched on its class
     await typist()
     async with _longest_stretch(monkeypatch) as most:
         await room.push(mb, protocol.Push(base, mine))
