@@ -106,8 +106,11 @@ class Socket(web.WebSocketResponse):
     and inflates with `_InflatingReader`. What we send, Peer compresses itself;
     aiohttp writes only control frames here, which are never compressed.
     This overrides two private methods of aiohttp 3.14's WebSocketResponse
-    (`_handshake`, `_post_start`): pyproject.toml keeps aiohttp below 3.15 for
-    it, and tests/test_compression.py and test_heartbeat.py fail if they change.
+    (`_handshake`, `_post_start`), and after the upgrade lets go of two things
+    aiohttp would keep as long as the connection (its HTTP parser, the
+    request's cached properties): pyproject.toml keeps aiohttp below 3.15 for
+    it, and tests/test_compression.py, test_heartbeat.py and
+    test_connection_memory.py fail if they change.
     """
 
     __slots__ = ("compress_offers", "agreement")
@@ -294,8 +297,8 @@ async def _data_frame(msg, member: Member, bucket: TokenBucket, settings: Settin
     refusal is answered with an error frame, and a close when it carries one)."""
     room, peer = member.room, member.conn
     metrics = room.rooms.metrics
-    metrics.bytes_in.inc(len(msg.data))  # every data frame counts for the rate
-    if not bucket.take(time.monotonic()):
+    metrics.bytes_in.inc(len(msg.data))
+    if not bucket.take(time.monotonic()):  # every data frame counts for the rate
         refuse(peer, _over_rate(bucket, settings), room.name, metrics)
         return
     try:
