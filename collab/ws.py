@@ -153,8 +153,11 @@ class Socket(web.WebSocketResponse):
         request.protocol.keep_alive(False)
         # The HTTP parser is done: aiohttp 3.14 feeds it only before an upgrade, or after one it declined
         # (no WebSocket parser set), and drops it itself when the connection is lost. Dropped now, not then:
-        # it held the upgrade request's header lines as long as the connection (about 1.2 KB).
-        request.protocol._parser = None
+        # it held the upgrade request's header lines as long as the connection (about 1.2 KB). Not when the
+        # upgrade request announced a body that has not all come (Content-Length, chunked): since 3.14.2
+        # aiohttp then never marks the connection upgraded, and its flow control asks the parser to pause.
+        if request.protocol._upgraded:
+            request.protocol._parser = None
         request._cache.clear()  # what the request's properties computed so far (recomputed if asked again)
 
 

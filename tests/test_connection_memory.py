@@ -14,26 +14,31 @@ import base64
 import os
 
 import orjson
+import pytest
 from test_compression import Raw
 
 from collab.app import ROOMS, create_app
 from collab.settings import Settings
 
 
-async def _raw_with_hello(port: int, doc: str, client_id: str) -> Raw:
+async def _raw_with_hello(port: int, doc: str, client_id: str, header: str = "") -> Raw:
     """The upgrade request and the hello frame in one write: the hello arrives behind the request's head,
-    read by aiohttp's HTTP parser as the upgrade's tail."""
+    read by aiohttp's HTTP parser as the upgrade's tail. With `header`, an extra header line, and the hello
+    is sent after the 101 (behind a head announcing a body, it would be read as that body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
     head = (f"GET /ws/{doc} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n\r\n")
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n"
+            + (f"{header}\r\n" if header else "") + "\r\n")
     hello = orjson.dumps({"type": "hello", "clientID": client_id, "version": None,
                           "user": {"name": "m", "color": "#336699"}})
     mask = os.urandom(4)
     frame = bytes([0x81, 0x80 | len(hello)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(hello))
-    writer.write(head.encode() + frame)
+    writer.write(head.encode() + (b"" if header else frame))
     response = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode()
     assert response.startswith("HTTP/1.1 101"), response
+    if header:
+        writer.write(frame)
     return Raw(reader, writer, response)
 
 
@@ -81,4 +86,22 @@ async def test_a_welcomed_connection_keeps_no_http_parser_nor_its_last_frame_and
     raw.send((1000).to_bytes(2, "big"), opcode=0x8)
     _, _, opcode, payload = await raw.frame()
     assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1000
+    raw.writer.close()
+
+
+@pytest.mark.parametrize("header", ["Content-Length: 100", "Transfer-Encoding: chunked"])
+async def test_an_upgrade_announcing_a_body_keeps_its_parser_and_takes_a_large_push(aiohttp_client, tmp_path, header):
+    """A reviewer's repro: an upgrade request that announces a body which never comes is accepted, but
+    aiohttp (3.14.2 and later) then never marks the connection upgraded, and a push large enough to make
+    its frame queue pause reading asked the dropped parser to pause too (AssertionError): the push was
+    lost and the connection closed. No browser sends such a request; the server must not break on it."""
+    app = create_app(Settings(db=str(tmp_path / "b.db")))
+    client = await aiohttp_client(app)
+    raw = await _raw_with_hello(client.server.port, "body", "b1", header)
+    welcome, _, _ = await raw.message()
+    assert welcome["type"] == "welcome"
+    raw.send_json({"type": "push", "version": welcome["version"],
+                   "updates": [{"clientID": "b1", "changes": [[0, "x" * 600_000]]}]})
+    ack, _, _ = await raw.message()
+    assert ack["type"] == "updates" and ack["updates"][0]["clientID"] == "b1"
     raw.writer.close()
