@@ -153,9 +153,10 @@ class Socket(web.WebSocketResponse):
         request.protocol.keep_alive(False)
         # The HTTP parser is done: aiohttp 3.14 feeds it only before an upgrade, or after one it declined
         # (no WebSocket parser set), and drops it itself when the connection is lost. Dropped now, not then:
-        # it held the upgrade request's header lines as long as the connection (about 1.2 KB). Not when the
-        # upgrade request announced a body that has not all come (Content-Length, chunked): since 3.14.2
-        # aiohttp then never marks the connection upgraded, and its flow control asks the parser to pause.
+        # it held the upgrade request's header lines as long as the connection (about 1.2 KB). Not if the
+        # connection is not marked upgraded: since 3.14.2 aiohttp marks it only once the request's body
+        # has all come, and its flow control then still asks the parser to pause (`handle` refuses an
+        # upgrade request with a body; this is in case another way to that state appears).
         if request.protocol._upgraded:
             request.protocol._parser = None
         request._cache.clear()  # what the request's properties computed so far (recomputed if asked again)
@@ -204,6 +205,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
     # awaits it (api.error_middleware): a refusal before the upgrade is answered here, by `answer`.
     try:
         name = protocol.doc_name(request.match_info["doc"])
+        if request.body_exists:  # what would follow the head: a body, or the first frames? Neither.
+            raise ProtocolError("bad-request", "a WebSocket upgrade request has no body")
         if not origin_allowed(request.headers.get("Origin"), own_origin(request, admission.trusted),
                               allowed_origins(settings)):
             raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
