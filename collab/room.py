@@ -93,6 +93,10 @@ RESUME_PAGE = 1000            # updates of a resume taken at once from the log o
 RESUME_PAGE_BYTES = 1 << 20   # and at most about this much of their changes read from the store at once
 HISTORY_SLOTS = 8             # pages of history read from the store that the whole process holds at once
 SECTIONS_PER_UPDATE = 100     # sections of a push's changes that count as one update against the budgets
+# A push that costs this much (10,000 sections: some milliseconds to apply) gives the event loop turns between
+# being applied and being made ready to store (its JSON, as long again for a 1 MB push): bench/stall.py.
+HEAVY_PUSH = 100
+HEAVY_PAUSE = 0.002  # seconds the event loop is given at each of those points (the push is that much later)
 REBUILDS_RUNNING = 2          # texts of versions rebuilt from the store at once (of 3 SQLite readers, 4 PostgreSQL)
 REBUILDS_WAITING = 32         # and waiting for their turn; one more is refused (503 unavailable)
 RESUME_HOLD = 1.0             # seconds a resume keeps its page (and slot) while its client takes what was sent
@@ -120,11 +124,21 @@ async def _rebase_taking_turns(updates: list[Update], over: list[Update], ends: 
         while True:
             next(steps)
             if time.perf_counter() > turn_ends:
-                for _ in range(TURN_ROUNDS):
-                    await asyncio.sleep(0)
+                await give_turns()
                 turn_ends = time.perf_counter() + TURN
     except StopIteration as done:
         return done.value
+
+
+async def give_turns(pause: float = 0.0) -> None:
+    """Let the event loop run TURN_ROUNDS rounds before the rest of a long piece of work, so what is
+    waiting meanwhile (a request needs several rounds: read, handle, write) is not held up by all of it;
+    then, with `pause`, as many more as come in that many seconds (a write's trip through the store's
+    thread needs more than a few rounds)."""
+    for _ in range(TURN_ROUNDS):
+        await asyncio.sleep(0)
+    if pause:
+        await asyncio.sleep(pause)
 
 
 class Original:
@@ -514,7 +528,8 @@ class Room:
         if not self.rooms.disk.ok():
             raise ServerError("the server's disk is nearly full, so edits are not saved for now; "
                               "push again later")
-        self._spend(member, self._cost(msg.updates))
+        cost = self._cost(msg.updates)
+        self._spend(member, cost)
         if self.doc_id is None:  # only a push that would be accepted makes the document
             self.seq.check_unborn(conn.client_id, msg.version, msg.updates)
             if not msg.updates:
@@ -530,7 +545,13 @@ class Room:
         original = Original(member, conn.client_id, msg.version, msg.updates, conn.user["name"], self.rooms.clock())
         if await self._sequence(original):
             self.rooms.metrics.rebase_distance.observe(max(0, behind))
-            self.store.schedule(self)
+            if cost < HEAVY_PUSH:
+                self.store.schedule(self)
+                return
+            try:
+                await give_turns(HEAVY_PAUSE)
+            finally:  # accepted: it is stored whatever becomes of this task
+                self.store.schedule(self)
 
     async def _be_born(self) -> None:
         """The first edit of a document nobody made yet: make it now (once, whoever pushes at the same time).

@@ -602,3 +602,69 @@ async def test_a_nearly_full_disk_refuses_writes_cleanly_and_reads_go_on(aiohttp
     assert (frame["type"], frame["code"]) == ("error", "unavailable")
     assert (await (await client.get("/api/docs/new-doc")).json())["error"]["code"] == "not-found"
     assert (await (await client.get("/api/docs/doc")).json())["doc"] == "kept"
+
+
+async def test_a_large_push_lets_the_event_loop_run_between_its_long_steps(aiohttp_client, tmp_path, monkeypatch):
+    """Was: a 1 MB push of 100,000 places was parsed, applied and made ready to store (its JSON) in one go,
+    about 0.3 s in which nothing else ran (bench/stall.py, replace-all: /healthz waited 311-374 ms). The
+    loop now runs rounds between those steps (each about 0.1 s), and does not for a keystroke."""
+    from collab import protocol
+    from collab.room import Room
+    from collab.sequencer import Sequencer
+
+    app = create_app(Settings(db=str(tmp_path / "big.db"), rate=1e6, burst=1e6, update_rate=1e6,
+                              update_burst=1e6, doc_update_rate=1e6, doc_update_burst=1e6))
+    client = await aiohttp_client(app)
+    rounds = 0
+
+    async def ticker():  # counts the event loop's rounds
+        nonlocal rounds
+        while True:
+            rounds += 1
+            await asyncio.sleep(0)
+
+    marks: list[tuple[str, int]] = []
+
+    def watched(owner, name):
+        real = getattr(owner, name)
+
+        def step(*args, **kwargs):
+            marks.append((name + " begins", rounds))
+            try:
+                return real(*args, **kwargs)
+            finally:
+                marks.append((name + " ends", rounds))
+        monkeypatch.setattr(owner, name, step)
+
+    n = 100_000
+    ws = await client.ws_connect("/ws/big", protocols=["collab.v1"], max_msg_size=0)
+    await send(ws, {"type": "hello", "clientID": "big", "version": None, "user": USER})
+    await recv_type(ws, "welcome")
+    await send(ws, {"type": "push", "version": 0, "updates": [{"clientID": "big", "changes": [[0, "ab" * n]]}]})
+    await recv_type(ws, "updates")
+    for owner, name in ((protocol, "parse"), (Sequencer, "push"), (Room, "_take_commit")):
+        watched(owner, name)
+    tick = asyncio.ensure_future(ticker())
+    try:
+        await send(ws, {"type": "push", "version": 1,
+                        "updates": [{"clientID": "big", "changes": [x for _ in range(n) for x in (1, [1, "c"])]}]})
+        await recv_type(ws, "updates", timeout=30)
+        heavy = list(marks)
+        marks.clear()
+        await send(ws, {"type": "push", "version": 2, "updates": [{"clientID": "big", "changes": [[0, "k"], 2 * n]}]})
+        await recv_type(ws, "updates")
+        light = list(marks)
+    finally:
+        tick.cancel()
+    await ws.close()
+
+    def gaps(marks) -> list[int]:
+        """Rounds the loop ran from the end of each step to the beginning of the next one."""
+        names = [m for m, _ in marks]
+        assert names == ["parse begins", "parse ends", "push begins", "push ends", "_take_commit begins",
+                         "_take_commit ends"], names
+        at = [r for _, r in marks]
+        return [at[2] - at[1], at[4] - at[3]]
+
+    assert all(g >= room_module.TURN_ROUNDS for g in gaps(heavy)), heavy
+    assert gaps(light)[0] < room_module.TURN_ROUNDS, light  # a keystroke is applied as soon as it is read
