@@ -47,8 +47,8 @@ from .settings import Settings
 log = logging.getLogger("collab")
 
 CLOSE_TIMEOUT = 5.0  # seconds a closing handshake may take before the connection is cut
-# Bytes of a push frame from which the event loop turns once between parsing it and applying it: a 1 MB
-# push of 100,000 places takes about 0.1 s to parse and as long again to apply (bench/stall.py).
+# Bytes of a push frame from which the event loop is given turns between parsing it and applying it
+# (room.give_turns): a 1 MB push of 100,000 places takes about 0.1 s to parse and as long to apply.
 TURN_AFTER_PARSING = 64 * 1024
 
 
