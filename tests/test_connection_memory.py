@@ -2,9 +2,11 @@
 
 Each of these is a few hundred bytes to a kilobyte per connection that a
 server of 10,000 idle connections holds for nothing: the HTTP parser after
-the upgrade, an instance dict that stopped sharing its keys, the last frame
-read. The tests look at the server's own objects, in process, and check
-that the connection still works without them.
+the upgrade, the request's cached properties, an instance dict that stopped
+sharing its keys, the last frame read. The tests look at the server's own
+objects, in process, and check that the connection still works without
+them; and that an upgrade request aiohttp would not mark upgraded (one
+announcing a body), where the parser is still needed, is refused.
 """
 
 from __future__ import annotations
