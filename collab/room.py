@@ -53,7 +53,7 @@ from .limits import DiskGuard, Gate, TokenBucket
 from .logs import Throttle
 from .metrics import Metrics
 from .rebase import Update, rebase_in_frames_steps
-from .sequencer import History, NeedHistory, Sequencer, cut_frames
+from .sequencer import History, NeedHistory, Sequencer, cut_frames, weight
 from .settings import Settings
 from .storage import (Commit, Loaded, NameTaken, Storage, StorageUnavailable, TooManyDocuments, VersionCompacted,
                       VersionConflict)
@@ -93,9 +93,10 @@ RESUME_PAGE = 1000            # updates of a resume taken at once from the log o
 RESUME_PAGE_BYTES = 1 << 20   # and at most about this much of their changes read from the store at once
 HISTORY_SLOTS = 8             # pages of history read from the store that the whole process holds at once
 SECTIONS_PER_UPDATE = 100     # sections of a push's changes that count as one update against the budgets
-# A push that costs this much (10,000 sections: some milliseconds to apply) gives the event loop turns between
-# being applied and being made ready to store (its JSON, as long again for a 1 MB push): bench/stall.py.
-HEAVY_PUSH = 100
+# A push whose changes weigh this much (sequencer.weight: about their ChangeSetJSON, many places or many lines)
+# took a while to parse and will take as long to apply, then as long to make ready to store: it gives the event
+# loop turns before each of those (a 1 MB push: about 0.1 s each; bench/stall.py).
+HEAVY_BYTES = 64 * 1024
 HEAVY_PAUSE = 0.002  # seconds the event loop is given at each of those points (the push is that much later)
 REBUILDS_RUNNING = 2          # texts of versions rebuilt from the store at once (of 3 SQLite readers, 4 PostgreSQL)
 REBUILDS_WAITING = 32         # and waiting for their turn; one more is refused (503 unavailable)
@@ -528,8 +529,10 @@ class Room:
         if not self.rooms.disk.ok():
             raise ServerError("the server's disk is nearly full, so edits are not saved for now; "
                               "push again later")
-        cost = self._cost(msg.updates)
-        self._spend(member, cost)
+        self._spend(member, self._cost(msg.updates))
+        heavy = sum(map(weight, msg.updates)) >= HEAVY_BYTES
+        if heavy:  # others go before it is applied (the connection may close meanwhile: see below)
+            await give_turns(HEAVY_PAUSE)
         if self.doc_id is None:  # only a push that would be accepted makes the document
             self.seq.check_unborn(conn.client_id, msg.version, msg.updates)
             if not msg.updates:
@@ -545,7 +548,7 @@ class Room:
         original = Original(member, conn.client_id, msg.version, msg.updates, conn.user["name"], self.rooms.clock())
         if await self._sequence(original):
             self.rooms.metrics.rebase_distance.observe(max(0, behind))
-            if cost < HEAVY_PUSH:
+            if not heavy:
                 self.store.schedule(self)
                 return
             try:

@@ -41,15 +41,12 @@ from .errors import (
 )
 from .limits import TokenBucket
 from .peer import INTERRUPT, NO_DEFLATE, Outbox, Peer
-from .room import HEAVY_PAUSE, Member, Rooms, give_turns
+from .room import Member, Rooms
 from .settings import Settings
 
 log = logging.getLogger("collab")
 
 CLOSE_TIMEOUT = 5.0  # seconds a closing handshake may take before the connection is cut
-# Bytes of a push frame from which the event loop is given turns between parsing it and applying it
-# (room.give_turns): a 1 MB push of 100,000 places takes about 0.1 s to parse and as long to apply.
-TURN_AFTER_PARSING = 64 * 1024
 
 
 def client_address(request: web.Request, trusted: frozenset[str]) -> str:
@@ -315,8 +312,6 @@ async def _data_frame(msg, member: Member, bucket: TokenBucket, settings: Settin
             raise ProtocolError("bad-message", "frames must be UTF-8 JSON text frames")
         frame = protocol.parse(msg.data, settings.max_updates, settings.max_ranges)
         if isinstance(frame, protocol.Push):
-            if len(msg.data) >= TURN_AFTER_PARSING:  # parsing it took a while: others go before it is applied
-                await give_turns(HEAVY_PAUSE)
             await room.push(member, frame)
         elif isinstance(frame, protocol.Presence):
             room.presence(member, frame)
