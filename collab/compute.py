@@ -230,49 +230,51 @@ class Pool:
             self.pending += 1
         deadline = time.monotonic() + timeout
         try:
-            fut = asyncio.get_running_loop().run_in_executor(self._threads, self._call, fn, args, deadline, what)
+            job = self._threads.submit(self._call, fn, args, deadline, what)
         except BaseException:
-            with self._lock:
-                self.pending -= 1
+            self._release()
             raise
-        return await fut
+        # Counted out when the job ends, or when it is cancelled before a thread takes it (its caller
+        # cancelled meanwhile: then _call never runs).
+        job.add_done_callback(self._release)
+        return await asyncio.wrap_future(job)
+
+    def _release(self, _job=None) -> None:
+        with self._lock:
+            self.pending -= 1
 
     def _call(self, fn, args, deadline: float, what: str):  # in one of our threads
-        try:
-            if time.monotonic() >= deadline:
-                raise Overrun(f"{what} waited too long for a worker; the server is busy, try again later")
-            with self._lock:
+        if time.monotonic() >= deadline:
+            raise Overrun(f"{what} waited too long for a worker; the server is busy, try again later")
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+            while worker is not None and worker.proc.poll() is not None:  # it died while idle (killed)
+                worker.kill()
                 worker = self._idle.pop() if self._idle else None
-                while worker is not None and worker.proc.poll() is not None:  # it died while idle (killed)
-                    worker.kill()
-                    worker = self._idle.pop() if self._idle else None
-            if worker is None:
-                try:
-                    worker = _Worker(self.memory)
-                except OSError as exc:  # out of file descriptors, processes or memory: try again later
-                    self._start_failures.warning("could not start a history worker process: %s", exc)
-                    reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__  # no paths for clients
-                    raise NoWorker(f"{what} could not start a worker process ({reason}); try again later") from None
-                self.started += 1
+        if worker is None:
             try:
-                result = worker.call(fn, args, deadline, what)
-            except Overrun:
-                self.killed += 1
-                worker.kill()
-                raise
-            except (EOFError, OSError) as exc:  # the worker died (killed from outside, or out of memory)
-                worker.kill()
-                raise ServerError(f"{what} failed: its worker process ended ({exc})") from None
-            except BaseException:
-                with self._lock:
-                    self._idle.append(worker)  # the job raised, the worker answered: it is fine
-                raise
+                worker = _Worker(self.memory)
+            except OSError as exc:  # out of file descriptors, processes or memory: try again later
+                self._start_failures.warning("could not start a history worker process: %s", exc)
+                reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__  # no paths for clients
+                raise NoWorker(f"{what} could not start a worker process ({reason}); try again later") from None
+            self.started += 1
+        try:
+            result = worker.call(fn, args, deadline, what)
+        except Overrun:
+            self.killed += 1
+            worker.kill()
+            raise
+        except (EOFError, OSError) as exc:  # the worker died (killed from outside, or out of memory)
+            worker.kill()
+            raise ServerError(f"{what} failed: its worker process ended ({exc})") from None
+        except BaseException:
             with self._lock:
-                self._idle.append(worker)
-            return result
-        finally:
-            with self._lock:
-                self.pending -= 1
+                self._idle.append(worker)  # the job raised, the worker answered: it is fine
+            raise
+        with self._lock:
+            self._idle.append(worker)
+        return result
 
     def close(self) -> None:
         """Stop every idle worker (running jobs end by their deadline)."""

@@ -570,3 +570,23 @@ async def test_authorship_of_compacted_history_says_so_and_a_stored_checkpoint_s
             await store2.close()
     finally:
         await store.close()
+
+
+async def test_a_caller_cancelled_while_its_job_waits_gives_its_place_back(small_pool):
+    # The job never starts (the one thread is busy and the caller goes first), so nothing in the worker
+    # thread can count it out: the pool must, or each such cancel would take a place for good and the
+    # pool end up refusing everything as busy.
+    pool = small_pool(queue=1)
+    nap = asyncio.create_task(pool.run(time.sleep, 1.0, timeout=20))
+    await asyncio.sleep(0.2)
+    waiting = asyncio.create_task(pool.run(sum, [1], timeout=20))
+    await asyncio.sleep(0.2)
+    assert pool.pending == 2
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await nap
+    await asyncio.sleep(0.1)
+    assert pool.pending == 0
+    assert await pool.run(sum, [2], timeout=20) == 2
+    assert pool.pending == 0
