@@ -1487,7 +1487,7 @@ class Rooms:
         """The text of document `info` at `version` (not-found if compacted away; unavailable while
         REBUILDS_RUNNING others are rebuilt and REBUILDS_WAITING wait)."""
         room = self._open(info["name"])
-        if room is not None and version == room.seq.committed_version:
+        if room is not None and room.doc_id == info["id"] and version == room.seq.committed_version:
             return room.seq.committed_text()
         try:
             async with self.rebuilds.enter():
@@ -1516,7 +1516,7 @@ class Rooms:
         info = await self.info(name)
         old = await self.text_at(info, version)
         room = await self._get(name, create=False)
-        if room is None:
+        if room is None or room.doc_id != info["id"]:  # deleted, perhaps made again, while `old` was read
             raise ProtocolError("not-found", f"no document named {name!r}")
         from . import compute  # the diff runs in a worker process, never on the event loop
         room.hold()

@@ -108,25 +108,40 @@ def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
 
 
 def apply_migrations(conn: sqlite3.Connection, directory: Path | None = None) -> list[str]:
-    """Apply the migrations not yet recorded in `schema_version`, each in its own transaction."""
+    """Apply the migrations not yet recorded in `schema_version`, each in its own transaction.
+
+    Foreign keys are off while a migration runs and checked before it commits: a migration may make
+    a table again (SQLite's way to change what ALTER TABLE cannot), and dropping the old one with
+    foreign keys on would delete, by cascade, every row that references it.
+    """
     files = migration_files(directory)
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                  "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
     done = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
     applied = []
-    for number, path in pending_migrations(files, done):
-        sql = path.read_text()
-        # executescript commits first, so BEGIN/COMMIT make script + record atomic;
-        # a failing statement leaves the transaction open, so roll it back.
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\n;INSERT INTO schema_version(version, name, applied) "
-                f"VALUES ({number}, '{path.name}', {time.time()});\nCOMMIT;")
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        applied.append(path.name)
+    enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys=OFF")  # (a no-op inside a transaction: none is open here)
+    try:
+        for number, path in pending_migrations(files, done):
+            sql = path.read_text()
+            # executescript commits first, then runs BEGIN, the script and its record, and leaves the
+            # transaction open; a failing statement leaves it open too, so roll it back.
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{sql}\n;INSERT INTO schema_version(version, name, applied) "
+                    f"VALUES ({number}, '{path.name}', {time.time()});")
+                broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+                if broken is not None:
+                    raise RuntimeError(f"migration {path.name} would leave a row of {broken[0]} referencing "
+                                       f"a missing row of {broken[2]}; nothing was changed")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            applied.append(path.name)
+    finally:
+        conn.execute(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
     return applied
 
 
@@ -825,7 +840,9 @@ class Store(GroupWriter):
         rows off the event loop; this hands it the SQL (checkpoints in the authorship table)."""
         from . import compute  # the replay and its caching policy live there, for every store
 
-        born: list = [None]  # the document's creation time: SQLite gives a deleted newest document's id again
+        # The document's creation time, telling it from another with its id: since 006_document_ids_never_reused
+        # SQLite gives no id twice, so this only guards against a document deleted during the replay.
+        born: list = [None]
 
         def checkpoint(conn: sqlite3.Connection, at: int) -> tuple[float | None, int]:
             created = conn.execute("SELECT created FROM documents WHERE id = ?", (doc_id,)).fetchone()
@@ -835,8 +852,7 @@ class Store(GroupWriter):
             return born[0], row[0] or 0
 
         def save(conn: sqlite3.Connection, found: list) -> None:
-            # Only for the document the replay began with: deleted meanwhile and its id given to a new one,
-            # these spans are not the new one's.
+            # Only for the document the replay began with: deleted meanwhile, these spans have no document.
             conn.executemany("INSERT OR IGNORE INTO authorship(doc_id, version, spans) SELECT ?, ?, ? "
                              "WHERE EXISTS (SELECT 1 FROM documents WHERE id = ? AND created = ?)",
                              [(doc_id, v, spans, doc_id, born[0]) for v, spans in found])

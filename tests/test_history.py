@@ -503,8 +503,9 @@ async def test_a_refused_restore_leaves_the_document_as_it_was(client, small_poo
     assert (await (await client.get("/api/docs/d")).json())["doc"] == "xx"
 
 
-async def test_authorship_of_a_new_document_with_a_reused_id_is_its_own(client):
-    """SQLite reuses the highest id after a delete: the memory cache must not serve the old spans."""
+async def test_authorship_of_a_new_document_made_after_a_delete_is_its_own(client):
+    """SQLite gave a deleted newest document's id to the next one (before 006_document_ids_never_reused):
+    the new document gets an id of its own, and the memory cache serves it no old spans."""
     from collab.app import ROOMS, STORE
     store, rooms = client.server.app[STORE], client.server.app[ROOMS]
     await two_authors(client, doc="old", rounds=4)
@@ -516,14 +517,15 @@ async def test_authorship_of_a_new_document_with_a_reused_id_is_its_own(client):
         await push(ws, v, "carol", [v, [0, "y"]] if v else [[0, "y"]])
         await recv_type(ws, "updates")
     new = await store.document("new")
-    assert new["id"] == old["id"]
+    assert new["id"] > old["id"]
     assert (await store.authorship(new["id"], 4)).to_list() == [[4, "Carol"]]
 
 
-async def test_a_replay_whose_document_was_deleted_and_its_id_reused_stores_nothing_for_the_new_one(
+async def test_a_replay_whose_document_was_deleted_meanwhile_stores_nothing_for_the_next_one(
         client, monkeypatch):
-    """Was (SQLite): a replay of a document deleted while it ran, its id given to a new document, stored
-    its checkpoints under that id: the new document's /authors then began from another's spans, for good."""
+    """Was (SQLite, before 006_document_ids_never_reused): a replay of a document deleted while it ran,
+    its id given to a new document, stored its checkpoints under that id: the new document's /authors then
+    began from another's spans, for good. Now the id is not given again and the spans are not stored."""
     from collab.app import ROOMS, STORE
     store, rooms = client.server.app[STORE], client.server.app[ROOMS]
     monkeypatch.setattr(store, "snapshot_every", 1)  # a checkpoint at every version: there is one to store
@@ -535,7 +537,7 @@ async def test_a_replay_whose_document_was_deleted_and_its_id_reused_stores_noth
         real_save = io["save"]
         remade = []
 
-        async def save(found):  # the old document's spans, computed: it goes, and its id comes back
+        async def save(found):  # the old document's spans, computed: it goes, and a new one is made
             if not remade:
                 remade.append(True)
                 await rooms.delete("old")
@@ -551,7 +553,7 @@ async def test_a_replay_whose_document_was_deleted_and_its_id_reused_stores_noth
     await store.authorship(old["id"], 4)  # what it answers about a deleted document does not matter
     monkeypatch.setattr(compute, "authorship", real)
     new = await store.document("new")
-    assert new["id"] == old["id"]
+    assert new["id"] > old["id"]
     assert (await store.authorship(new["id"], 4)).to_list() == [[4, "Carol"]]
 
 

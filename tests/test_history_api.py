@@ -220,3 +220,31 @@ async def test_a_restore_can_name_its_person(client):
     assert (entry["author"], entry["person"], entry["color"], entry["restored"]) == ("Ann", "ann-1", "#112233", 0)
     for bad in ({"version": 0, "person": "no spaces"}, {"version": 0, "color": "red"}):
         assert (await client.post("/api/docs/rp/restore", json=bad)).status == 400
+
+
+async def test_a_restore_never_lands_on_a_document_made_again_under_its_name(client):
+    # The old text is read from the document the request named; if that document is deleted and
+    # another made under its name meanwhile, the restore must not turn the new one into the old one's
+    # text.
+    from collab.app import ROOMS
+    rooms = client.server.app[ROOMS]
+    ws, _ = await join(client, "again", "a")
+    await push(ws, 0, "a", [[0, "the deleted document's text"]])
+    await recv_type(ws, "updates")
+    await ws.close()
+    read_old_text = rooms.text_at
+
+    async def and_meanwhile(info, version):
+        old = await read_old_text(info, version)
+        assert (await client.delete("/api/docs/again")).status == 200
+        other, _ = await join(client, "again", "b")
+        await push(other, 0, "b", [[0, "another document"]])
+        await recv_type(other, "updates")
+        await other.close()
+        return old
+
+    rooms.text_at = and_meanwhile
+    resp = await client.post("/api/docs/again/restore", json={"version": 1})
+    rooms.text_at = read_old_text
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "not-found"
+    assert (await (await client.get("/api/docs/again")).json())["doc"] == "another document"

@@ -70,6 +70,65 @@ def test_a_failing_migration_changes_nothing(tmp_path):
     assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1]
 
 
+def test_a_migration_that_would_orphan_rows_changes_nothing(tmp_path):
+    # Foreign keys are off while a migration runs (a table made again would take its referencing rows
+    # with it, by cascade); they are checked before it commits.
+    mig = tmp_path / "migs"
+    mig.mkdir()
+    (mig / "001_ok.sql").write_text("CREATE TABLE a (id INTEGER PRIMARY KEY); "
+                                    "CREATE TABLE b (a_id INTEGER REFERENCES a(id));")
+    (mig / "002_orphans.sql").write_text("INSERT INTO b VALUES (7);")
+    conn = connect_sync(tmp_path / "m.db")
+    with pytest.raises(RuntimeError, match="002_orphans.sql would leave a row of b referencing a missing row of a"):
+        apply_migrations(conn, mig)
+    assert conn.execute("SELECT COUNT(*) FROM b").fetchone()[0] == 0
+    assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1]
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_making_the_documents_table_again_keeps_every_row_and_reference(tmp_path):
+    # 006 makes `documents` again (AUTOINCREMENT: ids never given twice). A database made before it keeps
+    # its documents, their rows in every table, and the cascade that deletes them with their document.
+    before = tmp_path / "before"
+    before.mkdir()
+    files = migration_files()
+    for number, path in files:
+        if number < 6:
+            (before / path.name).write_text(path.read_text())
+    conn = connect_sync(tmp_path / "m.db")
+    apply_migrations(conn, before)
+    now = time.time()
+    for doc_id, name in ((1, "one"), (2, "two")):
+        conn.execute("INSERT INTO documents(id, name, version, length, created, updated, salt) "
+                     "VALUES (?, ?, 1, 1, ?, ?, ?)", (doc_id, name, now, now, f"salt{doc_id}"))
+        conn.execute("INSERT INTO updates(doc_id, version, client_id, author, time, changes, inserted, deleted) "
+                     "VALUES (?, 1, 'c', 'a', ?, '[[0,\"x\"]]', 1, 0)", (doc_id, now))
+        conn.execute("INSERT INTO snapshots(doc_id, version, text, time) VALUES (?, 1, 'x', ?)", (doc_id, now))
+        conn.execute("INSERT INTO checkpoints(doc_id, version, name, author, time) VALUES (?, 1, 'v', 'a', ?)",
+                     (doc_id, now))
+    assert apply_migrations(conn) == [path.name for number, path in files if number >= 6]
+    assert conn.execute("SELECT id, name, salt FROM documents ORDER BY id").fetchall() == [
+        (1, "one", "salt1"), (2, "two", "salt2")]
+    for table in ("updates", "snapshots", "checkpoints"):
+        assert conn.execute(f"SELECT doc_id FROM {table} ORDER BY doc_id").fetchall() == [(1,), (2,)], table
+    conn.execute("DELETE FROM documents WHERE id = 2")
+    for table in ("updates", "snapshots", "checkpoints"):
+        assert conn.execute(f"SELECT doc_id FROM {table}").fetchall() == [(1,)], table
+    conn.execute("INSERT INTO documents(name, created, updated) VALUES ('three', ?, ?)", (now, now))
+    assert conn.execute("SELECT id FROM documents WHERE name = 'three'").fetchone()[0] == 3
+
+
+@BOTH_BACKENDS
+async def test_a_deleted_documents_id_is_never_given_again(open_store):
+    # SQLite without AUTOINCREMENT gave the newest document's id to the next one made once it was deleted.
+    store = await open_store()
+    await store.create_document("first")
+    gone = await store.create_document("gone")
+    await store.delete_document(gone)
+    again = await store.create_document("gone")
+    assert again > gone
+
+
 def test_a_database_newer_than_this_collab_is_refused_and_left_alone(tmp_path):
     mig = tmp_path / "migs"
     mig.mkdir()
