@@ -32,6 +32,12 @@ ensure_venv() {
     fi
     want=$(sha256sum pyproject.toml | cut -c1-16)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        if ! "$PY" -m pip --version >/dev/null 2>&1; then  # made --without-pip, or pip removed from it
+            say "$VENV has no pip: adding it"
+            "$PY" -m ensurepip --upgrade >/dev/null \
+                || die "$VENV has no pip and ensurepip cannot add it: remove $VENV and run again" \
+                       "(Debian: apt-get install python3-venv)"
+        fi
         say "installing collab$extras into $VENV"
         "$PY" -m pip install --quiet --disable-pip-version-check -e ".$extras"
         echo "$want" > "$stamp"

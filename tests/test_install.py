@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -107,6 +108,32 @@ def test_the_wheel_carries_migrations_and_pages_and_nothing_else_of_static(built
     assert static == expected
     assert any(n.startswith("dist/") and n.endswith(".js") for n in static)
     assert not [n for n in names if "node_modules" in n or n.startswith(("tests/", "bench/"))]
+
+
+def test_the_source_distribution_carries_what_builds_the_editor(built, tmp_path):
+    # static/dist is built from static/src (cd static && npm ci && node build.mjs): an sdist without
+    # the sources and the lockfile could not be rebuilt or checked against them.
+    _run([sys.executable, "-m", "build", "--sdist", "--outdir", tmp_path, built["source"]], cwd=tmp_path,
+         timeout=300)
+    [sdist] = tmp_path.glob("collab-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    tracked = _run(["git", "ls-files", "static/src", "migrations"], cwd=ROOT).stdout.split()
+    assert tracked and set(tracked) <= names
+    assert {"LICENSE", "README.md", "pyproject.toml", "run.sh", "docs/protocol.md", "static/package.json",
+            "static/package-lock.json", "static/build.mjs", "collab/cli.py"} <= names
+    assert {p.relative_to(ROOT).as_posix() for p in (ROOT / "static" / "dist").rglob("*") if p.is_file()} <= names
+    assert not [n for n in names if "node_modules" in n]
+
+
+def test_run_sh_gives_a_venv_without_pip_its_pip(built, tmp_path):
+    # A .venv made --without-pip (or whose pip was removed) used to stop run.sh at its first install.
+    source = _clone_like(tmp_path / "checkout")
+    _new_venv(source / ".venv")
+    result = _run([source / "run.sh", "--help"], cwd=tmp_path, timeout=600, env=_clean_env())
+    assert "has no pip: adding it" in result.stderr
+    assert "usage: collab serve" in result.stdout
+    _run([source / ".venv" / "bin" / "python", "-m", "pip", "--version"], cwd=tmp_path)
 
 
 def test_installed_collab_runs_from_its_own_files(venv, tmp_path):
