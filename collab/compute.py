@@ -33,7 +33,9 @@ Rules that always hold:
     by their size), so a request that runs out of AUTHORS_TIMEOUT is refused
     with 503 and the next one goes on from where it stopped; the answer's
     JSON is built in a worker too, and one of more than AUTHORS_MAX_RUNS runs
-    (about 12 MB) is refused with 413;
+    (about 12 MB) is refused with 413. Requests for the authorship of one
+    version that arrive while it is being computed wait for that computation
+    (`authorship`): the same rows are never replayed twice side by side;
   * workers are fresh interpreters (not copies of the server with its sockets
     and threads) at a lower CPU priority, started on first use and kept; each
     ends on its own when the server's end of its pipe closes, so none
@@ -368,12 +370,31 @@ def authorship_cache(owner: object) -> AuthorshipCache:
 
 Rows = list[tuple[int, str, str]]  # (version, author, stored ChangeSetJSON text)
 
+# The authorship computations under way, by store and (document, version): a request for one already under
+# way waits for it instead of replaying the same rows again beside it.
+_running: "weakref.WeakKeyDictionary[object, dict[tuple[int, int], asyncio.Future]]" = weakref.WeakKeyDictionary()
 
-async def authorship(owner: object, doc_id: int, version: int, every: int, *,
-                     checkpoint: Callable[[int], Awaitable[tuple[Hashable, int]]],
-                     spans_at: Callable[[int], Awaitable[str | bytes]],
-                     rows: Callable[[int, int, int], Awaitable[Rows]],
-                     save: Callable[[list[tuple[int, str]]], Awaitable[None]]) -> Authorship:
+
+async def authorship(owner: object, doc_id: int, version: int, every: int, **io) -> Authorship:
+    """Who wrote each character at `version` (`_authorship`), computed once for all who ask at once.
+
+    A caller that stops waiting (cancelled) does not stop the computation for the
+    others; it ends by its own deadline, and what it computed is cached.
+    """
+    running = _running.setdefault(owner, {})
+    key = (doc_id, version)
+    task = running.get(key)
+    if task is None:
+        task = running[key] = asyncio.ensure_future(_authorship(owner, doc_id, version, every, **io))
+        task.add_done_callback(lambda done: running.pop(key) if running.get(key) is done else None)
+    return await asyncio.shield(task)
+
+
+async def _authorship(owner: object, doc_id: int, version: int, every: int, *,
+                      checkpoint: Callable[[int], Awaitable[tuple[Hashable, int]]],
+                      spans_at: Callable[[int], Awaitable[str | bytes]],
+                      rows: Callable[[int, int, int], Awaitable[Rows]],
+                      save: Callable[[list[tuple[int, str]]], Awaitable[None]]) -> Authorship:
     """Who wrote each character at `version`: the replay loop and its caching, for any store.
 
     The store hands over four closures over its own tables:

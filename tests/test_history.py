@@ -464,6 +464,32 @@ async def test_authors_answers_runs_and_refuses_cleanly_over_its_budgets(client,
     assert resp.status == 200 and len((await resp.json())["spans"]) == 23
 
 
+async def test_authorship_asked_for_twice_at_once_is_replayed_once(client, monkeypatch):
+    # Two readers opening the authorship of the same version at once used to replay the same rows side by
+    # side in two workers; the second now waits for the first's answer.
+    from collab.app import STORE
+    store = client.server.app[STORE]
+    version = await two_authors(client, doc="twice", rounds=6)
+    info = await store.document("twice")
+    replays = []
+    real_run = compute.Pool.run
+
+    async def counted(self, fn, *args, **kw):
+        if fn is compute.replay:
+            replays.append(args[1][-1][0])
+            await asyncio.sleep(0.2)  # long enough for the second request to arrive meanwhile
+        return await real_run(self, fn, *args, **kw)
+
+    monkeypatch.setattr(compute.Pool, "run", counted)
+    first, second = await asyncio.gather(store.authorship(info["id"], version),
+                                         store.authorship(info["id"], version))
+    assert first.to_list() == second.to_list() == [[1, "Alice"], [1, "Bob"]] * 3
+    assert replays == [version]
+    # Once answered, it is not under way any more: a later request is served from the cache, no replay.
+    assert (await store.authorship(info["id"], version)).to_list() == first.to_list()
+    assert replays == [version]
+
+
 async def test_authors_at_a_stored_checkpoint_is_refused_over_its_budget_too(client, monkeypatch, tmp_path):
     """Was: asked for exactly a version whose spans were stored (a checkpoint), nothing was replayed, the
     run count stayed unknown, and the answer went out however many runs it held."""
