@@ -45,20 +45,30 @@ function renderHome() {
 // ---- messages -----------------------------------------------------------------
 
 let toastTimer = null;
+/** A toast; the same text again (a push refused on every retry, say) counts on the last one instead. */
 function showError(text) {
   const box = $("#messages");
-  const item = document.createElement("div");
-  item.className = "message";
-  item.setAttribute("role", "alert");
-  item.textContent = text;
-  const close = item.appendChild(document.createElement("button"));
-  close.type = "button";
-  close.className = "message-close";
-  close.setAttribute("aria-label", "Dismiss");
-  close.textContent = "×";
-  close.onclick = () => item.remove();
-  box.appendChild(item);
-  while (box.children.length > 4) box.firstChild.remove();
+  const last = box.lastElementChild;
+  if (last && last.dataset.text === text) {
+    const count = Number(last.dataset.count) + 1;
+    last.dataset.count = String(count);
+    last.firstChild.textContent = `${text} (${count} times)`;
+  } else {
+    const item = document.createElement("div");
+    item.className = "message";
+    item.setAttribute("role", "alert");
+    item.dataset.text = text;
+    item.dataset.count = "1";
+    item.textContent = text;
+    const close = item.appendChild(document.createElement("button"));
+    close.type = "button";
+    close.className = "message-close";
+    close.setAttribute("aria-label", "Dismiss");
+    close.textContent = "×";
+    close.onclick = () => item.remove();
+    box.appendChild(item);
+    while (box.children.length > 4) box.firstChild.remove();
+  }
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => { for (const m of [...box.children]) m.remove(); }, 12000);
 }
