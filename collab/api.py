@@ -495,17 +495,28 @@ class Api:
 
     # ---------------------------------------------------- access management
 
-    async def _links(self, name: str) -> dict:
-        """Share links of a document (only when access control is on)."""
+    async def _links(self, name: str, salt: str | None = None) -> dict:
+        """Share links of a document (only when access control is on), signed with `salt` or its salt now
+        (not-found if it was deleted since the caller made, renamed or reset it)."""
         if not self.access.enabled:
             return {}
-        salt = await self.rooms.salt_of(name)
+        if salt is None:
+            salt = await self.rooms.salt_of(name)
+        if salt is None:
+            raise ProtocolError("not-found", f"no document named {name!r}")
         return {"links": {role: f"/d/{name}?token={self.access.doc_token(name, role, salt)}"
                           for role in ("edit", "view")}}
 
     async def links(self, request: web.Request) -> web.Response:
-        info = await self._doc(request, "edit")
-        return json_response(await self._links(info["name"]) or {"links": None})
+        """The share links, for a token that may edit: signed with the salt the token was checked against,
+        read once (read again, it could be a document's made under the name since this one was deleted)."""
+        name = doc_name(request)
+        if not self.access.enabled:
+            await self.rooms.info(name)
+            return json_response({"links": None})
+        salt = await self.rooms.salt_of(name)
+        self.access.require(token_of(request), "edit", name, salt)
+        return json_response(await self._links(name, salt))
 
     async def reset_links(self, request: web.Request) -> web.Response:
         """New salt: every old edit and view link stops working; their sessions are closed (1008). The admin's."""

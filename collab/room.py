@@ -1565,9 +1565,15 @@ class Rooms:
             self.cluster.publish_revoke(name, info["id"], deleted=True, renamed_to=new_name)
 
     async def delete(self, name: str) -> None:
-        """Close every session of the document, then remove it with its whole history."""
+        """Close every session of the document, then remove it with its whole history.
+
+        Not found if it was deleted meanwhile (the store's write finds no such id): a document made again
+        under the name since, and its room, are another's and stay as they are.
+        """
         info = await self.info(name)
         room = self.rooms.get(name)
+        if room is not None and room.doc_id not in (None, info["id"]):  # deleted, perhaps made again, since read
+            raise ProtocolError("not-found", f"no document named {name!r}")
         self._close_waiting(name, everyone=True, reason="this document was deleted")
         if room is not None:
             room.deleted = True

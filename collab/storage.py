@@ -4,7 +4,7 @@ What lives here: the data shapes that cross into a store (`Commit`) and out of
 it (`Loaded`, rows of `COPY_TABLES`), the errors a store raises with a meaning
 of their own (`VersionCompacted`, `VersionConflict`, `NameTaken`,
 `TooManyDocuments`, `TooManyCheckpoints`, `NamedWhileCompacting`,
-`StorageUnavailable`), the
+`DocumentGone`, `StorageUnavailable`), the
 `Storage` protocol every backend implements,
 `CommitSource` (what a document must offer the store's writer), and the one
 place that turns a `--db` value into a backend: `store_for`, `migrate`,
@@ -31,6 +31,12 @@ Rules every backend keeps:
   * any readable version is one snapshot plus the contiguous update rows
     after it; snapshots are written when the room asks (`Commit.snapshot`,
     `write_snapshot`);
+  * a write about a document by its id (a salt, a name, a checkpoint, a
+    delete) and a read of what the API answers about it (history,
+    checkpoints, former names, people) raise `DocumentGone` when no document
+    has that id any more (deleted since its row was read), in the same
+    transaction: nothing is written for it, and no empty answer stands for
+    what it had. Ids are never given twice, so it cannot be another's;
   * update rows go only oldest first (`compact`), so those stored are one
     contiguous run up to the head; a version is named (`set_checkpoint`)
     only while it is readable, and `compact` drops no row a named version
@@ -50,7 +56,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import orjson
 
 from .changes import ChangeSet
-from .errors import ServerError
+from .errors import ProtocolError, ServerError
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted, History
@@ -146,6 +152,15 @@ class VersionConflict(RuntimeError):
         super().__init__(f"document {doc_id} is at version {found}, not {expected}: another writer committed "
                          "first" if found is not None else f"document {doc_id} no longer exists")
         self.doc_id, self.expected, self.found = doc_id, expected, found
+
+
+class DocumentGone(ProtocolError, LookupError):
+    """No document has the id `doc_id` any more: it was deleted while a request about it was under way
+    (after its row was read). A refusal as it stands, 404 `not-found`: nothing was written for it."""
+
+    def __init__(self, doc_id: int):
+        super().__init__("not-found", "this document was deleted")
+        self.doc_id = doc_id
 
 
 class NameTaken(ValueError):

@@ -64,9 +64,10 @@ from .history import Authorship
 from .logs import QUIET_FOR, Throttle
 from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
-from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_FIELDS, PERSON_KEY, Commit, GroupWriter, Kept, Loaded,
-                      NamedWhileCompacting, NameTaken, StorageUnavailable, TooManyCheckpoints, TooManyDocuments,
-                      VersionCompacted, VersionConflict, contiguous_tail, history_entry, history_of, pending_migrations)
+from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_FIELDS, PERSON_KEY, Commit, DocumentGone, GroupWriter,
+                      Kept, Loaded, NamedWhileCompacting, NameTaken, StorageUnavailable, TooManyCheckpoints,
+                      TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail, history_entry, history_of,
+                      pending_migrations)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -242,6 +243,12 @@ _NAMED_LOSING_ROWS = (
     "WHERE s.doc_id = c.doc_id AND s.version <= c.version) AS snap FROM checkpoints c "
     "WHERE c.doc_id = ? AND c.version >= ? AND c.version < ?) named "
     "WHERE snap < version AND snap >= ? - 1 AND snap < ?")
+
+
+def _exists(conn: sqlite3.Connection, doc_id: int) -> None:
+    """Raise DocumentGone unless a document has the id `doc_id` (it was deleted since its row was read)."""
+    if conn.execute("SELECT 1 FROM documents WHERE id = ?", (doc_id,)).fetchone() is None:
+        raise DocumentGone(doc_id)
 
 
 def _readable(conn: sqlite3.Connection, doc_id: int, version: int) -> None:
@@ -603,12 +610,18 @@ class Store(GroupWriter):
     async def new_salt(self, doc_id: int) -> str:
         """Give the document a new salt: every share link made before stops working."""
         salt = secrets.token_urlsafe(12)
-        await self._write(lambda conn: conn.execute("UPDATE documents SET salt = ? WHERE id = ?", (salt, doc_id)))
+
+        def fn(conn: sqlite3.Connection) -> None:
+            if conn.execute("UPDATE documents SET salt = ? WHERE id = ?", (salt, doc_id)).rowcount == 0:
+                raise DocumentGone(doc_id)
+
+        await self._write(fn)
         return salt
 
     async def delete_document(self, doc_id: int) -> None:
-        """Remove a document with its whole history."""
+        """Remove a document with its whole history (DocumentGone if it was deleted already)."""
         def fn(conn: sqlite3.Connection) -> None:
+            _exists(conn, doc_id)
             for table in ("updates", "snapshots", "authorship", "checkpoints", "renamed"):
                 conn.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))
             conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
@@ -747,6 +760,7 @@ class Store(GroupWriter):
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
         """Update summaries with version < `before`, newest first."""
         def fn(conn: sqlite3.Connection) -> list[dict]:
+            _exists(conn, doc_id)
             rows = conn.execute("SELECT version, client_id, author, time, inserted, deleted, restored_from, "
                                 "person, color FROM updates WHERE doc_id = ? AND version < ? "
                                 "ORDER BY version DESC LIMIT ?", (doc_id, before, limit)).fetchall()
@@ -757,9 +771,12 @@ class Store(GroupWriter):
     async def rename_document(self, doc_id: int, new_name: str) -> str:
         """Give the document a new name (NameTaken if it is someone's); the old one is remembered."""
         def fn(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT name FROM documents WHERE id = ?", (doc_id,)).fetchone()
+            if row is None:
+                raise DocumentGone(doc_id)
             if conn.execute("SELECT 1 FROM documents WHERE name = ?", (new_name,)).fetchone():
                 raise NameTaken(f"a document named {new_name!r} already exists")
-            (old,) = conn.execute("SELECT name FROM documents WHERE id = ?", (doc_id,)).fetchone()
+            (old,) = row
             conn.execute("UPDATE documents SET name = ? WHERE id = ?", (new_name, doc_id))
             conn.execute("DELETE FROM renamed WHERE name = ?", (new_name,))
             conn.execute("INSERT OR REPLACE INTO renamed(name, doc_id, time) VALUES (?, ?, ?)",
@@ -775,18 +792,23 @@ class Store(GroupWriter):
         return row[0] if row else None
 
     async def former_names(self, doc_id: int, limit: int = 20) -> list[tuple[str, float]]:
-        rows = await self._read(lambda conn: conn.execute(
-            "SELECT r.name, r.time FROM renamed r WHERE r.doc_id = ? AND NOT EXISTS "
-            "(SELECT 1 FROM documents d WHERE d.name = r.name) ORDER BY r.time DESC LIMIT ?",
-            (doc_id, limit)).fetchall())
-        return [(name, when) for name, when in rows]
+        def fn(conn: sqlite3.Connection) -> list:
+            _exists(conn, doc_id)
+            return conn.execute(
+                "SELECT r.name, r.time FROM renamed r WHERE r.doc_id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM documents d WHERE d.name = r.name) ORDER BY r.time DESC LIMIT ?",
+                (doc_id, limit)).fetchall()
+
+        return [(name, when) for name, when in await self._read(fn)]
 
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
                              max_checkpoints: int | None = None) -> None:
         """Name `version` (a checkpoint shown in the history), or with `name` None take the name away.
         Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are, and
-        (VersionCompacted) when it was compacted away; renaming a named one never is."""
+        (VersionCompacted) when it was compacted away; renaming a named one never is. DocumentGone if
+        the document was deleted."""
         def fn(conn: sqlite3.Connection) -> None:
+            _exists(conn, doc_id)
             if name is None:
                 conn.execute("DELETE FROM checkpoints WHERE doc_id = ? AND version = ?", (doc_id, version))
             else:
@@ -805,9 +827,12 @@ class Store(GroupWriter):
 
     async def checkpoints(self, doc_id: int) -> list[dict]:
         """Every named version of the document, oldest first."""
-        rows = await self._read(lambda conn: conn.execute(
-            "SELECT version, name, author, time FROM checkpoints WHERE doc_id = ? ORDER BY version",
-            (doc_id,)).fetchall())
+        def fn(conn: sqlite3.Connection) -> list:
+            _exists(conn, doc_id)
+            return conn.execute("SELECT version, name, author, time FROM checkpoints WHERE doc_id = ? "
+                                "ORDER BY version", (doc_id,)).fetchall()
+
+        rows = await self._read(fn)
         return [{"version": v, "name": n, "author": a, "time": t} for v, n, a, t in rows]
 
     async def oldest_update(self, doc_id: int) -> int | None:
@@ -817,10 +842,14 @@ class Store(GroupWriter):
 
     async def people(self, doc_id: int) -> dict[str, dict]:
         """Each person who edited the document: the name and colour of their latest update."""
-        rows = await self._read(lambda conn: conn.execute(
-            "SELECT u.person, u.author, u.color FROM updates u JOIN (SELECT person, MAX(version) AS v FROM updates "
-            "WHERE doc_id = ? AND person IS NOT NULL GROUP BY person) last ON last.person = u.person "
-            "AND last.v = u.version WHERE u.doc_id = ?", (doc_id, doc_id)).fetchall())
+        def fn(conn: sqlite3.Connection) -> list:
+            _exists(conn, doc_id)
+            return conn.execute(
+                "SELECT u.person, u.author, u.color FROM updates u JOIN (SELECT person, MAX(version) AS v FROM "
+                "updates WHERE doc_id = ? AND person IS NOT NULL GROUP BY person) last ON last.person = u.person "
+                "AND last.v = u.version WHERE u.doc_id = ?", (doc_id, doc_id)).fetchall()
+
+        rows = await self._read(fn)
         return {person: {"name": name, "color": color} for person, name, color in rows}
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:

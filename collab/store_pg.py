@@ -68,9 +68,10 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
-from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, GroupWriter,
-                      history_entry, history_of, Kept, Loaded, NamedWhileCompacting, NameTaken, pending_migrations,
-                      redact, StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
+from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, DocumentGone,
+                      GroupWriter, history_entry, history_of, Kept, Loaded, NamedWhileCompacting, NameTaken,
+                      pending_migrations, redact, StorageUnavailable, TooManyCheckpoints, TooManyDocuments,
+                      VersionCompacted, VersionConflict)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -399,6 +400,18 @@ _NAMED_LOSING_ROWS = (
     "WHERE s.doc_id = c.doc_id AND s.version <= c.version) AS snap FROM checkpoints c "
     "WHERE c.doc_id = $1 AND c.version >= $2 AND c.version < $3) named "
     "WHERE snap < version AND snap >= $2 - 1 AND snap < $4")
+
+
+async def _exists(conn: asyncpg.Connection, doc_id: int) -> None:
+    """Raise DocumentGone unless a document has the id `doc_id` (it was deleted since its row was read)."""
+    if await conn.fetchval("SELECT 1 FROM documents WHERE id = $1", doc_id) is None:
+        raise DocumentGone(doc_id)
+
+
+async def _rows_of(conn: asyncpg.Connection, doc_id: int, query: str, *args) -> list:
+    """`query`'s rows about document `doc_id`, or DocumentGone (in one snapshot: `_read(..., snapshot=True)`)."""
+    await _exists(conn, doc_id)
+    return await conn.fetch(query, *args)
 
 
 async def _readable(conn: asyncpg.Connection, doc_id: int, version: int) -> None:
@@ -780,13 +793,22 @@ class PgStore(GroupWriter):
     async def new_salt(self, doc_id: int) -> str:
         """Give the document a new salt: every share link made before stops working."""
         salt = secrets.token_urlsafe(12)
-        await self._write(lambda conn: conn.execute("UPDATE documents SET salt = $1 WHERE id = $2", salt, doc_id),
-                          doc_ids=(doc_id,))
+
+        async def fn(conn: asyncpg.Connection) -> None:
+            if await conn.execute("UPDATE documents SET salt = $1 WHERE id = $2", salt, doc_id) == "UPDATE 0":
+                raise DocumentGone(doc_id)
+
+        await self._write(fn, doc_ids=(doc_id,))
         return salt
 
     async def delete_document(self, doc_id: int) -> None:
-        """Remove a document with its whole history (its rows go by ON DELETE CASCADE)."""
-        await self._write(lambda conn: conn.execute("DELETE FROM documents WHERE id = $1", doc_id), doc_ids=(doc_id,))
+        """Remove a document with its whole history (its rows go by ON DELETE CASCADE); DocumentGone if it
+        was deleted already."""
+        async def fn(conn: asyncpg.Connection) -> None:
+            if await conn.execute("DELETE FROM documents WHERE id = $1", doc_id) == "DELETE 0":
+                raise DocumentGone(doc_id)
+
+        await self._write(fn, doc_ids=(doc_id,))
 
     async def ping(self) -> None:
         """Prove the database can take a write transaction right now (through the writer, like every write)."""
@@ -936,17 +958,20 @@ class PgStore(GroupWriter):
 
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
         """Update summaries with version < `before`, newest first."""
-        rows = await self._read(lambda conn: conn.fetch(
-            "SELECT version, client_id, author, time, inserted, deleted, restored_from, person, color FROM updates "
-            "WHERE doc_id = $1 AND version < $2 ORDER BY version DESC LIMIT $3", doc_id, before, limit))
+        rows = await self._read(lambda conn: _rows_of(
+            conn, doc_id, "SELECT version, client_id, author, time, inserted, deleted, restored_from, person, color "
+            "FROM updates WHERE doc_id = $1 AND version < $2 ORDER BY version DESC LIMIT $3", doc_id, before, limit),
+            snapshot=True)
         return [history_entry(*row) for row in rows]
 
     async def rename_document(self, doc_id: int, new_name: str) -> str:
         """Give the document a new name (NameTaken if it is someone's); the old one is remembered."""
         async def fn(conn: asyncpg.Connection) -> str:
+            old = await conn.fetchval("SELECT name FROM documents WHERE id = $1", doc_id)
+            if old is None:
+                raise DocumentGone(doc_id)
             if await conn.fetchval("SELECT 1 FROM documents WHERE name = $1", new_name):
                 raise NameTaken(f"a document named {new_name!r} already exists")
-            old = await conn.fetchval("SELECT name FROM documents WHERE id = $1", doc_id)
             await conn.execute("UPDATE documents SET name = $1 WHERE id = $2", new_name, doc_id)
             await conn.execute("DELETE FROM renamed WHERE name = $1", new_name)
             await conn.execute("INSERT INTO renamed (name, doc_id, time) VALUES ($1, $2, $3) "
@@ -962,9 +987,10 @@ class PgStore(GroupWriter):
             "SELECT d.name FROM renamed r JOIN documents d ON d.id = r.doc_id WHERE r.name = $1", name))
 
     async def former_names(self, doc_id: int, limit: int = 20) -> list[tuple[str, float]]:
-        rows = await self._read(lambda conn: conn.fetch(
-            "SELECT r.name, r.time FROM renamed r WHERE r.doc_id = $1 AND NOT EXISTS "
-            "(SELECT 1 FROM documents d WHERE d.name = r.name) ORDER BY r.time DESC LIMIT $2", doc_id, limit))
+        rows = await self._read(lambda conn: _rows_of(
+            conn, doc_id, "SELECT r.name, r.time FROM renamed r WHERE r.doc_id = $1 AND NOT EXISTS "
+            "(SELECT 1 FROM documents d WHERE d.name = r.name) ORDER BY r.time DESC LIMIT $2", doc_id, limit),
+            snapshot=True)
         return [(r[0], float(r[1])) for r in rows]
 
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
@@ -973,14 +999,18 @@ class PgStore(GroupWriter):
         Naming a version not named yet is refused (TooManyCheckpoints) when `max_checkpoints` are, and
         (VersionCompacted) when it was compacted away; renaming a named one never is. The transaction
         holds the document's row lock, so check-count-and-insert is one step for every process (and for
-        `compact`, whose deletes take the same lock)."""
+        `compact`, whose deletes take the same lock). DocumentGone if the document was deleted."""
         if name is None:
-            await self._write(lambda conn: conn.execute(
-                "DELETE FROM checkpoints WHERE doc_id = $1 AND version = $2", doc_id, version), doc_ids=(doc_id,))
+            async def unname(conn: asyncpg.Connection) -> None:
+                await _exists(conn, doc_id)
+                await conn.execute("DELETE FROM checkpoints WHERE doc_id = $1 AND version = $2", doc_id, version)
+
+            await self._write(unname, doc_ids=(doc_id,))
             return
         _refuse_nul("a checkpoint's name or author", name, author)
 
         async def fn(conn: asyncpg.Connection) -> None:
+            await _exists(conn, doc_id)
             if await conn.fetchval("SELECT 1 FROM checkpoints WHERE doc_id = $1 AND version = $2",
                                    doc_id, version) is None:
                 await _readable(conn, doc_id, version)
@@ -997,8 +1027,9 @@ class PgStore(GroupWriter):
 
     async def checkpoints(self, doc_id: int) -> list[dict]:
         """Every named version of the document, oldest first."""
-        rows = await self._read(lambda conn: conn.fetch(
-            "SELECT version, name, author, time FROM checkpoints WHERE doc_id = $1 ORDER BY version", doc_id))
+        rows = await self._read(lambda conn: _rows_of(
+            conn, doc_id, "SELECT version, name, author, time FROM checkpoints WHERE doc_id = $1 ORDER BY version",
+            doc_id), snapshot=True)
         return [{"version": v, "name": n, "author": a, "time": t} for v, n, a, t in rows]
 
     async def oldest_update(self, doc_id: int) -> int | None:
@@ -1008,9 +1039,9 @@ class PgStore(GroupWriter):
 
     async def people(self, doc_id: int) -> dict[str, dict]:
         """Each person who edited the document: the name and colour of their latest update."""
-        rows = await self._read(lambda conn: conn.fetch(
-            "SELECT DISTINCT ON (person) person, author, color FROM updates WHERE doc_id = $1 AND person IS NOT NULL "
-            "ORDER BY person, version DESC", doc_id))
+        rows = await self._read(lambda conn: _rows_of(
+            conn, doc_id, "SELECT DISTINCT ON (person) person, author, color FROM updates WHERE doc_id = $1 "
+            "AND person IS NOT NULL ORDER BY person, version DESC", doc_id), snapshot=True)
         return {person: {"name": name, "color": color} for person, name, color in rows}
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:

@@ -1,0 +1,308 @@
+"""A document deleted (and perhaps made again under its name) while a request about it is under way.
+
+Each test deletes the document at the worst moment of one request: a step the request awaits is
+replaced by one that deletes it first (and sometimes makes another under the same name), as
+test_history_api's restore test does. The request must then answer 404 `not-found` (or, for a
+share link, give nothing that opens the other document), never 500; nothing it writes may land on
+the other document, and no row may be left referencing the deleted one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from collab import compute
+from collab.access import Access
+from collab.app import ROOMS, STORE, create_app
+from collab.settings import Settings
+from conftest import BOTH_BACKENDS
+from wsutil import USER, push, recv_type, send
+
+pytestmark = BOTH_BACKENDS  # every test runs on SQLite and on PostgreSQL
+
+SECRET = "correct horse battery staple"
+ADMIN = {"Authorization": f"Bearer {Access(SECRET.encode()).admin_token()}"}
+
+
+@pytest.fixture
+async def client(db, aiohttp_client):
+    settings = Settings(db=db, snapshot_every=37, unload_after=60)
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+async def secured(db, aiohttp_client):
+    """Access control on: share links are signed with each document's salt."""
+    settings = Settings(db=db, secret=SECRET, unload_after=60)
+    return await aiohttp_client(create_app(settings))
+
+
+async def opened(client, doc, client_id, token=None):
+    """A session on `doc` (with `token` when access control is on); its welcome."""
+    url = f"/ws/{doc}" + (f"?token={token}" if token else "")
+    ws = await client.ws_connect(url, protocols=["collab.v1"])
+    await send(ws, {"type": "hello", "clientID": client_id, "version": None, "user": USER})
+    return ws, await recv_type(ws, "welcome")
+
+
+async def typed(client, doc, text, client_id="a", token=None, keep=False):
+    """`text` typed at the start of `doc` (made by this first edit if need be); the session is closed
+    unless `keep`. Returns (session, its version now)."""
+    ws, welcome = await opened(client, doc, client_id, token)
+    version, length = welcome["version"], len(welcome.get("doc", ""))
+    await push(ws, version, client_id, [[0, text]] + ([length] if length else []))
+    await recv_type(ws, "updates")
+    if not keep:
+        await ws.close()
+    return ws, version + 1
+
+
+async def still_open(ws, client_id, version, length):
+    """The session `ws` still edits its document: a push is acknowledged with the next version."""
+    await push(ws, version, client_id, [[0, "!"], length])
+    frame = await recv_type(ws, "updates")
+    assert frame["from"] == version
+
+
+async def not_found(resp):
+    body = await resp.json()
+    assert resp.status == 404 and body["error"]["code"] == "not-found", (resp.status, body)
+
+
+async def rows_left(store, doc_id):
+    """The rows of every table still referencing document `doc_id` (a deleted one must have none)."""
+    async with store.view() as view:
+        return {table: rows for table in ("updates", "checkpoints", "snapshots", "authorship", "renamed")
+                if (rows := await view.rows(doc_id, table, -1, 1000))}
+
+
+def meanwhile(monkeypatch, owner, method, before=None, after=None):
+    """`owner.method` does `before()` then itself, or itself then `after()`, the first time it is called."""
+    real = getattr(owner, method)
+    done = []
+
+    async def step(*args, **kw):
+        if done:
+            return await real(*args, **kw)
+        done.append(True)
+        if before is not None:
+            await before()
+        result = await real(*args, **kw)
+        if after is not None:
+            await after()
+        return result
+
+    monkeypatch.setattr(owner, method, step)
+    return done
+
+
+# ------------------------------------------------------------------ writes
+
+
+@pytest.mark.parametrize("version", [0, 1])
+async def test_naming_a_version_of_a_document_deleted_meanwhile(client, monkeypatch, version):
+    store = client.server.app[STORE]
+    await typed(client, "n", "old")
+    old = await store.document("n")
+    again = {}
+
+    async def delete_and_make_again():
+        assert (await client.delete("/api/docs/n")).status == 200
+        again["ws"], _ = await typed(client, "n", "new", client_id="b", keep=True)
+
+    meanwhile(monkeypatch, store, "set_checkpoint", before=delete_and_make_again)
+    await not_found(await client.post("/api/docs/n/checkpoints", json={"version": version, "name": "v1"}))
+    assert await rows_left(store, old["id"]) == {}
+    assert await store.checkpoints((await store.document("n"))["id"]) == []  # the new one has none
+    await again["ws"].close()
+
+
+async def test_taking_a_name_away_from_a_document_deleted_meanwhile(client, monkeypatch):
+    store = client.server.app[STORE]
+    await typed(client, "n", "old")
+    assert (await client.post("/api/docs/n/checkpoints", json={"version": 1, "name": "v1"})).status == 200
+    old = await store.document("n")
+
+    async def delete():
+        assert (await client.delete("/api/docs/n")).status == 200
+
+    meanwhile(monkeypatch, store, "set_checkpoint", before=delete)
+    await not_found(await client.post("/api/docs/n/checkpoints", json={"version": 1, "name": None}))
+    assert await rows_left(store, old["id"]) == {}
+
+
+async def test_renaming_a_document_deleted_meanwhile(client, monkeypatch):
+    store, rooms = client.server.app[STORE], client.server.app[ROOMS]
+    await typed(client, "r", "old")
+    old = await store.document("r")
+    again = {}
+
+    async def delete_and_make_again():
+        assert (await client.delete("/api/docs/r")).status == 200
+        again["ws"], _ = await typed(client, "r", "new", client_id="b", keep=True)
+
+    meanwhile(monkeypatch, store, "rename_document", before=delete_and_make_again)
+    await not_found(await client.post("/api/docs/r/rename", json={"name": "elsewhere"}))
+    assert await store.document("elsewhere") is None and await store.renamed_to("r") is None
+    assert await rows_left(store, old["id"]) == {}
+    new = await store.document("r")
+    assert new["id"] != old["id"] and rooms._open("r").doc_id == new["id"]
+    await still_open(again["ws"], "b", 1, 3)
+    await again["ws"].close()
+
+
+async def test_a_delete_racing_another_delete_leaves_a_document_made_again_alone(client, monkeypatch):
+    # The second delete of "d" finds it gone when it writes: it is told so, and the document made again
+    # under the name meanwhile, and its session, are not touched.
+    store, rooms = client.server.app[STORE], client.server.app[ROOMS]
+    await typed(client, "d", "old")
+    old = await store.document("d")
+    again = {}
+
+    async def delete_and_make_again():
+        assert (await client.delete("/api/docs/d")).status == 200
+        again["ws"], _ = await typed(client, "d", "new", client_id="b", keep=True)
+
+    meanwhile(monkeypatch, store, "delete_document", before=delete_and_make_again)
+    await not_found(await client.delete("/api/docs/d"))
+    new = await store.document("d")
+    assert new is not None and new["id"] != old["id"] and rooms._open("d").doc_id == new["id"]
+    await still_open(again["ws"], "b", 1, 3)
+    assert (await (await client.get("/api/docs/d")).json())["doc"] == "!new"
+    assert await rows_left(store, old["id"]) == {}
+    await again["ws"].close()
+
+
+async def test_a_delete_never_closes_a_document_made_again_before_it_looked(client, monkeypatch):
+    # The delete reads the document's row, then looks for its open room: a room open by then under the
+    # name is another document's, made after this one was deleted by someone else.
+    store, rooms = client.server.app[STORE], client.server.app[ROOMS]
+    await typed(client, "d", "old")
+    old = await store.document("d")
+    real_info = rooms.info
+    calls, again = [], {}
+
+    async def info(name):
+        row = await real_info(name)
+        calls.append(name)
+        if len(calls) == 2:  # the delete's own look (the first is the handler's)
+            rooms.info = real_info
+            assert (await client.delete("/api/docs/d")).status == 200
+            again["ws"], _ = await typed(client, "d", "new", client_id="b", keep=True)
+        return row
+
+    monkeypatch.setattr(rooms, "info", info)
+    await not_found(await client.delete("/api/docs/d"))
+    new = await store.document("d")
+    assert new is not None and new["id"] != old["id"] and rooms._open("d").doc_id == new["id"]
+    await still_open(again["ws"], "b", 1, 3)
+    assert await rows_left(store, old["id"]) == {}
+    await again["ws"].close()
+
+
+async def test_resetting_the_links_of_a_document_deleted_meanwhile(secured, monkeypatch):
+    # The new salt is written for the deleted document's id: nothing is written, and the document made
+    # again under the name keeps its own salt, its links and its sessions.
+    store, rooms = secured.server.app[STORE], secured.server.app[ROOMS]
+    assert (await secured.post("/api/docs", json={"name": "s"}, headers=ADMIN)).status == 201
+    await typed(secured, "s", "old", token=ADMIN["Authorization"][7:])
+    old = await store.document("s")
+    again = {}
+
+    async def delete_and_make_again():
+        assert (await secured.delete("/api/docs/s", headers=ADMIN)).status == 200
+        made = await secured.post("/api/docs", json={"name": "s"}, headers=ADMIN)
+        again["edit"] = (await made.json())["links"]["edit"].split("token=")[1]
+        again["ws"], _ = await typed(secured, "s", "new", client_id="b", token=again["edit"], keep=True)
+
+    meanwhile(monkeypatch, store, "new_salt", before=delete_and_make_again)
+    await not_found(await secured.post("/api/docs/s/links/reset", json={}, headers=ADMIN))
+    new = await store.document("s")
+    assert new["id"] != old["id"] and rooms._open("s").salt == new["salt"]
+    await still_open(again["ws"], "b", 1, 3)
+    assert (await secured.get(f"/api/docs/s?token={again['edit']}")).status == 200
+    await again["ws"].close()
+
+
+async def test_links_never_open_a_document_made_again_under_the_name(secured, monkeypatch):
+    # An edit link of the deleted document asks for the links: it must not be given links signed with
+    # the salt of the document made again under the name.
+    rooms = secured.server.app[ROOMS]
+    made = await secured.post("/api/docs", json={"name": "l"}, headers=ADMIN)
+    old_edit = (await made.json())["links"]["edit"].split("token=")[1]
+
+    async def delete_and_make_again():
+        rooms.salt_of = real_salt_of
+        assert (await secured.delete("/api/docs/l", headers=ADMIN)).status == 200
+        assert (await secured.post("/api/docs", json={"name": "l"}, headers=ADMIN)).status == 201
+
+    real_salt_of = rooms.salt_of
+    meanwhile(monkeypatch, rooms, "salt_of", after=delete_and_make_again)
+    resp = await secured.get(f"/api/docs/l/links?token={old_edit}")
+    assert resp.status in (200, 403, 404), await resp.text()
+    if resp.status == 200:  # links as they were before the delete: they open nothing now
+        for url in (await resp.json())["links"].values():
+            assert (await secured.get(f"/api/docs/l?token={url.split('token=')[1]}")).status == 403
+
+
+async def test_a_document_made_and_deleted_before_its_links_are_read(secured, monkeypatch):
+    rooms = secured.server.app[ROOMS]
+
+    async def delete():
+        assert (await secured.delete("/api/docs/m", headers=ADMIN)).status == 200
+
+    meanwhile(monkeypatch, rooms, "create", after=delete)
+    await not_found(await secured.post("/api/docs", json={"name": "m"}, headers=ADMIN))
+
+
+async def test_a_restore_of_a_document_deleted_while_its_diff_ran(client, monkeypatch):
+    store = client.server.app[STORE]
+    await typed(client, "t", "old")
+    old = await store.document("t")
+
+    async def delete():
+        assert (await client.delete("/api/docs/t")).status == 200
+
+    meanwhile(monkeypatch, compute, "restore_changes", before=delete)
+    await not_found(await client.post("/api/docs/t/restore", json={"version": 0}))
+    assert await store.document("t") is None and await rows_left(store, old["id"]) == {}
+
+
+async def test_a_fork_of_a_document_deleted_meanwhile(client, monkeypatch):
+    store, rooms = client.server.app[STORE], client.server.app[ROOMS]
+    await typed(client, "f", "old")
+
+    async def delete():
+        assert (await client.delete("/api/docs/f")).status == 200
+
+    meanwhile(monkeypatch, rooms, "text_at", before=delete)
+    await not_found(await client.post("/api/docs/f/fork", json={"version": 1, "name": "copy"}))
+    assert await store.document("copy") is None
+
+
+# ------------------------------------------------------------------- reads
+
+
+@pytest.mark.parametrize("path, step", [
+    ("/api/docs/h/history", "history"),
+    ("/api/docs/h/checkpoints", "checkpoints"),
+    ("/api/docs/h/former-names", "former_names"),
+    ("/api/docs/h/authors", "people"),
+    ("/api/docs/h/authors", "authorship"),
+    ("/api/docs/h/versions/1", "text_at"),
+    ("/api/docs/h/export?version=1", "text_at"),
+])
+async def test_a_read_of_a_document_deleted_meanwhile(client, monkeypatch, path, step):
+    # The row is read first, then what the answer holds: read after the delete, that would be an empty
+    # history (no entries, no names, no people) of a document that had one. Not found, rather.
+    store = client.server.app[STORE]
+    await typed(client, "h", "old")
+    assert (await client.post("/api/docs/h/rename", json={"name": "h2"})).status == 200
+    assert (await client.post("/api/docs/h2/rename", json={"name": "h"})).status == 200
+    assert (await client.post("/api/docs/h/checkpoints", json={"version": 1, "name": "v1"})).status == 200
+
+    async def delete():
+        assert (await client.delete("/api/docs/h")).status == 200
+
+    meanwhile(monkeypatch, store, step, before=delete)
+    await not_found(await client.get(path))
