@@ -22,9 +22,13 @@ Rules that always hold:
     the silent re-subscription redis-py does, triggers a check of all;
   * presence: each process is the authority for its own sessions, publishes
     their cursor moves as it sends them, republishes them all every
-    `--presence-republish` seconds, and forgets another process's cursors
-    `--presence-expiry` seconds after their last news (a killed process's
-    cursors disappear: `leave`). Graceful shutdown publishes `leave`;
+    `--presence-republish` seconds and as soon as Redis is back, and forgets
+    another process's cursors `--presence-expiry` seconds after their last
+    news (a killed process's cursors disappear: `leave`). A republish is a
+    roster: every session of that process with a cursor in that document
+    (none, for `--presence-expiry` seconds after the last one left), so a
+    session missing from it has left, though its `leave` was lost while
+    Redis was away. Graceful shutdown publishes `leave`;
   * Redis holds no state of ours: it may be empty, restarted or gone.
 """
 
@@ -86,6 +90,8 @@ class Cluster:
         self._dropping = Throttle(log)  # one warning a minute while messages are dropped, not one each
         self._tasks: list[asyncio.Task] = []
         self._check_now = asyncio.Event()
+        self._republish_now = asyncio.Event()
+        self._rostered: dict[str, float] = {}  # documents, and when our last cursor there was republished
         self._stopping = False
         metrics = rooms.metrics
         self.m_up = metrics.bus_up
@@ -202,6 +208,8 @@ class Cluster:
         changed = up != self.up
         self.up = up
         self.m_up.set(1 if up else 0)
+        if up and changed:
+            self._republish_now.set()  # what was said while Redis was away, leaves included, may be lost
         if up or changed:
             # Up: whatever was said while we were away, read it. Down: start polling now, not at the
             # end of the slower check interval the loop is waiting out (news may be lost from here on).
@@ -319,7 +327,7 @@ class Cluster:
                 return
             room.remote(start, updates)
         elif kind == "p":
-            room.remote_presence(msg["p"], msg.get("peers") or [], time.monotonic())
+            room.remote_presence(msg["p"], msg.get("peers") or [], time.monotonic(), roster=msg.get("all") is True)
         elif kind == "l":
             room.remote_leave(msg.get("s") or [])
         elif kind == "t":
@@ -378,20 +386,39 @@ class Cluster:
                 room.catch_up()
 
     async def _presence_loop(self) -> None:
-        """Republish our cursors every `republish` s; forget other processes' after `expiry` s of silence."""
+        """Republish our cursors every `republish` s and when Redis is back; forget other processes' after
+        `expiry` s of silence."""
         tick = min(self.republish, self.expiry / 3)
         last_republish = time.monotonic()
         while True:
-            await asyncio.sleep(tick)
+            try:
+                async with asyncio.timeout(tick):
+                    await self._republish_now.wait()
+            except TimeoutError:
+                pass
             now = time.monotonic()
             for room in list(self.rooms.rooms.values()):
                 room.expire_remote(now - self.expiry)
-            if now - last_republish >= self.republish:
+            if self._republish_now.is_set() or now - last_republish >= self.republish:
+                self._republish_now.clear()
                 last_republish = now
-                for room in list(self.rooms.rooms.values()):
-                    peers = room.local_presence()
-                    if peers:
-                        self.publish_presence(room.name, peers)
+                if self.url and self.up:  # (while Redis is away it would only be dropped)
+                    self._republish(now)
+
+    def _republish(self, now: float) -> None:
+        """Each document's roster: the cursors of all our sessions there. One with none goes on getting
+        an empty roster for `expiry` s after its last (the others forget them by then anyway), the room
+        unloaded or not."""
+        rosters = {name: [] for name, last in self._rostered.items() if now - last < self.expiry}
+        for room in list(self.rooms.rooms.values()):
+            peers = room.local_presence()
+            if peers:
+                rosters[room.name] = peers
+                self._rostered[room.name] = now
+        for name in [name for name, last in self._rostered.items() if now - last >= self.expiry]:
+            del self._rostered[name]
+        for name, peers in rosters.items():
+            self._send(name, {"k": "p", "peers": peers, "all": True})
 
 
 async def _close_quietly(*clients) -> None:

@@ -1147,8 +1147,9 @@ class Room:
         entry[2], entry[3] = self.seq.committed_version, mapped
         return protocol.presence_object(session, entry[1], entry[2], mapped)
 
-    def remote_presence(self, process: str, peers: list, now: float) -> None:
-        """Cursors of another process's sessions (news: checked like any frame from outside)."""
+    def remote_presence(self, process: str, peers: list, now: float, roster: bool = False) -> None:
+        """Cursors of another process's sessions (news: checked like any frame from outside). A `roster`
+        lists all of that process's sessions with a cursor here: any other of its sessions has left."""
         for p in peers:
             try:
                 session, user, version = p["session"], p["user"], p["version"]
@@ -1169,6 +1170,9 @@ class Room:
                 shown["person"] = user["person"][:64]
             self.remote_peers[session] = [process, shown, version, ranges, now]
             self.remote_dirty.add(session)
+        if roster:  # its `leave` was lost (Redis was away)
+            listed = {p.get("session") for p in peers if type(p) is dict}
+            self.remote_leave([s for s, entry in self.remote_peers.items() if entry[0] == process and s not in listed])
         if self.remote_dirty:
             self._schedule_presence()
 
