@@ -1426,14 +1426,19 @@ class Rooms:
         await self._named(name)
         return doc_id
 
-    async def _named(self, name: str) -> None:
-        """A document now has `name` (made, or renamed to it): a load that found none reads again, and a
-        room open on the name before it had a document (an admin's editor on a new name) becomes it."""
+    async def _named(self, name: str, doc_id: int | None = None) -> None:
+        """A document now has `name` (made, or renamed to it: `doc_id`): a load that found none reads
+        again, and a room open on the name before it had a document (an admin's editor on a new name)
+        becomes it. A room of the renamed document itself, loaded under its new name while the old
+        name's room still wrote, reads what that room committed after the load."""
         self._changed(name)
         room = self.rooms.get(name)
         if room is not None and room.doc_id is None:
             await room.find_document()
             await room._until_ready()  # caught up with the text: a join from now on is welcomed to it
+        elif room is not None and doc_id is not None and room.doc_id == doc_id and not room.broken:
+            room.catch_up()
+            await room._until_ready()
 
     async def join(self, name: str, conn: Connection, hello: protocol.Hello, token: str | None) -> Member:
         """`conn` joins document `name` with the rights `token` gives now; its welcome is sent.
@@ -1537,7 +1542,7 @@ class Rooms:
     async def reset_links(self, name: str) -> str:
         """A new salt for the document: old share links stop working and their sessions close (1008)."""
         info = await self.info(name)
-        salt = await self.store.new_salt(info["id"])
+        salt = await self.store.new_salt(info["id"], name=name)  # not-found if renamed since: "name" is another's
         self._changed(name)
         room = self.rooms.get(name)
         if room is not None:
@@ -1549,10 +1554,17 @@ class Rooms:
         return salt
 
     async def rename(self, name: str, new_name: str) -> None:
-        """Give the document a new name: its sessions end (1008, saying the new name) and reconnect there."""
+        """Give the document a new name: its sessions end (1008, saying the new name) and reconnect there.
+
+        Not found if it is no longer called `name` when the store writes (renamed or deleted meanwhile:
+        the name leads nowhere, and whatever has it now is left alone). The old name's room is forgotten
+        at once, before its last commit is written: from then on the old name is the renamed one's (a
+        join there is told the new name) or a new document's. A room loaded under the new name meanwhile
+        reads what that last commit wrote (`_named`).
+        """
         info = await self.info(name)
         try:
-            await self.store.rename_document(info["id"], new_name)
+            await self.store.rename_document(info["id"], new_name, name=name)
         except NameTaken:
             raise ProtocolError("conflict", f"a document named {new_name!r} already exists") from None
         self._changed(name)
@@ -1560,11 +1572,11 @@ class Rooms:
         self._close_waiting(name, everyone=True, reason=reason)
         room = self.rooms.get(name)
         if room is not None:
-            room.deleted = True  # no new joins under the old name
+            room.deleted = True  # no new joins in it (one under way is refused)
             room.revoke(everyone=True, reason=reason)
-            await room.flush()
             self.forget(room)
-        await self._named(new_name)  # once the old name's room wrote its last update
+            await room.flush()
+        await self._named(new_name, info["id"])  # once the old name's room wrote its last update
         if self.cluster is not None:
             self.cluster.publish_revoke(name, info["id"], deleted=True, renamed_to=new_name)
 
@@ -1584,7 +1596,7 @@ class Rooms:
             room.revoke(everyone=True, reason="this document was deleted")
             await room.flush()
             self.forget(room)
-        await self.store.delete_document(info["id"])
+        await self.store.delete_document(info["id"], name=name)  # not-found if renamed since
         self._changed(name)
         late = self.rooms.get(name)
         if late is not None and late is not room:  # a join loaded it while the delete ran

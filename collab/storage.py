@@ -36,7 +36,10 @@ Rules every backend keeps:
     checkpoints, former names, people) raise `DocumentGone` when no document
     has that id any more (deleted since its row was read), in the same
     transaction: nothing is written for it, and no empty answer stands for
-    what it had. Ids are never given twice, so it cannot be another's;
+    what it had. Ids are never given twice, so it cannot be another's. A
+    salt, a name or a delete given the name the row was read under
+    (`name=`) raise it too when the document is called otherwise now
+    (renamed since);
   * update rows go only oldest first (`compact`), so those stored are one
     contiguous run up to the head; a version is named (`set_checkpoint`)
     only while it is readable, and `compact` drops no row a named version
@@ -156,10 +159,14 @@ class VersionConflict(RuntimeError):
 
 class DocumentGone(ProtocolError, LookupError):
     """No document has the id `doc_id` any more: it was deleted while a request about it was under way
-    (after its row was read). A refusal as it stands, 404 `not-found`: nothing was written for it."""
+    (after its row was read). Or, for a write about the document a request names (`name`: a rename, a
+    reset of its links, a delete), it no longer has that name: renamed meanwhile, so the request's name
+    leads nowhere, as it would had it come a moment later. A refusal as it stands, 404 `not-found`:
+    nothing was written for it."""
 
-    def __init__(self, doc_id: int):
-        super().__init__("not-found", "this document was deleted")
+    def __init__(self, doc_id: int, name: str | None = None):
+        super().__init__("not-found", "this document was deleted" if name is None
+                         else f"no document named {name!r} (it was renamed or deleted meanwhile)")
         self.doc_id = doc_id
 
 
@@ -358,9 +365,9 @@ class Storage(Protocol):
     async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "",
                               exist_ok: bool = True, max_documents: int | None = None) -> int: ...
 
-    async def new_salt(self, doc_id: int) -> str: ...
+    async def new_salt(self, doc_id: int, name: str | None = None) -> str: ...
 
-    async def delete_document(self, doc_id: int) -> None: ...
+    async def delete_document(self, doc_id: int, name: str | None = None) -> None: ...
 
     async def write_snapshot(self, doc_id: int, version: int, text: str) -> None: ...
 
@@ -386,7 +393,7 @@ class Storage(Protocol):
 
     async def oldest_update(self, doc_id: int) -> int | None: ...
 
-    async def rename_document(self, doc_id: int, new_name: str) -> str: ...
+    async def rename_document(self, doc_id: int, new_name: str, name: str | None = None) -> str: ...
 
     async def renamed_to(self, name: str) -> str | None: ...
 

@@ -245,10 +245,12 @@ _NAMED_LOSING_ROWS = (
     "WHERE snap < version AND snap >= ? - 1 AND snap < ?")
 
 
-def _exists(conn: sqlite3.Connection, doc_id: int) -> None:
-    """Raise DocumentGone unless a document has the id `doc_id` (it was deleted since its row was read)."""
-    if conn.execute("SELECT 1 FROM documents WHERE id = ?", (doc_id,)).fetchone() is None:
-        raise DocumentGone(doc_id)
+def _exists(conn: sqlite3.Connection, doc_id: int, name: str | None = None) -> None:
+    """Raise DocumentGone unless a document has the id `doc_id` (it was deleted since its row was read),
+    and, if given, the name `name` (it was renamed since)."""
+    row = conn.execute("SELECT name FROM documents WHERE id = ?", (doc_id,)).fetchone()
+    if row is None or name not in (None, row[0]):
+        raise DocumentGone(doc_id, name)
 
 
 def _readable(conn: sqlite3.Connection, doc_id: int, version: int) -> None:
@@ -607,21 +609,23 @@ class Store(GroupWriter):
 
         return await self._write(fn)
 
-    async def new_salt(self, doc_id: int) -> str:
-        """Give the document a new salt: every share link made before stops working."""
+    async def new_salt(self, doc_id: int, name: str | None = None) -> str:
+        """Give the document a new salt: every share link made before stops working (DocumentGone if it
+        was deleted, or is no longer called `name`)."""
         salt = secrets.token_urlsafe(12)
 
         def fn(conn: sqlite3.Connection) -> None:
-            if conn.execute("UPDATE documents SET salt = ? WHERE id = ?", (salt, doc_id)).rowcount == 0:
-                raise DocumentGone(doc_id)
+            _exists(conn, doc_id, name)
+            conn.execute("UPDATE documents SET salt = ? WHERE id = ?", (salt, doc_id))
 
         await self._write(fn)
         return salt
 
-    async def delete_document(self, doc_id: int) -> None:
-        """Remove a document with its whole history (DocumentGone if it was deleted already)."""
+    async def delete_document(self, doc_id: int, name: str | None = None) -> None:
+        """Remove a document with its whole history (DocumentGone if it was deleted already, or is no
+        longer called `name`)."""
         def fn(conn: sqlite3.Connection) -> None:
-            _exists(conn, doc_id)
+            _exists(conn, doc_id, name)
             for table in ("updates", "snapshots", "authorship", "checkpoints", "renamed"):
                 conn.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))
             conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
@@ -768,12 +772,13 @@ class Store(GroupWriter):
 
         return await self._read(fn)
 
-    async def rename_document(self, doc_id: int, new_name: str) -> str:
-        """Give the document a new name (NameTaken if it is someone's); the old one is remembered."""
+    async def rename_document(self, doc_id: int, new_name: str, name: str | None = None) -> str:
+        """Give the document a new name (NameTaken if it is someone's); the old one is remembered.
+        DocumentGone if it was deleted, or is no longer called `name` (renamed by someone else since)."""
         def fn(conn: sqlite3.Connection) -> str:
             row = conn.execute("SELECT name FROM documents WHERE id = ?", (doc_id,)).fetchone()
-            if row is None:
-                raise DocumentGone(doc_id)
+            if row is None or name not in (None, row[0]):
+                raise DocumentGone(doc_id, name)
             if conn.execute("SELECT 1 FROM documents WHERE name = ?", (new_name,)).fetchone():
                 raise NameTaken(f"a document named {new_name!r} already exists")
             (old,) = row

@@ -790,23 +790,26 @@ class PgStore(GroupWriter):
 
         return await self._write(fn, names=(name,), count=max_documents is not None)
 
-    async def new_salt(self, doc_id: int) -> str:
-        """Give the document a new salt: every share link made before stops working."""
+    async def new_salt(self, doc_id: int, name: str | None = None) -> str:
+        """Give the document a new salt: every share link made before stops working (DocumentGone if it
+        was deleted, or is no longer called `name`)."""
         salt = secrets.token_urlsafe(12)
 
         async def fn(conn: asyncpg.Connection) -> None:
-            if await conn.execute("UPDATE documents SET salt = $1 WHERE id = $2", salt, doc_id) == "UPDATE 0":
-                raise DocumentGone(doc_id)
+            if await conn.execute("UPDATE documents SET salt = $1 WHERE id = $2 AND ($3::text IS NULL OR name = $3)",
+                                  salt, doc_id, name) == "UPDATE 0":
+                raise DocumentGone(doc_id, name)
 
         await self._write(fn, doc_ids=(doc_id,))
         return salt
 
-    async def delete_document(self, doc_id: int) -> None:
+    async def delete_document(self, doc_id: int, name: str | None = None) -> None:
         """Remove a document with its whole history (its rows go by ON DELETE CASCADE); DocumentGone if it
-        was deleted already."""
+        was deleted already, or is no longer called `name`."""
         async def fn(conn: asyncpg.Connection) -> None:
-            if await conn.execute("DELETE FROM documents WHERE id = $1", doc_id) == "DELETE 0":
-                raise DocumentGone(doc_id)
+            if await conn.execute("DELETE FROM documents WHERE id = $1 AND ($2::text IS NULL OR name = $2)",
+                                  doc_id, name) == "DELETE 0":
+                raise DocumentGone(doc_id, name)
 
         await self._write(fn, doc_ids=(doc_id,))
 
@@ -964,12 +967,13 @@ class PgStore(GroupWriter):
             snapshot=True)
         return [history_entry(*row) for row in rows]
 
-    async def rename_document(self, doc_id: int, new_name: str) -> str:
-        """Give the document a new name (NameTaken if it is someone's); the old one is remembered."""
+    async def rename_document(self, doc_id: int, new_name: str, name: str | None = None) -> str:
+        """Give the document a new name (NameTaken if it is someone's); the old one is remembered.
+        DocumentGone if it was deleted, or is no longer called `name` (renamed by someone else since)."""
         async def fn(conn: asyncpg.Connection) -> str:
             old = await conn.fetchval("SELECT name FROM documents WHERE id = $1", doc_id)
-            if old is None:
-                raise DocumentGone(doc_id)
+            if old is None or name not in (None, old):
+                raise DocumentGone(doc_id, name)
             if await conn.fetchval("SELECT 1 FROM documents WHERE name = $1", new_name):
                 raise NameTaken(f"a document named {new_name!r} already exists")
             await conn.execute("UPDATE documents SET name = $1 WHERE id = $2", new_name, doc_id)
