@@ -22,13 +22,15 @@ Rules that always hold:
     the silent re-subscription redis-py does, triggers a check of all;
   * presence: each process is the authority for its own sessions, publishes
     their cursor moves as it sends them, republishes them all every
-    `--presence-republish` seconds and as soon as Redis is back, and forgets
-    another process's cursors `--presence-expiry` seconds after their last
-    news (a killed process's cursors disappear: `leave`). A republish is a
-    roster: every session of that process with a cursor in that document
-    (none, for `--presence-expiry` seconds after the last one left), so a
+    `--presence-republish` seconds, and forgets another process's cursors
+    `--presence-expiry` seconds after their last news (a killed process's
+    cursors disappear: `leave`). A republish is a roster: every session of
+    that process with a cursor in that document (none, for
+    `--presence-expiry` seconds after the last one was published), so a
     session missing from it has left, though its `leave` was lost while
-    Redis was away. Graceful shutdown publishes `leave`;
+    Redis was away. A process back on Redis republishes at once and asks the
+    others for their rosters of its open documents (whichever comes back
+    last hears and is heard). Graceful shutdown publishes `leave`;
   * Redis holds no state of ours: it may be empty, restarted or gone.
 """
 
@@ -91,7 +93,10 @@ class Cluster:
         self._tasks: list[asyncio.Task] = []
         self._check_now = asyncio.Event()
         self._republish_now = asyncio.Event()
-        self._rostered: dict[str, float] = {}  # documents, and when our last cursor there was republished
+        self._ask_rosters = False  # the next republish also asks the others for theirs (we were away)
+        # Documents, and when one of our cursors there was last published (live or republished): each gets
+        # a roster at every republish until `expiry` s after that (one entry per such document).
+        self._rostered: dict[str, float] = {}
         self._stopping = False
         metrics = rooms.metrics
         self.m_up = metrics.bus_up
@@ -167,6 +172,7 @@ class Cluster:
     def publish_presence(self, name: str, peers: list[dict]) -> None:
         if self.url and peers:
             self._send(name, {"k": "p", "peers": peers})
+            self._rostered[name] = time.monotonic()  # its rosters say when the last of them has left
 
     def publish_leave(self, name: str, sessions: list[str]) -> None:
         if self.url and sessions:
@@ -209,7 +215,7 @@ class Cluster:
         self.up = up
         self.m_up.set(1 if up else 0)
         if up and changed:
-            self._republish_now.set()  # what was said while Redis was away, leaves included, may be lost
+            self._rosters_lost()
         if up or changed:
             # Up: whatever was said while we were away, read it. Down: start polling now, not at the
             # end of the slower check interval the loop is waiting out (news may be lost from here on).
@@ -292,6 +298,7 @@ class Cluster:
                 # redis-py reconnected and subscribed again by itself: we missed what came meanwhile.
                 log.info("cluster: the Redis connection was renewed; checking every document")
                 self._check_now.set()
+                self._rosters_lost()
             self._confirmed.add(ch)
             return
         if kind != "message" or not ch or not ch.startswith(PREFIX):
@@ -330,6 +337,8 @@ class Cluster:
             room.remote_presence(msg["p"], msg.get("peers") or [], time.monotonic(), roster=msg.get("all") is True)
         elif kind == "l":
             room.remote_leave(msg.get("s") or [])
+        elif kind == "q":  # back on Redis, it asks for what it may have missed
+            self._republish(time.monotonic(), [name])
         elif kind == "t":
             room.taken_elsewhere(msg.get("c"), msg)
 
@@ -403,20 +412,33 @@ class Cluster:
                 self._republish_now.clear()
                 last_republish = now
                 if self.url and self.up:  # (while Redis is away it would only be dropped)
+                    if self._ask_rosters:
+                        self._ask_rosters = False
+                        for name in list(self.rooms.rooms):
+                            self._send(name, {"k": "q"})
                     self._republish(now)
 
-    def _republish(self, now: float) -> None:
-        """Each document's roster: the cursors of all our sessions there. One with none goes on getting
-        an empty roster for `expiry` s after its last (the others forget them by then anyway), the room
-        unloaded or not."""
-        rosters = {name: [] for name, last in self._rostered.items() if now - last < self.expiry}
-        for room in list(self.rooms.rooms.values()):
-            peers = room.local_presence()
-            if peers:
-                rosters[room.name] = peers
-                self._rostered[room.name] = now
+    def _rosters_lost(self) -> None:
+        """Back on Redis: what was said meanwhile, leaves included, may be lost. Republish ours, ask for theirs."""
+        self._ask_rosters = True
+        self._republish_now.set()
+
+    def _republish(self, now: float, names: list[str] | None = None) -> None:
+        """The roster of each document (or of `names`): the cursors of all our sessions there. One with
+        none goes on getting an empty roster for `expiry` s after the last was published (the others forget
+        them by then anyway), the room unloaded or not."""
         for name in [name for name, last in self._rostered.items() if now - last >= self.expiry]:
             del self._rostered[name]
+        if names is None:
+            names = list(self._rostered) + [name for name in self.rooms.rooms if name not in self._rostered]
+        rosters = {}
+        for name in names:
+            room = self.rooms.rooms.get(name)
+            peers = room.local_presence() if room is not None else []
+            if peers:
+                self._rostered[name] = now
+            if name in self._rostered:
+                rosters[name] = peers
         for name, peers in rosters.items():
             self._send(name, {"k": "p", "peers": peers, "all": True})
 
