@@ -35,7 +35,8 @@ Rules that always hold:
     JSON is built in a worker too, and one of more than AUTHORS_MAX_RUNS runs
     (about 12 MB) is refused with 413. Requests for the authorship of one
     version that arrive while it is being computed wait for that computation
-    (`authorship`): the same rows are never replayed twice side by side;
+    (`authorship`) instead of replaying its rows beside it (requests for two
+    versions at once, even near ones, each replay their own);
   * workers are fresh interpreters (not copies of the server with its sockets
     and threads) at a lower CPU priority, started on first use and kept; each
     ends on its own when the server's end of its pipe closes, so none
@@ -210,8 +211,9 @@ class _Worker:
 class Pool:
     """Runs picklable pure functions in worker processes, each job under a time budget.
 
-    `run` may be awaited from any event loop; a caller that is cancelled does
-    not cancel the job, which still ends by its deadline.
+    `run` may be awaited from any event loop. A caller that is cancelled
+    while its job waits for a thread cancels the job (it never runs); once a
+    thread runs it, the job ends by its deadline whatever the caller does.
     """
 
     def __init__(self, workers: int = WORKERS, queue: int = QUEUE, memory: int = WORKER_MEMORY):
@@ -386,8 +388,15 @@ async def authorship(owner: object, doc_id: int, version: int, every: int, **io)
     task = running.get(key)
     if task is None:
         task = running[key] = asyncio.ensure_future(_authorship(owner, doc_id, version, every, **io))
-        task.add_done_callback(lambda done: running.pop(key) if running.get(key) is done else None)
+        task.add_done_callback(lambda done: _finished(running, key, done))
     return await asyncio.shield(task)
+
+
+def _finished(running: dict, key: tuple[int, int], done: asyncio.Future) -> None:
+    if running.get(key) is done:
+        del running[key]
+    if not done.cancelled():
+        done.exception()  # retrieved here: every caller may have stopped waiting (no "never retrieved" log)
 
 
 async def _authorship(owner: object, doc_id: int, version: int, every: int, *,

@@ -490,6 +490,41 @@ async def test_authorship_asked_for_twice_at_once_is_replayed_once(client, monke
     assert replays == [version]
 
 
+async def test_an_authorship_whose_only_caller_left_fails_quietly(client, monkeypatch):
+    # The computation goes on for the others when a caller stops waiting; with nobody left, its failure
+    # (the document deleted meanwhile, an overrun) is expected, not a "Task exception was never retrieved".
+    from collab.app import STORE
+    store = client.server.app[STORE]
+    version = await two_authors(client, doc="left", rounds=4)
+    info = await store.document("left")
+    real_run = compute.Pool.run
+
+    async def slow_then_fail(self, fn, *args, **kw):
+        if fn is compute.replay:
+            await asyncio.sleep(0.3)
+            raise compute.Overrun("the authorship replay ran out of its time budget")
+        return await real_run(self, fn, *args, **kw)
+
+    monkeypatch.setattr(compute.Pool, "run", slow_then_fail)
+    loop = asyncio.get_running_loop()
+    reported = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context.get("message")))
+    try:
+        asker = asyncio.ensure_future(store.authorship(info["id"], version))
+        await asyncio.sleep(0.1)
+        asker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asker
+        await asyncio.sleep(0.5)  # the computation fails meanwhile
+        import gc
+        gc.collect()  # a task whose exception nobody retrieved says so when it is collected
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []
+
+
 async def test_authors_at_a_stored_checkpoint_is_refused_over_its_budget_too(client, monkeypatch, tmp_path):
     """Was: asked for exactly a version whose spans were stored (a checkpoint), nothing was replayed, the
     run count stayed unknown, and the answer went out however many runs it held."""
