@@ -36,7 +36,9 @@ Rules every backend keeps:
     checkpoints, former names, people) raise `DocumentGone` when no document
     has that id any more (deleted since its row was read), in the same
     transaction: nothing is written for it, and no empty answer stands for
-    what it had. Ids are never given twice, so it cannot be another's. A
+    what it had. Ids are never given twice (SQLite: since migration 006;
+    the id of a newest document deleted before it may come once more), so
+    it cannot be another's. A
     salt, a name or a delete given the name the row was read under
     (`name=`) raise it too when the document is called otherwise now
     (renamed since);

@@ -52,6 +52,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import Counter
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
@@ -108,34 +109,58 @@ def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
     return found
 
 
+def _orphans(conn: sqlite3.Connection) -> Counter:
+    """Rows whose foreign key finds no row, counted by (table, the table it references)."""
+    return Counter((row[0], row[2]) for row in conn.execute("PRAGMA foreign_key_check"))
+
+
 def apply_migrations(conn: sqlite3.Connection, directory: Path | None = None) -> list[str]:
     """Apply the migrations not yet recorded in `schema_version`, each in its own transaction.
 
     Foreign keys are off while a migration runs and checked before it commits: a migration may make
     a table again (SQLite's way to change what ALTER TABLE cannot), and dropping the old one with
-    foreign keys on would delete, by cascade, every row that references it.
+    foreign keys on would delete, by cascade, every row that references it. A migration that would
+    leave more rows referencing nothing than there were before it is rolled back (rows like that made
+    outside collab, with foreign keys off in the sqlite3 shell, say, are left as they were). A
+    migration another process applied since `schema_version` was read here is skipped.
     """
+    if conn.in_transaction:  # PRAGMA foreign_keys would do nothing, silently
+        raise RuntimeError("migrations need a connection with no transaction open; nothing was changed")
     files = migration_files(directory)
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                  "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
     done = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
     applied = []
     enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
-    conn.execute("PRAGMA foreign_keys=OFF")  # (a no-op inside a transaction: none is open here)
+    conn.execute("PRAGMA foreign_keys=OFF")
     try:
+        if conn.execute("PRAGMA foreign_keys").fetchone()[0]:
+            raise RuntimeError("foreign keys could not be turned off for the migrations; nothing was changed")
         for number, path in pending_migrations(files, done):
             sql = path.read_text()
+            before = _orphans(conn)
+            if before and not applied:
+                log.warning("the database has %d rows referencing rows that do not exist (%s), made outside "
+                            "collab; the migrations leave them as they are", sum(before.values()),
+                            ", ".join(f"{table} -> {parent}" for table, parent in before))
             # executescript commits first, then runs BEGIN, the script and its record, and leaves the
             # transaction open; a failing statement leaves it open too, so roll it back.
             try:
                 conn.executescript(
                     f"BEGIN IMMEDIATE;\n{sql}\n;INSERT INTO schema_version(version, name, applied) "
                     f"VALUES ({number}, '{path.name}', {time.time()});")
-                broken = conn.execute("PRAGMA foreign_key_check").fetchone()
-                if broken is not None:
-                    raise RuntimeError(f"migration {path.name} would leave a row of {broken[0]} referencing "
-                                       f"a missing row of {broken[2]}; nothing was changed")
+                new = _orphans(conn) - before
+                if new:
+                    table, parent = next(iter(new))
+                    raise RuntimeError(f"migration {path.name} would leave rows of {table} referencing "
+                                       f"missing rows of {parent}; nothing was changed")
                 conn.execute("COMMIT")
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if conn.execute("SELECT 1 FROM schema_version WHERE version = ?", (number,)).fetchone():
+                    continue  # another process applied it since `done` was read: its transaction stands
+                raise
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

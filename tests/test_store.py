@@ -79,11 +79,56 @@ def test_a_migration_that_would_orphan_rows_changes_nothing(tmp_path):
                                     "CREATE TABLE b (a_id INTEGER REFERENCES a(id));")
     (mig / "002_orphans.sql").write_text("INSERT INTO b VALUES (7);")
     conn = connect_sync(tmp_path / "m.db")
-    with pytest.raises(RuntimeError, match="002_orphans.sql would leave a row of b referencing a missing row of a"):
+    with pytest.raises(RuntimeError, match="002_orphans.sql would leave rows of b referencing missing rows of a"):
         apply_migrations(conn, mig)
     assert conn.execute("SELECT COUNT(*) FROM b").fetchone()[0] == 0
     assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1]
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_rows_referencing_nothing_made_outside_collab_do_not_block_a_migration(tmp_path):
+    # foreign_key_check looks at the whole database: a row left by hand with foreign keys off (the
+    # sqlite3 shell's default) must not make every later migration fail.
+    mig = tmp_path / "migs"
+    mig.mkdir()
+    (mig / "001_ok.sql").write_text("CREATE TABLE a (id INTEGER PRIMARY KEY); "
+                                    "CREATE TABLE b (a_id INTEGER REFERENCES a(id));")
+    conn = connect_sync(tmp_path / "m.db")
+    apply_migrations(conn, mig)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("INSERT INTO b VALUES (7)")
+    conn.execute("PRAGMA foreign_keys=ON")
+    (mig / "002_next.sql").write_text("CREATE TABLE c (x INTEGER);")
+    assert apply_migrations(conn, mig) == ["002_next.sql"]
+    assert conn.execute("SELECT a_id FROM b").fetchall() == [(7,)]
+
+
+def test_migrations_refuse_a_connection_inside_a_transaction(tmp_path):
+    # PRAGMA foreign_keys=OFF does nothing inside a transaction: 006's DROP TABLE would then delete every
+    # row referencing a document, and the check after it would find nothing wrong.
+    mig = tmp_path / "migs"
+    mig.mkdir()
+    (mig / "001_ok.sql").write_text("CREATE TABLE a (x INTEGER);")
+    conn = connect_sync(tmp_path / "m.db")
+    conn.execute("BEGIN")
+    with pytest.raises(RuntimeError, match="no transaction open"):
+        apply_migrations(conn, mig)
+    conn.execute("ROLLBACK")
+    assert apply_migrations(conn, mig) == ["001_ok.sql"]
+
+
+def test_a_migration_another_process_applied_meanwhile_is_skipped(tmp_path, monkeypatch):
+    # Two processes starting at once both read schema_version before either migrates; the second to take
+    # the write lock finds the migration recorded (its own run of it fails and is rolled back) and goes on.
+    db = tmp_path / "m.db"
+    first = connect_sync(db)
+    apply_migrations(first)
+    recorded = first.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0]
+    monkeypatch.setattr(store_module, "pending_migrations", lambda files, done: files)  # read before the other
+    second = connect_sync(db)
+    assert apply_migrations(second) == []
+    assert second.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == recorded
+    assert second.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
 def test_making_the_documents_table_again_keeps_every_row_and_reference(tmp_path):
@@ -106,13 +151,17 @@ def test_making_the_documents_table_again_keeps_every_row_and_reference(tmp_path
         conn.execute("INSERT INTO snapshots(doc_id, version, text, time) VALUES (?, 1, 'x', ?)", (doc_id, now))
         conn.execute("INSERT INTO checkpoints(doc_id, version, name, author, time) VALUES (?, 1, 'v', 'a', ?)",
                      (doc_id, now))
+        conn.execute("INSERT INTO authorship(doc_id, version, spans) VALUES (?, 1, '[[1,\"a\"]]')", (doc_id,))
+        conn.execute("INSERT INTO renamed(name, doc_id, time) VALUES (?, ?, ?)", (f"old-{name}", doc_id, now))
+    tables = ("updates", "snapshots", "checkpoints", "authorship", "renamed")
+    rows = {table: conn.execute(f"SELECT * FROM {table} ORDER BY doc_id").fetchall() for table in tables}
     assert apply_migrations(conn) == [path.name for number, path in files if number >= 6]
     assert conn.execute("SELECT id, name, salt FROM documents ORDER BY id").fetchall() == [
         (1, "one", "salt1"), (2, "two", "salt2")]
-    for table in ("updates", "snapshots", "checkpoints"):
-        assert conn.execute(f"SELECT doc_id FROM {table} ORDER BY doc_id").fetchall() == [(1,), (2,)], table
+    for table in tables:
+        assert conn.execute(f"SELECT * FROM {table} ORDER BY doc_id").fetchall() == rows[table], table
     conn.execute("DELETE FROM documents WHERE id = 2")
-    for table in ("updates", "snapshots", "checkpoints"):
+    for table in tables:
         assert conn.execute(f"SELECT doc_id FROM {table}").fetchall() == [(1,)], table
     conn.execute("INSERT INTO documents(name, created, updated) VALUES ('three', ?, ?)", (now, now))
     assert conn.execute("SELECT id FROM documents WHERE name = 'three'").fetchone()[0] == 3
