@@ -37,11 +37,11 @@ async def secured(db, aiohttp_client):
     return await aiohttp_client(create_app(settings))
 
 
-async def opened(client, doc, client_id, token=None):
+async def opened(client, doc, client_id, token=None, version=None):
     """A session on `doc` (with `token` when access control is on); its welcome."""
     url = f"/ws/{doc}" + (f"?token={token}" if token else "")
     ws = await client.ws_connect(url, protocols=["collab.v1"])
-    await send(ws, {"type": "hello", "clientID": client_id, "version": None, "user": USER})
+    await send(ws, {"type": "hello", "clientID": client_id, "version": version, "user": USER})
     return ws, await recv_type(ws, "welcome")
 
 

@@ -15,18 +15,14 @@ import asyncio
 import pytest
 
 from collab import compute
-from collab.access import Access
 from collab.app import ROOMS, STORE, create_app
 from collab.room import Room
 from collab.settings import Settings
 from conftest import BOTH_BACKENDS
 from wsutil import USER, closed, connect, push, recv, recv_type, send
+from test_deleted_meanwhile import ADMIN, SECRET, opened, still_open, typed  # the delete races' helpers
 
 pytestmark = BOTH_BACKENDS  # every test runs on SQLite and on PostgreSQL
-
-SECRET = "correct horse battery staple"
-ADMIN = {"Authorization": f"Bearer {Access(SECRET.encode()).admin_token()}"}
-
 
 @pytest.fixture
 async def client(db, aiohttp_client):
@@ -39,33 +35,6 @@ async def secured(db, aiohttp_client):
     """Access control on: share links are signed with each document's name and salt."""
     settings = Settings(db=db, secret=SECRET, unload_after=60)
     return await aiohttp_client(create_app(settings))
-
-
-async def opened(client, doc, client_id, token=None, version=None):
-    """A session on `doc` (with `token` when access control is on); its welcome."""
-    url = f"/ws/{doc}" + (f"?token={token}" if token else "")
-    ws = await client.ws_connect(url, protocols=["collab.v1"])
-    await send(ws, {"type": "hello", "clientID": client_id, "version": version, "user": USER})
-    return ws, await recv_type(ws, "welcome")
-
-
-async def typed(client, doc, text, client_id="a", token=None, keep=False):
-    """`text` typed at the start of `doc` (made by this first edit if need be); the session is closed
-    unless `keep`. Returns (session, its version now)."""
-    ws, welcome = await opened(client, doc, client_id, token)
-    version, length = welcome["version"], len(welcome.get("doc", ""))
-    await push(ws, version, client_id, [[0, text]] + ([length] if length else []))
-    await recv_type(ws, "updates")
-    if not keep:
-        await ws.close()
-    return ws, version + 1
-
-
-async def still_open(ws, client_id, version, length):
-    """The session `ws` still edits its document: a push is acknowledged with the next version."""
-    await push(ws, version, client_id, [[0, "!"], length])
-    frame = await recv_type(ws, "updates")
-    assert frame["from"] == version
 
 
 async def answer(resp, status, code=None):
