@@ -20,7 +20,7 @@ from collab.room import Room
 from collab.settings import Settings
 from conftest import BOTH_BACKENDS
 from wsutil import USER, closed, connect, push, recv, recv_type, send
-from test_deleted_meanwhile import ADMIN, SECRET, opened, still_open, typed  # the delete races' helpers
+from test_deleted_meanwhile import ADMIN, SECRET, meanwhile, opened, still_open, typed  # the delete races' helpers
 
 pytestmark = BOTH_BACKENDS  # every test runs on SQLite and on PostgreSQL
 
@@ -48,26 +48,6 @@ async def answer(resp, status, code=None):
 async def text_of(client, doc, headers=None):
     body = await answer(await client.get(f"/api/docs/{doc}", headers=headers), 200)
     return body["version"], body["doc"]
-
-
-def meanwhile(monkeypatch, owner, method, before=None, after=None):
-    """`owner.method` does `before()` then itself, or itself then `after()`, the first time it is called."""
-    real = getattr(owner, method)
-    done = []
-
-    async def step(*args, **kw):
-        if done:
-            return await real(*args, **kw)
-        done.append(True)
-        if before is not None:
-            await before()
-        result = await real(*args, **kw)
-        if after is not None:
-            await after()
-        return result
-
-    monkeypatch.setattr(owner, method, step)
-    return done
 
 
 def hold_commits(request, monkeypatch, room):
