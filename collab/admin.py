@@ -39,8 +39,8 @@ from . import compute, protocol, transfer
 from .changes import utf16_len
 from .errors import CollabError
 from .settings import Settings
-from .storage import (Kept, NamedWhileCompacting, NotOurs, StorageUnavailable, TooManyDocuments, VersionCompacted,
-                      check_ours, database_exists, describe, is_postgres, store_at, store_for)
+from .storage import (DocumentGone, Kept, NamedWhileCompacting, NotOurs, StorageUnavailable, TooManyDocuments,
+                      VersionCompacted, check_ours, database_exists, describe, is_postgres, store_at, store_for)
 
 
 class AdminError(Exception):
@@ -184,7 +184,7 @@ async def _export(settings: Settings, out: Path) -> tuple[int, int, list[str]]:
             if info is not None:  # else renamed or deleted since the list was read
                 try:
                     text = await store.text_at(info["id"], info["version"])
-                except VersionCompacted:  # deleted in between: its rows went
+                except (VersionCompacted, DocumentGone):  # deleted in between
                     pass
             if text is None:
                 gone.append(entry["name"])
@@ -263,9 +263,14 @@ async def _import(settings: Settings, files: list[Path]) -> tuple[list[str], lis
             # create_document returns an existing document unchanged: if someone made this one
             # in the instant since the check above, say so rather than claim it was imported.
             info = await store.document(name)
-            if info["id"] != doc_id or await store.text_at(doc_id, info["version"]) != text \
-                    or info["version"] != (1 if text else 0):
-                refused.append(f"{path.name}: a document named {name!r} was created meanwhile (left as it is)")
+            try:
+                made_here = info is not None and info["id"] == doc_id and info["version"] == (1 if text else 0) \
+                    and await store.text_at(doc_id, info["version"]) == text
+            except DocumentGone:
+                made_here = False
+            if not made_here:
+                refused.append(f"{path.name}: a document named {name!r} was created (or deleted) meanwhile "
+                               "(left as it is)")
                 continue
             created.append(name)
     return created, refused

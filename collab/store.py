@@ -772,11 +772,13 @@ class Store(GroupWriter):
         return await self._read(fn)
 
     async def text_at(self, doc_id: int, version: int) -> str:
-        """The text at `version`: the newest snapshot at or below it plus the updates after it."""
+        """The text at `version`: the newest snapshot at or below it plus the updates after it
+        (VersionCompacted if they are gone, DocumentGone if the document is)."""
         def fn(conn: sqlite3.Connection) -> str:
             snap_version, text = _snapshot_at(conn, doc_id, version)
             rows = _update_rows(conn, doc_id, snap_version, version)
             if len(rows) != version - snap_version:
+                _exists(conn, doc_id)
                 raise _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
             _end_read(conn)
             doc = Text(text)

@@ -943,11 +943,13 @@ class PgStore(GroupWriter):
                                                   row))
 
     async def text_at(self, doc_id: int, version: int) -> str:
-        """The text at `version`: the newest snapshot at or below it plus the updates after it."""
+        """The text at `version`: the newest snapshot at or below it plus the updates after it
+        (VersionCompacted if they are gone, DocumentGone if the document is)."""
         async def fn(conn: asyncpg.Connection):
             snap_version, text = await _snapshot_at(conn, doc_id, version)
             rows = await conn.fetch(_UPDATE_ROWS, doc_id, snap_version, version)
             if len(rows) != version - snap_version:
+                await _exists(conn, doc_id)
                 raise await _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
             return text, rows
 

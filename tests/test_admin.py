@@ -615,11 +615,12 @@ def test_compact_after_a_run_that_stopped_part_way(db, capsys):
         assert _on_store(db, lambda store, v=v: store.text_at(doc_id, v)) == texts[v]
 
 
-@pytest.mark.parametrize("change", ["rename", "delete"])
+@pytest.mark.parametrize("change", ["rename", "delete", "delete-before-read"])
 def test_compact_leaves_a_document_renamed_or_deleted_meanwhile_and_goes_on(db, monkeypatch, capsys, change):
     """Was: a document renamed after compact listed the documents, or deleted while compact worked on it,
     stopped the whole command with a traceback (a TypeError on the missing row, a foreign-key failure
-    writing the boundary's snapshot), the other documents left uncompacted."""
+    writing the boundary's snapshot), the other documents left uncompacted. Deleted before its boundary
+    was read, it was said to be unreadable from an earlier run that stopped part way (exit status 1)."""
     from collab import admin
     from collab.settings import Settings
 
@@ -637,10 +638,15 @@ def test_compact_leaves_a_document_renamed_or_deleted_meanwhile_and_goes_on(db, 
             await self.delete_document(a_id)
         return text
 
+    async def deleted_before_read(self, doc, version):
+        if doc == a_id:
+            await self.delete_document(a_id)
+        return await real_text_at(self, doc, version)
+
     if change == "rename":
         monkeypatch.setattr(backend_class, "list_documents", listed_then_renamed)
     else:
-        monkeypatch.setattr(backend_class, "text_at", deleted_meanwhile)
+        monkeypatch.setattr(backend_class, "text_at", deleted_meanwhile if change == "delete" else deleted_before_read)
     assert admin.compact(Settings(db=db, keep_history=10)) == 0
     out = capsys.readouterr().out
     assert _oldest(db, b_id) == 31, "the next document was compacted"

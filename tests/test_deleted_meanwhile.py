@@ -305,4 +305,7 @@ async def test_a_read_of_a_document_deleted_meanwhile(client, monkeypatch, path,
         assert (await client.delete("/api/docs/h")).status == 200
 
     meanwhile(monkeypatch, store, step, before=delete)
-    await not_found(await client.get(path))
+    resp = await client.get(path)
+    await not_found(resp)
+    if step == "text_at":  # said as it is, not as "version 1 was compacted away"
+        assert (await resp.json())["error"]["message"] == "this document was deleted"
