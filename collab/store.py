@@ -155,15 +155,12 @@ def apply_migrations(conn: sqlite3.Connection, directory: Path | None = None) ->
                     raise RuntimeError(f"migration {path.name} would leave rows of {table} referencing "
                                        f"missing rows of {parent}; nothing was changed")
                 conn.execute("COMMIT")
-            except sqlite3.Error:
+            except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if conn.execute("SELECT 1 FROM schema_version WHERE version = ?", (number,)).fetchone():
+                if isinstance(exc, sqlite3.Error) and conn.execute(
+                        "SELECT 1 FROM schema_version WHERE version = ?", (number,)).fetchone():
                     continue  # another process applied it since `done` was read: its transaction stands
-                raise
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
                 raise
             applied.append(path.name)
     finally:
@@ -270,12 +267,19 @@ _NAMED_LOSING_ROWS = (
     "WHERE snap < version AND snap >= ? - 1 AND snap < ?")
 
 
-def _exists(conn: sqlite3.Connection, doc_id: int, name: str | None = None) -> None:
-    """Raise DocumentGone unless a document has the id `doc_id` (it was deleted since its row was read),
-    and, if given, the name `name` (it was renamed since)."""
+def _exists(conn: sqlite3.Connection, doc_id: int, name: str | None = None) -> str:
+    """The name of the document with the id `doc_id`; DocumentGone if there is none (it was deleted since
+    its row was read) or, with `name`, if it is called otherwise (renamed since)."""
     row = conn.execute("SELECT name FROM documents WHERE id = ?", (doc_id,)).fetchone()
     if row is None or name not in (None, row[0]):
         raise DocumentGone(doc_id, name)
+    return row[0]
+
+
+def _rows_of(conn: sqlite3.Connection, doc_id: int, query: str, args: tuple) -> list:
+    """`query`'s rows about document `doc_id`, or DocumentGone (in the same read transaction)."""
+    _exists(conn, doc_id)
+    return conn.execute(query, args).fetchall()
 
 
 def _readable(conn: sqlite3.Connection, doc_id: int, version: int) -> None:
@@ -790,25 +794,18 @@ class Store(GroupWriter):
 
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
         """Update summaries with version < `before`, newest first."""
-        def fn(conn: sqlite3.Connection) -> list[dict]:
-            _exists(conn, doc_id)
-            rows = conn.execute("SELECT version, client_id, author, time, inserted, deleted, restored_from, "
-                                "person, color FROM updates WHERE doc_id = ? AND version < ? "
-                                "ORDER BY version DESC LIMIT ?", (doc_id, before, limit)).fetchall()
-            return [history_entry(*row) for row in rows]
-
-        return await self._read(fn)
+        rows = await self._read(lambda conn: _rows_of(
+            conn, doc_id, "SELECT version, client_id, author, time, inserted, deleted, restored_from, person, color "
+            "FROM updates WHERE doc_id = ? AND version < ? ORDER BY version DESC LIMIT ?", (doc_id, before, limit)))
+        return [history_entry(*row) for row in rows]
 
     async def rename_document(self, doc_id: int, new_name: str, name: str | None = None) -> str:
         """Give the document a new name (NameTaken if it is someone's); the old one is remembered.
         DocumentGone if it was deleted, or is no longer called `name` (renamed by someone else since)."""
         def fn(conn: sqlite3.Connection) -> str:
-            row = conn.execute("SELECT name FROM documents WHERE id = ?", (doc_id,)).fetchone()
-            if row is None or name not in (None, row[0]):
-                raise DocumentGone(doc_id, name)
+            old = _exists(conn, doc_id, name)
             if conn.execute("SELECT 1 FROM documents WHERE name = ?", (new_name,)).fetchone():
                 raise NameTaken(f"a document named {new_name!r} already exists")
-            (old,) = row
             conn.execute("UPDATE documents SET name = ? WHERE id = ?", (new_name, doc_id))
             conn.execute("DELETE FROM renamed WHERE name = ?", (new_name,))
             conn.execute("INSERT OR REPLACE INTO renamed(name, doc_id, time) VALUES (?, ?, ?)",
@@ -824,14 +821,10 @@ class Store(GroupWriter):
         return row[0] if row else None
 
     async def former_names(self, doc_id: int, limit: int = 20) -> list[tuple[str, float]]:
-        def fn(conn: sqlite3.Connection) -> list:
-            _exists(conn, doc_id)
-            return conn.execute(
-                "SELECT r.name, r.time FROM renamed r WHERE r.doc_id = ? AND NOT EXISTS "
-                "(SELECT 1 FROM documents d WHERE d.name = r.name) ORDER BY r.time DESC LIMIT ?",
-                (doc_id, limit)).fetchall()
-
-        return [(name, when) for name, when in await self._read(fn)]
+        rows = await self._read(lambda conn: _rows_of(
+            conn, doc_id, "SELECT r.name, r.time FROM renamed r WHERE r.doc_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM documents d WHERE d.name = r.name) ORDER BY r.time DESC LIMIT ?", (doc_id, limit)))
+        return [(name, when) for name, when in rows]
 
     async def set_checkpoint(self, doc_id: int, version: int, name: str | None, author: str,
                              max_checkpoints: int | None = None) -> None:
@@ -859,12 +852,9 @@ class Store(GroupWriter):
 
     async def checkpoints(self, doc_id: int) -> list[dict]:
         """Every named version of the document, oldest first."""
-        def fn(conn: sqlite3.Connection) -> list:
-            _exists(conn, doc_id)
-            return conn.execute("SELECT version, name, author, time FROM checkpoints WHERE doc_id = ? "
-                                "ORDER BY version", (doc_id,)).fetchall()
-
-        rows = await self._read(fn)
+        rows = await self._read(lambda conn: _rows_of(
+            conn, doc_id, "SELECT version, name, author, time FROM checkpoints WHERE doc_id = ? ORDER BY version",
+            (doc_id,)))
         return [{"version": v, "name": n, "author": a, "time": t} for v, n, a, t in rows]
 
     async def oldest_update(self, doc_id: int) -> int | None:
@@ -874,14 +864,10 @@ class Store(GroupWriter):
 
     async def people(self, doc_id: int) -> dict[str, dict]:
         """Each person who edited the document: the name and colour of their latest update."""
-        def fn(conn: sqlite3.Connection) -> list:
-            _exists(conn, doc_id)
-            return conn.execute(
-                "SELECT u.person, u.author, u.color FROM updates u JOIN (SELECT person, MAX(version) AS v FROM "
-                "updates WHERE doc_id = ? AND person IS NOT NULL GROUP BY person) last ON last.person = u.person "
-                "AND last.v = u.version WHERE u.doc_id = ?", (doc_id, doc_id)).fetchall()
-
-        rows = await self._read(fn)
+        rows = await self._read(lambda conn: _rows_of(
+            conn, doc_id, "SELECT u.person, u.author, u.color FROM updates u JOIN (SELECT person, MAX(version) AS v "
+            "FROM updates WHERE doc_id = ? AND person IS NOT NULL GROUP BY person) last ON last.person = u.person "
+            "AND last.v = u.version WHERE u.doc_id = ?", (doc_id, doc_id)))
         return {person: {"name": name, "color": color} for person, name, color in rows}
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:
