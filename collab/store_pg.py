@@ -402,10 +402,13 @@ _NAMED_LOSING_ROWS = (
     "WHERE snap < version AND snap >= $2 - 1 AND snap < $4")
 
 
-async def _exists(conn: asyncpg.Connection, doc_id: int) -> None:
-    """Raise DocumentGone unless a document has the id `doc_id` (it was deleted since its row was read)."""
-    if await conn.fetchval("SELECT 1 FROM documents WHERE id = $1", doc_id) is None:
-        raise DocumentGone(doc_id)
+async def _exists(conn: asyncpg.Connection, doc_id: int, name: str | None = None) -> str:
+    """The name of the document with the id `doc_id`; DocumentGone if there is none (it was deleted since
+    its row was read) or, with `name`, if it is called otherwise (renamed since)."""
+    found = await conn.fetchval("SELECT name FROM documents WHERE id = $1", doc_id)
+    if found is None or name not in (None, found):
+        raise DocumentGone(doc_id, name)
+    return found
 
 
 async def _rows_of(conn: asyncpg.Connection, doc_id: int, query: str, *args) -> list:
@@ -973,9 +976,7 @@ class PgStore(GroupWriter):
         """Give the document a new name (NameTaken if it is someone's); the old one is remembered.
         DocumentGone if it was deleted, or is no longer called `name` (renamed by someone else since)."""
         async def fn(conn: asyncpg.Connection) -> str:
-            old = await conn.fetchval("SELECT name FROM documents WHERE id = $1", doc_id)
-            if old is None or name not in (None, old):
-                raise DocumentGone(doc_id, name)
+            old = await _exists(conn, doc_id, name)
             if await conn.fetchval("SELECT 1 FROM documents WHERE name = $1", new_name):
                 raise NameTaken(f"a document named {new_name!r} already exists")
             await conn.execute("UPDATE documents SET name = $1 WHERE id = $2", new_name, doc_id)
