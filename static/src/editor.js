@@ -344,6 +344,9 @@ function onRenamed(to, text) {
   setTimeout(() => location.replace(tokenLink ? location.href : `/d/${encodeURIComponent(to)}`), 600);
 }
 
+const ADOPT_CHECK_MS = 2000; // how often an open page looks for the records of tabs closed meanwhile
+const ADOPT_GRACE_MS = 2000; // a record saved since then may be its own tab's, reloading: left to it
+
 const HINT_KEY = "collab:hint:share"; // set once the admin took the hint (opened Share or dismissed it)
 
 /** The admin opened a document: the people to write with get its edit or view link, from Share (said until taken). */
@@ -442,11 +445,18 @@ async function boot() {
   let flushing = false;
   // A tab of this document closed with unsent edits while this page was open (the server was down,
   // say): its record is adopted on the next connection, not left until some later page opens.
-  const adoptClosedTabs = async () => {
+  // `grace` (ms): leave alone a record saved less than that long ago, for its own tab's reload to take.
+  // Resolves to how many records it adopted.
+  const adoptClosedTabs = async (grace = 0) => {
+    let adopted = 0;
     for (const rec of await store.orphans()) {
       if (rec.clientID !== clientID && !extras.some((e) => e.clientID === rec.clientID)
-          && await store.acquire(rec.clientID)) extras.push(rec);
+          && Date.now() - (rec.savedAt || 0) >= grace && await store.acquire(rec.clientID)) {
+        extras.push(rec);
+        adopted++;
+      }
     }
+    return adopted;
   };
   const flushExtras = async () => {
     if (flushing || !extras.length) return;
@@ -484,6 +494,15 @@ async function boot() {
       renamed: onRenamed,
     },
   });
+  // Such a tab may also close while this page stays connected (its own connection was down, or it
+  // was offline alone): no status change of this page would then look for its record, and its edits
+  // would wait in storage, unseen by everyone, while this page says all is saved. So while another
+  // tab's record of this document is in storage, this page looks every few seconds.
+  setInterval(() => {
+    if (flushing || session.statusInfo().state !== "connected") return;
+    const others = store.recordIDs().filter((id) => id !== clientID && !extras.some((e) => e.clientID === id));
+    if (others.length) adoptClosedTabs(ADOPT_GRACE_MS).then((n) => (n ? flushExtras() : null), () => null);
+  }, ADOPT_CHECK_MS);
   historyPanel = new HistoryPanel({
     docName,
     getView: () => session.view,

@@ -104,6 +104,11 @@ export class PendingStore {
     return out;
   }
 
+  /** The client IDs of this document's records in storage (cheap: no parsing, no lock query). */
+  recordIDs() {
+    return recordIDs(PENDING, this.doc);
+  }
+
   /** Names of the other documents this browser keeps records of. */
   otherDocs() {
     const docs = new Set();

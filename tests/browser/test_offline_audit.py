@@ -1,0 +1,63 @@
+"""An audit of the editor page's offline and reconnect behaviour: each test here failed on the code
+before the fix it names.
+
+Ways to cut one page off while another of the same browser stays connected: Playwright's
+`page.route_web_socket` on that page alone refuses its WebSockets (set_offline would take the whole
+context, every tab of the browser, off the network).
+"""
+
+from __future__ import annotations
+
+from .browser_helpers import open_editor, wait_synced, wait_status, wait_until
+from .test_offline import stored_keys
+
+
+def cut_off_page(ctx, base_url: str, doc: str):
+    """A page of `ctx` on `doc` whose WebSockets the test can refuse (`page.cut["on"] = True`)."""
+    cut = {"on": False}
+    page = ctx.new_page()
+
+    def route(ws):
+        if cut["on"]:
+            ws.close(code=1011, reason="cut off by the test")
+        else:
+            ws.connect_to_server()
+
+    page.route_web_socket("**/ws/**", route)
+    page.on("dialog", lambda d: d.accept())  # the "unsaved edits" prompt when it closes
+    page.goto(f"{base_url}/d/{doc}")
+    page.wait_for_selector("body[data-ready=true]")
+    wait_status(page, "connected")
+    page.cut = cut
+    return page
+
+
+def test_a_tab_closed_offline_beside_an_idle_connected_tab_is_sent(server, contexts):
+    """Was: tab A of a document lost its connection (offline alone, or its socket dropped and it was
+    waiting to retry), its person typed and closed it; tab B of the same browser stayed connected and
+    idle. B looked for closed tabs' records only when its own status changed, so A's edits waited in
+    storage, seen by nobody, while B said "all changes saved" (and B, closed in turn, asked nothing).
+    Now an open page looks every few seconds while another tab's record of its document is stored."""
+    doc = "closed-beside-idle"
+    ctx = contexts()
+    b = open_editor(ctx, server.url, doc)
+    a = cut_off_page(ctx, server.url, doc)
+    a.click(".cm-content")
+    a.keyboard.type("shared.")
+    wait_synced([a, b], server.url, doc)
+
+    a.cut["on"] = True
+    a.evaluate("() => window.__collab.session.reconnectNow()")  # its connection drops; retries are refused
+    wait_status(a, "reconnecting")
+    a.keyboard.type(" Typed in A while it was cut off.")
+    assert a.evaluate("() => window.__collab.pending") > 0
+    with a.expect_event("close"):
+        a.close(run_before_unload=True)
+    assert any(k.startswith(f"collab:pending:{doc}:") for k in stored_keys(ctx))
+
+    # B, connected and untouched meanwhile, sends them.
+    b.wait_for_function("() => window.__collab.view.state.doc.toString().includes('cut off.')", timeout=10000)
+    assert wait_synced([b], server.url, doc) == "shared. Typed in A while it was cut off."
+    wait_until(lambda: not any(k.startswith("collab:pending:") for k in stored_keys(ctx)),
+               what="the stored edits to be removed")
+
