@@ -15,7 +15,9 @@ Usage (from the repository root):
     .venv/bin/python bench/load.py compare-reference [--rounds 3] [--loops uvloop,asyncio]
                                                 # collab against CodeMirror's own authority
                                                 # (bench/reference.mjs), alternately, every
-                                                # figure as collab / reference
+                                                # figure as collab / reference; with
+                                                # --without-commit also collab with its durable
+                                                # commit left out (bench/no_commit.py)
 
 Every mode takes `--db`: a comma-separated list of databases to run it on,
 each `sqlite` (a temporary file; `sqlite:full` with --sync full), `postgres`
@@ -340,6 +342,11 @@ REFERENCE_WORKLOADS = {
 FLOOR = ROOT / "bench" / "aiohttp_floor.py"
 FLOOR_NAME = "aiohttp floor"
 FLOOR_WORKLOADS = {"idle10k"}
+# --without-commit: collab with its durable commit left out (bench/no_commit.py, SQLite only), one more
+# column for the typing workloads, so that what the commit costs per edit is measured in the same run.
+NO_COMMIT = ROOT / "bench" / "no_commit.py"
+NO_COMMIT_NAME = "collab, no commit"
+NO_COMMIT_WORKLOADS = {"push4", "docs20x5", "typing10"}
 
 
 class ReferenceServer:
@@ -427,6 +434,8 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
             if a.duration and mode in ("typing", "throughput"):
                 extra += ["--duration", str(int(a.duration * 1000))]
             floor = [(FLOOR_NAME, None, None)] if key in FLOOR_WORKLOADS else []
+            if a.without_commit and key in NO_COMMIT_WORKLOADS:
+                floor.append((NO_COMMIT_NAME, None, None))
             runs: dict[str, list[dict]] = {name: [] for name, _, _ in [*variants, *floor]}
             runs["reference"] = []
             for rnd in range(a.rounds):
@@ -439,6 +448,12 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
                         if name == FLOOR_NAME:
                             server = ReferenceServer(node, tmp / "floor.log", [sys.executable, str(FLOOR)],
                                                      "bench/aiohttp_floor.py").start()
+                        elif name == NO_COMMIT_NAME:
+                            command = [sys.executable, str(NO_COMMIT), "serve", "--host", "127.0.0.1",
+                                       "--db", str(tmp / "no-commit.db"), *server_args]
+                            if "--rate" not in server_args:  # as ServerProcess runs collab (serverproc.py)
+                                command += ["--rate", "1000000", "--burst", "1000000"]
+                            server = ReferenceServer(node, tmp / "server.log", command, "bench/no_commit.py").start()
                         elif db is None:
                             server = ReferenceServer(node, tmp / "reference.log").start()
                         else:
@@ -499,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"workloads (default all: {', '.join(REFERENCE_WORKLOADS)})")
     p.add_argument("--loops", default="", help="compare-reference: collab's event loops (its --loop), "
                    "comma-separated, each a column: uvloop, asyncio (default: the server's default only)")
+    p.add_argument("--without-commit", action="store_true", help="compare-reference: also run collab with its "
+                   "durable commit left out (bench/no_commit.py; push4, docs20x5, typing10), a column of its own")
     add_trace_argument(p)
     a = p.parse_args(argv)
     if a.bench in ("trace", "all") and not a.trace.is_file():
