@@ -30,7 +30,9 @@ Rules that always hold:
     session missing from it has left, though its `leave` was lost while
     Redis was away. A process back on Redis republishes at once and asks the
     others for their rosters of its open documents (whichever comes back
-    last hears and is heard). Graceful shutdown publishes `leave`;
+    last hears and is heard); a process that opens a document asks for
+    theirs of it, so the cursors of people elsewhere show at once. Graceful
+    shutdown publishes `leave`;
   * Redis holds no state of ours: it may be empty, restarted or gone.
 """
 
@@ -148,6 +150,14 @@ class Cluster:
                 await self._pubsub.subscribe(ch)
             except Exception as exc:  # noqa: BLE001 - the reader notices and reconnects
                 log.info("subscribing to %s failed: %s", name, exc)
+
+    def opened(self, name: str) -> None:
+        """A room of `name` was just registered here (watched before its load): ask the other processes for
+        their rosters there, so the cursors of their people show at once, not at their next republish (up
+        to `--presence-republish` seconds later for someone who does not move). After the registration:
+        an answer that came before it would find no room and be dropped."""
+        if self.url and self.up:
+            self._send(name, {"k": "q"})
 
     def unwatch(self, name: str) -> None:
         ch = channel(name)

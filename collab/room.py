@@ -1384,6 +1384,8 @@ class Rooms:
             room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version, loaded.salt)
             self.rooms[name] = room
             self.metrics.documents.set(len(self.rooms))
+            if self.cluster is not None:
+                self.cluster.opened(name)  # the others' cursors here, now that their answers find the room
             return room
         finally:
             self._stale.discard(name)

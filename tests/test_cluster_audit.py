@@ -1,0 +1,105 @@
+"""Several processes on one PostgreSQL database and one Redis: interleavings the cluster tests leave to chance.
+
+Each "process" here is a registry (`Rooms`) with its own PostgreSQL store and
+its own `cluster.Cluster`, all in this event loop, on a real PostgreSQL server
+(the session's, a fresh database per test) and a real `redis-server` on a free
+port (tests/clusterproc.py), stopped by its pid. Connections are the fake
+ones of test_room_memory (what a room sends them is recorded). A process that
+died is a process id that said something on Redis and then nothing more,
+which is all the others can see of a SIGKILL. test_cluster.py runs real
+`collab serve` processes under load; these pin down one interleaving each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from clusterproc import RedisServer
+from collab import protocol
+from collab.cluster import Cluster
+from collab.room import Rooms
+from collab.settings import Settings
+from collab.store_pg import PgStore
+from test_room_memory import FakeConn, hello, push_msg
+
+
+@pytest.fixture
+def database(pg_server):
+    name = pg_server.create_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = RedisServer(workdir=tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@contextlib.asynccontextmanager
+async def process(db_url: str, redis_url: str | None, **options):
+    """One collab process's registry, store and cluster (started), stopped at the end."""
+    cluster_options = {k: options.pop(k) for k in ("check_every", "poll_every", "republish", "expiry") if k in options}
+    settings = Settings(db=db_url, unload_after=60.0, **options)
+    store = await PgStore(db_url, keep=settings.keep_updates).open()
+    rooms = Rooms(settings, store)
+    rooms.cluster = Cluster(rooms, redis_url, **cluster_options)
+    await rooms.cluster.start()
+    try:
+        yield rooms
+    finally:
+        await rooms.shutdown()
+        await rooms.cluster.stop()
+        await store.close()
+
+
+async def until(predicate, what: str, timeout: float = 5.0) -> float:
+    """Wait until `predicate()` holds (failing after `timeout` s); how long it took."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, f"{what} did not happen within {timeout} s"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+def cursors_seen(conn: FakeConn) -> dict[str, list]:
+    """session -> ranges of the other people's cursors `conn` is showing (welcome peers, presences, leaves)."""
+    shown: dict[str, list] = {}
+    for f in conn.frames:
+        if f["type"] in ("welcome", "presences"):
+            shown.update({p["session"]: p["ranges"] for p in f["peers"]})
+        elif f["type"] == "leave":
+            shown.pop(f["session"], None)
+    return shown
+
+
+async def typed(rooms: Rooms, name: str, client_id: str, text: str):
+    """A member of `name` at `rooms` who typed `text` (durable); (connection, member)."""
+    conn = FakeConn(client_id)
+    member = await rooms.join(name, conn, hello(client_id), token=None)
+    await member.room.push(member, push_msg(0, client_id, [[0, text]]))
+    await member.room.settled()
+    return conn, member
+
+
+async def test_the_cursors_of_people_elsewhere_show_when_a_document_is_opened_here(database, redis):
+    """Was: a process that opened a document (the first person there, or a reload after a storage
+    error) heard of the cursors at the other processes only when they moved or at the next republish,
+    up to --presence-republish seconds later (10 by default): someone opening a document saw nobody
+    else's cursor for that long, however many were reading it at the other processes. Now the process
+    asks the others for their rosters of it as soon as its room is there."""
+    async with process(database, redis.url, republish=30.0, expiry=60.0) as a, \
+            process(database, redis.url, republish=30.0, expiry=60.0) as b:
+        await until(lambda: a.cluster.up and b.cluster.up, "both processes on Redis")
+        ann, member = await typed(a, "doc", "ann", "hello world")
+        member.room.presence(member, protocol.Presence(1, [(3, 3)]))  # published live, before b has the room
+        await asyncio.sleep(0.2)
+        bob = FakeConn("bob")
+        await b.join("doc", bob, hello("bob"), token=None)
+        await until(lambda: ann.session in cursors_seen(bob), "ann's cursor at bob's screen", timeout=3)
+        assert cursors_seen(bob)[ann.session] == [{"anchor": 3, "head": 3}]
