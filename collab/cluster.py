@@ -14,7 +14,9 @@ Rules that always hold:
   * messages are published only after COMMIT returned (Rooms.published is
     called from commit_done), by one publisher task, in commit order;
   * one subscriber connection listens to the channels of the open
-    documents; a room subscribes before it loads from the database;
+    documents; a room subscribes before it loads from the database, and
+    news of a commit that comes while it loads is handed to it once it is
+    there (the load may have read the database before that commit);
   * every open document is checked against the database every
     `--check-every` seconds (a lost *last* message must not leave a room
     behind for ever), every `--poll-every` seconds while Redis is
@@ -319,11 +321,18 @@ class Cluster:
         except Exception:  # noqa: BLE001 - a message we cannot read is a lost message
             log.exception("cluster: a message on %s could not be handled", ch)
 
-    def _handle(self, name: str, msg: dict) -> None:
+    def _handle(self, name: str, msg: dict, loaded: bool = False) -> None:
         if type(msg) is not dict or msg.get("p") == self.id:
             return  # our own echo
         room = self.rooms.rooms.get(name)
         kind = msg.get("k")
+        if kind == "u" and room is None and not loaded:
+            loading = self.rooms._loading.get(name)
+            if loading is not None:
+                # A commit elsewhere while the document loads here: the load may have read the database
+                # before it, and the room would serve the version before it until the next check.
+                self.rooms.spawn(self._when_loaded(loading, name, msg))
+                return
         if kind in ("u", "r") and "d" in msg and room is not None and room.doc_id is not None \
                 and msg["d"] != room.doc_id:
             # Another document of that name: ours was deleted or renamed elsewhere and the news is not
@@ -351,6 +360,17 @@ class Cluster:
             self._republish(time.monotonic(), [name])
         elif kind == "t":
             room.taken_elsewhere(msg.get("c"), msg)
+
+    async def _when_loaded(self, loading: asyncio.Future, name: str, msg: dict) -> None:
+        """News of updates that came while `name` loaded, handed to its room once the load is done (the
+        room applies what it does not have yet, or reads it: `Room.remote`). Only updates wait so: they
+        are versioned, so applied late or out of turn they can only be old news; cursors and leaves are
+        not (the room asks for the others' rosters once it is there: `opened`)."""
+        await asyncio.shield(loading)
+        try:
+            self._handle(name, msg, loaded=True)
+        except Exception:  # noqa: BLE001 - a message we cannot read is a lost message
+            log.exception("cluster: a message on %s could not be handled", channel(name))
 
     # ------------------------------------------------------------- checks
 

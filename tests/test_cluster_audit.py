@@ -103,3 +103,38 @@ async def test_the_cursors_of_people_elsewhere_show_when_a_document_is_opened_he
         await b.join("doc", bob, hello("bob"), token=None)
         await until(lambda: ann.session in cursors_seen(bob), "ann's cursor at bob's screen", timeout=3)
         assert cursors_seen(bob)[ann.session] == [{"anchor": 3, "head": 3}]
+
+
+async def test_an_update_committed_elsewhere_while_the_document_loads_here_is_not_left_for_the_check(
+        database, redis, monkeypatch):
+    """Was: a room subscribes before it loads, but news that came during the load found no room and was
+    dropped; when the load had read the database before that commit, the room served the version before
+    it, and its editors did not see the update, until the next database check (--check-every) or the
+    next update from there. Now news of updates that comes while the document loads is handed to its
+    room once it is there."""
+    async with process(database, redis.url, check_every=30.0) as a, process(database, redis.url, check_every=30.0) as b:
+        await until(lambda: a.cluster.up and b.cluster.up, "both processes on Redis")
+        _, member = await typed(a, "doc", "ann", "hello")
+        real_load, read, go_on = b.store.load, asyncio.Event(), asyncio.Event()
+
+        async def held_load(name):
+            loaded = await real_load(name)  # the document as it is before ann's second update
+            read.set()
+            await go_on.wait()
+            return loaded
+
+        monkeypatch.setattr(b.store, "load", held_load)
+        bob = FakeConn("bob")
+        joining = asyncio.ensure_future(b.join("doc", bob, hello("bob"), token=None))
+        await asyncio.wait_for(read.wait(), 5)
+        await member.room.push(member, push_msg(1, "ann", [5, [0, "!"]]))
+        await member.room.settled()
+        received = b.cluster.m_received._value.get()
+        await until(lambda: b.cluster.m_received._value.get() > received, "the news reaching b")
+        go_on.set()
+        await joining
+        assert bob.of("welcome")[0]["version"] == 1
+        await until(lambda: bob.of("updates"), "the update at bob", timeout=3)
+        assert bob.of("updates") == [{"type": "updates", "from": 1,
+                                      "updates": [{"clientID": "ann", "changes": [5, [0, "!"]]}]}]
+        assert b.rooms["doc"].seq.committed_text() == "hello!"
