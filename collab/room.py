@@ -1183,9 +1183,11 @@ class Room:
                 self.remote_dirty.discard(session)
                 self._broadcast(protocol.leave_frame(session))
 
-    def expire_remote(self, before: float) -> None:
-        """Forget other processes' cursors with no news since `before` (their process may be gone)."""
+    def expire_remote(self, before: float) -> float | None:
+        """Forget other processes' cursors with no news since `before` (their process may be gone); when the
+        oldest news of those left came (None: there are none)."""
         self.remote_leave([s for s, entry in self.remote_peers.items() if entry[4] < before])
+        return min((entry[4] for entry in self.remote_peers.values()), default=None)
 
     def taken_elsewhere(self, client_id, proof: dict) -> None:
         """A connection at another process took `client_id`: ours closes (4001) if that one proved it is it."""

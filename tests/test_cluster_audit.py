@@ -16,11 +16,12 @@ import asyncio
 import contextlib
 import time
 
+import orjson
 import pytest
 
 from clusterproc import RedisServer
 from collab import protocol
-from collab.cluster import Cluster
+from collab.cluster import Cluster, channel
 from collab.room import Rooms
 from collab.settings import Settings
 from collab.store_pg import PgStore
@@ -138,3 +139,35 @@ async def test_an_update_committed_elsewhere_while_the_document_loads_here_is_no
         assert bob.of("updates") == [{"type": "updates", "from": 1,
                                       "updates": [{"clientID": "ann", "changes": [5, [0, "!"]]}]}]
         assert b.rooms["doc"].seq.committed_text() == "hello!"
+
+
+async def test_the_cursors_of_a_process_that_died_leave_when_their_expiry_is_due(database, redis):
+    """Was: other processes' cursors were expired at a fixed tick of a third of --presence-expiry, so one
+    stayed up to that much longer than the expiry after its last news (with the defaults, 40 s instead of
+    30 for the people of a killed process). Four cursors of a process that then goes silent, a quarter of
+    a second apart: each leaves at its expiry, none a tick later."""
+    import redis.asyncio as aioredis
+    async with process(database, redis.url, republish=2.0, expiry=3.0) as b:
+        await until(lambda: b.cluster.up, "the process on Redis")
+        bob, _ = await typed(b, "doc", "bob", "hello world")
+        dead = aioredis.Redis.from_url(redis.url)
+        news: dict[str, float] = {}
+        try:
+            for i in range(4):
+                session = f"dead-{i}"
+                await dead.publish(channel("doc"), orjson.dumps({"k": "p", "p": "deadprocess", "peers": [
+                    {"session": session, "user": {"name": f"d{i}", "color": "#123456"}, "version": 1,
+                     "ranges": [{"anchor": i, "head": i}]}]}))
+                news[session] = time.monotonic()
+                await until(lambda: session in cursors_seen(bob), "the cursor shown")
+                await asyncio.sleep(0.25)
+        finally:
+            await dead.aclose()
+        left: dict[str, float] = {}
+        deadline = time.monotonic() + 10
+        while len(left) < len(news) and time.monotonic() < deadline:
+            shown = cursors_seen(bob)
+            left.update({s: time.monotonic() - t for s, t in news.items() if s not in left and s not in shown})
+            await asyncio.sleep(0.01)
+        assert len(left) == len(news), left
+        assert all(3.0 - 0.1 < after < 3.0 + 0.5 for after in left.values()), left
