@@ -20,7 +20,9 @@ Rules that always hold:
   * nothing is broadcast before the store's transaction committed;
   * if a commit fails, the room is discarded (members closed with 1011, state
     reloaded from the store on the next join): clients re-push what was not
-    acknowledged, and the sequencer's de-duplication keeps it exactly once;
+    acknowledged, and the sequencer's de-duplication keeps it exactly once.
+    One refused because its document no longer exists (deleted by another
+    process, its news not here yet) ends the room as that news would (1008);
   * the HTTP and WebSocket adapters reach documents only through `Rooms`'
     public methods and a member's room's `push`, `presence` and `leave`;
   * a room is unloaded (forgotten, and no longer heard about on the bus) only
@@ -825,6 +827,9 @@ class Room:
             return
         if isinstance(error, VersionConflict):
             self.seq.returned()
+            if error.found is None:
+                self._gone()
+                return
             self._lost += 1
             self.rooms.metrics.conflicts.inc()
             if self._lost > MAX_LOST_ROUNDS:
@@ -1027,6 +1032,16 @@ class Room:
                 self._remove(m)
                 m.conn.close(CLOSE_POLICY, reason)
         self.release()  # their leave() finds them gone: unloading is scheduled here
+
+    def _gone(self) -> None:
+        """The store has no document of this room's id any more: another process deleted it, and its news
+        is not here yet (or was lost). Nothing of it can be committed again (ids are never given twice):
+        its sessions end as that news would end them (1008), not as a lost race caught up again and again,
+        and the room is done."""
+        if not self.deleted:
+            self.deleted = True
+            self.revoke(everyone=True, reason="this document was deleted")
+        self._fail()
 
     def _fail(self) -> None:
         self.broken = True

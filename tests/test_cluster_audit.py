@@ -171,3 +171,27 @@ async def test_the_cursors_of_a_process_that_died_leave_when_their_expiry_is_due
             await asyncio.sleep(0.01)
         assert len(left) == len(news), left
         assert all(3.0 - 0.1 < after < 3.0 + 0.5 for after in left.values()), left
+
+
+async def test_a_commit_refused_because_the_document_was_deleted_elsewhere_ends_its_sessions_as_deleted(
+        database, redis, caplog):
+    """Was: a push here to a document another process had just deleted, before the news of it came (lost,
+    or late), was refused by the store (no such document) and handled as a commit lost to another writer:
+    caught up (nothing to read) and committed again, seventeen times, each counted in
+    collab_conflicts_total, then a warning that it "lost 17 commits in a row to other writers" and a
+    reload, its editors closed with 1011 (storage error, reconnect) instead of being told the document was
+    deleted. Now the first refusal ends the room as the news would: 1008, "this document was deleted"."""
+    import logging
+    caplog.set_level(logging.WARNING, logger="collab")
+    # The deleting process publishes nothing (its news is lost), and this one checks the database rarely.
+    async with process(database, None) as a, process(database, redis.url, check_every=30.0) as b:
+        await until(lambda: b.cluster.up, "the process on Redis")
+        bob, member = await typed(b, "doc", "bob", "hello")
+        room = member.room
+        await a.delete("doc")
+        await room.push(member, push_msg(1, "bob", [5, [0, "!"]]))
+        await until(lambda: bob.closed, "bob's session ending", timeout=5)
+        assert bob.closed_with == (1008, "this document was deleted")
+        await until(lambda: room.broken and "doc" not in b.rooms, "the room being done")
+        assert b.metrics.conflicts._value.get() <= 1
+        assert not [r for r in caplog.records if "commits in a row" in r.getMessage()]
