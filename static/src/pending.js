@@ -2,14 +2,16 @@
 // closed tab or a crash, and are pushed the next time the document is opened.
 //
 // Per document and per client ID (one tab = one client ID) two keys:
-//   collab:pending:<doc>:<clientID>  {clientID, version, updates: [ChangeSetJSON], savedAt, resumeKey}
+//   collab:pending:<doc>:<clientID>  {clientID, version, updates: [ChangeSetJSON], savedAt, resumeKey, heardAt}
 //   collab:base:<doc>:<clientID>     {version, text}: the text at `version`
 // `updates` are the tab's unconfirmed updates, oldest first, based on
 // `version`.  They are re-pushed with the same client ID, so the server's
 // de-duplication (rebaseUpdates skips updates of that client it already
 // accepted) makes a re-push of already-accepted edits harmless.  `resumeKey`
 // (from the server's last welcome to that client ID, when it gave one) lets
-// the page that adopts the record prove the client ID is its own.
+// the page that adopts the record prove the client ID is its own.  `heardAt`
+// (Date.now()) is when the tab last heard from the server about this document
+// under this name: a tab offline types on, and saves, long after it.
 //
 // A record belongs to the live tab that writes it.  Another page may adopt a
 // record only when that tab is gone: with the Web Locks API (secure contexts,
@@ -20,7 +22,9 @@
 // A document renamed meanwhile takes its records with it: a live tab moves
 // its own when it hears of the rename (`moveTo`); the next page of the
 // document moves those left under a former name (`adoptFrom`, with the
-// names the server says it had).
+// names the server says it had): those whose tab last heard from the server
+// before the rename (a tab that heard from it since knew the new name, or
+// wrote for another document given the old name).
 
 const PENDING = "collab:pending:";
 const BASE = "collab:base:";
@@ -123,15 +127,18 @@ export class PendingStore {
 
   /**
    * This document was called `name` until `untilMs` (it was renamed since): the records kept under
-   * that name before then are its own, and move here (with their base texts), but for those a live
-   * tab still writes (it moves them itself when it hears of the rename).
+   * that name by tabs that last heard from the server before then are its own, and move here (with
+   * their base texts), but for those a live tab still writes (it moves them itself when it hears of
+   * the rename). A tab that was offline then saved its record later, as it typed or closed: when it
+   * saved does not tell (a record without `heardAt`, from before it was kept: when it was saved).
    */
   async adoptFrom(name, untilMs) {
     const held = await heldLocks();
     for (const id of recordIDs(PENDING, name)) {
       if (this.ownedElsewhere(held, id)) continue;
       const rec = read(`${PENDING}${name}:${id}`);
-      if (rec && (rec.savedAt || 0) < untilMs) moveRecord(name, this.doc, id);
+      const heard = rec && (typeof rec.heardAt === "number" ? rec.heardAt : rec.savedAt || 0);
+      if (rec && heard < untilMs) moveRecord(name, this.doc, id);
     }
   }
 
@@ -200,8 +207,11 @@ export class PendingStore {
     return this.baseVersion !== null;
   }
 
-  /** Store the unconfirmed updates (ChangeSets) based on `version`, whose text is `baseText()`. */
-  save(version, updates, baseText, resumeKey = null) {
+  /**
+   * Store the unconfirmed updates (ChangeSets) based on `version`, whose text is `baseText()`;
+   * `heardAt`: when this tab last heard from the server (Date.now(), or null).
+   */
+  save(version, updates, baseText, resumeKey = null, heardAt = null) {
     const id = this.clientID;
     if (!id) return;
     try {
@@ -218,6 +228,7 @@ export class PendingStore {
           clientID: id, version, savedAt: Date.now(),
           updates: updates.map((u) => u.changes.toJSON()),
           ...(typeof resumeKey === "string" ? { resumeKey } : {}),
+          ...(typeof heardAt === "number" ? { heardAt } : {}),
         }));
       }
       this.lastError = null;

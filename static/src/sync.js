@@ -66,6 +66,12 @@ export class CollabSession {
     this.storageFull = false; // the store could not keep our unsent edits at its last save
     this.saveTimer = null;
     this.lastBaseWrite = 0;
+    // When the server last said something to this page (Date.now()): kept with the pending edits, so
+    // that after a rename the next page knows they were made for the document as it was then
+    // (PendingStore.adoptFrom). An adopted record's own time until this page hears from it.
+    const rec = opts.restore;
+    this.lastHeard = !rec ? null : typeof rec.heardAt === "number" ? rec.heardAt
+      : typeof rec.savedAt === "number" ? rec.savedAt : null;
     this.core = new Session({
       clientID: opts.clientID, user: opts.user, person: opts.person, limits: opts.limits || pageLimits(), restore: opts.restore,
       extensions: () => this.stateExtensions(),
@@ -168,7 +174,7 @@ export class CollabSession {
       const wait = this.lastBaseWrite + BASE_WRITE_INTERVAL_MS - Date.now();
       if (wait > 0) return later(wait, true);
     }
-    this.store.save(version, updates, () => this.core.syncedDoc.toString(), this.core.resumeKey);
+    this.store.save(version, updates, () => this.core.syncedDoc.toString(), this.core.resumeKey, this.lastHeard);
     if (rewritesBase) this.lastBaseWrite = Date.now();
     this.storageChecked();
   }
@@ -274,6 +280,7 @@ export class CollabSession {
     };
     ws.onmessage = (ev) => {
       if (ws !== this.ws) return;
+      this.lastHeard = Date.now();
       try {
         this.run(this.core.receive(ev.data, now()));
       } catch (e) {

@@ -8,7 +8,7 @@ context, every tab of the browser, off the network).
 
 from __future__ import annotations
 
-from .browser_helpers import open_editor, wait_synced, wait_status, wait_until
+from .browser_helpers import api_json, open_editor, wait_synced, wait_status, wait_until
 from .test_offline import stored_keys
 
 
@@ -61,3 +61,32 @@ def test_a_tab_closed_offline_beside_an_idle_connected_tab_is_sent(server, conte
     wait_until(lambda: not any(k.startswith("collab:pending:") for k in stored_keys(ctx)),
                what="the stored edits to be removed")
 
+
+def test_edits_of_a_tab_closed_offline_after_a_rename_reach_the_renamed_document(server, contexts):
+    """Was: a tab offline while its document was renamed never heard of the rename; its person typed on
+    and closed it, so its record was saved under the old name after the rename. The next page (the old
+    link sends it to the new name) moved only records saved before the rename, so these edits stayed
+    under the old name for good, and the page said all was saved. Now a record says when its tab last
+    heard from the server, and that is what is compared with the rename."""
+    ctx = contexts()
+    a = open_editor(ctx, server.url, "renamed-away")
+    a.click(".cm-content")
+    a.keyboard.type("saved.")
+    wait_synced([a], server.url, "renamed-away")
+    ctx.set_offline(True)
+    wait_status(a, "offline")
+    a.keyboard.type(" Typed offline,")
+    status, _ = api_json(server.url, "/api/docs/renamed-away/rename", method="POST", body={"name": "renamed-here"})
+    assert status == 200
+    a.keyboard.type(" then the tab was closed.")
+    with a.expect_event("close"):
+        a.close(run_before_unload=True)
+    assert any(k.startswith("collab:pending:renamed-away:") for k in stored_keys(ctx))
+    ctx.set_offline(False)
+
+    again = open_editor(ctx, server.url, "renamed-away")  # the old link: sent on to the new name
+    assert again.url.endswith("/d/renamed-here")
+    again.wait_for_function("() => window.__collab.view.state.doc.toString().includes('closed.')", timeout=10000)
+    assert wait_synced([again], server.url, "renamed-here") == "saved. Typed offline, then the tab was closed."
+    wait_until(lambda: not any(k.startswith("collab:pending:") for k in stored_keys(ctx)),
+               what="the stored edits to be removed")
