@@ -26,6 +26,7 @@ MAX_CLIENT_ID = 128
 _PERSON = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_NAME = 100
 MAX_OPENED = 2 ** 53 - 1  # hello.opened: what a JavaScript number holds exactly
+MAX_DOC_ID = 64  # hello.docId: characters (ours are a document's id in decimal)
 DEFAULT_USER = {"name": "Anonymous", "color": "#888888"}
 
 
@@ -36,6 +37,7 @@ class Hello:
     user: dict
     resume_key: str | None = None  # the key a previous welcome gave this clientID: proof it is the same client
     opened: int | None = None  # grows with each connection the client opens: of two, the larger is the newer
+    doc_id: str | None = None  # the docId of the welcome `version` came from: which document of this name it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +141,14 @@ def _hello(msg: dict) -> Hello:
     if opened is not None and not (_is_count(opened) and opened <= MAX_OPENED):
         raise ProtocolError("bad-message", f"hello.opened must be an integer from 0 to {MAX_OPENED}, "
                             f"got {brief(opened)}", close=CLOSE_PROTOCOL)
+    doc_id = msg.get("docId")
+    if doc_id is not None and (type(doc_id) is not str or not 0 < len(doc_id) <= MAX_DOC_ID):
+        raise ProtocolError("bad-message", f"hello.docId must be a string of 1-{MAX_DOC_ID} characters",
+                            close=CLOSE_PROTOCOL)
     user = {"name": clean_name(name, DEFAULT_USER["name"]), "color": color}
     if person is not None:
         user["person"] = person  # one person in several tabs is one entry in everyone's list
-    return Hello(client_id, version, user, resume_key, opened)
+    return Hello(client_id, version, user, resume_key, opened, doc_id)
 
 
 def _version_and_list(msg: dict, kind: str, field: str, shape: str, limit: int) -> tuple[int, list]:
@@ -200,7 +206,7 @@ def _update_json(update: Update, hide=None) -> dict:
 
 def welcome(session: str, role: str, version: int, peers: list[dict], limits: dict, resume_key: str, *,
             doc_json: bytes | None = None, since: int | None = None, updates: list[Update] | None = None,
-            hide=None) -> bytes | tuple[bytes, bytes, bytes]:
+            hide=None, doc_id: int | None = None) -> bytes | tuple[bytes, bytes, bytes]:
     """The reply to hello: the full document, or the updates `since` a version (a resume).
 
     `doc_json` is the document already serialised as a JSON string (shared by
@@ -209,10 +215,14 @@ def welcome(session: str, role: str, version: int, peers: list[dict], limits: di
     ({maxFrame, maxDoc, maxUpdates, maxRanges}) tells the client what the
     server accepts; `resume_key` is the client's proof for its next hello;
     `hide` replaces the clientIDs of resumed updates (view sessions never see
-    other people's clientIDs). A stock client ignores the extra fields.
+    other people's clientIDs); `doc_id` (None: nobody made the document yet)
+    tells which document of this name the versions are of (`docId`). A stock
+    client ignores the extra fields.
     """
     frame = {"type": "welcome", "session": session, "role": role, "version": version, "peers": peers,
              "limits": limits, "resumeKey": resume_key}
+    if doc_id is not None:
+        frame["docId"] = str(doc_id)
     if doc_json is not None:
         return orjson.dumps(frame)[:-1] + b',"doc":', doc_json, b"}"
     frame["from"] = since
@@ -220,24 +230,34 @@ def welcome(session: str, role: str, version: int, peers: list[dict], limits: di
     return orjson.dumps(frame)
 
 
-def updates_frame(batch: list[Accepted], hide=None) -> bytes:
+def updates_frame(batch: list[Accepted], hide=None, doc_id: int | None = None) -> bytes:
     """The `updates` frame, assembled from each entry's already-serialised changes.
 
     With `hide`, every clientID is replaced by `hide(clientID)` (the frame view sessions get).
     An update made by a restore also says so: `"restore": {"version", "author"}` (an extension:
-    everyone, view sessions included, can tell people what a restore did).
+    everyone, view sessions included, can tell people what a restore did). The frame from version
+    0, the one that made the document, says which document it made (`_born`).
     """
     parts = [b'{"clientID":%s,"changes":%s%s}' % (
         orjson.dumps(e.update.client_id if hide is None else hide(e.update.client_id)), e.changes_json,
         b"" if e.restored_from is None else
         b',"restore":%s' % orjson.dumps({"version": e.restored_from, "author": e.author}))
         for e in batch]
-    return b'{"type":"updates","from":%d,"updates":[%s]}' % (batch[0].version - 1, b",".join(parts))
+    start = batch[0].version - 1
+    return b'{"type":"updates","from":%d,"updates":[%s]%s}' % (start, b",".join(parts), _born(start, doc_id))
 
 
-def resumed_frame(start: int, updates: list[Update], hide=None) -> bytes:
-    """An `updates` frame from version `start` out of the log (a resume's frames after its welcome)."""
-    return orjson.dumps({"type": "updates", "from": start, "updates": [_update_json(u, hide) for u in updates]})
+def resumed_frame(start: int, updates: list[Update], hide=None, doc_id: int | None = None) -> bytes:
+    """An `updates` frame from version `start` out of the log (a resume's frames after its welcome, or
+    another process's commit); from version 0, it says which document it made (`_born`)."""
+    return orjson.dumps({"type": "updates", "from": start, "updates": [_update_json(u, hide) for u in updates]})[:-1] \
+        + _born(start, doc_id) + b"}"
+
+
+def _born(start: int, doc_id: int | None) -> bytes:
+    """`,"docId":"N"` for the frame from version 0 of document `doc_id`: a client that joined before anybody
+    made the document (its welcome had no docId) learns from it which document its versions are of."""
+    return b',"docId":"%d"' % doc_id if start == 0 and doc_id is not None else b""
 
 
 def presence_object(session: str, user: dict, version: int, ranges: list[tuple[int, int]]) -> dict:

@@ -286,7 +286,7 @@ class Room:
         # from far back reads history from the store).
         authorize(self.salt)
         history = None
-        want = hello.version
+        want = None if self._other_document(hello) else hello.version
         if want is not None and want > self.seq.committed_version and self.rooms.cluster is not None:
             # The client was acknowledged up to `want` (by another process): that much is durable, so
             # read it before welcoming, rather than answer a version the client is past with the whole text.
@@ -326,6 +326,8 @@ class Room:
         version = self.seq.committed_version
         peers = self._cursors()
         frames = None
+        if self._other_document(hello):  # checked again: an unborn room may have become a document meanwhile
+            want = None
         if want is not None and want <= version:
             # A resume goes out in the frames those updates were broadcast in
             # (sequencer.py): pushes were rebased along them, lost or not. The
@@ -341,10 +343,10 @@ class Room:
             # Presence objects are at `version`: with frames still to come they follow them.
             frame = protocol.welcome(conn.session, conn.role, sent, [] if sent < version else peers, limits,
                                      resume_key, since=want, updates=first,
-                                     hide=self.rooms.hide if conn.role == "view" else None)
+                                     hide=self.rooms.hide if conn.role == "view" else None, doc_id=self.doc_id)
         else:
             frame = protocol.welcome(conn.session, conn.role, version, peers, limits, resume_key,
-                                     doc_json=self._committed_json())
+                                     doc_json=self._committed_json(), doc_id=self.doc_id)
         settings = self.settings
         member = Member(conn, self, TokenBucket(settings.update_rate, settings.update_burst, self.rooms.now()), at,
                         hello.opened)
@@ -475,6 +477,12 @@ class Room:
                 if m.held_size > self.settings.send_buffer:
                     m.held, m.held_size = deque(), 0
                     m.conn.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
+
+    def _other_document(self, hello: protocol.Hello) -> bool:
+        """`hello.version` is a version of another document of this name (its `docId` is not this one's:
+        that one was deleted, and the name used again): nothing can be resumed from it, the full text
+        goes out instead (the client offers what it had not saved, as after a restore from a backup)."""
+        return hello.doc_id is not None and self.doc_id is not None and hello.doc_id != str(self.doc_id)
 
     def _claim(self, conn: Connection, hello: protocol.Hello, old: Member | None, at: float) -> str:
         """Check that `conn` may speak for its clientID; returns the resume key for its welcome.
@@ -860,8 +868,8 @@ class Room:
             self.replay_bytes = 0
         else:
             self.replay_bytes += commit.size
-        frame = protocol.updates_frame(batch)
-        self._broadcast(frame, protocol.updates_frame(batch, self.rooms.hide) if self.viewers else None)
+        frame = protocol.updates_frame(batch, doc_id=self.doc_id)
+        self._broadcast(frame, protocol.updates_frame(batch, self.rooms.hide, self.doc_id) if self.viewers else None)
         metrics.fanout_seconds.observe(time.perf_counter() - now)
         if self.rooms.cluster is not None:
             self.rooms.cluster.publish_updates(self.name, self.doc_id, frame)
@@ -1013,8 +1021,8 @@ class Room:
         self.seq.catch_up(updates, ends)
         hide = self.rooms.hide
         for lo, group in frames:
-            self._broadcast(protocol.resumed_frame(lo, group),
-                            protocol.resumed_frame(lo, group, hide) if self.viewers else None)
+            self._broadcast(protocol.resumed_frame(lo, group, doc_id=self.doc_id),
+                            protocol.resumed_frame(lo, group, hide, self.doc_id) if self.viewers else None)
         if self.remote_dirty:
             self._schedule_presence()  # cursors held until we had their version (after the updates: never before)
 

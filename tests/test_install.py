@@ -241,6 +241,7 @@ async def _check_server(server: _Server) -> None:
             update = {"clientID": "installed", "changes": [[0, "hello from a wheel"]]}
             await ws.send_json({"type": "push", "version": 0, "updates": [update]})
             echo = await ws.receive_json(timeout=5)
+            assert type(echo.pop("docId")) is str  # the frame that made the document says which
             assert echo == {"type": "updates", "from": 0, "updates": [update]}
     status, body, _ = server.get("/api/docs/some-doc")
     assert status == 200 and b"hello from a wheel" in body

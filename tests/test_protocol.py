@@ -55,6 +55,10 @@ CASES = [
     (with_(HELLO, opened=1.5), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, opened="7"), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, opened=True), ("bad-message", CLOSE_PROTOCOL)),
+    (with_(HELLO, docId="17"), ("hello", "c1", None, {"name": "Ann", "color": "#abc"})),
+    (with_(HELLO, docId=17), ("bad-message", CLOSE_PROTOCOL)),
+    (with_(HELLO, docId=""), ("bad-message", CLOSE_PROTOCOL)),
+    (with_(HELLO, docId="9" * 65), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID=""), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID="x" * 129), ("bad-message", CLOSE_PROTOCOL)),
     (with_(HELLO, clientID=5), ("bad-message", CLOSE_PROTOCOL)),
@@ -114,8 +118,9 @@ def test_frames_parse_or_are_refused_with_their_code(raw, expected):
 
 
 def test_hello_keeps_its_opened_and_resume_key():
-    h = protocol.parse(with_(HELLO, opened=1764121234567, resumeKey="k1"))
-    assert (h.opened, h.resume_key) == (1764121234567, "k1")
+    h = protocol.parse(with_(HELLO, opened=1764121234567, resumeKey="k1", docId="9" * 64))
+    assert (h.opened, h.resume_key, h.doc_id) == (1764121234567, "k1", "9" * 64)
+    assert protocol.parse(orjson.dumps(HELLO)).doc_id is None
     assert protocol.parse(orjson.dumps(HELLO)).opened is None
 
 
@@ -138,8 +143,13 @@ def test_built_frames_read_back():
     assert type(parts) is tuple and parts[1] == b'"te\\"xt"'  # the document's JSON is a part of its own
     assert orjson.loads(b"".join(parts)) == {"type": "welcome", "session": "s1", "role": "edit", "version": 4,
                                              "peers": [], "limits": limits, "resumeKey": "key1", "doc": 'te"xt'}
+    with_id = orjson.loads(b"".join(protocol.welcome("s1", "edit", 4, [], limits, "k", doc_json=b'""', doc_id=12)))
+    assert (with_id["docId"], with_id["doc"]) == ("12", "")  # a string: clients only compare it
     one = Update("c1", ChangeSet.from_json([[0, "a", "b"]]))
+    resume = orjson.loads(protocol.welcome("s2", "edit", 5, [], limits, "k", since=4, updates=[one], doc_id=3))
+    assert resume["docId"] == "3"
     resume = orjson.loads(protocol.welcome("s2", "edit", 5, [], limits, "k", since=4, updates=[one]))
+    assert "docId" not in resume  # nobody made the document yet
     assert (resume["from"], resume["updates"], "doc" in resume) == (4, [{"clientID": "c1",
                                                                           "changes": [[0, "a", "b"]]}], False)
     hidden = orjson.loads(protocol.welcome("s2", "view", 5, [], limits, "k", since=4, updates=[one],
