@@ -16,7 +16,10 @@ Rules that always hold:
   * one subscriber connection listens to the channels of the open
     documents; a room subscribes before it loads from the database, and
     news of a commit that comes while it loads is handed to it once it is
-    there (the load may have read the database before that commit);
+    there (the load may have read the database before that commit); news
+    of a commit to a room opened before anybody made its document makes
+    that room find the document in the database (its id and links) and
+    read the updates from there;
   * every open document is checked against the database every
     `--check-every` seconds (a lost *last* message must not leave a room
     behind for ever), every `--poll-every` seconds while Redis is
@@ -345,6 +348,12 @@ class Cluster:
         if room is None or room.broken:
             return
         if kind == "u":
+            if room.doc_id is None:
+                # Nobody had made the document when this room opened, and another process just did: the
+                # room becomes it (its id and links, from the database), then reads its updates from there.
+                # Applied as news, they would give a room with no document text it could never store.
+                self.rooms.spawn(room.find_document())
+                return
             frame = msg["m"]
             start = frame["from"]
             try:

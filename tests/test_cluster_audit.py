@@ -195,3 +195,32 @@ async def test_a_commit_refused_because_the_document_was_deleted_elsewhere_ends_
         await until(lambda: room.broken and "doc" not in b.rooms, "the room being done")
         assert b.metrics.conflicts._value.get() <= 1
         assert not [r for r in caplog.records if "commits in a row" in r.getMessage()]
+
+
+async def test_people_at_another_process_learn_which_document_the_first_edit_made(database, redis, caplog):
+    """The frame from version 0 says which document it made (welcome.docId is absent while nobody made
+    it): people waiting at another process get it from there too, so their next hello can say which
+    document their version is of (a name deleted and used again is another document).
+
+    Was also: that process's room, opened before anybody made the document, applied the first edit as
+    news and stayed a room of no document with text in it: its frames could not say which document,
+    and what it wrote of it failed (its snapshot at shutdown: "flushing document doc at shutdown
+    failed", a null document id). Now the news makes it find the document first."""
+    import logging
+    caplog.set_level(logging.ERROR, logger="collab")
+    async with process(database, redis.url) as a, process(database, redis.url) as b:
+        await until(lambda: a.cluster.up and b.cluster.up, "both processes on Redis")
+        bob = FakeConn("bob")
+        await b.join("doc", bob, hello("bob"), token=None)
+        assert "docId" not in bob.of("welcome")[0]
+        ann, member = await typed(a, "doc", "ann", "hello")
+        made = ann.of("updates")[0]
+        assert made["from"] == 0 and made["docId"] == str(member.room.doc_id)
+        await until(lambda: bob.of("updates"), "the first edit at bob", timeout=3)
+        assert bob.of("updates")[0]["docId"] == made["docId"]
+        carol = FakeConn("carol")
+        await b.join("doc", carol, hello("carol"), token=None)
+        assert carol.of("welcome")[0]["docId"] == made["docId"]
+        assert b.rooms["doc"].doc_id == member.room.doc_id
+        assert b.rooms["doc"].seq.committed_text() == "hello"
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
