@@ -2,7 +2,7 @@
 // closed tab or a crash, and are pushed the next time the document is opened.
 //
 // Per document and per client ID (one tab = one client ID) two keys:
-//   collab:pending:<doc>:<clientID>  {clientID, version, updates: [ChangeSetJSON], savedAt, resumeKey, heardAt}
+//   collab:pending:<doc>:<clientID>  {clientID, version, updates: [ChangeSetJSON], savedAt, resumeKey, heardAt, docId}
 //   collab:base:<doc>:<clientID>     {version, text}: the text at `version`
 // `updates` are the tab's unconfirmed updates, oldest first, based on
 // `version`.  They are re-pushed with the same client ID, so the server's
@@ -11,7 +11,10 @@
 // (from the server's last welcome to that client ID, when it gave one) lets
 // the page that adopts the record prove the client ID is its own.  `heardAt`
 // (Date.now()) is when the tab last heard from the server about this document
-// under this name: a tab offline types on, and saves, long after it.
+// under this name: a tab offline types on, and saves, long after it.  `docId`
+// (the server's welcome.docId) says which document `version` is of: if the
+// document was deleted and another made under its name, the server sends
+// that one's whole text instead of resuming, and the edits are rescued.
 //
 // A record belongs to the live tab that writes it.  Another page may adopt a
 // record only when that tab is gone: with the Web Locks API (secure contexts,
@@ -209,9 +212,10 @@ export class PendingStore {
 
   /**
    * Store the unconfirmed updates (ChangeSets) based on `version`, whose text is `baseText()`;
-   * `heardAt`: when this tab last heard from the server (Date.now(), or null).
+   * `heardAt`: when this tab last heard from the server (Date.now(), or null); `docId`: the document
+   * `version` is of (the server's welcome.docId, or null).
    */
-  save(version, updates, baseText, resumeKey = null, heardAt = null) {
+  save(version, updates, baseText, resumeKey = null, heardAt = null, docId = null) {
     const id = this.clientID;
     if (!id) return;
     try {
@@ -229,6 +233,7 @@ export class PendingStore {
           updates: updates.map((u) => u.changes.toJSON()),
           ...(typeof resumeKey === "string" ? { resumeKey } : {}),
           ...(typeof heardAt === "number" ? { heardAt } : {}),
+          ...(typeof docId === "string" ? { docId } : {}),
         }));
       }
       this.lastError = null;

@@ -174,7 +174,8 @@ export class CollabSession {
       const wait = this.lastBaseWrite + BASE_WRITE_INTERVAL_MS - Date.now();
       if (wait > 0) return later(wait, true);
     }
-    this.store.save(version, updates, () => this.core.syncedDoc.toString(), this.core.resumeKey, this.lastHeard);
+    this.store.save(version, updates, () => this.core.syncedDoc.toString(), this.core.resumeKey, this.lastHeard,
+      this.core.docId);
     if (rewritesBase) this.lastBaseWrite = Date.now();
     this.storageChecked();
   }

@@ -9,7 +9,7 @@ export const resumeWelcome = (from, updates, fields = {}) => {
   const frame = { type: 'welcome', session: 'me', role: 'edit', version: from + updates.length, peers: [], from, updates, ...fields };
   return JSON.stringify(frame);
 };
-export const updates = (from, list) => JSON.stringify({ type: 'updates', from, updates: list });
+export const updates = (from, list, extra = {}) => JSON.stringify({ type: 'updates', from, updates: list, ...extra });
 export const upd = (clientID, changes) => ({ clientID, changes });
 export const error = (code, message = 'no') => JSON.stringify({ type: 'error', code, message });
 export const presenceFrame = (session, version, ranges, user = { name: 'P', color: '#123456' }) =>

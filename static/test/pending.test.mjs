@@ -43,3 +43,18 @@ test('a page\'s own mark does not make the ID look taken to itself, and release 
   b.release();
   assert.equal(b.aliveElsewhere('c2'), true);
 });
+
+test('a record keeps the docId its version is of, and a closed tab\'s record gives it to the page that adopts it', async () => {
+  items.clear();
+  const a = new PendingStore('doc');
+  assert.equal(await a.acquire('c3'), true);
+  a.clientID = 'c3'; // as claim() makes it, without its heartbeat timer
+  const changes = { changes: { toJSON: () => [1, [0, 'x']] } };
+  a.save(1, [changes], () => 'a', 'k3', 5, '42');
+  a.release();
+  const b = new PendingStore('doc');
+  const [rec] = await b.orphans();
+  assert.deepEqual([rec.clientID, rec.version, rec.docId, rec.base], ['c3', 1, '42', 'a']);
+  a.save(1, [changes], () => 'a'); // none known: no field
+  assert.equal('docId' in JSON.parse(items.get('collab:pending:doc:c3')), false);
+});

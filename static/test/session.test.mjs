@@ -422,6 +422,28 @@ test('every hello carries the resumeKey of the last welcome (or of a restored re
   assert.match(events(restored.receive(welcome({ resumeKey: 5 }), 0), 'problem')[0].text, /resumeKey/);
 });
 
+test('a resuming hello carries the docId its version is of (the last welcome\'s, or a restored record\'s)', () => {
+  const [s] = welcomed({ doc: 'a', version: 1, docId: '7' });
+  s.closed(1006, '', 0);
+  assert.equal(s.opened(0).send[0].docId, '7');
+  s.receive(resumeWelcome(1, [], { docId: '9' }), 0); // the server says which: its word is taken
+  s.closed(1006, '', 0);
+  assert.equal(s.opened(0).send[0].docId, '9');
+  s.receive(resumeWelcome(1, []), 0); // no docId: nobody made the document (or not a collab server)
+  s.closed(1006, '', 0);
+  assert.equal('docId' in s.opened(0).send[0], false);
+  const [born] = welcomed({ doc: '', version: 0 }); // nobody made it yet: no docId
+  born.receive(updates(0, [upd('Z', [[0, 'z']])], { docId: '11' }), 0); // the frame that made it says which
+  born.receive(updates(1, [upd('Z', [1, [0, 'y']])], { docId: '12' }), 0); // only that one may
+  born.closed(1006, '', 0);
+  assert.equal(born.opened(0).send[0].docId, '11');
+  const fresh = new Session({ clientID: 'B', restore: { version: 0, base: null, updates: [], docId: '7' } });
+  assert.equal('docId' in fresh.opened(0).send[0], false, 'no version: no docId');
+  const restored = new Session({ clientID: 'T', restore: { version: 2, base: 'ab', updates: [[2, [0, 'x']]], docId: '7' } });
+  assert.deepEqual([restored.opened(0).send[0].version, restored.opened(0).send[0].docId], [2, '7']);
+  assert.match(events(restored.receive(welcome({ docId: 5 }), 0), 'problem')[0].text, /docId/);
+});
+
 test('every hello carries opened: the wall clock in ms, always more than the last hello of this session', () => {
   const s = new Session({ clientID: 'A', epoch: 1_764_000_000_000.7 });
   const openedAt = (now) => { s.closed(1006, '', now); return s.opened(now).send[0].opened; };

@@ -90,3 +90,34 @@ def test_edits_of_a_tab_closed_offline_after_a_rename_reach_the_renamed_document
     assert wait_synced([again], server.url, "renamed-here") == "saved. Typed offline, then the tab was closed."
     wait_until(lambda: not any(k.startswith("collab:pending:") for k in stored_keys(ctx)),
                what="the stored edits to be removed")
+
+
+def test_edits_typed_offline_never_go_into_another_document_made_under_the_name(server, contexts):
+    """Was: a tab offline while its document was deleted and another made under the same name came
+    back with its version; once the new document had reached that version, the server resumed it as
+    if nothing had happened: the tab's offline words went into the new document at positions of the
+    old one, and the tab showed the old text under "all saved" while the server had another. Now the
+    hello carries the welcome's docId and the server sends the new document's whole text instead: the
+    words typed offline are offered back (the rescue), and nothing of them lands in the other
+    document."""
+    doc = "made-again"
+    ctx = contexts()
+    a = open_editor(ctx, server.url, doc)
+    a.click(".cm-content")
+    a.keyboard.insert_text("first document.")  # one update: version 1
+    assert wait_synced([a], server.url, doc) == "first document."
+    ctx.set_offline(True)
+    wait_status(a, "offline")
+    a.keyboard.insert_text(" Typed offline.")
+
+    assert api_json(server.url, f"/api/docs/{doc}", method="DELETE")[0] == 200
+    b = open_editor(contexts(), server.url, doc)  # someone else makes it again: version 1 too
+    b.click(".cm-content")
+    b.keyboard.insert_text("A new document.")  # as long as the first: positions fit, nothing fails
+    assert wait_synced([b], server.url, doc) == "A new document."
+
+    ctx.set_offline(False)
+    a.wait_for_selector("#rescue[open]")
+    assert a.input_value("#rescue-text") == "first document. Typed offline."
+    assert wait_synced([a, b], server.url, doc) == "A new document."
+    assert a.evaluate("() => window.__collab.pending") == 0

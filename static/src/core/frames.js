@@ -19,16 +19,20 @@ export const isPersonId = (person) => typeof person === "string" && PERSON_RE.te
 
 /**
  * `resumeKey` (from our last welcome) proves to the server that we are the
- * client that used `clientID` before. `person` is the person's stable id
+ * client that used `clientID` before. `docId` ([extension] hello.docId: the
+ * welcome's, of the document `version` is of) goes only with a version: the
+ * server then resumes only that document, never another made under its name
+ * since. `person` is the person's stable id
  * ([extension] hello.person): sent only when it is one the protocol allows,
  * so a bad one from storage costs the attribution, never the connection.
  * `opened` ([extension] hello.opened) grows with every connection the client
  * opens: of two connections of one clientID the server keeps the one with
  * the larger, whichever hello it read first.
  */
-export const hello = (clientID, version, user, resumeKey = null, person = null, opened = null) => {
+export const hello = (clientID, version, user, resumeKey = null, person = null, opened = null, docId = null) => {
   const frame = { type: "hello", clientID, version, user };
   if (typeof resumeKey === "string") frame.resumeKey = resumeKey;
+  if (version !== null && typeof docId === "string" && docId.length > 0 && docId.length <= 64) frame.docId = docId;
   if (isPersonId(person)) frame.person = person;
   if (Number.isSafeInteger(opened) && opened >= 0) frame.opened = opened;
   return frame;
@@ -119,6 +123,7 @@ const CHECKS = {
       checkPresence(p, "welcome.peers");
     });
     need(m.resumeKey === undefined || typeof m.resumeKey === "string", "welcome", "resumeKey must be a string");
+    need(m.docId === undefined || typeof m.docId === "string", "welcome", "docId must be a string");
     if (m.limits !== undefined) {
       need(isObject(m.limits), "welcome", "limits must be an object");
       for (const [k, v] of Object.entries(m.limits)) {
@@ -132,6 +137,7 @@ const CHECKS = {
   },
   updates(m) {
     need(isCount(m.from), "updates", `from must be a non-negative integer, got ${brief(m.from)}`);
+    need(m.docId === undefined || typeof m.docId === "string", "updates", "docId must be a string");
     checkUpdates(m.updates, "updates");
   },
   presence: (m) => checkPresence(m),

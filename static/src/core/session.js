@@ -19,7 +19,12 @@
 //    stock @codemirror/collab client: the server rebases a push over what the
 //    connection received frame by frame, and mapping depends on grouping.
 //  - Every hello carries the resumeKey of the last welcome (when the server
-//    gave one): the proof that this clientID is ours; the person id, when
+//    gave one): the proof that this clientID is ours; with a version, the
+//    docId of the welcome that version came from, or of the updates frame
+//    that made the document (a kept record's, for its version), so that the
+//    server never resumes it in another document made
+//    under the name since (it sends the whole text: our unsent edits are
+//    rescued, not pushed there); the person id, when
 //    the session has a valid one (never an invalid one: the server would
 //    refuse the hello); and `opened`, larger than any earlier hello's of
 //    this session: the wall clock in whole milliseconds (epoch + now), or
@@ -168,6 +173,8 @@ export class Session {
     this.helloVersion = null;
     this.sessionId = null; // ours, from the welcome
     this.resumeKey = o.resumeKey ?? (o.restore && o.restore.resumeKey) ?? null; // proof that clientID is ours
+    // Which document our versions are of (the last welcome's docId; a kept record's), null: not known.
+    this.docId = o.restore && typeof o.restore.docId === "string" ? o.restore.docId : null;
     this.role = null;
     this.inflight = 0;
     this.pushFailures = 0;
@@ -215,7 +222,7 @@ export class Session {
     if (Number.isFinite(clock)) this.lastOpened = Math.max(this.lastOpened + 1, clock);
     else if (this.lastOpened >= 0) this.lastOpened += 1; // no clock now: still after the last one
     const opened = this.lastOpened >= 0 ? this.lastOpened : null; // never a clock: the server uses its own
-    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person, opened));
+    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person, opened, this.docId));
     return step;
   }
 
@@ -242,7 +249,11 @@ export class Session {
           break;
         }
         if (!m.updates.length) this.problem(step, `an empty updates frame from version ${m.from}`);
-        if (this.applyUpdates(m.from, m.updates, step)) this.flush(step, now);
+        if (this.applyUpdates(m.from, m.updates, step)) {
+          // The frame that made the document (from 0) says which: our welcome did not (nobody had made it).
+          if (m.from === 0 && typeof m.docId === "string") this.docId = m.docId;
+          this.flush(step, now);
+        }
         break;
       case "presence":
         this.stats.presenceReceived++;
@@ -357,6 +368,7 @@ export class Session {
     this.limits = resolveLimits(m.limits, this.pageLimits);
     this.sessionId = m.session;
     if (typeof m.resumeKey === "string") this.resumeKey = m.resumeKey;
+    this.docId = typeof m.docId === "string" ? m.docId : null; // none: nobody made the document yet
     if (m.role !== this.role) {
       this.role = m.role; // before a new state is made: its extensions may depend on it
       step.events.push({ type: "role", role: m.role });
