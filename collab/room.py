@@ -290,6 +290,8 @@ class Room:
         if want is not None and want > self.seq.committed_version and self.rooms.cluster is not None:
             # The client was acknowledged up to `want` (by another process): that much is durable, so
             # read it before welcoming, rather than answer a version the client is past with the whole text.
+            if self.doc_id is None:  # a room of no document reads nothing: first the one made meanwhile
+                await self.find_document()
             self.catch_up()
             for _ in range(100):
                 if self.seq.committed_version >= want or self.broken:

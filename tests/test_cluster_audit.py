@@ -224,3 +224,23 @@ async def test_people_at_another_process_learn_which_document_the_first_edit_mad
         assert b.rooms["doc"].doc_id == member.room.doc_id
         assert b.rooms["doc"].seq.committed_text() == "hello"
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_client_acknowledged_elsewhere_is_not_welcomed_with_an_empty_text_by_a_room_of_no_document(
+        database, redis):
+    """Was: a room opened here before anybody made its document, whose news of the first commits at
+    another process was lost, welcomed a client that process had acknowledged (its hello at a version
+    past ours) with an empty text at version 0 after waiting 2 s for a catch-up that could read nothing
+    (the room had no document to read from): the page showed nothing and offered its saved text as
+    rescued, until the next database check found the document. Now the room looks the document up
+    first, then catches up."""
+    async with process(database, None) as a, process(database, redis.url, check_every=30.0) as b:
+        await until(lambda: b.cluster.up, "the process on Redis")
+        bob = FakeConn("bob")
+        await b.join("doc", bob, hello("bob"), token=None)  # b's room: nobody made the document yet
+        ann, _ = await typed(a, "doc", "ann", "hello")  # a publishes nothing: b hears nothing of it
+        carol = FakeConn("carol")
+        await asyncio.wait_for(b.join("doc", carol, hello("carol", version=1), token=None), 5)
+        welcome = carol.of("welcome")[0]
+        assert welcome["version"] == 1 and welcome.get("doc", "hello") == "hello", welcome
+        assert welcome["docId"] == ann.of("updates")[0]["docId"]
