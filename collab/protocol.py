@@ -8,6 +8,7 @@ Frames are built as bytes once and sent as-is to every connection.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ MAX_CLIENT_ID = 128
 _PERSON = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_NAME = 100
 MAX_OPENED = 2 ** 53 - 1  # hello.opened: what a JavaScript number holds exactly
-MAX_DOC_ID = 64  # hello.docId: characters (ours are a document's id in decimal)
+MAX_DOC_ID = 64  # hello.docId: characters (ours are 16: doc_identity)
 DEFAULT_USER = {"name": "Anonymous", "color": "#888888"}
 
 
@@ -204,9 +205,18 @@ def _update_json(update: Update, hide=None) -> dict:
     return {"clientID": client_id, "changes": update.changes.to_json()}
 
 
+def doc_identity(created: float) -> str:
+    """welcome.docId of the document made at `created` (its creation time as stored, seconds): which
+    document of a name a client's versions are of. Made from the creation time, not the row's id,
+    because a copy keeps it (`collab copy`, `collab backup`) where ids are given anew: a page with
+    unsent edits resumes after an install moved as before. Two documents that had one name in turn
+    were made at two different moments."""
+    return hashlib.blake2b(repr(float(created)).encode(), digest_size=8).hexdigest()
+
+
 def welcome(session: str, role: str, version: int, peers: list[dict], limits: dict, resume_key: str, *,
             doc_json: bytes | None = None, since: int | None = None, updates: list[Update] | None = None,
-            hide=None, doc_id: int | None = None) -> bytes | tuple[bytes, bytes, bytes]:
+            hide=None, doc_id: str | None = None) -> bytes | tuple[bytes, bytes, bytes]:
     """The reply to hello: the full document, or the updates `since` a version (a resume).
 
     `doc_json` is the document already serialised as a JSON string (shared by
@@ -215,14 +225,14 @@ def welcome(session: str, role: str, version: int, peers: list[dict], limits: di
     ({maxFrame, maxDoc, maxUpdates, maxRanges}) tells the client what the
     server accepts; `resume_key` is the client's proof for its next hello;
     `hide` replaces the clientIDs of resumed updates (view sessions never see
-    other people's clientIDs); `doc_id` (None: nobody made the document yet)
-    tells which document of this name the versions are of (`docId`). A stock
-    client ignores the extra fields.
+    other people's clientIDs); `doc_id` (`doc_identity`; None: nobody made the
+    document yet) tells which document of this name the versions are of
+    (`docId`). A stock client ignores the extra fields.
     """
     frame = {"type": "welcome", "session": session, "role": role, "version": version, "peers": peers,
              "limits": limits, "resumeKey": resume_key}
     if doc_id is not None:
-        frame["docId"] = str(doc_id)
+        frame["docId"] = doc_id
     if doc_json is not None:
         return orjson.dumps(frame)[:-1] + b',"doc":', doc_json, b"}"
     frame["from"] = since
@@ -230,7 +240,7 @@ def welcome(session: str, role: str, version: int, peers: list[dict], limits: di
     return orjson.dumps(frame)
 
 
-def updates_frame(batch: list[Accepted], hide=None, doc_id: int | None = None) -> bytes:
+def updates_frame(batch: list[Accepted], hide=None, doc_id: str | None = None) -> bytes:
     """The `updates` frame, assembled from each entry's already-serialised changes.
 
     With `hide`, every clientID is replaced by `hide(clientID)` (the frame view sessions get).
@@ -247,17 +257,18 @@ def updates_frame(batch: list[Accepted], hide=None, doc_id: int | None = None) -
     return b'{"type":"updates","from":%d,"updates":[%s]%s}' % (start, b",".join(parts), _born(start, doc_id))
 
 
-def resumed_frame(start: int, updates: list[Update], hide=None, doc_id: int | None = None) -> bytes:
+def resumed_frame(start: int, updates: list[Update], hide=None, doc_id: str | None = None) -> bytes:
     """An `updates` frame from version `start` out of the log (a resume's frames after its welcome, or
     another process's commit); from version 0, it says which document it made (`_born`)."""
     return orjson.dumps({"type": "updates", "from": start, "updates": [_update_json(u, hide) for u in updates]})[:-1] \
         + _born(start, doc_id) + b"}"
 
 
-def _born(start: int, doc_id: int | None) -> bytes:
-    """`,"docId":"N"` for the frame from version 0 of document `doc_id`: a client that joined before anybody
-    made the document (its welcome had no docId) learns from it which document its versions are of."""
-    return b',"docId":"%d"' % doc_id if start == 0 and doc_id is not None else b""
+def _born(start: int, doc_id: str | None) -> bytes:
+    """`,"docId":...` for the frame from version 0 of the document `doc_id` (`doc_identity`): a client that
+    joined before anybody made the document (its welcome had no docId) learns from it which document its
+    versions are of."""
+    return b',"docId":' + orjson.dumps(doc_id) if start == 0 and doc_id is not None else b""
 
 
 def presence_object(session: str, user: dict, version: int, ranges: list[tuple[int, int]]) -> dict:

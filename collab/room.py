@@ -222,19 +222,20 @@ def proves_owner(owner: tuple[str, str, str], key, token, remote) -> bool:
 class Room:
     # Slots: a Room has more attributes than CPython shares the keys of in instance dicts (30), so each
     # open document would hold a full dict of its own (about 1.3 KB more), and every push looks them up.
-    __slots__ = ("rooms", "salt", "settings", "store", "doc_id", "name", "seq", "last_snapshot", "members",
+    __slots__ = ("rooms", "salt", "settings", "store", "doc_id", "identity", "name", "seq", "last_snapshot", "members",
                  "by_client", "viewers", "owners", "dirty", "remote_peers", "remote_dirty", "presence_timer",
                  "presence_sent", "bucket", "replay_bytes", "_doc_json", "unload_timer", "holds", "broken",
                  "deleted", "originals", "_progress", "_in_flight", "_commit_started", "_lost", "_ready",
                  "_catching", "_news", "_birth")
 
     def __init__(self, rooms: "Rooms", doc_id: int, name: str, seq: Sequencer, snapshot_version: int,
-                 salt: str = ""):
+                 salt: str = "", identity: str | None = None):
         self.rooms = rooms
         self.salt = salt
         self.settings = rooms.settings
         self.store = rooms.store
         self.doc_id = doc_id
+        self.identity = identity  # welcome.docId (protocol.doc_identity); None while there is no document
         self.name = name
         self.seq = seq
         self.last_snapshot = snapshot_version
@@ -345,10 +346,10 @@ class Room:
             # Presence objects are at `version`: with frames still to come they follow them.
             frame = protocol.welcome(conn.session, conn.role, sent, [] if sent < version else peers, limits,
                                      resume_key, since=want, updates=first,
-                                     hide=self.rooms.hide if conn.role == "view" else None, doc_id=self.doc_id)
+                                     hide=self.rooms.hide if conn.role == "view" else None, doc_id=self.identity)
         else:
             frame = protocol.welcome(conn.session, conn.role, version, peers, limits, resume_key,
-                                     doc_json=self._committed_json(), doc_id=self.doc_id)
+                                     doc_json=self._committed_json(), doc_id=self.identity)
         settings = self.settings
         member = Member(conn, self, TokenBucket(settings.update_rate, settings.update_burst, self.rooms.now()), at,
                         hello.opened)
@@ -484,7 +485,7 @@ class Room:
         """`hello.version` is a version of another document of this name (its `docId` is not this one's:
         that one was deleted, and the name used again): nothing can be resumed from it, the full text
         goes out instead (the client offers what it had not saved, as after a restore from a backup)."""
-        return hello.doc_id is not None and self.doc_id is not None and hello.doc_id != str(self.doc_id)
+        return hello.doc_id is not None and self.identity is not None and hello.doc_id != self.identity
 
     def _claim(self, conn: Connection, hello: protocol.Hello, old: Member | None, at: float) -> str:
         """Check that `conn` may speak for its clientID; returns the resume key for its welcome.
@@ -586,21 +587,26 @@ class Room:
             raise
         if self.doc_id is None:  # this room was no longer the one open under its name
             info = await self.store.document(self.name)
-            self.born_elsewhere(doc_id, info["salt"] if info else self.salt)
+            if info is not None and info["id"] == doc_id:
+                self.born_elsewhere(doc_id, info["salt"], info["created"])
+            else:  # deleted (and perhaps made again) meanwhile: the next commit finds out
+                self.born_elsewhere(doc_id, self.salt, None)
 
     async def find_document(self) -> None:
         """An unborn room: if its name has a document now (made through the API, or by another process),
         it becomes that document (`born_elsewhere`)."""
         info = await self.store.document(self.name)
         if info is not None:
-            self.born_elsewhere(info["id"], info["salt"])
+            self.born_elsewhere(info["id"], info["salt"], info["created"])
 
-    def born_elsewhere(self, doc_id: int, salt: str) -> None:
+    def born_elsewhere(self, doc_id: int, salt: str, created: float | None) -> None:
         """The document this unborn room stands for was made meanwhile (through the API, or by another
-        process): the room is that document now, with its links, and catches up with its text."""
+        process, at `created`: None if not known): the room is that document now, with its links, and
+        catches up with its text."""
         if self.doc_id is not None or self.broken:
             return
         self.doc_id, self.salt = doc_id, salt
+        self.identity = None if created is None else protocol.doc_identity(created)
         self.catch_up()
 
     async def _sequence(self, o: Original, catching: bool = False) -> bool:
@@ -870,8 +876,8 @@ class Room:
             self.replay_bytes = 0
         else:
             self.replay_bytes += commit.size
-        frame = protocol.updates_frame(batch, doc_id=self.doc_id)
-        self._broadcast(frame, protocol.updates_frame(batch, self.rooms.hide, self.doc_id) if self.viewers else None)
+        frame = protocol.updates_frame(batch, doc_id=self.identity)
+        self._broadcast(frame, protocol.updates_frame(batch, self.rooms.hide, self.identity) if self.viewers else None)
         metrics.fanout_seconds.observe(time.perf_counter() - now)
         if self.rooms.cluster is not None:
             self.rooms.cluster.publish_updates(self.name, self.doc_id, frame)
@@ -1023,8 +1029,8 @@ class Room:
         self.seq.catch_up(updates, ends)
         hide = self.rooms.hide
         for lo, group in frames:
-            self._broadcast(protocol.resumed_frame(lo, group, doc_id=self.doc_id),
-                            protocol.resumed_frame(lo, group, hide, self.doc_id) if self.viewers else None)
+            self._broadcast(protocol.resumed_frame(lo, group, doc_id=self.identity),
+                            protocol.resumed_frame(lo, group, hide, self.identity) if self.viewers else None)
         if self.remote_dirty:
             self._schedule_presence()  # cursors held until we had their version (after the updates: never before)
 
@@ -1408,7 +1414,8 @@ class Rooms:
                 loaded = Loaded(None, name, 0, "", [], 0, "")
             seq = Sequencer(loaded.text, loaded.version, loaded.log, keep=self.settings.keep_updates,
                             max_length=self.settings.max_doc, frame_ends=loaded.frame_ends)
-            room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version, loaded.salt)
+            room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version, loaded.salt,
+                        None if loaded.doc_id is None else protocol.doc_identity(loaded.created))
             self.rooms[name] = room
             self.metrics.documents.set(len(self.rooms))
             if self.cluster is not None:

@@ -119,6 +119,7 @@ class Loaded:
     snapshot_version: int      # newest snapshot at or below `version`
     salt: str = ""             # signs this document's share links
     frame_ends: list[int] = field(default_factory=list)  # where the log's frames ended (below `version`)
+    created: float = 0.0       # when the document was made (protocol.doc_identity: which document it is)
 
 
 # Event-loop turns the writer lets pass before it takes a group (GroupWriter._gather).

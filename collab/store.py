@@ -718,10 +718,10 @@ class Store(GroupWriter):
         keep = self.keep
 
         def fn(conn: sqlite3.Connection) -> Loaded | None:
-            row = conn.execute("SELECT id, version, salt FROM documents WHERE name = ?", (name,)).fetchone()
+            row = conn.execute("SELECT id, version, salt, created FROM documents WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return None
-            doc_id, version, salt = row
+            doc_id, version, salt, created = row
             snap_version, text = _snapshot_at(conn, doc_id, version)
             in_log = version - _log_start(conn, doc_id, version, keep)
             rows = _update_rows(conn, doc_id, min(snap_version, version - in_log), version)
@@ -737,7 +737,7 @@ class Store(GroupWriter):
             doc = Text(text)
             for u in replay:
                 doc.apply(u.changes)
-            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends)
+            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends, created)
 
         return await self._read(fn)
 

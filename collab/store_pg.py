@@ -886,10 +886,10 @@ class PgStore(GroupWriter):
         keep = self.keep
 
         async def fn(conn: asyncpg.Connection):
-            row = await conn.fetchrow("SELECT id, version, salt FROM documents WHERE name = $1", name)
+            row = await conn.fetchrow("SELECT id, version, salt, created FROM documents WHERE name = $1", name)
             if row is None:
                 return None
-            doc_id, version, salt = row
+            doc_id, version, salt, created = row
             snap_version, text = await _snapshot_at(conn, doc_id, version)
             # The log keeps at most `keep` updates and KEEP_BYTES of their ChangeSetJSON (sequencer.py).
             log_start = max(0, version - keep)
@@ -902,13 +902,13 @@ class PgStore(GroupWriter):
             ends = [r[0] for r in await conn.fetch(
                 "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end",
                 doc_id, log_start, version)]
-            return doc_id, version, salt, snap_version, text, rows, ends, version - log_start
+            return doc_id, version, salt, snap_version, text, rows, ends, version - log_start, created
 
         read = await self._read(fn, snapshot=True)
         if read is None:
             return None
 
-        def replay(doc_id, version, salt, snap_version, text, rows, ends, in_log) -> Loaded:
+        def replay(doc_id, version, salt, snap_version, text, rows, ends, in_log, created) -> Loaded:
             log = contiguous_tail(rows, version)
             log_from = version - len(log)
             if log_from > snap_version:
@@ -918,7 +918,8 @@ class PgStore(GroupWriter):
                 doc.apply(u.changes)
             log = log[max(0, len(log) - in_log):] if in_log else []
             log_from = version - len(log)
-            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, [v for v in ends if v > log_from])
+            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, [v for v in ends if v > log_from],
+                          created)
 
         return await asyncio.to_thread(replay, *read)  # parsing and replaying a long history: off the loop
 

@@ -215,7 +215,7 @@ async def test_people_at_another_process_learn_which_document_the_first_edit_mad
         assert "docId" not in bob.of("welcome")[0]
         ann, member = await typed(a, "doc", "ann", "hello")
         made = ann.of("updates")[0]
-        assert made["from"] == 0 and made["docId"] == str(member.room.doc_id)
+        assert made["from"] == 0 and made["docId"] == member.room.identity
         await until(lambda: bob.of("updates"), "the first edit at bob", timeout=3)
         assert bob.of("updates")[0]["docId"] == made["docId"]
         carol = FakeConn("carol")

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import pytest
 
+from collab import transfer
 from collab.app import create_app
 from collab.settings import Settings
+from collab.storage import store_at
 from conftest import BOTH_BACKENDS
 from test_deleted_meanwhile import opened, typed
 from wsutil import USER, push, recv_type, send
@@ -81,3 +83,27 @@ async def test_the_frame_that_makes_the_document_says_which_it_made(client):
     assert (await hello(client, "d", "b", None))["docId"] == made["docId"]
     await ws.close()
     await watcher.close()
+
+
+async def test_a_copy_of_the_install_keeps_the_docId_though_ids_are_given_anew(db, tmp_path, aiohttp_client):
+    """`collab copy` gives documents new ids (here: the source's first document was deleted, so the
+    copy numbers from 1 where the source had 2). docId is made from what the copy keeps, so a page
+    with unsent edits from before the move still resumes and merges them, not a rescue dialog."""
+    source = str(tmp_path / "source.db")
+    before = await aiohttp_client(create_app(Settings(db=source, unload_after=60)))
+    await typed(before, "gone", "deleted before the copy")
+    assert (await before.delete("/api/docs/gone")).status == 200
+    await typed(before, "d", "kept ")
+    welcome = await hello(before, "d", "b", None)
+    src, dst = await store_at(source).open(), await store_at(db).open()
+    try:
+        async with src.view() as view:
+            copied = await transfer.copy_view(view, dst)
+    finally:
+        await src.close()
+        await dst.close()
+    [doc] = copied
+    assert doc.source_id != doc.target_id
+    after = await aiohttp_client(create_app(Settings(db=db, unload_after=60)))
+    resumed = await hello(after, "d", "b", welcome["version"], welcome["docId"])
+    assert (resumed["from"], resumed["docId"]) == (welcome["version"], welcome["docId"])

@@ -143,11 +143,14 @@ def test_built_frames_read_back():
     assert type(parts) is tuple and parts[1] == b'"te\\"xt"'  # the document's JSON is a part of its own
     assert orjson.loads(b"".join(parts)) == {"type": "welcome", "session": "s1", "role": "edit", "version": 4,
                                              "peers": [], "limits": limits, "resumeKey": "key1", "doc": 'te"xt'}
-    with_id = orjson.loads(b"".join(protocol.welcome("s1", "edit", 4, [], limits, "k", doc_json=b'""', doc_id=12)))
-    assert (with_id["docId"], with_id["doc"]) == ("12", "")  # a string: clients only compare it
+    made = protocol.doc_identity(1764121234.567891)
+    assert type(made) is str and 0 < len(made) <= protocol.MAX_DOC_ID
+    assert made == protocol.doc_identity(1764121234.567891) != protocol.doc_identity(1764121234.567892)
+    with_id = orjson.loads(b"".join(protocol.welcome("s1", "edit", 4, [], limits, "k", doc_json=b'""', doc_id=made)))
+    assert (with_id["docId"], with_id["doc"]) == (made, "")
     one = Update("c1", ChangeSet.from_json([[0, "a", "b"]]))
-    resume = orjson.loads(protocol.welcome("s2", "edit", 5, [], limits, "k", since=4, updates=[one], doc_id=3))
-    assert resume["docId"] == "3"
+    resume = orjson.loads(protocol.welcome("s2", "edit", 5, [], limits, "k", since=4, updates=[one], doc_id=made))
+    assert resume["docId"] == made
     resume = orjson.loads(protocol.welcome("s2", "edit", 5, [], limits, "k", since=4, updates=[one]))
     assert "docId" not in resume  # nobody made the document yet
     assert (resume["from"], resume["updates"], "doc" in resume) == (4, [{"clientID": "c1",

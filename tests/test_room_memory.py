@@ -111,7 +111,8 @@ async def test_welcome_then_updates_only_after_commit_with_the_injected_clock(wo
     assert a.of("updates") == [] and b.of("updates") == []  # accepted, not yet durable: nothing sent
     await settle(rooms, "doc")
     info = await store.document("doc")  # it came to be at the first edit, not at the joins
-    assert a.of("updates") == b.of("updates") == [{"type": "updates", "from": 0, "docId": str(info["id"]),
+    assert a.of("updates") == b.of("updates") == [{"type": "updates", "from": 0,
+                                                   "docId": protocol.doc_identity(info["created"]),
                                                    "updates": [{"clientID": "a", "changes": [[0, "hi"]]}]}]
     assert (await store.history(info["id"], 10, 10))[0]["time"] == 1234.5
 
@@ -134,7 +135,7 @@ async def test_a_commit_that_lost_the_race_catches_up_and_sequences_the_push_aga
         assert not conn.closed
         assert conn.of("updates") == [
             {"type": "updates", "from": 0, "updates": [{"clientID": "z", "changes": [[0, "zz"]]}],
-             "docId": str(info["id"])},
+             "docId": protocol.doc_identity(info["created"])},
             {"type": "updates", "from": 1, "updates": [{"clientID": "a", "changes": [2, [0, "hi"]]}]}]
     assert rooms.metrics.conflicts._value.get() == 1
     assert await other.text_at(info["id"], 2) == "zzhi"  # rebased after the earlier insertion, as CodeMirror does
