@@ -85,6 +85,15 @@ def pg_server():
 
 
 @pytest.fixture
+def redis(tmp_path):
+    """A real redis-server on a free port of 127.0.0.1 (never 6379, nothing saved), stopped by its pid."""
+    from clusterproc import RedisServer
+    server = RedisServer(workdir=tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def backend(request) -> str:
     """"sqlite" unless the test is parametrised over BACKENDS."""
     return getattr(request, "param", "sqlite")

@@ -50,8 +50,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from clusterproc import (CLUSTER_SITE, Cluster, ClusterNginx, RedisServer, free_port, metrics, self_signed,
-                         WriterKiller)
+from clusterproc import CLUSTER_SITE, Cluster, ClusterNginx, WriterKiller, free_port, metrics, self_signed
 from conftest import JS_DIR
 from loadclients import apply_changes, history_versions
 from serverproc import ROOT, get_json
@@ -79,13 +78,6 @@ def database(pg_server):
     name = pg_server.create_database()
     yield name
     pg_server.drop_database(name)
-
-
-@pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(workdir=tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 ARTIFACTS = ROOT / "test-artifacts" / "cluster"

@@ -19,7 +19,6 @@ import time
 import orjson
 import pytest
 
-from clusterproc import RedisServer
 from collab import protocol
 from collab.cluster import Cluster, channel
 from collab.room import Rooms
@@ -33,13 +32,6 @@ def database(pg_server):
     name = pg_server.create_database()
     yield pg_server.url(name)
     pg_server.drop_database(name)
-
-
-@pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(workdir=tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @contextlib.asynccontextmanager
