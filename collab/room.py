@@ -222,10 +222,10 @@ def proves_owner(owner: tuple[str, str, str], key, token, remote) -> bool:
 class Room:
     # Slots: a Room has more attributes than CPython shares the keys of in instance dicts (30), so each
     # open document would hold a full dict of its own (about 1.3 KB more), and every push looks them up.
-    __slots__ = ("rooms", "salt", "settings", "store", "doc_id", "identity", "name", "seq", "last_snapshot", "members",
-                 "by_client", "viewers", "owners", "dirty", "remote_peers", "remote_dirty", "presence_timer",
-                 "presence_sent", "bucket", "replay_bytes", "_doc_json", "unload_timer", "holds", "broken",
-                 "deleted", "originals", "_progress", "_in_flight", "_commit_started", "_lost", "_ready",
+    __slots__ = ("rooms", "salt", "settings", "store", "doc_id", "identity", "name", "seq", "last_snapshot",
+                 "members", "by_client", "viewers", "owners", "dirty", "remote_peers", "remote_dirty",
+                 "presence_timer", "presence_sent", "bucket", "replay_bytes", "_doc_json", "unload_timer", "holds",
+                 "broken", "deleted", "originals", "_progress", "_in_flight", "_commit_started", "_lost", "_ready",
                  "_catching", "_news", "_birth")
 
     def __init__(self, rooms: "Rooms", doc_id: int, name: str, seq: Sequencer, snapshot_version: int,
