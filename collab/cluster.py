@@ -157,6 +157,11 @@ class Cluster:
             except Exception as exc:  # noqa: BLE001 - the reader notices and reconnects
                 log.info("subscribing to %s failed: %s", name, exc)
 
+    def check_soon(self) -> None:
+        """Check every open document against the database now, not at the next `--check-every` (a room
+        found out that news did not reach it)."""
+        self._check_now.set()
+
     def opened(self, name: str) -> None:
         """A room of `name` was just registered here (watched before its load): ask the other processes for
         their rosters there, so the cursors of their people show at once, not at their next republish (up

@@ -287,12 +287,18 @@ class Room:
         # from far back reads history from the store).
         authorize(self.salt)
         history = None
+        cluster = self.rooms.cluster
+        ahead = hello.version is not None and hello.version > self.seq.committed_version and cluster is not None
+        if self.doc_id is None and (hello.doc_id is not None or ahead):
+            # A room of no document, and the client knew one (its docId), or another process acknowledged
+            # it past us: the document may have been made meanwhile (news lost, or not here yet).
+            await self.find_document()
+        if self._other_document(hello) and cluster is not None and self.doc_id is not None:
+            await self._still_the_document()
         want = None if self._other_document(hello) else hello.version
-        if want is not None and want > self.seq.committed_version and self.rooms.cluster is not None:
+        if want is not None and want > self.seq.committed_version and cluster is not None:
             # The client was acknowledged up to `want` (by another process): that much is durable, so
             # read it before welcoming, rather than answer a version the client is past with the whole text.
-            if self.doc_id is None:  # a room of no document reads nothing: first the one made meanwhile
-                await self.find_document()
             self.catch_up()
             for _ in range(100):
                 if self.seq.committed_version >= want or self.broken:
@@ -482,10 +488,21 @@ class Room:
                     m.conn.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
 
     def _other_document(self, hello: protocol.Hello) -> bool:
-        """`hello.version` is a version of another document of this name (its `docId` is not this one's:
-        that one was deleted, and the name used again): nothing can be resumed from it, the full text
-        goes out instead (the client offers what it had not saved, as after a restore from a backup)."""
-        return hello.doc_id is not None and self.identity is not None and hello.doc_id != self.identity
+        """`hello.version` is a version of another document of this name (its `docId` is not this one's,
+        or this room has none: that one was deleted, and the name used again or not): nothing can be
+        resumed from it, the full text goes out instead (the client offers what it had not saved, as
+        after a restore from a backup)."""
+        return hello.doc_id is not None and hello.doc_id != self.identity
+
+    async def _still_the_document(self) -> None:
+        """With several processes: a hello names another document than this room's. It may be this room
+        that is out of date (its document deleted at another process, another made under the name, and
+        the news not here yet): then the client is told to come back (1011), after the check that ends
+        this room, rather than welcomed to the deleted document's text."""
+        info = await self.store.document(self.name)
+        if info is None or info["id"] != self.doc_id:
+            self.rooms.cluster.check_soon()
+            raise ServerError("this document changed at another server; reconnect", close=CLOSE_INTERNAL)
 
     def _claim(self, conn: Connection, hello: protocol.Hello, old: Member | None, at: float) -> str:
         """Check that `conn` may speak for its clientID; returns the resume key for its welcome.

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from collab import protocol
+from collab.errors import ServerError
 from collab.cluster import Cluster, channel
 from collab.room import Rooms
 from collab.settings import Settings
@@ -234,5 +235,49 @@ async def test_a_client_acknowledged_elsewhere_is_not_welcomed_with_an_empty_tex
         carol = FakeConn("carol")
         await asyncio.wait_for(b.join("doc", carol, hello("carol", version=1), token=None), 5)
         welcome = carol.of("welcome")[0]
-        assert welcome["version"] == 1 and welcome.get("doc", "hello") == "hello", welcome
+        assert (welcome["version"], welcome.get("from"), welcome["updates"]) == (1, 1, []), welcome  # a resume
         assert welcome["docId"] == ann.of("updates")[0]["docId"]
+
+
+async def test_a_hello_naming_the_document_made_elsewhere_is_resumed_by_a_room_that_missed_it(database, redis):
+    """A room here stood for a name nobody had made; another process made the document (empty, through
+    the API) and its news was lost. A client welcomed there (docId, version 0) that comes here is
+    resumed in that document, not given an empty text and a rescue, nor welcomed without its docId."""
+    async with process(database, None) as a, process(database, redis.url, check_every=30.0) as b:
+        await until(lambda: b.cluster.up, "the process on Redis")
+        await b.join("doc", FakeConn("bob"), hello("bob"), token=None)  # b's room: no document
+        await a.create("doc")  # a publishes nothing
+        ann = FakeConn("ann")
+        await a.join("doc", ann, hello("ann"), token=None)
+        made = ann.of("welcome")[0]["docId"]
+        carol = FakeConn("carol")
+        await b.join("doc", carol, protocol.Hello("carol", 0, {"name": "c", "color": "#123456"}, doc_id=made),
+                     token=None)
+        welcome = carol.of("welcome")[0]
+        assert (welcome.get("from"), welcome["docId"]) == (0, made), welcome
+
+
+async def test_a_hello_naming_a_document_made_after_this_room_loaded_is_sent_back_not_given_the_old_text(
+        database, redis):
+    """A room here is of a document another process deleted and made again under the name, and the news
+    did not come (lost, or not yet). A client of the new document that comes here must not be welcomed
+    to the deleted one's text (its unsent edits would go to a rescue dialog, for a document that is
+    there): it is told to reconnect (1011), and the check this sets off ends the out-of-date room, so
+    that it is welcomed to the new document next time."""
+    async with process(database, None) as a, process(database, redis.url, check_every=30.0) as b:
+        await until(lambda: b.cluster.up, "the process on Redis")
+        await typed(b, "doc", "bob", "the old document")
+        await a.delete("doc")  # a publishes nothing: b's room is the deleted document's
+        ann, _ = await typed(a, "doc", "ann", "the new one")
+        made = ann.of("updates")[0]["docId"]
+        carol = FakeConn("carol")
+        again = protocol.Hello("carol", 1, {"name": "c", "color": "#123456"}, doc_id=made)
+        with pytest.raises(ServerError) as refused:
+            await b.join("doc", carol, again, token=None)
+        assert refused.value.close == 1011 and not carol.of("welcome")
+        await until(lambda: b.rooms.get("doc") is None or b.rooms["doc"].identity == made,
+                    "the check ending the out-of-date room")
+        dave = FakeConn("dave")
+        await b.join("doc", dave, protocol.Hello("dave", 1, {"name": "d", "color": "#123456"}, doc_id=made),
+                     token=None)
+        assert (dave.of("welcome")[0].get("from"), dave.of("welcome")[0]["docId"]) == (1, made)

@@ -107,3 +107,16 @@ async def test_a_copy_of_the_install_keeps_the_docId_though_ids_are_given_anew(d
     after = await aiohttp_client(create_app(Settings(db=db, unload_after=60)))
     resumed = await hello(after, "d", "b", welcome["version"], welcome["docId"])
     assert (resumed["from"], resumed["docId"]) == (welcome["version"], welcome["docId"])
+
+
+async def test_a_resume_naming_a_document_that_is_gone_gets_the_whole_text_even_at_version_0(client):
+    """A document made empty (version 0), its docId known to a client, then deleted: nobody has the name
+    now. The client's hello at version 0 names a document that is not there: it gets the whole (empty)
+    text, so its unsent edits are offered back, not pushed to make a new document."""
+    assert (await client.post("/api/docs", json={"name": "d"})).status == 201
+    made = (await hello(client, "d", "b", None))["docId"]
+    assert (await client.delete("/api/docs/d")).status == 200
+    for version in (0, 3):
+        welcome = await hello(client, "d", "b", version, made)
+        assert (welcome["doc"], welcome["version"], "docId" in welcome) == ("", 0, False)
+        assert "from" not in welcome

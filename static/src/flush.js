@@ -17,7 +17,7 @@ import { Session, SUBPROTOCOL } from "./core.js";
 const TIMEOUT_MS = 20000;
 
 /**
- * rec: {clientID, version, updates: [ChangeSetJSON], base}; user and
+ * rec: {clientID, version, updates: [ChangeSetJSON], base, resumeKey, docId} (a kept record); user and
  * person: who sends them (this page's person); limits: the page's; resolves to "sent", "rescued" (the server could not resume:
  * `rescue` was called with the text) or "failed" (the record stays for a
  * later page).
