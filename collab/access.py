@@ -75,11 +75,15 @@ def origin_allowed(origin: str | None, own: str, extra: frozenset[str]) -> bool:
     """Whether a WebSocket from a page at `origin` may connect (cross-site WebSocket hijacking).
 
     No Origin header means no browser page is involved (a script or a tool):
-    allowed, since such a client holds its token itself.
+    allowed, since such a client holds its token itself. One that is no URL (`http://[::1`, which
+    urlsplit refuses) is no page of ours: refused, like any foreign one.
     """
     if origin is None:
         return True
-    parts = urlsplit(origin.strip().lower())
+    try:
+        parts = urlsplit(origin.strip().lower())
+    except ValueError:
+        return False
     if not parts.scheme or not parts.netloc:
         return False
     normal = f"{parts.scheme}://{parts.netloc}"

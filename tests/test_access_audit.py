@@ -1,0 +1,57 @@
+"""An audit of access control and request guarding, as an attacker and an operator would probe it.
+
+Each test is one finding: it failed on the code before its fix. In-process servers (aiohttp's test
+client with `create_app`), never mocks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from aiohttp import WSServerHandshakeError
+
+from collab.access import Access
+from collab.app import create_app
+from collab.settings import Settings
+
+SECRET = "the access audit's secret, long enough"
+ADMIN = Access(SECRET.encode()).admin_token()
+
+
+def settings_for(tmp_path, **kw) -> Settings:
+    return Settings(db=str(tmp_path / "audit.db"), unload_after=60, **kw)
+
+
+async def docs_of(client, token=None) -> list[str]:
+    resp = await client.get("/api/docs", headers={"Authorization": f"Bearer {token}"} if token else {})
+    assert resp.status == 200, await resp.text()
+    return sorted(d["name"] for d in (await resp.json())["docs"])
+
+
+# ------------------------------------------ an Origin that is not a URL
+
+# urlsplit raises ValueError on these (an unclosed or stray bracket, a bracketed host that is no address).
+BROKEN_ORIGINS = ("http://[::1", "http://a]b", "http://[zz]:80")
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["personal", "team"])
+async def test_an_origin_that_is_not_a_url_is_refused_as_foreign_not_a_server_error(aiohttp_client, tmp_path,
+                                                                                   caplog, secret):
+    """A page (or anyone) sending `Origin: http://[::1` got 500 `internal`, with a traceback logged for each
+    request, on every state change, /ws/{doc} and /status/ws: the Origin parser raised. It is no origin of
+    ours: 403 `forbidden`, and nothing is changed."""
+    client = await aiohttp_client(create_app(settings_for(tmp_path, secret=secret)))
+    auth = {"Authorization": f"Bearer {ADMIN}"} if secret else {}
+    caplog.set_level(logging.INFO, logger="collab")
+    for origin in BROKEN_ORIGINS:
+        resp = await client.post("/api/docs", json={"name": "made"}, headers={**auth, "Origin": origin})
+        assert resp.status == 403, (origin, resp.status, await resp.text())
+        assert (await resp.json())["error"]["code"] == "forbidden"
+        for path in ("/ws/doc", "/status/ws"):
+            url = path + (f"?token={ADMIN}" if secret else "")
+            with pytest.raises(WSServerHandshakeError) as refused:
+                await client.ws_connect(url, protocols=["collab.v1"], headers={"Origin": origin})
+            assert refused.value.status == 403, (origin, path)
+    assert await docs_of(client, ADMIN if secret else None) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a refusal was logged as a server error"
