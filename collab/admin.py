@@ -331,8 +331,10 @@ class _LeftAsItWas(Exception):
 
 async def _compact(settings: Settings, keep: int) -> list[tuple[str, int | None, int, str]]:
     """(name, boundary, rows dropped, note) per document compacted; boundary None: left as it was, and why."""
+    # --authors-max-runs bounds an /authors answer; compact answers nobody but stores the spans, and
+    # without them the document's authors view would be gone for good (at every version from then on).
     compute.configure(settings.history_workers, settings.history_queue, settings.history_memory,
-                      settings.history_timeout, settings.authors_max_runs)
+                      settings.history_timeout, sys.maxsize)
     results = []
     async with _store(settings) as store:
         for entry in await store.list_documents():
