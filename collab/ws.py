@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import random
 import time
@@ -59,11 +60,21 @@ def client_address(request: web.Request, trusted: frozenset[str]) -> str:
     address = peer[0] if peer else "?"
     if address not in trusted:
         return address
-    hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
+    hops = [ip_text(h) for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
     for hop in reversed(hops):
         if hop not in trusted:
             return hop
     return address
+
+
+def ip_text(text: str) -> str:
+    """An IP address in the one spelling a socket reports it in (`FD00:0::1` is `fd00::1`); other text
+    stripped, as it is."""
+    text = text.strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
 
 
 class _InflatingReader(reader_py.WebSocketReader):
@@ -421,7 +432,8 @@ def allowed_origins(settings: Settings) -> frozenset[str]:
 
 
 def trusted_proxies(settings: Settings) -> frozenset[str]:
-    return frozenset(a.strip() for a in settings.trusted_proxy.split(",") if a.strip())
+    """--trusted-proxy's addresses, spelled as the socket spells a peer (see `ip_text`)."""
+    return frozenset(ip_text(a) for a in settings.trusted_proxy.split(",") if a.strip())
 
 
 def _frame_error(ws: web.WebSocketResponse) -> ProtocolError:

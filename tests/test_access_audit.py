@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 import pytest
 from aiohttp import WSServerHandshakeError
+from aiohttp.test_utils import TestServer
 
 from collab.access import Access
 from collab.app import create_app
@@ -55,3 +57,30 @@ async def test_an_origin_that_is_not_a_url_is_refused_as_foreign_not_a_server_er
             assert refused.value.status == 403, (origin, path)
     assert await docs_of(client, ADMIN if secret else None) == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a refusal was logged as a server error"
+
+
+# ------------------------------------- a trusted proxy named in another spelling
+
+async def test_a_trusted_proxy_is_recognised_however_its_ipv6_address_is_spelled(tmp_path):
+    """`--trusted-proxy 0:0:0:0:0:0:0:1` (or `FD00::1`, as an operator may copy it) never matched the
+    socket's `::1`: the proxy's X-Forwarded-For was not believed, so every client behind it was the
+    proxy's one address and the team shared one --max-conns-per-addr. Addresses are compared in the
+    socket's spelling."""
+    app = create_app(settings_for(tmp_path, trusted_proxy="0:0:0:0:0:0:0:1", max_conns_per_addr=1))
+    server = TestServer(app, host="::1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://[::1]:{server.port}/ws/doc"
+            first = await session.ws_connect(url, protocols=["collab.v1"], headers={"X-Forwarded-For": "10.0.0.1"})
+            # Another client behind the same proxy is another address: it gets in.
+            second = await session.ws_connect(url, protocols=["collab.v1"], headers={"X-Forwarded-For": "10.0.0.2"})
+            # The same client again is over its cap: the header is believed, and read as the proxy wrote it.
+            with pytest.raises(WSServerHandshakeError) as refused:
+                await session.ws_connect(url, protocols=["collab.v1"],
+                                         headers={"X-Forwarded-For": "forged, 10.0.0.1"})
+            assert refused.value.status == 429
+            await first.close()
+            await second.close()
+    finally:
+        await server.close()
