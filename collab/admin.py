@@ -37,7 +37,7 @@ from pathlib import Path
 
 from . import compute, protocol, transfer
 from .changes import utf16_len
-from .errors import CollabError
+from .errors import ProtocolError, ServerError
 from .settings import Settings
 from .storage import (DocumentGone, Kept, NamedWhileCompacting, NotOurs, StorageUnavailable, TooManyDocuments,
                       VersionCompacted, check_ours, database_exists, describe, is_postgres, store_at, store_for)
@@ -291,7 +291,8 @@ def compact(settings: Settings) -> int:
     server runs: the server only ever adds rows above V, the rows go in short
     transactions (COMPACT_CHUNK), and a version named meanwhile stops the
     deletes before the rows it needs. A document renamed or deleted meanwhile,
-    or whose authorship takes longer than --history-timeout to rebuild, or
+    or whose authorship takes longer than --history-timeout (or more memory than --history-memory) to
+    rebuild, or
     whose boundary an earlier run that stopped part way made unreadable, is
     left as it was and said (all but the first, and a version named
     meanwhile, make the exit status 1: the message says what to run).
@@ -399,14 +400,21 @@ async def _kept(store, info: dict, version: int) -> Kept:
     text = await store.text_at(info["id"], version)
     try:
         spans = (await store.authorship(info["id"], version)).to_list()
-    except (StorageUnavailable, compute.NoWorker) as exc:
-        # A passing failure: dropping the rows without the spans would lose the authors view for good.
-        raise AdminError(f"{info['name']}: {exc}; nothing of it was compacted, run the command "
-                         "again later") from None
     except (compute.Overrun, compute.Busy) as exc:  # over the time budget: the same, for this document
         raise _LeftAsItWas(f"{_TOO_SLOW} took longer to rebuild than --history-timeout allows (at version "
                            f"{version}: {exc}); its history is kept: run again with a larger --history-timeout")
-    except (RuntimeError, LookupError, CollabError):  # compacted before it was cached: it cannot be had
+    except ServerError as exc:
+        # A passing failure (the database, a worker that could not start or that ended: killed, out of
+        # memory): dropping the rows without the spans would lose the authors view for good.
+        raise AdminError(f"{info['name']}: {exc}; nothing of it was compacted, run the command "
+                         "again later") from None
+    except ProtocolError as exc:
+        if exc.code != "too-large":  # not-found: the document was deleted meanwhile (see _compact)
+            raise
+        # Over the workers' memory (compact sets no limit on runs): it can be had with more.
+        raise _LeftAsItWas(f"{_TOO_SLOW} needs more memory to rebuild than --history-memory allows (at version "
+                           f"{version}: {exc}); its history is kept: run again with a larger --history-memory")
+    except (RuntimeError, LookupError):  # compacted before it was cached: it cannot be had
         spans = None
     return Kept(version, text, spans)
 

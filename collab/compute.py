@@ -189,7 +189,10 @@ class _Worker:
 
     def call(self, fn, args, deadline: float, what: str):
         """fn(*args) in this worker; raises Overrun (the caller then kills it) past `deadline`."""
-        _send(self.proc.stdin.fileno(), (fn, args))
+        try:
+            _send(self.proc.stdin.fileno(), (fn, args))
+        except BrokenPipeError:  # it ended while reading the job: it says why first (out of memory), if it can
+            pass
         try:
             status, value = _receive(self.proc.stdout.fileno(), deadline)
         except TimeoutError:

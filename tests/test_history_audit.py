@@ -61,3 +61,49 @@ def test_compact_keeps_the_authorship_of_a_document_over_the_answer_limit(db, mo
 
     assert _on_store(db, authors) == {v: [[1, "Ann" if k % 2 else "Bob"] for k in range(1, v + 1)]
                                       for v in (30, 35, 40)}
+
+
+def _worker_size() -> int:
+    """Bytes of address space an idle history worker takes (what --history-memory must leave room for)."""
+    pool = compute.Pool(1, 0)
+    try:
+        asyncio.run(pool.run(sum, [1], timeout=20))
+        with open(f"/proc/{pool._idle[0].proc.pid}/status") as f:
+            return int(f.read().split("VmSize:")[1].split()[0]) << 10
+    finally:
+        pool.close()
+
+
+def test_compact_keeps_the_history_of_a_document_whose_authorship_needs_more_memory(db, monkeypatch, capsys):
+    """Was: authorship over the workers' memory (--history-memory: 413 too-large) was taken for
+    authorship that cannot be had: the rows were dropped without it, and the document's authors view
+    answered 404 at every version from then on, when a larger budget would have kept it. Now the
+    document is left as it was, and the message says what to run (as for --history-timeout)."""
+    big = 100_000  # each update inserts this many units: a chunk of rows (2 MB) does not fit the budget
+    doc_id = _on_store(db, lambda store: _big_updates(store, 30, big))
+    monkeypatch.setattr(compute, "_pool", None)  # a pool of this budget (compact makes it)
+    try:
+        assert admin.compact(Settings(db=db, keep_history=10, history_memory=_worker_size() + (1 << 20))) == 1
+    finally:
+        compute._pool.close()
+    out = capsys.readouterr().out
+    assert "doc: left as it was: who wrote what needs more memory to rebuild than --history-memory allows" in out
+    assert _on_store(db, lambda store: store.oldest_update(doc_id)) == 1, "no update row was dropped"
+
+    monkeypatch.setattr(compute, "_pool", None)
+    try:
+        assert admin.compact(Settings(db=db, keep_history=10)) == 0  # the default budget: compacted, kept
+    finally:
+        compute._pool.close()
+    assert "doc: dropped 20 updates up to version 20, snapshot kept at 20\n" in capsys.readouterr().out
+    runs = _on_store(db, lambda store: store.authorship(doc_id, 30))
+    assert runs.to_list() == [[big, "Ann" if v % 2 else "Bob"] for v in range(1, 31)]
+
+
+async def _big_updates(store, n: int, size: int) -> int:
+    doc_id = await store.create_document("doc")
+    for v in range(1, n + 1):
+        changes = ChangeSet.from_json(([(v - 1) * size] if v > 1 else []) + [[0, "x" * size]])
+        await commit(store, doc_id, [Accepted(v, Update("c", changes), "Ann" if v % 2 else "Bob", 1000.0 + v)],
+                     v * size)
+    return doc_id
