@@ -291,9 +291,9 @@ def compact(settings: Settings) -> int:
     server runs: the server only ever adds rows above V, the rows go in short
     transactions (COMPACT_CHUNK), and a version named meanwhile stops the
     deletes before the rows it needs. A document renamed or deleted meanwhile,
-    or whose authorship takes longer than --history-timeout (or more memory than --history-memory) to
-    rebuild, or
-    whose boundary an earlier run that stopped part way made unreadable, is
+    or whose authorship takes longer than --history-timeout (or more memory
+    than --history-memory) to rebuild, or whose boundary an earlier run that
+    stopped part way made unreadable, is
     left as it was and said (all but the first, and a version named
     meanwhile, make the exit status 1: the message says what to run).
     """
