@@ -1499,10 +1499,16 @@ class Rooms:
         The token is checked against the document's current salt in the same
         step that registers the member (no await between), so a link reset or
         a deletion either sees the member and closes it, or the join is
-        refused. Only a token that may create documents (the admin's, or
-        anyone on a personal instance) makes a missing document.
+        refused; and first of all, before the document is loaded for it (a
+        token that gives nothing does not make the server read a document).
+        Only a token that may create documents (the admin's, or anyone on a
+        personal instance) makes a missing document.
         """
         at = self.clock()  # when the hello came (Room.join: of two connections of one client, the newer wins)
+        if self.access.enabled:
+            salt = await self.salt_of(name)
+            if salt is not None:  # a token that gives nothing here is refused before the document is loaded
+                self.access.role(token, name, salt)
         room = await self._get(name, create=False)
         if room is None:
             moved = await self.store.renamed_to(name)

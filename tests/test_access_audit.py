@@ -14,7 +14,7 @@ from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestServer
 
 from collab.access import Access
-from collab.app import create_app
+from collab.app import ROOMS, create_app
 from collab.settings import Settings
 
 SECRET = "the access audit's secret, long enough"
@@ -84,3 +84,25 @@ async def test_a_trusted_proxy_is_recognised_however_its_ipv6_address_is_spelled
             await second.close()
     finally:
         await server.close()
+
+
+# ------------------------------------------ a forged token loads nothing
+
+async def test_a_hello_with_a_token_that_gives_nothing_does_not_load_the_document(tmp_path, aiohttp_client):
+    """Was: the document was loaded (its text rebuilt from the database into a room) before the hello's
+    token was checked, so anyone who knew a name could make the server read that document, and read it
+    again after every unload, with no token or a forged one. Now the token is checked first."""
+    app = create_app(settings_for(tmp_path, secret=SECRET))
+    client = await aiohttp_client(app)
+    resp = await client.post("/api/docs", json={"name": "secret-doc"}, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert resp.status == 201
+    rooms = app[ROOMS]
+    assert "secret-doc" not in rooms.rooms  # made, not opened: nothing of it in memory
+    for token in (None, "v" + "A" * 40):
+        url = "/ws/secret-doc" + (f"?token={token}" if token else "")
+        ws = await client.ws_connect(url, protocols=["collab.v1"])
+        await ws.send_json({"type": "hello", "clientID": "x", "version": None})
+        frame = await ws.receive_json(timeout=5)
+        assert frame["type"] == "error" and frame["code"] in ("unauthorized", "forbidden"), frame
+        await ws.close()
+        assert "secret-doc" not in rooms.rooms, "the document was loaded for a token that gives nothing"
