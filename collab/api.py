@@ -301,8 +301,9 @@ class Api:
     def _page(self, filename: str, fill: str = "") -> web.StreamResponse:
         """A page as static/build.mjs wrote it to dist/ (naming hashed files); `fill` goes at LIMITS_PLACEHOLDER."""
         path = self.static_dir / "dist" / filename
-        if not path.is_file():
-            raise ProtocolError("not-found", f"dist/{filename} is missing from {self.static_dir} (static/build.mjs)")
+        if not path.is_file():  # the operator learns where from the log; a visitor learns no path of ours
+            log.error("%s is missing: build the editor (cd static && node build.mjs)", path)
+            raise ProtocolError("not-found", f"this server's editor page (dist/{filename}) is missing")
         access = f'<meta name="collab-access" content="{"tokens" if self.access.enabled else "open"}">'
         html = path.read_text(encoding="utf-8").replace(LIMITS_PLACEHOLDER, access + fill, 1)
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
@@ -349,7 +350,15 @@ class Api:
         """The document the route names, after checking the token for `need` access to it."""
         name = doc_name(request)
         await self.allow(request, need, name)
-        return await self.rooms.info(name)
+        return self._still_allowed(request, need, await self.rooms.info(name))
+
+    def _still_allowed(self, request: web.Request, need: str, info: dict) -> dict:
+        """`info`, the row read after `allow`: the token is checked again against its salt, so a document
+        deleted and made again under the name in between (another salt) is not read with the old one's
+        token. Returns `info`."""
+        if self.access.enabled:
+            self.access.require(token_of(request), need, info["name"], info["salt"])
+        return info
 
     async def get_doc(self, request: web.Request) -> web.Response:
         name = doc_name(request)
@@ -362,7 +371,7 @@ class Api:
     async def history(self, request: web.Request) -> web.Response:
         name = doc_name(request)
         role = await self.allow(request, "view", name)
-        info = await self.rooms.info(name)
+        info = self._still_allowed(request, "view", await self.rooms.info(name))
         before = _int_param(_query(request, "before"), "before", info["version"] + 1, 0, None)
         limit = _int_param(_query(request, "limit"), "limit", 100, 1, MAX_HISTORY_PAGE,
                            beyond="the most entries one page holds,")

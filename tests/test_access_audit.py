@@ -106,3 +106,40 @@ async def test_a_hello_with_a_token_that_gives_nothing_does_not_load_the_documen
         assert frame["type"] == "error" and frame["code"] in ("unauthorized", "forbidden"), frame
         await ws.close()
         assert "secret-doc" not in rooms.rooms, "the document was loaded for a token that gives nothing"
+
+
+# ------------------------------------------ a link of a document deleted and made again meanwhile
+
+@pytest.mark.parametrize("path", ["/api/docs/d/history", "/api/docs/d/versions/0"])
+async def test_a_link_of_a_document_deleted_and_made_again_while_it_is_checked_reads_nothing(
+        tmp_path, aiohttp_client, monkeypatch, path):
+    """Was: a route checked the token against the salt it read for the name, then read the document by
+    name again: a document deleted and made again under the name in between (another salt) was read
+    with the old document's view link. Now the token is checked again against the row that was read."""
+    from test_deleted_meanwhile import meanwhile
+    app = create_app(settings_for(tmp_path, secret=SECRET))
+    client = await aiohttp_client(app)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    made = await client.post("/api/docs", json={"name": "d"}, headers=admin)
+    old_view = (await made.json())["links"]["view"].split("token=")[1]
+    assert (await client.get(f"{path}?token={old_view}")).status == 200  # the link works, as it should
+
+    async def delete_and_make_again():
+        assert (await client.delete("/api/docs/d", headers=admin)).status == 200
+        assert (await client.post("/api/docs", json={"name": "d"}, headers=admin)).status == 201
+
+    meanwhile(monkeypatch, app[ROOMS], "info", before=delete_and_make_again)
+    resp = await client.get(f"{path}?token={old_view}")
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden", await resp.text()
+
+
+async def test_a_missing_editor_build_names_no_path_of_the_server(tmp_path, aiohttp_client, caplog):
+    """Was: with the editor's build missing, every visitor's 404 said where the server's files are."""
+    static = tmp_path / "static"
+    (static / "dist").mkdir(parents=True)
+    client = await aiohttp_client(create_app(settings_for(tmp_path, static_dir=str(static))))
+    with caplog.at_level(logging.ERROR, logger="collab"):
+        resp = await client.get("/d/some-doc")
+    assert resp.status == 404
+    assert str(tmp_path) not in await resp.text()
+    assert any(str(static) in r.getMessage() for r in caplog.records)  # the operator is told where
