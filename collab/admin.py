@@ -377,8 +377,11 @@ async def _compact_one(store, info: dict, keep: int) -> tuple[str, int | None, i
     except RuntimeError as exc:
         raise AdminError(str(exc)) from None
     note = f" and at the {len(named)} named versions below it" if named else ""
-    if any(k.spans is None for k in (at_boundary, *named)):
-        note += " (authorship could not be rebuilt; the authors view stays unavailable there)"
+    if at_boundary.spans is None:
+        note += (" (its authorship could not be rebuilt: the authors view is unavailable from there on, the "
+                 "current version included)")
+    elif any(k.spans is None for k in named):
+        note += " (the authorship of some named versions could not be rebuilt: the authors view is unavailable at them)"
     return info["name"], boundary, rows, note
 
 
