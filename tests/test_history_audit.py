@@ -13,23 +13,11 @@ from collab.changes import ChangeSet
 from collab.rebase import Update
 from collab.sequencer import Accepted
 from collab.settings import Settings
-from collab.storage import store_at
 from conftest import BOTH_BACKENDS
 from storeutil import commit
+from test_admin import _on_store
 
 pytestmark = BOTH_BACKENDS
-
-
-def _on_store(db: str, fn):
-    """fn(store) on a store opened on `db` for it."""
-    async def run():
-        store = await store_at(db).open()
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 def _typed(db: str, authors: list[str], name: str = "doc") -> int:
