@@ -336,7 +336,7 @@ class Cluster:
         room = self.rooms.rooms.get(name)
         kind = msg.get("k")
         if kind == "u" and room is None and not loaded:
-            loading = self.rooms._loading.get(name)
+            loading = self.rooms.loading(name)
             if loading is not None:
                 # A commit elsewhere while the document loads here: the load may have read the database
                 # before it, and the room would serve the version before it until the next check.

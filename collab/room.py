@@ -1399,6 +1399,10 @@ class Rooms:
         room = self.rooms.get(name)
         check_cap(self.settings, name, len(room.members) if room is not None else 0, viewer)
 
+    def loading(self, name: str) -> asyncio.Future | None:
+        """The load (or unload) of `name` under way, if any: done when it ends (it never raises)."""
+        return self._loading.get(name)
+
     def _open(self, name: str) -> Room | None:
         """The open, born room of `name` (an unborn one is no document yet: its name leads nowhere)."""
         room = self.rooms.get(name)
