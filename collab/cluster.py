@@ -168,7 +168,11 @@ class Cluster:
         to `--presence-republish` seconds later for someone who does not move). After the registration:
         an answer that came before it would find no room and be dropped."""
         if self.url and self.up:
-            self._send(name, {"k": "q"})
+            self._ask_rosters_of(name)
+
+    def _ask_rosters_of(self, name: str) -> None:
+        """Ask the other processes for their rosters of `name` (they answer with `_republish`)."""
+        self._send(name, {"k": "q"})
 
     def unwatch(self, name: str) -> None:
         ch = channel(name)
@@ -464,7 +468,7 @@ class Cluster:
                     if self._ask_rosters:
                         self._ask_rosters = False
                         for name in list(self.rooms.rooms):
-                            self._send(name, {"k": "q"})
+                            self._ask_rosters_of(name)
                     self._republish(now)
             # The next wake: the next republish, or the expiry of the oldest cursor if sooner (one whose news
             # comes meanwhile is due after that republish: expiry > republish).
