@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serverproc import ServerProcess, free_port, wait_healthy  # noqa: E402
+from serverproc import ServerProcess, free_port, under_load, wait_healthy  # noqa: E402
 from trace_replay import WHERE_TO_GET, add_trace_argument  # noqa: E402
 
 LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
@@ -450,9 +450,7 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
                                                      "bench/aiohttp_floor.py").start()
                         elif name == NO_COMMIT_NAME:
                             command = [sys.executable, str(NO_COMMIT), "serve", "--host", "127.0.0.1",
-                                       "--db", str(tmp / "no-commit.db"), *server_args]
-                            if "--rate" not in server_args:  # as ServerProcess runs collab (serverproc.py)
-                                command += ["--rate", "1000000", "--burst", "1000000"]
+                                       "--db", str(tmp / "no-commit.db"), *under_load(server_args)]
                             server = ReferenceServer(node, tmp / "server.log", command, "bench/no_commit.py").start()
                         elif db is None:
                             server = ReferenceServer(node, tmp / "reference.log").start()

@@ -83,6 +83,13 @@ def wait_healthy(server, what: str, timeout: float):
     raise RuntimeError(f"{what} did not become healthy in {timeout}s:\n{server.log()[-4000:]}")
 
 
+def under_load(extra_args: list[str] | None) -> list[str]:
+    """`collab serve` options for a server under synthetic load: `extra_args`, with the per-connection rate
+    limit raised unless they set `--rate` (see ServerProcess)."""
+    args = list(extra_args or [])
+    return args if "--rate" in args else args + ["--rate", "1000000", "--burst", "1000000"]
+
+
 class ServerProcess:
     """One `python -m collab serve` on 127.0.0.1 with its own database (a SQLite file or a PostgreSQL URL).
 
@@ -102,9 +109,7 @@ class ServerProcess:
         url = "://" in str(db)
         self.db = str(db) if url else Path(db)
         self.port = port or free_port()
-        self.extra_args = list(extra_args or [])
-        if "--rate" not in self.extra_args:
-            self.extra_args += ["--rate", "1000000", "--burst", "1000000"]
+        self.extra_args = under_load(extra_args)
         if log_path is None and url:
             log_path = Path(tempfile.mkdtemp(prefix="collab-server-")) / "server.log"
         elif log_path is None:
