@@ -44,6 +44,15 @@ function read(key) {
   }
 }
 
+/**
+ * When the tab that kept record `rec` last heard from the server: its `heardAt`, or for a record kept
+ * before there was one, when it was saved; null if neither is known.
+ */
+export function heardAt(rec) {
+  if (typeof rec.heardAt === "number") return rec.heardAt;
+  return typeof rec.savedAt === "number" ? rec.savedAt : null;
+}
+
 /** The client IDs with a `prefix` record (PENDING or BASE) of document `doc`. */
 function recordIDs(prefix, doc) {
   const start = `${prefix}${doc}:`;
@@ -140,8 +149,7 @@ export class PendingStore {
     for (const id of recordIDs(PENDING, name)) {
       if (this.ownedElsewhere(held, id)) continue;
       const rec = read(`${PENDING}${name}:${id}`);
-      const heard = rec && (typeof rec.heardAt === "number" ? rec.heardAt : rec.savedAt || 0);
-      if (rec && heard < untilMs) moveRecord(name, this.doc, id);
+      if (rec && (heardAt(rec) ?? 0) < untilMs) moveRecord(name, this.doc, id);
     }
   }
 

@@ -17,6 +17,7 @@ import { Compartment, EditorState } from "@codemirror/state";
 import { EditorView } from "@codemirror/view";
 import { Session, SUBPROTOCOL, sizeGuard, textGuard, sendableUpdates, getSyncedVersion } from "./core.js";
 import { presence, setPeer, removePeer, clearPeers, peersField } from "./presence.js";
+import { heardAt } from "./pending.js";
 
 const BASE_WRITE_INTERVAL_MS = 1000;
 const RECORD_LINGER_MS = 2000;
@@ -69,9 +70,7 @@ export class CollabSession {
     // When the server last said something to this page (Date.now()): kept with the pending edits, so
     // that after a rename the next page knows they were made for the document as it was then
     // (PendingStore.adoptFrom). An adopted record's own time until this page hears from it.
-    const rec = opts.restore;
-    this.lastHeard = !rec ? null : typeof rec.heardAt === "number" ? rec.heardAt
-      : typeof rec.savedAt === "number" ? rec.savedAt : null;
+    this.lastHeard = opts.restore ? heardAt(opts.restore) : null;
     this.core = new Session({
       clientID: opts.clientID, user: opts.user, person: opts.person, limits: opts.limits || pageLimits(), restore: opts.restore,
       extensions: () => this.stateExtensions(),
