@@ -15,26 +15,17 @@ import asyncio
 import pytest
 
 from collab import compute
-from collab.app import ROOMS, STORE, create_app
+from collab.app import ROOMS, STORE
 from collab.room import Room
-from collab.settings import Settings
 from conftest import BOTH_BACKENDS
 from wsutil import USER, closed, connect, push, recv, recv_type, send
-from test_deleted_meanwhile import ADMIN, SECRET, meanwhile, opened, still_open, typed  # the delete races' helpers
+import test_deleted_meanwhile
+from test_deleted_meanwhile import ADMIN, meanwhile, opened, still_open, typed  # the delete races' helpers
 
 pytestmark = BOTH_BACKENDS  # every test runs on SQLite and on PostgreSQL
 
-@pytest.fixture
-async def client(db, aiohttp_client):
-    settings = Settings(db=db, snapshot_every=37, unload_after=60)
-    return await aiohttp_client(create_app(settings))
-
-
-@pytest.fixture
-async def secured(db, aiohttp_client):
-    """Access control on: share links are signed with each document's name and salt."""
-    settings = Settings(db=db, secret=SECRET, unload_after=60)
-    return await aiohttp_client(create_app(settings))
+# The same servers as the delete races': `client` (snapshots every 37 updates) and `secured` (access control on).
+client, secured = test_deleted_meanwhile.client, test_deleted_meanwhile.secured
 
 
 async def answer(resp, status, code=None):
