@@ -63,6 +63,17 @@ def hold_commits(request, monkeypatch, room):
     return release
 
 
+async def rename_with_an_edit_held(client, monkeypatch, request, a, version, headers=None):
+    """Session `a` (on "p", at `version`) types "X" at the start; the edit is sequenced in the old room and
+    held out of the store (`hold_commits`) while "p" is renamed to "q". Returns (the rename under way,
+    release)."""
+    old_room = client.server.app[ROOMS]._open("p")
+    release = hold_commits(request, monkeypatch, old_room)
+    await push(a, version, "a", [[0, "X"], 5])
+    await until(lambda: old_room.seq.version == version + 1)
+    return asyncio.ensure_future(client.post("/api/docs/p/rename", json={"name": "q"}, headers=headers)), release
+
+
 async def until(predicate, timeout=5.0):
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -76,13 +87,9 @@ async def test_an_edit_in_flight_when_the_document_is_renamed_is_neither_lost_no
     # The edit is sequenced in the old name's room and not yet durable when the rename closes its session
     # (1008, naming the new name). The client comes back under the new name before that commit lands, and
     # pushes the edit again (it was never acknowledged). Someone else reads the document meanwhile.
-    store, rooms = client.server.app[STORE], client.server.app[ROOMS]
+    store = client.server.app[STORE]
     a, version = await typed(client, "p", "hello", keep=True)
-    old_room = rooms._open("p")
-    release = hold_commits(request, monkeypatch, old_room)
-    await push(a, version, "a", [[0, "X"], 5])
-    await until(lambda: old_room.seq.version == version + 1)
-    renaming = asyncio.ensure_future(client.post("/api/docs/p/rename", json={"name": "q"}))
+    renaming, release = await rename_with_an_edit_held(client, monkeypatch, request, a, version)
     assert await closed(a) == (1008, "this document was renamed to q")
 
     # Back under the new name while the old room's commit is still held: welcomed at what is durable.
@@ -109,13 +116,8 @@ async def test_an_edit_in_flight_when_the_document_is_renamed_is_neither_lost_no
 async def test_an_edit_pushed_again_under_the_new_name_before_the_old_commit_lands(client, monkeypatch, request):
     # The other order: the client's second push of the edit commits first (in the new name's room); the
     # old room's commit of the same edit then finds the document moved on, catches up, and drops it.
-    rooms = client.server.app[ROOMS]
     a, version = await typed(client, "p", "hello", keep=True)
-    old_room = rooms._open("p")
-    release = hold_commits(request, monkeypatch, old_room)
-    await push(a, version, "a", [[0, "X"], 5])
-    await until(lambda: old_room.seq.version == version + 1)
-    renaming = asyncio.ensure_future(client.post("/api/docs/p/rename", json={"name": "q"}))
+    renaming, release = await rename_with_an_edit_held(client, monkeypatch, request, a, version)
     assert (await closed(a))[0] == 1008
     a2, welcome = await opened(client, "q", "a", version=version)
     await push(a2, version, "a", [[0, "X"], 5])
@@ -131,13 +133,8 @@ async def test_a_hello_on_the_old_name_while_the_rename_flushes(client, monkeypa
     # The rename is in the store; the old room's last commit is still on its way. A page that comes back
     # to the old name then is told where the document went, as the sessions open at the rename were
     # (1008 with the new name), not refused as if the document had been deleted (4000).
-    rooms = client.server.app[ROOMS]
     a, version = await typed(client, "p", "hello", keep=True)
-    old_room = rooms._open("p")
-    release = hold_commits(request, monkeypatch, old_room)
-    await push(a, version, "a", [[0, "X"], 5])
-    await until(lambda: old_room.seq.version == version + 1)
-    renaming = asyncio.ensure_future(client.post("/api/docs/p/rename", json={"name": "q"}))
+    renaming, release = await rename_with_an_edit_held(client, monkeypatch, request, a, version)
     assert (await closed(a))[0] == 1008
     ws = await connect(client, "p")
     await send(ws, {"type": "hello", "clientID": "c", "version": None, "user": USER})
@@ -152,13 +149,8 @@ async def test_a_hello_on_the_old_name_while_the_rename_flushes(client, monkeypa
 async def test_a_document_made_under_the_old_name_while_the_rename_flushes(client, monkeypatch, request):
     # A new document "p", made while the renamed one's room still writes its last commit, is that new
     # document for every reader and every joiner: empty, at version 0, not the renamed one's text.
-    rooms = client.server.app[ROOMS]
     a, version = await typed(client, "p", "hello", keep=True)
-    old_room = rooms._open("p")
-    release = hold_commits(request, monkeypatch, old_room)
-    await push(a, version, "a", [[0, "X"], 5])
-    await until(lambda: old_room.seq.version == version + 1)
-    renaming = asyncio.ensure_future(client.post("/api/docs/p/rename", json={"name": "q"}))
+    renaming, release = await rename_with_an_edit_held(client, monkeypatch, request, a, version)
     assert (await closed(a))[0] == 1008
     await answer(await client.post("/api/docs", json={"name": "p"}), 201)
     assert await text_of(client, "p") == (0, "")
@@ -174,15 +166,10 @@ async def test_a_document_made_under_the_old_name_while_the_rename_flushes(clien
 
 async def test_old_links_never_open_a_document_made_under_the_old_name_while_the_rename_flushes(
         secured, monkeypatch, request):
-    rooms = secured.server.app[ROOMS]
     made = await answer(await secured.post("/api/docs", json={"name": "p"}, headers=ADMIN), 201)
     old_edit = made["links"]["edit"].split("token=")[1]
     a, version = await typed(secured, "p", "hello", token=old_edit, keep=True)
-    old_room = rooms._open("p")
-    release = hold_commits(request, monkeypatch, old_room)
-    await push(a, version, "a", [[0, "X"], 5])
-    await until(lambda: old_room.seq.version == version + 1)
-    renaming = asyncio.ensure_future(secured.post("/api/docs/p/rename", json={"name": "q"}, headers=ADMIN))
+    renaming, release = await rename_with_an_edit_held(secured, monkeypatch, request, a, version, headers=ADMIN)
     assert (await closed(a))[0] == 1008
     await answer(await secured.post("/api/docs", json={"name": "p"}, headers=ADMIN), 201)
     await answer(await secured.get(f"/api/docs/p?token={old_edit}"), 403, "forbidden")
