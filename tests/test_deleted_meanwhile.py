@@ -76,6 +76,20 @@ async def rows_left(store, doc_id):
                 if (rows := await view.rows(doc_id, table, -1, 1000))}
 
 
+async def made_again_meanwhile(client, name):
+    """`name` typed ("old"), and a step that deletes it and makes another document under the name (where
+    a session "b" typed "new": `again["ws"]`). Returns (the old document's row, again, that step)."""
+    await typed(client, name, "old")
+    old = await client.server.app[STORE].document(name)
+    again = {}
+
+    async def delete_and_make_again():
+        assert (await client.delete(f"/api/docs/{name}")).status == 200
+        again["ws"], _ = await typed(client, name, "new", client_id="b", keep=True)
+
+    return old, again, delete_and_make_again
+
+
 def meanwhile(monkeypatch, owner, method, before=None, after=None):
     """`owner.method` does `before()` then itself, or itself then `after()`, the first time it is called."""
     real = getattr(owner, method)
@@ -102,14 +116,7 @@ def meanwhile(monkeypatch, owner, method, before=None, after=None):
 @pytest.mark.parametrize("version", [0, 1])
 async def test_naming_a_version_of_a_document_deleted_meanwhile(client, monkeypatch, version):
     store = client.server.app[STORE]
-    await typed(client, "n", "old")
-    old = await store.document("n")
-    again = {}
-
-    async def delete_and_make_again():
-        assert (await client.delete("/api/docs/n")).status == 200
-        again["ws"], _ = await typed(client, "n", "new", client_id="b", keep=True)
-
+    old, again, delete_and_make_again = await made_again_meanwhile(client, "n")
     meanwhile(monkeypatch, store, "set_checkpoint", before=delete_and_make_again)
     await not_found(await client.post("/api/docs/n/checkpoints", json={"version": version, "name": "v1"}))
     assert await rows_left(store, old["id"]) == {}
@@ -133,14 +140,7 @@ async def test_taking_a_name_away_from_a_document_deleted_meanwhile(client, monk
 
 async def test_renaming_a_document_deleted_meanwhile(client, monkeypatch):
     store, rooms = client.server.app[STORE], client.server.app[ROOMS]
-    await typed(client, "r", "old")
-    old = await store.document("r")
-    again = {}
-
-    async def delete_and_make_again():
-        assert (await client.delete("/api/docs/r")).status == 200
-        again["ws"], _ = await typed(client, "r", "new", client_id="b", keep=True)
-
+    old, again, delete_and_make_again = await made_again_meanwhile(client, "r")
     meanwhile(monkeypatch, store, "rename_document", before=delete_and_make_again)
     await not_found(await client.post("/api/docs/r/rename", json={"name": "elsewhere"}))
     assert await store.document("elsewhere") is None and await store.renamed_to("r") is None
@@ -155,14 +155,7 @@ async def test_a_delete_racing_another_delete_leaves_a_document_made_again_alone
     # The second delete of "d" finds it gone when it writes: it is told so, and the document made again
     # under the name meanwhile, and its session, are not touched.
     store, rooms = client.server.app[STORE], client.server.app[ROOMS]
-    await typed(client, "d", "old")
-    old = await store.document("d")
-    again = {}
-
-    async def delete_and_make_again():
-        assert (await client.delete("/api/docs/d")).status == 200
-        again["ws"], _ = await typed(client, "d", "new", client_id="b", keep=True)
-
+    old, again, delete_and_make_again = await made_again_meanwhile(client, "d")
     meanwhile(monkeypatch, store, "delete_document", before=delete_and_make_again)
     await not_found(await client.delete("/api/docs/d"))
     new = await store.document("d")
