@@ -67,3 +67,18 @@ def random_edits(n, seed=1):
         text = text[:pos] + ins + text[pos + cut:]
         out.append((Accepted(v, Update(f"c{v % 3}", changes), f"user{v % 3}", 1000.0 + v), text))
     return out
+
+
+def hold_loads(monkeypatch, store) -> tuple[asyncio.Event, asyncio.Event]:
+    """`store.load` reads the document, then waits: (read, go_on); `read` is set once it has read (the row
+    as it was then), and it returns once the test sets `go_on`."""
+    real_load, read, go_on = store.load, asyncio.Event(), asyncio.Event()
+
+    async def held_load(name):
+        loaded = await real_load(name)
+        read.set()
+        await go_on.wait()
+        return loaded
+
+    monkeypatch.setattr(store, "load", held_load)
+    return read, go_on

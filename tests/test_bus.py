@@ -21,6 +21,7 @@ from collab.errors import CLOSE_POLICY, ProtocolError
 from collab.room import Rooms
 from collab.settings import Settings
 from collab.store import Store
+from storeutil import hold_loads
 from test_room_memory import FakeConn, hello, registry, until
 
 SECRET = b"a secret for the bus tests"
@@ -94,15 +95,7 @@ async def test_a_document_loading_here_when_news_of_its_links_reset_or_its_delet
     await here.create("doc", "hello")
     info = await here.store.document("doc")
     old_link = here.access.doc_token("doc", "edit", info["salt"])
-    real_load, read, go_on = there.store.load, asyncio.Event(), asyncio.Event()
-
-    async def held_load(name):
-        loaded = await real_load(name)  # the row (its salt, or the document at all) is read here
-        read.set()
-        await go_on.wait()
-        return loaded
-
-    monkeypatch.setattr(there.store, "load", held_load)
+    read, go_on = hold_loads(monkeypatch, there.store)  # the row (its salt, or the document at all) is read first
     early = FakeConn("early")
     joining = asyncio.ensure_future(there.join("doc", early, hello("early"), token=old_link))
     await asyncio.wait_for(read.wait(), 5)

@@ -25,6 +25,7 @@ from collab.cluster import Cluster, channel
 from collab.room import Rooms
 from collab.settings import Settings
 from collab.store_pg import PgStore
+from storeutil import hold_loads
 from test_room_memory import FakeConn, hello, push_msg
 
 
@@ -109,15 +110,7 @@ async def test_an_update_committed_elsewhere_while_the_document_loads_here_is_no
     async with process(database, redis.url, check_every=30.0) as a, process(database, redis.url, check_every=30.0) as b:
         await until(lambda: a.cluster.up and b.cluster.up, "both processes on Redis")
         _, member = await typed(a, "doc", "ann", "hello")
-        real_load, read, go_on = b.store.load, asyncio.Event(), asyncio.Event()
-
-        async def held_load(name):
-            loaded = await real_load(name)  # the document as it is before ann's second update
-            read.set()
-            await go_on.wait()
-            return loaded
-
-        monkeypatch.setattr(b.store, "load", held_load)
+        read, go_on = hold_loads(monkeypatch, b.store)  # the document as it is before ann's second update
         bob = FakeConn("bob")
         joining = asyncio.ensure_future(b.join("doc", bob, hello("bob"), token=None))
         await asyncio.wait_for(read.wait(), 5)
