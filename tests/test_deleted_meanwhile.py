@@ -90,13 +90,15 @@ async def made_again_meanwhile(client, name):
     return old, again, delete_and_make_again
 
 
-def meanwhile(monkeypatch, owner, method, before=None, after=None):
-    """`owner.method` does `before()` then itself, or itself then `after()`, the first time it is called."""
+def meanwhile(monkeypatch, owner, method, before=None, after=None, call=1):
+    """`owner.method` does `before()` then itself, or itself then `after()`, the `call`-th time it is
+    called (the first, unless said); every other call is the method's own."""
     real = getattr(owner, method)
-    done = []
+    calls, done = [], []
 
     async def step(*args, **kw):
-        if done:
+        calls.append(True)
+        if len(calls) != call:
             return await real(*args, **kw)
         done.append(True)
         if before is not None:
@@ -170,21 +172,9 @@ async def test_a_delete_never_closes_a_document_made_again_before_it_looked(clie
     # The delete reads the document's row, then looks for its open room: a room open by then under the
     # name is another document's, made after this one was deleted by someone else.
     store, rooms = client.server.app[STORE], client.server.app[ROOMS]
-    await typed(client, "d", "old")
-    old = await store.document("d")
-    real_info = rooms.info
-    calls, again = [], {}
-
-    async def info(name):
-        row = await real_info(name)
-        calls.append(name)
-        if len(calls) == 2:  # the delete's own look (the first is the handler's)
-            rooms.info = real_info
-            assert (await client.delete("/api/docs/d")).status == 200
-            again["ws"], _ = await typed(client, "d", "new", client_id="b", keep=True)
-        return row
-
-    monkeypatch.setattr(rooms, "info", info)
+    old, again, delete_and_make_again = await made_again_meanwhile(client, "d")
+    # after the delete's own look (the first is the handler's)
+    meanwhile(monkeypatch, rooms, "info", after=delete_and_make_again, call=2)
     await not_found(await client.delete("/api/docs/d"))
     new = await store.document("d")
     assert new is not None and new["id"] != old["id"] and rooms._open("d").doc_id == new["id"]

@@ -206,19 +206,14 @@ async def test_a_delete_racing_a_rename(client, monkeypatch):
     store, rooms = client.server.app[STORE], client.server.app[ROOMS]
     await typed(client, "p", "hello")
     doc_id = (await store.document("p"))["id"]
-    real_info = rooms.info
-    calls, again = [], {}
+    again = {}
 
-    async def info(name):
-        row = await real_info(name)
-        calls.append(name)
-        if len(calls) == 2:  # the delete's own look (the first is the handler's)
-            rooms.info = real_info
-            await answer(await client.post("/api/docs/p/rename", json={"name": "q"}), 200)
-            again["ws"], _ = await opened(client, "q", "b")
-        return row
+    async def rename_and_open():
+        await answer(await client.post("/api/docs/p/rename", json={"name": "q"}), 200)
+        again["ws"], _ = await opened(client, "q", "b")
 
-    monkeypatch.setattr(rooms, "info", info)
+    # after the delete's own look (the first is the handler's)
+    meanwhile(monkeypatch, rooms, "info", after=rename_and_open, call=2)
     await answer(await client.delete("/api/docs/p"), 404, "not-found")
     assert (await store.document("q"))["id"] == doc_id
     await still_open(again["ws"], "b", 1, 5)
