@@ -74,6 +74,14 @@ async def rename_with_an_edit_held(client, monkeypatch, request, a, version, hea
     return asyncio.ensure_future(client.post("/api/docs/p/rename", json={"name": "q"}, headers=headers)), release
 
 
+def renamed(client):
+    """A step that renames "p" to "q" (for `meanwhile`)."""
+    async def rename():
+        await answer(await client.post("/api/docs/p/rename", json={"name": "q"}), 200)
+
+    return rename
+
+
 async def until(predicate, timeout=5.0):
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -251,10 +259,7 @@ async def test_a_restore_of_a_document_renamed_while_its_diff_ran(client, monkey
     store = client.server.app[STORE]
     await typed(client, "p", "hello")
 
-    async def rename():
-        await answer(await client.post("/api/docs/p/rename", json={"name": "q"}), 200)
-
-    meanwhile(monkeypatch, compute, "restore_changes", before=rename)
+    meanwhile(monkeypatch, compute, "restore_changes", before=renamed(client))
     await answer(await client.post("/api/docs/p/restore", json={"version": 0}), 404, "not-found")
     assert await text_of(client, "q") == (1, "hello")
     assert (await store.document("q"))["version"] == 1
@@ -266,10 +271,7 @@ async def test_naming_a_version_of_a_document_renamed_meanwhile(client, monkeypa
     store = client.server.app[STORE]
     await typed(client, "p", "hello")
 
-    async def rename():
-        await answer(await client.post("/api/docs/p/rename", json={"name": "q"}), 200)
-
-    meanwhile(monkeypatch, store, "set_checkpoint", before=rename)
+    meanwhile(monkeypatch, store, "set_checkpoint", before=renamed(client))
     body = await answer(await client.post("/api/docs/p/checkpoints", json={"version": 1, "name": "v1"}), 200)
     assert [c["name"] for c in body["checkpoints"]] == ["v1"]
     listed = await answer(await client.get("/api/docs/q/checkpoints"), 200)
@@ -280,10 +282,7 @@ async def test_a_fork_of_a_document_renamed_meanwhile(client, monkeypatch):
     rooms = client.server.app[ROOMS]
     await typed(client, "p", "hello")
 
-    async def rename():
-        await answer(await client.post("/api/docs/p/rename", json={"name": "q"}), 200)
-
-    meanwhile(monkeypatch, rooms, "text_at", before=rename)
+    meanwhile(monkeypatch, rooms, "text_at", before=renamed(client))
     await answer(await client.post("/api/docs/p/fork", json={"version": 1, "name": "copy"}), 201)
     assert await text_of(client, "copy") == (1, "hello")
     assert await text_of(client, "q") == (1, "hello")
