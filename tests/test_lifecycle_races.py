@@ -74,10 +74,13 @@ async def rename_with_an_edit_held(client, monkeypatch, request, a, version, hea
     return asyncio.ensure_future(client.post("/api/docs/p/rename", json={"name": "q"}, headers=headers)), release
 
 
-def renamed(client):
-    """A step that renames "p" to "q" (for `meanwhile`)."""
+def renamed(client, again=None):
+    """A step that renames "p" to "q" (for `meanwhile`); with `again`, a session "b" then opens there
+    (`again["ws"]`)."""
     async def rename():
         await answer(await client.post("/api/docs/p/rename", json={"name": "q"}), 200)
+        if again is not None:
+            again["ws"], _ = await opened(client, "q", "b")
 
     return rename
 
@@ -193,12 +196,7 @@ async def test_a_rename_racing_another_rename(client, monkeypatch):
     await typed(client, "p", "hello")
     doc_id = (await store.document("p"))["id"]
     again = {}
-
-    async def rename_first():
-        await answer(await client.post("/api/docs/p/rename", json={"name": "q"}), 200)
-        again["ws"], _ = await opened(client, "q", "b")
-
-    meanwhile(monkeypatch, store, "rename_document", before=rename_first)
+    meanwhile(monkeypatch, store, "rename_document", before=renamed(client, again))
     await answer(await client.post("/api/docs/p/rename", json={"name": "r"}), 404, "not-found")
     assert (await store.document("q"))["id"] == doc_id
     assert await store.document("r") is None and await store.renamed_to("q") is None
@@ -215,13 +213,8 @@ async def test_a_delete_racing_a_rename(client, monkeypatch):
     await typed(client, "p", "hello")
     doc_id = (await store.document("p"))["id"]
     again = {}
-
-    async def rename_and_open():
-        await answer(await client.post("/api/docs/p/rename", json={"name": "q"}), 200)
-        again["ws"], _ = await opened(client, "q", "b")
-
     # after the delete's own look (the first is the handler's)
-    meanwhile(monkeypatch, rooms, "info", after=rename_and_open, call=2)
+    meanwhile(monkeypatch, rooms, "info", after=renamed(client, again), call=2)
     await answer(await client.delete("/api/docs/p"), 404, "not-found")
     assert (await store.document("q"))["id"] == doc_id
     await still_open(again["ws"], "b", 1, 5)
