@@ -143,3 +143,18 @@ def api_json(base_url: str, path: str, token: str | None = None, method: str = "
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
+
+
+def refusable_websockets(target) -> dict:
+    """Route the WebSockets of `target` (a page, or a whole context) through the test: while the returned
+    `cut["on"]` is true, each is refused (closed 1011) instead of reaching the server."""
+    cut = {"on": False}
+
+    def route(ws):
+        if cut["on"]:
+            ws.close(code=1011, reason="cut off by the test")
+        else:
+            ws.connect_to_server()
+
+    target.route_web_socket("**/ws/**", route)
+    return cut

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from .browser_helpers import (open_editor, set_cursor, wait_synced, doc_text, wait_status,
-                             line_end, status_log, wait_until)
+                             line_end, refusable_websockets, status_log, wait_until)
 from serverproc import ServerProcess
 
 DOC = "offline-doc"
@@ -267,15 +267,7 @@ def test_reload_while_disconnected_keeps_edits(server, contexts):
     localStorage, before any connection, and pushes them once it gets through.
     """
     ca = contexts()
-    blocked = {"on": False}
-
-    def route(ws):
-        if blocked["on"]:
-            ws.close(code=1011, reason="blocked by the test")
-        else:
-            ws.connect_to_server()
-
-    ca.route_web_socket("**/ws/**", route)
+    blocked = refusable_websockets(ca)
     a = open_editor(ca, server.url, DOC)
     b = open_editor(contexts(), server.url, DOC)
     a.click(".cm-content")

@@ -8,22 +8,14 @@ context, every tab of the browser, off the network).
 
 from __future__ import annotations
 
-from .browser_helpers import api_json, open_editor, wait_synced, wait_status, wait_until
+from .browser_helpers import api_json, open_editor, refusable_websockets, wait_synced, wait_status, wait_until
 from .test_offline import stored_keys
 
 
 def cut_off_page(ctx, base_url: str, doc: str):
     """A page of `ctx` on `doc` whose WebSockets the test can refuse (`page.cut["on"] = True`)."""
-    cut = {"on": False}
     page = ctx.new_page()
-
-    def route(ws):
-        if cut["on"]:
-            ws.close(code=1011, reason="cut off by the test")
-        else:
-            ws.connect_to_server()
-
-    page.route_web_socket("**/ws/**", route)
+    cut = refusable_websockets(page)
     page.on("dialog", lambda d: d.accept())  # the "unsaved edits" prompt when it closes
     page.goto(f"{base_url}/d/{doc}")
     page.wait_for_selector("body[data-ready=true]")
