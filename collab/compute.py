@@ -19,7 +19,9 @@ Rules that always hold:
         included; past it its worker process is killed and the caller hears
         `unavailable` (503) saying what ran out of time;
       - a worker may use WORKER_MEMORY bytes of address space; beyond it the
-        job fails with `too-large` (413);
+        job fails with `too-large` (413) and that worker is stopped (the next
+        job gets another: one that ran out while reading the job ends by
+        itself, and handed the next job before it had, that job failed too);
       - a worker that cannot be started (no file descriptor, process or
         memory left) or that dies answers `unavailable` (503), not a 500;
   * a restore diff is bounded by construction (history.diff_changes stops its
@@ -275,6 +277,9 @@ class Pool:
         except (EOFError, OSError) as exc:  # the worker died (killed from outside, or out of memory)
             worker.kill()
             raise ServerError(f"{what} failed: its worker process ended ({exc})") from None
+        except ProtocolError:  # out of memory: a worker that ran out reading the job ends right after saying
+            worker.kill()      # so, and one that ran out running it keeps what it grew to; neither gets another
+            raise
         except BaseException:
             with self._lock:
                 self._idle.append(worker)  # the job raised, the worker answered: it is fine

@@ -334,6 +334,24 @@ async def test_a_worker_out_of_memory_answers_too_large_and_a_bug_answers_its_er
     assert await pool.run(sum, [5], timeout=20) == 5
 
 
+async def test_a_worker_out_of_memory_reading_its_job_is_not_handed_the_next_one(small_pool):
+    """Was: a worker that ran out of memory while reading a job (its arguments too large) says so and
+    ends, but the pool kept it among the idle ones: the next job, handed to it before it had ended, read
+    the end of its pipe and failed with 503 "its worker process ended" (so `collab compact` stopped at
+    the document after one whose authorship needs more than --history-memory). A race: tried a few
+    times."""
+    probe = small_pool()
+    assert await probe.run(sum, [1], timeout=20) == 1
+    with open(f"/proc/{probe._idle[0].proc.pid}/status") as f:
+        idle_size = int(f.read().split("VmSize:")[1].split()[0]) << 10
+    pool = small_pool(memory=idle_size + (1 << 20))
+    for attempt in range(5):
+        with pytest.raises(CollabError) as caught:
+            await pool.run(len, b"x" * (8 << 20), timeout=20, what="the big job")
+        assert caught.value.code == "too-large", caught.value.message
+        assert await pool.run(sum, [attempt, 1], timeout=20) == attempt + 1
+
+
 async def test_an_idle_worker_that_died_is_replaced_not_handed_the_next_job(small_pool):
     """Was: a worker killed while idle (the OOM killer, an operator) was handed the next job, which failed
     with 503 "its worker process ended (Broken pipe)"."""
