@@ -110,8 +110,8 @@ class Inflater:
     """Inflates one received message at a time (what aiohttp's reader calls `decompress_sync` on).
 
     A fresh zlib stream per message: client_no_context_takeover was agreed, so
-    nothing is kept between messages. At most `max_length` bytes come out (the
-    reader asks for one more than --max-frame, and refuses what reaches it).
+    nothing is kept between messages. At most `max_length` bytes come out (ws._Inflater
+    asks for one more than --max-frame, and refuses what reaches it).
     """
 
     __slots__ = ("wbits",)

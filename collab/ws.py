@@ -77,6 +77,15 @@ def ip_text(text: str) -> str:
         return text
 
 
+_DATA_OPCODES = (reader_py.OP_CODE_TEXT, reader_py.OP_CODE_BINARY, reader_py.OP_CODE_CONTINUATION)
+
+
+def _wire_limit(max_frame: int) -> int:
+    """What to give aiohttp's reader for a limit of `max_frame` bytes a message: it refuses a payload of
+    its limit or more (and an inflated message only past it), so one more."""
+    return max_frame + 1
+
+
 class _InflatingReader(reader_py.WebSocketReader):
     """aiohttp's frame reader, inflating compressed messages with our per-message `deflate.Inflater`.
 
@@ -85,23 +94,45 @@ class _InflatingReader(reader_py.WebSocketReader):
     idle); ours keeps none. It is aiohttp's pure-Python reader (the compiled
     one does not let the decompressor be chosen), used only on connections
     that agreed permessage-deflate.
+
+    --max-frame is on the message once inflated (docs/protocol.md), which the
+    inflater checks. A compressed message may take a little more than it on
+    the wire (deflate stores what it cannot shrink in blocks of 5 more bytes
+    each 64 KiB), so aiohttp's check of the wire payload leaves room for that,
+    and a message sent uncompressed is held to --max-frame here.
     """
 
-    def __init__(self, queue, max_msg_size: int, decode_text: bool, client_wbits: int):
-        super().__init__(queue, max_msg_size, compress=True, decode_text=decode_text)
-        self._decompressobj = _Inflater(client_wbits)
+    def __init__(self, queue, max_frame: int, decode_text: bool, client_wbits: int):
+        room = max_frame // 8192 + 64  # for deflate's stored blocks (5 bytes each 64 KiB) and its end
+        super().__init__(queue, _wire_limit(max_frame + room), compress=True, decode_text=decode_text)
+        self._decompressobj = _Inflater(client_wbits, max_frame)
+        self._max_frame = max_frame
+
+    def _handle_frame(self, fin: bool, opcode: int, payload: bytes | bytearray, compressed: int) -> None:
+        if (fin and compressed != reader_py.COMPRESSED_TRUE and opcode in _DATA_OPCODES
+                and len(self._partial) + len(payload) > self._max_frame):
+            raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"a message of more than {self._max_frame} bytes")
+        super()._handle_frame(fin, opcode, payload, compressed)
 
 
 class _Inflater(deflate.Inflater):
-    """A message that does not inflate is a protocol error (close 1002), like any other unreadable frame."""
+    """A message that does not inflate is a protocol error (close 1002), like any other unreadable frame;
+    one that inflates past `limit` bytes is too big (1009)."""
 
-    __slots__ = ()
+    __slots__ = ("limit",)
+
+    def __init__(self, wbits: int, limit: int):
+        super().__init__(wbits)
+        self.limit = limit
 
     def decompress_sync(self, data: bytes, max_length: int = 0) -> bytes:
         try:
-            return super().decompress_sync(data, max_length)
+            message = super().decompress_sync(data, self.limit + 1)
         except zlib.error as exc:
             raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, f"the message does not inflate: {exc}") from None
+        if len(message) > self.limit:
+            raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"a message that inflates past {self.limit} bytes")
+        return message
 
 
 _RANDOM_BITS = functools.partial(random.Random().getrandbits, 32)
@@ -153,7 +184,7 @@ class Socket(web.WebSocketResponse):
         writer.get_random_bits, writer._background_tasks = _RANDOM_BITS, _BACKGROUND_SENDS
         if self.agreement is None:
             self._reader = WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
-            self._parser = WebSocketReader(self._reader, self._max_msg_size, compress=False,
+            self._parser = WebSocketReader(self._reader, _wire_limit(self._max_msg_size), compress=False,
                                            decode_text=self._decode_text)
         else:
             self._reader = reader_py.WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
