@@ -119,8 +119,10 @@ def _hello(msg: dict) -> Hello:
     if version is not None and not _is_count(version):
         raise ProtocolError("bad-message", f"hello.version must be null or a non-negative integer, got {brief(version)}",
                             close=CLOSE_PROTOCOL)
-    user = msg.get("user", DEFAULT_USER)
-    if type(user) is not dict:
+    user = msg.get("user")
+    if user is None:  # as for every optional field: null is absent
+        user = DEFAULT_USER
+    elif type(user) is not dict:
         raise ProtocolError("bad-message", "hello.user must be an object {name, color}", close=CLOSE_PROTOCOL)
     name = user.get("name", DEFAULT_USER["name"])
     color = user.get("color", DEFAULT_USER["color"])
