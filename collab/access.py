@@ -66,6 +66,8 @@ class Access:
 
     def require(self, token: str | None, need: str, doc: str | None = None, salt: str | None = None) -> str:
         role = self.role(token, doc, salt)
+        if role == "view" and need == "edit":  # the same code a view session's push gets
+            raise ProtocolError("read-only", "this token may only view the document")
         if RANK[role] < RANK[need]:
             raise ProtocolError("forbidden", f"this needs {need} access; the token gives {role} access")
         return role

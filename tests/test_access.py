@@ -114,11 +114,15 @@ async def test_view_token_reads_but_cannot_push(client):
     # Its presence is still shown to the others.
     await send(viewer, {"type": "presence", "version": 1, "ranges": [{"anchor": 2, "head": 2}]})
     assert (await recv_type(editor, "presences"))["peers"][0]["ranges"] == [{"anchor": 2, "head": 2}]
-    # View holders see no share links and cannot restore or fork.
-    for method, path in (("get", "/api/docs/doc/links"), ("post", "/api/docs/doc/links/reset"),
-                         ("post", "/api/docs/doc/restore"), ("post", "/api/docs/doc/fork")):
-        resp = await getattr(client, method)(f"{path}?token={tokens['view']}", json={"version": 0})
-        assert resp.status == 403, path
+    # View holders see no share links and cannot restore, name a version or fork: what needs an edit
+    # token is read-only for them (the code their push gets), what needs the admin's is forbidden.
+    for method, path, code in (("get", "/api/docs/doc/links", "read-only"),
+                               ("post", "/api/docs/doc/links/reset", "forbidden"),
+                               ("post", "/api/docs/doc/restore", "read-only"),
+                               ("post", "/api/docs/doc/checkpoints", "read-only"),
+                               ("post", "/api/docs/doc/fork", "forbidden")):
+        resp = await getattr(client, method)(f"{path}?token={tokens['view']}", json={"version": 0, "name": "n"})
+        assert resp.status == 403 and (await resp.json())["error"]["code"] == code, path
     assert await stored(client) == "hello"
 
 
