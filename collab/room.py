@@ -1356,11 +1356,21 @@ class Rooms:
         return len(self.rooms)
 
     def spawn(self, coro) -> asyncio.Task:
-        """Run `coro` in a task the registry holds (shutdown waits for it)."""
+        """Run `coro` in a task the registry holds (shutdown waits for it). Nothing awaits it for its
+        outcome: a failure is logged here (a database that cannot be reached, once by the store as a
+        warning; anything else, a bug, with its traceback), never left to "exception never retrieved"."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._spawned_done)
         return task
+
+    def _spawned_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, StorageUnavailable):
+            log.error("background work %s failed", task.get_coro().__qualname__, exc_info=exc)
 
     async def revoked_elsewhere(self, name: str, deleted: bool, renamed_to: str | None = None) -> None:
         """Another process reset the document's links, or deleted or renamed it (`renamed_to`): our

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 
 import pytest
@@ -236,3 +238,38 @@ async def test_a_resume_many_times_the_send_buffer_reaches_a_client_in_one_conne
     b, welcome = await join(client, "big", "B", version=0)
     frames = await _frames_until(b, welcome, 100)
     assert [(f["from"], len(f["updates"])) for f in frames] == [(v, 1) for v in range(100)]
+
+
+async def test_background_work_that_fails_is_logged_once_and_never_left_unretrieved(settings, caplog):
+    """Was: a task the registry spawned (a cluster message finding a document made elsewhere, say) that
+    raised was left to asyncio's "Task exception was never retrieved". Now a bug is logged with its
+    traceback, and a database that cannot be reached is left to the store's own throttled warning."""
+    from collab.room import Rooms
+    from collab.store import Store
+    from collab.storage import StorageUnavailable
+
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store)
+
+    async def bug():
+        raise RuntimeError("a bug in background work")
+
+    async def outage():
+        raise StorageUnavailable("the database cannot be reached")
+
+    try:
+        with caplog.at_level(logging.ERROR):
+            for task in (rooms.spawn(bug()), rooms.spawn(outage())):
+                await asyncio.wait([task])
+            await asyncio.sleep(0)
+            del task
+            gc.collect()
+            await asyncio.sleep(0)
+        failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert [(r.getMessage(), str(r.exc_info[1])) for r in failed] == [
+            ("background work test_background_work_that_fails_is_logged_once_and_never_left_unretrieved"
+             ".<locals>.bug failed", "a bug in background work")], failed
+        assert not rooms._tasks
+    finally:
+        await rooms.shutdown()
+        await store.close()
