@@ -336,7 +336,9 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
             peer.closed = True
             if member is not None:
                 member.room.leave(member)
-                log.info("close doc=%s session=%s code=%s", name, peer.session, ws.close_code)
+                # the code we sent when we closed it (1001 on shutdown, 4001 on takeover...), else the client's
+                code = peer.close_code if peer.close_code is not None else ws.close_code
+                log.info("close doc=%s session=%s code=%s", name, peer.session, code)
     return ws
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from collab.app import create_app
 from collab.settings import Settings
 from collab.ws import client_address
-from wsutil import join, push, recv, recv_type, send
+from wsutil import closed, connect, join, push, recv, recv_type, send
 
 
 @pytest.fixture
@@ -129,3 +130,23 @@ async def test_logs_have_connections_and_errors_but_no_text(client, caplog):
     assert not any("SECRET" in m for m in messages)
     line = JsonFormatter().format(caplog.records[-1])
     assert set(json.loads(line)) >= {"time", "level", "logger", "message"}
+
+
+async def test_the_close_line_gives_the_code_the_server_sent(client, caplog):
+    """Was: the close line gave the client's answer (1000, or 1006 when it did not answer), so a takeover
+    (4001) or a shutdown (1001) read as an ordinary or abnormal close in the logs."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="collab")
+    old, welcome = await join(client, "takeover", "A")
+    new = await connect(client, "takeover")
+    await send(new, {"type": "hello", "clientID": "A", "version": None, "resumeKey": welcome["resumeKey"]})
+    await recv_type(new, "welcome")
+    assert (await closed(old))[0] == 4001
+    line = f"close doc=takeover session={welcome['session']} code="
+    for _ in range(100):
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(line)]
+        if said:
+            break
+        await asyncio.sleep(0.02)
+    assert said == [line + "4001"], said
