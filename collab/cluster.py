@@ -90,7 +90,7 @@ class Cluster:
         self.poll_every = poll_every
         self.republish = republish
         self.expiry = expiry
-        self.up = False
+        self.up: bool | None = None  # Redis reachable; None until the first try says (falsy: not up)
         self._publisher_client = None
         self._pubsub = None
         self._channels: set[str] = set()     # what we want to hear
@@ -233,7 +233,9 @@ class Cluster:
         return redis.Redis.from_url(self.url, socket_connect_timeout=2.0, **options)
 
     def _set_up(self, up: bool) -> None:
-        if up != self.up:
+        if up and self.up is None:
+            log.info("cluster: Redis is reachable")
+        elif up != self.up:
             log.warning("cluster: Redis is %s", "reachable again" if up else
                         f"unreachable; polling the database every {self.poll_every:g} s")
         changed = up != self.up

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from clusterproc import RedisServer
+from serverproc import free_port
 from collab.access import Access
 from collab.cluster import STOP_TIMEOUT, Cluster, channel
 from collab.errors import CLOSE_POLICY, ProtocolError
@@ -262,3 +263,30 @@ async def test_while_redis_is_down_no_updates_wait_to_be_published_and_the_rest_
         bus.publish_updates("doc", 1, b'{"x":"' + b"y" * 6000 + b'"}')  # over 10,000 bytes: dropped
     bus.publish_leave("doc", ["s1"])  # small news still fits
     assert bus._queue.qsize() == 2 and bus._queued_bytes <= 10_000
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["reachable", "unreachable"])
+async def test_the_log_says_at_start_whether_redis_is_reachable(tmp_path, caplog, reachable):
+    """Was: the bus started as down, so a process that could never reach Redis logged nothing about it
+    (no change), and every healthy one logged a warning that Redis was 'reachable again'."""
+    import logging
+
+    redis = RedisServer(workdir=tmp_path / "redis").start() if reachable else None
+    settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0)
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store)
+    url = redis.url if redis else f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    cluster = rooms.cluster = Cluster(rooms, url, check_every=0.2, poll_every=0.1)
+    try:
+        with caplog.at_level(logging.INFO, logger="collab.cluster"):
+            await cluster.start()
+            await until(lambda: cluster.up is not None, "the first try at Redis")
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if "Redis is" in r.getMessage()]
+        assert said == ([("INFO", "cluster: Redis is reachable")] if reachable else
+                        [("WARNING", "cluster: Redis is unreachable; polling the database every 0.1 s")]), said
+    finally:
+        await cluster.stop()
+        await rooms.shutdown()
+        await store.close()
+        if redis:
+            redis.stop()
