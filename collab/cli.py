@@ -12,7 +12,7 @@ import sys
 
 from .resources import ResourceMissing
 from .settings import Settings
-from .storage import AlreadyServing, DatabaseTooNew, NotOurs, StorageUnavailable
+from .storage import AlreadyServing, DatabaseTooNew, NoPermission, NotOurs, StorageUnavailable
 
 
 def _logging(settings: Settings) -> None:
@@ -227,9 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     import sqlite3
     try:
         _run(args, settings)
-    except (ResourceMissing, StorageUnavailable, DatabaseTooNew, NotOurs, AlreadyServing) as exc:
+    except (ResourceMissing, StorageUnavailable, DatabaseTooNew, NotOurs, AlreadyServing, NoPermission) as exc:
         # An incomplete installation, a database that cannot be reached, is newer than this collab, is not
-        # ours, or is served already: say so, no traceback.
+        # ours, is served already, or is not ours to make tables in: say so, no traceback.
         raise SystemExit(f"collab {args.command}: error: {exc}") from None
     except sqlite3.DatabaseError as exc:  # not a database file, a folder, a file it may not open
         raise SystemExit(f"collab {args.command}: error: cannot use the SQLite database {settings.db}: {exc}") \

@@ -486,6 +486,10 @@ class AlreadyServing(RuntimeError):
     """Another collab server holds this SQLite database (one server per file)."""
 
 
+class NoPermission(RuntimeError):
+    """The database's user may not make collab's tables there (PostgreSQL: not the database's owner)."""
+
+
 class NotOurs(RuntimeError):
     """A SQLite file that is not a database, or a database with tables that are not collab's."""
 

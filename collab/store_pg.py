@@ -70,8 +70,8 @@ from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, DocumentGone,
                       GroupWriter, history_entry, history_of, Kept, Loaded, NamedWhileCompacting, NameTaken,
-                      pending_migrations, redact, StorageUnavailable, TooManyCheckpoints, TooManyDocuments,
-                      VersionCompacted, VersionConflict)
+                      NoPermission, pending_migrations, redact, StorageUnavailable, TooManyCheckpoints,
+                      TooManyDocuments, VersionCompacted, VersionConflict)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -147,11 +147,22 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
 
+async def _migrate_at(conn: asyncpg.Connection, url: str) -> list[str]:
+    """apply_migrations; NoPermission, saying what to do, when the user may not make tables there."""
+    try:
+        return await apply_migrations(conn)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        # Since PostgreSQL 15 only the database's owner may create tables in its schema `public`.
+        raise NoPermission(f"the PostgreSQL user may not create collab's tables in {describe(url)} ({exc}): "
+                           "make it the database's owner (createdb --owner USER DB, or ALTER DATABASE DB "
+                           "OWNER TO USER)") from None
+
+
 async def migrate(url: str) -> list[str]:
     """Apply pending migrations to the database at `url` (which must exist)."""
     conn = await _connect(url, "collab-migrate")
     try:
-        return await apply_migrations(conn)
+        return await _migrate_at(conn, url)
     finally:
         await conn.close()
 
@@ -485,7 +496,7 @@ class PgStore(GroupWriter):
     async def open(self) -> "PgStore":
         self._w = await _connect(self.url, "collab-writer")
         try:
-            await apply_migrations(self._w)
+            await _migrate_at(self._w, self.url)
         except Exception as exc:
             await self._w.close()
             self._w = None

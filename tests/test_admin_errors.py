@@ -1,7 +1,8 @@
 """Commands given what they cannot use say so in one line and exit 1, without a traceback, and touch nothing.
 
 Each runs as `python -m collab ...` in a subprocess, as a person would run it (SQLite files: what a
-wrong path or a wrong file can be; PostgreSQL's own refusals are in test_admin.py and test_pg_*.py).
+wrong path or a wrong file can be; PostgreSQL's own refusals are in test_admin.py and test_pg_*.py, but
+for a user that may not make tables, here).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 import pytest
 
+from pgserver import USER
 from serverproc import ROOT, ServerProcess, free_port
 
 
@@ -144,5 +146,24 @@ def test_another_programs_postgresql_database_is_refused_and_left_as_it_was(pg_s
         listed = pg_server.sql("SELECT string_agg(table_name, ',') FROM information_schema.tables "
                                "WHERE table_schema = 'public'", db=name)
         assert listed.strip() == "t", listed
+    finally:
+        pg_server.drop_database(name)
+
+
+def test_a_postgresql_user_that_may_not_make_tables_is_told_what_to_do(pg_server, tmp_path):
+    """Was: a database the user does not own (PostgreSQL 15+ lets only the owner create tables in schema
+    public: `createdb collab` as postgres, say) stopped migrate, serve and the commands with asyncpg's
+    traceback (found by a newcomer following the README)."""
+    name = pg_server.create_database("notowned")
+    pg_server.sql(f"ALTER DATABASE {name} OWNER TO postgres")
+    pg_server.sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC", db=name)  # as PostgreSQL 15+ has it
+    url = pg_server.url(name)
+    try:
+        words = "may not create collab's tables in"
+        refused(collab("migrate", "--db", url), words)
+        refused(collab("serve", "--db", url, "--port", free_port()), words)
+        assert "createdb --owner USER DB" in collab("migrate", "--db", url).stderr
+        pg_server.sql(f"ALTER DATABASE {name} OWNER TO {USER}")
+        assert collab("migrate", "--db", url).returncode == 0  # as the owner, it may
     finally:
         pg_server.drop_database(name)
