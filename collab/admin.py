@@ -132,6 +132,11 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
     try:
         dest_path.parent.mkdir(parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)
+        try:  # where the copy goes, tried first: a failure there is not the database's
+            open(tmp, "xb").close()
+            tmp.unlink()
+        except OSError as exc:
+            raise AdminError(f"cannot write the backup file {dest_path}: {exc.strerror or exc}") from None
         documents, updates = asyncio.run(_backup(settings, tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -104,6 +104,10 @@ def test_export_and_backup_say_when_they_cannot_write(tmp_path):
     (tmp_path / "file").write_text("x")
     refused(collab("export", tmp_path / "file", "--db", db), "cannot write to")
     refused(collab("backup", tmp_path / "file" / "sub" / "b.db", "--db", db), "backup of")
+    # A folder it may not write in (even root may not make files in /proc): the backup file is named,
+    # not the database (was: "the SQLite database a.db cannot be used right now", and a second line).
+    refused(collab("backup", "/proc/collab-backup-test.db", "--db", db),
+            "cannot write the backup file /proc/collab-backup-test.db")
 
 
 def test_import_holds_to_max_documents_strips_a_byte_order_mark_and_counts_what_it_skipped(tmp_path):
