@@ -231,9 +231,11 @@ class FloodFilter(logging.Filter):
         return True
 
 
-# Messages that come in floods when the server is attacked or out of file descriptors.
+# Messages that come in floods when the server is attacked or out of file descriptors, or while PostgreSQL
+# is down (asyncpg's pool retries its connections from 1 s to every 60 s, a traceback each time).
 FLOODS = {"asyncio": ("socket.accept() out of system resource",),
-          "aiohttp.server": ("Error handling request",)}
+          "aiohttp.server": ("Error handling request",),
+          "asyncpg.pool": ("Failed to restore the pool connection floor",)}
 
 
 def install_flood_filters(interval: float = 60.0) -> None:

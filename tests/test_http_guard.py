@@ -549,3 +549,27 @@ async def _type_remote(ws_url: str, doc: str, text: str) -> None:
                             "updates": [{"clientID": "typist", "changes": [[0, text]]}]})
             await recv_type(ws, "updates", timeout=20)
 
+
+def test_the_flood_filters_hold_asyncpgs_pool_retries_to_one_line_a_minute():
+    """Was: while PostgreSQL was down, asyncpg's pool logged a warning with a whole traceback at 1, 2, 4 ...
+    s (found by a newcomer: the README promises warnings at most every 10 s)."""
+    from collab.httpguard import install_flood_filters
+
+    logger = logging.getLogger("asyncpg.pool")
+    before = list(logger.filters)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger.addHandler(handler)
+    try:
+        install_flood_filters()
+        for _ in range(5):
+            try:
+                raise ConnectionRefusedError(111, "Connect call failed")
+            except OSError:
+                logger.warning("Failed to restore the pool connection floor; retrying", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = before
+    assert [(r.getMessage(), r.exc_info) for r in seen] == [
+        ("Failed to restore the pool connection floor; retrying: [Errno 111] Connect call failed", None)]
