@@ -8,6 +8,9 @@
 #   ./run.sh --public [options]
 #       the same for a team: listens on all interfaces with access control on,
 #       the secret kept in ./data/secret (made on first start); prints the admin link
+#       (--public may come anywhere among the options)
+#   ./run.sh --help
+#       the options of `collab serve` (after creating .venv if missing)
 #   ./run.sh test [pytest arguments]
 #       installs everything the tests need (Python test extras, the Node
 #       packages of tests/js and static/, Debian's chromium when missing and
@@ -95,8 +98,26 @@ if [ "${1:-}" = "test" ]; then
     exec "$PY" -m pytest "$@"
 fi
 
-if [ "${1:-}" = "--public" ]; then
-    shift
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help)  # serve's options, not those of the migrate run before it
+            umask 077
+            ensure_venv ""
+            printf '%s\n' "usage: ./run.sh [--public] [collab serve options]   (or: ./run.sh test [pytest arguments])" \
+                "       run.sh creates .venv, installs collab, applies migrations and serves; the options:" ""
+            exec "$PY" -m collab serve --help ;;
+    esac
+done
+
+# --public is run.sh's own option, anywhere among the others: take it out of what collab is given.
+public=""
+args=()
+for arg in "$@"; do
+    if [ "$arg" = "--public" ]; then public=1; else args+=("$arg"); fi
+done
+set -- ${args[@]+"${args[@]}"}
+
+if [ -n "$public" ]; then
     # A secret given on the command line wins, as in the environment: a --secret is used as it is, and
     # the file of a --secret-file is made if it is missing (not ./data/secret beside it).
     secret_file="${COLLAB_SECRET_FILE:-./data/secret}"

@@ -11,6 +11,7 @@ folder is missing or empty must refuse to start, naming where it looked.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -134,6 +135,57 @@ def test_run_sh_gives_a_venv_without_pip_its_pip(built, tmp_path):
     assert "has no pip: adding it" in result.stderr
     assert "usage: collab serve" in result.stdout
     _run([source / ".venv" / "bin" / "python", "-m", "pip", "--version"], cwd=tmp_path)
+
+
+def _checkout_with_a_venv(tmp_path: Path) -> Path:
+    """A clone-like checkout whose .venv run.sh takes as installed: no pip, this run's dependencies through a
+    .pth file (not its .pth files, so not its editable collab: `-m collab` imports the checkout's), and the
+    stamp run.sh leaves after installing."""
+    source = _clone_like(tmp_path / "checkout")
+    python = _new_venv(source / ".venv")
+    purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        cwd=tmp_path).stdout.strip())
+    (purelib / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    stamp = hashlib.sha256((source / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    (source / ".venv" / ".installed").write_text(stamp + "\n")
+    return source
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_run_sh_help_shows_the_options_of_serve(tmp_path, flag):
+    # run.sh runs `collab migrate` with the same arguments before `collab serve`: --help printed migrate's.
+    source = _checkout_with_a_venv(tmp_path)
+    result = _run([source / "run.sh", "--port", free_port(), flag], cwd=tmp_path, timeout=60, env=_clean_env())
+    assert "installing collab" not in result.stderr, result.stderr  # the prepared .venv was taken as it is
+    assert "usage: collab serve" in result.stdout and "--max-frame" in result.stdout, result.stdout
+    assert "collab migrate" not in result.stdout, result.stdout
+    assert not (source / "data").exists(), "--help made a database or a secret"
+
+
+def test_run_sh_public_works_after_other_options(tmp_path):
+    # `./run.sh --port P --public` was refused: --public was run.sh's only as the first argument.
+    source = _checkout_with_a_venv(tmp_path)
+    port = free_port()
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(source / "run.sh"), "--port", str(port), "--public", "--host", "127.0.0.1"],
+                                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=_clean_env())
+    try:
+        deadline = time.monotonic() + 30
+        while "collab: listening on" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, f"run.sh exited with {proc.returncode}:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, f"run.sh did not start:\n{log_path.read_text()}"
+            time.sleep(0.05)
+        assert (source / "data" / "secret").stat().st_size > 0
+        assert (source / "data" / "admin-link").read_text().startswith(f"http://127.0.0.1:{port}/?token=")
+        with pytest.raises(urllib.error.HTTPError) as refused:  # access control is on
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/docs", timeout=5)
+        assert refused.value.code == 401
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)  # run.sh exec'd collab serve: this pid is the server's
+            proc.wait(15)
+    assert proc.returncode == 0, log_path.read_text()
 
 
 def test_installed_collab_runs_from_its_own_files(venv, tmp_path):
