@@ -84,7 +84,8 @@ AUTHORS_CHUNK = 5_000       # update rows replayed per job
 AUTHORS_CHUNK_BYTES = 2 << 20  # ... and at most this many bytes of them (a chunk must end within the budget)
 AUTHORS_MAX_RUNS = 200_000  # runs one /authors answer may hold
 AUTHORS_SPACING = 4         # stored checkpoints at least runs / 4 versions apart (about 4 runs per update)
-CACHE_BYTES = 64 << 20      # bytes of spans JSON the authorship cache keeps in memory (per store)
+CACHE_BYTES = 64 << 20      # bytes the authorship cache keeps in memory (per store) ...
+ENTRY_OVERHEAD = 400        # ... counting this for each entry besides its spans JSON (keys, tuples, nodes)
 
 
 class Busy(ServerError):
@@ -328,7 +329,8 @@ async def restore_changes(current: str, target: str) -> ChangeSet:
 
 class AuthorshipCache:
     """Spans (stored JSON, as bytes) by (document, version), least recently used dropped first,
-    at most `max_bytes` in all."""
+    at most `max_bytes` in all: each entry counts its spans' bytes and ENTRY_OVERHEAD for what holds
+    them (measured: about 350 bytes an entry), so many small entries stay within it too."""
 
     def __init__(self, max_bytes: int = CACHE_BYTES):
         self.max_bytes = max_bytes
@@ -357,14 +359,14 @@ class AuthorshipCache:
             return
         self._entries[key] = (spans, runs)
         bisect.insort(self._versions.setdefault(doc, []), version)
-        self.size += len(spans)
+        self.size += len(spans) + ENTRY_OVERHEAD
         while self.size > self.max_bytes:
             (old_doc, old_version), (old_spans, _) = self._entries.popitem(last=False)
             versions = self._versions[old_doc]
             versions.pop(bisect.bisect_left(versions, old_version))
             if not versions:
                 del self._versions[old_doc]
-            self.size -= len(old_spans)
+            self.size -= len(old_spans) + ENTRY_OVERHEAD
 
 
 _caches: "weakref.WeakKeyDictionary[object, AuthorshipCache]" = weakref.WeakKeyDictionary()

@@ -392,14 +392,15 @@ async def test_a_worker_that_cannot_start_answers_unavailable_and_the_pool_recov
 
 
 def test_the_cache_keeps_the_newest_version_below_and_drops_the_least_recently_used():
-    cache = compute.AuthorshipCache(max_bytes=20)  # two entries of 9 bytes, or one of 9 and one of 10
+    each = compute.ENTRY_OVERHEAD  # what an entry counts besides its spans
+    cache = compute.AuthorshipCache(max_bytes=20 + 2 * each)  # two entries of 9 bytes, or one of 9 and one of 10
     cache.put("d", 10, b"[[1,\"a\"]]", 1)
     cache.put("d", 20, b"[[2,\"a\"]]", 1)
     assert cache.best("d", 15)[:2] == (10, b"[[1,\"a\"]]") and cache.best("d", 9) is None
     assert cache.best("e", 15) is None
     cache.best("d", 10)                     # 10 is now the most recently used
     cache.put("e", 5, b"[[3,\"bb\"]]", 1)   # over 20 bytes: 20, the least recently used, goes
-    assert cache.best("d", 25)[0] == 10 and cache.best("e", 5)[0] == 5 and cache.size == 19
+    assert cache.best("d", 25)[0] == 10 and cache.best("e", 5)[0] == 5 and cache.size == 19 + 2 * each
 
 
 # ------------------------------------------- the driver, fed by plain closures
