@@ -401,6 +401,7 @@ class Api:
     async def rename(self, request: web.Request) -> web.Response:
         """A new name for the document (admin): share links made before keep working, redirected (see _renamed)."""
         info = await self._doc(request, "admin")
+        httpguard.limit_writes(request, token_of(request))
         body = await _json_body(request)
         new_name = body.get("name")
         if type(new_name) is not str or not protocol.valid_doc_name(new_name):

@@ -314,7 +314,7 @@ def limit_writes(request: web.Request, token: str | None) -> None:
     if wait > 0:
         seconds = max(1, math.ceil(wait))
         request[RETRY_AFTER] = seconds
-        raise ProtocolError("rate-limited", f"too many forks, restores and checkpoint names (--write-rate "
+        raise ProtocolError("rate-limited", f"too many forks, restores, renames and checkpoint names (--write-rate "
                             f"{settings.write_rate:g} a minute, --write-burst {settings.write_burst}); "
                             f"try again in {seconds} s")
 

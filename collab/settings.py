@@ -102,9 +102,9 @@ class Settings:
                               "(too-large)")
     max_checkpoints: int = _opt(1000, "most named versions (checkpoints) one document keeps: naming one more "
                                 "is refused (too-large) until a name is taken away; 0: no limit")
-    write_rate: float = _opt(30.0, "forks, restores and checkpoint names per minute one token, and one client "
+    write_rate: float = _opt(30.0, "forks, restores, renames and checkpoint names per minute one token, and one client "
                              "address, may make on average (beyond: 429 rate-limited with Retry-After); 0: no limit")
-    write_burst: int = _opt(10, "forks, restores and checkpoint names one token or address may make at once "
+    write_burst: int = _opt(10, "forks, restores, renames and checkpoint names one token or address may make at once "
                             "above --write-rate")
     history_workers: int = _opt(1, "worker processes that compute restore diffs and authorship, off the "
                                 "event loop")

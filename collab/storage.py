@@ -124,6 +124,7 @@ class Loaded:
 
 # Event-loop turns the writer lets pass before it takes a group (GroupWriter._gather).
 GATHER_TURNS = 2
+MAX_FORMER_NAMES = 100  # names a document had before that each keeps (its old links redirect); the oldest go
 PERSON_KEY = "\x1f"  # authorship keys: PERSON_KEY + person id, else the author's name (never holds it: Cc)
 
 

@@ -65,10 +65,10 @@ from .history import Authorship
 from .logs import QUIET_FOR, Throttle
 from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
-from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_FIELDS, PERSON_KEY, Commit, DocumentGone, GroupWriter,
-                      Kept, Loaded, NamedWhileCompacting, NameTaken, StorageUnavailable, TooManyCheckpoints,
-                      TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail, history_entry, history_of,
-                      pending_migrations)
+from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit,
+                      DocumentGone, GroupWriter, Kept, Loaded, NamedWhileCompacting, NameTaken, StorageUnavailable,
+                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail,
+                      history_entry, history_of, pending_migrations)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -810,6 +810,8 @@ class Store(GroupWriter):
             conn.execute("DELETE FROM renamed WHERE name = ?", (new_name,))
             conn.execute("INSERT OR REPLACE INTO renamed(name, doc_id, time) VALUES (?, ?, ?)",
                          (old, doc_id, time.time()))
+            conn.execute("DELETE FROM renamed WHERE doc_id = ? AND name NOT IN (SELECT name FROM renamed "
+                         "WHERE doc_id = ? ORDER BY time DESC LIMIT ?)", (doc_id, doc_id, MAX_FORMER_NAMES))
             return old
 
         return await self._write(fn)

@@ -68,10 +68,10 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
-from .storage import (COPY_TABLES, DOCUMENT_FIELDS, PERSON_KEY, Commit, contiguous_tail, describe, DocumentGone,
-                      GroupWriter, history_entry, history_of, Kept, Loaded, NamedWhileCompacting, NameTaken,
-                      NoPermission, pending_migrations, redact, StorageUnavailable, TooManyCheckpoints,
-                      TooManyDocuments, VersionCompacted, VersionConflict)
+from .storage import (COPY_TABLES, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit, contiguous_tail,
+                      describe, DocumentGone, GroupWriter, history_entry, history_of, Kept, Loaded,
+                      NamedWhileCompacting, NameTaken, NoPermission, pending_migrations, redact, StorageUnavailable,
+                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -996,6 +996,8 @@ class PgStore(GroupWriter):
             await conn.execute("INSERT INTO renamed (name, doc_id, time) VALUES ($1, $2, $3) "
                                "ON CONFLICT (name) DO UPDATE SET doc_id = excluded.doc_id, time = excluded.time",
                                old, doc_id, time.time())
+            await conn.execute("DELETE FROM renamed WHERE doc_id = $1 AND name NOT IN (SELECT name FROM renamed "
+                               "WHERE doc_id = $1 ORDER BY time DESC LIMIT $2)", doc_id, MAX_FORMER_NAMES)
             return old
 
         return await self._write(fn, names=(new_name,), doc_ids=(doc_id,))

@@ -598,6 +598,21 @@ def test_migrations_that_cannot_be_found_fail_loudly(tmp_path, layout):
 
 
 @BOTH_BACKENDS
+async def test_a_document_keeps_its_last_hundred_former_names(open_store):
+    """Was: every rename kept the old name for ever (the `renamed` table grew by a row a rename, without
+    bound: found by an audit). Now the newest MAX_FORMER_NAMES are kept; older links are forgotten."""
+    from collab.storage import MAX_FORMER_NAMES
+
+    store = await open_store()
+    doc_id = await store.create_document("n0")
+    for k in range(MAX_FORMER_NAMES + 5):
+        assert await store.rename_document(doc_id, f"n{k + 1}") == f"n{k}"
+    last = f"n{MAX_FORMER_NAMES + 5}"
+    names = [name for name, _ in await store.former_names(doc_id, limit=1000)]
+    assert names == [f"n{k}" for k in range(MAX_FORMER_NAMES + 4, 4, -1)]
+    assert await store.renamed_to("n4") is None and await store.renamed_to("n5") == last
+
+
 async def test_frame_ends_people_checkpoints_and_renames_are_kept(open_store):
     """Each commit ends a frame (a resume after a reload is cut there); who made an update, named
     versions and old names read back the same from every backend."""
