@@ -90,8 +90,17 @@ def _is_count(value) -> bool:
     return type(value) is int and value >= 0
 
 
-def parse(data: bytes | str, max_updates: int = 1000, max_ranges: int = 100) -> Hello | Push | Presence:
-    """One client frame, checked; raises ProtocolError with the protocol's code."""
+def parse(data: bytes | str, max_updates: int = 1000, max_ranges: int = 100, first: bool = False,
+          may_push: bool = True) -> Hello | Push | Presence:
+    """One client frame, checked; raises ProtocolError with the protocol's code.
+
+    A frame that will be refused whatever it holds is not read further than it
+    takes to say so (a push's changes may be a megabyte of sections, each
+    made into Python objects on the event loop): `first`, a connection's first
+    frame, must be a hello (a push or presence gets only its count checked,
+    `too-large` over the limit, else `bad-message`); with `may_push` False (a
+    view session) a push is `read-only` at once.
+    """
     try:
         msg = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -99,7 +108,13 @@ def parse(data: bytes | str, max_updates: int = 1000, max_ranges: int = 100) -> 
     if type(msg) is not dict:
         raise ProtocolError("bad-message", f"a frame must be a JSON object, got {type(msg).__name__}")
     kind = msg.get("type")
+    if first and kind != "hello":
+        if kind == "push" or kind == "presence":
+            _version_and_list(msg, kind, *_LISTS[kind], max_updates if kind == "push" else max_ranges)
+        raise ProtocolError("bad-message", "the first frame must be hello")
     if kind == "push":
+        if not may_push:
+            raise ProtocolError("read-only", "this session may only view the document")
         return _push(msg, max_updates)
     if kind == "presence":
         return _presence(msg, max_ranges)
@@ -167,8 +182,11 @@ def _version_and_list(msg: dict, kind: str, field: str, shape: str, limit: int) 
     return version, raw
 
 
+_LISTS = {"push": ("updates", "{clientID, changes}"), "presence": ("ranges", "{anchor, head}")}  # kind: its list
+
+
 def _push(msg: dict, max_updates: int) -> Push:
-    version, raw = _version_and_list(msg, "push", "updates", "{clientID, changes}", max_updates)
+    version, raw = _version_and_list(msg, "push", *_LISTS["push"], max_updates)
     updates = []
     for k, item in enumerate(raw):
         if type(item) is not dict:
@@ -190,7 +208,7 @@ def _push(msg: dict, max_updates: int) -> Push:
 
 
 def _presence(msg: dict, max_ranges: int) -> Presence:
-    version, raw = _version_and_list(msg, "presence", "ranges", "{anchor, head}", max_ranges)
+    version, raw = _version_and_list(msg, "presence", *_LISTS["presence"], max_ranges)
     ranges = []
     for k, r in enumerate(raw):
         if type(r) is not dict or not _is_count(r.get("anchor")) or not _is_count(r.get("head")):

@@ -354,7 +354,7 @@ async def _data_frame(msg, member: Member, bucket: TokenBucket, settings: Settin
     try:
         if msg.type == WSMsgType.BINARY:
             raise ProtocolError("bad-message", "frames must be UTF-8 JSON text frames")
-        frame = protocol.parse(msg.data, settings.max_updates, settings.max_ranges)
+        frame = protocol.parse(msg.data, settings.max_updates, settings.max_ranges, may_push=peer.role == "edit")
         if isinstance(frame, protocol.Push):
             await room.push(member, frame)
         elif isinstance(frame, protocol.Presence):
@@ -417,12 +417,9 @@ async def _receive_hello(ws: web.WebSocketResponse, peer: Peer, settings: Settin
             return None
         raise ProtocolError("bad-message", "the first frame must be a JSON hello", close=CLOSE_PROTOCOL)
     try:
-        frame = protocol.parse(msg.data, settings.max_updates, settings.max_ranges)
+        return protocol.parse(msg.data, settings.max_updates, settings.max_ranges, first=True)
     except ProtocolError as exc:
         raise ProtocolError(exc.code, exc.message, close=CLOSE_PROTOCOL) from None
-    if not isinstance(frame, protocol.Hello):
-        raise ProtocolError("bad-message", "the first frame must be hello", close=CLOSE_PROTOCOL)
-    return frame
 
 
 def refuse(peer: Peer, exc: CollabError, doc: str, metrics) -> None:
