@@ -229,7 +229,7 @@ class Room:
                  "_catching", "_news", "_birth")
 
     def __init__(self, rooms: "Rooms", doc_id: int, name: str, seq: Sequencer, snapshot_version: int,
-                 salt: str = "", identity: str | None = None):
+                 salt: str = "", identity: str | None = None, replay_bytes: int = 0):
         self.rooms = rooms
         self.salt = salt
         self.settings = rooms.settings
@@ -252,7 +252,7 @@ class Room:
         self.presence_sent = 0.0
         settings = self.settings
         self.bucket = TokenBucket(settings.doc_update_rate, settings.doc_update_burst, rooms.now())
-        self.replay_bytes = 0  # bytes of update JSON committed since the last snapshot
+        self.replay_bytes = replay_bytes  # bytes of update JSON committed since the last snapshot
         self._doc_json: tuple[int, bytes] | None = None  # (version, the committed text as a JSON string)
         self.unload_timer: asyncio.TimerHandle | None = None
         self.holds = 0  # joins and API calls under way (hold/unhold): the room is not unloaded meanwhile
@@ -834,12 +834,17 @@ class Room:
         if not batch:
             return None
         commit = Commit(self.doc_id, batch[0].version - 1, batch, batch[-1].update.changes.new_length)
-        if self.replay_bytes + commit.size >= max(self.settings.snapshot_ratio * self.seq.text.length,
-                                                  self.settings.snapshot_min_bytes):
+        if self._snapshot_due(commit.size):
             commit.snapshot = (commit.version, str(self.seq.text))  # the head: take_pending took everything
         self._commit_started = time.perf_counter()
         self._in_flight = commit
         return commit
+
+    def _snapshot_due(self, more: int = 0) -> bool:
+        """Whether the updates since the last snapshot (with `more` bytes of them about to commit) are
+        enough for another: --snapshot-ratio of the text's length, and --snapshot-min-bytes."""
+        return self.replay_bytes + more >= max(self.settings.snapshot_ratio * self.seq.text.length,
+                                               self.settings.snapshot_min_bytes)
 
     def commit_done(self, commit: Commit, error: BaseException | None) -> None:
         """The batch is durable: broadcast it (that is the acknowledgement). Or another writer got there
@@ -1290,13 +1295,15 @@ class Room:
             self.rooms.cluster.publish_leave(self.name, [member.session])
         self._broadcast(protocol.leave_frame(member.session))
 
-    async def flush(self) -> None:
-        """Wait until everything accepted is durable, then snapshot if there is news."""
+    async def flush(self, always: bool = True) -> None:
+        """Wait until everything accepted is durable, then snapshot if there is news: at once (at shutdown,
+        a rename, a delete) or, not `always` (an unload), only when a commit would (`_snapshot_due`): a
+        document left idle after each keystroke stored its whole text again each time."""
         await self.settled()
-        if not self.broken and self.seq.committed_version > self.last_snapshot:
+        if not self.broken and self.seq.committed_version > self.last_snapshot and (always or self._snapshot_due()):
             version = self.seq.committed_version
             await self.store.write_snapshot(self.doc_id, version, self.seq.committed_text())
-            self.last_snapshot = version
+            self.last_snapshot, self.replay_bytes = version, 0
 
 
 def renamed_reason(new_name: str) -> str:
@@ -1446,7 +1453,7 @@ class Rooms:
             seq = Sequencer(loaded.text, loaded.version, loaded.log, keep=self.settings.keep_updates,
                             max_length=self.settings.max_doc, frame_ends=loaded.frame_ends)
             room = Room(self, loaded.doc_id, name, seq, loaded.snapshot_version, loaded.salt,
-                        None if loaded.doc_id is None else protocol.doc_identity(loaded.created))
+                        None if loaded.doc_id is None else protocol.doc_identity(loaded.created), loaded.replay_bytes)
             self.rooms[name] = room
             self.metrics.documents.set(len(self.rooms))
             if self.cluster is not None:
@@ -1704,14 +1711,14 @@ class Rooms:
         self.spawn(self.unload(room))
 
     async def unload(self, room: Room) -> None:
-        """Unload an idle document: flush its commits and write a snapshot first."""
+        """Unload an idle document: flush its commits first (and write a snapshot if one is due)."""
         room.unload_timer = None
         if room.members or room.holds or self.rooms.get(room.name) is not room or room.name in self._loading:
             return  # in use, gone, or being unloaded already (a join held and let go of it meanwhile)
         fut = asyncio.get_running_loop().create_future()
         self._loading[room.name] = fut  # joins wait until the room is safely gone
         try:
-            await room.flush()
+            await room.flush(always=False)
         except Exception:
             log.exception("snapshot of document %s failed while unloading", room.name)
         finally:

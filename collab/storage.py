@@ -120,6 +120,7 @@ class Loaded:
     salt: str = ""             # signs this document's share links
     frame_ends: list[int] = field(default_factory=list)  # where the log's frames ended (below `version`)
     created: float = 0.0       # when the document was made (protocol.doc_identity: which document it is)
+    replay_bytes: int = 0      # bytes of the updates after the snapshot (what a load replays)
 
 
 # Event-loop turns the writer lets pass before it takes a group (GroupWriter._gather).

@@ -733,11 +733,14 @@ class Store(GroupWriter):
             ends = [v for (v,) in conn.execute(
                 "SELECT version FROM updates WHERE doc_id = ? AND version > ? AND version < ? AND frame_end = 1",
                 (doc_id, version - len(log), version))]
+            replayed = conn.execute("SELECT COALESCE(SUM(LENGTH(CAST(changes AS BLOB))), 0) FROM updates "
+                                    "WHERE doc_id = ? AND version > ? AND version <= ?",
+                                    (doc_id, snap_version, version)).fetchone()[0]
             _end_read(conn)
             doc = Text(text)
             for u in replay:
                 doc.apply(u.changes)
-            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends, created)
+            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends, created, replayed)
 
         return await self._read(fn)
 

@@ -913,13 +913,16 @@ class PgStore(GroupWriter):
             ends = [r[0] for r in await conn.fetch(
                 "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end",
                 doc_id, log_start, version)]
-            return doc_id, version, salt, snap_version, text, rows, ends, version - log_start, created
+            replayed = await conn.fetchval("SELECT COALESCE(sum(octet_length(changes)), 0) FROM updates "
+                                           "WHERE doc_id = $1 AND version > $2 AND version <= $3",
+                                           doc_id, snap_version, version)
+            return doc_id, version, salt, snap_version, text, rows, ends, version - log_start, created, replayed
 
         read = await self._read(fn, snapshot=True)
         if read is None:
             return None
 
-        def replay(doc_id, version, salt, snap_version, text, rows, ends, in_log, created) -> Loaded:
+        def replay(doc_id, version, salt, snap_version, text, rows, ends, in_log, created, replayed) -> Loaded:
             log = contiguous_tail(rows, version)
             log_from = version - len(log)
             if log_from > snap_version:
@@ -930,7 +933,7 @@ class PgStore(GroupWriter):
             log = log[max(0, len(log) - in_log):] if in_log else []
             log_from = version - len(log)
             return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, [v for v in ends if v > log_from],
-                          created)
+                          created, int(replayed))
 
         return await asyncio.to_thread(replay, *read)  # parsing and replaying a long history: off the loop
 

@@ -307,17 +307,17 @@ async def test_a_document_made_under_the_new_name_before_the_rename_writes(clien
 
 
 async def unloading(client, doc, monkeypatch, during):
-    """Unload `doc`'s idle room, doing `during()` while its final snapshot is being written."""
-    rooms, store = client.server.app[ROOMS], client.server.app[STORE]
+    """Unload `doc`'s idle room, doing `during()` while it flushes (before it waits for its commits)."""
+    rooms = client.server.app[ROOMS]
     room = rooms._open(doc)
     await until(lambda: not room.members)
-    meanwhile(monkeypatch, store, "write_snapshot", before=during)
+    meanwhile(monkeypatch, Room, "settled", before=during)
     await rooms.unload(room)
     return room
 
 
 async def test_a_join_and_a_push_while_the_room_unloads(client, monkeypatch):
-    # A session joins while the idle room writes its last snapshot, and pushes: it is welcomed to the
+    # A session joins while the idle room flushes to unload, and pushes: it is welcomed to the
     # text, acknowledged, and the room stays (it has a member); once it leaves, the room unloads and a
     # reload has the edit.
     rooms = client.server.app[ROOMS]

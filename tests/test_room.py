@@ -7,6 +7,7 @@ import gc
 import logging
 import time
 
+import orjson
 import pytest
 
 from collab.app import ROOMS, STORE, create_app
@@ -83,7 +84,10 @@ async def test_presence_is_mapped_to_the_version_peers_have(app_client):
     assert (await recv_type(b, "leave"))["session"] == frame["session"]
 
 
-async def test_idle_document_unloads_with_a_snapshot_and_reloads(app_client):
+async def test_idle_document_unloads_and_reloads_counting_what_a_snapshot_waits_for(app_client):
+    """An unload writes a snapshot only when a commit would (--snapshot-ratio, --snapshot-min-bytes):
+    six keystrokes are far from it, so the reload replays them, and counts their bytes towards the next.
+    (Was: every unload stored the whole text, however little had changed: found by a bounds audit.)"""
     app, client = app_client
     a, _ = await join(client, "u", "A")
     version = await type_chars(a, "A", 0, 6)
@@ -95,9 +99,12 @@ async def test_idle_document_unloads_with_a_snapshot_and_reloads(app_client):
         await asyncio.sleep(0.02)
     assert "u" not in rooms.rooms
     loaded = await app[STORE].load("u")
-    assert (loaded.version, loaded.snapshot_version, loaded.text) == (6, 6, "x" * 6)
+    assert (loaded.version, loaded.snapshot_version, loaded.text) == (6, 0, "x" * 6)
+    changes = [[v, [0, "x"]] if v else [[0, "x"]] for v in range(6)]  # what type_chars typed
+    assert loaded.replay_bytes == sum(len(orjson.dumps(c)) for c in changes)
     b, welcome = await join(client, "u", "B")
     assert (welcome["version"], welcome["doc"]) == (version, "x" * 6)
+    assert app[ROOMS].rooms["u"].replay_bytes == loaded.replay_bytes
 
 
 async def test_resume_and_push_from_before_the_memory_log(app_client):

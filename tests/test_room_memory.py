@@ -301,15 +301,15 @@ async def test_a_room_whose_members_were_all_revoked_or_taken_elsewhere_unloads(
 
 async def test_shutdown_waits_for_the_unloads_it_started(world, monkeypatch):
     settings, store, rooms = world
-    write_snapshot, calls = store.write_snapshot, []
+    settled, calls = Room.settled, []
 
-    async def slow_first_snapshot(*args):  # the unload's snapshot is still being written at shutdown
-        calls.append(args)
+    async def slow_first_flush(room):  # the unload still waits for its commits at shutdown
+        calls.append(room)
         if len(calls) == 1:
             await asyncio.sleep(0.3)
-        await write_snapshot(*args)
+        await settled(room)
 
-    monkeypatch.setattr(store, "write_snapshot", slow_first_snapshot)
+    monkeypatch.setattr(Room, "settled", slow_first_flush)
     a = FakeConn("a")
     ma = await rooms.join("doc", a, hello("a"), token=None)
     await ma.room.push(ma, push_msg(0, "a", [[0, "hi"]]))
@@ -985,36 +985,36 @@ async def test_an_unload_and_a_load_of_one_name_never_take_each_others_place(tmp
     join waiting for it waited for ever."""
     async with registry(tmp_path, access=Access(b"0123456789abcdef0123"), unload_after=0.0) as (store, rooms):
         await store.create_document("doc")
-        snapshot_gates, load_gate = [], asyncio.Event()
-        write_snapshot, load = store.write_snapshot, store.load
+        flush_gates, load_gate = [], asyncio.Event()
+        settled, load = Room.settled, store.load
 
-        async def gated_snapshot(*args):
+        async def gated_flush(room):
             gate = asyncio.Event()
-            snapshot_gates.append(gate)
+            flush_gates.append(gate)
             await gate.wait()
-            await write_snapshot(*args)
+            await settled(room)
 
         async def gated_load(name):
             await load_gate.wait()
             return await load(name)
 
-        store.write_snapshot = gated_snapshot
+        Room.settled = gated_flush
         try:
             room = await rooms._get("doc", create=False)
             await room.submit("c", 0, [Update("c", ChangeSet.from_json([[0, "hi"]]))], "x")
-            room.release()  # unloads at once (unload_after=0); its snapshot waits at the gate
-            await until(lambda: len(snapshot_gates) == 1, "the unload's snapshot")
+            room.release()  # unloads at once (unload_after=0); its flush waits at the gate
+            await until(lambda: len(flush_gates) == 1, "the unload's flush")
             with pytest.raises(ProtocolError):
                 await rooms.join("doc", FakeConn("r"), hello("r"), token="not a token")  # holds it, lets go
             await asyncio.sleep(0.05)  # (was: a second unload began here)
-            snapshot_gates[0].set()
+            flush_gates[0].set()
             await until(lambda: rooms.rooms.get("doc") is None, "the end of the unload")
             store.load = gated_load
             first = asyncio.ensure_future(rooms._get("doc", create=False))
             await asyncio.sleep(0.01)
             second = asyncio.ensure_future(rooms._get("doc", create=False))  # waits for the first's load
             await asyncio.sleep(0.01)
-            for gate in snapshot_gates:
+            for gate in flush_gates:
                 gate.set()  # (was: the second unload ended here and took the load's entry)
             await asyncio.sleep(0.05)
             load_gate.set()
@@ -1022,7 +1022,8 @@ async def test_an_unload_and_a_load_of_one_name_never_take_each_others_place(tmp
                 loaded = await asyncio.gather(first, second)
             assert loaded[0] is loaded[1] is rooms.rooms["doc"] and str(loaded[0].seq.text) == "hi"
         finally:
-            for gate in (*snapshot_gates, load_gate):
+            Room.settled = settled
+            for gate in (*flush_gates, load_gate):
                 gate.set()
 
 
