@@ -55,7 +55,7 @@ from .limits import DiskGuard, Gate, TokenBucket
 from .logs import Throttle
 from .metrics import Metrics
 from .rebase import Update, rebase_in_frames_steps
-from .sequencer import History, NeedHistory, Sequencer, cut_frames, weight
+from .sequencer import MAP_BUDGET, History, NeedHistory, Sequencer, cut_frames, weight
 from .settings import Settings
 from .storage import (Commit, Loaded, NameTaken, Storage, StorageUnavailable, TooManyDocuments, VersionCompacted,
                       VersionConflict)
@@ -372,8 +372,21 @@ class Room:
         return member
 
     def _cursors(self) -> list[dict]:
-        """Every cursor known here, ours and other processes', mapped to the committed version."""
-        return self.local_presence() + [obj for obj in map(self._remote_object, list(self.remote_peers)) if obj]
+        """Every cursor known here, ours and other processes', mapped to the committed version (as many
+        as `_mapping` allows of each; the others go out at the next presence tick)."""
+        out, work = self.local_presence(), 0
+        for session, entry in list(self.remote_peers.items()):
+            more = self._mapping(work, entry[2], entry[3]) if entry[2] <= self.seq.committed_version else work
+            if more is None:
+                self.remote_dirty.add(session)
+                continue
+            work = more
+            obj = self._remote_object(session)
+            if obj is not None:
+                out.append(obj)
+        if self.remote_dirty:
+            self._tick_later()
+        return out
 
     async def _history_page(self, since: int, history: History | None) -> History:
         """Stored updates from version `since` on, for a resume or a far push: RESUME_PAGE of them, at
@@ -1138,6 +1151,21 @@ class Room:
         mapped = self._mapped_presence(member)
         return None if mapped is None else protocol.presence_object(member.session, member.conn.user, *mapped)
 
+    def _mapping(self, work: int, version: int, ranges: list) -> int | None:
+        """`work` (mapping done so far in this presence tick, welcome or republish) with a cursor at
+        `version` mapped to the committed version too (Sequencer.map_cost); None if that would take it
+        past MAP_BUDGET: one of them maps at most about MAP_BUDGET steps of cursors in all (and each
+        cursor's own mapping is bounded by it), the cursors beyond wait for the next tick."""
+        cost = self.seq.map_cost(len(ranges), version, self.seq.committed_version)
+        return None if work and work + cost > MAP_BUDGET else work + cost
+
+    def _tick_later(self) -> None:
+        """A presence tick after the interval, for cursors left for it (not now: a welcome being made
+        is not sent yet)."""
+        if self.presence_timer is None:
+            self.presence_timer = asyncio.get_running_loop().call_later(self.settings.presence_interval,
+                                                                        self._flush_presence)
+
     def _flush_presence(self) -> None:
         """Send the cursors that moved since the last tick: one frame, to every member.
 
@@ -1149,18 +1177,23 @@ class Room:
         self.presence_timer = None
         self.presence_sent = loop.time()
         budget = self.settings.presence_batch
-        peers = []
+        peers, work, over = [], 0, False
         while self.dirty and len(peers) < budget:
             session = next(iter(self.dirty))
-            member = self.dirty.pop(session)
+            member = self.dirty[session]
             if member.presence is not None and self.members.get(session) is member and not member.conn.closed:
+                work = self._mapping(work, *member.presence)
+                if work is None:
+                    over = True  # mapping work enough for one tick: the rest in the next
+                    break
                 obj = self._presence_object(member)
                 if obj is not None:
                     peers.append(obj)
+            del self.dirty[session]
         if peers and self.rooms.cluster is not None:
             self.rooms.cluster.publish_presence(self.name, peers)
         held = set()
-        while self.remote_dirty and len(peers) < budget:
+        while self.remote_dirty and len(peers) < budget and not over:
             session = self.remote_dirty.pop()
             entry = self.remote_peers.get(session)
             if entry is None:
@@ -1168,13 +1201,18 @@ class Room:
             if entry[2] > self.seq.committed_version:
                 held.add(session)  # at a version we have not caught up with yet
                 continue
+            work = self._mapping(work, entry[2], entry[3])
+            if work is None:
+                held.add(session)
+                over = True
+                break
             obj = self._remote_object(session)
             if obj is not None:
                 peers.append(obj)
         self.remote_dirty |= held
         if peers:
             self._broadcast(protocol.presences_frame(peers))
-        if self.dirty or len(self.remote_dirty) > len(held):
+        if self.dirty or over or len(self.remote_dirty) > len(held):
             self.presence_timer = loop.call_later(self.settings.presence_interval, self._flush_presence)
 
     def _clamped(self, version: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
@@ -1185,8 +1223,24 @@ class Room:
         return [(min(a, limit), min(h, limit)) for a, h in ranges]
 
     def local_presence(self) -> list[dict]:
-        """Our own members' cursors (for the periodic republish to other processes)."""
-        return [obj for obj in (self._presence_object(m) for m in self.members.values() if m.presence) if obj]
+        """Our own members' cursors (for a welcome, and the periodic republish to other processes), as
+        many as MAP_BUDGET steps of mapping reach (`_map_cost`): the others are marked moved, and go out
+        to everyone at the next presence tick."""
+        out, work = [], 0
+        for member in list(self.members.values()):
+            if not member.presence:
+                continue
+            more = self._mapping(work, *member.presence)
+            if more is None:
+                self.dirty[member.session] = member
+                continue
+            work = more
+            obj = self._presence_object(member)
+            if obj is not None:
+                out.append(obj)
+        if self.dirty:
+            self._tick_later()
+        return out
 
     def _remote_object(self, session: str) -> dict | None:
         """Another process's session's cursor, mapped to our committed version (None: not yet, or too old)."""

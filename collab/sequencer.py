@@ -486,6 +486,18 @@ class Sequencer:
 
     # -------------------------------------------------------------- presence
 
+    def map_cost(self, count: int, since: int, until: int) -> int:
+        """The steps `map_ranges` takes to map `count` ranges from `since` to `until`: 0 when there is
+        nothing to map, or when it gives up at once (too old: before the log, or over MAP_BUDGET)."""
+        if since == until or since < self.log_from:
+            return 0
+        cost = 0
+        for u in self.log[since - self.log_from:until - self.log_from]:
+            cost += count * len(u.changes.sections)
+            if cost > MAP_BUDGET:
+                return 0
+        return cost
+
     def map_ranges(self, ranges: list[tuple[int, int]], since: int, until: int) -> list[tuple[int, int]] | None:
         """Selection ranges at version `since` moved to version `until`; None if too old to map.
 

@@ -170,6 +170,8 @@ def test_a_selection_too_costly_to_map_counts_as_too_old():
     assert s.map_ranges([(3, 3), (5, 6)], 0, 2) is None  # 2 x 40,004: over it
     assert s.map_ranges([(3, 3), (5, 6)], 1, 2) == [(4, 4), (6, 7)]  # over the small change alone: mapped
     assert MAP_BUDGET == 50_000  # what docs/protocol.md says
+    # What each of those takes (a presence tick adds them up, and stops near the budget):
+    assert [s.map_cost(1, 0, 2), s.map_cost(2, 0, 2), s.map_cost(2, 1, 2), s.map_cost(5, 2, 2)] == [40_004, 0, 8, 0]
 
 
 def test_a_document_over_a_lowered_limit_can_still_shrink():
