@@ -385,7 +385,9 @@ class Api:
     async def version_text(self, request: web.Request) -> web.Response:
         info = await self._doc(request, "view")
         version = _int_param(_Text(request.match_info["version"]), "version", None, 0, info["version"])
-        return json_response({"version": version, "doc": await self.rooms.text_at(info, version)})
+        text = await self.rooms.text_at(info, version)
+        await self.allow(request, "view", info["name"])  # still, after a rebuild that may have taken a while
+        return json_response({"version": version, "doc": text})
 
     async def export(self, request: web.Request) -> web.Response:
         """The text at a version as a download: `format=txt` (default) or `md` (the same text, as Markdown)."""
@@ -395,6 +397,7 @@ class Api:
         if kind not in _EXPORTS:
             raise ProtocolError("bad-request", f"format must be one of {', '.join(_EXPORTS)}, got {brief(kind)}")
         text = await self.rooms.text_at(info, version)
+        await self.allow(request, "view", info["name"])  # still, after a rebuild that may have taken a while
         return web.Response(text=text, content_type=_EXPORTS[kind], charset="utf-8", headers={
             "Content-Disposition": f'attachment; filename="{info["name"]}-v{version}.{kind}"'})
 
@@ -470,6 +473,7 @@ class Api:
         except VersionCompacted as exc:
             raise ProtocolError("not-found", f"authorship: {exc}") from None
         spans = await compute.authors_json(authorship)
+        await self.allow(request, "view", info["name"])  # still, after a replay that may have taken a while
         # A span's author is a name, or PERSON_KEY and a person id; people gives those their latest name and colour.
         people = {PERSON_KEY + person: who for person, who in (await self.store.people(info["id"])).items()}
         return web.Response(body=b'{"version":%d,"spans":%s,"people":%s}' % (version, spans, orjson.dumps(people)),

@@ -14,7 +14,7 @@ from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestServer
 
 from collab.access import Access
-from collab.app import ROOMS, create_app
+from collab.app import ROOMS, STORE, create_app
 from collab.settings import Settings
 
 SECRET = "the access audit's secret, long enough"
@@ -132,6 +132,36 @@ async def test_a_link_of_a_document_deleted_and_made_again_while_it_is_checked_r
     meanwhile(monkeypatch, app[ROOMS], step, before=delete_and_make_again)
     resp = await client.get(f"{path}?token={old_view}")
     assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden", await resp.text()
+
+
+@pytest.mark.parametrize("path, step", [("/api/docs/d/versions/1", "text_at"), ("/api/docs/d/export", "text_at"),
+                                        ("/api/docs/d/authors", "authorship")])
+async def test_a_link_reset_while_a_text_is_rebuilt_gets_nothing_of_it(tmp_path, aiohttp_client, monkeypatch,
+                                                                      path, step):
+    """Was: the token was checked before the text or the authorship was rebuilt, which may take seconds;
+    a link reset meanwhile (a link that leaked, say) still got the text. Now it is checked again when
+    the answer is made."""
+    from test_deleted_meanwhile import meanwhile
+    app = create_app(settings_for(tmp_path, secret=SECRET))
+    client = await aiohttp_client(app)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    made = await client.post("/api/docs", json={"name": "d"}, headers=admin)
+    view = (await made.json())["links"]["view"].split("token=")[1]
+    ws = await client.ws_connect(f"/ws/d?token={ADMIN}", protocols=["collab.v1"])
+    await ws.send_json({"type": "hello", "clientID": "w", "version": None})
+    assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+    await ws.send_json({"type": "push", "version": 0, "updates": [{"clientID": "w", "changes": [[0, "secret"]]}]})
+    assert (await ws.receive_json(timeout=5))["type"] == "updates"
+    await ws.close()
+    assert (await client.get(f"{path}?token={view}")).status == 200  # the link works, as it should
+
+    async def reset():
+        assert (await client.post("/api/docs/d/links/reset", json={}, headers=admin)).status == 200
+
+    owner = app[ROOMS] if step == "text_at" else app[STORE]
+    meanwhile(monkeypatch, owner, step, after=reset)
+    resp = await client.get(f"{path}?token={view}")
+    assert resp.status == 403 and "secret" not in await resp.text(), await resp.text()
 
 
 async def test_a_missing_editor_build_names_no_path_of_the_server(tmp_path, aiohttp_client, caplog):
