@@ -36,6 +36,7 @@ Rules that always hold:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -374,19 +375,10 @@ class Room:
     def _cursors(self) -> list[dict]:
         """Every cursor known here, ours and other processes', mapped to the committed version (as many
         as `_mapping` allows of each; the others go out at the next presence tick)."""
-        out, work = self.local_presence(), 0
-        for session, entry in list(self.remote_peers.items()):
-            more = self._mapping(work, entry[2], entry[3]) if entry[2] <= self.seq.committed_version else work
-            if more is None:
-                self.remote_dirty.add(session)
-                continue
-            work = more
-            obj = self._remote_object(session)
-            if obj is not None:
-                out.append(obj)
-        if self.remote_dirty:
-            self._tick_later()
-        return out
+        return self.local_presence() + self._within_budget(
+            (entry[2], entry[3], functools.partial(self._remote_object, session),
+             functools.partial(self.remote_dirty.add, session))
+            for session, entry in list(self.remote_peers.items()))
 
     async def _history_page(self, since: int, history: History | None) -> History:
         """Stored updates from version `since` on, for a resume or a far push: RESUME_PAGE of them, at
@@ -1226,19 +1218,27 @@ class Room:
         """Our own members' cursors (for a welcome, and the periodic republish to other processes), as
         many as MAP_BUDGET steps of mapping reach (`_map_cost`): the others are marked moved, and go out
         to everyone at the next presence tick."""
-        out, work = [], 0
-        for member in list(self.members.values()):
-            if not member.presence:
-                continue
-            more = self._mapping(work, *member.presence)
+        return self._within_budget(
+            (*member.presence, functools.partial(self._presence_object, member),
+             functools.partial(self.dirty.__setitem__, member.session, member))
+            for member in list(self.members.values()) if member.presence)
+
+    def _within_budget(self, cursors) -> list[dict]:
+        """The presence objects of `cursors` ((version, ranges, make, later) each: `make()` maps one and
+        makes its object), as many as `_mapping` allows; `later()` for each of the others, which the
+        next presence tick sends."""
+        out, work, left = [], 0, False
+        for version, ranges, make, later in cursors:
+            more = self._mapping(work, version, ranges)
             if more is None:
-                self.dirty[member.session] = member
+                later()
+                left = True
                 continue
             work = more
-            obj = self._presence_object(member)
+            obj = make()
             if obj is not None:
                 out.append(obj)
-        if self.dirty:
+        if left:
             self._tick_later()
         return out
 

@@ -10,18 +10,16 @@ import sqlite3
 import time
 
 import orjson
-import pytest
 
 from collab import compute
-from collab.access import Access
 from collab.app import ROOMS, STORE, create_app
 from collab.settings import Settings
+import test_hardening
 from wsutil import USER, closed, recv, recv_type, send
 
-SECRET = "a secret for the bounds audit"
-ACCESS = Access(SECRET.encode())
-ADMIN = ACCESS.admin_token()
 STALL = 0.05  # seconds: the most one request may hold the event loop
+team = test_hardening.team  # the fixture: a team instance (access control on) with a document "doc"
+ADMIN = test_hardening.ADMIN
 
 
 class Lateness:
@@ -67,16 +65,6 @@ def _one_line_push(client_id: str = "x") -> str:
     """The control: a push frame of the same size whose changes are one insertion of one line."""
     return orjson.dumps({"type": "push", "version": 0, "updates": [
         {"clientID": client_id, "changes": [[0, "y" * 999_900]]}]}).decode()
-
-
-@pytest.fixture
-async def team(aiohttp_client, tmp_path):
-    """A team instance (access control on) with one document "doc" holding "hello"."""
-    app = create_app(Settings(db=str(tmp_path / "team.db"), secret=SECRET, unload_after=60))
-    client = await aiohttp_client(app)
-    resp = await client.post("/api/docs", json={"name": "doc"}, headers={"Authorization": f"Bearer {ADMIN}"})
-    assert resp.status == 201, await resp.text()
-    return app, client
 
 
 # ------------------------------------------------------------------ stalls (c)
