@@ -1216,7 +1216,7 @@ class Room:
 
     def local_presence(self) -> list[dict]:
         """Our own members' cursors (for a welcome, and the periodic republish to other processes), as
-        many as MAP_BUDGET steps of mapping reach (`_map_cost`): the others are marked moved, and go out
+        many as MAP_BUDGET steps of mapping reach (`_mapping`): the others are marked moved, and go out
         to everyone at the next presence tick."""
         return self._within_budget(
             (*member.presence, functools.partial(self._presence_object, member),
