@@ -494,7 +494,7 @@ class Cluster:
         rosters = {}
         for name in names:
             room = self.rooms.rooms.get(name)
-            peers = room.local_presence() if room is not None else []
+            peers = room.local_presence(roster=True) if room is not None else []
             if peers:
                 self._rostered[name] = now
             if name in self._rostered:

@@ -1214,28 +1214,31 @@ class Room:
         limit = self.seq.length_at(version)
         return [(min(a, limit), min(h, limit)) for a, h in ranges]
 
-    def local_presence(self) -> list[dict]:
-        """Our own members' cursors (for a welcome, and the periodic republish to other processes), as
-        many as MAP_BUDGET steps of mapping reach (`_mapping`): the others are marked moved, and go out
-        to everyone at the next presence tick."""
+    def local_presence(self, roster: bool = False) -> list[dict]:
+        """Our own members' cursors, mapped to the committed version as far as `_mapping` allows: the
+        others are marked moved, and the next presence tick maps them and sends them to everyone. For a
+        welcome they are left out; in a `roster` (the periodic republish to other processes, which lists
+        every session: one left out would count as gone there) they are given as they are, at their own
+        version, which a process that receives them maps itself."""
+        def later(member: Member) -> dict | None:
+            self.dirty[member.session] = member
+            return protocol.presence_object(member.session, member.conn.user, *member.presence) if roster else None
+
         return self._within_budget(
-            (*member.presence, functools.partial(self._presence_object, member),
-             functools.partial(self.dirty.__setitem__, member.session, member))
+            (*member.presence, functools.partial(self._presence_object, member), functools.partial(later, member))
             for member in list(self.members.values()) if member.presence)
 
     def _within_budget(self, cursors) -> list[dict]:
         """The presence objects of `cursors` ((version, ranges, make, later) each: `make()` maps one and
-        makes its object), as many as `_mapping` allows; `later()` for each of the others, which the
-        next presence tick sends."""
+        makes its object), as many as `_mapping` allows; for each of the others, `later()` (which the
+        next presence tick sends), and the object it gives if it gives one."""
         out, work, left = [], 0, False
         for version, ranges, make, later in cursors:
             more = self._mapping(work, version, ranges)
             if more is None:
-                later()
-                left = True
-                continue
-            work = more
-            obj = make()
+                obj, left = later(), True
+            else:
+                work, obj = more, make()
             if obj is not None:
                 out.append(obj)
         if left:
