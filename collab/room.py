@@ -39,6 +39,7 @@ import asyncio
 import functools
 import hashlib
 import hmac
+import itertools
 import logging
 import random
 import secrets
@@ -375,10 +376,10 @@ class Room:
     def _cursors(self) -> list[dict]:
         """Every cursor known here, ours and other processes', mapped to the committed version (as many
         as `_mapping` allows of each; the others go out at the next presence tick)."""
-        return self.local_presence() + self._within_budget(
-            (entry[2], entry[3], functools.partial(self._remote_object, session),
-             functools.partial(self.remote_dirty.add, session))
-            for session, entry in list(self.remote_peers.items()))
+        theirs = ((entry[2], entry[3], functools.partial(self._remote_object, session),
+                   functools.partial(self.remote_dirty.add, session))
+                  for session, entry in list(self.remote_peers.items()))
+        return self._within_budget(itertools.chain(self._local_cursors(), theirs))
 
     async def _history_page(self, since: int, history: History | None) -> History:
         """Stored updates from version `since` on, for a resume or a far push: RESUME_PAGE of them, at
@@ -1220,13 +1221,16 @@ class Room:
         welcome they are left out; in a `roster` (the periodic republish to other processes, which lists
         every session: one left out would count as gone there) they are given as they are, at their own
         version, which a process that receives them maps itself."""
+        return self._within_budget(self._local_cursors(roster))
+
+    def _local_cursors(self, roster: bool = False):
+        """Our members' cursors as `_within_budget` takes them (see `local_presence`)."""
         def later(member: Member) -> dict | None:
             self.dirty[member.session] = member
             return protocol.presence_object(member.session, member.conn.user, *member.presence) if roster else None
 
-        return self._within_budget(
-            (*member.presence, functools.partial(self._presence_object, member), functools.partial(later, member))
-            for member in list(self.members.values()) if member.presence)
+        return ((*member.presence, functools.partial(self._presence_object, member), functools.partial(later, member))
+                for member in list(self.members.values()) if member.presence)
 
     def _within_budget(self, cursors) -> list[dict]:
         """The presence objects of `cursors` ((version, ranges, make, later) each: `make()` maps one and

@@ -11,8 +11,9 @@ import time
 
 import orjson
 
-from collab import compute
+from collab import compute, protocol
 from collab.app import ROOMS, STORE, create_app
+from collab.sequencer import MAP_BUDGET
 from collab.settings import Settings
 import test_hardening
 from wsutil import USER, closed, recv, recv_type, send
@@ -317,16 +318,60 @@ async def test_the_authorship_cache_bound_counts_span_bytes_not_memory(aiohttp_c
 
 
 async def test_the_roster_for_other_processes_lists_every_cursor_even_past_the_budget(aiohttp_client, tmp_path):
-    """The periodic republish to other processes is a roster: a session it leaves out counts as gone
-    there (its cursor is dropped, a `leave` sent). So the cursors past the mapping budget are in it as
-    they are, at their own version (the process that receives them maps them), where a welcome leaves
-    them out. (Was, for a moment in this stop: left out of the roster as well.)"""
+    """Cluster._republish sends `room.local_presence(roster=True)` to the other processes as a roster
+    ("all": True): there, Room.remote_presence(..., roster=True) takes every session it does not list
+    as gone (its cursor dropped, a `leave` to every member). So the cursors past the mapping budget are
+    in it as they are, at their own version (the receiving process maps them), where a welcome leaves
+    them out. (Was, for a moment in this stop: 1 of 64 listed, 63 `leave` frames; found by review.)"""
     app = create_app(Settings(db=str(tmp_path / "r.db")))
     client = await aiohttp_client(app)
     editor, sockets = await _cursors_left_behind(client)
-    room = app[ROOMS].rooms["p"]
-    roster = room.local_presence(roster=True)
-    assert len({p["session"] for p in roster}) == 64
+    rooms = app[ROOMS]
+    room = rooms.rooms["p"]
+    everyone = {s for s, m in room.members.items() if m.presence}
+    assert len(everyone) == 64
+    # What another process was told of them before, on a document it has a member of: here the room
+    # "q" stands for that process's room, "elsewhere" for this process.
+    before = [protocol.presence_object(s, m.conn.user, *m.presence) for s, m in room.members.items() if m.presence]
+    watcher = await client.ws_connect("/ws/q", protocols=["collab.v1"], max_msg_size=0)
+    await send(watcher, {"type": "hello", "clientID": "watch", "version": None, "user": USER})
+    await recv_type(watcher, "welcome")
+    other = rooms.rooms["q"]
+    other.remote_presence("elsewhere", before, time.monotonic())
+    roster = room.local_presence(roster=True)  # what Cluster._republish publishes
     assert {p["version"] for p in roster} == {3, 4}, "some mapped to the head (4), the rest as they are (3)"
+    other.remote_presence("elsewhere", roster, time.monotonic(), roster=True)
+    left = set()
+    try:
+        while True:
+            msg = await recv(watcher, timeout=0.5)
+            if msg["type"] == "leave":
+                left.add(msg["session"])
+    except TimeoutError:
+        pass
+    listed = {p["session"] for p in roster}
+    for ws in (*sockets, editor, watcher):
+        await ws.close()
+    assert listed == everyone and not left, (f"the roster lists {len(listed)} of the 64 sessions with a "
+                                             f"cursor; the other process sent `leave` for {len(left)} of them")
+
+
+async def test_a_welcome_maps_one_budget_of_our_cursors_and_other_processes_together(aiohttp_client, tmp_path):
+    """One welcome maps about MAP_BUDGET steps of cursors in all, ours and other processes' together.
+    (Was, for a moment in this stop: a budget of each, twice the bound; found by review.)"""
+    app = create_app(Settings(db=str(tmp_path / "w2.db")))
+    client = await aiohttp_client(app)
+    editor, sockets = await _cursors_left_behind(client)  # 64 of our cursors at version 3, the head is 4
+    room = app[ROOMS].rooms["p"]
+    assert room.seq.committed_version == 4
+    ranges = [{"anchor": 1, "head": 2 * N_PLACES}]
+    theirs = [{"session": f"r{k}", "user": {"name": "r", "color": "#123456"}, "version": 3, "ranges": ranges}
+              for k in range(64)]
+    room.remote_presence("elsewhere", theirs, time.monotonic())  # another process's cursors, as news brings them
+    behind = {s for s, m in room.members.items() if m.presence and m.presence[0] == 3}
+    behind |= {s for s, e in room.remote_peers.items() if e[2] == 3}
+    peers = [p for p in room._cursors() if p["session"] in behind]  # what the next welcome carries
+    work = len(peers) * room.seq.map_cost(1, 3, 4)
     for ws in (*sockets, editor):
         await ws.close()
+    assert work <= MAP_BUDGET, f"one welcome mapped {work:,} steps of cursors ({len(peers)} cursors)"
