@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 MIN_SECRET = 16  # characters of a secret, from --secret or a secret file: a shorter one is guessed
+MIN_FRAME = 1024  # bytes: the smallest --max-frame (a hello with a long name and ids takes several hundred)
 
 
 def _opt(default, help: str, **meta):
@@ -37,7 +38,7 @@ class Settings:
     unload_after: float = _opt(30.0, "seconds a document stays in memory after its last connection leaves")
     heartbeat: float = _opt(20.0, "seconds between WebSocket pings; a peer that misses a pong is dropped")
     hello_timeout: float = _opt(10.0, "seconds a new connection has to send its hello")
-    max_frame: int = _opt(1 << 20, "largest WebSocket frame accepted, in bytes (close 1009 above it)")
+    max_frame: int = _opt(1 << 20, "largest WebSocket frame accepted, in bytes (close 1009 above it; at least 1024)")
     max_doc: int = _opt(10 << 20, "largest document, in UTF-16 units of text (pushes beyond: too-large)")
     ws_compress: bool = _opt(True, "permessage-deflate on WebSockets whose client offers it: frames of "
                              "--ws-compress-threshold bytes or more go out compressed (a welcome with a large "
@@ -172,6 +173,9 @@ class Settings:
             problems.append(f"port must be 1-65535 (got {self.port})")
         if self.snapshot_every < 1:
             problems.append("snapshot_every must be at least 1")
+        if self.max_frame < MIN_FRAME:  # 0 is no "no limit": every frame from outside is bounded
+            problems.append(f"max_frame must be at least {MIN_FRAME} bytes, so that a hello fits "
+                            f"(got {self.max_frame})")
         if self.secret and len(self.secret) < MIN_SECRET:  # as for --secret-file: a short secret is guessed
             problems.append(f"secret must be {MIN_SECRET} characters at least")
         if self.rate <= 0 or self.burst < 1:

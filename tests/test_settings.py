@@ -37,6 +37,7 @@ def test_environment_and_flags():
     ({"COLLAB_PORT": "eighty"}, "COLLAB_PORT"),
     ({"COLLAB_SYNC": "sometimes"}, "sync must be one of"),
     ({"COLLAB_MAX_FRAME": "-1"}, "max_frame must not be negative"),
+    ({"COLLAB_MAX_FRAME": "0"}, "max_frame must be at least 1024 bytes"),  # not "no limit"
     ({"COLLAB_LOG_JSON": "maybe"}, "COLLAB_LOG_JSON"),
 ])
 def test_bad_values_fail_with_a_hint(environ, message):
