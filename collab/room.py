@@ -1238,7 +1238,8 @@ class Room:
         next presence tick sends), and the object it gives if it gives one."""
         out, work, left = [], 0, False
         for version, ranges, make, later in cursors:
-            more = self._mapping(work, version, ranges)
+            # once the budget is spent, only cursors with nothing to map are made (not even costed)
+            more = None if left and version != self.seq.committed_version else self._mapping(work, version, ranges)
             if more is None:
                 obj, left = later(), True
             else:
