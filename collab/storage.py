@@ -244,6 +244,12 @@ def history_of(since: int, rows: list, max_bytes: int | None = None) -> History:
     return History(since, [parse_update(row[1], row[2]) for row in rows], [row[0] for row in rows if row[3]], cut)
 
 
+def replayed_bytes(rows: list, after: int) -> int:
+    """Of (version, client_id, changes) rows, the bytes of the changes past version `after` (the snapshot's):
+    what a load replays, counted as commits count them (Commit.size)."""
+    return sum(len(row[2].encode()) for row in rows if row[0] > after)
+
+
 def contiguous_tail(rows: list, version: int) -> list[Update]:
     """Of (version, client_id, changes) rows in version order, the unbroken run ending at `version`, parsed."""
     start = len(rows)

@@ -68,7 +68,7 @@ from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit,
                       DocumentGone, GroupWriter, Kept, Loaded, NamedWhileCompacting, NameTaken, StorageUnavailable,
                       TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail,
-                      history_entry, history_of, pending_migrations)
+                      history_entry, history_of, pending_migrations, replayed_bytes)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -733,14 +733,12 @@ class Store(GroupWriter):
             ends = [v for (v,) in conn.execute(
                 "SELECT version FROM updates WHERE doc_id = ? AND version > ? AND version < ? AND frame_end = 1",
                 (doc_id, version - len(log), version))]
-            replayed = conn.execute("SELECT COALESCE(SUM(LENGTH(CAST(changes AS BLOB))), 0) FROM updates "
-                                    "WHERE doc_id = ? AND version > ? AND version <= ?",
-                                    (doc_id, snap_version, version)).fetchone()[0]
             _end_read(conn)
             doc = Text(text)
             for u in replay:
                 doc.apply(u.changes)
-            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends, created, replayed)
+            return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, ends, created,
+                          replayed_bytes(rows, snap_version))
 
         return await self._read(fn)
 

@@ -71,7 +71,7 @@ from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit, contiguous_tail,
                       describe, DocumentGone, GroupWriter, history_entry, history_of, Kept, Loaded,
                       NamedWhileCompacting, NameTaken, NoPermission, pending_migrations, redact, StorageUnavailable,
-                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict)
+                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict, replayed_bytes)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -913,16 +913,13 @@ class PgStore(GroupWriter):
             ends = [r[0] for r in await conn.fetch(
                 "SELECT version FROM updates WHERE doc_id = $1 AND version > $2 AND version < $3 AND frame_end",
                 doc_id, log_start, version)]
-            replayed = await conn.fetchval("SELECT COALESCE(sum(octet_length(changes)), 0) FROM updates "
-                                           "WHERE doc_id = $1 AND version > $2 AND version <= $3",
-                                           doc_id, snap_version, version)
-            return doc_id, version, salt, snap_version, text, rows, ends, version - log_start, created, replayed
+            return doc_id, version, salt, snap_version, text, rows, ends, version - log_start, created
 
         read = await self._read(fn, snapshot=True)
         if read is None:
             return None
 
-        def replay(doc_id, version, salt, snap_version, text, rows, ends, in_log, created, replayed) -> Loaded:
+        def replay(doc_id, version, salt, snap_version, text, rows, ends, in_log, created) -> Loaded:
             log = contiguous_tail(rows, version)
             log_from = version - len(log)
             if log_from > snap_version:
@@ -933,7 +930,7 @@ class PgStore(GroupWriter):
             log = log[max(0, len(log) - in_log):] if in_log else []
             log_from = version - len(log)
             return Loaded(doc_id, name, version, str(doc), log, snap_version, salt, [v for v in ends if v > log_from],
-                          created, int(replayed))
+                          created, replayed_bytes(rows, snap_version))
 
         return await asyncio.to_thread(replay, *read)  # parsing and replaying a long history: off the loop
 
