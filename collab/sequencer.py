@@ -76,6 +76,17 @@ class Accepted:
         return self._json
 
 
+def _steps(count: int, updates: list[Update]) -> int | None:
+    """The work of mapping `count` ranges over `updates` (a range over one number of a change's
+    sections, each), or None past MAP_BUDGET."""
+    cost = 0
+    for u in updates:
+        cost += count * len(u.changes.sections)
+        if cost > MAP_BUDGET:
+            return None
+    return cost
+
+
 @dataclass(slots=True)
 class History:
     """Committed updates read back from the store, for a push or resume reaching back before the log.
@@ -491,12 +502,7 @@ class Sequencer:
         nothing to map, or when it gives up at once (too old: before the log, or over MAP_BUDGET)."""
         if since == until or since < self.log_from:
             return 0
-        cost = 0
-        for u in self.log[since - self.log_from:until - self.log_from]:
-            cost += count * len(u.changes.sections)
-            if cost > MAP_BUDGET:
-                return 0
-        return cost
+        return _steps(count, self.log[since - self.log_from:until - self.log_from]) or 0
 
     def map_ranges(self, ranges: list[tuple[int, int]], since: int, until: int) -> list[tuple[int, int]] | None:
         """Selection ranges at version `since` moved to version `until`; None if too old to map.
@@ -510,12 +516,8 @@ class Sequencer:
             return None
         out = []
         steps = self.log[since - self.log_from:until - self.log_from]
-        if ranges:
-            room = MAP_BUDGET // len(ranges)
-            for u in steps:
-                room -= len(u.changes.sections)
-                if room < 0:
-                    return None
+        if _steps(len(ranges), steps) is None:
+            return None
         for anchor, head in ranges:
             for u in steps:
                 # Like CodeMirror's SelectionRange.map: a cursor or a range
