@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def on_shutdown(app: web.Application) -> None:
         await rooms.shutdown()
+        await admission.shutdown()  # the WebSockets ws.Connection took over from aiohttp: their handshakes
 
     app.cleanup_ctx.append(storage)
     app.on_shutdown.append(on_shutdown)

@@ -20,9 +20,11 @@ Rules that always hold:
     over either, the peer is closed with 1013 and resumes from its
     version when it reconnects. A peer that takes nothing for `send_timeout`
     seconds while data waits is closed the same way;
-  * only the handler task (ws.py) runs the closing handshake; any other task
-    that decides to close a peer interrupts the handler's `receive()` instead
-    (see `close`).
+  * only the task that reads the connection (ws.py: the request's handler,
+    then a `Connection`'s task) runs the closing handshake; any other task
+    that decides to close a peer interrupts that task's `receive()` instead,
+    or, when no task reads the connection, has the Connection start one (see
+    `close`).
 
 Frames are written to the connection's transport directly (RFC 6455 server
 frames: no mask), because aiohttp's writer cannot fragment a message; control
@@ -225,8 +227,10 @@ class Peer:
         self.writer: asyncio.Task | None = None
         self.closed = False
         self.bytes_out = bytes_out  # a prometheus Counter, or None
-        self.handler = asyncio.current_task()  # the ws.py task that reads this connection
-        self.receiving = False  # that task is waiting in ws.receive()
+        # What reads this connection: the ws.py task, or a ws.Connection while no task reads it (its
+        # `cancel` starts one); `cancel(msg=INTERRUPT)` interrupts either while it waits for a frame.
+        self.handler = asyncio.current_task()
+        self.receiving = False  # that task is waiting in ws.receive() (or the Connection for a frame)
         self.close_code: int | None = None  # set once we decided to end the connection
         self.close_message = ""
         self.midmessage = False  # a fragmented message is partly written: no other data frame may start
@@ -387,7 +391,8 @@ class Peer:
         reading until the client's close frame; the frames the client still
         had in flight would then be answered with a reset, and the client would
         never read our error or close code (it sees 1006). So a handler waiting
-        in `receive()` is interrupted, and `finish` does the rest from there.
+        in `receive()` is interrupted, and `finish` does the rest from there;
+        a connection no task reads (ws.Connection, idle) starts one to do it.
         """
         if self.closed:
             return

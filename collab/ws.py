@@ -3,9 +3,10 @@
 What lives here: the upgrade (subprotocol collab.v1, frame size limit, origin
 and connection limits, permessage-deflate negotiated by deflate.py instead of
 aiohttp: see `Socket`), aiohttp's ping/pong heartbeat, the hello
-deadline, the rate limit, and `refuse`, the one place a refusal becomes an
-`error` frame (and a close when it carries one): the twin of api.py's
-`error_middleware`. What never lives here: document state or ordering
+deadline, the rate limit, taking a welcomed connection over from aiohttp's
+request so that an idle one keeps no task and no request (`Connection`), and
+`refuse`, the one place a refusal becomes an `error` frame (and a close when
+it carries one): the twin of api.py's `error_middleware`. What never lives here: document state or ordering
 decisions (room.py, sequencer.py). Access is decided at `hello` against the
 document's current share-link salt, inside `Rooms.join`, not at the upgrade.
 """
@@ -22,9 +23,10 @@ import zlib
 from typing import Callable
 from urllib.parse import parse_qsl
 
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
+from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, hdrs, web
 from aiohttp._websocket import reader_py
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.streams import DEFAULT_CHUNK_SIZE  # what aiohttp's own _post_start uses
 
 from . import deflate, protocol
@@ -139,6 +141,35 @@ _RANDOM_BITS = functools.partial(random.Random().getrandbits, 32)
 _BACKGROUND_SENDS: set = set()
 
 
+class _Wakes:
+    """What a connection's frame queue adds to aiohttp's: a message queued for a connection that has no
+    task reading it starts one (`Connection.wake`). A pong queued then is dropped instead (it answers our
+    heartbeat's ping; aiohttp's receive() would drop it too), so an idle connection stays without a task."""
+
+    __slots__ = ()
+
+    def feed_data(self, data, size: int) -> None:
+        conn = self.conn
+        if conn is None or conn.task is not None:
+            super().feed_data(data, size)
+        elif data.type is not WSMsgType.PONG:
+            super().feed_data(data, size)
+            conn.wake()
+
+    def set_exception(self, *args) -> None:
+        super().set_exception(*args)
+        if self.conn is not None:
+            self.conn.wake()
+
+
+class _Frames(_Wakes, WebSocketDataQueue):  # aiohttp's compiled queue
+    __slots__ = ("conn",)
+
+
+class _FramesPy(_Wakes, reader_py.WebSocketDataQueue):  # its pure-Python one, for _InflatingReader
+    __slots__ = ("conn",)
+
+
 class Socket(web.WebSocketResponse):
     """aiohttp's WebSocketResponse (its heartbeat included), with permessage-deflate negotiated by
     deflate.py (`agreement`).
@@ -147,20 +178,31 @@ class Socket(web.WebSocketResponse):
     ways; ours agrees no context takeover either way and a small client window,
     and inflates with `_InflatingReader`. What we send, Peer compresses itself;
     aiohttp writes only control frames here, which are never compressed.
-    This overrides two private methods of aiohttp 3.14's WebSocketResponse
-    (`_handshake`, `_post_start`), and after the upgrade lets go of two things
-    aiohttp would keep as long as the connection (its HTTP parser, the
-    request's cached properties): pyproject.toml keeps aiohttp below 3.15 for
+    This overrides private methods of aiohttp 3.14's WebSocketResponse
+    (`_handshake`, `_post_start`, `_send_heartbeat`), and after the upgrade
+    lets go of two things aiohttp would keep as long as the connection (its
+    HTTP parser, the request's cached properties); `Connection` writes into
+    more of its private state: pyproject.toml keeps aiohttp below 3.15 for
     it, and tests/test_compression.py, test_heartbeat.py and
     test_connection_memory.py fail if they change.
     """
 
-    __slots__ = ("compress_offers", "agreement")
+    __slots__ = ("compress_offers", "agreement", "conn")
 
     def __init__(self, *, compress_offers: bool, **kwargs):
         super().__init__(compress=False, **kwargs)
         self.compress_offers = compress_offers
         self.agreement: deflate.Agreement | None = None
+        self.conn: Connection | None = None  # once detached from aiohttp's request (Connection.detach)
+
+    async def write_eof(self) -> None:
+        if self.conn is None:  # aiohttp ends the response once its handler returns: a detached one goes on
+            await super().write_eof()
+
+    def _send_heartbeat(self) -> None:
+        super()._send_heartbeat()
+        if self.conn is not None and self._pong_response_cb is not None:  # a ping went out: nothing came
+            self.conn.idle()
 
     def _handshake(self, request):
         headers, protocol, _, _ = super()._handshake(request)  # compress=False: no extension from aiohttp
@@ -183,13 +225,14 @@ class Socket(web.WebSocketResponse):
         # nothing).
         writer.get_random_bits, writer._background_tasks = _RANDOM_BITS, _BACKGROUND_SENDS
         if self.agreement is None:
-            self._reader = WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
+            self._reader = _Frames(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
             self._parser = WebSocketReader(self._reader, _wire_limit(self._max_msg_size), compress=False,
                                            decode_text=self._decode_text)
         else:
-            self._reader = reader_py.WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
+            self._reader = _FramesPy(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
             self._parser = _InflatingReader(self._reader, self._max_msg_size, self._decode_text,
                                             self.agreement.client_wbits)
+        self._reader.conn = None
         request.protocol.set_parser(self._parser,
                                     data_received_cb=None if self._heartbeat is None else self._on_data_received)
         request.protocol.keep_alive(False)
@@ -220,6 +263,7 @@ class Admission:
         self.per_address: dict[str, int] = {}
         self.outbox = Outbox(settings.max_buffered)  # what all connections have queued, against one budget
         self.trusted = trusted_proxies(settings)  # made once: a handler's locals live as long as its connection
+        self.live: set[Connection] = set()  # connections taken over from aiohttp (Connection.detach)
 
     def check(self, name: str, remote: str, viewer: bool) -> None:
         """Refuse (429) a connection over a limit; view sessions leave --reserved-edit-slots to editors."""
@@ -239,12 +283,23 @@ class Admission:
         else:
             self.per_address.pop(remote, None)
 
+    async def shutdown(self) -> None:
+        """Close every connection taken over from aiohttp with 1001 and wait (CLOSE_TIMEOUT at most) for
+        their closing handshakes: aiohttp's own shutdown waits only for the requests it still runs."""
+        for conn in list(self.live):
+            conn.peer.close(CLOSE_GOING_AWAY, "server shutting down")
+        tasks = [conn.task for conn in self.live if isinstance(conn.task, asyncio.Task)]
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT + 1)
+
 
 async def handle(request: web.Request, settings: Settings, rooms: Rooms, admission: Admission,
                  answer: Callable[[web.Request, BaseException], web.StreamResponse]) -> web.StreamResponse:
-    # This coroutine lives as long as its connection: what its locals hold (and what aiohttp caches on the
-    # request) is memory per connection, so it keeps only what the connection needs. Nothing of ours
-    # awaits it (api.error_middleware): a refusal before the upgrade is answered here, by `answer`.
+    # Until the client is welcomed, this coroutine is the connection's (aiohttp's request handler); then
+    # `Connection.detach` takes the connection over and this returns. What its locals hold (and what
+    # aiohttp caches on the request) until then is memory per connection, so it keeps only what the
+    # connection needs. Nothing of ours awaits it (api.error_middleware): a refusal before the upgrade
+    # is answered here, by `answer`.
     try:
         name = protocol.doc_name(request.match_info["doc"])
         if request.body_exists:  # what would follow the head: a body, or the first frames? Neither.
@@ -280,6 +335,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
                 deflate_min=settings.ws_compress_threshold if agreed else NO_DEFLATE,
                 deflate_wbits=agreed.server_wbits if agreed else 15)
     member: Member | None = None
+    detached = False
     rooms.arrive(name, peer)
     try:
         hello = await _receive_hello(ws, peer, settings)
@@ -290,56 +346,215 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
             member = await rooms.join(name, peer, hello, token)
             hello = None  # nothing more of it is needed
             _log_open(name, peer)
-            # Frames until the connection ends, each handled before the next is read. Inline, not a
-            # coroutine of its own: its frame would live as long as the connection (about 250 bytes).
-            bucket = TokenBucket(settings.rate, settings.burst)  # frames; persistent excess ends the connection
-            while not peer.closed:
-                peer.receiving = True  # _receive inline too, for the same reason
-                try:
-                    msg = await ws.receive()
-                except asyncio.CancelledError as exc:
-                    if _interrupted(peer, exc):
-                        break
-                    raise
-                finally:
-                    peer.receiving = False
-                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
-                    await _data_frame(msg, member, bucket, settings)
-                    msg = None  # not kept while the next one is awaited (a frame may be a megabyte)
-                elif msg.type == WSMsgType.ERROR:
-                    if isinstance(ws.exception(), asyncio.TimeoutError):  # aiohttp's heartbeat: no pong came back
-                        log.info("dropping session=%s: %s", peer.session, ws.exception())
-                    else:
-                        refuse(peer, _frame_error(ws), member.room.name, metrics)
-                    break
-                else:  # the client closed, or the connection is gone
-                    break
-    except CollabError as exc:
+            conn = Connection(ws, peer, member, name, admission)
+            detached = conn.detach(request)
+            if not detached:  # the connection is ending already: what is left of it is read here
+                await _frames(conn)
+    except Exception as exc:  # noqa: BLE001 - a refusal, or a bug (logged); a cancellation goes on
+        _failed(exc, peer, member, name, metrics)
+    finally:
+        if not detached:
+            await _end(ws, peer, member, name, rooms, admission)
+    return ws
+
+
+def _failed(exc: Exception, peer: Peer, member: Member | None, name: str, metrics) -> None:
+    """What ended a connection's reading with an exception, answered: a refusal as itself, a bug logged and
+    answered `internal`."""
+    if isinstance(exc, CollabError):
         if member is None and exc.close is None:  # refused at hello: the connection has nothing to do
             code = CODES[exc.code]
             exc.close = code.close or (CLOSE_PROTOCOL if code.peer else CLOSE_INTERNAL)
         refuse(peer, exc, name, metrics)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("connection to doc=%s failed", name)
+    else:
+        log.error("connection to doc=%s failed", name, exc_info=exc)
         refuse(peer, ServerError("internal error", "internal"), name, metrics)
+
+
+async def _end(ws: web.WebSocketResponse, peer: Peer, member: Member | None, name: str, rooms: Rooms,
+               admission: Admission) -> None:
+    """A connection's end, once, by whoever read it last: the closing handshake, then what counted it let go."""
+    rooms.depart(name, peer)
+    try:
+        # Our close code must reach the client; aiohttp may cancel this
+        # task once the transport is gone, so the handshake runs shielded.
+        await asyncio.shield(peer.finish(CLOSE_TIMEOUT))
     finally:
-        rooms.depart(name, peer)
+        rooms.metrics.connections.dec()
+        admission.leave(peer.remote)
+        peer.closed = True
+        if member is not None:
+            member.room.leave(member)
+            # the code we sent when we closed it (1001 on shutdown, 4001 on takeover...), else the client's
+            code = peer.close_code if peer.close_code is not None else ws.close_code
+            log.info("close doc=%s session=%s code=%s", name, peer.session, code)
+
+
+_IDLE = WSMessage(WSMsgType.CONTINUATION, None, None)  # queued by Connection.idle: its task may stop
+_ENDED = object()  # Connection.task once the connection is ending: no task is started for it again
+
+
+class Connection(BaseProtocol):
+    """A welcomed WebSocket connection, taken over from aiohttp's request: from then on the transport's
+    protocol, and the task that reads its frames while it has one.
+
+    aiohttp serves a WebSocket from inside the request's handler: a task and a
+    chain of coroutines (its connection's, its request's, the middlewares',
+    ours) and the parsed upgrade request, all kept as long as the connection
+    (about 5 KB of each idle one). Once the client is welcomed, `detach` makes
+    this object the transport's protocol and lets aiohttp's request end. The
+    frames still go through aiohttp's WebSocketResponse (its reader and queue,
+    its writer, its heartbeat and closing handshake), which takes this object
+    for its request and payload writer; but no task reads them until there is
+    something to read: a message queued (`wake`, from the queue: `_Wakes`), the
+    connection lost, or `Peer.close` ending it (`cancel`). Then `run` reads as
+    ws.handle did, one frame handled before the next is read, until the
+    connection ends (then it runs the closing handshake, `_end`) or aiohttp's
+    heartbeat finds it silent for a whole heartbeat period (`idle`: the task
+    stops; the next message starts another). With --heartbeat 0 a task, once
+    started, reads until the connection ends.
+    """
+
+    __slots__ = ("admission", "bucket", "member", "name", "peer", "task", "ws", "_timeout_ceil_threshold")
+
+    method = "GET"  # what aiohttp's WebSocketResponse may print of its request (its repr)
+    buffer_size = 0  # ... and ask of its payload writer: nothing buffered (Peer writes to the transport)
+
+    def __init__(self, ws: Socket, peer: Peer, member: Member, name: str, admission: Admission):
+        super().__init__(asyncio.get_running_loop())
+        self.ws, self.peer, self.member, self.name, self.admission = ws, peer, member, name, admission
+        settings = admission.settings
+        self.bucket = TokenBucket(settings.rate, settings.burst)  # frames; persistent excess ends the connection
+        self.task: asyncio.Task | object | None = None
+        self._timeout_ceil_threshold = 5
+
+    @property
+    def _protocol(self) -> Connection:  # WebSocketResponse reads its heartbeat's rounding from the request's
+        return self
+
+    @property
+    def path(self) -> str:
+        return f"/ws/{self.name}"
+
+    def detach(self, request: web.Request) -> bool:
+        """Take the connection over from aiohttp's request (see the class); False if it is ending already
+        (then the request's handler reads what is left)."""
+        handler, ws = request._protocol, self.ws
+        transport = handler.transport
+        if (transport is None or transport.is_closing() or not handler._upgraded or ws.closed or ws._closing
+                or ws._parser is None or handler._payload_parser is not ws._parser):
+            return False
+        self.transport = transport
+        self._paused, self._reading_paused, self._upgraded = handler._paused, handler._reading_paused, True
+        self._timeout_ceil_threshold = handler._timeout_ceil_threshold
+        transport.set_protocol(self)
+        # aiohttp's side lets go: its request's task ends once ws.handle returns, without the transport to
+        # close (force_close: not waiting for another request), and its server forgets the connection.
+        handler.transport = None
+        handler.force_close()
+        handler._manager.connection_lost(handler, None)
+        ws._reader._protocol = ws._writer.protocol = self  # the queue's flow control, the writer's drain
+        ws._req = ws._payload_writer = self
+        ws.conn = ws._reader.conn = self
+        self.admission.live.add(self)
+        self.peer.handler, self.peer.receiving = self, True
+        if self._has_work():  # frames came while it joined
+            self.wake()
+        return True
+
+    def _has_work(self) -> bool:
+        ws, queue = self.ws, self.ws._reader
+        return (bool(queue._buffer) or queue.is_eof() or ws.closed or ws._closing or self.peer.closed
+                or self.transport is None)
+
+    def wake(self) -> None:
+        """Start the task that reads, unless there is one (or the connection is ending)."""
+        if self.task is None:
+            self.task = self._loop.create_task(self.run())
+            self.peer.handler, self.peer.receiving = self.task, False
+
+    def cancel(self, msg: str | None = None) -> None:
+        """`Peer.close` interrupting a reader that waits for a frame (see there): with no task, one starts
+        to end the connection."""
+        self.wake()
+
+    def idle(self) -> None:
+        """aiohttp's heartbeat sent a ping: nothing came for a heartbeat period. A task waiting for frames stops."""
+        if isinstance(self.task, asyncio.Task) and self.peer.receiving and not self._has_work():
+            self.ws._reader.feed_data(_IDLE, 0)
+
+    async def run(self) -> None:
+        """Read frames until the connection ends (then end it) or is idle (then stop, leaving it open)."""
+        peer = self.peer
+        ended = True
         try:
-            # Our close code must reach the client; aiohttp may cancel this
-            # task once the transport is gone, so the handshake runs shielded.
-            await asyncio.shield(peer.finish(CLOSE_TIMEOUT))
+            ended = await _frames(self)
+        except Exception as exc:  # noqa: BLE001 - a refusal, or a bug (logged); a cancellation goes on
+            _failed(exc, peer, self.member, self.name, self.member.room.rooms.metrics)
         finally:
-            metrics.connections.dec()
-            admission.leave(remote)
-            peer.closed = True
-            if member is not None:
-                member.room.leave(member)
-                # the code we sent when we closed it (1001 on shutdown, 4001 on takeover...), else the client's
-                code = peer.close_code if peer.close_code is not None else ws.close_code
-                log.info("close doc=%s session=%s code=%s", name, peer.session, code)
-    return ws
+            if ended:
+                self.task = _ENDED
+                try:
+                    await _end(self.ws, peer, self.member, self.name, self.member.room.rooms, self.admission)
+                finally:
+                    self.admission.live.discard(self)
+            else:
+                self.task = None
+                peer.handler, peer.receiving = self, True
+
+    # ------------------------------------------------ the transport's protocol (aiohttp's RequestHandler's part)
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        if ws._heartbeat is not None:
+            ws._on_data_received()
+        parser = ws._parser
+        if parser is not None:  # None once closed
+            parser.feed_data(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        parser = self.ws._parser
+        if parser is not None:
+            parser.feed_eof()
+        self.wake()
+
+    async def drain(self) -> None:  # as aiohttp's StreamWriter.drain, for WebSocketResponse.close
+        if self.transport is not None and self._paused:
+            await self._drain_helper()
+
+
+async def _frames(conn: Connection) -> bool:
+    """Frames until the connection ends (True) or, detached, is idle (False), each handled before the next
+    is read."""
+    ws, peer, member, bucket = conn.ws, conn.peer, conn.member, conn.bucket
+    settings = conn.admission.settings
+    while not peer.closed:
+        peer.receiving = True  # _receive inline, not a coroutine of its own
+        try:
+            msg = await ws.receive()
+        except asyncio.CancelledError as exc:
+            if _interrupted(peer, exc):
+                break
+            raise
+        finally:
+            peer.receiving = False
+        if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+            await _data_frame(msg, member, bucket, settings)
+            msg = None  # not kept while the next one is awaited (a frame may be a megabyte)
+        elif msg is _IDLE:
+            if not conn._has_work():
+                return False
+        elif msg.type == WSMsgType.ERROR or isinstance(ws.exception(), asyncio.TimeoutError):
+            # aiohttp's heartbeat: no pong came back (an ERROR if it found us waiting, else a closed socket)
+            if isinstance(ws.exception(), asyncio.TimeoutError):
+                log.info("dropping session=%s: %s", peer.session, ws.exception())
+            else:
+                refuse(peer, _frame_error(ws), member.room.name, member.room.rooms.metrics)
+            break
+        else:  # the client closed, or the connection is gone
+            break
+    return True
 
 
 async def _data_frame(msg, member: Member, bucket: TokenBucket, settings: Settings) -> None:
