@@ -28,7 +28,7 @@ import time
 
 import orjson
 
-from collab import httpguard, peer, protocol, room, sequencer, store
+from collab import httpguard, peer, protocol, room, sequencer, store, ws
 
 # (owner, attribute, label): what each step is.
 STEPS = [
@@ -38,7 +38,8 @@ STEPS = [
     (room.Room, "_broadcast", "one frame to every member (Room._broadcast)"),
     (protocol, "parse", "parsing and checking a frame (protocol.parse)"),
     (sequencer.Sequencer, "push", "sequencing a push (Sequencer.push)"),
-    (httpguard._Connection, "data_received", "bytes read through aiohttp's parser (data_received)"),
+    (httpguard._Connection, "data_received", "bytes read through aiohttp's parser before a welcome (data_received)"),
+    (ws.Connection, "data_received", "bytes read through aiohttp's frame reader after it (Connection.data_received)"),
 ]
 
 
