@@ -368,7 +368,8 @@ class Listener:
 
 
 class _Connection(asyncio.Protocol):
-    """Forwards everything to aiohttp's RequestHandler, made only when the connection is admitted."""
+    """Forwards everything to aiohttp's RequestHandler, made only when the connection is admitted (`inner`;
+    ws.Connection takes its place when it takes a WebSocket over from aiohttp's request)."""
 
     __slots__ = ("listener", "inner", "transport", "watch", "timer", "counted")
 

@@ -204,6 +204,13 @@ class Socket(web.WebSocketResponse):
         if self.conn is not None and self._pong_response_cb is not None:  # a ping went out: nothing came
             self.conn.idle()
 
+    def _handle_ping_pong_exception(self, exc: BaseException) -> None:
+        # aiohttp tells a task waiting in receive() that no pong came, then closes the transport, whose
+        # connection_lost may wait for ever behind unsent data: a connection no task reads is woken here.
+        super()._handle_ping_pong_exception(exc)
+        if self.conn is not None:
+            self.conn.wake()
+
     def _handshake(self, request):
         headers, protocol, _, _ = super()._handshake(request)  # compress=False: no extension from aiohttp
         if self.compress_offers:
@@ -444,10 +451,16 @@ class Connection(BaseProtocol):
         if (transport is None or transport.is_closing() or not handler._upgraded or ws.closed or ws._closing
                 or ws._parser is None or handler._payload_parser is not ws._parser):
             return False
+        outer = transport.get_protocol()
+        if outer is not handler and getattr(outer, "inner", None) is not handler:
+            return False  # a protocol stacked in a way we do not know: aiohttp's request keeps it
         self.transport = transport
         self._paused, self._reading_paused, self._upgraded = handler._paused, handler._reading_paused, True
         self._timeout_ceil_threshold = handler._timeout_ceil_threshold
-        transport.set_protocol(self)
+        if outer is handler:
+            transport.set_protocol(self)
+        else:  # httpguard's connection (collab serve): it forwards to us now, and still counts the connection
+            outer.inner = self
         # aiohttp's side lets go: its request's task ends once ws.handle returns, without the transport to
         # close (force_close: not waiting for another request), and its server forgets the connection.
         handler.transport = None
@@ -493,10 +506,10 @@ class Connection(BaseProtocol):
             _failed(exc, peer, self.member, self.name, self.member.room.rooms.metrics)
         finally:
             if ended:
-                self.task = _ENDED
-                try:
+                try:  # this task stays `task` meanwhile: no other starts, and a shutdown waits for it
                     await _end(self.ws, peer, self.member, self.name, self.member.room.rooms, self.admission)
                 finally:
+                    self.task = _ENDED
                     self.admission.live.discard(self)
             else:
                 self.task = None
@@ -549,6 +562,8 @@ async def _frames(conn: Connection) -> bool:
             # aiohttp's heartbeat: no pong came back (an ERROR if it found us waiting, else a closed socket)
             if isinstance(ws.exception(), asyncio.TimeoutError):
                 log.info("dropping session=%s: %s", peer.session, ws.exception())
+                if peer.transport is not None:  # what it has not read goes too: it reads nothing
+                    peer.transport.abort()
             else:
                 refuse(peer, _frame_error(ws), member.room.name, member.room.rooms.metrics)
             break
