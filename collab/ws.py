@@ -43,7 +43,7 @@ from .errors import (
     ServerError,
 )
 from .limits import TokenBucket
-from .peer import INTERRUPT, NO_DEFLATE, Outbox, Peer
+from .peer import INTERRUPT, NO_DEFLATE, Outbox, Peer, frame_header
 from .room import Member, Rooms
 from .settings import Settings
 
@@ -143,8 +143,9 @@ _BACKGROUND_SENDS: set = set()
 
 class _Wakes:
     """What a connection's frame queue adds to aiohttp's: a message queued for a connection that has no
-    task reading it starts one (`Connection.wake`). A pong queued then is dropped instead (it answers our
-    heartbeat's ping; aiohttp's receive() would drop it too), so an idle connection stays without a task."""
+    task reading it starts one (`Connection.wake`). Control frames do not: a ping is answered at once
+    (`Connection.pong`) and a pong dropped (it answers our heartbeat's ping), as aiohttp's receive() does
+    with both, so an idle connection, pinged or not, stays without a task."""
 
     __slots__ = ()
 
@@ -152,6 +153,8 @@ class _Wakes:
         conn = self.conn
         if conn is None or conn.task is not None:
             super().feed_data(data, size)
+        elif data.type is WSMsgType.PING:
+            conn.pong(data.data)
         elif data.type is not WSMsgType.PONG:
             super().feed_data(data, size)
             conn.wake()
@@ -398,6 +401,7 @@ async def _end(ws: web.WebSocketResponse, peer: Peer, member: Member | None, nam
 
 
 _IDLE = WSMessage(WSMsgType.CONTINUATION, None, None)  # queued by Connection.idle: its task may stop
+_PONG = 0xA
 _ENDED = object()  # Connection.task once the connection is ending: no task is started for it again
 
 
@@ -490,6 +494,13 @@ class Connection(BaseProtocol):
         """`Peer.close` interrupting a reader that waits for a frame (see there): with no task, one starts
         to end the connection."""
         self.wake()
+
+    def pong(self, payload: bytes) -> None:
+        """Answer a ping that came while no task reads (aiohttp's autoping, which only receive() runs): one
+        whole frame, so it may come between a fragmented message's frames, as the RFC allows."""
+        ws, transport = self.ws, self.transport
+        if not (ws.closed or ws._closing or transport is None or transport.is_closing()):
+            transport.write(frame_header(_PONG, True, len(payload)) + payload)
 
     def idle(self) -> None:
         """aiohttp's heartbeat sent a ping: nothing came for a heartbeat period. A task waiting for frames stops."""

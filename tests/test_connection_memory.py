@@ -214,3 +214,22 @@ async def test_an_upgrade_request_with_a_body_is_refused(aiohttp_client, tmp_pat
     body = orjson.loads(await asyncio.wait_for(reader.readexactly(length), 10))
     assert body["error"]["code"] == "bad-request" and "no body" in body["error"]["message"], body
     writer.close()
+
+
+async def test_a_ping_to_an_idle_connection_is_answered_without_a_task(aiohttp_client, tmp_path):
+    """A client that pings (the `websockets` library does every 20 s) gets its pong from an idle connection
+    without a task starting for it: the connection stays as light as one that is never pinged."""
+    app = create_app(Settings(db=str(tmp_path / "p.db")))
+    client = await aiohttp_client(app)
+    raw = await _raw_with_hello(client.server.port, "pinged", "p1")
+    welcome, _, _ = await raw.message()
+    (conn,) = app[ADMISSION].live
+    for payload in (b"", b"are you there?"):
+        raw.send(payload, opcode=0x9)
+        _, _, opcode, answer = await raw.frame()
+        assert (opcode, answer) == (0xA, payload)
+        assert conn.task is None
+    raw.send_json({"type": "push", "version": welcome["version"],
+                   "updates": [{"clientID": "p1", "changes": [[0, "x"]]}]})
+    assert (await raw.typed("updates"))[0]["updates"][0]["changes"] == [[0, "x"]]
+    raw.writer.close()
