@@ -144,8 +144,9 @@ _BACKGROUND_SENDS: set = set()
 class _Wakes:
     """What a connection's frame queue adds to aiohttp's: a message queued for a connection that has no
     task reading it starts one (`Connection.wake`). Control frames do not: a ping is answered at once
-    (`Connection.pong`) and a pong dropped (it answers our heartbeat's ping), as aiohttp's receive() does
-    with both, so an idle connection, pinged or not, stays without a task."""
+    (`Connection.pong`; but by a task, which waits for room to write, while the transport's buffer is
+    full) and a pong dropped (it answers our heartbeat's ping), as aiohttp's receive() does with both, so
+    an idle connection, pinged or not, stays without a task."""
 
     __slots__ = ()
 
@@ -153,8 +154,8 @@ class _Wakes:
         conn = self.conn
         if conn is None or conn.task is not None:
             super().feed_data(data, size)
-        elif data.type is WSMsgType.PING:
-            conn.pong(data.data)
+        elif data.type is WSMsgType.PING and not conn._paused:
+            conn.pong(data.data)  # (while the client reads nothing, a task answers, waiting for room to write)
         elif data.type is not WSMsgType.PONG:
             super().feed_data(data, size)
             conn.wake()
@@ -393,6 +394,10 @@ async def _end(ws: web.WebSocketResponse, peer: Peer, member: Member | None, nam
         rooms.metrics.connections.dec()
         admission.leave(peer.remote)
         peer.closed = True
+        transport = peer.transport
+        if transport is not None and transport.get_write_buffer_size():
+            # closing behind data the client does not read (it half-closed, say): cut off if it never does
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
         if member is not None:
             member.room.leave(member)
             # the code we sent when we closed it (1001 on shutdown, 4001 on takeover...), else the client's
@@ -530,7 +535,7 @@ class Connection(BaseProtocol):
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
-        if ws._heartbeat is not None:
+        if ws._heartbeat is not None and not (ws._closed or ws._closing):  # not re-armed once closing
             ws._on_data_received()
         parser = ws._parser
         if parser is not None:  # None once closed
