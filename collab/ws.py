@@ -6,9 +6,10 @@ aiohttp: see `Socket`), aiohttp's ping/pong heartbeat, the hello
 deadline, the rate limit, taking a welcomed connection over from aiohttp's
 request so that an idle one keeps no task and no request (`Connection`), and
 `refuse`, the one place a refusal becomes an `error` frame (and a close when
-it carries one): the twin of api.py's `error_middleware`. What never lives here: document state or ordering
-decisions (room.py, sequencer.py). Access is decided at `hello` against the
-document's current share-link salt, inside `Rooms.join`, not at the upgrade.
+it carries one): the twin of api.py's `error_middleware`. What never lives
+here: document state or ordering decisions (room.py, sequencer.py). Access is
+decided at `hello` against the document's current share-link salt, inside
+`Rooms.join`, not at the upgrade.
 """
 
 from __future__ import annotations
@@ -559,7 +560,7 @@ async def _frames(conn: Connection) -> bool:
     ws, peer, member, bucket = conn.ws, conn.peer, conn.member, conn.bucket
     settings = conn.admission.settings
     while not peer.closed:
-        peer.receiving = True  # _receive inline, not a coroutine of its own
+        peer.receiving = True  # Peer.close interrupts this wait (see there)
         try:
             msg = await ws.receive()
         except asyncio.CancelledError as exc:

@@ -32,6 +32,22 @@ def server(tmp_path_factory):
         yield s
 
 
+def masked_frame(payload: bytes, opcode: int = 1, rsv1: bool = False, fin: bool = True) -> bytes:
+    """One client (masked) WebSocket frame."""
+    mask = os.urandom(4)
+    n = len(payload)
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    if n < 126:
+        head = struct.pack("!BB", first, 0x80 | n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", first, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, n)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else \
+        (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
+    return head + mask + masked
+
+
 class Raw:
     """A WebSocket client on a bare socket: sends masked frames it builds, reads frames bit by bit."""
 
@@ -59,18 +75,7 @@ class Raw:
         return None
 
     def send(self, payload: bytes, opcode: int = 1, rsv1: bool = False, fin: bool = True) -> None:
-        mask = os.urandom(4)
-        n = len(payload)
-        first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-        if n < 126:
-            head = struct.pack("!BB", first, 0x80 | n)
-        elif n < 1 << 16:
-            head = struct.pack("!BBH", first, 0x80 | 126, n)
-        else:
-            head = struct.pack("!BBQ", first, 0x80 | 127, n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else \
-            (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
-        self.writer.write(head + mask + masked)
+        self.writer.write(masked_frame(payload, opcode, rsv1, fin))
 
     def send_json(self, value, compress: bool = False) -> None:
         data = orjson.dumps(value)

@@ -14,7 +14,6 @@ import base64
 import os
 import signal
 import socket
-import struct
 import time
 
 import aiohttp
@@ -22,7 +21,7 @@ import orjson
 import pytest
 from aiohttp import web
 from serverproc import ServerProcess
-from test_compression import OFFER, Raw
+from test_compression import OFFER, Raw, masked_frame
 
 from collab.app import ADMISSION, METRICS, ROOMS, STORE, create_app
 from collab.settings import Settings
@@ -33,18 +32,7 @@ pytestmark = pytest.mark.timeout(90)
 # ---------------------------------------------------------------------------------------------- helpers
 
 def _masked_frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    first = (0x80 if fin else 0) | opcode
-    if n < 126:
-        head = struct.pack("!BB", first, 0x80 | n)
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big") \
-        if n else b""
-    return head + mask + masked
+    return masked_frame(payload, opcode, fin=fin)
 
 
 def _hello(client_id: str, version=None) -> bytes:
@@ -86,6 +74,26 @@ def _peer_of(app, doc: str, client_id: str):
         if member.conn.client_id == client_id:
             return member.conn
     return None
+
+
+def _slow_joins(app, seconds: float) -> None:
+    """A document slow to load: every join waits `seconds` first (frames sent meanwhile queue up)."""
+    rooms = app[ROOMS]
+    real_join = rooms.join
+
+    async def slow_join(*args, **kwargs):
+        await asyncio.sleep(seconds)
+        return await real_join(*args, **kwargs)
+
+    rooms.join = slow_join
+
+
+def _upgrade_head(port: int, doc: str) -> bytes:
+    """A WebSocket upgrade request's head for /ws/`doc`, subprotocol collab.v1."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET /ws/{doc} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n\r\n"
+            ).encode()
 
 
 def _members(app, doc: str) -> list[str]:
@@ -212,10 +220,7 @@ async def test_an_idle_connection_cut_off_by_the_heartbeat_with_unsent_data_is_l
     sock.setblocking(False)
     try:
         await loop.sock_connect(sock, ("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        head = (f"GET /ws/stuck HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n\r\n")
-        await loop.sock_sendall(sock, head.encode() + _masked_frame(_hello("a")))
+        await loop.sock_sendall(sock, _upgrade_head(port, "stuck") + _masked_frame(_hello("a")))
         await _until(lambda: _peer_of(app, "stuck", "a") is not None, what="A welcomed")
         peer = _peer_of(app, "stuck", "a")
         await _until(lambda: getattr(peer.ws, "conn", 0) is not None, what="A taken over")
@@ -371,21 +376,11 @@ async def test_hello_with_frames_past_the_queue_limit_behind_it(aiohttp_client, 
     state, and the task it starts drains the queue and resumes reading: nothing lost, nothing twice)."""
     paused = _count_pauses(monkeypatch)
     app = create_app(Settings(db=str(tmp_path / "h.db")))
-    rooms = app[ROOMS]
-    real_join = rooms.join
-
-    async def slow_join(*args, **kwargs):  # a document slow to load: every frame arrives meanwhile
-        await asyncio.sleep(0.5)
-        return await real_join(*args, **kwargs)
-
-    rooms.join = slow_join
+    _slow_joins(app, 0.5)  # every frame arrives meanwhile
     client = await aiohttp_client(app)
     port = client.server.port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    head = (f"GET /ws/behind HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n\r\n")
-    data, length = head.encode() + _masked_frame(_hello("h1")), 0
+    data, length = _upgrade_head(port, "behind") + _masked_frame(_hello("h1")), 0
     for i in range(60):  # 600 KB: past the queue's limit (2 x aiohttp's DEFAULT_CHUNK_SIZE, 512 KB)
         text = f"<{i}>" + "w" * 10_000
         data += _masked_frame(_push(i, "h1", [[0, text]] if not length else [length, [0, text]]))

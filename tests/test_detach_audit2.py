@@ -8,75 +8,22 @@ and waits with their own deadlines).
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
-import os
 import socket
-import struct
-import time
 
 import orjson
 import pytest
 from test_compression import Raw
+from test_detach_audit import (_hello, _masked_frame, _members, _peer_of, _push, _slow_joins, _until,
+                               _upgrade_head, _welcomed)
 
-from collab.app import ADMISSION, METRICS, ROOMS, create_app
+from collab.app import ADMISSION, METRICS, create_app
 from collab.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-def _masked_frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    first = (0x80 if fin else 0) | opcode
-    if n < 126:
-        head = struct.pack("!BB", first, 0x80 | n)
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big") \
-        if n else b""
-    return head + mask + masked
-
-
-def _hello(client_id: str, version=None) -> bytes:
-    return orjson.dumps({"type": "hello", "clientID": client_id, "version": version,
-                         "user": {"name": client_id, "color": "#336699"}})
-
-
-def _push(version: int, client_id: str, changes) -> bytes:
-    return orjson.dumps({"type": "push", "version": version, "updates": [{"clientID": client_id, "changes": changes}]})
-
-
-async def _until(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
-async def _welcomed(port: int, doc: str, client_id: str, extensions: str | None = None) -> tuple[Raw, dict]:
-    raw = await Raw.open(port, doc, extensions=extensions)
-    raw.hello(client_id)
-    welcome, _, _ = await raw.typed("welcome")
-    return raw, welcome
-
-
-def _peer_of(app, doc: str, client_id: str):
-    room = app[ROOMS].rooms.get(doc)
-    for member in (room.members.values() if room is not None else ()):
-        if member.conn.client_id == client_id:
-            return member.conn
-    return None
-
-
-def _members(app, doc: str) -> list[str]:
-    room = app[ROOMS].rooms.get(doc)
-    return sorted(m.conn.client_id for m in room.members.values()) if room is not None else []
-
 
 async def _deaf_socket(loop, port: int, doc: str, client_id: str | None) -> socket.socket:
     """A raw client that sends the upgrade and its hello (none if no `client_id`) and then reads nothing (a 4 KB
@@ -85,10 +32,7 @@ async def _deaf_socket(loop, port: int, doc: str, client_id: str | None) -> sock
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    head = (f"GET /ws/{doc} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n\r\n")
-    await loop.sock_sendall(sock, head.encode() + (_masked_frame(_hello(client_id)) if client_id else b""))
+    await loop.sock_sendall(sock, _upgrade_head(port, doc) + (_masked_frame(_hello(client_id)) if client_id else b""))
     return sock
 
 
@@ -346,21 +290,12 @@ async def test_a_close_frame_sent_with_the_hello_is_answered_once_taken_over(aio
     right behind the hello while the document loaded): the welcome, then our close frame, then the
     server's end of TCP; the session is let go and counted out.)"""
     app = create_app(Settings(db=str(tmp_path / "c.db")))
-    rooms = app[ROOMS]
-    real_join = rooms.join
-
-    async def slow_join(*args, **kwargs):
-        await asyncio.sleep(0.3)
-        return await real_join(*args, **kwargs)
-
-    rooms.join = slow_join
+    _slow_joins(app, 0.3)
     client = await aiohttp_client(app)
     port = client.server.port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    head = (f"GET /ws/early HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n\r\n")
-    writer.write(head.encode() + _masked_frame(_hello("e1")) + _masked_frame((4321).to_bytes(2, "big"), opcode=0x8))
+    writer.write(_upgrade_head(port, "early") + _masked_frame(_hello("e1"))
+                 + _masked_frame((4321).to_bytes(2, "big"), opcode=0x8))
     assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 101")
     raw = Raw(reader, writer, "")
     try:
