@@ -560,15 +560,9 @@ async def _frames(conn: Connection) -> bool:
     ws, peer, member, bucket = conn.ws, conn.peer, conn.member, conn.bucket
     settings = conn.admission.settings
     while not peer.closed:
-        peer.receiving = True  # Peer.close interrupts this wait (see there)
-        try:
-            msg = await ws.receive()
-        except asyncio.CancelledError as exc:
-            if _interrupted(peer, exc):
-                break
-            raise
-        finally:
-            peer.receiving = False
+        msg = await _receive(ws, peer)
+        if msg is None:  # Peer.close interrupted the wait
+            break
         if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
             await _data_frame(msg, member, bucket, settings)
             msg = None  # not kept while the next one is awaited (a frame may be a megabyte)
