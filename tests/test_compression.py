@@ -32,6 +32,15 @@ def server(tmp_path_factory):
         yield s
 
 
+def upgrade_head(port: int, doc: str, extensions: str | None = None) -> bytes:
+    """A WebSocket upgrade request's head for /ws/`doc` (subprotocol collab.v1, and `extensions` offered)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    ext = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
+    return (f"GET /ws/{doc} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n"
+            f"{ext}\r\n").encode()
+
+
 def masked_frame(payload: bytes, opcode: int = 1, rsv1: bool = False, fin: bool = True) -> bytes:
     """One client (masked) WebSocket frame."""
     mask = os.urandom(4)
@@ -57,11 +66,7 @@ class Raw:
     @classmethod
     async def open(cls, port: int, doc: str, extensions: str | None = OFFER) -> Raw:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        ext = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
-        writer.write(f"GET /ws/{doc} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                     f"Sec-WebSocket-Protocol: collab.v1\r\n{ext}\r\n".encode())
+        writer.write(upgrade_head(port, doc, extensions))
         head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode()
         assert head.startswith("HTTP/1.1 101"), head
         return cls(reader, writer, head)

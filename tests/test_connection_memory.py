@@ -17,7 +17,8 @@ import os
 
 import orjson
 import pytest
-from test_compression import Raw
+from test_compression import Raw, masked_frame, upgrade_head
+from wsutil import until
 
 from collab.app import ADMISSION, METRICS, ROOMS, create_app
 from collab.errors import CLOSE_POLICY
@@ -25,21 +26,13 @@ from collab.settings import Settings
 from collab.ws import Connection
 
 
-def _masked(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 async def _raw_with_hello(port: int, doc: str, client_id: str, then: bytes = b"") -> Raw:
     """The upgrade request and the hello frame (and a text frame `then`) in one write: the hello arrives
     behind the request's head, read by aiohttp's HTTP parser as the upgrade's tail."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    head = (f"GET /ws/{doc} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n\r\n")
     hello = orjson.dumps({"type": "hello", "clientID": client_id, "version": None,
                           "user": {"name": "m", "color": "#336699"}})
-    writer.write(head.encode() + _masked(hello) + (_masked(then) if then else b""))
+    writer.write(upgrade_head(port, doc) + masked_frame(hello) + (masked_frame(then) if then else b""))
     response = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode()
     assert response.startswith("HTTP/1.1 101"), response
     return Raw(reader, writer, response)
@@ -53,13 +46,6 @@ def _awaiting(task: asyncio.Task, name: str = "handle"):
             return coro
         coro = coro.cr_await
     return None
-
-
-async def _until(condition, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_welcomed_connection_is_taken_over_from_aiohttp_and_still_works(aiohttp_client, tmp_path):
@@ -76,7 +62,7 @@ async def test_a_welcomed_connection_is_taken_over_from_aiohttp_and_still_works(
     # parsed upgrade request) has ended and its server no longer lists the connection
     assert isinstance(conn, Connection) and conn.transport.get_protocol() is conn
     assert ws._req is conn and ws._payload_writer is conn and ws._reader._protocol is conn
-    await _until(lambda: not client.server.runner.server.connections)
+    await until(lambda: not client.server.runner.server.connections)
     assert not [t for t in asyncio.all_tasks() if _awaiting(t) is not None]
     # and no task reads the connection while nothing comes
     assert conn.task is None and conn in app[ADMISSION].live
@@ -91,7 +77,7 @@ async def test_a_welcomed_connection_is_taken_over_from_aiohttp_and_still_works(
     assert ack["type"] == "updates" and ack["updates"][0]["clientID"] == "m1"
     assert isinstance(conn.task, asyncio.Task)
     # the frame just handled is not kept by the task while it waits for the next one
-    await _until(lambda: member.conn.receiving)
+    await until(lambda: member.conn.receiving)
     frames = _awaiting(conn.task, "_frames")
     assert frames is not None and frames.cr_frame.f_locals.get("msg") is None
     raw.send(b"still there?", opcode=0x9)
@@ -102,7 +88,7 @@ async def test_a_welcomed_connection_is_taken_over_from_aiohttp_and_still_works(
     raw.send((1000).to_bytes(2, "big"), opcode=0x8)
     _, _, opcode, payload = await raw.frame()
     assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1000
-    await _until(lambda: conn not in app[ADMISSION].live and not room.members)
+    await until(lambda: conn not in app[ADMISSION].live and not room.members)
     assert conn.task is not None and not isinstance(conn.task, asyncio.Task)  # ended: no task starts again
     raw.writer.close()
 
@@ -135,7 +121,7 @@ async def test_an_idle_connection_is_closed_by_the_server_with_its_code(aiohttp_
     assert (await raw.message())[0]["code"] == "forbidden"
     assert await raw.closed() == CLOSE_POLICY
     raw.send((CLOSE_POLICY).to_bytes(2, "big"), opcode=0x8)
-    await _until(lambda: not app[ROOMS].rooms.get("closed") or not app[ROOMS].rooms["closed"].members)
+    await until(lambda: not app[ROOMS].rooms.get("closed") or not app[ROOMS].rooms["closed"].members)
     raw.writer.close()
 
 
@@ -150,7 +136,7 @@ async def test_an_idle_connection_lost_is_let_go(aiohttp_client, tmp_path):
     (conn,) = admission.live
     assert conn.task is None and admission.per_address
     raw.writer.transport.abort()
-    await _until(lambda: not admission.live and not admission.per_address)
+    await until(lambda: not admission.live and not admission.per_address)
     assert not app[ROOMS].rooms.get("lost") or not app[ROOMS].rooms["lost"].members
     assert app[METRICS].connections._value.get() == 0
 
@@ -169,7 +155,7 @@ async def test_a_task_stops_after_a_silent_heartbeat_and_the_pong_starts_none(ai
     assert isinstance(conn.task, asyncio.Task)
     _, _, opcode, payload = await raw.frame()  # the heartbeat's ping, after a silent period
     assert opcode == 0x9
-    await _until(lambda: conn.task is None)
+    await until(lambda: conn.task is None)
     raw.send(payload, opcode=0xA)  # the pong: the connection stays, and no task starts for it
     await asyncio.sleep(0.1)
     assert conn.task is None and conn in app[ADMISSION].live
@@ -189,7 +175,7 @@ async def test_an_idle_connection_that_answers_no_ping_is_dropped(aiohttp_client
     (conn,) = app[ADMISSION].live
     assert conn.task is None
     caplog.set_level("INFO", logger="collab")
-    await _until(lambda: not app[ADMISSION].live, timeout=5)
+    await until(lambda: not app[ADMISSION].live, timeout=5)
     assert any("dropping session" in r.getMessage() and "PONG" in r.getMessage() for r in caplog.records)
     raw.writer.close()
 

@@ -10,8 +10,6 @@ their own deadlines).
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import signal
 import socket
 import time
@@ -21,7 +19,8 @@ import orjson
 import pytest
 from aiohttp import web
 from serverproc import ServerProcess
-from test_compression import OFFER, Raw, masked_frame
+from test_compression import OFFER, Raw, masked_frame, upgrade_head
+from wsutil import until
 
 from collab.app import ADMISSION, METRICS, ROOMS, STORE, create_app
 from collab.settings import Settings
@@ -42,13 +41,6 @@ def _hello(client_id: str, version=None) -> bytes:
 
 def _push(version: int, client_id: str, changes) -> bytes:
     return orjson.dumps({"type": "push", "version": version, "updates": [{"clientID": client_id, "changes": changes}]})
-
-
-async def _until(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def _welcomed(port: int, doc: str, client_id: str, extensions: str | None = None) -> tuple[Raw, dict]:
@@ -86,14 +78,6 @@ def _slow_joins(app, seconds: float) -> None:
         return await real_join(*args, **kwargs)
 
     rooms.join = slow_join
-
-
-def _upgrade_head(port: int, doc: str) -> bytes:
-    """A WebSocket upgrade request's head for /ws/`doc`, subprotocol collab.v1."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET /ws/{doc} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n\r\n"
-            ).encode()
 
 
 def _members(app, doc: str) -> list[str]:
@@ -220,10 +204,10 @@ async def test_an_idle_connection_cut_off_by_the_heartbeat_with_unsent_data_is_l
     sock.setblocking(False)
     try:
         await loop.sock_connect(sock, ("127.0.0.1", port))
-        await loop.sock_sendall(sock, _upgrade_head(port, "stuck") + _masked_frame(_hello("a")))
-        await _until(lambda: _peer_of(app, "stuck", "a") is not None, what="A welcomed")
+        await loop.sock_sendall(sock, upgrade_head(port, "stuck") + _masked_frame(_hello("a")))
+        await until(lambda: _peer_of(app, "stuck", "a") is not None, what="A welcomed")
         peer = _peer_of(app, "stuck", "a")
-        await _until(lambda: getattr(peer.ws, "conn", 0) is not None, what="A taken over")
+        await until(lambda: getattr(peer.ws, "conn", 0) is not None, what="A taken over")
         conn = getattr(peer.ws, "conn", None)
         assert conn is None or conn.task is None
         # the server's side of A: a small send buffer, as when the network is slow
@@ -239,7 +223,7 @@ async def test_an_idle_connection_cut_off_by_the_heartbeat_with_unsent_data_is_l
 
         # A never answers the heartbeat's ping: cut off after about 1.5 s; let go well within 6 s
         try:
-            await _until(lambda: _members(app, "stuck") == ["b"], timeout=6, what="A let go")
+            await until(lambda: _members(app, "stuck") == ["b"], timeout=6, what="A let go")
         except AssertionError:
             ws = peer.ws
             raise AssertionError(
@@ -248,7 +232,7 @@ async def test_an_idle_connection_cut_off_by_the_heartbeat_with_unsent_data_is_l
                 f"{peer.buffered()} bytes unsent) but is never let go: task={conn and conn.task}, "
                 f"members={_members(app, 'stuck')}, per_address={admission.per_address}, "
                 f"gauge={app[METRICS].connections._value.get()}") from None
-        await _until(lambda: conn is None or conn not in admission.live, timeout=2, what="A out of live")
+        await until(lambda: conn is None or conn not in admission.live, timeout=2, what="A out of live")
         assert admission.per_address == {"127.0.0.1": 1}
         assert app[METRICS].connections._value.get() == 1
         assert not reader.done(), "B (reading, answering pings) stays"
@@ -282,7 +266,7 @@ async def test_shutdown_waits_for_the_closing_handshake_of_a_taken_over_connecti
     try:
         raw, _ = await _welcomed(port, "bye", "g1")
         peer = _peer_of(app, "bye", "g1")
-        await _until(lambda: getattr(peer.ws, "conn", 0) is not None, what="taken over")
+        await until(lambda: getattr(peer.ws, "conn", 0) is not None, what="taken over")
         assert getattr(peer.ws, "conn", None) is None or peer.ws.conn.task is None  # idle: no task reads it
         cleanup = asyncio.create_task(runner.cleanup())
         assert await raw.closed() == 1001
@@ -347,7 +331,7 @@ async def test_frames_past_the_queue_limit_sent_to_an_idle_connection_are_handle
     raw, welcome = await _welcomed(client.server.port, "queue", "q1", extensions=offer)
     assert (raw.extension is not None) == (offer is not None)
     conn = getattr(_peer_of(app, "queue", "q1").ws, "conn")
-    await _until(lambda: conn.task is None, what="idle")
+    await until(lambda: conn.task is None, what="idle")
     version, length, texts = welcome["version"], 0, []
     burst = b""
     for i in range(60):  # 60 x 10 KB in one write
@@ -360,14 +344,14 @@ async def test_frames_past_the_queue_limit_sent_to_an_idle_connection_are_handle
     for update, text in zip(updates, texts):
         assert update["clientID"] == "q1" and text in orjson.dumps(update["changes"]).decode()
     version += len(texts)
-    await _until(lambda: conn.task is None, timeout=5, what="the task to stop after a silent heartbeat")
+    await until(lambda: conn.task is None, timeout=5, what="the task to stop after a silent heartbeat")
     big = "z" * 600_000  # one frame past the queue's limit, on an idle connection
     raw.send(_push(version, "q1", [length, [0, big]]))
     ack, _, _ = await raw.typed("updates")
     assert ack["from"] == version and len(orjson.dumps(ack["updates"][0]["changes"])) > 600_000
     assert "Connection" in paused, f"precondition: the queue paused reading ({paused})"
     assert await _close_cleanly(raw) == 1000
-    await _until(lambda: conn not in app[ADMISSION].live, what="let go")
+    await until(lambda: conn not in app[ADMISSION].live, what="let go")
 
 
 async def test_hello_with_frames_past_the_queue_limit_behind_it(aiohttp_client, tmp_path, monkeypatch):
@@ -380,7 +364,7 @@ async def test_hello_with_frames_past_the_queue_limit_behind_it(aiohttp_client, 
     client = await aiohttp_client(app)
     port = client.server.port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    data, length = _upgrade_head(port, "behind") + _masked_frame(_hello("h1")), 0
+    data, length = upgrade_head(port, "behind") + _masked_frame(_hello("h1")), 0
     for i in range(60):  # 600 KB: past the queue's limit (2 x aiohttp's DEFAULT_CHUNK_SIZE, 512 KB)
         text = f"<{i}>" + "w" * 10_000
         data += _masked_frame(_push(i, "h1", [[0, text]] if not length else [length, [0, text]]))
@@ -421,11 +405,11 @@ async def test_with_heartbeat_0_a_taken_over_connection_is_served_replaced_and_l
     idle.send((4001).to_bytes(2, "big"), opcode=0x8)
     await asyncio.wait_for(idle.reader.read(), 10)
     idle.close()
-    await _until(lambda: conn not in app[ADMISSION].live and idle_conn not in app[ADMISSION].live)
+    await until(lambda: conn not in app[ADMISSION].live and idle_conn not in app[ADMISSION].live)
     assert len(app[ADMISSION].live) == 2 and _members(app, "zero") == ["z1", "z2"]
     for raw in (new, new2):
         assert await _close_cleanly(raw) == 1000
-    await _until(lambda: not app[ADMISSION].live and not app[ADMISSION].per_address)
+    await until(lambda: not app[ADMISSION].live and not app[ADMISSION].per_address)
     assert app[METRICS].connections._value.get() == 0
 
 
@@ -488,7 +472,7 @@ async def test_an_idle_deflate_connection_closed_by_the_server_reads_its_code(ai
     a.close()
     conn_b = pb.ws.conn
     b.writer.transport.abort()
-    await _until(lambda: not app[ADMISSION].live and not app[ADMISSION].per_address)
+    await until(lambda: not app[ADMISSION].live and not app[ADMISSION].per_address)
     assert conn_b.task is not None and not isinstance(conn_b.task, asyncio.Task)
     assert app[METRICS].connections._value.get() == 0
 
@@ -579,5 +563,5 @@ async def test_a_document_deleted_under_idle_and_reading_connections_closes_both
         raw.send((1008).to_bytes(2, "big"), opcode=0x8)
         await asyncio.wait_for(raw.reader.read(), 10)
         raw.close()
-    await _until(lambda: not app[ADMISSION].live and not app[ADMISSION].per_address)
+    await until(lambda: not app[ADMISSION].live and not app[ADMISSION].per_address)
     assert app[METRICS].connections._value.get() == 0

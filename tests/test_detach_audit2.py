@@ -14,8 +14,9 @@ import socket
 import orjson
 import pytest
 from test_compression import Raw
-from test_detach_audit import (_hello, _masked_frame, _members, _peer_of, _push, _slow_joins, _until,
-                               _upgrade_head, _welcomed)
+from test_compression import upgrade_head
+from test_detach_audit import _hello, _masked_frame, _members, _peer_of, _push, _slow_joins, _welcomed
+from wsutil import until
 
 from collab.app import ADMISSION, METRICS, create_app
 from collab.settings import Settings
@@ -32,7 +33,7 @@ async def _deaf_socket(loop, port: int, doc: str, client_id: str | None) -> sock
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", port))
-    await loop.sock_sendall(sock, _upgrade_head(port, doc) + (_masked_frame(_hello(client_id)) if client_id else b""))
+    await loop.sock_sendall(sock, upgrade_head(port, doc) + (_masked_frame(_hello(client_id)) if client_id else b""))
     return sock
 
 
@@ -52,12 +53,12 @@ async def test_pings_to_an_idle_connection_that_reads_nothing_do_not_grow_the_se
     loop = asyncio.get_running_loop()
     sock = await _deaf_socket(loop, client.server.port, "pings", "p1")
     try:
-        await _until(lambda: _peer_of(app, "pings", "p1") is not None, what="welcomed")
+        await until(lambda: _peer_of(app, "pings", "p1") is not None, what="welcomed")
         peer = _peer_of(app, "pings", "p1")
-        await _until(lambda: getattr(peer.ws, "conn", None) is not None, what="taken over")
+        await until(lambda: getattr(peer.ws, "conn", None) is not None, what="taken over")
         conn = peer.ws.conn
         peer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        await _until(lambda: conn.task is None, what="idle")
+        await until(lambda: conn.task is None, what="idle")
         ping = _masked_frame(b"p" * 125, opcode=0x9)
         chunk = ping * 2000  # 262 KB of pings a write
         largest = 0
@@ -118,7 +119,7 @@ async def test_an_idle_client_that_half_closes_without_reading_is_let_go_and_its
     version = welcome["version"]
     sock = await _deaf_socket(loop, port, "half", "a")
     try:
-        await _until(lambda: _peer_of(app, "half", "a") is not None, what="A welcomed")
+        await until(lambda: _peer_of(app, "half", "a") is not None, what="A welcomed")
         peer = _peer_of(app, "half", "a")
         await asyncio.sleep(0.2)
         conn = getattr(peer.ws, "conn", None)  # (None before d31e10d: aiohttp's request serves it)
@@ -135,7 +136,7 @@ async def test_an_idle_client_that_half_closes_without_reading_is_let_go_and_its
         assert conn is None or conn.task is None, "precondition: A is idle"
         sock.shutdown(socket.SHUT_WR)  # FIN; A still reads nothing
         try:
-            await _until(lambda: "a" not in _members(app, "half") and _socket_closed(transport), timeout=12,
+            await until(lambda: "a" not in _members(app, "half") and _socket_closed(transport), timeout=12,
                          what="A let go and its socket closed")
         except AssertionError:
             raise AssertionError(
@@ -221,7 +222,7 @@ async def test_a_closed_connection_keeps_no_heartbeat_timer(aiohttp_client, tmp_
     raw.send((1008).to_bytes(2, "big"), opcode=0x8)
     await asyncio.wait_for(raw.reader.read(), 10)
     raw.close()
-    await _until(lambda: not getattr(app[ADMISSION], "live", ()) and not _members(app, "timer"), what="let go")
+    await until(lambda: not getattr(app[ADMISSION], "live", ()) and not _members(app, "timer"), what="let go")
     await asyncio.sleep(0.1)
     assert ws.closed
     assert ws._heartbeat_cb is None and ws._pong_response_cb is None, (
@@ -253,12 +254,12 @@ async def test_taken_over_while_paused_for_writing_then_served(aiohttp_client, t
             return [h.transport for h in client.server.runner.server.connections if h.transport is not None
                     and h.transport.get_extra_info("peername")[1] == sock.getsockname()[1]]
 
-        await _until(ours, what="the upgrade request")
+        await until(ours, what="the upgrade request")
         ours()[0].get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         await loop.sock_sendall(sock, _masked_frame(_hello("p")))
-        await _until(lambda: _peer_of(app, "paused", "p") is not None, what="welcomed")
+        await until(lambda: _peer_of(app, "paused", "p") is not None, what="welcomed")
         peer = _peer_of(app, "paused", "p")
-        await _until(lambda: getattr(peer.ws, "conn", None) is not None, what="taken over")
+        await until(lambda: getattr(peer.ws, "conn", None) is not None, what="taken over")
         conn = peer.ws.conn
         await asyncio.sleep(0.3)
         assert conn._paused and peer.writer is not None, "precondition: paused for writing, the welcome queued"
@@ -276,7 +277,7 @@ async def test_taken_over_while_paused_for_writing_then_served(aiohttp_client, t
         assert await raw.closed() == 1000
         await asyncio.wait_for(raw.reader.read(), 10)
         raw.close()
-        await _until(lambda: conn not in app[ADMISSION].live, what="let go")
+        await until(lambda: conn not in app[ADMISSION].live, what="let go")
     finally:
         sock.close()
     bad = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
@@ -294,7 +295,7 @@ async def test_a_close_frame_sent_with_the_hello_is_answered_once_taken_over(aio
     client = await aiohttp_client(app)
     port = client.server.port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_upgrade_head(port, "early") + _masked_frame(_hello("e1"))
+    writer.write(upgrade_head(port, "early") + _masked_frame(_hello("e1"))
                  + _masked_frame((4321).to_bytes(2, "big"), opcode=0x8))
     assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 101")
     raw = Raw(reader, writer, "")
@@ -304,7 +305,7 @@ async def test_a_close_frame_sent_with_the_hello_is_answered_once_taken_over(aio
         await asyncio.wait_for(reader.read(), 10)
     finally:
         raw.close()
-    await _until(lambda: not app[ADMISSION].live and not app[ADMISSION].per_address and not _members(app, "early"),
+    await until(lambda: not app[ADMISSION].live and not app[ADMISSION].per_address and not _members(app, "early"),
                  what="let go")
     assert app[METRICS].connections._value.get() == 0
 
@@ -324,9 +325,9 @@ async def test_a_replaced_client_that_reads_nothing_has_its_socket_closed(aiohtt
     sock = await _deaf_socket(loop, port, "replace", "a")
     new = None
     try:
-        await _until(lambda: _peer_of(app, "replace", "a") is not None, what="A welcomed")
+        await until(lambda: _peer_of(app, "replace", "a") is not None, what="A welcomed")
         peer = _peer_of(app, "replace", "a")
-        await _until(lambda: getattr(peer.ws, "conn", None) is not None, what="A taken over")
+        await until(lambda: getattr(peer.ws, "conn", None) is not None, what="A taken over")
         conn, transport = peer.ws.conn, peer.transport
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         writer_raw.send(_push(welcome["version"], "w", [[0, "x" * 40_000]]))
@@ -336,7 +337,7 @@ async def test_a_replaced_client_that_reads_nothing_has_its_socket_closed(aiohtt
             f"precondition: A idle, {peer.buffered()} bytes unsent, paused={conn._paused}")
         new, _ = await _welcomed(port, "replace", "a")  # replaces A (4001)
         try:
-            await _until(lambda: _socket_closed(transport), timeout=12, what="A's socket closed")
+            await until(lambda: _socket_closed(transport), timeout=12, what="A's socket closed")
         except AssertionError:
             raise AssertionError(
                 f"A replaced {peer.close_code}, members={_members(app, 'replace')}, task={conn.task}, "
@@ -400,7 +401,7 @@ async def test_ended_connections_are_all_freed(aiohttp_client, tmp_path):
             raw.writer.write_eof()
             answering.append(raw)
         # kind 5: never answers a ping: the heartbeat drops it
-    await _until(lambda: not admission.live and not admission.per_address, timeout=10, what="all let go")
+    await until(lambda: not admission.live and not admission.per_address, timeout=10, what="all let go")
     for raw in raws + answering:
         raw.close()
     await asyncio.sleep(1.2)  # a heartbeat (0.5 s) and a pong timeout (0.25 s) re-armed after a handshake

@@ -55,3 +55,11 @@ async def closed(ws, timeout: float = 5.0):
             return msg.data, msg.extra
         if msg.type in (WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
             return ws.close_code, msg.extra
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait (polling every 10 ms) until `predicate()` is true; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
