@@ -38,6 +38,7 @@ STEPS = [
     (room.Room, "_broadcast", "one frame to every member (Room._broadcast)"),
     (protocol, "parse", "parsing and checking a frame (protocol.parse)"),
     (sequencer.Sequencer, "push", "sequencing a push (Sequencer.push)"),
+    (store, "_checkpoint", "WAL checkpoint, in the writer thread (store._checkpoint)"),
     (httpguard._Connection, "data_received", "bytes read (collab serve's connection wrapper: data_received)"),
     (ws.Connection, "data_received", "... of them after a welcome, by aiohttp's frame reader (Connection.data_received)"),
 ]

@@ -336,12 +336,13 @@ REFERENCE_WORKLOADS = {
                 ["--conns", "10000", "--docs", "1000", "--check", "--settle", "3000"],
                 ["--max-conns-per-addr", "100000", "--max-conns-per-doc", "100000", "--max-connections", "100000"]),
 }
-# Memory workloads also run bench/aiohttp_floor.py: what aiohttp itself holds per idle WebSocket
-# connection (its request pipeline, a WebSocketResponse with collab's heartbeat, uvloop), the part of
-# collab's figure that is not collab's own.
+# Every workload also runs bench/aiohttp_floor.py: the least a Python authority on aiohttp does, serving
+# connections the way collab does (its request pipeline, a WebSocketResponse with collab's heartbeat,
+# uvloop, orjson, collab's change engine to rebase and apply, nothing stored or checked). Per idle
+# connection, the part of collab's memory that is not collab's own; per edit, the part of its CPU.
 FLOOR = ROOT / "bench" / "aiohttp_floor.py"
 FLOOR_NAME = "aiohttp floor"
-FLOOR_WORKLOADS = {"idle10k"}
+FLOOR_WORKLOADS = set(REFERENCE_WORKLOADS)
 # --without-commit: collab with its durable commit left out (bench/no_commit.py, SQLite only), one more
 # column for the typing workloads, so that what the commit costs per edit is measured in the same run.
 NO_COMMIT = ROOT / "bench" / "no_commit.py"
@@ -427,7 +428,9 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
     all_ok, rows = True, []
     with ExitStack() as stack:
         dbs = [Database(spec.strip(), stack) for spec in a.db.split(",") if spec.strip()]
-        variants = [(f"collab {db.label}" + (f" {loop}" if loop else ""), db, loop) for db in dbs for loop in loops]
+        trees = [(None, ROOT)] + [(f" at {d}", Path(d).resolve()) for d in a.against]
+        variants = [(f"collab {db.label}" + (f" {loop}" if loop else "") + (label or ""), db, (loop, tree))
+                    for label, tree in trees for db in dbs for loop in loops]
         for key in keys:
             title, mode, extra, server_args = REFERENCE_WORKLOADS[key]
             extra = list(extra)
@@ -455,9 +458,10 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
                         elif db is None:
                             server = ReferenceServer(node, tmp / "reference.log").start()
                         else:
+                            loop, tree = loop
                             loop_args = ["--loop", loop] if loop else []
                             server = ServerProcess(db.fresh(tmp), extra_args=server_args + db.server_args + loop_args,
-                                                   log_path=tmp / "server.log")
+                                                   log_path=tmp / "server.log", checkout=tree)
                             server.start(timeout=60)
                         try:
                             r = run_loadgen(server, mode, node, extra, timeout=900)
@@ -514,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
                    "comma-separated, each a column: uvloop, asyncio (default: the server's default only)")
     p.add_argument("--without-commit", action="store_true", help="compare-reference: also run collab with its "
                    "durable commit left out (bench/no_commit.py; push4, docs20x5, typing10), a column of its own")
+    p.add_argument("--against", action="append", default=[], metavar="DIR", help="compare-reference: also run "
+                   "the collab of another tree (another commit's: `git worktree add DIR REV`), a column of its own; "
+                   "may be given more than once")
     add_trace_argument(p)
     a = p.parse_args(argv)
     if a.bench in ("trace", "all") and not a.trace.is_file():
