@@ -30,6 +30,8 @@ CLOSE_PROTOCOL = 4000
 CLOSE_REPLACED = 4001
 CLOSE_RATE_LIMITED = 4429
 
+SHUTTING_DOWN = "server shutting down"  # the reason every connection is closed with (1001) when the server stops
+
 CLOSE_CODES: dict[int, str] = {
     CLOSE_GOING_AWAY: "the server is shutting down or restarting: reconnect",
     CLOSE_POLICY: "the access token is missing, invalid or revoked: do not reconnect with it",

@@ -52,7 +52,7 @@ import orjson
 from . import protocol
 from .access import Access
 from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_TRY_AGAIN,
-                     ChangeError, ProtocolError, ServerError)
+                     SHUTTING_DOWN, ChangeError, ProtocolError, ServerError)
 from .limits import DiskGuard, Gate, TokenBucket
 from .logs import Throttle
 from .metrics import Metrics
@@ -318,7 +318,7 @@ class Room:
         if self.deleted:
             raise ProtocolError("not-found", f"document {self.name!r} was deleted")
         if self.rooms.closing:  # shutdown closed every member already, or is about to wait for them
-            raise ServerError("server shutting down", close=CLOSE_GOING_AWAY)
+            raise ServerError(SHUTTING_DOWN, close=CLOSE_GOING_AWAY)
         # From here to the end: no await, so no broadcast (or reset) can slip
         # between the welcome's version and the member's registration.
         authorize(self.salt)
@@ -1806,7 +1806,7 @@ class Rooms:
             # head. Their pushes that came too late were never acknowledged: they come again after a restart.
             await _flush_at_shutdown(room)
             for m in list(room.members.values()):
-                m.conn.close(CLOSE_GOING_AWAY, "server shutting down")
+                m.conn.close(CLOSE_GOING_AWAY, SHUTTING_DOWN)
             await _flush_at_shutdown(room)
         if self._tasks:
             await asyncio.wait(list(self._tasks))

@@ -39,6 +39,7 @@ from .errors import (
     CLOSE_RATE_LIMITED,
     CLOSE_TOO_BIG,
     CODES,
+    SHUTTING_DOWN,
     CollabError,
     ProtocolError,
     ServerError,
@@ -299,7 +300,7 @@ class Admission:
         """Close every connection taken over from aiohttp with 1001 and wait (CLOSE_TIMEOUT at most) for
         their closing handshakes: aiohttp's own shutdown waits only for the requests it still runs."""
         for conn in list(self.live):
-            conn.peer.close(CLOSE_GOING_AWAY, "server shutting down")
+            conn.peer.close(CLOSE_GOING_AWAY, SHUTTING_DOWN)
         tasks = [conn.task for conn in self.live if isinstance(conn.task, asyncio.Task)]
         if tasks:
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT + 1)
@@ -353,7 +354,7 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
         hello = await _receive_hello(ws, peer, settings)
         if hello is not None:
             if rooms.closing:
-                raise ServerError("server shutting down", close=CLOSE_GOING_AWAY)
+                raise ServerError(SHUTTING_DOWN, close=CLOSE_GOING_AWAY)
             peer.client_id, peer.user = hello.client_id, hello.user
             member = await rooms.join(name, peer, hello, token)
             hello = None  # nothing more of it is needed
