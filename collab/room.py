@@ -52,7 +52,7 @@ import orjson
 from . import protocol
 from .access import Access
 from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_TRY_AGAIN,
-                     SHUTTING_DOWN, ChangeError, ProtocolError, ServerError)
+                     SHUTTING_DOWN, ChangeError, CollabError, ProtocolError, ServerError)
 from .limits import DiskGuard, Gate, TokenBucket
 from .logs import Throttle
 from .metrics import Metrics
@@ -784,7 +784,7 @@ class Room:
         original.person, original.color = person, color
         sequenced = not self.broken and await self._sequence(original)
         if self.broken:  # it failed meanwhile: nothing would ever commit this
-            raise ServerError("the document could not be saved; try again")
+            raise self._failure()
         if not sequenced:
             return self.seq.committed_version
         self.store.schedule(self)
@@ -1091,7 +1091,7 @@ class Room:
         self.broken = True
         for o in self.originals:
             if o.done is not None and not o.done.done():
-                o.done.set_exception(ServerError("the document could not be saved"))
+                o.done.set_exception(self._failure())
         self._progressed()
         self._ready.set()
         self.rooms.forget(self)
@@ -1101,6 +1101,13 @@ class Room:
             m.conn.close(CLOSE_INTERNAL, "storage error; reconnect")
         self.members.clear()
         self.by_client.clear()
+
+    def _failure(self) -> CollabError:
+        """What a server-made push waiting on a room that failed hears: `not-found` if the document was
+        deleted (by another process: `_gone`), else that it could not be saved (503, try again)."""
+        if self.deleted:
+            return ProtocolError("not-found", f"document {self.name!r} was deleted")
+        return ServerError("the document could not be saved; try again")
 
     # ------------------------------------------------------------ presence
 

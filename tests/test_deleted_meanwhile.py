@@ -251,6 +251,22 @@ async def test_a_restore_of_a_document_deleted_while_its_diff_ran(client, monkey
     assert await store.document("t") is None and await rows_left(store, old["id"]) == {}
 
 
+async def test_a_restore_of_a_document_another_process_deleted_while_its_diff_ran(client, monkeypatch):
+    """The row goes as another process's delete takes it, and this process hears nothing (its news is
+    late or lost): the restore's commit finds no document, and the answer is 404, not 503 ("could not be
+    saved", as if the disk had failed)."""
+    store = client.server.app[STORE]
+    await typed(client, "t", "old")
+    old = await store.document("t")
+
+    async def delete_elsewhere():
+        await store.delete_document(old["id"], name="t")
+
+    meanwhile(monkeypatch, compute, "restore_changes", before=delete_elsewhere)
+    await not_found(await client.post("/api/docs/t/restore", json={"version": 0}))
+    assert await store.document("t") is None and await rows_left(store, old["id"]) == {}
+
+
 async def test_a_fork_of_a_document_deleted_meanwhile(client, monkeypatch):
     store, rooms = client.server.app[STORE], client.server.app[ROOMS]
     await typed(client, "f", "old")
