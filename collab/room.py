@@ -227,8 +227,8 @@ class Room:
     __slots__ = ("rooms", "salt", "settings", "store", "doc_id", "identity", "name", "seq", "last_snapshot",
                  "members", "by_client", "viewers", "owners", "dirty", "remote_peers", "remote_dirty",
                  "presence_timer", "presence_sent", "bucket", "replay_bytes", "_doc_json", "unload_timer", "holds",
-                 "broken", "deleted", "originals", "_progress", "_in_flight", "_commit_started", "_lost", "_ready",
-                 "_catching", "_news", "_birth")
+                 "broken", "deleted", "vanished", "originals", "_progress", "_in_flight", "_commit_started", "_lost",
+                 "_ready", "_catching", "_news", "_birth")
 
     def __init__(self, rooms: "Rooms", doc_id: int, name: str, seq: Sequencer, snapshot_version: int,
                  salt: str = "", identity: str | None = None, replay_bytes: int = 0):
@@ -259,7 +259,8 @@ class Room:
         self.unload_timer: asyncio.TimerHandle | None = None
         self.holds = 0  # joins and API calls under way (hold/unhold): the room is not unloaded meanwhile
         self.broken = False
-        self.deleted = False
+        self.deleted = False  # being deleted or renamed, here or elsewhere (its sessions are revoked)
+        self.vanished = False  # the store has no row of it any more: another process deleted it (_gone)
         self.originals: list[Original] = []  # pushes accepted and not yet durable, in order
         self._progress: asyncio.Future | None = None  # what `_next_progress` waits on: resolved by _progressed
         self._in_flight: Commit | None = None
@@ -1082,6 +1083,7 @@ class Room:
         is not here yet (or was lost). Nothing of it can be committed again (ids are never given twice):
         its sessions end as that news would end them (1008), not as a lost race caught up again and again,
         and the room is done."""
+        self.vanished = True
         if not self.deleted:
             self.deleted = True
             self.revoke(everyone=True, reason="this document was deleted")
@@ -1103,9 +1105,11 @@ class Room:
         self.by_client.clear()
 
     def _failure(self) -> CollabError:
-        """What a server-made push waiting on a room that failed hears: `not-found` if the document was
-        deleted (by another process: `_gone`), else that it could not be saved (503, try again)."""
-        if self.deleted:
+        """What a server-made push waiting on a room that failed hears: `not-found` if its commit found the
+        document gone (`_gone`: deleted by another process), else that it could not be saved (503, try
+        again), even while a delete or rename is under way here (`deleted`): that may fail too, and the
+        document stays."""
+        if self.vanished:
             return ProtocolError("not-found", f"document {self.name!r} was deleted")
         return ServerError("the document could not be saved; try again")
 
@@ -1749,7 +1753,7 @@ class Rooms:
         self._changed(name)
         late = self.rooms.get(name)
         if late is not None and late is not room:  # a join loaded it while the delete ran
-            late.deleted = True
+            late.deleted = late.vanished = True
             late.revoke(everyone=True, reason="this document was deleted")
             late._fail()  # nothing of it is written any more (it has no document); forgotten
         self._close_waiting(name, everyone=True, reason="this document was deleted")

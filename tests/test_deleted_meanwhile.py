@@ -9,12 +9,16 @@ the other document, and no row may be left referencing the deleted one.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+import wsutil
 from collab import compute
 from collab.access import Access
 from collab.app import ROOMS, STORE, create_app
 from collab.settings import Settings
+from collab.storage import StorageUnavailable
 from conftest import BOTH_BACKENDS
 from wsutil import USER, push, recv_type, send
 
@@ -265,6 +269,37 @@ async def test_a_restore_of_a_document_another_process_deleted_while_its_diff_ra
     meanwhile(monkeypatch, compute, "restore_changes", before=delete_elsewhere)
     await not_found(await client.post("/api/docs/t/restore", json={"version": 0}))
     assert await store.document("t") is None and await rows_left(store, old["id"]) == {}
+
+
+async def test_a_restore_whose_commit_fails_while_a_delete_waits_is_not_told_the_document_went(client, monkeypatch):
+    """A delete here marks the room before it waits for its pending commits; if the restore's commit then
+    fails for want of storage, the delete fails too and the document stays: the restore answers 503 (try
+    again), not 404 "was deleted"."""
+    store, rooms = client.server.app[STORE], client.server.app[ROOMS]
+    await typed(client, "t", "old")
+    room = rooms._open("t")
+    real_gather, real_take, delete = store._gather, store._take, []
+
+    async def gather():  # the restore's commit is about to be taken: a delete begins, and waits for it
+        if not delete:
+            delete.append(asyncio.ensure_future(client.delete("/api/docs/t")))
+            await wsutil.until(lambda: room.deleted, what="the delete marking the room")
+        await real_gather()
+
+    def take():  # and that commit fails, as on a full disk
+        batch, taken = real_take()
+        if taken and delete:
+            store._answer(taken, [(False, StorageUnavailable("the disk is full"))] * len(taken))
+            taken = []
+        return batch, taken
+
+    monkeypatch.setattr(store, "_gather", gather)
+    monkeypatch.setattr(store, "_take", take)
+    resp = await client.post("/api/docs/t/restore", json={"version": 0})
+    body = await resp.json()
+    assert resp.status == 503 and body["error"]["code"] == "unavailable", (resp.status, body)
+    assert (await delete[0]).status == 503
+    assert (await store.document("t"))["version"] == 1
 
 
 async def test_a_fork_of_a_document_deleted_meanwhile(client, monkeypatch):
