@@ -100,7 +100,10 @@ def make_app(heartbeat: float | None) -> web.Application:
                     if frame is not None:
                         text = frame.decode()
                         for peer in list(doc.conns):
-                            await peer.send_str(text)
+                            try:
+                                await peer.send_str(text)
+                            except ConnectionError:  # that peer is closing: the others still get it
+                                pass
         finally:
             doc.conns.discard(ws)
         return ws

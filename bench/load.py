@@ -531,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
         print("node is not installed", file=sys.stderr)
         return 2
     raise_nofile()
+    for tree in a.against:  # else the venv's own collab would run under that tree's name
+        if not (Path(tree) / "collab" / "__init__.py").is_file():
+            print(f"--against {tree}: no collab package there (give a checkout's top folder)", file=sys.stderr)
+            return 2
     if a.bench == "compare-reference":
         rows, ok = compare_reference(a, node)
         print("== summary: collab / reference per round, median (min-max)")
