@@ -86,6 +86,7 @@ class Connection(Protocol):
     async def drained(self, below: int) -> None: ...  # returns once backlog() < below, or it is closed
 
 
+DELETED = "this document was deleted"  # the reason its sessions are closed with (1008), here and elsewhere
 MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, address) is remembered
 OPENED_WINDOW = 10.0  # seconds: two hellos of one client read closer than this are ordered by hello.opened
 MAX_LOST_ROUNDS = 16  # commits in a row lost to another writer before the room gives up and reloads
@@ -317,7 +318,7 @@ class Room:
         if self.broken:
             raise ServerError("the document is being reloaded; reconnect", close=CLOSE_INTERNAL)
         if self.deleted:
-            raise ProtocolError("not-found", f"document {self.name!r} was deleted")
+            raise self._deleted()
         if self.rooms.closing:  # shutdown closed every member already, or is about to wait for them
             raise ServerError(SHUTTING_DOWN, close=CLOSE_GOING_AWAY)
         # From here to the end: no await, so no broadcast (or reset) can slip
@@ -777,7 +778,7 @@ class Room:
             raise ServerError("the server's disk is nearly full, so nothing can be saved for now")
         await self._until_ready()
         if self.deleted:
-            raise ProtocolError("not-found", f"document {self.name!r} was deleted")
+            raise self._deleted()
         if authorize is not None:
             authorize(self.salt)
         done = asyncio.get_running_loop().create_future()
@@ -1080,13 +1081,13 @@ class Room:
 
     def _gone(self) -> None:
         """The store has no document of this room's id any more: another process deleted it, and its news
-        is not here yet (or was lost). Nothing of it can be committed again (ids are never given twice):
-        its sessions end as that news would end them (1008), not as a lost race caught up again and again,
-        and the room is done."""
+        is not here yet (or was lost), or a delete here removed the row after this room was loaded. Nothing
+        of it can be committed again (ids are never given twice): its sessions end as that news would end
+        them (1008), not as a lost race caught up again and again, and the room is done."""
         self.vanished = True
         if not self.deleted:
             self.deleted = True
-            self.revoke(everyone=True, reason="this document was deleted")
+            self.revoke(everyone=True, reason=DELETED)
         self._fail()
 
     def _fail(self) -> None:
@@ -1110,8 +1111,12 @@ class Room:
         again), even while a delete or rename is under way here (`deleted`): that may fail too, and the
         document stays."""
         if self.vanished:
-            return ProtocolError("not-found", f"document {self.name!r} was deleted")
+            return self._deleted()
         return ServerError("the document could not be saved; try again")
+
+    def _deleted(self) -> ProtocolError:
+        """What a request about this room's document hears once it is deleted (404)."""
+        return ProtocolError("not-found", f"document {self.name!r} was deleted")
 
     # ------------------------------------------------------------ presence
 
@@ -1458,7 +1463,7 @@ class Rooms:
         self._changed(name)  # in the store already: a load of it under way here reads it again
         room = self.rooms.get(name)
         if deleted:
-            reason = "this document was deleted" if renamed_to is None else renamed_reason(renamed_to)
+            reason = DELETED if renamed_to is None else renamed_reason(renamed_to)
             self._close_waiting(name, everyone=True, reason=reason)
             if room is not None and not room.deleted:
                 room.deleted = True
@@ -1743,20 +1748,18 @@ class Rooms:
         room = self.rooms.get(name)
         if room is not None and room.doc_id not in (None, info["id"]):  # deleted, perhaps made again, since read
             raise ProtocolError("not-found", f"no document named {name!r}")
-        self._close_waiting(name, everyone=True, reason="this document was deleted")
+        self._close_waiting(name, everyone=True, reason=DELETED)
         if room is not None:
             room.deleted = True
-            room.revoke(everyone=True, reason="this document was deleted")
+            room.revoke(everyone=True, reason=DELETED)
             await room.flush()
             self.forget(room)
         await self.store.delete_document(info["id"], name=name)  # not-found if renamed since
         self._changed(name)
         late = self.rooms.get(name)
-        if late is not None and late is not room:  # a join loaded it while the delete ran
-            late.deleted = late.vanished = True
-            late.revoke(everyone=True, reason="this document was deleted")
-            late._fail()  # nothing of it is written any more (it has no document); forgotten
-        self._close_waiting(name, everyone=True, reason="this document was deleted")
+        if late is not None and late is not room:  # a join loaded it while the delete ran: its row is gone
+            late._gone()  # nothing of it is written any more; forgotten
+        self._close_waiting(name, everyone=True, reason=DELETED)
         if self.cluster is not None:
             self.cluster.publish_revoke(name, info["id"], deleted=True)
 
