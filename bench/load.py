@@ -445,7 +445,7 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
                 order = [*variants, *floor, ("reference", None, None)]
                 if rnd % 2:
                     order.reverse()
-                for name, db, loop in order:
+                for name, db, how in order:  # how: collab's (event loop, tree); None for the others
                     tmp = Path(tempfile.mkdtemp(prefix=f"collab-vs-{key}-"))
                     try:
                         if name == FLOOR_NAME:
@@ -458,7 +458,7 @@ def compare_reference(a, node: str) -> tuple[list[dict], bool]:
                         elif db is None:
                             server = ReferenceServer(node, tmp / "reference.log").start()
                         else:
-                            loop, tree = loop
+                            loop, tree = how
                             loop_args = ["--loop", loop] if loop else []
                             server = ServerProcess(db.fresh(tmp), extra_args=server_args + db.server_args + loop_args,
                                                    log_path=tmp / "server.log", checkout=tree)
