@@ -75,7 +75,8 @@ log = logging.getLogger("collab.storage")
 # row, in the order `StorageView.rows` returns them and `add_rows` takes them.
 # The first column is the table's key within a document (unique there): rows
 # come in its order, and a copy pages on by it. Every table is keyed by version
-# but `renamed`, a document's old names, keyed by name.
+# but `renamed`, a document's old names, keyed by name, and `people` (the name
+# and colour of each person whose updates compaction dropped), keyed by person.
 COPY_TABLES: dict[str, tuple[str, ...]] = {
     "updates": ("version", "client_id", "author", "time", "changes", "inserted", "deleted", "restored_from",
                 "frame_end", "person", "color"),
@@ -83,6 +84,7 @@ COPY_TABLES: dict[str, tuple[str, ...]] = {
     "snapshots": ("version", "text", "time"),
     "authorship": ("version", "spans"),
     "renamed": ("name", "time"),
+    "people": ("person", "version", "name", "color"),
 }
 # A document row as `StorageView.documents` returns it and `add_document` takes it.
 DOCUMENT_FIELDS = ("id", "name", "version", "length", "created", "updated", "salt")

@@ -267,6 +267,16 @@ _NAMED_LOSING_ROWS = (
     "WHERE snap < version AND snap >= ? - 1 AND snap < ?")
 
 
+# For compact, before it drops a document's update rows up to a version (parameters: doc_id, that version):
+# each person's latest name and colour among them, kept in `people` unless a later one is there already.
+# (With one max() aggregate, SQLite takes the bare columns from the row holding the maximum.)
+_KEEP_PEOPLE = (
+    "INSERT INTO people(doc_id, person, version, name, color) SELECT doc_id, person, max(version), author, color "
+    "FROM updates WHERE doc_id = ? AND version <= ? AND person IS NOT NULL GROUP BY person "
+    "ON CONFLICT(doc_id, person) DO UPDATE SET version = excluded.version, name = excluded.name, "
+    "color = excluded.color WHERE excluded.version > people.version")
+
+
 def _exists(conn: sqlite3.Connection, doc_id: int, name: str | None = None) -> str:
     """The name of the document with the id `doc_id`; DocumentGone if there is none (it was deleted since
     its row was read) or, with `name`, if it is called otherwise (renamed since)."""
@@ -692,6 +702,7 @@ class Store(GroupWriter):
             unkept = conn.execute(_NAMED_LOSING_ROWS, (doc_id, low, boundary, low, upto)).fetchone()[0]
             if unkept is not None:
                 raise NamedWhileCompacting(unkept, dropped)
+            conn.execute(_KEEP_PEOPLE, (doc_id, upto))
             return conn.execute("DELETE FROM updates WHERE doc_id = ? AND version <= ?", (doc_id, upto)).rowcount
 
         low = await self._write(keep)
@@ -866,12 +877,15 @@ class Store(GroupWriter):
             "SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()))[0]
 
     async def people(self, doc_id: int) -> dict[str, dict]:
-        """Each person who edited the document: the name and colour of their latest update."""
-        rows = await self._read(lambda conn: _rows_of(
-            conn, doc_id, "SELECT u.person, u.author, u.color FROM updates u JOIN (SELECT person, MAX(version) AS v "
-            "FROM updates WHERE doc_id = ? AND person IS NOT NULL GROUP BY person) last ON last.person = u.person "
-            "AND last.v = u.version WHERE u.doc_id = ?", (doc_id, doc_id)))
-        return {person: {"name": name, "color": color} for person, name, color in rows}
+        """Each person who edited the document: the name and colour of their latest update (one compaction
+        dropped: kept in `people`; a stored one is later than any of those)."""
+        def fn(conn: sqlite3.Connection) -> list[tuple]:
+            dropped = _rows_of(conn, doc_id, "SELECT person, name, color FROM people WHERE doc_id = ?", (doc_id,))
+            return dropped + conn.execute(
+                "SELECT person, author, color, max(version) FROM updates WHERE doc_id = ? AND person IS NOT NULL "
+                "GROUP BY person", (doc_id,)).fetchall()
+
+        return {row[0]: {"name": row[1], "color": row[2]} for row in await self._read(fn)}
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:
         """(committed version, salt, name) of each of these documents (deleted ones are missing)."""

@@ -284,6 +284,7 @@ _COPY_KINDS = {  # how each column is normalised before it is sent (SQLite's col
     "snapshots": (int, str, float),
     "authorship": (int, str),
     "renamed": (str, float),
+    "people": (str, int, str, _str_or_none),
 }
 
 
@@ -321,6 +322,8 @@ _COPY_WRITE = {
                  "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::float8[])",
     "authorship": "INSERT INTO authorship (doc_id, version, spans) SELECT $1, * FROM unnest($2::bigint[], $3::text[])",
     "renamed": "INSERT INTO renamed (doc_id, name, time) SELECT $1, * FROM unnest($2::text[], $3::float8[])",
+    "people": "INSERT INTO people (doc_id, person, version, name, color) "
+              "SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[])",
 }
 
 
@@ -411,6 +414,14 @@ _NAMED_LOSING_ROWS = (
     "WHERE s.doc_id = c.doc_id AND s.version <= c.version) AS snap FROM checkpoints c "
     "WHERE c.doc_id = $1 AND c.version >= $2 AND c.version < $3) named "
     "WHERE snap < version AND snap >= $2 - 1 AND snap < $4")
+
+# For compact, before it drops a document's update rows up to $2: each person's latest name and colour
+# among them, kept in `people` unless a later one is there already (see store.py's _KEEP_PEOPLE).
+_KEEP_PEOPLE = (
+    "INSERT INTO people (doc_id, person, version, name, color) SELECT DISTINCT ON (person) doc_id, person, "
+    "version, author, color FROM updates WHERE doc_id = $1 AND version <= $2 AND person IS NOT NULL "
+    "ORDER BY person, version DESC ON CONFLICT (doc_id, person) DO UPDATE SET version = EXCLUDED.version, "
+    "name = EXCLUDED.name, color = EXCLUDED.color WHERE EXCLUDED.version > people.version")
 
 
 async def _exists(conn: asyncpg.Connection, doc_id: int, name: str | None = None) -> str:
@@ -859,6 +870,7 @@ class PgStore(GroupWriter):
             unkept = await conn.fetchval(_NAMED_LOSING_ROWS, doc_id, low, boundary, upto)
             if unkept is not None:
                 raise NamedWhileCompacting(unkept, dropped)
+            await conn.execute(_KEEP_PEOPLE, doc_id, upto)
             status = await conn.execute("DELETE FROM updates WHERE doc_id = $1 AND version <= $2", doc_id, upto)
             return int(status.rsplit(" ", 1)[-1])
 
@@ -1059,10 +1071,15 @@ class PgStore(GroupWriter):
                                                            doc_id))
 
     async def people(self, doc_id: int) -> dict[str, dict]:
-        """Each person who edited the document: the name and colour of their latest update."""
-        rows = await self._read(lambda conn: _rows_of(
-            conn, doc_id, "SELECT DISTINCT ON (person) person, author, color FROM updates WHERE doc_id = $1 "
-            "AND person IS NOT NULL ORDER BY person, version DESC", doc_id), snapshot=True)
+        """Each person who edited the document: the name and colour of their latest update (one compaction
+        dropped: kept in `people`; a stored one is later than any of those)."""
+        async def fn(conn: asyncpg.Connection) -> list:
+            dropped = await _rows_of(conn, doc_id, "SELECT person, name, color FROM people WHERE doc_id = $1", doc_id)
+            return [*dropped, *await conn.fetch(
+                "SELECT DISTINCT ON (person) person, author, color FROM updates WHERE doc_id = $1 "
+                "AND person IS NOT NULL ORDER BY person, version DESC", doc_id)]
+
+        rows = await self._read(fn, snapshot=True)
         return {person: {"name": name, "color": color} for person, name, color in rows}
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:

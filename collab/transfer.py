@@ -7,17 +7,19 @@ Rules that always hold:
     server goes on writing to it;
   * a document's row goes first, as it is (version, length, times and the
     salt, so share links made before the move keep working), then its update
-    rows, named versions, snapshots, authorship cache and old names (the
-    `renamed` rows: links to a name it had before lead to it), every table of
+    rows, named versions, snapshots, authorship cache, old names (the
+    `renamed` rows: links to a name it had before lead to it) and the names of
+    people whose updates compaction dropped, every table of
     COPY_TABLES, a page at a time: CHUNK rows, or fewer once their text
     reaches CHUNK_BYTES (StorageView.rows' max_bytes). Memory stays bounded
     however long a history is and however large the texts in it: a page
     holds at most CHUNK_BYTES of text and one row more (a document's every
     snapshot is a whole text);
   * `verify` reads both stores back through their ordinary reads: every
-    document's version, salt, oldest kept update, newest history entries and
-    current text, and the text at a sample of older versions, must be equal,
-    and each of its old names must lead to it in the copy.
+    document's version, salt, oldest kept update, newest history entries,
+    authors' names and colours and current text, and the text at a sample
+    of older versions, must be equal, and each of its old names must lead to
+    it in the copy.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ async def verify(source: Storage, target: Storage, copied: list[Copied], samples
         newest = (await source.history(c.source_id, c.version + 1, 50), await target.history(info["id"], c.version + 1, 50))
         if newest[0] != newest[1]:
             problems.append(f"{c.name}: its newest history entries differ")
+        if await source.people(c.source_id) != await target.people(info["id"]):
+            problems.append(f"{c.name}: the names and colours of its authors differ")
         for old in c.renamed:
             if (now := await target.renamed_to(old)) != c.name:
                 problems.append(f"{c.name}: its old name {old!r} leads to "
