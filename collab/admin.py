@@ -458,14 +458,16 @@ def copy(settings: Settings, source: str, target: str) -> int:
     install moves from one backend to the other. Everything a document is
     goes across: its update log (whole history, authors and times), its named
     versions, snapshots and authorship cache, its share-link salt, so links
-    made before the move keep working, and its old names, so links to a name
-    it had before a rename still lead to it. SOURCE is read from one
+    made before the move keep working, its old names, so links to a name it
+    had before a rename still lead to it, and the names and colours of people
+    whose updates compaction dropped. SOURCE is read from one
     consistent moment (a server may go on running on it; what it commits
     after that moment is not copied). TARGET must hold no document (a SQLite
     file is created if missing; a PostgreSQL database must exist). Afterwards
-    every document's version, salt, newest history and current text, and a
-    sample of older versions, are read back from both and compared, and its
-    old names must lead to it in TARGET.
+    every document's version, salt, newest history, authors' names and
+    colours (as of the copied version) and current text, and a sample of
+    older versions, are read back from both and compared, and its old names
+    must lead to it in TARGET.
     """
     if describe(source) == describe(target) and (is_postgres(source)
                                                  or Path(source).resolve() == Path(target).resolve()):

@@ -86,6 +86,8 @@ COPY_TABLES: dict[str, tuple[str, ...]] = {
     "renamed": ("name", "time"),
     "people": ("person", "version", "name", "color"),
 }
+# Above every version a document can reach (a bound that means none, in SQL on both backends).
+VERSION_UNBOUNDED = 1 << 62
 # A document row as `StorageView.documents` returns it and `add_document` takes it.
 DOCUMENT_FIELDS = ("id", "name", "version", "length", "created", "updated", "salt")
 
@@ -422,7 +424,8 @@ class Storage(Protocol):
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]: ...  # (version, salt, name)
 
-    async def people(self, doc_id: int) -> dict[str, dict]: ...
+    async def people(self, doc_id: int, upto: int | None = None) -> dict[str, dict]: ...
+    # each person's name and colour as of version `upto` (None: the head), by person id
 
     async def backup(self, dest: Path) -> tuple[int, int]: ...
 

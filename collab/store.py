@@ -67,8 +67,8 @@ from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit,
                       DocumentGone, GroupWriter, Kept, Loaded, NamedWhileCompacting, NameTaken, StorageUnavailable,
-                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict, contiguous_tail,
-                      history_entry, history_of, pending_migrations, replayed_bytes)
+                      TooManyCheckpoints, TooManyDocuments, VERSION_UNBOUNDED, VersionCompacted, VersionConflict,
+                      contiguous_tail, history_entry, history_of, pending_migrations, replayed_bytes)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -665,7 +665,7 @@ class Store(GroupWriter):
         longer called `name`)."""
         def fn(conn: sqlite3.Connection) -> None:
             _exists(conn, doc_id, name)
-            for table in ("updates", "snapshots", "authorship", "checkpoints", "renamed"):
+            for table in ("updates", "snapshots", "authorship", "checkpoints", "renamed", "people"):
                 conn.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))
             conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
 
@@ -876,14 +876,18 @@ class Store(GroupWriter):
         return (await self._read(lambda conn: conn.execute(
             "SELECT MIN(version) FROM updates WHERE doc_id = ?", (doc_id,)).fetchone()))[0]
 
-    async def people(self, doc_id: int) -> dict[str, dict]:
-        """Each person who edited the document: the name and colour of their latest update (one compaction
-        dropped: kept in `people`; a stored one is later than any of those)."""
+    async def people(self, doc_id: int, upto: int | None = None) -> dict[str, dict]:
+        """Each person who edited the document (up to version `upto`, if given): the name and colour of
+        their latest update (one compaction dropped: kept in `people`; a stored one is later than any of
+        those)."""
+        upto = VERSION_UNBOUNDED if upto is None else upto
+
         def fn(conn: sqlite3.Connection) -> list[tuple]:
-            dropped = _rows_of(conn, doc_id, "SELECT person, name, color FROM people WHERE doc_id = ?", (doc_id,))
+            dropped = _rows_of(conn, doc_id, "SELECT person, name, color FROM people WHERE doc_id = ? "
+                               "AND version <= ?", (doc_id, upto))
             return dropped + conn.execute(
-                "SELECT person, author, color, max(version) FROM updates WHERE doc_id = ? AND person IS NOT NULL "
-                "GROUP BY person", (doc_id,)).fetchall()
+                "SELECT person, author, color, max(version) FROM updates WHERE doc_id = ? AND version <= ? "
+                "AND person IS NOT NULL GROUP BY person", (doc_id, upto)).fetchall()
 
         return {row[0]: {"name": row[1], "color": row[2]} for row in await self._read(fn)}
 

@@ -71,7 +71,8 @@ from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit, contiguous_tail,
                       describe, DocumentGone, GroupWriter, history_entry, history_of, Kept, Loaded,
                       NamedWhileCompacting, NameTaken, NoPermission, pending_migrations, redact, StorageUnavailable,
-                      TooManyCheckpoints, TooManyDocuments, VersionCompacted, VersionConflict, replayed_bytes)
+                      TooManyCheckpoints, TooManyDocuments, VERSION_UNBOUNDED, VersionCompacted, VersionConflict,
+                      replayed_bytes)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -1070,14 +1071,18 @@ class PgStore(GroupWriter):
         return await self._read(lambda conn: conn.fetchval("SELECT MIN(version) FROM updates WHERE doc_id = $1",
                                                            doc_id))
 
-    async def people(self, doc_id: int) -> dict[str, dict]:
-        """Each person who edited the document: the name and colour of their latest update (one compaction
-        dropped: kept in `people`; a stored one is later than any of those)."""
+    async def people(self, doc_id: int, upto: int | None = None) -> dict[str, dict]:
+        """Each person who edited the document (up to version `upto`, if given): the name and colour of
+        their latest update (one compaction dropped: kept in `people`; a stored one is later than any of
+        those)."""
+        upto = VERSION_UNBOUNDED if upto is None else upto
+
         async def fn(conn: asyncpg.Connection) -> list:
-            dropped = await _rows_of(conn, doc_id, "SELECT person, name, color FROM people WHERE doc_id = $1", doc_id)
+            dropped = await _rows_of(conn, doc_id, "SELECT person, name, color FROM people WHERE doc_id = $1 "
+                                     "AND version <= $2", doc_id, upto)
             return [*dropped, *await conn.fetch(
                 "SELECT DISTINCT ON (person) person, author, color FROM updates WHERE doc_id = $1 "
-                "AND person IS NOT NULL ORDER BY person, version DESC", doc_id)]
+                "AND version <= $2 AND person IS NOT NULL ORDER BY person, version DESC", doc_id, upto)]
 
         rows = await self._read(fn, snapshot=True)
         return {person: {"name": name, "color": color} for person, name, color in rows}

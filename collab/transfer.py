@@ -17,9 +17,10 @@ Rules that always hold:
     snapshot is a whole text);
   * `verify` reads both stores back through their ordinary reads: every
     document's version, salt, oldest kept update, newest history entries,
-    authors' names and colours and current text, and the text at a sample
-    of older versions, must be equal, and each of its old names must lead to
-    it in the copy.
+    authors' names and colours (as of the copied version: a server may go on
+    on the source) and current text, and the text at a sample of older
+    versions, must be equal, and each of its old names must lead to it in the
+    copy.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ async def verify(source: Storage, target: Storage, copied: list[Copied], samples
         newest = (await source.history(c.source_id, c.version + 1, 50), await target.history(info["id"], c.version + 1, 50))
         if newest[0] != newest[1]:
             problems.append(f"{c.name}: its newest history entries differ")
-        if await source.people(c.source_id) != await target.people(info["id"]):
+        if await source.people(c.source_id, c.version) != await target.people(info["id"], c.version):
             problems.append(f"{c.name}: the names and colours of its authors differ")
         for old in c.renamed:
             if (now := await target.renamed_to(old)) != c.name:

@@ -18,7 +18,7 @@ from collab import compute
 from collab.access import Access
 from collab.app import ROOMS, STORE, create_app
 from collab.settings import Settings
-from collab.storage import StorageUnavailable
+from collab.storage import COPY_TABLES, StorageUnavailable
 from conftest import BOTH_BACKENDS
 from wsutil import USER, push, recv_type, send
 
@@ -76,8 +76,7 @@ async def not_found(resp):
 async def rows_left(store, doc_id):
     """The rows of every table still referencing document `doc_id` (a deleted one must have none)."""
     async with store.view() as view:
-        return {table: rows for table in ("updates", "checkpoints", "snapshots", "authorship", "renamed")
-                if (rows := await view.rows(doc_id, table, -1, 1000))}
+        return {table: rows for table in COPY_TABLES if (rows := await view.rows(doc_id, table, -1, 1000))}
 
 
 async def made_again_meanwhile(client, name):

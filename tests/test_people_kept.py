@@ -86,19 +86,28 @@ def test_a_copy_carries_the_kept_names_and_its_check_compares_them(db, make_db, 
         doc, texts = await with_people(store)
         await compact(store, doc, texts, 20, chunk=100)
 
-    async def copy(src) -> tuple[list, list[str], dict, dict]:
+    async def copy(src) -> tuple[list, list[str], dict, dict, dict]:
         dst = await store_at(target).open()
         try:
             async with src.view() as view:
                 copied = await transfer.copy_view(view, dst)
+            # The server goes on on the source (allowed): someone new types, Ann takes another name. The
+            # copy is of the moment before, and the check compares the names as of the copied version.
+            later = random_edits(35, seed=5)[-2:]
+            later[0][0].person, later[0][0].author, later[1][0].person, later[1][0].author = \
+                "dee-4", "Dee", "ann-1", "Ann C."
+            await commit(src, copied[0].source_id, [e for e, _ in later], utf16_len(later[-1][1]))
             problems = (await transfer.verify(src, dst, copied))[0]
-            return copied, problems, await src.people(copied[0].source_id), await dst.people(copied[0].target_id)
+            source_id = copied[0].source_id
+            return (copied, problems, await src.people(source_id, 33), await dst.people(copied[0].target_id),
+                    await src.people(source_id))
         finally:
             await dst.close()
 
     run_with(db, build)
-    copied, problems, theirs, ours = run_with(db, copy)
-    assert problems == [] and theirs == ours == EVERYONE
+    copied, problems, theirs, ours, now = run_with(db, copy)
+    assert now == dict(EVERYONE, **{"ann-1": {"name": "Ann C.", "color": None}, "dee-4": {"name": "Dee", "color": None}})
+    assert problems == [] and theirs == ours == EVERYONE, "the source's names as of the copied version"
     assert copied[0].rows["people"] == 2, "Ann and Bob were dropped; Bob and Cy are still stored"
     raw_sql(target, f"UPDATE people SET name = 'someone' WHERE doc_id = {copied[0].target_id} "
                     "AND person = 'ann-1'", pg_server if backend == "postgres" else None)
