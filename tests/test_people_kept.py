@@ -11,13 +11,12 @@ them and `verify` checks them; deleting the document deletes them.
 
 from __future__ import annotations
 
-import asyncio
-
 from collab import transfer
 from collab.changes import utf16_len
 from collab.storage import store_at
 from conftest import BOTH_BACKENDS
 from storeutil import commit, random_edits, raw_sql
+from test_pg_copy import run_with, verify_again
 
 # (first version, last version, person, name, colour) of each run of updates; None: made without a person id
 RUNS = [(1, 6, "ann-1", "Ann", "#aa0000"), (7, 9, None, "guest", None), (10, 13, "ann-1", "Annie", "#aa1111"),
@@ -106,28 +105,10 @@ def test_a_copy_carries_the_kept_names_and_its_check_compares_them(db, make_db, 
 
     run_with(db, build)
     copied, problems, theirs, ours, now = run_with(db, copy)
-    assert now == dict(EVERYONE, **{"ann-1": {"name": "Ann C.", "color": None}, "dee-4": {"name": "Dee", "color": None}})
+    assert now == dict(EVERYONE, **{"ann-1": {"name": "Ann C.", "color": None},
+                                    "dee-4": {"name": "Dee", "color": None}}), "the source went on"
     assert problems == [] and theirs == ours == EVERYONE, "the source's names as of the copied version"
     assert copied[0].rows["people"] == 2, "Ann and Bob were dropped; Bob and Cy are still stored"
     raw_sql(target, f"UPDATE people SET name = 'someone' WHERE doc_id = {copied[0].target_id} "
                     "AND person = 'ann-1'", pg_server if backend == "postgres" else None)
-
-    async def check_again(src) -> list[str]:
-        dst = await store_at(target).open()
-        try:
-            return (await transfer.verify(src, dst, copied))[0]
-        finally:
-            await dst.close()
-
-    assert run_with(db, check_again) == ["doc: the names and colours of its authors differ"]
-
-
-def run_with(db: str, fn):
-    async def go():
-        store = await store_at(db).open()
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    assert verify_again(db, target, copied) == ["doc: the names and colours of its authors differ"]
