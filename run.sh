@@ -149,5 +149,6 @@ fi
 umask 077  # the database and its folder: readable by this user only, like the secret
 
 ensure_venv ""
-"$PY" -m collab migrate "$@"
-exec "$PY" -m collab serve "$@"
+# Both under run.sh's name: a mistyped option is the user's, not `collab migrate`'s (collab/cli.py).
+COLLAB_RUN_AS="$0" "$PY" -m collab migrate "$@"
+COLLAB_RUN_AS="$0" exec "$PY" -m collab serve "$@"

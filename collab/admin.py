@@ -40,7 +40,8 @@ from .changes import utf16_len
 from .errors import ProtocolError, ServerError
 from .settings import Settings
 from .storage import (DocumentGone, Kept, NamedWhileCompacting, NotOurs, StorageUnavailable, TooManyDocuments,
-                      VersionCompacted, check_ours, database_exists, describe, is_postgres, store_at, store_for)
+                      VersionCompacted, check_ours, database_exists, describe, is_postgres, not_a_database, store_at,
+                      store_for)
 
 
 class AdminError(Exception):
@@ -469,6 +470,9 @@ def copy(settings: Settings, source: str, target: str) -> int:
     older versions, are read back from both and compared, and its old names
     must lead to it in TARGET.
     """
+    for which, db in (("SOURCE", source), ("TARGET", target)):
+        if (why := not_a_database(db)) is not None:
+            raise AdminError(f"{which}: {why}")
     if describe(source) == describe(target) and (is_postgres(source)
                                                  or Path(source).resolve() == Path(target).resolve()):
         raise AdminError("SOURCE and TARGET are the same database")

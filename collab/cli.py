@@ -1,13 +1,17 @@
 """The `collab` command: serve, migrate, and the admin commands (admin.py).
 
 Every subcommand takes every setting (`--db`, `--sync`, ... or COLLAB_*), so
-an admin command run next to the server reads the same environment.
+an admin command run next to the server reads the same environment. A
+mistake on the command line is one line on stderr, exit status 2 (an option
+or value it does not take) or 1 (anything else), named after what the user
+ran: `collab CMD`, or run.sh (which says so in COLLAB_RUN_AS).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .resources import ResourceMissing
@@ -201,8 +205,21 @@ def version() -> str:
         return "unknown (not installed: run `pip install .`)"
 
 
+def _who(prog: str) -> str:
+    """What the user ran, for error messages: run.sh runs `collab migrate` and `collab serve` under its name."""
+    return os.environ.get("COLLAB_RUN_AS") or prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a mistake is one line (argparse prints the whole usage above it)."""
+
+    def error(self, message: str):
+        who = _who(self.prog)
+        self.exit(2, f"{who}: error: {message} ({who} --help lists the options)\n")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="collab", description="Self-hosted real-time collaborative editor")
+    parser = _Parser(prog="collab", description="Self-hosted real-time collaborative editor")
     parser.add_argument("--version", action="version", version=f"collab {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     parsers = {}
@@ -230,10 +247,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ResourceMissing, StorageUnavailable, DatabaseTooNew, NotOurs, AlreadyServing, NoPermission) as exc:
         # An incomplete installation, a database that cannot be reached, is newer than this collab, is not
         # ours, is served already, or is not ours to make tables in: say so, no traceback.
-        raise SystemExit(f"collab {args.command}: error: {exc}") from None
+        raise SystemExit(f"{_who('collab ' + args.command)}: error: {exc}") from None
     except sqlite3.DatabaseError as exc:  # not a database file, a folder, a file it may not open
-        raise SystemExit(f"collab {args.command}: error: cannot use the SQLite database {settings.db}: {exc}") \
-            from None
+        raise SystemExit(f"{_who('collab ' + args.command)}: error: cannot use the SQLite database {settings.db}: "
+                         f"{exc}") from None
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .storage import not_a_database
+
 MIN_SECRET = 16  # characters of a secret, from --secret or a secret file: a shorter one is guessed
 MIN_FRAME = 1024  # bytes: the smallest --max-frame (a hello with a long name and ids takes several hundred)
 
@@ -75,9 +77,10 @@ class Settings:
                            "editor.html and the bundles (default: the pages installed with collab)")
     log_json: bool = _opt(False, "log JSON lines instead of plain text")
     loop: str = _opt("uvloop", "event loop: uvloop (faster) or asyncio (Python's own)", choices=("uvloop", "asyncio"))
-    secret: str = _opt("", "secret that signs access tokens; with it (or --secret-file) access control is on, "
-                       "without it the server is a personal instance on 127.0.0.1 only")
-    secret_file: str = _opt("", "file holding the secret (./run.sh --public creates one on first start)")
+    secret: str = _opt("", "secret that signs access tokens, 16 characters at least; with it (or --secret-file) "
+                       "access control is on, without it the server is a personal instance on 127.0.0.1 only")
+    secret_file: str = _opt("", "file holding the secret, 16 characters at least (./run.sh --public creates one "
+                            "on first start)")
     allow_origin: str = _opt("", "comma-separated extra origins (https://host:port) allowed to open "
                              "WebSockets besides the server's own")
     rate: float = _opt(100.0, "frames per second one connection may send on average (token bucket)")
@@ -185,6 +188,8 @@ class Settings:
                             "(a full push must be able to pass)")
         if self.doc_update_rate <= 0 or self.doc_update_burst < self.max_updates:
             problems.append("doc_update_rate must be positive and doc_update_burst at least max_updates")
+        if (why := not_a_database(self.db)) is not None:
+            problems.append(f"db: {why}")
         if self.redis and "://" not in self.db:
             problems.append("--redis is for several processes on one PostgreSQL database (--db postgresql://...); "
                             "a SQLite database is served by one process")

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,9 +152,10 @@ class VersionCompacted(LookupError):
     """The update rows needed to rebuild `version` were compacted away (and no snapshot is there)."""
 
     def __init__(self, version: int, below: int | None, above: int | None):
-        near = " and ".join(str(v) for v in (below, above) if v is not None)
-        super().__init__(f"version {version} was compacted away"
-                         + (f"; the nearest readable versions are {near}" if near else ""))
+        # Below: its nearest snapshot, or version 0 (the empty text), which is always readable.
+        near = [str(v) for v in (0 if below is None else below, above) if v is not None]
+        super().__init__(f"version {version} was compacted away; the nearest readable "
+                         + (f"versions are {near[0]} and {near[1]}" if len(near) == 2 else f"version is {near[0]}"))
         self.version, self.below, self.above = version, below, above
 
 
@@ -445,6 +447,20 @@ _SCHEMES = ("postgresql://", "postgres://")
 def is_postgres(db: str) -> bool:
     """Whether `db` (a --db value) names a PostgreSQL database rather than a SQLite file."""
     return str(db).lower().startswith(_SCHEMES)
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def not_a_database(db: str | Path) -> str | None:
+    """Why `db` (a --db value) names no database collab can use, or None: a URL that is not PostgreSQL's
+    (taken for a SQLite path, a mistyped `postgresql://` would make folders named after the URL, its
+    password among them). The message does not repeat the value."""
+    db = str(db)
+    if _URL.match(db) and not is_postgres(db):
+        return (f"a {db.split('://', 1)[0]}:// URL is no database collab can use: give a SQLite file path or a "
+                "postgresql:// URL")
+    return None
 
 
 def describe(db: str | Path) -> str:

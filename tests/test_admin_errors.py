@@ -171,3 +171,38 @@ def test_a_postgresql_user_that_may_not_make_tables_is_told_what_to_do(pg_server
         assert collab("migrate", "--db", url).returncode == 0  # as the owner, it may
     finally:
         pg_server.drop_database(name)
+
+
+def test_a_mistyped_option_or_value_is_one_line_naming_the_command(tmp_path):
+    """Was: argparse's whole usage (about 45 lines) above the error, for every command."""
+    for args, words in ((["compact", "--keep-history", "abc"], "argument --keep-history: invalid int value"),
+                        (["compact", "--keep-history", "-3"], "keep_history must not be negative"),
+                        (["backup"], "the following arguments are required: FILE"),
+                        (["serve", "--secret", "hunter2hunter2"], "secret must be 16 characters at least"),
+                        (["bogus"], "invalid choice: 'bogus'")):
+        result = collab(*args, "--db", tmp_path / "a.db") if args != ["bogus"] else collab(*args)
+        assert result.returncode == 2, (args, result.returncode, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "usage:" not in result.stderr, result.stderr
+        assert words in result.stderr and result.stderr.startswith(f"collab {args[0]}: error: "
+                                                                   if args != ["bogus"] else "collab: error: ")
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_a_url_that_is_not_postgresql_is_refused_not_taken_for_a_file(tmp_path):
+    """Was: a mistyped postgresql:// URL (or any other scheme) was taken for a SQLite path: `migrate` made
+    folders named after the URL, its password among them, a database inside, printed the URL with the
+    password, and exited 0."""
+    url = "postgressql://collab:s3cret-pw@127.0.0.1/collab"
+    for args in (["migrate", "--db", url], ["docs", "--db", url]):
+        result = subprocess.run([sys.executable, "-m", "collab", *args], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2 and "a postgressql:// URL is no database collab can use" in result.stderr, \
+            result.stderr
+        assert "s3cret-pw" not in result.stderr + result.stdout
+    source = tmp_path / "a.db"
+    assert collab("migrate", "--db", source).returncode == 0
+    result = subprocess.run([sys.executable, "-m", "collab", "copy", str(source), "mysql://u:s3cret-pw@h/x"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    refused(result, "TARGET: a mysql:// URL is no database collab can use")
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [], "no folder was made after a URL"

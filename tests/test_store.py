@@ -467,6 +467,9 @@ async def test_compaction_keeps_the_boundary_and_names_the_nearest_readable_vers
     with pytest.raises(VersionCompacted) as err:
         await store.text_at(doc, 25)
     assert str(err.value) == "version 25 was compacted away; the nearest readable versions are 20 and 30"
+    # Version 0 (the empty text) is always readable: it is the nearest below when no snapshot is (was: left out).
+    assert str(VersionCompacted(2, None, 5)) == "version 2 was compacted away; the nearest readable versions are 0 and 5"
+    assert str(VersionCompacted(7, 5, None)) == "version 7 was compacted away; the nearest readable version is 5"
     with pytest.raises(VersionCompacted):
         await store.authorship(doc, 25)
     assert (await store.authorship(doc, 30)).to_list() == spans
