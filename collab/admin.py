@@ -14,17 +14,22 @@ Rules that always hold:
   * nothing here makes a database by accident: every command but `import`
     (and the target of `copy`) refuses a --db that does not exist, a SQLite
     file or a PostgreSQL database alike (collab never creates PostgreSQL
-    databases: `createdb` does);
+    databases: `createdb` does); and none writes into another program's
+    database (`import` and `copy`'s target included);
   * a database is named by `storage.describe`: a URL's password never
     appears in what a command prints;
   * a failure leaves what was there before: backups and exported files appear
-    under their final names only once complete (written aside, then renamed).
+    under their final names only once complete (written aside, then renamed;
+    a backup never replaces a file a server is serving, and takes the
+    replaced file's journals with it). A copy cannot be undone on PostgreSQL:
+    one that stops part way says that its target holds part of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import random
 import sqlite3
@@ -100,6 +105,21 @@ def _write_atomically(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _served(path: Path) -> bool:
+    """Whether a collab server is serving the SQLite file `path` now (it holds `<path>.lock`: store.Store)."""
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDONLY)
+    except OSError:  # no lock file: no server ever served it here
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and the lock taken to look, with it
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -128,6 +148,8 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
         raise AdminError(f"the backup file {dest_path} is the database itself")
     if dest_path.exists() and not force:
         raise AdminError(f"{dest_path} exists; pass --force to replace it")
+    if _served(dest_path):
+        raise AdminError(f"a collab server is serving {dest_path}: stop it before replacing that file")
     tmp = dest_path.with_name(f".{dest_path.name}.tmp-{os.getpid()}")
     started = time.monotonic()
     try:
@@ -141,6 +163,8 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
         documents, updates = asyncio.run(_backup(settings, tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        for journal in ("-wal", "-shm", "-journal"):  # the replaced database's: SQLite would read them into the copy
+            Path(f"{dest_path}{journal}").unlink(missing_ok=True)
         os.replace(tmp, dest_path)
         _fsync_dir(dest_path.parent)
     except (sqlite3.Error, RuntimeError, OSError, ValueError) as exc:
@@ -214,6 +238,8 @@ def import_(settings: Settings, directory: str) -> int:
     src = Path(directory)
     if not src.is_dir():
         raise AdminError(f"{src} is not a directory")
+    if is_postgres(settings.db) or Path(settings.db).exists():  # a new SQLite file is made; anything else is checked
+        _require_database(settings.db)
     entries = sorted(p for p in src.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.suffix == ".txt" and p.is_file()]
     skipped = [(p.name, "only name.txt files are imported" if p.suffix != ".txt" else "not a regular file")
@@ -499,11 +525,23 @@ def copy(settings: Settings, source: str, target: str) -> int:
     return 0
 
 
+_PARTIAL = ("now holds part of the copy: empty it (delete the SQLite file, or drop and create the PostgreSQL "
+            "database again) before trying again")
+
+
+async def _open(db: str, which: str, options: dict):
+    """An open store on `db`, SOURCE or TARGET of a copy; a failure names which."""
+    try:
+        return await store_at(db, **options).open()
+    except (StorageUnavailable, sqlite3.Error, OSError) as exc:
+        raise AdminError(f"cannot use {which} {describe(db)}: {exc}") from None
+
+
 async def _copy(settings: Settings, source: str, target: str):
     options = {"synchronous": settings.sync, "snapshot_every": settings.snapshot_every, "keep": 0}
-    src = await store_at(source, **options).open()
+    src = await _open(source, "SOURCE", options)
     try:
-        dst = await store_at(target, **options).open()
+        dst = await _open(target, "TARGET", options)
         try:
             if await dst.list_documents():
                 raise AdminError(f"{describe(target)} already holds documents: copy only into an empty database")
@@ -517,8 +555,12 @@ async def _copy(settings: Settings, source: str, target: str):
                 try:
                     copied = await transfer.copy_view(view, dst, progress)
                 except ValueError as exc:  # a value the target cannot hold (PostgreSQL and U+0000)
-                    raise AdminError(f"cannot copy into {describe(target)}: {exc}; it now holds part of the "
-                                     "copy: empty it before trying again") from None
+                    raise AdminError(f"cannot copy into {describe(target)}: {exc}; it {_PARTIAL}") from None
+                except (StorageUnavailable, sqlite3.Error, OSError) as exc:  # a full disk, a lost server, ...
+                    raise AdminError(f"the copy stopped: {exc}; {describe(target)} {_PARTIAL}") from None
+                except asyncio.CancelledError:  # Ctrl-C
+                    _warn(f"copy interrupted: {describe(target)} {_PARTIAL}")
+                    raise
             problems, compared = await transfer.verify(src, dst, copied, rng=random.Random(len(copied)))
             return copied, problems, compared
         finally:

@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     import sqlite3
     try:
         _run(args, settings)
+    except KeyboardInterrupt:  # Ctrl-C: what it stopped says what it left (copy), no traceback
+        raise SystemExit(f"{_who('collab ' + args.command)}: interrupted") from None
     except (ResourceMissing, StorageUnavailable, DatabaseTooNew, NotOurs, AlreadyServing, NoPermission) as exc:
         # An incomplete installation, a database that cannot be reached, is newer than this collab, is not
         # ours, is served already, or is not ours to make tables in: say so, no traceback.

@@ -9,6 +9,7 @@ setting is documented in the README.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -167,7 +168,9 @@ class Settings:
         problems = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", "float", int, float) and value < 0:
+            if f.type in ("float", float) and not math.isfinite(value):  # nan and inf pass every comparison below
+                problems.append(f"{f.name} must be a finite number (got {value})")
+            elif f.type in ("int", "float", int, float) and value < 0:
                 problems.append(f"{f.name} must not be negative (got {value})")
             choices = f.metadata.get("choices")
             if choices and value not in choices:

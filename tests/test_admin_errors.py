@@ -179,6 +179,7 @@ def test_a_mistyped_option_or_value_is_one_line_naming_the_command(tmp_path):
                         (["compact", "--keep-history", "-3"], "keep_history must not be negative"),
                         (["backup"], "the following arguments are required: FILE"),
                         (["serve", "--secret", "hunter2hunter2"], "secret must be 16 characters at least"),
+                        (["compact", "--history-timeout", "nan"], "history_timeout must be a finite number"),
                         (["bogus"], "invalid choice: 'bogus'")):
         result = collab(*args, "--db", tmp_path / "a.db") if args != ["bogus"] else collab(*args)
         assert result.returncode == 2, (args, result.returncode, result.stderr)
@@ -206,3 +207,79 @@ def test_a_url_that_is_not_postgresql_is_refused_not_taken_for_a_file(tmp_path):
     refused(result, "TARGET: a mysql:// URL is no database collab can use")
     assert "s3cret-pw" not in result.stderr + result.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [], "no folder was made after a URL"
+
+
+def documents_in(db) -> list[str]:
+    result = collab("docs", "--db", db)
+    assert result.returncode == 0, result.stderr
+    return sorted(line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip())
+
+
+def test_backup_force_refuses_a_served_file_and_leaves_no_old_journal_behind(tmp_path):
+    """Was: `backup --force` onto a file a server was serving said it worked, and that server went on
+    writing into the replaced file; onto one whose server had crashed, its write-ahead log stayed beside
+    the new file and SQLite read it into the copy."""
+    source, dest = tmp_path / "source.db", tmp_path / "dest.db"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "from-source.txt").write_text("the backup's text")
+    assert collab("import", tmp_path / "in", "--db", source).returncode == 0
+    (tmp_path / "in" / "from-source.txt").unlink()
+    (tmp_path / "in" / "old-dest.txt").write_text("the replaced file's text " * 200)
+    server = ServerProcess(dest, log_path=tmp_path / "server.log").start()
+    try:
+        assert collab("import", tmp_path / "in", "--db", dest).returncode == 0  # committed to the server's WAL
+        refused(collab("backup", dest, "--force", "--db", source), f"a collab server is serving {dest}")
+    finally:
+        server.kill()  # a crash: its write-ahead log stays
+    assert (tmp_path / "dest.db-wal").stat().st_size > 0
+    result = collab("backup", dest, "--force", "--db", source)
+    assert result.returncode == 0, result.stderr
+    assert documents_in(dest) == ["from-source"] and documents_in(source) == ["from-source"]
+
+
+def test_import_refuses_another_programs_database(tmp_path):
+    """Was: `docs`, `migrate` and `copy` refused it, but `import` wrote collab's tables into it."""
+    foreign = tmp_path / "other.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE users (x)")
+    conn.commit()
+    conn.close()
+    before = foreign.read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "doc.txt").write_text("text")
+    refused(collab("import", tmp_path / "in", "--db", foreign), "is a SQLite database of something else")
+    assert foreign.read_bytes() == before
+    assert collab("import", tmp_path / "in", "--db", tmp_path / "new.db").returncode == 0, "a new file is made"
+
+
+def test_copy_names_the_side_it_cannot_use_and_says_a_stopped_copy_left_part_of_itself(tmp_path, monkeypatch):
+    """Was: a target it could not open was reported as the default --db (./data/collab.db), and a copy that
+    stopped part way (a full disk) left a target that looked whole, with no word of it."""
+    from collab import admin
+    from collab.settings import Settings
+    from collab.storage import StorageUnavailable
+
+    source = tmp_path / "source.db"
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b", "c"):
+        (tmp_path / "in" / f"{name}.txt").write_text(name * 10)
+    assert collab("import", tmp_path / "in", "--db", source).returncode == 0
+    (tmp_path / "file").write_text("x")
+    refused(collab("copy", source, tmp_path / "file" / "cp.db"), f"cannot use TARGET {tmp_path / 'file' / 'cp.db'}")
+
+    calls = []
+
+    async def full_after_one(self, doc_id, table, rows):
+        calls.append(table)
+        if len(calls) > 1:
+            raise StorageUnavailable("the SQLite database cannot be used right now (committing): database or "
+                                     "disk is full (SQLITE_FULL)")
+        return await original(self, doc_id, table, rows)
+
+    from collab.store import Store
+    original = Store.add_rows
+    monkeypatch.setattr(Store, "add_rows", full_after_one)
+    with pytest.raises(admin.AdminError, match="the copy stopped: .*disk is full.* now holds part of the copy: "
+                                               "empty it"):
+        admin.copy(Settings(), str(source), str(tmp_path / "cp.db"))
+    assert calls == ["updates", "updates"], "one document's rows went in, the next one's failed"
