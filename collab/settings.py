@@ -191,7 +191,9 @@ class Settings:
                             "(a full push must be able to pass)")
         if self.doc_update_rate <= 0 or self.doc_update_burst < self.max_updates:
             problems.append("doc_update_rate must be positive and doc_update_burst at least max_updates")
-        if (why := not_a_database(self.db)) is not None:
+        if not self.db.strip():
+            problems.append("db must be a SQLite file path or a postgresql:// URL (got nothing)")
+        elif (why := not_a_database(self.db)) is not None:
             problems.append(f"db: {why}")
         if self.redis and "://" not in self.db:
             problems.append("--redis is for several processes on one PostgreSQL database (--db postgresql://...); "

@@ -180,8 +180,9 @@ def test_a_mistyped_option_or_value_is_one_line_naming_the_command(tmp_path):
                         (["backup"], "the following arguments are required: FILE"),
                         (["serve", "--secret", "hunter2hunter2"], "secret must be 16 characters at least"),
                         (["compact", "--history-timeout", "nan"], "history_timeout must be a finite number"),
+                        (["docs", "--db", ""], "db must be a SQLite file path or a postgresql:// URL (got nothing)"),
                         (["bogus"], "invalid choice: 'bogus'")):
-        result = collab(*args, "--db", tmp_path / "a.db") if args != ["bogus"] else collab(*args)
+        result = collab(*args, *([] if "--db" in args or args == ["bogus"] else ["--db", tmp_path / "a.db"]))
         assert result.returncode == 2, (args, result.returncode, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "usage:" not in result.stderr, result.stderr
         assert words in result.stderr and result.stderr.startswith(f"collab {args[0]}: error: "
