@@ -144,7 +144,11 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
     """
     src_name = _existing_db(settings)
     dest_path = Path(dest)
-    if not is_postgres(settings.db) and dest_path.resolve() == Path(settings.db).resolve():
+    try:
+        itself = not is_postgres(settings.db) and dest_path.resolve() == Path(settings.db).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise AdminError(f"cannot write the backup file {dest_path}: {exc}") from None
+    if itself:
         raise AdminError(f"the backup file {dest_path} is the database itself")
     if dest_path.exists() and not force:
         raise AdminError(f"{dest_path} exists; pass --force to replace it")

@@ -111,6 +111,9 @@ def test_export_and_backup_say_when_they_cannot_write(tmp_path):
     # not the database (was: "the SQLite database a.db cannot be used right now", and a second line).
     refused(collab("backup", "/proc/collab-backup-test.db", "--db", db),
             "cannot write the backup file /proc/collab-backup-test.db")
+    loop = tmp_path / "loop.db"
+    loop.symlink_to(loop)  # was: a traceback (RuntimeError: Symlink loop)
+    refused(collab("backup", loop, "--force", "--db", db), f"cannot write the backup file {loop}")
 
 
 def test_import_holds_to_max_documents_strips_a_byte_order_mark_and_counts_what_it_skipped(tmp_path):
