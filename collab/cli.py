@@ -242,17 +242,17 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parsers[args.command].error(str(exc))
     import sqlite3
+    who = _who(f"collab {args.command}")
     try:
         _run(args, settings)
     except KeyboardInterrupt:  # Ctrl-C: what it stopped says what it left (copy), no traceback
-        raise SystemExit(f"{_who('collab ' + args.command)}: interrupted") from None
+        raise SystemExit(f"{who}: interrupted") from None
     except (ResourceMissing, StorageUnavailable, DatabaseTooNew, NotOurs, AlreadyServing, NoPermission) as exc:
         # An incomplete installation, a database that cannot be reached, is newer than this collab, is not
         # ours, is served already, or is not ours to make tables in: say so, no traceback.
-        raise SystemExit(f"{_who('collab ' + args.command)}: error: {exc}") from None
+        raise SystemExit(f"{who}: error: {exc}") from None
     except sqlite3.DatabaseError as exc:  # not a database file, a folder, a file it may not open
-        raise SystemExit(f"{_who('collab ' + args.command)}: error: cannot use the SQLite database {settings.db}: "
-                         f"{exc}") from None
+        raise SystemExit(f"{who}: error: cannot use the SQLite database {settings.db}: {exc}") from None
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:

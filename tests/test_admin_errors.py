@@ -17,8 +17,8 @@ from pgserver import USER
 from serverproc import ROOT, ServerProcess, free_port
 
 
-def collab(*args, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "collab", *map(str, args)], cwd=ROOT, capture_output=True,
+def collab(*args, timeout: float = 60, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collab", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -181,19 +181,23 @@ def test_a_postgresql_user_that_may_not_make_tables_is_told_what_to_do(pg_server
 
 def test_a_mistyped_option_or_value_is_one_line_naming_the_command(tmp_path):
     """Was: argparse's whole usage (about 45 lines) above the error, for every command."""
-    for args, words in ((["compact", "--keep-history", "abc"], "argument --keep-history: invalid int value"),
-                        (["compact", "--keep-history", "-3"], "keep_history must not be negative"),
-                        (["backup"], "the following arguments are required: FILE"),
-                        (["serve", "--secret", "hunter2hunter2"], "secret must be 16 characters at least"),
-                        (["compact", "--history-timeout", "nan"], "history_timeout must be a finite number"),
-                        (["docs", "--db", ""], "db must be a SQLite file path or a postgresql:// URL (got nothing)"),
+    db = tmp_path / "a.db"
+    for args, words in ((["compact", "--db", db, "--keep-history", "abc"],
+                         "argument --keep-history: invalid int value"),
+                        (["compact", "--db", db, "--keep-history", "-3"], "keep_history must not be negative"),
+                        (["backup", "--db", db], "the following arguments are required: FILE"),
+                        (["serve", "--db", db, "--secret", "hunter2hunter2"], "secret must be 16 characters at least"),
+                        (["compact", "--db", db, "--history-timeout", "nan"],
+                         "history_timeout must be a finite number"),
+                        (["docs", "--db", ""],
+                         "db must be a SQLite file path or a postgresql:// URL (got nothing)"),
                         (["bogus"], "invalid choice: 'bogus'")):
-        result = collab(*args, *([] if "--db" in args or args == ["bogus"] else ["--db", tmp_path / "a.db"]))
+        result = collab(*args)
+        who = "collab" if args == ["bogus"] else f"collab {args[0]}"
         assert result.returncode == 2, (args, result.returncode, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "usage:" not in result.stderr, result.stderr
-        assert words in result.stderr and result.stderr.startswith(f"collab {args[0]}: error: "
-                                                                   if args != ["bogus"] else "collab: error: ")
-    assert not (tmp_path / "a.db").exists()
+        assert words in result.stderr and result.stderr.startswith(f"{who}: error: "), result.stderr
+    assert not db.exists()
 
 
 def test_a_url_that_is_not_postgresql_is_refused_not_taken_for_a_file(tmp_path):
@@ -202,15 +206,13 @@ def test_a_url_that_is_not_postgresql_is_refused_not_taken_for_a_file(tmp_path):
     password, and exited 0."""
     url = "postgressql://collab:s3cret-pw@127.0.0.1/collab"
     for args in (["migrate", "--db", url], ["docs", "--db", url]):
-        result = subprocess.run([sys.executable, "-m", "collab", *args], cwd=tmp_path, capture_output=True,
-                                text=True, timeout=60)
+        result = collab(*args, cwd=tmp_path)
         assert result.returncode == 2 and "a postgressql:// URL is no database collab can use" in result.stderr, \
             result.stderr
         assert "s3cret-pw" not in result.stderr + result.stdout
     source = tmp_path / "a.db"
     assert collab("migrate", "--db", source).returncode == 0
-    result = subprocess.run([sys.executable, "-m", "collab", "copy", str(source), "mysql://u:s3cret-pw@h/x"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = collab("copy", source, "mysql://u:s3cret-pw@h/x", cwd=tmp_path)
     refused(result, "TARGET: a mysql:// URL is no database collab can use")
     assert "s3cret-pw" not in result.stderr + result.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [], "no folder was made after a URL"
