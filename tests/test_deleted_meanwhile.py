@@ -13,14 +13,13 @@ import asyncio
 
 import pytest
 
-import wsutil
 from collab import compute
 from collab.access import Access
 from collab.app import ROOMS, STORE, create_app
 from collab.settings import Settings
 from collab.storage import COPY_TABLES, StorageUnavailable
 from conftest import BOTH_BACKENDS
-from wsutil import USER, push, recv_type, send
+from wsutil import USER, push, recv_type, send, until
 
 pytestmark = BOTH_BACKENDS  # every test runs on SQLite and on PostgreSQL
 
@@ -282,7 +281,7 @@ async def test_a_restore_whose_commit_fails_while_a_delete_waits_is_not_told_the
     async def gather():  # the restore's commit is about to be taken: a delete begins, and waits for it
         if not delete:
             delete.append(asyncio.ensure_future(client.delete("/api/docs/t")))
-            await wsutil.until(lambda: room.deleted, what="the delete marking the room")
+            await until(lambda: room.deleted, what="the delete marking the room")
         await real_gather()
 
     def take():  # and that commit fails, as on a full disk
