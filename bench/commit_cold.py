@@ -16,6 +16,9 @@ checkpointed every 200 commits as the server does:
     on the WAL index: what SQLite's locking costs);
   * the system calls of one commit alone (six `fcntl` locks, four `pwrite`
     of a WAL frame's header and page), on a scratch file;
+  * no SQLite at all: parsing and checking one push frame of one keystroke
+    (protocol.parse), to show that the sleep makes all the process's work
+    dearer, not SQLite's alone;
   * nothing (the clock reads).
 
 Each once back to back and once with `--sleep-ms` of sleep before every
@@ -34,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's collab
 
-from collab import store  # noqa: E402
+from collab import protocol, store  # noqa: E402
 
 DOCS = 20
 
@@ -69,6 +72,13 @@ def insert_only(conn, doc_id: int, version: int) -> None:
     conn.execute(store._INSERT_UPDATE, _row(doc_id, version))
 
 
+_PUSH = b'{"type":"push","version":1234,"updates":[{"clientID":"abc123xyz","changes":[523,[0,"a"],1200]}]}'
+
+
+def parse_push(conn, doc_id: int, version: int) -> None:
+    protocol.parse(_PUSH)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--commits", type=int, default=600)
@@ -88,6 +98,7 @@ def main() -> int:
                 ("one INSERT, autocommit", insert_only, False),
                 ("one INSERT, autocommit, locking_mode=EXCLUSIVE", insert_only, True),
                 ("its system calls alone (6 fcntl, 4 pwrite)", system_calls, False),
+                ("no commit: parsing one push frame (protocol.parse)", parse_push, False),
                 ("nothing (the clock reads)", lambda conn, doc_id, version: None, False)]
         print(f"CPU us per commit (time.thread_time), {a.commits} commits over {DOCS} documents")
         print(f"{'':58}{'back to back':>14}{f'after {a.sleep_ms:g} ms asleep':>24}")

@@ -99,6 +99,7 @@ async def _listen(app, settings: Settings, ssl_context, announce) -> None:
     """Serve `app` until SIGINT or SIGTERM, then shut down gracefully (what web.run_app does), through
     httpguard.Listener: the connection cap and the request-head deadline."""
     import asyncio
+    import gc
     import signal
 
     from aiohttp import web
@@ -114,6 +115,10 @@ async def _listen(app, settings: Settings, ssl_context, announce) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10,
                            **({"keepalive_timeout": timeout} if timeout else {}))
     await runner.setup()
+    # Everything made so far (modules, the app, the open store) lives as long as the process: the cyclic
+    # collector's full passes need not visit it again and again. Garbage first, so none is kept for good.
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     listener = httpguard.Listener(runner.server, timeout, settings.max_connections)
     tls = {"ssl": ssl_context, "ssl_handshake_timeout": timeout or None} if ssl_context else {}
