@@ -84,8 +84,9 @@ def _existing_db(settings: Settings) -> str:
 
 @asynccontextmanager
 async def _store(settings: Settings):
-    """An open store on settings.db (pending migrations are applied, as `serve` would)."""
-    store = store_for(settings, keep=0)
+    """An open store on settings.db (pending migrations are applied, as `serve` would). It logs nothing when
+    the database cannot be used: the command's error says it, in its one line."""
+    store = store_for(settings, keep=0, log_unavailable=False)
     await store.open()
     try:
         yield store
@@ -542,7 +543,8 @@ async def _open(db: str, which: str, options: dict):
 
 
 async def _copy(settings: Settings, source: str, target: str):
-    options = {"synchronous": settings.sync, "snapshot_every": settings.snapshot_every, "keep": 0}
+    options = {"synchronous": settings.sync, "snapshot_every": settings.snapshot_every, "keep": 0,
+               "log_unavailable": False}  # an unusable database is said once, in the command's error
     src = await _open(source, "SOURCE", options)
     try:
         dst = await _open(target, "TARGET", options)

@@ -566,24 +566,29 @@ def pending_migrations(files: list[tuple[int, Path]], done: set[int]) -> list[tu
 
 
 def store_at(db: str | Path, *, synchronous: str = "NORMAL", snapshot_every: int = 1000, keep: int = 2000,
-             exclusive: bool = False) -> "Storage":
+             exclusive: bool = False, log_unavailable: bool = True) -> "Storage":
     """An unopened store for `db`: a PostgreSQL URL or a SQLite file path.
 
     `synchronous` is SQLite's; `exclusive` is SQLite's one-server lock
-    (PostgreSQL is made for several processes and ignores it).
+    (PostgreSQL is made for several processes and ignores it);
+    `log_unavailable=False` keeps the SQLite store from logging that the
+    database cannot be used, for a caller that says so itself (the
+    PostgreSQL store never logs it: its callers do).
     """
     if is_postgres(str(db)):
         from .store_pg import PgStore
         return PgStore(str(db), snapshot_every=snapshot_every, keep=keep)
     from .store import Store
     return Store(db, synchronous=synchronous.upper(), snapshot_every=snapshot_every, keep=keep,
-                 exclusive=exclusive)
+                 exclusive=exclusive, log_unavailable=log_unavailable)
 
 
-def store_for(settings: "Settings", *, keep: int | None = None, exclusive: bool = False) -> "Storage":
+def store_for(settings: "Settings", *, keep: int | None = None, exclusive: bool = False,
+              log_unavailable: bool = True) -> "Storage":
     """An unopened store for `settings.db`, with the settings' options (`keep` updates per loaded document)."""
     return store_at(settings.db, synchronous=settings.sync, snapshot_every=settings.snapshot_every,
-                    keep=settings.keep_updates if keep is None else keep, exclusive=exclusive)
+                    keep=settings.keep_updates if keep is None else keep, exclusive=exclusive,
+                    log_unavailable=log_unavailable)
 
 
 def migrate(db: str | Path, synchronous: str = "NORMAL") -> list[str]:

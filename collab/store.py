@@ -30,8 +30,9 @@ The interface and its rules are in storage.py; this backend keeps them so:
     cannot be used right now (locked past BUSY_TIMEOUT_MS, an I/O error, no
     file descriptor to open it, a full disk) raises or is answered with
     StorageUnavailable (503 `unavailable`, at most one warning logged per
-    UNAVAILABLE_LOG_EVERY seconds); any other SQLite error is a bug and stays
-    one (500, logged with its traceback);
+    UNAVAILABLE_LOG_EVERY seconds, none when the caller says it itself:
+    `log_unavailable=False`, the admin commands); any other SQLite error is a
+    bug and stays one (500, logged with its traceback);
   * SQLite is for one process: `open` takes an exclusive lock on `<db>.lock`,
     so a second server on the same file stops with a clear message (admin
     commands do not take it: they are short and go through SQLite's locking).
@@ -455,7 +456,7 @@ class Store(GroupWriter):
     """SQLite backend of `storage.Storage`."""
 
     def __init__(self, path: str | Path, synchronous: str = "FULL", snapshot_every: int = 1000,
-                 keep: int = 2000, exclusive: bool = False):
+                 keep: int = 2000, exclusive: bool = False, log_unavailable: bool = True):
         self.path = str(path)
         self.synchronous = synchronous
         self.snapshot_every = snapshot_every
@@ -469,7 +470,9 @@ class Store(GroupWriter):
         self._lock_fd: int | None = None
         self._init_writer()  # storage.GroupWriter: queued writes (fn, future) and waiting documents
         self.commits = 0  # transactions committed (for metrics and tests)
-        self._unavailable_warnings = Throttle(log, UNAVAILABLE_LOG_EVERY)
+        # A server logs that the database cannot be used (its clients hear only `unavailable`); an admin
+        # command says it in its error, and would say it twice.
+        self._unavailable_warnings = Throttle(log, UNAVAILABLE_LOG_EVERY) if log_unavailable else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -547,12 +550,13 @@ class Store(GroupWriter):
         of our SQL (locked past the busy timeout, an I/O error, a file that cannot be opened for want of
         file descriptors, a full disk, no memory); None for any other error (a bug: a 500, logged with
         its traceback). At most one warning is logged per UNAVAILABLE_LOG_EVERY seconds, not one per
-        request."""
+        request (none with log_unavailable=False)."""
         code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
         if code is None or code & 0xFF not in _UNAVAILABLE_CODES:
             return None
         detail = f"the SQLite database {self.path} cannot be used right now ({doing}): {exc} ({exc.sqlite_errorname})"
-        self._unavailable_warnings.warning("%s", detail)
+        if self._unavailable_warnings is not None:
+            self._unavailable_warnings.warning("%s", detail)
         unavailable = StorageUnavailable(detail)
         unavailable.__cause__ = exc
         return unavailable

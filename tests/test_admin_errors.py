@@ -1,13 +1,15 @@
 """Commands given what they cannot use say so in one line and exit 1, without a traceback, and touch nothing.
 
 Each runs as `python -m collab ...` in a subprocess, as a person would run it (SQLite files: what a
-wrong path or a wrong file can be; PostgreSQL's own refusals are in test_admin.py and test_pg_*.py, but
-for a user that may not make tables, here).
+wrong path or a wrong file can be, and a full disk: a small tmpfs, `full_disk`; PostgreSQL's own
+refusals are in test_admin.py and test_pg_*.py, but for a user that may not make tables, here).
 """
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import string
 import subprocess
 import sys
 
@@ -277,3 +279,45 @@ def test_copy_names_the_side_it_cannot_use_and_says_a_stopped_copy_left_part_of_
                                                "empty it"):
         admin.copy(Settings(), str(source), str(tmp_path / "cp.db"))
     assert calls == ["updates", "updates"], "one document's rows went in, the next one's failed"
+
+
+# ---------------------------------------------------------------- a full disk, an empty file, lengths
+
+SMALL_DISK = 256 << 10  # bytes of the file system `full_disk` mounts: less than `big_source` takes
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a file system of its own of SMALL_DISK bytes (a tmpfs), where what is larger cannot be
+    written: ENOSPC, "No space left on device", as on a full disk. Mounting needs root, as the tests run
+    (in CI too); a test that cannot mount it fails, it is never skipped."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs to stand for a full disk (the tests run as root): "
+                    f"{mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def big_source(tmp_path):
+    """A collab database (SQLite) of about 700 KB, well over SMALL_DISK: 20 documents of 30,000 letters."""
+    rng = random.Random(7)
+    src, db = tmp_path / "big-in", tmp_path / "big.db"
+    src.mkdir()
+    for k in range(20):
+        (src / f"doc{k}.txt").write_text("".join(rng.choice(string.ascii_letters) for _ in range(30_000)))
+    assert collab("import", src, "--db", db).returncode == 0
+    assert db.stat().st_size > 2 * SMALL_DISK
+    return db
+
+
+def test_a_copy_onto_a_full_disk_says_so_once(tmp_path, full_disk):
+    """Was: the store's warning ("the SQLite database ... cannot be used right now (committing)"), then the
+    error saying the same."""
+    refused(collab("copy", big_source(tmp_path), full_disk / "copy.db"),
+            f"the copy stopped: the SQLite database {full_disk / 'copy.db'} cannot be used right now")
