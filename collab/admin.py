@@ -172,11 +172,14 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
             Path(f"{dest_path}{journal}").unlink(missing_ok=True)
         os.replace(tmp, dest_path)
         _fsync_dir(dest_path.parent)
-    except (sqlite3.Error, RuntimeError, OSError, ValueError) as exc:
+    except OSError as exc:  # where the copy goes (a full disk: the stores say so with an OSError too)
+        raise AdminError(f"cannot write the backup file {dest_path}: {exc.strerror or exc}") from None
+    except (sqlite3.Error, RuntimeError, ValueError) as exc:
         raise AdminError(f"backup of {src_name} failed: {exc}") from None
     finally:
-        with contextlib.suppress(OSError):  # a folder that could not be made holds no copy to remove
-            tmp.unlink(missing_ok=True)
+        for left in ("", "-journal", "-wal", "-shm"):  # the copy, and what SQLite kept beside it, if it stopped
+            with contextlib.suppress(OSError):  # a folder that could not be made holds no copy to remove
+                Path(f"{tmp}{left}").unlink(missing_ok=True)
     _say(f"backed up {src_name} to {dest_path} in {time.monotonic() - started:.1f}s: {documents} documents, "
          f"{updates} updates, {dest_path.stat().st_size} bytes, integrity ok")
     return 0

@@ -430,6 +430,8 @@ class Storage(Protocol):
     # each person's name and colour as of version `upto` (None: the head), by person id
 
     async def backup(self, dest: Path) -> tuple[int, int]: ...
+    # (documents, update rows) copied into the new SQLite file `dest`; OSError (filename `dest`, strerror
+    # why: "No space left on device") when `dest` cannot be written, StorageUnavailable when the store cannot be read
 
     # copies
     def view(self) -> AbstractAsyncContextManager[StorageView]: ...

@@ -44,6 +44,7 @@ transaction in one hop to the thread, which no public aiosqlite call can do.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -966,12 +967,17 @@ class Store(GroupWriter):
         rollback journal (one self-contained file) and integrity-checked.
         """
         def fn(conn: sqlite3.Connection) -> tuple[int, int]:
-            dst = sqlite3.connect(str(dest))
             try:
-                conn.backup(dst)  # pages=-1: everything in one step, so one consistent moment
-            finally:
-                dst.close()
-            return seal_file(dest)
+                dst = sqlite3.connect(str(dest))
+                try:
+                    conn.backup(dst)  # pages=-1: everything in one step, so one consistent moment
+                finally:
+                    dst.close()
+                return seal_file(dest)
+            except sqlite3.Error as exc:  # writing `dest` (a full disk) is not this database's failure
+                if (unwritten := not_written(dest, exc)) is not None:
+                    raise unwritten from exc
+                raise
 
         return tuple(await self._read(fn))
 
@@ -1043,6 +1049,26 @@ class _SqliteView:
                                lambda row: sum(len(value) for value in row if isinstance(value, (str, bytes))))
 
         return await self.conns.run(fn)
+
+
+# What SQLite says when a file cannot be written. A backup only reads its database: from a backup,
+# these are about the file it writes.
+_WRITE_FAILURES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+                             sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_FSYNC, sqlite3.SQLITE_IOERR_DIR_FSYNC,
+                             sqlite3.SQLITE_IOERR_TRUNCATE})
+
+
+def not_written(path: str | Path, exc: sqlite3.Error) -> OSError | None:
+    """The OSError to raise for `exc` if it says that the SQLite file `path` a backup writes could not be
+    written (filename `path`, strerror why); None if `exc` is another failure (reading the database).
+    SQLITE_FULL is ENOSPC, "No space left on device": SQLite's unix VFS gives it when a write found no
+    space or wrote short (or past max_page_count, which a new file does not set)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or (code not in _WRITE_FAILURES and code & 0xFF not in _WRITE_FAILURES):
+        return None
+    if code & 0xFF == sqlite3.SQLITE_FULL:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"{exc} ({exc.sqlite_errorname})", str(path))
 
 
 def seal_file(path: str | Path) -> tuple[int, int]:

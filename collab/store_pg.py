@@ -1186,12 +1186,21 @@ class PgStore(GroupWriter):
         integrity-checked: `collab serve --db dest` serves it as it was.
         For PostgreSQL's own backups use pg_dump.
         """
-        from .store import Store, seal_file
+        import sqlite3
+
+        from .store import Store, not_written, seal_file
         from .transfer import copy_view
-        target = await Store(dest, synchronous="OFF", snapshot_every=self.snapshot_every, keep=0).open()
         try:
-            async with self.view() as view:
-                await copy_view(view, target)
-        finally:
-            await target.close()
-        return await asyncio.get_running_loop().run_in_executor(None, seal_file, Path(dest))
+            target = await Store(dest, synchronous="OFF", snapshot_every=self.snapshot_every, keep=0,
+                                 log_unavailable=False).open()
+            try:
+                async with self.view() as view:
+                    await copy_view(view, target)
+            finally:
+                await target.close()
+            return await asyncio.get_running_loop().run_in_executor(None, seal_file, Path(dest))
+        except (StorageUnavailable, sqlite3.Error) as exc:  # writing `dest` (a full disk) is not this database's
+            cause = exc if isinstance(exc, sqlite3.Error) else exc.__cause__  # SQLite's, or PostgreSQL's (None)
+            if isinstance(cause, sqlite3.Error) and (unwritten := not_written(dest, cause)) is not None:
+                raise unwritten from exc
+            raise

@@ -108,7 +108,10 @@ def test_export_and_backup_say_when_they_cannot_write(tmp_path):
     assert collab("migrate", "--db", db).returncode == 0
     (tmp_path / "file").write_text("x")
     refused(collab("export", tmp_path / "file", "--db", db), "cannot write to")
-    refused(collab("backup", tmp_path / "file" / "sub" / "b.db", "--db", db), "backup of")
+    # A folder that cannot be made: the backup file is named, not the database (was: "backup of a.db
+    # failed: [Errno 20] Not a directory: ...").
+    refused(collab("backup", tmp_path / "file" / "sub" / "b.db", "--db", db),
+            f"cannot write the backup file {tmp_path / 'file' / 'sub' / 'b.db'}: Not a directory")
     # A folder it may not write in (even root may not make files in /proc): the backup file is named,
     # not the database (was: "the SQLite database a.db cannot be used right now", and a second line).
     refused(collab("backup", "/proc/collab-backup-test.db", "--db", db),
@@ -315,6 +318,44 @@ def big_source(tmp_path):
     assert db.stat().st_size > 2 * SMALL_DISK
     return db
 
+
+def listing(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() if p.is_file() else "a folder" for p in sorted(folder.iterdir())}
+
+
+def test_a_backup_onto_a_full_disk_names_the_file_it_could_not_write_once_and_leaves_what_was_there(
+        tmp_path, full_disk):
+    """Was: two lines (the store's warning, then the error), both blaming the source database ("the
+    SQLite database big.db cannot be used right now (reading): database or disk is full")."""
+    source = big_source(tmp_path)
+    dest = full_disk / "b.db"
+    refused(collab("backup", dest, "--db", source), f"cannot write the backup file {dest}: No space left on device")
+    assert listing(full_disk) == {}, "no partial backup file, nothing written aside"
+    # --force onto a backup that is there: it stays, whole, when the new one cannot be written.
+    (tmp_path / "small-in").mkdir()
+    (tmp_path / "small-in" / "small.txt").write_text("a small database")
+    assert collab("import", tmp_path / "small-in", "--db", tmp_path / "small.db").returncode == 0
+    assert collab("backup", dest, "--db", tmp_path / "small.db").returncode == 0
+    before = listing(full_disk)
+    refused(collab("backup", dest, "--force", "--db", source),
+            f"cannot write the backup file {dest}: No space left on device")
+    assert listing(full_disk) == before and documents_in(dest) == ["small"]
+    assert len(documents_in(source)) == 20
+
+
+def test_a_postgresql_backup_onto_a_full_disk_names_the_file_it_could_not_write_once(pg_server, tmp_path,
+                                                                                       full_disk):
+    """The same from PostgreSQL, whose backup writes the SQLite file through a SQLite store (was: that
+    store's warning, then the error naming the file written aside, '.b.db.tmp-PID')."""
+    name = pg_server.create_database()
+    try:
+        url = pg_server.url(name)
+        assert collab("copy", big_source(tmp_path), url).returncode == 0
+        dest = full_disk / "b.db"
+        refused(collab("backup", dest, "--db", url), f"cannot write the backup file {dest}: No space left on device")
+        assert listing(full_disk) == {}
+    finally:
+        pg_server.drop_database(name)
 
 def test_a_copy_onto_a_full_disk_says_so_once(tmp_path, full_disk):
     """Was: the store's warning ("the SQLite database ... cannot be used right now (committing)"), then the
