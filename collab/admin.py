@@ -12,7 +12,8 @@ Rules that always hold:
   * everything goes through the store's interface (storage.py): no SQL here,
     and the same command works on either backend;
   * nothing here makes a database by accident: every command but `import`
-    (and the target of `copy`) refuses a --db that does not exist, a SQLite
+    (and the target of `copy`) refuses a --db that does not exist or is
+    empty (a zero-byte file, a PostgreSQL database with no tables), a SQLite
     file or a PostgreSQL database alike (collab never creates PostgreSQL
     databases: `createdb` does); and none writes into another program's
     database (`import` and `copy`'s target included);
@@ -61,9 +62,10 @@ def _warn(message: str) -> None:
     print(f"collab: {message}", file=sys.stderr, flush=True)
 
 
-def _require_database(db: str, which: str = "give --db or COLLAB_DB") -> None:
-    """Raise AdminError unless the database `db` exists (a SQLite file, a PostgreSQL database) and, for
-    SQLite, is collab's or empty (a command never writes its tables into another program's database)."""
+def _require_database(db: str, which: str = "give --db or COLLAB_DB", empty_ok: bool = False) -> None:
+    """Raise AdminError unless the database `db` exists (a SQLite file, a PostgreSQL database) and is
+    collab's, or, with `empty_ok` (a command that makes a database there), empty: a command never writes
+    its tables into another program's database, and one that only reads one makes none."""
     try:
         there = database_exists(db)
     except StorageUnavailable as exc:
@@ -72,9 +74,12 @@ def _require_database(db: str, which: str = "give --db or COLLAB_DB") -> None:
         hint = "create it first (createdb), " if is_postgres(db) else ""
         raise AdminError(f"no database at {describe(db)} ({hint}{which})")
     try:
-        check_ours(db)
+        ours = check_ours(db)
     except (NotOurs, StorageUnavailable) as exc:
         raise AdminError(str(exc)) from None
+    if not ours and not empty_ok:
+        raise AdminError(f"{describe(db)} is empty, not a collab database ({which}; `collab migrate` makes one "
+                         "there)")
 
 
 def _existing_db(settings: Settings) -> str:
@@ -247,7 +252,7 @@ def import_(settings: Settings, directory: str) -> int:
     if not src.is_dir():
         raise AdminError(f"{src} is not a directory")
     if is_postgres(settings.db) or Path(settings.db).exists():  # a new SQLite file is made; anything else is checked
-        _require_database(settings.db)
+        _require_database(settings.db, empty_ok=True)
     entries = sorted(p for p in src.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.suffix == ".txt" and p.is_file()]
     skipped = [(p.name, "only name.txt files are imported" if p.suffix != ".txt" else "not a regular file")
@@ -511,10 +516,8 @@ def copy(settings: Settings, source: str, target: str) -> int:
                                                  or Path(source).resolve() == Path(target).resolve()):
         raise AdminError("SOURCE and TARGET are the same database")
     _require_database(source, "check SOURCE")
-    if is_postgres(target):
-        _require_database(target, "check TARGET")
-    elif Path(target).exists():
-        _require_database(target, "check TARGET")
+    if is_postgres(target) or Path(target).exists():
+        _require_database(target, "check TARGET", empty_ok=True)
     started = time.monotonic()
     copied, problems, compared = asyncio.run(_copy(settings, source, target))
     updates = sum(c.rows["updates"] for c in copied)

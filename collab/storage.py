@@ -525,11 +525,12 @@ class NotOurs(RuntimeError):
     """A SQLite file that is not a database, or a database with tables that are not collab's."""
 
 
-def check_ours(db: str | Path) -> None:
+def check_ours(db: str | Path) -> bool:
     """Raise NotOurs if `db` holds tables but no `schema_version`: another program's database (or, for
     SQLite, a file that is not a database), which no command writes collab's tables into. Read, never
-    written; a database that is not there yet passes. StorageUnavailable if a PostgreSQL server cannot
-    be asked."""
+    written; a database that is not there yet, or is empty (no tables: a zero-byte file, a new PostgreSQL
+    database), passes. Returns whether `db` holds collab's schema. StorageUnavailable if a PostgreSQL
+    server cannot be asked."""
     if is_postgres(str(db)):
         import asyncio
 
@@ -540,6 +541,7 @@ def check_ours(db: str | Path) -> None:
     if tables and "schema_version" not in tables:
         raise NotOurs(f"{describe(db)} is {kind} of something else (tables {', '.join(sorted(tables)[:5])}); "
                       "collab leaves it alone")
+    return bool(tables)
 
 
 def _sqlite_tables(path: Path) -> set[str]:

@@ -362,3 +362,37 @@ def test_a_copy_onto_a_full_disk_says_so_once(tmp_path, full_disk):
     error saying the same."""
     refused(collab("copy", big_source(tmp_path), full_disk / "copy.db"),
             f"the copy stopped: the SQLite database {full_disk / 'copy.db'} cannot be used right now")
+
+
+def test_an_empty_file_is_no_database_to_list_export_back_up_compact_or_copy(tmp_path):
+    """Was: `docs` (and export, backup, compact, copy's SOURCE) turned an empty file into a collab
+    database (ran the migrations on it) and listed no documents."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for args in (["docs"], ["export", tmp_path / "out"], ["backup", tmp_path / "b.db"],
+                 ["compact", "--keep-history", 5]):
+        refused(collab(*args, "--db", empty), f"{empty} is empty")
+    refused(collab("copy", empty, tmp_path / "copy.db"), f"{empty} is empty, not a collab database (check SOURCE")
+    assert empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+    # Import makes a database, and so does copy in its TARGET: an empty file is where they may.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "doc.txt").write_text("text")
+    assert collab("import", tmp_path / "in", "--db", empty).returncode == 0 and documents_in(empty) == ["doc"]
+    target = tmp_path / "target.db"
+    target.touch()
+    assert collab("copy", empty, target).returncode == 0 and documents_in(target) == ["doc"]
+
+
+def test_an_empty_postgresql_database_is_no_database_to_list(pg_server):
+    """As an empty file: a database with no tables (made by createdb, never migrated) is left as it was."""
+    name = pg_server.create_database()
+    try:
+        url = pg_server.url(name)
+        for args in (["docs"], ["export", "/nonexistent/collab-export-test"]):
+            refused(collab(*args, "--db", url), f"/{name} is empty, not a collab database")
+        listed = pg_server.sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+                               db=name)
+        assert listed.strip() == "0", listed
+    finally:
+        pg_server.drop_database(name)
