@@ -99,16 +99,18 @@ async def _store(settings: Settings):
         await store.close()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_aside(path: Path, data: bytes) -> Path:
+    """`data` written and synced beside `path`, under a name of its own (a dot file); that file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def _served(path: Path) -> bool:
@@ -201,14 +203,16 @@ def export(settings: Settings, directory: str) -> int:
     """Every document's current text as DIR/name.txt (UTF-8, lines joined by LF).
 
     Each document is written as of the moment it is read; for one moment
-    across all documents, export from a backup (`--db backup.db`).
+    across all documents, export from a backup (`--db backup.db`). DIR is
+    made only once the database is open. The files are written aside first
+    and renamed to their names once all are written, so an export that
+    fails part way (a full disk) removes what it wrote, and DIR if it made
+    it, and leaves the files that were there as they were.
     """
     _existing_db(settings)
     out = Path(directory)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         count, total, gone = asyncio.run(_export(settings, out))
-        _fsync_dir(out)
     except OSError as exc:
         raise AdminError(f"cannot write to {out}: {exc.strerror or exc}") from None
     for name in gone:
@@ -220,21 +224,41 @@ def export(settings: Settings, directory: str) -> int:
 async def _export(settings: Settings, out: Path) -> tuple[int, int, list[str]]:
     count = total = 0
     gone = []
-    async with _store(settings) as store:
-        for entry in await store.list_documents():
-            info = await store.document(entry["name"])
-            text = None
-            if info is not None:  # else renamed or deleted since the list was read
-                try:
-                    text = await store.text_at(info["id"], info["version"])
-                except (VersionCompacted, DocumentGone):  # deleted in between
-                    pass
-            if text is None:
-                gone.append(entry["name"])
-                continue
-            _write_atomically(out / f"{info['name']}.txt", text.encode("utf-8"))
-            count += 1
-            total += len(text)
+    async with _store(settings) as store:  # opened, so the database is one this collab can read, before DIR is made
+        made = [folder for folder in (out, *out.parents) if not folder.exists()]  # the deepest first
+        aside: dict[Path, Path] = {}  # name.txt -> where its text was written aside
+        renamed: list[Path] = []  # files made under their names (none was there)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for entry in await store.list_documents():
+                info = await store.document(entry["name"])
+                text = None
+                if info is not None:  # else renamed or deleted since the list was read
+                    try:
+                        text = await store.text_at(info["id"], info["version"])
+                    except (VersionCompacted, DocumentGone):  # deleted in between
+                        pass
+                if text is None:
+                    gone.append(entry["name"])
+                    continue
+                path = out / f"{info['name']}.txt"
+                aside[path] = _write_aside(path, text.encode("utf-8"))
+                count += 1
+                total += len(text)
+            for path, tmp in aside.items():
+                there = path.exists()
+                os.replace(tmp, path)
+                if not there:
+                    renamed.append(path)
+            _fsync_dir(out)
+        except BaseException:  # a full disk, the database, Ctrl-C: take back what this run wrote
+            for path in [*aside.values(), *renamed]:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
     return count, total, gone
 
 

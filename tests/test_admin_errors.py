@@ -364,6 +364,32 @@ def test_a_copy_onto_a_full_disk_says_so_once(tmp_path, full_disk):
             f"the copy stopped: the SQLite database {full_disk / 'copy.db'} cannot be used right now")
 
 
+def test_an_export_onto_a_full_disk_takes_back_what_it_wrote(tmp_path, full_disk):
+    """Was: the files written before the disk filled stayed, and so did the folder it had made."""
+    source = big_source(tmp_path)
+    out = full_disk / "made" / "here"
+    refused(collab("export", out, "--db", source), f"cannot write to {out}: No space left on device")
+    assert listing(full_disk) == {}, "neither the files written nor the folders made stay"
+    there = full_disk / "there"  # a folder of an earlier export: left exactly as it was
+    there.mkdir()
+    (there / "doc3.txt").write_text("an earlier export of doc3")
+    (there / "notes.md").write_text("not an export")
+    refused(collab("export", there, "--db", source), f"cannot write to {there}: No space left on device")
+    assert listing(there) == {"doc3.txt": b"an earlier export of doc3", "notes.md": b"not an export"}
+
+
+def test_an_export_checks_the_database_before_it_makes_its_folder(tmp_path):
+    """Was: DIR was made, then the database was found to be one a newer collab migrated."""
+    db = tmp_path / "newer.db"
+    assert collab("migrate", "--db", db).returncode == 0
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO schema_version(version, name, applied) VALUES (99, '099_future', 0)")
+    conn.commit()
+    conn.close()
+    refused(collab("export", tmp_path / "out", "--db", db), "newer than this collab knows")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_empty_file_is_no_database_to_list_export_back_up_compact_or_copy(tmp_path):
     """Was: `docs` (and export, backup, compact, copy's SOURCE) turned an empty file into a collab
     database (ran the migrations on it) and listed no documents."""
