@@ -200,7 +200,8 @@ async def _backup(settings: Settings, dest: Path) -> tuple[int, int]:
 # ------------------------------------------------------------------ export
 
 def export(settings: Settings, directory: str) -> int:
-    """Every document's current text as DIR/name.txt (UTF-8, lines joined by LF).
+    """Every document's current text as DIR/name.txt (UTF-8, lines joined by LF); says their total length
+    in UTF-16 units, the protocol's (and `docs`') length.
 
     Each document is written as of the moment it is read; for one moment
     across all documents, export from a backup (`--db backup.db`). DIR is
@@ -217,7 +218,7 @@ def export(settings: Settings, directory: str) -> int:
         raise AdminError(f"cannot write to {out}: {exc.strerror or exc}") from None
     for name in gone:
         _warn(f"left out {name}: renamed or deleted while the export ran")
-    _say(f"exported {count} documents ({total} characters) to {out}")
+    _say(f"exported {count} documents ({total} UTF-16 units of text) to {out}")
     return 0
 
 
@@ -244,7 +245,7 @@ async def _export(settings: Settings, out: Path) -> tuple[int, int, list[str]]:
                 path = out / f"{info['name']}.txt"
                 aside[path] = _write_aside(path, text.encode("utf-8"))
                 count += 1
-                total += len(text)
+                total += utf16_len(text)  # the protocol's length, as `docs` lists it
             for path, tmp in aside.items():
                 there = path.exists()
                 os.replace(tmp, path)

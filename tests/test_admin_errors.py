@@ -422,3 +422,16 @@ def test_an_empty_postgresql_database_is_no_database_to_list(pg_server):
         assert listed.strip() == "0", listed
     finally:
         pg_server.drop_database(name)
+
+
+def test_export_counts_lengths_in_utf16_units_as_docs_lists_them(tmp_path):
+    """Was: export counted code points ("2 characters" for an emoji and a letter), docs UTF-16 units (3)."""
+    db = tmp_path / "a.db"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "emoji.txt").write_text("\N{GRINNING FACE}a")
+    assert collab("import", tmp_path / "in", "--db", db).returncode == 0
+    listed = collab("docs", "--db", db).stdout.splitlines()
+    assert listed[1].split()[:3] == ["emoji", "1", "3"], listed
+    exported = collab("export", tmp_path / "out", "--db", db)
+    assert exported.returncode == 0 and "exported 1 documents (3 UTF-16 units of text)" in exported.stdout, \
+        exported.stdout
