@@ -357,6 +357,7 @@ def test_a_postgresql_backup_onto_a_full_disk_names_the_file_it_could_not_write_
     finally:
         pg_server.drop_database(name)
 
+
 def test_a_copy_onto_a_full_disk_says_so_once(tmp_path, full_disk):
     """Was: the store's warning ("the SQLite database ... cannot be used right now (committing)"), then the
     error saying the same."""
