@@ -307,7 +307,7 @@ def _read_document_file(path: Path, max_doc: int) -> str:
     if "\x00" in text:
         raise AdminError(f"{path.name}: holds U+0000 (a NUL character), which a document may not hold")
     if utf16_len(text) > max_doc:
-        raise AdminError(f"{path.name}: {utf16_len(text)} characters is more than --max-doc {max_doc}")
+        raise AdminError(f"{path.name}: {utf16_len(text)} UTF-16 units of text is more than --max-doc {max_doc}")
     return text
 
 

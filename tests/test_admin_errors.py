@@ -426,7 +426,8 @@ def test_an_empty_postgresql_database_is_no_database_to_list(pg_server):
 
 
 def test_export_counts_lengths_in_utf16_units_as_docs_lists_them(tmp_path):
-    """Was: export counted code points ("2 characters" for an emoji and a letter), docs UTF-16 units (3)."""
+    """Was: export counted code points ("2 characters" for an emoji and a letter), docs UTF-16 units (3),
+    and import called UTF-16 units characters."""
     db = tmp_path / "a.db"
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "emoji.txt").write_text("\N{GRINNING FACE}a")
@@ -436,3 +437,8 @@ def test_export_counts_lengths_in_utf16_units_as_docs_lists_them(tmp_path):
     exported = collab("export", tmp_path / "out", "--db", db)
     assert exported.returncode == 0 and "exported 1 documents (3 UTF-16 units of text)" in exported.stdout, \
         exported.stdout
+    # import's --max-doc counts the same units, and says so (was: "3 characters is more than --max-doc 2").
+    refused_import = collab("import", tmp_path / "in", "--db", tmp_path / "b.db", "--max-doc", 2)
+    assert refused_import.returncode == 1, refused_import
+    assert "refused emoji.txt: 3 UTF-16 units of text is more than --max-doc 2" in refused_import.stderr, \
+        refused_import.stderr
