@@ -300,9 +300,12 @@ class Room:
         if self._other_document(hello) and cluster is not None and self.doc_id is not None:
             await self._still_the_document()
         want = None if self._other_document(hello) else hello.version
-        if want is not None and want > self.seq.committed_version and cluster is not None:
+        if want is not None and want > self.seq.committed_version and cluster is not None \
+                and self.doc_id is not None:
             # The client was acknowledged up to `want` (by another process): that much is durable, so
             # read it before welcoming, rather than answer a version the client is past with the whole text.
+            # (With no document of this name in the store, just looked up, there is nothing to read: an
+            # acknowledged edit's document is committed before it. The client is welcomed at once.)
             self.catch_up()
             for _ in range(100):
                 if self.seq.committed_version >= want or self.broken:

@@ -232,6 +232,23 @@ async def test_a_client_acknowledged_elsewhere_is_not_welcomed_with_an_empty_tex
         assert welcome["docId"] == ann.of("updates")[0]["docId"]
 
 
+async def test_a_resume_of_a_name_with_no_document_is_welcomed_without_waiting_for_a_catch_up(database, redis):
+    """A client back at version 3 of a name that has no document (deleted meanwhile, through another
+    process whose news was lost; here: never made) and without its docId. Was: the room looked the
+    name up, found nothing, then waited 2 s for a catch-up that had no document to read before it
+    welcomed the client at version 0. The document of an acknowledged version is committed before the
+    acknowledgement, so finding none is final: the welcome comes at once."""
+    async with process(database, redis.url, check_every=30.0) as b:
+        await until(lambda: b.cluster.up, "the process on Redis")
+        carol = FakeConn("carol")
+        started = time.monotonic()
+        await b.join("doc", carol, hello("carol", version=3), token=None)
+        waited = time.monotonic() - started
+        welcome = carol.of("welcome")[0]
+        assert (welcome["version"], welcome["doc"], welcome.get("docId")) == (0, "", None), welcome
+        assert waited < 1.0, f"the welcome waited {waited:.2f} s (the catch-up's 2 s)"
+
+
 async def test_a_hello_naming_the_document_made_elsewhere_is_resumed_by_a_room_that_missed_it(database, redis):
     """A room here stood for a name nobody had made; another process made the document (empty, through
     the API) and its news was lost. A client welcomed there (docId, version 0) that comes here is
