@@ -56,7 +56,7 @@ import asyncio
 import secrets
 import time
 import zlib
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Sequence
 
@@ -466,20 +466,33 @@ class _Queued:
 
 
 class _PgView:
-    """`StorageView` over one connection inside a REPEATABLE READ READ ONLY transaction."""
+    """`StorageView` over one connection inside a REPEATABLE READ READ ONLY transaction.
 
-    def __init__(self, conn: asyncpg.Connection):
-        self.conn = conn
+    A lost connection or server (a timeout, a reset, the backend terminated)
+    is StorageUnavailable, as from every other read of the store; what the
+    caller does with the rows (writes a copy) raises its own errors.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, url: str):
+        self.conn, self.url = conn, url
+
+    async def _fetch(self, query: str, *args) -> list:
+        try:
+            return await self.conn.fetch(query, *args)
+        except Exception as exc:  # noqa: BLE001 - sorted just below
+            if _is_connection_error(exc):
+                raise _unavailable(self.url, exc, "reading") from None
+            raise
 
     async def documents(self) -> list[dict]:
-        rows = await self.conn.fetch(f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")
+        rows = await self._fetch(f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")
         return [dict(zip(DOCUMENT_FIELDS, row)) for row in rows]
 
     async def rows(self, doc_id: int, table: str, after: int | str, limit: int,
                    max_bytes: int | None = None) -> list[tuple]:
         first, bounded = after == -1, max_bytes is not None
         args = (doc_id, *(() if first else (after,)), limit, *((max_bytes,) if bounded else ()))
-        return [tuple(r) for r in await self.conn.fetch(_COPY_READ[table, first, bounded], *args)]
+        return [tuple(r) for r in await self._fetch(_COPY_READ[table, first, bounded], *args)]
 
 
 class PgStore(GroupWriter):
@@ -1146,9 +1159,21 @@ class PgStore(GroupWriter):
         except Exception as exc:  # noqa: BLE001
             raise _unavailable(self.url, exc, "reading") from None
         try:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
+            transaction = conn.transaction(isolation="repeatable_read", readonly=True)
+            try:
+                await transaction.start()
                 await conn.fetchval("SELECT count(*) FROM documents")  # the snapshot is taken at the first query
-                yield _PgView(conn)
+            except Exception as exc:  # noqa: BLE001
+                if _is_connection_error(exc):
+                    raise _unavailable(self.url, exc, "reading") from None
+                raise
+            try:
+                yield _PgView(conn, self.url)
+            finally:
+                # Read only: ending it is all there is to do, and a connection lost by now takes nothing
+                # from what was read (the body's own error, if any, is the one to report).
+                with suppress(Exception):
+                    await transaction.rollback()
         finally:
             await self._pool.release(conn)
 
