@@ -22,7 +22,9 @@ Rules that always hold:
   * a failure leaves what was there before: backups and exported files appear
     under their final names only once complete (written aside, then renamed;
     a backup never replaces a file a server is serving, and takes the
-    replaced file's journals with it). A copy cannot be undone on PostgreSQL:
+    replaced file's journals with it; an export's renames, its last step
+    once every text is written, are not undone if an I/O error stops them,
+    and it says so). A copy cannot be undone on PostgreSQL:
     one that stops part way says that its target holds part of it.
 """
 
@@ -205,32 +207,47 @@ def export(settings: Settings, directory: str) -> int:
 
     Each document is written as of the moment it is read; for one moment
     across all documents, export from a backup (`--db backup.db`). DIR is
-    made only once the database is open. The files are written aside first
-    and renamed to their names once all are written, so an export that
-    fails part way (a full disk) removes what it wrote, and DIR if it made
-    it, and leaves the files that were there as they were.
+    made only once the database is open. Every text is written aside first
+    (so a re-export needs room for the new files beside the old ones); an
+    export that stops while it writes them (a full disk, Ctrl-C, the
+    database) removes what it wrote, and the folders it made, and leaves
+    the files that were there as they were. Then each is renamed to its
+    name: the last step, which needs no room. An I/O error among the
+    renames leaves those done so far (each a whole text) and says so.
     """
     _existing_db(settings)
     out = Path(directory)
     try:
-        count, total, gone = asyncio.run(_export(settings, out))
+        count, total, gone, aside = asyncio.run(_export(settings, out))
     except OSError as exc:
         raise AdminError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    renamed = 0
+    try:
+        for path, tmp in list(aside.items()):
+            os.replace(tmp, path)
+            del aside[path]
+            renamed += 1
+        _fsync_dir(out)
+    except OSError as exc:
+        left = f" ({renamed} of the {count} files were renamed into place, the others are not there)" if aside else ""
+        raise AdminError(f"cannot write to {out}: {exc.strerror or exc}{left}") from None
+    finally:
+        _take_back(aside.values(), [])
     for name in gone:
         _warn(f"left out {name}: renamed or deleted while the export ran")
     _say(f"exported {count} documents ({total} UTF-16 units of text) to {out}")
     return 0
 
 
-async def _export(settings: Settings, out: Path) -> tuple[int, int, list[str]]:
+async def _export(settings: Settings, out: Path) -> tuple[int, int, list[str], dict[Path, Path]]:
+    """(documents, their total length, names left out, {DIR/name.txt: where its text was written aside})."""
     count = total = 0
     gone = []
     async with _store(settings) as store:  # opened, so the database is one this collab can read, before DIR is made
-        made = [folder for folder in (out, *out.parents) if not folder.exists()]  # the deepest first
-        aside: dict[Path, Path] = {}  # name.txt -> where its text was written aside
-        renamed: list[Path] = []  # files made under their names (none was there)
+        made: list[Path] = []  # folders this run made, the shallowest first
+        aside: dict[Path, Path] = {}
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            _make_folders(out, made)
             for entry in await store.list_documents():
                 info = await store.document(entry["name"])
                 text = None
@@ -243,24 +260,38 @@ async def _export(settings: Settings, out: Path) -> tuple[int, int, list[str]]:
                     gone.append(entry["name"])
                     continue
                 path = out / f"{info['name']}.txt"
+                if path.is_dir() and not path.is_symlink():  # a rename cannot replace it: said now, not last
+                    raise AdminError(f"cannot write {path}: a folder of that name is there")
                 aside[path] = _write_aside(path, text.encode("utf-8"))
                 count += 1
                 total += utf16_len(text)  # the protocol's length, as `docs` lists it
-            for path, tmp in aside.items():
-                there = path.exists()
-                os.replace(tmp, path)
-                if not there:
-                    renamed.append(path)
-            _fsync_dir(out)
         except BaseException:  # a full disk, the database, Ctrl-C: take back what this run wrote
-            for path in [*aside.values(), *renamed]:
-                with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
-            for folder in made:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            _take_back(aside.values(), made)
             raise
-    return count, total, gone
+    return count, total, gone, aside
+
+
+def _make_folders(out: Path, made: list[Path]) -> None:
+    """Make the folder `out` and those above it that are missing; each one made goes into `made` (one
+    that was there, or that appears meanwhile, does not: only ours are taken back)."""
+    for folder in (*reversed(out.parents), out):
+        try:
+            folder.mkdir()
+        except OSError:
+            if folder.is_dir():  # there already (perhaps in a folder we may not write in)
+                continue
+            raise  # a file of that name, a folder we may not make
+        made.append(folder)
+
+
+def _take_back(files, made: list[Path]) -> None:
+    """Remove `files`, then the folders of `made` (the deepest first), each if it can be."""
+    for path in list(files):
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    for folder in reversed(made):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 # ------------------------------------------------------------------ import

@@ -305,7 +305,8 @@ class Room:
             # The client was acknowledged up to `want` (by another process): that much is durable, so
             # read it before welcoming, rather than answer a version the client is past with the whole text.
             # (With no document of this name in the store, just looked up, there is nothing to read: an
-            # acknowledged edit's document is committed before it. The client is welcomed at once.)
+            # acknowledged edit's document is committed before it. The client is welcomed at once, or
+            # refused just below if the room is broken, which keeps it from taking a document.)
             self.catch_up()
             for _ in range(100):
                 if self.seq.committed_version >= want or self.broken:

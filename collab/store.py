@@ -1051,11 +1051,12 @@ class _SqliteView:
         return await self.conns.run(fn)
 
 
-# What SQLite says when a file cannot be written. A backup only reads its database: from a backup,
-# these are about the file it writes.
-_WRITE_FAILURES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
-                             sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_FSYNC, sqlite3.SQLITE_IOERR_DIR_FSYNC,
-                             sqlite3.SQLITE_IOERR_TRUNCATE})
+# What SQLite says when a file it writes cannot take what is written. A backup only reads its database:
+# from a backup, these are about the file it writes. (Not CANTOPEN or READONLY, which a database that
+# cannot be read gives too, for want of file descriptors or of its -shm: the backup file is tried
+# first, before SQLite opens it, so those are the database's.)
+_WRITE_FAILURES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_FSYNC,
+                             sqlite3.SQLITE_IOERR_DIR_FSYNC, sqlite3.SQLITE_IOERR_TRUNCATE})
 
 
 def not_written(path: str | Path, exc: sqlite3.Error) -> OSError | None:

@@ -304,7 +304,10 @@ def full_disk(tmp_path):
     try:
         yield where
     finally:
-        subprocess.run(["umount", str(where)], check=True)
+        # A process of the test still in there (a server it left) keeps the mount busy: it is detached
+        # then, and goes once that process does; never left mounted.
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(where)], check=True)
 
 
 def big_source(tmp_path):
@@ -358,6 +361,41 @@ def test_a_postgresql_backup_onto_a_full_disk_names_the_file_it_could_not_write_
         pg_server.drop_database(name)
 
 
+def test_a_postgresql_backup_whose_connection_is_lost_blames_the_database_in_one_line(pg_server, tmp_path,
+                                                                                        monkeypatch):
+    """The server ends the backup's connection part way (pg_terminate_backend: a restart, an admin, a
+    timeout alike). Was: a traceback (asyncpg's InterfaceError leaving the transaction), or, for a timeout
+    or a reset, "cannot write the backup file" blaming the file. Now the database is named, once, and no
+    file is left."""
+    from collab import admin, store_pg
+    from collab.settings import Settings
+
+    name = pg_server.create_database()
+    try:
+        url = pg_server.url(name)
+        (tmp_path / "in").mkdir()
+        for doc in ("a", "b", "c"):
+            (tmp_path / "in" / f"{doc}.txt").write_text(doc * 10)
+        assert collab("import", tmp_path / "in", "--db", url).returncode == 0
+        original, ended = store_pg._PgView.rows, []
+
+        async def terminated_once(self, *args, **kwargs):
+            if not ended:
+                ended.append(pg_server.sql(f"SELECT pg_terminate_backend({self.conn.get_server_pid()})", db=name).strip())
+            return await original(self, *args, **kwargs)
+
+        monkeypatch.setattr(store_pg._PgView, "rows", terminated_once)
+        dest = tmp_path / "b.db"
+        with pytest.raises(admin.AdminError, match=f"backup of .*/{name} failed: the PostgreSQL database .* is "
+                                                   "unavailable \\(reading\\)") as refused_:
+            admin.backup(Settings(db=url), str(dest))
+        assert ended == ["t"], ended
+        assert "backup file" not in str(refused_.value)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in"], "no backup file, nothing written aside"
+    finally:
+        pg_server.drop_database(name)
+
+
 def test_a_copy_onto_a_full_disk_says_so_once(tmp_path, full_disk):
     """Was: the store's warning ("the SQLite database ... cannot be used right now (committing)"), then the
     error saying the same."""
@@ -377,6 +415,24 @@ def test_an_export_onto_a_full_disk_takes_back_what_it_wrote(tmp_path, full_disk
     (there / "notes.md").write_text("not an export")
     refused(collab("export", there, "--db", source), f"cannot write to {there}: No space left on device")
     assert listing(there) == {"doc3.txt": b"an earlier export of doc3", "notes.md": b"not an export"}
+
+
+def test_an_export_takes_back_only_the_folders_it_made_and_refuses_a_folder_in_a_files_place(tmp_path,
+                                                                                              full_disk):
+    """Was: a folder that was there, named through one the export made (`new/../there`), was removed with
+    it when the disk filled; and a folder where a document's file goes (doc2.txt/) was found only when the
+    files were renamed, after earlier ones had replaced the files that were there."""
+    source = big_source(tmp_path)
+    (full_disk / "there").mkdir()
+    out = full_disk / "new" / ".." / "there"
+    refused(collab("export", out, "--db", source), f"cannot write to {out}: No space left on device")
+    assert listing(full_disk) == {"there": "a folder"}, "the folder that was there stays, the one made goes"
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "doc1.txt").write_text("an earlier export of doc1")
+    (small / "doc2.txt").mkdir()
+    refused(collab("export", small, "--db", source), f"cannot write {small / 'doc2.txt'}: a folder of that name is there")
+    assert listing(small) == {"doc1.txt": b"an earlier export of doc1", "doc2.txt": "a folder"}
 
 
 def test_an_export_checks_the_database_before_it_makes_its_folder(tmp_path):
