@@ -367,10 +367,22 @@ function adminHint() {
 
 // ---- rescue ----------------------------------------------------------------------------
 
-function showRescue({ text, count, fragments, older = false }) {
+// Why the server refused unsent edits for good (a rescue's `refused`), said before what the dialog holds.
+const REFUSED_WHY = {
+  "too-large": "This document has reached the largest size the server allows, so it could not take",
+  "bad-changes": "The server refused as invalid",
+  "bad-message": "The server refused as malformed",
+};
+
+function showRescue({ text, count, fragments, older = false, refused = null }) {
   const dlg = $("#rescue");
   const ta = $("#rescue-text");
-  $("#rescue-intro").textContent = older
+  const why = refused ? REFUSED_WHY[refused] ?? `The server refused (${refused})` : null;
+  $("#rescue-intro").textContent = why
+    ? `${why} your ${plural(count, "unsent edit")}. The editor goes back to the server's text. ${fragments
+      ? "These are the pieces of text you typed" : "This is the text as you had it"}; copy what you need${
+      refused === "too-large" ? ", make room, and paste it back in smaller parts" : " and paste it back"}.`
+    : older
     ? "The server's copy of this document is older than the one this page had (it was restored from a backup, or deleted and made again), so what you saw as saved is not on the server any more. The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back."
     : fragments
       ? `${plural(count, "unsent edit")} could not be merged, and the text they were based on was not stored. These are the pieces of text you typed; copy what you need.`

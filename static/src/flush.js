@@ -49,7 +49,7 @@ export function flushRecord({ wsUrl, rec, user, person, store, rescue, limits })
       for (const frame of step.send) ws.send(JSON.stringify(frame));
       for (const e of step.events) {
         if (e.type === "rescue") {
-          rescue({ text: e.text, count: e.count, fragments: e.fragments });
+          rescue({ text: e.text, count: e.count, fragments: e.fragments, refused: e.refused ?? null });
           store.drop(rec.clientID);
           return finish("rescued");
         }

@@ -217,7 +217,8 @@ export class CollabSession {
         break;
       case "notice": this.on.error(e.text); break;
       case "problem": console.warn("collab: the server broke the protocol:", e.text); break;
-      case "rescue": this.on.rescue({ text: e.text, count: e.count, fragments: e.fragments, older: Boolean(e.older) }); break;
+      case "rescue": this.on.rescue({ text: e.text, count: e.count, fragments: e.fragments, older: Boolean(e.older),
+        refused: e.refused ?? null }); break;
       case "restore": if (this.on.restore) this.on.restore(e); break;
       case "renamed": if (this.on.renamed) this.on.renamed(e.to, e.text); else this.on.error(e.text); break;
       case "access":

@@ -104,7 +104,7 @@ test('when the server cannot resume, the record\'s text is rescued and dropped',
   const rescued = [];
   const result = await flushRecord({ wsUrl: 'ws://x/ws/d', rec: record(3), user: { name: 'n', color: '#000' }, store, rescue: (r) => rescued.push(r) });
   assert.equal(result, 'rescued');
-  assert.deepEqual(rescued, [{ text: 'basexxx', count: 3, fragments: false }]);
+  assert.deepEqual(rescued, [{ text: 'basexxx', count: 3, fragments: false, refused: null }]);
   assert.deepEqual(store.dropped, ['T']);
   assert.deepEqual(srv.pushes, []);
 });
@@ -124,4 +124,23 @@ test('a refused push fails the flush and keeps the record', async () => {
     console.warn = warn;
   }
   assert.deepEqual(store.dropped, []);
+});
+
+test('a push the server refuses for good (the document at its size limit) is rescued, saying so, and dropped', async () => {
+  const limits = { maxFrame: 1 << 20, maxDoc: 10 << 20, maxUpdates: 1000, maxRanges: 100 };
+  const srv = server({ text: 'base', version: 2, limits });
+  const serve = srv.serve;
+  let pushes = 0;
+  globalThis.WebSocket = fakeSocketClass((m, ws) => {
+    if (m.type !== 'push') return serve(m, ws);
+    pushes++;
+    ws.deliver({ type: 'error', code: 'too-large', message: 'the document would pass --max-doc' });
+  });
+  const store = storeSpy();
+  const rescued = [];
+  const result = await flushRecord({ wsUrl: 'ws://x/ws/d', rec: record(3), user: { name: 'n', color: '#000' }, store, rescue: (r) => rescued.push(r) });
+  assert.equal(result, 'rescued', 'was: failed, the record kept and pushed again at every load, refused every time');
+  assert.deepEqual(rescued, [{ text: 'basexxx', count: 3, fragments: false, refused: 'too-large' }]);
+  assert.deepEqual(store.dropped, ['T']);
+  assert.equal(pushes, 1);
 });

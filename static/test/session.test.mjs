@@ -224,7 +224,38 @@ test('an error frame while a push is in flight: pushed again after a pause', () 
   assert.deepEqual(sent(edit(s, { from: 1, insert: 'b' }, 600), 'push'), [], 'still pausing');
   const again = s.tick(1100);
   assert.deepEqual(sent(again, 'push')[0].updates.length, 2);
-  assert.equal(s.receive(error('too-large'), 1200).wakeAt, 3200, 'the pause doubles');
+  assert.equal(s.receive(error('unavailable'), 1200).wakeAt, 3200, 'the pause doubles');
+});
+
+test('a push refused for what its edits are (too-large, bad-changes) is rescued at once, not pushed again', () => {
+  for (const code of ['too-large', 'bad-changes']) {
+    const [s] = welcomed({ doc: 'full', version: 3 });
+    edit(s, { from: 4, insert: '!' }, 0);
+    const refused = s.receive(error(code, 'the document would pass --max-doc'), 100);
+    assert.equal(events(refused, 'error')[0].quiet, true, 'the rescue says it');
+    assert.deepEqual(events(refused, 'rescue'), [{ type: 'rescue', text: 'full!', count: 1, fragments: false,
+      refused: code, message: 'the document would pass --max-doc' }], `${code}: was: pushed again after a pause, for ever`);
+    assert.ok(refused.reconnect, 'the whole text is asked for');
+    assert.equal(s.inflight, 0);
+    assert.equal(s.opened(200).send[0].version, null, 'a hello for the whole text: a resume would push them again');
+    const back = s.receive(welcome({ doc: 'full', version: 3 }), 300);
+    assert.deepEqual(events(back, 'rescue'), [], 'rescued once');
+    assert.equal(s.state.doc.toString(), 'full');
+    assert.equal(s.pending, 0);
+    assert.deepEqual(sent(back, 'push'), []);
+  }
+  // Typed on before the whole text came: that is rescued too (nothing typed is dropped unseen).
+  const [s] = welcomed({ doc: 'full', version: 3 });
+  edit(s, { from: 4, insert: '!' }, 0);
+  s.receive(error('too-large', 'no'), 100);
+  edit(s, { from: 5, insert: '?' }, 150);
+  s.opened(200);
+  assert.deepEqual(events(s.receive(welcome({ doc: 'full', version: 3 }), 300), 'rescue').map((e) => e.text), ['full!?']);
+  // With no push in flight an error refuses no edit (a presence, say): nothing is rescued.
+  const [v] = welcomed({ doc: 'x', version: 1 });
+  const other = v.receive(error('too-large', 'presence'), 0);
+  assert.deepEqual(events(other, 'rescue'), []);
+  assert.equal(other.reconnect, null);
 });
 
 test('a refusal saying when the push fits again (retryAfter) is not pushed again before then', () => {

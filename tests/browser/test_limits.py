@@ -10,7 +10,7 @@ frame the same way. These servers run with a 64 KB frame limit.
 import pytest
 
 from .browser_helpers import (open_editor, focus_end, wait_synced, doc_text, wait_status, status_log,
-                              wait_until)
+                              wait_until, server_doc)
 from serverproc import ServerProcess
 
 DOC = "limits"
@@ -100,6 +100,35 @@ def test_an_edit_that_would_grow_the_document_too_far_is_refused(small_server, c
     paste(a, "c" * 5_000)  # still fits
     text = wait_synced([a, b], small_server.url, DOC)
     assert text == "c" * 5_000 + "a" * 20_000
+
+
+@pytest.mark.parametrize("small_server", [["--max-doc", "100"]], indirect=True)
+def test_edits_a_full_document_cannot_take_are_rescued_not_pushed_for_ever(small_server, contexts):
+    """A typed while offline, within the limit as A saw it; B filled the document meanwhile. Was: the
+    server refused A's push (too-large) again and again, A kept its characters (the pages differed for
+    good, "1 edit not yet saved" did not clear, the toast counted up, a reload pushed them again). Now
+    A's edits go to the rescue dialog, saying why, and A shows the server's text."""
+    ca = contexts()
+    a = open_editor(ca, small_server.url, DOC)
+    b = open_editor(contexts(), small_server.url, DOC)
+    focus_end(a)
+    a.keyboard.type("x" * 80)
+    wait_synced([a, b], small_server.url, DOC)
+    ca.set_offline(True)
+    wait_status(a, "offline")
+    focus_end(a)
+    a.keyboard.type("a" * 10)  # 90: fits, as far as A knows
+    focus_end(b)
+    b.keyboard.type("b" * 15)  # 95
+    wait_until(lambda: len(server_doc(small_server.url, DOC)["doc"]) == 95, what="B's edits on the server")
+    ca.set_offline(False)
+    a.wait_for_selector("#rescue[open]")
+    assert a.input_value("#rescue-text") == "x" * 80 + "b" * 15 + "a" * 10  # as A had it, B's edits come in
+    assert "largest size the server allows" in a.inner_text("#rescue-intro")
+    a.click("#rescue-close")
+    assert wait_synced([a, b], small_server.url, DOC) == "x" * 80 + "b" * 15
+    assert a.evaluate("() => window.__collab.pending") == 0
+    assert not messages(a), messages(a)
 
 
 def test_a_pasted_nul_is_saved_as_a_replacement_character_and_holds_nothing_back(small_server, contexts):

@@ -35,7 +35,11 @@
 //    closed connection drops it, and after the next welcome everything still
 //    unconfirmed is pushed again (the server skips updates of one clientID
 //    that it already accepted). An error frame while a push is in flight is
-//    taken as its refusal: pushed again after a growing pause.
+//    taken as its refusal: pushed again after a growing pause, unless it
+//    refuses the edits themselves (EDITS_REFUSED: the document at its size
+//    limit, an invalid edit), which the server would refuse every time: then
+//    every unconfirmed edit goes to a rescue at once, saying why, and the
+//    whole text is asked for (the edits are never pushed again).
 //  - Positions on the wire are as of the synced version; positions in
 //    `state` are local. Presence is converted here only: ours is mapped back
 //    through the unconfirmed updates, a peer's forward through what we
@@ -56,6 +60,10 @@ import { collab, receiveUpdates, sendableUpdates, getSyncedVersion } from "@code
 import { hello, push, presence, parseServerFrame, FrameError, restoreOf, isPersonId } from "./frames.js";
 import { resolveLimits, fitPush, sendableChanges } from "./limits.js";
 import { errorText, closeEntry, accessEndText, renamedTo } from "./codes.js";
+
+// Error codes that refuse a push for what its edits are (docs/protocol.md: the document would grow past
+// maxDoc, an edit is invalid, the frame is malformed): pushing them again gets the same answer.
+const EDITS_REFUSED = new Set(["too-large", "bad-changes", "bad-message"]);
 
 const LOG_LIMIT = 5000; // recent accepted changes kept to map late presence
 const PRESENCE_INTERVAL_MS = 50; // at most 20 presence frames a second
@@ -99,8 +107,9 @@ function restoreEvent(restore, changes, doc, version, mine) {
  * {type: "error", code, message, text, quiet} (an error frame; `quiet` when
  * recovered from without the person) | {type: "notice", text} (a close worth
  * telling) | {type: "problem", text} (the server broke the protocol) |
- * {type: "rescue", text, count, fragments, older} (unconfirmed edits the server
- * could not take back: show them; `older`: no edits, but the server's text
+ * {type: "rescue", text, count, fragments, older, refused, message} (unconfirmed edits the server
+ * could not take back: show them; `refused`: the error code with which the
+ * server refused them, and its message; `older`: no edits, but the server's text
  * went back to an older one, or another one at our version, and this was ours) | {type: "reset", synced, version,
  * dropped} (a whole text replaced our state) | {type: "role", role} |
  * {type: "peer", session, user, ranges} (ranges in local positions) |
@@ -186,6 +195,7 @@ export class Session {
     this.needFullDoc = false;
     this.stopped = null; // the reason, while we will not reconnect by ourselves
     this.orphans = null; // restored edits without their base text (rescued when the text comes)
+    this.rescuedDoc = null; // the text whose unconfirmed edits were rescued when the server refused them
     this.baseUnknown = false; // a blind restore: the text of `state` is a stand-in
     this.presenceDue = false;
     this.lastPresence = null;
@@ -410,6 +420,14 @@ export class Session {
     this.flush(step, now);
   }
 
+  /** What a rescue of the unconfirmed updates `mine` shows: the text as we had it (its pieces when the
+   * text they were based on is not known). */
+  rescueOf(mine) {
+    return this.baseUnknown
+      ? { text: insertedText(mine.map((u) => u.changes)), count: mine.length, fragments: true }
+      : { text: this.state.doc.toString(), count: mine.length, fragments: false };
+  }
+
   /** The server sent the whole text: start over from it; unconfirmed edits go to a rescue. */
   wholeText(text, version, step) {
     const st = this.state;
@@ -419,9 +437,8 @@ export class Session {
     }
     let rescue = null;
     if (mine.length) {
-      rescue = this.baseUnknown
-        ? { text: insertedText(mine.map((u) => u.changes)), count: mine.length, fragments: true }
-        : { text: st.doc.toString(), count: mine.length, fragments: false };
+      // Already rescued when the server refused them, unless typed on since.
+      rescue = st.doc === this.rescuedDoc ? null : this.rescueOf(mine);
     } else if (this.orphans && this.orphans.length) {
       rescue = { text: insertedText(this.orphans), count: this.orphans.length, fragments: true };
     } else if (st && !this.baseUnknown && version <= this.version) {
@@ -431,6 +448,7 @@ export class Session {
     }
     if (st) step.events.push({ type: "reset", synced: this.version, version, dropped: mine.length });
     this.orphans = null;
+    this.rescuedDoc = null;
     this.baseUnknown = false;
     this.createState(text, version);
     step.replaced = true;
@@ -520,8 +538,19 @@ export class Session {
     this.lastErrorCode = m.code;
     // unauthorized and forbidden always close 1008, whose `access` event says it in full.
     const closing = m.code === "unauthorized" || m.code === "forbidden";
+    const refused = this.inflight > 0 && EDITS_REFUSED.has(m.code) && this.role !== "view";
     step.events.push({ type: "error", code: m.code, message: m.message ?? "", text: errorText(m.code, m.message),
-      quiet: badVersion || closing });
+      quiet: badVersion || closing || refused });
+    if (refused) {
+      // The server will refuse these edits however often they come: they go to the rescue now, saying
+      // why, and the whole text replaces them (a resume would push them again).
+      const mine = this.unconfirmed;
+      this.inflight = 0;
+      step.events.push({ type: "rescue", ...this.rescueOf(mine), refused: m.code, message: m.message ?? "" });
+      this.rescuedDoc = this.state.doc;
+      this.resync(step, true);
+      return;
+    }
     if (badVersion && this.phase !== "open") {
       // The server cannot resume from our version (its data was reset?):
       // ask for the whole text; unconfirmed edits go to the rescue.
