@@ -334,8 +334,25 @@ async function adoptRenamed(store) {
  * (the server sends it on to the new name with a token for it); the admin
  * and a personal instance go straight there.
  */
+const REFOCUS_KEY = "collab:refocus"; // this tab's editor had the focus, with the caret here, when the page went to the new name
+let refocusAt = null; // that caret, until the page has the text it was in
+
+/** The editor focused, with the caret at `refocusAt` (as far as the text goes until `final`, its welcome). */
+function placeCaret(final = false) {
+  const view = session.view;
+  view.dispatch({ selection: { anchor: Math.min(refocusAt, view.state.doc.length) }, scrollIntoView: true });
+  view.focus();
+  if (final) refocusAt = null;
+}
+
 function onRenamed(to, text) {
   showNotice({ kind: "hint", key: "renamed", dismissible: false, text: `${text} Opening it there…` });
+  // Whoever is typing goes on typing into the page at the new name, where they were, not into nowhere.
+  try {
+    if (session.view && session.view.hasFocus) {
+      sessionStorage.setItem(REFOCUS_KEY, String(session.view.state.selection.main.head));
+    }
+  } catch (_) { /* no storage: the person clicks into the text */ }
   session.savePending(true);
   store.moveTo(to);
   store.release();
@@ -495,6 +512,7 @@ async function boot() {
     on: {
       status: (info) => {
         renderStatus(info);
+        if (info.state === "connected" && refocusAt !== null) placeCaret(true);
         if (info.state === "connected") adoptClosedTabs().then(flushExtras, flushExtras);
       },
       error: showError,
@@ -569,6 +587,14 @@ async function boot() {
     history: historyPanel,
     preview,
   };
+  try {
+    const at = sessionStorage.getItem(REFOCUS_KEY);
+    if (at !== null) {
+      sessionStorage.removeItem(REFOCUS_KEY);
+      refocusAt = Number(at) || 0;
+      placeCaret(session.view.state.doc.length >= refocusAt); // else again once the text came
+    }
+  } catch (_) { /* no storage: nothing was kept to do */ }
   document.body.dataset.ready = "true";
 }
 
