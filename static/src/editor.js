@@ -249,13 +249,14 @@ async function onRestore(e) {
 
 // ---- export ------------------------------------------------------------------------------
 
-/** The Export dialog: the text at the synced version as .txt or .md (the server's), or a web page made here. */
+/** The Export dialog: the text at the synced version (saved on the server) as .txt, .md or a web page. */
 function openExport() {
   const version = session.core.version;
   const dlg = $("#export-dialog");
   $("#export-intro").textContent = version === null
     ? "The text is still loading."
-    : `The text as the server has it now: version ${version}${session.pendingCount() ? " (your edits still on their way are not in it yet)" : ""}.`;
+    : `The text as saved on the server: version ${version}${session.pendingCount()
+      ? " (your edits still on their way are not in it yet: copy those from the editor)" : ""}.`;
   $("#export-note").textContent = "";
   dlg.dataset.version = String(version);
   if (!dlg.open) dlg.showModal();
@@ -269,8 +270,8 @@ async function runExport(format) {
   $("#export-note").textContent = "Preparing the download…";
   try {
     await exportDocument({
-      docName, version, format,
-      getText: async () => text ?? (await getJSON(apiUrl(docName, `/versions/${version}`))).doc,
+      docName, version, format, localText: text,
+      getText: async () => (await getJSON(apiUrl(docName, `/versions/${version}`))).doc,
     });
     $("#export-note").textContent = `Downloaded version ${version} as ${format === "html" ? "a web page" : `.${format}`}.`;
   } catch (e) {

@@ -1,6 +1,7 @@
-// Downloads of a document at a version: plain text and Markdown as the
-// server exports them (GET /api/docs/{doc}/export, the token in a header),
-// and a standalone web page made here: the text rendered as the preview
+// Downloads of a document at a version: plain text and Markdown made here
+// from the page's own text when it is at that version, else as the server
+// exports them (GET /api/docs/{doc}/export, the token in a header), and a
+// standalone web page made here: the text rendered as the preview
 // renders it (markdown.js, built as DOM, never from an HTML string of the
 // text), with the preview's stylesheet inlined, saved as a Blob.
 //
@@ -49,14 +50,22 @@ ${main.outerHTML}
 `;
 }
 
-/** Download `docName` at `version` as `format` ("txt", "md" or "html"; getText() gives the text for html). */
-export async function exportDocument({ docName, version, format, getText }) {
+const TYPES = { txt: "text/plain;charset=utf-8", md: "text/markdown;charset=utf-8" };
+
+/** Download `docName` at `version` as `format` ("txt", "md" or "html"). `localText`: the text at that
+ * version, when this page has it (then nothing is asked of the server, so it works offline too); else
+ * getText() gives it for html, and the server exports txt and md (the same text). */
+export async function exportDocument({ docName, version, format, getText, localText = null }) {
   const filename = `${docName}-v${version}.${format}`;
   if (format === "html") {
-    const html = await standaloneHtml(`${docName} (version ${version})`, await getText());
+    const html = await standaloneHtml(`${docName} (version ${version})`, localText ?? await getText());
     saveBlob(new Blob([html], { type: "text/html;charset=utf-8" }), filename);
     return;
   }
   if (!Object.prototype.hasOwnProperty.call(FORMATS, format)) throw new Error(`unknown format ${format}`);
+  if (localText !== null) {
+    saveBlob(new Blob([localText], { type: TYPES[format] }), filename);
+    return;
+  }
   await download(apiUrl(docName, "/export", { version, format }), filename);
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .browser_helpers import open_editor, server_doc, set_user, wait_synced
+from .browser_helpers import focus_end, open_editor, server_doc, set_user, wait_status, wait_synced
 
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 
@@ -118,3 +118,26 @@ def test_preview_follows_typing_and_nothing_in_the_text_runs(server, contexts):
     assert a.is_hidden("#preview")
     for p in (a, b):
         assert p.collab_errors == [] and p.csp_violations == []
+
+
+def test_an_offline_page_exports_its_saved_text_as_txt_and_md(server, contexts):
+    """Was: offline, .txt and .md said "Could not export: The server could not be reached" (they were asked
+    of the server), though the page had the text; the web page worked."""
+    ctx = contexts()
+    a = open_editor(ctx, server.url, "offline-export")
+    focus_end(a)
+    a.keyboard.type("# Saved\nline two")
+    text = wait_synced([a], server.url, "offline-export")
+    version = server_doc(server.url, "offline-export")["version"]
+    ctx.set_offline(True)
+    wait_status(a, "offline")
+    a.keyboard.type(" and unsent")
+    a.click("#export")
+    assert "not in it yet" in a.inner_text("#export-intro")
+    for fmt in ("txt", "md"):
+        with a.expect_download() as dl:
+            a.click(f"#export-dialog [data-format={fmt}]")
+        assert dl.value.suggested_filename == f"offline-export-v{version}.{fmt}"
+        with open(dl.value.path(), encoding="utf-8") as f:
+            assert f.read() == text
+    a.click("#export-close")
