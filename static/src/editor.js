@@ -300,10 +300,10 @@ async function undoRestore(e, el, button) {
 }
 
 /** Access ended for good (links reset, document deleted): say so, and keep what was typed within reach. */
-function onAccessEnded(text) {
+function onAccessEnded(text, title = "This link no longer works.") {
   const pending = session.pendingCount();
   showNotice({
-    kind: "access", role: "alert", key: "access", dismissible: false, title: "This link no longer works.",
+    kind: "access", role: "alert", key: "access", dismissible: false, title,
     text: pending ? `${text} ${plural(pending, "edit")} of yours could not be saved; copy the text before you leave.` : text,
     actions: pending ? [{ id: "copy-text", label: "Copy your text", primary: true, run: () => showRescue({
       text: session.view.state.doc.toString(), count: pending, fragments: false }) }] : [],

@@ -224,7 +224,7 @@ export class CollabSession {
       case "access":
         this.accessEnded = e.text;
         if (this.view) this.view.dispatch({ effects: this.roleConf.reconfigure(this.roleExtension()) });
-        if (this.on.access) this.on.access(e.text);
+        if (this.on.access) this.on.access(e.text, e.title);
         else this.on.error(e.text);
         break;
       case "role":

@@ -551,6 +551,18 @@ test('a refused hello (forbidden, then 1008) is one access event that says the l
   u.closed(1006, '', 0);
   u.opened(0);
   assert.equal(events(u.closed(1008, '', 0), 'access')[0].code, null);
+  assert.equal(ended.title, 'This link does not open this document.');
+});
+
+test('a document deleted during the session is said so, with no word of links (an instance may have none)', () => {
+  const [s] = welcomed({ doc: 'gone soon', version: 1 });
+  const [ended] = events(s.closed(1008, 'this document was deleted', 0), 'access');
+  assert.equal(ended.title, 'This document was deleted.', 'was: "This link no longer works."');
+  assert.equal(ended.text, 'This document was deleted: nobody can open or change it any more.');
+  assert.doesNotMatch(ended.text, /link/);
+  const [reset] = events(welcomed({ doc: 'x', version: 1 })[0].closed(1008, 'the share links of this document were reset', 0), 'access');
+  assert.equal(reset.title, 'This link no longer works.');
+  assert.match(reset.text, /share links were reset/);
 });
 
 test('an update made by a restore is a restore event, with the text it removed, for every session', () => {

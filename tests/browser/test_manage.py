@@ -78,7 +78,9 @@ def test_search_rename_delete(tmp_path, contexts):
         page.wait_for_function("() => !document.querySelector('#docs tbody tr[data-name=alpha-final]')")
         assert "Deleted “alpha-final”" in page.inner_text("#list-note")
         assert api_json(srv.url, "/api/docs/alpha-final", admin)[0] == 404
-        writer.wait_for_selector(".notice-access")  # cut off, and told so
+        notice = writer.wait_for_selector(".notice-access")  # cut off, and told so: deleted, not a dead link
+        assert "This document was deleted." in notice.inner_text() and "link" not in notice.inner_text(), \
+            notice.inner_text()
         assert sorted(names(page)) == sorted(["beta-notes", "gamma-plan", "very-long-" + "x" * 80])
         for p in (writer, page, old):
             assert p.collab_errors == [] and p.csp_violations == []

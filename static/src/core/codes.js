@@ -57,6 +57,18 @@ const UNKNOWN_CLOSE = { text: "The connection to the server was lost.", notify: 
  * A 1008 without one (links reset or the document deleted during the
  * session) takes the close table's sentence.
  */
+// The reason the server closes the sessions of a deleted document with (1008; collab/room.py DELETED).
+export const DELETED_REASON = "this document was deleted";
+const DELETED_TEXT = "This document was deleted: nobody can open or change it any more.";
+
+/** The headline of a notice that access ended (`code`, `reason` as for accessEndText). */
+export function accessEndTitle(code, reason) {
+  if (reason === DELETED_REASON) return "This document was deleted.";
+  if (code === "unauthorized") return "This document needs a link.";
+  if (code === "forbidden") return "This link does not open this document.";
+  return "This link no longer works.";
+}
+
 export const ACCESS_ENDS = {
   unauthorized: "This document needs a link with an access token. Ask the person who shared it for an edit or view link.",
   forbidden: "This link does not open this document: it was revoked (the document's share links were reset), or it belongs to another document. Ask the person who shared it for a new link.",
@@ -77,6 +89,7 @@ export function renamedTo(code, reason) {
 
 /** The sentence for the end of access: after error `code` (or none), closed with the server's `reason`. */
 export function accessEndText(code, reason) {
+  if (reason === DELETED_REASON) return DELETED_TEXT; // nothing about links: an instance may have none
   const text = has(ACCESS_ENDS, code) ? ACCESS_ENDS[code] : CLOSE_CODES[1008].text;
   return reason ? `${text} (The server said: ${reason}.)` : text;
 }

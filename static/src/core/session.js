@@ -59,7 +59,7 @@ import { EditorState, ChangeSet, Text } from "@codemirror/state";
 import { collab, receiveUpdates, sendableUpdates, getSyncedVersion } from "@codemirror/collab";
 import { hello, push, presence, parseServerFrame, FrameError, restoreOf, isPersonId } from "./frames.js";
 import { resolveLimits, fitPush, sendableChanges } from "./limits.js";
-import { errorText, closeEntry, accessEndText, renamedTo } from "./codes.js";
+import { errorText, closeEntry, accessEndText, accessEndTitle, renamedTo } from "./codes.js";
 
 // Error codes that refuse a push for what its edits are (docs/protocol.md: the document would grow past
 // maxDoc, an edit is invalid, the frame is malformed): pushing them again gets the same answer.
@@ -118,7 +118,7 @@ function restoreEvent(restore, changes, doc, version, mine) {
  * update made by a restore: the version it made, the version it brought
  * back and who restored when the frame says so (else null), the text it
  * removed (pieces joined by "\n…\n"), and whether this session had
- * unconfirmed edits then) | {type: "access", code, reason, text} (a 1008
+ * unconfirmed edits then) | {type: "access", code, reason, text, title} (a 1008
  * close: access ended; `code` the error frame's before it, or null) |
  * {type: "renamed", to, text} (a 1008 close saying the document was renamed:
  * open it under `to`).
@@ -304,7 +304,8 @@ export class Session {
       const text = accessEndText(lastError, reason);
       this.stopped = text;
       step.stop = text;
-      step.events.push({ type: "access", code: lastError, reason: reason || "", text });
+      step.events.push({ type: "access", code: lastError, reason: reason || "", text,
+        title: accessEndTitle(lastError, reason) });
       return step;
     }
     if (entry.then === "stop") {
