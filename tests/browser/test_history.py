@@ -207,6 +207,7 @@ def test_panel_sessions_scrub_download_authors_fork(server, contexts):
 
     # Scrub fast through every version, ending at Bob's last one: only that is
     # fetched (debounced) and shown.
+    wait_shown(a, head)  # what opening the panel shows, fetched first (under load, after the listener came)
     requested = []
     a.on("request", lambda r: requested.append(r.url) if "/versions/" in r.url else None)
     scrub(a, list(range(head, 0, -1)) + list(range(1, bob_end + 1)))
