@@ -100,7 +100,7 @@ function renderStatus(info) {
   if (info.role === "view") text += " · view only";
   const pending = info.pending
     ? `${plural(info.pending, "edit")} not yet saved`
-    : info.state === "connected" ? "all changes saved" : "";
+    : info.state === "connected" && info.role !== "view" ? "all changes saved" : "";
   $("#status-text").textContent = text;
   $("#status-pending").textContent = pending;
   el.title = info.stopped || (info.pending && info.state !== "connected"
@@ -542,7 +542,11 @@ async function boot() {
     getPeople: () => [...session.peerList(), { person, name: user.name, color: user.color }],
     showError,
   });
-  $("#history-toggle").addEventListener("click", () => historyPanel.toggle());
+  $("#history-toggle").addEventListener("click", () => {
+    historyPanel.toggle();
+    // Into the panel it opened (after the editor, whose Tab indents, a keyboard could hardly get there).
+    if (historyPanel.isOpen) $("#history-slider").focus();
+  });
   preview = new MarkdownPreview({ getView: () => session.view });
   $("#export").addEventListener("click", openExport);
   share = new ShareDialog({ docName, getRole: () => session.role });

@@ -139,6 +139,15 @@ def test_keyboard_help_and_leaving_the_editor(server, contexts):
     page.fill("#identity-name", "")
     page.keyboard.type("Who?")
     assert page.input_value("#identity-name") == "Who?" and not page.is_visible("#shortcuts")
+    page.keyboard.press("Escape")
+    # History opened from the keyboard takes the focus into its panel (was: left on the toggle, the
+    # panel behind the editor in Tab order, reachable only by Escape then Tab from the editor).
+    page.focus("#history-toggle")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#history:not([hidden])")
+    assert page.evaluate("() => document.activeElement.id") == "history-slider"
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "history-fine"
     assert page.collab_errors == [] and page.csp_violations == []
 
 

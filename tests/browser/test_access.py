@@ -34,6 +34,7 @@ def test_view_link_is_read_only(tmp_path, contexts):
 
         viewer = open_editor(contexts(), srv.url, links["view"].removeprefix("/d/"))
         assert "view only" in viewer.inner_text("#status")
+        assert "saved" not in viewer.inner_text("#status"), "nothing of a viewer's is saved (was: all changes saved)"
         viewer.wait_for_function("() => window.__collab.view.state.doc.toString() === 'only editors write here'")
         viewer.click(".cm-content")
         viewer.keyboard.type("sneaky")
