@@ -329,12 +329,6 @@ async function adoptRenamed(store) {
   }
 }
 
-/**
- * The document was renamed: its unsent edits move with it, and the page
- * opens it under the new name. An edit or view link reloads its own address
- * (the server sends it on to the new name with a token for it); the admin
- * and a personal instance go straight there.
- */
 const REFOCUS_KEY = "collab:refocus"; // this tab's editor had the focus, with the caret here, when the page went to the new name
 let refocusAt = null; // that caret, until the page has the text it was in
 
@@ -346,6 +340,12 @@ function placeCaret(final = false) {
   if (final) refocusAt = null;
 }
 
+/**
+ * The document was renamed: its unsent edits move with it, and the page
+ * opens it under the new name. An edit or view link reloads its own address
+ * (the server sends it on to the new name with a token for it); the admin
+ * and a personal instance go straight there.
+ */
 function onRenamed(to, text) {
   showNotice({ kind: "hint", key: "renamed", dismissible: false, text: `${text} Opening it there…` });
   // Whoever is typing goes on typing into the page at the new name, where they were, not into nowhere.

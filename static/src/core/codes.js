@@ -6,7 +6,8 @@
 //    CLOSE_CODES); tests/test_js_core.py compares them;
 //  - `text` is user-facing: a sentence for the page, never a debug string;
 //  - a 1008 close ends access: its sentence says why (ACCESS_ENDS, from the
-//    error frame before it) and that a new link is needed, never "retry";
+//    error frame before it) and that a new link is needed, or, for a
+//    document deleted (DELETED_REASON), just that, never "retry";
 //  - a close code's `then` is the whole reconnect policy: "reconnect" (at
 //    once the first time, then with backoff), "backoff", "slow" (backoff as
 //    if several attempts had failed already) or "stop" (wait for the person).
@@ -51,12 +52,6 @@ const has = (table, key) => Object.prototype.hasOwnProperty.call(table, key);
 
 const UNKNOWN_CLOSE = { text: "The connection to the server was lost.", notify: false, then: "backoff" };
 
-/**
- * Why access ended, from the `error` frame that came before a 1008 close
- * (a refused `hello`): the sentence says what happened and what to do next.
- * A 1008 without one (links reset or the document deleted during the
- * session) takes the close table's sentence.
- */
 // The reason the server closes the sessions of a deleted document with (1008; collab/room.py DELETED).
 export const DELETED_REASON = "this document was deleted";
 const DELETED_TEXT = "This document was deleted: nobody can open or change it any more.";
@@ -69,6 +64,12 @@ export function accessEndTitle(code, reason) {
   return "This link no longer works.";
 }
 
+/**
+ * Why access ended, from the `error` frame that came before a 1008 close
+ * (a refused `hello`): the sentence says what happened and what to do next.
+ * A 1008 without one (links reset or the document deleted during the
+ * session) takes the close table's sentence.
+ */
 export const ACCESS_ENDS = {
   unauthorized: "This document needs a link with an access token. Ask the person who shared it for an edit or view link.",
   forbidden: "This link does not open this document: it was revoked (the document's share links were reset), or it belongs to another document. Ask the person who shared it for a new link.",
