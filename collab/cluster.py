@@ -133,6 +133,9 @@ class Cluster:
                     await self._drain()
             except TimeoutError:
                 pass
+        # The other loops also end at their next turn now that _stopping is set: a cancel swallowed inside a
+        # library call (seen once: a loop went on after this cancel, and a test runner's final cancel of
+        # what was left then waited for ever) cannot keep it going.
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -251,7 +254,7 @@ class Cluster:
     async def _publish_loop(self) -> None:
         """The one publisher: messages go out in the order they were queued (commit order)."""
         backoff = 0.1
-        while True:
+        while True:  # not on _stopping: stop() drains the queue through it first
             ch, payload = await self._queue.get()
             self._queued_bytes -= len(payload)
             while True:
@@ -279,7 +282,7 @@ class Cluster:
     async def _read_loop(self) -> None:
         """The one subscriber connection: read, notice reconnects, hand news to rooms."""
         backoff = 0.1
-        while True:
+        while not self._stopping:  # as well as cancelled: see stop()
             try:
                 if self._pubsub is None:
                     await self._connect()
@@ -397,7 +400,7 @@ class Cluster:
 
     async def _check_loop(self) -> None:
         """Every open document against the database: fast while Redis is away, slowly when it is up."""
-        while True:
+        while not self._stopping:  # as well as cancelled: see stop()
             interval = self.check_every if self.up else self.poll_every
             try:
                 async with asyncio.timeout(interval):  # not wait_for: Python 3.11's drops a cancel that
@@ -451,7 +454,7 @@ class Cluster:
         fixed tick (which was up to a third of `expiry` late: 40 s instead of 30 for a killed process's)."""
         last_republish = time.monotonic()
         wake = last_republish + self.republish
-        while True:
+        while not self._stopping:  # as well as cancelled: see stop()
             try:
                 async with asyncio.timeout(max(0.0, wake - time.monotonic())):
                     await self._republish_now.wait()

@@ -140,6 +140,7 @@ def test_keyboard_help_and_leaving_the_editor(server, contexts):
     page.keyboard.type("Who?")
     assert page.input_value("#identity-name") == "Who?" and not page.is_visible("#shortcuts")
     page.keyboard.press("Escape")
+    page.wait_for_function("() => window.__collab.view.hasFocus")  # a closed dialog gives the editor the focus back
     # History opened from the keyboard takes the focus into its panel (was: left on the toggle, the
     # panel behind the editor in Tab order, reachable only by Escape then Tab from the editor).
     page.focus("#history-toggle")
