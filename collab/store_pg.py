@@ -476,13 +476,17 @@ class _PgView:
     def __init__(self, conn: asyncpg.Connection, url: str):
         self.conn, self.url = conn, url
 
-    async def _fetch(self, query: str, *args) -> list:
+    async def read(self, step: Awaitable):
+        """What `step` (a call on this view's connection) gives; a lost connection is StorageUnavailable."""
         try:
-            return await self.conn.fetch(query, *args)
+            return await step
         except Exception as exc:  # noqa: BLE001 - sorted just below
             if _is_connection_error(exc):
                 raise _unavailable(self.url, exc, "reading") from None
             raise
+
+    async def _fetch(self, query: str, *args) -> list:
+        return await self.read(self.conn.fetch(query, *args))
 
     async def documents(self) -> list[dict]:
         rows = await self._fetch(f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")
@@ -1159,16 +1163,12 @@ class PgStore(GroupWriter):
         except Exception as exc:  # noqa: BLE001
             raise _unavailable(self.url, exc, "reading") from None
         try:
+            view = _PgView(conn, self.url)
             transaction = conn.transaction(isolation="repeatable_read", readonly=True)
+            await view.read(transaction.start())
+            await view.read(conn.fetchval("SELECT count(*) FROM documents"))  # the snapshot is taken at the first query
             try:
-                await transaction.start()
-                await conn.fetchval("SELECT count(*) FROM documents")  # the snapshot is taken at the first query
-            except Exception as exc:  # noqa: BLE001
-                if _is_connection_error(exc):
-                    raise _unavailable(self.url, exc, "reading") from None
-                raise
-            try:
-                yield _PgView(conn, self.url)
+                yield view
             finally:
                 # Read only: ending it is all there is to do, and a connection lost by now takes nothing
                 # from what was read (the body's own error, if any, is the one to report).
