@@ -101,9 +101,14 @@ async def _store(settings: Settings):
         await store.close()
 
 
+def _aside(path: Path) -> Path:
+    """Where what becomes `path` is written first: beside it, a dot file of this process's."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def _write_aside(path: Path, data: bytes) -> Path:
-    """`data` written and synced beside `path`, under a name of its own (a dot file); that file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """`data` written and synced beside `path`, under a name of its own (`_aside`); that file."""
+    tmp = _aside(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -164,7 +169,7 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
         raise AdminError(f"{dest_path} exists; pass --force to replace it")
     if _served(dest_path):
         raise AdminError(f"a collab server is serving {dest_path}: stop it before replacing that file")
-    tmp = dest_path.with_name(f".{dest_path.name}.tmp-{os.getpid()}")
+    tmp = _aside(dest_path)
     started = time.monotonic()
     try:
         dest_path.parent.mkdir(parents=True, exist_ok=True)
