@@ -229,7 +229,7 @@ class Room:
                  "members", "by_client", "viewers", "owners", "dirty", "remote_peers", "remote_dirty",
                  "presence_timer", "presence_sent", "bucket", "replay_bytes", "_doc_json", "unload_timer", "holds",
                  "broken", "deleted", "vanished", "originals", "_progress", "_in_flight", "_commit_started", "_lost",
-                 "_ready", "_catching", "_news", "_birth")
+                 "_ready", "_catching", "_news", "_birth", "_restoring")
 
     def __init__(self, rooms: "Rooms", doc_id: int, name: str, seq: Sequencer, snapshot_version: int,
                  salt: str = "", identity: str | None = None, replay_bytes: int = 0):
@@ -272,6 +272,7 @@ class Room:
         self._catching: asyncio.Task | None = None
         self._news = False                    # another writer committed while we were catching up
         self._birth: asyncio.Future | None = None  # the creation of an unborn document (doc_id None)
+        self._restoring: asyncio.Lock | None = None  # restores take turns (restore_turn); made by the first
 
     # ------------------------------------------------------------- joining
 
@@ -1345,6 +1346,13 @@ class Room:
         self._remove(member)
         self.release()
 
+    def restore_turn(self) -> asyncio.Lock:
+        """Held by a restore from its diff to its commit, so that two restores at once do not merge: the
+        later one is diffed against the text the earlier one made, and the text ends as it restores."""
+        if self._restoring is None:
+            self._restoring = asyncio.Lock()
+        return self._restoring
+
     def hold(self) -> None:
         """A join or an API call uses the room across awaits: it stays loaded until `unhold`.
 
@@ -1692,12 +1700,13 @@ class Rooms:
         from . import compute  # the diff runs in a worker process, never on the event loop
         room.hold()
         try:
-            # Diffed against the text at `base`; edits committed meanwhile are rebased over by submit.
-            base = room.seq.committed_version
-            changes = await compute.restore_changes(room.seq.committed_text(), old)
-            update = Update(f"restore-{secrets.token_hex(6)}", changes)
-            return await room.submit(update.client_id, base, [update], author, restored_from=version,
-                                     person=person, color=color, authorize=authorize)
+            async with room.restore_turn():  # another restore of this document first, if one is under way
+                # Diffed against the text at `base`; edits committed meanwhile are rebased over by submit.
+                base = room.seq.committed_version
+                changes = await compute.restore_changes(room.seq.committed_text(), old)
+                update = Update(f"restore-{secrets.token_hex(6)}", changes)
+                return await room.submit(update.client_id, base, [update], author, restored_from=version,
+                                         person=person, color=color, authorize=authorize)
         finally:
             room.unhold()
 

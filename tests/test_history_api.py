@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -137,6 +138,40 @@ async def test_restore_keeps_concurrent_edits(client):
     await push(ws, 2, "w", [[0, ">> "], 22])
     await e.absorb(4)
     assert e.text == ">> first line"
+
+
+async def test_two_restores_at_once_do_not_merge(client, monkeypatch):
+    """Two people restore two versions at the same moment: the text ends as one of them restores it, not
+    as a mixture of both diffs (each made against the same text, the later rebased over the earlier)."""
+    from collab import compute
+    ws, welcome = await join(client, "two", "w")
+    e = Editor(ws, "w", welcome)
+    texts = ["the quick brown fox", "a slow green turtle walks", "one two three four five"]
+    for i, text in enumerate(texts):
+        await push(ws, i, "w", [[utf16_len(e.text), text]])  # the whole text replaced
+        await e.absorb(i + 1)
+        assert e.text == text
+    diffing, real = [], compute.restore_changes
+
+    async def restore_changes(current, target):  # each diff waits a little for the other to start too
+        diffing.append(current)
+        for _ in range(50):
+            if len(diffing) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        return await real(current, target)
+
+    monkeypatch.setattr(compute, "restore_changes", restore_changes)
+    one, two = await asyncio.gather(client.post("/api/docs/two/restore", json={"version": 1}),
+                                    client.post("/api/docs/two/restore", json={"version": 2}))
+    assert one.status == 200 and two.status == 200
+    made = {1: (await one.json())["version"], 2: (await two.json())["version"]}
+    first, last = sorted(made, key=made.get)
+    assert sorted(made.values()) == [4, 5]
+    assert diffing == [texts[2], texts[first - 1]], "the later restore is diffed against the earlier one's text"
+    await e.absorb(5)
+    assert e.text == texts[last - 1], "was: both diffs of the same text, the later rebased over the earlier"
+    assert (await (await client.get("/api/docs/two")).json())["doc"] == texts[last - 1]
 
 
 async def test_fork_and_authors(client):

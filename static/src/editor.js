@@ -392,11 +392,23 @@ const REFUSED_WHY = {
   "bad-message": "The server refused as malformed",
 };
 
-function showRescue({ text, count, fragments, older = false, refused = null }) {
+// The document the page's text was of is not there any more (a rescue's `gone`): what happened.
+const GONE_WHY = {
+  deleted: ["The server no longer has this document (it was deleted while this page was away)",
+    "The editor now shows an empty document; typing in it makes the document again"],
+  replaced: ["This document was deleted while this page was away, and another one made under its name",
+    "The editor now shows the new document's text"],
+};
+
+function showRescue({ text, count, fragments, older = false, refused = null, gone = null }) {
   const dlg = $("#rescue");
   const ta = $("#rescue-text");
   const why = refused ? REFUSED_WHY[refused] ?? `The server refused (${refused})` : null;
-  $("#rescue-intro").textContent = why
+  const [happened, shows] = GONE_WHY[gone] ?? [];
+  $("#rescue-intro").textContent = happened
+    ? `${happened}, so ${count ? `your ${plural(count, "unsent edit")} could not be saved` : "what you saw as saved is not on the server any more"}. ${shows}. ${fragments
+      ? "These are the pieces of text you typed" : "This is the text as you had it"}; copy what you need.`
+    : why
     ? `${why} your ${plural(count, "unsent edit")}. The editor goes back to the server's text. ${fragments
       ? "These are the pieces of text you typed" : "This is the text as you had it"}; copy what you need${
       refused === "too-large" ? ", make room, and paste it back in smaller parts" : " and paste it back"}.`

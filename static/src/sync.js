@@ -43,7 +43,7 @@ export class CollabSession {
    * {name, color}, person (the stable person id, sent in every hello), store (PendingStore, already claimed for clientID),
    * clientID, restore (an adopted pending record or null), limits (default:
    * the page's), and callbacks in `on`: status(info), error(text),
-   * rescue({text, count, fragments, older}), peers(list), role(role),
+   * rescue({text, count, fragments, older, refused, gone}), peers(list), role(role),
    * restore(event) (an update made by a restore: the core's `restore`
    * event), access(text) (access ended for good: the link was revoked or
    * the document deleted; the editor is read-only from then on),
@@ -218,7 +218,7 @@ export class CollabSession {
       case "notice": this.on.error(e.text); break;
       case "problem": console.warn("collab: the server broke the protocol:", e.text); break;
       case "rescue": this.on.rescue({ text: e.text, count: e.count, fragments: e.fragments, older: Boolean(e.older),
-        refused: e.refused ?? null }); break;
+        refused: e.refused ?? null, gone: e.gone ?? null }); break;
       case "restore": if (this.on.restore) this.on.restore(e); break;
       case "renamed": if (this.on.renamed) this.on.renamed(e.to, e.text); else this.on.error(e.text); break;
       case "access":

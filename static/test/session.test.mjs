@@ -382,6 +382,25 @@ test('a whole text older than ours (a server restored from a backup, a document 
   assert.deepEqual(events(step, 'rescue').map((e) => e.text), ['other and more']);
 });
 
+test('a document deleted (or deleted and made again) while away: the rescue says so', () => {
+  const away = (s, m) => { s.closed(1001, '', 0); s.opened(0); return events(s.receive(welcome(m), 0), 'rescue'); };
+  // Unsent edits, and no document of the name any more.
+  let [s] = welcomed({ doc: 'hello', version: 5, docId: '7' });
+  edit(s, { from: 5, insert: '!' }, 0); // pushed, not confirmed before the connection went
+  assert.deepEqual(away(s, { doc: '', version: 0 }).map((e) => [e.text, e.count, e.gone]), [['hello!', 1, 'deleted']]);
+  // Nothing unsent, and another document of the name now, further on than ours: still rescued.
+  [s] = welcomed({ doc: 'hello', version: 5, docId: '7' });
+  assert.deepEqual(away(s, { doc: 'other text', version: 9, docId: '8' }).map((e) => [e.text, e.count, e.older, e.gone]),
+    [['hello', 0, true, 'replaced']]);
+  // The same document (the docId ours): a whole text further on is not a loss, and says nothing of gone.
+  [s] = welcomed({ doc: 'hello', version: 5, docId: '7' });
+  assert.deepEqual(away(s, { doc: 'hello there', version: 9, docId: '7' }), []);
+  assert.deepEqual(away(s, { doc: 'hell', version: 3, docId: '7' }).map((e) => [e.older, e.gone]), [[true, undefined]]);
+  // No docId known (a page before the document was made): nothing can be said of it.
+  [s] = welcomed({ doc: '', version: 0 });
+  assert.deepEqual(away(s, { doc: 'new', version: 2, docId: '4' }), []);
+});
+
 test('restored edits without a base: the whole text, then the typed pieces rescued', () => {
   const s = new Session({ clientID: 'A', restore: { version: 3, base: null, updates: [[3, [0, 'd', 'e']]] } });
   assert.equal(s.state, null);

@@ -16,6 +16,7 @@ made under, shows them at once and pushes them.
 """
 
 import json
+import sqlite3
 import urllib.request
 from pathlib import Path
 
@@ -128,24 +129,33 @@ def test_closed_tab_edits_arrive_on_next_open(server, contexts):
                what="the stored edits to be removed")
 
 
-@pytest.mark.parametrize("unsent, intro", [
-    (" and my unsent sentence", "could no longer merge"),
-    # Nothing unsent, but the server went back (restored from a backup): the text the page showed as
-    # saved is offered back, not silently replaced.
-    ("", "older than the one this page had"),
+@pytest.mark.parametrize("unsent, backup, intro", [
+    # The server went back to a backup taken before the last edits: it cannot resume from A's version.
+    (" and my unsent sentence", True, "could no longer merge"),
+    # Nothing unsent, but the server went back: the text the page showed as saved is offered back, not
+    # silently replaced.
+    ("", True, "older than the one this page had"),
+    # A new, empty database: the document is not there at all, and the rescue says so.
+    (" and my unsent sentence", False, "The server no longer has this document"),
 ])
-def test_lost_server_state_rescues_the_text(server, contexts, tmp_path, unsent, intro):
+def test_lost_server_state_rescues_the_text(server, contexts, tmp_path, unsent, backup, intro):
     a = open_editor(contexts(), server.url, DOC)
     a.click(".cm-content")
-    a.keyboard.type("text the server will forget")
+    a.keyboard.type("text the server ")
+    wait_synced([a], server.url, DOC)
+    older = Path(tmp_path) / "older.db"
+    if backup:
+        src, dst = sqlite3.connect(server.db), sqlite3.connect(older)
+        src.backup(dst)
+        src.close(), dst.close()
+    a.keyboard.type("will forget")
     wait_synced([a], server.url, DOC)
     server.stop()
     wait_status(a, "reconnecting")
     if unsent:
         a.keyboard.type(unsent)
 
-    # A new, empty server on the same address: it cannot resume from A's version.
-    fresh = ServerProcess(Path(tmp_path) / "fresh.db", port=server.port)
+    fresh = ServerProcess(older, port=server.port)  # on the same address
     fresh.start()
     try:
         wait_status(a, "connected")
@@ -155,7 +165,7 @@ def test_lost_server_state_rescues_the_text(server, contexts, tmp_path, unsent, 
         assert intro in a.inner_text("#rescue-intro")
         # The editor now shows the server's text, and nothing is pending.
         assert a.evaluate("() => window.__collab.pending") == 0
-        assert doc_text(a) == ""
+        assert doc_text(a) == ("text the server " if backup else "")
         a.click("#rescue-close")
         a.wait_for_selector("#rescue:not([open])", state="attached")
     finally:

@@ -111,5 +111,7 @@ def test_edits_typed_offline_never_go_into_another_document_made_under_the_name(
     ctx.set_offline(False)
     a.wait_for_selector("#rescue[open]")
     assert a.input_value("#rescue-text") == "first document. Typed offline."
+    # It says what happened (was: that the server "could no longer merge" them, as after a lost backup).
+    assert "deleted while this page was away, and another one made under its name" in a.inner_text("#rescue-intro")
     assert wait_synced([a, b], server.url, doc) == "A new document."
     assert a.evaluate("() => window.__collab.pending") == 0

@@ -107,10 +107,12 @@ function restoreEvent(restore, changes, doc, version, mine) {
  * {type: "error", code, message, text, quiet} (an error frame; `quiet` when
  * recovered from without the person) | {type: "notice", text} (a close worth
  * telling) | {type: "problem", text} (the server broke the protocol) |
- * {type: "rescue", text, count, fragments, older, refused, message} (unconfirmed edits the server
+ * {type: "rescue", text, count, fragments, older, refused, message, gone} (unconfirmed edits the server
  * could not take back: show them; `refused`: the error code with which the
  * server refused them, and its message; `older`: no edits, but the server's text
- * went back to an older one, or another one at our version, and this was ours) | {type: "reset", synced, version,
+ * went back to an older one, or another one at our version, and this was ours;
+ * `gone`: "deleted" or "replaced" (deleted and made again) when the document our
+ * versions were of is not there any more) | {type: "reset", synced, version,
  * dropped} (a whole text replaced our state) | {type: "role", role} |
  * {type: "peer", session, user, ranges} (ranges in local positions) |
  * {type: "leave", session} | {type: "peers-cleared"} | {type: "restore",
@@ -379,6 +381,10 @@ export class Session {
     this.limits = resolveLimits(m.limits, this.pageLimits);
     this.sessionId = m.session;
     if (typeof m.resumeKey === "string") this.resumeKey = m.resumeKey;
+    // Our versions were of a document that is not there any more: deleted (no document has the name
+    // now), or deleted and made again (another docId). Said in the rescue of what we had, if any.
+    const gone = this.docId === null || m.docId === this.docId ? null
+      : typeof m.docId === "string" ? "replaced" : "deleted";
     this.docId = typeof m.docId === "string" ? m.docId : null; // none: nobody made the document yet
     if (m.role !== this.role) {
       this.role = m.role; // before a new state is made: its extensions may depend on it
@@ -386,7 +392,7 @@ export class Session {
     }
     if (typeof m.doc === "string") {
       this.stats.welcomesDoc++;
-      this.wholeText(m.doc, m.version, step);
+      this.wholeText(m.doc, m.version, step, gone);
     } else {
       this.stats.welcomesResume++;
       this.stats.resumedUpdates += m.updates.length;
@@ -429,8 +435,9 @@ export class Session {
       : { text: this.state.doc.toString(), count: mine.length, fragments: false };
   }
 
-  /** The server sent the whole text: start over from it; unconfirmed edits go to a rescue. */
-  wholeText(text, version, step) {
+  /** The server sent the whole text: start over from it; unconfirmed edits go to a rescue. `gone`:
+   * "deleted" or "replaced" when the document our versions were of is not there any more. */
+  wholeText(text, version, step, gone = null) {
     const st = this.state;
     const mine = this.unconfirmed;
     if (st && !mine.length && this.version === version && st.doc.length === text.length && st.doc.toString() === text) {
@@ -442,11 +449,13 @@ export class Session {
       rescue = st.doc === this.rescuedDoc ? null : this.rescueOf(mine);
     } else if (this.orphans && this.orphans.length) {
       rescue = { text: insertedText(this.orphans), count: this.orphans.length, fragments: true };
-    } else if (st && !this.baseUnknown && version <= this.version) {
+    } else if (st && !this.baseUnknown && (version <= this.version || (gone && st.doc.length))) {
       // The server's text is older than what we had confirmed (restored from a backup; deleted and
-      // made again), or another text at our version: what we showed as saved is not there any more.
+      // made again), or another text at our version, or the text of another document: what we
+      // showed as saved is not there any more.
       rescue = { text: st.doc.toString(), count: 0, fragments: false, older: true };
     }
+    if (rescue && gone) rescue.gone = gone;
     if (st) step.events.push({ type: "reset", synced: this.version, version, dropped: mine.length });
     this.orphans = null;
     this.rescuedDoc = null;
