@@ -13,6 +13,9 @@ Rules that always hold:
     version it has not seen reads the missing updates from the database;
   * messages are published only after COMMIT returned (Rooms.published is
     called from commit_done), by one publisher task, in commit order;
+  * channels are named after the database's deployment id (made once
+    at random by a migration), so that only processes on the same
+    database hear each other, whatever else shares the Redis server;
   * one subscriber connection listens to the channels of the open
     documents; a room subscribes before it loads from the database, and
     news of a commit that comes while it loads is handed to it once it is
@@ -48,6 +51,7 @@ import logging
 import secrets
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -62,20 +66,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("collab.cluster")
 
-PREFIX = "collab:doc:"  # one channel per document: PREFIX + name
+# One channel per document: "collab:" + the database's deployment id (storage: `deployment`) + ":doc:" + its
+# name. Redis channels are server-wide (a Redis URL's database number does not separate them): named after
+# the deployment, two deployments sharing one Redis server never hear each other.
+PREFIX = "collab:"
 QUEUE_LIMIT = 10000     # messages waiting for the publisher; beyond it they are dropped (news, not data)
 QUEUE_BYTES = 16 << 20  # and bytes of them (an `updates` frame may be a whole --max-frame)
 STOP_TIMEOUT = 5.0      # seconds stop() waits for its cancelled tasks to end
 EXPIRY_GRAIN = 0.25     # seconds: another process's cursors due to expire are dropped at most this late
 
 
+def shown(url: str) -> str:
+    """A Redis URL as logs may show it: its password replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"))
+    except ValueError:
+        return "(a Redis URL that cannot be read)"
+
+
 def _name_or_none(value) -> str | None:
     """A document name from a message (a rename's new name), or None if it is not one."""
     return value if type(value) is str and protocol.valid_doc_name(value) else None
-
-
-def channel(name: str) -> str:
-    return PREFIX + name
 
 
 class Cluster:
@@ -86,6 +100,7 @@ class Cluster:
         self.rooms = rooms
         self.url = url or None
         self.id = secrets.token_hex(6)  # this process, in every message it sends
+        self.prefix = PREFIX + ":doc:"  # of our channels: with the deployment's id once start() read it
         self.check_every = check_every
         self.poll_every = poll_every
         self.republish = republish
@@ -98,6 +113,7 @@ class Cluster:
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
         self._queued_bytes = 0
         self._dropping = Throttle(log)  # one warning a minute while messages are dropped, not one each
+        self._check_failing = Throttle(log)  # and while the database checks fail
         self._tasks: list[asyncio.Task] = []
         self._check_now = asyncio.Event()
         self._republish_now = asyncio.Event()
@@ -113,6 +129,7 @@ class Cluster:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self.prefix = f"{PREFIX}{await self.rooms.store.deployment()}:doc:"
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._check_loop()))
         self._tasks.append(loop.create_task(self._presence_loop()))
@@ -150,9 +167,13 @@ class Cluster:
 
     # ------------------------------------------------------------- rooms call
 
+    def channel(self, name: str) -> str:
+        """The Redis channel of the document `name` in this deployment."""
+        return self.prefix + name
+
     async def watch(self, name: str) -> None:
         """Hear about `name` (called before the room loads, so nothing committed after the load is missed)."""
-        ch = channel(name)
+        ch = self.channel(name)
         self._channels.add(ch)
         if self._pubsub is not None and self.up:
             try:
@@ -178,7 +199,7 @@ class Cluster:
         self._send(name, {"k": "q"})
 
     def unwatch(self, name: str) -> None:
-        ch = channel(name)
+        ch = self.channel(name)
         self._channels.discard(ch)
         self._confirmed.discard(ch)
         if self._pubsub is not None and self.up:
@@ -226,7 +247,7 @@ class Cluster:
             self._dropping.warning("cluster: %d messages (%d bytes) wait for Redis; dropping more (the "
                                    "database checks catch up)", self._queue.qsize(), self._queued_bytes)
             return
-        self._queue.put_nowait((channel(name), payload))
+        self._queue.put_nowait((self.channel(name), payload))
         self._queued_bytes += len(payload)
 
     # --------------------------------------------------------------- Redis
@@ -235,12 +256,13 @@ class Cluster:
         import redis.asyncio as redis
         return redis.Redis.from_url(self.url, socket_connect_timeout=2.0, **options)
 
-    def _set_up(self, up: bool) -> None:
+    def _set_up(self, up: bool, why: BaseException | None = None) -> None:
+        """Redis is reachable (`up`) or not, `why` the error that says so: logged when it changes."""
         if up and self.up is None:
-            log.info("cluster: Redis is reachable")
+            log.info("cluster: Redis at %s is reachable", shown(self.url))
         elif up != self.up:
-            log.warning("cluster: Redis is %s", "reachable again" if up else
-                        f"unreachable; polling the database every {self.poll_every:g} s")
+            log.warning("cluster: Redis at %s is %s", shown(self.url), "reachable again" if up else
+                        f"unreachable ({self._reason(why)}); polling the database every {self.poll_every:g} s")
         changed = up != self.up
         self.up = up
         self.m_up.set(1 if up else 0)
@@ -250,6 +272,16 @@ class Cluster:
             # Up: whatever was said while we were away, read it. Down: start polling now, not at the
             # end of the slower check interval the loop is waiting out (news may be lost from here on).
             self._check_now.set()
+
+    def _reason(self, exc: BaseException | None) -> str:
+        """What `exc` says, for the log: its type and message, any password in it replaced by ***."""
+        if exc is None:
+            return "no answer"
+        text = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else "no message")
+        password = urlsplit(self.url or "").password
+        if password:
+            text = text.replace(password, "***")
+        return f"{type(exc).__name__}: {text}"
 
     async def _publish_loop(self) -> None:
         """The one publisher: messages go out in the order they were queued (commit order)."""
@@ -269,7 +301,7 @@ class Cluster:
                     raise
                 except Exception as exc:  # noqa: BLE001 - Redis down: drop it, the checks catch up
                     log.debug("cluster: publish failed: %s", exc)
-                    self._set_up(False)
+                    self._set_up(False, exc)
                     # The subscriber goes too: only its reconnection says Redis is back (up), and while
                     # we are down nothing else asks (the check loop pings only while up).
                     client, self._publisher_client = self._publisher_client, None
@@ -295,7 +327,7 @@ class Cluster:
             except Exception as exc:  # noqa: BLE001 - anything: start over on a fresh connection
                 if not self._stopping:
                     log.debug("cluster: subscriber failed: %s", exc)
-                self._set_up(False)
+                self._set_up(False, exc)
                 pubsub, self._pubsub = self._pubsub, None
                 await _close_quietly(pubsub)
                 await asyncio.sleep(backoff)
@@ -305,7 +337,7 @@ class Cluster:
         client = self._client(socket_timeout=None)
         pubsub = client.pubsub()
         self._confirmed.clear()
-        await pubsub.subscribe(PREFIX + "\0hello")  # a connection with at least one subscription
+        await pubsub.subscribe(self.prefix + "\0hello")  # a connection with at least one subscription
         subscribed: set[str] = set()
         while True:  # rooms open (watch) and close (unwatch) meanwhile, seeing no pubsub yet: until it holds
             missing, stale = self._channels - subscribed, subscribed - self._channels
@@ -331,11 +363,11 @@ class Cluster:
                 self._rosters_lost()
             self._confirmed.add(ch)
             return
-        if kind != "message" or not ch or not ch.startswith(PREFIX):
+        if kind != "message" or not ch or not ch.startswith(self.prefix):
             return
         self.m_received.inc()
         try:
-            self._handle(ch[len(PREFIX):], orjson.loads(message["data"]))
+            self._handle(ch[len(self.prefix):], orjson.loads(message["data"]))
         except Exception:  # noqa: BLE001 - a message we cannot read is a lost message
             log.exception("cluster: a message on %s could not be handled", ch)
 
@@ -354,7 +386,7 @@ class Cluster:
         if kind in ("u", "r") and "d" in msg and room is not None and room.doc_id is not None \
                 and msg["d"] != room.doc_id:
             # Another document of that name: ours was deleted or renamed elsewhere and the news is not
-            # here yet, or another deployment shares this Redis. Not ours to apply: the database says.
+            # here yet. Not ours to apply: the database says.
             self._check_now.set()
             return
         if kind == "r":
@@ -394,7 +426,7 @@ class Cluster:
         try:
             self._handle(name, msg, loaded=True)
         except Exception:  # noqa: BLE001 - a message we cannot read is a lost message
-            log.exception("cluster: a message on %s could not be handled", channel(name))
+            log.exception("cluster: a message on %s could not be handled", self.channel(name))
 
     # ------------------------------------------------------------- checks
 
@@ -413,15 +445,17 @@ class Cluster:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away too; try again
-                log.debug("cluster: check failed: %s", exc)
+                # Said (once a minute): while it fails, news lost on Redis is not made good.
+                self._check_failing.warning("cluster: checking the open documents against the database "
+                                            "failed: %s: %s", type(exc).__name__, exc)
             if self.url and self.up and self._publisher_client is not None:
                 try:
                     async with asyncio.timeout(1.0):
                         await self._publisher_client.ping()
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - paused or gone: poll until it answers again
-                    self._set_up(False)
+                except Exception as exc:  # noqa: BLE001 - paused or gone: poll until it answers again
+                    self._set_up(False, exc)
                     client, self._publisher_client = self._publisher_client, None
                     pubsub, self._pubsub = self._pubsub, None
                     await _close_quietly(client, pubsub)

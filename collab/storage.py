@@ -426,6 +426,8 @@ class Storage(Protocol):
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]: ...  # (version, salt, name)
 
+    async def deployment(self) -> str: ...  # what the processes on this database name their Redis channels after
+
     async def people(self, doc_id: int, upto: int | None = None) -> dict[str, dict]: ...
     # each person's name and colour as of version `upto` (None: the head), by person id
 

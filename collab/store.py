@@ -896,6 +896,10 @@ class Store(GroupWriter):
 
         return {row[0]: {"name": row[1], "color": row[2]} for row in await self._read(fn)}
 
+    async def deployment(self) -> str:
+        """One process serves a SQLite file (the lock), so it shares no channels: no deployment id."""
+        return ""
+
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:
         """(committed version, salt, name) of each of these documents (deleted ones are missing)."""
         def fn(conn: sqlite3.Connection) -> dict[int, tuple[int, str, str]]:

@@ -1104,6 +1104,10 @@ class PgStore(GroupWriter):
         rows = await self._read(fn, snapshot=True)
         return {person: {"name": name, "color": color} for person, name, color in rows}
 
+    async def deployment(self) -> str:
+        """This database's deployment id (migration 005): what every process on it names its Redis channels after."""
+        return await self._read(lambda conn: conn.fetchval("SELECT id FROM deployment"))
+
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:
         """(committed version, salt, name) of each of these documents (one query; deleted ones are missing)."""
         if not doc_ids:

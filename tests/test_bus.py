@@ -17,7 +17,7 @@ import pytest
 from clusterproc import RedisServer
 from serverproc import free_port
 from collab.access import Access
-from collab.cluster import STOP_TIMEOUT, Cluster, channel
+from collab.cluster import STOP_TIMEOUT, Cluster
 from collab.errors import CLOSE_POLICY, ProtocolError
 from collab.room import Rooms
 from collab.settings import Settings
@@ -82,7 +82,7 @@ async def test_a_document_renamed_elsewhere_closes_here_saying_its_new_name_and_
     await until(lambda: conn.closed and waiting.closed, "the sessions' end")
     assert conn.closed_with == waiting.closed_with == (CLOSE_POLICY, "this document was renamed to new")
     assert there.rooms.get("old") is not member.room
-    assert channel("old") not in there.cluster._channels
+    assert there.cluster.channel("old") not in there.cluster._channels
 
 
 @pytest.mark.parametrize("deleted", [False, True], ids=["reset", "deleted"])
@@ -188,7 +188,7 @@ async def test_a_room_opened_while_the_subscriber_connects_is_subscribed(bus):
 
             async def subscribing(*channels):
                 await subscribe(*channels)
-                if channel("first") in channels:
+                if bus.channel("first") in channels:
                     await bus.watch("late")  # a room opens while the connection is being set up
 
             ps.subscribe = subscribing
@@ -200,7 +200,7 @@ async def test_a_room_opened_while_the_subscriber_connects_is_subscribed(bus):
     bus._client = hooked
     await bus._connect()
     subscribed = {ch.decode() if isinstance(ch, bytes) else ch for ch in bus._pubsub.channels}
-    assert {channel("first"), channel("late")} <= subscribed, subscribed
+    assert {bus.channel("first"), bus.channel("late")} <= subscribed, subscribed
 
 
 async def test_news_for_another_document_of_the_same_name_is_left_to_the_database(two):
@@ -265,25 +265,38 @@ async def test_while_redis_is_down_no_updates_wait_to_be_published_and_the_rest_
     assert bus._queue.qsize() == 2 and bus._queued_bytes <= 10_000
 
 
-@pytest.mark.parametrize("reachable", [True, False], ids=["reachable", "unreachable"])
+@pytest.mark.parametrize("reachable", [True, False, "bad-db"], ids=["reachable", "unreachable", "bad-db"])
 async def test_the_log_says_at_start_whether_redis_is_reachable(tmp_path, caplog, reachable):
     """Was: the bus started as down, so a process that could never reach Redis logged nothing about it
-    (no change), and every healthy one logged a warning that Redis was 'reachable again'."""
+    (no change), and every healthy one logged a warning that Redis was 'reachable again'. Then: the
+    warning said only 'Redis is unreachable', the same for a Redis that is down, a wrong host name and a
+    database number the server does not have; now it names the URL (its password hidden) and the error."""
     import logging
 
     redis = RedisServer(workdir=tmp_path / "redis").start() if reachable else None
     settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0)
     store = await Store(settings.db).open()
     rooms = Rooms(settings, store)
-    url = redis.url if redis else f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    port = free_port() if not redis else int(redis.url.rsplit(":", 1)[1].split("/")[0])  # nothing listens there
+    url = redis.url if reachable is True else f"redis://:hunter2pass@127.0.0.1:{port}/{99 if redis else 0}"
     cluster = rooms.cluster = Cluster(rooms, url, check_every=0.2, poll_every=0.1)
     try:
         with caplog.at_level(logging.INFO, logger="collab.cluster"):
             await cluster.start()
             await until(lambda: cluster.up is not None, "the first try at Redis")
-        said = [(r.levelname, r.getMessage()) for r in caplog.records if "Redis is" in r.getMessage()]
-        assert said == ([("INFO", "cluster: Redis is reachable")] if reachable else
-                        [("WARNING", "cluster: Redis is unreachable; polling the database every 0.1 s")]), said
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if "Redis at" in r.getMessage()]
+        assert not [r for r in caplog.records if "hunter2pass" in r.getMessage()], "the password is never logged"
+        if reachable is True:
+            assert said == [("INFO", f"cluster: Redis at {url} is reachable")], said
+        else:
+            assert len(said) == 1 and said[0][0] == "WARNING", said
+            shown = f"redis://:***@127.0.0.1:{port}/{99 if redis else 0}"
+            assert said[0][1].startswith(f"cluster: Redis at {shown} is unreachable ("), said
+            assert said[0][1].endswith("); polling the database every 0.1 s"), said
+            why = said[0][1].split(" is unreachable (", 1)[1]
+            # Nothing listening, or a server that refuses the connection's AUTH or database number: the error's
+            # own words, not just "unreachable".
+            assert why.startswith("ConnectionError: Error 111 " if not redis else ("AuthenticationError", "ResponseError")), why
     finally:
         await cluster.stop()
         await rooms.shutdown()

@@ -21,7 +21,7 @@ import pytest
 
 from collab import protocol
 from collab.errors import ServerError
-from collab.cluster import Cluster, channel
+from collab.cluster import Cluster
 from collab.room import Rooms
 from collab.settings import Settings
 from collab.store_pg import PgStore
@@ -141,7 +141,7 @@ async def test_the_cursors_of_a_process_that_died_leave_when_their_expiry_is_due
         try:
             for i in range(4):
                 session = f"dead-{i}"
-                await dead.publish(channel("doc"), orjson.dumps({"k": "p", "p": "deadprocess", "peers": [
+                await dead.publish(b.cluster.channel("doc"), orjson.dumps({"k": "p", "p": "deadprocess", "peers": [
                     {"session": session, "user": {"name": f"d{i}", "color": "#123456"}, "version": 1,
                      "ranges": [{"anchor": i, "head": i}]}]}))
                 news[session] = time.monotonic()
@@ -291,3 +291,32 @@ async def test_a_hello_naming_a_document_made_after_this_room_loaded_is_sent_bac
         await b.join("doc", dave, protocol.Hello("dave", 1, {"name": "d", "color": "#123456"}, doc_id=made),
                      token=None)
         assert (dave.of("welcome")[0].get("from"), dave.of("welcome")[0]["docId"]) == (1, made)
+
+
+async def test_two_deployments_sharing_one_redis_never_hear_each_other(pg_server, database, redis):
+    """Was: channels were named after the document alone, and Redis pub/sub channels are server-wide (the
+    database number of a Redis URL does not separate them): two deployments on one Redis server, each with
+    a document of one name, showed each other's cursors and names, and their leaves. Now each database has
+    its own deployment id (migration 005), and channels are named after it. Processes on one database
+    still hear each other at once."""
+    other = pg_server.create_database()
+    try:
+        async with process(database, redis.url, check_every=30.0) as a, \
+                process(database, redis.url, check_every=30.0) as a2, \
+                process(pg_server.url(other), redis.url, check_every=30.0) as b:
+            await until(lambda: a.cluster.up and a2.cluster.up and b.cluster.up, "the processes on Redis")
+            heard = []  # the processes b heard from
+            handle = b.cluster._handle
+            b.cluster._handle = lambda name, msg, loaded=False: (heard.append(msg.get("p")), handle(name, msg, loaded))
+            ann, ann_member = await typed(a, "shared", "ann", "hello world")
+            neighbour, _ = await typed(a2, "shared", "nick", "")
+            stranger, _ = await typed(b, "shared", "mallory", "other text")
+            ann_member.room.presence(ann_member, protocol.Presence(1, [(3, 5)]))
+            await until(lambda: ann.session in cursors_seen(neighbour), "ann's cursor at the same deployment")
+            await asyncio.sleep(0.5)  # the same bus: anything crossing would be here by now
+            assert ann.session not in cursors_seen(stranger), "was: ann's cursor shown at another deployment"
+            assert not {a.cluster.id, a2.cluster.id} & set(heard), "b heard the other deployment's news"
+            assert b.rooms["shared"].seq.committed_text() == "other text"
+            assert a.cluster.prefix == a2.cluster.prefix != b.cluster.prefix
+    finally:
+        pg_server.drop_database(other)
