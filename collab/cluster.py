@@ -130,12 +130,28 @@ class Cluster:
 
     async def start(self) -> None:
         self.prefix = f"{PREFIX}{await self.rooms.store.deployment()}:doc:"
+        await self._compare_secret()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._check_loop()))
         self._tasks.append(loop.create_task(self._presence_loop()))
         if self.url:
             self._tasks.append(loop.create_task(self._read_loop()))
             self._tasks.append(loop.create_task(self._publish_loop()))
+
+    async def _compare_secret(self) -> None:
+        """Say so when this process signs links with another secret (or none) than the process on this database
+        that started before it: links made at one would be refused at the other (`forbidden`), and nothing
+        else would tell the operator why."""
+        store, access = self.rooms.store, self.rooms.access
+        before = await store.swap_secret_check(access.fingerprint(), time.time())
+        if before is not None and before[0] != access.fingerprint():
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(before[1]))
+            log.warning("cluster: this process signs links with another secret than the one the process that "
+                        "started before it on this database used (at %s)%s: links made at one are refused at the "
+                        "other. Give every process the same --secret-file; if the secret was changed on purpose, "
+                        "restart the others with it.", when,
+                        "; access control is off here" if not access.enabled else
+                        "; access control is off there" if before[0] == "none" else "")
 
     async def stop(self) -> None:
         """Say goodbye for our sessions (their cursors leave everywhere now), then close."""

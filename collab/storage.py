@@ -428,6 +428,9 @@ class Storage(Protocol):
 
     async def deployment(self) -> str: ...  # what the processes on this database name their Redis channels after
 
+    async def swap_secret_check(self, fingerprint: str, now: float) -> tuple[str, float] | None: ...
+    # records the starting process's Access.fingerprint(); the one the process before it recorded, and when
+
     async def people(self, doc_id: int, upto: int | None = None) -> dict[str, dict]: ...
     # each person's name and colour as of version `upto` (None: the head), by person id
 

@@ -900,6 +900,10 @@ class Store(GroupWriter):
         """One process serves a SQLite file (the lock), so it shares no channels: no deployment id."""
         return ""
 
+    async def swap_secret_check(self, fingerprint: str, now: float) -> tuple[str, float] | None:
+        """One process serves a SQLite file: no other process's secret to compare with."""
+        return None
+
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:
         """(committed version, salt, name) of each of these documents (deleted ones are missing)."""
         def fn(conn: sqlite3.Connection) -> dict[int, tuple[int, str, str]]:

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from collab import protocol
+from collab.access import Access
 from collab.errors import ServerError
 from collab.cluster import Cluster
 from collab.room import Rooms
@@ -40,9 +41,10 @@ def database(pg_server):
 async def process(db_url: str, redis_url: str | None, **options):
     """One collab process's registry, store and cluster (started), stopped at the end."""
     cluster_options = {k: options.pop(k) for k in ("check_every", "poll_every", "republish", "expiry") if k in options}
+    secret = options.pop("secret", None)
     settings = Settings(db=db_url, unload_after=60.0, **options)
     store = await PgStore(db_url, keep=settings.keep_updates).open()
-    rooms = Rooms(settings, store)
+    rooms = Rooms(settings, store, access=Access(secret.encode()) if secret else None)
     rooms.cluster = Cluster(rooms, redis_url, **cluster_options)
     await rooms.cluster.start()
     try:
@@ -320,3 +322,26 @@ async def test_two_deployments_sharing_one_redis_never_hear_each_other(pg_server
             assert a.cluster.prefix == a2.cluster.prefix != b.cluster.prefix
     finally:
         pg_server.drop_database(other)
+
+
+async def test_a_process_started_with_another_secret_says_so(database, caplog):
+    """Was: every process of a deployment must sign links with the same secret, but one started with another
+    (or none) joined silently: links made at the others were refused there (`forbidden`), and its log said
+    only that. Now a process compares its secret's fingerprint with the one the process that started before
+    it on the database recorded, and warns when they differ."""
+    import logging
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "another secret" in r.getMessage()]
+
+    first, second = "a first secret, long enough", "another secret, long enough"
+    with caplog.at_level(logging.WARNING, logger="collab.cluster"):
+        async with process(database, None, secret=first), process(database, None, secret=first):
+            assert said() == [], "the same secret: nothing to say"
+            async with process(database, None, secret=second):
+                assert len(said()) == 1 and "Give every process the same --secret-file" in said()[0], said()
+            async with process(database, None):
+                assert len(said()) == 2 and "access control is off here" in said()[1], said()
+            async with process(database, None, secret=first):
+                assert len(said()) == 3 and "access control is off there" in said()[2], said()
+        assert first.encode().hex() not in " ".join(said()) and first not in " ".join(said())
