@@ -8,7 +8,9 @@ import {
   highlightSpecialChars, drawSelection, dropCursor, rectangularSelection, crosshairCursor,
 } from "@codemirror/view";
 import { defaultKeymap, history, historyKeymap, indentWithTab } from "@codemirror/commands";
-import { syntaxHighlighting, bracketMatching, indentOnInput, foldKeymap, LanguageSupport } from "@codemirror/language";
+import {
+  syntaxHighlighting, bracketMatching, indentOnInput, foldKeymap, Language, LanguageSupport,
+} from "@codemirror/language";
 import { search, searchKeymap, highlightSelectionMatches } from "@codemirror/search";
 import { markdownLanguage, markdownKeymap } from "@codemirror/lang-markdown";
 import { tagHighlighter, tags as t } from "@lezer/highlight";
@@ -35,6 +37,27 @@ const highlighter = tagHighlighter([
   { tag: [t.attributeName, t.propertyName], class: "tok-property" },
   { tag: t.invalid, class: "tok-invalid" },
 ]);
+
+// The longest paragraph (or table, or other paragraph-like block) the
+// highlighter parses as one, in characters: a longer one is ended at the
+// next line after that many and the rest parsed as another. The Markdown
+// parser re-parses the whole block an edit falls in, inline syntax and
+// all, and cannot stop half-way through one; a text without blank lines (a
+// log, a poem, a 1 MB table) is one block, and each keystroke in it re-parsed
+// all of it (a quarter of a second per keystroke at 1 MB). Cut, an edit
+// re-parses a piece of at most this size plus a line, and the pieces after
+// it are reused. What changes: emphasis or a link spanning a cut is not
+// highlighted as one, and a table's rows after a cut are shown as plain
+// text; the preview (markdown-it) renders the whole text as it is.
+export const LEAF_MAX = 20000;
+
+const longBlocksCut = {
+  parseBlock: [{ name: "CutLongLeaf", endLeaf: (_cx, _line, leaf) => leaf.content.length >= LEAF_MAX }],
+};
+
+// markdownLanguage with that cut; the same language data, so markdownKeymap's commands still see Markdown.
+const markdownEditorLanguage = new Language(
+  markdownLanguage.data, markdownLanguage.parser.configure(longBlocksCut), [], "markdown");
 
 const dark = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
 const themeConf = new Compartment();
@@ -72,7 +95,7 @@ export function editorSetup() {
     EditorView.lineWrapping,
     // GitHub-flavoured Markdown without the nested HTML/JS/CSS parsers that
     // markdown() would bundle (they triple the bundle for little gain).
-    new LanguageSupport(markdownLanguage, [Prec.high(keymap.of(markdownKeymap))]),
+    new LanguageSupport(markdownEditorLanguage, [Prec.high(keymap.of(markdownKeymap))]),
     keymap.of([...defaultKeymap, ...searchKeymap, ...historyKeymap, ...foldKeymap, indentWithTab]),
     themeConf.of(themeFor(!!(dark && dark.matches))),
     EditorView.contentAttributes.of({ spellcheck: "true", "aria-label": "Document text", "aria-describedby": "editor-keys" }),
