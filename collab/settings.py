@@ -3,7 +3,9 @@
 Each field has a default, a help text and an environment variable
 (`COLLAB_<NAME>`); the command line (`collab serve --name value`) overrides
 the environment, which overrides the default. A test checks that every
-setting is documented in the README.
+setting is documented in the README. A value refused is named as the user
+gave it: by its flag (`--check-every`), or by its variable
+(`COLLAB_CHECK_EVERY`) when it came from the environment.
 """
 
 from __future__ import annotations
@@ -11,13 +13,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .storage import not_a_database
+from .storage import is_postgres, not_a_database
 
 MIN_SECRET = 16  # characters of a secret, from --secret or a secret file: a shorter one is guessed
 MIN_FRAME = 1024  # bytes: the smallest --max-frame (a hello with a long name and ids takes several hundred)
+
+
+def flag(name: str) -> str:
+    """The command-line option of the setting `name`: --check-every for check_every."""
+    return "--" + name.replace("_", "-")
 
 
 def _opt(default, help: str, **meta):
@@ -144,18 +152,23 @@ class Settings:
             if key in environ:
                 values[f.name] = _convert(f, environ[key], key)
         values.update(overrides)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as exc:  # its messages name flags: a value from the environment is named as it was given
+            message = str(exc)
+            for name in values.keys() - overrides.keys():
+                message = re.sub(re.escape(flag(name)) + r"(?![\w-])", "COLLAB_" + name.upper(), message)
+            raise ValueError(message) from None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
             help_text = f"{f.metadata['help']} (env COLLAB_{f.name.upper()}, default {f.default!r})"
             if f.type in ("bool", bool):
-                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                parser.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                     default=None, help=help_text)
             else:
-                parser.add_argument(flag, dest=f.name, default=None, help=help_text,
+                parser.add_argument(flag(f.name), dest=f.name, default=None, help=help_text,
                                     type=_TYPES[f.type], choices=f.metadata.get("choices"))
 
     @classmethod
@@ -169,45 +182,45 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type in ("float", float) and not math.isfinite(value):  # nan and inf pass every comparison below
-                problems.append(f"{f.name} must be a finite number (got {value})")
+                problems.append(f"{flag(f.name)} must be a finite number (got {value})")
             elif f.type in ("int", "float", int, float) and value < 0:
-                problems.append(f"{f.name} must not be negative (got {value})")
+                problems.append(f"{flag(f.name)} must not be negative (got {value})")
             choices = f.metadata.get("choices")
             if choices and value not in choices:
-                problems.append(f"{f.name} must be one of {', '.join(choices)} (got {value!r})")
+                problems.append(f"{flag(f.name)} must be one of {', '.join(choices)} (got {value!r})")
         if not 0 < self.port < 65536 and self.port != 0:
-            problems.append(f"port must be 1-65535 (got {self.port})")
+            problems.append(f"--port must be 1-65535 (got {self.port})")
         if self.snapshot_every < 1:
-            problems.append("snapshot_every must be at least 1")
+            problems.append("--snapshot-every must be at least 1")
         if self.max_frame < MIN_FRAME:  # 0 is no "no limit": every frame from outside is bounded
-            problems.append(f"max_frame must be at least {MIN_FRAME} bytes, so that a hello fits "
+            problems.append(f"--max-frame must be at least {MIN_FRAME} bytes, so that a hello fits "
                             f"(got {self.max_frame})")
         if self.secret and len(self.secret) < MIN_SECRET:  # as for --secret-file: a short secret is guessed
-            problems.append(f"secret must be {MIN_SECRET} characters at least")
+            problems.append(f"--secret must be {MIN_SECRET} characters at least")
         if self.rate <= 0 or self.burst < 1:
-            problems.append("rate must be positive and burst at least 1")
+            problems.append("--rate must be positive and --burst at least 1")
         if self.update_rate <= 0 or self.update_burst < self.max_updates:
-            problems.append("update_rate must be positive and update_burst at least max_updates "
+            problems.append("--update-rate must be positive and --update-burst at least --max-updates "
                             "(a full push must be able to pass)")
         if self.doc_update_rate <= 0 or self.doc_update_burst < self.max_updates:
-            problems.append("doc_update_rate must be positive and doc_update_burst at least max_updates")
+            problems.append("--doc-update-rate must be positive and --doc-update-burst at least --max-updates")
         if not self.db.strip():
-            problems.append("db must be a SQLite file path or a postgresql:// URL (got nothing)")
+            problems.append("--db must be a SQLite file path or a postgresql:// URL (got nothing)")
         elif (why := not_a_database(self.db)) is not None:
-            problems.append(f"db: {why}")
-        if self.redis and "://" not in self.db:
-            problems.append("--redis is for several processes on one PostgreSQL database (--db postgresql://...); "
-                            "a SQLite database is served by one process")
+            problems.append(f"--db: {why}")
+        if self.redis and not is_postgres(self.db):
+            problems.append("--redis is for several processes on one PostgreSQL database, and --db is a SQLite "
+                            "file, which one process serves")
         if self.redis and not self.redis.startswith(("redis://", "rediss://", "unix://")):
-            problems.append("redis must be a redis:// (or rediss://, unix://) URL")
+            problems.append("--redis must be a redis:// (or rediss://, unix://) URL")
         if self.poll_every <= 0 or self.check_every <= 0:
-            problems.append("poll_every and check_every must be positive")
+            problems.append("--poll-every and --check-every must be positive")
         if self.presence_expiry <= self.presence_republish:
-            problems.append("presence_expiry must be longer than presence_republish")
+            problems.append("--presence-expiry must be longer than --presence-republish")
         if self.history_workers < 1 or self.history_timeout <= 0:
-            problems.append("history_workers must be at least 1 and history_timeout positive")
+            problems.append("--history-workers must be at least 1 and --history-timeout positive")
         if self.presence_batch < 1:
-            problems.append("presence_batch must be at least 1")
+            problems.append("--presence-batch must be at least 1")
 
         if bool(self.cert) != bool(self.key):
             problems.append("--cert and --key go together")

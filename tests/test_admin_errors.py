@@ -189,13 +189,13 @@ def test_a_mistyped_option_or_value_is_one_line_naming_the_command(tmp_path):
     db = tmp_path / "a.db"
     for args, words in ((["compact", "--db", db, "--keep-history", "abc"],
                          "argument --keep-history: invalid int value"),
-                        (["compact", "--db", db, "--keep-history", "-3"], "keep_history must not be negative"),
+                        (["compact", "--db", db, "--keep-history", "-3"], "--keep-history must not be negative"),
                         (["backup", "--db", db], "the following arguments are required: FILE"),
-                        (["serve", "--db", db, "--secret", "hunter2hunter2"], "secret must be 16 characters at least"),
+                        (["serve", "--db", db, "--secret", "hunter2hunter2"], "--secret must be 16 characters at least"),
                         (["compact", "--db", db, "--history-timeout", "nan"],
-                         "history_timeout must be a finite number"),
+                         "--history-timeout must be a finite number"),
                         (["docs", "--db", ""],
-                         "db must be a SQLite file path or a postgresql:// URL (got nothing)"),
+                         "--db must be a SQLite file path or a postgresql:// URL (got nothing)"),
                         (["bogus"], "invalid choice: 'bogus'")):
         result = collab(*args)
         who = "collab" if args == ["bogus"] else f"collab {args[0]}"

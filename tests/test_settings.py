@@ -35,11 +35,63 @@ def test_environment_and_flags():
 
 @pytest.mark.parametrize("environ, message", [
     ({"COLLAB_PORT": "eighty"}, "COLLAB_PORT"),
-    ({"COLLAB_SYNC": "sometimes"}, "sync must be one of"),
-    ({"COLLAB_MAX_FRAME": "-1"}, "max_frame must not be negative"),
-    ({"COLLAB_MAX_FRAME": "0"}, "max_frame must be at least 1024 bytes"),  # not "no limit"
+    ({"COLLAB_SYNC": "sometimes"}, "COLLAB_SYNC must be one of"),
+    ({"COLLAB_MAX_FRAME": "-1"}, "COLLAB_MAX_FRAME must not be negative"),
+    ({"COLLAB_MAX_FRAME": "0"}, "COLLAB_MAX_FRAME must be at least 1024 bytes"),  # not "no limit"
     ({"COLLAB_LOG_JSON": "maybe"}, "COLLAB_LOG_JSON"),
 ])
 def test_bad_values_fail_with_a_hint(environ, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env(environ)
+
+
+# Each of these breaks one rule of Settings.__post_init__; together they break every one.
+BAD = [
+    ({"check_every": 0}, "--check-every"),
+    ({"poll_every": 0}, "--poll-every"),
+    ({"history_timeout": float("nan")}, "--history-timeout must be a finite number"),
+    ({"keep_history": -1}, "--keep-history must not be negative"),
+    ({"sync": "sometimes"}, "--sync must be one of"),
+    ({"port": 70000}, "--port must be 1-65535"),
+    ({"snapshot_every": 0}, "--snapshot-every must be at least 1"),
+    ({"max_frame": 100}, "--max-frame must be at least 1024"),
+    ({"secret": "short"}, "--secret must be 16"),
+    ({"rate": 0}, "--rate must be positive"),
+    ({"update_burst": 10}, "--update-burst at least --max-updates"),
+    ({"doc_update_rate": 0}, "--doc-update-rate must be positive"),
+    ({"db": " "}, "--db must be"),
+    ({"db": "mysql://u@h/x"}, "--db: "),
+    ({"redis": "redis://127.0.0.1/0"}, "--redis is for several processes"),
+    ({"db": "postgresql://h/x", "redis": "http://h"}, "--redis must be a redis://"),
+    ({"presence_expiry": 1, "presence_republish": 2}, "--presence-expiry must be longer than --presence-republish"),
+    ({"history_workers": 0}, "--history-workers must be at least 1"),
+    ({"presence_batch": 0}, "--presence-batch must be at least 1"),
+    ({"cert": "c.pem"}, "--cert and --key go together"),
+]
+
+
+@pytest.mark.parametrize("values, words", BAD)
+def test_a_refused_setting_is_named_by_its_flag_not_its_attribute(values, words):
+    """Was: `--check-every 0` said "poll_every and check_every must be positive": names the user never types
+    (found by an operator's audit)."""
+    with pytest.raises(ValueError) as caught:
+        Settings(**values)
+    message = str(caught.value)
+    assert words in message, message
+    attributes = [f.name for f in fields(Settings) if "_" in f.name and f.name in message]
+    assert not attributes, f"{message!r} names attributes {attributes}"
+
+
+def test_a_refused_setting_from_the_environment_is_named_by_its_variable():
+    """Was: COLLAB_REDIS in the environment (a cluster's env file) with a SQLite --db said "--redis is for
+    several processes", naming a flag nobody gave."""
+    parser = argparse.ArgumentParser()
+    Settings.add_arguments(parser)
+    environ = {"COLLAB_REDIS": "redis://127.0.0.1:6379/0", "COLLAB_CHECK_EVERY": "0"}
+    with pytest.raises(ValueError) as caught:
+        Settings.from_args(parser.parse_args(["--db", "file.db", "--poll-every", "0"]), environ)
+    message = str(caught.value)
+    assert "COLLAB_REDIS is for several processes on one PostgreSQL database, and --db is a SQLite file" in message
+    assert "--poll-every and COLLAB_CHECK_EVERY must be positive" in message, message
+    with pytest.raises(ValueError, match="--redis is for several processes"):
+        Settings.from_args(parser.parse_args(["--db", "file.db", "--redis", "redis://h/0"]), {})
