@@ -1,7 +1,9 @@
 """The `collab` command: serve, migrate, and the admin commands (admin.py).
 
 Every subcommand takes every setting (`--db`, `--sync`, ... or COLLAB_*), so
-an admin command run next to the server reads the same environment. A
+an admin command run next to the server reads the same environment; all but
+`serve` ignore `--redis`, so a cluster's environment (COLLAB_REDIS) does
+not stop them working on a SQLite file, a backup say. A
 mistake on the command line is one line on stderr, exit status 2 (an option
 or value it does not take) or 1 (anything else), named after what the user
 ran: `collab CMD`, or run.sh (which says so in COLLAB_RUN_AS).
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
                            "created if missing, or the URL of an existing PostgreSQL database)")
         Settings.add_arguments(p)
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        args.redis = ""  # only the server tells other processes of updates (see the module header)
     try:
         settings = Settings.from_args(args)
     except ValueError as exc:

@@ -7,6 +7,7 @@ refusals are in test_admin.py and test_pg_*.py, but for a user that may not make
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import string
@@ -19,9 +20,9 @@ from pgserver import USER
 from serverproc import ROOT, ServerProcess, free_port
 
 
-def collab(*args, timeout: float = 60, cwd=ROOT) -> subprocess.CompletedProcess:
+def collab(*args, timeout: float = 60, cwd=ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "collab", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def refused(result: subprocess.CompletedProcess, words: str) -> None:
@@ -498,3 +499,23 @@ def test_export_counts_lengths_in_utf16_units_as_docs_lists_them(tmp_path):
     assert refused_import.returncode == 1, refused_import
     assert "refused emoji.txt: 3 UTF-16 units of text is more than --max-doc 2" in refused_import.stderr, \
         refused_import.stderr
+
+
+def test_admin_commands_on_a_sqlite_file_ignore_a_clusters_redis_setting(tmp_path):
+    """Was: with the cluster's environment loaded (COLLAB_DB and COLLAB_REDIS, as docs/deploy.md has operators
+    run admin commands), `collab docs --db backup.db` said "--redis is for several processes on one PostgreSQL
+    database" and did nothing: only `serve` uses Redis. `serve` itself still refuses, naming the variable."""
+    env = {**os.environ, "COLLAB_DB": "postgresql://collab:s3cret-pw@127.0.0.1:1/collab",
+           "COLLAB_REDIS": "redis://127.0.0.1:1/0"}
+    db = tmp_path / "backup.db"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "doc.txt").write_text("text")
+    for args in (["migrate"], ["import", tmp_path / "in"], ["docs"], ["export", tmp_path / "out"],
+                 ["backup", tmp_path / "b.db"], ["compact", "--keep-history", 5], ["copy", db, tmp_path / "c.db"],
+                 ["docs", "--redis", "redis://127.0.0.1:1/0"]):
+        args = args if args[0] == "copy" else [*args, "--db", db]
+        result = collab(*args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+    assert (tmp_path / "out" / "doc.txt").read_text() == "text"
+    result = collab("serve", "--port", free_port(), "--db", db, env=env)
+    assert result.returncode == 2 and "COLLAB_REDIS is for several processes" in result.stderr, result.stderr
