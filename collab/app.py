@@ -17,7 +17,7 @@ from .limits import DiskGuard
 from .metrics import Metrics
 from .room import Rooms
 from .settings import Settings
-from .storage import Storage, store_for
+from .storage import Storage, is_postgres, store_for
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Storage)
@@ -37,12 +37,12 @@ def create_app(settings: Settings) -> web.Application:
     httpguard.install(app, settings)
     store = store_for(settings, exclusive=True)  # SQLite file or PostgreSQL URL (storage.py)
     # The free-disk guard watches the SQLite file's filesystem (a PostgreSQL server watches its own).
-    disk = DiskGuard(None if "://" in settings.db else Path(settings.db).resolve().parent, settings.min_free_disk)
+    disk = DiskGuard(None if is_postgres(settings.db) else Path(settings.db).resolve().parent, settings.min_free_disk)
     rooms = Rooms(settings, store, metrics, Access(settings.load_secret()), disk=disk)
     admission = ws.Admission(settings, rooms)
     compute.configure(settings.history_workers, settings.history_queue, settings.history_memory,
                       settings.history_timeout, settings.authors_max_runs)
-    if "://" in settings.db:  # a shared database: other processes may serve the same documents
+    if is_postgres(settings.db):  # a shared database: other processes may serve the same documents
         rooms.cluster = Cluster(rooms, settings.redis, settings.check_every, settings.poll_every,
                                 settings.presence_republish, settings.presence_expiry)
     app[STORE] = store

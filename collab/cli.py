@@ -146,7 +146,8 @@ def admin_link_file(settings: Settings):
     from pathlib import Path
     if settings.secret_file:
         return Path(settings.secret_file).parent / "admin-link"
-    if "://" not in settings.db:
+    from .storage import is_postgres
+    if not is_postgres(settings.db):
         return Path(settings.db).parent / "admin-link"
     return Path("data") / "admin-link"  # a PostgreSQL URL: beside ./data/secret, as ./run.sh --public keeps it
 

@@ -207,7 +207,7 @@ class Settings:
         if not self.db.strip():
             problems.append("--db must be a SQLite file path or a postgresql:// URL (got nothing)")
         elif (why := not_a_database(self.db)) is not None:
-            problems.append(f"--db: {why}")
+            problems.append(f"--db {why}")
         if self.redis and not is_postgres(self.db):
             problems.append("--redis is for several processes on one PostgreSQL database, and --db is a SQLite "
                             "file, which one process serves")

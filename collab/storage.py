@@ -457,17 +457,41 @@ def is_postgres(db: str) -> bool:
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_MISTYPED = re.compile(r"(?i)postgres.*[:@]")  # postgresql:/u:p@h/db, postgres:u@h, ...; not postgres.db
 
 
 def not_a_database(db: str | Path) -> str | None:
-    """Why `db` (a --db value) names no database collab can use, or None: a URL that is not PostgreSQL's
-    (taken for a SQLite path, a mistyped `postgresql://` would make folders named after the URL, its
-    password among them). The message does not repeat the value."""
+    """Why `db` (a --db value) names no database collab can use, or None: a URL that is not PostgreSQL's, a
+    value with :// elsewhere in it, or one that starts like a mistyped PostgreSQL URL (postgresql:/ with a
+    slash missing). Taken for a SQLite path, it would make folders named after the URL, its password among
+    them. The message starts with the value, its password replaced by ***."""
     db = str(db)
-    if _URL.match(db) and not is_postgres(db):
-        return (f"a {db.split('://', 1)[0]}:// URL is no database collab can use: give a SQLite file path or a "
-                "postgresql:// URL")
+    if is_postgres(db):
+        return None
+    shown = repr(_masked(db))
+    if _URL.match(db):
+        return (f"{shown}: a {db.split('://', 1)[0]}:// URL is no database collab can use: give a SQLite file "
+                "path or a postgresql:// URL")
+    if _MISTYPED.match(db):
+        return f"{shown} is no PostgreSQL URL (those start with postgresql:// or postgres://) nor a SQLite file path"
+    if "://" in db:
+        return f"{shown} is no postgresql:// URL nor a SQLite file path (a :// in its middle)"
     return None
+
+
+_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/*")
+
+
+def _masked(value: str) -> str:
+    """`value`, which may be a URL that cannot be read, with what may be a password replaced by ***: what
+    comes between the user's name and the last @, and password= parameters."""
+    head, at, tail = value.rpartition("@")
+    if at:
+        m = _SCHEME.match(head) or re.search(r".*?:/+", head)  # the scheme, or what ends at a :// in the middle
+        scheme = m.group() if m else ""
+        user, colon, _ = head[len(scheme):].partition(":")
+        value = f"{scheme}{user}{':***' if colon else ''}@{tail}"
+    return re.sub(r"(?i)((?:ssl)?password|passfile)=[^&]*", r"\1=***", value)
 
 
 def describe(db: str | Path) -> str:

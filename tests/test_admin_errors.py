@@ -21,6 +21,8 @@ from serverproc import ROOT, ServerProcess, free_port
 
 
 def collab(*args, timeout: float = 60, cwd=ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    # the checkout's collab, from any folder (not whichever one the venv has installed)
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "collab", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
@@ -219,9 +221,26 @@ def test_a_url_that_is_not_postgresql_is_refused_not_taken_for_a_file(tmp_path):
     source = tmp_path / "a.db"
     assert collab("migrate", "--db", source).returncode == 0
     result = collab("copy", source, "mysql://u:s3cret-pw@h/x", cwd=tmp_path)
-    refused(result, "TARGET: a mysql:// URL is no database collab can use")
+    refused(result, "TARGET: 'mysql://u:***@h/x': a mysql:// URL is no database collab can use")
     assert "s3cret-pw" not in result.stderr + result.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [], "no folder was made after a URL"
+
+
+@pytest.mark.parametrize("url", ["postgresql:/collab:s3cret-pw@127.0.0.1:5432/collab",  # one slash missing
+                                 "Postgres:collab:s3cret-pw@127.0.0.1/collab",
+                                 "postgresql//collab:s3cret-pw@127.0.0.1/collab",
+                                 " postgresql://collab:s3cret-pw@127.0.0.1/collab",  # :// not at the start
+                                 "./postgresql://collab:s3cret-pw@127.0.0.1/collab"])
+def test_a_mistyped_postgresql_url_is_refused_not_served_as_a_sqlite_file(tmp_path, url):
+    """Was: `collab serve --db postgresql:/collab:secret@...` (a slash missing: no scheme collab knew) made a
+    folder `./postgresql:/collab:secret@...` and served a SQLite database in it (found by an operator's
+    audit). The refusal names the value, its password masked."""
+    for args in (["serve", "--port", free_port()], ["migrate"], ["docs"]):
+        result = collab(*args, "--db", url, cwd=tmp_path)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "--db " + repr(url.replace("s3cret-pw", "***")) in result.stderr, result.stderr
+        assert "s3cret-pw" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == [], "nothing was made after the URL"
 
 
 def documents_in(db) -> list[str]:

@@ -60,7 +60,7 @@ BAD = [
     ({"update_burst": 10}, "--update-burst at least --max-updates"),
     ({"doc_update_rate": 0}, "--doc-update-rate must be positive"),
     ({"db": " "}, "--db must be"),
-    ({"db": "mysql://u@h/x"}, "--db: "),
+    ({"db": "mysql://u@h/x"}, "--db 'mysql://u@h/x': a mysql:// URL is no database"),
     ({"redis": "redis://127.0.0.1/0"}, "--redis is for several processes"),
     ({"db": "postgresql://h/x", "redis": "http://h"}, "--redis must be a redis://"),
     ({"presence_expiry": 1, "presence_republish": 2}, "--presence-expiry must be longer than --presence-republish"),
