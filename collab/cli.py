@@ -75,6 +75,7 @@ def serve(settings: Settings) -> None:
 
     def announce():
         print(f"collab: listening on {url}", flush=True)
+        print(f"collab: database {database(settings.db)}", flush=True)
         if secret is not None:
             # Never in the logs (stdout may be the journal): in a file only this user can read, and
             # on the console when there is one.
@@ -95,11 +96,27 @@ def serve(settings: Settings) -> None:
         import uvloop  # what aiohttp recommends: less CPU per frame (bench/README.md has the figures)
         uvloop.install()
     asyncio.run(_listen(app, settings, ssl_context, announce))
+    logging.getLogger("collab").info("stopped")
+
+
+def database(db: str) -> str:
+    """The database `collab serve` says it serves: the SQLite file's absolute path, or the PostgreSQL URL with
+    its password masked (and, when it names no database, which one PostgreSQL picks)."""
+    from pathlib import Path
+    from urllib.parse import parse_qs, urlsplit
+
+    from .storage import describe, is_postgres
+    if not is_postgres(db):
+        return str(Path(db).resolve())
+    parts = urlsplit(db)
+    if parts.path.strip("/") or {"dbname", "database"} & parse_qs(parts.query).keys():
+        return describe(db)
+    return f"{describe(db)} (no database name: PostgreSQL's default, $PGDATABASE or the user's name)"
 
 
 async def _listen(app, settings: Settings, ssl_context, announce) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then shut down gracefully (what web.run_app does), through
-    httpguard.Listener: the connection cap and the request-head deadline."""
+    """Serve `app` until SIGINT or SIGTERM, then shut down gracefully (what web.run_app does, logging that it
+    stops), through httpguard.Listener: the connection cap and the request-head deadline."""
     import asyncio
     import gc
     import signal
@@ -131,11 +148,20 @@ async def _listen(app, settings: Settings, ssl_context, announce) -> None:
         raise SystemExit(f"collab: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") \
             from None
     stop = asyncio.Event()
+    stopped_by = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        stopped_by.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     announce()
     try:
         await stop.wait()
+        # In the journal, a stop is then told from a crash (serve() logs "stopped" when it is done).
+        log.info("stopping (%s): finishing commits, closing %d connection%s", stopped_by[0], listener.open,
+                 "" if listener.open == 1 else "s")
     finally:
         server.close()
         await runner.cleanup()

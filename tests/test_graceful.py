@@ -15,10 +15,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import socket
 import sqlite3
 import time
 
+from collab import cli
 from loadclients import check_server_log, client_report, fuzz_clients
+from serverproc import ServerProcess
 
 STOPS = 2
 LOAD_MS = 8000
@@ -70,3 +74,28 @@ def test_sigterm_under_load_loses_nothing_and_clients_come_back(server, node, tm
     server.stop()
     server.start()
     check_server_log(server, "restarts", recorded, r["texts"][0], ctx)
+
+
+def test_serve_says_which_database_and_logs_a_graceful_stop(tmp_path):
+    """Was: `collab serve` said only where it listens, and a SIGTERM or Ctrl-C left nothing in the log, so in
+    the journal a stop could not be told from a crash (found by an operator's audit)."""
+    db = tmp_path / "data" / "collab.db"
+    db.parent.mkdir()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server = ServerProcess(db, log_path=tmp_path / f"{sig.name}.log").start()
+        with socket.create_connection(("127.0.0.1", server.port)):  # one open connection, idle
+            time.sleep(0.2)
+            os.kill(server.proc.pid, sig)
+            assert server.proc.wait(15) == 0, server.log()
+        server.stop()
+        log = server.log()
+        assert f"collab: database {db.resolve()}\n" in log, log
+        assert f"collab: stopping ({sig.name}): finishing commits, closing 1 connection\n" in log, log
+        assert log.rstrip().endswith("collab: stopped"), log
+
+
+def test_a_postgresql_database_is_named_with_its_password_masked():
+    assert cli.database("postgresql://collab:s3cret@db:5432/collab") == "postgresql://collab:***@db:5432/collab"
+    assert cli.database("postgres://collab:s3cret@db/?dbname=x") == "postgres://collab:***@db/?dbname=x"
+    assert cli.database("postgresql://collab:s3cret@db") == ("postgresql://collab:***@db (no database name: "
+                                                             "PostgreSQL's default, $PGDATABASE or the user's name)")
