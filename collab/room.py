@@ -1686,7 +1686,8 @@ class Rooms:
 
     async def restore(self, name: str, version: int, author: str, person: str | None = None,
                       color: str | None = None, authorize: Callable[[str], None] | None = None) -> int:
-        """One ordinary update turning the current text into the text at `version`; its new version.
+        """One ordinary update turning the current text into the text at `version`; its new version
+        (or, when the text already is that version's, no update and the current version).
 
         `authorize(salt)` checks the caller's rights again against the current
         salt just before the update is sequenced (the diff takes a while: a
@@ -1704,6 +1705,10 @@ class Rooms:
                 # Diffed against the text at `base`; edits committed meanwhile are rebased over by submit.
                 base = room.seq.committed_version
                 changes = await compute.restore_changes(room.seq.committed_text(), old)
+                if changes.is_empty:  # the text already is that version's: no update, nobody told of one
+                    if authorize is not None:
+                        authorize(room.salt)
+                    return base
                 update = Update(f"restore-{secrets.token_hex(6)}", changes)
                 return await room.submit(update.client_id, base, [update], author, restored_from=version,
                                          person=person, color=color, authorize=authorize)

@@ -123,6 +123,23 @@ async def test_restore_is_a_live_minimal_change_and_can_be_undone(client):
     assert (await (await client.get("/api/docs/h")).json()) == {"name": "h", "version": back, "doc": current}
 
 
+async def test_restoring_the_current_text_makes_no_update(client):
+    """A restore whose diff is empty (the current version, or an older one with the same text) changes
+    nothing: it answers the current version and adds no update for anyone to be told of."""
+    ws, welcome = await join(client, "same", "w")
+    e = Editor(ws, "w", welcome)
+    for version, changes in enumerate([[[0, "hello"]], [5, [0, " world"]], [5, [6]]]):
+        await push(ws, version, "w", changes)  # the last one goes back to "hello": version 1's text
+        await e.absorb(version + 1)
+    assert e.text == "hello"
+    for version in (3, 1):
+        resp = await client.post("/api/docs/same/restore", json={"version": version, "author": "Carol"})
+        assert resp.status == 200 and (await resp.json()) == {"version": 3}
+    assert (await (await client.get("/api/docs/same")).json()) == {"name": "same", "version": 3, "doc": "hello"}
+    entries = (await (await client.get("/api/docs/same/history")).json())["entries"]
+    assert [x["version"] for x in entries] == [3, 2, 1]
+
+
 async def test_restore_keeps_concurrent_edits(client):
     ws, welcome = await join(client, "r", "w")
     e = Editor(ws, "w", welcome)
