@@ -509,6 +509,7 @@ async function boot() {
     }
     flushing = false;
   };
+  let wasConnected = false;
   session = new CollabSession({
     docName,
     wsUrl,
@@ -527,6 +528,9 @@ async function boot() {
         renderStatus(info);
         if (info.state === "connected" && refocusAt !== null) placeCaret(true);
         if (info.state === "connected") adoptClosedTabs().then(flushExtras, flushExtras);
+        // Connected again: History loads what it could not (not at every status, which follows each edit).
+        if (info.state === "connected" && !wasConnected && historyPanel) historyPanel.reconnected();
+        wasConnected = info.state === "connected";
       },
       error: showError,
       rescue: showRescue,

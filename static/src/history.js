@@ -17,6 +17,11 @@
 //    and authorship are fetched after a short pause, in-flight requests for
 //    positions left behind are aborted, and an answer for any position but
 //    the current one is dropped.
+//  - What could not be loaded is said (each failure its own message, gone
+//    when that part loads) and tried again later, waiting 1 s, then twice as
+//    long each time up to 30 s, or at once when the page is connected again;
+//    never in a loop. The preview never shows a version other than the one
+//    the label names: a version that could not be loaded leaves it empty.
 
 import { EditorState, StateField, StateEffect, RangeSetBuilder } from "@codemirror/state";
 import { EditorView, Decoration, WidgetType, lineNumbers } from "@codemirror/view";
@@ -35,6 +40,9 @@ const NEWER_DEBOUNCE_MS = 800; // new sessions while the panel is open, at most 
 const CACHE = 60; // version texts kept
 const WIDGET_MAX = 4000; // inserted text shown in the preview, at most
 const MAX_NAME = 100; // a version's name (the server's limit)
+const RETRY_MIN_MS = 1000; // after a failed load, the first try again; then twice as long each time
+const RETRY_MAX_MS = 30000;
+const RETRIED = ["older", "newer", "checkpoints", "version"]; // failures tried again (actions are not)
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -168,6 +176,9 @@ export class HistoryPanel {
     this.currentTimer = null;
     this.newerTimer = null;
     this.preview = null;
+    this.errors = new Map(); // what failed ("older", "version", "restore", ...) -> what to say
+    this.retryTimer = null;
+    this.retryDelay = RETRY_MIN_MS;
 
     $("#history-close").addEventListener("click", () => this.close());
     this.slider.addEventListener("input", () => this.slid());
@@ -198,7 +209,8 @@ export class HistoryPanel {
     $("#history-older").addEventListener("click", () => this.loadOlder());
     if (window.IntersectionObserver) {
       this.observer = new IntersectionObserver((items) => {
-        if (items.some((i) => i.isIntersecting) && this.isOpen) this.loadOlder();
+        // Not while a failed load waits for its retry (scheduleRetry).
+        if (items.some((i) => i.isIntersecting) && this.isOpen && !this.errors.has("older")) this.loadOlder();
       }, { root: this.list.parentElement });
       this.observer.observe($("#history-older"));
     }
@@ -242,6 +254,9 @@ export class HistoryPanel {
     this.oldest = null;
     this.hasOlder = true;
     this.loadingOlder = null;
+    this.errors.clear();
+    this.renderErrors();
+    this.stopRetry();
     this.closeNameForm();
     this.renderSessions();
     this.loadCheckpoints();
@@ -255,8 +270,16 @@ export class HistoryPanel {
     document.body.classList.remove("history-open");
     $("#history-toggle").setAttribute("aria-expanded", "false");
     if (this.abort) this.abort.abort();
+    this.stopRetry();
     const view = this.getView();
     if (view) view.focus();
+  }
+
+  /** The page is connected again (editor.js): what could not be loaded is tried again now. */
+  reconnected() {
+    if (!this.isOpen) return;
+    this.stopRetry();
+    this.retry();
   }
 
   /** Called by the editor on every transaction of the live view. */
@@ -310,6 +333,7 @@ export class HistoryPanel {
     if (!this.hasOlder || this.loadingOlder) return this.loadingOlder;
     const before = this.oldest === null ? this.head + 1 : this.oldest;
     this.loadingOlder = (async () => {
+      let failed = false;
       try {
         const r = await api(apiUrl(this.docName, "/history", { before, limit: PAGE }));
         const { entries } = await r.json();
@@ -317,15 +341,17 @@ export class HistoryPanel {
         for (const e of entries) this.entries.set(e.version, e);
         if (entries.length) this.oldest = entries[entries.length - 1].version;
         if (entries.length < PAGE || this.oldest <= 1) this.hasOlder = false;
+        this.setError("older", null);
         this.renderSessions();
         this.renderLabel();
       } catch (e) {
-        this.setError(`Could not load the history: ${e.message}`);
+        failed = true;
+        if (this.isOpen) this.setError("older", `Could not load the history: ${e.message}`);
       } finally {
         this.loadingOlder = null;
       }
-      // The list may still not fill its box: keep going while the sentinel shows.
-      if (this.isOpen && this.hasOlder && this.sentinelVisible()) setTimeout(() => this.loadOlder(), 0);
+      // The list may still not fill its box: keep going while the sentinel shows (after a failure, the retry does).
+      if (!failed && this.isOpen && this.hasOlder && this.sentinelVisible()) setTimeout(() => this.loadOlder(), 0);
     })();
     return this.loadingOlder;
   }
@@ -352,10 +378,11 @@ export class HistoryPanel {
         this.oldest = entries[entries.length - 1].version;
         this.hasOlder = true;
       }
+      this.setError("newer", null);
       this.renderSessions();
       this.renderLabel();
     } catch (e) {
-      this.setError(`Could not load the history: ${e.message}`);
+      if (this.isOpen) this.setError("newer", `Could not load the history: ${e.message}`);
     }
     this.loadCheckpoints(); // someone may have named a version meanwhile
   }
@@ -364,9 +391,10 @@ export class HistoryPanel {
     try {
       const { checkpoints } = await getJSON(apiUrl(this.docName, "/checkpoints"));
       if (!this.isOpen || !Array.isArray(checkpoints)) return;
+      this.setError("checkpoints", null);
       this.setCheckpoints(checkpoints);
     } catch (e) {
-      this.setError(`Could not load the named versions: ${e.message}`);
+      if (this.isOpen) this.setError("checkpoints", `Could not load the named versions: ${e.message}`);
     }
   }
 
@@ -513,6 +541,7 @@ export class HistoryPanel {
     this.renderLabel();
     this.markSelected();
     this.closeNameForm();
+    this.setError("version", null); // about the version chosen before, if it failed
     this.root.dataset.state = "loading";
     if (this.abort) this.abort.abort();
     clearTimeout(this.scrubTimer);
@@ -580,15 +609,19 @@ export class HistoryPanel {
         this.known = { ...this.known, ...got.people };
       }
       if (seq !== this.seq || version !== this.selected || mode !== this.mode || !this.isOpen) return; // stale
-      this.setError(null);
+      this.setError("version", null);
       this.shown = { version, text, spans, mode };
       this.renderPreview(true);
       if (mode === "authors") this.renderSessions(); // /authors may have told newer names
     } catch (e) {
-      if (e.name === "AbortError" || seq !== this.seq) return;
+      if (e.name === "AbortError" || seq !== this.seq || !this.isOpen) return;
+      // Not the text of the version chosen before under this one's label: nothing, until it loads.
       this.shown = null;
+      this.preview.dispatch({ changes: { from: 0, to: this.preview.state.doc.length }, effects: setDecos.of(Decoration.none) });
+      $("#history-legend").textContent = "";
+      delete this.root.dataset.shown;
       this.root.dataset.state = "error";
-      this.setError(`Version ${version} cannot be shown: ${e.message}`);
+      this.setError("version", `Version ${version} could not be loaded: ${e.message}`);
     }
   }
 
@@ -622,10 +655,45 @@ export class HistoryPanel {
     this.root.dataset.state = "ready";
   }
 
-  setError(text) {
+  /** Say (`text`) or stop saying (null) what went wrong with `what`; a failed load is tried again later. */
+  setError(what, text) {
+    if (text) this.errors.set(what, text);
+    else if (!this.errors.delete(what)) return;
+    this.renderErrors();
+    if (!RETRIED.some((k) => this.errors.has(k))) this.stopRetry();
+    else if (text && RETRIED.includes(what)) this.scheduleRetry();
+  }
+
+  renderErrors() {
     const box = $("#history-error");
+    const text = [...new Set(this.errors.values())].join("\n");
     box.hidden = !text;
-    box.textContent = text || "";
+    box.textContent = text;
+  }
+
+  scheduleRetry() {
+    if (this.retryTimer || !this.isOpen) return;
+    this.retryTimer = setTimeout(() => { this.retryTimer = null; this.retry(); }, this.retryDelay);
+    this.retryDelay = Math.min(RETRY_MAX_MS, this.retryDelay * 2);
+  }
+
+  stopRetry() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.retryDelay = RETRY_MIN_MS;
+  }
+
+  /** Load again what failed to load. */
+  retry() {
+    if (!this.isOpen) return;
+    if (this.errors.has("older")) this.loadOlder();
+    if (this.errors.has("newer")) this.loadNewer();
+    else if (this.errors.has("checkpoints")) this.loadCheckpoints(); // loadNewer loads them too
+    if (this.errors.has("version") && this.selected !== null) {
+      if (this.abort) this.abort.abort();
+      this.root.dataset.state = "loading";
+      this.load(this.selected);
+    }
   }
 
   note(text) {
@@ -673,7 +741,7 @@ export class HistoryPanel {
       if (Array.isArray(checkpoints)) this.setCheckpoints(checkpoints);
       this.note(clean === null ? `Version ${version} no longer has a name.` : `Version ${version} is now named “${clean}”.`);
     } catch (e) {
-      this.setError(`Could not name version ${version}: ${e.message}`);
+      this.setError("name", `Could not name version ${version}: ${e.message}`);
     } finally {
       for (const b of form.querySelectorAll("button")) b.disabled = false;
     }
@@ -693,7 +761,7 @@ export class HistoryPanel {
       this.note(`Restored version ${version}: the text is now version ${made}. To undo, restore version ${made - 1}.`);
     } catch (e) {
       this.note("");
-      this.setError(`Could not restore version ${version}: ${e.message}`);
+      this.setError("restore", `Could not restore version ${version}: ${e.message}`);
       this.showError(`Could not restore version ${version}: ${e.message}`);
     } finally {
       button.disabled = false;
@@ -725,7 +793,7 @@ export class HistoryPanel {
     } catch (e) {
       if (win) win.close();
       this.note("");
-      this.setError(`Could not copy version ${version}: ${e.message}`);
+      this.setError("fork", `Could not copy version ${version}: ${e.message}`);
       this.showError(`Could not copy version ${version}: ${e.message}`);
     } finally {
       button.disabled = false;
@@ -740,7 +808,7 @@ export class HistoryPanel {
     try {
       await exportDocument({ docName: this.docName, version, format, getText: () => this.textAt(version) });
     } catch (e) {
-      this.setError(`Could not download version ${version}: ${e.message}`);
+      this.setError("download", `Could not download version ${version}: ${e.message}`);
     }
   }
 

