@@ -176,6 +176,7 @@ export class HistoryPanel {
     this.currentTimer = null;
     this.newerTimer = null;
     this.preview = null;
+    this.restoring = false;
     this.errors = new Map(); // what failed ("older", "version", "restore", ...) -> what to say
     this.retryTimer = null;
     this.retryDelay = RETRY_MIN_MS;
@@ -568,6 +569,16 @@ export class HistoryPanel {
     label.textContent = parts.join(" · ");
     this.slider.setAttribute("aria-valuetext", label.textContent);
     nameButton.textContent = named ? "Rename this version" : "Name this version";
+    this.renderRestore();
+  }
+
+  /** Restore is not offered for the current text: it would change nothing. */
+  renderRestore() {
+    const button = $("#history-restore");
+    const current = this.selected === this.head;
+    button.disabled = current || this.restoring;
+    if (current) button.title = "This version is the current text: restoring it would change nothing.";
+    else button.removeAttribute("title");
   }
 
   setMode(mode) {
@@ -751,12 +762,18 @@ export class HistoryPanel {
 
   async restore() {
     const version = this.selected;
-    if (version === null) return;
-    const button = $("#history-restore");
-    button.disabled = true;
+    if (version === null || version === this.head || this.restoring) return;
+    this.restoring = true;
+    this.renderRestore();
     this.note(`Restoring version ${version}…`);
     try {
+      const head = this.head;
       const made = await restoreVersion(this.docName, version, this.getUser().name);
+      this.setError("restore", null);
+      if (made <= head) { // the server made no update: the text already was that version's
+        this.note(`Version ${version} has the same text as the current one: nothing to restore.`);
+        return;
+      }
       this.lastRestore = { from: version, version: made };
       this.note(`Restored version ${version}: the text is now version ${made}. To undo, restore version ${made - 1}.`);
     } catch (e) {
@@ -764,7 +781,8 @@ export class HistoryPanel {
       this.setError("restore", `Could not restore version ${version}: ${e.message}`);
       this.showError(`Could not restore version ${version}: ${e.message}`);
     } finally {
-      button.disabled = false;
+      this.restoring = false;
+      this.renderRestore();
     }
   }
 

@@ -88,3 +88,17 @@ def test_a_version_that_could_not_load_is_not_shown_as_another(server, contexts)
     wait_shown(a, 3)
     assert info(a)["text"] == "one"
     assert a.is_hidden("#history-error")
+
+
+def test_restore_is_not_offered_for_the_current_text(server, contexts):
+    doc = "hist-restore-current"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a, head = edited_doc(ctx, server, doc, "abc")
+    a.click("#history-toggle")
+    wait_shown(a, head)
+    assert a.is_disabled("#history-restore")
+    assert "current text" in a.get_attribute("#history-restore", "title")
+    select(a, 1)
+    wait_shown(a, 1)
+    assert a.is_enabled("#history-restore") and a.get_attribute("#history-restore", "title") is None
