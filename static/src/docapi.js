@@ -64,10 +64,13 @@ export async function getJSON(url, init) {
 const ownVersions = new Set();
 const inFlight = new Set();
 
-/** POST /restore: a new update bringing back the text of `version`; resolves to the new version. */
-export async function restoreVersion(docName, version, author) {
+/**
+ * POST /restore: a new update bringing back the text of `version`; resolves to the new version.
+ * `by` {author, person, color}: who restores, as this page's hello says (one person, one colour).
+ */
+export async function restoreVersion(docName, version, { author, person, color }) {
   const call = (async () => {
-    const r = await api(apiUrl(docName, "/restore"), { method: "POST", json: { version, author } });
+    const r = await api(apiUrl(docName, "/restore"), { method: "POST", json: { version, author, person, color } });
     const data = await r.json();
     ownVersions.add(data.version);
     return data.version;

@@ -290,7 +290,7 @@ async function undoRestore(e, el, button) {
   }
   button.disabled = true;
   try {
-    const made = await restoreVersion(docName, e.version - 1, user.name);
+    const made = await restoreVersion(docName, e.version - 1, { author: user.name, person, color: user.color });
     setNoticeText(el, `Undone: version ${e.version - 1} is back (now version ${made}).`);
     button.remove();
   } catch (err) {
@@ -554,6 +554,7 @@ async function boot() {
     docName,
     getView: () => session.view,
     getUser: () => user,
+    person,
     getRole: () => session.role,
     getPeople: () => [...session.peerList(), { person, name: user.name, color: user.color }],
     showError,

@@ -143,7 +143,8 @@ function authorDecorations(spans, length, people) {
 
 export class HistoryPanel {
   /**
-   * opts: docName, getView() (the live editor), getUser(), getRole(),
+   * opts: docName, getView() (the live editor), getUser() ({name, color}), person (this page's
+   * person id, as its hello says), getRole(),
    * getPeople() (the people here now, this page's own person included:
    * [{person, name, color}]), showError(text).
    */
@@ -768,7 +769,8 @@ export class HistoryPanel {
     this.note(`Restoring version ${version}…`);
     try {
       const head = this.head;
-      const made = await restoreVersion(this.docName, version, this.getUser().name);
+      const { name, color } = this.getUser();
+      const made = await restoreVersion(this.docName, version, { author: name, person: this.person, color });
       this.setError("restore", null);
       if (made <= head) { // the server made no update: the text already was that version's
         this.note(`Version ${version} has the same text as the current one: nothing to restore.`);

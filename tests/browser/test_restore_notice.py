@@ -23,6 +23,17 @@ from .browser_helpers import (api_json, open_editor, server_doc, set_user, team_
 from .test_history import info, scrub, wait_shown
 
 
+def restorer(base_url, doc, version):
+    """Who the update that made `version` is stored as: (author, person, color)."""
+    _, body = api_json(base_url, f"/api/docs/{doc}/history?before={version + 1}&limit=1")
+    e = body["entries"][0]
+    return e["author"], e.get("person"), e.get("color")
+
+
+def person_of(page):
+    return page.evaluate("() => window.__collab.person")
+
+
 def test_restore_notice_and_undo(server, contexts, artifacts):
     doc = "restore-notice"
     people = {}
@@ -61,6 +72,8 @@ def test_restore_notice_and_undo(server, contexts, artifacts):
         assert time.monotonic() < deadline, "the restore did not reach Bob"
     wait_synced([alice, bob, carol], server.url, doc)
     assert sentence not in server_doc(server.url, doc)["doc"]
+    # Stored as the person Alice's hello names, in her colour (not as a second, unknown Alice).
+    assert restorer(server.url, doc, restored["version"]) == ("Alice", person_of(alice), "#e5484d")
 
     # Bob is told who restored which version, and what it removed.
     notice = bob.wait_for_selector(f".notice-restore[data-key='restore-{restored['version']}']")
@@ -89,6 +102,7 @@ def test_restore_notice_and_undo(server, contexts, artifacts):
                           " && document.querySelector('.notice-restore .notice-outcome').textContent.startsWith('Undone')")
     text = wait_synced([alice, bob, carol], server.url, doc)
     assert sentence in text
+    assert restorer(server.url, doc, server_doc(server.url, doc)["version"]) == ("Bob", person_of(bob), "#0090ff")
     assert text.startswith("Plan: " + sentence)
     # Alice's page is told of Bob's undo, as of any restore.
     alice.wait_for_selector(".notice-restore")
