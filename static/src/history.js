@@ -53,6 +53,13 @@ function fmtTime(seconds, withDate) {
   return `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
 }
 
+/** A version's name as the server keeps it (protocol.clean_name): NFC, no control or format
+ * characters (line breaks, zero-width spaces), spaces collapsed; "" if nothing visible is left. */
+function cleanName(raw) {
+  return String(raw).normalize("NFC").replace(/[\p{Cc}\p{Cf}]/gu, "").replace(/\s+/g, " ").trim()
+    .slice(0, MAX_NAME).trim();
+}
+
 function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
@@ -203,7 +210,13 @@ export class HistoryPanel {
       this.saveName($("#history-name-input").value);
     });
     $("#history-name-remove").addEventListener("click", () => this.saveName(null));
-    $("#history-name-cancel").addEventListener("click", () => this.closeNameForm());
+    $("#history-name-cancel").addEventListener("click", () => this.closeNameForm(true));
+    $("#history-name-form").addEventListener("keydown", (ev) => {
+      if (ev.key !== "Escape") return;
+      ev.preventDefault();
+      ev.stopPropagation();
+      this.closeNameForm(true);
+    });
     this.list.addEventListener("click", (ev) => {
       const item = ev.target.closest("[data-to]");
       if (item) this.select(Number(item.dataset.to));
@@ -728,17 +741,20 @@ export class HistoryPanel {
     input.select();
   }
 
-  closeNameForm() {
+  /** Close the naming form; `refocus`: back to the button that opened it (Escape, Cancel, a save). */
+  closeNameForm(refocus = false) {
     const form = $("#history-name-form");
     if (form) form.hidden = true;
+    if (refocus) $("#history-name").focus();
   }
 
   /** Name the selected version (`name` null: take its name away). */
   async saveName(name) {
     const version = this.selected;
     if (version === null) return;
-    const clean = name === null ? null : String(name).replace(/\s+/g, " ").trim().slice(0, MAX_NAME);
+    const clean = name === null ? null : cleanName(name);
     if (clean === "") {
+      this.setError("name", "A name needs at least one letter, digit or other visible character.");
       $("#history-name-input").focus();
       return;
     }
@@ -749,9 +765,12 @@ export class HistoryPanel {
         method: "POST", json: { version, name: clean, author: this.getUser().name },
       });
       const { checkpoints } = await r.json();
-      this.closeNameForm();
+      this.setError("name", null);
+      this.closeNameForm(true);
       if (Array.isArray(checkpoints)) this.setCheckpoints(checkpoints);
-      this.note(clean === null ? `Version ${version} no longer has a name.` : `Version ${version} is now named “${clean}”.`);
+      const named = this.checkpointAt(version); // the name as the server keeps it
+      this.note(clean === null ? `Version ${version} no longer has a name.`
+        : `Version ${version} is now named “${named ? named.name : clean}”.`);
     } catch (e) {
       this.setError("name", `Could not name version ${version}: ${e.message}`);
     } finally {

@@ -102,3 +102,30 @@ def test_restore_is_not_offered_for_the_current_text(server, contexts):
     select(a, 1)
     wait_shown(a, 1)
     assert a.is_enabled("#history-restore") and a.get_attribute("#history-restore", "title") is None
+
+
+def test_naming_form_messages_and_focus(server, contexts):
+    doc = "hist-name-form"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a, head = edited_doc(ctx, server, doc, "abc")
+    a.click("#history-toggle")
+    select(a, 1)
+    wait_shown(a, 1)
+    focused = "() => document.activeElement && document.activeElement.id"
+    a.click("#history-name")
+    a.fill("#history-name-input", "\u200b")  # nothing visible: a plain sentence, not the API's wording
+    a.press("#history-name-input", "Enter")
+    a.wait_for_selector("#history-error:not([hidden])")
+    assert a.text_content("#history-error") == "A name needs at least one letter, digit or other visible character."
+    a.fill("#history-name-input", "Draft\u200b \t one")
+    a.press("#history-name-input", "Enter")
+    a.wait_for_selector("#history-name-form", state="hidden")
+    assert a.text_content("#history-note") == "Version 1 is now named “Draft one”."  # as the server keeps it
+    assert a.is_hidden("#history-error")  # the failure before it is no longer news
+    assert a.evaluate(focused) == "history-name"  # back on the button, not on <body>
+    a.click("#history-name")
+    a.wait_for_selector("#history-name-form:not([hidden])")
+    a.press("#history-name-input", "Escape")
+    a.wait_for_selector("#history-name-form", state="hidden")
+    assert a.evaluate(focused) == "history-name"
