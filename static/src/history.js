@@ -46,11 +46,15 @@ const RETRIED = ["older", "newer", "checkpoints", "version"]; // failures tried 
 
 const $ = (sel) => document.querySelector(sel);
 
+// One formatter per format, made once: a list of thousands of sessions formats thousands of
+// times at every rebuild, and toLocaleTimeString makes a new formatter each call (50 times slower).
+const TIME_FORMAT = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const DATE_FORMAT = new Intl.DateTimeFormat([], { month: "short", day: "numeric" });
+
 function fmtTime(seconds, withDate) {
   const d = new Date(seconds * 1000);
-  const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  if (!withDate) return time;
-  return `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
+  const time = TIME_FORMAT.format(d);
+  return withDate ? `${DATE_FORMAT.format(d)} ${time}` : time;
 }
 
 /** A version's name as the server keeps it (protocol.clean_name): NFC, no control or format

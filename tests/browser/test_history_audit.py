@@ -129,3 +129,34 @@ def test_naming_form_messages_and_focus(server, contexts):
     a.press("#history-name-input", "Escape")
     a.wait_for_selector("#history-name-form", state="hidden")
     assert a.evaluate(focused) == "history-name"
+
+
+# Counts date formatters made and locale formatting calls (each makes a formatter) while fn runs.
+COUNT_FORMATTERS = """fn => {
+  let n = 0;
+  const DTF = Intl.DateTimeFormat, proto = Date.prototype;
+  const saved = { t: proto.toLocaleTimeString, d: proto.toLocaleDateString, s: proto.toLocaleString };
+  Intl.DateTimeFormat = function (...args) { n++; return new DTF(...args); };
+  proto.toLocaleTimeString = function (...args) { n++; return saved.t.apply(this, args); };
+  proto.toLocaleDateString = function (...args) { n++; return saved.d.apply(this, args); };
+  proto.toLocaleString = function (...args) { n++; return saved.s.apply(this, args); };
+  try { window.__collab.history[fn](); } finally {
+    Intl.DateTimeFormat = DTF;
+    Object.assign(proto, { toLocaleTimeString: saved.t, toLocaleDateString: saved.d, toLocaleString: saved.s });
+  }
+  return n;
+}"""
+
+
+def test_rebuilding_the_list_makes_no_date_formatter(server, contexts):
+    """A long history's list rebuilds while others type: the times are formatted by formatters made once."""
+    doc = "hist-formatters"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a, head = edited_doc(ctx, server, doc, "abc")
+    a.click("#history-toggle")
+    wait_shown(a, head)
+    a.evaluate("() => { window.__collab.history.gap = 0; }")  # one session an edit: a time each
+    assert a.evaluate(COUNT_FORMATTERS, "renderSessions") == 0
+    times = a.eval_on_selector_all("#history-sessions .history-time", "els => els.map(e => e.textContent)")
+    assert len(times) == head and all(times)
