@@ -5,7 +5,11 @@
 //
 // Result: [[op, text]], op 0 = in both, -1 = only in `a`, 1 = only in `b`;
 // the 0 and -1 pieces spell `a`, the 0 and 1 pieces spell `b`; between two
-// pieces in both, what was removed comes before what was added.
+// pieces in both, what was removed comes before what was added. When the
+// texts differ in too many lines for the line diff (MAX_LINE_D edits), the
+// result is one replacement of everything from the first changed line to
+// the last (trimmed by words at both ends), and it has `coarse: true`: its
+// counts say nothing of how much changed.
 
 const MAX_LINE_D = 2000; // beyond this many line edits: one big replacement
 
@@ -142,7 +146,17 @@ export function diffText(a, b) {
     pushPiece(out, 0, a);
     return out;
   }
-  const la = splitLines(a), lb = splitLines(b);
+  let la = splitLines(a), lb = splitLines(b);
+  // The lines both texts begin and end with are left out of the line diff (most edits are small,
+  // and it then works on the changed middle only).
+  let p = 0;
+  while (p < la.length && p < lb.length && la[p] === lb[p]) p++;
+  let s = 0;
+  while (s < la.length - p && s < lb.length - p && la[la.length - 1 - s] === lb[lb.length - 1 - s]) s++;
+  const tail = la.slice(la.length - s).join("");
+  pushPiece(out, 0, la.slice(0, p).join(""));
+  la = la.slice(p, la.length - s);
+  lb = lb.slice(p, lb.length - s);
   const ids = new Map();
   const id = (line) => {
     let n = ids.get(line);
@@ -152,7 +166,9 @@ export function diffText(a, b) {
   const ia = la.map(id), ib = lb.map(id);
   const runs = myers(ia, ib, MAX_LINE_D);
   if (!runs) {
-    wordDiff(out, a, b);
+    wordDiff(out, la.join(""), lb.join(""));
+    pushPiece(out, 0, tail);
+    out.coarse = true;
     return out;
   }
   let i = 0, j = 0, delA = "", insB = "";
@@ -174,5 +190,6 @@ export function diffText(a, b) {
     }
   }
   flush();
+  pushPiece(out, 0, tail);
   return out;
 }

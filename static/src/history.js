@@ -115,7 +115,8 @@ const delMark = Decoration.mark({ class: "cm-hist-del", attributes: { title: "Re
 function diffDecorations(versionText, currentText) {
   const builder = new RangeSetBuilder();
   let pos = 0, added = 0, removed = 0;
-  for (const [op, text] of diffText(versionText, currentText)) {
+  const pieces = diffText(versionText, currentText);
+  for (const [op, text] of pieces) {
     if (op === 0) pos += text.length;
     else if (op === -1) {
       builder.add(pos, pos + text.length, delMark);
@@ -126,7 +127,7 @@ function diffDecorations(versionText, currentText) {
       added += text.length;
     }
   }
-  return { deco: builder.finish(), added, removed };
+  return { deco: builder.finish(), added, removed, coarse: Boolean(pieces.coarse) };
 }
 
 /** Marks for who wrote what: `spans` [{from, to, author (a key)}], `people` key -> {name, color, person}. */
@@ -674,9 +675,11 @@ export class HistoryPanel {
       const current = live ? live.state.doc.toString() : text;
       const made = diffDecorations(text, current);
       deco = made.deco;
-      legendBox.textContent = made.added || made.removed
-        ? `Compared with the current text: ${made.removed} characters removed since (struck out), ${made.added} added since (green).`
-        : "Same as the current text.";
+      legendBox.textContent = made.coarse
+        ? "Compared with the current text: too different to show in detail, so everything from the first change to the last is shown as removed (struck out) and added (green)."
+        : made.added || made.removed
+          ? `Compared with the current text: ${made.removed} characters removed since (struck out), ${made.added} added since (green).`
+          : "Same as the current text.";
     }
     view.dispatch({ changes, effects: setDecos.of(deco) });
     this.root.dataset.shown = String(version);

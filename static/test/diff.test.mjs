@@ -44,3 +44,23 @@ test('random texts: the pieces always spell both texts', () => {
   check('abc', '');
   check('same', 'same');
 });
+
+test('a small change in a long text is found by lines, however long the text', () => {
+  const lines = Array.from({ length: 20000 }, (_, i) => `line ${i} of a long text\n`);
+  const a = lines.join('');
+  const b = lines.map((l, i) => (i === 12345 ? 'line 12345 of a changed text\n' : l)).join('');
+  const d = check(a, b);
+  assert.equal(d.coarse, undefined);
+  assert.deepEqual(d.filter(([op]) => op !== 0), [[-1, 'long'], [1, 'changed']]);
+});
+
+test('too many changed lines for the line diff: one replacement, marked coarse, trimmed to the changes', () => {
+  const lines = Array.from({ length: 6000 }, (_, i) => `line ${i}\n`);
+  const a = lines.join('');
+  // Every other line from 1000 to 5999 changed: 2500 changed lines, 5000 line edits (past MAX_LINE_D).
+  const b = lines.map((l, i) => (i >= 1000 && i % 2 === 0 ? `line ${i} edited\n` : l)).join('');
+  const d = check(a, b);
+  assert.equal(d.coarse, true);
+  assert.ok(d[0][0] === 0 && d[0][1].startsWith('line 0\n') && d[0][1].includes('line 999\n'), 'the lines before, untouched');
+  assert.ok(!spell(d.filter(([op]) => op === -1), -1).includes('line 999\n'));
+});
