@@ -18,9 +18,9 @@
 //    positions left behind are aborted, and an answer for any position but
 //    the current one is dropped.
 //  - What could not be loaded is said (each failure its own message, gone
-//    when that part loads) and tried again later, waiting 1 s, then twice as
-//    long each time up to 30 s, or at once when the page is connected again;
-//    never in a loop. The preview never shows a version other than the one
+//    when that part loads) and, when the server could not be reached or was
+//    busy, tried again later, waiting 1 s, then twice as long each time up
+//    to 30 s, or at once when the page is connected again; never in a loop. The preview never shows a version other than the one
 //    the label names: a version that could not be loaded leaves it empty.
 
 import { EditorState, StateField, StateEffect, RangeSetBuilder } from "@codemirror/state";
@@ -42,7 +42,9 @@ const WIDGET_MAX = 4000; // inserted text shown in the preview, at most
 const MAX_NAME = 100; // a version's name (the server's limit)
 const RETRY_MIN_MS = 1000; // after a failed load, the first try again; then twice as long each time
 const RETRY_MAX_MS = 30000;
-const RETRIED = ["older", "newer", "checkpoints", "version"]; // failures tried again (actions are not)
+
+/** Whether a failed load is worth trying again: the server could not be reached, or was busy. */
+const transient = (e) => !e.status || e.status >= 500 || e.status === 429;
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -191,6 +193,7 @@ export class HistoryPanel {
     this.preview = null;
     this.restoring = false;
     this.errors = new Map(); // what failed ("older", "version", "restore", ...) -> what to say
+    this.retryable = new Set(); // the loads among them tried again later ("older", "newer", "checkpoints", "version")
     this.retryTimer = null;
     this.retryDelay = RETRY_MIN_MS;
 
@@ -275,6 +278,7 @@ export class HistoryPanel {
     this.hasOlder = true;
     this.loadingOlder = null;
     this.errors.clear();
+    this.retryable.clear();
     this.renderErrors();
     this.stopRetry();
     this.closeNameForm();
@@ -366,7 +370,7 @@ export class HistoryPanel {
         this.renderLabel();
       } catch (e) {
         failed = true;
-        if (this.isOpen) this.setError("older", `Could not load the history: ${e.message}`);
+        if (this.isOpen) this.setError("older", `Could not load the history: ${e.message}`, transient(e));
       } finally {
         this.loadingOlder = null;
       }
@@ -402,7 +406,7 @@ export class HistoryPanel {
       this.renderSessions();
       this.renderLabel();
     } catch (e) {
-      if (this.isOpen) this.setError("newer", `Could not load the history: ${e.message}`);
+      if (this.isOpen) this.setError("newer", `Could not load the history: ${e.message}`, transient(e));
     }
     this.loadCheckpoints(); // someone may have named a version meanwhile
   }
@@ -414,7 +418,7 @@ export class HistoryPanel {
       this.setError("checkpoints", null);
       this.setCheckpoints(checkpoints);
     } catch (e) {
-      if (this.isOpen) this.setError("checkpoints", `Could not load the named versions: ${e.message}`);
+      if (this.isOpen) this.setError("checkpoints", `Could not load the named versions: ${e.message}`, transient(e));
     }
   }
 
@@ -651,7 +655,7 @@ export class HistoryPanel {
       $("#history-legend").textContent = "";
       delete this.root.dataset.shown;
       this.root.dataset.state = "error";
-      this.setError("version", `Version ${version} could not be loaded: ${e.message}`);
+      this.setError("version", `Version ${version} cannot be shown: ${e.message}`, transient(e));
     }
   }
 
@@ -687,13 +691,15 @@ export class HistoryPanel {
     this.root.dataset.state = "ready";
   }
 
-  /** Say (`text`) or stop saying (null) what went wrong with `what`; a failed load is tried again later. */
-  setError(what, text) {
+  /** Say (`text`) or stop saying (null) what went wrong with `what`; a `transient` failure is tried again later. */
+  setError(what, text, transient = false) {
     if (text) this.errors.set(what, text);
     else if (!this.errors.delete(what)) return;
+    if (text && transient) this.retryable.add(what);
+    else this.retryable.delete(what);
     this.renderErrors();
-    if (!RETRIED.some((k) => this.errors.has(k))) this.stopRetry();
-    else if (text && RETRIED.includes(what)) this.scheduleRetry();
+    if (!this.retryable.size) this.stopRetry();
+    else if (transient) this.scheduleRetry();
   }
 
   renderErrors() {
@@ -718,10 +724,11 @@ export class HistoryPanel {
   /** Load again what failed to load. */
   retry() {
     if (!this.isOpen) return;
-    if (this.errors.has("older")) this.loadOlder();
-    if (this.errors.has("newer")) this.loadNewer();
-    else if (this.errors.has("checkpoints")) this.loadCheckpoints(); // loadNewer loads them too
-    if (this.errors.has("version") && this.selected !== null) {
+    const again = this.retryable;
+    if (again.has("older")) this.loadOlder();
+    if (again.has("newer")) this.loadNewer();
+    else if (again.has("checkpoints")) this.loadCheckpoints(); // loadNewer loads them too
+    if (again.has("version") && this.selected !== null) {
       if (this.abort) this.abort.abort();
       this.root.dataset.state = "loading";
       this.load(this.selected);

@@ -82,7 +82,7 @@ def test_a_version_that_could_not_load_is_not_shown_as_another(server, contexts)
     assert a.text_content("#history-label").startswith(f"Version 3 of {head}")
     assert info(a)["text"] == "" and a.text_content("#history-legend") == ""
     assert a.get_attribute("#history", "data-shown") is None
-    assert "Version 3 could not be loaded" in a.text_content("#history-error")
+    assert "Version 3 cannot be shown" in a.text_content("#history-error")
     ctx.set_offline(False)  # connected again: the chosen version is loaded without touching the slider
     wait_status(a, "connected")
     wait_shown(a, 3)
@@ -160,3 +160,18 @@ def test_rebuilding_the_list_makes_no_date_formatter(server, contexts):
     assert a.evaluate(COUNT_FORMATTERS, "renderSessions") == 0
     times = a.eval_on_selector_all("#history-sessions .history-time", "els => els.map(e => e.textContent)")
     assert len(times) == head and all(times)
+
+
+def test_a_failure_that_would_only_repeat_is_not_retried(server, contexts):
+    doc = "hist-no-retry"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a, head = edited_doc(ctx, server, doc, "abc")
+    a.route("**/versions/2", lambda r: r.fulfill(status=404, content_type="application/json",
+                                                  body='{"error": {"code": "not-found", "message": "compacted"}}'))
+    a.click("#history-toggle")
+    wait_shown(a, head)
+    select(a, 2)
+    a.wait_for_selector("#history[data-state=error]")
+    assert a.text_content("#history-error") == "Version 2 cannot be shown: compacted"
+    assert a.evaluate("() => window.__collab.history.retryTimer") is None  # no retry scheduled
