@@ -192,6 +192,16 @@ def _author(body: dict) -> str:
     return protocol.clean_name(who, "someone")
 
 
+def _person_color(body: dict) -> tuple[str | None, str | None]:
+    """The optional "person" and "color" of a restore or fork (as in hello), checked."""
+    person, color = body.get("person"), body.get("color")
+    if person is not None and (type(person) is not str or not protocol.valid_person(person)):
+        raise ProtocolError("bad-request", "person must be 1-64 letters, digits, '-' or '_'")
+    if color is not None and (type(color) is not str or not protocol.valid_color(color)):
+        raise ProtocolError("bad-request", "color must be a hex colour like #3366ff")
+    return person, color
+
+
 def doc_name(request: web.Request) -> str:
     return protocol.doc_name(request.match_info["doc"])
 
@@ -486,11 +496,7 @@ class Api:
         httpguard.limit_writes(request, token)
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
-        person, color = body.get("person"), body.get("color")
-        if person is not None and (type(person) is not str or not protocol.valid_person(person)):
-            raise ProtocolError("bad-request", "person must be 1-64 letters, digits, '-' or '_'")
-        if color is not None and (type(color) is not str or not protocol.valid_color(color)):
-            raise ProtocolError("bad-request", "color must be a hex colour like #3366ff")
+        person, color = _person_color(body)
         # The token is checked again when the diff is ready: a link reset meanwhile refuses the restore.
         new_version = await self.rooms.restore(name, version, _author(body), person, color,
                                                authorize=lambda salt: self.access.require(token, "edit", name, salt))
@@ -504,8 +510,10 @@ class Api:
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", info["version"], 0, info["version"])
         new_name = await self._new_name(body)
+        person, color = _person_color(body)
         text = await self.rooms.text_at(info, version)
-        await self.rooms.create(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}")
+        await self.rooms.create(new_name, text, author=_author(body), client_id=f"fork-{name}-{version}",
+                                person=person, color=color)
         return json_response({"name": new_name, **await self._links(new_name)}, status=201)
 
     # ---------------------------------------------------- access management

@@ -1572,7 +1572,7 @@ class Rooms:
                 conn.close(CLOSE_POLICY, reason)
 
     async def create(self, name: str, text: str = "", author: str = "", client_id: str = "",
-                     exist_ok: bool = False) -> int:
+                     exist_ok: bool = False, person: str | None = None, color: str | None = None) -> int:
         """Make a document (with `text` as its first update): the one way documents come to be.
 
         Refused while the disk is nearly full (unavailable), past --max-documents
@@ -1582,7 +1582,8 @@ class Rooms:
             raise ServerError("the server's disk is nearly full, so no document can be made for now")
         try:
             doc_id = await self.store.create_document(name, text, author=author, client_id=client_id,
-                                                      exist_ok=exist_ok, max_documents=self.settings.max_documents)
+                                                      exist_ok=exist_ok, max_documents=self.settings.max_documents,
+                                                      person=person, color=color)
         except NameTaken:
             raise ProtocolError("conflict", f"a document named {name!r} already exists") from None
         except TooManyDocuments as exc:

@@ -621,8 +621,10 @@ class Store(GroupWriter):
     # ---------------------------------------------------------------- writes
 
     async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "",
-                              exist_ok: bool = True, max_documents: int | None = None) -> int:
-        """Make a document; with `text`, it starts with one update inserting it.
+                              exist_ok: bool = True, max_documents: int | None = None,
+                              person: str | None = None, color: str | None = None) -> int:
+        """Make a document; with `text`, it starts with one update inserting it (by `author`, and
+        `person` and `color` when given, as a hello's).
 
         A name that exists already gives that document's id back unchanged,
         or raises NameTaken when `exist_ok` is false. With `max_documents`, a
@@ -647,8 +649,8 @@ class Store(GroupWriter):
             doc_id = cur.lastrowid
             if text:
                 changes = ChangeSet.from_json([[0, *text.split("\n")]])
-                _write_commit(conn, Commit(doc_id, 0, [Accepted(1, Update(client_id, changes), author, now)],
-                                           changes.new_length))
+                first = Accepted(1, Update(client_id, changes), author, now, person=person, color=color)
+                _write_commit(conn, Commit(doc_id, 0, [first], changes.new_length))
             return doc_id
 
         return await self._write(fn)

@@ -800,8 +800,10 @@ class PgStore(GroupWriter):
     # ---------------------------------------------------------------- writes
 
     async def create_document(self, name: str, text: str = "", author: str = "", client_id: str = "",
-                              exist_ok: bool = True, max_documents: int | None = None) -> int:
-        """Make a document; with `text`, it starts with one update inserting it.
+                              exist_ok: bool = True, max_documents: int | None = None,
+                              person: str | None = None, color: str | None = None) -> int:
+        """Make a document; with `text`, it starts with one update inserting it (by `author`, and
+        `person` and `color` when given, as a hello's).
 
         A name that exists already gives that document's id back unchanged,
         or raises NameTaken when `exist_ok` is false. With `max_documents`, a
@@ -827,8 +829,8 @@ class PgStore(GroupWriter):
                 return await conn.fetchval("SELECT id FROM documents WHERE name = $1", name)
             if text:
                 changes = ChangeSet.from_json([[0, *text.split("\n")]])
-                await _write_commits(conn, [Commit(doc_id, 0, [Accepted(1, Update(client_id, changes), author, now)],
-                                                   changes.new_length)])
+                first = Accepted(1, Update(client_id, changes), author, now, person=person, color=color)
+                await _write_commits(conn, [Commit(doc_id, 0, [first], changes.new_length)])
             return doc_id
 
         return await self._write(fn, names=(name,), count=max_documents is not None)

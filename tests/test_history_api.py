@@ -214,6 +214,19 @@ async def test_fork_and_authors(client):
     assert (await (await client.get(f"/api/docs/{name}")).json())["doc"] == "hello 😀world"
 
 
+async def test_a_fork_is_stored_as_the_person_who_made_it(client):
+    ws, _ = await join(client, "g", "w")
+    await push(ws, 0, "w", [[0, "hello"]])
+    await recv_type(ws, "updates")
+    resp = await client.post("/api/docs/g/fork", json={"name": "g-copy", "author": "Carol", "person": "carol-1",
+                                                      "color": "#30a46c"})
+    assert resp.status == 201
+    entry = (await (await client.get("/api/docs/g-copy/history")).json())["entries"][0]
+    assert (entry["author"], entry["person"], entry["color"]) == ("Carol", "carol-1", "#30a46c")
+    resp = await client.post("/api/docs/g/fork", json={"name": "g-bad", "person": "no spaces"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "bad-request"
+
+
 @pytest.mark.parametrize("url, says", [
     ("/api/docs/e/history?limit=100000", "limit 100000 is beyond the most entries one page holds, 1000"),
     ("/api/docs/e/versions/99", "version 99 is beyond the latest version 1"),

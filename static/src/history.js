@@ -832,7 +832,8 @@ export class HistoryPanel {
     this.note(`Copying version ${version} to a new document…`);
     try {
       const r = await api(apiUrl(this.docName, "/fork"), {
-        method: "POST", admin: true, json: { version, author: this.getUser().name },
+        method: "POST", admin: true,
+        json: { version, author: this.getUser().name, person: this.person, color: this.getUser().color },
       });
       const data = await r.json();
       const url = data.links && data.links.edit ? data.links.edit : `/d/${encodeURIComponent(data.name)}`;

@@ -254,6 +254,9 @@ def test_panel_sessions_scrub_download_authors_fork(server, contexts):
     assert name != doc
     assert fork.evaluate("() => window.__collab.view.state.doc.toString()") == bob_text
     assert server_doc(server.url, name)["doc"] == bob_text
+    first = api(server.url, f"/api/docs/{name}/history")["entries"][-1]  # as the person Alice's hello names
+    assert (first["author"], first["person"], first["color"]) == (
+        "Alice", a.evaluate("() => window.__collab.person"), "#e5484d")
 
     # A compacted-away version: the panel says so in words (the server's 404 message).
     out = subprocess.run([sys.executable, "-m", "collab", "compact", "--db", str(server.db), "--keep-history", "2"],
