@@ -70,6 +70,13 @@ function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
+/** The line under a named version's name: its version, who named it, when. */
+function checkpointText(c, now) {
+  const by = typeof c.author === "string" && c.author ? ` · named by ${c.author}` : "";
+  const at = typeof c.time === "number" ? ` · ${fmtTime(c.time, now - c.time > 20 * 3600)}` : "";
+  return `version ${c.version}${by}${at}`;
+}
+
 /** A dot in a person's colour and their name. */
 function personLabel(who, className) {
   const span = document.createElement("span");
@@ -182,6 +189,7 @@ export class HistoryPanel {
     this.checkpoints = []; // [{version, name, author, time}], oldest first
     this.known = {}; // person keys -> {name, color}, from /authors
     this.peopleNow = null; // who is who, as of the last renderSessions
+    this.rowCache = new Map(); // the list's rows by all they show (renderSessions)
     this.texts = new Map(); // version -> text (a small LRU)
     this.authors = new Map(); // version -> spans
     this.seq = 0;
@@ -439,58 +447,53 @@ export class HistoryPanel {
     this.sessions = groupSessions(this.entries.values(), {
       gap: this.gap, checkpoints: this.checkpoints.map((c) => c.version),
     });
-    const list = this.list;
-    list.textContent = "";
     const now = Date.now() / 1000;
+    // Rows are rebuilt only when what they show changed: new edits while the panel is open
+    // change the newest session, not the thousands below it (a row's key is all it shows).
+    const rows = [], kept = new Map();
+    const row = (key, make) => {
+      const li = this.rowCache.get(key) || make();
+      kept.set(key, li);
+      rows.push(li);
+    };
     // Named versions go between the sessions, above the session they end (the list is newest first).
     const floor = this.hasOlder ? (this.oldest === null ? Infinity : this.oldest - 1) : 0;
     const marks = this.checkpoints.filter((c) => c.version >= floor && c.version <= this.head).reverse();
     let m = 0;
     const marksDownTo = (v) => {
-      while (m < marks.length && marks[m].version >= v) this.renderCheckpoint(list, marks[m++], people, now);
+      while (m < marks.length && marks[m].version >= v) {
+        const c = marks[m++];
+        const what = checkpointText(c, now);
+        row(JSON.stringify(["c", c.version, c.name, what]), () => this.checkpointRow(c, what));
+      }
     };
     for (const s of this.sessions) {
       marksDownTo(s.to);
-      const li = list.appendChild(document.createElement("li"));
-      li.className = "history-session";
-      li.dataset.from = String(s.from);
-      li.dataset.to = String(s.to);
-      const item = li.appendChild(document.createElement("button"));
-      item.type = "button";
-      item.className = "history-session-button";
-      const who = item.appendChild(document.createElement("span"));
-      who.className = "history-people";
-      const names = [];
-      for (const p of s.people) {
-        const person = people.get(p.key) || { name: p.key, color: null, person: null };
-        who.appendChild(personLabel(person, "history-person"));
-        names.push(`${person.name} (${plural(p.count, "edit")})`);
-      }
-      const when = item.appendChild(document.createElement("time"));
-      when.className = "history-time";
+      const who = s.people.map((p) => ({ ...(people.get(p.key) || { name: p.key, color: null, person: null }), count: p.count }));
       const withDate = now - s.end > 20 * 3600;
-      when.textContent = s.start === s.end || fmtTime(s.start, withDate) === fmtTime(s.end, withDate)
+      const when = s.start === s.end || fmtTime(s.start, withDate) === fmtTime(s.end, withDate)
         ? fmtTime(s.end, withDate) : `${fmtTime(s.start, withDate)}–${fmtTime(s.end, false)}`;
-      when.dateTime = new Date(s.end * 1000).toISOString();
-      const counts = item.appendChild(document.createElement("span"));
-      counts.className = "history-counts";
-      const ins = counts.appendChild(document.createElement("span"));
-      ins.className = "count-ins";
-      ins.textContent = `+${s.inserted}`;
-      const del = counts.appendChild(document.createElement("span"));
-      del.className = "count-del";
-      del.textContent = `−${s.deleted}`;
-      const what = item.appendChild(document.createElement("span"));
-      what.className = "history-versions";
-      what.textContent = (s.restored !== null ? `restored version ${s.restored} · ` : "")
-        + (s.from === s.to ? `version ${s.to}` : `versions ${s.from}–${s.to}`);
-      item.title = `${names.join(", ")}: ${s.inserted} characters inserted, ${s.deleted} deleted. Click to see the text after it.`;
+      const key = JSON.stringify(["s", s.from, s.to, s.end, s.inserted, s.deleted, s.restored, when,
+        who.map((p) => [p.name, p.color, p.person, p.count])]);
+      row(key, () => this.sessionRow(s, who, when));
     }
     marksDownTo(floor);
     if (!this.sessions.length && !this.hasOlder && !marks.length) {
-      const li = list.appendChild(document.createElement("li"));
-      li.className = "history-empty";
-      li.textContent = "No edits yet.";
+      row("empty", () => {
+        const li = document.createElement("li");
+        li.className = "history-empty";
+        li.textContent = "No edits yet.";
+        return li;
+      });
+    }
+    this.rowCache = kept;
+    // Rows that stay are left where they are (and keep the focus): only the others go or come.
+    const stay = new Set(rows);
+    for (const li of [...this.list.children]) if (!stay.has(li)) li.remove();
+    let at = this.list.firstChild;
+    for (const li of rows) {
+      if (li === at) at = at.nextSibling;
+      else this.list.insertBefore(li, at);
     }
     const older = $("#history-older");
     older.hidden = !this.hasOlder;
@@ -498,8 +501,42 @@ export class HistoryPanel {
     this.markSelected();
   }
 
-  renderCheckpoint(list, c, people, now) {
-    const li = list.appendChild(document.createElement("li"));
+  /** A session's row: `who` [{name, color, person, count}], `when` its time as shown. */
+  sessionRow(s, who, when) {
+    const li = document.createElement("li");
+    li.className = "history-session";
+    li.dataset.from = String(s.from);
+    li.dataset.to = String(s.to);
+    const item = li.appendChild(document.createElement("button"));
+    item.type = "button";
+    item.className = "history-session-button";
+    const names = item.appendChild(document.createElement("span"));
+    names.className = "history-people";
+    for (const p of who) names.appendChild(personLabel(p, "history-person"));
+    const time = item.appendChild(document.createElement("time"));
+    time.className = "history-time";
+    time.textContent = when;
+    time.dateTime = new Date(s.end * 1000).toISOString();
+    const counts = item.appendChild(document.createElement("span"));
+    counts.className = "history-counts";
+    const ins = counts.appendChild(document.createElement("span"));
+    ins.className = "count-ins";
+    ins.textContent = `+${s.inserted}`;
+    const del = counts.appendChild(document.createElement("span"));
+    del.className = "count-del";
+    del.textContent = `−${s.deleted}`;
+    const what = item.appendChild(document.createElement("span"));
+    what.className = "history-versions";
+    what.textContent = (s.restored !== null ? `restored version ${s.restored} · ` : "")
+      + (s.from === s.to ? `version ${s.to}` : `versions ${s.from}–${s.to}`);
+    const edits = who.map((p) => `${p.name} (${plural(p.count, "edit")})`).join(", ");
+    item.title = `${edits}: ${s.inserted} characters inserted, ${s.deleted} deleted. Click to see the text after it.`;
+    return li;
+  }
+
+  /** A named version's row; `what` its line under the name (checkpointText). */
+  checkpointRow(c, what) {
+    const li = document.createElement("li");
     li.className = "history-checkpoint";
     li.dataset.to = String(c.version);
     li.dataset.version = String(c.version);
@@ -513,12 +550,11 @@ export class HistoryPanel {
     const name = item.appendChild(document.createElement("span"));
     name.className = "checkpoint-name";
     name.textContent = c.name;
-    const what = item.appendChild(document.createElement("span"));
-    what.className = "history-versions";
-    const by = typeof c.author === "string" && c.author ? ` · named by ${c.author}` : "";
-    const at = typeof c.time === "number" ? ` · ${fmtTime(c.time, now - c.time > 20 * 3600)}` : "";
-    what.textContent = `version ${c.version}${by}${at}`;
+    const line = item.appendChild(document.createElement("span"));
+    line.className = "history-versions";
+    line.textContent = what;
     item.title = `The version named “${c.name}”. Click to see it.`;
+    return li;
   }
 
   markSelected() {

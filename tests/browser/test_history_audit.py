@@ -175,3 +175,21 @@ def test_a_failure_that_would_only_repeat_is_not_retried(server, contexts):
     a.wait_for_selector("#history[data-state=error]")
     assert a.text_content("#history-error") == "Version 2 cannot be shown: compacted"
     assert a.evaluate("() => window.__collab.history.retryTimer") is None  # no retry scheduled
+
+
+def test_new_edits_leave_the_older_rows_of_the_list_alone(server, contexts):
+    """While others type the list follows, rebuilding only the rows that changed (not thousands)."""
+    doc = "hist-rows-kept"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a, head = edited_doc(ctx, server, doc, "abc")
+    a.click("#history-toggle")
+    wait_shown(a, head)
+    a.evaluate("""() => { const h = window.__collab.history; h.gap = 0; h.renderSessions();  // a row an edit
+        for (const li of document.querySelectorAll('#history-sessions li')) li.__old = true; }""")
+    a.click(".cm-content")
+    a.keyboard.press("End")
+    a.keyboard.type("d")
+    a.wait_for_selector(f"#history-sessions .history-session[data-to='{head + 1}']")
+    kept = a.eval_on_selector_all("#history-sessions li", "els => els.map(li => [li.dataset.to, !!li.__old])")
+    assert kept == [[str(v), v <= head] for v in range(head + 1, 0, -1)]
