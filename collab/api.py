@@ -498,9 +498,9 @@ class Api:
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
         person, color = _person_color(body)
         # The token is checked again when the diff is ready: a link reset meanwhile refuses the restore.
-        new_version = await self.rooms.restore(name, version, _author(body), person, color,
-                                               authorize=lambda salt: self.access.require(token, "edit", name, salt))
-        return json_response({"version": new_version})
+        new_version, made = await self.rooms.restore(name, version, _author(body), person, color,
+                                                     authorize=lambda salt: self.access.require(token, "edit", name, salt))
+        return json_response({"version": new_version, "unchanged": not made})
 
     async def fork(self, request: web.Request) -> web.Response:
         """A new document from a version of this one: creating, so the admin's (like POST /api/docs)."""

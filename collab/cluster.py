@@ -51,7 +51,6 @@ import logging
 import secrets
 import time
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -60,6 +59,7 @@ from .changes import ChangeSet
 from .errors import ChangeError
 from .logs import Throttle
 from .rebase import Update
+from .storage import masked, redact
 
 if TYPE_CHECKING:
     from .room import Rooms
@@ -74,17 +74,6 @@ QUEUE_LIMIT = 10000     # messages waiting for the publisher; beyond it they are
 QUEUE_BYTES = 16 << 20  # and bytes of them (an `updates` frame may be a whole --max-frame)
 STOP_TIMEOUT = 5.0      # seconds stop() waits for its cancelled tasks to end
 EXPIRY_GRAIN = 0.25     # seconds: another process's cursors due to expire are dropped at most this late
-
-
-def shown(url: str) -> str:
-    """A Redis URL as logs may show it: its password replaced by ***."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"))
-    except ValueError:
-        return "(a Redis URL that cannot be read)"
 
 
 def _name_or_none(value) -> str | None:
@@ -275,9 +264,9 @@ class Cluster:
     def _set_up(self, up: bool, why: BaseException | None = None) -> None:
         """Redis is reachable (`up`) or not, `why` the error that says so: logged when it changes."""
         if up and self.up is None:
-            log.info("cluster: Redis at %s is reachable", shown(self.url))
+            log.info("cluster: Redis at %s is reachable", masked(self.url))
         elif up != self.up:
-            log.warning("cluster: Redis at %s is %s", shown(self.url), "reachable again" if up else
+            log.warning("cluster: Redis at %s is %s", masked(self.url), "reachable again" if up else
                         f"unreachable ({self._reason(why)}); polling the database every {self.poll_every:g} s")
         changed = up != self.up
         self.up = up
@@ -294,10 +283,7 @@ class Cluster:
         if exc is None:
             return "no answer"
         text = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else "no message")
-        password = urlsplit(self.url or "").password
-        if password:
-            text = text.replace(password, "***")
-        return f"{type(exc).__name__}: {text}"
+        return f"{type(exc).__name__}: {redact(text, self.url or '')}"
 
     async def _publish_loop(self) -> None:
         """The one publisher: messages go out in the order they were queued (commit order)."""

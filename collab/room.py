@@ -781,11 +781,7 @@ class Room:
         """
         if not self.rooms.disk.ok():
             raise ServerError("the server's disk is nearly full, so nothing can be saved for now")
-        await self._until_ready()
-        if self.deleted:
-            raise self._deleted()
-        if authorize is not None:
-            authorize(self.salt)
+        await self._admit(authorize)
         done = asyncio.get_running_loop().create_future()
         original = Original(None, client_id, version, updates, author, self.rooms.clock(), restored_from, done)
         original.person, original.color = person, color
@@ -796,6 +792,23 @@ class Room:
             return self.seq.committed_version
         self.store.schedule(self)
         return await done
+
+    async def _admit(self, authorize: Callable[[str], None] | None) -> None:
+        """What a server-made push goes through first: a catch-up under way is waited for, a deleted
+        document refuses it, and `authorize(salt)` checks the caller against the current links."""
+        await self._until_ready()
+        if self.deleted:
+            raise self._deleted()
+        if authorize is not None:
+            authorize(self.salt)
+
+    async def current(self, authorize: Callable[[str], None] | None = None) -> int:
+        """The committed version, after the checks a server-made push goes through (`_admit`): what a
+        restore answers when it turned out to change nothing."""
+        await self._admit(authorize)
+        if self.broken:
+            raise self._failure()
+        return self.seq.committed_version
 
     async def settled(self) -> None:
         """Return once every push accepted so far is durable, or refused (raises ServerError if the
@@ -1686,9 +1699,9 @@ class Rooms:
     # -------------------------------------------------------------- changes
 
     async def restore(self, name: str, version: int, author: str, person: str | None = None,
-                      color: str | None = None, authorize: Callable[[str], None] | None = None) -> int:
-        """One ordinary update turning the current text into the text at `version`; its new version
-        (or, when the text already is that version's, no update and the current version).
+                      color: str | None = None, authorize: Callable[[str], None] | None = None) -> tuple[int, bool]:
+        """One ordinary update turning the current text into the text at `version`: (its new version, True);
+        or, when the text already is that version's, no update: (the current version, False).
 
         `authorize(salt)` checks the caller's rights again against the current
         salt just before the update is sequenced (the diff takes a while: a
@@ -1701,18 +1714,24 @@ class Rooms:
             raise ProtocolError("not-found", f"no document named {name!r}")
         from . import compute  # the diff runs in a worker process, never on the event loop
         room.hold()
+        turn = room.restore_turn()
         try:
-            async with room.restore_turn():  # another restore of this document first, if one is under way
+            try:  # another restore of this document first, if one is under way; it has a budget of its own
+                async with asyncio.timeout(self.settings.history_timeout):
+                    await turn.acquire()
+            except TimeoutError:
+                raise ServerError("another restore of this document is still under way; try again") from None
+            try:
                 # Diffed against the text at `base`; edits committed meanwhile are rebased over by submit.
                 base = room.seq.committed_version
                 changes = await compute.restore_changes(room.seq.committed_text(), old)
                 if changes.is_empty:  # the text already is that version's: no update, nobody told of one
-                    if authorize is not None:
-                        authorize(room.salt)
-                    return base
+                    return await room.current(authorize), False
                 update = Update(f"restore-{secrets.token_hex(6)}", changes)
                 return await room.submit(update.client_id, base, [update], author, restored_from=version,
-                                         person=person, color=color, authorize=authorize)
+                                         person=person, color=color, authorize=authorize), True
+            finally:
+                turn.release()
         finally:
             room.unhold()
 

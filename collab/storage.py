@@ -458,7 +458,8 @@ def is_postgres(db: str) -> bool:
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_MISTYPED = re.compile(r"(?i)postgres.*[:@]")  # postgresql:/u:p@h/db, postgres:u@h, ...; not postgres.db
+# postgresql:/u:p@h/db, postgres:u:p@h/db, postgresql//u@h/db; not postgres.db, postgres-2024/a@b.db, Postgres:1.db
+_MISTYPED = re.compile(r"(?i)postgres(?:ql)?(?::/|:[^/]*@|//)")
 
 
 def not_a_database(db: str | Path) -> str | None:
@@ -469,7 +470,7 @@ def not_a_database(db: str | Path) -> str | None:
     db = str(db)
     if is_postgres(db):
         return None
-    shown = repr(_masked(db))
+    shown = repr(masked(db))
     if _URL.match(db):
         return (f"{shown}: a {db.split('://', 1)[0]}:// URL is no database collab can use: give a SQLite file "
                 "path or a postgresql:// URL")
@@ -483,9 +484,10 @@ def not_a_database(db: str | Path) -> str | None:
 _SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/*")
 
 
-def _masked(value: str) -> str:
-    """`value`, which may be a URL that cannot be read, with what may be a password replaced by ***: what
-    comes between the user's name and the last @, and password= parameters."""
+def masked(value: str) -> str:
+    """`value`, which may be a URL that cannot be read (a --db or a --redis value), with what may be a
+    password replaced by ***: what comes between the user's name and the last @, and password= parameters.
+    Never raises."""
     head, at, tail = value.rpartition("@")
     if at:
         m = _SCHEME.match(head) or re.search(r".*?:/+", head)  # the scheme, or what ends at a :// in the middle
@@ -515,8 +517,8 @@ def describe(db: str | Path) -> str:
 
 
 def _passwords(db: str) -> list[str]:
-    """Every spelling of the secrets in `db`, longest first (for `redact`)."""
-    if not is_postgres(db):
+    """Every spelling of the secrets in `db` (a URL: PostgreSQL's or Redis's), longest first (for `redact`)."""
+    if "://" not in db:
         return []
     found = []
     netloc = db.split("://", 1)[1].split("/", 1)[0]
@@ -532,7 +534,8 @@ def _passwords(db: str) -> list[str]:
 
 
 def redact(text: str, db: str | Path) -> str:
-    """`text` (an error message from a driver, say) with the database's password replaced by ***."""
+    """`text` (an error message from a driver, say) with the password of `db` (a database's or a Redis
+    URL) replaced by ***."""
     text = str(text)
     for secret in _passwords(str(db)):
         text = text.replace(secret, "***")

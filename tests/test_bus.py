@@ -265,7 +265,8 @@ async def test_while_redis_is_down_no_updates_wait_to_be_published_and_the_rest_
     assert bus._queue.qsize() == 2 and bus._queued_bytes <= 10_000
 
 
-@pytest.mark.parametrize("reachable", [True, False, "bad-db"], ids=["reachable", "unreachable", "bad-db"])
+@pytest.mark.parametrize("reachable", [True, False, "query-password", "bad-db"],
+                         ids=["reachable", "unreachable", "unreachable-password-parameter", "bad-db"])
 async def test_the_log_says_at_start_whether_redis_is_reachable(tmp_path, caplog, reachable):
     """Was: the bus started as down, so a process that could never reach Redis logged nothing about it
     (no change), and every healthy one logged a warning that Redis was 'reachable again'. Then: the
@@ -273,12 +274,18 @@ async def test_the_log_says_at_start_whether_redis_is_reachable(tmp_path, caplog
     database number the server does not have; now it names the URL (its password hidden) and the error."""
     import logging
 
-    redis = RedisServer(workdir=tmp_path / "redis").start() if reachable else None
+    redis = RedisServer(workdir=tmp_path / "redis").start() if reachable in (True, "bad-db") else None
     settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0)
     store = await Store(settings.db).open()
     rooms = Rooms(settings, store)
     port = free_port() if not redis else int(redis.url.rsplit(":", 1)[1].split("/")[0])  # nothing listens there
-    url = redis.url if reachable is True else f"redis://:hunter2pass@127.0.0.1:{port}/{99 if redis else 0}"
+    url, shown = {  # nothing listens on `port` but for the Redis of bad-db, which has no database 99
+        True: (redis and redis.url, redis and redis.url),
+        False: (f"redis://:hunter2pass@127.0.0.1:{port}/0", f"redis://:***@127.0.0.1:{port}/0"),
+        "query-password": (f"redis://127.0.0.1:{port}/0?password=hunter2pass",
+                           f"redis://127.0.0.1:{port}/0?password=***"),
+        "bad-db": (f"redis://127.0.0.1:{port}/99", f"redis://127.0.0.1:{port}/99"),
+    }[reachable]
     cluster = rooms.cluster = Cluster(rooms, url, check_every=0.2, poll_every=0.1)
     try:
         with caplog.at_level(logging.INFO, logger="collab.cluster"):
@@ -290,13 +297,13 @@ async def test_the_log_says_at_start_whether_redis_is_reachable(tmp_path, caplog
             assert said == [("INFO", f"cluster: Redis at {url} is reachable")], said
         else:
             assert len(said) == 1 and said[0][0] == "WARNING", said
-            shown = f"redis://:***@127.0.0.1:{port}/{99 if redis else 0}"
             assert said[0][1].startswith(f"cluster: Redis at {shown} is unreachable ("), said
             assert said[0][1].endswith("); polling the database every 0.1 s"), said
             why = said[0][1].split(" is unreachable (", 1)[1]
-            # Nothing listening, or a server that refuses the connection's AUTH or database number: the error's
-            # own words, not just "unreachable".
-            assert why.startswith("ConnectionError: Error 111 " if not redis else ("AuthenticationError", "ResponseError")), why
+            # Nothing listening, or a server without that database number: the error's own words, not just
+            # "unreachable".
+            assert why.startswith("ConnectionError: Error 111 " if not redis else
+                                  "ResponseError: DB index is out of range"), why
     finally:
         await cluster.stop()
         await rooms.shutdown()

@@ -83,11 +83,15 @@ def test_serve_says_which_database_and_logs_a_graceful_stop(tmp_path):
     db.parent.mkdir()
     for sig in (signal.SIGTERM, signal.SIGINT):
         server = ServerProcess(db, log_path=tmp_path / f"{sig.name}.log").start()
-        with socket.create_connection(("127.0.0.1", server.port)):  # one open connection, idle
-            time.sleep(0.2)
-            os.kill(server.proc.pid, sig)
-            assert server.proc.wait(15) == 0, server.log()
-        server.stop()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+                # One open connection, idle once answered (so surely accepted and counted).
+                conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+                assert conn.recv(65536).startswith(b"HTTP/1.1 200"), "the server answered"
+                os.kill(server.proc.pid, sig)
+                assert server.proc.wait(15) == 0, server.log()
+        finally:
+            server.stop()
         log = server.log()
         assert f"collab: database {db.resolve()}\n" in log, log
         assert f"collab: stopping ({sig.name}): finishing commits, closing 1 connection\n" in log, log

@@ -103,7 +103,7 @@ async def test_restore_is_a_live_minimal_change_and_can_be_undone(client):
     e = editors[0]
     current, old_version = e.text, 20
     resp = await client.post("/api/docs/h/restore", json={"version": old_version, "author": "Ann"})
-    assert resp.status == 200
+    assert resp.status == 200 and (await resp.json())["unchanged"] is False
     restored_version = (await resp.json())["version"]
     assert restored_version == e.version + 1
     for ed in editors:  # everyone receives it live, like any update
@@ -134,7 +134,7 @@ async def test_restoring_the_current_text_makes_no_update(client):
     assert e.text == "hello"
     for version in (3, 1):
         resp = await client.post("/api/docs/same/restore", json={"version": version, "author": "Carol"})
-        assert resp.status == 200 and (await resp.json()) == {"version": 3}
+        assert resp.status == 200 and (await resp.json()) == {"version": 3, "unchanged": True}
     assert (await (await client.get("/api/docs/same")).json()) == {"name": "same", "version": 3, "doc": "hello"}
     entries = (await (await client.get("/api/docs/same/history")).json())["entries"]
     assert [x["version"] for x in entries] == [3, 2, 1]

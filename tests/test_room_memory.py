@@ -237,7 +237,7 @@ async def test_a_restore_saved_before_a_bug_in_the_commit_path_is_told_it_was_sa
 
     monkeypatch.setattr(protocol, "updates_frame", failing)
     async with asyncio.timeout(20):
-        version = await rooms.restore("doc", 1, "admin")
+        version, _ = await rooms.restore("doc", 1, "admin")
     assert failed and ma.room.broken and a.closed_with[0] == CLOSE_INTERNAL
     assert version == 3
     loaded = await store.load("doc")
@@ -1245,7 +1245,7 @@ async def test_what_is_broadcast_during_a_resume_reaches_the_member_after_it_as_
         await rooms.join("doc", live, hello("live"), token=access.doc_token("doc", "view", salt))
         resuming.reading.clear()
         mr = await rooms.join("doc", resuming, hello("res", version=1), token=access.doc_token("doc", "view", salt))
-        version = await rooms.restore("doc", 1, "admin")
+        version, _ = await rooms.restore("doc", 1, "admin")
         assert [f["from"] for f in resuming.of("updates")] == []  # held while its resume waits
         resuming.reading.set()
         await until(lambda: mr.held is None, "the end of the resume")

@@ -95,3 +95,19 @@ def test_a_refused_setting_from_the_environment_is_named_by_its_variable():
     assert "--poll-every and COLLAB_CHECK_EVERY must be positive" in message, message
     with pytest.raises(ValueError, match="--redis is for several processes"):
         Settings.from_args(parser.parse_args(["--db", "file.db", "--redis", "redis://h/0"]), {})
+
+
+@pytest.mark.parametrize("path", ["postgres-backups/collab@2024.db", "postgresql-export/db:1.sqlite", "Postgres:2024.db",
+                                  "postgres.db", "data/collab.db", "/var/lib/collab/my collab.db", "~/collab.db"])
+def test_a_sqlite_path_that_merely_starts_like_postgres_is_still_a_path(path):
+    """The check for mistyped PostgreSQL URLs (postgresql:/u:p@h/db) refused any path starting with
+    "postgres" with a : or an @ anywhere after it."""
+    from collab.storage import not_a_database
+    assert not_a_database(path) is None
+    assert Settings(db=path).db == path
+
+
+@pytest.mark.parametrize("url", ["postgresql:/u:pw@h/db", "postgres:u:pw@h/db", "POSTGRESQL//u@h/db", "postgres:/db"])
+def test_a_mistyped_postgresql_url_is_refused(url):
+    from collab.storage import not_a_database
+    assert "is no PostgreSQL URL" in not_a_database(url) and "pw" not in not_a_database(url)

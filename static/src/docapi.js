@@ -65,15 +65,18 @@ const ownVersions = new Set();
 const inFlight = new Set();
 
 /**
- * POST /restore: a new update bringing back the text of `version`; resolves to the new version.
- * `by` {author, person, color}: who restores, as this page's hello says (one person, one colour).
+ * POST /restore: a new update bringing back the text of `version`; resolves to {version, unchanged}:
+ * the new version, or with `unchanged` the current one (the text already was that version's: the
+ * server made no update, so `version` may be someone else's). `by` {author, person, color}: who
+ * restores, as this page's hello says (one person, one colour).
  */
 export async function restoreVersion(docName, version, { author, person, color }) {
   const call = (async () => {
     const r = await api(apiUrl(docName, "/restore"), { method: "POST", json: { version, author, person, color } });
     const data = await r.json();
-    ownVersions.add(data.version);
-    return data.version;
+    const unchanged = data.unchanged === true;
+    if (!unchanged) ownVersions.add(data.version);
+    return { version: data.version, unchanged };
   })();
   inFlight.add(call);
   try {

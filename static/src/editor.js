@@ -290,8 +290,10 @@ async function undoRestore(e, el, button) {
   }
   button.disabled = true;
   try {
-    const made = await restoreVersion(docName, e.version - 1, { author: user.name, person, color: user.color });
-    setNoticeText(el, `Undone: version ${e.version - 1} is back (now version ${made}).`);
+    const { version: made, unchanged } = await restoreVersion(docName, e.version - 1,
+      { author: user.name, person, color: user.color });
+    setNoticeText(el, unchanged ? `Version ${e.version - 1} is already the text: nothing to undo.`
+      : `Undone: version ${e.version - 1} is back (now version ${made}).`);
     button.remove();
   } catch (err) {
     button.disabled = false;
@@ -413,7 +415,7 @@ function showRescue({ text, count, fragments, older = false, refused = null, gon
       ? "These are the pieces of text you typed" : "This is the text as you had it"}; copy what you need${
       refused === "too-large" ? ", make room, and paste it back in smaller parts" : " and paste it back"}.`
     : older
-    ? "The server's copy of this document is older than the one this page had (it was restored from a backup, or deleted and made again), so what you saw as saved is not on the server any more. The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back."
+    ? "The server's copy of this document is older than the one this page had (it was restored from a backup, say), so what you saw as saved is not on the server any more. The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back."
     : fragments
       ? `${plural(count, "unsent edit")} could not be merged, and the text they were based on was not stored. These are the pieces of text you typed; copy what you need.`
       : `The server could no longer merge your ${plural(count, "unsent edit")} (it does not have the version they were based on any more). The editor now shows the server's text. This is the text as you had it; copy what you need and paste it back.`;

@@ -397,7 +397,11 @@ export class HistoryPanel {
   async loadNewer() {
     if (!this.isOpen) return;
     const newest = this.entries.size ? Math.max(...this.entries.keys()) : 0;
-    if (this.head <= newest) return;
+    if (this.head <= newest) { // nothing newer to read (any more): a failure to read it is moot
+      this.setError("newer", null);
+      this.loadCheckpoints();
+      return;
+    }
     try {
       const r = await api(apiUrl(this.docName, "/history", { limit: Math.min(1000, this.head - newest) }));
       const { entries } = await r.json();
@@ -601,7 +605,8 @@ export class HistoryPanel {
     this.renderLabel();
     this.markSelected();
     this.closeNameForm();
-    this.setError("version", null); // about the version chosen before, if it failed
+    // About the version chosen before, if an action on it failed.
+    for (const what of ["version", "restore", "fork", "download"]) this.setError(what, null);
     this.root.dataset.state = "loading";
     if (this.abort) this.abort.abort();
     clearTimeout(this.scrubTimer);
@@ -795,6 +800,7 @@ export class HistoryPanel {
   closeNameForm(refocus = false) {
     const form = $("#history-name-form");
     if (form) form.hidden = true;
+    this.setError("name", null); // what was wrong with the name typed there goes with it
     if (refocus) $("#history-name").focus();
   }
 
@@ -837,11 +843,11 @@ export class HistoryPanel {
     this.renderRestore();
     this.note(`Restoring version ${version}…`);
     try {
-      const head = this.head;
       const { name, color } = this.getUser();
-      const made = await restoreVersion(this.docName, version, { author: name, person: this.person, color });
+      const { version: made, unchanged } = await restoreVersion(this.docName, version,
+        { author: name, person: this.person, color });
       this.setError("restore", null);
-      if (made <= head) { // the server made no update: the text already was that version's
+      if (unchanged) { // the server made no update: the text already was that version's
         this.note(`Version ${version} has the same text as the current one: nothing to restore.`);
         return;
       }
@@ -873,6 +879,7 @@ export class HistoryPanel {
       });
       const data = await r.json();
       const url = data.links && data.links.edit ? data.links.edit : `/d/${encodeURIComponent(data.name)}`;
+      this.setError("fork", null);
       this.note(`Version ${version} copied to the new document “${data.name}”.`);
       if (win) {
         win.opener = null;
@@ -897,6 +904,7 @@ export class HistoryPanel {
     const format = $("#history-format").value;
     try {
       await exportDocument({ docName: this.docName, version, format, getText: () => this.textAt(version) });
+      this.setError("download", null);
     } catch (e) {
       this.setError("download", `Could not download version ${version}: ${e.message}`);
     }

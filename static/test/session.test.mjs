@@ -396,6 +396,9 @@ test('a document deleted (or deleted and made again) while away: the rescue says
   [s] = welcomed({ doc: 'hello', version: 5, docId: '7' });
   assert.deepEqual(away(s, { doc: 'hello there', version: 9, docId: '7' }), []);
   assert.deepEqual(away(s, { doc: 'hell', version: 3, docId: '7' }).map((e) => [e.older, e.gone]), [[true, undefined]]);
+  // Deleted while away, but what we had was empty: nothing to offer back, so no empty dialog.
+  [s] = welcomed({ doc: '', version: 5, docId: '7' }); // everything in it had been deleted
+  assert.deepEqual(away(s, { doc: '', version: 0 }), []);
   // No docId known (a page before the document was made): nothing can be said of it.
   [s] = welcomed({ doc: '', version: 0 });
   assert.deepEqual(away(s, { doc: 'new', version: 2, docId: '4' }), []);

@@ -20,7 +20,7 @@ from .browser_helpers import open_editor, wait_until, server_doc
 from serverproc import ServerProcess
 
 DOC = "big"
-LONGEST_TASK_MS = 500  # the old page took about 1 s per keystroke at this size; the new one well under 150 ms
+LONGEST_TASK_MS = 600  # the old page took 0.8-2.7 s per keystroke at this size; the new one well under 150 ms
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def make_doc(ws_url: str, doc: str, text: str) -> None:
             asyncio.run(run())
         except BaseException as e:  # noqa: BLE001 - handed to the test
             failure.append(e)
-    t = threading.Thread(target=target)
+    t = threading.Thread(target=target, daemon=True)  # a hung one does not keep pytest from ending
     t.start()
     t.join(60)
     assert not t.is_alive() and not failure, failure
@@ -90,7 +90,7 @@ def test_typing_in_a_3_mb_document_without_blank_lines_never_blocks_the_page(big
     page.wait_for_timeout(500)
     tasks = page.evaluate("() => window.__longTasks")
     print("long tasks while typing (ms):", tasks)
-    assert max(tasks, default=0) < LONGEST_TASK_MS, f"tasks over 50 ms while typing (ms): {tasks}"
+    assert max(tasks, default=0) < LONGEST_TASK_MS, f"a task of {LONGEST_TASK_MS} ms or more while typing (long tasks, ms): {tasks}"
     assert page.evaluate("() => window.__collab.view.state.doc.sliceString(0, 11)") == "hello world"
     assert server_doc(big_server.url, DOC)["doc"].startswith("hello world000000 ")
     assert not page.collab_errors

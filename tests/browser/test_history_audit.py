@@ -126,9 +126,13 @@ def test_naming_form_messages_and_focus(server, contexts):
     assert a.evaluate(focused) == "history-name"  # back on the button, not on <body>
     a.click("#history-name")
     a.wait_for_selector("#history-name-form:not([hidden])")
-    a.press("#history-name-input", "Escape")
+    a.fill("#history-name-input", "\u200b")
+    a.press("#history-name-input", "Enter")
+    a.wait_for_selector("#history-error:not([hidden])")
+    a.press("#history-name-input", "Escape")  # given up: what was wrong with it goes with the form
     a.wait_for_selector("#history-name-form", state="hidden")
     assert a.evaluate(focused) == "history-name"
+    assert a.is_hidden("#history-error"), "was: the name's failure stayed after the form was closed"
 
 
 # Counts date formatters made and locale formatting calls (each makes a formatter) while fn runs.
@@ -167,14 +171,23 @@ def test_a_failure_that_would_only_repeat_is_not_retried(server, contexts):
     ctx = contexts()
     set_user(ctx, "Alice", "#e5484d")
     a, head = edited_doc(ctx, server, doc, "abc")
-    a.route("**/versions/2", lambda r: r.fulfill(status=404, content_type="application/json",
-                                                  body='{"error": {"code": "not-found", "message": "compacted"}}'))
+    asked = []
+
+    def refuse(route):
+        asked.append(route.request.url)
+        route.fulfill(status=404, content_type="application/json",
+                      body='{"error": {"code": "not-found", "message": "compacted"}}')
+    a.route("**/versions/2", refuse)
     a.click("#history-toggle")
     wait_shown(a, head)
     select(a, 2)
     a.wait_for_selector("#history[data-state=error]")
     assert a.text_content("#history-error") == "Version 2 cannot be shown: compacted"
     assert a.evaluate("() => window.__collab.history.retryTimer") is None  # no retry scheduled
+    # Nor when the connection comes back (it retries what may have passed), nor after the first wait.
+    a.evaluate("() => window.__collab.history.reconnected()")
+    a.wait_for_timeout(1500)
+    assert len(asked) == 1, asked
 
 
 def test_new_edits_leave_the_older_rows_of_the_list_alone(server, contexts):

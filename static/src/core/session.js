@@ -449,7 +449,7 @@ export class Session {
       rescue = st.doc === this.rescuedDoc ? null : this.rescueOf(mine);
     } else if (this.orphans && this.orphans.length) {
       rescue = { text: insertedText(this.orphans), count: this.orphans.length, fragments: true };
-    } else if (st && !this.baseUnknown && (version <= this.version || (gone && st.doc.length))) {
+    } else if (st && !this.baseUnknown && st.doc.length && (version <= this.version || gone)) {
       // The server's text is older than what we had confirmed (restored from a backup; deleted and
       // made again), or another text at our version, or the text of another document: what we
       // showed as saved is not there any more.
