@@ -689,19 +689,22 @@ def test_redis_outage_is_slower_never_wrong(cluster, redis, node, tmp_path):
     # News crossed processes all along: within 2 s (polling while Redis was dead, Redis after), and
     # what was sent while Redis was paused (or just before) by 10 s after the pause began at the latest.
     # And what was sent as Redis came back (within CROSS_S of its restart, while every process resubscribes,
-    # republishes its rosters and checks every document at once) by RETURN_S after the restart: two runs
-    # under a loaded machine took 2.05-2.25 and 3.44 s there, against 1-1.8 s in the other phases.
+    # republishes its rosters and checks every document at once) by RETURN_S after the restart. Each bound
+    # is stretched by how slow the machine is in this run: the worst crossing before the outage (about
+    # 0.1 s alone; 0.7-1.2 s beside the suite's other worker, where runs then took 2.14-3.44 s after it).
+    load = max((p["latency"] for p in probes if p["phase"] == "before"), default=0.0)
+
     def allowed(p: dict) -> float:
         stalled = pause_at - CROSS_S <= p["sent"] < kill_at
         returning = restart_at <= p["sent"] < restart_at + CROSS_S
-        return max(p["sent"] + CROSS_S, pause_at + OUTAGE_S if stalled else 0,
-                   restart_at + RETURN_S if returning else 0)
+        return load + max(p["sent"] + CROSS_S, pause_at + OUTAGE_S if stalled else 0,
+                          restart_at + RETURN_S if returning else 0)
 
     late = [f"probe {p['k']} sent at t0+{p['sent'] - t0:.1f} s ({p['phase']}) crossed in {p['latency']:.2f} s"
             for p in probes if p["sent"] + p["latency"] > allowed(p)]
     by_phase = {ph: max((round(p["latency"], 2) for p in probes if p["phase"] == ph), default=None)
                 for ph in ("before", "paused", "killed", "after")}
-    print(f"redis outage: probe worst latency by phase {by_phase}; cursor back {cursor.get('back_after')} s after "
+    print(f"redis outage: probe worst latency by phase {by_phase} (load allowance {load:.2f} s); cursor back {cursor.get('back_after')} s after "
           f"Redis, a fresh move after it {cursor.get('fresh_after')} s {ctx}")
 
     assert problems == [], problems[:10]
