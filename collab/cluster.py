@@ -119,7 +119,7 @@ class Cluster:
 
     async def start(self) -> None:
         self.prefix = f"{PREFIX}{await self.rooms.store.deployment()}:doc:"
-        await self._compare_secret()
+        await self._compare_with_the_last_start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._check_loop()))
         self._tasks.append(loop.create_task(self._presence_loop()))
@@ -127,20 +127,30 @@ class Cluster:
             self._tasks.append(loop.create_task(self._read_loop()))
             self._tasks.append(loop.create_task(self._publish_loop()))
 
-    async def _compare_secret(self) -> None:
-        """Say so when this process signs links with another secret (or none) than the process on this database
-        that started before it: links made at one would be refused at the other (`forbidden`), and nothing
-        else would tell the operator why."""
-        store, access = self.rooms.store, self.rooms.access
-        before = await store.swap_secret_check(access.fingerprint(), time.time())
-        if before is not None and before[0] != access.fingerprint():
-            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(before[1]))
+    async def _compare_with_the_last_start(self) -> None:
+        """Say so when this process runs otherwise than the process on this database that started before it,
+        in what every process must share: the secret that signs links (else links made at one are refused at
+        the other, `forbidden`, and nothing else would tell the operator why), and Redis (else news between
+        them waits for the database checks)."""
+        access = self.rooms.access
+        mine = {"secret": access.fingerprint(), "redis": bool(self.url)}
+        before = await self.rooms.store.swap_last_start(mine, time.time())
+        if before is None:
+            return
+        theirs, at = before
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+        if theirs.get("secret") != mine["secret"]:
             log.warning("cluster: this process signs links with another secret than the one the process that "
                         "started before it on this database used (at %s)%s: links made at one are refused at the "
                         "other. Give every process the same --secret-file; if the secret was changed on purpose, "
                         "restart the others with it.", when,
                         "; access control is off here" if not access.enabled else
-                        "; access control is off there" if before[0] == "none" else "")
+                        "; access control is off there" if theirs.get("secret") == "none" else "")
+        if theirs.get("redis", mine["redis"]) != mine["redis"]:
+            log.warning("cluster: this process %s, but the process that started before it on this database (at %s) "
+                        "%s: news between them waits for the database checks (every --check-every s). Give every "
+                        "process the same --redis.", "uses Redis" if mine["redis"] else "runs without --redis", when,
+                        "ran without --redis" if mine["redis"] else "used Redis")
 
     async def stop(self) -> None:
         """Say goodbye for our sessions (their cursors leave everywhere now), then close."""

@@ -429,8 +429,8 @@ class Storage(Protocol):
 
     async def deployment(self) -> str: ...  # what the processes on this database name their Redis channels after
 
-    async def swap_secret_check(self, fingerprint: str, now: float) -> tuple[str, float] | None: ...
-    # records the starting process's Access.fingerprint(); the one the process before it recorded, and when
+    async def swap_last_start(self, start: dict, now: float) -> tuple[dict, float] | None: ...
+    # records what the starting process runs with (a small JSON object); what the process before it recorded, and when
 
     async def people(self, doc_id: int, upto: int | None = None) -> dict[str, dict]: ...
     # each person's name and colour as of version `upto` (None: the head), by person id

@@ -902,8 +902,8 @@ class Store(GroupWriter):
         """One process serves a SQLite file (the lock), so it shares no channels: no deployment id."""
         return ""
 
-    async def swap_secret_check(self, fingerprint: str, now: float) -> tuple[str, float] | None:
-        """One process serves a SQLite file: no other process's secret to compare with."""
+    async def swap_last_start(self, start: dict, now: float) -> tuple[dict, float] | None:
+        """One process serves a SQLite file: no other process's settings to compare with."""
         return None
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:

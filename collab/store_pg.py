@@ -1110,13 +1110,14 @@ class PgStore(GroupWriter):
         """This database's deployment id (migration 005): what every process on it names its Redis channels after."""
         return await self._read(lambda conn: conn.fetchval("SELECT id FROM deployment"))
 
-    async def swap_secret_check(self, fingerprint: str, now: float) -> tuple[str, float] | None:
-        """Record `fingerprint` as the secret of the process starting now; the one recorded before and when, if any."""
+    async def swap_last_start(self, start: dict, now: float) -> tuple[dict, float] | None:
+        """Record what the process starting now runs with (`start`); what the one before it recorded, and when."""
         async def fn(conn: asyncpg.Connection):
             async with conn.transaction():
-                before = await conn.fetchrow("SELECT secret_check, secret_at FROM deployment FOR UPDATE")
-                await conn.execute("UPDATE deployment SET secret_check = $1, secret_at = $2", fingerprint, now)
-            return None if before["secret_check"] is None else (before["secret_check"], before["secret_at"])
+                before = await conn.fetchrow("SELECT last_start, last_start_at FROM deployment FOR UPDATE")
+                await conn.execute("UPDATE deployment SET last_start = $1, last_start_at = $2",
+                                   orjson.dumps(start).decode(), now)
+            return None if before["last_start"] is None else (orjson.loads(before["last_start"]), before["last_start_at"])
         return await self._read(fn)
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]:

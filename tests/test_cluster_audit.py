@@ -345,3 +345,24 @@ async def test_a_process_started_with_another_secret_says_so(database, caplog):
             async with process(database, None, secret=first):
                 assert len(said()) == 3 and "access control is off there" in said()[2], said()
         assert first.encode().hex() not in " ".join(said()) and first not in " ".join(said())
+
+
+async def test_a_process_started_with_or_without_redis_unlike_the_one_before_says_so(database, redis, caplog):
+    """Was: one process started without --redis among processes with it (a unit or an environment file
+    missed) joined silently: its edits reached the others only at their database checks, and theirs reached
+    it by polling, a second late or so, with nothing in any log. Now it says so, and so does one started with
+    Redis after one without."""
+    import logging
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "Give every process the same --redis" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="collab.cluster"):
+        async with process(database, redis.url), process(database, redis.url):
+            assert said() == [], "the same: nothing to say"
+            async with process(database, None):
+                assert len(said()) == 1 and "this process runs without --redis" in said()[0], said()
+                assert "used Redis" in said()[0], said()
+            async with process(database, redis.url):
+                assert len(said()) == 2 and "this process uses Redis" in said()[1], said()
+                assert "ran without --redis" in said()[1], said()
