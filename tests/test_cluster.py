@@ -719,8 +719,10 @@ def test_redis_outage_is_slower_never_wrong(cluster, redis, node, tmp_path):
                       f"again at t0+12 s): {late[:5]}; worst by phase {by_phase} {ctx}")
     # Cursors: one that moved while Redis was dead is shown everywhere within one republish period
     # of Redis coming back; a new move crosses within 2 s.
-    assert cursor["back_after"] <= 10.0 + 1.0, f"cursors came back {cursor['back_after']:.1f} s after Redis"
-    assert cursor["fresh_after"] <= CROSS_S, f"a cursor move took {cursor['fresh_after']:.1f} s after the outage"
+    # (Stretched by the run's slowness too, as the probes' bounds are: `load` above.)
+    assert cursor["back_after"] <= 10.0 + 1.0 + load, f"cursors came back {cursor['back_after']:.1f} s after Redis"
+    assert cursor["fresh_after"] <= CROSS_S + load, \
+        f"a cursor move took {cursor['fresh_after']:.1f} s after the outage (load allowance {load:.2f} s)"
 
 
 @pytest.mark.parametrize("republish, stays", [(1, True), (30, False)], ids=["republished-others-stay", "only-live"])
