@@ -427,6 +427,21 @@ class Storage(Protocol):
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]: ...  # (version, salt, name)
 
+    def restore_turn(self, doc_id: int, timeout: float) -> AbstractAsyncContextManager[None]:
+        """Held by a restore of document `doc_id` from before it reads the head it diffs against until its
+        update is committed, so that restores of one document take turns across every process on this
+        store: the later one reads the text the earlier one made (rooms.Rooms.restore).
+
+        Raises TimeoutError (nothing held) when the turn does not come within `timeout` seconds, and
+        StorageUnavailable when the store cannot be reached. Let go of on every way out of the block,
+        cancellation included; a process that dies holding it loses it with its database connection.
+
+        PostgreSQL: a session advisory lock on a connection of its own for as long as it is held.
+        SQLite: nothing. One process serves a SQLite file (`<db>.lock`), so the room's own lock
+        (room.Room.restore_turn), taken first, is already the only turn there is.
+        """
+        ...
+
     async def deployment(self) -> str: ...  # what the processes on this database name their Redis channels after
 
     async def swap_last_start(self, start: dict, now: float) -> tuple[dict, float] | None: ...

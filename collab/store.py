@@ -918,6 +918,12 @@ class Store(GroupWriter):
 
         return await self._read(fn) if doc_ids else {}
 
+    @asynccontextmanager
+    async def restore_turn(self, doc_id: int, timeout: float):
+        """Nothing to take: one process serves a SQLite file (`open` holds `<db>.lock`), so the room's own
+        lock (room.Room.restore_turn), which a restore takes first, already makes restores take turns."""
+        yield
+
     async def authorship(self, doc_id: int, version: int) -> Authorship:
         """Who wrote each character of the text at `version`: compute.authorship replays the update
         rows off the event loop; this hands it the SQL (checkpoints in the authorship table)."""

@@ -47,7 +47,20 @@ The interface and its rules are in storage.py; this backend keeps them so:
     escaped; a snapshot, copied row, client id or author holding it is refused
     with ValueError before anything is written, never stored altered;
   * migrations (migrations/postgres/) run under a session advisory lock, so
-    several processes starting at once apply each exactly once.
+    several processes starting at once apply each exactly once;
+  * a restore's turn (`restore_turn`) is a session advisory lock of class
+    RESTORE_TURNS keyed by the document's id, held on a connection of its
+    own (application_name `collab-turns`, at most TURN_CONNECTIONS, opened
+    when needed) from before the restore reads the head until its update is
+    committed. Waiting for it is bounded by PostgreSQL's `lock_timeout`: the
+    server queues the waiters and hands the lock to the next one the moment
+    it is let go of (no polling, no waiter overtaken for ever). It is let go
+    of on every way out, and a connection that cannot say so is closed
+    (asyncpg's pool also resets a connection it gets back, which unlocks
+    everything): its session ends, and the lock with it, as when the process
+    holding it is killed. Never a reader's connection: a turn waits on other
+    processes, and a process whose readers all waited so could not read the
+    news those processes committed (nor anything else) meanwhile.
 """
 
 from __future__ import annotations
@@ -84,6 +97,9 @@ COMMAND_TIMEOUT = 60.0  # seconds one statement may take before its connection i
 MIGRATION_LOCK = 0x636F6C6C61626D69  # session advisory lock key held while migrating
 NAME_LOCKS = 0x636F6C6C              # advisory lock class of document names being created ...
 COUNT_KEY = -(1 << 31)               # ... and its key held while counting documents before making one
+RESTORE_TURNS = 0x636F6C72           # advisory lock class of documents whose restore has its turn (key: the id)
+TURN_CONNECTIONS = 4  # connections that hold restores' turns (documents restored at once, in one process)
+TURN_SLACK = 1.0      # seconds past a turn's timeout before a server that does not answer is given up on
 
 Write = Callable[[asyncpg.Connection], Awaitable[object]]
 
@@ -334,6 +350,12 @@ def _name_key(name: str) -> int:
     return key - (1 << 32) if key >= 1 << 31 else key
 
 
+def _turn_key(doc_id: int) -> int:
+    """The advisory lock key of a document's restore turn: its id as a signed 32-bit number (ids past
+    2**31 wrap; collisions only serialise more)."""
+    return (doc_id + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
 def _refuse_nul(what: str, *texts: str) -> None:
     for text in texts:
         if "\x00" in text:
@@ -508,6 +530,7 @@ class PgStore(GroupWriter):
         self.keep = keep
         self.readers = readers
         self._pool: asyncpg.Pool | None = None
+        self._turns: asyncpg.Pool | None = None  # restores' turns (restore_turn); no connection until one is taken
         self._w: asyncpg.Connection | None = None
         self._open = False
         self._init_writer()  # storage.GroupWriter: queued writes (_Queued) and waiting documents
@@ -536,9 +559,15 @@ class PgStore(GroupWriter):
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=self.readers, timeout=CONNECT_TIMEOUT,
                 command_timeout=COMMAND_TIMEOUT, server_settings={"application_name": "collab-reader"})
+            self._turns = await asyncpg.create_pool(
+                self.url, min_size=0, max_size=TURN_CONNECTIONS, timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT, server_settings={"application_name": "collab-turns"})
         except Exception as exc:  # noqa: BLE001
             await self._w.close()
             self._w = None
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool = None
             raise _unavailable(self.url, exc, "opening the reader pool") from None
         self._open = True
         return self
@@ -551,13 +580,14 @@ class PgStore(GroupWriter):
         if self._w is not None:
             self._w.terminate() if self._w.is_closed() else await self._close_quietly(self._w)
             self._w = None
-        if self._pool is not None:
-            try:
-                async with asyncio.timeout(10):
-                    await self._pool.close()
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                self._pool.terminate()
-            self._pool = None
+        for pool in (self._pool, self._turns):
+            if pool is not None:
+                try:
+                    async with asyncio.timeout(10):
+                        await pool.close()
+                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    pool.terminate()
+        self._pool = self._turns = None
 
     @staticmethod
     async def _close_quietly(conn: asyncpg.Connection) -> None:
@@ -1127,6 +1157,73 @@ class PgStore(GroupWriter):
         rows = await self._read(lambda conn: conn.fetch(
             "SELECT id, version, salt, name FROM documents WHERE id = ANY($1::bigint[])", list(doc_ids)))
         return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+    @asynccontextmanager
+    async def restore_turn(self, doc_id: int, timeout: float):
+        """The document's restore turn across every process on this database (storage.Storage.restore_turn):
+        a session advisory lock (RESTORE_TURNS, the id) on a connection of the turns' pool, waited for at
+        most `timeout` seconds (PostgreSQL's lock_timeout), held until the block ends, however it ends."""
+        pool = self._turns
+        if pool is None or not self._open:
+            raise RuntimeError("store is closed")
+        key = _turn_key(doc_id)
+        conn = await self._take_turn(pool, key, timeout)
+        try:
+            yield
+        finally:
+            try:
+                await self._end_turn(conn, key)
+            finally:
+                await pool.release(conn)  # shielded by asyncpg: it goes back even if this task is cancelled
+
+    async def _take_turn(self, pool: asyncpg.Pool, key: int, timeout: float) -> asyncpg.Connection:
+        """A connection of `pool` holding the turn `key`, within `timeout` seconds (TimeoutError after).
+        A pooled connection found dead (the server restarted, or ended it) is replaced, as for reads."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for attempt in range(3):
+            try:  # all TURN_CONNECTIONS busy with other documents' turns: wait for one, within the same budget
+                conn = await pool.acquire(timeout=max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                raise TimeoutError(f"no restore turn within {timeout:g} s (every turn connection is busy)") from None
+            except Exception as exc:  # noqa: BLE001 - every way of failing to connect is "unavailable"
+                raise _unavailable(self.url, exc, "taking a restore's turn") from None
+            left = deadline - loop.time()
+            if left <= 0:
+                await pool.release(conn)
+                raise TimeoutError(f"no restore turn within {timeout:g} s (every turn connection is busy)")
+            try:
+                async with asyncio.timeout(left + TURN_SLACK):  # a server that does not answer at all
+                    # lock_timeout 0 would mean no bound: a millisecond at least. RESET when the pool has it back.
+                    await conn.execute("SELECT set_config('lock_timeout', $1, false)", f"{max(1, int(left * 1000))}ms")
+                    await conn.execute("SELECT pg_advisory_lock($1::int, $2::int)", RESTORE_TURNS, key)
+                return conn
+            except BaseException as exc:
+                # Back to the pool, which resets the session first (pg_advisory_unlock_all(), RESET ALL): a
+                # lock granted just as its statement was cancelled is let go of too. One it cannot reset is closed.
+                await pool.release(conn)
+                if isinstance(exc, asyncpg.LockNotAvailableError):
+                    raise TimeoutError(f"no restore turn within {timeout:g} s (another process's restore of "
+                                       "this document is still under way)") from None
+                if not isinstance(exc, Exception) or not _is_connection_error(exc):
+                    raise
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    raise _unavailable(self.url, exc, "taking a restore's turn") from None
+            await asyncio.sleep(RECONNECT_DELAY[0] * (attempt + 1))  # see _writer_connection
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _end_turn(conn: asyncpg.Connection, key: int) -> None:
+        """Let go of a restore's turn; a connection that cannot say so (gone, stuck) is closed instead, which
+        ends its session and the lock with it. Never an error: the restore itself is done by now."""
+        try:
+            async with asyncio.timeout(TURN_SLACK):
+                await conn.execute("SELECT pg_advisory_unlock($1::int, $2::int)", RESTORE_TURNS, key)
+        except BaseException as exc:
+            with suppress(Exception):  # a connection the server ended is back in the pool already
+                conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
 
     async def authorship(self, doc_id: int, version: int) -> Authorship:
         """Who wrote each character of the text at `version`: compute.authorship replays the update
