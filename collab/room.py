@@ -36,6 +36,7 @@ Rules that always hold:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -810,6 +811,23 @@ class Room:
             raise self._failure()
         return self.seq.committed_version
 
+    async def reach_store_head(self) -> None:
+        """Catch up with everything committed to this document so far, by any process: read its head from
+        the store and return once the room's committed version is there (another process's commit whose
+        news has not come yet is read now, not at the next check). Raises not-found if the document is
+        gone, and ServerError if the room failed or could not get there."""
+        for _ in range(3):  # a catch-up reads up to the head as it finds it: once is enough but for a race
+            head = (await self.store.heads([self.doc_id])).get(self.doc_id)
+            if head is None:
+                raise self._deleted()
+            if self.broken:
+                raise self._failure()
+            if self.seq.committed_version >= head[0]:
+                return
+            self.catch_up()
+            await self._until_ready()
+        raise ServerError("this document could not be brought up to date; try again")
+
     async def settled(self) -> None:
         """Return once every push accepted so far is durable, or refused (raises ServerError if the
         document cannot be saved). Pushes accepted meanwhile are not waited for: while anyone types
@@ -1360,8 +1378,12 @@ class Room:
         self.release()
 
     def restore_turn(self) -> asyncio.Lock:
-        """Held by a restore from its diff to its commit, so that two restores at once do not merge: the
-        later one is diffed against the text the earlier one made, and the text ends as it restores."""
+        """Held by a restore from before it reads the head it diffs against until its commit, so that two
+        restores at once do not merge: the later one is diffed against the text the earlier one made, and
+        the text ends as it restores. This lock makes the restores of this process take turns; the
+        store's turn (storage.Storage.restore_turn), taken next, makes them take turns with those of
+        other processes on the same database (`Rooms.restore`). Taken first, it keeps a process to one
+        waiter (and one held connection) per document at the store."""
         if self._restoring is None:
             self._restoring = asyncio.Lock()
         return self._restoring
@@ -1714,14 +1736,12 @@ class Rooms:
             raise ProtocolError("not-found", f"no document named {name!r}")
         from . import compute  # the diff runs in a worker process, never on the event loop
         room.hold()
-        turn = room.restore_turn()
         try:
-            try:  # another restore of this document first, if one is under way; it has a budget of its own
-                async with asyncio.timeout(self.settings.history_timeout):
-                    await turn.acquire()
-            except TimeoutError:
-                raise ServerError("another restore of this document is still under way; try again") from None
-            try:
+            async with contextlib.AsyncExitStack() as turns:
+                await self._restore_turns(room, turns)
+                # Another process's restore may have committed before it let go of the turn, its news not
+                # here yet: the head this one diffs against is the store's.
+                await room.reach_store_head()
                 # Diffed against the text at `base`; edits committed meanwhile are rebased over by submit.
                 base = room.seq.committed_version
                 changes = await compute.restore_changes(room.seq.committed_text(), old)
@@ -1730,10 +1750,21 @@ class Rooms:
                 update = Update(f"restore-{secrets.token_hex(6)}", changes)
                 return await room.submit(update.client_id, base, [update], author, restored_from=version,
                                          person=person, color=color, authorize=authorize), True
-            finally:
-                turn.release()
         finally:
             room.unhold()
+
+    async def _restore_turns(self, room: Room, turns: contextlib.AsyncExitStack) -> None:
+        """The restore's turn at `room`, in this process (`Room.restore_turn`) and then across processes
+        (`Storage.restore_turn`), both held until `turns` closes. Another restore of the document may be
+        under way; waiting for both takes at most --history-timeout (503 after), a budget of its own."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.history_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await turns.enter_async_context(room.restore_turn())
+            await turns.enter_async_context(self.store.restore_turn(room.doc_id, deadline - loop.time()))
+        except TimeoutError:
+            raise ServerError("another restore of this document is still under way; try again") from None
 
     async def reset_links(self, name: str) -> str:
         """A new salt for the document: old share links stop working and their sessions close (1008)."""
