@@ -45,7 +45,10 @@ Rules every backend keeps:
   * update rows go only oldest first (`compact`), so those stored are one
     contiguous run up to the head; a version is named (`set_checkpoint`)
     only while it is readable, and `compact` drops no row a named version
-    needs before that version has a snapshot of its own.
+    needs before that version has a snapshot of its own;
+  * a document's restore turn (`restore_turn`) is had by one restore at a
+    time among every process on the store, and only for as long as its
+    block runs (or its process lives).
 """
 
 from __future__ import annotations

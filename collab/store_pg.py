@@ -356,6 +356,14 @@ def _turn_key(doc_id: int) -> int:
     return (doc_id + (1 << 31)) % (1 << 32) - (1 << 31)
 
 
+async def _give_back(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """A turn's connection back to its pool, which resets the session first (asyncpg: `RESET ALL`,
+    `pg_advisory_unlock_all()`), shielded from cancellation. One it cannot reset it closes, and raises:
+    that session ended, and every lock with it, so that is not an error here."""
+    with suppress(Exception):
+        await pool.release(conn)
+
+
 def _refuse_nul(what: str, *texts: str) -> None:
     for text in texts:
         if "\x00" in text:
@@ -1174,7 +1182,7 @@ class PgStore(GroupWriter):
             try:
                 await self._end_turn(conn, key)
             finally:
-                await pool.release(conn)  # shielded by asyncpg: it goes back even if this task is cancelled
+                await _give_back(pool, conn)
 
     async def _take_turn(self, pool: asyncpg.Pool, key: int, timeout: float) -> asyncpg.Connection:
         """A connection of `pool` holding the turn `key`, within `timeout` seconds (TimeoutError after).
@@ -1190,7 +1198,7 @@ class PgStore(GroupWriter):
                 raise _unavailable(self.url, exc, "taking a restore's turn") from None
             left = deadline - loop.time()
             if left <= 0:
-                await pool.release(conn)
+                await _give_back(pool, conn)
                 raise TimeoutError(f"no restore turn within {timeout:g} s (every turn connection is busy)")
             try:
                 async with asyncio.timeout(left + TURN_SLACK):  # a server that does not answer at all
@@ -1199,9 +1207,7 @@ class PgStore(GroupWriter):
                     await conn.execute("SELECT pg_advisory_lock($1::int, $2::int)", RESTORE_TURNS, key)
                 return conn
             except BaseException as exc:
-                # Back to the pool, which resets the session first (pg_advisory_unlock_all(), RESET ALL): a
-                # lock granted just as its statement was cancelled is let go of too. One it cannot reset is closed.
-                await pool.release(conn)
+                await _give_back(pool, conn)  # a lock granted just as its statement was cancelled goes too
                 if isinstance(exc, asyncpg.LockNotAvailableError):
                     raise TimeoutError(f"no restore turn within {timeout:g} s (another process's restore of "
                                        "this document is still under way)") from None
