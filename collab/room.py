@@ -1728,6 +1728,11 @@ class Rooms:
         `authorize(salt)` checks the caller's rights again against the current
         salt just before the update is sequenced (the diff takes a while: a
         link reset meanwhile refuses the restore), as `join` does.
+
+        Restores of one document take turns, in this process and across the
+        processes on the store (`_restore_turns`), and each is diffed against
+        the store's head (`Room.reach_store_head`): two at once, here or at two
+        processes, end as the later one brings the text back, never merged.
         """
         info = await self.info(name)
         old = await self.text_at(info, version)
