@@ -1,0 +1,264 @@
+"""A process with --redis and one without, on one PostgreSQL database: the database checks bring the news.
+
+An operator's audit once saw an update committed at a process started without
+`--redis` not reach a client of a process started with it (same database)
+within 10 s. Such a process publishes nothing, so the one with Redis learns of
+its commits only from its check of every open document against the database
+(every `--check-every` seconds while Redis is up, every `--poll-every` while
+it is not; cluster.py). docs/deploy.md promises that news still crosses,
+within those seconds.
+
+Everything is real and started here: PostgreSQL (the session's server, a
+fresh database), `redis-server` on a free port, process R (`--redis`) and
+process N (without), each stopped by its pid. Many documents, each with a
+writer on N that pushes a marker, waits for its acknowledgement, waits a
+random moment, again. Clients on R ("watchers") join the documents: before
+any edit (some before the document exists), at the very moment of a push,
+just after its acknowledgement, and after R unloaded the document (its last
+watcher left, `--unload-after` passed). Redis is killed and started again in
+the middle. Every marker acknowledged at N must reach every watcher open at R
+within --check-every + MARGIN seconds of the later of its acknowledgement and
+the watcher's welcome (in the welcome's text or in an `updates` frame),
+stretched by how slow the machine is in this run: the worst acknowledgement
+at N of a push (about 0.01-0.05 s alone).
+
+Seeds are random; COLLAB_SEED=N reruns one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+
+import aiohttp
+import pytest
+
+from clusterproc import ServerProcess, free_port
+
+WS_PROTOCOL = "collab.v1"
+DOCS = 60          # documents, each with its writer at N
+RUN_S = 24.0       # seconds of pushes
+CHECK_EVERY = 1.0  # R's --check-every (the default)
+POLL_EVERY = 0.3   # and --poll-every (the default)
+UNLOAD_AFTER = 0.5  # R's --unload-after: a document its watchers all left is unloaded, then opened again
+MARGIN = 2.0       # seconds past --check-every a marker may take to reach a watcher at R
+REDIS_DOWN_AT, REDIS_UP_AT = 9.0, 12.0  # seconds into the run: Redis killed, started again
+
+
+def seed_of() -> int:
+    return int(os.environ.get("COLLAB_SEED", random.randrange(1, 2**31)))
+
+
+@pytest.fixture
+def database(pg_server):
+    name = pg_server.create_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+def utf16_len(s: str) -> int:
+    return len(s.encode("utf-16-le")) // 2
+
+
+def new_length(changes: list) -> int:
+    n = 0
+    for part in changes:
+        if isinstance(part, int):
+            n += part
+        else:
+            n += sum(utf16_len(s) for s in part[1:]) + max(0, len(part) - 2)
+    return n
+
+
+class Client:
+    """A raw collab.v1 connection: notes when each marker (an inserted string) reached it."""
+
+    def __init__(self, name: str, doc: str):
+        self.name, self.doc = name, doc
+        self.version = 0
+        self.length = 0
+        self.welcomed = float("inf")
+        self.closed = float("inf")
+        self.text = ""     # the welcome's text
+        self.seen: dict[str, float] = {}
+        self.problems: list[str] = []
+        self.ws = None
+        self.reader = None
+
+    async def open(self, http: aiohttp.ClientSession, ws_url: str) -> "Client":
+        self.ws = await http.ws_connect(f"{ws_url}/ws/{self.doc}", protocols=(WS_PROTOCOL,), max_msg_size=0)
+        await self.ws.send_str(json.dumps({"type": "hello", "clientID": self.name, "version": None,
+                                           "user": {"name": self.name, "color": "#224466"}}))
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive(), 15)
+            assert msg.type == aiohttp.WSMsgType.TEXT, f"{self.name}: {msg.type} {msg.data} {msg.extra}"
+            frame = json.loads(msg.data)
+            if frame["type"] == "welcome":
+                break
+        self.welcomed = time.time()
+        self.version, self.text = frame["version"], frame["doc"]
+        self.length = utf16_len(self.text)
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        while True:
+            msg = await self.ws.receive()
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                if self.closed == float("inf"):
+                    self.problems.append(f"{self.name} on {self.doc}: connection ended {msg.type} {msg.data} "
+                                         f"{msg.extra}")
+                return
+            frame = json.loads(msg.data)
+            now = time.time()
+            if frame["type"] == "updates":
+                if frame["from"] != self.version:
+                    self.problems.append(f"{self.name} on {self.doc}: updates from {frame['from']} at {self.version}")
+                for u in frame["updates"]:
+                    for part in u["changes"]:
+                        if isinstance(part, list) and len(part) > 1:
+                            self.seen.setdefault(part[1], now)
+                    self.length = new_length(u["changes"])
+                self.version = frame["from"] + len(frame["updates"])
+            elif frame["type"] == "error":
+                self.problems.append(f"{self.name} on {self.doc}: error frame {frame}")
+
+    def seen_at(self, marker: str) -> float:
+        """When `marker` reached this client: its welcome, if its text held it; inf if never."""
+        return self.welcomed if marker in self.text else self.seen.get(marker, float("inf"))
+
+    async def push(self, marker: str) -> float:
+        """Insert `marker` at the start; when it was acknowledged (it came back in an `updates` frame)."""
+        changes = [[0, marker]] + ([self.length] if self.length else [])
+        await self.ws.send_str(json.dumps({"type": "push", "version": self.version,
+                                           "updates": [{"clientID": self.name, "changes": changes}]}))
+        deadline = time.time() + 20
+        while marker not in self.seen:
+            assert time.time() < deadline, f"{self.name}: {marker} not acknowledged in 20 s ({self.problems})"
+            await asyncio.sleep(0.005)
+        return self.seen[marker]
+
+    async def close(self) -> None:
+        self.closed = time.time()
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.ws is not None:
+            await self.ws.close()
+
+
+async def choreography(r_url: str, n_url: str, redis, seed: int, pushes: list, watchers: list,
+                       problems: list) -> None:
+    """Every document's writer at N and watchers at R, as the module's docstring says."""
+    t0 = time.time()
+    stop_at = t0 + RUN_S
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:  # (default: 100 at once)
+
+        async def watch(doc: str, label: str) -> Client:
+            w = Client(f"w{len(watchers)}-{label}", doc)
+            watchers.append(w)
+            return await w.open(http, r_url)
+
+        async def document(i: int) -> None:
+            rng = random.Random(seed * 1000 + i)
+            doc = f"mixed{i}"
+            writer = Client(f"writer{i}", doc)
+            # A third of the documents are open at R before they exist (nobody made them yet).
+            mine: list[Client] = [await watch(doc, "unborn")] if i % 3 == 0 else []
+            await writer.open(http, n_url)
+            await asyncio.sleep(rng.uniform(0, 1.0))
+            k = 0
+            try:
+                while time.time() < stop_at:
+                    marker = f"<{doc}:{k}>"
+                    mode = rng.choice(("plain", "plain", "with", "after", "reopen"))
+                    if mode == "reopen" and mine:  # all leave: R unloads the document, then it opens again
+                        for w in mine:
+                            await w.close()
+                        mine = []
+                        await asyncio.sleep(UNLOAD_AFTER + rng.uniform(0.05, 0.5))
+                    sent = time.time()
+                    if mode in ("with", "reopen"):  # a watcher joins as the push is committed
+                        acked, w = await asyncio.gather(writer.push(marker), watch(doc, mode))
+                        mine.append(w)
+                    else:
+                        acked = await writer.push(marker)
+                    pushes.append({"doc": doc, "marker": marker, "sent": sent, "acked": acked, "mode": mode})
+                    if mode == "after":
+                        await asyncio.sleep(rng.uniform(0, 0.05))
+                        mine.append(await watch(doc, "after"))
+                    if len(mine) > 3:
+                        await mine.pop(0).close()
+                    k += 1
+                    await asyncio.sleep(rng.uniform(0.1, 1.2))
+                await asyncio.sleep(CHECK_EVERY + MARGIN + 3)  # the last markers' time to cross, watched
+            finally:
+                problems.extend(writer.problems)
+                await writer.close()
+                for w in mine:
+                    await w.close()
+
+        async def outage() -> None:
+            await asyncio.sleep(t0 + REDIS_DOWN_AT - time.time())
+            await asyncio.to_thread(redis.kill)
+            await asyncio.sleep(t0 + REDIS_UP_AT - time.time())
+            await asyncio.to_thread(redis.start)
+
+        tasks = [asyncio.ensure_future(c) for c in (outage(), *(document(i) for i in range(DOCS)))]
+        done, running = await asyncio.wait(tasks, timeout=RUN_S + CHECK_EVERY + MARGIN + 40)
+        for t in running:
+            t.print_stack()
+            t.cancel()
+        if running:
+            problems.append(f"{len(running)} of the choreography's tasks did not end")
+        for t in done:
+            if t.exception() is not None:
+                problems.append(f"{t.get_coro().__qualname__}: {t.exception()!r}")
+    for w in watchers:
+        problems.extend(w.problems)
+
+
+def test_news_from_a_process_without_redis_reaches_one_with_it_within_the_check(pg_server, database, redis,
+                                                                                   tmp_path):
+    seed = seed_of()
+    ctx = f"(seed {seed}; rerun with COLLAB_SEED={seed})"
+    timing = ["--check-every", str(CHECK_EVERY), "--poll-every", str(POLL_EVERY), "--max-conns-per-addr", "2000"]
+    r = ServerProcess(database, port=free_port(), log_path=tmp_path / "r.log",
+                      extra_args=["--redis", redis.url, "--unload-after", str(UNLOAD_AFTER), *timing])
+    n = ServerProcess(database, port=free_port(), log_path=tmp_path / "n.log", extra_args=timing)
+    pushes: list[dict] = []
+    watchers: list[Client] = []
+    problems: list[str] = []
+    try:
+        r.start(40)
+        n.start(40)
+        asyncio.run(choreography(r.ws_url, n.ws_url, redis, seed, pushes, watchers, problems))
+    finally:
+        n.kill()
+        r.kill()
+    load = max(p["acked"] - p["sent"] for p in pushes)
+    bound = CHECK_EVERY + MARGIN + load
+    late, worst = [], 0.0
+    by_doc: dict[str, list[dict]] = {}
+    for p in pushes:
+        by_doc.setdefault(p["doc"], []).append(p)
+    checked = 0
+    for w in watchers:
+        for p in by_doc.get(w.doc, []):
+            start = max(p["acked"], w.welcomed)
+            if start + bound >= w.closed:
+                continue  # it left before the marker was due
+            checked += 1
+            took = w.seen_at(p["marker"]) - start
+            worst = max(worst, took)
+            if took > bound:
+                late.append(f"{p['marker']} ({p['mode']}, acknowledged at t+{p['acked'] - pushes[0]['sent']:.1f} s) "
+                            f"reached {w.name} (welcomed {w.welcomed - p['acked']:+.2f} s after it) "
+                            f"{'never' if took == float('inf') else f'in {took:.2f} s'}")
+    print(f"mixed redis/no-redis: {len(pushes)} pushes, {len(watchers)} watchers, {checked} crossings checked, "
+          f"worst {worst:.2f} s (bound {bound:.2f} s, load {load:.2f} s) {ctx}")
+    assert problems == [], problems[:10]
+    assert checked > 1000, f"too few crossings checked ({checked}) {ctx}"
+    assert not late, f"{len(late)} markers crossed too late: {late[:8]} {ctx}\n{r.log()[-3000:]}"
