@@ -39,13 +39,14 @@ import pytest
 from clusterproc import ServerProcess, free_port
 
 WS_PROTOCOL = "collab.v1"
-DOCS = 60          # documents, each with its writer at N
+DOCS = 100         # documents, each with its writer at N
 RUN_S = 24.0       # seconds of pushes
 CHECK_EVERY = 1.0  # R's --check-every (the default)
 POLL_EVERY = 0.3   # and --poll-every (the default)
 UNLOAD_AFTER = 0.5  # R's --unload-after: a document its watchers all left is unloaded, then opened again
 MARGIN = 2.0       # seconds past --check-every a marker may take to reach a watcher at R
-REDIS_DOWN_AT, REDIS_UP_AT = 9.0, 12.0  # seconds into the run: Redis killed, started again
+REDIS_DOWN_AT, REDIS_UP_AT = 7.0, 10.0  # seconds into the run: Redis killed, started again
+REDIS_PAUSED_AT, REDIS_RESUMED_AT = 15.0, 18.0  # and paused (SIGSTOP: nothing answers), resumed
 
 
 def seed_of() -> int:
@@ -149,62 +150,75 @@ class Client:
             await self.ws.close()
 
 
-async def choreography(r_url: str, n_url: str, redis, seed: int, pushes: list, watchers: list,
+async def choreography(r_url: str, n_url: str, redis, seed: int, pushes: list, clients: list,
                        problems: list) -> None:
-    """Every document's writer at N and watchers at R, as the module's docstring says."""
+    """Every document's writer at N and watchers at R (and on some documents a writer at R), as the module's
+    docstring says; every client (writers too) is in `clients`, every acknowledged push in `pushes`."""
     t0 = time.time()
     stop_at = t0 + RUN_S
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:  # (default: 100 at once)
 
-        async def watch(doc: str, label: str) -> Client:
-            w = Client(f"w{len(watchers)}-{label}", doc)
-            watchers.append(w)
-            return await w.open(http, r_url)
+        async def client(url: str, doc: str, label: str) -> Client:
+            c = Client(f"c{len(clients)}-{label}", doc)
+            clients.append(c)
+            return await c.open(http, url)
+
+        async def writes(writer: Client, rng: random.Random, between: tuple[float, float], mine: list | None) -> None:
+            """`writer` pushes markers until the run ends; with `mine` (the document's watchers at R), each
+            push is one of the ways a watcher meets it, as the module's docstring says."""
+            doc = writer.doc
+            await asyncio.sleep(rng.uniform(0, 1.0))
+            k = 0
+            while time.time() < stop_at:
+                marker = f"<{writer.name}:{k}>"
+                mode = rng.choice(("plain", "plain", "with", "after", "reopen")) if mine is not None else "r"
+                if mode == "reopen" and mine:  # all leave: R unloads the document, then it opens again
+                    for w in mine:
+                        await w.close()
+                    mine.clear()
+                    await asyncio.sleep(UNLOAD_AFTER + rng.uniform(0.05, 0.5))
+                sent = time.time()
+                if mode in ("with", "reopen"):  # a watcher joins as the push is committed
+                    acked, w = await asyncio.gather(writer.push(marker), client(r_url, doc, mode))
+                    mine.append(w)
+                else:
+                    acked = await writer.push(marker)
+                pushes.append({"doc": doc, "marker": marker, "sent": sent, "acked": acked, "mode": mode})
+                if mode == "after":
+                    await asyncio.sleep(rng.uniform(0, 0.05))
+                    mine.append(await client(r_url, doc, "after"))
+                if mine is not None and len(mine) > 3:
+                    await mine.pop(0).close()
+                k += 1
+                await asyncio.sleep(rng.uniform(*between))
 
         async def document(i: int) -> None:
             rng = random.Random(seed * 1000 + i)
             doc = f"mixed{i}"
-            writer = Client(f"writer{i}", doc)
             # A third of the documents are open at R before they exist (nobody made them yet).
-            mine: list[Client] = [await watch(doc, "unborn")] if i % 3 == 0 else []
-            await writer.open(http, n_url)
-            await asyncio.sleep(rng.uniform(0, 1.0))
-            k = 0
+            mine: list[Client] = [await client(r_url, doc, "unborn")] if i % 3 == 0 else []
+            writers = [await client(n_url, doc, "n-writer")]
+            # And on a quarter of them R's own editor writes too: its commits race N's (lost races, catch-ups
+            # with a commit in flight), and N hears of them only from its polling.
+            if i % 4 == 1:
+                writers.append(await client(r_url, doc, "r-writer"))
             try:
-                while time.time() < stop_at:
-                    marker = f"<{doc}:{k}>"
-                    mode = rng.choice(("plain", "plain", "with", "after", "reopen"))
-                    if mode == "reopen" and mine:  # all leave: R unloads the document, then it opens again
-                        for w in mine:
-                            await w.close()
-                        mine = []
-                        await asyncio.sleep(UNLOAD_AFTER + rng.uniform(0.05, 0.5))
-                    sent = time.time()
-                    if mode in ("with", "reopen"):  # a watcher joins as the push is committed
-                        acked, w = await asyncio.gather(writer.push(marker), watch(doc, mode))
-                        mine.append(w)
-                    else:
-                        acked = await writer.push(marker)
-                    pushes.append({"doc": doc, "marker": marker, "sent": sent, "acked": acked, "mode": mode})
-                    if mode == "after":
-                        await asyncio.sleep(rng.uniform(0, 0.05))
-                        mine.append(await watch(doc, "after"))
-                    if len(mine) > 3:
-                        await mine.pop(0).close()
-                    k += 1
-                    await asyncio.sleep(rng.uniform(0.1, 1.2))
+                await asyncio.gather(writes(writers[0], rng, (0.1, 1.2), mine),
+                                     *(writes(w, random.Random(rng.random()), (0.2, 1.5), None) for w in writers[1:]))
                 await asyncio.sleep(CHECK_EVERY + MARGIN + 3)  # the last markers' time to cross, watched
             finally:
-                problems.extend(writer.problems)
-                await writer.close()
-                for w in mine:
-                    await w.close()
+                for c in writers + mine:
+                    await c.close()
 
         async def outage() -> None:
             await asyncio.sleep(t0 + REDIS_DOWN_AT - time.time())
             await asyncio.to_thread(redis.kill)
             await asyncio.sleep(t0 + REDIS_UP_AT - time.time())
             await asyncio.to_thread(redis.start)
+            await asyncio.sleep(t0 + REDIS_PAUSED_AT - time.time())
+            redis.pause()
+            await asyncio.sleep(t0 + REDIS_RESUMED_AT - time.time())
+            redis.resume()
 
         tasks = [asyncio.ensure_future(c) for c in (outage(), *(document(i) for i in range(DOCS)))]
         done, running = await asyncio.wait(tasks, timeout=RUN_S + CHECK_EVERY + MARGIN + 40)
@@ -216,8 +230,8 @@ async def choreography(r_url: str, n_url: str, redis, seed: int, pushes: list, w
         for t in done:
             if t.exception() is not None:
                 problems.append(f"{t.get_coro().__qualname__}: {t.exception()!r}")
-    for w in watchers:
-        problems.extend(w.problems)
+    for c in clients:
+        problems.extend(c.problems)
 
 
 def test_news_from_a_process_without_redis_reaches_one_with_it_within_the_check(pg_server, database, redis,
@@ -229,12 +243,12 @@ def test_news_from_a_process_without_redis_reaches_one_with_it_within_the_check(
                       extra_args=["--redis", redis.url, "--unload-after", str(UNLOAD_AFTER), *timing])
     n = ServerProcess(database, port=free_port(), log_path=tmp_path / "n.log", extra_args=timing)
     pushes: list[dict] = []
-    watchers: list[Client] = []
+    clients: list[Client] = []
     problems: list[str] = []
     try:
         r.start(40)
         n.start(40)
-        asyncio.run(choreography(r.ws_url, n.ws_url, redis, seed, pushes, watchers, problems))
+        asyncio.run(choreography(r.ws_url, n.ws_url, redis, seed, pushes, clients, problems))
     finally:
         n.kill()
         r.kill()
@@ -245,7 +259,7 @@ def test_news_from_a_process_without_redis_reaches_one_with_it_within_the_check(
     for p in pushes:
         by_doc.setdefault(p["doc"], []).append(p)
     checked = 0
-    for w in watchers:
+    for w in clients:
         for p in by_doc.get(w.doc, []):
             start = max(p["acked"], w.welcomed)
             if start + bound >= w.closed:
@@ -257,7 +271,7 @@ def test_news_from_a_process_without_redis_reaches_one_with_it_within_the_check(
                 late.append(f"{p['marker']} ({p['mode']}, acknowledged at t+{p['acked'] - pushes[0]['sent']:.1f} s) "
                             f"reached {w.name} (welcomed {w.welcomed - p['acked']:+.2f} s after it) "
                             f"{'never' if took == float('inf') else f'in {took:.2f} s'}")
-    print(f"mixed redis/no-redis: {len(pushes)} pushes, {len(watchers)} watchers, {checked} crossings checked, "
+    print(f"mixed redis/no-redis: {len(pushes)} pushes, {len(clients)} clients, {checked} crossings checked, "
           f"worst {worst:.2f} s (bound {bound:.2f} s, load {load:.2f} s) {ctx}")
     assert problems == [], problems[:10]
     assert checked > 1000, f"too few crossings checked ({checked}) {ctx}"
