@@ -794,6 +794,19 @@ class Store(GroupWriter):
 
         return await self._read(fn)
 
+    async def documents_named(self, names: list[str]) -> dict[str, dict]:
+        """`document(name)` of each of these names that has a document (a few queries however many)."""
+        def fn(conn: sqlite3.Connection) -> dict[str, dict]:
+            out = {}
+            for k in range(0, len(names), 500):
+                chunk = names[k:k + 500]
+                for row in conn.execute("SELECT id, name, version, length, updated, created, salt FROM documents "
+                                        f"WHERE name IN ({','.join('?' * len(chunk))})", chunk):
+                    out[row[1]] = dict(zip(("id", "name", "version", "length", "updated", "created", "salt"), row))
+            return out
+
+        return await self._read(fn) if names else {}
+
     async def text_at(self, doc_id: int, version: int) -> str:
         """The text at `version`: the newest snapshot at or below it plus the updates after it
         (VersionCompacted if they are gone, DocumentGone if the document is)."""

@@ -1027,6 +1027,16 @@ class PgStore(GroupWriter):
         return None if row is None else dict(zip(("id", "name", "version", "length", "updated", "created", "salt"),
                                                   row))
 
+    async def documents_named(self, names: list[str]) -> dict[str, dict]:
+        """`document(name)` of each of these names that has a document (one query however many)."""
+        if not names:
+            return {}
+        rows = await self._read(lambda conn: conn.fetch(
+            "SELECT id, name, version, length, updated, created, salt FROM documents WHERE name = ANY($1::text[])",
+            list(names)))
+        return {row[1]: dict(zip(("id", "name", "version", "length", "updated", "created", "salt"), row))
+                for row in rows}
+
     async def text_at(self, doc_id: int, version: int) -> str:
         """The text at `version`: the newest snapshot at or below it plus the updates after it
         (VersionCompacted if they are gone, DocumentGone if the document is)."""

@@ -514,6 +514,18 @@ async def test_a_view_is_one_moment_and_copied_rows_read_back_the_same(open_stor
 
 
 @BOTH_BACKENDS
+async def test_documents_named_is_document_of_each_name_that_has_one(open_store):
+    """The check of rooms open on names nobody had made (cluster.py) looks them all up at once."""
+    store = await open_store()
+    for k in range(0, 1200, 100):  # past SQLite's chunk of 500 names
+        await store.create_document(f"n{k}", text=f"text {k}")
+    names = [f"n{k}" for k in range(1200)] + ["n100", "gone", "n"]
+    found = await store.documents_named(names)
+    assert found == {f"n{k}": await store.document(f"n{k}") for k in range(0, 1200, 100)}
+    assert await store.documents_named([]) == {}
+
+
+@BOTH_BACKENDS
 async def test_two_writers_on_one_database_never_fork_the_log_nor_deadlock(open_store):
     """Two stores on one database (two processes, as the multi-process setup will have) commit the same
     versions of two documents at once, in opposite orders: per document and round exactly one wins, the
