@@ -1685,8 +1685,10 @@ class Rooms:
         if info is None:
             raise ProtocolError("not-found", f"no document named {name!r}")
         room = self._open(name)
-        if room is not None:
-            info["version"] = room.seq.committed_version  # the store may lag memory by a commit
+        if room is not None and room.doc_id == info["id"]:
+            # The store may lag memory by a commit; with several processes, memory may lag the store by
+            # another process's commits whose news has not come yet: the later of the two is committed.
+            info["version"] = max(info["version"], room.seq.committed_version)
         return info
 
     async def current(self, name: str) -> tuple[int, str]:

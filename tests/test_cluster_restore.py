@@ -69,10 +69,12 @@ def two(pg_server, database, tmp_path):
         c.kill()
 
 
-async def made_versions(http: aiohttp.ClientSession, url: str, ws_url: str) -> None:
-    """The document, with C at version 1, A at 2 and B at 3 (one push of three updates)."""
-    async with http.post(f"{url}/api/docs", json={"name": DOC}) as r:
-        assert r.status == 201, await r.text()
+async def made_versions(http: aiohttp.ClientSession, url: str, ws_url: str, made: bool = False) -> None:
+    """The document, with C at version 1, A at 2 and B at 3 (one push of three updates); `made`: it
+    exists already, empty."""
+    if not made:
+        async with http.post(f"{url}/api/docs", json={"name": DOC}) as r:
+            assert r.status == 201, await r.text()
     async with http.ws_connect(f"{ws_url}/ws/{DOC}", protocols=["collab.v1"]) as ws:
         await ws.send_str(orjson.dumps({"type": "hello", "clientID": "maker", "version": None,
                                         "user": {"name": "Maker", "color": "#3366ff"}}).decode())
@@ -188,6 +190,37 @@ def test_two_restores_at_two_processes_at_once_end_as_the_later_one_never_a_mixt
     assert not problems, f"{len(problems)} of {ROUNDS} rounds went wrong:\n" + "\n".join(problems)
 
 
+def test_a_version_made_at_another_process_can_be_read_and_restored_before_its_news_comes(two):
+    """Process 1 has the document open (a client on it) and checks the database only once a minute, no
+    Redis: versions 1 to 3 made at process 0 have not reached its room. It still shows and restores
+    them: a version is in range up to the database's head, not only its room's (was: 400 "version
+    must be at most 0" until the news came, up to --check-every later)."""
+    c = two(per_process=[[], ["--check-every", "60", "--poll-every", "60"]])
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{c.urls[0]}/api/docs", json={"name": DOC}) as r:
+                assert r.status == 201, await r.text()
+            async with http.ws_connect(f"{c.ws_urls[1]}/ws/{DOC}", protocols=["collab.v1"]) as watcher:
+                await watcher.send_str(orjson.dumps({"type": "hello", "clientID": "watcher", "version": None}).decode())
+                welcome = orjson.loads((await asyncio.wait_for(watcher.receive(), 10)).data)
+                assert welcome["type"] == "welcome" and welcome["version"] == 0, welcome
+                await made_versions(http, c.urls[0], c.ws_urls[0], made=True)
+                assert (await head(http, c.urls[1]))["version"] == 0  # process 1's room has not heard of them
+                async with http.get(f"{c.urls[1]}/api/docs/{DOC}/versions/{V_A}") as r:
+                    assert r.status == 200, await r.text()
+                    assert (await r.json())["doc"] == A
+                status, body = await restore(http, c.urls[1], V_A)
+                assert status == 200 and body == {"version": V_B + 1, "unchanged": False}, body
+                assert (await head(http, c.urls[1]))["doc"] == A  # the restore brought process 1's room up to date
+
+                async def at_process_0() -> bool:
+                    return (await head(http, c.urls[0]))["doc"] == A
+                assert await eventually(at_process_0, 10)  # its news, by its checks (0.3 s without Redis)
+
+    asyncio.run(run())
+
+
 # ------------------------------------------------------------ waits and ends
 
 def test_a_restore_waits_for_one_at_another_process_and_goes_on_when_that_process_is_killed(two, pg_server,
@@ -266,16 +299,14 @@ def test_a_restore_that_waits_too_long_is_refused_and_one_that_fails_in_its_turn
                 assert status == 503 and body["error"]["code"] == "unavailable", body
                 assert holding, "process 0's restore holding its turn"
                 assert "another restore" in body["error"]["message"], body
-                assert 0.8 < time.monotonic() - asked < 2.5
+                assert 0.8 < time.monotonic() - asked < 4  # its 1 s budget, and the machine's slowness
                 status, body = await asyncio.wait_for(held, 10)
                 assert status == 503 and "time budget" in body["error"]["message"], body
-                assert 2.5 < time.monotonic() - started < 6
+                assert 2.5 < time.monotonic() - started < 8
                 assert await turns(pg) == []
                 assert (await head(http, c.urls[1]))["doc"] == B  # neither restore changed anything
-                asked = time.monotonic()
-                status, body = await restore(http, c.urls[1], V_C)
+                status, body = await restore(http, c.urls[1], V_C)  # within its 1 s budget: the turn is free
                 assert status == 200 and body["unchanged"] is False, body
-                assert time.monotonic() - asked < 1.0
                 status, body = await restore(http, c.urls[0], V_A)
                 assert status == 200 and body["unchanged"] is False, body
                 assert (await head(http, c.urls[0]))["doc"] == A
