@@ -60,8 +60,8 @@ from .metrics import Metrics
 from .rebase import Update, rebase_in_frames_steps
 from .sequencer import MAP_BUDGET, History, NeedHistory, Sequencer, cut_frames, weight
 from .settings import Settings
-from .storage import (Commit, Loaded, NameTaken, Storage, StorageUnavailable, TooManyDocuments, VersionCompacted,
-                      VersionConflict)
+from .storage import (Commit, Loaded, NameTaken, Storage, StorageUnavailable, TooManyDocuments, Turn, TurnLost,
+                      VersionCompacted, VersionConflict)
 
 log = logging.getLogger("collab")
 
@@ -90,6 +90,7 @@ class Connection(Protocol):
 DELETED = "this document was deleted"  # the reason its sessions are closed with (1008), here and elsewhere
 MAX_OWNERS = 4096  # clientIDs per document whose proof (resume key, token, address) is remembered
 OPENED_WINDOW = 10.0  # seconds: two hellos of one client read closer than this are ordered by hello.opened
+JOIN_CATCH_UP_S = 2.0  # seconds a join waits for the versions another process acknowledged its client (then goes on)
 MAX_LOST_ROUNDS = 16  # commits in a row lost to another writer before the room gives up and reloads
 HEAVY_REBASE = 20_000  # rebase work (rebase.rebase_work: a few ms) above which it takes turns with the loop
 HEAVY_ROUNDS = 4       # times a push waits for commits before it goes on regardless (and rounds, twice that)
@@ -309,11 +310,7 @@ class Room:
             # (With no document of this name in the store, just looked up, there is nothing to read: an
             # acknowledged edit's document is committed before it. The client is welcomed at once, or
             # refused just below if the room is broken, which keeps it from taking a document.)
-            self.catch_up()
-            for _ in range(100):
-                if self.seq.committed_version >= want or self.broken:
-                    break
-                await asyncio.sleep(0.02)
+            await self._reach(want, JOIN_CATCH_UP_S)
         for _ in range(5):  # read until the first frame is whole in what we have (the log moves on meanwhile)
             if want is None or want >= self.seq.committed_version or self.seq.frames_from(want, history, 1):
                 break
@@ -811,22 +808,36 @@ class Room:
             raise self._failure()
         return self.seq.committed_version
 
-    async def reach_store_head(self) -> None:
+    async def reach_store_head(self, within: float) -> None:
         """Catch up with everything committed to this document so far, by any process: read its head from
-        the store and return once the room's committed version is there (another process's commit whose
-        news has not come yet is read now, not at the next check). Raises not-found if the document is
-        gone, and ServerError if the room failed or could not get there."""
-        for _ in range(3):  # a catch-up reads up to the head as it finds it: once is enough but for a race
-            head = (await self.store.heads([self.doc_id])).get(self.doc_id)
-            if head is None:
-                raise self._deleted()
-            if self.broken:
-                raise self._failure()
-            if self.seq.committed_version >= head[0]:
-                return
-            self.catch_up()
-            await self._until_ready()
-        raise ServerError("this document could not be brought up to date; try again")
+        the store once and return when the room's committed version is there (another process's commit
+        whose news has not come yet is read now, not at the next check). Commits made after that read
+        are not waited for: on a busy document there may always be one more. Raises not-found if the
+        document is gone, and ServerError if the room failed or did not get there within `within` s."""
+        head = (await self.store.heads([self.doc_id])).get(self.doc_id)
+        if head is None:
+            raise self._deleted()
+        if not await self._reach(head[0], within):
+            raise self._failure() if self.broken else ServerError(
+                "this document could not be brought up to date in time; try again")
+
+    async def _reach(self, want: int, within: float) -> bool:
+        """Catch up until the room's committed version is at least `want` (a version another process
+        committed, so there to read), the room breaks, or `within` seconds pass: whether it got there.
+        A catch-up reads until nothing more comes, so one is enough for a `want` the store had; a
+        second is started in case of a race, and no more (a client's hello may name a version that
+        was never made: no more reads for it), then the news is waited for."""
+        catch_ups = 2
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self.seq.committed_version < want and not self.broken:
+                    if catch_ups:
+                        catch_ups -= 1
+                        self.catch_up()
+                    await self._until_ready()
+                    if self.seq.committed_version < want and not self.broken:
+                        await asyncio.sleep(0.02)
+        return self.seq.committed_version >= want and not self.broken
 
     async def settled(self) -> None:
         """Return once every push accepted so far is durable, or refused (raises ServerError if the
@@ -1745,33 +1756,40 @@ class Rooms:
         room.hold()
         try:
             async with contextlib.AsyncExitStack() as turns:
-                await self._restore_turns(room, turns)
+                held = await self._restore_turns(room, turns)
                 # Another process's restore may have committed before it let go of the turn, its news not
                 # here yet: the head this one diffs against is the store's.
-                await room.reach_store_head()
+                await room.reach_store_head(self.settings.history_timeout)
                 # Diffed against the text at `base`; edits committed meanwhile are rebased over by submit.
                 base = room.seq.committed_version
                 changes = await compute.restore_changes(room.seq.committed_text(), old)
                 if changes.is_empty:  # the text already is that version's: no update, nobody told of one
                     return await room.current(authorize), False
                 update = Update(f"restore-{secrets.token_hex(6)}", changes)
+                try:
+                    await held()  # the turn is still ours: no other process's restore went ahead meanwhile
+                except TurnLost as exc:
+                    log.warning("restore of %s refused: %s", name, exc)
+                    raise
                 return await room.submit(update.client_id, base, [update], author, restored_from=version,
                                          person=person, color=color, authorize=authorize), True
         finally:
             room.unhold()
 
-    async def _restore_turns(self, room: Room, turns: contextlib.AsyncExitStack) -> None:
+    async def _restore_turns(self, room: Room, turns: contextlib.AsyncExitStack) -> Turn:
         """The restore's turn at `room`, in this process (`Room.restore_turn`) and then across processes
-        (`Storage.restore_turn`), both held until `turns` closes. Another restore of the document may be
-        under way; waiting for both takes at most --history-timeout (503 after), a budget of its own."""
+        (`Storage.restore_turn`), both held until `turns` closes; returns the store's `held`. Another
+        restore of the document may be under way; waiting for both takes at most --history-timeout
+        (503 after), a budget of its own."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.history_timeout
         try:
             async with asyncio.timeout_at(deadline):
                 await turns.enter_async_context(room.restore_turn())
-            await turns.enter_async_context(self.store.restore_turn(room.doc_id, deadline - loop.time()))
-        except TimeoutError:
-            raise ServerError("another restore of this document is still under way; try again") from None
+            return await turns.enter_async_context(self.store.restore_turn(room.doc_id, deadline - loop.time()))
+        except TimeoutError as exc:  # the store's says why when it is not that (all its turns were busy)
+            raise ServerError(str(exc) or "another restore of this document is still under way; try again") \
+                from None
 
     async def reset_links(self, name: str) -> str:
         """A new salt for the document: old share links stop working and their sessions close (1008)."""

@@ -124,9 +124,9 @@ class Settings:
     history_queue: int = _opt(8, "restore diffs and authorship requests that may wait for a worker; more "
                               "are refused (unavailable)")
     history_timeout: float = _opt(15.0, "seconds one restore diff or authorship request may take, waiting "
-                                  "included (for a worker, and for another restore of the document at any "
-                                  "process); unavailable after; an authorship request asked again goes on "
-                                  "where it stopped")
+                                  "for a worker included; a restore may first wait as long for another "
+                                  "restore of the document, at any process (unavailable after either; an "
+                                  "authorship request asked again goes on where it stopped)")
     history_memory: int = _opt(2 << 30, "bytes of memory one history worker may use (too-large beyond)")
     authors_max_runs: int = _opt(200_000, "most author runs one /authors answer holds (too-large beyond)")
     redis: str = _opt("", "redis://host:port/db of a Redis server that several collab processes on one "

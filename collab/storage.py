@@ -47,8 +47,9 @@ Rules every backend keeps:
     only while it is readable, and `compact` drops no row a named version
     needs before that version has a snapshot of its own;
   * a document's restore turn (`restore_turn`) is had by one restore at a
-    time among every process on the store, and only for as long as its
-    block runs (or its process lives).
+    time among every process on the store, for as long as its block runs
+    and its database session lives (a process that dies, or whose
+    connection is cut, loses it: `held` says so before a restore commits).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import re
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
@@ -94,6 +95,7 @@ COPY_TABLES: dict[str, tuple[str, ...]] = {
 VERSION_UNBOUNDED = 1 << 62
 # A document row as `StorageView.documents` returns it and `add_document` takes it.
 DOCUMENT_FIELDS = ("id", "name", "version", "length", "created", "updated", "salt")
+DOCUMENT_COLUMNS = ", ".join(DOCUMENT_FIELDS)  # the same, in SQL
 
 
 @dataclass(slots=True)
@@ -223,6 +225,20 @@ class NamedWhileCompacting(RuntimeError):
         super().__init__(f"version {version} was named while the document was compacted; "
                          f"{dropped} update rows were dropped before it, the rest are kept: run the command again")
         self.version, self.dropped = version, dropped
+
+
+Turn = Callable[[], Awaitable[None]]  # restore_turn's `held`
+
+
+class TurnLost(ServerError):
+    """A restore's turn (`Storage.restore_turn`) went while the restore ran: the database session holding
+    it ended (cut by the server or the network), so another process's restore may have gone ahead. The
+    restore is refused before it commits anything (503 `unavailable`); asked again, it takes a new turn.
+    `str(exc)` says why, for the log."""
+
+    def __init__(self, detail: str):
+        super().__init__("this restore lost its turn to another (its database connection ended); try again")
+        self.args = (detail,)
 
 
 class StorageUnavailable(ServerError, RuntimeError):
@@ -432,18 +448,22 @@ class Storage(Protocol):
 
     async def heads(self, doc_ids: list[int]) -> dict[int, tuple[int, str, str]]: ...  # (version, salt, name)
 
-    def restore_turn(self, doc_id: int, timeout: float) -> AbstractAsyncContextManager[None]:
+    def restore_turn(self, doc_id: int, timeout: float) -> AbstractAsyncContextManager[Turn]:
         """Held by a restore of document `doc_id` from before it reads the head it diffs against until its
         update is committed, so that restores of one document take turns across every process on this
         store: the later one reads the text the earlier one made (rooms.Rooms.restore).
 
-        Raises TimeoutError (nothing held) when the turn does not come within `timeout` seconds, and
-        StorageUnavailable when the store cannot be reached. Let go of on every way out of the block,
-        cancellation included; a process that dies holding it loses it with its database connection.
+        Raises TimeoutError (nothing held) when the turn does not come within `timeout` seconds (its
+        message, if any, is for the client: the turns themselves were all busy), and StorageUnavailable
+        when the store cannot be reached. Let go of on every way out of the block, cancellation
+        included; a process that dies holding it loses it with its database connection.
+
+        The block is given `held`: `await held()` raises TurnLost if the turn went meanwhile (its
+        database session ended), so a restore checks it just before it commits.
 
         PostgreSQL: a session advisory lock on a connection of its own for as long as it is held.
-        SQLite: nothing. One process serves a SQLite file (`<db>.lock`), so the room's own lock
-        (room.Room.restore_turn), taken first, is already the only turn there is.
+        SQLite: nothing (`held` never raises). One process serves a SQLite file (`<db>.lock`), so the
+        room's own lock (room.Room.restore_turn), taken first, is already the only turn there is.
         """
         ...
 

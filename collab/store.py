@@ -67,9 +67,9 @@ from .history import Authorship
 from .logs import QUIET_FOR, Throttle
 from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
-from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit,
-                      DocumentGone, GroupWriter, Kept, Loaded, NamedWhileCompacting, NameTaken, StorageUnavailable,
-                      TooManyCheckpoints, TooManyDocuments, VERSION_UNBOUNDED, VersionCompacted, VersionConflict,
+from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_COLUMNS, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY,
+                      Commit, DocumentGone, GroupWriter, Kept, Loaded, NamedWhileCompacting, NameTaken,
+                      StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VERSION_UNBOUNDED, VersionCompacted, VersionConflict,
                       contiguous_tail, history_entry, history_of, pending_migrations, replayed_bytes)
 from .text import Text
 
@@ -453,6 +453,10 @@ def _settle(fut: asyncio.Future, outcome: tuple[bool, object]) -> None:
         fut.set_result(value) if ok else fut.set_exception(value)
 
 
+async def _always_held() -> None:
+    """`held` of a SQLite restore turn (Store.restore_turn): there is nothing to lose."""
+
+
 class Store(GroupWriter):
     """SQLite backend of `storage.Storage`."""
 
@@ -786,11 +790,8 @@ class Store(GroupWriter):
 
     async def document(self, name: str) -> dict | None:
         def fn(conn: sqlite3.Connection) -> dict | None:
-            row = conn.execute("SELECT id, name, version, length, updated, created, salt FROM documents "
-                               "WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                return None
-            return dict(zip(("id", "name", "version", "length", "updated", "created", "salt"), row))
+            row = conn.execute(f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE name = ?", (name,)).fetchone()
+            return None if row is None else dict(zip(DOCUMENT_FIELDS, row))
 
         return await self._read(fn)
 
@@ -800,9 +801,9 @@ class Store(GroupWriter):
             out = {}
             for k in range(0, len(names), 500):
                 chunk = names[k:k + 500]
-                for row in conn.execute("SELECT id, name, version, length, updated, created, salt FROM documents "
+                for row in conn.execute(f"SELECT {DOCUMENT_COLUMNS} FROM documents "
                                         f"WHERE name IN ({','.join('?' * len(chunk))})", chunk):
-                    out[row[1]] = dict(zip(("id", "name", "version", "length", "updated", "created", "salt"), row))
+                    out[row[1]] = dict(zip(DOCUMENT_FIELDS, row))
             return out
 
         return await self._read(fn) if names else {}
@@ -935,7 +936,7 @@ class Store(GroupWriter):
     async def restore_turn(self, doc_id: int, timeout: float):
         """Nothing to take: one process serves a SQLite file (`open` holds `<db>.lock`), so the room's own
         lock (room.Room.restore_turn), which a restore takes first, already makes restores take turns."""
-        yield
+        yield _always_held
 
     async def authorship(self, doc_id: int, version: int) -> Authorship:
         """Who wrote each character of the text at `version`: compute.authorship replays the update
@@ -1060,7 +1061,7 @@ class _SqliteView:
 
     async def documents(self) -> list[dict]:
         return await self.conns.run(lambda conn: [dict(zip(DOCUMENT_FIELDS, row)) for row in conn.execute(
-            f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")])
+            f"SELECT {DOCUMENT_COLUMNS} FROM documents ORDER BY id")])
 
     async def rows(self, doc_id: int, table: str, after: int | str, limit: int,
                    max_bytes: int | None = None) -> list[tuple]:

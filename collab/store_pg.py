@@ -81,11 +81,11 @@ from .changes import ChangeSet
 from .history import Authorship
 from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
-from .storage import (COPY_TABLES, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit, contiguous_tail,
-                      describe, DocumentGone, GroupWriter, history_entry, history_of, Kept, Loaded,
+from .storage import (COPY_TABLES, DOCUMENT_COLUMNS, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit,
+                      contiguous_tail, describe, DocumentGone, GroupWriter, history_entry, history_of, Kept, Loaded,
                       NamedWhileCompacting, NameTaken, NoPermission, pending_migrations, redact, StorageUnavailable,
-                      TooManyCheckpoints, TooManyDocuments, VERSION_UNBOUNDED, VersionCompacted, VersionConflict,
-                      replayed_bytes)
+                      TooManyCheckpoints, TooManyDocuments, TurnLost, VERSION_UNBOUNDED, VersionCompacted,
+                      VersionConflict, replayed_bytes)
 from .text import Text
 
 READERS = 4             # pooled reader connections
@@ -100,6 +100,7 @@ COUNT_KEY = -(1 << 31)               # ... and its key held while counting docum
 RESTORE_TURNS = 0x636F6C72           # advisory lock class of documents whose restore has its turn (key: the id)
 TURN_CONNECTIONS = 4  # connections that hold restores' turns (documents restored at once, in one process)
 TURN_SLACK = 1.0      # seconds past a turn's timeout before a server that does not answer is given up on
+_BUSY_TURNS = "too many restores are under way at this server at once; try again"
 
 Write = Callable[[asyncpg.Connection], Awaitable[object]]
 
@@ -358,10 +359,12 @@ def _turn_key(doc_id: int) -> int:
 
 async def _give_back(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     """A turn's connection back to its pool, which resets the session first (asyncpg: `RESET ALL`,
-    `pg_advisory_unlock_all()`), shielded from cancellation. One it cannot reset it closes, and raises:
-    that session ended, and every lock with it, so that is not an error here."""
+    `pg_advisory_unlock_all()`), shielded from cancellation, within CONNECT_TIMEOUT (by default the
+    reset would get what was left of the acquire's timeout, often nothing after a wait for the turn). One
+    it cannot reset it closes, and raises: that session ended, and every lock with it, so that is not an
+    error here."""
     with suppress(Exception):
-        await pool.release(conn)
+        await pool.release(conn, timeout=CONNECT_TIMEOUT)
 
 
 def _refuse_nul(what: str, *texts: str) -> None:
@@ -519,7 +522,7 @@ class _PgView:
         return await self.read(self.conn.fetch(query, *args))
 
     async def documents(self) -> list[dict]:
-        rows = await self._fetch(f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM documents ORDER BY id")
+        rows = await self._fetch(f"SELECT {DOCUMENT_COLUMNS} FROM documents ORDER BY id")
         return [dict(zip(DOCUMENT_FIELDS, row)) for row in rows]
 
     async def rows(self, doc_id: int, table: str, after: int | str, limit: int,
@@ -1023,19 +1026,16 @@ class PgStore(GroupWriter):
 
     async def document(self, name: str) -> dict | None:
         row = await self._read(lambda conn: conn.fetchrow(
-            "SELECT id, name, version, length, updated, created, salt FROM documents WHERE name = $1", name))
-        return None if row is None else dict(zip(("id", "name", "version", "length", "updated", "created", "salt"),
-                                                  row))
+            f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE name = $1", name))
+        return None if row is None else dict(zip(DOCUMENT_FIELDS, row))
 
     async def documents_named(self, names: list[str]) -> dict[str, dict]:
         """`document(name)` of each of these names that has a document (one query however many)."""
         if not names:
             return {}
         rows = await self._read(lambda conn: conn.fetch(
-            "SELECT id, name, version, length, updated, created, salt FROM documents WHERE name = ANY($1::text[])",
-            list(names)))
-        return {row[1]: dict(zip(("id", "name", "version", "length", "updated", "created", "salt"), row))
-                for row in rows}
+            f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE name = ANY($1::text[])", list(names)))
+        return {row[1]: dict(zip(DOCUMENT_FIELDS, row)) for row in rows}
 
     async def text_at(self, doc_id: int, version: int) -> str:
         """The text at `version`: the newest snapshot at or below it plus the updates after it
@@ -1186,8 +1186,18 @@ class PgStore(GroupWriter):
             raise RuntimeError("store is closed")
         key = _turn_key(doc_id)
         conn = await self._take_turn(pool, key, timeout)
+
+        async def held() -> None:
+            """Raise TurnLost unless the turn is still had: its session is (only the end of the session lets
+            go of a session lock besides our own unlock), so one round trip on its connection tells."""
+            try:
+                async with asyncio.timeout(TURN_SLACK):
+                    await conn.fetchval("SELECT 1", timeout=TURN_SLACK)
+            except Exception as exc:  # noqa: BLE001 - gone, stuck or refused: the turn may be another's now
+                raise TurnLost(f"the restore's turn was lost while it ran ({type(exc).__name__}: {exc})") from None
+
         try:
-            yield
+            yield held
         finally:
             try:
                 await self._end_turn(conn, key)
@@ -1203,27 +1213,31 @@ class PgStore(GroupWriter):
             try:  # all TURN_CONNECTIONS busy with other documents' turns: wait for one, within the same budget
                 conn = await pool.acquire(timeout=max(deadline - loop.time(), 0.001))
             except TimeoutError:
-                raise TimeoutError(f"no restore turn within {timeout:g} s (every turn connection is busy)") from None
+                raise TimeoutError(_BUSY_TURNS) from None
             except Exception as exc:  # noqa: BLE001 - every way of failing to connect is "unavailable"
                 raise _unavailable(self.url, exc, "taking a restore's turn") from None
             left = deadline - loop.time()
             if left <= 0:
                 await _give_back(pool, conn)
-                raise TimeoutError(f"no restore turn within {timeout:g} s (every turn connection is busy)")
+                raise TimeoutError(_BUSY_TURNS)
             try:
-                async with asyncio.timeout(left + TURN_SLACK):  # a server that does not answer at all
-                    # lock_timeout 0 would mean no bound: a millisecond at least. RESET when the pool has it back.
-                    await conn.execute("SELECT set_config('lock_timeout', $1, false)", f"{max(1, int(left * 1000))}ms")
-                    await conn.execute("SELECT pg_advisory_lock($1::int, $2::int)", RESTORE_TURNS, key)
+                # Each statement is bounded (a server that does not answer at all, and the pool's command
+                # timeout, which is not this budget). lock_timeout 0 would mean no bound: a millisecond at
+                # least. The pool RESETs it when it has the connection back.
+                async with asyncio.timeout(left + TURN_SLACK):
+                    await conn.execute("SELECT set_config('lock_timeout', $1, false)", f"{max(1, int(left * 1000))}ms",
+                                       timeout=left + TURN_SLACK)
+                    await conn.execute("SELECT pg_advisory_lock($1::int, $2::int)", RESTORE_TURNS, key,
+                                       timeout=left + TURN_SLACK)
                 return conn
             except BaseException as exc:
                 await _give_back(pool, conn)  # a lock granted just as its statement was cancelled goes too
-                if isinstance(exc, asyncpg.LockNotAvailableError):
-                    raise TimeoutError(f"no restore turn within {timeout:g} s (another process's restore of "
-                                       "this document is still under way)") from None
+                # Our lock_timeout, or a statement_timeout of the server's that is shorter: waited long enough.
+                if isinstance(exc, (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError)):
+                    raise TimeoutError() from None
                 if not isinstance(exc, Exception) or not _is_connection_error(exc):
                     raise
-                if attempt == 2 or isinstance(exc, TimeoutError):
+                if attempt == 2 or isinstance(exc, TimeoutError) or deadline - loop.time() <= RECONNECT_DELAY[0]:
                     raise _unavailable(self.url, exc, "taking a restore's turn") from None
             await asyncio.sleep(RECONNECT_DELAY[0] * (attempt + 1))  # see _writer_connection
         raise AssertionError("unreachable")

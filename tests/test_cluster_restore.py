@@ -273,8 +273,8 @@ def test_a_restore_that_waits_too_long_is_refused_and_one_that_fails_in_its_turn
     """Process 0's restore is held inside its turn (its history worker paused) until its diff runs out of
     its budget (--history-timeout 3: 503). Process 1's restore, with a budget of 1 s, is refused with 503
     after waiting that long (before: it went on at once). Once process 0's restore failed, its turn is
-    free: process 1 restores at once, and process 0 too (another worker). A restore of a version that
-    does not exist is refused before any turn is taken, and leaves none."""
+    free: process 1 restores at once. A restore of a version that does not exist is refused before any
+    turn is taken, and leaves none."""
     c = two(per_process=[["--history-timeout", "3"], ["--history-timeout", "1"]])
     worker = None
 
@@ -307,10 +307,50 @@ def test_a_restore_that_waits_too_long_is_refused_and_one_that_fails_in_its_turn
                 assert (await head(http, c.urls[1]))["doc"] == B  # neither restore changed anything
                 status, body = await restore(http, c.urls[1], V_C)  # within its 1 s budget: the turn is free
                 assert status == 200 and body["unchanged"] is False, body
+                assert await turns(pg) == []
+        finally:
+            await pg.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        kill_quietly(worker)
+
+
+def test_a_restore_whose_turn_is_lost_while_it_is_diffed_commits_nothing(two, pg_server, database):
+    """Process 0's restore holds its turn, its diff held up (history worker paused), when the turn's
+    database connection is cut (pg_terminate_backend, as a pooler, a firewall or idle_session_timeout
+    would): the turn is free for another process's restore at once, so the first one must not commit
+    (before: it did, and the two merged). It is refused with 503, the text stays as process 1's restore
+    made it, and asked again it restores."""
+    c = two(per_process=[["--history-timeout", "20"], []])
+    worker = None
+
+    async def run() -> None:
+        nonlocal worker
+        pg = await asyncpg.connect(pg_server.url(database))
+        try:
+            async with aiohttp.ClientSession() as http:
+                await made_versions(http, c.urls[0], c.ws_urls[0])
+                for url in c.urls:
+                    assert (await restore(http, url, V_B))[0] == 200
+                worker = history_worker(c[0].proc.pid)
+                os.kill(worker, signal.SIGSTOP)
+                held = asyncio.ensure_future(restore(http, c.urls[0], V_A))
+                assert await eventually(lambda: _equal(turns(pg), [True]), 5), "process 0's restore in its turn"
+                assert pg_server.terminate(database, "collab-turns") >= 1
+                status, body = await restore(http, c.urls[1], V_C)  # the turn is free
+                assert status == 200 and body["unchanged"] is False, body
+                os.kill(worker, signal.SIGCONT)
+                status, body = await asyncio.wait_for(held, 15)
+                assert status == 503 and "lost its turn" in body["error"]["message"], body
+                async def settled() -> bool:
+                    return (await head(http, c.urls[0]))["doc"] == C
+                assert await eventually(settled, 5), (await head(http, c.urls[0]))["doc"][:80]
+                assert (await head(http, c.urls[1]))["doc"] == C
                 status, body = await restore(http, c.urls[0], V_A)
                 assert status == 200 and body["unchanged"] is False, body
                 assert (await head(http, c.urls[0]))["doc"] == A
-                assert await turns(pg) == []
         finally:
             await pg.close()
 

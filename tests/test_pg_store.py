@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 import sys
+import time
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -21,7 +21,7 @@ from collab import store_pg
 from collab.changes import ChangeSet
 from collab.rebase import Update
 from collab.sequencer import Accepted
-from collab.storage import store_at
+from collab.storage import TurnLost, store_at
 from serverproc import ROOT, ServerProcess
 from storeutil import commit
 
@@ -145,52 +145,61 @@ async def turns_held(conn: asyncpg.Connection) -> list[tuple[int, bool]]:
 async def test_a_restore_turn_is_one_process_at_a_time_and_let_go_of_on_every_way_out(url, pg_server):
     """Two stores on one database stand for two processes. A document's turn is had by one of them at
     a time (another document's is not held up); a wait is bounded and leaves nothing behind; the turn
-    goes when its block ends by an error, by cancellation, and when its connection is killed."""
+    goes when its block ends by an error, by cancellation, and when its connection is killed (and the
+    block's `held` says so). A turn that comes within its timeout is had: the times bounded below are
+    the waits, generously (a loaded machine)."""
     a, b = await store_at(url).open(), await store_at(url).open()
     watch = await asyncpg.connect(url)
+    tasks = []
     try:
         async def take(store, doc_id: int, timeout: float, hold: asyncio.Event | None = None,
                        entered: asyncio.Event | None = None, fail: bool = False) -> float:
             start = time.monotonic()
-            async with store.restore_turn(doc_id, timeout):
+            async with store.restore_turn(doc_id, timeout) as held:
+                await held()
                 if entered is not None:
                     entered.set()
                 if hold is not None:
                     await hold.wait()
                 if fail:
                     raise KeyError("the restore failed")
+                await held()
             return time.monotonic() - start
+
+        def spawn(coro) -> asyncio.Future:
+            tasks.append(asyncio.ensure_future(coro))
+            return tasks[-1]
 
         # Held at a: b waits for it at most its timeout, then gives up holding and waiting for nothing.
         go, entered = asyncio.Event(), asyncio.Event()
-        holder = asyncio.ensure_future(take(a, 7, 5.0, go, entered))
+        holder = spawn(take(a, 7, 5.0, go, entered))
         await asyncio.wait_for(entered.wait(), 5)
         assert await turns_held(watch) == [(7, True)]
         start = time.monotonic()
         with pytest.raises(TimeoutError):
             await take(b, 7, 0.3)
-        assert 0.25 < time.monotonic() - start < 2.0
-        assert await take(b, 8, 1.0) < 1.0  # another document's turn is its own
+        assert 0.25 < time.monotonic() - start < 3.0
+        assert await take(b, 8, 1.0) < 3.0  # another document's turn is its own
         assert await turns_held(watch) == [(7, True)]
         # b waits; the moment a lets go, b has it.
-        waiter = asyncio.ensure_future(take(b, 7, 5.0))
+        waiter = spawn(take(b, 7, 5.0))
         await asyncio.sleep(0.3)
         assert not waiter.done() and await turns_held(watch) == [(7, True), (7, False)]
         go.set()
         await holder
-        assert await asyncio.wait_for(waiter, 5) < 1.5
+        assert await asyncio.wait_for(waiter, 5) < 3.0
         assert await turns_held(watch) == []
 
         # A block that fails lets go.
         with pytest.raises(KeyError):
             await take(a, 7, 1.0, fail=True)
-        assert await turns_held(watch) == [] and await take(b, 7, 1.0) < 1.0
+        assert await turns_held(watch) == [] and await take(b, 7, 1.0) < 3.0
 
         # Cancelled while holding it, and cancelled while waiting for it: nothing is left held.
         entered = asyncio.Event()
-        holder = asyncio.ensure_future(take(a, 7, 5.0, asyncio.Event(), entered))
+        holder = spawn(take(a, 7, 5.0, asyncio.Event(), entered))
         await asyncio.wait_for(entered.wait(), 5)
-        waiter = asyncio.ensure_future(take(b, 7, 5.0))
+        waiter = spawn(take(b, 7, 5.0))
         await asyncio.sleep(0.2)
         waiter.cancel()
         holder.cancel()
@@ -198,20 +207,25 @@ async def test_a_restore_turn_is_one_process_at_a_time_and_let_go_of_on_every_wa
             with pytest.raises(asyncio.CancelledError):
                 await task
         await asyncio.sleep(0.1)  # a cancelled lock statement's connection is reset as the pool takes it back
-        assert await turns_held(watch) == [] and await take(b, 7, 1.0) < 1.0
+        assert await turns_held(watch) == [] and await take(b, 7, 1.0) < 3.0
 
-        # Its connection killed while held (as when the process holding it is killed): the turn goes with it,
-        # and the block's end says nothing of it (the restore itself went on).
+        # Its connection killed while held (as when the process holding it is killed, or its connection
+        # cut): the turn goes with it, `held` says so (a restore then commits nothing), and the block's
+        # end raises nothing else.
         entered, go = asyncio.Event(), asyncio.Event()
-        holder = asyncio.ensure_future(take(a, 7, 5.0, go, entered))
+        holder = spawn(take(a, 7, 5.0, go, entered))
         await asyncio.wait_for(entered.wait(), 5)
         assert pg_server.terminate(dbname(url), "collab-turns") >= 1
-        assert await take(b, 7, 2.0) < 2.0
+        assert await take(b, 7, 2.0) < 3.0
         go.set()
-        await asyncio.wait_for(holder, 5)
-        assert await take(a, 7, 1.0) < 1.0  # and a takes turns again, on another connection
+        with pytest.raises(TurnLost):
+            await asyncio.wait_for(holder, 5)
+        assert await take(a, 7, 1.0) < 3.0  # and a takes turns again, on another connection
         assert await turns_held(watch) == []
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await watch.close()
         await a.close()
         await b.close()
