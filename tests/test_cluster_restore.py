@@ -223,43 +223,24 @@ def test_a_version_made_at_another_process_can_be_read_and_restored_before_its_n
 
 # ------------------------------------------------------------ waits and ends
 
-def test_a_restore_waits_for_one_at_another_process_and_goes_on_when_that_process_is_killed(two, pg_server,
-                                                                                           database):
-    """A restore at process 0 is held inside its turn (its history worker paused); one at process 1
-    waits for it instead of being diffed at once (before: it was, and the two merged). Process 0 is
-    killed with SIGKILL: its turn goes with its connection, and process 1's restore ends well within
-    its budget, the text as it restores."""
-    c = two(per_process=[["--history-timeout", "20"], ["--history-timeout", "10"]])
+def with_paused_worker(c: Cluster, pg_url: str, scenario) -> None:
+    """The three versions made at process 0 and each process's history worker started (an unchanged
+    restore is diffed too), then process 0's worker paused (SIGSTOP), so that a restore there stays
+    inside its turn: `await scenario(http, pg, worker)`, with `pg` a connection to the database. The
+    worker is killed by its pid at the end, however the scenario ends."""
     worker = None
 
     async def run() -> None:
         nonlocal worker
-        pg = await asyncpg.connect(pg_server.url(database))
+        pg = await asyncpg.connect(pg_url)
         try:
             async with aiohttp.ClientSession() as http:
                 await made_versions(http, c.urls[0], c.ws_urls[0])
-                for url in c.urls:  # each process's history worker is started (an unchanged restore is diffed too)
+                for url in c.urls:
                     assert (await restore(http, url, V_B))[0] == 200
                 worker = history_worker(c[0].proc.pid)
                 os.kill(worker, signal.SIGSTOP)
-                held = asyncio.ensure_future(restore(http, c.urls[0], V_A))
-                holding = await eventually(lambda: _equal(turns(pg), [True]), 5)
-                waiting = asyncio.ensure_future(restore(http, c.urls[1], V_C))
-                queued = await eventually(lambda: _equal(turns(pg), [True, False]), 5)
-                await asyncio.sleep(1.0)
-                assert not waiting.done(), f"process 1's restore went on while process 0's was under way: " \
-                                           f"{waiting.result()}"
-                assert holding and queued, "process 0's restore holding its turn, process 1's waiting for it"
-                killed = time.monotonic()
-                c[0].kill()
-                kill_quietly(worker)
-                status, body = await asyncio.wait_for(waiting, 10)
-                assert status == 200 and body["unchanged"] is False, body
-                assert time.monotonic() - killed < 5
-                assert (await head(http, c.urls[1]))["doc"] == C
-                assert await turns(pg) == []
-                with pytest.raises(aiohttp.ClientError):
-                    await held
+                await scenario(http, pg, worker)
         finally:
             await pg.close()
 
@@ -267,6 +248,37 @@ def test_a_restore_waits_for_one_at_another_process_and_goes_on_when_that_proces
         asyncio.run(run())
     finally:
         kill_quietly(worker)
+
+
+def test_a_restore_waits_for_one_at_another_process_and_goes_on_when_that_process_is_killed(two, pg_server,
+                                                                                           database):
+    """A restore at process 0 is held inside its turn (its history worker paused); one at process 1
+    waits for it instead of being diffed at once (before: it was, and the two merged). Process 0 is
+    killed with SIGKILL: its turn goes with its connection, and process 1's restore ends well within
+    its budget, the text as it restores."""
+    c = two(per_process=[["--history-timeout", "20"], ["--history-timeout", "10"]])
+
+    async def scenario(http: aiohttp.ClientSession, pg: asyncpg.Connection, worker: int) -> None:
+        held = asyncio.ensure_future(restore(http, c.urls[0], V_A))
+        holding = await eventually(lambda: _equal(turns(pg), [True]), 5)
+        waiting = asyncio.ensure_future(restore(http, c.urls[1], V_C))
+        queued = await eventually(lambda: _equal(turns(pg), [True, False]), 5)
+        await asyncio.sleep(1.0)
+        assert not waiting.done(), f"process 1's restore went on while process 0's was under way: " \
+                                   f"{waiting.result()}"
+        assert holding and queued, "process 0's restore holding its turn, process 1's waiting for it"
+        killed = time.monotonic()
+        c[0].kill()
+        kill_quietly(worker)
+        status, body = await asyncio.wait_for(waiting, 10)
+        assert status == 200 and body["unchanged"] is False, body
+        assert time.monotonic() - killed < 5
+        assert (await head(http, c.urls[1]))["doc"] == C
+        assert await turns(pg) == []
+        with pytest.raises(aiohttp.ClientError):
+            await held
+
+    with_paused_worker(c, pg_server.url(database), scenario)
 
 
 def test_a_restore_that_waits_too_long_is_refused_and_one_that_fails_in_its_turn_lets_go(two, pg_server, database):
@@ -276,45 +288,30 @@ def test_a_restore_that_waits_too_long_is_refused_and_one_that_fails_in_its_turn
     free: process 1 restores at once. A restore of a version that does not exist is refused before any
     turn is taken, and leaves none."""
     c = two(per_process=[["--history-timeout", "3"], ["--history-timeout", "1"]])
-    worker = None
 
-    async def run() -> None:
-        nonlocal worker
-        pg = await asyncpg.connect(pg_server.url(database))
-        try:
-            async with aiohttp.ClientSession() as http:
-                await made_versions(http, c.urls[0], c.ws_urls[0])
-                for url in c.urls:
-                    assert (await restore(http, url, V_B))[0] == 200
-                status, body = await restore(http, c.urls[1], 99)
-                assert status == 400, body
-                assert await turns(pg) == []
-                worker = history_worker(c[0].proc.pid)
-                os.kill(worker, signal.SIGSTOP)
-                started = time.monotonic()
-                held = asyncio.ensure_future(restore(http, c.urls[0], V_A))
-                holding = await eventually(lambda: _equal(turns(pg), [True]), 2)
-                asked = time.monotonic()
-                status, body = await restore(http, c.urls[1], V_C)
-                assert status == 503 and body["error"]["code"] == "unavailable", body
-                assert holding, "process 0's restore holding its turn"
-                assert "another restore" in body["error"]["message"], body
-                assert 0.8 < time.monotonic() - asked < 4  # its 1 s budget, and the machine's slowness
-                status, body = await asyncio.wait_for(held, 10)
-                assert status == 503 and "time budget" in body["error"]["message"], body
-                assert 2.5 < time.monotonic() - started < 8
-                assert await turns(pg) == []
-                assert (await head(http, c.urls[1]))["doc"] == B  # neither restore changed anything
-                status, body = await restore(http, c.urls[1], V_C)  # within its 1 s budget: the turn is free
-                assert status == 200 and body["unchanged"] is False, body
-                assert await turns(pg) == []
-        finally:
-            await pg.close()
+    async def scenario(http: aiohttp.ClientSession, pg: asyncpg.Connection, worker: int) -> None:
+        status, body = await restore(http, c.urls[1], 99)
+        assert status == 400, body
+        assert await turns(pg) == []
+        started = time.monotonic()
+        held = asyncio.ensure_future(restore(http, c.urls[0], V_A))
+        holding = await eventually(lambda: _equal(turns(pg), [True]), 2)
+        asked = time.monotonic()
+        status, body = await restore(http, c.urls[1], V_C)
+        assert status == 503 and body["error"]["code"] == "unavailable", body
+        assert holding, "process 0's restore holding its turn"
+        assert "another restore" in body["error"]["message"], body
+        assert 0.8 < time.monotonic() - asked < 4  # its 1 s budget, and the machine's slowness
+        status, body = await asyncio.wait_for(held, 10)
+        assert status == 503 and "time budget" in body["error"]["message"], body
+        assert 2.5 < time.monotonic() - started < 8
+        assert await turns(pg) == []
+        assert (await head(http, c.urls[1]))["doc"] == B  # neither restore changed anything
+        status, body = await restore(http, c.urls[1], V_C)  # within its 1 s budget: the turn is free
+        assert status == 200 and body["unchanged"] is False, body
+        assert await turns(pg) == []
 
-    try:
-        asyncio.run(run())
-    finally:
-        kill_quietly(worker)
+    with_paused_worker(c, pg_server.url(database), scenario)
 
 
 def test_a_restore_whose_turn_is_lost_while_it_is_diffed_commits_nothing(two, pg_server, database):
@@ -324,40 +321,26 @@ def test_a_restore_whose_turn_is_lost_while_it_is_diffed_commits_nothing(two, pg
     (before: it did, and the two merged). It is refused with 503, the text stays as process 1's restore
     made it, and asked again it restores."""
     c = two(per_process=[["--history-timeout", "20"], []])
-    worker = None
 
-    async def run() -> None:
-        nonlocal worker
-        pg = await asyncpg.connect(pg_server.url(database))
-        try:
-            async with aiohttp.ClientSession() as http:
-                await made_versions(http, c.urls[0], c.ws_urls[0])
-                for url in c.urls:
-                    assert (await restore(http, url, V_B))[0] == 200
-                worker = history_worker(c[0].proc.pid)
-                os.kill(worker, signal.SIGSTOP)
-                held = asyncio.ensure_future(restore(http, c.urls[0], V_A))
-                assert await eventually(lambda: _equal(turns(pg), [True]), 5), "process 0's restore in its turn"
-                assert pg_server.terminate(database, "collab-turns") >= 1
-                status, body = await restore(http, c.urls[1], V_C)  # the turn is free
-                assert status == 200 and body["unchanged"] is False, body
-                os.kill(worker, signal.SIGCONT)
-                status, body = await asyncio.wait_for(held, 15)
-                assert status == 503 and "lost its turn" in body["error"]["message"], body
-                async def settled() -> bool:
-                    return (await head(http, c.urls[0]))["doc"] == C
-                assert await eventually(settled, 5), (await head(http, c.urls[0]))["doc"][:80]
-                assert (await head(http, c.urls[1]))["doc"] == C
-                status, body = await restore(http, c.urls[0], V_A)
-                assert status == 200 and body["unchanged"] is False, body
-                assert (await head(http, c.urls[0]))["doc"] == A
-        finally:
-            await pg.close()
+    async def scenario(http: aiohttp.ClientSession, pg: asyncpg.Connection, worker: int) -> None:
+        held = asyncio.ensure_future(restore(http, c.urls[0], V_A))
+        assert await eventually(lambda: _equal(turns(pg), [True]), 5), "process 0's restore in its turn"
+        assert pg_server.terminate(database, "collab-turns") >= 1
+        status, body = await restore(http, c.urls[1], V_C)  # the turn is free
+        assert status == 200 and body["unchanged"] is False, body
+        os.kill(worker, signal.SIGCONT)
+        status, body = await asyncio.wait_for(held, 15)
+        assert status == 503 and "lost its turn" in body["error"]["message"], body
 
-    try:
-        asyncio.run(run())
-    finally:
-        kill_quietly(worker)
+        async def settled() -> bool:
+            return (await head(http, c.urls[0]))["doc"] == C
+        assert await eventually(settled, 5), (await head(http, c.urls[0]))["doc"][:80]
+        assert (await head(http, c.urls[1]))["doc"] == C
+        status, body = await restore(http, c.urls[0], V_A)
+        assert status == 200 and body["unchanged"] is False, body
+        assert (await head(http, c.urls[0]))["doc"] == A
+
+    with_paused_worker(c, pg_server.url(database), scenario)
 
 
 async def _equal(value, expected) -> bool:
