@@ -591,14 +591,17 @@ class PgStore(GroupWriter):
         if self._w is not None:
             self._w.terminate() if self._w.is_closed() else await self._close_quietly(self._w)
             self._w = None
-        for pool in (self._pool, self._turns):
-            if pool is not None:
-                try:
-                    async with asyncio.timeout(10):
-                        await pool.close()
-                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    pool.terminate()
+        await asyncio.gather(*(self._close_pool(pool) for pool in (self._pool, self._turns) if pool is not None))
         self._pool = self._turns = None
+
+    @staticmethod
+    async def _close_pool(pool: asyncpg.Pool) -> None:
+        """Close `pool` once its connections are given back, at most 10 s; then end them regardless."""
+        try:
+            async with asyncio.timeout(10):
+                await pool.close()
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pool.terminate()
 
     @staticmethod
     async def _close_quietly(conn: asyncpg.Connection) -> None:
