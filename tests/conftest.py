@@ -85,6 +85,20 @@ def pg_server():
 
 
 @pytest.fixture
+def pg_database(pg_server):
+    """The name of a fresh, empty database on the session's PostgreSQL, dropped at the end of the test."""
+    name = pg_server.create_database()
+    yield name
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_url(pg_server, pg_database) -> str:
+    """The URL of `pg_database`."""
+    return pg_server.url(pg_database)
+
+
+@pytest.fixture
 def redis(tmp_path):
     """A real redis-server on a free port of 127.0.0.1 (never 6379, nothing saved), stopped by its pid."""
     from clusterproc import RedisServer
@@ -103,12 +117,8 @@ def backend(request) -> str:
 def db(backend, tmp_path, request) -> str:
     """A fresh, empty database: a SQLite file path, or the URL of a new database on the session's PostgreSQL."""
     if backend == "sqlite":
-        yield str(tmp_path / "collab.db")
-        return
-    pg = request.getfixturevalue("pg_server")
-    name = pg.create_database()
-    yield pg.url(name)
-    pg.drop_database(name)
+        return str(tmp_path / "collab.db")
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture

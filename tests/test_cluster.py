@@ -74,18 +74,11 @@ def seed_of() -> int:
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def database(pg_server):
-    name = pg_server.create_database()
-    yield name
-    pg_server.drop_database(name)
-
-
 ARTIFACTS = ROOT / "test-artifacts" / "cluster"
 
 
 @pytest.fixture
-def cluster(pg_server, database, redis, tmp_path, request):
+def cluster(pg_server, pg_database, redis, tmp_path, request):
     """Three processes with --redis, started together on an empty database; killed at the end.
 
     When the test failed, its folder (every process's log, the clients' events and reports, nginx's
@@ -95,7 +88,7 @@ def cluster(pg_server, database, redis, tmp_path, request):
     failed_before = request.session.testsfailed
 
     def make(n: int = 3, extra: list[str] | None = None) -> Cluster:
-        c = Cluster(pg_server.url(database), n, redis_url=redis.url, logs=tmp_path / "logs", extra_args=extra)
+        c = Cluster(pg_server.url(pg_database), n, redis_url=redis.url, logs=tmp_path / "logs", extra_args=extra)
         made.append(c)
         return c.start()
 
@@ -108,7 +101,7 @@ def cluster(pg_server, database, redis, tmp_path, request):
         shutil.copytree(tmp_path, keep, ignore=shutil.ignore_patterns("tls", "tmp", "*.pem"), dirs_exist_ok=True)
         (keep / "updates.tsv").write_text(pg_server.sql(
             "SELECT d.name, u.version, u.client_id, u.changes FROM updates u JOIN documents d ON d.id = u.doc_id "
-            "ORDER BY d.name, u.version", db=database).replace("|", "\t"))
+            "ORDER BY d.name, u.version", db=pg_database).replace("|", "\t"))
         print(f"\nthe failed test's logs and client events are in {keep}")
 
 
@@ -781,7 +774,7 @@ async def until(predicate, timeout: float) -> None:
 # ------------------------------------------------------- PostgreSQL writer killed
 
 
-def test_writer_connection_killed_on_one_process_while_others_write(cluster, pg_server, database, node, tmp_path):
+def test_writer_connection_killed_on_one_process_while_others_write(cluster, pg_server, pg_database, node, tmp_path):
     """pg_terminate_backend on one process's writer connection in the middle of its batches, again and
     again, while the other processes write the same documents: nothing acknowledged lost or doubled,
     everyone converges."""
@@ -801,8 +794,8 @@ def test_writer_connection_killed_on_one_process_while_others_write(cluster, pg_
         """For 7 s: hold a document's row locks until the victim's writer waits on them with its commit
         sent, end that connection, let go; again after a moment. The other processes wait on the locks
         too, and commit as soon as they are released."""
-        conn = await asyncpg.connect(pg_server.url(database))
-        killer = WriterKiller(conn, database, victim.proc.pid, pg_server.port, "collab-writer")
+        conn = await asyncpg.connect(pg_server.url(pg_database))
+        killer = WriterKiller(conn, pg_database, victim.proc.pid, pg_server.port, "collab-writer")
         kills = 0
         try:
             await asyncio.sleep(1.0)

@@ -30,13 +30,6 @@ from storeutil import hold_loads
 from test_room_memory import FakeConn, hello, push_msg
 
 
-@pytest.fixture
-def database(pg_server):
-    name = pg_server.create_database()
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
-
-
 @contextlib.asynccontextmanager
 async def process(db_url: str, redis_url: str | None, **options):
     """One collab process's registry, store and cluster (started), stopped at the end."""
@@ -84,14 +77,14 @@ async def typed(rooms: Rooms, name: str, client_id: str, text: str):
     return conn, member
 
 
-async def test_the_cursors_of_people_elsewhere_show_when_a_document_is_opened_here(database, redis):
+async def test_the_cursors_of_people_elsewhere_show_when_a_document_is_opened_here(pg_url, redis):
     """Was: a process that opened a document (the first person there, or a reload after a storage
     error) heard of the cursors at the other processes only when they moved or at the next republish,
     up to --presence-republish seconds later (10 by default): someone opening a document saw nobody
     else's cursor for that long, however many were reading it at the other processes. Now the process
     asks the others for their rosters of it as soon as its room is there."""
-    async with process(database, redis.url, republish=30.0, expiry=60.0) as a, \
-            process(database, redis.url, republish=30.0, expiry=60.0) as b:
+    async with process(pg_url, redis.url, republish=30.0, expiry=60.0) as a, \
+            process(pg_url, redis.url, republish=30.0, expiry=60.0) as b:
         await until(lambda: a.cluster.up and b.cluster.up, "both processes on Redis")
         ann, member = await typed(a, "doc", "ann", "hello world")
         member.room.presence(member, protocol.Presence(1, [(3, 3)]))  # published live, before b has the room
@@ -103,13 +96,13 @@ async def test_the_cursors_of_people_elsewhere_show_when_a_document_is_opened_he
 
 
 async def test_an_update_committed_elsewhere_while_the_document_loads_here_is_not_left_for_the_check(
-        database, redis, monkeypatch):
+        pg_url, redis, monkeypatch):
     """Was: a room subscribes before it loads, but news that came during the load found no room and was
     dropped; when the load had read the database before that commit, the room served the version before
     it, and its editors did not see the update, until the next database check (--check-every) or the
     next update from there. Now news of updates that comes while the document loads is handed to its
     room once it is there."""
-    async with process(database, redis.url, check_every=30.0) as a, process(database, redis.url, check_every=30.0) as b:
+    async with process(pg_url, redis.url, check_every=30.0) as a, process(pg_url, redis.url, check_every=30.0) as b:
         await until(lambda: a.cluster.up and b.cluster.up, "both processes on Redis")
         _, member = await typed(a, "doc", "ann", "hello")
         read, go_on = hold_loads(monkeypatch, b.store)  # the document as it is before ann's second update
@@ -129,13 +122,13 @@ async def test_an_update_committed_elsewhere_while_the_document_loads_here_is_no
         assert b.rooms["doc"].seq.committed_text() == "hello!"
 
 
-async def test_the_cursors_of_a_process_that_died_leave_when_their_expiry_is_due(database, redis):
+async def test_the_cursors_of_a_process_that_died_leave_when_their_expiry_is_due(pg_url, redis):
     """Was: other processes' cursors were expired at a fixed tick of a third of --presence-expiry, so one
     stayed up to that much longer than the expiry after its last news (with the defaults, 40 s instead of
     30 for the people of a killed process). Four cursors of a process that then goes silent, a quarter of
     a second apart: each leaves at its expiry, none a tick later."""
     import redis.asyncio as aioredis
-    async with process(database, redis.url, republish=2.0, expiry=3.0) as b:
+    async with process(pg_url, redis.url, republish=2.0, expiry=3.0) as b:
         await until(lambda: b.cluster.up, "the process on Redis")
         bob, _ = await typed(b, "doc", "bob", "hello world")
         dead = aioredis.Redis.from_url(redis.url)
@@ -162,7 +155,7 @@ async def test_the_cursors_of_a_process_that_died_leave_when_their_expiry_is_due
 
 
 async def test_a_commit_refused_because_the_document_was_deleted_elsewhere_ends_its_sessions_as_deleted(
-        database, redis, caplog):
+        pg_url, redis, caplog):
     """Was: a push here to a document another process had just deleted, before the news of it came (lost,
     or late), was refused by the store (no such document) and handled as a commit lost to another writer:
     caught up (nothing to read) and committed again, seventeen times, each counted in
@@ -172,7 +165,7 @@ async def test_a_commit_refused_because_the_document_was_deleted_elsewhere_ends_
     import logging
     caplog.set_level(logging.WARNING, logger="collab")
     # The deleting process publishes nothing (its news is lost), and this one checks the database rarely.
-    async with process(database, None) as a, process(database, redis.url, check_every=30.0) as b:
+    async with process(pg_url, None) as a, process(pg_url, redis.url, check_every=30.0) as b:
         await until(lambda: b.cluster.up, "the process on Redis")
         bob, member = await typed(b, "doc", "bob", "hello")
         room = member.room
@@ -185,7 +178,7 @@ async def test_a_commit_refused_because_the_document_was_deleted_elsewhere_ends_
         assert not [r for r in caplog.records if "commits in a row" in r.getMessage()]
 
 
-async def test_people_at_another_process_learn_which_document_the_first_edit_made(database, redis, caplog):
+async def test_people_at_another_process_learn_which_document_the_first_edit_made(pg_url, redis, caplog):
     """The frame from version 0 says which document it made (welcome.docId is absent while nobody made
     it): people waiting at another process get it from there too, so their next hello can say which
     document their version is of (a name deleted and used again is another document).
@@ -196,7 +189,7 @@ async def test_people_at_another_process_learn_which_document_the_first_edit_mad
     failed", a null document id). Now the news makes it find the document first."""
     import logging
     caplog.set_level(logging.ERROR, logger="collab")
-    async with process(database, redis.url) as a, process(database, redis.url) as b:
+    async with process(pg_url, redis.url) as a, process(pg_url, redis.url) as b:
         await until(lambda: a.cluster.up and b.cluster.up, "both processes on Redis")
         bob = FakeConn("bob")
         await b.join("doc", bob, hello("bob"), token=None)
@@ -215,14 +208,14 @@ async def test_people_at_another_process_learn_which_document_the_first_edit_mad
 
 
 async def test_a_client_acknowledged_elsewhere_is_not_welcomed_with_an_empty_text_by_a_room_of_no_document(
-        database, redis):
+        pg_url, redis):
     """Was: a room opened here before anybody made its document, whose news of the first commits at
     another process was lost, welcomed a client that process had acknowledged (its hello at a version
     past ours) with an empty text at version 0 after waiting 2 s for a catch-up that could read nothing
     (the room had no document to read from): the page showed nothing and offered its saved text as
     rescued, until the next database check found the document. Now the room looks the document up
     first, then catches up."""
-    async with process(database, None) as a, process(database, redis.url, check_every=30.0) as b:
+    async with process(pg_url, None) as a, process(pg_url, redis.url, check_every=30.0) as b:
         await until(lambda: b.cluster.up, "the process on Redis")
         bob = FakeConn("bob")
         await b.join("doc", bob, hello("bob"), token=None)  # b's room: nobody made the document yet
@@ -234,13 +227,13 @@ async def test_a_client_acknowledged_elsewhere_is_not_welcomed_with_an_empty_tex
         assert welcome["docId"] == ann.of("updates")[0]["docId"]
 
 
-async def test_a_resume_of_a_name_with_no_document_is_welcomed_without_waiting_for_a_catch_up(database, redis):
+async def test_a_resume_of_a_name_with_no_document_is_welcomed_without_waiting_for_a_catch_up(pg_url, redis):
     """A client back at version 3 of a name that has no document (deleted meanwhile, through another
     process whose news was lost; here: never made) and without its docId. Was: the room looked the
     name up, found nothing, then waited 2 s for a catch-up that had no document to read before it
     welcomed the client at version 0. The document of an acknowledged version is committed before the
     acknowledgement, so finding none is final: the welcome comes at once."""
-    async with process(database, redis.url, check_every=30.0) as b:
+    async with process(pg_url, redis.url, check_every=30.0) as b:
         await until(lambda: b.cluster.up, "the process on Redis")
         carol = FakeConn("carol")
         started = time.monotonic()
@@ -251,11 +244,11 @@ async def test_a_resume_of_a_name_with_no_document_is_welcomed_without_waiting_f
         assert waited < 1.0, f"the welcome waited {waited:.2f} s (the catch-up's 2 s)"
 
 
-async def test_a_hello_naming_the_document_made_elsewhere_is_resumed_by_a_room_that_missed_it(database, redis):
+async def test_a_hello_naming_the_document_made_elsewhere_is_resumed_by_a_room_that_missed_it(pg_url, redis):
     """A room here stood for a name nobody had made; another process made the document (empty, through
     the API) and its news was lost. A client welcomed there (docId, version 0) that comes here is
     resumed in that document, not given an empty text and a rescue, nor welcomed without its docId."""
-    async with process(database, None) as a, process(database, redis.url, check_every=30.0) as b:
+    async with process(pg_url, None) as a, process(pg_url, redis.url, check_every=30.0) as b:
         await until(lambda: b.cluster.up, "the process on Redis")
         await b.join("doc", FakeConn("bob"), hello("bob"), token=None)  # b's room: no document
         await a.create("doc")  # a publishes nothing
@@ -270,13 +263,13 @@ async def test_a_hello_naming_the_document_made_elsewhere_is_resumed_by_a_room_t
 
 
 async def test_a_hello_naming_a_document_made_after_this_room_loaded_is_sent_back_not_given_the_old_text(
-        database, redis):
+        pg_url, redis):
     """A room here is of a document another process deleted and made again under the name, and the news
     did not come (lost, or not yet). A client of the new document that comes here must not be welcomed
     to the deleted one's text (its unsent edits would go to a rescue dialog, for a document that is
     there): it is told to reconnect (1011), and the check this sets off ends the out-of-date room, so
     that it is welcomed to the new document next time."""
-    async with process(database, None) as a, process(database, redis.url, check_every=30.0) as b:
+    async with process(pg_url, None) as a, process(pg_url, redis.url, check_every=30.0) as b:
         await until(lambda: b.cluster.up, "the process on Redis")
         await typed(b, "doc", "bob", "the old document")
         await a.delete("doc")  # a publishes nothing: b's room is the deleted document's
@@ -295,7 +288,7 @@ async def test_a_hello_naming_a_document_made_after_this_room_loaded_is_sent_bac
         assert (dave.of("welcome")[0].get("from"), dave.of("welcome")[0]["docId"]) == (1, made)
 
 
-async def test_two_deployments_sharing_one_redis_never_hear_each_other(pg_server, database, redis):
+async def test_two_deployments_sharing_one_redis_never_hear_each_other(pg_server, pg_url, redis):
     """Was: channels were named after the document alone, and Redis pub/sub channels are server-wide (the
     database number of a Redis URL does not separate them): two deployments on one Redis server, each with
     a document of one name, showed each other's cursors and names, and their leaves. Now each database has
@@ -303,8 +296,8 @@ async def test_two_deployments_sharing_one_redis_never_hear_each_other(pg_server
     still hear each other at once."""
     other = pg_server.create_database()
     try:
-        async with process(database, redis.url, check_every=30.0) as a, \
-                process(database, redis.url, check_every=30.0) as a2, \
+        async with process(pg_url, redis.url, check_every=30.0) as a, \
+                process(pg_url, redis.url, check_every=30.0) as a2, \
                 process(pg_server.url(other), redis.url, check_every=30.0) as b:
             await until(lambda: a.cluster.up and a2.cluster.up and b.cluster.up, "the processes on Redis")
             heard = []  # the processes b heard from
@@ -324,7 +317,7 @@ async def test_two_deployments_sharing_one_redis_never_hear_each_other(pg_server
         pg_server.drop_database(other)
 
 
-async def test_a_process_started_with_another_secret_says_so(database, caplog):
+async def test_a_process_started_with_another_secret_says_so(pg_url, caplog):
     """Was: every process of a deployment must sign links with the same secret, but one started with another
     (or none) joined silently: links made at the others were refused there (`forbidden`), and its log said
     only that. Now a process compares its secret's fingerprint with the one the process that started before
@@ -336,18 +329,18 @@ async def test_a_process_started_with_another_secret_says_so(database, caplog):
 
     first, second = "a first secret, long enough", "another secret, long enough"
     with caplog.at_level(logging.WARNING, logger="collab.cluster"):
-        async with process(database, None, secret=first), process(database, None, secret=first):
+        async with process(pg_url, None, secret=first), process(pg_url, None, secret=first):
             assert said() == [], "the same secret: nothing to say"
-            async with process(database, None, secret=second):
+            async with process(pg_url, None, secret=second):
                 assert len(said()) == 1 and "Give every process the same --secret-file" in said()[0], said()
-            async with process(database, None):
+            async with process(pg_url, None):
                 assert len(said()) == 2 and "access control is off here" in said()[1], said()
-            async with process(database, None, secret=first):
+            async with process(pg_url, None, secret=first):
                 assert len(said()) == 3 and "access control is off there" in said()[2], said()
         assert first.encode().hex() not in " ".join(said()) and first not in " ".join(said())
 
 
-async def test_a_process_started_with_or_without_redis_unlike_the_one_before_says_so(database, redis, caplog):
+async def test_a_process_started_with_or_without_redis_unlike_the_one_before_says_so(pg_url, redis, caplog):
     """Was: one process started without --redis among processes with it (a unit or an environment file
     missed) joined silently: its edits reached the others only at their database checks, and theirs reached
     it by polling, a second late or so, with nothing in any log. Now it says so, and so does one started with
@@ -358,18 +351,18 @@ async def test_a_process_started_with_or_without_redis_unlike_the_one_before_say
         return [r.getMessage() for r in caplog.records if "Give every process the same --redis" in r.getMessage()]
 
     with caplog.at_level(logging.WARNING, logger="collab.cluster"):
-        async with process(database, redis.url), process(database, redis.url):
+        async with process(pg_url, redis.url), process(pg_url, redis.url):
             assert said() == [], "the same: nothing to say"
-            async with process(database, None):
+            async with process(pg_url, None):
                 assert len(said()) == 1 and "this process runs without --redis" in said()[0], said()
                 assert "used Redis" in said()[0], said()
-            async with process(database, redis.url):
+            async with process(pg_url, redis.url):
                 assert len(said()) == 2 and "this process uses Redis" in said()[1], said()
                 assert "ran without --redis" in said()[1], said()
 
 
 async def test_the_check_reads_the_database_a_few_times_however_many_rooms_wait_for_their_document(
-        database, monkeypatch):
+        pg_url, monkeypatch):
     """Was: the check of every open document looked up each room open on a name nobody had made yet (an
     editor on a new name, a link to a misspelt one) with a query of its own, one after the other, every
     --check-every (or --poll-every) s, before the one query for every other room: about 0.5 ms each on
@@ -377,8 +370,8 @@ async def test_the_check_reads_the_database_a_few_times_however_many_rooms_wait_
     second, and commits made at a process without Redis (which the check alone brings) reached this one
     late by as much. Now one query looks all of them up, and the rooms whose document was made elsewhere
     become it and read its text."""
-    async with process(database, None, check_every=30.0, poll_every=30.0) as a, \
-            process(database, None, check_every=30.0, poll_every=30.0) as b:
+    async with process(pg_url, None, check_every=30.0, poll_every=30.0) as a, \
+            process(pg_url, None, check_every=30.0, poll_every=30.0) as b:
         waiting = []
         for k in range(300):
             conn = FakeConn(f"c{k}")

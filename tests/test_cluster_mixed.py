@@ -37,7 +37,6 @@ import random
 import time
 
 import aiohttp
-import pytest
 
 from clusterproc import ServerProcess, free_port
 
@@ -54,13 +53,6 @@ REDIS_PAUSED_AT, REDIS_RESUMED_AT = 15.0, 18.0  # and paused (SIGSTOP: nothing a
 
 def seed_of() -> int:
     return int(os.environ.get("COLLAB_SEED", random.randrange(1, 2**31)))
-
-
-@pytest.fixture
-def database(pg_server):
-    name = pg_server.create_database()
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
 
 
 def utf16_len(s: str) -> int:
@@ -237,14 +229,14 @@ async def choreography(r_url: str, n_url: str, redis, seed: int, pushes: list, c
         problems.extend(c.problems)
 
 
-def test_news_from_a_process_without_redis_reaches_one_with_it_within_the_check(pg_server, database, redis,
+def test_news_from_a_process_without_redis_reaches_one_with_it_within_the_check(pg_server, pg_url, redis,
                                                                                    tmp_path):
     seed = seed_of()
     ctx = f"(seed {seed}; rerun with COLLAB_SEED={seed})"
     timing = ["--check-every", str(CHECK_EVERY), "--poll-every", str(POLL_EVERY), "--max-conns-per-addr", "2000"]
-    r = ServerProcess(database, port=free_port(), log_path=tmp_path / "r.log",
+    r = ServerProcess(pg_url, port=free_port(), log_path=tmp_path / "r.log",
                       extra_args=["--redis", redis.url, "--unload-after", str(UNLOAD_AFTER), *timing])
-    n = ServerProcess(database, port=free_port(), log_path=tmp_path / "n.log", extra_args=timing)
+    n = ServerProcess(pg_url, port=free_port(), log_path=tmp_path / "n.log", extra_args=timing)
     pushes: list[dict] = []
     clients: list[Client] = []
     problems: list[str] = []

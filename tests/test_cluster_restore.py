@@ -44,20 +44,13 @@ TEXTS = {V_C: C, V_A: A, V_B: B}
 
 
 @pytest.fixture
-def database(pg_server):
-    name = pg_server.create_database()
-    yield name
-    pg_server.drop_database(name)
-
-
-@pytest.fixture
-def two(pg_server, database, tmp_path):
+def two(pg_server, pg_database, tmp_path):
     """make(redis_url=None, per_process=[[...], [...]]) -> two processes started on the database, no write
     rate limit; each process gets its own extra options too. Killed at the end."""
     made = []
 
     def make(redis_url: str | None = None, per_process: list[list[str]] | None = None) -> Cluster:
-        c = Cluster(pg_server.url(database), 2, redis_url=redis_url, logs=tmp_path / "logs",
+        c = Cluster(pg_server.url(pg_database), 2, redis_url=redis_url, logs=tmp_path / "logs",
                     extra_args=["--write-rate", "0"])
         for proc, extra in zip(c.procs, per_process or []):
             proc.extra_args += extra
@@ -251,7 +244,7 @@ def with_paused_worker(c: Cluster, pg_url: str, scenario) -> None:
 
 
 def test_a_restore_waits_for_one_at_another_process_and_goes_on_when_that_process_is_killed(two, pg_server,
-                                                                                           database):
+                                                                                           pg_database):
     """A restore at process 0 is held inside its turn (its history worker paused); one at process 1
     waits for it instead of being diffed at once (before: it was, and the two merged). Process 0 is
     killed with SIGKILL: its turn goes with its connection, and process 1's restore ends well within
@@ -278,10 +271,10 @@ def test_a_restore_waits_for_one_at_another_process_and_goes_on_when_that_proces
         with pytest.raises(aiohttp.ClientError):
             await held
 
-    with_paused_worker(c, pg_server.url(database), scenario)
+    with_paused_worker(c, pg_server.url(pg_database), scenario)
 
 
-def test_a_restore_that_waits_too_long_is_refused_and_one_that_fails_in_its_turn_lets_go(two, pg_server, database):
+def test_a_restore_that_waits_too_long_is_refused_and_one_that_fails_in_its_turn_lets_go(two, pg_server, pg_database):
     """Process 0's restore is held inside its turn (its history worker paused) until its diff runs out of
     its budget (--history-timeout 3: 503). Process 1's restore, with a budget of 1 s, is refused with 503
     after waiting that long (before: it went on at once). Once process 0's restore failed, its turn is
@@ -311,10 +304,10 @@ def test_a_restore_that_waits_too_long_is_refused_and_one_that_fails_in_its_turn
         assert status == 200 and body["unchanged"] is False, body
         assert await turns(pg) == []
 
-    with_paused_worker(c, pg_server.url(database), scenario)
+    with_paused_worker(c, pg_server.url(pg_database), scenario)
 
 
-def test_a_restore_whose_turn_is_lost_while_it_is_diffed_commits_nothing(two, pg_server, database):
+def test_a_restore_whose_turn_is_lost_while_it_is_diffed_commits_nothing(two, pg_server, pg_database):
     """Process 0's restore holds its turn, its diff held up (history worker paused), when the turn's
     database connection is cut (pg_terminate_backend, as a pooler, a firewall or idle_session_timeout
     would): the turn is free for another process's restore at once, so the first one must not commit
@@ -325,7 +318,7 @@ def test_a_restore_whose_turn_is_lost_while_it_is_diffed_commits_nothing(two, pg
     async def scenario(http: aiohttp.ClientSession, pg: asyncpg.Connection, worker: int) -> None:
         held = asyncio.ensure_future(restore(http, c.urls[0], V_A))
         assert await eventually(lambda: _equal(turns(pg), [True]), 5), "process 0's restore in its turn"
-        assert pg_server.terminate(database, "collab-turns") >= 1
+        assert pg_server.terminate(pg_database, "collab-turns") >= 1
         status, body = await restore(http, c.urls[1], V_C)  # the turn is free
         assert status == 200 and body["unchanged"] is False, body
         os.kill(worker, signal.SIGCONT)
@@ -340,7 +333,7 @@ def test_a_restore_whose_turn_is_lost_while_it_is_diffed_commits_nothing(two, pg
         assert status == 200 and body["unchanged"] is False, body
         assert (await head(http, c.urls[0]))["doc"] == A
 
-    with_paused_worker(c, pg_server.url(database), scenario)
+    with_paused_worker(c, pg_server.url(pg_database), scenario)
 
 
 async def _equal(value, expected) -> bool:

@@ -12,7 +12,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -26,24 +25,13 @@ from serverproc import ROOT, ServerProcess
 from storeutil import commit
 
 
-@pytest.fixture
-def url(pg_server):
-    name = pg_server.create_database()
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
-
-
-def dbname(url: str) -> str:
-    return urlsplit(url).path.lstrip("/")
-
-
 def edit(version: int, client: str, author: str, text: str = "x", length: int = 0) -> Accepted:
     return Accepted(version, Update(client, ChangeSet.from_json([[0, text]] + ([length] if length else []))),
                     author, 1.0 + version)
 
 
-async def test_u0000_is_refused_clearly_and_nothing_is_written(url):
-    store = await store_at(url).open()
+async def test_u0000_is_refused_clearly_and_nothing_is_written(pg_url):
+    store = await store_at(pg_url).open()
     try:
         a, b = await store.create_document("a"), await store.create_document("b")
         # Inside update rows it is escaped ChangeSetJSON: stored and read back exactly.
@@ -68,13 +56,13 @@ async def test_u0000_is_refused_clearly_and_nothing_is_written(url):
         await store.close()
 
 
-async def test_reads_and_writes_survive_their_connections_being_killed(url, pg_server):
-    store = await store_at(url).open()
+async def test_reads_and_writes_survive_their_connections_being_killed(pg_url, pg_server, pg_database):
+    store = await store_at(pg_url).open()
     try:
         doc = await store.create_document("doc", "hello")
         assert (await store.load("doc")).text == "hello"
         for name in ("collab-reader", "collab-writer"):
-            assert pg_server.terminate(dbname(url), name) >= 1, name
+            assert pg_server.terminate(pg_database, name) >= 1, name
         await asyncio.sleep(0.2)
         assert (await store.load("doc")).text == "hello"           # a new pooled connection
         assert await commit(store, doc, [edit(2, "c", "ann", "!", 5)], 6) == 2  # a new writer, no error
@@ -84,12 +72,12 @@ async def test_reads_and_writes_survive_their_connections_being_killed(url, pg_s
         await store.close()
 
 
-async def test_a_failing_migration_changes_nothing_and_a_newer_schema_is_refused(url, tmp_path):
+async def test_a_failing_migration_changes_nothing_and_a_newer_schema_is_refused(pg_url, tmp_path):
     folder = tmp_path / "migrations"
     folder.mkdir()
     (folder / "001_ok.sql").write_text("CREATE TABLE a (x INTEGER);")
     (folder / "002_bad.sql").write_text("CREATE TABLE b (x INTEGER); INSERT INTO nowhere VALUES (1);")
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(pg_url)
     try:
         with pytest.raises(asyncpg.UndefinedTableError):
             await store_pg.apply_migrations(conn, folder)
@@ -107,8 +95,8 @@ async def test_a_failing_migration_changes_nothing_and_a_newer_schema_is_refused
         await conn.close()
 
 
-def test_several_migrators_and_servers_started_at_once_on_an_empty_database(url, pg_server, tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-m", "collab", "migrate", "--db", url], cwd=ROOT,
+def test_several_migrators_and_servers_started_at_once_on_an_empty_database(pg_url, pg_server, pg_database, tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-m", "collab", "migrate", "--db", pg_url], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, outs
@@ -116,7 +104,7 @@ def test_several_migrators_and_servers_started_at_once_on_an_empty_database(url,
     every = ", ".join(p.name for p in sorted((ROOT / "migrations" / "postgres").glob("*.sql")))
     assert said == [f"applied {every}"] + ["schema up to date"] * 5, said
     numbers = [str(n) for n in range(1, len(list((ROOT / "migrations" / "postgres").glob("*.sql"))) + 1)]
-    assert pg_server.sql("SELECT version FROM schema_version ORDER BY version", db=dbname(url)).split() == numbers
+    assert pg_server.sql("SELECT version FROM schema_version ORDER BY version", db=pg_database).split() == numbers
 
     other = pg_server.create_database()
     servers = [ServerProcess(pg_server.url(other), log_path=tmp_path / f"s{k}.log") for k in range(3)]
@@ -142,14 +130,14 @@ async def turns_held(conn: asyncpg.Connection) -> list[tuple[int, bool]]:
     return [(r[0], r[1]) for r in rows]
 
 
-async def test_a_restore_turn_is_one_process_at_a_time_and_let_go_of_on_every_way_out(url, pg_server):
+async def test_a_restore_turn_is_one_process_at_a_time_and_let_go_of_on_every_way_out(pg_url, pg_server, pg_database):
     """Two stores on one database stand for two processes. A document's turn is had by one of them at
     a time (another document's is not held up); a wait is bounded and leaves nothing behind; the turn
     goes when its block ends by an error, by cancellation, and when its connection is killed (and the
     block's `held` says so). A turn that comes within its timeout is had: the times bounded below are
     the waits, generously (a loaded machine)."""
-    a, b = await store_at(url).open(), await store_at(url).open()
-    watch = await asyncpg.connect(url)
+    a, b = await store_at(pg_url).open(), await store_at(pg_url).open()
+    watch = await asyncpg.connect(pg_url)
     tasks = []
     try:
         async def take(store, doc_id: int, timeout: float, hold: asyncio.Event | None = None,
@@ -215,7 +203,7 @@ async def test_a_restore_turn_is_one_process_at_a_time_and_let_go_of_on_every_wa
         entered, go = asyncio.Event(), asyncio.Event()
         holder = spawn(take(a, 7, 5.0, go, entered))
         await asyncio.wait_for(entered.wait(), 5)
-        assert pg_server.terminate(dbname(url), "collab-turns") >= 1
+        assert pg_server.terminate(pg_database, "collab-turns") >= 1
         assert await take(b, 7, 2.0) < 3.0
         go.set()
         with pytest.raises(TurnLost):
