@@ -69,8 +69,8 @@ from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_COLUMNS, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY,
                       Commit, DocumentGone, GroupWriter, Kept, Loaded, NamedWhileCompacting, NameTaken,
-                      StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VERSION_UNBOUNDED, VersionCompacted, VersionConflict,
-                      contiguous_tail, history_entry, history_of, pending_migrations, replayed_bytes)
+                      StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VERSION_UNBOUNDED, VersionCompacted,
+                      VersionConflict, contiguous_tail, history_entry, history_of, pending_migrations, replayed_bytes)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
