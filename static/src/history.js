@@ -77,15 +77,20 @@ function checkpointText(c, now) {
   return `version ${c.version}${by}${at}`;
 }
 
+/** A new `tag` element of class `className`, holding `text` if given; appended to `parent` if given. */
+function element(tag, className, text = null, parent = null) {
+  const el = document.createElement(tag);
+  el.className = className;
+  if (text !== null) el.textContent = text;
+  return parent ? parent.appendChild(el) : el;
+}
+
 /** A dot in a person's colour and their name. */
 function personLabel(who, className) {
-  const span = document.createElement("span");
-  span.className = className;
+  const span = element("span", className);
   span.dataset.person = who.person || "";
   span.dataset.author = who.name;
-  const dot = span.appendChild(document.createElement("span"));
-  dot.className = `author-dot ${colorClass(who.color)}`;
-  dot.setAttribute("aria-hidden", "true");
+  element("span", `author-dot ${colorClass(who.color)}`, null, span).setAttribute("aria-hidden", "true");
   span.appendChild(document.createElement("span")).textContent = who.name;
   return span;
 }
@@ -483,12 +488,7 @@ export class HistoryPanel {
     }
     marksDownTo(floor);
     if (!this.sessions.length && !this.hasOlder && !marks.length) {
-      row("empty", () => {
-        const li = document.createElement("li");
-        li.className = "history-empty";
-        li.textContent = "No edits yet.";
-        return li;
-      });
+      row("empty", () => element("li", "history-empty", "No edits yet."));
     }
     this.rowCache = kept;
     // Rows that stay are left where they are (and keep the focus): only the others go or come.
@@ -507,32 +507,19 @@ export class HistoryPanel {
 
   /** A session's row: `who` [{name, color, person, count}], `when` its time as shown. */
   sessionRow(s, who, when) {
-    const li = document.createElement("li");
-    li.className = "history-session";
+    const li = element("li", "history-session");
     li.dataset.from = String(s.from);
     li.dataset.to = String(s.to);
-    const item = li.appendChild(document.createElement("button"));
+    const item = element("button", "history-session-button", null, li);
     item.type = "button";
-    item.className = "history-session-button";
-    const names = item.appendChild(document.createElement("span"));
-    names.className = "history-people";
+    const names = element("span", "history-people", null, item);
     for (const p of who) names.appendChild(personLabel(p, "history-person"));
-    const time = item.appendChild(document.createElement("time"));
-    time.className = "history-time";
-    time.textContent = when;
-    time.dateTime = new Date(s.end * 1000).toISOString();
-    const counts = item.appendChild(document.createElement("span"));
-    counts.className = "history-counts";
-    const ins = counts.appendChild(document.createElement("span"));
-    ins.className = "count-ins";
-    ins.textContent = `+${s.inserted}`;
-    const del = counts.appendChild(document.createElement("span"));
-    del.className = "count-del";
-    del.textContent = `−${s.deleted}`;
-    const what = item.appendChild(document.createElement("span"));
-    what.className = "history-versions";
-    what.textContent = (s.restored !== null ? `restored version ${s.restored} · ` : "")
-      + (s.from === s.to ? `version ${s.to}` : `versions ${s.from}–${s.to}`);
+    element("time", "history-time", when, item).dateTime = new Date(s.end * 1000).toISOString();
+    const counts = element("span", "history-counts", null, item);
+    element("span", "count-ins", `+${s.inserted}`, counts);
+    element("span", "count-del", `−${s.deleted}`, counts);
+    const versions = s.from === s.to ? `version ${s.to}` : `versions ${s.from}–${s.to}`;
+    element("span", "history-versions", (s.restored !== null ? `restored version ${s.restored} · ` : "") + versions, item);
     const edits = who.map((p) => `${p.name} (${plural(p.count, "edit")})`).join(", ");
     item.title = `${edits}: ${s.inserted} characters inserted, ${s.deleted} deleted. Click to see the text after it.`;
     return li;
@@ -540,23 +527,14 @@ export class HistoryPanel {
 
   /** A named version's row; `what` its line under the name (checkpointText). */
   checkpointRow(c, what) {
-    const li = document.createElement("li");
-    li.className = "history-checkpoint";
+    const li = element("li", "history-checkpoint");
     li.dataset.to = String(c.version);
     li.dataset.version = String(c.version);
-    const item = li.appendChild(document.createElement("button"));
+    const item = element("button", "history-checkpoint-button", null, li);
     item.type = "button";
-    item.className = "history-checkpoint-button";
-    const flag = item.appendChild(document.createElement("span"));
-    flag.className = "checkpoint-flag";
-    flag.setAttribute("aria-hidden", "true");
-    flag.textContent = "⚑";
-    const name = item.appendChild(document.createElement("span"));
-    name.className = "checkpoint-name";
-    name.textContent = c.name;
-    const line = item.appendChild(document.createElement("span"));
-    line.className = "history-versions";
-    line.textContent = what;
+    element("span", "checkpoint-flag", "⚑", item).setAttribute("aria-hidden", "true");
+    element("span", "checkpoint-name", c.name, item);
+    element("span", "history-versions", what, item);
     item.title = `The version named “${c.name}”. Click to see it.`;
     return li;
   }
