@@ -605,13 +605,15 @@ class Room:
         (`born_elsewhere`: if another process made it meanwhile, with text,
         the room catches up with it first).
         """
-        if self._birth is None:
-            self._birth = asyncio.ensure_future(self.rooms.create(self.name, exist_ok=True))
+        birth = self._birth
+        if birth is None:
+            birth = self._birth = asyncio.ensure_future(self.rooms.create(self.name, exist_ok=True))
         try:
-            doc_id = await asyncio.shield(self._birth)
+            doc_id = await asyncio.shield(birth)
         except BaseException:
-            if self._birth.done():
-                self._birth = None  # let a later push try again
+            # Every push waiting on it is told why; the first to wake lets a later push try again.
+            if birth.done() and self._birth is birth:
+                self._birth = None
             raise
         if self.doc_id is None:  # this room was no longer the one open under its name
             info = await self.store.document(self.name)

@@ -419,6 +419,33 @@ async def test_joining_a_new_document_counts_against_max_documents(aiohttp_clien
     assert sorted(d["name"] for d in (await (await client.get("/api/docs")).json())["docs"]) == ["one", "two"]
 
 
+async def test_first_pushes_at_once_are_all_told_why_the_document_could_not_be_made(aiohttp_client, tmp_path):
+    """Was: when the making of a document by its first pushes failed, the first of the pushes waiting on it
+    to be told forgot the attempt, and the others failed on that (internal error, close 1011), instead of
+    each getting the refusal (here --max-documents) and keeping its connection."""
+    app = create_app(Settings(db=str(tmp_path / "cap.db"), max_documents=1))
+    client = await aiohttp_client(app)
+    ws, _ = await hello(client, "one", "", "c-one")
+    await send(ws, {"type": "push", "version": 0, "updates": [{"clientID": "c-one", "changes": [[0, "x"]]}]})
+    assert (await recv(ws))["type"] == "updates"
+    sockets = []
+    for k in range(4):
+        other, frame = await hello(client, "two", "", f"c{k}")
+        assert frame["type"] == "welcome"
+        sockets.append(other)
+    for k, other in enumerate(sockets):  # all before any answer: they wait on one making of the document
+        await send(other, {"type": "push", "version": 0, "updates": [{"clientID": f"c{k}", "changes": [[0, "y"]]}]})
+    frames = [await recv(other) for other in sockets]
+    assert [(f["type"], f.get("code")) for f in frames] == [("error", "too-large")] * 4, frames
+    for k, other in enumerate(sockets):  # still open, and still refused the same way
+        await send(other, {"type": "push", "version": 0, "updates": [{"clientID": f"c{k}", "changes": [[0, "z"]]}]})
+        frame = await recv(other)
+        assert (frame["type"], frame.get("code")) == ("error", "too-large"), frame
+    for other in sockets:
+        await other.close()
+    await ws.close()
+
+
 async def test_only_a_push_the_server_takes_makes_a_document(aiohttp_client, tmp_path):
     """Was: any push to a name with no document made it before the push was checked, so an empty push, a
     refused one, or one from the future made a document for good (listed, counted by --max-documents)."""
