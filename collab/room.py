@@ -310,7 +310,8 @@ class Room:
             # (With no document of this name in the store, just looked up, there is nothing to read: an
             # acknowledged edit's document is committed before it. The client is welcomed at once, or
             # refused just below if the room is broken, which keeps it from taking a document.)
-            await self._reach(want, JOIN_CATCH_UP_S)
+            if not await self._reach(want, JOIN_CATCH_UP_S) and not self.broken:
+                await self._not_caught_up(want)
         for _ in range(5):  # read until the first frame is whole in what we have (the log moves on meanwhile)
             if want is None or want >= self.seq.committed_version or self.seq.frames_from(want, history, 1):
                 break
@@ -497,6 +498,21 @@ class Room:
                 if m.held_size > self.settings.send_buffer:
                     m.held, m.held_size = deque(), 0
                     m.conn.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
+
+    async def _not_caught_up(self, want: int) -> None:
+        """A join's catch-up to `want`, the version its client was acknowledged up to (by another process),
+        did not get there within JOIN_CATCH_UP_S: a commit of this process's held up, a busy machine. If
+        the store has `want`, the client is told to come back (1011 `unavailable`) and resumes then,
+        rather than welcomed with the whole text at a version it is past, which would take its
+        unconfirmed edits out of the document (into a rescue). If the store is behind `want` too (it was
+        restored from an older backup), the whole text it is."""
+        head = (await self.store.heads([self.doc_id])).get(self.doc_id)
+        if head is not None and head[0] >= want and not self.broken:
+            log.warning("document %s: a client acknowledged up to version %d joined, but this process got "
+                        "only to %d within %.0f s; it was asked to reconnect", self.name, want,
+                        self.seq.committed_version, JOIN_CATCH_UP_S)
+            raise ServerError("this document is still catching up with the other servers; reconnect",
+                              close=CLOSE_INTERNAL)
 
     def _other_document(self, hello: protocol.Hello) -> bool:
         """`hello.version` is a version of another document of this name (its `docId` is not this one's,
