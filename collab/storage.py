@@ -66,7 +66,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import orjson
 
 from .changes import ChangeSet
-from .errors import ProtocolError, ServerError
+from .errors import CLOSE_GOING_AWAY, SHUTTING_DOWN, ProtocolError, ServerError
 from .history import Authorship
 from .rebase import Update
 from .sequencer import Accepted, History
@@ -254,6 +254,15 @@ class StorageUnavailable(ServerError, RuntimeError):
         self.args = (detail,)
 
 
+class StoreClosed(ServerError, RuntimeError):
+    """The store was closed: the server is shutting down. A request still running then gets 503
+    `unavailable` (it was 500 `internal`), a WebSocket frame close 1001 (reconnect and resume)."""
+
+    def __init__(self):
+        super().__init__(SHUTTING_DOWN + "; try again in a moment", close=CLOSE_GOING_AWAY)
+        self.args = ("store is closed",)
+
+
 def parse_update(client_id: str, changes: str) -> Update:
     """An update as a store keeps it (its ChangeSetJSON as text) made an Update again."""
     return Update(client_id, ChangeSet.from_json(orjson.loads(changes)))
@@ -312,7 +321,7 @@ class GroupWriter:
         back in the same loop iteration that the commit finished.
         """
         if not self._writer_open():
-            raise RuntimeError("store is closed")
+            raise StoreClosed()
         self._sources[id(source)] = source
         self._wake_writer()
 

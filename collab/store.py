@@ -69,8 +69,9 @@ from .rebase import Update
 from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, AlreadyServing, DOCUMENT_COLUMNS, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY,
                       Commit, DocumentGone, GroupWriter, Kept, Loaded, NamedWhileCompacting, NameTaken,
-                      StorageUnavailable, TooManyCheckpoints, TooManyDocuments, VERSION_UNBOUNDED, VersionCompacted,
-                      VersionConflict, contiguous_tail, history_entry, history_of, pending_migrations, replayed_bytes)
+                      StorageUnavailable, StoreClosed, TooManyCheckpoints, TooManyDocuments, VERSION_UNBOUNDED,
+                      VersionCompacted, VersionConflict, contiguous_tail, history_entry, history_of, pending_migrations,
+                      replayed_bytes)
 from .text import Text
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
@@ -532,7 +533,7 @@ class Store(GroupWriter):
     async def _write(self, fn: Callable[[sqlite3.Connection], object]):
         """Run `fn(conn)` inside the next group transaction; return its result after COMMIT."""
         if self._w is None:
-            raise RuntimeError("store is closed")
+            raise StoreClosed()
         fut = asyncio.get_running_loop().create_future()
         self._enqueue((fn, fut))
         with self._unavailable("writing"):
@@ -731,7 +732,7 @@ class Store(GroupWriter):
         """fn(conn) on a reader thread, in one read transaction: its statements all see one commit, even
         with `collab compact` or another writer committing between them."""
         if self._r is None:
-            raise RuntimeError("store is closed")
+            raise StoreClosed()
         with self._unavailable("reading"):
             return await self._r.run(_in_one_read, fn)
 
@@ -1017,7 +1018,7 @@ class Store(GroupWriter):
     async def view(self):
         """One consistent moment of the whole database: one read transaction on a connection of its own."""
         if self._r is None:
-            raise RuntimeError("store is closed")
+            raise StoreClosed()
 
         def begin(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN")  # in WAL mode a read transaction sees one commit from its first SELECT on

@@ -84,7 +84,7 @@ from .sequencer import KEEP_BYTES, Accepted, History
 from .storage import (COPY_TABLES, DOCUMENT_COLUMNS, DOCUMENT_FIELDS, MAX_FORMER_NAMES, PERSON_KEY, Commit,
                       contiguous_tail, describe, DocumentGone, GroupWriter, history_entry, history_of, Kept, Loaded,
                       NamedWhileCompacting, NameTaken, NoPermission, pending_migrations, redact, StorageUnavailable,
-                      TooManyCheckpoints, TooManyDocuments, TurnLost, VERSION_UNBOUNDED, VersionCompacted,
+                      StoreClosed, TooManyCheckpoints, TooManyDocuments, TurnLost, VERSION_UNBOUNDED, VersionCompacted,
                       VersionConflict, replayed_bytes)
 from .text import Text
 
@@ -621,7 +621,7 @@ class PgStore(GroupWriter):
         transaction takes those locks first (see the header).
         """
         if not self._open:
-            raise RuntimeError("store is closed")
+            raise StoreClosed()
         fut = asyncio.get_running_loop().create_future()
         keys = [_name_key(n) for n in names] + ([COUNT_KEY] if count else [])
         self._enqueue(_Queued(fn, fut, doc_ids, keys))
@@ -954,7 +954,7 @@ class PgStore(GroupWriter):
         for attempt in range(3):
             pool = self._pool
             if pool is None or not self._open:
-                raise RuntimeError("store is closed")
+                raise StoreClosed()
             try:
                 async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
                     if not snapshot:
@@ -1186,7 +1186,7 @@ class PgStore(GroupWriter):
         most `timeout` seconds (PostgreSQL's lock_timeout), held until the block ends, however it ends."""
         pool = self._turns
         if pool is None or not self._open:
-            raise RuntimeError("store is closed")
+            raise StoreClosed()
         key = _turn_key(doc_id)
         conn = await self._take_turn(pool, key, timeout)
 
@@ -1303,7 +1303,7 @@ class PgStore(GroupWriter):
     async def view(self):
         """One consistent moment of the whole database: a REPEATABLE READ READ ONLY transaction."""
         if self._pool is None or not self._open:
-            raise RuntimeError("store is closed")
+            raise StoreClosed()
         try:
             conn = await self._pool.acquire(timeout=CONNECT_TIMEOUT)
         except Exception as exc:  # noqa: BLE001

@@ -446,6 +446,23 @@ async def test_first_pushes_at_once_are_all_told_why_the_document_could_not_be_m
     await ws.close()
 
 
+async def test_requests_that_come_after_the_store_closed_at_shutdown_are_told_so(aiohttp_client, tmp_path):
+    """Was: a request or a hello still coming in while the server stopped, after its store had closed,
+    failed on RuntimeError("store is closed"): 500 `internal`, logged as a bug. Now it is 503
+    `unavailable` saying the server is shutting down, and a hello gets close 1001 (reconnect and resume)."""
+    app = create_app(Settings(db=str(tmp_path / "closed.db")))
+    client = await aiohttp_client(app)
+    await app[ROOMS].store.close()
+    for path in ("/api/docs", "/api/docs/x", "/api/docs/x/history"):
+        resp = await client.get(path)
+        error = (await resp.json())["error"]
+        assert (resp.status, error["code"]) == (503, "unavailable"), (path, error)
+        assert "shutting down" in error["message"], error
+    ws, frame = await hello(client, "x", "", "c")
+    assert (frame["type"], frame["code"]) == ("error", "unavailable"), frame
+    assert (await closed(ws))[0] == 1001
+
+
 async def test_only_a_push_the_server_takes_makes_a_document(aiohttp_client, tmp_path):
     """Was: any push to a name with no document made it before the push was checked, so an empty push, a
     refused one, or one from the future made a document for good (listed, counted by --max-documents)."""
