@@ -72,6 +72,33 @@ async def test_reads_and_writes_survive_their_connections_being_killed(pg_url, p
         await store.close()
 
 
+async def test_the_writer_and_a_restore_turn_ask_postgresql_to_find_them_dead_within_half_a_minute(pg_url):
+    """Was: the kernel's keepalive defaults (probes after two hours): a machine that vanished (power,
+    network) kept its restore turns, and a commit's row locks, for that long. The writer's session and a
+    turn's ask for probes after 10 s, 5 s apart, 3 missed (store_pg.KEEPALIVES), also after the pool
+    RESET ALL a turn's connection; a setting in the URL wins."""
+    show = [f"SHOW {k}" for k in store_pg.KEEPALIVES]
+
+    async def settings(url: str) -> list[list[str]]:
+        store = await store_at(url).open()
+        try:
+            seen = [[await store._w.fetchval(q) for q in show]]
+            for key in (1, 2):  # the second may get the first's connection back, RESET
+                turn = await store._take_turn(store._turns, key, 5.0)
+                try:
+                    seen.append([await turn.fetchval(q) for q in show])
+                finally:
+                    await store._end_turn(turn, key)
+                    await store_pg._give_back(store._turns, turn)
+            return seen
+        finally:
+            await store.close()
+
+    assert await settings(pg_url) == [["10", "5", "3"]] * 3
+    separator = "&" if "?" in pg_url else "?"
+    assert await settings(f"{pg_url}{separator}tcp_keepalives_idle=30") == [["30", "5", "3"]] * 3
+
+
 async def test_a_failing_migration_changes_nothing_and_a_newer_schema_is_refused(pg_url, tmp_path):
     folder = tmp_path / "migrations"
     folder.mkdir()
