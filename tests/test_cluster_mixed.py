@@ -42,13 +42,13 @@ from clusterproc import ServerProcess, free_port
 
 WS_PROTOCOL = "collab.v1"
 DOCS = 100         # documents, each with its writer at N
-RUN_S = 24.0       # seconds of pushes
+RUN_S = 16.0       # seconds of pushes
 CHECK_EVERY = 1.0  # R's --check-every (the default)
 POLL_EVERY = 0.3   # and --poll-every (the default)
 UNLOAD_AFTER = 0.5  # R's --unload-after: a document its watchers all left is unloaded, then opened again
 MARGIN = 2.0       # seconds past --check-every a marker may take to reach a watcher at R
-REDIS_DOWN_AT, REDIS_UP_AT = 7.0, 10.0  # seconds into the run: Redis killed, started again
-REDIS_PAUSED_AT, REDIS_RESUMED_AT = 15.0, 18.0  # and paused (SIGSTOP: nothing answers), resumed
+REDIS_DOWN_AT, REDIS_UP_AT = 4.0, 7.0  # seconds into the run: Redis killed, started again
+REDIS_PAUSED_AT, REDIS_RESUMED_AT = 10.0, 13.0  # and paused (SIGSTOP: nothing answers), resumed
 
 
 def seed_of() -> int:
