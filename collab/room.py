@@ -579,13 +579,45 @@ class Room:
 
     # -------------------------------------------------------------- pushes
 
-    async def push(self, member: Member, msg: protocol.Push) -> None:
+    def push_now(self, member: Member, msg: protocol.Push) -> bool:
+        """`push`, when it needs no await: nearly every keystroke. False, with nothing done or spent,
+        when it does (then `push`): a document not made yet, a catch-up running, a heavy push, or one
+        whose rebase is heavy or needs history from the store. Raises what `push` refuses.
+
+        The WebSocket adapter calls it as a frame is read (ws.py, `Connection.now`), so a keystroke
+        costs no task wake-up and no coroutine.
+        """
         conn = member.conn
+        self._may_push(conn)
+        if self.doc_id is None or not self._ready.is_set() or conn.closed:
+            return False
+        version, updates = msg.version, msg.updates
+        if sum(map(weight, updates)) >= HEAVY_BYTES:
+            return False
+        try:
+            committed_work, pending_work = self.seq.rebase_work(version, updates)
+        except NeedHistory:
+            return False
+        if committed_work + pending_work > HEAVY_REBASE:
+            return False
+        self._spend(member, self._cost(updates))
+        behind = self.seq.version - version
+        if self._accept(Original(member, conn.client_id, version, updates, conn.user["name"], self.rooms.clock()),
+                        version, updates):
+            self.rooms.metrics.rebase_distance.observe(max(0, behind))
+            self.store.schedule(self)
+        return True
+
+    def _may_push(self, conn: Connection) -> None:
         if conn.role != "edit":
             raise ProtocolError("read-only", "this session may only view the document")
         if not self.rooms.disk.ok():
             raise ServerError("the server's disk is nearly full, so edits are not saved for now; "
                               "push again later")
+
+    async def push(self, member: Member, msg: protocol.Push) -> None:
+        conn = member.conn
+        self._may_push(conn)
         self._spend(member, self._cost(msg.updates))
         heavy = sum(map(weight, msg.updates)) >= HEAVY_BYTES
         if heavy:  # others go before it is applied (the connection may close meanwhile: see below)
@@ -704,16 +736,18 @@ class Room:
                     await self._until_ready()
                     if self.broken:
                         return False
-                accepted = self.seq.push(o.client_id, version, updates, o.author, o.time,
-                                         person=o.person, color=o.color)
-                break
+                return self._accept(o, version, updates)
             except NeedHistory:
                 moved = await self._moved_up(o, version, updates, catching)
                 if moved is None:
                     return False
                 version, updates = moved
-        else:
-            raise ProtocolError("bad-version", "the document moved on too fast; push again")
+        raise ProtocolError("bad-version", "the document moved on too fast; push again")
+
+    def _accept(self, o: Original, version: int, updates: list[Update]) -> bool:
+        """`o`, moved up to `version` as `updates`, handed to the sequencer; whether it produced updates
+        (then it is kept until they are durable). Raises what the sequencer refuses, or NeedHistory."""
+        accepted = self.seq.push(o.client_id, version, updates, o.author, o.time, person=o.person, color=o.color)
         if not accepted:
             return False
         for entry in accepted:

@@ -22,7 +22,10 @@ from serverproc import ServerProcess
 from test_compression import OFFER, Raw, masked_frame, upgrade_head
 from wsutil import until
 
+from collab import room as room_module
 from collab.app import ADMISSION, METRICS, ROOMS, STORE, create_app
+from collab.room import HEAVY_PAUSE
+from collab.sequencer import Sequencer
 from collab.settings import Settings
 
 pytestmark = pytest.mark.timeout(90)
@@ -478,10 +481,12 @@ async def test_an_idle_deflate_connection_closed_by_the_server_reads_its_code(ai
 
 
 async def test_pushes_racing_the_heartbeat_are_each_handled_once(aiohttp_client, tmp_path, caplog):
-    """PASSES (pins the hand-over between tasks: pushes sent at random around the heartbeat's period, and
-    right behind the pong of each ping (as `idle` queues its sentinel), while the client answers every
-    ping at once: each push is sequenced once, in order; the connection is never dropped; no task fails
-    (two tasks in one receive() would raise "Concurrent call to receive()")."""
+    """PASSES (pins the hand-over between tasks, and between a task and the frames handled as they are
+    read (`Connection.now`): pushes sent at random around the heartbeat's period, and right behind the
+    pong of each ping (as `idle` queues its sentinel), while the client answers every ping at once;
+    every fifth push heavy, which only a task handles, with one more right behind it: each push is
+    sequenced once, in order; the connection is never dropped; no task fails (two tasks in one
+    receive() would raise "Concurrent call to receive()")."""
     import random
     caplog.set_level("INFO", logger="collab")
     app = create_app(Settings(db=str(tmp_path / "r.db"), heartbeat=0.2))
@@ -493,13 +498,21 @@ async def test_pushes_racing_the_heartbeat_are_each_handled_once(aiohttp_client,
     rng = random.Random(7)
 
     def push() -> None:
-        text = f"<{state['sent']}>"
+        lines = [f"<{state['sent']}>"]
+        if state["sent"] % 5 == 4:  # a heavy push (room.HEAVY_BYTES): the task's
+            lines += ["x" * 99] * 660
         v, n = state["version"] + state["sent"], state["length"]
-        raw.send(_push(v, "r1", [[0, text]] if not n else [n, [0, text]]))
+        raw.send(_push(v, "r1", [[0, *lines]] if not n else [n, [0, *lines]]))
         state["sent"] += 1
-        state["length"] += len(text)
+        state["length"] += sum(map(len, lines)) + len(lines) - 1
+        if len(lines) > 1:  # one more right behind it, to be handled after it: read with it, or while
+            if state["sent"] % 10 == 5:  # the task handles it
+                push()
+            else:
+                asyncio.get_running_loop().call_later(HEAVY_PAUSE, push)
 
     async def read() -> None:
+        parts = []
         while True:
             fin, _, opcode, payload = await raw.frame(timeout=20)
             if opcode == 0x9:
@@ -507,8 +520,11 @@ async def test_pushes_racing_the_heartbeat_are_each_handled_once(aiohttp_client,
                 state["pings"] += 1
                 if state["pings"] % 2 and state["sent"] < 40:
                     push()  # right behind the pong: as the task is told to stop
-            elif opcode == 0x1:
-                await texts.put(orjson.loads(payload))
+            elif opcode in (0x0, 0x1):  # a large message comes in fragments
+                parts.append(payload)
+                if fin:
+                    await texts.put(orjson.loads(b"".join(parts)))
+                    parts = []
             elif opcode == 0x8:
                 await texts.put({"type": "closed", "code": int.from_bytes(payload[:2], "big")})
                 return
@@ -537,6 +553,86 @@ async def test_pushes_racing_the_heartbeat_are_each_handled_once(aiohttp_client,
         raw.close()
     bad = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or "failed" in r.getMessage()]
     assert not bad, bad
+
+
+async def test_a_keystroke_read_while_an_earlier_frame_waits_for_the_task_is_handled_after_it(aiohttp_client,
+                                                                                              tmp_path,
+                                                                                              monkeypatch):
+    """PASSES (pins the order between the frames `Connection.now` handles as they are read and those only
+    the task handles, here heavy pushes: a keystroke read while a heavy push waits in the queue for the
+    task, or while the task handles it, goes after it. Without either of `now`'s two checks (nothing
+    queued; the task waiting for a frame) the keystroke went first and was refused `bad-version`)."""
+    monkeypatch.setattr(room_module, "HEAVY_PAUSE", 0.05)  # the task handles a heavy push for 0.1 s or more
+    app = create_app(Settings(db=str(tmp_path / "o.db")))
+    client = await aiohttp_client(app)
+    raw, welcome = await _welcomed(client.server.port, "order", "o1")
+    conn = _peer_of(app, "order", "o1").ws.conn
+    heavy = ["x" * 99] * 700  # room.HEAVY_BYTES
+    state = {"version": welcome["version"], "length": 0}
+
+    def push(lines: list[str]) -> bytes:
+        v, n = state["version"], state["length"]
+        state["version"] += 1
+        state["length"] += sum(map(len, lines)) + len(lines) - 1
+        return masked_frame(_push(v, "o1", [[0, *lines]] if not n else [n, [0, *lines]]))
+
+    async def updates(n: int) -> list[dict]:
+        got: list[dict] = []
+        while len(got) < n:
+            frame, _, _ = await raw.message()
+            assert frame["type"] == "updates", frame
+            got += frame["updates"]
+        return got
+
+    raw.writer.write(push(heavy))
+    assert len(await updates(1)) == 1
+    assert isinstance(conn.task, asyncio.Task) and conn.peer.receiving  # the task waits for the next frame
+    raw.writer.write(push(heavy) + push(["a"]))  # the keystroke is read while the heavy push is queued
+    got = await updates(2)
+    raw.writer.write(push(heavy))
+    await asyncio.sleep(0.03)
+    raw.writer.write(push(["b"]))  # ... read while the task handles the heavy one
+    got += await updates(2)
+    assert [u["changes"][-1][1:] for u in got] == [heavy, ["a"], heavy, ["b"]]
+    assert state["version"] == welcome["version"] + 5
+    raw.close()
+
+
+async def test_a_keystroke_on_an_idle_connection_is_handled_as_it_is_read_and_a_bug_there_is_answered(
+        aiohttp_client, tmp_path, monkeypatch, caplog):
+    """PASSES (pins `Connection.now`: a keystroke and a cursor on a connection no task reads are handled
+    as they are read, starting no task; a bug met there is logged and answered as the task answers one,
+    `internal` and close 1011, and the document and the process go on)."""
+    app = create_app(Settings(db=str(tmp_path / "n.db")))
+    client = await aiohttp_client(app)
+    other, welcome = await _welcomed(client.server.port, "now", "n2")
+    other.send(_push(welcome["version"], "n2", [[0, "x"]]))  # the document is made (which a task does)
+    await other.typed("updates")
+    raw, welcome = await _welcomed(client.server.port, "now", "n1")
+    conn = _peer_of(app, "now", "n1").ws.conn
+    assert conn.task is None
+    raw.send(_push(welcome["version"], "n1", [[0, "a"], 1]))
+    ack, _, _ = await raw.typed("updates")
+    raw.send(orjson.dumps({"type": "presence", "version": ack["from"] + 1, "ranges": [{"anchor": 1, "head": 1}]}))
+    await other.typed("updates")
+    seen, _, _ = await other.typed("presences")
+    assert seen["peers"][0]["ranges"] == [{"anchor": 1, "head": 1}]
+    assert conn.task is None  # none was started for either
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Sequencer, "push", bug)
+    raw.send(_push(ack["from"] + 1, "n1", [2, [0, "b"]]))
+    error, _, _ = await raw.typed("error")
+    assert error["code"] == "internal" and await raw.closed() == 1011
+    assert any("connection to doc=now failed" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    other.send(_push(ack["from"] + 1, "n2", [2, [0, "c"]]))
+    done, _, _ = await other.typed("updates")
+    assert done["updates"][0]["clientID"] == "n2"
+    raw.close()
+    other.close()
 
 
 async def test_a_document_deleted_under_idle_and_reading_connections_closes_both(aiohttp_client, tmp_path):
