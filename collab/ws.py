@@ -448,7 +448,7 @@ class Connection(BaseProtocol):
     every frame.
     """
 
-    __slots__ = ("admission", "bucket", "member", "name", "peer", "task", "ws", "_timeout_ceil_threshold")
+    __slots__ = ("admission", "bucket", "member", "name", "peer", "task", "ws", "_feeding", "_timeout_ceil_threshold")
 
     method = "GET"  # what aiohttp's WebSocketResponse may print of its request (its repr)
     buffer_size = 0  # ... and ask of its payload writer: nothing buffered (Peer writes to the transport)
@@ -459,6 +459,7 @@ class Connection(BaseProtocol):
         settings = admission.settings
         self.bucket = TokenBucket(settings.rate, settings.burst)  # frames; persistent excess ends the connection
         self.task: asyncio.Task | object | None = None
+        self._feeding = False  # inside data_received: what the parser makes now was just read (`reading_now`)
         self._timeout_ceil_threshold = 5
 
     @property
@@ -518,10 +519,16 @@ class Connection(BaseProtocol):
         self.wake()
 
     def reading_now(self) -> bool:
-        """Whether a frame read now would be the next one handled: no task is handling one (none runs, or
-        it waits for a frame) and the connection is not ending."""
+        """Whether a frame the parser makes now would be the next one handled: it comes from bytes just
+        read (`data_received`), no task is handling one (none runs, or it waits for a frame) and the
+        connection is not ending.
+
+        Not when aiohttp restarts a parser it paused (its queue was over its limit) from inside the
+        task's own read: the message that read takes out of the queue is not handled yet, and the
+        frames the restart parses go behind it.
+        """
         ws = self.ws
-        return self.peer.receiving and not (self.peer.closed or ws._closing or ws._closed)
+        return self._feeding and self.peer.receiving and not (self.peer.closed or ws._closing or ws._closed)
 
     def now(self, msg: WSMessage) -> WSMessage | None:
         """A text frame handled as it is read, from inside the parser (`_Wakes`), when nothing is queued
@@ -577,7 +584,11 @@ class Connection(BaseProtocol):
             ws._on_data_received()
         parser = ws._parser
         if parser is not None:  # None once closed
-            parser.feed_data(data)
+            self._feeding = True
+            try:
+                parser.feed_data(data)
+            finally:
+                self._feeding = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)

@@ -598,6 +598,40 @@ async def test_a_keystroke_read_while_an_earlier_frame_waits_for_the_task_is_han
     raw.close()
 
 
+@pytest.mark.parametrize("offer", [None, OFFER], ids=["plain", "deflate"])
+@pytest.mark.parametrize("idle", [True, False], ids=["idle", "task-waiting"])
+async def test_a_keystroke_behind_a_frame_past_the_queue_limit_is_handled_after_it(aiohttp_client, tmp_path,
+                                                                                   offer, idle):
+    """Was, at 94432a1 (found by a review): a frame past aiohttp's queue limit (512 KB) pauses its parser
+    with the next frame unparsed; the task's read restarts it once it takes that frame out of the queue,
+    which left the queue empty while the frame was not handled yet, so the keystroke behind it was
+    handled at once, before it, and refused `bad-version`. Frames are handled as they are read only
+    from `data_received` now."""
+    app = create_app(Settings(db=str(tmp_path / "s.db"), heartbeat=0.3 if idle else 0))
+    client = await aiohttp_client(app)
+    raw, welcome = await _welcomed(client.server.port, "stall", "s1", extensions=offer)
+    version = welcome["version"]
+    raw.send(_push(version, "s1", [[0, "x"]]))  # the document is made
+    await raw.typed("updates")
+    version, length = version + 1, 1
+    conn = _peer_of(app, "stall", "s1").ws.conn
+    if idle:
+        await until(lambda: conn.task is None, timeout=5, what="the task to stop")
+    else:
+        await until(lambda: isinstance(conn.task, asyncio.Task) and conn.peer.receiving, timeout=5,
+                    what="the task to wait for a frame")
+    big = "z" * 600_000
+    raw.writer.write(masked_frame(_push(version, "s1", [length, [0, big]]))
+                     + masked_frame(_push(version + 1, "s1", [length + len(big), [0, "a"]])))
+    got: list[dict] = []
+    while len(got) < 2:
+        frame, _, _ = await raw.message()
+        assert frame["type"] == "updates", frame
+        got += frame["updates"]
+    assert orjson.dumps(got[1]["changes"]).endswith(b'[0,"a"]]')
+    raw.close()
+
+
 async def test_a_keystroke_on_an_idle_connection_is_handled_as_it_is_read_and_a_bug_there_is_answered(
         aiohttp_client, tmp_path, monkeypatch, caplog):
     """PASSES (pins `Connection.now`: a keystroke and a cursor on a connection no task reads are handled
