@@ -197,6 +197,20 @@ class Member:
     def session(self) -> str:
         return self.conn.session
 
+    def send(self, frame: bytes) -> None:
+        """`frame` to this member; while the rest of its resume goes out (`Room._resume`), held to go
+        out behind it, as everything sent to it meanwhile: a broadcast, an error answering a push. Over
+        --send-buffer held, the member is closed (1013: too far behind, it resumes)."""
+        conn = self.conn
+        if self.held is None:
+            conn.send(frame)
+        elif not conn.closed:
+            self.held.append(frame)
+            self.held_size += len(frame)
+            if self.held_size > self.room.settings.send_buffer:
+                self.held, self.held_size = deque(), 0
+                conn.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
+
 
 def newer_connection(opened: int | None, at: float, than_opened: int | None, than_at: float) -> bool:
     """Whether a connection of a client (hello.opened, hello received `at`) is newer than another of it.
@@ -489,15 +503,7 @@ class Room:
         """`frame` to every member (`hidden` to view sessions, if given); to a member whose resume is
         still going out (`_resume`), once that is done."""
         for m in self.members.values():
-            out = hidden if hidden is not None and m.conn.role == "view" else frame
-            if m.held is None:
-                m.conn.send(out)
-            elif not m.conn.closed:
-                m.held.append(out)
-                m.held_size += len(out)
-                if m.held_size > self.settings.send_buffer:
-                    m.held, m.held_size = deque(), 0
-                    m.conn.close(CLOSE_TRY_AGAIN, "too far behind; reconnect to resume")
+            m.send(hidden if hidden is not None and m.conn.role == "view" else frame)
 
     async def _not_caught_up(self, want: int) -> None:
         """A join's catch-up to `want`, the version its client was acknowledged up to (by another process),

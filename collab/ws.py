@@ -650,7 +650,7 @@ async def _data_frame(msg, member: Member, bucket: TokenBucket, settings: Settin
     try:
         await room.push(member, frame)
     except CollabError as exc:
-        refuse(member.conn, exc, room.name, room.rooms.metrics)
+        refuse(member.conn, exc, room.name, room.rooms.metrics, member)
 
 
 def _take_frame(msg, member: Member, bucket: TokenBucket,
@@ -661,7 +661,7 @@ def _take_frame(msg, member: Member, bucket: TokenBucket,
     metrics = room.rooms.metrics
     metrics.bytes_in.inc(len(msg.data))
     if not bucket.take(time.monotonic()):  # every data frame counts for the rate
-        refuse(peer, _over_rate(bucket, settings), room.name, metrics)
+        refuse(peer, _over_rate(bucket, settings), room.name, metrics, member)
         return None
     try:
         if msg.type == WSMsgType.BINARY:
@@ -670,7 +670,7 @@ def _take_frame(msg, member: Member, bucket: TokenBucket,
         if not isinstance(frame, (protocol.Push, protocol.Presence)):
             raise ProtocolError("bad-message", "hello was already received on this connection")
     except CollabError as exc:
-        refuse(peer, exc, room.name, metrics)
+        refuse(peer, exc, room.name, metrics, member)
         return None
     return frame
 
@@ -684,7 +684,7 @@ def _handle_now(frame: protocol.Push | protocol.Presence, member: Member) -> boo
         elif not room.push_now(member, frame):
             return False
     except CollabError as exc:
-        refuse(member.conn, exc, room.name, room.rooms.metrics)
+        refuse(member.conn, exc, room.name, room.rooms.metrics, member)
     return True
 
 
@@ -745,22 +745,30 @@ async def _receive_hello(ws: web.WebSocketResponse, peer: Peer, settings: Settin
         raise ProtocolError(exc.code, exc.message, close=CLOSE_PROTOCOL) from None
 
 
-def refuse(peer: Peer, exc: CollabError, doc: str, metrics) -> None:
+def refuse(peer: Peer, exc: CollabError, doc: str, metrics, member: Member | None = None) -> None:
     """The one place a refusal is answered over a WebSocket: counted, logged, an `error` frame, maybe a close.
 
     The close code is the error's own (a frame before hello: 4000; over the
     rate limit for good: 4429; ...) or else the table's for codes that always
     end a connection (unauthorized/forbidden 1008, unavailable/internal 1011).
-    Logs carry the code, never the frame's contents.
+    Logs carry the code, never the frame's contents. Answering a welcomed
+    `member`'s frame, an error that does not close goes out behind the rest of
+    its resume, if that is still going out (`Member.send`): the client reads
+    it after what was sent to it before, as the frame it answers was made.
     """
     if peer.closed:
         return
     close = exc.close if exc.close is not None else CODES[exc.code].close
     metrics.errors.labels(exc.code).inc()
     log.info("error doc=%s session=%s code=%s%s", doc, peer.session, exc.code, f" close={close}" if close else "")
-    peer.send(protocol.error_frame(exc.code, exc.message, exc.retry_after))
+    frame = protocol.error_frame(exc.code, exc.message, exc.retry_after)
     if close:
+        peer.send(frame)
         peer.close(close, exc.message)
+    elif member is not None:
+        member.send(frame)
+    else:
+        peer.send(frame)
 
 
 def _over_rate(bucket: TokenBucket, settings: Settings) -> ProtocolError:
