@@ -175,10 +175,17 @@ class Original:
         self.color = member.conn.user.get("color") if member is not None else None
 
 
+def _resumed(member: Member, task: asyncio.Task) -> None:
+    """The rest of `member`'s resume went out, or stopped (the task ended, however): its frames go on."""
+    resumed, member.resumed = member.resumed, None
+    if resumed is not None and not resumed.done():
+        resumed.set_result(None)
+
+
 class Member:
     """A connection inside a room: what the room remembers about it."""
 
-    __slots__ = ("conn", "room", "presence", "bucket", "joined", "opened", "held", "held_size")
+    __slots__ = ("conn", "room", "presence", "bucket", "joined", "opened", "held", "held_size", "resumed")
 
     def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket, joined: float,
                  opened: int | None = None):
@@ -192,15 +199,18 @@ class Member:
         self.opened = opened
         self.held: deque | None = None  # while the rest of its resume goes out: what is broadcast meanwhile
         self.held_size = 0
+        # While the rest of its resume goes out: done once it has (or has stopped). The frames the client sent
+        # after its welcome wait for it (ws.py), so what answers them, an acknowledgement or an error,
+        # comes after the frames it was sent before.
+        self.resumed: asyncio.Future | None = None
 
     @property
     def session(self) -> str:
         return self.conn.session
 
     def send(self, frame: bytes) -> None:
-        """`frame` to this member; while the rest of its resume goes out (`Room._resume`), held to go
-        out behind it, as everything sent to it meanwhile: a broadcast, an error answering a push. Over
-        --send-buffer held, the member is closed (1013: too far behind, it resumes)."""
+        """A broadcast to this member; while the rest of its resume goes out (`Room._resume`), held to go
+        out behind it. Over --send-buffer held, the member is closed (1013: too far behind, it resumes)."""
         conn = self.conn
         if self.held is None:
             conn.send(frame)
@@ -390,7 +400,9 @@ class Room:
         conn.send(frame)
         if sent < version:
             member.held = deque()
-            self.rooms.spawn(self._resume(member, sent, version, peers))
+            member.resumed = asyncio.get_running_loop().create_future()
+            self.rooms.spawn(self._resume(member, sent, version, peers)).add_done_callback(
+                functools.partial(_resumed, member))
         return member
 
     def _cursors(self) -> list[dict]:

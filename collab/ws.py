@@ -441,7 +441,9 @@ class Connection(BaseProtocol):
     before it and no task is handling one (`reading_now`) is handled at once,
     from inside the parser (`now`): a keystroke, a cursor. Only what needs an
     await (a push that makes the document, waits for a catch-up, or is heavy:
-    `Room.push_now`) is queued for the task, parsed already, and every frame
+    `Room.push_now`) is queued for the task, parsed already, as is every frame
+    that comes while the rest of the client's resume goes out (the task
+    handles it after that: `Member.resumed`), and every frame
     read after it waits behind it, so frames are still handled in the order
     they came. In docs20x5 (bench/README.md) this took about 5% off the
     server's CPU per edit: the task's wake-up and aiohttp's receive() for
@@ -520,15 +522,16 @@ class Connection(BaseProtocol):
 
     def reading_now(self) -> bool:
         """Whether a frame the parser makes now would be the next one handled: it comes from bytes just
-        read (`data_received`), no task is handling one (none runs, or it waits for a frame) and the
-        connection is not ending.
+        read (`data_received`), no task is handling one (none runs, or it waits for a frame), the rest of
+        the client's resume has gone out (`Member.resumed`) and the connection is not ending.
 
         Not when aiohttp restarts a parser it paused (its queue was over its limit) from inside the
         task's own read: the message that read takes out of the queue is not handled yet, and the
         frames the restart parses go behind it.
         """
         ws = self.ws
-        return self._feeding and self.peer.receiving and not (self.peer.closed or ws._closing or ws._closed)
+        return (self._feeding and self.peer.receiving and self.member.resumed is None
+                and not (self.peer.closed or ws._closing or ws._closed))
 
     def now(self, msg: WSMessage) -> WSMessage | None:
         """A text frame handled as it is read, from inside the parser (`_Wakes`), when nothing is queued
@@ -641,8 +644,11 @@ class _Taken:
 
 
 async def _data_frame(msg, member: Member, bucket: TokenBucket, settings: Settings) -> None:
-    """A text or binary frame from a welcomed client, read by the task: as `Connection.now` handles one,
-    then what needs an await (`Room.push`)."""
+    """A text or binary frame from a welcomed client, read by the task: once the rest of its resume has
+    gone out, if it is still going out (`Member.resumed`), as `Connection.now` handles one, then what
+    needs an await (`Room.push`)."""
+    if member.resumed is not None:
+        await member.resumed
     frame = msg.extra.frame if type(msg.extra) is _Taken else _take_frame(msg, member, bucket, settings)
     if frame is None or _handle_now(frame, member):
         return
@@ -650,7 +656,7 @@ async def _data_frame(msg, member: Member, bucket: TokenBucket, settings: Settin
     try:
         await room.push(member, frame)
     except CollabError as exc:
-        refuse(member.conn, exc, room.name, room.rooms.metrics, member)
+        refuse(member.conn, exc, room.name, room.rooms.metrics)
 
 
 def _take_frame(msg, member: Member, bucket: TokenBucket,
@@ -661,7 +667,7 @@ def _take_frame(msg, member: Member, bucket: TokenBucket,
     metrics = room.rooms.metrics
     metrics.bytes_in.inc(len(msg.data))
     if not bucket.take(time.monotonic()):  # every data frame counts for the rate
-        refuse(peer, _over_rate(bucket, settings), room.name, metrics, member)
+        refuse(peer, _over_rate(bucket, settings), room.name, metrics)
         return None
     try:
         if msg.type == WSMsgType.BINARY:
@@ -670,7 +676,7 @@ def _take_frame(msg, member: Member, bucket: TokenBucket,
         if not isinstance(frame, (protocol.Push, protocol.Presence)):
             raise ProtocolError("bad-message", "hello was already received on this connection")
     except CollabError as exc:
-        refuse(peer, exc, room.name, metrics, member)
+        refuse(peer, exc, room.name, metrics)
         return None
     return frame
 
@@ -684,7 +690,7 @@ def _handle_now(frame: protocol.Push | protocol.Presence, member: Member) -> boo
         elif not room.push_now(member, frame):
             return False
     except CollabError as exc:
-        refuse(member.conn, exc, room.name, room.rooms.metrics, member)
+        refuse(member.conn, exc, room.name, room.rooms.metrics)
     return True
 
 
@@ -745,30 +751,22 @@ async def _receive_hello(ws: web.WebSocketResponse, peer: Peer, settings: Settin
         raise ProtocolError(exc.code, exc.message, close=CLOSE_PROTOCOL) from None
 
 
-def refuse(peer: Peer, exc: CollabError, doc: str, metrics, member: Member | None = None) -> None:
+def refuse(peer: Peer, exc: CollabError, doc: str, metrics) -> None:
     """The one place a refusal is answered over a WebSocket: counted, logged, an `error` frame, maybe a close.
 
     The close code is the error's own (a frame before hello: 4000; over the
     rate limit for good: 4429; ...) or else the table's for codes that always
     end a connection (unauthorized/forbidden 1008, unavailable/internal 1011).
-    Logs carry the code, never the frame's contents. Answering a welcomed
-    `member`'s frame, an error that does not close goes out behind the rest of
-    its resume, if that is still going out (`Member.send`): the client reads
-    it after what was sent to it before, as the frame it answers was made.
+    Logs carry the code, never the frame's contents.
     """
     if peer.closed:
         return
     close = exc.close if exc.close is not None else CODES[exc.code].close
     metrics.errors.labels(exc.code).inc()
     log.info("error doc=%s session=%s code=%s%s", doc, peer.session, exc.code, f" close={close}" if close else "")
-    frame = protocol.error_frame(exc.code, exc.message, exc.retry_after)
+    peer.send(protocol.error_frame(exc.code, exc.message, exc.retry_after))
     if close:
-        peer.send(frame)
         peer.close(close, exc.message)
-    elif member is not None:
-        member.send(frame)
-    else:
-        peer.send(frame)
 
 
 def _over_rate(bucket: TokenBucket, settings: Settings) -> ProtocolError:

@@ -639,7 +639,7 @@ async def test_an_error_answering_a_push_comes_after_the_rest_of_the_resume_sent
     welcome was refused (here its changes do not fit the document) before the rest of the resume, which
     reads its pages from the store, went out; the error overtook it, so the client judged the push
     against a text older than the one it was made on (a rescue dialog missing the others' edits). Now
-    the error is held behind the resume, as broadcasts are (`Member.send`)."""
+    the frames a client sends while its resume goes out are handled after it (`Member.resumed`)."""
     app = create_app(Settings(db=str(tmp_path / "e.db"), keep_updates=5))
     client = await aiohttp_client(app)
     port = client.server.port
