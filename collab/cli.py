@@ -74,23 +74,26 @@ def serve(settings: Settings) -> None:
         raise SystemExit(f"collab: {exc}") from None
 
     def announce():
-        print(f"collab: listening on {url}", flush=True)
-        print(f"collab: database {database(settings.db)}", flush=True)
+        said = []
         if secret is not None:
             # Never in the logs (stdout may be the journal): in a file only this user can read, and
-            # on the console when there is one.
+            # on the console when there is one. Written before "listening on" is said: whoever waits
+            # for that line finds the file.
             shown = url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
             link = f"{shown}/?token={Access(secret).admin_token()}"
             path = admin_link_file(settings)
             try:
                 write_private(path, link + "\n")
-                print(f"collab: access control is on; the admin link is in {path} (readable by this user only)",
-                      flush=True)
+                said.append(f"collab: access control is on; the admin link is in {path} (readable by this user "
+                            "only)")
             except OSError as exc:
-                print(f"collab: access control is on; cannot write the admin link to {path}: {exc.strerror}",
-                      flush=True)
+                said.append(f"collab: access control is on; cannot write the admin link to {path}: {exc.strerror}")
             if sys.stdout.isatty():
-                print(f"collab: admin link: {link}", flush=True)
+                said.append(f"collab: admin link: {link}")
+        print(f"collab: listening on {url}", flush=True)
+        print(f"collab: database {database(settings.db)}", flush=True)
+        for line in said:
+            print(line, flush=True)
 
     if settings.loop == "uvloop":
         import uvloop  # what aiohttp recommends: less CPU per frame (bench/README.md has the figures)
