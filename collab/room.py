@@ -138,6 +138,11 @@ async def _rebase_taking_turns(updates: list[Update], over: list[Update], ends: 
         return done.value
 
 
+def _heavy(updates: list[Update]) -> bool:
+    """Whether a push is heavy (HEAVY_BYTES): the event loop gets turns before and after it is applied."""
+    return sum(map(weight, updates)) >= HEAVY_BYTES
+
+
 async def give_turns(pause: float = 0.0) -> None:
     """Let the event loop run TURN_ROUNDS rounds before the rest of a long piece of work, so what is
     waiting meanwhile (a request needs several rounds: read, handle, write) is not held up by all of it;
@@ -610,7 +615,7 @@ class Room:
         if self.doc_id is None or not self._ready.is_set() or conn.closed:
             return False
         version, updates = msg.version, msg.updates
-        if sum(map(weight, updates)) >= HEAVY_BYTES:
+        if _heavy(updates):
             return False
         try:
             committed_work, pending_work = self.seq.rebase_work(version, updates)
@@ -637,7 +642,7 @@ class Room:
         conn = member.conn
         self._may_push(conn)
         self._spend(member, self._cost(msg.updates))
-        heavy = sum(map(weight, msg.updates)) >= HEAVY_BYTES
+        heavy = _heavy(msg.updates)
         if heavy:  # others go before it is applied (the connection may close meanwhile: see below)
             await give_turns(HEAVY_PAUSE)
         if self.doc_id is None:  # only a push that would be accepted makes the document

@@ -439,13 +439,13 @@ class Connection(BaseProtocol):
 
     Most frames need no task at all: a text frame read while nothing is queued
     before it and no task is handling one (`reading_now`) is handled at once,
-    from inside the parser (`now`): a keystroke, a cursor. Only what needs an
-    await (a push that makes the document, waits for a catch-up, or is heavy:
-    `Room.push_now`) is queued for the task, parsed already, as is every frame
-    that comes while the rest of the client's resume goes out (the task
-    handles it after that: `Member.resumed`), and every frame
-    read after it waits behind it, so frames are still handled in the order
-    they came. In docs20x5 (bench/README.md) this took about 5% off the
+    from inside the parser (`now`): a keystroke, a cursor. Two kinds go to the
+    task instead: a push that needs an await (it makes the document, waits for
+    a catch-up, or is heavy: `Room.push_now`), queued parsed already; and
+    every frame that comes while the rest of the client's resume goes out,
+    which the task handles once it has (`Member.resumed`). Every frame read
+    after one of them waits behind it, so frames are still handled in the
+    order they came. In docs20x5 (bench/README.md) this took about 5% off the
     server's CPU per edit: the task's wake-up and aiohttp's receive() for
     every frame.
     """
