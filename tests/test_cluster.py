@@ -788,10 +788,12 @@ def test_a_client_ahead_of_a_process_that_cannot_catch_up_in_time_comes_back_and
     rescue, and everything past that version vanished from its screen until the next updates. Now it
     is told to come back (unavailable, 1011), and resumes from v when it does.
 
-    Two processes, no Redis and checks 60 s apart, so process A learns of B's commits only when it
-    reads them; a test connection holds the document's row lock so that A's own commit waits."""
+    Two processes, no Redis and database checks 60 s apart (--poll-every: without Redis that is the
+    interval, not --check-every, which CI's slow run showed: A read B's commits in a check before the
+    lock was taken), so process A learns of B's commits only when it reads them; a test connection holds the document's row lock so that A's own commit waits."""
     import asyncpg
-    c = Cluster(pg_server.url(pg_database), 2, logs=tmp_path / "logs", extra_args=["--check-every", "60"])
+    c = Cluster(pg_server.url(pg_database), 2, logs=tmp_path / "logs",
+                extra_args=["--check-every", "60", "--poll-every", "60"])
     c.start()
     a, b = c.procs
 
@@ -825,6 +827,7 @@ def test_a_client_ahead_of_a_process_that_cannot_catch_up_in_time_comes_back_and
             await push(q, "q", 1 + k, "b", 1 + k)
             await acked(q, 2 + k)
         doc_id = welcome["docId"]
+        await asyncio.sleep(1)  # a slow machine: A still hears nothing (CI once took this long, and A had read up)
         pg = await asyncpg.connect(pg_server.url(pg_database))
         try:
             async with pg.transaction():
@@ -836,7 +839,7 @@ def test_a_client_ahead_of_a_process_that_cannot_catch_up_in_time_comes_back_and
                                                 pg_database):
                         await asyncio.sleep(0.02)
                 late, refused = await hello(a.ws_url, "late", 4, doc_id)  # past A, which cannot read up in time
-                closed = await late.receive()
+                closed = await asyncio.wait_for(late.receive(), 10)
         finally:
             await pg.close()
         late, welcome = await hello(a.ws_url, "late", 4, doc_id)  # the lock is let go: A catches up
