@@ -12,7 +12,10 @@ Rules that always hold:
     duplicated or late (pub/sub is at most once). A room that hears of a
     version it has not seen reads the missing updates from the database;
   * messages are published only after COMMIT returned (Rooms.published is
-    called from commit_done), by one publisher task, in commit order;
+    called from commit_done), by one publisher task, in commit order (all
+    those waiting in one round trip); once a publish fails, what waits and
+    what is said until Redis is reached again is dropped, not sent stale
+    ahead of what is said after;
   * channels are named after the database's deployment id (made once
     at random by a migration), so that only processes on the same
     database hear each other, whatever else shares the Redis server;
@@ -72,6 +75,8 @@ log = logging.getLogger("collab.cluster")
 PREFIX = "collab:"
 QUEUE_LIMIT = 10000     # messages waiting for the publisher; beyond it they are dropped (news, not data)
 QUEUE_BYTES = 16 << 20  # and bytes of them (an `updates` frame may be a whole --max-frame)
+PUBLISH_BATCH = 512     # messages the publisher sends in one round trip at most (a pipeline, in queue order)
+PUBLISH_BATCH_BYTES = 1 << 20  # and bytes: one more message is taken only while the batch is under this
 STOP_TIMEOUT = 5.0      # seconds stop() waits for its cancelled tasks to end
 EXPIRY_GRAIN = 0.25     # seconds: another process's cursors due to expire are dropped at most this late
 
@@ -101,6 +106,9 @@ class Cluster:
         self._confirmed: set[str] = set()    # subscriptions Redis confirmed on the current connection
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
         self._queued_bytes = 0
+        # A publish (or the check loop's ping) failed, and Redis has not been reached again since: news
+        # is dropped as it is made, not queued to go out stale behind what is said once Redis is back.
+        self._publisher_down = False
         self._dropping = Throttle(log)  # one warning a minute while messages are dropped, not one each
         self._check_failing = Throttle(log)  # and while the database checks fail
         self._tasks: list[asyncio.Task] = []
@@ -258,6 +266,8 @@ class Cluster:
         self._queue_raw(name, orjson.dumps(message))
 
     def _queue_raw(self, name: str, payload: bytes) -> None:
+        if self._publisher_down:
+            return  # made good once Redis is back: the others check every document, we republish our cursors
         if self._queued_bytes + len(payload) > QUEUE_BYTES or self._queue.full():
             self._dropping.warning("cluster: %d messages (%d bytes) wait for Redis; dropping more (the "
                                    "database checks catch up)", self._queue.qsize(), self._queued_bytes)
@@ -280,6 +290,8 @@ class Cluster:
                         f"unreachable ({self._reason(why)}); polling the database every {self.poll_every:g} s")
         changed = up != self.up
         self.up = up
+        if up:
+            self._publisher_down = False
         self.m_up.set(1 if up else 0)
         if up and changed:
             self._rosters_lost()
@@ -296,32 +308,52 @@ class Cluster:
         return f"{type(exc).__name__}: {redact(text, self.url or '')}"
 
     async def _publish_loop(self) -> None:
-        """The one publisher: messages go out in the order they were queued (commit order)."""
+        """The one publisher: messages go out in the order they were queued (commit order), all those
+        waiting (PUBLISH_BATCH, PUBLISH_BATCH_BYTES at most) in one round trip: a pipeline, no MULTI. A backlog (a busy
+        moment, Redis slow to answer) goes out at once, not a round trip per message behind it."""
         backoff = 0.1
         while True:  # not on _stopping: stop() drains the queue through it first
-            ch, payload = await self._queue.get()
-            self._queued_bytes -= len(payload)
-            while True:
-                try:
-                    if self._publisher_client is None:
-                        self._publisher_client = self._client(socket_timeout=2.0)
-                    await self._publisher_client.publish(ch, payload)
-                    self.m_published.inc()
-                    backoff = 0.1
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - Redis down: drop it, the checks catch up
-                    log.debug("cluster: publish failed: %s", exc)
-                    self._set_up(False, exc)
-                    # The subscriber goes too: only its reconnection says Redis is back (up), and while
-                    # we are down nothing else asks (the check loop pings only while up).
-                    client, self._publisher_client = self._publisher_client, None
-                    pubsub, self._pubsub = self._pubsub, None
-                    await _close_quietly(client, pubsub)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.5)
-                    break  # at most once: this message is dropped
+            batch = [await self._queue.get()]
+            size = len(batch[0][1])
+            while len(batch) < PUBLISH_BATCH and size < PUBLISH_BATCH_BYTES and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                size += len(batch[-1][1])
+            self._queued_bytes -= size
+            try:
+                if self._publisher_client is None:
+                    self._publisher_client = self._client(socket_timeout=2.0)
+                if len(batch) == 1:
+                    await self._publisher_client.publish(*batch[0])
+                else:
+                    pipe = self._publisher_client.pipeline(transaction=False)
+                    for ch, payload in batch:
+                        pipe.publish(ch, payload)
+                    await pipe.execute()
+                self.m_published.inc(len(batch))
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis down: at most once, these are dropped
+                log.debug("cluster: publish failed: %s", exc)
+                await self._publisher_lost(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+
+    async def _publisher_lost(self, exc: BaseException) -> None:
+        """A publish (or a ping) failed: Redis is down for us until the subscriber reaches it again (only
+        its reconnection says it is back: while we are down nothing else asks, the check loop pings only
+        while up). What waits to be published is dropped, and so is what is said until then: sent when
+        Redis is back it would be old news, ahead of the new (a cursor moved then went out seconds late
+        behind a thousand stale messages); the others' checks read our commits from the database meanwhile
+        and when they are back, and we republish our cursors (`_rosters_lost`)."""
+        self._publisher_down = True
+        self._set_up(False, exc)
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queued_bytes = 0
+        client, self._publisher_client = self._publisher_client, None
+        pubsub, self._pubsub = self._pubsub, None
+        await _close_quietly(client, pubsub)
 
     async def _read_loop(self) -> None:
         """The one subscriber connection: read, notice reconnects, hand news to rooms."""
@@ -467,10 +499,7 @@ class Cluster:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - paused or gone: poll until it answers again
-                    self._set_up(False, exc)
-                    client, self._publisher_client = self._publisher_client, None
-                    pubsub, self._pubsub = self._pubsub, None
-                    await _close_quietly(client, pubsub)
+                    await self._publisher_lost(exc)
 
     async def check(self) -> None:
         """Read the database's head of every open document: a room behind it catches up, and one whose
