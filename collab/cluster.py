@@ -12,10 +12,12 @@ Rules that always hold:
     duplicated or late (pub/sub is at most once). A room that hears of a
     version it has not seen reads the missing updates from the database;
   * messages are published only after COMMIT returned (Rooms.published is
-    called from commit_done), by one publisher task, in commit order (all
-    those waiting in one round trip); once a publish fails, what waits and
-    what is said until Redis is reached again is dropped, not sent stale
-    ahead of what is said after;
+    called from commit_done), by one publisher task, in commit order (what
+    waits goes out in one round trip, up to PUBLISH_BATCH messages and
+    PUBLISH_BATCH_BYTES); once a publish or a ping fails, what waits and
+    what is said until Redis is reached again is dropped rather than sent
+    late (what was already written to a Redis that stopped answering may
+    still arrive late, as any news may);
   * channels are named after the database's deployment id (made once
     at random by a migration), so that only processes on the same
     database hear each other, whatever else shares the Redis server;
@@ -76,7 +78,8 @@ PREFIX = "collab:"
 QUEUE_LIMIT = 10000     # messages waiting for the publisher; beyond it they are dropped (news, not data)
 QUEUE_BYTES = 16 << 20  # and bytes of them (an `updates` frame may be a whole --max-frame)
 PUBLISH_BATCH = 512     # messages the publisher sends in one round trip at most (a pipeline, in queue order)
-PUBLISH_BATCH_BYTES = 1 << 20  # and bytes: one more message is taken only while the batch is under this
+PUBLISH_BATCH_BYTES = 256 << 10  # and bytes: one more message is taken only while the batch is under this
+                                 # (a batch is written within the publisher's 2 s socket timeout: ~1 Mbit/s)
 STOP_TIMEOUT = 5.0      # seconds stop() waits for its cancelled tasks to end
 EXPIRY_GRAIN = 0.25     # seconds: another process's cursors due to expire are dropped at most this late
 
@@ -109,6 +112,7 @@ class Cluster:
         # A publish (or the check loop's ping) failed, and Redis has not been reached again since: news
         # is dropped as it is made, not queued to go out stale behind what is said once Redis is back.
         self._publisher_down = False
+        self._sending = False  # the publisher is sending a batch it took from the queue
         self._dropping = Throttle(log)  # one warning a minute while messages are dropped, not one each
         self._check_failing = Throttle(log)  # and while the database checks fail
         self._tasks: list[asyncio.Task] = []
@@ -185,7 +189,7 @@ class Cluster:
         await _close_quietly(self._pubsub, self._publisher_client)
 
     async def _drain(self) -> None:
-        while not self._queue.empty():
+        while not self._queue.empty() or self._sending:
             await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------- rooms call
@@ -319,13 +323,15 @@ class Cluster:
                 batch.append(self._queue.get_nowait())
                 size += len(batch[-1][1])
             self._queued_bytes -= size
+            self._sending, client = True, None
             try:
                 if self._publisher_client is None:
                     self._publisher_client = self._client(socket_timeout=2.0)
+                client = self._publisher_client
                 if len(batch) == 1:
-                    await self._publisher_client.publish(*batch[0])
+                    await client.publish(*batch[0])
                 else:
-                    pipe = self._publisher_client.pipeline(transaction=False)
+                    pipe = client.pipeline(transaction=False)
                     for ch, payload in batch:
                         pipe.publish(ch, payload)
                     await pipe.execute()
@@ -335,25 +341,32 @@ class Cluster:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: at most once, these are dropped
                 log.debug("cluster: publish failed: %s", exc)
-                await self._publisher_lost(exc)
+                self._publisher_lost(exc, client)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
+            finally:
+                self._sending = False
 
-    async def _publisher_lost(self, exc: BaseException) -> None:
-        """A publish (or a ping) failed: Redis is down for us until the subscriber reaches it again (only
-        its reconnection says it is back: while we are down nothing else asks, the check loop pings only
-        while up). What waits to be published is dropped, and so is what is said until then: sent when
-        Redis is back it would be old news, ahead of the new (a cursor moved then went out seconds late
-        behind a thousand stale messages); the others' checks read our commits from the database meanwhile
-        and when they are back, and we republish our cursors (`_rosters_lost`)."""
+    def _publisher_lost(self, exc: BaseException, client) -> None:
+        """A publish (or a ping) on `client` failed: Redis is down for us until the subscriber reaches it
+        again (only its reconnection says it is back: while we are down nothing else asks, the check loop
+        pings only while up). What waits to be published is dropped, and so is what is said until then:
+        sent when Redis is back it would be old news, ahead of the new (a cursor moved then went out
+        seconds late behind a thousand stale messages); the others' checks read our commits from the
+        database meanwhile and when they are back, and we republish our cursors (`_rosters_lost`).
+        A client already given up (the other loop's failure closed it) says nothing of the one since."""
+        if client is not self._publisher_client:
+            return
         self._publisher_down = True
         self._set_up(False, exc)
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queued_bytes = 0
-        client, self._publisher_client = self._publisher_client, None
+        self._publisher_client = None
         pubsub, self._pubsub = self._pubsub, None
-        await _close_quietly(client, pubsub)
+        # Closed aside: against a Redis that does not answer, closing may wait out its timeout, and
+        # neither loop should (the check loop is to start polling the database now).
+        self.rooms.spawn(_close_quietly(client, pubsub))
 
     async def _read_loop(self) -> None:
         """The one subscriber connection: read, notice reconnects, hand news to rooms."""
@@ -492,14 +505,15 @@ class Cluster:
                 # Said (once a minute): while it fails, news lost on Redis is not made good.
                 self._check_failing.warning("cluster: checking the open documents against the database "
                                             "failed: %s: %s", type(exc).__name__, exc)
-            if self.url and self.up and self._publisher_client is not None:
+            client = self._publisher_client
+            if self.url and self.up and client is not None:
                 try:
                     async with asyncio.timeout(1.0):
-                        await self._publisher_client.ping()
+                        await client.ping()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - paused or gone: poll until it answers again
-                    await self._publisher_lost(exc)
+                    self._publisher_lost(exc, client)
 
     async def check(self) -> None:
         """Read the database's head of every open document: a room behind it catches up, and one whose

@@ -805,6 +805,7 @@ def test_news_said_while_redis_was_down_is_not_sent_stale_when_it_is_back(cluste
     heard, crossed = asyncio.run(choreography())
     print(f"after the outage process 1 heard {heard:.0f} messages; a cursor moved crossed in {crossed:.2f} s")
     assert heard < edits / 3, f"process 1 heard {heard:.0f} messages once Redis was back: the outage's news, stale"
+    assert crossed <= CROSS_S, f"a cursor moved once Redis was back crossed in {crossed:.1f} s"
 
 
 def seen_at(p: Probe, session: str, pos: int) -> bool:
