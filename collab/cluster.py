@@ -313,8 +313,8 @@ class Cluster:
 
     async def _publish_loop(self) -> None:
         """The one publisher: messages go out in the order they were queued (commit order), all those
-        waiting (PUBLISH_BATCH, PUBLISH_BATCH_BYTES at most) in one round trip: a pipeline, no MULTI. A backlog (a busy
-        moment, Redis slow to answer) goes out at once, not a round trip per message behind it."""
+        waiting (PUBLISH_BATCH, PUBLISH_BATCH_BYTES at most) in one round trip: a pipeline, no MULTI.
+        A backlog (a busy moment, Redis slow to answer) goes out at once, not a round trip per message."""
         backoff = 0.1
         while True:  # not on _stopping: stop() drains the queue through it first
             batch = [await self._queue.get()]

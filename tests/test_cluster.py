@@ -833,7 +833,8 @@ def test_a_client_ahead_of_a_process_that_cannot_catch_up_in_time_comes_back_and
 
     Two processes, no Redis and database checks 60 s apart (--poll-every: without Redis that is the
     interval, not --check-every, which CI's slow run showed: A read B's commits in a check before the
-    lock was taken), so process A learns of B's commits only when it reads them; a test connection holds the document's row lock so that A's own commit waits."""
+    lock was taken), so process A learns of B's commits only when it reads them; a test connection
+    holds the document's row lock so that A's own commit waits."""
     import asyncpg
     c = Cluster(pg_server.url(pg_database), 2, logs=tmp_path / "logs",
                 extra_args=["--check-every", "60", "--poll-every", "60"])
