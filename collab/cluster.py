@@ -21,6 +21,15 @@ Rules that always hold:
   * channels are named after the database's deployment id (made once
     at random by a migration), so that only processes on the same
     database hear each other, whatever else shares the Redis server;
+  * Redis is up once it confirms this process's first subscription, and
+    down when a connection fails or does not answer in time; a Redis that
+    answers with an error (an ACL, a password, a database number it does
+    not have) is asked again later and later (up to REFUSED_BACKOFF_MAX
+    seconds) and logged as refusing: refused subscriptions leave it down
+    (said once), refused publishes leave the subscriber alone and drop
+    what is said until the next try (said once a minute). No command text
+    goes to the log (redis-py quotes a failed pipeline command, and with
+    it what was published);
   * one subscriber connection listens to the channels of the open
     documents; a room subscribes before it loads from the database, and
     news of a commit that comes while it loads is handed to it once it is
@@ -81,7 +90,20 @@ PUBLISH_BATCH = 512     # messages the publisher sends in one round trip at most
 PUBLISH_BATCH_BYTES = 256 << 10  # and bytes: one more message is taken only while the batch is under this
                                  # (a batch is written within the publisher's 2 s socket timeout: ~1 Mbit/s)
 STOP_TIMEOUT = 5.0      # seconds stop() waits for its cancelled tasks to end
+REFUSED_BACKOFF_MAX = 10.0  # seconds between tries at most while Redis refuses us (sooner changes nothing)
 EXPIRY_GRAIN = 0.25     # seconds: another process's cursors due to expire are dropped at most this late
+
+
+def _refusal(exc: BaseException | None) -> bool:
+    """Whether `exc` is Redis answering with an error (an ACL without PUBLISH or SUBSCRIBE or the channels
+    collab:*, a wrong password, a database number it does not have): unlike a Redis that does not answer,
+    asking again at once changes nothing."""
+    from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
+    return isinstance(exc, (ResponseError, AuthenticationError, AuthorizationError))
+
+
+REFUSAL_ADVICE = ("give collab's Redis user PUBLISH, SUBSCRIBE, UNSUBSCRIBE and PING on the channels collab:* "
+                  "(docs/deploy.md)")
 
 
 def _name_or_none(value) -> str | None:
@@ -113,6 +135,8 @@ class Cluster:
         # is dropped as it is made, not queued to go out stale behind what is said once Redis is back.
         self._publisher_down = False
         self._sending = False  # the publisher is sending a batch it took from the queue
+        self._refused = False  # the subscriber is down because Redis refused it (see _refusal), not unreachable
+        self._publish_refused = Throttle(log)  # Redis refuses our PUBLISH while it lets us listen: said once a minute
         self._dropping = Throttle(log)  # one warning a minute while messages are dropped, not one each
         self._check_failing = Throttle(log)  # and while the database checks fail
         self._tasks: list[asyncio.Task] = []
@@ -125,7 +149,7 @@ class Cluster:
         self._stopping = False
         metrics = rooms.metrics
         self.m_up = metrics.bus_up
-        self.m_received, self.m_published = metrics.bus_received, metrics.bus_published
+        self.m_received, self.m_published, self.m_dropped = metrics.bus_received, metrics.bus_published, metrics.bus_dropped
 
     # ------------------------------------------------------------ lifecycle
 
@@ -202,7 +226,7 @@ class Cluster:
         """Hear about `name` (called before the room loads, so nothing committed after the load is missed)."""
         ch = self.channel(name)
         self._channels.add(ch)
-        if self._pubsub is not None and self.up:
+        if self._pubsub is not None:  # (connected, perhaps not confirmed yet: then _connect has returned)
             try:
                 await self._pubsub.subscribe(ch)
             except Exception as exc:  # noqa: BLE001 - the reader notices and reconnects
@@ -229,7 +253,7 @@ class Cluster:
         ch = self.channel(name)
         self._channels.discard(ch)
         self._confirmed.discard(ch)
-        if self._pubsub is not None and self.up:
+        if self._pubsub is not None:
             self.rooms.spawn(self._unsubscribe(ch))
 
     async def _unsubscribe(self, ch: str) -> None:
@@ -244,6 +268,8 @@ class Cluster:
         Redis is down: it would only wait to be dropped, and the database checks bring it anyway."""
         if self.url and self.up:
             self._queue_raw(name, b'{"k":"u","p":"%s","d":%d,"m":%s}' % (self.id.encode(), doc_id, frame))
+        elif self.url:
+            self.m_dropped.inc()
 
     def publish_presence(self, name: str, peers: list[dict]) -> None:
         if self.url and peers:
@@ -271,8 +297,10 @@ class Cluster:
 
     def _queue_raw(self, name: str, payload: bytes) -> None:
         if self._publisher_down:
+            self.m_dropped.inc()
             return  # made good once Redis is back: the others check every document, we republish our cursors
         if self._queued_bytes + len(payload) > QUEUE_BYTES or self._queue.full():
+            self.m_dropped.inc()
             self._dropping.warning("cluster: %d messages (%d bytes) wait for Redis; dropping more (the "
                                    "database checks catch up)", self._queue.qsize(), self._queued_bytes)
             return
@@ -286,12 +314,17 @@ class Cluster:
         return redis.Redis.from_url(self.url, socket_connect_timeout=2.0, **options)
 
     def _set_up(self, up: bool, why: BaseException | None = None) -> None:
-        """Redis is reachable (`up`) or not, `why` the error that says so: logged when it changes."""
+        """Redis is heard (`up`: our subscriptions confirmed) or not, `why` the error that says so: logged
+        when it changes, and when Redis that did not answer now refuses us, or the other way round."""
+        refused = not up and _refusal(why)
         if up and self.up is None:
             log.info("cluster: Redis at %s is reachable", masked(self.url))
-        elif up != self.up:
-            log.warning("cluster: Redis at %s is %s", masked(self.url), "reachable again" if up else
-                        f"unreachable ({self._reason(why)}); polling the database every {self.poll_every:g} s")
+        elif up != self.up or (not up and refused != self._refused):
+            log.warning("cluster: Redis at %s %s", masked(self.url), "is reachable again" if up else
+                        f"refuses us ({self._reason(why)}): {REFUSAL_ADVICE}; polling the database every "
+                        f"{self.poll_every:g} s" if refused else
+                        f"is unreachable ({self._reason(why)}); polling the database every {self.poll_every:g} s")
+        self._refused = refused
         changed = up != self.up
         self.up = up
         if up:
@@ -315,7 +348,7 @@ class Cluster:
         """The one publisher: messages go out in the order they were queued (commit order), all those
         waiting (PUBLISH_BATCH, PUBLISH_BATCH_BYTES at most) in one round trip: a pipeline, no MULTI.
         A backlog (a busy moment, Redis slow to answer) goes out at once, not a round trip per message."""
-        backoff = 0.1
+        backoff = refused = 0.1  # the pauses after a failure: Redis not answering, Redis refusing
         while True:  # not on _stopping: stop() drains the queue through it first
             batch = [await self._queue.get()]
             size = len(batch[0][1])
@@ -323,7 +356,7 @@ class Cluster:
                 batch.append(self._queue.get_nowait())
                 size += len(batch[-1][1])
             self._queued_bytes -= size
-            self._sending, client = True, None
+            self._sending, client, pause = True, None, 0.0
             try:
                 if self._publisher_client is None:
                     self._publisher_client = self._client(socket_timeout=2.0)
@@ -334,48 +367,76 @@ class Cluster:
                     pipe = client.pipeline(transaction=False)
                     for ch, payload in batch:
                         pipe.publish(ch, payload)
-                    await pipe.execute()
+                    # Errors returned, not raised: raised, redis-py writes the command into the message,
+                    # and with it the start of what was published (an edit's text) into our log.
+                    errors = [r for r in await pipe.execute(raise_on_error=False) if isinstance(r, Exception)]
+                    if errors:
+                        raise errors[0]
                 self.m_published.inc(len(batch))
-                backoff = 0.1
+                if refused > 0.1:
+                    log.warning("cluster: Redis at %s takes this process's news again", masked(self.url))
+                backoff = refused = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: at most once, these are dropped
                 log.debug("cluster: publish failed: %s", exc)
-                self._publisher_lost(exc, client)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
+                if _refusal(exc) and client is self._publisher_client:
+                    # Redis answers, and refuses what we publish. The subscriber is not at fault: it stays
+                    # (taken down, it came back at once, and each time made a check of every document and
+                    # two warnings). What we say is dropped until the next try, later each time.
+                    self._publish_refused.warning(
+                        "cluster: Redis at %s refuses this process's news (%s): %s. Meanwhile the other "
+                        "processes read its edits from the database (every --check-every s) and do not see "
+                        "its editors' cursors", masked(self.url), self._reason(exc), REFUSAL_ADVICE)
+                    self._drop_news(len(batch))
+                    pause, refused = refused, min(refused * 2, REFUSED_BACKOFF_MAX)
+                else:
+                    self._publisher_lost(exc, client, len(batch))
+                    pause, backoff = backoff, min(backoff * 2, 0.5)
             finally:
                 self._sending = False
+            if pause:
+                await asyncio.sleep(pause)
+                if refused > 0.1 and self.up:
+                    self._publisher_down = False  # try again (while the subscriber is away: once it is back)
 
-    def _publisher_lost(self, exc: BaseException, client) -> None:
+    def _publisher_lost(self, exc: BaseException, client, failed: int = 0) -> None:
         """A publish (or a ping) on `client` failed: Redis is down for us until the subscriber reaches it
         again (only its reconnection says it is back: while we are down nothing else asks, the check loop
         pings only while up). What waits to be published is dropped, and so is what is said until then:
         sent when Redis is back it would be old news, ahead of the new (a cursor moved then went out
         seconds late behind a thousand stale messages); the others' checks read our commits from the
         database meanwhile and when they are back, and we republish our cursors (`_rosters_lost`).
-        A client already given up (the other loop's failure closed it) says nothing of the one since."""
+        A client already given up (the other loop's failure closed it) says nothing of the one since.
+        `failed`: messages of the batch that failed (counted as dropped)."""
         if client is not self._publisher_client:
             return
-        self._publisher_down = True
         self._set_up(False, exc)
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queued_bytes = 0
+        self._drop_news(failed)
         self._publisher_client = None
         pubsub, self._pubsub = self._pubsub, None
         # Closed aside: against a Redis that does not answer, closing may wait out its timeout, and
         # neither loop should (the check loop is to start polling the database now).
         self.rooms.spawn(_close_quietly(client, pubsub))
 
+    def _drop_news(self, failed: int) -> None:
+        """Drop what waits to be published, and what is said until Redis takes it again; `failed` more
+        (a batch that failed) are counted as dropped with them."""
+        self._publisher_down = True
+        self.m_dropped.inc(failed + self._queue.qsize())
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queued_bytes = 0
+
     async def _read_loop(self) -> None:
         """The one subscriber connection: read, notice reconnects, hand news to rooms."""
         backoff = 0.1
+        connected = None  # when the current connection was made
         while not self._stopping:  # as well as cancelled: see stop()
             try:
                 if self._pubsub is None:
                     await self._connect()
-                    backoff = 0.1
+                    connected = time.monotonic()
                 message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                 if message is not None:
                     self._on_message(message)
@@ -387,14 +448,20 @@ class Cluster:
                 self._set_up(False, exc)
                 pubsub, self._pubsub = self._pubsub, None
                 await _close_quietly(pubsub)
+                if connected is not None and time.monotonic() - connected > REFUSED_BACKOFF_MAX:
+                    backoff = 0.1  # it had served a while: a new failure
+                connected = None
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
+                # Refused, a connection fails again as soon as it is made: later and later, not every 0.1 s.
+                backoff = min(backoff * 2, REFUSED_BACKOFF_MAX if _refusal(exc) else 0.5)
 
     async def _connect(self) -> None:
+        """A new subscriber connection, subscribed to the channels of the open documents. Redis is up once
+        it confirms the first subscription (`_on_message`): a Redis that refuses it (an ACL) never is."""
         client = self._client(socket_timeout=None)
         pubsub = client.pubsub()
         self._confirmed.clear()
-        await pubsub.subscribe(self.prefix + "\0hello")  # a connection with at least one subscription
+        await pubsub.subscribe(self._hello_channel())  # a connection with at least one subscription
         subscribed: set[str] = set()
         while True:  # rooms open (watch) and close (unwatch) meanwhile, seeing no pubsub yet: until it holds
             missing, stale = self._channels - subscribed, subscribed - self._channels
@@ -406,7 +473,9 @@ class Cluster:
                 await pubsub.unsubscribe(*stale)
             subscribed = (subscribed | missing) - stale
         self._pubsub = pubsub
-        self._set_up(True)
+
+    def _hello_channel(self) -> str:
+        return self.prefix + "\0hello"
 
     def _on_message(self, message: dict) -> None:
         kind = message.get("type")
@@ -419,6 +488,8 @@ class Cluster:
                 self._check_now.set()
                 self._rosters_lost()
             self._confirmed.add(ch)
+            if ch == self._hello_channel() and not self.up:
+                self._set_up(True)
             return
         if kind != "message" or not ch or not ch.startswith(self.prefix):
             return
@@ -513,7 +584,8 @@ class Cluster:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - paused or gone: poll until it answers again
-                    self._publisher_lost(exc, client)
+                    if not _refusal(exc):  # (an answer, if a refusal: Redis is there)
+                        self._publisher_lost(exc, client)
 
     async def check(self) -> None:
         """Read the database's head of every open document: a room behind it catches up, and one whose

@@ -103,11 +103,14 @@ class Metrics:
                                        "used right now) or `error`", ["reason"], registry=r)
         self.catchup_reads = Counter("collab_catchup_reads", "Reads of updates other processes committed "
                                      "(after a lost commit, a gap, or a check)", registry=r)
-        self.bus_up = Gauge("collab_bus_up", "1 while Redis (--redis) is reachable", registry=r)
+        self.bus_up = Gauge("collab_bus_up", "1 while Redis (--redis) is heard (it confirmed this process's "
+                            "subscriptions)", registry=r)
         self.bus_gaps = Counter("collab_bus_gaps", "Messages from other processes that jumped ahead "
                                 "(the missing updates were read from the database)", registry=r)
         self.bus_received = Counter("collab_bus_received", "Messages received from other processes", registry=r)
         self.bus_published = Counter("collab_bus_published", "Messages published to other processes", registry=r)
+        self.bus_dropped = Counter("collab_bus_dropped", "Messages not published: Redis down, refusing them, or "
+                                   "too slow (the other processes' database checks make updates good)", registry=r)
         self.errors = Counter("collab_protocol_errors", "Refused frames and requests, by error code",
                               ["code"], registry=r)
         self.bytes_in = hot.add(Tally("collab_bytes_in", "WebSocket message bytes received (after decompression)"))

@@ -296,17 +296,136 @@ async def test_the_log_says_at_start_whether_redis_is_reachable(tmp_path, caplog
         if reachable is True:
             assert said == [("INFO", f"cluster: Redis at {url} is reachable")], said
         else:
+            # Nothing listening: "unreachable"; a server without that database number: it "refuses us", with
+            # what to do. Either way the error's own words.
+            said_is = " refuses us (" if redis else " is unreachable ("
             assert len(said) == 1 and said[0][0] == "WARNING", said
-            assert said[0][1].startswith(f"cluster: Redis at {shown} is unreachable ("), said
-            assert said[0][1].endswith("); polling the database every 0.1 s"), said
-            why = said[0][1].split(" is unreachable (", 1)[1]
-            # Nothing listening, or a server without that database number: the error's own words, not just
-            # "unreachable".
+            assert said[0][1].startswith(f"cluster: Redis at {shown}{said_is}"), said
+            assert said[0][1].endswith("; polling the database every 0.1 s"), said
+            why = said[0][1].split(said_is, 1)[1]
             assert why.startswith("ConnectionError: Error 111 " if not redis else
                                   "ResponseError: DB index is out of range"), why
+            assert ("give collab's Redis user PUBLISH, SUBSCRIBE" in why) == bool(redis), why
     finally:
         await cluster.stop()
         await rooms.shutdown()
         await store.close()
         if redis:
             redis.stop()
+
+
+@pytest.fixture
+async def acl_bus(tmp_path):
+    """make(*rules) -> a Cluster started on a real Redis as the ACL user "collab", which `rules` (ACL SETUSER's
+    words) allow or refuse; with the Redis, its admin connection and the cluster's checks counted."""
+    import redis.asyncio as redis_py
+
+    redis = RedisServer(workdir=tmp_path / "redis").start()
+    admin = redis_py.Redis(host="127.0.0.1", port=redis.port)
+    settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0)
+    store = await Store(settings.db).open()
+    rooms = Rooms(settings, store)
+    made = []
+
+    async def make(*rules):
+        await admin.execute_command("ACL", "SETUSER", "collab", "reset", "on", ">pw", *rules)
+        cluster = rooms.cluster = Cluster(rooms, f"redis://collab:pw@127.0.0.1:{redis.port}/0",
+                                          check_every=0.2, poll_every=0.1)
+        cluster.checks = 0
+        check = cluster.check
+
+        async def counted():
+            cluster.checks += 1
+            await check()
+        cluster.check = counted
+        made.append(cluster)
+        await cluster.start()
+        return cluster
+
+    make.redis, make.admin, make.rooms = redis, admin, rooms
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            await cluster.stop()
+        await rooms.shutdown()
+        await store.close()
+        await admin.aclose()
+        redis.stop()
+
+
+def _dropped(bus) -> float:
+    return bus.rooms.metrics.registry.get_sample_value("collab_bus_dropped_total")
+
+
+async def _connections(admin) -> int:
+    return (await admin.info("stats"))["total_connections_received"]
+
+
+async def test_redis_refusing_our_news_is_said_once_leaves_the_subscriber_alone_and_is_tried_again(
+        acl_bus, caplog):
+    """Was: a PUBLISH refused (an ACL without it) was taken for Redis being down: the subscriber was
+    closed, came back at once (it was not refused), and so on every 0.1-0.5 s, each time with a check
+    of every document and two warnings ('unreachable', 'reachable again'), the second batch's refusal
+    quoting the start of what was published (an edit's text) into the log."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="collab.cluster"):
+        bus = await acl_bus("allchannels", "+@all", "-publish")
+        await until(lambda: bus.up, "the bus coming up")
+        connections, checks, down = await _connections(acl_bus.admin), bus.checks, 0
+        for i in range(40):  # 2 s of news refused
+            bus.publish_updates("doc", 1, b'{"type":"updates","secret":"TEXT-OF-AN-EDIT-%d"}' % i)
+            bus.publish_updates("doc", 1, b'{"type":"updates","secret":"TEXT-OF-AN-EDIT-%d"}' % i)  # a batch
+            await asyncio.sleep(0.05)
+            down += not bus.up
+        assert down == 0, f"the bus was down in {down} looks of 40, though Redis answered"
+        assert _dropped(bus) == 80, "every message refused or not sent counted as dropped on /metrics"
+        assert await _connections(acl_bus.admin) - connections <= 1, "connections made again and again"
+        assert bus.checks - checks <= 2 / 0.2 + 2, f"{bus.checks - checks} checks of every document in 2 s"
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if "Redis at" in r.getMessage()]
+        refused = [m for level, m in said if "refuses this process's news (NoPermissionError: " in m]
+        assert len(refused) == 1 and "give collab's Redis user PUBLISH, SUBSCRIBE" in refused[0], said
+        assert not [m for _, m in said if "reachable again" in m or "unreachable" in m], said
+        assert not [r for r in caplog.records if "TEXT-OF-AN-EDIT" in r.getMessage()], "published text in the log"
+
+        # Allowed again: news goes out within the growing pause (2 s of refusals: about 3 s at most).
+        listener = acl_bus.admin.pubsub()
+        await listener.subscribe(bus.channel("doc"))
+        await acl_bus.admin.execute_command("ACL", "SETUSER", "collab", "+publish")
+        heard = None
+        async with asyncio.timeout(8):
+            while heard is None:
+                bus.publish_leave("doc", ["a-session"])
+                heard = await listener.get_message(ignore_subscribe_messages=True, timeout=0.05)
+        await listener.aclose()
+        assert orjson.loads(heard["data"])["s"] == ["a-session"]
+        assert [m for _, m in said + [(r.levelname, r.getMessage()) for r in caplog.records]
+                if "takes this process's news again" in m]
+
+
+async def test_redis_refusing_our_subscriptions_is_said_once_and_asked_again_later_and_later(acl_bus, caplog):
+    """Was: the subscriber's connection counted as up as soon as its SUBSCRIBEs were written, before
+    Redis answered them; refused (an ACL without the channels collab:*), it went down at the answer and
+    reconnected 0.1 s later, for ever: about ten connections, ten checks of every document and twenty
+    warnings ('reachable again', 'unreachable') a second. Up now means Redis confirmed the subscription."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="collab.cluster"):
+        connections = await _connections(acl_bus.admin)
+        bus = await acl_bus("resetchannels", "&other:*", "+@all")
+        ups = 0
+        for _ in range(60):  # 3 s
+            await asyncio.sleep(0.05)
+            ups += bool(bus.up)
+        made = await _connections(acl_bus.admin) - connections
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if "Redis at" in r.getMessage()]
+        assert ups == 0 and bus.up is False, f"up in {ups} looks of 60"
+        assert made <= 7, f"{made} connections in 3 s"  # 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s apart: 5 or 6
+        assert len(said) == 1 and " refuses us (NoPermissionError: " in said[0][1], said
+        assert bus.checks >= 3 / 0.1 / 2, f"only {bus.checks} checks in 3 s: the database is polled meanwhile"
+
+        await acl_bus.admin.execute_command("ACL", "SETUSER", "collab", "allchannels")
+        await until(lambda: bus.up, "the bus coming up once allowed", timeout=15)
+        said = [m for r in caplog.records if "Redis at" in (m := r.getMessage())]
+        assert said[-1].endswith(" is reachable again"), said
