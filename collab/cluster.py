@@ -21,15 +21,16 @@ Rules that always hold:
   * channels are named after the database's deployment id (made once
     at random by a migration), so that only processes on the same
     database hear each other, whatever else shares the Redis server;
-  * Redis is up once it confirms this process's first subscription, and
-    down when a connection fails or does not answer in time; a Redis that
-    answers with an error (an ACL, a password, a database number it does
-    not have) is asked again later and later (up to REFUSED_BACKOFF_MAX
-    seconds) and logged as refusing: refused subscriptions leave it down
-    (said once), refused publishes leave the subscriber alone and drop
-    what is said until the next try (said once a minute). No command text
-    goes to the log (redis-py quotes a failed pipeline command, and with
-    it what was published);
+  * Redis is up once it confirms this process's first subscription
+    (within CONFIRM_TIMEOUT), and down when a connection fails or does not
+    answer in time; a Redis that refuses us (an ACL, a wrong password, a
+    database number it does not have: `_refusal`) is asked again later and
+    later (up to REFUSED_BACKOFF_MAX seconds) and logged as refusing, with
+    what to do: refused subscriptions leave it down (said once), refused
+    publishes leave the subscriber alone and drop what is said until the
+    next try (said once a minute). No command text goes to the log
+    (redis-py quotes a failed pipeline command, and with it what was
+    published);
   * one subscriber connection listens to the channels of the open
     documents; a room subscribes before it loads from the database, and
     news of a commit that comes while it loads is handed to it once it is
@@ -91,19 +92,24 @@ PUBLISH_BATCH_BYTES = 256 << 10  # and bytes: one more message is taken only whi
                                  # (a batch is written within the publisher's 2 s socket timeout: ~1 Mbit/s)
 STOP_TIMEOUT = 5.0      # seconds stop() waits for its cancelled tasks to end
 REFUSED_BACKOFF_MAX = 10.0  # seconds between tries at most while Redis refuses us (sooner changes nothing)
+CONFIRM_TIMEOUT = 5.0   # seconds a new subscriber connection may wait for Redis to confirm its subscriptions
 EXPIRY_GRAIN = 0.25     # seconds: another process's cursors due to expire are dropped at most this late
 
 
-def _refusal(exc: BaseException | None) -> bool:
-    """Whether `exc` is Redis answering with an error (an ACL without PUBLISH or SUBSCRIBE or the channels
-    collab:*, a wrong password, a database number it does not have): unlike a Redis that does not answer,
-    asking again at once changes nothing."""
-    from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
-    return isinstance(exc, (ResponseError, AuthenticationError, AuthorizationError))
-
-
-REFUSAL_ADVICE = ("give collab's Redis user PUBLISH, SUBSCRIBE, UNSUBSCRIBE and PING on the channels collab:* "
-                  "(docs/deploy.md)")
+def _refusal(exc: BaseException | None) -> str | None:
+    """What to do about `exc` if it is Redis refusing us: an ACL without PUBLISH or SUBSCRIBE or the channels
+    collab:*, a wrong user or password, a database number it does not have. Unlike a Redis that does not
+    answer, asking again at once changes nothing. None for anything else, passing errors included (BUSY
+    while a script runs, TRYAGAIN, ...): those count as Redis not answering."""
+    from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, ResponseError
+    if isinstance(exc, NoPermissionError):
+        return ("give collab's Redis user PUBLISH, SUBSCRIBE, UNSUBSCRIBE and PING on the channels collab:* "
+                "(docs/deploy.md)")
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return "check the user and password in the Redis URL"
+    if isinstance(exc, ResponseError) and str(exc).startswith("DB index"):
+        return "use a database number the Redis server has (the URL's path: /0)"
+    return None
 
 
 def _name_or_none(value) -> str | None:
@@ -135,7 +141,7 @@ class Cluster:
         # is dropped as it is made, not queued to go out stale behind what is said once Redis is back.
         self._publisher_down = False
         self._sending = False  # the publisher is sending a batch it took from the queue
-        self._refused = False  # the subscriber is down because Redis refused it (see _refusal), not unreachable
+        self._refused: str | None = None  # the subscriber is down because Redis refused it (`_refusal`'s advice)
         self._publish_refused = Throttle(log)  # Redis refuses our PUBLISH while it lets us listen: said once a minute
         self._dropping = Throttle(log)  # one warning a minute while messages are dropped, not one each
         self._check_failing = Throttle(log)  # and while the database checks fail
@@ -316,12 +322,12 @@ class Cluster:
     def _set_up(self, up: bool, why: BaseException | None = None) -> None:
         """Redis is heard (`up`: our subscriptions confirmed) or not, `why` the error that says so: logged
         when it changes, and when Redis that did not answer now refuses us, or the other way round."""
-        refused = not up and _refusal(why)
+        refused = None if up else _refusal(why)
         if up and self.up is None:
             log.info("cluster: Redis at %s is reachable", masked(self.url))
         elif up != self.up or (not up and refused != self._refused):
             log.warning("cluster: Redis at %s %s", masked(self.url), "is reachable again" if up else
-                        f"refuses us ({self._reason(why)}): {REFUSAL_ADVICE}; polling the database every "
+                        f"refuses us ({self._reason(why)}): {refused}; polling the database every "
                         f"{self.poll_every:g} s" if refused else
                         f"is unreachable ({self._reason(why)}); polling the database every {self.poll_every:g} s")
         self._refused = refused
@@ -380,14 +386,15 @@ class Cluster:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: at most once, these are dropped
                 log.debug("cluster: publish failed: %s", exc)
-                if _refusal(exc) and client is self._publisher_client:
+                advice = _refusal(exc)
+                if advice and client is self._publisher_client:
                     # Redis answers, and refuses what we publish. The subscriber is not at fault: it stays
                     # (taken down, it came back at once, and each time made a check of every document and
                     # two warnings). What we say is dropped until the next try, later each time.
                     self._publish_refused.warning(
                         "cluster: Redis at %s refuses this process's news (%s): %s. Meanwhile the other "
                         "processes read its edits from the database (every --check-every s) and do not see "
-                        "its editors' cursors", masked(self.url), self._reason(exc), REFUSAL_ADVICE)
+                        "its editors' cursors", masked(self.url), self._reason(exc), advice)
                     self._drop_news(len(batch))
                     pause, refused = refused, min(refused * 2, REFUSED_BACKOFF_MAX)
                 else:
@@ -410,6 +417,7 @@ class Cluster:
         A client already given up (the other loop's failure closed it) says nothing of the one since.
         `failed`: messages of the batch that failed (counted as dropped)."""
         if client is not self._publisher_client:
+            self.m_dropped.inc(failed)
             return
         self._set_up(False, exc)
         self._drop_news(failed)
@@ -437,9 +445,14 @@ class Cluster:
                 if self._pubsub is None:
                     await self._connect()
                     connected = time.monotonic()
-                message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                pubsub = self._pubsub
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if pubsub is not self._pubsub:
+                    continue  # given up meanwhile (_publisher_lost): what it still read is not ours to hear
                 if message is not None:
                     self._on_message(message)
+                elif not self.up and connected is not None and time.monotonic() - connected > CONFIRM_TIMEOUT:
+                    raise TimeoutError(f"no answer to SUBSCRIBE in {CONFIRM_TIMEOUT:g} s")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - anything: start over on a fresh connection
@@ -448,12 +461,13 @@ class Cluster:
                 self._set_up(False, exc)
                 pubsub, self._pubsub = self._pubsub, None
                 await _close_quietly(pubsub)
-                if connected is not None and time.monotonic() - connected > REFUSED_BACKOFF_MAX:
+                refused = _refusal(exc) is not None
+                if connected is not None and time.monotonic() - connected > REFUSED_BACKOFF_MAX and not refused:
                     backoff = 0.1  # it had served a while: a new failure
                 connected = None
                 await asyncio.sleep(backoff)
                 # Refused, a connection fails again as soon as it is made: later and later, not every 0.1 s.
-                backoff = min(backoff * 2, REFUSED_BACKOFF_MAX if _refusal(exc) else 0.5)
+                backoff = min(backoff * 2, REFUSED_BACKOFF_MAX if refused else 0.5)
 
     async def _connect(self) -> None:
         """A new subscriber connection, subscribed to the channels of the open documents. Redis is up once
@@ -461,7 +475,8 @@ class Cluster:
         client = self._client(socket_timeout=None)
         pubsub = client.pubsub()
         self._confirmed.clear()
-        await pubsub.subscribe(self._hello_channel())  # a connection with at least one subscription
+        async with asyncio.timeout(CONFIRM_TIMEOUT):  # (it connects: a Redis that never answers does not hold it)
+            await pubsub.subscribe(self._hello_channel())  # a connection with at least one subscription
         subscribed: set[str] = set()
         while True:  # rooms open (watch) and close (unwatch) meanwhile, seeing no pubsub yet: until it holds
             missing, stale = self._channels - subscribed, subscribed - self._channels
@@ -584,7 +599,8 @@ class Cluster:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - paused or gone: poll until it answers again
-                    if not _refusal(exc):  # (an answer, if a refusal: Redis is there)
+                    from redis.exceptions import NoPermissionError
+                    if not isinstance(exc, NoPermissionError):  # (refused by an ACL: an answer all the same)
                         self._publisher_lost(exc, client)
 
     async def check(self) -> None:
