@@ -419,6 +419,17 @@ def _one_replacement(s: list[int]) -> bool:
             and (s[2] > 0 or s[3] > 0))
 
 
+def _empty_keep_at_end(s: list[int]) -> bool:
+    """Whether an empty keep comes after the last non-empty pair of `s` (never in a normal set): mapping
+    over it, CodeMirror's walk and ours find the other set done first and refuse the lengths."""
+    k = len(s) - 2
+    while k >= 0 and s[k] == 0:
+        if s[k + 1] < 0:
+            return True
+        k -= 2
+    return False
+
+
 def _mismatch(a: ChangeSet, b: ChangeSet, what: str) -> ChangeError:
     return ChangeError(f"cannot {what} change sets of lengths {a.length} and {b.length} / {b.new_length}")
 
@@ -433,27 +444,32 @@ def _map(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> ChangeSet
     """
     if a.length != b.length:
         raise ChangeError(f"cannot map changes of length {a.length} over changes of length {b.length}")
-    sa, sb = a.sections, b.sections
-    if _one_replacement(sa) and _one_replacement(sb):
-        # Fast path, two keystrokes apart, with kept text between them (no tie to
-        # break). What the walk below builds: a's replacement, shifted by b's
-        # when b's comes first, in the keeps that remain.
-        pa, da, ia = sa[0], sa[2], sa[3]
-        pb, db, ib = sb[0], sb[2], sb[3]
-        shift = ib - db
-        if pa + da < pb:
-            sections = [pa, KEEP, da, ia, a.length - pa - da + shift, KEEP]
-        elif pb + db < pa:
-            sections = [pa + shift, KEEP, da, ia, sa[4], KEEP]
-        else:
-            sections = None
-        if sections is not None:
-            cs = _new(ChangeSet if with_text else ChangeDesc)
-            cs.sections = sections
-            cs.inserted = ["", a.inserted[1], ""] if with_text else ["", "", ""]
-            cs.length = b.new_length
-            cs.new_length = b.new_length - da + ia
-            return cs
+    sa = a.sections
+    if _one_replacement(sa):
+        # Fast path: a keystroke strictly inside a stretch b keeps (no tie to break,
+        # whatever b does elsewhere). What the walk below builds: a's replacement,
+        # shifted by what b's changes before it add, between two keeps (all that
+        # b does becomes kept text for a, and merges into them).
+        pa, da = sa[0], sa[2]
+        end = pa + da
+        sb = b.sections
+        at = shift = 0  # where b's pair starts in b's input; what b's pairs before it add
+        for i in range(0, len(sb), 2):
+            n, ins = sb[i], sb[i + 1]
+            if ins < 0:
+                if pa < at + n:
+                    if at < pa and end < at + n and not _empty_keep_at_end(sb):
+                        ia = sa[3]
+                        cs = _new(ChangeSet if with_text else ChangeDesc)
+                        cs.sections = [pa + shift, KEEP, da, ia, b.new_length - pa - shift - da, KEEP]
+                        cs.inserted = ["", a.inserted[1], ""] if with_text else ["", "", ""]
+                        cs.length = b.new_length
+                        cs.new_length = b.new_length - da + ia
+                        return cs
+                    break
+            else:
+                shift += ins - n
+            at += n
     return _map_walk(a, b, before, with_text)
 
 
@@ -577,14 +593,47 @@ def _map_walk(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> Chan
 
 
 def _compose(a: ChangeSet, b: ChangeSet, with_text: bool) -> ChangeSet:
-    """`a` then `b` as one set: walk a's output against b's input.
+    """`a` then `b` as one set (see `_compose_walk`)."""
+    if a.new_length != b.length:
+        raise ChangeError(f"cannot compose changes producing length {a.new_length} "
+                          f"with changes of length {b.length}")
+    sb = b.sections
+    if not with_text and _one_replacement(sb):
+        # Fast path (composeDesc, as rebasing composes the keystrokes a push moves
+        # over): a keystroke strictly inside a stretch a's result keeps. What the
+        # walk builds when a is normal (nothing of it merges): a's pairs, that
+        # stretch split in two around b's replacement.
+        pb, db = sb[0], sb[2]
+        end = pb + db
+        sa = a.sections
+        out = 0  # where a's pair starts in a's output
+        for i in range(0, len(sa), 2):
+            n, ins = sa[i], sa[i + 1]
+            if ins < 0:
+                if pb < out + n:
+                    if out < pb and end < out + n and _is_normal(sa):
+                        sections = sa[:i]
+                        sections += (pb - out, KEEP, db, sb[3], out + n - end, KEEP)
+                        sections += sa[i + 2:]
+                        cs = _new(ChangeDesc)
+                        cs.sections = sections
+                        cs.inserted = [""] * (len(sections) >> 1)
+                        cs.length = a.length
+                        cs.new_length = b.new_length
+                        return cs
+                    break
+                out += n
+            else:
+                out += ins
+    return _compose_walk(a, b, with_text)
+
+
+def _compose_walk(a: ChangeSet, b: ChangeSet, with_text: bool) -> ChangeSet:
+    """`a` then `b` as one set: walk a's output against b's input (lengths checked by the caller).
 
     `open` joins consecutive pieces that belong to one replaced range into
     one section, as CodeMirror does.
     """
-    if a.new_length != b.length:
-        raise ChangeError(f"cannot compose changes producing length {a.new_length} "
-                          f"with changes of length {b.length}")
     sections: list[int] = []
     values: list[str] | None = [] if with_text else None
     sa, ta, sb, tb = a.sections, a.inserted, b.sections, b.inserted

@@ -200,3 +200,80 @@ def test_map_of_two_keystrokes_is_the_walk(pair, before):
     for with_text in (True, False):
         left = a if with_text else ChangeDesc(a.sections, a.inserted, a.length, a.new_length)
         assert fields(_map(left, b, before, with_text)) == fields(_map_walk(left, b, before, with_text))
+
+
+@st.composite
+def any_sets(draw, length: int | None = None):
+    """A change set as a client may send it, normal or not: keeps (empty ones too, and several in a row),
+    deletions, insertions, replacements; of `length` if given."""
+    pairs, total = [], 0
+    for _ in range(draw(st.integers(0, 7))):
+        n = draw(st.integers(0, 4))
+        if draw(st.booleans()):
+            pairs += [n, -1]
+        else:
+            pairs += [n, draw(st.sampled_from([0, 1, 2]))]
+        total += n
+    if length is not None:  # the last keep makes the length (or the draw starts again, kept short)
+        if total > length:
+            pairs, total = [], 0
+        pairs += [length - total, -1]
+    inserted = ["x" * ins if ins > 0 else "" for ins in pairs[1::2]]
+    return ChangeSet(pairs, inserted)
+
+
+@st.composite
+def keystroke_over_any(draw):
+    """(a keystroke, any set) on one document; the keystroke mostly inside one of the set's keeps."""
+    b = draw(any_sets())
+    at = draw(st.integers(0, b.length))
+    deleted = draw(st.integers(0, min(3, b.length - at)))
+    return one_edit(b.length, at, deleted, draw(st.sampled_from(["", "x", "ab", "😀", "a\nb"]))), b
+
+
+@SETTINGS
+@given(keystroke_over_any(), st.booleans())
+@example((one_edit(20, 10, 1, "x"), ChangeSet.from_json([2, [0, "y"], 3, [2], 13])), False)  # inside the last keep
+@example((one_edit(20, 4, 0, "x"), ChangeSet.from_json([2, [0, "y"], 3, [2], 13])), False)  # inside the middle keep
+@example((one_edit(20, 5, 0, "x"), ChangeSet.from_json([2, [0, "y"], 3, [2], 13])), False)  # touching: the walk
+@example((one_edit(10, 4, 0, "x"), ChangeSet([2, -1, 4, -1, 4, -1], ["", "", ""])), True)  # keeps in a row
+def test_map_of_a_keystroke_over_any_set_is_the_walk(pair, before):
+    """`_map`'s shortcut for a keystroke strictly inside a stretch the other set keeps, whatever that set
+    does elsewhere (several changes: the composition a push is mapped over), gives what the walk gives."""
+    from collab.changes import ChangeDesc, _map, _map_walk
+    a, b = pair
+    for with_text in (True, False):
+        left = a if with_text else ChangeDesc(a.sections, a.inserted, a.length, a.new_length)
+        assert made(_map, left, b, before, with_text) == made(_map_walk, left, b, before, with_text)
+
+
+@st.composite
+def any_then_keystroke(draw):
+    """(any set, a keystroke on its result)."""
+    a = draw(any_sets())
+    at = draw(st.integers(0, a.new_length))
+    deleted = draw(st.integers(0, min(3, a.new_length - at)))
+    return a, one_edit(a.new_length, at, deleted, draw(st.sampled_from(["", "x", "ab", "😀", "a\nb"])))
+
+
+@SETTINGS
+@given(any_then_keystroke())
+@example((ChangeSet.from_json([2, [0, "y"], 3, [2], 13]), one_edit(19, 10, 1, "x")))  # inside the last keep
+@example((ChangeSet.from_json([2, [0, "y"], 3, [2], 13]), one_edit(19, 4, 0, "x")))   # inside the middle keep
+@example((ChangeSet.from_json([2, [0, "y"], 3, [2], 13]), one_edit(19, 3, 0, "x")))   # touching: the walk
+@example((ChangeSet([2, -1, 4, -1, 4, -1], ["", "", ""]), one_edit(10, 4, 0, "x")))   # not normal: the walk
+def test_compose_desc_of_any_set_then_a_keystroke_is_the_walk(pair):
+    """`_compose`'s shortcut (composeDesc with a keystroke strictly inside a stretch the first set's
+    result keeps, that set normal) gives what the walk gives, field for field."""
+    from collab.changes import _compose, _compose_walk
+    a, b = pair
+    for with_text in (False, True):
+        assert made(_compose, a, b, with_text) == made(_compose_walk, a, b, with_text)
+
+
+def made(fn, *args):
+    """What `fn(*args)` makes, field for field, or the ChangeError it raises."""
+    try:
+        return ("ok", fields(fn(*args)))
+    except ChangeError as exc:
+        return ("error", exc.message)
