@@ -72,6 +72,8 @@ def rebase_in_frames(updates: list[Update], over: list[Update], ends: list[int])
     """
     if not over or not updates:
         return updates
+    if not ends:  # one frame (the usual case): rebase_updates, without a second generator around it
+        return _run(rebase_steps(updates, over))
     return _run(rebase_in_frames_steps(updates, over, ends))
 
 
