@@ -475,18 +475,22 @@ class Cluster:
         client = self._client(socket_timeout=None)
         pubsub = client.pubsub()
         self._confirmed.clear()
-        async with asyncio.timeout(CONFIRM_TIMEOUT):  # (it connects: a Redis that never answers does not hold it)
-            await pubsub.subscribe(self._hello_channel())  # a connection with at least one subscription
-        subscribed: set[str] = set()
-        while True:  # rooms open (watch) and close (unwatch) meanwhile, seeing no pubsub yet: until it holds
-            missing, stale = self._channels - subscribed, subscribed - self._channels
-            if not missing and not stale:
-                break
-            for ch in missing:
-                await pubsub.subscribe(ch)
-            if stale:
-                await pubsub.unsubscribe(*stale)
-            subscribed = (subscribed | missing) - stale
+        try:
+            async with asyncio.timeout(CONFIRM_TIMEOUT):  # (it connects: a Redis that never answers does not hold it)
+                await pubsub.subscribe(self._hello_channel())  # a connection with at least one subscription
+            subscribed: set[str] = set()
+            while True:  # rooms open (watch) and close (unwatch) meanwhile, seeing no pubsub yet: until it holds
+                missing, stale = self._channels - subscribed, subscribed - self._channels
+                if not missing and not stale:
+                    break
+                for ch in missing:
+                    await pubsub.subscribe(ch)
+                if stale:
+                    await pubsub.unsubscribe(*stale)
+                subscribed = (subscribed | missing) - stale
+        except BaseException:
+            await _close_quietly(pubsub, client)  # its socket closed now (a refused or silent Redis: each try's)
+            raise
         self._pubsub = pubsub
 
     def _hello_channel(self) -> str:
