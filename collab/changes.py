@@ -419,6 +419,23 @@ def _one_replacement(s: list[int]) -> bool:
             and (s[2] > 0 or s[3] > 0))
 
 
+def _keep_around(s: list[int], start: int, end: int, output: bool) -> tuple[int, int, int] | None:
+    """The keep of `s` that holds `start`..`end` strictly inside it (neither end on its edges), counted
+    in what `s` applies to or, with `output`, in what it makes: (its pair's index, where it starts, what
+    the pairs before it add), or None if no keep does."""
+    at = shift = 0
+    for i in range(0, len(s), 2):
+        n, ins = s[i], s[i + 1]
+        if ins < 0:
+            if start < at + n:
+                return (i, at, shift) if at < start and end < at + n else None
+            at += n
+        else:
+            shift += ins - n
+            at += ins if output else n
+    return None
+
+
 def _empty_keep_at_end(s: list[int]) -> bool:
     """Whether an empty keep comes after the last non-empty pair of `s` (never in a normal set): mapping
     over it, CodeMirror's walk and ours find the other set done first and refuse the lengths."""
@@ -450,26 +467,17 @@ def _map(a: ChangeSet, b: ChangeSet, before: bool, with_text: bool) -> ChangeSet
         # whatever b does elsewhere). What the walk below builds: a's replacement,
         # shifted by what b's changes before it add, between two keeps (all that
         # b does becomes kept text for a, and merges into them).
-        pa, da = sa[0], sa[2]
-        end = pa + da
+        pa, da, ia = sa[0], sa[2], sa[3]
         sb = b.sections
-        at = shift = 0  # where b's pair starts in b's input; what b's pairs before it add
-        for i in range(0, len(sb), 2):
-            n, ins = sb[i], sb[i + 1]
-            if ins < 0:
-                if pa < at + n:
-                    if at < pa and end < at + n and not _empty_keep_at_end(sb):
-                        ia = sa[3]
-                        cs = _new(ChangeSet if with_text else ChangeDesc)
-                        cs.sections = [pa + shift, KEEP, da, ia, b.new_length - pa - shift - da, KEEP]
-                        cs.inserted = ["", a.inserted[1], ""] if with_text else ["", "", ""]
-                        cs.length = b.new_length
-                        cs.new_length = b.new_length - da + ia
-                        return cs
-                    break
-            else:
-                shift += ins - n
-            at += n
+        around = _keep_around(sb, pa, pa + da, False)
+        if around is not None and not _empty_keep_at_end(sb):
+            at = pa + around[2]  # where a's replacement starts in b's output
+            cs = _new(ChangeSet if with_text else ChangeDesc)
+            cs.sections = [at, KEEP, da, ia, b.new_length - at - da, KEEP]
+            cs.inserted = ["", a.inserted[1], ""] if with_text else ["", "", ""]
+            cs.length = b.new_length
+            cs.new_length = b.new_length - da + ia
+            return cs
     return _map_walk(a, b, before, with_text)
 
 
@@ -604,27 +612,19 @@ def _compose(a: ChangeSet, b: ChangeSet, with_text: bool) -> ChangeSet:
         # walk builds when a is normal (nothing of it merges): a's pairs, that
         # stretch split in two around b's replacement.
         pb, db = sb[0], sb[2]
-        end = pb + db
         sa = a.sections
-        out = 0  # where a's pair starts in a's output
-        for i in range(0, len(sa), 2):
-            n, ins = sa[i], sa[i + 1]
-            if ins < 0:
-                if pb < out + n:
-                    if out < pb and end < out + n and _is_normal(sa):
-                        sections = sa[:i]
-                        sections += (pb - out, KEEP, db, sb[3], out + n - end, KEEP)
-                        sections += sa[i + 2:]
-                        cs = _new(ChangeDesc)
-                        cs.sections = sections
-                        cs.inserted = [""] * (len(sections) >> 1)
-                        cs.length = a.length
-                        cs.new_length = b.new_length
-                        return cs
-                    break
-                out += n
-            else:
-                out += ins
+        around = _keep_around(sa, pb, pb + db, True)
+        if around is not None and _is_normal(sa):
+            i, out, _ = around
+            sections = sa[:i]
+            sections += (pb - out, KEEP, db, sb[3], out + sa[i] - pb - db, KEEP)
+            sections += sa[i + 2:]
+            cs = _new(ChangeDesc)
+            cs.sections = sections
+            cs.inserted = [""] * (len(sections) >> 1)
+            cs.length = a.length
+            cs.new_length = b.new_length
+            return cs
     return _compose_walk(a, b, with_text)
 
 
