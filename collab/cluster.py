@@ -21,7 +21,7 @@ Rules that always hold:
   * channels are named after the database's deployment id (made once
     at random by a migration), so that only processes on the same
     database hear each other, whatever else shares the Redis server;
-  * Redis is up once it confirms this process's first subscription
+  * Redis is up once it has confirmed this process's first subscription
     (within CONFIRM_TIMEOUT), and down when a connection fails or does not
     answer in time; a Redis that refuses us (an ACL, a wrong password, a
     database number it does not have: `_refusal`) is asked again later and
@@ -232,7 +232,7 @@ class Cluster:
         """Hear about `name` (called before the room loads, so nothing committed after the load is missed)."""
         ch = self.channel(name)
         self._channels.add(ch)
-        if self._pubsub is not None:  # (connected, perhaps not confirmed yet: then _connect has returned)
+        if self._pubsub is not None:  # (set only while up)
             try:
                 await self._pubsub.subscribe(ch)
             except Exception as exc:  # noqa: BLE001 - the reader notices and reconnects
@@ -451,8 +451,6 @@ class Cluster:
                     continue  # given up meanwhile (_publisher_lost): what it still read is not ours to hear
                 if message is not None:
                     self._on_message(message)
-                elif not self.up and connected is not None and time.monotonic() - connected > CONFIRM_TIMEOUT:
-                    raise TimeoutError(f"no answer to SUBSCRIBE in {CONFIRM_TIMEOUT:g} s")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - anything: start over on a fresh connection
@@ -470,14 +468,20 @@ class Cluster:
                 backoff = min(backoff * 2, REFUSED_BACKOFF_MAX if refused else 0.5)
 
     async def _connect(self) -> None:
-        """A new subscriber connection, subscribed to the channels of the open documents. Redis is up once
-        it confirms the first subscription (`_on_message`): a Redis that refuses it (an ACL) never is."""
+        """A new subscriber connection, subscribed to the channels of the open documents; Redis is up once
+        it has confirmed the first subscription, within CONFIRM_TIMEOUT (redis-py's handshake included: a
+        Redis that takes the connection and never answers does not hold it). A refusal (an ACL) raises."""
         client = self._client(socket_timeout=None)
         pubsub = client.pubsub()
         self._confirmed.clear()
+        hello = self.prefix + "\0hello"
         try:
-            async with asyncio.timeout(CONFIRM_TIMEOUT):  # (it connects: a Redis that never answers does not hold it)
-                await pubsub.subscribe(self._hello_channel())  # a connection with at least one subscription
+            async with asyncio.timeout(CONFIRM_TIMEOUT):
+                await pubsub.subscribe(hello)  # a connection with at least one subscription
+                while hello not in self._confirmed:  # its answer is the first on the connection
+                    message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=CONFIRM_TIMEOUT)
+                    if message is not None:
+                        self._on_message(message)
             subscribed: set[str] = set()
             while True:  # rooms open (watch) and close (unwatch) meanwhile, seeing no pubsub yet: until it holds
                 missing, stale = self._channels - subscribed, subscribed - self._channels
@@ -492,9 +496,7 @@ class Cluster:
             await _close_quietly(pubsub, client)  # its socket closed now (a refused or silent Redis: each try's)
             raise
         self._pubsub = pubsub
-
-    def _hello_channel(self) -> str:
-        return self.prefix + "\0hello"
+        self._set_up(True)
 
     def _on_message(self, message: dict) -> None:
         kind = message.get("type")
@@ -507,8 +509,6 @@ class Cluster:
                 self._check_now.set()
                 self._rosters_lost()
             self._confirmed.add(ch)
-            if ch == self._hello_channel() and not self.up:
-                self._set_up(True)
             return
         if kind != "message" or not ch or not ch.startswith(self.prefix):
             return
