@@ -472,6 +472,7 @@ class Api:
             raise ProtocolError("too-large", str(exc)) from None
         except VersionCompacted as exc:  # naming it would promise a version nobody can open
             raise ProtocolError("not-found", str(exc)) from None
+        self.rooms.checkpoint_named(info["name"], info["id"], version)
         return json_response({"checkpoints": await self.store.checkpoints(info["id"])})
 
     async def authors(self, request: web.Request) -> web.Response:

@@ -297,6 +297,11 @@ class Cluster:
         if self.url:
             self._send(name, {"k": "r", "d": doc_id, "deleted": deleted} | ({"to": renamed_to} if renamed_to else {}))
 
+    def publish_checkpoint(self, name: str, doc_id: int, version: int) -> None:
+        """A version of the document was named, renamed or unnamed here (committed): rooms elsewhere say so."""
+        if self.url:
+            self._send(name, {"k": "c", "d": doc_id, "v": version})
+
     def _send(self, name: str, message: dict) -> None:
         message["p"] = self.id
         self._queue_raw(name, orjson.dumps(message))
@@ -530,7 +535,7 @@ class Cluster:
                 # before it, and the room would serve the version before it until the next check.
                 self.rooms.spawn(self._when_loaded(loading, name, msg))
                 return
-        if kind in ("u", "r") and "d" in msg and room is not None and room.doc_id is not None \
+        if kind in ("u", "r", "c") and "d" in msg and room is not None and room.doc_id is not None \
                 and msg["d"] != room.doc_id:
             # Another document of that name: ours was deleted or renamed elsewhere and the news is not
             # here yet. Not ours to apply: the database says.
@@ -563,6 +568,8 @@ class Cluster:
             self._republish(time.monotonic(), [name])
         elif kind == "t":
             room.taken_elsewhere(msg.get("c"), msg)
+        elif kind == "c" and type(msg.get("v")) is int and msg["v"] >= 0:
+            room.checkpoints_changed(msg["v"])
 
     async def _when_loaded(self, loading: asyncio.Future, name: str, msg: dict) -> None:
         """News of updates that came while `name` loaded, handed to its room once the load is done (the

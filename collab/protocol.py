@@ -39,6 +39,7 @@ class Hello:
     resume_key: str | None = None  # the key a previous welcome gave this clientID: proof it is the same client
     opened: int | None = None  # grows with each connection the client opens: of two, the larger is the newer
     doc_id: str | None = None  # the docId of the welcome `version` came from: which document of this name it is
+    checkpoints: bool = False  # send this connection a `checkpoints` frame when a version is named or renamed
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +164,14 @@ def _hello(msg: dict) -> Hello:
     if doc_id is not None and (type(doc_id) is not str or not 0 < len(doc_id) <= MAX_DOC_ID):
         raise ProtocolError("bad-message", f"hello.docId must be a string of 1-{MAX_DOC_ID} characters",
                             close=CLOSE_PROTOCOL)
+    checkpoints = msg.get("checkpoints")
+    if checkpoints is not None and type(checkpoints) is not bool:
+        raise ProtocolError("bad-message", f"hello.checkpoints must be true or false, got {brief(checkpoints)}",
+                            close=CLOSE_PROTOCOL)
     user = {"name": clean_name(name, DEFAULT_USER["name"]), "color": color}
     if person is not None:
         user["person"] = person  # one person in several tabs is one entry in everyone's list
-    return Hello(client_id, version, user, resume_key, opened, doc_id)
+    return Hello(client_id, version, user, resume_key, opened, doc_id, checkpoints is True)
 
 
 def _version_and_list(msg: dict, kind: str, field: str, shape: str, limit: int) -> tuple[int, list]:
@@ -303,6 +308,11 @@ def presences_frame(peers: list[dict]) -> bytes:
 
 def leave_frame(session: str) -> bytes:
     return orjson.dumps({"type": "leave", "session": session})
+
+
+def checkpoints_frame(version: int) -> bytes:
+    """[extension] The named versions changed at `version` (named, renamed or unnamed): read them again."""
+    return b'{"type":"checkpoints","version":%d}' % version
 
 
 def error_frame(code: str, message: str, retry_after: float | None = None) -> bytes:

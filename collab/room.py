@@ -190,10 +190,11 @@ def _resumed(member: Member, task: asyncio.Task) -> None:
 class Member:
     """A connection inside a room: what the room remembers about it."""
 
-    __slots__ = ("conn", "room", "presence", "bucket", "joined", "opened", "held", "held_size", "resumed")
+    __slots__ = ("conn", "room", "presence", "bucket", "joined", "opened", "held", "held_size", "resumed",
+                 "checkpoints")
 
     def __init__(self, conn: Connection, room: "Room", bucket: TokenBucket, joined: float,
-                 opened: int | None = None):
+                 opened: int | None = None, checkpoints: bool = False):
         self.conn = conn
         self.room = room
         self.presence: tuple[int, list[tuple[int, int]]] | None = None  # (version, ranges)
@@ -208,6 +209,7 @@ class Member:
         # after its welcome wait for it (ws.py), so what answers them, an acknowledgement or an error,
         # comes after the frames it was sent before.
         self.resumed: asyncio.Future | None = None
+        self.checkpoints = checkpoints  # it asked to hear of named versions (hello.checkpoints)
 
     @property
     def session(self) -> str:
@@ -395,7 +397,7 @@ class Room:
                                      doc_json=self._committed_json(), doc_id=self.identity)
         settings = self.settings
         member = Member(conn, self, TokenBucket(settings.update_rate, settings.update_burst, self.rooms.now()), at,
-                        hello.opened)
+                        hello.opened, hello.checkpoints)
         self.members[conn.session] = member
         self.by_client[conn.client_id] = member
         self.viewers += conn.role == "view"
@@ -1436,6 +1438,14 @@ class Room:
                 self.remote_dirty.discard(session)
                 self._broadcast(protocol.leave_frame(session))
 
+    def checkpoints_changed(self, version: int) -> None:
+        """The named versions changed at `version` (here or at another process): the members that asked
+        (hello.checkpoints) are told, to read them again."""
+        frame = protocol.checkpoints_frame(version)
+        for m in self.members.values():
+            if m.checkpoints:
+                m.send(frame)
+
     def expire_remote(self, before: float) -> float | None:
         """Forget other processes' cursors with no news since `before` (their process may be gone); when the
         oldest news of those left came (None: there are none)."""
@@ -1865,6 +1875,16 @@ class Rooms:
         except TimeoutError as exc:  # the store's says why when it is not that (all its turns were busy)
             raise ServerError(str(exc) or "another restore of this document is still under way; try again") \
                 from None
+
+    def checkpoint_named(self, name: str, doc_id: int, version: int) -> None:
+        """A version of `name` was named, renamed or unnamed (committed): its open room here and at the
+        other processes tell the members that asked (`Room.checkpoints_changed`). Without Redis the other
+        processes' members learn of it when they next read the named versions."""
+        room = self.rooms.get(name)
+        if room is not None and room.doc_id == doc_id:
+            room.checkpoints_changed(version)
+        if self.cluster is not None:
+            self.cluster.publish_checkpoint(name, doc_id, version)
 
     async def reset_links(self, name: str) -> str:
         """A new salt for the document: old share links stop working and their sessions close (1008)."""

@@ -17,6 +17,7 @@ import pytest
 
 from clusterproc import RedisServer
 from serverproc import free_port
+from collab import protocol
 from collab.access import Access
 from collab.cluster import STOP_TIMEOUT, Cluster
 from collab.errors import CLOSE_POLICY, ProtocolError
@@ -500,3 +501,39 @@ async def test_a_redis_that_accepts_the_connection_and_never_answers_is_down_and
             for conn in taken:
                 conn.close()
             silent.close()
+
+
+async def test_a_version_named_at_one_process_is_told_to_the_connections_that_asked_at_another(tmp_path):
+    """Named versions over Redis: a connection at the other process whose hello asked gets the
+    `checkpoints` frame (test_checkpoint_news.py has the one-process side); one that did not, nothing."""
+    redis = RedisServer(workdir=tmp_path / "redis").start()
+    settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0)
+    stores = [await Store(settings.db).open(), await Store(settings.db).open()]
+    here, there = (Rooms(settings, store) for store in stores)
+    for rooms in (here, there):
+        rooms.cluster = Cluster(rooms, redis.url, check_every=0.2, poll_every=0.1)
+    try:
+        for rooms in (here, there):
+            await rooms.cluster.start()
+            await until(lambda: rooms.cluster.up, "the bus coming up")
+        await here.create("doc", "hello")
+        doc_id = (await here.store.document("doc"))["id"]
+        asked, stock = FakeConn("a"), FakeConn("b")
+        await there.join("doc", asked, protocol.Hello("a", None, {"name": "a", "color": "#123456"},
+                                                      checkpoints=True), token=None)
+        await there.join("doc", stock, hello("b"), token=None)
+        channel = there.cluster.channel("doc")
+        await until(lambda: channel in there.cluster._confirmed, "the other process's subscription")
+        await here.store.set_checkpoint(doc_id, 1, "release", "Ann")
+        here.checkpoint_named("doc", doc_id, 1)
+        await until(lambda: asked.of("checkpoints"), "the news at the other process")
+        assert asked.of("checkpoints") == [{"type": "checkpoints", "version": 1}]
+        here.checkpoint_named("doc", doc_id + 1, 1)  # another document of that name: left to the database
+        await asyncio.sleep(0.3)
+        assert len(asked.of("checkpoints")) == 1 and stock.of("checkpoints") == []
+    finally:
+        for rooms, store in zip((here, there), stores):
+            await rooms.cluster.stop()
+            await rooms.shutdown()
+            await store.close()
+        redis.stop()
