@@ -539,6 +539,7 @@ async function boot() {
       peers: renderPeople,
       role: () => renderStatus(session.statusInfo()),
       restore: (e) => { onRestore(e).catch((err) => console.error(err)); },
+      checkpoints: () => { if (historyPanel) historyPanel.checkpointsChanged(); },
       access: onAccessEnded,
       renamed: onRenamed,
     },

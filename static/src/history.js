@@ -192,6 +192,7 @@ export class HistoryPanel {
     this.stops = [0];
     this.sessions = [];
     this.checkpoints = []; // [{version, name, author, time}], oldest first
+    this.checkpointsAsked = 0; // loads of them asked for (only the last one's answer is shown)
     this.known = {}; // person keys -> {name, color}, from /authors
     this.peopleNow = null; // who is who, as of the last renderSessions
     this.rowCache = new Map(); // the list's rows by all they show (renderSessions)
@@ -428,10 +429,16 @@ export class HistoryPanel {
     this.loadCheckpoints(); // someone may have named a version meanwhile
   }
 
+  /** A version was named, renamed or unnamed (by anyone: the server says so, editor.js). */
+  checkpointsChanged() {
+    if (this.isOpen) this.loadCheckpoints();
+  }
+
   async loadCheckpoints() {
+    const asked = ++this.checkpointsAsked; // of two loads under way, the later one's answer is kept
     try {
       const { checkpoints } = await getJSON(apiUrl(this.docName, "/checkpoints"));
-      if (!this.isOpen || !Array.isArray(checkpoints)) return;
+      if (!this.isOpen || !Array.isArray(checkpoints) || asked !== this.checkpointsAsked) return;
       this.setError("checkpoints", null);
       this.setCheckpoints(checkpoints);
     } catch (e) {

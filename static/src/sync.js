@@ -47,7 +47,8 @@ export class CollabSession {
    * restore(event) (an update made by a restore: the core's `restore`
    * event), access(text) (access ended for good: the link was revoked or
    * the document deleted; the editor is read-only from then on),
-   * renamed(to, text) (the document now has the name `to`).
+   * renamed(to, text) (the document now has the name `to`), checkpoints(version)
+   * (a version was named, renamed or unnamed; given, the hello asks for it).
    */
   constructor(opts) {
     Object.assign(this, {
@@ -73,6 +74,7 @@ export class CollabSession {
     this.lastHeard = opts.restore ? heardAt(opts.restore) : null;
     this.core = new Session({
       clientID: opts.clientID, user: opts.user, person: opts.person, limits: opts.limits || pageLimits(), restore: opts.restore,
+      checkpoints: Boolean(opts.on && opts.on.checkpoints),
       extensions: () => this.stateExtensions(),
     });
     if (this.core.state) this.mount(); // restored edits are shown at once
@@ -220,6 +222,7 @@ export class CollabSession {
       case "rescue": this.on.rescue({ text: e.text, count: e.count, fragments: e.fragments, older: Boolean(e.older),
         refused: e.refused ?? null, gone: e.gone ?? null }); break;
       case "restore": if (this.on.restore) this.on.restore(e); break;
+      case "checkpoints": if (this.on.checkpoints) this.on.checkpoints(e.version); break;
       case "renamed": if (this.on.renamed) this.on.renamed(e.to, e.text); else this.on.error(e.text); break;
       case "access":
         this.accessEnded = e.text;

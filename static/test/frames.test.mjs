@@ -20,6 +20,9 @@ test('builders make the protocol\'s client frames', () => {
   for (const bad of [-1, 1.5, 2 ** 53, '7', null]) {
     assert.equal('opened' in hello('A', null, { name: 'n', color: '#000' }, null, null, bad), false, String(bad));
   }
+  assert.deepEqual(hello('A', null, { name: 'n', color: '#000' }, null, null, null, null, true),
+    { type: 'hello', clientID: 'A', version: null, user: { name: 'n', color: '#000' }, checkpoints: true });
+  assert.equal('checkpoints' in hello('A', null, { name: 'n', color: '#000' }, null, null, null, null, 'yes'), false);
   assert.deepEqual(push(3, []), { type: 'push', version: 3, updates: [] });
   assert.deepEqual(presence(3, [{ anchor: 1, head: 2 }]), { type: 'presence', version: 3, ranges: [{ anchor: 1, head: 2 }] });
 });
@@ -32,6 +35,7 @@ test('well-formed server frames pass', () => {
   ok(peer);
   ok({ type: 'leave', session: 'p' });
   ok({ type: 'error', code: 'bad-json', message: 'no' });
+  ok({ type: 'checkpoints', version: 0 });
 });
 
 test('anything else is a FrameError naming the frame type', () => {
@@ -53,4 +57,6 @@ test('anything else is a FrameError naming the frame type', () => {
   refused({ type: 'presence', session: 'p', version: 0, ranges: [] }, 'presence', /user/);
   refused({ type: 'leave' }, 'leave');
   refused({ type: 'error', code: 5 }, 'error');
+  refused({ type: 'checkpoints', version: '3' }, 'checkpoints', /version/);
+  refused({ type: 'checkpoints' }, 'checkpoints', /version/);
 });

@@ -19,6 +19,19 @@ test('hello asks for the whole text first, then resumes from the synced version'
   assert.equal(s.opened(20).send[0].version, 7);
 });
 
+test('the checkpoints option asks for named-version news in every hello, and the news is an event', () => {
+  const s = new Session({ clientID: 'A', user: { name: 'Ann', color: '#123456' }, checkpoints: true });
+  assert.equal(s.opened(0).send[0].checkpoints, true);
+  s.receive(welcome({ doc: 'hello', version: 7 }), 0);
+  const step = s.receive(JSON.stringify({ type: 'checkpoints', version: 3 }), 5);
+  assert.deepEqual(events(step, 'checkpoints'), [{ type: 'checkpoints', version: 3 }]);
+  assert.deepEqual(events(step, 'problem'), []);
+  s.closed(1006, '', 10);
+  assert.equal(s.opened(20).send[0].checkpoints, true);
+  const stock = new Session({ clientID: 'B', user: { name: 'Bo', color: '#123456' } });
+  assert.equal('checkpoints' in stock.opened(0).send[0], false);
+});
+
 test('welcome -> push; one push in flight; the ack lets the rest go, rebased on the new version', () => {
   const [s] = welcomed({ doc: 'ab', version: 3 });
   const first = edit(s, { from: 2, insert: 'c' });

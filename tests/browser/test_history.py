@@ -361,7 +361,9 @@ def test_sessions_by_pause_slider_by_session_word_diff_and_named_versions(server
     five minutes, is unit-tested in static/test/timeline.test.mjs); the slider
     stops at sessions, single edits on demand; a changed word shows as that
     word removed and the new one added; a version gets a name, shown between
-    the sessions and to everyone, and loses it again."""
+    the sessions and to everyone, and loses it again: in a History panel
+    already open elsewhere too, with no edit in between (the server's
+    `checkpoints` frame; was: only at that panel's next edit)."""
     doc = "hist-sessions"
     ca, cb = contexts(), contexts()
     set_user(ca, "Alice", "#e5484d")
@@ -408,6 +410,11 @@ def test_sessions_by_pause_slider_by_session_word_diff_and_named_versions(server
     a.check("#history-fine")
     assert a.evaluate("() => [document.querySelector('#history-slider').max, document.querySelector('#history-slider').value]") == [str(head), str(first_end)]
 
+    # Bob's History is open, and nobody edits from here on.
+    b.click("#history-toggle")
+    b.wait_for_function("() => document.querySelectorAll('#history-sessions .history-session').length > 0")
+    assert b.query_selector("#history-sessions .history-checkpoint") is None
+
     # Name the version between the sessions.
     a.click("#history-name")
     a.fill("#history-name-input", "First draft")
@@ -419,8 +426,7 @@ def test_sessions_by_pause_slider_by_session_word_diff_and_named_versions(server
     assert "“First draft”" in a.inner_text("#history-label")
     saved = api(server.url, f"/api/docs/{doc}/checkpoints")["checkpoints"]
     assert [(c["version"], c["name"], c["author"]) for c in saved] == [(first_end, "First draft", "Alice")]
-    # Bob sees it in his History too.
-    b.click("#history-toggle")
+    # Bob's open History shows it too, though nothing was edited since.
     b.wait_for_selector(f"#history-sessions .history-checkpoint[data-version='{first_end}'] >> text=First draft")
 
     # And the name goes again.
@@ -430,5 +436,7 @@ def test_sessions_by_pause_slider_by_session_word_diff_and_named_versions(server
     a.click("#history-name-remove")
     a.wait_for_function("() => !document.querySelector('#history-sessions .history-checkpoint')")
     assert api(server.url, f"/api/docs/{doc}/checkpoints")["checkpoints"] == []
+    b.wait_for_function("() => !document.querySelector('#history-sessions .history-checkpoint')")
+    assert server_doc(server.url, doc)["version"] == head
     for p in (a, b):
         assert p.collab_errors == [] and p.csp_violations == []

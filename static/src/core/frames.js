@@ -27,14 +27,18 @@ export const isPersonId = (person) => typeof person === "string" && PERSON_RE.te
  * so a bad one from storage costs the attribution, never the connection.
  * `opened` ([extension] hello.opened) grows with every connection the client
  * opens: of two connections of one clientID the server keeps the one with
- * the larger, whichever hello it read first.
+ * the larger, whichever hello it read first. `checkpoints` ([extension]
+ * hello.checkpoints): ask for a `checkpoints` frame whenever a version is
+ * named, renamed or unnamed.
  */
-export const hello = (clientID, version, user, resumeKey = null, person = null, opened = null, docId = null) => {
+export const hello = (clientID, version, user, resumeKey = null, person = null, opened = null, docId = null,
+  checkpoints = false) => {
   const frame = { type: "hello", clientID, version, user };
   if (typeof resumeKey === "string") frame.resumeKey = resumeKey;
   if (version !== null && typeof docId === "string" && docId.length > 0 && docId.length <= 64) frame.docId = docId;
   if (isPersonId(person)) frame.person = person;
   if (Number.isSafeInteger(opened) && opened >= 0) frame.opened = opened;
+  if (checkpoints === true) frame.checkpoints = true;
   return frame;
 };
 export const push = (version, updates) => ({ type: "push", version, updates });
@@ -151,6 +155,10 @@ const CHECKS = {
   },
   leave(m) {
     need(typeof m.session === "string", "leave", "session must be a string");
+  },
+  // [extension] the named versions changed at `version` (sent only if our hello asked)
+  checkpoints(m) {
+    need(isCount(m.version), "checkpoints", `version must be a non-negative integer, got ${brief(m.version)}`);
   },
   error(m) {
     need(typeof m.code === "string", "error", `code must be a string, got ${brief(m.code)}`);

@@ -122,6 +122,8 @@ function restoreEvent(restore, changes, doc, version, mine) {
  * removed (pieces joined by "\n…\n"), and whether this session had
  * unconfirmed edits then) | {type: "access", code, reason, text, title} (a 1008
  * close: access ended; `code` the error frame's before it, or null) |
+ * {type: "checkpoints", version} (a version was named, renamed or unnamed;
+ * only with the `checkpoints` option, which asks for it in every hello) |
  * {type: "renamed", to, text} (a 1008 close saying the document was renamed:
  * open it under `to`).
  */
@@ -159,7 +161,8 @@ export class Session {
    * epoch: the wall-clock time in ms when `now` was 0 (default
    * performance.timeOrigin; without one, no hello.opened is sent), so that
    * hello.opened orders this session's connections after those of an
-   * earlier page with the same clientID.
+   * earlier page with the same clientID; checkpoints: ask the server
+   * (hello.checkpoints) to say when a version is named, renamed or unnamed.
    */
   constructor(o) {
     this.clientID = String(o.clientID);
@@ -175,6 +178,7 @@ export class Session {
     this.maxPushUpdates = o.maxPushUpdates ?? Infinity;
     this.random = o.random ?? Math.random;
     this.logLimit = o.logLimit ?? LOG_LIMIT;
+    this.checkpointNews = o.checkpoints === true; // hello.checkpoints: named versions are told as they change
 
     this.state = null;
     this.syncedDoc = null;
@@ -234,7 +238,8 @@ export class Session {
     if (Number.isFinite(clock)) this.lastOpened = Math.max(this.lastOpened + 1, clock);
     else if (this.lastOpened >= 0) this.lastOpened += 1; // no clock now: still after the last one
     const opened = this.lastOpened >= 0 ? this.lastOpened : null; // never a clock: the server uses its own
-    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person, opened, this.docId));
+    step.send.push(hello(this.clientID, this.helloVersion, this.user, this.resumeKey, this.person, opened, this.docId,
+      this.checkpointNews));
     return step;
   }
 
@@ -283,6 +288,9 @@ export class Session {
         break;
       case "error":
         this.onError(m, step, now);
+        break;
+      case "checkpoints":
+        step.events.push({ type: "checkpoints", version: m.version });
         break;
     }
     return step;
