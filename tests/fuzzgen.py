@@ -638,9 +638,10 @@ clean_push, clean_presence = _clean_push(), _clean_presence()
 COLORS = ["#3366ff", "#abc", "#ABCD", "#00ff0080", "#000000"]
 HELLO_VERSIONS = st.one_of(st.none(), past, future, edge_ints.filter(lambda i: i >= 0))
 USERS = st.builds(lambda n, c: {"name": n, "color": c}, st.text(max_size=30), st.sampled_from(COLORS))
-BROKEN = st.sampled_from(["cid", "version", "user", "name", "color", "opened"])
+BROKEN = st.sampled_from(["cid", "version", "user", "name", "color", "opened", "checkpoints"])
 GOOD_OPENED = st.one_of(st.just(0), st.integers(min_value=0, max_value=2 ** 53 - 1))
 BAD_OPENED = st.sampled_from([-1, 1.5, "7", True, 2 ** 53, [], {}])
+BAD_CHECKPOINTS = st.sampled_from(["yes", "true", 1, 0, [], {}])
 BAD_IDS = st.sampled_from(["", None, 7, [], {}, ["fuzz"]])
 BAD_USERS = st.sampled_from(["Ann", 5, [], True])
 BAD_NAMES = st.sampled_from([5, None, [], {}, "x" * 500])
@@ -656,6 +657,8 @@ def _hello_value(draw, valid: bool):
         value["user"] = draw(USERS)
     if draw(st.booleans()):
         value["opened"] = draw(GOOD_OPENED)
+    if draw(st.booleans()):
+        value["checkpoints"] = draw(st.sampled_from([True, False, None]))
     if valid:
         return value
     broken = draw(BROKEN)
@@ -669,6 +672,8 @@ def _hello_value(draw, valid: bool):
         value["user"] = {"name": draw(BAD_NAMES), "color": "#123456"}
     elif broken == "opened":
         value["opened"] = draw(BAD_OPENED)
+    elif broken == "checkpoints":
+        value["checkpoints"] = draw(BAD_CHECKPOINTS)
     else:
         value["user"] = {"name": "x", "color": draw(BAD_COLORS)}
     return value
@@ -935,6 +940,8 @@ def hello_ok(value: dict) -> tuple[bool, bool]:
         return False, False
     opened = value.get("opened")
     if opened is not None and not (_is_count(opened) and opened <= 2 ** 53 - 1):
+        return False, False
+    if value.get("checkpoints") is not None and type(value["checkpoints"]) is not bool:
         return False, False
     version = value.get("version")
     if version is not None and not _is_count(version):
