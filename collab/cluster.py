@@ -631,13 +631,16 @@ class Cluster:
             return
         heads = await self.rooms.store.heads([r.doc_id for r in rooms])
         for room in rooms:
+            if self.rooms.rooms.get(room.name) is not room:
+                continue  # gone while we read (deleted here, say, and its name perhaps another document's now)
             head = heads.get(room.doc_id)
             if head is None or head[2] != room.name:  # deleted, or renamed (to head[2])
-                self.rooms.spawn(self.rooms.revoked_elsewhere(room.name, True, None if head is None else head[2]))
+                self.rooms.spawn(self.rooms.revoked_elsewhere(room.name, True, None if head is None else head[2],
+                                                              doc_id=room.doc_id))
                 continue
             version, salt, _ = head
             if salt != room.salt:
-                self.rooms.spawn(self.rooms.revoked_elsewhere(room.name, False))
+                self.rooms.spawn(self.rooms.revoked_elsewhere(room.name, False, doc_id=room.doc_id))
             if version > room.seq.committed_version and not room.broken:
                 room.catch_up()
 

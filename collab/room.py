@@ -1600,11 +1600,15 @@ class Rooms:
         if exc is not None and not isinstance(exc, StorageUnavailable):
             log.error("background work %s failed", task.get_coro().__qualname__, exc_info=exc)
 
-    async def revoked_elsewhere(self, name: str, deleted: bool, renamed_to: str | None = None) -> None:
+    async def revoked_elsewhere(self, name: str, deleted: bool, renamed_to: str | None = None,
+                                doc_id: int | None = None) -> None:
         """Another process reset the document's links, or deleted or renamed it (`renamed_to`): our
-        sessions end as theirs did."""
+        sessions end as theirs did. With `doc_id` (the check found that document gone), only while `name`
+        is still that document's open room here: not another document's made under the name meanwhile."""
         self._changed(name)  # in the store already: a load of it under way here reads it again
         room = self.rooms.get(name)
+        if doc_id is not None and (room is None or room.doc_id != doc_id):
+            return
         if deleted:
             reason = DELETED if renamed_to is None else renamed_reason(renamed_to)
             self._close_waiting(name, everyone=True, reason=reason)

@@ -537,3 +537,33 @@ async def test_a_version_named_at_one_process_is_told_to_the_connections_that_as
             await rooms.shutdown()
             await store.close()
         redis.stop()
+
+
+async def test_a_check_that_read_while_the_document_was_deleted_and_made_again_leaves_the_new_one_alone(two):
+    """Was: the check read the heads of the open rooms, and a room deleted here while it read (its name then
+    made again, and joined) was taken as deleted elsewhere *by name*: the new document's sessions were
+    closed with "this document was deleted" (seen once in CI, test_doc_identity on PostgreSQL)."""
+    here, there = two
+    admin = there.access.admin_token()
+    await there.create("doc", "old")
+    await there.join("doc", FakeConn("a"), hello("a"), token=admin)
+    reading, release = asyncio.Event(), asyncio.Event()
+    heads = there.store.heads
+
+    async def slow_heads(ids):  # the rooms are listed; the heads are read only after the delete
+        reading.set()
+        await release.wait()
+        return await heads(ids)
+
+    there.store.heads = slow_heads
+    check = asyncio.ensure_future(there.cluster.check())
+    await reading.wait()  # it has listed the rooms: the old document's is among them
+    await there.delete("doc")
+    await there.create("doc", "new")
+    conn = FakeConn("b")
+    await there.join("doc", conn, hello("b"), token=admin)
+    there.store.heads = heads
+    release.set()
+    await check
+    await asyncio.sleep(0.2)  # what it spawned has run
+    assert not conn.closed, conn.closed_with
