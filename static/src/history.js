@@ -442,7 +442,10 @@ export class HistoryPanel {
       this.setError("checkpoints", null);
       this.setCheckpoints(checkpoints);
     } catch (e) {
-      if (this.isOpen) this.setError("checkpoints", `Could not load the named versions: ${e.message}`, transient(e));
+      // an older load failing after a newer one answered says nothing about the list shown
+      if (this.isOpen && asked === this.checkpointsAsked) {
+        this.setError("checkpoints", `Could not load the named versions: ${e.message}`, transient(e));
+      }
     }
   }
 

@@ -3,7 +3,7 @@ with a growing wait, and at once when the page is connected again, never in a lo
 could not be loaded (never shown under another's label), restoring the current text (not offered),
 and the naming form's messages and focus."""
 
-from .browser_helpers import open_editor, set_user, wait_synced, wait_status, server_doc
+from .browser_helpers import api_json, open_editor, set_user, wait_synced, wait_status, server_doc
 
 # Every API request the page makes, with when (ms), as window.__calls.
 COUNT_CALLS = """
@@ -206,3 +206,40 @@ def test_new_edits_leave_the_older_rows_of_the_list_alone(server, contexts):
     a.wait_for_selector(f"#history-sessions .history-session[data-to='{head + 1}']")
     kept = a.eval_on_selector_all("#history-sessions li", "els => els.map(li => [li.dataset.to, !!li.__old])")
     assert kept == [[str(v), v <= head] for v in range(head + 1, 0, -1)]
+
+
+def test_an_older_load_of_the_named_versions_failing_after_a_newer_one_shows_no_error(server, contexts):
+    """Of two loads of the named versions under way (news that a version was named came twice, say),
+    only the later one's answer counts: its list is shown, and the older one failing afterwards shows no
+    error over it (was: "Could not load the named versions" until the next retry, up to 30 s)."""
+    doc = "hist-stale-names"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a, head = edited_doc(ctx, server, doc, "abc")
+    a.click("#history-toggle")
+    wait_shown(a, head)
+    status, _ = api_json(server.url, f"/api/docs/{doc}/checkpoints", method="POST",
+                         body={"version": head, "name": "Done"})
+    assert status == 200
+    held = []
+
+    def hold_the_first(route):
+        if held:
+            route.continue_()
+        else:
+            held.append(route)  # answered below, once the later load has been
+
+    a.route("**/checkpoints", hold_the_first)
+    a.evaluate("() => window.__collab.history.checkpointsChanged()")
+    for _ in range(100):
+        if held:
+            break
+        a.wait_for_timeout(50)
+    assert held, "the first load never came"
+    a.evaluate("() => window.__collab.history.checkpointsChanged()")
+    a.wait_for_selector(f"#history-sessions .history-checkpoint[data-version='{head}'] >> text=Done")
+    held[0].abort()
+    a.wait_for_timeout(500)  # the aborted load's failure has come back by now
+    assert a.is_hidden("#history-error"), a.text_content("#history-error")
+    assert a.query_selector(f"#history-sessions .history-checkpoint[data-version='{head}']") is not None
+    assert a.collab_errors == [] and a.csp_violations == []
