@@ -85,10 +85,10 @@ def _slow_joins(app, seconds: float) -> None:
 
 async def _until_idle(raw: Raw, conn, timeout: float = 10.0) -> None:
     """Wait until the connection's task has stopped after a silent heartbeat, answering the server's
-    pings meanwhile, as a browser does (this client answers none by itself). A ping that finds the task
-    busy (a slow commit on a loaded machine) does not stop it; the next one does, but only if the first
-    was answered: unanswered, it closes the connection after half a heartbeat (seen in CI, where waiting
-    only for the task to stop timed out)."""
+    pings meanwhile, as a browser does (Raw answers them only while it reads a message). A ping that
+    finds the task busy (a slow commit on a loaded machine) does not stop it; the next one does, but
+    only if the first was answered: unanswered, it closes the connection after half a heartbeat (seen
+    in CI, where waiting only for the task to stop timed out)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     read: asyncio.Future | None = None
