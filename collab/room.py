@@ -1603,8 +1603,10 @@ class Rooms:
     async def revoked_elsewhere(self, name: str, deleted: bool, renamed_to: str | None = None,
                                 doc_id: int | None = None) -> None:
         """Another process reset the document's links, or deleted or renamed it (`renamed_to`): our
-        sessions end as theirs did. With `doc_id` (the check found that document gone), only while `name`
-        is still that document's open room here: not another document's made under the name meanwhile."""
+        sessions end as theirs did. With `doc_id` (the check found that document gone, or its links
+        reset), only while `name` is still that document's: not another document's made under the name
+        meanwhile. An open room takes the new salt only from its own document (read by name, after an
+        await)."""
         self._changed(name)  # in the store already: a load of it under way here reads it again
         room = self.rooms.get(name)
         if doc_id is not None and (room is None or room.doc_id != doc_id):
@@ -1623,7 +1625,10 @@ class Rooms:
             self.unavailable.warning("reading document %s after its links were reset elsewhere failed (%s)",
                                      name, exc)
             return
-        if room is not None and info is not None and info["salt"] != room.salt:
+        if doc_id is not None and (info is None or info["id"] != doc_id):
+            return  # the name went to another document (or none) while we read: its links were not reset
+        if (room is not None and info is not None and info["id"] == room.doc_id and self.rooms.get(name) is room
+                and info["salt"] != room.salt):
             room.salt = info["salt"]
             room.revoke(everyone=False, reason="the share links of this document were reset")
         self._close_waiting(name, everyone=False, reason="the share links of this document were reset")

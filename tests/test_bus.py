@@ -567,3 +567,33 @@ async def test_a_check_that_read_while_the_document_was_deleted_and_made_again_l
     await check
     await asyncio.sleep(0.2)  # what it spawned has run
     assert not conn.closed, conn.closed_with
+
+
+async def test_links_reset_elsewhere_read_while_the_name_went_to_another_document_leave_the_room_its_salt(two):
+    """Was (found by a review): `revoked_elsewhere` read the document's new salt *by name*, after an await;
+    if the document was renamed meanwhile and another made under its name, the open room of the old one
+    took the new document's salt (its share links then let into the old document until the next check)."""
+    here, there = two
+    admin = there.access.admin_token()
+    await there.create("doc", "old")
+    await there.join("doc", FakeConn("a"), hello("a"), token=admin)
+    room = there.rooms["doc"]
+    old_salt, old_id = room.salt, room.doc_id
+    reading, release = asyncio.Event(), asyncio.Event()
+    document = there.store.document
+
+    async def slow_document(name):  # the room is found; the document is read only after the rename
+        reading.set()
+        await release.wait()
+        return await document(name)
+
+    there.store.document = slow_document
+    revoked = asyncio.ensure_future(there.revoked_elsewhere("doc", False, doc_id=old_id))
+    await reading.wait()
+    await here.rename("doc", "moved")  # at the other process: the old document goes, a new one takes its name
+    await here.create("doc", "new")
+    new_salt = (await document("doc"))["salt"]
+    there.store.document = document
+    release.set()
+    await revoked
+    assert new_salt != old_salt and room.salt == old_salt
