@@ -313,11 +313,14 @@ export class HistoryPanel {
     if (view) view.focus();
   }
 
-  /** The page is connected again (editor.js): what could not be loaded is tried again now. */
+  /** The page is connected again (editor.js): what could not be loaded is tried again now, and the
+   *  named versions are read again (a name given while the page was cut off came as no frame). */
   reconnected() {
     if (!this.isOpen) return;
+    const names = this.retryable.has("newer") || this.retryable.has("checkpoints"); // retry() reads them
     this.stopRetry();
     this.retry();
+    if (!names) this.loadCheckpoints();
   }
 
   /** Called by the editor on every transaction of the live view. */
@@ -811,7 +814,10 @@ export class HistoryPanel {
       const { checkpoints } = await r.json();
       this.setError("name", null);
       this.closeNameForm(true);
-      if (Array.isArray(checkpoints)) this.setCheckpoints(checkpoints);
+      if (Array.isArray(checkpoints)) {
+        this.checkpointsAsked++; // newer than any load under way: its answer is not shown over this one
+        this.setCheckpoints(checkpoints);
+      }
       const named = this.checkpointAt(version); // the name as the server keeps it
       this.note(clean === null ? `Version ${version} no longer has a name.`
         : `Version ${version} is now named “${named ? named.name : clean}”.`);

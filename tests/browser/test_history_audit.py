@@ -243,3 +243,63 @@ def test_an_older_load_of_the_named_versions_failing_after_a_newer_one_shows_no_
     assert a.is_hidden("#history-error"), a.text_content("#history-error")
     assert a.query_selector(f"#history-sessions .history-checkpoint[data-version='{head}']") is not None
     assert a.collab_errors == [] and a.csp_violations == []
+
+
+def test_a_version_named_while_the_page_was_cut_off_shows_once_it_is_connected_again(server, contexts):
+    """A name given while the page was offline comes as no frame (the server tells only the connections
+    open then), and with no edit meanwhile nothing else reads the names: the open panel reads them again
+    when the page is connected again (was: not until the next edit; found by a review)."""
+    doc = "hist-named-offline"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a, head = edited_doc(ctx, server, doc, "abc")
+    a.click("#history-toggle")
+    wait_shown(a, head)
+    ctx.set_offline(True)
+    wait_status(a, "offline")
+    status, _ = api_json(server.url, f"/api/docs/{doc}/checkpoints", method="POST",
+                         body={"version": head, "name": "While away"})
+    assert status == 200
+    ctx.set_offline(False)
+    wait_status(a, "connected")
+    a.wait_for_selector(f"#history-sessions .history-checkpoint[data-version='{head}'] >> text=While away",
+                        timeout=5000)
+    assert server_doc(server.url, doc)["version"] == head  # no edit brought it
+    assert a.collab_errors == [] and a.csp_violations == []
+
+
+def test_a_load_of_the_names_that_began_before_a_naming_does_not_undo_it(server, contexts):
+    """A load of the named versions under way when the person names one answers, late, with the list
+    from before: the list the naming's own answer gave stays (was: the name the person had just given
+    disappeared until the next edit, when no `checkpoints` frame came to read them again, as at another
+    process without Redis; found by a review)."""
+    doc = "hist-name-vs-load"
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    a, head = edited_doc(ctx, server, doc, "abc")
+    a.click("#history-toggle")
+    wait_shown(a, head)
+    a.evaluate("() => { window.__collab.history.checkpointsChanged = () => {}; }")  # no news comes
+    held = []
+
+    def hold_reads(route):
+        if route.request.method == "GET":
+            held.append(route)
+        else:
+            route.continue_()
+
+    a.route("**/checkpoints", hold_reads)
+    a.evaluate("() => { window.__collab.history.loadCheckpoints(); }")
+    for _ in range(100):
+        if held:
+            break
+        a.wait_for_timeout(50)
+    assert held, "the load never came"
+    a.click("#history-name")
+    a.fill("#history-name-input", "Mine")
+    a.keyboard.press("Enter")
+    a.wait_for_selector(f"#history-sessions .history-checkpoint[data-version='{head}'] >> text=Mine")
+    held[0].fulfill(status=200, content_type="application/json", body='{"checkpoints": []}')  # from before
+    a.wait_for_timeout(500)
+    assert a.query_selector(f"#history-sessions .history-checkpoint[data-version='{head}']") is not None
+    assert len(held) == 1 and a.collab_errors == [] and a.csp_violations == []
