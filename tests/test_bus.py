@@ -539,6 +539,26 @@ async def test_a_version_named_at_one_process_is_told_to_the_connections_that_as
         redis.stop()
 
 
+def _held(obj, name: str):
+    """`obj.name` (an async method) made to wait, once called, until let go: (called, let_go), an Event set
+    when it is called and a function that puts the real method back and lets the waiting call go on."""
+    real = getattr(obj, name)
+    called, release = asyncio.Event(), asyncio.Event()
+
+    async def held(*args):
+        called.set()
+        await release.wait()
+        return await real(*args)
+
+    setattr(obj, name, held)
+
+    def let_go() -> None:
+        setattr(obj, name, real)
+        release.set()
+
+    return called, let_go
+
+
 async def test_a_check_that_read_while_the_document_was_deleted_and_made_again_leaves_the_new_one_alone(two):
     """Was: the check read the heads of the open rooms, and a room deleted here while it read (its name then
     made again, and joined) was taken as deleted elsewhere *by name*: the new document's sessions were
@@ -547,23 +567,14 @@ async def test_a_check_that_read_while_the_document_was_deleted_and_made_again_l
     admin = there.access.admin_token()
     await there.create("doc", "old")
     await there.join("doc", FakeConn("a"), hello("a"), token=admin)
-    reading, release = asyncio.Event(), asyncio.Event()
-    heads = there.store.heads
-
-    async def slow_heads(ids):  # the rooms are listed; the heads are read only after the delete
-        reading.set()
-        await release.wait()
-        return await heads(ids)
-
-    there.store.heads = slow_heads
+    reading, let_go = _held(there.store, "heads")  # the rooms are listed; the heads are read only after the delete
     check = asyncio.ensure_future(there.cluster.check())
     await reading.wait()  # it has listed the rooms: the old document's is among them
     await there.delete("doc")
     await there.create("doc", "new")
     conn = FakeConn("b")
     await there.join("doc", conn, hello("b"), token=admin)
-    there.store.heads = heads
-    release.set()
+    let_go()
     await check
     await asyncio.sleep(0.2)  # what it spawned has run
     assert not conn.closed, conn.closed_with
@@ -579,21 +590,12 @@ async def test_links_reset_elsewhere_read_while_the_name_went_to_another_documen
     await there.join("doc", FakeConn("a"), hello("a"), token=admin)
     room = there.rooms["doc"]
     old_salt, old_id = room.salt, room.doc_id
-    reading, release = asyncio.Event(), asyncio.Event()
-    document = there.store.document
-
-    async def slow_document(name):  # the room is found; the document is read only after the rename
-        reading.set()
-        await release.wait()
-        return await document(name)
-
-    there.store.document = slow_document
+    reading, let_go = _held(there.store, "document")  # the room is found; the document is read after the rename
     revoked = asyncio.ensure_future(there.revoked_elsewhere("doc", False, doc_id=old_id))
     await reading.wait()
     await here.rename("doc", "moved")  # at the other process: the old document goes, a new one takes its name
     await here.create("doc", "new")
-    new_salt = (await document("doc"))["salt"]
-    there.store.document = document
-    release.set()
+    let_go()
     await revoked
+    new_salt = (await there.store.document("doc"))["salt"]
     assert new_salt != old_salt and room.salt == old_salt

@@ -45,6 +45,41 @@ def edited_doc(ctx, server, doc, text="one two three"):
     return page, server_doc(server.url, doc)["version"]
 
 
+def history_opened(contexts, server, doc, text="one two three"):
+    """Alice's page on `doc`, which she has typed `text` into, with History open at the head:
+    (its context, the page, the head version)."""
+    ctx = contexts()
+    set_user(ctx, "Alice", "#e5484d")
+    page, head = edited_doc(ctx, server, doc, text)
+    page.click("#history-toggle")
+    wait_shown(page, head)
+    return ctx, page, head
+
+
+def held_requests(page, pattern, hold):
+    """Route `page`'s requests matching `pattern` through the test: each that `hold(request, held)`
+    picks is kept unanswered in the returned list (the test answers it); the others go on."""
+    held = []
+
+    def route(r):
+        if hold(r.request, held):
+            held.append(r)
+        else:
+            r.continue_()
+
+    page.route(pattern, route)
+    return held
+
+
+def wait_held(page, held):
+    """Until a request is held (routes are answered only while the page is waited on)."""
+    for _ in range(100):
+        if held:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError("no request was held within 5 s")
+
+
 def test_offline_loads_are_retried_with_a_growing_wait_then_at_reconnect(server, contexts):
     doc = "hist-offline-retry"
     ctx = contexts()
@@ -70,11 +105,7 @@ def test_offline_loads_are_retried_with_a_growing_wait_then_at_reconnect(server,
 
 def test_a_version_that_could_not_load_is_not_shown_as_another(server, contexts):
     doc = "hist-offline-version"
-    ctx = contexts()
-    set_user(ctx, "Alice", "#e5484d")
-    a, head = edited_doc(ctx, server, doc)
-    a.click("#history-toggle")
-    wait_shown(a, head)
+    ctx, a, head = history_opened(contexts, server, doc)
     ctx.set_offline(True)
     wait_status(a, "offline")
     select(a, 3)  # never loaded: not in the page's cache
@@ -92,11 +123,7 @@ def test_a_version_that_could_not_load_is_not_shown_as_another(server, contexts)
 
 def test_restore_is_not_offered_for_the_current_text(server, contexts):
     doc = "hist-restore-current"
-    ctx = contexts()
-    set_user(ctx, "Alice", "#e5484d")
-    a, head = edited_doc(ctx, server, doc, "abc")
-    a.click("#history-toggle")
-    wait_shown(a, head)
+    ctx, a, head = history_opened(contexts, server, doc, "abc")
     assert a.is_disabled("#history-restore")
     assert "current text" in a.get_attribute("#history-restore", "title")
     select(a, 1)
@@ -155,11 +182,7 @@ COUNT_FORMATTERS = """fn => {
 def test_rebuilding_the_list_makes_no_date_formatter(server, contexts):
     """A long history's list rebuilds while others type: the times are formatted by formatters made once."""
     doc = "hist-formatters"
-    ctx = contexts()
-    set_user(ctx, "Alice", "#e5484d")
-    a, head = edited_doc(ctx, server, doc, "abc")
-    a.click("#history-toggle")
-    wait_shown(a, head)
+    ctx, a, head = history_opened(contexts, server, doc, "abc")
     a.evaluate("() => { window.__collab.history.gap = 0; }")  # one session an edit: a time each
     assert a.evaluate(COUNT_FORMATTERS, "renderSessions") == 0
     times = a.eval_on_selector_all("#history-sessions .history-time", "els => els.map(e => e.textContent)")
@@ -193,11 +216,7 @@ def test_a_failure_that_would_only_repeat_is_not_retried(server, contexts):
 def test_new_edits_leave_the_older_rows_of_the_list_alone(server, contexts):
     """While others type the list follows, rebuilding only the rows that changed (not thousands)."""
     doc = "hist-rows-kept"
-    ctx = contexts()
-    set_user(ctx, "Alice", "#e5484d")
-    a, head = edited_doc(ctx, server, doc, "abc")
-    a.click("#history-toggle")
-    wait_shown(a, head)
+    ctx, a, head = history_opened(contexts, server, doc, "abc")
     a.evaluate("""() => { const h = window.__collab.history; h.gap = 0; h.renderSessions();  // a row an edit
         for (const li of document.querySelectorAll('#history-sessions li')) li.__old = true; }""")
     a.click(".cm-content")
@@ -213,29 +232,13 @@ def test_an_older_load_of_the_named_versions_failing_after_a_newer_one_shows_no_
     only the later one's answer counts: its list is shown, and the older one failing afterwards shows no
     error over it (was: "Could not load the named versions" until the next retry, up to 30 s)."""
     doc = "hist-stale-names"
-    ctx = contexts()
-    set_user(ctx, "Alice", "#e5484d")
-    a, head = edited_doc(ctx, server, doc, "abc")
-    a.click("#history-toggle")
-    wait_shown(a, head)
+    ctx, a, head = history_opened(contexts, server, doc, "abc")
     status, _ = api_json(server.url, f"/api/docs/{doc}/checkpoints", method="POST",
                          body={"version": head, "name": "Done"})
     assert status == 200
-    held = []
-
-    def hold_the_first(route):
-        if held:
-            route.continue_()
-        else:
-            held.append(route)  # answered below, once the later load has been
-
-    a.route("**/checkpoints", hold_the_first)
+    held = held_requests(a, "**/checkpoints", lambda request, held: not held)  # the first: answered below
     a.evaluate("() => window.__collab.history.checkpointsChanged()")
-    for _ in range(100):
-        if held:
-            break
-        a.wait_for_timeout(50)
-    assert held, "the first load never came"
+    wait_held(a, held)
     a.evaluate("() => window.__collab.history.checkpointsChanged()")
     a.wait_for_selector(f"#history-sessions .history-checkpoint[data-version='{head}'] >> text=Done")
     held[0].abort()
@@ -250,11 +253,7 @@ def test_a_version_named_while_the_page_was_cut_off_shows_once_it_is_connected_a
     open then), and with no edit meanwhile nothing else reads the names: the open panel reads them again
     when the page is connected again (was: not until the next edit; found by a review)."""
     doc = "hist-named-offline"
-    ctx = contexts()
-    set_user(ctx, "Alice", "#e5484d")
-    a, head = edited_doc(ctx, server, doc, "abc")
-    a.click("#history-toggle")
-    wait_shown(a, head)
+    ctx, a, head = history_opened(contexts, server, doc, "abc")
     ctx.set_offline(True)
     wait_status(a, "offline")
     status, _ = api_json(server.url, f"/api/docs/{doc}/checkpoints", method="POST",
@@ -274,27 +273,11 @@ def test_a_load_of_the_names_that_began_before_a_naming_does_not_undo_it(server,
     disappeared until the next edit, when no `checkpoints` frame came to read them again, as at another
     process without Redis; found by a review)."""
     doc = "hist-name-vs-load"
-    ctx = contexts()
-    set_user(ctx, "Alice", "#e5484d")
-    a, head = edited_doc(ctx, server, doc, "abc")
-    a.click("#history-toggle")
-    wait_shown(a, head)
+    ctx, a, head = history_opened(contexts, server, doc, "abc")
     a.evaluate("() => { window.__collab.history.checkpointsChanged = () => {}; }")  # no news comes
-    held = []
-
-    def hold_reads(route):
-        if route.request.method == "GET":
-            held.append(route)
-        else:
-            route.continue_()
-
-    a.route("**/checkpoints", hold_reads)
+    held = held_requests(a, "**/checkpoints", lambda request, held: request.method == "GET")  # not the POST
     a.evaluate("() => { window.__collab.history.loadCheckpoints(); }")
-    for _ in range(100):
-        if held:
-            break
-        a.wait_for_timeout(50)
-    assert held, "the load never came"
+    wait_held(a, held)
     a.click("#history-name")
     a.fill("#history-name-input", "Mine")
     a.keyboard.press("Enter")
