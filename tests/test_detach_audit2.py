@@ -362,7 +362,12 @@ async def test_ended_connections_are_all_freed(aiohttp_client, tmp_path):
     test_a_closed_connection_keeps_no_heartbeat_timer), nor the tasks. They are cycles, freed by the
     cyclic GC, not by reference counts.)"""
     from collab.ws import Connection
-    app = create_app(Settings(db=str(tmp_path / "g.db"), heartbeat=0.5))
+    # Every connection must still be open when its turn below comes: the ones welcomed first answer no
+    # ping until then, so the heartbeat would drop them heartbeat * 1.5 s after their welcome. The
+    # set-up takes about 0.16 s; at 0.5 s a whole-suite run once took longer (a pong written to a socket
+    # the heartbeat had closed: BrokenPipeError), so the heartbeat leaves 2.25 s.
+    heartbeat = 1.5
+    app = create_app(Settings(db=str(tmp_path / "g.db"), heartbeat=heartbeat))
     client = await aiohttp_client(app)
     port = client.server.port
     admission = app[ADMISSION]
@@ -406,6 +411,6 @@ async def test_ended_connections_are_all_freed(aiohttp_client, tmp_path):
     await until(lambda: not admission.live and not admission.per_address, timeout=10, what="all let go")
     for raw in raws + answering:
         raw.close()
-    await asyncio.sleep(1.2)  # a heartbeat (0.5 s) and a pong timeout (0.25 s) re-armed after a handshake
+    await asyncio.sleep(1.5 * heartbeat + 0.45)  # a heartbeat and its pong timeout, re-armed after a handshake
     gc.collect()
     assert ours() == 0, f"{ours()} ended connections are still alive"
