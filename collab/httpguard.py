@@ -24,7 +24,7 @@ Pure cores (no I/O, clocks passed in):
     traceback, with the count of those it held back.
 
 Adapters: `middleware` (Host, state changes, and the request body read under a deadline),
-`limit_writes` and `add_retry_after` (429 with Retry-After), `Listener` (the protocol factory `collab serve` listens with: the connection cap and the
+`limit_writes` and `refusal_headers` (429 with Retry-After; a body that cannot be read ends its connection), `Listener` (the protocol factory `collab serve` listens with: the connection cap and the
 head deadline), `raise_open_file_limit`.
 
 Rules: every refusal is a `ProtocolError`, answered by api.py's error_middleware; the head
@@ -245,7 +245,8 @@ def install_flood_filters(interval: float = 60.0) -> None:
 
 # -------------------------------------------------------------- adapters
 
-RETRY_AFTER = web.RequestKey("retry_after", int)
+RETRY_AFTER = web.RequestKey("retry_after", int)  # a refusal's Retry-After (limit_writes)
+CUT_SHORT = web.RequestKey("cut_short", bool)      # a body that could not be read: the connection ends after the answer
 
 
 def _local_port(request: web.Request) -> int | None:
@@ -274,6 +275,17 @@ def middleware(settings: Settings, access_control: bool):
             except TimeoutError:
                 raise ProtocolError("bad-request", f"the request body did not arrive within {deadline:g} s") \
                     from None
+            except web.RequestPayloadError:
+                # aiohttp's reader refused the bytes: most often a body its Content-Encoding does not
+                # decode (garbage sent as gzip or deflate); a body cut short by the client, too.
+                # Nothing more of it is read (aiohttp would try after the answer, and log the error as
+                # unhandled), and the connection ends after the answer (`Connection: close`): its parser
+                # stopped mid-body.
+                request.content.feed_eof()
+                request[CUT_SHORT] = True
+                encoding = request.headers.get("Content-Encoding")
+                how = f" as its Content-Encoding ({brief(encoding)}) says" if encoding else ""
+                raise ProtocolError("bad-request", f"the request body could not be read{how}") from None
         return await handler(request)
 
     @web.middleware
@@ -319,11 +331,17 @@ def limit_writes(request: web.Request, token: str | None) -> None:
                             f"try again in {seconds} s")
 
 
-async def add_retry_after(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: a refusal made by `limit_writes` says when to come back."""
-    seconds = request.get(RETRY_AFTER) if isinstance(request, web.Request) else None
+async def refusal_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare: a refusal made by `limit_writes` says when to come back; the answer to a
+    body that could not be read closes the connection."""
+    if not isinstance(request, web.Request):
+        return
+    seconds = request.get(RETRY_AFTER)
     if seconds is not None:
         response.headers["Retry-After"] = str(seconds)
+    if request.get(CUT_SHORT):
+        response.force_close()  # the connection ends after this answer; and says so (aiohttp has set the
+        response.headers["Connection"] = "close"  # headers by the time this hook runs)
 
 
 SETTINGS_KEY = web.AppKey("guard_settings", Settings)
@@ -333,7 +351,7 @@ def install(app: web.Application, settings: Settings) -> None:
     """What the adapters above need from the app (create_app calls this)."""
     app[SETTINGS_KEY] = settings
     app[WRITE_LIMITER] = write_limiter(settings)
-    app.on_response_prepare.append(add_retry_after)
+    app.on_response_prepare.append(refusal_headers)
 
 
 # ------------------------------------------------------------ listening
