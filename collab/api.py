@@ -457,7 +457,10 @@ class Api:
             raise ServerError("the server's disk is nearly full, so nothing can be saved for now")
         body = await _json_body(request)
         version = _int_param(body.get("version"), "version", None, 0, info["version"])
-        label = body.get("name")
+        if "name" not in body:  # a typo ({"nam": ...}) must not take a name away: only an explicit null does
+            raise ProtocolError("bad-request", "name is required: a string names the version, null takes its "
+                                "name away")
+        label = body["name"]
         if label is not None:
             if type(label) is not str or len(label) > protocol.MAX_NAME:
                 raise ProtocolError("bad-request", f"name must be a string of at most {protocol.MAX_NAME} "

@@ -585,7 +585,8 @@ async def test_named_versions_per_document_stop_at_max_checkpoints(aiohttp_clien
 async def test_a_checkpoint_name_is_visible_at_most_100_characters_and_only_null_takes_it_away(aiohttp_client, tmp_path):
     """Was: a name that normalised to nothing ("   ", a zero-width space) silently took the version's name away,
     and the 100-character limit was checked before NFC, so 100 x U+FB2C was stored as 300 characters. And a
-    body that is not JSON was bad-request, where the error table says bad-json."""
+    body that is not JSON was bad-request, where the error table says bad-json. And a body with no "name" at
+    all (a typo) took the name away as null does."""
     client = await aiohttp_client(create_app(Settings(db=str(tmp_path / "cp.db"), write_rate=0)))
     ws, frame = await hello(client, "doc", "", "c")
     await send(ws, {"type": "push", "version": 0, "updates": [{"clientID": "c", "changes": [[0, "x"]]}]})
@@ -607,6 +608,11 @@ async def test_a_checkpoint_name_is_visible_at_most_100_characters_and_only_null
     (stored,) = body["checkpoints"]
     assert stored["name"] == unicodedata.normalize("NFC", "\ufb2c" * 100)[:100], len(stored["name"])
     assert len(stored["author"]) == 100
+    for typo in ({"version": 1}, {"version": 1, "nam": "x"}):  # was: no "name" took the name away
+        resp = await client.post("/api/docs/doc/checkpoints", json=typo)
+        assert (resp.status, (await resp.json())["error"]["code"]) == (400, "bad-request"), typo
+    checkpoints = (await (await client.get("/api/docs/doc/checkpoints")).json())["checkpoints"]
+    assert [c["name"] for c in checkpoints] == [stored["name"]]
     assert (await name(None))[0] == 200
     assert (await (await client.get("/api/docs/doc/checkpoints")).json())["checkpoints"] == []
     resp = await client.post("/api/docs/doc/checkpoints", data=b"{version: 1", headers={"Content-Type": "application/json"})
