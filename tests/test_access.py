@@ -493,11 +493,37 @@ async def test_a_hello_on_a_renamed_documents_old_name_is_told_its_new_name(clie
     keystroke made (the document split in two, the unsent edits sent to the rescue dialog); an edit link
     was refused as if revoked. Now the hello gets what the live sessions got: 1008 naming the new name."""
     tokens = await make_doc(client, "old", "hello")
+    other = await make_doc(client, "other", "x")
     auth = {"Authorization": f"Bearer {ADMIN}"}
     assert (await client.post("/api/docs/old/rename", json={"name": "new"}, headers=auth)).status == 200
-    for token in (ADMIN, tokens["edit"], tokens["view"], None):  # as GET /d/old tells anyone the new address
+    for token in (ADMIN, tokens["edit"], tokens["view"]):  # as GET /d/old?token= sends them on
         ws, frame = await hello(client, "old", token, "back")
         assert (frame["type"], frame["code"]) == ("error", "not-found"), frame
         assert await closed(ws) == (1008, "this document was renamed to new")
+    # Was: the same to anyone, no token or a bad one, so the new name (and that the old one existed) was
+    # told to whoever asked. Now they get what a name no document ever had gets.
+    for token, code in ((None, "unauthorized"), ("e" + "x" * 40, "forbidden"), (other["edit"], "forbidden")):
+        for name in ("old", "never-was"):
+            ws, frame = await hello(client, name, token, "back")
+            assert (frame["type"], frame["code"]) == ("error", code), (token, name, frame)
+            assert "new" not in frame["message"], frame
+            await ws.close()
     docs = (await (await client.get("/api/docs", headers=auth)).json())["docs"]
-    assert [d["name"] for d in docs] == ["new"]
+    assert sorted(d["name"] for d in docs) == ["new", "other"]
+
+
+async def test_the_page_of_a_renamed_documents_old_name_tells_its_new_name_only_to_a_token_good_for_it(client):
+    """Was: `GET /d/old` with no token at all was redirected to `/d/new` on a team instance (a bad token was
+    refused): anyone could learn a document's new name, and that the old one existed."""
+    tokens = await make_doc(client, "old", "hello")
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert (await client.post("/api/docs/old/rename", json={"name": "new"}, headers=auth)).status == 200
+    plain = await client.get("/d/old", allow_redirects=False)
+    never = await client.get("/d/never-was", allow_redirects=False)
+    assert (plain.status, never.status) == (200, 200)  # the page, as for any name: it shows how to get in
+    assert "new" not in plain.headers.get("Location", "")
+    assert (await client.get("/d/old?token=e" + "x" * 40, allow_redirects=False)).status == 403
+    resp = await client.get(f"/d/old?token={tokens['edit']}", allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"].startswith("/d/new?token="), dict(resp.headers)
+    resp = await client.get(f"/d/old?token={ADMIN}", allow_redirects=False)
+    assert (resp.status, resp.headers["Location"]) == (302, "/d/new")
