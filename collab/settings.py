@@ -11,12 +11,15 @@ gave it: by its flag (`--check-every`), or by its variable
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from .errors import brief
 from .storage import is_postgres, not_a_database
 
 MIN_SECRET = 16  # characters of a secret, from --secret or a secret file: a shorter one is guessed
@@ -100,8 +103,8 @@ class Settings:
     max_conns_per_addr: int = _opt(100, "most connections from one client address")
     cert: str = _opt("", "TLS certificate file (PEM): serve HTTPS and WSS directly")
     key: str = _opt("", "TLS private key file (PEM) for --cert")
-    trusted_proxy: str = _opt("", "comma-separated addresses of reverse proxies whose "
-                              "X-Forwarded-For/-Proto headers are believed")
+    trusted_proxy: str = _opt("", "comma-separated IP addresses of reverse proxies whose "
+                              "X-Forwarded-For/-Proto headers are believed (each one: no networks or names)")
     allow_host: str = _opt("", "comma-separated host names served (name, name:port, or * for any) "
                            "besides 127.0.0.1, localhost and [::1] on the server's port; with access control "
                            "on and none given, every name is served")
@@ -222,6 +225,24 @@ class Settings:
             problems.append("--history-workers must be at least 1 and --history-timeout positive")
         if self.presence_batch < 1:
             problems.append("--presence-batch must be at least 1")
+        if self.max_updates < 1:  # 0 is no "no limit": every push would be too-large
+            problems.append("--max-updates must be at least 1 (a push carries one update or more)")
+        if self.max_ranges < 1:
+            problems.append("--max-ranges must be at least 1 (a cursor is one range)")
+        if self.max_doc < 1:
+            problems.append("--max-doc must be at least 1 (at 0 nobody could type a character)")
+        if self.send_buffer < MIN_FRAME:
+            problems.append(f"--send-buffer must be at least {MIN_FRAME} bytes (a connection must be able to "
+                            f"have a frame waiting; got {self.send_buffer})")
+        for entry in _entries(self.trusted_proxy):
+            try:
+                ipaddress.ip_address(entry)
+            except ValueError:
+                problems.append(f"--trusted-proxy takes the IP address of each proxy, {brief(entry)} is "
+                                "none (a network or a host name would never match a connection)")
+        for entry in _entries(self.allow_origin):
+            if (why := _origin_problem(entry)) is not None:
+                problems.append(f"--allow-origin {brief(entry)} {why}")
 
         if bool(self.cert) != bool(self.key):
             problems.append("--cert and --key go together")
@@ -244,6 +265,33 @@ class Settings:
 
 
 _TYPES = {"str": str, "int": int, "float": float, str: str, int: int, float: float}
+
+
+def _entries(value: str) -> list[str]:
+    """The entries of a comma-separated setting, stripped, empty ones left out."""
+    return [e.strip() for e in value.split(",") if e.strip()]
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_problem(entry: str) -> str | None:
+    """Why `entry` can never equal an Origin header a browser sends (None if it can): a scheme (http or
+    https) and a host, a port only if it is not the scheme's default, nothing else."""
+    try:
+        parts = urlsplit(entry.rstrip("/"))
+        port = parts.port
+    except ValueError:
+        return "is not an origin like https://host:port"
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return "is not an origin like https://host:port (http or https, and a host name)"
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        return "must be scheme://host[:port] only, as browsers send it in the Origin header"
+    if port == _DEFAULT_PORTS[scheme]:
+        return (f"names {scheme}'s default port, which browsers leave out of the Origin header: "
+                f"write {scheme}://{parts.netloc.rsplit(':', 1)[0]}")
+    return None
 
 
 def _convert(f, raw: str, key: str):

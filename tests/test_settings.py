@@ -67,7 +67,28 @@ BAD = [
     ({"history_workers": 0}, "--history-workers must be at least 1"),
     ({"presence_batch": 0}, "--presence-batch must be at least 1"),
     ({"cert": "c.pem"}, "--cert and --key go together"),
+    # Was: accepted, and then nobody could edit (--max-updates 0, --max-doc 0), show a cursor
+    # (--max-ranges 0) or keep a connection (--send-buffer 10); a proxy given by network or name was never
+    # matched, so every client behind it counted as the proxy's address; an origin without a scheme, or
+    # with the default port browsers leave out, never matched an Origin header (found by a newcomer).
+    ({"max_updates": 0, "update_burst": 0, "doc_update_burst": 0}, "--max-updates must be at least 1"),
+    ({"max_ranges": 0}, "--max-ranges must be at least 1"),
+    ({"max_doc": 0}, "--max-doc must be at least 1"),
+    ({"send_buffer": 10}, "--send-buffer must be at least 1024 bytes"),
+    ({"trusted_proxy": "127.0.0.1, notanip"}, "--trusted-proxy takes the IP address of each proxy, 'notanip'"),
+    ({"trusted_proxy": "10.0.0.0/8"}, "'10.0.0.0/8' is none"),
+    ({"allow_origin": "foo"}, "--allow-origin 'foo' is not an origin like https://host:port"),
+    ({"allow_origin": "https://a.example/app"}, "must be scheme://host[:port] only"),
+    ({"allow_origin": "https://[::1]:443"}, "write https://[::1]"),
 ]
+
+
+def test_good_proxies_and_origins_pass():
+    settings = Settings(trusted_proxy=" 127.0.0.1, ::1 ,fd00::1", allow_origin="https://a.example, http://b.example:8080/,"
+                        "http://[::1]:3000", max_updates=1, max_ranges=1, max_doc=1, send_buffer=1024)
+    from collab.ws import allowed_origins, trusted_proxies
+    assert trusted_proxies(settings) == {"127.0.0.1", "::1", "fd00::1"}
+    assert allowed_origins(settings) == {"https://a.example", "http://b.example:8080", "http://[::1]:3000"}
 
 
 @pytest.mark.parametrize("values, words", BAD)
