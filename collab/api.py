@@ -142,6 +142,9 @@ def readable_name() -> str:
     return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(90) + 10}"
 
 
+FAR = 10 ** 18  # past every version a database can hold (a signed 64-bit integer), yet stored and compared as one
+
+
 def _int_param(raw, what: str, default: int | None, low: int, high: int | None,
                beyond: str = "the latest version") -> int:
     """A non-negative integer within [low, high]; 400 bad-request otherwise.
@@ -154,8 +157,12 @@ def _int_param(raw, what: str, default: int | None, low: int, high: int | None,
             raise ProtocolError("bad-request", f"{what} is required")
         return default
     if isinstance(raw, _Text):
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        if not (raw.isascii() and raw.isdigit()):
             raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {brief(str(raw))}")
+        if len(raw.lstrip("0")) > 18:  # past every version (the text is not made into a number: it may be long)
+            if high is None:
+                return FAR  # an open bound (history's `before`): as far as any number goes
+            raise ProtocolError("bad-request", f"{what} {brief(str(raw))} is beyond {beyond} {high}")
         raw = int(raw)
     if type(raw) is not int:
         raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {brief(raw)}")
@@ -176,9 +183,14 @@ def _query(request: web.Request, key: str):
 
 
 async def _json_body(request: web.Request) -> dict:
+    data = await request.read()
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        try:
+            data.decode()
+        except UnicodeDecodeError as bad:
+            raise ProtocolError("bad-json", f"the request body is not UTF-8 (byte {bad.start})") from None
         raise ProtocolError("bad-json", f"the request body is not JSON: {exc}") from None
     if type(body) is not dict:
         raise ProtocolError("bad-request", "the request body must be a JSON object")

@@ -142,7 +142,7 @@ class ChangeSet:
                     raise ChangeError(f"item {i}: empty replacement, expected [deleted, ...lines]")
                 deleted = part[0]
                 if type(deleted) is not int:
-                    raise ChangeError(f"item {i}: deleted length must be an integer, got {type(deleted).__name__}")
+                    raise ChangeError(f"item {i}: deleted length must be an integer, got {_kind(deleted)}")
                 if deleted < 0:
                     raise ChangeError(f"item {i}: negative deleted length {deleted}")
                 length += deleted
@@ -159,7 +159,7 @@ class ChangeSet:
                 inserted.append(text)
                 new_length += n
             else:
-                raise ChangeError(f"item {i}: expected a length or a [deleted, ...lines] list, got {kind.__name__}")
+                raise ChangeError(f"item {i}: expected a length or a [deleted, ...lines] list, got {_kind(part)}")
         return cls(sections, inserted, length, new_length)
 
     def to_json(self) -> list:
@@ -354,6 +354,14 @@ class ChangeDesc(ChangeSet):
 # Building results. Both algorithms append sections through `_add_section`,
 # which merges neighbours the way CodeMirror does, so that our JSON equals
 # theirs section for section.
+
+
+def _kind(value) -> str:
+    """What a JSON value is, for an error: its type, but an integer past 64 bits (which orjson reads as a
+    float) is said to be one."""
+    if type(value) is float and value.is_integer() and abs(value) >= 2 ** 63:
+        return "a number too large (over 64 bits)"
+    return type(value).__name__
 
 
 def _add_section(sections: list[int], n: int, ins: int, force_join: bool = False) -> None:

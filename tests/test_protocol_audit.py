@@ -467,6 +467,27 @@ async def test_http_body_limit_and_not_json(http):
             assert (await resp.json())["error"]["code"] == "too-large"
     resp = await http.post("/api/docs", data=b"{nope", headers={"Content-Type": "application/json"})
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "bad-json"
+    # Was: "str is not valid UTF-8: surrogates not allowed" (orjson's words, naming a str nobody sent).
+    resp = await http.post("/api/docs", data=b'\xff\xfe{"name": "x"}', headers={"Content-Type": "application/json"})
+    error = (await resp.json())["error"]
+    assert (resp.status, error["code"], error["message"]) == (400, "bad-json", "the request body is not UTF-8 (byte 0)")
+
+
+async def test_http_numbers_past_every_version_are_said_to_be_so(http):
+    """Was: a number of more than 18 digits was 'must be a non-negative integer' (it is one), and a
+    history page `before` it was refused where a smaller number past the head reads from the head; a
+    length of more than 64 bits in a push's changes was 'got float' (orjson reads it as one)."""
+    name, a = await made_doc(http)
+    huge = "9" * 24
+    resp = await http.get(f"/api/docs/{name}/versions/{huge}")
+    assert (resp.status, (await resp.json())["error"]["message"]) == (
+        400, f"version '{huge[:40]}' is beyond the latest version 1")
+    pages = [await (await http.get(f"/api/docs/{name}/history?before={before}")).json() for before in (huge, "99")]
+    assert pages[0] == pages[1] and [e["version"] for e in pages[0]["entries"]] == [1], pages
+    await a.send_str('{"type": "push", "version": 1, "updates": [{"clientID": "A", "changes": [3, [%s]]}]}' % huge)
+    error = await recv(a)
+    assert error["type"] == "error" and "a number too large (over 64 bits)" in error["message"], error
+    assert await stored(http, name) == (200, {"name": name, "version": 1, "doc": "abc"})
 
 
 @pytest.mark.parametrize("offer, answer", [
