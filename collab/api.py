@@ -111,7 +111,10 @@ def error_middleware(answer, sockets: str = "/ws/"):
 
     async def answered(request: web.Request, handler):
         try:
-            return await handler(request)
+            response = await handler(request)
+            if type(response) is web.FileResponse and _no_such_file(request):
+                raise web.HTTPNotFound()
+            return response
         except Exception as exc:  # noqa: BLE001 - every error gets the one shape (a bug: 500, logged)
             return answer(request, exc)
 
@@ -125,6 +128,15 @@ def error_middleware(answer, sockets: str = "/ws/"):
             return _ready(answer(request, exc))
 
     return middleware
+
+
+def _no_such_file(request: web.Request) -> bool:
+    """Whether the /static/ file aiohttp's static route answers with is missing: its FileResponse would
+    send a 404 with an empty body of its own, not the error shape (the route has kept the name inside its
+    folder already)."""
+    directory = request.match_info.route.resource.get_info().get("directory")
+    filename = request.match_info.get("filename")
+    return directory is not None and filename is not None and not (directory / filename).is_file()
 
 
 async def _ready(response: web.StreamResponse) -> web.StreamResponse:

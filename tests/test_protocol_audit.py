@@ -407,6 +407,8 @@ async def test_takeover_with_resume_key_and_leave(http):
     ("GET", "/api/docs/" + "x" * 101, None, 400, "bad-request"),
     ("GET", "/api/docs/{doc}-missing", None, 404, "not-found"),
     ("GET", "/nothing-here", None, 404, "not-found"),
+    ("GET", "/static/no-such-bundle-AAAA1111.js", None, 404, "not-found"),  # was: 404 with an empty body
+    ("GET", "/static/no-such-folder/", None, 404, "not-found"),
     ("PUT", "/api/docs/{doc}", {}, 405, "bad-request"),
     ("DELETE", "/api/docs/{doc}/history", None, 405, "bad-request"),
     ("GET", "/api/docs/{doc}/history?limit=0", None, 400, "bad-request"),
