@@ -9,6 +9,7 @@ which is logged with its traceback and answered as 500 `internal`).
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import re
@@ -112,8 +113,9 @@ def error_middleware(answer, sockets: str = "/ws/"):
     async def answered(request: web.Request, handler):
         try:
             response = await handler(request)
-            if type(response) is web.FileResponse and _no_such_file(request):
-                raise web.HTTPNotFound()
+            if type(response) is web.FileResponse and (path := _static_file(request)) is not None and \
+                    not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
+                raise web.HTTPNotFound()  # (its FileResponse would send a 404 of its own, with an empty body)
             return response
         except Exception as exc:  # noqa: BLE001 - every error gets the one shape (a bug: 500, logged)
             return answer(request, exc)
@@ -130,13 +132,12 @@ def error_middleware(answer, sockets: str = "/ws/"):
     return middleware
 
 
-def _no_such_file(request: web.Request) -> bool:
-    """Whether the /static/ file aiohttp's static route answers with is missing: its FileResponse would
-    send a 404 with an empty body of its own, not the error shape (the route has kept the name inside its
-    folder already)."""
+def _static_file(request: web.Request) -> Path | None:
+    """The file aiohttp's static route answers this request with (the route has kept the name inside
+    its folder already); None for any other route."""
     directory = request.match_info.route.resource.get_info().get("directory")
     filename = request.match_info.get("filename")
-    return directory is not None and filename is not None and not (directory / filename).is_file()
+    return directory / filename if directory is not None and filename is not None else None
 
 
 async def _ready(response: web.StreamResponse) -> web.StreamResponse:
@@ -171,11 +172,12 @@ def _int_param(raw, what: str, default: int | None, low: int, high: int | None,
     if isinstance(raw, _Text):
         if not (raw.isascii() and raw.isdigit()):
             raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {brief(str(raw))}")
-        if len(raw.lstrip("0")) > 18:  # past every version (the text is not made into a number: it may be long)
+        digits = raw.lstrip("0") or "0"  # (int() refuses more than 4,300 digits, zeros included)
+        if len(digits) > 18:  # past every version (the text is not made into a number: it may be long)
             if high is None:
                 return FAR  # an open bound (history's `before`): as far as any number goes
             raise ProtocolError("bad-request", f"{what} {brief(str(raw))} is beyond {beyond} {high}")
-        raw = int(raw)
+        raw = int(digits)
     if type(raw) is not int:
         raise ProtocolError("bad-request", f"{what} must be a non-negative integer, got {brief(raw)}")
     if raw < low:
@@ -455,8 +457,8 @@ class Api:
         new = await self.store.renamed_to(name)
         if new is None:
             return None
-        token = token_of(request)
-        if not self.access.enabled:
+        token = request.query.get("token")  # a page's, as page_access reads it (a header would tell a
+        if not self.access.enabled:          # former name by a 403 where any other name is served)
             return f"/d/{new}"
         if not token:  # the new name is told only to a token good for the old one: the page is served as is
             return None  # (an admin's tab, its token kept out of the address, hears it at its hello)

@@ -237,9 +237,12 @@ class Settings:
         for entry in _entries(self.trusted_proxy):
             try:
                 ipaddress.ip_address(entry)
+                if "%" in entry:  # a socket reports the peer without its zone
+                    raise ValueError(entry)
             except ValueError:
                 problems.append(f"--trusted-proxy takes the IP address of each proxy, {brief(entry)} is "
-                                "none (a network or a host name would never match a connection)")
+                                "none (a network, a host name, brackets, a port or a zone (%eth0) would never "
+                                "match a connection)")
         for entry in _entries(self.allow_origin):
             if (why := _origin_problem(entry)) is not None:
                 problems.append(f"--allow-origin {brief(entry)} {why}")
@@ -276,19 +279,21 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _origin_problem(entry: str) -> str | None:
-    """Why `entry` can never equal an Origin header a browser sends (None if it can): a scheme (http or
-    https) and a host, a port only if it is not the scheme's default, nothing else."""
+    """Why `entry` can never equal an Origin header a browser sends (None if it can): a scheme and a host
+    (an extension's or an app's origin, chrome-extension://id, tauri://localhost, too), a port only if it
+    is not the default of http or https, nothing else."""
     try:
         parts = urlsplit(entry.rstrip("/"))
         port = parts.port
     except ValueError:
         return "is not an origin like https://host:port"
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        return "is not an origin like https://host:port (http or https, and a host name)"
-    if parts.path or parts.query or parts.fragment or parts.username is not None:
+    if not scheme or not parts.hostname:
+        return "is not an origin like https://host:port (a scheme and a host name)"
+    if (parts.path or parts.query or parts.fragment or parts.username is not None
+            or "?" in entry or "#" in entry or parts.netloc.endswith(":")):
         return "must be scheme://host[:port] only, as browsers send it in the Origin header"
-    if port == _DEFAULT_PORTS[scheme]:
+    if port is not None and port == _DEFAULT_PORTS.get(scheme):
         return (f"names {scheme}'s default port, which browsers leave out of the Origin header: "
                 f"write {scheme}://{parts.netloc.rsplit(':', 1)[0]}")
     return None

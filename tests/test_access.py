@@ -522,6 +522,10 @@ async def test_the_page_of_a_renamed_documents_old_name_tells_its_new_name_only_
     never = await client.get("/d/never-was", allow_redirects=False)
     assert (plain.status, never.status) == (200, 200)  # the page, as for any name: it shows how to get in
     assert "new" not in plain.headers.get("Location", "")
+    for junk in ("junk", "e" + "x" * 40, tokens["view"]):  # a page's token is its address's: a header is not
+        for page in ("/d/old", "/d/never-was"):          # read, so it tells nothing of a former name either
+            resp = await client.get(page, headers={"Authorization": f"Bearer {junk}"}, allow_redirects=False)
+            assert resp.status == 200, (junk, page, resp.status)
     assert (await client.get("/d/old?token=e" + "x" * 40, allow_redirects=False)).status == 403
     resp = await client.get(f"/d/old?token={tokens['edit']}", allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"].startswith("/d/new?token="), dict(resp.headers)

@@ -283,6 +283,14 @@ async def test_a_body_its_content_encoding_does_not_decode_is_a_bad_request(aioh
     doc = await (await client.get("/api/docs/victim")).json()
     assert (doc["doc"], doc["version"]) == ("precious", 1)
     assert await docs_of(client) == ["victim"]
+    # The server itself ends the connection after the answer, even with a next request waiting behind it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    bad = (f"POST /api/docs HTTP/1.1\r\nHost: 127.0.0.1:{client.port}\r\nContent-Type: application/json\r\n"
+           f"Content-Encoding: gzip\r\nContent-Length: {len(garbage)}\r\n\r\n").encode() + garbage
+    writer.write(bad + f"GET /api/docs/victim HTTP/1.1\r\nHost: 127.0.0.1:{client.port}\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 10)  # to the end: the server closed it
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
     # A body compressed as it says is read as usual.
     resp = await client.post("/api/docs", data=gzip.compress(orjson.dumps({"name": "zipped"})),
                              headers={**JSON, "Content-Encoding": "gzip"})

@@ -486,6 +486,11 @@ async def test_http_numbers_past_every_version_are_said_to_be_so(http):
         400, f"version '{huge[:40]}' is beyond the latest version 1")
     pages = [await (await http.get(f"/api/docs/{name}/history?before={before}")).json() for before in (huge, "99")]
     assert pages[0] == pages[1] and [e["version"] for e in pages[0]["entries"]] == [1], pages
+    # Leading zeros are no digits of the number (int() alone refuses more than 4,300 digits: a 500).
+    resp = await http.get(f"/api/docs/{name}/versions/{'0' * 4400}1")
+    assert resp.status == 200 and (await resp.json())["doc"] == "abc", await resp.text()
+    resp = await http.get(f"/api/docs/{name}/history?before={'0' * 5000}2")
+    assert [e["version"] for e in (await resp.json())["entries"]] == [1]
     await a.send_str('{"type": "push", "version": 1, "updates": [{"clientID": "A", "changes": [3, [%s]]}]}' % huge)
     error = await recv(a)
     assert error["type"] == "error" and "a number too large (over 64 bits)" in error["message"], error

@@ -80,15 +80,21 @@ BAD = [
     ({"allow_origin": "foo"}, "--allow-origin 'foo' is not an origin like https://host:port"),
     ({"allow_origin": "https://a.example/app"}, "must be scheme://host[:port] only"),
     ({"allow_origin": "https://[::1]:443"}, "write https://[::1]"),
+    ({"allow_origin": "https://a.example:"}, "must be scheme://host[:port] only"),
+    ({"allow_origin": "https://a.example?"}, "must be scheme://host[:port] only"),
+    ({"trusted_proxy": "fe80::1%eth0"}, "'fe80::1%eth0' is none"),
+    ({"trusted_proxy": "[::1]"}, "'[::1]' is none"),
 ]
 
 
 def test_good_proxies_and_origins_pass():
     settings = Settings(trusted_proxy=" 127.0.0.1, ::1 ,fd00::1", allow_origin="https://a.example, http://b.example:8080/,"
-                        "http://[::1]:3000", max_updates=1, max_ranges=1, max_doc=1, send_buffer=1024)
+                        "http://[::1]:3000,chrome-extension://abcdef,tauri://localhost",
+                        max_updates=1, max_ranges=1, max_doc=1, send_buffer=1024)
     from collab.ws import allowed_origins, trusted_proxies
     assert trusted_proxies(settings) == {"127.0.0.1", "::1", "fd00::1"}
-    assert allowed_origins(settings) == {"https://a.example", "http://b.example:8080", "http://[::1]:3000"}
+    assert allowed_origins(settings) == {"https://a.example", "http://b.example:8080", "http://[::1]:3000",
+                                         "chrome-extension://abcdef", "tauri://localhost"}
 
 
 @pytest.mark.parametrize("values, words", BAD)
