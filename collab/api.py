@@ -457,9 +457,11 @@ class Api:
         new = await self.store.renamed_to(name)
         if new is None:
             return None
-        token = request.query.get("token")  # a page's, as page_access reads it (a header would tell a
-        if not self.access.enabled:          # former name by a 403 where any other name is served)
+        if not self.access.enabled:
             return f"/d/{new}"
+        # A page's token is the one in its address, as page_access reads it: a header is not looked at
+        # (a bad one, refused here, would tell a former name from any other name, which is served).
+        token = request.query.get("token")
         if not token:  # the new name is told only to a token good for the old one: the page is served as is
             return None  # (an admin's tab, its token kept out of the address, hears it at its hello)
         salt = await self.rooms.salt_of(new)

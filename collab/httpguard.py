@@ -340,8 +340,10 @@ async def refusal_headers(request: web.BaseRequest, response: web.StreamResponse
     if seconds is not None:
         response.headers["Retry-After"] = str(seconds)
     if request.get(CUT_SHORT):
-        response.force_close()  # the connection ends after this answer; and says so (aiohttp has set the
-        response.headers["Connection"] = "close"  # headers by the time this hook runs)
+        # The connection ends after this answer, and the answer says so (aiohttp has written its
+        # Connection header already by the time this hook runs).
+        response.force_close()
+        response.headers["Connection"] = "close"
 
 
 SETTINGS_KEY = web.AppKey("guard_settings", Settings)
