@@ -340,8 +340,8 @@ async def refusal_headers(request: web.BaseRequest, response: web.StreamResponse
     if seconds is not None:
         response.headers["Retry-After"] = str(seconds)
     if request.get(CUT_SHORT):
-        # The connection ends after this answer, and the answer says so (aiohttp has written its
-        # Connection header already by the time this hook runs).
+        # The connection ends after this answer, and the answer says so (aiohttp has chosen its
+        # Connection header by the time this hook runs, though not yet sent).
         response.force_close()
         response.headers["Connection"] = "close"
 
