@@ -361,11 +361,11 @@ def cluster_site(backend_ports_: list[int], http_port: int, https_port: int, cer
         lines = [line for line in text.splitlines() if line.strip() == old]
         assert len(lines) == 1, f"docs/nginx-collab-cluster.conf should have the line {old!r} exactly once"
         text = text.replace(lines[0], lines[0].replace(old, new))
-    servers = re.findall(r"^( *)server 127\.0\.0\.1:80\d\d( max_fails=1 fail_timeout=5s;)$", text, re.M)
-    assert len(servers) >= 2, "the upstream should list several `server 127.0.0.1:80NN max_fails=1 ...;` lines"
+    servers = re.findall(r"^( *)server 127\.0\.0\.1:80\d\d( max_fails=0;)$", text, re.M)
+    assert len(servers) >= 2, "the upstream should list several `server 127.0.0.1:80NN max_fails=0;` lines"
     indent, options = servers[0]
     block = "\n".join(f"{indent}server 127.0.0.1:{p}{options}" for p in backend_ports_)
-    text = re.sub(r"(?:^ *server 127\.0\.0\.1:80\d\d max_fails=1 fail_timeout=5s;\n)+", block + "\n", text,
+    text = re.sub(r"(?:^ *server 127\.0\.0\.1:80\d\d max_fails=0;\n)+", block + "\n", text,
                   count=1, flags=re.M)
     return text
 

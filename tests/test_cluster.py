@@ -382,6 +382,58 @@ def test_through_nginx_with_the_hash_config(cluster, node, tmp_path):
         nginx.stop()
 
 
+def test_a_rolling_restart_behind_the_cluster_config_leaves_no_editor_without_a_process(cluster, tmp_path):
+    """Was (docs/nginx-collab-cluster.conf's `max_fails=1 fail_timeout=5s`): nginx forgets a process's
+    failure only when a request to it ends, and a WebSocket lasts as long as its tab. So once a rolling
+    restart's first process was back, it stayed marked down (tried once per 5 s), and when the second
+    stopped, the editors reconnecting got 502 "no live upstreams" while the first was up (8-24 s in an
+    operator's walkthrough). Now every new connection is served as long as one process is."""
+    port = free_port()
+    c = cluster(n=2, extra=["--trusted-proxy", "127.0.0.1", "--allow-host", f"127.0.0.1:{port}"])
+    cert, key = self_signed(tmp_path / "tls")
+    nginx = ClusterNginx(tmp_path / "nginx", [p.port for p in c.procs], cert, key, tls=False, port=port).start()
+    names = [f"rolling{i}" for i in range(12)]  # documents of both processes (the hash spreads them)
+
+    async def welcomed(session, name: str, client_id: str):
+        ws = await session.ws_connect(f"{nginx.ws_url}/ws/{name}", protocols=["collab.v1"])
+        await ws.send_str(json.dumps({"type": "hello", "clientID": client_id, "version": None,
+                                      "user": {"name": "roller", "color": "#336699"}}))
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "welcome", msg
+        return ws
+
+    async def rolling_restart():
+        open_, refused, tries = [], [], 0
+        async with aiohttp.ClientSession() as session:
+            await asyncio.to_thread(c.procs[0].stop)  # the first process restarts; meanwhile its documents'
+            for name in names:                        # editors go to the other one
+                open_.append(await welcomed(session, name, "first"))
+            await asyncio.to_thread(c.procs[0].restart)
+            for name in names:  # tabs come back over WebSockets only, which stay open
+                open_.append(await welcomed(session, name, "back"))
+            await asyncio.to_thread(c.procs[1].stop)  # then the second process restarts
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                name = names[tries % len(names)]
+                tries += 1
+                try:
+                    open_.append(await welcomed(session, name, f"again{tries}"))
+                except aiohttp.WSServerHandshakeError as exc:
+                    refused.append((name, exc.status))
+                await asyncio.sleep(0.1)
+            for ws in open_:
+                await ws.close()
+        return refused, tries
+
+    try:
+        refused, tries = asyncio.run(rolling_restart())
+        assert tries >= 20, tries
+        assert not refused, (f"{len(refused)} of {tries} connections refused while process {c.procs[0].port} "
+                             f"was up: {refused[:6]}; nginx logs:\n{nginx.errors()[-2000:]}")
+    finally:
+        nginx.stop()
+
+
 def routing(access_log: str) -> dict[str, set[str]]:
     """doc -> the upstream addresses that served requests about it (from the collab_cluster log format)."""
     out: dict[str, set[str]] = {}
