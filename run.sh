@@ -135,7 +135,7 @@ if [ -n "$public" ]; then
         prev="$arg"
     done
     if [ -z "$given_secret" ] && [ ! -s "$secret_file" ]; then
-        mkdir -p "$(dirname "$secret_file")"
+        (umask 077 && mkdir -p "$(dirname "$secret_file")")  # readable by this user only, as below
         (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > "$secret_file")
         say "made a new secret in $secret_file (keep it; it signs every share link)"
     fi

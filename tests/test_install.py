@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -177,6 +178,8 @@ def test_run_sh_public_works_after_other_options(tmp_path):
             assert time.monotonic() < deadline, f"run.sh did not start:\n{log_path.read_text()}"
             time.sleep(0.05)
         assert (source / "data" / "secret").stat().st_size > 0
+        # Was 0755: made for the secret before run.sh's umask 077, which says "readable by this user only".
+        assert stat.S_IMODE((source / "data").stat().st_mode) == 0o700, oct((source / "data").stat().st_mode)
         assert (source / "data" / "admin-link").read_text().startswith(f"http://127.0.0.1:{port}/?token=")
         with pytest.raises(urllib.error.HTTPError) as refused:  # access control is on
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/docs", timeout=5)
