@@ -46,7 +46,7 @@ from aiohttp import web
 
 from .access import origin_allowed
 from .errors import ProtocolError, brief
-from .settings import Settings
+from .settings import Settings, entries
 from .ws import allowed_origins, client_address, own_origin, trusted_proxies
 
 log = logging.getLogger("collab")
@@ -91,11 +91,11 @@ class HostPolicy:
     @classmethod
     def parse(cls, allow_host: str, access_control: bool) -> "HostPolicy":
         """From `--allow-host` (comma-separated); raises ValueError naming a bad entry."""
-        entries = [e.strip() for e in allow_host.split(",") if e.strip()]
-        if "*" in entries:
+        listed = entries(allow_host)
+        if "*" in listed:
             return cls(any_host=True)
         names = set()
-        for entry in entries:
+        for entry in listed:
             try:
                 names.add(split_host(entry))
             except ValueError:

@@ -234,7 +234,7 @@ class Settings:
         if self.send_buffer < MIN_FRAME:
             problems.append(f"--send-buffer must be at least {MIN_FRAME} bytes (a connection must be able to "
                             f"have a frame waiting; got {self.send_buffer})")
-        for entry in _entries(self.trusted_proxy):
+        for entry in entries(self.trusted_proxy):
             try:
                 ipaddress.ip_address(entry)
                 if "%" in entry:  # a socket reports the peer without its zone
@@ -243,7 +243,7 @@ class Settings:
                 problems.append(f"--trusted-proxy takes the IP address of each proxy, {brief(entry)} is "
                                 "none (a network, a host name, brackets, a port or a zone (%eth0) would never "
                                 "match a connection)")
-        for entry in _entries(self.allow_origin):
+        for entry in entries(self.allow_origin):
             if (why := _origin_problem(entry)) is not None:
                 problems.append(f"--allow-origin {brief(entry)} {why}")
 
@@ -270,8 +270,9 @@ class Settings:
 _TYPES = {"str": str, "int": int, "float": float, str: str, int: int, float: float}
 
 
-def _entries(value: str) -> list[str]:
-    """The entries of a comma-separated setting, stripped, empty ones left out."""
+def entries(value: str) -> list[str]:
+    """The entries of a comma-separated setting (--allow-host, --allow-origin, --trusted-proxy),
+    stripped, empty ones left out."""
     return [e.strip() for e in value.split(",") if e.strip()]
 
 

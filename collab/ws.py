@@ -48,7 +48,7 @@ from .errors import (
 from .limits import TokenBucket
 from .peer import INTERRUPT, NO_DEFLATE, Outbox, Peer, frame_header
 from .room import Member, Rooms
-from .settings import Settings
+from .settings import Settings, entries
 
 log = logging.getLogger("collab")
 
@@ -787,12 +787,12 @@ def own_origin(request: web.Request, trusted: frozenset[str]) -> str:
 
 
 def allowed_origins(settings: Settings) -> frozenset[str]:
-    return frozenset(o.strip().rstrip("/").lower() for o in settings.allow_origin.split(",") if o.strip())
+    return frozenset(o.rstrip("/").lower() for o in entries(settings.allow_origin))
 
 
 def trusted_proxies(settings: Settings) -> frozenset[str]:
     """--trusted-proxy's addresses, spelled as the socket spells a peer (see `ip_text`)."""
-    return frozenset(ip_text(a) for a in settings.trusted_proxy.split(",") if a.strip())
+    return frozenset(ip_text(a) for a in entries(settings.trusted_proxy))
 
 
 def _frame_error(ws: web.WebSocketResponse) -> ProtocolError:
