@@ -55,6 +55,7 @@ from clusterproc import CLUSTER_SITE, Cluster, ClusterNginx, WriterKiller, free_
 from conftest import JS_DIR
 from loadclients import apply_changes, history_versions
 from serverproc import ROOT, get_json
+from wsutil import USER, recv_type, send
 
 WS_PROTOCOL = "collab.v1"
 BUS_METRICS = ("collab_conflicts_total", "collab_catchup_reads_total", "collab_bus_up", "collab_bus_gaps_total",
@@ -396,10 +397,8 @@ def test_a_rolling_restart_behind_the_cluster_config_leaves_no_editor_without_a_
 
     async def welcomed(session, name: str, client_id: str):
         ws = await session.ws_connect(f"{nginx.ws_url}/ws/{name}", protocols=["collab.v1"])
-        await ws.send_str(json.dumps({"type": "hello", "clientID": client_id, "version": None,
-                                      "user": {"name": "roller", "color": "#336699"}}))
-        msg = await ws.receive(timeout=10)
-        assert msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "welcome", msg
+        await send(ws, {"type": "hello", "clientID": client_id, "version": None, "user": USER})
+        await recv_type(ws, "welcome", timeout=10)
         return ws
 
     async def rolling_restart():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from collab.settings import Settings
+from collab.ws import allowed_origins, trusted_proxies
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +92,6 @@ def test_good_proxies_and_origins_pass():
     settings = Settings(trusted_proxy=" 127.0.0.1, ::1 ,fd00::1", allow_origin="https://a.example, http://b.example:8080/,"
                         "http://[::1]:3000,chrome-extension://abcdef,tauri://localhost",
                         max_updates=1, max_ranges=1, max_doc=1, send_buffer=1024)
-    from collab.ws import allowed_origins, trusted_proxies
     assert trusted_proxies(settings) == {"127.0.0.1", "::1", "fd00::1"}
     assert allowed_origins(settings) == {"https://a.example", "http://b.example:8080", "http://[::1]:3000",
                                          "chrome-extension://abcdef", "tauri://localhost"}
