@@ -1764,9 +1764,11 @@ class Rooms:
         room = await self._get(name, create=False)
         if room is None:
             moved = await self.store.renamed_to(name)
-            if moved is not None:  # a page from before a rename: it follows the document, as live ones did,
-                if self.access.enabled:  # with a token good for the old name (or the admin's): the new name
-                    self.access.role(token, name, await self.salt_of(moved))  # is told to nobody else
+            if moved is not None:
+                # A page from before a rename follows the document, as live ones did, but only with a token
+                # good for the old name (or the admin's): the new name is told to nobody else.
+                if self.access.enabled:
+                    self.access.role(token, name, await self.salt_of(moved))
                 raise ProtocolError("not-found", renamed_reason(moved), close=CLOSE_POLICY)
             if self.access.enabled and self.access.role(token) != "admin":
                 raise ProtocolError("forbidden", "this token does not give access here")
