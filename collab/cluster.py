@@ -369,9 +369,7 @@ class Cluster:
             self._queued_bytes -= size
             self._sending, client, pause = True, None, 0.0
             try:
-                if self._publisher_client is None:
-                    self._publisher_client = self._client(socket_timeout=2.0)
-                client = self._publisher_client
+                client = self._publisher()
                 if len(batch) == 1:
                     await client.publish(*batch[0])
                 else:
@@ -411,6 +409,12 @@ class Cluster:
                 await asyncio.sleep(pause)
                 if refused > 0.1 and self.up:
                     self._publisher_down = False  # try again (while the subscriber is away: once it is back)
+
+    def _publisher(self):
+        """The client that publishes (and pings); made anew after a failure, connecting when first used."""
+        if self._publisher_client is None:
+            self._publisher_client = self._client(socket_timeout=2.0)
+        return self._publisher_client
 
     def _publisher_lost(self, exc: BaseException, client, failed: int = 0) -> None:
         """A publish (or a ping) on `client` failed: Redis is down for us until the subscriber reaches it
@@ -463,6 +467,12 @@ class Cluster:
                     log.debug("cluster: subscriber failed: %s", exc)
                 self._set_up(False, exc)
                 pubsub, self._pubsub = self._pubsub, None
+                # The publisher's connection went the same way (Redis restarted, say), though nothing told
+                # it yet: kept, its first use after the return failed and threw away the subscriber that
+                # had just come back (a second outage in the log, one more check of every document). The
+                # next publish makes a new one; one under way on the old is counted as dropped.
+                publisher, self._publisher_client = self._publisher_client, None
+                self.rooms.spawn(_close_quietly(publisher))
                 await _close_quietly(pubsub)
                 refused = _refusal(exc) is not None
                 if connected is not None and time.monotonic() - connected > REFUSED_BACKOFF_MAX and not refused:
@@ -602,8 +612,8 @@ class Cluster:
                 # Said (once a minute): while it fails, news lost on Redis is not made good.
                 self._check_failing.warning("cluster: checking the open documents against the database "
                                             "failed: %s: %s", type(exc).__name__, exc)
-            client = self._publisher_client
-            if self.url and self.up and client is not None:
+            if self.url and self.up:
+                client = self._publisher()  # the one publishes use: it is their connection that is checked
                 try:
                     async with asyncio.timeout(1.0):
                         await client.ping()

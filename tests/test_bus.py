@@ -135,15 +135,21 @@ async def test_stop_ends_every_loop_even_when_a_check_was_just_asked_for(tmp_pat
 
 
 @pytest.fixture
-async def bus(tmp_path):
-    """A Cluster on a real Redis, over a registry on a SQLite file; started, stopped at the end."""
+async def bus(bus_redis):
+    """A Cluster on a real Redis, over a registry on a SQLite file; stopped at the end."""
+    return bus_redis[0]
+
+
+@pytest.fixture
+async def bus_redis(tmp_path):
+    """`bus` and its RedisServer: (cluster, redis)."""
     redis = RedisServer(workdir=tmp_path / "redis").start()
     settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0)
     store = await Store(settings.db).open()
     rooms = Rooms(settings, store)
     cluster = rooms.cluster = Cluster(rooms, redis.url, check_every=0.2, poll_every=0.1)
     try:
-        yield cluster
+        yield cluster, redis
     finally:
         await cluster.stop()
         await rooms.shutdown()
@@ -355,6 +361,10 @@ async def acl_bus(tmp_path):
         await store.close()
         await admin.aclose()
         redis.stop()
+
+
+def _published(bus) -> float:
+    return bus.rooms.metrics.registry.get_sample_value("collab_bus_published_total")
 
 
 def _dropped(bus) -> float:
@@ -599,3 +609,35 @@ async def test_links_reset_elsewhere_read_while_the_name_went_to_another_documen
     await revoked
     new_salt = (await there.store.document("doc"))["salt"]
     assert new_salt != old_salt and room.salt == old_salt
+
+
+
+async def test_a_redis_restart_is_one_outage_in_the_log_and_the_news_after_it_goes_out(bus_redis, caplog):
+    """Was (an operator, three times): after Redis restarted, the log said 'reachable again', at once
+    'unreachable (Connection closed by server)', then 'reachable again' half a second later. Only the
+    subscriber had noticed the restart: the publisher's client kept its dead connection, the first
+    publish after the return failed on it, and that failure threw away the subscriber that had just
+    connected (one more reconnection, one more check of every document, the news dropped)."""
+    import logging
+
+    bus, redis = bus_redis
+    await bus.start()
+    await until(lambda: bus.up, "the bus coming up")
+    bus.publish_leave("doc", ["s1"])
+    await until(lambda: _published(bus) == 1, "the first message going out")  # the publisher is connected
+    with caplog.at_level(logging.INFO, logger="collab.cluster"):
+        redis.kill()
+        await until(lambda: not bus.up, "the restart being noticed", timeout=10)
+        redis.start()
+        await until(lambda: bus.up, "the bus coming up again", timeout=10)
+        dropped = _dropped(bus)
+        for k in range(5):
+            bus.publish_leave("doc", [f"s{k + 2}"])
+        await until(lambda: _published(bus) + _dropped(bus) - dropped >= 6, "the news after the return")
+        await asyncio.sleep(1.0)  # a second outage shows by now: the subscriber reconnects within 0.1 s
+    said = [m for r in caplog.records if "Redis at" in (m := r.getMessage())]
+    assert _dropped(bus) == dropped, f"news said after the return was dropped: {said}"
+    assert _published(bus) == 6
+    outages = [m for m in said if " is unreachable" in m]
+    returns = [m for m in said if m.endswith(" is reachable again")]
+    assert len(outages) == 1 and len(returns) == 1 and bus.up, said
