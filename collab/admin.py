@@ -17,6 +17,10 @@ Rules that always hold:
     file or a PostgreSQL database alike (collab never creates PostgreSQL
     databases: `createdb` does); and none writes into another program's
     database (`import` and `copy`'s target included);
+  * nor upgrades one by accident: a command that only uses a database (all
+    but `import` and `copy`'s target) refuses one whose migrations are
+    pending (an older collab made it, and could not open it again once
+    upgraded), but for `backup` on SQLite, which copies it as it is;
   * a database is named by `storage.describe`: a URL's password never
     appears in what a command prints;
   * a failure leaves what was there before: backups and exported files appear
@@ -48,8 +52,8 @@ from .changes import utf16_len
 from .errors import ProtocolError, ServerError
 from .settings import Settings
 from .storage import (DocumentGone, Kept, NamedWhileCompacting, NotOurs, StorageUnavailable, TooManyDocuments,
-                      VersionCompacted, check_ours, database_exists, describe, is_postgres, not_a_database, store_at,
-                      store_for)
+                      VersionCompacted, check_ours, database_exists, describe, is_postgres, not_a_database,
+                      schema_behind, store_at, store_for)
 
 
 class AdminError(Exception):
@@ -64,10 +68,16 @@ def _warn(message: str) -> None:
     print(f"collab: {message}", file=sys.stderr, flush=True)
 
 
-def _require_database(db: str, which: str = "give --db or COLLAB_DB", empty_ok: bool = False) -> None:
+def _require_database(db: str, which: str = "give --db or COLLAB_DB", empty_ok: bool = False,
+                      older_ok: bool = False) -> tuple[int, int] | None:
     """Raise AdminError unless the database `db` exists (a SQLite file, a PostgreSQL database) and is
     collab's, or, with `empty_ok` (a command that makes a database there), empty: a command never writes
-    its tables into another program's database, and one that only reads one makes none."""
+    its tables into another program's database, and one that only reads one makes none.
+
+    Nor does a command that only uses a database (all but those with `empty_ok`) upgrade one an older
+    collab made: that collab could not open it again, and a backup taken "before the upgrade" would
+    have been taken after it. Such a database is refused, saying how to upgrade it, unless `older_ok`
+    (backup, which copies it as it is): then (its schema version, this collab's) is returned, else None."""
     try:
         there = database_exists(db)
     except StorageUnavailable as exc:
@@ -82,6 +92,18 @@ def _require_database(db: str, which: str = "give --db or COLLAB_DB", empty_ok: 
     if not ours and not empty_ok:
         raise AdminError(f"{describe(db)} is empty, not a collab database ({which}; `collab migrate` makes one "
                          "there)")
+    if not ours or empty_ok:
+        return None
+    try:
+        behind = schema_behind(db)
+    except StorageUnavailable as exc:
+        raise AdminError(str(exc)) from None
+    if behind is not None and not older_ok:
+        raise AdminError(f"{describe(db)} has schema version {behind[0]}, older than this collab's ({behind[1]}): "
+                         "this command would upgrade it, and the collab that made it could not open it again. "
+                         "Upgrade it on purpose: `collab backup FILE`, which copies it as it is, then "
+                         "`collab migrate` (starting the server does the same)")
+    return behind
 
 
 def _existing_db(settings: Settings) -> str:
@@ -90,10 +112,11 @@ def _existing_db(settings: Settings) -> str:
 
 
 @asynccontextmanager
-async def _store(settings: Settings):
-    """An open store on settings.db (pending migrations are applied, as `serve` would). It logs nothing when
-    the database cannot be used: the command's error says it, in its one line."""
-    store = store_for(settings, keep=0, log_unavailable=False)
+async def _store(settings: Settings, migrate: bool = True):
+    """An open store on settings.db (pending migrations are applied, as `serve` would, unless not `migrate`:
+    see store_at). It logs nothing when the database cannot be used: the command's error says it, in its
+    one line."""
+    store = store_for(settings, keep=0, log_unavailable=False, migrate=migrate)
     await store.open()
     try:
         yield store
@@ -157,7 +180,12 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
     `PRAGMA integrity_check`, switched to an ordinary rollback journal (one
     self-contained file), and only then renamed to FILE.
     """
-    src_name = _existing_db(settings)
+    behind = _require_database(settings.db, older_ok=True)
+    src_name = describe(settings.db)
+    if behind is not None and is_postgres(settings.db):
+        raise AdminError(f"{src_name} has schema version {behind[0]}, older than this collab's ({behind[1]}), "
+                         "and this collab reads PostgreSQL only at its own: back it up as it is with pg_dump "
+                         "(or `collab backup` of the collab that made it), then upgrade it with `collab migrate`")
     dest_path = Path(dest)
     try:
         itself = not is_postgres(settings.db) and dest_path.resolve() == Path(settings.db).resolve()
@@ -179,7 +207,7 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
             tmp.unlink()
         except OSError as exc:
             raise AdminError(f"cannot write the backup file {dest_path}: {exc.strerror or exc}") from None
-        documents, updates = asyncio.run(_backup(settings, tmp))
+        documents, updates = asyncio.run(_backup(settings, tmp, migrate=behind is None))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         for journal in ("-wal", "-shm", "-journal"):  # the replaced database's: SQLite would read them into the copy
@@ -195,12 +223,14 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
             with contextlib.suppress(OSError):  # a folder that could not be made holds no copy to remove
                 Path(f"{tmp}{left}").unlink(missing_ok=True)
     _say(f"backed up {src_name} to {dest_path} in {time.monotonic() - started:.1f}s: {documents} documents, "
-         f"{updates} updates, {dest_path.stat().st_size} bytes, integrity ok")
+         f"{updates} updates, {dest_path.stat().st_size} bytes, integrity ok"
+         + (f"; schema version {behind[0]} as it was (`collab migrate` upgrades the database to {behind[1]})"
+            if behind else ""))
     return 0
 
 
-async def _backup(settings: Settings, dest: Path) -> tuple[int, int]:
-    async with _store(settings) as store:
+async def _backup(settings: Settings, dest: Path, migrate: bool) -> tuple[int, int]:
+    async with _store(settings, migrate) as store:
         return await store.backup(dest)
 
 

@@ -626,6 +626,36 @@ def check_ours(db: str | Path) -> bool:
     return bool(tables)
 
 
+def schema_behind(db: str | Path) -> tuple[int, int] | None:
+    """(the schema version `db` has, this collab's) when an older collab made it and migrations are pending,
+    which `migrate` or `serve` would apply; None when it is up to date, newer (opening it says so), empty,
+    or not there. Read, never written. StorageUnavailable if a PostgreSQL server cannot be asked."""
+    if is_postgres(str(db)):
+        import asyncio
+
+        from . import store_pg
+        done, files = asyncio.run(store_pg.schema_versions(str(db))), store_pg.migration_files()
+    else:
+        from . import store
+        done, files = _sqlite_schema_versions(Path(db)), store.migration_files()
+    try:
+        pending = pending_migrations(files, done)
+    except DatabaseTooNew:
+        return None
+    return (max(done), max(n for n, _ in files)) if done and pending else None
+
+
+def _sqlite_schema_versions(path: Path) -> set[int]:
+    import sqlite3
+    if "schema_version" not in _sqlite_tables(path):
+        return set()
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in conn.execute("SELECT version FROM schema_version")}
+    finally:
+        conn.close()
+
+
 def _sqlite_tables(path: Path) -> set[str]:
     """The tables of the SQLite file at `path` (none if there is no file); NotOurs if it is not a database."""
     import sqlite3
@@ -652,29 +682,33 @@ def pending_migrations(files: list[tuple[int, Path]], done: set[int]) -> list[tu
 
 
 def store_at(db: str | Path, *, synchronous: str = "NORMAL", snapshot_every: int = 1000, keep: int = 2000,
-             exclusive: bool = False, log_unavailable: bool = True) -> "Storage":
+             exclusive: bool = False, log_unavailable: bool = True, migrate: bool = True) -> "Storage":
     """An unopened store for `db`: a PostgreSQL URL or a SQLite file path.
 
     `synchronous` is SQLite's; `exclusive` is SQLite's one-server lock
     (PostgreSQL is made for several processes and ignores it);
     `log_unavailable=False` keeps the SQLite store from logging that the
     database cannot be used, for a caller that says so itself (the
-    PostgreSQL store never logs it: its callers do).
+    PostgreSQL store never logs it: its callers do). Opening a store applies
+    the pending migrations; `migrate=False` (SQLite only) leaves the schema
+    as it is, for `backup` alone: nothing else reads an older schema.
     """
     if is_postgres(str(db)):
+        if not migrate:
+            raise ValueError("a PostgreSQL store always brings its schema up to date")
         from .store_pg import PgStore
         return PgStore(str(db), snapshot_every=snapshot_every, keep=keep)
     from .store import Store
     return Store(db, synchronous=synchronous.upper(), snapshot_every=snapshot_every, keep=keep,
-                 exclusive=exclusive, log_unavailable=log_unavailable)
+                 exclusive=exclusive, log_unavailable=log_unavailable, migrate=migrate)
 
 
 def store_for(settings: "Settings", *, keep: int | None = None, exclusive: bool = False,
-              log_unavailable: bool = True) -> "Storage":
+              log_unavailable: bool = True, migrate: bool = True) -> "Storage":
     """An unopened store for `settings.db`, with the settings' options (`keep` updates per loaded document)."""
     return store_at(settings.db, synchronous=settings.sync, snapshot_every=settings.snapshot_every,
                     keep=settings.keep_updates if keep is None else keep, exclusive=exclusive,
-                    log_unavailable=log_unavailable)
+                    log_unavailable=log_unavailable, migrate=migrate)
 
 
 def migrate(db: str | Path, synchronous: str = "NORMAL") -> list[str]:

@@ -462,8 +462,9 @@ class Store(GroupWriter):
     """SQLite backend of `storage.Storage`."""
 
     def __init__(self, path: str | Path, synchronous: str = "FULL", snapshot_every: int = 1000,
-                 keep: int = 2000, exclusive: bool = False, log_unavailable: bool = True):
+                 keep: int = 2000, exclusive: bool = False, log_unavailable: bool = True, migrate: bool = True):
         self.path = str(path)
+        self.migrate = migrate  # False: the schema is left as it is (a backup of what an older collab made)
         self.synchronous = synchronous
         self.snapshot_every = snapshot_every
         self.keep = keep
@@ -487,7 +488,8 @@ class Store(GroupWriter):
         if self.exclusive:
             self._lock()
         self._w = _Connections(self.path, self.synchronous, 1, "collab-sqlite-writer")
-        await self._w.run(apply_migrations)
+        if self.migrate:
+            await self._w.run(apply_migrations)
         if self.synchronous.upper() in ("NORMAL", "OFF"):
             self._inline = connect_sync(self.path, self.synchronous)
             self._inline.execute("PRAGMA busy_timeout=0")

@@ -242,6 +242,19 @@ async def tables(url: str) -> set[str]:
     return {row[0] for row in rows}
 
 
+async def schema_versions(url: str) -> set[int]:
+    """The migrations the database records as applied (none if it has no `schema_version`, or is not there)."""
+    conn = await _connect_if_there(url)
+    if conn is None:
+        return set()
+    try:
+        if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+            return set()
+        return {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
+    finally:
+        await conn.close()
+
+
 # ------------------------------------------------------------------ statements
 
 _LOCK_DOCUMENTS = "SELECT id, version FROM documents WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"

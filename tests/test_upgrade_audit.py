@@ -241,3 +241,92 @@ async def test_new_edits_and_deletes_after_the_upgrade(upgraded):
             assert fresh > highest, (fresh, highest)
         finally:
             conn.close()
+
+
+def schema_of(db: str) -> set[int]:
+    if db.startswith("postgresql"):
+        import asyncpg
+
+        async def read() -> set[int]:
+            conn = await asyncpg.connect(db)
+            try:
+                return {r[0] for r in await conn.fetch("SELECT version FROM schema_version")}
+            finally:
+                await conn.close()
+        return asyncio.run(read())
+    conn = sqlite3.connect(db)
+    try:
+        return {r[0] for r in conn.execute("SELECT version FROM schema_version")}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def old_database(request, tmp_path):
+    """A database an older collab made (a fixture case), not migrated: its URL or path."""
+    case = request.param
+    if case.startswith("postgres"):
+        db = request.getfixturevalue("pg_url")
+        asyncio.run(load_postgres(case, db))
+        return db
+    db = str(tmp_path / "old.db")
+    load_sqlite(case, Path(db))
+    return db
+
+
+@pytest.mark.parametrize("old_database", ["sqlite-935e54b", "postgres-c8b79a3"], indirect=True)
+def test_commands_that_only_use_a_database_do_not_upgrade_one_an_older_collab_made(old_database, tmp_path):
+    """Was (the upgrade audit): `collab docs`, `export`, `compact`, `backup` and `copy` (its SOURCE) applied
+    the pending migrations to the database they opened. A team that ran `collab backup` with the new
+    collab "before upgrading" had upgraded its live database already, and the backup was of the new
+    schema too: the collab that made it refused both ("newer than this collab knows"). Now each refuses,
+    saying how to upgrade on purpose, and leaves the schema as it was."""
+    from test_admin_errors import collab, refused
+
+    before = schema_of(old_database)
+    for args in (["docs"], ["export", tmp_path / "out"], ["compact", "--keep-history", "10"],
+                 ["copy", old_database, tmp_path / "copy.db"]):
+        if args[0] != "copy":
+            args = [*args, "--db", old_database]
+        result = collab(*args)
+        refused(result, f"has schema version {max(before)}, older than this collab's")
+        assert "collab migrate" in result.stderr, result.stderr
+        assert schema_of(old_database) == before, args
+    assert not (tmp_path / "out").exists() and not (tmp_path / "copy.db").exists()
+
+
+def test_a_backup_of_a_database_an_older_collab_made_is_a_copy_as_it_is(tmp_path):
+    """`collab backup` is what a team runs before an upgrade: it copies an older database without
+    upgrading it (the original and the copy both keep their schema, and the collab that made them opens
+    them), says so, and the copy upgrades as the original would."""
+    from test_admin_errors import collab
+
+    db, copy = tmp_path / "old.db", tmp_path / "backup.db"
+    load_sqlite("sqlite-935e54b", db)
+    before = schema_of(str(db))
+    result = collab("backup", copy, "--db", db)
+    assert result.returncode == 0, result.stderr
+    assert f"schema version {max(before)} as it was" in result.stdout, result.stdout
+    assert schema_of(str(db)) == before and schema_of(str(copy)) == before
+    conn = sqlite3.connect(copy)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # one self-contained file
+        names = {r[0] for r in conn.execute("SELECT name FROM documents")}
+    finally:
+        conn.close()
+    expected = json.loads((FIXTURES / "sqlite-935e54b" / "expected.json").read_text())
+    assert names == set(expected["docs"])
+    assert collab("migrate", "--db", copy).returncode == 0
+    listed = collab("docs", "--db", copy)
+    assert listed.returncode == 0 and all(name in listed.stdout for name in expected["docs"]), listed
+
+
+def test_a_backup_of_a_postgresql_database_an_older_collab_made_is_refused_saying_pg_dump(pg_url, tmp_path):
+    """This collab reads PostgreSQL only at its own schema, so it cannot copy an older one without upgrading
+    it: refused, naming pg_dump, with the schema left as it was and no file made."""
+    from test_admin_errors import collab, refused
+
+    asyncio.run(load_postgres("postgres-c8b79a3", pg_url))
+    before = schema_of(pg_url)
+    refused(collab("backup", tmp_path / "b.db", "--db", pg_url), "pg_dump")
+    assert schema_of(pg_url) == before and not (tmp_path / "b.db").exists()
