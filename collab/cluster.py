@@ -132,6 +132,8 @@ class Cluster:
         self.expiry = expiry
         self.up: bool | None = None  # Redis reachable; None until the first try says (falsy: not up)
         self._publisher_client = None
+        self._publisher_made = 0  # `_returns` when that client was made
+        self._returns = 0  # how many times Redis came up (the subscriber's connection confirmed)
         self._pubsub = None
         self._channels: set[str] = set()     # what we want to hear
         self._confirmed: set[str] = set()    # subscriptions Redis confirmed on the current connection
@@ -340,6 +342,7 @@ class Cluster:
         self.up = up
         if up:
             self._publisher_down = False
+            self._returns += changed
         self.m_up.set(1 if up else 0)
         if up and changed:
             self._rosters_lost()
@@ -414,6 +417,7 @@ class Cluster:
         """The client that publishes (and pings); made anew after a failure, connecting when first used."""
         if self._publisher_client is None:
             self._publisher_client = self._client(socket_timeout=2.0)
+            self._publisher_made = self._returns
         return self._publisher_client
 
     def _publisher_lost(self, exc: BaseException, client, failed: int = 0) -> None:
@@ -423,10 +427,22 @@ class Cluster:
         sent when Redis is back it would be old news, ahead of the new (a cursor moved then went out
         seconds late behind a thousand stale messages); the others' checks read our commits from the
         database meanwhile and when they are back, and we republish our cursors (`_rosters_lost`).
-        A client already given up (the other loop's failure closed it) says nothing of the one since.
-        `failed`: messages of the batch that failed (counted as dropped)."""
+        A client already given up (the other loop's failure closed it), or one made before the subscriber
+        last reached Redis, says nothing of the Redis since: its failure only drops what it carried (and,
+        while Redis is down, what waits, as above). `failed`: messages of the batch that failed (counted
+        as dropped)."""
         if client is not self._publisher_client:
+            if self.up:
+                self.m_dropped.inc(failed)
+            else:  # given up by the subscriber, which lost Redis: still, nothing waits to go out late
+                self._drop_news(failed)
+            return
+        if self.up and self._publisher_made < self._returns:
+            # Made while Redis was away, and failing now that the subscriber has reached it again: its
+            # failure says nothing of the Redis that is back. A new client for the next publish.
             self.m_dropped.inc(failed)
+            self._publisher_client = None
+            self.rooms.spawn(_close_quietly(client))
             return
         self._set_up(False, exc)
         self._drop_news(failed)
@@ -467,14 +483,16 @@ class Cluster:
                     log.debug("cluster: subscriber failed: %s", exc)
                 self._set_up(False, exc)
                 pubsub, self._pubsub = self._pubsub, None
-                # The publisher's connection went the same way (Redis restarted, say), though nothing told
-                # it yet: kept, its first use after the return failed and threw away the subscriber that
-                # had just come back (a second outage in the log, one more check of every document). The
-                # next publish makes a new one; one under way on the old is counted as dropped.
-                publisher, self._publisher_client = self._publisher_client, None
-                self.rooms.spawn(_close_quietly(publisher))
-                await _close_quietly(pubsub)
                 refused = _refusal(exc) is not None
+                if connected is not None and not refused:
+                    # A connection that served lost Redis (a restart, say), and the publisher's went the
+                    # same way though nothing told it yet: kept, its first use after the return failed and
+                    # threw away the subscriber that had just come back (a second outage in the log, one
+                    # more check of every document). The next publish makes a new one; what was under way
+                    # on the old one is dropped with what waits (`_publisher_lost`).
+                    publisher, self._publisher_client = self._publisher_client, None
+                    self.rooms.spawn(_close_quietly(publisher))
+                await _close_quietly(pubsub)
                 if connected is not None and time.monotonic() - connected > REFUSED_BACKOFF_MAX and not refused:
                     backoff = 0.1  # it had served a while: a new failure
                 connected = None
