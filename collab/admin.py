@@ -17,10 +17,10 @@ Rules that always hold:
     file or a PostgreSQL database alike (collab never creates PostgreSQL
     databases: `createdb` does); and none writes into another program's
     database (`import` and `copy`'s target included);
-  * nor upgrades one by accident: a command that only uses a database (all
-    but `import` and `copy`'s target) refuses one whose migrations are
-    pending (an older collab made it, and could not open it again once
-    upgraded), but for `backup` on SQLite, which copies it as it is;
+  * nor upgrades one by accident (`migrate` and `serve` do, on purpose):
+    every command refuses a database whose migrations are pending (an older
+    collab made it, and could not open it again once upgraded), but for
+    `backup` on SQLite, which copies it as it is;
   * a database is named by `storage.describe`: a URL's password never
     appears in what a command prints;
   * a failure leaves what was there before: backups and exported files appear
@@ -39,6 +39,7 @@ import contextlib
 import fcntl
 import os
 import random
+import shlex
 import sqlite3
 import sys
 import time
@@ -74,10 +75,10 @@ def _require_database(db: str, which: str = "give --db or COLLAB_DB", empty_ok: 
     collab's, or, with `empty_ok` (a command that makes a database there), empty: a command never writes
     its tables into another program's database, and one that only reads one makes none.
 
-    Nor does a command that only uses a database (all but those with `empty_ok`) upgrade one an older
-    collab made: that collab could not open it again, and a backup taken "before the upgrade" would
-    have been taken after it. Such a database is refused, saying how to upgrade it, unless `older_ok`
-    (backup, which copies it as it is): then (its schema version, this collab's) is returned, else None."""
+    Nor does a command upgrade a database an older collab made (only `migrate` and `serve` do): that
+    collab could not open it again, and a backup taken "before the upgrade" would have been taken
+    after it. Such a database is refused, saying how to upgrade it, unless `older_ok` (backup, which
+    copies it as it is): then (its schema version, this collab's) is returned, else None."""
     try:
         there = database_exists(db)
     except StorageUnavailable as exc:
@@ -89,20 +90,25 @@ def _require_database(db: str, which: str = "give --db or COLLAB_DB", empty_ok: 
         ours = check_ours(db)
     except (NotOurs, StorageUnavailable) as exc:
         raise AdminError(str(exc)) from None
-    if not ours and not empty_ok:
-        raise AdminError(f"{describe(db)} is empty, not a collab database ({which}; `collab migrate` makes one "
-                         "there)")
-    if not ours or empty_ok:
+    if not ours:
+        if not empty_ok:
+            raise AdminError(f"{describe(db)} is empty, not a collab database ({which}; `collab migrate` makes "
+                             "one there)")
         return None
     try:
         behind = schema_behind(db)
     except StorageUnavailable as exc:
         raise AdminError(str(exc)) from None
     if behind is not None and not older_ok:
+        if is_postgres(db):
+            how = ("back it up as it is with pg_dump, then run `collab migrate` with the same --db (starting "
+                   "the servers does the same)")
+        else:
+            how = (f"back it up as it is with `collab backup FILE --db {shlex.quote(db)}`, then run "
+                   f"`collab migrate --db {shlex.quote(db)}` (starting the server on it does the same)")
         raise AdminError(f"{describe(db)} has schema version {behind[0]}, older than this collab's ({behind[1]}): "
-                         "this command would upgrade it, and the collab that made it could not open it again. "
-                         "Upgrade it on purpose: `collab backup FILE`, which copies it as it is, then "
-                         "`collab migrate` (starting the server does the same)")
+                         "this command would upgrade it first, and the collab that made it could not open it "
+                         f"again. Upgrade it on purpose: {how}")
     return behind
 
 

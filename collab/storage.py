@@ -637,23 +637,13 @@ def schema_behind(db: str | Path) -> tuple[int, int] | None:
         done, files = asyncio.run(store_pg.schema_versions(str(db))), store_pg.migration_files()
     else:
         from . import store
-        done, files = _sqlite_schema_versions(Path(db)), store.migration_files()
+        done = store.schema_versions(Path(db)) if "schema_version" in _sqlite_tables(Path(db)) else set()
+        files = store.migration_files()
     try:
         pending = pending_migrations(files, done)
     except DatabaseTooNew:
         return None
     return (max(done), max(n for n, _ in files)) if done and pending else None
-
-
-def _sqlite_schema_versions(path: Path) -> set[int]:
-    import sqlite3
-    if "schema_version" not in _sqlite_tables(path):
-        return set()
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        return {row[0] for row in conn.execute("SELECT version FROM schema_version")}
-    finally:
-        conn.close()
 
 
 def _sqlite_tables(path: Path) -> set[str]:

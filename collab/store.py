@@ -171,6 +171,15 @@ def apply_migrations(conn: sqlite3.Connection, directory: Path | None = None) ->
     return applied
 
 
+def schema_versions(path: Path) -> set[int]:
+    """The migrations the SQLite file at `path` records as applied (it has a `schema_version`); read-only."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in conn.execute("SELECT version FROM schema_version")}
+    finally:
+        conn.close()
+
+
 def connect_sync(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")

@@ -191,17 +191,26 @@ async def test_resume_repush_and_restore_from_old_versions(upgraded):
         assert text == want["doc"]["doc"], name
         # The last update before the upgrade, pushed again by its client (its acknowledgement was lost):
         # taken to be the same update, not applied twice.
+        # Then one new keystroke on the same connection: frames are handled in order, so once it is
+        # acknowledged the re-push was handled too.
         last = updates[-1]
         ws, welcome = await hello(client, name, admin, last["clientID"], head - 1)
         await ws.send_str(orjson.dumps({"type": "push", "version": head - 1, "updates": [last]}).decode())
-        await asyncio.sleep(0.3)
+        length = len(want["doc"]["doc"].encode("utf-16-le")) // 2
+        await ws.send_str(orjson.dumps({"type": "push", "version": head, "updates": [
+            {"clientID": last["clientID"], "changes": [[0, "Z"], length] if length else [[0, "Z"]]}]}).decode())
+        while True:
+            f = await frame(ws, ("updates", "error"))
+            assert f["type"] == "updates", f
+            if any(u["changes"][0] == [0, "Z"] for u in f["updates"]):
+                break
         await ws.close()
         now = await get_json(client, f"/api/docs/{name}")
-        assert (now["version"], now["doc"]) == (head, want["doc"]["doc"]), name
+        assert (now["version"], now["doc"]) == (head + 1, "Z" + want["doc"]["doc"]), name
         # Restoring the old version gives its text, as one new version.
         resp = await client.post(f"/api/docs/{name}/restore", json={"version": old}, headers=client.admin)
         assert resp.status == 200, await resp.text()
-        assert (await resp.json())["version"] == head + 1
+        assert (await resp.json())["version"] == head + 2
         restored = (await get_json(client, f"/api/docs/{name}"))["doc"]
         assert digest(restored) == want["versions"][str(old)], name
         resp = await client.get(f"/api/docs/{name}/authors", headers=client.admin)
@@ -275,22 +284,29 @@ def old_database(request, tmp_path):
 
 
 @pytest.mark.parametrize("old_database", ["sqlite-935e54b", "postgres-c8b79a3"], indirect=True)
-def test_commands_that_only_use_a_database_do_not_upgrade_one_an_older_collab_made(old_database, tmp_path):
-    """Was (the upgrade audit): `collab docs`, `export`, `compact`, `backup` and `copy` (its SOURCE) applied
-    the pending migrations to the database they opened. A team that ran `collab backup` with the new
-    collab "before upgrading" had upgraded its live database already, and the backup was of the new
-    schema too: the collab that made it refused both ("newer than this collab knows"). Now each refuses,
-    saying how to upgrade on purpose, and leaves the schema as it was."""
+def test_admin_commands_do_not_upgrade_a_database_an_older_collab_made(old_database, tmp_path):
+    """Was (the upgrade audit): `collab docs`, `export`, `compact`, `backup`, `import` and `copy` (its
+    SOURCE and TARGET) applied the pending migrations to the database they opened. A team that ran
+    `collab backup` with the new collab "before upgrading" had upgraded its live database already, and
+    the backup was of the new schema too: the collab that made it refused both ("newer than this collab
+    knows"). Now each refuses (backup: see below), saying how to upgrade on purpose for that very
+    database, and leaves the schema as it was."""
     from test_admin_errors import collab, refused
 
     before = schema_of(old_database)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "new.txt").write_text("hello")
+    current = tmp_path / "current.db"
+    assert collab("migrate", "--db", current).returncode == 0
     for args in (["docs"], ["export", tmp_path / "out"], ["compact", "--keep-history", "10"],
-                 ["copy", old_database, tmp_path / "copy.db"]):
+                 ["import", tmp_path / "in"], ["copy", old_database, tmp_path / "copy.db"],
+                 ["copy", current, old_database]):
         if args[0] != "copy":
             args = [*args, "--db", old_database]
         result = collab(*args)
         refused(result, f"has schema version {max(before)}, older than this collab's")
-        assert "collab migrate" in result.stderr, result.stderr
+        assert ("pg_dump" if old_database.startswith("postgresql") else f"collab migrate --db {old_database}") \
+            in result.stderr, result.stderr
         assert schema_of(old_database) == before, args
     assert not (tmp_path / "out").exists() and not (tmp_path / "copy.db").exists()
 
