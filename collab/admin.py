@@ -78,7 +78,7 @@ def _require_database(db: str, which: str = "give --db or COLLAB_DB", empty_ok: 
     Nor does a command upgrade a database an older collab made (only `migrate` and `serve` do): that
     collab could not open it again, and a backup taken "before the upgrade" would have been taken
     after it. Such a database is refused, saying how to upgrade it, unless `older_ok` (backup, which
-    copies it as it is): then (its schema version, this collab's) is returned, else None."""
+    copies it as it is on SQLite): then (its schema version, this collab's) is returned, else None."""
     try:
         there = database_exists(db)
     except StorageUnavailable as exc:
@@ -186,12 +186,10 @@ def backup(settings: Settings, dest: str, force: bool = False) -> int:
     `PRAGMA integrity_check`, switched to an ordinary rollback journal (one
     self-contained file), and only then renamed to FILE.
     """
-    behind = _require_database(settings.db, older_ok=True)
+    # An older SQLite database is copied as it is; PostgreSQL is read only at this collab's schema, so an
+    # older one is refused as every other command refuses it (saying pg_dump).
+    behind = _require_database(settings.db, older_ok=not is_postgres(settings.db))
     src_name = describe(settings.db)
-    if behind is not None and is_postgres(settings.db):
-        raise AdminError(f"{src_name} has schema version {behind[0]}, older than this collab's ({behind[1]}), "
-                         "and this collab reads PostgreSQL only at its own: back it up as it is with pg_dump "
-                         "(or `collab backup` of the collab that made it), then upgrade it with `collab migrate`")
     dest_path = Path(dest)
     try:
         itself = not is_postgres(settings.db) and dest_path.resolve() == Path(settings.db).resolve()
