@@ -1,0 +1,467 @@
+"""A database upgrade survives a crash and two processes starting at once (the migration audit).
+
+Old databases (tests/fixtures/upgrade/, SQLite schema 3 and 5, PostgreSQL schema 3) are upgraded by real
+`collab migrate` and `collab serve` processes that are killed with SIGKILL in the middle of the upgrade, or
+that run two at a time; afterwards `collab migrate` must finish, and the database must hold exactly what an
+uninterrupted upgrade of the same fixture holds: the same tables, columns and indexes, the same rows of
+every table, each migration recorded once.
+
+How a kill lands in the middle, reliably: the migrations take milliseconds, after a Python start of about
+0.3 s, so a kill after a random delay would nearly always land before or after them. Instead the process
+runs under strace, which sends it SIGKILL on entry to its N-th write of a given kind (`-e
+inject=SYSCALL:signal=KILL:when=N`): pwrite64 for SQLite (every page written to the journal or the
+database), sendto for PostgreSQL (every message to the server: BEGIN, a migration's script, its
+schema_version row, COMMIT...). N is taken from a count of those calls in an uninterrupted run, so the
+kills spread over the whole upgrade; each test checks they landed at several schema versions. For
+PostgreSQL a kill also lands while a migration's statement waits for a table lock another session holds.
+Two processes are made to overlap the same way: strace delays one of them (each write, or the opening of
+one migration file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from serverproc import ROOT, free_port
+from test_upgrade_audit import load_postgres, load_sqlite
+
+PY = sys.executable
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+SECRET = "s" * 32
+
+
+@pytest.fixture(scope="module")
+def strace() -> str:
+    exe = shutil.which("strace")
+    if not exe:
+        pytest.fail("strace is not installed: these tests kill collab at its N-th write through it "
+                    "(apt-get install strace)")
+    return exe
+
+
+def collab(*args, prefix=(), timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, PY, "-m", "collab", *map(str, args)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def spawn(*args, prefix=(), cwd=ROOT, **kw) -> subprocess.Popen:
+    return subprocess.Popen([*prefix, PY, "-m", "collab", *map(str, args)], cwd=cwd, env=ENV, text=True, **kw)
+
+
+def kill_at(strace: str, call: str, n: int) -> tuple:
+    return (strace, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={call}:signal=KILL:when={n}")
+
+
+def count_calls(strace: str, call: str, *args, tmp: Path) -> int:
+    """How many `call`s one uninterrupted `collab ARGS` makes (it must succeed)."""
+    out = tmp / f"count-{call}.txt"
+    run = collab(*args, prefix=(strace, "-f", "-qq", "-e", f"trace={call}", "-o", out))
+    assert run.returncode == 0, run.stderr
+    return sum(1 for line in out.read_text().splitlines() if f"{call}(" in line)
+
+
+def spread(total: int, count: int) -> list[int]:
+    """About `count` kill points among 1..total, every part of the run (and its last calls) included."""
+    step = max(1, total // count)
+    return sorted(set(range(1, total + 1, step)) | set(range(max(1, total - 2), total + 1)))
+
+
+def applied(run: subprocess.CompletedProcess) -> list[str]:
+    m = re.search(r"applied (.*)$", run.stdout.strip())
+    return m.group(1).split(", ") if m else []
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc` (and, if it is strace, the collab it traces, first) by pid; wait for both."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for pid in children:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def healthy(proc: subprocess.Popen, port: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+# ------------------------------------------------------------------ what a database holds
+
+def sqlite_state(path) -> dict:
+    """Schema and every row (schema_version without its `applied` time), for comparing two upgrades."""
+    conn = sqlite3.connect(path)
+    try:
+        state = {"integrity": conn.execute("PRAGMA integrity_check").fetchall(),
+                 "foreign keys": conn.execute("PRAGMA foreign_key_check").fetchall()}
+        objects = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        state["schema"] = [(t, n, re.sub(r"\s+", " ", sql or "")) for t, n, sql in objects]
+        for kind, table, _ in objects:
+            if kind == "table":
+                cols = "version, name" if table == "schema_version" else "*"
+                state[table] = sorted(map(repr, conn.execute(f'SELECT {cols} FROM "{table}"')))
+        return state
+    finally:
+        conn.close()
+
+
+def sqlite_version(path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def _pg_state(url: str) -> dict:
+    import asyncpg
+    conn = await asyncpg.connect(url)
+    try:
+        state = {}
+        for key, query in (
+                ("columns", "SELECT table_name, column_name, data_type, is_nullable, column_default, collation_name "
+                            "FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2"),
+                ("indexes", "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+                            "ORDER BY 1, 2"),
+                ("constraints", "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                                "WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2")):
+            state[key] = [tuple(r) for r in await conn.fetch(query)]
+        tables = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in tables:
+            # schema_version without its time; deployment: its random id's length, not the id; what a
+            # starting server writes there (last_start) is compared by the tests that start servers
+            query = {"schema_version": "SELECT version, name FROM schema_version",
+                     "deployment": "SELECT one, length(id) FROM deployment"}.get(table, f'SELECT * FROM "{table}"')
+            state[table] = sorted(repr(tuple(r)) for r in await conn.fetch(query))
+        return state
+    finally:
+        await conn.close()
+
+
+def pg_state(url: str) -> dict:
+    return asyncio.run(_pg_state(url))
+
+
+def pg_versions(url: str) -> list[int]:
+    async def read():
+        import asyncpg
+        conn = await asyncpg.connect(url)
+        try:
+            return [r[0] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")]
+        finally:
+            await conn.close()
+    return asyncio.run(read())
+
+
+def differs(got: dict, want: dict) -> list[str]:
+    return sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+
+
+@pytest.fixture
+def old_sqlite(tmp_path):
+    """make(case) -> the path of a fresh copy of that fixture's old database; clean(case) -> what an
+    uninterrupted `collab migrate` of it holds."""
+    made = {}
+
+    def make(case: str) -> Path:
+        if case not in made:
+            made[case] = tmp_path / f"{case}.db"
+            load_sqlite(case, made[case])
+        made.setdefault("n", 0)
+        made["n"] += 1
+        folder = tmp_path / f"run{made['n']}"
+        folder.mkdir()
+        shutil.copy(made[case], folder / "collab.db")
+        return folder / "collab.db"
+
+    def clean(case: str) -> dict:
+        path = make(case)
+        run = collab("migrate", "--db", path)
+        assert run.returncode == 0 and applied(run), (run.stdout, run.stderr)
+        return sqlite_state(path)
+
+    make.clean = clean
+    return make
+
+
+@pytest.fixture
+def old_postgres(pg_server):
+    """make() -> the URL of a new database holding the PostgreSQL fixture (schema 3); clean() -> what an
+    uninterrupted `collab migrate` of it holds. Dropped at the end."""
+    made = []
+
+    def make() -> str:
+        made.append(pg_server.create_database("mig"))
+        url = pg_server.url(made[-1])
+        asyncio.run(load_postgres("postgres-c8b79a3", url))
+        return url
+
+    def clean() -> dict:
+        url = make()
+        run = collab("migrate", "--db", url)
+        assert run.returncode == 0 and applied(run) == ["004_people_kept.sql", "005_deployment.sql"], run
+        return pg_state(url)
+
+    make.clean = clean
+    yield make
+    for name in made:
+        pg_server.drop_database(name)
+
+
+# ------------------------------------------------------------------ 1. SIGKILL during the upgrade
+
+def test_sqlite_migrate_killed_at_any_write_is_finished_by_the_next(strace, old_sqlite, tmp_path):
+    case = "sqlite-635650f"  # schema 3: migrations 004-007, 006 making the documents table again
+    want = old_sqlite.clean(case)
+    total = count_calls(strace, "pwrite64", "migrate", "--db", old_sqlite(case), tmp=tmp_path)
+    landed = set()
+    for n in spread(total, 4):
+        db = old_sqlite(case)
+        killed = collab("migrate", "--db", db, prefix=kill_at(strace, "pwrite64", n))
+        assert killed.returncode == -signal.SIGKILL or killed.returncode == 137, (n, killed.returncode, killed.stderr)
+        landed.add(sqlite_version(db))
+        again = collab("migrate", "--db", db)
+        assert again.returncode == 0, (n, again.stderr)
+        assert differs(sqlite_state(db), want) == [], n
+    assert len(landed) >= 3, f"the kills did not land inside the upgrade: schema versions after them {landed}"
+
+
+def test_sqlite_serve_killed_while_it_migrates_then_migrate_finishes(strace, old_sqlite, tmp_path):
+    case = "sqlite-635650f"
+    want = old_sqlite.clean(case)
+    total = count_calls(strace, "pwrite64", "migrate", "--db", old_sqlite(case), tmp=tmp_path)
+    landed = set()
+    for n in [n for n in spread(total, 4) if 1 < n < total - 10][:3]:  # serve writes fewer pages
+        db = old_sqlite(case)
+        port = free_port()
+        with open(db.parent / "server.log", "w") as log:
+            proc = spawn("serve", "--host", "127.0.0.1", "--port", port, "--db", db, "--secret", SECRET,
+                         prefix=kill_at(strace, "pwrite64", n), cwd=db.parent, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                up = healthy(proc, port)
+            finally:
+                stop(proc)
+        if not up:
+            landed.add(sqlite_version(db))
+        again = collab("migrate", "--db", db)
+        assert again.returncode == 0, (n, again.stderr)
+        assert differs(sqlite_state(db), want) == [], n
+    assert len(landed) >= 2, landed
+
+
+def test_postgres_migrate_killed_at_any_message_is_finished_by_the_next(strace, old_postgres, tmp_path):
+    want = old_postgres.clean()
+    total = count_calls(strace, "sendto", "migrate", "--db", old_postgres(), tmp=tmp_path)
+    landed = set()
+    # the migrations' messages are the last ones (before them: connecting, the checks of the schema)
+    for n in sorted({1, total // 2} | set(range(max(1, total - 7), total + 1))):
+        url = old_postgres()
+        killed = collab("migrate", "--db", url, prefix=kill_at(strace, "sendto", n))
+        assert killed.returncode != 0, (n, killed.stdout)
+        landed.add(max(pg_versions(url)))
+        again = collab("migrate", "--db", url, timeout=30)
+        assert again.returncode == 0, (n, again.stderr)
+        assert differs(pg_state(url), want) == [], n
+    assert landed >= {3, 4, 5}, landed
+
+
+def test_postgres_migrate_killed_while_its_migration_waits_for_a_lock(old_postgres):
+    """Killed inside migration 004's transaction (its CREATE TABLE waits for a lock on documents another
+    session holds): the next migrate waits for the killed one's session to end, then does the whole upgrade."""
+    import asyncpg
+    want = old_postgres.clean()
+    url = old_postgres()
+
+    async def scenario():
+        holder, watch = await asyncpg.connect(url), await asyncpg.connect(url)
+        try:
+            await holder.execute("BEGIN")
+            await holder.execute("LOCK TABLE documents IN ROW EXCLUSIVE MODE")
+            first = spawn("migrate", "--db", url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                for _ in range(200):
+                    row = await watch.fetchrow("SELECT wait_event_type, query FROM pg_stat_activity "
+                                               "WHERE application_name = 'collab-migrate'")
+                    if row and row["wait_event_type"] == "Lock":
+                        break
+                    await asyncio.sleep(0.05)
+                assert row and "people" in row["query"], row
+            finally:
+                stop(first)
+            second = spawn("migrate", "--db", url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                await asyncio.sleep(1.0)
+                assert second.poll() is None, second.communicate()
+                await holder.execute("ROLLBACK")
+                out, err = await asyncio.get_running_loop().run_in_executor(None, lambda: second.communicate(timeout=30))
+            finally:
+                stop(second)
+            assert second.returncode == 0, err
+            assert "applied 004_people_kept.sql, 005_deployment.sql" in out, out
+        finally:
+            await holder.close()
+            await watch.close()
+
+    asyncio.run(scenario())
+    assert differs(pg_state(url), want) == []
+
+
+# ------------------------------------------------------------------ 2. two processes at once
+
+def test_sqlite_two_migrates_interleaved_apply_each_migration_once(strace, old_sqlite):
+    """One migrate pauses (strace delays its opening of 006's file) after applying 004 and 005; the other
+    starts meanwhile. Both succeed, every migration is applied by exactly one of them, the data is the
+    clean upgrade's."""
+    case = "sqlite-635650f"
+    want = old_sqlite.clean(case)
+    db = old_sqlite(case)
+    pause = (strace, "-f", "-qq", "-o", "/dev/null", "-P", ROOT / "migrations" / "sqlite" /
+             "006_document_ids_never_reused.sql", "-e", "trace=openat", "-e", "inject=openat:delay_enter=2000000")
+    first = spawn("migrate", "--db", db, prefix=pause, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and first.poll() is None:
+            if sqlite_version(db) == 5:
+                break
+            time.sleep(0.02)
+        second = collab("migrate", "--db", db)
+        out, err = first.communicate(timeout=30)
+    finally:
+        stop(first)
+    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
+    both = applied(subprocess.CompletedProcess([], 0, out, err)) + applied(second)
+    assert sorted(both) == ["004_frames_people_checkpoints.sql", "005_renamed_by_document.sql",
+                            "006_document_ids_never_reused.sql", "007_people_kept.sql"], (out, second.stdout)
+    assert differs(sqlite_state(db), want) == []
+
+
+def test_sqlite_two_serves_on_one_old_file_one_refuses(old_sqlite):
+    case = "sqlite-935e54b"
+    want = old_sqlite.clean(case)
+    db = old_sqlite(case)
+    ports = [free_port(), free_port()]
+    procs = [spawn("serve", "--host", "127.0.0.1", "--port", port, "--db", db, "--secret", SECRET,
+                   cwd=db.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for port in ports]
+    try:
+        up = [healthy(p, port) for p, port in zip(procs, ports)]
+        assert sorted(up) == [False, True], up
+        refused = procs[up.index(False)]
+        output = refused.communicate(timeout=10)[0]
+        assert refused.returncode != 0 and "already serving" in output and "Traceback" not in output, output
+    finally:
+        for p in procs:
+            stop(p)
+    assert differs(sqlite_state(db), want) == []
+
+
+def test_postgres_two_migrates_then_two_serves_at_once(strace, old_postgres, tmp_path):
+    want = old_postgres.clean()
+    url = old_postgres()
+    slowed = (strace, "-f", "-qq", "-o", "/dev/null", "-e", "inject=sendto:delay_enter=30000")
+    first = spawn("migrate", "--db", url, prefix=slowed, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.4)
+        second = collab("migrate", "--db", url)
+        out, err = first.communicate(timeout=60)
+    finally:
+        stop(first)
+    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
+    both = applied(subprocess.CompletedProcess([], 0, out, err)) + applied(second)
+    assert sorted(both) == ["004_people_kept.sql", "005_deployment.sql"], (out, second.stdout)
+    assert differs(pg_state(url), want) == []
+
+    url = old_postgres()
+    ports = [free_port(), free_port()]
+    procs = [spawn("serve", "--host", "127.0.0.1", "--port", port, "--db", url, "--secret", SECRET,
+                   cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for port in ports]
+    try:
+        assert [healthy(p, port) for p, port in zip(procs, ports)] == [True, True]
+    finally:
+        for p in procs:
+            stop(p)
+    assert differs(pg_state(url), want) == []  # deployment: one row (its last_start is the last server's)
+    assert pg_versions(url) == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------ 3. what an operator is told
+
+def test_postgres_a_migration_that_cannot_go_on_says_why_in_one_line(old_postgres):
+    """Was: a migration that waited for a lock (the migration lock another session holds, or a table lock a
+    migration's statement needs) said nothing while it waited, and when the wait ended (PostgreSQL's
+    lock_timeout, set in the URL here; or collab's 60 s statement limit) `collab migrate` died with a bare
+    traceback (`TimeoutError`, `LockNotAvailableError`) and `collab serve` said that the database "is
+    unavailable (migrating): TimeoutError". Even a migrate killed while its statement waits leaves its session
+    holding the migration lock until that wait ends (test above), so the next one waits in silence.
+    Now: while it waits it says for which session, and giving up is one line naming that session or the
+    migration, which was rolled back."""
+    import asyncpg
+
+    from collab.store_pg import MIGRATION_LOCK
+    url = old_postgres()
+    bounded = url + "?lock_timeout=1500"
+
+    async def scenario():
+        holder, watch = await asyncpg.connect(url), await asyncpg.connect(url)
+        try:
+            holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+            # A migration's statement waits for a table lock: rolled back, said in one line.
+            await holder.execute("BEGIN")
+            await holder.execute("LOCK TABLE documents IN ROW EXCLUSIVE MODE")
+            run = await asyncio.to_thread(collab, "migrate", "--db", bounded)
+            await holder.execute("ROLLBACK")
+            assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+            assert run.stderr.startswith("collab migrate: error: ") and run.stderr.count("\n") == 1, run.stderr
+            assert "004_people_kept.sql" in run.stderr and "rolled back" in run.stderr, run.stderr
+            assert await asyncio.to_thread(pg_versions, url) == [1, 2, 3]
+            # The migration lock is held by another session: named, in one line.
+            await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+            run = await asyncio.to_thread(collab, "migrate", "--db", bounded)
+            assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+            assert f"pid {holder_pid}" in run.stderr.splitlines()[-1], run.stderr
+            assert "migration lock" in run.stderr.splitlines()[-1], run.stderr
+            # Without a bound it waits, saying for whom, and goes on once the lock is let go of.
+            waiting = spawn("migrate", "--db", url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                for _ in range(200):
+                    if await watch.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
+                                            "AND application_name = 'collab-migrate'"):
+                        break
+                    await asyncio.sleep(0.05)
+                await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+                out, err = await asyncio.to_thread(waiting.communicate, timeout=30)
+            finally:
+                stop(waiting)
+            assert waiting.returncode == 0 and "applied 004_people_kept.sql, 005_deployment.sql" in out, err
+            assert f"pid {holder_pid}" in err and "Traceback" not in err, err
+        finally:
+            await holder.close()
+            await watch.close()
+
+    asyncio.run(scenario())
+    assert pg_versions(url) == [1, 2, 3, 4, 5]
