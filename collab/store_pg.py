@@ -69,6 +69,7 @@ The interface and its rules are in storage.py; this backend keeps them so:
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 import zlib
@@ -113,6 +114,7 @@ _BUSY_TURNS = "too many restores are under way at this server at once; try again
 KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
 
 Write = Callable[[asyncpg.Connection], Awaitable[object]]
+log = logging.getLogger("collab")
 
 
 # ------------------------------------------------------------------ errors
@@ -169,20 +171,77 @@ def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
     return numbered(resources.migrations_dir("postgres") if directory is None else Path(directory))
 
 
-async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
-    """Apply the migrations not yet in `schema_version`, each in its own transaction, under an advisory lock."""
+_LOCK_HOLDERS = """
+SELECT a.pid, a.application_name, a.state, a.wait_event_type, a.wait_event,
+       extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start))::bigint AS seconds
+  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+   AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.database = (SELECT oid FROM pg_database
+                                                                     WHERE datname = current_database())
+"""
+
+
+async def _migration_lock_holder(conn: asyncpg.Connection) -> str:
+    """Who holds MIGRATION_LOCK, for a message: "the session of pid N (application, state, for S s)"."""
+    try:
+        rows = await conn.fetch(_LOCK_HOLDERS, MIGRATION_LOCK >> 32, MIGRATION_LOCK & 0xFFFFFFFF, timeout=5)
+    except Exception:  # noqa: BLE001 - the message goes without it
+        rows = []
+    if not rows:
+        return "another session"
+    r = rows[0]
+    what = ", ".join(str(x) for x in (r["application_name"] or None, r["state"],
+                                      r["wait_event_type"] and f"waiting for {r['wait_event_type']}: {r['wait_event']}",
+                                      r["seconds"] is not None and f"for {r['seconds']} s") if x)
+    return f"the session of pid {r['pid']}" + (f" ({what})" if what else "")
+
+
+async def _take_migration_lock(conn: asyncpg.Connection, where: str) -> None:
+    """MIGRATION_LOCK; when another session holds it, say which, then wait (up to COMMAND_TIMEOUT, or the
+    URL's lock_timeout): then StorageUnavailable naming that session, not a bare TimeoutError."""
+    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK):
+        return
+    holder = await _migration_lock_holder(conn)
+    log.warning("%s: waiting for the migration lock, which %s holds: another process is migrating the database",
+                where, holder)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    except (asyncio.TimeoutError, asyncpg.LockNotAvailableError):
+        holder = await _migration_lock_holder(conn)
+        raise StorageUnavailable(
+            f"{where}: gave up waiting for collab's migration lock, which {holder} holds: another process is "
+            "migrating the database (or was, and was stopped while its statement waited: PostgreSQL ends its "
+            "session when that statement ends); nothing was changed. If no collab is migrating it, end that "
+            "session (SELECT pg_terminate_backend(PID)) and try again") from None
+
+
+async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = None,
+                           where: str = "the database") -> list[str]:
+    """Apply the migrations not yet in `schema_version`, each in its own transaction, under an advisory lock.
+
+    A migration whose statement waits too long (for a lock another session holds on collab's tables, say) is
+    rolled back, and StorageUnavailable says which one, rather than a bare TimeoutError."""
     files = migration_files(directory)
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    await _take_migration_lock(conn, where)
     try:
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied DOUBLE PRECISION NOT NULL)")
         done = {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
         applied = []
         for number, path in pending_migrations(files, done):
-            async with conn.transaction():
-                await conn.execute(path.read_text())
-                await conn.execute("INSERT INTO schema_version (version, name, applied) VALUES ($1, $2, $3)",
-                                   number, path.name, time.time())
+            try:
+                async with conn.transaction():
+                    await conn.execute(path.read_text())
+                    await conn.execute("INSERT INTO schema_version (version, name, applied) VALUES ($1, $2, $3)",
+                                       number, path.name, time.time())
+            except (asyncio.TimeoutError, asyncpg.LockNotAvailableError) as exc:
+                why = ("waited for a lock past the lock_timeout" if isinstance(exc, asyncpg.LockNotAvailableError)
+                       else f"did not finish in {COMMAND_TIMEOUT:g} s")
+                raise StorageUnavailable(
+                    f"{where}: migration {path.name} {why} (another session holds a lock on collab's tables: an "
+                    "open transaction, a pg_dump, a server of the older collab...; see pg_locks) and was rolled "
+                    "back, nothing of it applied"
+                    + (f"; {', '.join(applied)} stand" if applied else "") + ": try again") from None
             applied.append(path.name)
         return applied
     finally:
@@ -193,7 +252,7 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
 async def _migrate_at(conn: asyncpg.Connection, url: str) -> list[str]:
     """apply_migrations; NoPermission, saying what to do, when the user may not make tables there."""
     try:
-        return await apply_migrations(conn)
+        return await apply_migrations(conn, where=describe(url))
     except asyncpg.InsufficientPrivilegeError as exc:
         # Since PostgreSQL 15 only the database's owner may create tables in its schema `public`.
         raise NoPermission(f"the PostgreSQL user may not create collab's tables in {describe(url)} ({exc}): "
