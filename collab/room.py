@@ -1849,6 +1849,8 @@ class Rooms:
         old = await self.text_at(info, version)
         room = await self._get(name, create=False)
         if room is None or room.doc_id != info["id"]:  # deleted, perhaps made again, while `old` was read
+            if room is not None:
+                room.release()  # the other document's room, perhaps loaded just now: unloaded when idle
             raise ProtocolError("not-found", f"no document named {name!r}")
         from . import compute  # the diff runs in a worker process, never on the event loop
         room.hold()

@@ -272,6 +272,29 @@ async def test_a_restore_of_a_document_another_process_deleted_while_its_diff_ra
     assert await store.document("t") is None and await rows_left(store, old["id"]) == {}
 
 
+async def test_a_restore_of_a_document_made_again_while_its_old_text_was_read_leaves_no_room_loaded(
+        db, aiohttp_client, monkeypatch):
+    """Was: the restore loaded the room of the document now under the name to find it was another one,
+    and answered 404 without letting it go: nobody had joined it and nothing held it, so no unload was
+    ever scheduled, and it stayed in memory (a room and its text) until someone opened the name (the
+    soak audit, from the code)."""
+    client = await aiohttp_client(create_app(Settings(db=db, unload_after=0.1)))
+    store, rooms = client.server.app[STORE], client.server.app[ROOMS]
+    await typed(client, "t", "old")
+    old = await store.document("t")
+    await until(lambda: "t" not in rooms.rooms, what="the idle room's unload")
+
+    async def delete_and_make_again():
+        assert (await client.delete("/api/docs/t")).status == 200
+        assert (await client.post("/api/docs", json={"name": "t"})).status == 201
+
+    meanwhile(monkeypatch, rooms, "text_at", after=delete_and_make_again)
+    await not_found(await client.post("/api/docs/t/restore", json={"version": 0}))
+    await until(lambda: "t" not in rooms.rooms, 3, "the unload of the room the restore loaded")
+    again = await store.document("t")
+    assert again["id"] != old["id"] and await rooms.current("t") == (0, "")  # the new document, untouched
+
+
 async def test_a_restore_whose_commit_fails_while_a_delete_waits_is_not_told_the_document_went(client, monkeypatch):
     """A delete here marks the room before it waits for its pending commits; if the restore's commit then
     fails for want of storage, the delete fails too and the document stays: the restore answers 503 (try
