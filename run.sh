@@ -64,9 +64,10 @@ ensure_node_packages() {
 # Debian packages the tests drive: chromium (browser tests), nginx and openssl
 # (the reverse-proxy and TLS tests), systemd (systemd-analyze checks the unit file),
 # postgresql (the PostgreSQL backend's tests start their own server; any version),
-# redis-server (the cluster tests start their own on a free port).
+# redis-server (the cluster tests start their own on a free port), strace (the migration
+# tests kill collab at its N-th write through it).
 # Each entry is package:path, and the path may be a glob.
-TEST_PACKAGES="chromium:/usr/bin/chromium nginx:/usr/sbin/nginx openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze postgresql:/usr/lib/postgresql/*/bin/initdb redis-server:/usr/bin/redis-server"
+TEST_PACKAGES="chromium:/usr/bin/chromium nginx:/usr/sbin/nginx openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze postgresql:/usr/lib/postgresql/*/bin/initdb redis-server:/usr/bin/redis-server strace:/usr/bin/strace"
 
 have() {  # have GLOB: some file matching GLOB is executable
     local path
