@@ -137,6 +137,7 @@ class Cluster:
         self._pubsub = None
         self._channels: set[str] = set()     # what we want to hear
         self._confirmed: set[str] = set()    # subscriptions Redis confirmed on the current connection
+        self._hello = self.prefix + "\0hello"  # the subscription every connection makes first
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
         self._queued_bytes = 0
         # A publish (or the check loop's ping) failed, and Redis has not been reached again since: news
@@ -507,7 +508,7 @@ class Cluster:
         client = self._client(socket_timeout=None)
         pubsub = client.pubsub()
         self._confirmed.clear()
-        hello = self.prefix + "\0hello"
+        hello = self._hello
         try:
             async with asyncio.timeout(CONFIRM_TIMEOUT):
                 await pubsub.subscribe(hello)  # a connection with at least one subscription
@@ -535,13 +536,17 @@ class Cluster:
         kind = message.get("type")
         ch = message.get("channel")
         ch = ch.decode() if isinstance(ch, bytes) else ch
+        if kind == "unsubscribe":
+            self._confirmed.discard(ch)
+            return
         if kind == "subscribe":
             if ch in self._confirmed:
                 # redis-py reconnected and subscribed again by itself: we missed what came meanwhile.
                 log.info("cluster: the Redis connection was renewed; checking every document")
                 self._check_now.set()
                 self._rosters_lost()
-            self._confirmed.add(ch)
+            if ch in self._channels or ch == self._hello:  # not one let go of before its answer came
+                self._confirmed.add(ch)
             return
         if kind != "message" or not ch or not ch.startswith(self.prefix):
             return

@@ -688,3 +688,28 @@ async def test_a_publish_begun_while_redis_was_away_that_fails_after_its_return_
         await asyncio.sleep(0.5)
     said = [m for r in caplog.records if "Redis at" in (m := r.getMessage())]
     assert bus.up and len([m for m in said if " is unreachable" in m]) == 1, said
+
+
+async def test_a_document_let_go_of_before_redis_confirmed_its_subscription_is_not_counted_as_subscribed(
+        bus, caplog):
+    """Was (the soak audit): a name watched and at once let go of (a hello to a name with no document
+    watches it for the load, then unwatches it) was added to the confirmed subscriptions when Redis's
+    confirmation came after the unwatch, and never taken out: one string more each time, for as long as
+    the connection lasted, and opening that name later was taken for redis-py having reconnected by
+    itself ('the Redis connection was renewed; checking every document')."""
+    import logging
+
+    await bus.start()
+    await until(lambda: bus.up, "the bus coming up")
+    for k in range(5):
+        await bus.watch(f"gone{k}")
+        bus.unwatch(f"gone{k}")
+    await bus.watch("kept")
+    await until(lambda: bus.channel("kept") in bus._confirmed, "the confirmation of a watched name")
+    await asyncio.sleep(0.1)  # the unsubscribes' answers come in too
+    assert {c for c in bus._confirmed if "gone" in c} == set()
+    with caplog.at_level(logging.INFO, logger="collab.cluster"):
+        await bus.watch("gone0")  # opened after all
+        await until(lambda: bus.channel("gone0") in bus._confirmed, "the confirmation of the name opened again")
+        await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if "renewed" in r.getMessage()]
