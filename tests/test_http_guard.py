@@ -27,7 +27,7 @@ from aiohttp import WSServerHandshakeError
 
 from collab.access import Access
 from collab.app import create_app
-from collab.httpguard import FloodFilter, HeadWatch, HostPolicy, RateBuckets, state_change_refusal
+from collab.httpguard import WRITE_LIMITER, FloodFilter, HeadWatch, HostPolicy, RateBuckets, state_change_refusal
 from collab.settings import Settings
 from serverproc import ServerProcess
 from wsutil import USER, recv_type, send
@@ -361,6 +361,25 @@ async def test_fork_and_restore_are_rate_limited_per_token_and_per_address(aioht
     statuses = [(await client.post(f"/api/docs/c/checkpoints?token={edit['c']}", json={"version": 0, "name": f"n{k}"},
                                    headers={"X-Forwarded-For": "10.0.4.1"})).status for k in range(3)]
     assert statuses == [200, 200, 429]
+
+
+async def test_the_write_limiter_keeps_a_few_bytes_per_token_however_long_the_token(aiohttp_client, tmp_path):
+    """Was (the soak audit): the limiter kept each request's token itself as its key, unchecked without
+    --secret (any token is let in): 10,000 keys of tokens of up to 8 KB, about 80 MB. Now a token's key
+    is a digest of it, of a fixed size; one token is still one bucket."""
+    client = await aiohttp_client(create_app(settings_for(tmp_path, write_rate=6, write_burst=2,
+                                                          trusted_proxy="127.0.0.1")))
+    await make(client, "t")
+    tokens = [f"{k}" + "x" * 6000 for k in range(20)]
+    for k, token in enumerate(tokens):
+        resp = await client.post("/api/docs/t/restore", json={"version": 0},
+                                 headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": f"10.1.0.{k}"})
+        assert resp.status == 200, await resp.text()
+    keys = list(client.server.app[WRITE_LIMITER].buckets)
+    assert len(keys) == 40 and max(map(len, keys)) < 100, sorted(map(len, keys))
+    answers = [(await client.post("/api/docs/t/restore", json={"version": 0}, headers={
+        "Authorization": f"Bearer {tokens[0]}", "X-Forwarded-For": f"10.2.0.{k}"})).status for k in range(2)]
+    assert answers == [200, 429]  # its bucket had one left of its burst of 2
 
 
 async def test_status_ws_checks_the_origin_and_caps_connections(aiohttp_client, tmp_path):
