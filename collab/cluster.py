@@ -137,7 +137,6 @@ class Cluster:
         self._pubsub = None
         self._channels: set[str] = set()     # what we want to hear
         self._confirmed: set[str] = set()    # subscriptions Redis confirmed on the current connection
-        self._hello = self.prefix + "\0hello"  # the subscription every connection makes first
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
         self._queued_bytes = 0
         # A publish (or the check loop's ping) failed, and Redis has not been reached again since: news
@@ -226,6 +225,12 @@ class Cluster:
             await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------- rooms call
+
+    @property
+    def _hello(self) -> str:
+        """The channel every subscriber connection subscribes to first and keeps (named after the deployment,
+        as every channel: known once `start` read it)."""
+        return self.prefix + "\0hello"
 
     def channel(self, name: str) -> str:
         """The Redis channel of the document `name` in this deployment."""
@@ -540,8 +545,10 @@ class Cluster:
             self._confirmed.discard(ch)
             return
         if kind == "subscribe":
-            if ch in self._confirmed:
-                # redis-py reconnected and subscribed again by itself: we missed what came meanwhile.
+            if ch == self._hello and ch in self._confirmed:
+                # redis-py reconnected and subscribed again by itself: we missed what came meanwhile. (Told
+                # by the channel subscribed once a connection and never let go of: a document's may be
+                # confirmed twice, watched, unwatched and watched again before its unsubscribe went.)
                 log.info("cluster: the Redis connection was renewed; checking every document")
                 self._check_now.set()
                 self._rosters_lost()

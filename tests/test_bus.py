@@ -712,4 +712,25 @@ async def test_a_document_let_go_of_before_redis_confirmed_its_subscription_is_n
         await bus.watch("gone0")  # opened after all
         await until(lambda: bus.channel("gone0") in bus._confirmed, "the confirmation of the name opened again")
         await asyncio.sleep(0.1)
+        await bus.watch("gone1")
+        bus.unwatch("gone1")
+        await bus.watch("gone1")  # opened again before its unsubscribe went: confirmed twice, nothing lost
+        await until(lambda: bus.channel("gone1") in bus._confirmed, "the confirmation of the name opened again")
+        await asyncio.sleep(0.3)
     assert not [r for r in caplog.records if "renewed" in r.getMessage()]
+
+
+async def test_a_redis_user_allowed_only_its_deployments_channels_is_enough(acl_bus, monkeypatch):
+    """Every channel is named after the database's deployment id, the subscription each connection makes
+    first included: a Redis shared by two deployments may give each a user allowed its own channels only
+    (was, for a moment: that one channel was named before the id was known, and such a user never
+    came up)."""
+    async def deployment():
+        return "0123456789abcdef"
+
+    monkeypatch.setattr(acl_bus.rooms.store, "deployment", deployment)
+    bus = await acl_bus("resetchannels", "&collab:0123456789abcdef:*", "+@all")
+    await until(lambda: bus.up, "the bus coming up", timeout=5)
+    assert bus._confirmed and all(c.startswith("collab:0123456789abcdef:doc:") for c in bus._confirmed)
+    await bus.watch("doc")
+    await until(lambda: bus.channel("doc") in bus._confirmed, "the document's subscription")
