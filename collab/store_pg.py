@@ -47,7 +47,10 @@ The interface and its rules are in storage.py; this backend keeps them so:
     escaped; a snapshot, copied row, client id or author holding it is refused
     with ValueError before anything is written, never stored altered;
   * migrations (migrations/postgres/) run under a session advisory lock, so
-    several processes starting at once apply each exactly once;
+    several processes starting at once apply each exactly once; one that
+    waits for it says which session holds it, and a wait given up (or a
+    migration's statement that waited too long, rolled back) ends in one
+    StorageUnavailable line, never a bare timeout;
   * a restore's turn (`restore_turn`) is a session advisory lock of class
     RESTORE_TURNS keyed by the document's id, held on a connection of its
     own (application_name `collab-turns`, at most TURN_CONNECTIONS, opened
@@ -175,44 +178,60 @@ _LOCK_HOLDERS = """
 SELECT a.pid, a.application_name, a.state, a.wait_event_type, a.wait_event,
        extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start))::bigint AS seconds
   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
- WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid <> pg_backend_pid()
    AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.database = (SELECT oid FROM pg_database
                                                                      WHERE datname = current_database())
 """
+# What ends a wait of ours for a lock or a statement of a migration: collab's own COMMAND_TIMEOUT, the
+# URL's (or the role's) lock_timeout, or a statement_timeout / pg_cancel_backend.
+_WAITED_TOO_LONG = (asyncio.TimeoutError, asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError)
 
 
-async def _migration_lock_holder(conn: asyncpg.Connection) -> str:
-    """Who holds MIGRATION_LOCK, for a message: "the session of pid N (application, state, for S s)"."""
+def _why_it_ended(exc: BaseException) -> str:
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        return "waited for a lock past the lock_timeout"
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return "was cancelled (a statement_timeout, or pg_cancel_backend)"
+    return f"did not finish in {COMMAND_TIMEOUT:g} s"
+
+
+async def _migration_lock_holder(conn: asyncpg.Connection) -> tuple[str, int | None]:
+    """Who holds MIGRATION_LOCK, for a message: ("the session of pid N (application, state, ...)", N)."""
     try:
         rows = await conn.fetch(_LOCK_HOLDERS, MIGRATION_LOCK >> 32, MIGRATION_LOCK & 0xFFFFFFFF, timeout=5)
     except Exception:  # noqa: BLE001 - the message goes without it
         rows = []
     if not rows:
-        return "another session"
+        return "another session", None
     r = rows[0]
+    waiting = r["wait_event_type"] == "Lock"  # (an idle session waits for its client: not worth saying)
     what = ", ".join(str(x) for x in (r["application_name"] or None, r["state"],
-                                      r["wait_event_type"] and f"waiting for {r['wait_event_type']}: {r['wait_event']}",
-                                      r["seconds"] is not None and f"for {r['seconds']} s") if x)
-    return f"the session of pid {r['pid']}" + (f" ({what})" if what else "")
+                                      waiting and f"itself waiting for a lock ({r['wait_event']})",
+                                      r["seconds"] is not None and f"in its current transaction or connection "
+                                                                   f"for {r['seconds']} s") if x)
+    return f"the session of pid {r['pid']}" + (f" ({what})" if what else ""), r["pid"]
 
 
 async def _take_migration_lock(conn: asyncpg.Connection, where: str) -> None:
     """MIGRATION_LOCK; when another session holds it, say which, then wait (up to COMMAND_TIMEOUT, or the
-    URL's lock_timeout): then StorageUnavailable naming that session, not a bare TimeoutError."""
+    URL's lock_timeout, or a statement_timeout): then StorageUnavailable naming that session, not a bare
+    TimeoutError."""
     if await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK):
         return
-    holder = await _migration_lock_holder(conn)
+    holder, _ = await _migration_lock_holder(conn)
     log.warning("%s: waiting for the migration lock, which %s holds: another process is migrating the database",
                 where, holder)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-    except (asyncio.TimeoutError, asyncpg.LockNotAvailableError):
-        holder = await _migration_lock_holder(conn)
+    except _WAITED_TOO_LONG as exc:
+        # A lock granted just as the wait was given up goes too (it is this session's, or nobody's).
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK, timeout=5)
+        holder, pid = await _migration_lock_holder(conn)
         raise StorageUnavailable(
-            f"{where}: gave up waiting for collab's migration lock, which {holder} holds: another process is "
-            "migrating the database (or was, and was stopped while its statement waited: PostgreSQL ends its "
-            "session when that statement ends); nothing was changed. If no collab is migrating it, end that "
-            "session (SELECT pg_terminate_backend(PID)) and try again") from None
+            f"{where}: gave up waiting for collab's migration lock ({_why_it_ended(exc)}), which {holder} holds: "
+            "another process is migrating the database (or was, and was stopped while its statement waited: "
+            "PostgreSQL ends its session when that statement ends); nothing was changed. If no collab is "
+            f"migrating it, end that session (SELECT pg_terminate_backend({pid or 'PID'})) and try again") from None
 
 
 async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = None,
@@ -229,19 +248,17 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
         done = {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
         applied = []
         for number, path in pending_migrations(files, done):
-            try:
-                async with conn.transaction():
+            async with conn.transaction():
+                try:
                     await conn.execute(path.read_text())
                     await conn.execute("INSERT INTO schema_version (version, name, applied) VALUES ($1, $2, $3)",
                                        number, path.name, time.time())
-            except (asyncio.TimeoutError, asyncpg.LockNotAvailableError) as exc:
-                why = ("waited for a lock past the lock_timeout" if isinstance(exc, asyncpg.LockNotAvailableError)
-                       else f"did not finish in {COMMAND_TIMEOUT:g} s")
-                raise StorageUnavailable(
-                    f"{where}: migration {path.name} {why} (another session holds a lock on collab's tables: an "
-                    "open transaction, a pg_dump, a server of the older collab...; see pg_locks) and was rolled "
-                    "back, nothing of it applied"
-                    + (f"; {', '.join(applied)} stand" if applied else "") + ": try again") from None
+                except _WAITED_TOO_LONG as exc:  # raised inside: the transaction is rolled back on the way out
+                    raise StorageUnavailable(
+                        f"{where}: migration {path.name} {_why_it_ended(exc)}, most likely waiting for a lock "
+                        "another session holds on collab's tables (an open transaction, a pg_dump, a server of "
+                        "the older collab...; see pg_locks), and was rolled back, nothing of it applied"
+                        + (f"; {', '.join(applied)} stand" if applied else "") + ": try again") from None
             applied.append(path.name)
         return applied
     finally:

@@ -48,6 +48,10 @@ def strace() -> str:
     if not exe:
         pytest.fail("strace is not installed: these tests kill collab at its N-th write through it "
                     "(apt-get install strace)")
+    tried = subprocess.run([exe, "-f", "-qq", "-o", "/dev/null", "-e", "inject=write:delay_enter=1", "true"],
+                           capture_output=True, text=True, timeout=30)
+    if tried.returncode != 0:
+        pytest.fail(f"strace cannot trace here (ptrace not permitted in this container?): {tried.stderr.strip()}")
     return exe
 
 
@@ -300,19 +304,14 @@ def test_postgres_migrate_killed_while_its_migration_waits_for_a_lock(old_postgr
             await holder.execute("LOCK TABLE documents IN ROW EXCLUSIVE MODE")
             first = spawn("migrate", "--db", url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
-                for _ in range(200):
-                    row = await watch.fetchrow("SELECT wait_event_type, query FROM pg_stat_activity "
-                                               "WHERE application_name = 'collab-migrate'")
-                    if row and row["wait_event_type"] == "Lock":
-                        break
-                    await asyncio.sleep(0.05)
-                assert row and "people" in row["query"], row
+                await seen(watch, WAITS_INSIDE_004, "migrate waiting inside migration 004", "collab-migrate")
             finally:
                 stop(first)
             second = spawn("migrate", "--db", url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
-                await asyncio.sleep(1.0)
-                assert second.poll() is None, second.communicate()
+                # the killed one's session goes on waiting, holding the migration lock
+                await seen(watch, WAITS_FOR_THE_MIGRATION_LOCK, "the next migrate waiting for the migration lock",
+                           "collab-migrate")
                 await holder.execute("ROLLBACK")
                 out, err = await asyncio.get_running_loop().run_in_executor(None, lambda: second.communicate(timeout=30))
             finally:
@@ -375,31 +374,69 @@ def test_sqlite_two_serves_on_one_old_file_one_refuses(old_sqlite):
     assert differs(sqlite_state(db), want) == []
 
 
-def test_postgres_two_migrates_then_two_serves_at_once(strace, old_postgres, tmp_path):
+async def seen(watch, query: str, what: str, *args) -> None:
+    """Wait (at most 20 s) until `query` on the `watch` connection finds a row."""
+    for _ in range(400):
+        if await watch.fetchval(query, *args):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} was not seen in pg_stat_activity within 20 s")
+
+
+WAITS_INSIDE_004 = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' "
+                    "AND query LIKE '%people%'")
+WAITS_FOR_THE_MIGRATION_LOCK = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                                "AND wait_event = 'advisory'")
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+def test_postgres_two_upgrades_at_once_apply_each_migration_once(old_postgres, tmp_path, command):
+    """Two `collab migrate` (or two `collab serve`) on one old database, truly at once: the first is held
+    inside migration 004 (its CREATE TABLE waits for a table lock another session holds) while the second
+    waits for the migration lock, saying so; then the table lock goes. Both end well, each migration is
+    applied once, the data is the clean upgrade's."""
+    import asyncpg
     want = old_postgres.clean()
     url = old_postgres()
-    slowed = (strace, "-f", "-qq", "-o", "/dev/null", "-e", "inject=sendto:delay_enter=30000")
-    first = spawn("migrate", "--db", url, prefix=slowed, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        time.sleep(0.4)
-        second = collab("migrate", "--db", url)
-        out, err = first.communicate(timeout=60)
-    finally:
-        stop(first)
-    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
-    both = applied(subprocess.CompletedProcess([], 0, out, err)) + applied(second)
-    assert sorted(both) == ["004_people_kept.sql", "005_deployment.sql"], (out, second.stdout)
-    assert differs(pg_state(url), want) == []
-
-    url = old_postgres()
+    app = "collab-migrate" if command == "migrate" else "collab-writer"
     ports = [free_port(), free_port()]
-    procs = [spawn("serve", "--host", "127.0.0.1", "--port", port, "--db", url, "--secret", SECRET,
-                   cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for port in ports]
-    try:
-        assert [healthy(p, port) for p, port in zip(procs, ports)] == [True, True]
-    finally:
-        for p in procs:
-            stop(p)
+
+    def start(k: int) -> subprocess.Popen:
+        if command == "migrate":
+            return spawn("migrate", "--db", url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return spawn("serve", "--host", "127.0.0.1", "--port", ports[k], "--db", url, "--secret", SECRET,
+                     cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    async def scenario():
+        holder, watch = await asyncpg.connect(url), await asyncpg.connect(url)
+        procs = []
+        try:
+            await holder.execute("BEGIN")
+            await holder.execute("LOCK TABLE documents IN ROW EXCLUSIVE MODE")
+            procs.append(start(0))
+            await seen(watch, WAITS_INSIDE_004, "the first one waiting inside migration 004", app)
+            procs.append(start(1))
+            await seen(watch, WAITS_FOR_THE_MIGRATION_LOCK, "the second one waiting for the migration lock", app)
+            await holder.execute("ROLLBACK")
+            if command == "migrate":
+                return [await asyncio.to_thread(p.communicate, timeout=30) for p in procs], procs
+            ups = [await asyncio.to_thread(healthy, p, port) for p, port in zip(procs, ports)]
+            assert ups == [True, True], ups
+            for p in procs:
+                stop(p)
+            return [p.communicate(timeout=10) for p in procs], procs
+        finally:
+            for p in procs:
+                stop(p)
+            await holder.close()
+            await watch.close()
+
+    outputs, procs = asyncio.run(scenario())
+    if command == "migrate":
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        runs = [subprocess.CompletedProcess([], 0, out, err) for out, err in outputs]
+        assert applied(runs[0]) == ["004_people_kept.sql", "005_deployment.sql"] and applied(runs[1]) == [], outputs
+    assert "waiting for the migration lock, which the session of pid" in outputs[1][1], outputs[1][1]
     assert differs(pg_state(url), want) == []  # deployment: one row (its last_start is the last server's)
     assert pg_versions(url) == [1, 2, 3, 4, 5]
 
@@ -434,20 +471,29 @@ def test_postgres_a_migration_that_cannot_go_on_says_why_in_one_line(old_postgre
             assert run.stderr.startswith("collab migrate: error: ") and run.stderr.count("\n") == 1, run.stderr
             assert "004_people_kept.sql" in run.stderr and "rolled back" in run.stderr, run.stderr
             assert await asyncio.to_thread(pg_versions, url) == [1, 2, 3]
-            # The migration lock is held by another session: named, in one line.
+            # The same with a statement_timeout (a role's, on a managed server) instead: was a bare
+            # QueryCanceledError.
+            await holder.execute("BEGIN")
+            await holder.execute("LOCK TABLE documents IN ROW EXCLUSIVE MODE")
+            run = await asyncio.to_thread(collab, "migrate", "--db", url + "?statement_timeout=1500")
+            await holder.execute("ROLLBACK")
+            assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+            assert "004_people_kept.sql was cancelled" in run.stderr and "rolled back" in run.stderr, run.stderr
+            assert await asyncio.to_thread(pg_versions, url) == [1, 2, 3]
+            # The migration lock is held by another session: named, in one line, with what to do.
             await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-            run = await asyncio.to_thread(collab, "migrate", "--db", bounded)
-            assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-            assert f"pid {holder_pid}" in run.stderr.splitlines()[-1], run.stderr
-            assert "migration lock" in run.stderr.splitlines()[-1], run.stderr
+            for ends in ("lock_timeout=1500", "statement_timeout=1500"):
+                run = await asyncio.to_thread(collab, "migrate", "--db", f"{url}?{ends}")
+                assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+                last = run.stderr.splitlines()[-1]
+                assert last.startswith("collab migrate: error: ") and "migration lock" in last, run.stderr
+                assert f"the session of pid {holder_pid}" in last, run.stderr
+                assert f"pg_terminate_backend({holder_pid})" in last, run.stderr
             # Without a bound it waits, saying for whom, and goes on once the lock is let go of.
             waiting = spawn("migrate", "--db", url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
-                for _ in range(200):
-                    if await watch.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
-                                            "AND application_name = 'collab-migrate'"):
-                        break
-                    await asyncio.sleep(0.05)
+                await seen(watch, WAITS_FOR_THE_MIGRATION_LOCK, "migrate waiting for the migration lock",
+                           "collab-migrate")
                 await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
                 out, err = await asyncio.to_thread(waiting.communicate, timeout=30)
             finally:
