@@ -68,12 +68,17 @@ def kill_at(strace: str, call: str, n: int) -> tuple:
     return (strace, "-f", "-qq", "-o", "/dev/null", "-e", f"inject={call}:signal=KILL:when={n}")
 
 
-def count_calls(strace: str, call: str, *args, tmp: Path) -> int:
-    """How many `call`s one uninterrupted `collab ARGS` makes (it must succeed)."""
+def traced_calls(strace: str, call: str, *args, tmp: Path) -> list[str]:
+    """The `call`s one uninterrupted `collab ARGS` makes (it must succeed), as strace shows them."""
     out = tmp / f"count-{call}.txt"
     run = collab(*args, prefix=(strace, "-f", "-qq", "-e", f"trace={call}", "-o", out))
     assert run.returncode == 0, run.stderr
-    return sum(1 for line in out.read_text().splitlines() if f"{call}(" in line)
+    return [line for line in out.read_text().splitlines() if f"{call}(" in line]
+
+
+def count_calls(strace: str, call: str, *args, tmp: Path) -> int:
+    """How many `call`s one uninterrupted `collab ARGS` makes."""
+    return len(traced_calls(strace, call, *args, tmp=tmp))
 
 
 def applied(run: subprocess.CompletedProcess) -> list[str]:
@@ -275,11 +280,12 @@ def test_sqlite_serve_killed_while_it_migrates_then_migrate_finishes(strace, old
 
 def test_postgres_migrate_killed_at_any_message_is_finished_by_the_next(strace, old_postgres, tmp_path):
     want = old_postgres.clean()
-    total = count_calls(strace, "sendto", "migrate", "--db", old_postgres(), tmp=tmp_path)
+    sent = traced_calls(strace, "sendto", "migrate", "--db", old_postgres(), tmp=tmp_path)
+    commits = [k + 1 for k, line in enumerate(sent) if "COMMIT" in line]  # N counts from 1
+    assert len(commits) >= 2 and commits[-1] < len(sent), sent  # 004's, 005's, then the lock let go of
     landed = set()
-    # the migrations' messages are the last ones (before them: connecting, the checks of the schema):
-    # killed in 004 (none of it stands), in 005 (004 stands), after 005's COMMIT went (all of it stands)
-    for n in (total - 7, total - 4, total - 1):
+    # killed as 004's COMMIT goes (none of it stands), as 005's goes (004 stands), after it (all stands)
+    for n in (commits[-2], commits[-1], commits[-1] + 1):
         url = old_postgres()
         killed = collab("migrate", "--db", url, prefix=kill_at(strace, "sendto", n))
         assert killed.returncode != 0, (n, killed.stdout)
