@@ -175,7 +175,7 @@ def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
 
 
 _LOCK_HOLDERS = """
-SELECT a.pid, a.application_name, a.state, a.wait_event_type, a.wait_event,
+SELECT a.pid, a.application_name, a.state, a.wait_event_type, a.wait_event, a.xact_start IS NOT NULL AS in_xact,
        extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start))::bigint AS seconds
   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid <> pg_backend_pid()
@@ -207,8 +207,9 @@ async def _migration_lock_holder(conn: asyncpg.Connection) -> tuple[str, int | N
     waiting = r["wait_event_type"] == "Lock"  # (an idle session waits for its client: not worth saying)
     what = ", ".join(str(x) for x in (r["application_name"] or None, r["state"],
                                       waiting and f"itself waiting for a lock ({r['wait_event']})",
-                                      r["seconds"] is not None and f"in its current transaction or connection "
-                                                                   f"for {r['seconds']} s") if x)
+                                      r["seconds"] is not None and (f"in a transaction for {r['seconds']} s"
+                                                                    if r["in_xact"] else
+                                                                    f"connected for {r['seconds']} s")) if x)
     return f"the session of pid {r['pid']}" + (f" ({what})" if what else ""), r["pid"]
 
 
@@ -224,8 +225,13 @@ async def _take_migration_lock(conn: asyncpg.Connection, where: str) -> None:
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     except _WAITED_TOO_LONG as exc:
-        # A lock granted just as the wait was given up goes too (it is this session's, or nobody's).
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK, timeout=5)
+        # A lock granted just as the wait was given up goes too (this connection holds nothing else yet;
+        # unlock_all says nothing when there is none). A connection that cannot say so is ended: its
+        # session's locks go with it.
+        try:
+            await conn.execute("SELECT pg_advisory_unlock_all()", timeout=5)
+        except Exception:  # noqa: BLE001 - the message below is what matters
+            conn.terminate()
         holder, pid = await _migration_lock_holder(conn)
         raise StorageUnavailable(
             f"{where}: gave up waiting for collab's migration lock ({_why_it_ended(exc)}), which {holder} holds: "
@@ -248,17 +254,32 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
         done = {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
         applied = []
         for number, path in pending_migrations(files, done):
-            async with conn.transaction():
-                try:
-                    await conn.execute(path.read_text())
-                    await conn.execute("INSERT INTO schema_version (version, name, applied) VALUES ($1, $2, $3)",
-                                       number, path.name, time.time())
-                except _WAITED_TOO_LONG as exc:  # raised inside: the transaction is rolled back on the way out
-                    raise StorageUnavailable(
-                        f"{where}: migration {path.name} {_why_it_ended(exc)}, most likely waiting for a lock "
-                        "another session holds on collab's tables (an open transaction, a pg_dump, a server of "
-                        "the older collab...; see pg_locks), and was rolled back, nothing of it applied"
-                        + (f"; {', '.join(applied)} stand" if applied else "") + ": try again") from None
+            stands = f"; {', '.join(applied)} stand" if applied else ""
+            try:
+                async with conn.transaction():
+                    try:
+                        await conn.execute(path.read_text())
+                        await conn.execute("INSERT INTO schema_version (version, name, applied) "
+                                           "VALUES ($1, $2, $3)", number, path.name, time.time())
+                    except _WAITED_TOO_LONG as exc:  # raised inside: rolled back on the way out
+                        raise StorageUnavailable(
+                            f"{where}: migration {path.name} {_why_it_ended(exc)}, most likely waiting for a "
+                            "lock another session holds on collab's tables (an open transaction, a pg_dump, a "
+                            "server of the older collab...; see pg_locks), and was rolled back, nothing of it "
+                            f"applied{stands}: try again") from None
+            except StorageUnavailable:
+                raise
+            except (*_WAITED_TOO_LONG, asyncpg.InterfaceError, OSError) as exc:
+                # Its COMMIT (or the ROLLBACK after a statement given up) got no answer, or the connection
+                # went: the session is ended, which rolls back what was not committed; schema_version says
+                # what was.
+                conn.terminate()
+                why = _why_it_ended(exc) if isinstance(exc, _WAITED_TOO_LONG) else \
+                    f"its connection failed: {type(exc).__name__}: {exc}"
+                raise StorageUnavailable(
+                    f"{where}: migration {path.name} ended with no answer to its COMMIT or ROLLBACK ({why})"
+                    f"{stands}; whether it stands is not known: run collab migrate again, which applies it "
+                    "if it does not") from None
             applied.append(path.name)
         return applied
     finally:

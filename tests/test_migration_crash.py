@@ -11,11 +11,14 @@ How a kill lands in the middle, reliably: the migrations take milliseconds, afte
 runs under strace, which sends it SIGKILL on entry to its N-th write of a given kind (`-e
 inject=SYSCALL:signal=KILL:when=N`): pwrite64 for SQLite (every page written to the journal or the
 database), sendto for PostgreSQL (every message to the server: BEGIN, a migration's script, its
-schema_version row, COMMIT...). N is taken from a count of those calls in an uninterrupted run, so the
-kills spread over the whole upgrade; each test checks they landed at several schema versions. For
-PostgreSQL a kill also lands while a migration's statement waits for a table lock another session holds.
-Two processes are made to overlap the same way: strace delays one of them (each write, or the opening of
-one migration file).
+schema_version row, COMMIT...). N is taken from an uninterrupted run traced the same way: for SQLite
+spread over its count of writes, for PostgreSQL at the COMMITs of the last two migrations and after them
+(counted in the thread that sends them: strace counts per thread); each test checks the kills landed at
+several schema versions. For PostgreSQL a kill also lands while a migration's statement waits for a table
+lock another session holds.
+Two processes are made to overlap: on SQLite strace pauses one as it opens a migration file; on PostgreSQL
+another session's table lock holds the first inside migration 004 while the second is seen waiting for the
+migration lock.
 """
 
 from __future__ import annotations
@@ -281,6 +284,10 @@ def test_sqlite_serve_killed_while_it_migrates_then_migrate_finishes(strace, old
 def test_postgres_migrate_killed_at_any_message_is_finished_by_the_next(strace, old_postgres, tmp_path):
     want = old_postgres.clean()
     sent = traced_calls(strace, "sendto", "migrate", "--db", old_postgres(), tmp=tmp_path)
+    # strace counts `when=N` per thread: the calls of the thread that sends the COMMITs (`-f` lines
+    # begin with the pid)
+    sender = next(line.split()[0] for line in sent if "COMMIT" in line)
+    sent = [line for line in sent if line.split()[0] == sender]
     commits = [k + 1 for k, line in enumerate(sent) if "COMMIT" in line]  # N counts from 1
     assert len(commits) >= 2 and commits[-1] < len(sent), sent  # 004's, 005's, then the lock let go of
     landed = set()
@@ -342,7 +349,7 @@ def test_sqlite_two_migrates_interleaved_apply_each_migration_once(strace, old_s
     want = old_sqlite.clean(case)
     db = old_sqlite(case)
     pause = (strace, "-f", "-qq", "-o", "/dev/null", "-P", ROOT / "migrations" / "sqlite" /
-             "006_document_ids_never_reused.sql", "-e", "trace=openat", "-e", "inject=openat:delay_enter=2000000")
+             "006_document_ids_never_reused.sql", "-e", "trace=openat", "-e", "inject=openat:delay_enter=6000000")
     first = spawn("migrate", "--db", db, prefix=pause, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 15
@@ -350,7 +357,9 @@ def test_sqlite_two_migrates_interleaved_apply_each_migration_once(strace, old_s
             if sqlite_version(db) == 5:
                 break
             time.sleep(0.02)
+        assert sqlite_version(db) == 5 and first.poll() is None, "the first migrate was not seen paused after 005"
         second = collab("migrate", "--db", db)
+        assert first.poll() is None, "the second migrate did not run while the first was paused (machine too slow?)"
         out, err = first.communicate(timeout=30)
     finally:
         stop(first)
