@@ -24,6 +24,12 @@ ROLES = {"a": "admin", "e": "edit", "v": "view"}
 RANK = {"view": 0, "edit": 1, "admin": 2}
 
 
+def token_digest(token: str) -> str:
+    """What is kept of a token to know it again (a clientID's owner, a write budget's key): a fixed-size
+    digest, never the token itself (unchecked in open mode, it may be kilobytes)."""
+    return hashlib.sha256(token.encode(errors="replace")).hexdigest()
+
+
 class Access:
     def __init__(self, secret: bytes | None):
         self.secret = secret

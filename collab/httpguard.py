@@ -35,7 +35,6 @@ same value by `collab serve`) every later one; nothing here knows about document
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import resource
@@ -45,7 +44,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .access import origin_allowed
+from .access import origin_allowed, token_digest
 from .errors import ProtocolError, brief
 from .settings import Settings, entries
 from .ws import allowed_origins, client_address, own_origin, trusted_proxies
@@ -321,8 +320,8 @@ def limit_writes(request: web.Request, token: str | None) -> None:
     """Take from the request's token's and address's buckets; 429 rate-limited with Retry-After if empty."""
     settings = request.app[SETTINGS_KEY]
     keys = ["addr " + client_address(request, trusted_proxies(settings))]
-    if token:  # a digest: unchecked without --secret, a token may be kilobytes (10,000 keys at most)
-        keys.append("token " + hashlib.blake2b(token.encode(errors="replace"), digest_size=16).hexdigest())
+    if token:  # 10,000 keys at most, each of a fixed size
+        keys.append("token " + token_digest(token))
     wait = request.app[WRITE_LIMITER].take(keys, time.monotonic())
     if wait > 0:
         seconds = max(1, math.ceil(wait))

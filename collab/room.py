@@ -51,7 +51,7 @@ from typing import Callable, Protocol
 import orjson
 
 from . import protocol
-from .access import Access
+from .access import Access, token_digest
 from .errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_TRY_AGAIN,
                      SHUTTING_DOWN, ChangeError, CollabError, ProtocolError, ServerError)
 from .limits import DiskGuard, Gate, TokenBucket
@@ -568,7 +568,7 @@ class Room:
         (received `at`) that is older than the client's connection here, `old`
         (`newer_connection`), is refused with 4001: the client gave it up.
         """
-        token = hashlib.sha256(conn.token.encode()).hexdigest() if conn.token else ""
+        token = token_digest(conn.token) if conn.token else ""
         owner = self.owners.get(hello.client_id)
         if owner is not None and not proves_owner(owner, hello.resume_key, token, conn.remote):
             raise ProtocolError("conflict", "this clientID is in use by another client; a client that "
