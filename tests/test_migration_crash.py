@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from serverproc import ROOT, free_port
-from test_upgrade_audit import load_postgres, load_sqlite
+from test_upgrade_audit import load_postgres, load_sqlite, schema_of
 
 PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
@@ -137,14 +137,6 @@ def sqlite_state(path) -> dict:
         conn.close()
 
 
-def sqlite_version(path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-    finally:
-        conn.close()
-
-
 async def _pg_state(url: str) -> dict:
     import asyncpg
     conn = await asyncpg.connect(url)
@@ -172,17 +164,6 @@ async def _pg_state(url: str) -> dict:
 
 def pg_state(url: str) -> dict:
     return asyncio.run(_pg_state(url))
-
-
-def pg_versions(url: str) -> list[int]:
-    async def read():
-        import asyncpg
-        conn = await asyncpg.connect(url)
-        try:
-            return [r[0] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")]
-        finally:
-            await conn.close()
-    return asyncio.run(read())
 
 
 def differs(got: dict, want: dict) -> list[str]:
@@ -251,7 +232,7 @@ def test_sqlite_migrate_killed_at_any_write_is_finished_by_the_next(strace, old_
         db = old_sqlite(case)
         killed = collab("migrate", "--db", db, prefix=kill_at(strace, "pwrite64", n))
         assert killed.returncode == -signal.SIGKILL or killed.returncode == 137, (n, killed.returncode, killed.stderr)
-        landed.add(sqlite_version(db))
+        landed.add(max(schema_of(str(db))))
         again = collab("migrate", "--db", db)
         assert again.returncode == 0, (n, again.stderr)
         assert differs(sqlite_state(db), want) == [], n
@@ -274,7 +255,7 @@ def test_sqlite_serve_killed_while_it_migrates_then_migrate_finishes(strace, old
             finally:
                 stop(proc)
         if not up:
-            landed.add(sqlite_version(db))
+            landed.add(max(schema_of(str(db))))
         again = collab("migrate", "--db", db)
         assert again.returncode == 0, (n, again.stderr)
         assert differs(sqlite_state(db), want) == [], n
@@ -296,7 +277,7 @@ def test_postgres_migrate_killed_at_any_message_is_finished_by_the_next(strace, 
         url = old_postgres()
         killed = collab("migrate", "--db", url, prefix=kill_at(strace, "sendto", n))
         assert killed.returncode != 0, (n, killed.stdout)
-        landed.add(max(pg_versions(url)))
+        landed.add(max(schema_of(url)))
         again = collab("migrate", "--db", url, timeout=30)
         assert again.returncode == 0, (n, again.stderr)
         assert differs(pg_state(url), want) == [], n
@@ -354,10 +335,10 @@ def test_sqlite_two_migrates_interleaved_apply_each_migration_once(strace, old_s
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and first.poll() is None:
-            if sqlite_version(db) == 5:
+            if max(schema_of(str(db))) == 5:
                 break
             time.sleep(0.02)
-        assert sqlite_version(db) == 5 and first.poll() is None, "the first migrate was not seen paused after 005"
+        assert max(schema_of(str(db))) == 5 and first.poll() is None, "the first migrate was not seen paused after 005"
         second = collab("migrate", "--db", db)
         assert first.poll() is None, "the second migrate did not run while the first was paused (machine too slow?)"
         out, err = first.communicate(timeout=30)
@@ -453,7 +434,7 @@ def test_postgres_two_upgrades_at_once_apply_each_migration_once(old_postgres, t
         assert applied(runs[0]) == ["004_people_kept.sql", "005_deployment.sql"] and applied(runs[1]) == [], outputs
     assert "waiting for the migration lock, which the session of pid" in outputs[1][1], outputs[1][1]
     assert differs(pg_state(url), want) == []  # deployment: one row (its last_start is the last server's)
-    assert pg_versions(url) == [1, 2, 3, 4, 5]
+    assert sorted(schema_of(url)) == [1, 2, 3, 4, 5]
 
 
 # ------------------------------------------------------------------ 3. what an operator is told
@@ -485,7 +466,7 @@ def test_postgres_a_migration_that_cannot_go_on_says_why_in_one_line(old_postgre
             assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
             assert run.stderr.startswith("collab migrate: error: ") and run.stderr.count("\n") == 1, run.stderr
             assert "004_people_kept.sql" in run.stderr and "rolled back" in run.stderr, run.stderr
-            assert await asyncio.to_thread(pg_versions, url) == [1, 2, 3]
+            assert sorted(await asyncio.to_thread(schema_of, url)) == [1, 2, 3]
             # The same with a statement_timeout (a role's, on a managed server) instead: was a bare
             # QueryCanceledError.
             await holder.execute("BEGIN")
@@ -494,7 +475,7 @@ def test_postgres_a_migration_that_cannot_go_on_says_why_in_one_line(old_postgre
             await holder.execute("ROLLBACK")
             assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
             assert "004_people_kept.sql was cancelled" in run.stderr and "rolled back" in run.stderr, run.stderr
-            assert await asyncio.to_thread(pg_versions, url) == [1, 2, 3]
+            assert sorted(await asyncio.to_thread(schema_of, url)) == [1, 2, 3]
             # The migration lock is held by another session: named, in one line, with what to do.
             await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
             for ends in ("lock_timeout=1500", "statement_timeout=1500"):
@@ -520,4 +501,4 @@ def test_postgres_a_migration_that_cannot_go_on_says_why_in_one_line(old_postgre
             await watch.close()
 
     asyncio.run(scenario())
-    assert pg_versions(url) == [1, 2, 3, 4, 5]
+    assert sorted(schema_of(url)) == [1, 2, 3, 4, 5]
