@@ -1,0 +1,37 @@
+"""What a UX audit of the pages found, each checked as the person saw it.
+
+- The document list: its columns hold what is in them (the size did not
+  wrap, and "Delete" stuck out of the table and, from 700 px down to the
+  phone layout, off the screen).
+"""
+
+from __future__ import annotations
+
+from .browser_helpers import api_json, open_editor, wait_synced, watch_page
+
+
+def test_document_list_columns_hold_their_text(server, contexts):
+    a = open_editor(contexts(), server.url, "a-long-document")
+    a.evaluate("t => { const v = window.__collab.view; v.dispatch({changes: {from: 0, insert: t}}); }", "word " * 2500)
+    wait_synced([a], server.url, "a-long-document")
+    assert api_json(server.url, "/api/docs", None, "POST", {"name": "short"})[0] == 201
+    for width in (1000, 700, 600, 561):
+        page = watch_page(contexts(viewport={"width": width, "height": 640}).new_page())
+        page.goto(server.url + "/")
+        page.wait_for_selector("#docs tbody tr")
+        fit = page.evaluate("""() => {
+            const table = document.querySelector('#docs').getBoundingClientRect();
+            const buttons = [...document.querySelectorAll('#docs .doc-actions button')];
+            const sizes = [...document.querySelectorAll('#docs td.doc-size')];
+            const lines = (el) => { const r = document.createRange(); r.selectNodeContents(el); return r.getClientRects().length; };
+            return {
+                buttonsInside: buttons.every(b => b.getBoundingClientRect().right <= table.right + 0.5),
+                pageWidth: document.documentElement.scrollWidth, viewport: innerWidth,
+                sizeLines: sizes.map(lines),
+                sizes: sizes.map(s => s.textContent),
+            };
+        }""")
+        assert fit["buttonsInside"], (width, fit)
+        assert fit["pageWidth"] <= fit["viewport"], (width, fit)
+        assert fit["sizeLines"] == [1, 1], (width, fit)  # "12.5k characters" on one line
+        assert page.collab_errors == []
