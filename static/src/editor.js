@@ -92,6 +92,10 @@ function renderStatus(info) {
   const el = $("#status");
   el.dataset.state = info.state;
   el.dataset.pending = String(info.pending);
+  if (connectedNow !== (info.state === "connected")) {
+    connectedNow = info.state === "connected";
+    renderPeopleCount();
+  }
   let text = STATUS_TEXT[info.state];
   if (info.state === "reconnecting" && info.retryAt) {
     const secs = Math.max(0, Math.ceil((info.retryAt - Date.now()) / 1000));
@@ -133,6 +137,13 @@ function personChip(name, color, you) {
 }
 
 let peopleNames = ""; // the names and colours of the people here, as last rendered
+let othersHere = 0; // how many other people are here, as last rendered
+let connectedNow = false; // the page is connected: who is here is known
+
+/** "3 here", "only you"; nothing while not connected (offline, "only you" would say everyone left). */
+function renderPeopleCount() {
+  $("#people-count").textContent = !connectedNow ? "" : othersHere ? `${othersHere + 1} here` : "only you";
+}
 
 /** The people here, one entry per person (people.js): two tabs of one person are one entry; our own other tabs are us. */
 function renderPeople(list) {
@@ -147,7 +158,8 @@ function renderPeople(list) {
     if (p.person) li.dataset.person = p.person;
     if (p.sessions.length > 1) li.title = `${p.name} (in ${p.sessions.length} tabs)`;
   }
-  $("#people-count").textContent = others.length ? `${others.length + 1} here` : "only you";
+  othersHere = others.length;
+  renderPeopleCount();
   // History names people as they are now: tell it when a name or colour changed (not at every cursor move).
   const names = JSON.stringify([[person, user.name, user.color], ...others.map((p) => [p.person, p.name, p.color])]);
   if (names !== peopleNames && historyPanel) historyPanel.peopleChanged();

@@ -3,11 +3,12 @@
 - The document list: its columns hold what is in them (the size did not
   wrap, and "Delete" stuck out of the table and, from 700 px down to the
   phone layout, off the screen).
+- Offline, the header does not say "only you" (it cannot know who is here).
 """
 
 from __future__ import annotations
 
-from .browser_helpers import api_json, open_editor, wait_synced, watch_page
+from .browser_helpers import api_json, open_editor, wait_status, wait_synced, watch_page
 
 
 def test_document_list_columns_hold_their_text(server, contexts):
@@ -35,3 +36,22 @@ def test_document_list_columns_hold_their_text(server, contexts):
         assert fit["pageWidth"] <= fit["viewport"], (width, fit)
         assert fit["sizeLines"] == [1, 1], (width, fit)  # "12.5k characters" on one line
         assert page.collab_errors == []
+
+
+def test_offline_does_not_say_only_you(server, contexts):
+    """Offline, the page cannot know who is here: it said "only you", as if everyone had left."""
+    actx = contexts()
+    a = open_editor(actx, server.url, "who-is-here")
+    b = open_editor(contexts(), server.url, "who-is-here")
+    a.wait_for_function("() => document.querySelector('#people-count').textContent === '2 here'")
+    actx.set_offline(True)
+    wait_status(a, "offline")
+    a.click(".cm-content")
+    a.keyboard.type("typed offline")
+    assert a.inner_text("#people-count") != "only you"
+    assert a.inner_text("#people-count") == ""
+    actx.set_offline(False)
+    wait_status(a, "connected")
+    a.wait_for_function("() => document.querySelector('#people-count').textContent === '2 here'")
+    assert wait_synced([a, b], server.url, "who-is-here") == "typed offline"
+    assert a.collab_errors == [] and b.collab_errors == []
