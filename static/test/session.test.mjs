@@ -593,7 +593,8 @@ test('a document deleted during the session is said so, with no word of links (a
   const [s] = welcomed({ doc: 'gone soon', version: 1 });
   const [ended] = events(s.closed(1008, 'this document was deleted', 0), 'access');
   assert.equal(ended.title, 'This document was deleted.', 'was: "This link no longer works."');
-  assert.equal(ended.text, 'This document was deleted: nobody can open or change it any more.');
+  assert.equal(ended.text, 'Nobody can open or change it any more. Its text stays on this page until you leave or reload it.',
+    'was the title again: "This document was deleted: nobody can ..."');
   assert.doesNotMatch(ended.text, /link/);
   const [reset] = events(welcomed({ doc: 'x', version: 1 })[0].closed(1008, 'the share links of this document were reset', 0), 'access');
   assert.equal(reset.title, 'This link no longer works.');

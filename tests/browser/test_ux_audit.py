@@ -1,14 +1,17 @@
 """What a UX audit of the pages found, each checked as the person saw it.
 
-- The document list: its columns hold what is in them (the size did not
-  wrap, and "Delete" stuck out of the table and, from 700 px down to the
-  phone layout, off the screen).
+- The document list: its columns hold what is in them (the size wrapped
+  onto two lines, and "Delete" stuck out of the table and, from 700 px down
+  to the phone layout, off the screen).
 - Offline, the header does not say "only you" (it cannot know who is here).
+- A document deleted while open: the notice says what that means for the
+  page, not its title twice ("This document was deleted." then "This
+  document was deleted: nobody can ...").
 """
 
 from __future__ import annotations
 
-from .browser_helpers import api_json, open_editor, wait_status, wait_synced, watch_page
+from .browser_helpers import api_json, doc_text, open_editor, wait_status, wait_synced, watch_page
 
 
 def test_document_list_columns_hold_their_text(server, contexts):
@@ -55,3 +58,19 @@ def test_offline_does_not_say_only_you(server, contexts):
     a.wait_for_function("() => document.querySelector('#people-count').textContent === '2 here'")
     assert wait_synced([a, b], server.url, "who-is-here") == "typed offline"
     assert a.collab_errors == [] and b.collab_errors == []
+
+
+def test_deleted_document_notice_says_it_once(server, contexts):
+    a = open_editor(contexts(), server.url, "soon-gone")
+    a.click(".cm-content")
+    a.keyboard.type("kept on the page")
+    wait_synced([a], server.url, "soon-gone")
+    assert api_json(server.url, "/api/docs/soon-gone", None, "DELETE")[0] == 200
+    notice = a.wait_for_selector(".notice-access")
+    title = notice.query_selector(".notice-title").inner_text()
+    text = notice.query_selector(".notice-text").inner_text()
+    assert title == "This document was deleted."
+    assert "was deleted" not in text, text
+    assert "stays on this page" in text
+    assert doc_text(a) == "kept on the page"
+    assert a.collab_errors == []

@@ -54,7 +54,8 @@ const UNKNOWN_CLOSE = { text: "The connection to the server was lost.", notify: 
 
 // The reason the server closes the sessions of a deleted document with (1008; collab/room.py DELETED).
 export const DELETED_REASON = "this document was deleted";
-const DELETED_TEXT = "This document was deleted: nobody can open or change it any more.";
+// Under the title "This document was deleted.": not that again, but what it means here.
+const DELETED_TEXT = "Nobody can open or change it any more. Its text stays on this page until you leave or reload it.";
 
 /** The headline of a notice that access ended (`code`, `reason` as for accessEndText). */
 export function accessEndTitle(code, reason) {
