@@ -73,6 +73,37 @@ function showError(text) {
   toastTimer = setTimeout(() => { for (const m of [...box.children]) m.remove(); }, 12000);
 }
 
+/** A toast that is not repeated while it shows (only its time is renewed). */
+function showHint(text) {
+  if ([...$("#messages").children].some((m) => m.dataset.text === text)) {
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { for (const m of [...$("#messages").children]) m.remove(); }, 12000);
+    return;
+  }
+  showError(text);
+}
+
+const VIEW_ONLY_HINT = "This link is view only: you can read the text and its history, not change them."
+  + " To edit, ask the person who shared it for an edit link.";
+
+/**
+ * Someone with a view link types or pastes: the editor takes nothing, and said nothing either (only
+ * "view only" in the header), as if the page were broken. The keys that would change the text say why.
+ * (The read-only editor cannot hold the focus: the keys reach the page, outside any field.)
+ */
+function viewOnlyKeys() {
+  const typing = (ev) => !ev.ctrlKey && !ev.metaKey && !ev.altKey
+    && ((ev.key.length === 1 && ev.key !== "?") || ev.key === "Enter" || ev.key === "Backspace" || ev.key === "Delete");
+  const outsideFields = (t) => !(t instanceof Element) || !t.closest("input, textarea, select, button, a, dialog, [contenteditable=true], #history, #preview");
+  const refused = () => session && session.role === "view" && session.accessEnded === null;
+  document.addEventListener("keydown", (ev) => {
+    if (!ev.defaultPrevented && refused() && typing(ev) && outsideFields(ev.target)) showHint(VIEW_ONLY_HINT);
+  });
+  document.addEventListener("paste", (ev) => {
+    if (refused() && outsideFields(ev.target)) showHint(VIEW_ONLY_HINT);
+  });
+}
+
 // ---- status ------------------------------------------------------------------------
 
 const STATUS_TEXT = {
@@ -637,6 +668,7 @@ async function boot() {
 
 renderHome();
 new ShortcutHelp();
+viewOnlyKeys();
 $("#me").addEventListener("click", openIdentity);
 for (const id of ["#share-dialog", "#identity", "#rescue", "#shortcuts", "#export-dialog"]) {
   $(id).addEventListener("close", () => {

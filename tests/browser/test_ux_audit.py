@@ -7,11 +7,14 @@
 - A document deleted while open: the notice says what that means for the
   page, not its title twice ("This document was deleted." then "This
   document was deleted: nobody can ...").
+- Someone with a view link who types or pastes is told why nothing happens
+  (the text took nothing and nothing said so, but for "view only" in the
+  header).
 """
 
 from __future__ import annotations
 
-from .browser_helpers import api_json, doc_text, open_editor, wait_status, wait_synced, watch_page
+from .browser_helpers import api_json, doc_text, open_editor, team_server, wait_status, wait_synced, watch_page
 
 
 def test_document_list_columns_hold_their_text(server, contexts):
@@ -74,3 +77,33 @@ def test_deleted_document_notice_says_it_once(server, contexts):
     assert "stays on this page" in text
     assert doc_text(a) == "kept on the page"
     assert a.collab_errors == []
+
+
+def test_view_link_typing_says_why_nothing_happens(tmp_path, contexts):
+    srv, admin = team_server(tmp_path)
+    try:
+        assert api_json(srv.url, "/api/docs", admin, "POST", {"name": "read-me"})[0] == 201
+        _, links = api_json(srv.url, "/api/docs/read-me/links", admin)
+        viewer = watch_page(contexts().new_page())
+        viewer.goto(srv.url + links["links"]["view"])
+        viewer.wait_for_selector("body[data-ready=true]")
+        wait_status(viewer, "connected")
+        viewer.click(".cm-content")
+        viewer.keyboard.type("hello")
+        viewer.keyboard.press("Enter")
+        viewer.wait_for_selector("#messages .message", timeout=5000)
+        messages = viewer.eval_on_selector_all("#messages .message", "ms => ms.map(m => m.firstChild.textContent)")
+        assert len(messages) == 1 and "view only" in messages[0] and "edit link" in messages[0], messages
+        assert "times" not in messages[0]  # one hint, not one per key
+        assert doc_text(viewer) == ""
+        # Keys in a field of the page are not typing into the text: no hint for them.
+        viewer.click("#messages .message-close")
+        viewer.click("#history-toggle")
+        viewer.wait_for_selector("#history:not([hidden])")
+        viewer.focus("#history-format")
+        viewer.keyboard.press("ArrowDown")
+        viewer.wait_for_timeout(300)
+        assert viewer.query_selector("#messages .message") is None
+        assert viewer.collab_errors == [] and viewer.csp_violations == []
+    finally:
+        srv.kill()
