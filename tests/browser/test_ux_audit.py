@@ -10,6 +10,8 @@
 - Someone with a view link who types or pastes is told why nothing happens
   (the text took nothing and nothing said so, but for "view only" in the
   header).
+- On a phone, the dialogs fit the screen (the share links stuck out of the
+  Share dialog, which scrolled sideways).
 """
 
 from __future__ import annotations
@@ -107,3 +109,18 @@ def test_view_link_typing_says_why_nothing_happens(tmp_path, contexts):
         assert viewer.collab_errors == [] and viewer.csp_violations == []
     finally:
         srv.kill()
+
+
+def test_dialogs_fit_a_phone(server, contexts):
+    page = open_editor(contexts(viewport={"width": 390, "height": 760}, is_mobile=True, has_touch=True),
+                       server.url, "on-a-phone")
+    for opener, dialog, closer in (("#share", "#share-dialog", "#share-close"),
+                                   ("#export", "#export-dialog", "#export-close"),
+                                   ("#me", "#identity", "#identity-cancel")):
+        page.click(opener)
+        page.wait_for_selector(f"{dialog}[open]")
+        page.wait_for_timeout(200)  # the Share dialog fills its links in after it opens
+        fit = page.eval_on_selector(dialog, "d => [d.scrollWidth, d.clientWidth, d.getBoundingClientRect().right, innerWidth]")
+        assert fit[0] <= fit[1] and fit[2] <= fit[3], (dialog, fit)
+        page.click(closer)
+    assert page.collab_errors == []
