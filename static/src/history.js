@@ -846,11 +846,59 @@ export class HistoryPanel {
         return;
       }
       this.lastRestore = { from: version, version: made };
-      this.note(`Restored version ${version}: the text is now version ${made}. To undo, restore version ${made - 1}.`);
+      this.restoredNote(version, made);
     } catch (e) {
       this.note("");
       this.setError("restore", `Could not restore version ${version}: ${e.message}`);
       this.showError(`Could not restore version ${version}: ${e.message}`);
+    } finally {
+      this.restoring = false;
+      this.renderRestore();
+    }
+  }
+
+  /**
+   * After this page's own restore: what it did, and the undo everyone else's notice offers
+   * (editor.js, undoRestore). It said "To undo, restore version N": no button, nothing about
+   * edits made since, which that would take away too, and still there after someone had undone it.
+   */
+  restoredNote(from, made) {
+    const box = $("#history-note");
+    box.textContent = `Restored version ${from}: the text is now version ${made}. `;
+    const undo = box.appendChild(document.createElement("button"));
+    undo.type = "button";
+    undo.className = "link";
+    undo.id = "history-undo-restore";
+    undo.textContent = "Undo the restore";
+    undo.addEventListener("click", () => this.undoRestore(made, undo));
+  }
+
+  async undoRestore(made, button) {
+    const view = this.getView();
+    const head = view ? getSyncedVersion(view.state) : this.head;
+    const later = head - made;
+    if (later > 0 && button.dataset.confirm !== "yes") {
+      button.dataset.confirm = "yes";
+      button.textContent = "Undo anyway";
+      button.before(`${plural(later, "edit")} came after it: undoing brings back version ${made - 1} as a whole, `
+        + `so ${later === 1 ? "that edit is" : "those are"} undone too. `);
+      return;
+    }
+    if (this.restoring) return;
+    this.restoring = true;
+    button.disabled = true;
+    this.renderRestore();
+    try {
+      const { name, color } = this.getUser();
+      const { version: now, unchanged } = await restoreVersion(this.docName, made - 1,
+        { author: name, person: this.person, color });
+      this.setError("restore", null);
+      this.note(unchanged ? `Version ${made - 1} is already the text: nothing to undo.`
+        : `Undone: version ${made - 1} is back (now version ${now}).`);
+    } catch (e) {
+      button.disabled = false;
+      this.setError("restore", `Could not undo the restore: ${e.message}`);
+      this.showError(`Could not undo the restore: ${e.message}`);
     } finally {
       this.restoring = false;
       this.renderRestore();

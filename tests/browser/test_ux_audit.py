@@ -10,13 +10,18 @@
 - Someone with a view link who types or pastes is told why nothing happens
   (the text took nothing and nothing said so, but for "view only" in the
   header).
+- Who restored a version can undo it with a click, as everyone else can
+  (their History said only "To undo, restore version N", with no word of
+  the edits made since, which that takes away too).
 - On a phone, the dialogs fit the screen (the share links stuck out of the
   Share dialog, which scrolled sideways).
 """
 
 from __future__ import annotations
 
-from .browser_helpers import api_json, doc_text, open_editor, team_server, wait_status, wait_synced, watch_page
+from .test_history import scrub, wait_shown
+
+from .browser_helpers import api_json, doc_text, open_editor, server_doc, set_user, team_server, wait_status, wait_synced, watch_page
 
 
 def test_document_list_columns_hold_their_text(server, contexts):
@@ -124,3 +129,42 @@ def test_dialogs_fit_a_phone(server, contexts):
         assert fit[0] <= fit[1] and fit[2] <= fit[3], (dialog, fit)
         page.click(closer)
     assert page.collab_errors == []
+
+
+def test_own_restore_can_be_undone_with_a_click(server, contexts):
+    doc = "undo-mine"
+    people = {}
+    for name, color in (("Alice", "#e5484d"), ("Bob", "#0090ff")):
+        ctx = contexts()
+        set_user(ctx, name, color)
+        people[name] = open_editor(ctx, server.url, doc)
+    alice, bob = people["Alice"], people["Bob"]
+    alice.click(".cm-content")
+    alice.keyboard.type("Plan: ")
+    wait_synced([alice, bob], server.url, doc)
+    before = server_doc(server.url, doc)["version"]
+    bob.click(".cm-content")
+    bob.keyboard.press("Control+End")
+    bob.keyboard.type("Bob's words.")
+    full = wait_synced([alice, bob], server.url, doc)
+
+    alice.click("#history-toggle")
+    scrub(alice, [before])
+    wait_shown(alice, before)
+    alice.click("#history-restore")
+    undo = alice.wait_for_selector("#history-note #history-undo-restore")
+    assert "To undo, restore version" not in alice.inner_text("#history-note")
+    assert wait_synced([alice, bob], server.url, doc) == "Plan: "
+
+    # Someone types after the restore: undoing asks first, and says what else it takes away.
+    bob.keyboard.type("!")
+    wait_synced([alice, bob], server.url, doc)
+    undo.click()
+    alice.wait_for_function("() => document.querySelector('#history-undo-restore').textContent === 'Undo anyway'")
+    assert "1 edit came after it" in alice.inner_text("#history-note")
+    alice.click("#history-undo-restore")
+    alice.wait_for_function("() => document.querySelector('#history-note').textContent.startsWith('Undone')")
+    assert wait_synced([alice, bob], server.url, doc) == full
+    assert alice.query_selector(".notice-restore") is None  # her own undo is said in History, not as news
+    bob.wait_for_selector(".notice-restore")
+    assert alice.collab_errors == [] and bob.collab_errors == []
