@@ -214,6 +214,17 @@ function newDocument(ev) {
     input.focus();
     return;
   }
+  if (docs.some((d) => d.name === name)) {
+    // "New document" with a name in the list opened that document, someone's text and all, as if new.
+    const error = $("#new-error");
+    error.textContent = `A document named “${name}” already exists: pick another name, or `;
+    const open = error.appendChild(document.createElement("a"));
+    open.href = docUrl(name);
+    open.textContent = "open it";
+    error.appendChild(document.createTextNode("."));
+    input.focus();
+    return;
+  }
   location.href = docUrl(name);
 }
 

@@ -13,6 +13,8 @@
 - Who restored a version can undo it with a click, as everyone else can
   (their History said only "To undo, restore version N", with no word of
   the edits made since, which that takes away too).
+- "New document" with the name of one in the list says it exists (it
+  opened that document, someone's text and all, as if it were new).
 - On a phone, the dialogs fit the screen (the share links stuck out of the
   Share dialog, which scrolled sideways).
 """
@@ -168,3 +170,27 @@ def test_own_restore_can_be_undone_with_a_click(server, contexts):
     assert alice.query_selector(".notice-restore") is None  # her own undo is said in History, not as news
     bob.wait_for_selector(".notice-restore")
     assert alice.collab_errors == [] and bob.collab_errors == []
+
+
+def test_new_document_with_a_taken_name_says_so(server, contexts):
+    a = open_editor(contexts(), server.url, "plans")
+    a.click(".cm-content")
+    a.keyboard.type("someone's plans")
+    wait_synced([a], server.url, "plans")
+    page = watch_page(contexts().new_page())
+    page.goto(server.url + "/")
+    page.wait_for_selector("#docs tbody tr")
+    page.fill("#new-name", "plans")
+    page.click("#new-doc")
+    page.wait_for_function("() => document.querySelector('#new-error').textContent.includes('already exists')")
+    assert page.url == server.url + "/"
+    with page.expect_navigation():
+        page.click("#new-error a")
+    assert page.url.endswith("/d/plans")
+    page.goto(server.url + "/")
+    page.wait_for_selector("#docs tbody tr")
+    page.fill("#new-name", "fresh-plans")
+    with page.expect_navigation():
+        page.click("#new-doc")
+    assert page.url.endswith("/d/fresh-plans")
+    assert page.collab_errors == []
