@@ -714,7 +714,7 @@ export class HistoryPanel {
       legendBox.textContent = made.coarse
         ? "Compared with the current text: too different to show in detail, so everything from the first change to the last is shown as removed (struck out) and added (green)."
         : made.added || made.removed
-          ? `Compared with the current text: ${made.removed} characters removed since (struck out), ${made.added} added since (green).`
+          ? `Compared with the current text: ${plural(made.removed, "character")} removed since (struck out), ${made.added} added since (green).`
           : "Same as the current text.";
     }
     view.dispatch({ changes, effects: setDecos.of(deco) });

@@ -15,6 +15,8 @@
   the edits made since, which that takes away too).
 - "New document" with the name of one in the list says it exists (it
   opened that document, someone's text and all, as if it were new).
+- History in dark mode: the line numbers of the chosen version sit on the
+  dark gutter (it was light), and "1 character removed" (was "1 characters").
 - On a phone, the dialogs fit the screen (the share links stuck out of the
   Share dialog, which scrolled sideways).
 """
@@ -193,4 +195,21 @@ def test_new_document_with_a_taken_name_says_so(server, contexts):
     with page.expect_navigation():
         page.click("#new-doc")
     assert page.url.endswith("/d/fresh-plans")
+    assert page.collab_errors == []
+
+
+def test_history_preview_in_dark_mode(server, contexts):
+    page = open_editor(contexts(color_scheme="dark"), server.url, "dark-history")
+    page.click(".cm-content")
+    page.keyboard.type("a b")
+    page.keyboard.press("Backspace")
+    wait_synced([page], server.url, "dark-history")
+    page.click("#history-toggle")
+    scrub(page, [3])  # "a b", against the current "a "
+    wait_shown(page, 3)
+    legend = page.inner_text("#history-legend")
+    assert "1 character removed" in legend and "characters removed" not in legend, legend
+    colors = page.evaluate("""() => ['#history-preview', '#editor'].map(
+        s => getComputedStyle(document.querySelector(s + ' .cm-gutters')).backgroundColor)""")
+    assert colors[0] == colors[1], colors
     assert page.collab_errors == []
