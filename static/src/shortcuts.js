@@ -30,6 +30,9 @@ export const SHORTCUTS = [
   ["Enter in a list", "continues the list"],
 ];
 
+/** What separates the keys of a row, or follows them, and is not a key. */
+const KEY_WORDS = /(, then |, | or | \(outside the editor\)| in a list)/;
+
 function editable(target) {
   return target instanceof Element
     && (target.closest("input, textarea, select, [contenteditable=''], [contenteditable=true]") !== null);
@@ -41,9 +44,11 @@ export class ShortcutHelp {
     const body = $("#shortcuts-list");
     for (const [keys, what] of SHORTCUTS) {
       const dt = body.appendChild(document.createElement("dt"));
-      for (const [i, part] of keys.split(/(, | or )/).entries()) {
+      // Keys as keys, the words between and after them as words (it showed "then Tab",
+      // "? (outside the editor)" and "Enter in a list" as if each were one key).
+      for (const [i, part] of keys.split(KEY_WORDS).entries()) {
         if (i % 2) dt.appendChild(document.createTextNode(part));
-        else dt.appendChild(document.createElement("kbd")).textContent = part;
+        else if (part) dt.appendChild(document.createElement("kbd")).textContent = part;
       }
       body.appendChild(document.createElement("dd")).textContent = what;
     }

@@ -17,6 +17,8 @@
   opened that document, someone's text and all, as if it were new).
 - History in dark mode: the line numbers of the chosen version sit on the
   dark gutter (it was light), and "1 character removed" (was "1 characters").
+- The keyboard help shows keys as keys and words as words (it showed
+  "then Tab", "? (outside the editor)" and "Enter in a list" as keys).
 - On a phone, the dialogs fit the screen (the share links stuck out of the
   Share dialog, which scrolled sideways).
 """
@@ -212,4 +214,17 @@ def test_history_preview_in_dark_mode(server, contexts):
     colors = page.evaluate("""() => ['#history-preview', '#editor'].map(
         s => getComputedStyle(document.querySelector(s + ' .cm-gutters')).backgroundColor)""")
     assert colors[0] == colors[1], colors
+    assert page.collab_errors == []
+
+
+def test_shortcut_list_keys_are_keys(server, contexts):
+    page = open_editor(contexts(), server.url, "keys")
+    page.click(".cm-content")
+    page.keyboard.press("Control+/")
+    page.wait_for_selector("#shortcuts[open]")
+    keys = page.eval_on_selector_all("#shortcuts-list kbd", "ks => ks.map(k => k.textContent)")
+    assert "Esc" in keys and "Tab" in keys and "?" in keys and "Enter" in keys, keys
+    assert not [k for k in keys if not k or " " in k], keys
+    rows = page.eval_on_selector_all("#shortcuts-list dt", "ds => ds.map(d => d.textContent)")
+    assert "Esc, then Tab" in rows and "Enter in a list" in rows, rows
     assert page.collab_errors == []
