@@ -3,6 +3,8 @@
 - The document list: its columns hold what is in them (the size wrapped
   onto two lines, and "Delete" stuck out of the table and, from 700 px down
   to the phone layout, off the screen).
+- The document list on a phone: one line between documents (each block
+  had a line under the name and another under the date and size).
 - Offline, the header does not say "only you" (it cannot know who is here).
 - A document deleted while open: the notice says what that means for the
   page, not its title twice ("This document was deleted." then "This
@@ -227,4 +229,18 @@ def test_shortcut_list_keys_are_keys(server, contexts):
     assert not [k for k in keys if not k or " " in k], keys
     rows = page.eval_on_selector_all("#shortcuts-list dt", "ds => ds.map(d => d.textContent)")
     assert "Esc, then Tab" in rows and "Enter in a list" in rows, rows
+    assert page.collab_errors == []
+
+
+def test_document_list_on_a_phone_has_one_line_per_document(server, contexts):
+    for name in ("first", "second"):
+        assert api_json(server.url, "/api/docs", None, "POST", {"name": name})[0] == 201
+    page = watch_page(contexts(viewport={"width": 390, "height": 760}, is_mobile=True).new_page())
+    page.goto(server.url + "/")
+    page.wait_for_selector("#docs tbody tr")
+    borders = page.evaluate("""() => ({
+        cells: [...document.querySelectorAll('#docs td')].map(td => getComputedStyle(td).borderBottomWidth),
+        rows: [...document.querySelectorAll('#docs tbody tr')].map(tr => getComputedStyle(tr).borderBottomWidth)})""")
+    assert set(borders["cells"]) == {"0px"}, borders
+    assert set(borders["rows"]) == {"1px"}, borders
     assert page.collab_errors == []
