@@ -81,7 +81,7 @@ def serve(settings: Settings) -> None:
             # for that line finds the file.
             shown = url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
             link = f"{shown}/?token={Access(secret).admin_token()}"
-            path = admin_link_file(settings)
+            path = admin_link_file(settings).absolute()  # said in full: ./run.sh may be run from another folder
             try:
                 write_private(path, link + "\n")
                 said.append(f"collab: access control is on; the admin link is in {path} (readable by this user "

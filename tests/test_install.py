@@ -181,6 +181,9 @@ def test_run_sh_public_works_after_other_options(tmp_path):
         # Was 0755: made for the secret before run.sh's umask 077, which says "readable by this user only".
         assert stat.S_IMODE((source / "data").stat().st_mode) == 0o700, oct((source / "data").stat().st_mode)
         assert (source / "data" / "admin-link").read_text().startswith(f"http://127.0.0.1:{port}/?token=")
+        # run.sh was run from another folder (tmp_path): the file is named where it is, not as data/admin-link,
+        # which named a file in the caller's folder.
+        assert f"the admin link is in {source / 'data' / 'admin-link'} " in log_path.read_text(), log_path.read_text()
         with pytest.raises(urllib.error.HTTPError) as refused:  # access control is on
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/docs", timeout=5)
         assert refused.value.code == 401
