@@ -273,7 +273,9 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("target", metavar="TARGET", help="empty database to copy into (a SQLite file, "
                            "created if missing, or the URL of an existing PostgreSQL database)")
         Settings.add_arguments(p)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named after the command, whose --help lists its options (`collab --help` lists only the commands)
+        parsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command != "serve":
         args.redis = ""  # only the server tells other processes of updates (see the module header)
     try:

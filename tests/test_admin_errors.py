@@ -199,12 +199,17 @@ def test_a_mistyped_option_or_value_is_one_line_naming_the_command(tmp_path):
                          "--history-timeout must be a finite number"),
                         (["docs", "--db", ""],
                          "--db must be a SQLite file path or a postgresql:// URL (got nothing)"),
+                        # Were "collab: error: ... (collab --help lists the options)": `collab --help` lists the
+                        # commands, not their options.
+                        (["docs", "--db", db, "--bogus"], "unrecognized arguments: --bogus"),
+                        (["export", "--db", db, "out", "stray"], "unrecognized arguments: stray"),
                         (["bogus"], "invalid choice: 'bogus'")):
         result = collab(*args)
         who = "collab" if args == ["bogus"] else f"collab {args[0]}"
         assert result.returncode == 2, (args, result.returncode, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "usage:" not in result.stderr, result.stderr
         assert words in result.stderr and result.stderr.startswith(f"{who}: error: "), result.stderr
+        assert result.stderr.rstrip().endswith(f"({who} --help lists the options)"), result.stderr
     assert not db.exists()
 
 
