@@ -101,6 +101,8 @@ class Metrics:
         self.commit_failures = Counter("collab_commit_failures", "Commits of a document that failed (it reloads; "
                                        "its pushers resend), by reason: `unavailable` (the database cannot be "
                                        "used right now) or `error`", ["reason"], registry=r)
+        for reason in ("unavailable", "error"):  # at 0 from the start: a healthy server shows what to alert on
+            self.commit_failures.labels(reason)
         self.catchup_reads = Counter("collab_catchup_reads", "Reads of updates other processes committed "
                                      "(after a lost commit, a gap, or a check)", registry=r)
         self.bus_up = Gauge("collab_bus_up", "1 while Redis (--redis) is heard (it confirmed this process's "

@@ -69,6 +69,15 @@ async def test_counters_move_by_exactly_what_happened(client):
     await b.close()
 
 
+async def test_commit_failures_are_there_at_zero_before_the_first(client):
+    # README: "alert on this". A labelled counter had no sample before its first failure, so a scrape of a
+    # healthy server had no collab_commit_failures_total at all (and rate() missed the first failure).
+    values = await scrape(client)
+    for reason in ("unavailable", "error"):
+        assert ("collab_commit_failures_total", (("reason", reason),)) in values, sorted(values)
+        assert value(values, "collab_commit_failures_total", reason=reason) == 0
+
+
 async def test_status_page_streams_the_figures(client):
     resp = await client.get("/status")
     assert resp.status == 200 and "collab status" in await resp.text()
