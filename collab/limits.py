@@ -2,7 +2,7 @@
 
 Rules that always hold:
   * a `TokenBucket` allows `rate` units a second on average and `burst` at
-    once; `take(n, now)` is all or nothing, and the clock is passed in;
+    once; `take(now, n)` is all or nothing, and the clock is passed in;
   * a `Gate` lets `running` callers in at once and `waiting` more wait in
     line; one more is refused at once (`unavailable`), never queued;
   * a `DiskGuard` answers from a reading at most `every` seconds old, so
