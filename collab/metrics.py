@@ -1,8 +1,9 @@
 """Metrics: what an operator watches, through prometheus-client.
 
 One registry per app (so several apps in one test process do not collide).
-The figures are recorded where they happen (ws.py, room.py, peer.py) through
-the `Metrics` object; /metrics renders them in Prometheus' text format and
+The figures are recorded where they happen (ws.py, room.py, peer.py,
+cluster.py, and api.py's `error_answer` for refusals) through the `Metrics`
+object; /metrics renders them in Prometheus' text format and
 /status shows the same figures live over a WebSocket for people without
 Prometheus.
 
