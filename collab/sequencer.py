@@ -270,9 +270,10 @@ class Sequencer:
         The push is rebased frame by frame, as the client itself will do
         (rebase.rebase_in_frames), along `push_frames(version)`: the frames
         every connection is sent and every resume is cut into. `frames`
-        overrides them (versions where this connection's frames end); it
-        exists for a room that still composes a resume into one welcome, and
-        is only right as long as that connection never drops.
+        overrides them (versions where this connection's frames end). No
+        room passes it (room.py always takes the default); the tests use it
+        to model a room that composes a resume into one welcome, which is
+        only right as long as that connection never drops.
 
         Raises ProtocolError (`bad-version`, `bad-message`, `bad-changes`,
         `too-large`) and leaves everything unchanged, or NeedHistory when the
