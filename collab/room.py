@@ -24,7 +24,8 @@ Rules that always hold:
     One refused because its document no longer exists (deleted by another
     process, its news not here yet) ends the room as that news would (1008);
   * the HTTP and WebSocket adapters reach documents only through `Rooms`'
-    public methods and a member's room's `push`, `presence` and `leave`;
+    public methods and a member's room's `push_now`, `push`, `presence` and
+    `leave`;
   * a room is unloaded (forgotten, and no longer heard about on the bus) only
     with no members and nothing holding it (`hold`: a join or a restore
     under way); a join refused after the room loaded leaves it to unload;
