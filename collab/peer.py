@@ -226,7 +226,7 @@ class Peer:
         self.send_timeout = send_timeout
         self.writer: asyncio.Task | None = None
         self.closed = False
-        self.bytes_out = bytes_out  # a prometheus Counter, or None
+        self.bytes_out = bytes_out  # a metrics.Tally (bumped on the event loop only), or None
         # What reads this connection: the ws.py task, or a ws.Connection while no task reads it (its
         # `cancel` starts one); `cancel(msg=INTERRUPT)` interrupts either while it waits for a frame.
         self.handler = asyncio.current_task()
