@@ -94,6 +94,8 @@ STOP_TIMEOUT = 5.0      # seconds stop() waits for its cancelled tasks to end
 REFUSED_BACKOFF_MAX = 10.0  # seconds between tries at most while Redis refuses us (sooner changes nothing)
 CONFIRM_TIMEOUT = 5.0   # seconds a new subscriber connection may wait for Redis to confirm its subscriptions
 EXPIRY_GRAIN = 0.25     # seconds: another process's cursors due to expire are dropped at most this late
+WARN_EVERY = 60.0       # seconds: at most one warning a minute of each kind (news dropped, publishes refused,
+                        # database checks failing), the rest counted into the next one
 
 
 def _refusal(exc: BaseException | None) -> str | None:
@@ -144,9 +146,9 @@ class Cluster:
         self._publisher_down = False
         self._sending = False  # the publisher is sending a batch it took from the queue
         self._refused: str | None = None  # the subscriber is down because Redis refused it (`_refusal`'s advice)
-        self._publish_refused = Throttle(log)  # Redis refuses our PUBLISH while it lets us listen: said once a minute
-        self._dropping = Throttle(log)  # one warning a minute while messages are dropped, not one each
-        self._check_failing = Throttle(log)  # and while the database checks fail
+        self._publish_refused = Throttle(log, WARN_EVERY)  # Redis refuses our PUBLISH while it lets us listen
+        self._dropping = Throttle(log, WARN_EVERY)  # while messages are dropped: not one warning each
+        self._check_failing = Throttle(log, WARN_EVERY)  # and while the database checks fail
         self._tasks: list[asyncio.Task] = []
         self._check_now = asyncio.Event()
         self._republish_now = asyncio.Event()

@@ -276,6 +276,33 @@ async def test_while_redis_is_down_no_updates_wait_to_be_published_and_the_rest_
     assert bus._queue.qsize() == 2 and bus._queued_bytes <= 10_000
 
 
+async def test_news_dropped_while_redis_is_slow_is_said_once_a_minute(two, monkeypatch, caplog):
+    """Was: the module header, its comments and docs/deploy.md said one warning a minute, but the
+    cluster's throttles took logs.Throttle's default, 10 s: six times as many lines while it went on."""
+    import logging
+
+    from collab import cluster as cluster_module
+    monkeypatch.setattr(cluster_module, "QUEUE_BYTES", 10_000)
+    _, there = two
+    bus = Cluster(there, "redis://127.0.0.1:9/0")  # never started: its queue only fills
+    bus.up = True
+    now = [1000.0]
+    bus._dropping._clock = lambda: now[0]
+    big = b'{"x":"' + b"y" * 6000 + b'"}'
+    bus.publish_updates("doc", 1, big)  # waits
+    with caplog.at_level(logging.WARNING, logger="collab"):
+        for t in (0.0, 15.0, 30.0, 59.0):  # dropped, all within a minute of the first
+            now[0] = 1000.0 + t
+            bus.publish_updates("doc", 1, big)
+        said = [r for r in caplog.records if "dropping more" in r.getMessage()]
+        assert len(said) == 1
+        now[0] = 1061.0
+        bus.publish_updates("doc", 1, big)
+        said = [r for r in caplog.records if "dropping more" in r.getMessage()]
+        assert len(said) == 2 and "3 more like it" in said[1].getMessage()
+    assert bus._publish_refused.every == bus._check_failing.every == bus._dropping.every == 60.0
+
+
 @pytest.mark.parametrize("reachable", [True, False, "query-password", "bad-db"],
                          ids=["reachable", "unreachable", "unreachable-password-parameter", "bad-db"])
 async def test_the_log_says_at_start_whether_redis_is_reachable(tmp_path, caplog, reachable):
