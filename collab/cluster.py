@@ -11,8 +11,9 @@ Rules that always hold:
     fence (storage.py) and every message here is news that may be lost,
     duplicated or late (pub/sub is at most once). A room that hears of a
     version it has not seen reads the missing updates from the database;
-  * messages are published only after COMMIT returned (Rooms.published is
-    called from commit_done), by one publisher task, in commit order (what
+  * messages are published only after COMMIT returned (`publish_updates` is
+    called from room.py's `Room._commit_done`, once the store said the
+    commit went through), by one publisher task, in commit order (what
     waits goes out in one round trip, up to PUBLISH_BATCH messages and
     PUBLISH_BATCH_BYTES); once a publish or a ping fails, what waits and
     what is said until Redis is reached again is dropped rather than sent
