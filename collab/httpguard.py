@@ -17,8 +17,8 @@ Pure cores (no I/O, clocks passed in):
     passes: a script needs no token on a personal instance, and rule (1) already keeps out
     what a foreign page can send without a CORS preflight (forms, no-cors fetches), while
     collab grants no preflight.
-  * `RateBuckets`: token buckets by key; a take needs a token from every key's bucket (fork and
-    restore: the token's and the client address's). Memory is bounded (full buckets are dropped).
+  * `RateBuckets`: token buckets by key; a take needs a token from every key's bucket (`limit_writes`,
+    for fork, restore, rename and naming a checkpoint: the token's and the client address's). Memory is bounded (full buckets are dropped).
   * `HeadWatch`: whether the bytes of a connection so far hold a complete request head.
   * `FloodFilter`: a logging filter letting one line of a kind through per interval, without its
     traceback, with the count of those it held back.
@@ -27,9 +27,12 @@ Adapters: `middleware` (Host, state changes, and the request body read under a d
 `limit_writes` and `refusal_headers` (429 with Retry-After; a body that cannot be read ends its connection), `Listener` (the protocol factory `collab serve` listens with: the connection cap and the
 head deadline), `raise_open_file_limit`.
 
-Rules: every refusal is a `ProtocolError`, answered by api.py's error_middleware; the head
-deadline covers the first request of a connection, aiohttp's keepalive_timeout (set to the
-same value by `collab serve`) every later one; nothing here knows about documents.
+Rules: every refusal of a request is a `ProtocolError`, answered by api.py's error_middleware. The
+`Listener`'s two come before there is a request, so they are plain-text answers written to the
+socket, which then closes (`BUSY`, 503, over the connection cap; `TOO_SLOW`, 408, a head past its
+deadline), as docs/protocol.md says. The head deadline covers the first request of a connection,
+aiohttp's keepalive_timeout (set to the same value by `collab serve`) every later one; nothing here
+knows about documents.
 """
 
 from __future__ import annotations
