@@ -10,8 +10,11 @@ Rules that always hold:
     again). Both are `CollabError`;
   * each adapter converts them in exactly one place: ws.py `refuse` into an
     `error` frame (and a close when the error carries one), api.py's
-    `error_middleware` into `{"error": {"code", "message"}}`. A bare KeyError
-    or TypeError reaching a client is a bug (answered as `internal`);
+    `error_answer` into `{"error": {"code", "message"}}` (or a short HTML
+    page for a person following a link); `error_middleware` calls it for
+    every request, and ws.handle for a WebSocket refused before its upgrade.
+    A bare KeyError or TypeError reaching a client is a bug (answered as
+    `internal`);
   * docs/protocol.md, the README and the browser's core (static/src/core.js)
     list exactly these codes; tests/test_error_table.py checks it.
 """

@@ -7,7 +7,8 @@ deadline, the rate limit, taking a welcomed connection over from aiohttp's
 request so that an idle one keeps no task and no request, and handling the
 frames that need no await as they are read (`Connection`), and
 `refuse`, the one place a refusal becomes an `error` frame (and a close when
-it carries one): the twin of api.py's `error_middleware`. What never lives
+it carries one): the twin of api.py's `error_answer` (a refusal before the
+upgrade is an HTTP answer, and `handle` hands it to that). What never lives
 here: document state or ordering decisions (room.py, sequencer.py). Access is
 decided at `hello` against the document's current share-link salt, inside
 `Rooms.join`, not at the upgrade.
