@@ -4,7 +4,9 @@ What lives here: the data shapes that cross into a store (`Commit`) and out of
 it (`Loaded`, rows of `COPY_TABLES`), the errors a store raises with a meaning
 of their own (`VersionCompacted`, `VersionConflict`, `NameTaken`,
 `TooManyDocuments`, `TooManyCheckpoints`, `NamedWhileCompacting`,
-`DocumentGone`, `StorageUnavailable`), the
+`DocumentGone`, `TurnLost`, `StorageUnavailable`, `StoreClosed`, and for
+opening a database `DatabaseTooNew`, `AlreadyServing`, `NoPermission` and
+`NotOurs`), the
 `Storage` protocol every backend implements,
 `CommitSource` (what a document must offer the store's writer), and the one
 place that turns a `--db` value into a backend: `store_for`, `migrate`,
