@@ -23,9 +23,12 @@ Rules that always hold:
     acknowledged, and the sequencer's de-duplication keeps it exactly once.
     One refused because its document no longer exists (deleted by another
     process, its news not here yet) ends the room as that news would (1008);
-  * the HTTP and WebSocket adapters reach documents only through `Rooms`'
-    public methods and a member's room's `push_now`, `push`, `presence` and
-    `leave`;
+  * the HTTP and WebSocket adapters reach open documents only through
+    `Rooms`' public methods and a member's room's `push_now`, `push`,
+    `presence` and `leave`. What is durable and not held in a room (history,
+    checkpoints, authorship, people, former names) api.py reads from the
+    store, and it names a checkpoint there too (`set_checkpoint`, then
+    `Rooms.checkpoint_named` tells the room);
   * a room is unloaded (forgotten, and no longer heard about on the bus) only
     with no members and nothing holding it (`hold`: a join or a restore
     under way); a join refused after the room loaded leaves it to unload;
