@@ -11,7 +11,9 @@ Rules that always hold:
     worst pause stays under 10 ms, as when idle;
   * spans stay JSON bytes in the server process and are parsed only in
     workers: millions of small lists held by a cache make every full garbage
-    collection pause the loop (100-200 ms pauses, measured, before this rule);
+    collection pause the loop (100-200 ms pauses, measured, before this rule).
+    The one exception is an /authors answer of at most 32 KB of spans, which
+    `authors_json` builds on the loop (about 3 ms at 32 KB here, and not kept);
   * budgets, each refused cleanly and never by stalling the server:
       - at most WORKERS jobs run and QUEUE wait; one more is refused at once
         (`unavailable`, 503, "busy");
@@ -34,8 +36,8 @@ Rules that always hold:
     job's result is kept (in memory, and in the store at checkpoints spaced
     by their size), so a request that runs out of AUTHORS_TIMEOUT is refused
     with 503 and the next one goes on from where it stopped; the answer's
-    JSON is built in a worker too, and one of more than AUTHORS_MAX_RUNS runs
-    (about 12 MB) is refused with 413. Requests for the authorship of one
+    JSON is built in a worker too (above 32 KB of spans), and one of more
+    than AUTHORS_MAX_RUNS runs (about 12 MB) is refused with 413. Requests for the authorship of one
     version that arrive while it is being computed wait for that computation
     (`authorship`) instead of replaying its rows beside it (requests for two
     versions at once, even near ones, each replay their own);
