@@ -2,9 +2,11 @@
 
 Every error leaves through `error_answer` (called by `error_middleware`, and
 by ws.handle for a WebSocket refused before its upgrade) as
-`{"error": {"code", "message"}}` with the status the protocol gives the code,
-whatever raised it (a ProtocolError, an aiohttp HTTP exception, or a bug,
-which is logged with its traceback and answered as 500 `internal`).
+`{"error": {"code", "message"}}` with the status the protocol gives the code
+(or, to a person following a link to a page, as a short HTML page with the
+same status, code and message), whatever raised it (a CollabError: a
+ProtocolError or a ServerError; an aiohttp HTTP exception; or a bug, which is
+logged with its traceback and answered as 500 `internal`).
 """
 
 from __future__ import annotations
