@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from clusterproc import Cluster, ClusterNginx, RedisServer, free_port, self_signed  # noqa: E402
 from load import LOADGEN, UNLIMITED, fmt, loadgen_node, raise_nofile  # noqa: E402
 from pgserver import PgServer  # noqa: E402
+from serverproc import end_on_sigterm  # noqa: E402
 
 # 400 connections from 127.0.0.1 (through nginx) and no per-connection rate limits: the load is
 # the point. The per-document limits are lifted too (two pushers flat out pass 1,000 updates/s).
@@ -229,6 +230,7 @@ def medians(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    end_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("which", nargs="?", default="all", choices=["all", "throughput", "scatter", "typing"])
     p.add_argument("--duration", type=float, help="seconds of measurement (default 10; typing 15)")

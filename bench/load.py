@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serverproc import ServerProcess, free_port, under_load, wait_healthy  # noqa: E402
+from serverproc import ServerProcess, end_on_sigterm, free_port, under_load, wait_healthy  # noqa: E402
 from trace_replay import WHERE_TO_GET, add_trace_argument  # noqa: E402
 
 LOADGEN = ROOT / "tests" / "js" / "loadgen.mjs"
@@ -501,6 +501,7 @@ def reference_table(rows: list[dict], rounds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    end_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bench", choices=[*BENCHES, "all", "compare", "compare-reference"])
     p.add_argument("--duration", type=float, help="seconds of measurement (typing default 20, throughput and "

@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from load import LOADGEN, UNLIMITED, Database  # noqa: E402
-from serverproc import ServerProcess  # noqa: E402
+from serverproc import ServerProcess, end_on_sigterm  # noqa: E402
 
 # Innermost frames that mean "waiting, not working" (names as py-spy prints them).
 WAITS = {"EpollSelector.select", "PollSelector.select", "SelectSelector.select", "_worker", "Runner.run",
@@ -145,6 +145,7 @@ def report(threads: dict[str, dict], cpu: dict[int, float], window_s: float, top
 
 
 def main(argv: list[str] | None = None) -> int:
+    end_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=10, help="seconds sampled (default 10)")
     p.add_argument("--warmup", type=float, default=2, help="seconds of load before sampling (default 2)")

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from load import UNLIMITED  # noqa: E402
-from serverproc import ServerProcess  # noqa: E402
+from serverproc import ServerProcess, end_on_sigterm  # noqa: E402
 
 TYPED = "x" * 60     # what each update inserts
 SAMPLE_EVERY = 0.005
@@ -149,6 +149,7 @@ def run(checkout: Path, updates: int) -> list[dict]:
 
 
 def main() -> None:
+    end_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--updates", type=int, default=50_000, help="updates typed before the resume (default 50,000)")
     parser.add_argument("--checkout", type=Path, help="another tree whose collab runs the same, for comparison")

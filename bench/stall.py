@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from load import UNLIMITED  # noqa: E402
-from serverproc import ServerProcess  # noqa: E402
+from serverproc import ServerProcess, end_on_sigterm  # noqa: E402
 
 PROBE_EVERY = 0.01
 IDLE_PROBE = 1.0     # seconds of round trips taken while idle, before each case
@@ -148,6 +148,7 @@ async def run_case(url: str, name: str, doc: str) -> dict:
 
 
 def main() -> None:
+    end_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=2, help="runs of each case (default 2)")
     parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases (default all)")

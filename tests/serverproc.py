@@ -83,6 +83,22 @@ def wait_healthy(server, what: str, timeout: float):
     raise RuntimeError(f"{what} did not become healthy in {timeout}s:\n{server.log()[-4000:]}")
 
 
+def end_on_sigterm() -> None:
+    """Make SIGTERM end this program the way Ctrl-C does, through its `finally` blocks and context
+    managers, so that the servers and load generators it started are stopped with it.
+
+    For the benchmarks in bench/, which start servers and run for minutes: by
+    default SIGTERM (a `kill PID`, a harness giving up on them) ended the
+    process at once and left its collab, PostgreSQL, Redis, nginx and Node
+    processes running. A second SIGTERM while cleaning up is ignored, so the
+    cleanup finishes."""
+    def ended(signum, frame):
+        signal.signal(signum, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, ended)
+
+
 def under_load(extra_args: list[str] | None) -> list[str]:
     """`collab serve` options for a server under synthetic load: `extra_args`, with the per-connection rate
     limit raised unless they set `--rate` (see ServerProcess)."""
