@@ -60,9 +60,11 @@ def tls_client_context(cert: Path) -> ssl.SSLContext:
 SITE_LOG = "/var/log/nginx/collab.access.log"
 
 
-def site_config(backend_port: int, http_port: int, https_port: int, cert: Path, key: Path, logs: Path) -> str:
-    """docs/nginx-collab.conf with our ports, certificate and log folder; each line substituted must occur
-    exactly once, the site's access log once in each of its two server blocks."""
+def site_config(backend_port: int, http_port: int, https_port: int, cert: Path, key: Path, logs: Path,
+                webroot: Path | None = None) -> str:
+    """docs/nginx-collab.conf with our ports, certificate, log folder and certbot's webroot (`webroot`, else
+    `logs`); each line substituted must occur exactly once, the site's access log once in each of its two
+    server blocks."""
     text = (DOCS / "nginx-collab.conf").read_text()
     assert text.count(f"access_log {SITE_LOG} ") == 2, f"both server blocks should log to {SITE_LOG}"
     text = text.replace(SITE_LOG, str(logs / "collab.access.log"))
@@ -74,6 +76,7 @@ def site_config(backend_port: int, http_port: int, https_port: int, cert: Path, 
         ("server 127.0.0.1:8080;", f"server 127.0.0.1:{backend_port};"),
         ("ssl_certificate     /etc/letsencrypt/live/collab.example.com/fullchain.pem;", f"ssl_certificate {cert};"),
         ("ssl_certificate_key /etc/letsencrypt/live/collab.example.com/privkey.pem;", f"ssl_certificate_key {key};"),
+        ("root /var/www/html;", f"root {webroot or logs};"),
     ]:
         lines = [line for line in text.splitlines() if line.strip() == old]
         assert len(lines) == 1, f"docs/nginx-collab.conf should have the line {old!r} exactly once"
@@ -125,15 +128,19 @@ def test_two_editors_through_nginx_with_tls(tmp_path, node, certificate):
     # The browser's Host is nginx's address, not collab's: named with --allow-host as the docs say.
     server = ServerProcess(tmp_path / "collab.db", extra_args=["--trusted-proxy", PROXY_ADDRESS,
                                                                 "--allow-host", f"127.0.0.1:{https_port}"])
+    webroot = tmp_path / "webroot"
+    challenge = webroot / ".well-known" / "acme-challenge" / "token-1"
+    challenge.parent.mkdir(parents=True)
+    challenge.write_text("token-1.key")
     proxy = nginx(tmp_path / "nginx", site_config(server.port, http_port, https_port, cert, key,
-                                                  tmp_path / "nginx" / "logs"))
+                                                  tmp_path / "nginx" / "logs", webroot))
     try:
         server.start()
         proxy.start(https_port)
         ctx = tls_client_context(cert)
         front = f"https://127.0.0.1:{https_port}"
 
-        # Pages and the API come through, port 80 only redirects.
+        # Pages and the API come through; port 80 redirects all but Let's Encrypt's challenges (certbot renew).
         with urllib.request.urlopen(f"{front}/healthz", context=ctx, timeout=10) as r:
             assert r.status == 200
         req = urllib.request.Request(f"http://127.0.0.1:{http_port}/d/notes")
@@ -141,6 +148,8 @@ def test_two_editors_through_nginx_with_tls(tmp_path, node, certificate):
         with pytest.raises(urllib.error.HTTPError) as redirect:
             opener.open(req, timeout=10)
         assert redirect.value.code == 301 and redirect.value.headers["Location"] == "https://127.0.0.1/d/notes"
+        with opener.open(f"http://127.0.0.1:{http_port}/.well-known/acme-challenge/token-1", timeout=10) as r:
+            assert r.status == 200 and r.read() == b"token-1.key"
 
         first = asyncio.run(hello_through(f"wss://127.0.0.1:{https_port}", "through-nginx", None, ctx))
         assert isinstance(first, dict) and first["type"] == "welcome", f"no WebSocket through nginx: {first}"
