@@ -357,7 +357,7 @@ def import_(settings: Settings, directory: str) -> int:
         _warn(f"skipped {name}: {why}")
     for line in refused:
         _warn(f"refused {line}")
-    _say(f"imported {len(created)} documents from {src} into {describe(settings.db)}"
+    _say(f"imported {len(created)} document{'' if len(created) == 1 else 's'} from {src} into {describe(settings.db)}"
          + (f"; refused {len(refused)}" if refused else "") + (f"; skipped {len(skipped)}" if skipped else "")
          + (" (see above)" if refused or skipped else ""))
     return 1 if refused or skipped else 0

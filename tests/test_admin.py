@@ -206,7 +206,7 @@ def test_import_refuses_clashes_and_bad_files(start_server, tmp_path, make_db):
     assert "'bad name' is not a document name" in result.stderr
     assert "latin1.txt: not UTF-8" in result.stderr
     assert "skipped README.md" in result.stderr
-    assert "imported 1 documents" in result.stdout and "refused 7" in result.stdout
+    assert "imported 1 document from" in result.stdout and "refused 7" in result.stdout
 
     after = asyncio.run(read_all(server.db))
     assert after.pop("crlf") == (1, "one\ntwo\nthree\n")

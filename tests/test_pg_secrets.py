@@ -94,7 +94,7 @@ def test_the_password_appears_nowhere(pg_server, tmp_path):
         for run in runs:
             assert run.returncode == 0, (run.args, run.stderr)
         assert "postgresql://collab:***@127.0.0.1" in runs[0].stdout  # named, without its password
-        assert "imported 1 documents" in runs[3].stdout and "doc" in runs[7].stdout
+        assert "imported 1 document from" in runs[3].stdout and "doc" in runs[7].stdout
         failures = [
             collab("docs", "--db", pg_server.url(name, password="wrong-" + password[::-1])),
             collab("docs", "--db", f"postgresql://collab:{password}@127.0.0.1:{free_port()}/{name}"),
