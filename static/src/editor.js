@@ -92,15 +92,18 @@ const VIEW_ONLY_HINT = "This link is view only: you can read the text and its hi
  * (The read-only editor cannot hold the focus: the keys reach the page, outside any field.)
  */
 function viewOnlyKeys() {
-  const typing = (ev) => !ev.ctrlKey && !ev.metaKey && !ev.altKey
+  const typing = (ev) => typeof ev.key === "string" && !ev.ctrlKey && !ev.metaKey && !ev.altKey
     && ((ev.key.length === 1 && ev.key !== "?") || ev.key === "Enter" || ev.key === "Backspace" || ev.key === "Delete");
-  const outsideFields = (t) => !(t instanceof Element) || !t.closest("input, textarea, select, button, a, dialog, [contenteditable=true], #history, #preview");
+  // Where keys meant for the text land: the page itself or the editor. Keys on anything else that holds
+  // the focus (a field, a button, a notice's "Show the removed text") work that control, and say nothing.
+  const intoText = (t) => t === document.body || t === document.documentElement
+    || (t instanceof Element && t.closest("#editor") !== null);
   const refused = () => session && session.role === "view" && session.accessEnded === null;
   document.addEventListener("keydown", (ev) => {
-    if (!ev.defaultPrevented && refused() && typing(ev) && outsideFields(ev.target)) showHint(VIEW_ONLY_HINT);
+    if (!ev.defaultPrevented && refused() && intoText(ev.target) && typing(ev)) showHint(VIEW_ONLY_HINT);
   });
   document.addEventListener("paste", (ev) => {
-    if (refused() && outsideFields(ev.target)) showHint(VIEW_ONLY_HINT);
+    if (refused() && intoText(ev.target)) showHint(VIEW_ONLY_HINT);
   });
 }
 

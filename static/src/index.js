@@ -205,18 +205,23 @@ async function remove() {
 
 // ---- new document ----------------------------------------------------------------
 
-function newDocument(ev) {
+async function newDocument(ev) {
   ev.preventDefault();
   const input = $("#new-name");
+  const error = $("#new-error");
+  const button = $("#new-doc");
   const name = input.value.trim() || suggested;
   if (!DOC_NAME_RE.test(name)) {
-    $("#new-error").textContent = "Use letters, digits, “-” and “_” only (up to 100).";
+    error.textContent = "Use letters, digits, “-” and “_” only (up to 100).";
     input.focus();
     return;
   }
-  if (docs.some((d) => d.name === name)) {
-    // "New document" with a name in the list opened that document, someone's text and all, as if new.
-    const error = $("#new-error");
+  // Asked of the server as the button is pressed: this page's list misses what was made since it
+  // loaded, and opening a taken name showed someone's text as if it were the new document. (Nothing is
+  // made until the first edit, as at any /d/ address.)
+  button.disabled = true;
+  try {
+    await api(apiUrl(name), { method: "HEAD", admin: true });
     error.textContent = `A document named “${name}” already exists: pick another name, or `;
     const open = error.appendChild(document.createElement("a"));
     open.href = docUrl(name);
@@ -224,6 +229,14 @@ function newDocument(ev) {
     error.appendChild(document.createTextNode("."));
     input.focus();
     return;
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 404)) {
+      error.textContent = `Could not check the name: ${e.message}`;
+      input.focus();
+      return;
+    }
+  } finally {
+    button.disabled = false;
   }
   location.href = docUrl(name);
 }

@@ -24,7 +24,7 @@ export const SHORTCUTS = [
   ["Shift-Alt-↑, Shift-Alt-↓", "copy the line up or down"],
   [`Shift-${mod}-K`, "delete the line"],
   [`${mod}-], ${mod}-[`, "indent, dedent"],
-  ["Alt-Shift-click, drag", "rectangular selection"],
+  ["Alt-drag", "rectangular selection (a column of text on several lines)"],
   [mac ? "⌘-Alt-[, ⌘-Alt-]" : "Shift-Ctrl-[, Shift-Ctrl-]", "fold and unfold the section under a heading"],
   [`${mod}-Alt-G`, "go to a line"],
   ["Enter in a list", "continues the list"],

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from .test_history import scrub, wait_shown
 
-from .browser_helpers import api_json, doc_text, open_editor, server_doc, set_user, team_server, wait_status, wait_synced, watch_page
+from .browser_helpers import (api_json, doc_text, open_editor, server_doc, set_user, team_server, wait_status, wait_synced,
+                              wait_until, watch_page)
 
 
 def test_document_list_columns_hold_their_text(server, contexts):
@@ -99,6 +100,12 @@ def test_view_link_typing_says_why_nothing_happens(tmp_path, contexts):
     try:
         assert api_json(srv.url, "/api/docs", admin, "POST", {"name": "read-me"})[0] == 201
         _, links = api_json(srv.url, "/api/docs/read-me/links", admin)
+        writer = watch_page(contexts().new_page())
+        writer.goto(srv.url + links["links"]["edit"])
+        wait_status(writer, "connected")
+        writer.click(".cm-content")
+        writer.keyboard.type("draft")
+        wait_until(lambda: api_json(srv.url, "/api/docs/read-me", admin)[1]["doc"] == "draft", what="the draft stored")
         viewer = watch_page(contexts().new_page())
         viewer.goto(srv.url + links["links"]["view"])
         viewer.wait_for_selector("body[data-ready=true]")
@@ -110,15 +117,25 @@ def test_view_link_typing_says_why_nothing_happens(tmp_path, contexts):
         messages = viewer.eval_on_selector_all("#messages .message", "ms => ms.map(m => m.firstChild.textContent)")
         assert len(messages) == 1 and "view only" in messages[0] and "edit link" in messages[0], messages
         assert "times" not in messages[0]  # one hint, not one per key
-        assert doc_text(viewer) == ""
-        # Keys in a field of the page are not typing into the text: no hint for them.
+        assert doc_text(viewer) == "draft"
         viewer.click("#messages .message-close")
+        # Keys that work a control of the page are not typing into the text: Enter on a restore notice's
+        # "Show the removed text" opens it, and says nothing else (it showed the hint too); a letter
+        # typed into a field of the page neither; a keydown without a key (autofill sends them) is let be.
+        assert api_json(srv.url, "/api/docs/read-me/restore", admin, "POST", {"version": 0})[0] == 200
+        summary = viewer.wait_for_selector("#notices .notice-restore summary")
+        summary.focus()
+        viewer.keyboard.press("Enter")
+        viewer.wait_for_selector("#notices .notice-restore details[open]")
+        viewer.evaluate("() => document.body.dispatchEvent(new Event('keydown', {bubbles: true}))")
         viewer.click("#history-toggle")
         viewer.wait_for_selector("#history:not([hidden])")
-        viewer.focus("#history-format")
+        viewer.click("#history-format")
         viewer.keyboard.press("ArrowDown")
+        viewer.keyboard.type("x")
         viewer.wait_for_timeout(300)
-        assert viewer.query_selector("#messages .message") is None
+        texts = viewer.eval_on_selector_all("#messages .message", "ms => ms.map(m => m.firstChild.textContent)")
+        assert not [t for t in texts if "view only" in t], texts
         assert viewer.collab_errors == [] and viewer.csp_violations == []
     finally:
         srv.kill()
@@ -195,6 +212,12 @@ def test_new_document_with_a_taken_name_says_so(server, contexts):
     assert page.url.endswith("/d/plans")
     page.goto(server.url + "/")
     page.wait_for_selector("#docs tbody tr")
+    # A document made since the list was read (in another tab, by another admin) is taken too.
+    assert api_json(server.url, "/api/docs", None, "POST", {"name": "made-meanwhile"})[0] == 201
+    page.fill("#new-name", "made-meanwhile")
+    page.click("#new-doc")
+    page.wait_for_function("() => document.querySelector('#new-error').textContent.includes('already exists')")
+    assert page.url == server.url + "/"
     page.fill("#new-name", "fresh-plans")
     with page.expect_navigation():
         page.click("#new-doc")
@@ -229,6 +252,32 @@ def test_shortcut_list_keys_are_keys(server, contexts):
     assert not [k for k in keys if not k or " " in k], keys
     rows = page.eval_on_selector_all("#shortcuts-list dt", "ds => ds.map(d => d.textContent)")
     assert "Esc, then Tab" in rows and "Enter in a list" in rows, rows
+    assert page.collab_errors == []
+
+
+def test_the_listed_rectangular_selection_gesture_selects_a_column(server, contexts):
+    """Was: the list said "Alt-Shift-click, drag" (drawn as a key "Alt-Shift-click" and a key "drag");
+    CodeMirror's rectangular selection is a drag with Alt held, which the list now says, and which does it."""
+    page = open_editor(contexts(), server.url, "columns")
+    page.click(".cm-content")
+    page.keyboard.type("abcdef\nabcdef\nabcdef")
+    page.keyboard.press("Control+/")
+    page.wait_for_selector("#shortcuts[open]")
+    rows = page.eval_on_selector_all("#shortcuts-list dt", "ds => ds.map(d => d.textContent)")
+    assert "Alt-drag" in rows, rows
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#shortcuts:not([open])", state="attached")
+    start, end = page.evaluate("""() => { const v = window.__collab.view;
+        const a = v.coordsAtPos(1), b = v.coordsAtPos(v.state.doc.line(3).from + 4);
+        return [[a.left + 1, (a.top + a.bottom) / 2], [b.left + 1, (b.top + b.bottom) / 2]]; }""")
+    page.keyboard.down("Alt")
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=5)
+    page.mouse.up()
+    page.keyboard.up("Alt")
+    ranges = page.evaluate("() => window.__collab.view.state.selection.ranges.map(r => [r.from, r.to])")
+    assert ranges == [[1, 4], [8, 11], [15, 18]], ranges
     assert page.collab_errors == []
 
 
