@@ -260,6 +260,7 @@ function fmtClock(seconds) {
  */
 async function onRestore(e) {
   if (await wasOwnRestore(e.version)) return; // the History panel already says so
+  if (historyPanel) historyPanel.restoredElsewhere(e.version);
   let { author, restored } = e;
   let time = null;
   if (author === null || restored === null) {

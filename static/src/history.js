@@ -873,6 +873,18 @@ export class HistoryPanel {
     undo.addEventListener("click", () => this.undoRestore(made, undo));
   }
 
+  /**
+   * Someone else restored a version (it became `version`). After this page's own restore, its "Undo
+   * the restore" would now bring back the text from before both: the note says what happened instead.
+   */
+  restoredElsewhere(version) {
+    const undo = $("#history-undo-restore");
+    const last = this.lastRestore;
+    if (!undo || !last || version <= last.version) return;
+    this.note(`Restored version ${last.from} (it became version ${last.version}); `
+      + `someone restored a version since (version ${version}).`);
+  }
+
   async undoRestore(made, button) {
     const view = this.getView();
     const head = view ? getSyncedVersion(view.state) : this.head;

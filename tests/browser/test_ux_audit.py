@@ -192,6 +192,15 @@ def test_own_restore_can_be_undone_with_a_click(server, contexts):
     assert wait_synced([alice, bob], server.url, doc) == full
     assert alice.query_selector(".notice-restore") is None  # her own undo is said in History, not as news
     bob.wait_for_selector(".notice-restore")
+
+    # Restored again, then someone else restores: her button would now undo theirs too, so it goes.
+    scrub(alice, [before])
+    wait_shown(alice, before)
+    alice.click("#history-restore")
+    alice.wait_for_selector("#history-note #history-undo-restore")
+    assert api_json(server.url, f"/api/docs/{doc}/restore", None, "POST", {"version": 0})[0] == 200
+    alice.wait_for_function("() => document.querySelector('#history-note').textContent.includes('someone restored')")
+    assert alice.query_selector("#history-undo-restore") is None
     assert alice.collab_errors == [] and bob.collab_errors == []
 
 
