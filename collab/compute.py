@@ -13,7 +13,7 @@ Rules that always hold:
     workers: millions of small lists held by a cache make every full garbage
     collection pause the loop (100-200 ms pauses, measured, before this rule).
     The one exception is an /authors answer of at most 32 KB of spans, which
-    `authors_json` builds on the loop (about 3 ms at 32 KB here, and not kept);
+    `authors_json` builds on the loop (about 2 ms for 27 KB, measured, and not kept);
   * budgets, each refused cleanly and never by stalling the server:
       - at most WORKERS jobs run and QUEUE wait; one more is refused at once
         (`unavailable`, 503, "busy");

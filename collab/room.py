@@ -25,7 +25,8 @@ Rules that always hold:
     process, its news not here yet) ends the room as that news would (1008);
   * the HTTP and WebSocket adapters reach open documents only through
     `Rooms`' public methods and a member's room's `push_now`, `push`,
-    `presence` and `leave`. What is durable and not held in a room (history,
+    `presence` and `leave`. What is durable and not held in a room (the list
+    of documents, whether a name is taken or was another's, history,
     checkpoints, authorship, people, former names) api.py reads from the
     store, and it names a checkpoint there too (`set_checkpoint`, then
     `Rooms.checkpoint_named` tells the room);

@@ -90,10 +90,11 @@ def end_on_sigterm() -> None:
     For the benchmarks in bench/, which start servers and run for minutes: by
     default SIGTERM (a `kill PID`, a harness giving up on them) ended the
     process at once and left its collab, PostgreSQL, Redis, nginx and Node
-    processes running. A second SIGTERM while cleaning up is ignored, so the
-    cleanup finishes."""
+    processes running. A second SIGTERM while cleaning up is let pass, so the
+    cleanup finishes (by a handler that does nothing, not SIG_IGN, which the
+    programs the cleanup starts would inherit)."""
     def ended(signum, frame):
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, lambda *_: None)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, ended)
