@@ -221,24 +221,32 @@ async function newDocument(ev) {
   // made until the first edit, as at any /d/ address.)
   button.disabled = true;
   try {
-    await api(apiUrl(name), { method: "HEAD", admin: true });
-    error.textContent = `A document named “${name}” already exists: pick another name, or `;
+    let taken = "exists";
+    try {
+      await api(apiUrl(name), { method: "HEAD", admin: true });
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 404)) throw e;
+      // A name a document had before it was renamed leads to that document (its page redirects).
+      const page = await fetch(docUrl(name), { method: "HEAD", redirect: "manual" });
+      taken = page.type === "opaqueredirect" ? "renamed" : null;
+    }
+    if (taken === null) {
+      location.href = docUrl(name);
+      return;
+    }
+    error.textContent = taken === "exists"
+      ? `A document named “${name}” already exists: pick another name, or `
+      : `“${name}” is the former name of a renamed document, and leads to it: pick another name, or `;
     const open = error.appendChild(document.createElement("a"));
     open.href = docUrl(name);
     open.textContent = "open it";
     error.appendChild(document.createTextNode("."));
-    input.focus();
-    return;
   } catch (e) {
-    if (!(e instanceof ApiError && e.status === 404)) {
-      error.textContent = `Could not check the name: ${e.message}`;
-      input.focus();
-      return;
-    }
+    error.textContent = `Could not check the name: ${e.message}`;
   } finally {
     button.disabled = false;
   }
-  location.href = docUrl(name);
+  input.focus();
 }
 
 $("#new-form").addEventListener("submit", newDocument);

@@ -236,6 +236,12 @@ def test_new_document_with_a_taken_name_says_so(server, contexts):
     page.click("#new-doc")
     page.wait_for_function("() => document.querySelector('#new-error').textContent.includes('already exists')")
     assert page.url == server.url + "/"
+    # A former name leads to the renamed document: taken as well.
+    assert api_json(server.url, "/api/docs/made-meanwhile/rename", None, "POST", {"name": "renamed-since"})[0] == 200
+    page.fill("#new-name", "made-meanwhile")
+    page.click("#new-doc")
+    page.wait_for_function("() => document.querySelector('#new-error').textContent.includes('former name')")
+    assert page.url == server.url + "/"
     page.fill("#new-name", "fresh-plans")
     with page.expect_navigation():
         page.click("#new-doc")
