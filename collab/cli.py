@@ -228,7 +228,7 @@ COMMANDS = (
     ("compact", "drop update rows older than --keep-history per document (snapshots stay)"),
     ("docs", "list documents: name, version, length, last update"),
     ("copy", "copy every document with its whole history from database SOURCE into the empty database TARGET "
-             "(SQLite files or PostgreSQL URLs), then check the copy"),
+             "(SQLite files or PostgreSQL URLs; TARGET left out: --db or COLLAB_DB), then check the copy"),
 )
 
 
@@ -270,14 +270,18 @@ def main(argv: list[str] | None = None) -> None:
         elif name == "copy":
             p.add_argument("source", metavar="SOURCE", help="database to copy from (a SQLite file or a "
                            "postgresql:// URL)")
-            p.add_argument("target", metavar="TARGET", help="empty database to copy into (a SQLite file, "
-                           "created if missing, or the URL of an existing PostgreSQL database)")
+            p.add_argument("target", metavar="TARGET", nargs="?", help="empty database to copy into (a SQLite "
+                           "file, created if missing, or the URL of an existing PostgreSQL database); left out, "
+                           "the database of --db or COLLAB_DB, which must then be given (a URL with its password "
+                           "is better kept off a command line, which every user sees in ps)")
         Settings.add_arguments(p)
     args, extra = parser.parse_known_args(argv)
     if extra:  # named after the command, whose --help lists its options (`collab --help` lists only the commands)
         parsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command != "serve":
         args.redis = ""  # only the server tells other processes of updates (see the module header)
+    if args.command == "copy" and args.target is None and args.db is None and not os.environ.get("COLLAB_DB"):
+        parsers["copy"].error("TARGET is missing: name it, or give the database with --db or COLLAB_DB")
     try:
         settings = Settings.from_args(args)
     except ValueError as exc:
@@ -308,7 +312,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         "import": lambda: admin.import_(settings, args.dir),
         "compact": lambda: admin.compact(settings),
         "docs": lambda: admin.docs(settings),
-        "copy": lambda: admin.copy(settings, args.source, args.target),
+        "copy": lambda: admin.copy(settings, args.source, args.target if args.target is not None else settings.db),
     }[args.command]
     try:
         status = run()

@@ -231,6 +231,20 @@ def test_a_url_that_is_not_postgresql_is_refused_not_taken_for_a_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [], "no folder was made after a URL"
 
 
+def test_copy_without_target_copies_into_the_database_of_db_or_collab_db_and_else_says_it_is_missing(tmp_path):
+    """TARGET may be left out, for --db or COLLAB_DB (deploy.md reads a PostgreSQL URL from cluster.env so
+    that its password stays off the command line); left out with neither, it is missing, not ./data/collab.db."""
+    source = tmp_path / "a.db"
+    assert collab("migrate", "--db", source).returncode == 0
+    result = collab("copy", source, cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "COLLAB_DB"})
+    assert result.returncode == 2 and "TARGET is missing: name it, or give the database with --db or COLLAB_DB" \
+        in result.stderr, result.stderr
+    assert not (tmp_path / "data").exists()
+    assert collab("copy", source, "--db", tmp_path / "b.db").returncode == 0 and (tmp_path / "b.db").is_file()
+    result = collab("copy", source, env=dict(os.environ, COLLAB_DB=str(tmp_path / "c.db")))
+    assert result.returncode == 0 and (tmp_path / "c.db").is_file(), result.stderr
+
+
 @pytest.mark.parametrize("url", ["postgresql:/collab:s3cret-pw@127.0.0.1:5432/collab",  # one slash missing
                                  "Postgres:collab:s3cret-pw@127.0.0.1/collab",
                                  "postgresql//collab:s3cret-pw@127.0.0.1/collab",

@@ -90,7 +90,9 @@ def test_the_password_appears_nowhere(pg_server, tmp_path):
                 collab("compact", "--db", url, "--keep-history", "1"),
                 collab("backup", tmp_path / "backup.db", "--db", url),
                 collab("copy", url, tmp_path / "copy.db"),
-                collab("docs", env=dict(os.environ, COLLAB_DB=url))]
+                collab("docs", env=dict(os.environ, COLLAB_DB=url)),
+                collab("copy", tmp_path / "copy.db", env=dict(os.environ, COLLAB_DB=pg_server.url(
+                    pg_server.create_database())))]  # TARGET left out: COLLAB_DB's (deploy.md's way)
         for run in runs:
             assert run.returncode == 0, (run.args, run.stderr)
         assert "postgresql://collab:***@127.0.0.1" in runs[0].stdout  # named, without its password
