@@ -97,7 +97,7 @@ function viewOnlyKeys() {
   // Where keys meant for the text land: the page itself or the editor. Keys on anything else that holds
   // the focus (a field, a button, a notice's "Show the removed text") work that control, and say nothing.
   const intoText = (t) => t === document.body || t === document.documentElement
-    || (t instanceof Element && t.closest("#editor") !== null);
+    || (t instanceof Element && t.closest("#editor") !== null && t.closest("input, textarea, select, button, a") === null);
   const refused = () => session && session.role === "view" && session.accessEnded === null;
   document.addEventListener("keydown", (ev) => {
     if (!ev.defaultPrevented && refused() && intoText(ev.target) && typing(ev)) showHint(VIEW_ONLY_HINT);

@@ -218,12 +218,14 @@ async function newDocument(ev) {
   }
   // Asked of the server as the button is pressed: this page's list misses what was made since it
   // loaded, and opening a taken name showed someone's text as if it were the new document. (Nothing is
-  // made until the first edit, as at any /d/ address.)
+  // made until the first edit, as at any /d/ address.) A former name is told apart only without access
+  // control: with it, a page's redirect needs a token in its address, which this page keeps out.
   button.disabled = true;
   try {
     let taken = "exists";
     try {
-      await api(apiUrl(name), { method: "HEAD", admin: true });
+      // The named versions' list: 404 without a document, and cheap (a document's own URL rebuilds its text).
+      await api(apiUrl(name, "/checkpoints"), { method: "HEAD", admin: true });
     } catch (e) {
       if (!(e instanceof ApiError && e.status === 404)) throw e;
       // A name a document had before it was renamed leads to that document (its page redirects).
