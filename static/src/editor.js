@@ -259,6 +259,15 @@ function fmtClock(seconds) {
  * History or to undo it (restore the version before the restore).
  */
 async function onRestore(e) {
+  // An earlier restore's notice would now undo this one too (it brings back the text from before it):
+  // its Undo goes, as the History panel's does after the page's own restore.
+  for (const old of document.querySelectorAll("#notices .notice-restore")) {
+    const undo = old.querySelector('[data-action="undo"]');
+    if (undo && Number(old.dataset.key.slice("restore-".length)) < e.version) {
+      undo.remove();
+      setNoticeText(old, `Someone restored a version since (version ${e.version}): undoing this one from here would undo theirs too.`);
+    }
+  }
   if (await wasOwnRestore(e.version)) return; // the History panel already says so
   if (historyPanel) historyPanel.restoredElsewhere(e.version);
   let { author, restored } = e;

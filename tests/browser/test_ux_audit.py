@@ -213,6 +213,29 @@ def test_own_restore_can_be_undone_with_a_click(server, contexts):
     assert alice.collab_errors == [] and bob.collab_errors == []
 
 
+def test_an_earlier_restores_undo_goes_when_someone_restores_again(server, contexts):
+    """Was: each restore's notice kept its "Undo the restore", which after a later restore would bring
+    back the text from before both, undoing the later one too."""
+    doc = "two-restores"
+    alice, bob = (open_editor(contexts(), server.url, doc) for _ in range(2))
+    bob.click(".cm-content")
+    bob.keyboard.type("abc")
+    wait_synced([alice, bob], server.url, doc)
+    assert api_json(server.url, f"/api/docs/{doc}/restore", None, "POST", {"version": 0})[0] == 200
+    first = alice.wait_for_selector("#notices .notice-restore [data-action=undo]")
+    bob.keyboard.type("x")
+    wait_synced([alice, bob], server.url, doc)
+    status, made = api_json(server.url, f"/api/docs/{doc}/restore", None, "POST", {"version": 0})
+    assert status == 200
+    alice.wait_for_selector(f"#notices .notice-restore[data-key='restore-{made['version']}'] [data-action=undo]")
+    undos = alice.eval_on_selector_all("#notices .notice-restore", "ns => ns.map(n => [n.dataset.key, "
+                                       "!!n.querySelector('[data-action=undo]'), n.textContent])")
+    assert [u[1] for u in undos] == [False, True], undos
+    assert "Someone restored a version since" in undos[0][2], undos
+    assert not first.is_visible()
+    assert alice.collab_errors == [] and bob.collab_errors == []
+
+
 def test_new_document_with_a_taken_name_says_so(server, contexts):
     a = open_editor(contexts(), server.url, "plans")
     a.click(".cm-content")
