@@ -60,6 +60,7 @@ INLINE_DEFLATE = 16 * 1024  # bytes: a frame up to this is compressed on the loo
 NO_DEFLATE = 1 << 62  # deflate_min of a peer that never compresses
 
 _TEXT, _CONTINUATION, _RSV1 = 0x1, 0x0, 0x40
+_ERROR_FRAME = b'{"type":"error"'  # how protocol.error_frame begins
 _NO_QUEUE = ()  # the queue of a peer with nothing queued: a deque is made when a frame must wait (600 bytes)
 
 
@@ -412,8 +413,9 @@ class Peer:
         """Run the closing handshake decided by `close` (from the handler task, after `receive()` returned).
 
         Within `timeout` seconds: the small frames still queued (an error frame
-        saying why, say; a large frame not yet sent is dropped: the connection
-        is ending), the close frame, then reading (and dropping) whatever the
+        saying why, say; a large frame not yet sent is dropped, the connection
+        is ending, and so is everything queued behind it but error frames: the
+        updates a client gets stay contiguous), the close frame, then reading (and dropping) whatever the
         client still sends until its own close frame. A client that reads
         nothing is cut off after that. Whatever happens, the queue is released.
         """
@@ -424,8 +426,14 @@ class Peer:
                 await asyncio.wait([self.writer])
             if self.close_code is None:
                 return
+            dropped = False
             for frame in self.queue if not self.midmessage else ():
-                if frame_size(frame) <= FRAGMENT:  # a large frame not yet started is dropped
+                # A large frame not yet started is dropped, and behind it every frame but an error (the
+                # refusal that ends the connection, say): an `updates` frame after a dropped one would
+                # leave a gap the client cannot see (it would apply it to the wrong text), and a presence
+                # would be at a version it never gets. The client resumes from what it got.
+                dropped = dropped or frame_size(frame) > FRAGMENT
+                if not dropped or (type(frame) is bytes and frame.startswith(_ERROR_FRAME)):
                     self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
             self._drop_queue()
             async with asyncio.timeout(timeout):
