@@ -764,7 +764,7 @@ class Room:
                         return False
                 if not catching and not self._ready.is_set():
                     await self._until_ready()
-                    if self.broken:
+                    if self._dropped(o, catching):  # as after any wait: its session may have ended meanwhile
                         return False
                 return self._accept(o, version, updates)
             except NeedHistory:

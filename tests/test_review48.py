@@ -140,3 +140,83 @@ async def test_a_closing_connection_sends_no_updates_frame_after_one_it_dropped(
     if a2 is not None:
         a2.close()
     await b.close()
+
+
+# ------------------------------- 2. a push that waited for a catch-up was taken after its session was revoked
+
+async def test_a_push_waiting_for_a_catch_up_is_dropped_when_its_session_is_revoked_meanwhile(aiohttp_client, tmp_path,
+                                                                                            monkeypatch):
+    """Was: Room._sequence drops a push whose connection closed while it waited (history read, a heavy
+    rebase taking turns, a commit), as its docstring says, except after its last wait: for a catch-up
+    (another process's commit, which a heavy rebase gives time to arrive). A session revoked meanwhile
+    (its links reset: closed 1008) still had its edit taken and stored, as a restore under way once
+    did (test_access.test_a_restore_under_way_when_the_links_are_reset_is_refused)."""
+    from collab import room as room_module
+    from collab.access import Access
+    from collab.room import Room
+
+    secret = "correct horse battery staple"
+    admin = {"Authorization": f"Bearer {Access(secret.encode()).admin_token()}"}
+    app = create_app(Settings(db=str(tmp_path / "rv.db"), secret=secret, unload_after=60))
+    client = await aiohttp_client(app)
+    resp = await client.post("/api/docs", json={"name": "doc"}, headers=admin)
+    assert resp.status == 201
+    edit = (await resp.json())["links"]["edit"].split("token=")[1]
+
+    async def opened(token: str, client_id: str):
+        ws = await client.ws_connect(f"/ws/doc?token={token}", protocols=["collab.v1"])
+        await ws.send_str(orjson.dumps(_hello(client_id)).decode())
+        while True:
+            frame = orjson.loads((await ws.receive(timeout=10)).data)
+            if frame["type"] == "welcome":
+                return ws, frame
+
+    async def typed(ws) -> dict:
+        while True:
+            frame = orjson.loads((await ws.receive(timeout=10)).data)
+            if frame["type"] == "updates":
+                return frame
+            assert frame["type"] in ("presences", "leave"), frame
+
+    admin_ws, _ = await opened(Access(secret.encode()).admin_token(), "admin")
+    await admin_ws.send_str(orjson.dumps(_push(0, "admin", [[0, "hello"]])).decode())
+    await typed(admin_ws)
+    typist, welcome = await opened(edit, "typist")
+    assert welcome["version"] == 1
+    await admin_ws.send_str(orjson.dumps(_push(1, "admin", [5, [0, "!"]])).decode())
+    await typed(admin_ws)
+    room = app[ROOMS].rooms["doc"]
+
+    # The typist's next edit, based on version 1, is rebased a step at a time (every rebase counts as
+    # heavy here); meanwhile news of another writer's commit starts a catch-up, which the push waits for.
+    monkeypatch.setattr(room_module, "HEAVY_REBASE", 0)
+    real_turns, real_news = room_module._rebase_taking_turns, Room._news_after
+    reading, go_on = asyncio.Event(), asyncio.Event()
+
+    async def turns_then_news(*args):
+        result = await real_turns(*args)
+        room.catch_up()  # what a commit of another process does here
+        return result
+
+    async def news_after(self, head):
+        reading.set()
+        await go_on.wait()
+        return await real_news(self, head)
+
+    monkeypatch.setattr(room_module, "_rebase_taking_turns", turns_then_news)
+    monkeypatch.setattr(Room, "_news_after", news_after)
+    await typist.send_str(orjson.dumps(_push(1, "typist", [[0, "X"], 5])).decode())
+    try:
+        await asyncio.wait_for(reading.wait(), 10)
+        # while the push waits for the catch-up, the admin resets the links: the typist's session ends
+        resp = await client.post("/api/docs/doc/links/reset", json={}, headers=admin)
+        assert resp.status == 200
+        assert all(m.conn.client_id != "typist" for m in room.members.values())
+    finally:
+        go_on.set()
+    await until(lambda: room._catching is None and room._ready.is_set(), timeout=10)
+    await room.settled()
+    resp = await client.get("/api/docs/doc", headers=admin)
+    body = await resp.json()
+    assert body["doc"] == "hello!", "an edit of a session revoked before it was sequenced was stored"
+    await admin_ws.close()
