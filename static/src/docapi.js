@@ -8,7 +8,9 @@
 //  - state-changing requests send JSON with Content-Type: application/json
 //    (the server refuses anything else: httpguard);
 //  - a restore made from this page is known as ours before the version it
-//    made is looked at (`wasOwnRestore` waits for restores still in flight).
+//    made is looked at (`wasOwnRestore` waits for restores still in flight);
+//  - "Undo the restore" is one protocol wherever it is offered (`undoRestore`:
+//    it asks first when edits came after the restore).
 
 import { authFetch, adminToken, withAuth } from "./auth.js";
 
@@ -83,6 +85,46 @@ export async function restoreVersion(docName, version, { author, person, color }
     return await call;
   } finally {
     inFlight.delete(call);
+  }
+}
+
+/** The button's label until it asks. */
+export const UNDO_RESTORE = "Undo the restore";
+
+/**
+ * "Undo the restore", as the History panel's note after this page's own restore and everyone else's
+ * restore notice offer it: restores the version before the restore that made `made`. `head`: the
+ * page's synced version now; `by` as for restoreVersion; `button` the "Undo the restore" button.
+ *
+ * When edits came after the restore, the first click only asks: the button says "Undo anyway" and
+ * `ask(text)` is told what else the undo takes away. `begin()`, called before the undo is sent:
+ * false sends nothing (the page has another restore under way).
+ *
+ * Resolves to null when nothing was sent (it asked, or `begin` said no), else to {ok, text}: what happened,
+ * for the caller to say; the button is gone after an undo, enabled again after a failure.
+ */
+export async function undoRestore({ docName, made, head, by, button, ask, begin = () => true }) {
+  const back = made - 1;
+  const later = head - made;
+  if (later > 0 && button.dataset.confirm !== "yes") {
+    button.dataset.confirm = "yes";
+    button.textContent = "Undo anyway";
+    ask(`${later === 1 ? "1 edit" : `${later} edits`} came after the restore. Undoing it brings back version ${back}`
+      + ` as a whole, so ${later === 1 ? "that edit is" : "those are"} undone too.`);
+    return null;
+  }
+  if (!begin()) return null;
+  button.disabled = true;
+  try {
+    const { version, unchanged } = await restoreVersion(docName, back, by);
+    button.remove();
+    return {
+      ok: true,
+      text: unchanged ? `Version ${back} is already the text: nothing to undo.` : `Undone: version ${back} is back (now version ${version}).`,
+    };
+  } catch (e) {
+    button.disabled = false;
+    return { ok: false, text: `Could not undo the restore: ${e.message}` };
   }
 }
 

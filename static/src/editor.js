@@ -16,7 +16,7 @@ import { HistoryPanel } from "./history.js";
 import { ShareDialog } from "./share.js";
 import { ShortcutHelp } from "./shortcuts.js";
 import { showNotice, setNoticeText } from "./notices.js";
-import { restoreVersion, wasOwnRestore, historyEntry, getJSON, apiUrl } from "./docapi.js";
+import { undoRestore, UNDO_RESTORE, wasOwnRestore, historyEntry, getJSON, apiUrl } from "./docapi.js";
 import { MarkdownPreview } from "./preview.js";
 import { exportDocument } from "./export.js";
 import { peopleHere } from "./people.js";
@@ -293,7 +293,7 @@ async function onRestore(e) {
   const actions = [{
     id: "see", label: "See what changed", run: () => historyPanel.openAt(e.version - 1),
   }];
-  if (canUndo) actions.unshift({ id: "undo", label: "Undo the restore", primary: true, run: (el, button) => undoRestore(e, el, button) });
+  if (canUndo) actions.unshift({ id: "undo", label: UNDO_RESTORE, primary: true, run: (el, button) => undoNoticedRestore(e, el, button) });
   showNotice({
     kind: "restore", role: "alert", key: `restore-${e.version}`,
     title: `${who} restored ${which}${time ? ` at ${fmtClock(time)}` : ""}.`,
@@ -335,26 +335,14 @@ async function runExport(format) {
   }
 }
 
-async function undoRestore(e, el, button) {
-  const head = session.core.version;
-  const later = head - e.version;
-  if (later > 0 && button.dataset.confirm !== "yes") {
-    button.dataset.confirm = "yes";
-    button.textContent = "Undo anyway";
-    setNoticeText(el, `${plural(later, "edit")} came after the restore. Undoing brings back version ${e.version - 1} as a whole, so ${later === 1 ? "it is" : "they are"} undone too.`);
-    return;
-  }
-  button.disabled = true;
-  try {
-    const { version: made, unchanged } = await restoreVersion(docName, e.version - 1,
-      { author: user.name, person, color: user.color });
-    setNoticeText(el, unchanged ? `Version ${e.version - 1} is already the text: nothing to undo.`
-      : `Undone: version ${e.version - 1} is back (now version ${made}).`);
-    button.remove();
-  } catch (err) {
-    button.disabled = false;
-    setNoticeText(el, `Could not undo the restore: ${err.message}`);
-  }
+/** A restore notice's "Undo the restore" (docapi.js, as History's after this page's own restore). */
+async function undoNoticedRestore(e, el, button) {
+  const said = await undoRestore({
+    docName, made: e.version, head: session.core.version,
+    by: { author: user.name, person, color: user.color }, button,
+    ask: (text) => setNoticeText(el, text),
+  });
+  if (said) setNoticeText(el, said.text);
 }
 
 /** Access ended for good (links reset, document deleted): say so, and keep what was typed within reach. */

@@ -27,7 +27,7 @@ import { EditorState, StateField, StateEffect, RangeSetBuilder } from "@codemirr
 import { EditorView, Decoration, WidgetType, lineNumbers } from "@codemirror/view";
 import { getSyncedVersion } from "@codemirror/collab";
 import { diffText } from "./diff.js";
-import { api, apiUrl, getJSON, restoreVersion } from "./docapi.js";
+import { api, apiUrl, getJSON, restoreVersion, undoRestore, UNDO_RESTORE } from "./docapi.js";
 import { isAdmin } from "./auth.js";
 import { groupSessions, sliderStops, nearestStop, resolvePeople, authorKey, SESSION_GAP_S } from "./timeline.js";
 import { colorClass } from "./colors.js";
@@ -859,18 +859,20 @@ export class HistoryPanel {
 
   /**
    * After this page's own restore: what it did, and the undo everyone else's notice offers
-   * (editor.js, undoRestore). It said "To undo, restore version N": no button, nothing about
+   * (docapi.js, undoRestore). It said "To undo, restore version N": no button, nothing about
    * edits made since, which that would take away too, and still there after someone had undone it.
    */
   restoredNote(from, made) {
     const box = $("#history-note");
     box.textContent = `Restored version ${from}: the text is now version ${made}. `;
+    const asked = box.appendChild(document.createElement("span")); // what else undoing would take away
+    asked.id = "history-undo-ask";
     const undo = box.appendChild(document.createElement("button"));
     undo.type = "button";
     undo.className = "link";
     undo.id = "history-undo-restore";
-    undo.textContent = "Undo the restore";
-    undo.addEventListener("click", () => this.undoRestore(made, undo));
+    undo.textContent = UNDO_RESTORE;
+    undo.addEventListener("click", () => this.undoRestore(made, undo, asked));
   }
 
   /**
@@ -885,35 +887,30 @@ export class HistoryPanel {
       + `someone restored a version since (version ${version}).`);
   }
 
-  async undoRestore(made, button) {
+  /** "Undo the restore" (docapi.js, as a restore notice's); here, not while another restore is under way. */
+  async undoRestore(made, button, asked) {
     const view = this.getView();
-    const head = view ? getSyncedVersion(view.state) : this.head;
-    const later = head - made;
-    if (later > 0 && button.dataset.confirm !== "yes") {
-      button.dataset.confirm = "yes";
-      button.textContent = "Undo anyway";
-      button.before(`${plural(later, "edit")} came after it: undoing brings back version ${made - 1} as a whole, `
-        + `so ${later === 1 ? "that edit is" : "those are"} undone too. `);
-      return;
-    }
-    if (this.restoring) return;
-    this.restoring = true;
-    button.disabled = true;
+    const { name, color } = this.getUser();
+    const said = await undoRestore({
+      docName: this.docName, made, head: view ? getSyncedVersion(view.state) : this.head,
+      by: { author: name, person: this.person, color }, button,
+      ask: (text) => { asked.textContent = text ? `${text} ` : ""; },
+      begin: () => {
+        if (this.restoring) return false;
+        this.restoring = true;
+        this.renderRestore();
+        return true;
+      },
+    });
+    if (said === null) return; // it asked, or another restore was under way
+    this.restoring = false;
     this.renderRestore();
-    try {
-      const { name, color } = this.getUser();
-      const { version: now, unchanged } = await restoreVersion(this.docName, made - 1,
-        { author: name, person: this.person, color });
+    if (said.ok) {
       this.setError("restore", null);
-      this.note(unchanged ? `Version ${made - 1} is already the text: nothing to undo.`
-        : `Undone: version ${made - 1} is back (now version ${now}).`);
-    } catch (e) {
-      button.disabled = false;
-      this.setError("restore", `Could not undo the restore: ${e.message}`);
-      this.showError(`Could not undo the restore: ${e.message}`);
-    } finally {
-      this.restoring = false;
-      this.renderRestore();
+      this.note(said.text);
+    } else {
+      this.setError("restore", said.text);
+      this.showError(said.text);
     }
   }
 

@@ -195,7 +195,7 @@ def test_own_restore_can_be_undone_with_a_click(server, contexts):
     wait_synced([alice, bob], server.url, doc)
     undo.click()
     alice.wait_for_function("() => document.querySelector('#history-undo-restore').textContent === 'Undo anyway'")
-    assert "1 edit came after it" in alice.inner_text("#history-note")
+    assert "1 edit came after the restore" in alice.inner_text("#history-note")
     alice.click("#history-undo-restore")
     alice.wait_for_function("() => document.querySelector('#history-note').textContent.startsWith('Undone')")
     assert wait_synced([alice, bob], server.url, doc) == full
@@ -210,6 +210,59 @@ def test_own_restore_can_be_undone_with_a_click(server, contexts):
     assert api_json(server.url, f"/api/docs/{doc}/restore", None, "POST", {"version": 0})[0] == 200
     alice.wait_for_function("() => document.querySelector('#history-note').textContent.includes('someone restored')")
     assert alice.query_selector("#history-undo-restore") is None
+    assert alice.collab_errors == [] and bob.collab_errors == []
+
+
+def test_undo_the_restore_asks_in_the_same_words_in_history_and_in_a_notice(server, contexts):
+    """Was: two copies of "Undo the restore" worded apart, History's "1 edit came after it: undoing brings
+    back version N ..." and the notice's "1 edit came after the restore. Undoing brings back version N ...";
+    now one (docapi.js), saying the same everywhere."""
+    doc = "undo-one-text"
+    people = {}
+    for name, color in (("Alice", "#e5484d"), ("Bob", "#0090ff")):
+        ctx = contexts()
+        set_user(ctx, name, color)
+        people[name] = open_editor(ctx, server.url, doc)
+    alice, bob = people["Alice"], people["Bob"]
+    alice.click(".cm-content")
+    alice.keyboard.type("Plan: ")
+    wait_synced([alice, bob], server.url, doc)
+    before = server_doc(server.url, doc)["version"]
+    bob.click(".cm-content")
+    bob.keyboard.press("Control+End")
+    bob.keyboard.type("Bob's words.")
+    wait_synced([alice, bob], server.url, doc)
+    alice.click("#history-toggle")
+    scrub(alice, [before])
+    wait_shown(alice, before)
+    alice.click("#history-restore")
+    alice.wait_for_selector("#history-note #history-undo-restore")
+    made = alice.evaluate("() => window.__collab.history.info.lastRestore.version")
+    bob.wait_for_selector(f".notice-restore[data-key='restore-{made}'] [data-action=undo]")
+    bob.click(".cm-content")
+    bob.keyboard.press("Control+End")
+    bob.keyboard.type("!")  # one edit after the restore
+    wait_synced([alice, bob], server.url, doc)
+
+    asked = (f"1 edit came after the restore. Undoing it brings back version {made - 1} as a whole, "
+             "so that edit is undone too.")
+    alice.click("#history-undo-restore")
+    alice.wait_for_function("() => document.querySelector('#history-undo-restore').textContent === 'Undo anyway'")
+    bob.click(".notice-restore [data-action=undo]")
+    bob.wait_for_function("() => document.querySelector('.notice-restore [data-action=undo]').textContent === 'Undo anyway'")
+    assert alice.text_content("#history-undo-ask").strip() == asked
+    assert bob.text_content(".notice-restore .notice-outcome") == asked
+
+    # Bob confirms: the restore is undone, and his notice says so as History would.
+    bob.click(".notice-restore [data-action=undo]")
+    bob.wait_for_function("() => document.querySelector('.notice-restore .notice-outcome').textContent.startsWith('Undone')")
+    assert bob.query_selector(".notice-restore [data-action=undo]") is None
+    undone = server_doc(server.url, doc)["version"]
+    assert bob.text_content(".notice-restore .notice-outcome") == f"Undone: version {made - 1} is back (now version {undone})."
+    assert wait_synced([alice, bob], server.url, doc) == "Plan: Bob's words."  # the '!' undone too, as said
+    # Alice's button would now undo Bob's undo too: it goes (someone restored a version since).
+    alice.wait_for_function("() => !document.querySelector('#history-undo-restore')")
+    assert "someone restored a version since" in alice.inner_text("#history-note")
     assert alice.collab_errors == [] and bob.collab_errors == []
 
 
@@ -340,3 +393,4 @@ def test_document_list_on_a_phone_has_one_line_per_document(server, contexts):
     assert set(borders["cells"]) == {"0px"}, borders
     assert set(borders["rows"]) == {"1px"}, borders
     assert page.collab_errors == []
+
