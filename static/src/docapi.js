@@ -88,7 +88,7 @@ export async function restoreVersion(docName, version, { author, person, color }
   }
 }
 
-/** The button's label until it asks. */
+/** The button's label until it asks (and again when the question is taken back). */
 export const UNDO_RESTORE = "Undo the restore";
 
 /**
@@ -97,8 +97,9 @@ export const UNDO_RESTORE = "Undo the restore";
  * page's synced version now; `by` as for restoreVersion; `button` the "Undo the restore" button.
  *
  * When edits came after the restore, the first click only asks: the button says "Undo anyway" and
- * `ask(text)` is told what else the undo takes away. `begin()`, called before the undo is sent:
- * false sends nothing (the page has another restore under way).
+ * `ask(text)` is told what else the undo takes away; Escape on the button takes the question back
+ * (the button as before, `ask("")`), and goes no further (a panel it is in stays open). `begin()`,
+ * called before the undo is sent: false sends nothing (the page has another restore under way).
  *
  * Resolves to null when nothing was sent (it asked, or `begin` said no), else to {ok, text}: what happened,
  * for the caller to say; the button is gone after an undo, enabled again after a failure.
@@ -111,6 +112,16 @@ export async function undoRestore({ docName, made, head, by, button, ask, begin 
     button.textContent = "Undo anyway";
     ask(`${later === 1 ? "1 edit" : `${later} edits`} came after the restore. Undoing it brings back version ${back}`
       + ` as a whole, so ${later === 1 ? "that edit is" : "those are"} undone too.`);
+    const takeBack = (ev) => {
+      if (ev.key !== "Escape" || ev.defaultPrevented || button.dataset.confirm !== "yes") return;
+      ev.preventDefault();
+      ev.stopPropagation();
+      delete button.dataset.confirm;
+      button.textContent = UNDO_RESTORE;
+      button.removeEventListener("keydown", takeBack);
+      ask("");
+    };
+    button.addEventListener("keydown", takeBack);
     return null;
   }
   if (!begin()) return null;

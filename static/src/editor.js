@@ -2,9 +2,9 @@
 // the notices and the dialogs.  Syncing lives in sync.js (around the
 // protocol core, core.js), cursors in presence.js, the people list's rules
 // in people.js, the Markdown preview in preview.js, downloads in export.js,
-// the Share dialog in share.js, lasting notices in notices.js, the token in
-// auth.js (imported first: it takes an admin token out of the address
-// before anything runs).
+// the Share dialog in share.js, lasting notices in notices.js, Escape on
+// the panels in panels.js, the token in auth.js (imported first: it takes
+// an admin token out of the address before anything runs).
 
 import { socketQuery, isAdmin, accessControl, adminToken, pageTokenKind } from "./auth.js";
 import { CollabSession, pageLimits } from "./sync.js";
@@ -18,6 +18,7 @@ import { ShortcutHelp } from "./shortcuts.js";
 import { showNotice, setNoticeText } from "./notices.js";
 import { undoRestore, UNDO_RESTORE, wasOwnRestore, historyEntry, getJSON, apiUrl } from "./docapi.js";
 import { MarkdownPreview } from "./preview.js";
+import { escapeClosesPanels } from "./panels.js";
 import { exportDocument } from "./export.js";
 import { peopleHere } from "./people.js";
 import {
@@ -670,6 +671,7 @@ async function boot() {
 renderHome();
 new ShortcutHelp();
 viewOnlyKeys();
+escapeClosesPanels(() => [historyPanel, preview], $("#editor"));
 $("#me").addEventListener("click", openIdentity);
 for (const id of ["#share-dialog", "#identity", "#rescue", "#shortcuts", "#export-dialog"]) {
   $(id).addEventListener("close", () => {

@@ -22,6 +22,9 @@
 //    busy, tried again later, waiting 1 s, then twice as long each time up
 //    to 30 s, or at once when the page is connected again; never in a loop. The preview never shows a version other than the one
 //    the label names: a version that could not be loaded leaves it empty.
+//  - Escape closes the panel, the focus going back to what opened it
+//    (panels.js), but for Escape in the naming form, which closes only the
+//    form, and on an "Undo anyway" question, which takes it back.
 
 import { EditorState, StateField, StateEffect, RangeSetBuilder } from "@codemirror/state";
 import { EditorView, Decoration, WidgetType, lineNumbers } from "@codemirror/view";
@@ -32,6 +35,7 @@ import { isAdmin } from "./auth.js";
 import { groupSessions, sliderStops, nearestStop, resolvePeople, authorKey, SESSION_GAP_S } from "./timeline.js";
 import { colorClass } from "./colors.js";
 import { exportDocument } from "./export.js";
+import { openerOf } from "./panels.js";
 
 const PAGE = 200; // history entries per request
 const SCRUB_DEBOUNCE_MS = 120;
@@ -270,6 +274,8 @@ export class HistoryPanel {
     const view = this.getView();
     if (!view) return;
     this.isOpen = true;
+    this.opener = openerOf(this.root); // where Escape gives the focus back
+    this.openedAt = performance.now();
     this.root.hidden = false;
     document.body.classList.add("history-open");
     $("#history-toggle").setAttribute("aria-expanded", "true");
@@ -302,7 +308,8 @@ export class HistoryPanel {
     this.select(this.selected === null || this.selected > this.head ? this.head : this.selected);
   }
 
-  close() {
+  /** Close the panel; the focus goes to `focusTo` (Escape: what opened it), else to the editor. */
+  close(focusTo = null) {
     this.isOpen = false;
     this.root.hidden = true;
     document.body.classList.remove("history-open");
@@ -310,7 +317,8 @@ export class HistoryPanel {
     if (this.abort) this.abort.abort();
     this.stopRetry();
     const view = this.getView();
-    if (view) view.focus();
+    if (focusTo) focusTo.focus();
+    else if (view) view.focus();
   }
 
   /** The page is connected again (editor.js): what could not be loaded is tried again now, and the

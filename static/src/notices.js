@@ -85,9 +85,13 @@ export function showNotice(spec) {
   return el;
 }
 
-/** Replace a notice's text (an action's outcome). */
+/** Replace a notice's text (an action's outcome); "" takes it away. */
 export function setNoticeText(el, text) {
   let p = el.querySelector(".notice-outcome");
+  if (!text) {
+    if (p) p.remove();
+    return;
+  }
   if (!p) {
     p = el.querySelector(".notice-body").appendChild(document.createElement("p"));
     p.className = "notice-outcome";

@@ -12,6 +12,9 @@
 //  - Whether the preview is open is remembered in this browser.
 //  - The Markdown library is loaded when the preview first opens (a chunk
 //    of its own), not with the editor.
+//  - Escape closes it, the focus going back to what opened it (panels.js).
+
+import { openerOf } from "./panels.js";
 
 const $ = (sel) => document.querySelector(sel);
 const OPEN_KEY = "collab:preview";
@@ -45,6 +48,8 @@ export class MarkdownPreview {
 
   open(remember = true) {
     this.isOpen = true;
+    this.opener = openerOf(this.root); // where Escape gives the focus back (panels.js)
+    this.openedAt = performance.now();
     this.root.hidden = false;
     document.body.classList.add("preview-open");
     this.button.setAttribute("aria-pressed", "true");
@@ -53,7 +58,8 @@ export class MarkdownPreview {
     this.render();
   }
 
-  close() {
+  /** Close the preview; the focus goes to `focusTo` (Escape: what opened it), else to the editor. */
+  close(focusTo = null) {
     this.isOpen = false;
     this.root.hidden = true;
     document.body.classList.remove("preview-open");
@@ -62,7 +68,8 @@ export class MarkdownPreview {
     this.timer = null;
     this.remember(null);
     const view = this.getView();
-    if (view) view.focus();
+    if (focusTo) focusTo.focus();
+    else if (view) view.focus();
   }
 
   remember(value) {

@@ -3,7 +3,8 @@
 // Ctrl-/ (everywhere, the editor included), and from the header's "?"
 // button. It begins with how to leave the editor: Tab indents there, so
 // Escape then Tab moves on (CodeMirror's rule), or Ctrl-M makes Tab move
-// focus until pressed again.
+// focus until pressed again. Outside the editor, Escape closes History or
+// the preview (panels.js).
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -15,6 +16,7 @@ export const SHORTCUTS = [
   ["Esc, then Tab", "leave the editor (in the editor, Tab indents); Shift-Tab after Esc goes back"],
   [mac ? "Shift-Alt-M" : "Ctrl-M", "Tab moves the focus instead of indenting, until pressed again"],
   [`${mod}-/ or ? (outside the editor)`, "this list"],
+  ["Esc (outside the editor)", "close History or the preview (the focus goes back to what opened it)"],
   [`${mod}-F`, "find and replace (Enter: next, Shift-Enter: previous, Esc: close)"],
   [`${mod}-G, Shift-${mod}-G`, "next and previous match"],
   [`${mod}-D`, "select the next occurrence of the selection"],

@@ -5,7 +5,8 @@ pages by the test) finds no serious or critical violation on the landing
 page, the editor, History and Share, in light and dark. The run is checked
 to be able to fail: a planted low-contrast text is reported. The keyboard
 help opens with Ctrl-/ in the editor and ? outside it and says how to leave
-the editor; Escape then Tab does leave it. At 390 px the History legend does
+the editor; Escape then Tab does leave it. Escape closes History and the
+preview, and only them. At 390 px the History legend does
 not overlap the preview and long names do not push the list off the screen.
 A remote name label is small and gone within two seconds.
 """
@@ -149,6 +150,83 @@ def test_keyboard_help_and_leaving_the_editor(server, contexts):
     assert page.evaluate("() => document.activeElement.id") == "history-slider"
     page.keyboard.press("Tab")
     assert page.evaluate("() => document.activeElement.id") == "history-fine"
+    assert page.collab_errors == [] and page.csp_violations == []
+
+
+def test_escape_closes_history_and_the_preview(server, contexts):
+    """Was: Escape did nothing in History or the preview. It closes the panel now and gives the focus back
+    to what opened it, but stays what it was in the editor (Escape then Tab leaves the text), in History's
+    naming form (it closes the form alone), on a select, and in a dialog (it closes the dialog alone)."""
+    page = open_editor(contexts(), server.url, "escape")
+    page.click(".cm-content")
+    page.keyboard.type("# Title")
+    wait_synced([page], server.url, "escape")
+    focused = "() => document.activeElement && document.activeElement.id"
+    shown = "s => !document.querySelector(s).hidden"
+
+    page.click("#history-toggle")
+    page.wait_for_selector("#history[data-state=ready]")
+    assert page.evaluate(focused) == "history-slider"
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#history", state="hidden")
+    assert page.evaluate(focused) == "history-toggle"
+    assert page.get_attribute("#history-toggle", "aria-expanded") == "false"
+
+    page.keyboard.press("Enter")  # open again, from the keyboard
+    page.wait_for_selector("#history[data-state=ready]")
+    page.click("#history-name")
+    page.wait_for_selector("#history-name-form:not([hidden])")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#history-name-form", state="hidden")
+    assert page.evaluate(shown, "#history") and page.evaluate(focused) == "history-name"
+    page.focus("#history-format")
+    page.keyboard.press("Escape")  # the select's
+    page.wait_for_timeout(200)
+    assert page.evaluate(shown, "#history")
+    page.click("input[value=authors]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#history", state="hidden")
+    assert page.evaluate(focused) == "history-toggle"
+
+    # In the editor Escape stays CodeMirror's, a panel open or not: Escape then Tab leaves the text.
+    page.click("#history-toggle")
+    page.wait_for_selector("#history[data-state=ready]")
+    page.click(".cm-content")
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(200)
+    assert page.evaluate(shown, "#history")
+    page.keyboard.press("Tab")
+    assert not page.evaluate("() => window.__collab.view.hasFocus")
+    assert page.evaluate("() => window.__collab.view.state.doc.toString()") == "# Title"
+    # A dialog's Escape closes the dialog alone.
+    page.keyboard.press("Control+/")
+    page.wait_for_selector("#shortcuts[open]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#shortcuts:not([open])", state="attached")
+    page.wait_for_timeout(200)
+    assert page.evaluate(shown, "#history")
+    page.click("#history-close")
+
+    # The preview: Escape closes it, the focus back on its button.
+    page.click("#preview-toggle")
+    page.wait_for_selector("#preview-body h1")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#preview", state="hidden")
+    assert page.evaluate(focused) == "preview-toggle"
+    assert page.get_attribute("#preview-toggle", "aria-pressed") == "false"
+    # Both open: Escape in History closes History; the next, from History's button, the preview.
+    page.click("#preview-toggle")
+    page.wait_for_selector("#preview-body h1")
+    page.click("#history-toggle")
+    page.wait_for_selector("#history[data-state=ready]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#history", state="hidden")
+    assert page.evaluate(shown, "#preview") and page.evaluate(focused) == "history-toggle"
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#preview", state="hidden")
+    assert page.evaluate(focused) == "preview-toggle"
+    # Nothing open: Escape on the page does nothing (and says nothing).
+    page.keyboard.press("Escape")
     assert page.collab_errors == [] and page.csp_violations == []
 
 

@@ -252,6 +252,15 @@ def test_undo_the_restore_asks_in_the_same_words_in_history_and_in_a_notice(serv
     bob.wait_for_function("() => document.querySelector('.notice-restore [data-action=undo]').textContent === 'Undo anyway'")
     assert alice.text_content("#history-undo-ask").strip() == asked
     assert bob.text_content(".notice-restore .notice-outcome") == asked
+    # Escape takes the question back, and only that: History stays open.
+    alice.keyboard.press("Escape")
+    alice.wait_for_function("() => document.querySelector('#history-undo-restore').textContent === 'Undo the restore'")
+    assert alice.text_content("#history-undo-ask") == "" and alice.is_visible("#history")
+    bob.keyboard.press("Escape")
+    bob.wait_for_function("() => document.querySelector('.notice-restore [data-action=undo]').textContent === 'Undo the restore'")
+    assert bob.query_selector(".notice-restore .notice-outcome") is None
+    bob.click(".notice-restore [data-action=undo]")  # asked again
+    assert bob.text_content(".notice-restore .notice-outcome") == asked
 
     # Bob confirms: the restore is undone, and his notice says so as History would.
     bob.click(".notice-restore [data-action=undo]")
