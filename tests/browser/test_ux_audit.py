@@ -23,14 +23,18 @@
   "then Tab", "? (outside the editor)" and "Enter in a list" as keys).
 - On a phone, the dialogs fit the screen (the share links stuck out of the
   Share dialog, which scrolled sideways).
+- From 600 to 1000 px the editor stays where it is when the header's
+  status grows ("Reconnecting in 9s · 12 edits not yet saved · Retry
+  now", "2 here"): the header wrapped onto a second line, or back, and the
+  text jumped down or up.
 """
 
 from __future__ import annotations
 
 from .test_history import scrub, wait_shown
 
-from .browser_helpers import (api_json, doc_text, open_editor, server_doc, set_user, team_server, wait_status, wait_synced,
-                              wait_until, watch_page)
+from .browser_helpers import (api_json, doc_text, open_editor, refusable_websockets, server_doc, set_user, team_server,
+                              wait_status, wait_synced, wait_until, watch_page)
 
 
 def test_document_list_columns_hold_their_text(server, contexts):
@@ -403,3 +407,63 @@ def test_document_list_on_a_phone_has_one_line_per_document(server, contexts):
     assert set(borders["rows"]) == {"1px"}, borders
     assert page.collab_errors == []
 
+
+# Where the editor starts, how tall the header is, and whether anything of the header leaves the screen.
+HEADER_LAYOUT = """() => {
+    const bar = document.querySelector('header.bar');
+    const items = [...bar.children].filter(e => e.getClientRects().length);
+    return {
+        editor: document.querySelector('#editor').getBoundingClientRect().top,
+        bar: bar.getBoundingClientRect().height,
+        outside: items.filter(e => e.getBoundingClientRect().right > innerWidth + 0.5).map(e => e.id || e.className),
+        pageWidth: document.documentElement.scrollWidth,
+        status: document.querySelector('#status').textContent.replace(/\\s+/g, ' ').trim(),
+    };
+}"""
+
+
+def test_the_editor_does_not_jump_when_the_status_grows(server, contexts):
+    doc = "the-quarterly-planning-notes-of-the-whole-team-" + "and-more-" * 4 + "end"
+    widths = (600, 700, 800, 900, 1000, 1280)
+    ctx = contexts()
+    set_user(ctx, "Alexandra", "#8e4ec6")
+    cut = refusable_websockets(ctx)
+    page = open_editor(ctx, server.url, doc)
+    page.click(".cm-content")
+    page.keyboard.type("notes")
+    wait_synced([page], server.url, doc)
+
+    def layouts():
+        seen = {}
+        for width in widths:
+            page.set_viewport_size({"width": width, "height": 640})
+            seen[width] = page.evaluate(HEADER_LAYOUT)
+            assert seen[width]["outside"] == [] and seen[width]["pageWidth"] <= width, (width, seen[width])
+        return seen
+
+    quiet = layouts()  # "Connected · all changes saved", only you
+    assert "all changes saved" in quiet[1000]["status"], quiet
+    other = contexts()
+    set_user(other, "Bartholomew", "#30a46c")
+    open_editor(other, server.url, doc)
+    page.wait_for_function("() => document.querySelector('#people-count').textContent === '2 here'")
+    company = layouts()
+    cut["on"] = True
+    ctx.set_offline(True)  # the connection drops, and every new one is refused
+    wait_status(page, "offline")
+    ctx.set_offline(False)
+    wait_status(page, "reconnecting")
+    page.click(".cm-content")
+    page.keyboard.type(" and twelve")  # 11 edits, then one more
+    page.keyboard.type("!")
+    page.wait_for_function("() => document.querySelector('#status-pending').textContent === '12 edits not yet saved'"
+                           " && !document.querySelector('#reconnect').hidden")
+    stranded = layouts()
+    assert "Reconnecting" in stranded[1000]["status"] and "Retry now" in stranded[1000]["status"], stranded
+    for width in widths:
+        tops = [seen[width]["editor"] for seen in (quiet, company, stranded)]
+        assert tops[0] == tops[1] == tops[2], (width, quiet[width], company[width], stranded[width])
+    cut["on"] = False
+    page.evaluate("() => window.__collab.session.reconnectNow()")
+    wait_synced([page], server.url, doc)
+    assert page.collab_errors == []
