@@ -119,6 +119,10 @@ def error_middleware(answer, sockets: str = "/ws/"):
                     not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
                 raise web.HTTPNotFound()  # (its FileResponse would send a 404 of its own, with an empty body)
             return response
+        except web.HTTPForbidden as exc:
+            # aiohttp's static route forbids a folder (it lists none): to a visitor that is no file, as for
+            # any other address without one, not a refusal of their token (`forbidden`)
+            return answer(request, web.HTTPNotFound() if _static_file(request) is not None else exc)
         except Exception as exc:  # noqa: BLE001 - every error gets the one shape (a bug: 500, logged)
             return answer(request, exc)
 
@@ -137,7 +141,8 @@ def error_middleware(answer, sockets: str = "/ws/"):
 def _static_file(request: web.Request) -> Path | None:
     """The file aiohttp's static route answers this request with (the route has kept the name inside
     its folder already); None for any other route."""
-    directory = request.match_info.route.resource.get_info().get("directory")
+    resource = request.match_info.route.resource
+    directory = resource.get_info().get("directory") if resource is not None else None
     filename = request.match_info.get("filename")
     return directory / filename if directory is not None and filename is not None else None
 

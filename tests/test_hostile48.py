@@ -1,0 +1,38 @@
+"""Hostile and malformed HTTP requests answered wrongly (audit 48): each test failed before its fix.
+
+Real servers only: the app in-process (aiohttp's test client) where the route's answer is what matters,
+a `collab serve` subprocess (raw sockets) where what aiohttp does before any route runs matters.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from collab.app import create_app
+from collab.settings import Settings
+
+
+@pytest.fixture
+async def client(aiohttp_client, tmp_path):
+    return await aiohttp_client(create_app(Settings(db=str(tmp_path / "h.db"), write_rate=0, min_free_disk=0)))
+
+
+def error_of(body: bytes) -> dict:
+    data = orjson.loads(body)
+    assert set(data) == {"error"} and set(data["error"]) == {"code", "message"}, data
+    return data["error"]
+
+
+# ------------------------------------------------------- /static/ folders
+
+@pytest.mark.parametrize("path", ["/static/", "/static"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_the_static_folder_itself_is_not_found_not_forbidden(client, method, path):
+    """Was: `GET /static/` answered 403 `forbidden` (aiohttp's static route lists no folder), a code that
+    says the token does not give access; every other address without a file there is 404 `not-found`."""
+    resp = await client.request(method, path)
+    assert resp.status == 404, (resp.status, await resp.text())
+    if method == "GET":
+        assert error_of(await resp.read())["code"] == "not-found"
+    assert (await client.get("/static/style.css")).status == 200  # the files are still served
