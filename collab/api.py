@@ -95,10 +95,14 @@ def error_answer(errors_counter=None):
             errors_counter.labels(code).inc()
         if _is_page(request):
             title = _PAGE_TITLES.get(status, "Something went wrong")
-            return web.Response(status=status, content_type="text/html", text=_ERROR_PAGE.format(
+            response = web.Response(status=status, content_type="text/html", text=_ERROR_PAGE.format(
                 title=html.escape(title), message=html.escape(message), status=status, code=html.escape(code),
                 next=html.escape(_PAGE_NEXT.get(status, _NEXT_LATER))))
-        return error_response(status, code, message)
+        else:
+            response = error_response(status, code, message)
+        if isinstance(exc, web.HTTPException) and "Allow" in exc.headers:  # a 405 names the methods taken
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
     return answer
 

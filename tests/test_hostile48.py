@@ -36,3 +36,19 @@ async def test_the_static_folder_itself_is_not_found_not_forbidden(client, metho
     if method == "GET":
         assert error_of(await resp.read())["code"] == "not-found"
     assert (await client.get("/static/style.css")).status == 200  # the files are still served
+
+
+# ------------------------------------------------------------------ 405
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("PUT", "/api/docs/x", {"GET", "HEAD", "DELETE"}),
+    ("DELETE", "/api/docs/x/history", {"GET", "HEAD"}),
+    ("PATCH", "/api/docs", {"GET", "HEAD", "POST"}),
+    ("POST", "/healthz", {"GET", "HEAD"}),
+])
+async def test_a_method_a_path_does_not_take_is_405_naming_those_it_takes(client, method, path, allow):
+    """RFC 9110 (15.5.6): a 405 MUST carry `Allow`. Was: aiohttp's 405 said it, but the answer in the one
+    error shape, made anew from the code and message, left it out."""
+    resp = await client.request(method, path, json={})
+    assert resp.status == 405 and error_of(await resp.read())["code"] == "bad-request"
+    assert {m.strip() for m in resp.headers.get("Allow", "").split(",") if m.strip()} == allow, resp.headers
