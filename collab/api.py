@@ -246,6 +246,8 @@ def doc_name(request: web.Request) -> str:
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
        "form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                    "Content-Security-Policy": CSP, "X-Frame-Options": "DENY"}
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -260,10 +262,8 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     if response.status == 101:
         return
     h = response.headers
-    h.setdefault("X-Content-Type-Options", "nosniff")
-    h.setdefault("Referrer-Policy", "no-referrer")
-    h.setdefault("Content-Security-Policy", CSP)
-    h.setdefault("X-Frame-Options", "DENY")
+    for name, value in SECURITY_HEADERS.items():
+        h.setdefault(name, value)
 
 
 def token_of(request: web.Request) -> str | None:

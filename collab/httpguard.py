@@ -27,7 +27,8 @@ Adapters: `middleware` (Host, state changes, and the request body read under a d
 `limit_writes` and `refusal_headers` (429 with Retry-After; a body that cannot be read ends its connection), `Listener` (the protocol factory `collab serve` listens with: the connection cap and the
 head deadline), `raise_open_file_limit`.
 
-Rules: every refusal of a request is a `ProtocolError`, answered by api.py's error_middleware. The
+Rules: every refusal of a request is a `ProtocolError`, answered by api.py's error_middleware; a
+request aiohttp's parser refuses never reaches it, and is answered by `_Handler` in the same shape. The
 `Listener`'s two come before there is a request, so they are plain-text answers written to the
 socket, which then closes (`BUSY`, 503, over the connection cap; `TOO_SLOW`, 408, a head past its
 deadline), as docs/protocol.md says. The head deadline covers the first request of a connection,
@@ -45,10 +46,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from .access import origin_allowed, token_digest
-from .errors import ProtocolError, brief
+from .errors import CODES, ProtocolError, brief
 from .settings import Settings, entries
 from .ws import allowed_origins, client_address, own_origin, trusted_proxies
 
@@ -372,6 +375,36 @@ BUSY = _plain_answer("503 Service Unavailable", "the server has too many connect
 TOO_SLOW = _plain_answer("408 Request Timeout", "the request head took too long")
 
 
+MAX_PARSER_MESSAGE = 200  # characters of aiohttp's words about a request it could not parse (they quote it)
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler (`Listener` makes each of its connections one), answering what it answers
+    by itself in the one error shape: a request its HTTP parser refuses (a malformed request line or header,
+    an HTTP/1.1 request with no Host or two, ...: 400 `bad-request`) and a failure outside every route
+    (500 `internal`), which aiohttp answers in plain text. It logs them as aiohttp does (its "Error handling
+    request" lines, held to one a minute by the flood filter) and closes the connection after the answer."""
+
+    __slots__ = ()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        response = super().handle_error(request, status, exc, message)  # logs; raises if an answer went out
+        if status == 400:
+            code, message = "bad-request", message or "the request could not be parsed"
+            if len(message) > MAX_PARSER_MESSAGE:
+                message = message[:MAX_PARSER_MESSAGE] + "…"
+        elif status == 500:
+            code, message = "internal", "internal server error"
+        else:
+            return response
+        from .api import SECURITY_HEADERS  # (api imports this module)
+        response = web.Response(status=CODES[code].http, content_type="application/json", headers=SECURITY_HEADERS,
+                                body=orjson.dumps({"error": {"code": code, "message": message}}))
+        response.force_close()
+        return response
+
+
 class Listener:
     """The protocol factory `collab serve` listens with, around aiohttp's `web.Server` (itself a
     protocol factory): at most `max_connections` open (more are answered 503 and closed), and a
@@ -418,6 +451,8 @@ class _Connection(asyncio.Protocol):
             self.watch = HeadWatch()
             self.timer = asyncio.get_running_loop().call_later(lst.head_timeout, self._too_slow)
         self.inner = lst.server()
+        if type(self.inner) is RequestHandler:
+            self.inner.__class__ = _Handler  # (aiohttp's Server makes them; the same slots, one method more)
         self.inner.connection_made(transport)
 
     def _too_slow(self) -> None:

@@ -6,16 +6,46 @@ a `collab serve` subprocess (raw sockets) where what aiohttp does before any rou
 
 from __future__ import annotations
 
+import socket
+
 import orjson
 import pytest
 
 from collab.app import create_app
 from collab.settings import Settings
+from serverproc import ServerProcess
 
 
 @pytest.fixture
 async def client(aiohttp_client, tmp_path):
     return await aiohttp_client(create_app(Settings(db=str(tmp_path / "h.db"), write_rate=0, min_free_disk=0)))
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """One `collab serve` for the module's raw-socket tests."""
+    tmp = tmp_path_factory.mktemp("hostile48")
+    proc = ServerProcess(tmp / "h.db", log_path=tmp / "server.log", extra_args=["--min-free-disk", "0"])
+    proc.start()
+    yield proc
+    proc.kill()
+
+
+def raw_http(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as it is; the answer's status, headers (lower-case names) and body, once the server
+    has closed the connection (a socket.timeout if it does not)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(" ")[1]), headers, body
 
 
 def error_of(body: bytes) -> dict:
@@ -52,3 +82,33 @@ async def test_a_method_a_path_does_not_take_is_405_naming_those_it_takes(client
     resp = await client.request(method, path, json={})
     assert resp.status == 405 and error_of(await resp.read())["code"] == "bad-request"
     assert {m.strip() for m in resp.headers.get("Allow", "").split(",") if m.strip()} == allow, resp.headers
+
+
+# --------------------------------------------- requests the parser refuses
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",                                     # no Host
+    b"GET /healthz HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\nConnection: close\r\n\r\n",     # two
+    b"NOT AN HTTP REQUEST\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: {host}\r\nno colon here\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: {host}\r\nX: a\x00b\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: {host}\r\n\r\n",                             # line too long
+    b"POST /api/docs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",                       # smuggling
+    b"GET /healthz HTTP/9.9\r\nHost: {host}\r\n\r\n",
+], ids=["no-host", "two-hosts", "not-http", "no-colon", "nul-in-header", "line-too-long", "cl-and-te",
+        "http-9.9"])
+def test_a_request_the_http_parser_refuses_is_answered_in_the_error_shape(live, request_bytes):
+    """README and docs/protocol.md: errors are {"error": {"code", "message"}}. Was: a request aiohttp's
+    HTTP parser refuses (before any route or middleware) was answered 400 in plain text, without the
+    security headers every other answer has; now `collab serve` answers it in the one shape, closing the
+    connection after it as aiohttp did."""
+    host = f"127.0.0.1:{live.port}".encode()
+    status, headers, body = raw_http(live.port, request_bytes.replace(b"{host}", host))
+    assert status == 400, (status, headers, body)
+    assert headers.get("content-type", "").startswith("application/json"), (headers, body)
+    error = error_of(body)
+    assert error["code"] == "bad-request" and 0 < len(error["message"]) <= 201, error
+    assert headers.get("x-content-type-options") == "nosniff", headers  # (and raw_http saw the connection close)
+    ok, _, body = raw_http(live.port, b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+    assert ok == 200 and orjson.loads(body)["ok"] is True
