@@ -220,7 +220,8 @@ class FloodFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        kind = next((p for p in self.prefixes if message.startswith(p)), None)
+        template = record.msg if isinstance(record.msg, str) else ""  # a line starting with an argument
+        kind = next((p for p in self.prefixes if message.startswith(p) or template.startswith(p)), None)
         if kind is None:
             return True
         now = self.clock()
@@ -230,17 +231,26 @@ class FloodFilter(logging.Filter):
         self.last[kind] = now
         exc = record.exc_info[1] if record.exc_info else None
         held = self.held.pop(kind, 0)
-        record.msg = message.splitlines()[0] + (f": {exc}" if exc is not None else "") + (
+        first = message.splitlines()[0] if message else ""
+        if len(first) > MAX_FLOOD_LINE:  # it may quote what a client sent (a header of 8 KB)
+            first = first[:MAX_FLOOD_LINE] + "…"
+        record.msg = first + (f": {exc}" if exc is not None else "") + (
             f" ({held} more like it in the last {self.interval:g} s not logged)" if held else "")
         record.args = ()
         record.exc_info = record.exc_text = None
         return True
 
 
+MAX_FLOOD_LINE = 300  # characters of a flood's line that are logged
+
 # Messages that come in floods when the server is attacked or out of file descriptors, or while PostgreSQL
-# is down (asyncpg's pool retries its connections from 1 s to every 60 s, a traceback each time).
+# is down (asyncpg's pool retries its connections from 1 s to every 60 s, a traceback each time). A prefix
+# matches the line or the template it was made from (aiohttp.websocket's starts with the client's address).
+# aiohttp.websocket warns of every WebSocket upgrade offering only subprotocols other than collab.v1, quoting
+# them (up to a header's 8 KB), before anything of collab's runs.
 FLOODS = {"asyncio": ("socket.accept() out of system resource",),
           "aiohttp.server": ("Error handling request",),
+          "aiohttp.websocket": ("%s: Client protocols",),
           "asyncpg.pool": ("Failed to restore the pool connection floor",)}
 
 

@@ -6,7 +6,10 @@ a `collab serve` subprocess (raw sockets) where what aiohttp does before any rou
 
 from __future__ import annotations
 
+import base64
+import os
 import socket
+import time
 
 import orjson
 import pytest
@@ -112,3 +115,26 @@ def test_a_request_the_http_parser_refuses_is_answered_in_the_error_shape(live, 
     assert headers.get("x-content-type-options") == "nosniff", headers  # (and raw_http saw the connection close)
     ok, _, body = raw_http(live.port, b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
     assert ok == 200 and orjson.loads(body)["ok"] is True
+
+
+# ------------------------------------------------------------------ logs
+
+def test_websocket_upgrades_offering_foreign_subprotocols_log_one_short_line_a_minute(live):
+    """Was: aiohttp.websocket warned of every upgrade whose Sec-WebSocket-Protocol offered only other
+    subprotocols than collab.v1, quoting the header whole: any client, without a token, wrote 8 KB to
+    the log with each request, as fast as it could send them. Now held like aiohttp's other flood, one
+    line a minute, cut short."""
+    before = live.log().count("Client protocols")
+    for i in range(20):
+        head = (f"GET /ws/flood{i} HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: x{'y' * 7000}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", live.port), timeout=5) as s:
+            s.sendall(head)
+            assert s.recv(65536).startswith(b"HTTP/1.1 101")
+    ok, _, _ = raw_http(live.port, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n"
+                                   "Connection: close\r\n\r\n".encode())
+    assert ok == 200
+    time.sleep(0.5)
+    lines = [line for line in live.log().splitlines() if "Client protocols" in line]
+    assert len(lines) - before <= 1 and all(len(line) < 1000 for line in lines), [len(line) for line in lines]
