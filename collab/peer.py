@@ -218,7 +218,7 @@ class Peer:
         self.role = role
         self.admin = admin  # came with the admin token (survives a reset of the share links)
         self.remote = remote
-        self.token = token
+        self.token = token  # its access token, until its hello has been answered (ws.handle lets it go)
         self.resume_key: str | None = None  # proof of this client, from its hello
         self.queue: deque | tuple = _NO_QUEUE
         self.queued = 0  # what queued frames cost this peer (frame_cost), not yet handed to the socket

@@ -363,7 +363,8 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
                 raise ServerError(SHUTTING_DOWN, close=CLOSE_GOING_AWAY)
             peer.client_id, peer.user = hello.client_id, hello.user
             member = await rooms.join(name, peer, hello, token)
-            hello = None  # nothing more of it is needed
+            hello = token = peer.token = None  # nothing more of them is needed (a token of 8 KB, unchecked
+            # on a personal instance, was kept as long as the connection)
             _log_open(name, peer)
             conn = Connection(ws, peer, member, name, admission)
             detached = conn.detach(request)

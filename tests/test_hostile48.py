@@ -14,9 +14,10 @@ import time
 import orjson
 import pytest
 
-from collab.app import create_app
+from collab.app import ROOMS, create_app
 from collab.settings import Settings
 from serverproc import ServerProcess
+from wsutil import USER, closed, recv_type, send
 
 
 @pytest.fixture
@@ -138,3 +139,29 @@ def test_websocket_upgrades_offering_foreign_subprotocols_log_one_short_line_a_m
     time.sleep(0.5)
     lines = [line for line in live.log().splitlines() if "Client protocols" in line]
     assert len(lines) - before <= 1 and all(len(line) < 1000 for line in lines), [len(line) for line in lines]
+
+
+# ------------------------------------------- what a WebSocket's upgrade leaves
+
+async def test_a_welcomed_connection_keeps_nothing_of_a_long_token(aiohttp_client, tmp_path):
+    """Was: on a personal instance (no token is checked) a WebSocket's `?token=`, of up to 8 KB, was kept
+    as long as the connection (Peer.token), though only its hello needs it (the clientID's owner is kept
+    as the token's digest): 8 KB more per idle connection, for any client that asks. A reload with the
+    same token from the same address still takes its clientID over."""
+    app = create_app(Settings(db=str(tmp_path / "t.db")))
+    client = await aiohttp_client(app)
+    token = "t" * 7000
+    first = await client.ws_connect(f"/ws/longtoken?token={token}", protocols=["collab.v1"])
+    await send(first, {"type": "hello", "clientID": "c1", "version": None, "user": USER})
+    assert (await recv_type(first, "welcome"))["doc"] == ""
+    (member,) = app[ROOMS].rooms["longtoken"].members.values()
+    assert member.conn.token is None or len(member.conn.token) <= 64, len(member.conn.token)
+    again = await client.ws_connect(f"/ws/longtoken?token={token}", protocols=["collab.v1"])
+    await send(again, {"type": "hello", "clientID": "c1", "version": None, "user": USER})
+    assert (await recv_type(again, "welcome"))["doc"] == ""
+    assert (await closed(first))[0] == 4001  # replaced by the same client (its token, its address)
+    other = await client.ws_connect(f"/ws/longtoken?token={token}x", protocols=["collab.v1"])
+    await send(other, {"type": "hello", "clientID": "c1", "version": None, "user": USER})
+    assert (await recv_type(other, "error"))["code"] == "conflict"  # another token proves nothing
+    for ws in (again, other):
+        await ws.close()
