@@ -111,6 +111,8 @@ def routes(metrics: Metrics, guard, interval: float = 1.0, heartbeat: float = 20
 
     async def status_ws(request: web.Request) -> web.WebSocketResponse:
         nonlocal sockets
+        if request.method != "GET":  # a WebSocket is opened by a GET only (RFC 6455), not a HEAD
+            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
         guard(request)
         if not origin_ok(request):
             raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")

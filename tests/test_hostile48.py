@@ -165,3 +165,24 @@ async def test_a_welcomed_connection_keeps_nothing_of_a_long_token(aiohttp_clien
     assert (await recv_type(other, "error"))["code"] == "conflict"  # another token proves nothing
     for ws in (again, other):
         await ws.close()
+
+
+# ------------------------------------------------------ HEAD and WebSockets
+
+@pytest.mark.parametrize("path", ["/ws/headless", "/status/ws"])
+def test_a_head_request_is_never_upgraded_to_a_websocket(live, path):
+    """RFC 6455 (4.1, 4.2.1): the opening handshake is a GET. Was: a HEAD asking to upgrade (the routes take
+    HEAD as every GET route does) got 101 and a WebSocket, an answer to HEAD that has a body after all.
+    Now 405 with `Allow: GET`, in the error shape; a GET still opens one."""
+    def upgrade(method: str) -> bytes:
+        return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: collab.v1\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as s:
+        s.sendall(upgrade("HEAD"))
+        head = s.recv(65536).split(b"\r\n\r\n")[0].decode("latin-1")
+    assert head.startswith("HTTP/1.1 405"), head
+    assert "\r\nAllow: GET" in head and "\r\nContent-Type: application/json" in head, head
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as s:
+        s.sendall(upgrade("GET"))
+        assert s.recv(65536).startswith(b"HTTP/1.1 101")
