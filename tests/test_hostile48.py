@@ -186,3 +186,21 @@ def test_a_head_request_is_never_upgraded_to_a_websocket(live, path):
     with socket.create_connection(("127.0.0.1", live.port), timeout=5) as s:
         s.sendall(upgrade("GET"))
         assert s.recv(65536).startswith(b"HTTP/1.1 101")
+
+
+# --------------------------------------------------------- numbers in bodies
+
+@pytest.mark.parametrize("path, extra", [("restore", {}), ("fork", {}), ("checkpoints", {"name": "n"})])
+async def test_a_body_version_past_64_bits_is_said_to_be_beyond_the_latest(client, path, extra):
+    """Was: {"version": 18446744073709551616} (2**64; orjson reads an integer past 64 bits as a float) was
+    'version must be a non-negative integer, got 1.8446744073709552e+19': it is one. The same number in a
+    URL, or in a push's changes, was already said to be too large (test_protocol_audit)."""
+    assert (await client.post("/api/docs", json={"name": "big"})).status == 201
+    resp = await client.post(f"/api/docs/big/{path}", data=b'{"version": 18446744073709551616%s}' % (
+        b"".join(b', "%s": "%s"' % (k.encode(), v.encode()) for k, v in extra.items())),
+        headers={"Content-Type": "application/json"})
+    error = error_of(await resp.read())
+    assert (resp.status, error["code"]) == (400, "bad-request"), error
+    assert error["message"] == "version (a number over 64 bits) is beyond the latest version 0", error
+    resp = await client.post(f"/api/docs/big/{path}", json={"version": 1.5, **extra})  # a float is still refused so
+    assert error_of(await resp.read())["message"] == "version must be a non-negative integer, got 1.5"
