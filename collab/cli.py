@@ -275,12 +275,16 @@ def main(argv: list[str] | None = None) -> None:
                            "the database of --db or COLLAB_DB, which must then be given (a URL with its password "
                            "is better kept off a command line, which every user sees in ps)")
         Settings.add_arguments(p)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
     if extra:  # named after the command, whose --help lists its options (`collab --help` lists only the commands)
-        parsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        before = argv[:argv.index(args.command)] if args.command in argv else []
+        stray = [a for a in extra if a in before]  # before the command: `collab`'s own, not the command's
+        (parser if stray else parsers[args.command]).error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if args.command != "serve":
         args.redis = ""  # only the server tells other processes of updates (see the module header)
-    if args.command == "copy" and args.target is None and args.db is None and not os.environ.get("COLLAB_DB"):
+    if args.command == "copy" and args.target is None and args.db is None and "COLLAB_DB" not in os.environ:
+        # (as Settings.from_env reads it: COLLAB_DB set, even empty, is the database given, checked there)
         parsers["copy"].error("TARGET is missing: name it, or give the database with --db or COLLAB_DB")
     try:
         settings = Settings.from_args(args)

@@ -203,9 +203,11 @@ def test_a_mistyped_option_or_value_is_one_line_naming_the_command(tmp_path):
                         # commands, not their options.
                         (["docs", "--db", db, "--bogus"], "unrecognized arguments: --bogus"),
                         (["export", "--db", db, "out", "stray"], "unrecognized arguments: stray"),
-                        (["bogus"], "invalid choice: 'bogus'")):
+                        (["bogus"], "invalid choice: 'bogus'"),
+                        # Was "collab serve: error: ...": an option before the command is `collab`'s.
+                        (["--bogus", "serve", "--db", db], "unrecognized arguments: --bogus")):
         result = collab(*args)
-        who = "collab" if args == ["bogus"] else f"collab {args[0]}"
+        who = "collab" if args[0] in ("bogus", "--bogus") else f"collab {args[0]}"
         assert result.returncode == 2, (args, result.returncode, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "usage:" not in result.stderr, result.stderr
         assert words in result.stderr and result.stderr.startswith(f"{who}: error: "), result.stderr
@@ -243,6 +245,9 @@ def test_copy_without_target_copies_into_the_database_of_db_or_collab_db_and_els
     assert collab("copy", source, "--db", tmp_path / "b.db").returncode == 0 and (tmp_path / "b.db").is_file()
     result = collab("copy", source, env=dict(os.environ, COLLAB_DB=str(tmp_path / "c.db")))
     assert result.returncode == 0 and (tmp_path / "c.db").is_file(), result.stderr
+    result = collab("copy", source, cwd=tmp_path, env=dict(os.environ, COLLAB_DB=""))  # set, to nothing
+    assert result.returncode == 2 and "COLLAB_DB must be a SQLite file path or a postgresql:// URL (got nothing)" \
+        in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("url", ["postgresql:/collab:s3cret-pw@127.0.0.1:5432/collab",  # one slash missing
