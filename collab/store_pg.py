@@ -267,9 +267,7 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
                             "lock another session holds on collab's tables (an open transaction, a pg_dump, a "
                             "server of the older collab...; see pg_locks), and was rolled back, nothing of it "
                             f"applied{stands}: try again") from None
-            except StorageUnavailable:
-                raise
-            except (*_WAITED_TOO_LONG, asyncpg.InterfaceError, OSError) as exc:
+            except (*_WAITED_TOO_LONG, asyncpg.InterfaceError, OSError) as exc:  # (not the StorageUnavailable above)
                 # Its COMMIT (or the ROLLBACK after a statement given up) got no answer, or the connection
                 # went: the session is ended, which rolls back what was not committed; schema_version says
                 # what was.
