@@ -1128,6 +1128,9 @@ class Room:
                     except BaseException:
                         self.originals += originals[k:]  # not sequenced again: _fail tells their senders
                         raise
+                    if self.broken:  # it failed while this one waited: _fail told only those in `originals`
+                        self._tell_failed(originals[k:])
+                        return
                 if undone or self.seq.pending:
                     log.info("document %s: %d updates of other writers caught up, %d pushes sequenced again",
                              self.name, caught, len(originals))
@@ -1221,9 +1224,7 @@ class Room:
 
     def _fail(self) -> None:
         self.broken = True
-        for o in self.originals:
-            if o.done is not None and not o.done.done():
-                o.done.set_exception(self._failure())
+        self._tell_failed(self.originals)
         self._progressed()
         self._ready.set()
         self.rooms.forget(self)
@@ -1233,6 +1234,13 @@ class Room:
             m.conn.close(CLOSE_INTERNAL, "storage error; reconnect")
         self.members.clear()
         self.by_client.clear()
+
+    def _tell_failed(self, originals: list[Original]) -> None:
+        """The server-made pushes among `originals` (a restore's) that still wait hear that the room failed
+        (`_failure`); a client's push needs no word: its connection is closed, and it pushes again."""
+        for o in originals:
+            if o.done is not None and not o.done.done():
+                o.done.set_exception(self._failure())
 
     def _failure(self) -> CollabError:
         """What a server-made push waiting on a room that failed hears: `not-found` if its commit found the

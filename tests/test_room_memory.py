@@ -813,6 +813,37 @@ async def test_a_restore_into_a_room_that_failed_is_refused_not_left_waiting(wor
         await asyncio.wait_for(room.submit("restore-x", 1, [update], "admin"), 2.0)
 
 
+async def test_a_restore_a_catch_up_was_sequencing_again_when_the_room_failed_is_told_not_left_waiting(
+        world, monkeypatch):
+    """Was: a catch-up holds the pushes not yet durable out of `originals` while it sequences them again;
+    one that waited there (its rebase taking turns) when the room failed was dropped (`_dropped`) and not
+    put back, so `_fail` never told it, and a restore among them waited forever (review 48)."""
+    from collab import room as room_module
+    from collab.sequencer import Sequencer
+
+    settings, store, rooms = world
+    member = await rooms.join("doc", FakeConn("a"), hello("a"), token=None)
+    room = member.room
+    await _typed(room, member, 1)
+    monkeypatch.setattr(room.store, "schedule", lambda r: None)  # its commit is not taken: it stays pending
+    update = Update("restore-x", ChangeSet.from_json([[0, "R"], 1]))
+    restore = asyncio.ensure_future(room.submit("restore-x", 1, [update], "admin"))
+    await until(lambda: room.originals, "the restore sequenced")
+    # The catch-up sequences it again, its rebase taking turns; the room fails during one of them.
+    real_turns = room_module._rebase_taking_turns
+
+    async def failing_meanwhile(*args):
+        room._fail()
+        return await real_turns(*args)
+
+    monkeypatch.setattr(room_module, "HEAVY_REBASE", 0)
+    monkeypatch.setattr(Sequencer, "rebase_work", lambda self, version, updates, history=None: (1, 0))
+    monkeypatch.setattr(room_module, "_rebase_taking_turns", failing_meanwhile)
+    room.catch_up()
+    with pytest.raises(ServerError):
+        await asyncio.wait_for(restore, 5.0)
+
+
 async def test_catch_ups_that_cannot_read_the_database_reload_their_documents_and_say_so_once(world, monkeypatch,
                                                                                               caplog):
     """Another process committed, as the bus says, but the database cannot be read right now: every
