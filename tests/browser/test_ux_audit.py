@@ -31,6 +31,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+
+import aiohttp
+import orjson
+
 from .test_history import scrub, wait_shown
 
 from .browser_helpers import (api_json, doc_text, open_editor, refusable_websockets, server_doc, set_user, team_server,
@@ -424,7 +431,7 @@ HEADER_LAYOUT = """() => {
 
 def test_the_editor_does_not_jump_when_the_status_grows(server, contexts):
     doc = "the-quarterly-planning-notes-of-the-whole-team-" + "and-more-" * 4 + "end"
-    widths = (600, 700, 800, 900, 1000, 1280)
+    widths = (561, 600, 700, 800, 900, 1000, 1199, 1200, 1280)
     ctx = contexts()
     set_user(ctx, "Alexandra", "#8e4ec6")
     cut = refusable_websockets(ctx)
@@ -466,4 +473,79 @@ def test_the_editor_does_not_jump_when_the_status_grows(server, contexts):
     cut["on"] = False
     page.evaluate("() => window.__collab.session.reconnectNow()")
     wait_synced([page], server.url, doc)
+    assert page.collab_errors == []
+
+
+@contextlib.contextmanager
+def _people(base_url: str, doc: str, names: list[str]):
+    """Sessions of `doc` on bare WebSockets, one per name, each saying hello and reading what comes, until
+    the block ends: people in its editors' headers, at the cost of a socket each rather than a browser."""
+    loop = asyncio.new_event_loop()
+    ready, stop = threading.Event(), None
+
+    async def read(ws) -> None:
+        async for msg in ws:  # its welcome, then whatever comes: never left unread
+            if msg.type == aiohttp.WSMsgType.TEXT and orjson.loads(msg.data)["type"] == "welcome":
+                version = orjson.loads(msg.data)["version"]  # a cursor at the start: shown as a person
+                await ws.send_str(orjson.dumps({"type": "presence", "version": version,
+                                                "ranges": [{"anchor": 0, "head": 0}]}).decode())
+
+    async def main():
+        nonlocal stop
+        stop = asyncio.Event()
+        async with aiohttp.ClientSession() as session:
+            readers = []
+            for k, name in enumerate(names):
+                ws = await session.ws_connect(base_url.replace("http", "ws", 1) + f"/ws/{doc}", protocols=["collab.v1"])
+                await ws.send_str(orjson.dumps({"type": "hello", "clientID": f"raw-{k}", "version": None,
+                                                "user": {"name": name, "color": "#30a46c"}}).decode())
+                readers.append(asyncio.ensure_future(read(ws)))
+            ready.set()
+            await stop.wait()
+            for reader in readers:
+                reader.cancel()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(20), "the bare sessions did not open"
+        yield
+    finally:
+        loop.call_soon_threadsafe(lambda: stop.set())
+        thread.join(20)
+
+
+PEOPLE_LAYOUT = """() => {
+    const box = document.querySelector('.people-box').getBoundingClientRect();
+    const count = document.querySelector('#people-count').getBoundingClientRect();
+    const list = document.querySelector('#people').getBoundingClientRect();
+    const dots = [...document.querySelectorAll('#people .person-dot')].filter(d => d.getClientRects().length)
+        .map(d => d.getBoundingClientRect());  // (your own is not among them: it is the name chip)
+    return {
+        count: document.querySelector('#people-count').textContent,
+        countWhole: count.width > 0 && count.left >= box.left - 0.5 && count.right <= box.right + 0.5
+            && count.left >= 0 && count.right <= innerWidth + 0.5,
+        dotsShown: dots.filter(d => d.left >= list.left - 0.5 && d.right <= list.right + 0.5).length,
+        dots: dots.length,
+        pageWidth: document.documentElement.scrollWidth,
+    };
+}"""
+
+
+def test_the_header_never_hides_how_many_people_are_here(server, contexts):
+    """Was: with the header's lines fixed, the people's box clipped what overflowed it on its start
+    side ("8 here" and the first dots gone below 700 px, even "2 here" at 561), and from 1200 px up it
+    was at most 16em wide, hiding the 8th person onwards while the line had room to spare."""
+    doc = "the-quarterly-planning-notes-of-the-whole-team-" + "and-more-" * 4 + "end"
+    page = open_editor(contexts(), server.url, doc)
+    with _people(server.url, doc, [f"Person number {k}" for k in range(7)]):
+        page.wait_for_function("() => document.querySelector('#people-count').textContent === '8 here'")
+        page.mouse.move(5, 600)  # off the people (hovered, they show their names)
+        for width in (561, 600, 640, 700, 768, 1024, 1199, 1200, 1280, 1400):
+            page.set_viewport_size({"width": width, "height": 640})
+            seen = page.evaluate(PEOPLE_LAYOUT)
+            assert seen["count"] == "8 here" and seen["countWhole"], (width, seen)
+            assert seen["pageWidth"] <= width and seen["dotsShown"] >= 1, (width, seen)
+            if width >= 1200:  # one line, with room for everyone once the name has given way
+                assert seen["dotsShown"] == seen["dots"] == 7, (width, seen)
     assert page.collab_errors == []
