@@ -69,8 +69,9 @@ def create_app(settings: Settings) -> web.Application:
     api = Api(store, rooms, static)
     app.router.add_routes(api.routes())
     # A partial, not a wrapper coroutine: that one's frame would live as long as each connection.
+    # GET only (no HEAD: a WebSocket is opened by a GET, RFC 6455): any other method is the router's 405.
     app.router.add_get("/ws/{doc}", functools.partial(ws.handle, settings=settings, rooms=rooms, admission=admission,
-                                                      answer=answer))
+                                                      answer=answer), allow_head=False)
     app.router.add_routes(status.routes(metrics, lambda request: rooms.access.require(token_of(request), "admin"),
                                         heartbeat=settings.heartbeat, origin_ok=httpguard.origin_check(settings),
                                         max_sockets=settings.max_status_conns))

@@ -111,8 +111,6 @@ def routes(metrics: Metrics, guard, interval: float = 1.0, heartbeat: float = 20
 
     async def status_ws(request: web.Request) -> web.WebSocketResponse:
         nonlocal sockets
-        if request.method != "GET":  # a WebSocket is opened by a GET only (RFC 6455), not a HEAD
-            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
         guard(request)
         if not origin_ok(request):
             raise ProtocolError("forbidden", "WebSocket connections from another site's pages are refused")
@@ -145,4 +143,4 @@ def routes(metrics: Metrics, guard, interval: float = 1.0, heartbeat: float = 20
         return ws
 
     return [web.get("/metrics", metrics_page), web.get("/status", status_page),
-            web.get("/status.js", status_script), web.get("/status/ws", status_ws)]
+            web.get("/status.js", status_script), web.get("/status/ws", status_ws, allow_head=False)]

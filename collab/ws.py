@@ -320,8 +320,6 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
     # connection needs. Nothing of ours awaits it (api.error_middleware): a refusal before the upgrade
     # is answered here, by `answer`.
     try:
-        if request.method != "GET":  # (the route takes HEAD too, as every GET route does; a HEAD upgraded was 101)
-            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
         name = protocol.doc_name(request.match_info["doc"])
         if request.body_exists:  # what would follow the head: a body, or the first frames? Neither.
             raise ProtocolError("bad-request", "a WebSocket upgrade request has no body")
