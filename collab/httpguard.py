@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -231,17 +232,19 @@ class FloodFilter(logging.Filter):
         self.last[kind] = now
         exc = record.exc_info[1] if record.exc_info else None
         held = self.held.pop(kind, 0)
-        first = message.splitlines()[0] if message else ""
-        if len(first) > MAX_FLOOD_LINE:  # it may quote what a client sent (a header of 8 KB)
-            first = first[:MAX_FLOOD_LINE] + "…"
-        record.msg = first + (f": {exc}" if exc is not None else "") + (
-            f" ({held} more like it in the last {self.interval:g} s not logged)" if held else "")
+        line = (message.splitlines()[0] if message else "") + (f": {exc}" if exc is not None else "")
+        line = _TOKEN.sub(r"\1***", line)  # both parts may quote what a client sent: its token, a header of 8 KB
+        if len(line) > MAX_FLOOD_LINE:
+            line = line[:MAX_FLOOD_LINE] + "…"
+        record.msg = line + (f" ({held} more like it in the last {self.interval:g} s not logged)" if held else "")
         record.args = ()
         record.exc_info = record.exc_text = None
         return True
 
 
-MAX_FLOOD_LINE = 300  # characters of a flood's line that are logged
+MAX_FLOOD_LINE = 300  # characters of a flood's line that are logged (with the exception's text)
+# An access token as a client may send it (`?token=`, an Authorization header), in what a flood's line quotes.
+_TOKEN = re.compile(r"(token=|Authorization:\s*(?:[A-Za-z]+\s+)?|Bearer\s+)[^\s&'\"\\]+", re.IGNORECASE)
 
 # Messages that come in floods when the server is attacked or out of file descriptors, or while PostgreSQL
 # is down (asyncpg's pool retries its connections from 1 s to every 60 s, a traceback each time). A prefix

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import sys
 import resource
 import socket
 import subprocess
@@ -634,3 +635,21 @@ def test_the_flood_filters_hold_asyncpgs_pool_retries_to_one_line_a_minute():
         logger.filters[:] = before
     assert [(r.getMessage(), r.exc_info) for r in seen] == [
         ("Failed to restore the pool connection floor; retrying: [Errno 111] Connect call failed", None)]
+
+
+def test_a_flood_line_is_cut_whole_and_names_no_token():
+    """Was (the review of audit 48): only the message's first line was cut at MAX_FLOOD_LINE; the exception's
+    text after it, which quotes what the client sent (aiohttp's parser errors: the request line, a header),
+    was logged whole, an 8 KB line, with the access token of `?token=` or an Authorization header in it,
+    where the README promises logs hold no tokens."""
+    f = FloodFilter(("Error handling request",), interval=60, clock=lambda: 0.0)
+    try:
+        raise ValueError("Bad status line 'GET /ws/doc?token=SECRET-ONE&x=1 HTTP/1.1' "
+                         "Authorization: Bearer SECRET-TWO " + "x" * 8000)
+    except ValueError:
+        record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", (),
+                                   sys.exc_info())
+    assert f.filter(record)
+    line = record.getMessage()
+    assert len(line) <= 301, len(line)
+    assert "SECRET" not in line and "token=***" in line and "Bearer ***" in line, line
