@@ -189,7 +189,7 @@ def _int_param(raw, what: str, default: int | None, low: int, high: int | None,
                 return FAR  # an open bound (history's `before`): as far as any number goes
             raise ProtocolError("bad-request", f"{what} {brief(str(raw))} is beyond {beyond} {high}")
         raw = int(digits)
-    if type(raw) is float and raw.is_integer() and raw >= 2 ** 63:  # a JSON integer past 64 bits, read as a float
+    if type(raw) is float and raw.is_integer() and raw >= 2 ** 64:  # a JSON integer past 64 bits, read as a float
         if high is None:
             return FAR
         raise ProtocolError("bad-request", f"{what} (a number over 64 bits) is beyond {beyond} {high}")

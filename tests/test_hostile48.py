@@ -208,3 +208,7 @@ async def test_a_body_version_past_64_bits_is_said_to_be_beyond_the_latest(clien
     assert error["message"] == "version (a number over 64 bits) is beyond the latest version 0", error
     resp = await client.post(f"/api/docs/big/{path}", json={"version": 1.5, **extra})  # a float is still refused so
     assert error_of(await resp.read())["message"] == "version must be a non-negative integer, got 1.5"
+    resp = await client.post(f"/api/docs/big/{path}", data=b'{"version": 9.3e18%s}' % (  # a float under 2**64
+        b"".join(b', "%s": "%s"' % (k.encode(), v.encode()) for k, v in extra.items())),
+        headers={"Content-Type": "application/json"})
+    assert error_of(await resp.read())["message"] == "version must be a non-negative integer, got 9.3e+18"
