@@ -97,13 +97,16 @@ export const UNDO_RESTORE = "Undo the restore";
  * page's synced version now; `by` as for restoreVersion; `button` the "Undo the restore" button.
  *
  * When edits came after the restore, the first click only asks: the button says "Undo anyway" and
- * `ask(text)` is told what else the undo takes away; Escape on the button takes the question back
- * (the button as before, `ask("")`), and goes no further (a panel it is in stays open). `begin()`,
+ * `ask(text)` is told what else the undo takes away; until the undo is sent, Escape on the button takes
+ * the question back (the button as before, `ask("")`), and goes no further (a panel it is in stays open). `begin()`,
  * called before the undo is sent: false sends nothing (the page has another restore under way).
  *
  * Resolves to null when nothing was sent (it asked, or `begin` said no), else to {ok, text}: what happened,
  * for the caller to say; the button is gone after an undo, enabled again after a failure.
  */
+/** The "Undo the restore" buttons asking their question now, with the Escape listener that takes it back. */
+const asking = new WeakMap();
+
 export async function undoRestore({ docName, made, head, by, button, ask, begin = () => true }) {
   const back = made - 1;
   const later = head - made;
@@ -119,12 +122,19 @@ export async function undoRestore({ docName, made, head, by, button, ask, begin 
       delete button.dataset.confirm;
       button.textContent = UNDO_RESTORE;
       button.removeEventListener("keydown", takeBack);
+      asking.delete(button);
       ask("");
     };
     button.addEventListener("keydown", takeBack);
+    asking.set(button, takeBack);
     return null;
   }
   if (!begin()) return null;
+  const question = asking.get(button);
+  if (question) {  // answered: Escape no longer takes it back (nor erases what the undo leads to, a failure)
+    button.removeEventListener("keydown", question);
+    asking.delete(button);
+  }
   button.disabled = true;
   try {
     const { version, unchanged } = await restoreVersion(docName, back, by);

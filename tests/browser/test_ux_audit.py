@@ -273,6 +273,21 @@ def test_undo_the_restore_asks_in_the_same_words_in_history_and_in_a_notice(serv
     bob.click(".notice-restore [data-action=undo]")  # asked again
     assert bob.text_content(".notice-restore .notice-outcome") == asked
 
+    # The undo fails once: Escape on the button leaves what went wrong on the notice (was: it took the
+    # question back, which it no longer was, and erased the failure with it).
+    refused = '{"error": {"code": "unavailable", "message": "the database is down (test)"}}'
+    bob.route("**/api/docs/*/restore", lambda route: route.fulfill(status=503, content_type="application/json",
+                                                                   body=refused))
+    bob.click(".notice-restore [data-action=undo]")
+    bob.wait_for_function("() => (document.querySelector('.notice-restore .notice-outcome') || {}).textContent"
+                          "?.startsWith('Could not undo the restore')")
+    bob.focus(".notice-restore [data-action=undo]")  # (disabled while it was sent, it lost the focus)
+    bob.keyboard.press("Escape")
+    bob.wait_for_timeout(200)
+    assert bob.text_content(".notice-restore .notice-outcome").startswith("Could not undo the restore"), \
+        bob.text_content(".notice-restore")
+    bob.unroute("**/api/docs/*/restore")
+
     # Bob confirms: the restore is undone, and his notice says so as History would.
     bob.click(".notice-restore [data-action=undo]")
     bob.wait_for_function("() => document.querySelector('.notice-restore .notice-outcome').textContent.startsWith('Undone')")
