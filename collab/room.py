@@ -80,7 +80,7 @@ class Connection(Protocol):
     role: str       # "edit" or "view"
     admin: bool     # came with the admin token
     remote: str     # the client's address
-    token: str | None  # the access token it came with (None on a personal instance)
+    token: str | None  # the access token it came with, until its hello is answered (then None)
     closed: bool
 
     def send(self, frame: bytes) -> None: ...
