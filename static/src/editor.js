@@ -260,16 +260,20 @@ function fmtClock(seconds) {
  * History or to undo it (restore the version before the restore).
  */
 async function onRestore(e) {
+  // Known before anything is said: its update may come before the answer to this page's own request.
+  const own = await wasOwnRestore(e.version);
   // An earlier restore's notice would now undo this one too (it brings back the text from before it):
-  // its Undo goes, as the History panel's does after the page's own restore.
+  // its Undo goes, as the History panel's does after the page's own restore. Not the one whose undo
+  // this restore is (its button is disabled while that is sent): that notice says what came of it.
   for (const old of document.querySelectorAll("#notices .notice-restore")) {
     const undo = old.querySelector('[data-action="undo"]');
-    if (undo && Number(old.dataset.key.slice("restore-".length)) < e.version) {
+    if (undo && !undo.disabled && Number(old.dataset.key.slice("restore-".length)) < e.version) {
       undo.remove();
-      setNoticeText(old, `Someone restored a version since (version ${e.version}): undoing this one from here would undo theirs too.`);
+      setNoticeText(old, `${own ? "You" : "Someone"} restored a version since (version ${e.version}): undoing this one `
+        + `from here would undo ${own ? "yours" : "theirs"} too.`);
     }
   }
-  if (await wasOwnRestore(e.version)) return; // the History panel already says so
+  if (own) return; // the History panel already says so
   if (historyPanel) historyPanel.restoredElsewhere(e.version);
   let { author, restored } = e;
   let time = null;
