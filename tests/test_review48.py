@@ -12,7 +12,8 @@ import struct
 import orjson
 import pytest
 from test_compression import Raw, upgrade_head
-from wsutil import until
+from test_detach_audit import _peer_of
+from wsutil import join, push, recv_type, until
 
 from collab.app import ROOMS, create_app
 from collab.peer import FRAGMENT
@@ -22,14 +23,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-def _hello(client_id: str, version=None) -> dict:
-    return {"type": "hello", "clientID": client_id, "version": version, "user": {"name": client_id, "color": "#336699"}}
-
-
-def _push(version: int, client_id: str, changes) -> dict:
-    return {"type": "push", "version": version, "updates": [{"clientID": client_id, "changes": changes}]}
-
 
 async def _raw_that_reads_slowly(port: int, doc: str) -> Raw:
     """A WebSocket client on a bare socket with a small receive buffer: once it stops reading, what the
@@ -60,14 +53,6 @@ async def _messages_until_close(raw: Raw, timeout: float = 10.0) -> tuple[list[d
             parts = []
 
 
-def _peer_of(app, doc: str, client_id: str):
-    room = app[ROOMS].rooms.get(doc)
-    for member in (room.members.values() if room is not None else ()):
-        if member.conn.client_id == client_id:
-            return member.conn
-    return None
-
-
 # ------------------------------------------- 1. a closing connection skipped a large frame, not what followed
 
 @pytest.mark.parametrize("ending", ["takeover", "over the rate"])
@@ -84,18 +69,10 @@ async def test_a_closing_connection_sends_no_updates_frame_after_one_it_dropped(
     app = create_app(Settings(db=str(tmp_path / "gap.db"), rate=100, burst=200))
     client = await aiohttp_client(app)
     port = client.server.port
-    b = await client.ws_connect("/ws/gap", protocols=["collab.v1"])
-    await b.send_str(orjson.dumps(_hello("b")).decode())
-
-    async def b_acked() -> dict:
-        while True:
-            frame = orjson.loads((await b.receive(timeout=10)).data)
-            if frame["type"] == "updates":
-                return frame
-            assert frame["type"] in ("welcome", "presences", "leave"), frame
+    b, _ = await join(client, "gap", "b")
 
     a = await _raw_that_reads_slowly(port, "gap")
-    a.send_json(_hello("a"))
+    a.hello("a")
     welcome, _, _ = await a.typed("welcome")
     assert welcome["version"] == 0
     peer = _peer_of(app, "gap", "a")
@@ -105,14 +82,14 @@ async def test_a_closing_connection_sends_no_updates_frame_after_one_it_dropped(
     version, length = 0, 0
     while not peer.queue:  # 40 KB pastes, until A's transport is full and they wait in its queue
         assert version < 100, "precondition: A's transport never filled"
-        await b.send_str(orjson.dumps(_push(version, "b", [*([length] if length else []), [0, "x" * 40_000]])).decode())
-        await b_acked()
+        await push(b, version, "b", [*([length] if length else []), [0, "x" * 40_000]])
+        await recv_type(b, "updates", timeout=10)  # acknowledged
         version, length = version + 1, length + 40_000
     # a paste (a frame over FRAGMENT: it waits for room, queued), then a keystroke behind it
-    await b.send_str(orjson.dumps(_push(version, "b", [length, [0, "p" * 100_000]])).decode())
-    await b_acked()
-    await b.send_str(orjson.dumps(_push(version + 1, "b", [length + 100_000, [0, "k"]])).decode())
-    await b_acked()
+    await push(b, version, "b", [length, [0, "p" * 100_000]])
+    await recv_type(b, "updates", timeout=10)  # acknowledged
+    await push(b, version + 1, "b", [length + 100_000, [0, "k"]])
+    await recv_type(b, "updates", timeout=10)  # acknowledged
     assert [len(f) > FRAGMENT for f in list(peer.queue)[-2:]] == [True, False], \
         "precondition: the paste and the keystroke are queued for A"
 
@@ -163,28 +140,13 @@ async def test_a_push_waiting_for_a_catch_up_is_dropped_when_its_session_is_revo
     assert resp.status == 201
     edit = (await resp.json())["links"]["edit"].split("token=")[1]
 
-    async def opened(token: str, client_id: str):
-        ws = await client.ws_connect(f"/ws/doc?token={token}", protocols=["collab.v1"])
-        await ws.send_str(orjson.dumps(_hello(client_id)).decode())
-        while True:
-            frame = orjson.loads((await ws.receive(timeout=10)).data)
-            if frame["type"] == "welcome":
-                return ws, frame
-
-    async def typed(ws) -> dict:
-        while True:
-            frame = orjson.loads((await ws.receive(timeout=10)).data)
-            if frame["type"] == "updates":
-                return frame
-            assert frame["type"] in ("presences", "leave"), frame
-
-    admin_ws, _ = await opened(Access(secret.encode()).admin_token(), "admin")
-    await admin_ws.send_str(orjson.dumps(_push(0, "admin", [[0, "hello"]])).decode())
-    await typed(admin_ws)
-    typist, welcome = await opened(edit, "typist")
+    admin_ws, _ = await join(client, f"doc?token={Access(secret.encode()).admin_token()}", "admin")
+    await push(admin_ws, 0, "admin", [[0, "hello"]])
+    await recv_type(admin_ws, "updates", timeout=10)
+    typist, welcome = await join(client, f"doc?token={edit}", "typist")
     assert welcome["version"] == 1
-    await admin_ws.send_str(orjson.dumps(_push(1, "admin", [5, [0, "!"]])).decode())
-    await typed(admin_ws)
+    await push(admin_ws, 1, "admin", [5, [0, "!"]])
+    await recv_type(admin_ws, "updates", timeout=10)
     room = app[ROOMS].rooms["doc"]
 
     # The typist's next edit, based on version 1, is rebased a step at a time (every rebase counts as
@@ -205,7 +167,7 @@ async def test_a_push_waiting_for_a_catch_up_is_dropped_when_its_session_is_revo
 
     monkeypatch.setattr(room_module, "_rebase_taking_turns", turns_then_news)
     monkeypatch.setattr(Room, "_news_after", news_after)
-    await typist.send_str(orjson.dumps(_push(1, "typist", [[0, "X"], 5])).decode())
+    await push(typist, 1, "typist", [[0, "X"], 5])
     try:
         await asyncio.wait_for(reading.wait(), 10)
         # while the push waits for the catch-up, the admin resets the links: the typist's session ends
