@@ -47,7 +47,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
@@ -411,9 +410,9 @@ class _Handler(RequestHandler):
             code, message = "internal", "internal server error"
         else:
             return response
-        from .api import SECURITY_HEADERS  # (api imports this module)
-        response = web.Response(status=CODES[code].http, content_type="application/json", headers=SECURITY_HEADERS,
-                                body=orjson.dumps({"error": {"code": code, "message": message}}))
+        from .api import SECURITY_HEADERS, error_response  # (api imports this module)
+        response = error_response(CODES[code].http, code, message)
+        response.headers.update(SECURITY_HEADERS)
         response.force_close()
         return response
 
