@@ -60,7 +60,6 @@ INLINE_DEFLATE = 16 * 1024  # bytes: a frame up to this is compressed on the loo
 NO_DEFLATE = 1 << 62  # deflate_min of a peer that never compresses
 
 _TEXT, _CONTINUATION, _RSV1 = 0x1, 0x0, 0x40
-_ERROR_FRAME = b'{"type":"error"'  # how protocol.error_frame begins
 _NO_QUEUE = ()  # the queue of a peer with nothing queued: a deque is made when a frame must wait (600 bytes)
 
 
@@ -433,7 +432,7 @@ class Peer:
                 # leave a gap the client cannot see (it would apply it to the wrong text), and a presence
                 # would be at a version it never gets. The client resumes from what it got.
                 dropped = dropped or frame_size(frame) > FRAGMENT
-                if not dropped or (type(frame) is bytes and frame.startswith(_ERROR_FRAME)):
+                if not dropped or (type(frame) is bytes and protocol.is_error_frame(frame)):
                     self._write(_TEXT, True, frame if type(frame) is bytes else b"".join(frame))
             self._drop_queue()
             async with asyncio.timeout(timeout):

@@ -322,6 +322,14 @@ def error_frame(code: str, message: str, retry_after: float | None = None) -> by
     return orjson.dumps(frame)
 
 
+_ERROR_START = orjson.dumps({"type": "error"})[:-1]  # how every error_frame begins (orjson keeps the keys' order)
+
+
+def is_error_frame(frame: bytes) -> bool:
+    """Whether `frame` (serialised) is an `error_frame`."""
+    return frame.startswith(_ERROR_START)
+
+
 MAX_CLOSE_REASON = 123  # bytes: a close frame's payload is at most 125, two of them the code
 
 
