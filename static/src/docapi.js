@@ -91,6 +91,9 @@ export async function restoreVersion(docName, version, { author, person, color }
 /** The button's label until it asks (and again when the question is taken back). */
 export const UNDO_RESTORE = "Undo the restore";
 
+/** The "Undo the restore" buttons asking their question now, with the Escape listener that takes it back. */
+const asking = new WeakMap();
+
 /**
  * "Undo the restore", as the History panel's note after this page's own restore and everyone else's
  * restore notice offer it: restores the version before the restore that made `made`. `head`: the
@@ -104,9 +107,6 @@ export const UNDO_RESTORE = "Undo the restore";
  * Resolves to null when nothing was sent (it asked, or `begin` said no), else to {ok, text}: what happened,
  * for the caller to say; the button is gone after an undo, enabled again after a failure.
  */
-/** The "Undo the restore" buttons asking their question now, with the Escape listener that takes it back. */
-const asking = new WeakMap();
-
 export async function undoRestore({ docName, made, head, by, button, ask, begin = () => true }) {
   const back = made - 1;
   const later = head - made;
