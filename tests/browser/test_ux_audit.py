@@ -177,8 +177,9 @@ def test_dialogs_fit_a_phone(tmp_path, contexts):
         srv.kill()
 
 
-def test_own_restore_can_be_undone_with_a_click(server, contexts):
-    doc = "undo-mine"
+def _alice_restores_before_bobs_words(server, contexts, doc: str):
+    """Alice and Bob in `doc`: Alice types "Plan: ", Bob adds his words, and Alice restores, in History,
+    the version from before them. Returns (alice, bob, that version, the text before the restore)."""
     people = {}
     for name, color in (("Alice", "#e5484d"), ("Bob", "#0090ff")):
         ctx = contexts()
@@ -193,11 +194,16 @@ def test_own_restore_can_be_undone_with_a_click(server, contexts):
     bob.keyboard.press("Control+End")
     bob.keyboard.type("Bob's words.")
     full = wait_synced([alice, bob], server.url, doc)
-
     alice.click("#history-toggle")
     scrub(alice, [before])
     wait_shown(alice, before)
     alice.click("#history-restore")
+    return alice, bob, before, full
+
+
+def test_own_restore_can_be_undone_with_a_click(server, contexts):
+    doc = "undo-mine"
+    alice, bob, before, full = _alice_restores_before_bobs_words(server, contexts, doc)
     undo = alice.wait_for_selector("#history-note #history-undo-restore")
     assert "To undo, restore version" not in alice.inner_text("#history-note")
     assert wait_synced([alice, bob], server.url, doc) == "Plan: "
@@ -230,24 +236,7 @@ def test_undo_the_restore_asks_in_the_same_words_in_history_and_in_a_notice(serv
     back version N ..." and the notice's "1 edit came after the restore. Undoing brings back version N ...";
     now one (docapi.js), saying the same everywhere."""
     doc = "undo-one-text"
-    people = {}
-    for name, color in (("Alice", "#e5484d"), ("Bob", "#0090ff")):
-        ctx = contexts()
-        set_user(ctx, name, color)
-        people[name] = open_editor(ctx, server.url, doc)
-    alice, bob = people["Alice"], people["Bob"]
-    alice.click(".cm-content")
-    alice.keyboard.type("Plan: ")
-    wait_synced([alice, bob], server.url, doc)
-    before = server_doc(server.url, doc)["version"]
-    bob.click(".cm-content")
-    bob.keyboard.press("Control+End")
-    bob.keyboard.type("Bob's words.")
-    wait_synced([alice, bob], server.url, doc)
-    alice.click("#history-toggle")
-    scrub(alice, [before])
-    wait_shown(alice, before)
-    alice.click("#history-restore")
+    alice, bob, _, _ = _alice_restores_before_bobs_words(server, contexts, doc)
     alice.wait_for_selector("#history-note #history-undo-restore")
     made = alice.evaluate("() => window.__collab.history.info.lastRestore.version")
     bob.wait_for_selector(f".notice-restore[data-key='restore-{made}'] [data-action=undo]")
