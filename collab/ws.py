@@ -340,6 +340,9 @@ async def handle(request: web.Request, settings: Settings, rooms: Rooms, admissi
                     max_msg_size=settings.max_frame, compress_offers=settings.ws_compress, decode_text=False,
                     timeout=CLOSE_TIMEOUT)
         await ws.prepare(request)
+    except ConnectionError:  # the client hung up before its 101 went out: nobody is left to answer, and
+        admission.leave(remote)  # aiohttp lets go quietly of an answer it cannot write (not a bug of ours)
+        return web.Response(status=400)
     except Exception as exc:  # noqa: BLE001 - not a WebSocket request, say (aiohttp's 400), in our shape
         admission.leave(remote)
         return answer(request, exc)
