@@ -35,7 +35,9 @@ Rules that always hold:
     under way); a join refused after the room loaded leaves it to unload;
   * the sequencer takes a push only while no catch-up runs (`_ready`), and
     `settled` waits for a catch-up's pushes too; a catch-up reads what other
-    writers committed a page of whole frames at a time (`_news_after`).
+    writers committed a page of whole frames at a time (`_news_after`), and
+    once it holds pushes to commit it ends with their commit, however much
+    news comes meanwhile (a commit lost to it is a lost round, MAX_LOST_ROUNDS).
 """
 
 from __future__ import annotations
@@ -1134,7 +1136,10 @@ class Room:
                 if undone or self.seq.pending:
                     log.info("document %s: %d updates of other writers caught up, %d pushes sequenced again",
                              self.name, caught, len(originals))
-                if not self._news:
+                if not self._news or self.seq.pending:
+                    # With pushes to commit, news that came during this pass waits for their commit (one
+                    # that loses to it is a lost round, MAX_LOST_ROUNDS): passing again first went on for
+                    # as long as another writer committed faster than a pass took, trying nothing here.
                     break
         except ChangeError as exc:
             log.error("document %s: the updates read back do not fit (%s); reloading", self.name, exc)

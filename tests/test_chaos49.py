@@ -42,3 +42,51 @@ async def test_a_client_gone_during_its_websocket_upgrade_is_not_logged_as_a_ser
         await other.close()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert welcome["version"] == 0
+
+
+
+async def test_a_catch_up_that_news_keeps_overtaking_still_lets_the_pushes_it_holds_be_committed(pg_url, monkeypatch):
+    """Was: a catch-up passed again and again for as long as another writer's news came in while a pass
+    ran (`Room._catch_up` looped on `_news`), and only then let its pushes go to a commit. Under a busy
+    writer elsewhere whose commits come faster than a pass takes (a restore's large change rebased
+    over hundreds of updates, a machine under load), that was for ever: nothing of this process was
+    committed or refused (a restore answered nothing for 90 s, its editors' pushes were never
+    acknowledged), and since no commit was tried none counted as lost, so MAX_LOST_ROUNDS never
+    reloaded the room. Now a pass that holds pushes ends with a commit, and one that loses again is a
+    lost round like any other.
+
+    Two processes on one database, no Redis (no news but what the test makes): news of another commit
+    at `a` comes in during every pass of `b`'s catch-up, 40 times at most."""
+    from collab.room import Room
+    from test_cluster_audit import process, typed, until
+    from test_room_memory import FakeConn, hello, push_msg
+
+    async with process(pg_url, None, check_every=30.0, poll_every=30.0) as a, \
+            process(pg_url, None, check_every=30.0, poll_every=30.0) as b:
+        _, ann = await typed(a, "doc", "ann", "hello")
+        bob = FakeConn("bob")
+        member = await b.join("doc", bob, hello("bob"), token=None)
+        room = member.room
+        conflicts = b.metrics.conflicts._value
+        passes: list[float] = []  # the commits b had lost when each pass of its catch-up ended
+        news_after = Room._news_after
+
+        async def overtaken(self, head):
+            news, more = await news_after(self, head)
+            if self is room and not more and len(passes) < 40:  # this pass read all there was: a commits again
+                passes.append(conflicts.get())
+                text = ann.room.seq.committed_text()
+                await ann.room.push(ann, push_msg(ann.room.seq.version, "ann", [[0, "a"], len(text)]))
+                await ann.room.settled()
+                room.catch_up()  # the news of it, while this pass goes on
+            return news, more
+
+        monkeypatch.setattr(Room, "_news_after", overtaken)
+        await ann.room.push(ann, push_msg(1, "ann", [5, [0, "!"]]))  # b does not know yet: bob's commit loses
+        await ann.room.settled()
+        await room.push(member, push_msg(1, "bob", [[0, "B"], 5]))
+        await until(lambda: len(passes) >= 40 or room.broken or bob.closed
+                    or any(f["updates"][-1]["clientID"] == "bob" for f in bob.of("updates")),
+                    "bob's push committed or refused, or 40 passes", timeout=60)
+        assert len(set(passes)) > 1 or room.broken or bob.closed, (
+            f"{len(passes)} passes of the catch-up with news coming in during each, and no commit tried meanwhile")
