@@ -166,7 +166,10 @@ class Original:
 
     When another writer commits first, what this push became is taken back
     (it was never broadcast) and the push itself, not its rebased form, is
-    rebased again over the other writer's updates.
+    rebased again over the other writer's updates. A heavy push moved up over
+    durable history (`Room._sequence`) keeps that form: only what was not yet
+    durable is ever taken back, so the next time it is rebased over the news
+    since then alone.
     """
 
     __slots__ = ("member", "client_id", "version", "updates", "author", "time", "restored_from", "last", "done",
@@ -757,6 +760,9 @@ class Room:
                         base, over, ends = self.seq.committed_part(o.client_id, version, updates)
                         updates = await _rebase_taking_turns(updates, over, ends)
                         version = base
+                        # Durable history is never taken back: sequenced again (a catch-up), the push
+                        # goes on from here, over the news since (committed_part: nothing changes).
+                        o.version, o.updates = version, updates
                     elif pending_work > HEAVY_REBASE and not catching and waits < HEAVY_ROUNDS:
                         waits += 1
                         await self._until_committed(self.seq.version)

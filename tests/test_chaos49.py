@@ -90,3 +90,56 @@ async def test_a_catch_up_that_news_keeps_overtaking_still_lets_the_pushes_it_ho
                     "bob's push committed or refused, or 40 passes", timeout=60)
         assert len(set(passes)) > 1 or room.broken or bob.closed, (
             f"{len(passes)} passes of the catch-up with news coming in during each, and no commit tried meanwhile")
+
+
+async def test_a_heavy_push_sequenced_again_is_rebased_only_over_the_news_since_it_was_last(pg_url, monkeypatch):
+    """Was: each time a catch-up sequenced a heavy push again (a client's backlog of a thousand edits
+    after an outage, a restore), it rebased the push as it arrived over everything committed since its
+    version, though the part up to the last committed head had been done already and is never taken
+    back. Each pass took longer than the one before, the news that came meanwhile grew with it, and
+    under a busy writer elsewhere the process never got its commit in (chaos seed 234028226: passes of
+    5, 14, 35, 46 s, two processes' editors unacknowledged for minutes). Now what a heavy push became
+    over durable history is kept: a pass rebases it over the news since then alone (a rebase stopped
+    at a frame end and taken on from there changes nothing: Sequencer.committed_part).
+
+    As above, news of another commit at `a` comes in during every pass of `b`'s catch-up; every rebase
+    counts as heavy here, and each is watched: what it moved over."""
+    import collab.room as room_module
+    from collab.room import Room
+    from test_cluster_audit import process, typed, until
+    from test_room_memory import FakeConn, hello, push_msg
+
+    monkeypatch.setattr(room_module, "HEAVY_REBASE", 0)
+    async with process(pg_url, None, check_every=30.0, poll_every=30.0) as a, \
+            process(pg_url, None, check_every=30.0, poll_every=30.0) as b:
+        _, ann = await typed(a, "doc", "ann", "hello")
+        bob = FakeConn("bob")
+        member = await b.join("doc", bob, hello("bob"), token=None)
+        room = member.room
+        passes: list[int] = []
+        moved_over: list[int] = []  # how many updates each rebase of bob's push went over
+        news_after, rebase = Room._news_after, room_module._rebase_taking_turns
+
+        async def overtaken(self, head):
+            news, more = await news_after(self, head)
+            if self is room and not more and len(passes) < 12:
+                passes.append(head)
+                text = ann.room.seq.committed_text()
+                await ann.room.push(ann, push_msg(ann.room.seq.version, "ann", [[0, "a"], len(text)]))
+                await ann.room.settled()
+                room.catch_up()
+            return news, more
+
+        async def watched(updates, over, ends):
+            moved_over.append(len(over))
+            return await rebase(updates, over, ends)
+
+        monkeypatch.setattr(Room, "_news_after", overtaken)
+        monkeypatch.setattr(room_module, "_rebase_taking_turns", watched)
+        await ann.room.push(ann, push_msg(1, "ann", [5, [0, "!"]]))
+        await ann.room.settled()
+        await room.push(member, push_msg(1, "bob", [[0, "B"], 5]))
+        await until(lambda: len(passes) >= 12 or room.broken or bob.closed,
+                    "12 passes of b's catch-up", timeout=60)
+        assert len(moved_over) >= 6, moved_over
+        assert max(moved_over) <= 3, f"each pass rebased bob's push over everything since it came: {moved_over}"
