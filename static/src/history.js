@@ -35,7 +35,7 @@ import { isAdmin } from "./auth.js";
 import { groupSessions, sliderStops, nearestStop, resolvePeople, authorKey, SESSION_GAP_S } from "./timeline.js";
 import { colorClass } from "./colors.js";
 import { exportDocument } from "./export.js";
-import { openerOf } from "./panels.js";
+import { focusBack, openerOf } from "./panels.js";
 
 const PAGE = 200; // history entries per request
 const SCRUB_DEBOUNCE_MS = 120;
@@ -215,7 +215,7 @@ export class HistoryPanel {
     this.retryTimer = null;
     this.retryDelay = RETRY_MIN_MS;
 
-    $("#history-close").addEventListener("click", () => this.close());
+    $("#history-close").addEventListener("click", () => this.close(focusBack(this)));
     this.slider.addEventListener("input", () => this.slid());
     $("#history-fine").addEventListener("change", (ev) => {
       this.fine = ev.target.checked;
@@ -308,7 +308,7 @@ export class HistoryPanel {
     this.select(this.selected === null || this.selected > this.head ? this.head : this.selected);
   }
 
-  /** Close the panel; the focus goes to `focusTo` (Escape: what opened it), else to the editor. */
+  /** Close the panel; the focus goes to `focusTo` (Escape, Close: what opened it), else to the editor. */
   close(focusTo = null) {
     this.isOpen = false;
     this.root.hidden = true;

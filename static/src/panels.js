@@ -9,7 +9,8 @@
 //  - for what took it first, calling preventDefault: History's naming form,
 //    an "Undo anyway" question (docapi.js, undoRestore).
 // With the focus in a panel, Escape closes that panel; elsewhere (the
-// header, a notice, the page), the open panel opened last.
+// header, a notice, the page), the open panel opened last. A panel's Close
+// button gives the focus back the same way (`focusBack`).
 
 /** What to give the focus back to when `panel` closes: what has it now, unless that is the page or in the panel. */
 export function openerOf(panel) {
@@ -24,6 +25,12 @@ const FIELD = "textarea, select, [contenteditable=''], [contenteditable=true], "
 /** Whether `el` can take the focus back: still in the page, shown, enabled. */
 function focusable(el) {
   return el && el.isConnected && el.getClientRects().length > 0 && !el.disabled;
+}
+
+/** Where the focus goes when `panel` closes from inside it (Escape, its Close button): what opened it,
+ *  if that can still take the focus; else null (the panel's close() then gives it to the editor). */
+export function focusBack(panel) {
+  return focusable(panel.opener) ? panel.opener : null;
 }
 
 /**
@@ -42,6 +49,6 @@ export function escapeClosesPanels(panels, editor) {
       || open.sort((a, b) => b.openedAt - a.openedAt)[0];
     if (!panel) return;
     ev.preventDefault();
-    panel.close(focusable(panel.opener) ? panel.opener : null);
+    panel.close(focusBack(panel));
   });
 }

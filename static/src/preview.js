@@ -14,7 +14,7 @@
 //    of its own), not with the editor.
 //  - Escape closes it, the focus going back to what opened it (panels.js).
 
-import { openerOf } from "./panels.js";
+import { focusBack, openerOf } from "./panels.js";
 
 const $ = (sel) => document.querySelector(sel);
 const OPEN_KEY = "collab:preview";
@@ -34,7 +34,7 @@ export class MarkdownPreview {
     this.renders = 0;
     this.renderMarkdown = null; // markdown.js, once loaded
     this.button.addEventListener("click", () => this.toggle());
-    $("#preview-close").addEventListener("click", () => this.close());
+    $("#preview-close").addEventListener("click", () => this.close(focusBack(this)));
     let remembered = false;
     try {
       remembered = localStorage.getItem(OPEN_KEY) === "1";
@@ -58,7 +58,7 @@ export class MarkdownPreview {
     this.render();
   }
 
-  /** Close the preview; the focus goes to `focusTo` (Escape: what opened it), else to the editor. */
+  /** Close the preview; the focus goes to `focusTo` (Escape, Close: what opened it), else to the editor. */
   close(focusTo = null) {
     this.isOpen = false;
     this.root.hidden = true;

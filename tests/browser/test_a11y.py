@@ -155,8 +155,9 @@ def test_keyboard_help_and_leaving_the_editor(server, contexts):
 
 def test_escape_closes_history_and_the_preview(server, contexts):
     """Was: Escape did nothing in History or the preview. It closes the panel now and gives the focus back
-    to what opened it, but stays what it was in the editor (Escape then Tab leaves the text), in History's
-    naming form (it closes the form alone), on a select, and in a dialog (it closes the dialog alone)."""
+    to what opened it (so does the panel's Close button, which gave it to the editor), but stays what it
+    was in the editor (Escape then Tab leaves the text), in History's naming form (it closes the form
+    alone), on a select, and in a dialog (it closes the dialog alone)."""
     page = open_editor(contexts(), server.url, "escape")
     page.click(".cm-content")
     page.keyboard.type("# Title")
@@ -225,6 +226,14 @@ def test_escape_closes_history_and_the_preview(server, contexts):
     page.keyboard.press("Escape")
     page.wait_for_selector("#preview", state="hidden")
     assert page.evaluate(focused) == "preview-toggle"
+    # A panel's Close button gives the focus back as Escape does (it went to the editor).
+    for panel, ready in (("history", "#history[data-state=ready]"), ("preview", "#preview-body h1")):
+        page.focus(f"#{panel}-toggle")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(ready)
+        page.click(f"#{panel}-close")
+        page.wait_for_selector(f"#{panel}", state="hidden")
+        assert page.evaluate(focused) == f"{panel}-toggle", panel
     # Nothing open: Escape on the page does nothing (and says nothing).
     page.keyboard.press("Escape")
     assert page.collab_errors == [] and page.csp_violations == []
