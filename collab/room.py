@@ -49,6 +49,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import math
 import random
 import secrets
 import time
@@ -330,7 +331,7 @@ class Room:
         hello came (default: now). A newer connection of the same client
         (`newer_connection`), already here, wins: this one is refused with 4001.
         """
-        at = self.rooms.clock() if at is None else at
+        at = self.rooms.hello_time() if at is None else at
         # Checked first as well: nothing is read for a connection its token does not let in (a resume
         # from far back reads history from the store).
         authorize(self.salt)
@@ -1579,6 +1580,7 @@ class Rooms:
         self.access = access or Access(None)
         self.clock = clock  # wall time: when updates were made (history)
         self.now = now      # monotonic: rate limits
+        self._last_hello = -math.inf  # hello_time's last answer
         self.disk = disk or DiskGuard(None, 0)
         self.cluster = None  # the other processes (cluster.Cluster), on a shared database
         # Hidden clientIDs for view sessions: a keyed hash, the same in every process of one secret.
@@ -1673,6 +1675,17 @@ class Rooms:
     def loading(self, name: str) -> asyncio.Future | None:
         """The load (or unload) of `name` under way, if any: done when it ends (it never raises)."""
         return self._loading.get(name)
+
+    def hello_time(self) -> float:
+        """When a hello came, to tell which of two connections of one client is the newer (`newer_connection`).
+
+        The wall clock, which other processes compare with theirs, but later than every hello before it
+        here: a clock set back (NTP stepping it) must not make a reloaded page's hello older than the
+        socket it replaces, or the page is refused with 4001 (replaced) and stops reconnecting.
+        """
+        now = self.clock()
+        self._last_hello = now if now > self._last_hello else math.nextafter(self._last_hello, math.inf)
+        return self._last_hello
 
     def _open(self, name: str) -> Room | None:
         """The open, born room of `name` (an unborn one is no document yet: its name leads nowhere)."""
@@ -1780,7 +1793,7 @@ class Rooms:
         Only a token that may create documents (the admin's, or anyone on a
         personal instance) makes a missing document.
         """
-        at = self.clock()  # when the hello came (Room.join: of two connections of one client, the newer wins)
+        at = self.hello_time()  # when the hello came (Room.join: of two connections of one client, the newer wins)
         if self.access.enabled:
             salt = await self.salt_of(name)
             if salt is not None:  # a token that gives nothing here is refused before the document is loaded

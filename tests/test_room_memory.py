@@ -670,6 +670,23 @@ async def test_opened_orders_only_hellos_read_close_together_and_only_proven_one
     assert reloaded.closed_with[0] == CLOSE_REPLACED  # far apart: by when they were read
 
 
+async def test_a_reload_after_the_clock_was_set_back_takes_over_its_old_socket(tmp_path):
+    """Was: of two connections of one client, the newer was the one whose hello came later by the wall
+    clock, so after the clock was set back (NTP stepping it) a reloaded page's hello looked older than
+    its old socket: refused with 4001 (replaced), and a stock page stops reconnecting on it. Hellos
+    here are ordered as they came (Rooms.hello_time), whatever the clock does."""
+    wall = [1000.0]
+    async with registry(tmp_path, clock=lambda: wall[0]) as (store, rooms):
+        old, reloaded, again = FakeConn("c"), FakeConn("c"), FakeConn("c")
+        await rooms.join("d", old, hello("c"), token=None)
+        wall[0] = 900.0  # set back 100 s
+        member = await rooms.join("d", reloaded, hello("c"), token=None)
+        assert old.closed_with[0] == CLOSE_REPLACED and not reloaded.closed
+        assert member.room.by_client["c"] is member
+        latest = await rooms.join("d", again, hello("c"), token=None)  # the clock standing still, too
+        assert reloaded.closed_with[0] == CLOSE_REPLACED and latest.room.by_client["c"] is latest
+
+
 # ---------------------------------------------------------------- races and leaks (found in review)
 
 class FakeCluster:
