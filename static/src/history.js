@@ -18,10 +18,12 @@
 //    positions left behind are aborted, and an answer for any position but
 //    the current one is dropped.
 //  - What could not be loaded is said (each failure its own message, gone
-//    when that part loads) and, when the server could not be reached or was
-//    busy, tried again later, waiting 1 s, then twice as long each time up
-//    to 30 s, or at once when the page is connected again; never in a loop. The preview never shows a version other than the one
-//    the label names: a version that could not be loaded leaves it empty.
+//    when that part loads; loads that failed for one reason, the server out
+//    of reach, say, in one line) and, when the server could not be reached
+//    or was busy, tried again later, waiting 1 s, then twice as long each
+//    time up to 30 s, or at once when the page is connected again; never in
+//    a loop. The preview never shows a version other than the one the label
+//    names: a version that could not be loaded leaves it empty.
 //  - Escape closes the panel, the focus going back to what opened it
 //    (panels.js), but for Escape in the naming form, which closes only the
 //    form, and on an "Undo anyway" question, which takes it back.
@@ -51,6 +53,8 @@ const RETRY_MAX_MS = 30000;
 const transient = (e) => !e.status || e.status >= 500 || e.status === 429;
 
 const $ = (sel) => document.querySelector(sel);
+const LIST = new Intl.ListFormat("en", { type: "conjunction" }); // "a, b, and c"
+const LOADS = ["version", "checkpoints", "newer", "older"]; // failed loads, said in the reverse of this order
 
 // One formatter per format, made once: a list of thousands of sessions formats thousands of
 // times at every rebuild, and toLocaleTimeString makes a new formatter each call (50 times slower).
@@ -395,7 +399,7 @@ export class HistoryPanel {
         this.renderLabel();
       } catch (e) {
         failed = true;
-        if (this.isOpen) this.setError("older", `Could not load the history: ${e.message}`, transient(e));
+        if (this.isOpen) this.loadFailed("older", "the history", `Could not load the history`, e);
       } finally {
         this.loadingOlder = null;
       }
@@ -435,7 +439,7 @@ export class HistoryPanel {
       this.renderSessions();
       this.renderLabel();
     } catch (e) {
-      if (this.isOpen) this.setError("newer", `Could not load the history: ${e.message}`, transient(e));
+      if (this.isOpen) this.loadFailed("newer", "the history", "Could not load the history", e);
     }
     this.loadCheckpoints(); // someone may have named a version meanwhile
   }
@@ -455,7 +459,7 @@ export class HistoryPanel {
     } catch (e) {
       // an older load failing after a newer one answered says nothing about the list shown
       if (this.isOpen && asked === this.checkpointsAsked) {
-        this.setError("checkpoints", `Could not load the named versions: ${e.message}`, transient(e));
+        this.loadFailed("checkpoints", "the named versions", "Could not load the named versions", e);
       }
     }
   }
@@ -695,7 +699,7 @@ export class HistoryPanel {
       $("#history-legend").textContent = "";
       delete this.root.dataset.shown;
       this.root.dataset.state = "error";
-      this.setError("version", `Version ${version} cannot be shown: ${e.message}`, transient(e));
+      this.loadFailed("version", `version ${version}`, `Version ${version} cannot be shown`, e);
     }
   }
 
@@ -731,7 +735,14 @@ export class HistoryPanel {
     this.root.dataset.state = "ready";
   }
 
-  /** Say (`text`) or stop saying (null) what went wrong with `what`; a `transient` failure is tried again later. */
+  /** Say that loading `subject` ("the history", "version 12") failed with `e` (`alone`: how to say it
+   *  if nothing else failed with the same message); a transient failure is tried again later. */
+  loadFailed(what, subject, alone, e) {
+    this.setError(what, { subject, cause: e.message, text: `${alone}: ${e.message}` }, transient(e));
+  }
+
+  /** Say (`text`, or loadFailed's) or stop saying (null) what went wrong with `what`; a `transient` failure
+   *  is tried again later. */
   setError(what, text, transient = false) {
     if (text) this.errors.set(what, text);
     else if (!this.errors.delete(what)) return;
@@ -744,7 +755,19 @@ export class HistoryPanel {
 
   renderErrors() {
     const box = $("#history-error");
-    const text = [...new Set(this.errors.values())].join("\n");
+    // Loads that failed with one message (offline: "The server could not be reached") are one line.
+    const lines = new Map(); // a line's key -> its text, or the failed loads with that cause
+    const loadsFirst = [...this.errors].sort(([a], [b]) => LOADS.indexOf(b) - LOADS.indexOf(a));
+    for (const [, error] of loadsFirst) {
+      if (typeof error === "string") { lines.set(error, error); continue; }
+      const key = `load\0${error.cause}`;
+      const same = lines.get(key) || [];
+      if (!same.some((other) => other.subject === error.subject)) same.push(error);
+      lines.set(key, same);
+    }
+    const text = [...lines.values()].map((line) => typeof line === "string" ? line
+      : line.length === 1 ? line[0].text
+        : `Could not load ${LIST.format(line.map((e) => e.subject))}: ${line[0].cause}`).join("\n");
     box.hidden = !text;
     box.textContent = text;
   }

@@ -3,6 +3,8 @@ with a growing wait, and at once when the page is connected again, never in a lo
 could not be loaded (never shown under another's label), restoring the current text (not offered),
 and the naming form's messages and focus."""
 
+import re
+
 from .browser_helpers import api_json, open_editor, set_user, wait_synced, wait_status, server_doc
 
 # Every API request the page makes, with when (ms), as window.__calls.
@@ -90,7 +92,11 @@ def test_offline_loads_are_retried_with_a_growing_wait_then_at_reconnect(server,
     wait_status(a, "offline")
     a.click("#history-toggle")
     a.wait_for_selector("#history-error:not([hidden])")
-    assert "Could not load the history" in a.text_content("#history-error")
+    # Everything it loads failed for one reason: one line names them all (was: a line each).
+    a.wait_for_function("() => document.querySelector('#history-error').textContent.includes('named versions')")
+    said = a.text_content("#history-error")
+    # (and the version chosen, when its text was not in the page yet)
+    assert re.fullmatch(r"Could not load the history(,| and) the named versions(, and version \d+)?: [^\n]+", said), said
     # The first try and two more: 1 s after it, then 2 s after that (before: hundreds a second).
     a.wait_for_function("() => window.__calls.filter(c => c.url.includes('/history')).length >= 3",
                         timeout=10000)
