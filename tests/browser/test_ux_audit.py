@@ -26,7 +26,7 @@
 - From 600 to 1000 px the editor stays where it is when the header's
   status grows ("Reconnecting in 9s · 12 edits not yet saved · Retry
   now", "2 here"): the header wrapped onto a second line, or back, and the
-  text jumped down or up.
+  text jumped down or up. The same on a phone (320 to 560 px), later.
 """
 
 from __future__ import annotations
@@ -435,8 +435,10 @@ HEADER_LAYOUT = """() => {
 
 
 def test_the_editor_does_not_jump_when_the_status_grows(server, contexts):
+    """Whatever the status says and whoever is here, the header keeps its height, on a phone too (there
+    it wrapped freely: three lines connected, four reconnecting with edits not yet saved, at 390 px)."""
     doc = "the-quarterly-planning-notes-of-the-whole-team-" + "and-more-" * 4 + "end"
-    widths = (561, 600, 700, 800, 900, 1000, 1199, 1200, 1280)
+    widths = (320, 360, 390, 414, 480, 560, 561, 600, 700, 800, 900, 1000, 1199, 1200, 1280)
     ctx = contexts()
     set_user(ctx, "Alexandra", "#8e4ec6")
     cut = refusable_websockets(ctx)
@@ -558,6 +560,49 @@ def test_the_header_never_hides_how_many_people_are_here(server, contexts):
                 except Exception:
                     raise AssertionError((width, page.evaluate(PEOPLE_LAYOUT),
                                           page.text_content("#status"))) from None
+    assert page.collab_errors == []
+
+
+# On a phone: the dots of the people here, each whole on the header's first line or not shown at all
+# (hidden on the list's second line); what the name keeps of that line; the header's height.
+PHONE_PEOPLE = """() => {
+    const list = document.querySelector('#people').getBoundingClientRect();
+    const dots = [...document.querySelectorAll('#people .person-dot')].filter(d => d.getClientRects().length)
+        .map(d => d.getBoundingClientRect());
+    const inside = (d) => d.left >= list.left - 0.5 && d.right <= list.right + 0.5
+        && d.top >= list.top - 0.5 && d.bottom <= list.bottom + 0.5;
+    const outside = (d) => d.top >= list.bottom - 0.5 || d.left >= list.right - 0.5;
+    return {
+        whole: dots.filter(inside).length,
+        cut: dots.filter(d => !inside(d) && !outside(d)).length,
+        name: document.querySelector('#doc-name').getBoundingClientRect().width,
+        em: parseFloat(getComputedStyle(document.querySelector('#doc-name')).fontSize),
+        bar: document.querySelector('header.bar').getBoundingClientRect().height,
+        pageWidth: document.documentElement.scrollWidth,
+    };
+}"""
+
+
+def test_a_phone_header_shows_people_whole_and_keeps_room_for_the_name(server, contexts):
+    """Was: on a phone the header took a line more with people here (and at 320 px one more again), and
+    could cut the last dot that did not fit in two. Now the dots come first, each whole or not shown, the
+    name keeps at least 6em, and the header is as tall with eight people here as with one."""
+    doc = "the-quarterly-planning-notes-of-the-whole-team-" + "and-more-" * 4 + "end"
+    page = open_editor(contexts(), server.url, doc)
+    widths = (320, 390, 480, 560)
+    alone = {}
+    for width in widths:
+        page.set_viewport_size({"width": width, "height": 640})
+        alone[width] = page.evaluate(PHONE_PEOPLE)["bar"]
+    with _people(server.url, doc, [f"Person number {k}" for k in range(7)]):
+        page.wait_for_function("() => document.querySelector('#people-count').textContent === '8 here'")
+        page.mouse.move(5, 600)  # off the people (hovered, they show their names)
+        for width in widths:
+            page.set_viewport_size({"width": width, "height": 640})
+            seen = page.evaluate(PHONE_PEOPLE)
+            assert seen["cut"] == 0 and seen["whole"] >= 1, (width, seen)
+            assert seen["name"] >= 6 * seen["em"] - 0.5 and seen["pageWidth"] <= width, (width, seen)
+            assert seen["bar"] == alone[width], (width, seen, alone)
     assert page.collab_errors == []
 
 
