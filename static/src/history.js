@@ -26,7 +26,8 @@
 //    names: a version that could not be loaded leaves it empty.
 //  - Escape closes the panel, the focus going back to what opened it
 //    (panels.js), but for Escape in the naming form, which closes only the
-//    form, and on an "Undo anyway" question, which takes it back.
+//    form, and on an "Undo anyway" question, which takes it back. The
+//    Close button gives the focus back the same way.
 
 import { EditorState, StateField, StateEffect, RangeSetBuilder } from "@codemirror/state";
 import { EditorView, Decoration, WidgetType, lineNumbers } from "@codemirror/view";

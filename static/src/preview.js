@@ -12,7 +12,8 @@
 //  - Whether the preview is open is remembered in this browser.
 //  - The Markdown library is loaded when the preview first opens (a chunk
 //    of its own), not with the editor.
-//  - Escape closes it, the focus going back to what opened it (panels.js).
+//  - Escape closes it, the focus going back to what opened it (panels.js);
+//    so does its Close button.
 
 import { focusBack, openerOf } from "./panels.js";
 
