@@ -2039,9 +2039,14 @@ class Rooms:
         except Exception:
             log.exception("snapshot of document %s failed while unloading", room.name)
         finally:
+            # Forgotten during the flush (it failed, or the document was deleted elsewhere): forget did not
+            # unwatch then, as this unload stood in `_loading`. Nothing else would: it is done here.
+            gone = self.rooms.get(room.name) is not room
             self._loaded(room.name, fut)  # first: forget unwatches only a name nobody is loading
-            if not room.members and not room.holds:
+            if not gone and not room.members and not room.holds:
                 self.forget(room)
+            elif gone and self.cluster is not None and room.name not in self.rooms and room.name not in self._loading:
+                self.cluster.unwatch(room.name)
 
     def _loaded(self, name: str, fut: asyncio.Future) -> None:
         """A load or unload of `name` ended: its entry goes (only its own) and the joins waiting go on."""

@@ -1,0 +1,74 @@
+"""Review 49 of store_pg.py and cluster.py: what the tests left thin, one regression test per bug found.
+
+Two registries (`Rooms`) on one SQLite file stand for two processes on one database, as in test_bus.py
+(the code under test here does not depend on the store); news is handed to `Cluster._handle` as the
+subscriber would hand it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from collab.access import Access
+from collab.cluster import Cluster
+from collab.room import Room, Rooms
+from collab.settings import Settings
+from collab.store import Store
+from storeutil import hold_loads
+from test_room_memory import FakeConn, hello, push_msg, until
+
+SECRET = b"a secret for the review 49 tests"
+
+
+@pytest.fixture
+async def two(tmp_path):
+    """Two registries ("processes") on one database; the second has a Cluster without Redis."""
+    settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0, secret=SECRET.decode())
+    stores = [await Store(settings.db).open(), await Store(settings.db).open()]
+    here, there = (Rooms(settings, store, access=Access(SECRET)) for store in stores)
+    there.cluster = Cluster(there, None)
+    yield here, there
+    for rooms, store in zip((here, there), stores):
+        await rooms.shutdown()
+        await store.close()
+
+
+async def test_a_room_forgotten_while_it_unloads_no_longer_keeps_its_channel(two, monkeypatch):
+    """Was: an unload registers itself in `_loading` while it flushes, and `forget` unwatches only a name
+    nobody is loading (a load under way needs its subscription). A room forgotten during that flush (its
+    document deleted elsewhere, or a commit that failed) was therefore never unwatched: its channel stayed
+    in `_channels` and subscribed at Redis for as long as the process ran, one more per such document, and
+    its news was still received and read for nothing."""
+    here, there = two
+    await here.create("doc", "hello")
+    doc_id = (await here.store.document("doc"))["id"]
+    conn = FakeConn("a")
+    admin = there.access.admin_token()
+    member = await there.join("doc", conn, hello("a"), token=admin)
+    room = member.room
+    channel = there.cluster.channel("doc")
+    assert channel in there.cluster._channels
+
+    # An edit sequenced and held out of the store, so the unload's flush waits for it.
+    real_take, held = Room.take_commit, asyncio.Event()
+
+    def take_commit(self):
+        return None if self is room and not held.is_set() else real_take(self)
+
+    monkeypatch.setattr(Room, "take_commit", take_commit)
+    await room.push(member, push_msg(1, "a", [5, [0, "!"]]))
+    room.leave(member)
+    unloading = asyncio.ensure_future(there.unload(room))
+    await until(lambda: "doc" in there._loading, "the unload under way")
+    # The document is deleted at the other process, and its news comes while the flush waits.
+    await here.delete("doc")
+    there.cluster._handle("doc", {"k": "r", "p": "elsewhere", "d": doc_id, "deleted": True})
+    await until(lambda: "doc" not in there.rooms, "the room forgotten")
+    held.set()
+    there.store.schedule(room)
+    await asyncio.wait_for(unloading, 5)
+    assert "doc" not in there.rooms and "doc" not in there._loading
+    assert channel not in there.cluster._channels
+
