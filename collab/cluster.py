@@ -35,7 +35,9 @@ Rules that always hold:
   * one subscriber connection listens to the channels of the open
     documents; a room subscribes before it loads from the database, and
     news of a commit that comes while it loads is handed to it once it is
-    there (the load may have read the database before that commit); news
+    there (the load may have read the database before that commit): of all
+    that comes meanwhile, the one that goes furthest, in one task a load,
+    however much comes (the room reads what it missed from the database); news
     of a commit to a room opened before anybody made its document makes
     that room find the document in the database (its id and links) and
     read the updates from there;
@@ -115,6 +117,14 @@ def _refusal(exc: BaseException | None) -> str | None:
     return None
 
 
+def _news_end(msg: dict) -> int:
+    """The version after the updates of a message of news (-1 if it does not say: it goes no further)."""
+    frame = msg.get("m")
+    if type(frame) is dict and type(frame.get("from")) is int and type(frame.get("updates")) is list:
+        return frame["from"] + len(frame["updates"])
+    return -1
+
+
 def _name_or_none(value) -> str | None:
     """A document name from a message (a rename's new name), or None if it is not one."""
     return value if type(value) is str and protocol.valid_doc_name(value) else None
@@ -157,6 +167,9 @@ class Cluster:
         # Documents, and when one of our cursors there was last published (live or republished): each gets
         # a roster at every republish until `expiry` s after that (one entry per such document).
         self._rostered: dict[str, float] = {}
+        # Documents loading here, and the news of updates that came meanwhile and went furthest (one entry
+        # per load under way: `_when_loaded` hands it to the room once it is there).
+        self._after_load: dict[str, list] = {}
         self._stopping = False
         metrics = rooms.metrics
         self.m_up = metrics.bus_up
@@ -575,8 +588,18 @@ class Cluster:
             loading = self.rooms.loading(name)
             if loading is not None:
                 # A commit elsewhere while the document loads here: the load may have read the database
-                # before it, and the room would serve the version before it until the next check.
-                self.rooms.spawn(self._when_loaded(loading, name, msg))
+                # before it, and the room would serve the version before it until the next check. Of what
+                # comes meanwhile, the news that goes furthest waits (the room applies it, or reads what it
+                # missed from the database: what the others said is in there too), in one task per load.
+                held = self._after_load.get(name)
+                if held is None or held[0] is not loading:
+                    held = self._after_load[name] = [loading, msg]
+                    self.rooms.spawn(self._when_loaded(name, held))
+                else:
+                    if msg.get("d") != held[1].get("d"):
+                        self._check_now.set()  # news of two documents of that name: the database says
+                    if _news_end(msg) > _news_end(held[1]):
+                        held[1] = msg
                 return
         if kind in ("u", "r", "c") and "d" in msg and room is not None and room.doc_id is not None \
                 and msg["d"] != room.doc_id:
@@ -614,14 +637,19 @@ class Cluster:
         elif kind == "c" and type(msg.get("v")) is int and msg["v"] >= 0:
             room.checkpoints_changed(msg["v"])
 
-    async def _when_loaded(self, loading: asyncio.Future, name: str, msg: dict) -> None:
-        """News of updates that came while `name` loaded, handed to its room once the load is done (the
-        room applies what it does not have yet, or reads it: `Room.remote`). Only updates wait so: they
-        are versioned, so applied late or out of turn they can only be old news; cursors and leaves are
-        not (the room asks for the others' rosters once it is there: `opened`)."""
-        await asyncio.shield(loading)
+    async def _when_loaded(self, name: str, held: list) -> None:
+        """News of updates that came while `name` loaded (`held`: the load, and the message that went
+        furthest), handed to its room once the load is done (the room applies what it does not have yet,
+        or reads it: `Room.remote`). Only updates wait so: they are versioned, so applied late or out of
+        turn they can only be old news; cursors and leaves are not (the room asks for the others' rosters
+        once it is there: `opened`)."""
         try:
-            self._handle(name, msg, loaded=True)
+            await asyncio.shield(held[0])
+        finally:
+            if self._after_load.get(name) is held:
+                del self._after_load[name]
+        try:
+            self._handle(name, held[1], loaded=True)
         except Exception:  # noqa: BLE001 - a message we cannot read is a lost message
             log.exception("cluster: a message on %s could not be handled", self.channel(name))
 

@@ -72,3 +72,38 @@ async def test_a_room_forgotten_while_it_unloads_no_longer_keeps_its_channel(two
     assert "doc" not in there.rooms and "doc" not in there._loading
     assert channel not in there.cluster._channels
 
+
+async def test_news_that_comes_while_a_document_loads_waits_in_one_task_however_much_comes(two, monkeypatch):
+    """Was: each message of updates that came while the document loaded here spawned a task of its own,
+    holding that message until the load ended: a busy document whose load took long (a slow database,
+    the readers all busy) gathered tasks and frames without a bound. What a room needs of them is the one
+    that goes furthest (`Room.remote` applies it, or reads what it missed from the database): that one
+    waits, in one task per load."""
+    here, there = two
+    await here.create("doc", "hello")
+    doc_id = (await here.store.document("doc"))["id"]
+    ann = FakeConn("ann")
+    member = await here.join("doc", ann, hello("ann"), token=here.access.admin_token())
+    read, go_on = hold_loads(monkeypatch, there.store)
+    bob = FakeConn("bob")
+    joining = asyncio.ensure_future(there.join("doc", bob, hello("bob"), token=there.access.admin_token()))
+    await asyncio.wait_for(read.wait(), 5)
+    before = len(there._tasks)
+    news = []
+    for k in range(3):  # committed at the other process while the load waits; each one's news comes
+        await member.room.push(member, push_msg(1 + k, "ann", [5 + k, [0, "!"]]))
+        await member.room.settled()
+        news.append({"k": "u", "p": "elsewhere", "d": doc_id,
+                     "m": {"from": 1 + k, "updates": [{"clientID": "ann", "changes": [5 + k, [0, "!"]]}]}})
+    try:
+        for _ in range(200):
+            for msg in news:
+                there.cluster._handle("doc", msg)
+        assert len(there._tasks) - before <= 1, "one task waits for the load, not one per message"
+    finally:
+        go_on.set()  # (a failed test still lets the load end, and the registry shut down)
+    await asyncio.wait_for(joining, 5)
+    room = there.rooms["doc"]
+    await until(lambda: room.seq.committed_version == 4, "the news applied")
+    assert room.seq.committed_text() == "hello!!!"
+    assert not there.cluster._after_load
