@@ -1478,7 +1478,7 @@ class PgStore(GroupWriter):
         columns: list[list] = [[] for _ in kinds]
         for row in rows:
             for column, kind, value in zip(columns, kinds, row):
-                if kind is str and "\x00" in value:
+                if kind in (str, _str_or_none) and isinstance(value, str) and "\x00" in value:
                     _refuse_nul(f"document {doc_id}: {table} row of {COPY_TABLES[table][0]} {row[0]!r}", value)
                 column.append(kind(value))
         await self._write(lambda conn: conn.execute(_COPY_WRITE[table], doc_id, *columns), doc_ids=(doc_id,))

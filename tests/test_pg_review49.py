@@ -107,3 +107,25 @@ async def test_news_that_comes_while_a_document_loads_waits_in_one_task_however_
     await until(lambda: room.seq.committed_version == 4, "the news applied")
     assert room.seq.committed_text() == "hello!!!"
     assert not there.cluster._after_load
+
+
+@pytest.mark.parametrize("table, row", [
+    ("updates", (1, "c", "ann", 1.0, '[[0,"x"]]', 1, 0, None, True, "p\x00", None)),
+    ("updates", (1, "c", "ann", 1.0, '[[0,"x"]]', 1, 0, None, True, "p", "#123456\x00")),
+    ("people", ("p", 1, "ann", "#123\x00")),
+], ids=["updates.person", "updates.color", "people.color"])
+async def test_a_copied_row_whose_optional_text_holds_u0000_is_refused_as_the_header_says(pg_url, table, row):
+    """Was: store_pg's header says a copied row holding U+0000 is refused with ValueError before anything
+    is written; add_rows checked only the columns that must hold text, not those that may be NULL (an
+    update row's person and colour, a kept person's colour), so such a row went to PostgreSQL, which
+    refused it with its own error (CharacterNotInRepertoireError), not the one the copy reports."""
+    from collab.storage import store_at
+    store = await store_at(pg_url).open()
+    try:
+        doc = await store.create_document("doc")
+        with pytest.raises(ValueError, match="U\\+0000"):
+            await store.add_rows(doc, table, [row])
+        async with store.view() as view:
+            assert await view.rows(doc, table, -1, 10) == []
+    finally:
+        await store.close()
