@@ -170,6 +170,7 @@ class Cluster:
         # Documents loading here, and the news of updates that came meanwhile and went furthest (one entry
         # per load under way: `_when_loaded` hands it to the room once it is there).
         self._after_load: dict[str, list] = {}
+        self._finding: set = set()  # rooms of no document reading whether one was made (news of it came)
         self._stopping = False
         metrics = rooms.metrics
         self.m_up = metrics.bus_up
@@ -616,7 +617,11 @@ class Cluster:
                 # Nobody had made the document when this room opened, and another process just did: the
                 # room becomes it (its id and links, from the database), then reads its updates from there.
                 # Applied as news, they would give a room with no document text it could never store.
-                self.rooms.spawn(room.find_document())
+                # One read at a time, however much news comes: news is published after its commit, so a
+                # read started after any of it finds the document.
+                if room not in self._finding:
+                    self._finding.add(room)
+                    self.rooms.spawn(self._find_document(room))
                 return
             frame = msg["m"]
             start = frame["from"]
@@ -636,6 +641,13 @@ class Cluster:
             room.taken_elsewhere(msg.get("c"), msg)
         elif kind == "c" and type(msg.get("v")) is int and msg["v"] >= 0:
             room.checkpoints_changed(msg["v"])
+
+    async def _find_document(self, room) -> None:
+        """`room.find_document()`, the one read of it under way (`_finding`) until it ends."""
+        try:
+            await room.find_document()
+        finally:
+            self._finding.discard(room)
 
     async def _when_loaded(self, name: str, held: list) -> None:
         """News of updates that came while `name` loaded (`held`: the load, and the message that went

@@ -129,3 +129,39 @@ async def test_a_copied_row_whose_optional_text_holds_u0000_is_refused_as_the_he
             assert await view.rows(doc, table, -1, 10) == []
     finally:
         await store.close()
+
+
+async def test_news_of_a_document_made_elsewhere_reads_it_once_at_a_time_however_much_comes(two, monkeypatch):
+    """Was: each message of updates for a room open on a name no document had yet spawned a task reading
+    the document from the database (`Room.find_document`): while that read was slow, a document typed
+    into at another process gathered one task and one read per message, without a bound. One read at a
+    time is enough: news is published after its commit, so a read started after any of it finds the
+    document."""
+    here, there = two
+    admin = there.access.admin_token()
+    bob = FakeConn("bob")
+    member = await there.join("doc", bob, hello("bob"), token=admin)
+    room = member.room
+    assert room.doc_id is None
+    await here.create("doc", "hello")
+    doc_id = (await here.store.document("doc"))["id"]
+    real_document, asked, go_on = there.store.document, asyncio.Event(), asyncio.Event()
+
+    async def held_document(name):
+        asked.set()
+        await go_on.wait()
+        return await real_document(name)
+
+    monkeypatch.setattr(there.store, "document", held_document)
+    before = len(there._tasks)
+    news = {"k": "u", "p": "elsewhere", "d": doc_id,
+            "m": {"from": 0, "updates": [{"clientID": "ann", "changes": [[0, "hello"]]}]}}
+    try:
+        for _ in range(300):
+            there.cluster._handle("doc", news)
+        await asyncio.wait_for(asked.wait(), 5)
+        assert len(there._tasks) - before <= 1, "one read of the document at a time, not one per message"
+    finally:
+        go_on.set()  # (a failed test still lets the reads end, and the registry shut down)
+    await until(lambda: room.doc_id == doc_id and room.seq.committed_text() == "hello", "the room made that document")
+    assert not there.cluster._finding
