@@ -675,6 +675,9 @@ class PgStore(GroupWriter):
         self.readers = readers
         self._pool: asyncpg.Pool | None = None
         self._turns: asyncpg.Pool | None = None  # restores' turns (restore_turn); no connection until one is taken
+        # Connections of that pool given to turns (taken, or waiting for the lock): with fewer than
+        # TURN_CONNECTIONS, an acquire that timed out was connecting, and the database did not answer.
+        self._turns_out = 0
         self._keepalives = _keepalives(url)  # set with each turn's lock_timeout
         self._w: asyncpg.Connection | None = None
         self._open = False
@@ -1339,7 +1342,7 @@ class PgStore(GroupWriter):
             try:
                 await self._end_turn(conn, key)
             finally:
-                await _give_back(pool, conn)
+                await self._give_turn_back(pool, conn)
 
     async def _take_turn(self, pool: asyncpg.Pool, key: int, timeout: float) -> asyncpg.Connection:
         """A connection of `pool` holding the turn `key`, within `timeout` seconds (TimeoutError after).
@@ -1350,12 +1353,16 @@ class PgStore(GroupWriter):
             try:  # all TURN_CONNECTIONS busy with other documents' turns: wait for one, within the same budget
                 conn = await pool.acquire(timeout=max(deadline - loop.time(), 0.001))
             except TimeoutError:
+                if self._turns_out < TURN_CONNECTIONS:  # one was free: what it opened did not answer in time
+                    raise _unavailable(self.url, TimeoutError(f"no connection within {timeout:g} s"),
+                                       "taking a restore's turn") from None
                 raise TimeoutError(_BUSY_TURNS) from None
             except Exception as exc:  # noqa: BLE001 - every way of failing to connect is "unavailable"
                 raise _unavailable(self.url, exc, "taking a restore's turn") from None
+            self._turns_out += 1
             left = deadline - loop.time()
             if left <= 0:
-                await _give_back(pool, conn)
+                await self._give_turn_back(pool, conn)
                 raise TimeoutError(_BUSY_TURNS)
             try:
                 # Each statement is bounded (a server that does not answer at all, and the pool's command
@@ -1368,7 +1375,7 @@ class PgStore(GroupWriter):
                                        timeout=left + TURN_SLACK)
                 return conn
             except BaseException as exc:
-                await _give_back(pool, conn)  # a lock granted just as its statement was cancelled goes too
+                await self._give_turn_back(pool, conn)  # a lock granted just as its statement was cancelled goes too
                 # Our lock_timeout, or a statement_timeout of the server's that is shorter: waited long enough.
                 if isinstance(exc, (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError)):
                     raise TimeoutError() from None
@@ -1378,6 +1385,11 @@ class PgStore(GroupWriter):
                     raise _unavailable(self.url, exc, "taking a restore's turn") from None
             await asyncio.sleep(RECONNECT_DELAY[0] * (attempt + 1))  # see _writer_connection
         raise AssertionError("unreachable")
+
+    async def _give_turn_back(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+        """A turn's connection back to its pool (`_give_back`), no longer counted in `_turns_out`."""
+        self._turns_out -= 1
+        await _give_back(pool, conn)
 
     @staticmethod
     async def _end_turn(conn: asyncpg.Connection, key: int) -> None:

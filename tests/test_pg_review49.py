@@ -165,3 +165,44 @@ async def test_news_of_a_document_made_elsewhere_reads_it_once_at_a_time_however
         go_on.set()  # (a failed test still lets the reads end, and the registry shut down)
     await until(lambda: room.doc_id == doc_id and room.seq.committed_text() == "hello", "the room made that document")
     assert not there.cluster._finding
+
+
+async def test_a_restore_turn_whose_database_does_not_answer_is_unavailable_not_busy_turns(pg_url):
+    """Was: when a restore's turn could not get a connection in time, store_pg said all the turns' connections
+    were busy with other restores (TimeoutError: "too many restores are under way at this server at once"),
+    even when none was held and the time went waiting for a database that did not answer the connection it
+    opened (a stalled server, a host gone from the network). Storage.restore_turn says StorageUnavailable
+    then: the client is told the database is unavailable, and the log says so, not that restores crowd."""
+    import socket
+
+    import asyncpg
+
+    from collab import store_pg
+    from collab.storage import StorageUnavailable, store_at
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
+    silent.setblocking(False)
+    taken = []
+
+    async def accept():
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(silent)
+            taken.append(conn)
+
+    acceptor = asyncio.create_task(accept())
+    store = await store_at(pg_url).open()
+    try:
+        doc = await store.create_document("doc")
+        await store._turns.close()  # the turns' connections go to a database that does not answer
+        store._turns = await asyncpg.create_pool(f"postgresql://collab@127.0.0.1:{silent.getsockname()[1]}/db",
+                                                 min_size=0, max_size=store_pg.TURN_CONNECTIONS, timeout=1.0)
+        with pytest.raises(StorageUnavailable, match="unavailable"):
+            async with store.restore_turn(doc, 0.5):
+                pass
+        assert taken, "the turn tried to connect"
+    finally:
+        await store.close()
+        acceptor.cancel()
+        for conn in taken:
+            conn.close()
+        silent.close()
