@@ -2043,6 +2043,8 @@ class Rooms:
             # unwatch then, as this unload stood in `_loading`. Nothing else would: it is done here.
             gone = self.rooms.get(room.name) is not room
             self._loaded(room.name, fut)  # first: forget unwatches only a name nobody is loading
+            if room.name not in self._loading:
+                self._stale.discard(room.name)  # marked by a change told meanwhile: no load of it to read again
             if not gone and not room.members and not room.holds:
                 self.forget(room)
             elif gone and self.cluster is not None and room.name not in self.rooms and room.name not in self._loading:

@@ -206,3 +206,35 @@ async def test_a_restore_turn_whose_database_does_not_answer_is_unavailable_not_
         for conn in taken:
             conn.close()
         silent.close()
+
+
+async def test_a_change_told_while_a_document_unloads_leaves_no_mark_behind(two, monkeypatch):
+    """Was: news of a change to a document (its links reset, deleted or renamed elsewhere: `_changed`)
+    marks the name stale while it is in `_loading`, so that a load under way reads it again; only a load
+    clears the mark. An unload stands in `_loading` too, and a name marked during an unload stayed in
+    `_stale` until that name was loaded again: one more entry, for good, per such document."""
+    here, there = two
+    await here.create("doc", "hello")
+    doc_id = (await here.store.document("doc"))["id"]
+    conn = FakeConn("a")
+    member = await there.join("doc", conn, hello("a"), token=there.access.admin_token())
+    room = member.room
+    real_take, held = Room.take_commit, asyncio.Event()
+
+    def take_commit(self):
+        return None if self is room and not held.is_set() else real_take(self)
+
+    monkeypatch.setattr(Room, "take_commit", take_commit)
+    await room.push(member, push_msg(1, "a", [5, [0, "!"]]))
+    room.leave(member)
+    unloading = asyncio.ensure_future(there.unload(room))
+    await until(lambda: "doc" in there._loading, "the unload under way")
+    await here.reset_links("doc")
+    there.cluster._handle("doc", {"k": "r", "p": "elsewhere", "d": doc_id, "deleted": False})
+    await asyncio.sleep(0.05)
+    held.set()
+    there.store.schedule(room)
+    await asyncio.wait_for(unloading, 5)
+    assert "doc" not in there.rooms and "doc" not in there._loading
+    assert not there._stale
+    assert there.cluster.channel("doc") not in there.cluster._channels
