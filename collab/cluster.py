@@ -626,9 +626,12 @@ class Cluster:
             frame = msg["m"]
             start = frame["from"]
             try:
+                # As a push's (protocol.py): a whole version (not JSON true, not 1.0), string clientIDs.
+                if type(start) is not int or start < 0 or any(type(u["clientID"]) is not str for u in frame["updates"]):
+                    raise TypeError("news of updates not of the protocol's shape")
                 updates = [Update(u["clientID"], ChangeSet.from_json(u["changes"])) for u in frame["updates"]]
             except (ChangeError, KeyError, TypeError):
-                room.catch_up()
+                room.catch_up()  # news we cannot read: what it says is in the database, if anything
                 return
             room.remote(start, updates)
         elif kind == "p":

@@ -238,3 +238,26 @@ async def test_a_change_told_while_a_document_unloads_leaves_no_mark_behind(two,
     assert "doc" not in there.rooms and "doc" not in there._loading
     assert not there._stale
     assert there.cluster.channel("doc") not in there.cluster._channels
+
+
+@pytest.mark.parametrize("frame", [
+    {"from": True, "updates": [{"clientID": "x", "changes": [5, [0, "!"]]}]},
+    {"from": 1.0, "updates": [{"clientID": "x", "changes": [5, [0, "!"]]}]},
+    {"from": 1, "updates": [{"clientID": 7, "changes": [5, [0, "!"]]}]},
+], ids=["from-bool", "from-float", "clientID-number"])
+async def test_news_of_updates_not_of_the_protocols_shape_is_not_applied_nor_sent_on(two, frame):
+    """Was: news of updates was checked for its changes only: a `from` that is not a whole number (JSON
+    true equals 1 in Python, 1.0 too) or a clientID that is not a string was applied as
+    it came, and sent on to the members as it came ({"from": true}, {"clientID": 7}), frames no client
+    expects. Such news is news we cannot read: the room reads what it missed from the database instead
+    (where there is nothing of it)."""
+    here, there = two
+    await here.create("doc", "hello")
+    doc_id = (await here.store.document("doc"))["id"]
+    conn = FakeConn("a")
+    member = await there.join("doc", conn, hello("a"), token=there.access.admin_token())
+    room = member.room
+    there.cluster._handle("doc", {"k": "u", "p": "elsewhere", "d": doc_id, "m": frame})
+    await until(lambda: room._ready.is_set() and room._catching is None, "the room caught up")
+    assert room.seq.committed_text() == "hello" and room.seq.committed_version == 1
+    assert not conn.of("updates")
