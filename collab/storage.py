@@ -47,7 +47,9 @@ Rules every backend keeps:
   * update rows go only oldest first (`compact`), so those stored are one
     contiguous run up to the head; a version is named (`set_checkpoint`)
     only while it is readable, and `compact` drops no row a named version
-    needs before that version has a snapshot of its own;
+    needs before that version has a snapshot of its own (with the rows it
+    drops go the authorship checkpoints below them, but at its boundary and
+    at named versions: no replay can start from them any more);
   * a document's restore turn (`restore_turn`) is had by one restore at a
     time among every process on the store, for as long as its block runs
     and its database session lives (a process that dies, or whose

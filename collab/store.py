@@ -289,6 +289,14 @@ _KEEP_PEOPLE = (
     "color = excluded.color WHERE excluded.version > people.version")
 
 
+# For compact, as it drops a document's update rows up to a version (parameters: doc_id, that version, the
+# boundary, doc_id): the authorship checkpoints no replay can start from any more, those below it but at
+# the boundary and at named versions (the one at the version itself goes with the next rows, or stays if
+# the compaction stops there).
+_DROP_AUTHORSHIP = ("DELETE FROM authorship WHERE doc_id = ? AND version < ? AND version <> ? AND version NOT IN "
+                    "(SELECT version FROM checkpoints WHERE doc_id = ?)")
+
+
 def _exists(conn: sqlite3.Connection, doc_id: int, name: str | None = None) -> str:
     """The name of the document with the id `doc_id`; DocumentGone if there is none (it was deleted since
     its row was read) or, with `name`, if it is called otherwise (renamed since)."""
@@ -706,7 +714,7 @@ class Store(GroupWriter):
     async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None,
                       named: Sequence[Kept] = ()) -> int:
         """Keep a snapshot (and authorship) at `boundary` and at each `named` version below it, then drop
-        the update rows up to `boundary`.
+        the update rows up to `boundary`, and the authorship checkpoints below it but those.
 
         The snapshots commit first, so every later state is safe to stop in:
         the deletes then go oldest first in short transactions, and whatever
@@ -726,6 +734,7 @@ class Store(GroupWriter):
             if unkept is not None:
                 raise NamedWhileCompacting(unkept, dropped)
             conn.execute(_KEEP_PEOPLE, (doc_id, upto))
+            conn.execute(_DROP_AUTHORSHIP, (doc_id, upto, boundary, doc_id))
             return conn.execute("DELETE FROM updates WHERE doc_id = ? AND version <= ?", (doc_id, upto)).rowcount
 
         low = await self._write(keep)

@@ -1057,7 +1057,7 @@ class PgStore(GroupWriter):
     async def compact(self, doc_id: int, boundary: int, text: str, spans: list | None,
                       named: Sequence[Kept] = ()) -> int:
         """Keep a snapshot (and authorship) at `boundary` and at each `named` version below it, then drop
-        the update rows up to `boundary` (see store.Store)."""
+        the update rows up to `boundary`, and the authorship checkpoints below it but those (see store.Store)."""
         kept = (Kept(boundary, text, spans), *named)
         for k in kept:
             _refuse_nul(f"the snapshot of document {doc_id} at version {k.version}", k.text)
@@ -1072,6 +1072,10 @@ class PgStore(GroupWriter):
             if unkept is not None:
                 raise NamedWhileCompacting(unkept, dropped)
             await conn.execute(_KEEP_PEOPLE, doc_id, upto)
+            # the authorship checkpoints no replay can start from any more (store.py, _DROP_AUTHORSHIP)
+            await conn.execute("DELETE FROM authorship WHERE doc_id = $1 AND version < $2 AND version <> $3 AND "
+                               "version NOT IN (SELECT version FROM checkpoints WHERE doc_id = $1)",
+                               doc_id, upto, boundary)
             status = await conn.execute("DELETE FROM updates WHERE doc_id = $1 AND version <= $2", doc_id, upto)
             return int(status.rsplit(" ", 1)[-1])
 
