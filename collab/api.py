@@ -206,6 +206,12 @@ class _Text(str):
     """Marks a value that came from the URL (so digits in a string are a number)."""
 
 
+def _still_there(request: web.Request):
+    """Whether the client of `request` still waits for its answer (its connection is open): a GET that
+    waits in a line for a costly rebuild asks it when its turn comes (Rooms.text_at)."""
+    return lambda: request.transport is not None and not request.transport.is_closing()
+
+
 def _query(request: web.Request, key: str):
     value = request.query.get(key)
     return None if value is None else _Text(value)
@@ -436,7 +442,7 @@ class Api:
     async def version_text(self, request: web.Request) -> web.Response:
         info = await self._doc(request, "view")
         version = _int_param(_Text(request.match_info["version"]), "version", None, 0, info["version"])
-        text = await self.rooms.text_at(info, version)
+        text = await self.rooms.text_at(info, version, wanted=_still_there(request))
         await self.allow(request, "view", info["name"])  # still, after a rebuild that may have taken a while
         return json_response({"version": version, "doc": text})
 
@@ -447,7 +453,7 @@ class Api:
         kind = request.query.get("format", "txt")
         if kind not in _EXPORTS:
             raise ProtocolError("bad-request", f"format must be one of {', '.join(_EXPORTS)}, got {brief(kind)}")
-        text = await self.rooms.text_at(info, version)
+        text = await self.rooms.text_at(info, version, wanted=_still_there(request))
         await self.allow(request, "view", info["name"])  # still, after a rebuild that may have taken a while
         return web.Response(text=text, content_type=_EXPORTS[kind], charset="utf-8", headers={
             "Content-Disposition": f'attachment; filename="{info["name"]}-v{version}.{kind}"'})
