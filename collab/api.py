@@ -535,7 +535,7 @@ class Api:
         version = _int_param(_query(request, "version"), "version", info["version"], 0, info["version"])
         from . import compute  # replay and JSON are built off the event loop
         try:
-            authorship = await self.store.authorship(info["id"], version)
+            authorship = await self.store.authorship(info["id"], version, wanted=_still_there(request))
         except VersionCompacted as exc:
             raise ProtocolError("not-found", f"authorship: {exc}") from None
         spans = await compute.authors_json(authorship)

@@ -47,7 +47,9 @@ Rules that always hold:
     than AUTHORS_MAX_RUNS runs (about 12 MB) is refused with 413. Requests for the authorship of one
     version that arrive while it is being computed wait for that computation
     (`authorship`) instead of replaying its rows beside it (requests for two
-    versions at once, even near ones, each replay their own);
+    versions at once, even near ones, each replay their own); and a replay
+    whose every client went away (their `wanted` says so) stops before its
+    next chunk, its queued job never started (GivenUp);
   * workers are fresh interpreters (not copies of the server with its sockets
     and threads) at a lower CPU priority, started on first use and kept; each
     ends on its own when the server's end of its pipe closes, so none
@@ -109,6 +111,10 @@ class Overrun(ServerError):
 
 class NoWorker(ServerError):
     """No worker process could be started (out of file descriptors, processes or memory)."""
+
+
+class GivenUp(ServerError):
+    """Nobody waits for the job's result any more (every client that asked for it went away)."""
 
 
 # --------------------------------------------------------------------- runner
@@ -243,7 +249,10 @@ class Pool:
         self.killed = 0   # worker processes killed for running out of time (for tests)
         self._start_failures = Throttle(log)  # one warning now and then while workers cannot be started
 
-    async def run(self, fn: Callable, *args, timeout: float, what: str = "the computation"):
+    async def run(self, fn: Callable, *args, timeout: float, what: str = "the computation",
+                  wanted: Callable[[], bool] | None = None):
+        """fn(*args) in a worker; with `wanted`, asked when a thread takes the job: false (whoever asked
+        went away meanwhile) and it never runs (GivenUp)."""
         with self._lock:
             if self.pending >= self.workers + self.queue:
                 raise Busy(f"the server is busy with {self.pending} history computations; "
@@ -251,7 +260,7 @@ class Pool:
             self.pending += 1
         deadline = time.monotonic() + timeout
         try:
-            job = self._threads.submit(self._call, fn, args, deadline, what)
+            job = self._threads.submit(self._call, fn, args, deadline, what, wanted)
         except BaseException:
             self._release()
             raise
@@ -264,9 +273,11 @@ class Pool:
         with self._lock:
             self.pending -= 1
 
-    def _call(self, fn, args, deadline: float, what: str):  # in one of our threads
+    def _call(self, fn, args, deadline: float, what: str, wanted=None):  # in one of our threads
         if time.monotonic() >= deadline:
             raise Overrun(f"{what} waited too long for a worker; the server is busy, try again later")
+        if wanted is not None and not wanted():  # (it reads an attribute: a stale answer only runs the job)
+            raise GivenUp(f"{what} was given up by whoever asked for it")
         with self._lock:
             worker = self._idle.pop() if self._idle else None
             while worker is not None and worker.proc.poll() is not None:  # it died while idle (killed)
@@ -395,7 +406,9 @@ Rows = list[tuple[int, str, str]]  # (version, author, stored ChangeSetJSON text
 
 # The authorship computations under way, by store and (document, version): a request for one already under
 # way waits for it instead of replaying the same rows again beside it.
-_running: "weakref.WeakKeyDictionary[object, dict[tuple[int, int], asyncio.Future]]" = weakref.WeakKeyDictionary()
+# (the task, and the `wanted` of each caller)
+_running: "weakref.WeakKeyDictionary[object, dict[tuple[int, int], tuple[asyncio.Future, list]]]" = \
+    weakref.WeakKeyDictionary()
 
 
 def chunk_rows(spans_bytes: int) -> int:
@@ -404,23 +417,34 @@ def chunk_rows(spans_bytes: int) -> int:
     return min(max(AUTHORS_CHUNK, spans_bytes // AUTHORS_SPANS_PER_ROW), max(AUTHORS_CHUNK, AUTHORS_CHUNK_MAX))
 
 
-async def authorship(owner: object, doc_id: int, version: int, every: int, **io) -> Authorship:
+async def authorship(owner: object, doc_id: int, version: int, every: int,
+                     wanted: Callable[[], bool] | None = None, **io) -> Authorship:
     """Who wrote each character at `version` (`_authorship`), computed once for all who ask at once.
 
     A caller that stops waiting (cancelled) does not stop the computation for the
-    others; it ends by its own deadline, and what it computed is cached.
+    others; it ends by its own deadline, and what it computed is cached. But
+    `wanted` (a caller's client still waits: api.py) is asked between chunks:
+    once every caller that gave one says false and none came without one, the
+    computation stops there (GivenUp), what it computed cached. (Scrubbing the
+    authors view over 8 versions of a document of 220,000 updates queued 8
+    replays of seconds each in the worker, the one still asked for behind
+    them: it ran out of its 15 s.)
     """
     running = _running.setdefault(owner, {})
     key = (doc_id, version)
-    task = running.get(key)
-    if task is None:
-        task = running[key] = asyncio.ensure_future(_authorship(owner, doc_id, version, every, **io))
+    entry = running.get(key)
+    if entry is None:
+        wanters: list = []
+        task = asyncio.ensure_future(_authorship(owner, doc_id, version, every,
+                                                 still_wanted=lambda: any(w is None or w() for w in wanters), **io))
+        entry = running[key] = (task, wanters)
         task.add_done_callback(lambda done: _finished(running, key, done))
-    return await asyncio.shield(task)
+    entry[1].append(wanted)
+    return await asyncio.shield(entry[0])
 
 
 def _finished(running: dict, key: tuple[int, int], done: asyncio.Future) -> None:
-    if running.get(key) is done:
+    if key in running and running[key][0] is done:
         del running[key]
     if not done.cancelled():
         done.exception()  # retrieved here: every caller may have stopped waiting (no "never retrieved" log)
@@ -430,7 +454,8 @@ async def _authorship(owner: object, doc_id: int, version: int, every: int, *,
                       checkpoint: Callable[[int], Awaitable[tuple[Hashable, int]]],
                       spans_at: Callable[[int], Awaitable[str | bytes]],
                       rows: Callable[[int, int, int], Awaitable[Rows]],
-                      save: Callable[[list[tuple[int, str]]], Awaitable[None]]) -> Authorship:
+                      save: Callable[[list[tuple[int, str]]], Awaitable[None]],
+                      still_wanted: Callable[[], bool] = lambda: True) -> Authorship:
     """Who wrote each character at `version`: the replay loop and its caching, for any store.
 
     The store hands over four closures over its own tables:
@@ -467,9 +492,13 @@ async def _authorship(owner: object, doc_id: int, version: int, every: int, *,
 
     while start < version:
         time_left()
+        if not still_wanted():
+            raise GivenUp(f"the authorship of version {version} was given up by whoever asked for it (done up "
+                          f"to version {start})")
         batch = await rows(start, min(version, start + chunk_rows(len(spans))), AUTHORS_CHUNK_BYTES)
         spans, checkpoints, runs = await pool().run(replay, spans, batch, every, saved, AUTHORS_SPACING,
-                                                    timeout=time_left(), what="the authorship replay")
+                                                    timeout=time_left(), what="the authorship replay",
+                                                    wanted=still_wanted)
         if checkpoints:
             await save(checkpoints)
             saved = checkpoints[-1][0]

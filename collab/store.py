@@ -959,7 +959,7 @@ class Store(GroupWriter):
         lock (room.Room.restore_turn), which a restore takes first, already makes restores take turns."""
         yield _always_held
 
-    async def authorship(self, doc_id: int, version: int) -> Authorship:
+    async def authorship(self, doc_id: int, version: int, wanted: Callable[[], bool] | None = None) -> Authorship:
         """Who wrote each character of the text at `version`: compute.authorship replays the update
         rows off the event loop; this hands it the SQL (checkpoints in the authorship table)."""
         from . import compute  # the replay and its caching policy live there, for every store
@@ -1003,7 +1003,7 @@ class Store(GroupWriter):
             return out
 
         return await compute.authorship(
-            self, doc_id, version, self.snapshot_every,
+            self, doc_id, version, self.snapshot_every, wanted=wanted,
             checkpoint=lambda at: self._read(lambda conn: checkpoint(conn, at)),
             spans_at=lambda at: self._read(lambda conn: spans_at(conn, at)),
             rows=lambda after, upto, max_bytes: self._read(lambda conn: rows(conn, after, upto, max_bytes)),

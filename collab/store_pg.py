@@ -1408,7 +1408,7 @@ class PgStore(GroupWriter):
             if not isinstance(exc, Exception):
                 raise
 
-    async def authorship(self, doc_id: int, version: int) -> Authorship:
+    async def authorship(self, doc_id: int, version: int, wanted: Callable[[], bool] | None = None) -> Authorship:
         """Who wrote each character of the text at `version`: compute.authorship replays the update
         rows off the event loop; this hands it the SQL (checkpoints in the authorship table), as store.Store."""
         from . import compute  # the replay and its caching policy live there, for every store
@@ -1436,7 +1436,7 @@ class PgStore(GroupWriter):
             return out
 
         return await compute.authorship(
-            self, doc_id, version, self.snapshot_every,
+            self, doc_id, version, self.snapshot_every, wanted=wanted,
             checkpoint=lambda at: self._read(lambda conn: checkpoint(conn, at), snapshot=True),
             spans_at=lambda at: self._read(lambda conn: conn.fetchval(
                 "SELECT spans FROM authorship WHERE doc_id = $1 AND version = $2", doc_id, at)),
