@@ -433,7 +433,7 @@ async def authorship(owner: object, doc_id: int, version: int, every: int,
     running = _running.setdefault(owner, {})
     key = (doc_id, version)
     entry = running.get(key)
-    if entry is None:
+    if entry is None or entry[0].done():  # (one that just ended, given up say, is no computation to join)
         wanters: list = []
         task = asyncio.ensure_future(_authorship(owner, doc_id, version, every,
                                                  still_wanted=lambda: any(w is None or w() for w in wanters), **io))
@@ -452,7 +452,7 @@ def _finished(running: dict, key: tuple[int, int], done: asyncio.Future) -> None
 
 async def _authorship(owner: object, doc_id: int, version: int, every: int, *,
                       checkpoint: Callable[[int], Awaitable[tuple[Hashable, int]]],
-                      spans_at: Callable[[int], Awaitable[str | bytes]],
+                      spans_at: Callable[[int], Awaitable[str | bytes | None]],
                       rows: Callable[[int, int, int], Awaitable[Rows]],
                       save: Callable[[list[tuple[int, str]]], Awaitable[None]],
                       still_wanted: Callable[[], bool] = lambda: True) -> Authorship:
@@ -462,7 +462,8 @@ async def _authorship(owner: object, doc_id: int, version: int, every: int, *,
       checkpoint(version) -> (identity, v): something that tells this document
           from a later one with the same id (SQLite: its creation time), and the
           newest stored checkpoint v <= version (0 if none);
-      spans_at(v) -> the stored spans JSON of checkpoint v, as stored (not parsed);
+      spans_at(v) -> the stored spans JSON of checkpoint v, as stored (not parsed),
+          or None if it is gone (compacted away since `checkpoint` read it);
       rows(after, upto, max_bytes) -> the update rows after+1 .., contiguous,
           at least one, stopping early only past max_bytes; raises
           VersionCompacted if one of after+1 .. upto is gone;
@@ -481,6 +482,9 @@ async def _authorship(owner: object, doc_id: int, version: int, every: int, *,
         start, spans, runs = hit
     else:
         start, spans = stored, (await spans_at(stored) if stored else b"[]")
+        if spans is None:  # compacted away since `checkpoint` read it: with the rows after it (store.compact)
+            await rows(stored, stored + 1, AUTHORS_CHUNK_BYTES)  # so this raises VersionCompacted (404)
+            raise ServerError(f"the authorship of version {version} changed while it was read; try again")
     saved = stored
 
     def time_left() -> float:

@@ -981,9 +981,10 @@ class Store(GroupWriter):
                              "WHERE EXISTS (SELECT 1 FROM documents WHERE id = ? AND created = ?)",
                              [(doc_id, v, spans, doc_id, born[0]) for v, spans in found])
 
-        def spans_at(conn: sqlite3.Connection, at: int) -> str:
-            return conn.execute("SELECT spans FROM authorship WHERE doc_id = ? AND version = ?",
-                                (doc_id, at)).fetchone()[0]
+        def spans_at(conn: sqlite3.Connection, at: int) -> str | None:
+            row = conn.execute("SELECT spans FROM authorship WHERE doc_id = ? AND version = ?",
+                               (doc_id, at)).fetchone()
+            return row[0] if row else None  # None: compacted away since `checkpoint` read it
 
         def rows(conn: sqlite3.Connection, after: int, upto: int, max_bytes: int) -> list:
             # Who: the person id when the update has one, else the name (updates made before person ids).

@@ -227,3 +227,52 @@ async def test_a_job_whose_caller_went_away_never_starts_a_worker():
         assert await pool.run(sum, [1, 2], timeout=10, wanted=lambda: True) == 3
     finally:
         pool.close()
+
+
+# Found by the review of the stop's diff: compact now drops the authorship checkpoints below its boundary,
+# so one can go between `checkpoint` naming it and `spans_at` reading it; and a request could join a
+# computation that had just given up.
+
+async def test_an_authorship_checkpoint_compacted_away_while_it_is_read_is_not_found_not_a_crash():
+    """Was: the checkpoint named by `checkpoint(v)` was gone when `spans_at` read it (a compaction step
+    committed between the two): SQLite raised TypeError, PostgreSQL gave None to len(): a 500 logged as
+    a bug. The rows after it went in the same transaction, so it is VersionCompacted (404), as before."""
+    from collab.storage import VersionCompacted
+
+    async def checkpoint(v):
+        return "doc", 3000
+
+    async def gone(at):
+        return None
+
+    async def rows(after, upto, max_bytes):
+        raise VersionCompacted(after + 1, 5000, None)
+
+    async def save(found):
+        raise AssertionError("nothing to save")
+
+    with pytest.raises(VersionCompacted):
+        await compute.authorship(type("Owner", (), {})(), 1, 4000, 1000, checkpoint=checkpoint, spans_at=gone,
+                                 rows=rows, save=save)
+
+
+async def test_a_request_never_joins_a_computation_that_already_gave_up():
+    """Was: between a computation giving up (GivenUp: its callers went away) and its entry going, a new
+    request for the same version joined it and got 503 at once. It starts its own now."""
+    owner = type("Owner", (), {})()
+    ended = asyncio.get_running_loop().create_future()
+    ended.set_exception(compute.GivenUp("given up by whoever asked for it"))
+    compute._running.setdefault(owner, {})[(1, 2)] = (ended, [])  # ended, its entry not yet gone
+
+    async def checkpoint(v):
+        return "doc", 0
+
+    async def rows(after, upto, max_bytes):
+        return [(1, "ann", '[[0,"a"]]'), (2, "bob", '[1,[0,"b"]]')][after:upto]
+
+    async def nothing(*_):
+        return None
+
+    got = await compute.authorship(owner, 1, 2, 1000, checkpoint=checkpoint, spans_at=nothing, rows=rows,
+                                   save=nothing)
+    assert got.runs == 2
