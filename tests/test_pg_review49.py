@@ -11,28 +11,12 @@ import asyncio
 
 import pytest
 
-from collab.access import Access
-from collab.cluster import Cluster
-from collab.room import Room, Rooms
-from collab.settings import Settings
-from collab.store import Store
+from collab.room import Room
 from storeutil import hold_loads
+import test_bus
 from test_room_memory import FakeConn, hello, push_msg, until
 
-SECRET = b"a secret for the review 49 tests"
-
-
-@pytest.fixture
-async def two(tmp_path):
-    """Two registries ("processes") on one database; the second has a Cluster without Redis."""
-    settings = Settings(db=str(tmp_path / "bus.db"), unload_after=60.0, secret=SECRET.decode())
-    stores = [await Store(settings.db).open(), await Store(settings.db).open()]
-    here, there = (Rooms(settings, store, access=Access(SECRET)) for store in stores)
-    there.cluster = Cluster(there, None)
-    yield here, there
-    for rooms, store in zip((here, there), stores):
-        await rooms.shutdown()
-        await store.close()
+two = test_bus.two  # the fixture: two registries on one database, the second with a Cluster without Redis
 
 
 async def test_a_room_forgotten_while_it_unloads_no_longer_keeps_its_channel(two, monkeypatch):

@@ -22,9 +22,10 @@ import pytest
 
 from collab import compute
 from collab.changes import utf16_len
-from collab.storage import Kept, store_at
+from collab.storage import Kept
 from conftest import BOTH_BACKENDS
 from storeutil import commit, random_edits
+import test_store
 
 
 async def test_authorship_jobs_grow_with_the_spans_they_start_from(monkeypatch):
@@ -74,18 +75,7 @@ def test_a_job_never_replays_more_than_its_bounds():
 # and more with each compaction, so compacting never bounded the storage. They serve nothing once the
 # rows after them are gone: compact now drops them, but at its boundary and at named versions.
 
-@pytest.fixture
-async def open_store(db):
-    opened = []
-
-    async def make(**options):
-        store = await store_at(db, **options).open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
+open_store = test_store.open_store  # the fixture: stores opened on the test's database, closed at the end
 
 
 async def _authorship_versions(store, doc: int) -> list[int]:
