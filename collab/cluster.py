@@ -594,11 +594,11 @@ class Cluster:
                 # missed from the database: what the others said is in there too), in one task per load.
                 held = self._after_load.get(name)
                 if held is None or held[0] is not loading:
-                    held = self._after_load[name] = [loading, msg]
+                    held = self._after_load[name] = [loading, msg, False]
                     self.rooms.spawn(self._when_loaded(name, held))
                 else:
                     if msg.get("d") != held[1].get("d"):
-                        self._check_now.set()  # news of two documents of that name: the database says
+                        held[2] = True  # news of two documents of that name: the database says, once loaded
                     if _news_end(msg) > _news_end(held[1]):
                         held[1] = msg
                 return
@@ -653,16 +653,19 @@ class Cluster:
             self._finding.discard(room)
 
     async def _when_loaded(self, name: str, held: list) -> None:
-        """News of updates that came while `name` loaded (`held`: the load, and the message that went
-        furthest), handed to its room once the load is done (the room applies what it does not have yet,
-        or reads it: `Room.remote`). Only updates wait so: they are versioned, so applied late or out of
-        turn they can only be old news; cursors and leaves are not (the room asks for the others' rosters
-        once it is there: `opened`)."""
+        """News of updates that came while `name` loaded (`held`: the load, the message that went
+        furthest, and whether news of another document of that name came too), handed to its room once
+        the load is done (the room applies what it does not have yet, or reads it: `Room.remote`); news
+        of two documents asks for a check then (asked during the load, it would pass the room by). Only
+        updates wait so: they are versioned, so applied late or out of turn they can only be old news;
+        cursors and leaves are not (the room asks for the others' rosters once it is there: `opened`)."""
         try:
             await asyncio.shield(held[0])
         finally:
             if self._after_load.get(name) is held:
                 del self._after_load[name]
+        if held[2]:
+            self._check_now.set()
         try:
             self._handle(name, held[1], loaded=True)
         except Exception:  # noqa: BLE001 - a message we cannot read is a lost message

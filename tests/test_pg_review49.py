@@ -93,6 +93,33 @@ async def test_news_that_comes_while_a_document_loads_waits_in_one_task_however_
     assert not there.cluster._after_load
 
 
+async def test_news_of_another_document_of_the_name_during_a_load_asks_for_a_check_once_it_is_loaded(
+        two, monkeypatch):
+    """Found by the review of the stop's diff: news of two documents of one name while it loads here (the
+    one read, and one made under the name after a delete) kept only the message that went furthest, and
+    the check asked for then passed the room by (it was not there yet); if that one was of the document
+    read, nothing asked again, and the room served a deleted document until the next periodic check."""
+    here, there = two
+    await here.create("doc", "hello")
+    doc_id = (await here.store.document("doc"))["id"]
+    read, go_on = hold_loads(monkeypatch, there.store)
+    joining = asyncio.ensure_future(there.join("doc", FakeConn("bob"), hello("bob"), token=there.access.admin_token()))
+    await asyncio.wait_for(read.wait(), 5)
+    try:
+        other = {"k": "u", "p": "elsewhere", "d": doc_id + 1000,
+                 "m": {"from": 0, "updates": [{"clientID": "eve", "changes": [[0, "x"]]}]}}
+        ours = {"k": "u", "p": "elsewhere", "d": doc_id,
+                "m": {"from": 500, "updates": [{"clientID": "ann", "changes": [[0, "y"]]}]}}
+        there.cluster._handle("doc", other)
+        there.cluster._handle("doc", ours)  # goes further: the one kept
+        there.cluster._check_now.clear()  # (what was asked during the load passed the room by)
+    finally:
+        go_on.set()
+    await asyncio.wait_for(joining, 5)
+    await until(lambda: not there.cluster._after_load, "the held news handed over")
+    assert there.cluster._check_now.is_set(), "a check once the room is there"
+
+
 @pytest.mark.parametrize("table, row", [
     ("updates", (1, "c", "ann", 1.0, '[[0,"x"]]', 1, 0, None, True, "p\x00", None)),
     ("updates", (1, "c", "ann", 1.0, '[[0,"x"]]', 1, 0, None, True, "p", "#123456\x00")),
