@@ -7,6 +7,8 @@ and Chromium at it, so it must be a separate process with a real port.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -64,6 +66,30 @@ def free_port() -> int:
         _given.add(port)
         return port
     raise RuntimeError(f"no free port found in {_PORTS}")
+
+
+@contextlib.asynccontextmanager
+async def silent_server():
+    """A listener on 127.0.0.1 that takes connections and never answers (a stalled server, a half-dead
+    proxy): yields (its port, the sockets it took so far); closes them all at the end."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.setblocking(False)
+    taken: list[socket.socket] = []
+
+    async def accept():
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(silent)
+            taken.append(conn)  # read nothing, answer nothing
+
+    acceptor = asyncio.create_task(accept())
+    try:
+        yield silent.getsockname()[1], taken
+    finally:
+        acceptor.cancel()
+        for conn in taken:
+            conn.close()
+        silent.close()
 
 
 def wait_healthy(server, what: str, timeout: float):

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from clusterproc import RedisServer
-from serverproc import free_port
+from serverproc import free_port, silent_server
 from collab import protocol
 from collab.access import Access
 from collab.cluster import STOP_TIMEOUT, Cluster
@@ -510,24 +510,11 @@ async def test_a_redis_that_accepts_the_connection_and_never_answers_is_down_and
     handshake, no socket timeout), so a Redis that took the connection and never answered (a stalled
     server, a half-dead proxy) left the bus neither up nor down for good, and never tried again."""
     import logging
-    import socket
 
     from collab import cluster as cluster_module
     monkeypatch.setattr(cluster_module, "CONFIRM_TIMEOUT", 0.5, raising=False)
-    silent = socket.create_server(("127.0.0.1", 0))
-    silent.setblocking(False)
-    taken = []
-
-    async def accept():
-        loop = asyncio.get_running_loop()
-        while True:
-            conn, _ = await loop.sock_accept(silent)
-            taken.append(conn)  # read nothing, answer nothing
-
-    async with registry(tmp_path, unload_after=60.0) as (store, rooms):
-        acceptor = asyncio.create_task(accept())
-        bus = rooms.cluster = Cluster(rooms, f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
-                                      check_every=0.2, poll_every=0.1)
+    async with registry(tmp_path, unload_after=60.0) as (store, rooms), silent_server() as (port, taken):
+        bus = rooms.cluster = Cluster(rooms, f"redis://127.0.0.1:{port}/0", check_every=0.2, poll_every=0.1)
         try:
             with caplog.at_level(logging.INFO, logger="collab.cluster"):
                 await bus.start()
@@ -537,10 +524,6 @@ async def test_a_redis_that_accepts_the_connection_and_never_answers_is_down_and
             assert len(said) == 1 and " is unreachable (TimeoutError: " in said[0], said
         finally:
             await bus.stop()
-            acceptor.cancel()
-            for conn in taken:
-                conn.close()
-            silent.close()
 
 
 async def test_a_version_named_at_one_process_is_told_to_the_connections_that_asked_at_another(tmp_path):

@@ -12,6 +12,7 @@ import asyncio
 import pytest
 
 from collab.room import Room
+from serverproc import silent_server
 from storeutil import hold_loads
 import test_bus
 from test_room_memory import FakeConn, hello, push_msg, until
@@ -19,23 +20,14 @@ from test_room_memory import FakeConn, hello, push_msg, until
 two = test_bus.two  # the fixture: two registries on one database, the second with a Cluster without Redis
 
 
-async def test_a_room_forgotten_while_it_unloads_no_longer_keeps_its_channel(two, monkeypatch):
-    """Was: an unload registers itself in `_loading` while it flushes, and `forget` unwatches only a name
-    nobody is loading (a load under way needs its subscription). A room forgotten during that flush (its
-    document deleted elsewhere, or a commit that failed) was therefore never unwatched: its channel stayed
-    in `_channels` and subscribed at Redis for as long as the process ran, one more per such document, and
-    its news was still received and read for nothing."""
-    here, there = two
+async def _unloading_with_its_flush_held(here, there, monkeypatch):
+    """Document "doc" made at `here`, open at `there` with an edit sequenced and held out of the store,
+    then unloading there: its flush waits for that edit. Returns the document's id, and what lets the
+    edit go and waits for the unload to end."""
     await here.create("doc", "hello")
     doc_id = (await here.store.document("doc"))["id"]
-    conn = FakeConn("a")
-    admin = there.access.admin_token()
-    member = await there.join("doc", conn, hello("a"), token=admin)
+    member = await there.join("doc", FakeConn("a"), hello("a"), token=there.access.admin_token())
     room = member.room
-    channel = there.cluster.channel("doc")
-    assert channel in there.cluster._channels
-
-    # An edit sequenced and held out of the store, so the unload's flush waits for it.
     real_take, held = Room.take_commit, asyncio.Event()
 
     def take_commit(self):
@@ -46,13 +38,30 @@ async def test_a_room_forgotten_while_it_unloads_no_longer_keeps_its_channel(two
     room.leave(member)
     unloading = asyncio.ensure_future(there.unload(room))
     await until(lambda: "doc" in there._loading, "the unload under way")
+
+    async def flushed() -> None:
+        held.set()
+        there.store.schedule(room)
+        await asyncio.wait_for(unloading, 5)
+
+    return doc_id, flushed
+
+
+async def test_a_room_forgotten_while_it_unloads_no_longer_keeps_its_channel(two, monkeypatch):
+    """Was: an unload registers itself in `_loading` while it flushes, and `forget` unwatches only a name
+    nobody is loading (a load under way needs its subscription). A room forgotten during that flush (its
+    document deleted elsewhere, or a commit that failed) was therefore never unwatched: its channel stayed
+    in `_channels` and subscribed at Redis for as long as the process ran, one more per such document, and
+    its news was still received and read for nothing."""
+    here, there = two
+    doc_id, flushed = await _unloading_with_its_flush_held(here, there, monkeypatch)
+    channel = there.cluster.channel("doc")
+    assert channel in there.cluster._channels
     # The document is deleted at the other process, and its news comes while the flush waits.
     await here.delete("doc")
     there.cluster._handle("doc", {"k": "r", "p": "elsewhere", "d": doc_id, "deleted": True})
     await until(lambda: "doc" not in there.rooms, "the room forgotten")
-    held.set()
-    there.store.schedule(room)
-    await asyncio.wait_for(unloading, 5)
+    await flushed()
     assert "doc" not in there.rooms and "doc" not in there._loading
     assert channel not in there.cluster._channels
 
@@ -184,39 +193,23 @@ async def test_a_restore_turn_whose_database_does_not_answer_is_unavailable_not_
     even when none was held and the time went waiting for a database that did not answer the connection it
     opened (a stalled server, a host gone from the network). Storage.restore_turn says StorageUnavailable
     then: the client is told the database is unavailable, and the log says so, not that restores crowd."""
-    import socket
-
     import asyncpg
 
     from collab import store_pg
     from collab.storage import StorageUnavailable, store_at
-    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
-    silent.setblocking(False)
-    taken = []
-
-    async def accept():
-        loop = asyncio.get_running_loop()
-        while True:
-            conn, _ = await loop.sock_accept(silent)
-            taken.append(conn)
-
-    acceptor = asyncio.create_task(accept())
-    store = await store_at(pg_url).open()
-    try:
-        doc = await store.create_document("doc")
-        await store._turns.close()  # the turns' connections go to a database that does not answer
-        store._turns = await asyncpg.create_pool(f"postgresql://collab@127.0.0.1:{silent.getsockname()[1]}/db",
-                                                 min_size=0, max_size=store_pg.TURN_CONNECTIONS, timeout=1.0)
-        with pytest.raises(StorageUnavailable, match="unavailable"):
-            async with store.restore_turn(doc, 0.5):
-                pass
-        assert taken, "the turn tried to connect"
-    finally:
-        await store.close()
-        acceptor.cancel()
-        for conn in taken:
-            conn.close()
-        silent.close()
+    async with silent_server() as (port, taken):
+        store = await store_at(pg_url).open()
+        try:
+            doc = await store.create_document("doc")
+            await store._turns.close()  # the turns' connections go to a database that does not answer
+            store._turns = await asyncpg.create_pool(f"postgresql://collab@127.0.0.1:{port}/db",
+                                                     min_size=0, max_size=store_pg.TURN_CONNECTIONS, timeout=1.0)
+            with pytest.raises(StorageUnavailable, match="unavailable"):
+                async with store.restore_turn(doc, 0.5):
+                    pass
+            assert taken, "the turn tried to connect"
+        finally:
+            await store.close()
 
 
 async def test_a_change_told_while_a_document_unloads_leaves_no_mark_behind(two, monkeypatch):
@@ -225,27 +218,11 @@ async def test_a_change_told_while_a_document_unloads_leaves_no_mark_behind(two,
     clears the mark. An unload stands in `_loading` too, and a name marked during an unload stayed in
     `_stale` until that name was loaded again: one more entry, for good, per such document."""
     here, there = two
-    await here.create("doc", "hello")
-    doc_id = (await here.store.document("doc"))["id"]
-    conn = FakeConn("a")
-    member = await there.join("doc", conn, hello("a"), token=there.access.admin_token())
-    room = member.room
-    real_take, held = Room.take_commit, asyncio.Event()
-
-    def take_commit(self):
-        return None if self is room and not held.is_set() else real_take(self)
-
-    monkeypatch.setattr(Room, "take_commit", take_commit)
-    await room.push(member, push_msg(1, "a", [5, [0, "!"]]))
-    room.leave(member)
-    unloading = asyncio.ensure_future(there.unload(room))
-    await until(lambda: "doc" in there._loading, "the unload under way")
+    doc_id, flushed = await _unloading_with_its_flush_held(here, there, monkeypatch)
     await here.reset_links("doc")
     there.cluster._handle("doc", {"k": "r", "p": "elsewhere", "d": doc_id, "deleted": False})
     await asyncio.sleep(0.05)
-    held.set()
-    there.store.schedule(room)
-    await asyncio.wait_for(unloading, 5)
+    await flushed()
     assert "doc" not in there.rooms and "doc" not in there._loading
     assert not there._stale
     assert there.cluster.channel("doc") not in there.cluster._channels
