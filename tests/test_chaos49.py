@@ -6,6 +6,7 @@ Each test pins one finding down in-process, on the real code path, without waiti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import aiohttp
@@ -45,6 +46,39 @@ async def test_a_client_gone_during_its_websocket_upgrade_is_not_logged_as_a_ser
 
 
 
+@contextlib.asynccontextmanager
+async def _news_during_every_pass(pg_url: str, monkeypatch, most: int, note):
+    """Two processes on one database, no Redis (no news but what the test makes): ann typed "hello" at
+    `a`, bob joined at `b`. Each time a pass of the catch-up of bob's room has read all there was (at most
+    `most` times), `note(room, head)`, then ann commits again at `a` and the news of it comes in while
+    that pass goes on. Yields (ann, bob, bob's member, bob's room)."""
+    from collab.room import Room
+    from test_cluster_audit import process, typed
+    from test_room_memory import FakeConn, hello, push_msg
+
+    async with process(pg_url, None, check_every=30.0, poll_every=30.0) as a, \
+            process(pg_url, None, check_every=30.0, poll_every=30.0) as b:
+        _, ann = await typed(a, "doc", "ann", "hello")
+        bob = FakeConn("bob")
+        member = await b.join("doc", bob, hello("bob"), token=None)
+        room = member.room
+        news_after, noted = Room._news_after, [0]
+
+        async def overtaken(self, head):
+            news, more = await news_after(self, head)
+            if self is room and not more and noted[0] < most:  # this pass read all there was: a commits again
+                noted[0] += 1
+                note(room, head)
+                text = ann.room.seq.committed_text()
+                await ann.room.push(ann, push_msg(ann.room.seq.version, "ann", [[0, "a"], len(text)]))
+                await ann.room.settled()
+                room.catch_up()  # the news of it, while this pass goes on
+            return news, more
+
+        monkeypatch.setattr(Room, "_news_after", overtaken)
+        yield ann, bob, member, room
+
+
 async def test_a_catch_up_that_news_keeps_overtaking_still_lets_the_pushes_it_holds_be_committed(pg_url, monkeypatch):
     """Was: a catch-up passed again and again for as long as another writer's news came in while a pass
     ran (`Room._catch_up` looped on `_news`), and only then let its pushes go to a commit. Under a busy
@@ -57,31 +91,12 @@ async def test_a_catch_up_that_news_keeps_overtaking_still_lets_the_pushes_it_ho
 
     Two processes on one database, no Redis (no news but what the test makes): news of another commit
     at `a` comes in during every pass of `b`'s catch-up, 40 times at most."""
-    from collab.room import Room
-    from test_cluster_audit import process, typed, until
-    from test_room_memory import FakeConn, hello, push_msg
+    from test_cluster_audit import until
+    from test_room_memory import push_msg
 
-    async with process(pg_url, None, check_every=30.0, poll_every=30.0) as a, \
-            process(pg_url, None, check_every=30.0, poll_every=30.0) as b:
-        _, ann = await typed(a, "doc", "ann", "hello")
-        bob = FakeConn("bob")
-        member = await b.join("doc", bob, hello("bob"), token=None)
-        room = member.room
-        conflicts = b.metrics.conflicts._value
-        passes: list[float] = []  # the commits b had lost when each pass of its catch-up ended
-        news_after = Room._news_after
-
-        async def overtaken(self, head):
-            news, more = await news_after(self, head)
-            if self is room and not more and len(passes) < 40:  # this pass read all there was: a commits again
-                passes.append(conflicts.get())
-                text = ann.room.seq.committed_text()
-                await ann.room.push(ann, push_msg(ann.room.seq.version, "ann", [[0, "a"], len(text)]))
-                await ann.room.settled()
-                room.catch_up()  # the news of it, while this pass goes on
-            return news, more
-
-        monkeypatch.setattr(Room, "_news_after", overtaken)
+    passes: list[float] = []  # the commits b had lost when each pass of its catch-up ended
+    async with _news_during_every_pass(pg_url, monkeypatch, 40, lambda room, head: passes.append(
+            room.rooms.metrics.conflicts._value.get())) as (ann, bob, member, room):
         await ann.room.push(ann, push_msg(1, "ann", [5, [0, "!"]]))  # b does not know yet: bob's commit loses
         await ann.room.settled()
         await room.push(member, push_msg(1, "bob", [[0, "B"], 5]))
@@ -105,36 +120,20 @@ async def test_a_heavy_push_sequenced_again_is_rebased_only_over_the_news_since_
     As above, news of another commit at `a` comes in during every pass of `b`'s catch-up; every rebase
     counts as heavy here, and each is watched: what it moved over."""
     import collab.room as room_module
-    from collab.room import Room
-    from test_cluster_audit import process, typed, until
-    from test_room_memory import FakeConn, hello, push_msg
+    from test_cluster_audit import until
+    from test_room_memory import push_msg
 
     monkeypatch.setattr(room_module, "HEAVY_REBASE", 0)
-    async with process(pg_url, None, check_every=30.0, poll_every=30.0) as a, \
-            process(pg_url, None, check_every=30.0, poll_every=30.0) as b:
-        _, ann = await typed(a, "doc", "ann", "hello")
-        bob = FakeConn("bob")
-        member = await b.join("doc", bob, hello("bob"), token=None)
-        room = member.room
-        passes: list[int] = []
-        moved_over: list[int] = []  # how many updates each rebase of bob's push went over
-        news_after, rebase = Room._news_after, room_module._rebase_taking_turns
+    passes: list[int] = []
+    moved_over: list[int] = []  # how many updates each rebase of bob's push went over
+    rebase = room_module._rebase_taking_turns
 
-        async def overtaken(self, head):
-            news, more = await news_after(self, head)
-            if self is room and not more and len(passes) < 12:
-                passes.append(head)
-                text = ann.room.seq.committed_text()
-                await ann.room.push(ann, push_msg(ann.room.seq.version, "ann", [[0, "a"], len(text)]))
-                await ann.room.settled()
-                room.catch_up()
-            return news, more
+    async def watched(updates, over, ends):
+        moved_over.append(len(over))
+        return await rebase(updates, over, ends)
 
-        async def watched(updates, over, ends):
-            moved_over.append(len(over))
-            return await rebase(updates, over, ends)
-
-        monkeypatch.setattr(Room, "_news_after", overtaken)
+    async with _news_during_every_pass(pg_url, monkeypatch, 12, lambda room, head: passes.append(head)) \
+            as (ann, bob, member, room):
         monkeypatch.setattr(room_module, "_rebase_taking_turns", watched)
         await ann.room.push(ann, push_msg(1, "ann", [5, [0, "!"]]))
         await ann.room.settled()
