@@ -400,7 +400,7 @@ export class HistoryPanel {
         this.renderLabel();
       } catch (e) {
         failed = true;
-        if (this.isOpen) this.loadFailed("older", "the history", `Could not load the history`, e);
+        if (this.isOpen) this.loadFailed("older", "the history", "Could not load the history", e);
       } finally {
         this.loadingOlder = null;
       }

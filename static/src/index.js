@@ -53,9 +53,9 @@ let docs = [];
 // 0.3 to 1.2 s, measured).
 let rows = new Map();
 // One formatter, made once: Date.toLocaleString makes a new one at each call, thousands per list.
-const WHEN = typeof Intl !== "undefined" ? new Intl.DateTimeFormat(undefined, {
+const WHEN = new Intl.DateTimeFormat(undefined, {
   year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "numeric", second: "numeric",
-}) : null;
+});
 
 // ---- the list --------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ function row(d) {
     const t = when.appendChild(document.createElement("time"));
     const date = new Date(d.updated * 1000);
     t.dateTime = date.toISOString();
-    t.title = WHEN ? WHEN.format(date) : date.toLocaleString();
+    t.title = WHEN.format(date);
     t.textContent = ago(d.updated);
   }
   const sz = tr.appendChild(document.createElement("td"));
