@@ -1594,8 +1594,10 @@ class Rooms:
         self._stale: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self.history_slots = asyncio.Semaphore(HISTORY_SLOTS)  # pages of history held at once (Room._resume)
-        # Texts rebuilt from the store (a snapshot and the updates after it) hold a reader connection for
-        # a while: a crowd of them must leave readers to loads and joins.
+        # Texts rebuilt from the store (a snapshot and the updates after it) hold a reader connection while
+        # their rows are read, and then a place in the worker pool's queue while they are replayed
+        # (compute.text_at): a crowd of them must leave readers to loads and joins, and the pool to the
+        # History's other requests.
         self.rebuilds = Gate(REBUILDS_RUNNING, REBUILDS_WAITING, "too many versions of documents are being "
                              "read right now; try again in a moment")
         self._waiting: dict[str, set[Connection]] = {}  # sockets before their hello, by document
@@ -1859,7 +1861,7 @@ class Rooms:
             async with self.rebuilds.enter():
                 if wanted is not None and not wanted():
                     raise ServerError("the request was given up before the text was rebuilt")
-                return await self.store.text_at(info["id"], version)
+                return await self.store.text_at(info["id"], version, wanted)
         except VersionCompacted as exc:
             raise ProtocolError("not-found", str(exc)) from None
 

@@ -437,7 +437,8 @@ class Storage(Protocol):
 
     async def documents_named(self, names: list[str]) -> dict[str, dict]: ...  # document() of each that exists
 
-    async def text_at(self, doc_id: int, version: int) -> str: ...
+    async def text_at(self, doc_id: int, version: int, wanted: Callable[[], bool] | None = None) -> str: ...
+    # (replayed in a worker process: compute.text_at; `wanted` as there)
 
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]: ...
 

@@ -25,7 +25,9 @@ The interface and its rules are in storage.py; this backend keeps them so:
     WAL mode they never block the writer, never see a half-written batch, and
     one slow read does not hold up the others. Each read is one read
     transaction, so its statements see one commit (`collab compact` or an
-    admin command may commit between two of them);
+    admin command may commit between two of them). `text_at` reads its
+    snapshot and rows there and replays them in a worker process
+    (compute.text_at); a load still replays in its reader thread;
   * a read, queued write or document commit that fails because the database
     cannot be used right now (locked past BUSY_TIMEOUT_MS, an I/O error, no
     file descriptor to open it, a full disk) raises or is answered with
@@ -829,22 +831,23 @@ class Store(GroupWriter):
 
         return await self._read(fn) if names else {}
 
-    async def text_at(self, doc_id: int, version: int) -> str:
+    async def text_at(self, doc_id: int, version: int, wanted: Callable[[], bool] | None = None) -> str:
         """The text at `version`: the newest snapshot at or below it plus the updates after it
-        (VersionCompacted if they are gone, DocumentGone if the document is)."""
-        def fn(conn: sqlite3.Connection) -> str:
+        (VersionCompacted if they are gone, DocumentGone if the document is), read here and replayed
+        by compute.text_at (in a worker process; `wanted` as there)."""
+        from . import compute  # the replay runs there, off the event loop and its threads
+
+        def fn(conn: sqlite3.Connection) -> tuple[str, str]:
             snap_version, text = _snapshot_at(conn, doc_id, version)
-            rows = _update_rows(conn, doc_id, snap_version, version)
+            rows = conn.execute("SELECT changes FROM updates WHERE doc_id = ? AND version > ? AND version <= ? "
+                                "ORDER BY version", (doc_id, snap_version, version)).fetchall()
             if len(rows) != version - snap_version:
                 _exists(conn, doc_id)
                 raise _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
             _end_read(conn)
-            doc = Text(text)
-            for _, client_id, changes in rows:
-                doc.apply(ChangeSet.from_json(orjson.loads(changes)))
-            return str(doc)
+            return text, "[" + ",".join(changes for changes, in rows) + "]"
 
-        return await self._read(fn)
+        return await compute.text_at(*await self._read(fn), version, wanted)
 
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
         """Update summaries with version < `before`, newest first."""

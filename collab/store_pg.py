@@ -40,9 +40,10 @@ The interface and its rules are in storage.py; this backend keeps them so:
   * reads use a pool (application_name `collab-reader`); a read of several
     statements runs in one REPEATABLE READ READ ONLY transaction, and a read
     that meets a dead pooled connection is tried again on a new one. What a
-    read of a whole history costs beyond the fetch (parsing its updates,
-    replaying them onto a snapshot: `load`, `text_at`) runs in a thread, as
-    SQLite's reads do, never on the event loop;
+    read of a whole history costs beyond the fetch never runs on the event
+    loop: a load parses and replays its updates in a thread, as SQLite's
+    reads do; `text_at` has PostgreSQL join its rows into one JSON array and
+    replays them in a worker process (compute.text_at);
   * `text` cannot hold U+0000. Update rows hold ChangeSetJSON, where it is
     escaped; a snapshot, copied row, client id or author holding it is refused
     with ValueError before anything is written, never stored altered;
@@ -419,6 +420,9 @@ _HISTORY_PAGE = ("SELECT version, client_id, changes, frame_end, octet_length(ch
                  "ORDER BY version")
 _UPDATE_ROWS = ("SELECT version, client_id, changes FROM updates "
                 "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version")
+# The same rows' count and their changes as one JSON array, in version order (history.text_after).
+_UPDATE_CHANGES = ("SELECT count(*), '[' || coalesce(string_agg(changes, ',' ORDER BY version), '') || ']' "
+                   "FROM updates WHERE doc_id = $1 AND version > $2 AND version <= $3")
 
 
 def _int_or_none(v) -> int | None:
@@ -1181,24 +1185,22 @@ class PgStore(GroupWriter):
             f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE name = ANY($1::text[])", list(names)))
         return {row[1]: dict(zip(DOCUMENT_FIELDS, row)) for row in rows}
 
-    async def text_at(self, doc_id: int, version: int) -> str:
+    async def text_at(self, doc_id: int, version: int, wanted: Callable[[], bool] | None = None) -> str:
         """The text at `version`: the newest snapshot at or below it plus the updates after it
-        (VersionCompacted if they are gone, DocumentGone if the document is)."""
-        async def fn(conn: asyncpg.Connection):
+        (VersionCompacted if they are gone, DocumentGone if the document is), read here (the rows joined
+        into one JSON array by PostgreSQL: no record of them is made on the event loop) and replayed by
+        compute.text_at (in a worker process; `wanted` as there)."""
+        from . import compute  # the replay runs there, off the event loop and its threads
+
+        async def fn(conn: asyncpg.Connection) -> tuple[str, str]:
             snap_version, text = await _snapshot_at(conn, doc_id, version)
-            rows = await conn.fetch(_UPDATE_ROWS, doc_id, snap_version, version)
-            if len(rows) != version - snap_version:
+            count, changes = await conn.fetchrow(_UPDATE_CHANGES, doc_id, snap_version, version)
+            if count != version - snap_version:
                 await _exists(conn, doc_id)
-                raise await _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
-            return text, rows
+                raise await _compacted(conn, doc_id, version, snap_version if snap_version or count else None)
+            return text, changes
 
-        def replay(text: str, rows) -> str:
-            doc = Text(text)
-            for r in rows:
-                doc.apply(ChangeSet.from_json(orjson.loads(r[2])))
-            return str(doc)
-
-        return await asyncio.to_thread(replay, *await self._read(fn, snapshot=True))  # off the loop
+        return await compute.text_at(*await self._read(fn, snapshot=True), version, wanted)
 
     async def history(self, doc_id: int, before: int, limit: int) -> list[dict]:
         """Update summaries with version < `before`, newest first."""

@@ -502,12 +502,12 @@ async def test_versions_rebuilt_from_the_store_wait_in_a_bounded_line_and_the_re
     store = app[ROOMS].store
     rebuild, running, most, go = store.text_at, [0], [0], asyncio.Event()
 
-    async def held_rebuild(doc_id, version):
+    async def held_rebuild(doc_id, version, wanted=None):
         running[0] += 1
         most[0] = max(most[0], running[0])
         try:
             await go.wait()
-            return await rebuild(doc_id, version)
+            return await rebuild(doc_id, version, wanted)
         finally:
             running[0] -= 1
 

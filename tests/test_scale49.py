@@ -150,10 +150,10 @@ async def test_a_version_given_up_while_it_waited_is_not_rebuilt(tmp_path, monke
 
             real, rebuilt, go_on = Store.text_at, [], asyncio.Event()
 
-            async def held_text_at(self, doc_id, v):
+            async def held_text_at(self, doc_id, v, wanted=None):
                 rebuilt.append(v)
                 await go_on.wait()
-                return await real(self, doc_id, v)
+                return await real(self, doc_id, v, wanted)
 
             monkeypatch.setattr(Store, "text_at", held_text_at)
 

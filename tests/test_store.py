@@ -17,7 +17,7 @@ import time
 import orjson
 import pytest
 
-from collab import store as store_module
+from collab import history, store as store_module
 from collab.app import create_app
 from collab.changes import ChangeSet, utf16_len
 from collab.errors import CLOSE_INTERNAL, ServerError
@@ -1055,6 +1055,7 @@ async def test_a_load_lets_its_snapshot_go_before_it_replays(tmp_path, monkeypat
                 return super().apply(changes)
 
         monkeypatch.setattr(store_module, "Text", Watched)
+        monkeypatch.setattr(history, "Text", Watched)  # text_at's replay (compute.text_at: this small one in a thread)
         assert (await store.load("r")).text == edits[-1][1]
         assert await store.text_at(doc_id, 20) == edits[19][1]
         assert busy == [0], "a checkpoint found the read transaction still open during the replay"
