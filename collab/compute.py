@@ -264,6 +264,7 @@ class Pool:
         self._lock = threading.Lock()
         self.pending = 0  # jobs asked for and not finished
         self.started = 0  # worker processes started (for tests)
+        self.jobs = 0     # jobs handed to a worker process (for tests)
         self.killed = 0   # worker processes killed for running out of time (for tests)
         self._start_failures = Throttle(log)  # one warning now and then while workers cannot be started
 
@@ -309,6 +310,8 @@ class Pool:
                 reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__  # no paths for clients
                 raise NoWorker(f"{what} could not start a worker process ({reason}); try again later") from None
             self.started += 1
+        with self._lock:
+            self.jobs += 1
         try:
             result = worker.call(fn, args, deadline, what)
         except Overrun:
