@@ -122,12 +122,13 @@ class Settings:
                              "address, may make on average (beyond: 429 rate-limited with Retry-After); 0: no limit")
     write_burst: int = _opt(10, "forks, restores, renames and checkpoint names one token or address may make at once "
                             "above --write-rate")
-    history_workers: int = _opt(1, "worker processes that compute restore diffs and authorship, off the "
-                                "event loop")
-    history_queue: int = _opt(8, "restore diffs and authorship requests that may wait for a worker; more "
-                              "are refused (unavailable)")
-    history_timeout: float = _opt(15.0, "seconds one restore diff or authorship request may take, waiting "
-                                  "for a worker included; a restore may first wait as long for another "
+    history_workers: int = _opt(1, "worker processes that compute restore diffs, authorship and the texts "
+                                "of old versions, off the event loop")
+    history_queue: int = _opt(8, "restore diffs, authorship requests and old versions' texts that may wait "
+                              "for a worker; more are refused (unavailable)")
+    history_timeout: float = _opt(15.0, "seconds one restore diff, authorship request or rebuild of an old "
+                                  "version's text may take, waiting for a worker included; a restore may "
+                                  "first wait as long for another "
                                   "restore of the document, at any process (unavailable after either; an "
                                   "authorship request asked again goes on where it stopped)")
     history_memory: int = _opt(2 << 30, "bytes of memory one history worker may use (too-large beyond)")
