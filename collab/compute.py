@@ -17,9 +17,8 @@ Rules that always hold:
     within REBUILD_TIMEOUT (--history-timeout). Measured on a 1.8 MB text with
     80,000 updates after its snapshot (bench/rebuild.py), six such requests
     at once: /healthz round trips and edit acks of another document waited up
-    to 110-210 ms while the replay ran in the store's threads, 18-33 ms since
-    (what is left is the reader thread turning 80,000 rows into Python
-    objects). A rebuild of at most REBUILD_INLINE_CHANGES bytes of updates
+    to 100-170 ms while the replay ran in the store's threads, 10-36 ms since
+    (what is left is the reader thread reading 80,000 rows). A rebuild of at most REBUILD_INLINE_CHANGES bytes of updates
     onto a text of at most REBUILD_INLINE_TEXT characters runs in a thread
     instead (measured: 1.4 ms there against 2.6 ms through a worker, and too
     short to hold the loop up), and one with no rows is the snapshot itself;

@@ -839,13 +839,16 @@ class Store(GroupWriter):
 
         def fn(conn: sqlite3.Connection) -> tuple[str, str]:
             snap_version, text = _snapshot_at(conn, doc_id, version)
-            rows = conn.execute("SELECT changes FROM updates WHERE doc_id = ? AND version > ? AND version <= ? "
-                                "ORDER BY version", (doc_id, snap_version, version)).fetchall()
+            # Strings only, each row's tuple freed as soon as it is read: 80,000 tuples kept (fetchall) set off
+            # a full garbage collection that held the GIL for 19 ms.
+            rows = [changes for changes, in conn.execute(
+                "SELECT changes FROM updates WHERE doc_id = ? AND version > ? AND version <= ? ORDER BY version",
+                (doc_id, snap_version, version))]
             if len(rows) != version - snap_version:
                 _exists(conn, doc_id)
                 raise _compacted(conn, doc_id, version, snap_version if snap_version or rows else None)
             _end_read(conn)
-            return text, "[" + ",".join(changes for changes, in rows) + "]"
+            return text, "[" + ",".join(rows) + "]"
 
         return await compute.text_at(*await self._read(fn), version, wanted)
 
