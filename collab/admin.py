@@ -451,7 +451,7 @@ def compact(settings: Settings) -> int:
             _say(f"{name}: {note}")
             partly += note.startswith(_NAMED_MEANWHILE)
             skipped += not note.startswith(_NAMED_MEANWHILE)
-            again |= note.startswith((_TOO_SLOW, _NAMED_MEANWHILE, _UNREADABLE))
+            again |= note.startswith((_TOO_SLOW, _TEXT_TOO_SLOW, _NAMED_MEANWHILE, _UNREADABLE))
             continue
         compacted += 1
         _say(f"{name}: dropped {rows} updates up to version {boundary}, snapshot kept at {boundary}{note}")
@@ -462,6 +462,7 @@ def compact(settings: Settings) -> int:
 
 
 _TOO_SLOW = "left as it was: who wrote what"
+_TEXT_TOO_SLOW = "left as it was: its text"
 _NAMED_MEANWHILE = "left partly compacted:"
 _UNREADABLE = "left as it was: version"
 
@@ -540,11 +541,21 @@ async def _named_below(store, info: dict, oldest: int, boundary: int) -> list[Ke
 
 async def _kept(store, info: dict, version: int) -> Kept:
     """The text at `version` and who wrote it (spans None when that cannot be had any more)."""
-    text = await store.text_at(info["id"], version)
+    text = await _rebuilt(info, version, _TEXT_TOO_SLOW, store.text_at(info["id"], version))
     try:
-        spans = (await store.authorship(info["id"], version)).to_list()
+        spans = (await _rebuilt(info, version, _TOO_SLOW, store.authorship(info["id"], version))).to_list()
+    except (RuntimeError, LookupError):  # compacted before it was cached: it cannot be had
+        spans = None
+    return Kept(version, text, spans)
+
+
+async def _rebuilt(info: dict, version: int, what: str, work):
+    """`await work`, a rebuild in the history workers (compute.py), its refusals said as `compact` says
+    them: `what` (its note's start) left as it was over a budget, the command to run again otherwise."""
+    try:
+        return await work
     except (compute.Overrun, compute.Busy) as exc:  # over the time budget: the same, for this document
-        raise _LeftAsItWas(f"{_TOO_SLOW} took longer to rebuild than --history-timeout allows (at version "
+        raise _LeftAsItWas(f"{what} took longer to rebuild than --history-timeout allows (at version "
                            f"{version}: {exc}); its history is kept: run again with a larger --history-timeout")
     except ServerError as exc:
         # A passing failure (the database, a worker that could not start or that ended: killed, out of
@@ -555,11 +566,8 @@ async def _kept(store, info: dict, version: int) -> Kept:
         if exc.code != "too-large":  # not-found: the document was deleted meanwhile (see _compact)
             raise
         # Over the workers' memory (compact sets no limit on runs): it can be had with more.
-        raise _LeftAsItWas(f"{_TOO_SLOW} needs more memory to rebuild than --history-memory allows (at version "
+        raise _LeftAsItWas(f"{what} needs more memory to rebuild than --history-memory allows (at version "
                            f"{version}: {exc}); its history is kept: run again with a larger --history-memory")
-    except (RuntimeError, LookupError):  # compacted before it was cached: it cannot be had
-        spans = None
-    return Kept(version, text, spans)
 
 
 # -------------------------------------------------------------------- docs

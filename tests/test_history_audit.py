@@ -69,14 +69,19 @@ def test_compact_keeps_the_history_of_a_document_whose_authorship_needs_more_mem
     document is left as it was, and the message says what to run (as for --history-timeout)."""
     big = 100_000  # each update inserts this many units: a chunk of rows (2 MB) does not fit the budget
     doc_id = _on_store(db, lambda store: _big_updates(store, 30, big))
-    monkeypatch.setattr(compute, "_pool", None)  # a pool of this budget (compact makes it)
-    try:
-        assert admin.compact(Settings(db=db, keep_history=10, history_memory=_worker_size() + (1 << 20))) == 1
-    finally:
-        compute._pool.close()
-    out = capsys.readouterr().out
-    assert "doc: left as it was: who wrote what needs more memory to rebuild than --history-memory allows" in out
-    assert _on_store(db, lambda store: store.oldest_update(doc_id)) == 1, "no update row was dropped"
+    small = Settings(db=db, keep_history=10, history_memory=_worker_size() + (1 << 20))
+    for inline, said in ((True, "who wrote what"), (False, "its text")):
+        # The text at the boundary (2 MB) is rebuilt in a worker too (compute.text_at): first in a thread.
+        monkeypatch.setattr(compute, "REBUILD_INLINE_TEXT", 1 << 30 if inline else 256 << 10)
+        monkeypatch.setattr(compute, "REBUILD_INLINE_CHANGES", 1 << 30 if inline else 8 << 10)
+        monkeypatch.setattr(compute, "_pool", None)  # a pool of this budget (compact makes it)
+        try:
+            assert admin.compact(small) == 1
+        finally:
+            compute._pool.close()
+        out = capsys.readouterr().out
+        assert f"doc: left as it was: {said} needs more memory to rebuild than --history-memory allows" in out
+        assert _on_store(db, lambda store: store.oldest_update(doc_id)) == 1, "no update row was dropped"
 
     monkeypatch.setattr(compute, "_pool", None)
     try:
