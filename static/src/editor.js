@@ -132,16 +132,24 @@ function renderStatus(info) {
     renderPeopleCount();
   }
   let text = STATUS_TEXT[info.state];
+  let when = "";
   if (info.state === "reconnecting" && info.retryAt) {
     const secs = Math.max(0, Math.ceil((info.retryAt - Date.now()) / 1000));
-    text += secs > 0 ? ` in ${secs}s` : "…";
+    if (secs > 0) when = ` in ${secs}s`;
+    else text += "…";
   }
   if (info.role === "view") text += " · view only";
-  const pending = info.pending
-    ? `${plural(info.pending, "edit")} not yet saved`
-    : info.state === "connected" && info.role !== "view" ? "all changes saved" : "";
-  $("#status-text").textContent = text;
-  $("#status-pending").textContent = pending;
+  // Each said in full and, for a phone's narrow header (style.css), briefly: there the count of edits
+  // not yet saved is what must show whole, not the words around it.
+  const [pending, brief] = info.pending
+    ? [`${plural(info.pending, "edit")} not yet saved`, `${info.pending} unsaved`]
+    : info.state === "connected" && info.role !== "view" ? ["all changes saved", "all saved"] : ["", ""];
+  $("#status-state").textContent = text;
+  $("#status-when").textContent = when;
+  $("#status-pending-full").textContent = pending;
+  $("#status-pending-brief").textContent = brief;
+  $("#status-pending").hidden = !pending;
+  $("#status-pending").title = pending;
   el.title = info.stopped || (info.pending && info.state !== "connected"
     ? (info.storageFull
       ? "This browser's storage is full: your edits are sent when the connection is back if this tab stays open."

@@ -27,6 +27,8 @@
   status grows ("Reconnecting in 9s · 12 edits not yet saved · Retry
   now", "2 here"): the header wrapped onto a second line, or back, and the
   text jumped down or up. The same on a phone (320 to 560 px), later.
+  Later still: up to 580 px that status showed "12 e…"; below 640 px it
+  says "12 unsaved", and below 400 px it leaves out the countdown.
 """
 
 from __future__ import annotations
@@ -430,6 +432,8 @@ HEADER_LAYOUT = """() => {
         outside: items.filter(e => e.getBoundingClientRect().right > innerWidth + 0.5).map(e => e.id || e.className),
         pageWidth: document.documentElement.scrollWidth,
         status: document.querySelector('#status').textContent.replace(/\\s+/g, ' ').trim(),
+        shown: document.querySelector('#status').innerText.replace(/\\s+/g, ' ').trim(),
+        pendingCut: (p => p.scrollWidth > p.clientWidth)(document.querySelector('#status-pending')),
     };
 }"""
 
@@ -470,10 +474,15 @@ def test_the_editor_does_not_jump_when_the_status_grows(server, contexts):
     page.click(".cm-content")
     page.keyboard.type(" and twelve")  # 11 edits, then one more
     page.keyboard.type("!")
-    page.wait_for_function("() => document.querySelector('#status-pending').textContent === '12 edits not yet saved'"
-                           " && !document.querySelector('#reconnect').hidden")
+    page.wait_for_function("() => document.querySelector('#status-pending-full').textContent === "
+                           "'12 edits not yet saved' && !document.querySelector('#reconnect').hidden")
     stranded = layouts()
     assert "Reconnecting" in stranded[1000]["status"] and "Retry now" in stranded[1000]["status"], stranded
+    for width in widths:  # the count shows whole, in full words where they fit (it was "12 e…" at 320-580 px)
+        seen = stranded[width]
+        assert not seen["pendingCut"] and seen["shown"].startswith("Reconnecting"), (width, seen)
+        assert ("12 edits not yet saved" if width >= 640 else "12 unsaved") in seen["shown"], (width, seen)
+        assert seen["shown"].endswith("Retry now"), (width, seen)
     for width in widths:
         tops = [seen[width]["editor"] for seen in (quiet, company, stranded)]
         assert tops[0] == tops[1] == tops[2], (width, quiet[width], company[width], stranded[width])
