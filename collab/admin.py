@@ -130,6 +130,25 @@ async def _store(settings: Settings, migrate: bool = True):
         await store.close()
 
 
+def _history_budgets(settings: Settings) -> None:
+    """The history workers' budgets (compute.py), from --history-*: texts of versions (store.text_at) and
+    authorship are rebuilt there. With no bound on an answer's runs: a command answers nobody."""
+    compute.configure(settings.history_workers, settings.history_queue, settings.history_memory,
+                      settings.history_timeout, sys.maxsize)
+
+
+async def _text_at(store, info: dict, version: int) -> str:
+    """store.text_at; the history workers' refusal (compute.refused) is the command's error, naming the
+    document and what gives them more."""
+    try:
+        return await store.text_at(info["id"], version)
+    except (ServerError, ProtocolError) as exc:
+        if not compute.refused(exc):
+            raise
+        raise AdminError(f"{info['name']}: its text at version {version} could not be rebuilt ({exc}); run "
+                         "again later, or with a larger --history-timeout or --history-memory") from None
+
+
 def _aside(path: Path) -> Path:
     """Where what becomes `path` is written first: beside it, a dot file of this process's."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -280,6 +299,7 @@ def export(settings: Settings, directory: str) -> int:
 
 async def _export(settings: Settings, out: Path) -> tuple[int, int, list[str], dict[Path, Path]]:
     """(documents, their total length, names left out, {DIR/name.txt: where its text was written aside})."""
+    _history_budgets(settings)
     count = total = 0
     gone = []
     async with _store(settings) as store:  # opened, so the database is one this collab can read, before DIR is made
@@ -292,7 +312,7 @@ async def _export(settings: Settings, out: Path) -> tuple[int, int, list[str], d
                 text = None
                 if info is not None:  # else renamed or deleted since the list was read
                     try:
-                        text = await store.text_at(info["id"], info["version"])
+                        text = await _text_at(store, info, info["version"])
                     except (VersionCompacted, DocumentGone):  # deleted in between
                         pass
                 if text is None:
@@ -382,6 +402,7 @@ def _read_document_file(path: Path, max_doc: int) -> str:
 
 
 async def _import(settings: Settings, files: list[Path]) -> tuple[list[str], list[str]]:
+    _history_budgets(settings)
     created, refused = [], []
     async with _store(settings) as store:
         for path in files:
@@ -405,7 +426,7 @@ async def _import(settings: Settings, files: list[Path]) -> tuple[list[str], lis
             info = await store.document(name)
             try:
                 made_here = info is not None and info["id"] == doc_id and info["version"] == (1 if text else 0) \
-                    and await store.text_at(doc_id, info["version"]) == text
+                    and await _text_at(store, info, info["version"]) == text
             except DocumentGone:
                 made_here = False
             if not made_here:
@@ -475,8 +496,7 @@ async def _compact(settings: Settings, keep: int) -> list[tuple[str, int | None,
     """(name, boundary, rows dropped, note) per document compacted; boundary None: left as it was, and why."""
     # --authors-max-runs bounds an /authors answer; compact answers nobody but stores the spans, and
     # without them the document's authors view would be gone for good (at every version from then on).
-    compute.configure(settings.history_workers, settings.history_queue, settings.history_memory,
-                      settings.history_timeout, sys.maxsize)
+    _history_budgets(settings)
     results = []
     async with _store(settings) as store:
         for entry in await store.list_documents():
@@ -652,6 +672,7 @@ async def _open(db: str, which: str, options: dict):
 
 
 async def _copy(settings: Settings, source: str, target: str):
+    _history_budgets(settings)  # the check's texts
     options = {"synchronous": settings.sync, "snapshot_every": settings.snapshot_every, "keep": 0,
                "log_unavailable": False}  # an unusable database is said once, in the command's error
     src = await _open(source, "SOURCE", options)

@@ -118,20 +118,33 @@ CACHE_BYTES = 64 << 20      # bytes the authorship cache keeps in memory (per st
 ENTRY_OVERHEAD = 400        # ... counting this for each entry besides its spans JSON (keys, tuples, nodes)
 
 
-class Busy(ServerError):
+class Refused(ServerError):
+    """The pool did not finish a job, for a reason of its own (below): nothing is known of the job's input."""
+
+
+class Busy(Refused):
     """Every worker is taken and the queue is full."""
 
 
-class Overrun(ServerError):
+class Overrun(Refused):
     """A job ran out of its time budget (its worker was killed)."""
 
 
-class NoWorker(ServerError):
+class NoWorker(Refused):
     """No worker process could be started (out of file descriptors, processes or memory)."""
 
 
-class GivenUp(ServerError):
+class GivenUp(Refused):
     """Nobody waits for the job's result any more (every client that asked for it went away)."""
+
+
+class WorkerEnded(Refused):
+    """The worker running the job ended (killed from outside, or out of memory)."""
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether `exc` is the pool's refusal of a job: `Refused`, or `too-large` (over a worker's memory)."""
+    return isinstance(exc, Refused) or (isinstance(exc, ProtocolError) and exc.code == "too-large")
 
 
 # --------------------------------------------------------------------- runner
@@ -319,7 +332,7 @@ class Pool:
             raise
         except (EOFError, OSError) as exc:  # the worker died (killed from outside, or out of memory)
             worker.kill()
-            raise ServerError(f"{what} failed: its worker process ended ({exc})") from None
+            raise WorkerEnded(f"{what} failed: its worker process ended ({exc})") from None
         except ProtocolError:  # out of memory: a worker that ran out reading the job ends right after saying
             worker.kill()      # so, and one that ran out running it keeps what it grew to; neither gets another
             raise
