@@ -28,25 +28,11 @@ from collab.settings import Settings
 from collab.text import Text
 from conftest import BOTH_BACKENDS
 from storeutil import commit, random_edits
+import test_history
 import test_store
 
 open_store = test_store.open_store  # stores opened on the test's database, closed at the end
-
-
-@pytest.fixture
-def fresh_pool(monkeypatch):
-    """fresh_pool(**kw) -> a new Pool in place of the process's (counting from 0), closed at the end."""
-    made = []
-
-    def make(**kw):
-        pool = compute.Pool(**{"workers": 1, "queue": 8, **kw})
-        made.append(pool)
-        monkeypatch.setattr(compute, "_pool", pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close()
+small_pool = test_history.small_pool  # small_pool(**kw): a new Pool in place of the process's, closed at the end
 
 
 def old_thread_replay(text: str, rows: list[str]) -> str:
@@ -81,12 +67,12 @@ async def filled(store, n: int, seed: int, snapshots=()) -> tuple[int, list[str]
 
 
 @BOTH_BACKENDS
-async def test_every_version_rebuilt_in_a_worker_is_the_old_thread_replays_text(open_store, fresh_pool, monkeypatch):
+async def test_every_version_rebuilt_in_a_worker_is_the_old_thread_replays_text(open_store, small_pool, monkeypatch):
     """Random documents with snapshots here and there; every version of each, rebuilt with every replay sent
     to a worker, is the text the old thread replay gave (and the text it had), and every one with rows
     after its snapshot went through the pool."""
     monkeypatch.setattr(compute, "REBUILD_INLINE_CHANGES", 0)  # every replay goes to a worker
-    pool = fresh_pool()
+    pool = small_pool(queue=8)
     store = await open_store()
     replays = 0
     for seed in (3, 11, 29):
@@ -103,8 +89,8 @@ async def test_every_version_rebuilt_in_a_worker_is_the_old_thread_replays_text(
 
 
 @BOTH_BACKENDS
-async def test_a_small_rebuild_stays_in_a_thread_and_a_large_one_goes_to_a_worker(open_store, fresh_pool):
-    pool = fresh_pool()
+async def test_a_small_rebuild_stays_in_a_thread_and_a_large_one_goes_to_a_worker(open_store, small_pool):
+    pool = small_pool(queue=8)
     store = await open_store()
     doc, texts, rows = await filled(store, 600, seed=5)
     assert len(",".join(rows[1:20])) < compute.REBUILD_INLINE_CHANGES < len(",".join(rows[1:600]))
@@ -115,8 +101,8 @@ async def test_a_small_rebuild_stays_in_a_thread_and_a_large_one_goes_to_a_worke
 
 
 @BOTH_BACKENDS
-async def test_a_rebuild_nobody_waits_for_any_more_never_reaches_a_worker(open_store, fresh_pool):
-    pool = fresh_pool()
+async def test_a_rebuild_nobody_waits_for_any_more_never_reaches_a_worker(open_store, small_pool):
+    pool = small_pool(queue=8)
     store = await open_store()
     doc, texts, _ = await filled(store, 600, seed=7)
     with pytest.raises(compute.GivenUp) as caught:
@@ -133,7 +119,7 @@ async def client(aiohttp_client, tmp_path):
     return await aiohttp_client(create_app(Settings(db=str(tmp_path / "r.db"), unload_after=60)))
 
 
-async def test_a_rebuild_refused_by_the_pool_answers_503_or_413_and_the_server_goes_on(client, fresh_pool,
+async def test_a_rebuild_refused_by_the_pool_answers_503_or_413_and_the_server_goes_on(client, small_pool,
                                                                                       monkeypatch):
     """A busy pool, a rebuild past --history-timeout and one past the worker's memory: 503, 503 and 413 (never
     a 500), and the server serves the next request, a rebuild again once the pool is free."""
@@ -145,7 +131,7 @@ async def test_a_rebuild_refused_by_the_pool_answers_503_or_413_and_the_server_g
         resp = await client.get(f"/api/docs/doc13/versions/{v}")
         return resp.status, await resp.json()
 
-    pool = fresh_pool(queue=0)
+    pool = small_pool()
     nap = asyncio.create_task(pool.run(time.sleep, 1.0, timeout=20))
     await asyncio.sleep(0.2)
     status, body = await version(590)
@@ -158,16 +144,16 @@ async def test_a_rebuild_refused_by_the_pool_answers_503_or_413_and_the_server_g
     monkeypatch.setattr(compute, "REBUILD_TIMEOUT", 15.0)
     assert await version(590) == (200, {"version": 590, "doc": texts[590]})
 
-    probe = fresh_pool()
+    probe = small_pool(queue=8)
     assert await probe.run(sum, [1], timeout=20) == 1
     with open(f"/proc/{probe._idle[0].proc.pid}/status") as f:
         idle_size = int(f.read().split("VmSize:")[1].split()[0]) << 10
     big = await typed_at_end(store, "big", "x" * (16 << 20), 400)  # a text the worker cannot even read ...
-    fresh_pool(memory=idle_size + (1 << 20))  # ... with 1 MB more than it holds idle
+    small_pool(queue=8, memory=idle_size + (1 << 20))  # ... with 1 MB more than it holds idle
     resp = await client.get("/api/docs/big/versions/300")
     assert resp.status == 413, await resp.text()
     assert (await resp.json())["error"]["code"] == "too-large"
-    fresh_pool()
+    small_pool(queue=8)
     assert await version(589) == (200, {"version": 589, "doc": texts[589]})
     assert (await client.get("/api/docs/big/versions/300")).status == 200 and big == 401
 
