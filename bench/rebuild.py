@@ -52,6 +52,7 @@ from collab.storage import Commit  # noqa: E402
 from collab.store import Store  # noqa: E402
 from collab.text import Text  # noqa: E402
 from serverproc import ServerProcess, end_on_sigterm  # noqa: E402
+from stall import probe  # noqa: E402 - /healthz round trips
 from storeutil import OneCommit  # noqa: E402
 
 FRAME = 500           # updates per commit while building
@@ -149,17 +150,6 @@ async def store_case(db: Path, version: int) -> None:
         compute.pool().close()
 
 
-async def probe(session, url: str, stop: asyncio.Event) -> list[float]:
-    trips = []
-    while not stop.is_set():
-        started = time.perf_counter()
-        async with session.get(f"{url}/healthz") as r:
-            await r.read()
-        trips.append(time.perf_counter() - started)
-        await asyncio.sleep(PROBE_EVERY)
-    return trips
-
-
 async def edits(session, url: str, stop: asyncio.Event) -> list[float]:
     """Round trips of one-character pushes to a small document of their own (push -> acknowledged)."""
     ws = await session.ws_connect(f"{url}/ws/small", protocols=("collab.v1",))
@@ -186,7 +176,7 @@ async def edits(session, url: str, stop: asyncio.Event) -> list[float]:
 async def probed(url: str, work) -> tuple[float, list[float], list[float]]:
     async with aiohttp.ClientSession() as session:
         stop = asyncio.Event()
-        probes = asyncio.gather(probe(session, url, stop), edits(session, url, stop))
+        probes = asyncio.gather(probe(session, url, None, stop, every=PROBE_EVERY), edits(session, url, stop))
         await asyncio.sleep(0.2)
         started = time.perf_counter()
         async with asyncio.timeout(TIMEOUT):

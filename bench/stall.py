@@ -116,15 +116,16 @@ async def replace_all(session, url, doc):
 CASES = {"rebase-wide": rebase_wide, "rebase-frame": rebase_frame, "replace-all": replace_all}
 
 
-async def probe(session, url: str, seconds: float | None, stop: asyncio.Event | None = None) -> list[float]:
-    """/healthz round trips, every PROBE_EVERY seconds, for `seconds` or until `stop` is set."""
+async def probe(session, url: str, seconds: float | None, stop: asyncio.Event | None = None,
+                every: float = PROBE_EVERY) -> list[float]:
+    """/healthz round trips, every `every` seconds, for `seconds` (TIMEOUT if None) or until `stop` is set."""
     trips, end = [], time.perf_counter() + (seconds or TIMEOUT)
     while time.perf_counter() < end and not (stop and stop.is_set()):
         started = time.perf_counter()
         async with session.get(f"{url}/healthz") as r:
             await r.read()
         trips.append(time.perf_counter() - started)
-        await asyncio.sleep(PROBE_EVERY)
+        await asyncio.sleep(every)
     return trips
 
 
