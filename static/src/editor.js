@@ -131,6 +131,7 @@ function renderStatus(info) {
     connectedNow = info.state === "connected";
     renderPeopleCount();
   }
+  // The state, its countdown (which a narrow header may leave out: style.css), then " · view only".
   let text = STATUS_TEXT[info.state];
   let when = "";
   if (info.state === "reconnecting" && info.retryAt) {
@@ -138,7 +139,7 @@ function renderStatus(info) {
     if (secs > 0) when = ` in ${secs}s`;
     else text += "…";
   }
-  if (info.role === "view") text += " · view only";
+  const viewOnly = info.role === "view" ? " · view only" : "";
   // Each said in full and, for a phone's narrow header (style.css), briefly: there the count of edits
   // not yet saved is what must show whole, not the words around it.
   const [pending, brief] = info.pending
@@ -146,6 +147,7 @@ function renderStatus(info) {
     : info.state === "connected" && info.role !== "view" ? ["all changes saved", "all saved"] : ["", ""];
   $("#status-state").textContent = text;
   $("#status-when").textContent = when;
+  $("#status-role").textContent = viewOnly;
   $("#status-pending-full").textContent = pending;
   $("#status-pending-brief").textContent = brief;
   $("#status-pending").hidden = !pending;

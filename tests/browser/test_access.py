@@ -1,12 +1,13 @@
 """With access control on: a view link shows the live text but cannot change it."""
 
 import json
+import re
 import urllib.request
 
 from collab.access import Access
 from serverproc import ServerProcess
 
-from .browser_helpers import doc_text, open_editor
+from .browser_helpers import doc_text, open_editor, refusable_websockets, wait_status
 
 SECRET = "browser-test-secret-0123456789abcdef"
 
@@ -32,7 +33,9 @@ def test_view_link_is_read_only(tmp_path, contexts):
         editor.wait_for_function("() => window.__collab.view.hasFocus")
         assert editor.evaluate("() => window.__collab.view.state.selection.main.head") == len("only editors write here")
 
-        viewer = open_editor(contexts(), srv.url, links["view"].removeprefix("/d/"))
+        viewer_ctx = contexts()
+        cut = refusable_websockets(viewer_ctx)
+        viewer = open_editor(viewer_ctx, srv.url, links["view"].removeprefix("/d/"))
         assert "view only" in viewer.inner_text("#status")
         assert "saved" not in viewer.inner_text("#status"), "nothing of a viewer's is saved (was: all changes saved)"
         viewer.wait_for_function("() => window.__collab.view.state.doc.toString() === 'only editors write here'")
@@ -46,11 +49,24 @@ def test_view_link_is_read_only(tmp_path, contexts):
         editor.keyboard.type(", live")
         viewer.wait_for_function("() => window.__collab.view.state.doc.toString().endsWith(', live')")
 
+        # Cut off, the viewer's status says its state, then when it tries again, then "view only" (it said
+        # "Reconnecting · view only in 9s").
+        cut["on"] = True
+        viewer_ctx.set_offline(True)
+        wait_status(viewer, "offline")
+        viewer_ctx.set_offline(False)
+        wait_status(viewer, "reconnecting")
+        viewer.wait_for_function("() => / in \\d+s$/.test(document.querySelector('#status-when').textContent)")
+        said = viewer.inner_text("#status-text")
+        assert re.fullmatch(r"Reconnecting in \d+s · view only", said), said
+        cut["on"] = False
+        viewer.evaluate("() => window.__collab.session.reconnectNow()")
+        wait_status(viewer, "connected")
+
         # "Reset links" makes the view token invalid: the page says so in words and stops retrying.
         req = urllib.request.Request(f"{srv.url}/api/docs/plan/links/reset?token={admin}", method="POST",
                                      data=b"{}", headers={"content-type": "application/json"})
         urllib.request.urlopen(req, timeout=10).close()
-        viewer_ctx = viewer.context
         viewer_ctx.set_offline(True)  # in case the server keeps the open connection: reconnect
         viewer_ctx.set_offline(False)
         viewer.wait_for_function("() => window.__collab.status.state === 'stopped'")
