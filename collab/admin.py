@@ -139,9 +139,11 @@ def _history_budgets(settings: Settings) -> None:
 
 async def _text_at(store, info: dict, version: int) -> str:
     """store.text_at; the history workers' refusal (compute.refused) is the command's error, naming the
-    document and what gives them more."""
+    document and what gives them more, and so is a log that does not replay (compute.Unreplayable)."""
     try:
         return await store.text_at(info["id"], version)
+    except compute.Unreplayable as exc:
+        raise AdminError(f"{info['name']}: {exc}") from None
     except (ServerError, ProtocolError) as exc:
         if not compute.refused(exc):
             raise
@@ -422,19 +424,28 @@ async def _import(settings: Settings, files: list[Path]) -> tuple[list[str], lis
                 refused.append(f"{path.name}: {exc}")
                 continue
             # create_document returns an existing document unchanged: if someone made this one
-            # in the instant since the check above, say so rather than claim it was imported.
+            # in the instant since the check above, say so rather than claim it was imported. Its one
+            # update is read, not its text rebuilt: that may be refused (the history workers' budgets)
+            # and would say nothing of the import.
             info = await store.document(name)
-            try:
-                made_here = info is not None and info["id"] == doc_id and info["version"] == (1 if text else 0) \
-                    and await _text_at(store, info, info["version"]) == text
-            except DocumentGone:
-                made_here = False
+            made_here = info is not None and info["id"] == doc_id and info["version"] == (1 if text else 0) \
+                and (not text or await _imported_update(store, doc_id, text))
             if not made_here:
                 refused.append(f"{path.name}: a document named {name!r} was created (or deleted) meanwhile "
                                "(left as it is)")
                 continue
             created.append(name)
     return created, refused
+
+
+async def _imported_update(store, doc_id: int, text: str) -> bool:
+    """Whether the document's first update is the one an import of `text` makes (False if it is gone)."""
+    try:
+        first = await store.history(doc_id, 2, 1)
+    except DocumentGone:
+        return False
+    return bool(first) and first[0]["version"] == 1 and first[0]["clientID"] == "import" \
+        and first[0]["author"] == "import" and first[0]["inserted"] == utf16_len(text) and first[0]["deleted"] == 0
 
 
 # ------------------------------------------------------------------ compact
@@ -452,8 +463,9 @@ def compact(settings: Settings) -> int:
     server runs: the server only ever adds rows above V, the rows go in short
     transactions (COMPACT_CHUNK), and a version named meanwhile stops the
     deletes before the rows it needs. A document renamed or deleted meanwhile,
-    or whose authorship takes longer than --history-timeout (or more memory
-    than --history-memory) to rebuild, or whose boundary an earlier run that
+    or whose text or authorship at the boundary takes longer than
+    --history-timeout (or more memory than --history-memory) to rebuild, or
+    whose boundary an earlier run that
     stopped part way made unreadable, is
     left as it was and said (all but the first, and a version named
     meanwhile, make the exit status 1: the message says what to run).

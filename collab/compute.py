@@ -12,16 +12,19 @@ Rules that always hold:
     as when idle;
   * a version's text (`text_at`: the History's "text at version N", exports,
     restores) is read by its store (the newest snapshot at or below it and the
-    update rows after it, joined into one JSON array: one string crosses to
-    the worker in one copy) and replayed by history.text_after in a worker,
-    within REBUILD_TIMEOUT (--history-timeout). Measured on a 1.8 MB text with
+    update rows after it, their UTF-8 joined by commas: one bytes object
+    crosses to the worker in one copy, and nothing of them is decoded in the
+    server) and replayed by history.text_after in a worker, within
+    REBUILD_TIMEOUT (--history-timeout). Measured on a 1.8 MB text with
     80,000 updates after its snapshot (bench/rebuild.py), six such requests
     at once: /healthz round trips and edit acks of another document waited up
     to 100-170 ms while the replay ran in the store's threads, 10-36 ms since
-    (what is left is the reader thread reading 80,000 rows). A rebuild of at most REBUILD_INLINE_CHANGES bytes of updates
-    onto a text of at most REBUILD_INLINE_TEXT characters runs in a thread
-    instead (measured: 1.4 ms there against 2.6 ms through a worker, and too
-    short to hold the loop up), and one with no rows is the snapshot itself;
+    (what is left is the reader thread reading 80,000 rows). A rebuild of at
+    most REBUILD_INLINE_CHANGES bytes of updates onto a text of at most
+    REBUILD_INLINE_TEXT characters runs in a thread instead (measured: 1.4 ms
+    there against 2.6 ms through a worker, and too short to hold the loop
+    up), and one with no rows is the snapshot itself. Rows that do not replay
+    (a damaged database) are Unreplayable (500 `internal`) either way;
   * spans stay JSON bytes in the server process and are parsed only in
     workers: millions of small lists held by a cache make every full garbage
     collection pause the loop (100-200 ms pauses, measured, before this rule).
@@ -42,8 +45,9 @@ Rules that always hold:
   * a restore diff is bounded by construction (history.diff_changes stops its
     searches at a cutoff and replaces what is left whole: about a second of
     work at most), so a restore is refused only when the workers are busy or
-    the machine is so loaded that DIFF_TIMEOUT passes; the document is then
-    unchanged;
+    the machine is so loaded that DIFF_TIMEOUT passes, or when the text it
+    brings back cannot be rebuilt within the budgets (as any `text_at`); the
+    document is then unchanged;
   * an /authors request replays its update rows a chunk per job from the
     nearest cached spans: AUTHORS_CHUNK rows, or one row per AUTHORS_SPANS_PER_ROW
     bytes of the spans it starts from if that is more (a job parses, rebuilds
@@ -93,7 +97,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable, Hashable
 
 from .changes import ChangeSet
-from .errors import ProtocolError, ServerError
+from .errors import ChangeError, ProtocolError, ServerError
 from .history import Authorship, diff_changes, replay, run_count, spans_json, text_after
 from .logs import Throttle
 
@@ -140,6 +144,14 @@ class GivenUp(Refused):
 
 class WorkerEnded(Refused):
     """The worker running the job ended (killed from outside, or out of memory)."""
+
+
+class Unreplayable(ServerError):
+    """The stored updates of a version do not replay onto its snapshot: a damaged database, not a request
+    to refuse (500 `internal`), the same whether the rebuild ran in a thread or in a worker."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="internal")
 
 
 def refused(exc: BaseException) -> bool:
@@ -382,16 +394,23 @@ async def restore_changes(current: str, target: str) -> ChangeSet:
 
 # ------------------------------------------------------------ version texts
 
-async def text_at(text: str, changes: str, version: int, wanted: Callable[[], bool] | None = None) -> str:
-    """The text of `version`: `text` (a snapshot's) with `changes` (the update rows after it, as one JSON
-    array: history.text_after) applied, in a worker; a small rebuild in a thread, and none at all without
-    rows. With `wanted`, asked when a thread takes the job: false and it never runs (GivenUp)."""
-    if changes == "[]":
+async def text_at(text: str, changes: bytes, count: int, version: int,
+                  wanted: Callable[[], bool] | None = None) -> str:
+    """The text of `version`: `text` (a snapshot's) with the `count` update rows after it applied
+    (`changes`: their ChangeSetJSON joined by commas, history.text_after), in a worker; a small rebuild in a
+    thread (`wanted` is not asked there), and none at all without rows. With `wanted`, asked when a
+    thread takes the job: false and it never runs (GivenUp). Rows that do not replay raise Unreplayable,
+    wherever they ran."""
+    if not count:
         return text
-    if len(changes) <= REBUILD_INLINE_CHANGES and len(text) <= REBUILD_INLINE_TEXT:
-        return await asyncio.to_thread(text_after, text, changes)
-    return await pool().run(text_after, text, changes, timeout=REBUILD_TIMEOUT,
-                            what=f"the rebuild of version {version}", wanted=wanted)
+    try:
+        if len(changes) <= REBUILD_INLINE_CHANGES and len(text) <= REBUILD_INLINE_TEXT:
+            return await asyncio.to_thread(text_after, text, changes, count)
+        return await pool().run(text_after, text, changes, count, timeout=REBUILD_TIMEOUT,
+                                what=f"the rebuild of version {version}", wanted=wanted)
+    except (ChangeError, ValueError, RuntimeError) as exc:  # RuntimeError: what text_after raised in a worker
+        raise Unreplayable(f"version {version} cannot be rebuilt: the stored updates after its snapshot do "
+                           f"not replay ({exc}); the database is damaged (restore it from a backup)") from None
 
 
 # ---------------------------------------------------------------- authorship

@@ -22,7 +22,7 @@ What lives here, with the costs that make them safe to run on untrusted input:
     checkpoints worth storing on the way: a pure function over (cached spans,
     update rows) that every store calls through collab/compute.py, off the
     event loop.
-  * `text_after(text, changes)`: the text of a version, rebuilt from a
+  * `text_after(text, changes, count)`: the text of a version, rebuilt from a
     snapshot and the update rows after it (stores' `text_at`, through
     collab/compute.py, off the event loop).
 What never lives here: I/O, clocks, threads or processes (see compute.py).
@@ -37,6 +37,7 @@ from random import random
 import orjson
 
 from .changes import ChangeSet, utf16_len
+from .errors import ChangeError
 from .text import Text
 
 # ----------------------------------------------------------------------- diff
@@ -561,11 +562,16 @@ def replay(spans: bytes | str, rows: list[tuple[int, str, str]], every: int, sav
     return authors.to_json(), checkpoints, authors.runs
 
 
-def text_after(text: str, changes: str) -> str:
-    """`text` with the updates' changes applied in order: `changes` is their stored ChangeSetJSON texts
-    as one JSON array ("[" + ",".join(rows) + "]": one string crosses to a worker in one copy, where a list
-    of 80,000 took 10 ms to pickle and as long to read back)."""
+def text_after(text: str, changes: bytes, count: int) -> str:
+    """`text` with `count` updates' changes applied in order. `changes` is their stored ChangeSetJSON texts
+    joined by commas, as UTF-8 (b",".join(rows)): one bytes object crosses to a worker in one copy, where a
+    list of 80,000 took 10 ms to pickle and as long to read back, and a str holding one emoji anywhere is
+    four bytes a character. Raises ChangeError, or ValueError (not JSON), when they are not `count` changes
+    that chain onto `text` (a row that is not one JSON value is found here, never taken for two)."""
+    parts = orjson.loads(b"[" + changes + b"]")
+    if len(parts) != count:
+        raise ChangeError(f"{count} update rows hold {len(parts)} changes")
     doc = Text(text)
-    for parts in orjson.loads(changes):
-        doc.apply(ChangeSet.from_json(parts))
+    for one in parts:
+        doc.apply(ChangeSet.from_json(one))
     return str(doc)

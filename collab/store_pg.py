@@ -42,7 +42,7 @@ The interface and its rules are in storage.py; this backend keeps them so:
     that meets a dead pooled connection is tried again on a new one. What a
     read of a whole history costs beyond the fetch never runs on the event
     loop: a load parses and replays its updates in a thread, as SQLite's
-    reads do; `text_at` has PostgreSQL join its rows into one JSON array and
+    reads do; `text_at` has PostgreSQL join its rows into one UTF-8 string (bytea) and
     replays them in a worker process (compute.text_at);
   * `text` cannot hold U+0000. Update rows hold ChangeSetJSON, where it is
     escaped; a snapshot, copied row, client id or author holding it is refused
@@ -420,8 +420,9 @@ _HISTORY_PAGE = ("SELECT version, client_id, changes, frame_end, octet_length(ch
                  "ORDER BY version")
 _UPDATE_ROWS = ("SELECT version, client_id, changes FROM updates "
                 "WHERE doc_id = $1 AND version > $2 AND version <= $3 ORDER BY version")
-# The same rows' count and their changes as one JSON array, in version order (history.text_after).
-_UPDATE_CHANGES = ("SELECT count(*), '[' || coalesce(string_agg(changes, ',' ORDER BY version), '') || ']' "
+# The same rows' count and their changes joined by commas in version order, as UTF-8 bytes: nothing of
+# them is decoded on the event loop (history.text_after).
+_UPDATE_CHANGES = ("SELECT count(*), convert_to(coalesce(string_agg(changes, ',' ORDER BY version), ''), 'UTF8') "
                    "FROM updates WHERE doc_id = $1 AND version > $2 AND version <= $3")
 
 
@@ -1188,17 +1189,17 @@ class PgStore(GroupWriter):
     async def text_at(self, doc_id: int, version: int, wanted: Callable[[], bool] | None = None) -> str:
         """The text at `version`: the newest snapshot at or below it plus the updates after it
         (VersionCompacted if they are gone, DocumentGone if the document is), read here (the rows joined
-        into one JSON array by PostgreSQL: no record of them is made on the event loop) and replayed by
+        by commas, as UTF-8 bytes, by PostgreSQL: nothing of them is decoded on the event loop) and replayed by
         compute.text_at (in a worker process; `wanted` as there)."""
         from . import compute  # the replay runs there, off the event loop and its threads
 
-        async def fn(conn: asyncpg.Connection) -> tuple[str, str]:
+        async def fn(conn: asyncpg.Connection) -> tuple[str, bytes, int]:
             snap_version, text = await _snapshot_at(conn, doc_id, version)
             count, changes = await conn.fetchrow(_UPDATE_CHANGES, doc_id, snap_version, version)
             if count != version - snap_version:
                 await _exists(conn, doc_id)
                 raise await _compacted(conn, doc_id, version, snap_version if snap_version or count else None)
-            return text, changes
+            return text, changes, count
 
         return await compute.text_at(*await self._read(fn, snapshot=True), version, wanted)
 

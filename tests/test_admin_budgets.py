@@ -7,8 +7,9 @@ server's requests. They took none of the --history-* options (15 s and 2 GB
 whatever was given), a refusal ended export with a traceback, and in copy's
 check a refusal on both sides read as the same "unreadable" text: a version
 that nothing compared counted as checked. Now the options apply, export says
-which document and what gives more in one line, and copy's check counts an
-uncompared version as a problem.
+which document and what gives more in one line, copy's check counts an
+uncompared version as a problem, and import checks what it made without
+rebuilding it.
 """
 
 from __future__ import annotations
@@ -83,3 +84,22 @@ def test_the_copy_check_counts_a_version_it_could_not_rebuild_as_a_problem(tmp_p
     checked = collab("copy", source, again)
     assert checked.returncode == 0, checked.stderr
     assert "checked: every version and current text equal" in checked.stdout, checked.stdout
+
+
+def test_import_checks_what_it_made_without_rebuilding_it(tmp_path):
+    """Was: import checked each new document by rebuilding its text, in the history workers; a refusal (a
+    file over 8 KB and a short --history-timeout) stopped the import after making that document, said
+    nothing of those made before, and the next run refused them all as existing. The check reads the
+    document's one update instead: nothing there can be refused."""
+    db, src, out = str(tmp_path / "collab.db"), tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    texts = {name: LINE * (UPDATES + k) for k, name in enumerate(("a", "b", "c"))}
+    for name, text in texts.items():
+        (src / f"{name}.txt").write_text(text)
+    done = collab("import", "--db", db, "--history-timeout", "0.001", src)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "imported 3 documents" in done.stdout, done.stdout
+    assert collab("export", "--db", db, out).returncode == 0
+    assert {p.stem: p.read_text() for p in out.iterdir()} == texts
+    again = collab("import", "--db", db, src)  # a clash is still told from one's own import
+    assert again.returncode == 1 and again.stderr.count("exists already") == 3, again.stderr

@@ -27,7 +27,7 @@ from collab.sequencer import Accepted
 from collab.settings import Settings
 from collab.text import Text
 from conftest import BOTH_BACKENDS
-from storeutil import commit, random_edits
+from storeutil import commit, random_edits, raw_sql
 import test_history
 import test_store
 
@@ -165,3 +165,29 @@ async def typed_at_end(store, name: str, text: str, n: int) -> int:
     entries = [Accepted(2 + k, Update("typist", ChangeSet.from_json([length + k, [0, "y"]])), "typist", 1000.0 + k)
                for k in range(n)]
     return await commit(store, doc, entries, length + n)
+
+
+@BOTH_BACKENDS
+@pytest.mark.parametrize("where", ["thread", "worker"])
+async def test_stored_rows_that_do_not_replay_are_unreplayable_in_a_thread_or_a_worker(
+        open_store, small_pool, monkeypatch, db, backend, request, where):
+    """Was: a rebuild in a worker answered a damaged log with a 500 and one in a thread with 400 bad-changes;
+    and a row holding two JSON values (`[[0,"a"]],[1,[0,"b"]]`), joined with the others, was taken for two
+    updates: a wrong text, silently. Now either is Unreplayable (500 internal), wherever it ran."""
+    if where == "worker":
+        monkeypatch.setattr(compute, "REBUILD_INLINE_CHANGES", 0)
+    pool = small_pool(queue=8)
+    store = await open_store()
+    pg = request.getfixturevalue("pg_server") if backend == "postgres" else None
+    doc = await store.create_document("damaged")
+    entries = [Accepted(v, Update("c1", ChangeSet.from_json([v - 1, [0, "x"]] if v > 1 else [[0, "x"]])), "ann", 1.0)
+               for v in (1, 2, 3)]
+    await commit(store, doc, entries, 3)
+    assert await store.text_at(doc, 3) == "xxx"
+    for damage, version in (('[[0,"a"]],[1,[0,"b"]]', 2),  # two values in one row: two updates' worth
+                            ('[5,[0,"y"]]', 3)):            # a change of a longer document
+        raw_sql(db, f"UPDATE updates SET changes = '{damage}' WHERE doc_id = {doc} AND version = {version}", pg)
+        with pytest.raises(compute.Unreplayable) as caught:
+            await store.text_at(doc, 3)
+        assert caught.value.code == "internal" and "version 3 cannot be rebuilt" in caught.value.message
+    assert pool.jobs == (3 if where == "worker" else 0)  # the good rebuild and the two damaged ones
