@@ -404,7 +404,6 @@ def _read_document_file(path: Path, max_doc: int) -> str:
 
 
 async def _import(settings: Settings, files: list[Path]) -> tuple[list[str], list[str]]:
-    _history_budgets(settings)
     created, refused = [], []
     async with _store(settings) as store:
         for path in files:
