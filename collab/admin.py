@@ -585,6 +585,8 @@ async def _rebuilt(info: dict, version: int, what: str, work):
     them: `what` (its note's start) left as it was over a budget, the command to run again otherwise."""
     try:
         return await work
+    except compute.Unreplayable as exc:  # a damaged log: running again changes nothing
+        raise AdminError(f"{info['name']}: {exc}; nothing of it was compacted") from None
     except (compute.Overrun, compute.Busy) as exc:  # over the time budget: the same, for this document
         raise _LeftAsItWas(f"{what} took longer to rebuild than --history-timeout allows (at version "
                            f"{version}: {exc}); its history is kept: run again with a larger --history-timeout")

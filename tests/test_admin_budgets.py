@@ -23,7 +23,7 @@ from collab.rebase import Update
 from collab.sequencer import Accepted
 from collab.storage import store_at
 from serverproc import ROOT
-from storeutil import commit
+from storeutil import commit, raw_sql
 
 LINE = "a line of text that makes the update log grow by a hundred bytes or so at every step\n"
 UPDATES = 200  # about 20 KB of update JSON after the snapshot: more than a thread rebuilds (compute.py)
@@ -103,3 +103,17 @@ def test_import_checks_what_it_made_without_rebuilding_it(tmp_path):
     assert {p.stem: p.read_text() for p in out.iterdir()} == texts
     again = collab("import", "--db", db, src)  # a clash is still told from one's own import
     assert again.returncode == 1 and again.stderr.count("exists already") == 3, again.stderr
+
+
+def test_compact_of_a_damaged_log_says_so_not_to_run_again(tmp_path):
+    """A log that does not replay (compute.Unreplayable) is no passing failure: compact said "run the
+    command again later", which would fail the same way."""
+    db = str(tmp_path / "collab.db")
+    build(db)
+    raw_sql(db, "UPDATE updates SET changes = '[5,[0,\"y\"]]' WHERE version = 7")
+    refused = collab("compact", "--db", db, "--keep-history", "10")
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert "Traceback" not in refused.stderr, refused.stderr
+    assert "long: version" in refused.stderr and "the database is damaged" in refused.stderr, refused.stderr
+    assert "again later" not in refused.stderr, refused.stderr
+    assert "nothing of it was compacted" in refused.stderr, refused.stderr
