@@ -1859,8 +1859,9 @@ class Rooms:
             return room.seq.committed_text()
         try:
             async with self.rebuilds.enter():
-                if wanted is not None and not wanted():
-                    raise ServerError("the request was given up before the text was rebuilt")
+                if wanted is not None and not wanted():  # as the pool asks it again, when a worker is free
+                    from . import compute
+                    raise compute.GivenUp("the request was given up before the text was rebuilt")
                 return await self.store.text_at(info["id"], version, wanted)
         except VersionCompacted as exc:
             raise ProtocolError("not-found", str(exc)) from None
